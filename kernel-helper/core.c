@@ -1,0 +1,922 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The core: contexts and their object ids, the rules every backend shares (binding, groups,
+ * attach/replace/detach, the IOAS), and the wrappers that turn NULL ops into -EOPNOTSUPP.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <kh/kh_ops.h>
+
+#include "alloc.h"
+#include "ioas.h"
+
+enum kh_obj_kind { KH_OBJ_DEVICE, KH_OBJ_DOMAIN };
+
+struct kh_obj {
+	uint32_t id;
+	enum kh_obj_kind kind;
+	void *ptr;
+};
+
+/* A context's objects. Ids are never reused, so a stale id cannot name a newer object. */
+struct kh_objects {
+	struct kh_obj *v;
+	size_t n, cap;
+	uint32_t last_id;
+};
+
+/* ---- backends -------------------------------------------------------------------------- */
+
+int kh_backend_add_device(struct kh_backend *be, struct kh_bdev **out)
+{
+	struct kh_bdev *grown = kh_realloc_array(be->devices, be->n_devices + 1, sizeof(*grown));
+
+	if (!grown)
+		return kh_fail(-ENOMEM, "cannot record device %zu", be->n_devices);
+	be->devices = grown;
+	*out = memset(&grown[be->n_devices++], 0, sizeof(*grown));
+	return 0;
+}
+
+static void backend_free(struct kh_backend *be)
+{
+	be->ops->release(be);
+	for (size_t i = 0; i < be->n_devices; i++)
+		free(be->devices[i].resv);
+	free(be->devices);
+	free(be);
+}
+
+int kh_backend_create(const struct kh_backend_ops *ops, void *priv, struct kh_backend **out)
+{
+	struct kh_backend *be = kh_zalloc(sizeof(*be));
+	int rc;
+
+	if (!be) {
+		ops->release(&(struct kh_backend){ .ops = ops, .priv = priv });
+		return kh_fail(-ENOMEM, "cannot allocate the %s backend", ops->name);
+	}
+	be->ops = ops;
+	be->priv = priv;
+	rc = ops->probe_devices(be);
+	if (rc < 0) {
+		backend_free(be);
+		return rc;
+	}
+	*out = be;
+	return 0;
+}
+
+void kh_backend_close(struct kh_backend *be)
+{
+	if (!be)
+		return;
+	if (be->n_ctx) {
+		/* A context outliving its backend would use freed devices: a caller bug that must
+		 * not pass silently. */
+		fprintf(stderr, "kh_backend_close: %u contexts are still open\n", be->n_ctx);
+		abort();
+	}
+	backend_free(be);
+}
+
+enum kh_backend_kind kh_backend_kind(const struct kh_backend *be)
+{
+	return be->ops->kind;
+}
+
+const char *kh_backend_name(const struct kh_backend *be)
+{
+	return be->ops->name;
+}
+
+size_t kh_device_count(const struct kh_backend *be)
+{
+	return be->n_devices;
+}
+
+/* The device at index, or NULL with the failure recorded. */
+static const struct kh_bdev *bdev_at(const struct kh_backend *be, size_t index)
+{
+	if (index < be->n_devices)
+		return &be->devices[index];
+	kh_fail(-ENOENT, "there is no device %zu; the backend has %zu", index, be->n_devices);
+	return NULL;
+}
+
+int kh_device_info(const struct kh_backend *be, size_t index, struct kh_device_info *out)
+{
+	const struct kh_bdev *bdev = bdev_at(be, index);
+
+	if (!bdev)
+		return -ENOENT;
+	*out = bdev->info;
+	return 0;
+}
+
+int kh_device_lookup(const struct kh_backend *be, const char *name)
+{
+	for (size_t i = 0; i < be->n_devices; i++)
+		if (strcmp(be->devices[i].info.name, name) == 0)
+			return (int)i;
+	return kh_fail(-ENOENT, "no device is called \"%s\"; list the devices to see their names",
+		       name);
+}
+
+int kh_device_reserved_regions(const struct kh_backend *be, size_t index,
+			       struct kh_iova_range *out, size_t max)
+{
+	const struct kh_bdev *bdev = bdev_at(be, index);
+
+	if (!bdev)
+		return -ENOENT;
+	for (size_t i = 0; i < bdev->n_resv && i < max; i++)
+		out[i] = bdev->resv[i];
+	return (int)bdev->n_resv;
+}
+
+/* ---- objects of a context --------------------------------------------------------------- */
+
+/* Makes room for one more object, so that adding it after the backend acted cannot fail. */
+static int objects_reserve(struct kh_objects *objs)
+{
+	struct kh_obj *grown;
+	size_t cap;
+
+	if (objs->n < objs->cap)
+		return 0;
+	if (objs->last_id == UINT32_MAX)
+		return kh_fail(-ENOSPC, "this context has used up its object ids; open a new one");
+	cap = objs->cap ? objs->cap * 2 : 8;
+	grown = kh_realloc_array(objs->v, cap, sizeof(*grown));
+	if (!grown)
+		return kh_fail(-ENOMEM, "cannot grow the object table");
+	objs->v = grown;
+	objs->cap = cap;
+	return 0;
+}
+
+static uint32_t objects_add(struct kh_objects *objs, enum kh_obj_kind kind, void *ptr)
+{
+	uint32_t id = ++objs->last_id;
+
+	objs->v[objs->n++] = (struct kh_obj){ id, kind, ptr };
+	return id;
+}
+
+static void objects_remove(struct kh_objects *objs, uint32_t id)
+{
+	for (size_t i = 0; i < objs->n; i++) {
+		if (objs->v[i].id == id) {
+			memmove(&objs->v[i], &objs->v[i + 1], (objs->n - i - 1) * sizeof(objs->v[0]));
+			objs->n--;
+			return;
+		}
+	}
+}
+
+static void *objects_find(const struct kh_objects *objs, uint32_t id, enum kh_obj_kind kind)
+{
+	for (size_t i = 0; i < objs->n; i++)
+		if (objs->v[i].id == id && objs->v[i].kind == kind)
+			return objs->v[i].ptr;
+	return NULL;
+}
+
+static int find_device(struct kh_ctx *ctx, uint32_t id, struct kh_device **out)
+{
+	*out = objects_find(ctx->objects, id, KH_OBJ_DEVICE);
+	if (!*out)
+		return kh_fail(-ENOENT, "there is no device %u in this context; bind the device first",
+			       id);
+	return 0;
+}
+
+int kh_find_domain(struct kh_ctx *ctx, uint32_t id, struct kh_domain **out)
+{
+	*out = objects_find(ctx->objects, id, KH_OBJ_DOMAIN);
+	if (!*out)
+		return kh_fail(-ENOENT, "there is no domain %u in this context", id);
+	return 0;
+}
+
+static const char *const type_names[] = {
+	[KH_DOMAIN_BLOCKED] = "blocked",
+	[KH_DOMAIN_IDENTITY] = "identity",
+	[KH_DOMAIN_PAGING] = "paging",
+	[KH_DOMAIN_NESTED] = "nested",
+};
+
+/* The one place a NULL op becomes an error, with what the caller can do about it. */
+static int unsupported(const struct kh_domain *dom, const char *what)
+{
+	static const char *const hints[] = {
+		[KH_DOMAIN_BLOCKED] = "a blocked domain only blocks DMA; use a paging domain",
+		[KH_DOMAIN_IDENTITY] = "an identity domain does not translate; use a paging domain",
+		[KH_DOMAIN_PAGING] = "the IOMMU, the kernel or the backend lacks it, or the "
+				     "domain was allocated without the flag that enables it",
+		[KH_DOMAIN_NESTED] = "its stage-1 table belongs to its owner; act on the nest "
+				     "parent instead",
+	};
+
+	return kh_fail(-EOPNOTSUPP, "domain %u (%s) does not support %s: %s", dom->id,
+		       type_names[dom->type], what, hints[dom->type]);
+}
+
+/* ---- contexts --------------------------------------------------------------------------- */
+
+int kh_ctx_create(struct kh_backend *be, struct kh_ctx **out)
+{
+	struct kh_ctx *ctx = kh_zalloc(sizeof(*ctx));
+	int rc;
+
+	if (!ctx)
+		return kh_fail(-ENOMEM, "cannot allocate a context");
+	ctx->be = be;
+	ctx->objects = kh_zalloc(sizeof(*ctx->objects));
+	if (!ctx->objects) {
+		free(ctx);
+		return kh_fail(-ENOMEM, "cannot allocate a context's object table");
+	}
+	rc = be->ops->ctx_open(ctx);
+	if (rc < 0) {
+		free(ctx->objects);
+		free(ctx);
+		return rc;
+	}
+	be->n_ctx++;
+	*out = ctx;
+	return 0;
+}
+
+static void device_detach(struct kh_device *dev)
+{
+	struct kh_domain *dom = dev->domain;
+
+	if (!dom)
+		return;
+	if (dom->ops->detach_dev)
+		dom->ops->detach_dev(dom, dev);
+	if (dom->ioas)
+		kh_ioas_unreserve(dom->ioas, dev);
+	dom->users--;
+	dev->domain = NULL;
+}
+
+static void device_release(struct kh_ctx *ctx, struct kh_device *dev)
+{
+	device_detach(dev);
+	if (ctx->be->ops->unbind)
+		ctx->be->ops->unbind(ctx, dev);
+	dev->bdev->bound_ctx = NULL;
+	objects_remove(ctx->objects, dev->id);
+	free(dev);
+}
+
+static void domain_release(struct kh_ctx *ctx, struct kh_domain *dom)
+{
+	if (dom->parent)
+		dom->parent->users--;
+	objects_remove(ctx->objects, dom->id);
+	kh_ioas_destroy(dom->ioas);
+	dom->ops->free(dom);
+}
+
+void kh_ctx_destroy(struct kh_ctx *ctx)
+{
+	struct kh_objects *objs;
+	bool freed;
+
+	if (!ctx)
+		return;
+	objs = ctx->objects;
+	for (size_t i = 0; i < objs->n; i++)
+		if (objs->v[i].kind == KH_OBJ_DEVICE)
+			device_detach(objs->v[i].ptr);
+	/* Nested domains hold their parents: free what nothing uses until nothing is left. */
+	do {
+		freed = false;
+		for (size_t i = objs->n; i-- > 0;) {
+			struct kh_domain *dom = objs->v[i].ptr;
+
+			if (objs->v[i].kind == KH_OBJ_DOMAIN && dom->users == 0) {
+				domain_release(ctx, dom);
+				freed = true;
+			}
+		}
+	} while (freed);
+	while (objs->n)
+		device_release(ctx, objs->v[objs->n - 1].ptr);
+	ctx->be->ops->ctx_close(ctx);
+	ctx->be->n_ctx--;
+	free(objs->v);
+	free(objs);
+	free(ctx);
+}
+
+/* ---- devices ------------------------------------------------------------------------------ */
+
+int kh_device_bind(struct kh_ctx *ctx, const char *name, uint32_t *dev_id)
+{
+	struct kh_backend *be = ctx->be;
+	struct kh_bdev *bdev;
+	struct kh_device *dev;
+	int index = kh_device_lookup(be, name);
+	int rc;
+
+	if (index < 0)
+		return index;
+	bdev = &be->devices[index];
+	if (bdev->bound_ctx)
+		return kh_fail(-EBUSY, "device %s is already bound in %s", name,
+			       bdev->bound_ctx == ctx ? "this context" : "another context");
+	for (size_t i = 0; i < be->n_devices; i++) {
+		const struct kh_bdev *mate = &be->devices[i];
+
+		if (mate->info.group == bdev->info.group && mate->bound_ctx &&
+		    mate->bound_ctx != ctx)
+			return kh_fail(-EBUSY,
+				       "device %s shares IOMMU group %u with %s, which another "
+				       "context holds; a group belongs to one context at a time",
+				       name, bdev->info.group, mate->info.name);
+	}
+	rc = objects_reserve(ctx->objects);
+	if (rc < 0)
+		return rc;
+	dev = kh_zalloc(sizeof(*dev));
+	if (!dev)
+		return kh_fail(-ENOMEM, "cannot allocate device %s", name);
+	dev->ctx = ctx;
+	dev->bdev = bdev;
+	rc = be->ops->bind(ctx, dev);
+	if (rc < 0) {
+		free(dev);
+		return rc;
+	}
+	bdev->bound_ctx = ctx;
+	dev->id = objects_add(ctx->objects, KH_OBJ_DEVICE, dev);
+	*dev_id = dev->id;
+	return 0;
+}
+
+int kh_device_unbind(struct kh_ctx *ctx, uint32_t dev_id)
+{
+	struct kh_device *dev;
+	int rc = find_device(ctx, dev_id, &dev);
+
+	if (rc == 0)
+		device_release(ctx, dev);
+	return rc;
+}
+
+int kh_device_open_fd(struct kh_ctx *ctx, uint32_t dev_id)
+{
+	struct kh_device *dev;
+	int rc = find_device(ctx, dev_id, &dev);
+
+	if (rc < 0)
+		return rc;
+	if (!ctx->be->ops->device_fd)
+		return kh_fail(-EOPNOTSUPP, "the %s backend has no VFIO device fds",
+			       ctx->be->ops->name);
+	return ctx->be->ops->device_fd(dev);
+}
+
+int kh_device_region(struct kh_ctx *ctx, uint32_t dev_id, uint32_t index, struct kh_region *out)
+{
+	struct kh_device *dev;
+	int rc = find_device(ctx, dev_id, &dev);
+
+	if (rc < 0)
+		return rc;
+	if (!ctx->be->ops->device_region)
+		return kh_fail(-EOPNOTSUPP, "the %s backend has no VFIO device regions",
+			       ctx->be->ops->name);
+	return ctx->be->ops->device_region(dev, index, out);
+}
+
+/* ---- domains ------------------------------------------------------------------------------ */
+
+static int check_alloc_args(struct kh_ctx *ctx, const struct kh_domain_alloc_args *args,
+			    struct kh_domain **parent)
+{
+	const uint32_t known = KH_DOMAIN_F_DIRTY_TRACKING | KH_DOMAIN_F_NEST_PARENT;
+	int rc;
+
+	*parent = NULL;
+	if ((unsigned)args->type > KH_DOMAIN_NESTED)
+		return kh_fail(-EINVAL, "unknown domain type %d", (int)args->type);
+	if (args->flags & ~known)
+		return kh_fail(-EINVAL, "unknown domain flags 0x%x", args->flags & ~known);
+	if (args->flags && args->type != KH_DOMAIN_PAGING)
+		return kh_fail(-EINVAL, "flags apply to paging domains only, not %s",
+			       type_names[args->type]);
+	if (args->type != KH_DOMAIN_NESTED) {
+		if (args->parent_id || args->data)
+			return kh_fail(-EINVAL, "only a nested domain takes a parent and stage-1 data");
+		return 0;
+	}
+	if (!args->data || !args->data_len)
+		return kh_fail(-EINVAL, "a nested domain needs its stage-1 description");
+	rc = kh_find_domain(ctx, args->parent_id, parent);
+	if (rc < 0)
+		return rc;
+	if (!((*parent)->flags & KH_DOMAIN_F_NEST_PARENT))
+		return kh_fail(-EINVAL,
+			       "domain %u was not allocated as a nest parent; allocate the parent "
+			       "with the nest-parent flag",
+			       args->parent_id);
+	return 0;
+}
+
+int kh_domain_alloc(struct kh_ctx *ctx, uint32_t dev_id, const struct kh_domain_alloc_args *args,
+		    uint32_t *domain_id)
+{
+	const struct kh_backend_ops *ops = ctx->be->ops;
+	struct kh_device *dev;
+	struct kh_domain *parent, *dom;
+	int rc;
+
+	rc = find_device(ctx, dev_id, &dev);
+	if (rc < 0)
+		return rc;
+	rc = check_alloc_args(ctx, args, &parent);
+	if (rc < 0)
+		return rc;
+	rc = objects_reserve(ctx->objects);
+	if (rc < 0)
+		return rc;
+
+	if (ops->domain_alloc) {
+		rc = ops->domain_alloc(dev, args, parent, &dom);
+	} else if (args->type == KH_DOMAIN_PAGING) {
+		rc = ops->alloc_paging(dev, args->flags, &dom);
+		if (rc == 0) {
+			dom->ops = ops->default_domain_ops;
+			dom->type = KH_DOMAIN_PAGING;
+		}
+	} else {
+		rc = kh_fail(-EOPNOTSUPP, "the %s backend provides paging domains only, not %s",
+			     ops->name, type_names[args->type]);
+	}
+	if (rc < 0)
+		return rc;
+
+	dom->ctx = ctx;
+	if (dom->ops->map) {
+		rc = kh_ioas_create(dom->aperture_start, dom->aperture_last,
+				    dom->page_sizes & -dom->page_sizes, &dom->ioas);
+		if (rc < 0) {
+			dom->ops->free(dom);
+			return rc;
+		}
+	}
+	dom->parent = parent;
+	if (parent)
+		parent->users++;
+	dom->id = objects_add(ctx->objects, KH_OBJ_DOMAIN, dom);
+	*domain_id = dom->id;
+	return 0;
+}
+
+int kh_domain_free(struct kh_ctx *ctx, uint32_t domain_id)
+{
+	struct kh_domain *dom;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
+
+	if (rc < 0)
+		return rc;
+	if (dom->users)
+		return kh_fail(-EBUSY,
+			       "domain %u is in use by %u attached devices or nested domains; "
+			       "detach or free them first",
+			       domain_id, dom->users);
+	domain_release(ctx, dom);
+	return 0;
+}
+
+int kh_domain_type(struct kh_ctx *ctx, uint32_t domain_id, enum kh_domain_type *type)
+{
+	struct kh_domain *dom;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
+
+	if (rc == 0)
+		*type = dom->type;
+	return rc;
+}
+
+/* ---- attachment -------------------------------------------------------------------------- */
+
+/* The domain another device of dev's group is attached to in this context, or NULL. */
+static struct kh_domain *group_domain(struct kh_ctx *ctx, const struct kh_device *dev)
+{
+	for (size_t i = 0; i < ctx->objects->n; i++) {
+		const struct kh_device *mate = ctx->objects->v[i].ptr;
+
+		if (ctx->objects->v[i].kind == KH_OBJ_DEVICE && mate != dev && mate->domain &&
+		    mate->bdev->info.group == dev->bdev->info.group)
+			return mate->domain;
+	}
+	return NULL;
+}
+
+/* What an attaching device takes from the domain's IOVA space, as the kernel's iommufd does:
+ * its reserved regions, and everything outside its IOMMU's aperture. */
+static int reserve_for(struct kh_domain *dom, struct kh_device *dev)
+{
+	const struct kh_bdev *bdev = dev->bdev;
+	const struct kh_hw_info *hw = &bdev->info.hw;
+	struct kh_iova_range *ranges;
+	size_t n = bdev->n_resv;
+	int rc;
+
+	if (!dom->ioas)
+		return 0;
+	ranges = kh_realloc_array(NULL, n + 2, sizeof(*ranges));
+	if (!ranges)
+		return kh_fail(-ENOMEM, "cannot list %s's reserved ranges", bdev->info.name);
+	if (n)
+		memcpy(ranges, bdev->resv, n * sizeof(*ranges));
+	if (hw->aperture_start > 0)
+		ranges[n++] = (struct kh_iova_range){ 0, hw->aperture_start - 1 };
+	if (hw->aperture_last < UINT64_MAX)
+		ranges[n++] = (struct kh_iova_range){ hw->aperture_last + 1, UINT64_MAX };
+	rc = kh_ioas_reserve(dom->ioas, ranges, n, dev);
+	free(ranges);
+	return rc;
+}
+
+int kh_attach(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
+{
+	struct kh_device *dev;
+	struct kh_domain *dom, *shared;
+	int rc;
+
+	rc = find_device(ctx, dev_id, &dev);
+	if (rc == 0)
+		rc = kh_find_domain(ctx, domain_id, &dom);
+	if (rc < 0)
+		return rc;
+	if (dev->domain)
+		return kh_fail(-EBUSY, "device %u is already attached to domain %u; replace instead",
+			       dev_id, dev->domain->id);
+	shared = group_domain(ctx, dev);
+	if (shared && shared != dom)
+		return kh_fail(-EINVAL,
+			       "device %u's IOMMU group %u is attached to domain %u; all devices "
+			       "of a group share one domain, so attach to it or replace the group's",
+			       dev_id, dev->bdev->info.group, shared->id);
+	if (!dom->ops->attach_dev)
+		return unsupported(dom, "attaching devices");
+	rc = reserve_for(dom, dev);
+	if (rc < 0)
+		return rc;
+	rc = dom->ops->attach_dev(dom, dev);
+	if (rc < 0) {
+		if (dom->ioas)
+			kh_ioas_unreserve(dom->ioas, dev);
+		return rc;
+	}
+	dev->domain = dom;
+	dom->users++;
+	return 0;
+}
+
+/* The devices that move with dev on a replace: its group's devices attached to old. */
+static struct kh_device *group_mate_on(const struct kh_obj *obj, const struct kh_device *dev,
+				       const struct kh_domain *old)
+{
+	struct kh_device *mate = obj->ptr;
+
+	if (obj->kind != KH_OBJ_DEVICE || mate->domain != old ||
+	    mate->bdev->info.group != dev->bdev->info.group)
+		return NULL;
+	return mate;
+}
+
+int kh_replace(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
+{
+	struct kh_objects *objs = ctx->objects;
+	struct kh_device *dev, *mate;
+	struct kh_domain *dom, *old;
+	size_t i, reserved = 0;
+	int rc;
+
+	rc = find_device(ctx, dev_id, &dev);
+	if (rc == 0)
+		rc = kh_find_domain(ctx, domain_id, &dom);
+	if (rc < 0)
+		return rc;
+	old = dev->domain;
+	if (!old)
+		return kh_fail(-EINVAL, "device %u is not attached; attach it instead", dev_id);
+	if (old == dom)
+		return 0;
+	if (!dom->ops->replace_dev)
+		return unsupported(dom, "replacing a device's domain");
+
+	/* The whole group moves: its reserved ranges go to the new domain first. */
+	for (i = 0; i < objs->n && rc == 0; i++) {
+		mate = group_mate_on(&objs->v[i], dev, old);
+		if (mate) {
+			rc = reserve_for(dom, mate);
+			reserved = i + 1;
+		}
+	}
+	if (rc == 0)
+		rc = dom->ops->replace_dev(dom, dev, old);
+	if (rc < 0) {
+		for (i = 0; i < reserved && dom->ioas; i++) {
+			mate = group_mate_on(&objs->v[i], dev, old);
+			if (mate)
+				kh_ioas_unreserve(dom->ioas, mate);
+		}
+		return rc;
+	}
+	for (i = 0; i < objs->n; i++) {
+		mate = group_mate_on(&objs->v[i], dev, old);
+		if (!mate)
+			continue;
+		if (old->ioas)
+			kh_ioas_unreserve(old->ioas, mate);
+		mate->domain = dom;
+		old->users--;
+		dom->users++;
+	}
+	return 0;
+}
+
+int kh_detach(struct kh_ctx *ctx, uint32_t dev_id)
+{
+	struct kh_device *dev;
+	int rc = find_device(ctx, dev_id, &dev);
+
+	if (rc < 0)
+		return rc;
+	if (!dev->domain)
+		return kh_fail(-EINVAL, "device %u is not attached to a domain", dev_id);
+	device_detach(dev);
+	return 0;
+}
+
+int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id)
+{
+	struct kh_device *dev;
+	int rc = find_device(ctx, dev_id, &dev);
+
+	if (rc == 0)
+		*domain_id = dev->domain ? dev->domain->id : 0;
+	return rc;
+}
+
+/* ---- the IO address space ------------------------------------------------------------------ */
+
+/* A paging domain's address space; domains without map have none. */
+static int find_ioas(struct kh_ctx *ctx, uint32_t domain_id, const char *what,
+		     struct kh_domain **dom)
+{
+	int rc = kh_find_domain(ctx, domain_id, dom);
+
+	if (rc < 0)
+		return rc;
+	if (!(*dom)->ioas)
+		return unsupported(*dom, what);
+	return 0;
+}
+
+/* Where copied memory comes from; NULL for a plain map. */
+struct map_source {
+	struct kh_domain *dom;
+	uint64_t iova;
+};
+
+/* The kernel would pin pages past the end of a file, so a range beyond it is refused here. */
+static int check_file_range(const struct kh_map_req *req)
+{
+	struct stat st;
+	uint64_t end;
+
+	if (fstat(req->fd, &st))
+		return kh_fail(-errno, "cannot map from fd %d", req->fd);
+	if (!S_ISREG(st.st_mode))
+		return kh_fail(-EINVAL, "fd %d is not a file (a memfd, shmem or hugetlbfs file)",
+			       req->fd);
+	if (__builtin_add_overflow(req->addr, req->length, &end) || end > (uint64_t)st.st_size)
+		return kh_fail(-EINVAL,
+			       "offset 0x%" PRIx64 " + length 0x%" PRIx64 " runs past the end of "
+			       "the file (%lld bytes); grow the file or map less",
+			       req->addr, req->length, (long long)st.st_size);
+	return 0;
+}
+
+/* One path for every way of creating a mapping: place it by the IOAS rules, have its record
+ * ready, let the backend map it, then record it. */
+static int map_into(struct kh_domain *dom, struct kh_map_req *req, const struct map_source *src)
+{
+	struct kh_area *area;
+	int rc;
+
+	if (req->flags & KH_MAP_FILE && !src) {
+		if (!dom->ops->map_file)
+			return unsupported(dom, "mapping files");
+		rc = check_file_range(req);
+		if (rc < 0)
+			return rc;
+	}
+	rc = kh_ioas_place(dom->ioas, req);
+	if (rc < 0)
+		return rc;
+	area = kh_ioas_area_new(req);
+	if (!area)
+		return -ENOMEM;
+	if (src)
+		rc = dom->ops->copy(dom, req->iova, src->dom, src->iova, req->length, req->prot,
+				    req->addr);
+	else if (req->flags & KH_MAP_FILE)
+		rc = dom->ops->map_file(dom, req->iova, req->fd, req->addr, req->length,
+					req->prot);
+	else
+		rc = dom->ops->map(dom, req->iova, req->addr, req->length, req->prot);
+	if (rc < 0) {
+		kh_ioas_area_free(area);
+		return rc;
+	}
+	kh_ioas_insert(dom->ioas, area);
+	return 0;
+}
+
+int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req)
+{
+	struct kh_domain *dom;
+	int rc = find_ioas(ctx, domain_id, "map", &dom);
+
+	if (rc < 0)
+		return rc;
+	return map_into(dom, req, NULL);
+}
+
+int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_t src_id,
+	    uint64_t src_iova)
+{
+	struct map_source src = { .iova = src_iova };
+	struct kh_domain *dst;
+	uint32_t src_flags;
+	int rc;
+
+	rc = find_ioas(ctx, dst_id, "map", &dst);
+	if (rc == 0)
+		rc = find_ioas(ctx, src_id, "being copied from", &src.dom);
+	if (rc < 0)
+		return rc;
+	if (!dst->ops->copy)
+		return unsupported(dst, "copying mappings");
+	rc = kh_ioas_source(src.dom->ioas, src_iova, req->length, &req->addr, &src_flags);
+	if (rc < 0)
+		return rc;
+	req->flags = (req->flags & ~KH_MAP_FILE) | src_flags;
+	return map_into(dst, req, &src);
+}
+
+int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
+	     uint64_t *unmapped)
+{
+	struct kh_domain *dom;
+	uint64_t first, last, bytes;
+	int rc;
+
+	if (unmapped)
+		*unmapped = 0;
+	rc = find_ioas(ctx, domain_id, "unmap", &dom);
+	if (rc < 0)
+		return rc;
+	rc = kh_ioas_find_unmap(dom->ioas, iova, length, &first, &last, &bytes);
+	if (rc < 0)
+		return rc;
+	/* One call for the whole span, so a failure leaves every mapping in place. */
+	rc = dom->ops->unmap(dom, first, last - first + 1);
+	if (rc < 0)
+		return rc;
+	if (dom->ops->iotlb_sync)
+		dom->ops->iotlb_sync(dom, first, last - first + 1);
+	kh_ioas_remove(dom->ioas, first, last);
+	if (unmapped)
+		*unmapped = bytes;
+	return 0;
+}
+
+int kh_mappings(struct kh_ctx *ctx, uint32_t domain_id, uint64_t from, struct kh_mapping *out,
+		size_t max)
+{
+	struct kh_domain *dom;
+	int rc = find_ioas(ctx, domain_id, "listing mappings", &dom);
+
+	if (rc < 0)
+		return rc;
+	return kh_ioas_mappings(dom->ioas, from, out, max);
+}
+
+int kh_iova_ranges(struct kh_ctx *ctx, uint32_t domain_id, struct kh_iova_range *out, size_t max)
+{
+	struct kh_domain *dom;
+	int rc = find_ioas(ctx, domain_id, "IOVA ranges", &dom);
+
+	if (rc < 0)
+		return rc;
+	return kh_ioas_ranges(dom->ioas, out, max);
+}
+
+int kh_allow_iovas(struct kh_ctx *ctx, uint32_t domain_id, const struct kh_iova_range *ranges,
+		   size_t n)
+{
+	struct kh_iova_range *sorted;
+	struct kh_domain *dom;
+	int rc = find_ioas(ctx, domain_id, "allowed IOVA ranges", &dom);
+
+	if (rc == 0)
+		rc = kh_ioas_allow_check(dom->ioas, ranges, n, &sorted);
+	if (rc < 0)
+		return rc;
+	/* The kernel keeps its own copy where it allocates IOVA itself. */
+	if (dom->ops->set_allowed_iovas)
+		rc = dom->ops->set_allowed_iovas(dom, sorted, n);
+	if (rc < 0) {
+		free(sorted);
+		return rc;
+	}
+	kh_ioas_allow_set(dom->ioas, sorted, n);
+	return 0;
+}
+
+int kh_iova_to_phys(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t *phys)
+{
+	struct kh_domain *dom;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
+
+	if (rc < 0)
+		return rc;
+	if (!dom->ops->iova_to_phys)
+		return unsupported(dom, "IOVA lookups");
+	return dom->ops->iova_to_phys(dom, iova, phys);
+}
+
+int kh_flush_iotlb(struct kh_ctx *ctx, uint32_t domain_id)
+{
+	struct kh_domain *dom;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
+
+	if (rc < 0)
+		return rc;
+	if (!dom->ops->flush_iotlb_all)
+		return unsupported(dom, "IOTLB flushes");
+	return dom->ops->flush_iotlb_all(dom);
+}
+
+/* ---- dirty tracking ----------------------------------------------------------------------- */
+
+int kh_set_dirty_tracking(struct kh_ctx *ctx, uint32_t domain_id, bool enable)
+{
+	struct kh_domain *dom;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
+
+	if (rc < 0)
+		return rc;
+	if (!dom->ops->set_dirty_tracking)
+		return unsupported(dom, "dirty tracking");
+	return dom->ops->set_dirty_tracking(dom, enable);
+}
+
+int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
+		  uint64_t page_size, uint64_t *bitmap, uint32_t flags)
+{
+	struct kh_domain *dom;
+	uint64_t last, min_page;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
+
+	if (rc < 0)
+		return rc;
+	if (!dom->ops->read_and_clear_dirty)
+		return unsupported(dom, "reading dirty bits");
+	min_page = dom->page_sizes & -dom->page_sizes;
+	if (page_size < min_page || (page_size & (page_size - 1)))
+		return kh_fail(-EINVAL,
+			       "dirty page size 0x%" PRIx64 " must be a power of two of at least "
+			       "0x%" PRIx64,
+			       page_size, min_page);
+	if (length == 0 || (iova | length) & (page_size - 1))
+		return kh_fail(-EINVAL,
+			       "IOVA 0x%" PRIx64 " and length 0x%" PRIx64
+			       " must be non-zero multiples of the dirty page size 0x%" PRIx64,
+			       iova, length, page_size);
+	if (__builtin_add_overflow(iova, length - 1, &last))
+		return kh_fail(-EOVERFLOW, "IOVA 0x%" PRIx64 " + length 0x%" PRIx64 " overflows",
+			       iova, length);
+	if (flags & ~KH_DIRTY_NO_CLEAR)
+		return kh_fail(-EINVAL, "unknown dirty flags 0x%x", flags & ~KH_DIRTY_NO_CLEAR);
+	memset(bitmap, 0, ((length / page_size + 63) / 64) * sizeof(*bitmap));
+	return dom->ops->read_and_clear_dirty(dom, iova, length, page_size, bitmap, flags);
+}

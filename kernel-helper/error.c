@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdio.h>
+#include <string.h>
+
+#include <kh/kh_ops.h>
+
+/* Per thread, like errno: a failing call and the caller reading its message share a thread. */
+static _Thread_local char last_error[512] = "no error";
+
+const char *kh_last_error(void)
+{
+	return last_error;
+}
+
+int kh_vfail(int err, const char *fmt, va_list ap)
+{
+	int n = vsnprintf(last_error, sizeof(last_error), fmt, ap);
+
+	if (n >= 0 && (size_t)n < sizeof(last_error) - 32)
+		snprintf(last_error + n, sizeof(last_error) - (size_t)n, " (%s)", strerror(-err));
+	return err;
+}
+
+int kh_fail(int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	kh_vfail(err, fmt, ap);
+	va_end(ap);
+	return err;
+}

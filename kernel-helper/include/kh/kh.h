@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kernel-helper: the only layer of iommud that talks to an IOMMU.
+ *
+ * What a caller (the daemon, a test, a tool) uses. The contract backends implement lives in
+ * <kh/kh_ops.h>; a caller never needs it.
+ *
+ * Object model, after iommufd:
+ *   backend  - one per process: the emulated IOMMU or the kernel's iommufd. Owns the list of
+ *              devices it found and their IOMMU groups.
+ *   context  - an isolated universe of devices and domains (for iommufd, one /dev/iommu file).
+ *              Objects are named by small integer ids that are only meaningful inside their
+ *              context, so a tenant holding one context can never name another's objects.
+ *   device   - a backend device bound into a context (kh_device_bind). A device is bound in
+ *              at most one context at a time, and so is every device of its IOMMU group.
+ *   domain   - allocated *from a device* with a fixed type; its ops are chosen then and never
+ *              change. Paging domains carry an IO address space (IOAS): mappings, reserved and
+ *              allowed IOVA ranges, following iommufd's IOAS rules so both backends agree.
+ *
+ * Errors: every function returning int gives 0 or a negative errno. After a failure,
+ * kh_last_error() describes, for a person, what was wrong and what to do.
+ *
+ * Threads: a context must be used by one thread at a time. Different contexts of one backend
+ * may be used from different threads only if the caller serialises calls on the backend.
+ */
+#ifndef KH_KH_H
+#define KH_KH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct kh_backend;
+struct kh_ctx;
+
+/* Message for the most recent failure of a kh_* call on this thread; never NULL. */
+const char *kh_last_error(void);
+
+/* ---- backends ------------------------------------------------------------------------- */
+
+enum kh_backend_kind {
+	KH_BACKEND_EMULATED,
+	KH_BACKEND_IOMMUFD,
+};
+
+/* Opens the emulated backend with the devices described by an INI topology file (see
+ * docs/architecture.md, "Emulated topology"); NULL gives one default device "emu0". */
+int kh_backend_open_emulated(const char *topology_path, struct kh_backend **out);
+/* Opens the emulated backend from a topology held in memory (same syntax as the file). */
+int kh_backend_open_emulated_text(const char *topology_text, struct kh_backend **out);
+/* Opens the kernel's iommufd: devices are the PCI devices bound to vfio-pci that have a VFIO
+ * device cdev. Needs /dev/iommu (CONFIG_IOMMUFD, an IOMMU) and root. */
+int kh_backend_open_iommufd(struct kh_backend **out);
+/* Releases the backend. Every context must have been destroyed first. */
+void kh_backend_close(struct kh_backend *be);
+
+enum kh_backend_kind kh_backend_kind(const struct kh_backend *be);
+const char *kh_backend_name(const struct kh_backend *be);
+
+#define KH_NAME_MAX 64
+
+/* What the IOMMU in front of a device can do. */
+struct kh_hw_info {
+	uint64_t page_sizes;     /* bitmap of supported leaf sizes (bit n = 2^n bytes) */
+	uint64_t aperture_start; /* lowest IOVA the IOMMU translates */
+	uint64_t aperture_last;  /* highest IOVA the IOMMU translates (inclusive) */
+	bool dirty_tracking;     /* paging domains may be allocated with KH_DOMAIN_F_DIRTY_TRACKING */
+	bool nesting;            /* nest parents and nested domains */
+	uint8_t pasid_bits;      /* width of PASIDs the device may use; 0 = none */
+	uint32_t hw_type;        /* backend-specific model id (iommufd: enum iommu_hw_info_type) */
+};
+
+struct kh_iova_range {
+	uint64_t start;
+	uint64_t last; /* inclusive, so the top of the address space can be expressed */
+};
+
+struct kh_device_info {
+	char name[KH_NAME_MAX];  /* stable name: PCI address for iommufd, topology name for emu */
+	uint32_t group;          /* IOMMU group number */
+	uint16_t vendor, device; /* PCI ids; 0 where the backend has none */
+	char driver[KH_NAME_MAX];
+	struct kh_hw_info hw;
+};
+
+/* Number of devices the backend found; they are indexed 0..n-1 in a stable order. */
+size_t kh_device_count(const struct kh_backend *be);
+int kh_device_info(const struct kh_backend *be, size_t index, struct kh_device_info *out);
+/* Index of the device called name, or -ENOENT. */
+int kh_device_lookup(const struct kh_backend *be, const char *name);
+/* Reserved IOVA regions the device brings (e.g. the x86 MSI window). Copies up to max
+ * entries into out and returns how many there are in total, or a negative errno. */
+int kh_device_reserved_regions(const struct kh_backend *be, size_t index,
+			       struct kh_iova_range *out, size_t max);
+
+/* ---- contexts ------------------------------------------------------------------------- */
+
+int kh_ctx_create(struct kh_backend *be, struct kh_ctx **out);
+/* Detaches every device, frees every domain and unbinds every device of the context. */
+void kh_ctx_destroy(struct kh_ctx *ctx);
+
+/* ---- devices in a context ------------------------------------------------------------- */
+
+/* Binds backend device `name` into ctx; gives its object id. -EBUSY if it, or a device of its
+ * group, is bound in another context. A bound device is blocked from DMA until attached. */
+int kh_device_bind(struct kh_ctx *ctx, const char *name, uint32_t *dev_id);
+/* Detaches the device if attached and releases it from ctx. */
+int kh_device_unbind(struct kh_ctx *ctx, uint32_t dev_id);
+
+/* A VFIO fd for the bound device, so its user (a VM manager) can drive it: config space and
+ * BARs through pread/pwrite at region offsets, interrupts, reset. The caller owns the fd (a
+ * duplicate); the device stays bound and its DMA stays governed by the context's domains.
+ * -EOPNOTSUPP on backends without VFIO devices. */
+int kh_device_open_fd(struct kh_ctx *ctx, uint32_t dev_id);
+
+struct kh_region {
+	uint64_t offset; /* where the region starts in the VFIO fd */
+	uint64_t size;   /* 0: the device has no such region */
+	uint32_t flags;  /* KH_REGION_* */
+};
+#define KH_REGION_READ (1u << 0)
+#define KH_REGION_WRITE (1u << 1)
+#define KH_REGION_MMAP (1u << 2)
+
+/* Region `index` of the device in VFIO numbering (for PCI: BARs 0-5, 7 config space). */
+int kh_device_region(struct kh_ctx *ctx, uint32_t dev_id, uint32_t index, struct kh_region *out);
+
+/* ---- domains -------------------------------------------------------------------------- */
+
+enum kh_domain_type {
+	KH_DOMAIN_BLOCKED,  /* all DMA faults */
+	KH_DOMAIN_IDENTITY, /* IOVA == physical address */
+	KH_DOMAIN_PAGING,   /* translated through page tables the helper manages */
+	KH_DOMAIN_NESTED,   /* stage 1 owned by the caller, stage 2 a nest-parent paging domain */
+};
+
+#define KH_DOMAIN_F_DIRTY_TRACKING (1u << 0) /* paging: dirty tracking may be switched on */
+#define KH_DOMAIN_F_NEST_PARENT (1u << 1)    /* paging: may be the stage 2 of nested domains */
+
+/* Stage-1 description for a nested domain. data_type says how to read data. */
+enum kh_nest_data_type {
+	KH_NEST_DATA_EMU_S1 = 1,    /* struct kh_emu_s1 (emulated backend) */
+	KH_NEST_DATA_VTD_S1 = 0x100 /* struct iommu_hwpt_vtd_s1 (iommufd, Intel VT-d) */
+};
+
+struct kh_domain_alloc_args {
+	enum kh_domain_type type;
+	uint32_t flags;     /* KH_DOMAIN_F_* */
+	uint32_t parent_id; /* nested: the nest-parent domain; 0 otherwise */
+	enum kh_nest_data_type data_type;
+	const void *data; /* nested: the stage-1 description; NULL otherwise */
+	size_t data_len;
+};
+
+/* Allocates a domain suited to device dev_id; the device is not attached by this. */
+int kh_domain_alloc(struct kh_ctx *ctx, uint32_t dev_id, const struct kh_domain_alloc_args *args,
+		    uint32_t *domain_id);
+/* -EBUSY while devices are attached or nested domains use it as their parent. */
+int kh_domain_free(struct kh_ctx *ctx, uint32_t domain_id);
+int kh_domain_type(struct kh_ctx *ctx, uint32_t domain_id, enum kh_domain_type *type);
+
+int kh_attach(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id);
+/* Moves the device (and the rest of its group) to another domain without a window in which
+ * DMA is blocked. */
+int kh_replace(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id);
+int kh_detach(struct kh_ctx *ctx, uint32_t dev_id);
+/* Domain the device is attached to, or 0. */
+int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id);
+
+/* ---- the IO address space of a paging domain ------------------------------------------ */
+
+#define KH_PROT_READ (1u << 0)  /* the device may read the memory */
+#define KH_PROT_WRITE (1u << 1) /* the device may write the memory */
+
+#define KH_MAP_FIXED_IOVA (1u << 0) /* map exactly at req.iova; otherwise the helper picks */
+/* The memory is [addr, addr+length) of the file fd (a memfd, shmem or hugetlbfs file), pinned by
+ * the kernel without a mapping in this process. iommufd on Linux 6.13 and later only. */
+#define KH_MAP_FILE (1u << 1)
+
+struct kh_map_req {
+	uint64_t iova;      /* in with KH_MAP_FIXED_IOVA; out always */
+	uint64_t length;    /* bytes, a multiple of the smallest page size */
+	uint64_t addr;      /* virtual address of the memory, or offset in fd; page aligned */
+	uint32_t prot;      /* KH_PROT_* (at least one) */
+	uint32_t flags;     /* KH_MAP_* */
+	uint64_t alignment; /* allocated IOVA: power of two >= page size, 0 for the default */
+	int32_t fd;         /* with KH_MAP_FILE; the caller keeps it */
+};
+
+/* Maps [addr, addr+length) at an IOVA. -EEXIST if it overlaps a mapping; -EINVAL if it touches a
+ * reserved range or lies outside the aperture; -ENOSPC if no free IOVA range fits. */
+int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req);
+/* Removes every mapping inside [iova, iova+length); all of them must lie wholly inside (-EINVAL
+ * otherwise, nothing removed); -ENOENT if there is none. iova 0 and length UINT64_MAX remove
+ * everything. unmapped (may be NULL) gives the bytes removed. */
+int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
+	     uint64_t *unmapped);
+
+/* Maps, in domain dst_id, the memory that [src_iova, src_iova+req->length) of domain src_id
+ * maps, like IOMMU_IOAS_COPY: the pages are shared, not pinned again. The source range must lie
+ * inside one mapping (-ENOENT where nothing is mapped, -EINVAL across mappings). req gives the
+ * destination: iova (with KH_MAP_FIXED_IOVA), length, prot, alignment; addr and the
+ * KH_MAP_FILE flag come out as the source's. */
+int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_t src_id,
+	    uint64_t src_iova);
+
+struct kh_mapping {
+	uint64_t iova;
+	uint64_t length;
+	uint64_t addr;  /* virtual address, or offset in the file with KH_MAP_FILE */
+	uint32_t prot;
+	uint32_t flags; /* KH_MAP_FILE for memory mapped from a file */
+};
+
+/* Copies up to max mappings whose IOVA is >= from, in IOVA order; returns how many were
+ * copied. Page through with from = last.iova + last.length. */
+int kh_mappings(struct kh_ctx *ctx, uint32_t domain_id, uint64_t from, struct kh_mapping *out,
+		size_t max);
+
+/* IOVA ranges where mappings may go: aperture minus reserved ranges of attached devices, within
+ * the allowed ranges if set. Copies up to max and returns the total count. */
+int kh_iova_ranges(struct kh_ctx *ctx, uint32_t domain_id, struct kh_iova_range *out, size_t max);
+/* Restricts IOVA allocation to these ranges (n == 0 lifts the restriction), like
+ * IOMMU_IOAS_ALLOW_IOVAS. -EADDRINUSE if one covers a reserved range or leaves out a mapping. */
+int kh_allow_iovas(struct kh_ctx *ctx, uint32_t domain_id, const struct kh_iova_range *ranges,
+		   size_t n);
+
+/* Physical (for the emulated backend: process virtual) address behind iova. */
+int kh_iova_to_phys(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t *phys);
+/* Invalidates the IOTLB for the whole domain, e.g. after changing a nested stage-1 table. */
+int kh_flush_iotlb(struct kh_ctx *ctx, uint32_t domain_id);
+
+/* ---- dirty tracking ------------------------------------------------------------------- */
+
+int kh_set_dirty_tracking(struct kh_ctx *ctx, uint32_t domain_id, bool enable);
+
+#define KH_DIRTY_NO_CLEAR (1u << 0) /* read the dirty bits without clearing them */
+
+/* Sets bit i of bitmap when [iova + i*page_size, +page_size) was written by a device since the
+ * last clear. bitmap holds ceil(length / page_size / 64) words and is cleared first. */
+int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
+		  uint64_t page_size, uint64_t *bitmap, uint32_t flags);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

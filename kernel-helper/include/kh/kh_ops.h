@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The split-ops contract between kernel-helper's core and its backends.
+ *
+ * Two tables, as in Linux since the "split ops" change:
+ *   struct kh_backend_ops - device-oriented: enumerate and probe devices, report what their
+ *                           IOMMU can do, bind them into contexts, and allocate a domain *from a
+ *                           device*, so the backend returns the right kind of domain.
+ *   struct kh_domain_ops  - chosen by domain_alloc and stored in the domain; never changed.
+ *
+ * A NULL op means "not supported". The core's wrappers turn it into -EOPNOTSUPP with a message;
+ * a backend never tests for its own NULL ops. A backend with a single kind of paging domain
+ * leaves domain_alloc's choice to the core by setting default_domain_ops.
+ *
+ * The core owns the IOAS rules (IOVA allocation, reserved and allowed ranges, overlap and
+ * whole-mapping checks) for every backend: by the time an op runs, its arguments are valid for
+ * the domain's address space. Ops return 0 or a negative errno and set kh_last_error() through
+ * kh_fail() on failure; a failed mutating op leaves the backend as it was.
+ */
+#ifndef KH_KH_OPS_H
+#define KH_KH_OPS_H
+
+#include <stdarg.h>
+
+#include <kh/kh.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct kh_domain;
+struct kh_domain_ops;
+
+/* A device as the backend found it. Owned by the backend, which frees it at release. */
+struct kh_bdev {
+	struct kh_device_info info;
+	struct kh_iova_range *resv; /* reserved regions, owned by the device */
+	size_t n_resv;
+	struct kh_ctx *bound_ctx; /* the context it is bound in, or NULL; kept by the core */
+	void *priv;               /* the backend's own state */
+};
+
+/* A device bound in a context: what domain ops receive. Owned by the core. */
+struct kh_device {
+	uint32_t id;
+	struct kh_ctx *ctx;
+	struct kh_bdev *bdev;
+	struct kh_domain *domain; /* attached domain, or NULL (blocked) */
+	void *priv;               /* the backend's per-binding state (iommufd: the VFIO fd) */
+};
+
+/* Allocated by the backend's domain_alloc (embedded in its own struct, found again with
+ * container_of); the core fills the fields marked "core" and calls ops->free to release it. */
+struct kh_domain {
+	const struct kh_domain_ops *ops; /* backend: set at allocation, never changed */
+	enum kh_domain_type type;        /* backend: never changes */
+	uint32_t flags;                  /* backend: KH_DOMAIN_F_* it granted */
+	uint64_t page_sizes;             /* backend: leaf sizes the domain's page table uses */
+	uint64_t aperture_start, aperture_last; /* backend */
+	struct kh_domain *parent;        /* core: nest parent of a nested domain */
+	uint32_t id;                     /* core */
+	struct kh_ctx *ctx;              /* core */
+	unsigned users;                  /* core: attached devices + nested children */
+	struct kh_ioas *ioas;            /* core: the address space of a paging domain */
+};
+
+struct kh_domain_ops {
+	/* Attach a device that has no domain. */
+	int (*attach_dev)(struct kh_domain *dom, struct kh_device *dev);
+	/* Move a device from old (never NULL) to dom with no blocked window. */
+	int (*replace_dev)(struct kh_domain *dom, struct kh_device *dev, struct kh_domain *old);
+	/* Leave the device blocked. Cannot fail: a detach is how the core cleans up. */
+	void (*detach_dev)(struct kh_domain *dom, struct kh_device *dev);
+
+	/* Map [addr, addr+length) at iova; the range is free, aligned and inside the aperture. All
+	 * or nothing. */
+	int (*map)(struct kh_domain *dom, uint64_t iova, uint64_t addr, uint64_t length,
+		   uint32_t prot);
+	/* As map, for [offset, offset+length) of the file fd. */
+	int (*map_file)(struct kh_domain *dom, uint64_t iova, int fd, uint64_t offset,
+			uint64_t length, uint32_t prot);
+	/* Map at iova of dom what [src_iova, +length) of src maps; src belongs to the same context
+	 * and backend, and the core found the range inside one of src's mappings, whose memory
+	 * starts at addr (an address, or an offset in a file for a file mapping). */
+	int (*copy)(struct kh_domain *dom, uint64_t iova, struct kh_domain *src, uint64_t src_iova,
+		    uint64_t length, uint32_t prot, uint64_t addr);
+	/* Unmap exactly a range the core mapped before (one or more whole mappings). */
+	int (*unmap)(struct kh_domain *dom, uint64_t iova, uint64_t length);
+	/* Pass allowed IOVA ranges (sorted, checked by the core) to where they are enforced. */
+	int (*set_allowed_iovas)(struct kh_domain *dom, const struct kh_iova_range *ranges,
+				 size_t n);
+	int (*iova_to_phys)(struct kh_domain *dom, uint64_t iova, uint64_t *phys);
+	/* Make an unmap of [iova, iova+length) visible to devices. */
+	void (*iotlb_sync)(struct kh_domain *dom, uint64_t iova, uint64_t length);
+	int (*flush_iotlb_all)(struct kh_domain *dom);
+
+	int (*set_dirty_tracking)(struct kh_domain *dom, bool enable);
+	/* bitmap is zeroed by the core; the op ORs in bits for dirty pages. */
+	int (*read_and_clear_dirty)(struct kh_domain *dom, uint64_t iova, uint64_t length,
+				    uint64_t page_size, uint64_t *bitmap, uint32_t flags);
+
+	void (*free)(struct kh_domain *dom);
+};
+
+struct kh_backend_ops {
+	enum kh_backend_kind kind;
+	const char *name;
+
+	/* Fill be->devices. Called once, by the backend's open function through the core. */
+	int (*probe_devices)(struct kh_backend *be);
+	/* Free the backend's private state and every kh_bdev's priv. */
+	void (*release)(struct kh_backend *be);
+
+	int (*ctx_open)(struct kh_ctx *ctx);
+	void (*ctx_close)(struct kh_ctx *ctx);
+
+	int (*bind)(struct kh_ctx *ctx, struct kh_device *dev);
+	void (*unbind)(struct kh_ctx *ctx, struct kh_device *dev);
+
+	/* A duplicate of the device's VFIO fd, and the layout of its regions. */
+	int (*device_fd)(struct kh_device *dev);
+	int (*device_region)(struct kh_device *dev, uint32_t index, struct kh_region *out);
+
+	/* Allocate a domain of args->type for dev; parent is resolved by the core. Returning
+	 * -EOPNOTSUPP (through kh_fail) refuses a type the backend cannot provide. NULL: the core
+	 * allocates paging domains with default_domain_ops through alloc_paging. */
+	int (*domain_alloc)(struct kh_device *dev, const struct kh_domain_alloc_args *args,
+			    struct kh_domain *parent, struct kh_domain **out);
+	/* Used when domain_alloc is NULL: allocate a plain paging domain. */
+	int (*alloc_paging)(struct kh_device *dev, uint32_t flags, struct kh_domain **out);
+	const struct kh_domain_ops *default_domain_ops;
+};
+
+/* The core's view of a backend; backends fill devices in probe_devices. */
+struct kh_backend {
+	const struct kh_backend_ops *ops;
+	struct kh_bdev *devices; /* array owned by the core, entries' priv by the backend */
+	size_t n_devices;
+	unsigned n_ctx;          /* live contexts; close refuses while any remain */
+	void *priv;
+};
+
+struct kh_ctx {
+	struct kh_backend *be;
+	void *priv; /* the backend's per-context state */
+	struct kh_objects *objects;
+};
+
+/* Record a failure for kh_last_error() and return err (a negative errno). */
+int kh_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int kh_vfail(int err, const char *fmt, va_list ap);
+
+/* Creates the backend object and probes its devices; on failure ops->release(priv) has run. */
+int kh_backend_create(const struct kh_backend_ops *ops, void *priv, struct kh_backend **out);
+
+/* The domain called id in ctx, for a backend's own extensions; -ENOENT with a message. */
+int kh_find_domain(struct kh_ctx *ctx, uint32_t id, struct kh_domain **out);
+
+/* Grow be->devices by one zeroed entry; gives it in *out. */
+int kh_backend_add_device(struct kh_backend *be, struct kh_bdev **out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The IO address space of a paging domain: which IOVA ranges are mapped, reserved or allowed,
+ * with iommufd's IOAS rules, so the emulated and the iommufd backends answer alike. It only
+ * keeps the books; the core calls the domain's ops to change page tables.
+ *
+ * Ownership: a kh_ioas is owned by its domain (kh_domain.ioas) and owns its areas and ranges.
+ */
+#ifndef KH_IOAS_H
+#define KH_IOAS_H
+
+#include <kh/kh.h>
+
+struct kh_ioas;
+struct kh_area;
+
+int kh_ioas_create(uint64_t aperture_start, uint64_t aperture_last, uint64_t page_size,
+		   struct kh_ioas **out);
+void kh_ioas_destroy(struct kh_ioas *ioas);
+
+/* Checks req against the rules and fills req->iova when the helper picks it. Changes nothing. */
+int kh_ioas_place(struct kh_ioas *ioas, struct kh_map_req *req);
+/* Allocates the record for a mapping before the page tables change, so recording it after they
+ * did cannot fail. */
+struct kh_area *kh_ioas_area_new(const struct kh_map_req *placed);
+void kh_ioas_insert(struct kh_ioas *ioas, struct kh_area *area);
+void kh_ioas_area_free(struct kh_area *area);
+
+/* The memory behind [iova, iova+length) when one mapping holds all of it: its address (or file
+ * offset) in *addr, its KH_MAP_* flags in *flags. */
+int kh_ioas_source(const struct kh_ioas *ioas, uint64_t iova, uint64_t length, uint64_t *addr,
+		   uint32_t *flags);
+
+/* The span [*first, *last] of the mappings inside [iova, iova+length), checked to lie wholly
+ * inside; *bytes is what they map. Changes nothing. */
+int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uint64_t *first,
+		       uint64_t *last, uint64_t *bytes);
+/* Forgets the mappings of a span found by kh_ioas_find_unmap. */
+void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last);
+
+int kh_ioas_mappings(const struct kh_ioas *ioas, uint64_t from, struct kh_mapping *out,
+		     size_t max);
+size_t kh_ioas_count(const struct kh_ioas *ioas);
+
+/* Adds the reserved ranges a device brings, tagged with owner. -EADDRINUSE if one overlaps a
+ * mapping or an allowed range; all or nothing. */
+int kh_ioas_reserve(struct kh_ioas *ioas, const struct kh_iova_range *ranges, size_t n,
+		    const void *owner);
+void kh_ioas_unreserve(struct kh_ioas *ioas, const void *owner);
+
+int kh_ioas_ranges(const struct kh_ioas *ioas, struct kh_iova_range *out, size_t max);
+/* Checks allowed ranges and gives them sorted in *sorted (NULL for none), for the caller to
+ * pass to kh_ioas_allow_set, which takes ownership, or to free. Changes nothing. */
+int kh_ioas_allow_check(const struct kh_ioas *ioas, const struct kh_iova_range *ranges, size_t n,
+			struct kh_iova_range **sorted);
+void kh_ioas_allow_set(struct kh_ioas *ioas, struct kh_iova_range *sorted, size_t n);
+
+#endif

@@ -1,0 +1,896 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The iommufd backend: the kernel's IOMMU through /dev/iommu and VFIO device cdevs. The only
+ * file of iommud that issues iommufd and VFIO ioctls.
+ *
+ * Mapping of the contract onto iommufd:
+ *   context        one open /dev/iommu
+ *   bound device   an open /dev/vfio/devices/vfioN bound with VFIO_DEVICE_BIND_IOMMUFD
+ *   paging domain  an IOAS; devices attach to it and the kernel picks the hardware domain.
+ *                  With flags (dirty tracking, nest parent) also a HWPT allocated on the IOAS
+ *                  for the device, which devices attach to, so the flags reach the hardware
+ *   nested domain  a HWPT whose parent is a nest-parent HWPT, with vendor stage-1 data
+ *   blocked domain no kernel object: the device detached is blocked
+ *
+ * Ownership: the backend owns each device's sysfs facts (iommufd_bdev, in kh_bdev.priv); a
+ * bound device owns its VFIO fd (iommufd_binding, in kh_device.priv); a context owns its
+ * /dev/iommu fd; a domain owns its kernel objects and destroys them in free.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define __user
+#include <linux/iommufd.h>
+#include <linux/vfio.h>
+
+#include <kh/kh_ops.h>
+
+#include "alloc.h"
+
+/* Linux 6.13 added IOMMU_IOAS_MAP_FILE, which the 6.12 headers lack: its ABI, as the kernel's
+ * uAPI defines it. Whether the running kernel has it is asked at run time. */
+#ifndef IOMMU_IOAS_MAP_FILE
+struct iommu_ioas_map_file {
+	__u32 size;
+	__u32 flags;
+	__u32 ioas_id;
+	__s32 fd;
+	__aligned_u64 start;
+	__aligned_u64 length;
+	__aligned_u64 iova;
+};
+#define IOMMU_IOAS_MAP_FILE _IO(IOMMUFD_TYPE, 0x8f)
+#endif
+
+#define SYSFS_PCI "/sys/bus/pci/devices"
+#define DEV_IOMMU "/dev/iommu"
+
+/* VT-d capability register: supported second-level large pages (SLLPS, bits 34-37). */
+#define VTD_CAP_SLLPS_2M (1ull << 34)
+#define VTD_CAP_SLLPS_1G (1ull << 35)
+
+struct iommufd_bdev {
+	char cdev[PATH_MAX]; /* /dev/vfio/devices/vfioN */
+};
+
+struct iommufd_binding {
+	int fd;         /* the VFIO device cdev, bound to the context's iommufd */
+	uint32_t devid; /* iommufd's id for the bound device */
+};
+
+struct iommufd_domain {
+	struct kh_domain dom;
+	uint32_t ioas_id; /* paging domains: the address space */
+	uint32_t hwpt_id; /* paging and nested: the kernel's domain; 0 for blocked */
+	int iommufd;
+};
+
+static struct iommufd_domain *to_ifd(struct kh_domain *dom)
+{
+	return (struct iommufd_domain *)((char *)dom - offsetof(struct iommufd_domain, dom));
+}
+
+static int ctx_fd(const struct kh_ctx *ctx)
+{
+	return (int)(intptr_t)ctx->priv;
+}
+
+static struct iommufd_binding *binding(const struct kh_device *dev)
+{
+	return dev->priv;
+}
+
+/* Issues one ioctl; on failure records what the kernel said and what was being done. Each call
+ * is an injection point, so tests can make the kernel refuse any step. */
+static int kernel_call(int fd, unsigned long request, void *arg, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int kernel_call(int fd, unsigned long request, void *arg, const char *fmt, ...)
+{
+	va_list ap;
+	int err;
+
+	if (kh_fail_point())
+		err = EIO;
+	else if (ioctl(fd, request, arg) == 0)
+		return 0;
+	else
+		err = errno;
+	va_start(ap, fmt);
+	kh_vfail(-err, fmt, ap);
+	va_end(ap);
+	return -err;
+}
+
+static void destroy_object(int iommufd, uint32_t id)
+{
+	struct iommu_destroy cmd = { .size = sizeof(cmd), .id = id };
+
+	/* Only fails for an id the kernel no longer knows, which leaves nothing to release. */
+	ioctl(iommufd, IOMMU_DESTROY, &cmd);
+}
+
+/* ---- discovery from sysfs ------------------------------------------------------------------ */
+
+/* snprintf into a path buffer; a path too long for it is refused rather than cut. */
+static bool fits(int written, size_t size)
+{
+	return written >= 0 && (size_t)written < size;
+}
+
+static int read_sysfs(const char *dir, const char *name, char *buf, size_t size)
+{
+	char path[PATH_MAX];
+	ssize_t n;
+	int fd;
+
+	if (!fits(snprintf(path, sizeof(path), "%s/%s", dir, name), sizeof(path)))
+		return -ENAMETOOLONG;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, size - 1);
+	close(fd);
+	if (n < 0)
+		return -errno;
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	return 0;
+}
+
+/* The last component of a symlink's target, e.g. the driver's or the group's name. */
+static int link_name(const char *dir, const char *name, char *buf, size_t size)
+{
+	char path[PATH_MAX], target[PATH_MAX];
+	const char *slash;
+	ssize_t n;
+
+	if (!fits(snprintf(path, sizeof(path), "%s/%s", dir, name), sizeof(path)))
+		return -ENAMETOOLONG;
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return -errno;
+	target[n] = '\0';
+	slash = strrchr(target, '/');
+	return fits(snprintf(buf, size, "%s", slash ? slash + 1 : target), size) ? 0 : -ENAMETOOLONG;
+}
+
+/* The VFIO cdev of a PCI device: its vfio-dev/vfioN entry names /dev/vfio/devices/vfioN. */
+static bool find_cdev(const char *dir, char *cdev, size_t size)
+{
+	char path[PATH_MAX];
+	struct dirent *de;
+	DIR *d;
+	bool found = false;
+
+	if (!fits(snprintf(path, sizeof(path), "%s/vfio-dev", dir), sizeof(path)))
+		return false;
+	d = opendir(path);
+	if (!d)
+		return false;
+	while (!found && (de = readdir(d)))
+		if (!strncmp(de->d_name, "vfio", 4))
+			found = fits(snprintf(cdev, size, "/dev/vfio/devices/%s", de->d_name), size);
+	closedir(d);
+	return found;
+}
+
+static int read_reserved_regions(struct kh_bdev *bdev)
+{
+	char path[PATH_MAX], line[256];
+	FILE *f;
+	int rc = 0;
+
+	snprintf(path, sizeof(path), "/sys/kernel/iommu_groups/%u/reserved_regions",
+		 bdev->info.group);
+	f = fopen(path, "re");
+	if (!f)
+		return 0; /* an IOMMU that reserves nothing has no file */
+	while (fgets(line, sizeof(line), f)) {
+		struct kh_iova_range range, *grown;
+
+		if (sscanf(line, "%" SCNx64 " %" SCNx64, &range.start, &range.last) != 2)
+			continue;
+		grown = kh_realloc_array(bdev->resv, bdev->n_resv + 1, sizeof(*grown));
+		if (!grown) {
+			rc = kh_fail(-ENOMEM, "cannot record reserved regions of %s",
+				     bdev->info.name);
+			break;
+		}
+		bdev->resv = grown;
+		grown[bdev->n_resv++] = range;
+	}
+	fclose(f);
+	return rc;
+}
+
+static uint64_t parse_hex(const char *s)
+{
+	return strtoull(s, NULL, 16);
+}
+
+/* IOVA ranges the IOAS offers; the caller frees *out. */
+static int ioas_ranges(int iommufd, uint32_t ioas_id, struct iommu_iova_range **out, uint32_t *n,
+		       uint64_t *alignment)
+{
+	struct iommu_ioas_iova_ranges cmd = { .size = sizeof(cmd), .ioas_id = ioas_id };
+	struct iommu_iova_range *ranges = NULL;
+	int rc;
+
+	/* The first call says how many there are; they can only change if devices attach. */
+	if (ioctl(iommufd, IOMMU_IOAS_IOVA_RANGES, &cmd) && errno != EMSGSIZE)
+		return kh_fail(-errno, "IOMMU_IOAS_IOVA_RANGES of IOAS %u", ioas_id);
+	ranges = kh_realloc_array(NULL, cmd.num_iovas ? cmd.num_iovas : 1, sizeof(*ranges));
+	if (!ranges)
+		return kh_fail(-ENOMEM, "cannot hold IOVA ranges");
+	cmd.allowed_iovas = (uintptr_t)ranges;
+	rc = kernel_call(iommufd, IOMMU_IOAS_IOVA_RANGES, &cmd, "IOMMU_IOAS_IOVA_RANGES of IOAS %u",
+			 ioas_id);
+	if (rc < 0) {
+		free(ranges);
+		return rc;
+	}
+	*out = ranges;
+	*n = cmd.num_iovas;
+	*alignment = cmd.out_iova_alignment;
+	return 0;
+}
+
+/* What the device's IOMMU can do, asked of the kernel through a short-lived binding: hardware
+ * info, nesting, and the aperture. */
+static void probe_hw(struct kh_bdev *bdev, const char *cdev)
+{
+	struct kh_hw_info *hw = &bdev->info.hw;
+	struct iommu_hw_info_vtd vtd = { 0 };
+	struct iommu_hw_info info = { .size = sizeof(info), .data_len = sizeof(vtd),
+				      .data_uptr = (uintptr_t)&vtd };
+	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
+	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
+	struct iommu_hwpt_alloc hwpt = { .size = sizeof(hwpt) };
+	struct vfio_device_attach_iommufd_pt attach = { .argsz = sizeof(attach) };
+	struct iommu_iova_range *ranges;
+	uint64_t alignment;
+	uint32_t n;
+	int iommufd, devfd;
+
+	/* Until the kernel says otherwise: 4 KiB pages and a 64-bit aperture. */
+	hw->page_sizes = 4096;
+	hw->aperture_last = UINT64_MAX;
+	iommufd = open(DEV_IOMMU, O_RDWR | O_CLOEXEC);
+	devfd = open(cdev, O_RDWR | O_CLOEXEC);
+	bind.iommufd = iommufd;
+	if (iommufd < 0 || devfd < 0 || ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &bind))
+		goto out;
+	info.dev_id = bind.out_devid;
+	if (ioctl(iommufd, IOMMU_GET_HW_INFO, &info) == 0) {
+		hw->hw_type = info.out_data_type;
+		hw->dirty_tracking = info.out_capabilities & IOMMU_HW_CAP_DIRTY_TRACKING;
+		hw->pasid_bits = info.out_max_pasid_log2;
+		if (info.out_data_type == IOMMU_HW_INFO_TYPE_INTEL_VTD) {
+			hw->page_sizes |= (vtd.cap_reg & VTD_CAP_SLLPS_2M) ? 1ull << 21 : 0;
+			hw->page_sizes |= (vtd.cap_reg & VTD_CAP_SLLPS_1G) ? 1ull << 30 : 0;
+		}
+	}
+	/* Whether the IOMMU can be a nest parent: a HWPT allocated, never attached. */
+	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &ioas))
+		goto out;
+	hwpt.dev_id = bind.out_devid;
+	hwpt.pt_id = ioas.out_ioas_id;
+	hwpt.flags = IOMMU_HWPT_ALLOC_NEST_PARENT;
+	hw->nesting = ioctl(iommufd, IOMMU_HWPT_ALLOC, &hwpt) == 0;
+	/* The aperture: what an IOAS offers once the kernel attached the device to a domain of
+	 * its own choosing (some drivers only size a domain at its first attach). */
+	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &ioas))
+		goto out;
+	attach.pt_id = ioas.out_ioas_id;
+	if (ioctl(devfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach))
+		goto out;
+	if (ioas_ranges(iommufd, ioas.out_ioas_id, &ranges, &n, &alignment) == 0) {
+		if (n) {
+			hw->aperture_start = ranges[0].start;
+			hw->aperture_last = ranges[n - 1].last;
+		}
+		if (alignment)
+			hw->page_sizes = (hw->page_sizes & ~(alignment - 1)) | alignment;
+		free(ranges);
+	}
+out:
+	if (devfd >= 0)
+		close(devfd);
+	if (iommufd >= 0)
+		close(iommufd);
+}
+
+static int add_pci_device(struct kh_backend *be, const char *bdf)
+{
+	char dir[PATH_MAX], buf[64], cdev[PATH_MAX], driver[KH_NAME_MAX] = "";
+	struct iommufd_bdev *priv;
+	struct kh_bdev *bdev;
+	int rc;
+
+	snprintf(dir, sizeof(dir), SYSFS_PCI "/%s", bdf);
+	link_name(dir, "driver", driver, sizeof(driver));
+	if (strcmp(driver, "vfio-pci") || !find_cdev(dir, cdev, sizeof(cdev)))
+		return 0; /* only devices handed to VFIO, with a cdev, can be used */
+	if (link_name(dir, "iommu_group", buf, sizeof(buf)))
+		return 0; /* no IOMMU in front of it: nothing to manage */
+	priv = kh_zalloc(sizeof(*priv));
+	if (!priv)
+		return kh_fail(-ENOMEM, "cannot record device %s", bdf);
+	snprintf(priv->cdev, sizeof(priv->cdev), "%s", cdev);
+	rc = kh_backend_add_device(be, &bdev);
+	if (rc < 0) {
+		free(priv);
+		return rc;
+	}
+	bdev->priv = priv;
+	snprintf(bdev->info.name, sizeof(bdev->info.name), "%s", bdf);
+	snprintf(bdev->info.driver, sizeof(bdev->info.driver), "%s", driver);
+	bdev->info.group = (uint32_t)strtoul(buf, NULL, 10);
+	if (read_sysfs(dir, "vendor", buf, sizeof(buf)) == 0)
+		bdev->info.vendor = (uint16_t)parse_hex(buf);
+	if (read_sysfs(dir, "device", buf, sizeof(buf)) == 0)
+		bdev->info.device = (uint16_t)parse_hex(buf);
+	probe_hw(bdev, cdev);
+	return read_reserved_regions(bdev);
+}
+
+static int iommufd_probe_devices(struct kh_backend *be)
+{
+	struct dirent **entries;
+	/* PCI addresses sort into bus order, which stays put across boots. */
+	int n = scandir(SYSFS_PCI, &entries, NULL, alphasort), rc = 0;
+
+	if (n < 0)
+		return kh_fail(-errno, "cannot list PCI devices in " SYSFS_PCI);
+	for (int i = 0; i < n; i++) {
+		if (rc == 0 && entries[i]->d_name[0] != '.')
+			rc = add_pci_device(be, entries[i]->d_name);
+		free(entries[i]);
+	}
+	free(entries);
+	return rc;
+}
+
+static void iommufd_release(struct kh_backend *be)
+{
+	for (size_t i = 0; i < be->n_devices; i++)
+		free(be->devices[i].priv);
+	free(be->priv);
+}
+
+/* ---- contexts and devices ---------------------------------------------------------------- */
+
+static int iommufd_ctx_open(struct kh_ctx *ctx)
+{
+	int fd;
+
+	if (kh_fail_point())
+		return kh_fail(-EIO, "opening " DEV_IOMMU " failed (injected)");
+	fd = open(DEV_IOMMU, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return kh_fail(-errno, "cannot open " DEV_IOMMU);
+	ctx->priv = (void *)(intptr_t)fd;
+	return 0;
+}
+
+static void iommufd_ctx_close(struct kh_ctx *ctx)
+{
+	close(ctx_fd(ctx));
+}
+
+static int iommufd_bind(struct kh_ctx *ctx, struct kh_device *dev)
+{
+	const struct iommufd_bdev *priv = dev->bdev->priv;
+	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = ctx_fd(ctx) };
+	struct iommufd_binding *b = kh_zalloc(sizeof(*b));
+	int rc;
+
+	if (!b)
+		return kh_fail(-ENOMEM, "cannot bind %s", dev->bdev->info.name);
+	b->fd = open(priv->cdev, O_RDWR | O_CLOEXEC);
+	if (b->fd < 0) {
+		rc = kh_fail(-errno, "cannot open %s's VFIO device %s%s", dev->bdev->info.name,
+			     priv->cdev,
+			     errno == EBUSY ? "; another program holds it" : "");
+		free(b);
+		return rc;
+	}
+	rc = kernel_call(b->fd, VFIO_DEVICE_BIND_IOMMUFD, &bind,
+			 "VFIO_DEVICE_BIND_IOMMUFD of %s", dev->bdev->info.name);
+	if (rc < 0) {
+		close(b->fd);
+		free(b);
+		return rc;
+	}
+	b->devid = bind.out_devid;
+	dev->priv = b;
+	return 0;
+}
+
+static void iommufd_unbind(struct kh_ctx *ctx, struct kh_device *dev)
+{
+	(void)ctx;
+	/* Closing the cdev unbinds it from the iommufd. */
+	close(binding(dev)->fd);
+	free(dev->priv);
+	dev->priv = NULL;
+}
+
+static int iommufd_device_fd(struct kh_device *dev)
+{
+	int fd = fcntl(binding(dev)->fd, F_DUPFD_CLOEXEC, 0);
+
+	if (fd < 0)
+		return kh_fail(-errno, "cannot duplicate %s's VFIO fd", dev->bdev->info.name);
+	return fd;
+}
+
+static int iommufd_device_region(struct kh_device *dev, uint32_t index, struct kh_region *out)
+{
+	struct vfio_region_info info = { .argsz = sizeof(info), .index = index };
+	int rc = kernel_call(binding(dev)->fd, VFIO_DEVICE_GET_REGION_INFO, &info,
+			     "VFIO_DEVICE_GET_REGION_INFO of region %u of %s", index,
+			     dev->bdev->info.name);
+
+	if (rc < 0)
+		return rc;
+	out->offset = info.offset;
+	out->size = info.size;
+	out->flags = ((info.flags & VFIO_REGION_INFO_FLAG_READ) ? KH_REGION_READ : 0) |
+		     ((info.flags & VFIO_REGION_INFO_FLAG_WRITE) ? KH_REGION_WRITE : 0) |
+		     ((info.flags & VFIO_REGION_INFO_FLAG_MMAP) ? KH_REGION_MMAP : 0);
+	return 0;
+}
+
+/* ---- domain ops ----------------------------------------------------------------------------- */
+
+static int attach_pt(struct kh_domain *dom, struct kh_device *dev, const char *what)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+	struct vfio_device_attach_iommufd_pt cmd = { .argsz = sizeof(cmd),
+						     .pt_id = d->hwpt_id ? d->hwpt_id : d->ioas_id };
+
+	return kernel_call(binding(dev)->fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &cmd,
+			   "VFIO_DEVICE_ATTACH_IOMMUFD_PT (%s) of %s to object %u", what,
+			   dev->bdev->info.name, cmd.pt_id);
+}
+
+static int iommufd_attach_dev(struct kh_domain *dom, struct kh_device *dev)
+{
+	return attach_pt(dom, dev, "attach");
+}
+
+/* Attaching an attached device replaces its domain in one step (Linux 6.6 and later). */
+static int iommufd_replace_dev(struct kh_domain *dom, struct kh_device *dev, struct kh_domain *old)
+{
+	int rc = attach_pt(dom, dev, "replace");
+
+	(void)old;
+	/* The core checked the mappings against the device's reserved ranges, so the kernel
+	 * objects to the domain it made: some drivers (virtio-iommu before Linux 6.13) size a
+	 * domain only at a first attach, not at a replace. */
+	if (rc == -EADDRINUSE)
+		kh_fail(rc,
+			"the kernel could not give %s a domain covering domain %u's mappings during "
+			"a replace (its IOMMU driver sizes domains only at attach); detach and "
+			"attach instead",
+			dev->bdev->info.name, dom->id);
+	return rc;
+}
+
+static int detach_pt(struct kh_device *dev)
+{
+	struct vfio_device_detach_iommufd_pt cmd = { .argsz = sizeof(cmd) };
+
+	return kernel_call(binding(dev)->fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &cmd,
+			   "VFIO_DEVICE_DETACH_IOMMUFD_PT of %s", dev->bdev->info.name);
+}
+
+static void iommufd_detach_dev(struct kh_domain *dom, struct kh_device *dev)
+{
+	(void)dom;
+	/* The kernel refuses only a device that is not attached, which is then blocked anyway. */
+	detach_pt(dev);
+}
+
+/* The blocked domain: being detached is being blocked. */
+/* Only an unattached device is attached: it is blocked already. */
+static int blocked_attach_dev(struct kh_domain *dom, struct kh_device *dev)
+{
+	(void)dom;
+	(void)dev;
+	return 0;
+}
+
+static int blocked_replace_dev(struct kh_domain *dom, struct kh_device *dev, struct kh_domain *old)
+{
+	(void)dom;
+	(void)old;
+	return detach_pt(dev);
+}
+
+static void blocked_detach_dev(struct kh_domain *dom, struct kh_device *dev)
+{
+	(void)dom;
+	(void)dev;
+}
+
+static uint32_t map_flags(uint32_t prot)
+{
+	return IOMMU_IOAS_MAP_FIXED_IOVA | ((prot & KH_PROT_READ) ? IOMMU_IOAS_MAP_READABLE : 0) |
+	       ((prot & KH_PROT_WRITE) ? IOMMU_IOAS_MAP_WRITEABLE : 0);
+}
+
+static int iommufd_map(struct kh_domain *dom, uint64_t iova, uint64_t addr, uint64_t length,
+		       uint32_t prot)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+	struct iommu_ioas_map cmd = {
+		.size = sizeof(cmd),
+		.flags = map_flags(prot),
+		.ioas_id = d->ioas_id,
+		.user_va = addr,
+		.length = length,
+		.iova = iova,
+	};
+
+	return kernel_call(d->iommufd, IOMMU_IOAS_MAP, &cmd,
+			   "IOMMU_IOAS_MAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			   " in domain %u",
+			   length, iova, dom->id);
+}
+
+static int iommufd_map_file(struct kh_domain *dom, uint64_t iova, int fd, uint64_t offset,
+			    uint64_t length, uint32_t prot)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+	struct iommu_ioas_map_file cmd = {
+		.size = sizeof(cmd),
+		.flags = map_flags(prot),
+		.ioas_id = d->ioas_id,
+		.fd = fd,
+		.start = offset,
+		.length = length,
+		.iova = iova,
+	};
+
+	return kernel_call(d->iommufd, IOMMU_IOAS_MAP_FILE, &cmd,
+			   "IOMMU_IOAS_MAP_FILE of 0x%" PRIx64 " bytes at offset 0x%" PRIx64
+			   " of fd %d at IOVA 0x%" PRIx64 " in domain %u",
+			   length, offset, fd, iova, dom->id);
+}
+
+static int iommufd_copy(struct kh_domain *dom, uint64_t iova, struct kh_domain *src,
+			uint64_t src_iova, uint64_t length, uint32_t prot, uint64_t addr)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+	struct iommu_ioas_copy cmd = {
+		.size = sizeof(cmd),
+		.flags = map_flags(prot),
+		.dst_ioas_id = d->ioas_id,
+		.src_ioas_id = to_ifd(src)->ioas_id,
+		.length = length,
+		.dst_iova = iova,
+		.src_iova = src_iova,
+	};
+
+	(void)addr;
+	return kernel_call(d->iommufd, IOMMU_IOAS_COPY, &cmd,
+			   "IOMMU_IOAS_COPY of 0x%" PRIx64 " bytes from domain %u at 0x%" PRIx64
+			   " to domain %u at 0x%" PRIx64,
+			   length, src->id, src_iova, dom->id, iova);
+}
+
+static int iommufd_set_allowed_iovas(struct kh_domain *dom, const struct kh_iova_range *ranges,
+				     size_t n)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+	/* struct kh_iova_range and struct iommu_iova_range are both {start, last} in u64. */
+	struct iommu_ioas_allow_iovas cmd = { .size = sizeof(cmd), .ioas_id = d->ioas_id,
+					      .num_iovas = (uint32_t)n,
+					      .allowed_iovas = (uintptr_t)ranges };
+
+	_Static_assert(sizeof(struct kh_iova_range) == sizeof(struct iommu_iova_range),
+		       "IOVA range layouts differ");
+	return kernel_call(d->iommufd, IOMMU_IOAS_ALLOW_IOVAS, &cmd,
+			   "IOMMU_IOAS_ALLOW_IOVAS of %zu ranges in domain %u", n, dom->id);
+}
+
+static int iommufd_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+	struct iommu_ioas_unmap cmd = { .size = sizeof(cmd), .ioas_id = d->ioas_id, .iova = iova,
+					.length = length };
+
+	return kernel_call(d->iommufd, IOMMU_IOAS_UNMAP, &cmd,
+			   "IOMMU_IOAS_UNMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			   " in domain %u",
+			   length, iova, dom->id);
+}
+
+static int iommufd_set_dirty_tracking(struct kh_domain *dom, bool enable)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+	struct iommu_hwpt_set_dirty_tracking cmd = {
+		.size = sizeof(cmd),
+		.flags = enable ? IOMMU_HWPT_DIRTY_TRACKING_ENABLE : 0,
+		.hwpt_id = d->hwpt_id,
+	};
+
+	return kernel_call(d->iommufd, IOMMU_HWPT_SET_DIRTY_TRACKING, &cmd,
+			   "IOMMU_HWPT_SET_DIRTY_TRACKING (%s) of domain %u",
+			   enable ? "on" : "off", dom->id);
+}
+
+static int iommufd_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t length,
+			      uint64_t page_size, uint64_t *bitmap, uint32_t flags)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+	struct iommu_hwpt_get_dirty_bitmap cmd = {
+		.size = sizeof(cmd),
+		.hwpt_id = d->hwpt_id,
+		.flags = (flags & KH_DIRTY_NO_CLEAR) ? IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR : 0,
+		.iova = iova,
+		.length = length,
+		.page_size = page_size,
+		.data = (uintptr_t)bitmap,
+	};
+
+	return kernel_call(d->iommufd, IOMMU_HWPT_GET_DIRTY_BITMAP, &cmd,
+			   "IOMMU_HWPT_GET_DIRTY_BITMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			   " in domain %u",
+			   length, iova, dom->id);
+}
+
+/* A nested domain's stage 1 changed: invalidate everything cached through it. */
+static int iommufd_flush_nested(struct kh_domain *dom)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+	struct iommu_hwpt_vtd_s1_invalidate all = { .addr = 0, .npages = UINT64_MAX };
+	struct iommu_hwpt_invalidate cmd = {
+		.size = sizeof(cmd),
+		.hwpt_id = d->hwpt_id,
+		.data_uptr = (uintptr_t)&all,
+		.data_type = IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+		.entry_len = sizeof(all),
+		.entry_num = 1,
+	};
+
+	return kernel_call(d->iommufd, IOMMU_HWPT_INVALIDATE, &cmd,
+			   "IOMMU_HWPT_INVALIDATE of nested domain %u", dom->id);
+}
+
+static void iommufd_free(struct kh_domain *dom)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+
+	/* The HWPT holds the IOAS, so it goes first. */
+	if (d->hwpt_id)
+		destroy_object(d->iommufd, d->hwpt_id);
+	if (d->ioas_id)
+		destroy_object(d->iommufd, d->ioas_id);
+	free(d);
+}
+
+static const struct kh_domain_ops iommufd_blocked_ops = {
+	.attach_dev = blocked_attach_dev,
+	.replace_dev = blocked_replace_dev,
+	.detach_dev = blocked_detach_dev,
+	.free = iommufd_free,
+};
+
+/* Templates: the backend copies them and adds what the running kernel offers. */
+static const struct kh_domain_ops iommufd_paging_ops = {
+	.attach_dev = iommufd_attach_dev,
+	.replace_dev = iommufd_replace_dev,
+	.detach_dev = iommufd_detach_dev,
+	.map = iommufd_map,
+	.copy = iommufd_copy,
+	.unmap = iommufd_unmap,
+	.set_allowed_iovas = iommufd_set_allowed_iovas,
+	.free = iommufd_free,
+};
+
+static const struct kh_domain_ops iommufd_paging_dirty_ops = {
+	.attach_dev = iommufd_attach_dev,
+	.replace_dev = iommufd_replace_dev,
+	.detach_dev = iommufd_detach_dev,
+	.map = iommufd_map,
+	.copy = iommufd_copy,
+	.unmap = iommufd_unmap,
+	.set_allowed_iovas = iommufd_set_allowed_iovas,
+	.set_dirty_tracking = iommufd_set_dirty_tracking,
+	.read_and_clear_dirty = iommufd_read_dirty,
+	.free = iommufd_free,
+};
+
+/* The ops of this kernel's paging domains. Owned by the backend (kh_backend.priv). */
+struct iommufd_backend {
+	struct kh_domain_ops paging, paging_dirty;
+};
+
+static const struct kh_domain_ops iommufd_nested_ops = {
+	.attach_dev = iommufd_attach_dev,
+	.replace_dev = iommufd_replace_dev,
+	.detach_dev = iommufd_detach_dev,
+	.flush_iotlb_all = iommufd_flush_nested,
+	.free = iommufd_free,
+};
+
+/* ---- allocation --------------------------------------------------------------------------- */
+
+static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_domain *d)
+{
+	const struct iommufd_backend *kernel = dev->ctx->be->priv;
+	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
+	struct iommu_hwpt_alloc hwpt = {
+		.size = sizeof(hwpt),
+		.flags = ((flags & KH_DOMAIN_F_DIRTY_TRACKING) ? IOMMU_HWPT_ALLOC_DIRTY_TRACKING : 0) |
+			 ((flags & KH_DOMAIN_F_NEST_PARENT) ? IOMMU_HWPT_ALLOC_NEST_PARENT : 0),
+		.dev_id = binding(dev)->devid,
+	};
+	struct iommu_iova_range *ranges;
+	uint64_t alignment;
+	uint32_t n;
+	int rc;
+
+	rc = kernel_call(d->iommufd, IOMMU_IOAS_ALLOC, &ioas, "IOMMU_IOAS_ALLOC for %s",
+			 dev->bdev->info.name);
+	if (rc < 0)
+		return rc;
+	d->ioas_id = ioas.out_ioas_id;
+	d->dom.page_sizes = dev->bdev->info.hw.page_sizes;
+	d->dom.ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &kernel->paging_dirty : &kernel->paging;
+	if (!flags) {
+		/* Devices attach to the IOAS itself and the kernel gives it a domain suited to
+		 * them: some drivers (virtio-iommu on 6.12) only size a domain at its first
+		 * attach, so one allocated ahead would have no usable aperture. */
+		d->dom.aperture_start = dev->bdev->info.hw.aperture_start;
+		d->dom.aperture_last = dev->bdev->info.hw.aperture_last;
+		return 0;
+	}
+	hwpt.pt_id = d->ioas_id;
+	rc = kernel_call(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
+			 "IOMMU_HWPT_ALLOC (paging, flags 0x%x) for %s", hwpt.flags,
+			 dev->bdev->info.name);
+	if (rc == -EOPNOTSUPP)
+		kh_fail(rc, "%s's IOMMU cannot give a paging domain with%s%s",
+			dev->bdev->info.name,
+			(flags & KH_DOMAIN_F_DIRTY_TRACKING) ? " dirty tracking" : "",
+			(flags & KH_DOMAIN_F_NEST_PARENT) ? " nesting (as a nest parent)" : "");
+	if (rc < 0)
+		return rc;
+	d->hwpt_id = hwpt.out_hwpt_id;
+	/* The domain's geometry is now reserved in the IOAS: what is left is its aperture. */
+	rc = ioas_ranges(d->iommufd, d->ioas_id, &ranges, &n, &alignment);
+	if (rc < 0)
+		return rc;
+	if (n == 0) {
+		free(ranges);
+		return kh_fail(-ENOSPC, "the kernel gave the domain for %s no IOVA range",
+			       dev->bdev->info.name);
+	}
+	d->dom.aperture_start = ranges[0].start;
+	d->dom.aperture_last = ranges[n - 1].last;
+	free(ranges);
+	return 0;
+}
+
+static int alloc_nested(struct kh_device *dev, const struct kh_domain_alloc_args *args,
+			struct kh_domain *parent, struct iommufd_domain *d)
+{
+	struct iommu_hwpt_alloc hwpt = {
+		.size = sizeof(hwpt),
+		.dev_id = binding(dev)->devid,
+		.pt_id = to_ifd(parent)->hwpt_id,
+		.data_type = IOMMU_HWPT_DATA_VTD_S1,
+		.data_len = (uint32_t)args->data_len,
+		.data_uptr = (uintptr_t)args->data,
+	};
+	int rc;
+
+	if (args->data_type != KH_NEST_DATA_VTD_S1 ||
+	    args->data_len != sizeof(struct iommu_hwpt_vtd_s1))
+		return kh_fail(-EOPNOTSUPP,
+			       "iommufd nests only Intel VT-d stage-1 tables (struct "
+			       "iommu_hwpt_vtd_s1, %zu bytes)",
+			       sizeof(struct iommu_hwpt_vtd_s1));
+	rc = kernel_call(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
+			 "IOMMU_HWPT_ALLOC (nested on domain %u) for %s", parent->id,
+			 dev->bdev->info.name);
+	if (rc < 0)
+		return rc;
+	d->hwpt_id = hwpt.out_hwpt_id;
+	d->dom.ops = &iommufd_nested_ops;
+	return 0;
+}
+
+static int iommufd_domain_alloc(struct kh_device *dev, const struct kh_domain_alloc_args *args,
+				struct kh_domain *parent, struct kh_domain **out)
+{
+	struct iommufd_domain *d;
+	int rc;
+
+	if (args->type == KH_DOMAIN_IDENTITY)
+		return kh_fail(-EOPNOTSUPP, "iommufd gives user space no identity domains");
+	d = kh_zalloc(sizeof(*d));
+	if (!d)
+		return kh_fail(-ENOMEM, "cannot allocate a domain");
+	d->iommufd = ctx_fd(dev->ctx);
+	d->dom.type = args->type;
+	d->dom.flags = args->flags;
+	switch (args->type) {
+	case KH_DOMAIN_PAGING:
+		rc = alloc_paging(dev, args->flags, d);
+		break;
+	case KH_DOMAIN_NESTED:
+		rc = alloc_nested(dev, args, parent, d);
+		break;
+	default:
+		d->dom.ops = &iommufd_blocked_ops;
+		rc = 0;
+		break;
+	}
+	if (rc < 0) {
+		iommufd_free(&d->dom);
+		return rc;
+	}
+	*out = &d->dom;
+	return 0;
+}
+
+static const struct kh_backend_ops iommufd_ops = {
+	.kind = KH_BACKEND_IOMMUFD,
+	.name = "iommufd",
+	.probe_devices = iommufd_probe_devices,
+	.release = iommufd_release,
+	.ctx_open = iommufd_ctx_open,
+	.ctx_close = iommufd_ctx_close,
+	.bind = iommufd_bind,
+	.unbind = iommufd_unbind,
+	.device_fd = iommufd_device_fd,
+	.device_region = iommufd_device_region,
+	.domain_alloc = iommufd_domain_alloc,
+};
+
+/* A kernel that knows an ioctl looks at its arguments (here: no IOAS 0, ENOENT); one that does
+ * not answers ENOTTY. */
+static bool kernel_has(int iommufd, unsigned long request, void *arg)
+{
+	return ioctl(iommufd, request, arg) == 0 || errno != ENOTTY;
+}
+
+int kh_backend_open_iommufd(struct kh_backend **out)
+{
+	struct iommu_ioas_map_file map_file = { .size = sizeof(map_file), .fd = -1 };
+	struct iommufd_backend *kernel;
+	int fd = open(DEV_IOMMU, O_RDWR | O_CLOEXEC);
+
+	if (fd < 0)
+		return kh_fail(-errno,
+			       "cannot open " DEV_IOMMU "; the kernel needs CONFIG_IOMMUFD and an "
+			       "IOMMU, and iommud needs to run as root");
+	kernel = kh_zalloc(sizeof(*kernel));
+	if (!kernel) {
+		close(fd);
+		return kh_fail(-ENOMEM, "cannot allocate the iommufd backend");
+	}
+	kernel->paging = iommufd_paging_ops;
+	kernel->paging_dirty = iommufd_paging_dirty_ops;
+	if (kernel_has(fd, IOMMU_IOAS_MAP_FILE, &map_file)) {
+		kernel->paging.map_file = iommufd_map_file;
+		kernel->paging_dirty.map_file = iommufd_map_file;
+	}
+	close(fd);
+	return kh_backend_create(&iommufd_ops, kernel, out);
+}
