@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libiommuctl: the C client of iommud.
+ *
+ * A connection speaks the iommud.v1 protocol (docs/protocol.md) over the daemon's
+ * SOCK_SEQPACKET socket. Two layers:
+ *
+ *   - calls that take and give plain C values (iommuctl_map_fd, iommuctl_unmap, ...), for the
+ *     common operations of an orchestration agent;
+ *   - the message layer (iommuctl_call, iommuctl_send / iommuctl_recv) on the protobuf-c types
+ *     of <iommud.pb-c.h>, for every method, and for pipelining: send several requests, then
+ *     collect their responses, which come back in the order the requests were sent.
+ *
+ * Errors: every int-returning function gives 0 (or a count) on success and a negative errno on
+ * failure. When the daemon refused a request, the errno is the one it reported (or one mapped
+ * from its status code) and iommuctl_last_code() gives the canonical code (IOMMUD__V1__CODE__*);
+ * iommuctl_last_error() gives the daemon's message, or this library's for local failures.
+ *
+ * Ownership: the connection owns its socket. File descriptors passed in are only borrowed
+ * (the kernel duplicates them into the daemon); descriptors received are owned by the caller.
+ * A response from iommuctl_call or iommuctl_recv is owned by the caller and released with
+ * iommuctl_response_free.
+ *
+ * Threads: a connection must be used by one thread at a time; open one per thread.
+ */
+#ifndef IOMMUCTL_H
+#define IOMMUCTL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <iommud.pb-c.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Where the daemon listens unless told otherwise; $IOMMUD_SOCKET overrides it. */
+#define IOMMUCTL_DEFAULT_SOCKET "/run/iommud/iommud.sock"
+/* The protocol version this library speaks. */
+#define IOMMUCTL_PROTOCOL_VERSION 1
+/* Transport limits of protocol version 1 (docs/protocol.md, "Framing"). */
+#define IOMMUCTL_MAX_MESSAGE 65536
+#define IOMMUCTL_MAX_FDS     32
+
+struct iommuctl;
+
+/* Connects to the daemon at path (NULL: $IOMMUD_SOCKET, else IOMMUCTL_DEFAULT_SOCKET). Does
+ * not send Hello: a connection that calls nothing else first works in its anonymous session. */
+int iommuctl_connect(const char *path, struct iommuctl **out);
+/* Closes the connection; the daemon releases the anonymous session's objects when the
+ * tenant's last connection to it closes. */
+void iommuctl_close(struct iommuctl *c);
+
+/* Message of the most recent failure on c; never NULL. With c NULL, the message of the calling
+ * thread's most recent failure of a call that has no connection: iommuctl_connect and
+ * iommuctl_memfd. */
+const char *iommuctl_last_error(const struct iommuctl *c);
+/* Canonical status code of the most recent daemon reply on c (IOMMUD__V1__CODE__CODE_OK after
+ * a success or a local failure, and for c NULL). */
+Iommud__V1__Code iommuctl_last_code(const struct iommuctl *c);
+/* Short name of a canonical code, such as "NOT_FOUND". */
+const char *iommuctl_code_name(Iommud__V1__Code code);
+
+/* ---- message layer -------------------------------------------------------------------- */
+
+/* Sends req with nfds descriptors (at most IOMMUCTL_MAX_FDS); req->id is set by the library
+ * and returned in *id. The request is not kept: it may be freed or reused at once. */
+int iommuctl_send(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, size_t nfds,
+		  uint64_t *id);
+/* Receives the next response. Descriptors that came with it are stored in fds (room for
+ * max_fds; any beyond are closed) and their number in *nfds (both may be NULL/0 when none is
+ * expected: received ones are then closed). Returns 0 even when the daemon refused the request:
+ * the status is in the response. */
+int iommuctl_recv(struct iommuctl *c, Iommud__V1__Response **resp, int *fds, size_t max_fds,
+		  size_t *nfds);
+/* Sends req and waits for its response. Returns a negative errno, with iommuctl_last_error()
+ * set from the daemon's status, when the daemon refused it; *resp is then NULL. */
+int iommuctl_call(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, size_t nfds,
+		  Iommud__V1__Response **resp, int *fds_out, size_t max_fds, size_t *nfds_out);
+void iommuctl_response_free(Iommud__V1__Response *resp);
+/* The negative errno a refused response stands for: its errno_value, or one chosen for its
+ * code. 0 for CODE_OK. */
+int iommuctl_status_errno(const Iommud__V1__Status *status);
+
+/* ---- plain calls ---------------------------------------------------------------------- */
+
+/* Says hello and chooses the session: lease NULL or "" for the anonymous one. reply (may be
+ * NULL) receives the daemon's HelloReply; free it with iommud__v1__hello_reply__free_unpacked. */
+int iommuctl_hello(struct iommuctl *c, const char *client_name, const char *lease,
+		   Iommud__V1__HelloReply **reply);
+
+enum iommuctl_domain_type {
+	IOMMUCTL_DOMAIN_BLOCKED = IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_BLOCKED,
+	IOMMUCTL_DOMAIN_IDENTITY = IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_IDENTITY,
+	IOMMUCTL_DOMAIN_PAGING = IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_PAGING,
+	IOMMUCTL_DOMAIN_NESTED = IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_NESTED,
+};
+#define IOMMUCTL_DOMAIN_DIRTY_TRACKING (1u << 0)
+#define IOMMUCTL_DOMAIN_NEST_PARENT    (1u << 1)
+
+/* Allocates a domain for device (bound into the session on first use). */
+int iommuctl_alloc_domain(struct iommuctl *c, const char *device, enum iommuctl_domain_type type,
+			  uint32_t flags, uint32_t *domain_id);
+int iommuctl_free_domain(struct iommuctl *c, uint32_t domain_id);
+int iommuctl_attach(struct iommuctl *c, const char *device, uint32_t domain_id);
+int iommuctl_replace(struct iommuctl *c, const char *device, uint32_t domain_id);
+int iommuctl_detach(struct iommuctl *c, const char *device);
+
+#define IOMMUCTL_PROT_READ  IOMMUD__V1__PROT__PROT_READ
+#define IOMMUCTL_PROT_WRITE IOMMUD__V1__PROT__PROT_WRITE
+
+/* Maps [offset, offset+length) of the file fd (a memfd sealed with F_SEAL_SHRINK, or a tmpfs
+ * or hugetlbfs file) into the domain. With fixed, at *iova; otherwise the daemon picks it
+ * (aligned to alignment, 0 for the default) and stores it in *iova. */
+int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t offset,
+		    uint64_t length, uint32_t prot, bool fixed, uint64_t alignment, uint64_t *iova);
+/* Removes every mapping inside [iova, iova+length); unmapped (may be NULL) gets the bytes. */
+int iommuctl_unmap(struct iommuctl *c, uint32_t domain_id, uint64_t iova, uint64_t length,
+		   uint64_t *unmapped);
+int iommuctl_unmap_all(struct iommuctl *c, uint32_t domain_id, uint64_t *unmapped);
+/* A VFIO fd for the device, bound to the session's context; the caller owns it. Returns the
+ * fd or a negative errno. */
+int iommuctl_open_device(struct iommuctl *c, const char *device);
+
+/* Creates a memfd of size bytes, sealed against shrinking, ready for iommuctl_map_fd. Returns
+ * the fd (the caller owns it) or a negative errno. */
+int iommuctl_memfd(const char *name, uint64_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,420 @@
+// SPDX-License-Identifier: MIT
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <grp.h>
+#include <ini.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+/* Quotas of a section that does not set them: enough for a VM with a few devices. */
+#define DEFAULT_MAX_DOMAINS  64
+#define DEFAULT_MAX_MAPPINGS 65536
+#define DEFAULT_MAX_PINNED   (16ull << 30)
+
+int parse_size(const char *text, uint64_t *out)
+{
+	static const char suffixes[] = "KMGT";
+	unsigned long long value;
+	const char *unit;
+	char *end;
+
+	if (!text || !*text || *text == '-' || isspace((unsigned char)*text))
+		return -EINVAL;
+	errno = 0;
+	value = strtoull(text, &end, 0);
+	if (errno == ERANGE)
+		return -ERANGE;
+	if (end == text)
+		return -EINVAL;
+	if (*end) {
+		unit = strchr(suffixes, toupper((unsigned char)*end));
+		if (!unit || end[1])
+			return -EINVAL;
+		for (int shift = (int)(unit - suffixes) + 1; shift > 0; shift--) {
+			if (value > UINT64_MAX / 1024)
+				return -ERANGE;
+			value *= 1024;
+		}
+	}
+	*out = value;
+	return 0;
+}
+
+int config_defaults(struct config *cfg)
+{
+	*cfg = (struct config){
+		.socket_path = strdup(IOMMUD_DEFAULT_SOCKET),
+		.socket_mode = 0666,
+		.backend = strdup("auto"),
+		.log_level = LOG_INFO,
+		.max_connections = 4096,
+		.default_access = ACCESS_READ,
+		.rules = calloc(1, sizeof(struct access_rule)),
+		.n_rules = 1,
+	};
+	if (!cfg->socket_path || !cfg->backend || !cfg->rules)
+		goto nomem;
+	cfg->rules[0] = (struct access_rule){
+		.id = 0,
+		.section = strdup("uid 0 (built in)"),
+		.access = ACCESS_WRITE,
+		.devices = calloc(1, sizeof(char *)),
+		.n_devices = 1,
+		.max_domains = DEFAULT_MAX_DOMAINS,
+		.max_mappings = DEFAULT_MAX_MAPPINGS,
+		.max_pinned_bytes = DEFAULT_MAX_PINNED,
+	};
+	if (!cfg->rules[0].section || !cfg->rules[0].devices)
+		goto nomem;
+	cfg->rules[0].devices[0] = strdup("*");
+	if (!cfg->rules[0].devices[0])
+		goto nomem;
+	return 0;
+nomem:
+	config_free(cfg);
+	return -ENOMEM;
+}
+
+static void rule_free(struct access_rule *rule)
+{
+	for (size_t i = 0; i < rule->n_devices; i++)
+		free(rule->devices[i]);
+	free(rule->devices);
+	free(rule->section);
+}
+
+void config_free(struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_rules; i++)
+		rule_free(&cfg->rules[i]);
+	free(cfg->rules);
+	free(cfg->socket_path);
+	free(cfg->backend);
+	free(cfg->topology);
+	*cfg = (struct config){0};
+}
+
+struct load_state {
+	struct config *cfg;
+	bool replaced_builtin; /* the file's rules replace the built-in root rule */
+	char *err;
+	size_t err_len;
+};
+
+/* Reports a problem with the current line; inih then stops and gives the line number. */
+static int bad(struct load_state *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int bad(struct load_state *st, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(st->err, st->err_len, fmt, ap);
+	va_end(ap);
+	return 0;
+}
+
+static int parse_access(const char *value, enum access *out)
+{
+	static const char *const names[] = {
+		[ACCESS_NONE] = "none", [ACCESS_READ] = "read", [ACCESS_WRITE] = "write"};
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (strcmp(value, names[i]) == 0) {
+			*out = (enum access)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+static int replace_string(char **slot, const char *value)
+{
+	char *copy = strdup(value);
+
+	if (!copy)
+		return -ENOMEM;
+	free(*slot);
+	*slot = copy;
+	return 0;
+}
+
+static int daemon_key(struct load_state *st, const char *name, const char *value)
+{
+	struct config *cfg = st->cfg;
+	uint64_t number;
+	char *end;
+
+	if (strcmp(name, "socket") == 0) {
+		if (value[0] != '/')
+			return bad(st, "socket must be an absolute path, not '%s'", value);
+		return replace_string(&cfg->socket_path, value) == 0 ? 1 : bad(st, "out of memory");
+	}
+	if (strcmp(name, "socket-mode") == 0) {
+		unsigned long mode = strtoul(value, &end, 8);
+
+		if (!*value || *end || mode > 07777)
+			return bad(st, "socket-mode must be an octal mode such as 0660, not '%s'",
+				   value);
+		cfg->socket_mode = (mode_t)mode;
+		return 1;
+	}
+	if (strcmp(name, "backend") == 0) {
+		if (strcmp(value, "auto") && strcmp(value, "iommufd") && strcmp(value, "emulated"))
+			return bad(st, "backend must be auto, iommufd or emulated, not '%s'",
+				   value);
+		return replace_string(&cfg->backend, value) == 0 ? 1 : bad(st, "out of memory");
+	}
+	if (strcmp(name, "topology") == 0)
+		return replace_string(&cfg->topology, value) == 0 ? 1 : bad(st, "out of memory");
+	if (strcmp(name, "log-level") == 0) {
+		int level = log_parse_level(value);
+
+		if (level < 0)
+			return bad(
+				st,
+				"log-level must be err, warning, notice, info or debug, not '%s'",
+				value);
+		cfg->log_level = level;
+		return 1;
+	}
+	if (strcmp(name, "max-connections") == 0) {
+		if (parse_size(value, &number) < 0 || number == 0 || number > 1000000)
+			return bad(st,
+				   "max-connections must be a number from 1 to 1000000, not '%s'",
+				   value);
+		cfg->max_connections = (unsigned)number;
+		return 1;
+	}
+	return bad(st,
+		   "unknown key '%s' in [daemon]; known: socket, socket-mode, backend, "
+		   "topology, log-level, max-connections",
+		   name);
+}
+
+/* Splits a pattern list at spaces and commas. */
+static int set_devices(struct access_rule *rule, const char *value)
+{
+	char *copy = strdup(value), *save = NULL;
+	char **devices = NULL;
+	size_t n = 0;
+	int rc = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	for (char *word = strtok_r(copy, " \t,", &save); word;
+	     word = strtok_r(NULL, " \t,", &save)) {
+		char **grown = realloc(devices, (n + 1) * sizeof(*devices));
+
+		if (!grown || !(grown[n] = strdup(word))) {
+			devices = grown ? grown : devices;
+			rc = -ENOMEM;
+			break;
+		}
+		devices = grown;
+		n++;
+	}
+	free(copy);
+	for (size_t i = 0; i < rule->n_devices; i++)
+		free(rule->devices[i]);
+	free(rule->devices);
+	rule->devices = devices;
+	rule->n_devices = n;
+	return rc;
+}
+
+static int rule_key(struct load_state *st, struct access_rule *rule, const char *name,
+		    const char *value)
+{
+	uint64_t *quota = NULL;
+
+	if (strcmp(name, "access") == 0) {
+		if (parse_access(value, &rule->access) < 0)
+			return bad(st, "access must be none, read or write, not '%s'", value);
+		return 1;
+	}
+	if (strcmp(name, "devices") == 0)
+		return set_devices(rule, value) == 0 ? 1 : bad(st, "out of memory");
+	if (strcmp(name, "max-domains") == 0)
+		quota = &rule->max_domains;
+	else if (strcmp(name, "max-mappings") == 0)
+		quota = &rule->max_mappings;
+	else if (strcmp(name, "max-pinned") == 0)
+		quota = &rule->max_pinned_bytes;
+	if (!quota)
+		return bad(st,
+			   "unknown key '%s' in [%s]; known: access, devices, max-domains, "
+			   "max-mappings, max-pinned",
+			   name, rule->section);
+	if (parse_size(value, quota) < 0)
+		return bad(st, "%s must be a number (with K, M, G or T for sizes), not '%s'", name,
+			   value);
+	return 1;
+}
+
+/* Resolves "user NAME", "uid N" or "group NAME" into a new rule. */
+static struct access_rule *rule_for_section(struct load_state *st, const char *section)
+{
+	struct config *cfg = st->cfg;
+	struct access_rule rule = {
+		.access = ACCESS_WRITE,
+		.max_domains = DEFAULT_MAX_DOMAINS,
+		.max_mappings = DEFAULT_MAX_MAPPINGS,
+		.max_pinned_bytes = DEFAULT_MAX_PINNED,
+	};
+	const char *arg = strchr(section, ' ');
+	struct access_rule *grown;
+	uint64_t number;
+
+	if (!arg || !arg[1]) {
+		bad(st,
+		    "unknown section [%s]; known: [daemon], [access], [user NAME], [uid N], "
+		    "[group NAME]",
+		    section);
+		return NULL;
+	}
+	arg++;
+	if (strncmp(section, "user ", 5) == 0) {
+		const struct passwd *pw = getpwnam(arg);
+
+		if (!pw) {
+			bad(st, "no user '%s' on this system (section [%s])", arg, section);
+			return NULL;
+		}
+		rule.id = pw->pw_uid;
+	} else if (strncmp(section, "uid ", 4) == 0) {
+		if (parse_size(arg, &number) < 0 || number > UINT32_MAX ||
+		    !isdigit((unsigned char)*arg)) {
+			bad(st, "[uid N] needs a numeric uid, not '%s'", arg);
+			return NULL;
+		}
+		rule.id = (uint32_t)number;
+	} else if (strncmp(section, "group ", 6) == 0) {
+		const struct group *gr = getgrnam(arg);
+
+		if (!gr) {
+			bad(st, "no group '%s' on this system (section [%s])", arg, section);
+			return NULL;
+		}
+		rule.is_group = true;
+		rule.id = gr->gr_gid;
+	} else {
+		bad(st,
+		    "unknown section [%s]; known: [daemon], [access], [user NAME], [uid N], "
+		    "[group NAME]",
+		    section);
+		return NULL;
+	}
+	if (!st->replaced_builtin) {
+		for (size_t i = 0; i < cfg->n_rules; i++)
+			rule_free(&cfg->rules[i]);
+		cfg->n_rules = 0;
+		st->replaced_builtin = true;
+	}
+	for (size_t i = 0; i < cfg->n_rules; i++) {
+		if (cfg->rules[i].is_group == rule.is_group && cfg->rules[i].id == rule.id) {
+			bad(st, "[%s] names the same %s as [%s]", section,
+			    rule.is_group ? "group" : "user", cfg->rules[i].section);
+			return NULL;
+		}
+	}
+	grown = realloc(cfg->rules, (cfg->n_rules + 1) * sizeof(*grown));
+	if (!grown || !(rule.section = strdup(section))) {
+		if (grown)
+			cfg->rules = grown;
+		bad(st, "out of memory");
+		return NULL;
+	}
+	cfg->rules = grown;
+	cfg->rules[cfg->n_rules] = rule;
+	return &cfg->rules[cfg->n_rules++];
+}
+
+static int on_ini_entry(void *user, const char *section, const char *name, const char *value)
+{
+	struct load_state *st = user;
+	struct config *cfg = st->cfg;
+	struct access_rule *rule = NULL;
+
+	if (strcmp(section, "daemon") == 0)
+		return daemon_key(st, name, value);
+	if (strcmp(section, "access") == 0) {
+		if (strcmp(name, "default") != 0)
+			return bad(st, "unknown key '%s' in [access]; known: default", name);
+		if (parse_access(value, &cfg->default_access) < 0)
+			return bad(st, "default must be none, read or write, not '%s'", value);
+		return 1;
+	}
+	for (size_t i = 0; i < cfg->n_rules; i++)
+		if (strcmp(cfg->rules[i].section, section) == 0)
+			rule = &cfg->rules[i];
+	/* libinih reports sections only through their keys, so a rule is born at its first key. */
+	if (!rule && !(rule = rule_for_section(st, section)))
+		return 0;
+	return rule_key(st, rule, name, value);
+}
+
+int config_load(struct config *cfg, const char *path, char *err, size_t err_len)
+{
+	struct load_state st = {.cfg = cfg, .err = err, .err_len = err_len};
+	FILE *file = fopen(path, "re");
+	int line, saved;
+
+	if (!file) {
+		saved = errno;
+		snprintf(err, err_len, "cannot open %s: %s", path, strerror(saved));
+		return -saved;
+	}
+	err[0] = '\0';
+	/* The first problem is the one to report; later ones are often its echoes. */
+	ini_stop_on_first_error = true;
+	line = ini_parse_file(file, on_ini_entry, &st);
+	fclose(file);
+	if (line == 0)
+		return 0;
+	if (line < 0) {
+		snprintf(err, err_len, "cannot read %s", path);
+		return -EIO;
+	}
+	/* Prefix the handler's reason (or inih's syntax complaint) with where it is. */
+	{
+		char reason[512];
+
+		snprintf(reason, sizeof(reason), "%s", err[0] ? err : "syntax error");
+		snprintf(err, err_len, "%s:%d: %s", path, line, reason);
+	}
+	return -EINVAL;
+}
+
+const struct access_rule *config_match(const struct config *cfg, uid_t uid, gid_t gid,
+				       const gid_t *groups, size_t n_groups)
+{
+	for (size_t i = 0; i < cfg->n_rules; i++)
+		if (!cfg->rules[i].is_group && cfg->rules[i].id == uid)
+			return &cfg->rules[i];
+	for (size_t i = 0; i < cfg->n_rules; i++) {
+		if (!cfg->rules[i].is_group)
+			continue;
+		if (cfg->rules[i].id == gid)
+			return &cfg->rules[i];
+		for (size_t g = 0; g < n_groups; g++)
+			if (cfg->rules[i].id == groups[g])
+				return &cfg->rules[i];
+	}
+	return NULL;
+}
+
+bool config_device_allowed(const struct access_rule *rule, const char *name)
+{
+	for (size_t i = 0; rule && i < rule->n_devices; i++)
+		if (fnmatch(rule->devices[i], name, 0) == 0)
+			return true;
+	return false;
+}

@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The daemon's configuration: an INI file (docs/operations.md, "Configuration") read with
+ * libinih, plus the command line, which overrides it.
+ *
+ * Ownership: struct config owns every string and array in it; config_free releases them.
+ */
+#ifndef IOMMUD_CONFIG_H
+#define IOMMUD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define IOMMUD_DEFAULT_CONFIG "/etc/iommud/iommud.conf"
+#define IOMMUD_DEFAULT_SOCKET "/run/iommud/iommud.sock"
+
+enum access {
+	ACCESS_NONE,  /* Hello only: every other call is refused */
+	ACCESS_READ,  /* list and query calls only */
+	ACCESS_WRITE, /* everything */
+};
+
+/* What a [user NAME], [uid N] or [group NAME] section grants. */
+struct access_rule {
+	bool is_group;
+	uint32_t id;   /* uid or gid, resolved when the file is read */
+	char *section; /* as written, for messages */
+	enum access access;
+	char **devices; /* fnmatch patterns of device names the peer may take */
+	size_t n_devices;
+	uint64_t max_domains;
+	uint64_t max_mappings;
+	uint64_t max_pinned_bytes;
+};
+
+struct config {
+	char *socket_path;
+	mode_t socket_mode;
+	char *backend;	/* "auto", "iommufd" or "emulated" */
+	char *topology; /* emulated backend topology file; NULL: one default device */
+	int log_level;
+	unsigned max_connections;
+	enum access default_access;
+	struct access_rule *rules;
+	size_t n_rules;
+};
+
+/* Fills cfg with the built-in defaults: root may do everything, everyone else may read. */
+int config_defaults(struct config *cfg);
+/* Reads the INI file at path over the defaults. On failure returns a negative errno and puts,
+ * in err, which line is wrong and why. */
+int config_load(struct config *cfg, const char *path, char *err, size_t err_len);
+void config_free(struct config *cfg);
+
+/* The rule that applies to a peer: its uid's section, else the first group section (in file
+ * order) naming its primary or a supplementary group; NULL if none does. */
+const struct access_rule *config_match(const struct config *cfg, uid_t uid, gid_t gid,
+				       const gid_t *groups, size_t n_groups);
+/* Whether a rule lets its peer take the device called name. */
+bool config_device_allowed(const struct access_rule *rule, const char *name);
+
+/* Parses a byte count with an optional K, M, G or T suffix (powers of 1024); decimal or 0x hex.
+ * -EINVAL if malformed, -ERANGE if it does not fit 64 bits. */
+int parse_size(const char *text, uint64_t *out);
+
+#endif

@@ -1,0 +1,482 @@
+// SPDX-License-Identifier: MIT
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "status.h"
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77 /* Linux 6.5; older kernels answer ENOPROTOOPT */
+#endif
+
+/* Packets handled per wake-up of one connection before others get their turn. */
+#define PACKETS_PER_WAKEUP 64
+
+struct conn {
+	LIST_ENTRY(conn) link;
+	struct server *srv;
+	int fd;
+	struct event *ev;
+	struct client client;
+	/* A reply the socket would not take yet; reading stops until it is sent. */
+	uint8_t *pending;
+	size_t pending_len;
+	int pending_fd;
+};
+
+struct server {
+	struct event_base *base;
+	struct daemon *d;
+	unsigned max_connections;
+	int listen_fd;
+	struct event *listen_ev;
+	char *socket_path; /* set when the server created the socket file */
+	LIST_HEAD(, conn) conns;
+	uint8_t in[IOMMUD_MAX_MESSAGE];
+	uint8_t out[IOMMUD_MAX_MESSAGE];
+};
+
+int server_create(struct event_base *base, struct daemon *d, unsigned max_connections,
+		  struct server **out)
+{
+	struct server *srv = calloc(1, sizeof(*srv));
+
+	if (!srv)
+		return -ENOMEM;
+	srv->base = base;
+	srv->d = d;
+	srv->max_connections = max_connections;
+	srv->listen_fd = -1;
+	LIST_INIT(&srv->conns);
+	*out = srv;
+	return 0;
+}
+
+/* ---- peers ---------------------------------------------------------------------------- */
+
+/* The peer's cgroup (v2) from /proc. With a pidfd, the answer is kept only if the process is
+ * still the one that connected, so a recycled pid cannot lend its cgroup. */
+static void read_cgroup(struct peer *peer, int pidfd)
+{
+	char path[64], line[CGROUP_MAX + 8];
+	FILE *file;
+
+	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)peer->pid);
+	file = fopen(path, "re");
+	if (!file)
+		return;
+	while (fgets(line, sizeof(line), file)) {
+		if (strncmp(line, "0::", 3) == 0) {
+			line[strcspn(line, "\n")] = '\0';
+			snprintf(peer->cgroup, sizeof(peer->cgroup), "%.*s",
+				 (int)sizeof(peer->cgroup) - 1, line + 3);
+			break;
+		}
+	}
+	fclose(file);
+	if (pidfd >= 0 && syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
+		peer->cgroup[0] = '\0';
+}
+
+static int identify_peer(int fd, struct peer *peer)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	int pidfd = -1;
+
+	*peer = (struct peer){0};
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return -errno;
+	peer->pid = cred.pid;
+	peer->uid = cred.uid;
+	peer->gid = cred.gid;
+	len = sizeof(peer->groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, peer->groups, &len) == 0)
+		peer->n_groups = len / sizeof(gid_t);
+	len = sizeof(pidfd);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
+		pidfd = -1;
+	read_cgroup(peer, pidfd);
+	if (pidfd >= 0)
+		close(pidfd);
+	return 0;
+}
+
+/* ---- connections ---------------------------------------------------------------------- */
+
+static void conn_close(struct conn *c)
+{
+	LIST_REMOVE(c, link);
+	c->srv->d->connections--;
+	event_free(c->ev);
+	close(c->fd);
+	if (c->pending_fd >= 0)
+		close(c->pending_fd);
+	free(c->pending);
+	log_debug("connection of uid %u closed", (unsigned)c->client.peer.uid);
+	client_fini(&c->client);
+	free(c);
+}
+
+/* Sends a reply; -EAGAIN when the socket is full (nothing sent). */
+static int send_packet(int fd, const uint8_t *buf, size_t len, int send_fd)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+
+	if (send_fd >= 0) {
+		struct cmsghdr *cmsg;
+
+		memset(&control, 0, sizeof(control));
+		msg.msg_control = control.buf;
+		msg.msg_controllen = sizeof(control.buf);
+		cmsg = CMSG_FIRSTHDR(&msg);
+		cmsg->cmsg_level = SOL_SOCKET;
+		cmsg->cmsg_type = SCM_RIGHTS;
+		cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cmsg), &send_fd, sizeof(int));
+	}
+	for (;;) {
+		if (sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0)
+			return 0;
+		if (errno != EINTR)
+			return -errno;
+	}
+}
+
+static void conn_on_event(evutil_socket_t fd, short what, void *arg);
+
+/* Waits for the socket to be writable (a reply pending) or readable (none). */
+static int conn_rearm(struct conn *c)
+{
+	event_del(c->ev);
+	event_assign(c->ev, c->srv->base, c->fd, (c->pending ? EV_WRITE : EV_READ) | EV_PERSIST,
+		     conn_on_event, c);
+	return event_add(c->ev, NULL);
+}
+
+/* Returns false when the connection was closed. */
+static bool conn_reply(struct conn *c, size_t len, int reply_fd)
+{
+	int rc = send_packet(c->fd, c->srv->out, len, reply_fd);
+
+	if (rc == 0) {
+		if (reply_fd >= 0)
+			close(reply_fd);
+		return true;
+	}
+	if (rc != -EAGAIN) {
+		if (reply_fd >= 0)
+			close(reply_fd);
+		log_debug("cannot reply to uid %u (%s); closing", (unsigned)c->client.peer.uid,
+			  strerror(-rc));
+		conn_close(c);
+		return false;
+	}
+	c->pending = malloc(len);
+	if (!c->pending) {
+		if (reply_fd >= 0)
+			close(reply_fd);
+		log_err("out of memory holding a reply for uid %u; closing its connection",
+			(unsigned)c->client.peer.uid);
+		conn_close(c);
+		return false;
+	}
+	memcpy(c->pending, c->srv->out, len);
+	c->pending_len = len;
+	c->pending_fd = reply_fd;
+	conn_rearm(c);
+	return true;
+}
+
+/* Receives one packet; 0 when one was handled, -EAGAIN when none is waiting, another negative
+ * errno (or -ECONNRESET at end of stream) when the connection should close. */
+static int conn_read_one(struct conn *c)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * IOMMUD_MAX_FDS)];
+	} control;
+	struct server *srv = c->srv;
+	struct iovec iov = {.iov_base = srv->in, .iov_len = sizeof(srv->in)};
+	struct msghdr msg = {.msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = control.buf,
+			     .msg_controllen = sizeof(control.buf)};
+	enum packet_defect defect = PACKET_OK;
+	int fds[IOMMUD_MAX_FDS], reply_fd;
+	size_t n_fds = 0, out_len;
+	ssize_t n;
+
+	do
+		n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if (n == 0)
+		return -ECONNRESET;
+	for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+		size_t count;
+
+		if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
+			continue;
+		count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < count; i++) {
+			int fd;
+
+			memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+			if (n_fds < IOMMUD_MAX_FDS)
+				fds[n_fds++] = fd;
+			else
+				close(fd);
+		}
+	}
+	if (msg.msg_flags & MSG_TRUNC)
+		defect = PACKET_TRUNCATED;
+	else if (msg.msg_flags & MSG_CTRUNC)
+		defect = PACKET_FDS_TRUNCATED;
+	out_len = dispatch_packet(srv->d, &c->client, srv->in, (size_t)n, defect, fds, n_fds,
+				  srv->out, &reply_fd);
+	return conn_reply(c, out_len, reply_fd) ? 0 : -ECONNABORTED;
+}
+
+static void conn_on_event(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	int rc;
+
+	(void)fd;
+	if (what & EV_WRITE) {
+		rc = send_packet(c->fd, c->pending, c->pending_len, c->pending_fd);
+		if (rc == -EAGAIN)
+			return;
+		if (c->pending_fd >= 0)
+			close(c->pending_fd);
+		free(c->pending);
+		c->pending = NULL;
+		c->pending_fd = -1;
+		if (rc < 0) {
+			conn_close(c);
+			return;
+		}
+		conn_rearm(c);
+		return;
+	}
+	for (int i = 0; i < PACKETS_PER_WAKEUP; i++) {
+		rc = conn_read_one(c);
+		if (rc == -ECONNABORTED)
+			return; /* already closed */
+		if (rc == -EAGAIN)
+			return;
+		if (rc < 0) {
+			conn_close(c);
+			return;
+		}
+		if (c->pending)
+			return; /* wait until the client reads its replies */
+	}
+}
+
+int server_adopt(struct server *srv, int fd)
+{
+	struct peer peer;
+	struct conn *c;
+	int rc;
+
+	if (srv->d->connections >= srv->max_connections) {
+		log_warning("refusing a connection: %u are open, the limit (max-connections)",
+			    srv->d->connections);
+		close(fd);
+		return -EMFILE;
+	}
+	rc = identify_peer(fd, &peer);
+	if (rc < 0) {
+		log_warning("cannot identify a peer (%s); refusing it", strerror(-rc));
+		close(fd);
+		return rc;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return -ENOMEM;
+	}
+	c->srv = srv;
+	c->fd = fd;
+	c->pending_fd = -1;
+	rc = client_init(srv->d, &c->client, &peer);
+	if (rc == 0 && !(c->ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, conn_on_event, c)))
+		rc = -ENOMEM;
+	if (rc == 0 && event_add(c->ev, NULL) < 0)
+		rc = -ENOMEM;
+	if (rc < 0) {
+		log_warning("cannot take a connection of uid %u: %s", (unsigned)peer.uid,
+			    failure_message());
+		if (c->ev)
+			event_free(c->ev);
+		client_fini(&c->client);
+		close(fd);
+		free(c);
+		return rc;
+	}
+	LIST_INSERT_HEAD(&srv->conns, c, link);
+	srv->d->connections++;
+	log_debug("connection of uid %u pid %d cgroup '%s'", (unsigned)peer.uid, (int)peer.pid,
+		  peer.cgroup);
+	return 0;
+}
+
+static void on_accept(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	(void)what;
+	for (int i = 0; i < PACKETS_PER_WAKEUP; i++) {
+		int conn_fd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (conn_fd < 0) {
+			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+				log_warning("accept: %s", strerror(errno));
+			return;
+		}
+		server_adopt(srv, conn_fd);
+	}
+}
+
+/* ---- the listening socket ------------------------------------------------------------- */
+
+static int make_parent_dir(const char *path)
+{
+	char copy[PATH_MAX];
+	char *dir;
+
+	snprintf(copy, sizeof(copy), "%s", path);
+	dir = dirname(copy);
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		return fail(-errno, "cannot create the socket's directory %s: %s", dir,
+			    strerror(errno));
+	return 0;
+}
+
+/* A socket file nobody listens on is left over from a crash; one that answers is another
+ * daemon's and must not be taken from it. */
+static int clear_stale_socket(const struct sockaddr_un *addr)
+{
+	struct stat st;
+	int probe, rc;
+
+	if (lstat(addr->sun_path, &st) < 0)
+		return errno == ENOENT ? 0
+				       : fail(-errno, "cannot examine %s: %s", addr->sun_path,
+					      strerror(errno));
+	if (!S_ISSOCK(st.st_mode))
+		return fail(-EEXIST,
+			    "%s exists and is not a socket; remove it or choose another "
+			    "path (--socket)",
+			    addr->sun_path);
+	probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (probe < 0)
+		return fail(-errno, "socket: %s", strerror(errno));
+	rc = connect(probe, (const struct sockaddr *)addr, sizeof(*addr));
+	close(probe);
+	if (rc == 0)
+		return fail(-EADDRINUSE,
+			    "another iommud is already listening on %s; stop it or "
+			    "choose another path (--socket)",
+			    addr->sun_path);
+	if (unlink(addr->sun_path) < 0 && errno != ENOENT)
+		return fail(-errno, "cannot remove the stale socket %s: %s", addr->sun_path,
+			    strerror(errno));
+	return 0;
+}
+
+static int bind_socket(struct server *srv, const char *path, mode_t mode)
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	int fd, rc;
+
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return fail(-ENAMETOOLONG, "socket path %s is longer than %zu bytes", path,
+			    sizeof(addr.sun_path) - 1);
+	memcpy(addr.sun_path, path, strlen(path) + 1);
+	if ((rc = make_parent_dir(path)) < 0 || (rc = clear_stale_socket(&addr)) < 0)
+		return rc;
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return fail(-errno, "socket: %s", strerror(errno));
+	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		rc = fail(-errno, "cannot bind %s: %s", path, strerror(errno));
+		close(fd);
+		return rc;
+	}
+	if (chmod(path, mode) < 0 || listen(fd, SOMAXCONN) < 0) {
+		rc = fail(-errno, "cannot set up %s: %s", path, strerror(errno));
+		unlink(path);
+		close(fd);
+		return rc;
+	}
+	srv->socket_path = strdup(path);
+	srv->listen_fd = fd;
+	return 0;
+}
+
+int server_listen(struct server *srv, const char *path, mode_t mode)
+{
+	int n = sd_listen_fds(1), rc;
+
+	if (n > 1)
+		return fail(-EINVAL, "systemd passed %d sockets; iommud takes one", n);
+	if (n == 1) {
+		if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_SEQPACKET, 1, NULL, 0) <= 0)
+			return fail(-EINVAL, "the socket systemd passed is not a listening "
+					     "SOCK_SEQPACKET Unix socket; check iommud.socket");
+		srv->listen_fd = SD_LISTEN_FDS_START;
+		fcntl(srv->listen_fd, F_SETFL, fcntl(srv->listen_fd, F_GETFL) | O_NONBLOCK);
+		log_info("listening on the socket systemd passed");
+	} else {
+		rc = bind_socket(srv, path, mode);
+		if (rc < 0)
+			return rc;
+		log_info("listening on %s", path);
+	}
+	srv->listen_ev = event_new(srv->base, srv->listen_fd, EV_READ | EV_PERSIST, on_accept, srv);
+	if (!srv->listen_ev || event_add(srv->listen_ev, NULL) < 0)
+		return fail(-ENOMEM, "cannot watch the listening socket");
+	return 0;
+}
+
+void server_destroy(struct server *srv)
+{
+	struct conn *c;
+
+	if (!srv)
+		return;
+	while ((c = LIST_FIRST(&srv->conns)))
+		conn_close(c);
+	if (srv->listen_ev)
+		event_free(srv->listen_ev);
+	if (srv->listen_fd >= 0)
+		close(srv->listen_fd);
+	if (srv->socket_path) {
+		unlink(srv->socket_path);
+		free(srv->socket_path);
+	}
+	free(srv);
+}

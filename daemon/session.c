@@ -1,0 +1,721 @@
+// SPDX-License-Identifier: MIT
+#define _GNU_SOURCE /* F_GET_SEALS */
+#include "session.h"
+
+#include <bsd/sys/tree.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/queue.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "status.h"
+
+#define LEASE_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+
+/* The granule of Map offsets and lengths: the smallest IOMMU page the backends support. */
+#define MAP_GRANULE 4096ull
+
+struct mapping_rec {
+	RB_ENTRY(mapping_rec) node;
+	uint64_t iova;
+	uint64_t length;
+	uint64_t offset;
+	uint32_t prot;
+	int fd;
+	void *va;
+};
+
+static int mapping_cmp(const struct mapping_rec *a, const struct mapping_rec *b)
+{
+	return a->iova < b->iova ? -1 : a->iova > b->iova;
+}
+RB_HEAD(mapping_tree, mapping_rec);
+/* libbsd's tree.h marks its generated functions __unused, which glibc leaves undefined. */
+#define __unused __attribute__((unused))
+RB_GENERATE_STATIC(mapping_tree, mapping_rec, node, mapping_cmp)
+#undef __unused
+
+struct domain_rec {
+	LIST_ENTRY(domain_rec) link;
+	uint32_t id;
+	enum kh_domain_type type;
+	char device[KH_NAME_MAX];
+	struct mapping_tree maps;
+	uint32_t n_maps;
+	uint64_t bytes;
+};
+
+struct bound_dev {
+	LIST_ENTRY(bound_dev) link;
+	char name[KH_NAME_MAX];
+	uint32_t dev_id;
+};
+
+struct session {
+	LIST_ENTRY(session) link;
+	struct tenant *tenant;
+	char lease[LEASE_NAME_MAX + 1];
+	struct kh_ctx *ctx;
+	unsigned refs;
+	bool lease_released;
+	LIST_HEAD(, domain_rec) domains;
+	LIST_HEAD(, bound_dev) devices;
+};
+
+struct tenant {
+	LIST_ENTRY(tenant) link;
+	struct registry *reg;
+	uid_t uid;
+	char cgroup[CGROUP_MAX]; /* part of the identity; "" for interactive logins */
+	const struct access_rule *rule;
+	unsigned refs; /* connections and sessions */
+	struct usage used;
+	LIST_HEAD(, session) sessions;
+};
+
+struct registry {
+	struct kh_backend *be;
+	const struct config *cfg;
+	LIST_HEAD(, tenant) tenants;
+	unsigned n_tenants;
+	unsigned n_sessions;
+};
+
+struct registry *registry_create(struct kh_backend *be, const struct config *cfg)
+{
+	struct registry *reg = calloc(1, sizeof(*reg));
+
+	if (!reg)
+		return NULL;
+	reg->be = be;
+	reg->cfg = cfg;
+	LIST_INIT(&reg->tenants);
+	return reg;
+}
+
+struct kh_backend *registry_backend(const struct registry *reg)
+{
+	return reg->be;
+}
+
+unsigned registry_tenant_count(const struct registry *reg)
+{
+	return reg->n_tenants;
+}
+
+unsigned registry_session_count(const struct registry *reg)
+{
+	return reg->n_sessions;
+}
+
+/* ---- mapping records ------------------------------------------------------------------ */
+
+static void mapping_release(struct tenant *tenant, struct domain_rec *dom, struct mapping_rec *m)
+{
+	RB_REMOVE(mapping_tree, &dom->maps, m);
+	dom->n_maps--;
+	dom->bytes -= m->length;
+	tenant->used.mappings--;
+	tenant->used.pinned_bytes -= m->length;
+	munmap(m->va, m->length);
+	close(m->fd);
+	free(m);
+}
+
+/* After the backend has dropped every mapping of a domain (domain freed, context destroyed). */
+static void domain_rec_release(struct session *s, struct domain_rec *dom)
+{
+	struct mapping_rec *m;
+
+	while ((m = RB_MIN(mapping_tree, &dom->maps)))
+		mapping_release(s->tenant, dom, m);
+	LIST_REMOVE(dom, link);
+	s->tenant->used.domains--;
+	free(dom);
+}
+
+static struct domain_rec *domain_rec_find(struct session *s, uint32_t id)
+{
+	struct domain_rec *dom;
+
+	LIST_FOREACH(dom, &s->domains, link)
+	if (dom->id == id)
+		return dom;
+	return NULL;
+}
+
+static int domain_lookup(struct session *s, uint32_t id, struct domain_rec **out)
+{
+	*out = domain_rec_find(s, id);
+	if (!*out)
+		return fail(-ENOENT,
+			    "no domain %u in this session; list the session's domains with "
+			    "ListDomains (iommuctl domains)",
+			    id);
+	return 0;
+}
+
+/* ---- tenants -------------------------------------------------------------------------- */
+
+/* Interactive logins of one user are one tenant: each login has its own scope cgroup, and a
+ * person expects their second terminal to see what the first one set up. */
+static const char *tenant_cgroup(const struct peer *peer)
+{
+	return strncmp(peer->cgroup, "/user.slice/", 12) == 0 ? "" : peer->cgroup;
+}
+
+int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **out,
+	       enum access *access)
+{
+	const struct access_rule *rule =
+		config_match(reg->cfg, peer->uid, peer->gid, peer->groups, peer->n_groups);
+	const char *cgroup = tenant_cgroup(peer);
+	struct tenant *t;
+
+	*access = rule ? rule->access : reg->cfg->default_access;
+	LIST_FOREACH(t, &reg->tenants, link)
+	{
+		if (t->uid == peer->uid && strcmp(t->cgroup, cgroup) == 0) {
+			t->refs++;
+			*out = t;
+			return 0;
+		}
+	}
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return fail(-ENOMEM, "out of memory for a new tenant");
+	t->reg = reg;
+	t->uid = peer->uid;
+	snprintf(t->cgroup, sizeof(t->cgroup), "%s", cgroup);
+	t->rule = rule;
+	t->refs = 1;
+	LIST_INIT(&t->sessions);
+	LIST_INSERT_HEAD(&reg->tenants, t, link);
+	reg->n_tenants++;
+	log_debug("new tenant uid %u cgroup '%s' (%s)", (unsigned)t->uid, t->cgroup,
+		  rule ? rule->section : "no section: default access");
+	*out = t;
+	return 0;
+}
+
+void tenant_put(struct tenant *t)
+{
+	if (--t->refs)
+		return;
+	LIST_REMOVE(t, link);
+	t->reg->n_tenants--;
+	free(t);
+}
+
+const struct access_rule *tenant_rule(const struct tenant *t)
+{
+	return t->rule;
+}
+
+struct usage tenant_usage(const struct tenant *t)
+{
+	return t->used;
+}
+
+/* ---- sessions ------------------------------------------------------------------------- */
+
+static void session_destroy(struct session *s)
+{
+	struct domain_rec *dom;
+	struct bound_dev *dev;
+
+	/* The context first: only once the backend has unmapped everything may the memory go. */
+	kh_ctx_destroy(s->ctx);
+	while ((dom = LIST_FIRST(&s->domains)))
+		domain_rec_release(s, dom);
+	while ((dev = LIST_FIRST(&s->devices))) {
+		LIST_REMOVE(dev, link);
+		free(dev);
+	}
+	LIST_REMOVE(s, link);
+	s->tenant->reg->n_sessions--;
+	log_info("released session '%s' of uid %u", s->lease[0] ? s->lease : "(anonymous)",
+		 (unsigned)s->tenant->uid);
+	tenant_put(s->tenant);
+	free(s);
+}
+
+int session_join(struct tenant *t, const char *lease, struct session **out)
+{
+	struct session *s;
+	int rc;
+
+	if (!lease)
+		lease = "";
+	if (strlen(lease) > LEASE_NAME_MAX || strspn(lease, LEASE_CHARS) != strlen(lease))
+		return fail(-EINVAL,
+			    "a lease name is 1 to %d characters of A-Z, a-z, 0-9, '.', "
+			    "'_' and '-'",
+			    LEASE_NAME_MAX);
+	LIST_FOREACH(s, &t->sessions, link)
+	{
+		if (strcmp(s->lease, lease) == 0) {
+			if (s->lease_released)
+				return fail(-EBUSY,
+					    "lease '%s' was released and ends when its last "
+					    "connection closes; wait for that or choose "
+					    "another name",
+					    lease);
+			s->refs++;
+			*out = s;
+			return 0;
+		}
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return fail(-ENOMEM, "out of memory for a new session");
+	rc = kh_ctx_create(t->reg->be, &s->ctx);
+	if (rc < 0) {
+		free(s);
+		return fail_kh(rc, "cannot create the session's IOMMU context");
+	}
+	snprintf(s->lease, sizeof(s->lease), "%s", lease);
+	s->tenant = t;
+	s->refs = 1;
+	LIST_INIT(&s->domains);
+	LIST_INIT(&s->devices);
+	LIST_INSERT_HEAD(&t->sessions, s, link);
+	t->refs++;
+	t->reg->n_sessions++;
+	log_info("new session '%s' for uid %u", lease[0] ? lease : "(anonymous)", (unsigned)t->uid);
+	*out = s;
+	return 0;
+}
+
+void session_leave(struct session *s)
+{
+	if (--s->refs)
+		return;
+	if (s->lease[0] && !s->lease_released) {
+		log_info("lease '%s' of uid %u kept with no connection", s->lease,
+			 (unsigned)s->tenant->uid);
+		return;
+	}
+	session_destroy(s);
+}
+
+int session_release_lease(struct session *s)
+{
+	if (!s->lease[0])
+		return fail(-ENOTCONN, "this connection is in its anonymous session, which has no "
+				       "lease; name a lease in Hello to hold one");
+	s->lease_released = true;
+	return 0;
+}
+
+const char *session_lease(const struct session *s)
+{
+	return s->lease;
+}
+
+struct tenant *session_tenant(const struct session *s)
+{
+	return s->tenant;
+}
+
+struct kh_ctx *session_ctx(const struct session *s)
+{
+	return s->ctx;
+}
+
+void registry_destroy(struct registry *reg)
+{
+	struct tenant *t;
+
+	if (!reg)
+		return;
+	/* Leases hold their tenant; connections were closed by the server before this. */
+	while ((t = LIST_FIRST(&reg->tenants))) {
+		struct session *s = LIST_FIRST(&t->sessions);
+
+		if (!s) {
+			/* A tenant kept only by connection references the server failed to drop. */
+			LIST_REMOVE(t, link);
+			free(t);
+			continue;
+		}
+		session_destroy(s);
+	}
+	free(reg);
+}
+
+/* ---- devices -------------------------------------------------------------------------- */
+
+static struct bound_dev *bound_find(struct session *s, const char *name)
+{
+	struct bound_dev *dev;
+
+	LIST_FOREACH(dev, &s->devices, link)
+	if (strcmp(dev->name, name) == 0)
+		return dev;
+	return NULL;
+}
+
+int session_device(struct session *s, const char *name, bool bind, uint32_t *dev_id)
+{
+	struct bound_dev *dev = bound_find(s, name);
+	int rc;
+
+	if (dev) {
+		*dev_id = dev->dev_id;
+		return 0;
+	}
+	if (kh_device_lookup(s->tenant->reg->be, name) < 0)
+		return fail(-ENOENT, "no device '%s'; ListDevices (iommuctl devices) shows them",
+			    name);
+	if (!bind)
+		return fail(-ENOENT,
+			    "device '%s' is not in this session; allocate a domain for it "
+			    "or attach it first",
+			    name);
+	if (!config_device_allowed(s->tenant->rule, name))
+		return fail(-EPERM,
+			    "uid %u may not take device '%s': its configuration section (%s) does "
+			    "not list it in 'devices'",
+			    (unsigned)s->tenant->uid, name,
+			    s->tenant->rule ? s->tenant->rule->section : "none");
+	dev = calloc(1, sizeof(*dev));
+	if (!dev)
+		return fail(-ENOMEM, "out of memory");
+	rc = kh_device_bind(s->ctx, name, &dev->dev_id);
+	if (rc < 0) {
+		free(dev);
+		if (rc == -EBUSY)
+			return fail(rc,
+				    "device '%s' is in use by another session (%s); it becomes "
+				    "free when that session ends",
+				    name, kh_last_error());
+		return fail_kh(rc, "cannot bind the device");
+	}
+	snprintf(dev->name, sizeof(dev->name), "%s", name);
+	LIST_INSERT_HEAD(&s->devices, dev, link);
+	log_info("uid %u took device %s", (unsigned)s->tenant->uid, name);
+	*dev_id = dev->dev_id;
+	return 0;
+}
+
+bool session_device_state(struct session *s, const char *name, uint32_t *domain_id)
+{
+	struct bound_dev *dev = bound_find(s, name);
+
+	*domain_id = 0;
+	if (!dev)
+		return false;
+	kh_device_domain(s->ctx, dev->dev_id, domain_id);
+	return true;
+}
+
+int session_bound_devices(struct session *s,
+			  int (*visit)(const char *name, uint32_t domain_id, void *), void *arg)
+{
+	struct bound_dev *dev;
+	int rc;
+
+	LIST_FOREACH(dev, &s->devices, link)
+	{
+		uint32_t domain_id = 0;
+
+		kh_device_domain(s->ctx, dev->dev_id, &domain_id);
+		rc = visit(dev->name, domain_id, arg);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* ---- domains -------------------------------------------------------------------------- */
+
+int session_alloc_domain(struct session *s, const char *device,
+			 const struct kh_domain_alloc_args *args, uint32_t *domain_id)
+{
+	const struct access_rule *rule = s->tenant->rule;
+	struct domain_rec *dom;
+	uint32_t dev_id;
+	int rc;
+
+	if (!rule || s->tenant->used.domains >= rule->max_domains)
+		return fail(
+			-EDQUOT,
+			"uid %u has %llu domains, its quota (max-domains in %s); free one first",
+			(unsigned)s->tenant->uid, (unsigned long long)s->tenant->used.domains,
+			rule ? rule->section : "the configuration");
+	rc = session_device(s, device, true, &dev_id);
+	if (rc < 0)
+		return rc;
+	dom = calloc(1, sizeof(*dom));
+	if (!dom)
+		return fail(-ENOMEM, "out of memory");
+	rc = kh_domain_alloc(s->ctx, dev_id, args, &dom->id);
+	if (rc < 0) {
+		free(dom);
+		return fail_kh(rc, "cannot allocate the domain");
+	}
+	dom->type = args->type;
+	snprintf(dom->device, sizeof(dom->device), "%s", device);
+	RB_INIT(&dom->maps);
+	LIST_INSERT_HEAD(&s->domains, dom, link);
+	s->tenant->used.domains++;
+	*domain_id = dom->id;
+	return 0;
+}
+
+int session_free_domain(struct session *s, uint32_t domain_id)
+{
+	struct domain_rec *dom;
+	int rc = domain_lookup(s, domain_id, &dom);
+
+	if (rc < 0)
+		return rc;
+	rc = kh_domain_free(s->ctx, domain_id);
+	if (rc < 0)
+		return fail_kh(rc, "cannot free the domain");
+	domain_rec_release(s, dom);
+	return 0;
+}
+
+int session_domains(struct session *s, int (*visit)(const struct domain_view *, void *), void *arg)
+{
+	uint32_t last = 0;
+
+	/* Ids only grow, so walking by the next larger id gives id order without sorting. */
+	for (;;) {
+		struct domain_rec *dom, *next = NULL;
+		struct domain_view view;
+		int rc;
+
+		LIST_FOREACH(dom, &s->domains, link)
+		if (dom->id > last && (!next || dom->id < next->id))
+			next = dom;
+		if (!next)
+			return 0;
+		view = (struct domain_view){.id = next->id,
+					    .type = next->type,
+					    .mappings = next->n_maps,
+					    .mapped_bytes = next->bytes};
+		memcpy(view.device, next->device, sizeof(view.device));
+		rc = visit(&view, arg);
+		if (rc)
+			return rc;
+		last = next->id;
+	}
+}
+
+/* ---- mappings ------------------------------------------------------------------------- */
+
+static bool is_memfd(int fd)
+{
+	char link[64], target[256];
+	ssize_t n;
+
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	n = readlink(link, target, sizeof(target) - 1);
+	if (n < 0)
+		return false;
+	target[n] = '\0';
+	return strncmp(target, "/memfd:", 7) == 0;
+}
+
+/* Memory the daemon maps must stay put under a DMA mapping: only memfds sealed against
+ * shrinking, tmpfs and hugetlbfs files qualify, and the range must lie inside the file. */
+static int check_memory(const struct map_entry *e)
+{
+	struct statfs fs;
+	struct stat st;
+	int seals;
+
+	if (fstat(e->fd, &st) < 0 || fstatfs(e->fd, &fs) < 0)
+		return fail(-EBADF, "the descriptor sent with the request cannot be examined (%s)",
+			    strerror(errno));
+	if (!S_ISREG(st.st_mode) || (fs.f_type != TMPFS_MAGIC && fs.f_type != HUGETLBFS_MAGIC))
+		return fail(-EINVAL, "the descriptor sent with the request is not a memfd, tmpfs "
+				     "or hugetlbfs file; create the memory with memfd_create "
+				     "(iommuctl_memfd) and seal it with F_SEAL_SHRINK");
+	if (is_memfd(e->fd)) {
+		seals = fcntl(e->fd, F_GET_SEALS);
+		if (seals < 0 || !(seals & F_SEAL_SHRINK))
+			return fail(-EINVAL,
+				    "the memfd is not sealed against shrinking, so it could "
+				    "shrink under a DMA mapping; create it with "
+				    "MFD_ALLOW_SEALING and add F_SEAL_SHRINK "
+				    "(fcntl F_ADD_SEALS)");
+	}
+	/* mmap would round a short length up to a huge page and munmap of the short length
+	 * would then fail, leaving the page mapped in the daemon. */
+	if (fs.f_type == HUGETLBFS_MAGIC &&
+	    (e->offset % (uint64_t)st.st_blksize || e->length % (uint64_t)st.st_blksize))
+		return fail(-EINVAL,
+			    "on hugetlbfs, offset and length must be multiples of the huge page "
+			    "size (%ld bytes)",
+			    (long)st.st_blksize);
+	if (e->offset > (uint64_t)st.st_size || e->length > (uint64_t)st.st_size - e->offset)
+		return fail(-ERANGE,
+			    "range [0x%llx, +0x%llx) passes the end of the file (%lld bytes); grow "
+			    "the file or map less",
+			    (unsigned long long)e->offset, (unsigned long long)e->length,
+			    (long long)st.st_size);
+	return 0;
+}
+
+static int check_entry(struct session *s, const struct map_entry *e, struct domain_rec **dom)
+{
+	const struct access_rule *rule = s->tenant->rule;
+	const struct usage *used = &s->tenant->used;
+	int rc = domain_lookup(s, e->domain_id, dom);
+
+	if (rc < 0)
+		return rc;
+	if (!e->length || e->length % MAP_GRANULE || e->offset % MAP_GRANULE)
+		return fail(-EINVAL,
+			    "offset (0x%llx) and length (0x%llx) must be multiples of "
+			    "%llu and the length not 0",
+			    (unsigned long long)e->offset, (unsigned long long)e->length,
+			    MAP_GRANULE);
+	if (!e->prot || e->prot & ~(KH_PROT_READ | KH_PROT_WRITE))
+		return fail(-EINVAL, "prot must be PROT_READ, PROT_WRITE or both, not %u", e->prot);
+	if (e->fixed_iova && e->iova + e->length - 1 < e->iova)
+		return fail(-EOVERFLOW,
+			    "iova 0x%llx + length 0x%llx passes the end of the 64-bit "
+			    "address space",
+			    (unsigned long long)e->iova, (unsigned long long)e->length);
+	if (!rule || used->mappings >= rule->max_mappings)
+		return fail(-EDQUOT,
+			    "uid %u has %llu mappings, its quota (max-mappings); unmap some "
+			    "first",
+			    (unsigned)s->tenant->uid, (unsigned long long)used->mappings);
+	if (e->length > rule->max_pinned_bytes - used->pinned_bytes)
+		return fail(
+			-EDQUOT,
+			"mapping 0x%llx bytes would pin more than uid %u's quota of 0x%llx bytes "
+			"(max-pinned; 0x%llx in use); unmap memory first",
+			(unsigned long long)e->length, (unsigned)s->tenant->uid,
+			(unsigned long long)rule->max_pinned_bytes,
+			(unsigned long long)used->pinned_bytes);
+	return check_memory(e);
+}
+
+int session_map(struct session *s, struct map_entry *e)
+{
+	struct kh_map_req req = {
+		.iova = e->iova,
+		.length = e->length,
+		.prot = e->prot,
+		.flags = e->fixed_iova ? KH_MAP_FIXED_IOVA : 0,
+		.alignment = e->alignment,
+	};
+	struct mapping_rec *m;
+	struct domain_rec *dom;
+	int rc = check_entry(s, e, &dom);
+	int mmap_prot = PROT_READ | (e->prot & KH_PROT_WRITE ? PROT_WRITE : 0);
+
+	if (rc < 0)
+		return rc;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return fail(-ENOMEM, "out of memory");
+	m->fd = fcntl(e->fd, F_DUPFD_CLOEXEC, 3);
+	if (m->fd < 0) {
+		rc = -errno;
+		free(m);
+		return fail(rc, "cannot keep a reference to the memory: %s", strerror(-rc));
+	}
+	/* The backend takes memory by address; the pages stay shared with the client's file. */
+	m->va = mmap(NULL, e->length, mmap_prot, MAP_SHARED, m->fd, (off_t)e->offset);
+	if (m->va == MAP_FAILED) {
+		rc = -errno;
+		close(m->fd);
+		free(m);
+		if (rc == -EACCES)
+			return fail(rc,
+				    "the file was opened read-only, so the device may not write "
+				    "it; open it read-write or map it with PROT_READ only");
+		return fail(rc, "cannot map the memory in the daemon: %s", strerror(-rc));
+	}
+	req.addr = (uint64_t)(uintptr_t)m->va;
+	rc = kh_map(s->ctx, e->domain_id, &req);
+	if (rc < 0) {
+		munmap(m->va, e->length);
+		close(m->fd);
+		free(m);
+		return fail_kh(rc, "cannot map");
+	}
+	m->iova = req.iova;
+	m->length = e->length;
+	m->offset = e->offset;
+	m->prot = e->prot;
+	RB_INSERT(mapping_tree, &dom->maps, m);
+	dom->n_maps++;
+	dom->bytes += m->length;
+	s->tenant->used.mappings++;
+	s->tenant->used.pinned_bytes += m->length;
+	e->iova = req.iova;
+	log_debug("uid %u mapped [0x%llx, +0x%llx) in domain %u", (unsigned)s->tenant->uid,
+		  (unsigned long long)m->iova, (unsigned long long)m->length, e->domain_id);
+	return 0;
+}
+
+int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
+		  uint64_t *bytes, uint32_t *count)
+{
+	bool everything = iova == 0 && length == UINT64_MAX;
+	struct mapping_rec key = {.iova = iova}, *m, *next;
+	uint64_t last = everything ? UINT64_MAX : iova + length - 1;
+	uint64_t kh_bytes = 0;
+	struct domain_rec *dom;
+	int rc = domain_lookup(s, domain_id, &dom);
+
+	*bytes = 0;
+	*count = 0;
+	if (rc < 0)
+		return rc;
+	if (everything && !dom->n_maps)
+		return 0;
+	rc = kh_unmap(s->ctx, domain_id, iova, length, &kh_bytes);
+	if (rc < 0)
+		return fail_kh(rc, "cannot unmap");
+	/* The backend removed whole mappings only, so the records inside the range are exactly the
+	 * ones it removed. */
+	for (m = RB_NFIND(mapping_tree, &dom->maps, &key); m && m->iova <= last; m = next) {
+		next = RB_NEXT(mapping_tree, &dom->maps, m);
+		*bytes += m->length;
+		(*count)++;
+		mapping_release(s->tenant, dom, m);
+	}
+	if (*bytes != kh_bytes)
+		log_err("domain %u: the backend unmapped 0x%llx bytes, the daemon's records 0x%llx",
+			domain_id, (unsigned long long)kh_bytes, (unsigned long long)*bytes);
+	log_debug("uid %u unmapped %u mappings in domain %u", (unsigned)s->tenant->uid, *count,
+		  domain_id);
+	return 0;
+}
+
+int session_mappings(struct session *s, uint32_t domain_id, uint64_t from, struct mapping_view *out,
+		     size_t max, bool *more)
+{
+	struct mapping_rec key = {.iova = from}, *m;
+	struct domain_rec *dom;
+	int rc = domain_lookup(s, domain_id, &dom);
+	size_t n = 0;
+
+	if (rc < 0)
+		return rc;
+	/* A mapping that starts below from but reaches into it is the previous page's last. */
+	for (m = RB_NFIND(mapping_tree, &dom->maps, &key); m && n < max;
+	     m = RB_NEXT(mapping_tree, &dom->maps, m))
+		out[n++] = (struct mapping_view){
+			.iova = m->iova, .length = m->length, .offset = m->offset, .prot = m->prot};
+	*more = m != NULL;
+	return (int)n;
+}

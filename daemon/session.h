@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Tenants, sessions and what they own.
+ *
+ * A tenant is a peer identity: a uid, and for peers outside interactive logins (services,
+ * containers) also their cgroup, so two containers of one uid are two tenants. The
+ * configuration rule that matched it gives its access and quotas; the quotas count over all
+ * its sessions.
+ *
+ * A session is one kernel-helper context, so its ids (domains, devices) mean nothing in any
+ * other session. A tenant has an anonymous session, shared by its connections and released
+ * when the last of them closes, and any number of named sessions (leases), kept with no
+ * connection open until ReleaseLease and then released with their last connection.
+ *
+ * Ownership: the registry owns tenants and sessions; a session owns its kernel-helper context,
+ * its domain records and, through them, the mapping records. A mapping record owns a duplicate
+ * of the client's file descriptor and the daemon's mmap of the range, both kept until the unmap
+ * has completed in the kernel, so the memory cannot go away under a live DMA mapping.
+ */
+#ifndef IOMMUD_SESSION_H
+#define IOMMUD_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <kh/kh.h>
+
+#include "config.h"
+
+#define LEASE_NAME_MAX 64 /* characters, without the terminating NUL */
+#define CGROUP_MAX     512
+
+struct registry;
+struct tenant;
+struct session;
+
+struct usage {
+	uint64_t domains;
+	uint64_t mappings;
+	uint64_t pinned_bytes;
+};
+
+struct peer {
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	gid_t groups[64];
+	size_t n_groups;
+	char cgroup[CGROUP_MAX]; /* "" when unknown */
+};
+
+struct registry *registry_create(struct kh_backend *be, const struct config *cfg);
+/* Releases every session (and what it maps) and tenant. */
+void registry_destroy(struct registry *reg);
+struct kh_backend *registry_backend(const struct registry *reg);
+unsigned registry_tenant_count(const struct registry *reg);
+unsigned registry_session_count(const struct registry *reg);
+
+/* The tenant for a peer, created on first sight; each call takes a reference that
+ * tenant_put drops. The access the configuration grants it comes back in *access. */
+int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **out,
+	       enum access *access);
+void tenant_put(struct tenant *tenant);
+const struct access_rule *tenant_rule(const struct tenant *tenant);
+struct usage tenant_usage(const struct tenant *tenant);
+
+/* Joins a session of the tenant (lease NULL or "" for the anonymous one), creating it if
+ * needed; each call takes a reference that session_leave drops. */
+int session_join(struct tenant *tenant, const char *lease, struct session **out);
+void session_leave(struct session *s);
+/* Marks a named session to be released when its last connection leaves. */
+int session_release_lease(struct session *s);
+const char *session_lease(const struct session *s);
+struct tenant *session_tenant(const struct session *s);
+struct kh_ctx *session_ctx(const struct session *s);
+
+/* The session's id for a backend device, binding it into the session first when bind is set
+ * (and the configuration lets the tenant take it). */
+int session_device(struct session *s, const char *name, bool bind, uint32_t *dev_id);
+/* Whether the device is bound in this session; and its domain there (0: none). */
+bool session_device_state(struct session *s, const char *name, uint32_t *domain_id);
+
+int session_alloc_domain(struct session *s, const char *device,
+			 const struct kh_domain_alloc_args *args, uint32_t *domain_id);
+int session_free_domain(struct session *s, uint32_t domain_id);
+
+struct map_entry {
+	uint32_t domain_id;
+	int fd; /* borrowed: the session keeps a duplicate */
+	uint64_t offset;
+	uint64_t length;
+	uint32_t prot; /* KH_PROT_* */
+	bool fixed_iova;
+	uint64_t iova; /* in with fixed_iova, out always */
+	uint64_t alignment;
+};
+
+/* Checks the file and range, charges the quota, maps. */
+int session_map(struct session *s, struct map_entry *entry);
+/* Removes the mappings wholly inside [iova, iova+length) (UINT64_MAX length from iova 0: all),
+ * releasing their memory references once the backend has unmapped them. */
+int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
+		  uint64_t *bytes, uint32_t *count);
+
+struct mapping_view {
+	uint64_t iova;
+	uint64_t length;
+	uint64_t offset;
+	uint32_t prot;
+};
+/* Copies up to max mappings with iova >= from in IOVA order; returns how many, and sets *more
+ * when there are further ones. */
+int session_mappings(struct session *s, uint32_t domain_id, uint64_t from, struct mapping_view *out,
+		     size_t max, bool *more);
+
+struct domain_view {
+	uint32_t id;
+	enum kh_domain_type type;
+	char device[KH_NAME_MAX];
+	uint32_t mappings;
+	uint64_t mapped_bytes;
+};
+/* Visits the session's domains in id order; stops early when visit returns non-zero. */
+int session_domains(struct session *s, int (*visit)(const struct domain_view *, void *), void *arg);
+/* Visits the devices bound in the session with the domain each is attached to. */
+int session_bound_devices(struct session *s,
+			  int (*visit)(const char *name, uint32_t domain_id, void *), void *arg);
+
+#endif

@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: MIT
+#define _GNU_SOURCE /* mkdtemp */
+#include "daemon_fixture.h"
+
+#include <dirent.h>
+#include <grp.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *file = fopen(path, "w");
+
+	CHECK(file != NULL);
+	CHECK(fputs(text, file) >= 0);
+	CHECK(fclose(file) == 0);
+}
+
+void fixture_start(struct daemon_fixture *f, const char *config, const char *devices)
+{
+	char config_path[128], topology_path[128], text[4096];
+	struct timespec pause = {0, 10 * 1000 * 1000};
+
+	snprintf(f->dir, sizeof(f->dir), "/tmp/iommud-test-XXXXXX");
+	CHECK(mkdtemp(f->dir) != NULL);
+	/* Other uids (run_as) must reach the socket; access is decided by the daemon. */
+	CHECK(chmod(f->dir, 0755) == 0);
+	snprintf(f->socket_path, sizeof(f->socket_path), "%s/iommud.sock", f->dir);
+	snprintf(config_path, sizeof(config_path), "%s/iommud.conf", f->dir);
+	snprintf(topology_path, sizeof(topology_path), "%s/topology.ini", f->dir);
+	snprintf(text, sizeof(text), "[iommu]\ndevices = %s\n", devices);
+	write_file(topology_path, text);
+	snprintf(text, sizeof(text),
+		 "[daemon]\nsocket = %s\nbackend = emulated\ntopology = %s\nsocket-mode = 0666\n%s",
+		 f->socket_path, topology_path, config);
+	write_file(config_path, text);
+	f->pid = fork();
+	CHECK(f->pid >= 0);
+	if (f->pid == 0) {
+		/* A test that dies must not leave its daemon holding ctest's output pipe. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		execl(IOMMUD_BIN, "iommud", "--config", config_path, "--log-level", "warning",
+		      (char *)NULL);
+		perror("exec " IOMMUD_BIN);
+		_exit(127);
+	}
+	for (int i = 0; i < 1000; i++) {
+		int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		struct sockaddr_un addr = {.sun_family = AF_UNIX};
+		int status;
+
+		snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", f->socket_path);
+		if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
+			close(fd);
+			return;
+		}
+		close(fd);
+		CHECK(waitpid(f->pid, &status, WNOHANG) == 0); /* the daemon died at start */
+		nanosleep(&pause, NULL);
+	}
+	fprintf(stderr, "the daemon did not listen on %s within 10 s\n", f->socket_path);
+	abort();
+}
+
+void fixture_stop(struct daemon_fixture *f)
+{
+	char cmd[128];
+	int status;
+
+	CHECK(kill(f->pid, SIGTERM) == 0);
+	CHECK(waitpid(f->pid, &status, 0) == f->pid);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		fprintf(stderr, "iommud ended with %s %d (a sanitizer report above says why)\n",
+			WIFEXITED(status) ? "exit status" : "signal",
+			WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+		abort();
+	}
+	/* The daemon removes its socket on a clean stop. */
+	CHECK(access(f->socket_path, F_OK) != 0);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	CHECK(system(cmd) == 0);
+}
+
+int fixture_fd_count(const struct daemon_fixture *f)
+{
+	char path[64];
+	struct dirent *entry;
+	int count = 0;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)f->pid);
+	dir = opendir(path);
+	CHECK(dir != NULL);
+	while ((entry = readdir(dir)))
+		count += entry->d_name[0] != '.';
+	closedir(dir);
+	return count;
+}
+
+int raw_connect(const struct daemon_fixture *f)
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+
+	CHECK(fd >= 0);
+	snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", f->socket_path);
+	CHECK(connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
+	return fd;
+}
+
+void raw_send(int fd, const void *buf, size_t len, const int *fds, size_t n_fds)
+{
+	char control[CMSG_SPACE(sizeof(int) * 64)];
+	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+
+	CHECK(n_fds <= 64);
+	if (n_fds) {
+		struct cmsghdr *cmsg;
+
+		memset(control, 0, sizeof(control));
+		msg.msg_control = control;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+		cmsg = CMSG_FIRSTHDR(&msg);
+		cmsg->cmsg_level = SOL_SOCKET;
+		cmsg->cmsg_type = SCM_RIGHTS;
+		cmsg->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+		memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * n_fds);
+	}
+	CHECK_EQ(sendmsg(fd, &msg, MSG_NOSIGNAL), (ssize_t)len);
+}
+
+void raw_send_request(int fd, const Iommud__V1__Request *req, const int *fds, size_t n_fds)
+{
+	size_t len = iommud__v1__request__get_packed_size(req);
+	uint8_t *buf = malloc(len ? len : 1);
+
+	CHECK(buf != NULL);
+	iommud__v1__request__pack(req, buf);
+	raw_send(fd, buf, len, fds, n_fds);
+	free(buf);
+}
+
+Iommud__V1__Response *raw_recv(int fd, size_t *n_fds)
+{
+	static uint8_t buf[65537];
+	char control[CMSG_SPACE(sizeof(int) * 8)];
+	struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf)};
+	struct msghdr msg = {.msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = control,
+			     .msg_controllen = sizeof(control)};
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+	Iommud__V1__Response *resp;
+	size_t count = 0;
+	ssize_t n;
+
+	CHECK_EQ(poll(&pfd, 1, 10000), 1);
+	n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	CHECK(n > 0);
+	CHECK(!(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)));
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+		for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+			int got;
+
+			memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			close(got);
+			count++;
+		}
+	}
+	if (n_fds)
+		*n_fds = count;
+	resp = iommud__v1__response__unpack(NULL, (size_t)n, buf);
+	CHECK(resp != NULL);
+	CHECK(resp->status != NULL);
+	return resp;
+}
+
+int run_as(uid_t uid, int (*fn)(void *), void *arg)
+{
+	pid_t pid = fork();
+	int status;
+
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		if (setgroups(0, NULL) < 0 || setgid((gid_t)uid) < 0 || setuid(uid) < 0) {
+			perror("setuid");
+			_exit(99);
+		}
+		_exit(fn(arg));
+	}
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Runs the real iommud binary for a test: a private directory with its socket, configuration
+ * and emulated topology, the daemon started on the emulated backend and stopped with SIGTERM.
+ * Stopping checks the exit status, so a daemon built with ASan that leaks (LeakSanitizer at
+ * exit) or crashes fails the test. Also raw packet I/O, for inputs no real client would send.
+ */
+#ifndef IOMMUD_TESTS_DAEMON_FIXTURE_H
+#define IOMMUD_TESTS_DAEMON_FIXTURE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <iommud.pb-c.h>
+
+struct daemon_fixture {
+	char dir[64];
+	char socket_path[108]; /* what a Unix socket address holds */
+	pid_t pid;
+};
+
+/* Starts the daemon with the given configuration text (its [daemon] section is added by the
+ * fixture) and devices (a space-separated list for the emulated topology). */
+void fixture_start(struct daemon_fixture *f, const char *config, const char *devices);
+/* SIGTERM, then checks the daemon exited with status 0; removes the directory. */
+void fixture_stop(struct daemon_fixture *f);
+/* Open descriptors of the daemon process, to prove a test case leaked none. */
+int fixture_fd_count(const struct daemon_fixture *f);
+
+/* A connected SOCK_SEQPACKET socket to the daemon, without any protocol. */
+int raw_connect(const struct daemon_fixture *f);
+/* Sends len bytes as one packet with n_fds descriptors. */
+void raw_send(int fd, const void *buf, size_t len, const int *fds, size_t n_fds);
+/* Packs and sends a request. */
+void raw_send_request(int fd, const Iommud__V1__Request *req, const int *fds, size_t n_fds);
+/* Receives one response (fails the test if none comes within 10 s or it does not decode);
+ * descriptors that came with it are closed and counted in *n_fds (may be NULL). */
+Iommud__V1__Response *raw_recv(int fd, size_t *n_fds);
+
+/* Runs fn in a child process with the given uid (and gid), returning its exit status; for
+ * tenants other than the test's own. */
+int run_as(uid_t uid, int (*fn)(void *), void *arg);
+
+#endif

@@ -1,0 +1,778 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The daemon through its socket, as clients see it: the methods, the session and lease
+ * lifetimes, tenants kept apart, and every class of bad input (malformed packets, wrong fds,
+ * other tenants' ids, overflowing ranges, exhausted quotas, missing permissions). After each
+ * bad input the daemon must still serve, hold no extra descriptor, and finally stop cleanly
+ * (under ASan, LeakSanitizer checks it freed everything).
+ *
+ * Other tenants are child processes with other uids, so the test needs root; without it the
+ * cases that need them are skipped with a message.
+ */
+#define _GNU_SOURCE /* memfd_create */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/vfs.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <iommuctl.h>
+
+#include "check.h"
+#include "daemon_fixture.h"
+
+#define PAGE	     4096ull
+#define WRITER_UID   65534u /* may take emu1 only; small quotas */
+#define READER_UID   65533u /* read-only */
+#define STRANGER_UID 65532u /* in no section: the default, none */
+
+static const char config[] =
+	"[access]\ndefault = none\n"
+	"[uid 0]\naccess = write\ndevices = emu*\nmax-domains = 6\nmax-mappings = 8\n"
+	"max-pinned = 256K\n"
+	"[uid 65534]\naccess = write\ndevices = emu1\n"
+	"[uid 65533]\naccess = read\n";
+
+static struct daemon_fixture daemon_under_test;
+
+/* The daemon learns of a closed connection when its event loop gets to it, which may be after
+ * the next request of another connection; state that follows a close is awaited, for 5 s. */
+#define EVENTUALLY(cond)                                                                           \
+	do {                                                                                       \
+		struct timespec eventually_pause_ = {0, 10 * 1000 * 1000};                         \
+		int eventually_i_ = 0;                                                             \
+		while (!(cond) && eventually_i_++ < 500)                                           \
+			nanosleep(&eventually_pause_, NULL);                                       \
+		CHECK(cond);                                                                       \
+	} while (0)
+
+#define EXPECT_CODE(c, expr, code_name)                                                            \
+	do {                                                                                       \
+		int expect_rc_ = (expr);                                                           \
+		if (expect_rc_ >= 0 ||                                                             \
+		    iommuctl_last_code(c) != IOMMUD__V1__CODE__CODE_##code_name) {                 \
+			fprintf(stderr, "%s:%d: %s gave %d (%s: %s), expected %s\n", __FILE__,     \
+				__LINE__, #expr, expect_rc_,                                       \
+				iommuctl_code_name(iommuctl_last_code(c)), iommuctl_last_error(c), \
+				#code_name);                                                       \
+			abort();                                                                   \
+		}                                                                                  \
+	} while (0)
+
+#define CHECK_CALL(c, expr)                                                                        \
+	do {                                                                                       \
+		int check_rc_ = (expr);                                                            \
+		if (check_rc_ < 0) {                                                               \
+			fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr,       \
+				iommuctl_last_error(c));                                           \
+			abort();                                                                   \
+		}                                                                                  \
+	} while (0)
+
+static struct iommuctl *connect_client(const char *lease)
+{
+	struct iommuctl *c;
+
+	CHECK_OK(iommuctl_connect(daemon_under_test.socket_path, &c));
+	if (lease)
+		CHECK_CALL(c, iommuctl_hello(c, "test", lease, NULL));
+	return c;
+}
+
+static int memfd_of(uint64_t size)
+{
+	int fd = iommuctl_memfd("test", size);
+
+	CHECK_OK(fd);
+	return fd;
+}
+
+static Iommud__V1__Response *call(struct iommuctl *c, Iommud__V1__Request *req, const int *fds,
+				  size_t n_fds)
+{
+	Iommud__V1__Response *resp;
+
+	CHECK_OK(iommuctl_send(c, req, fds, n_fds, NULL));
+	CHECK_OK(iommuctl_recv(c, &resp, NULL, 0, NULL));
+	return resp;
+}
+
+static Iommud__V1__Quota quota_of(struct iommuctl *c)
+{
+	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	Iommud__V1__Quota quota;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
+	req.get_stats = &stats;
+	resp = call(c, &req, NULL, 0);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	quota = *resp->get_stats->quota;
+	iommuctl_response_free(resp);
+	return quota;
+}
+
+static size_t domain_count(struct iommuctl *c)
+{
+	Iommud__V1__ListDomainsRequest list = IOMMUD__V1__LIST_DOMAINS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	size_t n;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS;
+	req.list_domains = &list;
+	resp = call(c, &req, NULL, 0);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	n = resp->list_domains->n_domains;
+	iommuctl_response_free(resp);
+	return n;
+}
+
+/* The mappings of a domain as (iova, length) pairs, paging through ListMappings. */
+static size_t list_mappings(struct iommuctl *c, uint32_t dom, uint64_t *iovas, size_t max)
+{
+	Iommud__V1__ListMappingsRequest list = IOMMUD__V1__LIST_MAPPINGS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	size_t n = 0;
+	bool more = true;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_MAPPINGS;
+	req.list_mappings = &list;
+	list.domain_id = dom;
+	list.max = 2; /* small pages, so paging itself is tested */
+	while (more) {
+		Iommud__V1__Response *resp = call(c, &req, NULL, 0);
+
+		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+		CHECK(resp->list_mappings->n_mappings <= 2);
+		for (size_t i = 0; i < resp->list_mappings->n_mappings; i++) {
+			CHECK(n < max);
+			iovas[n++] = resp->list_mappings->mappings[i]->iova;
+		}
+		more = resp->list_mappings->more;
+		list.from = resp->list_mappings->next_from;
+		iommuctl_response_free(resp);
+	}
+	return n;
+}
+
+/* ---- the methods, as a client uses them ------------------------------------------------ */
+
+static void test_basic_flow(void)
+{
+	struct iommuctl *c = connect_client(NULL);
+	Iommud__V1__HelloReply *hello;
+	uint64_t iova, bytes, iovas[8];
+	uint32_t dom;
+	int mem = memfd_of(4 * PAGE);
+
+	CHECK_CALL(c, iommuctl_hello(c, "test", NULL, &hello));
+	CHECK_EQ(hello->protocol_version, 1);
+	CHECK_EQ(hello->backend, IOMMUD__V1__BACKEND__BACKEND_EMULATED);
+	CHECK_EQ(hello->uid, getuid());
+	CHECK_EQ(hello->n_permissions, 2);
+	CHECK_EQ(hello->max_message_bytes, IOMMUCTL_MAX_MESSAGE);
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	CHECK_CALL(c,
+		   iommuctl_map_fd(c, dom, mem, 0, 2 * PAGE, IOMMUCTL_PROT_READ, false, 0, &iova));
+	CHECK_EQ(iova % PAGE, 0);
+	CHECK_CALL(c, iommuctl_map_fd(c, dom, mem, 2 * PAGE, PAGE,
+				      IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0,
+				      &(uint64_t){0x100000}));
+	CHECK_CALL(c, iommuctl_map_fd(c, dom, mem, 3 * PAGE, PAGE, IOMMUCTL_PROT_READ, true, 0,
+				      &(uint64_t){0x200000}));
+	CHECK_EQ(list_mappings(c, dom, iovas, 8), 3);
+	CHECK(iovas[0] < iovas[1] && iovas[1] < iovas[2]);
+	CHECK_EQ(quota_of(c).pinned_bytes, 4 * PAGE);
+	CHECK_CALL(c, iommuctl_attach(c, "emu0", dom));
+	CHECK_CALL(c, iommuctl_detach(c, "emu0"));
+	/* Unmap takes whole mappings only; a range cutting one changes nothing. */
+	EXPECT_CODE(c, iommuctl_unmap(c, dom, iova, PAGE, NULL), INVALID_ARGUMENT);
+	CHECK_CALL(c, iommuctl_unmap(c, dom, iova, 2 * PAGE, &bytes));
+	CHECK_EQ(bytes, 2 * PAGE);
+	EXPECT_CODE(c, iommuctl_unmap(c, dom, iova, 2 * PAGE, NULL), NOT_FOUND);
+	CHECK_CALL(c, iommuctl_unmap_all(c, dom, &bytes));
+	CHECK_EQ(bytes, 2 * PAGE);
+	CHECK_EQ(quota_of(c).pinned_bytes, 0);
+	CHECK_CALL(c, iommuctl_free_domain(c, dom));
+	EXPECT_CODE(c, iommuctl_free_domain(c, dom), NOT_FOUND);
+	EXPECT_CODE(c, iommuctl_open_device(c, "emu0"), UNIMPLEMENTED);
+	close(mem);
+	iommuctl_close(c);
+}
+
+/* MapBatch maps every entry or none. */
+static void test_map_batch(void)
+{
+	struct iommuctl *c = connect_client(NULL);
+	Iommud__V1__MapEntry e[3], *entries[3] = {&e[0], &e[1], &e[2]};
+	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	int fds[2] = {memfd_of(4 * PAGE), memfd_of(PAGE)};
+	uint64_t iovas[8];
+	uint32_t dom;
+
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	for (int i = 0; i < 3; i++) {
+		iommud__v1__map_entry__init(&e[i]);
+		e[i].domain_id = dom;
+		e[i].length = PAGE;
+		e[i].prot = IOMMUCTL_PROT_READ;
+		e[i].fixed_iova = true;
+		e[i].iova = 0x10000 * (uint64_t)(i + 1);
+		e[i].offset = PAGE * (uint64_t)i;
+	}
+	e[1].fd_index = 1;
+	e[1].offset = 0;
+	e[2].iova = e[0].iova; /* overlaps the first: the batch must fail whole */
+	batch.entries = entries;
+	batch.n_entries = 3;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	req.map_batch = &batch;
+	resp = call(c, &req, fds, 2);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_ALREADY_EXISTS);
+	CHECK_EQ(resp->status->failed_index, 2);
+	iommuctl_response_free(resp);
+	CHECK_EQ(list_mappings(c, dom, iovas, 8), 0);
+	CHECK_EQ(quota_of(c).mappings, 0);
+
+	e[2].iova = 0x30000;
+	resp = call(c, &req, fds, 2);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	CHECK_EQ(resp->map_batch->n_iovas, 3);
+	CHECK_EQ(resp->map_batch->iovas[2], 0x30000);
+	iommuctl_response_free(resp);
+	CHECK_EQ(list_mappings(c, dom, iovas, 8), 3);
+
+	/* A descriptor no entry uses is a client bug, reported rather than ignored. */
+	batch.n_entries = 1;
+	e[0].iova = 0x90000;
+	resp = call(c, &req, fds, 2);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT);
+	iommuctl_response_free(resp);
+	/* An entry naming a descriptor the packet lacks. */
+	e[0].fd_index = 5;
+	resp = call(c, &req, fds, 2);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT);
+	CHECK_EQ(resp->status->failed_index, 0);
+	iommuctl_response_free(resp);
+	close(fds[0]);
+	close(fds[1]);
+	iommuctl_close(c);
+}
+
+/* Several requests in flight on one connection come back in order, with their ids. */
+static void test_pipelining(void)
+{
+	struct iommuctl *c = connect_client(NULL);
+	Iommud__V1__GetDeviceRequest get = IOMMUD__V1__GET_DEVICE_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	uint64_t ids[16];
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_DEVICE;
+	req.get_device = &get;
+	for (int i = 0; i < 16; i++) {
+		get.name = i % 2 ? "emu1" : "nonexistent";
+		CHECK_OK(iommuctl_send(c, &req, NULL, 0, &ids[i]));
+	}
+	for (int i = 0; i < 16; i++) {
+		Iommud__V1__Response *resp;
+
+		CHECK_OK(iommuctl_recv(c, &resp, NULL, 0, NULL));
+		CHECK_EQ(resp->id, ids[i]);
+		if (i % 2) {
+			CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+			CHECK(strcmp(resp->get_device->device->name, "emu1") == 0);
+		} else {
+			CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_NOT_FOUND);
+		}
+		iommuctl_response_free(resp);
+	}
+	iommuctl_close(c);
+}
+
+/* ---- lifetimes ------------------------------------------------------------------------- */
+
+static void test_session_lifetime(void)
+{
+	struct iommuctl *c = connect_client(NULL), *watcher;
+	uint32_t dom;
+	uint64_t iova;
+	int mem = memfd_of(PAGE);
+
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	CHECK_CALL(c, iommuctl_map_fd(c, dom, mem, 0, PAGE, IOMMUCTL_PROT_READ, false, 0, &iova));
+	iommuctl_close(c);
+	/* The anonymous session ended with its last connection; the quota is free again. */
+	watcher = connect_client(NULL);
+	EVENTUALLY(quota_of(watcher).domains == 0);
+	CHECK_EQ(domain_count(watcher), 0);
+	CHECK_EQ(quota_of(watcher).mappings, 0);
+
+	/* A lease outlives its connections... */
+	c = connect_client("vm-1");
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	CHECK_CALL(c, iommuctl_map_fd(c, dom, mem, 0, PAGE, IOMMUCTL_PROT_READ, false, 0, &iova));
+	iommuctl_close(c);
+	CHECK_EQ(quota_of(watcher).mappings, 1);
+	c = connect_client("vm-1");
+	CHECK_EQ(domain_count(c), 1);
+	/* ...and is not visible from the anonymous session. */
+	CHECK_EQ(domain_count(watcher), 0);
+	/* ...until released and left. */
+	{
+		Iommud__V1__ReleaseLeaseRequest release = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
+		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+		Iommud__V1__Response *resp;
+
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
+		req.release_lease = &release;
+		resp = call(c, &req, NULL, 0);
+		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+		iommuctl_response_free(resp);
+		/* The anonymous session has no lease to release. */
+		resp = call(watcher, &req, NULL, 0);
+		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_FAILED_PRECONDITION);
+		iommuctl_response_free(resp);
+	}
+	iommuctl_close(c);
+	EVENTUALLY(quota_of(watcher).mappings == 0);
+	c = connect_client("vm-1");
+	CHECK_EQ(domain_count(c), 0);
+	iommuctl_close(c);
+
+	/* Hello comes first or not at all; lease names are checked. */
+	EXPECT_CODE(watcher, iommuctl_hello(watcher, "late", NULL, NULL), FAILED_PRECONDITION);
+	CHECK_OK(iommuctl_connect(daemon_under_test.socket_path, &c));
+	EXPECT_CODE(c, iommuctl_hello(c, "bad", "no spaces allowed", NULL), INVALID_ARGUMENT);
+	CHECK_CALL(c, iommuctl_hello(c, "retry", "ok-name", NULL));
+	iommuctl_close(c);
+	iommuctl_close(watcher);
+	close(mem);
+}
+
+/* ---- bad input ------------------------------------------------------------------------- */
+
+static void expect_rejected(int fd, int code, const char *what)
+{
+	Iommud__V1__Response *resp = raw_recv(fd, NULL);
+
+	if ((int)resp->status->code != code || resp->id != 0) {
+		fprintf(stderr, "%s: got code %d id %llu (%s), expected %d id 0\n", what,
+			(int)resp->status->code, (unsigned long long)resp->id,
+			resp->status->message, code);
+		abort();
+	}
+	CHECK(strlen(resp->status->message) > 10);
+	iommud__v1__response__free_unpacked(resp, NULL);
+}
+
+/* The connection survives a bad packet: a good request still gets its answer. */
+static void expect_still_serving(int fd)
+{
+	Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+
+	req.id = 77;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES;
+	req.list_devices = &list;
+	raw_send_request(fd, &req, NULL, 0);
+	resp = raw_recv(fd, NULL);
+	CHECK_EQ(resp->id, 77);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	CHECK_EQ(resp->list_devices->n_devices, 2);
+	iommud__v1__response__free_unpacked(resp, NULL);
+}
+
+static void test_malformed_packets(void)
+{
+	int fd = raw_connect(&daemon_under_test);
+	static uint8_t big[IOMMUCTL_MAX_MESSAGE + 100];
+	/* Request{id=5, field 99 (no such method) = empty message} */
+	const uint8_t unknown_method[] = {0x08, 0x05, 0x9a, 0x06, 0x00};
+	/* Request{id=6} and nothing else: no method at all. */
+	const uint8_t no_method[] = {0x08, 0x06};
+	/* Request{id=7, get_stats (27) = {field 50: varint 1}}: unknown fields are ignored. */
+	const uint8_t unknown_field[] = {0x08, 0x07, 0xda, 0x01, 0x03, 0x90, 0x03, 0x01};
+	/* Request{id=8, get_device (12) = {name: length 200 but 2 bytes follow}} */
+	const uint8_t truncated[] = {0x08, 0x08, 0x62, 0x04, 0x0a, 0xc8, 0x01, 0x41};
+	Iommud__V1__Response *resp;
+
+	raw_send(fd, "\xff\xff\xff\xff garbage", 13, NULL, 0);
+	expect_rejected(fd, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT, "garbage");
+	raw_send(fd, truncated, sizeof(truncated), NULL, 0);
+	expect_rejected(fd, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT, "truncated");
+	memset(big, 0x42, sizeof(big));
+	raw_send(fd, big, sizeof(big), NULL, 0);
+	expect_rejected(fd, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT, "oversized");
+	expect_still_serving(fd);
+
+	raw_send(fd, unknown_method, sizeof(unknown_method), NULL, 0);
+	resp = raw_recv(fd, NULL);
+	CHECK_EQ(resp->id, 5);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_UNIMPLEMENTED);
+	iommud__v1__response__free_unpacked(resp, NULL);
+	raw_send(fd, no_method, sizeof(no_method), NULL, 0);
+	resp = raw_recv(fd, NULL);
+	CHECK_EQ(resp->id, 6);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_UNIMPLEMENTED);
+	iommud__v1__response__free_unpacked(resp, NULL);
+	raw_send(fd, unknown_field, sizeof(unknown_field), NULL, 0);
+	resp = raw_recv(fd, NULL);
+	CHECK_EQ(resp->id, 7);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	iommud__v1__response__free_unpacked(resp, NULL);
+	expect_still_serving(fd);
+	close(fd);
+}
+
+static void send_map(int fd, uint32_t dom, uint64_t offset, uint64_t length, const int *fds,
+		     size_t n_fds)
+{
+	Iommud__V1__MapEntry entry = IOMMUD__V1__MAP_ENTRY__INIT;
+	Iommud__V1__MapRequest map = IOMMUD__V1__MAP_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	entry.domain_id = dom;
+	entry.offset = offset;
+	entry.length = length;
+	entry.prot = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
+	map.entry = &entry;
+	req.id = 9;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP;
+	req.map = &map;
+	raw_send_request(fd, &req, fds, n_fds);
+}
+
+static void expect_map_refused(int fd, uint32_t dom, uint64_t offset, uint64_t length,
+			       const int *fds, size_t n_fds, int code, const char *what)
+{
+	Iommud__V1__Response *resp;
+
+	send_map(fd, dom, offset, length, fds, n_fds);
+	resp = raw_recv(fd, NULL);
+	if ((int)resp->status->code != code) {
+		fprintf(stderr, "%s: got code %d (%s), expected %d\n", what,
+			(int)resp->status->code, resp->status->message, code);
+		abort();
+	}
+	iommud__v1__response__free_unpacked(resp, NULL);
+}
+
+/* A regular file on a disk file system: its pages are not shmem, so they must be refused. */
+static int disk_file(void)
+{
+	char path[] = "./disk-file-XXXXXX";
+	struct statfs fs;
+	int fd = mkstemp(path);
+
+	CHECK(fd >= 0);
+	unlink(path);
+	CHECK(ftruncate(fd, (off_t)PAGE) == 0);
+	CHECK(fstatfs(fd, &fs) == 0);
+	if (fs.f_type == 0x01021994 /* tmpfs */) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static void test_wrong_descriptors(void)
+{
+	int fd = raw_connect(&daemon_under_test);
+	int before;
+	int pipe_fds[2], good = memfd_of(PAGE), many[40], disk = disk_file();
+	int unsealed = memfd_create("unsealed", MFD_CLOEXEC);
+	uint32_t dom;
+	Iommud__V1__Response *resp;
+	Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	CHECK(pipe(pipe_fds) == 0);
+	CHECK(unsealed >= 0 && ftruncate(unsealed, (off_t)PAGE) == 0);
+	/* The raw connection is its own anonymous session of the same tenant: it allocates its
+	 * own domain. */
+	{
+		Iommud__V1__AllocDomainRequest alloc = IOMMUD__V1__ALLOC_DOMAIN_REQUEST__INIT;
+		Iommud__V1__Request areq = IOMMUD__V1__REQUEST__INIT;
+
+		alloc.type = IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_PAGING;
+		alloc.device = "emu0";
+		areq.method_case = IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN;
+		areq.alloc_domain = &alloc;
+		raw_send_request(fd, &areq, NULL, 0);
+		resp = raw_recv(fd, NULL);
+		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+		dom = resp->alloc_domain->domain_id;
+		iommud__v1__response__free_unpacked(resp, NULL);
+	}
+	before = fixture_fd_count(&daemon_under_test);
+
+	expect_map_refused(fd, dom, 0, PAGE, NULL, 0, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT,
+			   "Map without a descriptor");
+	expect_map_refused(fd, dom, 0, PAGE, (int[]){good, good}, 2,
+			   IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT, "Map with two descriptors");
+	expect_map_refused(fd, dom, 0, PAGE, &pipe_fds[0], 1,
+			   IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT, "Map of a pipe");
+	expect_map_refused(fd, dom, 0, PAGE, &unsealed, 1, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT,
+			   "Map of an unsealed memfd");
+	expect_map_refused(fd, dom, 0, 2 * PAGE, &good, 1, IOMMUD__V1__CODE__CODE_OUT_OF_RANGE,
+			   "Map past the end of the file");
+	expect_map_refused(fd, dom, 100, PAGE, &good, 1, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT,
+			   "Map at an unaligned offset");
+	expect_map_refused(fd, dom, 0, 0, &good, 1, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT,
+			   "Map of nothing");
+	if (disk >= 0)
+		expect_map_refused(fd, dom, 0, PAGE, &disk, 1,
+				   IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT, "Map of a disk file");
+	else
+		fprintf(stderr, "the build directory is on tmpfs: disk-file case skipped\n");
+
+	/* Descriptors sent with a request that takes none are refused and closed. */
+	req.id = 10;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES;
+	req.list_devices = &list;
+	raw_send_request(fd, &req, &good, 1);
+	resp = raw_recv(fd, NULL);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT);
+	iommud__v1__response__free_unpacked(resp, NULL);
+	/* More descriptors than a packet may carry. */
+	for (int i = 0; i < 40; i++)
+		many[i] = good;
+	raw_send_request(fd, &req, many, 40);
+	expect_rejected(fd, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT, "40 descriptors");
+	expect_still_serving(fd);
+	/* Nothing received was kept. */
+	CHECK_EQ(fixture_fd_count(&daemon_under_test), before);
+
+	/* A good map holds one reference, dropped by the unmap. */
+	send_map(fd, dom, 0, PAGE, &good, 1);
+	resp = raw_recv(fd, NULL);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	iommud__v1__response__free_unpacked(resp, NULL);
+	CHECK_EQ(fixture_fd_count(&daemon_under_test), before + 1);
+	close(fd);
+	close(pipe_fds[0]);
+	close(pipe_fds[1]);
+	close(good);
+	close(unsealed);
+	if (disk >= 0)
+		close(disk);
+}
+
+static void test_ranges_and_quotas(void)
+{
+	struct iommuctl *c = connect_client(NULL);
+	uint32_t dom, extra[8];
+	uint64_t iova = 0xfffffffffffff000ull, bytes;
+	int mem = memfd_of(512 * 1024);
+	int n;
+
+	/* Earlier cases' sessions must be gone, or their domains count against the quota. */
+	EVENTUALLY(quota_of(c).domains == 0);
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	/* iova + length past 2^64 */
+	EXPECT_CODE(c,
+		    iommuctl_map_fd(c, dom, mem, 0, 2 * PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
+		    OUT_OF_RANGE);
+	EXPECT_CODE(c, iommuctl_unmap(c, dom, 0xfffffffffffff000ull, 0x2000, &bytes), OUT_OF_RANGE);
+	/* Pinned bytes: 256K allowed. */
+	EXPECT_CODE(
+		c, iommuctl_map_fd(c, dom, mem, 0, 512 * 1024, IOMMUCTL_PROT_READ, false, 0, &iova),
+		RESOURCE_EXHAUSTED);
+	CHECK_CALL(c, iommuctl_map_fd(c, dom, mem, 0, 256 * 1024, IOMMUCTL_PROT_READ, false, 0,
+				      &iova));
+	EXPECT_CODE(c, iommuctl_map_fd(c, dom, mem, 0, PAGE, IOMMUCTL_PROT_READ, false, 0, &iova),
+		    RESOURCE_EXHAUSTED);
+	CHECK_CALL(c, iommuctl_unmap_all(c, dom, &bytes));
+	/* Mappings: 8 allowed. */
+	for (int i = 0; i < 8; i++)
+		CHECK_CALL(c, iommuctl_map_fd(c, dom, mem, 0, PAGE, IOMMUCTL_PROT_READ, false, 0,
+					      &iova));
+	EXPECT_CODE(c, iommuctl_map_fd(c, dom, mem, 0, PAGE, IOMMUCTL_PROT_READ, false, 0, &iova),
+		    RESOURCE_EXHAUSTED);
+	CHECK_CALL(c, iommuctl_unmap_all(c, dom, &bytes));
+	CHECK_EQ(bytes, 8 * PAGE);
+	/* Domains: 6 allowed, one in use. */
+	for (n = 0; n < 8; n++)
+		if (iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &extra[n]) < 0)
+			break;
+	CHECK_EQ(n, 5);
+	CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED);
+	while (n--)
+		CHECK_CALL(c, iommuctl_free_domain(c, extra[n]));
+	/* Devices the configuration does not name, and devices that do not exist. */
+	EXPECT_CODE(c,
+		    iommuctl_alloc_domain(c, "nonexistent", IOMMUCTL_DOMAIN_PAGING, 0, &extra[0]),
+		    NOT_FOUND);
+	EXPECT_CODE(c, iommuctl_attach(c, "emu0", 999), NOT_FOUND);
+	CHECK_CALL(c, iommuctl_free_domain(c, dom));
+	close(mem);
+	iommuctl_close(c);
+}
+
+/* ---- other tenants --------------------------------------------------------------------- */
+
+struct other_tenant_args {
+	uint32_t root_domain;
+	int go[2];   /* root to child: root has done its part */
+	int done[2]; /* child to root: the child holds emu1 */
+};
+
+static int as_writer(void *arg)
+{
+	struct other_tenant_args *a = arg;
+	struct iommuctl *c = connect_client(NULL);
+	uint32_t dom;
+	char byte;
+
+	/* Another tenant's ids name nothing here. */
+	EXPECT_CODE(c, iommuctl_free_domain(c, a->root_domain), NOT_FOUND);
+	EXPECT_CODE(c, iommuctl_unmap_all(c, a->root_domain, NULL), NOT_FOUND);
+	CHECK_EQ(domain_count(c), 0);
+	/* The configuration gives this tenant emu1 only. */
+	EXPECT_CODE(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+		    PERMISSION_DENIED);
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	CHECK_CALL(c, iommuctl_attach(c, "emu1", dom));
+	/* Leases need write access, which this tenant has; its quota is its own. */
+	CHECK_EQ(quota_of(c).domains, 1);
+	CHECK(write(a->done[1], "x", 1) == 1);
+	CHECK(read(a->go[0], &byte, 1) == 1);
+	iommuctl_close(c);
+	return 0;
+}
+
+static int as_reader(void *arg)
+{
+	struct iommuctl *c = connect_client(NULL);
+	Iommud__V1__HelloReply *hello;
+	uint32_t dom;
+	int mem = memfd_of(PAGE);
+
+	(void)arg;
+	CHECK_CALL(c, iommuctl_hello(c, "reader", NULL, &hello));
+	CHECK_EQ(hello->n_permissions, 1);
+	CHECK(strcmp(hello->permissions[0], "read") == 0);
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	CHECK_EQ(domain_count(c), 0);
+	EXPECT_CODE(c, iommuctl_alloc_domain(c, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+		    PERMISSION_DENIED);
+	EXPECT_CODE(
+		c,
+		iommuctl_map_fd(c, 1, mem, 0, PAGE, IOMMUCTL_PROT_READ, false, 0, &(uint64_t){0}),
+		PERMISSION_DENIED);
+	iommuctl_close(c);
+	CHECK_OK(iommuctl_connect(daemon_under_test.socket_path, &c));
+	EXPECT_CODE(c, iommuctl_hello(c, "reader", "lease", NULL), PERMISSION_DENIED);
+	iommuctl_close(c);
+	close(mem);
+	return 0;
+}
+
+static int as_stranger(void *arg)
+{
+	struct iommuctl *c = connect_client(NULL);
+	Iommud__V1__HelloReply *hello;
+
+	(void)arg;
+	/* Hello still answers, so the stranger can see who the daemon thinks it is. */
+	CHECK_CALL(c, iommuctl_hello(c, "stranger", NULL, &hello));
+	CHECK_EQ(hello->n_permissions, 0);
+	CHECK_EQ(hello->uid, STRANGER_UID);
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	{
+		Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
+		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+		Iommud__V1__Response *resp;
+
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES;
+		req.list_devices = &list;
+		resp = call(c, &req, NULL, 0);
+		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_PERMISSION_DENIED);
+		iommuctl_response_free(resp);
+	}
+	iommuctl_close(c);
+	return 0;
+}
+
+static void test_tenants(void)
+{
+	struct other_tenant_args args;
+	struct iommuctl *c = connect_client(NULL);
+	pid_t child;
+	char byte;
+	int status;
+
+	if (geteuid() != 0) {
+		fprintf(stderr, "not root: tenant cases skipped\n");
+		iommuctl_close(c);
+		return;
+	}
+	CHECK_CALL(c,
+		   iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &args.root_domain));
+	CHECK(pipe(args.go) == 0 && pipe(args.done) == 0);
+	child = fork();
+	CHECK(child >= 0);
+	if (child == 0)
+		_exit(run_as(WRITER_UID, as_writer, &args));
+	CHECK(read(args.done[0], &byte, 1) == 1);
+	/* emu1 belongs to the other tenant's session while it lives. */
+	EXPECT_CODE(c, iommuctl_attach(c, "emu1", args.root_domain), FAILED_PRECONDITION);
+	CHECK(write(args.go[1], "x", 1) == 1);
+	CHECK(waitpid(child, &status, 0) == child);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* Its session ended with its connection, so emu1 is free. The root tenant may take it
+	 * (devices = emu*), though its group differs from emu0's. */
+	{
+		uint32_t dom;
+
+		EVENTUALLY(iommuctl_alloc_domain(c, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &dom) == 0);
+		CHECK_CALL(c, iommuctl_attach(c, "emu1", dom));
+	}
+	CHECK_EQ(run_as(READER_UID, as_reader, NULL), 0);
+	CHECK_EQ(run_as(STRANGER_UID, as_stranger, NULL), 0);
+	iommuctl_close(c);
+	for (int i = 0; i < 2; i++) {
+		close(args.go[i]);
+		close(args.done[i]);
+	}
+}
+
+int main(void)
+{
+	int baseline;
+
+	fixture_start(&daemon_under_test, config, "emu0 emu1");
+	baseline = fixture_fd_count(&daemon_under_test);
+	test_basic_flow();
+	test_map_batch();
+	test_pipelining();
+	test_session_lifetime();
+	test_malformed_packets();
+	test_wrong_descriptors();
+	test_ranges_and_quotas();
+	test_tenants();
+	/* Every connection is closed: the daemon holds what it held at the start. */
+	{
+		struct iommuctl *c = connect_client(NULL);
+
+		EVENTUALLY(quota_of(c).pinned_bytes == 0 && quota_of(c).domains == 0);
+		iommuctl_close(c);
+	}
+	EVENTUALLY(fixture_fd_count(&daemon_under_test) == baseline);
+	fixture_stop(&daemon_under_test);
+	printf("test_daemon_rpc: all cases passed\n");
+	return 0;
+}
