@@ -435,12 +435,11 @@ static int iommufd_device_fd(struct kh_device *dev)
 	return fd;
 }
 
-static int iommufd_device_region(struct kh_device *dev, uint32_t index, struct kh_region *out)
+static int region_info(int vfio_fd, uint32_t index, struct kh_region *out, const char *name)
 {
 	struct vfio_region_info info = { .argsz = sizeof(info), .index = index };
-	int rc = kernel_call(binding(dev)->fd, VFIO_DEVICE_GET_REGION_INFO, &info,
-			     "VFIO_DEVICE_GET_REGION_INFO of region %u of %s", index,
-			     dev->bdev->info.name);
+	int rc = kernel_call(vfio_fd, VFIO_DEVICE_GET_REGION_INFO, &info,
+			     "VFIO_DEVICE_GET_REGION_INFO of region %u of %s", index, name);
 
 	if (rc < 0)
 		return rc;
@@ -450,6 +449,16 @@ static int iommufd_device_region(struct kh_device *dev, uint32_t index, struct k
 		     ((info.flags & VFIO_REGION_INFO_FLAG_WRITE) ? KH_REGION_WRITE : 0) |
 		     ((info.flags & VFIO_REGION_INFO_FLAG_MMAP) ? KH_REGION_MMAP : 0);
 	return 0;
+}
+
+static int iommufd_device_region(struct kh_device *dev, uint32_t index, struct kh_region *out)
+{
+	return region_info(binding(dev)->fd, index, out, dev->bdev->info.name);
+}
+
+int kh_vfio_region(int vfio_fd, uint32_t index, struct kh_region *out)
+{
+	return region_info(vfio_fd, index, out, "a VFIO device fd");
 }
 
 /* ---- domain ops ----------------------------------------------------------------------------- */

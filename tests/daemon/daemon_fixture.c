@@ -41,20 +41,29 @@ void fixture_start(struct daemon_fixture *f, const char *config, const char *dev
 	snprintf(f->socket_path, sizeof(f->socket_path), "%s/iommud.sock", f->dir);
 	snprintf(config_path, sizeof(config_path), "%s/iommud.conf", f->dir);
 	snprintf(topology_path, sizeof(topology_path), "%s/topology.ini", f->dir);
-	snprintf(text, sizeof(text), "[iommu]\ndevices = %s\n", devices);
-	write_file(topology_path, text);
-	snprintf(text, sizeof(text),
-		 "[daemon]\nsocket = %s\nbackend = emulated\ntopology = %s\nsocket-mode = 0666\n%s",
-		 f->socket_path, topology_path, config);
+	if (devices) {
+		snprintf(text, sizeof(text), "[iommu]\ndevices = %s\n", devices);
+		write_file(topology_path, text);
+		snprintf(text, sizeof(text),
+			 "[daemon]\nsocket = %s\nbackend = emulated\ntopology = %s\n"
+			 "socket-mode = 0666\n%s",
+			 f->socket_path, topology_path, config);
+	} else {
+		snprintf(text, sizeof(text),
+			 "[daemon]\nsocket = %s\nbackend = iommufd\nsocket-mode = 0666\n%s",
+			 f->socket_path, config);
+	}
 	write_file(config_path, text);
 	f->pid = fork();
 	CHECK(f->pid >= 0);
 	if (f->pid == 0) {
 		/* A test that dies must not leave its daemon holding ctest's output pipe. */
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		execl(IOMMUD_BIN, "iommud", "--config", config_path, "--log-level", "warning",
+		const char *bin = getenv("IOMMUD_DAEMON") ? getenv("IOMMUD_DAEMON") : IOMMUD_BIN;
+
+		execl(bin, "iommud", "--config", config_path, "--log-level", "warning",
 		      (char *)NULL);
-		perror("exec " IOMMUD_BIN);
+		fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
 	for (int i = 0; i < 1000; i++) {

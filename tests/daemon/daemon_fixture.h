@@ -22,7 +22,9 @@ struct daemon_fixture {
 };
 
 /* Starts the daemon with the given configuration text (its [daemon] section is added by the
- * fixture) and devices (a space-separated list for the emulated topology). */
+ * fixture) on the emulated backend with these devices (a space-separated list), or with
+ * devices NULL on the iommufd backend. The daemon binary is $IOMMUD_DAEMON if set (the VM
+ * tier's guest sets it), else the one this build made. */
 void fixture_start(struct daemon_fixture *f, const char *config, const char *devices);
 /* SIGTERM, then checks the daemon exited with status 0; removes the directory. */
 void fixture_stop(struct daemon_fixture *f);

@@ -8,8 +8,11 @@ prog=run-vm.sh
 
 usage() {
 	cat >&2 <<EOF
-usage: $prog [--kernel BZIMAGE] --iommu intel|amd|virtio --results DIR [--timeout SECS] TESTBIN...
+usage: $prog [--kernel BZIMAGE] --iommu intel|amd|virtio --results DIR [--timeout SECS]
+              [--support PROGRAM]... TESTBIN...
   --kernel BZIMAGE  guest kernel (default: \$IOMMUD_VM_KERNEL)
+  --support PROG    a program the tests use but that is no test itself (the daemon): copied
+                    into /tests with its libraries, not run; iommud is named in \$IOMMUD_DAEMON
   --iommu MODEL     emulated IOMMU: intel (VT-d), amd (AMD-Vi) or virtio (virtio-iommu)
   --results DIR     receives NAME.result, NAME.log per test and console.log
   --timeout SECS    limit for each test inside the guest (default 60)
@@ -26,12 +29,14 @@ kernel=${IOMMUD_VM_KERNEL:-}
 iommu=
 results=
 per_test=60
+support=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) [ $# -ge 2 ] || usage; kernel=$2; shift 2 ;;
 	--iommu) [ $# -ge 2 ] || usage; iommu=$2; shift 2 ;;
 	--results) [ $# -ge 2 ] || usage; results=$2; shift 2 ;;
 	--timeout) [ $# -ge 2 ] || usage; per_test=$2; shift 2 ;;
+	--support) [ $# -ge 2 ] || usage; support+=("$2"); shift 2 ;;
 	--) shift; break ;;
 	-*) echo "$prog: unknown option $1" >&2; usage ;;
 	*) break ;;
@@ -86,6 +91,9 @@ busybox_bin=$(command -v busybox)
 # busybox-static is the one that is not.
 ldd "$busybox_bin" >/dev/null 2>&1 && die "$busybox_bin is dynamically linked; install busybox-static"
 
+for bin in "${support[@]}"; do
+	[ -f "$bin" ] && [ -x "$bin" ] || die "support program $bin is not an executable file"
+done
 names=()
 for bin in "$@"; do
 	if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
@@ -112,13 +120,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 root=$work/root
-mkdir -p "$root"/{bin,dev,proc,sys,tests}
+mkdir -p "$root"/{bin,dev,proc,sys,tests,tmp}
 cp "$busybox_bin" "$root/bin/busybox"
 
 # Copies each library at the path the host loader found it, so a RUNPATH baked into a binary
 # still points at it; the guest has no ld.so.cache, hence LD_LIBRARY_PATH for the rest.
 lib_dirs=
-for bin in "$@"; do
+for bin in "$@" "${support[@]}"; do
 	cp "$bin" "$root/tests/"
 	ldd_out=$(ldd "$bin" 2>&1) || true
 	case $ldd_out in *"not a dynamic executable"* | *"statically linked"*) continue ;; esac
@@ -143,6 +151,7 @@ done
 # Tests that can hold either backend to its rules take the real one here.
 export PATH=/bin IOMMUD_VM_IOMMU=$iommu IOMMUD_TEST_BACKEND=iommufd
 [ -z "$lib_path" ] || export LD_LIBRARY_PATH=$lib_path
+[ ! -x /tests/iommud ] || export IOMMUD_DAEMON=/tests/iommud
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev

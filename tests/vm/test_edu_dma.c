@@ -15,87 +15,32 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <kh/kh.h>
 
 #include "check.h"
+#include "edu.h"
 
 #define PAGE 4096u
-#define EDU_VENDOR 0x1234
-#define EDU_DEVICE 0x11e8
-#define EDU_ID 0x00
-#define EDU_DMA_SRC 0x80
-#define EDU_DMA_DST 0x88
-#define EDU_DMA_COUNT 0x90
-#define EDU_DMA_CMD 0x98
-#define EDU_CMD_START 1u
-#define EDU_CMD_TO_RAM 2u
-#define EDU_BUFFER 0x40000u /* the device's own 4 KiB buffer, in its DMA address space */
-/* qemu 7.2's edu refuses (and aborts qemu on) a transfer that fills its whole buffer. */
-#define XFER 2048u
-#define PCI_COMMAND 0x04
-#define PCI_COMMAND_MASTER 0x4
-#define VFIO_PCI_BAR0 0
-#define VFIO_PCI_CONFIG 7
+#define XFER EDU_XFER
 
-struct edu {
+/* An edu bound into a context, with the VFIO fd kernel-helper handed out for it. */
+struct edu_dev {
+	struct edu regs;
 	struct kh_ctx *ctx;
 	uint32_t dev;
-	int fd;
-	uint64_t bar0;
 };
 
-static void edu_write64(const struct edu *e, uint64_t reg, uint64_t value)
+static void edu_open(struct edu_dev *e, struct kh_ctx *ctx, const char *name)
 {
-	/* The device takes 64-bit registers as two 32-bit halves. */
-	uint32_t lo = (uint32_t)value, hi = (uint32_t)(value >> 32);
-
-	CHECK_EQ(pwrite(e->fd, &lo, 4, (off_t)(e->bar0 + reg)), 4);
-	CHECK_EQ(pwrite(e->fd, &hi, 4, (off_t)(e->bar0 + reg + 4)), 4);
-}
-
-static uint32_t edu_read32(const struct edu *e, uint64_t reg)
-{
-	uint32_t value;
-
-	CHECK_EQ(pread(e->fd, &value, 4, (off_t)(e->bar0 + reg)), 4);
-	return value;
-}
-
-static void edu_open(struct edu *e, struct kh_ctx *ctx, const char *name)
-{
-	struct kh_region bar0, config;
-	uint16_t command;
+	int fd;
 
 	e->ctx = ctx;
 	CHECK_OK(kh_device_bind(ctx, name, &e->dev));
-	e->fd = kh_device_open_fd(ctx, e->dev);
-	CHECK_OK(e->fd);
-	CHECK_OK(kh_device_region(ctx, e->dev, VFIO_PCI_BAR0, &bar0));
-	CHECK_OK(kh_device_region(ctx, e->dev, VFIO_PCI_CONFIG, &config));
-	CHECK(bar0.size >= 0x100);
-	e->bar0 = bar0.offset;
-	CHECK_EQ(edu_read32(e, EDU_ID), 0x010000ed);
-	/* A device may only start DMA once it is a bus master. */
-	CHECK_EQ(pread(e->fd, &command, 2, (off_t)(config.offset + PCI_COMMAND)), 2);
-	command |= PCI_COMMAND_MASTER;
-	CHECK_EQ(pwrite(e->fd, &command, 2, (off_t)(config.offset + PCI_COMMAND)), 2);
-}
-
-/* One transfer between the device buffer and an IOVA; returns when the device says done. */
-static void edu_dma(const struct edu *e, uint64_t iova, uint32_t len, bool to_ram)
-{
-	struct timespec pause = { 0, 1000000 };
-
-	edu_write64(e, EDU_DMA_SRC, to_ram ? EDU_BUFFER : iova);
-	edu_write64(e, EDU_DMA_DST, to_ram ? iova : EDU_BUFFER);
-	edu_write64(e, EDU_DMA_COUNT, len);
-	edu_write64(e, EDU_DMA_CMD, EDU_CMD_START | (to_ram ? EDU_CMD_TO_RAM : 0));
-	for (int i = 0; i < 5000 && (edu_read32(e, EDU_DMA_CMD) & EDU_CMD_START); i++)
-		nanosleep(&pause, NULL);
-	CHECK(!(edu_read32(e, EDU_DMA_CMD) & EDU_CMD_START));
+	fd = kh_device_open_fd(ctx, e->dev);
+	CHECK_OK(fd);
+	edu_init(&e->regs, fd);
 }
 
 static uint64_t map_at(struct kh_ctx *ctx, uint32_t dom, uint64_t iova, void *mem, uint32_t prot)
@@ -107,7 +52,7 @@ static uint64_t map_at(struct kh_ctx *ctx, uint32_t dom, uint64_t iova, void *me
 	return iova;
 }
 
-static uint32_t paging_domain(struct edu *e)
+static uint32_t paging_domain(struct edu_dev *e)
 {
 	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
 	uint32_t dom;
@@ -128,7 +73,7 @@ int main(void)
 {
 	struct kh_backend *be;
 	struct kh_ctx *ctx_a, *ctx_b;
-	struct edu a, b;
+	struct edu_dev a, b;
 	char edu_names[2][KH_NAME_MAX];
 	size_t found = 0;
 	uint8_t *mem = mmap(NULL, 8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -168,20 +113,20 @@ int main(void)
 	/* Memory -> device -> memory: the bytes land at the mapped IOVA. */
 	for (unsigned i = 0; i < PAGE; i++)
 		src[i] = (uint8_t)(i * 7 + 1);
-	edu_dma(&a, 0x100000, XFER, false);
-	edu_dma(&a, 0x101000, XFER, true);
+	edu_dma(&a.regs, 0x100000, XFER, false);
+	edu_dma(&a.regs, 0x101000, XFER, true);
 	CHECK(memcmp(dst, src, XFER) == 0);
 	printf("ok: DMA landed at a mapped IOVA\n");
 
 	/* A read-only mapping: the device reads it but cannot write it. */
-	edu_dma(&a, 0x200000, XFER, true);
+	edu_dma(&a.regs, 0x200000, XFER, true);
 	CHECK(all_bytes(ro, PAGE, 0));
 	printf("ok: a read-only mapping blocked a device write\n");
 
 	/* After unmap the same transfer is blocked and memory keeps its bytes. */
 	CHECK_OK(kh_unmap(ctx_a, dom_a, 0x101000, PAGE, NULL));
 	memset(dst, 0xee, PAGE);
-	edu_dma(&a, 0x101000, XFER, true);
+	edu_dma(&a.regs, 0x101000, XFER, true);
 	CHECK(all_bytes(dst, PAGE, 0xee));
 	printf("ok: DMA blocked after unmap\n");
 
@@ -192,11 +137,11 @@ int main(void)
 	CHECK_OK(kh_attach(ctx_b, b.dev, dom_b));
 	map_at(ctx_b, dom_b, 0x300000, other, KH_PROT_READ | KH_PROT_WRITE);
 	map_at(ctx_b, dom_b, 0x301000, src, KH_PROT_READ);
-	edu_dma(&a, 0x300000, XFER, true);
+	edu_dma(&a.regs, 0x300000, XFER, true);
 	CHECK(all_bytes(other, PAGE, 0));
 	/* B's own device reaches it, through B's domain. */
-	edu_dma(&b, 0x301000, XFER, false);
-	edu_dma(&b, 0x300000, XFER, true);
+	edu_dma(&b.regs, 0x301000, XFER, false);
+	edu_dma(&b.regs, 0x300000, XFER, true);
 	CHECK(memcmp(other, src, XFER) == 0);
 	printf("ok: context B's memory is out of reach of context A's device\n");
 
@@ -217,7 +162,7 @@ int main(void)
 							      .addr = (uint64_t)(uintptr_t)dst,
 							      .prot = KH_PROT_WRITE,
 							      .flags = KH_MAP_FIXED_IOVA }));
-	edu_dma(&a, 0x101000, XFER, true);
+	edu_dma(&a.regs, 0x101000, XFER, true);
 	CHECK(memcmp(moved, src, XFER) == 0);
 	CHECK(all_bytes(dst, PAGE, 0));
 	printf("ok: DMA followed the device to its new domain\n");
@@ -228,8 +173,8 @@ int main(void)
 	CHECK_OK(kh_copy(ctx_a, dom_c, &copy, dom_a, 0x100000));
 	memset(moved, 0, PAGE);
 	memset(src, 0x3c, XFER);
-	edu_dma(&a, 0x500000, XFER, false);
-	edu_dma(&a, 0x101000, XFER, true);
+	edu_dma(&a.regs, 0x500000, XFER, false);
+	edu_dma(&a.regs, 0x101000, XFER, true);
 	CHECK(all_bytes(moved, XFER, 0x3c));
 	printf("ok: DMA through a copied mapping reached the source's memory\n");
 
@@ -245,7 +190,7 @@ int main(void)
 		printf("note: this kernel cannot map files: %s\n", kh_last_error());
 	} else {
 		CHECK_OK(rc);
-		edu_dma(&a, 0x600000, XFER, true);
+		edu_dma(&a.regs, 0x600000, XFER, true);
 		CHECK_EQ(pread(memfd, back, XFER, 0), XFER);
 		CHECK(all_bytes(back, XFER, 0x3c));
 		printf("ok: DMA landed in a file mapped by fd\n");
@@ -255,12 +200,12 @@ int main(void)
 	/* Detached, the device is blocked. */
 	CHECK_OK(kh_detach(ctx_a, a.dev));
 	memset(moved, 0, PAGE);
-	edu_dma(&a, 0x101000, XFER, true);
+	edu_dma(&a.regs, 0x101000, XFER, true);
 	CHECK(all_bytes(moved, PAGE, 0));
 	printf("ok: a detached device is blocked\n");
 
-	close(a.fd);
-	close(b.fd);
+	close(a.regs.fd);
+	close(b.regs.fd);
 	kh_ctx_destroy(ctx_a);
 	kh_ctx_destroy(ctx_b);
 	kh_backend_close(be);

@@ -128,6 +128,9 @@ struct kh_region {
 
 /* Region `index` of the device in VFIO numbering (for PCI: BARs 0-5, 7 config space). */
 int kh_device_region(struct kh_ctx *ctx, uint32_t dev_id, uint32_t index, struct kh_region *out);
+/* The same for a VFIO device fd held without a context, such as one iommud's OpenDevice handed
+ * out, so its holder finds the regions without issuing VFIO ioctls itself. */
+int kh_vfio_region(int vfio_fd, uint32_t index, struct kh_region *out);
 
 /* ---- domains -------------------------------------------------------------------------- */
 
