@@ -30,7 +30,7 @@ fi
 packages="build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
 	libevent-dev libprotobuf-c-dev protobuf-c-compiler libsystemd-dev libbpf-dev
 	libbsd-dev libinih-dev
-	busybox-static qemu-system-x86 cpio gzip
+	busybox-static qemu-system-x86 cpio gzip systemd
 	$headers"
 
 missing=""

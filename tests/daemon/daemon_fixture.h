@@ -28,7 +28,8 @@ struct daemon_fixture {
 void fixture_start(struct daemon_fixture *f, const char *config, const char *devices);
 /* SIGTERM, then checks the daemon exited with status 0; removes the directory. */
 void fixture_stop(struct daemon_fixture *f);
-/* Open descriptors of the daemon process, to prove a test case leaked none. */
+/* Open descriptors of the daemon process other than sockets, to prove a test case leaked
+ * none of the files and pipes clients sent. */
 int fixture_fd_count(const struct daemon_fixture *f);
 
 /* A connected SOCK_SEQPACKET socket to the daemon, without any protocol. */
