@@ -1,7 +1,9 @@
 #!/bin/sh
 # The whole test suite, as CI runs it: a plain build and a build under AddressSanitizer and
 # UndefinedBehaviorSanitizer (LeakSanitizer included), each configured, built and tested with
-# ctest. Build trees: build/ and build-sanitize/ at the top of the source tree.
+# ctest; then a clang build with libFuzzer that runs only the fuzz tests (a bounded fuzzing run
+# from the seed corpus, and the regression inputs). Build trees: build/, build-sanitize/ and
+# build-fuzz/ at the top of the source tree.
 #
 # The VM tier (tests/vm/README.md) boots the kernels named in IOMMUD_VM_KERNEL (paths separated
 # by ':'). Unset, it takes the test kernels of a workplace that keeps them in ../shared/vm beside
@@ -31,3 +33,10 @@ run_suite() {
 
 run_suite build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOMMUD_SANITIZE=OFF
 run_suite build-sanitize -DCMAKE_BUILD_TYPE=Debug -DIOMMUD_SANITIZE=ON
+
+# Only the fuzz tests here, with no VM tier: the suites above ran everything else, and the
+# fuzzing run is bounded in time (tests/fuzz/CMakeLists.txt).
+CC=clang cmake -S "$top" -B "$top/build-fuzz" -DIOMMUD_VM_KERNEL= -DCMAKE_BUILD_TYPE=Debug \
+	-DIOMMUD_SANITIZE=ON -DIOMMUD_FUZZ=ON
+cmake --build "$top/build-fuzz" -j"$jobs"
+ctest --test-dir "$top/build-fuzz" --output-on-failure -j"$jobs" -R '^fuzz_'

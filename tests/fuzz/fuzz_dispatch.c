@@ -1,0 +1,447 @@
+// SPDX-License-Identifier: MIT
+/*
+ * libFuzzer harness for the daemon's request path: packets go through real SOCK_SEQPACKET
+ * socket pairs, with real SCM_RIGHTS descriptors, into the server on the real libevent loop,
+ * so receiving, size and fd checks, decoding, dispatch, the handlers, sessions and replying
+ * are all exercised as the daemon runs them.
+ *
+ * Input: a sequence of chunks, each
+ *
+ *	flags (1 byte) | length (2 bytes, little-endian) | length bytes of packet
+ *
+ * (a last chunk whose length passes the end takes what is left; an incomplete header ends the
+ * input). Each chunk is sent as one packet, so one input is a conversation: AllocDomain, then
+ * Map with the id it gave, then Unmap... The flags say how:
+ *
+ *	bits 0-1  descriptors to attach: 0 none, 1 a memfd sealed with F_SEAL_SHRINK,
+ *	          2 the same memfd without the seal, 3 the read end of a pipe
+ *	bits 2-3  how many of them, minus one (1 to 4, for MapBatch's fd_index)
+ *	bit 4     the connection to use: the harness keeps two, of the same peer, so sessions
+ *	          shared by connections and leases held by one of them meet
+ *	bit 5     reconnect it first: close it, let the daemon see the end, open a new one
+ *	bit 6     pad the packet to one byte over the message limit (IOMMUD_MAX_MESSAGE)
+ *	bit 7     attach one descriptor over the limit (IOMMUD_MAX_FDS + 1)
+ *
+ * A chunk with an empty packet (and bit 6 clear) only reconnects, if asked: the protocol forbids
+ * empty packets, as the daemon reads one as the end of the connection.
+ *
+ * The invariants checked (abort() if broken, which libFuzzer reports as a crash):
+ * - every packet gets exactly one reply, the connection stays open, and the reply decodes as an
+ *   iommud.v1.Response within the message limit;
+ * - a request that decodes gets its id back, and a result of its method exactly when the status
+ *   is OK; one that does not decode (or was rejected for its size or descriptors) gets id 0 and
+ *   a status other than OK;
+ * - only a successful OpenDevice reply carries a descriptor;
+ * - after an input, once its connections are closed and the leases it created are released
+ *   (by the protocol: Hello with the lease, ReleaseLease, close), the daemon holds no
+ *   connection, session or tenant, and this process no more descriptors than before.
+ * The last one makes every input start from the same daemon state, so a crash reproduces from
+ * its input alone; only the method counters of GetStats carry over.
+ */
+#define _GNU_SOURCE /* memfd_create, F_ADD_SEALS */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <iommud.pb-c.h>
+#include <kh/kh.h>
+
+#include "config.h"
+#include "dispatch.h"
+#include "log.h"
+#include "server.h"
+#include "session.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define CHUNK_HEADER	    3
+#define FLAG_FD_KIND	    0x03u
+#define FLAG_FD_COUNT_SHIFT 2
+#define FLAG_FD_COUNT	    0x0cu
+#define FLAG_CONN	    0x10u
+#define FLAG_RECONNECT	    0x20u
+#define FLAG_OVERSIZE	    0x40u
+#define FLAG_TOO_MANY_FDS   0x80u
+
+enum fd_kind { FD_NONE, FD_SEALED_MEMFD, FD_UNSEALED_MEMFD, FD_PIPE };
+
+#define MEMFD_SIZE (64 * 1024)
+/* The loop runs until the reply is there; one turn is enough as the server answers in the
+ * callback, so this bound is only there to turn a lost reply into a report, not a hang. */
+#define LOOP_TURNS 16
+
+static struct {
+	struct config cfg;
+	struct daemon d;
+	struct event_base *base;
+	struct server *srv;
+	/* Packets are built here: the largest is one byte over the limit. */
+	uint8_t packet[IOMMUD_MAX_MESSAGE + 1];
+	/* One byte more than the limit, so an oversized reply shows as MSG_TRUNC. */
+	uint8_t reply[IOMMUD_MAX_MESSAGE + 1];
+} g;
+
+/* What one input has opened; released at its end. */
+struct input {
+	int conn[2]; /* the client ends; -1 when closed */
+	int fds[4];  /* indexed by enum fd_kind (FD_PIPE: the read end); -1 until used */
+	int pipe_write;
+	char **leases; /* lease names the daemon confirmed in a Hello reply */
+	size_t n_leases;
+	uint64_t next_id; /* for the harness's own requests at cleanup */
+};
+
+static void violated(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+static void violated(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "fuzz_dispatch: invariant violated: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	abort();
+}
+
+static void turn_loop(void)
+{
+	if (event_base_loop(g.base, EVLOOP_NONBLOCK) < 0)
+		violated("the event loop failed");
+}
+
+static size_t count_open_fds(void)
+{
+	DIR *dir = opendir("/proc/self/fd");
+	size_t n = 0;
+
+	if (!dir)
+		violated("cannot list /proc/self/fd: %s", strerror(errno));
+	while (readdir(dir))
+		n++;
+	closedir(dir);
+	return n;
+}
+
+static int open_conn(void)
+{
+	int sv[2];
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		violated("socketpair: %s", strerror(errno));
+	if (server_adopt(g.srv, sv[1]) < 0)
+		violated("the server refused a connection");
+	return sv[0];
+}
+
+/* Closes a client end and waits until the daemon has closed its side. */
+static void close_conn(int *fd)
+{
+	unsigned before = g.d.connections;
+
+	close(*fd);
+	*fd = -1;
+	for (int i = 0; i < LOOP_TURNS && g.d.connections == before; i++)
+		turn_loop();
+	if (g.d.connections != before - 1)
+		violated("the daemon kept a connection its client closed");
+}
+
+/* The descriptor of a kind (not FD_NONE) for this input, created on first use. */
+static int input_fd(struct input *in, enum fd_kind kind)
+{
+	int pipe_fds[2];
+
+	if (in->fds[kind] >= 0)
+		return in->fds[kind];
+	if (kind == FD_PIPE) {
+		if (pipe2(pipe_fds, O_CLOEXEC) < 0)
+			violated("pipe2: %s", strerror(errno));
+		in->fds[kind] = pipe_fds[0];
+		in->pipe_write = pipe_fds[1];
+		return in->fds[kind];
+	}
+	in->fds[kind] = memfd_create("fuzz", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (in->fds[kind] < 0 || ftruncate(in->fds[kind], MEMFD_SIZE) < 0 ||
+	    (kind == FD_SEALED_MEMFD && fcntl(in->fds[kind], F_ADD_SEALS, F_SEAL_SHRINK) < 0))
+		violated("cannot make a memfd: %s", strerror(errno));
+	return in->fds[kind];
+}
+
+static void send_packet(int conn, const uint8_t *packet, size_t len, int fd, size_t n_fds)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * (IOMMUD_MAX_FDS + 1))];
+	} control;
+	struct iovec iov = {.iov_base = (void *)packet, .iov_len = len};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+
+	if (n_fds) {
+		struct cmsghdr *cmsg;
+
+		memset(&control, 0, sizeof(control));
+		msg.msg_control = control.buf;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+		cmsg = CMSG_FIRSTHDR(&msg);
+		cmsg->cmsg_level = SOL_SOCKET;
+		cmsg->cmsg_type = SCM_RIGHTS;
+		cmsg->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+		/* The same descriptor several times: the daemon receives distinct ones. */
+		for (size_t i = 0; i < n_fds; i++)
+			memcpy(CMSG_DATA(cmsg) + i * sizeof(int), &fd, sizeof(int));
+	}
+	if (sendmsg(conn, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)len)
+		violated("cannot send a %zu-byte packet: %s", len, strerror(errno));
+}
+
+/* Runs the loop until the daemon's reply to the packet just sent is there and receives it;
+ * returns its length. Descriptors it carries are closed; *n_fds says how many there were. */
+static size_t receive_reply(int conn, size_t *n_fds)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * IOMMUD_MAX_FDS)];
+	} control;
+	struct iovec iov = {.iov_base = g.reply, .iov_len = sizeof(g.reply)};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	ssize_t n = -1;
+
+	for (int i = 0; i < LOOP_TURNS && n < 0; i++) {
+		turn_loop();
+		msg.msg_control = control.buf;
+		msg.msg_controllen = sizeof(control.buf);
+		n = recvmsg(conn, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (n < 0 && errno != EAGAIN)
+			violated("recvmsg: %s", strerror(errno));
+	}
+	if (n < 0)
+		violated("no reply to a packet");
+	if (n == 0)
+		violated("the daemon closed the connection instead of replying");
+	if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+		violated("a reply over the message limit or with too many descriptors");
+	*n_fds = 0;
+	for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+		size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+		for (size_t i = 0; i < count; i++) {
+			int fd;
+
+			memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+			close(fd);
+		}
+		*n_fds += count;
+	}
+	if (recv(conn, g.packet, 1, MSG_DONTWAIT | MSG_PEEK) >= 0 || errno != EAGAIN)
+		violated("more than one reply to a packet, or the connection closed after it");
+	return (size_t)n;
+}
+
+static void remember_lease(struct input *in, const char *lease)
+{
+	char **grown;
+
+	for (size_t i = 0; i < in->n_leases; i++)
+		if (strcmp(in->leases[i], lease) == 0)
+			return;
+	grown = realloc(in->leases, (in->n_leases + 1) * sizeof(*grown));
+	if (!grown || !(grown[in->n_leases] = strdup(lease)))
+		violated("out of memory");
+	in->leases = grown;
+	in->n_leases++;
+}
+
+/* Checks the reply against the request it answers (NULL: the packet should have been refused
+ * before decoding or did not decode) and returns it decoded. */
+static Iommud__V1__Response *check_reply(const Iommud__V1__Request *req, size_t len,
+					 size_t n_reply_fds)
+{
+	Iommud__V1__Response *resp = iommud__v1__response__unpack(NULL, len, g.reply);
+	bool ok;
+
+	if (!resp)
+		violated("a reply that does not decode as iommud.v1.Response");
+	if (!resp->status)
+		violated("a reply without a status");
+	ok = resp->status->code == IOMMUD__V1__CODE__CODE_OK;
+	if (!req) {
+		if (ok || resp->id != 0)
+			violated("a refused or undecodable packet answered with code %d, id %llu",
+				 (int)resp->status->code, (unsigned long long)resp->id);
+	} else if (resp->id != req->id) {
+		violated("request %llu answered as %llu", (unsigned long long)req->id,
+			 (unsigned long long)resp->id);
+	}
+	if (ok && (resp->status->errno_value != 0 || resp->status->failed_index != -1))
+		violated("an OK status with errno %d, failed_index %d",
+			 (int)resp->status->errno_value, (int)resp->status->failed_index);
+	if (ok ? (int)resp->result_case != (int)req->method_case
+	       : resp->result_case != IOMMUD__V1__RESPONSE__RESULT__NOT_SET)
+		violated("status %d with result %d for method %d", (int)resp->status->code,
+			 (int)resp->result_case, req ? (int)req->method_case : -1);
+	if (n_reply_fds != (ok && req->method_case == IOMMUD__V1__REQUEST__METHOD_OPEN_DEVICE))
+		violated("%zu descriptors with the reply to method %d", n_reply_fds,
+			 req ? (int)req->method_case : -1);
+	return resp;
+}
+
+/* Sends one chunk's packet and checks the reply. */
+static void exchange(struct input *in, unsigned flags, const uint8_t *payload, size_t len)
+{
+	enum fd_kind kind = flags & FLAG_FD_KIND;
+	size_t n_fds = kind == FD_NONE ? 0 : ((flags & FLAG_FD_COUNT) >> FLAG_FD_COUNT_SHIFT) + 1;
+	int conn = in->conn[!!(flags & FLAG_CONN)];
+	Iommud__V1__Request *req = NULL;
+	Iommud__V1__Response *resp;
+	size_t reply_len, n_reply_fds;
+
+	if (flags & FLAG_TOO_MANY_FDS) {
+		n_fds = IOMMUD_MAX_FDS + 1;
+		if (kind == FD_NONE)
+			kind = FD_PIPE;
+	}
+	memcpy(g.packet, payload, len);
+	if (flags & FLAG_OVERSIZE) {
+		memset(g.packet + len, 0, sizeof(g.packet) - len);
+		len = sizeof(g.packet);
+	}
+	/* Over a limit, the packet is refused before decoding; otherwise the daemon decodes
+	 * exactly these bytes with the same library. */
+	if (!(flags & (FLAG_OVERSIZE | FLAG_TOO_MANY_FDS)))
+		req = iommud__v1__request__unpack(NULL, len, g.packet);
+	send_packet(conn, g.packet, len, n_fds ? input_fd(in, kind) : -1, n_fds);
+	reply_len = receive_reply(conn, &n_reply_fds);
+	resp = check_reply(req, reply_len, n_reply_fds);
+	if (resp->result_case == IOMMUD__V1__RESPONSE__RESULT_HELLO && resp->hello->lease[0])
+		remember_lease(in, resp->hello->lease);
+	iommud__v1__response__free_unpacked(resp, NULL);
+	if (req)
+		iommud__v1__request__free_unpacked(req, NULL);
+}
+
+/* Sends a request of the harness's own, which must succeed. */
+static void call_ok(struct input *in, int conn, Iommud__V1__Request *req)
+{
+	Iommud__V1__Response *resp;
+	size_t len, n_reply_fds;
+
+	req->id = ++in->next_id;
+	len = iommud__v1__request__pack(req, g.packet);
+	send_packet(conn, g.packet, len, -1, 0);
+	len = receive_reply(conn, &n_reply_fds);
+	resp = check_reply(req, len, n_reply_fds);
+	if (resp->status->code != IOMMUD__V1__CODE__CODE_OK)
+		violated("cleanup request %d failed: %s", (int)req->method_case,
+			 resp->status->message);
+	iommud__v1__response__free_unpacked(resp, NULL);
+}
+
+/* A lease outlives its connections by design; ending it the way a client does leaves the
+ * daemon empty again if its release path is right. */
+static void release_lease(struct input *in, const char *lease)
+{
+	Iommud__V1__HelloRequest hello = IOMMUD__V1__HELLO_REQUEST__INIT;
+	Iommud__V1__ReleaseLeaseRequest release = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	int conn = open_conn();
+
+	hello.lease = (char *)lease;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_HELLO;
+	req.hello = &hello;
+	call_ok(in, conn, &req);
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
+	req.release_lease = &release;
+	call_ok(in, conn, &req);
+	close_conn(&conn);
+}
+
+static void finish_input(struct input *in)
+{
+	for (size_t i = 0; i < 2; i++)
+		close_conn(&in->conn[i]);
+	for (size_t i = 0; i < in->n_leases; i++) {
+		release_lease(in, in->leases[i]);
+		free(in->leases[i]);
+	}
+	free(in->leases);
+	for (size_t i = 0; i < sizeof(in->fds) / sizeof(in->fds[0]); i++)
+		if (in->fds[i] >= 0)
+			close(in->fds[i]);
+	if (in->pipe_write >= 0)
+		close(in->pipe_write);
+	if (g.d.connections || registry_session_count(g.d.reg) || registry_tenant_count(g.d.reg))
+		violated("after the input: %u connections, %u sessions, %u tenants",
+			 g.d.connections, registry_session_count(g.d.reg),
+			 registry_tenant_count(g.d.reg));
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	struct kh_backend *be;
+
+	(void)argc;
+	(void)argv;
+	log_set_level(LOG_ERR);
+	if (dispatch_self_check() < 0)
+		violated("the method table does not match the schema");
+	/* The defaults give root, which the fuzzer runs as, write access: every method is open. */
+	if (config_defaults(&g.cfg) < 0 ||
+	    kh_backend_open_emulated_text("[iommu]\ndevices = emu0 emu1\n", &be) < 0)
+		violated("cannot set up the daemon: %s", kh_last_error());
+	g.d.cfg = &g.cfg;
+	g.d.be = be;
+	g.d.started = time(NULL);
+	g.d.reg = registry_create(be, &g.cfg);
+	g.base = event_base_new();
+	if (!g.d.reg || !g.base || server_create(g.base, &g.d, g.cfg.max_connections, &g.srv) < 0)
+		violated("out of memory setting up the daemon");
+	return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct input in = {.conn = {-1, -1}, .fds = {-1, -1, -1, -1}, .pipe_write = -1};
+	size_t fds_before = count_open_fds();
+
+	in.conn[0] = open_conn();
+	in.conn[1] = open_conn();
+	while (size >= CHUNK_HEADER) {
+		unsigned flags = data[0];
+		size_t len = (size_t)data[1] | (size_t)data[2] << 8;
+
+		data += CHUNK_HEADER;
+		size -= CHUNK_HEADER;
+		if (len > size)
+			len = size;
+		if (flags & FLAG_RECONNECT) {
+			int *conn = &in.conn[!!(flags & FLAG_CONN)];
+
+			close_conn(conn);
+			*conn = open_conn();
+		}
+		if (len || (flags & FLAG_OVERSIZE))
+			exchange(&in, flags, data, len);
+		data += len;
+		size -= len;
+	}
+	finish_input(&in);
+	if (count_open_fds() != fds_before)
+		violated("%zu descriptors open before the input, %zu after", fds_before,
+			 count_open_fds());
+	return 0;
+}
