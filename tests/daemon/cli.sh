@@ -1,0 +1,100 @@
+#!/bin/sh
+# iommuctl as a person or a script uses it, against the real daemon: each subcommand's output,
+# --json that parses, sessions that end with iommuctl unless leased, and the documented exit
+# statuses (0 done, 1 refused, 2 usage, 3 unreachable, 4 local failure).
+# usage: cli.sh IOMMUD IOMMUCTL
+set -u
+iommud=$1
+iommuctl=$2
+dir=$(mktemp -d /tmp/iommuctl-test.XXXXXX)
+pid=
+failures=0
+cleanup() {
+	[ -z "$pid" ] || kill "$pid" 2>/dev/null
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+
+fail() {
+	echo "FAIL: $*"
+	failures=$((failures + 1))
+}
+
+# expect STATUS PATTERN ARGS...: runs iommuctl, checks its exit status and that its output
+# (stdout and stderr) matches the shell pattern.
+expect() {
+	want=$1
+	pattern=$2
+	shift 2
+	out=$("$iommuctl" --socket "$dir/iommud.sock" "$@" 2>&1)
+	got=$?
+	echo "\$ iommuctl $* -> $got"
+	[ "$got" -eq "$want" ] || fail "iommuctl $*: exit status $got, expected $want: $out"
+	# shellcheck disable=SC2254 # the pattern is meant to be one
+	case $out in $pattern) ;; *) fail "iommuctl $*: output does not match '$pattern': $out" ;; esac
+	last=$out
+}
+
+printf '[iommu]\ndevices = emu0 emu1\n' >"$dir/topology.ini"
+printf '[uid 0]\naccess = write\ndevices = emu0\n' >"$dir/iommud.conf"
+"$iommud" --backend emulated --topology "$dir/topology.ini" --config "$dir/iommud.conf" \
+	--socket "$dir/iommud.sock" --log-level warning &
+pid=$!
+for _ in $(seq 100); do
+	[ -S "$dir/iommud.sock" ] && break
+	sleep 0.1
+done
+
+expect 0 '*backend*emulated*write*' hello
+expect 0 '*emu0*yes*emu1*no*' devices
+expect 0 '{"devices":[{"name":"emu0"*' --json devices
+if command -v python3 >/dev/null; then
+	printf '%s' "$last" | python3 -m json.tool >/dev/null || fail "devices --json is not JSON"
+fi
+expect 0 '*"reserved":[{"start":4276092928,*' --json device emu0
+
+# Anonymous: gone when iommuctl exits. Leased: kept until released.
+expect 0 '[0-9]*' domain alloc emu0
+expect 0 '*' --json domains
+case $last in *'"domains":[]'*) ;; *) fail "an anonymous domain outlived iommuctl: $last" ;; esac
+expect 0 '[0-9]*' --lease t1 domain alloc emu0
+dom=$last
+expect 0 '0x*' --lease t1 map "$dom" --memfd 64K --iova 0x100000
+expect 0 '0x*' --lease t1 map "$dom" --memfd 8K --prot r
+expect 0 '*0x100000*64K*rw*' --lease t1 mappings "$dom"
+expect 0 '*"iova":1048576,"length":65536*' --lease t1 --json mappings "$dom"
+expect 0 '*0x0*' --lease t1 ranges "$dom"
+expect 0 '*' --lease t1 attach emu0 "$dom"
+expect 0 "*$dom*paging*emu0*2*emu0*" --lease t1 domains
+expect 0 '*mappings*2*' --lease t1 stats
+expect 0 '*1 mapping*64K*' --lease t1 unmap "$dom" --iova 0x100000 --length 64K
+expect 0 '*' --lease t1 detach emu0
+expect 0 '*' --lease t1 unmap "$dom" --all
+
+# Refusals by the daemon: status 1, with the code and the daemon's message.
+expect 1 '*PERMISSION_DENIED*emu1*' domain alloc emu1
+expect 1 '*NOT_FOUND*no domain 999*' --lease t1 unmap 999 --all
+expect 1 '*NOT_FOUND*' --lease t1 unmap "$dom" --iova 0x100000 --length 64K
+expect 1 '*UNIMPLEMENTED*' --lease t1 dirty "$dom" --enable
+expect 0 '*' --lease t1 lease release
+expect 0 '*' --lease t1 --json domains
+case $last in *'"domains":[]'*) ;; *) fail "a released lease kept its domain: $last" ;; esac
+
+# Usage errors: status 2, with a hint.
+expect 2 '*--help*' frobnicate
+expect 2 '*' map
+expect 2 '*' map 1 --memfd 1M --file /dev/null
+expect 2 '*' map 1 --memfd lots
+expect 0 '*Usage: iommuctl*map DOMAIN*Exit status*' map --help
+
+# Local failures: status 4.
+expect 4 '*no/such/file*' --lease t2 map 1 --file /no/such/file
+
+# The daemon unreachable: status 3, and a hint.
+kill "$pid"
+wait "$pid"
+pid=
+expect 3 '*cannot connect*running*' hello
+
+[ "$failures" -eq 0 ] || { echo "$failures failures"; exit 1; }
+echo "iommuctl: all checks passed"
