@@ -1,0 +1,945 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * iommud-bench: what the daemon costs, in one run, each figure next to a baseline that shows
+ * the limit it works against:
+ *   1. Map+Unmap latency through libiommuctl against a bare SOCK_SEQPACKET ping-pong of packets
+ *      of the same sizes (one descriptor with the Map-sized one), to an echo process;
+ *   2. MapBatch throughput against kernel-helper called in process;
+ *   3. aggregate throughput and per-client latency from 1 to 64 concurrent clients.
+ * A benchmark prints; it never judges. The daemon it measures is one it starts on the emulated
+ * backend (through the daemon tests' fixture), or a running one (--socket).
+ */
+#define _GNU_SOURCE /* sched_setaffinity, CPU_SET */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <iommuctl.h>
+#include <kh/kh.h>
+
+#include "daemon_fixture.h"
+
+#define KiB   (1ull << 10)
+#define MiB   (1ull << 20)
+#define PAGE  (4 * KiB)
+#define IOVA  (1ull << 30) /* inside every aperture, clear of the x86 MSI window */
+#define BATCH 512	   /* MapBatch entries per request in part 2 */
+/* Part 3's batches are smaller: the daemon keeps a descriptor per mapping, and 64 clients'
+ * batches at once must stay within its limit of open files. */
+#define SCALE_BATCH 128
+#define ROUNDS	    4 /* part 1 alternates daemon and baseline this many times */
+#define MAX_CLIENTS 64
+
+static struct {
+	const char *socket; /* NULL: start our own daemon */
+	const char *device; /* NULL: the first device the daemon allows us */
+	unsigned iterations;
+	unsigned clients_max;
+	unsigned batch_rounds; /* part 2: rounds of batches_per_round batches each */
+	unsigned batches_per_round;
+	double level_seconds; /* part 3: how long each client count runs */
+} opt = {
+	.iterations = 20000,
+	.clients_max = MAX_CLIENTS,
+	.batch_rounds = 32,
+	.batches_per_round = 4,
+	.level_seconds = 1.0,
+};
+
+static char device[KH_NAME_MAX];
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void fail(const char *what, const char *why)
+{
+	fprintf(stderr, "iommud-bench: %s: %s\n", what, why);
+	exit(1);
+}
+
+static void check_call(struct iommuctl *c, int rc, const char *what)
+{
+	if (rc < 0)
+		fail(what, iommuctl_last_error(c));
+}
+
+static void check_kh(int rc, const char *what)
+{
+	if (rc < 0)
+		fail(what, kh_last_error());
+}
+
+/* ---- where the processes run ---------------------------------------------------------- */
+
+/* On a virtual machine a wakeup on another CPU can cost more than the work it wakes (an
+ * interprocessor interrupt through the hypervisor), and the scheduler may or may not put the
+ * client and the daemon on one CPU from run to run. So part 1 pins them, once on one CPU and
+ * once on two, and says which; it can only where it started the daemon itself. */
+struct placement {
+	const char *name;
+	int client_cpu, server_cpu; /* -1: wherever the scheduler likes */
+};
+
+static cpu_set_t start_cpus; /* the CPUs the benchmark may use, as it started */
+static pid_t daemon_pid;     /* 0: not ours to pin */
+
+static void pin(pid_t pid, int cpu)
+{
+	cpu_set_t set = start_cpus;
+
+	if (cpu >= 0) {
+		CPU_ZERO(&set);
+		CPU_SET(cpu, &set);
+	}
+	if (sched_setaffinity(pid, sizeof(set), &set) < 0)
+		fail("setting CPU affinity", strerror(errno));
+}
+
+/* The CPU after cpu among those we may use, or -1. */
+static int next_cpu(int cpu)
+{
+	for (int i = cpu + 1; i < CPU_SETSIZE; i++)
+		if (CPU_ISSET(i, &start_cpus))
+			return i;
+	return -1;
+}
+
+/* Fills out with the placements part 1 measures; returns how many. */
+static size_t placements(struct placement *out)
+{
+	int first = next_cpu(-1), second = next_cpu(first);
+
+	if (!daemon_pid) {
+		out[0] = (struct placement){"any", -1, -1};
+		return 1;
+	}
+	out[0] = (struct placement){"1", first, first};
+	if (second < 0)
+		return 1;
+	out[1] = (struct placement){"2", first, second};
+	return 2;
+}
+
+/* Pins this thread and the daemon as where says; latency_case pins its echo process alike. */
+static void place(const struct placement *where)
+{
+	pin(0, where->client_cpu);
+	if (daemon_pid)
+		pin(daemon_pid, where->server_cpu);
+}
+
+/* ---- latency samples ------------------------------------------------------------------ */
+
+struct samples {
+	uint64_t *ns;
+	size_t n, cap;
+};
+
+static void samples_add(struct samples *s, uint64_t ns)
+{
+	if (s->n == s->cap) {
+		s->cap = s->cap ? 2 * s->cap : 1024;
+		s->ns = realloc(s->ns, s->cap * sizeof(*s->ns));
+		if (!s->ns)
+			fail("recording a sample", strerror(ENOMEM));
+	}
+	s->ns[s->n++] = ns;
+}
+
+static void samples_append(struct samples *to, const struct samples *from)
+{
+	for (size_t i = 0; i < from->n; i++)
+		samples_add(to, from->ns[i]);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+struct summary {
+	double median, p99;
+};
+
+static struct summary samples_summary(struct samples *s)
+{
+	qsort(s->ns, s->n, sizeof(*s->ns), cmp_u64);
+	/* p99: the smallest sample that at least 99 % of them do not exceed. */
+	return (struct summary){(double)s->ns[s->n / 2], (double)s->ns[(s->n * 99 + 99) / 100 - 1]};
+}
+
+static void samples_free(struct samples *s)
+{
+	free(s->ns);
+	*s = (struct samples){0};
+}
+
+/* ---- the daemon's side ---------------------------------------------------------------- */
+
+/* A connection with a paging domain of its own. */
+static struct iommuctl *client_open(uint32_t *dom)
+{
+	struct iommuctl *c;
+	int rc = iommuctl_connect(opt.socket, &c);
+
+	if (rc < 0)
+		fail("connecting to the daemon", iommuctl_last_error(NULL));
+	check_call(c, iommuctl_alloc_domain(c, device, IOMMUCTL_DOMAIN_PAGING, 0, dom),
+		   "AllocDomain");
+	return c;
+}
+
+static void client_close(struct iommuctl *c, uint32_t dom)
+{
+	check_call(c, iommuctl_free_domain(c, dom), "FreeDomain");
+	iommuctl_close(c);
+}
+
+static int memfd(uint64_t size)
+{
+	int fd = iommuctl_memfd("iommud-bench", size);
+
+	if (fd < 0)
+		fail("creating a memfd", iommuctl_last_error(NULL));
+	return fd;
+}
+
+/* The first device the daemon lets us take, unless --device named one. */
+static void choose_device(void)
+{
+	Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	struct iommuctl *c;
+
+	if (opt.device) {
+		snprintf(device, sizeof(device), "%s", opt.device);
+		return;
+	}
+	if (iommuctl_connect(opt.socket, &c) < 0)
+		fail("connecting to the daemon", iommuctl_last_error(NULL));
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES;
+	req.list_devices = &list;
+	check_call(c, iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL), "ListDevices");
+	for (size_t i = 0; i < resp->list_devices->n_devices && !device[0]; i++)
+		if (resp->list_devices->devices[i]->allowed)
+			snprintf(device, sizeof(device), "%s",
+				 resp->list_devices->devices[i]->name);
+	iommuctl_response_free(resp);
+	iommuctl_close(c);
+	if (!device[0])
+		fail("choosing a device",
+		     "the daemon allows this uid no device; give it one in its configuration");
+}
+
+/* The two requests of one Map+Unmap iteration, built once: libiommuctl sets their ids. */
+struct map_pair {
+	Iommud__V1__MapEntry entry;
+	Iommud__V1__MapRequest map;
+	Iommud__V1__UnmapRequest unmap;
+	Iommud__V1__Request map_req, unmap_req;
+};
+
+/* Packet sizes of one iteration, in the order they travel. */
+enum { MAP_REQUEST, MAP_REPLY, UNMAP_REQUEST, UNMAP_REPLY, PACKETS };
+
+static void map_pair_init(struct map_pair *p, uint32_t dom, uint64_t length)
+{
+	*p = (struct map_pair){
+		.entry = IOMMUD__V1__MAP_ENTRY__INIT,
+		.map = IOMMUD__V1__MAP_REQUEST__INIT,
+		.unmap = IOMMUD__V1__UNMAP_REQUEST__INIT,
+		.map_req = IOMMUD__V1__REQUEST__INIT,
+		.unmap_req = IOMMUD__V1__REQUEST__INIT,
+	};
+	p->entry.domain_id = dom;
+	p->entry.length = length;
+	p->entry.prot = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
+	p->entry.fixed_iova = true;
+	p->entry.iova = IOVA;
+	p->map.entry = &p->entry;
+	p->map_req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP;
+	p->map_req.map = &p->map;
+	p->unmap.domain_id = dom;
+	p->unmap.iova = IOVA;
+	p->unmap.length = length;
+	p->unmap_req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP;
+	p->unmap_req.unmap = &p->unmap;
+}
+
+/* One Map and one Unmap round trip; with sizes, also the sizes of the four packets. */
+static void map_pair_run(struct iommuctl *c, struct map_pair *p, int mem, size_t *sizes)
+{
+	Iommud__V1__Response *map, *unmap;
+
+	check_call(c, iommuctl_call(c, &p->map_req, &mem, 1, &map, NULL, 0, NULL), "Map");
+	check_call(c, iommuctl_call(c, &p->unmap_req, NULL, 0, &unmap, NULL, 0, NULL), "Unmap");
+	if (sizes) {
+		sizes[MAP_REQUEST] = iommud__v1__request__get_packed_size(&p->map_req);
+		sizes[MAP_REPLY] = iommud__v1__response__get_packed_size(map);
+		sizes[UNMAP_REQUEST] = iommud__v1__request__get_packed_size(&p->unmap_req);
+		sizes[UNMAP_REPLY] = iommud__v1__response__get_packed_size(unmap);
+	}
+	iommuctl_response_free(map);
+	iommuctl_response_free(unmap);
+}
+
+/* A MapBatch of up to BATCH 4 KiB pages of one memfd at consecutive fixed IOVAs. */
+struct batch {
+	Iommud__V1__MapEntry entries[BATCH];
+	Iommud__V1__MapEntry *entry_ptrs[BATCH];
+	Iommud__V1__MapBatchRequest map_batch;
+	Iommud__V1__Request req;
+};
+
+static void batch_init(struct batch *b, uint32_t dom, size_t entries)
+{
+	b->map_batch = (Iommud__V1__MapBatchRequest)IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	b->req = (Iommud__V1__Request)IOMMUD__V1__REQUEST__INIT;
+	for (size_t i = 0; i < entries; i++) {
+		b->entries[i] = (Iommud__V1__MapEntry)IOMMUD__V1__MAP_ENTRY__INIT;
+		b->entries[i].domain_id = dom;
+		b->entries[i].length = PAGE;
+		b->entries[i].prot = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
+		b->entries[i].fixed_iova = true;
+		b->entry_ptrs[i] = &b->entries[i];
+	}
+	b->map_batch.n_entries = entries;
+	b->map_batch.entries = b->entry_ptrs;
+	b->req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	b->req.map_batch = &b->map_batch;
+}
+
+/* Maps the batch's number of pages of mem from page first on, at IOVA + first * PAGE. */
+static void batch_map(struct iommuctl *c, struct batch *b, int mem, uint64_t first)
+{
+	Iommud__V1__Response *resp;
+
+	for (size_t i = 0; i < b->map_batch.n_entries; i++) {
+		b->entries[i].offset = (first + i) * PAGE;
+		b->entries[i].iova = IOVA + (first + i) * PAGE;
+	}
+	check_call(c, iommuctl_call(c, &b->req, &mem, 1, &resp, NULL, 0, NULL), "MapBatch");
+	iommuctl_response_free(resp);
+}
+
+/* ---- the baseline of part 1: an echo process on a socketpair -------------------------- */
+
+/* Receives one packet as the daemon does: into a buffer of the protocol's limit, with room
+ * for its descriptors, which it closes. Returns the bytes (0 at end of connection) and the
+ * number of descriptors in *nfds. */
+static size_t recv_packet(int sock, uint8_t *buf, size_t *nfds)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * IOMMUCTL_MAX_FDS)];
+	} control;
+	struct iovec iov = {.iov_base = buf, .iov_len = IOMMUCTL_MAX_MESSAGE};
+	struct msghdr msg = {.msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = control.buf,
+			     .msg_controllen = sizeof(control.buf)};
+	ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+
+	if (n < 0)
+		fail("receiving on the socketpair", strerror(errno));
+	*nfds = 0;
+	for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+		for (size_t i = 0; i < (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+			int fd;
+
+			memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+			close(fd);
+			(*nfds)++;
+		}
+	}
+	return (size_t)n;
+}
+
+/* Answers each packet with one of the reply's size: the Map reply's for a packet that came
+ * with a descriptor, the Unmap reply's otherwise. */
+static void echo_serve(int sock, const size_t *sizes)
+{
+	static uint8_t buf[IOMMUCTL_MAX_MESSAGE];
+	size_t nfds;
+
+	while (recv_packet(sock, buf, &nfds))
+		raw_send(sock, buf, nfds ? sizes[MAP_REPLY] : sizes[UNMAP_REPLY], NULL, 0);
+}
+
+struct echo {
+	int sock;
+	pid_t pid;
+};
+
+/* A process, not a thread, so that the baseline switches address spaces as talking to the
+ * daemon does. */
+static void echo_start(struct echo *e, const size_t *sizes)
+{
+	int sv[2];
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		fail("socketpair", strerror(errno));
+	e->pid = fork();
+	if (e->pid < 0)
+		fail("fork", strerror(errno));
+	if (e->pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(sv[0]);
+		echo_serve(sv[1], sizes);
+		_exit(0);
+	}
+	close(sv[1]);
+	e->sock = sv[0];
+}
+
+static void echo_stop(struct echo *e)
+{
+	int status;
+
+	close(e->sock); /* the echo process sees end of connection and exits */
+	if (waitpid(e->pid, &status, 0) != e->pid || !WIFEXITED(status) || WEXITSTATUS(status))
+		fail("the echo process", "did not end cleanly");
+}
+
+/* What one Map+Unmap iteration is to the transport: two ping-pongs of the same sizes. */
+static void ping_pong_pair(const struct echo *e, const size_t *sizes, int mem)
+{
+	static uint8_t out[IOMMUCTL_MAX_MESSAGE], in[IOMMUCTL_MAX_MESSAGE];
+	size_t nfds;
+
+	raw_send(e->sock, out, sizes[MAP_REQUEST], &mem, 1);
+	if (recv_packet(e->sock, in, &nfds) != sizes[MAP_REPLY])
+		fail("the echo process", "answered with the wrong size");
+	raw_send(e->sock, out, sizes[UNMAP_REQUEST], NULL, 0);
+	if (recv_packet(e->sock, in, &nfds) != sizes[UNMAP_REPLY])
+		fail("the echo process", "answered with the wrong size");
+}
+
+/* ---- part 1 --------------------------------------------------------------------------- */
+
+static void format_size(char *buf, size_t len, uint64_t bytes)
+{
+	if (bytes >= MiB)
+		snprintf(buf, len, "%llu MiB", (unsigned long long)(bytes / MiB));
+	else
+		snprintf(buf, len, "%llu KiB", (unsigned long long)(bytes / KiB));
+}
+
+static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsigned iterations,
+			 const struct placement *where)
+{
+	struct samples daemon = {0}, transport = {0};
+	struct summary d, t;
+	struct map_pair pair;
+	size_t sizes[PACKETS];
+	struct echo echo;
+	unsigned warm = iterations / 10 + 1, per_round = (iterations + ROUNDS - 1) / ROUNDS;
+	char label[32], packets[32];
+	int mem = memfd(length);
+
+	map_pair_init(&pair, dom, length);
+	for (unsigned i = 0; i < warm; i++)
+		map_pair_run(c, &pair, mem, NULL);
+	/* After the warm-up, so the ids are near the run's: an id's varint grows by a byte only
+	 * at 2^14 and 2^21. */
+	map_pair_run(c, &pair, mem, sizes);
+	echo_start(&echo, sizes);
+	pin(echo.pid, where->server_cpu);
+	for (unsigned i = 0; i < warm; i++)
+		ping_pong_pair(&echo, sizes, mem);
+	/* Alternating, so that a drift of the machine shows in both columns alike. */
+	for (unsigned r = 0; r < ROUNDS; r++) {
+		for (unsigned i = 0; i < per_round; i++) {
+			uint64_t start = now_ns();
+
+			map_pair_run(c, &pair, mem, NULL);
+			samples_add(&daemon, now_ns() - start);
+		}
+		for (unsigned i = 0; i < per_round; i++) {
+			uint64_t start = now_ns();
+
+			ping_pong_pair(&echo, sizes, mem);
+			samples_add(&transport, now_ns() - start);
+		}
+	}
+	echo_stop(&echo);
+	close(mem);
+	d = samples_summary(&daemon);
+	t = samples_summary(&transport);
+	format_size(label, sizeof(label), length);
+	snprintf(packets, sizeof(packets), "%zu/%zu %zu/%zu", sizes[MAP_REQUEST], sizes[MAP_REPLY],
+		 sizes[UNMAP_REQUEST], sizes[UNMAP_REPLY]);
+	printf("%-4s %-8s %7zu  %-13s %11.0f %11.0f %7.2f %11.0f %11.0f %7.2f\n", where->name,
+	       label, daemon.n, packets, d.median, t.median, d.median / t.median, d.p99, t.p99,
+	       d.p99 / t.p99);
+	samples_free(&daemon);
+	samples_free(&transport);
+}
+
+static void part_latency(void)
+{
+	static const struct {
+		uint64_t length;
+		unsigned divisor; /* fewer iterations where one takes long */
+	} cases[] = {{4 * KiB, 1}, {2 * MiB, 1}, {256 * MiB, 5}};
+	struct placement where[2];
+	size_t n_where = placements(where);
+	uint32_t dom;
+	struct iommuctl *c = client_open(&dom);
+
+	printf("\n1. Map+Unmap round trips (ns per iteration: Map, then Unmap of it)\n"
+	       "   daemon: through libiommuctl; ping-pong: the same packet sizes over a bare\n"
+	       "   SOCK_SEQPACKET socketpair to an echo process, one descriptor with the Map one;\n"
+	       "   cpus: 1 = client, daemon and echo pinned to one CPU, 2 = the client on one,\n"
+	       "   the daemon and echo on another, any = placed by the scheduler\n\n");
+	printf("%-4s %-8s %7s  %-13s %11s %11s %7s %11s %11s %7s\n", "cpus", "size", "iters",
+	       "packets (B)", "daemon-med", "pingpong-med", "ratio", "daemon-p99", "pingpong-p99",
+	       "ratio");
+	for (size_t w = 0; w < n_where; w++) {
+		place(&where[w]);
+		for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+			latency_case(c, dom, cases[i].length,
+				     opt.iterations / cases[i].divisor
+					     ? opt.iterations / cases[i].divisor
+					     : 1,
+				     &where[w]);
+	}
+	client_close(c, dom);
+}
+
+/* ---- part 2 --------------------------------------------------------------------------- */
+
+struct throughput {
+	uint64_t pages, map_ns, unmap_ns;
+};
+
+static void batch_rounds_daemon(struct throughput *t, unsigned rounds)
+{
+	uint64_t pages = (uint64_t)opt.batches_per_round * BATCH;
+	struct batch *b = malloc(sizeof(*b));
+	uint32_t dom;
+	struct iommuctl *c = client_open(&dom);
+	int mem = memfd(pages * PAGE);
+
+	if (!b)
+		fail("allocating a batch", strerror(ENOMEM));
+	batch_init(b, dom, BATCH);
+	for (unsigned r = 0; r < rounds; r++) {
+		uint64_t start = now_ns(), mapped;
+
+		for (unsigned k = 0; k < opt.batches_per_round; k++)
+			batch_map(c, b, mem, (uint64_t)k * BATCH);
+		mapped = now_ns();
+		check_call(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll");
+		t->map_ns += mapped - start;
+		t->unmap_ns += now_ns() - mapped;
+		t->pages += pages;
+	}
+	close(mem);
+	client_close(c, dom);
+	free(b);
+}
+
+static void batch_rounds_direct(struct throughput *t, unsigned rounds)
+{
+	static const struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	uint64_t pages = (uint64_t)opt.batches_per_round * BATCH;
+	struct kh_backend *be;
+	struct kh_ctx *ctx;
+	uint32_t dev, dom;
+	int mem = memfd(pages * PAGE);
+	uint8_t *va = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, mem, 0);
+
+	if (va == MAP_FAILED)
+		fail("mapping the memfd", strerror(errno));
+	/* The topology the daemon runs on: one default device. */
+	check_kh(kh_backend_open_emulated_text("[iommu]\ndevices = emu0\n", &be),
+		 "opening the emulated IOMMU");
+	check_kh(kh_ctx_create(be, &ctx), "creating a context");
+	check_kh(kh_device_bind(ctx, "emu0", &dev), "binding emu0");
+	check_kh(kh_domain_alloc(ctx, dev, &paging, &dom), "allocating a domain");
+	for (unsigned r = 0; r < rounds; r++) {
+		uint64_t start = now_ns(), mapped;
+
+		for (uint64_t i = 0; i < pages; i++) {
+			struct kh_map_req req = {.iova = IOVA + i * PAGE,
+						 .length = PAGE,
+						 .addr = (uint64_t)(uintptr_t)(va + i * PAGE),
+						 .prot = KH_PROT_READ | KH_PROT_WRITE,
+						 .flags = KH_MAP_FIXED_IOVA};
+
+			check_kh(kh_map(ctx, dom, &req), "kh_map");
+		}
+		mapped = now_ns();
+		check_kh(kh_unmap(ctx, dom, 0, UINT64_MAX, NULL), "kh_unmap");
+		t->map_ns += mapped - start;
+		t->unmap_ns += now_ns() - mapped;
+		t->pages += pages;
+	}
+	kh_ctx_destroy(ctx);
+	kh_backend_close(be);
+	munmap(va, pages * PAGE);
+	close(mem);
+}
+
+static double pages_per_s(const struct throughput *t)
+{
+	return (double)t->pages * 1e9 / (double)(t->map_ns + t->unmap_ns);
+}
+
+static void throughput_row(const char *label, const struct throughput *t)
+{
+	printf("%-28s %10llu %12.1f %12.1f %12.0f\n", label, (unsigned long long)t->pages,
+	       (double)t->map_ns / (double)t->pages, (double)t->unmap_ns / (double)t->pages,
+	       pages_per_s(t));
+}
+
+static void part_batch(void)
+{
+	struct throughput daemon = {0}, direct = {0}, warm = {0};
+	struct placement where[2];
+
+	/* The CPU cost of the work, not wakeups across CPUs (see struct placement). */
+	placements(where);
+	place(&where[0]);
+	printf("\n2. MapBatch throughput (4 KiB pages; a round maps %u pages of one memfd in\n"
+	       "   batches of %u at fixed IOVAs, then unmaps them all at once; cpus: %s)\n\n",
+	       opt.batches_per_round * BATCH, BATCH, where[0].name);
+	printf("%-28s %10s %12s %12s %12s\n", "path", "pages", "map ns/page", "unmap ns/pg",
+	       "pages/s");
+	batch_rounds_daemon(&warm, 1);
+	batch_rounds_daemon(&daemon, opt.batch_rounds);
+	batch_rounds_direct(&warm, 1);
+	batch_rounds_direct(&direct, opt.batch_rounds);
+	throughput_row("daemon MapBatch+UnmapAll", &daemon);
+	throughput_row("kh_map+kh_unmap in process", &direct);
+	/* All three as time ratios, so each says how many times longer a page takes. */
+	printf("%-28s %10s %12.2f %12.2f %12.2f\n", "daemon/in-process (time)", "",
+	       ((double)daemon.map_ns / (double)daemon.pages) /
+		       ((double)direct.map_ns / (double)direct.pages),
+	       ((double)daemon.unmap_ns / (double)daemon.pages) /
+		       ((double)direct.unmap_ns / (double)direct.pages),
+	       pages_per_s(&direct) / pages_per_s(&daemon));
+}
+
+/* ---- part 3 --------------------------------------------------------------------------- */
+
+enum workload { MAP_UNMAP, MAP_BATCH };
+
+struct client {
+	pthread_t thread;
+	struct iommuctl *conn;
+	uint32_t dom;
+	int mem;
+	enum workload workload;
+	pthread_barrier_t *start;
+	struct samples latency;
+	uint64_t pages, start_ns, end_ns;
+};
+
+static void *client_run(void *arg)
+{
+	struct client *cl = arg;
+	struct map_pair pair;
+	struct batch *b = NULL;
+	uint64_t deadline;
+
+	if (cl->workload == MAP_UNMAP) {
+		map_pair_init(&pair, cl->dom, PAGE);
+	} else {
+		b = malloc(sizeof(*b));
+		if (!b)
+			fail("allocating a batch", strerror(ENOMEM));
+		batch_init(b, cl->dom, SCALE_BATCH);
+	}
+	pthread_barrier_wait(cl->start);
+	cl->start_ns = now_ns();
+	deadline = cl->start_ns + (uint64_t)(opt.level_seconds * 1e9);
+	for (uint64_t t = cl->start_ns; t < deadline;) {
+		uint64_t end;
+
+		if (cl->workload == MAP_UNMAP) {
+			map_pair_run(cl->conn, &pair, cl->mem, NULL);
+			cl->pages++;
+		} else {
+			batch_map(cl->conn, b, cl->mem, 0);
+			check_call(cl->conn, iommuctl_unmap_all(cl->conn, cl->dom, NULL),
+				   "UnmapAll");
+			cl->pages += SCALE_BATCH;
+		}
+		end = now_ns();
+		samples_add(&cl->latency, end - t);
+		t = end;
+	}
+	cl->end_ns = now_ns();
+	free(b);
+	return NULL;
+}
+
+struct level_result {
+	double per_s;	 /* pairs or pages per second over all clients */
+	double fairness; /* the slowest client's share of the work over the mean share */
+	struct summary latency;
+};
+
+/* Runs the workload on n clients at once; latency pools every client's samples. */
+static struct level_result run_level(struct client *clients, unsigned n, enum workload workload)
+{
+	struct samples all = {0};
+	pthread_barrier_t start;
+	uint64_t first = UINT64_MAX, last = 0, pages = 0, least = UINT64_MAX;
+	struct level_result res;
+
+	pthread_barrier_init(&start, NULL, n);
+	for (unsigned i = 0; i < n; i++) {
+		clients[i].workload = workload;
+		clients[i].start = &start;
+		clients[i].pages = 0;
+		if (pthread_create(&clients[i].thread, NULL, client_run, &clients[i]))
+			fail("starting a client thread", strerror(errno));
+	}
+	for (unsigned i = 0; i < n; i++) {
+		pthread_join(clients[i].thread, NULL);
+		first = clients[i].start_ns < first ? clients[i].start_ns : first;
+		last = clients[i].end_ns > last ? clients[i].end_ns : last;
+		pages += clients[i].pages;
+		least = clients[i].pages < least ? clients[i].pages : least;
+		samples_append(&all, &clients[i].latency);
+		samples_free(&clients[i].latency);
+	}
+	pthread_barrier_destroy(&start);
+	res.per_s = (double)pages * 1e9 / (double)(last - first);
+	res.fairness = (double)least * n / (double)pages;
+	res.latency = samples_summary(&all);
+	samples_free(&all);
+	return res;
+}
+
+static void part_scaling(void)
+{
+	static struct client clients[MAX_CLIENTS];
+	static const struct placement anywhere = {"any", -1, -1};
+	double base_pairs = 0, base_pages = 0;
+
+	/* Clients and daemon share the CPUs as the scheduler sees fit, as in real use. */
+	place(&anywhere);
+	printf("\n3. Concurrent clients, each on its own thread, connection and domain, %.2f s\n"
+	       "   per count. Map+Unmap of 4 KiB: pairs/s over all clients and the latency of\n"
+	       "   one pair; MapBatch of %u x 4 KiB then UnmapAll: pages/s and one cycle's "
+	       "latency\n\n",
+	       opt.level_seconds, SCALE_BATCH);
+	printf("%-7s %9s %5s %5s %9s %9s  %9s %5s %5s %10s %10s\n", "clients", "pairs/s", "x1",
+	       "fair", "pair-med", "pair-p99", "pages/s", "x1", "fair", "batch-med", "batch-p99");
+	for (unsigned n = 1; n <= opt.clients_max; n *= 2) {
+		struct level_result pairs, batches;
+
+		for (unsigned i = 0; i < n; i++) {
+			clients[i].conn = client_open(&clients[i].dom);
+			clients[i].mem = memfd(SCALE_BATCH * PAGE);
+		}
+		pairs = run_level(clients, n, MAP_UNMAP);
+		batches = run_level(clients, n, MAP_BATCH);
+		for (unsigned i = 0; i < n; i++) {
+			close(clients[i].mem);
+			client_close(clients[i].conn, clients[i].dom);
+		}
+		if (n == 1) {
+			base_pairs = pairs.per_s;
+			base_pages = batches.per_s;
+		}
+		printf("%-7u %9.0f %5.2f %5.2f %9.0f %9.0f  %9.0f %5.2f %5.2f %10.0f %10.0f\n", n,
+		       pairs.per_s, pairs.per_s / base_pairs, pairs.fairness, pairs.latency.median,
+		       pairs.latency.p99, batches.per_s, batches.per_s / base_pages,
+		       batches.fairness, batches.latency.median, batches.latency.p99);
+	}
+	printf("(latencies in ns; fair: the least busy client's pairs or pages over the mean)\n");
+}
+
+/* ---- main ----------------------------------------------------------------------------- */
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: iommud-bench [OPTION]...\n"
+		"\n"
+		"Measures what the iommud daemon costs and prints, in one run, each figure next\n"
+		"to a baseline, with their ratio. Unless --socket is given, it starts its own\n"
+		"daemon on the emulated backend (one device, emu0) in a private directory under\n"
+		"/tmp, configured to give the calling uid write access, every device and large\n"
+		"quotas, and stops it at the end. Use a Release build: sanitizers distort it.\n"
+		"\n"
+		"Figures:\n"
+		"  1. Map+Unmap latency for mappings of 4 KiB, 2 MiB and 256 MiB (a memfd of\n"
+		"     that size, at a fixed IOVA). One iteration is a Map, then an Unmap of it,\n"
+		"     through libiommuctl: two round trips. The baseline is the transport\n"
+		"     alone: two ping-pongs over a SOCK_SEQPACKET socketpair with an echo\n"
+		"     process, the packets exactly as long as the encoded Map request and\n"
+		"     reply and Unmap request and reply (shown in bytes), the Map request\n"
+		"     carrying one descriptor as the real one does. Median and 99th\n"
+		"     percentile in ns, and daemon/ping-pong: what decoding, checking and\n"
+		"     mapping add to the round trips.\n"
+		"  2. MapBatch throughput: %u 4 KiB pages of one memfd mapped in MapBatch\n"
+		"     requests of %u entries at fixed IOVAs, then removed with one UnmapAll,\n"
+		"     against the same pages mapped one by one with kh_map and removed with\n"
+		"     one kh_unmap inside this process on kernel-helper's emulated backend.\n"
+		"     Map and unmap ns per page, pages/s of the whole cycle, and the time\n"
+		"     ratios daemon/in-process. Per page the daemon does more: it checks the\n"
+		"     file, maps it into its own address space, keeps a descriptor and a\n"
+		"     record.\n"
+		"  3. Scaling: 1, 2, 4, ... up to --clients-max clients at once, each a thread\n"
+		"     with its own connection and domain, each count for a fixed time. For\n"
+		"     Map+Unmap of 4 KiB: pairs per second over all clients, the same relative\n"
+		"     to one client (x1), and the median and 99th percentile latency of one\n"
+		"     pair as clients saw it (every pair of every client); for MapBatch of %u\n"
+		"     pages then UnmapAll: pages per second and the latency of one such cycle.\n"
+		"     fair is the least served client's share of the work over the mean share\n"
+		"     (1: all alike). The daemon executes one request at a time, so throughput\n"
+		"     cannot grow past one core's worth; latency grows with the clients.\n"
+		"\n"
+		"Options:\n"
+		"  -s, --socket PATH    measure the daemon listening at PATH instead of starting\n"
+		"                       one; this uid needs write access to a paging device,\n"
+		"                       quotas for %d domains, 256 MiB and %u mappings, and\n"
+		"                       the daemon as many descriptors (it keeps one per\n"
+		"                       mapping); part 2 still compares with the emulated backend\n"
+		"  -d, --daemon PATH    the iommud binary to start (default: $IOMMUD_DAEMON if\n"
+		"                       set, else the one this build made:\n"
+		"                       %s)\n"
+		"  -D, --device NAME    the device to allocate domains for (default: the first\n"
+		"                       the daemon allows)\n"
+		"  -n, --iterations N   Map+Unmap iterations per size in part 1 (default 20000;\n"
+		"                       256 MiB does N/5), after a tenth as many to warm up\n"
+		"  -c, --clients-max N  the largest client count in part 3, at most %d\n"
+		"                       (default %d)\n"
+		"  -q, --quick          a short run that shows the benchmark works; its figures\n"
+		"                       are noise\n"
+		"  -h, --help           show this text\n"
+		"\n"
+		"Environment:\n"
+		"  IOMMUD_DAEMON        the iommud binary to start, unless --daemon is given\n"
+		"\n"
+		"Exit status: 0 after printing, 1 if a step failed (the message says which), 2 on\n"
+		"a usage error.\n",
+		opt.batches_per_round * BATCH, BATCH, SCALE_BATCH, MAX_CLIENTS,
+		MAX_CLIENTS * SCALE_BATCH, IOMMUD_BIN, MAX_CLIENTS, MAX_CLIENTS);
+}
+
+static unsigned parse_count(const char *arg, unsigned max)
+{
+	char *end;
+	unsigned long n;
+
+	errno = 0;
+	n = strtoul(arg, &end, 10);
+	if (errno || end == arg || *end || n == 0 || n > max) {
+		fprintf(stderr, "iommud-bench: '%s' is not a count from 1 to %u\n", arg, max);
+		exit(2);
+	}
+	return (unsigned)n;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option options[] = {{"socket", required_argument, NULL, 's'},
+						{"daemon", required_argument, NULL, 'd'},
+						{"device", required_argument, NULL, 'D'},
+						{"iterations", required_argument, NULL, 'n'},
+						{"clients-max", required_argument, NULL, 'c'},
+						{"quick", no_argument, NULL, 'q'},
+						{"help", no_argument, NULL, 'h'},
+						{0}};
+	struct daemon_fixture own;
+	char config[256];
+	bool quick = false, iterations_given = false, own_daemon = false;
+	int o;
+
+	while ((o = getopt_long(argc, argv, "s:d:D:n:c:qh", options, NULL)) != -1) {
+		switch (o) {
+		case 's':
+			opt.socket = optarg;
+			break;
+		case 'd':
+			/* The fixture starts what $IOMMUD_DAEMON names. */
+			setenv("IOMMUD_DAEMON", optarg, 1);
+			break;
+		case 'D':
+			opt.device = optarg;
+			break;
+		case 'n':
+			opt.iterations = parse_count(optarg, 100000000);
+			iterations_given = true;
+			break;
+		case 'c':
+			opt.clients_max = parse_count(optarg, MAX_CLIENTS);
+			break;
+		case 'q':
+			quick = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (quick) {
+		if (!iterations_given)
+			opt.iterations = 100;
+		opt.batch_rounds = 1;
+		opt.batches_per_round = 2;
+		opt.level_seconds = 0.02;
+	}
+	/* Progress shows part by part, also when the output goes to a file. */
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (sched_getaffinity(0, sizeof(start_cpus), &start_cpus) < 0)
+		fail("reading CPU affinity", strerror(errno));
+	if (!opt.socket) {
+		/* The fixture would only abort; say what is wrong instead. */
+		const char *bin = getenv("IOMMUD_DAEMON") ? getenv("IOMMUD_DAEMON") : IOMMUD_BIN;
+
+		if (access(bin, X_OK) < 0)
+			fail(bin, "cannot run it; build iommud, or name it with --daemon");
+		snprintf(config, sizeof(config),
+			 "[uid %u]\naccess = write\ndevices = *\nmax-domains = 1000\n"
+			 "max-mappings = 1000000\nmax-pinned = 64G\n",
+			 (unsigned)getuid());
+		fixture_start(&own, config, "emu0");
+		opt.socket = own.socket_path;
+		own_daemon = true;
+		daemon_pid = own.pid;
+	}
+	choose_device();
+	printf("iommud-bench: daemon at %s (%s), device %s, %ld CPUs online%s\n", opt.socket,
+	       own_daemon ? "started by iommud-bench, emulated backend" : "already running", device,
+	       sysconf(_SC_NPROCESSORS_ONLN), quick ? ", quick run: figures are noise" : "");
+	part_latency();
+	part_batch();
+	part_scaling();
+	if (own_daemon)
+		fixture_stop(&own);
+	return 0;
+}
