@@ -35,7 +35,8 @@ struct call {
 	Iommud__V1__Response *resp;
 	int *fds; /* received; a handler that keeps one sets its slot to -1 */
 	size_t n_fds;
-	int out_fd; /* to send with the reply */
+	struct map_file files[IOMMUD_MAX_FDS]; /* the fds' files, checked by check_fd_use */
+	int out_fd;			       /* to send with the reply */
 	int failed_index;
 	void **allocs;
 	size_t n_allocs;
@@ -537,12 +538,16 @@ static int do_release_lease(struct call *call)
 
 /* ---- the IO address space ------------------------------------------------------------- */
 
-/* Every descriptor a request carries must be used by one of its entries: a stray one is a
- * client bug that would otherwise go unnoticed. */
+/* Every descriptor a request carries must be used by one of its entries (a stray one is a
+ * client bug that would otherwise go unnoticed), and each one's file is checked once here,
+ * however many entries map it. */
 static int check_fd_use(struct call *call, Iommud__V1__MapEntry *const *entries, size_t n)
 {
-	bool used[IOMMUD_MAX_FDS] = {false};
+	int first_user[IOMMUD_MAX_FDS];
+	int rc;
 
+	for (size_t i = 0; i < call->n_fds; i++)
+		first_user[i] = -1;
 	for (size_t i = 0; i < n; i++) {
 		if (!entries[i]) {
 			call->failed_index = (int)i;
@@ -556,14 +561,21 @@ static int check_fd_use(struct call *call, Iommud__V1__MapEntry *const *entries,
 				"send the memory's fd with the request (SCM_RIGHTS)",
 				i, entries[i]->fd_index, call->n_fds);
 		}
-		used[entries[i]->fd_index] = true;
+		if (first_user[entries[i]->fd_index] < 0)
+			first_user[entries[i]->fd_index] = (int)i;
 	}
-	for (size_t i = 0; i < call->n_fds; i++)
-		if (!used[i])
+	for (size_t i = 0; i < call->n_fds; i++) {
+		if (first_user[i] < 0)
 			return fail(-EINVAL,
 				    "descriptor %zu sent with the request is not used by any "
 				    "map entry; send only the fds the entries name",
 				    i);
+		rc = session_check_file(call->fds[i], &call->files[i]);
+		if (rc < 0) {
+			call->failed_index = first_user[i];
+			return rc;
+		}
+	}
 	return 0;
 }
 
@@ -571,7 +583,7 @@ static int map_one(struct call *call, const Iommud__V1__MapEntry *r, uint64_t *i
 {
 	struct map_entry e = {
 		.domain_id = r->domain_id,
-		.fd = call->fds[r->fd_index],
+		.file = &call->files[r->fd_index],
 		.offset = r->offset,
 		.length = r->length,
 		.prot = r->prot,
@@ -595,9 +607,11 @@ static int do_map(struct call *call)
 		return rc;
 	if (!entry)
 		return fail(-EINVAL, "Map needs an entry saying what to map");
-	if ((rc = check_fd_use(call, &entry, 1)) < 0)
-		return rc;
+	rc = check_fd_use(call, &entry, 1);
+	/* A Map has one entry: the status names no index. */
 	call->failed_index = -1;
+	if (rc < 0)
+		return rc;
 	reply = REPLY(call, map_reply);
 	if (!reply)
 		return nomem();

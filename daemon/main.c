@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -229,6 +230,22 @@ static void on_hangup(evutil_socket_t sig, short what, void *arg)
 		    "changed configuration (existing sessions end then)");
 }
 
+/* Every connection is a descriptor, and the usual soft limit (1024) is below the default
+ * max-connections: take the hard limit, and say so when even that is too low. */
+static void raise_fd_limit(unsigned max_connections)
+{
+	struct rlimit limit;
+
+	if (getrlimit(RLIMIT_NOFILE, &limit) < 0)
+		return;
+	limit.rlim_cur = limit.rlim_max;
+	setrlimit(RLIMIT_NOFILE, &limit);
+	if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < (rlim_t)max_connections + 64)
+		log_warning("the open-file limit (%llu) is below max-connections (%u) plus the "
+			    "daemon's own files; raise LimitNOFILE or lower max-connections",
+			    (unsigned long long)limit.rlim_cur, max_connections);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	(void)what;
@@ -260,6 +277,7 @@ int main(int argc, char **argv)
 	}
 	log_set_level(cfg.log_level);
 	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit(cfg.max_connections);
 	if (dispatch_self_check() < 0) {
 		log_err("the method table does not match the schema; this build is broken");
 		goto out;

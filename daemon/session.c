@@ -29,7 +29,6 @@ struct mapping_rec {
 	uint64_t length;
 	uint64_t offset;
 	uint32_t prot;
-	int fd;
 	void *va;
 };
 
@@ -126,7 +125,6 @@ static void mapping_release(struct tenant *tenant, struct domain_rec *dom, struc
 	tenant->used.mappings--;
 	tenant->used.pinned_bytes -= m->length;
 	munmap(m->va, m->length);
-	close(m->fd);
 	free(m);
 }
 
@@ -528,23 +526,21 @@ static bool is_memfd(int fd)
 	return strncmp(target, "/memfd:", 7) == 0;
 }
 
-/* Memory the daemon maps must stay put under a DMA mapping: only memfds sealed against
- * shrinking, tmpfs and hugetlbfs files qualify, and the range must lie inside the file. */
-static int check_memory(const struct map_entry *e)
+int session_check_file(int fd, struct map_file *out)
 {
 	struct statfs fs;
 	struct stat st;
 	int seals;
 
-	if (fstat(e->fd, &st) < 0 || fstatfs(e->fd, &fs) < 0)
+	if (fstat(fd, &st) < 0 || fstatfs(fd, &fs) < 0)
 		return fail(-EBADF, "the descriptor sent with the request cannot be examined (%s)",
 			    strerror(errno));
 	if (!S_ISREG(st.st_mode) || (fs.f_type != TMPFS_MAGIC && fs.f_type != HUGETLBFS_MAGIC))
 		return fail(-EINVAL, "the descriptor sent with the request is not a memfd, tmpfs "
 				     "or hugetlbfs file; create the memory with memfd_create "
 				     "(iommuctl_memfd) and seal it with F_SEAL_SHRINK");
-	if (is_memfd(e->fd)) {
-		seals = fcntl(e->fd, F_GET_SEALS);
+	if (is_memfd(fd)) {
+		seals = fcntl(fd, F_GET_SEALS);
 		if (seals < 0 || !(seals & F_SEAL_SHRINK))
 			return fail(-EINVAL,
 				    "the memfd is not sealed against shrinking, so it could "
@@ -552,21 +548,67 @@ static int check_memory(const struct map_entry *e)
 				    "MFD_ALLOW_SEALING and add F_SEAL_SHRINK "
 				    "(fcntl F_ADD_SEALS)");
 	}
+	*out = (struct map_file){
+		.fd = fd,
+		.size = (uint64_t)st.st_size,
+		.page_size = fs.f_type == HUGETLBFS_MAGIC ? (uint64_t)st.st_blksize : MAP_GRANULE,
+	};
+	return 0;
+}
+
+static int check_range(const struct map_entry *e)
+{
+	const struct map_file *f = e->file;
+
 	/* mmap would round a short length up to a huge page and munmap of the short length
 	 * would then fail, leaving the page mapped in the daemon. */
-	if (fs.f_type == HUGETLBFS_MAGIC &&
-	    (e->offset % (uint64_t)st.st_blksize || e->length % (uint64_t)st.st_blksize))
+	if (f->page_size != MAP_GRANULE && (e->offset % f->page_size || e->length % f->page_size))
 		return fail(-EINVAL,
 			    "on hugetlbfs, offset and length must be multiples of the huge page "
-			    "size (%ld bytes)",
-			    (long)st.st_blksize);
-	if (e->offset > (uint64_t)st.st_size || e->length > (uint64_t)st.st_size - e->offset)
+			    "size (%llu bytes)",
+			    (unsigned long long)f->page_size);
+	if (e->offset > f->size || e->length > f->size - e->offset)
 		return fail(-ERANGE,
-			    "range [0x%llx, +0x%llx) passes the end of the file (%lld bytes); grow "
+			    "range [0x%llx, +0x%llx) passes the end of the file (%llu bytes); grow "
 			    "the file or map less",
 			    (unsigned long long)e->offset, (unsigned long long)e->length,
-			    (long long)st.st_size);
+			    (unsigned long long)f->size);
 	return 0;
+}
+
+/* Maps the file range shared, at an address aligned like the offset to the largest page the
+ * range can hold: the emulated IOMMU's "physical" address is this address, so only then can
+ * it use 2 MiB and 1 GiB leaves (the kernel's shmem huge pages align the same way). */
+static void *map_range(const struct map_entry *e, int prot)
+{
+	uint64_t align = e->length >= (1ull << 30)   ? 1ull << 30
+			 : e->length >= (2ull << 20) ? 2ull << 20
+						     : MAP_GRANULE;
+	uint64_t span = e->length + 2 * align, phase = e->offset & (align - 1);
+	uintptr_t base, target;
+	void *reserved, *va;
+
+	if (align == MAP_GRANULE)
+		return mmap(NULL, e->length, prot, MAP_SHARED, e->file->fd, (off_t)e->offset);
+	reserved = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (reserved == MAP_FAILED)
+		return MAP_FAILED;
+	base = (uintptr_t)reserved;
+	target = ((base + align - 1) & ~(uintptr_t)(align - 1)) + phase;
+	va = mmap((void *)target, e->length, prot, MAP_SHARED | MAP_FIXED, e->file->fd,
+		  (off_t)e->offset);
+	if (va == MAP_FAILED) {
+		int saved = errno;
+
+		munmap(reserved, span);
+		errno = saved;
+		return MAP_FAILED;
+	}
+	/* Give back the reservation around the mapping. */
+	if (target > base)
+		munmap(reserved, target - base);
+	munmap((void *)(target + e->length), base + span - (target + e->length));
+	return va;
 }
 
 static int check_entry(struct session *s, const struct map_entry *e, struct domain_rec **dom)
@@ -603,7 +645,7 @@ static int check_entry(struct session *s, const struct map_entry *e, struct doma
 			(unsigned long long)e->length, (unsigned)s->tenant->uid,
 			(unsigned long long)rule->max_pinned_bytes,
 			(unsigned long long)used->pinned_bytes);
-	return check_memory(e);
+	return check_range(e);
 }
 
 int session_map(struct session *s, struct map_entry *e)
@@ -625,17 +667,10 @@ int session_map(struct session *s, struct map_entry *e)
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return fail(-ENOMEM, "out of memory");
-	m->fd = fcntl(e->fd, F_DUPFD_CLOEXEC, 3);
-	if (m->fd < 0) {
-		rc = -errno;
-		free(m);
-		return fail(rc, "cannot keep a reference to the memory: %s", strerror(-rc));
-	}
 	/* The backend takes memory by address; the pages stay shared with the client's file. */
-	m->va = mmap(NULL, e->length, mmap_prot, MAP_SHARED, m->fd, (off_t)e->offset);
+	m->va = map_range(e, mmap_prot);
 	if (m->va == MAP_FAILED) {
 		rc = -errno;
-		close(m->fd);
 		free(m);
 		if (rc == -EACCES)
 			return fail(rc,
@@ -647,7 +682,6 @@ int session_map(struct session *s, struct map_entry *e)
 	rc = kh_map(s->ctx, e->domain_id, &req);
 	if (rc < 0) {
 		munmap(m->va, e->length);
-		close(m->fd);
 		free(m);
 		return fail_kh(rc, "cannot map");
 	}

@@ -13,9 +13,11 @@
  * connection open until ReleaseLease and then released with their last connection.
  *
  * Ownership: the registry owns tenants and sessions; a session owns its kernel-helper context,
- * its domain records and, through them, the mapping records. A mapping record owns a duplicate
- * of the client's file descriptor and the daemon's mmap of the range, both kept until the unmap
- * has completed in the kernel, so the memory cannot go away under a live DMA mapping.
+ * its domain records and, through them, the mapping records. A mapping record owns the daemon's
+ * shared mmap of the client's file range; the mapping holds a reference on the file, so no
+ * descriptor is kept (a daemon of many mappings would otherwise run out of them), and it is
+ * only unmapped once the backend's unmap has completed, so the memory cannot go away under a
+ * live DMA mapping.
  */
 #ifndef IOMMUD_SESSION_H
 #define IOMMUD_SESSION_H
@@ -85,9 +87,20 @@ int session_alloc_domain(struct session *s, const char *device,
 			 const struct kh_domain_alloc_args *args, uint32_t *domain_id);
 int session_free_domain(struct session *s, uint32_t domain_id);
 
+/* A file a client sent to be mapped, checked once per request however many entries use it. */
+struct map_file {
+	int fd; /* borrowed from the request */
+	uint64_t size;
+	uint64_t page_size; /* hugetlbfs: its huge page; offsets and lengths must be multiples */
+};
+
+/* Checks that the memory behind fd may be mapped: a memfd sealed against shrinking, or a
+ * tmpfs or hugetlbfs file, so it cannot go away under a DMA mapping. */
+int session_check_file(int fd, struct map_file *out);
+
 struct map_entry {
 	uint32_t domain_id;
-	int fd; /* borrowed: the session keeps a duplicate */
+	const struct map_file *file; /* checked with session_check_file */
 	uint64_t offset;
 	uint64_t length;
 	uint32_t prot; /* KH_PROT_* */
@@ -96,7 +109,7 @@ struct map_entry {
 	uint64_t alignment;
 };
 
-/* Checks the file and range, charges the quota, maps. */
+/* Checks the range against the file, charges the quota, maps. */
 int session_map(struct session *s, struct map_entry *entry);
 /* Removes the mappings wholly inside [iova, iova+length) (UINT64_MAX length from iova 0: all),
  * releasing their memory references once the backend has unmapped them. */

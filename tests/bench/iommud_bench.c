@@ -30,15 +30,12 @@
 
 #include "daemon_fixture.h"
 
-#define KiB   (1ull << 10)
-#define MiB   (1ull << 20)
-#define PAGE  (4 * KiB)
-#define IOVA  (1ull << 30) /* inside every aperture, clear of the x86 MSI window */
-#define BATCH 512	   /* MapBatch entries per request in part 2 */
-/* Part 3's batches are smaller: the daemon keeps a descriptor per mapping, and 64 clients'
- * batches at once must stay within its limit of open files. */
-#define SCALE_BATCH 128
-#define ROUNDS	    4 /* part 1 alternates daemon and baseline this many times */
+#define KiB	    (1ull << 10)
+#define MiB	    (1ull << 20)
+#define PAGE	    (4 * KiB)
+#define IOVA	    (1ull << 30) /* inside every aperture, clear of the x86 MSI window */
+#define BATCH	    512		 /* MapBatch entries per request */
+#define ROUNDS	    4		 /* part 1 alternates daemon and baseline this many times */
 #define MAX_CLIENTS 64
 
 static struct {
@@ -669,7 +666,7 @@ static void *client_run(void *arg)
 		b = malloc(sizeof(*b));
 		if (!b)
 			fail("allocating a batch", strerror(ENOMEM));
-		batch_init(b, cl->dom, SCALE_BATCH);
+		batch_init(b, cl->dom, BATCH);
 	}
 	pthread_barrier_wait(cl->start);
 	cl->start_ns = now_ns();
@@ -684,7 +681,7 @@ static void *client_run(void *arg)
 			batch_map(cl->conn, b, cl->mem, 0);
 			check_call(cl->conn, iommuctl_unmap_all(cl->conn, cl->dom, NULL),
 				   "UnmapAll");
-			cl->pages += SCALE_BATCH;
+			cl->pages += BATCH;
 		}
 		end = now_ns();
 		samples_add(&cl->latency, end - t);
@@ -746,7 +743,7 @@ static void part_scaling(void)
 	       "   per count. Map+Unmap of 4 KiB: pairs/s over all clients and the latency of\n"
 	       "   one pair; MapBatch of %u x 4 KiB then UnmapAll: pages/s and one cycle's "
 	       "latency\n\n",
-	       opt.level_seconds, SCALE_BATCH);
+	       opt.level_seconds, BATCH);
 	printf("%-7s %9s %5s %5s %9s %9s  %9s %5s %5s %10s %10s\n", "clients", "pairs/s", "x1",
 	       "fair", "pair-med", "pair-p99", "pages/s", "x1", "fair", "batch-med", "batch-p99");
 	for (unsigned n = 1; n <= opt.clients_max; n *= 2) {
@@ -754,7 +751,7 @@ static void part_scaling(void)
 
 		for (unsigned i = 0; i < n; i++) {
 			clients[i].conn = client_open(&clients[i].dom);
-			clients[i].mem = memfd(SCALE_BATCH * PAGE);
+			clients[i].mem = memfd(BATCH * PAGE);
 		}
 		pairs = run_level(clients, n, MAP_UNMAP);
 		batches = run_level(clients, n, MAP_BATCH);
@@ -802,9 +799,8 @@ static void usage(FILE *out)
 		"     against the same pages mapped one by one with kh_map and removed with\n"
 		"     one kh_unmap inside this process on kernel-helper's emulated backend.\n"
 		"     Map and unmap ns per page, pages/s of the whole cycle, and the time\n"
-		"     ratios daemon/in-process. Per page the daemon does more: it checks the\n"
-		"     file, maps it into its own address space, keeps a descriptor and a\n"
-		"     record.\n"
+		"     ratios daemon/in-process. Per page the daemon does more: it maps the\n"
+		"     file range into its own address space and keeps a record of it.\n"
 		"  3. Scaling: 1, 2, 4, ... up to --clients-max clients at once, each a thread\n"
 		"     with its own connection and domain, each count for a fixed time. For\n"
 		"     Map+Unmap of 4 KiB: pairs per second over all clients, the same relative\n"
@@ -818,9 +814,8 @@ static void usage(FILE *out)
 		"Options:\n"
 		"  -s, --socket PATH    measure the daemon listening at PATH instead of starting\n"
 		"                       one; this uid needs write access to a paging device,\n"
-		"                       quotas for %d domains, 256 MiB and %u mappings, and\n"
-		"                       the daemon as many descriptors (it keeps one per\n"
-		"                       mapping); part 2 still compares with the emulated backend\n"
+		"                       quotas for %d domains, 256 MiB and %u mappings; part 2\n"
+		"                       still compares with the emulated backend\n"
 		"  -d, --daemon PATH    the iommud binary to start (default: $IOMMUD_DAEMON if\n"
 		"                       set, else the one this build made:\n"
 		"                       %s)\n"
@@ -839,8 +834,8 @@ static void usage(FILE *out)
 		"\n"
 		"Exit status: 0 after printing, 1 if a step failed (the message says which), 2 on\n"
 		"a usage error.\n",
-		opt.batches_per_round * BATCH, BATCH, SCALE_BATCH, MAX_CLIENTS,
-		MAX_CLIENTS * SCALE_BATCH, IOMMUD_BIN, MAX_CLIENTS, MAX_CLIENTS);
+		opt.batches_per_round * BATCH, BATCH, BATCH, MAX_CLIENTS, MAX_CLIENTS * BATCH,
+		IOMMUD_BIN, MAX_CLIENTS, MAX_CLIENTS);
 }
 
 static unsigned parse_count(const char *arg, unsigned max)

@@ -137,6 +137,21 @@ int fixture_fd_count(const struct daemon_fixture *f)
 	return count;
 }
 
+int fixture_memfd_mappings(const struct daemon_fixture *f)
+{
+	char path[64], line[512];
+	int count = 0;
+	FILE *maps;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)f->pid);
+	maps = fopen(path, "r");
+	CHECK(maps != NULL);
+	while (fgets(line, sizeof(line), maps))
+		count += strstr(line, "/memfd:") != NULL;
+	fclose(maps);
+	return count;
+}
+
 int raw_connect(const struct daemon_fixture *f)
 {
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};

@@ -32,6 +32,10 @@ void fixture_stop(struct daemon_fixture *f);
  * none of the files and pipes clients sent. */
 int fixture_fd_count(const struct daemon_fixture *f);
 
+/* Mappings of memfds in the daemon's address space: each client mapping holds one, until its
+ * unmap. */
+int fixture_memfd_mappings(const struct daemon_fixture *f);
+
 /* A connected SOCK_SEQPACKET socket to the daemon, without any protocol. */
 int raw_connect(const struct daemon_fixture *f);
 /* Sends len bytes as one packet with n_fds descriptors. */

@@ -162,6 +162,7 @@ int main(void)
 	for (int i = 0; i < 500 && fixture_fd_count(&daemon_under_test) != baseline; i++)
 		usleep(10000);
 	CHECK_EQ(fixture_fd_count(&daemon_under_test), baseline);
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
 	{
 		Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
 		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
