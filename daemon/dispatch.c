@@ -40,16 +40,23 @@ struct call {
 	int failed_index;
 	void **allocs;
 	size_t n_allocs;
+	size_t cap_allocs;
 };
 
 static void *call_alloc(struct call *call, size_t size)
 {
-	void **grown = realloc(call->allocs, (call->n_allocs + 1) * sizeof(*grown));
 	void *p;
 
-	if (!grown)
-		return NULL;
-	call->allocs = grown;
+	/* Replies of many parts (a page of mappings) make many allocations: grow by doubling. */
+	if (call->n_allocs == call->cap_allocs) {
+		size_t cap = call->cap_allocs ? 2 * call->cap_allocs : 16;
+		void **grown = realloc(call->allocs, cap * sizeof(*grown));
+
+		if (!grown)
+			return NULL;
+		call->allocs = grown;
+		call->cap_allocs = cap;
+	}
 	p = calloc(1, size ? size : 1);
 	if (p)
 		call->allocs[call->n_allocs++] = p;
@@ -194,18 +201,22 @@ static int do_hello(struct call *call)
 
 static int fill_device(struct call *call, size_t index, Iommud__V1__Device *out)
 {
-	struct kh_iova_range ranges[16];
+	struct kh_iova_range *ranges;
 	struct kh_device_info info;
 	Iommud__V1__HwInfo *hw;
 	int n, rc = kh_device_info(call->d->be, index, &info);
 
 	if (rc < 0)
 		return fail_kh(rc, "cannot describe the device");
-	n = kh_device_reserved_regions(call->d->be, index, ranges, 16);
+	n = kh_device_reserved_regions(call->d->be, index, NULL, 0);
 	if (n < 0)
 		return fail_kh(n, "cannot read the device's reserved regions");
-	if (n > 16)
-		n = 16;
+	ranges = call_alloc(call, (size_t)n * sizeof(*ranges));
+	if (!ranges)
+		return nomem();
+	n = kh_device_reserved_regions(call->d->be, index, ranges, (size_t)n);
+	if (n < 0)
+		return fail_kh(n, "cannot read the device's reserved regions");
 	iommud__v1__device__init(out);
 	hw = call_alloc(call, sizeof(*hw));
 	out->name = call_strdup(call, info.name);
