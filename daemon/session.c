@@ -393,8 +393,8 @@ int session_device(struct session *s, const char *name, bool bind, uint32_t *dev
 		free(dev);
 		if (rc == -EBUSY)
 			return fail(rc,
-				    "device '%s' is in use by another session (%s); it becomes "
-				    "free when that session ends",
+				    "cannot take device '%s': %s; a device is free again once the "
+				    "session holding it has ended and no one holds a VFIO fd of it",
 				    name, kh_last_error());
 		return fail_kh(rc, "cannot bind the device");
 	}

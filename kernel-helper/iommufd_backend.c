@@ -407,6 +407,13 @@ static int iommufd_bind(struct kh_ctx *ctx, struct kh_device *dev)
 	}
 	rc = kernel_call(b->fd, VFIO_DEVICE_BIND_IOMMUFD, &bind,
 			 "VFIO_DEVICE_BIND_IOMMUFD of %s", dev->bdev->info.name);
+	/* VFIO refuses a second open device file with EINVAL: the device is still open through
+	 * an fd handed out earlier (kh_device_open_fd), which keeps its old binding alive. */
+	if (rc == -EINVAL)
+		rc = kh_fail(-EBUSY,
+			     "%s is still open through a VFIO device fd handed out for an earlier "
+			     "binding; it can be bound again once whoever holds that fd closes it",
+			     dev->bdev->info.name);
 	if (rc < 0) {
 		close(b->fd);
 		free(b);

@@ -18,7 +18,7 @@
 #include "daemon_fixture.h"
 #include "edu.h"
 
-#define PAGE 4096u
+#define PAGE	 4096u
 #define SRC_IOVA 0x100000u /* edu masks DMA addresses to 28 bits: stay below 256 MiB */
 #define DST_IOVA 0x101000u
 
@@ -90,7 +90,8 @@ int main(void)
 	}
 	printf("using %s\n", name);
 
-	check_call(c, iommuctl_alloc_domain(c, name, IOMMUCTL_DOMAIN_PAGING, 0, &dom), "AllocDomain");
+	check_call(c, iommuctl_alloc_domain(c, name, IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+		   "AllocDomain");
 	check_call(c, iommuctl_attach(c, name, dom), "AttachDevice");
 	memfd = iommuctl_memfd("edu", 2 * PAGE);
 	CHECK_OK(memfd);
@@ -104,8 +105,8 @@ int main(void)
 		   "Map source");
 	iova = DST_IOVA;
 	check_call(c,
-		   iommuctl_map_fd(c, dom, memfd, PAGE, PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE,
-				   true, 0, &iova),
+		   iommuctl_map_fd(c, dom, memfd, PAGE, PAGE,
+				   IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
 		   "Map destination");
 
 	vfio = iommuctl_open_device(c, name);
@@ -125,7 +126,52 @@ int main(void)
 	CHECK(all_bytes(mem + PAGE, PAGE, 0xee));
 	printf("ok: after Unmap the same DMA is blocked\n");
 
+	/* The session ends with its connection while the client still holds the device's fd:
+	 * the daemon detaches the device, so that fd cannot reach the memory any more. */
+	iova = DST_IOVA;
+	check_call(c,
+		   iommuctl_map_fd(c, dom, memfd, PAGE, PAGE,
+				   IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
+		   "Map destination again");
+	iommuctl_close(c);
+	/* The daemon learns of the close in its own time: wait until another session sees the
+	 * session gone (its quota back to nothing). */
+	CHECK_OK(iommuctl_connect(daemon.socket_path, &c));
+	for (int i = 0; i < 500; i++) {
+		Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
+		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+		Iommud__V1__Response *resp;
+		uint64_t mappings;
+
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
+		req.get_stats = &stats;
+		check_call(c, iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL), "GetStats");
+		mappings = resp->get_stats->quota->mappings;
+		iommuctl_response_free(resp);
+		if (!mappings)
+			break;
+		usleep(10000);
+	}
+	memset(mem + PAGE, 0x5a, PAGE);
+	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
+	CHECK(all_bytes(mem + PAGE, PAGE, 0x5a));
+	printf("ok: after its session ended, the device's fd no longer reaches the memory\n");
+
+	/* While that fd is open, the device's old binding lives on in the kernel: another
+	 * session cannot take the device, and is told why. */
+	check_call(c, iommuctl_alloc_domain(c, name, IOMMUCTL_DOMAIN_PAGING, 0, &dom) == 0 ? -1 : 0,
+		   "AllocDomain while the old fd is open (must fail)");
+	CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_FAILED_PRECONDITION);
+	CHECK(strstr(iommuctl_last_error(c), "still open") != NULL);
+	printf("ok: while the old fd is open, a new session is refused: %s\n",
+	       iommuctl_last_error(c));
+	/* Once the fd is closed too, the device is free for another session. */
 	close(vfio);
+	check_call(c, iommuctl_alloc_domain(c, name, IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+		   "AllocDomain in a new session");
+	check_call(c, iommuctl_attach(c, name, dom), "AttachDevice in a new session");
+	printf("ok: a new session took the device\n");
+
 	munmap(mem, 2 * PAGE);
 	close(memfd);
 	free(name);
