@@ -403,47 +403,43 @@ static int do_attach_device(struct call *call)
 	return rc < 0 ? fail_kh(rc, "cannot attach") : 0;
 }
 
-static int do_replace_domain(struct call *call)
+/* ReplaceDomain and DetachDevice both move an attached device off its domain and report it. */
+static int leave_domain(struct call *call, const char *device, bool replace, uint32_t new_domain,
+			uint32_t *old_domain)
 {
-	const Iommud__V1__ReplaceDomainRequest *r = call->req->replace_domain;
-	Iommud__V1__ReplaceDomainReply *reply;
 	struct kh_ctx *ctx;
 	uint32_t dev_id;
-	int rc = device_id(call, r->device, false, &dev_id);
+	int rc = device_id(call, device, false, &dev_id);
 
 	if (rc < 0)
 		return rc;
 	ctx = session_ctx(call->client->session);
-	reply = REPLY(call, replace_domain_reply);
+	kh_device_domain(ctx, dev_id, old_domain);
+	if (!*old_domain)
+		return fail(-EINVAL, "device '%s' is not attached to a domain%s", device,
+			    replace ? "; attach it instead" : "");
+	rc = replace ? kh_replace(ctx, dev_id, new_domain) : kh_detach(ctx, dev_id);
+	return rc < 0 ? fail_kh(rc, replace ? "cannot replace the domain" : "cannot detach") : 0;
+}
+
+static int do_replace_domain(struct call *call)
+{
+	const Iommud__V1__ReplaceDomainRequest *r = call->req->replace_domain;
+	Iommud__V1__ReplaceDomainReply *reply = REPLY(call, replace_domain_reply);
+
 	if (!reply)
 		return nomem();
-	kh_device_domain(ctx, dev_id, &reply->old_domain_id);
-	if (!reply->old_domain_id)
-		return fail(-EINVAL, "device '%s' is not attached to a domain; attach it instead",
-			    r->device);
-	rc = kh_replace(ctx, dev_id, r->domain_id);
-	return rc < 0 ? fail_kh(rc, "cannot replace the domain") : 0;
+	return leave_domain(call, r->device, true, r->domain_id, &reply->old_domain_id);
 }
 
 static int do_detach_device(struct call *call)
 {
-	const Iommud__V1__DetachDeviceRequest *r = call->req->detach_device;
-	Iommud__V1__DetachDeviceReply *reply;
-	struct kh_ctx *ctx;
-	uint32_t dev_id;
-	int rc = device_id(call, r->device, false, &dev_id);
+	Iommud__V1__DetachDeviceReply *reply = REPLY(call, detach_device_reply);
 
-	if (rc < 0)
-		return rc;
-	ctx = session_ctx(call->client->session);
-	reply = REPLY(call, detach_device_reply);
 	if (!reply)
 		return nomem();
-	kh_device_domain(ctx, dev_id, &reply->old_domain_id);
-	if (!reply->old_domain_id)
-		return fail(-EINVAL, "device '%s' is not attached to a domain", r->device);
-	rc = kh_detach(ctx, dev_id);
-	return rc < 0 ? fail_kh(rc, "cannot detach") : 0;
+	return leave_domain(call, call->req->detach_device->device, false, 0,
+			    &reply->old_domain_id);
 }
 
 static int do_open_device(struct call *call)

@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <iommuctl.h>
+
 #include "check.h"
 
 static void write_file(const char *path, const char *text)
@@ -229,6 +231,25 @@ Iommud__V1__Response *raw_recv(int fd, size_t *n_fds)
 	CHECK(resp != NULL);
 	CHECK(resp->status != NULL);
 	return resp;
+}
+
+void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *connections)
+{
+	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
+	req.get_stats = &stats;
+	if (iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL) < 0) {
+		fprintf(stderr, "GetStats failed: %s\n", iommuctl_last_error(c));
+		abort();
+	}
+	if (quota)
+		*quota = *resp->get_stats->quota;
+	if (connections)
+		*connections = resp->get_stats->connections;
+	iommuctl_response_free(resp);
 }
 
 int run_as(uid_t uid, int (*fn)(void *), void *arg)

@@ -46,6 +46,12 @@ void raw_send_request(int fd, const Iommud__V1__Request *req, const int *fds, si
  * descriptors that came with it are closed and counted in *n_fds (may be NULL). */
 Iommud__V1__Response *raw_recv(int fd, size_t *n_fds);
 
+struct iommuctl;
+
+/* The daemon's GetStats as the client sees it: its tenant's quota and usage, and the
+ * daemon's count of open connections (either may be NULL). */
+void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *connections);
+
 /* Runs fn in a child process with the given uid (and gid), returning its exit status; for
  * tenants other than the test's own. */
 int run_as(uid_t uid, int (*fn)(void *), void *arg);

@@ -164,20 +164,16 @@ int main(void)
 	CHECK_EQ(fixture_fd_count(&daemon_under_test), baseline);
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
 	{
-		Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
-		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-		Iommud__V1__Response *resp;
+		Iommud__V1__Quota quota;
+		uint32_t connections;
 		struct iommuctl *c;
 
 		CHECK_OK(iommuctl_connect(daemon_under_test.socket_path, &c));
-		req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
-		req.get_stats = &stats;
-		CHECK_OK(iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL));
-		CHECK_EQ(resp->get_stats->quota->domains, 0);
-		CHECK_EQ(resp->get_stats->quota->mappings, 0);
-		CHECK_EQ(resp->get_stats->quota->pinned_bytes, 0);
-		CHECK_EQ(resp->get_stats->connections, 1);
-		iommuctl_response_free(resp);
+		fixture_stats(c, &quota, &connections);
+		CHECK_EQ(quota.domains, 0);
+		CHECK_EQ(quota.mappings, 0);
+		CHECK_EQ(quota.pinned_bytes, 0);
+		CHECK_EQ(connections, 1);
 		iommuctl_close(c);
 	}
 	fixture_stop(&daemon_under_test);

@@ -107,17 +107,9 @@ static Iommud__V1__Response *call(struct iommuctl *c, Iommud__V1__Request *req, 
 
 static Iommud__V1__Quota quota_of(struct iommuctl *c)
 {
-	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	Iommud__V1__Response *resp;
 	Iommud__V1__Quota quota;
 
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
-	req.get_stats = &stats;
-	resp = call(c, &req, NULL, 0);
-	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
-	quota = *resp->get_stats->quota;
-	iommuctl_response_free(resp);
+	fixture_stats(c, &quota, NULL);
 	return quota;
 }
 

@@ -138,17 +138,10 @@ int main(void)
 	 * session gone (its quota back to nothing). */
 	CHECK_OK(iommuctl_connect(daemon.socket_path, &c));
 	for (int i = 0; i < 500; i++) {
-		Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
-		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-		Iommud__V1__Response *resp;
-		uint64_t mappings;
+		Iommud__V1__Quota quota;
 
-		req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
-		req.get_stats = &stats;
-		check_call(c, iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL), "GetStats");
-		mappings = resp->get_stats->quota->mappings;
-		iommuctl_response_free(resp);
-		if (!mappings)
+		fixture_stats(c, &quota, NULL);
+		if (!quota.mappings)
 			break;
 		usleep(10000);
 	}
