@@ -491,11 +491,16 @@ static void field_strings(const char *key, char *const *items, size_t n)
 
 static void show_help(const struct command *cmd);
 
-/* The cases every option loop shares: a command's --help, and mistakes. */
+/* The cases every option loop shares: a command's --help, --json where a person naturally
+ * writes it (after the command: "iommuctl devices --json"), and mistakes. */
 static void other_option(const struct command *cmd, int ch, char **argv)
 {
 	if (ch == 'h' && cmd)
 		show_help(cmd);
+	if (cmd && ch == '?' && !optopt && strcmp(argv[optind - 1], "--json") == 0) {
+		g.json = true;
+		return;
+	}
 	if (ch == ':')
 		usage_error(cmd, "option '%s' needs a value", argv[optind - 1]);
 	if (optopt && optopt != ':')
@@ -1329,7 +1334,7 @@ static void usage(void)
 	for (size_t i = 0; i < NCOMMANDS; i++)
 		printf("  %-14s %s\n", commands[i].name, commands[i].summary);
 	printf("\n"
-	       "Global options (before the command):\n"
+	       "Global options (before the command; --json may also follow it):\n"
 	       "  -s, --socket PATH  iommud's socket (default: $IOMMUD_SOCKET, else %s)\n"
 	       "  -j, --json         print one JSON object instead of text\n"
 	       "  -l, --lease NAME   work in the named session NAME, which outlives iommuctl\n"

@@ -48,6 +48,8 @@ done
 expect 0 '*backend*emulated*write*' hello
 expect 0 '*emu0*yes*emu1*no*' devices
 expect 0 '{"devices":[{"name":"emu0"*' --json devices
+# --json also where people write it, after the command
+expect 0 '{"devices":[{"name":"emu0"*' devices --json
 if command -v python3 >/dev/null; then
 	printf '%s' "$last" | python3 -m json.tool >/dev/null || fail "devices --json is not JSON"
 fi
