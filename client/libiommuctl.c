@@ -507,45 +507,45 @@ int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t off
 	return 0;
 }
 
+/* Unmap and UnmapAll: send, then report the bytes their replies count. */
+static int call_unmapped(struct iommuctl *c, Iommud__V1__Request *req, uint64_t *unmapped)
+{
+	Iommud__V1__Response *r;
+	int err = iommuctl_call(c, req, NULL, 0, &r, NULL, 0, NULL);
+
+	if (err)
+		return err;
+	if (unmapped)
+		*unmapped = r->result_case == IOMMUD__V1__RESPONSE__RESULT_UNMAP
+				    ? r->unmap->unmapped_bytes
+				    : r->unmap_all->unmapped_bytes;
+	iommuctl_response_free(r);
+	return 0;
+}
+
 int iommuctl_unmap(struct iommuctl *c, uint32_t domain_id, uint64_t iova, uint64_t length,
 		   uint64_t *unmapped)
 {
 	Iommud__V1__UnmapRequest unmap = IOMMUD__V1__UNMAP_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	Iommud__V1__Response *r;
-	int err;
 
 	unmap.domain_id = domain_id;
 	unmap.iova = iova;
 	unmap.length = length;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP;
 	req.unmap = &unmap;
-	err = iommuctl_call(c, &req, NULL, 0, &r, NULL, 0, NULL);
-	if (err)
-		return err;
-	if (unmapped)
-		*unmapped = r->unmap->unmapped_bytes;
-	iommuctl_response_free(r);
-	return 0;
+	return call_unmapped(c, &req, unmapped);
 }
 
 int iommuctl_unmap_all(struct iommuctl *c, uint32_t domain_id, uint64_t *unmapped)
 {
 	Iommud__V1__UnmapAllRequest unmap_all = IOMMUD__V1__UNMAP_ALL_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	Iommud__V1__Response *r;
-	int err;
 
 	unmap_all.domain_id = domain_id;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL;
 	req.unmap_all = &unmap_all;
-	err = iommuctl_call(c, &req, NULL, 0, &r, NULL, 0, NULL);
-	if (err)
-		return err;
-	if (unmapped)
-		*unmapped = r->unmap_all->unmapped_bytes;
-	iommuctl_response_free(r);
-	return 0;
+	return call_unmapped(c, &req, unmapped);
 }
 
 int iommuctl_open_device(struct iommuctl *c, const char *device)

@@ -113,16 +113,29 @@ static Iommud__V1__Quota quota_of(struct iommuctl *c)
 	return quota;
 }
 
+/* Calls a method whose request has no fields (ListDevices, ListDomains, ReleaseLease). */
+static Iommud__V1__Response *call_bare(struct iommuctl *c, Iommud__V1__Request__MethodCase method)
+{
+	const ProtobufCFieldDescriptor *field =
+		protobuf_c_message_descriptor_get_field(&iommud__v1__request__descriptor, method);
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	ProtobufCMessage empty;
+
+	CHECK(field && field->descriptor);
+	CHECK_EQ(((const ProtobufCMessageDescriptor *)field->descriptor)->sizeof_message,
+		 sizeof(empty));
+	protobuf_c_message_init(field->descriptor, &empty);
+	req.method_case = method;
+	/* Every member of the method union is a message pointer at the same place. */
+	req.list_devices = (Iommud__V1__ListDevicesRequest *)&empty;
+	return call(c, &req, NULL, 0);
+}
+
 static size_t domain_count(struct iommuctl *c)
 {
-	Iommud__V1__ListDomainsRequest list = IOMMUD__V1__LIST_DOMAINS_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	Iommud__V1__Response *resp;
+	Iommud__V1__Response *resp = call_bare(c, IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS);
 	size_t n;
 
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS;
-	req.list_domains = &list;
-	resp = call(c, &req, NULL, 0);
 	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
 	n = resp->list_domains->n_domains;
 	iommuctl_response_free(resp);
@@ -325,17 +338,13 @@ static void test_session_lifetime(void)
 	CHECK_EQ(domain_count(watcher), 0);
 	/* ...until released and left. */
 	{
-		Iommud__V1__ReleaseLeaseRequest release = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
-		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-		Iommud__V1__Response *resp;
+		Iommud__V1__Response *resp =
+			call_bare(c, IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE);
 
-		req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
-		req.release_lease = &release;
-		resp = call(c, &req, NULL, 0);
 		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
 		iommuctl_response_free(resp);
 		/* The anonymous session has no lease to release. */
-		resp = call(watcher, &req, NULL, 0);
+		resp = call_bare(watcher, IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE);
 		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_FAILED_PRECONDITION);
 		iommuctl_response_free(resp);
 	}
@@ -693,13 +702,8 @@ static int as_stranger(void *arg)
 	CHECK_EQ(hello->uid, STRANGER_UID);
 	iommud__v1__hello_reply__free_unpacked(hello, NULL);
 	{
-		Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
-		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-		Iommud__V1__Response *resp;
+		Iommud__V1__Response *resp = call_bare(c, IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES);
 
-		req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES;
-		req.list_devices = &list;
-		resp = call(c, &req, NULL, 0);
 		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_PERMISSION_DENIED);
 		iommuctl_response_free(resp);
 	}
@@ -780,13 +784,8 @@ static int bystander(void *arg)
 	CHECK_EQ(quota_of(c).mappings, BYSTANDER_MAPPINGS);
 	CHECK_EQ(quota_of(c).pinned_bytes, BYSTANDER_MAPPINGS * PAGE);
 	{
-		Iommud__V1__ListDomainsRequest list = IOMMUD__V1__LIST_DOMAINS_REQUEST__INIT;
-		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-		Iommud__V1__Response *resp;
+		Iommud__V1__Response *resp = call_bare(c, IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS);
 
-		req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS;
-		req.list_domains = &list;
-		resp = call(c, &req, NULL, 0);
 		CHECK_EQ(resp->list_domains->domains[0]->n_attached, 1);
 		CHECK(strcmp(resp->list_domains->domains[0]->attached[0], "emu2") == 0);
 		dom = resp->list_domains->domains[0]->domain_id;
@@ -796,13 +795,9 @@ static int bystander(void *arg)
 	for (unsigned i = 0; i < BYSTANDER_MAPPINGS; i++)
 		CHECK_EQ(iovas[i], 0x7000000 + i * 0x10000);
 	{
-		Iommud__V1__ReleaseLeaseRequest release = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
-		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-		Iommud__V1__Response *resp;
+		Iommud__V1__Response *resp =
+			call_bare(c, IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE);
 
-		req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
-		req.release_lease = &release;
-		resp = call(c, &req, NULL, 0);
 		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
 		iommuctl_response_free(resp);
 	}
