@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <names.h>
+
 #include "log.h"
 
 /* Quotas of a section that does not set them: enough for a VM with a few devices. */
@@ -53,14 +55,14 @@ int config_defaults(struct config *cfg)
 	*cfg = (struct config){
 		.socket_path = strdup(IOMMUD_DEFAULT_SOCKET),
 		.socket_mode = 0666,
-		.backend = strdup("auto"),
+		.backend = IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED,
 		.log_level = LOG_INFO,
 		.max_connections = 4096,
 		.default_access = ACCESS_READ,
 		.rules = calloc(1, sizeof(struct access_rule)),
 		.n_rules = 1,
 	};
-	if (!cfg->socket_path || !cfg->backend || !cfg->rules)
+	if (!cfg->socket_path || !cfg->rules)
 		goto nomem;
 	cfg->rules[0] = (struct access_rule){
 		.id = 0,
@@ -97,7 +99,6 @@ void config_free(struct config *cfg)
 		rule_free(&cfg->rules[i]);
 	free(cfg->rules);
 	free(cfg->socket_path);
-	free(cfg->backend);
 	free(cfg->topology);
 	*cfg = (struct config){0};
 }
@@ -121,18 +122,53 @@ static int bad(struct load_state *st, const char *fmt, ...)
 	return 0;
 }
 
-static int parse_access(const char *value, enum access *out)
+const char *config_access_name(enum access access)
 {
-	static const char *const names[] = {
-		[ACCESS_NONE] = "none", [ACCESS_READ] = "read", [ACCESS_WRITE] = "write"};
+	return iommud_name(&iommud_access_names, (int)access);
+}
 
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		if (strcmp(value, names[i]) == 0) {
-			*out = (enum access)i;
-			return 0;
-		}
-	}
-	return -EINVAL;
+/* Sets *ret_access from the value of the key, or says what the key takes. */
+static int access_key(struct load_state *st, const char *key, const char *value,
+		      enum access *ret_access)
+{
+	char choices[64];
+	int level;
+
+	if (iommud_value(&iommud_access_names, value, &level) < 0)
+		return bad(st, "%s must be %s, not '%s'", key,
+			   iommud_names_list(&iommud_access_names, choices, sizeof(choices)),
+			   value);
+	*ret_access = (enum access)level;
+	return 1;
+}
+
+#define AUTO_BACKEND "auto"
+
+int config_parse_backend(const char *name, Iommud__V1__Backend *ret_backend)
+{
+	int backend = IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED;
+
+	if (strcmp(name, AUTO_BACKEND) != 0 &&
+	    iommud_value(&iommud_backend_names, name, &backend) < 0)
+		return -EINVAL;
+	*ret_backend = (Iommud__V1__Backend)backend;
+	return 0;
+}
+
+const char *config_backend_name(Iommud__V1__Backend backend)
+{
+	return backend == IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED
+		       ? AUTO_BACKEND
+		       : iommud_name(&iommud_backend_names, (int)backend);
+}
+
+const char *config_backend_choices(char *buf, size_t size)
+{
+	size_t used = (size_t)snprintf(buf, size, AUTO_BACKEND ", ");
+
+	if (used < size)
+		(void)iommud_names_list(&iommud_backend_names, buf + used, size - used);
+	return buf;
 }
 
 static int replace_string(char **slot, const char *value)
@@ -167,10 +203,12 @@ static int daemon_key(struct load_state *st, const char *name, const char *value
 		return 1;
 	}
 	if (strcmp(name, "backend") == 0) {
-		if (strcmp(value, "auto") && strcmp(value, "iommufd") && strcmp(value, "emulated"))
-			return bad(st, "backend must be auto, iommufd or emulated, not '%s'",
-				   value);
-		return replace_string(&cfg->backend, value) == 0 ? 1 : bad(st, "out of memory");
+		char choices[64];
+
+		if (config_parse_backend(value, &cfg->backend) < 0)
+			return bad(st, "backend must be %s, not '%s'",
+				   config_backend_choices(choices, sizeof(choices)), value);
+		return 1;
 	}
 	if (strcmp(name, "topology") == 0)
 		return replace_string(&cfg->topology, value) == 0 ? 1 : bad(st, "out of memory");
@@ -235,11 +273,8 @@ static int rule_key(struct load_state *st, struct access_rule *rule, const char 
 {
 	uint64_t *quota = NULL;
 
-	if (strcmp(name, "access") == 0) {
-		if (parse_access(value, &rule->access) < 0)
-			return bad(st, "access must be none, read or write, not '%s'", value);
-		return 1;
-	}
+	if (strcmp(name, "access") == 0)
+		return access_key(st, name, value, &rule->access);
 	if (strcmp(name, "devices") == 0)
 		return set_devices(rule, value) == 0 ? 1 : bad(st, "out of memory");
 	if (strcmp(name, "max-domains") == 0)
@@ -348,9 +383,7 @@ static int on_ini_entry(void *user, const char *section, const char *name, const
 	if (strcmp(section, "access") == 0) {
 		if (strcmp(name, "default") != 0)
 			return bad(st, "unknown key '%s' in [access]; known: default", name);
-		if (parse_access(value, &cfg->default_access) < 0)
-			return bad(st, "default must be none, read or write, not '%s'", value);
-		return 1;
+		return access_key(st, name, value, &cfg->default_access);
 	}
 	for (size_t i = 0; i < cfg->n_rules; i++)
 		if (strcmp(cfg->rules[i].section, section) == 0)

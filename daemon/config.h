@@ -13,13 +13,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <iommud.pb-c.h>
+
 #define IOMMUD_DEFAULT_CONFIG "/etc/iommud/iommud.conf"
 #define IOMMUD_DEFAULT_SOCKET "/run/iommud/iommud.sock"
 
+/* The schema's Access levels (proto/iommud.proto), whose names the configuration uses. */
 enum access {
-	ACCESS_NONE,  /* Hello only: every other call is refused */
-	ACCESS_READ,  /* list and query calls only */
-	ACCESS_WRITE, /* everything */
+	ACCESS_NONE = IOMMUD__V1__ACCESS__ACCESS_NONE, /* Hello only: every other call is refused */
+	ACCESS_READ = IOMMUD__V1__ACCESS__ACCESS_READ, /* list and query calls only */
+	ACCESS_WRITE = IOMMUD__V1__ACCESS__ACCESS_WRITE, /* everything */
 };
 
 /* What a [user NAME], [uid N] or [group NAME] section grants. */
@@ -38,7 +41,8 @@ struct access_rule {
 struct config {
 	char *socket_path;
 	mode_t socket_mode;
-	char *backend;	/* "auto", "iommufd" or "emulated" */
+	/* BACKEND_UNSPECIFIED is "auto": iommufd when /dev/iommu exists, the emulation otherwise */
+	Iommud__V1__Backend backend;
 	char *topology; /* emulated backend topology file; NULL: one default device */
 	int log_level;
 	unsigned max_connections;
@@ -60,6 +64,15 @@ const struct access_rule *config_match(const struct config *cfg, uid_t uid, gid_
 				       const gid_t *groups, size_t n_groups);
 /* Whether a rule lets its peer take the device called name. */
 bool config_device_allowed(const struct access_rule *rule, const char *name);
+
+/* The access level's name, as the configuration and HelloReply.permissions spell it. */
+const char *config_access_name(enum access access);
+
+/* Parses "auto" or a backend's name; -EINVAL for anything else. */
+int config_parse_backend(const char *name, Iommud__V1__Backend *ret_backend);
+const char *config_backend_name(Iommud__V1__Backend backend);
+/* What config_parse_backend accepts, for messages: "auto, emulated or iommufd". */
+const char *config_backend_choices(char *buf, size_t size);
 
 /* Parses a byte count with an optional K, M, G or T suffix (powers of 1024); decimal or 0x hex.
  * -EINVAL if malformed, -ERANGE if it does not fit 64 bits. */

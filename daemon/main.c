@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 /*
  * iommud: owns IOMMU domains for other programs and serves them over a SOCK_SEQPACKET socket.
- * main() owns the configuration, the backend, the registry of tenants and the server, and
- * releases them in the reverse order on SIGTERM or SIGINT.
+ * main() owns the configuration and the backend, serve() the registry of tenants and the
+ * server; both release theirs in the reverse order on SIGTERM or SIGINT.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -69,6 +69,17 @@ struct options {
 	bool check_config;
 };
 
+/* Where each option that takes a word keeps it. */
+static const char **word_option(struct options *o, int opt)
+{
+	const char **const slots[] = {
+		['c'] = &o->config_path, ['s'] = &o->socket_path, ['b'] = &o->backend,
+		['t'] = &o->topology,	 ['l'] = &o->log_level,
+	};
+
+	return opt >= 0 && (size_t)opt < sizeof(slots) / sizeof(slots[0]) ? slots[opt] : NULL;
+}
+
 static int parse_options(int argc, char **argv, struct options *o)
 {
 	static const struct option longopts[] = {
@@ -82,37 +93,23 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
+	const char **word;
 	int opt;
 
 	*o = (struct options){.config_path = IOMMUD_DEFAULT_CONFIG};
 	while ((opt = getopt_long(argc, argv, "c:s:b:t:l:hV", longopts, NULL)) != -1) {
-		switch (opt) {
-		case 'c':
-			o->config_path = optarg;
-			o->config_given = true;
-			break;
-		case 's':
-			o->socket_path = optarg;
-			break;
-		case 'b':
-			o->backend = optarg;
-			break;
-		case 't':
-			o->topology = optarg;
-			break;
-		case 'l':
-			o->log_level = optarg;
-			break;
-		case 'C':
+		if ((word = word_option(o, opt))) {
+			*word = optarg;
+			o->config_given |= opt == 'c';
+		} else if (opt == 'C') {
 			o->check_config = true;
-			break;
-		case 'h':
+		} else if (opt == 'h') {
 			fputs(usage, stdout);
 			exit(0);
-		case 'V':
+		} else if (opt == 'V') {
 			printf("iommud %s\n", IOMMUD_VERSION);
 			exit(0);
-		default:
+		} else {
 			fprintf(stderr, "Try 'iommud --help'.\n");
 			return -EINVAL;
 		}
@@ -147,18 +144,12 @@ static int load_config(const struct options *o, struct config *cfg)
 		return -ENOMEM;
 	if (o->topology && (free(cfg->topology), !(cfg->topology = strdup(o->topology))))
 		return -ENOMEM;
-	if (o->backend) {
-		if (strcmp(o->backend, "auto") && strcmp(o->backend, "iommufd") &&
-		    strcmp(o->backend, "emulated")) {
-			fprintf(stderr,
-				"iommud: --backend must be auto, iommufd or emulated, not "
-				"'%s'\n",
-				o->backend);
-			return -EINVAL;
-		}
-		free(cfg->backend);
-		if (!(cfg->backend = strdup(o->backend)))
-			return -ENOMEM;
+	if (o->backend && config_parse_backend(o->backend, &cfg->backend) < 0) {
+		char choices[64];
+
+		fprintf(stderr, "iommud: --backend must be %s, not '%s'\n",
+			config_backend_choices(choices, sizeof(choices)), o->backend);
+		return -EINVAL;
 	}
 	if (o->log_level) {
 		rc = log_parse_level(o->log_level);
@@ -174,25 +165,21 @@ static int load_config(const struct options *o, struct config *cfg)
 	return 0;
 }
 
-static const char *access_name(enum access a)
-{
-	return a == ACCESS_WRITE ? "write" : a == ACCESS_READ ? "read" : "none";
-}
-
 static void print_config(const struct config *cfg)
 {
 	printf("socket %s (mode %04o), backend %s, topology %s, log level %d, "
 	       "max-connections %u\n",
-	       cfg->socket_path, (unsigned)cfg->socket_mode, cfg->backend,
+	       cfg->socket_path, (unsigned)cfg->socket_mode, config_backend_name(cfg->backend),
 	       cfg->topology ? cfg->topology : "(default)", cfg->log_level, cfg->max_connections);
-	printf("peers matched by no section: %s\n", access_name(cfg->default_access));
+	printf("peers matched by no section: %s\n", config_access_name(cfg->default_access));
 	for (size_t i = 0; i < cfg->n_rules; i++) {
 		const struct access_rule *r = &cfg->rules[i];
 
 		printf("[%s] %s %u: access %s, max-domains %llu, max-mappings %llu, "
 		       "max-pinned %llu, devices:",
-		       r->section, r->is_group ? "gid" : "uid", r->id, access_name(r->access),
-		       (unsigned long long)r->max_domains, (unsigned long long)r->max_mappings,
+		       r->section, r->is_group ? "gid" : "uid", r->id,
+		       config_access_name(r->access), (unsigned long long)r->max_domains,
+		       (unsigned long long)r->max_mappings,
 		       (unsigned long long)r->max_pinned_bytes);
 		for (size_t d = 0; d < r->n_devices; d++)
 			printf(" %s", r->devices[d]);
@@ -200,22 +187,25 @@ static void print_config(const struct config *cfg)
 	}
 }
 
-static int open_backend(const struct config *cfg, struct kh_backend **be)
+static int open_backend(const struct config *cfg, struct kh_backend **ret_be)
 {
-	bool iommufd = strcmp(cfg->backend, "iommufd") == 0 ||
-		       (strcmp(cfg->backend, "auto") == 0 && access("/dev/iommu", F_OK) == 0);
-	int rc =
-		iommufd ? kh_backend_open_iommufd(be) : kh_backend_open_emulated(cfg->topology, be);
+	bool iommufd = cfg->backend == IOMMUD__V1__BACKEND__BACKEND_IOMMUFD ||
+		       (cfg->backend == IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED &&
+			access("/dev/iommu", F_OK) == 0);
+	struct kh_backend *be;
+	int rc = iommufd ? kh_backend_open_iommufd(&be)
+			 : kh_backend_open_emulated(cfg->topology, &be);
 
 	if (rc < 0) {
 		log_err("cannot open the %s backend: %s", iommufd ? "iommufd" : "emulated",
 			kh_last_error());
 		return rc;
 	}
-	log_notice("backend %s with %zu devices%s", kh_backend_name(*be), kh_device_count(*be),
+	log_notice("backend %s with %zu devices%s", kh_backend_name(be), kh_device_count(be),
 		   iommufd ? ""
 			   : " (no kernel IOMMU is used: mappings only exist in the "
 			     "emulation)");
+	*ret_be = be;
 	return 0;
 }
 
@@ -239,7 +229,7 @@ static void raise_fd_limit(unsigned max_connections)
 	if (getrlimit(RLIMIT_NOFILE, &limit) < 0)
 		return;
 	limit.rlim_cur = limit.rlim_max;
-	setrlimit(RLIMIT_NOFILE, &limit);
+	(void)setrlimit(RLIMIT_NOFILE, &limit);
 	if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < (rlim_t)max_connections + 64)
 		log_warning("the open-file limit (%llu) is below max-connections (%u) plus the "
 			    "daemon's own files; raise LimitNOFILE or lower max-connections",
@@ -253,12 +243,73 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	event_base_loopbreak(arg);
 }
 
+/* SIGTERM and SIGINT stop the loop; SIGHUP is only logged. */
+#define N_SIGNALS 3
+
+static int watch_signals(struct event_base *base, struct event *ret_events[N_SIGNALS])
+{
+	struct event *events[N_SIGNALS] = {
+		evsignal_new(base, SIGTERM, on_signal, base),
+		evsignal_new(base, SIGINT, on_signal, base),
+		evsignal_new(base, SIGHUP, on_hangup, NULL),
+	};
+	int rc = 0;
+
+	for (size_t i = 0; i < N_SIGNALS; i++)
+		if (!events[i] || event_add(events[i], NULL) < 0)
+			rc = -ENOMEM;
+	if (rc < 0) {
+		log_err("cannot watch signals");
+		for (size_t i = 0; i < N_SIGNALS; i++)
+			if (events[i])
+				event_free(events[i]);
+		return rc;
+	}
+	memcpy(ret_events, events, sizeof(events));
+	return 0;
+}
+
+/* Serves until a signal stops the daemon; returns the exit status. */
+static int serve(struct daemon *d, struct config *cfg)
+{
+	struct event *signals[N_SIGNALS] = {NULL};
+	struct event_base *base = event_base_new();
+	struct server *srv = NULL;
+	int status = 1;
+
+	d->reg = registry_create(d->be, cfg);
+	if (!d->reg || !base || server_create(base, d, cfg->max_connections, &srv) < 0) {
+		log_err("out of memory at start");
+		goto out;
+	}
+	if (server_listen(srv, cfg->socket_path, cfg->socket_mode) < 0) {
+		log_err("%s", failure_message());
+		goto out;
+	}
+	if (watch_signals(base, signals) < 0)
+		goto out;
+	(void)sd_notifyf(0, "READY=1\nSTATUS=serving on the %s backend", kh_backend_name(d->be));
+	log_notice("ready (iommud %s, protocol %d)", IOMMUD_VERSION, IOMMUD_PROTOCOL_VERSION);
+	if (event_base_dispatch(base) < 0)
+		log_err("the event loop failed");
+	else
+		status = 0;
+	(void)sd_notify(0, "STOPPING=1");
+out:
+	/* Connections first (anonymous sessions), then leases; main closes the backend. */
+	server_destroy(srv);
+	registry_destroy(d->reg);
+	for (size_t i = 0; i < N_SIGNALS; i++)
+		if (signals[i])
+			event_free(signals[i]);
+	if (base)
+		event_base_free(base);
+	return status;
+}
+
 int main(int argc, char **argv)
 {
 	struct daemon d = {.started = time(NULL)};
-	struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL;
-	struct event_base *base = NULL;
-	struct server *srv = NULL;
 	struct kh_backend *be = NULL;
 	struct options opts;
 	struct config cfg;
@@ -276,55 +327,16 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_set_level(cfg.log_level);
-	signal(SIGPIPE, SIG_IGN);
+	(void)signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit(cfg.max_connections);
-	if (dispatch_self_check() < 0) {
+	if (dispatch_self_check() < 0)
 		log_err("the method table does not match the schema; this build is broken");
-		goto out;
-	}
-	if (open_backend(&cfg, &be) < 0)
-		goto out;
-	d.cfg = &cfg;
-	d.be = be;
-	d.reg = registry_create(be, &cfg);
-	base = event_base_new();
-	if (!d.reg || !base || server_create(base, &d, cfg.max_connections, &srv) < 0) {
-		log_err("out of memory at start");
-		goto out;
-	}
-	if (server_listen(srv, cfg.socket_path, cfg.socket_mode) < 0) {
-		log_err("%s", failure_message());
-		goto out;
-	}
-	ev_term = evsignal_new(base, SIGTERM, on_signal, base);
-	ev_int = evsignal_new(base, SIGINT, on_signal, base);
-	ev_hup = evsignal_new(base, SIGHUP, on_hangup, NULL);
-	if (!ev_term || !ev_int || !ev_hup || event_add(ev_term, NULL) < 0 ||
-	    event_add(ev_int, NULL) < 0 || event_add(ev_hup, NULL) < 0) {
-		log_err("cannot watch signals");
-		goto out;
-	}
-	sd_notifyf(0, "READY=1\nSTATUS=serving on the %s backend", kh_backend_name(be));
-	log_notice("ready (iommud %s, protocol %d)", IOMMUD_VERSION, IOMMUD_PROTOCOL_VERSION);
-	if (event_base_dispatch(base) < 0)
-		log_err("the event loop failed");
-	else
-		status = 0;
-	sd_notify(0, "STOPPING=1");
-out:
-	/* Connections first (anonymous sessions), then leases, then the backend they used. */
-	server_destroy(srv);
-	registry_destroy(d.reg);
-	if (ev_term)
-		event_free(ev_term);
-	if (ev_int)
-		event_free(ev_int);
-	if (ev_hup)
-		event_free(ev_hup);
-	if (base)
-		event_base_free(base);
-	if (be)
+	else if (open_backend(&cfg, &be) == 0) {
+		d.cfg = &cfg;
+		d.be = be;
+		status = serve(&d, &cfg);
 		kh_backend_close(be);
+	}
 	config_free(&cfg);
 	return status;
 }
