@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What the method handlers share: the call being handled and the helpers that build its reply.
+ * Internal to the dispatcher (dispatch.c) and the handlers (method_*.c).
+ *
+ * A handler runs only after the dispatcher has checked what the method table says of it
+ * (access, descriptor count, only-once) and joined the session it needs, so it starts from
+ * its request's own fields. It returns 0 or a negative errno recorded with fail().
+ *
+ * Ownership: the call owns everything allocated with call_alloc (the reply and its parts),
+ * released once the reply is packed; the received descriptors stay the call's unless a
+ * handler takes one by setting its slot to -1.
+ */
+#ifndef IOMMUD_CALL_H
+#define IOMMUD_CALL_H
+
+#include <stddef.h>
+
+#include <iommud.pb-c.h>
+
+#include "dispatch.h"
+#include "status.h"
+
+struct call {
+	struct daemon *d;
+	struct client *client;
+	const Iommud__V1__Request *req;
+	Iommud__V1__Response *resp;
+	int *fds; /* received; a handler that keeps one sets its slot to -1 */
+	size_t n_fds;
+	struct map_file files[IOMMUD_MAX_FDS]; /* the fds' files, checked by the map handlers */
+	int out_fd;			       /* to send with the reply */
+	int failed_index;
+	void **allocs;
+	size_t n_allocs;
+	size_t cap_allocs;
+};
+
+/* Zeroed memory that lives until the reply is packed; NULL when out of memory. */
+void *call_alloc(struct call *call, size_t size);
+char *call_strdup(struct call *call, const char *text);
+/* The reply message of the call's method, registered as the response's result. */
+void *call_reply(struct call *call, const ProtobufCMessageDescriptor *desc);
+#define REPLY(call, name) call_reply(call, &iommud__v1__##name##__descriptor)
+
+/* The reply's copy of n ranges, in *ret_ranges and *ret_n; -ENOMEM when out of memory. */
+int call_iova_ranges(struct call *call, const struct kh_iova_range *ranges, size_t n,
+		     Iommud__V1__IovaRange ***ret_ranges, size_t *ret_n);
+
+/* Records that the daemon ran out of memory and returns -ENOMEM. */
+int nomem(void);
+
+/* The method's one spelling in logs, errors and statistics: its Request oneof field's name
+ * ("list_devices"). */
+const char *method_name(Iommud__V1__Request__MethodCase method);
+
+/* Device names in requests must be non-empty; protobuf-c gives "" for an unset string. */
+int need_device_name(const char *name);
+
+/* method_daemon.c */
+int do_hello(struct call *call);
+int do_get_stats(struct call *call);
+int do_release_lease(struct call *call);
+
+/* method_devices.c */
+int do_list_devices(struct call *call);
+int do_get_device(struct call *call);
+int do_attach_device(struct call *call);
+int do_replace_domain(struct call *call);
+int do_detach_device(struct call *call);
+int do_open_device(struct call *call);
+
+/* method_domains.c */
+int do_alloc_domain(struct call *call);
+int do_free_domain(struct call *call);
+int do_list_domains(struct call *call);
+int do_set_dirty_tracking(struct call *call);
+
+/* method_mappings.c */
+int do_map(struct call *call);
+int do_map_batch(struct call *call);
+int do_unmap(struct call *call);
+int do_unmap_all(struct call *call);
+int do_list_mappings(struct call *call);
+int do_get_iova_ranges(struct call *call);
+int do_read_dirty(struct call *call);
+
+#endif

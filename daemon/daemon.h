@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What the whole daemon shares, and what one connection is to it: the state every method may
+ * read (configuration, backend, registry, counters) and a client's identity, access and
+ * session.
+ *
+ * Ownership: struct daemon owns nothing (main() owns the configuration and the backend,
+ * serve() the registry). A struct client is owned by the server's connection; it holds a
+ * reference on its tenant and on the session it joined, dropped by client_fini.
+ */
+#ifndef IOMMUD_DAEMON_H
+#define IOMMUD_DAEMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <kh/kh.h>
+
+#include "config.h"
+#include "session.h"
+
+#define IOMMUD_METHOD_SLOTS 64 /* method numbers (Request oneof field numbers) below this */
+
+struct method_stats {
+	uint64_t calls;
+	uint64_t errors;
+};
+
+struct daemon {
+	const struct config *cfg;
+	struct kh_backend *be;
+	struct registry *reg;
+	time_t started;
+	unsigned connections;
+	uint64_t rejected_packets;
+	struct method_stats methods[IOMMUD_METHOD_SLOTS]; /* by method number */
+};
+
+struct client {
+	struct peer peer;
+	struct tenant *tenant; /* reference held while the connection lives */
+	enum access access;
+	struct session *session; /* joined at Hello or at the first call needing one */
+	bool called;		 /* a request was handled: Hello may no longer choose a lease */
+};
+
+/* Sets up a client for a peer: finds its tenant. */
+int client_init(struct daemon *d, struct client *c, const struct peer *peer);
+/* Leaves the session and drops the tenant. */
+void client_fini(struct client *c);
+
+#endif

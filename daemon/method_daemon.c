@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: MIT
+/* The methods about the daemon and the connection itself: Hello, GetStats, ReleaseLease. */
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#include <names.h>
+
+#include "call.h"
+#include "log.h"
+
+#ifndef IOMMUD_VERSION
+#define IOMMUD_VERSION "unknown"
+#endif
+
+#define CAPABILITIES_MAX 4
+
+static void fill_quota(Iommud__V1__Quota *q, const struct tenant *t)
+{
+	const struct access_rule *rule = tenant_rule(t);
+	struct usage used = tenant_usage(t);
+
+	iommud__v1__quota__init(q);
+	if (rule) {
+		q->max_domains = rule->max_domains;
+		q->max_mappings = rule->max_mappings;
+		q->max_pinned_bytes = rule->max_pinned_bytes;
+	}
+	q->domains = used.domains;
+	q->mappings = used.mappings;
+	q->pinned_bytes = used.pinned_bytes;
+}
+
+static bool any_device_has(struct kh_backend *be, bool dirty)
+{
+	struct kh_device_info info;
+
+	for (size_t i = 0; i < kh_device_count(be); i++)
+		if (kh_device_info(be, i, &info) == 0 &&
+		    (dirty ? info.hw.dirty_tracking : info.hw.nesting))
+			return true;
+	return false;
+}
+
+/* Features a client would want to know before relying on them (docs/protocol.md). */
+static void fill_capabilities(struct kh_backend *be, Iommud__V1__HelloReply *reply)
+{
+	reply->capabilities[reply->n_capabilities++] = "map_batch";
+	if (kh_backend_kind(be) == KH_BACKEND_IOMMUFD)
+		reply->capabilities[reply->n_capabilities++] = "open_device";
+	if (any_device_has(be, true))
+		reply->capabilities[reply->n_capabilities++] = "dirty_tracking";
+	if (any_device_has(be, false))
+		reply->capabilities[reply->n_capabilities++] = "nesting";
+}
+
+/* The names of the access levels from read up to the caller's. */
+static void fill_permissions(enum access access, Iommud__V1__HelloReply *reply)
+{
+	for (enum access level = ACCESS_READ; level <= access; level++)
+		reply->permissions[reply->n_permissions++] = (char *)config_access_name(level);
+}
+
+static void fill_hello(const struct call *call, Iommud__V1__HelloReply *reply)
+{
+	const struct client *c = call->client;
+
+	reply->protocol_version = IOMMUD_PROTOCOL_VERSION;
+	reply->daemon_version = IOMMUD_VERSION;
+	reply->backend = kh_backend_kind(call->d->be) == KH_BACKEND_IOMMUFD
+				 ? IOMMUD__V1__BACKEND__BACKEND_IOMMUFD
+				 : IOMMUD__V1__BACKEND__BACKEND_EMULATED;
+	reply->backend_name = (char *)kh_backend_name(call->d->be);
+	fill_permissions(c->access, reply);
+	reply->uid = c->peer.uid;
+	reply->gid = c->peer.gid;
+	reply->pid = (uint32_t)c->peer.pid;
+	reply->cgroup = (char *)c->peer.cgroup;
+	reply->lease = c->session ? (char *)session_lease(c->session) : "";
+	reply->max_message_bytes = IOMMUD_MAX_MESSAGE;
+	reply->max_fds_per_message = IOMMUD_MAX_FDS;
+	fill_capabilities(call->d->be, reply);
+	fill_quota(reply->quota, c->tenant);
+}
+
+int do_hello(struct call *call)
+{
+	const Iommud__V1__HelloRequest *r = call->req->hello;
+	struct client *c = call->client;
+	Iommud__V1__HelloReply *reply;
+	int rc;
+
+	if (r->lease[0] && c->access < ACCESS_WRITE)
+		return fail(-EPERM,
+			    "a lease keeps IOMMU resources, so it needs write access, which "
+			    "uid %u does not have",
+			    (unsigned)c->peer.uid);
+	if (r->lease[0] || c->access >= ACCESS_WRITE) {
+		rc = session_join(c->tenant, r->lease, &c->session);
+		if (rc < 0)
+			return rc;
+	}
+	reply = REPLY(call, hello_reply);
+	if (!reply || !(reply->quota = call_alloc(call, sizeof(*reply->quota))) ||
+	    !(reply->permissions = call_alloc(call, (ACCESS_WRITE + 1) * sizeof(char *))) ||
+	    !(reply->capabilities = call_alloc(call, CAPABILITIES_MAX * sizeof(char *))))
+		return nomem();
+	fill_hello(call, reply);
+	if (r->client_name[0])
+		log_debug("uid %u says hello as '%s'", (unsigned)c->peer.uid, r->client_name);
+	return 0;
+}
+
+int do_get_stats(struct call *call)
+{
+	struct daemon *d = call->d;
+	Iommud__V1__GetStatsReply *reply = REPLY(call, get_stats_reply);
+	const ProtobufCMessageDescriptor *desc = &iommud__v1__request__descriptor;
+
+	if (!reply || !(reply->quota = call_alloc(call, sizeof(*reply->quota))) ||
+	    !(reply->methods = call_alloc(call, desc->n_fields * sizeof(*reply->methods))))
+		return nomem();
+	reply->uptime_seconds = (uint64_t)(time(NULL) - d->started);
+	reply->connections = d->connections;
+	reply->tenants = registry_tenant_count(d->reg);
+	reply->sessions = registry_session_count(d->reg);
+	reply->rejected_packets = d->rejected_packets;
+	fill_quota(reply->quota, call->client->tenant);
+	for (unsigned i = 0; i < desc->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &desc->fields[i];
+		Iommud__V1__MethodStats *m;
+
+		if (!(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+			continue;
+		m = call_alloc(call, sizeof(*m));
+		if (!m)
+			return nomem();
+		iommud__v1__method_stats__init(m);
+		m->method = (char *)method_name((Iommud__V1__Request__MethodCase)f->id);
+		m->calls = d->methods[f->id].calls;
+		m->errors = d->methods[f->id].errors;
+		reply->methods[reply->n_methods++] = m;
+	}
+	return 0;
+}
+
+int do_release_lease(struct call *call)
+{
+	if (!REPLY(call, release_lease_reply))
+		return nomem();
+	return session_release_lease(call->client->session);
+}

@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: MIT
+/* The methods about a domain's IO address space: mapping, unmapping, listing, dirty bits. */
+#include <errno.h>
+#include <stdio.h>
+
+#include "call.h"
+
+_Static_assert(IOMMUD__V1__PROT__PROT_READ == KH_PROT_READ, "Prot bits are kernel-helper's");
+_Static_assert(IOMMUD__V1__PROT__PROT_WRITE == KH_PROT_WRITE, "Prot bits are kernel-helper's");
+
+/* A ListMappings page unless the client asks for fewer; keeps replies far below the limit. */
+#define MAPPINGS_PAGE 1024
+/* ReadDirty bitmap words per call: 4096 words of 10 bytes at most stay within a packet. */
+#define DIRTY_WORDS_MAX 4096
+#define MAP_BATCH_MAX	1024
+
+/* Every descriptor a request carries must be used by one of its entries (a stray one is a
+ * client bug that would otherwise go unnoticed), and each one's file is checked once here,
+ * however many entries map it. */
+static int check_fd_use(struct call *call, Iommud__V1__MapEntry *const *entries, size_t n)
+{
+	int first_user[IOMMUD_MAX_FDS];
+	int rc;
+
+	for (size_t i = 0; i < call->n_fds; i++)
+		first_user[i] = -1;
+	for (size_t i = 0; i < n; i++) {
+		if (!entries[i]) {
+			call->failed_index = (int)i;
+			return fail(-EINVAL, "map entry %zu is empty", i);
+		}
+		if (entries[i]->fd_index >= call->n_fds) {
+			call->failed_index = (int)i;
+			return fail(
+				-EBADF,
+				"map entry %zu names descriptor %u, but the request carries %zu; "
+				"send the memory's fd with the request (SCM_RIGHTS)",
+				i, entries[i]->fd_index, call->n_fds);
+		}
+		if (first_user[entries[i]->fd_index] < 0)
+			first_user[entries[i]->fd_index] = (int)i;
+	}
+	for (size_t i = 0; i < call->n_fds; i++) {
+		if (first_user[i] < 0)
+			return fail(-EINVAL,
+				    "descriptor %zu sent with the request is not used by any "
+				    "map entry; send only the fds the entries name",
+				    i);
+		rc = session_check_file(call->fds[i], &call->files[i]);
+		if (rc < 0) {
+			call->failed_index = first_user[i];
+			return rc;
+		}
+	}
+	return 0;
+}
+
+static int map_one(struct call *call, const Iommud__V1__MapEntry *r, uint64_t *ret_iova)
+{
+	struct map_entry e = {
+		.domain_id = r->domain_id,
+		.file = &call->files[r->fd_index],
+		.offset = r->offset,
+		.length = r->length,
+		.prot = r->prot,
+		.fixed_iova = r->fixed_iova,
+		.iova = r->iova,
+		.alignment = r->alignment,
+	};
+	int rc = session_map(call->client->session, &e);
+
+	if (rc < 0)
+		return rc;
+	*ret_iova = e.iova;
+	return 0;
+}
+
+int do_map(struct call *call)
+{
+	Iommud__V1__MapEntry *entry = call->req->map->entry;
+	Iommud__V1__MapReply *reply;
+	int rc;
+
+	if (!entry)
+		return fail(-EINVAL, "%s needs an entry saying what to map",
+			    method_name(call->req->method_case));
+	rc = check_fd_use(call, &entry, 1);
+	/* A Map has one entry: the status names no index. */
+	call->failed_index = -1;
+	if (rc < 0)
+		return rc;
+	reply = REPLY(call, map_reply);
+	if (!reply)
+		return nomem();
+	return map_one(call, entry, &reply->iova);
+}
+
+/* All or nothing: takes back the first done entries of a batch whose next entry failed with
+ * rc, keeping that failure's message. */
+static int undo_batch(struct call *call, const Iommud__V1__MapBatchRequest *r,
+		      const uint64_t *iovas, size_t done, int rc)
+{
+	char message[1024];
+	uint64_t bytes;
+	uint32_t count;
+
+	(void)snprintf(message, sizeof(message), "map entry %zu: %s", done, failure_message());
+	call->failed_index = (int)done;
+	while (done--)
+		(void)session_unmap(call->client->session, r->entries[done]->domain_id, iovas[done],
+				    r->entries[done]->length, &bytes, &count);
+	return fail(rc, "%s", message);
+}
+
+int do_map_batch(struct call *call)
+{
+	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
+	Iommud__V1__MapBatchReply *reply;
+	int rc;
+
+	if (!r->n_entries || r->n_entries > MAP_BATCH_MAX)
+		return fail(-EINVAL, "%s takes 1 to %d entries, not %zu; split the batch",
+			    method_name(call->req->method_case), MAP_BATCH_MAX, r->n_entries);
+	if ((rc = check_fd_use(call, r->entries, r->n_entries)) < 0)
+		return rc;
+	reply = REPLY(call, map_batch_reply);
+	if (!reply || !(reply->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))))
+		return nomem();
+	for (size_t done = 0; done < r->n_entries; done++) {
+		rc = map_one(call, r->entries[done], &reply->iovas[done]);
+		if (rc < 0)
+			return undo_batch(call, r, reply->iovas, done, rc);
+	}
+	reply->n_iovas = r->n_entries;
+	return 0;
+}
+
+int do_unmap(struct call *call)
+{
+	const Iommud__V1__UnmapRequest *r = call->req->unmap;
+	Iommud__V1__UnmapReply *reply;
+
+	if (!r->length)
+		return fail(-EINVAL, "%s needs a length; %s removes everything",
+			    method_name(call->req->method_case),
+			    method_name(IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL));
+	reply = REPLY(call, unmap_reply);
+	if (!reply)
+		return nomem();
+	return session_unmap(call->client->session, r->domain_id, r->iova, r->length,
+			     &reply->unmapped_bytes, &reply->unmapped_count);
+}
+
+int do_unmap_all(struct call *call)
+{
+	Iommud__V1__UnmapAllReply *reply = REPLY(call, unmap_all_reply);
+
+	if (!reply)
+		return nomem();
+	return session_unmap(call->client->session, call->req->unmap_all->domain_id, 0, UINT64_MAX,
+			     &reply->unmapped_bytes, &reply->unmapped_count);
+}
+
+int do_list_mappings(struct call *call)
+{
+	const Iommud__V1__ListMappingsRequest *r = call->req->list_mappings;
+	size_t max = r->max && r->max < MAPPINGS_PAGE ? r->max : MAPPINGS_PAGE;
+	Iommud__V1__ListMappingsReply *reply = REPLY(call, list_mappings_reply);
+	struct mapping_view *views = call_alloc(call, max * sizeof(*views));
+	bool more;
+	int n;
+
+	if (!reply || !views || !(reply->mappings = call_alloc(call, max * sizeof(void *))))
+		return nomem();
+	n = session_mappings(call->client->session, r->domain_id, r->from, views, max, &more);
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++) {
+		Iommud__V1__Mapping *m = call_alloc(call, sizeof(*m));
+
+		if (!m)
+			return nomem();
+		iommud__v1__mapping__init(m);
+		m->iova = views[i].iova;
+		m->length = views[i].length;
+		m->offset = views[i].offset;
+		m->prot = views[i].prot;
+		reply->mappings[reply->n_mappings++] = m;
+	}
+	reply->more = more;
+	if (more && n)
+		reply->next_from = views[n - 1].iova + views[n - 1].length;
+	return 0;
+}
+
+int do_get_iova_ranges(struct call *call)
+{
+	uint32_t domain_id = call->req->get_iova_ranges->domain_id;
+	struct kh_ctx *ctx = session_ctx(call->client->session);
+	Iommud__V1__GetIovaRangesReply *reply;
+	struct kh_iova_range *ranges;
+	int n = kh_iova_ranges(ctx, domain_id, NULL, 0);
+
+	if (n < 0)
+		return fail_kh(n, "cannot read the IOVA ranges");
+	reply = REPLY(call, get_iova_ranges_reply);
+	ranges = call_alloc(call, (size_t)n * sizeof(*ranges));
+	if (!reply || !ranges)
+		return nomem();
+	n = kh_iova_ranges(ctx, domain_id, ranges, (size_t)n);
+	if (n < 0)
+		return fail_kh(n, "cannot read the IOVA ranges");
+	return call_iova_ranges(call, ranges, (size_t)n, &reply->ranges, &reply->n_ranges);
+}
+
+int do_read_dirty(struct call *call)
+{
+	const Iommud__V1__ReadDirtyRequest *r = call->req->read_dirty;
+	Iommud__V1__ReadDirtyReply *reply;
+	uint64_t pages, words;
+	int rc;
+
+	if (r->page_size < 4096 || (r->page_size & (r->page_size - 1)) || !r->length ||
+	    r->length % r->page_size)
+		return fail(-EINVAL, "page_size must be a power of two of at least 4096 and length "
+				     "a non-zero multiple of it");
+	pages = r->length / r->page_size;
+	words = (pages + 63) / 64;
+	if (words > DIRTY_WORDS_MAX)
+		return fail(-ERANGE,
+			    "%s covers at most %d pages per call, not %llu; read the range "
+			    "in parts",
+			    method_name(call->req->method_case), DIRTY_WORDS_MAX * 64,
+			    (unsigned long long)pages);
+	reply = REPLY(call, read_dirty_reply);
+	if (!reply || !(reply->bitmap = call_alloc(call, words * sizeof(uint64_t))))
+		return nomem();
+	rc = kh_read_dirty(session_ctx(call->client->session), r->domain_id, r->iova, r->length,
+			   r->page_size, reply->bitmap, r->no_clear ? KH_DIRTY_NO_CLEAR : 0);
+	if (rc < 0)
+		return fail_kh(rc, "cannot read the dirty bits");
+	reply->n_bitmap = words;
+	return 0;
+}
