@@ -294,6 +294,48 @@ static int rule_key(struct load_state *st, struct access_rule *rule, const char 
 	return 1;
 }
 
+static int unknown_section(struct load_state *st, const char *section)
+{
+	return bad(st,
+		   "unknown section [%s]; known: [daemon], [access], [user NAME], [uid N], "
+		   "[group NAME]",
+		   section);
+}
+
+/* Whom "user NAME", "uid N" or "group NAME" names: sets the rule's id and is_group, or says
+ * what is wrong and returns 0. */
+static int section_identity(struct load_state *st, const char *section, struct access_rule *rule)
+{
+	const char *arg = strchr(section, ' ');
+	uint64_t number;
+
+	if (!arg || !arg[1])
+		return unknown_section(st, section);
+	arg++;
+	if (strncmp(section, "user ", 5) == 0) {
+		const struct passwd *pw = getpwnam(arg);
+
+		if (!pw)
+			return bad(st, "no user '%s' on this system (section [%s])", arg, section);
+		rule->id = pw->pw_uid;
+	} else if (strncmp(section, "uid ", 4) == 0) {
+		if (parse_size(arg, &number) < 0 || number > UINT32_MAX ||
+		    !isdigit((unsigned char)*arg))
+			return bad(st, "[uid N] needs a numeric uid, not '%s'", arg);
+		rule->id = (uint32_t)number;
+	} else if (strncmp(section, "group ", 6) == 0) {
+		const struct group *gr = getgrnam(arg);
+
+		if (!gr)
+			return bad(st, "no group '%s' on this system (section [%s])", arg, section);
+		rule->is_group = true;
+		rule->id = gr->gr_gid;
+	} else {
+		return unknown_section(st, section);
+	}
+	return 1;
+}
+
 /* Resolves "user NAME", "uid N" or "group NAME" into a new rule. */
 static struct access_rule *rule_for_section(struct load_state *st, const char *section)
 {
@@ -304,49 +346,10 @@ static struct access_rule *rule_for_section(struct load_state *st, const char *s
 		.max_mappings = DEFAULT_MAX_MAPPINGS,
 		.max_pinned_bytes = DEFAULT_MAX_PINNED,
 	};
-	const char *arg = strchr(section, ' ');
 	struct access_rule *grown;
-	uint64_t number;
 
-	if (!arg || !arg[1]) {
-		bad(st,
-		    "unknown section [%s]; known: [daemon], [access], [user NAME], [uid N], "
-		    "[group NAME]",
-		    section);
+	if (!section_identity(st, section, &rule))
 		return NULL;
-	}
-	arg++;
-	if (strncmp(section, "user ", 5) == 0) {
-		const struct passwd *pw = getpwnam(arg);
-
-		if (!pw) {
-			bad(st, "no user '%s' on this system (section [%s])", arg, section);
-			return NULL;
-		}
-		rule.id = pw->pw_uid;
-	} else if (strncmp(section, "uid ", 4) == 0) {
-		if (parse_size(arg, &number) < 0 || number > UINT32_MAX ||
-		    !isdigit((unsigned char)*arg)) {
-			bad(st, "[uid N] needs a numeric uid, not '%s'", arg);
-			return NULL;
-		}
-		rule.id = (uint32_t)number;
-	} else if (strncmp(section, "group ", 6) == 0) {
-		const struct group *gr = getgrnam(arg);
-
-		if (!gr) {
-			bad(st, "no group '%s' on this system (section [%s])", arg, section);
-			return NULL;
-		}
-		rule.is_group = true;
-		rule.id = gr->gr_gid;
-	} else {
-		bad(st,
-		    "unknown section [%s]; known: [daemon], [access], [user NAME], [uid N], "
-		    "[group NAME]",
-		    section);
-		return NULL;
-	}
 	if (!st->replaced_builtin) {
 		for (size_t i = 0; i < cfg->n_rules; i++)
 			rule_free(&cfg->rules[i]);
@@ -355,8 +358,8 @@ static struct access_rule *rule_for_section(struct load_state *st, const char *s
 	}
 	for (size_t i = 0; i < cfg->n_rules; i++) {
 		if (cfg->rules[i].is_group == rule.is_group && cfg->rules[i].id == rule.id) {
-			bad(st, "[%s] names the same %s as [%s]", section,
-			    rule.is_group ? "group" : "user", cfg->rules[i].section);
+			(void)bad(st, "[%s] names the same %s as [%s]", section,
+				  rule.is_group ? "group" : "user", cfg->rules[i].section);
 			return NULL;
 		}
 	}
@@ -364,7 +367,7 @@ static struct access_rule *rule_for_section(struct load_state *st, const char *s
 	if (!grown || !(rule.section = strdup(section))) {
 		if (grown)
 			cfg->rules = grown;
-		bad(st, "out of memory");
+		(void)bad(st, "out of memory");
 		return NULL;
 	}
 	cfg->rules = grown;
@@ -402,26 +405,26 @@ int config_load(struct config *cfg, const char *path, char *err, size_t err_len)
 
 	if (!file) {
 		saved = errno;
-		snprintf(err, err_len, "cannot open %s: %s", path, strerror(saved));
+		(void)snprintf(err, err_len, "cannot open %s: %s", path, strerror(saved));
 		return -saved;
 	}
 	err[0] = '\0';
 	/* The first problem is the one to report; later ones are often its echoes. */
 	ini_stop_on_first_error = true;
 	line = ini_parse_file(file, on_ini_entry, &st);
-	fclose(file);
+	(void)fclose(file);
 	if (line == 0)
 		return 0;
 	if (line < 0) {
-		snprintf(err, err_len, "cannot read %s", path);
+		(void)snprintf(err, err_len, "cannot read %s", path);
 		return -EIO;
 	}
 	/* Prefix the handler's reason (or inih's syntax complaint) with where it is. */
 	{
 		char reason[512];
 
-		snprintf(reason, sizeof(reason), "%s", err[0] ? err : "syntax error");
-		snprintf(err, err_len, "%s:%d: %s", path, line, reason);
+		(void)snprintf(reason, sizeof(reason), "%s", err[0] ? err : "syntax error");
+		(void)snprintf(err, err_len, "%s:%d: %s", path, line, reason);
 	}
 	return -EINVAL;
 }

@@ -46,11 +46,11 @@ void log_msg(int level, const char *fmt, ...)
 	if (to_journal < 0)
 		to_journal = getenv("JOURNAL_STREAM") != NULL;
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line), fmt, ap);
+	(void)vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
 	/* One write per line, so lines of concurrent writers (tests) never interleave. */
 	if (to_journal)
-		fprintf(stderr, "<%d>%s\n", level, line);
+		(void)fprintf(stderr, "<%d>%s\n", level, line);
 	else
-		fprintf(stderr, "iommud: %s: %s\n", level_names[level], line);
+		(void)fprintf(stderr, "iommud: %s: %s\n", level_names[level], line);
 }

@@ -240,7 +240,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	(void)what;
 	log_notice("signal %d: stopping", (int)sig);
-	event_base_loopbreak(arg);
+	(void)event_base_loopbreak(arg);
 }
 
 /* SIGTERM and SIGINT stop the loop; SIGHUP is only logged. */
