@@ -21,7 +21,7 @@
 #define DEFAULT_MAX_MAPPINGS 65536
 #define DEFAULT_MAX_PINNED   (16ull << 30)
 
-int parse_size(const char *text, uint64_t *out)
+int parse_size(const char *text, uint64_t *ret_size)
 {
 	static const char suffixes[] = "KMGT";
 	unsigned long long value;
@@ -46,7 +46,7 @@ int parse_size(const char *text, uint64_t *out)
 			value *= 1024;
 		}
 	}
-	*out = value;
+	*ret_size = value;
 	return 0;
 }
 

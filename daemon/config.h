@@ -76,6 +76,6 @@ const char *config_backend_choices(char *buf, size_t size);
 
 /* Parses a byte count with an optional K, M, G or T suffix (powers of 1024); decimal or 0x hex.
  * -EINVAL if malformed, -ERANGE if it does not fit 64 bits. */
-int parse_size(const char *text, uint64_t *out);
+int parse_size(const char *text, uint64_t *ret_size);
 
 #endif
