@@ -1,17 +1,10 @@
 // SPDX-License-Identifier: MIT
 /* The methods about the daemon and the connection itself: Hello, GetStats, ReleaseLease. */
 #include <errno.h>
-#include <string.h>
 #include <time.h>
-
-#include <names.h>
 
 #include "call.h"
 #include "log.h"
-
-#ifndef IOMMUD_VERSION
-#define IOMMUD_VERSION "unknown"
-#endif
 
 #define CAPABILITIES_MAX 4
 
