@@ -19,7 +19,7 @@ struct method {
 	unsigned min_fds;   /* descriptors the request must carry ... */
 	unsigned max_fds;   /* ... and may carry */
 	bool session;	    /* joins the anonymous session if Hello chose none */
-	bool once; /* only as the first call on a connection (a failed one may be retried) */
+	bool once;	    /* only first on a connection; a failed one may be retried */
 };
 
 /* An entry for the method numbered by the schema's Request oneof: its name is the field's. */
