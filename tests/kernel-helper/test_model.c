@@ -6,11 +6,10 @@
  * model's prediction, the mapping lists and free ranges must match it, and emulated DMA must
  * move bytes exactly where the model says and fault everywhere else.
  *
- * Usage: test_model [--seed N] [--ops N]. The seed is printed first, and again on a failure,
- * so any failure can be replayed.
+ * Options: --seed N --ops N. The seed is printed first, and again on a failure, so any failure
+ * can be replayed.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +19,7 @@
 #include <kh/kh.h>
 #include <kh/kh_emu.h>
 
-#include "check.h"
+#include "harness.h"
 
 #define PAGE 4096ull
 #define MiB (1ull << 20)
@@ -550,28 +549,52 @@ static void compare_all(void)
 	}
 }
 
-int main(int argc, char **argv)
-{
-	static const struct option options[] = { { "seed", required_argument, NULL, 's' },
-						 { "ops", required_argument, NULL, 'n' },
-						 { 0 } };
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
-	uint64_t ops = 100000;
-	bool seeded = false;
-	uint8_t *raw;
-	int opt;
+static uint64_t ops = 100000;
+static bool seeded;
 
-	while ((opt = getopt_long(argc, argv, "s:n:", options, NULL)) != -1) {
-		if (opt == 's') {
-			m.seed = strtoull(optarg, NULL, 0);
-			seeded = true;
-		} else if (opt == 'n') {
-			ops = strtoull(optarg, NULL, 0);
-		} else {
-			fprintf(stderr, "usage: %s [--seed N] [--ops N]\n", argv[0]);
-			return 2;
-		}
-	}
+HARNESS_OPTION(seed, "N", "replay the operations of seed N (default: the time)")
+{
+	m.seed = harness_parse_u64("seed", value);
+	seeded = true;
+}
+
+HARNESS_OPTION(ops, "N", "how many random operations (default 100000)")
+{
+	ops = harness_parse_u64("ops", value);
+}
+
+static void random_operation(void)
+{
+	int d = (int)below(N_DOMAINS), dev = (int)below(N_DEVICES);
+	uint64_t pick = below(100);
+
+	if (pick < 22)
+		op_map_fixed(d);
+	else if (pick < 34)
+		op_map_allocated(d);
+	else if (pick < 52)
+		op_unmap(d);
+	else if (pick < 53)
+		op_unmap_all(d);
+	else if (pick < 59)
+		op_attach(dev, d);
+	else if (pick < 63)
+		op_detach(dev);
+	else if (pick < 67)
+		op_replace(dev, d);
+	else if (pick < 70)
+		op_allow(d);
+	else if (pick < 90)
+		op_dma(dev);
+	else
+		op_lookup(d);
+}
+
+TEST(random_operations)
+{
+	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	uint8_t *raw;
+
 	if (!seeded)
 		m.seed = (uint64_t)time(NULL);
 	rng_state = m.seed;
@@ -592,29 +615,7 @@ int main(int argc, char **argv)
 		CHECK_OK(kh_domain_alloc(m.ctx, m.dev_id[0], &paging, &m.dom[d].id));
 
 	for (m.op = 0; m.op < ops; m.op++) {
-		int d = (int)below(N_DOMAINS), dev = (int)below(N_DEVICES);
-		uint64_t pick = below(100);
-
-		if (pick < 22)
-			op_map_fixed(d);
-		else if (pick < 34)
-			op_map_allocated(d);
-		else if (pick < 52)
-			op_unmap(d);
-		else if (pick < 53)
-			op_unmap_all(d);
-		else if (pick < 59)
-			op_attach(dev, d);
-		else if (pick < 63)
-			op_detach(dev);
-		else if (pick < 67)
-			op_replace(dev, d);
-		else if (pick < 70)
-			op_allow(d);
-		else if (pick < 90)
-			op_dma(dev);
-		else
-			op_lookup(d);
+		random_operation();
 		if (m.op % 500 == 0)
 			compare_all();
 	}
@@ -624,5 +625,4 @@ int main(int argc, char **argv)
 	munmap(raw, MEM_SIZE + 2 * MiB);
 	printf("test_model: %llu operations matched the model (seed %llu)\n",
 	       (unsigned long long)ops, (unsigned long long)m.seed);
-	return 0;
 }

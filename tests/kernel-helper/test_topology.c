@@ -12,7 +12,7 @@
 
 #include <kh/kh.h>
 
-#include "check.h"
+#include "harness.h"
 
 static void check_refused(const char *text, const char *phrase)
 {
@@ -27,7 +27,7 @@ static void check_refused(const char *text, const char *phrase)
 	CHECK(be == NULL);
 }
 
-static void test_mistakes(void)
+TEST(mistakes)
 {
 	check_refused("[iommu]\ndevices = a\n[device a]\ngroup = x\n", "line 4");
 	check_refused("[iommu]\ndevices = a\n[device a]\ngroup = x\n", "a group number");
@@ -45,7 +45,7 @@ static void test_mistakes(void)
 	check_refused("[iommu]\nthis line has no equals sign\n", "line 2");
 }
 
-static void test_devices_as_written(void)
+TEST(devices_as_written)
 {
 	struct kh_backend *be;
 	struct kh_device_info info;
@@ -93,7 +93,7 @@ static void test_devices_as_written(void)
 	kh_backend_close(be);
 }
 
-static void test_files(void)
+TEST(files)
 {
 	struct kh_backend *be;
 	char path[] = "/tmp/kh-topology-XXXXXX";
@@ -117,7 +117,7 @@ static void test_files(void)
 	kh_backend_close(be);
 }
 
-static void test_paging_only_model(void)
+TEST(paging_only_model)
 {
 	struct kh_backend *be;
 	struct kh_ctx *ctx;
@@ -146,14 +146,4 @@ static void test_paging_only_model(void)
 	CHECK_EQ(kh_set_dirty_tracking(ctx, dom, true), -EOPNOTSUPP);
 	kh_ctx_destroy(ctx);
 	kh_backend_close(be);
-}
-
-int main(void)
-{
-	test_mistakes();
-	test_devices_as_written();
-	test_files();
-	test_paging_only_model();
-	printf("topology: all checks passed\n");
-	return 0;
 }

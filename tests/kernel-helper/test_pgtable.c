@@ -15,7 +15,7 @@
 
 #include <kh/kh_testing.h>
 
-#include "check.h"
+#include "harness.h"
 #include "emu_pgtable.h"
 
 #define BASE 0x7f0000000000ull /* 1 TiB aligned, so offsets keep their alignment */
@@ -25,13 +25,12 @@
 #define SZ_512G (1ull << 39)
 #define PTE_COUNT(pte) (((pte) >> 52) & 0x3ff)
 
-static unsigned long cases, lookups, injections;
+static unsigned long lookups, injections; /* for the random case's summary */
 
 static void pt_init(struct emu_pgtable *pt)
 {
 	CHECK_OK(emu_pgtable_init(pt));
 	CHECK_EQ(pt->table_pages, 1);
-	cases++;
 }
 
 /* Walks every table like the hardware would, checking the child counts and that no table but
@@ -221,7 +220,7 @@ static void pte_set(const struct emu_pgtable *pt, uint64_t iova, uint64_t bits)
 
 /* ---- leaf size choice ------------------------------------------------------------------ */
 
-static void test_page_sizes(void)
+TEST(page_sizes)
 {
 	const uint64_t mixed[] = { EMU_SZ_2M, EMU_SZ_1G, EMU_SZ_2M, EMU_SZ_4K };
 	struct emu_pgtable pt;
@@ -315,7 +314,7 @@ static void test_page_sizes(void)
 
 /* ---- boundaries of the address space and of tables --------------------------------------- */
 
-static void test_boundaries(void)
+TEST(boundaries)
 {
 	struct emu_pgtable pt;
 	struct emu_translation t;
@@ -395,7 +394,7 @@ static void expect_eexist(struct emu_pgtable *pt, uint64_t iova, uint64_t addr, 
 	snap_free(&s);
 }
 
-static void test_eexist(void)
+TEST(eexist)
 {
 	const uint64_t g = EMU_SZ_1G;
 	struct emu_pgtable pt;
@@ -436,7 +435,7 @@ static void test_eexist(void)
 
 /* ---- splitting unmaps ---------------------------------------------------------------------- */
 
-static void test_split_2m(void)
+TEST(split_2m)
 {
 	const uint64_t iova = 7 * EMU_SZ_1G + 3 * EMU_SZ_2M;
 	const uint64_t addr = BASE + 11 * EMU_SZ_2M;
@@ -479,7 +478,7 @@ static void test_split_2m(void)
 	emu_pgtable_destroy(&pt);
 }
 
-static void test_split_1g(void)
+TEST(split_1g)
 {
 	const uint64_t iova = 5 * EMU_SZ_1G;
 	const uint64_t addr = BASE + 2 * EMU_SZ_1G;
@@ -553,7 +552,7 @@ static void test_split_1g(void)
 
 /* ---- table reclamation and unmapped byte counts -------------------------------------------- */
 
-static void test_reclaim(void)
+TEST(reclaim)
 {
 	static const uint64_t spots[] = {
 		0, 0x1000, 0x1ff000, 0x200000, 0x3ff000, EMU_SZ_1G - 0x1000, EMU_SZ_1G,
@@ -646,7 +645,7 @@ static unsigned long popcount(const uint64_t *bitmap, size_t words)
 	return n;
 }
 
-static void test_dirty(void)
+TEST(dirty)
 {
 	const uint64_t g = EMU_SZ_1G;
 	uint64_t bitmap[1024];
@@ -776,7 +775,7 @@ static unsigned long sweep(struct emu_pgtable *pt, struct op *op, int final_rc)
 	return n - 1;
 }
 
-static void test_fail_map(void)
+TEST(fail_map)
 {
 	const uint64_t g = EMU_SZ_1G;
 	struct emu_pgtable pt;
@@ -833,7 +832,7 @@ static void test_fail_map(void)
 	emu_pgtable_destroy(&pt);
 }
 
-static void test_fail_unmap(void)
+TEST(fail_unmap)
 {
 	const uint64_t g = EMU_SZ_1G;
 	struct emu_pgtable pt;
@@ -940,12 +939,20 @@ static uint64_t rnd_span(void)
 	return u * (1 + rnd(u == EMU_SZ_1G ? 2 : 5)) + (rnd(3) ? 0 : rnd(8) * EMU_SZ_4K);
 }
 
-static void test_random(uint64_t seed)
+static uint64_t seed = 0x9e3779b97f4a7c15ull;
+
+HARNESS_OPTION(seed, "N", "seed of the random case (default 0x9e3779b97f4a7c15)")
+{
+	seed = harness_parse_u64("seed", value);
+}
+
+TEST(random)
 {
 	struct emu_pgtable pt;
 	struct model m;
 	unsigned int step;
 
+	printf("test_pgtable: random operations, seed %#" PRIx64 "\n", seed);
 	rng_state = seed;
 	m.addr = calloc(WIN_PAGES, sizeof(*m.addr));
 	CHECK(m.addr);
@@ -1006,24 +1013,7 @@ static void test_random(uint64_t seed)
 	unmap_all(&pt);
 	emu_pgtable_destroy(&pt);
 	free(m.addr);
-}
-
-int main(int argc, char **argv)
-{
-	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 0x9e3779b97f4a7c15ull;
-
-	test_page_sizes();
-	test_boundaries();
-	test_eexist();
-	test_split_2m();
-	test_split_1g();
-	test_reclaim();
-	test_dirty();
-	test_fail_map();
-	test_fail_unmap();
-	test_random(seed);
-	printf("test_pgtable: ok: %lu cases, %lu lookups, %lu injected failures (seed %#" PRIx64
-	       ")\n",
-	       cases, lookups, injections, seed);
-	return 0;
+	printf("test_pgtable: random operations matched the model: %lu lookups, %lu injected "
+	       "failures (seed %#" PRIx64 ")\n",
+	       lookups, injections, seed);
 }

@@ -15,7 +15,7 @@
 #include <kh/kh_emu.h>
 #include <kh/kh_testing.h>
 
-#include "check.h"
+#include "harness.h"
 
 #define PAGE 4096ull
 #define MiB (1ull << 20)
@@ -296,7 +296,7 @@ static int free_nested(struct world *w)
 
 /* Contexts and backends exist before any state can be observed: the check there is that a
  * failure returns an error, gives nothing back and leaks nothing. */
-static void sweep_creation(void)
+TEST(creation)
 {
 	unsigned long n, points_open = 0, points_ctx = 0;
 
@@ -340,42 +340,43 @@ static void sweep_creation(void)
 	CHECK(points_open > 0 && points_ctx > 0);
 }
 
-int main(void)
+/* Each step builds on the ones before: the world grows from nothing to every kind of object
+ * and mapping, and shrinks again. */
+static const struct {
+	const char *name;
+	operation op;
+} steps[] = {
+	{ "bind device a", bind_a },
+	{ "bind device b", bind_b },
+	{ "alloc paging (dirty, nest)", alloc_tracked_parent },
+	{ "alloc paging", alloc_plain },
+	{ "alloc blocked", alloc_blocked },
+	{ "alloc nested", alloc_nested },
+	{ "attach", attach_a },
+	{ "attach second device", attach_b },
+	{ "map 4K leaf", map_4k },
+	{ "map 2M + 4K leaves", map_2m_and_4k },
+	{ "map 1G leaf", map_1g },
+	{ "map at allocated IOVA", map_allocated },
+	{ "copy", copy_to_plain },
+	{ "allow IOVAs", allow },
+	{ "dirty tracking on", dirty_on },
+	{ "replace", replace_a },
+	{ "unmap span of mappings", unmap_span },
+	{ "unmap all", unmap_all },
+	{ "detach", detach_a },
+	{ "free nested domain", free_nested },
+};
+
+TEST(mutations)
 {
 	struct world w = { 0 };
 	uint8_t *raw = mmap(NULL, 3 * GiB, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	static const struct {
-		const char *name;
-		operation op;
-	} steps[] = {
-		{ "bind device a", bind_a },
-		{ "bind device b", bind_b },
-		{ "alloc paging (dirty, nest)", alloc_tracked_parent },
-		{ "alloc paging", alloc_plain },
-		{ "alloc blocked", alloc_blocked },
-		{ "alloc nested", alloc_nested },
-		{ "attach", attach_a },
-		{ "attach second device", attach_b },
-		{ "map 4K leaf", map_4k },
-		{ "map 2M + 4K leaves", map_2m_and_4k },
-		{ "map 1G leaf", map_1g },
-		{ "map at allocated IOVA", map_allocated },
-		{ "copy", copy_to_plain },
-		{ "allow IOVAs", allow },
-		{ "dirty tracking on", dirty_on },
-		{ "replace", replace_a },
-		{ "unmap span of mappings", unmap_span },
-		{ "unmap all", unmap_all },
-		{ "detach", detach_a },
-		{ "free nested domain", free_nested },
-	};
 	unsigned long total = 0;
 
 	CHECK(raw != MAP_FAILED);
 	w.mem = (uint8_t *)(((uintptr_t)raw + GiB - 1) & ~(uintptr_t)(GiB - 1));
-	sweep_creation();
-
 	CHECK_OK(kh_backend_open_emulated_text(topology, &w.be));
 	CHECK_OK(kh_ctx_create(w.be, &w.ctx));
 	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
@@ -385,5 +386,4 @@ int main(void)
 	munmap(raw, 3 * GiB);
 	printf("fail-nth: %lu injection points over %zu operations, all clean\n", total,
 	       sizeof(steps) / sizeof(steps[0]));
-	return 0;
 }
