@@ -69,99 +69,94 @@ void harness_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 
 /* A number given to option, or exit 2 with a message saying what was wrong. */
 uint64_t harness_parse_u64(const char *option, const char *value);
 
-#define HARNESS_UNUSED_ __attribute__((unused))
+#define HARNESS_UNUSED_	     __attribute__((unused))
 #define HARNESS_CONSTRUCTOR_ __attribute__((constructor))
 
-#define TEST(test)                                                                      \
-	static void case_##test(void);                                                  \
-	static void harness_run_##test(void *self HARNESS_UNUSED_,                      \
-				       const void *variant HARNESS_UNUSED_)             \
-	{                                                                               \
-		case_##test();                                                          \
-	}                                                                               \
-	static struct harness_case harness_case_##test = {                              \
-		.name = #test, .run = harness_run_##test, .line = __LINE__                  \
-	};                                                                              \
-	static HARNESS_CONSTRUCTOR_ void harness_add_##test(void)                       \
-	{                                                                               \
-		harness_register_case(&harness_case_##test);                            \
-	}                                                                               \
+#define TEST(test)                                                                                 \
+	static void case_##test(void);                                                             \
+	static void harness_run_##test(void *self HARNESS_UNUSED_,                                 \
+				       const void *variant HARNESS_UNUSED_)                        \
+	{                                                                                          \
+		case_##test();                                                                     \
+	}                                                                                          \
+	static struct harness_case harness_case_##test = {                                         \
+		.name = #test, .run = harness_run_##test, .line = __LINE__};                       \
+	static HARNESS_CONSTRUCTOR_ void harness_add_##test(void)                                  \
+	{                                                                                          \
+		harness_register_case(&harness_case_##test);                                       \
+	}                                                                                          \
 	static void case_##test(void)
 
-#define FIXTURE(fix)                                                                    \
-	struct fixture_##fix;                                                           \
-	struct variant_##fix;                                                           \
-	static void fixture_##fix##_setup(struct fixture_##fix *self,                   \
-					  const struct variant_##fix *variant);         \
-	static void fixture_##fix##_teardown(struct fixture_##fix *self,                \
-					     const struct variant_##fix *variant);      \
-	static void harness_setup_##fix(void *self, const void *variant)                \
-	{                                                                               \
-		fixture_##fix##_setup(self, variant);                                   \
-	}                                                                               \
-	static void harness_teardown_##fix(void *self, const void *variant)             \
-	{                                                                               \
-		fixture_##fix##_teardown(self, variant);                                \
-	}                                                                               \
-	static struct harness_fixture harness_fixture_##fix = {                         \
-		.setup = harness_setup_##fix, .teardown = harness_teardown_##fix        \
-	};                                                                              \
+#define FIXTURE(fix)                                                                               \
+	struct fixture_##fix;                                                                      \
+	struct variant_##fix;                                                                      \
+	static void fixture_##fix##_setup(struct fixture_##fix *self,                              \
+					  const struct variant_##fix *variant);                    \
+	static void fixture_##fix##_teardown(struct fixture_##fix *self,                           \
+					     const struct variant_##fix *variant);                 \
+	static void harness_setup_##fix(void *self, const void *variant)                           \
+	{                                                                                          \
+		fixture_##fix##_setup(self, variant);                                              \
+	}                                                                                          \
+	static void harness_teardown_##fix(void *self, const void *variant)                        \
+	{                                                                                          \
+		fixture_##fix##_teardown(self, variant);                                           \
+	}                                                                                          \
+	static struct harness_fixture harness_fixture_##fix = {                                    \
+		.setup = harness_setup_##fix, .teardown = harness_teardown_##fix};                 \
 	struct fixture_##fix
 
-#define FIXTURE_SETUP(fix)                                                              \
-	static void fixture_##fix##_setup(struct fixture_##fix *self HARNESS_UNUSED_,   \
+#define FIXTURE_SETUP(fix)                                                                         \
+	static void fixture_##fix##_setup(struct fixture_##fix *self HARNESS_UNUSED_,              \
 					  const struct variant_##fix *variant HARNESS_UNUSED_)
 
-#define FIXTURE_TEARDOWN(fix)                                                           \
-	static void fixture_##fix##_teardown(                                           \
-		struct fixture_##fix *self HARNESS_UNUSED_,                              \
-		const struct variant_##fix *variant HARNESS_UNUSED_)
+#define FIXTURE_TEARDOWN(fix)                                                                      \
+	static void fixture_##fix##_teardown(struct fixture_##fix *self HARNESS_UNUSED_,           \
+					     const struct variant_##fix *variant HARNESS_UNUSED_)
 
 #define FIXTURE_VARIANT(fix) struct variant_##fix
 
-#define FIXTURE_VARIANT_ADD(fix, var)                                                   \
-	static const struct variant_##fix variant_##fix##_##var;                        \
-	static struct harness_variant harness_variant_##fix##_##var = {                 \
-		.name = #var, .data = &variant_##fix##_##var, .line = __LINE__              \
-	};                                                                              \
-	static HARNESS_CONSTRUCTOR_ void harness_add_##fix##_##var(void)                \
-	{                                                                               \
-		harness_register_variant(&harness_fixture_##fix,                        \
-					 &harness_variant_##fix##_##var);               \
-	}                                                                               \
+#define FIXTURE_VARIANT_ADD(fix, var)                                                              \
+	static const struct variant_##fix variant_##fix##_##var;                                   \
+	static struct harness_variant harness_variant_##fix##_##var = {                            \
+		.name = #var, .data = &variant_##fix##_##var, .line = __LINE__};                   \
+	static HARNESS_CONSTRUCTOR_ void harness_add_##fix##_##var(void)                           \
+	{                                                                                          \
+		harness_register_variant(&harness_fixture_##fix, &harness_variant_##fix##_##var);  \
+	}                                                                                          \
 	static const struct variant_##fix variant_##fix##_##var =
 
-#define TEST_F(fix, test)                                                               \
-	static void case_##fix##_##test(struct fixture_##fix *self,                     \
-					const struct variant_##fix *variant);           \
-	static void harness_run_##fix##_##test(void *self, const void *variant)         \
-	{                                                                               \
-		case_##fix##_##test(self, variant);                                     \
-	}                                                                               \
-	static struct harness_case harness_case_##fix##_##test = {                      \
-		.name = #test,                                                          \
-		.fixture = &harness_fixture_##fix,                                      \
-		.self_size = sizeof(struct fixture_##fix),                              \
-		.run = harness_run_##fix##_##test,                                      \
-		.line = __LINE__,                                                       \
-	};                                                                              \
-	static HARNESS_CONSTRUCTOR_ void harness_add_##fix##_##test(void)               \
-	{                                                                               \
-		harness_register_case(&harness_case_##fix##_##test);                    \
-	}                                                                               \
-	static void case_##fix##_##test(struct fixture_##fix *self HARNESS_UNUSED_,     \
+#define TEST_F(fix, test)                                                                          \
+	static void case_##fix##_##test(struct fixture_##fix *self,                                \
+					const struct variant_##fix *variant);                      \
+	static void harness_run_##fix##_##test(void *self, const void *variant)                    \
+	{                                                                                          \
+		case_##fix##_##test(self, variant);                                                \
+	}                                                                                          \
+	static struct harness_case harness_case_##fix##_##test = {                                 \
+		.name = #test,                                                                     \
+		.fixture = &harness_fixture_##fix,                                                 \
+		.self_size = sizeof(struct fixture_##fix),                                         \
+		.run = harness_run_##fix##_##test,                                                 \
+		.line = __LINE__,                                                                  \
+	};                                                                                         \
+	static HARNESS_CONSTRUCTOR_ void harness_add_##fix##_##test(void)                          \
+	{                                                                                          \
+		harness_register_case(&harness_case_##fix##_##test);                               \
+	}                                                                                          \
+	static void case_##fix##_##test(struct fixture_##fix *self HARNESS_UNUSED_,                \
 					const struct variant_##fix *variant HARNESS_UNUSED_)
 
-#define HARNESS_OPTION(oname, value_text, help_text)                                    \
-	static void harness_set_##oname(const char *value);                             \
-	static struct harness_option harness_option_##oname = {                         \
-		.name = #oname, .value_name = value_text, .help = help_text,            \
-		.set = harness_set_##oname                                              \
-	};                                                                              \
-	static HARNESS_CONSTRUCTOR_ void harness_add_option_##oname(void)                \
-	{                                                                               \
-		harness_register_option(&harness_option_##oname);                       \
-	}                                                                               \
+#define HARNESS_OPTION(oname, value_text, help_text)                                               \
+	static void harness_set_##oname(const char *value);                                        \
+	static struct harness_option harness_option_##oname = {.name = #oname,                     \
+							       .value_name = value_text,           \
+							       .help = help_text,                  \
+							       .set = harness_set_##oname};        \
+	static HARNESS_CONSTRUCTOR_ void harness_add_option_##oname(void)                          \
+	{                                                                                          \
+		harness_register_option(&harness_option_##oname);                                  \
+	}                                                                                          \
 	static void harness_set_##oname(const char *value HARNESS_UNUSED_)
 
 #endif

@@ -501,37 +501,35 @@ static int disk_file(void)
 	return fd;
 }
 
-TEST_F(daemon, wrong_descriptors)
+/* The raw connection is its own anonymous session of the same tenant: it allocates its own
+ * domain. */
+static uint32_t raw_alloc_domain(int fd)
 {
-	int fd = raw_connect(&daemon_under_test);
-	int before;
-	int pipe_fds[2], good = memfd_of(PAGE), many[40], disk = disk_file();
-	int unsealed = memfd_create("unsealed", MFD_CLOEXEC);
-	uint32_t dom;
-	Iommud__V1__Response *resp;
-	Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
+	Iommud__V1__AllocDomainRequest alloc = IOMMUD__V1__ALLOC_DOMAIN_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	uint32_t dom;
+
+	alloc.type = IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_PAGING;
+	alloc.device = "emu0";
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN;
+	req.alloc_domain = &alloc;
+	raw_send_request(fd, &req, NULL, 0);
+	resp = raw_recv(fd, NULL);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	dom = resp->alloc_domain->domain_id;
+	iommud__v1__response__free_unpacked(resp, NULL);
+	return dom;
+}
+
+/* Every kind of wrong memory for a Map (good is a sealed memfd of one page). */
+static void expect_bad_maps_refused(int fd, uint32_t dom, int good)
+{
+	int pipe_fds[2], disk = disk_file();
+	int unsealed = memfd_create("unsealed", MFD_CLOEXEC);
 
 	CHECK(pipe(pipe_fds) == 0);
 	CHECK(unsealed >= 0 && ftruncate(unsealed, (off_t)PAGE) == 0);
-	/* The raw connection is its own anonymous session of the same tenant: it allocates its
-	 * own domain. */
-	{
-		Iommud__V1__AllocDomainRequest alloc = IOMMUD__V1__ALLOC_DOMAIN_REQUEST__INIT;
-		Iommud__V1__Request areq = IOMMUD__V1__REQUEST__INIT;
-
-		alloc.type = IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_PAGING;
-		alloc.device = "emu0";
-		areq.method_case = IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN;
-		areq.alloc_domain = &alloc;
-		raw_send_request(fd, &areq, NULL, 0);
-		resp = raw_recv(fd, NULL);
-		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
-		dom = resp->alloc_domain->domain_id;
-		iommud__v1__response__free_unpacked(resp, NULL);
-	}
-	before = fixture_fd_count(&daemon_under_test);
-
 	expect_map_refused(fd, dom, 0, PAGE, NULL, 0, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT,
 			   "Map without a descriptor");
 	expect_map_refused(fd, dom, 0, PAGE, (int[]){good, good}, 2,
@@ -551,6 +549,24 @@ TEST_F(daemon, wrong_descriptors)
 				   IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT, "Map of a disk file");
 	else
 		fprintf(stderr, "the build directory is on tmpfs: disk-file case skipped\n");
+	close(pipe_fds[0]);
+	close(pipe_fds[1]);
+	close(unsealed);
+	if (disk >= 0)
+		close(disk);
+}
+
+TEST_F(daemon, wrong_descriptors)
+{
+	int fd = raw_connect(&daemon_under_test);
+	int before, good = memfd_of(PAGE), many[40];
+	uint32_t dom = raw_alloc_domain(fd);
+	Iommud__V1__Response *resp;
+	Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	before = fixture_fd_count(&daemon_under_test);
+	expect_bad_maps_refused(fd, dom, good);
 
 	/* Descriptors sent with a request that takes none are refused and closed. */
 	req.id = 10;
@@ -582,12 +598,7 @@ TEST_F(daemon, wrong_descriptors)
 		CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), mapped + 1);
 	}
 	close(fd);
-	close(pipe_fds[0]);
-	close(pipe_fds[1]);
 	close(good);
-	close(unsealed);
-	if (disk >= 0)
-		close(disk);
 }
 
 TEST_F(daemon, ranges_and_quotas)

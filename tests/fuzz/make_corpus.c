@@ -99,10 +99,10 @@ static void one_field(struct seed *s, unsigned flags, Iommud__V1__Request__Metho
 	put(s, flags, &req);
 }
 
-#define DOMAIN_ONLY(s, flags, method, domain)                                                     \
+#define DOMAIN_ONLY(s, flags, method, domain)                                                      \
 	one_field(s, flags, IOMMUD__V1__REQUEST__METHOD_##method, PROTOBUF_C_TYPE_UINT32,          \
 		  &(uint32_t){domain}, sizeof(uint32_t))
-#define DEVICE_ONLY(s, flags, method, device)                                                     \
+#define DEVICE_ONLY(s, flags, method, device)                                                      \
 	one_field(s, flags, IOMMUD__V1__REQUEST__METHOD_##method, PROTOBUF_C_TYPE_STRING,          \
 		  &(const char *){device}, sizeof(const char *))
 

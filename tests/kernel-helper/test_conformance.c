@@ -23,10 +23,10 @@
 
 #include "harness.h"
 
-#define MiB (1ull << 20)
-#define PAGE 4096ull
+#define MiB	  (1ull << 20)
+#define PAGE	  4096ull
 #define MSI_START 0xfee00000ull
-#define MSI_LAST 0xfeefffffull
+#define MSI_LAST  0xfeefffffull
 
 /* Two devices in one group, two more in groups of their own, as the VM tier's machines have
  * (there the pair may be absent). */
@@ -41,7 +41,7 @@ static const char default_topology[] = "[iommu]\n"
 				       "[device d]\n"
 				       "group = 3\n";
 
-/* -t/--topology: an emulated topology to use instead of the built-in one. */
+/* --topology: an emulated topology to use instead of the built-in one. */
 static const char *topology_file;
 
 HARNESS_OPTION(topology, "FILE", "emulated topology to use instead of the built-in one")
@@ -64,8 +64,8 @@ FIXTURE_VARIANT(conformance)
 	enum kh_backend_kind kind;
 };
 
-FIXTURE_VARIANT_ADD(conformance, emulated){ .kind = KH_BACKEND_EMULATED };
-FIXTURE_VARIANT_ADD(conformance, iommufd){ .kind = KH_BACKEND_IOMMUFD };
+FIXTURE_VARIANT_ADD(conformance, emulated){.kind = KH_BACKEND_EMULATED};
+FIXTURE_VARIANT_ADD(conformance, iommufd){.kind = KH_BACKEND_IOMMUFD};
 
 static const size_t memory_size = 64 * MiB;
 
@@ -75,20 +75,20 @@ static uint64_t mem(const struct fixture_conformance *w, uint64_t offset)
 	return (uint64_t)(uintptr_t)w->memory + offset;
 }
 
-#define CHECK_ERR(expr, err, phrase)                                                         \
-	do {                                                                                 \
-		int check_rc_ = (expr);                                                      \
-		if (check_rc_ != (err)) {                                                    \
-			fprintf(stderr, "%s:%d: %s gave %d (%s), expected %s; message: %s\n", \
-				__FILE__, __LINE__, #expr, check_rc_, strerror(-check_rc_),  \
-				#err, kh_last_error());                                      \
-			abort();                                                             \
-		}                                                                            \
-		if (!strstr(kh_last_error(), (phrase))) {                                    \
-			fprintf(stderr, "%s:%d: message \"%s\" lacks \"%s\"\n", __FILE__,      \
-				__LINE__, kh_last_error(), (phrase));                        \
-			abort();                                                             \
-		}                                                                            \
+#define CHECK_ERR(expr, err, phrase)                                                               \
+	do {                                                                                       \
+		int check_rc_ = (expr);                                                            \
+		if (check_rc_ != (err)) {                                                          \
+			fprintf(stderr, "%s:%d: %s gave %d (%s), expected %s; message: %s\n",      \
+				__FILE__, __LINE__, #expr, check_rc_, strerror(-check_rc_), #err,  \
+				kh_last_error());                                                  \
+			abort();                                                                   \
+		}                                                                                  \
+		if (!strstr(kh_last_error(), (phrase))) {                                          \
+			fprintf(stderr, "%s:%d: message \"%s\" lacks \"%s\"\n", __FILE__,          \
+				__LINE__, kh_last_error(), (phrase));                              \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
 struct setup {
@@ -101,7 +101,7 @@ struct setup {
 /* A context with the three devices bound and a paging domain allocated for the first. */
 static void setup(const struct fixture_conformance *w, struct setup *s)
 {
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 
 	s->w = w;
 	CHECK_OK(kh_ctx_create(w->be, &s->ctx));
@@ -113,8 +113,11 @@ static void setup(const struct fixture_conformance *w, struct setup *s)
 static uint64_t map_fixed(struct setup *s, uint32_t dom, uint64_t iova, uint64_t len,
 			  uint64_t offset, uint32_t prot)
 {
-	struct kh_map_req req = { .iova = iova, .length = len, .addr = mem(s->w, offset), .prot = prot,
-				  .flags = KH_MAP_FIXED_IOVA };
+	struct kh_map_req req = {.iova = iova,
+				 .length = len,
+				 .addr = mem(s->w, offset),
+				 .prot = prot,
+				 .flags = KH_MAP_FIXED_IOVA};
 
 	CHECK_OK(kh_map(s->ctx, dom, &req));
 	CHECK_EQ(req.iova, iova);
@@ -123,8 +126,11 @@ static uint64_t map_fixed(struct setup *s, uint32_t dom, uint64_t iova, uint64_t
 
 static int try_map(struct setup *s, uint64_t iova, uint64_t len, uint64_t addr, uint32_t prot)
 {
-	struct kh_map_req req = { .iova = iova, .length = len, .addr = addr, .prot = prot,
-				  .flags = KH_MAP_FIXED_IOVA };
+	struct kh_map_req req = {.iova = iova,
+				 .length = len,
+				 .addr = addr,
+				 .prot = prot,
+				 .flags = KH_MAP_FIXED_IOVA};
 
 	return kh_map(s->ctx, s->dom, &req);
 }
@@ -158,7 +164,7 @@ static void check_unchanged(struct setup *s, uint32_t dom, const struct snapshot
 TEST_F(conformance, domain_types)
 {
 	struct setup s;
-	struct kh_domain_alloc_args args = { .type = KH_DOMAIN_BLOCKED };
+	struct kh_domain_alloc_args args = {.type = KH_DOMAIN_BLOCKED};
 	enum kh_domain_type type;
 	uint32_t blocked;
 	int rc;
@@ -168,7 +174,8 @@ TEST_F(conformance, domain_types)
 	CHECK_EQ(type, KH_DOMAIN_PAGING);
 	rc = kh_domain_alloc(s.ctx, s.dev[0], &args, &blocked);
 	if (rc == 0) {
-		struct kh_map_req req = { .length = PAGE, .addr = mem(self, 0), .prot = KH_PROT_READ };
+		struct kh_map_req req = {
+			.length = PAGE, .addr = mem(self, 0), .prot = KH_PROT_READ};
 
 		CHECK_ERR(kh_map(s.ctx, blocked, &req), -EOPNOTSUPP, "does not support map");
 		CHECK_ERR(kh_iova_ranges(s.ctx, blocked, NULL, 0), -EOPNOTSUPP, "blocked");
@@ -176,12 +183,14 @@ TEST_F(conformance, domain_types)
 	} else {
 		CHECK_ERR(rc, -EOPNOTSUPP, "blocked");
 	}
-	args = (struct kh_domain_alloc_args){ .type = (enum kh_domain_type)42 };
-	CHECK_ERR(kh_domain_alloc(s.ctx, s.dev[0], &args, &blocked), -EINVAL, "unknown domain type");
-	args = (struct kh_domain_alloc_args){ .type = KH_DOMAIN_PAGING, .flags = 1u << 30 };
-	CHECK_ERR(kh_domain_alloc(s.ctx, s.dev[0], &args, &blocked), -EINVAL, "unknown domain flags");
-	args = (struct kh_domain_alloc_args){ .type = KH_DOMAIN_NESTED, .parent_id = s.dom,
-					      .data = &args, .data_len = 8 };
+	args = (struct kh_domain_alloc_args){.type = (enum kh_domain_type)42};
+	CHECK_ERR(kh_domain_alloc(s.ctx, s.dev[0], &args, &blocked), -EINVAL,
+		  "unknown domain type");
+	args = (struct kh_domain_alloc_args){.type = KH_DOMAIN_PAGING, .flags = 1u << 30};
+	CHECK_ERR(kh_domain_alloc(s.ctx, s.dev[0], &args, &blocked), -EINVAL,
+		  "unknown domain flags");
+	args = (struct kh_domain_alloc_args){
+		.type = KH_DOMAIN_NESTED, .parent_id = s.dom, .data = &args, .data_len = 8};
 	CHECK_ERR(kh_domain_alloc(s.ctx, s.dev[0], &args, &blocked), -EINVAL, "nest parent");
 	CHECK_ERR(kh_domain_alloc(s.ctx, 999, &args, &blocked), -ENOENT, "no device 999");
 	kh_ctx_destroy(s.ctx);
@@ -201,16 +210,18 @@ TEST_F(conformance, map_rules)
 		  "overlaps the mapping");
 	CHECK_ERR(try_map(&s, base - PAGE, 2 * PAGE, mem(self, MiB), KH_PROT_READ), -EEXIST,
 		  "overlaps the mapping");
-	CHECK_ERR(try_map(&s, base + 0x800, PAGE, mem(self, MiB), KH_PROT_READ), -EINVAL, "page size");
+	CHECK_ERR(try_map(&s, base + 0x800, PAGE, mem(self, MiB), KH_PROT_READ), -EINVAL,
+		  "page size");
 	CHECK_ERR(try_map(&s, 2 * base, 0x800, mem(self, MiB), KH_PROT_READ), -EINVAL, "page size");
-	CHECK_ERR(try_map(&s, 2 * base, PAGE, mem(self, MiB) + 0x10, KH_PROT_READ), -EINVAL, "page size");
+	CHECK_ERR(try_map(&s, 2 * base, PAGE, mem(self, MiB) + 0x10, KH_PROT_READ), -EINVAL,
+		  "page size");
 	CHECK_ERR(try_map(&s, 2 * base, 0, mem(self, MiB), KH_PROT_READ), -EINVAL, "zero bytes");
 	CHECK_ERR(try_map(&s, 2 * base, PAGE, mem(self, MiB), 0), -EINVAL, "permissions");
-	CHECK_ERR(try_map(&s, UINT64_MAX - PAGE + 1, 2 * PAGE, mem(self, MiB), KH_PROT_READ), -EOVERFLOW,
-		  "overflows");
+	CHECK_ERR(try_map(&s, UINT64_MAX - PAGE + 1, 2 * PAGE, mem(self, MiB), KH_PROT_READ),
+		  -EOVERFLOW, "overflows");
 	if (self->aperture_last != UINT64_MAX)
-		CHECK_ERR(try_map(&s, self->aperture_last + 1, PAGE, mem(self, MiB), KH_PROT_READ), -EINVAL,
-			  "aperture");
+		CHECK_ERR(try_map(&s, self->aperture_last + 1, PAGE, mem(self, MiB), KH_PROT_READ),
+			  -EINVAL, "aperture");
 	check_unchanged(&s, s.dom, &before);
 
 	/* The edges of the address space are ordinary addresses. */
@@ -268,10 +279,10 @@ TEST_F(conformance, iova_allocation)
 	setup(self, &s);
 	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
 	for (int i = 0; i < 20; i++) {
-		struct kh_map_req req = { .length = (uint64_t)(i % 4 + 1) * PAGE,
-					  .addr = mem(self, (uint64_t)i * 4 * PAGE),
-					  .prot = KH_PROT_READ,
-					  .alignment = i % 5 == 0 ? MiB : 0 };
+		struct kh_map_req req = {.length = (uint64_t)(i % 4 + 1) * PAGE,
+					 .addr = mem(self, (uint64_t)i * 4 * PAGE),
+					 .prot = KH_PROT_READ,
+					 .alignment = i % 5 == 0 ? MiB : 0};
 
 		CHECK_OK(kh_map(s.ctx, s.dom, &req));
 		CHECK(req.iova % PAGE == 0);
@@ -288,15 +299,15 @@ TEST_F(conformance, iova_allocation)
 	}
 
 	/* An allowed range just below the MSI window, too small for the next request. */
-	struct kh_iova_range allow = { MSI_START - 4 * PAGE, MSI_START - 1 };
-	struct kh_map_req req = { .length = 8 * PAGE, .addr = mem(self, 0), .prot = KH_PROT_READ };
+	struct kh_iova_range allow = {MSI_START - 4 * PAGE, MSI_START - 1};
+	struct kh_map_req req = {.length = 8 * PAGE, .addr = mem(self, 0), .prot = KH_PROT_READ};
 
 	CHECK_OK(kh_allow_iovas(s.ctx, s.dom, &allow, 1));
 	CHECK_ERR(kh_map(s.ctx, s.dom, &req), -ENOSPC, "no free IOVA range");
 	req.length = 4 * PAGE;
 	CHECK_OK(kh_map(s.ctx, s.dom, &req));
 	CHECK_EQ(req.iova, MSI_START - 4 * PAGE);
-	allow = (struct kh_iova_range){ MSI_START - PAGE, MSI_START };
+	allow = (struct kh_iova_range){MSI_START - PAGE, MSI_START};
 	CHECK_ERR(kh_allow_iovas(s.ctx, s.dom, &allow, 1), -EADDRINUSE, "reserved");
 	CHECK_OK(kh_allow_iovas(s.ctx, s.dom, NULL, 0));
 	req.alignment = 3 * PAGE;
@@ -318,7 +329,7 @@ TEST_F(conformance, attach_narrows)
 	struct kh_iova_range r[16];
 	struct snapshot before;
 	uint32_t other;
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	int n;
 
 	setup(self, &s);
@@ -378,7 +389,7 @@ static bool replace_or_known_limit(const struct fixture_conformance *w, struct k
 TEST_F(conformance, attach_rules)
 {
 	struct setup s;
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	uint32_t second, id;
 
 	setup(self, &s);
@@ -393,8 +404,7 @@ TEST_F(conformance, attach_rules)
 	/* Replace moves the device, and its mappings are those of the new domain. */
 	map_fixed(&s, second, 0x200000, PAGE, 0, KH_PROT_READ);
 	CHECK_OK(kh_replace(s.ctx, s.dev[0], s.dom));
-	if (!replace_or_known_limit(self, s.ctx, s.dev[0], second))
-	{
+	if (!replace_or_known_limit(self, s.ctx, s.dev[0], second)) {
 		CHECK_OK(kh_detach(s.ctx, s.dev[0]));
 		CHECK_OK(kh_attach(s.ctx, s.dev[0], second));
 	}
@@ -420,7 +430,7 @@ TEST_F(conformance, attach_rules)
 TEST_F(conformance, groups)
 {
 	struct kh_ctx *ctx, *other;
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	uint32_t a, b, d1, d2, id, unused;
 
 	if (!self->pair[0][0])
@@ -452,7 +462,7 @@ TEST_F(conformance, contexts_isolated)
 {
 	struct setup s;
 	struct kh_ctx *other;
-	struct kh_map_req req = { .length = PAGE, .addr = mem(self, 0), .prot = KH_PROT_READ };
+	struct kh_map_req req = {.length = PAGE, .addr = mem(self, 0), .prot = KH_PROT_READ};
 	uint32_t dev;
 
 	setup(self, &s);
@@ -498,14 +508,15 @@ TEST_F(conformance, dirty_needs_flag)
 {
 	struct setup s;
 	struct kh_device_info info;
-	struct kh_domain_alloc_args dirty = { .type = KH_DOMAIN_PAGING,
-					      .flags = KH_DOMAIN_F_DIRTY_TRACKING };
+	struct kh_domain_alloc_args dirty = {.type = KH_DOMAIN_PAGING,
+					     .flags = KH_DOMAIN_F_DIRTY_TRACKING};
 	uint64_t bitmap[1];
 	uint32_t tracked;
 
 	setup(self, &s);
 	CHECK_ERR(kh_set_dirty_tracking(s.ctx, s.dom, true), -EOPNOTSUPP, "dirty tracking");
-	CHECK_OK(kh_device_info(self->be, (size_t)kh_device_lookup(self->be, self->names[0]), &info));
+	CHECK_OK(kh_device_info(self->be, (size_t)kh_device_lookup(self->be, self->names[0]),
+				&info));
 	if (!info.hw.dirty_tracking) {
 		CHECK_ERR(kh_domain_alloc(s.ctx, s.dev[0], &dirty, &tracked), -EOPNOTSUPP, "dirty");
 	} else {
@@ -522,8 +533,8 @@ TEST_F(conformance, dirty_needs_flag)
 TEST_F(conformance, copy)
 {
 	struct setup s;
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
-	struct kh_map_req req = { .length = 2 * PAGE, .prot = KH_PROT_READ };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	struct kh_map_req req = {.length = 2 * PAGE, .prot = KH_PROT_READ};
 	struct kh_mapping m[4];
 	uint32_t dst;
 
@@ -578,9 +589,12 @@ TEST_F(conformance, map_file)
 	struct setup s;
 	struct kh_mapping m[2];
 	int fd = memfd_create("conformance", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	struct kh_map_req req = { .iova = 0x300000, .length = 2 * PAGE, .addr = PAGE,
-				  .prot = KH_PROT_READ | KH_PROT_WRITE,
-				  .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE, .fd = fd };
+	struct kh_map_req req = {.iova = 0x300000,
+				 .length = 2 * PAGE,
+				 .addr = PAGE,
+				 .prot = KH_PROT_READ | KH_PROT_WRITE,
+				 .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE,
+				 .fd = fd};
 	int rc;
 
 	CHECK(fd >= 0);

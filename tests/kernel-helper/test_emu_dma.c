@@ -16,8 +16,8 @@
 #include "harness.h"
 
 #define PAGE 4096ull
-#define MiB (1ull << 20)
-#define GiB (1ull << 30)
+#define MiB  (1ull << 20)
+#define GiB  (1ull << 30)
 
 static const char topology[] = "[iommu]\n"
 			       "devices = dev0 dev1 mate0 mate1\n"
@@ -67,11 +67,14 @@ static struct kh_emu_fault last_fault(struct kh_backend *be)
 
 #define ANY_IOVA UINT64_MAX /* let the helper choose */
 
-static uint64_t map(struct kh_ctx *ctx, uint32_t dom, uint64_t iova, const void *mem,
-		    uint64_t len, uint32_t prot)
+static uint64_t map(struct kh_ctx *ctx, uint32_t dom, uint64_t iova, const void *mem, uint64_t len,
+		    uint32_t prot)
 {
-	struct kh_map_req req = { .iova = iova, .length = len, .addr = addr_of(mem), .prot = prot,
-				  .flags = iova == ANY_IOVA ? 0 : KH_MAP_FIXED_IOVA };
+	struct kh_map_req req = {.iova = iova,
+				 .length = len,
+				 .addr = addr_of(mem),
+				 .prot = prot,
+				 .flags = iova == ANY_IOVA ? 0 : KH_MAP_FIXED_IOVA};
 
 	CHECK_OK(kh_map(ctx, dom, &req));
 	return req.iova;
@@ -82,9 +85,10 @@ struct attached {
 	uint32_t dev, dom;
 };
 
-static void attach_new(struct kh_backend *be, struct attached *f, const char *device, uint32_t flags)
+static void attach_new(struct kh_backend *be, struct attached *f, const char *device,
+		       uint32_t flags)
 {
-	struct kh_domain_alloc_args args = { .type = KH_DOMAIN_PAGING, .flags = flags };
+	struct kh_domain_alloc_args args = {.type = KH_DOMAIN_PAGING, .flags = flags};
 
 	CHECK_OK(kh_ctx_create(be, &f->ctx));
 	CHECK_OK(kh_device_bind(f->ctx, device, &f->dev));
@@ -102,7 +106,8 @@ TEST_F(emu, data_lands_and_unmap_blocks)
 	attach_new(self->be, &f, "dev0", 0);
 	iova = map(f.ctx, f.dom, ANY_IOVA, mem, 4 * PAGE, KH_PROT_READ | KH_PROT_WRITE);
 	/* Crossing a page boundary exercises per-page translation. */
-	CHECK_OK(kh_emu_dma(self->be, "dev0", iova + PAGE - 5, msg, sizeof(msg), KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", iova + PAGE - 5, msg, sizeof(msg),
+			    KH_EMU_DMA_TO_MEMORY));
 	CHECK(memcmp(mem + PAGE - 5, msg, sizeof(msg)) == 0);
 	CHECK_OK(kh_emu_dma(self->be, "dev0", iova + PAGE - 5, back, sizeof(back),
 			    KH_EMU_DMA_FROM_MEMORY));
@@ -111,7 +116,8 @@ TEST_F(emu, data_lands_and_unmap_blocks)
 	/* The IOTLB holds the translation now; the unmap must still self->be seen at once. */
 	CHECK_OK(kh_unmap(f.ctx, f.dom, iova, 4 * PAGE, NULL));
 	memset(mem, 0, 4 * PAGE);
-	CHECK_EQ(kh_emu_dma(self->be, "dev0", iova + 8, msg, sizeof(msg), KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", iova + 8, msg, sizeof(msg), KH_EMU_DMA_TO_MEMORY),
+		 -EFAULT);
 	CHECK(strstr(kh_last_error(), "faulted"));
 	struct kh_emu_fault fault = last_fault(self->be);
 	CHECK_EQ(fault.reason, KH_EMU_FAULT_NOT_PRESENT);
@@ -134,7 +140,8 @@ TEST_F(emu, fault_moves_nothing)
 	iova = map(f.ctx, f.dom, 0x100000, mem, PAGE, KH_PROT_READ | KH_PROT_WRITE);
 	memset(data, 0xab, sizeof(data));
 	/* The first page is mapped, the second not: not even the first may self->be written. */
-	CHECK_EQ(kh_emu_dma(self->be, "dev0", iova, data, sizeof(data), KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", iova, data, sizeof(data), KH_EMU_DMA_TO_MEMORY),
+		 -EFAULT);
 	CHECK_EQ(last_fault(self->be).iova, iova + PAGE);
 	for (size_t i = 0; i < PAGE; i++)
 		CHECK_EQ(mem[i], 0);
@@ -169,9 +176,9 @@ TEST_F(emu, permissions)
 TEST_F(emu, blocked_identity_and_replace)
 {
 	struct kh_ctx *ctx;
-	struct kh_domain_alloc_args blocked = { .type = KH_DOMAIN_BLOCKED },
-				    identity = { .type = KH_DOMAIN_IDENTITY },
-				    paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args blocked = {.type = KH_DOMAIN_BLOCKED},
+				    identity = {.type = KH_DOMAIN_IDENTITY},
+				    paging = {.type = KH_DOMAIN_PAGING};
 	uint8_t *mem = aligned_memory(PAGE, PAGE);
 	uint32_t dev, b, id, p;
 	uint64_t phys;
@@ -186,7 +193,8 @@ TEST_F(emu, blocked_identity_and_replace)
 	CHECK_OK(kh_domain_alloc(ctx, dev, &identity, &id));
 	CHECK_OK(kh_domain_alloc(ctx, dev, &paging, &p));
 	CHECK_OK(kh_attach(ctx, dev, b));
-	CHECK_EQ(kh_emu_dma(self->be, "dev1", addr_of(mem), &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	CHECK_EQ(kh_emu_dma(self->be, "dev1", addr_of(mem), &byte, 1, KH_EMU_DMA_TO_MEMORY),
+		 -EFAULT);
 	CHECK_EQ(last_fault(self->be).reason, KH_EMU_FAULT_BLOCKED);
 
 	/* Identity: the IOVA is the address. */
@@ -245,10 +253,13 @@ TEST_F(emu, dirty_tracking)
 		CHECK_EQ(bitmap[i], 0);
 
 	CHECK_OK(kh_set_dirty_tracking(f.ctx, f.dom, true));
-	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40200000 + 2 * PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY));
-	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40000000 + 7 * PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40200000 + 2 * PAGE, &byte, 1,
+			    KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40000000 + 7 * PAGE, &byte, 1,
+			    KH_EMU_DMA_TO_MEMORY));
 	/* Reads do not dirty. */
-	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40200000 + 3 * PAGE, &byte, 1, KH_EMU_DMA_FROM_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40200000 + 3 * PAGE, &byte, 1,
+			    KH_EMU_DMA_FROM_MEMORY));
 
 	/* 4 KiB granules over 2 MiB + 16 KiB: the 2 MiB leaf is dirty as a whole. */
 	CHECK_OK(kh_read_dirty(f.ctx, f.dom, 0x40000000, 2 * MiB + 4 * PAGE, PAGE, bitmap,
@@ -267,7 +278,8 @@ TEST_F(emu, dirty_tracking)
 	for (int i = 0; i < 9; i++)
 		CHECK_EQ(tail[i], 0);
 	/* Writing again after the clear is seen again, cached translation or not. */
-	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40200000 + 2 * PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40200000 + 2 * PAGE, &byte, 1,
+			    KH_EMU_DMA_TO_MEMORY));
 	CHECK_OK(kh_read_dirty(f.ctx, f.dom, 0x40200000, 4 * PAGE, PAGE, tail, 0));
 	CHECK_EQ(tail[0], 1ull << 2);
 	kh_ctx_destroy(f.ctx);
@@ -279,15 +291,25 @@ static void s1_set(uint8_t *guest, uint64_t table_ipa, unsigned index, uint64_t 
 	memcpy(guest + table_ipa + index * 8, &value, sizeof(value));
 }
 
+/* A stage-1 walk from the root at IPA 0 through tables at 0x1000, 0x2000 and 0x3000 (indexes
+ * 5, 6, 7 and 8: the nested case's s1_iova) to the data page at IPA 0x10000, each with bits. */
+static void s1_walk(uint8_t *guest, uint64_t bits)
+{
+	s1_set(guest, 0x0000, 5, 0x1000 | bits);
+	s1_set(guest, 0x1000, 6, 0x2000 | bits);
+	s1_set(guest, 0x2000, 7, 0x3000 | bits);
+	s1_set(guest, 0x3000, 8, 0x10000 | bits);
+}
+
 TEST_F(emu, nested)
 {
 	struct attached f;
-	struct kh_emu_s1 s1 = { .root_iova = 0 };
-	struct kh_domain_alloc_args nested = { .type = KH_DOMAIN_NESTED,
-					       .data_type = KH_NEST_DATA_EMU_S1,
-					       .data = &s1,
-					       .data_len = sizeof(s1) };
-	struct kh_map_req req = { .length = PAGE, .addr = 0, .prot = KH_PROT_READ };
+	struct kh_emu_s1 s1 = {.root_iova = 0};
+	struct kh_domain_alloc_args nested = {.type = KH_DOMAIN_NESTED,
+					      .data_type = KH_NEST_DATA_EMU_S1,
+					      .data = &s1,
+					      .data_len = sizeof(s1)};
+	struct kh_map_req req = {.length = PAGE, .addr = 0, .prot = KH_PROT_READ};
 	/* Guest memory: tables at IPA 0x0-0x3fff, data pages at 0x10000 and 0x11000. */
 	uint8_t *guest = aligned_memory(0x20000, PAGE);
 	const uint64_t rw = 3, s1_iova = (5ull << 39) | (6ull << 30) | (7ull << 21) | (8ull << 12);
@@ -298,10 +320,7 @@ TEST_F(emu, nested)
 	attach_new(self->be, &f, "dev0", KH_DOMAIN_F_NEST_PARENT);
 	CHECK_OK(kh_detach(f.ctx, f.dev));
 	map(f.ctx, f.dom, 0, guest, 0x20000, KH_PROT_READ | KH_PROT_WRITE);
-	s1_set(guest, 0x0000, 5, 0x1000 | rw);
-	s1_set(guest, 0x1000, 6, 0x2000 | rw);
-	s1_set(guest, 0x2000, 7, 0x3000 | rw);
-	s1_set(guest, 0x3000, 8, 0x10000 | rw);
+	s1_walk(guest, rw);
 
 	nested.parent_id = f.dom;
 	CHECK_OK(kh_domain_alloc(f.ctx, f.dev, &nested, &child));
@@ -324,7 +343,8 @@ TEST_F(emu, nested)
 	CHECK_OK(kh_flush_iotlb(f.ctx, child));
 	CHECK_EQ(kh_emu_dma(self->be, "dev0", s1_iova, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
 	CHECK_EQ(last_fault(self->be).reason, KH_EMU_FAULT_WRITE_DENIED);
-	CHECK_EQ(kh_emu_dma(self->be, "dev0", s1_iova + PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", s1_iova + PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY),
+		 -EFAULT);
 	CHECK_EQ(last_fault(self->be).reason, KH_EMU_FAULT_NOT_PRESENT);
 
 	/* Unmapping the stage-1 tables from the parent breaks the walk, even for cached
@@ -338,12 +358,28 @@ TEST_F(emu, nested)
 	CHECK_EQ(kh_map(f.ctx, child, &req), -EOPNOTSUPP);
 	CHECK(strstr(kh_last_error(), "nest parent"));
 	CHECK_EQ(kh_domain_free(f.ctx, f.dom), -EBUSY);
-	s1.root_iova = 0x800;
+	CHECK_OK(kh_device_bind(f.ctx, "dev1", &dev1));
+	kh_ctx_destroy(f.ctx);
+}
+
+/* A stage 1 the owner describes wrongly is refused: a root not page aligned, a short struct. */
+TEST_F(emu, nested_bad_stage1)
+{
+	struct attached f;
+	struct kh_emu_s1 s1 = {.root_iova = 0x800};
+	struct kh_domain_alloc_args nested = {.type = KH_DOMAIN_NESTED,
+					      .data_type = KH_NEST_DATA_EMU_S1,
+					      .data = &s1,
+					      .data_len = sizeof(s1)};
+	uint32_t child;
+
+	attach_new(self->be, &f, "dev0", KH_DOMAIN_F_NEST_PARENT);
+	CHECK_OK(kh_detach(f.ctx, f.dev));
+	nested.parent_id = f.dom;
 	CHECK_EQ(kh_domain_alloc(f.ctx, f.dev, &nested, &child), -EINVAL);
 	nested.data_len = 4;
 	CHECK_EQ(kh_domain_alloc(f.ctx, f.dev, &nested, &child), -EINVAL);
 	CHECK(strstr(kh_last_error(), "struct kh_emu_s1"));
-	CHECK_OK(kh_device_bind(f.ctx, "dev1", &dev1));
 	kh_ctx_destroy(f.ctx);
 }
 
@@ -351,7 +387,7 @@ TEST_F(emu, huge_leaf)
 {
 	struct kh_backend *huge;
 	struct kh_ctx *ctx;
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	uint8_t *mem = aligned_memory(GiB, GiB);
 	uint64_t phys, bytes;
 	uint32_t dev, dom;

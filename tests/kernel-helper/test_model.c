@@ -21,16 +21,16 @@
 
 #include "harness.h"
 
-#define PAGE 4096ull
-#define MiB (1ull << 20)
-#define MEM_SIZE (64 * MiB)
-#define N_DOMAINS 3
-#define N_DEVICES 4
-#define MAX_MAPS 256
-#define MSI_START 0xfee00000ull
-#define MSI_LAST 0xfeefffffull
+#define PAGE	      4096ull
+#define MiB	      (1ull << 20)
+#define MEM_SIZE      (64 * MiB)
+#define N_DOMAINS     3
+#define N_DEVICES     4
+#define MAX_MAPS      256
+#define MSI_START     0xfee00000ull
+#define MSI_LAST      0xfeefffffull
 #define D1_RESV_START 0x4000000ull
-#define D1_RESV_LAST 0x40fffffull
+#define D1_RESV_LAST  0x40fffffull
 
 static const char topology[] = "[iommu]\n"
 			       "devices = d0 d1 m0 m1\n"
@@ -43,8 +43,8 @@ static const char topology[] = "[iommu]\n"
 			       "group = 3\n"
 			       "[device m1]\n"
 			       "group = 3\n";
-static const char *const device_names[N_DEVICES] = { "d0", "d1", "m0", "m1" };
-static const unsigned device_group[N_DEVICES] = { 1, 2, 3, 3 };
+static const char *const device_names[N_DEVICES] = {"d0", "d1", "m0", "m1"};
+static const unsigned device_group[N_DEVICES] = {1, 2, 3, 3};
 
 struct model_map {
 	uint64_t iova, last, offset;
@@ -112,9 +112,9 @@ static bool overlap(uint64_t a, uint64_t a_last, uint64_t b, uint64_t b_last)
 
 static int device_resv(int dev, struct kh_iova_range *out)
 {
-	out[0] = (struct kh_iova_range){ MSI_START, MSI_LAST };
+	out[0] = (struct kh_iova_range){MSI_START, MSI_LAST};
 	if (dev == 1) {
-		out[1] = (struct kh_iova_range){ D1_RESV_START, D1_RESV_LAST };
+		out[1] = (struct kh_iova_range){D1_RESV_START, D1_RESV_LAST};
 		return 2;
 	}
 	return 1;
@@ -202,7 +202,7 @@ static uint64_t random_length(void)
 
 static uint32_t random_prot(void)
 {
-	static const uint32_t prots[] = { KH_PROT_READ, KH_PROT_WRITE, KH_PROT_READ | KH_PROT_WRITE };
+	static const uint32_t prots[] = {KH_PROT_READ, KH_PROT_WRITE, KH_PROT_READ | KH_PROT_WRITE};
 
 	return prots[below(3)];
 }
@@ -213,9 +213,11 @@ static void op_map_fixed(int d)
 	uint64_t len = random_length(), iova = random_iova();
 	uint64_t offset = len >= 2 * MiB ? below(MEM_SIZE / (2 * MiB) - 2) * 2 * MiB
 					 : below(MEM_SIZE / PAGE - 16) * PAGE;
-	struct kh_map_req req = { .iova = iova, .length = len,
-				  .addr = (uint64_t)(uintptr_t)m.mem + offset,
-				  .prot = random_prot(), .flags = KH_MAP_FIXED_IOVA };
+	struct kh_map_req req = {.iova = iova,
+				 .length = len,
+				 .addr = (uint64_t)(uintptr_t)m.mem + offset,
+				 .prot = random_prot(),
+				 .flags = KH_MAP_FIXED_IOVA};
 	int want = 0;
 
 	if (len >= 2 * MiB && below(2))
@@ -229,7 +231,7 @@ static void op_map_fixed(int d)
 		return;
 	expect_rc(kh_map(m.ctx, md->id, &req), want);
 	if (want == 0)
-		model_insert(md, (struct model_map){ iova, iova + len - 1, offset, req.prot });
+		model_insert(md, (struct model_map){iova, iova + len - 1, offset, req.prot});
 }
 
 /* Whether the model has room for len bytes aligned to align: the core may pick another place,
@@ -265,8 +267,10 @@ static void op_map_allocated(int d)
 	uint64_t len = random_length();
 	uint64_t offset = below(MEM_SIZE / PAGE - 1024) * PAGE;
 	uint64_t align = below(2) ? PAGE << below(11) : 0;
-	struct kh_map_req req = { .length = len, .addr = (uint64_t)(uintptr_t)m.mem + offset,
-				  .prot = random_prot(), .alignment = align };
+	struct kh_map_req req = {.length = len,
+				 .addr = (uint64_t)(uintptr_t)m.mem + offset,
+				 .prot = random_prot(),
+				 .alignment = align};
 	int rc;
 
 	if (md->n == MAX_MAPS)
@@ -296,7 +300,7 @@ static void op_map_allocated(int d)
 	    (req.iova < md->allowed.start || req.iova + len - 1 > md->allowed.last))
 		fail("picked IOVA 0x%llx outside the allowed range starting 0x%llx",
 		     (long long)req.iova, (long long)md->allowed.start);
-	model_insert(md, (struct model_map){ req.iova, req.iova + len - 1, offset, req.prot });
+	model_insert(md, (struct model_map){req.iova, req.iova + len - 1, offset, req.prot});
 }
 
 static void op_unmap(int d)
@@ -339,7 +343,8 @@ static void op_unmap(int d)
 	if (unmapped != want_bytes)
 		fail("unmapped %lld bytes, the model expected %lld", (long long)unmapped,
 		     (long long)want_bytes);
-	memmove(&md->maps[first], &md->maps[first + count], (md->n - first - count) * sizeof(md->maps[0]));
+	memmove(&md->maps[first], &md->maps[first + count],
+		(md->n - first - count) * sizeof(md->maps[0]));
 	md->n -= count;
 }
 
@@ -486,8 +491,8 @@ static void op_dma(int dev)
 	for (uint64_t i = 0; i < len; i++) {
 		translate(dev, iova + i, write, &offset);
 		if (m.mem[offset] != buf[i])
-			fail("byte %lld of the DMA differs from memory at offset %lld", (long long)i,
-			     (long long)offset);
+			fail("byte %lld of the DMA differs from memory at offset %lld",
+			     (long long)i, (long long)offset);
 	}
 }
 
@@ -592,7 +597,7 @@ static void random_operation(void)
 
 TEST(random_operations)
 {
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	uint8_t *raw;
 
 	if (!seeded)

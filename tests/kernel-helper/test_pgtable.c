@@ -18,11 +18,11 @@
 #include "harness.h"
 #include "emu_pgtable.h"
 
-#define BASE 0x7f0000000000ull /* 1 TiB aligned, so offsets keep their alignment */
-#define TOP (1ull << EMU_IOVA_BITS)
-#define ALL_SIZES (EMU_SZ_4K | EMU_SZ_2M | EMU_SZ_1G)
-#define RW (EMU_PTE_R | EMU_PTE_W)
-#define SZ_512G (1ull << 39)
+#define BASE	       0x7f0000000000ull /* 1 TiB aligned, so offsets keep their alignment */
+#define TOP	       (1ull << EMU_IOVA_BITS)
+#define ALL_SIZES      (EMU_SZ_4K | EMU_SZ_2M | EMU_SZ_1G)
+#define RW	       (EMU_PTE_R | EMU_PTE_W)
+#define SZ_512G	       (1ull << 39)
 #define PTE_COUNT(pte) (((pte) >> 52) & 0x3ff)
 
 static unsigned long lookups, injections; /* for the random case's summary */
@@ -112,8 +112,8 @@ static uint64_t check_leaves(const struct emu_pgtable *pt, uint64_t iova, uint64
 }
 
 /* Same, for count leaves of one size. */
-static uint64_t check_run(const struct emu_pgtable *pt, uint64_t iova, uint64_t addr,
-			  uint64_t prot, uint64_t ad, uint64_t size, size_t count)
+static uint64_t check_run(const struct emu_pgtable *pt, uint64_t iova, uint64_t addr, uint64_t prot,
+			  uint64_t ad, uint64_t size, size_t count)
 {
 	while (count--) {
 		iova = check_leaves(pt, iova, addr, prot, ad, &size, 1);
@@ -218,167 +218,189 @@ static void pte_set(const struct emu_pgtable *pt, uint64_t iova, uint64_t bits)
 	*t.pte |= bits;
 }
 
+FIXTURE(pgtable)
+{
+	struct emu_pgtable pt;
+};
+
+FIXTURE_SETUP(pgtable)
+{
+	pt_init(&self->pt);
+}
+
+/* Frees whatever the case left mapped, which LeakSanitizer holds to every table. */
+FIXTURE_TEARDOWN(pgtable)
+{
+	emu_pgtable_destroy(&self->pt);
+}
+
 /* ---- leaf size choice ------------------------------------------------------------------ */
 
-TEST(page_sizes)
+TEST_F(pgtable, page_sizes)
 {
-	const uint64_t mixed[] = { EMU_SZ_2M, EMU_SZ_1G, EMU_SZ_2M, EMU_SZ_4K };
-	struct emu_pgtable pt;
-	uint64_t iova;
-
-	pt_init(&pt);
-
 	/* 2M-aligned iova and addr with a 2M length: one 2M leaf, tables at levels 3 and 2. */
-	map_ok(&pt, 0x40000000 + 0x200000, BASE + 0x200000, EMU_SZ_2M, RW, ALL_SIZES);
-	check_run(&pt, 0x40200000, BASE + 0x200000, RW, 0, EMU_SZ_2M, 1);
-	CHECK_EQ(pt.table_pages, 3);
-	CHECK_EQ(unmap_ok(&pt, 0x40200000, EMU_SZ_2M), EMU_SZ_2M);
-	CHECK_EQ(pt.table_pages, 1);
+	map_ok(&self->pt, 0x40000000 + 0x200000, BASE + 0x200000, EMU_SZ_2M, RW, ALL_SIZES);
+	check_run(&self->pt, 0x40200000, BASE + 0x200000, RW, 0, EMU_SZ_2M, 1);
+	CHECK_EQ(self->pt.table_pages, 3);
+	CHECK_EQ(unmap_ok(&self->pt, 0x40200000, EMU_SZ_2M), EMU_SZ_2M);
+	CHECK_EQ(self->pt.table_pages, 1);
 
 	/* addr only 4K aligned: 4K leaves. */
-	map_ok(&pt, 0x40200000, BASE + 0x201000, EMU_SZ_2M, EMU_PTE_R, ALL_SIZES);
-	check_run(&pt, 0x40200000, BASE + 0x201000, EMU_PTE_R, 0, EMU_SZ_4K, 512);
-	CHECK_EQ(pt.table_pages, 4);
-	unmap_all(&pt);
+	map_ok(&self->pt, 0x40200000, BASE + 0x201000, EMU_SZ_2M, EMU_PTE_R, ALL_SIZES);
+	check_run(&self->pt, 0x40200000, BASE + 0x201000, EMU_PTE_R, 0, EMU_SZ_4K, 512);
+	CHECK_EQ(self->pt.table_pages, 4);
+	unmap_all(&self->pt);
 
 	/* iova only 4K aligned while addr is 2M aligned: 4K leaves too, in two 4K tables. */
-	map_ok(&pt, 0x40201000, BASE + 0x200000, EMU_SZ_2M, EMU_PTE_W, ALL_SIZES);
-	check_run(&pt, 0x40201000, BASE + 0x200000, EMU_PTE_W, 0, EMU_SZ_4K, 512);
-	CHECK_EQ(pt.table_pages, 5);
-	unmap_all(&pt);
+	map_ok(&self->pt, 0x40201000, BASE + 0x200000, EMU_SZ_2M, EMU_PTE_W, ALL_SIZES);
+	check_run(&self->pt, 0x40201000, BASE + 0x200000, EMU_PTE_W, 0, EMU_SZ_4K, 512);
+	CHECK_EQ(self->pt.table_pages, 5);
+	unmap_all(&self->pt);
 
 	/* The length, not the alignment, forbids 2M. */
-	map_ok(&pt, 0x40200000, BASE, EMU_SZ_2M - EMU_SZ_4K, RW, ALL_SIZES);
-	check_run(&pt, 0x40200000, BASE, RW, 0, EMU_SZ_4K, 511);
-	check_unmapped(&pt, 0x40200000 + EMU_SZ_2M - EMU_SZ_4K, EMU_SZ_4K);
-	unmap_all(&pt);
+	map_ok(&self->pt, 0x40200000, BASE, EMU_SZ_2M - EMU_SZ_4K, RW, ALL_SIZES);
+	check_run(&self->pt, 0x40200000, BASE, RW, 0, EMU_SZ_4K, 511);
+	check_unmapped(&self->pt, 0x40200000 + EMU_SZ_2M - EMU_SZ_4K, EMU_SZ_4K);
+	unmap_all(&self->pt);
+}
+
+TEST_F(pgtable, page_sizes_1g)
+{
+	uint64_t iova;
 
 	/* 1G when aligned and allowed: a single leaf in the level-3 table. */
-	map_ok(&pt, EMU_SZ_1G, BASE + EMU_SZ_1G, EMU_SZ_1G, RW, ALL_SIZES);
-	check_run(&pt, EMU_SZ_1G, BASE + EMU_SZ_1G, RW, 0, EMU_SZ_1G, 1);
-	CHECK_EQ(pt.table_pages, 2);
-	unmap_all(&pt);
+	map_ok(&self->pt, EMU_SZ_1G, BASE + EMU_SZ_1G, EMU_SZ_1G, RW, ALL_SIZES);
+	check_run(&self->pt, EMU_SZ_1G, BASE + EMU_SZ_1G, RW, 0, EMU_SZ_1G, 1);
+	CHECK_EQ(self->pt.table_pages, 2);
+	unmap_all(&self->pt);
 
 	/* 1G-aligned but 1G not in page_sizes: 2M leaves. */
-	map_ok(&pt, EMU_SZ_1G, BASE + EMU_SZ_1G, EMU_SZ_1G, RW, EMU_SZ_4K | EMU_SZ_2M);
-	check_run(&pt, EMU_SZ_1G, BASE + EMU_SZ_1G, RW, 0, EMU_SZ_2M, 512);
-	CHECK_EQ(pt.table_pages, 3);
-	unmap_all(&pt);
+	map_ok(&self->pt, EMU_SZ_1G, BASE + EMU_SZ_1G, EMU_SZ_1G, RW, EMU_SZ_4K | EMU_SZ_2M);
+	check_run(&self->pt, EMU_SZ_1G, BASE + EMU_SZ_1G, RW, 0, EMU_SZ_2M, 512);
+	CHECK_EQ(self->pt.table_pages, 3);
+	unmap_all(&self->pt);
 
 	/* iova 1G aligned, addr only 2M aligned: 2M leaves. */
-	map_ok(&pt, EMU_SZ_1G, BASE + EMU_SZ_2M, EMU_SZ_1G, RW, ALL_SIZES);
-	check_run(&pt, EMU_SZ_1G, BASE + EMU_SZ_2M, RW, 0, EMU_SZ_2M, 512);
-	unmap_all(&pt);
+	map_ok(&self->pt, EMU_SZ_1G, BASE + EMU_SZ_2M, EMU_SZ_1G, RW, ALL_SIZES);
+	check_run(&self->pt, EMU_SZ_1G, BASE + EMU_SZ_2M, RW, 0, EMU_SZ_2M, 512);
+	unmap_all(&self->pt);
 
 	/* page_sizes without 2M never gives 2M leaves, even next to a 1G leaf. */
-	map_ok(&pt, EMU_SZ_1G - EMU_SZ_2M, BASE + EMU_SZ_1G - EMU_SZ_2M,
+	map_ok(&self->pt, EMU_SZ_1G - EMU_SZ_2M, BASE + EMU_SZ_1G - EMU_SZ_2M,
 	       EMU_SZ_1G + 2 * EMU_SZ_2M, RW, EMU_SZ_4K | EMU_SZ_1G);
-	iova = check_run(&pt, EMU_SZ_1G - EMU_SZ_2M, BASE + EMU_SZ_1G - EMU_SZ_2M, RW, 0,
+	iova = check_run(&self->pt, EMU_SZ_1G - EMU_SZ_2M, BASE + EMU_SZ_1G - EMU_SZ_2M, RW, 0,
 			 EMU_SZ_4K, 512);
-	iova = check_run(&pt, iova, BASE + iova, RW, 0, EMU_SZ_1G, 1);
-	check_run(&pt, iova, BASE + iova, RW, 0, EMU_SZ_4K, 512);
-	unmap_all(&pt);
+	iova = check_run(&self->pt, iova, BASE + iova, RW, 0, EMU_SZ_1G, 1);
+	check_run(&self->pt, iova, BASE + iova, RW, 0, EMU_SZ_4K, 512);
+	unmap_all(&self->pt);
+}
+
+TEST_F(pgtable, page_sizes_mixed)
+{
+	const uint64_t mixed[] = {EMU_SZ_2M, EMU_SZ_1G, EMU_SZ_2M, EMU_SZ_4K};
+	uint64_t iova;
 
 	/* page_sizes 0 or 4K only: 4K always, as it is always included. */
-	map_ok(&pt, EMU_SZ_1G, BASE, EMU_SZ_2M, RW, 0);
-	check_run(&pt, EMU_SZ_1G, BASE, RW, 0, EMU_SZ_4K, 512);
-	map_ok(&pt, 2 * EMU_SZ_1G, BASE, EMU_SZ_2M, RW, EMU_SZ_4K);
-	check_run(&pt, 2 * EMU_SZ_1G, BASE, RW, 0, EMU_SZ_4K, 512);
-	unmap_all(&pt);
+	map_ok(&self->pt, EMU_SZ_1G, BASE, EMU_SZ_2M, RW, 0);
+	check_run(&self->pt, EMU_SZ_1G, BASE, RW, 0, EMU_SZ_4K, 512);
+	map_ok(&self->pt, 2 * EMU_SZ_1G, BASE, EMU_SZ_2M, RW, EMU_SZ_4K);
+	check_run(&self->pt, 2 * EMU_SZ_1G, BASE, RW, 0, EMU_SZ_4K, 512);
+	unmap_all(&self->pt);
 
 	/* Greedy per chunk: 2M up to the 1G boundary, 1G, then 2M and 4K for the tail. */
 	iova = 3 * EMU_SZ_1G - EMU_SZ_2M;
-	map_ok(&pt, iova, BASE + iova, 2 * EMU_SZ_2M + EMU_SZ_1G + EMU_SZ_4K, RW, ALL_SIZES);
-	check_leaves(&pt, iova, BASE + iova, RW, 0, mixed, 4);
-	CHECK_EQ(pt.table_pages, 5); /* L3; L2 before and after the 1G leaf; L1 for the tail */
-	unmap_all(&pt);
+	map_ok(&self->pt, iova, BASE + iova, 2 * EMU_SZ_2M + EMU_SZ_1G + EMU_SZ_4K, RW, ALL_SIZES);
+	check_leaves(&self->pt, iova, BASE + iova, RW, 0, mixed, 4);
+	CHECK_EQ(self->pt.table_pages,
+		 5); /* L3; L2 before and after the 1G leaf; L1 for the tail */
+	unmap_all(&self->pt);
 
 	/* 4K up to a 2M boundary, then 2M, then 4K. */
 	iova = EMU_SZ_1G + EMU_SZ_2M - 2 * EMU_SZ_4K;
-	map_ok(&pt, iova, BASE + iova, 2 * EMU_SZ_4K + EMU_SZ_2M + 3 * EMU_SZ_4K, RW, ALL_SIZES);
-	iova = check_run(&pt, iova, BASE + iova, RW, 0, EMU_SZ_4K, 2);
-	iova = check_run(&pt, iova, BASE + iova, RW, 0, EMU_SZ_2M, 1);
-	check_run(&pt, iova, BASE + iova, RW, 0, EMU_SZ_4K, 3);
-	unmap_all(&pt);
+	map_ok(&self->pt, iova, BASE + iova, 2 * EMU_SZ_4K + EMU_SZ_2M + 3 * EMU_SZ_4K, RW,
+	       ALL_SIZES);
+	iova = check_run(&self->pt, iova, BASE + iova, RW, 0, EMU_SZ_4K, 2);
+	iova = check_run(&self->pt, iova, BASE + iova, RW, 0, EMU_SZ_2M, 1);
+	check_run(&self->pt, iova, BASE + iova, RW, 0, EMU_SZ_4K, 3);
+	unmap_all(&self->pt);
 
 	/* Only the R/W bits of prot are kept; a prot with neither is refused. */
-	map_ok(&pt, 0, BASE, EMU_SZ_4K, RW | EMU_PTE_PS | EMU_PTE_D, ALL_SIZES);
-	check_run(&pt, 0, BASE, RW, 0, EMU_SZ_4K, 1);
-	CHECK_EQ(emu_pgtable_map(&pt, EMU_SZ_2M, BASE, EMU_SZ_2M, EMU_PTE_A, ALL_SIZES), -EINVAL);
-	CHECK_EQ(pt.table_pages, 4);
-	check_unmapped(&pt, EMU_SZ_2M, EMU_SZ_2M);
-	unmap_all(&pt);
-
-	emu_pgtable_destroy(&pt);
+	map_ok(&self->pt, 0, BASE, EMU_SZ_4K, RW | EMU_PTE_PS | EMU_PTE_D, ALL_SIZES);
+	check_run(&self->pt, 0, BASE, RW, 0, EMU_SZ_4K, 1);
+	CHECK_EQ(emu_pgtable_map(&self->pt, EMU_SZ_2M, BASE, EMU_SZ_2M, EMU_PTE_A, ALL_SIZES),
+		 -EINVAL);
+	CHECK_EQ(self->pt.table_pages, 4);
+	check_unmapped(&self->pt, EMU_SZ_2M, EMU_SZ_2M);
+	unmap_all(&self->pt);
 }
 
 /* ---- boundaries of the address space and of tables --------------------------------------- */
 
-TEST(boundaries)
+TEST_F(pgtable, boundaries)
 {
-	struct emu_pgtable pt;
 	struct emu_translation t;
 	uint64_t iova;
 
-	pt_init(&pt);
-
 	/* iova 0, each leaf size. */
-	map_ok(&pt, 0, BASE, EMU_SZ_4K, RW, ALL_SIZES);
-	check_run(&pt, 0, BASE, RW, 0, EMU_SZ_4K, 1);
-	CHECK_EQ(unmap_ok(&pt, 0, EMU_SZ_4K), EMU_SZ_4K);
-	map_ok(&pt, 0, BASE, EMU_SZ_2M, RW, ALL_SIZES);
-	check_run(&pt, 0, BASE, RW, 0, EMU_SZ_2M, 1);
-	CHECK_EQ(unmap_ok(&pt, 0, EMU_SZ_2M), EMU_SZ_2M);
-	map_ok(&pt, 0, BASE, EMU_SZ_1G, RW, ALL_SIZES);
-	check_run(&pt, 0, BASE, RW, 0, EMU_SZ_1G, 1);
-	CHECK_EQ(unmap_ok(&pt, 0, EMU_SZ_1G), EMU_SZ_1G);
-	CHECK_EQ(pt.table_pages, 1);
+	map_ok(&self->pt, 0, BASE, EMU_SZ_4K, RW, ALL_SIZES);
+	check_run(&self->pt, 0, BASE, RW, 0, EMU_SZ_4K, 1);
+	CHECK_EQ(unmap_ok(&self->pt, 0, EMU_SZ_4K), EMU_SZ_4K);
+	map_ok(&self->pt, 0, BASE, EMU_SZ_2M, RW, ALL_SIZES);
+	check_run(&self->pt, 0, BASE, RW, 0, EMU_SZ_2M, 1);
+	CHECK_EQ(unmap_ok(&self->pt, 0, EMU_SZ_2M), EMU_SZ_2M);
+	map_ok(&self->pt, 0, BASE, EMU_SZ_1G, RW, ALL_SIZES);
+	check_run(&self->pt, 0, BASE, RW, 0, EMU_SZ_1G, 1);
+	CHECK_EQ(unmap_ok(&self->pt, 0, EMU_SZ_1G), EMU_SZ_1G);
+	CHECK_EQ(self->pt.table_pages, 1);
 
 	/* The last page below 2^48, and what lies past it. */
-	map_ok(&pt, TOP - EMU_SZ_4K, BASE, EMU_SZ_4K, EMU_PTE_R, ALL_SIZES);
-	check_run(&pt, TOP - EMU_SZ_4K, BASE, EMU_PTE_R, 0, EMU_SZ_4K, 1);
-	CHECK_EQ(lookup(&pt, TOP, &t), -ENOENT);
-	CHECK_EQ(lookup(&pt, TOP + TOP - EMU_SZ_4K, &t), -ENOENT);
-	CHECK_EQ(lookup(&pt, UINT64_MAX & ~0xfffull, &t), -ENOENT);
-	check_unmapped(&pt, TOP - EMU_SZ_2M, EMU_SZ_2M - EMU_SZ_4K);
-	CHECK_EQ(unmap_ok(&pt, TOP - EMU_SZ_4K, EMU_SZ_4K), EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 1);
+	map_ok(&self->pt, TOP - EMU_SZ_4K, BASE, EMU_SZ_4K, EMU_PTE_R, ALL_SIZES);
+	check_run(&self->pt, TOP - EMU_SZ_4K, BASE, EMU_PTE_R, 0, EMU_SZ_4K, 1);
+	CHECK_EQ(lookup(&self->pt, TOP, &t), -ENOENT);
+	CHECK_EQ(lookup(&self->pt, TOP + TOP - EMU_SZ_4K, &t), -ENOENT);
+	CHECK_EQ(lookup(&self->pt, UINT64_MAX & ~0xfffull, &t), -ENOENT);
+	check_unmapped(&self->pt, TOP - EMU_SZ_2M, EMU_SZ_2M - EMU_SZ_4K);
+	CHECK_EQ(unmap_ok(&self->pt, TOP - EMU_SZ_4K, EMU_SZ_4K), EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 1);
 
 	/* The last 1G and the last 2M, with a length running past the top to unmap them. */
-	map_ok(&pt, TOP - EMU_SZ_1G, BASE, EMU_SZ_1G, RW, ALL_SIZES);
-	check_run(&pt, TOP - EMU_SZ_1G, BASE, RW, 0, EMU_SZ_1G, 1);
-	CHECK_EQ(unmap_ok(&pt, TOP - EMU_SZ_1G, UINT64_MAX), EMU_SZ_1G);
-	map_ok(&pt, TOP - EMU_SZ_2M - EMU_SZ_4K, BASE + EMU_SZ_2M - EMU_SZ_4K,
+	map_ok(&self->pt, TOP - EMU_SZ_1G, BASE, EMU_SZ_1G, RW, ALL_SIZES);
+	check_run(&self->pt, TOP - EMU_SZ_1G, BASE, RW, 0, EMU_SZ_1G, 1);
+	CHECK_EQ(unmap_ok(&self->pt, TOP - EMU_SZ_1G, UINT64_MAX), EMU_SZ_1G);
+	map_ok(&self->pt, TOP - EMU_SZ_2M - EMU_SZ_4K, BASE + EMU_SZ_2M - EMU_SZ_4K,
 	       EMU_SZ_2M + EMU_SZ_4K, RW, ALL_SIZES);
-	iova = check_run(&pt, TOP - EMU_SZ_2M - EMU_SZ_4K, BASE + EMU_SZ_2M - EMU_SZ_4K, RW, 0,
-			 EMU_SZ_4K, 1);
-	check_run(&pt, iova, BASE + EMU_SZ_2M, RW, 0, EMU_SZ_2M, 1);
+	iova = check_run(&self->pt, TOP - EMU_SZ_2M - EMU_SZ_4K, BASE + EMU_SZ_2M - EMU_SZ_4K, RW,
+			 0, EMU_SZ_4K, 1);
+	check_run(&self->pt, iova, BASE + EMU_SZ_2M, RW, 0, EMU_SZ_2M, 1);
 	/* Unmapping from the top page on splits the 2M leaf and leaves its head. */
-	CHECK_EQ(unmap_ok(&pt, TOP - EMU_SZ_4K, 2 * EMU_SZ_4K), EMU_SZ_4K);
-	check_run(&pt, iova, BASE + EMU_SZ_2M, RW, 0, EMU_SZ_4K, 511);
-	CHECK_EQ(unmap_ok(&pt, TOP, EMU_SZ_1G), 0);
-	CHECK_EQ(unmap_ok(&pt, TOP - SZ_512G, SZ_512G), EMU_SZ_2M);
-	CHECK_EQ(pt.table_pages, 1);
+	CHECK_EQ(unmap_ok(&self->pt, TOP - EMU_SZ_4K, 2 * EMU_SZ_4K), EMU_SZ_4K);
+	check_run(&self->pt, iova, BASE + EMU_SZ_2M, RW, 0, EMU_SZ_4K, 511);
+	CHECK_EQ(unmap_ok(&self->pt, TOP, EMU_SZ_1G), 0);
+	CHECK_EQ(unmap_ok(&self->pt, TOP - SZ_512G, SZ_512G), EMU_SZ_2M);
+	CHECK_EQ(self->pt.table_pages, 1);
+}
+
+TEST_F(pgtable, boundaries_512g)
+{
+	uint64_t iova;
 
 	/* A range across a 512G (root entry), 1G and 2M boundaries, in 4K pages. */
 	iova = SZ_512G - EMU_SZ_2M - 3 * EMU_SZ_4K;
-	map_ok(&pt, iova, BASE + EMU_SZ_4K, 2 * EMU_SZ_2M + 6 * EMU_SZ_4K, RW, ALL_SIZES);
-	check_run(&pt, iova, BASE + EMU_SZ_4K, RW, 0, EMU_SZ_4K, 1030);
-	CHECK_EQ(pt.table_pages, 1 + 2 + 2 + 4); /* two L3, two L2, four L1 */
-	check_unmapped(&pt, iova - EMU_SZ_4K, EMU_SZ_4K);
-	check_unmapped(&pt, iova + 1030 * EMU_SZ_4K, EMU_SZ_4K);
-	CHECK_EQ(unmap_ok(&pt, iova, 2 * EMU_SZ_2M + 6 * EMU_SZ_4K), 1030 * EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 1);
+	map_ok(&self->pt, iova, BASE + EMU_SZ_4K, 2 * EMU_SZ_2M + 6 * EMU_SZ_4K, RW, ALL_SIZES);
+	check_run(&self->pt, iova, BASE + EMU_SZ_4K, RW, 0, EMU_SZ_4K, 1030);
+	CHECK_EQ(self->pt.table_pages, 1 + 2 + 2 + 4); /* two L3, two L2, four L1 */
+	check_unmapped(&self->pt, iova - EMU_SZ_4K, EMU_SZ_4K);
+	check_unmapped(&self->pt, iova + 1030 * EMU_SZ_4K, EMU_SZ_4K);
+	CHECK_EQ(unmap_ok(&self->pt, iova, 2 * EMU_SZ_2M + 6 * EMU_SZ_4K), 1030 * EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 1);
 
 	/* The same with large leaves: 1G leaves on both sides of the 512G boundary. */
 	iova = SZ_512G - EMU_SZ_1G - EMU_SZ_2M;
-	map_ok(&pt, iova, BASE + iova, 2 * EMU_SZ_1G + 2 * EMU_SZ_2M, RW, ALL_SIZES);
-	iova = check_run(&pt, iova, BASE + iova, RW, 0, EMU_SZ_2M, 1);
-	iova = check_run(&pt, iova, BASE + iova, RW, 0, EMU_SZ_1G, 2);
-	check_run(&pt, iova, BASE + iova, RW, 0, EMU_SZ_2M, 1);
-	unmap_all(&pt);
-
-	emu_pgtable_destroy(&pt);
+	map_ok(&self->pt, iova, BASE + iova, 2 * EMU_SZ_1G + 2 * EMU_SZ_2M, RW, ALL_SIZES);
+	iova = check_run(&self->pt, iova, BASE + iova, RW, 0, EMU_SZ_2M, 1);
+	iova = check_run(&self->pt, iova, BASE + iova, RW, 0, EMU_SZ_1G, 2);
+	check_run(&self->pt, iova, BASE + iova, RW, 0, EMU_SZ_2M, 1);
+	unmap_all(&self->pt);
 }
 
 /* ---- overlap ------------------------------------------------------------------------------ */
@@ -394,231 +416,248 @@ static void expect_eexist(struct emu_pgtable *pt, uint64_t iova, uint64_t addr, 
 	snap_free(&s);
 }
 
-TEST(eexist)
+TEST_F(pgtable, eexist)
 {
 	const uint64_t g = EMU_SZ_1G;
-	struct emu_pgtable pt;
 
-	pt_init(&pt);
 	/* A 4K page, a 2M leaf and a 1G leaf, with A/D bits that must survive a refused map. */
-	map_ok(&pt, g + 5 * EMU_SZ_2M + 7 * EMU_SZ_4K, BASE, EMU_SZ_4K, EMU_PTE_R, ALL_SIZES);
-	map_ok(&pt, g + 9 * EMU_SZ_2M, BASE + EMU_SZ_2M, EMU_SZ_2M, RW, ALL_SIZES);
-	map_ok(&pt, 3 * g, BASE + g, g, EMU_PTE_W, ALL_SIZES);
-	pte_set(&pt, 3 * g, EMU_PTE_A | EMU_PTE_D);
+	map_ok(&self->pt, g + 5 * EMU_SZ_2M + 7 * EMU_SZ_4K, BASE, EMU_SZ_4K, EMU_PTE_R, ALL_SIZES);
+	map_ok(&self->pt, g + 9 * EMU_SZ_2M, BASE + EMU_SZ_2M, EMU_SZ_2M, RW, ALL_SIZES);
+	map_ok(&self->pt, 3 * g, BASE + g, g, EMU_PTE_W, ALL_SIZES);
+	pte_set(&self->pt, 3 * g, EMU_PTE_A | EMU_PTE_D);
 
 	/* On the 4K page: exactly, from before, to after, and where 2M or 1G would be used. */
-	expect_eexist(&pt, g + 5 * EMU_SZ_2M + 7 * EMU_SZ_4K, BASE, EMU_SZ_4K, ALL_SIZES);
-	expect_eexist(&pt, g + 5 * EMU_SZ_2M, BASE, 8 * EMU_SZ_4K, ALL_SIZES);
-	expect_eexist(&pt, g + 5 * EMU_SZ_2M + 7 * EMU_SZ_4K, BASE, 3 * EMU_SZ_4K, ALL_SIZES);
-	expect_eexist(&pt, g + 4 * EMU_SZ_2M, BASE, 3 * EMU_SZ_2M, ALL_SIZES);
-	expect_eexist(&pt, g, BASE, g, ALL_SIZES);
-	expect_eexist(&pt, 0, BASE, 2 * g, ALL_SIZES);
+	expect_eexist(&self->pt, g + 5 * EMU_SZ_2M + 7 * EMU_SZ_4K, BASE, EMU_SZ_4K, ALL_SIZES);
+	expect_eexist(&self->pt, g + 5 * EMU_SZ_2M, BASE, 8 * EMU_SZ_4K, ALL_SIZES);
+	expect_eexist(&self->pt, g + 5 * EMU_SZ_2M + 7 * EMU_SZ_4K, BASE, 3 * EMU_SZ_4K, ALL_SIZES);
+	expect_eexist(&self->pt, g + 4 * EMU_SZ_2M, BASE, 3 * EMU_SZ_2M, ALL_SIZES);
+	expect_eexist(&self->pt, g, BASE, g, ALL_SIZES);
+	expect_eexist(&self->pt, 0, BASE, 2 * g, ALL_SIZES);
 	/* On the 2M leaf: its first page, last page, middle, and with 4K pages only. */
-	expect_eexist(&pt, g + 8 * EMU_SZ_2M, BASE, EMU_SZ_2M + EMU_SZ_4K, ALL_SIZES);
-	expect_eexist(&pt, g + 10 * EMU_SZ_2M - EMU_SZ_4K, BASE, 2 * EMU_SZ_4K, ALL_SIZES);
-	expect_eexist(&pt, g + 9 * EMU_SZ_2M + 0x10000, BASE, EMU_SZ_4K, ALL_SIZES);
-	expect_eexist(&pt, g + 7 * EMU_SZ_2M, BASE, 8 * EMU_SZ_2M, EMU_SZ_4K);
+	expect_eexist(&self->pt, g + 8 * EMU_SZ_2M, BASE, EMU_SZ_2M + EMU_SZ_4K, ALL_SIZES);
+	expect_eexist(&self->pt, g + 10 * EMU_SZ_2M - EMU_SZ_4K, BASE, 2 * EMU_SZ_4K, ALL_SIZES);
+	expect_eexist(&self->pt, g + 9 * EMU_SZ_2M + 0x10000, BASE, EMU_SZ_4K, ALL_SIZES);
+	expect_eexist(&self->pt, g + 7 * EMU_SZ_2M, BASE, 8 * EMU_SZ_2M, EMU_SZ_4K);
 	/* On the 1G leaf: by a 1G, a 2M and a 4K map, and by a map that ends in it. */
-	expect_eexist(&pt, 3 * g, BASE, g, ALL_SIZES);
-	expect_eexist(&pt, 4 * g - EMU_SZ_2M, BASE, EMU_SZ_2M, ALL_SIZES);
-	expect_eexist(&pt, 3 * g + 0x5000, BASE, EMU_SZ_4K, ALL_SIZES);
-	expect_eexist(&pt, 2 * g - EMU_SZ_4K, BASE, g + 2 * EMU_SZ_4K, ALL_SIZES);
+	expect_eexist(&self->pt, 3 * g, BASE, g, ALL_SIZES);
+	expect_eexist(&self->pt, 4 * g - EMU_SZ_2M, BASE, EMU_SZ_2M, ALL_SIZES);
+	expect_eexist(&self->pt, 3 * g + 0x5000, BASE, EMU_SZ_4K, ALL_SIZES);
+	expect_eexist(&self->pt, 2 * g - EMU_SZ_4K, BASE, g + 2 * EMU_SZ_4K, ALL_SIZES);
 	/* A long map that creates tables before it meets the 1G leaf: they must go again. */
-	expect_eexist(&pt, 2 * g + 3 * EMU_SZ_4K, BASE + 3 * EMU_SZ_4K, g, ALL_SIZES);
+	expect_eexist(&self->pt, 2 * g + 3 * EMU_SZ_4K, BASE + 3 * EMU_SZ_4K, g, ALL_SIZES);
 	/* One that meets the 4K page after filling much of its table and the ones before it. */
-	expect_eexist(&pt, 0x1000, BASE + 0x1000, g + 5 * EMU_SZ_2M + 7 * EMU_SZ_4K, ALL_SIZES);
+	expect_eexist(&self->pt, 0x1000, BASE + 0x1000, g + 5 * EMU_SZ_2M + 7 * EMU_SZ_4K,
+		      ALL_SIZES);
 
-	CHECK_EQ(unmap_ok(&pt, 0, TOP), EMU_SZ_4K + EMU_SZ_2M + g);
-	CHECK_EQ(pt.table_pages, 1);
-	emu_pgtable_destroy(&pt);
+	CHECK_EQ(unmap_ok(&self->pt, 0, TOP), EMU_SZ_4K + EMU_SZ_2M + g);
+	CHECK_EQ(self->pt.table_pages, 1);
 }
 
 /* ---- splitting unmaps ---------------------------------------------------------------------- */
 
-TEST(split_2m)
+TEST_F(pgtable, split_2m)
 {
 	const uint64_t iova = 7 * EMU_SZ_1G + 3 * EMU_SZ_2M;
 	const uint64_t addr = BASE + 11 * EMU_SZ_2M;
 	const uint64_t ad = EMU_PTE_A | EMU_PTE_D;
-	struct emu_pgtable pt;
 
-	pt_init(&pt);
-	map_ok(&pt, iova, addr, EMU_SZ_2M, EMU_PTE_R, ALL_SIZES);
-	pte_set(&pt, iova, ad);
-	CHECK_EQ(pt.table_pages, 3);
+	map_ok(&self->pt, iova, addr, EMU_SZ_2M, EMU_PTE_R, ALL_SIZES);
+	pte_set(&self->pt, iova, ad);
+	CHECK_EQ(self->pt.table_pages, 3);
 
 	/* A hole of two pages in the middle: one 4K table, the rest keeps everything. */
-	CHECK_EQ(unmap_ok(&pt, iova + 100 * EMU_SZ_4K, 2 * EMU_SZ_4K), 2 * EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 4);
-	check_run(&pt, iova, addr, EMU_PTE_R, ad, EMU_SZ_4K, 100);
-	check_unmapped(&pt, iova + 100 * EMU_SZ_4K, 2 * EMU_SZ_4K);
-	check_run(&pt, iova + 102 * EMU_SZ_4K, addr + 102 * EMU_SZ_4K, EMU_PTE_R, ad, EMU_SZ_4K,
-		  410);
+	CHECK_EQ(unmap_ok(&self->pt, iova + 100 * EMU_SZ_4K, 2 * EMU_SZ_4K), 2 * EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 4);
+	check_run(&self->pt, iova, addr, EMU_PTE_R, ad, EMU_SZ_4K, 100);
+	check_unmapped(&self->pt, iova + 100 * EMU_SZ_4K, 2 * EMU_SZ_4K);
+	check_run(&self->pt, iova + 102 * EMU_SZ_4K, addr + 102 * EMU_SZ_4K, EMU_PTE_R, ad,
+		  EMU_SZ_4K, 410);
 
 	/* The head, across the hole (which counts nothing), then the tail piece by piece. */
-	CHECK_EQ(unmap_ok(&pt, iova, 101 * EMU_SZ_4K), 100 * EMU_SZ_4K);
-	CHECK_EQ(unmap_ok(&pt, iova + 101 * EMU_SZ_4K, 300 * EMU_SZ_4K), 299 * EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 4);
-	CHECK_EQ(unmap_ok(&pt, iova + 401 * EMU_SZ_4K, 110 * EMU_SZ_4K), 110 * EMU_SZ_4K);
-	check_run(&pt, iova + 511 * EMU_SZ_4K, addr + 511 * EMU_SZ_4K, EMU_PTE_R, ad, EMU_SZ_4K,
-		  1);
-	CHECK_EQ(unmap_ok(&pt, iova + 511 * EMU_SZ_4K, EMU_SZ_4K), EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 1);
+	CHECK_EQ(unmap_ok(&self->pt, iova, 101 * EMU_SZ_4K), 100 * EMU_SZ_4K);
+	CHECK_EQ(unmap_ok(&self->pt, iova + 101 * EMU_SZ_4K, 300 * EMU_SZ_4K), 299 * EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 4);
+	CHECK_EQ(unmap_ok(&self->pt, iova + 401 * EMU_SZ_4K, 110 * EMU_SZ_4K), 110 * EMU_SZ_4K);
+	check_run(&self->pt, iova + 511 * EMU_SZ_4K, addr + 511 * EMU_SZ_4K, EMU_PTE_R, ad,
+		  EMU_SZ_4K, 1);
+	CHECK_EQ(unmap_ok(&self->pt, iova + 511 * EMU_SZ_4K, EMU_SZ_4K), EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 1);
 
 	/* A range that starts inside one 2M leaf and ends inside the next. */
-	map_ok(&pt, iova, addr, 2 * EMU_SZ_2M, RW, ALL_SIZES);
-	pte_set(&pt, iova + EMU_SZ_2M, EMU_PTE_A);
-	CHECK_EQ(unmap_ok(&pt, iova + EMU_SZ_2M - EMU_SZ_4K, 2 * EMU_SZ_4K), 2 * EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 5);
-	check_run(&pt, iova, addr, RW, 0, EMU_SZ_4K, 511);
-	check_run(&pt, iova + EMU_SZ_2M + EMU_SZ_4K, addr + EMU_SZ_2M + EMU_SZ_4K, RW, EMU_PTE_A,
-		  EMU_SZ_4K, 511);
-	unmap_all(&pt);
-
-	emu_pgtable_destroy(&pt);
+	map_ok(&self->pt, iova, addr, 2 * EMU_SZ_2M, RW, ALL_SIZES);
+	pte_set(&self->pt, iova + EMU_SZ_2M, EMU_PTE_A);
+	CHECK_EQ(unmap_ok(&self->pt, iova + EMU_SZ_2M - EMU_SZ_4K, 2 * EMU_SZ_4K), 2 * EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 5);
+	check_run(&self->pt, iova, addr, RW, 0, EMU_SZ_4K, 511);
+	check_run(&self->pt, iova + EMU_SZ_2M + EMU_SZ_4K, addr + EMU_SZ_2M + EMU_SZ_4K, RW,
+		  EMU_PTE_A, EMU_SZ_4K, 511);
+	unmap_all(&self->pt);
 }
 
-TEST(split_1g)
+TEST_F(pgtable, split_1g)
 {
 	const uint64_t iova = 5 * EMU_SZ_1G;
 	const uint64_t addr = BASE + 2 * EMU_SZ_1G;
-	struct emu_pgtable pt;
 	uint64_t at;
 
-	pt_init(&pt);
-	map_ok(&pt, iova, addr, EMU_SZ_1G, EMU_PTE_W, ALL_SIZES);
-	pte_set(&pt, iova, EMU_PTE_A);
-	CHECK_EQ(pt.table_pages, 2);
+	map_ok(&self->pt, iova, addr, EMU_SZ_1G, EMU_PTE_W, ALL_SIZES);
+	pte_set(&self->pt, iova, EMU_PTE_A);
+	CHECK_EQ(self->pt.table_pages, 2);
 
 	/* A 4K hole in the 4th 2M: 1G -> 2M, then that 2M -> 4K. */
-	CHECK_EQ(unmap_ok(&pt, iova + 3 * EMU_SZ_2M + 5 * EMU_SZ_4K, EMU_SZ_4K), EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 4);
-	at = check_run(&pt, iova, addr, EMU_PTE_W, EMU_PTE_A, EMU_SZ_2M, 3);
-	at = check_run(&pt, at, addr + (at - iova), EMU_PTE_W, EMU_PTE_A, EMU_SZ_4K, 5);
-	check_unmapped(&pt, at, EMU_SZ_4K);
+	CHECK_EQ(unmap_ok(&self->pt, iova + 3 * EMU_SZ_2M + 5 * EMU_SZ_4K, EMU_SZ_4K), EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 4);
+	at = check_run(&self->pt, iova, addr, EMU_PTE_W, EMU_PTE_A, EMU_SZ_2M, 3);
+	at = check_run(&self->pt, at, addr + (at - iova), EMU_PTE_W, EMU_PTE_A, EMU_SZ_4K, 5);
+	check_unmapped(&self->pt, at, EMU_SZ_4K);
 	at += EMU_SZ_4K;
-	at = check_run(&pt, at, addr + (at - iova), EMU_PTE_W, EMU_PTE_A, EMU_SZ_4K, 506);
-	check_run(&pt, at, addr + (at - iova), EMU_PTE_W, EMU_PTE_A, EMU_SZ_2M, 508);
+	at = check_run(&self->pt, at, addr + (at - iova), EMU_PTE_W, EMU_PTE_A, EMU_SZ_4K, 506);
+	check_run(&self->pt, at, addr + (at - iova), EMU_PTE_W, EMU_PTE_A, EMU_SZ_2M, 508);
 
 	/* A 2M-aligned 2M hole is one leaf: no split, no table. */
-	CHECK_EQ(unmap_ok(&pt, iova + 100 * EMU_SZ_2M, EMU_SZ_2M), EMU_SZ_2M);
-	CHECK_EQ(pt.table_pages, 4);
-	check_unmapped(&pt, iova + 100 * EMU_SZ_2M, EMU_SZ_2M);
-	unmap_all(&pt);
+	CHECK_EQ(unmap_ok(&self->pt, iova + 100 * EMU_SZ_2M, EMU_SZ_2M), EMU_SZ_2M);
+	CHECK_EQ(self->pt.table_pages, 4);
+	check_unmapped(&self->pt, iova + 100 * EMU_SZ_2M, EMU_SZ_2M);
+	unmap_all(&self->pt);
+}
+
+TEST_F(pgtable, split_1g_dirty)
+{
+	const uint64_t iova = 5 * EMU_SZ_1G;
+	const uint64_t addr = BASE + 2 * EMU_SZ_1G;
+	uint64_t at;
 
 	/* A 2M hole in a fresh 1G leaf, with D set: one split, and D on every piece. */
-	map_ok(&pt, iova, addr, EMU_SZ_1G, RW, ALL_SIZES);
-	pte_set(&pt, iova, EMU_PTE_D);
-	CHECK_EQ(unmap_ok(&pt, iova + 7 * EMU_SZ_2M, EMU_SZ_2M), EMU_SZ_2M);
-	CHECK_EQ(pt.table_pages, 3);
-	at = check_run(&pt, iova, addr, RW, EMU_PTE_D, EMU_SZ_2M, 7);
-	check_unmapped(&pt, at, EMU_SZ_2M);
-	check_run(&pt, at + EMU_SZ_2M, addr + 8 * EMU_SZ_2M, RW, EMU_PTE_D, EMU_SZ_2M, 504);
-	unmap_all(&pt);
+	map_ok(&self->pt, iova, addr, EMU_SZ_1G, RW, ALL_SIZES);
+	pte_set(&self->pt, iova, EMU_PTE_D);
+	CHECK_EQ(unmap_ok(&self->pt, iova + 7 * EMU_SZ_2M, EMU_SZ_2M), EMU_SZ_2M);
+	CHECK_EQ(self->pt.table_pages, 3);
+	at = check_run(&self->pt, iova, addr, RW, EMU_PTE_D, EMU_SZ_2M, 7);
+	check_unmapped(&self->pt, at, EMU_SZ_2M);
+	check_run(&self->pt, at + EMU_SZ_2M, addr + 8 * EMU_SZ_2M, RW, EMU_PTE_D, EMU_SZ_2M, 504);
+	unmap_all(&self->pt);
 
 	/* Both ends inside one 2M piece of one 1G leaf. */
-	map_ok(&pt, iova, addr, EMU_SZ_1G, RW, ALL_SIZES);
-	CHECK_EQ(unmap_ok(&pt, iova + EMU_SZ_1G - EMU_SZ_2M + 0x3000, 0x2000), 0x2000);
-	CHECK_EQ(pt.table_pages, 4);
-	at = check_run(&pt, iova, addr, RW, 0, EMU_SZ_2M, 511);
-	at = check_run(&pt, at, addr + (at - iova), RW, 0, EMU_SZ_4K, 3);
-	check_unmapped(&pt, at, 0x2000);
-	check_run(&pt, at + 0x2000, addr + (at + 0x2000 - iova), RW, 0, EMU_SZ_4K, 507);
-	unmap_all(&pt);
+	map_ok(&self->pt, iova, addr, EMU_SZ_1G, RW, ALL_SIZES);
+	CHECK_EQ(unmap_ok(&self->pt, iova + EMU_SZ_1G - EMU_SZ_2M + 0x3000, 0x2000), 0x2000);
+	CHECK_EQ(self->pt.table_pages, 4);
+	at = check_run(&self->pt, iova, addr, RW, 0, EMU_SZ_2M, 511);
+	at = check_run(&self->pt, at, addr + (at - iova), RW, 0, EMU_SZ_4K, 3);
+	check_unmapped(&self->pt, at, 0x2000);
+	check_run(&self->pt, at + 0x2000, addr + (at + 0x2000 - iova), RW, 0, EMU_SZ_4K, 507);
+	unmap_all(&self->pt);
+}
+
+TEST_F(pgtable, split_1g_across)
+{
+	const uint64_t iova = 5 * EMU_SZ_1G;
+	const uint64_t addr = BASE + 2 * EMU_SZ_1G;
+	uint64_t at;
 
 	/* From inside one 1G leaf to inside the next, across 2M pieces. */
-	map_ok(&pt, iova, addr, 2 * EMU_SZ_1G, RW, ALL_SIZES);
-	CHECK_EQ(unmap_ok(&pt, iova + EMU_SZ_1G - EMU_SZ_2M - EMU_SZ_4K,
+	map_ok(&self->pt, iova, addr, 2 * EMU_SZ_1G, RW, ALL_SIZES);
+	CHECK_EQ(unmap_ok(&self->pt, iova + EMU_SZ_1G - EMU_SZ_2M - EMU_SZ_4K,
 			  EMU_SZ_4K + 2 * EMU_SZ_2M + EMU_SZ_4K),
 		 EMU_SZ_4K + 2 * EMU_SZ_2M + EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 6);
-	at = check_run(&pt, iova, addr, RW, 0, EMU_SZ_2M, 510);
-	at = check_run(&pt, at, addr + (at - iova), RW, 0, EMU_SZ_4K, 511);
-	check_unmapped(&pt, at, EMU_SZ_4K + 2 * EMU_SZ_2M + EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 6);
+	at = check_run(&self->pt, iova, addr, RW, 0, EMU_SZ_2M, 510);
+	at = check_run(&self->pt, at, addr + (at - iova), RW, 0, EMU_SZ_4K, 511);
+	check_unmapped(&self->pt, at, EMU_SZ_4K + 2 * EMU_SZ_2M + EMU_SZ_4K);
 	at += EMU_SZ_4K + 2 * EMU_SZ_2M + EMU_SZ_4K;
-	at = check_run(&pt, at, addr + (at - iova), RW, 0, EMU_SZ_4K, 511);
-	check_run(&pt, at, addr + (at - iova), RW, 0, EMU_SZ_2M, 510);
-	unmap_all(&pt);
+	at = check_run(&self->pt, at, addr + (at - iova), RW, 0, EMU_SZ_4K, 511);
+	check_run(&self->pt, at, addr + (at - iova), RW, 0, EMU_SZ_2M, 510);
+	unmap_all(&self->pt);
 
 	/* An empty range inside a leaf splits nothing. */
-	map_ok(&pt, iova, addr, EMU_SZ_1G, RW, ALL_SIZES);
-	CHECK_EQ(unmap_ok(&pt, iova + 0x5000, 0), 0);
-	CHECK_EQ(pt.table_pages, 2);
-	check_run(&pt, iova, addr, RW, 0, EMU_SZ_1G, 1);
-	unmap_all(&pt);
-
-	emu_pgtable_destroy(&pt);
+	map_ok(&self->pt, iova, addr, EMU_SZ_1G, RW, ALL_SIZES);
+	CHECK_EQ(unmap_ok(&self->pt, iova + 0x5000, 0), 0);
+	CHECK_EQ(self->pt.table_pages, 2);
+	check_run(&self->pt, iova, addr, RW, 0, EMU_SZ_1G, 1);
+	unmap_all(&self->pt);
 }
 
 /* ---- table reclamation and unmapped byte counts -------------------------------------------- */
 
-TEST(reclaim)
+TEST_F(pgtable, reclaim)
 {
 	static const uint64_t spots[] = {
-		0, 0x1000, 0x1ff000, 0x200000, 0x3ff000, EMU_SZ_1G - 0x1000, EMU_SZ_1G,
-		SZ_512G - 0x1000, SZ_512G, 3 * SZ_512G + 0x123000, TOP - 0x1000,
+		0,
+		0x1000,
+		0x1ff000,
+		0x200000,
+		0x3ff000,
+		EMU_SZ_1G - 0x1000,
+		EMU_SZ_1G,
+		SZ_512G - 0x1000,
+		SZ_512G,
+		3 * SZ_512G + 0x123000,
+		TOP - 0x1000,
 	};
 	const size_t n = sizeof(spots) / sizeof(spots[0]);
-	struct emu_pgtable pt;
-	uint64_t i, iova;
-
-	pt_init(&pt);
+	uint64_t i;
 
 	/* Scattered pages, unmapped one by one, forwards then backwards. */
 	for (i = 0; i < n; i++)
-		map_ok(&pt, spots[i], BASE + i * EMU_SZ_4K, EMU_SZ_4K, RW, ALL_SIZES);
+		map_ok(&self->pt, spots[i], BASE + i * EMU_SZ_4K, EMU_SZ_4K, RW, ALL_SIZES);
 	for (i = 0; i < n; i++)
-		CHECK_EQ(unmap_ok(&pt, spots[i], EMU_SZ_4K), EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 1);
+		CHECK_EQ(unmap_ok(&self->pt, spots[i], EMU_SZ_4K), EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 1);
 	for (i = 0; i < n; i++)
-		map_ok(&pt, spots[i], BASE + i * EMU_SZ_4K, EMU_SZ_4K, RW, ALL_SIZES);
+		map_ok(&self->pt, spots[i], BASE + i * EMU_SZ_4K, EMU_SZ_4K, RW, ALL_SIZES);
 	for (i = n; i--;)
-		CHECK_EQ(unmap_ok(&pt, spots[i], EMU_SZ_4K), EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 1);
+		CHECK_EQ(unmap_ok(&self->pt, spots[i], EMU_SZ_4K), EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 1);
 
 	/* The same, all at once, counting only what was mapped. */
 	for (i = 0; i < n; i++)
-		map_ok(&pt, spots[i], BASE + i * EMU_SZ_4K, EMU_SZ_4K, RW, ALL_SIZES);
-	CHECK_EQ(unmap_ok(&pt, 0, TOP), n * EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 1);
+		map_ok(&self->pt, spots[i], BASE + i * EMU_SZ_4K, EMU_SZ_4K, RW, ALL_SIZES);
+	CHECK_EQ(unmap_ok(&self->pt, 0, TOP), n * EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 1);
+}
+
+TEST_F(pgtable, reclaim_ranges)
+{
+	uint64_t i, iova;
 
 	/* A 1G range of 4K pages: 512 leaf tables, all freed by one unmap. */
-	map_ok(&pt, EMU_SZ_1G, BASE + EMU_SZ_4K, EMU_SZ_1G, RW, ALL_SIZES);
-	CHECK_EQ(pt.table_pages, 1 + 1 + 1 + 512);
-	CHECK_EQ(unmap_ok(&pt, EMU_SZ_1G, EMU_SZ_1G), EMU_SZ_1G);
-	CHECK_EQ(pt.table_pages, 1);
+	map_ok(&self->pt, EMU_SZ_1G, BASE + EMU_SZ_4K, EMU_SZ_1G, RW, ALL_SIZES);
+	CHECK_EQ(self->pt.table_pages, 1 + 1 + 1 + 512);
+	CHECK_EQ(unmap_ok(&self->pt, EMU_SZ_1G, EMU_SZ_1G), EMU_SZ_1G);
+	CHECK_EQ(self->pt.table_pages, 1);
 
 	/* Every other 2M mapped in 4K pages, unmapped by ranges that cut across them. */
 	for (i = 0; i < 64; i += 2)
-		map_ok(&pt, i * EMU_SZ_2M, BASE + 0x1000, EMU_SZ_2M, RW, ALL_SIZES);
+		map_ok(&self->pt, i * EMU_SZ_2M, BASE + 0x1000, EMU_SZ_2M, RW, ALL_SIZES);
 	for (iova = 0x5000; iova < 64 * EMU_SZ_2M; iova += 3 * EMU_SZ_2M + 0x7000)
-		unmap_ok(&pt, iova, 3 * EMU_SZ_2M + 0x7000);
-	CHECK_EQ(unmap_ok(&pt, 0, 0x5000), 0x5000);
-	CHECK_EQ(pt.table_pages, 1);
+		unmap_ok(&self->pt, iova, 3 * EMU_SZ_2M + 0x7000);
+	CHECK_EQ(unmap_ok(&self->pt, 0, 0x5000), 0x5000);
+	CHECK_EQ(self->pt.table_pages, 1);
 
 	/* Mixed leaves unmapped in 4K steps from the end: splits, then reclaims everything. */
-	map_ok(&pt, EMU_SZ_1G - 2 * EMU_SZ_4K, BASE + EMU_SZ_1G - 2 * EMU_SZ_4K,
+	map_ok(&self->pt, EMU_SZ_1G - 2 * EMU_SZ_4K, BASE + EMU_SZ_1G - 2 * EMU_SZ_4K,
 	       EMU_SZ_1G + EMU_SZ_2M + 4 * EMU_SZ_4K, RW, ALL_SIZES);
 	for (iova = 2 * EMU_SZ_1G + EMU_SZ_2M + 2 * EMU_SZ_4K; iova > 2 * EMU_SZ_1G - 0x10000;)
-		CHECK_EQ(unmap_ok(&pt, iova -= EMU_SZ_4K, EMU_SZ_4K), EMU_SZ_4K);
-	CHECK_EQ(unmap_ok(&pt, 0, 2 * EMU_SZ_1G), EMU_SZ_1G - 0x10000 + 2 * EMU_SZ_4K);
-	CHECK_EQ(pt.table_pages, 1);
+		CHECK_EQ(unmap_ok(&self->pt, iova -= EMU_SZ_4K, EMU_SZ_4K), EMU_SZ_4K);
+	CHECK_EQ(unmap_ok(&self->pt, 0, 2 * EMU_SZ_1G), EMU_SZ_1G - 0x10000 + 2 * EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 1);
+}
 
+TEST_F(pgtable, reclaim_holes)
+{
 	/* Holes count nothing; unmapping nothing is not an error. */
-	map_ok(&pt, 0x10000, BASE, 0x3000, RW, ALL_SIZES);
-	map_ok(&pt, 0x20000, BASE, 0x1000, RW, ALL_SIZES);
-	map_ok(&pt, EMU_SZ_1G, BASE, EMU_SZ_2M, RW, ALL_SIZES);
-	CHECK_EQ(unmap_ok(&pt, 0x11000, EMU_SZ_1G - 0x11000), 0x2000 + 0x1000);
-	CHECK_EQ(unmap_ok(&pt, 0x11000, EMU_SZ_1G - 0x11000), 0);
-	CHECK_EQ(unmap_ok(&pt, 0, EMU_SZ_1G + EMU_SZ_4K), 0x1000 + EMU_SZ_4K);
-	CHECK_EQ(unmap_ok(&pt, 5 * SZ_512G, SZ_512G), 0);
-	CHECK_OK(emu_pgtable_unmap(&pt, 0, TOP, NULL));
-	CHECK_EQ(pt.table_pages, 1);
+	map_ok(&self->pt, 0x10000, BASE, 0x3000, RW, ALL_SIZES);
+	map_ok(&self->pt, 0x20000, BASE, 0x1000, RW, ALL_SIZES);
+	map_ok(&self->pt, EMU_SZ_1G, BASE, EMU_SZ_2M, RW, ALL_SIZES);
+	CHECK_EQ(unmap_ok(&self->pt, 0x11000, EMU_SZ_1G - 0x11000), 0x2000 + 0x1000);
+	CHECK_EQ(unmap_ok(&self->pt, 0x11000, EMU_SZ_1G - 0x11000), 0);
+	CHECK_EQ(unmap_ok(&self->pt, 0, EMU_SZ_1G + EMU_SZ_4K), 0x1000 + EMU_SZ_4K);
+	CHECK_EQ(unmap_ok(&self->pt, 5 * SZ_512G, SZ_512G), 0);
+	CHECK_OK(emu_pgtable_unmap(&self->pt, 0, TOP, NULL));
+	CHECK_EQ(self->pt.table_pages, 1);
 
 	/* destroy frees whatever is left. */
-	map_ok(&pt, 0, BASE, 3 * EMU_SZ_1G + EMU_SZ_2M + EMU_SZ_4K, RW, ALL_SIZES);
-	map_ok(&pt, TOP - EMU_SZ_1G - EMU_SZ_4K, BASE + EMU_SZ_4K, EMU_SZ_1G, RW, ALL_SIZES);
-	emu_pgtable_destroy(&pt);
+	map_ok(&self->pt, 0, BASE, 3 * EMU_SZ_1G + EMU_SZ_2M + EMU_SZ_4K, RW, ALL_SIZES);
+	map_ok(&self->pt, TOP - EMU_SZ_1G - EMU_SZ_4K, BASE + EMU_SZ_4K, EMU_SZ_1G, RW, ALL_SIZES);
 }
 
 /* ---- dirty reads --------------------------------------------------------------------------- */
@@ -645,91 +684,102 @@ static unsigned long popcount(const uint64_t *bitmap, size_t words)
 	return n;
 }
 
-TEST(dirty)
+/* [1G, 2G) one 1G leaf; [2G, 2G+2M) one 2M leaf; then four 4K pages; none of them dirty. */
+static void map_dirty_layout(struct emu_pgtable *pt)
+{
+	map_ok(pt, EMU_SZ_1G, BASE + EMU_SZ_1G, EMU_SZ_1G + EMU_SZ_2M + 4 * EMU_SZ_4K, RW,
+	       ALL_SIZES);
+}
+
+TEST_F(pgtable, dirty)
 {
 	const uint64_t g = EMU_SZ_1G;
 	uint64_t bitmap[1024];
-	struct emu_pgtable pt;
 	uint64_t i;
 
-	pt_init(&pt);
-	/* [1G, 2G) one 1G leaf; [2G, 2G+2M) one 2M leaf; then four 4K pages. */
-	map_ok(&pt, g, BASE + g, g + EMU_SZ_2M + 4 * EMU_SZ_4K, RW, ALL_SIZES);
-	pte_set(&pt, g, EMU_PTE_D);
-	pte_set(&pt, 2 * g + EMU_SZ_2M + EMU_SZ_4K, EMU_PTE_D);
+	map_dirty_layout(&self->pt);
+	pte_set(&self->pt, g, EMU_PTE_D);
+	pte_set(&self->pt, 2 * g + EMU_SZ_2M + EMU_SZ_4K, EMU_PTE_D);
 
 	/* 2M pages: the 1G leaf sets 512 bits, the clean 2M leaf none, the 4K page its page. */
 	memset(bitmap, 0, sizeof(bitmap));
-	emu_pgtable_read_dirty(&pt, g, g + 2 * EMU_SZ_2M, EMU_SZ_2M, bitmap, false);
+	emu_pgtable_read_dirty(&self->pt, g, g + 2 * EMU_SZ_2M, EMU_SZ_2M, bitmap, false);
 	CHECK_EQ(popcount(bitmap, 1024), 513);
 	for (i = 0; i < 512; i++)
 		CHECK(bit(bitmap, i));
 	CHECK(!bit(bitmap, 512));
 	CHECK(bit(bitmap, 513));
-	CHECK_EQ(get_d(&pt, g), 0);
-	CHECK_EQ(get_d(&pt, 2 * g + EMU_SZ_2M + EMU_SZ_4K), 0);
+	CHECK_EQ(get_d(&self->pt, g), 0);
+	CHECK_EQ(get_d(&self->pt, 2 * g + EMU_SZ_2M + EMU_SZ_4K), 0);
 	/* Cleared: a second read finds nothing. */
 	memset(bitmap, 0, sizeof(bitmap));
-	emu_pgtable_read_dirty(&pt, g, g + 2 * EMU_SZ_2M, EMU_SZ_2M, bitmap, false);
+	emu_pgtable_read_dirty(&self->pt, g, g + 2 * EMU_SZ_2M, EMU_SZ_2M, bitmap, false);
 	CHECK_EQ(popcount(bitmap, 1024), 0);
 
 	/* no_clear: reported twice, D kept. 4K pages, a range starting inside the 2M leaf. */
-	pte_set(&pt, 2 * g, EMU_PTE_D);
-	pte_set(&pt, 2 * g + EMU_SZ_2M + 3 * EMU_SZ_4K, EMU_PTE_D);
+	pte_set(&self->pt, 2 * g, EMU_PTE_D);
+	pte_set(&self->pt, 2 * g + EMU_SZ_2M + 3 * EMU_SZ_4K, EMU_PTE_D);
 	for (i = 0; i < 2; i++) {
 		memset(bitmap, 0, sizeof(bitmap));
-		emu_pgtable_read_dirty(&pt, 2 * g + 0x100000, 0x100000 + 4 * EMU_SZ_4K, EMU_SZ_4K,
-				       bitmap, true);
+		emu_pgtable_read_dirty(&self->pt, 2 * g + 0x100000, 0x100000 + 4 * EMU_SZ_4K,
+				       EMU_SZ_4K, bitmap, true);
 		CHECK_EQ(popcount(bitmap, 1024), 256 + 1);
 		CHECK(bit(bitmap, 0) && bit(bitmap, 255) && !bit(bitmap, 256));
 		CHECK(bit(bitmap, 256 + 3));
-		CHECK(get_d(&pt, 2 * g));
+		CHECK(get_d(&self->pt, 2 * g));
 	}
 
 	/* A range cutting the dirty 1G leaf: bits only inside the range, D cleared on the leaf.
 	 * The bitmap is not cleared first. */
-	pte_set(&pt, g, EMU_PTE_D);
+	pte_set(&self->pt, g, EMU_PTE_D);
 	memset(bitmap, 0, sizeof(bitmap));
 	bitmap[1023] = 1;
-	emu_pgtable_read_dirty(&pt, 2 * g - 8 * EMU_SZ_4K, 8 * EMU_SZ_4K, EMU_SZ_4K, bitmap, false);
+	emu_pgtable_read_dirty(&self->pt, 2 * g - 8 * EMU_SZ_4K, 8 * EMU_SZ_4K, EMU_SZ_4K, bitmap,
+			       false);
 	CHECK_EQ(bitmap[0], 0xff);
 	CHECK_EQ(bitmap[1023], 1);
-	CHECK_EQ(get_d(&pt, g), 0);
+	CHECK_EQ(get_d(&self->pt, g), 0);
 	/* A range cutting the 2M leaf (whose D is still set) reports and clears it. */
 	memset(bitmap, 0, sizeof(bitmap));
-	emu_pgtable_read_dirty(&pt, 2 * g + EMU_SZ_2M - EMU_SZ_4K, 5 * EMU_SZ_4K, EMU_SZ_4K, bitmap,
-			       false);
+	emu_pgtable_read_dirty(&self->pt, 2 * g + EMU_SZ_2M - EMU_SZ_4K, 5 * EMU_SZ_4K, EMU_SZ_4K,
+			       bitmap, false);
 	CHECK_EQ(bitmap[0], 0x1 | 0x10);
-	CHECK_EQ(get_d(&pt, 2 * g), 0);
+	CHECK_EQ(get_d(&self->pt, 2 * g), 0);
+}
 
+TEST_F(pgtable, dirty_page_sizes)
+{
+	const uint64_t g = EMU_SZ_1G;
+	uint64_t bitmap[1024];
+
+	map_dirty_layout(&self->pt);
 	/* Page sizes bigger than leaves: one bit per 1G for the 4K page, a multi-word 4K read. */
-	pte_set(&pt, 2 * g + EMU_SZ_2M, EMU_PTE_D);
+	pte_set(&self->pt, 2 * g + EMU_SZ_2M, EMU_PTE_D);
 	memset(bitmap, 0, sizeof(bitmap));
-	emu_pgtable_read_dirty(&pt, 0, 4 * g, EMU_SZ_1G, bitmap, false);
+	emu_pgtable_read_dirty(&self->pt, 0, 4 * g, EMU_SZ_1G, bitmap, false);
 	CHECK_EQ(bitmap[0], 1ull << 2);
-	pte_set(&pt, g, EMU_PTE_D);
+	pte_set(&self->pt, g, EMU_PTE_D);
 	memset(bitmap, 0, sizeof(bitmap));
-	emu_pgtable_read_dirty(&pt, g + 0x3000, 1000 * EMU_SZ_4K, EMU_SZ_4K, bitmap, false);
+	emu_pgtable_read_dirty(&self->pt, g + 0x3000, 1000 * EMU_SZ_4K, EMU_SZ_4K, bitmap, false);
 	CHECK_EQ(popcount(bitmap, 1024), 1000);
 	CHECK(bit(bitmap, 999) && !bit(bitmap, 1000));
 
 	/* Leaves split by an unmap keep D, each piece reported and cleared on its own. */
-	pte_set(&pt, g, EMU_PTE_D);
-	CHECK_EQ(unmap_ok(&pt, g + EMU_SZ_2M, EMU_SZ_4K), EMU_SZ_4K);
+	pte_set(&self->pt, g, EMU_PTE_D);
+	CHECK_EQ(unmap_ok(&self->pt, g + EMU_SZ_2M, EMU_SZ_4K), EMU_SZ_4K);
 	memset(bitmap, 0, sizeof(bitmap));
-	emu_pgtable_read_dirty(&pt, g + EMU_SZ_2M, 8 * EMU_SZ_4K, EMU_SZ_4K, bitmap, false);
+	emu_pgtable_read_dirty(&self->pt, g + EMU_SZ_2M, 8 * EMU_SZ_4K, EMU_SZ_4K, bitmap, false);
 	CHECK_EQ(bitmap[0], 0xfe);
-	CHECK_EQ(get_d(&pt, g), EMU_PTE_D);
-	CHECK_EQ(get_d(&pt, g + EMU_SZ_2M + 8 * EMU_SZ_4K), EMU_PTE_D);
-	CHECK_EQ(get_d(&pt, g + EMU_SZ_2M + 7 * EMU_SZ_4K), 0);
+	CHECK_EQ(get_d(&self->pt, g), EMU_PTE_D);
+	CHECK_EQ(get_d(&self->pt, g + EMU_SZ_2M + 8 * EMU_SZ_4K), EMU_PTE_D);
+	CHECK_EQ(get_d(&self->pt, g + EMU_SZ_2M + 7 * EMU_SZ_4K), 0);
 
 	/* Nothing mapped, nothing reported. */
 	memset(bitmap, 0, sizeof(bitmap));
-	emu_pgtable_read_dirty(&pt, 8 * g, 64 * EMU_SZ_2M, EMU_SZ_2M, bitmap, false);
+	emu_pgtable_read_dirty(&self->pt, 8 * g, 64 * EMU_SZ_2M, EMU_SZ_2M, bitmap, false);
 	CHECK_EQ(popcount(bitmap, 1024), 0);
 
-	unmap_all(&pt);
-	emu_pgtable_destroy(&pt);
+	unmap_all(&self->pt);
 }
 
 /* ---- all or nothing under failure injection ------------------------------------------------ */
@@ -775,41 +825,38 @@ static unsigned long sweep(struct emu_pgtable *pt, struct op *op, int final_rc)
 	return n - 1;
 }
 
-TEST(fail_map)
+TEST_F(pgtable, fail_map)
 {
 	const uint64_t g = EMU_SZ_1G;
-	struct emu_pgtable pt;
-	struct op op = { .sizes = ALL_SIZES };
-
-	pt_init(&pt);
+	struct op op = {.sizes = ALL_SIZES};
 
 	/* Into an empty table: one 4K page needs three tables. */
 	op.iova = 5 * g + 0x7000;
 	op.addr = BASE;
 	op.length = EMU_SZ_4K;
-	CHECK_EQ(sweep(&pt, &op, 0), 3);
-	check_run(&pt, op.iova, BASE, RW, 0, EMU_SZ_4K, 1);
-	unmap_all(&pt);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 3);
+	check_run(&self->pt, op.iova, BASE, RW, 0, EMU_SZ_4K, 1);
+	unmap_all(&self->pt);
 
 	/* Across a 512G boundary with every leaf size: 2M, 4K tails, a 1G leaf on each side. */
 	op.iova = SZ_512G - g - EMU_SZ_2M - 3 * EMU_SZ_4K;
 	op.addr = BASE + op.iova;
 	op.length = 2 * g + 2 * EMU_SZ_2M + 6 * EMU_SZ_4K;
-	CHECK_EQ(sweep(&pt, &op, 0), 2 * 3); /* L3, L2 and L1 on each side */
-	CHECK_EQ(pt.table_pages, 7);
-	check_run(&pt, SZ_512G - EMU_SZ_1G, BASE + SZ_512G - EMU_SZ_1G, RW, 0, EMU_SZ_1G, 2);
-	CHECK_EQ(unmap_ok(&pt, 0, TOP), op.length);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 2 * 3); /* L3, L2 and L1 on each side */
+	CHECK_EQ(self->pt.table_pages, 7);
+	check_run(&self->pt, SZ_512G - EMU_SZ_1G, BASE + SZ_512G - EMU_SZ_1G, RW, 0, EMU_SZ_1G, 2);
+	CHECK_EQ(unmap_ok(&self->pt, 0, TOP), op.length);
 
 	/* 4K pages into tables partly there: only the missing ones are allocated. */
-	map_ok(&pt, 2 * g + 0x5000, BASE, EMU_SZ_4K, RW, ALL_SIZES);
-	map_ok(&pt, 2 * g + 9 * EMU_SZ_2M, BASE, EMU_SZ_4K, RW, ALL_SIZES);
+	map_ok(&self->pt, 2 * g + 0x5000, BASE, EMU_SZ_4K, RW, ALL_SIZES);
+	map_ok(&self->pt, 2 * g + 9 * EMU_SZ_2M, BASE, EMU_SZ_4K, RW, ALL_SIZES);
 	op.iova = 2 * g;
 	op.addr = BASE + 0x1000;
 	op.length = 4 * 0x1000;
-	CHECK_EQ(sweep(&pt, &op, 0), 0);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 0);
 	op.iova = 2 * g + 9 * EMU_SZ_2M + 0x20000;
 	op.length = 12 * EMU_SZ_2M;
-	CHECK_EQ(sweep(&pt, &op, 0), 12);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 12);
 
 	/* A map that allocates tables and then meets a mapping: -EEXIST, and every failure point
 	 * before it still leaves nothing behind. L2 and one L1 below 1G, L2 for [1G, 2G). */
@@ -817,82 +864,75 @@ TEST(fail_map)
 	op.addr = BASE + op.iova;
 	op.length = g + 8 * EMU_SZ_2M;
 	op.sizes = EMU_SZ_4K | EMU_SZ_2M;
-	CHECK_EQ(sweep(&pt, &op, -EEXIST), 3);
-	CHECK_EQ(unmap_ok(&pt, 0, TOP), 2 * EMU_SZ_4K + 4 * 0x1000 + 12 * EMU_SZ_2M);
-	CHECK_EQ(pt.table_pages, 1);
+	CHECK_EQ(sweep(&self->pt, &op, -EEXIST), 3);
+	CHECK_EQ(unmap_ok(&self->pt, 0, TOP), 2 * EMU_SZ_4K + 4 * 0x1000 + 12 * EMU_SZ_2M);
+	CHECK_EQ(self->pt.table_pages, 1);
 
 	/* 64M of 4K pages across a 1G boundary, with a failure point per leaf table. */
 	op.iova = 3 * g - 32 * EMU_SZ_2M;
 	op.addr = BASE + 0x1000;
 	op.length = 64 * EMU_SZ_2M;
 	op.sizes = ALL_SIZES;
-	CHECK_EQ(sweep(&pt, &op, 0), 1 + 2 + 64);
-	unmap_all(&pt);
-
-	emu_pgtable_destroy(&pt);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 1 + 2 + 64);
+	unmap_all(&self->pt);
 }
 
-TEST(fail_unmap)
+TEST_F(pgtable, fail_unmap)
 {
 	const uint64_t g = EMU_SZ_1G;
-	struct emu_pgtable pt;
-	struct op op = { .unmap = true };
+	struct op op = {.unmap = true};
 	uint64_t at;
 
-	pt_init(&pt);
-
 	/* Each end inside a different 1G leaf and not 2M aligned: four splits. */
-	map_ok(&pt, g, BASE + g, 2 * g, RW, ALL_SIZES);
-	pte_set(&pt, g, EMU_PTE_A);
-	pte_set(&pt, 2 * g, EMU_PTE_A | EMU_PTE_D);
+	map_ok(&self->pt, g, BASE + g, 2 * g, RW, ALL_SIZES);
+	pte_set(&self->pt, g, EMU_PTE_A);
+	pte_set(&self->pt, 2 * g, EMU_PTE_A | EMU_PTE_D);
 	op.iova = g + 5 * EMU_SZ_2M + 0x3000;
 	op.length = 2 * g - op.iova + 7 * EMU_SZ_2M + 0x9000;
-	CHECK_EQ(sweep(&pt, &op, 0), 4);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 4);
 	CHECK_EQ(op.unmapped, op.length);
-	at = check_run(&pt, g, BASE + g, RW, EMU_PTE_A, EMU_SZ_2M, 5);
-	at = check_run(&pt, at, BASE + at, RW, EMU_PTE_A, EMU_SZ_4K, 3);
-	check_unmapped(&pt, at, op.length);
+	at = check_run(&self->pt, g, BASE + g, RW, EMU_PTE_A, EMU_SZ_2M, 5);
+	at = check_run(&self->pt, at, BASE + at, RW, EMU_PTE_A, EMU_SZ_4K, 3);
+	check_unmapped(&self->pt, at, op.length);
 	at += op.length;
-	at = check_run(&pt, at, BASE + at, RW, EMU_PTE_A | EMU_PTE_D, EMU_SZ_4K, 512 - 9);
-	check_run(&pt, at, BASE + at, RW, EMU_PTE_A | EMU_PTE_D, EMU_SZ_2M, 512 - 8);
-	unmap_all(&pt);
+	at = check_run(&self->pt, at, BASE + at, RW, EMU_PTE_A | EMU_PTE_D, EMU_SZ_4K, 512 - 9);
+	check_run(&self->pt, at, BASE + at, RW, EMU_PTE_A | EMU_PTE_D, EMU_SZ_2M, 512 - 8);
+	unmap_all(&self->pt);
 
 	/* Both ends in one 2M piece of one 1G leaf: two splits, the second end finds 4K leaves. */
-	map_ok(&pt, g, BASE, g, RW, ALL_SIZES);
+	map_ok(&self->pt, g, BASE, g, RW, ALL_SIZES);
 	op.iova = g + 0x3000;
 	op.length = 0x4000;
-	CHECK_EQ(sweep(&pt, &op, 0), 2);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 2);
 	CHECK_EQ(op.unmapped, 0x4000);
-	CHECK_EQ(pt.table_pages, 4);
+	CHECK_EQ(self->pt.table_pages, 4);
 	/* Both ends in different 2M pieces of one 1G leaf: three splits. */
 	op.iova = g + 3 * EMU_SZ_2M + 0x3000;
 	op.length = 4 * EMU_SZ_2M;
-	CHECK_EQ(sweep(&pt, &op, 0), 2);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 2);
 	CHECK_EQ(op.unmapped, 4 * EMU_SZ_2M);
-	unmap_all(&pt);
-	map_ok(&pt, g, BASE, g, RW, ALL_SIZES);
-	CHECK_EQ(sweep(&pt, &op, 0), 3);
-	unmap_all(&pt);
+	unmap_all(&self->pt);
+	map_ok(&self->pt, g, BASE, g, RW, ALL_SIZES);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 3);
+	unmap_all(&self->pt);
 
 	/* 2M leaves, a range over a hole: what was mapped, and no split where nothing is. */
-	map_ok(&pt, 0, BASE, 4 * EMU_SZ_2M, RW, ALL_SIZES);
-	CHECK_EQ(unmap_ok(&pt, EMU_SZ_2M, EMU_SZ_2M), EMU_SZ_2M);
+	map_ok(&self->pt, 0, BASE, 4 * EMU_SZ_2M, RW, ALL_SIZES);
+	CHECK_EQ(unmap_ok(&self->pt, EMU_SZ_2M, EMU_SZ_2M), EMU_SZ_2M);
 	op.iova = EMU_SZ_2M - 0x1000;
 	op.length = EMU_SZ_2M + 0x2000;
-	CHECK_EQ(sweep(&pt, &op, 0), 2);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 2);
 	CHECK_EQ(op.unmapped, 0x2000);
 	op.iova = 0x1000;
 	op.length = EMU_SZ_2M + 0x1000;
-	CHECK_EQ(sweep(&pt, &op, 0), 0);
+	CHECK_EQ(sweep(&self->pt, &op, 0), 0);
 	CHECK_EQ(op.unmapped, EMU_SZ_2M - 0x2000);
-	unmap_all(&pt);
-
-	emu_pgtable_destroy(&pt);
+	unmap_all(&self->pt);
 }
 
 /* ---- random operations against a model ------------------------------------------------------- */
 
-#define WIN_IOVA (SZ_512G - 2 * EMU_SZ_1G) /* 4 GiB across a root entry boundary */
+#define WIN_IOVA  (SZ_512G - 2 * EMU_SZ_1G) /* 4 GiB across a root entry boundary */
 #define WIN_PAGES (4 * EMU_SZ_1G / EMU_SZ_4K)
 
 static uint64_t rng_state;
@@ -933,7 +973,7 @@ static void model_check(const struct emu_pgtable *pt, const struct model *m, uin
 /* A length and an offset that make every leaf size likely. */
 static uint64_t rnd_span(void)
 {
-	static const uint64_t unit[] = { EMU_SZ_4K, EMU_SZ_4K, EMU_SZ_2M, EMU_SZ_2M, EMU_SZ_1G };
+	static const uint64_t unit[] = {EMU_SZ_4K, EMU_SZ_4K, EMU_SZ_2M, EMU_SZ_2M, EMU_SZ_1G};
 	uint64_t u = unit[rnd(5)];
 
 	return u * (1 + rnd(u == EMU_SZ_1G ? 2 : 5)) + (rnd(3) ? 0 : rnd(8) * EMU_SZ_4K);
@@ -946,9 +986,60 @@ HARNESS_OPTION(seed, "N", "seed of the random case (default 0x9e3779b97f4a7c15)"
 	seed = harness_parse_u64("seed", value);
 }
 
-TEST(random)
+/* One random map or unmap in the window, sometimes with a failure injected, checked against
+ * the model around it. */
+static void random_step(struct emu_pgtable *pt, struct model *m)
 {
-	struct emu_pgtable pt;
+	bool map = rnd(5) < 3;
+	uint64_t len = rnd_span();
+	/* Unmaps start off leaf boundaries more often, to split. */
+	uint64_t first = (rnd(WIN_PAGES) & ~(rnd(2) ? 0x1ffull : 0x3ffffull)) +
+			 (rnd(3) ? 0 : rnd(map ? 16 : 1024));
+	uint64_t n = len / EMU_SZ_4K, p, mapped = 0, got = 0, addr;
+	unsigned long fail = rnd(map ? 4 : 2) ? 0 : 1 + rnd(map ? 6 : 3);
+	struct snapshot s;
+	bool tripped;
+	int rc;
+
+	if (first >= WIN_PAGES)
+		first = WIN_PAGES - 1;
+	if (first + n > WIN_PAGES)
+		n = WIN_PAGES - first;
+	/* Mostly as aligned as the IOVA, so that large leaves are used. */
+	addr = BASE + first * EMU_SZ_4K + (rnd(4) ? 0 : rnd(4) * EMU_SZ_4K);
+	for (p = first; p < first + n; p++)
+		mapped += m->addr[p] != 0;
+	if (fail)
+		snap_take(pt, WIN_IOVA + first * EMU_SZ_4K, n * EMU_SZ_4K, &s);
+	kh_fail_nth_arm(fail);
+	if (map) {
+		rc = emu_pgtable_map(pt, WIN_IOVA + first * EMU_SZ_4K, addr, n * EMU_SZ_4K, RW,
+				     rnd(4) ? ALL_SIZES : EMU_SZ_4K | EMU_SZ_1G);
+		tripped = kh_fail_nth_disarm();
+		if (!tripped)
+			CHECK_EQ(rc, mapped ? -EEXIST : 0);
+		for (p = first; !rc && p < first + n; p++)
+			m->addr[p] = addr + (p - first) * EMU_SZ_4K;
+	} else {
+		rc = emu_pgtable_unmap(pt, WIN_IOVA + first * EMU_SZ_4K, n * EMU_SZ_4K, &got);
+		tripped = kh_fail_nth_disarm();
+		CHECK_EQ(got, tripped ? 0 : mapped * EMU_SZ_4K);
+		for (p = first; !rc && p < first + n; p++)
+			m->addr[p] = 0;
+	}
+	if (tripped) {
+		injections++;
+		CHECK_EQ(rc, -ENOMEM);
+		snap_check(pt, &s);
+	}
+	if (fail)
+		snap_free(&s);
+	check_tables(pt);
+	model_check(pt, m, first >= 512 ? first - 512 : 0, n + 1024);
+}
+
+TEST_F(pgtable, random)
+{
 	struct model m;
 	unsigned int step;
 
@@ -956,62 +1047,13 @@ TEST(random)
 	rng_state = seed;
 	m.addr = calloc(WIN_PAGES, sizeof(*m.addr));
 	CHECK(m.addr);
-	pt_init(&pt);
-
 	for (step = 0; step < 400; step++) {
-		bool map = rnd(5) < 3;
-		uint64_t len = rnd_span();
-		/* Unmaps start off leaf boundaries more often, to split. */
-		uint64_t first = (rnd(WIN_PAGES) & ~(rnd(2) ? 0x1ffull : 0x3ffffull)) +
-				 (rnd(3) ? 0 : rnd(map ? 16 : 1024));
-		uint64_t n = len / EMU_SZ_4K, p, mapped = 0, got = 0, addr;
-		unsigned long fail = rnd(map ? 4 : 2) ? 0 : 1 + rnd(map ? 6 : 3);
-		struct snapshot s;
-		bool tripped;
-		int rc;
-
-		if (first >= WIN_PAGES)
-			first = WIN_PAGES - 1;
-		if (first + n > WIN_PAGES)
-			n = WIN_PAGES - first;
-		/* Mostly as aligned as the IOVA, so that large leaves are used. */
-		addr = BASE + first * EMU_SZ_4K + (rnd(4) ? 0 : rnd(4) * EMU_SZ_4K);
-		for (p = first; p < first + n; p++)
-			mapped += m.addr[p] != 0;
-		if (fail)
-			snap_take(&pt, WIN_IOVA + first * EMU_SZ_4K, n * EMU_SZ_4K, &s);
-		kh_fail_nth_arm(fail);
-		if (map) {
-			rc = emu_pgtable_map(&pt, WIN_IOVA + first * EMU_SZ_4K, addr, n * EMU_SZ_4K,
-					     RW, rnd(4) ? ALL_SIZES : EMU_SZ_4K | EMU_SZ_1G);
-			tripped = kh_fail_nth_disarm();
-			if (!tripped)
-				CHECK_EQ(rc, mapped ? -EEXIST : 0);
-			for (p = first; !rc && p < first + n; p++)
-				m.addr[p] = addr + (p - first) * EMU_SZ_4K;
-		} else {
-			rc = emu_pgtable_unmap(&pt, WIN_IOVA + first * EMU_SZ_4K, n * EMU_SZ_4K,
-					       &got);
-			tripped = kh_fail_nth_disarm();
-			CHECK_EQ(got, tripped ? 0 : mapped * EMU_SZ_4K);
-			for (p = first; !rc && p < first + n; p++)
-				m.addr[p] = 0;
-		}
-		if (tripped) {
-			injections++;
-			CHECK_EQ(rc, -ENOMEM);
-			snap_check(&pt, &s);
-		}
-		if (fail)
-			snap_free(&s);
-		check_tables(&pt);
-		model_check(&pt, &m, first >= 512 ? first - 512 : 0, n + 1024);
+		random_step(&self->pt, &m);
 		if (step % 100 == 99)
-			model_check(&pt, &m, 0, WIN_PAGES);
+			model_check(&self->pt, &m, 0, WIN_PAGES);
 	}
-	model_check(&pt, &m, 0, WIN_PAGES);
-	unmap_all(&pt);
-	emu_pgtable_destroy(&pt);
+	model_check(&self->pt, &m, 0, WIN_PAGES);
+	unmap_all(&self->pt);
 	free(m.addr);
 	printf("test_pgtable: random operations matched the model: %lu lookups, %lu injected "
 	       "failures (seed %#" PRIx64 ")\n",

@@ -20,8 +20,8 @@ static void check_refused(const char *text, const char *phrase)
 	int rc = kh_backend_open_emulated_text(text, &be);
 
 	if (rc != -EINVAL || !strstr(kh_last_error(), phrase)) {
-		fprintf(stderr, "topology:\n%s\ngave %d, message \"%s\", expected \"%s\"\n", text, rc,
-			kh_last_error(), phrase);
+		fprintf(stderr, "topology:\n%s\ngave %d, message \"%s\", expected \"%s\"\n", text,
+			rc, kh_last_error(), phrase);
 		abort();
 	}
 	CHECK(be == NULL);
@@ -122,12 +122,13 @@ TEST(paging_only_model)
 	struct kh_backend *be;
 	struct kh_ctx *ctx;
 	struct kh_device_info info;
-	struct kh_domain_alloc_args args = { .type = KH_DOMAIN_IDENTITY };
-	struct kh_map_req req = { .length = 4096, .addr = 0x10000, .prot = KH_PROT_READ };
+	struct kh_domain_alloc_args args = {.type = KH_DOMAIN_IDENTITY};
+	struct kh_map_req req = {.length = 4096, .addr = 0x10000, .prot = KH_PROT_READ};
 	enum kh_domain_type type;
 	uint32_t dev, dom;
 
-	CHECK_OK(kh_backend_open_emulated_text("[iommu]\ndevices = x\ndomain-types = paging\n", &be));
+	CHECK_OK(kh_backend_open_emulated_text("[iommu]\ndevices = x\ndomain-types = paging\n",
+					       &be));
 	CHECK_OK(kh_device_info(be, 0, &info));
 	CHECK(!info.hw.dirty_tracking && !info.hw.nesting);
 	CHECK_OK(kh_ctx_create(be, &ctx));
