@@ -301,14 +301,21 @@ static void s1_walk(uint8_t *guest, uint64_t bits)
 	s1_set(guest, 0x3000, 8, 0x10000 | bits);
 }
 
+/* A nested domain over parent, with the stage 1 that s1 describes. */
+static struct kh_domain_alloc_args nested_args(const struct kh_emu_s1 *s1, uint32_t parent)
+{
+	return (struct kh_domain_alloc_args){.type = KH_DOMAIN_NESTED,
+					     .parent_id = parent,
+					     .data_type = KH_NEST_DATA_EMU_S1,
+					     .data = s1,
+					     .data_len = sizeof(*s1)};
+}
+
 TEST_F(emu, nested)
 {
 	struct attached f;
 	struct kh_emu_s1 s1 = {.root_iova = 0};
-	struct kh_domain_alloc_args nested = {.type = KH_DOMAIN_NESTED,
-					      .data_type = KH_NEST_DATA_EMU_S1,
-					      .data = &s1,
-					      .data_len = sizeof(s1)};
+	struct kh_domain_alloc_args nested;
 	struct kh_map_req req = {.length = PAGE, .addr = 0, .prot = KH_PROT_READ};
 	/* Guest memory: tables at IPA 0x0-0x3fff, data pages at 0x10000 and 0x11000. */
 	uint8_t *guest = aligned_memory(0x20000, PAGE);
@@ -322,7 +329,7 @@ TEST_F(emu, nested)
 	map(f.ctx, f.dom, 0, guest, 0x20000, KH_PROT_READ | KH_PROT_WRITE);
 	s1_walk(guest, rw);
 
-	nested.parent_id = f.dom;
+	nested = nested_args(&s1, f.dom);
 	CHECK_OK(kh_domain_alloc(f.ctx, f.dev, &nested, &child));
 	CHECK_OK(kh_attach(f.ctx, f.dev, child));
 	CHECK_OK(kh_emu_dma(self->be, "dev0", s1_iova + 9, &byte, 1, KH_EMU_DMA_TO_MEMORY));
@@ -367,15 +374,11 @@ TEST_F(emu, nested_bad_stage1)
 {
 	struct attached f;
 	struct kh_emu_s1 s1 = {.root_iova = 0x800};
-	struct kh_domain_alloc_args nested = {.type = KH_DOMAIN_NESTED,
-					      .data_type = KH_NEST_DATA_EMU_S1,
-					      .data = &s1,
-					      .data_len = sizeof(s1)};
+	struct kh_domain_alloc_args nested;
 	uint32_t child;
 
 	attach_new(self->be, &f, "dev0", KH_DOMAIN_F_NEST_PARENT);
-	CHECK_OK(kh_detach(f.ctx, f.dev));
-	nested.parent_id = f.dom;
+	nested = nested_args(&s1, f.dom);
 	CHECK_EQ(kh_domain_alloc(f.ctx, f.dev, &nested, &child), -EINVAL);
 	nested.data_len = 4;
 	CHECK_EQ(kh_domain_alloc(f.ctx, f.dev, &nested, &child), -EINVAL);

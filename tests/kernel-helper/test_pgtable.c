@@ -494,14 +494,24 @@ TEST_F(pgtable, split_2m)
 	unmap_all(&self->pt);
 }
 
+/* Where the 1G split cases map their leaves. */
+#define SPLIT_IOVA (5 * EMU_SZ_1G)
+#define SPLIT_ADDR (BASE + 2 * EMU_SZ_1G)
+
+/* count 1G leaves at SPLIT_IOVA, the first with the A/D bits ad already set. */
+static void map_1g_leaves(struct emu_pgtable *pt, uint64_t count, uint64_t prot, uint64_t ad)
+{
+	map_ok(pt, SPLIT_IOVA, SPLIT_ADDR, count * EMU_SZ_1G, prot, ALL_SIZES);
+	if (ad)
+		pte_set(pt, SPLIT_IOVA, ad);
+}
+
 TEST_F(pgtable, split_1g)
 {
-	const uint64_t iova = 5 * EMU_SZ_1G;
-	const uint64_t addr = BASE + 2 * EMU_SZ_1G;
+	const uint64_t iova = SPLIT_IOVA, addr = SPLIT_ADDR;
 	uint64_t at;
 
-	map_ok(&self->pt, iova, addr, EMU_SZ_1G, EMU_PTE_W, ALL_SIZES);
-	pte_set(&self->pt, iova, EMU_PTE_A);
+	map_1g_leaves(&self->pt, 1, EMU_PTE_W, EMU_PTE_A);
 	CHECK_EQ(self->pt.table_pages, 2);
 
 	/* A 4K hole in the 4th 2M: 1G -> 2M, then that 2M -> 4K. */
@@ -523,13 +533,11 @@ TEST_F(pgtable, split_1g)
 
 TEST_F(pgtable, split_1g_dirty)
 {
-	const uint64_t iova = 5 * EMU_SZ_1G;
-	const uint64_t addr = BASE + 2 * EMU_SZ_1G;
+	const uint64_t iova = SPLIT_IOVA, addr = SPLIT_ADDR;
 	uint64_t at;
 
 	/* A 2M hole in a fresh 1G leaf, with D set: one split, and D on every piece. */
-	map_ok(&self->pt, iova, addr, EMU_SZ_1G, RW, ALL_SIZES);
-	pte_set(&self->pt, iova, EMU_PTE_D);
+	map_1g_leaves(&self->pt, 1, RW, EMU_PTE_D);
 	CHECK_EQ(unmap_ok(&self->pt, iova + 7 * EMU_SZ_2M, EMU_SZ_2M), EMU_SZ_2M);
 	CHECK_EQ(self->pt.table_pages, 3);
 	at = check_run(&self->pt, iova, addr, RW, EMU_PTE_D, EMU_SZ_2M, 7);
@@ -538,7 +546,7 @@ TEST_F(pgtable, split_1g_dirty)
 	unmap_all(&self->pt);
 
 	/* Both ends inside one 2M piece of one 1G leaf. */
-	map_ok(&self->pt, iova, addr, EMU_SZ_1G, RW, ALL_SIZES);
+	map_1g_leaves(&self->pt, 1, RW, 0);
 	CHECK_EQ(unmap_ok(&self->pt, iova + EMU_SZ_1G - EMU_SZ_2M + 0x3000, 0x2000), 0x2000);
 	CHECK_EQ(self->pt.table_pages, 4);
 	at = check_run(&self->pt, iova, addr, RW, 0, EMU_SZ_2M, 511);
@@ -550,12 +558,11 @@ TEST_F(pgtable, split_1g_dirty)
 
 TEST_F(pgtable, split_1g_across)
 {
-	const uint64_t iova = 5 * EMU_SZ_1G;
-	const uint64_t addr = BASE + 2 * EMU_SZ_1G;
+	const uint64_t iova = SPLIT_IOVA, addr = SPLIT_ADDR;
 	uint64_t at;
 
 	/* From inside one 1G leaf to inside the next, across 2M pieces. */
-	map_ok(&self->pt, iova, addr, 2 * EMU_SZ_1G, RW, ALL_SIZES);
+	map_1g_leaves(&self->pt, 2, RW, 0);
 	CHECK_EQ(unmap_ok(&self->pt, iova + EMU_SZ_1G - EMU_SZ_2M - EMU_SZ_4K,
 			  EMU_SZ_4K + 2 * EMU_SZ_2M + EMU_SZ_4K),
 		 EMU_SZ_4K + 2 * EMU_SZ_2M + EMU_SZ_4K);
@@ -569,7 +576,7 @@ TEST_F(pgtable, split_1g_across)
 	unmap_all(&self->pt);
 
 	/* An empty range inside a leaf splits nothing. */
-	map_ok(&self->pt, iova, addr, EMU_SZ_1G, RW, ALL_SIZES);
+	map_1g_leaves(&self->pt, 1, RW, 0);
 	CHECK_EQ(unmap_ok(&self->pt, iova + 0x5000, 0), 0);
 	CHECK_EQ(self->pt.table_pages, 2);
 	check_run(&self->pt, iova, addr, RW, 0, EMU_SZ_1G, 1);
