@@ -7,7 +7,8 @@
  *	TEST(name) { ... }                      a case on its own
  *	FIXTURE(fix) { members };               state that cases of fix share the shape of
  *	FIXTURE_SETUP(fix) { ... }              fills self before each case of fix
- *	FIXTURE_TEARDOWN(fix) { ... }           releases it after a case that passed or skipped
+ *	FIXTURE_TEARDOWN(fix) { ... }           releases it after each case its setup finished
+ *	                                        for, unless a failed check aborted the case
  *	FIXTURE_VARIANT(fix) { members };       what differs between the variants of fix
  *	FIXTURE_VARIANT_ADD(fix, var) { ... };  one variant: each case of fix runs once per variant
  *	TEST_F(fix, name) { ... }               a case of fix; self and variant are in scope
