@@ -11,23 +11,46 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHECK(cond)                                                                          \
-	do {                                                                                 \
-		if (!(cond)) {                                                               \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);    \
-			abort();                                                             \
-		}                                                                            \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
-/* Compares two integers and prints both on failure. */
-#define CHECK_EQ(a, b)                                                                       \
-	do {                                                                                 \
-		long long check_a_ = (long long)(a), check_b_ = (long long)(b);              \
-		if (check_a_ != check_b_) {                                                  \
-			fprintf(stderr, "%s:%d: check failed: %s == %s (%lld != %lld)\n",    \
-				__FILE__, __LINE__, #a, #b, check_a_, check_b_);             \
-			abort();                                                             \
-		}                                                                            \
+/* Whether an integer expression has a signed type, so a failed CHECK_EQ prints it as written:
+ * a uint64_t above INT64_MAX is no negative number. */
+#define check_signed_(x)                                                                           \
+	_Generic((x), signed char : 1, short : 1, int : 1, long : 1, long long : 1, default : 0)
+
+static inline void __attribute__((noreturn))
+check_eq_failed(const char *file, int line, const char *a_text, const char *b_text,
+		unsigned long long a, int a_signed, unsigned long long b, int b_signed)
+{
+	char a_buf[48], b_buf[48];
+
+	if (a_signed)
+		snprintf(a_buf, sizeof(a_buf), "%lld", (long long)a);
+	else
+		snprintf(a_buf, sizeof(a_buf), "%llu = 0x%llx", a, a);
+	if (b_signed)
+		snprintf(b_buf, sizeof(b_buf), "%lld", (long long)b);
+	else
+		snprintf(b_buf, sizeof(b_buf), "%llu = 0x%llx", b, b);
+	fprintf(stderr, "%s:%d: check failed: %s == %s (%s != %s)\n", file, line, a_text, b_text,
+		a_buf, b_buf);
+	abort();
+}
+
+/* Compares two integers, as 64-bit patterns, and prints both on failure. */
+#define CHECK_EQ(a, b)                                                                             \
+	do {                                                                                       \
+		unsigned long long check_a_ = (unsigned long long)(a),                             \
+				   check_b_ = (unsigned long long)(b);                             \
+		if (check_a_ != check_b_)                                                          \
+			check_eq_failed(__FILE__, __LINE__, #a, #b, check_a_, check_signed_(a),    \
+					check_b_, check_signed_(b));                               \
 	} while (0)
 
 /* kernel-helper's description of its last failure, when the test links kernel-helper. */
@@ -40,14 +63,14 @@ static inline const char *check_detail(void)
 
 /* For calls returning 0 or a negative errno: prints the errno name on failure, and what
  * kernel-helper said. */
-#define CHECK_OK(expr)                                                                       \
-	do {                                                                                 \
-		long long check_rc_ = (long long)(expr);                                     \
-		if (check_rc_ < 0) {                                                         \
-			fprintf(stderr, "%s:%d: %s failed: %s; %s\n", __FILE__, __LINE__,     \
-				#expr, strerror((int)-check_rc_), check_detail());           \
-			abort();                                                             \
-		}                                                                            \
+#define CHECK_OK(expr)                                                                             \
+	do {                                                                                       \
+		long long check_rc_ = (long long)(expr);                                           \
+		if (check_rc_ < 0) {                                                               \
+			fprintf(stderr, "%s:%d: %s failed: %s; %s\n", __FILE__, __LINE__, #expr,   \
+				strerror((int)-check_rc_), check_detail());                        \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
 #endif

@@ -25,17 +25,11 @@
 
 #include <kh/kh.h>
 
+#include "bench_clock.h"
+
 #define MiB (1ull << 20)
 #define IOVA 0x40000000ull
 #define ROUNDS 5 /* each size alternates helper and direct this many times */
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void fail(const char *what, const char *why)
 {

@@ -28,6 +28,7 @@
 #include <iommuctl.h>
 #include <kh/kh.h>
 
+#include "bench_clock.h"
 #include "daemon_fixture.h"
 
 #define KiB	    (1ull << 10)
@@ -55,14 +56,6 @@ static struct {
 };
 
 static char device[KH_NAME_MAX];
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void fail(const char *what, const char *why)
 {

@@ -14,8 +14,8 @@
 
 #include <iommuctl.h>
 
-#include "check.h"
 #include "daemon_fixture.h"
+#include "harness.h"
 
 #define CLIENTS	  128
 #define ROUNDS	  24
@@ -136,7 +136,7 @@ static void *work(void *arg)
 	return NULL;
 }
 
-int main(void)
+TEST(many_clients)
 {
 	static struct worker workers[CLIENTS];
 	struct timespec start, end;
@@ -179,5 +179,4 @@ int main(void)
 	fixture_stop(&daemon_under_test);
 	printf("test_daemon_many: %d clients, %u checked replies in %.2f s\n", CLIENTS, replies,
 	       (double)(end.tv_sec - start.tv_sec) + (double)(end.tv_nsec - start.tv_nsec) / 1e9);
-	return 0;
 }

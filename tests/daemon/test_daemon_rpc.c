@@ -8,6 +8,10 @@
  *
  * Other tenants are child processes with other uids, so the test needs root; without it the
  * cases that need them are skipped with a message.
+ *
+ * Each case gets a daemon of its own (the fixture), with another tenant's lease set up before
+ * the case and checked after it, and the daemon's descriptors and memory checked back at what
+ * they were.
  */
 #define _GNU_SOURCE /* memfd_create */
 #include <errno.h>
@@ -24,8 +28,8 @@
 
 #include <iommuctl.h>
 
-#include "check.h"
 #include "daemon_fixture.h"
+#include "harness.h"
 
 #define PAGE	      4096ull
 #define WRITER_UID    65534u /* may take emu1 only; small quotas */
@@ -41,7 +45,13 @@ static const char config[] =
 	"[uid 65533]\naccess = read\n"
 	"[uid 65531]\naccess = write\ndevices = emu2\n";
 
+/* The daemon of the running case: each case runs in a process of its own. */
 static struct daemon_fixture daemon_under_test;
+
+FIXTURE(daemon)
+{
+	int baseline; /* the daemon's descriptors before the case */
+};
 
 /* The daemon learns of a closed connection when its event loop gets to it, which may be after
  * the next request of another connection; state that follows a close is awaited, for 5 s. */
@@ -172,7 +182,7 @@ static size_t list_mappings(struct iommuctl *c, uint32_t dom, uint64_t *iovas, s
 
 /* ---- the methods, as a client uses them ------------------------------------------------ */
 
-static void test_basic_flow(void)
+TEST_F(daemon, basic_flow)
 {
 	struct iommuctl *c = connect_client(NULL);
 	Iommud__V1__HelloReply *hello;
@@ -218,7 +228,7 @@ static void test_basic_flow(void)
 }
 
 /* MapBatch maps every entry or none. */
-static void test_map_batch(void)
+TEST_F(daemon, map_batch)
 {
 	struct iommuctl *c = connect_client(NULL);
 	Iommud__V1__MapEntry e[3], *entries[3] = {&e[0], &e[1], &e[2]};
@@ -279,7 +289,7 @@ static void test_map_batch(void)
 }
 
 /* Several requests in flight on one connection come back in order, with their ids. */
-static void test_pipelining(void)
+TEST_F(daemon, pipelining)
 {
 	struct iommuctl *c = connect_client(NULL);
 	Iommud__V1__GetDeviceRequest get = IOMMUD__V1__GET_DEVICE_REQUEST__INIT;
@@ -310,7 +320,7 @@ static void test_pipelining(void)
 
 /* ---- lifetimes ------------------------------------------------------------------------- */
 
-static void test_session_lifetime(void)
+TEST_F(daemon, session_lifetime)
 {
 	struct iommuctl *c = connect_client(NULL), *watcher;
 	uint32_t dom;
@@ -398,7 +408,7 @@ static void expect_still_serving(int fd)
 	iommud__v1__response__free_unpacked(resp, NULL);
 }
 
-static void test_malformed_packets(void)
+TEST_F(daemon, malformed_packets)
 {
 	int fd = raw_connect(&daemon_under_test);
 	static uint8_t big[IOMMUCTL_MAX_MESSAGE + 100];
@@ -491,37 +501,35 @@ static int disk_file(void)
 	return fd;
 }
 
-static void test_wrong_descriptors(void)
+/* The raw connection is its own anonymous session of the same tenant: it allocates its own
+ * domain. */
+static uint32_t raw_alloc_domain(int fd)
 {
-	int fd = raw_connect(&daemon_under_test);
-	int before;
-	int pipe_fds[2], good = memfd_of(PAGE), many[40], disk = disk_file();
-	int unsealed = memfd_create("unsealed", MFD_CLOEXEC);
-	uint32_t dom;
-	Iommud__V1__Response *resp;
-	Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
+	Iommud__V1__AllocDomainRequest alloc = IOMMUD__V1__ALLOC_DOMAIN_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	uint32_t dom;
+
+	alloc.type = IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_PAGING;
+	alloc.device = "emu0";
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN;
+	req.alloc_domain = &alloc;
+	raw_send_request(fd, &req, NULL, 0);
+	resp = raw_recv(fd, NULL);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	dom = resp->alloc_domain->domain_id;
+	iommud__v1__response__free_unpacked(resp, NULL);
+	return dom;
+}
+
+/* Every kind of wrong memory for a Map (good is a sealed memfd of one page). */
+static void expect_bad_maps_refused(int fd, uint32_t dom, int good)
+{
+	int pipe_fds[2], disk = disk_file();
+	int unsealed = memfd_create("unsealed", MFD_CLOEXEC);
 
 	CHECK(pipe(pipe_fds) == 0);
 	CHECK(unsealed >= 0 && ftruncate(unsealed, (off_t)PAGE) == 0);
-	/* The raw connection is its own anonymous session of the same tenant: it allocates its
-	 * own domain. */
-	{
-		Iommud__V1__AllocDomainRequest alloc = IOMMUD__V1__ALLOC_DOMAIN_REQUEST__INIT;
-		Iommud__V1__Request areq = IOMMUD__V1__REQUEST__INIT;
-
-		alloc.type = IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_PAGING;
-		alloc.device = "emu0";
-		areq.method_case = IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN;
-		areq.alloc_domain = &alloc;
-		raw_send_request(fd, &areq, NULL, 0);
-		resp = raw_recv(fd, NULL);
-		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
-		dom = resp->alloc_domain->domain_id;
-		iommud__v1__response__free_unpacked(resp, NULL);
-	}
-	before = fixture_fd_count(&daemon_under_test);
-
 	expect_map_refused(fd, dom, 0, PAGE, NULL, 0, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT,
 			   "Map without a descriptor");
 	expect_map_refused(fd, dom, 0, PAGE, (int[]){good, good}, 2,
@@ -541,6 +549,24 @@ static void test_wrong_descriptors(void)
 				   IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT, "Map of a disk file");
 	else
 		fprintf(stderr, "the build directory is on tmpfs: disk-file case skipped\n");
+	close(pipe_fds[0]);
+	close(pipe_fds[1]);
+	close(unsealed);
+	if (disk >= 0)
+		close(disk);
+}
+
+TEST_F(daemon, wrong_descriptors)
+{
+	int fd = raw_connect(&daemon_under_test);
+	int before, good = memfd_of(PAGE), many[40];
+	uint32_t dom = raw_alloc_domain(fd);
+	Iommud__V1__Response *resp;
+	Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	before = fixture_fd_count(&daemon_under_test);
+	expect_bad_maps_refused(fd, dom, good);
 
 	/* Descriptors sent with a request that takes none are refused and closed. */
 	req.id = 10;
@@ -572,15 +598,10 @@ static void test_wrong_descriptors(void)
 		CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), mapped + 1);
 	}
 	close(fd);
-	close(pipe_fds[0]);
-	close(pipe_fds[1]);
 	close(good);
-	close(unsealed);
-	if (disk >= 0)
-		close(disk);
 }
 
-static void test_ranges_and_quotas(void)
+TEST_F(daemon, ranges_and_quotas)
 {
 	struct iommuctl *c = connect_client(NULL);
 	uint32_t dom, extra[8];
@@ -711,19 +732,17 @@ static int as_stranger(void *arg)
 	return 0;
 }
 
-static void test_tenants(void)
+TEST_F(daemon, tenants)
 {
 	struct other_tenant_args args;
-	struct iommuctl *c = connect_client(NULL);
+	struct iommuctl *c;
 	pid_t child;
 	char byte;
 	int status;
 
-	if (geteuid() != 0) {
-		fprintf(stderr, "not root: tenant cases skipped\n");
-		iommuctl_close(c);
-		return;
-	}
+	if (geteuid() != 0)
+		SKIP("not root: other tenants need other uids");
+	c = connect_client(NULL);
 	CHECK_CALL(c,
 		   iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &args.root_domain));
 	CHECK(pipe(args.go) == 0 && pipe(args.done) == 0);
@@ -758,8 +777,8 @@ static void test_tenants(void)
 
 #define BYSTANDER_MAPPINGS 3
 
-/* Another tenant's lease, set up before every other case and checked after them: nothing any
- * of them did, bad input included, may reach it. */
+/* Another tenant's lease, set up before each case and checked after it: nothing the case did,
+ * bad input included, may reach it. */
 static int bystander(void *arg)
 {
 	bool verify = arg != NULL;
@@ -805,24 +824,17 @@ static int bystander(void *arg)
 	return 0;
 }
 
-int main(void)
+FIXTURE_SETUP(daemon)
 {
-	bool as_root = geteuid() == 0;
-	int baseline;
-
 	fixture_start(&daemon_under_test, config, "emu0 emu1 emu2");
-	baseline = fixture_fd_count(&daemon_under_test);
-	if (as_root)
+	self->baseline = fixture_fd_count(&daemon_under_test);
+	if (geteuid() == 0)
 		CHECK_EQ(run_as(BYSTANDER_UID, bystander, NULL), 0);
-	test_basic_flow();
-	test_map_batch();
-	test_pipelining();
-	test_session_lifetime();
-	test_malformed_packets();
-	test_wrong_descriptors();
-	test_ranges_and_quotas();
-	test_tenants();
-	if (as_root)
+}
+
+FIXTURE_TEARDOWN(daemon)
+{
+	if (geteuid() == 0)
 		CHECK_EQ(run_as(BYSTANDER_UID, bystander, "verify"), 0);
 	/* Every connection is closed: the daemon holds what it held at the start. */
 	{
@@ -831,9 +843,7 @@ int main(void)
 		EVENTUALLY(quota_of(c).pinned_bytes == 0 && quota_of(c).domains == 0);
 		iommuctl_close(c);
 	}
-	EVENTUALLY(fixture_fd_count(&daemon_under_test) == baseline);
+	EVENTUALLY(fixture_fd_count(&daemon_under_test) == self->baseline);
 	EVENTUALLY(fixture_memfd_mappings(&daemon_under_test) == 0);
 	fixture_stop(&daemon_under_test);
-	printf("test_daemon_rpc: all cases passed\n");
-	return 0;
 }

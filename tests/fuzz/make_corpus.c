@@ -71,6 +71,41 @@ static void put(struct seed *s, unsigned flags, Iommud__V1__Request *req)
 
 /* ---- one request of each method ------------------------------------------------------- */
 
+/* A request whose message holds one field and nothing else, a domain id (FreeDomain,
+ * UnmapAll, GetIovaRanges) or a device name (DetachDevice, OpenDevice): built through the
+ * schema, so that one function serves them all. value is the field as the message stores it. */
+static void one_field(struct seed *s, unsigned flags, Iommud__V1__Request__MethodCase method,
+		      ProtobufCType type, const void *value, size_t size)
+{
+	const ProtobufCFieldDescriptor *member =
+		protobuf_c_message_descriptor_get_field(&iommud__v1__request__descriptor, method);
+	const ProtobufCMessageDescriptor *desc = member ? member->descriptor : NULL;
+	union {
+		ProtobufCMessage base;
+		uint64_t words[8];
+	} msg;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	if (!desc || desc->n_fields != 1 || desc->fields[0].type != type ||
+	    desc->sizeof_message > sizeof(msg)) {
+		fprintf(stderr, "make_corpus: method %d does not take that one field\n", method);
+		exit(1);
+	}
+	protobuf_c_message_init(desc, &msg);
+	memcpy((char *)&msg + desc->fields[0].offset, value, size);
+	req.method_case = method;
+	/* Every member of the method union is a message pointer at the same place. */
+	req.free_domain = (Iommud__V1__FreeDomainRequest *)&msg;
+	put(s, flags, &req);
+}
+
+#define DOMAIN_ONLY(s, flags, method, domain)                                                      \
+	one_field(s, flags, IOMMUD__V1__REQUEST__METHOD_##method, PROTOBUF_C_TYPE_UINT32,          \
+		  &(uint32_t){domain}, sizeof(uint32_t))
+#define DEVICE_ONLY(s, flags, method, device)                                                      \
+	one_field(s, flags, IOMMUD__V1__REQUEST__METHOD_##method, PROTOBUF_C_TYPE_STRING,          \
+		  &(const char *){device}, sizeof(const char *))
+
 static void hello(struct seed *s, unsigned flags, const char *lease)
 {
 	Iommud__V1__HelloRequest m = IOMMUD__V1__HELLO_REQUEST__INIT;
@@ -129,14 +164,6 @@ static void alloc_nested(struct seed *s, unsigned flags, const char *device, uin
 	SEND(s, flags, alloc_domain, ALLOC_DOMAIN, &m);
 }
 
-static void free_domain(struct seed *s, unsigned flags, uint32_t domain)
-{
-	Iommud__V1__FreeDomainRequest m = IOMMUD__V1__FREE_DOMAIN_REQUEST__INIT;
-
-	m.domain_id = domain;
-	SEND(s, flags, free_domain, FREE_DOMAIN, &m);
-}
-
 static void attach(struct seed *s, unsigned flags, const char *device, uint32_t domain)
 {
 	Iommud__V1__AttachDeviceRequest m = IOMMUD__V1__ATTACH_DEVICE_REQUEST__INIT;
@@ -153,14 +180,6 @@ static void replace(struct seed *s, unsigned flags, const char *device, uint32_t
 	m.device = (char *)device;
 	m.domain_id = domain;
 	SEND(s, flags, replace_domain, REPLACE_DOMAIN, &m);
-}
-
-static void detach(struct seed *s, unsigned flags, const char *device)
-{
-	Iommud__V1__DetachDeviceRequest m = IOMMUD__V1__DETACH_DEVICE_REQUEST__INIT;
-
-	m.device = (char *)device;
-	SEND(s, flags, detach_device, DETACH_DEVICE, &m);
 }
 
 static void map_entry_init(Iommud__V1__MapEntry *e, uint32_t domain, uint32_t fd_index,
@@ -212,14 +231,6 @@ static void unmap(struct seed *s, unsigned flags, uint32_t domain, uint64_t iova
 	SEND(s, flags, unmap, UNMAP, &m);
 }
 
-static void unmap_all(struct seed *s, unsigned flags, uint32_t domain)
-{
-	Iommud__V1__UnmapAllRequest m = IOMMUD__V1__UNMAP_ALL_REQUEST__INIT;
-
-	m.domain_id = domain;
-	SEND(s, flags, unmap_all, UNMAP_ALL, &m);
-}
-
 static void list_mappings(struct seed *s, unsigned flags, uint32_t domain, uint32_t max)
 {
 	Iommud__V1__ListMappingsRequest m = IOMMUD__V1__LIST_MAPPINGS_REQUEST__INIT;
@@ -227,14 +238,6 @@ static void list_mappings(struct seed *s, unsigned flags, uint32_t domain, uint3
 	m.domain_id = domain;
 	m.max = max;
 	SEND(s, flags, list_mappings, LIST_MAPPINGS, &m);
-}
-
-static void get_iova_ranges(struct seed *s, unsigned flags, uint32_t domain)
-{
-	Iommud__V1__GetIovaRangesRequest m = IOMMUD__V1__GET_IOVA_RANGES_REQUEST__INIT;
-
-	m.domain_id = domain;
-	SEND(s, flags, get_iova_ranges, GET_IOVA_RANGES, &m);
 }
 
 static void set_dirty_tracking(struct seed *s, unsigned flags, uint32_t domain, bool enable)
@@ -256,14 +259,6 @@ static void read_dirty(struct seed *s, unsigned flags, uint32_t domain, uint64_t
 	m.length = length;
 	m.page_size = PAGE;
 	SEND(s, flags, read_dirty, READ_DIRTY, &m);
-}
-
-static void open_device(struct seed *s, unsigned flags, const char *device)
-{
-	Iommud__V1__OpenDeviceRequest m = IOMMUD__V1__OPEN_DEVICE_REQUEST__INIT;
-
-	m.device = (char *)device;
-	SEND(s, flags, open_device, OPEN_DEVICE, &m);
 }
 
 static void get_stats(struct seed *s, unsigned flags)
@@ -338,7 +333,7 @@ static void seed_unmap_all(struct seed *s)
 	alloc_paging(s, 0, "emu0");
 	map(s, SEALED_MEMFD, DOMAIN, 0, PAGE, 0);
 	map(s, SEALED_MEMFD, DOMAIN, PAGE, PAGE, 0);
-	unmap_all(s, 0, DOMAIN);
+	DOMAIN_ONLY(s, 0, UNMAP_ALL, DOMAIN);
 }
 
 static void seed_list_mappings(struct seed *s)
@@ -353,7 +348,7 @@ static void seed_get_iova_ranges(struct seed *s)
 {
 	alloc_paging(s, 0, "emu0");
 	attach(s, 0, "emu0", DOMAIN);
-	get_iova_ranges(s, 0, DOMAIN);
+	DOMAIN_ONLY(s, 0, GET_IOVA_RANGES, DOMAIN);
 }
 
 static void seed_set_dirty_tracking(struct seed *s)
@@ -388,15 +383,15 @@ static void seed_list_domains(struct seed *s)
 static void seed_free_domain(struct seed *s)
 {
 	alloc_paging(s, 0, "emu0");
-	free_domain(s, 0, DOMAIN);
-	free_domain(s, 0, DOMAIN);
+	DOMAIN_ONLY(s, 0, FREE_DOMAIN, DOMAIN);
+	DOMAIN_ONLY(s, 0, FREE_DOMAIN, DOMAIN);
 }
 
 static void seed_attach(struct seed *s)
 {
 	alloc_paging(s, 0, "emu0");
 	attach(s, 0, "emu0", DOMAIN);
-	free_domain(s, 0, DOMAIN);
+	DOMAIN_ONLY(s, 0, FREE_DOMAIN, DOMAIN);
 }
 
 static void seed_replace(struct seed *s)
@@ -411,13 +406,13 @@ static void seed_detach(struct seed *s)
 {
 	alloc_paging(s, 0, "emu0");
 	attach(s, 0, "emu0", DOMAIN);
-	detach(s, 0, "emu0");
-	detach(s, 0, "emu0");
+	DEVICE_ONLY(s, 0, DETACH_DEVICE, "emu0");
+	DEVICE_ONLY(s, 0, DETACH_DEVICE, "emu0");
 }
 
 static void seed_open_device(struct seed *s)
 {
-	open_device(s, 0, "emu0");
+	DEVICE_ONLY(s, 0, OPEN_DEVICE, "emu0");
 }
 
 static void seed_nested(struct seed *s)
@@ -426,7 +421,7 @@ static void seed_nested(struct seed *s)
 	map(s, SEALED_MEMFD, DOMAIN, 0, 4 * PAGE, 0x1000000);
 	alloc_nested(s, 0, "emu0", DOMAIN, 0x1000000);
 	attach(s, 0, "emu0", DOMAIN2);
-	free_domain(s, 0, DOMAIN);
+	DOMAIN_ONLY(s, 0, FREE_DOMAIN, DOMAIN);
 }
 
 /* A lease outlives its connection: reconnect to it, then end it. */
@@ -465,7 +460,7 @@ static void seed_shared_session(struct seed *s)
 	map(s, SEALED_MEMFD, DOMAIN, 0, PAGE, 0);
 	list_mappings(s, CONN1, DOMAIN, 0);
 	list_domains(s, RECONNECT);
-	unmap_all(s, CONN1, DOMAIN);
+	DOMAIN_ONLY(s, CONN1, UNMAP_ALL, DOMAIN);
 }
 
 /* A released lease still in use cannot be joined; one not released can, from another
@@ -505,9 +500,9 @@ static void seed_alloc_map_unmap_free(struct seed *s)
 	map(s, SEALED_MEMFD, DOMAIN, 0, 16 * PAGE, 0);
 	map_batch(s, SEALED_MEMFD | FDS(2), DOMAIN);
 	list_mappings(s, 0, DOMAIN, 0);
-	unmap_all(s, 0, DOMAIN);
-	detach(s, 0, "emu0");
-	free_domain(s, 0, DOMAIN);
+	DOMAIN_ONLY(s, 0, UNMAP_ALL, DOMAIN);
+	DEVICE_ONLY(s, 0, DETACH_DEVICE, "emu0");
+	DOMAIN_ONLY(s, 0, FREE_DOMAIN, DOMAIN);
 	list_domains(s, 0);
 }
 

@@ -148,8 +148,7 @@ done
 	echo "iommu=$iommu per_test=$per_test tests='${names[*]}' lib_path='$lib_dirs'"
 	cat <<'EOF'
 /bin/busybox --install -s /bin
-# Tests that can hold either backend to its rules take the real one here.
-export PATH=/bin IOMMUD_VM_IOMMU=$iommu IOMMUD_TEST_BACKEND=iommufd
+export PATH=/bin IOMMUD_VM_IOMMU=$iommu
 [ -z "$lib_path" ] || export LD_LIBRARY_PATH=$lib_path
 [ ! -x /tests/iommud ] || export IOMMUD_DAEMON=/tests/iommud
 mount -t proc proc /proc

@@ -13,11 +13,11 @@
 #include <kh/kh.h>
 #include <kh/kh_emu.h>
 
-#include "check.h"
+#include "harness.h"
 
 #define PAGE 4096ull
-#define MiB (1ull << 20)
-#define GiB (1ull << 30)
+#define MiB  (1ull << 20)
+#define GiB  (1ull << 30)
 
 static const char topology[] = "[iommu]\n"
 			       "devices = dev0 dev1 mate0 mate1\n"
@@ -26,7 +26,20 @@ static const char topology[] = "[iommu]\n"
 			       "[device mate1]\n"
 			       "group = 9\n";
 
-static struct kh_backend *be;
+FIXTURE(emu)
+{
+	struct kh_backend *be;
+};
+
+FIXTURE_SETUP(emu)
+{
+	CHECK_OK(kh_backend_open_emulated_text(topology, &self->be));
+}
+
+FIXTURE_TEARDOWN(emu)
+{
+	kh_backend_close(self->be);
+}
 
 /* Anonymous memory aligned to align; the reservation is never unmapped (tests are short). */
 static uint8_t *aligned_memory(uint64_t size, uint64_t align)
@@ -43,7 +56,7 @@ static uint64_t addr_of(const void *p)
 	return (uint64_t)(uintptr_t)p;
 }
 
-static struct kh_emu_fault last_fault(void)
+static struct kh_emu_fault last_fault(struct kh_backend *be)
 {
 	struct kh_emu_fault f[KH_EMU_FAULT_QUEUE_LEN];
 	size_t n = kh_emu_faults(be, f, KH_EMU_FAULT_QUEUE_LEN);
@@ -54,24 +67,28 @@ static struct kh_emu_fault last_fault(void)
 
 #define ANY_IOVA UINT64_MAX /* let the helper choose */
 
-static uint64_t map(struct kh_ctx *ctx, uint32_t dom, uint64_t iova, const void *mem,
-		    uint64_t len, uint32_t prot)
+static uint64_t map(struct kh_ctx *ctx, uint32_t dom, uint64_t iova, const void *mem, uint64_t len,
+		    uint32_t prot)
 {
-	struct kh_map_req req = { .iova = iova, .length = len, .addr = addr_of(mem), .prot = prot,
-				  .flags = iova == ANY_IOVA ? 0 : KH_MAP_FIXED_IOVA };
+	struct kh_map_req req = {.iova = iova,
+				 .length = len,
+				 .addr = addr_of(mem),
+				 .prot = prot,
+				 .flags = iova == ANY_IOVA ? 0 : KH_MAP_FIXED_IOVA};
 
 	CHECK_OK(kh_map(ctx, dom, &req));
 	return req.iova;
 }
 
-struct fixture {
+struct attached {
 	struct kh_ctx *ctx;
 	uint32_t dev, dom;
 };
 
-static void fixture(struct fixture *f, const char *device, uint32_t flags)
+static void attach_new(struct kh_backend *be, struct attached *f, const char *device,
+		       uint32_t flags)
 {
-	struct kh_domain_alloc_args args = { .type = KH_DOMAIN_PAGING, .flags = flags };
+	struct kh_domain_alloc_args args = {.type = KH_DOMAIN_PAGING, .flags = flags};
 
 	CHECK_OK(kh_ctx_create(be, &f->ctx));
 	CHECK_OK(kh_device_bind(f->ctx, device, &f->dev));
@@ -79,28 +96,30 @@ static void fixture(struct fixture *f, const char *device, uint32_t flags)
 	CHECK_OK(kh_attach(f->ctx, f->dev, f->dom));
 }
 
-static void test_data_lands_and_unmap_blocks(void)
+TEST_F(emu, data_lands_and_unmap_blocks)
 {
-	struct fixture f;
+	struct attached f;
 	uint8_t *mem = aligned_memory(4 * PAGE, PAGE);
 	char msg[] = "written by the device", back[sizeof(msg)];
 	uint64_t iova;
 
-	fixture(&f, "dev0", 0);
+	attach_new(self->be, &f, "dev0", 0);
 	iova = map(f.ctx, f.dom, ANY_IOVA, mem, 4 * PAGE, KH_PROT_READ | KH_PROT_WRITE);
 	/* Crossing a page boundary exercises per-page translation. */
-	CHECK_OK(kh_emu_dma(be, "dev0", iova + PAGE - 5, msg, sizeof(msg), KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", iova + PAGE - 5, msg, sizeof(msg),
+			    KH_EMU_DMA_TO_MEMORY));
 	CHECK(memcmp(mem + PAGE - 5, msg, sizeof(msg)) == 0);
-	CHECK_OK(kh_emu_dma(be, "dev0", iova + PAGE - 5, back, sizeof(back),
+	CHECK_OK(kh_emu_dma(self->be, "dev0", iova + PAGE - 5, back, sizeof(back),
 			    KH_EMU_DMA_FROM_MEMORY));
 	CHECK(memcmp(back, msg, sizeof(msg)) == 0);
 
-	/* The IOTLB holds the translation now; the unmap must still be seen at once. */
+	/* The IOTLB holds the translation now; the unmap must still self->be seen at once. */
 	CHECK_OK(kh_unmap(f.ctx, f.dom, iova, 4 * PAGE, NULL));
 	memset(mem, 0, 4 * PAGE);
-	CHECK_EQ(kh_emu_dma(be, "dev0", iova + 8, msg, sizeof(msg), KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", iova + 8, msg, sizeof(msg), KH_EMU_DMA_TO_MEMORY),
+		 -EFAULT);
 	CHECK(strstr(kh_last_error(), "faulted"));
-	struct kh_emu_fault fault = last_fault();
+	struct kh_emu_fault fault = last_fault(self->be);
 	CHECK_EQ(fault.reason, KH_EMU_FAULT_NOT_PRESENT);
 	CHECK_EQ(fault.iova, iova + 8);
 	CHECK_EQ(fault.dir, KH_EMU_DMA_TO_MEMORY);
@@ -110,75 +129,77 @@ static void test_data_lands_and_unmap_blocks(void)
 	kh_ctx_destroy(f.ctx);
 }
 
-static void test_fault_moves_nothing(void)
+TEST_F(emu, fault_moves_nothing)
 {
-	struct fixture f;
+	struct attached f;
 	uint8_t *mem = aligned_memory(2 * PAGE, PAGE);
 	uint8_t data[2 * PAGE];
 	uint64_t iova;
 
-	fixture(&f, "dev0", 0);
+	attach_new(self->be, &f, "dev0", 0);
 	iova = map(f.ctx, f.dom, 0x100000, mem, PAGE, KH_PROT_READ | KH_PROT_WRITE);
 	memset(data, 0xab, sizeof(data));
-	/* The first page is mapped, the second not: not even the first may be written. */
-	CHECK_EQ(kh_emu_dma(be, "dev0", iova, data, sizeof(data), KH_EMU_DMA_TO_MEMORY), -EFAULT);
-	CHECK_EQ(last_fault().iova, iova + PAGE);
+	/* The first page is mapped, the second not: not even the first may self->be written. */
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", iova, data, sizeof(data), KH_EMU_DMA_TO_MEMORY),
+		 -EFAULT);
+	CHECK_EQ(last_fault(self->be).iova, iova + PAGE);
 	for (size_t i = 0; i < PAGE; i++)
 		CHECK_EQ(mem[i], 0);
-	CHECK_EQ(kh_emu_dma(be, "dev0", UINT64_MAX, data, 2, KH_EMU_DMA_TO_MEMORY), -EINVAL);
-	CHECK_EQ(kh_emu_dma(be, "nodev", iova, data, 2, KH_EMU_DMA_TO_MEMORY), -ENOENT);
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", UINT64_MAX, data, 2, KH_EMU_DMA_TO_MEMORY), -EINVAL);
+	CHECK_EQ(kh_emu_dma(self->be, "nodev", iova, data, 2, KH_EMU_DMA_TO_MEMORY), -ENOENT);
 	kh_ctx_destroy(f.ctx);
 }
 
-static void test_permissions(void)
+TEST_F(emu, permissions)
 {
-	struct fixture f;
+	struct attached f;
 	uint8_t *mem = aligned_memory(2 * PAGE, PAGE);
 	uint8_t byte = 0x5a;
 	uint64_t ro, wo;
 
-	fixture(&f, "dev0", 0);
+	attach_new(self->be, &f, "dev0", 0);
 	mem[0] = 1;
 	ro = map(f.ctx, f.dom, ANY_IOVA, mem, PAGE, KH_PROT_READ);
 	wo = map(f.ctx, f.dom, ANY_IOVA, mem + PAGE, PAGE, KH_PROT_WRITE);
-	CHECK_EQ(kh_emu_dma(be, "dev0", ro, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
-	CHECK_EQ(last_fault().reason, KH_EMU_FAULT_WRITE_DENIED);
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", ro, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	CHECK_EQ(last_fault(self->be).reason, KH_EMU_FAULT_WRITE_DENIED);
 	CHECK_EQ(mem[0], 1);
-	CHECK_OK(kh_emu_dma(be, "dev0", ro, &byte, 1, KH_EMU_DMA_FROM_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", ro, &byte, 1, KH_EMU_DMA_FROM_MEMORY));
 	CHECK_EQ(byte, 1);
-	CHECK_EQ(kh_emu_dma(be, "dev0", wo, &byte, 1, KH_EMU_DMA_FROM_MEMORY), -EFAULT);
-	CHECK_EQ(last_fault().reason, KH_EMU_FAULT_READ_DENIED);
-	CHECK_OK(kh_emu_dma(be, "dev0", wo, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", wo, &byte, 1, KH_EMU_DMA_FROM_MEMORY), -EFAULT);
+	CHECK_EQ(last_fault(self->be).reason, KH_EMU_FAULT_READ_DENIED);
+	CHECK_OK(kh_emu_dma(self->be, "dev0", wo, &byte, 1, KH_EMU_DMA_TO_MEMORY));
 	CHECK_EQ(mem[PAGE], 1);
 	kh_ctx_destroy(f.ctx);
 }
 
-static void test_blocked_identity_and_replace(void)
+TEST_F(emu, blocked_identity_and_replace)
 {
 	struct kh_ctx *ctx;
-	struct kh_domain_alloc_args blocked = { .type = KH_DOMAIN_BLOCKED },
-				    identity = { .type = KH_DOMAIN_IDENTITY },
-				    paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args blocked = {.type = KH_DOMAIN_BLOCKED},
+				    identity = {.type = KH_DOMAIN_IDENTITY},
+				    paging = {.type = KH_DOMAIN_PAGING};
 	uint8_t *mem = aligned_memory(PAGE, PAGE);
 	uint32_t dev, b, id, p;
 	uint64_t phys;
 	uint8_t byte = 7;
 
-	CHECK_OK(kh_ctx_create(be, &ctx));
+	CHECK_OK(kh_ctx_create(self->be, &ctx));
 	CHECK_OK(kh_device_bind(ctx, "dev1", &dev));
 	/* Bound but not attached: blocked. */
-	CHECK_EQ(kh_emu_dma(be, "dev1", 0x1000, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
-	CHECK_EQ(last_fault().reason, KH_EMU_FAULT_BLOCKED);
+	CHECK_EQ(kh_emu_dma(self->be, "dev1", 0x1000, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	CHECK_EQ(last_fault(self->be).reason, KH_EMU_FAULT_BLOCKED);
 	CHECK_OK(kh_domain_alloc(ctx, dev, &blocked, &b));
 	CHECK_OK(kh_domain_alloc(ctx, dev, &identity, &id));
 	CHECK_OK(kh_domain_alloc(ctx, dev, &paging, &p));
 	CHECK_OK(kh_attach(ctx, dev, b));
-	CHECK_EQ(kh_emu_dma(be, "dev1", addr_of(mem), &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
-	CHECK_EQ(last_fault().reason, KH_EMU_FAULT_BLOCKED);
+	CHECK_EQ(kh_emu_dma(self->be, "dev1", addr_of(mem), &byte, 1, KH_EMU_DMA_TO_MEMORY),
+		 -EFAULT);
+	CHECK_EQ(last_fault(self->be).reason, KH_EMU_FAULT_BLOCKED);
 
 	/* Identity: the IOVA is the address. */
 	CHECK_OK(kh_replace(ctx, dev, id));
-	CHECK_OK(kh_emu_dma(be, "dev1", addr_of(mem) + 3, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev1", addr_of(mem) + 3, &byte, 1, KH_EMU_DMA_TO_MEMORY));
 	CHECK_EQ(mem[3], 7);
 	CHECK_OK(kh_iova_to_phys(ctx, id, addr_of(mem), &phys));
 	CHECK_EQ(phys, addr_of(mem));
@@ -187,55 +208,58 @@ static void test_blocked_identity_and_replace(void)
 	map(ctx, p, 0x200000, mem, PAGE, KH_PROT_READ | KH_PROT_WRITE);
 	CHECK_OK(kh_replace(ctx, dev, p));
 	byte = 9;
-	CHECK_OK(kh_emu_dma(be, "dev1", 0x200000 + 4, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev1", 0x200000 + 4, &byte, 1, KH_EMU_DMA_TO_MEMORY));
 	CHECK_EQ(mem[4], 9);
 	CHECK_OK(kh_iova_to_phys(ctx, p, 0x200000 + 4, &phys));
 	CHECK_EQ(phys, addr_of(mem) + 4);
 	CHECK_EQ(kh_iova_to_phys(ctx, p, 0x400000, &phys), -ENOENT);
 	CHECK_EQ(kh_iova_to_phys(ctx, b, 0, &phys), -EOPNOTSUPP);
 	CHECK_OK(kh_detach(ctx, dev));
-	CHECK_EQ(kh_emu_dma(be, "dev1", 0x200000, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	CHECK_EQ(kh_emu_dma(self->be, "dev1", 0x200000, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
 	kh_ctx_destroy(ctx);
 }
 
-static void test_group_shares_translation(void)
+TEST_F(emu, group_shares_translation)
 {
-	struct fixture f;
+	struct attached f;
 	uint8_t *mem = aligned_memory(PAGE, PAGE);
 	uint8_t byte = 0x33;
 
 	/* mate1 shares mate0's group, so the IOMMU cannot tell their DMA apart. */
-	fixture(&f, "mate0", 0);
+	attach_new(self->be, &f, "mate0", 0);
 	map(f.ctx, f.dom, 0x300000, mem, PAGE, KH_PROT_READ | KH_PROT_WRITE);
-	CHECK_OK(kh_emu_dma(be, "mate1", 0x300000, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "mate1", 0x300000, &byte, 1, KH_EMU_DMA_TO_MEMORY));
 	CHECK_EQ(mem[0], 0x33);
-	CHECK_EQ(kh_emu_dma(be, "dev1", 0x300000, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	CHECK_EQ(kh_emu_dma(self->be, "dev1", 0x300000, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
 	kh_ctx_destroy(f.ctx);
 }
 
-static void test_dirty_tracking(void)
+TEST_F(emu, dirty_tracking)
 {
-	struct fixture f;
+	struct attached f;
 	uint8_t *big = aligned_memory(2 * MiB, 2 * MiB);
 	uint8_t *small = aligned_memory(4 * PAGE, PAGE);
 	uint64_t bitmap[9], ones = 0;
 	uint8_t byte = 1;
 
-	fixture(&f, "dev0", KH_DOMAIN_F_DIRTY_TRACKING);
+	attach_new(self->be, &f, "dev0", KH_DOMAIN_F_DIRTY_TRACKING);
 	map(f.ctx, f.dom, 0x40000000, big, 2 * MiB, KH_PROT_READ | KH_PROT_WRITE);
 	map(f.ctx, f.dom, 0x40200000, small, 4 * PAGE, KH_PROT_READ | KH_PROT_WRITE);
 
 	/* Off: writes leave no trace. */
-	CHECK_OK(kh_emu_dma(be, "dev0", 0x40200000, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40200000, &byte, 1, KH_EMU_DMA_TO_MEMORY));
 	CHECK_OK(kh_read_dirty(f.ctx, f.dom, 0x40000000, 2 * MiB + 4 * PAGE, PAGE, bitmap, 0));
 	for (int i = 0; i < 9; i++)
 		CHECK_EQ(bitmap[i], 0);
 
 	CHECK_OK(kh_set_dirty_tracking(f.ctx, f.dom, true));
-	CHECK_OK(kh_emu_dma(be, "dev0", 0x40200000 + 2 * PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY));
-	CHECK_OK(kh_emu_dma(be, "dev0", 0x40000000 + 7 * PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40200000 + 2 * PAGE, &byte, 1,
+			    KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40000000 + 7 * PAGE, &byte, 1,
+			    KH_EMU_DMA_TO_MEMORY));
 	/* Reads do not dirty. */
-	CHECK_OK(kh_emu_dma(be, "dev0", 0x40200000 + 3 * PAGE, &byte, 1, KH_EMU_DMA_FROM_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40200000 + 3 * PAGE, &byte, 1,
+			    KH_EMU_DMA_FROM_MEMORY));
 
 	/* 4 KiB granules over 2 MiB + 16 KiB: the 2 MiB leaf is dirty as a whole. */
 	CHECK_OK(kh_read_dirty(f.ctx, f.dom, 0x40000000, 2 * MiB + 4 * PAGE, PAGE, bitmap,
@@ -254,7 +278,8 @@ static void test_dirty_tracking(void)
 	for (int i = 0; i < 9; i++)
 		CHECK_EQ(tail[i], 0);
 	/* Writing again after the clear is seen again, cached translation or not. */
-	CHECK_OK(kh_emu_dma(be, "dev0", 0x40200000 + 2 * PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x40200000 + 2 * PAGE, &byte, 1,
+			    KH_EMU_DMA_TO_MEMORY));
 	CHECK_OK(kh_read_dirty(f.ctx, f.dom, 0x40200000, 4 * PAGE, PAGE, tail, 0));
 	CHECK_EQ(tail[0], 1ull << 2);
 	kh_ctx_destroy(f.ctx);
@@ -266,15 +291,32 @@ static void s1_set(uint8_t *guest, uint64_t table_ipa, unsigned index, uint64_t 
 	memcpy(guest + table_ipa + index * 8, &value, sizeof(value));
 }
 
-static void test_nested(void)
+/* A stage-1 walk from the root at IPA 0 through tables at 0x1000, 0x2000 and 0x3000 (indexes
+ * 5, 6, 7 and 8: the nested case's s1_iova) to the data page at IPA 0x10000, each with bits. */
+static void s1_walk(uint8_t *guest, uint64_t bits)
 {
-	struct fixture f;
-	struct kh_emu_s1 s1 = { .root_iova = 0 };
-	struct kh_domain_alloc_args nested = { .type = KH_DOMAIN_NESTED,
-					       .data_type = KH_NEST_DATA_EMU_S1,
-					       .data = &s1,
-					       .data_len = sizeof(s1) };
-	struct kh_map_req req = { .length = PAGE, .addr = 0, .prot = KH_PROT_READ };
+	s1_set(guest, 0x0000, 5, 0x1000 | bits);
+	s1_set(guest, 0x1000, 6, 0x2000 | bits);
+	s1_set(guest, 0x2000, 7, 0x3000 | bits);
+	s1_set(guest, 0x3000, 8, 0x10000 | bits);
+}
+
+/* A nested domain over parent, with the stage 1 that s1 describes. */
+static struct kh_domain_alloc_args nested_args(const struct kh_emu_s1 *s1, uint32_t parent)
+{
+	return (struct kh_domain_alloc_args){.type = KH_DOMAIN_NESTED,
+					     .parent_id = parent,
+					     .data_type = KH_NEST_DATA_EMU_S1,
+					     .data = s1,
+					     .data_len = sizeof(*s1)};
+}
+
+TEST_F(emu, nested)
+{
+	struct attached f;
+	struct kh_emu_s1 s1 = {.root_iova = 0};
+	struct kh_domain_alloc_args nested;
+	struct kh_map_req req = {.length = PAGE, .addr = 0, .prot = KH_PROT_READ};
 	/* Guest memory: tables at IPA 0x0-0x3fff, data pages at 0x10000 and 0x11000. */
 	uint8_t *guest = aligned_memory(0x20000, PAGE);
 	const uint64_t rw = 3, s1_iova = (5ull << 39) | (6ull << 30) | (7ull << 21) | (8ull << 12);
@@ -282,63 +324,73 @@ static void test_nested(void)
 	uint32_t child, dev1;
 	uint64_t phys;
 
-	fixture(&f, "dev0", KH_DOMAIN_F_NEST_PARENT);
+	attach_new(self->be, &f, "dev0", KH_DOMAIN_F_NEST_PARENT);
 	CHECK_OK(kh_detach(f.ctx, f.dev));
 	map(f.ctx, f.dom, 0, guest, 0x20000, KH_PROT_READ | KH_PROT_WRITE);
-	s1_set(guest, 0x0000, 5, 0x1000 | rw);
-	s1_set(guest, 0x1000, 6, 0x2000 | rw);
-	s1_set(guest, 0x2000, 7, 0x3000 | rw);
-	s1_set(guest, 0x3000, 8, 0x10000 | rw);
+	s1_walk(guest, rw);
 
-	nested.parent_id = f.dom;
+	nested = nested_args(&s1, f.dom);
 	CHECK_OK(kh_domain_alloc(f.ctx, f.dev, &nested, &child));
 	CHECK_OK(kh_attach(f.ctx, f.dev, child));
-	CHECK_OK(kh_emu_dma(be, "dev0", s1_iova + 9, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", s1_iova + 9, &byte, 1, KH_EMU_DMA_TO_MEMORY));
 	CHECK_EQ(guest[0x10000 + 9], 0x77);
 	CHECK_OK(kh_iova_to_phys(f.ctx, child, s1_iova, &phys));
 	CHECK_EQ(phys, addr_of(guest) + 0x10000);
 
 	/* The owner repoints its stage 1: the IOTLB keeps the old page until it is flushed. */
 	s1_set(guest, 0x3000, 8, 0x11000 | rw);
-	CHECK_OK(kh_emu_dma(be, "dev0", s1_iova + 10, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", s1_iova + 10, &byte, 1, KH_EMU_DMA_TO_MEMORY));
 	CHECK_EQ(guest[0x10000 + 10], 0x77);
 	CHECK_OK(kh_flush_iotlb(f.ctx, child));
-	CHECK_OK(kh_emu_dma(be, "dev0", s1_iova + 11, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", s1_iova + 11, &byte, 1, KH_EMU_DMA_TO_MEMORY));
 	CHECK_EQ(guest[0x11000 + 11], 0x77);
 
 	/* Stage-1 read-only denies writes; an empty stage-1 entry faults. */
 	s1_set(guest, 0x3000, 8, 0x11000 | 1);
 	CHECK_OK(kh_flush_iotlb(f.ctx, child));
-	CHECK_EQ(kh_emu_dma(be, "dev0", s1_iova, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
-	CHECK_EQ(last_fault().reason, KH_EMU_FAULT_WRITE_DENIED);
-	CHECK_EQ(kh_emu_dma(be, "dev0", s1_iova + PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
-	CHECK_EQ(last_fault().reason, KH_EMU_FAULT_NOT_PRESENT);
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", s1_iova, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	CHECK_EQ(last_fault(self->be).reason, KH_EMU_FAULT_WRITE_DENIED);
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", s1_iova + PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY),
+		 -EFAULT);
+	CHECK_EQ(last_fault(self->be).reason, KH_EMU_FAULT_NOT_PRESENT);
 
 	/* Unmapping the stage-1 tables from the parent breaks the walk, even for cached
 	 * translations: the parent's invalidation reaches its children. */
-	CHECK_OK(kh_emu_dma(be, "dev0", s1_iova, &byte, 1, KH_EMU_DMA_FROM_MEMORY));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", s1_iova, &byte, 1, KH_EMU_DMA_FROM_MEMORY));
 	CHECK_OK(kh_unmap(f.ctx, f.dom, 0, 0x20000, NULL));
-	CHECK_EQ(kh_emu_dma(be, "dev0", s1_iova, &byte, 1, KH_EMU_DMA_FROM_MEMORY), -EFAULT);
-	CHECK_EQ(last_fault().reason, KH_EMU_FAULT_STAGE1_BROKEN);
+	CHECK_EQ(kh_emu_dma(self->be, "dev0", s1_iova, &byte, 1, KH_EMU_DMA_FROM_MEMORY), -EFAULT);
+	CHECK_EQ(last_fault(self->be).reason, KH_EMU_FAULT_STAGE1_BROKEN);
 
 	/* The stage 1 is the owner's: no map; the parent stays while a child uses it. */
 	CHECK_EQ(kh_map(f.ctx, child, &req), -EOPNOTSUPP);
 	CHECK(strstr(kh_last_error(), "nest parent"));
 	CHECK_EQ(kh_domain_free(f.ctx, f.dom), -EBUSY);
-	s1.root_iova = 0x800;
-	CHECK_EQ(kh_domain_alloc(f.ctx, f.dev, &nested, &child), -EINVAL);
-	nested.data_len = 4;
-	CHECK_EQ(kh_domain_alloc(f.ctx, f.dev, &nested, &child), -EINVAL);
-	CHECK(strstr(kh_last_error(), "struct kh_emu_s1"));
 	CHECK_OK(kh_device_bind(f.ctx, "dev1", &dev1));
 	kh_ctx_destroy(f.ctx);
 }
 
-static void test_huge_leaf(void)
+/* A stage 1 the owner describes wrongly is refused: a root not page aligned, a short struct. */
+TEST_F(emu, nested_bad_stage1)
+{
+	struct attached f;
+	struct kh_emu_s1 s1 = {.root_iova = 0x800};
+	struct kh_domain_alloc_args nested;
+	uint32_t child;
+
+	attach_new(self->be, &f, "dev0", KH_DOMAIN_F_NEST_PARENT);
+	nested = nested_args(&s1, f.dom);
+	CHECK_EQ(kh_domain_alloc(f.ctx, f.dev, &nested, &child), -EINVAL);
+	nested.data_len = 4;
+	CHECK_EQ(kh_domain_alloc(f.ctx, f.dev, &nested, &child), -EINVAL);
+	CHECK(strstr(kh_last_error(), "struct kh_emu_s1"));
+	kh_ctx_destroy(f.ctx);
+}
+
+TEST_F(emu, huge_leaf)
 {
 	struct kh_backend *huge;
 	struct kh_ctx *ctx;
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	uint8_t *mem = aligned_memory(GiB, GiB);
 	uint64_t phys, bytes;
 	uint32_t dev, dom;
@@ -364,39 +416,22 @@ static void test_huge_leaf(void)
 	kh_backend_close(huge);
 }
 
-static void test_fault_queue_bounded(void)
+TEST_F(emu, fault_queue_bounded)
 {
 	struct kh_emu_fault f[KH_EMU_FAULT_QUEUE_LEN];
-	uint64_t lost = kh_emu_faults_lost(be);
+	uint64_t lost = kh_emu_faults_lost(self->be);
 	uint8_t byte;
 
-	while (kh_emu_faults(be, f, KH_EMU_FAULT_QUEUE_LEN))
+	while (kh_emu_faults(self->be, f, KH_EMU_FAULT_QUEUE_LEN))
 		;
 	for (unsigned i = 0; i < KH_EMU_FAULT_QUEUE_LEN + 44; i++)
-		CHECK_EQ(kh_emu_dma(be, "dev1", (uint64_t)i * PAGE, &byte, 1,
+		CHECK_EQ(kh_emu_dma(self->be, "dev1", (uint64_t)i * PAGE, &byte, 1,
 				    KH_EMU_DMA_FROM_MEMORY),
 			 -EFAULT);
-	CHECK_EQ(kh_emu_faults_lost(be) - lost, 44);
-	CHECK_EQ(kh_emu_faults(be, f, KH_EMU_FAULT_QUEUE_LEN), KH_EMU_FAULT_QUEUE_LEN);
+	CHECK_EQ(kh_emu_faults_lost(self->be) - lost, 44);
+	CHECK_EQ(kh_emu_faults(self->be, f, KH_EMU_FAULT_QUEUE_LEN), KH_EMU_FAULT_QUEUE_LEN);
 	/* The newest faults are kept, oldest first. */
 	CHECK_EQ(f[0].iova, 44 * PAGE);
 	CHECK_EQ(f[KH_EMU_FAULT_QUEUE_LEN - 1].iova, (KH_EMU_FAULT_QUEUE_LEN + 43) * PAGE);
-	CHECK_EQ(kh_emu_faults(be, f, 1), 0);
-}
-
-int main(void)
-{
-	CHECK_OK(kh_backend_open_emulated_text(topology, &be));
-	test_data_lands_and_unmap_blocks();
-	test_fault_moves_nothing();
-	test_permissions();
-	test_blocked_identity_and_replace();
-	test_group_shares_translation();
-	test_dirty_tracking();
-	test_nested();
-	test_huge_leaf();
-	test_fault_queue_bounded();
-	kh_backend_close(be);
-	printf("emulated DMA: all checks passed\n");
-	return 0;
+	CHECK_EQ(kh_emu_faults(self->be, f, 1), 0);
 }

@@ -6,11 +6,10 @@
  * model's prediction, the mapping lists and free ranges must match it, and emulated DMA must
  * move bytes exactly where the model says and fault everywhere else.
  *
- * Usage: test_model [--seed N] [--ops N]. The seed is printed first, and again on a failure,
- * so any failure can be replayed.
+ * Options: --seed N --ops N. The seed is printed first, and again on a failure, so any failure
+ * can be replayed.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,18 +19,18 @@
 #include <kh/kh.h>
 #include <kh/kh_emu.h>
 
-#include "check.h"
+#include "harness.h"
 
-#define PAGE 4096ull
-#define MiB (1ull << 20)
-#define MEM_SIZE (64 * MiB)
-#define N_DOMAINS 3
-#define N_DEVICES 4
-#define MAX_MAPS 256
-#define MSI_START 0xfee00000ull
-#define MSI_LAST 0xfeefffffull
+#define PAGE	      4096ull
+#define MiB	      (1ull << 20)
+#define MEM_SIZE      (64 * MiB)
+#define N_DOMAINS     3
+#define N_DEVICES     4
+#define MAX_MAPS      256
+#define MSI_START     0xfee00000ull
+#define MSI_LAST      0xfeefffffull
 #define D1_RESV_START 0x4000000ull
-#define D1_RESV_LAST 0x40fffffull
+#define D1_RESV_LAST  0x40fffffull
 
 static const char topology[] = "[iommu]\n"
 			       "devices = d0 d1 m0 m1\n"
@@ -44,8 +43,8 @@ static const char topology[] = "[iommu]\n"
 			       "group = 3\n"
 			       "[device m1]\n"
 			       "group = 3\n";
-static const char *const device_names[N_DEVICES] = { "d0", "d1", "m0", "m1" };
-static const unsigned device_group[N_DEVICES] = { 1, 2, 3, 3 };
+static const char *const device_names[N_DEVICES] = {"d0", "d1", "m0", "m1"};
+static const unsigned device_group[N_DEVICES] = {1, 2, 3, 3};
 
 struct model_map {
 	uint64_t iova, last, offset;
@@ -113,9 +112,9 @@ static bool overlap(uint64_t a, uint64_t a_last, uint64_t b, uint64_t b_last)
 
 static int device_resv(int dev, struct kh_iova_range *out)
 {
-	out[0] = (struct kh_iova_range){ MSI_START, MSI_LAST };
+	out[0] = (struct kh_iova_range){MSI_START, MSI_LAST};
 	if (dev == 1) {
-		out[1] = (struct kh_iova_range){ D1_RESV_START, D1_RESV_LAST };
+		out[1] = (struct kh_iova_range){D1_RESV_START, D1_RESV_LAST};
 		return 2;
 	}
 	return 1;
@@ -203,7 +202,7 @@ static uint64_t random_length(void)
 
 static uint32_t random_prot(void)
 {
-	static const uint32_t prots[] = { KH_PROT_READ, KH_PROT_WRITE, KH_PROT_READ | KH_PROT_WRITE };
+	static const uint32_t prots[] = {KH_PROT_READ, KH_PROT_WRITE, KH_PROT_READ | KH_PROT_WRITE};
 
 	return prots[below(3)];
 }
@@ -214,9 +213,11 @@ static void op_map_fixed(int d)
 	uint64_t len = random_length(), iova = random_iova();
 	uint64_t offset = len >= 2 * MiB ? below(MEM_SIZE / (2 * MiB) - 2) * 2 * MiB
 					 : below(MEM_SIZE / PAGE - 16) * PAGE;
-	struct kh_map_req req = { .iova = iova, .length = len,
-				  .addr = (uint64_t)(uintptr_t)m.mem + offset,
-				  .prot = random_prot(), .flags = KH_MAP_FIXED_IOVA };
+	struct kh_map_req req = {.iova = iova,
+				 .length = len,
+				 .addr = (uint64_t)(uintptr_t)m.mem + offset,
+				 .prot = random_prot(),
+				 .flags = KH_MAP_FIXED_IOVA};
 	int want = 0;
 
 	if (len >= 2 * MiB && below(2))
@@ -230,7 +231,7 @@ static void op_map_fixed(int d)
 		return;
 	expect_rc(kh_map(m.ctx, md->id, &req), want);
 	if (want == 0)
-		model_insert(md, (struct model_map){ iova, iova + len - 1, offset, req.prot });
+		model_insert(md, (struct model_map){iova, iova + len - 1, offset, req.prot});
 }
 
 /* Whether the model has room for len bytes aligned to align: the core may pick another place,
@@ -266,8 +267,10 @@ static void op_map_allocated(int d)
 	uint64_t len = random_length();
 	uint64_t offset = below(MEM_SIZE / PAGE - 1024) * PAGE;
 	uint64_t align = below(2) ? PAGE << below(11) : 0;
-	struct kh_map_req req = { .length = len, .addr = (uint64_t)(uintptr_t)m.mem + offset,
-				  .prot = random_prot(), .alignment = align };
+	struct kh_map_req req = {.length = len,
+				 .addr = (uint64_t)(uintptr_t)m.mem + offset,
+				 .prot = random_prot(),
+				 .alignment = align};
 	int rc;
 
 	if (md->n == MAX_MAPS)
@@ -297,7 +300,7 @@ static void op_map_allocated(int d)
 	    (req.iova < md->allowed.start || req.iova + len - 1 > md->allowed.last))
 		fail("picked IOVA 0x%llx outside the allowed range starting 0x%llx",
 		     (long long)req.iova, (long long)md->allowed.start);
-	model_insert(md, (struct model_map){ req.iova, req.iova + len - 1, offset, req.prot });
+	model_insert(md, (struct model_map){req.iova, req.iova + len - 1, offset, req.prot});
 }
 
 static void op_unmap(int d)
@@ -340,7 +343,8 @@ static void op_unmap(int d)
 	if (unmapped != want_bytes)
 		fail("unmapped %lld bytes, the model expected %lld", (long long)unmapped,
 		     (long long)want_bytes);
-	memmove(&md->maps[first], &md->maps[first + count], (md->n - first - count) * sizeof(md->maps[0]));
+	memmove(&md->maps[first], &md->maps[first + count],
+		(md->n - first - count) * sizeof(md->maps[0]));
 	md->n -= count;
 }
 
@@ -487,8 +491,8 @@ static void op_dma(int dev)
 	for (uint64_t i = 0; i < len; i++) {
 		translate(dev, iova + i, write, &offset);
 		if (m.mem[offset] != buf[i])
-			fail("byte %lld of the DMA differs from memory at offset %lld", (long long)i,
-			     (long long)offset);
+			fail("byte %lld of the DMA differs from memory at offset %lld",
+			     (long long)i, (long long)offset);
 	}
 }
 
@@ -550,28 +554,52 @@ static void compare_all(void)
 	}
 }
 
-int main(int argc, char **argv)
-{
-	static const struct option options[] = { { "seed", required_argument, NULL, 's' },
-						 { "ops", required_argument, NULL, 'n' },
-						 { 0 } };
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
-	uint64_t ops = 100000;
-	bool seeded = false;
-	uint8_t *raw;
-	int opt;
+static uint64_t ops = 100000;
+static bool seeded;
 
-	while ((opt = getopt_long(argc, argv, "s:n:", options, NULL)) != -1) {
-		if (opt == 's') {
-			m.seed = strtoull(optarg, NULL, 0);
-			seeded = true;
-		} else if (opt == 'n') {
-			ops = strtoull(optarg, NULL, 0);
-		} else {
-			fprintf(stderr, "usage: %s [--seed N] [--ops N]\n", argv[0]);
-			return 2;
-		}
-	}
+HARNESS_OPTION(seed, "N", "replay the operations of seed N (default: the time)")
+{
+	m.seed = harness_parse_u64("seed", value);
+	seeded = true;
+}
+
+HARNESS_OPTION(ops, "N", "how many random operations (default 100000)")
+{
+	ops = harness_parse_u64("ops", value);
+}
+
+static void random_operation(void)
+{
+	int d = (int)below(N_DOMAINS), dev = (int)below(N_DEVICES);
+	uint64_t pick = below(100);
+
+	if (pick < 22)
+		op_map_fixed(d);
+	else if (pick < 34)
+		op_map_allocated(d);
+	else if (pick < 52)
+		op_unmap(d);
+	else if (pick < 53)
+		op_unmap_all(d);
+	else if (pick < 59)
+		op_attach(dev, d);
+	else if (pick < 63)
+		op_detach(dev);
+	else if (pick < 67)
+		op_replace(dev, d);
+	else if (pick < 70)
+		op_allow(d);
+	else if (pick < 90)
+		op_dma(dev);
+	else
+		op_lookup(d);
+}
+
+TEST(random_operations)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	uint8_t *raw;
+
 	if (!seeded)
 		m.seed = (uint64_t)time(NULL);
 	rng_state = m.seed;
@@ -592,29 +620,7 @@ int main(int argc, char **argv)
 		CHECK_OK(kh_domain_alloc(m.ctx, m.dev_id[0], &paging, &m.dom[d].id));
 
 	for (m.op = 0; m.op < ops; m.op++) {
-		int d = (int)below(N_DOMAINS), dev = (int)below(N_DEVICES);
-		uint64_t pick = below(100);
-
-		if (pick < 22)
-			op_map_fixed(d);
-		else if (pick < 34)
-			op_map_allocated(d);
-		else if (pick < 52)
-			op_unmap(d);
-		else if (pick < 53)
-			op_unmap_all(d);
-		else if (pick < 59)
-			op_attach(dev, d);
-		else if (pick < 63)
-			op_detach(dev);
-		else if (pick < 67)
-			op_replace(dev, d);
-		else if (pick < 70)
-			op_allow(d);
-		else if (pick < 90)
-			op_dma(dev);
-		else
-			op_lookup(d);
+		random_operation();
 		if (m.op % 500 == 0)
 			compare_all();
 	}
@@ -624,5 +630,4 @@ int main(int argc, char **argv)
 	munmap(raw, MEM_SIZE + 2 * MiB);
 	printf("test_model: %llu operations matched the model (seed %llu)\n",
 	       (unsigned long long)ops, (unsigned long long)m.seed);
-	return 0;
 }

@@ -12,7 +12,7 @@
 
 #include <kh/kh.h>
 
-#include "check.h"
+#include "harness.h"
 
 static void check_refused(const char *text, const char *phrase)
 {
@@ -20,14 +20,14 @@ static void check_refused(const char *text, const char *phrase)
 	int rc = kh_backend_open_emulated_text(text, &be);
 
 	if (rc != -EINVAL || !strstr(kh_last_error(), phrase)) {
-		fprintf(stderr, "topology:\n%s\ngave %d, message \"%s\", expected \"%s\"\n", text, rc,
-			kh_last_error(), phrase);
+		fprintf(stderr, "topology:\n%s\ngave %d, message \"%s\", expected \"%s\"\n", text,
+			rc, kh_last_error(), phrase);
 		abort();
 	}
 	CHECK(be == NULL);
 }
 
-static void test_mistakes(void)
+TEST(mistakes)
 {
 	check_refused("[iommu]\ndevices = a\n[device a]\ngroup = x\n", "line 4");
 	check_refused("[iommu]\ndevices = a\n[device a]\ngroup = x\n", "a group number");
@@ -45,7 +45,7 @@ static void test_mistakes(void)
 	check_refused("[iommu]\nthis line has no equals sign\n", "line 2");
 }
 
-static void test_devices_as_written(void)
+TEST(devices_as_written)
 {
 	struct kh_backend *be;
 	struct kh_device_info info;
@@ -93,7 +93,7 @@ static void test_devices_as_written(void)
 	kh_backend_close(be);
 }
 
-static void test_files(void)
+TEST(files)
 {
 	struct kh_backend *be;
 	char path[] = "/tmp/kh-topology-XXXXXX";
@@ -117,17 +117,18 @@ static void test_files(void)
 	kh_backend_close(be);
 }
 
-static void test_paging_only_model(void)
+TEST(paging_only_model)
 {
 	struct kh_backend *be;
 	struct kh_ctx *ctx;
 	struct kh_device_info info;
-	struct kh_domain_alloc_args args = { .type = KH_DOMAIN_IDENTITY };
-	struct kh_map_req req = { .length = 4096, .addr = 0x10000, .prot = KH_PROT_READ };
+	struct kh_domain_alloc_args args = {.type = KH_DOMAIN_IDENTITY};
+	struct kh_map_req req = {.length = 4096, .addr = 0x10000, .prot = KH_PROT_READ};
 	enum kh_domain_type type;
 	uint32_t dev, dom;
 
-	CHECK_OK(kh_backend_open_emulated_text("[iommu]\ndevices = x\ndomain-types = paging\n", &be));
+	CHECK_OK(kh_backend_open_emulated_text("[iommu]\ndevices = x\ndomain-types = paging\n",
+					       &be));
 	CHECK_OK(kh_device_info(be, 0, &info));
 	CHECK(!info.hw.dirty_tracking && !info.hw.nesting);
 	CHECK_OK(kh_ctx_create(be, &ctx));
@@ -146,14 +147,4 @@ static void test_paging_only_model(void)
 	CHECK_EQ(kh_set_dirty_tracking(ctx, dom, true), -EOPNOTSUPP);
 	kh_ctx_destroy(ctx);
 	kh_backend_close(be);
-}
-
-int main(void)
-{
-	test_mistakes();
-	test_devices_as_written();
-	test_files();
-	test_paging_only_model();
-	printf("topology: all checks passed\n");
-	return 0;
 }
