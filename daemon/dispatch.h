@@ -13,16 +13,13 @@
 #include <stdint.h>
 #include <time.h>
 
+#include <iommud_wire.h>
 #include <kh/kh.h>
 
 #include "config.h"
 #include "session.h"
 
-/* Transport limits of protocol version 1 (docs/protocol.md). */
-#define IOMMUD_PROTOCOL_VERSION 1
-#define IOMMUD_MAX_MESSAGE	65536
-#define IOMMUD_MAX_FDS		32
-#define IOMMUD_METHOD_SLOTS	64 /* method numbers (Request oneof field numbers) below this */
+#define IOMMUD_METHOD_SLOTS 64 /* method numbers (Request oneof field numbers) below this */
 
 struct method_stats {
 	uint64_t calls;
