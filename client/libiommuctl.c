@@ -291,7 +291,7 @@ int iommuctl_call(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, 
 		const char *msg = r->status->message;
 
 		(void)snprintf(c->error, sizeof(c->error), "%s",
-			 msg && *msg ? msg : iommuctl_code_name(r->status->code));
+			       msg && *msg ? msg : iommuctl_code_name(r->status->code));
 	} else if ((int)r->result_case != (int)req->method_case) {
 		/* Both oneofs number their fields by method, so they must match. */
 		err = fail(c, -EPROTO,
@@ -316,8 +316,7 @@ int iommuctl_call(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, 
 /* A request carrying msg, the message of the given method. The oneof member is found through
  * the schema's descriptor (the method is its field number), as protobuf-c sets fields itself,
  * so every plain call builds its envelope here. */
-static Iommud__V1__Request request_of(Iommud__V1__Request__MethodCase method,
-				      ProtobufCMessage *msg)
+static Iommud__V1__Request request_of(Iommud__V1__Request__MethodCase method, ProtobufCMessage *msg)
 {
 	const ProtobufCFieldDescriptor *field = protobuf_c_message_descriptor_get_field(
 		&iommud__v1__request__descriptor, (unsigned)method);

@@ -85,7 +85,7 @@ static void read_cgroup(struct peer *peer, int pidfd)
 		if (strncmp(line, "0::", 3) == 0) {
 			line[strcspn(line, "\n")] = '\0';
 			(void)snprintf(peer->cgroup, sizeof(peer->cgroup), "%.*s",
-				 (int)sizeof(peer->cgroup) - 1, line + 3);
+				       (int)sizeof(peer->cgroup) - 1, line + 3);
 			break;
 		}
 	}
@@ -146,8 +146,8 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 static int conn_rearm(struct conn *c)
 {
 	(void)event_del(c->ev);
-	(void)event_assign(c->ev, c->srv->base, c->fd, (c->pending ? EV_WRITE : EV_READ) | EV_PERSIST,
-		     conn_on_event, c);
+	(void)event_assign(c->ev, c->srv->base, c->fd,
+			   (c->pending ? EV_WRITE : EV_READ) | EV_PERSIST, conn_on_event, c);
 	return event_add(c->ev, NULL);
 }
 

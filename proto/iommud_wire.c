@@ -76,8 +76,7 @@ static bool take_fds(struct msghdr *msg, struct wire_packet *packet)
 	return all;
 }
 
-int wire_recv(int sock, void *buf, size_t size, enum wire_wait wait,
-	      struct wire_packet *ret_packet)
+int wire_recv(int sock, void *buf, size_t size, enum wire_wait wait, struct wire_packet *ret_packet)
 {
 	/* Exactly the limit: a packet with more descriptors shows as MSG_CTRUNC, the kernel
 	 * closing what did not fit. */
