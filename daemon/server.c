@@ -94,27 +94,28 @@ static void read_cgroup(struct peer *peer, int pidfd)
 		peer->cgroup[0] = '\0';
 }
 
-static int identify_peer(int fd, struct peer *peer)
+static int identify_peer(int fd, struct peer *ret_peer)
 {
+	struct peer peer = {0};
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	int pidfd = -1;
 
-	*peer = (struct peer){0};
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
 		return -errno;
-	peer->pid = cred.pid;
-	peer->uid = cred.uid;
-	peer->gid = cred.gid;
-	len = sizeof(peer->groups);
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, peer->groups, &len) == 0)
-		peer->n_groups = len / sizeof(gid_t);
+	peer.pid = cred.pid;
+	peer.uid = cred.uid;
+	peer.gid = cred.gid;
+	len = sizeof(peer.groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, peer.groups, &len) == 0)
+		peer.n_groups = len / sizeof(gid_t);
 	len = sizeof(pidfd);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
 		pidfd = -1;
-	read_cgroup(peer, pidfd);
+	read_cgroup(&peer, pidfd);
 	if (pidfd >= 0)
 		(void)close(pidfd);
+	*ret_peer = peer;
 	return 0;
 }
 
