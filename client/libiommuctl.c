@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * libiommuctl: the transport of docs/protocol.md on the client side, and the plain calls built
- * on it. Framing is one packed protobuf message per SOCK_SEQPACKET packet, with descriptors as
- * SCM_RIGHTS beside it.
+ * libiommuctl: the client side of docs/protocol.md, and the plain calls built on it. Packets
+ * and their descriptors go through the wire module the daemon uses too (iommud_wire.h); here
+ * are ids, ordering, and the messages a person reads.
  */
 #define _GNU_SOURCE /* memfd_create, F_ADD_SEALS */
 #include <errno.h>
@@ -16,6 +16,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <iommud_wire.h>
+
 #include "iommuctl.h"
 
 #define ERROR_MAX 512
@@ -28,8 +30,8 @@ struct iommuctl {
 	Iommud__V1__Code last_code;
 	char error[ERROR_MAX];
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	/* One byte more than the largest message, so an oversized one shows as such. */
-	uint8_t rxbuf[IOMMUCTL_MAX_MESSAGE + 1];
+	/* Exactly the limit: a longer packet arrives truncated, and wire_recv says so. */
+	uint8_t rxbuf[IOMMUD_MAX_MESSAGE];
 };
 
 /* Failures of calls that have no connection (connect, memfd), for iommuctl_last_error(NULL). */
@@ -41,7 +43,7 @@ __attribute__((format(printf, 3, 4))) static int fail(struct iommuctl *c, int er
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(c ? c->error : unconnected_error, ERROR_MAX, fmt, ap);
+	(void)vsnprintf(c ? c->error : unconnected_error, ERROR_MAX, fmt, ap);
 	va_end(ap);
 	if (c)
 		c->last_code = IOMMUD__V1__CODE__CODE_OK;
@@ -77,28 +79,7 @@ int iommuctl_status_errno(const Iommud__V1__Status *status)
 		return 0;
 	if (status->errno_value > 0)
 		return -status->errno_value;
-	switch (status->code) {
-	case IOMMUD__V1__CODE__CODE_NOT_FOUND:
-		return -ENOENT;
-	case IOMMUD__V1__CODE__CODE_ALREADY_EXISTS:
-		return -EEXIST;
-	case IOMMUD__V1__CODE__CODE_PERMISSION_DENIED:
-		return -EPERM;
-	case IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED:
-		return -ENOSPC;
-	case IOMMUD__V1__CODE__CODE_FAILED_PRECONDITION:
-		return -EBUSY;
-	case IOMMUD__V1__CODE__CODE_OUT_OF_RANGE:
-		return -ERANGE;
-	case IOMMUD__V1__CODE__CODE_UNIMPLEMENTED:
-		return -EOPNOTSUPP;
-	case IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT:
-		return -EINVAL;
-	case IOMMUD__V1__CODE__CODE_UNAVAILABLE:
-		return -ECONNREFUSED;
-	default:
-		return -EIO;
-	}
+	return errno_for_code(status->code);
 }
 
 int iommuctl_connect(const char *path, struct iommuctl **out)
@@ -134,7 +115,7 @@ int iommuctl_connect(const char *path, struct iommuctl **out)
 		if (errno == EINTR)
 			continue;
 		err = -errno;
-		close(c->fd);
+		(void)close(c->fd);
 		free(c);
 		if (err == -ENOENT || err == -ECONNREFUSED)
 			return fail(NULL, err,
@@ -148,7 +129,7 @@ int iommuctl_connect(const char *path, struct iommuctl **out)
 				    path, strerror(-err));
 		return fail(NULL, err, "cannot connect to iommud at %s: %s", path, strerror(-err));
 	}
-	snprintf(c->error, sizeof(c->error), "no error");
+	(void)snprintf(c->error, sizeof(c->error), "no error");
 	*out = c;
 	return 0;
 }
@@ -157,7 +138,7 @@ void iommuctl_close(struct iommuctl *c)
 {
 	if (!c)
 		return;
-	close(c->fd);
+	(void)close(c->fd);
 	free(c);
 }
 
@@ -175,149 +156,109 @@ static int transport_error(struct iommuctl *c, int err, const char *doing)
 int iommuctl_send(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, size_t nfds,
 		  uint64_t *id)
 {
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * IOMMUCTL_MAX_FDS)];
-	} control;
 	uint8_t *buf;
 	size_t len;
-	struct iovec iov;
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-	ssize_t n;
+	int err;
 
-	if (nfds > IOMMUCTL_MAX_FDS)
+	if (nfds > IOMMUD_MAX_FDS)
 		return fail(c, -EINVAL,
 			    "a request carries at most %d file descriptors, not %zu; split it",
-			    IOMMUCTL_MAX_FDS, nfds);
+			    IOMMUD_MAX_FDS, nfds);
 	req->id = c->sent + 1;
 	len = iommud__v1__request__get_packed_size(req);
-	if (len > IOMMUCTL_MAX_MESSAGE)
+	if (len > IOMMUD_MAX_MESSAGE)
 		return fail(c, -EMSGSIZE,
 			    "the request is %zu bytes, more than the %d a message may have; split "
 			    "it (fewer MapBatch entries, for instance)",
-			    len, IOMMUCTL_MAX_MESSAGE);
+			    len, IOMMUD_MAX_MESSAGE);
 	buf = malloc(len ? len : 1);
 	if (!buf)
 		return fail(c, -ENOMEM, "out of memory packing a request of %zu bytes", len);
-	iommud__v1__request__pack(req, buf);
-	iov = (struct iovec){.iov_base = buf, .iov_len = len};
-	if (nfds) {
-		struct cmsghdr *cmsg;
-
-		msg.msg_control = control.buf;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		cmsg = CMSG_FIRSTHDR(&msg);
-		cmsg->cmsg_level = SOL_SOCKET;
-		cmsg->cmsg_type = SCM_RIGHTS;
-		cmsg->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * nfds);
-	}
-	/* MSG_NOSIGNAL: a daemon gone away is an error to report, not a SIGPIPE to die of. */
-	do
-		n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
-	while (n < 0 && errno == EINTR);
+	(void)iommud__v1__request__pack(req, buf);
+	err = wire_send(c->fd, buf, len, fds, nfds, WIRE_BLOCK);
 	free(buf);
-	if (n < 0)
-		return transport_error(c, -errno, "sending a request");
+	if (err < 0)
+		return transport_error(c, err, "sending a request");
 	c->sent++;
 	if (id)
 		*id = req->id;
 	return 0;
 }
 
-static void close_fds(const int *fds, size_t n)
+/* Decodes a received packet as the response next in order. */
+static int decode_response(struct iommuctl *c, const struct wire_packet *packet,
+			   Iommud__V1__Response **ret_resp)
 {
-	for (size_t i = 0; i < n; i++)
-		close(fds[i]);
+	Iommud__V1__Response *r;
+
+	if (packet->truncated || packet->fds_truncated)
+		return fail(c, -EPROTO,
+			    "a response from iommud at %s carried more than the %d %s protocol "
+			    "version %d allows; the daemon and this library do not agree, update "
+			    "the older one",
+			    c->path, packet->fds_truncated ? IOMMUD_MAX_FDS : IOMMUD_MAX_MESSAGE,
+			    packet->fds_truncated ? "file descriptors" : "bytes",
+			    IOMMUD_PROTOCOL_VERSION);
+	r = iommud__v1__response__unpack(NULL, packet->len, c->rxbuf);
+	if (!r)
+		return fail(c, -EPROTO,
+			    "cannot decode a %zu-byte response from iommud at %s; the daemon and "
+			    "this library do not agree on the protocol, update the older one",
+			    packet->len, c->path);
+	/* Id 0 answers a packet the daemon could not decode, still in its place in the order. */
+	if (r->id != c->received && r->id != 0) {
+		uint64_t id = r->id;
+
+		iommud__v1__response__free_unpacked(r, NULL);
+		return fail(c, -EPROTO,
+			    "iommud answered request %llu when request %llu was next; responses "
+			    "must come in order, so the daemon is broken",
+			    (unsigned long long)id, (unsigned long long)c->received);
+	}
+	*ret_resp = r;
+	return 0;
+}
+
+/* Gives the caller at most max_fds (none when fds is NULL) of a packet's descriptors, closes
+ * the rest, and returns how many it gave. */
+static size_t keep_fds(const struct wire_packet *packet, int *fds, size_t max_fds)
+{
+	size_t keep = 0;
+
+	if (fds)
+		keep = packet->n_fds < max_fds ? packet->n_fds : max_fds;
+	if (keep)
+		memcpy(fds, packet->fds, keep * sizeof(int));
+	wire_close_fds(packet->fds + keep, packet->n_fds - keep);
+	return keep;
 }
 
 int iommuctl_recv(struct iommuctl *c, Iommud__V1__Response **resp, int *fds, size_t max_fds,
 		  size_t *nfds)
 {
-	union {
-		struct cmsghdr align;
-		/* Room for more than the limit, so a daemon that sends too many is caught. */
-		char buf[CMSG_SPACE(sizeof(int) * (IOMMUCTL_MAX_FDS + 1))];
-	} control;
-	struct iovec iov = {.iov_base = c->rxbuf, .iov_len = sizeof(c->rxbuf)};
-	struct msghdr msg = {.msg_iov = &iov,
-			     .msg_iovlen = 1,
-			     .msg_control = control.buf,
-			     .msg_controllen = sizeof(control.buf)};
-	int got[IOMMUCTL_MAX_FDS + 1];
-	size_t ngot = 0;
-	uint64_t expected = c->received + 1;
-	Iommud__V1__Response *r;
-	ssize_t n;
+	struct wire_packet packet;
+	Iommud__V1__Response *r = NULL; /* fail()'s result is opaque to the compiler */
+	size_t kept;
+	int err;
 
 	*resp = NULL;
 	if (nfds)
 		*nfds = 0;
 	if (c->received == c->sent)
 		return fail(c, -EINVAL, "no request is waiting for a response; send one first");
-	do
-		n = recvmsg(c->fd, &msg, MSG_CMSG_CLOEXEC);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return transport_error(c, -errno, "receiving a response");
-	for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-		size_t k;
-
-		if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
-			continue;
-		k = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		if (k > IOMMUCTL_MAX_FDS + 1 - ngot)
-			k = IOMMUCTL_MAX_FDS + 1 - ngot;
-		memcpy(got + ngot, CMSG_DATA(cmsg), k * sizeof(int));
-		ngot += k;
-	}
-	if (n == 0) {
-		close_fds(got, ngot);
-		return transport_error(c, -ECONNRESET, "waiting for a response");
-	}
+	err = wire_recv(c->fd, c->rxbuf, sizeof(c->rxbuf), WIRE_BLOCK, &packet);
+	if (err < 0)
+		return transport_error(c, err, "waiting for a response");
 	/* A packet is a response even when it is damaged, so the ones after it still match. */
 	c->received++;
-	if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC) || n > IOMMUCTL_MAX_MESSAGE ||
-	    ngot > IOMMUCTL_MAX_FDS) {
-		bool fds_over = msg.msg_flags & MSG_CTRUNC || ngot > IOMMUCTL_MAX_FDS;
-
-		close_fds(got, ngot);
-		return fail(c, -EPROTO,
-			    "a response from iommud at %s carried more than the %d %s protocol "
-			    "version %d allows; the daemon and this library do not agree, update "
-			    "the older one",
-			    c->path, fds_over ? IOMMUCTL_MAX_FDS : IOMMUCTL_MAX_MESSAGE,
-			    fds_over ? "file descriptors" : "bytes", IOMMUCTL_PROTOCOL_VERSION);
+	err = decode_response(c, &packet, &r);
+	if (err < 0) {
+		wire_close_fds(packet.fds, packet.n_fds);
+		return err;
 	}
-	r = iommud__v1__response__unpack(NULL, (size_t)n, c->rxbuf);
-	if (!r) {
-		close_fds(got, ngot);
-		return fail(c, -EPROTO,
-			    "cannot decode a %zd-byte response from iommud at %s; the daemon and "
-			    "this library do not agree on the protocol, update the older one",
-			    n, c->path);
-	}
-	/* Id 0 answers a packet the daemon could not decode, still in its place in the order. */
-	if (r->id != expected && r->id != 0) {
-		uint64_t id = r->id;
-
-		iommud__v1__response__free_unpacked(r, NULL);
-		close_fds(got, ngot);
-		return fail(c, -EPROTO,
-			    "iommud answered request %llu when request %llu was next; responses "
-			    "must come in order, so the daemon is broken",
-			    (unsigned long long)id, (unsigned long long)expected);
-	}
-	if (fds && ngot) {
-		size_t keep = ngot < max_fds ? ngot : max_fds;
-
-		memcpy(fds, got, keep * sizeof(int));
-		close_fds(got + keep, ngot - keep);
-		if (nfds)
-			*nfds = keep;
-	} else {
-		close_fds(got, ngot);
-	}
+	kept = keep_fds(&packet, fds, max_fds);
+	if (nfds)
+		*nfds = kept;
 	c->last_code = r->status ? r->status->code : IOMMUD__V1__CODE__CODE_OK;
 	*resp = r;
 	return 0;
@@ -349,8 +290,8 @@ int iommuctl_call(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, 
 	if (err) {
 		const char *msg = r->status->message;
 
-		snprintf(c->error, sizeof(c->error), "%s",
-			 msg && *msg ? msg : iommuctl_code_name(r->status->code));
+		(void)snprintf(c->error, sizeof(c->error), "%s",
+			       msg && *msg ? msg : iommuctl_code_name(r->status->code));
 	} else if ((int)r->result_case != (int)req->method_case) {
 		/* Both oneofs number their fields by method, so they must match. */
 		err = fail(c, -EPROTO,
@@ -360,7 +301,7 @@ int iommuctl_call(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, 
 	}
 	if (err) {
 		if (fds_out)
-			close_fds(fds_out, n);
+			wire_close_fds(fds_out, n);
 		iommud__v1__response__free_unpacked(r, NULL);
 		return err;
 	}
@@ -372,11 +313,35 @@ int iommuctl_call(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, 
 
 /* ---- plain calls ---------------------------------------------------------------------- */
 
-/* Sends a request whose method is set, and keeps only whether it succeeded. */
-static int call_simple(struct iommuctl *c, Iommud__V1__Request *req)
+/* A request carrying msg, the message of the given method. The oneof member is found through
+ * the schema's descriptor (the method is its field number), as protobuf-c sets fields itself,
+ * so every plain call builds its envelope here. */
+static Iommud__V1__Request request_of(Iommud__V1__Request__MethodCase method, ProtobufCMessage *msg)
+{
+	const ProtobufCFieldDescriptor *field = protobuf_c_message_descriptor_get_field(
+		&iommud__v1__request__descriptor, (unsigned)method);
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	req.method_case = method;
+	memcpy((char *)&req + field->offset, &msg, sizeof(msg));
+	return req;
+}
+
+/* Calls a method that takes and gives no descriptors; *resp as with iommuctl_call. */
+static int call_method(struct iommuctl *c, Iommud__V1__Request__MethodCase method,
+		       ProtobufCMessage *msg, Iommud__V1__Response **resp)
+{
+	Iommud__V1__Request req = request_of(method, msg);
+
+	return iommuctl_call(c, &req, NULL, 0, resp, NULL, 0, NULL);
+}
+
+/* Calls a method whose reply says nothing but whether it succeeded. */
+static int call_simple(struct iommuctl *c, Iommud__V1__Request__MethodCase method,
+		       ProtobufCMessage *msg)
 {
 	Iommud__V1__Response *r;
-	int err = iommuctl_call(c, req, NULL, 0, &r, NULL, 0, NULL);
+	int err = call_method(c, method, msg, &r);
 
 	iommuctl_response_free(r);
 	return err;
@@ -386,18 +351,15 @@ int iommuctl_hello(struct iommuctl *c, const char *client_name, const char *leas
 		   Iommud__V1__HelloReply **reply)
 {
 	Iommud__V1__HelloRequest hello = IOMMUD__V1__HELLO_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 	Iommud__V1__Response *r;
 	int err;
 
 	if (reply)
 		*reply = NULL;
-	hello.client_version = IOMMUCTL_PROTOCOL_VERSION;
+	hello.client_version = IOMMUD_PROTOCOL_VERSION;
 	hello.client_name = (char *)(client_name ? client_name : "");
 	hello.lease = (char *)(lease ? lease : "");
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_HELLO;
-	req.hello = &hello;
-	err = iommuctl_call(c, &req, NULL, 0, &r, NULL, 0, NULL);
+	err = call_method(c, IOMMUD__V1__REQUEST__METHOD_HELLO, &hello.base, &r);
 	if (err)
 		return err;
 	if (reply) {
@@ -415,7 +377,6 @@ int iommuctl_alloc_domain(struct iommuctl *c, const char *device, enum iommuctl_
 			  uint32_t flags, uint32_t *domain_id)
 {
 	Iommud__V1__AllocDomainRequest alloc = IOMMUD__V1__ALLOC_DOMAIN_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 	Iommud__V1__Response *r;
 	int err;
 
@@ -423,9 +384,7 @@ int iommuctl_alloc_domain(struct iommuctl *c, const char *device, enum iommuctl_
 	alloc.device = (char *)device;
 	alloc.dirty_tracking = !!(flags & IOMMUCTL_DOMAIN_DIRTY_TRACKING);
 	alloc.nest_parent = !!(flags & IOMMUCTL_DOMAIN_NEST_PARENT);
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN;
-	req.alloc_domain = &alloc;
-	err = iommuctl_call(c, &req, NULL, 0, &r, NULL, 0, NULL);
+	err = call_method(c, IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN, &alloc.base, &r);
 	if (err)
 		return err;
 	*domain_id = r->alloc_domain->domain_id;
@@ -436,47 +395,35 @@ int iommuctl_alloc_domain(struct iommuctl *c, const char *device, enum iommuctl_
 int iommuctl_free_domain(struct iommuctl *c, uint32_t domain_id)
 {
 	Iommud__V1__FreeDomainRequest free_domain = IOMMUD__V1__FREE_DOMAIN_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 
 	free_domain.domain_id = domain_id;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_FREE_DOMAIN;
-	req.free_domain = &free_domain;
-	return call_simple(c, &req);
+	return call_simple(c, IOMMUD__V1__REQUEST__METHOD_FREE_DOMAIN, &free_domain.base);
 }
 
 int iommuctl_attach(struct iommuctl *c, const char *device, uint32_t domain_id)
 {
 	Iommud__V1__AttachDeviceRequest attach = IOMMUD__V1__ATTACH_DEVICE_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 
 	attach.device = (char *)device;
 	attach.domain_id = domain_id;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_ATTACH_DEVICE;
-	req.attach_device = &attach;
-	return call_simple(c, &req);
+	return call_simple(c, IOMMUD__V1__REQUEST__METHOD_ATTACH_DEVICE, &attach.base);
 }
 
 int iommuctl_replace(struct iommuctl *c, const char *device, uint32_t domain_id)
 {
 	Iommud__V1__ReplaceDomainRequest replace = IOMMUD__V1__REPLACE_DOMAIN_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 
 	replace.device = (char *)device;
 	replace.domain_id = domain_id;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_REPLACE_DOMAIN;
-	req.replace_domain = &replace;
-	return call_simple(c, &req);
+	return call_simple(c, IOMMUD__V1__REQUEST__METHOD_REPLACE_DOMAIN, &replace.base);
 }
 
 int iommuctl_detach(struct iommuctl *c, const char *device)
 {
 	Iommud__V1__DetachDeviceRequest detach = IOMMUD__V1__DETACH_DEVICE_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 
 	detach.device = (char *)device;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_DETACH_DEVICE;
-	req.detach_device = &detach;
-	return call_simple(c, &req);
+	return call_simple(c, IOMMUD__V1__REQUEST__METHOD_DETACH_DEVICE, &detach.base);
 }
 
 int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t offset,
@@ -484,7 +431,7 @@ int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t off
 {
 	Iommud__V1__MapEntry entry = IOMMUD__V1__MAP_ENTRY__INIT;
 	Iommud__V1__MapRequest map = IOMMUD__V1__MAP_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Request req;
 	Iommud__V1__Response *r;
 	int err;
 
@@ -497,8 +444,7 @@ int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t off
 	entry.iova = fixed ? *iova : 0;
 	entry.alignment = alignment;
 	map.entry = &entry;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP;
-	req.map = &map;
+	req = request_of(IOMMUD__V1__REQUEST__METHOD_MAP, &map.base);
 	err = iommuctl_call(c, &req, &fd, 1, &r, NULL, 0, NULL);
 	if (err)
 		return err;
@@ -507,11 +453,12 @@ int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t off
 	return 0;
 }
 
-/* Unmap and UnmapAll: send, then report the bytes their replies count. */
-static int call_unmapped(struct iommuctl *c, Iommud__V1__Request *req, uint64_t *unmapped)
+/* Unmap and UnmapAll: call, then report the bytes their replies count. */
+static int call_unmapped(struct iommuctl *c, Iommud__V1__Request__MethodCase method,
+			 ProtobufCMessage *msg, uint64_t *unmapped)
 {
 	Iommud__V1__Response *r;
-	int err = iommuctl_call(c, req, NULL, 0, &r, NULL, 0, NULL);
+	int err = call_method(c, method, msg, &r);
 
 	if (err)
 		return err;
@@ -527,38 +474,31 @@ int iommuctl_unmap(struct iommuctl *c, uint32_t domain_id, uint64_t iova, uint64
 		   uint64_t *unmapped)
 {
 	Iommud__V1__UnmapRequest unmap = IOMMUD__V1__UNMAP_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 
 	unmap.domain_id = domain_id;
 	unmap.iova = iova;
 	unmap.length = length;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP;
-	req.unmap = &unmap;
-	return call_unmapped(c, &req, unmapped);
+	return call_unmapped(c, IOMMUD__V1__REQUEST__METHOD_UNMAP, &unmap.base, unmapped);
 }
 
 int iommuctl_unmap_all(struct iommuctl *c, uint32_t domain_id, uint64_t *unmapped)
 {
 	Iommud__V1__UnmapAllRequest unmap_all = IOMMUD__V1__UNMAP_ALL_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 
 	unmap_all.domain_id = domain_id;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL;
-	req.unmap_all = &unmap_all;
-	return call_unmapped(c, &req, unmapped);
+	return call_unmapped(c, IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL, &unmap_all.base, unmapped);
 }
 
 int iommuctl_open_device(struct iommuctl *c, const char *device)
 {
 	Iommud__V1__OpenDeviceRequest open_device = IOMMUD__V1__OPEN_DEVICE_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Request req;
 	Iommud__V1__Response *r;
 	size_t n;
 	int fd, err;
 
 	open_device.device = (char *)device;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_OPEN_DEVICE;
-	req.open_device = &open_device;
+	req = request_of(IOMMUD__V1__REQUEST__METHOD_OPEN_DEVICE, &open_device.base);
 	err = iommuctl_call(c, &req, NULL, 0, &r, &fd, 1, &n);
 	if (err)
 		return err;
@@ -583,14 +523,14 @@ int iommuctl_memfd(const char *name, uint64_t size)
 		return fail(NULL, -errno, "cannot create a memfd: %s", strerror(errno));
 	if (ftruncate(fd, (off_t)size) < 0) {
 		err = -errno;
-		close(fd);
+		(void)close(fd);
 		return fail(NULL, err, "cannot size a memfd to %llu bytes: %s",
 			    (unsigned long long)size, strerror(-err));
 	}
 	/* The daemon maps the file's pages; a shrink would pull them from under the device. */
 	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0) {
 		err = -errno;
-		close(fd);
+		(void)close(fd);
 		return fail(NULL, err, "cannot seal a memfd against shrinking: %s", strerror(-err));
 	}
 	return fd;

@@ -12,12 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "daemon.h"
+#include <iommud_wire.h>
 
-/* Transport limits of protocol version 1 (docs/protocol.md). */
-#define IOMMUD_PROTOCOL_VERSION 1
-#define IOMMUD_MAX_MESSAGE	65536
-#define IOMMUD_MAX_FDS		32
+#include "daemon.h"
 
 /* Checks that every method of the schema has an entry in the method table and every entry a
  * method, and that the entries are consistent; logs what is wrong and returns -EINVAL if

@@ -16,6 +16,8 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <iommud_wire.h>
+
 #include "log.h"
 #include "status.h"
 
@@ -51,7 +53,7 @@ struct server {
 };
 
 int server_create(struct event_base *base, struct daemon *d, unsigned max_connections,
-		  struct server **out)
+		  struct server **ret_srv)
 {
 	struct server *srv = calloc(1, sizeof(*srv));
 
@@ -62,7 +64,7 @@ int server_create(struct event_base *base, struct daemon *d, unsigned max_connec
 	srv->max_connections = max_connections;
 	srv->listen_fd = -1;
 	LIST_INIT(&srv->conns);
-	*out = srv;
+	*ret_srv = srv;
 	return 0;
 }
 
@@ -75,44 +77,45 @@ static void read_cgroup(struct peer *peer, int pidfd)
 	char path[64], line[CGROUP_MAX + 8];
 	FILE *file;
 
-	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)peer->pid);
+	(void)snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)peer->pid);
 	file = fopen(path, "re");
 	if (!file)
 		return;
 	while (fgets(line, sizeof(line), file)) {
 		if (strncmp(line, "0::", 3) == 0) {
 			line[strcspn(line, "\n")] = '\0';
-			snprintf(peer->cgroup, sizeof(peer->cgroup), "%.*s",
-				 (int)sizeof(peer->cgroup) - 1, line + 3);
+			(void)snprintf(peer->cgroup, sizeof(peer->cgroup), "%.*s",
+				       (int)sizeof(peer->cgroup) - 1, line + 3);
 			break;
 		}
 	}
-	fclose(file);
+	(void)fclose(file);
 	if (pidfd >= 0 && syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
 		peer->cgroup[0] = '\0';
 }
 
-static int identify_peer(int fd, struct peer *peer)
+static int identify_peer(int fd, struct peer *ret_peer)
 {
+	struct peer peer = {0};
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	int pidfd = -1;
 
-	*peer = (struct peer){0};
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
 		return -errno;
-	peer->pid = cred.pid;
-	peer->uid = cred.uid;
-	peer->gid = cred.gid;
-	len = sizeof(peer->groups);
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, peer->groups, &len) == 0)
-		peer->n_groups = len / sizeof(gid_t);
+	peer.pid = cred.pid;
+	peer.uid = cred.uid;
+	peer.gid = cred.gid;
+	len = sizeof(peer.groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, peer.groups, &len) == 0)
+		peer.n_groups = len / sizeof(gid_t);
 	len = sizeof(pidfd);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
 		pidfd = -1;
-	read_cgroup(peer, pidfd);
+	read_cgroup(&peer, pidfd);
 	if (pidfd >= 0)
-		close(pidfd);
+		(void)close(pidfd);
+	*ret_peer = peer;
 	return 0;
 }
 
@@ -123,43 +126,19 @@ static void conn_close(struct conn *c)
 	LIST_REMOVE(c, link);
 	c->srv->d->connections--;
 	event_free(c->ev);
-	close(c->fd);
+	(void)close(c->fd);
 	if (c->pending_fd >= 0)
-		close(c->pending_fd);
+		(void)close(c->pending_fd);
 	free(c->pending);
 	log_debug("connection of uid %u closed", (unsigned)c->client.peer.uid);
 	client_fini(&c->client);
 	free(c);
 }
 
-/* Sends a reply; -EAGAIN when the socket is full (nothing sent). */
-static int send_packet(int fd, const uint8_t *buf, size_t len, int send_fd)
+/* Sends a reply without waiting; -EAGAIN when the socket is full (nothing sent). */
+static int send_reply(int fd, const uint8_t *buf, size_t len, int reply_fd)
 {
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} control;
-	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-
-	if (send_fd >= 0) {
-		struct cmsghdr *cmsg;
-
-		memset(&control, 0, sizeof(control));
-		msg.msg_control = control.buf;
-		msg.msg_controllen = sizeof(control.buf);
-		cmsg = CMSG_FIRSTHDR(&msg);
-		cmsg->cmsg_level = SOL_SOCKET;
-		cmsg->cmsg_type = SCM_RIGHTS;
-		cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cmsg), &send_fd, sizeof(int));
-	}
-	for (;;) {
-		if (sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0)
-			return 0;
-		if (errno != EINTR)
-			return -errno;
-	}
+	return wire_send(fd, buf, len, &reply_fd, reply_fd >= 0 ? 1 : 0, WIRE_NONBLOCK);
 }
 
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
@@ -167,25 +146,25 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 /* Waits for the socket to be writable (a reply pending) or readable (none). */
 static int conn_rearm(struct conn *c)
 {
-	event_del(c->ev);
-	event_assign(c->ev, c->srv->base, c->fd, (c->pending ? EV_WRITE : EV_READ) | EV_PERSIST,
-		     conn_on_event, c);
+	(void)event_del(c->ev);
+	(void)event_assign(c->ev, c->srv->base, c->fd,
+			   (c->pending ? EV_WRITE : EV_READ) | EV_PERSIST, conn_on_event, c);
 	return event_add(c->ev, NULL);
 }
 
 /* Returns false when the connection was closed. */
 static bool conn_reply(struct conn *c, size_t len, int reply_fd)
 {
-	int rc = send_packet(c->fd, c->srv->out, len, reply_fd);
+	int rc = send_reply(c->fd, c->srv->out, len, reply_fd);
 
 	if (rc == 0) {
 		if (reply_fd >= 0)
-			close(reply_fd);
+			(void)close(reply_fd);
 		return true;
 	}
 	if (rc != -EAGAIN) {
 		if (reply_fd >= 0)
-			close(reply_fd);
+			(void)close(reply_fd);
 		log_debug("cannot reply to uid %u (%s); closing", (unsigned)c->client.peer.uid,
 			  strerror(-rc));
 		conn_close(c);
@@ -194,7 +173,7 @@ static bool conn_reply(struct conn *c, size_t len, int reply_fd)
 	c->pending = malloc(len);
 	if (!c->pending) {
 		if (reply_fd >= 0)
-			close(reply_fd);
+			(void)close(reply_fd);
 		log_err("out of memory holding a reply for uid %u; closing its connection",
 			(unsigned)c->client.peer.uid);
 		conn_close(c);
@@ -203,7 +182,7 @@ static bool conn_reply(struct conn *c, size_t len, int reply_fd)
 	memcpy(c->pending, c->srv->out, len);
 	c->pending_len = len;
 	c->pending_fd = reply_fd;
-	conn_rearm(c);
+	(void)conn_rearm(c);
 	return true;
 }
 
@@ -211,50 +190,21 @@ static bool conn_reply(struct conn *c, size_t len, int reply_fd)
  * errno (or -ECONNRESET at end of stream) when the connection should close. */
 static int conn_read_one(struct conn *c)
 {
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * IOMMUD_MAX_FDS)];
-	} control;
 	struct server *srv = c->srv;
-	struct iovec iov = {.iov_base = srv->in, .iov_len = sizeof(srv->in)};
-	struct msghdr msg = {.msg_iov = &iov,
-			     .msg_iovlen = 1,
-			     .msg_control = control.buf,
-			     .msg_controllen = sizeof(control.buf)};
 	enum packet_defect defect = PACKET_OK;
-	int fds[IOMMUD_MAX_FDS], reply_fd;
-	size_t n_fds = 0, out_len;
-	ssize_t n;
+	struct wire_packet packet;
+	size_t out_len;
+	int reply_fd, rc;
 
-	do
-		n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return -errno;
-	if (n == 0)
-		return -ECONNRESET;
-	for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-		size_t count;
-
-		if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
-			continue;
-		count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (size_t i = 0; i < count; i++) {
-			int fd;
-
-			memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
-			if (n_fds < IOMMUD_MAX_FDS)
-				fds[n_fds++] = fd;
-			else
-				close(fd);
-		}
-	}
-	if (msg.msg_flags & MSG_TRUNC)
+	rc = wire_recv(c->fd, srv->in, sizeof(srv->in), WIRE_NONBLOCK, &packet);
+	if (rc < 0)
+		return rc;
+	if (packet.truncated)
 		defect = PACKET_TRUNCATED;
-	else if (msg.msg_flags & MSG_CTRUNC)
+	else if (packet.fds_truncated)
 		defect = PACKET_FDS_TRUNCATED;
-	out_len = dispatch_packet(srv->d, &c->client, srv->in, (size_t)n, defect, fds, n_fds,
-				  srv->out, &reply_fd);
+	out_len = dispatch_packet(srv->d, &c->client, srv->in, packet.len, defect, packet.fds,
+				  packet.n_fds, srv->out, &reply_fd);
 	return conn_reply(c, out_len, reply_fd) ? 0 : -ECONNABORTED;
 }
 
@@ -265,11 +215,11 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	if (what & EV_WRITE) {
-		rc = send_packet(c->fd, c->pending, c->pending_len, c->pending_fd);
+		rc = send_reply(c->fd, c->pending, c->pending_len, c->pending_fd);
 		if (rc == -EAGAIN)
 			return;
 		if (c->pending_fd >= 0)
-			close(c->pending_fd);
+			(void)close(c->pending_fd);
 		free(c->pending);
 		c->pending = NULL;
 		c->pending_fd = -1;
@@ -277,7 +227,7 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 			conn_close(c);
 			return;
 		}
-		conn_rearm(c);
+		(void)conn_rearm(c);
 		return;
 	}
 	for (int i = 0; i < PACKETS_PER_WAKEUP; i++) {
@@ -304,18 +254,18 @@ int server_adopt(struct server *srv, int fd)
 	if (srv->d->connections >= srv->max_connections) {
 		log_warning("refusing a connection: %u are open, the limit (max-connections)",
 			    srv->d->connections);
-		close(fd);
+		(void)close(fd);
 		return -EMFILE;
 	}
 	rc = identify_peer(fd, &peer);
 	if (rc < 0) {
 		log_warning("cannot identify a peer (%s); refusing it", strerror(-rc));
-		close(fd);
+		(void)close(fd);
 		return rc;
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c) {
-		close(fd);
+		(void)close(fd);
 		return -ENOMEM;
 	}
 	c->srv = srv;
@@ -332,7 +282,7 @@ int server_adopt(struct server *srv, int fd)
 		if (c->ev)
 			event_free(c->ev);
 		client_fini(&c->client);
-		close(fd);
+		(void)close(fd);
 		free(c);
 		return rc;
 	}
@@ -356,7 +306,7 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
 				log_warning("accept: %s", strerror(errno));
 			return;
 		}
-		server_adopt(srv, conn_fd);
+		(void)server_adopt(srv, conn_fd);
 	}
 }
 
@@ -367,7 +317,7 @@ static int make_parent_dir(const char *path)
 	char copy[PATH_MAX];
 	char *dir;
 
-	snprintf(copy, sizeof(copy), "%s", path);
+	(void)snprintf(copy, sizeof(copy), "%s", path);
 	dir = dirname(copy);
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
 		return fail(-errno, "cannot create the socket's directory %s: %s", dir,
@@ -395,7 +345,7 @@ static int clear_stale_socket(const struct sockaddr_un *addr)
 	if (probe < 0)
 		return fail(-errno, "socket: %s", strerror(errno));
 	rc = connect(probe, (const struct sockaddr *)addr, sizeof(*addr));
-	close(probe);
+	(void)close(probe);
 	if (rc == 0)
 		return fail(-EADDRINUSE,
 			    "another iommud is already listening on %s; stop it or "
@@ -423,13 +373,13 @@ static int bind_socket(struct server *srv, const char *path, mode_t mode)
 		return fail(-errno, "socket: %s", strerror(errno));
 	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
 		rc = fail(-errno, "cannot bind %s: %s", path, strerror(errno));
-		close(fd);
+		(void)close(fd);
 		return rc;
 	}
 	if (chmod(path, mode) < 0 || listen(fd, SOMAXCONN) < 0) {
 		rc = fail(-errno, "cannot set up %s: %s", path, strerror(errno));
-		unlink(path);
-		close(fd);
+		(void)unlink(path);
+		(void)close(fd);
 		return rc;
 	}
 	srv->socket_path = strdup(path);
@@ -448,7 +398,7 @@ int server_listen(struct server *srv, const char *path, mode_t mode)
 			return fail(-EINVAL, "the socket systemd passed is not a listening "
 					     "SOCK_SEQPACKET Unix socket; check iommud.socket");
 		srv->listen_fd = SD_LISTEN_FDS_START;
-		fcntl(srv->listen_fd, F_SETFL, fcntl(srv->listen_fd, F_GETFL) | O_NONBLOCK);
+		(void)fcntl(srv->listen_fd, F_SETFL, fcntl(srv->listen_fd, F_GETFL) | O_NONBLOCK);
 		log_info("listening on the socket systemd passed");
 	} else {
 		rc = bind_socket(srv, path, mode);
@@ -473,9 +423,9 @@ void server_destroy(struct server *srv)
 	if (srv->listen_ev)
 		event_free(srv->listen_ev);
 	if (srv->listen_fd >= 0)
-		close(srv->listen_fd);
+		(void)close(srv->listen_fd);
 	if (srv->socket_path) {
-		unlink(srv->socket_path);
+		(void)unlink(srv->socket_path);
 		free(srv->socket_path);
 	}
 	free(srv);

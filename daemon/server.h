@@ -19,7 +19,7 @@
 struct server;
 
 int server_create(struct event_base *base, struct daemon *d, unsigned max_connections,
-		  struct server **out);
+		  struct server **ret_srv);
 /* Listens on the socket systemd passed (socket activation) if there is one, else binds path,
  * creating its directory; a stale socket file is replaced, a live daemon's is not. */
 int server_listen(struct server *srv, const char *path, mode_t mode);

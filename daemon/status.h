@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Failures inside the daemon are negative errnos plus a message for a person. The message of
- * the latest failure lives here (the daemon is single-threaded); status_fill turns an errno and
- * that message into the RPC Status once, at the boundary.
+ * the latest failure lives here (the daemon is single-threaded). The reply to a request turns
+ * the errno (code_for_errno, the table both ends share) and that message into the RPC Status
+ * once, at the boundary.
  */
 #ifndef IOMMUD_STATUS_H
 #define IOMMUD_STATUS_H
 
-#include <iommud.pb-c.h>
+#include <iommud_wire.h> /* code_for_errno */
 
 /* Records the message and returns rc, so callers write `return fail(-EINVAL, "...")`. */
 int fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -15,8 +16,5 @@ int fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *failure_message(void);
 /* Records kernel-helper's message for its failure rc, with what the daemon was doing. */
 int fail_kh(int rc, const char *doing);
-
-/* The canonical code for a negative errno. */
-Iommud__V1__Code code_for_errno(int rc);
 
 #endif

@@ -31,6 +31,7 @@
 #include <stdint.h>
 
 #include <iommud.pb-c.h>
+#include <iommud_protocol.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -39,10 +40,10 @@ extern "C" {
 /* Where the daemon listens unless told otherwise; $IOMMUD_SOCKET overrides it. */
 #define IOMMUCTL_DEFAULT_SOCKET "/run/iommud/iommud.sock"
 /* The protocol version this library speaks. */
-#define IOMMUCTL_PROTOCOL_VERSION 1
+#define IOMMUCTL_PROTOCOL_VERSION IOMMUD_PROTOCOL_VERSION
 /* Transport limits of protocol version 1 (docs/protocol.md, "Framing"). */
-#define IOMMUCTL_MAX_MESSAGE 65536
-#define IOMMUCTL_MAX_FDS     32
+#define IOMMUCTL_MAX_MESSAGE IOMMUD_MAX_MESSAGE
+#define IOMMUCTL_MAX_FDS     IOMMUD_MAX_FDS
 
 struct iommuctl;
 

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <iommuctl.h>
+#include <iommud_wire.h>
 
 #include "check.h"
 
@@ -167,24 +168,7 @@ int raw_connect(const struct daemon_fixture *f)
 
 void raw_send(int fd, const void *buf, size_t len, const int *fds, size_t n_fds)
 {
-	char control[CMSG_SPACE(sizeof(int) * 64)];
-	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-
-	CHECK(n_fds <= 64);
-	if (n_fds) {
-		struct cmsghdr *cmsg;
-
-		memset(control, 0, sizeof(control));
-		msg.msg_control = control;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
-		cmsg = CMSG_FIRSTHDR(&msg);
-		cmsg->cmsg_level = SOL_SOCKET;
-		cmsg->cmsg_type = SCM_RIGHTS;
-		cmsg->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-		memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * n_fds);
-	}
-	CHECK_EQ(sendmsg(fd, &msg, MSG_NOSIGNAL), (ssize_t)len);
+	CHECK_EQ(wire_send(fd, buf, len, fds, n_fds, WIRE_BLOCK), 0);
 }
 
 void raw_send_request(int fd, const Iommud__V1__Request *req, const int *fds, size_t n_fds)
@@ -200,34 +184,18 @@ void raw_send_request(int fd, const Iommud__V1__Request *req, const int *fds, si
 
 Iommud__V1__Response *raw_recv(int fd, size_t *n_fds)
 {
-	static uint8_t buf[65537];
-	char control[CMSG_SPACE(sizeof(int) * 8)];
-	struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf)};
-	struct msghdr msg = {.msg_iov = &iov,
-			     .msg_iovlen = 1,
-			     .msg_control = control,
-			     .msg_controllen = sizeof(control)};
+	static uint8_t buf[IOMMUD_MAX_MESSAGE];
 	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+	struct wire_packet packet;
 	Iommud__V1__Response *resp;
-	size_t count = 0;
-	ssize_t n;
 
 	CHECK_EQ(poll(&pfd, 1, 10000), 1);
-	n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-	CHECK(n > 0);
-	CHECK(!(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)));
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-		for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
-			int got;
-
-			memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-			close(got);
-			count++;
-		}
-	}
+	CHECK_EQ(wire_recv(fd, buf, sizeof(buf), WIRE_BLOCK, &packet), 0);
+	CHECK(!packet.truncated && !packet.fds_truncated);
+	wire_close_fds(packet.fds, packet.n_fds);
 	if (n_fds)
-		*n_fds = count;
-	resp = iommud__v1__response__unpack(NULL, (size_t)n, buf);
+		*n_fds = packet.n_fds;
+	resp = iommud__v1__response__unpack(NULL, packet.len, buf);
 	CHECK(resp != NULL);
 	CHECK(resp->status != NULL);
 	return resp;

@@ -56,6 +56,7 @@
 
 #include <event2/event.h>
 #include <iommud.pb-c.h>
+#include <iommud_wire.h>
 #include <kh/kh.h>
 
 #include "config.h"
@@ -90,8 +91,8 @@ static struct {
 	struct server *srv;
 	/* Packets are built here: the largest is one byte over the limit. */
 	uint8_t packet[IOMMUD_MAX_MESSAGE + 1];
-	/* One byte more than the limit, so an oversized reply shows as MSG_TRUNC. */
-	uint8_t reply[IOMMUD_MAX_MESSAGE + 1];
+	/* Exactly the limit: a longer reply arrives truncated, which wire_recv reports. */
+	uint8_t reply[IOMMUD_MAX_MESSAGE];
 } g;
 
 /* What one input has opened; released at its end. */
@@ -184,72 +185,41 @@ static int input_fd(struct input *in, enum fd_kind kind)
 
 static void send_packet(int conn, const uint8_t *packet, size_t len, int fd, size_t n_fds)
 {
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * (IOMMUD_MAX_FDS + 1))];
-	} control;
-	struct iovec iov = {.iov_base = (void *)packet, .iov_len = len};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	int fds[IOMMUD_MAX_FDS + 1];
+	int rc;
 
-	if (n_fds) {
-		struct cmsghdr *cmsg;
-
-		memset(&control, 0, sizeof(control));
-		msg.msg_control = control.buf;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
-		cmsg = CMSG_FIRSTHDR(&msg);
-		cmsg->cmsg_level = SOL_SOCKET;
-		cmsg->cmsg_type = SCM_RIGHTS;
-		cmsg->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-		/* The same descriptor several times: the daemon receives distinct ones. */
-		for (size_t i = 0; i < n_fds; i++)
-			memcpy(CMSG_DATA(cmsg) + i * sizeof(int), &fd, sizeof(int));
-	}
-	if (sendmsg(conn, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)len)
-		violated("cannot send a %zu-byte packet: %s", len, strerror(errno));
+	/* The same descriptor several times: the daemon receives distinct ones. */
+	for (size_t i = 0; i < n_fds; i++)
+		fds[i] = fd;
+	rc = wire_send(conn, packet, len, fds, n_fds, WIRE_NONBLOCK);
+	if (rc < 0)
+		violated("cannot send a %zu-byte packet: %s", len, strerror(-rc));
 }
 
 /* Runs the loop until the daemon's reply to the packet just sent is there and receives it;
  * returns its length. Descriptors it carries are closed; *n_fds says how many there were. */
 static size_t receive_reply(int conn, size_t *n_fds)
 {
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * IOMMUD_MAX_FDS)];
-	} control;
-	struct iovec iov = {.iov_base = g.reply, .iov_len = sizeof(g.reply)};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-	ssize_t n = -1;
+	struct wire_packet packet;
+	int rc = -EAGAIN;
 
-	for (int i = 0; i < LOOP_TURNS && n < 0; i++) {
+	for (int i = 0; i < LOOP_TURNS && rc == -EAGAIN; i++) {
 		turn_loop();
-		msg.msg_control = control.buf;
-		msg.msg_controllen = sizeof(control.buf);
-		n = recvmsg(conn, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-		if (n < 0 && errno != EAGAIN)
-			violated("recvmsg: %s", strerror(errno));
+		rc = wire_recv(conn, g.reply, sizeof(g.reply), WIRE_NONBLOCK, &packet);
 	}
-	if (n < 0)
+	if (rc == -EAGAIN)
 		violated("no reply to a packet");
-	if (n == 0)
+	if (rc == -ECONNRESET)
 		violated("the daemon closed the connection instead of replying");
-	if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+	if (rc < 0)
+		violated("recvmsg: %s", strerror(-rc));
+	if (packet.truncated || packet.fds_truncated)
 		violated("a reply over the message limit or with too many descriptors");
-	*n_fds = 0;
-	for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-		size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-
-		for (size_t i = 0; i < count; i++) {
-			int fd;
-
-			memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
-			close(fd);
-		}
-		*n_fds += count;
-	}
+	wire_close_fds(packet.fds, packet.n_fds);
+	*n_fds = packet.n_fds;
 	if (recv(conn, g.packet, 1, MSG_DONTWAIT | MSG_PEEK) >= 0 || errno != EAGAIN)
 		violated("more than one reply to a packet, or the connection closed after it");
-	return (size_t)n;
+	return packet.len;
 }
 
 static void remember_lease(struct input *in, const char *lease)
