@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <iommuctl.h>
+#include <iommud_wire.h>
 #include <kh/kh.h>
 
 #include "bench_clock.h"
@@ -333,35 +334,21 @@ static void batch_map(struct iommuctl *c, struct batch *b, int mem, uint64_t fir
 
 /* ---- the baseline of part 1: an echo process on a socketpair -------------------------- */
 
-/* Receives one packet as the daemon does: into a buffer of the protocol's limit, with room
- * for its descriptors, which it closes. Returns the bytes (0 at end of connection) and the
- * number of descriptors in *nfds. */
+/* Receives one packet as the daemon does, through the wire module into a buffer of the
+ * protocol's limit, and closes its descriptors. Returns the bytes (0 at end of connection) and
+ * the number of descriptors in *nfds. */
 static size_t recv_packet(int sock, uint8_t *buf, size_t *nfds)
 {
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * IOMMUCTL_MAX_FDS)];
-	} control;
-	struct iovec iov = {.iov_base = buf, .iov_len = IOMMUCTL_MAX_MESSAGE};
-	struct msghdr msg = {.msg_iov = &iov,
-			     .msg_iovlen = 1,
-			     .msg_control = control.buf,
-			     .msg_controllen = sizeof(control.buf)};
-	ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+	struct wire_packet packet;
+	int rc = wire_recv(sock, buf, IOMMUCTL_MAX_MESSAGE, WIRE_BLOCK, &packet);
 
-	if (n < 0)
-		fail("receiving on the socketpair", strerror(errno));
-	*nfds = 0;
-	for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-		for (size_t i = 0; i < (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
-			int fd;
-
-			memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
-			close(fd);
-			(*nfds)++;
-		}
-	}
-	return (size_t)n;
+	if (rc == -ECONNRESET)
+		return 0;
+	if (rc < 0)
+		fail("receiving on the socketpair", strerror(-rc));
+	wire_close_fds(packet.fds, packet.n_fds);
+	*nfds = packet.n_fds;
+	return packet.len;
 }
 
 /* Answers each packet with one of the reply's size: the Map reply's for a packet that came
