@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: MIT */
+/* iommuctl's connection to iommud: see cli.h. */
+#include "cli.h"
+#include "output.h"
+
+struct cli cli;
+static struct iommuctl *conn; /* made on first use */
+
+int cli_check(int err)
+{
+	Iommud__V1__Code code = iommuctl_last_code(conn);
+
+	if (err >= 0)
+		return err;
+	if (code != IOMMUD__V1__CODE__CODE_OK)
+		fail(EXIT_REFUSED, "%s: %s", iommuctl_code_name(code), iommuctl_last_error(conn));
+	fail(EXIT_TRANSPORT, "%s", iommuctl_last_error(conn));
+}
+
+/* Every command says Hello first: it picks the session of --lease, and hello shows the reply. */
+struct iommuctl *cli_connection(void)
+{
+	if (conn)
+		return conn;
+	if (iommuctl_connect(cli.socket, &conn) < 0)
+		fail(EXIT_TRANSPORT, "%s", iommuctl_last_error(NULL));
+	cli_check(iommuctl_hello(conn, "iommuctl", cli.lease, &cli.hello));
+	return conn;
+}
+
+void cli_disconnect(void)
+{
+	if (cli.hello)
+		iommud__v1__hello_reply__free_unpacked(cli.hello, NULL);
+	iommuctl_close(conn);
+}
+
+Iommud__V1__Response *cli_call(Iommud__V1__Request__MethodCase method, void *msg)
+{
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+
+	req.method_case = method;
+	/* Every member of the oneof is a message pointer in the same place; the case says which. */
+	req.hello = msg;
+	cli_check(iommuctl_call(cli_connection(), &req, NULL, 0, &resp, NULL, 0, NULL));
+	return resp;
+}
+
+void cli_show(Iommud__V1__Request__MethodCase method, void *msg, cli_show_fn *show)
+{
+	Iommud__V1__Response *r = cli_call(method, msg);
+
+	if (show)
+		show(msg, r);
+	else
+		out_empty();
+	iommuctl_response_free(r);
+}
+
+void cli_broken_reply(Iommud__V1__Response *r, const char *what)
+{
+	iommuctl_response_free(r);
+	fail(EXIT_TRANSPORT, "iommud's reply %s; the daemon is broken", what);
+}
