@@ -55,6 +55,9 @@ struct cmd_args {
 	char **operands;		       /* as many as the entry's operands name */
 };
 
+/* Shows a reply, given with the request that asked for it. */
+typedef void cli_show_fn(const void *msg, Iommud__V1__Response *reply);
+
 struct cmd_entry {
 	const char *name;     /* "map", or two words: "domain alloc" */
 	const char *operands; /* their names, "DEVICE DOMAIN", which are counted; NULL: none */
@@ -63,6 +66,12 @@ struct cmd_entry {
 	const char *help;     /* the description in its --help */
 	const struct cmd_option *options; /* the template; NULL for none but --help and --json */
 	const char *examples;
+	/* A command that is one request names its method, fills the request from its arguments
+	 * (request: NULL when the request has no fields) and shows the reply (show: NULL for the
+	 * empty result of a change). Any other command has exec. */
+	Iommud__V1__Request__MethodCase method;
+	void (*request)(const struct cmd_entry *self, const struct cmd_args *args, void *msg);
+	cli_show_fn *show;
 	void (*exec)(const struct cmd_entry *self, const struct cmd_args *args);
 };
 
@@ -84,13 +93,13 @@ extern const struct cmd_entry cmd_hello_entry, cmd_devices_entry, cmd_device_ent
 
 /*
  * Walks argv like getopt_long, from the template: returns the index in opts of the next
- * option, its value in *value (NULL for a flag), or -1 at the end. With a command, --help
+ * option, its value in *ret_value (NULL for a flag), or -1 at the end. With a command, --help
  * shows its help and --json sets JSON output wherever they are given, and options may follow
  * operands; without one (the global options), the walk stops at the first operand. Mistakes
  * are usage errors. The first call starts at argv[1]; cmd_optind says where the walk stopped.
  */
 int cmd_next_option(const struct cmd_entry *cmd, const struct cmd_option *opts, int argc,
-		    char **argv, const char **value);
+		    char **argv, const char **ret_value);
 int cmd_optind(void);
 
 /* Parses a command's arguments (argv[0] is its last word) into *ret_args. */
@@ -133,10 +142,10 @@ void cli_disconnect(void);
 int cli_check(int err);
 /* Calls a method whose request message is msg; the caller frees the response. */
 Iommud__V1__Response *cli_call(Iommud__V1__Request__MethodCase method, void *msg);
-/* Calls a method and shows its reply, given with the request that asked for it; NULL shows
- * the empty result of a change. */
-typedef void cli_show_fn(const void *msg, Iommud__V1__Response *reply);
+/* Calls a method and shows its reply; a NULL show shows the empty result of a change. */
 void cli_show(Iommud__V1__Request__MethodCase method, void *msg, cli_show_fn *show);
+/* Runs a command that is one request (cmd->method). */
+void cli_request(const struct cmd_entry *cmd, const struct cmd_args *args);
 /* A reply that breaks the protocol: nothing sensible can follow it. */
 __attribute__((noreturn)) void cli_broken_reply(Iommud__V1__Response *r, const char *what);
 

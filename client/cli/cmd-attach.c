@@ -25,22 +25,20 @@ static void show_old_domain(const void *msg, Iommud__V1__Response *r)
 	obj_end();
 }
 
-static void cmd_replace_exec(const struct cmd_entry *self, const struct cmd_args *args)
+static void replace_request(const struct cmd_entry *self, const struct cmd_args *args, void *msg)
 {
-	Iommud__V1__ReplaceDomainRequest msg = IOMMUD__V1__REPLACE_DOMAIN_REQUEST__INIT;
+	Iommud__V1__ReplaceDomainRequest *q = msg;
 
-	msg.device = args->operands[0];
-	msg.domain_id = arg_domain(self, args->operands[1]);
-	cli_show(IOMMUD__V1__REQUEST__METHOD_REPLACE_DOMAIN, &msg, show_old_domain);
+	q->device = args->operands[0];
+	q->domain_id = arg_domain(self, args->operands[1]);
 }
 
-static void cmd_detach_exec(const struct cmd_entry *self, const struct cmd_args *args)
+static void detach_request(const struct cmd_entry *self, const struct cmd_args *args, void *msg)
 {
-	Iommud__V1__DetachDeviceRequest msg = IOMMUD__V1__DETACH_DEVICE_REQUEST__INIT;
+	Iommud__V1__DetachDeviceRequest *q = msg;
 
 	(void)self;
-	msg.device = args->operands[0];
-	cli_show(IOMMUD__V1__REQUEST__METHOD_DETACH_DEVICE, &msg, show_old_domain);
+	q->device = args->operands[0];
 }
 
 static const char attach_help[] =
@@ -69,7 +67,9 @@ const struct cmd_entry cmd_replace_entry = {
 	.summary = "Moves an attached device to another domain.",
 	.help = replace_help,
 	.examples = "  iommuctl --lease vm1 replace 0000:00:04.0 4\n",
-	.exec = cmd_replace_exec,
+	.method = IOMMUD__V1__REQUEST__METHOD_REPLACE_DOMAIN,
+	.request = replace_request,
+	.show = show_old_domain,
 };
 
 static const char detach_help[] =
@@ -82,5 +82,7 @@ const struct cmd_entry cmd_detach_entry = {
 	.summary = "Detaches a device from its domain.",
 	.help = detach_help,
 	.examples = "  iommuctl --lease vm1 detach 0000:00:04.0\n",
-	.exec = cmd_detach_exec,
+	.method = IOMMUD__V1__REQUEST__METHOD_DETACH_DEVICE,
+	.request = detach_request,
+	.show = show_old_domain,
 };

@@ -73,15 +73,6 @@ static void show_devices(const void *msg, Iommud__V1__Response *r)
 	obj_end();
 }
 
-static void cmd_devices_exec(const struct cmd_entry *self, const struct cmd_args *args)
-{
-	Iommud__V1__ListDevicesRequest msg = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
-
-	(void)self;
-	(void)args;
-	cli_show(IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES, &msg, show_devices);
-}
-
 static void show_one_device(const void *msg, Iommud__V1__Response *r)
 {
 	(void)msg;
@@ -90,13 +81,12 @@ static void show_one_device(const void *msg, Iommud__V1__Response *r)
 	show_device(r->get_device->device, false);
 }
 
-static void cmd_device_exec(const struct cmd_entry *self, const struct cmd_args *args)
+static void device_request(const struct cmd_entry *self, const struct cmd_args *args, void *msg)
 {
-	Iommud__V1__GetDeviceRequest msg = IOMMUD__V1__GET_DEVICE_REQUEST__INIT;
+	Iommud__V1__GetDeviceRequest *q = msg;
 
 	(void)self;
-	msg.name = args->operands[0];
-	cli_show(IOMMUD__V1__REQUEST__METHOD_GET_DEVICE, &msg, show_one_device);
+	q->name = args->operands[0];
 }
 
 static const char devices_help[] =
@@ -116,7 +106,8 @@ const struct cmd_entry cmd_devices_entry = {
 	.help = devices_help,
 	.examples = "  iommuctl devices\n"
 		    "  iommuctl --json devices | jq -r '.devices[] | select(.allowed) | .name'\n",
-	.exec = cmd_devices_exec,
+	.method = IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES,
+	.show = show_devices,
 };
 
 static const char device_help[] =
@@ -131,5 +122,7 @@ const struct cmd_entry cmd_device_entry = {
 	.summary = "Shows one device in detail, with its reserved IOVA ranges.",
 	.help = device_help,
 	.examples = "  iommuctl device 0000:00:04.0\n",
-	.exec = cmd_device_exec,
+	.method = IOMMUD__V1__REQUEST__METHOD_GET_DEVICE,
+	.request = device_request,
+	.show = show_one_device,
 };

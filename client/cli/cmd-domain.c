@@ -26,15 +26,6 @@ static void show_domains(const void *msg, Iommud__V1__Response *r)
 	obj_end();
 }
 
-static void cmd_domains_exec(const struct cmd_entry *self, const struct cmd_args *args)
-{
-	Iommud__V1__ListDomainsRequest msg = IOMMUD__V1__LIST_DOMAINS_REQUEST__INIT;
-
-	(void)self;
-	(void)args;
-	cli_show(IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS, &msg, show_domains);
-}
-
 enum { ALLOC_TYPE, ALLOC_DIRTY_TRACKING, ALLOC_NEST_PARENT };
 static const struct cmd_option alloc_options[] = {
 	[ALLOC_TYPE] = {"type", 't', OPT_STRING, "TYPE",
@@ -86,7 +77,8 @@ const struct cmd_entry cmd_domains_entry = {
 	.summary = "Lists the domains of your session.",
 	.help = domains_help,
 	.examples = "  iommuctl --lease vm1 domains\n",
-	.exec = cmd_domains_exec,
+	.method = IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS,
+	.show = show_domains,
 };
 
 static const char domain_alloc_help[] =

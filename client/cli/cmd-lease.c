@@ -3,16 +3,15 @@
 #include "cli.h"
 #include "output.h"
 
-static void cmd_lease_release_exec(const struct cmd_entry *self, const struct cmd_args *args)
+/* The request has no fields: the lease is the session this connection joined. */
+static void release_request(const struct cmd_entry *self, const struct cmd_args *args, void *msg)
 {
-	Iommud__V1__ReleaseLeaseRequest msg = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
-
 	(void)args;
+	(void)msg;
 	if (!cli.lease)
 		usage_error(self->name,
 			    "name the lease to release with the global --lease NAME option, as in "
 			    "'iommuctl --lease NAME lease release'");
-	cli_show(IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE, &msg, NULL);
 }
 
 static const char lease_release_help[] =
@@ -25,5 +24,6 @@ const struct cmd_entry cmd_lease_release_entry = {
 	.summary = "Ends a named session.",
 	.help = lease_release_help,
 	.examples = "  iommuctl --lease vm1 lease release\n",
-	.exec = cmd_lease_release_exec,
+	.method = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE,
+	.request = release_request,
 };

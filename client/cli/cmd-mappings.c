@@ -61,12 +61,11 @@ static void show_ranges(const void *msg, Iommud__V1__Response *r)
 	obj_end();
 }
 
-static void cmd_ranges_exec(const struct cmd_entry *self, const struct cmd_args *args)
+static void ranges_request(const struct cmd_entry *self, const struct cmd_args *args, void *msg)
 {
-	Iommud__V1__GetIovaRangesRequest msg = IOMMUD__V1__GET_IOVA_RANGES_REQUEST__INIT;
+	Iommud__V1__GetIovaRangesRequest *q = msg;
 
-	msg.domain_id = arg_domain(self, args->operands[0]);
-	cli_show(IOMMUD__V1__REQUEST__METHOD_GET_IOVA_RANGES, &msg, show_ranges);
+	q->domain_id = arg_domain(self, args->operands[0]);
 }
 
 static const char mappings_help[] =
@@ -94,5 +93,7 @@ const struct cmd_entry cmd_ranges_entry = {
 	.summary = "Lists the IOVA ranges where mappings may go.",
 	.help = ranges_help,
 	.examples = "  iommuctl --lease vm1 ranges 3\n",
-	.exec = cmd_ranges_exec,
+	.method = IOMMUD__V1__REQUEST__METHOD_GET_IOVA_RANGES,
+	.request = ranges_request,
+	.show = show_ranges,
 };

@@ -32,15 +32,6 @@ static void show_stats(const void *msg, Iommud__V1__Response *r)
 	obj_end();
 }
 
-static void cmd_stats_exec(const struct cmd_entry *self, const struct cmd_args *args)
-{
-	Iommud__V1__GetStatsRequest msg = IOMMUD__V1__GET_STATS_REQUEST__INIT;
-
-	(void)self;
-	(void)args;
-	cli_show(IOMMUD__V1__REQUEST__METHOD_GET_STATS, &msg, show_stats);
-}
-
 static const char stats_help[] =
 	"Shows how long iommud has run, its connections, tenants and sessions, the packets it\n"
 	"rejected as malformed, your tenant's quota, and for each method how many calls it\n"
@@ -51,5 +42,6 @@ const struct cmd_entry cmd_stats_entry = {
 	.summary = "Shows the daemon's counters.",
 	.help = stats_help,
 	.examples = "  iommuctl stats\n",
-	.exec = cmd_stats_exec,
+	.method = IOMMUD__V1__REQUEST__METHOD_GET_STATS,
+	.show = show_stats,
 };

@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* iommuctl's connection to iommud: see cli.h. */
+#include <stdlib.h>
+
 #include "cli.h"
 #include "output.h"
 
@@ -56,6 +58,25 @@ void cli_show(Iommud__V1__Request__MethodCase method, void *msg, cli_show_fn *sh
 	else
 		out_empty();
 	iommuctl_response_free(r);
+}
+
+void cli_request(const struct cmd_entry *cmd, const struct cmd_args *args)
+{
+	/* The method's number in the Request oneof names the field, whose type is the request's. */
+	const ProtobufCMessageDescriptor *type =
+		protobuf_c_message_descriptor_get_field(&iommud__v1__request__descriptor,
+							cmd->method)
+			->descriptor;
+	void *msg = calloc(1, type->sizeof_message);
+
+	if (!msg)
+		fail(EXIT_LOCAL, "out of memory");
+	protobuf_c_message_init(type, msg);
+	if (cmd->request)
+		cmd->request(cmd, args, msg);
+	cli_show(cmd->method, msg, cmd->show);
+	/* Its strings are the command line's: only the message itself is ours. */
+	free(msg);
 }
 
 void cli_broken_reply(Iommud__V1__Response *r, const char *what)

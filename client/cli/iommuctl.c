@@ -151,7 +151,10 @@ int main(int argc, char **argv)
 	argv += cmd_optind();
 	cmd = find_command(argc, argv, &words);
 	cmd_parse(cmd, argc - words + 1, argv + words - 1, &args);
-	cmd->exec(cmd, &args);
+	if (cmd->exec)
+		cmd->exec(cmd, &args);
+	else
+		cli_request(cmd, &args);
 	cli_disconnect();
 	return 0;
 }

@@ -6,6 +6,7 @@
  */
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -40,6 +41,12 @@ static int template_size(const struct cmd_option *opts)
 	return n;
 }
 
+/* Entry i of a template of n entries followed by the implicit ones. */
+static const struct cmd_option *template_at(const struct cmd_option *opts, int n, int i)
+{
+	return i < n ? &opts[i] : &implicit[i - n];
+}
+
 static void walk_setup(const struct cmd_entry *cmd, const struct cmd_option *opts, char **argv)
 {
 	int total, len = 0;
@@ -47,6 +54,9 @@ static void walk_setup(const struct cmd_entry *cmd, const struct cmd_option *opt
 	memset(&walk, 0, sizeof(walk));
 	walk.argv = argv;
 	walk.n = template_size(opts);
+	/* A template longer than CMD_MAX_OPTIONS is a mistake in the command's table. */
+	if (walk.n > CMD_MAX_OPTIONS)
+		abort();
 	total = walk.n + (cmd ? N_IMPLICIT : 0);
 	/* "+": the global options stop at the command, whose options are its own. ":": the
 	 * mistakes are reported here, not by getopt. */
@@ -54,7 +64,7 @@ static void walk_setup(const struct cmd_entry *cmd, const struct cmd_option *opt
 		walk.shortopts[len++] = '+';
 	walk.shortopts[len++] = ':';
 	for (int i = 0; i < total; i++) {
-		const struct cmd_option *o = i < walk.n ? &opts[i] : &implicit[i - walk.n];
+		const struct cmd_option *o = template_at(opts, walk.n, i);
 
 		walk.all[i] = o;
 		walk.longopts[i] = (struct option){
@@ -95,7 +105,7 @@ __attribute__((noreturn)) static void bad_option(const struct cmd_entry *cmd, in
 }
 
 int cmd_next_option(const struct cmd_entry *cmd, const struct cmd_option *opts, int argc,
-		    char **argv, const char **value)
+		    char **argv, const char **ret_value)
 {
 	int ch, i;
 
@@ -109,7 +119,7 @@ int cmd_next_option(const struct cmd_entry *cmd, const struct cmd_option *opts, 
 		if (i < 0)
 			bad_option(cmd, ch, argv);
 		if (i < walk.n) {
-			*value = optarg;
+			*ret_value = optarg;
 			return i;
 		}
 		if (i - walk.n == IMPLICIT_HELP)
@@ -171,14 +181,16 @@ void cmd_print_options(const struct cmd_option *opts, bool command)
 	int n = template_size(opts), total = n + (command ? N_IMPLICIT : 0), column = 0;
 	char label[64];
 
+	/* The descriptions start two spaces after the longest option shown. */
 	for (int i = 0; i < total; i++) {
-		int len = option_label(label, sizeof(label), i < n ? &opts[i] : &implicit[i - n]);
+		const struct cmd_option *o = template_at(opts, n, i);
+		int len = option_label(label, sizeof(label), o);
 
-		if (len + 2 > column)
+		if (o->help && len + 2 > column)
 			column = len + 2;
 	}
 	for (int i = 0; i < total; i++) {
-		const struct cmd_option *o = i < n ? &opts[i] : &implicit[i - n];
+		const struct cmd_option *o = template_at(opts, n, i);
 
 		if (!o->help)
 			continue;
