@@ -66,10 +66,12 @@ struct cmd_entry {
 	const char *help;     /* the description in its --help */
 	const struct cmd_option *options; /* the template; NULL for none but --help and --json */
 	const char *examples;
-	/* A command that is one request names its method, fills the request from its arguments
-	 * (request: NULL when the request has no fields) and shows the reply (show: NULL for the
-	 * empty result of a change). Any other command has exec. */
+	/* A command that is one request names its method, the request's fields its operands
+	 * fill in order ("device domain_id": strings as given, uint32 fields as domain ids), what
+	 * else checks or fills the request (or NULL), and how the reply is shown (NULL: the empty
+	 * result of a change). Any other command has exec. */
 	Iommud__V1__Request__MethodCase method;
+	const char *fields;
 	void (*request)(const struct cmd_entry *self, const struct cmd_args *args, void *msg);
 	cli_show_fn *show;
 	void (*exec)(const struct cmd_entry *self, const struct cmd_args *args);

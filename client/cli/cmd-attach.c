@@ -25,22 +25,6 @@ static void show_old_domain(const void *msg, Iommud__V1__Response *r)
 	obj_end();
 }
 
-static void replace_request(const struct cmd_entry *self, const struct cmd_args *args, void *msg)
-{
-	Iommud__V1__ReplaceDomainRequest *q = msg;
-
-	q->device = args->operands[0];
-	q->domain_id = arg_domain(self, args->operands[1]);
-}
-
-static void detach_request(const struct cmd_entry *self, const struct cmd_args *args, void *msg)
-{
-	Iommud__V1__DetachDeviceRequest *q = msg;
-
-	(void)self;
-	q->device = args->operands[0];
-}
-
 static const char attach_help[] =
 	"Attaches DEVICE to domain DOMAIN, so its DMA goes through the domain's translation.\n"
 	"DEVICE must not be attached already (use 'iommuctl replace' to move it). Its reserved\n"
@@ -68,7 +52,7 @@ const struct cmd_entry cmd_replace_entry = {
 	.help = replace_help,
 	.examples = "  iommuctl --lease vm1 replace 0000:00:04.0 4\n",
 	.method = IOMMUD__V1__REQUEST__METHOD_REPLACE_DOMAIN,
-	.request = replace_request,
+	.fields = "device domain_id",
 	.show = show_old_domain,
 };
 
@@ -83,6 +67,6 @@ const struct cmd_entry cmd_detach_entry = {
 	.help = detach_help,
 	.examples = "  iommuctl --lease vm1 detach 0000:00:04.0\n",
 	.method = IOMMUD__V1__REQUEST__METHOD_DETACH_DEVICE,
-	.request = detach_request,
+	.fields = "device",
 	.show = show_old_domain,
 };

@@ -81,14 +81,6 @@ static void show_one_device(const void *msg, Iommud__V1__Response *r)
 	show_device(r->get_device->device, false);
 }
 
-static void device_request(const struct cmd_entry *self, const struct cmd_args *args, void *msg)
-{
-	Iommud__V1__GetDeviceRequest *q = msg;
-
-	(void)self;
-	q->name = args->operands[0];
-}
-
 static const char devices_help[] =
 	"Lists every device of the backend, as a table:\n"
 	"  NAME           PCI address (iommufd) or name in the topology (emulated)\n"
@@ -123,6 +115,6 @@ const struct cmd_entry cmd_device_entry = {
 	.help = device_help,
 	.examples = "  iommuctl device 0000:00:04.0\n",
 	.method = IOMMUD__V1__REQUEST__METHOD_GET_DEVICE,
-	.request = device_request,
+	.fields = "name",
 	.show = show_one_device,
 };

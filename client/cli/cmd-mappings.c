@@ -61,13 +61,6 @@ static void show_ranges(const void *msg, Iommud__V1__Response *r)
 	obj_end();
 }
 
-static void ranges_request(const struct cmd_entry *self, const struct cmd_args *args, void *msg)
-{
-	Iommud__V1__GetIovaRangesRequest *q = msg;
-
-	q->domain_id = arg_domain(self, args->operands[0]);
-}
-
 static const char mappings_help[] =
 	"Lists every mapping of DOMAIN in IOVA order (asking iommud page by page): its IOVA,\n"
 	"LAST address, LENGTH, PROT (r: devices read it, w: devices write it) and the OFFSET\n"
@@ -94,6 +87,6 @@ const struct cmd_entry cmd_ranges_entry = {
 	.help = ranges_help,
 	.examples = "  iommuctl --lease vm1 ranges 3\n",
 	.method = IOMMUD__V1__REQUEST__METHOD_GET_IOVA_RANGES,
-	.request = ranges_request,
+	.fields = "domain_id",
 	.show = show_ranges,
 };

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* iommuctl's connection to iommud: see cli.h. */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
 #include "output.h"
@@ -60,6 +62,30 @@ void cli_show(Iommud__V1__Request__MethodCase method, void *msg, cli_show_fn *sh
 	iommuctl_response_free(r);
 }
 
+/* Puts the operands into the request's fields that cmd->fields names. */
+static void fill_fields(const struct cmd_entry *cmd, const struct cmd_args *args,
+			const ProtobufCMessageDescriptor *type, void *msg)
+{
+	char name[32];
+	int i = 0;
+
+	for (const char *w = cmd->fields; w && *w; w += strcspn(w, " "), w += *w == ' ', i++) {
+		const ProtobufCFieldDescriptor *f;
+		void *at;
+
+		snprintf(name, sizeof(name), "%.*s", (int)strcspn(w, " "), w);
+		f = protobuf_c_message_descriptor_get_field_by_name(type, name);
+		/* A field that is not there, or of another type, is a mistake in the table. */
+		if (!f || (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_UINT32))
+			abort();
+		at = (char *)msg + f->offset;
+		if (f->type == PROTOBUF_C_TYPE_STRING)
+			*(const char **)at = args->operands[i];
+		else
+			*(uint32_t *)at = arg_domain(cmd, args->operands[i]);
+	}
+}
+
 void cli_request(const struct cmd_entry *cmd, const struct cmd_args *args)
 {
 	/* The method's number in the Request oneof names the field, whose type is the request's. */
@@ -72,6 +98,7 @@ void cli_request(const struct cmd_entry *cmd, const struct cmd_args *args)
 	if (!msg)
 		fail(EXIT_LOCAL, "out of memory");
 	protobuf_c_message_init(type, msg);
+	fill_fields(cmd, args, type, msg);
 	if (cmd->request)
 		cmd->request(cmd, args, msg);
 	cli_show(cmd->method, msg, cmd->show);
