@@ -4,13 +4,15 @@
  * template the shared parser reads, the connection to iommud, and the value conversions.
  *
  * A command is one `const struct cmd_entry` of designated initializers in its cmd-*.c file;
- * iommuctl.c lists them in its table. Before a command's exec runs, the parser has checked
- * its options against the template and counted its operands, so exec starts from arguments
- * of the right shape and only converts what the template cannot say (domain ids, --prot).
+ * iommuctl.c lists them in its table. Before a command runs, the parser has checked its
+ * options against the template and counted its operands, so the command starts from
+ * arguments of the right shape and only converts what the template cannot say (--prot,
+ * --type, the operands of an exec).
  *
  * Ownership: the connection and the Hello reply (cli.hello) belong to this run;
- * cli_disconnect releases them once the command returned. Every failure exits the process, so
- * a command owns only what it has not yet handed back (responses, fds) on its success path.
+ * cli_disconnect releases them once the command returned. cli_request owns the request it
+ * builds, whose strings stay argv's. Every failure exits the process, so a command owns only
+ * what it has not yet handed back (responses, fds) on its success path.
  */
 #pragma once
 #include <stdbool.h>

@@ -80,7 +80,7 @@ static void fill_fields(const struct cmd_entry *cmd, const struct cmd_args *args
 			abort();
 		at = (char *)msg + f->offset;
 		if (f->type == PROTOBUF_C_TYPE_STRING)
-			*(const char **)at = args->operands[i];
+			*(char **)at = args->operands[i];
 		else
 			*(uint32_t *)at = arg_domain(cmd, args->operands[i]);
 	}

@@ -6,6 +6,7 @@
  * This file holds the table of commands, the global options, the help that spans commands,
  * and the exit statuses; each command lives in its cmd-*.c file (see cli.h).
  */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,29 +110,29 @@ static const struct cmd_entry *find_command(int argc, char **argv, int *words)
 	usage_error(NULL, "unknown command '%s'", argv[0]);
 }
 
-/* Takes the global options; returns 1 when one of them (--help, --version) was the run. */
-static int global_option(int option, const char *value)
+/* Takes a global option; true when it (--help, --version) was the whole run. */
+static bool global_option(int option, const char *value)
 {
 	switch (option) {
 	case GLOBAL_SOCKET:
 		cli.socket = value;
-		return 0;
+		return false;
 	case GLOBAL_JSON:
 		output_use_json();
-		return 0;
+		return false;
 	case GLOBAL_LEASE:
 		if (!*value)
 			usage_error(NULL,
 				    "--lease needs a name; leave it out for the anonymous session");
 		cli.lease = value;
-		return 0;
+		return false;
 	case GLOBAL_HELP:
 		usage();
-		return 1;
-	default:
+		return true;
+	default: /* GLOBAL_VERSION */
 		out_printf("iommuctl %s (protocol %d)\n", IOMMUCTL_VERSION,
 			   IOMMUCTL_PROTOCOL_VERSION);
-		return 1;
+		return true;
 	}
 }
 
