@@ -3,6 +3,21 @@
 #include "cli.h"
 #include "output.h"
 
+static const char attach_help[] =
+	"Attaches DEVICE to domain DOMAIN, so its DMA goes through the domain's translation.\n"
+	"DEVICE must not be attached already (use 'iommuctl replace' to move it). Its reserved\n"
+	"ranges and what lies outside its aperture become unusable in the domain, so the attach\n"
+	"fails if a mapping is there. The other devices of its IOMMU group follow it.\n";
+
+static const char replace_help[] =
+	"Moves DEVICE (and its IOMMU group) from the domain it is attached to into DOMAIN,\n"
+	"without a window in which its DMA is blocked, and prints the old domain's id (with\n"
+	"--json, {\"old_domain_id\": ID}).\n";
+
+static const char detach_help[] =
+	"Detaches DEVICE (and its IOMMU group) from its domain, which blocks its DMA, and prints\n"
+	"the id of the domain it was attached to (with --json, {\"old_domain_id\": ID}).\n";
+
 static void cmd_attach_exec(const struct cmd_entry *self, const struct cmd_args *args)
 {
 	uint32_t id = arg_domain(self, args->operands[1]);
@@ -25,12 +40,6 @@ static void show_old_domain(const void *msg, Iommud__V1__Response *r)
 	obj_end();
 }
 
-static const char attach_help[] =
-	"Attaches DEVICE to domain DOMAIN, so its DMA goes through the domain's translation.\n"
-	"DEVICE must not be attached already (use 'iommuctl replace' to move it). Its reserved\n"
-	"ranges and what lies outside its aperture become unusable in the domain, so the attach\n"
-	"fails if a mapping is there. The other devices of its IOMMU group follow it.\n";
-
 const struct cmd_entry cmd_attach_entry = {
 	.name = "attach",
 	.operands = "DEVICE DOMAIN",
@@ -39,11 +48,6 @@ const struct cmd_entry cmd_attach_entry = {
 	.examples = "  iommuctl --lease vm1 attach 0000:00:04.0 3\n",
 	.exec = cmd_attach_exec,
 };
-
-static const char replace_help[] =
-	"Moves DEVICE (and its IOMMU group) from the domain it is attached to into DOMAIN,\n"
-	"without a window in which its DMA is blocked, and prints the old domain's id (with\n"
-	"--json, {\"old_domain_id\": ID}).\n";
 
 const struct cmd_entry cmd_replace_entry = {
 	.name = "replace",
@@ -55,10 +59,6 @@ const struct cmd_entry cmd_replace_entry = {
 	.fields = "device domain_id",
 	.show = show_old_domain,
 };
-
-static const char detach_help[] =
-	"Detaches DEVICE (and its IOMMU group) from its domain, which blocks its DMA, and prints\n"
-	"the id of the domain it was attached to (with --json, {\"old_domain_id\": ID}).\n";
 
 const struct cmd_entry cmd_detach_entry = {
 	.name = "detach",

@@ -5,6 +5,23 @@
 #include "cli.h"
 #include "output.h"
 
+static const char devices_help[] =
+	"Lists every device of the backend, as a table:\n"
+	"  NAME           PCI address (iommufd) or name in the topology (emulated)\n"
+	"  GROUP          IOMMU group; the devices of a group share one domain\n"
+	"  VENDOR:DEVICE  PCI ids, in hex\n"
+	"  DRIVER         the kernel driver bound to it\n"
+	"  PAGE-SIZES     the page sizes its IOMMU maps\n"
+	"  ALLOWED        whether the configuration lets you take it\n"
+	"  DOMAIN         the domain it is attached to in your session, or -\n"
+	"With --json, every device with all the fields 'iommuctl device' shows.\n";
+
+static const char device_help[] =
+	"Shows DEVICE: its group, PCI ids and driver, what its IOMMU can do (page sizes,\n"
+	"aperture, dirty tracking, nesting, PASID bits), whether you may take it, whether it is\n"
+	"bound in your session and the domain it is attached to there, and its reserved IOVA\n"
+	"ranges: addresses no mapping may use once it is attached (the MSI window among them).\n";
+
 static const char *fmt_page_sizes(char buf[160], uint64_t sizes)
 {
 	size_t len = 0;
@@ -81,17 +98,6 @@ static void show_one_device(const void *msg, Iommud__V1__Response *r)
 	show_device(r->get_device->device, false);
 }
 
-static const char devices_help[] =
-	"Lists every device of the backend, as a table:\n"
-	"  NAME           PCI address (iommufd) or name in the topology (emulated)\n"
-	"  GROUP          IOMMU group; the devices of a group share one domain\n"
-	"  VENDOR:DEVICE  PCI ids, in hex\n"
-	"  DRIVER         the kernel driver bound to it\n"
-	"  PAGE-SIZES     the page sizes its IOMMU maps\n"
-	"  ALLOWED        whether the configuration lets you take it\n"
-	"  DOMAIN         the domain it is attached to in your session, or -\n"
-	"With --json, every device with all the fields 'iommuctl device' shows.\n";
-
 const struct cmd_entry cmd_devices_entry = {
 	.name = "devices",
 	.summary = "Lists the devices iommud manages.",
@@ -101,12 +107,6 @@ const struct cmd_entry cmd_devices_entry = {
 	.method = IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES,
 	.show = show_devices,
 };
-
-static const char device_help[] =
-	"Shows DEVICE: its group, PCI ids and driver, what its IOMMU can do (page sizes,\n"
-	"aperture, dirty tracking, nesting, PASID bits), whether you may take it, whether it is\n"
-	"bound in your session and the domain it is attached to there, and its reserved IOVA\n"
-	"ranges: addresses no mapping may use once it is attached (the MSI window among them).\n";
 
 const struct cmd_entry cmd_device_entry = {
 	.name = "device",

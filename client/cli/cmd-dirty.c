@@ -5,6 +5,12 @@
 #include "cli.h"
 #include "output.h"
 
+static const char dirty_help[] =
+	"Dirty tracking records which pages devices wrote, for live migration. It needs a domain\n"
+	"allocated with 'domain alloc --dirty-tracking'. --read shows how many pages are dirty\n"
+	"and the runs of dirty pages; with --json, also the bitmap (bit i%64 of word i/64 is\n"
+	"page i of the range).\n";
+
 enum {
 	DIRTY_ENABLE,
 	DIRTY_DISABLE,
@@ -111,12 +117,6 @@ static void cmd_dirty_exec(const struct cmd_entry *self, const struct cmd_args *
 	else
 		cli_show(IOMMUD__V1__REQUEST__METHOD_SET_DIRTY_TRACKING, &set, NULL);
 }
-
-static const char dirty_help[] =
-	"Dirty tracking records which pages devices wrote, for live migration. It needs a domain\n"
-	"allocated with 'domain alloc --dirty-tracking'. --read shows how many pages are dirty\n"
-	"and the runs of dirty pages; with --json, also the bitmap (bit i%64 of word i/64 is\n"
-	"page i of the range).\n";
 
 const struct cmd_entry cmd_dirty_entry = {
 	.name = "dirty",

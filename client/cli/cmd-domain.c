@@ -3,6 +3,21 @@
 #include "cli.h"
 #include "output.h"
 
+static const char domains_help[] =
+	"Lists the domains of the session (see --lease), as a table: ID, TYPE (paging, blocked,\n"
+	"identity, nested), the DEVICE it was allocated for, how many MAPPINGS it has and how\n"
+	"many bytes they cover (MAPPED), and the devices ATTACHED to it.\n";
+
+static const char domain_alloc_help[] =
+	"Allocates a domain of the kind DEVICE's IOMMU provides, binding DEVICE into the\n"
+	"session if it is not yet, and prints the new domain's id (with --json,\n"
+	"{\"domain_id\": ID}). The domain is not attached: use 'iommuctl attach'.\n"
+	"\n" SESSION_NOTE;
+
+static const char domain_free_help[] =
+	"Frees domain ID of the session, with its mappings. Devices must be detached from it\n"
+	"first, and nested domains built on it freed.\n";
+
 static void show_domains(const void *msg, Iommud__V1__Response *r)
 {
 	const Iommud__V1__ListDomainsReply *l = r->list_domains;
@@ -67,11 +82,6 @@ static void cmd_domain_free_exec(const struct cmd_entry *self, const struct cmd_
 	out_empty();
 }
 
-static const char domains_help[] =
-	"Lists the domains of the session (see --lease), as a table: ID, TYPE (paging, blocked,\n"
-	"identity, nested), the DEVICE it was allocated for, how many MAPPINGS it has and how\n"
-	"many bytes they cover (MAPPED), and the devices ATTACHED to it.\n";
-
 const struct cmd_entry cmd_domains_entry = {
 	.name = "domains",
 	.summary = "Lists the domains of your session.",
@@ -80,12 +90,6 @@ const struct cmd_entry cmd_domains_entry = {
 	.method = IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS,
 	.show = show_domains,
 };
-
-static const char domain_alloc_help[] =
-	"Allocates a domain of the kind DEVICE's IOMMU provides, binding DEVICE into the\n"
-	"session if it is not yet, and prints the new domain's id (with --json,\n"
-	"{\"domain_id\": ID}). The domain is not attached: use 'iommuctl attach'.\n"
-	"\n" SESSION_NOTE;
 
 const struct cmd_entry cmd_domain_alloc_entry = {
 	.name = "domain alloc",
@@ -99,10 +103,6 @@ const struct cmd_entry cmd_domain_alloc_entry = {
 		    "  iommuctl --lease vm1 domain alloc emu0 --type blocked\n",
 	.exec = cmd_domain_alloc_exec,
 };
-
-static const char domain_free_help[] =
-	"Frees domain ID of the session, with its mappings. Devices must be detached from it\n"
-	"first, and nested domains built on it freed.\n";
 
 const struct cmd_entry cmd_domain_free_entry = {
 	.name = "domain free",

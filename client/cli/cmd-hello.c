@@ -3,6 +3,14 @@
 #include "cli.h"
 #include "output.h"
 
+static const char hello_help[] =
+	"Says Hello to iommud and shows its reply: the daemon's version and protocol, the\n"
+	"backend (iommufd or emulated), the identity it sees (uid, gid, pid, cgroup), the\n"
+	"session (--lease), your permissions (read: list and query; write: everything), the\n"
+	"daemon's capabilities (map_file, dirty_tracking, nesting, open_device, map_batch), the\n"
+	"message limits, and your quota: domains, mappings and pinned bytes in use, each with\n"
+	"its limit from the configuration.\n";
+
 void show_quota(const Iommud__V1__Quota *q)
 {
 	if (!q)
@@ -43,14 +51,6 @@ static void cmd_hello_exec(const struct cmd_entry *self, const struct cmd_args *
 	show_quota(h->quota);
 	obj_end();
 }
-
-static const char hello_help[] =
-	"Says Hello to iommud and shows its reply: the daemon's version and protocol, the\n"
-	"backend (iommufd or emulated), the identity it sees (uid, gid, pid, cgroup), the\n"
-	"session (--lease), your permissions (read: list and query; write: everything), the\n"
-	"daemon's capabilities (map_file, dirty_tracking, nesting, open_device, map_batch), the\n"
-	"message limits, and your quota: domains, mappings and pinned bytes in use, each with\n"
-	"its limit from the configuration.\n";
 
 const struct cmd_entry cmd_hello_entry = {
 	.name = "hello",

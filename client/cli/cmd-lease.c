@@ -3,6 +3,11 @@
 #include "cli.h"
 #include "output.h"
 
+static const char lease_release_help[] =
+	"Releases the session named by the global --lease option: once its last connection\n"
+	"closes (this one, when iommuctl exits, unless another program holds one), iommud\n"
+	"unmaps, detaches and frees everything in it.\n";
+
 /* The request has no fields: the lease is the session this connection joined. */
 static void release_request(const struct cmd_entry *self, const struct cmd_args *args, void *msg)
 {
@@ -13,11 +18,6 @@ static void release_request(const struct cmd_entry *self, const struct cmd_args 
 			    "name the lease to release with the global --lease NAME option, as in "
 			    "'iommuctl --lease NAME lease release'");
 }
-
-static const char lease_release_help[] =
-	"Releases the session named by the global --lease option: once its last connection\n"
-	"closes (this one, when iommuctl exits, unless another program holds one), iommud\n"
-	"unmaps, detaches and frees everything in it.\n";
 
 const struct cmd_entry cmd_lease_release_entry = {
 	.name = "lease release",

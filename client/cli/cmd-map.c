@@ -10,6 +10,26 @@
 #include "cli.h"
 #include "output.h"
 
+static const char map_help[] =
+	"Maps [offset, offset+length) of a file into paging domain DOMAIN and prints the IOVA\n"
+	"devices use to reach it, in hex (with --json, {\"domain_id\", \"iova\", \"length\",\n"
+	"\"prot\"}). The file's descriptor travels to iommud, which pins its pages: it must be a\n"
+	"memfd sealed against shrinking, or a file on tmpfs or hugetlbfs. Offset, length and\n"
+	"IOVA must be multiples of the page size. Sizes and addresses are decimal or 0x hex,\n"
+	"with an optional K, M, G or T suffix.\n"
+	"\n"
+	"Sessions: the mapping belongs to the session. Without --lease that is the anonymous\n"
+	"session, and the mapping vanishes when iommuctl exits (unless another program of your\n"
+	"user and cgroup keeps the anonymous session open). With --lease NAME it stays in the\n"
+	"named session, with its domain, until unmapped or the lease is released; iommud keeps\n"
+	"the pages pinned meanwhile, so the file may be closed and, for a memfd, forgotten.\n";
+
+static const char unmap_help[] =
+	"Removes every mapping of DOMAIN that lies inside [IOVA, IOVA+N), or all of them with\n"
+	"--all, and says how many and how many bytes (with --json, {\"unmapped_bytes\",\n"
+	"\"unmapped_count\"}). A mapping the range cuts through is an error, and then nothing\n"
+	"is removed.\n";
+
 enum { MAP_FILE, MAP_MEMFD, MAP_OFFSET, MAP_LENGTH, MAP_IOVA, MAP_ALIGN, MAP_PROT };
 static const struct cmd_option map_options[] = {
 	[MAP_FILE] = {"file", 'f', OPT_STRING, "PATH",
@@ -148,20 +168,6 @@ static void cmd_unmap_exec(const struct cmd_entry *self, const struct cmd_args *
 		cli_show(IOMMUD__V1__REQUEST__METHOD_UNMAP, &unmap, show_unmapped);
 }
 
-static const char map_help[] =
-	"Maps [offset, offset+length) of a file into paging domain DOMAIN and prints the IOVA\n"
-	"devices use to reach it, in hex (with --json, {\"domain_id\", \"iova\", \"length\",\n"
-	"\"prot\"}). The file's descriptor travels to iommud, which pins its pages: it must be a\n"
-	"memfd sealed against shrinking, or a file on tmpfs or hugetlbfs. Offset, length and\n"
-	"IOVA must be multiples of the page size. Sizes and addresses are decimal or 0x hex,\n"
-	"with an optional K, M, G or T suffix.\n"
-	"\n"
-	"Sessions: the mapping belongs to the session. Without --lease that is the anonymous\n"
-	"session, and the mapping vanishes when iommuctl exits (unless another program of your\n"
-	"user and cgroup keeps the anonymous session open). With --lease NAME it stays in the\n"
-	"named session, with its domain, until unmapped or the lease is released; iommud keeps\n"
-	"the pages pinned meanwhile, so the file may be closed and, for a memfd, forgotten.\n";
-
 const struct cmd_entry cmd_map_entry = {
 	.name = "map",
 	.operands = "DOMAIN",
@@ -177,12 +183,6 @@ const struct cmd_entry cmd_map_entry = {
 		    "  iommuctl --lease vm1 map 3 --file /dev/hugepages/buf --prot r --align 1G\n",
 	.exec = cmd_map_exec,
 };
-
-static const char unmap_help[] =
-	"Removes every mapping of DOMAIN that lies inside [IOVA, IOVA+N), or all of them with\n"
-	"--all, and says how many and how many bytes (with --json, {\"unmapped_bytes\",\n"
-	"\"unmapped_count\"}). A mapping the range cuts through is an error, and then nothing\n"
-	"is removed.\n";
 
 const struct cmd_entry cmd_unmap_entry = {
 	.name = "unmap",

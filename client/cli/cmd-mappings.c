@@ -3,6 +3,15 @@
 #include "cli.h"
 #include "output.h"
 
+static const char mappings_help[] =
+	"Lists every mapping of DOMAIN in IOVA order (asking iommud page by page): its IOVA,\n"
+	"LAST address, LENGTH, PROT (r: devices read it, w: devices write it) and the OFFSET\n"
+	"in its file.\n";
+
+static const char ranges_help[] =
+	"Lists the IOVA ranges of DOMAIN that mappings may use: the aperture of the attached\n"
+	"devices' IOMMUs, less their reserved ranges. Existing mappings are not subtracted.\n";
+
 /* Shows one page of ListMappings and returns where the next starts, or 0 after the last. */
 static uint64_t show_mappings_page(Iommud__V1__ListMappingsRequest *msg)
 {
@@ -61,11 +70,6 @@ static void show_ranges(const void *msg, Iommud__V1__Response *r)
 	obj_end();
 }
 
-static const char mappings_help[] =
-	"Lists every mapping of DOMAIN in IOVA order (asking iommud page by page): its IOVA,\n"
-	"LAST address, LENGTH, PROT (r: devices read it, w: devices write it) and the OFFSET\n"
-	"in its file.\n";
-
 const struct cmd_entry cmd_mappings_entry = {
 	.name = "mappings",
 	.operands = "DOMAIN",
@@ -75,10 +79,6 @@ const struct cmd_entry cmd_mappings_entry = {
 		    "  iommuctl --lease vm1 --json mappings 3 | jq '.mappings | length'\n",
 	.exec = cmd_mappings_exec,
 };
-
-static const char ranges_help[] =
-	"Lists the IOVA ranges of DOMAIN that mappings may use: the aperture of the attached\n"
-	"devices' IOMMUs, less their reserved ranges. Existing mappings are not subtracted.\n";
 
 const struct cmd_entry cmd_ranges_entry = {
 	.name = "ranges",

@@ -3,6 +3,11 @@
 #include "cli.h"
 #include "output.h"
 
+static const char stats_help[] =
+	"Shows how long iommud has run, its connections, tenants and sessions, the packets it\n"
+	"rejected as malformed, your tenant's quota, and for each method how many calls it\n"
+	"answered and how many of them failed.\n";
+
 static void show_methods(const Iommud__V1__GetStatsReply *s)
 {
 	list_begin("methods", "METHOD CALLS ERRORS");
@@ -31,11 +36,6 @@ static void show_stats(const void *msg, Iommud__V1__Response *r)
 	show_methods(s);
 	obj_end();
 }
-
-static const char stats_help[] =
-	"Shows how long iommud has run, its connections, tenants and sessions, the packets it\n"
-	"rejected as malformed, your tenant's quota, and for each method how many calls it\n"
-	"answered and how many of them failed.\n";
 
 const struct cmd_entry cmd_stats_entry = {
 	.name = "stats",
