@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: MIT */
+/* iommuctl hello: who iommud takes you for and what you may do. */
+#include "cli.h"
+#include "output.h"
+
+static const char hello_help[] =
+	"Says Hello to iommud and shows its reply: the daemon's version and protocol, the\n"
+	"backend (iommufd or emulated), the identity it sees (uid, gid, pid, cgroup), the\n"
+	"session (--lease), your permissions (read: list and query; write: everything), the\n"
+	"daemon's capabilities (map_file, dirty_tracking, nesting, open_device, map_batch), the\n"
+	"message limits, and your quota: domains, mappings and pinned bytes in use, each with\n"
+	"its limit from the configuration.\n";
+
+void show_quota(const Iommud__V1__Quota *q)
+{
+	if (!q)
+		return;
+	obj_begin("quota");
+	field("domains", NUM, q->domains, NULL);
+	field("max_domains", NUM, q->max_domains, NULL);
+	field("mappings", NUM, q->mappings, NULL);
+	field("max_mappings", NUM, q->max_mappings, NULL);
+	field("pinned_bytes", SIZE, q->pinned_bytes, NULL);
+	field("max_pinned_bytes", SIZE, q->max_pinned_bytes, NULL);
+	obj_end();
+}
+
+static void cmd_hello_exec(const struct cmd_entry *self, const struct cmd_args *args)
+{
+	const Iommud__V1__HelloReply *h;
+	bool anonymous;
+
+	(void)self;
+	(void)args;
+	(void)cli_connection();
+	h = cli.hello;
+	anonymous = !*h->lease && !output_is_json();
+	obj_begin(NULL);
+	field("daemon_version", STR, 0, h->daemon_version);
+	field("protocol_version", NUM, h->protocol_version, NULL);
+	field("backend", STR, 0, h->backend_name);
+	field("uid", NUM, h->uid, NULL);
+	field("gid", NUM, h->gid, NULL);
+	field("pid", NUM, h->pid, NULL);
+	field("cgroup", STR, 0, h->cgroup);
+	field("lease", STR, 0, anonymous ? "- (the anonymous session)" : h->lease);
+	field_strings("permissions", h->permissions, h->n_permissions);
+	field_strings("capabilities", h->capabilities, h->n_capabilities);
+	field("max_message_bytes", NUM, h->max_message_bytes, NULL);
+	field("max_fds_per_message", NUM, h->max_fds_per_message, NULL);
+	show_quota(h->quota);
+	obj_end();
+}
+
+const struct cmd_entry cmd_hello_entry = {
+	.name = "hello",
+	.summary = "Shows who iommud takes you for and what you may do.",
+	.help = hello_help,
+	.examples = "  iommuctl hello\n"
+		    "  iommuctl --json hello | jq -r '.permissions[]'\n",
+	.exec = cmd_hello_exec,
+};

@@ -1,0 +1,372 @@
+/* SPDX-License-Identifier: MIT */
+/* iommuctl's output: see output.h. */
+#define _GNU_SOURCE /* vasprintf, open_memstream */
+#include "output.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+struct table {
+	size_t ncols, ncells;
+	char **cells;
+};
+
+static struct {
+	bool json;
+	int depth;
+	bool comma[8];
+	struct table *table; /* the text table of the current list, if any */
+	int skip;	     /* text: depth of lists left out (in a table row, or JSON's only) */
+	bool fields;	     /* text: "key  value" lines were printed, so a table needs a gap */
+} out;
+
+void output_use_json(void)
+{
+	out.json = true;
+}
+
+bool output_is_json(void)
+{
+	return out.json;
+}
+
+/* ---- failures ------------------------------------------------------------------------- */
+
+void usage_error(const char *command, const char *fmt, ...)
+{
+	const char *name = command ? command : "";
+	const char *sep = command ? " " : "";
+	va_list ap;
+
+	fprintf(stderr, "iommuctl%s%s: ", sep, name);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry 'iommuctl%s%s --help'.\n", sep, name);
+	exit(EXIT_USAGE);
+}
+
+void fail(int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("iommuctl: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(status);
+}
+
+/* ---- plain text ----------------------------------------------------------------------- */
+
+void out_printf(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+}
+
+void out_text(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (out.json)
+		return;
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+}
+
+const char *fmt_size(char buf[24], uint64_t v)
+{
+	static const char *const units[] = {"", "K", "M", "G", "T", "P", "E"};
+	uint64_t m = v;
+	int e = 0, t = 0;
+
+	while (e < 6 && m && !(m & 1023)) {
+		m >>= 10;
+		e++;
+	}
+	while (t < 6 && v >> (10 * (t + 1)))
+		t++;
+	if (m < 10000)
+		snprintf(buf, 24, "%" PRIu64 "%s", m, units[e]);
+	else
+		snprintf(buf, 24, "%.1f%s", (double)v / (double)(1ull << (10 * t)), units[t]);
+	return buf;
+}
+
+/* ---- JSON ----------------------------------------------------------------------------- */
+
+/* Invalid UTF-8 (a cgroup name may hold any bytes) becomes U+FFFD, so the output stays JSON. */
+static size_t utf8_len(const unsigned char *s)
+{
+	size_t n = *s >= 0xf0 ? 4 : *s >= 0xe0 ? 3 : 2;
+	unsigned char lo = 0x80, hi = 0xbf;
+
+	if (*s < 0xc2 || *s > 0xf4)
+		return 0;
+	if (*s == 0xe0)
+		lo = 0xa0;
+	else if (*s == 0xed)
+		hi = 0x9f;
+	else if (*s == 0xf0)
+		lo = 0x90;
+	else if (*s == 0xf4)
+		hi = 0x8f;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return n;
+}
+
+static void js_string(const char *str)
+{
+	static const char plain[] = "\"\\\b\f\n\r\t", escaped[] = "\"\\bfnrt";
+	const unsigned char *s = (const unsigned char *)str;
+	const char *special;
+	size_t n;
+
+	putchar('"');
+	while (*s) {
+		if ((special = strchr(plain, *s))) {
+			printf("\\%c", escaped[special - plain]);
+			s++;
+		} else if (*s < 0x20) {
+			printf("\\u%04x", *s++);
+		} else if (*s < 0x80) {
+			putchar(*s++);
+		} else if ((n = utf8_len(s))) {
+			fwrite(s, 1, n, stdout);
+			s += n;
+		} else {
+			fputs("\\ufffd", stdout);
+			s++;
+		}
+	}
+	putchar('"');
+}
+
+static void js_key(const char *key)
+{
+	if (out.comma[out.depth])
+		putchar(',');
+	out.comma[out.depth] = true;
+	if (key) {
+		js_string(key);
+		putchar(':');
+	}
+}
+
+static void js_open(const char *key, char bracket)
+{
+	js_key(key);
+	putchar(bracket);
+	out.comma[++out.depth] = false;
+}
+
+static void js_close(char bracket)
+{
+	putchar(bracket);
+	if (--out.depth == 0)
+		putchar('\n');
+}
+
+static void js_value(int kind, uint64_t v, const char *s)
+{
+	if ((kind & 15) == STR)
+		js_string(s);
+	else if ((kind & 15) == BOOL)
+		fputs(v ? "true" : "false", stdout);
+	else
+		printf("%" PRIu64, v);
+}
+
+/* ---- text tables ---------------------------------------------------------------------- */
+
+__attribute__((format(printf, 2, 3))) static void cell(struct table *t, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	t->cells = realloc(t->cells, (t->ncells + 1) * sizeof(*t->cells));
+	if (n < 0 || !t->cells)
+		fail(EXIT_LOCAL, "out of memory");
+	t->cells[t->ncells++] = s;
+}
+
+static struct table *table_new(const char *header)
+{
+	struct table *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		fail(EXIT_LOCAL, "out of memory");
+	for (const char *h = header; *h; h += strcspn(h, " "), h += *h == ' ') {
+		cell(t, "%.*s", (int)strcspn(h, " "), h);
+		t->ncols++;
+	}
+	return t;
+}
+
+/* Prints and frees the table: columns as wide as their widest cell, two spaces apart. */
+static void table_print(struct table *t)
+{
+	size_t width[16] = {};
+
+	for (size_t i = 0; i < t->ncells; i++) {
+		size_t len = strlen(t->cells[i]);
+
+		if (len > width[i % t->ncols])
+			width[i % t->ncols] = len;
+	}
+	for (size_t i = 0; i < t->ncells; i++) {
+		bool last = i % t->ncols == t->ncols - 1;
+
+		printf("%-*s%s", last ? 0 : (int)width[i % t->ncols], t->cells[i],
+		       last ? "\n" : "  ");
+		free(t->cells[i]);
+	}
+	free(t->cells);
+	free(t);
+}
+
+/* ---- the structure -------------------------------------------------------------------- */
+
+void obj_begin(const char *key)
+{
+	if (out.json)
+		js_open(key, '{');
+}
+
+void obj_end(void)
+{
+	if (out.json)
+		js_close('}');
+}
+
+void out_empty(void)
+{
+	obj_begin(NULL);
+	obj_end();
+}
+
+void list_begin(const char *key, const char *header)
+{
+	if (out.json) {
+		js_open(key, '[');
+	} else if (out.table || out.skip || !header) {
+		out.skip++;
+	} else {
+		if (out.fields)
+			putchar('\n');
+		out.table = table_new(header);
+	}
+}
+
+void list_end(void)
+{
+	if (out.json) {
+		js_close(']');
+	} else if (out.skip) {
+		out.skip--;
+	} else {
+		table_print(out.table);
+		out.table = NULL;
+	}
+}
+
+/* The text of a field of a numeric kind. */
+static const char *text_value(char buf[24], int kind, uint64_t v)
+{
+	if ((kind & 15) == HEX)
+		snprintf(buf, 24, "0x%" PRIx64, v);
+	else if ((kind & 15) == SIZE)
+		fmt_size(buf, v);
+	else if ((kind & 15) == BOOL)
+		return v ? "yes" : "no";
+	else
+		snprintf(buf, 24, "%" PRIu64, v);
+	return buf;
+}
+
+void field(const char *key, int kind, uint64_t v, const char *s)
+{
+	char buf[24], label[32];
+
+	if (out.json) {
+		if (kind & TEXT_ONLY)
+			return;
+		js_key(key);
+		js_value(kind, v, s);
+		return;
+	}
+	if (kind & JSON_ONLY || out.skip)
+		return;
+	if (s && !*s)
+		s = "-";
+	else if (!s)
+		s = text_value(buf, kind, v);
+	if (kind & BARE) {
+		printf("%s\n", s);
+		return;
+	}
+	if (out.table) {
+		cell(out.table, "%s", s);
+		return;
+	}
+	snprintf(label, sizeof(label), "%s", key);
+	for (char *u = label; (u = strchr(u, '_'));)
+		*u = ' ';
+	printf("%-20s %s\n", label, s);
+	out.fields = true;
+}
+
+void field_strings(const char *key, char *const *items, size_t n)
+{
+	char *s = NULL;
+	size_t len;
+	FILE *f;
+
+	if (out.json) {
+		js_open(key, '[');
+		for (size_t i = 0; i < n; i++)
+			field(NULL, STR, 0, items[i]);
+		js_close(']');
+		return;
+	}
+	f = open_memstream(&s, &len);
+	if (!f)
+		fail(EXIT_LOCAL, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "%s%s", i ? "," : "", items[i]);
+	if (fclose(f))
+		fail(EXIT_LOCAL, "out of memory");
+	field(key, STR, 0, s);
+	free(s);
+}
+
+void field_range(uint64_t start, uint64_t last)
+{
+	/* The whole 64-bit space is one byte more than a uint64_t counts. */
+	bool all = start == 0 && last == UINT64_MAX;
+
+	obj_begin(NULL);
+	field("start", HEX, start, NULL);
+	field("last", HEX, last, NULL);
+	field("size", SIZE | TEXT_ONLY, last - start + 1, all ? "16E" : NULL);
+	obj_end();
+}
