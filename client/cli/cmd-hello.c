@@ -7,7 +7,7 @@ static const char hello_help[] =
 	"Says Hello to iommud and shows its reply: the daemon's version and protocol, the\n"
 	"backend (iommufd or emulated), the identity it sees (uid, gid, pid, cgroup), the\n"
 	"session (--lease), your permissions (read: list and query; write: everything), the\n"
-	"daemon's capabilities (map_file, dirty_tracking, nesting, open_device, map_batch), the\n"
+	"daemon's capabilities (map_batch, open_device, dirty_tracking, nesting), the\n"
 	"message limits, and your quota: domains, mappings and pinned bytes in use, each with\n"
 	"its limit from the configuration.\n";
 

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <names.h>
+
 #include "cli.h"
 #include "output.h"
 
@@ -45,34 +47,24 @@ uint32_t arg_domain(const struct cmd_entry *cmd, const char *s)
 	return (uint32_t)v;
 }
 
-/* Indexed by the schema's DomainType; allocatable: 'domain alloc --type' takes the name. */
-static const struct {
-	const char *name;
-	bool allocatable;
-} domain_types[] = {
-	[IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_UNSPECIFIED] = {"unspecified", false},
-	[IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_BLOCKED] = {"blocked", true},
-	[IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_IDENTITY] = {"identity", true},
-	[IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_PAGING] = {"paging", true},
-	[IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_NESTED] = {"nested", false},
-};
-
-#define N_DOMAIN_TYPES (sizeof(domain_types) / sizeof(domain_types[0]))
-
 const char *domain_type_name(Iommud__V1__DomainType type)
 {
-	return (unsigned)type < N_DOMAIN_TYPES ? domain_types[type].name : "unknown";
+	const char *name = iommud_name(&iommud_domain_type_names, (int)type);
+
+	return name ? name : "unknown";
 }
 
+/* A nested domain needs a parent and the IOMMU's own stage-1 data, which 'domain alloc' does
+ * not take: its name is known but not allocatable from here. */
 bool domain_type_from_name(const char *name, enum iommuctl_domain_type *ret_type)
 {
-	for (unsigned t = 0; t < N_DOMAIN_TYPES; t++)
-		if (domain_types[t].allocatable && !strcmp(name, domain_types[t].name)) {
-			/* The library's values are the schema's. */
-			*ret_type = (enum iommuctl_domain_type)t;
-			return true;
-		}
-	return false;
+	int type;
+
+	if (iommud_value(&iommud_domain_type_names, name, &type) < 0 ||
+	    type == IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_NESTED)
+		return false;
+	*ret_type = (enum iommuctl_domain_type)type; /* the library's values are the schema's */
+	return true;
 }
 
 const char *prot_name(uint32_t prot)
