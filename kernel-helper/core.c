@@ -885,9 +885,9 @@ int kh_set_dirty_tracking(struct kh_ctx *ctx, uint32_t domain_id, bool enable)
 
 	if (rc < 0)
 		return rc;
-	if (!dom->ops->set_dirty_tracking)
+	if (!dom->dirty_ops)
 		return unsupported(dom, "dirty tracking");
-	return dom->ops->set_dirty_tracking(dom, enable);
+	return dom->dirty_ops->set_dirty_tracking(dom, enable);
 }
 
 int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
@@ -899,7 +899,7 @@ int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_
 
 	if (rc < 0)
 		return rc;
-	if (!dom->ops->read_and_clear_dirty)
+	if (!dom->dirty_ops)
 		return unsupported(dom, "reading dirty bits");
 	min_page = dom->page_sizes & -dom->page_sizes;
 	if (page_size < min_page || (page_size & (page_size - 1)))
@@ -918,5 +918,5 @@ int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_
 	if (flags & ~KH_DIRTY_NO_CLEAR)
 		return kh_fail(-EINVAL, "unknown dirty flags 0x%x", flags & ~KH_DIRTY_NO_CLEAR);
 	memset(bitmap, 0, ((length / page_size + 63) / 64) * sizeof(*bitmap));
-	return dom->ops->read_and_clear_dirty(dom, iova, length, page_size, bitmap, flags);
+	return dom->dirty_ops->read_and_clear_dirty(dom, iova, length, page_size, bitmap, flags);
 }

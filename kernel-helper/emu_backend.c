@@ -847,19 +847,9 @@ static const struct kh_domain_ops emu_paging_ops = {
 	.free = emu_free,
 };
 
-static const struct kh_domain_ops emu_paging_dirty_ops = {
-	.attach_dev = emu_attach_dev,
-	.replace_dev = emu_replace_dev,
-	.detach_dev = emu_detach_dev,
-	.map = emu_map,
-	.copy = emu_copy,
-	.unmap = emu_unmap,
-	.iova_to_phys = emu_iova_to_phys,
-	.iotlb_sync = emu_iotlb_sync,
-	.flush_iotlb_all = emu_flush_iotlb_all,
+static const struct kh_dirty_ops emu_dirty_ops = {
 	.set_dirty_tracking = emu_set_dirty_tracking,
 	.read_and_clear_dirty = emu_read_and_clear_dirty,
-	.free = emu_free,
 };
 
 static const struct kh_domain_ops emu_nested_ops = {
@@ -891,7 +881,8 @@ static int emu_alloc_paging(struct kh_device *dev, uint32_t flags, struct kh_dom
 		free(ed);
 		return kh_fail(rc, "cannot allocate a page table");
 	}
-	ed->dom.ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &emu_paging_dirty_ops : &emu_paging_ops;
+	ed->dom.ops = &emu_paging_ops;
+	ed->dom.dirty_ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &emu_dirty_ops : NULL;
 	ed->dom.type = KH_DOMAIN_PAGING;
 	ed->dom.flags = flags;
 	ed->dom.page_sizes = hw->page_sizes;

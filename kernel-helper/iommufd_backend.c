@@ -705,7 +705,7 @@ static const struct kh_domain_ops iommufd_blocked_ops = {
 	.free = iommufd_free,
 };
 
-/* Templates: the backend copies them and adds what the running kernel offers. */
+/* A template: the backend copies it and adds what the running kernel offers. */
 static const struct kh_domain_ops iommufd_paging_ops = {
 	.attach_dev = iommufd_attach_dev,
 	.replace_dev = iommufd_replace_dev,
@@ -717,22 +717,14 @@ static const struct kh_domain_ops iommufd_paging_ops = {
 	.free = iommufd_free,
 };
 
-static const struct kh_domain_ops iommufd_paging_dirty_ops = {
-	.attach_dev = iommufd_attach_dev,
-	.replace_dev = iommufd_replace_dev,
-	.detach_dev = iommufd_detach_dev,
-	.map = iommufd_map,
-	.copy = iommufd_copy,
-	.unmap = iommufd_unmap,
-	.set_allowed_iovas = iommufd_set_allowed_iovas,
+static const struct kh_dirty_ops iommufd_dirty_ops = {
 	.set_dirty_tracking = iommufd_set_dirty_tracking,
 	.read_and_clear_dirty = iommufd_read_dirty,
-	.free = iommufd_free,
 };
 
 /* The ops of this kernel's paging domains. Owned by the backend (kh_backend.priv). */
 struct iommufd_backend {
-	struct kh_domain_ops paging, paging_dirty;
+	struct kh_domain_ops paging;
 };
 
 static const struct kh_domain_ops iommufd_nested_ops = {
@@ -766,7 +758,8 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 		return rc;
 	d->ioas_id = ioas.out_ioas_id;
 	d->dom.page_sizes = dev->bdev->info.hw.page_sizes;
-	d->dom.ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &kernel->paging_dirty : &kernel->paging;
+	d->dom.ops = &kernel->paging;
+	d->dom.dirty_ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &iommufd_dirty_ops : NULL;
 	if (!flags) {
 		/* Devices attach to the IOAS itself and the kernel gives it a domain suited to
 		 * them: some drivers (virtio-iommu on 6.12) only size a domain at its first
@@ -902,11 +895,8 @@ int kh_backend_open_iommufd(struct kh_backend **out)
 		return kh_fail(-ENOMEM, "cannot allocate the iommufd backend");
 	}
 	kernel->paging = iommufd_paging_ops;
-	kernel->paging_dirty = iommufd_paging_dirty_ops;
-	if (kernel_has(fd, IOMMU_IOAS_MAP_FILE, &map_file)) {
+	if (kernel_has(fd, IOMMU_IOAS_MAP_FILE, &map_file))
 		kernel->paging.map_file = iommufd_map_file;
-		kernel->paging_dirty.map_file = iommufd_map_file;
-	}
 	close(fd);
 	return kh_backend_create(&iommufd_ops, kernel, out);
 }
