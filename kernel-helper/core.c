@@ -105,7 +105,7 @@ static const struct kh_bdev *bdev_at(const struct kh_backend *be, size_t index)
 {
 	if (index < be->n_devices)
 		return &be->devices[index];
-	kh_fail(-ENOENT, "there is no device %zu; the backend has %zu", index, be->n_devices);
+	(void)kh_fail(-ENOENT, "there is no device %zu; the backend has %zu", index, be->n_devices);
 	return NULL;
 }
 
@@ -190,18 +190,22 @@ static void *objects_find(const struct kh_objects *objs, uint32_t id, enum kh_ob
 
 static int find_device(struct kh_ctx *ctx, uint32_t id, struct kh_device **out)
 {
-	*out = objects_find(ctx->objects, id, KH_OBJ_DEVICE);
-	if (!*out)
+	struct kh_device *dev = objects_find(ctx->objects, id, KH_OBJ_DEVICE);
+
+	if (!dev)
 		return kh_fail(-ENOENT, "there is no device %u in this context; bind the device first",
 			       id);
+	*out = dev;
 	return 0;
 }
 
 int kh_find_domain(struct kh_ctx *ctx, uint32_t id, struct kh_domain **out)
 {
-	*out = objects_find(ctx->objects, id, KH_OBJ_DOMAIN);
-	if (!*out)
+	struct kh_domain *dom = objects_find(ctx->objects, id, KH_OBJ_DOMAIN);
+
+	if (!dom)
 		return kh_fail(-ENOENT, "there is no domain %u in this context", id);
+	*out = dom;
 	return 0;
 }
 
@@ -280,11 +284,15 @@ static void device_release(struct kh_ctx *ctx, struct kh_device *dev)
 
 static void domain_release(struct kh_ctx *ctx, struct kh_domain *dom)
 {
+	struct kh_ioas *ioas = dom->ioas;
+
 	if (dom->parent)
 		dom->parent->users--;
 	objects_remove(ctx->objects, dom->id);
-	kh_ioas_destroy(dom->ioas);
+	/* The backend's free takes the mappings out of the IOMMU; only then may their owners
+	 * let the memory go. */
 	dom->ops->free(dom);
+	kh_ioas_destroy(ioas, ctx->release_owner, ctx->release_arg);
 }
 
 void kh_ctx_destroy(struct kh_ctx *ctx)
@@ -317,6 +325,12 @@ void kh_ctx_destroy(struct kh_ctx *ctx)
 	free(objs->v);
 	free(objs);
 	free(ctx);
+}
+
+void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, void *arg)
+{
+	ctx->release_owner = release;
+	ctx->release_arg = arg;
 }
 
 /* ---- devices ------------------------------------------------------------------------------ */
@@ -402,13 +416,33 @@ int kh_device_region(struct kh_ctx *ctx, uint32_t dev_id, uint32_t index, struct
 
 /* ---- domains ------------------------------------------------------------------------------ */
 
+/* The nest parent a nested domain names, checked to be one. */
+static int find_nest_parent(struct kh_ctx *ctx, const struct kh_domain_alloc_args *args,
+			    struct kh_domain **out)
+{
+	struct kh_domain *parent;
+	int rc;
+
+	if (!args->data || !args->data_len)
+		return kh_fail(-EINVAL, "a nested domain needs its stage-1 description");
+	rc = kh_find_domain(ctx, args->parent_id, &parent);
+	if (rc < 0)
+		return rc;
+	if (!(parent->flags & KH_DOMAIN_F_NEST_PARENT))
+		return kh_fail(-EINVAL,
+			       "domain %u was not allocated as a nest parent; allocate the parent "
+			       "with the nest-parent flag",
+			       args->parent_id);
+	*out = parent;
+	return 0;
+}
+
+/* Checks the arguments; *parent is the nest parent of a nested domain, NULL for the others. */
 static int check_alloc_args(struct kh_ctx *ctx, const struct kh_domain_alloc_args *args,
 			    struct kh_domain **parent)
 {
 	const uint32_t known = KH_DOMAIN_F_DIRTY_TRACKING | KH_DOMAIN_F_NEST_PARENT;
-	int rc;
 
-	*parent = NULL;
 	if ((unsigned)args->type > KH_DOMAIN_NESTED)
 		return kh_fail(-EINVAL, "unknown domain type %d", (int)args->type);
 	if (args->flags & ~known)
@@ -416,21 +450,11 @@ static int check_alloc_args(struct kh_ctx *ctx, const struct kh_domain_alloc_arg
 	if (args->flags && args->type != KH_DOMAIN_PAGING)
 		return kh_fail(-EINVAL, "flags apply to paging domains only, not %s",
 			       type_names[args->type]);
-	if (args->type != KH_DOMAIN_NESTED) {
-		if (args->parent_id || args->data)
-			return kh_fail(-EINVAL, "only a nested domain takes a parent and stage-1 data");
-		return 0;
-	}
-	if (!args->data || !args->data_len)
-		return kh_fail(-EINVAL, "a nested domain needs its stage-1 description");
-	rc = kh_find_domain(ctx, args->parent_id, parent);
-	if (rc < 0)
-		return rc;
-	if (!((*parent)->flags & KH_DOMAIN_F_NEST_PARENT))
-		return kh_fail(-EINVAL,
-			       "domain %u was not allocated as a nest parent; allocate the parent "
-			       "with the nest-parent flag",
-			       args->parent_id);
+	if (args->type == KH_DOMAIN_NESTED)
+		return find_nest_parent(ctx, args, parent);
+	if (args->parent_id || args->data)
+		return kh_fail(-EINVAL, "only a nested domain takes a parent and stage-1 data");
+	*parent = NULL;
 	return 0;
 }
 
@@ -678,14 +702,16 @@ int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id)
 
 /* A paging domain's address space; domains without map have none. */
 static int find_ioas(struct kh_ctx *ctx, uint32_t domain_id, const char *what,
-		     struct kh_domain **dom)
+		     struct kh_domain **out)
 {
-	int rc = kh_find_domain(ctx, domain_id, dom);
+	struct kh_domain *dom;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
 
 	if (rc < 0)
 		return rc;
-	if (!(*dom)->ioas)
-		return unsupported(*dom, what);
+	if (!dom->ioas)
+		return unsupported(dom, what);
+	*out = dom;
 	return 0;
 }
 
@@ -693,6 +719,8 @@ static int find_ioas(struct kh_ctx *ctx, uint32_t domain_id, const char *what,
 struct map_source {
 	struct kh_domain *dom;
 	uint64_t iova;
+	uint64_t addr;  /* what the source maps at iova: an address or a file offset */
+	uint32_t flags; /* the source's KH_MAP_FILE */
 };
 
 /* The kernel would pin pages past the end of a file, so a range beyond it is refused here. */
@@ -714,39 +742,49 @@ static int check_file_range(const struct kh_map_req *req)
 	return 0;
 }
 
+static int backend_map(struct kh_domain *dom, const struct kh_map_req *req,
+		       const struct map_source *src)
+{
+	if (src)
+		return dom->ops->copy(dom, req->iova, src->dom, src->iova, req->length, req->prot,
+				      req->addr);
+	if (req->flags & KH_MAP_FILE)
+		return dom->ops->map_file(dom, req->iova, req->fd, req->addr, req->length,
+					  req->prot);
+	return dom->ops->map(dom, req->iova, req->addr, req->length, req->prot);
+}
+
 /* One path for every way of creating a mapping: place it by the IOAS rules, have its record
- * ready, let the backend map it, then record it. */
+ * ready, let the backend map it, then record it. req changes only on success. */
 static int map_into(struct kh_domain *dom, struct kh_map_req *req, const struct map_source *src)
 {
+	struct kh_map_req placed = *req;
 	struct kh_area *area;
 	int rc;
 
-	if (req->flags & KH_MAP_FILE && !src) {
+	if (src) {
+		placed.addr = src->addr;
+		placed.flags = (placed.flags & ~KH_MAP_FILE) | src->flags;
+	} else if (placed.flags & KH_MAP_FILE) {
 		if (!dom->ops->map_file)
 			return unsupported(dom, "mapping files");
-		rc = check_file_range(req);
+		rc = check_file_range(&placed);
 		if (rc < 0)
 			return rc;
 	}
-	rc = kh_ioas_place(dom->ioas, req);
+	rc = kh_ioas_place(dom->ioas, &placed);
 	if (rc < 0)
 		return rc;
-	area = kh_ioas_area_new(req);
+	area = kh_ioas_area_new(&placed);
 	if (!area)
 		return -ENOMEM;
-	if (src)
-		rc = dom->ops->copy(dom, req->iova, src->dom, src->iova, req->length, req->prot,
-				    req->addr);
-	else if (req->flags & KH_MAP_FILE)
-		rc = dom->ops->map_file(dom, req->iova, req->fd, req->addr, req->length,
-					req->prot);
-	else
-		rc = dom->ops->map(dom, req->iova, req->addr, req->length, req->prot);
+	rc = backend_map(dom, &placed, src);
 	if (rc < 0) {
 		kh_ioas_area_free(area);
 		return rc;
 	}
 	kh_ioas_insert(dom->ioas, area);
+	*req = placed;
 	return 0;
 }
 
@@ -765,7 +803,6 @@ int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_
 {
 	struct map_source src = { .iova = src_iova };
 	struct kh_domain *dst;
-	uint32_t src_flags;
 	int rc;
 
 	rc = find_ioas(ctx, dst_id, "map", &dst);
@@ -775,10 +812,9 @@ int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_
 		return rc;
 	if (!dst->ops->copy)
 		return unsupported(dst, "copying mappings");
-	rc = kh_ioas_source(src.dom->ioas, src_iova, req->length, &req->addr, &src_flags);
+	rc = kh_ioas_source(src.dom->ioas, src_iova, req->length, &src.addr, &src.flags);
 	if (rc < 0)
 		return rc;
-	req->flags = (req->flags & ~KH_MAP_FILE) | src_flags;
 	return map_into(dst, req, &src);
 }
 
@@ -803,7 +839,7 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
 		return rc;
 	if (dom->ops->iotlb_sync)
 		dom->ops->iotlb_sync(dom, first, last - first + 1);
-	kh_ioas_remove(dom->ioas, first, last);
+	kh_ioas_remove(dom->ioas, first, last, ctx->release_owner, ctx->release_arg);
 	if (unmapped)
 		*unmapped = bytes;
 	return 0;

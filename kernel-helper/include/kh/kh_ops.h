@@ -154,10 +154,20 @@ struct kh_ctx {
 	struct kh_backend *be;
 	void *priv; /* the backend's per-context state */
 	struct kh_objects *objects;
+	kh_owner_release_fn *release_owner; /* core: kh_ctx_set_owner_release */
+	void *release_arg;
 };
 
-/* Record a failure for kh_last_error() and return err (a negative errno). */
-int kh_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Record a failure for kh_last_error() and give err (a negative errno). A macro around
+ * kh_fail_record, so the compiler sees the value given: a caller's "rc < 0" after it then proves
+ * that an out-parameter, written only on success, is not read unset. */
+#define kh_fail(err, ...)                                  \
+	({                                                 \
+		const int kh_fail_err_ = (err);            \
+		kh_fail_record(kh_fail_err_, __VA_ARGS__); \
+		kh_fail_err_;                              \
+	})
+void kh_fail_record(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int kh_vfail(int err, const char *fmt, va_list ap);
 
 /* Creates the backend object and probes its devices; on failure ops->release(priv) has run. */
