@@ -388,30 +388,38 @@ int kh_device_unbind(struct kh_ctx *ctx, uint32_t dev_id)
 	return rc;
 }
 
-int kh_device_open_fd(struct kh_ctx *ctx, uint32_t dev_id)
+/* A device of ctx, for a call the backend serves only if it has VFIO devices (has_op). */
+static int find_vfio_device(struct kh_ctx *ctx, uint32_t dev_id, bool has_op, const char *what,
+			    struct kh_device **out)
 {
 	struct kh_device *dev;
 	int rc = find_device(ctx, dev_id, &dev);
 
 	if (rc < 0)
 		return rc;
-	if (!ctx->be->ops->device_fd)
-		return kh_fail(-EOPNOTSUPP, "the %s backend has no VFIO device fds",
-			       ctx->be->ops->name);
-	return ctx->be->ops->device_fd(dev);
+	if (!has_op)
+		return kh_fail(-EOPNOTSUPP, "the %s backend has no VFIO device %s",
+			       ctx->be->ops->name, what);
+	*out = dev;
+	return 0;
+}
+
+int kh_device_open_fd(struct kh_ctx *ctx, uint32_t dev_id)
+{
+	const struct kh_backend_ops *ops = ctx->be->ops;
+	struct kh_device *dev;
+	int rc = find_vfio_device(ctx, dev_id, ops->device_fd, "fds", &dev);
+
+	return rc < 0 ? rc : ops->device_fd(dev);
 }
 
 int kh_device_region(struct kh_ctx *ctx, uint32_t dev_id, uint32_t index, struct kh_region *out)
 {
+	const struct kh_backend_ops *ops = ctx->be->ops;
 	struct kh_device *dev;
-	int rc = find_device(ctx, dev_id, &dev);
+	int rc = find_vfio_device(ctx, dev_id, ops->device_region, "regions", &dev);
 
-	if (rc < 0)
-		return rc;
-	if (!ctx->be->ops->device_region)
-		return kh_fail(-EOPNOTSUPP, "the %s backend has no VFIO device regions",
-			       ctx->be->ops->name);
-	return ctx->be->ops->device_region(dev, index, out);
+	return rc < 0 ? rc : ops->device_region(dev, index, out);
 }
 
 /* ---- domains ------------------------------------------------------------------------------ */
@@ -575,15 +583,30 @@ static int reserve_for(struct kh_domain *dom, struct kh_device *dev)
 	return rc;
 }
 
+/* The two objects an attach or a replace names. */
+static int find_device_and_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id,
+				  struct kh_device **dev_out, struct kh_domain **dom_out)
+{
+	struct kh_device *dev;
+	struct kh_domain *dom;
+	int rc = find_device(ctx, dev_id, &dev);
+
+	if (rc == 0)
+		rc = kh_find_domain(ctx, domain_id, &dom);
+	if (rc < 0)
+		return rc;
+	*dev_out = dev;
+	*dom_out = dom;
+	return 0;
+}
+
 int kh_attach(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
 {
 	struct kh_device *dev;
 	struct kh_domain *dom, *shared;
 	int rc;
 
-	rc = find_device(ctx, dev_id, &dev);
-	if (rc == 0)
-		rc = kh_find_domain(ctx, domain_id, &dom);
+	rc = find_device_and_domain(ctx, dev_id, domain_id, &dev, &dom);
 	if (rc < 0)
 		return rc;
 	if (dev->domain)
@@ -631,9 +654,7 @@ int kh_replace(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
 	size_t i, reserved = 0;
 	int rc;
 
-	rc = find_device(ctx, dev_id, &dev);
-	if (rc == 0)
-		rc = kh_find_domain(ctx, domain_id, &dom);
+	rc = find_device_and_domain(ctx, dev_id, domain_id, &dev, &dom);
 	if (rc < 0)
 		return rc;
 	old = dev->domain;
@@ -680,12 +701,11 @@ int kh_detach(struct kh_ctx *ctx, uint32_t dev_id)
 	struct kh_device *dev;
 	int rc = find_device(ctx, dev_id, &dev);
 
-	if (rc < 0)
-		return rc;
-	if (!dev->domain)
-		return kh_fail(-EINVAL, "device %u is not attached to a domain", dev_id);
-	device_detach(dev);
-	return 0;
+	if (rc == 0 && !dev->domain)
+		rc = kh_fail(-EINVAL, "device %u is not attached to a domain", dev_id);
+	if (rc == 0)
+		device_detach(dev);
+	return rc;
 }
 
 int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id)
@@ -700,16 +720,39 @@ int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id)
 
 /* ---- the IO address space ------------------------------------------------------------------ */
 
-/* A paging domain's address space; domains without map have none. */
-static int find_ioas(struct kh_ctx *ctx, uint32_t domain_id, const char *what,
-		     struct kh_domain **out)
+/* What a call needs of a domain beyond being there. */
+enum domain_need {
+	NEED_IOAS,         /* an address space: paging domains, the ones with map */
+	NEED_IOVA_TO_PHYS, /* the iova_to_phys op */
+	NEED_FLUSH,        /* the flush_iotlb_all op */
+	NEED_DIRTY,        /* dirty ops */
+};
+
+static bool domain_has(const struct kh_domain *dom, enum domain_need need)
+{
+	switch (need) {
+	case NEED_IOAS:
+		return dom->ioas;
+	case NEED_IOVA_TO_PHYS:
+		return dom->ops->iova_to_phys;
+	case NEED_FLUSH:
+		return dom->ops->flush_iotlb_all;
+	case NEED_DIRTY:
+		return dom->dirty_ops;
+	}
+	return false;
+}
+
+/* The domain called domain_id if it has what the call needs; unsupported() says why not. */
+static int find_domain_for(struct kh_ctx *ctx, uint32_t domain_id, enum domain_need need,
+			   const char *what, struct kh_domain **out)
 {
 	struct kh_domain *dom;
 	int rc = kh_find_domain(ctx, domain_id, &dom);
 
 	if (rc < 0)
 		return rc;
-	if (!dom->ioas)
+	if (!domain_has(dom, need))
 		return unsupported(dom, what);
 	*out = dom;
 	return 0;
@@ -791,7 +834,7 @@ static int map_into(struct kh_domain *dom, struct kh_map_req *req, const struct 
 int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req)
 {
 	struct kh_domain *dom;
-	int rc = find_ioas(ctx, domain_id, "map", &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "map", &dom);
 
 	if (rc < 0)
 		return rc;
@@ -805,9 +848,9 @@ int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_
 	struct kh_domain *dst;
 	int rc;
 
-	rc = find_ioas(ctx, dst_id, "map", &dst);
+	rc = find_domain_for(ctx, dst_id, NEED_IOAS, "map", &dst);
 	if (rc == 0)
-		rc = find_ioas(ctx, src_id, "being copied from", &src.dom);
+		rc = find_domain_for(ctx, src_id, NEED_IOAS, "being copied from", &src.dom);
 	if (rc < 0)
 		return rc;
 	if (!dst->ops->copy)
@@ -827,7 +870,7 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
 
 	if (unmapped)
 		*unmapped = 0;
-	rc = find_ioas(ctx, domain_id, "unmap", &dom);
+	rc = find_domain_for(ctx, domain_id, NEED_IOAS, "unmap", &dom);
 	if (rc < 0)
 		return rc;
 	rc = kh_ioas_find_unmap(dom->ioas, iova, length, &first, &last, &bytes);
@@ -849,7 +892,7 @@ int kh_mappings(struct kh_ctx *ctx, uint32_t domain_id, uint64_t from, struct kh
 		size_t max)
 {
 	struct kh_domain *dom;
-	int rc = find_ioas(ctx, domain_id, "listing mappings", &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "listing mappings", &dom);
 
 	if (rc < 0)
 		return rc;
@@ -859,7 +902,7 @@ int kh_mappings(struct kh_ctx *ctx, uint32_t domain_id, uint64_t from, struct kh
 int kh_iova_ranges(struct kh_ctx *ctx, uint32_t domain_id, struct kh_iova_range *out, size_t max)
 {
 	struct kh_domain *dom;
-	int rc = find_ioas(ctx, domain_id, "IOVA ranges", &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "IOVA ranges", &dom);
 
 	if (rc < 0)
 		return rc;
@@ -871,7 +914,7 @@ int kh_allow_iovas(struct kh_ctx *ctx, uint32_t domain_id, const struct kh_iova_
 {
 	struct kh_iova_range *sorted;
 	struct kh_domain *dom;
-	int rc = find_ioas(ctx, domain_id, "allowed IOVA ranges", &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "allowed IOVA ranges", &dom);
 
 	if (rc == 0)
 		rc = kh_ioas_allow_check(dom->ioas, ranges, n, &sorted);
@@ -891,25 +934,17 @@ int kh_allow_iovas(struct kh_ctx *ctx, uint32_t domain_id, const struct kh_iova_
 int kh_iova_to_phys(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t *phys)
 {
 	struct kh_domain *dom;
-	int rc = kh_find_domain(ctx, domain_id, &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_IOVA_TO_PHYS, "IOVA lookups", &dom);
 
-	if (rc < 0)
-		return rc;
-	if (!dom->ops->iova_to_phys)
-		return unsupported(dom, "IOVA lookups");
-	return dom->ops->iova_to_phys(dom, iova, phys);
+	return rc < 0 ? rc : dom->ops->iova_to_phys(dom, iova, phys);
 }
 
 int kh_flush_iotlb(struct kh_ctx *ctx, uint32_t domain_id)
 {
 	struct kh_domain *dom;
-	int rc = kh_find_domain(ctx, domain_id, &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_FLUSH, "IOTLB flushes", &dom);
 
-	if (rc < 0)
-		return rc;
-	if (!dom->ops->flush_iotlb_all)
-		return unsupported(dom, "IOTLB flushes");
-	return dom->ops->flush_iotlb_all(dom);
+	return rc < 0 ? rc : dom->ops->flush_iotlb_all(dom);
 }
 
 /* ---- dirty tracking ----------------------------------------------------------------------- */
@@ -917,13 +952,9 @@ int kh_flush_iotlb(struct kh_ctx *ctx, uint32_t domain_id)
 int kh_set_dirty_tracking(struct kh_ctx *ctx, uint32_t domain_id, bool enable)
 {
 	struct kh_domain *dom;
-	int rc = kh_find_domain(ctx, domain_id, &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_DIRTY, "dirty tracking", &dom);
 
-	if (rc < 0)
-		return rc;
-	if (!dom->dirty_ops)
-		return unsupported(dom, "dirty tracking");
-	return dom->dirty_ops->set_dirty_tracking(dom, enable);
+	return rc < 0 ? rc : dom->dirty_ops->set_dirty_tracking(dom, enable);
 }
 
 int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
@@ -931,12 +962,10 @@ int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_
 {
 	struct kh_domain *dom;
 	uint64_t last, min_page;
-	int rc = kh_find_domain(ctx, domain_id, &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_DIRTY, "reading dirty bits", &dom);
 
 	if (rc < 0)
 		return rc;
-	if (!dom->dirty_ops)
-		return unsupported(dom, "reading dirty bits");
 	min_page = dom->page_sizes & -dom->page_sizes;
 	if (page_size < min_page || (page_size & (page_size - 1)))
 		return kh_fail(-EINVAL,

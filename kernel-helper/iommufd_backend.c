@@ -685,6 +685,12 @@ static int iommufd_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t len
 			   length, iova, dom->id);
 }
 
+/* Set in a domain allocated with KH_DOMAIN_F_DIRTY_TRACKING. */
+static const struct kh_dirty_ops iommufd_dirty_ops = {
+	.set_dirty_tracking = iommufd_set_dirty_tracking,
+	.read_and_clear_dirty = iommufd_read_dirty,
+};
+
 /* A nested domain's stage 1 changed: invalidate everything cached through it. */
 static int iommufd_flush_nested(struct kh_domain *dom)
 {
@@ -722,21 +728,18 @@ static const struct kh_domain_ops iommufd_blocked_ops = {
 	.free = iommufd_free,
 };
 
+/* Paging and nested domains are kernel objects a device attaches to. */
+#define IOMMUFD_ATTACHABLE_OPS                                                         \
+	.attach_dev = iommufd_attach_dev, .replace_dev = iommufd_replace_dev,          \
+	.detach_dev = iommufd_detach_dev, .free = iommufd_free
+
 /* A template: the backend copies it and adds what the running kernel offers. */
 static const struct kh_domain_ops iommufd_paging_ops = {
-	.attach_dev = iommufd_attach_dev,
-	.replace_dev = iommufd_replace_dev,
-	.detach_dev = iommufd_detach_dev,
+	IOMMUFD_ATTACHABLE_OPS,
 	.map = iommufd_map,
 	.copy = iommufd_copy,
 	.unmap = iommufd_unmap,
 	.set_allowed_iovas = iommufd_set_allowed_iovas,
-	.free = iommufd_free,
-};
-
-static const struct kh_dirty_ops iommufd_dirty_ops = {
-	.set_dirty_tracking = iommufd_set_dirty_tracking,
-	.read_and_clear_dirty = iommufd_read_dirty,
 };
 
 /* The ops of this kernel's paging domains. Owned by the backend (kh_backend.priv). */
@@ -745,11 +748,8 @@ struct iommufd_backend {
 };
 
 static const struct kh_domain_ops iommufd_nested_ops = {
-	.attach_dev = iommufd_attach_dev,
-	.replace_dev = iommufd_replace_dev,
-	.detach_dev = iommufd_detach_dev,
+	IOMMUFD_ATTACHABLE_OPS,
 	.flush_iotlb_all = iommufd_flush_nested,
-	.free = iommufd_free,
 };
 
 /* ---- allocation --------------------------------------------------------------------------- */
