@@ -763,7 +763,8 @@ int kh_emu_dma(struct kh_backend *be, const char *device, uint64_t iova, void *b
 
 		if (chunk > len - done)
 			chunk = len - done;
-		translate(ed, at, dir, &t);
+		/* Cannot fault: the first pass translated every page. */
+		(void)translate(ed, at, dir, &t);
 		if (dir == KH_EMU_DMA_TO_MEMORY) {
 			memcpy((void *)(uintptr_t)t.addr, (char *)buf + done, chunk);
 			if (t.pte && dirty_tracker(ed)->dirty_enabled)

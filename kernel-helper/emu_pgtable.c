@@ -112,7 +112,7 @@ int emu_pgtable_init(struct emu_pgtable *pt)
 void emu_pgtable_destroy(struct emu_pgtable *pt)
 {
 	/* The root has no parent entry to count its children, hence the full bound. */
-	free_subtree(pt, pt->root, EMU_PGTABLE_LEVELS, PTES_PER_TABLE);
+	(void)free_subtree(pt, pt->root, EMU_PGTABLE_LEVELS, PTES_PER_TABLE);
 	pt->root = NULL;
 }
 
@@ -288,7 +288,7 @@ int emu_pgtable_map(struct emu_pgtable *pt, uint64_t iova, uint64_t addr, uint64
 		return -EINVAL;
 	ret = map_table(pt, pt->root, EMU_PGTABLE_LEVELS, &m, NULL);
 	if (ret)
-		clear_range(pt, pt->root, EMU_PGTABLE_LEVELS, iova, m.iova, NULL);
+		(void)clear_range(pt, pt->root, EMU_PGTABLE_LEVELS, iova, m.iova, NULL);
 	return ret;
 }
 

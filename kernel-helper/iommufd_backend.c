@@ -180,7 +180,7 @@ static bool find_cdev(const char *dir, char *cdev, size_t size)
 	while (!found && (de = readdir(d)))
 		if (!strncmp(de->d_name, "vfio", 4))
 			found = fits(snprintf(cdev, size, "/dev/vfio/devices/%s", de->d_name), size);
-	closedir(d);
+	(void)closedir(d);
 	return found;
 }
 
@@ -335,7 +335,7 @@ static int add_pci_device(struct kh_backend *be, const char *bdf)
 	int rc;
 
 	snprintf(dir, sizeof(dir), SYSFS_PCI "/%s", bdf);
-	link_name(dir, "driver", driver, sizeof(driver));
+	(void)link_name(dir, "driver", driver, sizeof(driver));
 	if (strcmp(driver, "vfio-pci") || !find_cdev(dir, cdev, sizeof(cdev)))
 		return 0; /* only devices handed to VFIO, with a cdev, can be used */
 	if (link_name(dir, "iommu_group", buf, sizeof(buf)))
