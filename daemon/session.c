@@ -162,14 +162,15 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 	const struct access_rule *rule =
 		config_match(reg->cfg, peer->uid, peer->gid, peer->groups, peer->n_groups);
 	const char *cgroup = tenant_cgroup(peer);
+	enum access granted = rule ? rule->access : reg->cfg->default_access;
 	struct tenant *t;
 
-	*access = rule ? rule->access : reg->cfg->default_access;
 	LIST_FOREACH(t, &reg->tenants, link)
 	{
 		if (t->uid == peer->uid && strcmp(t->cgroup, cgroup) == 0) {
 			t->refs++;
 			*out = t;
+			*access = granted;
 			return 0;
 		}
 	}
@@ -187,6 +188,7 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 	log_debug("new tenant uid %u cgroup '%s' (%s)", (unsigned)t->uid, t->cgroup,
 		  rule ? rule->section : "no section: default access");
 	*out = t;
+	*access = granted;
 	return 0;
 }
 
