@@ -12,8 +12,8 @@
  *                           dirty pages; NULL otherwise. So one domain-ops table serves each
  *                           kind of domain, with or without dirty tracking.
  *
- * A NULL op means "not supported". The core's wrappers turn it into -EOPNOTSUPP with a message;
- * a backend never tests for its own NULL ops. A backend with a single kind of paging domain
+ * A NULL op, or a NULL dirty_ops, means "not supported". The core's wrappers turn it into
+ * -EOPNOTSUPP with a message; a backend never tests for its own NULL ops. A backend with a single kind of paging domain
  * leaves domain_alloc's choice to the core by setting default_domain_ops.
  *
  * The core owns the IOAS rules (IOVA allocation, reserved and allowed ranges, overlap and
