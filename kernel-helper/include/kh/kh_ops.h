@@ -13,8 +13,9 @@
  *                           kind of domain, with or without dirty tracking.
  *
  * A NULL op, or a NULL dirty_ops, means "not supported". The core's wrappers turn it into
- * -EOPNOTSUPP with a message; a backend never tests for its own NULL ops. A backend with a single kind of paging domain
- * leaves domain_alloc's choice to the core by setting default_domain_ops.
+ * -EOPNOTSUPP with a message; a backend never tests for its own NULL ops. A backend with a
+ * single kind of paging domain leaves domain_alloc's choice to the core by setting
+ * default_domain_ops.
  *
  * The core owns the IOAS rules (IOVA allocation, reserved and allowed ranges, overlap and
  * whole-mapping checks) for every backend: by the time an op runs, its arguments are valid for
