@@ -2,7 +2,6 @@
 #define _GNU_SOURCE /* F_GET_SEALS */
 #include "session.h"
 
-#include <bsd/sys/tree.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
@@ -23,32 +22,19 @@
 /* The granule of Map offsets and lengths: the smallest IOMMU page the backends support. */
 #define MAP_GRANULE 4096ull
 
-struct mapping_rec {
-	RB_ENTRY(mapping_rec) node;
-	uint64_t iova;
-	uint64_t length;
-	uint64_t offset;
-	uint32_t prot;
-	void *va;
+/* What the daemon keeps for a mapping, behind kernel-helper's owner cookie: kernel-helper's
+ * record holds the IOVA, length, prot and the address of the daemon's mmap of the range. */
+struct map_owner {
+	struct domain_rec *dom; /* charged for the mapping */
+	uint64_t offset;        /* where the range starts in the client's file */
 };
-
-static int mapping_cmp(const struct mapping_rec *a, const struct mapping_rec *b)
-{
-	return a->iova < b->iova ? -1 : a->iova > b->iova;
-}
-RB_HEAD(mapping_tree, mapping_rec);
-/* libbsd's tree.h marks its generated functions __unused, which glibc leaves undefined. */
-#define __unused __attribute__((unused))
-RB_GENERATE_STATIC(mapping_tree, mapping_rec, node, mapping_cmp)
-#undef __unused
 
 struct domain_rec {
 	LIST_ENTRY(domain_rec) link;
 	uint32_t id;
 	enum kh_domain_type type;
 	char device[KH_NAME_MAX];
-	struct mapping_tree maps;
-	uint32_t n_maps;
+	uint32_t n_maps; /* the mappings kernel-helper holds for it, and their bytes */
 	uint64_t bytes;
 };
 
@@ -117,24 +103,24 @@ unsigned registry_session_count(const struct registry *reg)
 
 /* ---- mapping records ------------------------------------------------------------------ */
 
-static void mapping_release(struct tenant *tenant, struct domain_rec *dom, struct mapping_rec *m)
+/* kernel-helper's owner release: the mapping has left the IOMMU, so its memory may go. */
+static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
 {
-	RB_REMOVE(mapping_tree, &dom->maps, m);
-	dom->n_maps--;
-	dom->bytes -= m->length;
-	tenant->used.mappings--;
-	tenant->used.pinned_bytes -= m->length;
-	munmap(m->va, m->length);
-	free(m);
+	struct map_owner *mo = owner;
+	struct session *s = arg;
+
+	mo->dom->n_maps--;
+	mo->dom->bytes -= m->length;
+	s->tenant->used.mappings--;
+	s->tenant->used.pinned_bytes -= m->length;
+	(void)munmap((void *)(uintptr_t)m->addr, m->length);
+	free(mo);
 }
 
-/* After the backend has dropped every mapping of a domain (domain freed, context destroyed). */
+/* After kernel-helper has released every mapping of the domain (domain freed, context
+ * destroyed). */
 static void domain_rec_release(struct session *s, struct domain_rec *dom)
 {
-	struct mapping_rec *m;
-
-	while ((m = RB_MIN(mapping_tree, &dom->maps)))
-		mapping_release(s->tenant, dom, m);
 	LIST_REMOVE(dom, link);
 	s->tenant->used.domains--;
 	free(dom);
@@ -176,14 +162,15 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 	const struct access_rule *rule =
 		config_match(reg->cfg, peer->uid, peer->gid, peer->groups, peer->n_groups);
 	const char *cgroup = tenant_cgroup(peer);
+	enum access granted = rule ? rule->access : reg->cfg->default_access;
 	struct tenant *t;
 
-	*access = rule ? rule->access : reg->cfg->default_access;
 	LIST_FOREACH(t, &reg->tenants, link)
 	{
 		if (t->uid == peer->uid && strcmp(t->cgroup, cgroup) == 0) {
 			t->refs++;
 			*out = t;
+			*access = granted;
 			return 0;
 		}
 	}
@@ -201,6 +188,7 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 	log_debug("new tenant uid %u cgroup '%s' (%s)", (unsigned)t->uid, t->cgroup,
 		  rule ? rule->section : "no section: default access");
 	*out = t;
+	*access = granted;
 	return 0;
 }
 
@@ -230,7 +218,8 @@ static void session_destroy(struct session *s)
 	struct domain_rec *dom;
 	struct bound_dev *dev;
 
-	/* The context first: only once the backend has unmapped everything may the memory go. */
+	/* The context first: it releases every mapping's memory once the backend has unmapped it,
+	 * charging the domain records, which must still be there. */
 	kh_ctx_destroy(s->ctx);
 	while ((dom = LIST_FIRST(&s->domains)))
 		domain_rec_release(s, dom);
@@ -280,6 +269,7 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 		free(s);
 		return fail_kh(rc, "cannot create the session's IOMMU context");
 	}
+	kh_ctx_set_owner_release(s->ctx, mapping_release, s);
 	snprintf(s->lease, sizeof(s->lease), "%s", lease);
 	s->tenant = t;
 	s->refs = 1;
@@ -412,7 +402,8 @@ bool session_device_state(struct session *s, const char *name, uint32_t *domain_
 	*domain_id = 0;
 	if (!dev)
 		return false;
-	kh_device_domain(s->ctx, dev->dev_id, domain_id);
+	/* A device of the session's own list is bound in its context, so this cannot fail. */
+	(void)kh_device_domain(s->ctx, dev->dev_id, domain_id);
 	return true;
 }
 
@@ -426,7 +417,7 @@ int session_bound_devices(struct session *s,
 	{
 		uint32_t domain_id = 0;
 
-		kh_device_domain(s->ctx, dev->dev_id, &domain_id);
+		(void)kh_device_domain(s->ctx, dev->dev_id, &domain_id);
 		rc = visit(dev->name, domain_id, arg);
 		if (rc)
 			return rc;
@@ -463,7 +454,6 @@ int session_alloc_domain(struct session *s, const char *device,
 	}
 	dom->type = args->type;
 	snprintf(dom->device, sizeof(dom->device), "%s", device);
-	RB_INIT(&dom->maps);
 	LIST_INSERT_HEAD(&s->domains, dom, link);
 	s->tenant->used.domains++;
 	*domain_id = dom->id;
@@ -600,14 +590,14 @@ static void *map_range(const struct map_entry *e, int prot)
 	if (va == MAP_FAILED) {
 		int saved = errno;
 
-		munmap(reserved, span);
+		(void)munmap(reserved, span);
 		errno = saved;
 		return MAP_FAILED;
 	}
 	/* Give back the reservation around the mapping. */
 	if (target > base)
-		munmap(reserved, target - base);
-	munmap((void *)(target + e->length), base + span - (target + e->length));
+		(void)munmap(reserved, target - base);
+	(void)munmap((void *)(target + e->length), base + span - (target + e->length));
 	return va;
 }
 
@@ -657,79 +647,70 @@ int session_map(struct session *s, struct map_entry *e)
 		.flags = e->fixed_iova ? KH_MAP_FIXED_IOVA : 0,
 		.alignment = e->alignment,
 	};
-	struct mapping_rec *m;
+	struct map_owner *mo;
 	struct domain_rec *dom;
+	void *va;
 	int rc = check_entry(s, e, &dom);
 	int mmap_prot = PROT_READ | (e->prot & KH_PROT_WRITE ? PROT_WRITE : 0);
 
 	if (rc < 0)
 		return rc;
-	m = calloc(1, sizeof(*m));
-	if (!m)
+	mo = calloc(1, sizeof(*mo));
+	if (!mo)
 		return fail(-ENOMEM, "out of memory");
 	/* The backend takes memory by address; the pages stay shared with the client's file. */
-	m->va = map_range(e, mmap_prot);
-	if (m->va == MAP_FAILED) {
+	va = map_range(e, mmap_prot);
+	if (va == MAP_FAILED) {
 		rc = -errno;
-		free(m);
+		free(mo);
 		if (rc == -EACCES)
 			return fail(rc,
 				    "the file was opened read-only, so the device may not write "
 				    "it; open it read-write or map it with PROT_READ only");
 		return fail(rc, "cannot map the memory in the daemon: %s", strerror(-rc));
 	}
-	req.addr = (uint64_t)(uintptr_t)m->va;
+	*mo = (struct map_owner){ .dom = dom, .offset = e->offset };
+	req.addr = (uint64_t)(uintptr_t)va;
+	req.owner = mo;
 	rc = kh_map(s->ctx, e->domain_id, &req);
 	if (rc < 0) {
-		munmap(m->va, e->length);
-		free(m);
+		(void)munmap(va, e->length);
+		free(mo);
 		return fail_kh(rc, "cannot map");
 	}
-	m->iova = req.iova;
-	m->length = e->length;
-	m->offset = e->offset;
-	m->prot = e->prot;
-	RB_INSERT(mapping_tree, &dom->maps, m);
 	dom->n_maps++;
-	dom->bytes += m->length;
+	dom->bytes += e->length;
 	s->tenant->used.mappings++;
-	s->tenant->used.pinned_bytes += m->length;
+	s->tenant->used.pinned_bytes += e->length;
 	e->iova = req.iova;
 	log_debug("uid %u mapped [0x%llx, +0x%llx) in domain %u", (unsigned)s->tenant->uid,
-		  (unsigned long long)m->iova, (unsigned long long)m->length, e->domain_id);
+		  (unsigned long long)req.iova, (unsigned long long)e->length, e->domain_id);
 	return 0;
 }
 
 int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
 		  uint64_t *bytes, uint32_t *count)
 {
-	bool everything = iova == 0 && length == UINT64_MAX;
-	struct mapping_rec key = {.iova = iova}, *m, *next;
-	uint64_t last = everything ? UINT64_MAX : iova + length - 1;
-	uint64_t kh_bytes = 0;
+	uint64_t unmapped;
+	uint32_t before;
 	struct domain_rec *dom;
 	int rc = domain_lookup(s, domain_id, &dom);
 
-	*bytes = 0;
-	*count = 0;
 	if (rc < 0)
 		return rc;
-	if (everything && !dom->n_maps)
+	/* Nothing to remove is no error for UnmapAll, whatever the domain's type. */
+	if (iova == 0 && length == UINT64_MAX && !dom->n_maps) {
+		*bytes = 0;
+		*count = 0;
 		return 0;
-	rc = kh_unmap(s->ctx, domain_id, iova, length, &kh_bytes);
+	}
+	before = dom->n_maps;
+	/* kernel-helper releases each removed mapping (mapping_release) as it forgets it. */
+	rc = kh_unmap(s->ctx, domain_id, iova, length, &unmapped);
 	if (rc < 0)
 		return fail_kh(rc, "cannot unmap");
-	/* The backend removed whole mappings only, so the records inside the range are exactly the
-	 * ones it removed. */
-	for (m = RB_NFIND(mapping_tree, &dom->maps, &key); m && m->iova <= last; m = next) {
-		next = RB_NEXT(mapping_tree, &dom->maps, m);
-		*bytes += m->length;
-		(*count)++;
-		mapping_release(s->tenant, dom, m);
-	}
-	if (*bytes != kh_bytes)
-		log_err("domain %u: the backend unmapped 0x%llx bytes, the daemon's records 0x%llx",
-			domain_id, (unsigned long long)kh_bytes, (unsigned long long)*bytes);
+	*bytes = unmapped;
+	*count = before - dom->n_maps;
 	log_debug("uid %u unmapped %u mappings in domain %u", (unsigned)s->tenant->uid, *count,
 		  domain_id);
 	return 0;
@@ -738,18 +719,37 @@ int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t
 int session_mappings(struct session *s, uint32_t domain_id, uint64_t from, struct mapping_view *out,
 		     size_t max, bool *more)
 {
-	struct mapping_rec key = {.iova = from}, *m;
+	struct kh_mapping *page;
 	struct domain_rec *dom;
-	int rc = domain_lookup(s, domain_id, &dom);
-	size_t n = 0;
+	int n, rc = domain_lookup(s, domain_id, &dom);
 
 	if (rc < 0)
 		return rc;
+	/* Also answers for domains without an address space, which kernel-helper refuses. */
+	if (!dom->n_maps) {
+		*more = false;
+		return 0;
+	}
+	/* One more than asked for says whether there are more. */
+	page = calloc(max + 1, sizeof(*page));
+	if (!page)
+		return fail(-ENOMEM, "out of memory");
+	n = kh_mappings(s->ctx, domain_id, from, page, max + 1);
+	if (n < 0) {
+		free(page);
+		return fail_kh(n, "cannot list the mappings");
+	}
+	*more = (size_t)n > max;
+	if (*more)
+		n = (int)max;
 	/* A mapping that starts below from but reaches into it is the previous page's last. */
-	for (m = RB_NFIND(mapping_tree, &dom->maps, &key); m && n < max;
-	     m = RB_NEXT(mapping_tree, &dom->maps, m))
-		out[n++] = (struct mapping_view){
-			.iova = m->iova, .length = m->length, .offset = m->offset, .prot = m->prot};
-	*more = m != NULL;
-	return (int)n;
+	for (int i = 0; i < n; i++)
+		out[i] = (struct mapping_view){
+			.iova = page[i].iova,
+			.length = page[i].length,
+			.offset = ((const struct map_owner *)page[i].owner)->offset,
+			.prot = page[i].prot,
+		};
+	free(page);
+	return n;
 }

@@ -12,12 +12,14 @@
  * when the last of them closes, and any number of named sessions (leases), kept with no
  * connection open until ReleaseLease and then released with their last connection.
  *
- * Ownership: the registry owns tenants and sessions; a session owns its kernel-helper context,
- * its domain records and, through them, the mapping records. A mapping record owns the daemon's
- * shared mmap of the client's file range; the mapping holds a reference on the file, so no
- * descriptor is kept (a daemon of many mappings would otherwise run out of them), and it is
- * only unmapped once the backend's unmap has completed, so the memory cannot go away under a
- * live DMA mapping.
+ * Ownership: the registry owns tenants and sessions; a session owns its kernel-helper context
+ * and its domain records. kernel-helper's record of a mapping is the only one: the daemon's
+ * part of it (struct map_owner: the file offset, the domain charged) hangs off that record as
+ * its owner cookie, and owns the daemon's shared mmap of the client's file range. The mmap
+ * holds a reference on the file, so no descriptor is kept (a daemon of many mappings would
+ * otherwise run out of them). kernel-helper hands the cookie back once the mapping has left the
+ * IOMMU (Unmap, UnmapAll, FreeDomain, the session's end), and only then does the daemon unmap
+ * the memory and free the cookie, so the memory cannot go away under a live DMA mapping.
  */
 #ifndef IOMMUD_SESSION_H
 #define IOMMUD_SESSION_H

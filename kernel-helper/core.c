@@ -105,7 +105,7 @@ static const struct kh_bdev *bdev_at(const struct kh_backend *be, size_t index)
 {
 	if (index < be->n_devices)
 		return &be->devices[index];
-	kh_fail(-ENOENT, "there is no device %zu; the backend has %zu", index, be->n_devices);
+	(void)kh_fail(-ENOENT, "there is no device %zu; the backend has %zu", index, be->n_devices);
 	return NULL;
 }
 
@@ -190,18 +190,22 @@ static void *objects_find(const struct kh_objects *objs, uint32_t id, enum kh_ob
 
 static int find_device(struct kh_ctx *ctx, uint32_t id, struct kh_device **out)
 {
-	*out = objects_find(ctx->objects, id, KH_OBJ_DEVICE);
-	if (!*out)
+	struct kh_device *dev = objects_find(ctx->objects, id, KH_OBJ_DEVICE);
+
+	if (!dev)
 		return kh_fail(-ENOENT, "there is no device %u in this context; bind the device first",
 			       id);
+	*out = dev;
 	return 0;
 }
 
 int kh_find_domain(struct kh_ctx *ctx, uint32_t id, struct kh_domain **out)
 {
-	*out = objects_find(ctx->objects, id, KH_OBJ_DOMAIN);
-	if (!*out)
+	struct kh_domain *dom = objects_find(ctx->objects, id, KH_OBJ_DOMAIN);
+
+	if (!dom)
 		return kh_fail(-ENOENT, "there is no domain %u in this context", id);
+	*out = dom;
 	return 0;
 }
 
@@ -280,11 +284,15 @@ static void device_release(struct kh_ctx *ctx, struct kh_device *dev)
 
 static void domain_release(struct kh_ctx *ctx, struct kh_domain *dom)
 {
+	struct kh_ioas *ioas = dom->ioas;
+
 	if (dom->parent)
 		dom->parent->users--;
 	objects_remove(ctx->objects, dom->id);
-	kh_ioas_destroy(dom->ioas);
+	/* The backend's free takes the mappings out of the IOMMU; only then may their owners
+	 * let the memory go. */
 	dom->ops->free(dom);
+	kh_ioas_destroy(ioas, ctx->release_owner, ctx->release_arg);
 }
 
 void kh_ctx_destroy(struct kh_ctx *ctx)
@@ -317,6 +325,12 @@ void kh_ctx_destroy(struct kh_ctx *ctx)
 	free(objs->v);
 	free(objs);
 	free(ctx);
+}
+
+void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, void *arg)
+{
+	ctx->release_owner = release;
+	ctx->release_arg = arg;
 }
 
 /* ---- devices ------------------------------------------------------------------------------ */
@@ -374,41 +388,69 @@ int kh_device_unbind(struct kh_ctx *ctx, uint32_t dev_id)
 	return rc;
 }
 
-int kh_device_open_fd(struct kh_ctx *ctx, uint32_t dev_id)
+/* A device of ctx, for a call the backend serves only if it has VFIO devices (has_op). */
+static int find_vfio_device(struct kh_ctx *ctx, uint32_t dev_id, bool has_op, const char *what,
+			    struct kh_device **out)
 {
 	struct kh_device *dev;
 	int rc = find_device(ctx, dev_id, &dev);
 
 	if (rc < 0)
 		return rc;
-	if (!ctx->be->ops->device_fd)
-		return kh_fail(-EOPNOTSUPP, "the %s backend has no VFIO device fds",
-			       ctx->be->ops->name);
-	return ctx->be->ops->device_fd(dev);
+	if (!has_op)
+		return kh_fail(-EOPNOTSUPP, "the %s backend has no VFIO device %s",
+			       ctx->be->ops->name, what);
+	*out = dev;
+	return 0;
+}
+
+int kh_device_open_fd(struct kh_ctx *ctx, uint32_t dev_id)
+{
+	const struct kh_backend_ops *ops = ctx->be->ops;
+	struct kh_device *dev;
+	int rc = find_vfio_device(ctx, dev_id, ops->device_fd, "fds", &dev);
+
+	return rc < 0 ? rc : ops->device_fd(dev);
 }
 
 int kh_device_region(struct kh_ctx *ctx, uint32_t dev_id, uint32_t index, struct kh_region *out)
 {
+	const struct kh_backend_ops *ops = ctx->be->ops;
 	struct kh_device *dev;
-	int rc = find_device(ctx, dev_id, &dev);
+	int rc = find_vfio_device(ctx, dev_id, ops->device_region, "regions", &dev);
 
-	if (rc < 0)
-		return rc;
-	if (!ctx->be->ops->device_region)
-		return kh_fail(-EOPNOTSUPP, "the %s backend has no VFIO device regions",
-			       ctx->be->ops->name);
-	return ctx->be->ops->device_region(dev, index, out);
+	return rc < 0 ? rc : ops->device_region(dev, index, out);
 }
 
 /* ---- domains ------------------------------------------------------------------------------ */
 
+/* The nest parent a nested domain names, checked to be one. */
+static int find_nest_parent(struct kh_ctx *ctx, const struct kh_domain_alloc_args *args,
+			    struct kh_domain **out)
+{
+	struct kh_domain *parent;
+	int rc;
+
+	if (!args->data || !args->data_len)
+		return kh_fail(-EINVAL, "a nested domain needs its stage-1 description");
+	rc = kh_find_domain(ctx, args->parent_id, &parent);
+	if (rc < 0)
+		return rc;
+	if (!(parent->flags & KH_DOMAIN_F_NEST_PARENT))
+		return kh_fail(-EINVAL,
+			       "domain %u was not allocated as a nest parent; allocate the parent "
+			       "with the nest-parent flag",
+			       args->parent_id);
+	*out = parent;
+	return 0;
+}
+
+/* Checks the arguments; *parent is the nest parent of a nested domain, NULL for the others. */
 static int check_alloc_args(struct kh_ctx *ctx, const struct kh_domain_alloc_args *args,
 			    struct kh_domain **parent)
 {
 	const uint32_t known = KH_DOMAIN_F_DIRTY_TRACKING | KH_DOMAIN_F_NEST_PARENT;
-	int rc;
 
-	*parent = NULL;
 	if ((unsigned)args->type > KH_DOMAIN_NESTED)
 		return kh_fail(-EINVAL, "unknown domain type %d", (int)args->type);
 	if (args->flags & ~known)
@@ -416,21 +458,11 @@ static int check_alloc_args(struct kh_ctx *ctx, const struct kh_domain_alloc_arg
 	if (args->flags && args->type != KH_DOMAIN_PAGING)
 		return kh_fail(-EINVAL, "flags apply to paging domains only, not %s",
 			       type_names[args->type]);
-	if (args->type != KH_DOMAIN_NESTED) {
-		if (args->parent_id || args->data)
-			return kh_fail(-EINVAL, "only a nested domain takes a parent and stage-1 data");
-		return 0;
-	}
-	if (!args->data || !args->data_len)
-		return kh_fail(-EINVAL, "a nested domain needs its stage-1 description");
-	rc = kh_find_domain(ctx, args->parent_id, parent);
-	if (rc < 0)
-		return rc;
-	if (!((*parent)->flags & KH_DOMAIN_F_NEST_PARENT))
-		return kh_fail(-EINVAL,
-			       "domain %u was not allocated as a nest parent; allocate the parent "
-			       "with the nest-parent flag",
-			       args->parent_id);
+	if (args->type == KH_DOMAIN_NESTED)
+		return find_nest_parent(ctx, args, parent);
+	if (args->parent_id || args->data)
+		return kh_fail(-EINVAL, "only a nested domain takes a parent and stage-1 data");
+	*parent = NULL;
 	return 0;
 }
 
@@ -551,15 +583,30 @@ static int reserve_for(struct kh_domain *dom, struct kh_device *dev)
 	return rc;
 }
 
+/* The two objects an attach or a replace names. */
+static int find_device_and_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id,
+				  struct kh_device **dev_out, struct kh_domain **dom_out)
+{
+	struct kh_device *dev;
+	struct kh_domain *dom;
+	int rc = find_device(ctx, dev_id, &dev);
+
+	if (rc == 0)
+		rc = kh_find_domain(ctx, domain_id, &dom);
+	if (rc < 0)
+		return rc;
+	*dev_out = dev;
+	*dom_out = dom;
+	return 0;
+}
+
 int kh_attach(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
 {
 	struct kh_device *dev;
 	struct kh_domain *dom, *shared;
 	int rc;
 
-	rc = find_device(ctx, dev_id, &dev);
-	if (rc == 0)
-		rc = kh_find_domain(ctx, domain_id, &dom);
+	rc = find_device_and_domain(ctx, dev_id, domain_id, &dev, &dom);
 	if (rc < 0)
 		return rc;
 	if (dev->domain)
@@ -607,9 +654,7 @@ int kh_replace(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
 	size_t i, reserved = 0;
 	int rc;
 
-	rc = find_device(ctx, dev_id, &dev);
-	if (rc == 0)
-		rc = kh_find_domain(ctx, domain_id, &dom);
+	rc = find_device_and_domain(ctx, dev_id, domain_id, &dev, &dom);
 	if (rc < 0)
 		return rc;
 	old = dev->domain;
@@ -656,12 +701,11 @@ int kh_detach(struct kh_ctx *ctx, uint32_t dev_id)
 	struct kh_device *dev;
 	int rc = find_device(ctx, dev_id, &dev);
 
-	if (rc < 0)
-		return rc;
-	if (!dev->domain)
-		return kh_fail(-EINVAL, "device %u is not attached to a domain", dev_id);
-	device_detach(dev);
-	return 0;
+	if (rc == 0 && !dev->domain)
+		rc = kh_fail(-EINVAL, "device %u is not attached to a domain", dev_id);
+	if (rc == 0)
+		device_detach(dev);
+	return rc;
 }
 
 int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id)
@@ -676,16 +720,41 @@ int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id)
 
 /* ---- the IO address space ------------------------------------------------------------------ */
 
-/* A paging domain's address space; domains without map have none. */
-static int find_ioas(struct kh_ctx *ctx, uint32_t domain_id, const char *what,
-		     struct kh_domain **dom)
+/* What a call needs of a domain beyond being there. */
+enum domain_need {
+	NEED_IOAS,         /* an address space: paging domains, the ones with map */
+	NEED_IOVA_TO_PHYS, /* the iova_to_phys op */
+	NEED_FLUSH,        /* the flush_iotlb_all op */
+	NEED_DIRTY,        /* dirty ops */
+};
+
+static bool domain_has(const struct kh_domain *dom, enum domain_need need)
 {
-	int rc = kh_find_domain(ctx, domain_id, dom);
+	switch (need) {
+	case NEED_IOAS:
+		return dom->ioas;
+	case NEED_IOVA_TO_PHYS:
+		return dom->ops->iova_to_phys;
+	case NEED_FLUSH:
+		return dom->ops->flush_iotlb_all;
+	case NEED_DIRTY:
+		return dom->dirty_ops;
+	}
+	return false;
+}
+
+/* The domain called domain_id if it has what the call needs; unsupported() says why not. */
+static int find_domain_for(struct kh_ctx *ctx, uint32_t domain_id, enum domain_need need,
+			   const char *what, struct kh_domain **out)
+{
+	struct kh_domain *dom;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
 
 	if (rc < 0)
 		return rc;
-	if (!(*dom)->ioas)
-		return unsupported(*dom, what);
+	if (!domain_has(dom, need))
+		return unsupported(dom, what);
+	*out = dom;
 	return 0;
 }
 
@@ -693,6 +762,8 @@ static int find_ioas(struct kh_ctx *ctx, uint32_t domain_id, const char *what,
 struct map_source {
 	struct kh_domain *dom;
 	uint64_t iova;
+	uint64_t addr;  /* what the source maps at iova: an address or a file offset */
+	uint32_t flags; /* the source's KH_MAP_FILE */
 };
 
 /* The kernel would pin pages past the end of a file, so a range beyond it is refused here. */
@@ -714,46 +785,56 @@ static int check_file_range(const struct kh_map_req *req)
 	return 0;
 }
 
+static int backend_map(struct kh_domain *dom, const struct kh_map_req *req,
+		       const struct map_source *src)
+{
+	if (src)
+		return dom->ops->copy(dom, req->iova, src->dom, src->iova, req->length, req->prot,
+				      req->addr);
+	if (req->flags & KH_MAP_FILE)
+		return dom->ops->map_file(dom, req->iova, req->fd, req->addr, req->length,
+					  req->prot);
+	return dom->ops->map(dom, req->iova, req->addr, req->length, req->prot);
+}
+
 /* One path for every way of creating a mapping: place it by the IOAS rules, have its record
- * ready, let the backend map it, then record it. */
+ * ready, let the backend map it, then record it. req changes only on success. */
 static int map_into(struct kh_domain *dom, struct kh_map_req *req, const struct map_source *src)
 {
+	struct kh_map_req placed = *req;
 	struct kh_area *area;
 	int rc;
 
-	if (req->flags & KH_MAP_FILE && !src) {
+	if (src) {
+		placed.addr = src->addr;
+		placed.flags = (placed.flags & ~KH_MAP_FILE) | src->flags;
+	} else if (placed.flags & KH_MAP_FILE) {
 		if (!dom->ops->map_file)
 			return unsupported(dom, "mapping files");
-		rc = check_file_range(req);
+		rc = check_file_range(&placed);
 		if (rc < 0)
 			return rc;
 	}
-	rc = kh_ioas_place(dom->ioas, req);
+	rc = kh_ioas_place(dom->ioas, &placed);
 	if (rc < 0)
 		return rc;
-	area = kh_ioas_area_new(req);
+	area = kh_ioas_area_new(&placed);
 	if (!area)
 		return -ENOMEM;
-	if (src)
-		rc = dom->ops->copy(dom, req->iova, src->dom, src->iova, req->length, req->prot,
-				    req->addr);
-	else if (req->flags & KH_MAP_FILE)
-		rc = dom->ops->map_file(dom, req->iova, req->fd, req->addr, req->length,
-					req->prot);
-	else
-		rc = dom->ops->map(dom, req->iova, req->addr, req->length, req->prot);
+	rc = backend_map(dom, &placed, src);
 	if (rc < 0) {
 		kh_ioas_area_free(area);
 		return rc;
 	}
 	kh_ioas_insert(dom->ioas, area);
+	*req = placed;
 	return 0;
 }
 
 int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req)
 {
 	struct kh_domain *dom;
-	int rc = find_ioas(ctx, domain_id, "map", &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "map", &dom);
 
 	if (rc < 0)
 		return rc;
@@ -765,20 +846,18 @@ int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_
 {
 	struct map_source src = { .iova = src_iova };
 	struct kh_domain *dst;
-	uint32_t src_flags;
 	int rc;
 
-	rc = find_ioas(ctx, dst_id, "map", &dst);
+	rc = find_domain_for(ctx, dst_id, NEED_IOAS, "map", &dst);
 	if (rc == 0)
-		rc = find_ioas(ctx, src_id, "being copied from", &src.dom);
+		rc = find_domain_for(ctx, src_id, NEED_IOAS, "being copied from", &src.dom);
 	if (rc < 0)
 		return rc;
 	if (!dst->ops->copy)
 		return unsupported(dst, "copying mappings");
-	rc = kh_ioas_source(src.dom->ioas, src_iova, req->length, &req->addr, &src_flags);
+	rc = kh_ioas_source(src.dom->ioas, src_iova, req->length, &src.addr, &src.flags);
 	if (rc < 0)
 		return rc;
-	req->flags = (req->flags & ~KH_MAP_FILE) | src_flags;
 	return map_into(dst, req, &src);
 }
 
@@ -791,7 +870,7 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
 
 	if (unmapped)
 		*unmapped = 0;
-	rc = find_ioas(ctx, domain_id, "unmap", &dom);
+	rc = find_domain_for(ctx, domain_id, NEED_IOAS, "unmap", &dom);
 	if (rc < 0)
 		return rc;
 	rc = kh_ioas_find_unmap(dom->ioas, iova, length, &first, &last, &bytes);
@@ -803,7 +882,7 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
 		return rc;
 	if (dom->ops->iotlb_sync)
 		dom->ops->iotlb_sync(dom, first, last - first + 1);
-	kh_ioas_remove(dom->ioas, first, last);
+	kh_ioas_remove(dom->ioas, first, last, ctx->release_owner, ctx->release_arg);
 	if (unmapped)
 		*unmapped = bytes;
 	return 0;
@@ -813,7 +892,7 @@ int kh_mappings(struct kh_ctx *ctx, uint32_t domain_id, uint64_t from, struct kh
 		size_t max)
 {
 	struct kh_domain *dom;
-	int rc = find_ioas(ctx, domain_id, "listing mappings", &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "listing mappings", &dom);
 
 	if (rc < 0)
 		return rc;
@@ -823,7 +902,7 @@ int kh_mappings(struct kh_ctx *ctx, uint32_t domain_id, uint64_t from, struct kh
 int kh_iova_ranges(struct kh_ctx *ctx, uint32_t domain_id, struct kh_iova_range *out, size_t max)
 {
 	struct kh_domain *dom;
-	int rc = find_ioas(ctx, domain_id, "IOVA ranges", &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "IOVA ranges", &dom);
 
 	if (rc < 0)
 		return rc;
@@ -835,7 +914,7 @@ int kh_allow_iovas(struct kh_ctx *ctx, uint32_t domain_id, const struct kh_iova_
 {
 	struct kh_iova_range *sorted;
 	struct kh_domain *dom;
-	int rc = find_ioas(ctx, domain_id, "allowed IOVA ranges", &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "allowed IOVA ranges", &dom);
 
 	if (rc == 0)
 		rc = kh_ioas_allow_check(dom->ioas, ranges, n, &sorted);
@@ -855,25 +934,17 @@ int kh_allow_iovas(struct kh_ctx *ctx, uint32_t domain_id, const struct kh_iova_
 int kh_iova_to_phys(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t *phys)
 {
 	struct kh_domain *dom;
-	int rc = kh_find_domain(ctx, domain_id, &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_IOVA_TO_PHYS, "IOVA lookups", &dom);
 
-	if (rc < 0)
-		return rc;
-	if (!dom->ops->iova_to_phys)
-		return unsupported(dom, "IOVA lookups");
-	return dom->ops->iova_to_phys(dom, iova, phys);
+	return rc < 0 ? rc : dom->ops->iova_to_phys(dom, iova, phys);
 }
 
 int kh_flush_iotlb(struct kh_ctx *ctx, uint32_t domain_id)
 {
 	struct kh_domain *dom;
-	int rc = kh_find_domain(ctx, domain_id, &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_FLUSH, "IOTLB flushes", &dom);
 
-	if (rc < 0)
-		return rc;
-	if (!dom->ops->flush_iotlb_all)
-		return unsupported(dom, "IOTLB flushes");
-	return dom->ops->flush_iotlb_all(dom);
+	return rc < 0 ? rc : dom->ops->flush_iotlb_all(dom);
 }
 
 /* ---- dirty tracking ----------------------------------------------------------------------- */
@@ -881,13 +952,9 @@ int kh_flush_iotlb(struct kh_ctx *ctx, uint32_t domain_id)
 int kh_set_dirty_tracking(struct kh_ctx *ctx, uint32_t domain_id, bool enable)
 {
 	struct kh_domain *dom;
-	int rc = kh_find_domain(ctx, domain_id, &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_DIRTY, "dirty tracking", &dom);
 
-	if (rc < 0)
-		return rc;
-	if (!dom->ops->set_dirty_tracking)
-		return unsupported(dom, "dirty tracking");
-	return dom->ops->set_dirty_tracking(dom, enable);
+	return rc < 0 ? rc : dom->dirty_ops->set_dirty_tracking(dom, enable);
 }
 
 int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
@@ -895,12 +962,10 @@ int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_
 {
 	struct kh_domain *dom;
 	uint64_t last, min_page;
-	int rc = kh_find_domain(ctx, domain_id, &dom);
+	int rc = find_domain_for(ctx, domain_id, NEED_DIRTY, "reading dirty bits", &dom);
 
 	if (rc < 0)
 		return rc;
-	if (!dom->ops->read_and_clear_dirty)
-		return unsupported(dom, "reading dirty bits");
 	min_page = dom->page_sizes & -dom->page_sizes;
 	if (page_size < min_page || (page_size & (page_size - 1)))
 		return kh_fail(-EINVAL,
@@ -918,5 +983,5 @@ int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_
 	if (flags & ~KH_DIRTY_NO_CLEAR)
 		return kh_fail(-EINVAL, "unknown dirty flags 0x%x", flags & ~KH_DIRTY_NO_CLEAR);
 	memset(bitmap, 0, ((length / page_size + 63) / 64) * sizeof(*bitmap));
-	return dom->ops->read_and_clear_dirty(dom, iova, length, page_size, bitmap, flags);
+	return dom->dirty_ops->read_and_clear_dirty(dom, iova, length, page_size, bitmap, flags);
 }

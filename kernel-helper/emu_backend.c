@@ -583,6 +583,12 @@ static int emu_read_and_clear_dirty(struct kh_domain *dom, uint64_t iova, uint64
 	return 0;
 }
 
+/* Set in a domain allocated with KH_DOMAIN_F_DIRTY_TRACKING. */
+static const struct kh_dirty_ops emu_dirty_ops = {
+	.set_dirty_tracking = emu_set_dirty_tracking,
+	.read_and_clear_dirty = emu_read_and_clear_dirty,
+};
+
 static void unlink_child(struct emu_domain *ed)
 {
 	struct emu_domain **link;
@@ -757,7 +763,8 @@ int kh_emu_dma(struct kh_backend *be, const char *device, uint64_t iova, void *b
 
 		if (chunk > len - done)
 			chunk = len - done;
-		translate(ed, at, dir, &t);
+		/* Cannot fault: the first pass translated every page. */
+		(void)translate(ed, at, dir, &t);
 		if (dir == KH_EMU_DMA_TO_MEMORY) {
 			memcpy((void *)(uintptr_t)t.addr, (char *)buf + done, chunk);
 			if (t.pte && dirty_tracker(ed)->dirty_enabled)
@@ -819,56 +826,32 @@ int kh_emu_pgtable_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *bytes
 
 /* ---- ops tables: chosen per domain at allocation ------------------------------------------ */
 
-static const struct kh_domain_ops emu_blocked_ops = {
-	.attach_dev = emu_attach_dev,
-	.replace_dev = emu_replace_dev,
-	.detach_dev = emu_detach_dev,
-	.free = emu_free,
-};
+/* Every emulated domain takes devices through their group and frees itself alike. */
+#define EMU_DOMAIN_COMMON_OPS                                                               \
+	.attach_dev = emu_attach_dev, .replace_dev = emu_replace_dev, .detach_dev = emu_detach_dev, \
+	.free = emu_free
+
+static const struct kh_domain_ops emu_blocked_ops = { EMU_DOMAIN_COMMON_OPS };
 
 static const struct kh_domain_ops emu_identity_ops = {
-	.attach_dev = emu_attach_dev,
-	.replace_dev = emu_replace_dev,
-	.detach_dev = emu_detach_dev,
+	EMU_DOMAIN_COMMON_OPS,
 	.iova_to_phys = emu_iova_to_phys,
-	.free = emu_free,
 };
 
 static const struct kh_domain_ops emu_paging_ops = {
-	.attach_dev = emu_attach_dev,
-	.replace_dev = emu_replace_dev,
-	.detach_dev = emu_detach_dev,
+	EMU_DOMAIN_COMMON_OPS,
 	.map = emu_map,
 	.copy = emu_copy,
 	.unmap = emu_unmap,
 	.iova_to_phys = emu_iova_to_phys,
 	.iotlb_sync = emu_iotlb_sync,
 	.flush_iotlb_all = emu_flush_iotlb_all,
-	.free = emu_free,
-};
-
-static const struct kh_domain_ops emu_paging_dirty_ops = {
-	.attach_dev = emu_attach_dev,
-	.replace_dev = emu_replace_dev,
-	.detach_dev = emu_detach_dev,
-	.map = emu_map,
-	.copy = emu_copy,
-	.unmap = emu_unmap,
-	.iova_to_phys = emu_iova_to_phys,
-	.iotlb_sync = emu_iotlb_sync,
-	.flush_iotlb_all = emu_flush_iotlb_all,
-	.set_dirty_tracking = emu_set_dirty_tracking,
-	.read_and_clear_dirty = emu_read_and_clear_dirty,
-	.free = emu_free,
 };
 
 static const struct kh_domain_ops emu_nested_ops = {
-	.attach_dev = emu_attach_dev,
-	.replace_dev = emu_replace_dev,
-	.detach_dev = emu_detach_dev,
+	EMU_DOMAIN_COMMON_OPS,
 	.iova_to_phys = emu_iova_to_phys,
 	.flush_iotlb_all = emu_flush_iotlb_all,
-	.free = emu_free,
 };
 
 static int emu_alloc_paging(struct kh_device *dev, uint32_t flags, struct kh_domain **out)
@@ -891,7 +874,8 @@ static int emu_alloc_paging(struct kh_device *dev, uint32_t flags, struct kh_dom
 		free(ed);
 		return kh_fail(rc, "cannot allocate a page table");
 	}
-	ed->dom.ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &emu_paging_dirty_ops : &emu_paging_ops;
+	ed->dom.ops = &emu_paging_ops;
+	ed->dom.dirty_ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &emu_dirty_ops : NULL;
 	ed->dom.type = KH_DOMAIN_PAGING;
 	ed->dom.flags = flags;
 	ed->dom.page_sizes = hw->page_sizes;
@@ -945,27 +929,21 @@ static int emu_domain_alloc(struct kh_device *dev, const struct kh_domain_alloc_
 	return 0;
 }
 
+/* What both shapes of the emulated IOMMU share: the topology's devices, no per-context state. */
+#define EMU_BACKEND_COMMON_OPS                                                                  \
+	.kind = KH_BACKEND_EMULATED, .name = "emulated", .probe_devices = emu_probe_devices,       \
+	.release = emu_release, .ctx_open = emu_ctx_open, .ctx_close = emu_ctx_close,              \
+	.bind = emu_bind
+
 static const struct kh_backend_ops emu_ops = {
-	.kind = KH_BACKEND_EMULATED,
-	.name = "emulated",
-	.probe_devices = emu_probe_devices,
-	.release = emu_release,
-	.ctx_open = emu_ctx_open,
-	.ctx_close = emu_ctx_close,
-	.bind = emu_bind,
+	EMU_BACKEND_COMMON_OPS,
 	.domain_alloc = emu_domain_alloc,
 };
 
 /* An IOMMU with one kind of domain and no dirty tracking or nesting: the core allocates through
  * alloc_paging and gives every domain the default ops, as most simple IOMMU drivers do. */
 static const struct kh_backend_ops emu_paging_only_ops = {
-	.kind = KH_BACKEND_EMULATED,
-	.name = "emulated",
-	.probe_devices = emu_probe_devices,
-	.release = emu_release,
-	.ctx_open = emu_ctx_open,
-	.ctx_close = emu_ctx_close,
-	.bind = emu_bind,
+	EMU_BACKEND_COMMON_OPS,
 	.alloc_paging = emu_alloc_paging,
 	.default_domain_ops = &emu_paging_ops,
 };

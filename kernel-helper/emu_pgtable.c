@@ -112,7 +112,7 @@ int emu_pgtable_init(struct emu_pgtable *pt)
 void emu_pgtable_destroy(struct emu_pgtable *pt)
 {
 	/* The root has no parent entry to count its children, hence the full bound. */
-	free_subtree(pt, pt->root, EMU_PGTABLE_LEVELS, PTES_PER_TABLE);
+	(void)free_subtree(pt, pt->root, EMU_PGTABLE_LEVELS, PTES_PER_TABLE);
 	pt->root = NULL;
 }
 
@@ -206,33 +206,59 @@ static int map_table(struct emu_pgtable *pt, uint64_t *table, int level, struct 
 	return ret;
 }
 
+/* A walk over the present entries of one table that [iova, end) touches: at each, iova is where
+ * the range enters the entry and next where the entry ends. */
+struct pte_walk {
+	uint64_t *table;
+	uint64_t size; /* what one entry covers */
+	uint64_t iova, next, end;
+	unsigned int i;
+	unsigned int left; /* present entries still to visit: a table's count bounds the walk */
+};
+
+static struct pte_walk pte_walk_start(uint64_t *table, int level, uint64_t iova, uint64_t end,
+				      unsigned int count)
+{
+	return (struct pte_walk){ .table = table, .size = level_size(level), .iova = iova,
+				  .next = iova, .end = end, .i = pte_index(iova, level),
+				  .left = count };
+}
+
+/* The next present entry, or NULL when the range, the table or its entries are used up. */
+static uint64_t *pte_walk_next(struct pte_walk *w)
+{
+	while (w->i < PTES_PER_TABLE && w->next < w->end && w->left) {
+		uint64_t *pte = &w->table[w->i++];
+
+		w->iova = w->next;
+		w->next = (w->iova | (w->size - 1)) + 1;
+		if (*pte & PTE_PRESENT) {
+			w->left--;
+			return pte;
+		}
+	}
+	return NULL;
+}
+
 /* Removes every leaf in [iova, end), which must not cut a leaf, and frees the tables that
  * empties. Returns the bytes removed. */
 static uint64_t clear_range(struct emu_pgtable *pt, uint64_t *table, int level, uint64_t iova,
 			    uint64_t end, uint64_t *ppte)
 {
-	uint64_t size = level_size(level);
-	unsigned int left = ppte ? pte_count(*ppte) : PTES_PER_TABLE;
+	struct pte_walk w =
+		pte_walk_start(table, level, iova, end, ppte ? pte_count(*ppte) : PTES_PER_TABLE);
 	unsigned int removed = 0;
 	uint64_t bytes = 0;
-	uint64_t next;
-	unsigned int i;
+	uint64_t *pte;
 
-	for (i = pte_index(iova, level); i < PTES_PER_TABLE && iova < end && left;
-	     i++, iova = next) {
-		uint64_t *pte = &table[i];
-
-		next = (iova | (size - 1)) + 1;
-		if (!(*pte & PTE_PRESENT))
-			continue;
-		left--;
+	while ((pte = pte_walk_next(&w))) {
 		if (pte_is_leaf(*pte, level)) {
-			bytes += size;
-		} else if (!(iova & (size - 1)) && next <= end) {
+			bytes += w.size;
+		} else if (!(w.iova & (w.size - 1)) && w.next <= end) {
 			bytes += free_subtree(pt, pte_table(*pte), level - 1, pte_count(*pte));
 		} else {
-			bytes += clear_range(pt, pte_table(*pte), level - 1, iova,
-					     min_u64(next, end), pte);
+			bytes += clear_range(pt, pte_table(*pte), level - 1, w.iova,
+					     min_u64(w.next, end), pte);
 			if (pte_count(*pte))
 				continue;
 			table_free(pt, pte_table(*pte));
@@ -262,7 +288,7 @@ int emu_pgtable_map(struct emu_pgtable *pt, uint64_t iova, uint64_t addr, uint64
 		return -EINVAL;
 	ret = map_table(pt, pt->root, EMU_PGTABLE_LEVELS, &m, NULL);
 	if (ret)
-		clear_range(pt, pt->root, EMU_PGTABLE_LEVELS, iova, m.iova, NULL);
+		(void)clear_range(pt, pt->root, EMU_PGTABLE_LEVELS, iova, m.iova, NULL);
 	return ret;
 }
 
@@ -408,22 +434,14 @@ static void dirty_mark(const struct dirty_state *d, uint64_t from, uint64_t to)
 static void dirty_range(uint64_t *table, int level, uint64_t iova, unsigned int count,
 			const struct dirty_state *d)
 {
-	uint64_t size = level_size(level);
-	uint64_t next;
-	unsigned int i;
+	struct pte_walk w = pte_walk_start(table, level, iova, d->end, count);
+	uint64_t *pte;
 
-	for (i = pte_index(iova, level); i < PTES_PER_TABLE && iova < d->end && count;
-	     i++, iova = next) {
-		uint64_t *pte = &table[i];
-
-		next = (iova | (size - 1)) + 1;
-		if (!(*pte & PTE_PRESENT))
-			continue;
-		count--;
+	while ((pte = pte_walk_next(&w))) {
 		if (!pte_is_leaf(*pte, level)) {
-			dirty_range(pte_table(*pte), level - 1, iova, pte_count(*pte), d);
+			dirty_range(pte_table(*pte), level - 1, w.iova, pte_count(*pte), d);
 		} else if (*pte & EMU_PTE_D) {
-			dirty_mark(d, iova, min_u64(next, d->end));
+			dirty_mark(d, w.iova, min_u64(w.next, d->end));
 			if (!d->no_clear)
 				*pte &= ~EMU_PTE_D;
 		}

@@ -57,8 +57,9 @@ int emu_pgtable_map(struct emu_pgtable *pt, uint64_t iova, uint64_t addr, uint64
 
 /* Unmaps every leaf inside [iova, iova+length). A large leaf only partly inside is first split
  * into smaller leaves (keeping its A/D bits), so exactly the range goes away. Tables left empty
- * are freed. *unmapped (may be NULL) gives the bytes that were mapped in the range. -ENOMEM if a
- * split could not allocate; the translation is then unchanged (a split alone never changes it).
+ * are freed. *unmapped (may be NULL) gives the bytes that were mapped in the range: 0 after a
+ * failure, which removes nothing. -ENOMEM if a split could not allocate; the translation is then
+ * unchanged (a split alone never changes it).
  */
 int emu_pgtable_unmap(struct emu_pgtable *pt, uint64_t iova, uint64_t length, uint64_t *unmapped);
 

@@ -21,12 +21,11 @@ int kh_vfail(int err, const char *fmt, va_list ap)
 	return err;
 }
 
-int kh_fail(int err, const char *fmt, ...)
+void kh_fail_record(int err, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	kh_vfail(err, fmt, ap);
+	(void)kh_vfail(err, fmt, ap);
 	va_end(ap);
-	return err;
 }

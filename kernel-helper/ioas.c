@@ -18,6 +18,7 @@ struct kh_area {
 	uint64_t addr;
 	uint32_t prot;
 	uint32_t flags; /* KH_MAP_FILE */
+	void *owner;    /* the caller's, never dereferenced here */
 };
 
 struct kh_resv {
@@ -73,16 +74,34 @@ int kh_ioas_create(uint64_t aperture_start, uint64_t aperture_last, uint64_t pag
 	return 0;
 }
 
-void kh_ioas_destroy(struct kh_ioas *ioas)
+static struct kh_mapping area_mapping(const struct kh_area *area)
+{
+	return (struct kh_mapping){ area->iova, area->last - area->iova + 1, area->addr, area->prot,
+				    area->flags, area->owner };
+}
+
+/* Takes the area out of the tree and frees it, handing its owner to release. */
+static void area_forget(struct kh_ioas *ioas, struct kh_area *area, kh_owner_release_fn *release,
+			void *arg)
+{
+	RB_REMOVE(kh_area_tree, &ioas->areas, area);
+	ioas->n_areas--;
+	if (area->owner && release) {
+		struct kh_mapping mapping = area_mapping(area);
+
+		release(area->owner, &mapping, arg);
+	}
+	free(area);
+}
+
+void kh_ioas_destroy(struct kh_ioas *ioas, kh_owner_release_fn *release, void *arg)
 {
 	struct kh_area *area, *next;
 
 	if (!ioas)
 		return;
-	RB_FOREACH_SAFE(area, kh_area_tree, &ioas->areas, next) {
-		RB_REMOVE(kh_area_tree, &ioas->areas, area);
-		free(area);
-	}
+	RB_FOREACH_SAFE(area, kh_area_tree, &ioas->areas, next)
+		area_forget(ioas, area, release, arg);
 	free(ioas->resv);
 	free(ioas->allowed);
 	free(ioas);
@@ -183,7 +202,8 @@ static bool alloc_iova(const struct kh_ioas *ioas, uint64_t length, uint64_t ali
 	return false;
 }
 
-int kh_ioas_place(struct kh_ioas *ioas, struct kh_map_req *req)
+/* What a request must be wherever it goes. */
+static int check_request(const struct kh_ioas *ioas, const struct kh_map_req *req)
 {
 	uint64_t mask = ioas->page_size - 1;
 	uint64_t last;
@@ -204,31 +224,41 @@ int kh_ioas_place(struct kh_ioas *ioas, struct kh_map_req *req)
 	if (__builtin_add_overflow(req->addr, req->length - 1, &last))
 		return kh_fail(-EOVERFLOW, "address 0x%" PRIx64 " + length 0x%" PRIx64 " overflows",
 			       req->addr, req->length);
+	return 0;
+}
 
-	if (!(req->flags & KH_MAP_FIXED_IOVA)) {
-		uint64_t align = req->alignment;
+/* Picks the IOVA of a request without KH_MAP_FIXED_IOVA. */
+static int place_anywhere(const struct kh_ioas *ioas, struct kh_map_req *req)
+{
+	uint64_t align = req->alignment;
 
-		if (align == 0) {
-			/* As the kernel does: keep the alignment the memory has, up to the
-			 * mapping's size, so large leaves can be used. */
-			align = pow2_roundup(req->length);
-			if (req->addr && lowest_bit(req->addr) < align)
-				align = lowest_bit(req->addr);
-		}
-		if (align & (align - 1))
-			return kh_fail(-EINVAL, "alignment 0x%" PRIx64 " is not a power of two",
-				       align);
-		if (align < ioas->page_size)
-			align = ioas->page_size;
-		if (!alloc_iova(ioas, req->length, align, &req->iova))
-			return kh_fail(-ENOSPC,
-				       "no free IOVA range of 0x%" PRIx64 " bytes aligned to 0x%" PRIx64
-				       "; unmap something or narrow the request",
-				       req->length, align);
-		return 0;
+	if (align == 0) {
+		/* As the kernel does: keep the alignment the memory has, up to the mapping's
+		 * size, so large leaves can be used. */
+		align = pow2_roundup(req->length);
+		if (req->addr && lowest_bit(req->addr) < align)
+			align = lowest_bit(req->addr);
 	}
+	if (align & (align - 1))
+		return kh_fail(-EINVAL, "alignment 0x%" PRIx64 " is not a power of two", align);
+	if (align < ioas->page_size)
+		align = ioas->page_size;
+	if (!alloc_iova(ioas, req->length, align, &req->iova))
+		return kh_fail(-ENOSPC,
+			       "no free IOVA range of 0x%" PRIx64 " bytes aligned to 0x%" PRIx64
+			       "; unmap something or narrow the request",
+			       req->length, align);
+	return 0;
+}
 
-	if (req->iova & mask)
+/* Checks that the IOVA a request fixed is free to take. */
+static int check_fixed(const struct kh_ioas *ioas, const struct kh_map_req *req)
+{
+	const struct kh_resv *resv;
+	const struct kh_area *area;
+	uint64_t last;
+
+	if (req->iova & (ioas->page_size - 1))
 		return kh_fail(-EINVAL, "IOVA 0x%" PRIx64 " is not a multiple of the page size 0x%" PRIx64,
 			       req->iova, ioas->page_size);
 	if (__builtin_add_overflow(req->iova, req->length - 1, &last))
@@ -239,13 +269,13 @@ int kh_ioas_place(struct kh_ioas *ioas, struct kh_map_req *req)
 			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64 " leaves the aperture 0x%" PRIx64
 			       "-0x%" PRIx64,
 			       req->iova, last, ioas->aperture_start, ioas->aperture_last);
-	const struct kh_resv *resv = reserved_overlap(ioas, req->iova, last);
+	resv = reserved_overlap(ioas, req->iova, last);
 	if (resv)
 		return kh_fail(-EINVAL,
 			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64 " touches the reserved range 0x%" PRIx64
 			       "-0x%" PRIx64 "; list free ranges and map elsewhere",
 			       req->iova, last, resv->range.start, resv->range.last);
-	const struct kh_area *area = first_overlap(ioas, req->iova, last);
+	area = first_overlap(ioas, req->iova, last);
 	if (area)
 		return kh_fail(-EEXIST,
 			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64 " overlaps the mapping at 0x%" PRIx64
@@ -254,12 +284,23 @@ int kh_ioas_place(struct kh_ioas *ioas, struct kh_map_req *req)
 	return 0;
 }
 
+int kh_ioas_place(struct kh_ioas *ioas, struct kh_map_req *req)
+{
+	int rc = check_request(ioas, req);
+
+	if (rc < 0)
+		return rc;
+	if (req->flags & KH_MAP_FIXED_IOVA)
+		return check_fixed(ioas, req);
+	return place_anywhere(ioas, req);
+}
+
 struct kh_area *kh_ioas_area_new(const struct kh_map_req *placed)
 {
 	struct kh_area *area = kh_zalloc(sizeof(*area));
 
 	if (!area) {
-		kh_fail(-ENOMEM, "cannot allocate a mapping record");
+		(void)kh_fail(-ENOMEM, "cannot allocate a mapping record");
 		return NULL;
 	}
 	area->iova = placed->iova;
@@ -267,6 +308,7 @@ struct kh_area *kh_ioas_area_new(const struct kh_map_req *placed)
 	area->addr = placed->addr;
 	area->prot = placed->prot;
 	area->flags = placed->flags & KH_MAP_FILE;
+	area->owner = placed->owner;
 	return area;
 }
 
@@ -307,7 +349,7 @@ void kh_ioas_insert(struct kh_ioas *ioas, struct kh_area *area)
 int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uint64_t *first,
 		       uint64_t *last, uint64_t *bytes)
 {
-	uint64_t end;
+	uint64_t end, span_start, span_bytes = 0;
 	struct kh_area *area, *stop;
 
 	if (length == 0)
@@ -326,22 +368,24 @@ int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uin
 			       "the mapping 0x%" PRIx64 "-0x%" PRIx64 " starts before 0x%" PRIx64
 			       "; unmap whole mappings only",
 			       area->iova, area->last, iova);
-	*first = area->iova;
-	*bytes = 0;
+	span_start = area->iova;
 	for (stop = area; area && area->iova <= end; area = RB_NEXT(kh_area_tree, &ioas->areas, area)) {
 		if (area->last > end)
 			return kh_fail(-EINVAL,
 				       "the mapping 0x%" PRIx64 "-0x%" PRIx64 " ends after 0x%" PRIx64
 				       "; unmap whole mappings only",
 				       area->iova, area->last, end);
-		*bytes += area->last - area->iova + 1;
+		span_bytes += area->last - area->iova + 1;
 		stop = area;
 	}
+	*first = span_start;
 	*last = stop->last;
+	*bytes = span_bytes;
 	return 0;
 }
 
-void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last)
+void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last,
+		    kh_owner_release_fn *release, void *arg)
 {
 	struct kh_area key = { .iova = first };
 	struct kh_area *area = RB_NFIND(kh_area_tree, &ioas->areas, &key);
@@ -349,9 +393,7 @@ void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last)
 	while (area && area->last <= last) {
 		struct kh_area *next = RB_NEXT(kh_area_tree, &ioas->areas, area);
 
-		RB_REMOVE(kh_area_tree, &ioas->areas, area);
-		free(area);
-		ioas->n_areas--;
+		area_forget(ioas, area, release, arg);
 		area = next;
 	}
 }
@@ -364,8 +406,7 @@ int kh_ioas_mappings(const struct kh_ioas *ioas, uint64_t from, struct kh_mappin
 	size_t n = 0;
 
 	for (; area && n < max; area = RB_NEXT(kh_area_tree, &ioas->areas, area), n++)
-		out[n] = (struct kh_mapping){ area->iova, area->last - area->iova + 1, area->addr,
-					      area->prot, area->flags };
+		out[n] = area_mapping(area);
 	return (int)n;
 }
 

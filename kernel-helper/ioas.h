@@ -5,6 +5,8 @@
  * keeps the books; the core calls the domain's ops to change page tables.
  *
  * Ownership: a kh_ioas is owned by its domain (kh_domain.ioas) and owns its areas and ranges.
+ * An area keeps its owner cookie (kh_map_req.owner) and owns nothing of it: forgetting an area
+ * hands the cookie to the release callback its caller passes (see "Owners" in kh.h).
  */
 #ifndef KH_IOAS_H
 #define KH_IOAS_H
@@ -16,7 +18,8 @@ struct kh_area;
 
 int kh_ioas_create(uint64_t aperture_start, uint64_t aperture_last, uint64_t page_size,
 		   struct kh_ioas **out);
-void kh_ioas_destroy(struct kh_ioas *ioas);
+/* After the domain's page tables are gone: forgets every mapping, releasing its owner. */
+void kh_ioas_destroy(struct kh_ioas *ioas, kh_owner_release_fn *release, void *arg);
 
 /* Checks req against the rules and fills req->iova when the helper picks it. Changes nothing. */
 int kh_ioas_place(struct kh_ioas *ioas, struct kh_map_req *req);
@@ -35,8 +38,10 @@ int kh_ioas_source(const struct kh_ioas *ioas, uint64_t iova, uint64_t length, u
  * inside; *bytes is what they map. Changes nothing. */
 int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uint64_t *first,
 		       uint64_t *last, uint64_t *bytes);
-/* Forgets the mappings of a span found by kh_ioas_find_unmap. */
-void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last);
+/* Forgets the mappings of a span found by kh_ioas_find_unmap, once the page tables no longer
+ * map it, releasing their owners. */
+void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last,
+		    kh_owner_release_fn *release, void *arg);
 
 int kh_ioas_mappings(const struct kh_ioas *ioas, uint64_t from, struct kh_mapping *out,
 		     size_t max);

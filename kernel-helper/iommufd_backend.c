@@ -106,7 +106,7 @@ static int kernel_call(int fd, unsigned long request, void *arg, const char *fmt
 	else
 		err = errno;
 	va_start(ap, fmt);
-	kh_vfail(-err, fmt, ap);
+	(void)kh_vfail(-err, fmt, ap);
 	va_end(ap);
 	return -err;
 }
@@ -116,7 +116,7 @@ static void destroy_object(int iommufd, uint32_t id)
 	struct iommu_destroy cmd = { .size = sizeof(cmd), .id = id };
 
 	/* Only fails for an id the kernel no longer knows, which leaves nothing to release. */
-	ioctl(iommufd, IOMMU_DESTROY, &cmd);
+	(void)ioctl(iommufd, IOMMU_DESTROY, &cmd);
 }
 
 /* ---- discovery from sysfs ------------------------------------------------------------------ */
@@ -139,7 +139,7 @@ static int read_sysfs(const char *dir, const char *name, char *buf, size_t size)
 	if (fd < 0)
 		return -errno;
 	n = read(fd, buf, size - 1);
-	close(fd);
+	(void)close(fd);
 	if (n < 0)
 		return -errno;
 	buf[n] = '\0';
@@ -180,7 +180,7 @@ static bool find_cdev(const char *dir, char *cdev, size_t size)
 	while (!found && (de = readdir(d)))
 		if (!strncmp(de->d_name, "vfio", 4))
 			found = fits(snprintf(cdev, size, "/dev/vfio/devices/%s", de->d_name), size);
-	closedir(d);
+	(void)closedir(d);
 	return found;
 }
 
@@ -209,7 +209,7 @@ static int read_reserved_regions(struct kh_bdev *bdev)
 		bdev->resv = grown;
 		grown[bdev->n_resv++] = range;
 	}
-	fclose(f);
+	(void)fclose(f);
 	return rc;
 }
 
@@ -245,21 +245,69 @@ static int ioas_ranges(int iommufd, uint32_t ioas_id, struct iommu_iova_range **
 	return 0;
 }
 
-/* What the device's IOMMU can do, asked of the kernel through a short-lived binding: hardware
- * info, nesting, and the aperture. */
-static void probe_hw(struct kh_bdev *bdev, const char *cdev)
+/* The model, features and large pages the kernel reports for the device's IOMMU. */
+static void probe_hw_info(int iommufd, uint32_t devid, struct kh_hw_info *hw)
 {
-	struct kh_hw_info *hw = &bdev->info.hw;
 	struct iommu_hw_info_vtd vtd = { 0 };
-	struct iommu_hw_info info = { .size = sizeof(info), .data_len = sizeof(vtd),
-				      .data_uptr = (uintptr_t)&vtd };
-	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
+	struct iommu_hw_info info = { .size = sizeof(info), .dev_id = devid,
+				      .data_len = sizeof(vtd), .data_uptr = (uintptr_t)&vtd };
+
+	if (ioctl(iommufd, IOMMU_GET_HW_INFO, &info))
+		return;
+	hw->hw_type = info.out_data_type;
+	hw->dirty_tracking = info.out_capabilities & IOMMU_HW_CAP_DIRTY_TRACKING;
+	hw->pasid_bits = info.out_max_pasid_log2;
+	if (info.out_data_type == IOMMU_HW_INFO_TYPE_INTEL_VTD) {
+		hw->page_sizes |= (vtd.cap_reg & VTD_CAP_SLLPS_2M) ? 1ull << 21 : 0;
+		hw->page_sizes |= (vtd.cap_reg & VTD_CAP_SLLPS_1G) ? 1ull << 30 : 0;
+	}
+}
+
+/* Whether the IOMMU can be a nest parent: a HWPT allocated, never attached. */
+static void probe_nesting(int iommufd, uint32_t devid, struct kh_hw_info *hw)
+{
 	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
-	struct iommu_hwpt_alloc hwpt = { .size = sizeof(hwpt) };
+	struct iommu_hwpt_alloc hwpt = { .size = sizeof(hwpt), .dev_id = devid,
+					 .flags = IOMMU_HWPT_ALLOC_NEST_PARENT };
+
+	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &ioas))
+		return;
+	hwpt.pt_id = ioas.out_ioas_id;
+	hw->nesting = ioctl(iommufd, IOMMU_HWPT_ALLOC, &hwpt) == 0;
+}
+
+/* The aperture: what an IOAS offers once the kernel attached the device to a domain of its own
+ * choosing (some drivers only size a domain at its first attach). */
+static void probe_aperture(int iommufd, int devfd, struct kh_hw_info *hw)
+{
+	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
 	struct vfio_device_attach_iommufd_pt attach = { .argsz = sizeof(attach) };
 	struct iommu_iova_range *ranges;
 	uint64_t alignment;
 	uint32_t n;
+
+	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &ioas))
+		return;
+	attach.pt_id = ioas.out_ioas_id;
+	if (ioctl(devfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach))
+		return;
+	if (ioas_ranges(iommufd, ioas.out_ioas_id, &ranges, &n, &alignment) < 0)
+		return;
+	if (n) {
+		hw->aperture_start = ranges[0].start;
+		hw->aperture_last = ranges[n - 1].last;
+	}
+	if (alignment)
+		hw->page_sizes = (hw->page_sizes & ~(alignment - 1)) | alignment;
+	free(ranges);
+}
+
+/* What the device's IOMMU can do, asked of the kernel through a short-lived binding, whose
+ * objects go with its file descriptors. */
+static void probe_hw(struct kh_bdev *bdev, const char *cdev)
+{
+	struct kh_hw_info *hw = &bdev->info.hw;
+	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
 	int iommufd, devfd;
 
 	/* Until the kernel says otherwise: 4 KiB pages and a 64-bit aperture. */
@@ -268,46 +316,15 @@ static void probe_hw(struct kh_bdev *bdev, const char *cdev)
 	iommufd = open(DEV_IOMMU, O_RDWR | O_CLOEXEC);
 	devfd = open(cdev, O_RDWR | O_CLOEXEC);
 	bind.iommufd = iommufd;
-	if (iommufd < 0 || devfd < 0 || ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &bind))
-		goto out;
-	info.dev_id = bind.out_devid;
-	if (ioctl(iommufd, IOMMU_GET_HW_INFO, &info) == 0) {
-		hw->hw_type = info.out_data_type;
-		hw->dirty_tracking = info.out_capabilities & IOMMU_HW_CAP_DIRTY_TRACKING;
-		hw->pasid_bits = info.out_max_pasid_log2;
-		if (info.out_data_type == IOMMU_HW_INFO_TYPE_INTEL_VTD) {
-			hw->page_sizes |= (vtd.cap_reg & VTD_CAP_SLLPS_2M) ? 1ull << 21 : 0;
-			hw->page_sizes |= (vtd.cap_reg & VTD_CAP_SLLPS_1G) ? 1ull << 30 : 0;
-		}
+	if (iommufd >= 0 && devfd >= 0 && ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &bind) == 0) {
+		probe_hw_info(iommufd, bind.out_devid, hw);
+		probe_nesting(iommufd, bind.out_devid, hw);
+		probe_aperture(iommufd, devfd, hw);
 	}
-	/* Whether the IOMMU can be a nest parent: a HWPT allocated, never attached. */
-	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &ioas))
-		goto out;
-	hwpt.dev_id = bind.out_devid;
-	hwpt.pt_id = ioas.out_ioas_id;
-	hwpt.flags = IOMMU_HWPT_ALLOC_NEST_PARENT;
-	hw->nesting = ioctl(iommufd, IOMMU_HWPT_ALLOC, &hwpt) == 0;
-	/* The aperture: what an IOAS offers once the kernel attached the device to a domain of
-	 * its own choosing (some drivers only size a domain at its first attach). */
-	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &ioas))
-		goto out;
-	attach.pt_id = ioas.out_ioas_id;
-	if (ioctl(devfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach))
-		goto out;
-	if (ioas_ranges(iommufd, ioas.out_ioas_id, &ranges, &n, &alignment) == 0) {
-		if (n) {
-			hw->aperture_start = ranges[0].start;
-			hw->aperture_last = ranges[n - 1].last;
-		}
-		if (alignment)
-			hw->page_sizes = (hw->page_sizes & ~(alignment - 1)) | alignment;
-		free(ranges);
-	}
-out:
 	if (devfd >= 0)
-		close(devfd);
+		(void)close(devfd);
 	if (iommufd >= 0)
-		close(iommufd);
+		(void)close(iommufd);
 }
 
 static int add_pci_device(struct kh_backend *be, const char *bdf)
@@ -318,7 +335,7 @@ static int add_pci_device(struct kh_backend *be, const char *bdf)
 	int rc;
 
 	snprintf(dir, sizeof(dir), SYSFS_PCI "/%s", bdf);
-	link_name(dir, "driver", driver, sizeof(driver));
+	(void)link_name(dir, "driver", driver, sizeof(driver));
 	if (strcmp(driver, "vfio-pci") || !find_cdev(dir, cdev, sizeof(cdev)))
 		return 0; /* only devices handed to VFIO, with a cdev, can be used */
 	if (link_name(dir, "iommu_group", buf, sizeof(buf)))
@@ -385,7 +402,7 @@ static int iommufd_ctx_open(struct kh_ctx *ctx)
 
 static void iommufd_ctx_close(struct kh_ctx *ctx)
 {
-	close(ctx_fd(ctx));
+	(void)close(ctx_fd(ctx));
 }
 
 static int iommufd_bind(struct kh_ctx *ctx, struct kh_device *dev)
@@ -415,7 +432,7 @@ static int iommufd_bind(struct kh_ctx *ctx, struct kh_device *dev)
 			     "binding; it can be bound again once whoever holds that fd closes it",
 			     dev->bdev->info.name);
 	if (rc < 0) {
-		close(b->fd);
+		(void)close(b->fd);
 		free(b);
 		return rc;
 	}
@@ -428,7 +445,7 @@ static void iommufd_unbind(struct kh_ctx *ctx, struct kh_device *dev)
 {
 	(void)ctx;
 	/* Closing the cdev unbinds it from the iommufd. */
-	close(binding(dev)->fd);
+	(void)close(binding(dev)->fd);
 	free(dev->priv);
 	dev->priv = NULL;
 }
@@ -496,7 +513,7 @@ static int iommufd_replace_dev(struct kh_domain *dom, struct kh_device *dev, str
 	 * objects to the domain it made: some drivers (virtio-iommu before Linux 6.13) size a
 	 * domain only at a first attach, not at a replace. */
 	if (rc == -EADDRINUSE)
-		kh_fail(rc,
+		(void)kh_fail(rc,
 			"the kernel could not give %s a domain covering domain %u's mappings during "
 			"a replace (its IOMMU driver sizes domains only at attach); detach and "
 			"attach instead",
@@ -516,7 +533,7 @@ static void iommufd_detach_dev(struct kh_domain *dom, struct kh_device *dev)
 {
 	(void)dom;
 	/* The kernel refuses only a device that is not attached, which is then blocked anyway. */
-	detach_pt(dev);
+	(void)detach_pt(dev);
 }
 
 /* The blocked domain: being detached is being blocked. */
@@ -668,6 +685,12 @@ static int iommufd_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t len
 			   length, iova, dom->id);
 }
 
+/* Set in a domain allocated with KH_DOMAIN_F_DIRTY_TRACKING. */
+static const struct kh_dirty_ops iommufd_dirty_ops = {
+	.set_dirty_tracking = iommufd_set_dirty_tracking,
+	.read_and_clear_dirty = iommufd_read_dirty,
+};
+
 /* A nested domain's stage 1 changed: invalidate everything cached through it. */
 static int iommufd_flush_nested(struct kh_domain *dom)
 {
@@ -705,42 +728,28 @@ static const struct kh_domain_ops iommufd_blocked_ops = {
 	.free = iommufd_free,
 };
 
-/* Templates: the backend copies them and adds what the running kernel offers. */
-static const struct kh_domain_ops iommufd_paging_ops = {
-	.attach_dev = iommufd_attach_dev,
-	.replace_dev = iommufd_replace_dev,
-	.detach_dev = iommufd_detach_dev,
-	.map = iommufd_map,
-	.copy = iommufd_copy,
-	.unmap = iommufd_unmap,
-	.set_allowed_iovas = iommufd_set_allowed_iovas,
-	.free = iommufd_free,
-};
+/* Paging and nested domains are kernel objects a device attaches to. */
+#define IOMMUFD_ATTACHABLE_OPS                                                         \
+	.attach_dev = iommufd_attach_dev, .replace_dev = iommufd_replace_dev,          \
+	.detach_dev = iommufd_detach_dev, .free = iommufd_free
 
-static const struct kh_domain_ops iommufd_paging_dirty_ops = {
-	.attach_dev = iommufd_attach_dev,
-	.replace_dev = iommufd_replace_dev,
-	.detach_dev = iommufd_detach_dev,
+/* A template: the backend copies it and adds what the running kernel offers. */
+static const struct kh_domain_ops iommufd_paging_ops = {
+	IOMMUFD_ATTACHABLE_OPS,
 	.map = iommufd_map,
 	.copy = iommufd_copy,
 	.unmap = iommufd_unmap,
 	.set_allowed_iovas = iommufd_set_allowed_iovas,
-	.set_dirty_tracking = iommufd_set_dirty_tracking,
-	.read_and_clear_dirty = iommufd_read_dirty,
-	.free = iommufd_free,
 };
 
 /* The ops of this kernel's paging domains. Owned by the backend (kh_backend.priv). */
 struct iommufd_backend {
-	struct kh_domain_ops paging, paging_dirty;
+	struct kh_domain_ops paging;
 };
 
 static const struct kh_domain_ops iommufd_nested_ops = {
-	.attach_dev = iommufd_attach_dev,
-	.replace_dev = iommufd_replace_dev,
-	.detach_dev = iommufd_detach_dev,
+	IOMMUFD_ATTACHABLE_OPS,
 	.flush_iotlb_all = iommufd_flush_nested,
-	.free = iommufd_free,
 };
 
 /* ---- allocation --------------------------------------------------------------------------- */
@@ -766,7 +775,8 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 		return rc;
 	d->ioas_id = ioas.out_ioas_id;
 	d->dom.page_sizes = dev->bdev->info.hw.page_sizes;
-	d->dom.ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &kernel->paging_dirty : &kernel->paging;
+	d->dom.ops = &kernel->paging;
+	d->dom.dirty_ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &iommufd_dirty_ops : NULL;
 	if (!flags) {
 		/* Devices attach to the IOAS itself and the kernel gives it a domain suited to
 		 * them: some drivers (virtio-iommu on 6.12) only size a domain at its first
@@ -780,7 +790,7 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 			 "IOMMU_HWPT_ALLOC (paging, flags 0x%x) for %s", hwpt.flags,
 			 dev->bdev->info.name);
 	if (rc == -EOPNOTSUPP)
-		kh_fail(rc, "%s's IOMMU cannot give a paging domain with%s%s",
+		(void)kh_fail(rc, "%s's IOMMU cannot give a paging domain with%s%s",
 			dev->bdev->info.name,
 			(flags & KH_DOMAIN_F_DIRTY_TRACKING) ? " dirty tracking" : "",
 			(flags & KH_DOMAIN_F_NEST_PARENT) ? " nesting (as a nest parent)" : "");
@@ -898,15 +908,12 @@ int kh_backend_open_iommufd(struct kh_backend **out)
 			       "IOMMU, and iommud needs to run as root");
 	kernel = kh_zalloc(sizeof(*kernel));
 	if (!kernel) {
-		close(fd);
+		(void)close(fd);
 		return kh_fail(-ENOMEM, "cannot allocate the iommufd backend");
 	}
 	kernel->paging = iommufd_paging_ops;
-	kernel->paging_dirty = iommufd_paging_dirty_ops;
-	if (kernel_has(fd, IOMMU_IOAS_MAP_FILE, &map_file)) {
+	if (kernel_has(fd, IOMMU_IOAS_MAP_FILE, &map_file))
 		kernel->paging.map_file = iommufd_map_file;
-		kernel->paging_dirty.map_file = iommufd_map_file;
-	}
-	close(fd);
+	(void)close(fd);
 	return kh_backend_create(&iommufd_ops, kernel, out);
 }

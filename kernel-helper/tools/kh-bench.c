@@ -6,7 +6,6 @@
  * GiB. A benchmark prints; it never judges. Addresses are only numbers to the emulated page
  * table unless a device does DMA, so no memory is allocated for the mappings.
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +15,7 @@
 #include <kh/kh_emu.h>
 
 #include "emu_pgtable.h"
+#include "tool-options.h"
 
 #define KiB (1ull << 10)
 #define MiB (1ull << 20)
@@ -30,7 +30,7 @@ static double now(void)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	(void)clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -175,28 +175,23 @@ static void usage(FILE *out)
 		"Exit status: 0 after printing, 1 if a step failed, 2 on a usage error.\n");
 }
 
+static void take_option(int opt, const char *value, void *arg)
+{
+	(void)opt; /* only --quick gets here */
+	(void)value;
+	(void)arg;
+	target_seconds = 0.005;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option options[] = { { "quick", no_argument, NULL, 'q' },
 						 { "help", no_argument, NULL, 'h' },
 						 { 0 } };
-	int opt;
+	int status = tool_options(argc, argv, "qh", options, usage, take_option, NULL);
 
-	while ((opt = getopt_long(argc, argv, "qh", options, NULL)) != -1) {
-		if (opt == 'q') {
-			target_seconds = 0.005;
-		} else if (opt == 'h') {
-			usage(stdout);
-			return 0;
-		} else {
-			usage(stderr);
-			return 2;
-		}
-	}
-	if (optind != argc) {
-		usage(stderr);
-		return 2;
-	}
+	if (status >= 0)
+		return status;
 	printf("%-22s %12s %12s %9s %14s %14s\n", "case (map+unmap)", "api ns", "pgtable ns",
 	       "api/pgt", "api pairs/s", "KiB per GiB");
 	/* Each IOMMU offers no leaf larger than the granule, so a mapped GiB is made of it. */

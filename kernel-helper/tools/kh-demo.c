@@ -4,7 +4,6 @@
  * every claim checked: what a person runs first to see what iommud's bottom layer does.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +12,8 @@
 
 #include <kh/kh.h>
 #include <kh/kh_emu.h>
+
+#include "tool-options.h"
 
 #define PAGE 4096u
 
@@ -146,87 +147,92 @@ static void expect_fault(struct kh_backend *be, const char *device, uint64_t iov
 	       reasons[fault.reason]);
 }
 
+static void take_option(int opt, const char *value, void *arg)
+{
+	(void)opt; /* only --topology gets here */
+	*(const char **)arg = value;
+}
+
+/* The first device of a fresh context, attached to a paging domain allocated from it, with
+ * dirty tracking when its IOMMU has it. */
+struct demo {
+	struct kh_backend *be;
+	struct kh_ctx *ctx;
+	struct kh_device_info first;
+	uint32_t dev, dom;
+	bool dirty;
+};
+
+static void demo_setup(struct demo *d, const char *topology)
+{
+	struct kh_domain_alloc_args args = { .type = KH_DOMAIN_PAGING };
+
+	step(topology ? kh_backend_open_emulated(topology, &d->be)
+		      : kh_backend_open_emulated_text(default_topology, &d->be),
+	     "opening the emulated IOMMU");
+	list_devices(d->be);
+	step(kh_device_info(d->be, 0, &d->first), "reading the first device");
+	d->dirty = d->first.hw.dirty_tracking;
+	if (d->dirty)
+		args.flags = KH_DOMAIN_F_DIRTY_TRACKING;
+
+	step(kh_ctx_create(d->be, &d->ctx), "creating a context");
+	step(kh_device_bind(d->ctx, d->first.name, &d->dev), "binding the device");
+	step(kh_domain_alloc(d->ctx, d->dev, &args, &d->dom), "allocating a paging domain");
+	step(kh_attach(d->ctx, d->dev, d->dom), "attaching the device");
+	printf("\nBound %s as device %u, attached to paging domain %u%s.\n\n", d->first.name,
+	       d->dev, d->dom, d->dirty ? " (dirty tracking)" : "");
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option options[] = { { "topology", required_argument, NULL, 't' },
 						 { "help", no_argument, NULL, 'h' },
 						 { 0 } };
 	const char *topology = NULL;
-	struct kh_backend *be;
-	struct kh_ctx *ctx;
-	struct kh_device_info first;
-	struct kh_domain_alloc_args args = { .type = KH_DOMAIN_PAGING,
-					     .flags = KH_DOMAIN_F_DIRTY_TRACKING };
+	struct demo d;
 	char message[] = "hello, DMA";
 	uint64_t rw_iova, ro_iova, dirty[1];
-	uint32_t dev, dom;
 	uint8_t *mem;
-	int opt;
+	int status = tool_options(argc, argv, "t:h", options, usage, take_option, &topology);
 
-	while ((opt = getopt_long(argc, argv, "t:h", options, NULL)) != -1) {
-		if (opt == 't') {
-			topology = optarg;
-		} else if (opt == 'h') {
-			usage(stdout);
-			return 0;
-		} else {
-			usage(stderr);
-			return 2;
-		}
-	}
-	if (optind != argc) {
-		fprintf(stderr, "kh-demo: unexpected argument '%s'\n", argv[optind]);
-		usage(stderr);
-		return 2;
-	}
-
-	step(topology ? kh_backend_open_emulated(topology, &be)
-		      : kh_backend_open_emulated_text(default_topology, &be),
-	     "opening the emulated IOMMU");
-	list_devices(be);
-	step(kh_device_info(be, 0, &first), "reading the first device");
-	if (!first.hw.dirty_tracking)
-		args.flags = 0;
-
-	step(kh_ctx_create(be, &ctx), "creating a context");
-	step(kh_device_bind(ctx, first.name, &dev), "binding the device");
-	step(kh_domain_alloc(ctx, dev, &args, &dom), "allocating a paging domain");
-	step(kh_attach(ctx, dev, dom), "attaching the device");
-	printf("\nBound %s as device %u, attached to paging domain %u%s.\n\n", first.name, dev, dom,
-	       args.flags ? " (dirty tracking)" : "");
+	if (status >= 0)
+		return status;
+	demo_setup(&d, topology);
 
 	mem = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	expect(mem != MAP_FAILED, "allocating two pages");
-	rw_iova = map(ctx, dom, mem, KH_PROT_READ | KH_PROT_WRITE);
-	ro_iova = map(ctx, dom, mem + PAGE, KH_PROT_READ);
-	show_domain(ctx, dom);
+	rw_iova = map(d.ctx, d.dom, mem, KH_PROT_READ | KH_PROT_WRITE);
+	ro_iova = map(d.ctx, d.dom, mem + PAGE, KH_PROT_READ);
+	show_domain(d.ctx, d.dom);
 
-	if (args.flags)
-		step(kh_set_dirty_tracking(ctx, dom, true), "switching dirty tracking on");
+	if (d.dirty)
+		step(kh_set_dirty_tracking(d.ctx, d.dom, true), "switching dirty tracking on");
 	printf("\nDMA:\n");
-	step(kh_emu_dma(be, first.name, rw_iova + 16, message, sizeof(message),
+	step(kh_emu_dma(d.be, d.first.name, rw_iova + 16, message, sizeof(message),
 			KH_EMU_DMA_TO_MEMORY),
 	     "DMA into the read-write mapping");
 	expect(memcmp(mem + 16, message, sizeof(message)) == 0, "the DMA'd bytes landed");
 	printf("  %s wrote \"%s\" at IOVA 0x%" PRIx64 "; memory at %p now reads \"%s\"\n",
-	       first.name, message, rw_iova + 16, (void *)(mem + 16), (char *)mem + 16);
-	expect_fault(be, first.name, ro_iova, message, "a DMA write to the read-only mapping");
+	       d.first.name, message, rw_iova + 16, (void *)(mem + 16), (char *)mem + 16);
+	expect_fault(d.be, d.first.name, ro_iova, message, "a DMA write to the read-only mapping");
 	expect(mem[PAGE] == 0, "the read-only page is untouched");
 
-	if (args.flags) {
-		step(kh_read_dirty(ctx, dom, rw_iova, PAGE, PAGE, dirty, 0), "reading dirty bits");
+	if (d.dirty) {
+		step(kh_read_dirty(d.ctx, d.dom, rw_iova, PAGE, PAGE, dirty, 0),
+		     "reading dirty bits");
 		expect(dirty[0] == 1, "the written page is dirty");
 		printf("  dirty bitmap of the read-write page: %" PRIu64 " (written since cleared)\n",
 		       dirty[0]);
 	}
 
-	step(kh_unmap(ctx, dom, rw_iova, PAGE, NULL), "unmapping");
+	step(kh_unmap(d.ctx, d.dom, rw_iova, PAGE, NULL), "unmapping");
 	printf("\nUnmapped IOVA 0x%" PRIx64 ":\n", rw_iova);
-	expect_fault(be, first.name, rw_iova, message, "a DMA write after unmap");
+	expect_fault(d.be, d.first.name, rw_iova, message, "a DMA write after unmap");
 
-	kh_ctx_destroy(ctx);
-	kh_backend_close(be);
-	munmap(mem, 2 * PAGE);
+	kh_ctx_destroy(d.ctx);
+	kh_backend_close(d.be);
+	(void)munmap(mem, 2 * PAGE);
 	printf("\nEvery step behaved as shown.\n");
 	return 0;
 }

@@ -36,6 +36,7 @@ extern "C" {
 
 struct kh_backend;
 struct kh_ctx;
+struct kh_mapping;
 
 /* Message for the most recent failure of a kh_* call on this thread; never NULL. */
 const char *kh_last_error(void);
@@ -176,6 +177,23 @@ int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id);
 
 /* ---- the IO address space of a paging domain ------------------------------------------ */
 
+/*
+ * Owners: a caller may keep its own data for a mapping (the memory it mapped, what it charged
+ * for it) behind a cookie it gives in kh_map_req.owner, so that kernel-helper's record is the
+ * only record of the mapping, as the kernel's IOAS area holds its pages reference.
+ * kernel-helper never reads, frees or copies what the cookie points to: it keeps the pointer in
+ * the record, gives it back in kh_mappings, and once the mapping has left the IOMMU (the page
+ * tables changed and the IOTLB was synced: by kh_unmap, kh_domain_free or kh_ctx_destroy) calls
+ * release with it, exactly once, so the owner can free what it keeps. A mapping is never split
+ * (kh_unmap takes whole mappings only), so release always sees the whole mapping as it was
+ * made. A failed kh_map or kh_copy keeps no cookie: the caller still owns its data. release
+ * must not call kernel-helper on the context; mappings made with a NULL owner are not reported.
+ */
+typedef void kh_owner_release_fn(void *owner, const struct kh_mapping *mapping, void *arg);
+/* Sets the context's release callback, with arg passed to every call. Set it before mapping:
+ * mappings that leave while none is set are not reported. */
+void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, void *arg);
+
 #define KH_PROT_READ (1u << 0)  /* the device may read the memory */
 #define KH_PROT_WRITE (1u << 1) /* the device may write the memory */
 
@@ -185,13 +203,14 @@ int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id);
 #define KH_MAP_FILE (1u << 1)
 
 struct kh_map_req {
-	uint64_t iova;      /* in with KH_MAP_FIXED_IOVA; out always */
+	uint64_t iova;      /* in with KH_MAP_FIXED_IOVA; out on success */
 	uint64_t length;    /* bytes, a multiple of the smallest page size */
 	uint64_t addr;      /* virtual address of the memory, or offset in fd; page aligned */
 	uint32_t prot;      /* KH_PROT_* (at least one) */
 	uint32_t flags;     /* KH_MAP_* */
 	uint64_t alignment; /* allocated IOVA: power of two >= page size, 0 for the default */
 	int32_t fd;         /* with KH_MAP_FILE; the caller keeps it */
+	void *owner;        /* the caller's cookie for the mapping, or NULL; see "Owners" */
 };
 
 /* Maps [addr, addr+length) at an IOVA. -EEXIST if it overlaps a mapping; -EINVAL if it touches a
@@ -199,7 +218,8 @@ struct kh_map_req {
 int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req);
 /* Removes every mapping inside [iova, iova+length); all of them must lie wholly inside (-EINVAL
  * otherwise, nothing removed); -ENOENT if there is none. iova 0 and length UINT64_MAX remove
- * everything. unmapped (may be NULL) gives the bytes removed. */
+ * everything. unmapped (may be NULL) gives the bytes removed: 0 after a failure, which removes
+ * nothing. */
 int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
 	     uint64_t *unmapped);
 
@@ -207,7 +227,9 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
  * maps, like IOMMU_IOAS_COPY: the pages are shared, not pinned again. The source range must lie
  * inside one mapping (-ENOENT where nothing is mapped, -EINVAL across mappings). req gives the
  * destination: iova (with KH_MAP_FIXED_IOVA), length, prot, alignment; addr and the
- * KH_MAP_FILE flag come out as the source's. */
+ * KH_MAP_FILE flag come out as the source's; req->owner is the new mapping's own. iommufd holds
+ * the shared pages for the copy; the emulated IOMMU uses the memory by address, so its owner
+ * must keep it while a copy maps it. */
 int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_t src_id,
 	    uint64_t src_iova);
 
@@ -217,6 +239,7 @@ struct kh_mapping {
 	uint64_t addr;  /* virtual address, or offset in the file with KH_MAP_FILE */
 	uint32_t prot;
 	uint32_t flags; /* KH_MAP_FILE for memory mapped from a file */
+	void *owner;    /* the cookie the mapping was made with */
 };
 
 /* Copies up to max mappings whose IOVA is >= from, in IOVA order; returns how many were

@@ -7,10 +7,15 @@
  *                           IOMMU can do, bind them into contexts, and allocate a domain *from a
  *                           device*, so the backend returns the right kind of domain.
  *   struct kh_domain_ops  - chosen by domain_alloc and stored in the domain; never changed.
+ * and, as Linux keeps struct iommu_dirty_ops beside the domain ops, a small third one:
+ *   struct kh_dirty_ops   - set in the domain at allocation when it was allocated to track
+ *                           dirty pages; NULL otherwise. So one domain-ops table serves each
+ *                           kind of domain, with or without dirty tracking.
  *
- * A NULL op means "not supported". The core's wrappers turn it into -EOPNOTSUPP with a message;
- * a backend never tests for its own NULL ops. A backend with a single kind of paging domain
- * leaves domain_alloc's choice to the core by setting default_domain_ops.
+ * A NULL op, or a NULL dirty_ops, means "not supported". The core's wrappers turn it into
+ * -EOPNOTSUPP with a message; a backend never tests for its own NULL ops. A backend with a
+ * single kind of paging domain leaves domain_alloc's choice to the core by setting
+ * default_domain_ops.
  *
  * The core owns the IOAS rules (IOVA allocation, reserved and allowed ranges, overlap and
  * whole-mapping checks) for every backend: by the time an op runs, its arguments are valid for
@@ -30,6 +35,7 @@ extern "C" {
 
 struct kh_domain;
 struct kh_domain_ops;
+struct kh_dirty_ops;
 
 /* A device as the backend found it. Owned by the backend, which frees it at release. */
 struct kh_bdev {
@@ -53,6 +59,7 @@ struct kh_device {
  * container_of); the core fills the fields marked "core" and calls ops->free to release it. */
 struct kh_domain {
 	const struct kh_domain_ops *ops; /* backend: set at allocation, never changed */
+	const struct kh_dirty_ops *dirty_ops; /* backend: as ops; NULL when it tracks nothing */
 	enum kh_domain_type type;        /* backend: never changes */
 	uint32_t flags;                  /* backend: KH_DOMAIN_F_* it granted */
 	uint64_t page_sizes;             /* backend: leaf sizes the domain's page table uses */
@@ -94,12 +101,16 @@ struct kh_domain_ops {
 	void (*iotlb_sync)(struct kh_domain *dom, uint64_t iova, uint64_t length);
 	int (*flush_iotlb_all)(struct kh_domain *dom);
 
+	void (*free)(struct kh_domain *dom);
+};
+
+/* Dirty tracking of a paging domain allocated with KH_DOMAIN_F_DIRTY_TRACKING. Both ops are
+ * set: a domain either tracks dirty pages or it does not. */
+struct kh_dirty_ops {
 	int (*set_dirty_tracking)(struct kh_domain *dom, bool enable);
 	/* bitmap is zeroed by the core; the op ORs in bits for dirty pages. */
 	int (*read_and_clear_dirty)(struct kh_domain *dom, uint64_t iova, uint64_t length,
 				    uint64_t page_size, uint64_t *bitmap, uint32_t flags);
-
-	void (*free)(struct kh_domain *dom);
 };
 
 struct kh_backend_ops {
@@ -144,10 +155,20 @@ struct kh_ctx {
 	struct kh_backend *be;
 	void *priv; /* the backend's per-context state */
 	struct kh_objects *objects;
+	kh_owner_release_fn *release_owner; /* core: kh_ctx_set_owner_release */
+	void *release_arg;
 };
 
-/* Record a failure for kh_last_error() and return err (a negative errno). */
-int kh_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Record a failure for kh_last_error() and give err (a negative errno). A macro around
+ * kh_fail_record, so the compiler sees the value given: a caller's "rc < 0" after it then proves
+ * that an out-parameter, written only on success, is not read unset. */
+#define kh_fail(err, ...)                                  \
+	({                                                 \
+		const int kh_fail_err_ = (err);            \
+		kh_fail_record(kh_fail_err_, __VA_ARGS__); \
+		kh_fail_err_;                              \
+	})
+void kh_fail_record(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int kh_vfail(int err, const char *fmt, va_list ap);
 
 /* Creates the backend object and probes its devices; on failure ops->release(priv) has run. */
