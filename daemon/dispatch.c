@@ -248,7 +248,7 @@ static int check_request(const struct call *call, const struct method *m)
 	if (!m->handle)
 		return fail(-EOPNOTSUPP,
 			    "this daemon does not know method %d; it speaks protocol "
-			    "version %d (Hello says its version)",
+			    "version %d (hello says its version)",
 			    (int)call->req->method_case, IOMMUD_PROTOCOL_VERSION);
 	if (c->access < m->access)
 		return fail(-EPERM,
@@ -337,7 +337,7 @@ static int decode_packet(const uint8_t *packet, size_t len, enum packet_defect d
 	if (defect == PACKET_TRUNCATED)
 		return fail(-EMSGSIZE,
 			    "the packet exceeds the %d-byte message limit and was dropped; "
-			    "split the request (MapBatch) or ask for less",
+			    "split the request (map_batch) or ask for less",
 			    IOMMUD_MAX_MESSAGE);
 	if (defect == PACKET_FDS_TRUNCATED)
 		return fail(-EINVAL,

@@ -136,14 +136,16 @@ static struct domain_rec *domain_rec_find(struct session *s, uint32_t id)
 	return NULL;
 }
 
-static int domain_lookup(struct session *s, uint32_t id, struct domain_rec **out)
+static int domain_lookup(struct session *s, uint32_t id, struct domain_rec **ret_dom)
 {
-	*out = domain_rec_find(s, id);
-	if (!*out)
+	struct domain_rec *dom = domain_rec_find(s, id);
+
+	if (!dom)
 		return fail(-ENOENT,
 			    "no domain %u in this session; list the session's domains with "
-			    "ListDomains (iommuctl domains)",
+			    "list_domains (iommuctl domains)",
 			    id);
+	*ret_dom = dom;
 	return 0;
 }
 
@@ -299,7 +301,7 @@ int session_release_lease(struct session *s)
 {
 	if (!s->lease[0])
 		return fail(-ENOTCONN, "this connection is in its anonymous session, which has no "
-				       "lease; name a lease in Hello to hold one");
+				       "lease; name a lease in hello to hold one");
 	s->lease_released = true;
 	return 0;
 }
@@ -362,7 +364,7 @@ int session_device(struct session *s, const char *name, bool bind, uint32_t *dev
 		return 0;
 	}
 	if (kh_device_lookup(s->tenant->reg->be, name) < 0)
-		return fail(-ENOENT, "no device '%s'; ListDevices (iommuctl devices) shows them",
+		return fail(-ENOENT, "no device '%s'; list_devices (iommuctl devices) shows them",
 			    name);
 	if (!bind)
 		return fail(-ENOENT,
@@ -601,11 +603,12 @@ static void *map_range(const struct map_entry *e, int prot)
 	return va;
 }
 
-static int check_entry(struct session *s, const struct map_entry *e, struct domain_rec **dom)
+static int check_entry(struct session *s, const struct map_entry *e, struct domain_rec **ret_dom)
 {
 	const struct access_rule *rule = s->tenant->rule;
 	const struct usage *used = &s->tenant->used;
-	int rc = domain_lookup(s, e->domain_id, dom);
+	struct domain_rec *dom;
+	int rc = domain_lookup(s, e->domain_id, &dom);
 
 	if (rc < 0)
 		return rc;
@@ -635,7 +638,11 @@ static int check_entry(struct session *s, const struct map_entry *e, struct doma
 			(unsigned long long)e->length, (unsigned)s->tenant->uid,
 			(unsigned long long)rule->max_pinned_bytes,
 			(unsigned long long)used->pinned_bytes);
-	return check_range(e);
+	rc = check_range(e);
+	if (rc < 0)
+		return rc;
+	*ret_dom = dom;
+	return 0;
 }
 
 int session_map(struct session *s, struct map_entry *e)

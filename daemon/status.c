@@ -8,14 +8,13 @@
 
 static char message[1024];
 
-int fail(int rc, const char *fmt, ...)
+void fail_record(const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
 	(void)vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
-	return rc;
 }
 
 const char *failure_message(void)

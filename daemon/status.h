@@ -10,8 +10,16 @@
 
 #include <iommud_wire.h> /* code_for_errno */
 
-/* Records the message and returns rc, so callers write `return fail(-EINVAL, "...")`. */
-int fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Records the message and gives rc, so callers write `return fail(-EINVAL, "...")`. A macro
+ * around fail_record, so the compiler sees the value given: a caller's "rc < 0" after it then
+ * proves that an output written only on success is not read unset. */
+#define fail(rc, ...)                                                                              \
+	({                                                                                         \
+		const int fail_rc_ __attribute__((unused)) = (rc);                                 \
+		fail_record(__VA_ARGS__);                                                          \
+		fail_rc_;                                                                          \
+	})
+void fail_record(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The latest failure's message. */
 const char *failure_message(void);
 /* Records kernel-helper's message for its failure rc, with what the daemon was doing. */

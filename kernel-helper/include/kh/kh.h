@@ -49,7 +49,7 @@ enum kh_backend_kind {
 };
 
 /* Opens the emulated backend with the devices described by an INI topology file (see
- * docs/architecture.md, "Emulated topology"); NULL gives one default device "emu0". */
+ * docs/operations.md, "Emulated topology"); NULL gives one default device "emu0". */
 int kh_backend_open_emulated(const char *topology_path, struct kh_backend **out);
 /* Opens the emulated backend from a topology held in memory (same syntax as the file). */
 int kh_backend_open_emulated_text(const char *topology_text, struct kh_backend **out);
