@@ -48,6 +48,7 @@ static struct {
 	unsigned batch_rounds; /* part 2: rounds of batches_per_round batches each */
 	unsigned batches_per_round;
 	double level_seconds; /* part 3: how long each client count runs */
+	bool quick;	      /* a run that only shows the benchmark works */
 } opt = {
 	.iterations = 20000,
 	.clients_max = MAX_CLIENTS,
@@ -753,9 +754,11 @@ static void part_scaling(void)
 
 /* ---- main ----------------------------------------------------------------------------- */
 
-static void usage(FILE *out)
+/* What the run prints: the first half of --help. */
+static void usage_figures(FILE *out)
 {
-	fprintf(out,
+	(void)fprintf(
+		out,
 		"Usage: iommud-bench [OPTION]...\n"
 		"\n"
 		"Measures what the iommud daemon costs and prints, in one run, each figure next\n"
@@ -790,7 +793,15 @@ static void usage(FILE *out)
 		"     fair is the least served client's share of the work over the mean share\n"
 		"     (1: all alike). The daemon executes one request at a time, so throughput\n"
 		"     cannot grow past one core's worth; latency grows with the clients.\n"
-		"\n"
+		"\n",
+		opt.batches_per_round * BATCH, BATCH, BATCH);
+}
+
+static void usage(FILE *out)
+{
+	usage_figures(out);
+	(void)fprintf(
+		out,
 		"Options:\n"
 		"  -s, --socket PATH    measure the daemon listening at PATH instead of starting\n"
 		"                       one; this uid needs write access to a paging device,\n"
@@ -814,8 +825,7 @@ static void usage(FILE *out)
 		"\n"
 		"Exit status: 0 after printing, 1 if a step failed (the message says which), 2 on\n"
 		"a usage error.\n",
-		opt.batches_per_round * BATCH, BATCH, BATCH, MAX_CLIENTS, MAX_CLIENTS * BATCH,
-		IOMMUD_BIN, MAX_CLIENTS, MAX_CLIENTS);
+		MAX_CLIENTS, MAX_CLIENTS * BATCH, IOMMUD_BIN, MAX_CLIENTS, MAX_CLIENTS);
 }
 
 static unsigned parse_count(const char *arg, unsigned max)
@@ -832,7 +842,8 @@ static unsigned parse_count(const char *arg, unsigned max)
 	return (unsigned)n;
 }
 
-int main(int argc, char **argv)
+/* Reads the command line into opt; exits on --help and on a usage error. */
+static void parse_options(int argc, char **argv)
 {
 	static const struct option options[] = {{"socket", required_argument, NULL, 's'},
 						{"daemon", required_argument, NULL, 'd'},
@@ -842,9 +853,7 @@ int main(int argc, char **argv)
 						{"quick", no_argument, NULL, 'q'},
 						{"help", no_argument, NULL, 'h'},
 						{0}};
-	struct daemon_fixture own;
-	char config[256];
-	bool quick = false, iterations_given = false, own_daemon = false;
+	bool iterations_given = false;
 	int o;
 
 	while ((o = getopt_long(argc, argv, "s:d:D:n:c:qh", options, NULL)) != -1) {
@@ -854,7 +863,7 @@ int main(int argc, char **argv)
 			break;
 		case 'd':
 			/* The fixture starts what $IOMMUD_DAEMON names. */
-			setenv("IOMMUD_DAEMON", optarg, 1);
+			(void)setenv("IOMMUD_DAEMON", optarg, 1);
 			break;
 		case 'D':
 			opt.device = optarg;
@@ -867,50 +876,65 @@ int main(int argc, char **argv)
 			opt.clients_max = parse_count(optarg, MAX_CLIENTS);
 			break;
 		case 'q':
-			quick = true;
+			opt.quick = true;
 			break;
 		case 'h':
 			usage(stdout);
-			return 0;
+			exit(0);
 		default:
 			usage(stderr);
-			return 2;
+			exit(2);
 		}
 	}
 	if (optind != argc) {
 		usage(stderr);
-		return 2;
+		exit(2);
 	}
-	if (quick) {
+	if (opt.quick) {
 		if (!iterations_given)
 			opt.iterations = 100;
 		opt.batch_rounds = 1;
 		opt.batches_per_round = 2;
 		opt.level_seconds = 0.02;
 	}
+}
+
+/* Starts a daemon of our own, on the emulated backend, that gives this uid what the parts use. */
+static void start_own_daemon(struct daemon_fixture *own)
+{
+	/* The fixture would only abort; say what is wrong instead. */
+	const char *bin = getenv("IOMMUD_DAEMON") ? getenv("IOMMUD_DAEMON") : IOMMUD_BIN;
+	char config[256];
+
+	if (access(bin, X_OK) < 0)
+		fail(bin, "cannot run it; build iommud, or name it with --daemon");
+	(void)snprintf(config, sizeof(config),
+		       "[uid %u]\naccess = write\ndevices = *\nmax-domains = 1000\n"
+		       "max-mappings = 1000000\nmax-pinned = 64G\n",
+		       (unsigned)getuid());
+	fixture_start(own, config, "emu0");
+	opt.socket = own->socket_path;
+	daemon_pid = own->pid;
+}
+
+int main(int argc, char **argv)
+{
+	struct daemon_fixture own;
+	bool own_daemon = false;
+
+	parse_options(argc, argv);
 	/* Progress shows part by part, also when the output goes to a file. */
-	setvbuf(stdout, NULL, _IOLBF, 0);
+	(void)setvbuf(stdout, NULL, _IOLBF, 0);
 	if (sched_getaffinity(0, sizeof(start_cpus), &start_cpus) < 0)
 		fail("reading CPU affinity", strerror(errno));
 	if (!opt.socket) {
-		/* The fixture would only abort; say what is wrong instead. */
-		const char *bin = getenv("IOMMUD_DAEMON") ? getenv("IOMMUD_DAEMON") : IOMMUD_BIN;
-
-		if (access(bin, X_OK) < 0)
-			fail(bin, "cannot run it; build iommud, or name it with --daemon");
-		snprintf(config, sizeof(config),
-			 "[uid %u]\naccess = write\ndevices = *\nmax-domains = 1000\n"
-			 "max-mappings = 1000000\nmax-pinned = 64G\n",
-			 (unsigned)getuid());
-		fixture_start(&own, config, "emu0");
-		opt.socket = own.socket_path;
+		start_own_daemon(&own);
 		own_daemon = true;
-		daemon_pid = own.pid;
 	}
 	choose_device();
 	printf("iommud-bench: daemon at %s (%s), device %s, %ld CPUs online%s\n", opt.socket,
 	       own_daemon ? "started by iommud-bench, emulated backend" : "already running", device,
-	       sysconf(_SC_NPROCESSORS_ONLN), quick ? ", quick run: figures are noise" : "");
+	       sysconf(_SC_NPROCESSORS_ONLN), opt.quick ? ", quick run: figures are noise" : "");
 	part_latency();
 	part_batch();
 	part_scaling();
