@@ -26,7 +26,7 @@
  * record holds the IOVA, length, prot and the address of the daemon's mmap of the range. */
 struct map_owner {
 	struct domain_rec *dom; /* charged for the mapping */
-	uint64_t offset;        /* where the range starts in the client's file */
+	uint64_t offset;	/* where the range starts in the client's file */
 };
 
 struct domain_rec {
@@ -130,9 +130,9 @@ static struct domain_rec *domain_rec_find(struct session *s, uint32_t id)
 {
 	struct domain_rec *dom;
 
-	LIST_FOREACH(dom, &s->domains, link)
-	if (dom->id == id)
-		return dom;
+	LIST_FOREACH (dom, &s->domains, link)
+		if (dom->id == id)
+			return dom;
 	return NULL;
 }
 
@@ -167,8 +167,7 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 	enum access granted = rule ? rule->access : reg->cfg->default_access;
 	struct tenant *t;
 
-	LIST_FOREACH(t, &reg->tenants, link)
-	{
+	LIST_FOREACH (t, &reg->tenants, link) {
 		if (t->uid == peer->uid && strcmp(t->cgroup, cgroup) == 0) {
 			t->refs++;
 			*out = t;
@@ -249,8 +248,7 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 			    "a lease name is 1 to %d characters of A-Z, a-z, 0-9, '.', "
 			    "'_' and '-'",
 			    LEASE_NAME_MAX);
-	LIST_FOREACH(s, &t->sessions, link)
-	{
+	LIST_FOREACH (s, &t->sessions, link) {
 		if (strcmp(s->lease, lease) == 0) {
 			if (s->lease_released)
 				return fail(-EBUSY,
@@ -348,9 +346,9 @@ static struct bound_dev *bound_find(struct session *s, const char *name)
 {
 	struct bound_dev *dev;
 
-	LIST_FOREACH(dev, &s->devices, link)
-	if (strcmp(dev->name, name) == 0)
-		return dev;
+	LIST_FOREACH (dev, &s->devices, link)
+		if (strcmp(dev->name, name) == 0)
+			return dev;
 	return NULL;
 }
 
@@ -415,8 +413,7 @@ int session_bound_devices(struct session *s,
 	struct bound_dev *dev;
 	int rc;
 
-	LIST_FOREACH(dev, &s->devices, link)
-	{
+	LIST_FOREACH (dev, &s->devices, link) {
 		uint32_t domain_id = 0;
 
 		(void)kh_device_domain(s->ctx, dev->dev_id, &domain_id);
@@ -486,9 +483,9 @@ int session_domains(struct session *s, int (*visit)(const struct domain_view *, 
 		struct domain_view view;
 		int rc;
 
-		LIST_FOREACH(dom, &s->domains, link)
-		if (dom->id > last && (!next || dom->id < next->id))
-			next = dom;
+		LIST_FOREACH (dom, &s->domains, link)
+			if (dom->id > last && (!next || dom->id < next->id))
+				next = dom;
 		if (!next)
 			return 0;
 		view = (struct domain_view){.id = next->id,
@@ -676,7 +673,7 @@ int session_map(struct session *s, struct map_entry *e)
 				    "it; open it read-write or map it with PROT_READ only");
 		return fail(rc, "cannot map the memory in the daemon: %s", strerror(-rc));
 	}
-	*mo = (struct map_owner){ .dom = dom, .offset = e->offset };
+	*mo = (struct map_owner){.dom = dom, .offset = e->offset};
 	req.addr = (uint64_t)(uintptr_t)va;
 	req.owner = mo;
 	rc = kh_map(s->ctx, e->domain_id, &req);

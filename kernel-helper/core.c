@@ -58,7 +58,7 @@ int kh_backend_create(const struct kh_backend_ops *ops, void *priv, struct kh_ba
 	int rc;
 
 	if (!be) {
-		ops->release(&(struct kh_backend){ .ops = ops, .priv = priv });
+		ops->release(&(struct kh_backend){.ops = ops, .priv = priv});
 		return kh_fail(-ENOMEM, "cannot allocate the %s backend", ops->name);
 	}
 	be->ops = ops;
@@ -128,8 +128,8 @@ int kh_device_lookup(const struct kh_backend *be, const char *name)
 		       name);
 }
 
-int kh_device_reserved_regions(const struct kh_backend *be, size_t index,
-			       struct kh_iova_range *out, size_t max)
+int kh_device_reserved_regions(const struct kh_backend *be, size_t index, struct kh_iova_range *out,
+			       size_t max)
 {
 	const struct kh_bdev *bdev = bdev_at(be, index);
 
@@ -165,7 +165,7 @@ static uint32_t objects_add(struct kh_objects *objs, enum kh_obj_kind kind, void
 {
 	uint32_t id = ++objs->last_id;
 
-	objs->v[objs->n++] = (struct kh_obj){ id, kind, ptr };
+	objs->v[objs->n++] = (struct kh_obj){id, kind, ptr};
 	return id;
 }
 
@@ -173,7 +173,8 @@ static void objects_remove(struct kh_objects *objs, uint32_t id)
 {
 	for (size_t i = 0; i < objs->n; i++) {
 		if (objs->v[i].id == id) {
-			memmove(&objs->v[i], &objs->v[i + 1], (objs->n - i - 1) * sizeof(objs->v[0]));
+			memmove(&objs->v[i], &objs->v[i + 1],
+				(objs->n - i - 1) * sizeof(objs->v[0]));
 			objs->n--;
 			return;
 		}
@@ -193,8 +194,8 @@ static int find_device(struct kh_ctx *ctx, uint32_t id, struct kh_device **out)
 	struct kh_device *dev = objects_find(ctx->objects, id, KH_OBJ_DEVICE);
 
 	if (!dev)
-		return kh_fail(-ENOENT, "there is no device %u in this context; bind the device first",
-			       id);
+		return kh_fail(-ENOENT,
+			       "there is no device %u in this context; bind the device first", id);
 	*out = dev;
 	return 0;
 }
@@ -575,9 +576,9 @@ static int reserve_for(struct kh_domain *dom, struct kh_device *dev)
 	if (n)
 		memcpy(ranges, bdev->resv, n * sizeof(*ranges));
 	if (hw->aperture_start > 0)
-		ranges[n++] = (struct kh_iova_range){ 0, hw->aperture_start - 1 };
+		ranges[n++] = (struct kh_iova_range){0, hw->aperture_start - 1};
 	if (hw->aperture_last < UINT64_MAX)
-		ranges[n++] = (struct kh_iova_range){ hw->aperture_last + 1, UINT64_MAX };
+		ranges[n++] = (struct kh_iova_range){hw->aperture_last + 1, UINT64_MAX};
 	rc = kh_ioas_reserve(dom->ioas, ranges, n, dev);
 	free(ranges);
 	return rc;
@@ -610,14 +611,16 @@ int kh_attach(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
 	if (rc < 0)
 		return rc;
 	if (dev->domain)
-		return kh_fail(-EBUSY, "device %u is already attached to domain %u; replace instead",
+		return kh_fail(-EBUSY,
+			       "device %u is already attached to domain %u; replace instead",
 			       dev_id, dev->domain->id);
 	shared = group_domain(ctx, dev);
 	if (shared && shared != dom)
-		return kh_fail(-EINVAL,
-			       "device %u's IOMMU group %u is attached to domain %u; all devices "
-			       "of a group share one domain, so attach to it or replace the group's",
-			       dev_id, dev->bdev->info.group, shared->id);
+		return kh_fail(
+			-EINVAL,
+			"device %u's IOMMU group %u is attached to domain %u; all devices "
+			"of a group share one domain, so attach to it or replace the group's",
+			dev_id, dev->bdev->info.group, shared->id);
 	if (!dom->ops->attach_dev)
 		return unsupported(dom, "attaching devices");
 	rc = reserve_for(dom, dev);
@@ -722,10 +725,10 @@ int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id)
 
 /* What a call needs of a domain beyond being there. */
 enum domain_need {
-	NEED_IOAS,         /* an address space: paging domains, the ones with map */
+	NEED_IOAS,	   /* an address space: paging domains, the ones with map */
 	NEED_IOVA_TO_PHYS, /* the iova_to_phys op */
-	NEED_FLUSH,        /* the flush_iotlb_all op */
-	NEED_DIRTY,        /* dirty ops */
+	NEED_FLUSH,	   /* the flush_iotlb_all op */
+	NEED_DIRTY,	   /* dirty ops */
 };
 
 static bool domain_has(const struct kh_domain *dom, enum domain_need need)
@@ -762,7 +765,7 @@ static int find_domain_for(struct kh_ctx *ctx, uint32_t domain_id, enum domain_n
 struct map_source {
 	struct kh_domain *dom;
 	uint64_t iova;
-	uint64_t addr;  /* what the source maps at iova: an address or a file offset */
+	uint64_t addr;	/* what the source maps at iova: an address or a file offset */
 	uint32_t flags; /* the source's KH_MAP_FILE */
 };
 
@@ -844,7 +847,7 @@ int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req)
 int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_t src_id,
 	    uint64_t src_iova)
 {
-	struct map_source src = { .iova = src_iova };
+	struct map_source src = {.iova = src_iova};
 	struct kh_domain *dst;
 	int rc;
 

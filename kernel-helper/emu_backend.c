@@ -24,16 +24,16 @@
 #include "emu_pgtable.h"
 
 #define MSI_WINDOW_START 0xfee00000ull
-#define MSI_WINDOW_LAST 0xfeefffffull
-#define IOTLB_ENTRIES 64
-#define ALL_PAGE_SIZES (EMU_SZ_4K | EMU_SZ_2M | EMU_SZ_1G)
+#define MSI_WINDOW_LAST	 0xfeefffffull
+#define IOTLB_ENTRIES	 64
+#define ALL_PAGE_SIZES	 (EMU_SZ_4K | EMU_SZ_2M | EMU_SZ_1G)
 
 struct topology;
 
 struct emu_group {
 	uint32_t number;
 	struct emu_domain *domain; /* what DMA from the group's devices goes through */
-	unsigned attached;         /* devices of the group attached to domain */
+	unsigned attached;	   /* devices of the group attached to domain */
 };
 
 struct emu_dev {
@@ -61,7 +61,7 @@ struct emu_domain {
 	struct kh_domain dom;
 	struct emu_pgtable pt; /* paging domains */
 	bool dirty_enabled;
-	uint64_t s1_root;      /* nested domains: stage-1 root, an IOVA of the parent */
+	uint64_t s1_root; /* nested domains: stage-1 root, an IOVA of the parent */
 	struct emu_domain *children, *next_sibling;
 	struct iotlb_entry iotlb[IOTLB_ENTRIES];
 };
@@ -184,8 +184,8 @@ static struct topology_device *topology_device(struct topology *topo, const char
 static int topology_fail(struct topology *topo, const char *section, const char *key,
 			 const char *value, const char *expected)
 {
-	snprintf(topo->error, sizeof(topo->error), "[%s] %s = %s: expected %s", section, key,
-		 value, expected);
+	snprintf(topo->error, sizeof(topo->error), "[%s] %s = %s: expected %s", section, key, value,
+		 expected);
 	return 0;
 }
 
@@ -350,8 +350,8 @@ static int add_device(struct kh_backend *be, const struct topology_device *t, ui
 		if (t->n_resv)
 			memcpy(bdev->resv, t->resv, t->n_resv * sizeof(*t->resv));
 		if (t->msi_window)
-			bdev->resv[t->n_resv] = (struct kh_iova_range){ MSI_WINDOW_START,
-									MSI_WINDOW_LAST };
+			bdev->resv[t->n_resv] =
+				(struct kh_iova_range){MSI_WINDOW_START, MSI_WINDOW_LAST};
 		bdev->n_resv = n_resv;
 	}
 	snprintf(bdev->info.name, sizeof(bdev->info.name), "%s", t->name);
@@ -466,7 +466,8 @@ static bool device_fits(const struct kh_domain *dom, const struct kh_device *dev
 
 	if (dom->type != KH_DOMAIN_PAGING)
 		return true;
-	return (dom->page_sizes & ~hw->page_sizes) == 0 && dom->aperture_last <= hw->aperture_last &&
+	return (dom->page_sizes & ~hw->page_sizes) == 0 &&
+	       dom->aperture_last <= hw->aperture_last &&
 	       (!(dom->flags & KH_DOMAIN_F_DIRTY_TRACKING) || hw->dirty_tracking) &&
 	       (!(dom->flags & KH_DOMAIN_F_NEST_PARENT) || hw->nesting);
 }
@@ -535,8 +536,8 @@ static int emu_map(struct kh_domain *dom, uint64_t iova, uint64_t addr, uint64_t
 	rc = emu_pgtable_map(&to_emu(dom)->pt, iova, addr, length, prot_to_pte(prot),
 			     dom->page_sizes);
 	if (rc < 0)
-		return kh_fail(rc, "cannot map IOVA 0x%" PRIx64 " + 0x%" PRIx64 " in domain %u", iova,
-			       length, dom->id);
+		return kh_fail(rc, "cannot map IOVA 0x%" PRIx64 " + 0x%" PRIx64 " in domain %u",
+			       iova, length, dom->id);
 	return 0;
 }
 
@@ -638,7 +639,7 @@ static int walk_paging(struct emu_domain *ed, uint64_t iova, struct translation 
 
 	if (emu_pgtable_lookup(&ed->pt, iova, &t) < 0)
 		return -KH_EMU_FAULT_NOT_PRESENT - 1;
-	*out = (struct translation){ t.addr, t.prot, t.pte };
+	*out = (struct translation){t.addr, t.prot, t.pte};
 	return 0;
 }
 
@@ -666,7 +667,7 @@ static int walk_nested(struct emu_domain *ed, uint64_t iova, struct translation 
 
 			if (walk_paging(parent, ipa, &s2) < 0)
 				return -KH_EMU_FAULT_NOT_PRESENT - 1;
-			*out = (struct translation){ s2.addr, prot & s2.prot, s2.pte };
+			*out = (struct translation){s2.addr, prot & s2.prot, s2.pte};
 			return 0;
 		}
 		table = entry & EMU_PTE_ADDR_MASK;
@@ -684,19 +685,20 @@ static int translate(struct emu_domain *ed, uint64_t iova, enum kh_emu_dma_dir d
 	if (!ed || ed->dom.type == KH_DOMAIN_BLOCKED)
 		return -KH_EMU_FAULT_BLOCKED - 1;
 	if (ed->dom.type == KH_DOMAIN_IDENTITY) {
-		*out = (struct translation){ iova, EMU_PTE_R | EMU_PTE_W, NULL };
+		*out = (struct translation){iova, EMU_PTE_R | EMU_PTE_W, NULL};
 		return 0;
 	}
 	slot = iotlb_slot(ed, iova);
 	if (slot->valid && slot->iova_page == (iova & ~0xfffull)) {
-		*out = (struct translation){ slot->addr_page | (iova & 0xfff), slot->prot, slot->pte };
+		*out = (struct translation){slot->addr_page | (iova & 0xfff), slot->prot,
+					    slot->pte};
 	} else {
 		rc = ed->dom.type == KH_DOMAIN_NESTED ? walk_nested(ed, iova, out)
-						       : walk_paging(ed, iova, out);
+						      : walk_paging(ed, iova, out);
 		if (rc < 0)
 			return rc;
-		*slot = (struct iotlb_entry){ true, iova & ~0xfffull, out->addr & ~0xfffull,
-					      out->prot, out->pte };
+		*slot = (struct iotlb_entry){true, iova & ~0xfffull, out->addr & ~0xfffull,
+					     out->prot, out->pte};
 	}
 	if (!(out->prot & needed_prot(dir)))
 		return -(int)denied(dir) - 1;
@@ -741,8 +743,8 @@ int kh_emu_dma(struct kh_backend *be, const char *device, uint64_t iova, void *b
 	if (index < 0)
 		return index;
 	if (len == 0 || __builtin_add_overflow(iova, (uint64_t)len - 1, &last))
-		return kh_fail(-EINVAL, "DMA of %zu bytes at IOVA 0x%" PRIx64 " is not a range", len,
-			       iova);
+		return kh_fail(-EINVAL, "DMA of %zu bytes at IOVA 0x%" PRIx64 " is not a range",
+			       len, iova);
 	ed = ((struct emu_dev *)be->devices[index].priv)->group->domain;
 
 	/* Translate everything first: a fault must leave memory untouched. */
@@ -752,7 +754,8 @@ int kh_emu_dma(struct kh_backend *be, const char *device, uint64_t iova, void *b
 		rc = translate(ed, at, dir, &t);
 		if (rc < 0) {
 			record_fault(be, device, at, dir, (enum kh_emu_fault_reason)(-rc - 1));
-			return kh_fail(-EFAULT, "DMA by %s at IOVA 0x%" PRIx64 " faulted", device, at);
+			return kh_fail(-EFAULT, "DMA by %s at IOVA 0x%" PRIx64 " faulted", device,
+				       at);
 		}
 		if (page >= (last & ~0xfffull))
 			break;
@@ -805,8 +808,8 @@ static int emu_iova_to_phys(struct kh_domain *dom, uint64_t iova, uint64_t *phys
 
 	/* Only presence matters for a lookup; a write-only mapping still translates. */
 	if (rc < 0 && rc != -(int)KH_EMU_FAULT_READ_DENIED - 1)
-		return kh_fail(-ENOENT, "nothing is mapped at IOVA 0x%" PRIx64 " in domain %u", iova,
-			       dom->id);
+		return kh_fail(-ENOENT, "nothing is mapped at IOVA 0x%" PRIx64 " in domain %u",
+			       iova, dom->id);
 	*phys = t.addr;
 	return 0;
 }
@@ -827,11 +830,11 @@ int kh_emu_pgtable_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *bytes
 /* ---- ops tables: chosen per domain at allocation ------------------------------------------ */
 
 /* Every emulated domain takes devices through their group and frees itself alike. */
-#define EMU_DOMAIN_COMMON_OPS                                                               \
-	.attach_dev = emu_attach_dev, .replace_dev = emu_replace_dev, .detach_dev = emu_detach_dev, \
-	.free = emu_free
+#define EMU_DOMAIN_COMMON_OPS                                                                      \
+	.attach_dev = emu_attach_dev, .replace_dev = emu_replace_dev,                              \
+	.detach_dev = emu_detach_dev, .free = emu_free
 
-static const struct kh_domain_ops emu_blocked_ops = { EMU_DOMAIN_COMMON_OPS };
+static const struct kh_domain_ops emu_blocked_ops = {EMU_DOMAIN_COMMON_OPS};
 
 static const struct kh_domain_ops emu_identity_ops = {
 	EMU_DOMAIN_COMMON_OPS,
@@ -930,7 +933,7 @@ static int emu_domain_alloc(struct kh_device *dev, const struct kh_domain_alloc_
 }
 
 /* What both shapes of the emulated IOMMU share: the topology's devices, no per-context state. */
-#define EMU_BACKEND_COMMON_OPS                                                                  \
+#define EMU_BACKEND_COMMON_OPS                                                                     \
 	.kind = KH_BACKEND_EMULATED, .name = "emulated", .probe_devices = emu_probe_devices,       \
 	.release = emu_release, .ctx_open = emu_ctx_open, .ctx_close = emu_ctx_close,              \
 	.bind = emu_bind
@@ -956,15 +959,17 @@ static int open_topology(struct topology *topo, const char *origin, int line,
 
 	if (line != 0) {
 		rc = kh_fail(-EINVAL, "%s line %d: %s", origin, line,
-			     topo->error[0] ? topo->error : "not a section, key = value or comment");
+			     topo->error[0] ? topo->error
+					    : "not a section, key = value or comment");
 		goto out;
 	}
 	for (size_t i = 0; i < topo->n; i++) {
 		if (!topo->devs[i].listed) {
-			rc = kh_fail(-EINVAL,
-				     "%s: [device %s] configures a device that [iommu] devices does "
-				     "not list; add it there",
-				     origin, topo->devs[i].name);
+			rc = kh_fail(
+				-EINVAL,
+				"%s: [device %s] configures a device that [iommu] devices does "
+				"not list; add it there",
+				origin, topo->devs[i].name);
 			goto out;
 		}
 	}
@@ -991,7 +996,7 @@ out:
 
 int kh_backend_open_emulated(const char *topology_path, struct kh_backend **out)
 {
-	struct topology topo = { 0 };
+	struct topology topo = {0};
 	int line = 0;
 
 	if (topology_path) {
@@ -1001,13 +1006,12 @@ int kh_backend_open_emulated(const char *topology_path, struct kh_backend **out)
 			return kh_fail(-ENOENT, "cannot read the topology file %s", topology_path);
 		}
 	}
-	return open_topology(&topo, topology_path ? topology_path : "default topology", line,
-			     out);
+	return open_topology(&topo, topology_path ? topology_path : "default topology", line, out);
 }
 
 int kh_backend_open_emulated_text(const char *topology_text, struct kh_backend **out)
 {
-	struct topology topo = { 0 };
+	struct topology topo = {0};
 	int line = ini_parse_string(topology_text, topology_handler, &topo);
 
 	return open_topology(&topo, "topology", line, out);

@@ -6,12 +6,12 @@
 
 #include "alloc.h"
 
-#define PTES_PER_TABLE 512u
-#define PTE_PRESENT (EMU_PTE_R | EMU_PTE_W)
+#define PTES_PER_TABLE	512u
+#define PTE_PRESENT	(EMU_PTE_R | EMU_PTE_W)
 #define PTE_COUNT_SHIFT 52
-#define PTE_COUNT_MASK (0x3ffull << PTE_COUNT_SHIFT)
-#define LEAF_FLAGS (EMU_PTE_R | EMU_PTE_W | EMU_PTE_A | EMU_PTE_D)
-#define IOVA_LIMIT (1ull << EMU_IOVA_BITS)
+#define PTE_COUNT_MASK	(0x3ffull << PTE_COUNT_SHIFT)
+#define LEAF_FLAGS	(EMU_PTE_R | EMU_PTE_W | EMU_PTE_A | EMU_PTE_D)
+#define IOVA_LIMIT	(1ull << EMU_IOVA_BITS)
 
 static inline uint64_t level_size(int level)
 {
@@ -76,8 +76,7 @@ static void table_free(struct emu_pgtable *pt, uint64_t *table)
 
 /* Frees a table and everything below it, returning the bytes its leaves mapped. count bounds the
  * present entries, so the scan stops at the last one; a 4 KiB table is not scanned at all. */
-static uint64_t free_subtree(struct emu_pgtable *pt, uint64_t *table, int level,
-			     unsigned int count)
+static uint64_t free_subtree(struct emu_pgtable *pt, uint64_t *table, int level, unsigned int count)
 {
 	uint64_t size = level_size(level);
 	uint64_t bytes = 0;
@@ -126,8 +125,7 @@ struct map_state {
 
 static inline bool leaf_fits(const struct map_state *m, uint64_t size)
 {
-	return (m->sizes & size) && !((m->iova | m->addr) & (size - 1)) &&
-	       m->end - m->iova >= size;
+	return (m->sizes & size) && !((m->iova | m->addr) & (size - 1)) && m->end - m->iova >= size;
 }
 
 /* The hot loop of a large 4 KiB mapping, kept free of the per-level choices. */
@@ -219,9 +217,13 @@ struct pte_walk {
 static struct pte_walk pte_walk_start(uint64_t *table, int level, uint64_t iova, uint64_t end,
 				      unsigned int count)
 {
-	return (struct pte_walk){ .table = table, .size = level_size(level), .iova = iova,
-				  .next = iova, .end = end, .i = pte_index(iova, level),
-				  .left = count };
+	return (struct pte_walk){.table = table,
+				 .size = level_size(level),
+				 .iova = iova,
+				 .next = iova,
+				 .end = end,
+				 .i = pte_index(iova, level),
+				 .left = count};
 }
 
 /* The next present entry, or NULL when the range, the table or its entries are used up. */
@@ -355,7 +357,7 @@ static void split_undo(struct emu_pgtable *pt, struct split_log *log)
 int emu_pgtable_unmap(struct emu_pgtable *pt, uint64_t iova, uint64_t length, uint64_t *unmapped)
 {
 	uint64_t end = range_end(iova, length);
-	struct split_log log = { .n = 0 };
+	struct split_log log = {.n = 0};
 	uint64_t bytes;
 	int ret;
 

@@ -26,18 +26,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EMU_PTE_R (1ull << 0)
-#define EMU_PTE_W (1ull << 1)
-#define EMU_PTE_PS (1ull << 7)
-#define EMU_PTE_A (1ull << 8)
-#define EMU_PTE_D (1ull << 9)
+#define EMU_PTE_R	  (1ull << 0)
+#define EMU_PTE_W	  (1ull << 1)
+#define EMU_PTE_PS	  (1ull << 7)
+#define EMU_PTE_A	  (1ull << 8)
+#define EMU_PTE_D	  (1ull << 9)
 #define EMU_PTE_ADDR_MASK 0x000ffffffffff000ull
 
 #define EMU_PGTABLE_LEVELS 4
-#define EMU_IOVA_BITS 48
-#define EMU_SZ_4K (1ull << 12)
-#define EMU_SZ_2M (1ull << 21)
-#define EMU_SZ_1G (1ull << 30)
+#define EMU_IOVA_BITS	   48
+#define EMU_SZ_4K	   (1ull << 12)
+#define EMU_SZ_2M	   (1ull << 21)
+#define EMU_SZ_1G	   (1ull << 30)
 
 struct emu_pgtable {
 	uint64_t *root;
@@ -65,10 +65,10 @@ int emu_pgtable_unmap(struct emu_pgtable *pt, uint64_t iova, uint64_t length, ui
 
 /* Translation of one IOVA. -ENOENT if unmapped. */
 struct emu_translation {
-	uint64_t addr;      /* address iova translates to */
-	uint64_t prot;      /* EMU_PTE_R / EMU_PTE_W */
+	uint64_t addr;	    /* address iova translates to */
+	uint64_t prot;	    /* EMU_PTE_R / EMU_PTE_W */
 	uint64_t leaf_size; /* EMU_SZ_* of the leaf that maps it */
-	uint64_t *pte;      /* the leaf entry, for the DMA engine's A/D updates */
+	uint64_t *pte;	    /* the leaf entry, for the DMA engine's A/D updates */
 };
 int emu_pgtable_lookup(const struct emu_pgtable *pt, uint64_t iova, struct emu_translation *out);
 

@@ -18,7 +18,7 @@ struct kh_area {
 	uint64_t addr;
 	uint32_t prot;
 	uint32_t flags; /* KH_MAP_FILE */
-	void *owner;    /* the caller's, never dereferenced here */
+	void *owner;	/* the caller's, never dereferenced here */
 };
 
 struct kh_resv {
@@ -76,8 +76,9 @@ int kh_ioas_create(uint64_t aperture_start, uint64_t aperture_last, uint64_t pag
 
 static struct kh_mapping area_mapping(const struct kh_area *area)
 {
-	return (struct kh_mapping){ area->iova, area->last - area->iova + 1, area->addr, area->prot,
-				    area->flags, area->owner };
+	return (struct kh_mapping){area->iova,	area->last - area->iova + 1,
+				   area->addr,	area->prot,
+				   area->flags, area->owner};
 }
 
 /* Takes the area out of the tree and frees it, handing its owner to release. */
@@ -100,7 +101,7 @@ void kh_ioas_destroy(struct kh_ioas *ioas, kh_owner_release_fn *release, void *a
 
 	if (!ioas)
 		return;
-	RB_FOREACH_SAFE(area, kh_area_tree, &ioas->areas, next)
+	RB_FOREACH_SAFE (area, kh_area_tree, &ioas->areas, next)
 		area_forget(ioas, area, release, arg);
 	free(ioas->resv);
 	free(ioas->allowed);
@@ -110,7 +111,7 @@ void kh_ioas_destroy(struct kh_ioas *ioas, kh_owner_release_fn *release, void *a
 /* The first mapping that overlaps [start, last], in IOVA order, or NULL. */
 static struct kh_area *first_overlap(const struct kh_ioas *ioas, uint64_t start, uint64_t last)
 {
-	struct kh_area key = { .iova = start };
+	struct kh_area key = {.iova = start};
 	struct kh_area *next, *prev;
 
 	next = RB_NFIND(kh_area_tree, (struct kh_area_tree *)&ioas->areas, &key);
@@ -127,7 +128,8 @@ static const struct kh_resv *reserved_overlap(const struct kh_ioas *ioas, uint64
 					      uint64_t last)
 {
 	for (size_t i = 0; i < ioas->n_resv; i++)
-		if (ranges_overlap(start, last, ioas->resv[i].range.start, ioas->resv[i].range.last))
+		if (ranges_overlap(start, last, ioas->resv[i].range.start,
+				   ioas->resv[i].range.last))
 			return &ioas->resv[i];
 	return NULL;
 }
@@ -180,7 +182,7 @@ static bool find_gap(const struct kh_ioas *ioas, uint64_t start, uint64_t last, 
 
 static bool alloc_iova(const struct kh_ioas *ioas, uint64_t length, uint64_t align, uint64_t *iova)
 {
-	struct kh_iova_range whole = { ioas->aperture_start, ioas->aperture_last };
+	struct kh_iova_range whole = {ioas->aperture_start, ioas->aperture_last};
 	const struct kh_iova_range *spaces = ioas->n_allowed ? ioas->allowed : &whole;
 	size_t n = ioas->n_allowed ? ioas->n_allowed : 1;
 
@@ -190,7 +192,7 @@ static bool alloc_iova(const struct kh_ioas *ioas, uint64_t length, uint64_t ali
 						 ? spaces[i].start
 						 : ioas->aperture_start;
 			uint64_t last = spaces[i].last < ioas->aperture_last ? spaces[i].last
-									      : ioas->aperture_last;
+									     : ioas->aperture_last;
 			uint64_t from = pass == 0 ? ioas->alloc_hint : start;
 
 			if (start > last || (pass == 0 && from > last))
@@ -259,27 +261,30 @@ static int check_fixed(const struct kh_ioas *ioas, const struct kh_map_req *req)
 	uint64_t last;
 
 	if (req->iova & (ioas->page_size - 1))
-		return kh_fail(-EINVAL, "IOVA 0x%" PRIx64 " is not a multiple of the page size 0x%" PRIx64,
+		return kh_fail(-EINVAL,
+			       "IOVA 0x%" PRIx64 " is not a multiple of the page size 0x%" PRIx64,
 			       req->iova, ioas->page_size);
 	if (__builtin_add_overflow(req->iova, req->length - 1, &last))
 		return kh_fail(-EOVERFLOW, "IOVA 0x%" PRIx64 " + length 0x%" PRIx64 " overflows",
 			       req->iova, req->length);
 	if (req->iova < ioas->aperture_start || last > ioas->aperture_last)
 		return kh_fail(-EINVAL,
-			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64 " leaves the aperture 0x%" PRIx64
-			       "-0x%" PRIx64,
+			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64
+			       " leaves the aperture 0x%" PRIx64 "-0x%" PRIx64,
 			       req->iova, last, ioas->aperture_start, ioas->aperture_last);
 	resv = reserved_overlap(ioas, req->iova, last);
 	if (resv)
 		return kh_fail(-EINVAL,
-			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64 " touches the reserved range 0x%" PRIx64
-			       "-0x%" PRIx64 "; list free ranges and map elsewhere",
+			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64
+			       " touches the reserved range 0x%" PRIx64 "-0x%" PRIx64
+			       "; list free ranges and map elsewhere",
 			       req->iova, last, resv->range.start, resv->range.last);
 	area = first_overlap(ioas, req->iova, last);
 	if (area)
 		return kh_fail(-EEXIST,
-			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64 " overlaps the mapping at 0x%" PRIx64
-			       "-0x%" PRIx64 "; unmap it first",
+			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64
+			       " overlaps the mapping at 0x%" PRIx64 "-0x%" PRIx64
+			       "; unmap it first",
 			       req->iova, last, area->iova, area->last);
 	return 0;
 }
@@ -324,8 +329,9 @@ int kh_ioas_source(const struct kh_ioas *ioas, uint64_t iova, uint64_t length, u
 	uint64_t last;
 
 	if (length == 0 || __builtin_add_overflow(iova, length - 1, &last))
-		return kh_fail(-EINVAL, "source IOVA 0x%" PRIx64 " + length 0x%" PRIx64
-			       " is not a range", iova, length);
+		return kh_fail(-EINVAL,
+			       "source IOVA 0x%" PRIx64 " + length 0x%" PRIx64 " is not a range",
+			       iova, length);
 	area = first_overlap(ioas, iova, last);
 	if (!area)
 		return kh_fail(-ENOENT, "nothing is mapped at source IOVA 0x%" PRIx64, iova);
@@ -369,11 +375,12 @@ int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uin
 			       "; unmap whole mappings only",
 			       area->iova, area->last, iova);
 	span_start = area->iova;
-	for (stop = area; area && area->iova <= end; area = RB_NEXT(kh_area_tree, &ioas->areas, area)) {
+	for (stop = area; area && area->iova <= end;
+	     area = RB_NEXT(kh_area_tree, &ioas->areas, area)) {
 		if (area->last > end)
 			return kh_fail(-EINVAL,
-				       "the mapping 0x%" PRIx64 "-0x%" PRIx64 " ends after 0x%" PRIx64
-				       "; unmap whole mappings only",
+				       "the mapping 0x%" PRIx64 "-0x%" PRIx64
+				       " ends after 0x%" PRIx64 "; unmap whole mappings only",
 				       area->iova, area->last, end);
 		span_bytes += area->last - area->iova + 1;
 		stop = area;
@@ -387,7 +394,7 @@ int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uin
 void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last,
 		    kh_owner_release_fn *release, void *arg)
 {
-	struct kh_area key = { .iova = first };
+	struct kh_area key = {.iova = first};
 	struct kh_area *area = RB_NFIND(kh_area_tree, &ioas->areas, &key);
 
 	while (area && area->last <= last) {
@@ -398,10 +405,9 @@ void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last,
 	}
 }
 
-int kh_ioas_mappings(const struct kh_ioas *ioas, uint64_t from, struct kh_mapping *out,
-		     size_t max)
+int kh_ioas_mappings(const struct kh_ioas *ioas, uint64_t from, struct kh_mapping *out, size_t max)
 {
-	struct kh_area key = { .iova = from };
+	struct kh_area key = {.iova = from};
 	struct kh_area *area = RB_NFIND(kh_area_tree, (struct kh_area_tree *)&ioas->areas, &key);
 	size_t n = 0;
 
@@ -456,7 +462,7 @@ int kh_ioas_reserve(struct kh_ioas *ioas, const struct kh_iova_range *ranges, si
 			grown[at] = grown[at - 1];
 			at--;
 		}
-		grown[at] = (struct kh_resv){ ranges[i], owner };
+		grown[at] = (struct kh_resv){ranges[i], owner};
 	}
 	return 0;
 }
@@ -473,7 +479,7 @@ void kh_ioas_unreserve(struct kh_ioas *ioas, const void *owner)
 
 int kh_ioas_ranges(const struct kh_ioas *ioas, struct kh_iova_range *out, size_t max)
 {
-	struct kh_iova_range whole = { ioas->aperture_start, ioas->aperture_last };
+	struct kh_iova_range whole = {ioas->aperture_start, ioas->aperture_last};
 	const struct kh_iova_range *spaces = ioas->n_allowed ? ioas->allowed : &whole;
 	size_t n_spaces = ioas->n_allowed ? ioas->n_allowed : 1;
 	size_t n = 0;
@@ -491,7 +497,7 @@ int kh_ioas_ranges(const struct kh_ioas *ioas, struct kh_iova_range *out, size_t
 				continue;
 			if (resv->start > pos) {
 				if (n < max)
-					out[n] = (struct kh_iova_range){ pos, resv->start - 1 };
+					out[n] = (struct kh_iova_range){pos, resv->start - 1};
 				n++;
 			}
 			if (resv->last >= last)
@@ -501,7 +507,7 @@ int kh_ioas_ranges(const struct kh_ioas *ioas, struct kh_iova_range *out, size_t
 		}
 		if (more) {
 			if (n < max)
-				out[n] = (struct kh_iova_range){ pos, last };
+				out[n] = (struct kh_iova_range){pos, last};
 			n++;
 		}
 	}
@@ -524,7 +530,8 @@ int kh_ioas_allow_check(const struct kh_ioas *ioas, const struct kh_iova_range *
 		const struct kh_resv *resv;
 
 		if (ranges[i].start > ranges[i].last)
-			return kh_fail(-EINVAL, "allowed range 0x%" PRIx64 "-0x%" PRIx64 " is empty",
+			return kh_fail(-EINVAL,
+				       "allowed range 0x%" PRIx64 "-0x%" PRIx64 " is empty",
 				       ranges[i].start, ranges[i].last);
 		resv = reserved_overlap(ioas, ranges[i].start, ranges[i].last);
 		if (resv)
@@ -545,8 +552,8 @@ int kh_ioas_allow_check(const struct kh_ioas *ioas, const struct kh_iova_range *
 				int err = kh_fail(-EINVAL,
 						  "allowed ranges 0x%" PRIx64 "-0x%" PRIx64
 						  " and 0x%" PRIx64 "-0x%" PRIx64 " overlap",
-						  copy[i - 1].start, copy[i - 1].last, copy[i].start,
-						  copy[i].last);
+						  copy[i - 1].start, copy[i - 1].last,
+						  copy[i].start, copy[i].last);
 				free(copy);
 				return err;
 			}

@@ -43,8 +43,7 @@ int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uin
 void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last,
 		    kh_owner_release_fn *release, void *arg);
 
-int kh_ioas_mappings(const struct kh_ioas *ioas, uint64_t from, struct kh_mapping *out,
-		     size_t max);
+int kh_ioas_mappings(const struct kh_ioas *ioas, uint64_t from, struct kh_mapping *out, size_t max);
 size_t kh_ioas_count(const struct kh_ioas *ioas);
 
 /* Adds the reserved ranges a device brings, tagged with owner. -EADDRINUSE if one overlaps a

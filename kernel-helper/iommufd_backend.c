@@ -63,7 +63,7 @@ struct iommufd_bdev {
 };
 
 struct iommufd_binding {
-	int fd;         /* the VFIO device cdev, bound to the context's iommufd */
+	int fd;		/* the VFIO device cdev, bound to the context's iommufd */
 	uint32_t devid; /* iommufd's id for the bound device */
 };
 
@@ -113,7 +113,7 @@ static int kernel_call(int fd, unsigned long request, void *arg, const char *fmt
 
 static void destroy_object(int iommufd, uint32_t id)
 {
-	struct iommu_destroy cmd = { .size = sizeof(cmd), .id = id };
+	struct iommu_destroy cmd = {.size = sizeof(cmd), .id = id};
 
 	/* Only fails for an id the kernel no longer knows, which leaves nothing to release. */
 	(void)ioctl(iommufd, IOMMU_DESTROY, &cmd);
@@ -161,7 +161,8 @@ static int link_name(const char *dir, const char *name, char *buf, size_t size)
 		return -errno;
 	target[n] = '\0';
 	slash = strrchr(target, '/');
-	return fits(snprintf(buf, size, "%s", slash ? slash + 1 : target), size) ? 0 : -ENAMETOOLONG;
+	return fits(snprintf(buf, size, "%s", slash ? slash + 1 : target), size) ? 0
+										 : -ENAMETOOLONG;
 }
 
 /* The VFIO cdev of a PCI device: its vfio-dev/vfioN entry names /dev/vfio/devices/vfioN. */
@@ -179,7 +180,8 @@ static bool find_cdev(const char *dir, char *cdev, size_t size)
 		return false;
 	while (!found && (de = readdir(d)))
 		if (!strncmp(de->d_name, "vfio", 4))
-			found = fits(snprintf(cdev, size, "/dev/vfio/devices/%s", de->d_name), size);
+			found = fits(snprintf(cdev, size, "/dev/vfio/devices/%s", de->d_name),
+				     size);
 	(void)closedir(d);
 	return found;
 }
@@ -222,7 +224,7 @@ static uint64_t parse_hex(const char *s)
 static int ioas_ranges(int iommufd, uint32_t ioas_id, struct iommu_iova_range **out, uint32_t *n,
 		       uint64_t *alignment)
 {
-	struct iommu_ioas_iova_ranges cmd = { .size = sizeof(cmd), .ioas_id = ioas_id };
+	struct iommu_ioas_iova_ranges cmd = {.size = sizeof(cmd), .ioas_id = ioas_id};
 	struct iommu_iova_range *ranges = NULL;
 	int rc;
 
@@ -248,9 +250,11 @@ static int ioas_ranges(int iommufd, uint32_t ioas_id, struct iommu_iova_range **
 /* The model, features and large pages the kernel reports for the device's IOMMU. */
 static void probe_hw_info(int iommufd, uint32_t devid, struct kh_hw_info *hw)
 {
-	struct iommu_hw_info_vtd vtd = { 0 };
-	struct iommu_hw_info info = { .size = sizeof(info), .dev_id = devid,
-				      .data_len = sizeof(vtd), .data_uptr = (uintptr_t)&vtd };
+	struct iommu_hw_info_vtd vtd = {0};
+	struct iommu_hw_info info = {.size = sizeof(info),
+				     .dev_id = devid,
+				     .data_len = sizeof(vtd),
+				     .data_uptr = (uintptr_t)&vtd};
 
 	if (ioctl(iommufd, IOMMU_GET_HW_INFO, &info))
 		return;
@@ -266,9 +270,9 @@ static void probe_hw_info(int iommufd, uint32_t devid, struct kh_hw_info *hw)
 /* Whether the IOMMU can be a nest parent: a HWPT allocated, never attached. */
 static void probe_nesting(int iommufd, uint32_t devid, struct kh_hw_info *hw)
 {
-	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
-	struct iommu_hwpt_alloc hwpt = { .size = sizeof(hwpt), .dev_id = devid,
-					 .flags = IOMMU_HWPT_ALLOC_NEST_PARENT };
+	struct iommu_ioas_alloc ioas = {.size = sizeof(ioas)};
+	struct iommu_hwpt_alloc hwpt = {
+		.size = sizeof(hwpt), .dev_id = devid, .flags = IOMMU_HWPT_ALLOC_NEST_PARENT};
 
 	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &ioas))
 		return;
@@ -280,8 +284,8 @@ static void probe_nesting(int iommufd, uint32_t devid, struct kh_hw_info *hw)
  * choosing (some drivers only size a domain at its first attach). */
 static void probe_aperture(int iommufd, int devfd, struct kh_hw_info *hw)
 {
-	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
-	struct vfio_device_attach_iommufd_pt attach = { .argsz = sizeof(attach) };
+	struct iommu_ioas_alloc ioas = {.size = sizeof(ioas)};
+	struct vfio_device_attach_iommufd_pt attach = {.argsz = sizeof(attach)};
 	struct iommu_iova_range *ranges;
 	uint64_t alignment;
 	uint32_t n;
@@ -307,7 +311,7 @@ static void probe_aperture(int iommufd, int devfd, struct kh_hw_info *hw)
 static void probe_hw(struct kh_bdev *bdev, const char *cdev)
 {
 	struct kh_hw_info *hw = &bdev->info.hw;
-	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
+	struct vfio_device_bind_iommufd bind = {.argsz = sizeof(bind)};
 	int iommufd, devfd;
 
 	/* Until the kernel says otherwise: 4 KiB pages and a 64-bit aperture. */
@@ -408,7 +412,7 @@ static void iommufd_ctx_close(struct kh_ctx *ctx)
 static int iommufd_bind(struct kh_ctx *ctx, struct kh_device *dev)
 {
 	const struct iommufd_bdev *priv = dev->bdev->priv;
-	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = ctx_fd(ctx) };
+	struct vfio_device_bind_iommufd bind = {.argsz = sizeof(bind), .iommufd = ctx_fd(ctx)};
 	struct iommufd_binding *b = kh_zalloc(sizeof(*b));
 	int rc;
 
@@ -417,13 +421,12 @@ static int iommufd_bind(struct kh_ctx *ctx, struct kh_device *dev)
 	b->fd = open(priv->cdev, O_RDWR | O_CLOEXEC);
 	if (b->fd < 0) {
 		rc = kh_fail(-errno, "cannot open %s's VFIO device %s%s", dev->bdev->info.name,
-			     priv->cdev,
-			     errno == EBUSY ? "; another program holds it" : "");
+			     priv->cdev, errno == EBUSY ? "; another program holds it" : "");
 		free(b);
 		return rc;
 	}
-	rc = kernel_call(b->fd, VFIO_DEVICE_BIND_IOMMUFD, &bind,
-			 "VFIO_DEVICE_BIND_IOMMUFD of %s", dev->bdev->info.name);
+	rc = kernel_call(b->fd, VFIO_DEVICE_BIND_IOMMUFD, &bind, "VFIO_DEVICE_BIND_IOMMUFD of %s",
+			 dev->bdev->info.name);
 	/* VFIO refuses a second open device file with EINVAL: the device is still open through
 	 * an fd handed out earlier (kh_device_open_fd), which keeps its old binding alive. */
 	if (rc == -EINVAL)
@@ -461,7 +464,7 @@ static int iommufd_device_fd(struct kh_device *dev)
 
 static int region_info(int vfio_fd, uint32_t index, struct kh_region *out, const char *name)
 {
-	struct vfio_region_info info = { .argsz = sizeof(info), .index = index };
+	struct vfio_region_info info = {.argsz = sizeof(info), .index = index};
 	int rc = kernel_call(vfio_fd, VFIO_DEVICE_GET_REGION_INFO, &info,
 			     "VFIO_DEVICE_GET_REGION_INFO of region %u of %s", index, name);
 
@@ -490,8 +493,8 @@ int kh_vfio_region(int vfio_fd, uint32_t index, struct kh_region *out)
 static int attach_pt(struct kh_domain *dom, struct kh_device *dev, const char *what)
 {
 	struct iommufd_domain *d = to_ifd(dom);
-	struct vfio_device_attach_iommufd_pt cmd = { .argsz = sizeof(cmd),
-						     .pt_id = d->hwpt_id ? d->hwpt_id : d->ioas_id };
+	struct vfio_device_attach_iommufd_pt cmd = {.argsz = sizeof(cmd),
+						    .pt_id = d->hwpt_id ? d->hwpt_id : d->ioas_id};
 
 	return kernel_call(binding(dev)->fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &cmd,
 			   "VFIO_DEVICE_ATTACH_IOMMUFD_PT (%s) of %s to object %u", what,
@@ -513,8 +516,10 @@ static int iommufd_replace_dev(struct kh_domain *dom, struct kh_device *dev, str
 	 * objects to the domain it made: some drivers (virtio-iommu before Linux 6.13) size a
 	 * domain only at a first attach, not at a replace. */
 	if (rc == -EADDRINUSE)
-		(void)kh_fail(rc,
-			"the kernel could not give %s a domain covering domain %u's mappings during "
+		(void)kh_fail(
+			rc,
+			"the kernel could not give %s a domain covering domain %u's mappings "
+			"during "
 			"a replace (its IOMMU driver sizes domains only at attach); detach and "
 			"attach instead",
 			dev->bdev->info.name, dom->id);
@@ -523,7 +528,7 @@ static int iommufd_replace_dev(struct kh_domain *dom, struct kh_device *dev, str
 
 static int detach_pt(struct kh_device *dev)
 {
-	struct vfio_device_detach_iommufd_pt cmd = { .argsz = sizeof(cmd) };
+	struct vfio_device_detach_iommufd_pt cmd = {.argsz = sizeof(cmd)};
 
 	return kernel_call(binding(dev)->fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &cmd,
 			   "VFIO_DEVICE_DETACH_IOMMUFD_PT of %s", dev->bdev->info.name);
@@ -629,9 +634,10 @@ static int iommufd_set_allowed_iovas(struct kh_domain *dom, const struct kh_iova
 {
 	struct iommufd_domain *d = to_ifd(dom);
 	/* struct kh_iova_range and struct iommu_iova_range are both {start, last} in u64. */
-	struct iommu_ioas_allow_iovas cmd = { .size = sizeof(cmd), .ioas_id = d->ioas_id,
-					      .num_iovas = (uint32_t)n,
-					      .allowed_iovas = (uintptr_t)ranges };
+	struct iommu_ioas_allow_iovas cmd = {.size = sizeof(cmd),
+					     .ioas_id = d->ioas_id,
+					     .num_iovas = (uint32_t)n,
+					     .allowed_iovas = (uintptr_t)ranges};
 
 	_Static_assert(sizeof(struct kh_iova_range) == sizeof(struct iommu_iova_range),
 		       "IOVA range layouts differ");
@@ -642,8 +648,8 @@ static int iommufd_set_allowed_iovas(struct kh_domain *dom, const struct kh_iova
 static int iommufd_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
 {
 	struct iommufd_domain *d = to_ifd(dom);
-	struct iommu_ioas_unmap cmd = { .size = sizeof(cmd), .ioas_id = d->ioas_id, .iova = iova,
-					.length = length };
+	struct iommu_ioas_unmap cmd = {
+		.size = sizeof(cmd), .ioas_id = d->ioas_id, .iova = iova, .length = length};
 
 	return kernel_call(d->iommufd, IOMMU_IOAS_UNMAP, &cmd,
 			   "IOMMU_IOAS_UNMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
@@ -661,8 +667,8 @@ static int iommufd_set_dirty_tracking(struct kh_domain *dom, bool enable)
 	};
 
 	return kernel_call(d->iommufd, IOMMU_HWPT_SET_DIRTY_TRACKING, &cmd,
-			   "IOMMU_HWPT_SET_DIRTY_TRACKING (%s) of domain %u",
-			   enable ? "on" : "off", dom->id);
+			   "IOMMU_HWPT_SET_DIRTY_TRACKING (%s) of domain %u", enable ? "on" : "off",
+			   dom->id);
 }
 
 static int iommufd_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t length,
@@ -695,7 +701,7 @@ static const struct kh_dirty_ops iommufd_dirty_ops = {
 static int iommufd_flush_nested(struct kh_domain *dom)
 {
 	struct iommufd_domain *d = to_ifd(dom);
-	struct iommu_hwpt_vtd_s1_invalidate all = { .addr = 0, .npages = UINT64_MAX };
+	struct iommu_hwpt_vtd_s1_invalidate all = {.addr = 0, .npages = UINT64_MAX};
 	struct iommu_hwpt_invalidate cmd = {
 		.size = sizeof(cmd),
 		.hwpt_id = d->hwpt_id,
@@ -729,8 +735,8 @@ static const struct kh_domain_ops iommufd_blocked_ops = {
 };
 
 /* Paging and nested domains are kernel objects a device attaches to. */
-#define IOMMUFD_ATTACHABLE_OPS                                                         \
-	.attach_dev = iommufd_attach_dev, .replace_dev = iommufd_replace_dev,          \
+#define IOMMUFD_ATTACHABLE_OPS                                                                     \
+	.attach_dev = iommufd_attach_dev, .replace_dev = iommufd_replace_dev,                      \
 	.detach_dev = iommufd_detach_dev, .free = iommufd_free
 
 /* A template: the backend copies it and adds what the running kernel offers. */
@@ -757,10 +763,11 @@ static const struct kh_domain_ops iommufd_nested_ops = {
 static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_domain *d)
 {
 	const struct iommufd_backend *kernel = dev->ctx->be->priv;
-	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
+	struct iommu_ioas_alloc ioas = {.size = sizeof(ioas)};
 	struct iommu_hwpt_alloc hwpt = {
 		.size = sizeof(hwpt),
-		.flags = ((flags & KH_DOMAIN_F_DIRTY_TRACKING) ? IOMMU_HWPT_ALLOC_DIRTY_TRACKING : 0) |
+		.flags = ((flags & KH_DOMAIN_F_DIRTY_TRACKING) ? IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+							       : 0) |
 			 ((flags & KH_DOMAIN_F_NEST_PARENT) ? IOMMU_HWPT_ALLOC_NEST_PARENT : 0),
 		.dev_id = binding(dev)->devid,
 	};
@@ -790,8 +797,8 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 			 "IOMMU_HWPT_ALLOC (paging, flags 0x%x) for %s", hwpt.flags,
 			 dev->bdev->info.name);
 	if (rc == -EOPNOTSUPP)
-		(void)kh_fail(rc, "%s's IOMMU cannot give a paging domain with%s%s",
-			dev->bdev->info.name,
+		(void)kh_fail(
+			rc, "%s's IOMMU cannot give a paging domain with%s%s", dev->bdev->info.name,
 			(flags & KH_DOMAIN_F_DIRTY_TRACKING) ? " dirty tracking" : "",
 			(flags & KH_DOMAIN_F_NEST_PARENT) ? " nesting (as a nest parent)" : "");
 	if (rc < 0)
@@ -898,7 +905,7 @@ static bool kernel_has(int iommufd, unsigned long request, void *arg)
 
 int kh_backend_open_iommufd(struct kh_backend **out)
 {
-	struct iommu_ioas_map_file map_file = { .size = sizeof(map_file), .fd = -1 };
+	struct iommu_ioas_map_file map_file = {.size = sizeof(map_file), .fd = -1};
 	struct iommufd_backend *kernel;
 	int fd = open(DEV_IOMMU, O_RDWR | O_CLOEXEC);
 

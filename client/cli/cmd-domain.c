@@ -64,7 +64,8 @@ static void cmd_domain_alloc_exec(const struct cmd_entry *self, const struct cmd
 	if (name && !domain_type_from_name(name, &type))
 		usage_error(self->name,
 			    "'%s' is not a domain type 'domain alloc' makes; give paging, "
-			    "blocked or identity", name);
+			    "blocked or identity",
+			    name);
 	if (args->opt[ALLOC_DIRTY_TRACKING].count)
 		flags |= IOMMUCTL_DOMAIN_DIRTY_TRACKING;
 	if (args->opt[ALLOC_NEST_PARENT].count)

@@ -17,12 +17,12 @@
 #include "emu_pgtable.h"
 #include "tool-options.h"
 
-#define KiB (1ull << 10)
-#define MiB (1ull << 20)
-#define GiB (1ull << 30)
+#define KiB	  (1ull << 10)
+#define MiB	  (1ull << 20)
+#define GiB	  (1ull << 30)
 #define FAKE_ADDR (1ull << 40) /* 1 GiB aligned, never touched */
-#define IOVA (4 * GiB)
-#define RUNS 5
+#define IOVA	  (4 * GiB)
+#define RUNS	  5
 
 static double target_seconds = 0.3;
 
@@ -53,7 +53,7 @@ struct setup {
 static void setup(struct setup *s, const char *page_sizes)
 {
 	char topology[128];
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	uint32_t dev;
 
 	snprintf(topology, sizeof(topology), "[iommu]\ndevices = d\n[device d]\npage-sizes = %s\n",
@@ -79,9 +79,11 @@ struct job {
 
 static void api_pair(const struct job *j)
 {
-	struct kh_map_req req = { .iova = IOVA, .length = j->length, .addr = FAKE_ADDR,
-				  .prot = KH_PROT_READ | KH_PROT_WRITE,
-				  .flags = KH_MAP_FIXED_IOVA };
+	struct kh_map_req req = {.iova = IOVA,
+				 .length = j->length,
+				 .addr = FAKE_ADDR,
+				 .prot = KH_PROT_READ | KH_PROT_WRITE,
+				 .flags = KH_MAP_FIXED_IOVA};
 
 	check(kh_map(j->s->ctx, j->s->dom, &req), "kh_map");
 	check(kh_unmap(j->s->ctx, j->s->dom, IOVA, j->length, NULL), "kh_unmap");
@@ -126,8 +128,11 @@ static double ns_per_pair(void (*pair)(const struct job *), const struct job *j)
 
 static uint64_t pgtable_bytes_for_gib(struct setup *s)
 {
-	struct kh_map_req req = { .iova = IOVA, .length = GiB, .addr = FAKE_ADDR,
-				  .prot = KH_PROT_READ, .flags = KH_MAP_FIXED_IOVA };
+	struct kh_map_req req = {.iova = IOVA,
+				 .length = GiB,
+				 .addr = FAKE_ADDR,
+				 .prot = KH_PROT_READ,
+				 .flags = KH_MAP_FIXED_IOVA};
 	uint64_t empty, full;
 
 	check(kh_emu_pgtable_bytes(s->ctx, s->dom, &empty), "measuring page tables");
@@ -141,7 +146,7 @@ static void granule(const char *label, uint64_t length, const char *page_sizes, 
 {
 	struct setup s;
 	struct emu_pgtable pt;
-	struct job j = { &s, &pt, length, mask };
+	struct job j = {&s, &pt, length, mask};
 	double api, raw;
 	uint64_t bytes;
 
@@ -150,8 +155,8 @@ static void granule(const char *label, uint64_t length, const char *page_sizes, 
 	api = ns_per_pair(api_pair, &j);
 	raw = ns_per_pair(raw_pair, &j);
 	bytes = pgtable_bytes_for_gib(&s);
-	printf("%-22s %12.0f %12.0f %9.2f %14.0f %14.1f\n", label, api, raw, api / raw,
-	       1e9 / api, (double)bytes / KiB);
+	printf("%-22s %12.0f %12.0f %9.2f %14.0f %14.1f\n", label, api, raw, api / raw, 1e9 / api,
+	       (double)bytes / KiB);
 	emu_pgtable_destroy(&pt);
 	teardown(&s);
 }
@@ -163,7 +168,8 @@ static void usage(FILE *out)
 		"\n"
 		"Prints what mapping costs on kernel-helper's emulated IOMMU. For each case: the\n"
 		"median time of one map+unmap pair through the public API (kh_map/kh_unmap) and\n"
-		"through the page-table layer alone, their ratio (the core's share), map+unmap pairs\n"
+		"through the page-table layer alone, their ratio (the core's share), map+unmap "
+		"pairs\n"
 		"per second through the API, and the page-table memory one mapped GiB takes with\n"
 		"that granule. Cases: 4 KiB, 2 MiB and 1 GiB leaves, and one 1 GiB range built of\n"
 		"4 KiB leaves (also given per page).\n"
@@ -185,9 +191,8 @@ static void take_option(int opt, const char *value, void *arg)
 
 int main(int argc, char **argv)
 {
-	static const struct option options[] = { { "quick", no_argument, NULL, 'q' },
-						 { "help", no_argument, NULL, 'h' },
-						 { 0 } };
+	static const struct option options[] = {
+		{"quick", no_argument, NULL, 'q'}, {"help", no_argument, NULL, 'h'}, {0}};
 	int status = tool_options(argc, argv, "qh", options, usage, take_option, NULL);
 
 	if (status >= 0)
@@ -203,7 +208,7 @@ int main(int argc, char **argv)
 	/* The last case again, per 4 KiB page. */
 	struct setup s;
 	struct emu_pgtable pt;
-	struct job j = { &s, &pt, GiB, EMU_SZ_4K };
+	struct job j = {&s, &pt, GiB, EMU_SZ_4K};
 
 	setup(&s, "4K");
 	check(emu_pgtable_init(&pt), "allocating a page table");

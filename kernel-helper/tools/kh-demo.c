@@ -33,18 +33,22 @@ static void usage(FILE *out)
 		"    reserved IOVA ranges;\n"
 		"  - binds the first device into a new context, allocates a paging domain with\n"
 		"    dirty tracking from it and attaches the device;\n"
-		"  - maps one buffer read-write and one read-only at IOVAs the helper chooses, and\n"
+		"  - maps one buffer read-write and one read-only at IOVAs the helper chooses, "
+		"and\n"
 		"    shows the mappings and the IOVA ranges still free;\n"
-		"  - has the device write into the read-write buffer by DMA and shows the bytes that\n"
+		"  - has the device write into the read-write buffer by DMA and shows the bytes "
+		"that\n"
 		"    landed, then shows a device write to the read-only buffer fault;\n"
 		"  - reads the dirty bitmap, unmaps, and shows DMA to the old IOVA fault.\n"
 		"\n"
 		"Options:\n"
-		"  -t, --topology FILE  emulated devices to use (INI; see kernel-helper/include/kh/\n"
+		"  -t, --topology FILE  emulated devices to use (INI; see "
+		"kernel-helper/include/kh/\n"
 		"                       kh_emu.h). Default: two devices, nic0 and gpu0.\n"
 		"  -h, --help           show this text\n"
 		"\n"
-		"Exit status: 0 when every step behaved as shown, 1 when one did not (the step and\n"
+		"Exit status: 0 when every step behaved as shown, 1 when one did not (the step "
+		"and\n"
 		"kernel-helper's message are printed), 2 on a usage error.\n"
 		"\n"
 		"Example:\n"
@@ -73,7 +77,7 @@ static void print_page_sizes(uint64_t sizes)
 	static const struct {
 		uint64_t size;
 		const char *name;
-	} names[] = { { 1ull << 12, "4K" }, { 1ull << 21, "2M" }, { 1ull << 30, "1G" } };
+	} names[] = {{1ull << 12, "4K"}, {1ull << 21, "2M"}, {1ull << 30, "1G"}};
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (sizes & names[i].size)
@@ -113,7 +117,8 @@ static void show_domain(struct kh_ctx *ctx, uint32_t dom)
 	for (int i = 0; i < n; i++)
 		printf("  IOVA 0x%-12" PRIx64 " %6" PRIu64 " KiB -> %p  %s%s\n", m[i].iova,
 		       m[i].length / 1024, (void *)(uintptr_t)m[i].addr,
-		       (m[i].prot & KH_PROT_READ) ? "r" : "-", (m[i].prot & KH_PROT_WRITE) ? "w" : "-");
+		       (m[i].prot & KH_PROT_READ) ? "r" : "-",
+		       (m[i].prot & KH_PROT_WRITE) ? "w" : "-");
 	n = kh_iova_ranges(ctx, dom, r, 8);
 	step(n, "listing free IOVA ranges");
 	printf("IOVA ranges where mappings may go:\n");
@@ -123,7 +128,7 @@ static void show_domain(struct kh_ctx *ctx, uint32_t dom)
 
 static uint64_t map(struct kh_ctx *ctx, uint32_t dom, void *mem, uint32_t prot)
 {
-	struct kh_map_req req = { .length = PAGE, .addr = (uintptr_t)mem, .prot = prot };
+	struct kh_map_req req = {.length = PAGE, .addr = (uintptr_t)mem, .prot = prot};
 
 	step(kh_map(ctx, dom, &req), "mapping a buffer");
 	return req.iova;
@@ -165,7 +170,7 @@ struct demo {
 
 static void demo_setup(struct demo *d, const char *topology)
 {
-	struct kh_domain_alloc_args args = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args args = {.type = KH_DOMAIN_PAGING};
 
 	step(topology ? kh_backend_open_emulated(topology, &d->be)
 		      : kh_backend_open_emulated_text(default_topology, &d->be),
@@ -186,9 +191,8 @@ static void demo_setup(struct demo *d, const char *topology)
 
 int main(int argc, char **argv)
 {
-	static const struct option options[] = { { "topology", required_argument, NULL, 't' },
-						 { "help", no_argument, NULL, 'h' },
-						 { 0 } };
+	static const struct option options[] = {
+		{"topology", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'}, {0}};
 	const char *topology = NULL;
 	struct demo d;
 	char message[] = "hello, DMA";
@@ -222,7 +226,8 @@ int main(int argc, char **argv)
 		step(kh_read_dirty(d.ctx, d.dom, rw_iova, PAGE, PAGE, dirty, 0),
 		     "reading dirty bits");
 		expect(dirty[0] == 1, "the written page is dirty");
-		printf("  dirty bitmap of the read-write page: %" PRIu64 " (written since cleared)\n",
+		printf("  dirty bitmap of the read-write page: %" PRIu64
+		       " (written since cleared)\n",
 		       dirty[0]);
 	}
 

@@ -27,8 +27,8 @@
 
 #include "bench_clock.h"
 
-#define MiB (1ull << 20)
-#define IOVA 0x40000000ull
+#define MiB    (1ull << 20)
+#define IOVA   0x40000000ull
 #define ROUNDS 5 /* each size alternates helper and direct this many times */
 
 static void fail(const char *what, const char *why)
@@ -46,9 +46,9 @@ struct direct {
 static void direct_open(struct direct *d, const char *bdf)
 {
 	char dir[128], path[300] = "";
-	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
-	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
-	struct vfio_device_attach_iommufd_pt attach = { .argsz = sizeof(attach) };
+	struct vfio_device_bind_iommufd bind = {.argsz = sizeof(bind)};
+	struct iommu_ioas_alloc ioas = {.size = sizeof(ioas)};
+	struct vfio_device_attach_iommufd_pt attach = {.argsz = sizeof(attach)};
 	struct dirent *de;
 	DIR *list;
 
@@ -85,8 +85,8 @@ static void direct_map_unmap(const struct direct *d, void *mem, uint64_t len)
 		.length = len,
 		.iova = IOVA,
 	};
-	struct iommu_ioas_unmap unmap = { .size = sizeof(unmap), .ioas_id = d->ioas, .iova = IOVA,
-					  .length = len };
+	struct iommu_ioas_unmap unmap = {
+		.size = sizeof(unmap), .ioas_id = d->ioas, .iova = IOVA, .length = len};
 
 	if (ioctl(d->iommufd, IOMMU_IOAS_MAP, &map) || ioctl(d->iommufd, IOMMU_IOAS_UNMAP, &unmap))
 		fail("direct map/unmap", strerror(errno));
@@ -99,9 +99,11 @@ struct helper {
 
 static void helper_map_unmap(const struct helper *h, void *mem, uint64_t len)
 {
-	struct kh_map_req req = { .iova = IOVA, .length = len, .addr = (uintptr_t)mem,
-				  .prot = KH_PROT_READ | KH_PROT_WRITE,
-				  .flags = KH_MAP_FIXED_IOVA };
+	struct kh_map_req req = {.iova = IOVA,
+				 .length = len,
+				 .addr = (uintptr_t)mem,
+				 .prot = KH_PROT_READ | KH_PROT_WRITE,
+				 .flags = KH_MAP_FIXED_IOVA};
 
 	if (kh_map(h->ctx, h->dom, &req) || kh_unmap(h->ctx, h->dom, IOVA, len, NULL))
 		fail("helper map/unmap", kh_last_error());
@@ -126,7 +128,7 @@ static struct figures summarize(uint64_t *ns, size_t n)
 	for (size_t i = 0; i < n; i++)
 		total += ns[i];
 	qsort(ns, n, sizeof(*ns), cmp_u64);
-	return (struct figures){ ns[n / 2], ns[(n * 99) / 100], n * 1e9 / (double)total };
+	return (struct figures){ns[n / 2], ns[(n * 99) / 100], n * 1e9 / (double)total};
 }
 
 static void measure(const char *label, uint64_t len, size_t iterations, const struct helper *h,
@@ -161,31 +163,35 @@ static void measure(const char *label, uint64_t len, size_t iterations, const st
 	df = summarize(direct_ns, k);
 	printf("%-10s %8zu %12lu %12lu %12lu %12lu %11.0f %11.0f %7.3f %7.3f\n", label, k,
 	       (unsigned long)hf.median, (unsigned long)df.median, (unsigned long)hf.p99,
-	       (unsigned long)df.p99, hf.per_sec, df.per_sec,
-	       (double)hf.median / (double)df.median, (double)hf.p99 / (double)df.p99);
+	       (unsigned long)df.p99, hf.per_sec, df.per_sec, (double)hf.median / (double)df.median,
+	       (double)hf.p99 / (double)df.p99);
 	free(helper_ns);
 	free(direct_ns);
 }
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"usage: kh-iommufd-bench [--help]\n"
-		"\n"
-		"Measures map+unmap through kernel-helper on iommufd against the same ioctls issued\n"
-		"directly, for 4 KiB, 2 MiB and 256 MiB mappings: median and 99th percentile latency\n"
-		"(ns), throughput (map+unmap pairs per second) and the helper/direct ratios.\n"
-		"Needs /dev/iommu and two PCI devices bound to vfio-pci (the first two the backend\n"
-		"lists); run it as root, e.g. in the VM tier:\n"
-		"  tests/vm/run-vm.sh --iommu intel --results DIR build/kernel-helper/tools/kh-iommufd-bench\n"
-		"\n"
-		"Exit status: 0 after printing the figures, 1 if the machine cannot run it, 2 on a\n"
-		"usage error.\n");
+	fprintf(out, "usage: kh-iommufd-bench [--help]\n"
+		     "\n"
+		     "Measures map+unmap through kernel-helper on iommufd against the same ioctls "
+		     "issued\n"
+		     "directly, for 4 KiB, 2 MiB and 256 MiB mappings: median and 99th percentile "
+		     "latency\n"
+		     "(ns), throughput (map+unmap pairs per second) and the helper/direct ratios.\n"
+		     "Needs /dev/iommu and two PCI devices bound to vfio-pci (the first two the "
+		     "backend\n"
+		     "lists); run it as root, e.g. in the VM tier:\n"
+		     "  tests/vm/run-vm.sh --iommu intel --results DIR "
+		     "build/kernel-helper/tools/kh-iommufd-bench\n"
+		     "\n"
+		     "Exit status: 0 after printing the figures, 1 if the machine cannot run it, 2 "
+		     "on a\n"
+		     "usage error.\n");
 }
 
 int main(int argc, char **argv)
 {
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	struct kh_device_info first, second;
 	struct kh_backend *be;
 	struct helper h;
@@ -221,9 +227,8 @@ int main(int argc, char **argv)
 
 	printf("helper on %s, direct ioctls on %s; map+unmap pairs, times in ns\n", first.name,
 	       second.name);
-	printf("%-10s %8s %12s %12s %12s %12s %11s %11s %7s %7s\n", "size", "pairs",
-	       "helper-med", "direct-med", "helper-p99", "direct-p99", "helper/s", "direct/s",
-	       "med-x", "p99-x");
+	printf("%-10s %8s %12s %12s %12s %12s %11s %11s %7s %7s\n", "size", "pairs", "helper-med",
+	       "direct-med", "helper-p99", "direct-p99", "helper/s", "direct/s", "med-x", "p99-x");
 	measure("4KiB", 4096, 400, &h, &d, mem);
 	measure("2MiB", 2 * MiB, 40, &h, &d, mem);
 	measure("256MiB", big, 2, &h, &d, mem);

@@ -66,13 +66,13 @@ const char *kh_backend_name(const struct kh_backend *be);
 
 /* What the IOMMU in front of a device can do. */
 struct kh_hw_info {
-	uint64_t page_sizes;     /* bitmap of supported leaf sizes (bit n = 2^n bytes) */
+	uint64_t page_sizes;	 /* bitmap of supported leaf sizes (bit n = 2^n bytes) */
 	uint64_t aperture_start; /* lowest IOVA the IOMMU translates */
-	uint64_t aperture_last;  /* highest IOVA the IOMMU translates (inclusive) */
-	bool dirty_tracking;     /* paging domains may be allocated with KH_DOMAIN_F_DIRTY_TRACKING */
-	bool nesting;            /* nest parents and nested domains */
-	uint8_t pasid_bits;      /* width of PASIDs the device may use; 0 = none */
-	uint32_t hw_type;        /* backend-specific model id (iommufd: enum iommu_hw_info_type) */
+	uint64_t aperture_last;	 /* highest IOVA the IOMMU translates (inclusive) */
+	bool dirty_tracking; /* paging domains may be allocated with KH_DOMAIN_F_DIRTY_TRACKING */
+	bool nesting;	     /* nest parents and nested domains */
+	uint8_t pasid_bits;  /* width of PASIDs the device may use; 0 = none */
+	uint32_t hw_type;    /* backend-specific model id (iommufd: enum iommu_hw_info_type) */
 };
 
 struct kh_iova_range {
@@ -81,8 +81,8 @@ struct kh_iova_range {
 };
 
 struct kh_device_info {
-	char name[KH_NAME_MAX];  /* stable name: PCI address for iommufd, topology name for emu */
-	uint32_t group;          /* IOMMU group number */
+	char name[KH_NAME_MAX];	 /* stable name: PCI address for iommufd, topology name for emu */
+	uint32_t group;		 /* IOMMU group number */
 	uint16_t vendor, device; /* PCI ids; 0 where the backend has none */
 	char driver[KH_NAME_MAX];
 	struct kh_hw_info hw;
@@ -95,8 +95,8 @@ int kh_device_info(const struct kh_backend *be, size_t index, struct kh_device_i
 int kh_device_lookup(const struct kh_backend *be, const char *name);
 /* Reserved IOVA regions the device brings (e.g. the x86 MSI window). Copies up to max
  * entries into out and returns how many there are in total, or a negative errno. */
-int kh_device_reserved_regions(const struct kh_backend *be, size_t index,
-			       struct kh_iova_range *out, size_t max);
+int kh_device_reserved_regions(const struct kh_backend *be, size_t index, struct kh_iova_range *out,
+			       size_t max);
 
 /* ---- contexts ------------------------------------------------------------------------- */
 
@@ -120,12 +120,12 @@ int kh_device_open_fd(struct kh_ctx *ctx, uint32_t dev_id);
 
 struct kh_region {
 	uint64_t offset; /* where the region starts in the VFIO fd */
-	uint64_t size;   /* 0: the device has no such region */
-	uint32_t flags;  /* KH_REGION_* */
+	uint64_t size;	 /* 0: the device has no such region */
+	uint32_t flags;	 /* KH_REGION_* */
 };
-#define KH_REGION_READ (1u << 0)
+#define KH_REGION_READ	(1u << 0)
 #define KH_REGION_WRITE (1u << 1)
-#define KH_REGION_MMAP (1u << 2)
+#define KH_REGION_MMAP	(1u << 2)
 
 /* Region `index` of the device in VFIO numbering (for PCI: BARs 0-5, 7 config space). */
 int kh_device_region(struct kh_ctx *ctx, uint32_t dev_id, uint32_t index, struct kh_region *out);
@@ -143,7 +143,7 @@ enum kh_domain_type {
 };
 
 #define KH_DOMAIN_F_DIRTY_TRACKING (1u << 0) /* paging: dirty tracking may be switched on */
-#define KH_DOMAIN_F_NEST_PARENT (1u << 1)    /* paging: may be the stage 2 of nested domains */
+#define KH_DOMAIN_F_NEST_PARENT	   (1u << 1) /* paging: may be the stage 2 of nested domains */
 
 /* Stage-1 description for a nested domain. data_type says how to read data. */
 enum kh_nest_data_type {
@@ -153,7 +153,7 @@ enum kh_nest_data_type {
 
 struct kh_domain_alloc_args {
 	enum kh_domain_type type;
-	uint32_t flags;     /* KH_DOMAIN_F_* */
+	uint32_t flags;	    /* KH_DOMAIN_F_* */
 	uint32_t parent_id; /* nested: the nest-parent domain; 0 otherwise */
 	enum kh_nest_data_type data_type;
 	const void *data; /* nested: the stage-1 description; NULL otherwise */
@@ -194,7 +194,7 @@ typedef void kh_owner_release_fn(void *owner, const struct kh_mapping *mapping, 
  * mappings that leave while none is set are not reported. */
 void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, void *arg);
 
-#define KH_PROT_READ (1u << 0)  /* the device may read the memory */
+#define KH_PROT_READ  (1u << 0) /* the device may read the memory */
 #define KH_PROT_WRITE (1u << 1) /* the device may write the memory */
 
 #define KH_MAP_FIXED_IOVA (1u << 0) /* map exactly at req.iova; otherwise the helper picks */
@@ -203,14 +203,14 @@ void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, 
 #define KH_MAP_FILE (1u << 1)
 
 struct kh_map_req {
-	uint64_t iova;      /* in with KH_MAP_FIXED_IOVA; out on success */
+	uint64_t iova;	    /* in with KH_MAP_FIXED_IOVA; out on success */
 	uint64_t length;    /* bytes, a multiple of the smallest page size */
-	uint64_t addr;      /* virtual address of the memory, or offset in fd; page aligned */
-	uint32_t prot;      /* KH_PROT_* (at least one) */
-	uint32_t flags;     /* KH_MAP_* */
+	uint64_t addr;	    /* virtual address of the memory, or offset in fd; page aligned */
+	uint32_t prot;	    /* KH_PROT_* (at least one) */
+	uint32_t flags;	    /* KH_MAP_* */
 	uint64_t alignment; /* allocated IOVA: power of two >= page size, 0 for the default */
-	int32_t fd;         /* with KH_MAP_FILE; the caller keeps it */
-	void *owner;        /* the caller's cookie for the mapping, or NULL; see "Owners" */
+	int32_t fd;	    /* with KH_MAP_FILE; the caller keeps it */
+	void *owner;	    /* the caller's cookie for the mapping, or NULL; see "Owners" */
 };
 
 /* Maps [addr, addr+length) at an IOVA. -EEXIST if it overlaps a mapping; -EINVAL if it touches a
@@ -236,10 +236,10 @@ int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_
 struct kh_mapping {
 	uint64_t iova;
 	uint64_t length;
-	uint64_t addr;  /* virtual address, or offset in the file with KH_MAP_FILE */
+	uint64_t addr; /* virtual address, or offset in the file with KH_MAP_FILE */
 	uint32_t prot;
 	uint32_t flags; /* KH_MAP_FILE for memory mapped from a file */
-	void *owner;    /* the cookie the mapping was made with */
+	void *owner;	/* the cookie the mapping was made with */
 };
 
 /* Copies up to max mappings whose IOVA is >= from, in IOVA order; returns how many were

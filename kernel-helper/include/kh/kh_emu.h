@@ -41,11 +41,11 @@ struct kh_emu_s1 {
 
 enum kh_emu_dma_dir {
 	KH_EMU_DMA_FROM_MEMORY, /* the device reads memory */
-	KH_EMU_DMA_TO_MEMORY,   /* the device writes memory */
+	KH_EMU_DMA_TO_MEMORY,	/* the device writes memory */
 };
 
 enum kh_emu_fault_reason {
-	KH_EMU_FAULT_BLOCKED,       /* the device's group has no translating domain */
+	KH_EMU_FAULT_BLOCKED,	    /* the device's group has no translating domain */
 	KH_EMU_FAULT_NOT_PRESENT,   /* no mapping at the IOVA */
 	KH_EMU_FAULT_READ_DENIED,   /* the mapping does not allow device reads */
 	KH_EMU_FAULT_WRITE_DENIED,  /* the mapping does not allow device writes */

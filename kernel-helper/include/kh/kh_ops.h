@@ -43,7 +43,7 @@ struct kh_bdev {
 	struct kh_iova_range *resv; /* reserved regions, owned by the device */
 	size_t n_resv;
 	struct kh_ctx *bound_ctx; /* the context it is bound in, or NULL; kept by the core */
-	void *priv;               /* the backend's own state */
+	void *priv;		  /* the backend's own state */
 };
 
 /* A device bound in a context: what domain ops receive. Owned by the core. */
@@ -52,23 +52,23 @@ struct kh_device {
 	struct kh_ctx *ctx;
 	struct kh_bdev *bdev;
 	struct kh_domain *domain; /* attached domain, or NULL (blocked) */
-	void *priv;               /* the backend's per-binding state (iommufd: the VFIO fd) */
+	void *priv;		  /* the backend's per-binding state (iommufd: the VFIO fd) */
 };
 
 /* Allocated by the backend's domain_alloc (embedded in its own struct, found again with
  * container_of); the core fills the fields marked "core" and calls ops->free to release it. */
 struct kh_domain {
-	const struct kh_domain_ops *ops; /* backend: set at allocation, never changed */
+	const struct kh_domain_ops *ops;      /* backend: set at allocation, never changed */
 	const struct kh_dirty_ops *dirty_ops; /* backend: as ops; NULL when it tracks nothing */
-	enum kh_domain_type type;        /* backend: never changes */
-	uint32_t flags;                  /* backend: KH_DOMAIN_F_* it granted */
-	uint64_t page_sizes;             /* backend: leaf sizes the domain's page table uses */
+	enum kh_domain_type type;	      /* backend: never changes */
+	uint32_t flags;			      /* backend: KH_DOMAIN_F_* it granted */
+	uint64_t page_sizes;		      /* backend: leaf sizes the domain's page table uses */
 	uint64_t aperture_start, aperture_last; /* backend */
-	struct kh_domain *parent;        /* core: nest parent of a nested domain */
-	uint32_t id;                     /* core */
-	struct kh_ctx *ctx;              /* core */
-	unsigned users;                  /* core: attached devices + nested children */
-	struct kh_ioas *ioas;            /* core: the address space of a paging domain */
+	struct kh_domain *parent;		/* core: nest parent of a nested domain */
+	uint32_t id;				/* core */
+	struct kh_ctx *ctx;			/* core */
+	unsigned users;				/* core: attached devices + nested children */
+	struct kh_ioas *ioas;			/* core: the address space of a paging domain */
 };
 
 struct kh_domain_ops {
@@ -147,7 +147,7 @@ struct kh_backend {
 	const struct kh_backend_ops *ops;
 	struct kh_bdev *devices; /* array owned by the core, entries' priv by the backend */
 	size_t n_devices;
-	unsigned n_ctx;          /* live contexts; close refuses while any remain */
+	unsigned n_ctx; /* live contexts; close refuses while any remain */
 	void *priv;
 };
 
@@ -162,11 +162,11 @@ struct kh_ctx {
 /* Record a failure for kh_last_error() and give err (a negative errno). A macro around
  * kh_fail_record, so the compiler sees the value given: a caller's "rc < 0" after it then proves
  * that an out-parameter, written only on success, is not read unset. */
-#define kh_fail(err, ...)                                  \
-	({                                                 \
-		const int kh_fail_err_ = (err);            \
-		kh_fail_record(kh_fail_err_, __VA_ARGS__); \
-		kh_fail_err_;                              \
+#define kh_fail(err, ...)                                                                          \
+	({                                                                                         \
+		const int kh_fail_err_ = (err);                                                    \
+		kh_fail_record(kh_fail_err_, __VA_ARGS__);                                         \
+		kh_fail_err_;                                                                      \
 	})
 void kh_fail_record(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int kh_vfail(int err, const char *fmt, va_list ap);
