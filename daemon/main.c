@@ -104,19 +104,19 @@ static int parse_options(int argc, char **argv, struct options *o)
 		} else if (opt == 'C') {
 			o->check_config = true;
 		} else if (opt == 'h') {
-			fputs(usage, stdout);
+			(void)fputs(usage, stdout);
 			exit(0);
 		} else if (opt == 'V') {
-			printf("iommud %s\n", IOMMUD_VERSION);
+			(void)printf("iommud %s\n", IOMMUD_VERSION);
 			exit(0);
 		} else {
-			fprintf(stderr, "Try 'iommud --help'.\n");
+			(void)fprintf(stderr, "Try 'iommud --help'.\n");
 			return -EINVAL;
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "iommud: unexpected argument '%s'\nTry 'iommud --help'.\n",
-			argv[optind]);
+		(void)fprintf(stderr, "iommud: unexpected argument '%s'\nTry 'iommud --help'.\n",
+			      argv[optind]);
 		return -EINVAL;
 	}
 	return 0;
@@ -129,13 +129,13 @@ static int load_config(const struct options *o, struct config *cfg)
 	int rc = config_defaults(cfg);
 
 	if (rc < 0) {
-		fprintf(stderr, "iommud: out of memory\n");
+		(void)fprintf(stderr, "iommud: out of memory\n");
 		return rc;
 	}
 	if (o->config_given || access(o->config_path, F_OK) == 0) {
 		rc = config_load(cfg, o->config_path, err, sizeof(err));
 		if (rc < 0) {
-			fprintf(stderr, "iommud: %s\n", err);
+			(void)fprintf(stderr, "iommud: %s\n", err);
 			return rc;
 		}
 	}
@@ -147,17 +147,17 @@ static int load_config(const struct options *o, struct config *cfg)
 	if (o->backend && config_parse_backend(o->backend, &cfg->backend) < 0) {
 		char choices[64];
 
-		fprintf(stderr, "iommud: --backend must be %s, not '%s'\n",
-			config_backend_choices(choices, sizeof(choices)), o->backend);
+		(void)fprintf(stderr, "iommud: --backend must be %s, not '%s'\n",
+			      config_backend_choices(choices, sizeof(choices)), o->backend);
 		return -EINVAL;
 	}
 	if (o->log_level) {
 		rc = log_parse_level(o->log_level);
 		if (rc < 0) {
-			fprintf(stderr,
-				"iommud: --log-level must be err, warning, notice, info or "
-				"debug, not '%s'\n",
-				o->log_level);
+			(void)fprintf(stderr,
+				      "iommud: --log-level must be err, warning, notice, info or "
+				      "debug, not '%s'\n",
+				      o->log_level);
 			return rc;
 		}
 		cfg->log_level = rc;
@@ -167,23 +167,24 @@ static int load_config(const struct options *o, struct config *cfg)
 
 static void print_config(const struct config *cfg)
 {
-	printf("socket %s (mode %04o), backend %s, topology %s, log level %d, "
-	       "max-connections %u\n",
-	       cfg->socket_path, (unsigned)cfg->socket_mode, config_backend_name(cfg->backend),
-	       cfg->topology ? cfg->topology : "(default)", cfg->log_level, cfg->max_connections);
-	printf("peers matched by no section: %s\n", config_access_name(cfg->default_access));
+	(void)printf("socket %s (mode %04o), backend %s, topology %s, log level %d, "
+		     "max-connections %u\n",
+		     cfg->socket_path, (unsigned)cfg->socket_mode,
+		     config_backend_name(cfg->backend), cfg->topology ? cfg->topology : "(default)",
+		     cfg->log_level, cfg->max_connections);
+	(void)printf("peers matched by no section: %s\n", config_access_name(cfg->default_access));
 	for (size_t i = 0; i < cfg->n_rules; i++) {
 		const struct access_rule *r = &cfg->rules[i];
 
-		printf("[%s] %s %u: access %s, max-domains %llu, max-mappings %llu, "
-		       "max-pinned %llu, devices:",
-		       r->section, r->is_group ? "gid" : "uid", r->id,
-		       config_access_name(r->access), (unsigned long long)r->max_domains,
-		       (unsigned long long)r->max_mappings,
-		       (unsigned long long)r->max_pinned_bytes);
+		(void)printf("[%s] %s %u: access %s, max-domains %llu, max-mappings %llu, "
+			     "max-pinned %llu, devices:",
+			     r->section, r->is_group ? "gid" : "uid", r->id,
+			     config_access_name(r->access), (unsigned long long)r->max_domains,
+			     (unsigned long long)r->max_mappings,
+			     (unsigned long long)r->max_pinned_bytes);
 		for (size_t d = 0; d < r->n_devices; d++)
-			printf(" %s", r->devices[d]);
-		printf("%s\n", r->n_devices ? "" : " (none)");
+			(void)printf(" %s", r->devices[d]);
+		(void)printf("%s\n", r->n_devices ? "" : " (none)");
 	}
 }
 

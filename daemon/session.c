@@ -180,7 +180,7 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 		return fail(-ENOMEM, "out of memory for a new tenant");
 	t->reg = reg;
 	t->uid = peer->uid;
-	snprintf(t->cgroup, sizeof(t->cgroup), "%s", cgroup);
+	(void)snprintf(t->cgroup, sizeof(t->cgroup), "%s", cgroup);
 	t->rule = rule;
 	t->refs = 1;
 	LIST_INIT(&t->sessions);
@@ -270,7 +270,7 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 		return fail_kh(rc, "cannot create the session's IOMMU context");
 	}
 	kh_ctx_set_owner_release(s->ctx, mapping_release, s);
-	snprintf(s->lease, sizeof(s->lease), "%s", lease);
+	(void)snprintf(s->lease, sizeof(s->lease), "%s", lease);
 	s->tenant = t;
 	s->refs = 1;
 	LIST_INIT(&s->domains);
@@ -388,7 +388,7 @@ int session_device(struct session *s, const char *name, bool bind, uint32_t *dev
 				    name, kh_last_error());
 		return fail_kh(rc, "cannot bind the device");
 	}
-	snprintf(dev->name, sizeof(dev->name), "%s", name);
+	(void)snprintf(dev->name, sizeof(dev->name), "%s", name);
 	LIST_INSERT_HEAD(&s->devices, dev, link);
 	log_info("uid %u took device %s", (unsigned)s->tenant->uid, name);
 	*dev_id = dev->dev_id;
@@ -452,7 +452,7 @@ int session_alloc_domain(struct session *s, const char *device,
 		return fail_kh(rc, "cannot allocate the domain");
 	}
 	dom->type = args->type;
-	snprintf(dom->device, sizeof(dom->device), "%s", device);
+	(void)snprintf(dom->device, sizeof(dom->device), "%s", device);
 	LIST_INSERT_HEAD(&s->domains, dom, link);
 	s->tenant->used.domains++;
 	*domain_id = dom->id;
@@ -507,7 +507,7 @@ static bool is_memfd(int fd)
 	char link[64], target[256];
 	ssize_t n;
 
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	(void)snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
 	n = readlink(link, target, sizeof(target) - 1);
 	if (n < 0)
 		return false;

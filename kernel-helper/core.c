@@ -79,7 +79,7 @@ void kh_backend_close(struct kh_backend *be)
 	if (be->n_ctx) {
 		/* A context outliving its backend would use freed devices: a caller bug that must
 		 * not pass silently. */
-		fprintf(stderr, "kh_backend_close: %u contexts are still open\n", be->n_ctx);
+		(void)fprintf(stderr, "kh_backend_close: %u contexts are still open\n", be->n_ctx);
 		abort();
 	}
 	backend_free(be);

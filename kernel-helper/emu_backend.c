@@ -177,15 +177,15 @@ static struct topology_device *topology_device(struct topology *topo, const char
 		.nesting = true,
 		.msi_window = true,
 	};
-	snprintf(grown->name, sizeof(grown->name), "%s", name);
+	(void)snprintf(grown->name, sizeof(grown->name), "%s", name);
 	return grown;
 }
 
 static int topology_fail(struct topology *topo, const char *section, const char *key,
 			 const char *value, const char *expected)
 {
-	snprintf(topo->error, sizeof(topo->error), "[%s] %s = %s: expected %s", section, key, value,
-		 expected);
+	(void)snprintf(topo->error, sizeof(topo->error), "[%s] %s = %s: expected %s", section, key,
+		       value, expected);
 	return 0;
 }
 
@@ -354,8 +354,8 @@ static int add_device(struct kh_backend *be, const struct topology_device *t, ui
 				(struct kh_iova_range){MSI_WINDOW_START, MSI_WINDOW_LAST};
 		bdev->n_resv = n_resv;
 	}
-	snprintf(bdev->info.name, sizeof(bdev->info.name), "%s", t->name);
-	snprintf(bdev->info.driver, sizeof(bdev->info.driver), "emulated");
+	(void)snprintf(bdev->info.name, sizeof(bdev->info.name), "%s", t->name);
+	(void)snprintf(bdev->info.driver, sizeof(bdev->info.driver), "emulated");
 	bdev->info.group = group;
 	bdev->info.hw = (struct kh_hw_info){
 		.page_sizes = t->page_sizes,
@@ -723,7 +723,7 @@ static void record_fault(struct kh_backend *be, const char *device, uint64_t iov
 	} else {
 		emu->fault_count++;
 	}
-	snprintf(f->device, sizeof(f->device), "%s", device);
+	(void)snprintf(f->device, sizeof(f->device), "%s", device);
 	f->iova = iova;
 	f->dir = dir;
 	f->reason = reason;

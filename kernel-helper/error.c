@@ -17,7 +17,8 @@ int kh_vfail(int err, const char *fmt, va_list ap)
 	int n = vsnprintf(last_error, sizeof(last_error), fmt, ap);
 
 	if (n >= 0 && (size_t)n < sizeof(last_error) - 32)
-		snprintf(last_error + n, sizeof(last_error) - (size_t)n, " (%s)", strerror(-err));
+		(void)snprintf(last_error + n, sizeof(last_error) - (size_t)n, " (%s)",
+			       strerror(-err));
 	return err;
 }
 

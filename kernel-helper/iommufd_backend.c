@@ -192,8 +192,8 @@ static int read_reserved_regions(struct kh_bdev *bdev)
 	FILE *f;
 	int rc = 0;
 
-	snprintf(path, sizeof(path), "/sys/kernel/iommu_groups/%u/reserved_regions",
-		 bdev->info.group);
+	(void)snprintf(path, sizeof(path), "/sys/kernel/iommu_groups/%u/reserved_regions",
+		       bdev->info.group);
 	f = fopen(path, "re");
 	if (!f)
 		return 0; /* an IOMMU that reserves nothing has no file */
@@ -338,7 +338,7 @@ static int add_pci_device(struct kh_backend *be, const char *bdf)
 	struct kh_bdev *bdev;
 	int rc;
 
-	snprintf(dir, sizeof(dir), SYSFS_PCI "/%s", bdf);
+	(void)snprintf(dir, sizeof(dir), SYSFS_PCI "/%s", bdf);
 	(void)link_name(dir, "driver", driver, sizeof(driver));
 	if (strcmp(driver, "vfio-pci") || !find_cdev(dir, cdev, sizeof(cdev)))
 		return 0; /* only devices handed to VFIO, with a cdev, can be used */
@@ -347,15 +347,15 @@ static int add_pci_device(struct kh_backend *be, const char *bdf)
 	priv = kh_zalloc(sizeof(*priv));
 	if (!priv)
 		return kh_fail(-ENOMEM, "cannot record device %s", bdf);
-	snprintf(priv->cdev, sizeof(priv->cdev), "%s", cdev);
+	(void)snprintf(priv->cdev, sizeof(priv->cdev), "%s", cdev);
 	rc = kh_backend_add_device(be, &bdev);
 	if (rc < 0) {
 		free(priv);
 		return rc;
 	}
 	bdev->priv = priv;
-	snprintf(bdev->info.name, sizeof(bdev->info.name), "%s", bdf);
-	snprintf(bdev->info.driver, sizeof(bdev->info.driver), "%s", driver);
+	(void)snprintf(bdev->info.name, sizeof(bdev->info.name), "%s", bdf);
+	(void)snprintf(bdev->info.driver, sizeof(bdev->info.driver), "%s", driver);
 	bdev->info.group = (uint32_t)strtoul(buf, NULL, 10);
 	if (read_sysfs(dir, "vendor", buf, sizeof(buf)) == 0)
 		bdev->info.vendor = (uint16_t)parse_hex(buf);

@@ -14,7 +14,8 @@
 #define CHECK(cond)                                                                                \
 	do {                                                                                       \
 		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
+			(void)fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,     \
+				      #cond);                                                      \
 			abort();                                                                   \
 		}                                                                                  \
 	} while (0)
@@ -31,15 +32,15 @@ check_eq_failed(const char *file, int line, const char *a_text, const char *b_te
 	char a_buf[48], b_buf[48];
 
 	if (a_signed)
-		snprintf(a_buf, sizeof(a_buf), "%lld", (long long)a);
+		(void)snprintf(a_buf, sizeof(a_buf), "%lld", (long long)a);
 	else
-		snprintf(a_buf, sizeof(a_buf), "%llu = 0x%llx", a, a);
+		(void)snprintf(a_buf, sizeof(a_buf), "%llu = 0x%llx", a, a);
 	if (b_signed)
-		snprintf(b_buf, sizeof(b_buf), "%lld", (long long)b);
+		(void)snprintf(b_buf, sizeof(b_buf), "%lld", (long long)b);
 	else
-		snprintf(b_buf, sizeof(b_buf), "%llu = 0x%llx", b, b);
-	fprintf(stderr, "%s:%d: check failed: %s == %s (%s != %s)\n", file, line, a_text, b_text,
-		a_buf, b_buf);
+		(void)snprintf(b_buf, sizeof(b_buf), "%llu = 0x%llx", b, b);
+	(void)fprintf(stderr, "%s:%d: check failed: %s == %s (%s != %s)\n", file, line, a_text,
+		      b_text, a_buf, b_buf);
 	abort();
 }
 
@@ -67,8 +68,8 @@ static inline const char *check_detail(void)
 	do {                                                                                       \
 		long long check_rc_ = (long long)(expr);                                           \
 		if (check_rc_ < 0) {                                                               \
-			fprintf(stderr, "%s:%d: %s failed: %s; %s\n", __FILE__, __LINE__, #expr,   \
-				strerror((int)-check_rc_), check_detail());                        \
+			(void)fprintf(stderr, "%s:%d: %s failed: %s; %s\n", __FILE__, __LINE__,    \
+				      #expr, strerror((int)-check_rc_), check_detail());           \
 			abort();                                                                   \
 		}                                                                                  \
 	} while (0)

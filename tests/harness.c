@@ -61,12 +61,12 @@ void harness_skip(const char *fmt, ...)
 {
 	va_list ap;
 
-	printf("SKIP: ");
+	(void)printf("SKIP: ");
 	va_start(ap, fmt);
 	vprintf(fmt, ap);
 	va_end(ap);
-	printf("\n");
-	fflush(stdout);
+	(void)printf("\n");
+	(void)fflush(stdout);
 	if (case_running)
 		longjmp(skip_return, 1);
 	exit(SKIP_STATUS);
@@ -80,8 +80,8 @@ uint64_t harness_parse_u64(const char *option, const char *value)
 	errno = 0;
 	n = strtoull(value, &end, 0);
 	if (errno || end == value || *end || value[0] == '-') {
-		fprintf(stderr, "--%s wants a whole number (decimal or 0x hex), not '%s'\n", option,
-			value);
+		(void)fprintf(stderr, "--%s wants a whole number (decimal or 0x hex), not '%s'\n",
+			      option, value);
 		exit(2);
 	}
 	return n;
@@ -133,7 +133,8 @@ static void expand_instances(void)
 	qsort(instances, n_instances, sizeof(*instances), instance_order);
 	for (size_t i = 1; i < n_instances; i++)
 		if (!strcmp(instances[i - 1].name, instances[i].name)) {
-			fprintf(stderr, "two cases are called %s: rename one\n", instances[i].name);
+			(void)fprintf(stderr, "two cases are called %s: rename one\n",
+				      instances[i].name);
 			exit(2);
 		}
 }
@@ -149,7 +150,8 @@ static void usage(const char *argv0, int status)
 {
 	FILE *out = status ? stderr : stdout;
 
-	fprintf(out,
+	(void)fprintf(
+		out,
 		"usage: %s [OPTION]... [CASE]...\n"
 		"Runs the named cases (shell patterns: 'iommufd.*'), or every case. Several cases\n"
 		"run each in a child process; the exit status is 1 if any failed, 77 if all were\n"
@@ -158,7 +160,7 @@ static void usage(const char *argv0, int status)
 		"  --case CASE  run CASE (the same as naming it after the options)\n",
 		argv0);
 	for (const struct harness_option *o = options; o; o = o->next)
-		fprintf(out, "  --%s %s  %s\n", o->name, o->value_name, o->help);
+		(void)fprintf(out, "  --%s %s  %s\n", o->name, o->value_name, o->help);
 	exit(status);
 }
 
@@ -172,7 +174,7 @@ static bool select_cases(const char *pattern)
 			any = true;
 		}
 	if (!any)
-		fprintf(stderr, "no case matches '%s'; --list shows them\n", pattern);
+		(void)fprintf(stderr, "no case matches '%s'; --list shows them\n", pattern);
 	return any;
 }
 
@@ -208,7 +210,7 @@ static bool parse_args(int argc, char **argv)
 			usage(argv[0], 0);
 		if (!strcmp(arg, "--list")) {
 			for (size_t k = 0; k < n_instances; k++)
-				printf("%s\n", instances[k].name);
+				(void)printf("%s\n", instances[k].name);
 			free_instances();
 			exit(0);
 		}
@@ -222,7 +224,7 @@ static bool parse_args(int argc, char **argv)
 				usage(argv[0], 2);
 			o->set(value ? value : argv[i]);
 		} else if (arg[0] == '-') {
-			fprintf(stderr, "unknown option %s\n", arg);
+			(void)fprintf(stderr, "unknown option %s\n", arg);
 			usage(argv[0], 2);
 		} else {
 			ok &= select_cases(arg);
@@ -266,7 +268,7 @@ static int run_in_child(const struct instance *in)
 	int wstatus;
 	pid_t pid;
 
-	fflush(NULL);
+	(void)fflush(NULL);
 	pid = fork();
 	CHECK(pid >= 0);
 	if (pid == 0) {
@@ -278,8 +280,8 @@ static int run_in_child(const struct instance *in)
 	CHECK_EQ(waitpid(pid, &wstatus, 0), pid);
 	if (WIFEXITED(wstatus))
 		return WEXITSTATUS(wstatus);
-	printf("# %s: killed by signal %d (%s)\n", in->name, WTERMSIG(wstatus),
-	       strsignal(WTERMSIG(wstatus)));
+	(void)printf("# %s: killed by signal %d (%s)\n", in->name, WTERMSIG(wstatus),
+		     strsignal(WTERMSIG(wstatus)));
 	return -1;
 }
 
@@ -293,21 +295,21 @@ static int run_selected(bool alone)
 
 		if (!in->selected)
 			continue;
-		printf("# %s\n", in->name);
+		(void)printf("# %s\n", in->name);
 		status = alone ? run_instance(in) : run_in_child(in);
 		number++;
 		if (status == 0) {
 			passed++;
-			printf("ok %u %s\n", number, in->name);
+			(void)printf("ok %u %s\n", number, in->name);
 		} else if (status == SKIP_STATUS) {
 			skipped++;
-			printf("ok %u %s # SKIP\n", number, in->name);
+			(void)printf("ok %u %s # SKIP\n", number, in->name);
 		} else {
 			failed++;
-			printf("not ok %u %s\n", number, in->name);
+			(void)printf("not ok %u %s\n", number, in->name);
 		}
 	}
-	printf("# %u passed, %u skipped, %u failed\n", passed, skipped, failed);
+	(void)printf("# %u passed, %u skipped, %u failed\n", passed, skipped, failed);
 	if (failed)
 		return 1;
 	return passed == 0 && skipped ? SKIP_STATUS : 0;
@@ -319,7 +321,7 @@ int main(int argc, char **argv)
 	int status;
 
 	/* Output of a case and of the runner stay in order when stdout is a pipe (ctest). */
-	setvbuf(stdout, NULL, _IOLBF, 0);
+	(void)setvbuf(stdout, NULL, _IOLBF, 0);
 	expand_instances();
 	if (!parse_args(argc, argv))
 		for (size_t i = 0; i < n_instances; i++)

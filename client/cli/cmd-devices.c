@@ -60,7 +60,7 @@ static void show_device(const Iommud__V1__Device *d, bool table)
 	int detail = table ? JSON_ONLY : 0;
 	char ids[16];
 
-	snprintf(ids, sizeof(ids), "%04x:%04x", d->vendor, d->device);
+	(void)snprintf(ids, sizeof(ids), "%04x:%04x", d->vendor, d->device);
 	obj_begin(NULL);
 	field("name", STR, 0, d->name);
 	field("group", NUM, d->group, NULL);

@@ -114,7 +114,7 @@ static void cmd_map_exec(const struct cmd_entry *self, const struct cmd_args *ar
 	length = map_length(self, args, size);
 	cli_check(iommuctl_map_fd(cli_connection(), domain, fd, args->opt[MAP_OFFSET].size, length,
 				  prot, fixed, args->opt[MAP_ALIGN].size, &iova));
-	close(fd);
+	(void)close(fd);
 	obj_begin(NULL);
 	field("domain_id", NUM | JSON_ONLY, domain, NULL);
 	field("iova", HEX | BARE, iova, NULL);

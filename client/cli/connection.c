@@ -73,7 +73,7 @@ static void fill_fields(const struct cmd_entry *cmd, const struct cmd_args *args
 		const ProtobufCFieldDescriptor *f;
 		void *at;
 
-		snprintf(name, sizeof(name), "%.*s", (int)strcspn(w, " "), w);
+		(void)snprintf(name, sizeof(name), "%.*s", (int)strcspn(w, " "), w);
 		f = protobuf_c_message_descriptor_get_field_by_name(type, name);
 		/* A field that is not there, or of another type, is a mistake in the table. */
 		if (!f || (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_UINT32))

@@ -43,11 +43,11 @@ void usage_error(const char *command, const char *fmt, ...)
 	const char *sep = command ? " " : "";
 	va_list ap;
 
-	fprintf(stderr, "iommuctl%s%s: ", sep, name);
+	(void)fprintf(stderr, "iommuctl%s%s: ", sep, name);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	(void)vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "\nTry 'iommuctl%s%s --help'.\n", sep, name);
+	(void)fprintf(stderr, "\nTry 'iommuctl%s%s --help'.\n", sep, name);
 	exit(EXIT_USAGE);
 }
 
@@ -55,11 +55,11 @@ void fail(int status, const char *fmt, ...)
 {
 	va_list ap;
 
-	fputs("iommuctl: ", stderr);
+	(void)fputs("iommuctl: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	(void)vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	(void)fputc('\n', stderr);
 	exit(status);
 }
 
@@ -98,9 +98,9 @@ const char *fmt_size(char buf[24], uint64_t v)
 	while (t < 6 && v >> (10 * (t + 1)))
 		t++;
 	if (m < 10000)
-		snprintf(buf, 24, "%" PRIu64 "%s", m, units[e]);
+		(void)snprintf(buf, 24, "%" PRIu64 "%s", m, units[e]);
 	else
-		snprintf(buf, 24, "%.1f%s", (double)v / (double)(1ull << (10 * t)), units[t]);
+		(void)snprintf(buf, 24, "%.1f%s", (double)v / (double)(1ull << (10 * t)), units[t]);
 	return buf;
 }
 
@@ -137,49 +137,49 @@ static void js_string(const char *str)
 	const char *special;
 	size_t n;
 
-	putchar('"');
+	(void)putchar('"');
 	while (*s) {
 		if ((special = strchr(plain, *s))) {
-			printf("\\%c", escaped[special - plain]);
+			(void)printf("\\%c", escaped[special - plain]);
 			s++;
 		} else if (*s < 0x20) {
-			printf("\\u%04x", *s++);
+			(void)printf("\\u%04x", *s++);
 		} else if (*s < 0x80) {
-			putchar(*s++);
+			(void)putchar(*s++);
 		} else if ((n = utf8_len(s))) {
 			fwrite(s, 1, n, stdout);
 			s += n;
 		} else {
-			fputs("\\ufffd", stdout);
+			(void)fputs("\\ufffd", stdout);
 			s++;
 		}
 	}
-	putchar('"');
+	(void)putchar('"');
 }
 
 static void js_key(const char *key)
 {
 	if (out.comma[out.depth])
-		putchar(',');
+		(void)putchar(',');
 	out.comma[out.depth] = true;
 	if (key) {
 		js_string(key);
-		putchar(':');
+		(void)putchar(':');
 	}
 }
 
 static void js_open(const char *key, char bracket)
 {
 	js_key(key);
-	putchar(bracket);
+	(void)putchar(bracket);
 	out.comma[++out.depth] = false;
 }
 
 static void js_close(char bracket)
 {
-	putchar(bracket);
+	(void)putchar(bracket);
 	if (--out.depth == 0)
-		putchar('\n');
+		(void)putchar('\n');
 }
 
 static void js_value(int kind, uint64_t v, const char *s)
@@ -187,9 +187,9 @@ static void js_value(int kind, uint64_t v, const char *s)
 	if ((kind & 15) == STR)
 		js_string(s);
 	else if ((kind & 15) == BOOL)
-		fputs(v ? "true" : "false", stdout);
+		(void)fputs(v ? "true" : "false", stdout);
 	else
-		printf("%" PRIu64, v);
+		(void)printf("%" PRIu64, v);
 }
 
 /* ---- text tables ---------------------------------------------------------------------- */
@@ -236,8 +236,8 @@ static void table_print(struct table *t)
 	for (size_t i = 0; i < t->ncells; i++) {
 		bool last = i % t->ncols == t->ncols - 1;
 
-		printf("%-*s%s", last ? 0 : (int)width[i % t->ncols], t->cells[i],
-		       last ? "\n" : "  ");
+		(void)printf("%-*s%s", last ? 0 : (int)width[i % t->ncols], t->cells[i],
+			     last ? "\n" : "  ");
 		free(t->cells[i]);
 	}
 	free(t->cells);
@@ -272,7 +272,7 @@ void list_begin(const char *key, const char *header)
 		out.skip++;
 	} else {
 		if (out.fields)
-			putchar('\n');
+			(void)putchar('\n');
 		out.table = table_new(header);
 	}
 }
@@ -293,13 +293,13 @@ void list_end(void)
 static const char *text_value(char buf[24], int kind, uint64_t v)
 {
 	if ((kind & 15) == HEX)
-		snprintf(buf, 24, "0x%" PRIx64, v);
+		(void)snprintf(buf, 24, "0x%" PRIx64, v);
 	else if ((kind & 15) == SIZE)
 		fmt_size(buf, v);
 	else if ((kind & 15) == BOOL)
 		return v ? "yes" : "no";
 	else
-		snprintf(buf, 24, "%" PRIu64, v);
+		(void)snprintf(buf, 24, "%" PRIu64, v);
 	return buf;
 }
 
@@ -321,17 +321,17 @@ void field(const char *key, int kind, uint64_t v, const char *s)
 	else if (!s)
 		s = text_value(buf, kind, v);
 	if (kind & BARE) {
-		printf("%s\n", s);
+		(void)printf("%s\n", s);
 		return;
 	}
 	if (out.table) {
 		cell(out.table, "%s", s);
 		return;
 	}
-	snprintf(label, sizeof(label), "%s", key);
+	(void)snprintf(label, sizeof(label), "%s", key);
 	for (char *u = label; (u = strchr(u, '_'));)
 		*u = ' ';
-	printf("%-20s %s\n", label, s);
+	(void)printf("%-20s %s\n", label, s);
 	out.fields = true;
 }
 
@@ -352,7 +352,7 @@ void field_strings(const char *key, char *const *items, size_t n)
 	if (!f)
 		fail(EXIT_LOCAL, "out of memory");
 	for (size_t i = 0; i < n; i++)
-		fprintf(f, "%s%s", i ? "," : "", items[i]);
+		(void)fprintf(f, "%s%s", i ? "," : "", items[i]);
 	if (fclose(f))
 		fail(EXIT_LOCAL, "out of memory");
 	field(key, STR, 0, s);

@@ -37,7 +37,7 @@ static double now(void)
 static void check(int rc, const char *what)
 {
 	if (rc < 0) {
-		fprintf(stderr, "kh-bench: %s: %s\n", what, kh_last_error());
+		(void)fprintf(stderr, "kh-bench: %s: %s\n", what, kh_last_error());
 		exit(1);
 	}
 }
@@ -56,8 +56,8 @@ static void setup(struct setup *s, const char *page_sizes)
 	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	uint32_t dev;
 
-	snprintf(topology, sizeof(topology), "[iommu]\ndevices = d\n[device d]\npage-sizes = %s\n",
-		 page_sizes);
+	(void)snprintf(topology, sizeof(topology),
+		       "[iommu]\ndevices = d\n[device d]\npage-sizes = %s\n", page_sizes);
 	check(kh_backend_open_emulated_text(topology, &s->be), "opening the emulated IOMMU");
 	check(kh_ctx_create(s->be, &s->ctx), "creating a context");
 	check(kh_device_bind(s->ctx, "d", &dev), "binding");
@@ -155,15 +155,16 @@ static void granule(const char *label, uint64_t length, const char *page_sizes, 
 	api = ns_per_pair(api_pair, &j);
 	raw = ns_per_pair(raw_pair, &j);
 	bytes = pgtable_bytes_for_gib(&s);
-	printf("%-22s %12.0f %12.0f %9.2f %14.0f %14.1f\n", label, api, raw, api / raw, 1e9 / api,
-	       (double)bytes / KiB);
+	(void)printf("%-22s %12.0f %12.0f %9.2f %14.0f %14.1f\n", label, api, raw, api / raw,
+		     1e9 / api, (double)bytes / KiB);
 	emu_pgtable_destroy(&pt);
 	teardown(&s);
 }
 
 static void usage(FILE *out)
 {
-	fprintf(out,
+	(void)fprintf(
+		out,
 		"Usage: kh-bench [--quick] [--help]\n"
 		"\n"
 		"Prints what mapping costs on kernel-helper's emulated IOMMU. For each case: the\n"
@@ -197,8 +198,8 @@ int main(int argc, char **argv)
 
 	if (status >= 0)
 		return status;
-	printf("%-22s %12s %12s %9s %14s %14s\n", "case (map+unmap)", "api ns", "pgtable ns",
-	       "api/pgt", "api pairs/s", "KiB per GiB");
+	(void)printf("%-22s %12s %12s %9s %14s %14s\n", "case (map+unmap)", "api ns", "pgtable ns",
+		     "api/pgt", "api pairs/s", "KiB per GiB");
 	/* Each IOMMU offers no leaf larger than the granule, so a mapped GiB is made of it. */
 	granule("4 KiB leaf", 4 * KiB, "4K", EMU_SZ_4K);
 	granule("2 MiB leaf", 2 * MiB, "4K 2M", EMU_SZ_4K | EMU_SZ_2M);
@@ -212,8 +213,8 @@ int main(int argc, char **argv)
 
 	setup(&s, "4K");
 	check(emu_pgtable_init(&pt), "allocating a page table");
-	printf("%-22s %12.2f %12.2f\n", "  per 4 KiB page", ns_per_pair(api_pair, &j) / 262144,
-	       ns_per_pair(raw_pair, &j) / 262144);
+	(void)printf("%-22s %12.2f %12.2f\n", "  per 4 KiB page",
+		     ns_per_pair(api_pair, &j) / 262144, ns_per_pair(raw_pair, &j) / 262144);
 	emu_pgtable_destroy(&pt);
 	teardown(&s);
 	return 0;

@@ -24,7 +24,8 @@ static const char default_topology[] = "[iommu]\n"
 
 static void usage(FILE *out)
 {
-	fprintf(out,
+	(void)fprintf(
+		out,
 		"Usage: kh-demo [--topology FILE] [--help]\n"
 		"\n"
 		"Walks through kernel-helper, the layer of iommud that owns IOMMU domains, on the\n"
@@ -59,7 +60,7 @@ static void usage(FILE *out)
 static void step(int rc, const char *what)
 {
 	if (rc < 0) {
-		fprintf(stderr, "kh-demo: %s failed: %s\n", what, kh_last_error());
+		(void)fprintf(stderr, "kh-demo: %s failed: %s\n", what, kh_last_error());
 		exit(1);
 	}
 }
@@ -67,7 +68,7 @@ static void step(int rc, const char *what)
 static void expect(bool ok, const char *what)
 {
 	if (!ok) {
-		fprintf(stderr, "kh-demo: %s did not hold\n", what);
+		(void)fprintf(stderr, "kh-demo: %s did not hold\n", what);
 		exit(1);
 	}
 }
@@ -81,28 +82,29 @@ static void print_page_sizes(uint64_t sizes)
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (sizes & names[i].size)
-			printf(" %s", names[i].name);
+			(void)printf(" %s", names[i].name);
 }
 
 static void list_devices(struct kh_backend *be)
 {
-	printf("Devices on the %s backend:\n", kh_backend_name(be));
+	(void)printf("Devices on the %s backend:\n", kh_backend_name(be));
 	for (size_t i = 0; i < kh_device_count(be); i++) {
 		struct kh_device_info info;
 		struct kh_iova_range resv[16];
 		int n;
 
 		step(kh_device_info(be, i, &info), "reading device info");
-		printf("  %-8s group %-3u pages", info.name, info.group);
+		(void)printf("  %-8s group %-3u pages", info.name, info.group);
 		print_page_sizes(info.hw.page_sizes);
-		printf("  aperture 0x%" PRIx64 "-0x%" PRIx64 "%s%s\n", info.hw.aperture_start,
-		       info.hw.aperture_last, info.hw.dirty_tracking ? "  dirty-tracking" : "",
-		       info.hw.nesting ? "  nesting" : "");
+		(void)printf("  aperture 0x%" PRIx64 "-0x%" PRIx64 "%s%s\n", info.hw.aperture_start,
+			     info.hw.aperture_last,
+			     info.hw.dirty_tracking ? "  dirty-tracking" : "",
+			     info.hw.nesting ? "  nesting" : "");
 		n = kh_device_reserved_regions(be, i, resv, 16);
 		step(n, "reading reserved regions");
 		for (int r = 0; r < n && r < 16; r++)
-			printf("           reserved 0x%" PRIx64 "-0x%" PRIx64 "\n", resv[r].start,
-			       resv[r].last);
+			(void)printf("           reserved 0x%" PRIx64 "-0x%" PRIx64 "\n",
+				     resv[r].start, resv[r].last);
 	}
 }
 
@@ -113,17 +115,17 @@ static void show_domain(struct kh_ctx *ctx, uint32_t dom)
 	int n = kh_mappings(ctx, dom, 0, m, 8);
 
 	step(n, "listing mappings");
-	printf("Mappings of domain %u:\n", dom);
+	(void)printf("Mappings of domain %u:\n", dom);
 	for (int i = 0; i < n; i++)
-		printf("  IOVA 0x%-12" PRIx64 " %6" PRIu64 " KiB -> %p  %s%s\n", m[i].iova,
-		       m[i].length / 1024, (void *)(uintptr_t)m[i].addr,
-		       (m[i].prot & KH_PROT_READ) ? "r" : "-",
-		       (m[i].prot & KH_PROT_WRITE) ? "w" : "-");
+		(void)printf("  IOVA 0x%-12" PRIx64 " %6" PRIu64 " KiB -> %p  %s%s\n", m[i].iova,
+			     m[i].length / 1024, (void *)(uintptr_t)m[i].addr,
+			     (m[i].prot & KH_PROT_READ) ? "r" : "-",
+			     (m[i].prot & KH_PROT_WRITE) ? "w" : "-");
 	n = kh_iova_ranges(ctx, dom, r, 8);
 	step(n, "listing free IOVA ranges");
-	printf("IOVA ranges where mappings may go:\n");
+	(void)printf("IOVA ranges where mappings may go:\n");
 	for (int i = 0; i < n && i < 8; i++)
-		printf("  0x%" PRIx64 "-0x%" PRIx64 "\n", r[i].start, r[i].last);
+		(void)printf("  0x%" PRIx64 "-0x%" PRIx64 "\n", r[i].start, r[i].last);
 }
 
 static uint64_t map(struct kh_ctx *ctx, uint32_t dom, void *mem, uint32_t prot)
@@ -148,8 +150,8 @@ static void expect_fault(struct kh_backend *be, const char *device, uint64_t iov
 
 	expect(kh_emu_dma(be, device, iova, buf, 8, KH_EMU_DMA_TO_MEMORY) == -EFAULT, what);
 	expect(kh_emu_faults(be, &fault, 1) == 1, "a fault was queued");
-	printf("  fault: %s wrote IOVA 0x%" PRIx64 ": %s\n", fault.device, fault.iova,
-	       reasons[fault.reason]);
+	(void)printf("  fault: %s wrote IOVA 0x%" PRIx64 ": %s\n", fault.device, fault.iova,
+		     reasons[fault.reason]);
 }
 
 static void take_option(int opt, const char *value, void *arg)
@@ -185,8 +187,8 @@ static void demo_setup(struct demo *d, const char *topology)
 	step(kh_device_bind(d->ctx, d->first.name, &d->dev), "binding the device");
 	step(kh_domain_alloc(d->ctx, d->dev, &args, &d->dom), "allocating a paging domain");
 	step(kh_attach(d->ctx, d->dev, d->dom), "attaching the device");
-	printf("\nBound %s as device %u, attached to paging domain %u%s.\n\n", d->first.name,
-	       d->dev, d->dom, d->dirty ? " (dirty tracking)" : "");
+	(void)printf("\nBound %s as device %u, attached to paging domain %u%s.\n\n", d->first.name,
+		     d->dev, d->dom, d->dirty ? " (dirty tracking)" : "");
 }
 
 int main(int argc, char **argv)
@@ -212,13 +214,13 @@ int main(int argc, char **argv)
 
 	if (d.dirty)
 		step(kh_set_dirty_tracking(d.ctx, d.dom, true), "switching dirty tracking on");
-	printf("\nDMA:\n");
+	(void)printf("\nDMA:\n");
 	step(kh_emu_dma(d.be, d.first.name, rw_iova + 16, message, sizeof(message),
 			KH_EMU_DMA_TO_MEMORY),
 	     "DMA into the read-write mapping");
 	expect(memcmp(mem + 16, message, sizeof(message)) == 0, "the DMA'd bytes landed");
-	printf("  %s wrote \"%s\" at IOVA 0x%" PRIx64 "; memory at %p now reads \"%s\"\n",
-	       d.first.name, message, rw_iova + 16, (void *)(mem + 16), (char *)mem + 16);
+	(void)printf("  %s wrote \"%s\" at IOVA 0x%" PRIx64 "; memory at %p now reads \"%s\"\n",
+		     d.first.name, message, rw_iova + 16, (void *)(mem + 16), (char *)mem + 16);
 	expect_fault(d.be, d.first.name, ro_iova, message, "a DMA write to the read-only mapping");
 	expect(mem[PAGE] == 0, "the read-only page is untouched");
 
@@ -226,18 +228,18 @@ int main(int argc, char **argv)
 		step(kh_read_dirty(d.ctx, d.dom, rw_iova, PAGE, PAGE, dirty, 0),
 		     "reading dirty bits");
 		expect(dirty[0] == 1, "the written page is dirty");
-		printf("  dirty bitmap of the read-write page: %" PRIu64
-		       " (written since cleared)\n",
-		       dirty[0]);
+		(void)printf("  dirty bitmap of the read-write page: %" PRIu64
+			     " (written since cleared)\n",
+			     dirty[0]);
 	}
 
 	step(kh_unmap(d.ctx, d.dom, rw_iova, PAGE, NULL), "unmapping");
-	printf("\nUnmapped IOVA 0x%" PRIx64 ":\n", rw_iova);
+	(void)printf("\nUnmapped IOVA 0x%" PRIx64 ":\n", rw_iova);
 	expect_fault(d.be, d.first.name, rw_iova, message, "a DMA write after unmap");
 
 	kh_ctx_destroy(d.ctx);
 	kh_backend_close(d.be);
 	(void)munmap(mem, 2 * PAGE);
-	printf("\nEvery step behaved as shown.\n");
+	(void)printf("\nEvery step behaved as shown.\n");
 	return 0;
 }

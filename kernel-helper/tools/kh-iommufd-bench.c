@@ -33,7 +33,7 @@
 
 static void fail(const char *what, const char *why)
 {
-	fprintf(stderr, "kh-iommufd-bench: %s: %s\n", what, why);
+	(void)fprintf(stderr, "kh-iommufd-bench: %s: %s\n", what, why);
 	exit(1);
 }
 
@@ -52,13 +52,13 @@ static void direct_open(struct direct *d, const char *bdf)
 	struct dirent *de;
 	DIR *list;
 
-	snprintf(dir, sizeof(dir), "/sys/bus/pci/devices/%s/vfio-dev", bdf);
+	(void)snprintf(dir, sizeof(dir), "/sys/bus/pci/devices/%s/vfio-dev", bdf);
 	list = opendir(dir);
 	if (!list)
 		fail(dir, strerror(errno));
 	while ((de = readdir(list)))
 		if (!strncmp(de->d_name, "vfio", 4))
-			snprintf(path, sizeof(path), "/dev/vfio/devices/%s", de->d_name);
+			(void)snprintf(path, sizeof(path), "/dev/vfio/devices/%s", de->d_name);
 	closedir(list);
 	d->iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
 	d->devfd = open(path, O_RDWR | O_CLOEXEC);
@@ -161,17 +161,18 @@ static void measure(const char *label, uint64_t len, size_t iterations, const st
 	}
 	hf = summarize(helper_ns, k);
 	df = summarize(direct_ns, k);
-	printf("%-10s %8zu %12lu %12lu %12lu %12lu %11.0f %11.0f %7.3f %7.3f\n", label, k,
-	       (unsigned long)hf.median, (unsigned long)df.median, (unsigned long)hf.p99,
-	       (unsigned long)df.p99, hf.per_sec, df.per_sec, (double)hf.median / (double)df.median,
-	       (double)hf.p99 / (double)df.p99);
+	(void)printf("%-10s %8zu %12lu %12lu %12lu %12lu %11.0f %11.0f %7.3f %7.3f\n", label, k,
+		     (unsigned long)hf.median, (unsigned long)df.median, (unsigned long)hf.p99,
+		     (unsigned long)df.p99, hf.per_sec, df.per_sec,
+		     (double)hf.median / (double)df.median, (double)hf.p99 / (double)df.p99);
 	free(helper_ns);
 	free(direct_ns);
 }
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: kh-iommufd-bench [--help]\n"
+	(void)fprintf(
+		out, "usage: kh-iommufd-bench [--help]\n"
 		     "\n"
 		     "Measures map+unmap through kernel-helper on iommufd against the same ioctls "
 		     "issued\n"
@@ -225,16 +226,17 @@ int main(int argc, char **argv)
 	mem = (uint8_t *)(((uintptr_t)raw + 2 * MiB - 1) & ~(uintptr_t)(2 * MiB - 1));
 	memset(mem, 1, big);
 
-	printf("helper on %s, direct ioctls on %s; map+unmap pairs, times in ns\n", first.name,
-	       second.name);
-	printf("%-10s %8s %12s %12s %12s %12s %11s %11s %7s %7s\n", "size", "pairs", "helper-med",
-	       "direct-med", "helper-p99", "direct-p99", "helper/s", "direct/s", "med-x", "p99-x");
+	(void)printf("helper on %s, direct ioctls on %s; map+unmap pairs, times in ns\n",
+		     first.name, second.name);
+	(void)printf("%-10s %8s %12s %12s %12s %12s %11s %11s %7s %7s\n", "size", "pairs",
+		     "helper-med", "direct-med", "helper-p99", "direct-p99", "helper/s", "direct/s",
+		     "med-x", "p99-x");
 	measure("4KiB", 4096, 400, &h, &d, mem);
 	measure("2MiB", 2 * MiB, 40, &h, &d, mem);
 	measure("256MiB", big, 2, &h, &d, mem);
 
-	close(d.devfd);
-	close(d.iommufd);
+	(void)close(d.devfd);
+	(void)close(d.iommufd);
 	kh_ctx_destroy(h.ctx);
 	kh_backend_close(be);
 	return 0;

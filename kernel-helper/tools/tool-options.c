@@ -22,8 +22,8 @@ int tool_options(int argc, char **argv, const char *shortopts, const struct opti
 		take(opt, optarg, arg);
 	}
 	if (optind != argc) {
-		fprintf(stderr, "%s: unexpected argument '%s'\n", program_invocation_short_name,
-			argv[optind]);
+		(void)fprintf(stderr, "%s: unexpected argument '%s'\n",
+			      program_invocation_short_name, argv[optind]);
 		usage(stderr);
 		return 2;
 	}

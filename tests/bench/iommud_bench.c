@@ -61,7 +61,7 @@ static char device[KH_NAME_MAX];
 
 static void fail(const char *what, const char *why)
 {
-	fprintf(stderr, "iommud-bench: %s: %s\n", what, why);
+	(void)fprintf(stderr, "iommud-bench: %s: %s\n", what, why);
 	exit(1);
 }
 
@@ -223,7 +223,7 @@ static void choose_device(void)
 	struct iommuctl *c;
 
 	if (opt.device) {
-		snprintf(device, sizeof(device), "%s", opt.device);
+		(void)snprintf(device, sizeof(device), "%s", opt.device);
 		return;
 	}
 	if (iommuctl_connect(opt.socket, &c) < 0)
@@ -233,8 +233,8 @@ static void choose_device(void)
 	check_call(c, iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL), "ListDevices");
 	for (size_t i = 0; i < resp->list_devices->n_devices && !device[0]; i++)
 		if (resp->list_devices->devices[i]->allowed)
-			snprintf(device, sizeof(device), "%s",
-				 resp->list_devices->devices[i]->name);
+			(void)snprintf(device, sizeof(device), "%s",
+				       resp->list_devices->devices[i]->name);
 	iommuctl_response_free(resp);
 	iommuctl_close(c);
 	if (!device[0])
@@ -380,12 +380,12 @@ static void echo_start(struct echo *e, const size_t *sizes)
 	if (e->pid < 0)
 		fail("fork", strerror(errno));
 	if (e->pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		close(sv[0]);
+		(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+		(void)close(sv[0]);
 		echo_serve(sv[1], sizes);
 		_exit(0);
 	}
-	close(sv[1]);
+	(void)close(sv[1]);
 	e->sock = sv[0];
 }
 
@@ -393,7 +393,7 @@ static void echo_stop(struct echo *e)
 {
 	int status;
 
-	close(e->sock); /* the echo process sees end of connection and exits */
+	(void)close(e->sock); /* the echo process sees end of connection and exits */
 	if (waitpid(e->pid, &status, 0) != e->pid || !WIFEXITED(status) || WEXITSTATUS(status))
 		fail("the echo process", "did not end cleanly");
 }
@@ -417,9 +417,9 @@ static void ping_pong_pair(const struct echo *e, const size_t *sizes, int mem)
 static void format_size(char *buf, size_t len, uint64_t bytes)
 {
 	if (bytes >= MiB)
-		snprintf(buf, len, "%llu MiB", (unsigned long long)(bytes / MiB));
+		(void)snprintf(buf, len, "%llu MiB", (unsigned long long)(bytes / MiB));
 	else
-		snprintf(buf, len, "%llu KiB", (unsigned long long)(bytes / KiB));
+		(void)snprintf(buf, len, "%llu KiB", (unsigned long long)(bytes / KiB));
 }
 
 static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsigned iterations,
@@ -460,15 +460,15 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsi
 		}
 	}
 	echo_stop(&echo);
-	close(mem);
+	(void)close(mem);
 	d = samples_summary(&daemon);
 	t = samples_summary(&transport);
 	format_size(label, sizeof(label), length);
-	snprintf(packets, sizeof(packets), "%zu/%zu %zu/%zu", sizes[MAP_REQUEST], sizes[MAP_REPLY],
-		 sizes[UNMAP_REQUEST], sizes[UNMAP_REPLY]);
-	printf("%-4s %-8s %7zu  %-13s %11.0f %11.0f %7.2f %11.0f %11.0f %7.2f\n", where->name,
-	       label, daemon.n, packets, d.median, t.median, d.median / t.median, d.p99, t.p99,
-	       d.p99 / t.p99);
+	(void)snprintf(packets, sizeof(packets), "%zu/%zu %zu/%zu", sizes[MAP_REQUEST],
+		       sizes[MAP_REPLY], sizes[UNMAP_REQUEST], sizes[UNMAP_REPLY]);
+	(void)printf("%-4s %-8s %7zu  %-13s %11.0f %11.0f %7.2f %11.0f %11.0f %7.2f\n", where->name,
+		     label, daemon.n, packets, d.median, t.median, d.median / t.median, d.p99,
+		     t.p99, d.p99 / t.p99);
 	samples_free(&daemon);
 	samples_free(&transport);
 }
@@ -484,14 +484,16 @@ static void part_latency(void)
 	uint32_t dom;
 	struct iommuctl *c = client_open(&dom);
 
-	printf("\n1. Map+Unmap round trips (ns per iteration: Map, then Unmap of it)\n"
-	       "   daemon: through libiommuctl; ping-pong: the same packet sizes over a bare\n"
-	       "   SOCK_SEQPACKET socketpair to an echo process, one descriptor with the Map one;\n"
-	       "   cpus: 1 = client, daemon and echo pinned to one CPU, 2 = the client on one,\n"
-	       "   the daemon and echo on another, any = placed by the scheduler\n\n");
-	printf("%-4s %-8s %7s  %-13s %11s %11s %7s %11s %11s %7s\n", "cpus", "size", "iters",
-	       "packets (B)", "daemon-med", "pingpong-med", "ratio", "daemon-p99", "pingpong-p99",
-	       "ratio");
+	(void)printf(
+		"\n1. Map+Unmap round trips (ns per iteration: Map, then Unmap of it)\n"
+		"   daemon: through libiommuctl; ping-pong: the same packet sizes over a bare\n"
+		"   SOCK_SEQPACKET socketpair to an echo process, one descriptor with the Map "
+		"one;\n"
+		"   cpus: 1 = client, daemon and echo pinned to one CPU, 2 = the client on one,\n"
+		"   the daemon and echo on another, any = placed by the scheduler\n\n");
+	(void)printf("%-4s %-8s %7s  %-13s %11s %11s %7s %11s %11s %7s\n", "cpus", "size", "iters",
+		     "packets (B)", "daemon-med", "pingpong-med", "ratio", "daemon-p99",
+		     "pingpong-p99", "ratio");
 	for (size_t w = 0; w < n_where; w++) {
 		place(&where[w]);
 		for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
@@ -532,7 +534,7 @@ static void batch_rounds_daemon(struct throughput *t, unsigned rounds)
 		t->unmap_ns += now_ns() - mapped;
 		t->pages += pages;
 	}
-	close(mem);
+	(void)close(mem);
 	client_close(c, dom);
 	free(b);
 }
@@ -575,8 +577,8 @@ static void batch_rounds_direct(struct throughput *t, unsigned rounds)
 	}
 	kh_ctx_destroy(ctx);
 	kh_backend_close(be);
-	munmap(va, pages * PAGE);
-	close(mem);
+	(void)munmap(va, pages * PAGE);
+	(void)close(mem);
 }
 
 static double pages_per_s(const struct throughput *t)
@@ -586,9 +588,9 @@ static double pages_per_s(const struct throughput *t)
 
 static void throughput_row(const char *label, const struct throughput *t)
 {
-	printf("%-28s %10llu %12.1f %12.1f %12.0f\n", label, (unsigned long long)t->pages,
-	       (double)t->map_ns / (double)t->pages, (double)t->unmap_ns / (double)t->pages,
-	       pages_per_s(t));
+	(void)printf("%-28s %10llu %12.1f %12.1f %12.0f\n", label, (unsigned long long)t->pages,
+		     (double)t->map_ns / (double)t->pages, (double)t->unmap_ns / (double)t->pages,
+		     pages_per_s(t));
 }
 
 static void part_batch(void)
@@ -599,11 +601,12 @@ static void part_batch(void)
 	/* The CPU cost of the work, not wakeups across CPUs (see struct placement). */
 	placements(where);
 	place(&where[0]);
-	printf("\n2. MapBatch throughput (4 KiB pages; a round maps %u pages of one memfd in\n"
-	       "   batches of %u at fixed IOVAs, then unmaps them all at once; cpus: %s)\n\n",
-	       opt.batches_per_round * BATCH, BATCH, where[0].name);
-	printf("%-28s %10s %12s %12s %12s\n", "path", "pages", "map ns/page", "unmap ns/pg",
-	       "pages/s");
+	(void)printf(
+		"\n2. MapBatch throughput (4 KiB pages; a round maps %u pages of one memfd in\n"
+		"   batches of %u at fixed IOVAs, then unmaps them all at once; cpus: %s)\n\n",
+		opt.batches_per_round * BATCH, BATCH, where[0].name);
+	(void)printf("%-28s %10s %12s %12s %12s\n", "path", "pages", "map ns/page", "unmap ns/pg",
+		     "pages/s");
 	batch_rounds_daemon(&warm, 1);
 	batch_rounds_daemon(&daemon, opt.batch_rounds);
 	batch_rounds_direct(&warm, 1);
@@ -611,12 +614,12 @@ static void part_batch(void)
 	throughput_row("daemon MapBatch+UnmapAll", &daemon);
 	throughput_row("kh_map+kh_unmap in process", &direct);
 	/* All three as time ratios, so each says how many times longer a page takes. */
-	printf("%-28s %10s %12.2f %12.2f %12.2f\n", "daemon/in-process (time)", "",
-	       ((double)daemon.map_ns / (double)daemon.pages) /
-		       ((double)direct.map_ns / (double)direct.pages),
-	       ((double)daemon.unmap_ns / (double)daemon.pages) /
-		       ((double)direct.unmap_ns / (double)direct.pages),
-	       pages_per_s(&direct) / pages_per_s(&daemon));
+	(void)printf("%-28s %10s %12.2f %12.2f %12.2f\n", "daemon/in-process (time)", "",
+		     ((double)daemon.map_ns / (double)daemon.pages) /
+			     ((double)direct.map_ns / (double)direct.pages),
+		     ((double)daemon.unmap_ns / (double)daemon.pages) /
+			     ((double)direct.unmap_ns / (double)direct.pages),
+		     pages_per_s(&direct) / pages_per_s(&daemon));
 }
 
 /* ---- part 3 --------------------------------------------------------------------------- */
@@ -696,7 +699,7 @@ static struct level_result run_level(struct client *clients, unsigned n, enum wo
 			fail("starting a client thread", strerror(errno));
 	}
 	for (unsigned i = 0; i < n; i++) {
-		pthread_join(clients[i].thread, NULL);
+		(void)pthread_join(clients[i].thread, NULL);
 		first = clients[i].start_ns < first ? clients[i].start_ns : first;
 		last = clients[i].end_ns > last ? clients[i].end_ns : last;
 		pages += clients[i].pages;
@@ -720,13 +723,15 @@ static void part_scaling(void)
 
 	/* Clients and daemon share the CPUs as the scheduler sees fit, as in real use. */
 	place(&anywhere);
-	printf("\n3. Concurrent clients, each on its own thread, connection and domain, %.2f s\n"
-	       "   per count. Map+Unmap of 4 KiB: pairs/s over all clients and the latency of\n"
-	       "   one pair; MapBatch of %u x 4 KiB then UnmapAll: pages/s and one cycle's "
-	       "latency\n\n",
-	       opt.level_seconds, BATCH);
-	printf("%-7s %9s %5s %5s %9s %9s  %9s %5s %5s %10s %10s\n", "clients", "pairs/s", "x1",
-	       "fair", "pair-med", "pair-p99", "pages/s", "x1", "fair", "batch-med", "batch-p99");
+	(void)printf(
+		"\n3. Concurrent clients, each on its own thread, connection and domain, %.2f s\n"
+		"   per count. Map+Unmap of 4 KiB: pairs/s over all clients and the latency of\n"
+		"   one pair; MapBatch of %u x 4 KiB then UnmapAll: pages/s and one cycle's "
+		"latency\n\n",
+		opt.level_seconds, BATCH);
+	(void)printf("%-7s %9s %5s %5s %9s %9s  %9s %5s %5s %10s %10s\n", "clients", "pairs/s",
+		     "x1", "fair", "pair-med", "pair-p99", "pages/s", "x1", "fair", "batch-med",
+		     "batch-p99");
 	for (unsigned n = 1; n <= opt.clients_max; n *= 2) {
 		struct level_result pairs, batches;
 
@@ -737,19 +742,21 @@ static void part_scaling(void)
 		pairs = run_level(clients, n, MAP_UNMAP);
 		batches = run_level(clients, n, MAP_BATCH);
 		for (unsigned i = 0; i < n; i++) {
-			close(clients[i].mem);
+			(void)close(clients[i].mem);
 			client_close(clients[i].conn, clients[i].dom);
 		}
 		if (n == 1) {
 			base_pairs = pairs.per_s;
 			base_pages = batches.per_s;
 		}
-		printf("%-7u %9.0f %5.2f %5.2f %9.0f %9.0f  %9.0f %5.2f %5.2f %10.0f %10.0f\n", n,
-		       pairs.per_s, pairs.per_s / base_pairs, pairs.fairness, pairs.latency.median,
-		       pairs.latency.p99, batches.per_s, batches.per_s / base_pages,
-		       batches.fairness, batches.latency.median, batches.latency.p99);
+		(void)printf(
+			"%-7u %9.0f %5.2f %5.2f %9.0f %9.0f  %9.0f %5.2f %5.2f %10.0f %10.0f\n", n,
+			pairs.per_s, pairs.per_s / base_pairs, pairs.fairness, pairs.latency.median,
+			pairs.latency.p99, batches.per_s, batches.per_s / base_pages,
+			batches.fairness, batches.latency.median, batches.latency.p99);
 	}
-	printf("(latencies in ns; fair: the least busy client's pairs or pages over the mean)\n");
+	(void)printf(
+		"(latencies in ns; fair: the least busy client's pairs or pages over the mean)\n");
 }
 
 /* ---- main ----------------------------------------------------------------------------- */
@@ -836,7 +843,7 @@ static unsigned parse_count(const char *arg, unsigned max)
 	errno = 0;
 	n = strtoul(arg, &end, 10);
 	if (errno || end == arg || *end || n == 0 || n > max) {
-		fprintf(stderr, "iommud-bench: '%s' is not a count from 1 to %u\n", arg, max);
+		(void)fprintf(stderr, "iommud-bench: '%s' is not a count from 1 to %u\n", arg, max);
 		exit(2);
 	}
 	return (unsigned)n;
@@ -932,9 +939,10 @@ int main(int argc, char **argv)
 		own_daemon = true;
 	}
 	choose_device();
-	printf("iommud-bench: daemon at %s (%s), device %s, %ld CPUs online%s\n", opt.socket,
-	       own_daemon ? "started by iommud-bench, emulated backend" : "already running", device,
-	       sysconf(_SC_NPROCESSORS_ONLN), opt.quick ? ", quick run: figures are noise" : "");
+	(void)printf("iommud-bench: daemon at %s (%s), device %s, %ld CPUs online%s\n", opt.socket,
+		     own_daemon ? "started by iommud-bench, emulated backend" : "already running",
+		     device, sysconf(_SC_NPROCESSORS_ONLN),
+		     opt.quick ? ", quick run: figures are noise" : "");
 	part_latency();
 	part_batch();
 	part_scaling();

@@ -37,36 +37,36 @@ void fixture_start(struct daemon_fixture *f, const char *config, const char *dev
 	char config_path[128], topology_path[128], text[4096];
 	struct timespec pause = {0, 10 * 1000 * 1000};
 
-	snprintf(f->dir, sizeof(f->dir), "/tmp/iommud-test-XXXXXX");
+	(void)snprintf(f->dir, sizeof(f->dir), "/tmp/iommud-test-XXXXXX");
 	CHECK(mkdtemp(f->dir) != NULL);
 	/* Other uids (run_as) must reach the socket; access is decided by the daemon. */
 	CHECK(chmod(f->dir, 0755) == 0);
-	snprintf(f->socket_path, sizeof(f->socket_path), "%s/iommud.sock", f->dir);
-	snprintf(config_path, sizeof(config_path), "%s/iommud.conf", f->dir);
-	snprintf(topology_path, sizeof(topology_path), "%s/topology.ini", f->dir);
+	(void)snprintf(f->socket_path, sizeof(f->socket_path), "%s/iommud.sock", f->dir);
+	(void)snprintf(config_path, sizeof(config_path), "%s/iommud.conf", f->dir);
+	(void)snprintf(topology_path, sizeof(topology_path), "%s/topology.ini", f->dir);
 	if (devices) {
-		snprintf(text, sizeof(text), "[iommu]\ndevices = %s\n", devices);
+		(void)snprintf(text, sizeof(text), "[iommu]\ndevices = %s\n", devices);
 		write_file(topology_path, text);
-		snprintf(text, sizeof(text),
-			 "[daemon]\nsocket = %s\nbackend = emulated\ntopology = %s\n"
-			 "socket-mode = 0666\n%s",
-			 f->socket_path, topology_path, config);
+		(void)snprintf(text, sizeof(text),
+			       "[daemon]\nsocket = %s\nbackend = emulated\ntopology = %s\n"
+			       "socket-mode = 0666\n%s",
+			       f->socket_path, topology_path, config);
 	} else {
-		snprintf(text, sizeof(text),
-			 "[daemon]\nsocket = %s\nbackend = iommufd\nsocket-mode = 0666\n%s",
-			 f->socket_path, config);
+		(void)snprintf(text, sizeof(text),
+			       "[daemon]\nsocket = %s\nbackend = iommufd\nsocket-mode = 0666\n%s",
+			       f->socket_path, config);
 	}
 	write_file(config_path, text);
 	f->pid = fork();
 	CHECK(f->pid >= 0);
 	if (f->pid == 0) {
 		/* A test that dies must not leave its daemon holding ctest's output pipe. */
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		(void)prctl(PR_SET_PDEATHSIG, SIGTERM);
 		const char *bin = getenv("IOMMUD_DAEMON") ? getenv("IOMMUD_DAEMON") : IOMMUD_BIN;
 
 		execl(bin, "iommud", "--config", config_path, "--log-level", "warning",
 		      (char *)NULL);
-		fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
+		(void)fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
 	for (int i = 0; i < 1000; i++) {
@@ -74,7 +74,7 @@ void fixture_start(struct daemon_fixture *f, const char *config, const char *dev
 		struct sockaddr_un addr = {.sun_family = AF_UNIX};
 		int status;
 
-		snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", f->socket_path);
+		(void)snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", f->socket_path);
 		if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
 			/* An answer means the event loop runs: start-up has opened all it keeps. */
 			Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
@@ -84,14 +84,14 @@ void fixture_start(struct daemon_fixture *f, const char *config, const char *dev
 			req.get_stats = &stats;
 			raw_send_request(fd, &req, NULL, 0);
 			iommud__v1__response__free_unpacked(raw_recv(fd, NULL), NULL);
-			close(fd);
+			(void)close(fd);
 			return;
 		}
-		close(fd);
+		(void)close(fd);
 		CHECK(waitpid(f->pid, &status, WNOHANG) == 0); /* the daemon died at start */
 		nanosleep(&pause, NULL);
 	}
-	fprintf(stderr, "the daemon did not listen on %s within 10 s\n", f->socket_path);
+	(void)fprintf(stderr, "the daemon did not listen on %s within 10 s\n", f->socket_path);
 	abort();
 }
 
@@ -103,14 +103,15 @@ void fixture_stop(struct daemon_fixture *f)
 	CHECK(kill(f->pid, SIGTERM) == 0);
 	CHECK(waitpid(f->pid, &status, 0) == f->pid);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		fprintf(stderr, "iommud ended with %s %d (a sanitizer report above says why)\n",
-			WIFEXITED(status) ? "exit status" : "signal",
-			WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+		(void)fprintf(stderr,
+			      "iommud ended with %s %d (a sanitizer report above says why)\n",
+			      WIFEXITED(status) ? "exit status" : "signal",
+			      WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
 		abort();
 	}
 	/* The daemon removes its socket on a clean stop. */
 	CHECK(access(f->socket_path, F_OK) != 0);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	(void)snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
 	CHECK(system(cmd) == 0);
 }
 
@@ -121,7 +122,7 @@ int fixture_fd_count(const struct daemon_fixture *f)
 	int count = 0;
 	DIR *dir;
 
-	snprintf(path, sizeof(path), "/proc/%d/fd", (int)f->pid);
+	(void)snprintf(path, sizeof(path), "/proc/%d/fd", (int)f->pid);
 	dir = opendir(path);
 	CHECK(dir != NULL);
 	while ((entry = readdir(dir))) {
@@ -129,7 +130,7 @@ int fixture_fd_count(const struct daemon_fixture *f)
 
 		if (entry->d_name[0] == '.')
 			continue;
-		snprintf(link, sizeof(link), "%s/%s", path, entry->d_name);
+		(void)snprintf(link, sizeof(link), "%s/%s", path, entry->d_name);
 		n = readlink(link, target, sizeof(target) - 1);
 		/* Connections close when the daemon's loop gets to them, so sockets would make the
 		 * count race with the test; what a leak keeps is the clients' memory and pipes. */
@@ -146,12 +147,12 @@ int fixture_memfd_mappings(const struct daemon_fixture *f)
 	int count = 0;
 	FILE *maps;
 
-	snprintf(path, sizeof(path), "/proc/%d/maps", (int)f->pid);
+	(void)snprintf(path, sizeof(path), "/proc/%d/maps", (int)f->pid);
 	maps = fopen(path, "r");
 	CHECK(maps != NULL);
 	while (fgets(line, sizeof(line), maps))
 		count += strstr(line, "/memfd:") != NULL;
-	fclose(maps);
+	(void)fclose(maps);
 	return count;
 }
 
@@ -161,7 +162,7 @@ int raw_connect(const struct daemon_fixture *f)
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 
 	CHECK(fd >= 0);
-	snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", f->socket_path);
+	(void)snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", f->socket_path);
 	CHECK(connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
 	return fd;
 }
@@ -210,7 +211,7 @@ void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *conne
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
 	req.get_stats = &stats;
 	if (iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL) < 0) {
-		fprintf(stderr, "GetStats failed: %s\n", iommuctl_last_error(c));
+		(void)fprintf(stderr, "GetStats failed: %s\n", iommuctl_last_error(c));
 		abort();
 	}
 	if (quota)

@@ -33,7 +33,7 @@ struct worker {
 static void check_ok(struct iommuctl *c, int rc, const char *what)
 {
 	if (rc < 0) {
-		fprintf(stderr, "%s failed: %s\n", what, iommuctl_last_error(c));
+		(void)fprintf(stderr, "%s failed: %s\n", what, iommuctl_last_error(c));
 		abort();
 	}
 }
@@ -132,7 +132,7 @@ static void *work(void *arg)
 	}
 	check_ok(c, iommuctl_free_domain(c, dom), "FreeDomain");
 	iommuctl_close(c);
-	close(mem);
+	(void)close(mem);
 	return NULL;
 }
 
@@ -177,6 +177,7 @@ TEST(many_clients)
 		iommuctl_close(c);
 	}
 	fixture_stop(&daemon_under_test);
-	printf("test_daemon_many: %d clients, %u checked replies in %.2f s\n", CLIENTS, replies,
-	       (double)(end.tv_sec - start.tv_sec) + (double)(end.tv_nsec - start.tv_nsec) / 1e9);
+	(void)printf(
+		"test_daemon_many: %d clients, %u checked replies in %.2f s\n", CLIENTS, replies,
+		(double)(end.tv_sec - start.tv_sec) + (double)(end.tv_nsec - start.tv_nsec) / 1e9);
 }

@@ -69,10 +69,10 @@ FIXTURE(daemon)
 		int expect_rc_ = (expr);                                                           \
 		if (expect_rc_ >= 0 ||                                                             \
 		    iommuctl_last_code(c) != IOMMUD__V1__CODE__CODE_##code_name) {                 \
-			fprintf(stderr, "%s:%d: %s gave %d (%s: %s), expected %s\n", __FILE__,     \
-				__LINE__, #expr, expect_rc_,                                       \
-				iommuctl_code_name(iommuctl_last_code(c)), iommuctl_last_error(c), \
-				#code_name);                                                       \
+			(void)fprintf(stderr, "%s:%d: %s gave %d (%s: %s), expected %s\n",         \
+				      __FILE__, __LINE__, #expr, expect_rc_,                       \
+				      iommuctl_code_name(iommuctl_last_code(c)),                   \
+				      iommuctl_last_error(c), #code_name);                         \
 			abort();                                                                   \
 		}                                                                                  \
 	} while (0)
@@ -81,8 +81,8 @@ FIXTURE(daemon)
 	do {                                                                                       \
 		int check_rc_ = (expr);                                                            \
 		if (check_rc_ < 0) {                                                               \
-			fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr,       \
-				iommuctl_last_error(c));                                           \
+			(void)fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr, \
+				      iommuctl_last_error(c));                                     \
 			abort();                                                                   \
 		}                                                                                  \
 	} while (0)
@@ -223,7 +223,7 @@ TEST_F(daemon, basic_flow)
 	CHECK_CALL(c, iommuctl_free_domain(c, dom));
 	EXPECT_CODE(c, iommuctl_free_domain(c, dom), NOT_FOUND);
 	EXPECT_CODE(c, iommuctl_open_device(c, "emu0"), UNIMPLEMENTED);
-	close(mem);
+	(void)close(mem);
 	iommuctl_close(c);
 }
 
@@ -283,8 +283,8 @@ TEST_F(daemon, map_batch)
 	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT);
 	CHECK_EQ(resp->status->failed_index, 0);
 	iommuctl_response_free(resp);
-	close(fds[0]);
-	close(fds[1]);
+	(void)close(fds[0]);
+	(void)close(fds[1]);
 	iommuctl_close(c);
 }
 
@@ -371,7 +371,7 @@ TEST_F(daemon, session_lifetime)
 	CHECK_CALL(c, iommuctl_hello(c, "retry", "ok-name", NULL));
 	iommuctl_close(c);
 	iommuctl_close(watcher);
-	close(mem);
+	(void)close(mem);
 }
 
 /* ---- bad input ------------------------------------------------------------------------- */
@@ -381,9 +381,9 @@ static void expect_rejected(int fd, int code, const char *what)
 	Iommud__V1__Response *resp = raw_recv(fd, NULL);
 
 	if ((int)resp->status->code != code || resp->id != 0) {
-		fprintf(stderr, "%s: got code %d id %llu (%s), expected %d id 0\n", what,
-			(int)resp->status->code, (unsigned long long)resp->id,
-			resp->status->message, code);
+		(void)fprintf(stderr, "%s: got code %d id %llu (%s), expected %d id 0\n", what,
+			      (int)resp->status->code, (unsigned long long)resp->id,
+			      resp->status->message, code);
 		abort();
 	}
 	CHECK(strlen(resp->status->message) > 10);
@@ -447,7 +447,7 @@ TEST_F(daemon, malformed_packets)
 	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
 	iommud__v1__response__free_unpacked(resp, NULL);
 	expect_still_serving(fd);
-	close(fd);
+	(void)close(fd);
 }
 
 static void send_map(int fd, uint32_t dom, uint64_t offset, uint64_t length, const int *fds,
@@ -476,8 +476,8 @@ static void expect_map_refused(int fd, uint32_t dom, uint64_t offset, uint64_t l
 	send_map(fd, dom, offset, length, fds, n_fds);
 	resp = raw_recv(fd, NULL);
 	if ((int)resp->status->code != code) {
-		fprintf(stderr, "%s: got code %d (%s), expected %d\n", what,
-			(int)resp->status->code, resp->status->message, code);
+		(void)fprintf(stderr, "%s: got code %d (%s), expected %d\n", what,
+			      (int)resp->status->code, resp->status->message, code);
 		abort();
 	}
 	iommud__v1__response__free_unpacked(resp, NULL);
@@ -491,11 +491,11 @@ static int disk_file(void)
 	int fd = mkstemp(path);
 
 	CHECK(fd >= 0);
-	unlink(path);
+	(void)unlink(path);
 	CHECK(ftruncate(fd, (off_t)PAGE) == 0);
 	CHECK(fstatfs(fd, &fs) == 0);
 	if (fs.f_type == 0x01021994 /* tmpfs */) {
-		close(fd);
+		(void)close(fd);
 		return -1;
 	}
 	return fd;
@@ -548,12 +548,12 @@ static void expect_bad_maps_refused(int fd, uint32_t dom, int good)
 		expect_map_refused(fd, dom, 0, PAGE, &disk, 1,
 				   IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT, "Map of a disk file");
 	else
-		fprintf(stderr, "the build directory is on tmpfs: disk-file case skipped\n");
-	close(pipe_fds[0]);
-	close(pipe_fds[1]);
-	close(unsealed);
+		(void)fprintf(stderr, "the build directory is on tmpfs: disk-file case skipped\n");
+	(void)close(pipe_fds[0]);
+	(void)close(pipe_fds[1]);
+	(void)close(unsealed);
 	if (disk >= 0)
-		close(disk);
+		(void)close(disk);
 }
 
 TEST_F(daemon, wrong_descriptors)
@@ -597,8 +597,8 @@ TEST_F(daemon, wrong_descriptors)
 		CHECK_EQ(fixture_fd_count(&daemon_under_test), before);
 		CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), mapped + 1);
 	}
-	close(fd);
-	close(good);
+	(void)close(fd);
+	(void)close(good);
 }
 
 TEST_F(daemon, ranges_and_quotas)
@@ -648,7 +648,7 @@ TEST_F(daemon, ranges_and_quotas)
 		    NOT_FOUND);
 	EXPECT_CODE(c, iommuctl_attach(c, "emu0", 999), NOT_FOUND);
 	CHECK_CALL(c, iommuctl_free_domain(c, dom));
-	close(mem);
+	(void)close(mem);
 	iommuctl_close(c);
 }
 
@@ -707,7 +707,7 @@ static int as_reader(void *arg)
 	CHECK_OK(iommuctl_connect(daemon_under_test.socket_path, &c));
 	EXPECT_CODE(c, iommuctl_hello(c, "reader", "lease", NULL), PERMISSION_DENIED);
 	iommuctl_close(c);
-	close(mem);
+	(void)close(mem);
 	return 0;
 }
 
@@ -768,8 +768,8 @@ TEST_F(daemon, tenants)
 	CHECK_EQ(run_as(STRANGER_UID, as_stranger, NULL), 0);
 	iommuctl_close(c);
 	for (int i = 0; i < 2; i++) {
-		close(args.go[i]);
-		close(args.done[i]);
+		(void)close(args.go[i]);
+		(void)close(args.done[i]);
 	}
 }
 
@@ -795,7 +795,7 @@ static int bystander(void *arg)
 			CHECK_CALL(c,
 				   iommuctl_map_fd(c, dom, mem, i * PAGE, PAGE, IOMMUCTL_PROT_READ,
 						   true, 0, &(uint64_t){0x7000000 + i * 0x10000}));
-		close(mem);
+		(void)close(mem);
 		iommuctl_close(c);
 		return 0;
 	}

@@ -111,11 +111,11 @@ static void violated(const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "fuzz_dispatch: invariant violated: ");
+	(void)fprintf(stderr, "fuzz_dispatch: invariant violated: ");
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	(void)vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	(void)fputc('\n', stderr);
 	abort();
 }
 
@@ -154,7 +154,7 @@ static void close_conn(int *fd)
 {
 	unsigned before = g.d.connections;
 
-	close(*fd);
+	(void)close(*fd);
 	*fd = -1;
 	for (int i = 0; i < LOOP_TURNS && g.d.connections == before; i++)
 		turn_loop();
@@ -351,9 +351,9 @@ static void finish_input(struct input *in)
 	free(in->leases);
 	for (size_t i = 0; i < sizeof(in->fds) / sizeof(in->fds[0]); i++)
 		if (in->fds[i] >= 0)
-			close(in->fds[i]);
+			(void)close(in->fds[i]);
 	if (in->pipe_write >= 0)
-		close(in->pipe_write);
+		(void)close(in->pipe_write);
 	if (g.d.connections || registry_session_count(g.d.reg) || registry_tenant_count(g.d.reg))
 		violated("after the input: %u connections, %u sessions, %u tenants",
 			 g.d.connections, registry_session_count(g.d.reg),

@@ -55,7 +55,7 @@ static void put(struct seed *s, unsigned flags, Iommud__V1__Request *req)
 
 	req->id = ++s->next_id;
 	if (iommud__v1__request__get_packed_size(req) > sizeof(packet)) {
-		fprintf(stderr, "make_corpus: a seed request is too large\n");
+		(void)fprintf(stderr, "make_corpus: a seed request is too large\n");
 		exit(1);
 	}
 	put_raw(s, flags, packet, iommud__v1__request__pack(req, packet));
@@ -88,7 +88,8 @@ static void one_field(struct seed *s, unsigned flags, Iommud__V1__Request__Metho
 
 	if (!desc || desc->n_fields != 1 || desc->fields[0].type != type ||
 	    desc->sizeof_message > sizeof(msg)) {
-		fprintf(stderr, "make_corpus: method %d does not take that one field\n", method);
+		(void)fprintf(stderr, "make_corpus: method %d does not take that one field\n",
+			      method);
 		exit(1);
 	}
 	protobuf_c_message_init(desc, &msg);
@@ -592,21 +593,21 @@ int main(int argc, char **argv)
 	char path[4096];
 
 	if (argc != 2) {
-		fprintf(stderr, "Usage: make_corpus DIR\n");
+		(void)fprintf(stderr, "Usage: make_corpus DIR\n");
 		return 2;
 	}
 	for (size_t i = 0; i < sizeof(seeds) / sizeof(seeds[0]); i++) {
 		struct seed s = {0};
 
-		snprintf(path, sizeof(path), "%s/%s", argv[1], seeds[i].name);
+		(void)snprintf(path, sizeof(path), "%s/%s", argv[1], seeds[i].name);
 		s.file = fopen(path, "wb");
 		if (!s.file) {
-			fprintf(stderr, "make_corpus: %s: %s\n", path, strerror(errno));
+			(void)fprintf(stderr, "make_corpus: %s: %s\n", path, strerror(errno));
 			return 1;
 		}
 		seeds[i].write(&s);
 		if (fclose(s.file) != 0) {
-			fprintf(stderr, "make_corpus: %s: %s\n", path, strerror(errno));
+			(void)fprintf(stderr, "make_corpus: %s: %s\n", path, strerror(errno));
 			return 1;
 		}
 	}

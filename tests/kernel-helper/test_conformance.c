@@ -79,14 +79,15 @@ static uint64_t mem(const struct fixture_conformance *w, uint64_t offset)
 	do {                                                                                       \
 		int check_rc_ = (expr);                                                            \
 		if (check_rc_ != (err)) {                                                          \
-			fprintf(stderr, "%s:%d: %s gave %d (%s), expected %s; message: %s\n",      \
-				__FILE__, __LINE__, #expr, check_rc_, strerror(-check_rc_), #err,  \
-				kh_last_error());                                                  \
+			(void)fprintf(stderr,                                                      \
+				      "%s:%d: %s gave %d (%s), expected %s; message: %s\n",        \
+				      __FILE__, __LINE__, #expr, check_rc_, strerror(-check_rc_),  \
+				      #err, kh_last_error());                                      \
 			abort();                                                                   \
 		}                                                                                  \
 		if (!strstr(kh_last_error(), (phrase))) {                                          \
-			fprintf(stderr, "%s:%d: message \"%s\" lacks \"%s\"\n", __FILE__,          \
-				__LINE__, kh_last_error(), (phrase));                              \
+			(void)fprintf(stderr, "%s:%d: message \"%s\" lacks \"%s\"\n", __FILE__,    \
+				      __LINE__, kh_last_error(), (phrase));                        \
 			abort();                                                                   \
 		}                                                                                  \
 	} while (0)
@@ -379,7 +380,7 @@ static bool replace_or_known_limit(const struct fixture_conformance *w, struct k
 
 	if (rc == -EADDRINUSE && kh_backend_kind(w->be) == KH_BACKEND_IOMMUFD &&
 	    strstr(kh_last_error(), "sizes domains only at attach")) {
-		printf("SKIP replace into a fresh domain: %s\n", kh_last_error());
+		(void)printf("SKIP replace into a fresh domain: %s\n", kh_last_error());
 		return false;
 	}
 	CHECK_OK(rc);
@@ -603,7 +604,7 @@ TEST_F(conformance, map_file)
 	rc = kh_map(s.ctx, s.dom, &req);
 	if (!expect_map_file(self->be)) {
 		CHECK_ERR(rc, -EOPNOTSUPP, "mapping files");
-		printf("map_file: not offered here, refused as it must be\n");
+		(void)printf("map_file: not offered here, refused as it must be\n");
 	} else {
 		CHECK_OK(rc);
 		CHECK_EQ(kh_mappings(s.ctx, s.dom, 0, m, 2), 1);
@@ -618,7 +619,7 @@ TEST_F(conformance, map_file)
 		CHECK_OK(kh_unmap(s.ctx, s.dom, 0x300000, 2 * PAGE, NULL));
 	}
 	kh_ctx_destroy(s.ctx);
-	close(fd);
+	(void)close(fd);
 }
 
 static void pick_devices(struct fixture_conformance *w)
@@ -681,7 +682,7 @@ FIXTURE_SETUP(conformance)
 	self->memory =
 		(uint8_t *)(((uintptr_t)self->raw + 2 * MiB - 1) & ~(uintptr_t)(2 * MiB - 1));
 	pick_devices(self);
-	printf("conformance on the %s backend\n", kh_backend_name(self->be));
+	(void)printf("conformance on the %s backend\n", kh_backend_name(self->be));
 }
 
 FIXTURE_TEARDOWN(conformance)

@@ -93,9 +93,10 @@ static void check_same(const struct snapshot *a, const struct snapshot *b, const
 			CHECK_EQ(a->ranges[d][r].last, b->ranges[d][r].last);
 		}
 		if (a->pgtable[d] != b->pgtable[d])
-			fprintf(stderr, "%s, point %lu: page tables grew from %llu to %llu bytes\n",
-				op, n, (unsigned long long)a->pgtable[d],
-				(unsigned long long)b->pgtable[d]);
+			(void)fprintf(stderr,
+				      "%s, point %lu: page tables grew from %llu to %llu bytes\n",
+				      op, n, (unsigned long long)a->pgtable[d],
+				      (unsigned long long)b->pgtable[d]);
 		CHECK_EQ(a->pgtable[d], b->pgtable[d]);
 	}
 	CHECK_EQ(a->attached_a, b->attached_a);
@@ -124,15 +125,16 @@ static unsigned long sweep(struct world *w, const char *name, operation op)
 			break;
 		}
 		if (rc >= 0) {
-			fprintf(stderr, "%s: injection point %lu failed, but the call succeeded\n",
-				name, n);
+			(void)fprintf(stderr,
+				      "%s: injection point %lu failed, but the call succeeded\n",
+				      name, n);
 			abort();
 		}
 		CHECK(kh_last_error()[0] != '\0');
 		snap(w, &after);
 		check_same(&before, &after, name, n);
 	}
-	printf("%-28s %3lu injection points, each failure left no trace\n", name, n - 1);
+	(void)printf("%-28s %3lu injection points, each failure left no trace\n", name, n - 1);
 	return n - 1;
 }
 
@@ -315,7 +317,8 @@ TEST(backend_open)
 		CHECK(rc < 0 && be == NULL);
 		points++;
 	}
-	printf("%-28s %3lu injection points, each failure left no trace\n", "backend open", points);
+	(void)printf("%-28s %3lu injection points, each failure left no trace\n", "backend open",
+		     points);
 	CHECK(points > 0);
 }
 
@@ -342,8 +345,8 @@ TEST(context_create)
 		kh_backend_close(be);
 		points++;
 	}
-	printf("%-28s %3lu injection points, each failure left no trace\n", "context create",
-	       points);
+	(void)printf("%-28s %3lu injection points, each failure left no trace\n", "context create",
+		     points);
 	CHECK(points > 0);
 }
 
@@ -390,7 +393,7 @@ TEST(mutations)
 		total += sweep(&w, steps[i].name, steps[i].op);
 	kh_ctx_destroy(w.ctx);
 	kh_backend_close(w.be);
-	munmap(raw, 3 * GiB);
-	printf("fail-nth: %lu injection points over %zu operations, all clean\n", total,
-	       sizeof(steps) / sizeof(steps[0]));
+	(void)munmap(raw, 3 * GiB);
+	(void)printf("fail-nth: %lu injection points over %zu operations, all clean\n", total,
+		     sizeof(steps) / sizeof(steps[0]));
 }

@@ -89,11 +89,13 @@ static uint64_t below(uint64_t n)
 
 static void fail(const char *fmt, long long got, long long want)
 {
-	fprintf(stderr, "test_model: seed %llu, operation %llu (%s): ", (unsigned long long)m.seed,
-		(unsigned long long)m.op, m.doing);
-	fprintf(stderr, fmt, got, want);
-	fprintf(stderr, "\n  kernel-helper said: %s\n  replay: test_model --seed %llu --ops %llu\n",
-		kh_last_error(), (unsigned long long)m.seed, (unsigned long long)m.op + 1);
+	(void)fprintf(stderr,
+		      "test_model: seed %llu, operation %llu (%s): ", (unsigned long long)m.seed,
+		      (unsigned long long)m.op, m.doing);
+	(void)fprintf(stderr, fmt, got, want);
+	(void)fprintf(stderr,
+		      "\n  kernel-helper said: %s\n  replay: test_model --seed %llu --ops %llu\n",
+		      kh_last_error(), (unsigned long long)m.seed, (unsigned long long)m.op + 1);
 	abort();
 }
 
@@ -603,8 +605,8 @@ TEST(random_operations)
 	if (!seeded)
 		m.seed = (uint64_t)time(NULL);
 	rng_state = m.seed;
-	printf("test_model: seed %llu, %llu operations\n", (unsigned long long)m.seed,
-	       (unsigned long long)ops);
+	(void)printf("test_model: seed %llu, %llu operations\n", (unsigned long long)m.seed,
+		     (unsigned long long)ops);
 
 	raw = mmap(NULL, MEM_SIZE + 2 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		   -1, 0);
@@ -627,7 +629,7 @@ TEST(random_operations)
 	compare_all();
 	kh_ctx_destroy(m.ctx);
 	kh_backend_close(m.be);
-	munmap(raw, MEM_SIZE + 2 * MiB);
-	printf("test_model: %llu operations matched the model (seed %llu)\n",
-	       (unsigned long long)ops, (unsigned long long)m.seed);
+	(void)munmap(raw, MEM_SIZE + 2 * MiB);
+	(void)printf("test_model: %llu operations matched the model (seed %llu)\n",
+		     (unsigned long long)ops, (unsigned long long)m.seed);
 }

@@ -1050,7 +1050,7 @@ TEST_F(pgtable, random)
 	struct model m;
 	unsigned int step;
 
-	printf("test_pgtable: random operations, seed %#" PRIx64 "\n", seed);
+	(void)printf("test_pgtable: random operations, seed %#" PRIx64 "\n", seed);
 	rng_state = seed;
 	m.addr = calloc(WIN_PAGES, sizeof(*m.addr));
 	CHECK(m.addr);
@@ -1062,7 +1062,7 @@ TEST_F(pgtable, random)
 	model_check(&self->pt, &m, 0, WIN_PAGES);
 	unmap_all(&self->pt);
 	free(m.addr);
-	printf("test_pgtable: random operations matched the model: %lu lookups, %lu injected "
-	       "failures (seed %#" PRIx64 ")\n",
-	       lookups, injections, seed);
+	(void)printf("test_pgtable: random operations matched the model: %lu lookups, %lu injected "
+		     "failures (seed %#" PRIx64 ")\n",
+		     lookups, injections, seed);
 }

@@ -20,8 +20,8 @@ static void check_refused(const char *text, const char *phrase)
 	int rc = kh_backend_open_emulated_text(text, &be);
 
 	if (rc != -EINVAL || !strstr(kh_last_error(), phrase)) {
-		fprintf(stderr, "topology:\n%s\ngave %d, message \"%s\", expected \"%s\"\n", text,
-			rc, kh_last_error(), phrase);
+		(void)fprintf(stderr, "topology:\n%s\ngave %d, message \"%s\", expected \"%s\"\n",
+			      text, rc, kh_last_error(), phrase);
 		abort();
 	}
 	CHECK(be == NULL);
@@ -102,11 +102,11 @@ TEST(files)
 
 	CHECK(fd >= 0);
 	CHECK_EQ(write(fd, text, sizeof(text) - 1), (long long)sizeof(text) - 1);
-	close(fd);
+	(void)close(fd);
 	CHECK_OK(kh_backend_open_emulated(path, &be));
 	CHECK_EQ(kh_device_lookup(be, "disk"), 0);
 	kh_backend_close(be);
-	unlink(path);
+	(void)unlink(path);
 	CHECK_EQ(kh_backend_open_emulated(path, &be), -ENOENT);
 	CHECK(strstr(kh_last_error(), path));
 
