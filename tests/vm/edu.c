@@ -67,3 +67,11 @@ void edu_dma(const struct edu *e, uint64_t iova, uint32_t len, bool to_ram)
 		nanosleep(&pause, NULL);
 	CHECK(!(edu_read32(e, EDU_DMA_CMD) & EDU_CMD_START));
 }
+
+bool all_bytes(const uint8_t *p, size_t n, uint8_t value)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != value)
+			return false;
+	return true;
+}

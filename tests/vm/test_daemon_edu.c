@@ -30,14 +30,6 @@ static void check_call(struct iommuctl *c, int rc, const char *what)
 	}
 }
 
-static bool all_bytes(const uint8_t *p, size_t n, uint8_t value)
-{
-	for (size_t i = 0; i < n; i++)
-		if (p[i] != value)
-			return false;
-	return true;
-}
-
 /* The name of the first edu the daemon offers, or NULL. */
 static char *find_edu(struct iommuctl *c)
 {
@@ -59,117 +51,165 @@ static char *find_edu(struct iommuctl *c)
 	return name;
 }
 
-int main(void)
-{
+/* What the steps share, in the order main takes them: each step leaves the daemon, the
+ * session and the device as the next one expects them. */
+struct edu_session {
 	struct daemon_fixture daemon;
 	struct iommuctl *c;
-	Iommud__V1__HelloReply *hello;
-	uint64_t iova, bytes;
+	char *name; /* the edu's, which the daemon offered */
 	uint32_t dom;
-	struct edu edu;
+	int memfd; /* two pages: the source, then the destination */
 	uint8_t *mem;
-	char *name;
-	int memfd, vfio;
+	int vfio; /* the device's fd, which the daemon handed out */
+	struct edu edu;
+};
+
+/* The daemon on the iommufd backend and a session with it; false (with the reason printed)
+ * where it offers no edu to test with. */
+static bool start_session(struct edu_session *s)
+{
+	Iommud__V1__HelloReply *hello;
+
+	/* Root may take every device: the built-in rule, kept since the file names nobody. */
+	fixture_start(&s->daemon, "", NULL);
+	CHECK_OK(iommuctl_connect(s->daemon.socket_path, &s->c));
+	check_call(s->c, iommuctl_hello(s->c, "test_daemon_edu", NULL, &hello), "Hello");
+	CHECK_EQ(hello->backend, IOMMUD__V1__BACKEND__BACKEND_IOMMUFD);
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	s->name = find_edu(s->c);
+	if (!s->name) {
+		printf("SKIP: the daemon offers no edu device\n");
+		iommuctl_close(s->c);
+		fixture_stop(&s->daemon);
+		return false;
+	}
+	printf("using %s\n", s->name);
+	return true;
+}
+
+/* The memfd's second page, writable, at DST_IOVA. */
+static void map_destination(struct edu_session *s, const char *what)
+{
+	uint64_t iova = DST_IOVA;
+
+	check_call(s->c,
+		   iommuctl_map_fd(s->c, s->dom, s->memfd, PAGE, PAGE,
+				   IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
+		   what);
+}
+
+/* The edu attached to a paging domain, the memfd mapped through the daemon, and the device
+ * opened through it. */
+static void setup_device(struct edu_session *s)
+{
+	uint64_t iova;
+
+	check_call(s->c, iommuctl_alloc_domain(s->c, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &s->dom),
+		   "AllocDomain");
+	check_call(s->c, iommuctl_attach(s->c, s->name, s->dom), "AttachDevice");
+	s->memfd = iommuctl_memfd("edu", 2 * PAGE);
+	CHECK_OK(s->memfd);
+	s->mem = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
+	CHECK(s->mem != MAP_FAILED);
+	for (unsigned i = 0; i < PAGE; i++)
+		s->mem[i] = (uint8_t)(i * 13 + 5);
+	memset(s->mem + PAGE, 0, PAGE);
+	iova = SRC_IOVA;
+	check_call(s->c,
+		   iommuctl_map_fd(s->c, s->dom, s->memfd, 0, PAGE, IOMMUCTL_PROT_READ, true, 0,
+				   &iova),
+		   "Map source");
+	map_destination(s, "Map destination");
+
+	s->vfio = iommuctl_open_device(s->c, s->name);
+	check_call(s->c, s->vfio, "OpenDevice");
+	edu_init(&s->edu, s->vfio);
+}
+
+/* Memory -> device -> memory, both through the daemon's mappings of the memfd. */
+static void check_dma_lands(struct edu_session *s)
+{
+	edu_dma(&s->edu, SRC_IOVA, EDU_XFER, false);
+	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
+	CHECK(memcmp(s->mem + PAGE, s->mem, EDU_XFER) == 0);
+	printf("ok: DMA through the daemon's mapping landed in the client's memfd\n");
+}
+
+static void check_unmap_blocks(struct edu_session *s)
+{
+	uint64_t bytes;
+
+	check_call(s->c, iommuctl_unmap(s->c, s->dom, DST_IOVA, PAGE, &bytes), "Unmap");
+	CHECK_EQ(bytes, PAGE);
+	memset(s->mem + PAGE, 0xee, PAGE);
+	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
+	CHECK(all_bytes(s->mem + PAGE, PAGE, 0xee));
+	printf("ok: after Unmap the same DMA is blocked\n");
+}
+
+/* The session ends with its connection while the client still holds the device's fd: the
+ * daemon detaches the device, so that fd cannot reach the memory any more. Leaves a new
+ * session in s->c. */
+static void check_session_end_detaches(struct edu_session *s)
+{
+	map_destination(s, "Map destination again");
+	iommuctl_close(s->c);
+	/* The daemon learns of the close in its own time: wait until another session sees the
+	 * session gone (its quota back to nothing). */
+	CHECK_OK(iommuctl_connect(s->daemon.socket_path, &s->c));
+	for (int i = 0; i < 500; i++) {
+		Iommud__V1__Quota quota;
+
+		fixture_stats(s->c, &quota, NULL);
+		if (!quota.mappings)
+			break;
+		usleep(10000);
+	}
+	memset(s->mem + PAGE, 0x5a, PAGE);
+	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
+	CHECK(all_bytes(s->mem + PAGE, PAGE, 0x5a));
+	printf("ok: after its session ended, the device's fd no longer reaches the memory\n");
+}
+
+/* While the old fd is open, the device's old binding lives on in the kernel: another session
+ * cannot take the device, and is told why. Once the fd is closed too, the device is free. */
+static void check_old_fd_holds_device(struct edu_session *s)
+{
+	int rc = iommuctl_alloc_domain(s->c, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &s->dom);
+
+	check_call(s->c, rc == 0 ? -1 : 0, "AllocDomain while the old fd is open (must fail)");
+	CHECK_EQ(iommuctl_last_code(s->c), IOMMUD__V1__CODE__CODE_FAILED_PRECONDITION);
+	CHECK(strstr(iommuctl_last_error(s->c), "still open") != NULL);
+	printf("ok: while the old fd is open, a new session is refused: %s\n",
+	       iommuctl_last_error(s->c));
+	close(s->vfio);
+	check_call(s->c, iommuctl_alloc_domain(s->c, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &s->dom),
+		   "AllocDomain in a new session");
+	check_call(s->c, iommuctl_attach(s->c, s->name, s->dom), "AttachDevice in a new session");
+	printf("ok: a new session took the device\n");
+}
+
+int main(void)
+{
+	struct edu_session s;
 
 	if (access("/dev/iommu", F_OK) != 0) {
 		printf("SKIP: no /dev/iommu: this test runs in the VM tier\n");
 		return 77;
 	}
-	/* Root may take every device: the built-in rule, kept since the file names nobody. */
-	fixture_start(&daemon, "", NULL);
-	CHECK_OK(iommuctl_connect(daemon.socket_path, &c));
-	check_call(c, iommuctl_hello(c, "test_daemon_edu", NULL, &hello), "Hello");
-	CHECK_EQ(hello->backend, IOMMUD__V1__BACKEND__BACKEND_IOMMUFD);
-	iommud__v1__hello_reply__free_unpacked(hello, NULL);
-	name = find_edu(c);
-	if (!name) {
-		printf("SKIP: the daemon offers no edu device\n");
-		iommuctl_close(c);
-		fixture_stop(&daemon);
+	if (!start_session(&s))
 		return 77;
-	}
-	printf("using %s\n", name);
+	setup_device(&s);
+	check_dma_lands(&s);
+	check_unmap_blocks(&s);
+	check_session_end_detaches(&s);
+	check_old_fd_holds_device(&s);
 
-	check_call(c, iommuctl_alloc_domain(c, name, IOMMUCTL_DOMAIN_PAGING, 0, &dom),
-		   "AllocDomain");
-	check_call(c, iommuctl_attach(c, name, dom), "AttachDevice");
-	memfd = iommuctl_memfd("edu", 2 * PAGE);
-	CHECK_OK(memfd);
-	mem = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-	CHECK(mem != MAP_FAILED);
-	for (unsigned i = 0; i < PAGE; i++)
-		mem[i] = (uint8_t)(i * 13 + 5);
-	memset(mem + PAGE, 0, PAGE);
-	iova = SRC_IOVA;
-	check_call(c, iommuctl_map_fd(c, dom, memfd, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
-		   "Map source");
-	iova = DST_IOVA;
-	check_call(c,
-		   iommuctl_map_fd(c, dom, memfd, PAGE, PAGE,
-				   IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
-		   "Map destination");
-
-	vfio = iommuctl_open_device(c, name);
-	check_call(c, vfio, "OpenDevice");
-	edu_init(&edu, vfio);
-
-	/* Memory -> device -> memory, both through the daemon's mappings of the memfd. */
-	edu_dma(&edu, SRC_IOVA, EDU_XFER, false);
-	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
-	CHECK(memcmp(mem + PAGE, mem, EDU_XFER) == 0);
-	printf("ok: DMA through the daemon's mapping landed in the client's memfd\n");
-
-	check_call(c, iommuctl_unmap(c, dom, DST_IOVA, PAGE, &bytes), "Unmap");
-	CHECK_EQ(bytes, PAGE);
-	memset(mem + PAGE, 0xee, PAGE);
-	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
-	CHECK(all_bytes(mem + PAGE, PAGE, 0xee));
-	printf("ok: after Unmap the same DMA is blocked\n");
-
-	/* The session ends with its connection while the client still holds the device's fd:
-	 * the daemon detaches the device, so that fd cannot reach the memory any more. */
-	iova = DST_IOVA;
-	check_call(c,
-		   iommuctl_map_fd(c, dom, memfd, PAGE, PAGE,
-				   IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
-		   "Map destination again");
-	iommuctl_close(c);
-	/* The daemon learns of the close in its own time: wait until another session sees the
-	 * session gone (its quota back to nothing). */
-	CHECK_OK(iommuctl_connect(daemon.socket_path, &c));
-	for (int i = 0; i < 500; i++) {
-		Iommud__V1__Quota quota;
-
-		fixture_stats(c, &quota, NULL);
-		if (!quota.mappings)
-			break;
-		usleep(10000);
-	}
-	memset(mem + PAGE, 0x5a, PAGE);
-	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
-	CHECK(all_bytes(mem + PAGE, PAGE, 0x5a));
-	printf("ok: after its session ended, the device's fd no longer reaches the memory\n");
-
-	/* While that fd is open, the device's old binding lives on in the kernel: another
-	 * session cannot take the device, and is told why. */
-	check_call(c, iommuctl_alloc_domain(c, name, IOMMUCTL_DOMAIN_PAGING, 0, &dom) == 0 ? -1 : 0,
-		   "AllocDomain while the old fd is open (must fail)");
-	CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_FAILED_PRECONDITION);
-	CHECK(strstr(iommuctl_last_error(c), "still open") != NULL);
-	printf("ok: while the old fd is open, a new session is refused: %s\n",
-	       iommuctl_last_error(c));
-	/* Once the fd is closed too, the device is free for another session. */
-	close(vfio);
-	check_call(c, iommuctl_alloc_domain(c, name, IOMMUCTL_DOMAIN_PAGING, 0, &dom),
-		   "AllocDomain in a new session");
-	check_call(c, iommuctl_attach(c, name, dom), "AttachDevice in a new session");
-	printf("ok: a new session took the device\n");
-
-	munmap(mem, 2 * PAGE);
-	close(memfd);
-	free(name);
-	iommuctl_close(c);
-	fixture_stop(&daemon);
+	munmap(s.mem, 2 * PAGE);
+	close(s.memfd);
+	free(s.name);
+	iommuctl_close(s.c);
+	fixture_stop(&s.daemon);
 	printf("daemon + edu DMA through iommufd: all checks passed\n");
 	return 0;
 }

@@ -45,8 +45,11 @@ static void edu_open(struct edu_dev *e, struct kh_ctx *ctx, const char *name)
 
 static uint64_t map_at(struct kh_ctx *ctx, uint32_t dom, uint64_t iova, void *mem, uint32_t prot)
 {
-	struct kh_map_req req = { .iova = iova, .length = PAGE, .addr = (uint64_t)(uintptr_t)mem,
-				  .prot = prot, .flags = KH_MAP_FIXED_IOVA };
+	struct kh_map_req req = {.iova = iova,
+				 .length = PAGE,
+				 .addr = (uint64_t)(uintptr_t)mem,
+				 .prot = prot,
+				 .flags = KH_MAP_FIXED_IOVA};
 
 	CHECK_OK(kh_map(ctx, dom, &req));
 	return iova;
@@ -54,161 +57,218 @@ static uint64_t map_at(struct kh_ctx *ctx, uint32_t dom, uint64_t iova, void *me
 
 static uint32_t paging_domain(struct edu_dev *e)
 {
-	struct kh_domain_alloc_args paging = { .type = KH_DOMAIN_PAGING };
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	uint32_t dom;
 
 	CHECK_OK(kh_domain_alloc(e->ctx, e->dev, &paging, &dom));
 	return dom;
 }
 
-static bool all_bytes(const uint8_t *p, size_t n, uint8_t value)
-{
-	for (size_t i = 0; i < n; i++)
-		if (p[i] != value)
-			return false;
-	return true;
-}
-
-int main(void)
-{
+/* What the steps share, in the order main takes them: each step leaves the devices, domains
+ * and pages as the next one expects them. */
+struct dma_test {
 	struct kh_backend *be;
-	struct kh_ctx *ctx_a, *ctx_b;
-	struct edu_dev a, b;
 	char edu_names[2][KH_NAME_MAX];
-	size_t found = 0;
-	uint8_t *mem = mmap(NULL, 8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-			    -1, 0);
-	uint8_t *src = mem, *dst = mem + PAGE, *ro = mem + 2 * PAGE, *other = mem + 3 * PAGE,
-		*moved = mem + 4 * PAGE;
+	struct edu_dev a, b; /* a in context A, b in context B */
 	uint32_t dom_a, dom_b, dom_c;
-	int rc;
+	uint8_t *mem; /* the pages below, all in one mapping */
+	uint8_t *src, *dst, *ro, *other, *moved;
+};
 
-	if (kh_backend_open_iommufd(&be) < 0) {
+/* The backend and two edu devices; false (with the reason printed) where the test cannot run. */
+static bool find_edus(struct dma_test *t)
+{
+	size_t found = 0;
+
+	if (kh_backend_open_iommufd(&t->be) < 0) {
 		printf("SKIP: %s\n", kh_last_error());
-		return 77;
+		return false;
 	}
-	for (size_t i = 0; i < kh_device_count(be) && found < 2; i++) {
+	for (size_t i = 0; i < kh_device_count(t->be) && found < 2; i++) {
 		struct kh_device_info info;
 
-		CHECK_OK(kh_device_info(be, i, &info));
+		CHECK_OK(kh_device_info(t->be, i, &info));
 		if (info.vendor == EDU_VENDOR && info.device == EDU_DEVICE)
-			memcpy(edu_names[found++], info.name, KH_NAME_MAX);
+			memcpy(t->edu_names[found++], info.name, KH_NAME_MAX);
 	}
 	if (found < 2) {
 		printf("SKIP: needs two edu devices bound to vfio-pci, found %zu\n", found);
-		return 77;
+		return false;
 	}
-	CHECK(mem != MAP_FAILED);
-	memset(mem, 0, 8 * PAGE);
+	return true;
+}
 
-	CHECK_OK(kh_ctx_create(be, &ctx_a));
-	edu_open(&a, ctx_a, edu_names[0]);
-	dom_a = paging_domain(&a);
-	CHECK_OK(kh_attach(ctx_a, a.dev, dom_a));
+/* Context A: its edu attached to a paging domain with a source, a destination and a
+ * read-only page mapped. */
+static void setup_context_a(struct dma_test *t)
+{
+	struct kh_ctx *ctx_a;
+
+	CHECK(t->mem != MAP_FAILED);
+	memset(t->mem, 0, 8 * PAGE);
+	CHECK_OK(kh_ctx_create(t->be, &ctx_a));
+	edu_open(&t->a, ctx_a, t->edu_names[0]);
+	t->dom_a = paging_domain(&t->a);
+	CHECK_OK(kh_attach(ctx_a, t->a.dev, t->dom_a));
 	/* edu masks DMA addresses to 28 bits: every IOVA stays below 256 MiB. */
-	map_at(ctx_a, dom_a, 0x100000, src, KH_PROT_READ);
-	map_at(ctx_a, dom_a, 0x101000, dst, KH_PROT_READ | KH_PROT_WRITE);
-	map_at(ctx_a, dom_a, 0x200000, ro, KH_PROT_READ);
+	map_at(ctx_a, t->dom_a, 0x100000, t->src, KH_PROT_READ);
+	map_at(ctx_a, t->dom_a, 0x101000, t->dst, KH_PROT_READ | KH_PROT_WRITE);
+	map_at(ctx_a, t->dom_a, 0x200000, t->ro, KH_PROT_READ);
+}
 
-	/* Memory -> device -> memory: the bytes land at the mapped IOVA. */
+/* Memory -> device -> memory: the bytes land at the mapped IOVA. */
+static void check_mapped_dma(struct dma_test *t)
+{
 	for (unsigned i = 0; i < PAGE; i++)
-		src[i] = (uint8_t)(i * 7 + 1);
-	edu_dma(&a.regs, 0x100000, XFER, false);
-	edu_dma(&a.regs, 0x101000, XFER, true);
-	CHECK(memcmp(dst, src, XFER) == 0);
+		t->src[i] = (uint8_t)(i * 7 + 1);
+	edu_dma(&t->a.regs, 0x100000, XFER, false);
+	edu_dma(&t->a.regs, 0x101000, XFER, true);
+	CHECK(memcmp(t->dst, t->src, XFER) == 0);
 	printf("ok: DMA landed at a mapped IOVA\n");
+}
 
-	/* A read-only mapping: the device reads it but cannot write it. */
-	edu_dma(&a.regs, 0x200000, XFER, true);
-	CHECK(all_bytes(ro, PAGE, 0));
+/* A read-only mapping: the device reads it but cannot write it. */
+static void check_read_only(struct dma_test *t)
+{
+	edu_dma(&t->a.regs, 0x200000, XFER, true);
+	CHECK(all_bytes(t->ro, PAGE, 0));
 	printf("ok: a read-only mapping blocked a device write\n");
+}
 
-	/* After unmap the same transfer is blocked and memory keeps its bytes. */
-	CHECK_OK(kh_unmap(ctx_a, dom_a, 0x101000, PAGE, NULL));
-	memset(dst, 0xee, PAGE);
-	edu_dma(&a.regs, 0x101000, XFER, true);
-	CHECK(all_bytes(dst, PAGE, 0xee));
+/* After unmap the same transfer is blocked and memory keeps its bytes. */
+static void check_unmap(struct dma_test *t)
+{
+	CHECK_OK(kh_unmap(t->a.ctx, t->dom_a, 0x101000, PAGE, NULL));
+	memset(t->dst, 0xee, PAGE);
+	edu_dma(&t->a.regs, 0x101000, XFER, true);
+	CHECK(all_bytes(t->dst, PAGE, 0xee));
 	printf("ok: DMA blocked after unmap\n");
+}
 
-	/* Context B maps its own memory at an IOVA A never mapped: A's device cannot reach it. */
-	CHECK_OK(kh_ctx_create(be, &ctx_b));
-	edu_open(&b, ctx_b, edu_names[1]);
-	dom_b = paging_domain(&b);
-	CHECK_OK(kh_attach(ctx_b, b.dev, dom_b));
-	map_at(ctx_b, dom_b, 0x300000, other, KH_PROT_READ | KH_PROT_WRITE);
-	map_at(ctx_b, dom_b, 0x301000, src, KH_PROT_READ);
-	edu_dma(&a.regs, 0x300000, XFER, true);
-	CHECK(all_bytes(other, PAGE, 0));
+/* Context B maps its own memory at an IOVA A never mapped: A's device cannot reach it. */
+static void check_contexts_apart(struct dma_test *t)
+{
+	struct kh_ctx *ctx_b;
+
+	CHECK_OK(kh_ctx_create(t->be, &ctx_b));
+	edu_open(&t->b, ctx_b, t->edu_names[1]);
+	t->dom_b = paging_domain(&t->b);
+	CHECK_OK(kh_attach(ctx_b, t->b.dev, t->dom_b));
+	map_at(ctx_b, t->dom_b, 0x300000, t->other, KH_PROT_READ | KH_PROT_WRITE);
+	map_at(ctx_b, t->dom_b, 0x301000, t->src, KH_PROT_READ);
+	edu_dma(&t->a.regs, 0x300000, XFER, true);
+	CHECK(all_bytes(t->other, PAGE, 0));
 	/* B's own device reaches it, through B's domain. */
-	edu_dma(&b.regs, 0x301000, XFER, false);
-	edu_dma(&b.regs, 0x300000, XFER, true);
-	CHECK(memcmp(other, src, XFER) == 0);
+	edu_dma(&t->b.regs, 0x301000, XFER, false);
+	edu_dma(&t->b.regs, 0x300000, XFER, true);
+	CHECK(memcmp(t->other, t->src, XFER) == 0);
 	printf("ok: context B's memory is out of reach of context A's device\n");
+}
 
-	/* Replace: the same IOVA now leads to the new domain's memory. */
-	dom_c = paging_domain(&a);
-	map_at(ctx_a, dom_c, 0x101000, moved, KH_PROT_READ | KH_PROT_WRITE);
-	rc = kh_replace(ctx_a, a.dev, dom_c);
+/* Replace: the same IOVA now leads to the new domain's memory. */
+static void check_replace(struct dma_test *t)
+{
+	struct kh_ctx *ctx_a = t->a.ctx;
+	int rc;
+
+	t->dom_c = paging_domain(&t->a);
+	map_at(ctx_a, t->dom_c, 0x101000, t->moved, KH_PROT_READ | KH_PROT_WRITE);
+	rc = kh_replace(ctx_a, t->a.dev, t->dom_c);
 	if (rc == -EADDRINUSE && strstr(kh_last_error(), "sizes domains only at attach")) {
 		/* The kernel's limit, not ours: the move still has to take DMA with it. */
 		printf("note: %s\n", kh_last_error());
-		CHECK_OK(kh_detach(ctx_a, a.dev));
-		CHECK_OK(kh_attach(ctx_a, a.dev, dom_c));
+		CHECK_OK(kh_detach(ctx_a, t->a.dev));
+		CHECK_OK(kh_attach(ctx_a, t->a.dev, t->dom_c));
 	} else {
 		CHECK_OK(rc);
 	}
-	memset(dst, 0, PAGE);
-	CHECK_OK(kh_map(ctx_a, dom_a, &(struct kh_map_req){ .iova = 0x101000, .length = PAGE,
-							      .addr = (uint64_t)(uintptr_t)dst,
-							      .prot = KH_PROT_WRITE,
-							      .flags = KH_MAP_FIXED_IOVA }));
-	edu_dma(&a.regs, 0x101000, XFER, true);
-	CHECK(memcmp(moved, src, XFER) == 0);
-	CHECK(all_bytes(dst, PAGE, 0));
+	memset(t->dst, 0, PAGE);
+	map_at(ctx_a, t->dom_a, 0x101000, t->dst, KH_PROT_WRITE);
+	edu_dma(&t->a.regs, 0x101000, XFER, true);
+	CHECK(memcmp(t->moved, t->src, XFER) == 0);
+	CHECK(all_bytes(t->dst, PAGE, 0));
 	printf("ok: DMA followed the device to its new domain\n");
+}
 
-	/* A copy shares the source's memory: the device reads A's page through domain C. */
-	struct kh_map_req copy = { .iova = 0x500000, .length = PAGE, .prot = KH_PROT_READ,
-				   .flags = KH_MAP_FIXED_IOVA };
-	CHECK_OK(kh_copy(ctx_a, dom_c, &copy, dom_a, 0x100000));
-	memset(moved, 0, PAGE);
-	memset(src, 0x3c, XFER);
-	edu_dma(&a.regs, 0x500000, XFER, false);
-	edu_dma(&a.regs, 0x101000, XFER, true);
-	CHECK(all_bytes(moved, XFER, 0x3c));
+/* A copy shares the source's memory: the device reads A's page through domain C. */
+static void check_copy(struct dma_test *t)
+{
+	struct kh_map_req copy = {
+		.iova = 0x500000, .length = PAGE, .prot = KH_PROT_READ, .flags = KH_MAP_FIXED_IOVA};
+
+	CHECK_OK(kh_copy(t->a.ctx, t->dom_c, &copy, t->dom_a, 0x100000));
+	memset(t->moved, 0, PAGE);
+	memset(t->src, 0x3c, XFER);
+	edu_dma(&t->a.regs, 0x500000, XFER, false);
+	edu_dma(&t->a.regs, 0x101000, XFER, true);
+	CHECK(all_bytes(t->moved, XFER, 0x3c));
 	printf("ok: DMA through a copied mapping reached the source's memory\n");
+}
 
-	/* Memory given as a file: the bytes land in the file, with no mapping of it here. */
+/* Memory given as a file: the bytes land in the file, with no mapping of it here. */
+static void check_file_mapping(struct dma_test *t)
+{
 	int memfd = memfd_create("edu", MFD_CLOEXEC);
 	uint8_t back[XFER];
+	int rc;
+
 	CHECK(memfd >= 0);
 	CHECK_EQ(ftruncate(memfd, PAGE), 0);
-	rc = kh_map(ctx_a, dom_c, &(struct kh_map_req){ .iova = 0x600000, .length = PAGE,
-						       .prot = KH_PROT_WRITE, .fd = memfd,
-						       .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE });
+	rc = kh_map(t->a.ctx, t->dom_c,
+		    &(struct kh_map_req){.iova = 0x600000,
+					 .length = PAGE,
+					 .prot = KH_PROT_WRITE,
+					 .fd = memfd,
+					 .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE});
 	if (rc == -EOPNOTSUPP) {
 		printf("note: this kernel cannot map files: %s\n", kh_last_error());
 	} else {
 		CHECK_OK(rc);
-		edu_dma(&a.regs, 0x600000, XFER, true);
+		edu_dma(&t->a.regs, 0x600000, XFER, true);
 		CHECK_EQ(pread(memfd, back, XFER, 0), XFER);
 		CHECK(all_bytes(back, XFER, 0x3c));
 		printf("ok: DMA landed in a file mapped by fd\n");
 	}
 	close(memfd);
+}
 
-	/* Detached, the device is blocked. */
-	CHECK_OK(kh_detach(ctx_a, a.dev));
-	memset(moved, 0, PAGE);
-	edu_dma(&a.regs, 0x101000, XFER, true);
-	CHECK(all_bytes(moved, PAGE, 0));
+/* Detached, the device is blocked. */
+static void check_detached(struct dma_test *t)
+{
+	CHECK_OK(kh_detach(t->a.ctx, t->a.dev));
+	memset(t->moved, 0, PAGE);
+	edu_dma(&t->a.regs, 0x101000, XFER, true);
+	CHECK(all_bytes(t->moved, PAGE, 0));
 	printf("ok: a detached device is blocked\n");
+}
 
-	close(a.regs.fd);
-	close(b.regs.fd);
-	kh_ctx_destroy(ctx_a);
-	kh_ctx_destroy(ctx_b);
-	kh_backend_close(be);
+int main(void)
+{
+	struct dma_test t = {0};
+
+	t.mem = mmap(NULL, 8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	t.src = t.mem;
+	t.dst = t.mem + PAGE;
+	t.ro = t.mem + 2 * PAGE;
+	t.other = t.mem + 3 * PAGE;
+	t.moved = t.mem + 4 * PAGE;
+	if (!find_edus(&t))
+		return 77;
+	setup_context_a(&t);
+	check_mapped_dma(&t);
+	check_read_only(&t);
+	check_unmap(&t);
+	check_contexts_apart(&t);
+	check_replace(&t);
+	check_copy(&t);
+	check_file_mapping(&t);
+	check_detached(&t);
+
+	close(t.a.regs.fd);
+	close(t.b.regs.fd);
+	kh_ctx_destroy(t.a.ctx);
+	kh_ctx_destroy(t.b.ctx);
+	kh_backend_close(t.be);
 	printf("edu DMA through iommufd: all checks passed\n");
 	return 0;
 }
