@@ -8,18 +8,18 @@
 
 #include "check.h"
 
-#define EDU_ID 0x00
-#define EDU_DMA_SRC 0x80
-#define EDU_DMA_DST 0x88
-#define EDU_DMA_COUNT 0x90
-#define EDU_DMA_CMD 0x98
-#define EDU_CMD_START 1u
-#define EDU_CMD_TO_RAM 2u
-#define EDU_BUFFER 0x40000u /* the device's own 4 KiB buffer, in its DMA address space */
-#define PCI_COMMAND 0x04
+#define EDU_ID		   0x00
+#define EDU_DMA_SRC	   0x80
+#define EDU_DMA_DST	   0x88
+#define EDU_DMA_COUNT	   0x90
+#define EDU_DMA_CMD	   0x98
+#define EDU_CMD_START	   1u
+#define EDU_CMD_TO_RAM	   2u
+#define EDU_BUFFER	   0x40000u /* the device's own 4 KiB buffer, in its DMA address space */
+#define PCI_COMMAND	   0x04
 #define PCI_COMMAND_MASTER 0x4
-#define VFIO_PCI_BAR0 0
-#define VFIO_PCI_CONFIG 7
+#define VFIO_PCI_BAR0	   0
+#define VFIO_PCI_CONFIG	   7
 
 static void edu_write64(const struct edu *e, uint64_t reg, uint64_t value)
 {

@@ -29,9 +29,9 @@ static void fail(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	fputs("smoke_vfio: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	(void)fputs("smoke_vfio: ", stderr);
+	(void)vfprintf(stderr, fmt, ap);
+	(void)fputc('\n', stderr);
 	va_end(ap);
 	failures++;
 }
@@ -43,12 +43,12 @@ static bool read_attr(const char *dev, const char *attr, char *buf, size_t size)
 	FILE *f;
 	bool ok;
 
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/%s", dev, attr);
+	(void)snprintf(path, sizeof(path), PCI_DEVICES "/%s/%s", dev, attr);
 	f = fopen(path, "re");
 	if (!f)
 		return false;
 	ok = fgets(buf, (int)size, f) != NULL;
-	fclose(f);
+	(void)fclose(f);
 	if (ok)
 		buf[strcspn(buf, "\n")] = '\0';
 	return ok;
@@ -60,7 +60,7 @@ static const char *link_name(const char *dev, const char *link, char *buf, size_
 	char path[PATH_MAX];
 	ssize_t n;
 
-	snprintf(path, sizeof(path), PCI_DEVICES "/%s/%s", dev, link);
+	(void)snprintf(path, sizeof(path), PCI_DEVICES "/%s/%s", dev, link);
 	n = readlink(path, buf, size - 1);
 	if (n < 0)
 		return "";
@@ -100,7 +100,7 @@ static void check_iommufd(void)
 		fail("cannot open /dev/iommu: %s", strerror(errno));
 		return;
 	}
-	close(fd);
+	(void)close(fd);
 }
 
 /* Every edu and the e1000e should have a cdev. */
@@ -120,12 +120,12 @@ static void check_vfio_cdevs(int edus)
 	while ((de = readdir(dir)) != NULL) {
 		if (strncmp(de->d_name, "vfio", 4) != 0)
 			continue;
-		snprintf(path, sizeof(path), VFIO_CDEVS "/%s", de->d_name);
+		(void)snprintf(path, sizeof(path), VFIO_CDEVS "/%s", de->d_name);
 		if (stat(path, &st) == 0 && S_ISCHR(st.st_mode))
 			count++;
 	}
 	closedir(dir);
-	printf("smoke_vfio: %d vfio device cdevs\n", count);
+	(void)printf("smoke_vfio: %d vfio device cdevs\n", count);
 	if (count < edus + 1)
 		fail("%d vfio device cdevs in " VFIO_CDEVS
 		     ", want at least %d (%d edu, one e1000e)",
@@ -156,8 +156,8 @@ static int check_edus(const char *model)
 		count++;
 		driver = link_name(de->d_name, "driver", driver_buf, sizeof(driver_buf));
 		iommu = link_name(de->d_name, "iommu", iommu_buf, sizeof(iommu_buf));
-		printf("smoke_vfio: edu %s driver %s iommu %s\n", de->d_name,
-		       *driver ? driver : "(none)", *iommu ? iommu : "(none)");
+		(void)printf("smoke_vfio: edu %s driver %s iommu %s\n", de->d_name,
+			     *driver ? driver : "(none)", *iommu ? iommu : "(none)");
 		if (strcmp(driver, "vfio-pci") != 0)
 			fail("edu %s is bound to %s, not vfio-pci", de->d_name,
 			     *driver ? driver : "no driver");
@@ -176,14 +176,14 @@ int main(void)
 
 	/* Outside run-vm.sh's guest none of this holds, and the host is not to be judged. */
 	if (!model) {
-		printf("smoke_vfio: IOMMUD_VM_IOMMU is unset: not in the VM tier's guest, "
-		       "skipping\n");
+		(void)printf("smoke_vfio: IOMMUD_VM_IOMMU is unset: not in the VM tier's guest, "
+			     "skipping\n");
 		return SKIP;
 	}
 	check_iommufd();
 	check_vfio_cdevs(check_edus(model));
 	if (failures)
 		return EXIT_FAILURE;
-	printf("smoke_vfio: %s guest is as run-vm.sh promises\n", model);
+	(void)printf("smoke_vfio: %s guest is as run-vm.sh promises\n", model);
 	return EXIT_SUCCESS;
 }

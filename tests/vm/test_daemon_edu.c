@@ -25,7 +25,7 @@
 static void check_call(struct iommuctl *c, int rc, const char *what)
 {
 	if (rc < 0) {
-		fprintf(stderr, "%s failed: %s\n", what, iommuctl_last_error(c));
+		(void)fprintf(stderr, "%s failed: %s\n", what, iommuctl_last_error(c));
 		abort();
 	}
 }
@@ -78,12 +78,12 @@ static bool start_session(struct edu_session *s)
 	iommud__v1__hello_reply__free_unpacked(hello, NULL);
 	s->name = find_edu(s->c);
 	if (!s->name) {
-		printf("SKIP: the daemon offers no edu device\n");
+		(void)printf("SKIP: the daemon offers no edu device\n");
 		iommuctl_close(s->c);
 		fixture_stop(&s->daemon);
 		return false;
 	}
-	printf("using %s\n", s->name);
+	(void)printf("using %s\n", s->name);
 	return true;
 }
 
@@ -132,7 +132,7 @@ static void check_dma_lands(struct edu_session *s)
 	edu_dma(&s->edu, SRC_IOVA, EDU_XFER, false);
 	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
 	CHECK(memcmp(s->mem + PAGE, s->mem, EDU_XFER) == 0);
-	printf("ok: DMA through the daemon's mapping landed in the client's memfd\n");
+	(void)printf("ok: DMA through the daemon's mapping landed in the client's memfd\n");
 }
 
 static void check_unmap_blocks(struct edu_session *s)
@@ -144,7 +144,7 @@ static void check_unmap_blocks(struct edu_session *s)
 	memset(s->mem + PAGE, 0xee, PAGE);
 	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
 	CHECK(all_bytes(s->mem + PAGE, PAGE, 0xee));
-	printf("ok: after Unmap the same DMA is blocked\n");
+	(void)printf("ok: after Unmap the same DMA is blocked\n");
 }
 
 /* The session ends with its connection while the client still holds the device's fd: the
@@ -168,7 +168,7 @@ static void check_session_end_detaches(struct edu_session *s)
 	memset(s->mem + PAGE, 0x5a, PAGE);
 	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
 	CHECK(all_bytes(s->mem + PAGE, PAGE, 0x5a));
-	printf("ok: after its session ended, the device's fd no longer reaches the memory\n");
+	(void)printf("ok: after its session ended, the device's fd no longer reaches the memory\n");
 }
 
 /* While the old fd is open, the device's old binding lives on in the kernel: another session
@@ -180,13 +180,13 @@ static void check_old_fd_holds_device(struct edu_session *s)
 	check_call(s->c, rc == 0 ? -1 : 0, "AllocDomain while the old fd is open (must fail)");
 	CHECK_EQ(iommuctl_last_code(s->c), IOMMUD__V1__CODE__CODE_FAILED_PRECONDITION);
 	CHECK(strstr(iommuctl_last_error(s->c), "still open") != NULL);
-	printf("ok: while the old fd is open, a new session is refused: %s\n",
-	       iommuctl_last_error(s->c));
-	close(s->vfio);
+	(void)printf("ok: while the old fd is open, a new session is refused: %s\n",
+		     iommuctl_last_error(s->c));
+	(void)close(s->vfio);
 	check_call(s->c, iommuctl_alloc_domain(s->c, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &s->dom),
 		   "AllocDomain in a new session");
 	check_call(s->c, iommuctl_attach(s->c, s->name, s->dom), "AttachDevice in a new session");
-	printf("ok: a new session took the device\n");
+	(void)printf("ok: a new session took the device\n");
 }
 
 int main(void)
@@ -194,7 +194,7 @@ int main(void)
 	struct edu_session s;
 
 	if (access("/dev/iommu", F_OK) != 0) {
-		printf("SKIP: no /dev/iommu: this test runs in the VM tier\n");
+		(void)printf("SKIP: no /dev/iommu: this test runs in the VM tier\n");
 		return 77;
 	}
 	if (!start_session(&s))
@@ -205,11 +205,11 @@ int main(void)
 	check_session_end_detaches(&s);
 	check_old_fd_holds_device(&s);
 
-	munmap(s.mem, 2 * PAGE);
-	close(s.memfd);
+	(void)munmap(s.mem, 2 * PAGE);
+	(void)close(s.memfd);
 	free(s.name);
 	iommuctl_close(s.c);
 	fixture_stop(&s.daemon);
-	printf("daemon + edu DMA through iommufd: all checks passed\n");
+	(void)printf("daemon + edu DMA through iommufd: all checks passed\n");
 	return 0;
 }

@@ -81,7 +81,7 @@ static bool find_edus(struct dma_test *t)
 	size_t found = 0;
 
 	if (kh_backend_open_iommufd(&t->be) < 0) {
-		printf("SKIP: %s\n", kh_last_error());
+		(void)printf("SKIP: %s\n", kh_last_error());
 		return false;
 	}
 	for (size_t i = 0; i < kh_device_count(t->be) && found < 2; i++) {
@@ -92,7 +92,7 @@ static bool find_edus(struct dma_test *t)
 			memcpy(t->edu_names[found++], info.name, KH_NAME_MAX);
 	}
 	if (found < 2) {
-		printf("SKIP: needs two edu devices bound to vfio-pci, found %zu\n", found);
+		(void)printf("SKIP: needs two edu devices bound to vfio-pci, found %zu\n", found);
 		return false;
 	}
 	return true;
@@ -124,7 +124,7 @@ static void check_mapped_dma(struct dma_test *t)
 	edu_dma(&t->a.regs, 0x100000, XFER, false);
 	edu_dma(&t->a.regs, 0x101000, XFER, true);
 	CHECK(memcmp(t->dst, t->src, XFER) == 0);
-	printf("ok: DMA landed at a mapped IOVA\n");
+	(void)printf("ok: DMA landed at a mapped IOVA\n");
 }
 
 /* A read-only mapping: the device reads it but cannot write it. */
@@ -132,7 +132,7 @@ static void check_read_only(struct dma_test *t)
 {
 	edu_dma(&t->a.regs, 0x200000, XFER, true);
 	CHECK(all_bytes(t->ro, PAGE, 0));
-	printf("ok: a read-only mapping blocked a device write\n");
+	(void)printf("ok: a read-only mapping blocked a device write\n");
 }
 
 /* After unmap the same transfer is blocked and memory keeps its bytes. */
@@ -142,7 +142,7 @@ static void check_unmap(struct dma_test *t)
 	memset(t->dst, 0xee, PAGE);
 	edu_dma(&t->a.regs, 0x101000, XFER, true);
 	CHECK(all_bytes(t->dst, PAGE, 0xee));
-	printf("ok: DMA blocked after unmap\n");
+	(void)printf("ok: DMA blocked after unmap\n");
 }
 
 /* Context B maps its own memory at an IOVA A never mapped: A's device cannot reach it. */
@@ -162,7 +162,7 @@ static void check_contexts_apart(struct dma_test *t)
 	edu_dma(&t->b.regs, 0x301000, XFER, false);
 	edu_dma(&t->b.regs, 0x300000, XFER, true);
 	CHECK(memcmp(t->other, t->src, XFER) == 0);
-	printf("ok: context B's memory is out of reach of context A's device\n");
+	(void)printf("ok: context B's memory is out of reach of context A's device\n");
 }
 
 /* Replace: the same IOVA now leads to the new domain's memory. */
@@ -176,7 +176,7 @@ static void check_replace(struct dma_test *t)
 	rc = kh_replace(ctx_a, t->a.dev, t->dom_c);
 	if (rc == -EADDRINUSE && strstr(kh_last_error(), "sizes domains only at attach")) {
 		/* The kernel's limit, not ours: the move still has to take DMA with it. */
-		printf("note: %s\n", kh_last_error());
+		(void)printf("note: %s\n", kh_last_error());
 		CHECK_OK(kh_detach(ctx_a, t->a.dev));
 		CHECK_OK(kh_attach(ctx_a, t->a.dev, t->dom_c));
 	} else {
@@ -187,7 +187,7 @@ static void check_replace(struct dma_test *t)
 	edu_dma(&t->a.regs, 0x101000, XFER, true);
 	CHECK(memcmp(t->moved, t->src, XFER) == 0);
 	CHECK(all_bytes(t->dst, PAGE, 0));
-	printf("ok: DMA followed the device to its new domain\n");
+	(void)printf("ok: DMA followed the device to its new domain\n");
 }
 
 /* A copy shares the source's memory: the device reads A's page through domain C. */
@@ -202,7 +202,7 @@ static void check_copy(struct dma_test *t)
 	edu_dma(&t->a.regs, 0x500000, XFER, false);
 	edu_dma(&t->a.regs, 0x101000, XFER, true);
 	CHECK(all_bytes(t->moved, XFER, 0x3c));
-	printf("ok: DMA through a copied mapping reached the source's memory\n");
+	(void)printf("ok: DMA through a copied mapping reached the source's memory\n");
 }
 
 /* Memory given as a file: the bytes land in the file, with no mapping of it here. */
@@ -221,15 +221,15 @@ static void check_file_mapping(struct dma_test *t)
 					 .fd = memfd,
 					 .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE});
 	if (rc == -EOPNOTSUPP) {
-		printf("note: this kernel cannot map files: %s\n", kh_last_error());
+		(void)printf("note: this kernel cannot map files: %s\n", kh_last_error());
 	} else {
 		CHECK_OK(rc);
 		edu_dma(&t->a.regs, 0x600000, XFER, true);
 		CHECK_EQ(pread(memfd, back, XFER, 0), XFER);
 		CHECK(all_bytes(back, XFER, 0x3c));
-		printf("ok: DMA landed in a file mapped by fd\n");
+		(void)printf("ok: DMA landed in a file mapped by fd\n");
 	}
-	close(memfd);
+	(void)close(memfd);
 }
 
 /* Detached, the device is blocked. */
@@ -239,7 +239,7 @@ static void check_detached(struct dma_test *t)
 	memset(t->moved, 0, PAGE);
 	edu_dma(&t->a.regs, 0x101000, XFER, true);
 	CHECK(all_bytes(t->moved, PAGE, 0));
-	printf("ok: a detached device is blocked\n");
+	(void)printf("ok: a detached device is blocked\n");
 }
 
 int main(void)
@@ -264,11 +264,11 @@ int main(void)
 	check_file_mapping(&t);
 	check_detached(&t);
 
-	close(t.a.regs.fd);
-	close(t.b.regs.fd);
+	(void)close(t.a.regs.fd);
+	(void)close(t.b.regs.fd);
 	kh_ctx_destroy(t.a.ctx);
 	kh_ctx_destroy(t.b.ctx);
 	kh_backend_close(t.be);
-	printf("edu DMA through iommufd: all checks passed\n");
+	(void)printf("edu DMA through iommufd: all checks passed\n");
 	return 0;
 }
