@@ -253,6 +253,16 @@ static int place_anywhere(const struct kh_ioas *ioas, struct kh_map_req *req)
 	return 0;
 }
 
+/* Refuses a fixed IOVA range because something already holds part of it. */
+static int range_taken(int err, uint64_t iova, uint64_t last, const char *holder,
+		       uint64_t holder_start, uint64_t holder_last, const char *advice)
+{
+	return kh_fail(err,
+		       "IOVA range 0x%" PRIx64 "-0x%" PRIx64 " overlaps %s 0x%" PRIx64 "-0x%" PRIx64
+		       "; %s",
+		       iova, last, holder, holder_start, holder_last, advice);
+}
+
 /* Checks that the IOVA a request fixed is free to take. */
 static int check_fixed(const struct kh_ioas *ioas, const struct kh_map_req *req)
 {
@@ -274,18 +284,13 @@ static int check_fixed(const struct kh_ioas *ioas, const struct kh_map_req *req)
 			       req->iova, last, ioas->aperture_start, ioas->aperture_last);
 	resv = reserved_overlap(ioas, req->iova, last);
 	if (resv)
-		return kh_fail(-EINVAL,
-			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64
-			       " touches the reserved range 0x%" PRIx64 "-0x%" PRIx64
-			       "; list free ranges and map elsewhere",
-			       req->iova, last, resv->range.start, resv->range.last);
+		return range_taken(-EINVAL, req->iova, last, "the reserved range",
+				   resv->range.start, resv->range.last,
+				   "list free ranges and map elsewhere");
 	area = first_overlap(ioas, req->iova, last);
 	if (area)
-		return kh_fail(-EEXIST,
-			       "IOVA range 0x%" PRIx64 "-0x%" PRIx64
-			       " overlaps the mapping at 0x%" PRIx64 "-0x%" PRIx64
-			       "; unmap it first",
-			       req->iova, last, area->iova, area->last);
+		return range_taken(-EEXIST, req->iova, last, "the mapping at", area->iova,
+				   area->last, "unmap it first");
 	return 0;
 }
 
