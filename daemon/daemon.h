@@ -5,8 +5,8 @@
  * session.
  *
  * Ownership: struct daemon owns nothing (main() owns the configuration and the backend,
- * serve() the registry). A struct client is owned by the server's connection; it holds a
- * reference on its tenant and on the session it joined, dropped by client_fini.
+ * serve() the registry and the probes). A struct client is owned by the server's connection; it
+ * holds a reference on its tenant and on the session it joined, dropped by client_fini.
  */
 #ifndef IOMMUD_DAEMON_H
 #define IOMMUD_DAEMON_H
@@ -31,6 +31,7 @@ struct daemon {
 	const struct config *cfg;
 	struct kh_backend *be;
 	struct registry *reg;
+	struct probes *probes; /* the map/unmap histograms; owned by serve() */
 	time_t started;
 	unsigned connections;
 	uint64_t rejected_packets;

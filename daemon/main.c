@@ -16,10 +16,12 @@
 #include <unistd.h>
 
 #include <kh/kh.h>
+#include <names.h>
 
 #include "config.h"
 #include "dispatch.h"
 #include "log.h"
+#include "probes/probes.h"
 #include "server.h"
 #include "session.h"
 #include "status.h"
@@ -270,6 +272,26 @@ static int watch_signals(struct event_base *base, struct event *ret_events[N_SIG
 	return 0;
 }
 
+/* Watching the map path is never a reason not to serve: what cannot attach is said, once. */
+static int start_probes(struct daemon *d)
+{
+	struct probes_options opts = {.max_tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_FENTRY};
+	const char *const *detached;
+	size_t n;
+
+	if (probes_start(&opts, &d->probes) < 0) {
+		log_err("out of memory at start");
+		return -ENOMEM;
+	}
+	n = probes_detached(d->probes, &detached);
+	for (size_t i = 0; i < n; i++)
+		log_notice("probe not attached: %s", detached[i]);
+	log_info("map path probes: tier %s%s",
+		 iommud_name(&iommud_probe_tier_names, probes_tier(d->probes)),
+		 probes_in_process(d->probes) ? ", in-process timing" : "");
+	return 0;
+}
+
 /* Serves until a signal stops the daemon; returns the exit status. */
 static int serve(struct daemon *d, struct config *cfg)
 {
@@ -278,6 +300,8 @@ static int serve(struct daemon *d, struct config *cfg)
 	struct server *srv = NULL;
 	int status = 1;
 
+	if (start_probes(d) < 0)
+		goto out;
 	d->reg = registry_create(d->be, cfg);
 	if (!d->reg || !base || server_create(base, d, cfg->max_connections, &srv) < 0) {
 		log_err("out of memory at start");
@@ -300,6 +324,7 @@ out:
 	/* Connections first (anonymous sessions), then leases; main closes the backend. */
 	server_destroy(srv);
 	registry_destroy(d->reg);
+	probes_stop(d->probes);
 	for (size_t i = 0; i < N_SIGNALS; i++)
 		if (signals[i])
 			event_free(signals[i]);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <linux/types.h> /* for probes/iommud_probes.h */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "probes/iommud_probes.h"
 #include "status.h"
 
 #define LEASE_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
@@ -210,6 +212,39 @@ const struct access_rule *tenant_rule(const struct tenant *t)
 struct usage tenant_usage(const struct tenant *t)
 {
 	return t->used;
+}
+
+/* The slot of "other": after the sections', or the last one when they fill the slots. */
+static unsigned other_slot(const struct config *cfg)
+{
+	return cfg->n_rules + 1 < IOMMUD_TENANT_SLOTS ? (unsigned)cfg->n_rules + 1
+						      : IOMMUD_TENANT_SLOTS - 1;
+}
+
+unsigned tenant_label_slot(const struct tenant *t)
+{
+	const struct config *cfg = t->reg->cfg;
+	unsigned other = other_slot(cfg);
+	size_t index;
+
+	if (!t->rule)
+		return other;
+	index = (size_t)(t->rule - cfg->rules);
+	return index + 1 < other ? (unsigned)index + 1 : other;
+}
+
+unsigned registry_label_slots(const struct registry *reg)
+{
+	return other_slot(reg->cfg) + 1;
+}
+
+const char *registry_label(const struct registry *reg, unsigned slot)
+{
+	unsigned other = other_slot(reg->cfg);
+
+	if (slot == 0 || slot > other)
+		return NULL;
+	return slot == other ? "other" : reg->cfg->rules[slot - 1].section;
 }
 
 /* ---- sessions ------------------------------------------------------------------------- */

@@ -69,6 +69,17 @@ void tenant_put(struct tenant *tenant);
 const struct access_rule *tenant_rule(const struct tenant *tenant);
 struct usage tenant_usage(const struct tenant *tenant);
 
+/* Statistics speak of tenants by label, so that their number stays that of the configuration's
+ * sections whatever peers come: a tenant's label is its section's name ("user alice"), or
+ * "other" where no section names it. A label's slot is the small number the map/unmap
+ * histograms are keyed by (probes/iommud_probes.h): 1 + the section's index, then "other";
+ * 0 is no tenant's. Sections beyond the slots there are count as "other". */
+unsigned tenant_label_slot(const struct tenant *tenant);
+/* How many slots the labels take, 0 included; each below it has a name. */
+unsigned registry_label_slots(const struct registry *reg);
+/* The label of slot (NULL for 0 or a slot past the labels). */
+const char *registry_label(const struct registry *reg, unsigned slot);
+
 /* Joins a session of the tenant (lease NULL or "" for the anonymous one), creating it if
  * needed; each call takes a reference that session_leave drops. */
 int session_join(struct tenant *tenant, const char *lease, struct session **out);

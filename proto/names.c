@@ -19,6 +19,7 @@ struct iommud_names {
 struct iommud_names iommud_access_names = {.desc = &iommud__v1__access__descriptor};
 struct iommud_names iommud_backend_names = {.desc = &iommud__v1__backend__descriptor};
 struct iommud_names iommud_domain_type_names = {.desc = &iommud__v1__domain_type__descriptor};
+struct iommud_names iommud_probe_tier_names = {.desc = &iommud__v1__probe_tier__descriptor};
 
 static pthread_once_t tables_built = PTHREAD_ONCE_INIT;
 
@@ -58,6 +59,7 @@ static void build_tables(void)
 	build_table(&iommud_access_names);
 	build_table(&iommud_backend_names);
 	build_table(&iommud_domain_type_names);
+	build_table(&iommud_probe_tier_names);
 }
 
 /* The values a person may choose: all but an enum's unspecified zero. */

@@ -26,6 +26,7 @@ struct iommud_names;
 extern struct iommud_names iommud_access_names;	     /* Access */
 extern struct iommud_names iommud_backend_names;     /* Backend */
 extern struct iommud_names iommud_domain_type_names; /* DomainType */
+extern struct iommud_names iommud_probe_tier_names;  /* ProbeTier */
 
 /* The name of value; NULL when the enum has no such value. */
 const char *iommud_name(struct iommud_names *names, int value);

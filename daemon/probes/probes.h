@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The map/unmap histograms and what fills them: BPF programs on the kernel's map path (the
+ * IOMMU driver's iommu_map/iommu_unmap and the whole iommufd ioctl), attached at the best tier
+ * the running kernel allows, and, where the backend's map path runs inside the daemon (the
+ * emulated IOMMU), the daemon's own clock around each call. Each histogram is keyed by
+ * operation, layer, size class and tenant slot (iommud_probes.h).
+ *
+ * Starting never fails for want of a kernel feature: what cannot attach is turned off and said
+ * (probes_detached), and the tier says what is left. Only this module calls bpf().
+ *
+ * Ownership: probes_start gives the caller a struct probes, released with probes_stop, which
+ * owns the BPF objects, their maps and links, and the in-process histograms.
+ */
+#ifndef IOMMUD_PROBES_H
+#define IOMMUD_PROBES_H
+
+#include <linux/types.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <iommud.pb-c.h>
+
+#include "iommud_probes.h"
+
+struct probes;
+
+struct probes_options {
+	/* The highest tier to try: PROBE_TIER_FENTRY normally; lower to force a tier (tests,
+	 * or an operator avoiding trampolines); PROBE_TIER_OFF attaches nothing. */
+	Iommud__V1__ProbeTier max_tier;
+	/* The backend's map path runs in this process (kh_backend_caps), so time it here. */
+	bool in_process;
+};
+
+/* Returns 0 with *ret_probes set, or -ENOMEM; a kernel that refuses BPF gives tier OFF. */
+int probes_start(const struct probes_options *opts, struct probes **ret_probes);
+void probes_stop(struct probes *p);
+
+Iommud__V1__ProbeTier probes_tier(const struct probes *p);
+bool probes_in_process(const struct probes *p);
+/* Each program that is not attached, and why: n lines, valid until probes_stop. */
+size_t probes_detached(const struct probes *p, const char *const **ret_lines);
+uint64_t probes_dropped_events(const struct probes *p);
+
+/* One map or unmap of the backend inside the daemon, of bytes, for a tenant slot, that took ns.
+ * Does nothing unless probes_in_process. */
+void probes_record(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsigned tenant,
+		   uint64_t ns);
+
+/* Calls visit for each histogram with a count, summed over CPUs; stops at and returns the first
+ * non-zero return of visit. */
+int probes_read(struct probes *p,
+		int (*visit)(const struct iommud_hist_key *key, const struct iommud_hist *hist,
+			     void *arg),
+		void *arg);
+
+#endif
