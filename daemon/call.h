@@ -59,8 +59,12 @@ int need_device_name(const char *name);
 
 /* method_daemon.c */
 int do_hello(struct call *call);
-int do_get_stats(struct call *call);
 int do_release_lease(struct call *call);
+
+/* method_stats.c */
+int do_get_stats(struct call *call);
+/* A quota as replies show it: the rule's limits (none without one) and the usage. */
+void fill_quota(Iommud__V1__Quota *q, const struct access_rule *rule, struct usage used);
 
 /* method_devices.c */
 int do_list_devices(struct call *call);

@@ -73,6 +73,7 @@ int config_defaults(struct config *cfg)
 		.max_domains = DEFAULT_MAX_DOMAINS,
 		.max_mappings = DEFAULT_MAX_MAPPINGS,
 		.max_pinned_bytes = DEFAULT_MAX_PINNED,
+		.stats_all = true,
 	};
 	if (!cfg->rules[0].section || !cfg->rules[0].devices)
 		goto nomem;
@@ -277,6 +278,12 @@ static int rule_key(struct load_state *st, struct access_rule *rule, const char 
 		return access_key(st, name, value, &rule->access);
 	if (strcmp(name, "devices") == 0)
 		return set_devices(rule, value) == 0 ? 1 : bad(st, "out of memory");
+	if (strcmp(name, "stats") == 0) {
+		if (strcmp(value, "own") != 0 && strcmp(value, "all") != 0)
+			return bad(st, "stats must be own or all, not '%s'", value);
+		rule->stats_all = strcmp(value, "all") == 0;
+		return 1;
+	}
 	if (strcmp(name, "max-domains") == 0)
 		quota = &rule->max_domains;
 	else if (strcmp(name, "max-mappings") == 0)
@@ -286,7 +293,7 @@ static int rule_key(struct load_state *st, struct access_rule *rule, const char 
 	if (!quota)
 		return bad(st,
 			   "unknown key '%s' in [%s]; known: access, devices, max-domains, "
-			   "max-mappings, max-pinned",
+			   "max-mappings, max-pinned, stats",
 			   name, rule->section);
 	if (parse_size(value, quota) < 0)
 		return bad(st, "%s must be a number (with K, M, G or T for sizes), not '%s'", name,

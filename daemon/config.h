@@ -36,6 +36,8 @@ struct access_rule {
 	uint64_t max_domains;
 	uint64_t max_mappings;
 	uint64_t max_pinned_bytes;
+	/* stats = all: GetStats shows every tenant label's figures, not only the peer's own. */
+	bool stats_all;
 };
 
 struct config {

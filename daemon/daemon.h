@@ -18,13 +18,19 @@
 #include <kh/kh.h>
 
 #include "config.h"
+#include "histogram.h"
 #include "session.h"
 
 #define IOMMUD_METHOD_SLOTS 64 /* method numbers (Request oneof field numbers) below this */
+#define IOMMUD_CODES	    (IOMMUD__V1__CODE__CODE_UNAVAILABLE + 1) /* the schema's Code values */
 
 struct method_stats {
 	uint64_t calls;
 	uint64_t errors;
+	uint64_t codes[IOMMUD_CODES]; /* calls by the status code of their reply */
+	/* From the request's packet received to its reply sent; a call whose reply never left
+	 * (the connection closed first) is counted above but not here. */
+	struct iommud_hist latency;
 };
 
 struct daemon {

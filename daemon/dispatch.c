@@ -295,6 +295,7 @@ static int handle_request(struct call *call)
 		return rc;
 	d->methods[number].calls++;
 	d->methods[number].errors += rc < 0;
+	d->methods[number].codes[code_for_errno(rc)]++;
 	if (rc < 0)
 		log_debug("%s from uid %u failed: %s", method_name(number),
 			  (unsigned)call->client->peer.uid, failure_message());
@@ -353,7 +354,8 @@ static int decode_packet(const uint8_t *packet, size_t len, enum packet_defect d
 }
 
 size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet, size_t len,
-		       enum packet_defect defect, int *fds, size_t n_fds, uint8_t *out, int *out_fd)
+		       enum packet_defect defect, int *fds, size_t n_fds, uint8_t *out, int *out_fd,
+		       unsigned *ret_method)
 {
 	Iommud__V1__Response resp = IOMMUD__V1__RESPONSE__INIT;
 	struct call call = {.d = d,
@@ -368,6 +370,7 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 	int rc = decode_packet(packet, len, defect, &req);
 
 	*out_fd = -1;
+	*ret_method = 0;
 	if (rc < 0) {
 		d->rejected_packets++;
 		log_debug("rejected a packet: %s", failure_message());
@@ -375,6 +378,8 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 		call.req = req;
 		resp.id = req->id;
 		rc = handle_request(&call);
+		if (method_for(req->method_case)->handle)
+			*ret_method = (unsigned)req->method_case;
 	}
 	out_len = pack_response(&resp, rc, call.failed_index, out);
 	if (rc == 0) {
@@ -385,4 +390,10 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 	if (req)
 		iommud__v1__request__free_unpacked(req, NULL);
 	return out_len;
+}
+
+void dispatch_reply_sent(struct daemon *d, unsigned method, uint64_t received_ns)
+{
+	if (method && method < IOMMUD_METHOD_SLOTS)
+		histogram_add(&d->methods[method].latency, monotonic_ns() - received_ns);
 }

@@ -30,9 +30,14 @@ enum packet_defect {
 
 /* Handles one packet: fds (n_fds of them) are owned by the call and closed unless a handler
  * keeps them. Writes the response into out (IOMMUD_MAX_MESSAGE bytes) and returns its length;
- * *out_fd is set to a descriptor to send with it (owned by the caller from then on) or -1. */
+ * *out_fd is set to a descriptor to send with it (owned by the caller from then on) or -1;
+ * *ret_method to the number of the method the call counted to (0: none, the packet was
+ * rejected or named no method this daemon knows), whose latency dispatch_reply_sent records. */
 size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet, size_t len,
-		       enum packet_defect defect, int *fds, size_t n_fds, uint8_t *out,
-		       int *out_fd);
+		       enum packet_defect defect, int *fds, size_t n_fds, uint8_t *out, int *out_fd,
+		       unsigned *ret_method);
+/* The reply to a call of method (as dispatch_packet gave it) received at received_ns
+ * (monotonic_ns) has been sent. */
+void dispatch_reply_sent(struct daemon *d, unsigned method, uint64_t received_ns);
 
 #endif

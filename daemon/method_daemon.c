@@ -1,28 +1,11 @@
 // SPDX-License-Identifier: MIT
-/* The methods about the daemon and the connection itself: Hello, GetStats, ReleaseLease. */
+/* The methods about the daemon and the connection itself: Hello and ReleaseLease. */
 #include <errno.h>
-#include <time.h>
 
 #include "call.h"
 #include "log.h"
 
 #define CAPABILITIES_MAX 4
-
-static void fill_quota(Iommud__V1__Quota *q, const struct tenant *t)
-{
-	const struct access_rule *rule = tenant_rule(t);
-	struct usage used = tenant_usage(t);
-
-	iommud__v1__quota__init(q);
-	if (rule) {
-		q->max_domains = rule->max_domains;
-		q->max_mappings = rule->max_mappings;
-		q->max_pinned_bytes = rule->max_pinned_bytes;
-	}
-	q->domains = used.domains;
-	q->mappings = used.mappings;
-	q->pinned_bytes = used.pinned_bytes;
-}
 
 static bool any_device_has(struct kh_backend *be, bool dirty)
 {
@@ -73,7 +56,7 @@ static void fill_hello(const struct call *call, Iommud__V1__HelloReply *reply)
 	reply->max_message_bytes = IOMMUD_MAX_MESSAGE;
 	reply->max_fds_per_message = IOMMUD_MAX_FDS;
 	fill_capabilities(call->d->be, reply);
-	fill_quota(reply->quota, c->tenant);
+	fill_quota(reply->quota, tenant_rule(c->tenant), tenant_usage(c->tenant));
 }
 
 int do_hello(struct call *call)
@@ -101,39 +84,6 @@ int do_hello(struct call *call)
 	fill_hello(call, reply);
 	if (r->client_name[0])
 		log_debug("uid %u says hello as '%s'", (unsigned)c->peer.uid, r->client_name);
-	return 0;
-}
-
-int do_get_stats(struct call *call)
-{
-	struct daemon *d = call->d;
-	Iommud__V1__GetStatsReply *reply = REPLY(call, get_stats_reply);
-	const ProtobufCMessageDescriptor *desc = &iommud__v1__request__descriptor;
-
-	if (!reply || !(reply->quota = call_alloc(call, sizeof(*reply->quota))) ||
-	    !(reply->methods = call_alloc(call, desc->n_fields * sizeof(*reply->methods))))
-		return nomem();
-	reply->uptime_seconds = (uint64_t)(time(NULL) - d->started);
-	reply->connections = d->connections;
-	reply->tenants = registry_tenant_count(d->reg);
-	reply->sessions = registry_session_count(d->reg);
-	reply->rejected_packets = d->rejected_packets;
-	fill_quota(reply->quota, call->client->tenant);
-	for (unsigned i = 0; i < desc->n_fields; i++) {
-		const ProtobufCFieldDescriptor *f = &desc->fields[i];
-		Iommud__V1__MethodStats *m;
-
-		if (!(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
-			continue;
-		m = call_alloc(call, sizeof(*m));
-		if (!m)
-			return nomem();
-		iommud__v1__method_stats__init(m);
-		m->method = (char *)method_name((Iommud__V1__Request__MethodCase)f->id);
-		m->calls = d->methods[f->id].calls;
-		m->errors = d->methods[f->id].errors;
-		reply->methods[reply->n_methods++] = m;
-	}
 	return 0;
 }
 

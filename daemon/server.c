@@ -38,6 +38,8 @@ struct conn {
 	uint8_t *pending;
 	size_t pending_len;
 	int pending_fd;
+	unsigned pending_method; /* the pending reply's call, timed when it is sent */
+	uint64_t pending_received_ns;
 };
 
 struct server {
@@ -152,12 +154,15 @@ static int conn_rearm(struct conn *c)
 	return event_add(c->ev, NULL);
 }
 
-/* Returns false when the connection was closed. */
-static bool conn_reply(struct conn *c, size_t len, int reply_fd)
+/* Sends the reply to a call of method received at received_ns, or keeps it until the socket
+ * takes it. Returns false when the connection was closed. */
+static bool conn_reply(struct conn *c, size_t len, int reply_fd, unsigned method,
+		       uint64_t received_ns)
 {
 	int rc = send_reply(c->fd, c->srv->out, len, reply_fd);
 
 	if (rc == 0) {
+		dispatch_reply_sent(c->srv->d, method, received_ns);
 		if (reply_fd >= 0)
 			(void)close(reply_fd);
 		return true;
@@ -182,6 +187,8 @@ static bool conn_reply(struct conn *c, size_t len, int reply_fd)
 	memcpy(c->pending, c->srv->out, len);
 	c->pending_len = len;
 	c->pending_fd = reply_fd;
+	c->pending_method = method;
+	c->pending_received_ns = received_ns;
 	(void)conn_rearm(c);
 	return true;
 }
@@ -193,19 +200,22 @@ static int conn_read_one(struct conn *c)
 	struct server *srv = c->srv;
 	enum packet_defect defect = PACKET_OK;
 	struct wire_packet packet;
+	uint64_t received_ns;
+	unsigned method;
 	size_t out_len;
 	int reply_fd, rc;
 
 	rc = wire_recv(c->fd, srv->in, sizeof(srv->in), WIRE_NONBLOCK, &packet);
 	if (rc < 0)
 		return rc;
+	received_ns = monotonic_ns();
 	if (packet.truncated)
 		defect = PACKET_TRUNCATED;
 	else if (packet.fds_truncated)
 		defect = PACKET_FDS_TRUNCATED;
 	out_len = dispatch_packet(srv->d, &c->client, srv->in, packet.len, defect, packet.fds,
-				  packet.n_fds, srv->out, &reply_fd);
-	return conn_reply(c, out_len, reply_fd) ? 0 : -ECONNABORTED;
+				  packet.n_fds, srv->out, &reply_fd, &method);
+	return conn_reply(c, out_len, reply_fd, method, received_ns) ? 0 : -ECONNABORTED;
 }
 
 static void conn_on_event(evutil_socket_t fd, short what, void *arg)
@@ -218,6 +228,8 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 		rc = send_reply(c->fd, c->pending, c->pending_len, c->pending_fd);
 		if (rc == -EAGAIN)
 			return;
+		if (rc == 0)
+			dispatch_reply_sent(c->srv->d, c->pending_method, c->pending_received_ns);
 		if (c->pending_fd >= 0)
 			(void)close(c->pending_fd);
 		free(c->pending);

@@ -247,6 +247,30 @@ const char *registry_label(const struct registry *reg, unsigned slot)
 	return slot == other ? "other" : reg->cfg->rules[slot - 1].section;
 }
 
+const struct access_rule *registry_label_rule(const struct registry *reg, unsigned slot)
+{
+	return slot == 0 || slot >= other_slot(reg->cfg) ? NULL : &reg->cfg->rules[slot - 1];
+}
+
+void registry_label_stats(const struct registry *reg, struct label_stats *stats)
+{
+	const struct tenant *t;
+	const struct session *s;
+
+	LIST_FOREACH (t, &reg->tenants, link) {
+		struct label_stats *l = &stats[tenant_label_slot(t)];
+
+		l->tenants++;
+		l->used.domains += t->used.domains;
+		l->used.mappings += t->used.mappings;
+		l->used.pinned_bytes += t->used.pinned_bytes;
+		LIST_FOREACH (s, &t->sessions, link) {
+			l->sessions++;
+			l->leases += s->lease[0] != '\0';
+		}
+	}
+}
+
 /* ---- sessions ------------------------------------------------------------------------- */
 
 static void session_destroy(struct session *s)
@@ -457,6 +481,20 @@ int session_bound_devices(struct session *s,
 			return rc;
 	}
 	return 0;
+}
+
+enum device_state registry_device_state(const struct registry *reg, const char *name)
+{
+	struct tenant *t;
+	struct session *s;
+	uint32_t domain_id;
+
+	/* The backend lets one context at a time bind a device, so the first found is the one. */
+	LIST_FOREACH (t, &reg->tenants, link)
+		LIST_FOREACH (s, &t->sessions, link)
+			if (session_device_state(s, name, &domain_id))
+				return domain_id ? DEVICE_ATTACHED : DEVICE_BOUND;
+	return DEVICE_FREE;
 }
 
 /* ---- domains -------------------------------------------------------------------------- */

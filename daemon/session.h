@@ -79,6 +79,26 @@ unsigned tenant_label_slot(const struct tenant *tenant);
 unsigned registry_label_slots(const struct registry *reg);
 /* The label of slot (NULL for 0 or a slot past the labels). */
 const char *registry_label(const struct registry *reg, unsigned slot);
+/* The configuration section behind a label's slot; NULL for "other" and slot 0. */
+const struct access_rule *registry_label_rule(const struct registry *reg, unsigned slot);
+
+/* What the tenants under one label hold. */
+struct label_stats {
+	unsigned tenants;
+	unsigned sessions;
+	unsigned leases; /* named sessions */
+	struct usage used;
+};
+/* Sums the tenants into stats[slot]: stats holds registry_label_slots of them, zeroed. */
+void registry_label_stats(const struct registry *reg, struct label_stats *stats);
+
+enum device_state {
+	DEVICE_FREE,	 /* in no session */
+	DEVICE_BOUND,	 /* bound into a session's context */
+	DEVICE_ATTACHED, /* and attached to a domain there */
+};
+/* Where a backend device is, over every session. */
+enum device_state registry_device_state(const struct registry *reg, const char *name);
 
 /* Joins a session of the tenant (lease NULL or "" for the anonymous one), creating it if
  * needed; each call takes a reference that session_leave drops. */

@@ -20,6 +20,9 @@ struct iommud_names iommud_access_names = {.desc = &iommud__v1__access__descript
 struct iommud_names iommud_backend_names = {.desc = &iommud__v1__backend__descriptor};
 struct iommud_names iommud_domain_type_names = {.desc = &iommud__v1__domain_type__descriptor};
 struct iommud_names iommud_probe_tier_names = {.desc = &iommud__v1__probe_tier__descriptor};
+struct iommud_names iommud_map_op_names = {.desc = &iommud__v1__map_op__descriptor};
+struct iommud_names iommud_map_layer_names = {.desc = &iommud__v1__map_layer__descriptor};
+struct iommud_names iommud_size_class_names = {.desc = &iommud__v1__size_class__descriptor};
 
 static pthread_once_t tables_built = PTHREAD_ONCE_INIT;
 
@@ -60,6 +63,9 @@ static void build_tables(void)
 	build_table(&iommud_backend_names);
 	build_table(&iommud_domain_type_names);
 	build_table(&iommud_probe_tier_names);
+	build_table(&iommud_map_op_names);
+	build_table(&iommud_map_layer_names);
+	build_table(&iommud_size_class_names);
 }
 
 /* The values a person may choose: all but an enum's unspecified zero. */

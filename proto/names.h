@@ -27,6 +27,9 @@ extern struct iommud_names iommud_access_names;	     /* Access */
 extern struct iommud_names iommud_backend_names;     /* Backend */
 extern struct iommud_names iommud_domain_type_names; /* DomainType */
 extern struct iommud_names iommud_probe_tier_names;  /* ProbeTier */
+extern struct iommud_names iommud_map_op_names;	     /* MapOp */
+extern struct iommud_names iommud_map_layer_names;   /* MapLayer */
+extern struct iommud_names iommud_size_class_names;  /* SizeClass */
 
 /* The name of value; NULL when the enum has no such value. */
 const char *iommud_name(struct iommud_names *names, int value);

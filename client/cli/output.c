@@ -370,3 +370,73 @@ void field_range(uint64_t start, uint64_t last)
 	field("size", SIZE | TEXT_ONLY, last - start + 1, all ? "16E" : NULL);
 	obj_end();
 }
+
+/* ---- histograms ----------------------------------------------------------------------- */
+
+#define HIST_BAR 52 /* bpftrace's width */
+
+/* A power of two in ns, as bpftrace writes one: 512, 4K, 2M, 1G. */
+static const char *fmt_pow2(char buf[24], unsigned shift)
+{
+	static const char units[] = " KMGT";
+	unsigned unit = shift / 10 < 4 ? shift / 10 : 4;
+
+	(void)snprintf(buf, 24, "%llu%.*s", 1ull << (shift - 10 * unit), unit ? 1 : 0,
+		       &units[unit]);
+	return buf;
+}
+
+static void hist_json(const char *key, const uint64_t *buckets, size_t n, uint64_t count,
+		      uint64_t sum_ns)
+{
+	obj_begin(key);
+	field("count", NUM, count, NULL);
+	field("sum_ns", NUM, sum_ns, NULL);
+	list_begin("buckets", NULL);
+	for (size_t i = 0; i < n; i++) {
+		if (!buckets[i])
+			continue;
+		obj_begin(NULL);
+		field("low_ns", NUM, i ? 1ull << i : 0, NULL);
+		field("high_ns", NUM, 2ull << i, NULL);
+		field("count", NUM, buckets[i], NULL);
+		obj_end();
+	}
+	list_end();
+	obj_end();
+}
+
+void field_histogram(const char *key, const char *title, const uint64_t *buckets, size_t n,
+		     uint64_t count, uint64_t sum_ns)
+{
+	size_t first = 0, last = n;
+	uint64_t most = 0;
+
+	/* Past 2^62 ns a bucket's bounds overflow, and no duration gets there. */
+	n = n < 62 ? n : 62;
+	if (out.json) {
+		hist_json(key, buckets, n, count, sum_ns);
+		return;
+	}
+	if (out.table)
+		return;
+	while (first < n && !buckets[first])
+		first++;
+	while (last > first && !buckets[last - 1])
+		last--;
+	for (size_t i = first; i < last; i++)
+		most = buckets[i] > most ? buckets[i] : most;
+	(void)printf("%s%s\n", out.fields ? "\n" : "", title);
+	for (size_t i = first; i < last; i++) {
+		char low[24], high[24], range[56];
+		int bar = (int)((double)buckets[i] * HIST_BAR / (double)most);
+
+		(void)snprintf(range, sizeof(range), "[%s, %s)",
+			       i ? fmt_pow2(low, (unsigned)i) : "0",
+			       fmt_pow2(high, (unsigned)i + 1));
+		(void)printf("%-20s %8" PRIu64 " |%.*s%*s|\n", range, buckets[i], bar,
+			     "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@", HIST_BAR - bar,
+			     "");
+	}
+	out.fields = true;
+}

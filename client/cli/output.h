@@ -47,6 +47,14 @@ void field_strings(const char *key, char *const *items, size_t n);
 /* An address range as an object: start, last, and in text its size. */
 void field_range(uint64_t start, uint64_t last);
 
+/* A latency histogram in the schema's shape (bucket 0: 0 and 1 ns; bucket i: [2^i, 2^(i+1))
+ * ns). JSON: an object of count, sum_ns and the non-empty buckets with their bounds. Text, as
+ * bpftrace's hist() draws one: the title, then a line per bucket from the first non-empty to
+ * the last, its range in ns ([4K, 8K), K = 1024), its count and a bar of @ scaled to the
+ * largest count; drawn wherever it is but in a table's row. */
+void field_histogram(const char *key, const char *title, const uint64_t *buckets, size_t n,
+		     uint64_t count, uint64_t sum_ns);
+
 /* The result of a change with nothing to show: {} in JSON, nothing in text. */
 void out_empty(void);
 

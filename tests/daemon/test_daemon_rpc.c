@@ -31,18 +31,19 @@
 #include "daemon_fixture.h"
 #include "harness.h"
 
-#define PAGE	      4096ull
-#define WRITER_UID    65534u /* may take emu1 only; small quotas */
-#define READER_UID    65533u /* read-only */
-#define STRANGER_UID  65532u /* in no section: the default, none */
-#define BYSTANDER_UID 65531u /* holds a lease through everything, must find it intact */
+#define PAGE		   4096ull
+#define WRITER_UID	   65534u /* may take emu1 only; small quotas */
+#define READER_UID	   65533u /* read-only */
+#define STRANGER_UID	   65532u /* in no section: the default, none */
+#define BYSTANDER_UID	   65531u /* holds a lease through everything, must find it intact */
+#define BYSTANDER_MAPPINGS 3
 
 static const char config[] =
 	"[access]\ndefault = none\n"
 	"[uid 0]\naccess = write\ndevices = emu*\nmax-domains = 6\nmax-mappings = 8\n"
 	"max-pinned = 256K\n"
 	"[uid 65534]\naccess = write\ndevices = emu1\n"
-	"[uid 65533]\naccess = read\n"
+	"[uid 65533]\naccess = read\nstats = all\n"
 	"[uid 65531]\naccess = write\ndevices = emu2\n";
 
 /* The daemon of the running case: each case runs in a process of its own. */
@@ -773,9 +774,222 @@ TEST_F(daemon, tenants)
 	}
 }
 
-/* ---- a bystander --------------------------------------------------------------------- */
+/* ---- statistics ----------------------------------------------------------------------- */
 
-#define BYSTANDER_MAPPINGS 3
+static Iommud__V1__GetStatsReply *stats_of(struct iommuctl *c)
+{
+	Iommud__V1__Response *resp = call_bare(c, IOMMUD__V1__REQUEST__METHOD_GET_STATS);
+	Iommud__V1__GetStatsReply *stats;
+
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	/* Detached from the response, so the caller frees the reply alone. */
+	stats = resp->get_stats;
+	resp->get_stats = NULL;
+	resp->result_case = IOMMUD__V1__RESPONSE__RESULT__NOT_SET;
+	iommuctl_response_free(resp);
+	return stats;
+}
+
+static const Iommud__V1__MethodStats *method_of(const Iommud__V1__GetStatsReply *s,
+						const char *name)
+{
+	for (size_t i = 0; i < s->n_methods; i++)
+		if (strcmp(s->methods[i]->method, name) == 0)
+			return s->methods[i];
+	CHECK(!"method missing from GetStats");
+	return NULL;
+}
+
+static uint64_t code_calls(const Iommud__V1__MethodStats *m, Iommud__V1__Code code)
+{
+	for (size_t i = 0; i < m->n_codes; i++)
+		if (m->codes[i]->code == code)
+			return m->codes[i]->calls;
+	return 0;
+}
+
+static uint64_t latency_count(const Iommud__V1__MethodStats *m)
+{
+	uint64_t in_buckets = 0;
+
+	if (!m->latency)
+		return 0;
+	for (size_t i = 0; i < m->latency->n_buckets; i++)
+		in_buckets += m->latency->buckets[i];
+	CHECK_EQ(in_buckets, m->latency->count);
+	return m->latency->count;
+}
+
+static const Iommud__V1__TenantStats *label_of(const Iommud__V1__GetStatsReply *s,
+					       const char *label)
+{
+	for (size_t i = 0; i < s->n_tenant_stats; i++)
+		if (strcmp(s->tenant_stats[i]->tenant, label) == 0)
+			return s->tenant_stats[i];
+	return NULL;
+}
+
+static const char *device_state(const Iommud__V1__GetStatsReply *s, const char *device)
+{
+	for (size_t i = 0; i < s->n_devices; i++)
+		if (strcmp(s->devices[i]->device, device) == 0)
+			return s->devices[i]->state;
+	CHECK(!"device missing from GetStats");
+	return NULL;
+}
+
+#define STATS_CALLS 5
+
+TEST_F(daemon, stats_methods)
+{
+	struct iommuctl *c = connect_client(NULL);
+	Iommud__V1__GetStatsReply *before = stats_of(c), *after;
+	const Iommud__V1__MethodStats *list, *list0, *free_domain, *free0;
+
+	for (int i = 0; i < STATS_CALLS; i++)
+		iommuctl_response_free(call_bare(c, IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES));
+	EXPECT_CODE(c, iommuctl_free_domain(c, 999), NOT_FOUND);
+	after = stats_of(c);
+	list0 = method_of(before, "list_devices");
+	list = method_of(after, "list_devices");
+	CHECK_EQ(list->calls - list0->calls, STATS_CALLS);
+	CHECK_EQ(latency_count(list) - latency_count(list0), STATS_CALLS);
+	CHECK_EQ(code_calls(list, IOMMUD__V1__CODE__CODE_OK), list->calls);
+	CHECK_EQ(list->errors, 0);
+	free0 = method_of(before, "free_domain");
+	free_domain = method_of(after, "free_domain");
+	CHECK_EQ(free_domain->calls - free0->calls, 1);
+	CHECK_EQ(free_domain->errors - free0->errors, 1);
+	CHECK_EQ(code_calls(free_domain, IOMMUD__V1__CODE__CODE_NOT_FOUND) -
+			 code_calls(free0, IOMMUD__V1__CODE__CODE_NOT_FOUND),
+		 1);
+	/* Every method, by its one name; the codes of each add up to its calls. */
+	for (size_t i = 0; i < after->n_methods; i++) {
+		const Iommud__V1__MethodStats *m = after->methods[i];
+		uint64_t sum = 0;
+
+		for (size_t j = 0; j < m->n_codes; j++)
+			sum += m->codes[j]->calls;
+		CHECK_EQ(sum, m->calls);
+		CHECK(latency_count(m) <= m->calls);
+	}
+	/* GetStats counts itself once its reply has gone. */
+	CHECK_EQ(method_of(after, "get_stats")->calls, method_of(before, "get_stats")->calls + 1);
+	CHECK(strcmp(after->version, before->version) == 0 && after->version[0]);
+	iommud__v1__get_stats_reply__free_unpacked(before, NULL);
+	iommud__v1__get_stats_reply__free_unpacked(after, NULL);
+	iommuctl_close(c);
+}
+
+static void check_probes(const Iommud__V1__GetStatsReply *s, const char *label)
+{
+	bool timed_here = false;
+
+	CHECK(s->probes);
+	CHECK(s->probes->tier != IOMMUD__V1__PROBE_TIER__PROBE_TIER_UNSPECIFIED);
+	/* What is off says why. */
+	if (s->probes->tier == IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF)
+		CHECK(s->probes->n_detached > 0);
+	for (size_t i = 0; i < s->n_map_latency; i++) {
+		const Iommud__V1__MapLatency *ml = s->map_latency[i];
+
+		CHECK(ml->latency && ml->latency->count > 0);
+		timed_here |= ml->layer == IOMMUD__V1__MAP_LAYER__MAP_LAYER_IN_PROCESS &&
+			      ml->op == IOMMUD__V1__MAP_OP__MAP_OP_MAP &&
+			      strcmp(ml->tenant, label) == 0;
+	}
+	/* The emulated backend maps inside the daemon: timed there when the probes say so. */
+	CHECK_EQ(timed_here, s->probes->in_process);
+}
+
+TEST_F(daemon, stats_tenants_and_devices)
+{
+	struct iommuctl *c = connect_client(NULL);
+	Iommud__V1__GetStatsReply *s = stats_of(c);
+	const Iommud__V1__TenantStats *own;
+	uint32_t dom;
+	int mem = memfd_of(2 * PAGE);
+
+	CHECK(strcmp(device_state(s, "emu0"), "free") == 0);
+	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	s = stats_of(c);
+	CHECK(strcmp(device_state(s, "emu0"), "bound") == 0);
+	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
+	CHECK_CALL(c, iommuctl_attach(c, "emu0", dom));
+	CHECK_CALL(c, iommuctl_map_fd(c, dom, mem, 0, 2 * PAGE, IOMMUCTL_PROT_READ, false, 0,
+				      &(uint64_t){0}));
+	s = stats_of(c);
+	CHECK(strcmp(device_state(s, "emu0"), "attached") == 0);
+	CHECK(strcmp(device_state(s, "emu1"), "free") == 0);
+	CHECK_EQ(s->n_devices, 3);
+	CHECK(own = label_of(s, "uid 0"));
+	CHECK_EQ(own->tenants, 1);
+	CHECK_EQ(own->sessions, 1);
+	CHECK_EQ(own->quota->domains, 1);
+	CHECK_EQ(own->quota->mappings, 1);
+	CHECK_EQ(own->quota->pinned_bytes, 2 * PAGE);
+	CHECK_EQ(own->quota->max_domains, 6);
+	CHECK_EQ(own->quota->max_pinned_bytes, 256 * 1024);
+	check_probes(s, "uid 0");
+	if (geteuid() == 0) {
+		/* Root sees every label: the bystander's lease among them. */
+		CHECK(strcmp(device_state(s, "emu2"), "attached") == 0);
+		CHECK(label_of(s, "uid 65531") && label_of(s, "uid 65531")->leases == 1);
+		CHECK_EQ(label_of(s, "uid 65531")->quota->mappings, BYSTANDER_MAPPINGS);
+		CHECK(s->leases >= 1);
+	}
+	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
+	(void)close(mem);
+	iommuctl_close(c);
+}
+
+/* Without stats = all, a tenant sees its own label alone. */
+static int stats_own_only(void *arg)
+{
+	struct iommuctl *c = connect_client(NULL);
+	Iommud__V1__GetStatsReply *s = stats_of(c);
+
+	(void)arg;
+	CHECK_EQ(s->n_tenant_stats, 1);
+	CHECK(label_of(s, "uid 65534"));
+	for (size_t i = 0; i < s->n_map_latency; i++)
+		CHECK(!s->map_latency[i]->tenant[0] ||
+		      strcmp(s->map_latency[i]->tenant, "uid 65534") == 0);
+	/* Daemon-wide figures are everyone's with read access. */
+	CHECK_EQ(s->n_devices, 3);
+	CHECK(s->probes);
+	CHECK(s->n_methods > 0);
+	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
+	iommuctl_close(c);
+	return 0;
+}
+
+/* With stats = all (and only read access), every label. */
+static int stats_all_labels(void *arg)
+{
+	struct iommuctl *c = connect_client(NULL);
+	Iommud__V1__GetStatsReply *s = stats_of(c);
+
+	(void)arg;
+	CHECK(label_of(s, "uid 65533"));
+	CHECK(label_of(s, "uid 65531") && label_of(s, "uid 65531")->leases == 1);
+	CHECK_EQ(label_of(s, "uid 65531")->quota->pinned_bytes, BYSTANDER_MAPPINGS * PAGE);
+	CHECK(label_of(s, "other"));
+	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
+	iommuctl_close(c);
+	return 0;
+}
+
+TEST_F(daemon, stats_visibility)
+{
+	if (geteuid() != 0)
+		SKIP("not root: other tenants need other uids");
+	CHECK_EQ(run_as(WRITER_UID, stats_own_only, NULL), 0);
+	CHECK_EQ(run_as(READER_UID, stats_all_labels, NULL), 0);
+}
+
+/* ---- a bystander --------------------------------------------------------------------- */
 
 /* Another tenant's lease, set up before each case and checked after it: nothing the case did,
  * bad input included, may reach it. */

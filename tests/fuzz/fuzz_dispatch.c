@@ -62,6 +62,7 @@
 #include "config.h"
 #include "dispatch.h"
 #include "log.h"
+#include "probes/probes.h"
 #include "server.h"
 #include "session.h"
 
@@ -362,6 +363,9 @@ static void finish_input(struct input *in)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
+	/* GetStats reads the probes: the emulated backend's, timed in process, with no BPF. */
+	struct probes_options probes = {.max_tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF,
+					.in_process = true};
 	struct kh_backend *be;
 
 	(void)argc;
@@ -376,6 +380,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	g.d.cfg = &g.cfg;
 	g.d.be = be;
 	g.d.started = time(NULL);
+	if (probes_start(&probes, &g.d.probes) < 0)
+		violated("out of memory starting the probes");
 	g.d.reg = registry_create(be, &g.cfg);
 	g.base = event_base_new();
 	if (!g.d.reg || !g.base || server_create(g.base, &g.d, g.cfg.max_connections, &g.srv) < 0)

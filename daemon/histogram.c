@@ -1,0 +1,28 @@
+// SPDX-License-Identifier: MIT
+#include "histogram.h"
+
+#include <time.h>
+
+uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+
+	(void)clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void histogram_add(struct iommud_hist *h, uint64_t ns)
+{
+	h->buckets[iommud_hist_bucket(ns)]++;
+	h->count++;
+	h->sum_ns += ns;
+}
+
+size_t histogram_used_buckets(const struct iommud_hist *h)
+{
+	size_t n = IOMMUD_HIST_BUCKETS;
+
+	while (n && !h->buckets[n - 1])
+		n--;
+	return n;
+}

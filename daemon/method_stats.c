@@ -1,0 +1,332 @@
+// SPDX-License-Identifier: MIT
+/*
+ * GetStats: the daemon's counters, the RPC and map path latency histograms, the probes' state,
+ * tenant labels and devices.
+ *
+ * What a caller sees: everything daemon-wide (methods, probes, devices, map latency of no
+ * tenant) with read access; of the tenant labels, its own, or all of them when it is root or
+ * its section says stats = all. The reply stays inside one packet: entries are added while they
+ * fit a budget below the message limit, in the order of the schema's fields, so the first to be
+ * left out (on a configuration of very many labels) are the last map latency histograms.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "call.h"
+#include "log.h"
+#include "probes/probes.h"
+
+/* Room kept for the envelope (id, status) and the repeated fields' own tags and lengths. */
+#define STATS_REPLY_BUDGET (IOMMUD_MAX_MESSAGE - 1024)
+#define ENTRY_OVERHEAD	   8
+
+struct stats_fill {
+	struct call *call;
+	Iommud__V1__GetStatsReply *reply;
+	bool sees_all;	      /* every label's figures, not only the caller's own */
+	unsigned own_slot;    /* the caller's label */
+	size_t room;	      /* bytes the reply may still grow by */
+	size_t left_out;      /* entries that did not fit */
+	size_t n_map_latency; /* map latency entries visible to the caller */
+};
+
+void fill_quota(Iommud__V1__Quota *q, const struct access_rule *rule, struct usage used)
+{
+	iommud__v1__quota__init(q);
+	if (rule) {
+		q->max_domains = rule->max_domains;
+		q->max_mappings = rule->max_mappings;
+		q->max_pinned_bytes = rule->max_pinned_bytes;
+	}
+	q->domains = used.domains;
+	q->mappings = used.mappings;
+	q->pinned_bytes = used.pinned_bytes;
+}
+
+/* Whether one more entry of the reply fits; counts it against the room if so. */
+static bool fits(struct stats_fill *st, const ProtobufCMessage *entry)
+{
+	size_t size = protobuf_c_message_get_packed_size(entry) + ENTRY_OVERHEAD;
+
+	if (size > st->room) {
+		st->left_out++;
+		return false;
+	}
+	st->room -= size;
+	return true;
+}
+
+static bool label_visible(const struct stats_fill *st, unsigned slot)
+{
+	return slot == 0 || st->sees_all || slot == st->own_slot;
+}
+
+/* The reply's copy of a histogram, its empty buckets at the end left out; NULL when out of
+ * memory. */
+static Iommud__V1__Histogram *histogram_reply(struct call *call, const struct iommud_hist *h)
+{
+	Iommud__V1__Histogram *out = call_alloc(call, sizeof(*out));
+	size_t n = histogram_used_buckets(h);
+	uint64_t *buckets = call_alloc(call, n * sizeof(*buckets));
+
+	if (!out || !buckets)
+		return NULL;
+	iommud__v1__histogram__init(out);
+	out->buckets = buckets;
+	memcpy(out->buckets, h->buckets, n * sizeof(*out->buckets));
+	out->n_buckets = n;
+	out->count = h->count;
+	out->sum_ns = h->sum_ns;
+	return out;
+}
+
+static Iommud__V1__MethodStats *method_reply(struct call *call, unsigned number)
+{
+	const struct method_stats *s = &call->d->methods[number];
+	Iommud__V1__MethodStats *m = call_alloc(call, sizeof(*m));
+	size_t n_codes = 0;
+
+	if (!m)
+		return NULL;
+	iommud__v1__method_stats__init(m);
+	m->method = (char *)method_name((Iommud__V1__Request__MethodCase)number);
+	m->calls = s->calls;
+	m->errors = s->errors;
+	if (s->latency.count && !(m->latency = histogram_reply(call, &s->latency)))
+		return NULL;
+	for (unsigned code = 0; code < IOMMUD_CODES; code++)
+		n_codes += s->codes[code] != 0;
+	if (!(m->codes = call_alloc(call, n_codes * sizeof(*m->codes))))
+		return NULL;
+	for (unsigned code = 0; code < IOMMUD_CODES; code++) {
+		Iommud__V1__CodeCount *cc;
+
+		if (!s->codes[code])
+			continue;
+		if (!(cc = call_alloc(call, sizeof(*cc))))
+			return NULL;
+		iommud__v1__code_count__init(cc);
+		cc->code = (Iommud__V1__Code)code;
+		cc->calls = s->codes[code];
+		m->codes[m->n_codes++] = cc;
+	}
+	return m;
+}
+
+static int fill_methods(struct stats_fill *st)
+{
+	const ProtobufCMessageDescriptor *desc = &iommud__v1__request__descriptor;
+	Iommud__V1__GetStatsReply *reply = st->reply;
+
+	if (!(reply->methods = call_alloc(st->call, desc->n_fields * sizeof(*reply->methods))))
+		return nomem();
+	for (unsigned i = 0; i < desc->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &desc->fields[i];
+		Iommud__V1__MethodStats *m;
+
+		if (!(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+			continue;
+		if (!(m = method_reply(st->call, f->id)))
+			return nomem();
+		reply->methods[reply->n_methods++] = m;
+	}
+	return 0;
+}
+
+static int fill_probes(struct stats_fill *st)
+{
+	struct probes *p = st->call->d->probes;
+	Iommud__V1__ProbeStatus *ps = call_alloc(st->call, sizeof(*ps));
+	const char *const *detached;
+
+	if (!ps)
+		return nomem();
+	iommud__v1__probe_status__init(ps);
+	ps->tier = probes_tier(p);
+	ps->n_detached = probes_detached(p, &detached);
+	ps->detached = (char **)detached;
+	ps->dropped_events = probes_dropped_events(p);
+	ps->in_process = probes_in_process(p);
+	st->reply->probes = ps;
+	return 0;
+}
+
+static Iommud__V1__TenantStats *tenant_stats_reply(struct call *call, unsigned slot,
+						   const struct label_stats *l)
+{
+	Iommud__V1__TenantStats *ts = call_alloc(call, sizeof(*ts));
+	Iommud__V1__Quota *quota = call_alloc(call, sizeof(*quota));
+
+	if (!ts || !quota)
+		return NULL;
+	iommud__v1__tenant_stats__init(ts);
+	ts->quota = quota;
+	ts->tenant = (char *)registry_label(call->d->reg, slot);
+	ts->tenants = l->tenants;
+	ts->sessions = l->sessions;
+	ts->leases = l->leases;
+	fill_quota(ts->quota, registry_label_rule(call->d->reg, slot), l->used);
+	return ts;
+}
+
+/* Every label's figures, and the daemon's total of leases, from one walk of the tenants. */
+static int fill_tenants(struct stats_fill *st)
+{
+	struct registry *reg = st->call->d->reg;
+	unsigned slots = registry_label_slots(reg);
+	struct label_stats *labels = call_alloc(st->call, slots * sizeof(*labels));
+	Iommud__V1__GetStatsReply *reply = st->reply;
+
+	if (!labels || !(reply->tenant_stats = call_alloc(st->call, slots * sizeof(void *))))
+		return nomem();
+	registry_label_stats(reg, labels);
+	for (unsigned slot = 1; slot < slots; slot++) {
+		Iommud__V1__TenantStats *ts;
+
+		reply->leases += labels[slot].leases;
+		if (!label_visible(st, slot))
+			continue;
+		if (!(ts = tenant_stats_reply(st->call, slot, &labels[slot])))
+			return nomem();
+		if (fits(st, &ts->base))
+			reply->tenant_stats[reply->n_tenant_stats++] = ts;
+	}
+	return 0;
+}
+
+static const char *const device_state_names[] = {
+	[DEVICE_FREE] = "free",
+	[DEVICE_BOUND] = "bound",
+	[DEVICE_ATTACHED] = "attached",
+};
+
+static int fill_devices(struct stats_fill *st)
+{
+	struct daemon *d = st->call->d;
+	size_t n = kh_device_count(d->be);
+	Iommud__V1__GetStatsReply *reply = st->reply;
+	struct kh_device_info info;
+
+	if (!(reply->devices = call_alloc(st->call, n * sizeof(*reply->devices))))
+		return nomem();
+	for (size_t i = 0; i < n; i++) {
+		Iommud__V1__DeviceStats *ds = call_alloc(st->call, sizeof(*ds));
+		char *name;
+
+		if (kh_device_info(d->be, i, &info) < 0)
+			continue;
+		if (!ds || !(name = call_strdup(st->call, info.name)))
+			return nomem();
+		iommud__v1__device_stats__init(ds);
+		ds->device = name;
+		ds->state = (char *)device_state_names[registry_device_state(d->reg, info.name)];
+		/* dma_faults stays 0: no probe counts faults per device yet. */
+		if (fits(st, &ds->base))
+			reply->devices[reply->n_devices++] = ds;
+	}
+	return 0;
+}
+
+static Iommud__V1__MapLatency *map_latency_reply(struct call *call,
+						 const struct iommud_hist_key *key,
+						 const struct iommud_hist *hist)
+{
+	Iommud__V1__MapLatency *ml = call_alloc(call, sizeof(*ml));
+	const char *label = key->tenant ? registry_label(call->d->reg, key->tenant) : "";
+
+	if (!ml)
+		return NULL;
+	iommud__v1__map_latency__init(ml);
+	/* The probes' enums are the schema's less its "unspecified" zero. */
+	ml->op = (Iommud__V1__MapOp)(key->op + 1);
+	ml->layer = (Iommud__V1__MapLayer)(key->layer + 1);
+	ml->size_class = (Iommud__V1__SizeClass)(key->size_class + 1);
+	ml->tenant = (char *)(label ? label : "other");
+	ml->bytes = hist->bytes;
+	if (!(ml->latency = histogram_reply(call, hist)))
+		return NULL;
+	return ml;
+}
+
+static int count_map_latency(const struct iommud_hist_key *key, const struct iommud_hist *hist,
+			     void *arg)
+{
+	struct stats_fill *st = arg;
+
+	(void)hist;
+	st->n_map_latency += label_visible(st, key->tenant);
+	return 0;
+}
+
+static int add_map_latency(const struct iommud_hist_key *key, const struct iommud_hist *hist,
+			   void *arg)
+{
+	struct stats_fill *st = arg;
+	Iommud__V1__GetStatsReply *reply = st->reply;
+	Iommud__V1__MapLatency *ml;
+
+	if (!label_visible(st, key->tenant) || reply->n_map_latency == st->n_map_latency)
+		return 0;
+	if (!(ml = map_latency_reply(st->call, key, hist)))
+		return nomem();
+	if (fits(st, &ml->base))
+		reply->map_latency[reply->n_map_latency++] = ml;
+	return 0;
+}
+
+/* Two walks of the histograms: one to size the list, one to fill it. */
+static int fill_map_latency(struct stats_fill *st)
+{
+	struct probes *p = st->call->d->probes;
+	Iommud__V1__GetStatsReply *reply = st->reply;
+
+	(void)probes_read(p, count_map_latency, st);
+	if (!(reply->map_latency =
+		      call_alloc(st->call, st->n_map_latency * sizeof(*reply->map_latency))))
+		return nomem();
+	return probes_read(p, add_map_latency, st);
+}
+
+static void fill_counters(struct call *call, Iommud__V1__GetStatsReply *reply)
+{
+	struct daemon *d = call->d;
+
+	reply->uptime_seconds = (uint64_t)(time(NULL) - d->started);
+	reply->version = IOMMUD_VERSION;
+	reply->connections = d->connections;
+	reply->tenants = registry_tenant_count(d->reg);
+	reply->sessions = registry_session_count(d->reg);
+	reply->rejected_packets = d->rejected_packets;
+	fill_quota(reply->quota, tenant_rule(call->client->tenant),
+		   tenant_usage(call->client->tenant));
+}
+
+int do_get_stats(struct call *call)
+{
+	const struct client *c = call->client;
+	const struct access_rule *rule = tenant_rule(c->tenant);
+	struct stats_fill st = {
+		.call = call,
+		.reply = REPLY(call, get_stats_reply),
+		.sees_all = c->peer.uid == 0 || (rule && rule->stats_all),
+		.own_slot = tenant_label_slot(c->tenant),
+	};
+	int rc;
+
+	if (!st.reply || !(st.reply->quota = call_alloc(call, sizeof(*st.reply->quota))))
+		return nomem();
+	fill_counters(call, st.reply);
+	if ((rc = fill_methods(&st)) < 0 || (rc = fill_probes(&st)) < 0)
+		return rc;
+	st.room = STATS_REPLY_BUDGET - iommud__v1__get_stats_reply__get_packed_size(st.reply);
+	if ((rc = fill_tenants(&st)) < 0 || (rc = fill_devices(&st)) < 0 ||
+	    (rc = fill_map_latency(&st)) < 0)
+		return rc;
+	if (st.left_out)
+		log_warning("stats for uid %u: %zu entries left out to keep the reply inside one "
+			    "packet; give fewer configuration sections stats = all",
+			    (unsigned)c->peer.uid, st.left_out);
+	return 0;
+}
