@@ -169,7 +169,7 @@ int iommuctl_send(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, 
 	if (len > IOMMUD_MAX_MESSAGE)
 		return fail(c, -EMSGSIZE,
 			    "the request is %zu bytes, more than the %d a message may have; split "
-			    "it (fewer MapBatch entries, for instance)",
+			    "it (fewer map_batch entries, for instance)",
 			    len, IOMMUD_MAX_MESSAGE);
 	buf = malloc(len ? len : 1);
 	if (!buf)
@@ -505,7 +505,7 @@ int iommuctl_open_device(struct iommuctl *c, const char *device)
 	iommuctl_response_free(r);
 	if (n != 1)
 		return fail(c, -EPROTO,
-			    "iommud's OpenDevice reply for %s carried no file descriptor; the "
+			    "iommud's open_device reply for %s carried no file descriptor; the "
 			    "daemon is broken",
 			    device);
 	return fd;

@@ -94,7 +94,7 @@ static void show_one_device(const void *msg, Iommud__V1__Response *r)
 {
 	(void)msg;
 	if (!r->get_device->device)
-		cli_broken_reply(r, "to GetDevice names no device");
+		cli_broken_reply(r, "to get_device names no device");
 	show_device(r->get_device->device, false);
 }
 

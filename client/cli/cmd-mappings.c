@@ -32,7 +32,7 @@ static uint64_t show_mappings_page(Iommud__V1__ListMappingsRequest *msg)
 	}
 	/* A page that does not move forward would have the caller ask for ever. */
 	if (l->more && next <= msg->from)
-		cli_broken_reply(r, "to ListMappings does not move forward");
+		cli_broken_reply(r, "to list_mappings does not move forward");
 	if (!l->more)
 		next = 0;
 	iommuctl_response_free(r);

@@ -69,6 +69,16 @@ expect 0 '*0x0*' --lease t1 ranges "$dom"
 expect 0 '*' --lease t1 attach emu0 "$dom"
 expect 0 "*$dom*paging*emu0*2*emu0*" --lease t1 domains
 expect 0 '*mappings*2*' --lease t1 stats
+expect 0 '*emu0*attached*emu1*free*' --lease t1 stats
+expect 0 '*probe tier*' --lease t1 stats
+# --latency draws each method's histogram as bpftrace's hist() does: ranges, counts, @ bars.
+expect 0 '*@rpc\[map\]: 2 calls, mean *
+\[*K, *K)* |@*|*' --lease t1 stats --latency
+expect 0 '*"method":"map",*"codes":\[{"code":"OK","calls":2}],"latency":{"count":2,"sum_ns":*,"buckets":\[{"low_ns":*' \
+	--lease t1 --json stats --latency
+if command -v python3 >/dev/null; then
+	printf '%s' "$last" | python3 -m json.tool >/dev/null || fail "stats --json --latency is not JSON"
+fi
 expect 0 '*1 mapping*64K*' --lease t1 unmap "$dom" --iova 0x100000 --length 64K
 expect 0 '*' --lease t1 detach emu0
 expect 0 '*' --lease t1 unmap "$dom" --all
