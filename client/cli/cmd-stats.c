@@ -138,25 +138,30 @@ static void show_probes(const Iommud__V1__ProbeStatus *p)
 	obj_end();
 }
 
+/* A tenant label: text shows its usage as columns, JSON as the quota object with the limits. */
+static void show_tenant(const Iommud__V1__TenantStats *t)
+{
+	const Iommud__V1__Quota none = IOMMUD__V1__QUOTA__INIT;
+	const Iommud__V1__Quota *q = t->quota ? t->quota : &none;
+
+	obj_begin(NULL);
+	field("tenant", STR, 0, t->tenant);
+	field("tenants", NUM, t->tenants, NULL);
+	field("sessions", NUM, t->sessions, NULL);
+	field("leases", NUM, t->leases, NULL);
+	field("domains", NUM | TEXT_ONLY, q->domains, NULL);
+	field("mappings", NUM | TEXT_ONLY, q->mappings, NULL);
+	field("pinned_bytes", SIZE | TEXT_ONLY, q->pinned_bytes, NULL);
+	if (output_is_json())
+		show_quota(t->quota);
+	obj_end();
+}
+
 static void show_tenants(const Iommud__V1__GetStatsReply *s)
 {
 	list_begin("tenant_stats", "LABEL TENANTS SESSIONS LEASES DOMAINS MAPPINGS PINNED");
-	for (size_t i = 0; i < s->n_tenant_stats; i++) {
-		const Iommud__V1__TenantStats *t = s->tenant_stats[i];
-
-		obj_begin(NULL);
-		field("tenant", STR, 0, t->tenant);
-		field("tenants", NUM, t->tenants, NULL);
-		field("sessions", NUM, t->sessions, NULL);
-		field("leases", NUM, t->leases, NULL);
-		field("domains", NUM | TEXT_ONLY, t->quota ? t->quota->domains : 0, NULL);
-		field("mappings", NUM | TEXT_ONLY, t->quota ? t->quota->mappings : 0, NULL);
-		field("pinned_bytes", SIZE | TEXT_ONLY, t->quota ? t->quota->pinned_bytes : 0,
-		      NULL);
-		if (output_is_json())
-			show_quota(t->quota);
-		obj_end();
-	}
+	for (size_t i = 0; i < s->n_tenant_stats; i++)
+		show_tenant(s->tenant_stats[i]);
 	list_end();
 }
 
