@@ -9,8 +9,6 @@
  * fit a budget below the message limit, in the order of the schema's fields, so the first to be
  * left out (on a configuration of very many labels) are the last map latency histograms.
  */
-#include <errno.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
