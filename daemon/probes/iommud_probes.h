@@ -79,6 +79,28 @@ static inline __u32 iommud_hist_bucket(__u64 v)
 	return b < IOMMUD_HIST_BUCKETS ? b : IOMMUD_HIST_BUCKETS - 1;
 }
 
+/* Who registers what for attribution: the daemon's own iommufd descriptors (tgid, fd) and its
+ * tenants' cgroups (cgroup v2 id), each to a tenant slot. */
+struct iommud_fd_key {
+	__u32 tgid;
+	__s32 fd;
+};
+
+/* How a fault names its device: by the name the kernel gave report_iommu_fault, or by a PCI
+ * requester ID (bus << 8 | devfn) where the driver only logs (VT-d, virtio-iommu). */
+enum iommud_fault_source {
+	IOMMUD_FAULT_NAMED,
+	IOMMUD_FAULT_PCI_RID,
+};
+
+#define IOMMUD_DEVICE_NAME 32
+
+struct iommud_fault_key {
+	__u32 source; /* enum iommud_fault_source */
+	__u32 rid;    /* with IOMMUD_FAULT_PCI_RID */
+	char device[IOMMUD_DEVICE_NAME]; /* with IOMMUD_FAULT_NAMED */
+};
+
 static inline __u8 iommud_size_class(__u64 bytes)
 {
 	if (bytes == 4096)
