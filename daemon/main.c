@@ -80,7 +80,7 @@ static const char **word_option(struct options *o, int opt)
 {
 	const char **const slots[] = {
 		['c'] = &o->config_path, ['s'] = &o->socket_path, ['b'] = &o->backend,
-		['t'] = &o->topology,	 ['l'] = &o->log_level,    ['P'] = &o->probe_tier,
+		['t'] = &o->topology,	 ['l'] = &o->log_level,	  ['P'] = &o->probe_tier,
 	};
 
 	return opt >= 0 && (size_t)opt < sizeof(slots) / sizeof(slots[0]) ? slots[opt] : NULL;
@@ -306,8 +306,8 @@ static int start_probes(struct daemon *d)
 	for (size_t i = 0; i < n; i++)
 		log_notice("probe not attached: %s", detached[i]);
 	log_notice("map path probes: tier %s%s",
-		 iommud_name(&iommud_probe_tier_names, probes_tier(d->probes)),
-		 probes_in_process(d->probes) ? ", in-process timing" : "");
+		   iommud_name(&iommud_probe_tier_names, probes_tier(d->probes)),
+		   probes_in_process(d->probes) ? ", in-process timing" : "");
 	return 0;
 }
 

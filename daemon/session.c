@@ -325,8 +325,7 @@ static void attribute_session(struct kh_ctx *ctx, struct tenant *t)
 
 	if (t->reg->probes && kernel_fd >= 0 &&
 	    probes_register_fd(t->reg->probes, kernel_fd, tenant_label_slot(t)) < 0)
-		log_warning("cannot attribute a session of uid %u in the probes",
-			    (unsigned)t->uid);
+		log_warning("cannot attribute a session of uid %u in the probes", (unsigned)t->uid);
 }
 
 int session_join(struct tenant *t, const char *lease, struct session **out)

@@ -28,7 +28,8 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define MAP_LENGTH_OFFSET   24
 #define UNMAP_LENGTH_OFFSET 16
 
-#define HIST_ENTRIES (IOMMUD_TENANT_SLOTS * IOMMUD_OP_COUNT * IOMMUD_LAYER_COUNT * IOMMUD_SIZE_COUNT)
+#define HIST_ENTRIES                                                                               \
+	(IOMMUD_TENANT_SLOTS * IOMMUD_OP_COUNT * IOMMUD_LAYER_COUNT * IOMMUD_SIZE_COUNT)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -324,8 +325,7 @@ int BPF_PROG(unmap_fentry)
 }
 
 SEC("fexit/iommu_unmap")
-int BPF_PROG(unmap_fexit, struct iommu_domain *domain, unsigned long iova, size_t size,
-	     size_t ret)
+int BPF_PROG(unmap_fexit, struct iommu_domain *domain, unsigned long iova, size_t size, size_t ret)
 {
 	call_exit(IOMMUD_OP_UNMAP, size, ret != 0);
 	return 0;

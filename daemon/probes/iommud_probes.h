@@ -96,8 +96,8 @@ enum iommud_fault_source {
 #define IOMMUD_DEVICE_NAME 32
 
 struct iommud_fault_key {
-	__u32 source; /* enum iommud_fault_source */
-	__u32 rid;    /* with IOMMUD_FAULT_PCI_RID */
+	__u32 source;			 /* enum iommud_fault_source */
+	__u32 rid;			 /* with IOMMUD_FAULT_PCI_RID */
 	char device[IOMMUD_DEVICE_NAME]; /* with IOMMUD_FAULT_NAMED */
 };
 

@@ -48,29 +48,40 @@ struct probe_spec {
 	const char *exit_target; /* a raw tracepoint's exit has its own name */
 };
 
+/* An entry/exit pair on the map path, and one event counting faults. */
+#define PAIR(tier, kind, what, entry, exit, target, alt_target)                                    \
+	{                                                                                          \
+		what, TIER(tier), false, kind, entry, exit, {target, alt_target}, NULL             \
+	}
+#define SYSCALL_TP(what, entry, exit)                                                              \
+	{                                                                                          \
+		what, TIER(TRACEPOINT), false, ATTACH_RAW_TP, entry, exit, {"sys_enter"},          \
+			"sys_exit"                                                                 \
+	}
+#define FAULT(tier, kind, what, prog, target)                                                      \
+	{                                                                                          \
+		what, TIER(tier), true, kind, prog, NULL, {target}, NULL                           \
+	}
+
 static const struct probe_spec specs[] = {
-	{"iommufd map/unmap ioctl", TIER(FENTRY), false, ATTACH_TRACE, "ioctl_fentry", "ioctl_fexit",
-	 {"__x64_sys_ioctl"}, NULL},
-	{"iommu_map", TIER(FENTRY), false, ATTACH_TRACE, "map_fentry", "map_fexit",
-	 {"iommu_map_nosync", "iommu_map"}, NULL},
-	{"iommu_unmap", TIER(FENTRY), false, ATTACH_TRACE, "unmap_fentry", "unmap_fexit",
-	 {"iommu_unmap"}, NULL},
-	{"iommufd map/unmap ioctl", TIER(KPROBE), false, ATTACH_KSYSCALL, "ioctl_kprobe",
-	 "ioctl_kretprobe", {"ioctl"}, NULL},
-	{"iommu_map", TIER(KPROBE), false, ATTACH_KPROBE, "map_kprobe", "map_kretprobe",
-	 {"iommu_map_nosync", "iommu_map"}, NULL},
-	{"iommu_unmap", TIER(KPROBE), false, ATTACH_KPROBE, "unmap_kprobe", "unmap_kretprobe",
-	 {"iommu_unmap"}, NULL},
-	{"iommufd map/unmap ioctl", TIER(TRACEPOINT), false, ATTACH_RAW_TP, "ioctl_sys_enter",
-	 "ioctl_sys_exit", {"sys_enter"}, "sys_exit"},
-	{"iommu:map", TIER(TRACEPOINT), false, ATTACH_RAW_TP, "map_tp", NULL, {"map"}, NULL},
-	{"iommu:unmap", TIER(TRACEPOINT), false, ATTACH_RAW_TP, "unmap_tp", NULL, {"unmap"}, NULL},
-	{"VT-d faults", TIER(KPROBE), true, ATTACH_KPROBE, "fault_vtd", NULL, {"dmar_fault_do_one"},
-	 NULL},
-	{"virtio-iommu faults", TIER(KPROBE), true, ATTACH_KPROBE, "fault_virtio", NULL,
-	 {"viommu_fault_handler"}, NULL},
-	{"iommu:io_page_fault", TIER(TRACEPOINT), true, ATTACH_RAW_TP, "fault_reported", NULL,
-	 {"io_page_fault"}, NULL},
+	PAIR(FENTRY, ATTACH_TRACE, "iommufd map/unmap ioctl", "ioctl_fentry", "ioctl_fexit",
+	     "__x64_sys_ioctl", NULL),
+	PAIR(FENTRY, ATTACH_TRACE, "iommu_map", "map_fentry", "map_fexit", "iommu_map_nosync",
+	     "iommu_map"),
+	PAIR(FENTRY, ATTACH_TRACE, "iommu_unmap", "unmap_fentry", "unmap_fexit", "iommu_unmap",
+	     NULL),
+	PAIR(KPROBE, ATTACH_KSYSCALL, "iommufd map/unmap ioctl", "ioctl_kprobe", "ioctl_kretprobe",
+	     "ioctl", NULL),
+	PAIR(KPROBE, ATTACH_KPROBE, "iommu_map", "map_kprobe", "map_kretprobe", "iommu_map_nosync",
+	     "iommu_map"),
+	PAIR(KPROBE, ATTACH_KPROBE, "iommu_unmap", "unmap_kprobe", "unmap_kretprobe", "iommu_unmap",
+	     NULL),
+	SYSCALL_TP("iommufd map/unmap ioctl", "ioctl_sys_enter", "ioctl_sys_exit"),
+	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:map", "map_tp", NULL, "map", NULL),
+	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:unmap", "unmap_tp", NULL, "unmap", NULL),
+	FAULT(KPROBE, ATTACH_KPROBE, "VT-d faults", "fault_vtd", "dmar_fault_do_one"),
+	FAULT(KPROBE, ATTACH_KPROBE, "virtio-iommu faults", "fault_virtio", "viommu_fault_handler"),
+	FAULT(TRACEPOINT, ATTACH_RAW_TP, "iommu:io_page_fault", "fault_reported", "io_page_fault"),
 };
 
 #define N_SPECS (sizeof(specs) / sizeof(specs[0]))
@@ -80,10 +91,10 @@ struct probes {
 	bool in_process;
 	char **detached; /* owned lines */
 	size_t n_detached;
-	struct iommud_bpf *skel;	  /* NULL at tier OFF */
+	struct iommud_bpf *skel;	     /* NULL at tier OFF */
 	struct bpf_link *links[2 * N_SPECS]; /* entry and exit of each spec */
-	const char *target[N_SPECS];	  /* the target chosen for each spec, or NULL */
-	bool said_missing[N_SPECS];	  /* a spec of several tiers says so once */
+	const char *target[N_SPECS];	     /* the target chosen for each spec, or NULL */
+	bool said_missing[N_SPECS];	     /* a spec of several tiers says so once */
 	struct iommud_hist *local; /* IN_PROCESS_SLOTS of them when in_process, else NULL */
 };
 
@@ -377,8 +388,7 @@ void probes_unregister_fd(struct probes *p, int fd)
 
 int probes_register_cgroup(struct probes *p, uint64_t cgroup_id, unsigned slot)
 {
-	return p->skel ? set_slot(p->skel->maps.tenant_cgroups, &cgroup_id, sizeof(cgroup_id),
-				  slot)
+	return p->skel ? set_slot(p->skel->maps.tenant_cgroups, &cgroup_id, sizeof(cgroup_id), slot)
 		       : 0;
 }
 
@@ -472,8 +482,8 @@ static void fault_device_name(const struct iommud_fault_key *key, char *buf, siz
 		(void)snprintf(buf, size, "%.*s", (int)sizeof(key->device), key->device);
 }
 
-int probes_read_faults(struct probes *p, int (*visit)(const char *device, uint64_t count, void *arg),
-		       void *arg)
+int probes_read_faults(struct probes *p,
+		       int (*visit)(const char *device, uint64_t count, void *arg), void *arg)
 {
 	const struct bpf_map *map;
 	struct iommud_fault_key key, *prev = NULL;

@@ -63,8 +63,9 @@ enum kh_backend_kind kh_backend_kind(const struct kh_backend *be);
 const char *kh_backend_name(const struct kh_backend *be);
 
 /* What a backend does, so that callers ask about behaviour rather than about its kind. */
-#define KH_CAP_MAP_IN_PROCESS (1u << 0) /* map and unmap run in the calling process (an emulation):
-					 * time them there, no kernel path is involved */
+/* Map and unmap run in the calling process (an emulation): time them there, no kernel path is
+ * involved. */
+#define KH_CAP_MAP_IN_PROCESS (1u << 0)
 uint32_t kh_backend_caps(const struct kh_backend *be);
 
 #define KH_NAME_MAX 64
