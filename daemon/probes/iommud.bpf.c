@@ -413,39 +413,44 @@ static __always_inline void count_fault(const struct iommud_fault_key *key)
 		count_drop();
 }
 
-/* Drivers that report through report_iommu_fault (AMD-Vi, ARM SMMU, ...). */
+/* Drivers that report through report_iommu_fault (AMD-Vi, ARM SMMU, ...): the device. */
 SEC("raw_tp/io_page_fault")
 int BPF_PROG(fault_reported, struct device *dev, unsigned long iova, int flags)
 {
-	struct iommud_fault_key key = {.source = IOMMUD_FAULT_NAMED};
-	const char *name = BPF_CORE_READ(dev, kobj.name);
+	struct iommud_fault_key key = {};
 
-	if (bpf_probe_read_kernel_str(key.device, sizeof(key.device), name) < 0)
-		key.device[0] = 0;
+	(void)bpf_probe_read_kernel_str(key.device, sizeof(key.device),
+					BPF_CORE_READ(dev, kobj.name));
 	count_fault(&key);
 	return 0;
 }
 
-/* VT-d only logs its faults; the kernel rate-limits that log, and this counts what it logs. */
-SEC("kprobe/dmar_fault_do_one")
-int BPF_KPROBE(fault_vtd, void *iommu, int type, __u8 reason, __u32 pasid, __u16 source_id)
-{
-	struct iommud_fault_key key = {.source = IOMMUD_FAULT_PCI_RID, .rid = source_id};
+/* VT-d only logs which device faulted, rate-limited; its fault interrupt names the unit. The
+ * build host may lack the driver, so its struct is named here and relocated against the running
+ * kernel's (CO-RE). */
+struct intel_iommu___iommud {
+	char name[16];
+} __attribute__((preserve_access_index));
 
+SEC("kprobe/dmar_fault")
+int BPF_KPROBE(fault_vtd, int irq, struct intel_iommu___iommud *iommu)
+{
+	struct iommud_fault_key key = {};
+
+	(void)bpf_core_read_str(key.device, sizeof(key.device), &iommu->name);
 	count_fault(&key);
 	return 0;
 }
 
-/* virtio-iommu only logs too; its fault record is the virtio wire format, a fixed layout whose
- * endpoint (the PCI requester ID on x86) sits at byte 8. */
-SEC("kprobe/viommu_fault_handler")
-int BPF_KPROBE(fault_virtio, void *viommu, void *fault)
+/* virtio-iommu likewise: each event its queue delivers is a fault, counted to the IOMMU's own
+ * virtio device. */
+SEC("kprobe/viommu_event_handler")
+int BPF_KPROBE(fault_virtio, struct virtqueue *vq)
 {
-	struct iommud_fault_key key = {.source = IOMMUD_FAULT_PCI_RID};
-	__u32 endpoint = 0;
+	struct iommud_fault_key key = {};
 
-	(void)bpf_probe_read_kernel(&endpoint, sizeof(endpoint), (char *)fault + 8);
-	key.rid = endpoint;
+	(void)bpf_probe_read_kernel_str(key.device, sizeof(key.device),
+					BPF_CORE_READ(vq, vdev, dev.kobj.name));
 	count_fault(&key);
 	return 0;
 }

@@ -86,19 +86,13 @@ struct iommud_fd_key {
 	__s32 fd;
 };
 
-/* How a fault names its device: by the name the kernel gave report_iommu_fault, or by a PCI
- * requester ID (bus << 8 | devfn) where the driver only logs (VT-d, virtio-iommu). */
-enum iommud_fault_source {
-	IOMMUD_FAULT_NAMED,
-	IOMMUD_FAULT_PCI_RID,
-};
-
+/* A fault counter's name: the faulting device's where the driver reports it (AMD-Vi, ARM SMMU:
+ * report_iommu_fault), else the IOMMU unit's that raised it ("dmar0", "virtio0"), where the
+ * driver only logs the device (VT-d, virtio-iommu). */
 #define IOMMUD_DEVICE_NAME 32
 
 struct iommud_fault_key {
-	__u32 source;			 /* enum iommud_fault_source */
-	__u32 rid;			 /* with IOMMUD_FAULT_PCI_RID */
-	char device[IOMMUD_DEVICE_NAME]; /* with IOMMUD_FAULT_NAMED */
+	char device[IOMMUD_DEVICE_NAME];
 };
 
 static inline __u8 iommud_size_class(__u64 bytes)

@@ -79,8 +79,8 @@ static const struct probe_spec specs[] = {
 	SYSCALL_TP("iommufd map/unmap ioctl", "ioctl_sys_enter", "ioctl_sys_exit"),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:map", "map_tp", NULL, "map", NULL),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:unmap", "unmap_tp", NULL, "unmap", NULL),
-	FAULT(KPROBE, ATTACH_KPROBE, "VT-d faults", "fault_vtd", "dmar_fault_do_one"),
-	FAULT(KPROBE, ATTACH_KPROBE, "virtio-iommu faults", "fault_virtio", "viommu_fault_handler"),
+	FAULT(KPROBE, ATTACH_KPROBE, "VT-d faults", "fault_vtd", "dmar_fault"),
+	FAULT(KPROBE, ATTACH_KPROBE, "virtio-iommu faults", "fault_virtio", "viommu_event_handler"),
 	FAULT(TRACEPOINT, ATTACH_RAW_TP, "iommu:io_page_fault", "fault_reported", "io_page_fault"),
 };
 
@@ -472,16 +472,6 @@ int probes_read(struct probes *p, hist_visit_fn *visit, void *arg)
 	return rc;
 }
 
-/* "0000:BB:DD.F" for a requester ID: the drivers that only log name devices so, on segment 0. */
-static void fault_device_name(const struct iommud_fault_key *key, char *buf, size_t size)
-{
-	if (key->source == IOMMUD_FAULT_PCI_RID)
-		(void)snprintf(buf, size, "0000:%02x:%02x.%u", (key->rid >> 8) & 0xff,
-			       (key->rid >> 3) & 0x1f, key->rid & 7);
-	else
-		(void)snprintf(buf, size, "%.*s", (int)sizeof(key->device), key->device);
-}
-
 int probes_read_faults(struct probes *p,
 		       int (*visit)(const char *device, uint64_t count, void *arg), void *arg)
 {
@@ -498,7 +488,7 @@ int probes_read_faults(struct probes *p,
 		prev = &key;
 		if (bpf_map__lookup_elem(map, &key, sizeof(key), &count, sizeof(count), 0) < 0)
 			continue;
-		fault_device_name(&key, name, sizeof(name));
+		(void)snprintf(name, sizeof(name), "%.*s", (int)sizeof(key.device), key.device);
 		rc = visit(name, count, arg);
 		if (rc)
 			return rc;

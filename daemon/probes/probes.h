@@ -65,9 +65,9 @@ int probes_read(struct probes *p,
 			     void *arg),
 		void *arg);
 
-/* Calls visit for each device the IOMMU reported DMA faults of, with their count so far (where
- * the driver names devices only by PCI requester ID: "0000:BB:DD.F"); stops at and returns the
- * first non-zero return of visit. */
+/* Calls visit for each device with DMA faults, with their count so far: the faulting device
+ * where the driver reports it, else the IOMMU unit that raised them (iommud_probes.h); stops at
+ * and returns the first non-zero return of visit. */
 int probes_read_faults(struct probes *p,
 		       int (*visit)(const char *device, uint64_t count, void *arg), void *arg);
 
