@@ -18,8 +18,6 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-#define NR_IOCTL 16 /* x86_64 */
-
 /* _IO(';', 0x85), 0x86, 0x8f: unique to iommufd, whatever the fd is. */
 #define IOMMU_IOAS_MAP_CMD	0x3b85
 #define IOMMU_IOAS_UNMAP_CMD	0x3b86
@@ -245,24 +243,6 @@ SEC("kretsyscall/ioctl")
 int BPF_KRETPROBE(ioctl_kretprobe, long ret)
 {
 	ioctl_exit(ret);
-	return 0;
-}
-
-/* Every system call passes these two: leave at once unless it is an ioctl. */
-SEC("raw_tp/sys_enter")
-int BPF_PROG(ioctl_sys_enter, struct pt_regs *regs, long id)
-{
-	if (id == NR_IOCTL)
-		ioctl_enter((int)PT_REGS_PARM1_CORE(regs), (unsigned int)PT_REGS_PARM2_CORE(regs),
-			    (unsigned long)PT_REGS_PARM3_CORE(regs));
-	return 0;
-}
-
-SEC("raw_tp/sys_exit")
-int BPF_PROG(ioctl_sys_exit, struct pt_regs *regs, long ret)
-{
-	if (BPF_CORE_READ(regs, orig_ax) == NR_IOCTL)
-		ioctl_exit(ret);
 	return 0;
 }
 

@@ -45,22 +45,22 @@ struct probe_spec {
 	enum attach_kind kind;
 	const char *entry, *exit;
 	const char *targets[2];
-	const char *exit_target; /* a raw tracepoint's exit has its own name */
 };
 
 /* An entry/exit pair on the map path, and one event counting faults. */
 #define PAIR(tier, kind, what, entry, exit, target, alt_target)                                    \
 	{                                                                                          \
-		what, TIER(tier), false, kind, entry, exit, {target, alt_target}, NULL             \
-	}
-#define SYSCALL_TP(what, entry, exit)                                                              \
-	{                                                                                          \
-		what, TIER(TRACEPOINT), false, ATTACH_RAW_TP, entry, exit, {"sys_enter"},          \
-			"sys_exit"                                                                 \
+		what, TIER(tier), false, kind, entry, exit,                                        \
+		{                                                                                  \
+			target, alt_target                                                         \
+		}                                                                                  \
 	}
 #define FAULT(tier, kind, what, prog, target)                                                      \
 	{                                                                                          \
-		what, TIER(tier), true, kind, prog, NULL, {target}, NULL                           \
+		what, TIER(tier), true, kind, prog, NULL,                                          \
+		{                                                                                  \
+			target                                                                     \
+		}                                                                                  \
 	}
 
 static const struct probe_spec specs[] = {
@@ -76,7 +76,6 @@ static const struct probe_spec specs[] = {
 	     "iommu_map"),
 	PAIR(KPROBE, ATTACH_KPROBE, "iommu_unmap", "unmap_kprobe", "unmap_kretprobe", "iommu_unmap",
 	     NULL),
-	SYSCALL_TP("iommufd map/unmap ioctl", "ioctl_sys_enter", "ioctl_sys_exit"),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:map", "map_tp", NULL, "map", NULL),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:unmap", "unmap_tp", NULL, "unmap", NULL),
 	FAULT(KPROBE, ATTACH_KPROBE, "VT-d faults", "fault_vtd", "dmar_fault"),
@@ -191,7 +190,7 @@ static struct bpf_link *attach_one(struct bpf_program *prog, const struct probe_
 		return bpf_program__attach_ksyscall(prog, target, &opts);
 	}
 	case ATTACH_RAW_TP:
-		return bpf_program__attach_raw_tracepoint(prog, is_exit ? s->exit_target : target);
+		return bpf_program__attach_raw_tracepoint(prog, target);
 	}
 	return NULL;
 }
