@@ -62,20 +62,20 @@ struct probe_spec {
 			target                                                                     \
 		}                                                                                  \
 	}
+/* A driver function, timed at the fentry tier and the kprobe tier by the programs named
+ * prog_fentry, prog_fexit, prog_kprobe and prog_kretprobe. */
+#define DRIVER_PAIRS(what, prog, target, alt_target)                                               \
+	PAIR(FENTRY, ATTACH_TRACE, what, #prog "_fentry", #prog "_fexit", target, alt_target),     \
+		PAIR(KPROBE, ATTACH_KPROBE, what, #prog "_kprobe", #prog "_kretprobe", target,     \
+		     alt_target)
 
 static const struct probe_spec specs[] = {
 	PAIR(FENTRY, ATTACH_TRACE, "iommufd map/unmap ioctl", "ioctl_fentry", "ioctl_fexit",
 	     "__x64_sys_ioctl", NULL),
-	PAIR(FENTRY, ATTACH_TRACE, "iommu_map", "map_fentry", "map_fexit", "iommu_map_nosync",
-	     "iommu_map"),
-	PAIR(FENTRY, ATTACH_TRACE, "iommu_unmap", "unmap_fentry", "unmap_fexit", "iommu_unmap",
-	     NULL),
 	PAIR(KPROBE, ATTACH_KSYSCALL, "iommufd map/unmap ioctl", "ioctl_kprobe", "ioctl_kretprobe",
 	     "ioctl", NULL),
-	PAIR(KPROBE, ATTACH_KPROBE, "iommu_map", "map_kprobe", "map_kretprobe", "iommu_map_nosync",
-	     "iommu_map"),
-	PAIR(KPROBE, ATTACH_KPROBE, "iommu_unmap", "unmap_kprobe", "unmap_kretprobe", "iommu_unmap",
-	     NULL),
+	DRIVER_PAIRS("iommu_map", map, "iommu_map_nosync", "iommu_map"),
+	DRIVER_PAIRS("iommu_unmap", unmap, "iommu_unmap", NULL),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:map", "map_tp", NULL, "map", NULL),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:unmap", "unmap_tp", NULL, "unmap", NULL),
 	FAULT(KPROBE, ATTACH_KPROBE, "VT-d faults", "fault_vtd", "dmar_fault"),

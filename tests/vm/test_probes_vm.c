@@ -183,6 +183,7 @@ static void map_and_unmap(struct fixture_probes_vm *self)
 TEST_F(probes_vm, counts_match_the_kernel)
 {
 	struct totals before = totals_now(self->probes), after;
+	uint64_t delta[IOMMUD_LAYER_COUNT][IOMMUD_OP_COUNT];
 	unsigned trace_maps, trace_unmaps;
 
 	trace_start();
@@ -190,25 +191,18 @@ TEST_F(probes_vm, counts_match_the_kernel)
 	trace_count(&trace_maps, &trace_unmaps);
 	after = totals_now(self->probes);
 	for (unsigned layer = IOMMUD_LAYER_IOMMU; layer <= IOMMUD_LAYER_IOCTL; layer++)
-		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++)
+		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++) {
+			delta[layer][op] = after.count[layer][op] - before.count[layer][op];
 			(void)printf("layer %u op %u: %llu\n", layer, op,
-				     (unsigned long long)(after.count[layer][op] -
-							  before.count[layer][op]));
+				     (unsigned long long)delta[layer][op]);
+		}
 	(void)printf("tracefs: %u iommu:map, %u iommu:unmap\n", trace_maps, trace_unmaps);
 	CHECK_EQ(trace_maps, N_OPS);
 	CHECK_EQ(trace_unmaps, N_OPS);
-	CHECK_EQ(after.count[IOMMUD_LAYER_IOMMU][IOMMUD_OP_MAP] -
-			 before.count[IOMMUD_LAYER_IOMMU][IOMMUD_OP_MAP],
-		 trace_maps);
-	CHECK_EQ(after.count[IOMMUD_LAYER_IOMMU][IOMMUD_OP_UNMAP] -
-			 before.count[IOMMUD_LAYER_IOMMU][IOMMUD_OP_UNMAP],
-		 trace_unmaps);
-	CHECK_EQ(after.count[IOMMUD_LAYER_IOCTL][IOMMUD_OP_MAP] -
-			 before.count[IOMMUD_LAYER_IOCTL][IOMMUD_OP_MAP],
-		 N_OPS);
-	CHECK_EQ(after.count[IOMMUD_LAYER_IOCTL][IOMMUD_OP_UNMAP] -
-			 before.count[IOMMUD_LAYER_IOCTL][IOMMUD_OP_UNMAP],
-		 N_OPS);
+	CHECK_EQ(delta[IOMMUD_LAYER_IOMMU][IOMMUD_OP_MAP], trace_maps);
+	CHECK_EQ(delta[IOMMUD_LAYER_IOMMU][IOMMUD_OP_UNMAP], trace_unmaps);
+	CHECK_EQ(delta[IOMMUD_LAYER_IOCTL][IOMMUD_OP_MAP], N_OPS);
+	CHECK_EQ(delta[IOMMUD_LAYER_IOCTL][IOMMUD_OP_UNMAP], N_OPS);
 	/* the daemon runs in the cgroup registered to SLOT: all of it counts there */
 	CHECK_EQ(after.other_tenants, 0u);
 	CHECK_EQ(probes_dropped_events(self->probes), 0u);
