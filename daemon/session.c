@@ -239,7 +239,7 @@ void tenant_put(struct tenant *t)
 
 	if (--t->refs)
 		return;
-	if (!cgroup_shared(t) && tenant_cgroup_id(t, &cgroup_id))
+	if (tenant_cgroup_id(t, &cgroup_id) && !cgroup_shared(t))
 		probes_unregister_cgroup(t->reg->probes, cgroup_id);
 	LIST_REMOVE(t, link);
 	t->reg->n_tenants--;
@@ -735,9 +735,9 @@ static int check_entry(struct session *s, const struct map_entry *e, struct doma
 	return 0;
 }
 
-/* The start of a kernel-helper map or unmap the daemon times itself (its path runs in this
- * process); 0 when it does not. */
-static uint64_t in_process_start(const struct session *s)
+/* The clock the daemon times its own map path with (when the backend's runs in this process);
+ * 0 when it does not time it. */
+static uint64_t in_process_clock(const struct session *s)
 {
 	struct probes *probes = s->tenant->reg->probes;
 	struct timespec now;
@@ -755,7 +755,7 @@ static void in_process_done(const struct session *s, enum iommud_map_op op, uint
 
 	if (!start || rc < 0)
 		return;
-	end = in_process_start(s);
+	end = in_process_clock(s);
 	probes_record(s->tenant->reg->probes, op, bytes, tenant_label_slot(s->tenant), end - start);
 }
 
@@ -796,7 +796,7 @@ int session_map(struct session *s, struct map_entry *e)
 	req.owner = mo;
 	/* USDT probes (iommud:map_entry/map_exit): a no-op until a tracer attaches. */
 	DTRACE_PROBE4(iommud, map_entry, s->tenant->uid, e->domain_id, req.iova, e->length);
-	start = in_process_start(s);
+	start = in_process_clock(s);
 	rc = kh_map(s->ctx, e->domain_id, &req);
 	in_process_done(s, IOMMUD_OP_MAP, e->length, start, rc);
 	DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, e->domain_id, req.iova, rc);
@@ -834,7 +834,7 @@ int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t
 	before = dom->n_maps;
 	/* kernel-helper releases each removed mapping (mapping_release) as it forgets it. */
 	DTRACE_PROBE4(iommud, unmap_entry, s->tenant->uid, domain_id, iova, length);
-	start = in_process_start(s);
+	start = in_process_clock(s);
 	rc = kh_unmap(s->ctx, domain_id, iova, length, &unmapped);
 	in_process_done(s, IOMMUD_OP_UNMAP, unmapped, start, rc);
 	DTRACE_PROBE4(iommud, unmap_exit, s->tenant->uid, domain_id, unmapped, rc);

@@ -26,11 +26,14 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define MAP_LENGTH_OFFSET   24
 #define UNMAP_LENGTH_OFFSET 16
 
-#define HIST_ENTRIES                                                                               \
-	(IOMMUD_TENANT_SLOTS * IOMMUD_OP_COUNT * IOMMUD_LAYER_COUNT * IOMMUD_SIZE_COUNT)
+/* Every key the kernel side can make (two layers: the in-process one is the daemon's own). */
+#define HIST_ENTRIES (IOMMUD_TENANT_SLOTS * IOMMUD_OP_COUNT * 2 * IOMMUD_SIZE_COUNT)
 
+/* Allocated as keys appear: preallocating every key's per-CPU values would cost megabytes on a
+ * large machine for the handful of tenants and sizes really seen. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, HIST_ENTRIES);
 	__type(key, struct iommud_hist_key);
 	__type(value, struct iommud_hist);
