@@ -293,11 +293,10 @@ const char *registry_label(const struct registry *reg, unsigned slot)
 
 static void session_destroy(struct session *s)
 {
-	struct domain_rec *dom;
-	struct bound_dev *dev;
-
 	struct probes *probes = s->tenant->reg->probes;
 	int kernel_fd = kh_ctx_kernel_fd(s->ctx);
+	struct domain_rec *dom;
+	struct bound_dev *dev;
 
 	if (probes && kernel_fd >= 0)
 		probes_unregister_fd(probes, kernel_fd);
