@@ -28,7 +28,8 @@ if [ -z "$headers" ]; then
 fi
 
 packages="build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
-	libevent-dev libprotobuf-c-dev protobuf-c-compiler libsystemd-dev libbpf-dev
+	libevent-dev libprotobuf-c-dev protobuf-c-compiler libsystemd-dev libbpf-dev bpftool
+	systemtap-sdt-dev
 	libbsd-dev libinih-dev
 	busybox-static qemu-system-x86 cpio gzip systemd
 	$headers"

@@ -58,6 +58,7 @@ int config_defaults(struct config *cfg)
 		.backend = IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED,
 		.log_level = LOG_INFO,
 		.max_connections = 4096,
+		.probe_tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_FENTRY,
 		.default_access = ACCESS_READ,
 		.rules = calloc(1, sizeof(struct access_rule)),
 		.n_rules = 1,
@@ -232,9 +233,21 @@ static int daemon_key(struct load_state *st, const char *name, const char *value
 		cfg->max_connections = (unsigned)number;
 		return 1;
 	}
+	if (strcmp(name, "probe-tier") == 0) {
+		char choices[64];
+		int tier;
+
+		if (iommud_value(&iommud_probe_tier_names, value, &tier) < 0)
+			return bad(st, "probe-tier must be %s, not '%s'",
+				   iommud_names_list(&iommud_probe_tier_names, choices,
+						     sizeof(choices)),
+				   value);
+		cfg->probe_tier = (Iommud__V1__ProbeTier)tier;
+		return 1;
+	}
 	return bad(st,
 		   "unknown key '%s' in [daemon]; known: socket, socket-mode, backend, "
-		   "topology, log-level, max-connections",
+		   "topology, log-level, max-connections, probe-tier",
 		   name);
 }
 

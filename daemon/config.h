@@ -48,6 +48,7 @@ struct config {
 	char *topology; /* emulated backend topology file; NULL: one default device */
 	int log_level;
 	unsigned max_connections;
+	Iommud__V1__ProbeTier probe_tier; /* the highest tier the map path probes may use */
 	enum access default_access;
 	struct access_rule *rules;
 	size_t n_rules;

@@ -47,6 +47,9 @@ static const char usage[] =
 	"                         default: one device, emu0\n"
 	"  -l, --log-level LEVEL  err, warning, notice, info (default) or debug; debug logs\n"
 	"                         every map and unmap\n"
+	"      --probe-tier TIER  the highest tier the map path probes may attach at: fentry\n"
+	"                         (default), kprobe, tracepoint or off; the daemon falls back\n"
+	"                         below it by itself and logs what it could not attach\n"
 	"      --check-config     read the configuration, print what it grants, and exit\n"
 	"  -h, --help             show this help and exit\n"
 	"  -V, --version          show the version and exit\n"
@@ -68,6 +71,7 @@ struct options {
 	const char *backend;
 	const char *topology;
 	const char *log_level;
+	const char *probe_tier;
 	bool check_config;
 };
 
@@ -76,7 +80,7 @@ static const char **word_option(struct options *o, int opt)
 {
 	const char **const slots[] = {
 		['c'] = &o->config_path, ['s'] = &o->socket_path, ['b'] = &o->backend,
-		['t'] = &o->topology,	 ['l'] = &o->log_level,
+		['t'] = &o->topology,	 ['l'] = &o->log_level,	  ['P'] = &o->probe_tier,
 	};
 
 	return opt >= 0 && (size_t)opt < sizeof(slots) / sizeof(slots[0]) ? slots[opt] : NULL;
@@ -90,6 +94,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{"backend", required_argument, NULL, 'b'},
 		{"topology", required_argument, NULL, 't'},
 		{"log-level", required_argument, NULL, 'l'},
+		{"probe-tier", required_argument, NULL, 'P'},
 		{"check-config", no_argument, NULL, 'C'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
@@ -153,6 +158,16 @@ static int load_config(const struct options *o, struct config *cfg)
 			      config_backend_choices(choices, sizeof(choices)), o->backend);
 		return -EINVAL;
 	}
+	if (o->probe_tier && iommud_value(&iommud_probe_tier_names, o->probe_tier, &rc) < 0) {
+		char choices[64];
+
+		(void)fprintf(stderr, "iommud: --probe-tier must be %s, not '%s'\n",
+			      iommud_names_list(&iommud_probe_tier_names, choices, sizeof(choices)),
+			      o->probe_tier);
+		return -EINVAL;
+	}
+	if (o->probe_tier)
+		cfg->probe_tier = (Iommud__V1__ProbeTier)rc;
 	if (o->log_level) {
 		rc = log_parse_level(o->log_level);
 		if (rc < 0) {
@@ -170,10 +185,11 @@ static int load_config(const struct options *o, struct config *cfg)
 static void print_config(const struct config *cfg)
 {
 	(void)printf("socket %s (mode %04o), backend %s, topology %s, log level %d, "
-		     "max-connections %u\n",
+		     "max-connections %u, probe-tier %s\n",
 		     cfg->socket_path, (unsigned)cfg->socket_mode,
 		     config_backend_name(cfg->backend), cfg->topology ? cfg->topology : "(default)",
-		     cfg->log_level, cfg->max_connections);
+		     cfg->log_level, cfg->max_connections,
+		     iommud_name(&iommud_probe_tier_names, cfg->probe_tier));
 	(void)printf("peers matched by no section: %s\n", config_access_name(cfg->default_access));
 	for (size_t i = 0; i < cfg->n_rules; i++) {
 		const struct access_rule *r = &cfg->rules[i];
@@ -275,7 +291,10 @@ static int watch_signals(struct event_base *base, struct event *ret_events[N_SIG
 /* Watching the map path is never a reason not to serve: what cannot attach is said, once. */
 static int start_probes(struct daemon *d)
 {
-	struct probes_options opts = {.max_tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_FENTRY};
+	struct probes_options opts = {
+		.max_tier = d->cfg->probe_tier,
+		.in_process = kh_backend_caps(d->be) & KH_CAP_MAP_IN_PROCESS,
+	};
 	const char *const *detached;
 	size_t n;
 
@@ -286,9 +305,9 @@ static int start_probes(struct daemon *d)
 	n = probes_detached(d->probes, &detached);
 	for (size_t i = 0; i < n; i++)
 		log_notice("probe not attached: %s", detached[i]);
-	log_info("map path probes: tier %s%s",
-		 iommud_name(&iommud_probe_tier_names, probes_tier(d->probes)),
-		 probes_in_process(d->probes) ? ", in-process timing" : "");
+	log_notice("map path probes: tier %s%s",
+		   iommud_name(&iommud_probe_tier_names, probes_tier(d->probes)),
+		   probes_in_process(d->probes) ? ", in-process timing" : "");
 	return 0;
 }
 
@@ -303,6 +322,8 @@ static int serve(struct daemon *d, struct config *cfg)
 	if (start_probes(d) < 0)
 		goto out;
 	d->reg = registry_create(d->be, cfg);
+	if (d->reg)
+		registry_set_probes(d->reg, d->probes);
 	if (!d->reg || !base || server_create(base, d, cfg->max_connections, &srv) < 0) {
 		log_err("out of memory at start");
 		goto out;

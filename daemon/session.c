@@ -5,18 +5,19 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
-#include <linux/types.h> /* for probes/iommud_probes.h */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/queue.h>
+#include <sys/sdt.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
-#include "probes/iommud_probes.h"
+#include "probes/probes.h"
 #include "status.h"
 
 #define LEASE_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
@@ -71,6 +72,7 @@ struct tenant {
 struct registry {
 	struct kh_backend *be;
 	const struct config *cfg;
+	struct probes *probes; /* NULL: nothing to attribute */
 	LIST_HEAD(, tenant) tenants;
 	unsigned n_tenants;
 	unsigned n_sessions;
@@ -86,6 +88,11 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 	reg->cfg = cfg;
 	LIST_INIT(&reg->tenants);
 	return reg;
+}
+
+void registry_set_probes(struct registry *reg, struct probes *probes)
+{
+	reg->probes = probes;
 }
 
 struct kh_backend *registry_backend(const struct registry *reg)
@@ -160,6 +167,33 @@ static const char *tenant_cgroup(const struct peer *peer)
 	return strncmp(peer->cgroup, "/user.slice/", 12) == 0 ? "" : peer->cgroup;
 }
 
+/* The cgroup v2 id of a tenant's cgroup (the inode number of its directory), for the probes to
+ * count what the tenant's own processes do; false for interactive logins, which have none. */
+static bool tenant_cgroup_id(const struct tenant *t, uint64_t *ret_id)
+{
+	char path[sizeof("/sys/fs/cgroup") + CGROUP_MAX];
+	struct stat st;
+
+	if (!t->reg->probes || !t->cgroup[0])
+		return false;
+	(void)snprintf(path, sizeof(path), "/sys/fs/cgroup%s", t->cgroup);
+	if (stat(path, &st) < 0)
+		return false;
+	*ret_id = st.st_ino;
+	return true;
+}
+
+/* Two tenants (two uids) may share a cgroup: its entry goes with the last of them. */
+static bool cgroup_shared(const struct tenant *t)
+{
+	const struct tenant *other;
+
+	LIST_FOREACH (other, &t->reg->tenants, link)
+		if (other != t && strcmp(other->cgroup, t->cgroup) == 0)
+			return true;
+	return false;
+}
+
 int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **out,
 	       enum access *access)
 {
@@ -168,6 +202,7 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 	const char *cgroup = tenant_cgroup(peer);
 	enum access granted = rule ? rule->access : reg->cfg->default_access;
 	struct tenant *t;
+	uint64_t cgroup_id;
 
 	LIST_FOREACH (t, &reg->tenants, link) {
 		if (t->uid == peer->uid && strcmp(t->cgroup, cgroup) == 0) {
@@ -188,6 +223,9 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 	LIST_INIT(&t->sessions);
 	LIST_INSERT_HEAD(&reg->tenants, t, link);
 	reg->n_tenants++;
+	if (tenant_cgroup_id(t, &cgroup_id) &&
+	    probes_register_cgroup(reg->probes, cgroup_id, tenant_label_slot(t)) < 0)
+		log_warning("cannot attribute cgroup %s to its tenant in the probes", t->cgroup);
 	log_debug("new tenant uid %u cgroup '%s' (%s)", (unsigned)t->uid, t->cgroup,
 		  rule ? rule->section : "no section: default access");
 	*out = t;
@@ -197,8 +235,12 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 
 void tenant_put(struct tenant *t)
 {
+	uint64_t cgroup_id;
+
 	if (--t->refs)
 		return;
+	if (tenant_cgroup_id(t, &cgroup_id) && !cgroup_shared(t))
+		probes_unregister_cgroup(t->reg->probes, cgroup_id);
 	LIST_REMOVE(t, link);
 	t->reg->n_tenants--;
 	free(t);
@@ -275,9 +317,13 @@ void registry_label_stats(const struct registry *reg, struct label_stats *stats)
 
 static void session_destroy(struct session *s)
 {
+	struct probes *probes = s->tenant->reg->probes;
+	int kernel_fd = kh_ctx_kernel_fd(s->ctx);
 	struct domain_rec *dom;
 	struct bound_dev *dev;
 
+	if (probes && kernel_fd >= 0)
+		probes_unregister_fd(probes, kernel_fd);
 	/* The context first: it releases every mapping's memory once the backend has unmapped it,
 	 * charging the domain records, which must still be there. */
 	kh_ctx_destroy(s->ctx);
@@ -293,6 +339,16 @@ static void session_destroy(struct session *s)
 		 (unsigned)s->tenant->uid);
 	tenant_put(s->tenant);
 	free(s);
+}
+
+/* The kernel's map path learns the session's descriptor once, so its ioctls count to t. */
+static void attribute_session(struct kh_ctx *ctx, struct tenant *t)
+{
+	int kernel_fd = kh_ctx_kernel_fd(ctx);
+
+	if (t->reg->probes && kernel_fd >= 0 &&
+	    probes_register_fd(t->reg->probes, kernel_fd, tenant_label_slot(t)) < 0)
+		log_warning("cannot attribute a session of uid %u in the probes", (unsigned)t->uid);
 }
 
 int session_join(struct tenant *t, const char *lease, struct session **out)
@@ -329,6 +385,7 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 		return fail_kh(rc, "cannot create the session's IOMMU context");
 	}
 	kh_ctx_set_owner_release(s->ctx, mapping_release, s);
+	attribute_session(s->ctx, t);
 	(void)snprintf(s->lease, sizeof(s->lease), "%s", lease);
 	s->tenant = t;
 	s->refs = 1;
@@ -715,6 +772,30 @@ static int check_entry(struct session *s, const struct map_entry *e, struct doma
 	return 0;
 }
 
+/* The clock the daemon times its own map path with (when the backend's runs in this process);
+ * 0 when it does not time it. */
+static uint64_t in_process_clock(const struct session *s)
+{
+	struct probes *probes = s->tenant->reg->probes;
+	struct timespec now;
+
+	if (!probes || !probes_in_process(probes))
+		return 0;
+	(void)clock_gettime(CLOCK_MONOTONIC, &now);
+	return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+static void in_process_done(const struct session *s, enum iommud_map_op op, uint64_t bytes,
+			    uint64_t start, int rc)
+{
+	uint64_t end;
+
+	if (!start || rc < 0)
+		return;
+	end = in_process_clock(s);
+	probes_record(s->tenant->reg->probes, op, bytes, tenant_label_slot(s->tenant), end - start);
+}
+
 int session_map(struct session *s, struct map_entry *e)
 {
 	struct kh_map_req req = {
@@ -726,6 +807,7 @@ int session_map(struct session *s, struct map_entry *e)
 	};
 	struct map_owner *mo;
 	struct domain_rec *dom;
+	uint64_t start;
 	void *va;
 	int rc = check_entry(s, e, &dom);
 	int mmap_prot = PROT_READ | (e->prot & KH_PROT_WRITE ? PROT_WRITE : 0);
@@ -749,7 +831,12 @@ int session_map(struct session *s, struct map_entry *e)
 	*mo = (struct map_owner){.dom = dom, .offset = e->offset};
 	req.addr = (uint64_t)(uintptr_t)va;
 	req.owner = mo;
+	/* USDT probes (iommud:map_entry/map_exit): a no-op until a tracer attaches. */
+	DTRACE_PROBE4(iommud, map_entry, s->tenant->uid, e->domain_id, req.iova, e->length);
+	start = in_process_clock(s);
 	rc = kh_map(s->ctx, e->domain_id, &req);
+	in_process_done(s, IOMMUD_OP_MAP, e->length, start, rc);
+	DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, e->domain_id, req.iova, rc);
 	if (rc < 0) {
 		(void)munmap(va, e->length);
 		free(mo);
@@ -768,7 +855,7 @@ int session_map(struct session *s, struct map_entry *e)
 int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
 		  uint64_t *bytes, uint32_t *count)
 {
-	uint64_t unmapped;
+	uint64_t unmapped, start;
 	uint32_t before;
 	struct domain_rec *dom;
 	int rc = domain_lookup(s, domain_id, &dom);
@@ -783,7 +870,11 @@ int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t
 	}
 	before = dom->n_maps;
 	/* kernel-helper releases each removed mapping (mapping_release) as it forgets it. */
+	DTRACE_PROBE4(iommud, unmap_entry, s->tenant->uid, domain_id, iova, length);
+	start = in_process_clock(s);
 	rc = kh_unmap(s->ctx, domain_id, iova, length, &unmapped);
+	in_process_done(s, IOMMUD_OP_UNMAP, unmapped, start, rc);
+	DTRACE_PROBE4(iommud, unmap_exit, s->tenant->uid, domain_id, unmapped, rc);
 	if (rc < 0)
 		return fail_kh(rc, "cannot unmap");
 	*bytes = unmapped;

@@ -35,6 +35,7 @@
 #define LEASE_NAME_MAX 64 /* characters, without the terminating NUL */
 #define CGROUP_MAX     512
 
+struct probes;
 struct registry;
 struct tenant;
 struct session;
@@ -55,6 +56,9 @@ struct peer {
 };
 
 struct registry *registry_create(struct kh_backend *be, const struct config *cfg);
+/* The probes the registry tells whose each session and cgroup is, and that it times the
+ * backend's in-process map path into; the caller keeps them and outlives the registry. */
+void registry_set_probes(struct registry *reg, struct probes *probes);
 /* Releases every session (and what it maps) and tenant. */
 void registry_destroy(struct registry *reg);
 struct kh_backend *registry_backend(const struct registry *reg);

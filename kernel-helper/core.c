@@ -95,6 +95,16 @@ const char *kh_backend_name(const struct kh_backend *be)
 	return be->ops->name;
 }
 
+uint32_t kh_backend_caps(const struct kh_backend *be)
+{
+	return be->ops->caps;
+}
+
+int kh_ctx_kernel_fd(const struct kh_ctx *ctx)
+{
+	return ctx->be->ops->ctx_kernel_fd ? ctx->be->ops->ctx_kernel_fd(ctx) : -EOPNOTSUPP;
+}
+
 size_t kh_device_count(const struct kh_backend *be)
 {
 	return be->n_devices;

@@ -889,6 +889,7 @@ static const struct kh_backend_ops iommufd_ops = {
 	.release = iommufd_release,
 	.ctx_open = iommufd_ctx_open,
 	.ctx_close = iommufd_ctx_close,
+	.ctx_kernel_fd = ctx_fd,
 	.bind = iommufd_bind,
 	.unbind = iommufd_unbind,
 	.device_fd = iommufd_device_fd,

@@ -79,6 +79,22 @@ static inline __u32 iommud_hist_bucket(__u64 v)
 	return b < IOMMUD_HIST_BUCKETS ? b : IOMMUD_HIST_BUCKETS - 1;
 }
 
+/* Who registers what for attribution: the daemon's own iommufd descriptors (tgid, fd) and its
+ * tenants' cgroups (cgroup v2 id), each to a tenant slot. */
+struct iommud_fd_key {
+	__u32 tgid;
+	__s32 fd;
+};
+
+/* A fault counter's name: the faulting device's where the driver reports it (AMD-Vi, ARM SMMU:
+ * report_iommu_fault), else the IOMMU unit's that raised it ("dmar0", "virtio0"), where the
+ * driver only logs the device (VT-d, virtio-iommu). */
+#define IOMMUD_DEVICE_NAME 32
+
+struct iommud_fault_key {
+	char device[IOMMUD_DEVICE_NAME];
+};
+
 static inline __u8 iommud_size_class(__u64 bytes)
 {
 	if (bytes == 4096)

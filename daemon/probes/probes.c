@@ -1,19 +1,278 @@
 // SPDX-License-Identifier: MIT
+/*
+ * The loader of iommud.bpf.c (through the skeleton bpftool made at build time) and the
+ * in-process histograms. Each tier is tried from the highest allowed down: its programs are
+ * loaded (a program whose kernel function is missing is left out first), then attached in
+ * entry/exit pairs; the first tier with one pair attached is kept. Every pair or tier that did
+ * not make it leaves a line in detached.
+ */
+#define _GNU_SOURCE /* vasprintf */
 #include "probes.h"
 
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <names.h>
+
+#include "iommud.skel.h"
+#include "log.h"
+
+#define TIER(t) IOMMUD__V1__PROBE_TIER__PROBE_TIER_##t
 
 /* In-process histograms, indexed as the kernel side's keys are. */
 #define IN_PROCESS_SLOTS (IOMMUD_OP_COUNT * IOMMUD_SIZE_COUNT * IOMMUD_TENANT_SLOTS)
 
+enum attach_kind {
+	ATTACH_TRACE,	 /* fentry and fexit */
+	ATTACH_KPROBE,	 /* kprobe and kretprobe */
+	ATTACH_KSYSCALL, /* the same on a system call, through its arch wrapper */
+	ATTACH_RAW_TP,	 /* raw tracepoints, by name: no tracefs needed */
+};
+
+/* One thing measured at one tier: an entry program and the exit that pairs with it (or one
+ * event), on the first of targets the kernel has. */
+struct probe_spec {
+	const char *what;
+	Iommud__V1__ProbeTier tier;
+	bool fault; /* counts faults: kept at every tier from its own up */
+	enum attach_kind kind;
+	const char *entry, *exit;
+	const char *targets[2];
+};
+
+/* An entry/exit pair on the map path, and one event counting faults. */
+#define PAIR(tier, kind, what, entry, exit, target, alt_target)                                    \
+	{                                                                                          \
+		what, TIER(tier), false, kind, entry, exit,                                        \
+		{                                                                                  \
+			target, alt_target                                                         \
+		}                                                                                  \
+	}
+#define FAULT(tier, kind, what, prog, target)                                                      \
+	{                                                                                          \
+		what, TIER(tier), true, kind, prog, NULL,                                          \
+		{                                                                                  \
+			target                                                                     \
+		}                                                                                  \
+	}
+/* A driver function, timed at the fentry tier and the kprobe tier by the programs named
+ * prog_fentry, prog_fexit, prog_kprobe and prog_kretprobe. */
+#define DRIVER_PAIRS(what, prog, target, alt_target)                                               \
+	PAIR(FENTRY, ATTACH_TRACE, what, #prog "_fentry", #prog "_fexit", target, alt_target),     \
+		PAIR(KPROBE, ATTACH_KPROBE, what, #prog "_kprobe", #prog "_kretprobe", target,     \
+		     alt_target)
+
+static const struct probe_spec specs[] = {
+	PAIR(FENTRY, ATTACH_TRACE, "iommufd map/unmap ioctl", "ioctl_fentry", "ioctl_fexit",
+	     "__x64_sys_ioctl", NULL),
+	PAIR(KPROBE, ATTACH_KSYSCALL, "iommufd map/unmap ioctl", "ioctl_kprobe", "ioctl_kretprobe",
+	     "ioctl", NULL),
+	DRIVER_PAIRS("iommu_map", map, "iommu_map_nosync", "iommu_map"),
+	DRIVER_PAIRS("iommu_unmap", unmap, "iommu_unmap", NULL),
+	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:map", "map_tp", NULL, "map", NULL),
+	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:unmap", "unmap_tp", NULL, "unmap", NULL),
+	FAULT(KPROBE, ATTACH_KPROBE, "VT-d faults", "fault_vtd", "dmar_fault"),
+	FAULT(KPROBE, ATTACH_KPROBE, "virtio-iommu faults", "fault_virtio", "viommu_event_handler"),
+	FAULT(TRACEPOINT, ATTACH_RAW_TP, "iommu:io_page_fault", "fault_reported", "io_page_fault"),
+};
+
+#define N_SPECS (sizeof(specs) / sizeof(specs[0]))
+
 struct probes {
 	Iommud__V1__ProbeTier tier;
 	bool in_process;
-	const char *detached[1];
+	char **detached; /* owned lines */
 	size_t n_detached;
+	struct iommud_bpf *skel;	     /* NULL at tier OFF */
+	struct bpf_link *links[2 * N_SPECS]; /* entry and exit of each spec */
+	const char *target[N_SPECS];	     /* the target chosen for each spec, or NULL */
+	bool said_missing[N_SPECS];	     /* a spec of several tiers says so once */
 	struct iommud_hist *local; /* IN_PROCESS_SLOTS of them when in_process, else NULL */
 };
+
+static void say(struct probes *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void say(struct probes *p, const char *fmt, ...)
+{
+	char **lines = realloc(p->detached, (p->n_detached + 1) * sizeof(*lines));
+	va_list ap;
+	char *line;
+	int n;
+
+	if (!lines)
+		return;
+	p->detached = lines;
+	va_start(ap, fmt);
+	n = vasprintf(&line, fmt, ap);
+	va_end(ap);
+	if (n >= 0)
+		p->detached[p->n_detached++] = line;
+}
+
+static int libbpf_to_log(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	char line[512];
+
+	if (level == LIBBPF_DEBUG)
+		return 0;
+	(void)vsnprintf(line, sizeof(line), fmt, ap);
+	line[strcspn(line, "\n")] = 0;
+	log_debug("%s", line);
+	return 0;
+}
+
+static bool spec_in_tier(const struct probe_spec *s, Iommud__V1__ProbeTier tier)
+{
+	return s->fault ? tier >= s->tier : tier == s->tier;
+}
+
+/* The first target the kernel's BTF has as a function; the last one when none is (a raw
+ * tracepoint or a function BTF does not list: the attach says whether it exists). */
+static const char *choose_target(const struct probe_spec *s, const struct btf *vmlinux)
+{
+	size_t n = s->targets[1] ? 2 : 1;
+
+	if (s->kind == ATTACH_RAW_TP || s->kind == ATTACH_KSYSCALL || !vmlinux)
+		return s->targets[0];
+	for (size_t i = 0; i < n; i++)
+		if (btf__find_by_name_kind(vmlinux, s->targets[i], BTF_KIND_FUNC) >= 0)
+			return s->targets[i];
+	return NULL;
+}
+
+static struct bpf_program *program(struct probes *p, const char *name)
+{
+	return name ? bpf_object__find_program_by_name(p->skel->obj, name) : NULL;
+}
+
+/* Leaves out every program not of this tier, and those whose function the kernel lacks. */
+static void choose_programs(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf)
+{
+	for (size_t i = 0; i < N_SPECS; i++) {
+		const struct probe_spec *s = &specs[i];
+		struct bpf_program *entry = program(p, s->entry), *exit = program(p, s->exit);
+		bool keep = spec_in_tier(s, tier);
+
+		p->target[i] = keep ? choose_target(s, btf) : NULL;
+		if (keep && !p->target[i] && !p->said_missing[i]) {
+			say(p, "%s: this kernel has no function %s", s->what, s->targets[0]);
+			p->said_missing[i] = true;
+		}
+		keep = keep && p->target[i];
+		if (keep && s->kind == ATTACH_TRACE) {
+			(void)bpf_program__set_attach_target(entry, 0, p->target[i]);
+			(void)bpf_program__set_attach_target(exit, 0, p->target[i]);
+		}
+		(void)bpf_program__set_autoload(entry, keep);
+		if (exit)
+			(void)bpf_program__set_autoload(exit, keep);
+	}
+}
+
+static struct bpf_link *attach_one(struct bpf_program *prog, const struct probe_spec *s,
+				   const char *target, bool is_exit)
+{
+	switch (s->kind) {
+	case ATTACH_TRACE:
+		return bpf_program__attach_trace(prog);
+	case ATTACH_KPROBE:
+		return bpf_program__attach_kprobe(prog, is_exit, target);
+	case ATTACH_KSYSCALL: {
+		LIBBPF_OPTS(bpf_ksyscall_opts, opts, .retprobe = is_exit);
+
+		return bpf_program__attach_ksyscall(prog, target, &opts);
+	}
+	case ATTACH_RAW_TP:
+		return bpf_program__attach_raw_tracepoint(prog, target);
+	}
+	return NULL;
+}
+
+/* Attaches entry and exit together, or neither: an entry alone would only fill the maps. */
+static bool attach_spec(struct probes *p, size_t i)
+{
+	const struct probe_spec *s = &specs[i];
+	struct bpf_link **links = &p->links[2 * i];
+	int err;
+
+	links[0] = attach_one(program(p, s->entry), s, p->target[i], false);
+	err = links[0] ? 0 : -errno;
+	if (!err && s->exit) {
+		links[1] = attach_one(program(p, s->exit), s, p->target[i], true);
+		err = links[1] ? 0 : -errno;
+	}
+	if (!err)
+		return true;
+	say(p, "%s on %s: the kernel refused to attach (%s)", s->what, p->target[i],
+	    strerror(-err));
+	(void)bpf_link__destroy(links[0]);
+	links[0] = NULL;
+	return false;
+}
+
+static void detach_all(struct probes *p)
+{
+	for (size_t i = 0; i < 2 * N_SPECS; i++) {
+		(void)bpf_link__destroy(p->links[i]);
+		p->links[i] = NULL;
+	}
+	iommud_bpf__destroy(p->skel);
+	p->skel = NULL;
+}
+
+/* Loads and attaches one tier's programs; true when a latency or count pair attached. */
+static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf)
+{
+	const char *name = iommud_name(&iommud_probe_tier_names, tier);
+	size_t measured = 0;
+	int err;
+
+	p->skel = iommud_bpf__open();
+	if (!p->skel) {
+		say(p, "%s tier: cannot open the BPF object (%s)", name, strerror(errno));
+		return false;
+	}
+	choose_programs(p, tier, btf);
+	err = iommud_bpf__load(p->skel);
+	if (err) {
+		say(p, "%s tier: the kernel refused to load its programs (%s)", name,
+		    strerror(-err));
+		detach_all(p);
+		return false;
+	}
+	for (size_t i = 0; i < N_SPECS; i++)
+		if (p->target[i] && attach_spec(p, i) && !specs[i].fault)
+			measured++;
+	if (measured)
+		return true;
+	say(p, "%s tier: nothing on the map path attached", name);
+	detach_all(p);
+	return false;
+}
+
+static void attach_best(struct probes *p, Iommud__V1__ProbeTier max_tier)
+{
+	struct btf *btf = btf__load_vmlinux_btf();
+
+	if (!btf)
+		say(p, "the kernel has no BTF (%s): function probes choose no target",
+		    strerror(errno));
+	(void)libbpf_set_print(libbpf_to_log);
+	p->tier = TIER(OFF);
+	for (int tier = max_tier; tier >= TIER(TRACEPOINT); tier--)
+		if (try_tier(p, (Iommud__V1__ProbeTier)tier, btf)) {
+			p->tier = (Iommud__V1__ProbeTier)tier;
+			break;
+		}
+	btf__free(btf);
+}
 
 int probes_start(const struct probes_options *opts, struct probes **ret_probes)
 {
@@ -26,8 +285,12 @@ int probes_start(const struct probes_options *opts, struct probes **ret_probes)
 		free(p);
 		return -ENOMEM;
 	}
-	p->tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF;
-	p->detached[p->n_detached++] = "kernel map path: this build of iommud has no BPF programs";
+	if (opts->max_tier >= TIER(TRACEPOINT))
+		attach_best(p, opts->max_tier);
+	else {
+		p->tier = TIER(OFF);
+		say(p, "kernel map path: probes are off by configuration (probe-tier off)");
+	}
 	*ret_probes = p;
 	return 0;
 }
@@ -36,6 +299,10 @@ void probes_stop(struct probes *p)
 {
 	if (!p)
 		return;
+	detach_all(p);
+	for (size_t i = 0; i < p->n_detached; i++)
+		free(p->detached[i]);
+	free(p->detached);
 	free(p->local);
 	free(p);
 }
@@ -52,14 +319,83 @@ bool probes_in_process(const struct probes *p)
 
 size_t probes_detached(const struct probes *p, const char *const **ret_lines)
 {
-	*ret_lines = p->detached;
+	*ret_lines = (const char *const *)p->detached;
 	return p->n_detached;
+}
+
+/* A per-CPU map's value for key, summed over the CPUs, in 64-bit words: n of them. */
+static int percpu_sum(const struct bpf_map *map, const void *key, size_t key_size, __u64 *sum,
+		      size_t n)
+{
+	int cpus = libbpf_num_possible_cpus();
+	size_t value_size = n * sizeof(__u64);
+	__u64 *values;
+	int rc;
+
+	if (cpus <= 0)
+		return cpus ? cpus : -EINVAL;
+	values = calloc((size_t)cpus, value_size);
+	if (!values)
+		return -ENOMEM;
+	rc = bpf_map__lookup_elem(map, key, key_size, values, (size_t)cpus * value_size, 0);
+	memset(sum, 0, value_size);
+	for (int cpu = 0; rc == 0 && cpu < cpus; cpu++)
+		for (size_t w = 0; w < n; w++)
+			sum[w] += values[(size_t)cpu * n + w];
+	free(values);
+	return rc;
 }
 
 uint64_t probes_dropped_events(const struct probes *p)
 {
-	(void)p;
-	return 0;
+	__u32 zero = 0;
+	__u64 n;
+
+	if (!p->skel || percpu_sum(p->skel->maps.dropped, &zero, sizeof(zero), &n, 1) < 0)
+		return 0;
+	return n;
+}
+
+/* Attribution entries: ignored at tier OFF, where no program would read them. */
+static int set_slot(const struct bpf_map *map, const void *key, size_t key_size, unsigned slot)
+{
+	__u32 value = slot;
+
+	return bpf_map__update_elem(map, key, key_size, &value, sizeof(value), BPF_ANY) ? -errno
+											: 0;
+}
+
+static struct iommud_fd_key own_fd(int fd)
+{
+	return (struct iommud_fd_key){.tgid = (__u32)getpid(), .fd = fd};
+}
+
+int probes_register_fd(struct probes *p, int fd, unsigned slot)
+{
+	struct iommud_fd_key key = own_fd(fd);
+
+	return p->skel ? set_slot(p->skel->maps.session_fds, &key, sizeof(key), slot) : 0;
+}
+
+void probes_unregister_fd(struct probes *p, int fd)
+{
+	struct iommud_fd_key key = own_fd(fd);
+
+	if (p->skel)
+		(void)bpf_map__delete_elem(p->skel->maps.session_fds, &key, sizeof(key), 0);
+}
+
+int probes_register_cgroup(struct probes *p, uint64_t cgroup_id, unsigned slot)
+{
+	return p->skel ? set_slot(p->skel->maps.tenant_cgroups, &cgroup_id, sizeof(cgroup_id), slot)
+		       : 0;
+}
+
+void probes_unregister_cgroup(struct probes *p, uint64_t cgroup_id)
+{
+	if (p->skel)
+		(void)bpf_map__delete_elem(p->skel->maps.tenant_cgroups, &cgroup_id,
+					   sizeof(cgroup_id), 0);
 }
 
 static size_t local_index(enum iommud_map_op op, __u8 size_class, unsigned tenant)
@@ -81,13 +417,31 @@ void probes_record(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsi
 	h->bytes += bytes;
 }
 
-int probes_read(struct probes *p,
-		int (*visit)(const struct iommud_hist_key *key, const struct iommud_hist *hist,
-			     void *arg),
-		void *arg)
+typedef int hist_visit_fn(const struct iommud_hist_key *key, const struct iommud_hist *hist,
+			  void *arg);
+
+static int read_kernel(struct probes *p, hist_visit_fn *visit, void *arg)
 {
-	if (!p->local)
-		return 0;
+	const struct bpf_map *map = p->skel->maps.hists;
+	struct iommud_hist_key key, *prev = NULL;
+	struct iommud_hist sum;
+	int rc;
+
+	while (bpf_map__get_next_key(map, prev, &key, sizeof(key)) == 0) {
+		prev = &key;
+		if (percpu_sum(map, &key, sizeof(key), (__u64 *)&sum, sizeof(sum) / sizeof(__u64)) <
+			    0 ||
+		    !sum.count)
+			continue;
+		rc = visit(&key, &sum, arg);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+static int read_local(struct probes *p, hist_visit_fn *visit, void *arg)
+{
 	for (unsigned tenant = 0; tenant < IOMMUD_TENANT_SLOTS; tenant++)
 		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++)
 			for (unsigned size = 0; size < IOMMUD_SIZE_COUNT; size++) {
@@ -105,5 +459,38 @@ int probes_read(struct probes *p,
 				if (rc)
 					return rc;
 			}
+	return 0;
+}
+
+int probes_read(struct probes *p, hist_visit_fn *visit, void *arg)
+{
+	int rc = p->skel ? read_kernel(p, visit, arg) : 0;
+
+	if (rc == 0 && p->local)
+		rc = read_local(p, visit, arg);
+	return rc;
+}
+
+int probes_read_faults(struct probes *p,
+		       int (*visit)(const char *device, uint64_t count, void *arg), void *arg)
+{
+	const struct bpf_map *map;
+	struct iommud_fault_key key, *prev = NULL;
+	char name[IOMMUD_DEVICE_NAME + 1];
+	__u64 count;
+	int rc;
+
+	if (!p->skel)
+		return 0;
+	map = p->skel->maps.faults;
+	while (bpf_map__get_next_key(map, prev, &key, sizeof(key)) == 0) {
+		prev = &key;
+		if (bpf_map__lookup_elem(map, &key, sizeof(key), &count, sizeof(count), 0) < 0)
+			continue;
+		(void)snprintf(name, sizeof(name), "%.*s", (int)sizeof(key.device), key.device);
+		rc = visit(name, count, arg);
+		if (rc)
+			return rc;
+	}
 	return 0;
 }

@@ -49,11 +49,26 @@ uint64_t probes_dropped_events(const struct probes *p);
 void probes_record(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsigned tenant,
 		   uint64_t ns);
 
+/* Attribution of the kernel's map path to tenant slots: the daemon's own iommufd descriptor of
+ * a session (registered once per session), and a tenant's cgroup (v2 id, the directory's inode
+ * number), so that its processes' own iommufd ioctls count to it. 0 or a negative errno; at
+ * tier OFF they do nothing. */
+int probes_register_fd(struct probes *p, int fd, unsigned slot);
+void probes_unregister_fd(struct probes *p, int fd);
+int probes_register_cgroup(struct probes *p, uint64_t cgroup_id, unsigned slot);
+void probes_unregister_cgroup(struct probes *p, uint64_t cgroup_id);
+
 /* Calls visit for each histogram with a count, summed over CPUs; stops at and returns the first
  * non-zero return of visit. */
 int probes_read(struct probes *p,
 		int (*visit)(const struct iommud_hist_key *key, const struct iommud_hist *hist,
 			     void *arg),
 		void *arg);
+
+/* Calls visit for each device with DMA faults, with their count so far: the faulting device
+ * where the driver reports it, else the IOMMU unit that raised them (iommud_probes.h); stops at
+ * and returns the first non-zero return of visit. */
+int probes_read_faults(struct probes *p,
+		       int (*visit)(const char *device, uint64_t count, void *arg), void *arg);
 
 #endif

@@ -62,6 +62,12 @@ void kh_backend_close(struct kh_backend *be);
 enum kh_backend_kind kh_backend_kind(const struct kh_backend *be);
 const char *kh_backend_name(const struct kh_backend *be);
 
+/* What a backend does, so that callers ask about behaviour rather than about its kind. */
+/* Map and unmap run in the calling process (an emulation): time them there, no kernel path is
+ * involved. */
+#define KH_CAP_MAP_IN_PROCESS (1u << 0)
+uint32_t kh_backend_caps(const struct kh_backend *be);
+
 #define KH_NAME_MAX 64
 
 /* What the IOMMU in front of a device can do. */
@@ -103,6 +109,10 @@ int kh_device_reserved_regions(const struct kh_backend *be, size_t index, struct
 int kh_ctx_create(struct kh_backend *be, struct kh_ctx **out);
 /* Detaches every device, frees every domain and unbinds every device of the context. */
 void kh_ctx_destroy(struct kh_ctx *ctx);
+/* The kernel descriptor the context's map and unmap ioctls go through (iommufd: its /dev/iommu
+ * fd), for tracing to tell contexts apart; the context keeps it. -EOPNOTSUPP where the backend
+ * has none. */
+int kh_ctx_kernel_fd(const struct kh_ctx *ctx);
 
 /* ---- devices in a context ------------------------------------------------------------- */
 

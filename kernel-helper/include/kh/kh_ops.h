@@ -116,6 +116,7 @@ struct kh_dirty_ops {
 struct kh_backend_ops {
 	enum kh_backend_kind kind;
 	const char *name;
+	uint32_t caps; /* KH_CAP_* */
 
 	/* Fill be->devices. Called once, by the backend's open function through the core. */
 	int (*probe_devices)(struct kh_backend *be);
@@ -124,6 +125,8 @@ struct kh_backend_ops {
 
 	int (*ctx_open)(struct kh_ctx *ctx);
 	void (*ctx_close)(struct kh_ctx *ctx);
+	/* NULL when the context has no kernel descriptor (kh_ctx_kernel_fd). */
+	int (*ctx_kernel_fd)(const struct kh_ctx *ctx);
 
 	int (*bind)(struct kh_ctx *ctx, struct kh_device *dev);
 	void (*unbind)(struct kh_ctx *ctx, struct kh_device *dev);

@@ -1,0 +1,439 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0-only)
+/*
+ * The kernel half of iommud's map path probes: per-CPU log2 histograms of the IOMMU driver's
+ * map/unmap (layer IOMMU) and of the whole iommufd IOMMU_IOAS_MAP/MAP_FILE/UNMAP ioctl (layer
+ * IOCTL), keyed by tenant slot, operation and size class, and a count of DMA faults per device.
+ *
+ * Every program exists in the form of each attach tier; the loader (probes.c) loads only those
+ * of the tier it chose and whose kernel symbol exists, so a name missing on some kernel turns
+ * that one program off. Nothing here sends events to user space: the daemon reads the maps.
+ */
+#include "vmlinux.h"
+
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "iommud_probes.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* _IO(';', 0x85), 0x86, 0x8f: unique to iommufd, whatever the fd is. */
+#define IOMMU_IOAS_MAP_CMD	0x3b85
+#define IOMMU_IOAS_UNMAP_CMD	0x3b86
+#define IOMMU_IOAS_MAP_FILE_CMD 0x3b8f
+/* Where the uAPI structs (fixed layouts) keep length: iommu_ioas_map(_file) and _unmap. */
+#define MAP_LENGTH_OFFSET   24
+#define UNMAP_LENGTH_OFFSET 16
+
+/* Every key the kernel side can make (two layers: the in-process one is the daemon's own). */
+#define HIST_ENTRIES (IOMMUD_TENANT_SLOTS * IOMMUD_OP_COUNT * 2 * IOMMUD_SIZE_COUNT)
+
+/* Allocated as keys appear: preallocating every key's per-CPU values would cost megabytes on a
+ * large machine for the handful of tenants and sizes really seen. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, HIST_ENTRIES);
+	__type(key, struct iommud_hist_key);
+	__type(value, struct iommud_hist);
+} hists SEC(".maps");
+
+/* The value a new histogram starts from: one never-written entry, too big for the stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct iommud_hist);
+} empty_hist SEC(".maps");
+
+/* Events that found no room (a full map): the daemon reports them as dropped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} dropped SEC(".maps");
+
+/* Written by the daemon: its sessions' iommufd descriptors and its tenants' cgroups. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct iommud_fd_key);
+	__type(value, __u32);
+} session_fds SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u32);
+} tenant_cgroups SEC(".maps");
+
+/* The ioctl a thread is inside: its start, size and tenant, which the nested iommu_map and
+ * iommu_unmap take too. */
+struct ioctl_state {
+	__u64 start_ns;
+	__u64 bytes;
+	__u32 tenant;
+	__u32 op;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct ioctl_state);
+} in_ioctl SEC(".maps");
+
+/* A driver map or unmap in flight on a thread (a failed map unmaps inside itself: keyed by op
+ * too). */
+struct call_key {
+	__u32 tid;
+	__u32 op;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct call_key);
+	__type(value, __u64);
+} in_call SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct iommud_fault_key);
+	__type(value, __u64);
+} faults SEC(".maps");
+
+static __always_inline void count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&dropped, &zero);
+
+	if (n)
+		(*n)++;
+}
+
+static __always_inline struct iommud_hist *hist_of(const struct iommud_hist_key *key)
+{
+	struct iommud_hist *h = bpf_map_lookup_elem(&hists, key);
+	__u32 zero = 0;
+	struct iommud_hist *empty;
+
+	if (h)
+		return h;
+	empty = bpf_map_lookup_elem(&empty_hist, &zero);
+	if (!empty)
+		return NULL;
+	(void)bpf_map_update_elem(&hists, key, empty, BPF_NOEXIST);
+	h = bpf_map_lookup_elem(&hists, key);
+	if (!h)
+		count_drop();
+	return h;
+}
+
+/* One event; timed is false where only the count is known (the tracepoint tier's driver
+ * layer), so no bucket takes it. */
+static __always_inline void record(__u32 tenant, __u32 op, __u32 layer, __u64 bytes, __u64 ns,
+				   bool timed)
+{
+	struct iommud_hist_key key = {
+		.tenant = tenant < IOMMUD_TENANT_SLOTS ? tenant : 0,
+		.op = (__u8)op,
+		.layer = (__u8)layer,
+		.size_class = iommud_size_class(bytes),
+	};
+	struct iommud_hist *h = hist_of(&key);
+	__u32 b;
+
+	if (!h)
+		return;
+	if (timed) {
+		b = iommud_hist_bucket(ns);
+		if (b < IOMMUD_HIST_BUCKETS)
+			h->buckets[b]++;
+		h->sum_ns += ns;
+	}
+	h->count++;
+	h->bytes += bytes;
+}
+
+static __always_inline __u32 cgroup_tenant(void)
+{
+	__u64 id = bpf_get_current_cgroup_id();
+	__u32 *slot = bpf_map_lookup_elem(&tenant_cgroups, &id);
+
+	return slot ? *slot : 0;
+}
+
+/* The daemon's own descriptor says whose session it is; anyone else counts to their cgroup. */
+static __always_inline __u32 ioctl_tenant(int fd)
+{
+	struct iommud_fd_key key = {.tgid = (__u32)(bpf_get_current_pid_tgid() >> 32), .fd = fd};
+	__u32 *slot = bpf_map_lookup_elem(&session_fds, &key);
+
+	return slot ? *slot : cgroup_tenant();
+}
+
+static __always_inline __u32 current_tid(void)
+{
+	return (__u32)bpf_get_current_pid_tgid();
+}
+
+/* ---- the ioctl layer -------------------------------------------------------------------- */
+
+static __always_inline void ioctl_enter(int fd, unsigned int cmd, unsigned long arg)
+{
+	struct ioctl_state st = {};
+	__u32 offset, tid = current_tid();
+
+	if (cmd == IOMMU_IOAS_UNMAP_CMD) {
+		st.op = IOMMUD_OP_UNMAP;
+		offset = UNMAP_LENGTH_OFFSET;
+	} else if (cmd == IOMMU_IOAS_MAP_CMD || cmd == IOMMU_IOAS_MAP_FILE_CMD) {
+		st.op = IOMMUD_OP_MAP;
+		offset = MAP_LENGTH_OFFSET;
+	} else {
+		return;
+	}
+	if (bpf_probe_read_user(&st.bytes, sizeof(st.bytes), (void *)(arg + offset)) < 0)
+		st.bytes = 0;
+	st.tenant = ioctl_tenant(fd);
+	st.start_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&in_ioctl, &tid, &st, BPF_ANY) < 0)
+		count_drop();
+}
+
+static __always_inline void ioctl_exit(long ret)
+{
+	__u32 tid = current_tid();
+	struct ioctl_state *st = bpf_map_lookup_elem(&in_ioctl, &tid);
+
+	if (!st)
+		return;
+	if (ret == 0)
+		record(st->tenant, st->op, IOMMUD_LAYER_IOCTL, st->bytes,
+		       bpf_ktime_get_ns() - st->start_ns, true);
+	(void)bpf_map_delete_elem(&in_ioctl, &tid);
+}
+
+SEC("fentry/__x64_sys_ioctl")
+int BPF_PROG(ioctl_fentry, struct pt_regs *regs)
+{
+	ioctl_enter((int)PT_REGS_PARM1_CORE_SYSCALL(regs),
+		    (unsigned int)PT_REGS_PARM2_CORE_SYSCALL(regs),
+		    (unsigned long)PT_REGS_PARM3_CORE_SYSCALL(regs));
+	return 0;
+}
+
+SEC("fexit/__x64_sys_ioctl")
+int BPF_PROG(ioctl_fexit, struct pt_regs *regs, long ret)
+{
+	ioctl_exit(ret);
+	return 0;
+}
+
+SEC("ksyscall/ioctl")
+int BPF_KSYSCALL(ioctl_kprobe, int fd, unsigned int cmd, unsigned long arg)
+{
+	ioctl_enter(fd, cmd, arg);
+	return 0;
+}
+
+SEC("kretsyscall/ioctl")
+int BPF_KRETPROBE(ioctl_kretprobe, long ret)
+{
+	ioctl_exit(ret);
+	return 0;
+}
+
+/* ---- the IOMMU driver layer ------------------------------------------------------------- */
+
+/* Inside an ioctl the ioctl's tenant; elsewhere (a VFIO type1 container, a kernel user) the
+ * cgroup's. */
+static __always_inline __u32 driver_tenant(void)
+{
+	__u32 tid = current_tid();
+	struct ioctl_state *st = bpf_map_lookup_elem(&in_ioctl, &tid);
+
+	return st ? st->tenant : cgroup_tenant();
+}
+
+static __always_inline void call_enter(__u32 op)
+{
+	struct call_key key = {.tid = current_tid(), .op = op};
+	__u64 now = bpf_ktime_get_ns();
+
+	if (bpf_map_update_elem(&in_call, &key, &now, BPF_ANY) < 0)
+		count_drop();
+}
+
+static __always_inline void call_exit(__u32 op, __u64 bytes, bool ok)
+{
+	struct call_key key = {.tid = current_tid(), .op = op};
+	__u64 *start = bpf_map_lookup_elem(&in_call, &key);
+
+	if (!start)
+		return;
+	if (ok)
+		record(driver_tenant(), op, IOMMUD_LAYER_IOMMU, bytes, bpf_ktime_get_ns() - *start,
+		       true);
+	(void)bpf_map_delete_elem(&in_call, &key);
+}
+
+/* The loader points these at iommu_map_nosync where the kernel has it (iommu_map calls it, and
+ * so may iommufd directly), else at iommu_map: the function the iommu:map tracepoint is in. */
+SEC("fentry/iommu_map")
+int BPF_PROG(map_fentry)
+{
+	call_enter(IOMMUD_OP_MAP);
+	return 0;
+}
+
+SEC("fexit/iommu_map")
+int BPF_PROG(map_fexit, struct iommu_domain *domain, unsigned long iova, phys_addr_t paddr,
+	     size_t size, int prot, gfp_t gfp, int ret)
+{
+	call_exit(IOMMUD_OP_MAP, size, ret == 0);
+	return 0;
+}
+
+SEC("fentry/iommu_unmap")
+int BPF_PROG(unmap_fentry)
+{
+	call_enter(IOMMUD_OP_UNMAP);
+	return 0;
+}
+
+SEC("fexit/iommu_unmap")
+int BPF_PROG(unmap_fexit, struct iommu_domain *domain, unsigned long iova, size_t size, size_t ret)
+{
+	call_exit(IOMMUD_OP_UNMAP, size, ret != 0);
+	return 0;
+}
+
+/* The kprobe tier's: the size rides from entry to return in the start map's neighbour. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct call_key);
+	__type(value, __u64);
+} call_bytes SEC(".maps");
+
+static __always_inline void kcall_enter(__u32 op, __u64 bytes)
+{
+	struct call_key key = {.tid = current_tid(), .op = op};
+
+	call_enter(op);
+	(void)bpf_map_update_elem(&call_bytes, &key, &bytes, BPF_ANY);
+}
+
+static __always_inline void kcall_exit(__u32 op, bool ok)
+{
+	struct call_key key = {.tid = current_tid(), .op = op};
+	__u64 *bytes = bpf_map_lookup_elem(&call_bytes, &key);
+
+	if (!bytes)
+		return;
+	call_exit(op, *bytes, ok);
+	(void)bpf_map_delete_elem(&call_bytes, &key);
+}
+
+SEC("kprobe/iommu_map")
+int BPF_KPROBE(map_kprobe, void *domain, unsigned long iova, phys_addr_t paddr, size_t size)
+{
+	kcall_enter(IOMMUD_OP_MAP, size);
+	return 0;
+}
+
+SEC("kretprobe/iommu_map")
+int BPF_KRETPROBE(map_kretprobe, int ret)
+{
+	kcall_exit(IOMMUD_OP_MAP, ret == 0);
+	return 0;
+}
+
+SEC("kprobe/iommu_unmap")
+int BPF_KPROBE(unmap_kprobe, void *domain, unsigned long iova, size_t size)
+{
+	kcall_enter(IOMMUD_OP_UNMAP, size);
+	return 0;
+}
+
+SEC("kretprobe/iommu_unmap")
+int BPF_KRETPROBE(unmap_kretprobe, size_t ret)
+{
+	kcall_exit(IOMMUD_OP_UNMAP, ret != 0);
+	return 0;
+}
+
+/* The tracepoint tier: the kernel's own iommu:map and iommu:unmap events, counts and sizes. */
+SEC("raw_tp/map")
+int BPF_PROG(map_tp, unsigned long iova, phys_addr_t paddr, size_t size)
+{
+	record(driver_tenant(), IOMMUD_OP_MAP, IOMMUD_LAYER_IOMMU, size, 0, false);
+	return 0;
+}
+
+SEC("raw_tp/unmap")
+int BPF_PROG(unmap_tp, unsigned long iova, size_t size, size_t unmapped)
+{
+	record(driver_tenant(), IOMMUD_OP_UNMAP, IOMMUD_LAYER_IOMMU, unmapped, 0, false);
+	return 0;
+}
+
+/* ---- DMA faults ------------------------------------------------------------------------- */
+
+static __always_inline void count_fault(const struct iommud_fault_key *key)
+{
+	__u64 one = 1, *n = bpf_map_lookup_elem(&faults, key);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else if (bpf_map_update_elem(&faults, key, &one, BPF_NOEXIST) < 0)
+		count_drop();
+}
+
+/* Drivers that report through report_iommu_fault (AMD-Vi, ARM SMMU, ...): the device. */
+SEC("raw_tp/io_page_fault")
+int BPF_PROG(fault_reported, struct device *dev, unsigned long iova, int flags)
+{
+	struct iommud_fault_key key = {};
+
+	(void)bpf_probe_read_kernel_str(key.device, sizeof(key.device),
+					BPF_CORE_READ(dev, kobj.name));
+	count_fault(&key);
+	return 0;
+}
+
+/* VT-d only logs which device faulted, rate-limited; its fault interrupt names the unit. The
+ * build host may lack the driver, so its struct is named here and relocated against the running
+ * kernel's (CO-RE). */
+struct intel_iommu___iommud {
+	char name[16];
+} __attribute__((preserve_access_index));
+
+SEC("kprobe/dmar_fault")
+int BPF_KPROBE(fault_vtd, int irq, struct intel_iommu___iommud *iommu)
+{
+	struct iommud_fault_key key = {};
+
+	(void)bpf_core_read_str(key.device, sizeof(key.device), &iommu->name);
+	count_fault(&key);
+	return 0;
+}
+
+/* virtio-iommu likewise: each event its queue delivers is a fault, counted to the IOMMU's own
+ * virtio device. */
+SEC("kprobe/viommu_event_handler")
+int BPF_KPROBE(fault_virtio, struct virtqueue *vq)
+{
+	struct iommud_fault_key key = {};
+
+	(void)bpf_probe_read_kernel_str(key.device, sizeof(key.device),
+					BPF_CORE_READ(vq, vdev, dev.kobj.name));
+	count_fault(&key);
+	return 0;
+}

@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: MIT
+/*
+ * iommud-probes-bench: what watching the map path costs. The daemon's own map+unmap path
+ * (session_map/session_unmap over kernel-helper, as the Map and Unmap methods run it), with the
+ * probes attached and timing it and without, alternated in rounds in one run, and the ratio of
+ * the medians printed side by side. On the iommufd backend (the VM tier) "attached" means the
+ * BPF programs on the kernel's path; on the emulated backend (any host) the daemon's
+ * in-process timing, plus whatever BPF tier the host allows. Figures only: nothing is asserted.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <iommuctl.h>
+#include <kh/kh.h>
+#include <names.h>
+
+#include "bench_clock.h"
+#include "log.h"
+#include "probes/probes.h"
+#include "session.h"
+
+#define MiB  (1ull << 20)
+#define IOVA 0x100000ull
+
+struct bench {
+	struct config cfg;
+	struct kh_backend *be;
+	struct registry *reg;
+	struct tenant *tenant;
+	struct session *session;
+	uint32_t dom;
+	struct map_file file;
+};
+
+static void fail(const char *what, const char *why)
+{
+	(void)fprintf(stderr, "iommud-probes-bench: %s: %s\n", what, why);
+	exit(1);
+}
+
+/* The backend the daemon would choose, a session of root's, and a domain on its first device,
+ * attached. */
+static void setup(struct bench *b, int memfd)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	struct peer root = {.pid = getpid()};
+	struct kh_device_info dev;
+	enum access granted;
+	uint32_t dev_id;
+	int rc = access("/dev/iommu", F_OK) == 0 ? kh_backend_open_iommufd(&b->be)
+						 : kh_backend_open_emulated(NULL, &b->be);
+
+	if (rc < 0 || kh_device_info(b->be, 0, &dev) < 0)
+		fail("opening the backend", kh_last_error());
+	if (config_defaults(&b->cfg) < 0 || !(b->reg = registry_create(b->be, &b->cfg)))
+		fail("setting up", strerror(ENOMEM));
+	if (tenant_get(b->reg, &root, &b->tenant, &granted) < 0 ||
+	    session_join(b->tenant, NULL, &b->session) < 0 ||
+	    session_alloc_domain(b->session, dev.name, &paging, &b->dom) < 0 ||
+	    session_device(b->session, dev.name, false, &dev_id) < 0 ||
+	    kh_attach(session_ctx(b->session), dev_id, b->dom) < 0 ||
+	    session_check_file(memfd, &b->file) < 0)
+		fail("setting up a session", kh_last_error());
+	(void)printf("backend %s, device %s\n", kh_backend_name(b->be), dev.name);
+}
+
+static void teardown(struct bench *b)
+{
+	session_leave(b->session);
+	tenant_put(b->tenant);
+	registry_destroy(b->reg);
+	config_free(&b->cfg);
+	kh_backend_close(b->be);
+}
+
+static uint64_t map_unmap_ns(struct bench *b, uint64_t len)
+{
+	struct map_entry e = {.domain_id = b->dom,
+			      .file = &b->file,
+			      .length = len,
+			      .prot = KH_PROT_READ | KH_PROT_WRITE,
+			      .fixed_iova = true,
+			      .iova = IOVA};
+	uint64_t bytes, t0 = now_ns();
+	uint32_t count;
+
+	if (session_map(b->session, &e) < 0 ||
+	    session_unmap(b->session, b->dom, IOVA, len, &bytes, &count) < 0)
+		fail("map+unmap", "the session refused it");
+	return now_ns() - t0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static uint64_t median(uint64_t *ns, size_t n)
+{
+	qsort(ns, n, sizeof(*ns), cmp_u64);
+	return ns[n / 2];
+}
+
+/* The probes as the daemon starts them for this backend. */
+static struct probes *attach(struct bench *b)
+{
+	struct probes_options opts = {
+		.max_tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_FENTRY,
+		.in_process = kh_backend_caps(b->be) & KH_CAP_MAP_IN_PROCESS,
+	};
+	struct probes *p;
+
+	if (probes_start(&opts, &p) < 0)
+		fail("starting the probes", strerror(ENOMEM));
+	registry_set_probes(b->reg, p);
+	return p;
+}
+
+/* Rounds of off then on, so that drift (a TCG guest's above all) hits both alike. */
+static void measure(struct bench *b, const char *label, uint64_t len, size_t per_round,
+		    unsigned rounds)
+{
+	uint64_t *off = calloc(per_round * rounds, sizeof(*off));
+	uint64_t *on = calloc(per_round * rounds, sizeof(*on));
+	const char *tier = "off";
+	uint64_t off_med, on_med;
+
+	if (!off || !on)
+		fail("allocating samples", strerror(ENOMEM));
+	for (unsigned r = 0; r < rounds; r++) {
+		struct probes *p;
+
+		registry_set_probes(b->reg, NULL);
+		for (size_t i = 0; i < per_round; i++)
+			off[r * per_round + i] = map_unmap_ns(b, len);
+		p = attach(b);
+		tier = iommud_name(&iommud_probe_tier_names, probes_tier(p));
+		for (size_t i = 0; i < per_round; i++)
+			on[r * per_round + i] = map_unmap_ns(b, len);
+		registry_set_probes(b->reg, NULL);
+		probes_stop(p);
+	}
+	off_med = median(off, per_round * rounds);
+	on_med = median(on, per_round * rounds);
+	(void)printf("%-6s %8zu %-10s %12lu %12lu %8.3f\n", label, per_round * rounds, tier,
+		     (unsigned long)off_med, (unsigned long)on_med,
+		     (double)on_med / (double)off_med);
+	free(off);
+	free(on);
+}
+
+static void usage(FILE *out)
+{
+	(void)fprintf(
+		out,
+		"usage: iommud-probes-bench [--quick] [--help]\n"
+		"\n"
+		"Times the daemon's map+unmap path (4 KiB and 2 MiB) with the map path probes\n"
+		"attached and without, in alternating rounds, and prints the median of each\n"
+		"and their ratio (attached/not; the goal is <= 1.05). On the iommufd backend\n"
+		"(when /dev/iommu exists) the probes are BPF programs in the kernel; on the\n"
+		"emulated backend, the daemon's own timing. Run it as root to attach BPF;\n"
+		"in the VM tier it runs on iommufd (tests/vm/README.md). --quick: a few\n"
+		"samples, to show that it runs.\n");
+}
+
+int main(int argc, char **argv)
+{
+	bool quick = argc == 2 && strcmp(argv[1], "--quick") == 0;
+	struct bench b = {0};
+	unsigned scale;
+	int memfd;
+
+	if (argc == 2 && strcmp(argv[1], "--help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	if (argc > 2 || (argc == 2 && !quick)) {
+		usage(stderr);
+		return 2;
+	}
+	log_set_level(LOG_WARNING);
+	memfd = iommuctl_memfd("probes-bench", 2 * MiB);
+	if (memfd < 0)
+		fail("creating a memfd", strerror(-memfd));
+	setup(&b, memfd);
+	(void)printf("%-6s %8s %-10s %12s %12s %8s\n", "size", "pairs", "tier", "off-med-ns",
+		     "on-med-ns", "on/off");
+	/* The kernel's path, in a TCG guest above all, is a hundred times the emulation's. */
+	scale = kh_backend_caps(b.be) & KH_CAP_MAP_IN_PROCESS ? 5 : 1;
+	measure(&b, "4KiB", 4096, quick ? 10 : 400 * scale, quick ? 2 : 5);
+	measure(&b, "2MiB", 2 * MiB, quick ? 10 : 20 * scale * scale, quick ? 2 : 5);
+	teardown(&b);
+	(void)close(memfd);
+	return 0;
+}
