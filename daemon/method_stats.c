@@ -200,6 +200,47 @@ static const char *const device_state_names[] = {
 	[DEVICE_ATTACHED] = "attached",
 };
 
+static int add_fault_source(const char *source, uint64_t count, void *arg)
+{
+	struct stats_fill *st = arg;
+	Iommud__V1__GetStatsReply *reply = st->reply;
+	Iommud__V1__DmaFaults *f;
+	char *name;
+
+	if (reply->n_dma_faults == IOMMUD_FAULT_SOURCES)
+		return 0; /* the map grew while it was read: the rest at the next call */
+	f = call_alloc(st->call, sizeof(*f));
+	name = call_strdup(st->call, source);
+	if (!f || !name)
+		return nomem();
+	iommud__v1__dma_faults__init(f);
+	f->source = name;
+	f->managed_device = kh_device_lookup(st->call->d->be, source) >= 0;
+	f->faults = count;
+	if (fits(st, &f->base))
+		reply->dma_faults[reply->n_dma_faults++] = f;
+	return 0;
+}
+
+/* Faults come first so that each device can take its own count from them. */
+static int fill_faults(struct stats_fill *st)
+{
+	st->reply->dma_faults =
+		call_alloc(st->call, IOMMUD_FAULT_SOURCES * sizeof(*st->reply->dma_faults));
+	if (!st->reply->dma_faults)
+		return nomem();
+	return probes_read_faults(st->call->d->probes, add_fault_source, st);
+}
+
+static uint64_t device_faults(const Iommud__V1__GetStatsReply *reply, const char *device)
+{
+	for (size_t i = 0; i < reply->n_dma_faults; i++)
+		if (reply->dma_faults[i]->managed_device &&
+		    strcmp(reply->dma_faults[i]->source, device) == 0)
+			return reply->dma_faults[i]->faults;
+	return 0;
+}
+
 static int fill_devices(struct stats_fill *st)
 {
 	struct daemon *d = st->call->d;
@@ -220,7 +261,7 @@ static int fill_devices(struct stats_fill *st)
 		iommud__v1__device_stats__init(ds);
 		ds->device = name;
 		ds->state = (char *)device_state_names[registry_device_state(d->reg, info.name)];
-		/* dma_faults stays 0: no probe counts faults per device yet. */
+		ds->dma_faults = device_faults(reply, info.name);
 		if (fits(st, &ds->base))
 			reply->devices[reply->n_devices++] = ds;
 	}
@@ -319,8 +360,8 @@ int do_get_stats(struct call *call)
 	if ((rc = fill_methods(&st)) < 0 || (rc = fill_probes(&st)) < 0)
 		return rc;
 	st.room = STATS_REPLY_BUDGET - iommud__v1__get_stats_reply__get_packed_size(st.reply);
-	if ((rc = fill_tenants(&st)) < 0 || (rc = fill_devices(&st)) < 0 ||
-	    (rc = fill_map_latency(&st)) < 0)
+	if ((rc = fill_tenants(&st)) < 0 || (rc = fill_faults(&st)) < 0 ||
+	    (rc = fill_devices(&st)) < 0 || (rc = fill_map_latency(&st)) < 0)
 		return rc;
 	if (st.left_out)
 		log_warning("stats for uid %u: %zu entries left out to keep the reply inside one "

@@ -178,6 +178,20 @@ static void show_devices(const Iommud__V1__GetStatsReply *s)
 	list_end();
 }
 
+/* Per IOMMU unit where the driver does not name the device (docs/operations.md). */
+static void show_fault_sources(const Iommud__V1__GetStatsReply *s)
+{
+	list_begin("dma_faults", "SOURCE MANAGED_DEVICE FAULTS");
+	for (size_t i = 0; i < s->n_dma_faults; i++) {
+		obj_begin(NULL);
+		field("source", STR, 0, s->dma_faults[i]->source);
+		field("managed_device", BOOL, s->dma_faults[i]->managed_device, NULL);
+		field("faults", NUM, s->dma_faults[i]->faults, NULL);
+		obj_end();
+	}
+	list_end();
+}
+
 static void show_stats(const Iommud__V1__GetStatsReply *s, bool latency)
 {
 	obj_begin(NULL);
@@ -193,6 +207,7 @@ static void show_stats(const Iommud__V1__GetStatsReply *s, bool latency)
 	show_methods(s, latency);
 	show_tenants(s);
 	show_devices(s);
+	show_fault_sources(s);
 	if (latency) {
 		draw_method_latency(s);
 		show_map_latency(s);

@@ -102,7 +102,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, IOMMUD_FAULT_SOURCES);
 	__type(key, struct iommud_fault_key);
 	__type(value, __u64);
 } faults SEC(".maps");

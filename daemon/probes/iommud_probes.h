@@ -91,6 +91,9 @@ struct iommud_fd_key {
  * driver only logs the device (VT-d, virtio-iommu). */
 #define IOMMUD_DEVICE_NAME 32
 
+/* Fault sources (devices or IOMMU units) the kernel side tells apart. */
+#define IOMMUD_FAULT_SOURCES 1024
+
 struct iommud_fault_key {
 	char device[IOMMUD_DEVICE_NAME];
 };
