@@ -135,10 +135,8 @@ static void histogram(struct writer *w, const struct family *f, const struct lab
 	(void)fprintf(w->out, " %" PRIu64 "\n", total);
 }
 
-/* The label of an enum value: its schema name less prefix, in lower case ("MAP_LAYER_IOCTL"
- * is "ioctl"); the number for a value this build's schema does not know. */
-static const char *enum_label(const ProtobufCEnumDescriptor *d, int value, const char *prefix,
-			      char *buf, size_t size)
+const char *metrics_enum_label(const ProtobufCEnumDescriptor *d, int value, const char *prefix,
+			       char *buf, size_t size)
 {
 	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(d, value);
 	size_t skip = strlen(prefix), i = 0;
@@ -275,13 +273,14 @@ struct map_labels {
 
 static void map_labels(const Iommud__V1__MapLatency *m, struct map_labels *ml)
 {
-	ml->l[0] = (struct label){"op", enum_label(&iommud__v1__map_op__descriptor, m->op,
-						   "MAP_OP_", ml->op, LABEL_MAX)};
-	ml->l[1] = (struct label){"layer", enum_label(&iommud__v1__map_layer__descriptor, m->layer,
-						      "MAP_LAYER_", ml->layer, LABEL_MAX)};
-	ml->l[2] = (struct label){"size_class",
-				  enum_label(&iommud__v1__size_class__descriptor, m->size_class,
-					     "SIZE_CLASS_", ml->size, LABEL_MAX)};
+	ml->l[0] = (struct label){"op", metrics_enum_label(&iommud__v1__map_op__descriptor, m->op,
+							   "MAP_OP_", ml->op, LABEL_MAX)};
+	ml->l[1] = (struct label){"layer",
+				  metrics_enum_label(&iommud__v1__map_layer__descriptor, m->layer,
+						     "MAP_LAYER_", ml->layer, LABEL_MAX)};
+	ml->l[2] = (struct label){
+		"size_class", metrics_enum_label(&iommud__v1__size_class__descriptor, m->size_class,
+						 "SIZE_CLASS_", ml->size, LABEL_MAX)};
 	ml->l[3] = (struct label){"tenant", m->tenant};
 }
 
@@ -470,8 +469,8 @@ static void render_probes(struct writer *w, const Iommud__V1__GetStatsReply *s)
 	if (!p)
 		return;
 	for (unsigned i = 0; i < d->n_values; i++) {
-		struct label tier = {"tier", enum_label(d, d->values[i].value, "PROBE_TIER_", name,
-							sizeof(name))};
+		struct label tier = {"tier", metrics_enum_label(d, d->values[i].value,
+								"PROBE_TIER_", name, sizeof(name))};
 
 		if (d->values[i].value != IOMMUD__V1__PROBE_TIER__PROBE_TIER_UNSPECIFIED)
 			sample(w, &probe_tier, &tier, 1, d->values[i].value == (int)p->tier);

@@ -2,8 +2,10 @@
 /*
  * evhttp parses and answers; this file adds what evhttp 2.1 lacks: a cap on connections and a
  * deadline per exchange. Both need to know when a connection opens and closes, before any
- * request: each connection's bufferevent is a pass-through filter over the socket's, made here
- * (evhttp_set_bevcb), whose free_context callback is the close.
+ * request, which evhttp does not tell: each connection's bufferevent is made here
+ * (evhttp_set_bevcb) and a reference to it kept, and evhttp has let it go once it took its
+ * callbacks away (bufferevent_free does that first). A sweep, before each new connection and
+ * every second, drops those references, which closes their sockets.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -29,9 +31,10 @@
 #define WAITING_PER_CONNECTION 4
 
 struct conn {
-	struct server *srv; /* NULL once the server is freed before the connection */
-	struct bufferevent *socket, *filter;
+	struct bufferevent *bev; /* one reference is the connection's */
 	struct event *deadline;
+	bool busy;    /* a request of it is being answered */
+	bool closing; /* shut down, soon closed */
 	struct conn *next;
 };
 
@@ -40,8 +43,9 @@ struct server {
 	struct evhttp *http;
 	struct evconnlistener *listener;
 	struct server_options opts;
-	struct conn *conns;
-	unsigned live;
+	struct conn *conns; /* newest first */
+	struct event *sweep;
+	bool accepting;
 	struct scrape *scrape;
 	struct evhttp_request **waiting;
 	size_t n_waiting, max_waiting;
@@ -53,38 +57,88 @@ static const char index_html[] =
 	"<h1>iommud exporter</h1>\n<p>The IOMMU daemon's statistics for Prometheus are at "
 	"<a href=\"/metrics\">/metrics</a>.</p>\n</body></html>\n";
 static const char not_found[] = "Not found: the metrics are at /metrics.\n";
+static const char read_only[] = "Only GET and HEAD are served.\n";
 
-static void conn_closed(void *arg)
+static void conn_free(struct conn *conn)
 {
-	struct conn *conn = arg;
-	struct server *srv = conn->srv;
-
-	if (conn->deadline)
-		event_free(conn->deadline);
-	if (srv) {
-		for (struct conn **p = &srv->conns; *p; p = &(*p)->next) {
-			if (*p == conn) {
-				*p = conn->next;
-				break;
-			}
-		}
-		if (srv->live-- == srv->opts.max_connections)
-			(void)evconnlistener_enable(srv->listener);
-	}
+	bufferevent_disable(conn->bev, EV_READ | EV_WRITE);
+	(void)bufferevent_decref(conn->bev);
+	event_free(conn->deadline);
 	free(conn);
 }
 
-/* The exchange took too long: shutting the socket down makes evhttp see the end of the
- * connection and close it the way it closes any other. */
-static void conn_expired(evutil_socket_t fd, short what, void *arg)
+/* Drops the connections evhttp closed; accepting resumes when there is room again. */
+static void sweep(struct server *srv)
 {
-	struct conn *conn = arg;
+	bool closed = false;
 
+	for (struct conn **p = &srv->conns; *p;) {
+		struct conn *conn = *p;
+		bufferevent_data_cb readcb, writecb;
+		bufferevent_event_cb eventcb;
+		void *arg;
+
+		bufferevent_getcb(conn->bev, &readcb, &writecb, &eventcb, &arg);
+		if (readcb || writecb || eventcb) {
+			p = &conn->next;
+			continue;
+		}
+		*p = conn->next;
+		conn_free(conn);
+		closed = true;
+	}
+	if (closed && !srv->accepting)
+		srv->accepting = evconnlistener_enable(srv->listener) == 0;
+}
+
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
 	(void)fd;
 	(void)what;
-	fd = bufferevent_getfd(conn->socket);
+	sweep(arg);
+}
+
+/* Shutting the socket down makes evhttp see the end of the connection and close it the way it
+ * closes any other. */
+static void conn_close(struct conn *conn)
+{
+	evutil_socket_t fd = bufferevent_getfd(conn->bev);
+
 	if (fd >= 0)
 		(void)shutdown(fd, SHUT_RDWR);
+	conn->closing = true;
+}
+
+static void conn_expired(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	conn_close(arg);
+}
+
+/* Called as a connection is accepted, before it is listed (evhttp has not given it its
+ * callbacks yet). At the cap the oldest idle connection gives way, so that idle or trickling
+ * peers cannot keep a scrape out; when every other connection is being answered, accepting
+ * waits for one to close. */
+static void make_room(struct server *srv)
+{
+	struct conn *oldest_idle = NULL;
+	unsigned open = 0;
+
+	sweep(srv);
+	for (struct conn *conn = srv->conns; conn; conn = conn->next) {
+		if (conn->closing)
+			continue;
+		open++;
+		if (!conn->busy)
+			oldest_idle = conn;
+	}
+	if (open < srv->opts.max_connections)
+		return;
+	if (oldest_idle)
+		conn_close(oldest_idle);
+	else if (srv->accepting)
+		srv->accepting = evconnlistener_disable(srv->listener) != 0;
 }
 
 /* evhttp's bufferevent callback: a connection was accepted. NULL lets evhttp make its own
@@ -96,67 +150,63 @@ static struct bufferevent *new_connection(struct event_base *base, void *arg)
 
 	if (!conn)
 		return NULL;
-	conn->srv = srv;
 	conn->deadline = evtimer_new(base, conn_expired, conn);
-	conn->socket = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-	if (conn->deadline && conn->socket &&
-	    evtimer_add(conn->deadline, &srv->opts.request_timeout) == 0)
-		conn->filter = bufferevent_filter_new(conn->socket, NULL, NULL,
-						      BEV_OPT_CLOSE_ON_FREE, conn_closed, conn);
-	if (!conn->filter) {
-		if (conn->socket)
-			bufferevent_free(conn->socket);
+	conn->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+	if (!conn->deadline || !conn->bev ||
+	    evtimer_add(conn->deadline, &srv->opts.request_timeout) < 0) {
+		if (conn->bev)
+			bufferevent_free(conn->bev);
 		if (conn->deadline)
 			event_free(conn->deadline);
 		free(conn);
 		return NULL;
 	}
+	bufferevent_incref(conn->bev);
+	make_room(srv);
 	conn->next = srv->conns;
 	srv->conns = conn;
-	if (++srv->live == srv->opts.max_connections)
-		(void)evconnlistener_disable(srv->listener);
-	return conn->filter;
+	return conn->bev;
 }
 
-/* Gives the connection of req a fresh deadline: its reply, or its next request, is due. */
-static void rearm(struct server *srv, struct evhttp_request *req)
+/* A request arrived (busy) or its reply was sent: the connection of req gets a fresh deadline
+ * for the reply, or for its next request. */
+static void rearm(struct server *srv, struct evhttp_request *req, bool busy)
 {
 	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
 	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
 
-	for (struct conn *conn = srv->conns; bev && conn; conn = conn->next)
-		if (conn->filter == bev)
+	for (struct conn *conn = srv->conns; bev && conn; conn = conn->next) {
+		if (conn->bev == bev) {
+			conn->busy = busy;
 			(void)evtimer_add(conn->deadline, &srv->opts.request_timeout);
+		}
+	}
 }
 
 static void reply_sent(struct evhttp_request *req, void *arg)
 {
-	rearm(arg, req);
+	rearm(arg, req, false);
 }
 
 static void send_text(struct evhttp_request *req, int code, const char *reason, const char *type,
 		      const char *text, size_t len)
 {
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
-	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
 	struct evbuffer *body = evbuffer_new();
 	char length[24];
 
-	/* evhttp leaves Content-Length out of a reply to HEAD; a HEAD says what GET would. */
+	/* A reply to HEAD says what GET's would, without its body, which evhttp 2.1 would send. */
 	(void)snprintf(length, sizeof(length), "%zu", len);
 	(void)evhttp_add_header(headers, "Content-Type", type);
 	(void)evhttp_add_header(headers, "Content-Length", length);
 	(void)evhttp_add_header(headers, "Cache-Control", "no-store");
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD)
+		len = 0;
 	if (!body || evbuffer_add(body, text, len) < 0) {
 		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
 	} else {
 		evhttp_send_reply(req, code, reason, body);
 	}
-	/* evhttp queues the reply before it enables writing, and a filter only passes on what is
-	 * queued while writing is enabled: outside a read callback the reply would sit there. */
-	if (bev)
-		(void)bufferevent_flush(bev, EV_WRITE, BEV_NORMAL);
 	if (body)
 		evbuffer_free(body);
 }
@@ -234,9 +284,14 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 
-	rearm(srv, req);
+	rearm(srv, req, true);
 	evhttp_request_set_on_complete_cb(req, reply_sent, srv);
-	if (!path || !*path || strcmp(path, "/") == 0)
+	if (!(evhttp_request_get_command(req) & (EVHTTP_REQ_GET | EVHTTP_REQ_HEAD))) {
+		(void)evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+					"GET, HEAD");
+		send_text(req, 405, "Method Not Allowed", "text/plain; charset=utf-8", read_only,
+			  sizeof(read_only) - 1);
+	} else if (!path || !*path || strcmp(path, "/") == 0)
 		send_text(req, HTTP_OK, "OK", "text/html; charset=utf-8", index_html,
 			  sizeof(index_html) - 1);
 	else if (strcmp(path, "/metrics") == 0)
@@ -256,11 +311,15 @@ int server_new(struct event_base *base, struct evconnlistener *listener,
 		srv->opts = *opts;
 		srv->listener = listener;
 		srv->daemon_up = -1;
+		srv->accepting = true;
 		srv->max_waiting = (size_t)opts->max_connections * WAITING_PER_CONNECTION;
 		srv->waiting = calloc(srv->max_waiting, sizeof(*srv->waiting));
 		srv->http = evhttp_new(base);
+		srv->sweep = event_new(base, -1, EV_PERSIST, on_sweep, srv);
 	}
-	if (!srv || !srv->waiting || !srv->http || !evhttp_bind_listener(srv->http, listener)) {
+	if (!srv || !srv->waiting || !srv->http || !srv->sweep ||
+	    event_add(srv->sweep, &(struct timeval){1, 0}) < 0 ||
+	    !evhttp_bind_listener(srv->http, listener)) {
 		evconnlistener_free(listener);
 		if (srv)
 			srv->listener = NULL;
@@ -269,7 +328,8 @@ int server_new(struct event_base *base, struct evconnlistener *listener,
 	}
 	evhttp_set_bevcb(srv->http, new_connection, srv);
 	evhttp_set_gencb(srv->http, handle_request, srv);
-	evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+	/* every method evhttp knows reaches handle_request, which answers 405, not evhttp's 501 */
+	evhttp_set_allowed_methods(srv->http, 0xffff);
 	evhttp_set_max_headers_size(srv->http, MAX_HEADERS);
 	evhttp_set_max_body_size(srv->http, MAX_BODY);
 	/* Inactivity on a connection; the deadline above bounds the whole exchange. */
@@ -285,15 +345,17 @@ void server_free(struct server *srv)
 	scrape_free(srv->scrape);
 	while (srv->n_waiting > 0)
 		evhttp_send_error(srv->waiting[--srv->n_waiting], 503, "the exporter is stopping");
-	/* evhttp frees a connection's bufferevent now or when the event loop runs its finalizers,
-	 * after the server is gone: either way the connection must not find the server. */
-	for (struct conn *conn = srv->conns; conn; conn = conn->next) {
-		event_free(conn->deadline);
-		conn->deadline = NULL;
-		conn->srv = NULL;
-	}
 	if (srv->http)
 		evhttp_free(srv->http);
+	/* evhttp let every connection go; the last references are these */
+	while (srv->conns) {
+		struct conn *conn = srv->conns;
+
+		srv->conns = conn->next;
+		conn_free(conn);
+	}
+	if (srv->sweep)
+		event_free(srv->sweep);
 	free(srv->waiting);
 	free(srv);
 }

@@ -8,8 +8,9 @@
  * Limits, because anyone who reaches the port may connect: a request's headers and body have
  * a size limit; each request must arrive whole within request_timeout of the connection's
  * opening or of the previous reply, and each reply must be written within request_timeout of
- * its request, however slowly the peer trickles bytes; at max_connections open connections the
- * listener stops accepting (the kernel's backlog holds the rest) until one closes.
+ * its request, however slowly the peer trickles bytes; at max_connections open connections a
+ * new one closes the oldest that is not being answered, and when all are, the listener stops
+ * accepting (the kernel's backlog holds the rest) until one closes.
  *
  * Ownership: server_new takes the listener (bound and listening) and gives the caller a struct
  * server, released with server_free, which owns the listener, the connections and any scrape.
