@@ -487,3 +487,339 @@ TEST_F(exporter, daemon_hung_gives_up_0_within_timeout)
 	CHECK(seconds >= 0.9 && seconds < 2.0);
 	CHECK_EQ(scrape_up(self->e.port, NULL), 1);
 }
+
+/* ---- a real Prometheus --------------------------------------------------------------------- */
+
+struct prometheus {
+	pid_t pid;
+	uint16_t port;
+	char dir[64];
+};
+
+static void prometheus_start(struct prometheus *p, uint16_t target)
+{
+	char path[128], listen[32], config[96], storage[96];
+	FILE *yml;
+	int fd = listen_loopback(&p->port), log;
+
+	(void)close(fd); /* the port stays free for Prometheus, all on the loopback */
+	(void)snprintf(p->dir, sizeof(p->dir), "/tmp/iommud-prometheus-XXXXXX");
+	CHECK(mkdtemp(p->dir) != NULL);
+	(void)snprintf(config, sizeof(config), "%s/prometheus.yml", p->dir);
+	yml = fopen(config, "w");
+	CHECK(yml != NULL);
+	(void)fprintf(yml,
+		      "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+		      "scrape_configs:\n  - job_name: iommud\n    static_configs:\n"
+		      "      - targets: ['127.0.0.1:%u']\n",
+		      (unsigned)target);
+	CHECK(fclose(yml) == 0);
+	(void)snprintf(listen, sizeof(listen), "127.0.0.1:%u", (unsigned)p->port);
+	(void)snprintf(storage, sizeof(storage), "%s/data", p->dir);
+	(void)snprintf(path, sizeof(path), "%s/log", p->dir);
+	p->pid = fork();
+	CHECK(p->pid >= 0);
+	if (p->pid == 0) {
+		(void)prctl(PR_SET_PDEATHSIG, SIGTERM);
+		log = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		if (log < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0)
+			_exit(127);
+		execlp("prometheus", "prometheus", "--config.file", config, "--storage.tsdb.path",
+		       storage, "--web.listen-address", listen, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 300; i++) {
+		int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_in addr = {.sin_family = AF_INET,
+					   .sin_port = htons(p->port),
+					   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		bool up = connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+
+		(void)close(probe);
+		if (up) {
+			char *resp = get(p->port, "/-/ready");
+			int status = status_of(resp);
+
+			free(resp);
+			if (status == 200)
+				return;
+		}
+		pause_ms(100);
+	}
+	(void)fprintf(stderr, "Prometheus did not get ready; its log is in %s\n", path);
+	CHECK(false);
+}
+
+static void prometheus_stop(struct prometheus *p)
+{
+	char cmd[96];
+	int status;
+
+	CHECK(kill(p->pid, SIGTERM) == 0);
+	CHECK(waitpid(p->pid, &status, 0) == p->pid);
+	(void)snprintf(cmd, sizeof(cmd), "rm -rf '%s'", p->dir);
+	CHECK(system(cmd) == 0);
+}
+
+/* The value of an instant query that must select exactly one series. */
+static double query(const struct prometheus *p, const char *promql)
+{
+	char path[1024] = "/api/v1/query?query=", *resp;
+	size_t n = strlen(path);
+	const char *value;
+	double v;
+
+	for (const unsigned char *c = (const unsigned char *)promql; *c; c++) {
+		CHECK(n + 4 < sizeof(path));
+		if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		    (*c >= '0' && *c <= '9') || *c == '_' || *c == '.')
+			path[n++] = (char)*c;
+		else
+			n += (size_t)snprintf(path + n, 4, "%%%02X", *c);
+	}
+	path[n] = '\0';
+	resp = get(p->port, path);
+	CHECK_EQ(status_of(resp), 200);
+	value = strstr(resp, "\"value\":[");
+	if (!value || strstr(value + 1, "\"value\":[")) {
+		(void)fprintf(stderr, "%s: not one series: %s\n", promql, body_of(resp));
+		CHECK(false);
+	}
+	value = strchr(value, ',');
+	CHECK(value && value[1] == '"');
+	v = strtod(value + 2, NULL);
+	free(resp);
+	return v;
+}
+
+static void expect(const struct prometheus *p, const char *promql, double want)
+{
+	double got = query(p, promql);
+
+	if (fabs(got - want) > 1e-9 * fmax(1, fabs(want))) {
+		(void)fprintf(stderr, "%s: Prometheus has %.17g, GetStats says %.17g\n", promql,
+			      got, want);
+		CHECK(false);
+	}
+}
+
+static void expect_histogram(const struct prometheus *p, const char *name, const char *labels,
+			     const Iommud__V1__Histogram *h)
+{
+	char promql[512], le[METRICS_SECONDS_MAX];
+	uint64_t cumulative = 0, total = 0;
+
+	for (size_t i = 0; i < h->n_buckets; i++)
+		total += h->buckets[i];
+	total = total > h->count ? total : h->count;
+	for (unsigned i = 0; i < 36; i++) {
+		cumulative += i < h->n_buckets ? h->buckets[i] : 0;
+		metrics_seconds(UINT64_C(2) << i, le);
+		(void)snprintf(promql, sizeof(promql), "%s_bucket{%s,le=\"%s\"}", name, labels, le);
+		expect(p, promql, (double)cumulative);
+	}
+	(void)snprintf(promql, sizeof(promql), "%s_bucket{%s,le=\"+Inf\"}", name, labels);
+	expect(p, promql, (double)total);
+	(void)snprintf(promql, sizeof(promql), "%s_count{%s}", name, labels);
+	expect(p, promql, (double)total);
+	(void)snprintf(promql, sizeof(promql), "%s_sum{%s}", name, labels);
+	expect(p, promql, (double)h->sum_ns / 1e9);
+}
+
+/* Every method but get_stats, which each scrape and this test's own call count. */
+static void expect_methods(const struct prometheus *p, const Iommud__V1__GetStatsReply *s)
+{
+	char promql[256], labels[128];
+
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const Iommud__V1__MethodStats *m = s->methods[i];
+
+		if (strcmp(m->method, "get_stats") == 0)
+			continue;
+		(void)snprintf(labels, sizeof(labels), "method=\"%s\"", m->method);
+		(void)snprintf(promql, sizeof(promql), "iommud_rpc_calls_total{%s}", labels);
+		expect(p, promql, (double)m->calls);
+		(void)snprintf(promql, sizeof(promql), "iommud_rpc_errors_total{%s}", labels);
+		expect(p, promql, (double)m->errors);
+		for (size_t j = 0; j < m->n_codes; j++) {
+			(void)snprintf(promql, sizeof(promql),
+				       "iommud_rpc_responses_total{%s,code=\"%s\"}", labels,
+				       iommuctl_code_name(m->codes[j]->code));
+			expect(p, promql, (double)m->codes[j]->calls);
+		}
+		if (m->latency && m->latency->n_buckets)
+			expect_histogram(p, "iommud_rpc_duration_seconds", labels, m->latency);
+	}
+}
+
+static void expect_map_path(const struct prometheus *p, const Iommud__V1__GetStatsReply *s)
+{
+	char promql[512], labels[256], op[32], layer[32], size[32];
+
+	for (size_t i = 0; i < s->n_map_latency; i++) {
+		const Iommud__V1__MapLatency *m = s->map_latency[i];
+
+		(void)snprintf(labels, sizeof(labels),
+			       "op=\"%s\",layer=\"%s\",size_class=\"%s\",tenant=\"%s\"",
+			       metrics_enum_label(&iommud__v1__map_op__descriptor, m->op, "MAP_OP_",
+						  op, sizeof(op)),
+			       metrics_enum_label(&iommud__v1__map_layer__descriptor, m->layer,
+						  "MAP_LAYER_", layer, sizeof(layer)),
+			       metrics_enum_label(&iommud__v1__size_class__descriptor,
+						  m->size_class, "SIZE_CLASS_", size, sizeof(size)),
+			       m->tenant);
+		(void)snprintf(promql, sizeof(promql), "iommud_map_operations_total{%s}", labels);
+		expect(p, promql, m->latency ? (double)m->latency->count : 0);
+		(void)snprintf(promql, sizeof(promql), "iommud_map_bytes_total{%s}", labels);
+		expect(p, promql, (double)m->bytes);
+		if (m->latency && m->latency->n_buckets)
+			expect_histogram(p, "iommud_map_duration_seconds", labels, m->latency);
+	}
+}
+
+/* Sessions are left out: the exporter's own connection has one while it scrapes. */
+static void expect_tenants(const struct prometheus *p, const Iommud__V1__GetStatsReply *s)
+{
+	char promql[256];
+
+	for (size_t i = 0; i < s->n_tenant_stats; i++) {
+		const Iommud__V1__TenantStats *t = s->tenant_stats[i];
+		const Iommud__V1__Quota *q = t->quota;
+		const struct {
+			const char *family;
+			uint64_t value;
+		} gauges[] = {
+			{"members", t->tenants},
+			{"leases", t->leases},
+			{"domains", q ? q->domains : 0},
+			{"domains_limit", q ? q->max_domains : 0},
+			{"mappings", q ? q->mappings : 0},
+			{"mappings_limit", q ? q->max_mappings : 0},
+			{"pinned_bytes", q ? q->pinned_bytes : 0},
+			{"pinned_bytes_limit", q ? q->max_pinned_bytes : 0},
+		};
+
+		for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
+			(void)snprintf(promql, sizeof(promql), "iommud_tenant_%s{tenant=\"%s\"}",
+				       gauges[g].family, t->tenant);
+			expect(p, promql, (double)gauges[g].value);
+		}
+	}
+}
+
+static void expect_devices_and_probes(const struct prometheus *p,
+				      const Iommud__V1__GetStatsReply *s)
+{
+	char promql[256], tier[32];
+
+	for (size_t i = 0; i < s->n_devices; i++) {
+		double in_state = 0;
+
+		for (size_t j = 0; j < s->n_devices; j++)
+			in_state += strcmp(s->devices[j]->state, s->devices[i]->state) == 0;
+		(void)snprintf(promql, sizeof(promql), "iommud_devices{state=\"%s\"}",
+			       s->devices[i]->state);
+		expect(p, promql, in_state);
+		(void)snprintf(promql, sizeof(promql),
+			       "iommud_device_dma_faults_total{device=\"%s\"}",
+			       s->devices[i]->device);
+		expect(p, promql, (double)s->devices[i]->dma_faults);
+	}
+	if (!s->probes)
+		return;
+	(void)snprintf(promql, sizeof(promql), "iommud_probe_tier{tier=\"%s\"}",
+		       metrics_enum_label(&iommud__v1__probe_tier__descriptor, s->probes->tier,
+					  "PROBE_TIER_", tier, sizeof(tier)));
+	expect(p, promql, 1);
+	expect(p, "iommud_probes_detached", (double)s->probes->n_detached);
+	expect(p, "iommud_probe_dropped_events_total", (double)s->probes->dropped_events);
+	expect(p, "iommud_probe_in_process", s->probes->in_process);
+}
+
+/* Calls whose counts then stay put: lists, a refusal, a domain with a 2 MiB mapping, and a
+ * packet the daemon rejects. */
+static void make_activity(struct daemon_fixture *d, struct iommuctl *c)
+{
+	uint32_t domain;
+	uint64_t iova;
+	int memfd, raw;
+
+	for (int i = 0; i < 3; i++) {
+		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+		Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
+		Iommud__V1__Response *resp;
+
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES;
+		req.list_devices = &list;
+		CHECK_OK(iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL));
+		iommuctl_response_free(resp);
+	}
+	CHECK(iommuctl_free_domain(c, 999) < 0);
+	CHECK_OK(iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &domain));
+	memfd = iommuctl_memfd("exporter-test", 2 << 20);
+	CHECK(memfd >= 0);
+	CHECK_OK(iommuctl_map_fd(c, domain, memfd, 0, 2 << 20,
+				 IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, false, 0, &iova));
+	(void)close(memfd);
+	raw = raw_connect(d);
+	raw_send(raw, "\xff\xff\xff", 3, NULL, 0);
+	(void)close(raw);
+}
+
+static Iommud__V1__GetStatsReply *get_stats(struct iommuctl *c, Iommud__V1__Response **ret_resp)
+{
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
+	req.get_stats = &stats;
+	CHECK_OK(iommuctl_call(c, &req, NULL, 0, ret_resp, NULL, 0, NULL));
+	CHECK((*ret_resp)->get_stats != NULL);
+	return (*ret_resp)->get_stats;
+}
+
+/* Prometheus scrapes the exporter; once it has a scrape made after the activity, its query API
+ * gives, for every series that stays put, what GetStats says. The exporter runs as this test
+ * does, so that both see the same tenant labels. */
+TEST(prometheus_sees_what_getstats_says)
+{
+	struct daemon_fixture d;
+	struct exporter e;
+	struct prometheus p;
+	struct iommuctl *c;
+	Iommud__V1__Response *resp;
+	Iommud__V1__GetStatsReply *s;
+	char promql[256];
+	double after;
+
+	if (!have("prometheus"))
+		SKIP("prometheus not found (Debian package prometheus; install-deps.sh installs "
+		     "it)");
+	fixture_start(&d, "[uid 0]\naccess = write\ndevices = emu0 emu1\n", "emu0 emu1");
+	CHECK_OK(iommuctl_connect(d.socket_path, &c));
+	make_activity(&d, c);
+	after = now();
+	exporter_start(&e, d.socket_path, false);
+	prometheus_start(&p, e.port);
+	for (int i = 0; i < 300; i++) {
+		if (query(&p, "max(timestamp(iommud_up)) or vector(0)") > after)
+			break;
+		pause_ms(100);
+	}
+	CHECK(query(&p, "timestamp(iommud_up)") > after);
+	s = get_stats(c, &resp);
+	expect(&p, "iommud_up", 1);
+	(void)snprintf(promql, sizeof(promql), "iommud_build_info{version=\"%s\"}", s->version);
+	expect(&p, promql, 1);
+	expect(&p, "iommud_rejected_packets_total", (double)s->rejected_packets);
+	CHECK(s->rejected_packets >= 1);
+	expect_methods(&p, s);
+	expect_map_path(&p, s);
+	expect_tenants(&p, s);
+	expect_devices_and_probes(&p, s);
+	iommuctl_response_free(resp);
+	prometheus_stop(&p);
+	exporter_stop(&e);
+	iommuctl_close(c);
+	fixture_stop(&d);
+}
