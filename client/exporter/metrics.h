@@ -28,8 +28,8 @@ int metrics_render(const Iommud__V1__GetStatsReply *stats, FILE *out);
 void metrics_seconds(uint64_t ns, char buf[METRICS_SECONDS_MAX]);
 
 /* The label of an enum value: its schema name less prefix, in lower case ("MAP_LAYER_IOCTL" is
- * "ioctl"), or its number when this build's schema does not know it. Written into buf (size
- * bytes) when it is not a constant. */
+ * "ioctl"), or its number when this build's schema does not know it; written into buf (size
+ * bytes), which it returns. */
 const char *metrics_enum_label(const ProtobufCEnumDescriptor *d, int value, const char *prefix,
 			       char *buf, size_t size);
 
