@@ -86,6 +86,24 @@ static int connect_port(uint16_t port)
 	return fd;
 }
 
+/* Whether something listens on port, within 10 s. */
+static bool listening(uint16_t port)
+{
+	for (int i = 0; i < 100; i++) {
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_in addr = {.sin_family = AF_INET,
+					   .sin_port = htons(port),
+					   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		bool up = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+
+		(void)close(fd);
+		if (up)
+			return true;
+		pause_ms(100);
+	}
+	return false;
+}
+
 static void send_all(int fd, const char *data, size_t len)
 {
 	while (len > 0) {
@@ -278,21 +296,7 @@ FIXTURE_SETUP(exporter)
 	fixture_start(&self->d, "[uid 0]\naccess = write\n[uid 65534]\naccess = read\n",
 		      "emu0 emu1");
 	exporter_start(&self->e, self->d.socket_path, true);
-	/* the exporter is up once it answers */
-	for (int i = 0; i < 100; i++) {
-		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		struct sockaddr_in addr = {.sin_family = AF_INET,
-					   .sin_port = htons(self->e.port),
-					   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-
-		CHECK(fd >= 0);
-		if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
-			(void)close(fd);
-			break;
-		}
-		(void)close(fd);
-		pause_ms(50);
-	}
+	CHECK(listening(self->e.port));
 }
 
 FIXTURE_TEARDOWN(exporter)
@@ -528,22 +532,13 @@ static void prometheus_start(struct prometheus *p, uint16_t target)
 		       storage, "--web.listen-address", listen, (char *)NULL);
 		_exit(127);
 	}
-	for (int i = 0; i < 300; i++) {
-		int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		struct sockaddr_in addr = {.sin_family = AF_INET,
-					   .sin_port = htons(p->port),
-					   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-		bool up = connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+	for (int i = 0; i < 300 && listening(p->port); i++) {
+		char *resp = get(p->port, "/-/ready");
+		int status = status_of(resp);
 
-		(void)close(probe);
-		if (up) {
-			char *resp = get(p->port, "/-/ready");
-			int status = status_of(resp);
-
-			free(resp);
-			if (status == 200)
-				return;
-		}
+		free(resp);
+		if (status == 200)
+			return;
 		pause_ms(100);
 	}
 	(void)fprintf(stderr, "Prometheus did not get ready; its log is in %s\n", path);
@@ -821,5 +816,73 @@ TEST(prometheus_sees_what_getstats_says)
 	prometheus_stop(&p);
 	exporter_stop(&e);
 	iommuctl_close(c);
+	fixture_stop(&d);
+}
+
+/* The exit status of the exporter run with args (a shell word list), its output in out. */
+static int run_exporter(const char *args, char *out, size_t size)
+{
+	char cmd[512];
+	FILE *p;
+	size_t len;
+	int status;
+
+	(void)snprintf(cmd, sizeof(cmd), "'%s' %s 2>&1", EXPORTER_BIN, args);
+	p = popen(cmd, "r");
+	CHECK(p != NULL);
+	len = fread(out, 1, size - 1, p);
+	out[len] = '\0';
+	status = pclose(p);
+	CHECK(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}
+
+/* --help documents what it does; each mistake is exit status 2 (1 when it cannot serve) with a
+ * line saying what was wrong. */
+TEST(options_and_errors)
+{
+	char out[8192], args[64];
+	uint16_t port;
+	int busy = listen_loopback(&port);
+
+	CHECK_EQ(run_exporter("--help", out, sizeof(out)), 0);
+	CHECK(strstr(out, "--listen ADDR:PORT") && strstr(out, "127.0.0.1:9863") &&
+	      strstr(out, "iommud_up 0"));
+	CHECK_EQ(run_exporter("--listen nonsense", out, sizeof(out)), 2);
+	CHECK(strstr(out, "--listen takes ADDR:PORT"));
+	CHECK_EQ(run_exporter("--timeout 5 --request-timeout 2", out, sizeof(out)), 2);
+	CHECK(strstr(out, "--request-timeout must be longer than --timeout"));
+	CHECK_EQ(run_exporter("--timeout soon", out, sizeof(out)), 2);
+	CHECK(strstr(out, "--timeout takes seconds"));
+	CHECK_EQ(run_exporter("--max-connections 0", out, sizeof(out)), 2);
+	CHECK_EQ(run_exporter("stray", out, sizeof(out)), 2);
+	(void)snprintf(args, sizeof(args), "--listen 127.0.0.1:%u", (unsigned)port);
+	CHECK_EQ(run_exporter(args, out, sizeof(out)), 1);
+	CHECK(strstr(out, "cannot listen on 127.0.0.1:") && strstr(out, "in use"));
+	(void)close(busy);
+}
+
+/* Without systemd's socket, --listen is where it serves. */
+TEST(serves_on_listen_address)
+{
+	struct daemon_fixture d;
+	struct exporter e = {0};
+	char listen[32];
+	int fd = listen_loopback(&e.port);
+
+	(void)close(fd); /* a port free on the loopback, for the exporter to bind */
+	fixture_start(&d, "[uid 0]\naccess = read\n", "emu0");
+	(void)snprintf(listen, sizeof(listen), "127.0.0.1:%u", (unsigned)e.port);
+	e.pid = fork();
+	CHECK(e.pid >= 0);
+	if (e.pid == 0) {
+		(void)prctl(PR_SET_PDEATHSIG, SIGTERM);
+		execl(EXPORTER_BIN, "iommud-exporter", "--listen", listen, "--socket",
+		      d.socket_path, (char *)NULL);
+		_exit(127);
+	}
+	CHECK(listening(e.port));
+	CHECK_EQ(scrape_up(e.port, NULL), 1);
+	exporter_stop(&e);
 	fixture_stop(&d);
 }
