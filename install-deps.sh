@@ -27,11 +27,14 @@ if [ -z "$headers" ]; then
 	exit 1
 fi
 
+# prometheus: its promtool and server are what the exporter's tests check the metrics with.
+# On a machine that boots systemd the package also enables its own server on :9090; stop it
+# with 'systemctl disable --now prometheus' where that is not wanted.
 packages="build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
 	libevent-dev libprotobuf-c-dev protobuf-c-compiler libsystemd-dev libbpf-dev bpftool
 	systemtap-sdt-dev
 	libbsd-dev libinih-dev
-	busybox-static qemu-system-x86 cpio gzip systemd
+	busybox-static qemu-system-x86 cpio gzip systemd prometheus
 	$headers"
 
 missing=""

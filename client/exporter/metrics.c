@@ -1,0 +1,497 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Rendering of a GetStats reply (metrics.h). Each family is written whole, its samples one
+ * after another, because the format requires a family's lines to be contiguous; the HELP and
+ * TYPE lines are written with a family's first sample, so a family the daemon has nothing for
+ * (a field an older daemon does not fill) leaves no empty header behind.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include <iommuctl.h>
+
+#include "metrics.h"
+
+#define NSEC_PER_SEC UINT64_C(1000000000)
+
+/*
+ * Bucket i of a daemon histogram counts durations below 2^(i+1) ns, so its `le` is 2^(i+1) ns;
+ * the daemon's last bucket (index 36: 2^36 ns, about 69 s) also holds everything longer and so
+ * has no upper bound of its own: it, and any bucket a newer daemon keeps beyond it, counts only
+ * in +Inf. Every histogram gets all 36 bounded buckets, empty or not, because Prometheus
+ * aggregates histograms by `le` and a bucket that comes and goes breaks histogram_quantile.
+ */
+#define BOUNDED_BUCKETS 36
+
+struct family {
+	const char *name;
+	const char *type;
+	const char *help;
+};
+
+struct label {
+	const char *name;
+	const char *value;
+};
+
+struct writer {
+	FILE *out;
+	const struct family *headed; /* the family whose HELP and TYPE were written last */
+};
+
+void metrics_seconds(uint64_t ns, char buf[METRICS_SECONDS_MAX])
+{
+	int len = snprintf(buf, METRICS_SECONDS_MAX, "%" PRIu64 ".%09" PRIu64, ns / NSEC_PER_SEC,
+			   ns % NSEC_PER_SEC);
+
+	while (len > 0 && buf[len - 1] == '0')
+		buf[--len] = '\0';
+	if (len > 0 && buf[len - 1] == '.')
+		buf[--len] = '\0';
+}
+
+/* A label value as the format quotes it: backslash, double quote and newline escaped. */
+static void put_label_value(FILE *out, const char *value)
+{
+	for (const char *p = value; *p; p++) {
+		if (*p == '\\' || *p == '"')
+			(void)fprintf(out, "\\%c", *p);
+		else if (*p == '\n')
+			(void)fputs("\\n", out);
+		else
+			(void)fputc(*p, out);
+	}
+}
+
+/* name{labels,le="le"} with le NULL for none; nothing in braces when there are no labels. */
+static void put_series(FILE *out, const char *name, const char *suffix, const struct label *l,
+		       size_t n, const char *le)
+{
+	(void)fprintf(out, "%s%s", name, suffix);
+	if (n == 0 && !le)
+		return;
+	(void)fputc('{', out);
+	for (size_t i = 0; i < n; i++) {
+		(void)fprintf(out, "%s%s=\"", i ? "," : "", l[i].name);
+		put_label_value(out, l[i].value);
+		(void)fputc('"', out);
+	}
+	if (le)
+		(void)fprintf(out, "%sle=\"%s\"", n ? "," : "", le);
+	(void)fputc('}', out);
+}
+
+static void head(struct writer *w, const struct family *f)
+{
+	if (w->headed == f)
+		return;
+	(void)fprintf(w->out, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, f->type);
+	w->headed = f;
+}
+
+static void sample(struct writer *w, const struct family *f, const struct label *l, size_t n,
+		   uint64_t value)
+{
+	head(w, f);
+	put_series(w->out, f->name, "", l, n, NULL);
+	(void)fprintf(w->out, " %" PRIu64 "\n", value);
+}
+
+/* A histogram with its timing: the tracepoint probe tier counts without timing, which is left
+ * to the *_total counters beside the histogram rather than drawn as every call being slow. */
+static bool timed(const Iommud__V1__Histogram *h)
+{
+	return h && h->n_buckets > 0;
+}
+
+static void histogram(struct writer *w, const struct family *f, const struct label *l, size_t n,
+		      const Iommud__V1__Histogram *h)
+{
+	char le[METRICS_SECONDS_MAX], sum[METRICS_SECONDS_MAX];
+	uint64_t cumulative = 0, total = 0;
+
+	for (size_t i = 0; i < h->n_buckets; i++)
+		total += h->buckets[i];
+	/* The daemon sums per-CPU counters without a lock; +Inf must not be below a bucket. */
+	if (total < h->count)
+		total = h->count;
+	head(w, f);
+	for (unsigned i = 0; i < BOUNDED_BUCKETS; i++) {
+		if (i < h->n_buckets)
+			cumulative += h->buckets[i];
+		metrics_seconds(UINT64_C(2) << i, le);
+		put_series(w->out, f->name, "_bucket", l, n, le);
+		(void)fprintf(w->out, " %" PRIu64 "\n", cumulative);
+	}
+	put_series(w->out, f->name, "_bucket", l, n, "+Inf");
+	(void)fprintf(w->out, " %" PRIu64 "\n", total);
+	metrics_seconds(h->sum_ns, sum);
+	put_series(w->out, f->name, "_sum", l, n, NULL);
+	(void)fprintf(w->out, " %s\n", sum);
+	put_series(w->out, f->name, "_count", l, n, NULL);
+	(void)fprintf(w->out, " %" PRIu64 "\n", total);
+}
+
+const char *metrics_enum_label(const ProtobufCEnumDescriptor *d, int value, const char *prefix,
+			       char *buf, size_t size)
+{
+	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(d, value);
+	size_t skip = strlen(prefix), i = 0;
+
+	if (!v || strncmp(v->name, prefix, skip) != 0) {
+		(void)snprintf(buf, size, "%d", value);
+		return buf;
+	}
+	for (const char *p = v->name + skip; *p && i + 1 < size; p++)
+		buf[i++] = (char)tolower((unsigned char)*p);
+	buf[i] = '\0';
+	return buf;
+}
+
+#define LABEL_MAX 32
+
+/* ---- the daemon as a whole -------------------------------------------------------------- */
+
+static const struct family up = {"iommud_up", "gauge",
+				 "1 when the daemon answered this scrape's GetStats, else 0."};
+static const struct family build_info = {"iommud_build_info", "gauge",
+					 "Always 1; the version label is the daemon's version."};
+
+static uint64_t uptime(const Iommud__V1__GetStatsReply *s)
+{
+	return s->uptime_seconds;
+}
+static uint64_t connections(const Iommud__V1__GetStatsReply *s)
+{
+	return s->connections;
+}
+static uint64_t tenants(const Iommud__V1__GetStatsReply *s)
+{
+	return s->tenants;
+}
+static uint64_t sessions(const Iommud__V1__GetStatsReply *s)
+{
+	return s->sessions;
+}
+static uint64_t leases(const Iommud__V1__GetStatsReply *s)
+{
+	return s->leases;
+}
+static uint64_t rejected(const Iommud__V1__GetStatsReply *s)
+{
+	return s->rejected_packets;
+}
+
+static const struct daemon_gauge {
+	struct family family;
+	uint64_t (*value)(const Iommud__V1__GetStatsReply *s);
+} daemon_gauges[] = {
+	{{"iommud_uptime_seconds", "gauge", "Seconds since the daemon started."}, uptime},
+	{{"iommud_connections", "gauge", "Open client connections, this scrape's included."},
+	 connections},
+	{{"iommud_tenants", "gauge", "Tenants (uid or cgroup) with a session."}, tenants},
+	{{"iommud_sessions", "gauge", "Sessions, anonymous and leased."}, sessions},
+	{{"iommud_leases", "gauge", "Named sessions kept by a lease."}, leases},
+	{{"iommud_rejected_packets_total", "counter",
+	  "Packets refused as malformed, oversized or carrying the wrong descriptors."},
+	 rejected},
+};
+
+static void render_daemon(struct writer *w, const Iommud__V1__GetStatsReply *s)
+{
+	struct label version = {"version", s->version};
+
+	sample(w, &build_info, &version, 1, 1);
+	for (size_t i = 0; i < sizeof(daemon_gauges) / sizeof(daemon_gauges[0]); i++)
+		sample(w, &daemon_gauges[i].family, NULL, 0, daemon_gauges[i].value(s));
+}
+
+/* ---- RPC methods ------------------------------------------------------------------------- */
+
+static const struct family rpc_calls = {"iommud_rpc_calls_total", "counter",
+					"Requests answered, by method."};
+static const struct family rpc_errors = {"iommud_rpc_errors_total", "counter",
+					 "Requests answered with a status other than OK."};
+static const struct family rpc_responses = {
+	"iommud_rpc_responses_total", "counter",
+	"Requests answered, by method and status code (codes never sent are left out)."};
+static const struct family rpc_duration = {
+	"iommud_rpc_duration_seconds", "histogram",
+	"From a request's packet received to its reply sent, by method."};
+
+static void render_methods(struct writer *w, const Iommud__V1__GetStatsReply *s)
+{
+	for (size_t i = 0; i < s->n_methods; i++) {
+		struct label method = {"method", s->methods[i]->method};
+
+		sample(w, &rpc_calls, &method, 1, s->methods[i]->calls);
+	}
+	for (size_t i = 0; i < s->n_methods; i++) {
+		struct label method = {"method", s->methods[i]->method};
+
+		sample(w, &rpc_errors, &method, 1, s->methods[i]->errors);
+	}
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const Iommud__V1__MethodStats *m = s->methods[i];
+
+		for (size_t j = 0; j < m->n_codes; j++) {
+			struct label l[2] = {{"method", m->method},
+					     {"code", iommuctl_code_name(m->codes[j]->code)}};
+
+			sample(w, &rpc_responses, l, 2, m->codes[j]->calls);
+		}
+	}
+	for (size_t i = 0; i < s->n_methods; i++) {
+		struct label method = {"method", s->methods[i]->method};
+
+		if (timed(s->methods[i]->latency))
+			histogram(w, &rpc_duration, &method, 1, s->methods[i]->latency);
+	}
+}
+
+/* ---- the map path ------------------------------------------------------------------------ */
+
+static const struct family map_operations = {
+	"iommud_map_operations_total", "counter",
+	"Maps and unmaps seen, by operation, layer, size class and tenant label."};
+static const struct family map_bytes = {
+	"iommud_map_bytes_total", "counter",
+	"Bytes mapped or unmapped, by operation, layer, size class and tenant label."};
+static const struct family map_duration = {
+	"iommud_map_duration_seconds", "histogram",
+	"Time of one map or unmap, by operation, layer (iommu: the kernel's iommu_map/unmap; "
+	"ioctl: the whole iommufd ioctl; in_process: the emulated IOMMU in the daemon), size "
+	"class and tenant label."};
+
+struct map_labels {
+	char op[LABEL_MAX], layer[LABEL_MAX], size[LABEL_MAX];
+	struct label l[4];
+};
+
+static void map_labels(const Iommud__V1__MapLatency *m, struct map_labels *ml)
+{
+	ml->l[0] = (struct label){"op", metrics_enum_label(&iommud__v1__map_op__descriptor, m->op,
+							   "MAP_OP_", ml->op, LABEL_MAX)};
+	ml->l[1] = (struct label){"layer",
+				  metrics_enum_label(&iommud__v1__map_layer__descriptor, m->layer,
+						     "MAP_LAYER_", ml->layer, LABEL_MAX)};
+	ml->l[2] = (struct label){
+		"size_class", metrics_enum_label(&iommud__v1__size_class__descriptor, m->size_class,
+						 "SIZE_CLASS_", ml->size, LABEL_MAX)};
+	ml->l[3] = (struct label){"tenant", m->tenant};
+}
+
+static uint64_t map_count(const Iommud__V1__MapLatency *m)
+{
+	return m->latency ? m->latency->count : 0;
+}
+
+static void render_map_path(struct writer *w, const Iommud__V1__GetStatsReply *s)
+{
+	struct map_labels ml;
+
+	for (size_t i = 0; i < s->n_map_latency; i++) {
+		map_labels(s->map_latency[i], &ml);
+		sample(w, &map_operations, ml.l, 4, map_count(s->map_latency[i]));
+	}
+	for (size_t i = 0; i < s->n_map_latency; i++) {
+		map_labels(s->map_latency[i], &ml);
+		sample(w, &map_bytes, ml.l, 4, s->map_latency[i]->bytes);
+	}
+	for (size_t i = 0; i < s->n_map_latency; i++) {
+		if (!timed(s->map_latency[i]->latency))
+			continue;
+		map_labels(s->map_latency[i], &ml);
+		histogram(w, &map_duration, ml.l, 4, s->map_latency[i]->latency);
+	}
+}
+
+/* ---- tenant labels ----------------------------------------------------------------------- */
+
+static uint64_t members(const Iommud__V1__TenantStats *t, const Iommud__V1__Quota *q)
+{
+	(void)q;
+	return t->tenants;
+}
+static uint64_t tenant_sessions(const Iommud__V1__TenantStats *t, const Iommud__V1__Quota *q)
+{
+	(void)q;
+	return t->sessions;
+}
+static uint64_t tenant_leases(const Iommud__V1__TenantStats *t, const Iommud__V1__Quota *q)
+{
+	(void)q;
+	return t->leases;
+}
+static uint64_t domains(const Iommud__V1__TenantStats *t, const Iommud__V1__Quota *q)
+{
+	(void)t;
+	return q->domains;
+}
+static uint64_t max_domains(const Iommud__V1__TenantStats *t, const Iommud__V1__Quota *q)
+{
+	(void)t;
+	return q->max_domains;
+}
+static uint64_t mappings(const Iommud__V1__TenantStats *t, const Iommud__V1__Quota *q)
+{
+	(void)t;
+	return q->mappings;
+}
+static uint64_t max_mappings(const Iommud__V1__TenantStats *t, const Iommud__V1__Quota *q)
+{
+	(void)t;
+	return q->max_mappings;
+}
+static uint64_t pinned(const Iommud__V1__TenantStats *t, const Iommud__V1__Quota *q)
+{
+	(void)t;
+	return q->pinned_bytes;
+}
+static uint64_t max_pinned(const Iommud__V1__TenantStats *t, const Iommud__V1__Quota *q)
+{
+	(void)t;
+	return q->max_pinned_bytes;
+}
+
+static const struct tenant_gauge {
+	struct family family;
+	uint64_t (*value)(const Iommud__V1__TenantStats *t, const Iommud__V1__Quota *q);
+} tenant_gauges[] = {
+	{{"iommud_tenant_members", "gauge", "Tenants (uid or cgroup) under the tenant label."},
+	 members},
+	{{"iommud_tenant_sessions", "gauge", "Sessions of the label's tenants."}, tenant_sessions},
+	{{"iommud_tenant_leases", "gauge", "Leased sessions of the label's tenants."},
+	 tenant_leases},
+	{{"iommud_tenant_domains", "gauge", "Domains the label's tenants hold."}, domains},
+	{{"iommud_tenant_domains_limit", "gauge", "The label's max-domains quota."}, max_domains},
+	{{"iommud_tenant_mappings", "gauge", "Mappings the label's tenants hold."}, mappings},
+	{{"iommud_tenant_mappings_limit", "gauge", "The label's max-mappings quota."},
+	 max_mappings},
+	{{"iommud_tenant_pinned_bytes", "gauge", "Bytes the label's tenants have mapped."}, pinned},
+	{{"iommud_tenant_pinned_bytes_limit", "gauge", "The label's max-pinned quota, in bytes."},
+	 max_pinned},
+};
+
+static void render_tenants(struct writer *w, const Iommud__V1__GetStatsReply *s)
+{
+	static const Iommud__V1__Quota no_quota = IOMMUD__V1__QUOTA__INIT;
+
+	for (size_t g = 0; g < sizeof(tenant_gauges) / sizeof(tenant_gauges[0]); g++) {
+		for (size_t i = 0; i < s->n_tenant_stats; i++) {
+			const Iommud__V1__TenantStats *t = s->tenant_stats[i];
+			struct label tenant = {"tenant", t->tenant};
+
+			sample(w, &tenant_gauges[g].family, &tenant, 1,
+			       tenant_gauges[g].value(t, t->quota ? t->quota : &no_quota));
+		}
+	}
+}
+
+/* ---- devices ----------------------------------------------------------------------------- */
+
+static const struct family devices = {"iommud_devices", "gauge", "Devices, by state."};
+static const struct family dma_faults = {
+	"iommud_device_dma_faults_total", "counter",
+	"DMA faults the IOMMU reported for the device (iommud_probe_tier says whether it can)."};
+
+/* The states GetStats documents: each is always given, 0 when no device is in it, so that a
+ * state's series does not vanish; a state a newer daemon adds is counted after them. */
+static const char *const known_states[] = {"free", "bound", "attached"};
+#define KNOWN_STATES (sizeof(known_states) / sizeof(known_states[0]))
+
+static bool state_seen_before(const Iommud__V1__GetStatsReply *s, size_t i)
+{
+	for (size_t k = 0; k < KNOWN_STATES; k++)
+		if (strcmp(s->devices[i]->state, known_states[k]) == 0)
+			return true;
+	for (size_t j = 0; j < i; j++)
+		if (strcmp(s->devices[i]->state, s->devices[j]->state) == 0)
+			return true;
+	return false;
+}
+
+static uint64_t devices_in(const Iommud__V1__GetStatsReply *s, const char *state)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < s->n_devices; i++)
+		n += strcmp(s->devices[i]->state, state) == 0;
+	return n;
+}
+
+static void render_devices(struct writer *w, const Iommud__V1__GetStatsReply *s)
+{
+	if (s->n_devices == 0)
+		return;
+	for (size_t k = 0; k < KNOWN_STATES; k++) {
+		struct label state = {"state", known_states[k]};
+
+		sample(w, &devices, &state, 1, devices_in(s, known_states[k]));
+	}
+	for (size_t i = 0; i < s->n_devices; i++) {
+		struct label state = {"state", s->devices[i]->state};
+
+		if (!state_seen_before(s, i))
+			sample(w, &devices, &state, 1, devices_in(s, s->devices[i]->state));
+	}
+	for (size_t i = 0; i < s->n_devices; i++) {
+		struct label device = {"device", s->devices[i]->device};
+
+		sample(w, &dma_faults, &device, 1, s->devices[i]->dma_faults);
+	}
+}
+
+/* ---- probes ------------------------------------------------------------------------------ */
+
+static const struct family probe_tier = {
+	"iommud_probe_tier", "gauge",
+	"1 for the tier the daemon's map path probes attached at (fentry, kprobe, tracepoint or "
+	"off), 0 for the others."};
+static const struct family probe_in_process = {
+	"iommud_probe_in_process", "gauge",
+	"1 when the backend's map path runs in the daemon and is timed there."};
+static const struct family probes_detached = {
+	"iommud_probes_detached", "gauge",
+	"Probe programs not attached (the daemon's log and iommuctl stats say why)."};
+static const struct family probe_dropped = {"iommud_probe_dropped_events_total", "counter",
+					    "Probe events lost before they were counted."};
+
+static void render_probes(struct writer *w, const Iommud__V1__GetStatsReply *s)
+{
+	const ProtobufCEnumDescriptor *d = &iommud__v1__probe_tier__descriptor;
+	const Iommud__V1__ProbeStatus *p = s->probes;
+	char name[LABEL_MAX];
+
+	if (!p)
+		return;
+	for (unsigned i = 0; i < d->n_values; i++) {
+		struct label tier = {"tier", metrics_enum_label(d, d->values[i].value,
+								"PROBE_TIER_", name, sizeof(name))};
+
+		if (d->values[i].value != IOMMUD__V1__PROBE_TIER__PROBE_TIER_UNSPECIFIED)
+			sample(w, &probe_tier, &tier, 1, d->values[i].value == (int)p->tier);
+	}
+	sample(w, &probe_in_process, NULL, 0, p->in_process);
+	sample(w, &probes_detached, NULL, 0, p->n_detached);
+	sample(w, &probe_dropped, NULL, 0, p->dropped_events);
+}
+
+int metrics_render(const Iommud__V1__GetStatsReply *stats, FILE *out)
+{
+	struct writer w = {.out = out};
+
+	sample(&w, &up, NULL, 0, stats != NULL);
+	if (stats) {
+		render_daemon(&w, stats);
+		render_methods(&w, stats);
+		render_map_path(&w, stats);
+		render_tenants(&w, stats);
+		render_devices(&w, stats);
+		render_probes(&w, stats);
+	}
+	return fflush(out) == 0 && !ferror(out) ? 0 : -EIO;
+}
