@@ -398,6 +398,11 @@ static const struct family dma_faults = {
 	"iommud_device_dma_faults_total", "counter",
 	"DMA faults the IOMMU reported for the device (iommud_probe_tier says whether it can)."};
 
+static const struct family fault_sources = {
+	"iommud_dma_faults_total", "counter",
+	"DMA faults the probes counted, by what the IOMMU's fault path names: the faulting device, "
+	"or the IOMMU unit (dmar0, virtio0) where the driver only logs the device."};
+
 /* The states GetStats documents: each is always given, 0 when no device is in it, so that a
  * state's series does not vanish; a state a newer daemon adds is counted after them. */
 static const char *const known_states[] = {"free", "bound", "attached"};
@@ -442,6 +447,15 @@ static void render_devices(struct writer *w, const Iommud__V1__GetStatsReply *s)
 		struct label device = {"device", s->devices[i]->device};
 
 		sample(w, &dma_faults, &device, 1, s->devices[i]->dma_faults);
+	}
+}
+
+static void render_fault_sources(struct writer *w, const Iommud__V1__GetStatsReply *s)
+{
+	for (size_t i = 0; i < s->n_dma_faults; i++) {
+		struct label source = {"source", s->dma_faults[i]->source};
+
+		sample(w, &fault_sources, &source, 1, s->dma_faults[i]->faults);
 	}
 }
 
@@ -491,6 +505,7 @@ int metrics_render(const Iommud__V1__GetStatsReply *stats, FILE *out)
 		render_map_path(&w, stats);
 		render_tenants(&w, stats);
 		render_devices(&w, stats);
+		render_fault_sources(&w, stats);
 		render_probes(&w, stats);
 	}
 	return fflush(out) == 0 && !ferror(out) ? 0 : -EIO;

@@ -26,6 +26,7 @@ struct sample_reply {
 	Iommud__V1__Quota quota;
 	Iommud__V1__TenantStats alice, *tenants[1];
 	Iommud__V1__DeviceStats emu0, emu1, emu2, *devices[3];
+	Iommud__V1__DmaFaults dmar0, emu1_faults, *faults[2];
 	Iommud__V1__ProbeStatus probes;
 	char *detached[2];
 	uint64_t rpc_buckets[4], map_buckets[41];
@@ -141,6 +142,17 @@ static void fill_tenants_devices_probes(struct sample_reply *s)
 	s->devices[2] = &s->emu2;
 	s->reply.n_devices = 3;
 	s->reply.devices = s->devices;
+	iommud__v1__dma_faults__init(&s->dmar0);
+	iommud__v1__dma_faults__init(&s->emu1_faults);
+	s->dmar0.source = "dmar0";
+	s->dmar0.faults = 7;
+	s->emu1_faults.source = "emu1";
+	s->emu1_faults.managed_device = true;
+	s->emu1_faults.faults = 3;
+	s->faults[0] = &s->dmar0;
+	s->faults[1] = &s->emu1_faults;
+	s->reply.n_dma_faults = 2;
+	s->reply.dma_faults = s->faults;
 	iommud__v1__probe_status__init(&s->probes);
 	s->detached[0] = "fentry: the kernel refused trampolines";
 	s->detached[1] = "iommu_fault: no such tracepoint";
@@ -353,6 +365,8 @@ TEST(devices_by_state_and_faults)
 	CHECK_LINE(text, "iommud_devices{state=\"quarantined\"} 1");
 	CHECK_LINE(text, "iommud_device_dma_faults_total{device=\"emu0\"} 0");
 	CHECK_LINE(text, "iommud_device_dma_faults_total{device=\"emu1\"} 3");
+	CHECK_LINE(text, "iommud_dma_faults_total{source=\"dmar0\"} 7");
+	CHECK_LINE(text, "iommud_dma_faults_total{source=\"emu1\"} 3");
 	free(text);
 }
 
@@ -417,7 +431,7 @@ TEST(every_family_typed_once_and_contiguous)
 			(void)fprintf(stderr, "sample '%s' outside its family (%s)\n", line, typed);
 		CHECK(strcmp(family, typed) == 0);
 	}
-	CHECK_EQ(families, 30);
+	CHECK_EQ(families, 31);
 	free(text);
 }
 
