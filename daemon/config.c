@@ -184,71 +184,100 @@ static int replace_string(char **slot, const char *value)
 	return 0;
 }
 
+/* Each [daemon] key: takes the value into st->cfg and returns 1, or 0 through bad(). */
+static int key_socket(struct load_state *st, const char *value)
+{
+	if (value[0] != '/')
+		return bad(st, "socket must be an absolute path, not '%s'", value);
+	return replace_string(&st->cfg->socket_path, value) == 0 ? 1 : bad(st, "out of memory");
+}
+
+static int key_socket_mode(struct load_state *st, const char *value)
+{
+	char *end;
+	unsigned long mode = strtoul(value, &end, 8);
+
+	if (!*value || *end || mode > 07777)
+		return bad(st, "socket-mode must be an octal mode such as 0660, not '%s'", value);
+	st->cfg->socket_mode = (mode_t)mode;
+	return 1;
+}
+
+static int key_backend(struct load_state *st, const char *value)
+{
+	char choices[64];
+
+	if (config_parse_backend(value, &st->cfg->backend) < 0)
+		return bad(st, "backend must be %s, not '%s'",
+			   config_backend_choices(choices, sizeof(choices)), value);
+	return 1;
+}
+
+static int key_topology(struct load_state *st, const char *value)
+{
+	return replace_string(&st->cfg->topology, value) == 0 ? 1 : bad(st, "out of memory");
+}
+
+static int key_log_level(struct load_state *st, const char *value)
+{
+	int level = log_parse_level(value);
+
+	if (level < 0)
+		return bad(st, "log-level must be err, warning, notice, info or debug, not '%s'",
+			   value);
+	st->cfg->log_level = level;
+	return 1;
+}
+
+static int key_max_connections(struct load_state *st, const char *value)
+{
+	uint64_t number;
+
+	if (parse_size(value, &number) < 0 || number == 0 || number > 1000000)
+		return bad(st, "max-connections must be a number from 1 to 1000000, not '%s'",
+			   value);
+	st->cfg->max_connections = (unsigned)number;
+	return 1;
+}
+
+static int key_probe_tier(struct load_state *st, const char *value)
+{
+	char choices[64];
+	int tier;
+
+	if (iommud_value(&iommud_probe_tier_names, value, &tier) < 0)
+		return bad(st, "probe-tier must be %s, not '%s'",
+			   iommud_names_list(&iommud_probe_tier_names, choices, sizeof(choices)),
+			   value);
+	st->cfg->probe_tier = (Iommud__V1__ProbeTier)tier;
+	return 1;
+}
+
+static const struct {
+	const char *name;
+	int (*take)(struct load_state *st, const char *value);
+} daemon_keys[] = {
+	{"socket", key_socket},		{"socket-mode", key_socket_mode},
+	{"backend", key_backend},	{"topology", key_topology},
+	{"log-level", key_log_level},	{"max-connections", key_max_connections},
+	{"probe-tier", key_probe_tier},
+};
+
+#define N_DAEMON_KEYS (sizeof(daemon_keys) / sizeof(daemon_keys[0]))
+
 static int daemon_key(struct load_state *st, const char *name, const char *value)
 {
-	struct config *cfg = st->cfg;
-	uint64_t number;
-	char *end;
+	char known[256];
+	size_t used = 0;
 
-	if (strcmp(name, "socket") == 0) {
-		if (value[0] != '/')
-			return bad(st, "socket must be an absolute path, not '%s'", value);
-		return replace_string(&cfg->socket_path, value) == 0 ? 1 : bad(st, "out of memory");
-	}
-	if (strcmp(name, "socket-mode") == 0) {
-		unsigned long mode = strtoul(value, &end, 8);
-
-		if (!*value || *end || mode > 07777)
-			return bad(st, "socket-mode must be an octal mode such as 0660, not '%s'",
-				   value);
-		cfg->socket_mode = (mode_t)mode;
-		return 1;
-	}
-	if (strcmp(name, "backend") == 0) {
-		char choices[64];
-
-		if (config_parse_backend(value, &cfg->backend) < 0)
-			return bad(st, "backend must be %s, not '%s'",
-				   config_backend_choices(choices, sizeof(choices)), value);
-		return 1;
-	}
-	if (strcmp(name, "topology") == 0)
-		return replace_string(&cfg->topology, value) == 0 ? 1 : bad(st, "out of memory");
-	if (strcmp(name, "log-level") == 0) {
-		int level = log_parse_level(value);
-
-		if (level < 0)
-			return bad(
-				st,
-				"log-level must be err, warning, notice, info or debug, not '%s'",
-				value);
-		cfg->log_level = level;
-		return 1;
-	}
-	if (strcmp(name, "max-connections") == 0) {
-		if (parse_size(value, &number) < 0 || number == 0 || number > 1000000)
-			return bad(st,
-				   "max-connections must be a number from 1 to 1000000, not '%s'",
-				   value);
-		cfg->max_connections = (unsigned)number;
-		return 1;
-	}
-	if (strcmp(name, "probe-tier") == 0) {
-		char choices[64];
-		int tier;
-
-		if (iommud_value(&iommud_probe_tier_names, value, &tier) < 0)
-			return bad(st, "probe-tier must be %s, not '%s'",
-				   iommud_names_list(&iommud_probe_tier_names, choices,
-						     sizeof(choices)),
-				   value);
-		cfg->probe_tier = (Iommud__V1__ProbeTier)tier;
-		return 1;
-	}
-	return bad(st,
-		   "unknown key '%s' in [daemon]; known: socket, socket-mode, backend, "
-		   "topology, log-level, max-connections, probe-tier",
-		   name);
+	for (size_t i = 0; i < N_DAEMON_KEYS; i++)
+		if (strcmp(name, daemon_keys[i].name) == 0)
+			return daemon_keys[i].take(st, value);
+	known[0] = '\0';
+	for (size_t i = 0; i < N_DAEMON_KEYS && used < sizeof(known); i++)
+		used += (size_t)snprintf(known + used, sizeof(known) - used, "%s%s", i ? ", " : "",
+					 daemon_keys[i].name);
+	return bad(st, "unknown key '%s' in [daemon]; known: %s", name, known);
 }
 
 /* Splits a pattern list at spaces and commas. */
