@@ -134,7 +134,12 @@ static void show_probes(const Iommud__V1__ProbeStatus *p)
 	field("probe_tier", STR, 0, tier ? tier : "?");
 	field("in_process_timing", BOOL, p->in_process, NULL);
 	field("dropped_events", NUM, p->dropped_events, NULL);
-	field_strings("not_attached", p->detached, p->n_detached);
+	/* Each reason is a sentence: one line each in text, not a comma-joined run. */
+	if (output_is_json())
+		field_strings("not_attached", p->detached, p->n_detached);
+	else
+		for (size_t i = 0; i < p->n_detached; i++)
+			field("not_attached", STR | TEXT_ONLY, 0, p->detached[i]);
 	obj_end();
 }
 
