@@ -286,23 +286,20 @@ static int handle_request(struct call *call)
 {
 	Iommud__V1__Request__MethodCase number = call->req->method_case;
 	const struct method *m = method_for(number);
-	struct daemon *d = call->d;
 	int rc = check_request(call, m);
 
 	if (rc == 0)
 		rc = run_method(call, m);
-	if (!m->handle)
-		return rc;
-	d->methods[number].calls++;
-	d->methods[number].errors += rc < 0;
-	d->methods[number].codes[code_for_errno(rc)]++;
-	if (rc < 0)
+	if (m->handle && rc < 0)
 		log_debug("%s from uid %u failed: %s", method_name(number),
 			  (unsigned)call->client->peer.uid, failure_message());
 	return rc;
 }
 
-static size_t pack_response(Iommud__V1__Response *resp, int rc, int failed_index, uint8_t *out)
+/* Packs the response to a call that gave rc; *ret_code is the status code sent, which is not
+ * rc's when the reply did not fit. */
+static size_t pack_response(Iommud__V1__Response *resp, int rc, int failed_index, uint8_t *out,
+			    Iommud__V1__Code *ret_code)
 {
 	Iommud__V1__Status status = IOMMUD__V1__STATUS__INIT;
 
@@ -326,7 +323,16 @@ static size_t pack_response(Iommud__V1__Response *resp, int rc, int failed_index
 		log_err("reply to request %llu too large for a packet",
 			(unsigned long long)resp->id);
 	}
+	*ret_code = status.code;
 	return iommud__v1__response__pack(resp, out);
+}
+
+/* Counted by the status the reply carried, which is not the handler's when it did not fit. */
+static void count_call(struct method_stats *stats, Iommud__V1__Code code)
+{
+	stats->calls++;
+	stats->errors += code != IOMMUD__V1__CODE__CODE_OK;
+	stats->codes[code]++;
 }
 
 /* The request in a packet the server marked as it received it. */
@@ -366,6 +372,7 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 			    .out_fd = -1,
 			    .failed_index = -1};
 	Iommud__V1__Request *req = NULL;
+	Iommud__V1__Code code;
 	size_t out_len;
 	int rc = decode_packet(packet, len, defect, &req);
 
@@ -381,8 +388,10 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 		if (method_for(req->method_case)->handle)
 			*ret_method = (unsigned)req->method_case;
 	}
-	out_len = pack_response(&resp, rc, call.failed_index, out);
-	if (rc == 0) {
+	out_len = pack_response(&resp, rc, call.failed_index, out, &code);
+	if (*ret_method)
+		count_call(&d->methods[*ret_method], code);
+	if (code == IOMMUD__V1__CODE__CODE_OK) {
 		*out_fd = call.out_fd;
 		call.out_fd = -1;
 	}

@@ -34,6 +34,18 @@ static void write_file(const char *path, const char *text)
 
 void fixture_start(struct daemon_fixture *f, const char *config, const char *devices)
 {
+	char topology[4096];
+
+	if (!devices) {
+		fixture_start_topology(f, config, NULL);
+		return;
+	}
+	(void)snprintf(topology, sizeof(topology), "[iommu]\ndevices = %s\n", devices);
+	fixture_start_topology(f, config, topology);
+}
+
+void fixture_start_topology(struct daemon_fixture *f, const char *config, const char *topology)
+{
 	char config_path[128], topology_path[128], text[4096];
 	struct timespec pause = {0, 10 * 1000 * 1000};
 
@@ -44,9 +56,8 @@ void fixture_start(struct daemon_fixture *f, const char *config, const char *dev
 	(void)snprintf(f->socket_path, sizeof(f->socket_path), "%s/iommud.sock", f->dir);
 	(void)snprintf(config_path, sizeof(config_path), "%s/iommud.conf", f->dir);
 	(void)snprintf(topology_path, sizeof(topology_path), "%s/topology.ini", f->dir);
-	if (devices) {
-		(void)snprintf(text, sizeof(text), "[iommu]\ndevices = %s\n", devices);
-		write_file(topology_path, text);
+	if (topology) {
+		write_file(topology_path, topology);
 		(void)snprintf(text, sizeof(text),
 			       "[daemon]\nsocket = %s\nbackend = emulated\ntopology = %s\n"
 			       "socket-mode = 0666\n%s",

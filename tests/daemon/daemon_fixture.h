@@ -26,6 +26,9 @@ struct daemon_fixture {
  * devices NULL on the iommufd backend. The daemon binary is $IOMMUD_DAEMON if set (the VM
  * tier's guest sets it), else the one this build made. */
 void fixture_start(struct daemon_fixture *f, const char *config, const char *devices);
+/* The same with a whole topology file's text (docs/operations.md, "Emulated topology"), or
+ * with topology NULL on the iommufd backend. */
+void fixture_start_topology(struct daemon_fixture *f, const char *config, const char *topology);
 /* SIGTERM, then checks the daemon exited with status 0; removes the directory. */
 void fixture_stop(struct daemon_fixture *f);
 /* Open descriptors of the daemon process other than sockets, to prove a test case leaked

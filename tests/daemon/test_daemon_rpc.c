@@ -181,6 +181,14 @@ static size_t list_mappings(struct iommuctl *c, uint32_t dom, uint64_t *iovas, s
 	return n;
 }
 
+static bool has_capability(const Iommud__V1__HelloReply *hello, const char *name)
+{
+	for (size_t i = 0; i < hello->n_capabilities; i++)
+		if (strcmp(hello->capabilities[i], name) == 0)
+			return true;
+	return false;
+}
+
 /* ---- the methods, as a client uses them ------------------------------------------------ */
 
 TEST_F(daemon, basic_flow)
@@ -197,6 +205,9 @@ TEST_F(daemon, basic_flow)
 	CHECK_EQ(hello->uid, getuid());
 	CHECK_EQ(hello->n_permissions, 2);
 	CHECK_EQ(hello->max_message_bytes, IOMMUCTL_MAX_MESSAGE);
+	/* The emulated backend has no VFIO devices to hand out: OpenDevice is not offered. */
+	CHECK(has_capability(hello, "map_batch"));
+	CHECK(!has_capability(hello, "open_device"));
 	iommud__v1__hello_reply__free_unpacked(hello, NULL);
 
 	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
@@ -987,6 +998,49 @@ TEST_F(daemon, stats_visibility)
 		SKIP("not root: other tenants need other uids");
 	CHECK_EQ(run_as(WRITER_UID, stats_own_only, NULL), 0);
 	CHECK_EQ(run_as(READER_UID, stats_all_labels, NULL), 0);
+}
+
+/* A device with more reserved ranges than one packet carries: its GetDevice reply goes out as
+ * INTERNAL, and is counted so. */
+#define RESERVED_RANGES 4096
+
+TEST(stats_count_the_code_sent)
+{
+	size_t size = 64 + RESERVED_RANGES * sizeof("reserved = 0x700000000000-0x700000000fff\n");
+	size_t used;
+	char *topology = malloc(size);
+	Iommud__V1__GetDeviceRequest get = IOMMUD__V1__GET_DEVICE_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__GetStatsReply *s;
+	const Iommud__V1__MethodStats *m;
+	Iommud__V1__Response *resp;
+	struct iommuctl *c;
+
+	CHECK(topology);
+	used = (size_t)snprintf(topology, size, "[iommu]\ndevices = emu0\n[device emu0]\n");
+	for (unsigned i = 0; i < RESERVED_RANGES; i++)
+		used += (size_t)snprintf(topology + used, size - used,
+					 "reserved = 0x7000%08x-0x7000%08x\n", i << 16,
+					 (i << 16) + 0xfff);
+	fixture_start_topology(&daemon_under_test, config, topology);
+	free(topology);
+	c = connect_client(NULL);
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_DEVICE;
+	req.get_device = &get;
+	get.name = "emu0";
+	resp = call(c, &req, NULL, 0);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_INTERNAL);
+	CHECK_EQ(resp->status->errno_value, EMSGSIZE);
+	iommuctl_response_free(resp);
+	s = stats_of(c);
+	m = method_of(s, "get_device");
+	CHECK_EQ(m->calls, 1);
+	CHECK_EQ(m->errors, 1);
+	CHECK_EQ(code_calls(m, IOMMUD__V1__CODE__CODE_INTERNAL), 1);
+	CHECK_EQ(code_calls(m, IOMMUD__V1__CODE__CODE_OK), 0);
+	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
+	iommuctl_close(c);
+	fixture_stop(&daemon_under_test);
 }
 
 /* ---- a bystander --------------------------------------------------------------------- */
