@@ -2,6 +2,8 @@
 /* The methods about the daemon and the connection itself: Hello and ReleaseLease. */
 #include <errno.h>
 
+#include <names.h>
+
 #include "call.h"
 #include "log.h"
 
@@ -22,12 +24,22 @@ static bool any_device_has(struct kh_backend *be, bool dirty)
 static void fill_capabilities(struct kh_backend *be, Iommud__V1__HelloReply *reply)
 {
 	reply->capabilities[reply->n_capabilities++] = "map_batch";
-	if (kh_backend_kind(be) == KH_BACKEND_IOMMUFD)
+	if (kh_backend_caps(be) & KH_CAP_OPEN_DEVICE)
 		reply->capabilities[reply->n_capabilities++] = "open_device";
 	if (any_device_has(be, true))
 		reply->capabilities[reply->n_capabilities++] = "dirty_tracking";
 	if (any_device_has(be, false))
 		reply->capabilities[reply->n_capabilities++] = "nesting";
+}
+
+/* The schema's value for the backend, found by its name: a backend the schema has no value
+ * for is reported as unspecified, with its name in backend_name. */
+static Iommud__V1__Backend backend_of(const struct kh_backend *be)
+{
+	int backend = IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED;
+
+	(void)iommud_value(&iommud_backend_names, kh_backend_name(be), &backend);
+	return (Iommud__V1__Backend)backend;
 }
 
 /* The names of the access levels from read up to the caller's. */
@@ -43,9 +55,7 @@ static void fill_hello(const struct call *call, Iommud__V1__HelloReply *reply)
 
 	reply->protocol_version = IOMMUD_PROTOCOL_VERSION;
 	reply->daemon_version = IOMMUD_VERSION;
-	reply->backend = kh_backend_kind(call->d->be) == KH_BACKEND_IOMMUFD
-				 ? IOMMUD__V1__BACKEND__BACKEND_IOMMUFD
-				 : IOMMUD__V1__BACKEND__BACKEND_EMULATED;
+	reply->backend = backend_of(call->d->be);
 	reply->backend_name = (char *)kh_backend_name(call->d->be);
 	fill_permissions(c->access, reply);
 	reply->uid = c->peer.uid;

@@ -885,6 +885,7 @@ static int iommufd_domain_alloc(struct kh_device *dev, const struct kh_domain_al
 static const struct kh_backend_ops iommufd_ops = {
 	.kind = KH_BACKEND_IOMMUFD,
 	.name = "iommufd",
+	.caps = KH_CAP_OPEN_DEVICE,
 	.probe_devices = iommufd_probe_devices,
 	.release = iommufd_release,
 	.ctx_open = iommufd_ctx_open,

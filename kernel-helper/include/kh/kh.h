@@ -66,6 +66,8 @@ const char *kh_backend_name(const struct kh_backend *be);
 /* Map and unmap run in the calling process (an emulation): time them there, no kernel path is
  * involved. */
 #define KH_CAP_MAP_IN_PROCESS (1u << 0)
+/* Devices are VFIO devices whose fd a context can hand out (kh_device_open_fd). */
+#define KH_CAP_OPEN_DEVICE (1u << 1)
 uint32_t kh_backend_caps(const struct kh_backend *be);
 
 #define KH_NAME_MAX 64
@@ -125,7 +127,7 @@ int kh_device_unbind(struct kh_ctx *ctx, uint32_t dev_id);
 /* A VFIO fd for the bound device, so its user (a VM manager) can drive it: config space and
  * BARs through pread/pwrite at region offsets, interrupts, reset. The caller owns the fd (a
  * duplicate); the device stays bound and its DMA stays governed by the context's domains.
- * -EOPNOTSUPP on backends without VFIO devices. */
+ * -EOPNOTSUPP on backends without VFIO devices (no KH_CAP_OPEN_DEVICE). */
 int kh_device_open_fd(struct kh_ctx *ctx, uint32_t dev_id);
 
 struct kh_region {

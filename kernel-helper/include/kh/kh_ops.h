@@ -131,7 +131,8 @@ struct kh_backend_ops {
 	int (*bind)(struct kh_ctx *ctx, struct kh_device *dev);
 	void (*unbind)(struct kh_ctx *ctx, struct kh_device *dev);
 
-	/* A duplicate of the device's VFIO fd, and the layout of its regions. */
+	/* A duplicate of the device's VFIO fd, and the layout of its regions; a backend that has
+	 * them says so with KH_CAP_OPEN_DEVICE. */
 	int (*device_fd)(struct kh_device *dev);
 	int (*device_region)(struct kh_device *dev, uint32_t index, struct kh_region *out);
 
