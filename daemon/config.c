@@ -119,7 +119,7 @@ static int bad(struct load_state *st, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(st->err, st->err_len, fmt, ap);
+	(void)vsnprintf(st->err, st->err_len, fmt, ap);
 	va_end(ap);
 	return 0;
 }

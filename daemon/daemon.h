@@ -41,6 +41,7 @@ struct daemon {
 	time_t started;
 	unsigned connections;
 	uint64_t rejected_packets;
+	size_t stats_left_out; /* entries the last GetStats left out: warned of when it changes */
 	struct method_stats methods[IOMMUD_METHOD_SLOTS]; /* by method number */
 };
 

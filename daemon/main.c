@@ -58,12 +58,15 @@ static const char usage[] =
 	"IOMMU before the memory behind it is released. SIGHUP is logged and ignored:\n"
 	"configuration changes take effect at the next start.\n"
 	"\n"
-	"Exit status: 0 after a clean stop, 1 when the daemon cannot start (the message says\n"
-	"why), 2 on a usage error.\n"
+	"Exit status: 0 after a clean stop, 1 when the daemon cannot start, a bad\n"
+	"configuration file included (the message says why), 2 on a usage error: an unknown\n"
+	"option, or a bad value given to one.\n"
 	"\n"
 	"See docs/operations.md for the configuration file, the systemd units and the logs,\n"
 	"and docs/protocol.md for the protocol.\n";
 
+/* The words are checked as the command line is read, so that a bad one is a usage error
+ * (exit status 2) whatever the configuration file holds. */
 struct options {
 	const char *config_path;
 	bool config_given;
@@ -72,6 +75,10 @@ struct options {
 	const char *topology;
 	const char *log_level;
 	const char *probe_tier;
+	/* What the three words above say, set where they were given. */
+	Iommud__V1__Backend backend_value;
+	int log_level_value;
+	Iommud__V1__ProbeTier probe_tier_value;
 	bool check_config;
 };
 
@@ -84,6 +91,35 @@ static const char **word_option(struct options *o, int opt)
 	};
 
 	return opt >= 0 && (size_t)opt < sizeof(slots) / sizeof(slots[0]) ? slots[opt] : NULL;
+}
+
+/* The values of the options that take one of a set of words; says what each takes. */
+static int check_words(struct options *o)
+{
+	char choices[64];
+	int tier;
+
+	if (o->backend && config_parse_backend(o->backend, &o->backend_value) < 0) {
+		(void)fprintf(stderr, "iommud: --backend must be %s, not '%s'\n",
+			      config_backend_choices(choices, sizeof(choices)), o->backend);
+		return -EINVAL;
+	}
+	if (o->probe_tier && iommud_value(&iommud_probe_tier_names, o->probe_tier, &tier) < 0) {
+		(void)fprintf(stderr, "iommud: --probe-tier must be %s, not '%s'\n",
+			      iommud_names_list(&iommud_probe_tier_names, choices, sizeof(choices)),
+			      o->probe_tier);
+		return -EINVAL;
+	}
+	if (o->probe_tier)
+		o->probe_tier_value = (Iommud__V1__ProbeTier)tier;
+	if (o->log_level && (o->log_level_value = log_parse_level(o->log_level)) < 0) {
+		(void)fprintf(stderr,
+			      "iommud: --log-level must be err, warning, notice, info or debug, "
+			      "not '%s'\n",
+			      o->log_level);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 static int parse_options(int argc, char **argv, struct options *o)
@@ -126,6 +162,10 @@ static int parse_options(int argc, char **argv, struct options *o)
 			      argv[optind]);
 		return -EINVAL;
 	}
+	if (check_words(o) < 0) {
+		(void)fprintf(stderr, "Try 'iommud --help'.\n");
+		return -EINVAL;
+	}
 	return 0;
 }
 
@@ -151,34 +191,12 @@ static int load_config(const struct options *o, struct config *cfg)
 		return -ENOMEM;
 	if (o->topology && (free(cfg->topology), !(cfg->topology = strdup(o->topology))))
 		return -ENOMEM;
-	if (o->backend && config_parse_backend(o->backend, &cfg->backend) < 0) {
-		char choices[64];
-
-		(void)fprintf(stderr, "iommud: --backend must be %s, not '%s'\n",
-			      config_backend_choices(choices, sizeof(choices)), o->backend);
-		return -EINVAL;
-	}
-	if (o->probe_tier && iommud_value(&iommud_probe_tier_names, o->probe_tier, &rc) < 0) {
-		char choices[64];
-
-		(void)fprintf(stderr, "iommud: --probe-tier must be %s, not '%s'\n",
-			      iommud_names_list(&iommud_probe_tier_names, choices, sizeof(choices)),
-			      o->probe_tier);
-		return -EINVAL;
-	}
+	if (o->backend)
+		cfg->backend = o->backend_value;
 	if (o->probe_tier)
-		cfg->probe_tier = (Iommud__V1__ProbeTier)rc;
-	if (o->log_level) {
-		rc = log_parse_level(o->log_level);
-		if (rc < 0) {
-			(void)fprintf(stderr,
-				      "iommud: --log-level must be err, warning, notice, info or "
-				      "debug, not '%s'\n",
-				      o->log_level);
-			return rc;
-		}
-		cfg->log_level = rc;
-	}
+		cfg->probe_tier = o->probe_tier_value;
+	if (o->log_level)
+		cfg->log_level = o->log_level_value;
 	return 0;
 }
 
@@ -221,9 +239,9 @@ static int open_backend(const struct config *cfg, struct kh_backend **ret_be)
 		return rc;
 	}
 	log_notice("backend %s with %zu devices%s", kh_backend_name(be), kh_device_count(be),
-		   iommufd ? ""
-			   : " (no kernel IOMMU is used: mappings only exist in the "
-			     "emulation)");
+		   kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS
+			   ? " (no kernel IOMMU is used: mappings only exist in the emulation)"
+			   : "");
 	*ret_be = be;
 	return 0;
 }

@@ -363,9 +363,14 @@ int do_get_stats(struct call *call)
 	if ((rc = fill_tenants(&st)) < 0 || (rc = fill_faults(&st)) < 0 ||
 	    (rc = fill_devices(&st)) < 0 || (rc = fill_map_latency(&st)) < 0)
 		return rc;
-	if (st.left_out)
+	/* Said once per change, not at every scrape. */
+	if (st.left_out != call->d->stats_left_out && st.left_out)
 		log_warning("stats for uid %u: %zu entries left out to keep the reply inside one "
 			    "packet; give fewer configuration sections stats = all",
 			    (unsigned)c->peer.uid, st.left_out);
+	else if (st.left_out != call->d->stats_left_out)
+		log_notice("stats for uid %u: every entry fits in the reply again",
+			   (unsigned)c->peer.uid);
+	call->d->stats_left_out = st.left_out;
 	return 0;
 }
