@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* iommuctl stats: the daemon's counters, and with --latency its latency histograms. */
-#include <inttypes.h>
 #include <stdio.h>
 
 #include <names.h>
@@ -19,8 +18,10 @@ static const char stats_help[] =
 	"its request received to its reply sent) and the map path's latency by operation,\n"
 	"layer, size class and tenant label: a line per power-of-two range of nanoseconds\n"
 	"([4K, 8K) is 4096 to 8191 ns), its count and a bar scaled to the largest count.\n"
+	"The last range, from 64G ns (about 69 s) up, has no upper bound. Where the probe tier\n"
+	"counts without timing (tracepoint), a histogram is only its count of calls.\n"
 	"With --json the histograms are data: count, sum_ns and the non-empty buckets with\n"
-	"their bounds.\n";
+	"their bounds (the last without high_ns).\n";
 
 static const struct cmd_option stats_options[] = {
 	{"latency", 'l', OPT_FLAG, NULL, "also show the latency histograms"},
@@ -29,28 +30,9 @@ static const struct cmd_option stats_options[] = {
 
 enum { OPT_LATENCY };
 
-/* "12 calls, mean 8.1us": the line above a drawn histogram. */
-static void hist_summary(char *buf, size_t size, const Iommud__V1__Histogram *h)
-{
-	static const char *const units[] = {"ns", "us", "ms", "s"};
-	double mean = h->count ? (double)h->sum_ns / (double)h->count : 0;
-	unsigned unit = 0;
-
-	while (unit < 3 && mean >= 1000) {
-		mean /= 1000;
-		unit++;
-	}
-	(void)snprintf(buf, size, "%" PRIu64 " call%s, mean %.1f%s", h->count,
-		       h->count == 1 ? "" : "s", mean, units[unit]);
-}
-
 static void show_histogram(const char *key, const char *name, const Iommud__V1__Histogram *h)
 {
-	char title[256], summary[64];
-
-	hist_summary(summary, sizeof(summary), h);
-	(void)snprintf(title, sizeof(title), "@%s: %s", name, summary);
-	field_histogram(key, title, h->buckets, h->n_buckets, h->count, h->sum_ns);
+	field_histogram(key, name, h->buckets, h->n_buckets, h->count, h->sum_ns);
 }
 
 static void show_methods(const Iommud__V1__GetStatsReply *s, bool latency)
@@ -72,8 +54,7 @@ static void show_methods(const Iommud__V1__GetStatsReply *s, bool latency)
 		}
 		list_end();
 		if (latency && m->latency)
-			field_histogram("latency", "", m->latency->buckets, m->latency->n_buckets,
-					m->latency->count, m->latency->sum_ns);
+			show_histogram("latency", "", m->latency);
 		obj_end();
 	}
 	list_end();

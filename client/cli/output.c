@@ -386,6 +386,19 @@ static const char *fmt_pow2(char buf[24], unsigned shift)
 	return buf;
 }
 
+/* The schema's last bucket: it holds everything from 2^36 ns (about 69 s) up. */
+#define HIST_OPEN_BUCKET 36
+
+/* Bucket i's count, the open-ended one holding any a newer daemon keeps beyond it. */
+static uint64_t hist_bucket(const uint64_t *buckets, size_t n, size_t i)
+{
+	uint64_t count = buckets[i];
+
+	for (size_t j = i + 1; i == HIST_OPEN_BUCKET && j < n; j++)
+		count += buckets[j];
+	return count;
+}
+
 static void hist_json(const char *key, const uint64_t *buckets, size_t n, uint64_t count,
 		      uint64_t sum_ns)
 {
@@ -394,47 +407,71 @@ static void hist_json(const char *key, const uint64_t *buckets, size_t n, uint64
 	field("sum_ns", NUM, sum_ns, NULL);
 	list_begin("buckets", NULL);
 	for (size_t i = 0; i < n; i++) {
-		if (!buckets[i])
+		uint64_t in_bucket = hist_bucket(buckets, n, i);
+
+		if (!in_bucket)
 			continue;
 		obj_begin(NULL);
 		field("low_ns", NUM, i ? 1ull << i : 0, NULL);
-		field("high_ns", NUM, 2ull << i, NULL);
-		field("count", NUM, buckets[i], NULL);
+		if (i < HIST_OPEN_BUCKET)
+			field("high_ns", NUM, 2ull << i, NULL);
+		field("count", NUM, in_bucket, NULL);
 		obj_end();
 	}
 	list_end();
 	obj_end();
 }
 
-void field_histogram(const char *key, const char *title, const uint64_t *buckets, size_t n,
+/* "@name: 12 calls, mean 8.1us", or without buckets, counted but not timed. */
+static void hist_title(const char *name, size_t n, uint64_t count, uint64_t sum_ns)
+{
+	static const char *const units[] = {"ns", "us", "ms", "s"};
+	double mean = count ? (double)sum_ns / (double)count : 0;
+	unsigned unit = 0;
+
+	(void)printf("%s@%s: %" PRIu64 " call%s", out.fields ? "\n" : "", name, count,
+		     count == 1 ? "" : "s");
+	if (!n) {
+		(void)printf(" (not timed at this tier)\n");
+		return;
+	}
+	while (unit < 3 && mean >= 1000) {
+		mean /= 1000;
+		unit++;
+	}
+	(void)printf(", mean %.1f%s\n", mean, units[unit]);
+}
+
+void field_histogram(const char *key, const char *name, const uint64_t *buckets, size_t n,
 		     uint64_t count, uint64_t sum_ns)
 {
-	size_t first = 0, last = n;
+	size_t first = 0, last;
 	uint64_t most = 0;
 
-	/* Past 2^62 ns a bucket's bounds overflow, and no duration gets there. */
-	n = n < 62 ? n : 62;
+	n = n < HIST_OPEN_BUCKET + 1 ? n : HIST_OPEN_BUCKET + 1;
 	if (out.json) {
 		hist_json(key, buckets, n, count, sum_ns);
 		return;
 	}
 	if (out.table)
 		return;
-	while (first < n && !buckets[first])
+	last = n;
+	while (first < n && !hist_bucket(buckets, n, first))
 		first++;
-	while (last > first && !buckets[last - 1])
+	while (last > first && !hist_bucket(buckets, n, last - 1))
 		last--;
 	for (size_t i = first; i < last; i++)
-		most = buckets[i] > most ? buckets[i] : most;
-	(void)printf("%s%s\n", out.fields ? "\n" : "", title);
+		most = hist_bucket(buckets, n, i) > most ? hist_bucket(buckets, n, i) : most;
+	hist_title(name, n, count, sum_ns);
 	for (size_t i = first; i < last; i++) {
 		char low[24], high[24], range[56];
-		int bar = (int)((double)buckets[i] * HIST_BAR / (double)most);
+		uint64_t in_bucket = hist_bucket(buckets, n, i);
+		int bar = (int)((double)in_bucket * HIST_BAR / (double)most);
 
 		(void)snprintf(range, sizeof(range), "[%s, %s)",
 			       i ? fmt_pow2(low, (unsigned)i) : "0",
-			       fmt_pow2(high, (unsigned)i + 1));
-		(void)printf("%-20s %8" PRIu64 " |%.*s%*s|\n", range, buckets[i], bar,
+			       i < HIST_OPEN_BUCKET ? fmt_pow2(high, (unsigned)i + 1) : "+inf");
+		(void)printf("%-20s %8" PRIu64 " |%.*s%*s|\n", range, in_bucket, bar,
 			     "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@", HIST_BAR - bar,
 			     "");
 	}

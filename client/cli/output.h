@@ -48,11 +48,14 @@ void field_strings(const char *key, char *const *items, size_t n);
 void field_range(uint64_t start, uint64_t last);
 
 /* A latency histogram in the schema's shape (bucket 0: 0 and 1 ns; bucket i: [2^i, 2^(i+1))
- * ns). JSON: an object of count, sum_ns and the non-empty buckets with their bounds. Text, as
- * bpftrace's hist() draws one: the title, then a line per bucket from the first non-empty to
- * the last, its range in ns ([4K, 8K), K = 1024), its count and a bar of @ scaled to the
- * largest count; drawn wherever it is but in a table's row. */
-void field_histogram(const char *key, const char *title, const uint64_t *buckets, size_t n,
+ * ns; the last, 36, open-ended: everything from 2^36 ns up). JSON: an object of count, sum_ns
+ * and the non-empty buckets with their bounds (low_ns, and high_ns but for the open-ended
+ * one). Text, as bpftrace's hist() draws one: a title, "@name: 12 calls, mean 8.1us", then a
+ * line per bucket from the first non-empty to the last, its range in ns ([4K, 8K), K = 1024;
+ * [64G, +inf)), its count and a bar of @ scaled to the largest count; drawn wherever it is but
+ * in a table's row. A histogram without buckets was counted but not timed (the tracepoint
+ * probe tier): its title says so, "@name: 3 calls (not timed at this tier)". */
+void field_histogram(const char *key, const char *name, const uint64_t *buckets, size_t n,
 		     uint64_t count, uint64_t sum_ns);
 
 /* The result of a change with nothing to show: {} in JSON, nothing in text. */
