@@ -36,6 +36,14 @@ struct edu_session {
 	struct edu edu;
 };
 
+static bool offers_open_device(const Iommud__V1__HelloReply *hello)
+{
+	for (size_t i = 0; i < hello->n_capabilities; i++)
+		if (strcmp(hello->capabilities[i], "open_device") == 0)
+			return true;
+	return false;
+}
+
 /* The daemon on the iommufd backend and a session with it; false (with the reason printed)
  * where it offers no edu to test with. */
 static bool start_session(struct edu_session *s)
@@ -47,6 +55,8 @@ static bool start_session(struct edu_session *s)
 	CHECK_OK(iommuctl_connect(s->daemon.socket_path, &s->c));
 	check_call(s->c, iommuctl_hello(s->c, "test_daemon_edu", NULL, &hello), "Hello");
 	CHECK_EQ(hello->backend, IOMMUD__V1__BACKEND__BACKEND_IOMMUFD);
+	/* The backend says it hands out VFIO devices (KH_CAP_OPEN_DEVICE); Hello offers it. */
+	CHECK(offers_open_device(hello));
 	iommud__v1__hello_reply__free_unpacked(hello, NULL);
 	s->name = find_edu(s->c);
 	if (!s->name) {
