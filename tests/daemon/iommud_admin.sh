@@ -44,21 +44,19 @@ status 2 '*--help*' --no-such-option
 status 2 '*--help*' unexpected-operand
 status 1 "*bad.conf:2: backend must be*not 'floppy'*" --config "$dir/bad.conf"
 
-# Devices enough that GetStats cannot list them all in one packet.
+# Devices enough that GetStats cannot list them all in one packet: long names, so that a few
+# hundred do (a line holds three; inih reads up to 200 bytes of one).
+long=abcdefghijklmnopqrstuvwxyzabcdefghijklmn
 {
 	echo '[iommu]'
-	for i in $(seq 0 249); do
-		line='devices ='
-		for j in $(seq 0 19); do
-			line="$line d$i-$j"
-		done
-		echo "$line"
+	for i in $(seq 1000 1399); do
+		echo "devices = a-$long-$i b-$long-$i c-$long-$i"
 	done
 } >"$dir/topology.ini"
 "$iommud" --backend emulated --topology "$dir/topology.ini" --config "$dir/good.conf" \
 	--socket "$dir/iommud.sock" --log-level notice 2>"$dir/log" &
 pid=$!
-for _ in $(seq 100); do
+for _ in $(seq 600); do
 	[ -S "$dir/iommud.sock" ] && break
 	sleep 0.1
 done
