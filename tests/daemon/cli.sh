@@ -6,33 +6,15 @@
 set -u
 iommud=$1
 iommuctl=$2
-dir=$(mktemp -d /tmp/iommuctl-test.XXXXXX)
-pid=
-failures=0
-cleanup() {
-	[ -z "$pid" ] || kill "$pid" 2>/dev/null
-	rm -rf "$dir"
-}
-trap cleanup EXIT
+# shellcheck source=tests/daemon/common.sh
+. "$(dirname "$0")/common.sh"
+begin iommuctl
 
-fail() {
-	echo "FAIL: $*"
-	failures=$((failures + 1))
-}
-
-# expect STATUS PATTERN ARGS...: runs iommuctl, checks its exit status and that its output
-# (stdout and stderr) matches the shell pattern.
+# expect STATUS PATTERN ARGS...: iommuctl with ARGS, checked as check does.
 expect() {
-	want=$1
-	pattern=$2
+	want=$1 pattern=$2
 	shift 2
-	out=$("$iommuctl" --socket "$dir/iommud.sock" "$@" 2>&1)
-	got=$?
-	echo "\$ iommuctl $* -> $got"
-	[ "$got" -eq "$want" ] || fail "iommuctl $*: exit status $got, expected $want: $out"
-	# shellcheck disable=SC2254 # the pattern is meant to be one
-	case $out in $pattern) ;; *) fail "iommuctl $*: output does not match '$pattern': $out" ;; esac
-	last=$out
+	check "$want" "$pattern" "$iommuctl" --socket "$dir/iommud.sock" "$@"
 }
 
 printf '[iommu]\ndevices = emu0 emu1\n' >"$dir/topology.ini"
@@ -40,10 +22,7 @@ printf '[uid 0]\naccess = write\ndevices = emu0\n' >"$dir/iommud.conf"
 "$iommud" --backend emulated --topology "$dir/topology.ini" --config "$dir/iommud.conf" \
 	--socket "$dir/iommud.sock" --log-level warning &
 pid=$!
-for _ in $(seq 100); do
-	[ -S "$dir/iommud.sock" ] && break
-	sleep 0.1
-done
+wait_for_socket "$dir/iommud.sock"
 
 expect 0 '*backend*emulated*write*' hello
 expect 0 '*emu0*yes*emu1*no*' devices
@@ -108,5 +87,4 @@ wait "$pid"
 pid=
 expect 3 '*cannot connect*running*' hello
 
-[ "$failures" -eq 0 ] || { echo "$failures failures"; exit 1; }
-echo "iommuctl: all checks passed"
+finish

@@ -6,43 +6,21 @@
 set -u
 iommud=$1
 iommuctl=$2
-dir=$(mktemp -d /tmp/iommud-admin.XXXXXX)
-pid=
-failures=0
-cleanup() {
-	[ -z "$pid" ] || kill "$pid" 2>/dev/null
-	rm -rf "$dir"
-}
-trap cleanup EXIT
-
-fail() {
-	echo "FAIL: $*"
-	failures=$((failures + 1))
-}
-
-# status WANT PATTERN ARGS...: runs iommud --check-config with ARGS, checks its exit status and
-# that its standard error matches the shell pattern.
-status() {
-	want=$1
-	pattern=$2
-	shift 2
-	err=$("$iommud" --check-config --config "$dir/good.conf" "$@" 2>&1 >/dev/null)
-	got=$?
-	echo "\$ iommud $* -> $got"
-	[ "$got" -eq "$want" ] || fail "iommud $*: exit status $got, expected $want: $err"
-	# shellcheck disable=SC2254 # the pattern is meant to be one
-	case $err in $pattern) ;; *) fail "iommud $*: message does not match '$pattern': $err" ;; esac
-}
+# shellcheck source=tests/daemon/common.sh
+. "$(dirname "$0")/common.sh"
+begin iommud
 
 printf '[uid 0]\naccess = write\n' >"$dir/good.conf"
 printf '[daemon]\nbackend = floppy\n' >"$dir/bad.conf"
-status 0 '' --backend emulated
-status 2 "*--backend must be*not 'floppy'*--help*" --backend floppy
-status 2 "*--log-level must be*not 'loud'*--help*" --log-level loud
-status 2 "*--probe-tier must be*not 'uprobe'*--help*" --probe-tier uprobe
-status 2 '*--help*' --no-such-option
-status 2 '*--help*' unexpected-operand
-status 1 "*bad.conf:2: backend must be*not 'floppy'*" --config "$dir/bad.conf"
+good="$dir/good.conf"
+check 0 '*' "$iommud" --check-config --config "$good" --backend emulated
+check 2 "*--backend must be*not 'floppy'*--help*" "$iommud" --config "$good" --backend floppy
+check 2 "*--log-level must be*not 'loud'*--help*" "$iommud" --config "$good" --log-level loud
+check 2 "*--probe-tier must be*not 'uprobe'*--help*" "$iommud" --config "$good" \
+	--probe-tier uprobe
+check 2 '*--help*' "$iommud" --config "$good" --no-such-option
+check 2 '*--help*' "$iommud" --config "$good" unexpected-operand
+check 1 "*bad.conf:2: backend must be*not 'floppy'*" "$iommud" --config "$dir/bad.conf"
 
 # Devices enough that GetStats cannot list them all in one packet: long names, so that a few
 # hundred do (a line holds three; inih reads up to 200 bytes of one).
@@ -56,10 +34,7 @@ long=abcdefghijklmnopqrstuvwxyzabcdefghijklmn
 "$iommud" --backend emulated --topology "$dir/topology.ini" --config "$dir/good.conf" \
 	--socket "$dir/iommud.sock" --log-level notice 2>"$dir/log" &
 pid=$!
-for _ in $(seq 600); do
-	[ -S "$dir/iommud.sock" ] && break
-	sleep 0.1
-done
+wait_for_socket "$dir/iommud.sock"
 # The reply's own figures grow over the first calls (GetStats counts itself), which may move
 # the number left out a few times; after that the warning must stay quiet.
 calls=10
@@ -71,8 +46,8 @@ kill "$pid"
 wait "$pid"
 pid=
 warnings=$(grep -c 'entries left out' "$dir/log")
-[ "$warnings" -ge 1 ] && [ "$warnings" -le $((calls / 2)) ] ||
+if [ "$warnings" -lt 1 ] || [ "$warnings" -gt $((calls / 2)) ]; then
 	fail "the left-out warning came $warnings times for $calls GetStats: $(cat "$dir/log")"
+fi
 
-[ "$failures" -eq 0 ] || { echo "$failures failures"; exit 1; }
-echo "iommud: all checks passed"
+finish
