@@ -30,7 +30,9 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define HIST_ENTRIES (IOMMUD_TENANT_SLOTS * IOMMUD_OP_COUNT * 2 * IOMMUD_SIZE_COUNT)
 
 /* Allocated as keys appear: preallocating every key's per-CPU values would cost megabytes on a
- * large machine for the handful of tenants and sizes really seen. */
+ * large machine for the handful of tenants and sizes really seen. Updating such a map from
+ * tracing programs needs Linux 6.1 (the BPF memory allocator), and is refused on PREEMPT_RT:
+ * the floor docs/operations.md states. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -182,6 +184,35 @@ static __always_inline __u32 current_tid(void)
 	return (__u32)bpf_get_current_pid_tgid();
 }
 
+/* The CPU's preempt count, where x86 keeps it: the per-CPU __preempt_count (Linux 6.15 on), in
+ * struct pcpu_hot before (6.2 to 6.14). Both weak: the loader resolves the one the kernel has,
+ * the other's address is 0 and the verifier drops its branch. Elsewhere (other architectures)
+ * the count reads 0: no interrupt is told apart. */
+extern const int __preempt_count __ksym __weak;
+
+struct pcpu_hot___iommud {
+	int preempt_count;
+} __attribute__((preserve_access_index));
+
+extern const struct pcpu_hot___iommud pcpu_hot __ksym __weak;
+
+#define IN_INTERRUPT_MASK 0x1fff00 /* SOFTIRQ_MASK | HARDIRQ_MASK | NMI_MASK */
+
+/* Whether this event runs in interrupt context (or with bottom halves off), where current is
+ * whichever task the interrupt came in on: DMA mapping of other devices (dma-iommu from softirq
+ * and IRQ handlers) is no task's and no tenant's. */
+static __always_inline bool in_interrupt(void)
+{
+	int count = 0;
+
+	if (&__preempt_count)
+		count = *(const int *)bpf_this_cpu_ptr(&__preempt_count);
+	else if (bpf_core_field_exists(pcpu_hot.preempt_count))
+		count = ((const struct pcpu_hot___iommud *)bpf_this_cpu_ptr(&pcpu_hot))
+				->preempt_count;
+	return count & IN_INTERRUPT_MASK;
+}
+
 /* ---- the ioctl layer -------------------------------------------------------------------- */
 
 static __always_inline void ioctl_enter(int fd, unsigned int cmd, unsigned long arg)
@@ -251,35 +282,49 @@ int BPF_KRETPROBE(ioctl_kretprobe, long ret)
 
 /* ---- the IOMMU driver layer ------------------------------------------------------------- */
 
-/* Inside an ioctl the ioctl's tenant; elsewhere (a VFIO type1 container, a kernel user) the
- * cgroup's. */
-static __always_inline __u32 driver_tenant(void)
+/* The driver layer counts only what a tracked iommufd map/unmap ioctl does on its own thread:
+ * every other iommu_map on the machine (other devices' DMA mapping, from any context) leaves at
+ * the first map lookup. Returns the ioctl's tenant slot, or false outside one. */
+static __always_inline bool driver_tenant(__u32 *ret_tenant)
 {
 	__u32 tid = current_tid();
-	struct ioctl_state *st = bpf_map_lookup_elem(&in_ioctl, &tid);
+	struct ioctl_state *st;
 
-	return st ? st->tenant : cgroup_tenant();
+	if (in_interrupt())
+		return false;
+	st = bpf_map_lookup_elem(&in_ioctl, &tid);
+	if (!st)
+		return false;
+	*ret_tenant = st->tenant;
+	return true;
 }
 
-static __always_inline void call_enter(__u32 op)
+static __always_inline bool call_enter(__u32 op)
 {
 	struct call_key key = {.tid = current_tid(), .op = op};
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now;
+	__u32 tenant;
 
-	if (bpf_map_update_elem(&in_call, &key, &now, BPF_ANY) < 0)
+	if (!driver_tenant(&tenant))
+		return false;
+	now = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&in_call, &key, &now, BPF_ANY) < 0) {
 		count_drop();
+		return false;
+	}
+	return true;
 }
 
 static __always_inline void call_exit(__u32 op, __u64 bytes, bool ok)
 {
 	struct call_key key = {.tid = current_tid(), .op = op};
 	__u64 *start = bpf_map_lookup_elem(&in_call, &key);
+	__u32 tenant;
 
 	if (!start)
 		return;
-	if (ok)
-		record(driver_tenant(), op, IOMMUD_LAYER_IOMMU, bytes, bpf_ktime_get_ns() - *start,
-		       true);
+	if (ok && driver_tenant(&tenant))
+		record(tenant, op, IOMMUD_LAYER_IOMMU, bytes, bpf_ktime_get_ns() - *start, true);
 	(void)bpf_map_delete_elem(&in_call, &key);
 }
 
@@ -326,17 +371,20 @@ static __always_inline void kcall_enter(__u32 op, __u64 bytes)
 {
 	struct call_key key = {.tid = current_tid(), .op = op};
 
-	call_enter(op);
-	(void)bpf_map_update_elem(&call_bytes, &key, &bytes, BPF_ANY);
+	if (call_enter(op))
+		(void)bpf_map_update_elem(&call_bytes, &key, &bytes, BPF_ANY);
 }
 
+/* Without its size (the update above failed) the call is not counted, and its start goes too. */
 static __always_inline void kcall_exit(__u32 op, bool ok)
 {
 	struct call_key key = {.tid = current_tid(), .op = op};
 	__u64 *bytes = bpf_map_lookup_elem(&call_bytes, &key);
 
-	if (!bytes)
+	if (!bytes) {
+		(void)bpf_map_delete_elem(&in_call, &key);
 		return;
+	}
 	call_exit(op, *bytes, ok);
 	(void)bpf_map_delete_elem(&call_bytes, &key);
 }
@@ -369,18 +417,28 @@ int BPF_KRETPROBE(unmap_kretprobe, size_t ret)
 	return 0;
 }
 
-/* The tracepoint tier: the kernel's own iommu:map and iommu:unmap events, counts and sizes. */
+/* The tracepoint tier: the kernel's own iommu:map and iommu:unmap events, counts and sizes.
+ * There is no ioctl layer to tell iommufd's maps from the rest, so each event in process
+ * context counts: to the tenant whose cgroup the task is in, else tenant-less (slot 0, the
+ * empty label), which takes the daemon's sessions and other devices' process-context DMA
+ * mapping alike; interrupt context (dma-iommu from softirq and IRQ handlers) never counts. */
+static __always_inline void count_tp(__u32 op, __u64 bytes)
+{
+	if (!in_interrupt())
+		record(cgroup_tenant(), op, IOMMUD_LAYER_IOMMU, bytes, 0, false);
+}
+
 SEC("raw_tp/map")
 int BPF_PROG(map_tp, unsigned long iova, phys_addr_t paddr, size_t size)
 {
-	record(driver_tenant(), IOMMUD_OP_MAP, IOMMUD_LAYER_IOMMU, size, 0, false);
+	count_tp(IOMMUD_OP_MAP, size);
 	return 0;
 }
 
 SEC("raw_tp/unmap")
 int BPF_PROG(unmap_tp, unsigned long iova, size_t size, size_t unmapped)
 {
-	record(driver_tenant(), IOMMUD_OP_UNMAP, IOMMUD_LAYER_IOMMU, unmapped, 0, false);
+	count_tp(IOMMUD_OP_UNMAP, unmapped);
 	return 0;
 }
 
