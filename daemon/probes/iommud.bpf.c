@@ -95,11 +95,18 @@ struct call_key {
 	__u32 op;
 };
 
+/* What the exit needs, all taken at entry: the exit then makes one lookup. */
+struct call_state {
+	__u64 start_ns;
+	__u64 bytes;
+	__u32 tenant;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct call_key);
-	__type(value, __u64);
+	__type(value, struct call_state);
 } in_call SEC(".maps");
 
 struct {
@@ -299,41 +306,38 @@ static __always_inline bool driver_tenant(__u32 *ret_tenant)
 	return true;
 }
 
-static __always_inline bool call_enter(__u32 op)
+static __always_inline void call_enter(__u32 op, __u64 bytes)
 {
 	struct call_key key = {.tid = current_tid(), .op = op};
-	__u64 now;
-	__u32 tenant;
+	struct call_state st = {.bytes = bytes};
 
-	if (!driver_tenant(&tenant))
-		return false;
-	now = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&in_call, &key, &now, BPF_ANY) < 0) {
+	if (!driver_tenant(&st.tenant))
+		return;
+	st.start_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&in_call, &key, &st, BPF_ANY) < 0)
 		count_drop();
-		return false;
-	}
-	return true;
 }
 
-static __always_inline void call_exit(__u32 op, __u64 bytes, bool ok)
+static __always_inline void call_exit(__u32 op, bool ok)
 {
 	struct call_key key = {.tid = current_tid(), .op = op};
-	__u64 *start = bpf_map_lookup_elem(&in_call, &key);
-	__u32 tenant;
+	struct call_state *st = bpf_map_lookup_elem(&in_call, &key);
 
-	if (!start)
+	if (!st)
 		return;
-	if (ok && driver_tenant(&tenant))
-		record(tenant, op, IOMMUD_LAYER_IOMMU, bytes, bpf_ktime_get_ns() - *start, true);
+	if (ok)
+		record(st->tenant, op, IOMMUD_LAYER_IOMMU, st->bytes,
+		       bpf_ktime_get_ns() - st->start_ns, true);
 	(void)bpf_map_delete_elem(&in_call, &key);
 }
 
 /* The loader points these at iommu_map_nosync where the kernel has it (iommu_map calls it, and
  * so may iommufd directly), else at iommu_map: the function the iommu:map tracepoint is in. */
 SEC("fentry/iommu_map")
-int BPF_PROG(map_fentry)
+int BPF_PROG(map_fentry, struct iommu_domain *domain, unsigned long iova, phys_addr_t paddr,
+	     size_t size)
 {
-	call_enter(IOMMUD_OP_MAP);
+	call_enter(IOMMUD_OP_MAP, size);
 	return 0;
 }
 
@@ -341,79 +345,49 @@ SEC("fexit/iommu_map")
 int BPF_PROG(map_fexit, struct iommu_domain *domain, unsigned long iova, phys_addr_t paddr,
 	     size_t size, int prot, gfp_t gfp, int ret)
 {
-	call_exit(IOMMUD_OP_MAP, size, ret == 0);
+	call_exit(IOMMUD_OP_MAP, ret == 0);
 	return 0;
 }
 
 SEC("fentry/iommu_unmap")
-int BPF_PROG(unmap_fentry)
+int BPF_PROG(unmap_fentry, struct iommu_domain *domain, unsigned long iova, size_t size)
 {
-	call_enter(IOMMUD_OP_UNMAP);
+	call_enter(IOMMUD_OP_UNMAP, size);
 	return 0;
 }
 
 SEC("fexit/iommu_unmap")
 int BPF_PROG(unmap_fexit, struct iommu_domain *domain, unsigned long iova, size_t size, size_t ret)
 {
-	call_exit(IOMMUD_OP_UNMAP, size, ret != 0);
+	call_exit(IOMMUD_OP_UNMAP, ret != 0);
 	return 0;
-}
-
-/* The kprobe tier's: the size rides from entry to return in the start map's neighbour. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct call_key);
-	__type(value, __u64);
-} call_bytes SEC(".maps");
-
-static __always_inline void kcall_enter(__u32 op, __u64 bytes)
-{
-	struct call_key key = {.tid = current_tid(), .op = op};
-
-	if (call_enter(op))
-		(void)bpf_map_update_elem(&call_bytes, &key, &bytes, BPF_ANY);
-}
-
-/* Without its size (the update above failed) the call is not counted, and its start goes too. */
-static __always_inline void kcall_exit(__u32 op, bool ok)
-{
-	struct call_key key = {.tid = current_tid(), .op = op};
-	__u64 *bytes = bpf_map_lookup_elem(&call_bytes, &key);
-
-	if (!bytes) {
-		(void)bpf_map_delete_elem(&in_call, &key);
-		return;
-	}
-	call_exit(op, *bytes, ok);
-	(void)bpf_map_delete_elem(&call_bytes, &key);
 }
 
 SEC("kprobe/iommu_map")
 int BPF_KPROBE(map_kprobe, void *domain, unsigned long iova, phys_addr_t paddr, size_t size)
 {
-	kcall_enter(IOMMUD_OP_MAP, size);
+	call_enter(IOMMUD_OP_MAP, size);
 	return 0;
 }
 
 SEC("kretprobe/iommu_map")
 int BPF_KRETPROBE(map_kretprobe, int ret)
 {
-	kcall_exit(IOMMUD_OP_MAP, ret == 0);
+	call_exit(IOMMUD_OP_MAP, ret == 0);
 	return 0;
 }
 
 SEC("kprobe/iommu_unmap")
 int BPF_KPROBE(unmap_kprobe, void *domain, unsigned long iova, size_t size)
 {
-	kcall_enter(IOMMUD_OP_UNMAP, size);
+	call_enter(IOMMUD_OP_UNMAP, size);
 	return 0;
 }
 
 SEC("kretprobe/iommu_unmap")
 int BPF_KRETPROBE(unmap_kretprobe, size_t ret)
 {
-	kcall_exit(IOMMUD_OP_UNMAP, ret != 0);
+	call_exit(IOMMUD_OP_UNMAP, ret != 0);
 	return 0;
 }
 
