@@ -280,16 +280,14 @@ static void attach_best(struct probes *p, Iommud__V1__ProbeTier max_tier)
 }
 
 /* The buffer per-CPU lookups fill: the largest value read (a histogram) on each CPU. A kernel
- * that cannot say its CPU count leaves it out, and the per-CPU maps read as empty. */
+ * that cannot say its CPU count leaves it out, and the per-CPU maps read as empty, as a
+ * failed lookup does. */
 static int alloc_percpu_values(struct probes *p)
 {
 	int cpus = libbpf_num_possible_cpus();
 
-	if (cpus <= 0) {
-		say(p, "the number of possible CPUs is unknown (%s): histograms read empty",
-		    strerror(cpus ? -cpus : EINVAL));
+	if (cpus <= 0)
 		return 0;
-	}
 	p->percpu_values = calloc((size_t)cpus, sizeof(struct iommud_hist));
 	if (!p->percpu_values)
 		return -ENOMEM;
