@@ -23,11 +23,11 @@
 struct stats_fill {
 	struct call *call;
 	Iommud__V1__GetStatsReply *reply;
-	bool sees_all;	      /* every label's figures, not only the caller's own */
-	unsigned own_slot;    /* the caller's label */
-	size_t room;	      /* bytes the reply may still grow by */
-	size_t left_out;      /* entries that did not fit */
-	size_t n_map_latency; /* map latency entries visible to the caller */
+	bool sees_all;		/* every label's figures, not only the caller's own */
+	unsigned own_slot;	/* the caller's label */
+	size_t room;		/* bytes the reply may still grow by */
+	size_t left_out;	/* entries that did not fit */
+	size_t map_latency_cap; /* room in reply->map_latency */
 };
 
 void fill_quota(Iommud__V1__Quota *q, const struct access_rule *rule, struct usage used)
@@ -289,13 +289,23 @@ static Iommud__V1__MapLatency *map_latency_reply(struct call *call,
 	return ml;
 }
 
-static int count_map_latency(const struct iommud_hist_key *key, const struct iommud_hist *hist,
-			     void *arg)
+/* Makes room for one more map latency entry: the list doubles in the call's memory (the old
+ * copy stays there until the reply is sent), so one walk of the histograms fills it. */
+static int grow_map_latency(struct stats_fill *st)
 {
-	struct stats_fill *st = arg;
+	Iommud__V1__GetStatsReply *reply = st->reply;
+	Iommud__V1__MapLatency **list;
+	size_t cap;
 
-	(void)hist;
-	st->n_map_latency += label_visible(st, key->tenant);
+	if (reply->n_map_latency < st->map_latency_cap)
+		return 0;
+	cap = st->map_latency_cap ? 2 * st->map_latency_cap : 32;
+	if (!(list = call_alloc(st->call, cap * sizeof(*list))))
+		return nomem();
+	if (reply->n_map_latency)
+		memcpy(list, reply->map_latency, reply->n_map_latency * sizeof(*list));
+	reply->map_latency = list;
+	st->map_latency_cap = cap;
 	return 0;
 }
 
@@ -303,29 +313,24 @@ static int add_map_latency(const struct iommud_hist_key *key, const struct iommu
 			   void *arg)
 {
 	struct stats_fill *st = arg;
-	Iommud__V1__GetStatsReply *reply = st->reply;
 	Iommud__V1__MapLatency *ml;
+	int rc;
 
-	if (!label_visible(st, key->tenant) || reply->n_map_latency == st->n_map_latency)
+	if (!label_visible(st, key->tenant))
 		return 0;
 	if (!(ml = map_latency_reply(st->call, key, hist)))
 		return nomem();
-	if (fits(st, &ml->base))
-		reply->map_latency[reply->n_map_latency++] = ml;
+	if (!fits(st, &ml->base))
+		return 0;
+	if ((rc = grow_map_latency(st)) < 0)
+		return rc;
+	st->reply->map_latency[st->reply->n_map_latency++] = ml;
 	return 0;
 }
 
-/* Two walks of the histograms: one to size the list, one to fill it. */
 static int fill_map_latency(struct stats_fill *st)
 {
-	struct probes *p = st->call->d->probes;
-	Iommud__V1__GetStatsReply *reply = st->reply;
-
-	(void)probes_read(p, count_map_latency, st);
-	if (!(reply->map_latency =
-		      call_alloc(st->call, st->n_map_latency * sizeof(*reply->map_latency))))
-		return nomem();
-	return probes_read(p, add_map_latency, st);
+	return probes_read(st->call->d->probes, add_map_latency, st);
 }
 
 static void fill_counters(struct call *call, Iommud__V1__GetStatsReply *reply)

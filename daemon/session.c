@@ -13,9 +13,9 @@
 #include <sys/sdt.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "histogram.h"
 #include "log.h"
 #include "probes/probes.h"
 #include "status.h"
@@ -63,6 +63,7 @@ struct tenant {
 	struct registry *reg;
 	uid_t uid;
 	char cgroup[CGROUP_MAX]; /* part of the identity; "" for interactive logins */
+	uint64_t cgroup_id;	 /* registered with the probes under it; 0: not registered */
 	const struct access_rule *rule;
 	unsigned refs; /* connections and sessions */
 	struct usage used;
@@ -168,13 +169,15 @@ static const char *tenant_cgroup(const struct peer *peer)
 }
 
 /* The cgroup v2 id of a tenant's cgroup (the inode number of its directory), for the probes to
- * count what the tenant's own processes do; false for interactive logins, which have none. */
+ * count what the tenant's own processes do; false for interactive logins, which have none, and
+ * where nothing attributes (no probes, or tier off). */
 static bool tenant_cgroup_id(const struct tenant *t, uint64_t *ret_id)
 {
 	char path[sizeof("/sys/fs/cgroup") + CGROUP_MAX];
 	struct stat st;
 
-	if (!t->reg->probes || !t->cgroup[0])
+	if (!t->reg->probes ||
+	    probes_tier(t->reg->probes) == IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF || !t->cgroup[0])
 		return false;
 	(void)snprintf(path, sizeof(path), "/sys/fs/cgroup%s", t->cgroup);
 	if (stat(path, &st) < 0)
@@ -183,13 +186,28 @@ static bool tenant_cgroup_id(const struct tenant *t, uint64_t *ret_id)
 	return true;
 }
 
+/* Registers the tenant's cgroup; kept in the tenant, since by the time the tenant goes the
+ * cgroup may be gone and its id no longer found by path. */
+static void tenant_register_cgroup(struct tenant *t)
+{
+	uint64_t cgroup_id;
+
+	if (!tenant_cgroup_id(t, &cgroup_id))
+		return;
+	if (probes_register_cgroup(t->reg->probes, cgroup_id, tenant_label_slot(t)) < 0) {
+		log_warning("cannot attribute cgroup %s to its tenant in the probes", t->cgroup);
+		return;
+	}
+	t->cgroup_id = cgroup_id;
+}
+
 /* Two tenants (two uids) may share a cgroup: its entry goes with the last of them. */
 static bool cgroup_shared(const struct tenant *t)
 {
 	const struct tenant *other;
 
 	LIST_FOREACH (other, &t->reg->tenants, link)
-		if (other != t && strcmp(other->cgroup, t->cgroup) == 0)
+		if (other != t && other->cgroup_id == t->cgroup_id)
 			return true;
 	return false;
 }
@@ -202,7 +220,6 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 	const char *cgroup = tenant_cgroup(peer);
 	enum access granted = rule ? rule->access : reg->cfg->default_access;
 	struct tenant *t;
-	uint64_t cgroup_id;
 
 	LIST_FOREACH (t, &reg->tenants, link) {
 		if (t->uid == peer->uid && strcmp(t->cgroup, cgroup) == 0) {
@@ -223,9 +240,7 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 	LIST_INIT(&t->sessions);
 	LIST_INSERT_HEAD(&reg->tenants, t, link);
 	reg->n_tenants++;
-	if (tenant_cgroup_id(t, &cgroup_id) &&
-	    probes_register_cgroup(reg->probes, cgroup_id, tenant_label_slot(t)) < 0)
-		log_warning("cannot attribute cgroup %s to its tenant in the probes", t->cgroup);
+	tenant_register_cgroup(t);
 	log_debug("new tenant uid %u cgroup '%s' (%s)", (unsigned)t->uid, t->cgroup,
 		  rule ? rule->section : "no section: default access");
 	*out = t;
@@ -235,12 +250,10 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 
 void tenant_put(struct tenant *t)
 {
-	uint64_t cgroup_id;
-
 	if (--t->refs)
 		return;
-	if (tenant_cgroup_id(t, &cgroup_id) && !cgroup_shared(t))
-		probes_unregister_cgroup(t->reg->probes, cgroup_id);
+	if (t->cgroup_id && !cgroup_shared(t))
+		probes_unregister_cgroup(t->reg->probes, t->cgroup_id);
 	LIST_REMOVE(t, link);
 	t->reg->n_tenants--;
 	free(t);
@@ -777,23 +790,17 @@ static int check_entry(struct session *s, const struct map_entry *e, struct doma
 static uint64_t in_process_clock(const struct session *s)
 {
 	struct probes *probes = s->tenant->reg->probes;
-	struct timespec now;
 
-	if (!probes || !probes_in_process(probes))
-		return 0;
-	(void)clock_gettime(CLOCK_MONOTONIC, &now);
-	return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+	return probes && probes_in_process(probes) ? monotonic_ns() : 0;
 }
 
 static void in_process_done(const struct session *s, enum iommud_map_op op, uint64_t bytes,
 			    uint64_t start, int rc)
 {
-	uint64_t end;
-
 	if (!start || rc < 0)
 		return;
-	end = in_process_clock(s);
-	probes_record(s->tenant->reg->probes, op, bytes, tenant_label_slot(s->tenant), end - start);
+	probes_record(s->tenant->reg->probes, op, bytes, tenant_label_slot(s->tenant),
+		      monotonic_ns() - start);
 }
 
 int session_map(struct session *s, struct map_entry *e)
@@ -869,7 +876,10 @@ int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t
 		return 0;
 	}
 	before = dom->n_maps;
-	/* kernel-helper releases each removed mapping (mapping_release) as it forgets it. */
+	/* kernel-helper releases each removed mapping (mapping_release) as it forgets it, so the
+	 * in-process unmap time includes the daemon's munmap of each range, as the kernel's
+	 * iommufd unmap includes unpinning; the map time leaves the mmap out (it is the client's
+	 * memory, reached before the backend runs). */
 	DTRACE_PROBE4(iommud, unmap_entry, s->tenant->uid, domain_id, iova, length);
 	start = in_process_clock(s);
 	rc = kh_unmap(s->ctx, domain_id, iova, length, &unmapped);

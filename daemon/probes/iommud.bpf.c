@@ -30,7 +30,9 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define HIST_ENTRIES (IOMMUD_TENANT_SLOTS * IOMMUD_OP_COUNT * 2 * IOMMUD_SIZE_COUNT)
 
 /* Allocated as keys appear: preallocating every key's per-CPU values would cost megabytes on a
- * large machine for the handful of tenants and sizes really seen. */
+ * large machine for the handful of tenants and sizes really seen. Updating such a map from
+ * tracing programs needs Linux 6.1 (the BPF memory allocator), and is refused on PREEMPT_RT:
+ * the floor docs/operations.md states. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -93,11 +95,18 @@ struct call_key {
 	__u32 op;
 };
 
+/* What the exit needs, all taken at entry: the exit then makes one lookup. */
+struct call_state {
+	__u64 start_ns;
+	__u64 bytes;
+	__u32 tenant;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct call_key);
-	__type(value, __u64);
+	__type(value, struct call_state);
 } in_call SEC(".maps");
 
 struct {
@@ -182,6 +191,35 @@ static __always_inline __u32 current_tid(void)
 	return (__u32)bpf_get_current_pid_tgid();
 }
 
+/* The CPU's preempt count, where x86 keeps it: the per-CPU __preempt_count (Linux 6.15 on), in
+ * struct pcpu_hot before (6.2 to 6.14). Both weak: the loader resolves the one the kernel has,
+ * the other's address is 0 and the verifier drops its branch. Elsewhere (other architectures)
+ * the count reads 0: no interrupt is told apart. */
+extern const int __preempt_count __ksym __weak;
+
+struct pcpu_hot___iommud {
+	int preempt_count;
+} __attribute__((preserve_access_index));
+
+extern const struct pcpu_hot___iommud pcpu_hot __ksym __weak;
+
+#define IN_INTERRUPT_MASK 0x1fff00 /* SOFTIRQ_MASK | HARDIRQ_MASK | NMI_MASK */
+
+/* Whether this event runs in interrupt context (or with bottom halves off), where current is
+ * whichever task the interrupt came in on: DMA mapping of other devices (dma-iommu from softirq
+ * and IRQ handlers) is no task's and no tenant's. */
+static __always_inline bool in_interrupt(void)
+{
+	int count = 0;
+
+	if (&__preempt_count)
+		count = *(const int *)bpf_this_cpu_ptr(&__preempt_count);
+	else if (bpf_core_field_exists(pcpu_hot.preempt_count))
+		count = ((const struct pcpu_hot___iommud *)bpf_this_cpu_ptr(&pcpu_hot))
+				->preempt_count;
+	return count & IN_INTERRUPT_MASK;
+}
+
 /* ---- the ioctl layer -------------------------------------------------------------------- */
 
 static __always_inline void ioctl_enter(int fd, unsigned int cmd, unsigned long arg)
@@ -251,44 +289,55 @@ int BPF_KRETPROBE(ioctl_kretprobe, long ret)
 
 /* ---- the IOMMU driver layer ------------------------------------------------------------- */
 
-/* Inside an ioctl the ioctl's tenant; elsewhere (a VFIO type1 container, a kernel user) the
- * cgroup's. */
-static __always_inline __u32 driver_tenant(void)
+/* The driver layer counts only what a tracked iommufd map/unmap ioctl does on its own thread:
+ * every other iommu_map on the machine (other devices' DMA mapping, from any context) leaves at
+ * the first map lookup. Returns the ioctl's tenant slot, or false outside one. */
+static __always_inline bool driver_tenant(__u32 *ret_tenant)
 {
 	__u32 tid = current_tid();
-	struct ioctl_state *st = bpf_map_lookup_elem(&in_ioctl, &tid);
+	struct ioctl_state *st;
 
-	return st ? st->tenant : cgroup_tenant();
+	if (in_interrupt())
+		return false;
+	st = bpf_map_lookup_elem(&in_ioctl, &tid);
+	if (!st)
+		return false;
+	*ret_tenant = st->tenant;
+	return true;
 }
 
-static __always_inline void call_enter(__u32 op)
+static __always_inline void call_enter(__u32 op, __u64 bytes)
 {
 	struct call_key key = {.tid = current_tid(), .op = op};
-	__u64 now = bpf_ktime_get_ns();
+	struct call_state st = {.bytes = bytes};
 
-	if (bpf_map_update_elem(&in_call, &key, &now, BPF_ANY) < 0)
+	if (!driver_tenant(&st.tenant))
+		return;
+	st.start_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&in_call, &key, &st, BPF_ANY) < 0)
 		count_drop();
 }
 
-static __always_inline void call_exit(__u32 op, __u64 bytes, bool ok)
+static __always_inline void call_exit(__u32 op, bool ok)
 {
 	struct call_key key = {.tid = current_tid(), .op = op};
-	__u64 *start = bpf_map_lookup_elem(&in_call, &key);
+	struct call_state *st = bpf_map_lookup_elem(&in_call, &key);
 
-	if (!start)
+	if (!st)
 		return;
 	if (ok)
-		record(driver_tenant(), op, IOMMUD_LAYER_IOMMU, bytes, bpf_ktime_get_ns() - *start,
-		       true);
+		record(st->tenant, op, IOMMUD_LAYER_IOMMU, st->bytes,
+		       bpf_ktime_get_ns() - st->start_ns, true);
 	(void)bpf_map_delete_elem(&in_call, &key);
 }
 
 /* The loader points these at iommu_map_nosync where the kernel has it (iommu_map calls it, and
  * so may iommufd directly), else at iommu_map: the function the iommu:map tracepoint is in. */
 SEC("fentry/iommu_map")
-int BPF_PROG(map_fentry)
+int BPF_PROG(map_fentry, struct iommu_domain *domain, unsigned long iova, phys_addr_t paddr,
+	     size_t size)
 {
-	call_enter(IOMMUD_OP_MAP);
+	call_enter(IOMMUD_OP_MAP, size);
 	return 0;
 }
 
@@ -296,91 +345,74 @@ SEC("fexit/iommu_map")
 int BPF_PROG(map_fexit, struct iommu_domain *domain, unsigned long iova, phys_addr_t paddr,
 	     size_t size, int prot, gfp_t gfp, int ret)
 {
-	call_exit(IOMMUD_OP_MAP, size, ret == 0);
+	call_exit(IOMMUD_OP_MAP, ret == 0);
 	return 0;
 }
 
 SEC("fentry/iommu_unmap")
-int BPF_PROG(unmap_fentry)
+int BPF_PROG(unmap_fentry, struct iommu_domain *domain, unsigned long iova, size_t size)
 {
-	call_enter(IOMMUD_OP_UNMAP);
+	call_enter(IOMMUD_OP_UNMAP, size);
 	return 0;
 }
 
 SEC("fexit/iommu_unmap")
 int BPF_PROG(unmap_fexit, struct iommu_domain *domain, unsigned long iova, size_t size, size_t ret)
 {
-	call_exit(IOMMUD_OP_UNMAP, size, ret != 0);
+	call_exit(IOMMUD_OP_UNMAP, ret != 0);
 	return 0;
-}
-
-/* The kprobe tier's: the size rides from entry to return in the start map's neighbour. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct call_key);
-	__type(value, __u64);
-} call_bytes SEC(".maps");
-
-static __always_inline void kcall_enter(__u32 op, __u64 bytes)
-{
-	struct call_key key = {.tid = current_tid(), .op = op};
-
-	call_enter(op);
-	(void)bpf_map_update_elem(&call_bytes, &key, &bytes, BPF_ANY);
-}
-
-static __always_inline void kcall_exit(__u32 op, bool ok)
-{
-	struct call_key key = {.tid = current_tid(), .op = op};
-	__u64 *bytes = bpf_map_lookup_elem(&call_bytes, &key);
-
-	if (!bytes)
-		return;
-	call_exit(op, *bytes, ok);
-	(void)bpf_map_delete_elem(&call_bytes, &key);
 }
 
 SEC("kprobe/iommu_map")
 int BPF_KPROBE(map_kprobe, void *domain, unsigned long iova, phys_addr_t paddr, size_t size)
 {
-	kcall_enter(IOMMUD_OP_MAP, size);
+	call_enter(IOMMUD_OP_MAP, size);
 	return 0;
 }
 
 SEC("kretprobe/iommu_map")
 int BPF_KRETPROBE(map_kretprobe, int ret)
 {
-	kcall_exit(IOMMUD_OP_MAP, ret == 0);
+	call_exit(IOMMUD_OP_MAP, ret == 0);
 	return 0;
 }
 
 SEC("kprobe/iommu_unmap")
 int BPF_KPROBE(unmap_kprobe, void *domain, unsigned long iova, size_t size)
 {
-	kcall_enter(IOMMUD_OP_UNMAP, size);
+	call_enter(IOMMUD_OP_UNMAP, size);
 	return 0;
 }
 
 SEC("kretprobe/iommu_unmap")
 int BPF_KRETPROBE(unmap_kretprobe, size_t ret)
 {
-	kcall_exit(IOMMUD_OP_UNMAP, ret != 0);
+	call_exit(IOMMUD_OP_UNMAP, ret != 0);
 	return 0;
 }
 
-/* The tracepoint tier: the kernel's own iommu:map and iommu:unmap events, counts and sizes. */
+/* The tracepoint tier: the kernel's own iommu:map and iommu:unmap events, counts and sizes.
+ * There is no ioctl layer to tell iommufd's maps from the rest, so each event in process
+ * context counts: to the tenant whose cgroup the task is in, else tenant-less (slot 0, the
+ * empty label), which takes the daemon's sessions and other devices' process-context DMA
+ * mapping alike; interrupt context (dma-iommu from softirq and IRQ handlers) never counts. */
+static __always_inline void count_tp(__u32 op, __u64 bytes)
+{
+	if (!in_interrupt())
+		record(cgroup_tenant(), op, IOMMUD_LAYER_IOMMU, bytes, 0, false);
+}
+
 SEC("raw_tp/map")
 int BPF_PROG(map_tp, unsigned long iova, phys_addr_t paddr, size_t size)
 {
-	record(driver_tenant(), IOMMUD_OP_MAP, IOMMUD_LAYER_IOMMU, size, 0, false);
+	count_tp(IOMMUD_OP_MAP, size);
 	return 0;
 }
 
 SEC("raw_tp/unmap")
 int BPF_PROG(unmap_tp, unsigned long iova, size_t size, size_t unmapped)
 {
-	record(driver_tenant(), IOMMUD_OP_UNMAP, IOMMUD_LAYER_IOMMU, unmapped, 0, false);
+	count_tp(IOMMUD_OP_UNMAP, unmapped);
 	return 0;
 }
 

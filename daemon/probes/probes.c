@@ -21,6 +21,7 @@
 
 #include <names.h>
 
+#include "histogram.h"
 #include "iommud.skel.h"
 #include "log.h"
 
@@ -95,6 +96,10 @@ struct probes {
 	const char *target[N_SPECS];	     /* the target chosen for each spec, or NULL */
 	bool said_missing[N_SPECS];	     /* a spec of several tiers says so once */
 	struct iommud_hist *local; /* IN_PROCESS_SLOTS of them when in_process, else NULL */
+	/* One histogram per possible CPU: what a per-CPU map lookup writes, allocated with the
+	 * skeleton and reused by every read. */
+	__u64 *percpu_values;
+	size_t n_cpus;
 };
 
 static void say(struct probes *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -274,6 +279,22 @@ static void attach_best(struct probes *p, Iommud__V1__ProbeTier max_tier)
 	btf__free(btf);
 }
 
+/* The buffer per-CPU lookups fill: the largest value read (a histogram) on each CPU. A kernel
+ * that cannot say its CPU count leaves it out, and the per-CPU maps read as empty, as a
+ * failed lookup does. */
+static int alloc_percpu_values(struct probes *p)
+{
+	int cpus = libbpf_num_possible_cpus();
+
+	if (cpus <= 0)
+		return 0;
+	p->percpu_values = calloc((size_t)cpus, sizeof(struct iommud_hist));
+	if (!p->percpu_values)
+		return -ENOMEM;
+	p->n_cpus = (size_t)cpus;
+	return 0;
+}
+
 int probes_start(const struct probes_options *opts, struct probes **ret_probes)
 {
 	struct probes *p = calloc(1, sizeof(*p));
@@ -291,6 +312,10 @@ int probes_start(const struct probes_options *opts, struct probes **ret_probes)
 		p->tier = TIER(OFF);
 		say(p, "kernel map path: probes are off by configuration (probe-tier off)");
 	}
+	if (p->skel && alloc_percpu_values(p) < 0) {
+		probes_stop(p);
+		return -ENOMEM;
+	}
 	*ret_probes = p;
 	return 0;
 }
@@ -304,6 +329,7 @@ void probes_stop(struct probes *p)
 		free(p->detached[i]);
 	free(p->detached);
 	free(p->local);
+	free(p->percpu_values);
 	free(p);
 }
 
@@ -323,35 +349,30 @@ size_t probes_detached(const struct probes *p, const char *const **ret_lines)
 	return p->n_detached;
 }
 
-/* A per-CPU map's value for key, summed over the CPUs, in 64-bit words: n of them. */
-static int percpu_sum(const struct bpf_map *map, const void *key, size_t key_size, __u64 *sum,
-		      size_t n)
+/* A per-CPU map's value for key, summed over the CPUs, in 64-bit words: n of them, at most a
+ * histogram's. */
+static int percpu_sum(struct probes *p, const struct bpf_map *map, const void *key, size_t key_size,
+		      __u64 *sum, size_t n)
 {
-	int cpus = libbpf_num_possible_cpus();
 	size_t value_size = n * sizeof(__u64);
-	__u64 *values;
 	int rc;
 
-	if (cpus <= 0)
-		return cpus ? cpus : -EINVAL;
-	values = calloc((size_t)cpus, value_size);
-	if (!values)
-		return -ENOMEM;
-	rc = bpf_map__lookup_elem(map, key, key_size, values, (size_t)cpus * value_size, 0);
+	if (!p->percpu_values)
+		return -ENODATA;
+	rc = bpf_map__lookup_elem(map, key, key_size, p->percpu_values, p->n_cpus * value_size, 0);
 	memset(sum, 0, value_size);
-	for (int cpu = 0; rc == 0 && cpu < cpus; cpu++)
+	for (size_t cpu = 0; rc == 0 && cpu < p->n_cpus; cpu++)
 		for (size_t w = 0; w < n; w++)
-			sum[w] += values[(size_t)cpu * n + w];
-	free(values);
+			sum[w] += p->percpu_values[cpu * n + w];
 	return rc;
 }
 
-uint64_t probes_dropped_events(const struct probes *p)
+uint64_t probes_dropped_events(struct probes *p)
 {
 	__u32 zero = 0;
 	__u64 n;
 
-	if (!p->skel || percpu_sum(p->skel->maps.dropped, &zero, sizeof(zero), &n, 1) < 0)
+	if (!p->skel || percpu_sum(p, p->skel->maps.dropped, &zero, sizeof(zero), &n, 1) < 0)
 		return 0;
 	return n;
 }
@@ -411,9 +432,7 @@ void probes_record(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsi
 	if (!p->local || op >= IOMMUD_OP_COUNT || tenant >= IOMMUD_TENANT_SLOTS)
 		return;
 	h = &p->local[local_index(op, iommud_size_class(bytes), tenant)];
-	h->buckets[iommud_hist_bucket(ns)]++;
-	h->count++;
-	h->sum_ns += ns;
+	histogram_add(h, ns);
 	h->bytes += bytes;
 }
 
@@ -429,8 +448,8 @@ static int read_kernel(struct probes *p, hist_visit_fn *visit, void *arg)
 
 	while (bpf_map__get_next_key(map, prev, &key, sizeof(key)) == 0) {
 		prev = &key;
-		if (percpu_sum(map, &key, sizeof(key), (__u64 *)&sum, sizeof(sum) / sizeof(__u64)) <
-			    0 ||
+		if (percpu_sum(p, map, &key, sizeof(key), (__u64 *)&sum,
+			       sizeof(sum) / sizeof(__u64)) < 0 ||
 		    !sum.count)
 			continue;
 		rc = visit(&key, &sum, arg);

@@ -10,7 +10,8 @@
  * (probes_detached), and the tier says what is left. Only this module calls bpf().
  *
  * Ownership: probes_start gives the caller a struct probes, released with probes_stop, which
- * owns the BPF objects, their maps and links, and the in-process histograms.
+ * owns the BPF objects, their maps and links, the buffer per-CPU reads reuse, and the
+ * in-process histograms.
  */
 #ifndef IOMMUD_PROBES_H
 #define IOMMUD_PROBES_H
@@ -42,10 +43,12 @@ Iommud__V1__ProbeTier probes_tier(const struct probes *p);
 bool probes_in_process(const struct probes *p);
 /* Each program that is not attached, and why: n lines, valid until probes_stop. */
 size_t probes_detached(const struct probes *p, const char *const **ret_lines);
-uint64_t probes_dropped_events(const struct probes *p);
+uint64_t probes_dropped_events(struct probes *p);
 
-/* One map or unmap of the backend inside the daemon, of bytes, for a tenant slot, that took ns.
- * Does nothing unless probes_in_process. */
+/* One map or unmap of the backend inside the daemon, of bytes, for a tenant slot, that took ns:
+ * a map from kh_map's call to its return (the daemon's mmap of the client's memory before it
+ * is not counted), an unmap likewise around kh_unmap, which includes releasing each removed
+ * range (the daemon's munmap). Does nothing unless probes_in_process. */
 void probes_record(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsigned tenant,
 		   uint64_t ns);
 

@@ -4,8 +4,9 @@
  * it) attaches at the tier asked for (fentry, and forced, kprobe); then N maps and N unmaps
  * through the daemon's RPC count exactly N in each histogram of the IOMMU driver layer and of
  * the ioctl layer, the same N the kernel's own iommu:map and iommu:unmap tracepoints count in
- * tracefs; the counts go to the tenant slot the cgroup was registered to; and an edu DMA to an
- * unmapped IOVA shows in the fault counter where the IOMMU model reports faults.
+ * tracefs for the daemon's process; the counts go to the tenant slot the cgroup was registered to;
+ * and an edu DMA to an unmapped IOVA shows in the fault counter where the IOMMU model reports
+ * faults.
  *
  * Runs in the VM tier only (exit 77, skipped, without /dev/iommu or an edu bound to vfio-pci).
  */
@@ -72,7 +73,20 @@ static void trace_start(void)
 	write_text(TRACEFS "/trace", "");
 }
 
-static void trace_count(unsigned *maps, unsigned *unmaps)
+/* The pid a trace line's task field ("comm-pid", before " [cpu]") names; -1 if none. */
+static long trace_pid(const char *line)
+{
+	const char *cpu = strstr(line, " [");
+	const char *dash = cpu;
+
+	while (dash && dash > line && dash[-1] != '-')
+		dash--;
+	return dash && dash > line ? strtol(dash, NULL, 10) : -1;
+}
+
+/* The daemon's own driver maps and unmaps: what the probes count, which take only those inside
+ * an iommufd ioctl, and never another device's DMA mapping that the kernel traces too. */
+static void trace_count(pid_t daemon, unsigned *maps, unsigned *unmaps)
 {
 	FILE *f = fopen(TRACEFS "/trace", "r");
 	char line[512];
@@ -80,6 +94,8 @@ static void trace_count(unsigned *maps, unsigned *unmaps)
 	CHECK(f != NULL);
 	*maps = *unmaps = 0;
 	while (fgets(line, sizeof(line), f)) {
+		if (trace_pid(line) != daemon)
+			continue;
 		*maps += strstr(line, " map: IOMMU") != NULL;
 		*unmaps += strstr(line, " unmap: IOMMU") != NULL;
 	}
@@ -188,7 +204,7 @@ TEST_F(probes_vm, counts_match_the_kernel)
 
 	trace_start();
 	map_and_unmap(self);
-	trace_count(&trace_maps, &trace_unmaps);
+	trace_count(self->daemon.pid, &trace_maps, &trace_unmaps);
 	after = totals_now(self->probes);
 	for (unsigned layer = IOMMUD_LAYER_IOMMU; layer <= IOMMUD_LAYER_IOCTL; layer++)
 		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++) {
