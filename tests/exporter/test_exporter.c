@@ -853,7 +853,9 @@ TEST(options_and_errors)
 	CHECK_EQ(run_exporter("--timeout 5 --request-timeout 2", out, sizeof(out)), 2);
 	CHECK(strstr(out, "--request-timeout must be longer than --timeout"));
 	CHECK_EQ(run_exporter("--timeout soon", out, sizeof(out)), 2);
-	CHECK(strstr(out, "--timeout takes seconds"));
+	/* one sentence on one line, then the pointer to --help */
+	CHECK(strcmp(out, "iommud-exporter: --timeout takes seconds from 0.01 to 3600, not "
+			  "'soon'\nTry 'iommud-exporter --help'.\n") == 0);
 	CHECK_EQ(run_exporter("--max-connections 0", out, sizeof(out)), 2);
 	CHECK_EQ(run_exporter("stray", out, sizeof(out)), 2);
 	(void)snprintf(args, sizeof(args), "--listen 127.0.0.1:%u", (unsigned)port);
