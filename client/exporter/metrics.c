@@ -18,11 +18,13 @@
 #define NSEC_PER_SEC UINT64_C(1000000000)
 
 /*
- * Bucket i of a daemon histogram counts durations below 2^(i+1) ns, so its `le` is 2^(i+1) ns;
- * the daemon's last bucket (index 36: 2^36 ns, about 69 s) also holds everything longer and so
- * has no upper bound of its own: it, and any bucket a newer daemon keeps beyond it, counts only
- * in +Inf. Every histogram gets all 36 bounded buckets, empty or not, because Prometheus
- * aggregates histograms by `le` and a bucket that comes and goes breaks histogram_quantile.
+ * Bucket i of a daemon histogram holds the whole nanoseconds from 2^i to 2^(i+1) - 1 (bucket 0
+ * holds 0 and 1). `le` is inclusive, so bucket i's is its largest value, 2^(i+1) - 1 ns: 2^(i+1)
+ * would claim durations of exactly 2^(i+1) ns, which the next bucket counts. The daemon's last
+ * bucket (index 36, from 2^36 ns, about 69 s) also holds everything longer and so has no upper
+ * bound of its own: it, and any bucket a newer daemon keeps beyond it, counts only in +Inf.
+ * Every histogram gets all 36 bounded buckets, empty or not, because Prometheus aggregates
+ * histograms by `le` and a bucket that comes and goes breaks histogram_quantile.
  */
 #define BOUNDED_BUCKETS 36
 
@@ -122,7 +124,7 @@ static void histogram(struct writer *w, const struct family *f, const struct lab
 	for (unsigned i = 0; i < BOUNDED_BUCKETS; i++) {
 		if (i < h->n_buckets)
 			cumulative += h->buckets[i];
-		metrics_seconds(UINT64_C(2) << i, le);
+		metrics_seconds((UINT64_C(2) << i) - 1, le);
 		put_series(w->out, f->name, "_bucket", l, n, le);
 		(void)fprintf(w->out, " %" PRIu64 "\n", cumulative);
 	}

@@ -22,7 +22,7 @@
  * iommud_up 0 alone. Returns 0, or -EIO when out failed. */
 int metrics_render(const Iommud__V1__GetStatsReply *stats, FILE *out);
 
-/* Writes ns nanoseconds as exact decimal seconds ("0.000000002", "68.719476736", "1") into buf
+/* Writes ns nanoseconds as exact decimal seconds ("0.000000003", "68.719476735", "1") into buf
  * (room for METRICS_SECONDS_MAX bytes). */
 #define METRICS_SECONDS_MAX 32
 void metrics_seconds(uint64_t ns, char buf[METRICS_SECONDS_MAX]);

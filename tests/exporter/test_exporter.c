@@ -609,7 +609,7 @@ static void expect_histogram(const struct prometheus *p, const char *name, const
 	total = total > h->count ? total : h->count;
 	for (unsigned i = 0; i < 36; i++) {
 		cumulative += i < h->n_buckets ? h->buckets[i] : 0;
-		metrics_seconds(UINT64_C(2) << i, le);
+		metrics_seconds((UINT64_C(2) << i) - 1, le);
 		(void)snprintf(promql, sizeof(promql), "%s_bucket{%s,le=\"%s\"}", name, labels, le);
 		expect(p, promql, (double)cumulative);
 	}
