@@ -5,13 +5,13 @@
  * TYPE lines are written with a family's first sample, so a family the daemon has nothing for
  * (a field an older daemon does not fill) leaves no empty header behind.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <string.h>
 
 #include <iommuctl.h>
+#include <names.h>
 
 #include "metrics.h"
 
@@ -137,23 +137,19 @@ static void histogram(struct writer *w, const struct family *f, const struct lab
 	(void)fprintf(w->out, " %" PRIu64 "\n", total);
 }
 
-const char *metrics_enum_label(const ProtobufCEnumDescriptor *d, int value, const char *prefix,
-			       char *buf, size_t size)
-{
-	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(d, value);
-	size_t skip = strlen(prefix), i = 0;
+#define LABEL_MAX 32
 
-	if (!v || strncmp(v->name, prefix, skip) != 0) {
-		(void)snprintf(buf, size, "%d", value);
-		return buf;
-	}
-	for (const char *p = v->name + skip; *p && i + 1 < size; p++)
-		buf[i++] = (char)tolower((unsigned char)*p);
-	buf[i] = '\0';
+/* The label of an enum value: its name (names.h), or its number when this build's schema does
+ * not know it (a newer daemon's), written into buf then. */
+static const char *enum_label(struct iommud_names *names, int value, char buf[LABEL_MAX])
+{
+	const char *name = iommud_name(names, value);
+
+	if (name)
+		return name;
+	(void)snprintf(buf, LABEL_MAX, "%d", value);
 	return buf;
 }
-
-#define LABEL_MAX 32
 
 /* ---- the daemon as a whole -------------------------------------------------------------- */
 
@@ -275,14 +271,11 @@ struct map_labels {
 
 static void map_labels(const Iommud__V1__MapLatency *m, struct map_labels *ml)
 {
-	ml->l[0] = (struct label){"op", metrics_enum_label(&iommud__v1__map_op__descriptor, m->op,
-							   "MAP_OP_", ml->op, LABEL_MAX)};
-	ml->l[1] = (struct label){"layer",
-				  metrics_enum_label(&iommud__v1__map_layer__descriptor, m->layer,
-						     "MAP_LAYER_", ml->layer, LABEL_MAX)};
-	ml->l[2] = (struct label){
-		"size_class", metrics_enum_label(&iommud__v1__size_class__descriptor, m->size_class,
-						 "SIZE_CLASS_", ml->size, LABEL_MAX)};
+	ml->l[0] = (struct label){"op", enum_label(&iommud_map_op_names, m->op, ml->op)};
+	ml->l[1] =
+		(struct label){"layer", enum_label(&iommud_map_layer_names, m->layer, ml->layer)};
+	ml->l[2] = (struct label){"size_class",
+				  enum_label(&iommud_size_class_names, m->size_class, ml->size)};
 	ml->l[3] = (struct label){"tenant", m->tenant};
 }
 
@@ -485,8 +478,8 @@ static void render_probes(struct writer *w, const Iommud__V1__GetStatsReply *s)
 	if (!p)
 		return;
 	for (unsigned i = 0; i < d->n_values; i++) {
-		struct label tier = {"tier", metrics_enum_label(d, d->values[i].value,
-								"PROBE_TIER_", name, sizeof(name))};
+		struct label tier = {
+			"tier", enum_label(&iommud_probe_tier_names, d->values[i].value, name)};
 
 		if (d->values[i].value != IOMMUD__V1__PROBE_TIER__PROBE_TIER_UNSPECIFIED)
 			sample(w, &probe_tier, &tier, 1, d->values[i].value == (int)p->tier);

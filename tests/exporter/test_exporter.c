@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <iommuctl.h>
+#include <names.h>
 
 #include "daemon_fixture.h"
 #include "harness.h"
@@ -598,6 +599,16 @@ static void expect(const struct prometheus *p, const char *promql, double want)
 	}
 }
 
+/* The name of a value the daemon sent: the daemon and this test share the schema, so every
+ * value has one. */
+static const char *known_name(struct iommud_names *names, int value)
+{
+	const char *name = iommud_name(names, value);
+
+	CHECK(name != NULL);
+	return name;
+}
+
 static void expect_histogram(const struct prometheus *p, const char *name, const char *labels,
 			     const Iommud__V1__Histogram *h)
 {
@@ -649,20 +660,16 @@ static void expect_methods(const struct prometheus *p, const Iommud__V1__GetStat
 
 static void expect_map_path(const struct prometheus *p, const Iommud__V1__GetStatsReply *s)
 {
-	char promql[512], labels[256], op[32], layer[32], size[32];
+	char promql[512], labels[256];
 
 	for (size_t i = 0; i < s->n_map_latency; i++) {
 		const Iommud__V1__MapLatency *m = s->map_latency[i];
 
 		(void)snprintf(labels, sizeof(labels),
 			       "op=\"%s\",layer=\"%s\",size_class=\"%s\",tenant=\"%s\"",
-			       metrics_enum_label(&iommud__v1__map_op__descriptor, m->op, "MAP_OP_",
-						  op, sizeof(op)),
-			       metrics_enum_label(&iommud__v1__map_layer__descriptor, m->layer,
-						  "MAP_LAYER_", layer, sizeof(layer)),
-			       metrics_enum_label(&iommud__v1__size_class__descriptor,
-						  m->size_class, "SIZE_CLASS_", size, sizeof(size)),
-			       m->tenant);
+			       known_name(&iommud_map_op_names, m->op),
+			       known_name(&iommud_map_layer_names, m->layer),
+			       known_name(&iommud_size_class_names, m->size_class), m->tenant);
 		(void)snprintf(promql, sizeof(promql), "iommud_map_operations_total{%s}", labels);
 		expect(p, promql, m->latency ? (double)m->latency->count : 0);
 		(void)snprintf(promql, sizeof(promql), "iommud_map_bytes_total{%s}", labels);
@@ -705,7 +712,7 @@ static void expect_tenants(const struct prometheus *p, const Iommud__V1__GetStat
 static void expect_devices_and_probes(const struct prometheus *p,
 				      const Iommud__V1__GetStatsReply *s)
 {
-	char promql[256], tier[32];
+	char promql[256];
 
 	for (size_t i = 0; i < s->n_devices; i++) {
 		double in_state = 0;
@@ -723,8 +730,7 @@ static void expect_devices_and_probes(const struct prometheus *p,
 	if (!s->probes)
 		return;
 	(void)snprintf(promql, sizeof(promql), "iommud_probe_tier{tier=\"%s\"}",
-		       metrics_enum_label(&iommud__v1__probe_tier__descriptor, s->probes->tier,
-					  "PROBE_TIER_", tier, sizeof(tier)));
+		       known_name(&iommud_probe_tier_names, s->probes->tier));
 	expect(p, promql, 1);
 	expect(p, "iommud_probes_detached", (double)s->probes->n_detached);
 	expect(p, "iommud_probe_dropped_events_total", (double)s->probes->dropped_events);
