@@ -493,6 +493,72 @@ TEST_F(exporter, daemon_hung_gives_up_0_within_timeout)
 	CHECK_EQ(scrape_up(self->e.port, NULL), 1);
 }
 
+/* The process a scrape asks the daemon from; 0 until there is one (within 1 s). */
+static pid_t scrape_child(const struct exporter *e)
+{
+	char path[64];
+	int child = 0;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)e->pid, (int)e->pid);
+	for (int i = 0; i < 100 && child == 0; i++) {
+		FILE *f = fopen(path, "r");
+
+		CHECK(f != NULL);
+		if (fscanf(f, "%d", &child) != 1)
+			child = 0;
+		(void)fclose(f);
+		if (child == 0)
+			pause_ms(10);
+	}
+	return child;
+}
+
+/* Whether pid is gone (or a zombie), within 2 s. */
+static bool process_ends(pid_t pid)
+{
+	char path[32], stat[256];
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	for (int i = 0; i < 200; i++) {
+		FILE *f = fopen(path, "r");
+		const char *state;
+
+		if (!f)
+			return true;
+		state = fgets(stat, sizeof(stat), f) ? strrchr(stat, ')') : NULL;
+		(void)fclose(f);
+		if (state && state[1] == ' ' && state[2] == 'Z')
+			return true;
+		pause_ms(10);
+	}
+	return false;
+}
+
+/* An exporter killed outright while it waits for a hung daemon takes the process asking the
+ * daemon along, instead of leaving it blocked in the call. */
+TEST_F(exporter, scrape_child_dies_with_the_exporter)
+{
+	static const char request[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+	int status, fd;
+	bool child_ended;
+	pid_t child;
+
+	CHECK(kill(self->d.pid, SIGSTOP) == 0);
+	fd = connect_port(self->e.port);
+	CHECK(write(fd, request, sizeof(request) - 1) == (ssize_t)(sizeof(request) - 1));
+	child = scrape_child(&self->e);
+	CHECK(child > 0);
+	CHECK(kill(self->e.pid, SIGKILL) == 0);
+	CHECK(waitpid(self->e.pid, &status, 0) == self->e.pid);
+	child_ended = process_ends(child);
+	CHECK(kill(self->d.pid, SIGCONT) == 0); /* first, so that a failure leaves nothing hung */
+	CHECK(child_ended);
+	(void)close(fd);
+	/* a new exporter, serving (so with its handlers), for the teardown to stop */
+	exporter_start(&self->e, self->d.socket_path, true);
+	CHECK_EQ(scrape_up(self->e.port, NULL), 1);
+}
+
 /* ---- a real Prometheus --------------------------------------------------------------------- */
 
 struct prometheus {
