@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,10 +69,15 @@ struct options {
 	struct server_options server;
 };
 
-static int usage_error(const char *fmt, const char *value)
+/* Says what was wrong, as one line after the program's name, and where to read more. */
+__attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
 {
+	va_list ap;
+
 	(void)fputs("iommud-exporter: ", stderr);
-	(void)fprintf(stderr, fmt, value);
+	va_start(ap, fmt);
+	(void)vfprintf(stderr, fmt, ap);
+	va_end(ap);
 	(void)fputs("\nTry 'iommud-exporter --help'.\n", stderr);
 	return -EINVAL;
 }
@@ -83,12 +89,8 @@ static int parse_seconds(const char *option, const char *value, struct timeval *
 
 	errno = 0;
 	seconds = strtod(value, &end);
-	if (errno || end == value || *end || !isfinite(seconds) || seconds < 0.01 ||
-	    seconds > 3600) {
-		(void)fprintf(stderr, "iommud-exporter: %s takes seconds from 0.01 to 3600",
-			      option);
-		return usage_error(", not '%s'", value);
-	}
+	if (errno || end == value || *end || !isfinite(seconds) || seconds < 0.01 || seconds > 3600)
+		return usage_error("%s takes seconds from 0.01 to 3600, not '%s'", option, value);
 	ret_tv->tv_sec = (time_t)seconds;
 	ret_tv->tv_usec = (suseconds_t)((seconds - (double)ret_tv->tv_sec) * 1e6);
 	return 0;
@@ -130,7 +132,7 @@ static int parse_option(int opt, struct options *o)
 		(void)printf("iommud-exporter %s\n", IOMMUD_VERSION);
 		exit(0);
 	default:
-		return usage_error("%s", "unknown option or missing value");
+		return usage_error("unknown option or missing value");
 	}
 }
 
@@ -156,8 +158,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
 	if (!evutil_timercmp(&o->server.timeout, &o->server.request_timeout, <))
-		return usage_error("%s", "--request-timeout must be longer than --timeout: a "
-					 "scrape's reply waits for the daemon");
+		return usage_error("--request-timeout must be longer than --timeout: a scrape's "
+				   "reply waits for the daemon");
 	return 0;
 }
 

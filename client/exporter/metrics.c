@@ -5,24 +5,26 @@
  * TYPE lines are written with a family's first sample, so a family the daemon has nothing for
  * (a field an older daemon does not fill) leaves no empty header behind.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <string.h>
 
 #include <iommuctl.h>
+#include <names.h>
 
 #include "metrics.h"
 
 #define NSEC_PER_SEC UINT64_C(1000000000)
 
 /*
- * Bucket i of a daemon histogram counts durations below 2^(i+1) ns, so its `le` is 2^(i+1) ns;
- * the daemon's last bucket (index 36: 2^36 ns, about 69 s) also holds everything longer and so
- * has no upper bound of its own: it, and any bucket a newer daemon keeps beyond it, counts only
- * in +Inf. Every histogram gets all 36 bounded buckets, empty or not, because Prometheus
- * aggregates histograms by `le` and a bucket that comes and goes breaks histogram_quantile.
+ * Bucket i of a daemon histogram holds the whole nanoseconds from 2^i to 2^(i+1) - 1 (bucket 0
+ * holds 0 and 1). `le` is inclusive, so bucket i's is its largest value, 2^(i+1) - 1 ns: 2^(i+1)
+ * would claim durations of exactly 2^(i+1) ns, which the next bucket counts. The daemon's last
+ * bucket (index 36, from 2^36 ns, about 69 s) also holds everything longer and so has no upper
+ * bound of its own: it, and any bucket a newer daemon keeps beyond it, counts only in +Inf.
+ * Every histogram gets all 36 bounded buckets, empty or not, because Prometheus aggregates
+ * histograms by `le` and a bucket that comes and goes breaks histogram_quantile.
  */
 #define BOUNDED_BUCKETS 36
 
@@ -122,7 +124,7 @@ static void histogram(struct writer *w, const struct family *f, const struct lab
 	for (unsigned i = 0; i < BOUNDED_BUCKETS; i++) {
 		if (i < h->n_buckets)
 			cumulative += h->buckets[i];
-		metrics_seconds(UINT64_C(2) << i, le);
+		metrics_seconds((UINT64_C(2) << i) - 1, le);
 		put_series(w->out, f->name, "_bucket", l, n, le);
 		(void)fprintf(w->out, " %" PRIu64 "\n", cumulative);
 	}
@@ -135,23 +137,19 @@ static void histogram(struct writer *w, const struct family *f, const struct lab
 	(void)fprintf(w->out, " %" PRIu64 "\n", total);
 }
 
-const char *metrics_enum_label(const ProtobufCEnumDescriptor *d, int value, const char *prefix,
-			       char *buf, size_t size)
-{
-	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(d, value);
-	size_t skip = strlen(prefix), i = 0;
+#define LABEL_MAX 32
 
-	if (!v || strncmp(v->name, prefix, skip) != 0) {
-		(void)snprintf(buf, size, "%d", value);
-		return buf;
-	}
-	for (const char *p = v->name + skip; *p && i + 1 < size; p++)
-		buf[i++] = (char)tolower((unsigned char)*p);
-	buf[i] = '\0';
+/* The label of an enum value: its name (names.h), or its number when this build's schema does
+ * not know it (a newer daemon's), written into buf then. */
+static const char *enum_label(struct iommud_names *names, int value, char buf[LABEL_MAX])
+{
+	const char *name = iommud_name(names, value);
+
+	if (name)
+		return name;
+	(void)snprintf(buf, LABEL_MAX, "%d", value);
 	return buf;
 }
-
-#define LABEL_MAX 32
 
 /* ---- the daemon as a whole -------------------------------------------------------------- */
 
@@ -273,14 +271,11 @@ struct map_labels {
 
 static void map_labels(const Iommud__V1__MapLatency *m, struct map_labels *ml)
 {
-	ml->l[0] = (struct label){"op", metrics_enum_label(&iommud__v1__map_op__descriptor, m->op,
-							   "MAP_OP_", ml->op, LABEL_MAX)};
-	ml->l[1] = (struct label){"layer",
-				  metrics_enum_label(&iommud__v1__map_layer__descriptor, m->layer,
-						     "MAP_LAYER_", ml->layer, LABEL_MAX)};
-	ml->l[2] = (struct label){
-		"size_class", metrics_enum_label(&iommud__v1__size_class__descriptor, m->size_class,
-						 "SIZE_CLASS_", ml->size, LABEL_MAX)};
+	ml->l[0] = (struct label){"op", enum_label(&iommud_map_op_names, m->op, ml->op)};
+	ml->l[1] =
+		(struct label){"layer", enum_label(&iommud_map_layer_names, m->layer, ml->layer)};
+	ml->l[2] = (struct label){"size_class",
+				  enum_label(&iommud_size_class_names, m->size_class, ml->size)};
 	ml->l[3] = (struct label){"tenant", m->tenant};
 }
 
@@ -483,8 +478,8 @@ static void render_probes(struct writer *w, const Iommud__V1__GetStatsReply *s)
 	if (!p)
 		return;
 	for (unsigned i = 0; i < d->n_values; i++) {
-		struct label tier = {"tier", metrics_enum_label(d, d->values[i].value,
-								"PROBE_TIER_", name, sizeof(name))};
+		struct label tier = {
+			"tier", enum_label(&iommud_probe_tier_names, d->values[i].value, name)};
 
 		if (d->values[i].value != IOMMUD__V1__PROBE_TIER__PROBE_TIER_UNSPECIFIED)
 			sample(w, &probe_tier, &tier, 1, d->values[i].value == (int)p->tier);

@@ -11,7 +11,7 @@
 #ifndef IOMMUD_EXPORTER_METRICS_H
 #define IOMMUD_EXPORTER_METRICS_H
 
-#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include <iommud.pb-c.h>
@@ -22,15 +22,9 @@
  * iommud_up 0 alone. Returns 0, or -EIO when out failed. */
 int metrics_render(const Iommud__V1__GetStatsReply *stats, FILE *out);
 
-/* Writes ns nanoseconds as exact decimal seconds ("0.000000002", "68.719476736", "1") into buf
+/* Writes ns nanoseconds as exact decimal seconds ("0.000000003", "68.719476735", "1") into buf
  * (room for METRICS_SECONDS_MAX bytes). */
 #define METRICS_SECONDS_MAX 32
 void metrics_seconds(uint64_t ns, char buf[METRICS_SECONDS_MAX]);
-
-/* The label of an enum value: its schema name less prefix, in lower case ("MAP_LAYER_IOCTL" is
- * "ioctl"), or its number when this build's schema does not know it; written into buf (size
- * bytes), which it returns. */
-const char *metrics_enum_label(const ProtobufCEnumDescriptor *d, int value, const char *prefix,
-			       char *buf, size_t size);
 
 #endif

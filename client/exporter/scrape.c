@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -160,15 +161,53 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 	finish(s, error);
 }
 
+/*
+ * In the child, before anything else: the signals the exporter handles (its event loop's, which
+ * would only tell the parent's loop) or ignores act as by default again, then the mask is the
+ * parent's; and the child dies with the exporter, even one killed outright, rather than outlive
+ * it in a call to a wedged daemon. A parent that died before prctl took effect is no longer
+ * the parent.
+ */
+static void detach_from_exporter(pid_t parent, const sigset_t *mask)
+{
+	static const int exporter_signals[] = {SIGTERM, SIGINT, SIGPIPE};
+
+	for (size_t i = 0; i < sizeof(exporter_signals) / sizeof(exporter_signals[0]); i++)
+		(void)signal(exporter_signals[i], SIG_DFL);
+	(void)sigprocmask(SIG_SETMASK, mask, NULL);
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+		_exit(1);
+}
+
 /* In the child: the pipe becomes fd 3 and every other descriptor is closed, so that the
  * child holds none of the exporter's connections open while it waits. */
-static void run_child(const char *socket_path, int fd)
+static void run_child(pid_t parent, const sigset_t *mask, const char *socket_path, int fd)
 {
+	detach_from_exporter(parent, mask);
 	if (fd != 3 && dup2(fd, 3) < 0)
 		_exit(1);
 	(void)close_range(4, ~0u, 0);
 	ask_daemon(socket_path, 3);
 	_exit(0);
+}
+
+/* Forks the child that writes to fd. Signals wait, blocked, until the child has its own
+ * handlers: one arriving in between would run the exporter's handler in the child. */
+static pid_t spawn_child(const char *socket_path, int fd)
+{
+	pid_t parent = getpid(), child;
+	sigset_t all, old;
+	int err;
+
+	(void)sigfillset(&all);
+	(void)sigprocmask(SIG_SETMASK, &all, &old);
+	child = fork();
+	if (child == 0)
+		run_child(parent, &old, socket_path, fd);
+	err = errno;
+	(void)sigprocmask(SIG_SETMASK, &old, NULL);
+	errno = err;
+	return child;
 }
 
 int scrape_start(struct event_base *base, const char *socket_path, const struct timeval *timeout,
@@ -189,9 +228,7 @@ int scrape_start(struct event_base *base, const char *socket_path, const struct 
 		free(s);
 		return err;
 	}
-	s->child = fork();
-	if (s->child == 0)
-		run_child(socket_path, fds[1]);
+	s->child = spawn_child(socket_path, fds[1]);
 	err = s->child < 0 ? -errno : 0;
 	(void)close(fds[1]);
 	s->record = evbuffer_new();

@@ -61,7 +61,7 @@ static const char read_only[] = "Only GET and HEAD are served.\n";
 
 static void conn_free(struct conn *conn)
 {
-	bufferevent_disable(conn->bev, EV_READ | EV_WRITE);
+	(void)bufferevent_disable(conn->bev, EV_READ | EV_WRITE);
 	(void)bufferevent_decref(conn->bev);
 	event_free(conn->deadline);
 	free(conn);
@@ -193,18 +193,19 @@ static void send_text(struct evhttp_request *req, int code, const char *reason, 
 {
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
 	struct evbuffer *body = evbuffer_new();
+	/* A reply to HEAD says what GET's would, without its body, which evhttp 2.1 would send. */
+	bool head_request = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
 	char length[24];
 
-	/* A reply to HEAD says what GET's would, without its body, which evhttp 2.1 would send. */
-	(void)snprintf(length, sizeof(length), "%zu", len);
-	(void)evhttp_add_header(headers, "Content-Type", type);
-	(void)evhttp_add_header(headers, "Content-Length", length);
-	(void)evhttp_add_header(headers, "Cache-Control", "no-store");
-	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD)
-		len = 0;
-	if (!body || evbuffer_add(body, text, len) < 0) {
+	/* The headers describe this body, so they wait for it: the error page sent instead when
+	 * it cannot be built has a length and type of its own. */
+	if (!body || evbuffer_add(body, text, head_request ? 0 : len) < 0) {
 		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
 	} else {
+		(void)snprintf(length, sizeof(length), "%zu", len);
+		(void)evhttp_add_header(headers, "Content-Type", type);
+		(void)evhttp_add_header(headers, "Content-Length", length);
+		(void)evhttp_add_header(headers, "Cache-Control", "no-store");
 		evhttp_send_reply(req, code, reason, body);
 	}
 	if (body)

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <iommuctl.h>
+#include <names.h>
 
 #include "daemon_fixture.h"
 #include "harness.h"
@@ -492,6 +493,72 @@ TEST_F(exporter, daemon_hung_gives_up_0_within_timeout)
 	CHECK_EQ(scrape_up(self->e.port, NULL), 1);
 }
 
+/* The process a scrape asks the daemon from; 0 until there is one (within 1 s). */
+static pid_t scrape_child(const struct exporter *e)
+{
+	char path[64];
+	int child = 0;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)e->pid, (int)e->pid);
+	for (int i = 0; i < 100 && child == 0; i++) {
+		FILE *f = fopen(path, "r");
+
+		CHECK(f != NULL);
+		if (fscanf(f, "%d", &child) != 1)
+			child = 0;
+		(void)fclose(f);
+		if (child == 0)
+			pause_ms(10);
+	}
+	return child;
+}
+
+/* Whether pid is gone (or a zombie), within 2 s. */
+static bool process_ends(pid_t pid)
+{
+	char path[32], stat[256];
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	for (int i = 0; i < 200; i++) {
+		FILE *f = fopen(path, "r");
+		const char *state;
+
+		if (!f)
+			return true;
+		state = fgets(stat, sizeof(stat), f) ? strrchr(stat, ')') : NULL;
+		(void)fclose(f);
+		if (state && state[1] == ' ' && state[2] == 'Z')
+			return true;
+		pause_ms(10);
+	}
+	return false;
+}
+
+/* An exporter killed outright while it waits for a hung daemon takes the process asking the
+ * daemon along, instead of leaving it blocked in the call. */
+TEST_F(exporter, scrape_child_dies_with_the_exporter)
+{
+	static const char request[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+	int status, fd;
+	bool child_ended;
+	pid_t child;
+
+	CHECK(kill(self->d.pid, SIGSTOP) == 0);
+	fd = connect_port(self->e.port);
+	CHECK(write(fd, request, sizeof(request) - 1) == (ssize_t)(sizeof(request) - 1));
+	child = scrape_child(&self->e);
+	CHECK(child > 0);
+	CHECK(kill(self->e.pid, SIGKILL) == 0);
+	CHECK(waitpid(self->e.pid, &status, 0) == self->e.pid);
+	child_ended = process_ends(child);
+	CHECK(kill(self->d.pid, SIGCONT) == 0); /* first, so that a failure leaves nothing hung */
+	CHECK(child_ended);
+	(void)close(fd);
+	/* a new exporter, serving (so with its handlers), for the teardown to stop */
+	exporter_start(&self->e, self->d.socket_path, true);
+	CHECK_EQ(scrape_up(self->e.port, NULL), 1);
+}
+
 /* ---- a real Prometheus --------------------------------------------------------------------- */
 
 struct prometheus {
@@ -598,6 +665,16 @@ static void expect(const struct prometheus *p, const char *promql, double want)
 	}
 }
 
+/* The name of a value the daemon sent: the daemon and this test share the schema, so every
+ * value has one. */
+static const char *known_name(struct iommud_names *names, int value)
+{
+	const char *name = iommud_name(names, value);
+
+	CHECK(name != NULL);
+	return name;
+}
+
 static void expect_histogram(const struct prometheus *p, const char *name, const char *labels,
 			     const Iommud__V1__Histogram *h)
 {
@@ -609,7 +686,7 @@ static void expect_histogram(const struct prometheus *p, const char *name, const
 	total = total > h->count ? total : h->count;
 	for (unsigned i = 0; i < 36; i++) {
 		cumulative += i < h->n_buckets ? h->buckets[i] : 0;
-		metrics_seconds(UINT64_C(2) << i, le);
+		metrics_seconds((UINT64_C(2) << i) - 1, le);
 		(void)snprintf(promql, sizeof(promql), "%s_bucket{%s,le=\"%s\"}", name, labels, le);
 		expect(p, promql, (double)cumulative);
 	}
@@ -649,20 +726,16 @@ static void expect_methods(const struct prometheus *p, const Iommud__V1__GetStat
 
 static void expect_map_path(const struct prometheus *p, const Iommud__V1__GetStatsReply *s)
 {
-	char promql[512], labels[256], op[32], layer[32], size[32];
+	char promql[512], labels[256];
 
 	for (size_t i = 0; i < s->n_map_latency; i++) {
 		const Iommud__V1__MapLatency *m = s->map_latency[i];
 
 		(void)snprintf(labels, sizeof(labels),
 			       "op=\"%s\",layer=\"%s\",size_class=\"%s\",tenant=\"%s\"",
-			       metrics_enum_label(&iommud__v1__map_op__descriptor, m->op, "MAP_OP_",
-						  op, sizeof(op)),
-			       metrics_enum_label(&iommud__v1__map_layer__descriptor, m->layer,
-						  "MAP_LAYER_", layer, sizeof(layer)),
-			       metrics_enum_label(&iommud__v1__size_class__descriptor,
-						  m->size_class, "SIZE_CLASS_", size, sizeof(size)),
-			       m->tenant);
+			       known_name(&iommud_map_op_names, m->op),
+			       known_name(&iommud_map_layer_names, m->layer),
+			       known_name(&iommud_size_class_names, m->size_class), m->tenant);
 		(void)snprintf(promql, sizeof(promql), "iommud_map_operations_total{%s}", labels);
 		expect(p, promql, m->latency ? (double)m->latency->count : 0);
 		(void)snprintf(promql, sizeof(promql), "iommud_map_bytes_total{%s}", labels);
@@ -705,7 +778,7 @@ static void expect_tenants(const struct prometheus *p, const Iommud__V1__GetStat
 static void expect_devices_and_probes(const struct prometheus *p,
 				      const Iommud__V1__GetStatsReply *s)
 {
-	char promql[256], tier[32];
+	char promql[256];
 
 	for (size_t i = 0; i < s->n_devices; i++) {
 		double in_state = 0;
@@ -723,8 +796,7 @@ static void expect_devices_and_probes(const struct prometheus *p,
 	if (!s->probes)
 		return;
 	(void)snprintf(promql, sizeof(promql), "iommud_probe_tier{tier=\"%s\"}",
-		       metrics_enum_label(&iommud__v1__probe_tier__descriptor, s->probes->tier,
-					  "PROBE_TIER_", tier, sizeof(tier)));
+		       known_name(&iommud_probe_tier_names, s->probes->tier));
 	expect(p, promql, 1);
 	expect(p, "iommud_probes_detached", (double)s->probes->n_detached);
 	expect(p, "iommud_probe_dropped_events_total", (double)s->probes->dropped_events);
@@ -853,7 +925,9 @@ TEST(options_and_errors)
 	CHECK_EQ(run_exporter("--timeout 5 --request-timeout 2", out, sizeof(out)), 2);
 	CHECK(strstr(out, "--request-timeout must be longer than --timeout"));
 	CHECK_EQ(run_exporter("--timeout soon", out, sizeof(out)), 2);
-	CHECK(strstr(out, "--timeout takes seconds"));
+	/* one sentence on one line, then the pointer to --help */
+	CHECK(strcmp(out, "iommud-exporter: --timeout takes seconds from 0.01 to 3600, not "
+			  "'soon'\nTry 'iommud-exporter --help'.\n") == 0);
 	CHECK_EQ(run_exporter("--max-connections 0", out, sizeof(out)), 2);
 	CHECK_EQ(run_exporter("stray", out, sizeof(out)), 2);
 	(void)snprintf(args, sizeof(args), "--listen 127.0.0.1:%u", (unsigned)port);

@@ -5,13 +5,15 @@
  * seconds, and the format's rules (HELP and TYPE once per family, a family's lines together),
  * which promtool checks too where it is installed.
  */
-#define _GNU_SOURCE /* open_memstream */
+#define _GNU_SOURCE	 /* open_memstream */
+#include <linux/types.h> /* for iommud_probes.h */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "harness.h"
+#include "iommud_probes.h"
 #include "metrics.h"
 #include "promtool_check.h"
 
@@ -269,9 +271,9 @@ TEST(daemon_gauges_and_build_info)
 
 TEST(rpc_calls_errors_codes_and_cumulative_latency)
 {
-	static const char *const buckets[] = {"le=\"0.000000002\"} 1",	"le=\"0.000000004\"} 1",
-					      "le=\"0.000000008\"} 3",	"le=\"0.000000016\"} 6",
-					      "le=\"68.719476736\"} 6", "le=\"+Inf\"} 6"};
+	static const char *const buckets[] = {"le=\"0.000000001\"} 1",	"le=\"0.000000003\"} 1",
+					      "le=\"0.000000007\"} 3",	"le=\"0.000000015\"} 6",
+					      "le=\"68.719476735\"} 6", "le=\"+Inf\"} 6"};
 	struct sample_reply s;
 	char *text, line[128];
 
@@ -292,9 +294,41 @@ TEST(rpc_calls_errors_codes_and_cumulative_latency)
 	}
 	CHECK_LINE(text, "iommud_rpc_duration_seconds_sum{method=\"map\"} 1.5");
 	CHECK_LINE(text, "iommud_rpc_duration_seconds_count{method=\"map\"} 6");
-	/* every bound, 2 ns to 2^36 ns, and +Inf; hello has no timing and so no histogram */
+	/* every bound, 1 ns to 2^36 - 1 ns, and +Inf; hello has no timing and so no histogram */
 	CHECK_EQ(count(text, "iommud_rpc_duration_seconds_bucket{"), 37);
 	CHECK_EQ(count(text, "method=\"hello\",le="), 0);
+	free(text);
+}
+
+/* Bounds read back from the text and put to the daemon's own bucketing: each is the largest
+ * duration its bucket holds, one nanosecond more falls in the next bucket, and the open-ended
+ * last bucket has no bound but +Inf. */
+TEST(each_bound_is_the_largest_duration_of_its_bucket)
+{
+	static const char prefix[] = "iommud_rpc_duration_seconds_bucket{method=\"map\",le=\"";
+	struct sample_reply s;
+	unsigned bucket = 0;
+	char *text;
+
+	fill(&s);
+	text = render(&s.reply);
+	for (const char *p = text; (p = strstr(p, prefix)); p++) {
+		const char *le = p + sizeof(prefix) - 1;
+		char *decimals;
+		__u64 ns;
+
+		if (strncmp(le, "+Inf\"", 5) == 0)
+			break;
+		/* whole seconds, then nine decimals: every bound is exact to the nanosecond */
+		ns = strtoull(le, &decimals, 10) * 1000000000ull;
+		CHECK(decimals[0] == '.' && strspn(decimals + 1, "0123456789") == 9 &&
+		      decimals[10] == '"');
+		ns += strtoull(decimals + 1, NULL, 10);
+		CHECK_EQ(iommud_hist_bucket(ns), bucket);
+		CHECK_EQ(iommud_hist_bucket(ns + 1), bucket + 1);
+		bucket++;
+	}
+	CHECK_EQ(bucket, IOMMUD_HIST_BUCKETS - 1);
 	free(text);
 }
 
@@ -313,7 +347,7 @@ TEST(map_path_by_op_layer_size_and_tenant)
 	 * the buckets' total */
 	CHECK_LINE(text,
 		   "iommud_map_duration_seconds_bucket{op=\"map\",layer=\"ioctl\","
-		   "size_class=\"2m\",tenant=\"group \\\"kvm\\\"\\\\\\n\",le=\"68.719476736\"} 1");
+		   "size_class=\"2m\",tenant=\"group \\\"kvm\\\"\\\\\\n\",le=\"68.719476735\"} 1");
 	CHECK_LINE(text, "iommud_map_duration_seconds_bucket{op=\"map\",layer=\"ioctl\","
 			 "size_class=\"2m\",tenant=\"group \\\"kvm\\\"\\\\\\n\",le=\"+Inf\"} 4");
 	CHECK_LINE(text, "iommud_map_duration_seconds_count{op=\"map\",layer=\"ioctl\","
