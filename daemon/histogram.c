@@ -3,6 +3,12 @@
 
 #include <time.h>
 
+#include <iommud_protocol.h>
+
+/* What clients read as the open-ended bucket is the last one kept here. */
+_Static_assert(IOMMUD_HIST_BUCKETS == IOMMUD_HISTOGRAM_OPEN_BUCKET + 1,
+	       "the schema's histogram and the probes' buckets differ");
+
 uint64_t monotonic_ns(void)
 {
 	struct timespec ts;

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <iommud_protocol.h>
+
 #include "cli.h"
 
 struct table {
@@ -387,7 +389,7 @@ static const char *fmt_pow2(char buf[24], unsigned shift)
 }
 
 /* The schema's last bucket: it holds everything from 2^36 ns (about 69 s) up. */
-#define HIST_OPEN_BUCKET 36
+#define HIST_OPEN_BUCKET IOMMUD_HISTOGRAM_OPEN_BUCKET
 
 /* Bucket i's count, the open-ended one holding any a newer daemon keeps beyond it. */
 static uint64_t hist_bucket(const uint64_t *buckets, size_t n, size_t i)

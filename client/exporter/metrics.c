@@ -26,7 +26,7 @@
  * Every histogram gets all 36 bounded buckets, empty or not, because Prometheus aggregates
  * histograms by `le` and a bucket that comes and goes breaks histogram_quantile.
  */
-#define BOUNDED_BUCKETS 36
+#define BOUNDED_BUCKETS IOMMUD_HISTOGRAM_OPEN_BUCKET
 
 struct family {
 	const char *name;
