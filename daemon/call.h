@@ -14,6 +14,7 @@
 #ifndef IOMMUD_CALL_H
 #define IOMMUD_CALL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <iommud.pb-c.h>
@@ -65,6 +66,8 @@ int do_release_lease(struct call *call);
 int do_get_stats(struct call *call);
 /* A quota as replies show it: the rule's limits (none without one) and the usage. */
 void fill_quota(Iommud__V1__Quota *q, const struct access_rule *rule, struct usage used);
+/* The daemon-wide ceilings, with what all tenants hold against them when with_usage. */
+int fill_ceilings(struct call *call, Iommud__V1__Ceilings **ret_ceilings, bool with_usage);
 
 /* method_devices.c */
 int do_list_devices(struct call *call);

@@ -20,6 +20,17 @@
 #define DEFAULT_MAX_DOMAINS  64
 #define DEFAULT_MAX_MAPPINGS 65536
 #define DEFAULT_MAX_PINNED   (16ull << 30)
+/* Leases are kept with no connection open: a few per tenant serve a VM manager's VMs. */
+#define DEFAULT_MAX_LEASES 16
+/* 64 MiB of page tables map 32 GiB densely at 4 KiB leaves (8 KiB per 4 MiB), so only sparse
+ * IOVA layouts, which cost up to 16 KiB per 4 KiB mapping, reach it. */
+#define DEFAULT_MAX_PAGE_TABLES (64ull << 20)
+
+/* The quotas of a section that does not set them. */
+#define DEFAULT_QUOTAS                                                                             \
+	.max_domains = DEFAULT_MAX_DOMAINS, .max_mappings = DEFAULT_MAX_MAPPINGS,                  \
+	.max_pinned_bytes = DEFAULT_MAX_PINNED, .max_leases = DEFAULT_MAX_LEASES,                  \
+	.max_page_table_bytes = DEFAULT_MAX_PAGE_TABLES
 
 int parse_size(const char *text, uint64_t *ret_size)
 {
@@ -71,9 +82,7 @@ int config_defaults(struct config *cfg)
 		.access = ACCESS_WRITE,
 		.devices = calloc(1, sizeof(char *)),
 		.n_devices = 1,
-		.max_domains = DEFAULT_MAX_DOMAINS,
-		.max_mappings = DEFAULT_MAX_MAPPINGS,
-		.max_pinned_bytes = DEFAULT_MAX_PINNED,
+		DEFAULT_QUOTAS,
 		.stats_all = true,
 	};
 	if (!cfg->rules[0].section || !cfg->rules[0].devices)
@@ -253,14 +262,44 @@ static int key_probe_tier(struct load_state *st, const char *value)
 	return 1;
 }
 
+/* A daemon-wide ceiling: a positive number, with K, M, G or T where it counts bytes. */
+static int ceiling_key(struct load_state *st, const char *key, const char *value, uint64_t *slot)
+{
+	if (parse_size(value, slot) < 0 || *slot == 0)
+		return bad(st, "%s must be a positive number (K, M, G or T for sizes), not '%s'",
+			   key, value);
+	return 1;
+}
+
+static int key_max_mappings_total(struct load_state *st, const char *value)
+{
+	return ceiling_key(st, "max-mappings-total", value, &st->cfg->max_mappings_total);
+}
+
+static int key_max_leases_total(struct load_state *st, const char *value)
+{
+	return ceiling_key(st, "max-leases-total", value, &st->cfg->max_leases_total);
+}
+
+static int key_max_pinned_total(struct load_state *st, const char *value)
+{
+	return ceiling_key(st, "max-pinned-total", value, &st->cfg->max_pinned_total);
+}
+
 static const struct {
 	const char *name;
 	int (*take)(struct load_state *st, const char *value);
 } daemon_keys[] = {
-	{"socket", key_socket},		{"socket-mode", key_socket_mode},
-	{"backend", key_backend},	{"topology", key_topology},
-	{"log-level", key_log_level},	{"max-connections", key_max_connections},
+	{"socket", key_socket},
+	{"socket-mode", key_socket_mode},
+	{"backend", key_backend},
+	{"topology", key_topology},
+	{"log-level", key_log_level},
+	{"max-connections", key_max_connections},
 	{"probe-tier", key_probe_tier},
+	{"max-mappings-total", key_max_mappings_total},
+	{"max-leases-total", key_max_leases_total},
+	{"max-pinned-total", key_max_pinned_total},
 };
 
 #define N_DAEMON_KEYS (sizeof(daemon_keys) / sizeof(daemon_keys[0]))
@@ -332,10 +371,14 @@ static int rule_key(struct load_state *st, struct access_rule *rule, const char 
 		quota = &rule->max_mappings;
 	else if (strcmp(name, "max-pinned") == 0)
 		quota = &rule->max_pinned_bytes;
+	else if (strcmp(name, "max-leases") == 0)
+		quota = &rule->max_leases;
+	else if (strcmp(name, "max-page-tables") == 0)
+		quota = &rule->max_page_table_bytes;
 	if (!quota)
 		return bad(st,
 			   "unknown key '%s' in [%s]; known: access, devices, max-domains, "
-			   "max-mappings, max-pinned, stats",
+			   "max-leases, max-mappings, max-page-tables, max-pinned, stats",
 			   name, rule->section);
 	if (parse_size(value, quota) < 0)
 		return bad(st, "%s must be a number (with K, M, G or T for sizes), not '%s'", name,
@@ -391,9 +434,7 @@ static struct access_rule *rule_for_section(struct load_state *st, const char *s
 	struct config *cfg = st->cfg;
 	struct access_rule rule = {
 		.access = ACCESS_WRITE,
-		.max_domains = DEFAULT_MAX_DOMAINS,
-		.max_mappings = DEFAULT_MAX_MAPPINGS,
-		.max_pinned_bytes = DEFAULT_MAX_PINNED,
+		DEFAULT_QUOTAS,
 	};
 	struct access_rule *grown;
 

@@ -36,7 +36,9 @@ struct access_rule {
 	uint64_t max_domains;
 	uint64_t max_mappings;
 	uint64_t max_pinned_bytes;
-	/* stats = all: GetStats shows every tenant label's figures, not only the peer's own. */
+	uint64_t max_leases;
+	uint64_t max_page_table_bytes; /* the emulated IOMMU's tables, kept in the daemon */
+	/* stats = all: an observer; GetStats shows everyone's figures, not only the peer's own. */
 	bool stats_all;
 };
 
@@ -49,6 +51,11 @@ struct config {
 	int log_level;
 	unsigned max_connections;
 	Iommud__V1__ProbeTier probe_tier; /* the highest tier the map path probes may use */
+	/* Daemon-wide ceilings the configuration asks for; 0: the one derived from the kernel's
+	 * limits at start (daemon/ceilings.h), which a configured value may only lower. */
+	uint64_t max_mappings_total;
+	uint64_t max_leases_total;
+	uint64_t max_pinned_total;
 	enum access default_access;
 	struct access_rule *rules;
 	size_t n_rules;

@@ -91,6 +91,8 @@ int do_hello(struct call *call)
 	    !(reply->permissions = call_alloc(call, (ACCESS_WRITE + 1) * sizeof(char *))) ||
 	    !(reply->capabilities = call_alloc(call, CAPABILITIES_MAX * sizeof(char *))))
 		return nomem();
+	if ((rc = fill_ceilings(call, &reply->ceilings, false)) < 0)
+		return rc;
 	fill_hello(call, reply);
 	if (r->client_name[0])
 		log_debug("uid %u says hello as '%s'", (unsigned)c->peer.uid, r->client_name);

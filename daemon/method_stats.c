@@ -3,11 +3,13 @@
  * GetStats: the daemon's counters, the RPC and map path latency histograms, the probes' state,
  * tenant labels and devices.
  *
- * What a caller sees: everything daemon-wide (methods, probes, devices, map latency of no
- * tenant) with read access; of the tenant labels, its own, or all of them when it is root or
- * its section says stats = all. The reply stays inside one packet: entries are added while they
- * fit a budget below the message limit, in the order of the schema's fields, so the first to be
- * left out (on a configuration of very many labels) are the last map latency histograms.
+ * What a caller sees: an observer (root, or a section with stats = all, as the metrics
+ * exporter's) sees everything, every tenant label's figures and the daemon's. Anyone else sees
+ * its own tenant's figures alone, in the same fields, and nothing of other tenants' activity:
+ * not even a label's sums, since a label ("other", a group's section) spans many tenants. The
+ * reply stays inside one packet: entries are added while they fit a budget below the message
+ * limit, in the order of the schema's fields, so the first to be left out (on a configuration
+ * of very many labels) are the last map latency histograms.
  */
 #include <string.h>
 #include <time.h>
@@ -23,8 +25,6 @@
 struct stats_fill {
 	struct call *call;
 	Iommud__V1__GetStatsReply *reply;
-	bool sees_all;		/* every label's figures, not only the caller's own */
-	unsigned own_slot;	/* the caller's label */
 	size_t room;		/* bytes the reply may still grow by */
 	size_t left_out;	/* entries that did not fit */
 	size_t map_latency_cap; /* room in reply->map_latency */
@@ -37,10 +37,37 @@ void fill_quota(Iommud__V1__Quota *q, const struct access_rule *rule, struct usa
 		q->max_domains = rule->max_domains;
 		q->max_mappings = rule->max_mappings;
 		q->max_pinned_bytes = rule->max_pinned_bytes;
+		q->max_leases = rule->max_leases;
+		q->max_page_table_bytes = rule->max_page_table_bytes;
 	}
 	q->domains = used.domains;
 	q->mappings = used.mappings;
 	q->pinned_bytes = used.pinned_bytes;
+	q->leases = used.leases;
+	q->page_table_bytes = used.page_table_bytes;
+}
+
+int fill_ceilings(struct call *call, Iommud__V1__Ceilings **ret_ceilings, bool with_usage)
+{
+	const struct registry *reg = call->d->reg;
+	const struct ceilings *ceil = registry_ceilings(reg);
+	Iommud__V1__Ceilings *out = call_alloc(call, sizeof(*out));
+	struct usage total = registry_usage(reg);
+
+	if (!out)
+		return nomem();
+	iommud__v1__ceilings__init(out);
+	out->max_mappings = ceil->max_mappings;
+	out->max_leases = ceil->max_leases;
+	out->max_pinned_bytes = ceil->max_pinned_bytes;
+	if (with_usage) {
+		out->mappings = total.mappings;
+		out->leases = total.leases;
+		out->pinned_bytes = total.pinned_bytes;
+		out->failed_releases = registry_failed_releases(reg);
+	}
+	*ret_ceilings = out;
+	return 0;
 }
 
 /* Whether one more entry of the reply fits; counts it against the room if so. */
@@ -54,11 +81,6 @@ static bool fits(struct stats_fill *st, const ProtobufCMessage *entry)
 	}
 	st->room -= size;
 	return true;
-}
-
-static bool label_visible(const struct stats_fill *st, unsigned slot)
-{
-	return slot == 0 || st->sees_all || slot == st->own_slot;
 }
 
 /* The reply's copy of a histogram, its empty buckets at the end left out; NULL when out of
@@ -133,7 +155,8 @@ static int fill_methods(struct stats_fill *st)
 	return 0;
 }
 
-static int fill_probes(struct stats_fill *st)
+/* An observer's figures of the probes also count what the map path did: its lost events. */
+static int fill_probes(struct stats_fill *st, bool observer)
 {
 	struct probes *p = st->call->d->probes;
 	Iommud__V1__ProbeStatus *ps = call_alloc(st->call, sizeof(*ps));
@@ -145,7 +168,7 @@ static int fill_probes(struct stats_fill *st)
 	ps->tier = probes_tier(p);
 	ps->n_detached = probes_detached(p, &detached);
 	ps->detached = (char **)detached;
-	ps->dropped_events = probes_dropped_events(p);
+	ps->dropped_events = observer ? probes_dropped_events(p) : 0;
 	ps->in_process = probes_in_process(p);
 	st->reply->probes = ps;
 	return 0;
@@ -184,8 +207,6 @@ static int fill_tenants(struct stats_fill *st)
 		Iommud__V1__TenantStats *ts;
 
 		reply->leases += labels[slot].leases;
-		if (!label_visible(st, slot))
-			continue;
 		if (!(ts = tenant_stats_reply(st->call, slot, &labels[slot])))
 			return nomem();
 		if (fits(st, &ts->base))
@@ -316,8 +337,6 @@ static int add_map_latency(const struct iommud_hist_key *key, const struct iommu
 	Iommud__V1__MapLatency *ml;
 	int rc;
 
-	if (!label_visible(st, key->tenant))
-		return 0;
 	if (!(ml = map_latency_reply(st->call, key, hist)))
 		return nomem();
 	if (!fits(st, &ml->base))
@@ -333,49 +352,87 @@ static int fill_map_latency(struct stats_fill *st)
 	return probes_read(st->call->d->probes, add_map_latency, st);
 }
 
+/* The daemon's counters for an observer; for anyone else, the same fields about its own tenant,
+ * of which it is the only one. */
 static void fill_counters(struct call *call, Iommud__V1__GetStatsReply *reply)
 {
 	struct daemon *d = call->d;
+	const struct tenant *own = call->client->tenant;
 
 	reply->uptime_seconds = (uint64_t)(time(NULL) - d->started);
 	reply->version = IOMMUD_VERSION;
+	fill_quota(reply->quota, tenant_rule(own), tenant_usage(own));
+	if (!reply->observer) {
+		reply->connections = tenant_connections(own);
+		reply->tenants = 1;
+		reply->sessions = tenant_sessions(own);
+		reply->leases = (uint32_t)tenant_usage(own).leases;
+		return;
+	}
 	reply->connections = d->connections;
 	reply->tenants = registry_tenant_count(d->reg);
 	reply->sessions = registry_session_count(d->reg);
 	reply->rejected_packets = d->rejected_packets;
-	fill_quota(reply->quota, tenant_rule(call->client->tenant),
-		   tenant_usage(call->client->tenant));
+}
+
+/* A caller who is no observer: its own tenant under its label, as one. */
+static int fill_own_tenant(struct stats_fill *st)
+{
+	const struct tenant *own = st->call->client->tenant;
+	const struct label_stats figures = {
+		.tenants = 1,
+		.sessions = tenant_sessions(own),
+		.leases = (unsigned)tenant_usage(own).leases,
+		.used = tenant_usage(own),
+	};
+	Iommud__V1__TenantStats *ts =
+		tenant_stats_reply(st->call, tenant_label_slot(own), &figures);
+
+	if (!ts || !(st->reply->tenant_stats = call_alloc(st->call, sizeof(void *))))
+		return nomem();
+	st->reply->tenant_stats[st->reply->n_tenant_stats++] = ts;
+	return 0;
+}
+
+/* Every tenant label, device, fault source and map latency histogram while they fit; said once
+ * per change when some do not, not at every scrape. */
+static int fill_everyone(struct stats_fill *st)
+{
+	struct daemon *d = st->call->d;
+	uid_t uid = st->call->client->peer.uid;
+	int rc;
+
+	if ((rc = fill_tenants(st)) < 0 || (rc = fill_faults(st)) < 0 ||
+	    (rc = fill_devices(st)) < 0 || (rc = fill_map_latency(st)) < 0)
+		return rc;
+	if (st->left_out != d->stats_left_out && st->left_out)
+		log_warning("stats for uid %u: %zu entries left out to keep the reply inside one "
+			    "packet; give fewer configuration sections stats = all",
+			    (unsigned)uid, st->left_out);
+	else if (st->left_out != d->stats_left_out)
+		log_notice("stats for uid %u: every entry fits in the reply again", (unsigned)uid);
+	d->stats_left_out = st->left_out;
+	return 0;
 }
 
 int do_get_stats(struct call *call)
 {
 	const struct client *c = call->client;
 	const struct access_rule *rule = tenant_rule(c->tenant);
-	struct stats_fill st = {
-		.call = call,
-		.reply = REPLY(call, get_stats_reply),
-		.sees_all = c->peer.uid == 0 || (rule && rule->stats_all),
-		.own_slot = tenant_label_slot(c->tenant),
-	};
+	struct stats_fill st = {.call = call, .reply = REPLY(call, get_stats_reply)};
 	int rc;
 
 	if (!st.reply || !(st.reply->quota = call_alloc(call, sizeof(*st.reply->quota))))
 		return nomem();
+	st.reply->observer = c->peer.uid == 0 || (rule && rule->stats_all);
 	fill_counters(call, st.reply);
-	if ((rc = fill_methods(&st)) < 0 || (rc = fill_probes(&st)) < 0)
+	if ((rc = fill_ceilings(call, &st.reply->ceilings, st.reply->observer)) < 0 ||
+	    (rc = fill_probes(&st, st.reply->observer)) < 0)
+		return rc;
+	if (!st.reply->observer)
+		return fill_own_tenant(&st);
+	if ((rc = fill_methods(&st)) < 0)
 		return rc;
 	st.room = STATS_REPLY_BUDGET - iommud__v1__get_stats_reply__get_packed_size(st.reply);
-	if ((rc = fill_tenants(&st)) < 0 || (rc = fill_faults(&st)) < 0 ||
-	    (rc = fill_devices(&st)) < 0 || (rc = fill_map_latency(&st)) < 0)
-		return rc;
-	/* Said once per change, not at every scrape. */
-	if (st.left_out != call->d->stats_left_out && st.left_out)
-		log_warning("stats for uid %u: %zu entries left out to keep the reply inside one "
-			    "packet; give fewer configuration sections stats = all",
-			    (unsigned)c->peer.uid, st.left_out);
-	else if (st.left_out != call->d->stats_left_out)
-		log_notice("stats for uid %u: every entry fits in the reply again",
-			   (unsigned)c->peer.uid);
-	call->d->stats_left_out = st.left_out;
-	return 0;
+	return fill_everyone(&st);
 }

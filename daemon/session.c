@@ -39,6 +39,7 @@ struct domain_rec {
 	char device[KH_NAME_MAX];
 	uint32_t n_maps; /* the mappings kernel-helper holds for it, and their bytes */
 	uint64_t bytes;
+	uint64_t table_bytes; /* its page tables in the daemon, as last charged */
 };
 
 struct bound_dev {
@@ -77,6 +78,9 @@ struct registry {
 	LIST_HEAD(, tenant) tenants;
 	unsigned n_tenants;
 	unsigned n_sessions;
+	struct ceilings ceil;
+	struct usage total; /* over all tenants, against ceil */
+	uint64_t failed_releases;
 };
 
 struct registry *registry_create(struct kh_backend *be, const struct config *cfg)
@@ -88,6 +92,7 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 	reg->be = be;
 	reg->cfg = cfg;
 	LIST_INIT(&reg->tenants);
+	ceilings_compute(cfg, !(kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS), &reg->ceil);
 	return reg;
 }
 
@@ -111,7 +116,79 @@ unsigned registry_session_count(const struct registry *reg)
 	return reg->n_sessions;
 }
 
+const struct ceilings *registry_ceilings(const struct registry *reg)
+{
+	return &reg->ceil;
+}
+
+struct usage registry_usage(const struct registry *reg)
+{
+	return reg->total;
+}
+
+uint64_t registry_failed_releases(const struct registry *reg)
+{
+	return reg->failed_releases;
+}
+
 /* ---- mapping records ------------------------------------------------------------------ */
+
+/* Counts a mapping of length bytes (sign +1) or its release (-1) in its domain, its tenant's
+ * quota and the daemon's ceilings. */
+static void charge_mapping(struct session *s, struct domain_rec *dom, uint64_t length, int sign)
+{
+	struct usage *used = &s->tenant->used, *total = &s->tenant->reg->total;
+
+	dom->n_maps += (uint32_t)sign;
+	dom->bytes += (uint64_t)sign * length;
+	used->mappings += (uint64_t)sign;
+	used->pinned_bytes += (uint64_t)sign * length;
+	total->mappings += (uint64_t)sign;
+	total->pinned_bytes += (uint64_t)sign * length;
+}
+
+/* Charges the tenant for the domain's page tables as they are now: after every change to its
+ * mappings, and with 0 when the domain goes. */
+static void charge_tables(struct session *s, struct domain_rec *dom, uint64_t bytes)
+{
+	s->tenant->used.page_table_bytes += bytes - dom->table_bytes;
+	s->tenant->reg->total.page_table_bytes += bytes - dom->table_bytes;
+	dom->table_bytes = bytes;
+}
+
+static void recharge_tables(struct session *s, struct domain_rec *dom)
+{
+	uint64_t bytes = 0;
+
+	/* The domain is the session's own, so kernel-helper knows it. */
+	(void)kh_domain_table_bytes(s->ctx, dom->id, &bytes);
+	charge_tables(s, dom, bytes);
+}
+
+/* Unmaps a client's memory from the daemon. A munmap that fails (a split beyond
+ * vm.max_map_count) must not leave the memory reachable: it is made inaccessible, and either
+ * way said and counted, since the address range then stays taken. */
+static void release_memory(struct registry *reg, void *va, uint64_t length)
+{
+	int saved;
+
+	if (munmap(va, length) == 0)
+		return;
+	saved = errno;
+	reg->failed_releases++;
+	if (mprotect(va, length, PROT_NONE) == 0) {
+		log_err("cannot unmap a released mapping's memory [%p, +0x%llx) in the daemon "
+			"(%s); "
+			"made it inaccessible instead; lower max-mappings-total or raise "
+			"vm.max_map_count",
+			va, (unsigned long long)length, strerror(saved));
+		return;
+	}
+	log_err("cannot unmap nor protect a released mapping's memory [%p, +0x%llx) in the daemon "
+		"(%s): it stays mapped until the daemon restarts; lower max-mappings-total or "
+		"raise vm.max_map_count",
+		va, (unsigned long long)length, strerror(saved));
+}
 
 /* kernel-helper's owner release: the mapping has left the IOMMU, so its memory may go. */
 static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
@@ -119,11 +196,8 @@ static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
 	struct map_owner *mo = owner;
 	struct session *s = arg;
 
-	mo->dom->n_maps--;
-	mo->dom->bytes -= m->length;
-	s->tenant->used.mappings--;
-	s->tenant->used.pinned_bytes -= m->length;
-	(void)munmap((void *)(uintptr_t)m->addr, m->length);
+	charge_mapping(s, mo->dom, m->length, -1);
+	release_memory(s->tenant->reg, (void *)(uintptr_t)m->addr, m->length);
 	free(mo);
 }
 
@@ -131,6 +205,7 @@ static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
  * destroyed). */
 static void domain_rec_release(struct session *s, struct domain_rec *dom)
 {
+	charge_tables(s, dom, 0);
 	LIST_REMOVE(dom, link);
 	s->tenant->used.domains--;
 	free(dom);
@@ -269,6 +344,22 @@ struct usage tenant_usage(const struct tenant *t)
 	return t->used;
 }
 
+unsigned tenant_sessions(const struct tenant *t)
+{
+	const struct session *s;
+	unsigned n = 0;
+
+	LIST_FOREACH (s, &t->sessions, link)
+		n++;
+	return n;
+}
+
+/* Each connection and each session holds a reference on its tenant. */
+unsigned tenant_connections(const struct tenant *t)
+{
+	return t->refs - tenant_sessions(t);
+}
+
 /* The slot of "other": after the sections', or the last one when they fill the slots. */
 static unsigned other_slot(const struct config *cfg)
 {
@@ -319,6 +410,8 @@ void registry_label_stats(const struct registry *reg, struct label_stats *stats)
 		l->used.domains += t->used.domains;
 		l->used.mappings += t->used.mappings;
 		l->used.pinned_bytes += t->used.pinned_bytes;
+		l->used.leases += t->used.leases;
+		l->used.page_table_bytes += t->used.page_table_bytes;
 		LIST_FOREACH (s, &t->sessions, link) {
 			l->sessions++;
 			l->leases += s->lease[0] != '\0';
@@ -348,6 +441,10 @@ static void session_destroy(struct session *s)
 	}
 	LIST_REMOVE(s, link);
 	s->tenant->reg->n_sessions--;
+	if (s->lease[0]) {
+		s->tenant->used.leases--;
+		s->tenant->reg->total.leases--;
+	}
 	log_info("released session '%s' of uid %u", s->lease[0] ? s->lease : "(anonymous)",
 		 (unsigned)s->tenant->uid);
 	tenant_put(s->tenant);
@@ -362,6 +459,27 @@ static void attribute_session(struct kh_ctx *ctx, struct tenant *t)
 	if (t->reg->probes && kernel_fd >= 0 &&
 	    probes_register_fd(t->reg->probes, kernel_fd, tenant_label_slot(t)) < 0)
 		log_warning("cannot attribute a session of uid %u in the probes", (unsigned)t->uid);
+}
+
+/* A lease is kept with no connection open, so its tenant's quota and the daemon's ceiling bound
+ * what leases hold (a context, its descriptors) however many times peers ask. */
+static int check_lease_room(const struct tenant *t)
+{
+	const struct ceilings *ceil = &t->reg->ceil;
+
+	if (!t->rule || t->used.leases >= t->rule->max_leases)
+		return fail(-EDQUOT,
+			    "uid %u holds %llu leases, its quota (max-leases in %s); release one "
+			    "(ReleaseLease, iommuctl lease release) or use the anonymous session",
+			    (unsigned)t->uid, (unsigned long long)t->used.leases,
+			    t->rule ? t->rule->section : "a configuration section, which it lacks");
+	if (t->reg->total.leases >= ceil->max_leases)
+		return fail(-ENOSPC,
+			    "the daemon holds %llu leases, its ceiling over all tenants "
+			    "(max-leases-total, below the open-file limit); try again once leases "
+			    "are released, or ask the administrator to raise LimitNOFILE",
+			    (unsigned long long)t->reg->total.leases);
+	return 0;
 }
 
 int session_join(struct tenant *t, const char *lease, struct session **out)
@@ -389,6 +507,8 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 			return 0;
 		}
 	}
+	if (lease[0] && (rc = check_lease_room(t)) < 0)
+		return rc;
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return fail(-ENOMEM, "out of memory for a new session");
@@ -407,6 +527,10 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 	LIST_INSERT_HEAD(&t->sessions, s, link);
 	t->refs++;
 	t->reg->n_sessions++;
+	if (lease[0]) {
+		t->used.leases++;
+		t->reg->total.leases++;
+	}
 	log_info("new session '%s' for uid %u", lease[0] ? lease : "(anonymous)", (unsigned)t->uid);
 	*out = s;
 	return 0;
@@ -598,6 +722,7 @@ int session_alloc_domain(struct session *s, const char *device,
 	(void)snprintf(dom->device, sizeof(dom->device), "%s", device);
 	LIST_INSERT_HEAD(&s->domains, dom, link);
 	s->tenant->used.domains++;
+	recharge_tables(s, dom);
 	*domain_id = dom->id;
 	return 0;
 }
@@ -736,11 +861,49 @@ static void *map_range(const struct map_entry *e, int prot)
 		errno = saved;
 		return MAP_FAILED;
 	}
-	/* Give back the reservation around the mapping. */
-	if (target > base)
-		(void)munmap(reserved, target - base);
-	(void)munmap((void *)(target + e->length), base + span - (target + e->length));
+	/* Give back the reservation around the mapping: each piece a whole map of its own now.
+	 * Should that fail, the whole span goes (whole maps only: no split) and so does the call,
+	 * so that a mapping never holds more maps than the ceiling counts it for. */
+	if ((target > base && munmap(reserved, target - base) < 0) ||
+	    munmap((void *)(target + e->length), base + span - (target + e->length)) < 0) {
+		int saved = errno;
+
+		(void)munmap(reserved, span);
+		errno = saved;
+		return MAP_FAILED;
+	}
 	return va;
+}
+
+static int page_tables_exhausted(const struct tenant *t)
+{
+	return fail(-EDQUOT,
+		    "uid %u's IOMMU page tables take 0x%llx bytes of the daemon's memory, its "
+		    "quota (max-page-tables, 0x%llx); unmap first, or map at fewer, denser IOVAs "
+		    "(sparse IOVAs cost up to 16 KiB of tables per 4 KiB mapping)",
+		    (unsigned)t->uid, (unsigned long long)t->used.page_table_bytes,
+		    (unsigned long long)t->rule->max_page_table_bytes);
+}
+
+/* The daemon-wide ceilings, which no tenant's quota may take the daemon past. */
+static int check_ceilings(const struct registry *reg, uint64_t length)
+{
+	if (reg->total.mappings >= reg->ceil.max_mappings)
+		return fail(-ENOSPC,
+			    "the daemon holds %llu mappings, its ceiling over all tenants "
+			    "(max-mappings-total, below vm.max_map_count); unmap some, or ask the "
+			    "administrator to raise vm.max_map_count",
+			    (unsigned long long)reg->total.mappings);
+	if (reg->ceil.max_pinned_bytes &&
+	    length > reg->ceil.max_pinned_bytes - reg->total.pinned_bytes)
+		return fail(
+			-ENOSPC,
+			"mapping 0x%llx bytes would pin more than the daemon's ceiling over all "
+			"tenants (max-pinned-total, 0x%llx, from its RLIMIT_MEMLOCK; 0x%llx in "
+			"use); unmap memory, or ask the administrator to raise LimitMEMLOCK",
+			(unsigned long long)length, (unsigned long long)reg->ceil.max_pinned_bytes,
+			(unsigned long long)reg->total.pinned_bytes);
+	return 0;
 }
 
 static int check_entry(struct session *s, const struct map_entry *e, struct domain_rec **ret_dom)
@@ -770,6 +933,11 @@ static int check_entry(struct session *s, const struct map_entry *e, struct doma
 			    "uid %u has %llu mappings, its quota (max-mappings); unmap some "
 			    "first",
 			    (unsigned)s->tenant->uid, (unsigned long long)used->mappings);
+	if (used->page_table_bytes >= rule->max_page_table_bytes)
+		return page_tables_exhausted(s->tenant);
+	rc = check_ceilings(s->tenant->reg, e->length);
+	if (rc < 0)
+		return rc;
 	if (e->length > rule->max_pinned_bytes - used->pinned_bytes)
 		return fail(
 			-EDQUOT,
@@ -845,14 +1013,18 @@ int session_map(struct session *s, struct map_entry *e)
 	in_process_done(s, IOMMUD_OP_MAP, e->length, start, rc);
 	DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, e->domain_id, req.iova, rc);
 	if (rc < 0) {
-		(void)munmap(va, e->length);
+		release_memory(s->tenant->reg, va, e->length);
 		free(mo);
 		return fail_kh(rc, "cannot map");
 	}
-	dom->n_maps++;
-	dom->bytes += e->length;
-	s->tenant->used.mappings++;
-	s->tenant->used.pinned_bytes += e->length;
+	charge_mapping(s, dom, e->length, +1);
+	recharge_tables(s, dom);
+	if (s->tenant->used.page_table_bytes > s->tenant->rule->max_page_table_bytes) {
+		/* Only the map shows what its tables cost: take it back (its memory with it). */
+		(void)kh_unmap(s->ctx, e->domain_id, req.iova, e->length, NULL);
+		recharge_tables(s, dom);
+		return page_tables_exhausted(s->tenant);
+	}
 	e->iova = req.iova;
 	log_debug("uid %u mapped [0x%llx, +0x%llx) in domain %u", (unsigned)s->tenant->uid,
 		  (unsigned long long)req.iova, (unsigned long long)e->length, e->domain_id);
@@ -885,6 +1057,7 @@ int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t
 	rc = kh_unmap(s->ctx, domain_id, iova, length, &unmapped);
 	in_process_done(s, IOMMUD_OP_UNMAP, unmapped, start, rc);
 	DTRACE_PROBE4(iommud, unmap_exit, s->tenant->uid, domain_id, unmapped, rc);
+	recharge_tables(s, dom);
 	if (rc < 0)
 		return fail_kh(rc, "cannot unmap");
 	*bytes = unmapped;

@@ -19,7 +19,13 @@
  * holds a reference on the file, so no descriptor is kept (a daemon of many mappings would
  * otherwise run out of them). kernel-helper hands the cookie back once the mapping has left the
  * IOMMU (Unmap, UnmapAll, FreeDomain, the session's end), and only then does the daemon unmap
- * the memory and free the cookie, so the memory cannot go away under a live DMA mapping.
+ * the memory and free the cookie, so the memory cannot go away under a live DMA mapping. An
+ * unmap that fails leaves the memory inaccessible (PROT_NONE) instead, logged and counted.
+ *
+ * What tenants hold is charged twice: to the tenant against its section's quotas, and to the
+ * registry against the daemon-wide ceilings (ceilings.h), checked before a mapping or lease is
+ * made. The emulated IOMMU's page tables live in the daemon, so they are charged to the tenant
+ * whose mappings made them (max-page-tables).
  */
 #ifndef IOMMUD_SESSION_H
 #define IOMMUD_SESSION_H
@@ -30,6 +36,7 @@
 
 #include <kh/kh.h>
 
+#include "ceilings.h"
 #include "config.h"
 
 #define LEASE_NAME_MAX 64 /* characters, without the terminating NUL */
@@ -44,6 +51,8 @@ struct usage {
 	uint64_t domains;
 	uint64_t mappings;
 	uint64_t pinned_bytes;
+	uint64_t leases;
+	uint64_t page_table_bytes;
 };
 
 struct peer {
@@ -64,6 +73,11 @@ void registry_destroy(struct registry *reg);
 struct kh_backend *registry_backend(const struct registry *reg);
 unsigned registry_tenant_count(const struct registry *reg);
 unsigned registry_session_count(const struct registry *reg);
+/* The daemon-wide ceilings, what all tenants hold against them, and how many releases failed
+ * to unmap memory. */
+const struct ceilings *registry_ceilings(const struct registry *reg);
+struct usage registry_usage(const struct registry *reg);
+uint64_t registry_failed_releases(const struct registry *reg);
 
 /* The tenant for a peer, created on first sight; each call takes a reference that
  * tenant_put drops. The access the configuration grants it comes back in *access. */
@@ -72,6 +86,9 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 void tenant_put(struct tenant *tenant);
 const struct access_rule *tenant_rule(const struct tenant *tenant);
 struct usage tenant_usage(const struct tenant *tenant);
+/* The tenant's open connections and sessions. */
+unsigned tenant_connections(const struct tenant *tenant);
+unsigned tenant_sessions(const struct tenant *tenant);
 
 /* Statistics speak of tenants by label, so that their number stays that of the configuration's
  * sections whatever peers come: a tenant's label is its section's name ("user alice"), or

@@ -553,6 +553,16 @@ int kh_domain_type(struct kh_ctx *ctx, uint32_t domain_id, enum kh_domain_type *
 	return rc;
 }
 
+int kh_domain_table_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *ret_bytes)
+{
+	struct kh_domain *dom;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
+
+	if (rc == 0)
+		*ret_bytes = dom->ops->table_bytes ? dom->ops->table_bytes(dom) : 0;
+	return rc;
+}
+
 /* ---- attachment -------------------------------------------------------------------------- */
 
 /* The domain another device of dev's group is attached to in this context, or NULL. */

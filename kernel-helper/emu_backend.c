@@ -814,6 +814,11 @@ static int emu_iova_to_phys(struct kh_domain *dom, uint64_t iova, uint64_t *phys
 	return 0;
 }
 
+static uint64_t emu_table_bytes(struct kh_domain *dom)
+{
+	return to_emu(dom)->pt.table_pages * EMU_SZ_4K;
+}
+
 int kh_emu_pgtable_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *bytes)
 {
 	struct kh_domain *dom;
@@ -823,7 +828,7 @@ int kh_emu_pgtable_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *bytes
 		return rc;
 	if (ctx->be->ops->kind != KH_BACKEND_EMULATED || dom->type != KH_DOMAIN_PAGING)
 		return kh_fail(-EOPNOTSUPP, "domain %u has no emulated page table", domain_id);
-	*bytes = to_emu(dom)->pt.table_pages * 4096;
+	*bytes = emu_table_bytes(dom);
 	return 0;
 }
 
@@ -849,6 +854,7 @@ static const struct kh_domain_ops emu_paging_ops = {
 	.iova_to_phys = emu_iova_to_phys,
 	.iotlb_sync = emu_iotlb_sync,
 	.flush_iotlb_all = emu_flush_iotlb_all,
+	.table_bytes = emu_table_bytes,
 };
 
 static const struct kh_domain_ops emu_nested_ops = {

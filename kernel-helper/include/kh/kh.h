@@ -178,6 +178,10 @@ int kh_domain_alloc(struct kh_ctx *ctx, uint32_t dev_id, const struct kh_domain_
 /* -EBUSY while devices are attached or nested domains use it as their parent. */
 int kh_domain_free(struct kh_ctx *ctx, uint32_t domain_id);
 int kh_domain_type(struct kh_ctx *ctx, uint32_t domain_id, enum kh_domain_type *type);
+/* Bytes of the calling process's memory the domain's page tables take (the emulated IOMMU keeps
+ * them there, up to 16 KiB for a 4 KiB mapping at a sparse IOVA), so that a caller can charge
+ * them to whoever made the mappings; 0 where the kernel keeps the tables or there are none. */
+int kh_domain_table_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *ret_bytes);
 
 int kh_attach(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id);
 /* Moves the device (and the rest of its group) to another domain without a window in which

@@ -100,6 +100,9 @@ struct kh_domain_ops {
 	/* Make an unmap of [iova, iova+length) visible to devices. */
 	void (*iotlb_sync)(struct kh_domain *dom, uint64_t iova, uint64_t length);
 	int (*flush_iotlb_all)(struct kh_domain *dom);
+	/* Bytes of this process's memory the domain's page tables take; NULL where the tables are
+	 * the kernel's or there are none. */
+	uint64_t (*table_bytes)(struct kh_domain *dom);
 
 	void (*free)(struct kh_domain *dom);
 };

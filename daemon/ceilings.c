@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: MIT
+#include "ceilings.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "log.h"
+
+/* The kernel's default vm.max_map_count, for a kernel that does not show it. */
+#define DEFAULT_MAX_MAP_COUNT 65530
+/* A leases' share of the open files: each lease may hold its context's descriptor and its
+ * devices', and the rest stays for connections and the descriptors requests carry. */
+#define LEASE_FD_SHARE 4
+/* However many files the daemon may open: a lease holds a context and its memory too. */
+#define LEASES_CAP	 4096
+#define CAP_IPC_LOCK_BIT 14
+
+static uint64_t read_number(const char *path, uint64_t fallback)
+{
+	unsigned long long value;
+	FILE *file = fopen(path, "re");
+	int n;
+
+	if (!file)
+		return fallback;
+	n = fscanf(file, "%llu", &value);
+	(void)fclose(file);
+	return n == 1 ? value : fallback;
+}
+
+static uint64_t maps_in_use(void)
+{
+	FILE *maps = fopen("/proc/self/maps", "re");
+	uint64_t lines = 0;
+	int c;
+
+	if (!maps)
+		return 0;
+	while ((c = fgetc(maps)) != EOF)
+		lines += c == '\n';
+	(void)fclose(maps);
+	return lines;
+}
+
+/* The mappings all tenants may hold: vm.max_map_count less the maps the daemon holds now and an
+ * eighth of the limit kept for its own later allocations, the two transient maps of a mapping's
+ * placement and the split a release may need (each of those at most one at a time). */
+static uint64_t mappings_ceiling(void)
+{
+	uint64_t limit = read_number("/proc/sys/vm/max_map_count", DEFAULT_MAX_MAP_COUNT);
+	uint64_t held = maps_in_use(), headroom = limit / 8;
+
+	if (limit <= held + headroom) {
+		log_warning("vm.max_map_count (%" PRIu64 ") leaves no room for mappings beside the "
+			    "daemon's own %" PRIu64 " maps; raise it (sysctl vm.max_map_count)",
+			    limit, held);
+		return 1;
+	}
+	return limit - held - headroom;
+}
+
+static uint64_t leases_ceiling(void)
+{
+	struct rlimit files;
+	uint64_t share;
+
+	if (getrlimit(RLIMIT_NOFILE, &files) < 0 || files.rlim_cur == RLIM_INFINITY)
+		return LEASES_CAP;
+	share = (uint64_t)files.rlim_cur / LEASE_FD_SHARE;
+	return share < LEASES_CAP ? (share ? share : 1) : LEASES_CAP;
+}
+
+static bool has_ipc_lock(void)
+{
+	FILE *status = fopen("/proc/self/status", "re");
+	unsigned long long effective = 0;
+	char line[256];
+	bool found = false;
+
+	if (!status)
+		return false;
+	while (!found && fgets(line, sizeof(line), status))
+		found = sscanf(line, "CapEff: %llx", &effective) == 1;
+	(void)fclose(status);
+	return effective & (1ull << CAP_IPC_LOCK_BIT);
+}
+
+/* iommufd charges pinned pages to the pinning process's RLIMIT_MEMLOCK unless it has
+ * CAP_IPC_LOCK; the emulated backend pins nothing. */
+static uint64_t pinned_ceiling(bool pins_in_kernel)
+{
+	struct rlimit locked;
+
+	if (!pins_in_kernel || has_ipc_lock() || getrlimit(RLIMIT_MEMLOCK, &locked) < 0 ||
+	    locked.rlim_cur == RLIM_INFINITY)
+		return 0;
+	return (uint64_t)locked.rlim_cur;
+}
+
+/* The configured value where it is lower than the derived one (or there is none), else the
+ * derived one; says so when the configuration asked for more than the kernel allows. */
+static uint64_t lowered(const char *key, uint64_t configured, uint64_t derived, const char *from)
+{
+	if (!configured)
+		return derived;
+	if (derived && configured > derived) {
+		log_warning("%s = %" PRIu64 " is above what %s allows; using %" PRIu64, key,
+			    configured, from, derived);
+		return derived;
+	}
+	return configured;
+}
+
+void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceilings *ret)
+{
+	*ret = (struct ceilings){
+		.max_mappings = lowered("max-mappings-total", cfg->max_mappings_total,
+					mappings_ceiling(), "vm.max_map_count"),
+		.max_leases = lowered("max-leases-total", cfg->max_leases_total, leases_ceiling(),
+				      "the open-file limit"),
+		.max_pinned_bytes = lowered("max-pinned-total", cfg->max_pinned_total,
+					    pinned_ceiling(pins_in_kernel), "RLIMIT_MEMLOCK"),
+	};
+	log_info("ceilings over all tenants: %" PRIu64 " mappings, %" PRIu64 " leases, "
+		 "pinned bytes %" PRIu64 " (0: no limit)",
+		 ret->max_mappings, ret->max_leases, ret->max_pinned_bytes);
+}

@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Daemon-wide ceilings: what all tenants together may hold, kept below every kernel limit the
+ * daemon depends on, so that one tenant's quota, or many tenants' together, can never run the
+ * daemon into a kernel limit where every tenant's calls, or the release of memory, would fail.
+ *
+ *   mappings     each mapping is a memory map in the daemon: below vm.max_map_count, less the
+ *                maps the daemon holds at start and headroom for its own allocations and the
+ *                transient maps of a map or a release
+ *   leases       each may hold descriptors (its IOMMU context, its devices'): below the
+ *                open-file limit
+ *   pinned bytes where the kernel charges the daemon's pins to its RLIMIT_MEMLOCK (a backend
+ *                that pins in the kernel, no CAP_IPC_LOCK, a finite limit): that limit
+ *
+ * Computed once at start from the live limits; the configuration may lower each, never raise
+ * it past what the kernel allows. docs/operations.md ("Ceilings") lists them.
+ */
+#ifndef IOMMUD_CEILINGS_H
+#define IOMMUD_CEILINGS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+
+struct ceilings {
+	uint64_t max_mappings;
+	uint64_t max_leases;
+	uint64_t max_pinned_bytes; /* 0: no daemon-wide limit applies */
+};
+
+/* The ceilings for this process now; pins_in_kernel: the backend pins memory in the kernel,
+ * which charges the daemon. Logs each ceiling with what it was derived from. */
+void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceilings *ret);
+
+#endif
