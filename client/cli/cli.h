@@ -157,3 +157,5 @@ __attribute__((noreturn)) void cli_broken_reply(Iommud__V1__Response *r, const c
 
 /* A tenant's quota, as hello and stats show it. */
 void show_quota(const Iommud__V1__Quota *q);
+/* The daemon's ceilings over all tenants; with_usage: and what all tenants hold against them. */
+void show_ceilings(const Iommud__V1__Ceilings *c, bool with_usage);

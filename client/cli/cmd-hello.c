@@ -8,8 +8,9 @@ static const char hello_help[] =
 	"backend (iommufd or emulated), the identity it sees (uid, gid, pid, cgroup), the\n"
 	"session (--lease), your permissions (read: list and query; write: everything), the\n"
 	"daemon's capabilities (map_batch, open_device, dirty_tracking, nesting), the\n"
-	"message limits, and your quota: domains, mappings and pinned bytes in use, each with\n"
-	"its limit from the configuration.\n";
+	"message limits, your quota: domains, mappings, pinned bytes, leases and page-table\n"
+	"bytes in use, each with its limit from the configuration, and the daemon's ceilings\n"
+	"over all tenants (mappings, leases, pinned bytes; 0: none).\n";
 
 void show_quota(const Iommud__V1__Quota *q)
 {
@@ -22,6 +23,29 @@ void show_quota(const Iommud__V1__Quota *q)
 	field("max_mappings", NUM, q->max_mappings, NULL);
 	field("pinned_bytes", SIZE, q->pinned_bytes, NULL);
 	field("max_pinned_bytes", SIZE, q->max_pinned_bytes, NULL);
+	field("leases", NUM, q->leases, NULL);
+	field("max_leases", NUM, q->max_leases, NULL);
+	field("page_table_bytes", SIZE, q->page_table_bytes, NULL);
+	field("max_page_table_bytes", SIZE, q->max_page_table_bytes, NULL);
+	obj_end();
+}
+
+void show_ceilings(const Iommud__V1__Ceilings *c, bool with_usage)
+{
+	if (!c)
+		return;
+	obj_begin("ceilings");
+	if (with_usage)
+		field("mappings", NUM, c->mappings, NULL);
+	field("max_mappings", NUM, c->max_mappings, NULL);
+	if (with_usage)
+		field("leases", NUM, c->leases, NULL);
+	field("max_leases", NUM, c->max_leases, NULL);
+	if (with_usage)
+		field("pinned_bytes", SIZE, c->pinned_bytes, NULL);
+	field("max_pinned_bytes", SIZE, c->max_pinned_bytes, NULL);
+	if (with_usage)
+		field("failed_releases", NUM, c->failed_releases, NULL);
 	obj_end();
 }
 
@@ -49,6 +73,7 @@ static void cmd_hello_exec(const struct cmd_entry *self, const struct cmd_args *
 	field("max_message_bytes", NUM, h->max_message_bytes, NULL);
 	field("max_fds_per_message", NUM, h->max_fds_per_message, NULL);
 	show_quota(h->quota);
+	show_ceilings(h->ceilings, false);
 	obj_end();
 }
 

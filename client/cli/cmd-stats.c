@@ -9,10 +9,13 @@
 
 static const char stats_help[] =
 	"Shows how long iommud has run, its version, connections, tenants, sessions and leases,\n"
-	"the packets it rejected as malformed, your tenant's quota, how its map path is watched\n"
-	"(the probe tier, and what could not be attached), for each method how many calls it\n"
-	"answered and how many of them failed, the tenant labels you may see (your own, or all\n"
-	"with 'stats = all' in your configuration section) and each device's state.\n"
+	"the packets it rejected as malformed, your tenant's quota, the daemon's ceilings over\n"
+	"all tenants, how its map path is watched (the probe tier, and what could not be\n"
+	"attached), for each method how many calls it answered and how many of them failed,\n"
+	"every tenant label and each device's state. All of that is everyone's only for an\n"
+	"observer (root, or 'stats = all' in your configuration section: observer: yes);\n"
+	"anyone else sees the same counters about their own tenant alone, and no methods,\n"
+	"devices or map latency.\n"
 	"\n"
 	"With --latency it also draws, as bpftrace's hist() does, each method's latency (from\n"
 	"its request received to its reply sent) and the map path's latency by operation,\n"
@@ -188,7 +191,9 @@ static void show_stats(const Iommud__V1__GetStatsReply *s, bool latency)
 	field("sessions", NUM, s->sessions, NULL);
 	field("leases", NUM, s->leases, NULL);
 	field("rejected_packets", NUM, s->rejected_packets, NULL);
+	field("observer", BOOL, s->observer, NULL);
 	show_quota(s->quota);
+	show_ceilings(s->ceilings, s->observer);
 	show_probes(s->probes);
 	show_methods(s, latency);
 	show_tenants(s);

@@ -416,6 +416,35 @@ TEST_F(emu, huge_leaf)
 	kh_backend_close(huge);
 }
 
+/* What the tables of each domain cost its caller, through the backend-neutral call: sparse 4 KiB
+ * mappings cost three tables each; domains without tables cost nothing. */
+TEST_F(emu, table_bytes_for_charging)
+{
+	struct kh_domain_alloc_args blocked = {.type = KH_DOMAIN_BLOCKED};
+	uint8_t *mem = aligned_memory(PAGE, PAGE);
+	struct attached f;
+	uint64_t bytes, emu_bytes;
+	uint32_t b;
+
+	attach_new(self->be, &f, "dev0", 0);
+	CHECK_OK(kh_domain_table_bytes(f.ctx, f.dom, &bytes));
+	CHECK_EQ(bytes, PAGE); /* the root */
+	map(f.ctx, f.dom, 0, mem, PAGE, KH_PROT_READ);
+	map(f.ctx, f.dom, 1ull << 39, mem, PAGE, KH_PROT_READ);
+	CHECK_OK(kh_domain_table_bytes(f.ctx, f.dom, &bytes));
+	CHECK_EQ(bytes, (1 + 2 * 3) * PAGE);
+	CHECK_OK(kh_emu_pgtable_bytes(f.ctx, f.dom, &emu_bytes));
+	CHECK_EQ(bytes, emu_bytes);
+	CHECK_OK(kh_unmap(f.ctx, f.dom, 1ull << 39, PAGE, NULL));
+	CHECK_OK(kh_domain_table_bytes(f.ctx, f.dom, &bytes));
+	CHECK_EQ(bytes, (1 + 3) * PAGE);
+	CHECK_OK(kh_domain_alloc(f.ctx, f.dev, &blocked, &b));
+	CHECK_OK(kh_domain_table_bytes(f.ctx, b, &bytes));
+	CHECK_EQ(bytes, 0);
+	CHECK_EQ(kh_domain_table_bytes(f.ctx, 999, &bytes), -ENOENT);
+	kh_ctx_destroy(f.ctx);
+}
+
 TEST_F(emu, fault_queue_bounded)
 {
 	struct kh_emu_fault f[KH_EMU_FAULT_QUEUE_LEN];

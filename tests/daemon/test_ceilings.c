@@ -1,0 +1,391 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Ceilings on what tenants hold, seen through the socket: the daemon-wide ceilings derived from
+ * the kernel's limits (and lowered by the configuration) refuse every tenant's Map or lease once
+ * reached; leases and the emulated IOMMU's page tables are charged to their tenant's quota; and
+ * GetStats shows a peer that is no observer its own tenant's figures only.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <iommuctl.h>
+
+#include "daemon_fixture.h"
+#include "harness.h"
+
+#define PAGE	      4096ull
+#define OTHER_UID     65534u /* a second writer, in a section of its own */
+#define STRANGER_UID  65533u /* in no section */
+#define BYSTANDER_UID 65532u /* in no section either: the stranger's label, "other" */
+
+static struct daemon_fixture daemon_under_test;
+
+static void succeeds(struct iommuctl *c, int rc, const char *what)
+{
+	if (rc < 0) {
+		(void)fprintf(stderr, "%s failed: %s\n", what, iommuctl_last_error(c));
+		abort();
+	}
+}
+
+/* A refusal with the code, whose message names what to change. */
+static void refused(struct iommuctl *c, int rc, Iommud__V1__Code code, const char *names)
+{
+	if (rc >= 0 || iommuctl_last_code(c) != code || !strstr(iommuctl_last_error(c), names)) {
+		(void)fprintf(stderr, "expected %s naming '%s', got %d (%s: %s)\n",
+			      iommuctl_code_name(code), names, rc,
+			      iommuctl_code_name(iommuctl_last_code(c)), iommuctl_last_error(c));
+		abort();
+	}
+}
+
+static struct iommuctl *connect_with(const char *lease, Iommud__V1__HelloReply **hello)
+{
+	struct iommuctl *c;
+
+	CHECK_OK(iommuctl_connect(daemon_under_test.socket_path, &c));
+	succeeds(c, iommuctl_hello(c, "test_ceilings", lease, hello), "Hello");
+	return c;
+}
+
+static Iommud__V1__HelloReply *hello_of(void)
+{
+	Iommud__V1__HelloReply *hello;
+	struct iommuctl *c = connect_with(NULL, &hello);
+
+	iommuctl_close(c);
+	CHECK(hello->ceilings != NULL);
+	return hello;
+}
+
+static Iommud__V1__GetStatsReply *stats_of(struct iommuctl *c)
+{
+	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__GetStatsReply *reply;
+	Iommud__V1__Response *resp;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
+	req.get_stats = &stats;
+	succeeds(c, iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL), "GetStats");
+	reply = resp->get_stats;
+	resp->get_stats = NULL;
+	resp->result_case = IOMMUD__V1__RESPONSE__RESULT__NOT_SET;
+	iommuctl_response_free(resp);
+	return reply;
+}
+
+static uint32_t paging_domain(struct iommuctl *c, const char *device)
+{
+	uint32_t dom;
+
+	succeeds(c, iommuctl_alloc_domain(c, device, IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+		 "AllocDomain");
+	return dom;
+}
+
+static int map_page(struct iommuctl *c, uint32_t dom, int mem, uint64_t iova)
+{
+	return iommuctl_map_fd(c, dom, mem, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova);
+}
+
+/* ---- mappings: below vm.max_map_count ------------------------------------------------ */
+
+static uint64_t max_map_count(void)
+{
+	unsigned long long value = 0;
+	FILE *file = fopen("/proc/sys/vm/max_map_count", "r");
+
+	CHECK(file != NULL);
+	CHECK(fscanf(file, "%llu", &value) == 1);
+	(void)fclose(file);
+	return value;
+}
+
+static uint64_t daemon_maps(void)
+{
+	char path[64];
+	uint64_t lines = 0;
+	FILE *maps;
+	int c;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/maps", (int)daemon_under_test.pid);
+	CHECK((maps = fopen(path, "r")) != NULL);
+	while ((c = fgetc(maps)) != EOF)
+		lines += c == '\n';
+	(void)fclose(maps);
+	return lines;
+}
+
+/* Unconfigured, and configured above what the kernel allows: the ceiling leaves room for the
+ * daemon's own maps below vm.max_map_count, where the default quota of one tenant did not. */
+TEST(mappings_ceiling_derived_from_max_map_count)
+{
+	static const char *const configs[] = {"", "max-mappings-total = 1T\n"};
+
+	for (size_t i = 0; i < sizeof(configs) / sizeof(configs[0]); i++) {
+		Iommud__V1__HelloReply *hello;
+
+		fixture_start(&daemon_under_test, configs[i], "emu0");
+		hello = hello_of();
+		CHECK(hello->ceilings->max_mappings > 0);
+		CHECK(hello->ceilings->max_mappings + daemon_maps() < max_map_count());
+		CHECK(hello->ceilings->max_leases > 0);
+		iommud__v1__hello_reply__free_unpacked(hello, NULL);
+		fixture_stop(&daemon_under_test);
+	}
+}
+
+static int map_refused_at_ceiling(void *arg)
+{
+	struct iommuctl *c = connect_with(NULL, NULL);
+	int mem = iommuctl_memfd("ceiling", PAGE);
+
+	(void)arg;
+	CHECK_OK(mem);
+	refused(c, map_page(c, paging_domain(c, "emu1"), mem, 0),
+		IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED, "max-mappings-total");
+	(void)close(mem);
+	iommuctl_close(c);
+	return 0;
+}
+
+/* Lowered by the configuration: once all tenants together hold it, every tenant's Map is
+ * refused, each within its own quota; an unmap makes room again. */
+TEST(mappings_ceiling_over_all_tenants)
+{
+	struct iommuctl *c;
+	Iommud__V1__GetStatsReply *stats;
+	uint32_t dom;
+	int mem = iommuctl_memfd("ceiling", PAGE);
+
+	CHECK_OK(mem);
+	fixture_start(&daemon_under_test,
+		      "max-mappings-total = 3\n[uid 0]\naccess = write\ndevices = emu*\n"
+		      "[uid 65534]\naccess = write\ndevices = emu1\n",
+		      "emu0 emu1");
+	c = connect_with(NULL, NULL);
+	dom = paging_domain(c, "emu0");
+	for (uint64_t i = 0; i < 3; i++)
+		succeeds(c, map_page(c, dom, mem, i * PAGE), "Map below the ceiling");
+	refused(c, map_page(c, dom, mem, 3 * PAGE), IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED,
+		"max-mappings-total");
+	if (geteuid() == 0)
+		CHECK_EQ(run_as(OTHER_UID, map_refused_at_ceiling, NULL), 0);
+	stats = stats_of(c);
+	CHECK_EQ(stats->ceilings->max_mappings, 3);
+	CHECK_EQ(stats->ceilings->mappings, 3);
+	CHECK_EQ(stats->ceilings->failed_releases, 0);
+	iommud__v1__get_stats_reply__free_unpacked(stats, NULL);
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
+	succeeds(c, map_page(c, dom, mem, 3 * PAGE), "Map after an unmap");
+	iommuctl_close(c);
+	(void)close(mem);
+	fixture_stop(&daemon_under_test);
+}
+
+/* ---- leases: per tenant and over all, below the open-file limit ------------------------ */
+
+/* The daemon started under a lower open-file limit derives a lower lease ceiling from it. */
+TEST(leases_ceiling_derived_from_open_files)
+{
+	struct rlimit files = {.rlim_cur = 256, .rlim_max = 256};
+	Iommud__V1__HelloReply *hello;
+	uint64_t high;
+
+	fixture_start(&daemon_under_test, "", "emu0");
+	hello = hello_of();
+	high = hello->ceilings->max_leases;
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	fixture_stop(&daemon_under_test);
+	/* This case's own process: the daemon inherits it, nothing else sees it. */
+	CHECK(setrlimit(RLIMIT_NOFILE, &files) == 0);
+	fixture_start(&daemon_under_test, "", "emu0");
+	hello = hello_of();
+	CHECK(hello->ceilings->max_leases > 0);
+	CHECK(hello->ceilings->max_leases < 256);
+	CHECK(hello->ceilings->max_leases <= high);
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	fixture_stop(&daemon_under_test);
+}
+
+static void hold_lease(const char *name)
+{
+	iommuctl_close(connect_with(name, NULL));
+}
+
+static int lease_refused(void *names)
+{
+	struct iommuctl *c;
+
+	CHECK_OK(iommuctl_connect(daemon_under_test.socket_path, &c));
+	refused(c, iommuctl_hello(c, "test_ceilings", "one-more", NULL),
+		IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED, names);
+	iommuctl_close(c);
+	return 0;
+}
+
+static int other_reaches_ceiling(void *arg)
+{
+	(void)arg;
+	hold_lease("theirs");
+	return lease_refused("max-leases-total");
+}
+
+/* A lease outlives its connections, so each tenant has a quota of them (none without a
+ * section, even where the default access is write) and the daemon a ceiling over all. */
+TEST(leases_quota_and_ceiling)
+{
+	Iommud__V1__HelloReply *hello;
+	struct iommuctl *c;
+
+	fixture_start(&daemon_under_test,
+		      "max-leases-total = 3\n[access]\ndefault = write\n"
+		      "[uid 0]\naccess = write\nmax-leases = 2\n[uid 65534]\naccess = write\n",
+		      "emu0");
+	hold_lease("first");
+	c = connect_with("second", &hello);
+	CHECK_EQ(hello->quota->max_leases, 2);
+	CHECK_EQ(hello->quota->leases, 2);
+	CHECK_EQ(hello->ceilings->max_leases, 3);
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	CHECK_EQ(lease_refused("max-leases in uid 0"), 0);
+	if (geteuid() == 0) {
+		CHECK_EQ(run_as(STRANGER_UID, lease_refused, "max-leases"), 0);
+		CHECK_EQ(run_as(OTHER_UID, other_reaches_ceiling, NULL), 0);
+	}
+	iommuctl_close(c);
+	fixture_stop(&daemon_under_test);
+}
+
+/* ---- page tables: the emulated IOMMU's, in the daemon's memory -------------------------- */
+
+/* A 4 KiB mapping at a sparse IOVA costs three tables: the quota refuses the one that would
+ * pass it, taking the mapping back, and an unmap gives the tables back. */
+TEST(page_tables_charged_to_the_tenant)
+{
+	Iommud__V1__GetStatsReply *stats;
+	Iommud__V1__HelloReply *hello;
+	struct iommuctl *c;
+	uint32_t dom;
+	int mem = iommuctl_memfd("tables", PAGE);
+
+	CHECK_OK(mem);
+	fixture_start(&daemon_under_test,
+		      "[uid 0]\naccess = write\ndevices = emu0\nmax-page-tables = 16K\n", "emu0");
+	c = connect_with(NULL, &hello);
+	CHECK_EQ(hello->quota->max_page_table_bytes, 16 * 1024);
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	dom = paging_domain(c, "emu0");
+	succeeds(c, map_page(c, dom, mem, 0), "Map within the quota");
+	refused(c, map_page(c, dom, mem, 1ull << 39), IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED,
+		"max-page-tables");
+	stats = stats_of(c);
+	CHECK_EQ(stats->quota->page_table_bytes, 4 * PAGE); /* root and the first map's three */
+	CHECK_EQ(stats->quota->mappings, 1);
+	iommud__v1__get_stats_reply__free_unpacked(stats, NULL);
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
+	stats = stats_of(c);
+	CHECK_EQ(stats->quota->page_table_bytes, PAGE);
+	iommud__v1__get_stats_reply__free_unpacked(stats, NULL);
+	succeeds(c, map_page(c, dom, mem, 1ull << 39), "Map after the unmap");
+	iommuctl_close(c);
+	(void)close(mem);
+	fixture_stop(&daemon_under_test);
+}
+
+/* ---- GetStats: one's own figures unless an observer ------------------------------------ */
+
+/* A bystander in the stranger's label holds a connection while the stranger looks. */
+static int bystander(void *arg)
+{
+	int *pipes = arg;
+	struct iommuctl *c = connect_with(NULL, NULL);
+	char byte = 0;
+
+	CHECK(write(pipes[1], &byte, 1) == 1);
+	CHECK(read(pipes[2], &byte, 1) == 1);
+	iommuctl_close(c);
+	return 0;
+}
+
+static int stranger_sees_own(void *arg)
+{
+	struct iommuctl *c = connect_with(NULL, NULL);
+	Iommud__V1__GetStatsReply *s = stats_of(c);
+
+	(void)arg;
+	CHECK(!s->observer);
+	CHECK_EQ(s->connections, 1);
+	CHECK_EQ(s->tenants, 1);
+	CHECK_EQ(s->n_methods, 0);
+	CHECK_EQ(s->n_devices, 0);
+	CHECK_EQ(s->n_dma_faults, 0);
+	CHECK_EQ(s->n_map_latency, 0);
+	CHECK_EQ(s->rejected_packets, 0);
+	CHECK_EQ(s->n_tenant_stats, 1);
+	CHECK(strcmp(s->tenant_stats[0]->tenant, "other") == 0);
+	CHECK_EQ(s->tenant_stats[0]->tenants, 1);
+	/* The limits, not what everyone holds against them. */
+	CHECK(s->ceilings->max_mappings > 0);
+	CHECK_EQ(s->ceilings->mappings, 0);
+	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
+	iommuctl_close(c);
+	return 0;
+}
+
+static void start_bystander(int *pipes, pid_t *ret_pid)
+{
+	char byte;
+	pid_t pid;
+
+	CHECK(pipe(pipes) == 0 && pipe(pipes + 2) == 0);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		/* Only the test holds these ends: its end, even by a failed check, ends ours. */
+		(void)close(pipes[0]);
+		(void)close(pipes[3]);
+		_exit(run_as(BYSTANDER_UID, bystander, pipes));
+	}
+	CHECK(read(pipes[0], &byte, 1) == 1);
+	*ret_pid = pid;
+}
+
+TEST(stats_scoped_to_own_tenant)
+{
+	Iommud__V1__GetStatsReply *s;
+	struct iommuctl *c;
+	int pipes[4], status, mem = iommuctl_memfd("stats", PAGE);
+	pid_t pid;
+
+	if (geteuid() != 0)
+		SKIP("not root: other tenants need other uids");
+	CHECK_OK(mem);
+	fixture_start(&daemon_under_test,
+		      "[access]\ndefault = read\n[uid 0]\naccess = write\ndevices = emu0\n",
+		      "emu0");
+	c = connect_with(NULL, NULL);
+	succeeds(c, map_page(c, paging_domain(c, "emu0"), mem, 0), "Map");
+	start_bystander(pipes, &pid);
+	CHECK_EQ(run_as(STRANGER_UID, stranger_sees_own, NULL), 0);
+	/* Root is an observer: everyone's figures. */
+	s = stats_of(c);
+	CHECK(s->observer);
+	CHECK(s->n_methods > 0 && s->n_devices == 1);
+	CHECK_EQ(s->ceilings->mappings, 1);
+	CHECK(s->connections >= 2);
+	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
+	CHECK(write(pipes[3], "x", 1) == 1);
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	for (int i = 0; i < 4; i++)
+		(void)close(pipes[i]);
+	iommuctl_close(c);
+	(void)close(mem);
+	fixture_stop(&daemon_under_test);
+}
