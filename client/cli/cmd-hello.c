@@ -30,20 +30,21 @@ void show_quota(const Iommud__V1__Quota *q)
 	obj_end();
 }
 
+/* Named apart from the quota's fields, which text shows beside them. */
 void show_ceilings(const Iommud__V1__Ceilings *c, bool with_usage)
 {
 	if (!c)
 		return;
 	obj_begin("ceilings");
 	if (with_usage)
-		field("mappings", NUM, c->mappings, NULL);
-	field("max_mappings", NUM, c->max_mappings, NULL);
+		field("total_mappings", NUM, c->mappings, NULL);
+	field("ceiling_mappings", NUM, c->max_mappings, NULL);
 	if (with_usage)
-		field("leases", NUM, c->leases, NULL);
-	field("max_leases", NUM, c->max_leases, NULL);
+		field("total_leases", NUM, c->leases, NULL);
+	field("ceiling_leases", NUM, c->max_leases, NULL);
 	if (with_usage)
-		field("pinned_bytes", SIZE, c->pinned_bytes, NULL);
-	field("max_pinned_bytes", SIZE, c->max_pinned_bytes, NULL);
+		field("total_pinned_bytes", SIZE, c->pinned_bytes, NULL);
+	field("ceiling_pinned_bytes", SIZE, c->max_pinned_bytes, NULL);
 	if (with_usage)
 		field("failed_releases", NUM, c->failed_releases, NULL);
 	obj_end();
