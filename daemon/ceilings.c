@@ -45,8 +45,8 @@ static uint64_t maps_in_use(void)
 }
 
 /* The mappings all tenants may hold: vm.max_map_count less the maps the daemon holds now and an
- * eighth of the limit kept for its own later allocations, the two transient maps of a mapping's
- * placement and the split a release may need (each of those at most one at a time). */
+ * eighth of the limit kept for its own later allocations (libraries' and the allocator's maps)
+ * and the two transient maps of a file map's placement (one at a time). */
 static uint64_t mappings_ceiling(void)
 {
 	uint64_t limit = read_number("/proc/sys/vm/max_map_count", DEFAULT_MAX_MAP_COUNT);

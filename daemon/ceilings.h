@@ -4,9 +4,10 @@
  * daemon depends on, so that one tenant's quota, or many tenants' together, can never run the
  * daemon into a kernel limit where every tenant's calls, or the release of memory, would fail.
  *
- *   mappings     each mapping is a memory map in the daemon: below vm.max_map_count, less the
+ *   mappings     each mapping holds at most one memory map in the daemon (the session's map of
+ *                its file, shared by the file's other mappings): below vm.max_map_count, less the
  *                maps the daemon holds at start and headroom for its own allocations and the
- *                transient maps of a map or a release
+ *                transient maps of placing a file's map
  *   leases       each may hold descriptors (its IOMMU context, its devices'): below the
  *                open-file limit
  *   pinned bytes where the kernel charges the daemon's pins to its RLIMIT_MEMLOCK (a backend

@@ -25,10 +25,26 @@
 /* The granule of Map offsets and lengths: the smallest IOMMU page the backends support. */
 #define MAP_GRANULE 4096ull
 
+/* The daemon's shared mmap of a whole client file, from offset 0, for every mapping of the
+ * session that maps part of it with this access: one memory map for however many mappings, and
+ * one that is unmapped whole, so its release never needs the kernel to split a map (which can
+ * fail at vm.max_map_count). Maps of one file with different access, or made after the file
+ * grew, are separate, and never merge: their file offsets both start at 0. */
+struct file_map {
+	LIST_ENTRY(file_map) link;
+	dev_t dev; /* the file, which the mmap keeps alive, so the pair names it throughout */
+	ino_t ino;
+	bool writable;
+	uint64_t length; /* the file's size when mapped, rounded up to its pages */
+	void *base;
+	unsigned refs; /* mappings using it */
+};
+
 /* What the daemon keeps for a mapping, behind kernel-helper's owner cookie: kernel-helper's
- * record holds the IOVA, length, prot and the address of the daemon's mmap of the range. */
+ * record holds the IOVA, length, prot and the address of the memory in the file's map. */
 struct map_owner {
 	struct domain_rec *dom; /* charged for the mapping */
+	struct file_map *file;	/* a reference on it */
 	uint64_t offset;	/* where the range starts in the client's file */
 };
 
@@ -57,6 +73,7 @@ struct session {
 	bool lease_released;
 	LIST_HEAD(, domain_rec) domains;
 	LIST_HEAD(, bound_dev) devices;
+	LIST_HEAD(, file_map) files;
 };
 
 struct tenant {
@@ -165,9 +182,9 @@ static void recharge_tables(struct session *s, struct domain_rec *dom)
 	charge_tables(s, dom, bytes);
 }
 
-/* Unmaps a client's memory from the daemon. A munmap that fails (a split beyond
- * vm.max_map_count) must not leave the memory reachable: it is made inaccessible, and either
- * way said and counted, since the address range then stays taken. */
+/* Unmaps a client's memory from the daemon. A whole map needs no split, so this should not fail;
+ * if it does, the memory must not stay reachable: it is made inaccessible, and either way said
+ * and counted, since the address range then stays taken. */
 static void release_memory(struct registry *reg, void *va, uint64_t length)
 {
 	int saved;
@@ -190,6 +207,15 @@ static void release_memory(struct registry *reg, void *va, uint64_t length)
 		va, (unsigned long long)length, strerror(saved));
 }
 
+static void file_map_put(struct session *s, struct file_map *fm)
+{
+	if (--fm->refs)
+		return;
+	LIST_REMOVE(fm, link);
+	release_memory(s->tenant->reg, fm->base, fm->length);
+	free(fm);
+}
+
 /* kernel-helper's owner release: the mapping has left the IOMMU, so its memory may go. */
 static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
 {
@@ -197,7 +223,7 @@ static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
 	struct session *s = arg;
 
 	charge_mapping(s, mo->dom, m->length, -1);
-	release_memory(s->tenant->reg, (void *)(uintptr_t)m->addr, m->length);
+	file_map_put(s, mo->file);
 	free(mo);
 }
 
@@ -524,6 +550,7 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 	s->refs = 1;
 	LIST_INIT(&s->domains);
 	LIST_INIT(&s->devices);
+	LIST_INIT(&s->files);
 	LIST_INSERT_HEAD(&t->sessions, s, link);
 	t->refs++;
 	t->reg->n_sessions++;
@@ -807,6 +834,8 @@ int session_check_file(int fd, struct map_file *out)
 	}
 	*out = (struct map_file){
 		.fd = fd,
+		.dev = st.st_dev,
+		.ino = st.st_ino,
 		.size = (uint64_t)st.st_size,
 		.page_size = fs.f_type == HUGETLBFS_MAGIC ? (uint64_t)st.st_blksize : MAP_GRANULE,
 	};
@@ -833,39 +862,31 @@ static int check_range(const struct map_entry *e)
 	return 0;
 }
 
-/* Maps the file range shared, at an address aligned like the offset to the largest page the
- * range can hold: the emulated IOMMU's "physical" address is this address, so only then can
- * it use 2 MiB and 1 GiB leaves (the kernel's shmem huge pages align the same way). */
-static void *map_range(const struct map_entry *e, int prot)
+/* Maps the whole file shared, at an address aligned to the largest page it can hold: the
+ * emulated IOMMU's "physical" address is this address plus the offset, so only then can it use
+ * 2 MiB and 1 GiB leaves for ranges aligned so in the file (the kernel's shmem huge pages align
+ * the same way). */
+static void *map_whole(int fd, uint64_t length, int prot)
 {
-	uint64_t align = e->length >= (1ull << 30)   ? 1ull << 30
-			 : e->length >= (2ull << 20) ? 2ull << 20
-						     : MAP_GRANULE;
-	uint64_t span = e->length + 2 * align, phase = e->offset & (align - 1);
+	uint64_t align = length >= (1ull << 30)	  ? 1ull << 30
+			 : length >= (2ull << 20) ? 2ull << 20
+						  : MAP_GRANULE;
+	uint64_t span = length + align;
 	uintptr_t base, target;
 	void *reserved, *va;
 
 	if (align == MAP_GRANULE)
-		return mmap(NULL, e->length, prot, MAP_SHARED, e->file->fd, (off_t)e->offset);
+		return mmap(NULL, length, prot, MAP_SHARED, fd, 0);
 	reserved = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (reserved == MAP_FAILED)
 		return MAP_FAILED;
 	base = (uintptr_t)reserved;
-	target = ((base + align - 1) & ~(uintptr_t)(align - 1)) + phase;
-	va = mmap((void *)target, e->length, prot, MAP_SHARED | MAP_FIXED, e->file->fd,
-		  (off_t)e->offset);
-	if (va == MAP_FAILED) {
-		int saved = errno;
-
-		(void)munmap(reserved, span);
-		errno = saved;
-		return MAP_FAILED;
-	}
-	/* Give back the reservation around the mapping: each piece a whole map of its own now.
-	 * Should that fail, the whole span goes (whole maps only: no split) and so does the call,
-	 * so that a mapping never holds more maps than the ceiling counts it for. */
-	if ((target > base && munmap(reserved, target - base) < 0) ||
-	    munmap((void *)(target + e->length), base + span - (target + e->length)) < 0) {
+	target = (base + align - 1) & ~(uintptr_t)(align - 1);
+	va = mmap((void *)target, length, prot, MAP_SHARED | MAP_FIXED, fd, 0);
+	/* Give back the reservation around the map: each piece a whole map of its own now. Should
+	 * that fail, the whole span goes (whole maps only: no split) and so does the call. */
+	if (va == MAP_FAILED || (target > base && munmap(reserved, target - base) < 0) ||
+	    munmap((void *)(target + length), base + span - (target + length)) < 0) {
 		int saved = errno;
 
 		(void)munmap(reserved, span);
@@ -873,6 +894,43 @@ static void *map_range(const struct map_entry *e, int prot)
 		return MAP_FAILED;
 	}
 	return va;
+}
+
+/* A reference on the session's map of the entry's file that holds its range with the access it
+ * needs, made if there is none. */
+static int file_map_get(struct session *s, const struct map_entry *e, struct file_map **ret_fm)
+{
+	const struct map_file *f = e->file;
+	bool writable = e->prot & KH_PROT_WRITE;
+	struct file_map *fm;
+
+	LIST_FOREACH (fm, &s->files, link)
+		if (fm->dev == f->dev && fm->ino == f->ino && fm->writable == writable &&
+		    e->offset + e->length <= fm->length)
+			goto found;
+	fm = calloc(1, sizeof(*fm));
+	if (!fm)
+		return fail(-ENOMEM, "out of memory");
+	*fm = (struct file_map){.dev = f->dev, .ino = f->ino, .writable = writable};
+	fm->length = (f->size + f->page_size - 1) / f->page_size * f->page_size;
+	fm->base = map_whole(f->fd, fm->length, PROT_READ | (writable ? PROT_WRITE : 0));
+	if (fm->base == MAP_FAILED) {
+		/* mmap sets errno when it fails; the compiler cannot know, and a caller would read
+		 * *ret_fm after a 0. */
+		int rc = errno > 0 ? -errno : -EIO;
+
+		free(fm);
+		if (rc == -EACCES)
+			return fail(rc,
+				    "the file was opened read-only, so the device may not write "
+				    "it; open it read-write or map it with PROT_READ only");
+		return fail(rc, "cannot map the memory in the daemon: %s", strerror(-rc));
+	}
+	LIST_INSERT_HEAD(&s->files, fm, link);
+found:
+	fm->refs++;
+	*ret_fm = fm;
+	return 0;
 }
 
 static int page_tables_exhausted(const struct tenant *t)
@@ -982,10 +1040,9 @@ int session_map(struct session *s, struct map_entry *e)
 	};
 	struct map_owner *mo;
 	struct domain_rec *dom;
+	struct file_map *fm;
 	uint64_t start;
-	void *va;
 	int rc = check_entry(s, e, &dom);
-	int mmap_prot = PROT_READ | (e->prot & KH_PROT_WRITE ? PROT_WRITE : 0);
 
 	if (rc < 0)
 		return rc;
@@ -993,18 +1050,13 @@ int session_map(struct session *s, struct map_entry *e)
 	if (!mo)
 		return fail(-ENOMEM, "out of memory");
 	/* The backend takes memory by address; the pages stay shared with the client's file. */
-	va = map_range(e, mmap_prot);
-	if (va == MAP_FAILED) {
-		rc = -errno;
+	rc = file_map_get(s, e, &fm);
+	if (rc < 0) {
 		free(mo);
-		if (rc == -EACCES)
-			return fail(rc,
-				    "the file was opened read-only, so the device may not write "
-				    "it; open it read-write or map it with PROT_READ only");
-		return fail(rc, "cannot map the memory in the daemon: %s", strerror(-rc));
+		return rc;
 	}
-	*mo = (struct map_owner){.dom = dom, .offset = e->offset};
-	req.addr = (uint64_t)(uintptr_t)va;
+	*mo = (struct map_owner){.dom = dom, .file = fm, .offset = e->offset};
+	req.addr = (uint64_t)(uintptr_t)fm->base + e->offset;
 	req.owner = mo;
 	/* USDT probes (iommud:map_entry/map_exit): a no-op until a tracer attaches. */
 	DTRACE_PROBE4(iommud, map_entry, s->tenant->uid, e->domain_id, req.iova, e->length);
@@ -1013,7 +1065,7 @@ int session_map(struct session *s, struct map_entry *e)
 	in_process_done(s, IOMMUD_OP_MAP, e->length, start, rc);
 	DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, e->domain_id, req.iova, rc);
 	if (rc < 0) {
-		release_memory(s->tenant->reg, va, e->length);
+		file_map_put(s, fm);
 		free(mo);
 		return fail_kh(rc, "cannot map");
 	}

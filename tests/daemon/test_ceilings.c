@@ -188,6 +188,37 @@ TEST(mappings_ceiling_over_all_tenants)
 	fixture_stop(&daemon_under_test);
 }
 
+/* Mappings of one file share the session's one memory map of it (one more for another access),
+ * which goes with the last of them: a mapping costs the daemon no map of its own. */
+TEST(mappings_of_one_file_share_one_map)
+{
+	struct iommuctl *c;
+	uint64_t iova = 1ull << 30;
+	uint32_t dom;
+	int mem = iommuctl_memfd("shared", 8 * PAGE);
+
+	CHECK_OK(mem);
+	fixture_start(&daemon_under_test, "", "emu0");
+	c = connect_with(NULL, NULL);
+	dom = paging_domain(c, "emu0");
+	for (uint64_t i = 0; i < 8; i++)
+		succeeds(c,
+			 iommuctl_map_fd(c, dom, mem, i * PAGE, PAGE,
+					 IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0,
+					 &(uint64_t){i * PAGE}),
+			 "Map");
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	succeeds(c, map_page(c, dom, mem, iova), "Map read-only");
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 2);
+	succeeds(c, iommuctl_unmap(c, dom, 0, 7 * PAGE, NULL), "Unmap");
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 2);
+	succeeds(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll");
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
+	iommuctl_close(c);
+	(void)close(mem);
+	fixture_stop(&daemon_under_test);
+}
+
 /* ---- leases: per tenant and over all, below the open-file limit ------------------------ */
 
 /* The daemon started under a lower open-file limit derives a lower lease ceiling from it. */
