@@ -208,16 +208,23 @@ static void print_config(const struct config *cfg)
 		     config_backend_name(cfg->backend), cfg->topology ? cfg->topology : "(default)",
 		     cfg->log_level, cfg->max_connections,
 		     iommud_name(&iommud_probe_tier_names, cfg->probe_tier));
+	(void)printf("ceilings asked for (0: derived at start): max-mappings-total %llu, "
+		     "max-leases-total %llu, max-pinned-total %llu\n",
+		     (unsigned long long)cfg->max_mappings_total,
+		     (unsigned long long)cfg->max_leases_total,
+		     (unsigned long long)cfg->max_pinned_total);
 	(void)printf("peers matched by no section: %s\n", config_access_name(cfg->default_access));
 	for (size_t i = 0; i < cfg->n_rules; i++) {
 		const struct access_rule *r = &cfg->rules[i];
 
 		(void)printf("[%s] %s %u: access %s, max-domains %llu, max-mappings %llu, "
-			     "max-pinned %llu, devices:",
+			     "max-pinned %llu, max-leases %llu, max-page-tables %llu, devices:",
 			     r->section, r->is_group ? "gid" : "uid", r->id,
 			     config_access_name(r->access), (unsigned long long)r->max_domains,
 			     (unsigned long long)r->max_mappings,
-			     (unsigned long long)r->max_pinned_bytes);
+			     (unsigned long long)r->max_pinned_bytes,
+			     (unsigned long long)r->max_leases,
+			     (unsigned long long)r->max_page_table_bytes);
 		for (size_t d = 0; d < r->n_devices; d++)
 			(void)printf(" %s", r->devices[d]);
 		(void)printf("%s\n", r->n_devices ? "" : " (none)");
