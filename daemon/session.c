@@ -25,17 +25,21 @@
 /* The granule of Map offsets and lengths: the smallest IOMMU page the backends support. */
 #define MAP_GRANULE 4096ull
 
-/* The daemon's shared mmap of a whole client file, from offset 0, for every mapping of the
- * session that maps part of it with this access: one memory map for however many mappings, and
- * one that is unmapped whole, so its release never needs the kernel to split a map (which can
- * fail at vm.max_map_count). Maps of one file with different access, or made after the file
- * grew, are separate, and never merge: their file offsets both start at 0. */
+/* The daemon's shared mmap of a client file, for every mapping of the session inside it with
+ * this access. Where the tenant's max-pinned allows it, the map is of the whole file: one memory
+ * map for however many mappings, unmapped whole, so its release never needs the kernel to split
+ * a map (which can fail at vm.max_map_count); maps of one file with different access, or made
+ * after the file grew, are separate and never merge, their file offsets both starting at 0.
+ * Beyond that, so that a tenant cannot take the daemon's address space with huge sparse files,
+ * a map is of one mapping's range alone, as large as what that mapping pins. */
 struct file_map {
 	LIST_ENTRY(file_map) link;
 	dev_t dev; /* the file, which the mmap keeps alive, so the pair names it throughout */
 	ino_t ino;
 	bool writable;
-	uint64_t length; /* the file's size when mapped, rounded up to its pages */
+	bool whole;	 /* of the whole file, charged to the tenant's whole_file_bytes */
+	uint64_t start;	 /* the file offset at base */
+	uint64_t length; /* whole: the file's size when mapped, rounded up to its pages */
 	void *base;
 	unsigned refs; /* mappings using it */
 };
@@ -85,6 +89,7 @@ struct tenant {
 	const struct access_rule *rule;
 	unsigned refs; /* connections and sessions */
 	struct usage used;
+	uint64_t whole_file_bytes; /* its whole-file maps' address space, at most max-pinned */
 	LIST_HEAD(, session) sessions;
 };
 
@@ -194,14 +199,14 @@ static void release_memory(struct registry *reg, void *va, uint64_t length)
 	saved = errno;
 	reg->failed_releases++;
 	if (mprotect(va, length, PROT_NONE) == 0) {
-		log_err("cannot unmap a released mapping's memory [%p, +0x%llx) in the daemon "
-			"(%s); "
-			"made it inaccessible instead; lower max-mappings-total or raise "
+		log_err("cannot unmap a client file's memory [%p, +0x%llx) in the daemon (%s); "
+			"made "
+			"it inaccessible instead; lower max-mappings-total or raise "
 			"vm.max_map_count",
 			va, (unsigned long long)length, strerror(saved));
 		return;
 	}
-	log_err("cannot unmap nor protect a released mapping's memory [%p, +0x%llx) in the daemon "
+	log_err("cannot unmap nor protect a client file's memory [%p, +0x%llx) in the daemon "
 		"(%s): it stays mapped until the daemon restarts; lower max-mappings-total or "
 		"raise vm.max_map_count",
 		va, (unsigned long long)length, strerror(saved));
@@ -212,6 +217,8 @@ static void file_map_put(struct session *s, struct file_map *fm)
 	if (--fm->refs)
 		return;
 	LIST_REMOVE(fm, link);
+	if (fm->whole)
+		s->tenant->whole_file_bytes -= fm->length;
 	release_memory(s->tenant->reg, fm->base, fm->length);
 	free(fm);
 }
@@ -862,27 +869,27 @@ static int check_range(const struct map_entry *e)
 	return 0;
 }
 
-/* Maps the whole file shared, at an address aligned to the largest page it can hold: the
- * emulated IOMMU's "physical" address is this address plus the offset, so only then can it use
- * 2 MiB and 1 GiB leaves for ranges aligned so in the file (the kernel's shmem huge pages align
- * the same way). */
-static void *map_whole(int fd, uint64_t length, int prot)
+/* Maps [offset, offset+length) of the file shared, at an address aligned like the offset to the
+ * largest page the range can hold: the emulated IOMMU's "physical" address is this address, so
+ * only then can it use 2 MiB and 1 GiB leaves (the kernel's shmem huge pages align the same
+ * way). */
+static void *map_placed(int fd, uint64_t offset, uint64_t length, int prot)
 {
 	uint64_t align = length >= (1ull << 30)	  ? 1ull << 30
 			 : length >= (2ull << 20) ? 2ull << 20
 						  : MAP_GRANULE;
-	uint64_t span = length + align;
+	uint64_t span = length + 2 * align, phase = offset & (align - 1);
 	uintptr_t base, target;
 	void *reserved, *va;
 
 	if (align == MAP_GRANULE)
-		return mmap(NULL, length, prot, MAP_SHARED, fd, 0);
+		return mmap(NULL, length, prot, MAP_SHARED, fd, (off_t)offset);
 	reserved = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (reserved == MAP_FAILED)
 		return MAP_FAILED;
 	base = (uintptr_t)reserved;
-	target = (base + align - 1) & ~(uintptr_t)(align - 1);
-	va = mmap((void *)target, length, prot, MAP_SHARED | MAP_FIXED, fd, 0);
+	target = ((base + align - 1) & ~(uintptr_t)(align - 1)) + phase;
+	va = mmap((void *)target, length, prot, MAP_SHARED | MAP_FIXED, fd, (off_t)offset);
 	/* Give back the reservation around the map: each piece a whole map of its own now. Should
 	 * that fail, the whole span goes (whole maps only: no split) and so does the call. */
 	if (va == MAP_FAILED || (target > base && munmap(reserved, target - base) < 0) ||
@@ -896,29 +903,41 @@ static void *map_whole(int fd, uint64_t length, int prot)
 	return va;
 }
 
-/* A reference on the session's map of the entry's file that holds its range with the access it
- * needs, made if there is none. */
-static int file_map_get(struct session *s, const struct map_entry *e, struct file_map **ret_fm)
+static struct file_map *file_map_find(struct session *s, const struct map_entry *e, bool writable)
 {
-	const struct map_file *f = e->file;
-	bool writable = e->prot & KH_PROT_WRITE;
 	struct file_map *fm;
 
 	LIST_FOREACH (fm, &s->files, link)
-		if (fm->dev == f->dev && fm->ino == f->ino && fm->writable == writable &&
-		    e->offset + e->length <= fm->length)
-			goto found;
-	fm = calloc(1, sizeof(*fm));
+		if (fm->dev == e->file->dev && fm->ino == e->file->ino &&
+		    fm->writable == writable && fm->start <= e->offset &&
+		    e->offset + e->length <= fm->start + fm->length)
+			return fm;
+	return NULL;
+}
+
+/* A new map for the entry: of the whole file while the tenant's whole-file maps stay within its
+ * max-pinned, else of the entry's range alone. */
+static int file_map_new(struct session *s, const struct map_entry *e, bool writable,
+			struct file_map **ret_fm)
+{
+	const struct map_file *f = e->file;
+	uint64_t whole = (f->size + f->page_size - 1) / f->page_size * f->page_size;
+	struct tenant *t = s->tenant;
+	struct file_map *fm = calloc(1, sizeof(*fm));
+	int rc;
+
 	if (!fm)
 		return fail(-ENOMEM, "out of memory");
-	*fm = (struct file_map){.dev = f->dev, .ino = f->ino, .writable = writable};
-	fm->length = (f->size + f->page_size - 1) / f->page_size * f->page_size;
-	fm->base = map_whole(f->fd, fm->length, PROT_READ | (writable ? PROT_WRITE : 0));
+	*fm = (struct file_map){.dev = f->dev, .ino = f->ino, .writable = writable, .refs = 1};
+	fm->whole = whole <= t->rule->max_pinned_bytes - t->whole_file_bytes;
+	fm->start = fm->whole ? 0 : e->offset;
+	fm->length = fm->whole ? whole : e->length;
+	fm->base =
+		map_placed(f->fd, fm->start, fm->length, PROT_READ | (writable ? PROT_WRITE : 0));
 	if (fm->base == MAP_FAILED) {
 		/* mmap sets errno when it fails; the compiler cannot know, and a caller would read
 		 * *ret_fm after a 0. */
-		int rc = errno > 0 ? -errno : -EIO;
-
+		rc = errno > 0 ? -errno : -EIO;
 		free(fm);
 		if (rc == -EACCES)
 			return fail(rc,
@@ -926,8 +945,22 @@ static int file_map_get(struct session *s, const struct map_entry *e, struct fil
 				    "it; open it read-write or map it with PROT_READ only");
 		return fail(rc, "cannot map the memory in the daemon: %s", strerror(-rc));
 	}
+	if (fm->whole)
+		t->whole_file_bytes += fm->length;
 	LIST_INSERT_HEAD(&s->files, fm, link);
-found:
+	*ret_fm = fm;
+	return 0;
+}
+
+/* A reference on a map of the session's that holds the entry's range with the access it needs,
+ * made if there is none. */
+static int file_map_get(struct session *s, const struct map_entry *e, struct file_map **ret_fm)
+{
+	bool writable = e->prot & KH_PROT_WRITE;
+	struct file_map *fm = file_map_find(s, e, writable);
+
+	if (!fm)
+		return file_map_new(s, e, writable, ret_fm);
 	fm->refs++;
 	*ret_fm = fm;
 	return 0;
@@ -1056,7 +1089,7 @@ int session_map(struct session *s, struct map_entry *e)
 		return rc;
 	}
 	*mo = (struct map_owner){.dom = dom, .file = fm, .offset = e->offset};
-	req.addr = (uint64_t)(uintptr_t)fm->base + e->offset;
+	req.addr = (uint64_t)(uintptr_t)fm->base + (e->offset - fm->start);
 	req.owner = mo;
 	/* USDT probes (iommud:map_entry/map_exit): a no-op until a tracer attaches. */
 	DTRACE_PROBE4(iommud, map_entry, s->tenant->uid, e->domain_id, req.iova, e->length);

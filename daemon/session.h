@@ -12,18 +12,19 @@
  * when the last of them closes, and any number of named sessions (leases), kept with no
  * connection open until ReleaseLease and then released with their last connection.
  *
- * Ownership: the registry owns tenants and sessions; a session owns its kernel-helper context
- * and its domain records. kernel-helper's record of a mapping is the only one: the daemon's
- * part of it (struct map_owner: the file offset, the domain charged) hangs off that record as
- * its owner cookie, and holds a reference on the session's shared mmap of the whole client
- * file (struct file_map, one per file and access, owned by the session's list and released
- * with its last mapping). The mmap holds a reference on the file, so no descriptor is kept (a
- * daemon of many mappings would otherwise run out of them), and one mmap serves every mapping
- * of the file, so mappings cost the daemon no memory map each. kernel-helper hands the cookie back
- * once the mapping has left the IOMMU (Unmap, UnmapAll, FreeDomain, the session's end), and only
- * then does the daemon unmap the memory and free the cookie, so the memory cannot go away under a
- * live DMA mapping. An unmap that fails leaves the memory inaccessible (PROT_NONE) instead, logged
- * and counted.
+ * Ownership: the registry owns tenants and sessions; a session owns its kernel-helper context,
+ * its domain records and its maps of client files. kernel-helper's record of a mapping is the
+ * only one: the daemon's part of it (struct map_owner: the file offset, the domain charged)
+ * hangs off that record as its owner cookie, and holds a reference on the session's shared mmap
+ * of the client's file (struct file_map: of the whole file, one per file and access, while the
+ * tenant's max-pinned covers those; of the mapping's range alone beyond that), which goes with
+ * its last mapping. The mmap holds a reference on the file, so no descriptor is kept (a daemon
+ * of many mappings would otherwise run out of them), and one mmap serves every mapping of the
+ * file, so mappings cost the daemon no memory map each. kernel-helper hands the cookie back
+ * once the mapping has left the IOMMU (Unmap, UnmapAll, FreeDomain, the session's end), and
+ * only then does the daemon drop its reference and free the cookie, so the memory cannot go
+ * away under a live DMA mapping. An unmap that fails leaves the memory inaccessible
+ * (PROT_NONE) instead, logged and counted.
  *
  * What tenants hold is charged twice: to the tenant against its section's quotas, and to the
  * registry against the daemon-wide ceilings (ceilings.h), checked before a mapping or lease is

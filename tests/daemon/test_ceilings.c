@@ -189,16 +189,19 @@ TEST(mappings_ceiling_over_all_tenants)
 }
 
 /* Mappings of one file share the session's one memory map of it (one more for another access),
- * which goes with the last of them: a mapping costs the daemon no map of its own. */
+ * which goes with the last of them: a mapping costs the daemon no map of its own. Files beyond
+ * the tenant's max-pinned are mapped a range at a time, so that huge sparse files cannot take
+ * the daemon's address space. */
 TEST(mappings_of_one_file_share_one_map)
 {
 	struct iommuctl *c;
-	uint64_t iova = 1ull << 30;
 	uint32_t dom;
-	int mem = iommuctl_memfd("shared", 8 * PAGE);
+	int mem = iommuctl_memfd("shared", 8 * PAGE), big = iommuctl_memfd("big", 16 * PAGE);
 
 	CHECK_OK(mem);
-	fixture_start(&daemon_under_test, "", "emu0");
+	CHECK_OK(big);
+	fixture_start(&daemon_under_test,
+		      "[uid 0]\naccess = write\ndevices = emu0\nmax-pinned = 64K\n", "emu0");
 	c = connect_with(NULL, NULL);
 	dom = paging_domain(c, "emu0");
 	for (uint64_t i = 0; i < 8; i++)
@@ -208,14 +211,22 @@ TEST(mappings_of_one_file_share_one_map)
 					 &(uint64_t){i * PAGE}),
 			 "Map");
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
-	succeeds(c, map_page(c, dom, mem, iova), "Map read-only");
+	succeeds(c, map_page(c, dom, mem, 1ull << 30), "Map read-only");
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 2);
+	/* The two whole-file maps took the 64K: the big file's mappings are maps of their own. */
+	succeeds(c, map_page(c, dom, big, 2ull << 30), "Map of a big file");
+	succeeds(c,
+		 iommuctl_map_fd(c, dom, big, 2 * PAGE, PAGE, IOMMUCTL_PROT_READ, true, 0,
+				 &(uint64_t){3ull << 30}),
+		 "Map of a big file");
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 4);
 	succeeds(c, iommuctl_unmap(c, dom, 0, 7 * PAGE, NULL), "Unmap");
-	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 2);
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 4);
 	succeeds(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll");
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
 	iommuctl_close(c);
 	(void)close(mem);
+	(void)close(big);
 	fixture_stop(&daemon_under_test);
 }
 
