@@ -44,16 +44,18 @@ static uint64_t maps_in_use(void)
 	return lines;
 }
 
-/* The mappings all tenants may hold: vm.max_map_count less the maps the daemon holds now and an
+/* The maps of client files all tenants may have the daemon hold: vm.max_map_count less the maps
+ * the daemon holds now and an
  * eighth of the limit kept for its own later allocations (libraries' and the allocator's maps)
  * and the two transient maps of a file map's placement (one at a time). */
-static uint64_t mappings_ceiling(void)
+static uint64_t maps_ceiling(void)
 {
 	uint64_t limit = read_number("/proc/sys/vm/max_map_count", DEFAULT_MAX_MAP_COUNT);
 	uint64_t held = maps_in_use(), headroom = limit / 8;
 
 	if (limit <= held + headroom) {
-		log_warning("vm.max_map_count (%" PRIu64 ") leaves no room for mappings beside the "
+		log_warning("vm.max_map_count (%" PRIu64
+			    ") leaves no room for file maps beside the "
 			    "daemon's own %" PRIu64 " maps; raise it (sysctl vm.max_map_count)",
 			    limit, held);
 		return 1;
@@ -116,14 +118,14 @@ static uint64_t lowered(const char *key, uint64_t configured, uint64_t derived, 
 void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceilings *ret)
 {
 	*ret = (struct ceilings){
-		.max_mappings = lowered("max-mappings-total", cfg->max_mappings_total,
-					mappings_ceiling(), "vm.max_map_count"),
+		.max_maps = lowered("max-maps-total", cfg->max_maps_total, maps_ceiling(),
+				    "vm.max_map_count"),
 		.max_leases = lowered("max-leases-total", cfg->max_leases_total, leases_ceiling(),
 				      "the open-file limit"),
 		.max_pinned_bytes = lowered("max-pinned-total", cfg->max_pinned_total,
 					    pinned_ceiling(pins_in_kernel), "RLIMIT_MEMLOCK"),
 	};
-	log_info("ceilings over all tenants: %" PRIu64 " mappings, %" PRIu64 " leases, "
+	log_info("ceilings over all tenants: %" PRIu64 " file maps, %" PRIu64 " leases, "
 		 "pinned bytes %" PRIu64 " (0: no limit)",
-		 ret->max_mappings, ret->max_leases, ret->max_pinned_bytes);
+		 ret->max_maps, ret->max_leases, ret->max_pinned_bytes);
 }

@@ -4,10 +4,10 @@
  * daemon depends on, so that one tenant's quota, or many tenants' together, can never run the
  * daemon into a kernel limit where every tenant's calls, or the release of memory, would fail.
  *
- *   mappings     each mapping holds at most one memory map in the daemon (the session's map of
- *                its file, shared by the file's other mappings): below vm.max_map_count, less the
- *                maps the daemon holds at start and headroom for its own allocations and the
- *                transient maps of placing a file's map
+ *   file maps    the daemon's memory maps of client files (one per file and access in a
+ *                session, shared by the file's mappings; one per mapping beyond the tenant's
+ *                max-pinned): below vm.max_map_count, less the maps the daemon holds at start
+ *                and headroom for its own allocations and the transient maps of placing one
  *   leases       each may hold descriptors (its IOMMU context, its devices'): below the
  *                open-file limit
  *   pinned bytes where the kernel charges the daemon's pins to its RLIMIT_MEMLOCK (a backend
@@ -25,7 +25,7 @@
 #include "config.h"
 
 struct ceilings {
-	uint64_t max_mappings;
+	uint64_t max_maps;
 	uint64_t max_leases;
 	uint64_t max_pinned_bytes; /* 0: no daemon-wide limit applies */
 };

@@ -271,9 +271,9 @@ static int ceiling_key(struct load_state *st, const char *key, const char *value
 	return 1;
 }
 
-static int key_max_mappings_total(struct load_state *st, const char *value)
+static int key_max_maps_total(struct load_state *st, const char *value)
 {
-	return ceiling_key(st, "max-mappings-total", value, &st->cfg->max_mappings_total);
+	return ceiling_key(st, "max-maps-total", value, &st->cfg->max_maps_total);
 }
 
 static int key_max_leases_total(struct load_state *st, const char *value)
@@ -297,7 +297,7 @@ static const struct {
 	{"log-level", key_log_level},
 	{"max-connections", key_max_connections},
 	{"probe-tier", key_probe_tier},
-	{"max-mappings-total", key_max_mappings_total},
+	{"max-maps-total", key_max_maps_total},
 	{"max-leases-total", key_max_leases_total},
 	{"max-pinned-total", key_max_pinned_total},
 };

@@ -53,7 +53,7 @@ struct config {
 	Iommud__V1__ProbeTier probe_tier; /* the highest tier the map path probes may use */
 	/* Daemon-wide ceilings the configuration asks for; 0: the one derived from the kernel's
 	 * limits at start (daemon/ceilings.h), which a configured value may only lower. */
-	uint64_t max_mappings_total;
+	uint64_t max_maps_total;
 	uint64_t max_leases_total;
 	uint64_t max_pinned_total;
 	enum access default_access;

@@ -208,9 +208,9 @@ static void print_config(const struct config *cfg)
 		     config_backend_name(cfg->backend), cfg->topology ? cfg->topology : "(default)",
 		     cfg->log_level, cfg->max_connections,
 		     iommud_name(&iommud_probe_tier_names, cfg->probe_tier));
-	(void)printf("ceilings asked for (0: derived at start): max-mappings-total %llu, "
+	(void)printf("ceilings asked for (0: derived at start): max-maps-total %llu, "
 		     "max-leases-total %llu, max-pinned-total %llu\n",
-		     (unsigned long long)cfg->max_mappings_total,
+		     (unsigned long long)cfg->max_maps_total,
 		     (unsigned long long)cfg->max_leases_total,
 		     (unsigned long long)cfg->max_pinned_total);
 	(void)printf("peers matched by no section: %s\n", config_access_name(cfg->default_access));

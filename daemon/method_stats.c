@@ -57,11 +57,11 @@ int fill_ceilings(struct call *call, Iommud__V1__Ceilings **ret_ceilings, bool w
 	if (!out)
 		return nomem();
 	iommud__v1__ceilings__init(out);
-	out->max_mappings = ceil->max_mappings;
+	out->max_maps = ceil->max_maps;
 	out->max_leases = ceil->max_leases;
 	out->max_pinned_bytes = ceil->max_pinned_bytes;
 	if (with_usage) {
-		out->mappings = total.mappings;
+		out->maps = total.maps;
 		out->leases = total.leases;
 		out->pinned_bytes = total.pinned_bytes;
 		out->failed_releases = registry_failed_releases(reg);

@@ -201,13 +201,13 @@ static void release_memory(struct registry *reg, void *va, uint64_t length)
 	if (mprotect(va, length, PROT_NONE) == 0) {
 		log_err("cannot unmap a client file's memory [%p, +0x%llx) in the daemon (%s); "
 			"made "
-			"it inaccessible instead; lower max-mappings-total or raise "
+			"it inaccessible instead; lower max-maps-total or raise "
 			"vm.max_map_count",
 			va, (unsigned long long)length, strerror(saved));
 		return;
 	}
 	log_err("cannot unmap nor protect a client file's memory [%p, +0x%llx) in the daemon "
-		"(%s): it stays mapped until the daemon restarts; lower max-mappings-total or "
+		"(%s): it stays mapped until the daemon restarts; lower max-maps-total or "
 		"raise vm.max_map_count",
 		va, (unsigned long long)length, strerror(saved));
 }
@@ -219,6 +219,8 @@ static void file_map_put(struct session *s, struct file_map *fm)
 	LIST_REMOVE(fm, link);
 	if (fm->whole)
 		s->tenant->whole_file_bytes -= fm->length;
+	s->tenant->used.maps--;
+	s->tenant->reg->total.maps--;
 	release_memory(s->tenant->reg, fm->base, fm->length);
 	free(fm);
 }
@@ -923,9 +925,18 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 	const struct map_file *f = e->file;
 	uint64_t whole = (f->size + f->page_size - 1) / f->page_size * f->page_size;
 	struct tenant *t = s->tenant;
-	struct file_map *fm = calloc(1, sizeof(*fm));
+	struct file_map *fm;
 	int rc;
 
+	if (t->reg->total.maps >= t->reg->ceil.max_maps)
+		return fail(
+			-ENOSPC,
+			"the daemon holds %llu memory maps of client files, its ceiling over all "
+			"tenants (max-maps-total, below vm.max_map_count); unmap some, map from "
+			"fewer files (a file's mappings share one map), or ask the administrator "
+			"to raise vm.max_map_count",
+			(unsigned long long)t->reg->total.maps);
+	fm = calloc(1, sizeof(*fm));
 	if (!fm)
 		return fail(-ENOMEM, "out of memory");
 	*fm = (struct file_map){.dev = f->dev, .ino = f->ino, .writable = writable, .refs = 1};
@@ -947,6 +958,8 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 	}
 	if (fm->whole)
 		t->whole_file_bytes += fm->length;
+	t->used.maps++;
+	t->reg->total.maps++;
 	LIST_INSERT_HEAD(&s->files, fm, link);
 	*ret_fm = fm;
 	return 0;
@@ -976,15 +989,10 @@ static int page_tables_exhausted(const struct tenant *t)
 		    (unsigned long long)t->rule->max_page_table_bytes);
 }
 
-/* The daemon-wide ceilings, which no tenant's quota may take the daemon past. */
+/* The daemon-wide ceiling on pinned memory, which no tenant's quota may take the daemon past
+ * (that on file maps is checked where one is made). */
 static int check_ceilings(const struct registry *reg, uint64_t length)
 {
-	if (reg->total.mappings >= reg->ceil.max_mappings)
-		return fail(-ENOSPC,
-			    "the daemon holds %llu mappings, its ceiling over all tenants "
-			    "(max-mappings-total, below vm.max_map_count); unmap some, or ask the "
-			    "administrator to raise vm.max_map_count",
-			    (unsigned long long)reg->total.mappings);
 	if (reg->ceil.max_pinned_bytes &&
 	    length > reg->ceil.max_pinned_bytes - reg->total.pinned_bytes)
 		return fail(

@@ -57,6 +57,7 @@ struct usage {
 	uint64_t pinned_bytes;
 	uint64_t leases;
 	uint64_t page_table_bytes;
+	uint64_t maps; /* the daemon's memory maps of client files */
 };
 
 struct peer {

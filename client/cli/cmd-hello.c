@@ -10,7 +10,7 @@ static const char hello_help[] =
 	"daemon's capabilities (map_batch, open_device, dirty_tracking, nesting), the\n"
 	"message limits, your quota: domains, mappings, pinned bytes, leases and page-table\n"
 	"bytes in use, each with its limit from the configuration, and the daemon's ceilings\n"
-	"over all tenants (mappings, leases, pinned bytes; 0: none).\n";
+	"over all tenants (file maps, leases, pinned bytes; 0: none).\n";
 
 void show_quota(const Iommud__V1__Quota *q)
 {
@@ -37,8 +37,8 @@ void show_ceilings(const Iommud__V1__Ceilings *c, bool with_usage)
 		return;
 	obj_begin("ceilings");
 	if (with_usage)
-		field("total_mappings", NUM, c->mappings, NULL);
-	field("ceiling_mappings", NUM, c->max_mappings, NULL);
+		field("total_file_maps", NUM, c->maps, NULL);
+	field("ceiling_file_maps", NUM, c->max_maps, NULL);
 	if (with_usage)
 		field("total_leases", NUM, c->leases, NULL);
 	field("ceiling_leases", NUM, c->max_leases, NULL);

@@ -122,18 +122,18 @@ static uint64_t daemon_maps(void)
 }
 
 /* Unconfigured, and configured above what the kernel allows: the ceiling leaves room for the
- * daemon's own maps below vm.max_map_count, where the default quota of one tenant did not. */
-TEST(mappings_ceiling_derived_from_max_map_count)
+ * daemon's own maps below vm.max_map_count. */
+TEST(maps_ceiling_derived_from_max_map_count)
 {
-	static const char *const configs[] = {"", "max-mappings-total = 1T\n"};
+	static const char *const configs[] = {"", "max-maps-total = 1T\n"};
 
 	for (size_t i = 0; i < sizeof(configs) / sizeof(configs[0]); i++) {
 		Iommud__V1__HelloReply *hello;
 
 		fixture_start(&daemon_under_test, configs[i], "emu0");
 		hello = hello_of();
-		CHECK(hello->ceilings->max_mappings > 0);
-		CHECK(hello->ceilings->max_mappings + daemon_maps() < max_map_count());
+		CHECK(hello->ceilings->max_maps > 0);
+		CHECK(hello->ceilings->max_maps + daemon_maps() < max_map_count());
 		CHECK(hello->ceilings->max_leases > 0);
 		iommud__v1__hello_reply__free_unpacked(hello, NULL);
 		fixture_stop(&daemon_under_test);
@@ -148,43 +148,49 @@ static int map_refused_at_ceiling(void *arg)
 	(void)arg;
 	CHECK_OK(mem);
 	refused(c, map_page(c, paging_domain(c, "emu1"), mem, 0),
-		IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED, "max-mappings-total");
+		IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED, "max-maps-total");
 	(void)close(mem);
 	iommuctl_close(c);
 	return 0;
 }
 
-/* Lowered by the configuration: once all tenants together hold it, every tenant's Map is
- * refused, each within its own quota; an unmap makes room again. */
-TEST(mappings_ceiling_over_all_tenants)
-{
-	struct iommuctl *c;
-	Iommud__V1__GetStatsReply *stats;
-	uint32_t dom;
-	int mem = iommuctl_memfd("ceiling", PAGE);
+#define CEILING_FILES 3
 
-	CHECK_OK(mem);
+/* Lowered by the configuration: once all tenants' files together take the daemon's maps, every
+ * tenant's Map of another file is refused, each within its own quota; more of a mapped file
+ * still fits, and an unmap makes room again. */
+TEST(maps_ceiling_over_all_tenants)
+{
+	Iommud__V1__GetStatsReply *stats;
+	int mem[CEILING_FILES + 1];
+	struct iommuctl *c;
+	uint32_t dom;
+
+	for (int i = 0; i <= CEILING_FILES; i++)
+		CHECK_OK(mem[i] = iommuctl_memfd("ceiling", 2 * PAGE));
 	fixture_start(&daemon_under_test,
-		      "max-mappings-total = 3\n[uid 0]\naccess = write\ndevices = emu*\n"
+		      "max-maps-total = 3\n[uid 0]\naccess = write\ndevices = emu*\n"
 		      "[uid 65534]\naccess = write\ndevices = emu1\n",
 		      "emu0 emu1");
 	c = connect_with(NULL, NULL);
 	dom = paging_domain(c, "emu0");
-	for (uint64_t i = 0; i < 3; i++)
-		succeeds(c, map_page(c, dom, mem, i * PAGE), "Map below the ceiling");
-	refused(c, map_page(c, dom, mem, 3 * PAGE), IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED,
-		"max-mappings-total");
+	for (uint64_t i = 0; i < CEILING_FILES; i++)
+		succeeds(c, map_page(c, dom, mem[i], i * PAGE), "Map below the ceiling");
+	refused(c, map_page(c, dom, mem[CEILING_FILES], 8 * PAGE),
+		IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED, "max-maps-total");
 	if (geteuid() == 0)
 		CHECK_EQ(run_as(OTHER_UID, map_refused_at_ceiling, NULL), 0);
+	succeeds(c, map_page(c, dom, mem[0], 16 * PAGE), "Map of a mapped file at the ceiling");
 	stats = stats_of(c);
-	CHECK_EQ(stats->ceilings->max_mappings, 3);
-	CHECK_EQ(stats->ceilings->mappings, 3);
+	CHECK_EQ(stats->ceilings->max_maps, CEILING_FILES);
+	CHECK_EQ(stats->ceilings->maps, CEILING_FILES);
 	CHECK_EQ(stats->ceilings->failed_releases, 0);
 	iommud__v1__get_stats_reply__free_unpacked(stats, NULL);
-	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
-	succeeds(c, map_page(c, dom, mem, 3 * PAGE), "Map after an unmap");
+	succeeds(c, iommuctl_unmap(c, dom, PAGE, PAGE, NULL), "Unmap");
+	succeeds(c, map_page(c, dom, mem[CEILING_FILES], 8 * PAGE), "Map after an unmap");
 	iommuctl_close(c);
-	(void)close(mem);
+	for (int i = 0; i <= CEILING_FILES; i++)
+		(void)close(mem[i]);
 	fixture_stop(&daemon_under_test);
 }
 
@@ -374,8 +380,8 @@ static int stranger_sees_own(void *arg)
 	CHECK(strcmp(s->tenant_stats[0]->tenant, "other") == 0);
 	CHECK_EQ(s->tenant_stats[0]->tenants, 1);
 	/* The limits, not what everyone holds against them. */
-	CHECK(s->ceilings->max_mappings > 0);
-	CHECK_EQ(s->ceilings->mappings, 0);
+	CHECK(s->ceilings->max_maps > 0);
+	CHECK_EQ(s->ceilings->maps, 0);
 	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
 	iommuctl_close(c);
 	return 0;
@@ -420,7 +426,7 @@ TEST(stats_scoped_to_own_tenant)
 	s = stats_of(c);
 	CHECK(s->observer);
 	CHECK(s->n_methods > 0 && s->n_devices == 1);
-	CHECK_EQ(s->ceilings->mappings, 1);
+	CHECK_EQ(s->ceilings->maps, 1);
 	CHECK(s->connections >= 2);
 	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
 	CHECK(write(pipes[3], "x", 1) == 1);
