@@ -75,8 +75,10 @@ void fixture_start_topology(struct daemon_fixture *f, const char *config, const 
 		(void)prctl(PR_SET_PDEATHSIG, SIGTERM);
 		const char *bin = getenv("IOMMUD_DAEMON") ? getenv("IOMMUD_DAEMON") : IOMMUD_BIN;
 
-		execl(bin, "iommud", "--config", config_path, "--log-level", "warning",
-		      (char *)NULL);
+		/* A test of what the daemon logs asks for more than warnings. */
+		const char *level = getenv("IOMMUD_TEST_LOG_LEVEL") ?: "warning";
+
+		execl(bin, "iommud", "--config", config_path, "--log-level", level, (char *)NULL);
 		(void)fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
