@@ -351,6 +351,11 @@ static int check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *
 	return 0;
 }
 
+int dispatch_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
+{
+	return check_strings(desc, data, data + len, "");
+}
+
 static int check_fd_count(const struct call *call, const struct method *m)
 {
 	if (call->n_fds >= m->min_fds && call->n_fds <= m->max_fds)
@@ -376,8 +381,8 @@ static int check_request(const struct call *call, const struct method *m)
 
 	if (!c->tenant)
 		return peer_refusal(&c->peer);
-	rc = check_strings(&iommud__v1__request__descriptor, call->packet,
-			   call->packet + call->packet_len, "");
+	rc = dispatch_check_strings(&iommud__v1__request__descriptor, call->packet,
+				    call->packet_len);
 	if (rc < 0)
 		return rc;
 	if (c->access == ACCESS_NONE && m->access > ACCESS_NONE)
@@ -440,11 +445,11 @@ static int handle_request(struct call *call)
 static char *reply_text(struct call *call, char *s)
 {
 	size_t len = strlen(s), size;
-	char *copy;
+	char *copy, measure[1];
 
 	if (utf8_valid(s, len))
 		return s;
-	size = text_escape(s, 1, s, len, false) + 1;
+	size = text_escape(measure, sizeof(measure), s, len, false) + 1;
 	copy = call_alloc(call, size);
 	if (!copy)
 		return "";
