@@ -313,21 +313,54 @@ TEST(every_group_counts)
 }
 
 /* Removes a test cgroup tree, deepest first (rmdir of a cgroup needs it empty). */
-static void remove_cgroups(const char *root)
+static void remove_cgroups(const char *base)
 {
 	char *cmd;
 
-	CHECK(asprintf(&cmd, "test -d '%s' && find '%s' -depth -type d -exec rmdir {} + ; true",
-		       root, root) > 0);
+	CHECK(asprintf(&cmd, "test -d '%s%s' && find '%s%s' -depth -type d -exec rmdir {} + ; true",
+		       cgroup2_mount(), base, cgroup2_mount(), base) > 0);
 	CHECK(system(cmd) == 0);
 	free(cmd);
 }
 
+/* The base of a case's cgroups, "/iommud-test-NAME", with what a failed run left removed. */
+static const char *cgroup_base(const char *name)
+{
+	static char base[64];
+
+	need_root();
+	if (!cgroup2_mount())
+		SKIP("no cgroup v2 hierarchy mounted");
+	(void)snprintf(base, sizeof(base), "/iommud-test-%s", name);
+	remove_cgroups(base);
+	return base;
+}
+
+/* Makes the cgroup path (under the v2 mount) and its parents; names may hold any byte. */
+static void make_cgroup(const char *path)
+{
+	char *dir;
+
+	CHECK(asprintf(&dir, "%s%s", cgroup2_mount(), path) > 0);
+	for (char *slash = dir + strlen(cgroup2_mount()) + 1;; slash++) {
+		slash = strchr(slash, '/');
+		if (slash)
+			*slash = '\0';
+		CHECK(mkdir(dir, 0755) == 0 || errno == EEXIST);
+		if (!slash)
+			break;
+		*slash = '/';
+	}
+	free(dir);
+}
+
+static const char root_config[] = "[uid 0]\naccess = write\ndevices = emu*\nmax-domains = 64\n";
+
 /* Two cgroups whose paths agree in their first 600 bytes are two tenants. */
 TEST(long_cgroup_paths_stay_apart)
 {
-	const char *mount_dir = cgroup2_mount();
-	char base[64], root[320], deep[2][1024], long_a[201], long_b[201];
+	const char *base = cgroup_base("long");
+	char deep[2][1024], long_a[201], long_b[201];
 	struct hello_check want[2] = {
 		{.lease = "deep",
 		 .section = "uid 0",
@@ -337,28 +370,17 @@ TEST(long_cgroup_paths_stay_apart)
 		{.lease = "deep", .section = "uid 0", .max_domains = 64},
 	};
 
-	need_root();
-	if (!mount_dir)
-		SKIP("no cgroup v2 hierarchy mounted");
 	memset(long_a, 'a', 200);
 	memset(long_b, 'b', 200);
 	long_a[200] = long_b[200] = '\0';
-	(void)snprintf(base, sizeof(base), "/iommud-test-identity");
-	(void)snprintf(root, sizeof(root), "%s%s", mount_dir, base);
-	remove_cgroups(root);
 	for (int i = 0; i < 2; i++) {
-		char *dir;
-
 		(void)snprintf(deep[i], sizeof(deep[i]), "%s/%s/%s/%s/%s", base, long_a, long_b,
 			       long_a, i ? "two" : "one");
-		CHECK(asprintf(&dir, "mkdir -p '%s%s'", mount_dir, deep[i]) > 0);
-		CHECK(system(dir) == 0);
-		free(dir);
+		make_cgroup(deep[i]);
 		want[i].cgroup = deep[i];
 	}
 	CHECK(strlen(deep[0]) > 600);
-	fixture_start(&daemon_under_test,
-		      "[uid 0]\naccess = write\ndevices = emu*\nmax-domains = 64\n", "emu0");
+	fixture_start(&daemon_under_test, root_config, "emu0");
 	{
 		struct identity one = {.uid = 0, .cgroup = deep[0]};
 		struct identity two = {.uid = 0, .cgroup = deep[1]};
@@ -367,7 +389,28 @@ TEST(long_cgroup_paths_stay_apart)
 		CHECK_EQ(run_identity(&two, hello_and_check, &want[1]), 0);
 	}
 	fixture_stop(&daemon_under_test);
-	remove_cgroups(root);
+	remove_cgroups(base);
+}
+
+/* Cgroup names are bytes: one that is not UTF-8 keeps its tenant and shows as text, each
+ * stray byte as \xHH. */
+TEST(cgroup_bytes_show_as_text)
+{
+	const char *base = cgroup_base("bytes");
+	char cgroup[128], shown[128];
+	struct hello_check want = {.section = "uid 0", .max_domains = 64, .cgroup = shown};
+
+	(void)snprintf(cgroup, sizeof(cgroup), "%s/\xff\xfe", base);
+	(void)snprintf(shown, sizeof(shown), "%s/\\xff\\xfe", base);
+	make_cgroup(cgroup);
+	fixture_start(&daemon_under_test, root_config, "emu0");
+	{
+		struct identity who = {.uid = 0, .cgroup = cgroup};
+
+		CHECK_EQ(run_identity(&who, hello_and_check, &want), 0);
+	}
+	fixture_stop(&daemon_under_test);
+	remove_cgroups(base);
 }
 
 /* Protobuf strings carry their length: "ab\0cd" is not "ab", and is refused. */
