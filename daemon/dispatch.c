@@ -434,8 +434,9 @@ static int handle_request(struct call *call)
 	if (rc == 0)
 		rc = run_method(call, m);
 	if (m->handle && rc < 0)
-		log_debug("%s from uid %u failed: %s", method_name(number),
-			  (unsigned)call->client->peer.uid, failure_message());
+		log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_METHOD", method_name(number)}),
+			   "%s from uid %u failed: %s", method_name(number),
+			   (unsigned)call->client->peer.uid, failure_message());
 	return rc;
 }
 

@@ -93,9 +93,10 @@ int do_hello(struct call *call)
 	    !(reply->capabilities = call_alloc(call, CAPABILITIES_MAX * sizeof(char *))))
 		return nomem();
 	fill_hello(call, reply);
-	if (r->client_name[0])
-		log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_CLIENT_NAME", r->client_name}),
-			   "uid %u says hello as '%s'", (unsigned)c->peer.uid, r->client_name);
+	log_struct(LOG_DEBUG,
+		   LOG_FIELDS({"IOMMUD_CLIENT_NAME", r->client_name}, {"IOMMUD_LEASE", r->lease}),
+		   "uid %u says hello as '%s' (lease '%s')", (unsigned)c->peer.uid, r->client_name,
+		   r->lease);
 	return 0;
 }
 
