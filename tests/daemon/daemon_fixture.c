@@ -236,12 +236,17 @@ void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *conne
 
 int run_as(uid_t uid, int (*fn)(void *), void *arg)
 {
+	return run_as_groups(uid, NULL, 0, fn, arg);
+}
+
+int run_as_groups(uid_t uid, const gid_t *groups, size_t n_groups, int (*fn)(void *), void *arg)
+{
 	pid_t pid = fork();
 	int status;
 
 	CHECK(pid >= 0);
 	if (pid == 0) {
-		if (setgroups(0, NULL) < 0 || setgid((gid_t)uid) < 0 || setuid(uid) < 0) {
+		if (setgroups(n_groups, groups) < 0 || setgid((gid_t)uid) < 0 || setuid(uid) < 0) {
 			perror("setuid");
 			_exit(99);
 		}

@@ -59,5 +59,7 @@ void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *conne
 /* Runs fn in a child process with the given uid (and gid), returning its exit status; for
  * tenants other than the test's own. */
 int run_as(uid_t uid, int (*fn)(void *), void *arg);
+/* The same with these supplementary groups. */
+int run_as_groups(uid_t uid, const gid_t *groups, size_t n_groups, int (*fn)(void *), void *arg);
 
 #endif

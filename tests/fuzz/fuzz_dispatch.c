@@ -96,6 +96,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * devices and quotas, and a section name that is not UTF-8 (configurations are bytes), which
  * replies and statistics must still carry as text. */
 static char *devices_all[] = {"*"}, *devices_emu0[] = {"emu0"}, *devices_emu1[] = {"emu1"};
+#define GROUP_WRITER(gid, name, allowed, domains)                                                  \
+	{                                                                                          \
+		.is_group = true, .id = gid, .section = name, .access = ACCESS_WRITE,              \
+		.devices = allowed, .n_devices = 1, .max_domains = domains, .max_mappings = 16,    \
+		.max_pinned_bytes = 1 << 20                                                        \
+	}
 static struct access_rule rules[] = {
 	{.id = 0,
 	 .section = "uid 0",
@@ -106,24 +112,8 @@ static struct access_rule rules[] = {
 	 .max_mappings = 4096,
 	 .max_pinned_bytes = 1ull << 30,
 	 .stats_all = true},
-	{.is_group = true,
-	 .id = 1001,
-	 .section = "group one",
-	 .access = ACCESS_WRITE,
-	 .devices = devices_emu1,
-	 .n_devices = 1,
-	 .max_domains = 2,
-	 .max_mappings = 16,
-	 .max_pinned_bytes = 1 << 20},
-	{.is_group = true,
-	 .id = 1002,
-	 .section = "group tw\xf0",
-	 .access = ACCESS_WRITE,
-	 .devices = devices_emu0,
-	 .n_devices = 1,
-	 .max_domains = 3,
-	 .max_mappings = 16,
-	 .max_pinned_bytes = 1 << 20},
+	GROUP_WRITER(1001, "group one", devices_emu1, 2),
+	GROUP_WRITER(1002, "group tw\xf0", devices_emu0, 3),
 	{.id = 2000, .section = "uid 2000", .access = ACCESS_READ},
 };
 
