@@ -220,10 +220,15 @@ int peer_refusal(const struct peer *p)
 			    "connect from a process the daemon can see",
 			    (unsigned)p->uid);
 	case PEER_NO_PIDFD:
+		if (p->doubt_errno == ENOSYS)
+			return fail(-EPERM,
+				    "the daemon cannot verify who this connection belongs to: the "
+				    "kernel has no pidfds, which iommud needs to read a peer's "
+				    "cgroup safely; run Linux 5.3 or later (6.5 for SO_PEERPIDFD)");
 		return fail(-EPERM,
-			    "the daemon cannot verify who this connection belongs to: the kernel "
-			    "gives no pidfd for the connecting process (pid %d: %s); iommud needs "
-			    "Linux 5.3 or later (6.5 for SO_PEERPIDFD)",
+			    "the daemon cannot verify who this connection belongs to: it could not "
+			    "hold the connecting process (pid %d) by a pidfd (%s); connect again "
+			    "later, and tell the administrator if this persists",
 			    (int)p->pid, strerror(p->doubt_errno));
 	case PEER_CGROUP_UNREADABLE:
 		return fail(-EPERM,

@@ -27,7 +27,7 @@ enum peer_doubt {
 	PEER_VERIFIED,
 	PEER_EXITED,		/* the process that connected was gone before it was read */
 	PEER_NO_PID,		/* SO_PEERCRED gave no pid (another pid namespace) */
-	PEER_NO_PIDFD,		/* the kernel gave no pidfd for it (no pidfd support) */
+	PEER_NO_PIDFD,		/* no pidfd for it: no kernel support, or out of descriptors */
 	PEER_CGROUP_UNREADABLE, /* /proc/PID/cgroup could not be read */
 	PEER_CGROUP_AMBIGUOUS,	/* no single cgroup v2 entry, or a path with a newline */
 };
