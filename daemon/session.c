@@ -363,8 +363,9 @@ static void session_destroy(struct session *s)
 	}
 	LIST_REMOVE(s, link);
 	s->tenant->reg->n_sessions--;
-	log_info("released session '%s' of uid %u", s->lease[0] ? s->lease : "(anonymous)",
-		 (unsigned)s->tenant->uid);
+	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", s->lease}),
+		   "released session '%s' of uid %u", s->lease[0] ? s->lease : "(anonymous)",
+		   (unsigned)s->tenant->uid);
 	tenant_put(s->tenant);
 	free(s);
 }
@@ -422,7 +423,8 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 	LIST_INSERT_HEAD(&t->sessions, s, link);
 	t->refs++;
 	t->reg->n_sessions++;
-	log_info("new session '%s' for uid %u", lease[0] ? lease : "(anonymous)", (unsigned)t->uid);
+	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", lease}), "new session '%s' for uid %u",
+		   lease[0] ? lease : "(anonymous)", (unsigned)t->uid);
 	*out = s;
 	return 0;
 }
@@ -432,8 +434,9 @@ void session_leave(struct session *s)
 	if (--s->refs)
 		return;
 	if (s->lease[0] && !s->lease_released) {
-		log_info("lease '%s' of uid %u kept with no connection", s->lease,
-			 (unsigned)s->tenant->uid);
+		log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", s->lease}),
+			   "lease '%s' of uid %u kept with no connection", s->lease,
+			   (unsigned)s->tenant->uid);
 		return;
 	}
 	session_destroy(s);
@@ -534,7 +537,8 @@ int session_device(struct session *s, const char *name, bool bind, uint32_t *dev
 	}
 	(void)snprintf(dev->name, sizeof(dev->name), "%s", name);
 	LIST_INSERT_HEAD(&s->devices, dev, link);
-	log_info("uid %u took device %s", (unsigned)s->tenant->uid, name);
+	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_DEVICE", name}), "uid %u took device %s",
+		   (unsigned)s->tenant->uid, name);
 	*dev_id = dev->dev_id;
 	return 0;
 }
