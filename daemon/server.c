@@ -238,6 +238,7 @@ int server_adopt(struct server *srv, int fd)
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c) {
+		peer_clear(&peer);
 		(void)close(fd);
 		return -ENOMEM;
 	}
