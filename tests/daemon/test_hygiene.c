@@ -88,23 +88,46 @@ static Iommud__V1__Response *get_device(int fd, const char *name)
 
 /* ---- replies -------------------------------------------------------------------------- */
 
-TEST(non_utf8_strings_are_refused)
+/* The reply to a request refused for its string field, named in the message with what is
+ * wrong with it; the message itself decodes. */
+static void check_refused_string(Iommud__V1__Response *resp, uint64_t id, const char *field,
+				 const char *wrong)
 {
-	Iommud__V1__Response *resp;
-	int fd;
-
-	fixture_start(&daemon_under_test, config, "emu0");
-	fd = raw_connect(&daemon_under_test);
-	resp = get_device(fd, "emu\xff\xfe");
 	if (!strict_utf8(resp->status->message))
 		(void)fprintf(stderr, "a reply strict decoders refuse: '%s'\n",
 			      resp->status->message);
 	CHECK(strict_utf8(resp->status->message));
-	CHECK_EQ(resp->id, 7);
+	CHECK_EQ(resp->id, id);
 	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT);
-	CHECK(strstr(resp->status->message, "get_device.name") != NULL);
-	CHECK(strstr(resp->status->message, "UTF-8") != NULL);
+	CHECK(strstr(resp->status->message, field) != NULL);
+	CHECK(strstr(resp->status->message, wrong) != NULL);
 	iommud__v1__response__free_unpacked(resp, NULL);
+}
+
+TEST(non_utf8_strings_are_refused)
+{
+	int fd;
+
+	fixture_start(&daemon_under_test, config, "emu0");
+	fd = raw_connect(&daemon_under_test);
+	check_refused_string(get_device(fd, "emu\xff\xfe"), 7, "get_device.name", "UTF-8");
+	(void)close(fd);
+	fixture_stop(&daemon_under_test);
+}
+
+/* Protobuf strings carry their length: "ab\0cd" is not "ab" (a lease of that name would be
+ * joined as "ab"), and is refused. */
+TEST(string_with_nul_is_refused)
+{
+	/* Request{id = 1, hello (10) = HelloRequest{lease (3) = "ab\0cd"}} */
+	static const uint8_t packet[] = {0x08, 0x01, 0x52, 0x07, 0x1a, 0x05,
+					 'a',  'b',  0x00, 'c',	 'd'};
+	int fd;
+
+	fixture_start(&daemon_under_test, config, "emu0");
+	fd = raw_connect(&daemon_under_test);
+	raw_send(fd, packet, sizeof(packet), NULL, 0);
+	check_refused_string(raw_recv(fd, NULL), 1, "hello.lease", "NUL");
 	(void)close(fd);
 	fixture_stop(&daemon_under_test);
 }
