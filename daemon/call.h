@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <iommud.pb-c.h>
 
@@ -26,6 +27,8 @@ struct call {
 	struct daemon *d;
 	struct client *client;
 	const Iommud__V1__Request *req;
+	const uint8_t *packet; /* req as received, for the checks that need its bytes */
+	size_t packet_len;
 	Iommud__V1__Response *resp;
 	int *fds; /* received; a handler that keeps one sets its slot to -1 */
 	size_t n_fds;

@@ -46,16 +46,18 @@ struct daemon {
 };
 
 struct client {
-	struct peer peer;
-	struct tenant *tenant; /* reference held while the connection lives */
+	struct peer peer;      /* owned */
+	struct tenant *tenant; /* reference held while the connection lives; NULL: the peer is
+				* not verified, and every request is refused */
 	enum access access;
 	struct session *session; /* joined at Hello or at the first call needing one */
 	bool called;		 /* a request was handled: Hello may no longer choose a lease */
 };
 
-/* Sets up a client for a peer: finds its tenant. */
+/* Sets up a client for a peer: finds its tenant if it is verified. Takes the peer over
+ * (its groups and cgroup), whatever it returns; client_fini releases them. */
 int client_init(struct daemon *d, struct client *c, const struct peer *peer);
-/* Leaves the session and drops the tenant. */
+/* Leaves the session, drops the tenant and releases the peer. */
 void client_fini(struct client *c);
 
 #endif

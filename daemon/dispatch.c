@@ -2,12 +2,14 @@
 #include "dispatch.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "call.h"
 #include "log.h"
+#include "text.h"
 
 /* ---- the method table ----------------------------------------------------------------- */
 
@@ -205,7 +207,10 @@ static void call_end(struct call *call)
 int client_init(struct daemon *d, struct client *c, const struct peer *peer)
 {
 	*c = (struct client){.peer = *peer};
-	return tenant_get(d->reg, peer, &c->tenant, &c->access);
+	/* An unverified peer stays connected, tenantless, to be told why it is refused. */
+	if (peer->doubt != PEER_VERIFIED)
+		return 0;
+	return tenant_get(d->reg, &c->peer, &c->tenant, &c->access);
 }
 
 void client_fini(struct client *c)
@@ -214,7 +219,136 @@ void client_fini(struct client *c)
 		session_leave(c->session);
 	if (c->tenant)
 		tenant_put(c->tenant);
+	peer_clear(&c->peer);
 	*c = (struct client){0};
+}
+
+/* ---- what a request may hold ---------------------------------------------------------- */
+
+static int not_a_request(void)
+{
+	return fail(-EINVAL, "the packet is not a valid iommud.v1.Request message; check the "
+			     "client's framing (one message per packet, no length prefix)");
+}
+
+/* The request named no method of this daemon's schema (dispatch_self_check gives every one of
+ * them an entry): says what it received instead. */
+static int unknown_method(const Iommud__V1__Request *req)
+{
+	if (req->base.n_unknown_fields)
+		return fail(-EOPNOTSUPP,
+			    "this daemon does not know the method in field %u of the request; "
+			    "it speaks protocol version %d (hello says its version and "
+			    "docs/protocol.md its methods)",
+			    (unsigned)req->base.unknown_fields[0].tag, IOMMUD_PROTOCOL_VERSION);
+	return fail(-EOPNOTSUPP, "the request names no method: set one field of the method oneof "
+				 "of iommud.v1.Request (docs/protocol.md)");
+}
+
+static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *ret_value)
+{
+	uint64_t value = 0;
+
+	for (unsigned shift = 0; *p < end && shift < 64; shift += 7) {
+		uint8_t byte = *(*p)++;
+
+		value |= (uint64_t)(byte & 0x7f) << shift;
+		if (!(byte & 0x80)) {
+			*ret_value = value;
+			return 0;
+		}
+	}
+	return not_a_request();
+}
+
+/* A string field's bytes as they came: protobuf-c hands the handlers a C string, which would
+ * end at an embedded NUL ("ab\0cd" read as "ab"), and does not check UTF-8. */
+static int check_string(const char *path, const uint8_t *text, uint64_t len)
+{
+	const char *nul = memchr(text, '\0', len);
+	size_t invalid = utf8_invalid_at((const char *)text, len);
+
+	if (nul)
+		return fail(-EINVAL,
+			    "%s holds a NUL character (byte %zu of %llu); strings in requests "
+			    "are UTF-8 text without NUL",
+			    path, (size_t)(nul - (const char *)text), (unsigned long long)len);
+	if (invalid < len)
+		return fail(-EINVAL,
+			    "%s is not valid UTF-8 (byte %zu of %llu is 0x%02x); strings in "
+			    "requests are UTF-8 text, as proto3 requires",
+			    path, invalid, (unsigned long long)len, text[invalid]);
+	return 0;
+}
+
+/* The bytes of the value of a field with this wire type that follow p (a varint is read
+ * here, so 0), in *ret_len. */
+static int value_length(const uint8_t **p, const uint8_t *end, unsigned wire_type,
+			uint64_t *ret_len)
+{
+	uint64_t value;
+	int rc;
+
+	switch (wire_type) {
+	case 0:
+		rc = read_varint(p, end, &value);
+		value = 0;
+		break;
+	case 1:
+		rc = 0;
+		value = 8;
+		break;
+	case 2:
+		rc = read_varint(p, end, &value);
+		break;
+	case 5:
+		rc = 0;
+		value = 4;
+		break;
+	default: /* groups: not in proto3, and protobuf-c decodes none */
+		return not_a_request();
+	}
+	if (rc < 0 || value > (uint64_t)(end - *p))
+		return not_a_request();
+	*ret_len = value;
+	return 0;
+}
+
+/* Every string field of the message of type desc encoded in [p, end), at any depth, on the
+ * bytes received; path names the message ("map_batch.entries") for the error. One pass over
+ * the schema's descriptors serves every method, present and future. */
+static int check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
+			 const uint8_t *end, const char *path)
+{
+	while (p < end) {
+		const ProtobufCFieldDescriptor *f = NULL;
+		uint64_t tag, len;
+		char inner[256];
+		int rc = read_varint(&p, end, &tag);
+
+		if (rc == 0)
+			rc = value_length(&p, end, (unsigned)(tag & 7), &len);
+		if (rc < 0)
+			return rc;
+		if ((tag & 7) == 2)
+			f = protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3));
+		if (f && (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE))
+			(void)snprintf(inner, sizeof(inner), "%s%s%s", path, path[0] ? "." : "",
+				       f->name);
+		if (f && f->type == PROTOBUF_C_TYPE_STRING)
+			rc = check_string(inner, p, len);
+		else if (f && f->type == PROTOBUF_C_TYPE_MESSAGE)
+			rc = check_strings(f->descriptor, p, p + len, inner);
+		if (rc < 0)
+			return rc;
+		p += len;
+	}
+	return 0;
+}
+
+int dispatch_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
+{
+	return check_strings(desc, data, data + len, "");
 }
 
 static int check_fd_count(const struct call *call, const struct method *m)
@@ -238,7 +372,14 @@ static int check_request(const struct call *call, const struct method *m)
 {
 	const struct client *c = call->client;
 	const char *name = method_name(call->req->method_case);
+	int rc;
 
+	if (!c->tenant)
+		return peer_refusal(&c->peer);
+	rc = dispatch_check_strings(&iommud__v1__request__descriptor, call->packet,
+				    call->packet_len);
+	if (rc < 0)
+		return rc;
 	if (c->access == ACCESS_NONE && m->access > ACCESS_NONE)
 		return fail(-EPERM,
 			    "uid %u may not use iommud; an administrator can grant access "
@@ -246,10 +387,7 @@ static int check_request(const struct call *call, const struct method *m)
 			    "configuration",
 			    (unsigned)c->peer.uid);
 	if (!m->handle)
-		return fail(-EOPNOTSUPP,
-			    "this daemon does not know method %d; it speaks protocol "
-			    "version %d (hello says its version)",
-			    (int)call->req->method_case, IOMMUD_PROTOCOL_VERSION);
+		return unknown_method(call->req);
 	if (c->access < m->access)
 		return fail(-EPERM,
 			    "%s changes state, which uid %u may not do (read-only access); "
@@ -291,27 +429,86 @@ static int handle_request(struct call *call)
 	if (rc == 0)
 		rc = run_method(call, m);
 	if (m->handle && rc < 0)
-		log_debug("%s from uid %u failed: %s", method_name(number),
-			  (unsigned)call->client->peer.uid, failure_message());
+		log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_METHOD", method_name(number)}),
+			   "%s from uid %u failed: %s", method_name(number),
+			   (unsigned)call->client->peer.uid, failure_message());
 	return rc;
+}
+
+/* A string for a reply that strict decoders take: s itself when it is UTF-8, else a copy of the
+ * call's with each stray byte as \xHH ("" when out of memory). Cgroup paths and configuration
+ * words may be any bytes, and reach replies in messages and fields. */
+static char *reply_text(struct call *call, char *s)
+{
+	size_t len = strlen(s), size;
+	char *copy, measure[1];
+
+	if (utf8_valid(s, len))
+		return s;
+	size = text_escape(measure, sizeof(measure), s, len, false) + 1;
+	copy = call_alloc(call, size);
+	if (!copy)
+		return "";
+	(void)text_escape(copy, size, s, len, false);
+	return copy;
+}
+
+/* The members of a field of msg: one, or a repeated field's array. */
+static void **field_members(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f, size_t *n)
+{
+	char *base = (char *)msg;
+
+	if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+		*n = *(size_t *)(base + f->quantifier_offset);
+		return *(void ***)(base + f->offset);
+	}
+	/* A member of a oneof is there only while its case is the oneof's. */
+	*n = !(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) ||
+	     *(uint32_t *)(base + f->quantifier_offset) == f->id;
+	return (void **)(base + f->offset);
+}
+
+/* Makes every string of the reply msg, at any depth, one that strict decoders take. */
+static void reply_strings(struct call *call, ProtobufCMessage *msg)
+{
+	const ProtobufCMessageDescriptor *desc = msg->descriptor;
+
+	for (unsigned i = 0; i < desc->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &desc->fields[i];
+		size_t n = 0;
+		void **members;
+
+		if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
+			continue;
+		members = field_members(msg, f, &n);
+		for (size_t j = 0; j < n; j++) {
+			if (!members[j])
+				continue;
+			if (f->type == PROTOBUF_C_TYPE_STRING)
+				members[j] = reply_text(call, members[j]);
+			else
+				reply_strings(call, members[j]);
+		}
+	}
 }
 
 /* Packs the response to a call that gave rc; *ret_code is the status code sent, which is not
  * rc's when the reply did not fit. */
-static size_t pack_response(Iommud__V1__Response *resp, int rc, int failed_index, uint8_t *out,
-			    Iommud__V1__Code *ret_code)
+static size_t pack_response(struct call *call, int rc, uint8_t *out, Iommud__V1__Code *ret_code)
 {
+	Iommud__V1__Response *resp = call->resp;
 	Iommud__V1__Status status = IOMMUD__V1__STATUS__INIT;
 
 	status.code = code_for_errno(rc);
 	status.errno_value = -rc;
-	status.failed_index = failed_index;
+	status.failed_index = call->failed_index;
 	status.message = rc ? (char *)failure_message() : "";
 	resp->status = &status;
 	if (rc) {
 		resp->result_case = IOMMUD__V1__RESPONSE__RESULT__NOT_SET;
 		resp->hello = NULL;
 	}
+	reply_strings(call, &resp->base);
 	/* Replies are bounded by construction (pages, limits on bitmaps and batches); a reply
 	 * that still does not fit is the daemon's bug and goes out as an error. */
 	if (iommud__v1__response__get_packed_size(resp) > IOMMUD_MAX_MESSAGE) {
@@ -352,9 +549,7 @@ static int decode_packet(const uint8_t *packet, size_t len, enum packet_defect d
 			    IOMMUD_MAX_FDS);
 	req = iommud__v1__request__unpack(NULL, len, packet);
 	if (!req)
-		return fail(-EINVAL, "the packet is not a valid iommud.v1.Request message; check "
-				     "the client's framing (one message per packet, no length "
-				     "prefix)");
+		return not_a_request();
 	*ret_req = req;
 	return 0;
 }
@@ -383,12 +578,14 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 		log_debug("rejected a packet: %s", failure_message());
 	} else {
 		call.req = req;
+		call.packet = packet;
+		call.packet_len = len;
 		resp.id = req->id;
 		rc = handle_request(&call);
 		if (method_for(req->method_case)->handle)
 			*ret_method = (unsigned)req->method_case;
 	}
-	out_len = pack_response(&resp, rc, call.failed_index, out, &code);
+	out_len = pack_response(&call, rc, out, &code);
 	if (*ret_method)
 		count_call(&d->methods[*ret_method], code);
 	if (code == IOMMUD__V1__CODE__CODE_OK) {

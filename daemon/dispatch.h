@@ -21,6 +21,12 @@
  * anything is. */
 int dispatch_self_check(void);
 
+/* Whether every string field, at any depth, of the message of type desc encoded in data[0, len)
+ * is UTF-8 without NUL, as proto3 decoders require: 0, or -EINVAL with the failure recorded
+ * (fail()), naming the field ("hello.lease"). The dispatcher checks every request with it
+ * before any handler runs; the fuzz harness checks every reply. */
+int dispatch_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
+
 /* Why a packet could not be taken as received, found by the server before decoding. */
 enum packet_defect {
 	PACKET_OK,

@@ -7,6 +7,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
+#define SD_JOURNAL_SUPPRESS_LOCATION /* the fields say where; CODE_LINE= would be noise */
+#include <systemd/sd-journal.h>
+
+#include "text.h"
+
+#define LINE_MAX_BYTES 2048
+#define FIELDS_MAX     8 /* per entry, beside the priority, identifier and message */
 
 static int max_level = LOG_INFO;
 
@@ -34,23 +42,71 @@ int log_parse_level(const char *name)
 	return -EINVAL;
 }
 
-void log_msg(int level, const char *fmt, ...)
+/* "NAME=value" for the journal, allocated; NULL when out of memory. */
+static char *journal_field(const char *name, const char *value)
+{
+	size_t name_len = strlen(name), value_len = strlen(value);
+	char *text = malloc(name_len + 1 + value_len + 1);
+
+	if (text) {
+		memcpy(text, name, name_len);
+		text[name_len] = '=';
+		memcpy(text + name_len + 1, value, value_len + 1);
+	}
+	return text;
+}
+
+/* The entry in the journal, fields as given; -errno when it could not be sent. */
+static int send_journal(int level, const struct log_field *fields, const char *message)
+{
+	const char priority[] = {(char)('0' + level), '\0'};
+	struct iovec iov[FIELDS_MAX + 3];
+	char *texts[FIELDS_MAX + 3];
+	size_t n = 0;
+	int rc = 0;
+
+	texts[n++] = journal_field("PRIORITY", priority);
+	texts[n++] = journal_field("SYSLOG_IDENTIFIER", "iommud");
+	texts[n++] = journal_field("MESSAGE", message);
+	for (size_t i = 0; fields && fields[i].name && n < FIELDS_MAX + 3; i++)
+		texts[n++] = journal_field(fields[i].name, fields[i].value);
+	for (size_t i = 0; i < n; i++) {
+		if (!texts[i])
+			rc = -ENOMEM;
+		else
+			iov[i] = (struct iovec){.iov_base = texts[i], .iov_len = strlen(texts[i])};
+	}
+	if (rc == 0)
+		rc = sd_journal_sendv(iov, (int)n);
+	for (size_t i = 0; i < n; i++)
+		free(texts[i]);
+	return rc;
+}
+
+void log_struct(int level, const struct log_field *fields, const char *fmt, ...)
 {
 	/* Decided once: the daemon's stderr does not change from journal to terminal. */
 	static int to_journal = -1;
-	char line[2048];
+	char line[LINE_MAX_BYTES], escaped[4 * LINE_MAX_BYTES];
 	va_list ap;
+	int n;
 
 	if (level > max_level)
 		return;
 	if (to_journal < 0)
 		to_journal = getenv("JOURNAL_STREAM") != NULL;
 	va_start(ap, fmt);
-	(void)vsnprintf(line, sizeof(line), fmt, ap);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
+	if (n < 0)
+		return;
+	n = (int)utf8_cut(line, (size_t)n, sizeof(line) - 1);
+	(void)text_escape(escaped, sizeof(escaped), line, (size_t)n, true);
+	if (to_journal && send_journal(level, fields, escaped) == 0)
+		return;
 	/* One write per line, so lines of concurrent writers (tests) never interleave. */
 	if (to_journal)
-		(void)fprintf(stderr, "<%d>%s\n", level, line);
+		(void)fprintf(stderr, "<%d>%s\n", level, escaped);
 	else
-		(void)fprintf(stderr, "iommud: %s: %s\n", level_names[level], line);
+		(void)fprintf(stderr, "iommud: %s: %s\n", level_names[level], escaped);
 }

@@ -1,7 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Logging to stderr with syslog levels. Under systemd (JOURNAL_STREAM set) every line starts
- * with the "<N>" level prefix journald reads; on a terminal it starts with the level's name.
+ * Logging with syslog levels. Under systemd (JOURNAL_STREAM set) each entry goes to the
+ * journal natively, with its priority and, for values a client chose or could influence
+ * (lease and device names, cgroup paths, client names), a field of its own (IOMMUD_LEASE=,
+ * IOMMUD_DEVICE=...) holding the value exactly; elsewhere, or when the journal cannot be
+ * reached, one line on stderr starting with the level's name (or journald's "<N>" prefix).
+ * The message text is escaped: bytes that are not UTF-8, control characters (a newline) and
+ * the backslash are written as \xHH and \\, so whatever a client sent, one entry is one line.
  * Nothing is logged per map or unmap at the default level (info): those are debug lines.
  */
 #ifndef IOMMUD_LOG_H
@@ -15,12 +20,23 @@ int log_get_level(void);
 /* Parses "err", "warning", "notice", "info" or "debug"; -EINVAL for anything else. */
 int log_parse_level(const char *name);
 
-void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A journal field: name is IOMMUD_ and capitals, value the text as it is. */
+struct log_field {
+	const char *name;
+	const char *value;
+};
+/* The fields of one entry, as an array ending with a NULL name. */
+#define LOG_FIELDS(...) ((const struct log_field[]){__VA_ARGS__, {NULL, NULL}})
 
-#define log_err(...)	 log_msg(LOG_ERR, __VA_ARGS__)
-#define log_warning(...) log_msg(LOG_WARNING, __VA_ARGS__)
-#define log_notice(...)	 log_msg(LOG_NOTICE, __VA_ARGS__)
-#define log_info(...)	 log_msg(LOG_INFO, __VA_ARGS__)
-#define log_debug(...)	 log_msg(LOG_DEBUG, __VA_ARGS__)
+/* An entry with fields (NULL: none) beside its message. */
+void log_struct(int level, const struct log_field *fields, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#define log_msg(level, ...) log_struct(level, NULL, __VA_ARGS__)
+#define log_err(...)	    log_msg(LOG_ERR, __VA_ARGS__)
+#define log_warning(...)    log_msg(LOG_WARNING, __VA_ARGS__)
+#define log_notice(...)	    log_msg(LOG_NOTICE, __VA_ARGS__)
+#define log_info(...)	    log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...)	    log_msg(LOG_DEBUG, __VA_ARGS__)
 
 #endif

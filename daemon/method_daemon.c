@@ -61,7 +61,8 @@ static void fill_hello(const struct call *call, Iommud__V1__HelloReply *reply)
 	reply->uid = c->peer.uid;
 	reply->gid = c->peer.gid;
 	reply->pid = (uint32_t)c->peer.pid;
-	reply->cgroup = (char *)c->peer.cgroup;
+	reply->cgroup = c->peer.cgroup;
+	reply->section = tenant_rule(c->tenant) ? tenant_rule(c->tenant)->section : "";
 	reply->lease = c->session ? (char *)session_lease(c->session) : "";
 	reply->max_message_bytes = IOMMUD_MAX_MESSAGE;
 	reply->max_fds_per_message = IOMMUD_MAX_FDS;
@@ -94,8 +95,10 @@ int do_hello(struct call *call)
 	if ((rc = fill_ceilings(call, &reply->ceilings, false)) < 0)
 		return rc;
 	fill_hello(call, reply);
-	if (r->client_name[0])
-		log_debug("uid %u says hello as '%s'", (unsigned)c->peer.uid, r->client_name);
+	log_struct(LOG_DEBUG,
+		   LOG_FIELDS({"IOMMUD_CLIENT_NAME", r->client_name}, {"IOMMUD_LEASE", r->lease}),
+		   "uid %u says hello as '%s' (lease '%s')", (unsigned)c->peer.uid, r->client_name,
+		   r->lease);
 	return 0;
 }
 

@@ -11,7 +11,6 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -19,11 +18,8 @@
 #include <iommud_wire.h>
 
 #include "log.h"
+#include "peer.h"
 #include "status.h"
-
-#ifndef SO_PEERPIDFD
-#define SO_PEERPIDFD 77 /* Linux 6.5; older kernels answer ENOPROTOOPT */
-#endif
 
 /* Packets handled per wake-up of one connection before others get their turn. */
 #define PACKETS_PER_WAKEUP 64
@@ -49,6 +45,7 @@ struct server {
 	int listen_fd;
 	struct event *listen_ev;
 	char *socket_path; /* set when the server created the socket file */
+	int (*identify)(int fd, struct peer *ret_peer);
 	LIST_HEAD(, conn) conns;
 	uint8_t in[IOMMUD_MAX_MESSAGE];
 	uint8_t out[IOMMUD_MAX_MESSAGE];
@@ -65,59 +62,9 @@ int server_create(struct event_base *base, struct daemon *d, unsigned max_connec
 	srv->d = d;
 	srv->max_connections = max_connections;
 	srv->listen_fd = -1;
+	srv->identify = identify_peer;
 	LIST_INIT(&srv->conns);
 	*ret_srv = srv;
-	return 0;
-}
-
-/* ---- peers ---------------------------------------------------------------------------- */
-
-/* The peer's cgroup (v2) from /proc. With a pidfd, the answer is kept only if the process is
- * still the one that connected, so a recycled pid cannot lend its cgroup. */
-static void read_cgroup(struct peer *peer, int pidfd)
-{
-	char path[64], line[CGROUP_MAX + 8];
-	FILE *file;
-
-	(void)snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)peer->pid);
-	file = fopen(path, "re");
-	if (!file)
-		return;
-	while (fgets(line, sizeof(line), file)) {
-		if (strncmp(line, "0::", 3) == 0) {
-			line[strcspn(line, "\n")] = '\0';
-			(void)snprintf(peer->cgroup, sizeof(peer->cgroup), "%.*s",
-				       (int)sizeof(peer->cgroup) - 1, line + 3);
-			break;
-		}
-	}
-	(void)fclose(file);
-	if (pidfd >= 0 && syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
-		peer->cgroup[0] = '\0';
-}
-
-static int identify_peer(int fd, struct peer *ret_peer)
-{
-	struct peer peer = {0};
-	struct ucred cred;
-	socklen_t len = sizeof(cred);
-	int pidfd = -1;
-
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
-		return -errno;
-	peer.pid = cred.pid;
-	peer.uid = cred.uid;
-	peer.gid = cred.gid;
-	len = sizeof(peer.groups);
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, peer.groups, &len) == 0)
-		peer.n_groups = len / sizeof(gid_t);
-	len = sizeof(pidfd);
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
-		pidfd = -1;
-	read_cgroup(&peer, pidfd);
-	if (pidfd >= 0)
-		(void)close(pidfd);
-	*ret_peer = peer;
 	return 0;
 }
 
@@ -257,6 +204,20 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+void server_set_identify(struct server *srv, int (*identify)(int fd, struct peer *ret_peer))
+{
+	srv->identify = identify;
+}
+
+static void log_connection(const struct peer *peer)
+{
+	const char *cgroup = peer->cgroup ? peer->cgroup : "";
+
+	log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_CGROUP", cgroup}),
+		   "connection of uid %u pid %d cgroup '%s'%s", (unsigned)peer->uid, (int)peer->pid,
+		   cgroup, peer->cgroup ? "" : " (not verified: its requests are refused)");
+}
+
 int server_adopt(struct server *srv, int fd)
 {
 	struct peer peer;
@@ -269,7 +230,7 @@ int server_adopt(struct server *srv, int fd)
 		(void)close(fd);
 		return -EMFILE;
 	}
-	rc = identify_peer(fd, &peer);
+	rc = srv->identify(fd, &peer);
 	if (rc < 0) {
 		log_warning("cannot identify a peer (%s); refusing it", strerror(-rc));
 		(void)close(fd);
@@ -277,6 +238,7 @@ int server_adopt(struct server *srv, int fd)
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c) {
+		peer_clear(&peer);
 		(void)close(fd);
 		return -ENOMEM;
 	}
@@ -300,8 +262,7 @@ int server_adopt(struct server *srv, int fd)
 	}
 	LIST_INSERT_HEAD(&srv->conns, c, link);
 	srv->d->connections++;
-	log_debug("connection of uid %u pid %d cgroup '%s'", (unsigned)peer.uid, (int)peer.pid,
-		  peer.cgroup);
+	log_connection(&c->client.peer);
 	return 0;
 }
 

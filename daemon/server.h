@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include "dispatch.h"
+#include "peer.h"
 
 struct server;
 
@@ -26,6 +27,9 @@ int server_listen(struct server *srv, const char *path, mode_t mode);
 /* Serves an already connected SOCK_SEQPACKET socket; the server owns it from then on (also on
  * failure). For tests and the fuzz harness. */
 int server_adopt(struct server *srv, int fd);
+/* How the server learns who a new connection's peer is: identify_peer (peer.h) unless the
+ * fuzz harness, which has no processes of other users, gives identities of its own. */
+void server_set_identify(struct server *srv, int (*identify)(int fd, struct peer *ret_peer));
 /* Closes every connection (releasing anonymous sessions) and the listening socket. The socket
  * file is removed if the server created it. */
 void server_destroy(struct server *srv);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/magic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,10 +85,10 @@ struct tenant {
 	LIST_ENTRY(tenant) link;
 	struct registry *reg;
 	uid_t uid;
-	char cgroup[CGROUP_MAX]; /* part of the identity; "" for interactive logins */
-	uint64_t cgroup_id;	 /* registered with the probes under it; 0: not registered */
-	const struct access_rule *rule;
-	unsigned refs; /* connections and sessions */
+	char *cgroup;			/* part of the identity; "" for interactive logins */
+	uint64_t cgroup_id;		/* registered with the probes under it; 0: not registered */
+	const struct access_rule *rule; /* part of the identity; NULL: no section matched */
+	unsigned refs;			/* connections and sessions */
 	struct usage used;
 	uint64_t whole_file_bytes; /* its whole-file maps' address space, at most max-pinned */
 	LIST_HEAD(, session) sessions;
@@ -275,6 +276,7 @@ static int domain_lookup(struct session *s, uint32_t id, struct domain_rec **ret
  * person expects their second terminal to see what the first one set up. */
 static const char *tenant_cgroup(const struct peer *peer)
 {
+	/* "" is no other peer's: an unverified peer has no tenant, a verified one a path. */
 	return strncmp(peer->cgroup, "/user.slice/", 12) == 0 ? "" : peer->cgroup;
 }
 
@@ -283,14 +285,15 @@ static const char *tenant_cgroup(const struct peer *peer)
  * where nothing attributes (no probes, or tier off). */
 static bool tenant_cgroup_id(const struct tenant *t, uint64_t *ret_id)
 {
-	char path[sizeof("/sys/fs/cgroup") + CGROUP_MAX];
+	char path[sizeof("/sys/fs/cgroup") + PATH_MAX];
 	struct stat st;
 
 	if (!t->reg->probes ||
 	    probes_tier(t->reg->probes) == IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF || !t->cgroup[0])
 		return false;
-	(void)snprintf(path, sizeof(path), "/sys/fs/cgroup%s", t->cgroup);
-	if (stat(path, &st) < 0)
+	/* A path cut short could name another cgroup, whose work would count to this tenant. */
+	if (snprintf(path, sizeof(path), "/sys/fs/cgroup%s", t->cgroup) >= (int)sizeof(path) ||
+	    stat(path, &st) < 0)
 		return false;
 	*ret_id = st.st_ino;
 	return true;
@@ -322,6 +325,17 @@ static bool cgroup_shared(const struct tenant *t)
 	return false;
 }
 
+static struct tenant *tenant_find(struct registry *reg, uid_t uid, const char *cgroup,
+				  const struct access_rule *rule)
+{
+	struct tenant *t;
+
+	LIST_FOREACH (t, &reg->tenants, link)
+		if (t->uid == uid && t->rule == rule && strcmp(t->cgroup, cgroup) == 0)
+			return t;
+	return NULL;
+}
+
 int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **out,
 	       enum access *access)
 {
@@ -329,30 +343,30 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 		config_match(reg->cfg, peer->uid, peer->gid, peer->groups, peer->n_groups);
 	const char *cgroup = tenant_cgroup(peer);
 	enum access granted = rule ? rule->access : reg->cfg->default_access;
-	struct tenant *t;
+	struct tenant *t = tenant_find(reg, peer->uid, cgroup, rule);
 
-	LIST_FOREACH (t, &reg->tenants, link) {
-		if (t->uid == peer->uid && strcmp(t->cgroup, cgroup) == 0) {
-			t->refs++;
-			*out = t;
-			*access = granted;
-			return 0;
-		}
+	if (t) {
+		t->refs++;
+		*out = t;
+		*access = granted;
+		return 0;
 	}
 	t = calloc(1, sizeof(*t));
-	if (!t)
+	if (!t || !(t->cgroup = strdup(cgroup))) {
+		free(t);
 		return fail(-ENOMEM, "out of memory for a new tenant");
+	}
 	t->reg = reg;
 	t->uid = peer->uid;
-	(void)snprintf(t->cgroup, sizeof(t->cgroup), "%s", cgroup);
 	t->rule = rule;
 	t->refs = 1;
 	LIST_INIT(&t->sessions);
 	LIST_INSERT_HEAD(&reg->tenants, t, link);
 	reg->n_tenants++;
 	tenant_register_cgroup(t);
-	log_debug("new tenant uid %u cgroup '%s' (%s)", (unsigned)t->uid, t->cgroup,
-		  rule ? rule->section : "no section: default access");
+	log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_CGROUP", t->cgroup}),
+		   "new tenant uid %u cgroup '%s' (%s)", (unsigned)t->uid, t->cgroup,
+		   rule ? rule->section : "no section: default access");
 	*out = t;
 	*access = granted;
 	return 0;
@@ -366,6 +380,7 @@ void tenant_put(struct tenant *t)
 		probes_unregister_cgroup(t->reg->probes, t->cgroup_id);
 	LIST_REMOVE(t, link);
 	t->reg->n_tenants--;
+	free(t->cgroup);
 	free(t);
 }
 
@@ -480,8 +495,9 @@ static void session_destroy(struct session *s)
 		s->tenant->used.leases--;
 		s->tenant->reg->total.leases--;
 	}
-	log_info("released session '%s' of uid %u", s->lease[0] ? s->lease : "(anonymous)",
-		 (unsigned)s->tenant->uid);
+	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", s->lease}),
+		   "released session '%s' of uid %u", s->lease[0] ? s->lease : "(anonymous)",
+		   (unsigned)s->tenant->uid);
 	tenant_put(s->tenant);
 	free(s);
 }
@@ -567,7 +583,8 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 		t->used.leases++;
 		t->reg->total.leases++;
 	}
-	log_info("new session '%s' for uid %u", lease[0] ? lease : "(anonymous)", (unsigned)t->uid);
+	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", lease}), "new session '%s' for uid %u",
+		   lease[0] ? lease : "(anonymous)", (unsigned)t->uid);
 	*out = s;
 	return 0;
 }
@@ -577,8 +594,9 @@ void session_leave(struct session *s)
 	if (--s->refs)
 		return;
 	if (s->lease[0] && !s->lease_released) {
-		log_info("lease '%s' of uid %u kept with no connection", s->lease,
-			 (unsigned)s->tenant->uid);
+		log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", s->lease}),
+			   "lease '%s' of uid %u kept with no connection", s->lease,
+			   (unsigned)s->tenant->uid);
 		return;
 	}
 	session_destroy(s);
@@ -679,7 +697,8 @@ int session_device(struct session *s, const char *name, bool bind, uint32_t *dev
 	}
 	(void)snprintf(dev->name, sizeof(dev->name), "%s", name);
 	LIST_INSERT_HEAD(&s->devices, dev, link);
-	log_info("uid %u took device %s", (unsigned)s->tenant->uid, name);
+	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_DEVICE", name}), "uid %u took device %s",
+		   (unsigned)s->tenant->uid, name);
 	*dev_id = dev->dev_id;
 	return 0;
 }
@@ -823,11 +842,17 @@ int session_check_file(int fd, struct map_file *out)
 {
 	struct statfs fs;
 	struct stat st;
-	int seals;
+	int seals, flags;
 
-	if (fstat(fd, &st) < 0 || fstatfs(fd, &fs) < 0)
+	if (fstat(fd, &st) < 0 || fstatfs(fd, &fs) < 0 || (flags = fcntl(fd, F_GETFL)) < 0)
 		return fail(-EBADF, "the descriptor sent with the request cannot be examined (%s)",
 			    strerror(errno));
+	/* The daemon maps the memory readable whatever the mapping's prot: mmap refuses a
+	 * write-only file with the EACCES it gives a read-only one mapped for writing. */
+	if ((flags & O_ACCMODE) == O_WRONLY)
+		return fail(-EACCES, "the file was opened write-only, so the daemon cannot map it "
+				     "for the device to read; open it read-write (or read-only "
+				     "for PROT_READ mappings)");
 	if (!S_ISREG(st.st_mode) || (fs.f_type != TMPFS_MAGIC && fs.f_type != HUGETLBFS_MAGIC))
 		return fail(-EINVAL, "the descriptor sent with the request is not a memfd, tmpfs "
 				     "or hugetlbfs file; create the memory with memfd_create "

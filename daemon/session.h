@@ -2,10 +2,12 @@
 /*
  * Tenants, sessions and what they own.
  *
- * A tenant is a peer identity: a uid, and for peers outside interactive logins (services,
- * containers) also their cgroup, so two containers of one uid are two tenants. The
- * configuration rule that matched it gives its access and quotas; the quotas count over all
- * its sessions.
+ * A tenant is a verified peer identity (peer.h): a uid, for peers outside interactive logins
+ * (services, containers) also their cgroup, so two containers of one uid are two tenants, and
+ * the configuration rule that matches the peer (its uid's section or its groups'), which gives
+ * the tenant its access, devices and quotas. The rule is part of the identity so that a
+ * process of the same uid with other groups never works under another section's rule. The
+ * quotas count over all the tenant's sessions.
  *
  * A session is one kernel-helper context, so its ids (domains, devices) mean nothing in any
  * other session. A tenant has an anonymous session, shared by its connections and released
@@ -42,9 +44,9 @@
 
 #include "ceilings.h"
 #include "config.h"
+#include "peer.h"
 
 #define LEASE_NAME_MAX 64 /* characters, without the terminating NUL */
-#define CGROUP_MAX     512
 
 struct probes;
 struct registry;
@@ -58,15 +60,6 @@ struct usage {
 	uint64_t leases;
 	uint64_t page_table_bytes;
 	uint64_t maps; /* the daemon's memory maps of client files */
-};
-
-struct peer {
-	pid_t pid;
-	uid_t uid;
-	gid_t gid;
-	gid_t groups[64];
-	size_t n_groups;
-	char cgroup[CGROUP_MAX]; /* "" when unknown */
 };
 
 struct registry *registry_create(struct kh_backend *be, const struct config *cfg);
@@ -84,7 +77,7 @@ const struct ceilings *registry_ceilings(const struct registry *reg);
 struct usage registry_usage(const struct registry *reg);
 uint64_t registry_failed_releases(const struct registry *reg);
 
-/* The tenant for a peer, created on first sight; each call takes a reference that
+/* The tenant for a verified peer, created on first sight; each call takes a reference that
  * tenant_put drops. The access the configuration grants it comes back in *access. */
 int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **out,
 	       enum access *access);

@@ -6,15 +6,21 @@
 
 #include <kh/kh.h>
 
+#include "text.h"
+
 static char message[1024];
 
 void fail_record(const char *fmt, ...)
 {
 	va_list ap;
+	int n;
 
 	va_start(ap, fmt);
-	(void)vsnprintf(message, sizeof(message), fmt, ap);
+	n = vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
+	/* vsnprintf cuts at a byte count: a message cut inside a character would not decode. */
+	if (n >= (int)sizeof(message))
+		message[utf8_cut(message, (size_t)n, sizeof(message) - 1)] = '\0';
 }
 
 const char *failure_message(void)

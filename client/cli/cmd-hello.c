@@ -5,7 +5,8 @@
 
 static const char hello_help[] =
 	"Says Hello to iommud and shows its reply: the daemon's version and protocol, the\n"
-	"backend (iommufd or emulated), the identity it sees (uid, gid, pid, cgroup), the\n"
+	"backend (iommufd or emulated), the identity it sees (uid, gid, pid, cgroup, and the\n"
+	"configuration section that applies, which with uid and cgroup makes your tenant), the\n"
 	"session (--lease), your permissions (read: list and query; write: everything), the\n"
 	"daemon's capabilities (map_batch, open_device, dirty_tracking, nesting), the\n"
 	"message limits, your quota: domains, mappings, pinned bytes, leases and page-table\n"
@@ -68,6 +69,8 @@ static void cmd_hello_exec(const struct cmd_entry *self, const struct cmd_args *
 	field("gid", NUM, h->gid, NULL);
 	field("pid", NUM, h->pid, NULL);
 	field("cgroup", STR, 0, h->cgroup);
+	field("section", STR, 0,
+	      *h->section || output_is_json() ? h->section : "- (none: the default)");
 	field("lease", STR, 0, anonymous ? "- (the anonymous session)" : h->lease);
 	field_strings("permissions", h->permissions, h->n_permissions);
 	field_strings("capabilities", h->capabilities, h->n_capabilities);

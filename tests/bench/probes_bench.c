@@ -46,7 +46,8 @@ static void fail(const char *what, const char *why)
 static void setup(struct bench *b, int memfd)
 {
 	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
-	struct peer root = {.pid = getpid()};
+	char cgroup[] = "/";
+	struct peer root = {.pid = getpid(), .cgroup = cgroup};
 	struct kh_device_info dev;
 	enum access granted;
 	uint32_t dev_id;

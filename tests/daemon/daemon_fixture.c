@@ -75,8 +75,10 @@ void fixture_start_topology(struct daemon_fixture *f, const char *config, const 
 		(void)prctl(PR_SET_PDEATHSIG, SIGTERM);
 		const char *bin = getenv("IOMMUD_DAEMON") ? getenv("IOMMUD_DAEMON") : IOMMUD_BIN;
 
-		execl(bin, "iommud", "--config", config_path, "--log-level", "warning",
-		      (char *)NULL);
+		/* A test of what the daemon logs asks for more than warnings. */
+		const char *level = getenv("IOMMUD_TEST_LOG_LEVEL") ?: "warning";
+
+		execl(bin, "iommud", "--config", config_path, "--log-level", level, (char *)NULL);
 		(void)fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
@@ -234,12 +236,17 @@ void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *conne
 
 int run_as(uid_t uid, int (*fn)(void *), void *arg)
 {
+	return run_as_groups(uid, NULL, 0, fn, arg);
+}
+
+int run_as_groups(uid_t uid, const gid_t *groups, size_t n_groups, int (*fn)(void *), void *arg)
+{
 	pid_t pid = fork();
 	int status;
 
 	CHECK(pid >= 0);
 	if (pid == 0) {
-		if (setgroups(0, NULL) < 0 || setgid((gid_t)uid) < 0 || setuid(uid) < 0) {
+		if (setgroups(n_groups, groups) < 0 || setgid((gid_t)uid) < 0 || setuid(uid) < 0) {
 			perror("setuid");
 			_exit(99);
 		}

@@ -24,7 +24,8 @@ struct daemon_fixture {
 /* Starts the daemon with the given configuration text (its [daemon] section is added by the
  * fixture) on the emulated backend with these devices (a space-separated list), or with
  * devices NULL on the iommufd backend. The daemon binary is $IOMMUD_DAEMON if set (the VM
- * tier's guest sets it), else the one this build made. */
+ * tier's guest sets it), else the one this build made. It logs at $IOMMUD_TEST_LOG_LEVEL
+ * (default warning) to the test's standard error. */
 void fixture_start(struct daemon_fixture *f, const char *config, const char *devices);
 /* The same with a whole topology file's text (docs/operations.md, "Emulated topology"), or
  * with topology NULL on the iommufd backend. */
@@ -58,5 +59,7 @@ void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *conne
 /* Runs fn in a child process with the given uid (and gid), returning its exit status; for
  * tenants other than the test's own. */
 int run_as(uid_t uid, int (*fn)(void *), void *arg);
+/* The same with these supplementary groups. */
+int run_as_groups(uid_t uid, const gid_t *groups, size_t n_groups, int (*fn)(void *), void *arg);
 
 #endif

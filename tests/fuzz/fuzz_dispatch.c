@@ -7,7 +7,7 @@
  *
  * Input: a sequence of chunks, each
  *
- *	flags (1 byte) | length (2 bytes, little-endian) | length bytes of packet
+ *	flags (1 byte) | route (1 byte) | length (2 bytes, little-endian) | length bytes of packet
  *
  * (a last chunk whose length passes the end takes what is left; an incomplete header ends the
  * input). Each chunk is sent as one packet, so one input is a conversation: AllocDomain, then
@@ -16,11 +16,18 @@
  *	bits 0-1  descriptors to attach: 0 none, 1 a memfd sealed with F_SEAL_SHRINK,
  *	          2 the same memfd without the seal, 3 the read end of a pipe
  *	bits 2-3  how many of them, minus one (1 to 4, for MapBatch's fd_index)
- *	bit 4     the connection to use: the harness keeps two, of the same peer, so sessions
- *	          shared by connections and leases held by one of them meet
- *	bit 5     reconnect it first: close it, let the daemon see the end, open a new one
+ *	bits 4-5  unused
  *	bit 6     pad the packet to one byte over the message limit (IOMMUD_MAX_MESSAGE)
  *	bit 7     attach one descriptor over the limit (IOMMUD_MAX_FDS + 1)
+ *
+ * and the route says where it goes:
+ *
+ *	bits 0-1  the connection to use, of four; each starts as root's, so sessions shared by
+ *	          connections and leases held by one of them meet
+ *	bit 2     reconnect it first: close it, let the daemon see the end, open a new one ...
+ *	bits 3-5  ... as this identity (identities[] below: uids, groups that match different
+ *	          sections, cgroups that differ only past 512 bytes or are not UTF-8, a peer
+ *	          whose process is gone)
  *
  * A chunk with an empty packet (and bit 6 clear) only reconnects, if asked: the protocol forbids
  * empty packets, as the daemon reads one as the end of the connection.
@@ -32,6 +39,9 @@
  *   is OK; one that does not decode (or was rejected for its size or descriptors) gets id 0 and
  *   a status other than OK;
  * - only a successful OpenDevice reply carries a descriptor;
+ * - every string of every reply is UTF-8 (strict decoders take it), whatever the request
+ *   held, and a request with a string that is not (or holds a NUL) is refused as such;
+ * - an unverified peer's every request is refused, and it never has a tenant;
  * - after an input, once its connections are closed and the leases it created are released
  *   (by the protocol: Hello with the lease, ReleaseLease, close), the daemon holds no
  *   connection, session or tenant, and this process no more descriptors than before.
@@ -64,19 +74,81 @@
 #include "log.h"
 #include "probes/probes.h"
 #include "server.h"
+#include "status.h"
 #include "session.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHUNK_HEADER	    3
+#define CHUNK_HEADER	    4
 #define FLAG_FD_KIND	    0x03u
 #define FLAG_FD_COUNT_SHIFT 2
 #define FLAG_FD_COUNT	    0x0cu
-#define FLAG_CONN	    0x10u
-#define FLAG_RECONNECT	    0x20u
 #define FLAG_OVERSIZE	    0x40u
 #define FLAG_TOO_MANY_FDS   0x80u
+#define ROUTE_CONN	    0x03u
+#define ROUTE_RECONNECT	    0x04u
+#define ROUTE_AS_SHIFT	    3
+#define ROUTE_AS	    0x38u
+#define CONNS		    4
+
+/* Sections for the identities below: one per uid, two groups of one uid with different
+ * devices and quotas, and a section name that is not UTF-8 (configurations are bytes), which
+ * replies and statistics must still carry as text. */
+static char *devices_all[] = {"*"}, *devices_emu0[] = {"emu0"}, *devices_emu1[] = {"emu1"};
+#define GROUP_WRITER(gid, name, allowed, domains)                                                  \
+	{                                                                                          \
+		.is_group = true, .id = gid, .section = name, .access = ACCESS_WRITE,              \
+		.devices = allowed, .n_devices = 1, .max_domains = domains, .max_mappings = 16,    \
+		.max_pinned_bytes = 1 << 20                                                        \
+	}
+static struct access_rule rules[] = {
+	{.id = 0,
+	 .section = "uid 0",
+	 .access = ACCESS_WRITE,
+	 .devices = devices_all,
+	 .n_devices = 1,
+	 .max_domains = 64,
+	 .max_mappings = 4096,
+	 .max_pinned_bytes = 1ull << 30,
+	 .stats_all = true},
+	GROUP_WRITER(1001, "group one", devices_emu1, 2),
+	GROUP_WRITER(1002, "group tw\xf0", devices_emu0, 3),
+	{.id = 2000, .section = "uid 2000", .access = ACCESS_READ},
+};
+
+#define LONG_CGROUP                                                                                \
+	"/system.slice/deep.service/"                                                              \
+	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" \
+	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" \
+	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" \
+	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" \
+	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" \
+	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" \
+	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" \
+	"/"
+
+/* Who a connection is, as the server would have identified it. */
+struct identity {
+	uid_t uid;
+	gid_t group; /* supplementary; 0: none */
+	const char *cgroup;
+	bool gone; /* the process exited before it was identified */
+};
+
+static const struct identity identities[8] = {
+	{.uid = 0, .cgroup = "/"},
+	{.uid = 1000, .group = 1001, .cgroup = "/system.slice/a.service"},
+	/* The same uid and cgroup under another section: another tenant. */
+	{.uid = 1000, .group = 1002, .cgroup = "/system.slice/a.service"},
+	{.uid = 1000, .group = 1001, .cgroup = "/user.slice/user-1000.slice/session-1.scope"},
+	/* Two cgroups that differ only past 600 bytes. */
+	{.uid = 1000, .group = 1001, .cgroup = LONG_CGROUP "x"},
+	{.uid = 1000, .group = 1001, .cgroup = LONG_CGROUP "y"},
+	/* A cgroup name that is not UTF-8 (cgroup names are bytes), under the read-only uid. */
+	{.uid = 2000, .cgroup = "/system.slice/\xff\xfe.service"},
+	{.uid = 1000, .group = 1001, .gone = true},
+};
 
 enum fd_kind { FD_NONE, FD_SEALED_MEMFD, FD_UNSEALED_MEMFD, FD_PIPE };
 
@@ -94,14 +166,22 @@ static struct {
 	uint8_t packet[IOMMUD_MAX_MESSAGE + 1];
 	/* Exactly the limit: a longer reply arrives truncated, which wire_recv reports. */
 	uint8_t reply[IOMMUD_MAX_MESSAGE];
+	const struct identity *connecting; /* who the next connection is */
 } g;
+
+/* A lease the daemon confirmed, with the identity that holds it. */
+struct lease {
+	char *name;
+	unsigned who;
+};
 
 /* What one input has opened; released at its end. */
 struct input {
-	int conn[2]; /* the client ends; -1 when closed */
-	int fds[4];  /* indexed by enum fd_kind (FD_PIPE: the read end); -1 until used */
+	int conn[CONNS];     /* the client ends; -1 when closed */
+	unsigned who[CONNS]; /* each one's identity */
+	int fds[4];	     /* indexed by enum fd_kind (FD_PIPE: the read end); -1 until used */
 	int pipe_write;
-	char **leases; /* lease names the daemon confirmed in a Hello reply */
+	struct lease *leases;
 	size_t n_leases;
 	uint64_t next_id; /* for the harness's own requests at cleanup */
 };
@@ -139,14 +219,42 @@ static size_t count_open_fds(void)
 	return n;
 }
 
-static int open_conn(void)
+/* The server's identification of a new peer: the identity open_conn asked for. */
+static int identify_as(int fd, struct peer *ret_peer)
+{
+	const struct identity *who = g.connecting;
+	struct peer peer = {.pid = getpid(), .uid = who->uid, .gid = who->uid};
+
+	(void)fd;
+	if (who->gone)
+		peer.doubt = PEER_EXITED;
+	else if (!(peer.cgroup = strdup(who->cgroup)))
+		return -ENOMEM;
+	if (who->group) {
+		peer.groups = malloc(sizeof(gid_t));
+		if (!peer.groups) {
+			peer_clear(&peer);
+			return -ENOMEM;
+		}
+		peer.groups[0] = who->group;
+		peer.n_groups = 1;
+	}
+	*ret_peer = peer;
+	return 0;
+}
+
+static int open_conn(unsigned who)
 {
 	int sv[2];
+	unsigned tenants = registry_tenant_count(g.d.reg);
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		violated("socketpair: %s", strerror(errno));
+	g.connecting = &identities[who];
 	if (server_adopt(g.srv, sv[1]) < 0)
 		violated("the server refused a connection");
+	if (identities[who].gone && registry_tenant_count(g.d.reg) != tenants)
+		violated("a peer that is gone was given a tenant");
 	return sv[0];
 }
 
@@ -223,30 +331,47 @@ static size_t receive_reply(int conn, size_t *n_fds)
 	return packet.len;
 }
 
-static void remember_lease(struct input *in, const char *lease)
+static void remember_lease(struct input *in, const char *lease, unsigned who)
 {
-	char **grown;
+	struct lease *grown;
 
 	for (size_t i = 0; i < in->n_leases; i++)
-		if (strcmp(in->leases[i], lease) == 0)
+		if (strcmp(in->leases[i].name, lease) == 0 && in->leases[i].who == who)
 			return;
 	grown = realloc(in->leases, (in->n_leases + 1) * sizeof(*grown));
-	if (!grown || !(grown[in->n_leases] = strdup(lease)))
+	if (!grown)
 		violated("out of memory");
 	in->leases = grown;
+	grown[in->n_leases] = (struct lease){.name = strdup(lease), .who = who};
+	if (!grown[in->n_leases].name)
+		violated("out of memory");
 	in->n_leases++;
 }
 
+/* The code the refusals before any handler give a request from who (decoded from packet, len
+ * bytes); CODE_OK when they let it through. */
+static Iommud__V1__Code code_before_handler(const struct identity *who, const uint8_t *packet,
+					    size_t len)
+{
+	if (who->gone)
+		return IOMMUD__V1__CODE__CODE_PERMISSION_DENIED;
+	if (dispatch_check_strings(&iommud__v1__request__descriptor, packet, len) < 0)
+		return IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT;
+	return IOMMUD__V1__CODE__CODE_OK;
+}
+
 /* Checks the reply against the request it answers (NULL: the packet should have been refused
- * before decoding or did not decode) and returns it decoded. */
-static Iommud__V1__Response *check_reply(const Iommud__V1__Request *req, size_t len,
-					 size_t n_reply_fds)
+ * before decoding or did not decode), sent as who, and returns it decoded. */
+static Iommud__V1__Response *check_reply(const Iommud__V1__Request *req, const struct identity *who,
+					 size_t len, size_t n_reply_fds)
 {
 	Iommud__V1__Response *resp = iommud__v1__response__unpack(NULL, len, g.reply);
 	bool ok;
 
 	if (!resp)
 		violated("a reply that does not decode as iommud.v1.Response");
+	if (dispatch_check_strings(&iommud__v1__response__descriptor, g.reply, len) < 0)
+		violated("a reply strict decoders refuse: %s", failure_message());
 	if (!resp->status)
 		violated("a reply without a status");
 	ok = resp->status->code == IOMMUD__V1__CODE__CODE_OK;
@@ -268,15 +393,20 @@ static Iommud__V1__Response *check_reply(const Iommud__V1__Request *req, size_t 
 	if (n_reply_fds != (ok && req->method_case == IOMMUD__V1__REQUEST__METHOD_OPEN_DEVICE))
 		violated("%zu descriptors with the reply to method %d", n_reply_fds,
 			 req ? (int)req->method_case : -1);
+	if (ok && who->gone)
+		violated("a request of a peer that is gone succeeded");
 	return resp;
 }
 
-/* Sends one chunk's packet and checks the reply. */
-static void exchange(struct input *in, unsigned flags, const uint8_t *payload, size_t len)
+/* Sends one chunk's packet on connection i and checks the reply. */
+static void exchange(struct input *in, unsigned flags, unsigned i, const uint8_t *payload,
+		     size_t len)
 {
 	enum fd_kind kind = flags & FLAG_FD_KIND;
 	size_t n_fds = kind == FD_NONE ? 0 : ((flags & FLAG_FD_COUNT) >> FLAG_FD_COUNT_SHIFT) + 1;
-	int conn = in->conn[!!(flags & FLAG_CONN)];
+	const struct identity *who = &identities[in->who[i]];
+	Iommud__V1__Code settled;
+	int conn = in->conn[i];
 	Iommud__V1__Request *req = NULL;
 	Iommud__V1__Response *resp;
 	size_t reply_len, n_reply_fds;
@@ -297,16 +427,21 @@ static void exchange(struct input *in, unsigned flags, const uint8_t *payload, s
 		req = iommud__v1__request__unpack(NULL, len, g.packet);
 	send_packet(conn, g.packet, len, n_fds ? input_fd(in, kind) : -1, n_fds);
 	reply_len = receive_reply(conn, &n_reply_fds);
-	resp = check_reply(req, reply_len, n_reply_fds);
+	resp = check_reply(req, who, reply_len, n_reply_fds);
+	settled = req ? code_before_handler(who, g.packet, len) : IOMMUD__V1__CODE__CODE_OK;
+	if (settled != IOMMUD__V1__CODE__CODE_OK && resp->status->code != settled)
+		violated("code %d for a request the checks before any handler refuse with %d",
+			 (int)resp->status->code, (int)settled);
 	if (resp->result_case == IOMMUD__V1__RESPONSE__RESULT_HELLO && resp->hello->lease[0])
-		remember_lease(in, resp->hello->lease);
+		remember_lease(in, resp->hello->lease, in->who[i]);
 	iommud__v1__response__free_unpacked(resp, NULL);
 	if (req)
 		iommud__v1__request__free_unpacked(req, NULL);
 }
 
-/* Sends a request of the harness's own, which must succeed. */
-static void call_ok(struct input *in, int conn, Iommud__V1__Request *req)
+/* Sends a request of the harness's own as who, which must succeed. */
+static void call_ok(struct input *in, int conn, const struct identity *who,
+		    Iommud__V1__Request *req)
 {
 	Iommud__V1__Response *resp;
 	size_t len, n_reply_fds;
@@ -315,7 +450,7 @@ static void call_ok(struct input *in, int conn, Iommud__V1__Request *req)
 	len = iommud__v1__request__pack(req, g.packet);
 	send_packet(conn, g.packet, len, -1, 0);
 	len = receive_reply(conn, &n_reply_fds);
-	resp = check_reply(req, len, n_reply_fds);
+	resp = check_reply(req, who, len, n_reply_fds);
 	if (resp->status->code != IOMMUD__V1__CODE__CODE_OK)
 		violated("cleanup request %d failed: %s", (int)req->method_case,
 			 resp->status->message);
@@ -324,30 +459,31 @@ static void call_ok(struct input *in, int conn, Iommud__V1__Request *req)
 
 /* A lease outlives its connections by design; ending it the way a client does leaves the
  * daemon empty again if its release path is right. */
-static void release_lease(struct input *in, const char *lease)
+static void release_lease(struct input *in, const struct lease *lease)
 {
 	Iommud__V1__HelloRequest hello = IOMMUD__V1__HELLO_REQUEST__INIT;
 	Iommud__V1__ReleaseLeaseRequest release = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	int conn = open_conn();
+	const struct identity *who = &identities[lease->who];
+	int conn = open_conn(lease->who);
 
-	hello.lease = (char *)lease;
+	hello.lease = lease->name;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_HELLO;
 	req.hello = &hello;
-	call_ok(in, conn, &req);
+	call_ok(in, conn, who, &req);
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
 	req.release_lease = &release;
-	call_ok(in, conn, &req);
+	call_ok(in, conn, who, &req);
 	close_conn(&conn);
 }
 
 static void finish_input(struct input *in)
 {
-	for (size_t i = 0; i < 2; i++)
+	for (size_t i = 0; i < CONNS; i++)
 		close_conn(&in->conn[i]);
 	for (size_t i = 0; i < in->n_leases; i++) {
-		release_lease(in, in->leases[i]);
-		free(in->leases[i]);
+		release_lease(in, &in->leases[i]);
+		free(in->leases[i].name);
 	}
 	free(in->leases);
 	for (size_t i = 0; i < sizeof(in->fds) / sizeof(in->fds[0]); i++)
@@ -373,9 +509,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	log_set_level(LOG_ERR);
 	if (dispatch_self_check() < 0)
 		violated("the method table does not match the schema");
-	/* The defaults give root, which the fuzzer runs as, write access: every method is open. */
-	if (config_defaults(&g.cfg) < 0 ||
-	    kh_backend_open_emulated_text("[iommu]\ndevices = emu0 emu1\n", &be) < 0)
+	/* Everyone else may read: every identity reaches the handlers. */
+	g.cfg = (struct config){.max_connections = 4096,
+				.probe_tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF,
+				.default_access = ACCESS_READ,
+				.rules = rules,
+				.n_rules = sizeof(rules) / sizeof(rules[0])};
+	if (kh_backend_open_emulated_text("[iommu]\ndevices = emu0 emu1\n", &be) < 0)
 		violated("cannot set up the daemon: %s", kh_last_error());
 	g.d.cfg = &g.cfg;
 	g.d.be = be;
@@ -386,32 +526,32 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	g.base = event_base_new();
 	if (!g.d.reg || !g.base || server_create(g.base, &g.d, g.cfg.max_connections, &g.srv) < 0)
 		violated("out of memory setting up the daemon");
+	server_set_identify(g.srv, identify_as);
 	return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct input in = {.conn = {-1, -1}, .fds = {-1, -1, -1, -1}, .pipe_write = -1};
+	struct input in = {.fds = {-1, -1, -1, -1}, .pipe_write = -1};
 	size_t fds_before = count_open_fds();
 
-	in.conn[0] = open_conn();
-	in.conn[1] = open_conn();
+	for (unsigned i = 0; i < CONNS; i++)
+		in.conn[i] = open_conn(0);
 	while (size >= CHUNK_HEADER) {
-		unsigned flags = data[0];
-		size_t len = (size_t)data[1] | (size_t)data[2] << 8;
+		unsigned flags = data[0], route = data[1], i = route & ROUTE_CONN;
+		size_t len = (size_t)data[2] | (size_t)data[3] << 8;
 
 		data += CHUNK_HEADER;
 		size -= CHUNK_HEADER;
 		if (len > size)
 			len = size;
-		if (flags & FLAG_RECONNECT) {
-			int *conn = &in.conn[!!(flags & FLAG_CONN)];
-
-			close_conn(conn);
-			*conn = open_conn();
+		if (route & ROUTE_RECONNECT) {
+			close_conn(&in.conn[i]);
+			in.who[i] = (route & ROUTE_AS) >> ROUTE_AS_SHIFT;
+			in.conn[i] = open_conn(in.who[i]);
 		}
 		if (len || (flags & FLAG_OVERSIZE))
-			exchange(&in, flags, data, len);
+			exchange(&in, flags, i, data, len);
 		data += len;
 		size -= len;
 	}

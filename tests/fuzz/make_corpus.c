@@ -19,15 +19,17 @@
 
 #include <iommud.pb-c.h>
 
-/* Chunk flags of the harness. */
+/* A chunk's flags and, from bit 8, its route (fuzz_dispatch.c). */
 #define SEALED_MEMFD   0x01u
 #define UNSEALED_MEMFD 0x02u
 #define PIPE	       0x03u
 #define FDS(n)	       (((n)-1u) << 2)
-#define CONN1	       0x10u
-#define RECONNECT      0x20u
 #define OVERSIZE       0x40u
 #define TOO_MANY_FDS   0x80u
+#define CONN(n)	       ((unsigned)(n) << 8)
+#define CONN1	       CONN(1)
+#define RECONNECT      (0x04u << 8)
+#define AS(identity)   ((unsigned)(identity) << 11) /* with RECONNECT: the harness's identities[] */
 
 #define DOMAIN	2 /* the first domain of a session (see above) */
 #define DOMAIN2 3
@@ -40,7 +42,8 @@ struct seed {
 
 static void put_raw(struct seed *s, unsigned flags, const void *packet, size_t len)
 {
-	uint8_t header[3] = {(uint8_t)flags, (uint8_t)len, (uint8_t)(len >> 8)};
+	uint8_t header[4] = {(uint8_t)flags, (uint8_t)(flags >> 8), (uint8_t)len,
+			     (uint8_t)(len >> 8)};
 
 	if (fwrite(header, sizeof(header), 1, s->file) != 1 ||
 	    (len && fwrite(packet, len, 1, s->file) != 1)) {
@@ -551,6 +554,39 @@ static void seed_out_of_order_hello(struct seed *s)
 	hello(s, CONN1, "again");
 }
 
+/* ---- identities ------------------------------------------------------------------------ */
+
+/* One uid and cgroup under two sections, a lease of one looked for by the other; cgroups that
+ * differ only past 600 bytes; a peer that is gone; a cgroup that is not UTF-8. */
+static void seed_identities(struct seed *s)
+{
+	hello(s, CONN(1) | RECONNECT | AS(1), "shared");
+	alloc_paging(s, CONN(1), "emu1");
+	hello(s, CONN(2) | RECONNECT | AS(2), "shared");
+	list_domains(s, CONN(2));
+	hello(s, CONN(1) | RECONNECT | AS(4), "deep");
+	alloc_paging(s, CONN(1), "emu1");
+	hello(s, CONN(2) | RECONNECT | AS(5), "deep");
+	list_domains(s, CONN(2));
+	hello(s, CONN(3) | RECONNECT | AS(7), "home");
+	list_domains(s, CONN(3));
+	hello(s, CONN(3) | RECONNECT | AS(6), NULL);
+	get_stats(s, CONN(3));
+	get_stats(s, 0);
+}
+
+/* Strings a proto3 decoder refuses, and one that a C string would cut. */
+static void seed_bad_strings(struct seed *s)
+{
+	/* Request{id = 1, hello (10) = HelloRequest{lease (3) = "ab\0cd"}} */
+	static const uint8_t nul_lease[] = {0x08, 0x01, 0x52, 0x07, 0x1a, 0x05,
+					    'a',  'b',	0x00, 'c',  'd'};
+
+	put_raw(s, 0, nul_lease, sizeof(nul_lease));
+	get_device(s, 0, "emu\xff");
+	get_device(s, CONN(1) | RECONNECT | AS(3), "\xe2\x82");
+}
+
 static const struct {
 	const char *name;
 	void (*write)(struct seed *s);
@@ -586,6 +622,8 @@ static const struct {
 	{"malformed_oversize", seed_oversize},
 	{"malformed_bad_fds", seed_bad_fds},
 	{"malformed_hello_order", seed_out_of_order_hello},
+	{"identities", seed_identities},
+	{"malformed_strings", seed_bad_strings},
 };
 
 int main(int argc, char **argv)
