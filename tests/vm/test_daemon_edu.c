@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The whole stack on a real kernel: iommud on the iommufd backend, a client that maps a memfd
+ * The whole stack on a real kernel: iommud on a kernel backend (VM_BACKEND: iommufd, or
+ * vfio-type1 in the test_daemon_edu_type1 build), a client that maps a memfd
  * through the RPC, drives an edu device it obtained with OpenDevice, and sees the device's DMA
  * land in the memfd; after Unmap the same DMA is blocked and the memfd keeps its bytes.
  *
- * Runs in the VM tier only (exit 77, skipped, without /dev/iommu or an edu bound to vfio-pci).
+ * Runs in the VM tier only (exit 77, skipped, where the backend cannot work or no edu is bound
+ * to vfio-pci).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,11 +15,16 @@
 #include <unistd.h>
 
 #include <iommuctl.h>
+#include <kh/kh.h>
 
 #include "check.h"
 #include "daemon_edu.h"
 #include "daemon_fixture.h"
 #include "edu.h"
+
+#ifndef VM_BACKEND
+#define VM_BACKEND "iommufd"
+#endif
 
 #define PAGE	 4096u
 #define SRC_IOVA 0x100000u /* edu masks DMA addresses to 28 bits: stay below 256 MiB */
@@ -44,7 +51,7 @@ static bool offers_open_device(const Iommud__V1__HelloReply *hello)
 	return false;
 }
 
-/* The daemon on the iommufd backend and a session with it; false (with the reason printed)
+/* The daemon on VM_BACKEND and a session with it; false (with the reason printed)
  * where it offers no edu to test with. */
 static bool start_session(struct edu_session *s)
 {
@@ -54,7 +61,8 @@ static bool start_session(struct edu_session *s)
 	fixture_start(&s->daemon, "", NULL);
 	CHECK_OK(iommuctl_connect(s->daemon.socket_path, &s->c));
 	check_call(s->c, iommuctl_hello(s->c, "test_daemon_edu", NULL, &hello), "Hello");
-	CHECK_EQ(hello->backend, IOMMUD__V1__BACKEND__BACKEND_IOMMUFD);
+	CHECK(strcmp(hello->backend_name, VM_BACKEND) == 0);
+	CHECK(!hello->nothing_remapped);
 	/* The backend says it hands out VFIO devices (KH_CAP_OPEN_DEVICE); Hello offers it. */
 	CHECK(offers_open_device(hello));
 	iommud__v1__hello_reply__free_unpacked(hello, NULL);
@@ -175,10 +183,14 @@ int main(void)
 {
 	struct edu_session s;
 
-	if (access("/dev/iommu", F_OK) != 0) {
-		(void)printf("SKIP: no /dev/iommu: this test runs in the VM tier\n");
+	const char *chosen;
+
+	if (kh_backend_choose(VM_BACKEND, &chosen) < 0) {
+		(void)printf("SKIP: %s: this test runs in the VM tier\n", kh_last_error());
 		return 77;
 	}
+	/* The fixture starts the daemon on the backend this names. */
+	CHECK_OK(setenv("IOMMUD_TEST_BACKEND", VM_BACKEND, 1));
 	if (!start_session(&s))
 		return 77;
 	setup_device(&s);
@@ -192,6 +204,6 @@ int main(void)
 	free(s.name);
 	iommuctl_close(s.c);
 	fixture_stop(&s.daemon);
-	(void)printf("daemon + edu DMA through iommufd: all checks passed\n");
+	(void)printf("daemon + edu DMA through %s: all checks passed\n", VM_BACKEND);
 	return 0;
 }
