@@ -163,8 +163,7 @@ static int set_container(int group, int container, const char *name)
 			rc,
 			"VFIO type1 refuses %s: its IOMMU does not remap interrupts (dmesg "
 			"says \"No interrupt remapping support\"); enable interrupt remapping "
-			"in the firmware and kernel (intremap), or use iommufd where the kernel "
-			"has it",
+			"in the firmware and on the kernel command line (intremap=on)",
 			name);
 	return rc;
 }
