@@ -237,6 +237,9 @@ int main(void)
 	}
 	check_modules(modules ? modules : "");
 	(void)check_char_device(VFIO_DIR "/vfio", "is CONFIG_VFIO_CONTAINER set?");
+	/* Built in or loaded, type1 shows its parameters there: the container's only IOMMU. */
+	if (access("/sys/module/vfio_iommu_type1", F_OK) != 0)
+		fail("no /sys/module/vfio_iommu_type1: is CONFIG_VFIO_IOMMU_TYPE1 set?");
 	edus = check_edus(model);
 	if (iommufd) {
 		check_iommufd();
