@@ -339,6 +339,7 @@ static void fill_counters(struct call *call, Iommud__V1__GetStatsReply *reply)
 
 	reply->uptime_seconds = (uint64_t)(time(NULL) - d->started);
 	reply->version = IOMMUD_VERSION;
+	reply->nothing_remapped = !(kh_backend_caps(d->be) & KH_CAP_DMA_REMAPPING);
 	reply->connections = d->connections;
 	reply->tenants = registry_tenant_count(d->reg);
 	reply->sessions = registry_session_count(d->reg);

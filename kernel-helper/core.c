@@ -97,7 +97,7 @@ const char *kh_backend_name(const struct kh_backend *be)
 }
 
 static const char *const cap_names[KH_CAP_COUNT] = {
-	"map_in_process", "open_device", "dma_remapping", "replace",	 "dirty_tracking",
+	"map_in_process", "open_device", "dma_remapping", "replace",	    "dirty_tracking",
 	"nesting",	  "map_file",	 "copy",	  "blocked_domain", "identity_domain",
 };
 
@@ -109,7 +109,8 @@ const char *kh_cap_name(unsigned bit)
 /* What a device's IOMMU takes away from the backend's capabilities. */
 static uint32_t device_lacks(const struct kh_hw_info *hw)
 {
-	return (hw->dirty_tracking ? 0 : KH_CAP_DIRTY_TRACKING) | (hw->nesting ? 0 : KH_CAP_NESTING);
+	return (hw->dirty_tracking ? 0 : KH_CAP_DIRTY_TRACKING) |
+	       (hw->nesting ? 0 : KH_CAP_NESTING);
 }
 
 uint32_t kh_backend_caps(const struct kh_backend *be)
@@ -121,7 +122,6 @@ uint32_t kh_backend_caps(const struct kh_backend *be)
 		found |= per_device & ~device_lacks(&be->devices[i].info.hw);
 	return (be->caps & ~per_device) | (be->caps & found);
 }
-
 
 int kh_ctx_kernel_fd(const struct kh_ctx *ctx)
 {
@@ -606,7 +606,8 @@ int kh_domain_type(struct kh_ctx *ctx, uint32_t domain_id, enum kh_domain_type *
 
 int kh_domain_caps(struct kh_ctx *ctx, uint32_t domain_id, uint32_t *caps)
 {
-	const uint32_t of_backend = KH_CAP_MAP_IN_PROCESS | KH_CAP_OPEN_DEVICE | KH_CAP_DMA_REMAPPING;
+	const uint32_t of_backend =
+		KH_CAP_MAP_IN_PROCESS | KH_CAP_OPEN_DEVICE | KH_CAP_DMA_REMAPPING;
 	struct kh_domain *dom;
 	int rc = kh_find_domain(ctx, domain_id, &dom);
 

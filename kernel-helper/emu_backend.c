@@ -935,9 +935,9 @@ static int emu_domain_alloc(struct kh_device *dev, const struct kh_domain_alloc_
 
 /* What both shapes of the emulated IOMMU share: the topology's devices, no per-context state. */
 #define EMU_BACKEND_COMMON_OPS                                                                     \
-	.kind = KH_BACKEND_EMULATED, .name = "emulated",                                          \
-	.probe_devices = emu_probe_devices, .release = emu_release, .ctx_open = emu_ctx_open,      \
-	.ctx_close = emu_ctx_close, .bind = emu_bind
+	.kind = KH_BACKEND_EMULATED, .name = "emulated", .probe_devices = emu_probe_devices,       \
+	.release = emu_release, .ctx_open = emu_ctx_open, .ctx_close = emu_ctx_close,              \
+	.bind = emu_bind
 
 /* Nothing is remapped (no KH_CAP_DMA_REMAPPING): the devices are the emulation's own. */
 #define EMU_CAPS (KH_CAP_MAP_IN_PROCESS | KH_CAP_REPLACE | KH_CAP_COPY)

@@ -128,11 +128,12 @@ static int choose_auto(const struct machine *m, const struct backend_entry **ret
 	else if (!m->iommu)
 		*ret = &registry[2];
 	else
-		return kh_fail(-ENODEV,
-			       "the machine has an IOMMU but neither /dev/iommu nor /dev/vfio/vfio; "
-			       "load VFIO (modprobe vfio-pci) and bind the devices to vfio-pci. The "
-			       "emulated IOMMU is not chosen for you here: it would remap nothing "
-			       "(set backend = emulated to run it anyway)");
+		return kh_fail(
+			-ENODEV,
+			"the machine has an IOMMU but neither /dev/iommu nor /dev/vfio/vfio; "
+			"load VFIO (modprobe vfio-pci) and bind the devices to vfio-pci. The "
+			"emulated IOMMU is not chosen for you here: it would remap nothing "
+			"(set backend = emulated to run it anyway)");
 	return 0;
 }
 
@@ -153,8 +154,8 @@ static int choose(const char *name, const struct backend_entry **ret)
 				*ret = &registry[i];
 			return rc;
 		}
-		used += (size_t)snprintf(known + used, sizeof(known) - used, "%s%s",
-					 i ? ", " : "", registry[i].name);
+		used += (size_t)snprintf(known + used, sizeof(known) - used, "%s%s", i ? ", " : "",
+					 registry[i].name);
 	}
 	return kh_fail(-EINVAL, "there is no backend called \"%s\"; the backends are auto, %s",
 		       name, known);

@@ -124,7 +124,7 @@ static uint16_t read_id(const char *dir, const char *name)
 	char buf[32];
 
 	return kh_read_sysfs(dir, name, buf, sizeof(buf)) == 0 ? (uint16_t)strtoul(buf, NULL, 16)
-								: 0;
+							       : 0;
 }
 
 static int add_pci_device(struct kh_backend *be, const struct kh_vfio_scan_ops *ops,

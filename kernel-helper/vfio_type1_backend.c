@@ -20,8 +20,8 @@
  *                  is open the kernel keeps the group in its container, so a detach is refused;
  *                  a domain freed then unmaps everything first, so the device reaches nothing
  *
- * Ownership: a context owns its open groups (type1_ctx, in kh_ctx.priv), each shared by the devices bound from it
- * (kh_device.priv points at it); a domain owns its container fd.
+ * Ownership: a context owns its open groups (type1_ctx, in kh_ctx.priv), each shared by the devices
+ * bound from it (kh_device.priv points at it); a domain owns its container fd.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -61,8 +61,8 @@ struct type1_ctx {
 struct type1_domain {
 	struct kh_domain dom;
 	int container;
-	unsigned groups;     /* groups in the container; the IOMMU is set while there are any */
-	bool dirty_wanted;   /* dirty tracking switched on, applied whenever the IOMMU is set */
+	unsigned groups;   /* groups in the container; the IOMMU is set while there are any */
+	bool dirty_wanted; /* dirty tracking switched on, applied whenever the IOMMU is set */
 };
 
 static struct type1_domain *to_t1(struct kh_domain *dom)
@@ -93,8 +93,7 @@ static const struct vfio_info_cap_header *find_cap(const struct vfio_iommu_type1
 	uint32_t off = (info->flags & VFIO_IOMMU_INFO_CAPS) ? info->cap_offset : 0;
 
 	while (off && off + sizeof(struct vfio_info_cap_header) <= info->argsz) {
-		const struct vfio_info_cap_header *cap =
-			(const void *)((const char *)info + off);
+		const struct vfio_info_cap_header *cap = (const void *)((const char *)info + off);
 
 		if (cap->id == id)
 			return cap;
@@ -246,8 +245,7 @@ static int open_group(const struct kh_bdev *bdev, int *ret_fd)
 			       bdev->info.name, path);
 	if (fd < 0)
 		return kh_fail(-errno, "cannot open %s's VFIO group %s", bdev->info.name, path);
-	rc = kh_vfio_call(fd, VFIO_GROUP_GET_STATUS, &status, "VFIO_GROUP_GET_STATUS of %s",
-			  path);
+	rc = kh_vfio_call(fd, VFIO_GROUP_GET_STATUS, &status, "VFIO_GROUP_GET_STATUS of %s", path);
 	if (rc == 0 && !(status.flags & VFIO_GROUP_FLAGS_VIABLE))
 		rc = kh_fail(-EPERM,
 			     "IOMMU group %u of %s is not viable: bind every device of the group "
@@ -381,7 +379,8 @@ static int dirty_pages(struct type1_domain *d, uint32_t flag)
 
 	return kh_vfio_call(d->container, VFIO_IOMMU_DIRTY_PAGES, &cmd,
 			    "VFIO_IOMMU_DIRTY_PAGES (%s) of domain %u",
-			    flag == VFIO_IOMMU_DIRTY_PAGES_FLAG_START ? "start" : "stop", d->dom.id);
+			    flag == VFIO_IOMMU_DIRTY_PAGES_FLAG_START ? "start" : "stop",
+			    d->dom.id);
 }
 
 /* The container just got its IOMMU: give it every mapping the core's books hold. */
@@ -579,8 +578,9 @@ static int type1_alloc_paging(struct kh_device *dev, uint32_t flags, struct kh_d
 	char path[PATH_MAX];
 
 	if (flags & KH_DOMAIN_F_NEST_PARENT)
-		return kh_fail(-EOPNOTSUPP,
-			       "vfio-type1 has no nesting: a nest parent needs the iommufd backend");
+		return kh_fail(
+			-EOPNOTSUPP,
+			"vfio-type1 has no nesting: a nest parent needs the iommufd backend");
 	if ((flags & KH_DOMAIN_F_DIRTY_TRACKING) && !hw->dirty_tracking)
 		return kh_fail(-EOPNOTSUPP,
 			       "the kernel's VFIO type1 offers %s no dirty tracking (no migration "
@@ -642,9 +642,8 @@ int kh_backend_open_vfio_type1(struct kh_backend **out)
 	if (ioctl(fd, VFIO_GET_API_VERSION) != VFIO_API_VERSION ||
 	    ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) != 1) {
 		(void)close(fd);
-		return kh_fail(-ENODEV,
-			       "the kernel's VFIO offers no type1v2 IOMMU; it needs "
-			       "CONFIG_VFIO_IOMMU_TYPE1 (modprobe vfio_iommu_type1)");
+		return kh_fail(-ENODEV, "the kernel's VFIO offers no type1v2 IOMMU; it needs "
+					"CONFIG_VFIO_IOMMU_TYPE1 (modprobe vfio_iommu_type1)");
 	}
 	(void)close(fd);
 	return kh_backend_create(&type1_ops, NULL, out);

@@ -129,10 +129,10 @@ struct kh_hw_info {
 	uint64_t page_sizes;	 /* bitmap of supported leaf sizes (bit n = 2^n bytes) */
 	uint64_t aperture_start; /* lowest IOVA the IOMMU translates */
 	uint64_t aperture_last;	 /* highest IOVA the IOMMU translates (inclusive) */
-	bool dirty_tracking; /* paging domains may be allocated with KH_DOMAIN_F_DIRTY_TRACKING */
-	bool nesting;	     /* nest parents and nested domains */
-	uint8_t pasid_bits;  /* width of PASIDs the device may use; 0 = none */
-	uint32_t hw_type;    /* backend-specific model id (iommufd: enum iommu_hw_info_type) */
+	bool dirty_tracking;   /* paging domains may be allocated with KH_DOMAIN_F_DIRTY_TRACKING */
+	bool nesting;	       /* nest parents and nested domains */
+	uint8_t pasid_bits;    /* width of PASIDs the device may use; 0 = none */
+	uint32_t hw_type;      /* backend-specific model id (iommufd: enum iommu_hw_info_type) */
 	uint32_t max_mappings; /* mappings one domain may hold (vfio-type1); 0: no limit */
 };
 

@@ -119,7 +119,8 @@ struct kh_dirty_ops {
 struct kh_backend_ops {
 	enum kh_backend_kind kind;
 	const char *name;
-	uint32_t caps; /* KH_CAP_* the backend always has; probe_devices may add to kh_backend.caps */
+	uint32_t caps; /* KH_CAP_* the backend always has; probe_devices may add to kh_backend.caps
+			*/
 
 	/* Fill be->devices. Called once, by the backend's open function through the core. */
 	int (*probe_devices)(struct kh_backend *be);
