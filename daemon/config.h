@@ -43,7 +43,7 @@ struct access_rule {
 struct config {
 	char *socket_path;
 	mode_t socket_mode;
-	/* BACKEND_UNSPECIFIED is "auto": iommufd when /dev/iommu exists, the emulation otherwise */
+	/* BACKEND_UNSPECIFIED is "auto": kernel-helper's registry chooses (kh_backend_open) */
 	Iommud__V1__Backend backend;
 	char *topology; /* emulated backend topology file; NULL: one default device */
 	int log_level;

@@ -400,17 +400,12 @@ static int replay_mappings(struct type1_domain *d)
 	return rc;
 }
 
-static int unset_container(struct type1_group *g, const char *name)
-{
-	return kh_vfio_call(g->fd, VFIO_GROUP_UNSET_CONTAINER, NULL,
-			    "VFIO_GROUP_UNSET_CONTAINER of %s's group", name);
-}
-
 /* The group leaves the container; with the last one, the kernel drops the IOMMU and its
  * mappings. */
 static int group_leave(struct type1_group *g, const char *name)
 {
-	int rc = unset_container(g, name);
+	int rc = kh_vfio_call(g->fd, VFIO_GROUP_UNSET_CONTAINER, NULL,
+			      "VFIO_GROUP_UNSET_CONTAINER of %s's group", name);
 
 	if (rc == -EBUSY)
 		return kh_fail(rc,
@@ -446,8 +441,10 @@ static int type1_attach_dev(struct kh_domain *dom, struct kh_device *dev)
 		if (rc == 0)
 			rc = replay_mappings(d);
 		if (rc < 0) {
-			/* Leaving takes the IOMMU with whatever was mapped into it. */
-			(void)unset_container(g, name);
+			/* Leaving takes the IOMMU with whatever was mapped into it; a group that
+			 * never got in has nothing to undo, and the first failure's message stays.
+			 */
+			(void)ioctl(g->fd, VFIO_GROUP_UNSET_CONTAINER);
 			return rc;
 		}
 	}

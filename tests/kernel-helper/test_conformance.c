@@ -643,6 +643,66 @@ TEST_F(conformance, map_file)
 	(void)close(fd);
 }
 
+/* Whether rc is what a capability promises: success with it; without it the core's refusal. */
+static void check_promise(bool promised, int rc, const char *what)
+{
+	(void)printf("%s: %s, %s\n", what, promised ? "offered" : "not offered",
+		     rc == 0 ? "done" : kh_last_error());
+	if (promised)
+		CHECK_OK(rc);
+	else
+		CHECK_EQ(rc, -EOPNOTSUPP);
+}
+
+/* What the capability query says is what the backend does, and every bit has its own name. */
+TEST_F(conformance, capabilities_tell_the_truth)
+{
+	struct setup s;
+	struct kh_domain_alloc_args args = {.type = KH_DOMAIN_BLOCKED};
+	struct kh_map_req req = {.length = PAGE, .prot = KH_PROT_READ};
+	uint32_t caps = kh_backend_caps(self->be), dom_caps, other;
+	int fd, rc;
+
+	for (unsigned i = 0; i < KH_CAP_COUNT; i++)
+		for (unsigned j = 0; j < i; j++)
+			CHECK(strcmp(kh_cap_name(i), kh_cap_name(j)) != 0);
+	/* The emulation runs in the caller and remaps nothing; a kernel backend the opposite. */
+	CHECK_EQ(!(caps & KH_CAP_MAP_IN_PROCESS), !!(caps & KH_CAP_DMA_REMAPPING));
+	setup(self, &s);
+	CHECK_OK(kh_domain_caps(s.ctx, s.dom, &dom_caps));
+	CHECK_EQ(dom_caps & KH_CAP_REPLACE, caps & KH_CAP_REPLACE);
+	CHECK_EQ(dom_caps & KH_CAP_COPY, caps & KH_CAP_COPY);
+	CHECK_EQ(dom_caps & KH_CAP_MAP_FILE, caps & KH_CAP_MAP_FILE);
+	CHECK_EQ(dom_caps & KH_CAP_DIRTY_TRACKING, 0); /* allocated without the flag */
+	CHECK_ERR(kh_domain_caps(s.ctx, 999, &dom_caps), -ENOENT, "no domain 999");
+
+	rc = kh_domain_alloc(s.ctx, s.dev[0], &args, &other);
+	check_promise(caps & KH_CAP_BLOCKED_DOMAIN, rc, "blocked domains");
+	if (rc == 0)
+		CHECK_OK(kh_domain_free(s.ctx, other));
+	args.type = KH_DOMAIN_IDENTITY;
+	rc = kh_domain_alloc(s.ctx, s.dev[0], &args, &other);
+	check_promise(caps & KH_CAP_IDENTITY_DOMAIN, rc, "identity domains");
+	if (rc == 0)
+		CHECK_OK(kh_domain_free(s.ctx, other));
+
+	map_fixed(&s, s.dom, 0x100000, PAGE, 0, KH_PROT_READ);
+	args = (struct kh_domain_alloc_args){.type = KH_DOMAIN_PAGING};
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &args, &other));
+	check_promise(caps & KH_CAP_COPY, kh_copy(s.ctx, other, &req, s.dom, 0x100000), "copy");
+
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
+	fd = kh_device_open_fd(s.ctx, s.dev[0]);
+	check_promise(caps & KH_CAP_OPEN_DEVICE, fd < 0 ? fd : 0, "device fds");
+	if (fd >= 0)
+		(void)close(fd);
+	if (caps & KH_CAP_REPLACE)
+		(void)replace_or_known_limit(self, s.ctx, s.dev[0], other);
+	else
+		check_promise(false, kh_replace(s.ctx, s.dev[0], other), "replace");
+	kh_ctx_destroy(s.ctx);
+}
+
 static void pick_devices(struct fixture_conformance *w)
 {
 	size_t n = kh_device_count(w->be);
