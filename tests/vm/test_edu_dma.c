@@ -1,15 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Real DMA through a real IOMMU: qemu's edu device, bound to vfio-pci, copies bytes between
- * its buffer and memory that kernel-helper mapped through a kernel backend (VM_BACKEND: iommufd,
- * or vfio-type1 in the test_edu_dma_type1 build). Proves what the daemon promises its users:
+ * its buffer and memory that kernel-helper mapped through a kernel backend (VM_BACKEND: "auto",
+ * the daemon's default, which must take iommufd where /dev/iommu is and vfio-type1 on a kernel
+ * without it, such as Debian 12's; or vfio-type1 in the test_edu_dma_type1 build, on every
+ * kernel). Proves what the daemon promises its users:
  * data lands at a mapped IOVA, nothing lands after unmap or through a read-only mapping, one
  * context cannot reach another's memory, and DMA follows a replace. Where the backend cannot do
  * something (vfio-type1: replace, or detach while the device's fd is open), the test checks the
  * refusal and takes the way the backend offers instead.
  *
- * Runs in the VM tier only (exit 77, skipped, without the backend or two edu devices). The test
- * drives the device with pread/pwrite on the VFIO fd kernel-helper hands out; only
+ * Runs in the VM tier only (exit 77, skipped, outside its guest or without two edu devices). The
+ * test drives the device with pread/pwrite on the VFIO fd kernel-helper hands out; only
  * kernel-helper issues ioctls.
  */
 #define _GNU_SOURCE /* memfd_create */
@@ -29,7 +31,7 @@
 #define XFER EDU_XFER
 
 #ifndef VM_BACKEND
-#define VM_BACKEND "iommufd"
+#define VM_BACKEND "auto"
 #endif
 
 /* An edu bound into a context, with the VFIO fd kernel-helper handed out for it. */
@@ -94,15 +96,20 @@ struct dma_test {
 	uint8_t *src, *dst, *ro, *other, *moved;
 };
 
-/* The backend and two edu devices; false (with the reason printed) where the test cannot run. */
+/* The backend, the one the kernel calls for, and two edu devices; false (with the reason
+ * printed) where the test cannot run. */
 static bool find_edus(struct dma_test *t)
 {
+	const char *want = vm_backend_expected(VM_BACKEND);
 	size_t found = 0;
 
-	if (kh_backend_open(VM_BACKEND, NULL, &t->be) < 0) {
-		(void)printf("SKIP: %s\n", kh_last_error());
+	if (!want) {
+		(void)printf("SKIP: not in the VM tier's guest (tests/vm/README.md)\n");
 		return false;
 	}
+	CHECK_OK(kh_backend_open(VM_BACKEND, NULL, &t->be));
+	(void)printf("backend %s: %s\n", VM_BACKEND, kh_backend_name(t->be));
+	CHECK(strcmp(kh_backend_name(t->be), want) == 0);
 	for (size_t i = 0; i < kh_device_count(t->be) && found < 2; i++) {
 		struct kh_device_info info;
 
@@ -310,7 +317,7 @@ int main(void)
 	(void)close(t.b.regs.fd);
 	kh_ctx_destroy(t.a.ctx);
 	kh_ctx_destroy(t.b.ctx);
+	(void)printf("edu DMA through %s: all checks passed\n", kh_backend_name(t.be));
 	kh_backend_close(t.be);
-	(void)printf("edu DMA through %s: all checks passed\n", VM_BACKEND);
 	return 0;
 }
