@@ -63,6 +63,9 @@ int need_device_name(const char *name);
 
 /* method_daemon.c */
 int do_hello(struct call *call);
+/* The names (kernel-helper's) of the capabilities in caps that a client may rely on, written to
+ * names (room for KH_CAP_COUNT); returns how many. */
+size_t capability_names(uint32_t caps, char **names);
 int do_release_lease(struct call *call);
 
 /* method_stats.c */

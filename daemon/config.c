@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <kh/kh.h>
 #include <names.h>
 
 #include "log.h"
@@ -155,30 +156,54 @@ static int access_key(struct load_state *st, const char *key, const char *value,
 
 #define AUTO_BACKEND "auto"
 
+/* kernel-helper's registry names the backends; the schema's value of one is its name with
+ * dashes as underscores ("vfio-type1" is BACKEND_VFIO_TYPE1, "vfio_type1" in proto/names.h). */
+int config_backend_value(const char *name, Iommud__V1__Backend *ret_backend)
+{
+	char schema_name[32];
+	size_t i;
+	int value;
+
+	for (i = 0; name[i] && i + 1 < sizeof(schema_name); i++)
+		schema_name[i] = name[i] == '-' ? '_' : name[i];
+	schema_name[i] = '\0';
+	if (name[i] || iommud_value(&iommud_backend_names, schema_name, &value) < 0)
+		return -EINVAL;
+	*ret_backend = (Iommud__V1__Backend)value;
+	return 0;
+}
+
 int config_parse_backend(const char *name, Iommud__V1__Backend *ret_backend)
 {
-	int backend = IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED;
+	Iommud__V1__Backend backend = IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED;
+	size_t i = 0;
 
-	if (strcmp(name, AUTO_BACKEND) != 0 &&
-	    iommud_value(&iommud_backend_names, name, &backend) < 0)
-		return -EINVAL;
-	*ret_backend = (Iommud__V1__Backend)backend;
+	if (strcmp(name, AUTO_BACKEND) != 0) {
+		while (kh_backend_registered(i) && strcmp(name, kh_backend_registered(i)) != 0)
+			i++;
+		if (!kh_backend_registered(i) || config_backend_value(name, &backend) < 0)
+			return -EINVAL;
+	}
+	*ret_backend = backend;
 	return 0;
 }
 
 const char *config_backend_name(Iommud__V1__Backend backend)
 {
-	return backend == IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED
-		       ? AUTO_BACKEND
-		       : iommud_name(&iommud_backend_names, (int)backend);
+	Iommud__V1__Backend value;
+
+	for (size_t i = 0; kh_backend_registered(i); i++)
+		if (config_backend_value(kh_backend_registered(i), &value) == 0 && value == backend)
+			return kh_backend_registered(i);
+	return AUTO_BACKEND;
 }
 
 const char *config_backend_choices(char *buf, size_t size)
 {
-	size_t used = (size_t)snprintf(buf, size, AUTO_BACKEND ", ");
+	size_t used = (size_t)snprintf(buf, size, AUTO_BACKEND);
 
-	if (used < size)
-		(void)iommud_names_list(&iommud_backend_names, buf + used, size - used);
+	for (size_t i = 0; kh_backend_registered(i) && used < size; i++)
+		used += (size_t)snprintf(buf + used, size - used, ", %s", kh_backend_registered(i));
 	return buf;
 }
 

@@ -45,7 +45,7 @@ struct access_rule {
 struct config {
 	char *socket_path;
 	mode_t socket_mode;
-	/* BACKEND_UNSPECIFIED is "auto": iommufd when /dev/iommu exists, the emulation otherwise */
+	/* BACKEND_UNSPECIFIED is "auto": kernel-helper's registry chooses (kh_backend_open) */
 	Iommud__V1__Backend backend;
 	char *topology; /* emulated backend topology file; NULL: one default device */
 	int log_level;
@@ -78,10 +78,13 @@ bool config_device_allowed(const struct access_rule *rule, const char *name);
 /* The access level's name, as the configuration and HelloReply.permissions spell it. */
 const char *config_access_name(enum access access);
 
-/* Parses "auto" or a backend's name; -EINVAL for anything else. */
+/* Parses "auto" or a name of kernel-helper's backend registry; -EINVAL for anything else. */
 int config_parse_backend(const char *name, Iommud__V1__Backend *ret_backend);
+/* The registry's name of the backend, "auto" for BACKEND_UNSPECIFIED. */
 const char *config_backend_name(Iommud__V1__Backend backend);
-/* What config_parse_backend accepts, for messages: "auto, emulated or iommufd". */
+/* The schema's value of a registry name. */
+int config_backend_value(const char *name, Iommud__V1__Backend *ret_backend);
+/* What config_parse_backend accepts, for messages: "auto, iommufd, vfio-type1, emulated". */
 const char *config_backend_choices(char *buf, size_t size);
 
 /* Parses a byte count with an optional K, M, G or T suffix (powers of 1024); decimal or 0x hex.

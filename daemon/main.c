@@ -42,8 +42,10 @@ static const char usage[] =
 	"                         do everything, everyone else may only read)\n"
 	"  -s, --socket PATH      listening socket (default " IOMMUD_DEFAULT_SOCKET ");\n"
 	"                         ignored under systemd socket activation\n"
-	"  -b, --backend KIND     auto, iommufd or emulated (default auto: iommufd when\n"
-	"                         /dev/iommu exists, the emulated IOMMU otherwise)\n"
+	"  -b, --backend KIND     auto, iommufd, vfio-type1 or emulated (default auto:\n"
+	"                         iommufd when /dev/iommu exists, else vfio-type1 when the\n"
+	"                         machine has an IOMMU and VFIO, else the emulated IOMMU,\n"
+	"                         only on a machine without an IOMMU)\n"
 	"  -t, --topology FILE    devices of the emulated backend (docs/operations.md);\n"
 	"                         default: one device, emu0\n"
 	"  -l, --log-level LEVEL  err, warning, notice, info (default) or debug; debug logs\n"
@@ -232,24 +234,24 @@ static void print_config(const struct config *cfg)
 	}
 }
 
+/* The backend the configuration names, chosen and opened by kernel-helper's registry, which
+ * refuses, saying why and what to do, a backend the machine cannot serve. */
 static int open_backend(const struct config *cfg, struct kh_backend **ret_be)
 {
-	bool iommufd = cfg->backend == IOMMUD__V1__BACKEND__BACKEND_IOMMUFD ||
-		       (cfg->backend == IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED &&
-			access("/dev/iommu", F_OK) == 0);
+	const char *name = config_backend_name(cfg->backend);
 	struct kh_backend *be;
-	int rc = iommufd ? kh_backend_open_iommufd(&be)
-			 : kh_backend_open_emulated(cfg->topology, &be);
+	int rc = kh_backend_open(name, cfg->topology, &be);
 
 	if (rc < 0) {
-		log_err("cannot open the %s backend: %s", iommufd ? "iommufd" : "emulated",
-			kh_last_error());
+		log_err("cannot open the %s backend: %s", name, kh_last_error());
 		return rc;
 	}
-	log_notice("backend %s with %zu devices%s", kh_backend_name(be), kh_device_count(be),
-		   kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS
-			   ? " (no kernel IOMMU is used: mappings only exist in the emulation)"
-			   : "");
+	log_notice("backend %s (asked for: %s) with %zu devices", kh_backend_name(be), name,
+		   kh_device_count(be));
+	if (!(kh_backend_caps(be) & KH_CAP_DMA_REMAPPING))
+		log_warning("nothing is remapped: the %s backend only emulates an IOMMU inside the "
+			    "daemon, and no device's DMA is restricted by it",
+			    kh_backend_name(be));
 	*ret_be = be;
 	return 0;
 }

@@ -7,39 +7,37 @@
 #include "call.h"
 #include "log.h"
 
-#define CAPABILITIES_MAX 4
+/* map_batch, and one name for each capability of kernel-helper. */
+#define CAPABILITIES_MAX (1 + KH_CAP_COUNT)
 
-static bool any_device_has(struct kh_backend *be, bool dirty)
+/* The capabilities in caps by kernel-helper's names, for Hello and GetDevice; the one the
+ * daemon uses only for itself (where map latency is timed) is left out. */
+size_t capability_names(uint32_t caps, char **names)
 {
-	struct kh_device_info info;
+	size_t n = 0;
 
-	for (size_t i = 0; i < kh_device_count(be); i++)
-		if (kh_device_info(be, i, &info) == 0 &&
-		    (dirty ? info.hw.dirty_tracking : info.hw.nesting))
-			return true;
-	return false;
+	caps &= ~KH_CAP_MAP_IN_PROCESS;
+	for (unsigned bit = 0; bit < KH_CAP_COUNT; bit++)
+		if (caps & (1u << bit))
+			names[n++] = (char *)kh_cap_name(bit);
+	return n;
 }
 
 /* Features a client would want to know before relying on them (docs/protocol.md). */
 static void fill_capabilities(struct kh_backend *be, Iommud__V1__HelloReply *reply)
 {
-	reply->capabilities[reply->n_capabilities++] = "map_batch";
-	if (kh_backend_caps(be) & KH_CAP_OPEN_DEVICE)
-		reply->capabilities[reply->n_capabilities++] = "open_device";
-	if (any_device_has(be, true))
-		reply->capabilities[reply->n_capabilities++] = "dirty_tracking";
-	if (any_device_has(be, false))
-		reply->capabilities[reply->n_capabilities++] = "nesting";
+	reply->capabilities[0] = "map_batch";
+	reply->n_capabilities = 1 + capability_names(kh_backend_caps(be), reply->capabilities + 1);
 }
 
 /* The schema's value for the backend, found by its name: a backend the schema has no value
  * for is reported as unspecified, with its name in backend_name. */
 static Iommud__V1__Backend backend_of(const struct kh_backend *be)
 {
-	int backend = IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED;
+	Iommud__V1__Backend backend = IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED;
 
-	(void)iommud_value(&iommud_backend_names, kh_backend_name(be), &backend);
-	return (Iommud__V1__Backend)backend;
+	(void)config_backend_value(kh_backend_name(be), &backend);
+	return backend;
 }
 
 /* The names of the access levels from read up to the caller's. */
@@ -67,6 +65,7 @@ static void fill_hello(const struct call *call, Iommud__V1__HelloReply *reply)
 	reply->max_message_bytes = IOMMUD_MAX_MESSAGE;
 	reply->max_fds_per_message = IOMMUD_MAX_FDS;
 	fill_capabilities(call->d->be, reply);
+	reply->nothing_remapped = !(kh_backend_caps(call->d->be) & KH_CAP_DMA_REMAPPING);
 	fill_quota(reply->quota, tenant_rule(c->tenant), tenant_usage(c->tenant));
 }
 

@@ -22,6 +22,7 @@ static void fill_hw(const struct kh_hw_info *info, Iommud__V1__HwInfo *hw)
 	hw->nesting = info->nesting;
 	hw->pasid_bits = info->pasid_bits;
 	hw->hw_type = info->hw_type;
+	hw->max_mappings = info->max_mappings;
 }
 
 /* The device's reserved regions, as the reply carries them. */
@@ -57,8 +58,11 @@ static int fill_device(struct call *call, size_t index, Iommud__V1__Device *out)
 	hw = call_alloc(call, sizeof(*hw));
 	out->name = call_strdup(call, info.name);
 	out->driver = call_strdup(call, info.driver);
-	if (!hw || !out->name || !out->driver)
+	out->capabilities = call_alloc(call, KH_CAP_COUNT * sizeof(char *));
+	if (!hw || !out->name || !out->driver || !out->capabilities)
 		return nomem();
+	out->n_capabilities =
+		capability_names(kh_device_caps(call->d->be, index), out->capabilities);
 	fill_hw(&info.hw, hw);
 	out->hw = hw;
 	out->group = info.group;

@@ -361,6 +361,7 @@ static void fill_counters(struct call *call, Iommud__V1__GetStatsReply *reply)
 
 	reply->uptime_seconds = (uint64_t)(time(NULL) - d->started);
 	reply->version = IOMMUD_VERSION;
+	reply->nothing_remapped = !(kh_backend_caps(d->be) & KH_CAP_DMA_REMAPPING);
 	fill_quota(reply->quota, tenant_rule(own), tenant_usage(own));
 	if (!reply->observer) {
 		reply->connections = tenant_connections(own);

@@ -63,6 +63,7 @@ int kh_backend_create(const struct kh_backend_ops *ops, void *priv, struct kh_ba
 	}
 	be->ops = ops;
 	be->priv = priv;
+	be->caps = ops->caps;
 	rc = ops->probe_devices(be);
 	if (rc < 0) {
 		backend_free(be);
@@ -95,9 +96,31 @@ const char *kh_backend_name(const struct kh_backend *be)
 	return be->ops->name;
 }
 
+static const char *const cap_names[KH_CAP_COUNT] = {
+	"map_in_process", "open_device", "dma_remapping", "replace",	    "dirty_tracking",
+	"nesting",	  "map_file",	 "copy",	  "blocked_domain", "identity_domain",
+};
+
+const char *kh_cap_name(unsigned bit)
+{
+	return bit < KH_CAP_COUNT ? cap_names[bit] : "unknown";
+}
+
+/* What a device's IOMMU takes away from the backend's capabilities. */
+static uint32_t device_lacks(const struct kh_hw_info *hw)
+{
+	return (hw->dirty_tracking ? 0 : KH_CAP_DIRTY_TRACKING) |
+	       (hw->nesting ? 0 : KH_CAP_NESTING);
+}
+
 uint32_t kh_backend_caps(const struct kh_backend *be)
 {
-	return be->ops->caps;
+	const uint32_t per_device = KH_CAP_DIRTY_TRACKING | KH_CAP_NESTING;
+	uint32_t found = 0;
+
+	for (size_t i = 0; i < be->n_devices; i++)
+		found |= per_device & ~device_lacks(&be->devices[i].info.hw);
+	return (be->caps & ~per_device) | (be->caps & found);
 }
 
 int kh_ctx_kernel_fd(const struct kh_ctx *ctx)
@@ -117,6 +140,13 @@ static const struct kh_bdev *bdev_at(const struct kh_backend *be, size_t index)
 		return &be->devices[index];
 	(void)kh_fail(-ENOENT, "there is no device %zu; the backend has %zu", index, be->n_devices);
 	return NULL;
+}
+
+uint32_t kh_device_caps(const struct kh_backend *be, size_t index)
+{
+	const struct kh_bdev *bdev = bdev_at(be, index);
+
+	return bdev ? be->caps & ~device_lacks(&bdev->info.hw) : 0;
 }
 
 int kh_device_info(const struct kh_backend *be, size_t index, struct kh_device_info *out)
@@ -269,23 +299,42 @@ int kh_ctx_create(struct kh_backend *be, struct kh_ctx **out)
 	return 0;
 }
 
-static void device_detach(struct kh_device *dev)
+/* The core's books once dev has left its domain. */
+static void leave_domain(struct kh_device *dev)
 {
 	struct kh_domain *dom = dev->domain;
 
-	if (!dom)
-		return;
-	if (dom->ops->detach_dev)
-		dom->ops->detach_dev(dom, dev);
 	if (dom->ioas)
 		kh_ioas_unreserve(dom->ioas, dev);
 	dom->users--;
 	dev->domain = NULL;
 }
 
+/* Detaches dev if it is attached. A refusal of the backend leaves everything as it was. */
+static int device_detach(struct kh_device *dev)
+{
+	struct kh_domain *dom = dev->domain;
+	int rc;
+
+	if (!dom)
+		return 0;
+	rc = dom->ops->detach_dev ? dom->ops->detach_dev(dom, dev) : 0;
+	if (rc == 0)
+		leave_domain(dev);
+	return rc;
+}
+
+/* Detaches dev on the way out of its context: a refused detach is forgotten, and the domain's
+ * free cuts the device off (kh_ops.h, detach_dev). */
+static void device_forget(struct kh_device *dev)
+{
+	if (device_detach(dev) < 0)
+		leave_domain(dev);
+}
+
 static void device_release(struct kh_ctx *ctx, struct kh_device *dev)
 {
-	device_detach(dev);
+	device_forget(dev);
 	if (ctx->be->ops->unbind)
 		ctx->be->ops->unbind(ctx, dev);
 	dev->bdev->bound_ctx = NULL;
@@ -316,7 +365,7 @@ void kh_ctx_destroy(struct kh_ctx *ctx)
 	objs = ctx->objects;
 	for (size_t i = 0; i < objs->n; i++)
 		if (objs->v[i].kind == KH_OBJ_DEVICE)
-			device_detach(objs->v[i].ptr);
+			device_forget(objs->v[i].ptr);
 	/* Nested domains hold their parents: free what nothing uses until nothing is left. */
 	do {
 		freed = false;
@@ -394,6 +443,8 @@ int kh_device_unbind(struct kh_ctx *ctx, uint32_t dev_id)
 	struct kh_device *dev;
 	int rc = find_device(ctx, dev_id, &dev);
 
+	if (rc == 0)
+		rc = device_detach(dev);
 	if (rc == 0)
 		device_release(ctx, dev);
 	return rc;
@@ -563,6 +614,22 @@ int kh_domain_table_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *ret_
 	return rc;
 }
 
+int kh_domain_caps(struct kh_ctx *ctx, uint32_t domain_id, uint32_t *caps)
+{
+	const uint32_t of_backend =
+		KH_CAP_MAP_IN_PROCESS | KH_CAP_OPEN_DEVICE | KH_CAP_DMA_REMAPPING;
+	struct kh_domain *dom;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
+
+	if (rc < 0)
+		return rc;
+	*caps = (ctx->be->caps & of_backend) | (dom->ops->replace_dev ? KH_CAP_REPLACE : 0) |
+		(dom->ops->map_file ? KH_CAP_MAP_FILE : 0) | (dom->ops->copy ? KH_CAP_COPY : 0) |
+		(dom->dirty_ops ? KH_CAP_DIRTY_TRACKING : 0) |
+		((dom->flags & KH_DOMAIN_F_NEST_PARENT) ? KH_CAP_NESTING : 0);
+	return 0;
+}
+
 /* ---- attachment -------------------------------------------------------------------------- */
 
 /* The domain another device of dev's group is attached to in this context, or NULL. */
@@ -727,7 +794,7 @@ int kh_detach(struct kh_ctx *ctx, uint32_t dev_id)
 	if (rc == 0 && !dev->domain)
 		rc = kh_fail(-EINVAL, "device %u is not attached to a domain", dev_id);
 	if (rc == 0)
-		device_detach(dev);
+		rc = device_detach(dev);
 	return rc;
 }
 

@@ -512,13 +512,14 @@ static int emu_replace_dev(struct kh_domain *dom, struct kh_device *dev, struct 
 	return 0;
 }
 
-static void emu_detach_dev(struct kh_domain *dom, struct kh_device *dev)
+static int emu_detach_dev(struct kh_domain *dom, struct kh_device *dev)
 {
 	struct emu_group *group = group_of(dev);
 
 	(void)dom;
 	if (--group->attached == 0)
 		group->domain = NULL;
+	return 0;
 }
 
 static uint64_t prot_to_pte(uint32_t prot)
@@ -940,12 +941,17 @@ static int emu_domain_alloc(struct kh_device *dev, const struct kh_domain_alloc_
 
 /* What both shapes of the emulated IOMMU share: the topology's devices, no per-context state. */
 #define EMU_BACKEND_COMMON_OPS                                                                     \
-	.kind = KH_BACKEND_EMULATED, .name = "emulated", .caps = KH_CAP_MAP_IN_PROCESS,            \
-	.probe_devices = emu_probe_devices, .release = emu_release, .ctx_open = emu_ctx_open,      \
-	.ctx_close = emu_ctx_close, .bind = emu_bind
+	.kind = KH_BACKEND_EMULATED, .name = "emulated", .probe_devices = emu_probe_devices,       \
+	.release = emu_release, .ctx_open = emu_ctx_open, .ctx_close = emu_ctx_close,              \
+	.bind = emu_bind
+
+/* Nothing is remapped (no KH_CAP_DMA_REMAPPING): the devices are the emulation's own. */
+#define EMU_CAPS (KH_CAP_MAP_IN_PROCESS | KH_CAP_REPLACE | KH_CAP_COPY)
 
 static const struct kh_backend_ops emu_ops = {
 	EMU_BACKEND_COMMON_OPS,
+	.caps = EMU_CAPS | KH_CAP_DIRTY_TRACKING | KH_CAP_NESTING | KH_CAP_BLOCKED_DOMAIN |
+		KH_CAP_IDENTITY_DOMAIN,
 	.domain_alloc = emu_domain_alloc,
 };
 
@@ -953,6 +959,7 @@ static const struct kh_backend_ops emu_ops = {
  * alloc_paging and gives every domain the default ops, as most simple IOMMU drivers do. */
 static const struct kh_backend_ops emu_paging_only_ops = {
 	EMU_BACKEND_COMMON_OPS,
+	.caps = EMU_CAPS,
 	.alloc_paging = emu_alloc_paging,
 	.default_domain_ops = &emu_paging_ops,
 };

@@ -35,6 +35,7 @@
 #include <kh/kh_ops.h>
 
 #include "alloc.h"
+#include "vfio_common.h"
 
 /* Linux 6.13 added IOMMU_IOAS_MAP_FILE, which the 6.12 headers lack: its ABI, as the kernel's
  * uAPI defines it. Whether the running kernel has it is asked at run time. */
@@ -51,7 +52,6 @@ struct iommu_ioas_map_file {
 #define IOMMU_IOAS_MAP_FILE _IO(IOMMUFD_TYPE, 0x8f)
 #endif
 
-#define SYSFS_PCI "/sys/bus/pci/devices"
 #define DEV_IOMMU "/dev/iommu"
 
 /* VT-d capability register: supported second-level large pages (SLLPS, bits 34-37). */
@@ -74,6 +74,11 @@ struct iommufd_domain {
 	int iommufd;
 };
 
+/* The ops of this kernel's paging domains. Owned by the backend (kh_backend.priv). */
+struct iommufd_backend {
+	struct kh_domain_ops paging;
+};
+
 static struct iommufd_domain *to_ifd(struct kh_domain *dom)
 {
 	return (struct iommufd_domain *)((char *)dom - offsetof(struct iommufd_domain, dom));
@@ -89,28 +94,6 @@ static struct iommufd_binding *binding(const struct kh_device *dev)
 	return dev->priv;
 }
 
-/* Issues one ioctl; on failure records what the kernel said and what was being done. Each call
- * is an injection point, so tests can make the kernel refuse any step. */
-static int kernel_call(int fd, unsigned long request, void *arg, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int kernel_call(int fd, unsigned long request, void *arg, const char *fmt, ...)
-{
-	va_list ap;
-	int err;
-
-	if (kh_fail_point())
-		err = EIO;
-	else if (ioctl(fd, request, arg) == 0)
-		return 0;
-	else
-		err = errno;
-	va_start(ap, fmt);
-	(void)kh_vfail(-err, fmt, ap);
-	va_end(ap);
-	return -err;
-}
-
 static void destroy_object(int iommufd, uint32_t id)
 {
 	struct iommu_destroy cmd = {.size = sizeof(cmd), .id = id};
@@ -121,50 +104,6 @@ static void destroy_object(int iommufd, uint32_t id)
 
 /* ---- discovery from sysfs ------------------------------------------------------------------ */
 
-/* snprintf into a path buffer; a path too long for it is refused rather than cut. */
-static bool fits(int written, size_t size)
-{
-	return written >= 0 && (size_t)written < size;
-}
-
-static int read_sysfs(const char *dir, const char *name, char *buf, size_t size)
-{
-	char path[PATH_MAX];
-	ssize_t n;
-	int fd;
-
-	if (!fits(snprintf(path, sizeof(path), "%s/%s", dir, name), sizeof(path)))
-		return -ENAMETOOLONG;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, size - 1);
-	(void)close(fd);
-	if (n < 0)
-		return -errno;
-	buf[n] = '\0';
-	buf[strcspn(buf, "\n")] = '\0';
-	return 0;
-}
-
-/* The last component of a symlink's target, e.g. the driver's or the group's name. */
-static int link_name(const char *dir, const char *name, char *buf, size_t size)
-{
-	char path[PATH_MAX], target[PATH_MAX];
-	const char *slash;
-	ssize_t n;
-
-	if (!fits(snprintf(path, sizeof(path), "%s/%s", dir, name), sizeof(path)))
-		return -ENAMETOOLONG;
-	n = readlink(path, target, sizeof(target) - 1);
-	if (n < 0)
-		return -errno;
-	target[n] = '\0';
-	slash = strrchr(target, '/');
-	return fits(snprintf(buf, size, "%s", slash ? slash + 1 : target), size) ? 0
-										 : -ENAMETOOLONG;
-}
-
 /* The VFIO cdev of a PCI device: its vfio-dev/vfioN entry names /dev/vfio/devices/vfioN. */
 static bool find_cdev(const char *dir, char *cdev, size_t size)
 {
@@ -173,51 +112,17 @@ static bool find_cdev(const char *dir, char *cdev, size_t size)
 	DIR *d;
 	bool found = false;
 
-	if (!fits(snprintf(path, sizeof(path), "%s/vfio-dev", dir), sizeof(path)))
+	if (!kh_fits(snprintf(path, sizeof(path), "%s/vfio-dev", dir), sizeof(path)))
 		return false;
 	d = opendir(path);
 	if (!d)
 		return false;
 	while (!found && (de = readdir(d)))
 		if (!strncmp(de->d_name, "vfio", 4))
-			found = fits(snprintf(cdev, size, "/dev/vfio/devices/%s", de->d_name),
-				     size);
+			found = kh_fits(snprintf(cdev, size, "/dev/vfio/devices/%s", de->d_name),
+					size);
 	(void)closedir(d);
 	return found;
-}
-
-static int read_reserved_regions(struct kh_bdev *bdev)
-{
-	char path[PATH_MAX], line[256];
-	FILE *f;
-	int rc = 0;
-
-	(void)snprintf(path, sizeof(path), "/sys/kernel/iommu_groups/%u/reserved_regions",
-		       bdev->info.group);
-	f = fopen(path, "re");
-	if (!f)
-		return 0; /* an IOMMU that reserves nothing has no file */
-	while (fgets(line, sizeof(line), f)) {
-		struct kh_iova_range range, *grown;
-
-		if (sscanf(line, "%" SCNx64 " %" SCNx64, &range.start, &range.last) != 2)
-			continue;
-		grown = kh_realloc_array(bdev->resv, bdev->n_resv + 1, sizeof(*grown));
-		if (!grown) {
-			rc = kh_fail(-ENOMEM, "cannot record reserved regions of %s",
-				     bdev->info.name);
-			break;
-		}
-		bdev->resv = grown;
-		grown[bdev->n_resv++] = range;
-	}
-	(void)fclose(f);
-	return rc;
-}
-
-static uint64_t parse_hex(const char *s)
-{
-	return strtoull(s, NULL, 16);
 }
 
 /* IOVA ranges the IOAS offers; the caller frees *out. */
@@ -235,8 +140,8 @@ static int ioas_ranges(int iommufd, uint32_t ioas_id, struct iommu_iova_range **
 	if (!ranges)
 		return kh_fail(-ENOMEM, "cannot hold IOVA ranges");
 	cmd.allowed_iovas = (uintptr_t)ranges;
-	rc = kernel_call(iommufd, IOMMU_IOAS_IOVA_RANGES, &cmd, "IOMMU_IOAS_IOVA_RANGES of IOAS %u",
-			 ioas_id);
+	rc = kh_vfio_call(iommufd, IOMMU_IOAS_IOVA_RANGES, &cmd,
+			  "IOMMU_IOAS_IOVA_RANGES of IOAS %u", ioas_id);
 	if (rc < 0) {
 		free(ranges);
 		return rc;
@@ -308,8 +213,9 @@ static void probe_aperture(int iommufd, int devfd, struct kh_hw_info *hw)
 
 /* What the device's IOMMU can do, asked of the kernel through a short-lived binding, whose
  * objects go with its file descriptors. */
-static void probe_hw(struct kh_bdev *bdev, const char *cdev)
+static void iommufd_probe_hw(struct kh_bdev *bdev)
 {
+	const char *cdev = ((const struct iommufd_bdev *)bdev->priv)->cdev;
 	struct kh_hw_info *hw = &bdev->info.hw;
 	struct vfio_device_bind_iommufd bind = {.argsz = sizeof(bind)};
 	int iommufd, devfd;
@@ -331,55 +237,34 @@ static void probe_hw(struct kh_bdev *bdev, const char *cdev)
 		(void)close(iommufd);
 }
 
-static int add_pci_device(struct kh_backend *be, const char *bdf)
+/* A device iommufd can bind has a VFIO device cdev. */
+static int iommufd_accept(const char *sysdir, uint32_t group, void **ret_priv)
 {
-	char dir[PATH_MAX], buf[64], cdev[PATH_MAX], driver[KH_NAME_MAX] = "";
 	struct iommufd_bdev *priv;
-	struct kh_bdev *bdev;
-	int rc;
+	char cdev[PATH_MAX];
 
-	(void)snprintf(dir, sizeof(dir), SYSFS_PCI "/%s", bdf);
-	(void)link_name(dir, "driver", driver, sizeof(driver));
-	if (strcmp(driver, "vfio-pci") || !find_cdev(dir, cdev, sizeof(cdev)))
-		return 0; /* only devices handed to VFIO, with a cdev, can be used */
-	if (link_name(dir, "iommu_group", buf, sizeof(buf)))
-		return 0; /* no IOMMU in front of it: nothing to manage */
+	(void)group;
+	if (!find_cdev(sysdir, cdev, sizeof(cdev)))
+		return 0;
 	priv = kh_zalloc(sizeof(*priv));
 	if (!priv)
-		return kh_fail(-ENOMEM, "cannot record device %s", bdf);
+		return kh_fail(-ENOMEM, "cannot record the device at %s", sysdir);
 	(void)snprintf(priv->cdev, sizeof(priv->cdev), "%s", cdev);
-	rc = kh_backend_add_device(be, &bdev);
-	if (rc < 0) {
-		free(priv);
-		return rc;
-	}
-	bdev->priv = priv;
-	(void)snprintf(bdev->info.name, sizeof(bdev->info.name), "%s", bdf);
-	(void)snprintf(bdev->info.driver, sizeof(bdev->info.driver), "%s", driver);
-	bdev->info.group = (uint32_t)strtoul(buf, NULL, 10);
-	if (read_sysfs(dir, "vendor", buf, sizeof(buf)) == 0)
-		bdev->info.vendor = (uint16_t)parse_hex(buf);
-	if (read_sysfs(dir, "device", buf, sizeof(buf)) == 0)
-		bdev->info.device = (uint16_t)parse_hex(buf);
-	probe_hw(bdev, cdev);
-	return read_reserved_regions(bdev);
+	*ret_priv = priv;
+	return 1;
 }
 
 static int iommufd_probe_devices(struct kh_backend *be)
 {
-	struct dirent **entries;
-	/* PCI addresses sort into bus order, which stays put across boots. */
-	int n = scandir(SYSFS_PCI, &entries, NULL, alphasort), rc = 0;
+	static const struct kh_vfio_scan_ops scan = {
+		.accept = iommufd_accept,
+		.probe_hw = iommufd_probe_hw,
+	};
+	const struct iommufd_backend *kernel = be->priv;
 
-	if (n < 0)
-		return kh_fail(-errno, "cannot list PCI devices in " SYSFS_PCI);
-	for (int i = 0; i < n; i++) {
-		if (rc == 0 && entries[i]->d_name[0] != '.')
-			rc = add_pci_device(be, entries[i]->d_name);
-		free(entries[i]);
-	}
-	free(entries);
-	return rc;
+	if (kernel->paging.map_file)
+		be->caps |= KH_CAP_MAP_FILE;
+	return kh_vfio_scan(be, &scan);
 }
 
 static void iommufd_release(struct kh_backend *be)
@@ -425,8 +310,8 @@ static int iommufd_bind(struct kh_ctx *ctx, struct kh_device *dev)
 		free(b);
 		return rc;
 	}
-	rc = kernel_call(b->fd, VFIO_DEVICE_BIND_IOMMUFD, &bind, "VFIO_DEVICE_BIND_IOMMUFD of %s",
-			 dev->bdev->info.name);
+	rc = kh_vfio_call(b->fd, VFIO_DEVICE_BIND_IOMMUFD, &bind, "VFIO_DEVICE_BIND_IOMMUFD of %s",
+			  dev->bdev->info.name);
 	/* VFIO refuses a second open device file with EINVAL: the device is still open through
 	 * an fd handed out earlier (kh_device_open_fd), which keeps its old binding alive. */
 	if (rc == -EINVAL)
@@ -462,30 +347,9 @@ static int iommufd_device_fd(struct kh_device *dev)
 	return fd;
 }
 
-static int region_info(int vfio_fd, uint32_t index, struct kh_region *out, const char *name)
-{
-	struct vfio_region_info info = {.argsz = sizeof(info), .index = index};
-	int rc = kernel_call(vfio_fd, VFIO_DEVICE_GET_REGION_INFO, &info,
-			     "VFIO_DEVICE_GET_REGION_INFO of region %u of %s", index, name);
-
-	if (rc < 0)
-		return rc;
-	out->offset = info.offset;
-	out->size = info.size;
-	out->flags = ((info.flags & VFIO_REGION_INFO_FLAG_READ) ? KH_REGION_READ : 0) |
-		     ((info.flags & VFIO_REGION_INFO_FLAG_WRITE) ? KH_REGION_WRITE : 0) |
-		     ((info.flags & VFIO_REGION_INFO_FLAG_MMAP) ? KH_REGION_MMAP : 0);
-	return 0;
-}
-
 static int iommufd_device_region(struct kh_device *dev, uint32_t index, struct kh_region *out)
 {
-	return region_info(binding(dev)->fd, index, out, dev->bdev->info.name);
-}
-
-int kh_vfio_region(int vfio_fd, uint32_t index, struct kh_region *out)
-{
-	return region_info(vfio_fd, index, out, "a VFIO device fd");
+	return kh_vfio_region_info(binding(dev)->fd, index, out, dev->bdev->info.name);
 }
 
 /* ---- domain ops ----------------------------------------------------------------------------- */
@@ -496,9 +360,9 @@ static int attach_pt(struct kh_domain *dom, struct kh_device *dev, const char *w
 	struct vfio_device_attach_iommufd_pt cmd = {.argsz = sizeof(cmd),
 						    .pt_id = d->hwpt_id ? d->hwpt_id : d->ioas_id};
 
-	return kernel_call(binding(dev)->fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &cmd,
-			   "VFIO_DEVICE_ATTACH_IOMMUFD_PT (%s) of %s to object %u", what,
-			   dev->bdev->info.name, cmd.pt_id);
+	return kh_vfio_call(binding(dev)->fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &cmd,
+			    "VFIO_DEVICE_ATTACH_IOMMUFD_PT (%s) of %s to object %u", what,
+			    dev->bdev->info.name, cmd.pt_id);
 }
 
 static int iommufd_attach_dev(struct kh_domain *dom, struct kh_device *dev)
@@ -530,20 +394,21 @@ static int detach_pt(struct kh_device *dev)
 {
 	struct vfio_device_detach_iommufd_pt cmd = {.argsz = sizeof(cmd)};
 
-	return kernel_call(binding(dev)->fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &cmd,
-			   "VFIO_DEVICE_DETACH_IOMMUFD_PT of %s", dev->bdev->info.name);
+	return kh_vfio_call(binding(dev)->fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &cmd,
+			    "VFIO_DEVICE_DETACH_IOMMUFD_PT of %s", dev->bdev->info.name);
 }
 
-static void iommufd_detach_dev(struct kh_domain *dom, struct kh_device *dev)
+static int iommufd_detach_dev(struct kh_domain *dom, struct kh_device *dev)
 {
 	(void)dom;
 	/* The kernel refuses only a device that is not attached, which is then blocked anyway. */
 	(void)detach_pt(dev);
+	return 0;
 }
 
-/* The blocked domain: being detached is being blocked. */
-/* Only an unattached device is attached: it is blocked already. */
-static int blocked_attach_dev(struct kh_domain *dom, struct kh_device *dev)
+/* The blocked domain: being detached is being blocked. Only an unattached device is attached,
+ * and it is blocked already; leaving the blocked domain needs no kernel call either. */
+static int blocked_attach_or_detach(struct kh_domain *dom, struct kh_device *dev)
 {
 	(void)dom;
 	(void)dev;
@@ -555,12 +420,6 @@ static int blocked_replace_dev(struct kh_domain *dom, struct kh_device *dev, str
 	(void)dom;
 	(void)old;
 	return detach_pt(dev);
-}
-
-static void blocked_detach_dev(struct kh_domain *dom, struct kh_device *dev)
-{
-	(void)dom;
-	(void)dev;
 }
 
 static uint32_t map_flags(uint32_t prot)
@@ -582,10 +441,10 @@ static int iommufd_map(struct kh_domain *dom, uint64_t iova, uint64_t addr, uint
 		.iova = iova,
 	};
 
-	return kernel_call(d->iommufd, IOMMU_IOAS_MAP, &cmd,
-			   "IOMMU_IOAS_MAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			   " in domain %u",
-			   length, iova, dom->id);
+	return kh_vfio_call(d->iommufd, IOMMU_IOAS_MAP, &cmd,
+			    "IOMMU_IOAS_MAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			    " in domain %u",
+			    length, iova, dom->id);
 }
 
 static int iommufd_map_file(struct kh_domain *dom, uint64_t iova, int fd, uint64_t offset,
@@ -602,10 +461,10 @@ static int iommufd_map_file(struct kh_domain *dom, uint64_t iova, int fd, uint64
 		.iova = iova,
 	};
 
-	return kernel_call(d->iommufd, IOMMU_IOAS_MAP_FILE, &cmd,
-			   "IOMMU_IOAS_MAP_FILE of 0x%" PRIx64 " bytes at offset 0x%" PRIx64
-			   " of fd %d at IOVA 0x%" PRIx64 " in domain %u",
-			   length, offset, fd, iova, dom->id);
+	return kh_vfio_call(d->iommufd, IOMMU_IOAS_MAP_FILE, &cmd,
+			    "IOMMU_IOAS_MAP_FILE of 0x%" PRIx64 " bytes at offset 0x%" PRIx64
+			    " of fd %d at IOVA 0x%" PRIx64 " in domain %u",
+			    length, offset, fd, iova, dom->id);
 }
 
 static int iommufd_copy(struct kh_domain *dom, uint64_t iova, struct kh_domain *src,
@@ -623,10 +482,10 @@ static int iommufd_copy(struct kh_domain *dom, uint64_t iova, struct kh_domain *
 	};
 
 	(void)addr;
-	return kernel_call(d->iommufd, IOMMU_IOAS_COPY, &cmd,
-			   "IOMMU_IOAS_COPY of 0x%" PRIx64 " bytes from domain %u at 0x%" PRIx64
-			   " to domain %u at 0x%" PRIx64,
-			   length, src->id, src_iova, dom->id, iova);
+	return kh_vfio_call(d->iommufd, IOMMU_IOAS_COPY, &cmd,
+			    "IOMMU_IOAS_COPY of 0x%" PRIx64 " bytes from domain %u at 0x%" PRIx64
+			    " to domain %u at 0x%" PRIx64,
+			    length, src->id, src_iova, dom->id, iova);
 }
 
 static int iommufd_set_allowed_iovas(struct kh_domain *dom, const struct kh_iova_range *ranges,
@@ -641,8 +500,8 @@ static int iommufd_set_allowed_iovas(struct kh_domain *dom, const struct kh_iova
 
 	_Static_assert(sizeof(struct kh_iova_range) == sizeof(struct iommu_iova_range),
 		       "IOVA range layouts differ");
-	return kernel_call(d->iommufd, IOMMU_IOAS_ALLOW_IOVAS, &cmd,
-			   "IOMMU_IOAS_ALLOW_IOVAS of %zu ranges in domain %u", n, dom->id);
+	return kh_vfio_call(d->iommufd, IOMMU_IOAS_ALLOW_IOVAS, &cmd,
+			    "IOMMU_IOAS_ALLOW_IOVAS of %zu ranges in domain %u", n, dom->id);
 }
 
 static int iommufd_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
@@ -651,10 +510,10 @@ static int iommufd_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
 	struct iommu_ioas_unmap cmd = {
 		.size = sizeof(cmd), .ioas_id = d->ioas_id, .iova = iova, .length = length};
 
-	return kernel_call(d->iommufd, IOMMU_IOAS_UNMAP, &cmd,
-			   "IOMMU_IOAS_UNMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			   " in domain %u",
-			   length, iova, dom->id);
+	return kh_vfio_call(d->iommufd, IOMMU_IOAS_UNMAP, &cmd,
+			    "IOMMU_IOAS_UNMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			    " in domain %u",
+			    length, iova, dom->id);
 }
 
 static int iommufd_set_dirty_tracking(struct kh_domain *dom, bool enable)
@@ -666,9 +525,9 @@ static int iommufd_set_dirty_tracking(struct kh_domain *dom, bool enable)
 		.hwpt_id = d->hwpt_id,
 	};
 
-	return kernel_call(d->iommufd, IOMMU_HWPT_SET_DIRTY_TRACKING, &cmd,
-			   "IOMMU_HWPT_SET_DIRTY_TRACKING (%s) of domain %u", enable ? "on" : "off",
-			   dom->id);
+	return kh_vfio_call(d->iommufd, IOMMU_HWPT_SET_DIRTY_TRACKING, &cmd,
+			    "IOMMU_HWPT_SET_DIRTY_TRACKING (%s) of domain %u",
+			    enable ? "on" : "off", dom->id);
 }
 
 static int iommufd_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t length,
@@ -685,10 +544,10 @@ static int iommufd_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t len
 		.data = (uintptr_t)bitmap,
 	};
 
-	return kernel_call(d->iommufd, IOMMU_HWPT_GET_DIRTY_BITMAP, &cmd,
-			   "IOMMU_HWPT_GET_DIRTY_BITMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			   " in domain %u",
-			   length, iova, dom->id);
+	return kh_vfio_call(d->iommufd, IOMMU_HWPT_GET_DIRTY_BITMAP, &cmd,
+			    "IOMMU_HWPT_GET_DIRTY_BITMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			    " in domain %u",
+			    length, iova, dom->id);
 }
 
 /* Set in a domain allocated with KH_DOMAIN_F_DIRTY_TRACKING. */
@@ -711,8 +570,8 @@ static int iommufd_flush_nested(struct kh_domain *dom)
 		.entry_num = 1,
 	};
 
-	return kernel_call(d->iommufd, IOMMU_HWPT_INVALIDATE, &cmd,
-			   "IOMMU_HWPT_INVALIDATE of nested domain %u", dom->id);
+	return kh_vfio_call(d->iommufd, IOMMU_HWPT_INVALIDATE, &cmd,
+			    "IOMMU_HWPT_INVALIDATE of nested domain %u", dom->id);
 }
 
 static void iommufd_free(struct kh_domain *dom)
@@ -728,9 +587,9 @@ static void iommufd_free(struct kh_domain *dom)
 }
 
 static const struct kh_domain_ops iommufd_blocked_ops = {
-	.attach_dev = blocked_attach_dev,
+	.attach_dev = blocked_attach_or_detach,
 	.replace_dev = blocked_replace_dev,
-	.detach_dev = blocked_detach_dev,
+	.detach_dev = blocked_attach_or_detach,
 	.free = iommufd_free,
 };
 
@@ -746,11 +605,6 @@ static const struct kh_domain_ops iommufd_paging_ops = {
 	.copy = iommufd_copy,
 	.unmap = iommufd_unmap,
 	.set_allowed_iovas = iommufd_set_allowed_iovas,
-};
-
-/* The ops of this kernel's paging domains. Owned by the backend (kh_backend.priv). */
-struct iommufd_backend {
-	struct kh_domain_ops paging;
 };
 
 static const struct kh_domain_ops iommufd_nested_ops = {
@@ -776,8 +630,8 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 	uint32_t n;
 	int rc;
 
-	rc = kernel_call(d->iommufd, IOMMU_IOAS_ALLOC, &ioas, "IOMMU_IOAS_ALLOC for %s",
-			 dev->bdev->info.name);
+	rc = kh_vfio_call(d->iommufd, IOMMU_IOAS_ALLOC, &ioas, "IOMMU_IOAS_ALLOC for %s",
+			  dev->bdev->info.name);
 	if (rc < 0)
 		return rc;
 	d->ioas_id = ioas.out_ioas_id;
@@ -793,9 +647,9 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 		return 0;
 	}
 	hwpt.pt_id = d->ioas_id;
-	rc = kernel_call(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
-			 "IOMMU_HWPT_ALLOC (paging, flags 0x%x) for %s", hwpt.flags,
-			 dev->bdev->info.name);
+	rc = kh_vfio_call(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
+			  "IOMMU_HWPT_ALLOC (paging, flags 0x%x) for %s", hwpt.flags,
+			  dev->bdev->info.name);
 	if (rc == -EOPNOTSUPP)
 		(void)kh_fail(
 			rc, "%s's IOMMU cannot give a paging domain with%s%s", dev->bdev->info.name,
@@ -838,9 +692,9 @@ static int alloc_nested(struct kh_device *dev, const struct kh_domain_alloc_args
 			       "iommufd nests only Intel VT-d stage-1 tables (struct "
 			       "iommu_hwpt_vtd_s1, %zu bytes)",
 			       sizeof(struct iommu_hwpt_vtd_s1));
-	rc = kernel_call(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
-			 "IOMMU_HWPT_ALLOC (nested on domain %u) for %s", parent->id,
-			 dev->bdev->info.name);
+	rc = kh_vfio_call(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
+			  "IOMMU_HWPT_ALLOC (nested on domain %u) for %s", parent->id,
+			  dev->bdev->info.name);
 	if (rc < 0)
 		return rc;
 	d->hwpt_id = hwpt.out_hwpt_id;
@@ -885,7 +739,8 @@ static int iommufd_domain_alloc(struct kh_device *dev, const struct kh_domain_al
 static const struct kh_backend_ops iommufd_ops = {
 	.kind = KH_BACKEND_IOMMUFD,
 	.name = "iommufd",
-	.caps = KH_CAP_OPEN_DEVICE,
+	.caps = KH_CAP_OPEN_DEVICE | KH_CAP_DMA_REMAPPING | KH_CAP_REPLACE | KH_CAP_DIRTY_TRACKING |
+		KH_CAP_NESTING | KH_CAP_COPY | KH_CAP_BLOCKED_DOMAIN,
 	.probe_devices = iommufd_probe_devices,
 	.release = iommufd_release,
 	.ctx_open = iommufd_ctx_open,

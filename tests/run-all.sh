@@ -15,7 +15,8 @@ jobs=$(nproc)
 
 if [ -z "${IOMMUD_VM_KERNEL+set}" ]; then
 	IOMMUD_VM_KERNEL=
-	for kernel in "$top/../shared/vm/bzImage" "$top/../shared/vm/bzImage-7.3"; do
+	for kernel in "$top/../shared/vm/bzImage" "$top/../shared/vm/bzImage-7.3" \
+		"$top/../shared/vm/debian-6.1/vmlinuz"; do
 		[ -f "$kernel" ] || continue
 		kernel=$(cd "$(dirname "$kernel")" && pwd)/$(basename "$kernel")
 		IOMMUD_VM_KERNEL=${IOMMUD_VM_KERNEL:+$IOMMUD_VM_KERNEL:}$kernel

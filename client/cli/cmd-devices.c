@@ -52,6 +52,8 @@ static void show_hw(const Iommud__V1__Device *d, bool table)
 	field("nesting", BOOL | detail, d->hw->nesting, NULL);
 	field("pasid_bits", NUM | detail, d->hw->pasid_bits, NULL);
 	field("hw_type", NUM | detail, d->hw->hw_type, NULL);
+	field("max_mappings", NUM | detail, d->hw->max_mappings,
+	      d->hw->max_mappings ? NULL : "no limit");
 }
 
 /* In the devices table only the fields that fit a line show; --json and 'device' show all. */
@@ -72,6 +74,9 @@ static void show_device(const Iommud__V1__Device *d, bool table)
 	field("allowed", BOOL, d->allowed, NULL);
 	field("bound", BOOL | detail, d->bound, NULL);
 	field("domain_id", NUM, d->domain_id, d->domain_id ? NULL : "");
+	/* A list does not fit a table's line. */
+	if (!table || output_is_json())
+		field_strings("capabilities", d->capabilities, d->n_capabilities);
 	list_begin("reserved", "RESERVED-START LAST SIZE");
 	for (size_t i = 0; i < d->n_reserved; i++)
 		field_range(d->reserved[i]->start, d->reserved[i]->last);

@@ -5,13 +5,16 @@
 
 static const char hello_help[] =
 	"Says Hello to iommud and shows its reply: the daemon's version and protocol, the\n"
-	"backend (iommufd or emulated), the identity it sees (uid, gid, pid, cgroup, and the\n"
-	"configuration section that applies, which with uid and cgroup makes your tenant), the\n"
-	"session (--lease), your permissions (read: list and query; write: everything), the\n"
-	"daemon's capabilities (map_batch, open_device, dirty_tracking, nesting), the\n"
-	"message limits, your quota: domains, mappings, pinned bytes, leases and page-table\n"
-	"bytes in use, each with its limit from the configuration, and the daemon's ceilings\n"
-	"over all tenants (file maps, leases, pinned bytes; 0: none).\n";
+	"backend (iommufd, vfio-type1 or emulated) and whether it remaps anything (the\n"
+	"emulated one does not: no device's DMA is restricted), the identity it sees (uid,\n"
+	"gid, pid, cgroup, and the configuration section that applies, which with uid and\n"
+	"cgroup makes your tenant), the session (--lease), your permissions (read: list and\n"
+	"query; write: everything), the capabilities of the daemon and its backend (map_batch,\n"
+	"open_device, dma_remapping, replace, dirty_tracking, nesting, map_file, copy,\n"
+	"blocked_domain, identity_domain), the message limits, your quota: domains, mappings,\n"
+	"pinned bytes, leases and page-table bytes in use, each with its limit from the\n"
+	"configuration, and the daemon's ceilings over all tenants (file maps, leases, pinned\n"
+	"bytes; 0: none).\n";
 
 void show_quota(const Iommud__V1__Quota *q)
 {
@@ -65,6 +68,9 @@ static void cmd_hello_exec(const struct cmd_entry *self, const struct cmd_args *
 	field("daemon_version", STR, 0, h->daemon_version);
 	field("protocol_version", NUM, h->protocol_version, NULL);
 	field("backend", STR, 0, h->backend_name);
+	field("nothing_remapped", BOOL, h->nothing_remapped,
+	      h->nothing_remapped ? "yes: the IOMMU is emulated, no device's DMA is restricted"
+				  : NULL);
 	field("uid", NUM, h->uid, NULL);
 	field("gid", NUM, h->gid, NULL);
 	field("pid", NUM, h->pid, NULL);

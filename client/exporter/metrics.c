@@ -183,6 +183,10 @@ static uint64_t rejected(const Iommud__V1__GetStatsReply *s)
 {
 	return s->rejected_packets;
 }
+static uint64_t nothing_remapped(const Iommud__V1__GetStatsReply *s)
+{
+	return s->nothing_remapped;
+}
 
 static const struct daemon_gauge {
 	struct family family;
@@ -197,6 +201,9 @@ static const struct daemon_gauge {
 	{{"iommud_rejected_packets_total", "counter",
 	  "Packets refused as malformed, oversized or carrying the wrong descriptors."},
 	 rejected},
+	{{"iommud_nothing_remapped", "gauge",
+	  "1 when the daemon runs the emulated IOMMU: no device's DMA is restricted by it."},
+	 nothing_remapped},
 };
 
 static void render_daemon(struct writer *w, const Iommud__V1__GetStatsReply *s)

@@ -25,6 +25,8 @@ pid=$!
 wait_for_socket "$dir/iommud.sock"
 
 expect 0 '*backend*emulated*write*' hello
+expect 0 '*nothing remapped*yes*' hello
+expect 0 '*capabilities*replace*' device emu0
 expect 0 '*emu0*yes*emu1*no*' devices
 expect 0 '{"devices":[{"name":"emu0"*' --json devices
 # --json also where people write it, after the command

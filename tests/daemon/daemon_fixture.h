@@ -23,9 +23,9 @@ struct daemon_fixture {
 
 /* Starts the daemon with the given configuration text (its [daemon] section is added by the
  * fixture) on the emulated backend with these devices (a space-separated list), or with
- * devices NULL on the iommufd backend. The daemon binary is $IOMMUD_DAEMON if set (the VM
- * tier's guest sets it), else the one this build made. It logs at $IOMMUD_TEST_LOG_LEVEL
- * (default warning) to the test's standard error. */
+ * devices NULL on the iommufd backend (or the one $IOMMUD_TEST_BACKEND names). The daemon
+ * binary is $IOMMUD_DAEMON if set (the VM tier's guest sets it), else the one this build made.
+ * It logs at $IOMMUD_TEST_LOG_LEVEL (default warning) to the test's standard error. */
 void fixture_start(struct daemon_fixture *f, const char *config, const char *devices);
 /* The same with a whole topology file's text (docs/operations.md, "Emulated topology"), or
  * with topology NULL on the iommufd backend. */

@@ -1,6 +1,7 @@
 #!/bin/sh
 # iommud as an administrator runs it: the exit statuses its --help gives (2 for a bad option or
-# option value, 1 for a bad configuration file), and a warning about GetStats logged when the
+# option value, 1 for a bad configuration file or a backend the machine cannot serve, with the
+# refusal's reason), and a warning about GetStats logged when the
 # number of entries it leaves out changes, not at every call.
 # usage: iommud_admin.sh IOMMUD IOMMUCTL
 set -u
@@ -21,6 +22,19 @@ check 2 "*--probe-tier must be*not 'uprobe'*--help*" "$iommud" --config "$good" 
 check 2 '*--help*' "$iommud" --config "$good" --no-such-option
 check 2 '*--help*' "$iommud" --config "$good" unexpected-operand
 check 1 "*bad.conf:2: backend must be*not 'floppy'*" "$iommud" --config "$dir/bad.conf"
+
+# A backend the machine cannot serve refuses to start, saying why and what to do; on a machine
+# with an IOMMU, auto never falls back to the emulation. The machine is a fake one
+# (IOMMUD_TEST_ROOT, for tests only): an IOMMU and neither /dev/iommu nor VFIO.
+mkdir -p "$dir/machine/sys/class/iommu/dmar0" "$dir/machine/dev"
+check 1 "*cannot open the vfio-type1 backend*no /dev/vfio/vfio*modprobe vfio-pci*" \
+	env IOMMUD_TEST_ROOT="$dir/machine" "$iommud" --config "$good" --backend vfio-type1 \
+	--socket "$dir/refused.sock"
+check 1 "*cannot open the iommufd backend*CONFIG_IOMMUFD*vfio-type1*" \
+	env IOMMUD_TEST_ROOT="$dir/machine" "$iommud" --config "$good" --backend iommufd \
+	--socket "$dir/refused.sock"
+check 1 "*cannot open the auto backend*would remap nothing*" \
+	env IOMMUD_TEST_ROOT="$dir/machine" "$iommud" --config "$good" --socket "$dir/refused.sock"
 
 # Devices enough that GetStats cannot list them all in one packet: long names, so that a few
 # hundred do (a line holds three; inih reads up to 200 bytes of one).

@@ -208,6 +208,9 @@ TEST_F(daemon, basic_flow)
 	/* The emulated backend has no VFIO devices to hand out: OpenDevice is not offered. */
 	CHECK(has_capability(hello, "map_batch"));
 	CHECK(!has_capability(hello, "open_device"));
+	/* Nor does it remap anything, and says so. */
+	CHECK(hello->nothing_remapped);
+	CHECK(!has_capability(hello, "dma_remapping"));
 	iommud__v1__hello_reply__free_unpacked(hello, NULL);
 
 	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));

@@ -47,6 +47,7 @@ TEST(backends)
 	static const struct expected_name expected[] = {
 		{IOMMUD__V1__BACKEND__BACKEND_EMULATED, "emulated"},
 		{IOMMUD__V1__BACKEND__BACKEND_IOMMUFD, "iommufd"},
+		{IOMMUD__V1__BACKEND__BACKEND_VFIO_TYPE1, "vfio_type1"},
 	};
 
 	check_round_trips(&iommud_backend_names, expected, sizeof(expected) / sizeof(expected[0]));
@@ -96,7 +97,7 @@ TEST(choices_listed)
 	CHECK(strcmp(iommud_names_list(&iommud_domain_type_names, buf, sizeof(buf)),
 		     "blocked, identity, paging or nested") == 0);
 	CHECK(strcmp(iommud_names_list(&iommud_backend_names, buf, sizeof(buf)),
-		     "emulated or iommufd") == 0);
+		     "emulated, iommufd or vfio_type1") == 0);
 	CHECK(strcmp(iommud_names_list(&iommud_access_names, buf, sizeof(buf)),
 		     "none, read or write") == 0);
 	memset(tiny, 'x', sizeof(tiny));

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "edu.h"
 
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,4 +76,13 @@ bool all_bytes(const uint8_t *p, size_t n, uint8_t value)
 		if (p[i] != value)
 			return false;
 	return true;
+}
+
+const char *vm_backend_expected(const char *backend)
+{
+	if (!getenv("IOMMUD_VM_IOMMU"))
+		return NULL;
+	if (strcmp(backend, "auto") != 0)
+		return backend;
+	return access("/dev/iommu", F_OK) == 0 ? "iommufd" : "vfio-type1";
 }

@@ -8,9 +8,11 @@ prog=run-vm.sh
 
 usage() {
 	cat >&2 <<EOF
-usage: $prog [--kernel BZIMAGE] --iommu intel|amd|virtio --results DIR [--timeout SECS]
-              [--support PROGRAM]... TESTBIN...
+usage: $prog [--kernel BZIMAGE] [--modules DIR] --iommu intel|amd|virtio --results DIR
+              [--timeout SECS] [--support PROGRAM]... TESTBIN...
   --kernel BZIMAGE  guest kernel (default: \$IOMMUD_VM_KERNEL)
+  --modules DIR     the kernel's VFIO modules (*.ko), loaded before the devices are bound
+                    (default: the folder 'modules' beside the kernel, if there is one)
   --support PROG    a program the tests use but that is no test itself (the daemon): copied
                     into /tests with its libraries, not run; iommud is named in \$IOMMUD_DAEMON
   --iommu MODEL     emulated IOMMU: intel (VT-d), amd (AMD-Vi) or virtio (virtio-iommu)
@@ -26,6 +28,7 @@ die() {
 }
 
 kernel=${IOMMUD_VM_KERNEL:-}
+modules_dir=
 iommu=
 results=
 per_test=60
@@ -33,6 +36,7 @@ support=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) [ $# -ge 2 ] || usage; kernel=$2; shift 2 ;;
+	--modules) [ $# -ge 2 ] || usage; modules_dir=$2; shift 2 ;;
 	--iommu) [ $# -ge 2 ] || usage; iommu=$2; shift 2 ;;
 	--results) [ $# -ge 2 ] || usage; results=$2; shift 2 ;;
 	--timeout) [ $# -ge 2 ] || usage; per_test=$2; shift 2 ;;
@@ -49,10 +53,52 @@ case $per_test in '' | *[!0-9]* | 0) die "--timeout wants a positive number of s
 
 if [ -z "$kernel" ]; then
 	die "no kernel: pass --kernel BZIMAGE or set IOMMUD_VM_KERNEL. It needs iommufd, the VFIO" \
-		"device cdev, vfio-pci and the Intel, AMD and virtio IOMMU drivers built in;" \
+		"device cdev, vfio-pci and the Intel, AMD and virtio IOMMU drivers built in, or" \
+		"VFIO as modules in a folder beside it (Debian 12's kernel);" \
 		"tests/vm/README.md says how to build one"
 fi
 [ -f "$kernel" ] || die "kernel $kernel does not exist (tests/vm/README.md says how to build one)"
+
+# A distribution's kernel (Debian 12's) builds VFIO as modules; its package, unpacked, keeps them
+# in a folder beside the image. A kernel with everything built in has none and loads nothing.
+[ -n "$modules_dir" ] || [ ! -d "$(dirname "$kernel")/modules" ] ||
+	modules_dir=$(dirname "$kernel")/modules
+modules=()
+if [ -n "$modules_dir" ]; then
+	[ -d "$modules_dir" ] || die "--modules $modules_dir is not a folder"
+	# Names with '_' for '-', as the kernel spells them in depends= and /sys/module.
+	declare -A module_file=() module_deps=()
+	for ko in "$modules_dir"/*.ko; do
+		[ -f "$ko" ] || die "$modules_dir holds no *.ko: --modules names the folder of the kernel's VFIO modules"
+		name=${ko##*/}
+		name=${name%.ko}
+		name=${name//-/_}
+		deps=$(tr '\0' '\n' <"$ko" | sed -n 's/^depends=//p' | head -n 1)
+		deps=${deps//,/ }
+		module_file[$name]=$ko
+		module_deps[$name]=${deps//-/_}
+	done
+	# Each module after those its depends= field names (the package ships no modules.dep), else
+	# by name: for Debian 12's six that is irqbypass, vfio, vfio_iommu_type1, vfio_virqfd,
+	# vfio_pci_core, vfio_pci. A dependency not in the folder must be built in.
+	while [ ${#modules[@]} -lt ${#module_file[@]} ]; do
+		next=
+		for name in $(printf '%s\n' "${!module_file[@]}" | LC_ALL=C sort); do
+			case " ${modules[*]} " in *" $name "*) continue ;; esac
+			ready=1
+			for dep in ${module_deps[$name]}; do
+				[ -n "${module_file[$dep]:-}" ] || continue
+				case " ${modules[*]} " in *" $dep "*) ;; *) ready=0 ;; esac
+			done
+			if [ $ready = 1 ]; then
+				next=$name
+				break
+			fi
+		done
+		[ -n "$next" ] || die "the modules in $modules_dir depend on each other in a circle"
+		modules+=("$next")
+	done
+fi
 
 # Each model's kernel arguments: VT-d stays off unless asked for, and virtio-iommu offers no
 # interrupt isolation on x86, without which iommufd refuses to bind a device (EPERM).
@@ -120,8 +166,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 root=$work/root
-mkdir -p "$root"/{bin,dev,proc,sys,tests,tmp}
+mkdir -p "$root"/{bin,dev,modules,proc,sys,tests,tmp}
 cp "$busybox_bin" "$root/bin/busybox"
+for name in "${modules[@]}"; do cp "${module_file[$name]}" "$root/modules/$name.ko"; done
 
 # Copies each library at the path the host loader found it, so a RUNPATH baked into a binary
 # still points at it; the guest has no ld.so.cache, hence LD_LIBRARY_PATH for the rest.
@@ -146,15 +193,34 @@ done
 {
 	echo '#!/bin/busybox sh'
 	echo "iommu=$iommu per_test=$per_test tests='${names[*]}' lib_path='$lib_dirs'"
+	echo "modules='${modules[*]}'"
 	cat <<'EOF'
 /bin/busybox --install -s /bin
-export PATH=/bin IOMMUD_VM_IOMMU=$iommu
+export PATH=/bin IOMMUD_VM_IOMMU=$iommu IOMMUD_VM_MODULES="$modules"
 [ -z "$lib_path" ] || export LD_LIBRARY_PATH=$lib_path
 [ ! -x /tests/iommud ] || export IOMMUD_DAEMON=/tests/iommud
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "IOMMUD-VM-BOOTED $(uname -r) iommu=$iommu"
+
+for module in $modules; do
+	if insmod "/modules/$module.ko"; then
+		echo "iommud-vm: loaded $module"
+	else
+		echo "iommud-vm: insmod $module failed"
+	fi
+done
+
+# Where no interrupt is remapped (no IR- chip in /proc/interrupts: qemu's AMD-Vi under Linux 7.x,
+# virtio-iommu) type1 refuses to attach a group (EPERM), as iommufd refuses to bind without its
+# own knob on the kernel command line. The knob is this test bed's only: the daemon never sets
+# it. Built in or loaded, type1 takes it at run time; where interrupts are remapped it stays off.
+unsafe=/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts
+if [ -w "$unsafe" ] && ! grep -q 'IR-' /proc/interrupts; then
+	echo 1 >"$unsafe"
+	echo "iommud-vm: no interrupt remapping: vfio_iommu_type1.allow_unsafe_interrupts=1"
+fi
 
 # e1000e has a kernel driver that holds the device until it is unbound; edu has none.
 to_vfio() {

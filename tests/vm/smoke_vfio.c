@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Smoke test of the VM tier: proves that run-vm.sh hands every test the guest it promises
- * (iommufd, the edu devices bound to vfio-pci with device cdevs, behind the IOMMU model it was
- * asked for). It only looks at the file system: talking to iommufd or VFIO through ioctls is
- * kernel-helper's job alone.
+ * Smoke test of the VM tier: proves that run-vm.sh hands every test the guest it promises: the
+ * edu devices bound to vfio-pci behind the IOMMU model it was asked for, each group's VFIO file
+ * and the container (/dev/vfio/vfio) on every kernel, the modules it loaded live, and iommufd
+ * with device cdevs where the kernel has it: always on a kernel with everything built in, and on
+ * one that takes VFIO from modules (Debian 12's) only if iommufd is among them. It only looks at
+ * the file system: talking to iommufd or VFIO through ioctls is kernel-helper's job alone.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -20,6 +22,7 @@
 #define SKIP	    77
 #define PCI_DEVICES "/sys/bus/pci/devices"
 #define VFIO_CDEVS  "/dev/vfio/devices"
+#define VFIO_DIR    "/dev/vfio"
 #define MIN_EDUS    2 /* run-vm.sh adds at least two, in groups of their own */
 
 static int failures;
@@ -83,24 +86,66 @@ static bool iommu_matches(const char *model, const char *link, const char *name)
 	return false;
 }
 
-static void check_iommufd(void)
+static bool check_char_device(const char *path, const char *missing_means)
 {
 	struct stat st;
+
+	if (stat(path, &st) != 0) {
+		fail("%s: %s (%s)", path, strerror(errno), missing_means);
+		return false;
+	}
+	if (!S_ISCHR(st.st_mode)) {
+		fail("%s is not a character device", path);
+		return false;
+	}
+	return true;
+}
+
+/* Each module /init loaded (run-vm.sh --modules) is in the kernel and done initialising. */
+static void check_modules(const char *modules)
+{
+	char list[1024], state[32], path[PATH_MAX];
+	char *save = NULL;
+
+	(void)snprintf(list, sizeof(list), "%s", modules);
+	for (char *m = strtok_r(list, " ", &save); m; m = strtok_r(NULL, " ", &save)) {
+		FILE *f;
+
+		(void)snprintf(path, sizeof(path), "/sys/module/%s/initstate", m);
+		f = fopen(path, "re");
+		if (!f || !fgets(state, sizeof(state), f) || strcmp(state, "live\n") != 0)
+			fail("module %s is not live: see /init's insmod line in console.log", m);
+		if (f)
+			(void)fclose(f);
+	}
+}
+
+static void check_iommufd(void)
+{
 	int fd;
 
-	if (stat("/dev/iommu", &st) != 0) {
-		fail("/dev/iommu: %s (is CONFIG_IOMMUFD set in the guest kernel?)",
-		     strerror(errno));
+	if (!check_char_device("/dev/iommu", "is CONFIG_IOMMUFD set in the guest kernel?"))
 		return;
-	}
-	if (!S_ISCHR(st.st_mode))
-		fail("/dev/iommu is not a character device");
 	fd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
 		fail("cannot open /dev/iommu: %s", strerror(errno));
 		return;
 	}
 	(void)close(fd);
+}
+
+/*
+ * A kernel with everything built in must have iommufd (tests/vm/README.md, "Kernel"); one that
+ * takes VFIO from modules has it only as a module among them, as distributions build it.
+ */
+static bool wants_iommufd(const char *modules)
+{
+	char padded[1024];
+
+	if (!modules || !*modules)
+		return true;
+	(void)snprintf(padded, sizeof(padded), " %s ", modules);
+	return strstr(padded, " iommufd ") != NULL;
 }
 
 /* Every edu and the e1000e should have a cdev. */
@@ -136,7 +181,8 @@ static void check_vfio_cdevs(int edus)
 static int check_edus(const char *model)
 {
 	char vendor[16], device[16], driver_buf[PATH_MAX], iommu_buf[PATH_MAX];
-	const char *driver, *iommu;
+	char group_buf[PATH_MAX], group_file[PATH_MAX];
+	const char *driver, *iommu, *group;
 	struct dirent *de;
 	int count = 0;
 	DIR *dir;
@@ -163,6 +209,12 @@ static int check_edus(const char *model)
 			     *driver ? driver : "no driver");
 		if (!iommu_matches(model, iommu_buf, iommu))
 			fail("edu %s is behind IOMMU '%s', not a %s one", de->d_name, iommu, model);
+		group = link_name(de->d_name, "iommu_group", group_buf, sizeof(group_buf));
+		(void)snprintf(group_file, sizeof(group_file), VFIO_DIR "/%s", group);
+		if (!*group)
+			fail("edu %s has no IOMMU group", de->d_name);
+		else
+			(void)check_char_device(group_file, "the edu's VFIO group file");
 	}
 	closedir(dir);
 	if (count < MIN_EDUS)
@@ -173,6 +225,9 @@ static int check_edus(const char *model)
 int main(void)
 {
 	const char *model = getenv("IOMMUD_VM_IOMMU");
+	const char *modules = getenv("IOMMUD_VM_MODULES");
+	bool iommufd = wants_iommufd(modules);
+	int edus;
 
 	/* Outside run-vm.sh's guest none of this holds, and the host is not to be judged. */
 	if (!model) {
@@ -180,10 +235,23 @@ int main(void)
 			     "skipping\n");
 		return SKIP;
 	}
-	check_iommufd();
-	check_vfio_cdevs(check_edus(model));
+	check_modules(modules ? modules : "");
+	(void)check_char_device(VFIO_DIR "/vfio", "is CONFIG_VFIO_CONTAINER set?");
+	/* Built in or loaded, type1 shows its parameters there: the container's only IOMMU. */
+	if (access("/sys/module/vfio_iommu_type1", F_OK) != 0)
+		fail("no /sys/module/vfio_iommu_type1: is CONFIG_VFIO_IOMMU_TYPE1 set?");
+	edus = check_edus(model);
+	if (iommufd) {
+		check_iommufd();
+		check_vfio_cdevs(edus);
+	} else if (access("/dev/iommu", F_OK) == 0) {
+		fail("/dev/iommu exists, but iommufd is not among the modules /init loaded (%s)",
+		     modules);
+	}
 	if (failures)
 		return EXIT_FAILURE;
-	(void)printf("smoke_vfio: %s guest is as run-vm.sh promises\n", model);
+	(void)printf("smoke_vfio: %s guest is as run-vm.sh promises (%s)\n", model,
+		     iommufd ? "iommufd, device cdevs, VFIO groups"
+			     : "VFIO container and groups, no iommufd");
 	return EXIT_SUCCESS;
 }

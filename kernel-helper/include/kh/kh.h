@@ -6,8 +6,10 @@
  * <kh/kh_ops.h>; a caller never needs it.
  *
  * Object model, after iommufd:
- *   backend  - one per process: the emulated IOMMU or the kernel's iommufd. Owns the list of
- *              devices it found and their IOMMU groups.
+ *   backend  - one per process: the emulated IOMMU, the kernel's iommufd, or VFIO's type1
+ *              containers. Owns the list of devices it found and their IOMMU groups. Callers
+ *              open one by name through the registry and ask what it can do (capabilities),
+ *              never which one it is.
  *   context  - an isolated universe of devices and domains (for iommufd, one /dev/iommu file).
  *              Objects are named by small integer ids that are only meaningful inside their
  *              context, so a tenant holding one context can never name another's objects.
@@ -46,7 +48,28 @@ const char *kh_last_error(void);
 enum kh_backend_kind {
 	KH_BACKEND_EMULATED,
 	KH_BACKEND_IOMMUFD,
+	KH_BACKEND_VFIO_TYPE1,
 };
+
+/*
+ * The registry: every backend by name, and the choice "auto" makes. Names: "emulated",
+ * "iommufd", "vfio-type1". kh_backend_registered(i) gives the i-th name, NULL past the last.
+ *
+ * "auto" takes iommufd where /dev/iommu exists; else vfio-type1 where the machine has an IOMMU
+ * (/sys/class/iommu is not empty) and VFIO (/dev/vfio/vfio); else the emulated IOMMU, but only
+ * on a machine with no IOMMU at all: a machine whose IOMMU cannot be reached is refused, since
+ * the emulation would remap nothing. An explicit name the machine cannot serve is refused too.
+ * Refusals say why and what to do. The /sys and /dev paths are looked up under
+ * $IOMMUD_TEST_ROOT when it is set, which only tests do.
+ */
+const char *kh_backend_registered(size_t i);
+/* The backend name (or "auto") stands for on this machine, in *ret_name (a registry string);
+ * -ENODEV with a message saying why it cannot be used and what to do; -EINVAL for an unknown
+ * name. */
+int kh_backend_choose(const char *name, const char **ret_name);
+/* Chooses as kh_backend_choose and opens the backend; topology is the emulated backend's
+ * topology file (NULL: the default device). */
+int kh_backend_open(const char *name, const char *topology, struct kh_backend **out);
 
 /* Opens the emulated backend with the devices described by an INI topology file (see
  * docs/operations.md, "Emulated topology"); NULL gives one default device "emu0". */
@@ -56,19 +79,48 @@ int kh_backend_open_emulated_text(const char *topology_text, struct kh_backend *
 /* Opens the kernel's iommufd: devices are the PCI devices bound to vfio-pci that have a VFIO
  * device cdev. Needs /dev/iommu (CONFIG_IOMMUFD, an IOMMU) and root. */
 int kh_backend_open_iommufd(struct kh_backend **out);
+/* Opens VFIO's type1 IOMMU: devices are the PCI devices bound to vfio-pci, in their VFIO groups
+ * (/dev/vfio/N); each paging domain is a container. Needs /dev/vfio/vfio (CONFIG_VFIO_CONTAINER,
+ * CONFIG_VFIO_IOMMU_TYPE1), an IOMMU and root. */
+int kh_backend_open_vfio_type1(struct kh_backend **out);
 /* Releases the backend. Every context must have been destroyed first. */
 void kh_backend_close(struct kh_backend *be);
 
 enum kh_backend_kind kh_backend_kind(const struct kh_backend *be);
 const char *kh_backend_name(const struct kh_backend *be);
 
-/* What a backend does, so that callers ask about behaviour rather than about its kind. */
+/*
+ * What a backend, a device or a domain can do, so that callers ask about behaviour rather than
+ * about the backend's kind. kh_cap_name gives each bit's name, the one the protocol and the
+ * documentation use.
+ */
 /* Map and unmap run in the calling process (an emulation): time them there, no kernel path is
  * involved. */
 #define KH_CAP_MAP_IN_PROCESS (1u << 0)
 /* Devices are VFIO devices whose fd a context can hand out (kh_device_open_fd). */
 #define KH_CAP_OPEN_DEVICE (1u << 1)
+/* A real IOMMU translates device DMA through the domains; without it nothing is remapped. */
+#define KH_CAP_DMA_REMAPPING (1u << 2)
+/* kh_replace moves an attached device to another domain in one step. */
+#define KH_CAP_REPLACE (1u << 3)
+/* Paging domains may track dirty pages (KH_DOMAIN_F_DIRTY_TRACKING). */
+#define KH_CAP_DIRTY_TRACKING (1u << 4)
+/* Nest parents and nested domains. */
+#define KH_CAP_NESTING (1u << 5)
+/* kh_map with KH_MAP_FILE. */
+#define KH_CAP_MAP_FILE (1u << 6)
+/* kh_copy. */
+#define KH_CAP_COPY (1u << 7)
+/* Blocked and identity domains can be allocated. */
+#define KH_CAP_BLOCKED_DOMAIN  (1u << 8)
+#define KH_CAP_IDENTITY_DOMAIN (1u << 9)
+#define KH_CAP_COUNT	       10
+/* The name of capability bit (0 .. KH_CAP_COUNT-1): "open_device", "replace", ... */
+const char *kh_cap_name(unsigned bit);
+/* The backend's: the union over its devices. */
 uint32_t kh_backend_caps(const struct kh_backend *be);
+/* What binding the device at index gives: the backend's, less what its IOMMU lacks. */
+uint32_t kh_device_caps(const struct kh_backend *be, size_t index);
 
 #define KH_NAME_MAX 64
 
@@ -77,10 +129,11 @@ struct kh_hw_info {
 	uint64_t page_sizes;	 /* bitmap of supported leaf sizes (bit n = 2^n bytes) */
 	uint64_t aperture_start; /* lowest IOVA the IOMMU translates */
 	uint64_t aperture_last;	 /* highest IOVA the IOMMU translates (inclusive) */
-	bool dirty_tracking; /* paging domains may be allocated with KH_DOMAIN_F_DIRTY_TRACKING */
-	bool nesting;	     /* nest parents and nested domains */
-	uint8_t pasid_bits;  /* width of PASIDs the device may use; 0 = none */
-	uint32_t hw_type;    /* backend-specific model id (iommufd: enum iommu_hw_info_type) */
+	bool dirty_tracking;   /* paging domains may be allocated with KH_DOMAIN_F_DIRTY_TRACKING */
+	bool nesting;	       /* nest parents and nested domains */
+	uint8_t pasid_bits;    /* width of PASIDs the device may use; 0 = none */
+	uint32_t hw_type;      /* backend-specific model id (iommufd: enum iommu_hw_info_type) */
+	uint32_t max_mappings; /* mappings one domain may hold (vfio-type1); 0: no limit */
 };
 
 struct kh_iova_range {
@@ -182,6 +235,9 @@ int kh_domain_type(struct kh_ctx *ctx, uint32_t domain_id, enum kh_domain_type *
  * them there, up to 16 KiB for a 4 KiB mapping at a sparse IOVA), so that a caller can charge
  * them to whoever made the mappings; 0 where the kernel keeps the tables or there are none. */
 int kh_domain_table_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *ret_bytes);
+/* What the domain can do, as KH_CAP_* bits: REPLACE (into it), MAP_FILE, COPY (into it),
+ * DIRTY_TRACKING (it tracks), NESTING (it is a nest parent). */
+int kh_domain_caps(struct kh_ctx *ctx, uint32_t domain_id, uint32_t *caps);
 
 int kh_attach(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id);
 /* Moves the device (and the rest of its group) to another domain without a window in which

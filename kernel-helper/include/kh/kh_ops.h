@@ -76,8 +76,11 @@ struct kh_domain_ops {
 	int (*attach_dev)(struct kh_domain *dom, struct kh_device *dev);
 	/* Move a device from old (never NULL) to dom with no blocked window. */
 	int (*replace_dev)(struct kh_domain *dom, struct kh_device *dev, struct kh_domain *old);
-	/* Leave the device blocked. Cannot fail: a detach is how the core cleans up. */
-	void (*detach_dev)(struct kh_domain *dom, struct kh_device *dev);
+	/* Leave the device blocked. May refuse only where the kernel keeps the device in the
+	 * domain (vfio-type1 while a device fd of its group is open): kh_detach and
+	 * kh_device_unbind then fail and change nothing. Destroying a context goes on regardless,
+	 * so free must then leave the device reaching none of the domain's memory. */
+	int (*detach_dev)(struct kh_domain *dom, struct kh_device *dev);
 
 	/* Map [addr, addr+length) at iova; the range is free, aligned and inside the aperture. All
 	 * or nothing. */
@@ -119,7 +122,8 @@ struct kh_dirty_ops {
 struct kh_backend_ops {
 	enum kh_backend_kind kind;
 	const char *name;
-	uint32_t caps; /* KH_CAP_* */
+	uint32_t caps; /* KH_CAP_* the backend always has; probe_devices may add to kh_backend.caps
+			*/
 
 	/* Fill be->devices. Called once, by the backend's open function through the core. */
 	int (*probe_devices)(struct kh_backend *be);
@@ -154,6 +158,7 @@ struct kh_backend {
 	const struct kh_backend_ops *ops;
 	struct kh_bdev *devices; /* array owned by the core, entries' priv by the backend */
 	size_t n_devices;
+	uint32_t caps;	/* KH_CAP_*: ops->caps, and what probe_devices found the kernel offers */
 	unsigned n_ctx; /* live contexts; close refuses while any remain */
 	void *priv;
 };

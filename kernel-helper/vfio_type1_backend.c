@@ -1,0 +1,655 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The vfio-type1 backend: the kernel's IOMMU through VFIO's legacy container and group
+ * interface, for kernels built without iommufd (Debian 12's among them). The only file of
+ * iommud that issues VFIO container, group and VFIO_IOMMU_* ioctls.
+ *
+ * It is the simplest driver the split-ops contract allows: one kind of domain, so alloc_paging
+ * and default_domain_ops, and NULL where type1 cannot (replace, nesting, blocked and identity
+ * domains, mapping files), which the core refuses with its "unsupported" message.
+ *
+ * Mapping of the contract onto type1:
+ *   context        nothing of its own; it keeps the VFIO groups its devices were bound from
+ *   bound device   its group's file (/dev/vfio/N), opened once per context for the whole group
+ *   paging domain  a container (/dev/vfio/vfio). The kernel gives a container an IOMMU only
+ *                  once a group is in it, so until the first group attaches the mappings live
+ *                  only in the core's books; the first attach sets the IOMMU and maps them all,
+ *                  and the kernel drops them with the IOMMU when the last group leaves
+ *   attach/detach  VFIO_GROUP_SET_CONTAINER / VFIO_GROUP_UNSET_CONTAINER: groups are the unit
+ *   device fd      VFIO_GROUP_GET_DEVICE_FD, only while the group is attached. While such an fd
+ *                  is open the kernel keeps the group in its container, so a detach is refused;
+ *                  a domain freed then unmaps everything first, so the device reaches nothing
+ *
+ * Ownership: a context owns its open groups (type1_ctx, in kh_ctx.priv), each shared by the devices
+ * bound from it (kh_device.priv points at it); a domain owns its container fd.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define __user
+#include <linux/vfio.h>
+
+#include <kh/kh_ops.h>
+
+#include "alloc.h"
+#include "ioas.h"
+#include "vfio_common.h"
+
+#define DEV_VFIO "/dev/vfio/vfio"
+
+/* A VFIO group open in a context. */
+struct type1_group {
+	struct type1_group *next;
+	uint32_t number;
+	int fd;
+	unsigned bound;		     /* devices of the context bound from it */
+	unsigned attached;	     /* of those, attached to domain */
+	struct type1_domain *domain; /* whose container the group is in, or NULL */
+};
+
+struct type1_ctx {
+	struct type1_group *groups;
+};
+
+struct type1_domain {
+	struct kh_domain dom;
+	int container;
+	unsigned groups;   /* groups in the container; the IOMMU is set while there are any */
+	bool dirty_wanted; /* dirty tracking switched on, applied whenever the IOMMU is set */
+};
+
+static struct type1_domain *to_t1(struct kh_domain *dom)
+{
+	return (struct type1_domain *)((char *)dom - offsetof(struct type1_domain, dom));
+}
+
+static struct type1_group *group_of(const struct kh_device *dev)
+{
+	return dev->priv;
+}
+
+/* /dev/vfio/N of the device's group, under the root tests may set. */
+static bool group_path(uint32_t group, char *buf, size_t size)
+{
+	char rel[32];
+
+	(void)snprintf(rel, sizeof(rel), "/dev/vfio/%u", group);
+	return kh_root_path(rel, buf, size);
+}
+
+/* ---- what the IOMMU behind a group offers ------------------------------------------------ */
+
+/* The capability id in a VFIO_IOMMU_GET_INFO answer, or NULL. */
+static const struct vfio_info_cap_header *find_cap(const struct vfio_iommu_type1_info *info,
+						   uint16_t id)
+{
+	uint32_t off = (info->flags & VFIO_IOMMU_INFO_CAPS) ? info->cap_offset : 0;
+
+	while (off && off + sizeof(struct vfio_info_cap_header) <= info->argsz) {
+		const struct vfio_info_cap_header *cap = (const void *)((const char *)info + off);
+
+		if (cap->id == id)
+			return cap;
+		off = cap->next;
+	}
+	return NULL;
+}
+
+/* VFIO_IOMMU_GET_INFO with its capability chain; the caller frees *out. */
+static int container_info(int container, struct vfio_iommu_type1_info **out)
+{
+	struct vfio_iommu_type1_info probe = {.argsz = sizeof(probe)}, *info;
+	int rc = kh_vfio_call(container, VFIO_IOMMU_GET_INFO, &probe, "VFIO_IOMMU_GET_INFO");
+
+	if (rc < 0)
+		return rc;
+	/* The first call says how much room the capabilities need. */
+	info = kh_zalloc(probe.argsz);
+	if (!info)
+		return kh_fail(-ENOMEM, "cannot hold the IOMMU's description");
+	info->argsz = probe.argsz;
+	rc = kh_vfio_call(container, VFIO_IOMMU_GET_INFO, info, "VFIO_IOMMU_GET_INFO");
+	if (rc < 0) {
+		free(info);
+		return rc;
+	}
+	*out = info;
+	return 0;
+}
+
+static void read_info(const struct vfio_iommu_type1_info *info, struct kh_hw_info *hw)
+{
+	const struct vfio_iommu_type1_info_cap_iova_range *ranges =
+		(const void *)find_cap(info, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE);
+	const struct vfio_iommu_type1_info_dma_avail *avail =
+		(const void *)find_cap(info, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL);
+
+	if (info->flags & VFIO_IOMMU_INFO_PGSIZES)
+		hw->page_sizes = info->iova_pgsizes;
+	if (ranges && ranges->nr_iovas) {
+		hw->aperture_start = ranges->iova_ranges[0].start;
+		hw->aperture_last = ranges->iova_ranges[ranges->nr_iovas - 1].end;
+	}
+	/* In a fresh container everything is available: that is the limit. */
+	if (avail)
+		hw->max_mappings = avail->avail;
+	hw->dirty_tracking = find_cap(info, VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION) != NULL;
+}
+
+/* Puts the group in the container and gives the container its IOMMU. */
+static int set_container(int group, int container, const char *name)
+{
+	int rc = kh_vfio_call(group, VFIO_GROUP_SET_CONTAINER, &container,
+			      "VFIO_GROUP_SET_CONTAINER of %s's group", name);
+
+	if (rc == 0 && ioctl(container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) != 1)
+		rc = kh_fail(-EOPNOTSUPP,
+			     "the kernel's VFIO has no type1v2 IOMMU for %s; it needs "
+			     "CONFIG_VFIO_IOMMU_TYPE1 (modprobe vfio_iommu_type1)",
+			     name);
+	if (rc == 0)
+		rc = kh_vfio_call(container, VFIO_SET_IOMMU, (void *)(uintptr_t)VFIO_TYPE1v2_IOMMU,
+				  "VFIO_SET_IOMMU (type1v2) for %s", name);
+	/* type1 refuses an IOMMU that cannot isolate the device's interrupts. */
+	if (rc == -EPERM)
+		(void)kh_fail(
+			rc,
+			"VFIO type1 refuses %s: its IOMMU does not remap interrupts (dmesg "
+			"says \"No interrupt remapping support\"); enable interrupt remapping "
+			"in the firmware and on the kernel command line (intremap=on)",
+			name);
+	return rc;
+}
+
+/* What the IOMMU in front of a device offers, asked through a short-lived container. */
+static void type1_probe_hw(struct kh_bdev *bdev)
+{
+	struct kh_hw_info *hw = &bdev->info.hw;
+	struct vfio_iommu_type1_info *info;
+	char path[PATH_MAX];
+	int container = -1, group = -1;
+
+	/* Until the kernel says otherwise: 4 KiB pages and a 64-bit aperture. */
+	hw->page_sizes = 4096;
+	hw->aperture_last = UINT64_MAX;
+	if (group_path(bdev->info.group, path, sizeof(path)))
+		group = open(path, O_RDWR | O_CLOEXEC);
+	if (group >= 0 && kh_root_path(DEV_VFIO, path, sizeof(path)))
+		container = open(path, O_RDWR | O_CLOEXEC);
+	if (container >= 0 && set_container(group, container, bdev->info.name) == 0 &&
+	    container_info(container, &info) == 0) {
+		read_info(info, hw);
+		free(info);
+	}
+	/* Closing both takes the group out of the container again. */
+	if (container >= 0)
+		(void)close(container);
+	if (group >= 0)
+		(void)close(group);
+}
+
+/* A device type1 can use has its group's file: VFIO took the whole group. */
+static int type1_accept(const char *sysdir, uint32_t group, void **ret_priv)
+{
+	char path[PATH_MAX];
+
+	(void)sysdir;
+	*ret_priv = NULL;
+	return group_path(group, path, sizeof(path)) && access(path, F_OK) == 0;
+}
+
+static int type1_probe_devices(struct kh_backend *be)
+{
+	static const struct kh_vfio_scan_ops scan = {
+		.accept = type1_accept,
+		.probe_hw = type1_probe_hw,
+	};
+
+	return kh_vfio_scan(be, &scan);
+}
+
+static void type1_release(struct kh_backend *be)
+{
+	(void)be; /* devices carry no state of the backend's */
+}
+
+/* ---- contexts and devices ---------------------------------------------------------------- */
+
+static int type1_ctx_open(struct kh_ctx *ctx)
+{
+	ctx->priv = kh_zalloc(sizeof(struct type1_ctx));
+	return ctx->priv ? 0 : kh_fail(-ENOMEM, "cannot allocate a context");
+}
+
+static void type1_ctx_close(struct kh_ctx *ctx)
+{
+	/* Unbinding every device closed every group. */
+	free(ctx->priv);
+}
+
+/* Opens the device's group for the context, checked to be usable as a whole. */
+static int open_group(const struct kh_bdev *bdev, int *ret_fd)
+{
+	struct vfio_group_status status = {.argsz = sizeof(status)};
+	char path[PATH_MAX];
+	int fd, rc;
+
+	if (!group_path(bdev->info.group, path, sizeof(path)))
+		return kh_fail(-ENAMETOOLONG, "the path of %s's VFIO group is too long",
+			       bdev->info.name);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0 && errno == EBUSY)
+		return kh_fail(-EBUSY,
+			       "%s's VFIO group %s is still open, through a VFIO device fd handed "
+			       "out for an earlier binding or by another program; it can be bound "
+			       "again once that is closed",
+			       bdev->info.name, path);
+	if (fd < 0)
+		return kh_fail(-errno, "cannot open %s's VFIO group %s", bdev->info.name, path);
+	rc = kh_vfio_call(fd, VFIO_GROUP_GET_STATUS, &status, "VFIO_GROUP_GET_STATUS of %s", path);
+	if (rc == 0 && !(status.flags & VFIO_GROUP_FLAGS_VIABLE))
+		rc = kh_fail(-EPERM,
+			     "IOMMU group %u of %s is not viable: bind every device of the group "
+			     "to vfio-pci (or leave it without a driver)",
+			     bdev->info.group, bdev->info.name);
+	if (rc < 0) {
+		(void)close(fd);
+		return rc;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+static int type1_bind(struct kh_ctx *ctx, struct kh_device *dev)
+{
+	struct type1_ctx *c = ctx->priv;
+	struct type1_group *g;
+	int rc;
+
+	for (g = c->groups; g && g->number != dev->bdev->info.group; g = g->next)
+		;
+	if (!g) {
+		g = kh_zalloc(sizeof(*g));
+		if (!g)
+			return kh_fail(-ENOMEM, "cannot bind %s", dev->bdev->info.name);
+		rc = open_group(dev->bdev, &g->fd);
+		if (rc < 0) {
+			free(g);
+			return rc;
+		}
+		g->number = dev->bdev->info.group;
+		g->next = c->groups;
+		c->groups = g;
+	}
+	g->bound++;
+	dev->priv = g;
+	return 0;
+}
+
+static void type1_unbind(struct kh_ctx *ctx, struct kh_device *dev)
+{
+	struct type1_ctx *c = ctx->priv;
+	struct type1_group *g = group_of(dev), **link;
+
+	dev->priv = NULL;
+	if (--g->bound)
+		return;
+	for (link = &c->groups; *link != g; link = &(*link)->next)
+		;
+	*link = g->next;
+	/* The kernel releases the group once no device fd of it is open either. */
+	(void)close(g->fd);
+	free(g);
+}
+
+/* A new device fd, which the caller owns. The kernel gives one only to a group in a container
+ * with an IOMMU: an attached one. */
+static int open_device(struct kh_device *dev)
+{
+	struct type1_group *g = group_of(dev);
+	int fd;
+
+	if (!g->domain)
+		return kh_fail(-EINVAL,
+			       "vfio-type1 opens %s only while its group is attached to a paging "
+			       "domain (a group outside a container has no IOMMU to protect it); "
+			       "attach it first",
+			       dev->bdev->info.name);
+	if (kh_fail_point())
+		return kh_fail(-EIO, "VFIO_GROUP_GET_DEVICE_FD of %s failed (injected)",
+			       dev->bdev->info.name);
+	fd = ioctl(g->fd, VFIO_GROUP_GET_DEVICE_FD, dev->bdev->info.name);
+	if (fd < 0)
+		return kh_fail(-errno, "VFIO_GROUP_GET_DEVICE_FD of %s", dev->bdev->info.name);
+	return fd;
+}
+
+static int type1_device_region(struct kh_device *dev, uint32_t index, struct kh_region *out)
+{
+	int fd = open_device(dev), rc;
+
+	if (fd < 0)
+		return fd;
+	rc = kh_vfio_region_info(fd, index, out, dev->bdev->info.name);
+	(void)close(fd);
+	return rc;
+}
+
+/* ---- domain ops ----------------------------------------------------------------------------- */
+
+/* The kernel's map call: type1 pins the memory of this process at vaddr. */
+static int dma_map(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint64_t length,
+		   uint32_t prot)
+{
+	struct vfio_iommu_type1_dma_map cmd = {
+		.argsz = sizeof(cmd),
+		.flags = ((prot & KH_PROT_READ) ? VFIO_DMA_MAP_FLAG_READ : 0) |
+			 ((prot & KH_PROT_WRITE) ? VFIO_DMA_MAP_FLAG_WRITE : 0),
+		.vaddr = vaddr,
+		.iova = iova,
+		.size = length,
+	};
+	int rc = kh_vfio_call(d->container, VFIO_IOMMU_MAP_DMA, &cmd,
+			      "VFIO_IOMMU_MAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			      " in domain %u",
+			      length, iova, d->dom.id);
+
+	if (rc == -ENOSPC)
+		(void)kh_fail(rc,
+			      "domain %u holds as many mappings as VFIO's type1 allows a container "
+			      "(vfio_iommu_type1 dma_entry_limit): unmap some, or raise the module "
+			      "parameter",
+			      d->dom.id);
+	return rc;
+}
+
+static int dma_unmap(struct type1_domain *d, uint64_t iova, uint64_t length, uint32_t flags)
+{
+	struct vfio_iommu_type1_dma_unmap cmd = {
+		.argsz = sizeof(cmd), .flags = flags, .iova = iova, .size = length};
+
+	return kh_vfio_call(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
+			    "VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			    " in domain %u",
+			    length, iova, d->dom.id);
+}
+
+static int dirty_pages(struct type1_domain *d, uint32_t flag)
+{
+	struct vfio_iommu_type1_dirty_bitmap cmd = {.argsz = sizeof(cmd), .flags = flag};
+
+	return kh_vfio_call(d->container, VFIO_IOMMU_DIRTY_PAGES, &cmd,
+			    "VFIO_IOMMU_DIRTY_PAGES (%s) of domain %u",
+			    flag == VFIO_IOMMU_DIRTY_PAGES_FLAG_START ? "start" : "stop",
+			    d->dom.id);
+}
+
+/* The container just got its IOMMU: give it every mapping the core's books hold. */
+static int replay_mappings(struct type1_domain *d)
+{
+	struct kh_mapping m[32];
+	uint64_t from = 0;
+	int n, rc = 0;
+
+	while (rc == 0 && (n = kh_ioas_mappings(d->dom.ioas, from, m, 32)) > 0) {
+		for (int i = 0; i < n && rc == 0; i++)
+			rc = dma_map(d, m[i].iova, m[i].addr, m[i].length, m[i].prot);
+		from = m[n - 1].iova + m[n - 1].length;
+	}
+	if (rc == 0 && d->dirty_wanted)
+		rc = dirty_pages(d, VFIO_IOMMU_DIRTY_PAGES_FLAG_START);
+	return rc;
+}
+
+/* The group leaves the container; with the last one, the kernel drops the IOMMU and its
+ * mappings. */
+static int group_leave(struct type1_group *g, const char *name)
+{
+	int rc = kh_vfio_call(g->fd, VFIO_GROUP_UNSET_CONTAINER, NULL,
+			      "VFIO_GROUP_UNSET_CONTAINER of %s's group", name);
+
+	if (rc == -EBUSY)
+		return kh_fail(rc,
+			       "IOMMU group %u of %s stays in its domain while a VFIO device fd of "
+			       "it is open: close that fd, then detach",
+			       g->number, name);
+	if (rc < 0)
+		return rc;
+	g->domain->groups--;
+	g->domain = NULL;
+	return 0;
+}
+
+static int type1_attach_dev(struct kh_domain *dom, struct kh_device *dev)
+{
+	struct type1_domain *d = to_t1(dom);
+	struct type1_group *g = group_of(dev);
+	const char *name = dev->bdev->info.name;
+	int rc;
+
+	/* The core keeps a group in one domain: a mate attached already brought it in. */
+	if (g->domain) {
+		g->attached++;
+		return 0;
+	}
+	if (d->groups) {
+		rc = kh_vfio_call(g->fd, VFIO_GROUP_SET_CONTAINER, &d->container,
+				  "VFIO_GROUP_SET_CONTAINER of %s's group", name);
+		if (rc < 0)
+			return rc;
+	} else {
+		rc = set_container(g->fd, d->container, name);
+		if (rc == 0)
+			rc = replay_mappings(d);
+		if (rc < 0) {
+			/* Leaving takes the IOMMU with whatever was mapped into it; a group that
+			 * never got in has nothing to undo, and the first failure's message stays.
+			 */
+			(void)ioctl(g->fd, VFIO_GROUP_UNSET_CONTAINER);
+			return rc;
+		}
+	}
+	d->groups++;
+	g->domain = d;
+	g->attached = 1;
+	return 0;
+}
+
+static int type1_detach_dev(struct kh_domain *dom, struct kh_device *dev)
+{
+	struct type1_group *g = group_of(dev);
+	int rc;
+
+	(void)dom;
+	if (g->attached > 1) {
+		g->attached--;
+		return 0;
+	}
+	rc = group_leave(g, dev->bdev->info.name);
+	if (rc == 0)
+		g->attached = 0;
+	return rc;
+}
+
+static int type1_map(struct kh_domain *dom, uint64_t iova, uint64_t addr, uint64_t length,
+		     uint32_t prot)
+{
+	struct type1_domain *d = to_t1(dom);
+
+	/* Without a group there is no IOMMU yet: the first attach maps it. */
+	return d->groups ? dma_map(d, iova, addr, length, prot) : 0;
+}
+
+/* type1 shares nothing between containers: the copy maps the source's memory again. */
+static int type1_copy(struct kh_domain *dom, uint64_t iova, struct kh_domain *src,
+		      uint64_t src_iova, uint64_t length, uint32_t prot, uint64_t addr)
+{
+	(void)src;
+	(void)src_iova;
+	return type1_map(dom, iova, addr, length, prot);
+}
+
+static int type1_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
+{
+	struct type1_domain *d = to_t1(dom);
+
+	return d->groups ? dma_unmap(d, iova, length, 0) : 0;
+}
+
+static void type1_free(struct kh_domain *dom)
+{
+	struct type1_domain *d = to_t1(dom);
+
+	/* Only a group kept in by an open device fd can be left here (a context being
+	 * destroyed): it must reach none of this memory any more. */
+	if (d->groups)
+		(void)dma_unmap(d, 0, 0, VFIO_DMA_UNMAP_FLAG_ALL);
+	(void)close(d->container);
+	free(d);
+}
+
+static int type1_set_dirty_tracking(struct kh_domain *dom, bool enable)
+{
+	struct type1_domain *d = to_t1(dom);
+	int rc = 0;
+
+	if (d->groups)
+		rc = dirty_pages(d, enable ? VFIO_IOMMU_DIRTY_PAGES_FLAG_START
+					   : VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP);
+	if (rc == 0)
+		d->dirty_wanted = enable;
+	return rc;
+}
+
+static int type1_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t length,
+			    uint64_t page_size, uint64_t *bitmap, uint32_t flags)
+{
+	struct type1_domain *d = to_t1(dom);
+	struct {
+		struct vfio_iommu_type1_dirty_bitmap head;
+		struct vfio_iommu_type1_dirty_bitmap_get get;
+	} cmd = {
+		.head = {.argsz = sizeof(cmd), .flags = VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP},
+		.get = {.iova = iova,
+			.size = length,
+			.bitmap = {.pgsize = page_size,
+				   .size = (length / page_size + 63) / 64 * sizeof(uint64_t),
+				   .data = (void *)bitmap}},
+	};
+
+	if (flags & KH_DIRTY_NO_CLEAR)
+		return kh_fail(-EOPNOTSUPP,
+			       "vfio-type1 clears the dirty bits it reports: read without "
+			       "KH_DIRTY_NO_CLEAR");
+	if (page_size != (dom->page_sizes & -dom->page_sizes))
+		return kh_fail(-EINVAL,
+			       "vfio-type1 reports dirty pages at the IOMMU's smallest page size "
+			       "(0x%" PRIx64 ") only",
+			       dom->page_sizes & -dom->page_sizes);
+	/* No group has been in the container since the bits were last read: nothing wrote. */
+	if (!d->groups)
+		return 0;
+	return kh_vfio_call(d->container, VFIO_IOMMU_DIRTY_PAGES, &cmd,
+			    "VFIO_IOMMU_DIRTY_PAGES (bitmap of 0x%" PRIx64 " bytes at IOVA "
+			    "0x%" PRIx64 ") of domain %u",
+			    length, iova, dom->id);
+}
+
+static const struct kh_dirty_ops type1_dirty_ops = {
+	.set_dirty_tracking = type1_set_dirty_tracking,
+	.read_and_clear_dirty = type1_read_dirty,
+};
+
+static const struct kh_domain_ops type1_paging_ops = {
+	.attach_dev = type1_attach_dev,
+	.detach_dev = type1_detach_dev,
+	.map = type1_map,
+	.copy = type1_copy,
+	.unmap = type1_unmap,
+	.free = type1_free,
+};
+
+static int type1_alloc_paging(struct kh_device *dev, uint32_t flags, struct kh_domain **out)
+{
+	const struct kh_hw_info *hw = &dev->bdev->info.hw;
+	struct type1_domain *d;
+	char path[PATH_MAX];
+
+	if (flags & KH_DOMAIN_F_NEST_PARENT)
+		return kh_fail(
+			-EOPNOTSUPP,
+			"vfio-type1 has no nesting: a nest parent needs the iommufd backend");
+	if ((flags & KH_DOMAIN_F_DIRTY_TRACKING) && !hw->dirty_tracking)
+		return kh_fail(-EOPNOTSUPP,
+			       "the kernel's VFIO type1 offers %s no dirty tracking (no migration "
+			       "capability)",
+			       dev->bdev->info.name);
+	d = kh_zalloc(sizeof(*d));
+	if (!d)
+		return kh_fail(-ENOMEM, "cannot allocate a domain");
+	d->container = -1;
+	if (kh_fail_point())
+		errno = EIO;
+	else if (!kh_root_path(DEV_VFIO, path, sizeof(path)))
+		errno = ENAMETOOLONG;
+	else
+		d->container = open(path, O_RDWR | O_CLOEXEC);
+	if (d->container < 0) {
+		int err = -errno;
+
+		free(d);
+		return kh_fail(err, "cannot open a VFIO container (" DEV_VFIO ") for %s",
+			       dev->bdev->info.name);
+	}
+	d->dom.flags = flags;
+	d->dom.dirty_ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &type1_dirty_ops : NULL;
+	d->dom.page_sizes = hw->page_sizes;
+	d->dom.aperture_start = hw->aperture_start;
+	d->dom.aperture_last = hw->aperture_last;
+	*out = &d->dom;
+	return 0;
+}
+
+static const struct kh_backend_ops type1_ops = {
+	.kind = KH_BACKEND_VFIO_TYPE1,
+	.name = "vfio-type1",
+	.caps = KH_CAP_OPEN_DEVICE | KH_CAP_DMA_REMAPPING | KH_CAP_DIRTY_TRACKING | KH_CAP_COPY,
+	.probe_devices = type1_probe_devices,
+	.release = type1_release,
+	.ctx_open = type1_ctx_open,
+	.ctx_close = type1_ctx_close,
+	.bind = type1_bind,
+	.unbind = type1_unbind,
+	.device_fd = open_device,
+	.device_region = type1_device_region,
+	.alloc_paging = type1_alloc_paging,
+	.default_domain_ops = &type1_paging_ops,
+};
+
+int kh_backend_open_vfio_type1(struct kh_backend **out)
+{
+	char path[PATH_MAX];
+	int fd = -1;
+
+	if (kh_root_path(DEV_VFIO, path, sizeof(path)))
+		fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return kh_fail(-errno,
+			       "cannot open " DEV_VFIO "; load VFIO (modprobe vfio-pci), and run "
+			       "iommud as root");
+	if (ioctl(fd, VFIO_GET_API_VERSION) != VFIO_API_VERSION ||
+	    ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) != 1) {
+		(void)close(fd);
+		return kh_fail(-ENODEV, "the kernel's VFIO offers no type1v2 IOMMU; it needs "
+					"CONFIG_VFIO_IOMMU_TYPE1 (modprobe vfio_iommu_type1)");
+	}
+	(void)close(fd);
+	return kh_backend_create(&type1_ops, NULL, out);
+}
