@@ -146,6 +146,19 @@ static int send_reply(int fd, const uint8_t *buf, size_t len, int reply_fd)
 	return wire_send(fd, buf, len, &reply_fd, reply_fd >= 0 ? 1 : 0, WIRE_NONBLOCK);
 }
 
+/* Closes a connection without reading it, so that its client reads what was sent: a Unix
+ * socket closed with packets still queued resets its peer, which then sees ECONNRESET before
+ * them. Shutting reading first makes the client's later sends fail instead of queueing. */
+static void close_unread(struct server *srv, int fd)
+{
+	struct wire_packet packet;
+
+	(void)shutdown(fd, SHUT_RD);
+	while (wire_recv(fd, srv->in, sizeof(srv->in), WIRE_NONBLOCK, &packet) == 0)
+		wire_close_fds(packet.fds, packet.n_fds);
+	(void)close(fd);
+}
+
 /* Refuses a connection it has not taken: counts it, tells its client why in a response of
  * id 0 (which a client takes as the answer to its first request), closes it and logs. */
 static int refuse(struct server *srv, int fd, enum refusal why, const char *fmt, ...)
@@ -167,7 +180,7 @@ static int refuse(struct server *srv, int fd, enum refusal why, const char *fmt,
 	status.message = message;
 	resp.status = &status;
 	(void)send_reply(fd, srv->out, iommud__v1__response__pack(&resp, srv->out), -1);
-	(void)close(fd);
+	close_unread(srv, fd);
 	log_refusal(srv, message);
 	return -EMFILE;
 }
@@ -562,7 +575,8 @@ static void accept_pause(struct server *srv, int err)
 				     strerror(err), srv->d->connections);
 		srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	} else {
-		log_refusal(srv, "cannot accept connections: out of descriptors");
+		log_refusal(srv,
+			    "out of descriptors, and of the spare one to refuse connections with");
 	}
 	srv->accept_paused = true;
 	(void)event_del(srv->listen_ev);
