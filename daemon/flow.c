@@ -148,8 +148,9 @@ void flows_ready(struct flows *fs, struct flow_item *item)
 	if (f->ready)
 		return;
 	f->ready = true;
-	if (f->vtime < fs->vclock)
-		f->vtime = fs->vclock;
+	/* Credit would let a tenant idle and then burst; a debt would make a tenant that has
+	 * just had one costly request wait behind another that then bursts. */
+	f->vtime = fs->vclock;
 	TAILQ_INSERT_TAIL(&fs->ready, f, ready_link);
 }
 

@@ -4,10 +4,11 @@
  * them. Every request handled is charged to its flow by the time it took (with a floor, so
  * that the cheapest still count), and the next request to handle comes from the flow with work
  * waiting that has been charged least: start-time fair queuing, where a flow that becomes ready
- * again starts from the charge of the latest request served, so that idling banks no credit.
- * Inside a flow its connections take turns. However many connections a tenant opens and
- * however costly its requests, another tenant's request then waits for at most the one request
- * being handled when it arrived.
+ * again starts from the charge of the latest request served, so that idling banks neither
+ * credit nor debt. Inside a flow its connections take turns. However many connections a tenant
+ * opens and however costly its requests, a request of a tenant that had nothing waiting then
+ * waits for at most the request being handled when it arrived and one of each other tenant
+ * with requests waiting; tenants that keep requests waiting share the loop's time evenly.
  *
  * A flow may also be rate limited (the server limits readers): each request spends a token
  * from a bucket refilled at a steady rate, and a flow without one waits, its requests staying

@@ -32,9 +32,9 @@
 /* A turn of the loop handles requests for this long at most before it looks for new packets:
  * what a request arriving meanwhile may wait on top of the one being handled. */
 #define TURN_NS 20000
-/* Connections taken per wake-up of the listening socket, so that a storm of connects is
- * served between turns rather than before them. */
-#define ACCEPTS_PER_WAKEUP 16
+/* The flow the listening socket is charged to: a uid no peer has. Taking connections is
+ * work like a tenant's requests, so that a storm of connects gets one share of the loop. */
+#define ACCEPT_UID ((uid_t)-1)
 /* At the open-file limit, accepting pauses this long, or until a connection closes. */
 #define ACCEPT_PAUSE_US 100000
 /* Refused connections are logged once per interval, with the number left unlogged. */
@@ -62,7 +62,8 @@ struct server {
 	unsigned max_connections;
 	int listen_fd;
 	struct event *listen_ev;
-	struct event *resume_ev; /* accepting again after the open-file limit */
+	struct flow_item accept_item; /* joined while listening */
+	struct event *resume_ev;      /* accepting again after the open-file limit */
 	bool accept_paused;
 	/* Given up at the open-file limit to take one connection and refuse it, so that its
 	 * client hears why instead of waiting in the backlog. */
@@ -239,6 +240,7 @@ static int identify_peer(int fd, struct peer *ret_peer)
 /* ---- connections ---------------------------------------------------------------------- */
 
 static void accept_resume(struct server *srv);
+static void accept_one(struct server *srv, uint64_t start_ns);
 
 static void conn_drop_pending(struct conn *c)
 {
@@ -385,7 +387,11 @@ static void on_turn(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	while (now - start < TURN_NS && (item = flows_next(srv->flows, now))) {
-		conn_serve((struct conn *)((char *)item - offsetof(struct conn, item)), now);
+		if (item == &srv->accept_item)
+			accept_one(srv, now);
+		else
+			conn_serve((struct conn *)((char *)item - offsetof(struct conn, item)),
+				   now);
 		now = monotonic_ns();
 	}
 	if (now - start >= TURN_NS)
@@ -583,24 +589,37 @@ static void accept_pause(struct server *srv, int err)
 	(void)event_add(srv->resume_ev, &pause);
 }
 
+/* The listening socket is readable: connections wait to be taken in a turn. */
 static void on_accept(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
 
+	(void)fd;
 	(void)what;
-	for (int i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
-		int conn_fd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	(void)event_del(srv->listen_ev);
+	flows_ready(srv->flows, &srv->accept_item);
+	schedule_turn(srv, 0);
+}
 
-		if (conn_fd >= 0) {
-			(void)server_adopt(srv, conn_fd);
-			continue;
-		}
-		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-			accept_pause(srv, errno);
-		else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-			log_warning("accept: %s", strerror(errno));
+/* Takes one connection in a turn; with none left, waits on the listening socket again. */
+static void accept_one(struct server *srv, uint64_t start_ns)
+{
+	int conn_fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), err;
+
+	if (conn_fd >= 0) {
+		(void)server_adopt(srv, conn_fd);
+		flows_charge(srv->flows, &srv->accept_item, monotonic_ns() - start_ns);
 		return;
 	}
+	err = errno;
+	flows_unready(srv->flows, &srv->accept_item);
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+		accept_pause(srv, err);
+		return;
+	}
+	if (err != EAGAIN && err != EINTR && err != ECONNABORTED)
+		log_warning("accept: %s", strerror(err));
+	(void)event_add(srv->listen_ev, NULL);
 }
 
 /* ---- the listening socket ------------------------------------------------------------- */
@@ -699,8 +718,9 @@ int server_listen(struct server *srv, const char *path, mode_t mode)
 			return rc;
 		log_info("listening on %s", path);
 	}
-	srv->listen_ev = event_new(srv->base, srv->listen_fd, EV_READ | EV_PERSIST, on_accept, srv);
-	if (!srv->listen_ev || event_add(srv->listen_ev, NULL) < 0)
+	srv->listen_ev = event_new(srv->base, srv->listen_fd, EV_READ, on_accept, srv);
+	if (!srv->listen_ev || event_add(srv->listen_ev, NULL) < 0 ||
+	    flows_join(srv->flows, &srv->accept_item, srv, ACCEPT_UID, &(struct flow_rate){0}) < 0)
 		return fail(-ENOMEM, "cannot watch the listening socket");
 	return 0;
 }
@@ -713,6 +733,8 @@ void server_destroy(struct server *srv)
 		return;
 	while ((c = LIST_FIRST(&srv->conns)))
 		conn_close(c);
+	if (srv->accept_item.flow)
+		flows_leave(srv->flows, &srv->accept_item);
 	if (srv->listen_ev)
 		event_free(srv->listen_ev);
 	if (srv->resume_ev)
