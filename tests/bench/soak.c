@@ -46,7 +46,7 @@
 #define FLOODERS    4
 
 #define MAX_CONNECTIONS 1024
-#define DAEMON_FILES	700 /* the daemon's open-file limit: below what the flooders ask */
+#define DAEMON_FILES	400 /* the daemon's open-file limit: below what the flooders ask */
 #define READER_CONNS	300 /* more than its uid may open */
 #define READER_DEPTH	4
 #define FLOOD_HELD	300
