@@ -474,43 +474,47 @@ static int admit(struct server *srv, int fd, const struct peer *peer)
 }
 
 /* The connection for a peer that was admitted, joined to its tenant's flow; the tenant's own
- * limit is checked once the tenant is known. */
+ * limit is checked once the tenant is known. On failure fd is closed (or refused). */
 static int conn_new(struct server *srv, int fd, const struct peer *peer, struct conn **ret_conn)
 {
 	const struct config *cfg = srv->d->cfg;
 	struct conn *c = calloc(1, sizeof(*c));
 	struct flow_rate rate = {0};
 	unsigned of_tenant;
-	int rc;
+	int rc = c ? client_init(srv->d, &c->client, peer) : -ENOMEM;
 
-	if (!c)
-		return -ENOMEM;
+	if (rc < 0) {
+		log_warning("cannot take a connection of uid %u: %s", (unsigned)peer->uid,
+			    c ? failure_message() : "out of memory");
+		free(c);
+		(void)close(fd);
+		return rc;
+	}
 	c->srv = srv;
 	c->fd = fd;
 	c->pending_fd = -1;
-	if ((rc = client_init(srv->d, &c->client, peer)) < 0) {
-		free(c);
-		return rc;
-	}
 	of_tenant = flows_key_items(srv->flows, c->client.tenant);
-	if (peer->uid != 0 && of_tenant >= cfg->max_connections_per_tenant) {
-		client_fini(&c->client);
-		free(c);
-		return refuse(srv, fd, REFUSED_PER_TENANT,
-			      "refusing a connection of uid %u cgroup '%s': its tenant has %u "
-			      "open, the limit (max-connections-per-tenant); close some",
-			      (unsigned)peer->uid, peer->cgroup, of_tenant);
-	}
 	/* Readers are rate limited, writers only shared with fairly. */
 	if (peer->uid != 0 && c->client.access < ACCESS_WRITE)
 		rate = (struct flow_rate){cfg->reader_rate, cfg->reader_burst};
-	if (!(c->ev = event_new(srv->base, fd, EV_READ, conn_on_event, c)) ||
-	    (rc = flows_join(srv->flows, &c->item, c->client.tenant, peer->uid, &rate)) < 0) {
+	if (peer->uid != 0 && of_tenant >= cfg->max_connections_per_tenant)
+		rc = refuse(srv, fd, REFUSED_PER_TENANT,
+			    "refusing a connection of uid %u cgroup '%s': its tenant has %u open, "
+			    "the limit (max-connections-per-tenant); close some",
+			    (unsigned)peer->uid, peer->cgroup, of_tenant);
+	else if (!(c->ev = event_new(srv->base, fd, EV_READ, conn_on_event, c)) ||
+		 flows_join(srv->flows, &c->item, c->client.tenant, peer->uid, &rate) < 0) {
+		log_warning("cannot take a connection of uid %u: out of memory",
+			    (unsigned)peer->uid);
+		(void)close(fd);
+		rc = -ENOMEM;
+	}
+	if (rc < 0) {
 		if (c->ev)
 			event_free(c->ev);
 		client_fini(&c->client);
 		free(c);
-		return -ENOMEM;
+		return rc;
 	}
 	*ret_conn = c;
 	return 0;
@@ -527,17 +531,8 @@ int server_adopt(struct server *srv, int fd)
 		return refuse(srv, fd, REFUSED_UNIDENTIFIED,
 			      "refusing a connection: cannot identify its peer (%s)",
 			      strerror(-rc));
-	if ((rc = admit(srv, fd, &peer)) < 0)
+	if ((rc = admit(srv, fd, &peer)) < 0 || (rc = conn_new(srv, fd, &peer, &c)) < 0)
 		return rc;
-	rc = conn_new(srv, fd, &peer, &c);
-	if (rc == -EMFILE)
-		return rc; /* refused, and closed */
-	if (rc < 0) {
-		log_warning("cannot take a connection of uid %u: %s", (unsigned)peer.uid,
-			    rc == -ENOMEM ? "out of memory" : failure_message());
-		(void)close(fd);
-		return rc;
-	}
 	LIST_INSERT_HEAD(&srv->conns, c, link);
 	srv->d->connections++;
 	conn_arm(c);

@@ -49,20 +49,30 @@ static Iommud__V1__Request *list_devices_request(uint64_t id)
 	return &req;
 }
 
-static Iommud__V1__GetStatsReply *get_stats(int fd, Iommud__V1__Response **ret_resp)
+static void send_get_stats(int fd)
 {
 	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	Iommud__V1__Response *resp;
 
-	req.id = 1;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
 	req.get_stats = &stats;
 	raw_send_request(fd, &req, NULL, 0);
-	resp = raw_recv(fd, NULL);
+}
+
+/* The reply to the GetStats just sent; *ret_resp holds it, to be freed. */
+static Iommud__V1__GetStatsReply *stats_reply(int fd, Iommud__V1__Response **ret_resp)
+{
+	Iommud__V1__Response *resp = raw_recv(fd, NULL);
+
 	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
 	*ret_resp = resp;
 	return resp->get_stats;
+}
+
+static Iommud__V1__GetStatsReply *get_stats(int fd, Iommud__V1__Response **ret_resp)
+{
+	send_get_stats(fd);
+	return stats_reply(fd, ret_resp);
 }
 
 static uint64_t method_calls(const Iommud__V1__GetStatsReply *stats, const char *method)
@@ -323,19 +333,9 @@ TEST(tenant_turns)
 	CHECK(waitpid(f.pid, &status, WUNTRACED) == f.pid && WIFSTOPPED(status));
 	CHECK(write(go[1], "g", 1) == 1);
 	CHECK(read(ready[0], &byte, 1) == 1 && byte == 's');
-	{
-		Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
-		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-
-		req.id = 2;
-		req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
-		req.get_stats = &stats;
-		raw_send_request(root_fd, &req, NULL, 0);
-	}
+	send_get_stats(root_fd);
 	CHECK_EQ(kill(f.pid, SIGCONT), 0);
-	resp = raw_recv(root_fd, NULL);
-	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
-	hostile_first = method_calls(resp->get_stats, "list_devices") - before;
+	hostile_first = method_calls(stats_reply(root_fd, &resp), "list_devices") - before;
 	(void)fprintf(stderr, "hostile requests handled before root's: %llu of %d\n",
 		      (unsigned long long)hostile_first, HOSTILE_CONNS * HOSTILE_DEPTH);
 	CHECK(hostile_first <= 1);
