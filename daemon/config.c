@@ -22,6 +22,8 @@
 #define DEFAULT_MAX_MAPPINGS 65536
 #define DEFAULT_MAX_PINNED   (16ull << 30)
 
+#define DEFAULT_MAX_CONNECTIONS 4096
+
 /* reserved-connections not given: a sixty-fourth of max-connections, as the built-in 64 of
  * 4096. */
 #define RESERVED_CONNECTIONS_AUTO UINT32_MAX
@@ -62,10 +64,10 @@ int config_defaults(struct config *cfg)
 		.socket_mode = 0666,
 		.backend = IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED,
 		.log_level = LOG_INFO,
-		.max_connections = 4096,
+		.max_connections = DEFAULT_MAX_CONNECTIONS,
 		.max_connections_per_uid = 256,
 		.max_connections_per_tenant = 128,
-		.reserved_connections = 4096 / 64,
+		.reserved_connections = DEFAULT_MAX_CONNECTIONS / 64,
 		.first_request_timeout = 10,
 		.reader_rate = 1000,
 		.reader_burst = 200,

@@ -55,7 +55,7 @@ struct config {
 	unsigned reserved_connections;	/* of max_connections, for configured writers only */
 	unsigned first_request_timeout; /* seconds a new connection may stay silent; 0: forever */
 	unsigned idle_timeout;		/* seconds between requests; 0: forever */
-	unsigned reader_rate;		/* requests per second of a tenant below write; 0: any */
+	unsigned reader_rate;		/* requests a second of a tenant below write; 0: no limit */
 	unsigned reader_burst;
 	Iommud__V1__ProbeTier probe_tier; /* the highest tier the map path probes may use */
 	enum access default_access;
