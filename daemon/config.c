@@ -8,6 +8,7 @@
 #include <ini.h>
 #include <pwd.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,12 @@
 	.max_domains = DEFAULT_MAX_DOMAINS, .max_mappings = DEFAULT_MAX_MAPPINGS,                  \
 	.max_pinned_bytes = DEFAULT_MAX_PINNED, .max_leases = DEFAULT_MAX_LEASES,                  \
 	.max_page_table_bytes = DEFAULT_MAX_PAGE_TABLES
+
+#define DEFAULT_MAX_CONNECTIONS 4096
+
+/* reserved-connections not given: a sixty-fourth of max-connections, as the built-in 64 of
+ * 4096. */
+#define RESERVED_CONNECTIONS_AUTO UINT32_MAX
 
 int parse_size(const char *text, uint64_t *ret_size)
 {
@@ -69,7 +76,13 @@ int config_defaults(struct config *cfg)
 		.socket_mode = 0666,
 		.backend = IOMMUD__V1__BACKEND__BACKEND_UNSPECIFIED,
 		.log_level = LOG_INFO,
-		.max_connections = 4096,
+		.max_connections = DEFAULT_MAX_CONNECTIONS,
+		.max_connections_per_uid = 256,
+		.max_connections_per_tenant = 128,
+		.reserved_connections = DEFAULT_MAX_CONNECTIONS / 64,
+		.first_request_timeout = 10,
+		.reader_rate = 1000,
+		.reader_burst = 200,
 		.probe_tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_FENTRY,
 		.default_access = ACCESS_READ,
 		.rules = calloc(1, sizeof(struct access_rule)),
@@ -263,17 +276,6 @@ static int key_log_level(struct load_state *st, const char *value)
 	return 1;
 }
 
-static int key_max_connections(struct load_state *st, const char *value)
-{
-	uint64_t number;
-
-	if (parse_size(value, &number) < 0 || number == 0 || number > 1000000)
-		return bad(st, "max-connections must be a number from 1 to 1000000, not '%s'",
-			   value);
-	st->cfg->max_connections = (unsigned)number;
-	return 1;
-}
-
 static int key_probe_tier(struct load_state *st, const char *value)
 {
 	char choices[64];
@@ -320,27 +322,63 @@ static const struct {
 	{"backend", key_backend},
 	{"topology", key_topology},
 	{"log-level", key_log_level},
-	{"max-connections", key_max_connections},
 	{"probe-tier", key_probe_tier},
 	{"max-maps-total", key_max_maps_total},
 	{"max-leases-total", key_max_leases_total},
 	{"max-pinned-total", key_max_pinned_total},
 };
 
+/* The [daemon] keys that take a plain number, and its range. */
+static const struct {
+	const char *name;
+	size_t offset; /* of its unsigned in struct config */
+	unsigned min, max;
+	const char *unit; /* for messages: "a number of seconds" */
+} number_keys[] = {
+	{"max-connections", offsetof(struct config, max_connections), 1, 1000000, ""},
+	{"max-connections-per-uid", offsetof(struct config, max_connections_per_uid), 1, 1000000,
+	 ""},
+	{"max-connections-per-tenant", offsetof(struct config, max_connections_per_tenant), 1,
+	 1000000, ""},
+	{"reserved-connections", offsetof(struct config, reserved_connections), 0, 999999, ""},
+	{"first-request-timeout", offsetof(struct config, first_request_timeout), 0, 86400,
+	 " of seconds"},
+	{"idle-timeout", offsetof(struct config, idle_timeout), 0, 31536000, " of seconds"},
+	{"reader-rate", offsetof(struct config, reader_rate), 0, 1000000, " of requests a second"},
+	{"reader-burst", offsetof(struct config, reader_burst), 1, 1000000, " of requests"},
+};
+
 #define N_DAEMON_KEYS (sizeof(daemon_keys) / sizeof(daemon_keys[0]))
+#define N_NUMBER_KEYS (sizeof(number_keys) / sizeof(number_keys[0]))
+
+static int number_key(struct load_state *st, size_t i, const char *value)
+{
+	uint64_t number;
+
+	if (parse_size(value, &number) < 0 || number < number_keys[i].min ||
+	    number > number_keys[i].max)
+		return bad(st, "%s must be a number%s from %u to %u, not '%s'", number_keys[i].name,
+			   number_keys[i].unit, number_keys[i].min, number_keys[i].max, value);
+	*(unsigned *)((char *)st->cfg + number_keys[i].offset) = (unsigned)number;
+	return 1;
+}
 
 static int daemon_key(struct load_state *st, const char *name, const char *value)
 {
-	char known[256];
+	char known[512];
 	size_t used = 0;
 
 	for (size_t i = 0; i < N_DAEMON_KEYS; i++)
 		if (strcmp(name, daemon_keys[i].name) == 0)
 			return daemon_keys[i].take(st, value);
+	for (size_t i = 0; i < N_NUMBER_KEYS; i++)
+		if (strcmp(name, number_keys[i].name) == 0)
+			return number_key(st, i, value);
 	known[0] = '\0';
-	for (size_t i = 0; i < N_DAEMON_KEYS && used < sizeof(known); i++)
+	for (size_t i = 0; i < N_DAEMON_KEYS + N_NUMBER_KEYS && used < sizeof(known); i++)
 		used += (size_t)snprintf(known + used, sizeof(known) - used, "%s%s", i ? ", " : "",
-					 daemon_keys[i].name);
+					 i < N_DAEMON_KEYS ? daemon_keys[i].name
+							   : number_keys[i - N_DAEMON_KEYS].name);
 	return bad(st, "unknown key '%s' in [daemon]; known: %s", name, known);
 }
 
@@ -512,6 +550,20 @@ static int on_ini_entry(void *user, const char *section, const char *name, const
 	return rule_key(st, rule, name, value);
 }
 
+/* What no single key can settle: limits that depend on each other. */
+static int resolve_limits(struct config *cfg, const char *path, char *err, size_t err_len)
+{
+	if (cfg->reserved_connections == RESERVED_CONNECTIONS_AUTO)
+		cfg->reserved_connections = cfg->max_connections / 64;
+	if (cfg->reserved_connections < cfg->max_connections)
+		return 0;
+	(void)snprintf(err, err_len,
+		       "%s: reserved-connections (%u) must be below max-connections (%u), or "
+		       "nobody but configured writers could connect",
+		       path, cfg->reserved_connections, cfg->max_connections);
+	return -EINVAL;
+}
+
 int config_load(struct config *cfg, const char *path, char *err, size_t err_len)
 {
 	struct load_state st = {.cfg = cfg, .err = err, .err_len = err_len};
@@ -524,12 +576,14 @@ int config_load(struct config *cfg, const char *path, char *err, size_t err_len)
 		return -saved;
 	}
 	err[0] = '\0';
+	/* Follows the file's max-connections unless the file sets it. */
+	cfg->reserved_connections = RESERVED_CONNECTIONS_AUTO;
 	/* The first problem is the one to report; later ones are often its echoes. */
 	ini_stop_on_first_error = true;
 	line = ini_parse_file(file, on_ini_entry, &st);
 	(void)fclose(file);
 	if (line == 0)
-		return 0;
+		return resolve_limits(cfg, path, err, err_len);
 	if (line < 0) {
 		(void)snprintf(err, err_len, "cannot read %s", path);
 		return -EIO;

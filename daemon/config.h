@@ -50,6 +50,15 @@ struct config {
 	char *topology; /* emulated backend topology file; NULL: one default device */
 	int log_level;
 	unsigned max_connections;
+	/* Fairness and connection limits (docs/operations.md, "Fairness and connection limits");
+	 * root is held by none of them. */
+	unsigned max_connections_per_uid;
+	unsigned max_connections_per_tenant;
+	unsigned reserved_connections;	/* of max_connections, for configured writers only */
+	unsigned first_request_timeout; /* seconds a new connection may stay silent; 0: forever */
+	unsigned idle_timeout;		/* seconds between requests; 0: forever */
+	unsigned reader_rate;		/* requests a second of a tenant below write; 0: no limit */
+	unsigned reader_burst;
 	Iommud__V1__ProbeTier probe_tier; /* the highest tier the map path probes may use */
 	/* Daemon-wide ceilings the configuration asks for; 0: the one derived from the kernel's
 	 * limits at start (daemon/ceilings.h), which a configured value may only lower. */

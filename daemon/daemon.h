@@ -33,6 +33,19 @@ struct method_stats {
 	struct iommud_hist latency;
 };
 
+/* Why the server refused a connection, or closed one it had taken: GetStats counts each. */
+enum refusal {
+	REFUSED_MAX_CONNECTIONS,
+	REFUSED_RESERVED,
+	REFUSED_PER_UID,
+	REFUSED_PER_TENANT,
+	REFUSED_OPEN_FILES,
+	REFUSED_UNIDENTIFIED,
+	CLOSED_FIRST_REQUEST_TIMEOUT,
+	CLOSED_IDLE_TIMEOUT,
+	REFUSALS
+};
+
 struct daemon {
 	const struct config *cfg;
 	struct kh_backend *be;
@@ -41,6 +54,8 @@ struct daemon {
 	time_t started;
 	unsigned connections;
 	uint64_t rejected_packets;
+	uint64_t refused[REFUSALS]; /* connections, by reason */
+	uint64_t rate_limited;	    /* times a reader tenant's requests waited for reader-rate */
 	size_t stats_left_out; /* entries the last GetStats left out: warned of when it changes */
 	struct method_stats methods[IOMMUD_METHOD_SLOTS]; /* by method number */
 };

@@ -216,6 +216,13 @@ static void print_config(const struct config *cfg)
 		     (unsigned long long)cfg->max_maps_total,
 		     (unsigned long long)cfg->max_leases_total,
 		     (unsigned long long)cfg->max_pinned_total);
+	(void)printf("connections: max-connections-per-uid %u, max-connections-per-tenant %u, "
+		     "reserved-connections %u, first-request-timeout %u s, idle-timeout %u s%s, "
+		     "reader-rate %u/s%s, reader-burst %u\n",
+		     cfg->max_connections_per_uid, cfg->max_connections_per_tenant,
+		     cfg->reserved_connections, cfg->first_request_timeout, cfg->idle_timeout,
+		     cfg->idle_timeout ? "" : " (never)", cfg->reader_rate,
+		     cfg->reader_rate ? "" : " (unlimited)", cfg->reader_burst);
 	(void)printf("peers matched by no section: %s\n", config_access_name(cfg->default_access));
 	for (size_t i = 0; i < cfg->n_rules; i++) {
 		const struct access_rule *r = &cfg->rules[i];

@@ -17,6 +17,7 @@
 #include "call.h"
 #include "log.h"
 #include "probes/probes.h"
+#include "server.h"
 
 /* Room kept for the envelope (id, status) and the repeated fields' own tags and lengths. */
 #define STATS_REPLY_BUDGET (IOMMUD_MAX_MESSAGE - 1024)
@@ -352,8 +353,29 @@ static int fill_map_latency(struct stats_fill *st)
 	return probes_read(st->call->d->probes, add_map_latency, st);
 }
 
-/* The daemon's counters for an observer; for anyone else, the same fields about its own tenant,
- * of which it is the only one. */
+/* Connections refused or closed by the server, by reason; reasons never seen left out. */
+static int fill_refused(struct call *call, Iommud__V1__GetStatsReply *reply)
+{
+	const struct daemon *d = call->d;
+
+	if (!(reply->refused_connections = call_alloc(call, REFUSALS * sizeof(void *))))
+		return nomem();
+	for (unsigned why = 0; why < REFUSALS; why++) {
+		Iommud__V1__RefusedConnections *r;
+
+		if (!d->refused[why])
+			continue;
+		if (!(r = call_alloc(call, sizeof(*r))))
+			return nomem();
+		iommud__v1__refused_connections__init(r);
+		r->reason = (char *)refusal_name((enum refusal)why);
+		r->connections = d->refused[why];
+		reply->refused_connections[reply->n_refused_connections++] = r;
+	}
+	reply->rate_limited = d->rate_limited;
+	return 0;
+}
+
 static void fill_counters(struct call *call, Iommud__V1__GetStatsReply *reply)
 {
 	struct daemon *d = call->d;
@@ -432,7 +454,7 @@ int do_get_stats(struct call *call)
 		return rc;
 	if (!st.reply->observer)
 		return fill_own_tenant(&st);
-	if ((rc = fill_methods(&st)) < 0)
+	if ((rc = fill_methods(&st)) < 0 || (rc = fill_refused(call, st.reply)) < 0)
 		return rc;
 	st.room = STATS_REPLY_BUDGET - iommud__v1__get_stats_reply__get_packed_size(st.reply);
 	return fill_everyone(&st);

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,19 +19,31 @@
 
 #include <iommud_wire.h>
 
+#include "flow.h"
 #include "log.h"
 #include "peer.h"
 #include "status.h"
 
-/* Packets handled per wake-up of one connection before others get their turn. */
-#define PACKETS_PER_WAKEUP 64
+#define NS_PER_SECOND 1000000000ull
+/* A turn of the loop handles requests for this long at most before it looks for new packets:
+ * what a request arriving meanwhile may wait on top of the one being handled. */
+#define TURN_NS 20000
+/* The flow the listening socket is charged to: a uid no peer has. Taking connections is
+ * work like a tenant's requests, so that a storm of connects gets one share of the loop. */
+#define ACCEPT_UID ((uid_t)-1)
+/* At the open-file limit, accepting pauses this long, or until a connection closes. */
+#define ACCEPT_PAUSE_US 100000
+/* Refused connections are logged once per interval, with the number left unlogged. */
+#define REFUSAL_LOG_INTERVAL_S 10
 
 struct conn {
 	LIST_ENTRY(conn) link;
+	struct flow_item item; /* its place in its tenant's flow */
 	struct server *srv;
 	int fd;
 	struct event *ev;
 	struct client client;
+	bool spoke; /* a packet came: the idle timeout applies, not the first request's */
 	/* A reply the socket would not take yet; reading stops until it is sent. */
 	uint8_t *pending;
 	size_t pending_len;
@@ -44,12 +58,25 @@ struct server {
 	unsigned max_connections;
 	int listen_fd;
 	struct event *listen_ev;
-	char *socket_path; /* set when the server created the socket file */
+	struct flow_item accept_item; /* joined while listening */
+	struct event *resume_ev;      /* accepting again after the open-file limit */
+	bool accept_paused;
+	/* Given up at the open-file limit to take one connection and refuse it, so that its
+	 * client hears why instead of waiting in the backlog. */
+	int spare_fd;
 	int (*identify)(int fd, struct peer *ret_peer);
+	char *socket_path; /* set when the server created the socket file */
 	LIST_HEAD(, conn) conns;
+	struct flows *flows;
+	struct event *turn_ev;	 /* the next turn of requests */
+	uint64_t refusal_log_ns; /* a refusal is logged from then on */
+	uint64_t refusals_unlogged;
 	uint8_t in[IOMMUD_MAX_MESSAGE];
 	uint8_t out[IOMMUD_MAX_MESSAGE];
 };
+
+static void on_turn(evutil_socket_t fd, short what, void *arg);
+static void on_resume_accept(evutil_socket_t fd, short what, void *arg);
 
 int server_create(struct event_base *base, struct daemon *d, unsigned max_connections,
 		  struct server **ret_srv)
@@ -63,25 +90,53 @@ int server_create(struct event_base *base, struct daemon *d, unsigned max_connec
 	srv->max_connections = max_connections;
 	srv->listen_fd = -1;
 	srv->identify = identify_peer;
+	srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	LIST_INIT(&srv->conns);
+	srv->turn_ev = evtimer_new(base, on_turn, srv);
+	srv->resume_ev = evtimer_new(base, on_resume_accept, srv);
+	if (srv->spare_fd < 0 || !srv->turn_ev || !srv->resume_ev ||
+	    flows_create(&srv->flows) < 0) {
+		server_destroy(srv);
+		return -ENOMEM;
+	}
 	*ret_srv = srv;
 	return 0;
 }
 
-/* ---- connections ---------------------------------------------------------------------- */
-
-static void conn_close(struct conn *c)
+const char *refusal_name(enum refusal why)
 {
-	LIST_REMOVE(c, link);
-	c->srv->d->connections--;
-	event_free(c->ev);
-	(void)close(c->fd);
-	if (c->pending_fd >= 0)
-		(void)close(c->pending_fd);
-	free(c->pending);
-	log_debug("connection of uid %u closed", (unsigned)c->client.peer.uid);
-	client_fini(&c->client);
-	free(c);
+	static const char *const names[REFUSALS] = {
+		[REFUSED_MAX_CONNECTIONS] = "max-connections",
+		[REFUSED_RESERVED] = "reserved-connections",
+		[REFUSED_PER_UID] = "max-connections-per-uid",
+		[REFUSED_PER_TENANT] = "max-connections-per-tenant",
+		[REFUSED_OPEN_FILES] = "open-file-limit",
+		[REFUSED_UNIDENTIFIED] = "unidentified-peer",
+		[CLOSED_FIRST_REQUEST_TIMEOUT] = "first-request-timeout",
+		[CLOSED_IDLE_TIMEOUT] = "idle-timeout",
+	};
+
+	return names[why];
+}
+
+/* Says why connections go, one line per interval: a storm of them must not flood the log. */
+static void log_refusal(struct server *srv, const char *message)
+{
+	uint64_t now = monotonic_ns();
+
+	if (now < srv->refusal_log_ns) {
+		srv->refusals_unlogged++;
+		return;
+	}
+	if (srv->refusals_unlogged)
+		log_warning("%s; %llu more connections refused or closed in the last %d s are not "
+			    "logged (GetStats counts them by reason)",
+			    message, (unsigned long long)srv->refusals_unlogged,
+			    REFUSAL_LOG_INTERVAL_S);
+	else
+		log_warning("%s", message);
+	srv->refusals_unlogged = 0;
+	srv->refusal_log_ns = now + REFUSAL_LOG_INTERVAL_S * NS_PER_SECOND;
 }
 
 /* Sends a reply without waiting; -EAGAIN when the socket is full (nothing sent). */
@@ -90,37 +145,109 @@ static int send_reply(int fd, const uint8_t *buf, size_t len, int reply_fd)
 	return wire_send(fd, buf, len, &reply_fd, reply_fd >= 0 ? 1 : 0, WIRE_NONBLOCK);
 }
 
+/* Closes a connection without reading it, so that its client reads what was sent: a Unix
+ * socket closed with packets still queued resets its peer, which then sees ECONNRESET before
+ * them. Shutting reading first makes the client's later sends fail instead of queueing. */
+static void close_unread(struct server *srv, int fd)
+{
+	struct wire_packet packet;
+
+	(void)shutdown(fd, SHUT_RD);
+	while (wire_recv(fd, srv->in, sizeof(srv->in), WIRE_NONBLOCK, &packet) == 0)
+		wire_close_fds(packet.fds, packet.n_fds);
+	(void)close(fd);
+}
+
+/* Refuses a connection it has not taken: counts it, tells its client why in a response of
+ * id 0 (which a client takes as the answer to its first request), closes it and logs. */
+static int refuse(struct server *srv, int fd, enum refusal why, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static int refuse(struct server *srv, int fd, enum refusal why, const char *fmt, ...)
+{
+	Iommud__V1__Response resp = IOMMUD__V1__RESPONSE__INIT;
+	Iommud__V1__Status status = IOMMUD__V1__STATUS__INIT;
+	char message[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	(void)vsnprintf(message, sizeof(message), fmt, ap);
+	va_end(ap);
+	srv->d->refused[why]++;
+	status.code = code_for_errno(-EMFILE);
+	status.errno_value = EMFILE;
+	status.failed_index = -1;
+	status.message = message;
+	resp.status = &status;
+	(void)send_reply(fd, srv->out, iommud__v1__response__pack(&resp, srv->out), -1);
+	close_unread(srv, fd);
+	log_refusal(srv, message);
+	return -EMFILE;
+}
+
+/* ---- connections ---------------------------------------------------------------------- */
+
+static void accept_resume(struct server *srv);
+static void accept_one(struct server *srv, uint64_t start_ns);
+
+static void conn_drop_pending(struct conn *c)
+{
+	if (c->pending_fd >= 0)
+		(void)close(c->pending_fd);
+	free(c->pending);
+	c->pending = NULL;
+	c->pending_fd = -1;
+}
+
+static void conn_close(struct conn *c)
+{
+	struct server *srv = c->srv;
+
+	LIST_REMOVE(c, link);
+	srv->d->connections--;
+	flows_leave(srv->flows, &c->item);
+	event_free(c->ev);
+	(void)close(c->fd);
+	conn_drop_pending(c);
+	log_debug("connection of uid %u closed", (unsigned)c->client.peer.uid);
+	client_fini(&c->client);
+	free(c);
+	if (srv->accept_paused)
+		accept_resume(srv);
+}
+
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 
-/* Waits for the socket to be writable (a reply pending) or readable (none). */
-static int conn_rearm(struct conn *c)
+/* Waits for the socket to be writable (a reply pending) or readable (none), for as long as
+ * the configured timeout lets a connection stay silent. */
+static void conn_arm(struct conn *c)
 {
+	const struct config *cfg = c->srv->d->cfg;
+	unsigned seconds = c->spoke || !cfg->first_request_timeout ? cfg->idle_timeout
+								   : cfg->first_request_timeout;
+	struct timeval timeout = {.tv_sec = seconds};
+
 	(void)event_del(c->ev);
-	(void)event_assign(c->ev, c->srv->base, c->fd,
-			   (c->pending ? EV_WRITE : EV_READ) | EV_PERSIST, conn_on_event, c);
-	return event_add(c->ev, NULL);
+	(void)event_assign(c->ev, c->srv->base, c->fd, c->pending ? EV_WRITE : EV_READ,
+			   conn_on_event, c);
+	(void)event_add(c->ev, seconds ? &timeout : NULL);
 }
 
 /* Sends the reply to a call of method received at received_ns, or keeps it until the socket
- * takes it. Returns false when the connection was closed. */
-static bool conn_reply(struct conn *c, size_t len, int reply_fd, unsigned method,
-		       uint64_t received_ns)
+ * takes it. A negative errno when the connection must close. */
+static int conn_reply(struct conn *c, size_t len, int reply_fd, unsigned method,
+		      uint64_t received_ns)
 {
 	int rc = send_reply(c->fd, c->srv->out, len, reply_fd);
 
-	if (rc == 0) {
+	if (rc == 0)
 		dispatch_reply_sent(c->srv->d, method, received_ns);
-		if (reply_fd >= 0)
-			(void)close(reply_fd);
-		return true;
-	}
 	if (rc != -EAGAIN) {
 		if (reply_fd >= 0)
 			(void)close(reply_fd);
-		log_debug("cannot reply to uid %u (%s); closing", (unsigned)c->client.peer.uid,
-			  strerror(-rc));
-		conn_close(c);
-		return false;
+		if (rc < 0)
+			log_debug("cannot reply to uid %u (%s); closing",
+				  (unsigned)c->client.peer.uid, strerror(-rc));
+		return rc;
 	}
 	c->pending = malloc(len);
 	if (!c->pending) {
@@ -128,20 +255,18 @@ static bool conn_reply(struct conn *c, size_t len, int reply_fd, unsigned method
 			(void)close(reply_fd);
 		log_err("out of memory holding a reply for uid %u; closing its connection",
 			(unsigned)c->client.peer.uid);
-		conn_close(c);
-		return false;
+		return -ENOMEM;
 	}
 	memcpy(c->pending, c->srv->out, len);
 	c->pending_len = len;
 	c->pending_fd = reply_fd;
 	c->pending_method = method;
 	c->pending_received_ns = received_ns;
-	(void)conn_rearm(c);
-	return true;
+	return 0;
 }
 
-/* Receives one packet; 0 when one was handled, -EAGAIN when none is waiting, another negative
- * errno (or -ECONNRESET at end of stream) when the connection should close. */
+/* Receives one packet and answers it; -EAGAIN when none is waiting, another negative errno
+ * (-ECONNRESET at end of stream) when the connection should close. */
 static int conn_read_one(struct conn *c)
 {
 	struct server *srv = c->srv;
@@ -162,46 +287,189 @@ static int conn_read_one(struct conn *c)
 		defect = PACKET_FDS_TRUNCATED;
 	out_len = dispatch_packet(srv->d, &c->client, srv->in, packet.len, defect, packet.fds,
 				  packet.n_fds, srv->out, &reply_fd, &method);
-	return conn_reply(c, out_len, reply_fd, method, received_ns) ? 0 : -ECONNABORTED;
+	return conn_reply(c, out_len, reply_fd, method, received_ns);
+}
+
+/* Handles one request of a ready connection and charges its tenant the time it took; a
+ * connection with nothing more to read, or a reply its client has not taken, leaves the
+ * ready ones and waits on its socket. */
+static void conn_serve(struct conn *c, uint64_t start_ns)
+{
+	struct flows *flows = c->srv->flows;
+	int rc = conn_read_one(c);
+
+	if (rc != -EAGAIN)
+		flows_charge(flows, &c->item, monotonic_ns() - start_ns);
+	if (rc < 0 && rc != -EAGAIN) {
+		conn_close(c);
+		return;
+	}
+	c->spoke |= rc == 0;
+	if (rc == -EAGAIN || c->pending) {
+		flows_unready(flows, &c->item);
+		conn_arm(c);
+	}
+}
+
+/* Runs a turn at once, or after delay_ns. */
+static void schedule_turn(struct server *srv, uint64_t delay_ns)
+{
+	struct timeval delay = {
+		.tv_sec = (time_t)(delay_ns / NS_PER_SECOND),
+		.tv_usec = (suseconds_t)(delay_ns % NS_PER_SECOND / 1000),
+	};
+
+	(void)evtimer_add(srv->turn_ev, &delay);
+}
+
+/* Requests of ready connections, each from the tenant charged least so far, until the turn's
+ * time is up; then the loop looks for packets again (the next turn is a timer, which libevent
+ * runs only after polling), so that a request arriving meanwhile is in the next choice. */
+static void on_turn(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	uint64_t start = monotonic_ns(), now = start, wait;
+	struct flow_item *item;
+
+	(void)fd;
+	(void)what;
+	while (now - start < TURN_NS && (item = flows_next(srv->flows, now))) {
+		if (item == &srv->accept_item)
+			accept_one(srv, now);
+		else
+			conn_serve((struct conn *)((char *)item - offsetof(struct conn, item)),
+				   now);
+		now = monotonic_ns();
+	}
+	if (now - start >= TURN_NS)
+		schedule_turn(srv, 0);
+	else if ((wait = flows_wait_ns(srv->flows, now)))
+		schedule_turn(srv, wait);
+	srv->d->rate_limited = flows_throttled(srv->flows);
 }
 
 static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
+	struct server *srv = c->srv;
 	int rc;
 
 	(void)fd;
-	if (what & EV_WRITE) {
-		rc = send_reply(c->fd, c->pending, c->pending_len, c->pending_fd);
-		if (rc == -EAGAIN)
-			return;
-		if (rc == 0)
-			dispatch_reply_sent(c->srv->d, c->pending_method, c->pending_received_ns);
-		if (c->pending_fd >= 0)
-			(void)close(c->pending_fd);
-		free(c->pending);
-		c->pending = NULL;
-		c->pending_fd = -1;
-		if (rc < 0) {
-			conn_close(c);
-			return;
-		}
-		(void)conn_rearm(c);
+	if (what & EV_TIMEOUT) {
+		enum refusal why = c->spoke ? CLOSED_IDLE_TIMEOUT : CLOSED_FIRST_REQUEST_TIMEOUT;
+		char message[128];
+
+		srv->d->refused[why]++;
+		(void)snprintf(message, sizeof(message),
+			       "closing a connection of uid %u: silent for longer than %s",
+			       (unsigned)c->client.peer.uid, refusal_name(why));
+		log_refusal(srv, message);
+		conn_close(c);
 		return;
 	}
-	for (int i = 0; i < PACKETS_PER_WAKEUP; i++) {
-		rc = conn_read_one(c);
-		if (rc == -ECONNABORTED)
-			return; /* already closed */
-		if (rc == -EAGAIN)
-			return;
-		if (rc < 0) {
-			conn_close(c);
-			return;
-		}
-		if (c->pending)
-			return; /* wait until the client reads its replies */
+	if (what & EV_READ) {
+		flows_ready(srv->flows, &c->item);
+		schedule_turn(srv, 0);
+		return;
 	}
+	rc = send_reply(c->fd, c->pending, c->pending_len, c->pending_fd);
+	if (rc == 0)
+		dispatch_reply_sent(srv->d, c->pending_method, c->pending_received_ns);
+	if (rc != -EAGAIN)
+		conn_drop_pending(c);
+	if (rc < 0 && rc != -EAGAIN)
+		conn_close(c);
+	else
+		conn_arm(c);
+}
+
+/* Whether the peer may take one of the slots reserve-connections keeps: it is a writer the
+ * configuration names. */
+static bool may_use_reserve(const struct config *cfg, const struct peer *peer)
+{
+	const struct access_rule *rule =
+		config_match(cfg, peer->uid, peer->gid, peer->groups, peer->n_groups);
+
+	return rule && rule->access == ACCESS_WRITE;
+}
+
+/* Refuses a peer over a connection limit; 0 when it may connect. Root is held by none. */
+static int admit(struct server *srv, int fd, const struct peer *peer)
+{
+	const struct config *cfg = srv->d->cfg;
+	unsigned open = srv->d->connections, of_uid = flows_uid_items(srv->flows, peer->uid);
+
+	if (peer->uid == 0)
+		return 0;
+	if (open >= srv->max_connections)
+		return refuse(srv, fd, REFUSED_MAX_CONNECTIONS,
+			      "refusing a connection of uid %u: %u connections are open, the "
+			      "limit (max-connections); retry later",
+			      (unsigned)peer->uid, open);
+	if (open >= srv->max_connections - cfg->reserved_connections && !may_use_reserve(cfg, peer))
+		return refuse(srv, fd, REFUSED_RESERVED,
+			      "refusing a connection of uid %u: the last %u of %u connections are "
+			      "kept for writers the configuration names (reserved-connections); "
+			      "retry later",
+			      (unsigned)peer->uid, cfg->reserved_connections, srv->max_connections);
+	if (of_uid >= cfg->max_connections_per_uid)
+		return refuse(srv, fd, REFUSED_PER_UID,
+			      "refusing a connection of uid %u: it has %u open, the limit "
+			      "(max-connections-per-uid); close some",
+			      (unsigned)peer->uid, of_uid);
+	return 0;
+}
+
+/* The connection for a peer that was admitted, joined to its tenant's flow; the tenant's own
+ * limit is checked once the tenant is known. Takes the peer over; on failure fd is closed (or
+ * refused) and the peer cleared. */
+static int conn_new(struct server *srv, int fd, struct peer *peer, struct conn **ret_conn)
+{
+	const struct config *cfg = srv->d->cfg;
+	struct conn *c = calloc(1, sizeof(*c));
+	struct flow_rate rate = {0};
+	unsigned of_tenant;
+	int rc = c ? client_init(srv->d, &c->client, peer) : -ENOMEM;
+
+	if (rc < 0) {
+		log_warning("cannot take a connection of uid %u: %s", (unsigned)peer->uid,
+			    c ? failure_message() : "out of memory");
+		if (c)
+			client_fini(&c->client);
+		else
+			peer_clear(peer);
+		free(c);
+		(void)close(fd);
+		return rc;
+	}
+	c->srv = srv;
+	c->fd = fd;
+	c->pending_fd = -1;
+	of_tenant = flows_key_items(srv->flows, c->client.tenant);
+	/* Readers are rate limited, writers only shared with fairly. */
+	if (peer->uid != 0 && c->client.access < ACCESS_WRITE)
+		rate = (struct flow_rate){cfg->reader_rate, cfg->reader_burst};
+	if (peer->uid != 0 && of_tenant >= cfg->max_connections_per_tenant)
+		rc = refuse(srv, fd, REFUSED_PER_TENANT,
+			    "refusing a connection of uid %u: its tenant has %u open, the limit "
+			    "(max-connections-per-tenant); close some",
+			    (unsigned)peer->uid, of_tenant);
+	else if (!(c->ev = event_new(srv->base, fd, EV_READ, conn_on_event, c)) ||
+		 flows_join(srv->flows, &c->item, c->client.tenant, peer->uid, &rate) < 0) {
+		log_warning("cannot take a connection of uid %u: out of memory",
+			    (unsigned)peer->uid);
+		(void)close(fd);
+		rc = -ENOMEM;
+	}
+	if (rc < 0) {
+		if (c->ev)
+			event_free(c->ev);
+		client_fini(&c->client);
+		free(c);
+		return rc;
+	}
+	*ret_conn = c;
+	return 0;
 }
 
 void server_set_identify(struct server *srv, int (*identify)(int fd, struct peer *ret_peer))
@@ -224,63 +492,98 @@ int server_adopt(struct server *srv, int fd)
 	struct conn *c;
 	int rc;
 
-	if (srv->d->connections >= srv->max_connections) {
-		log_warning("refusing a connection: %u are open, the limit (max-connections)",
-			    srv->d->connections);
-		(void)close(fd);
-		return -EMFILE;
-	}
 	rc = srv->identify(fd, &peer);
-	if (rc < 0) {
-		log_warning("cannot identify a peer (%s); refusing it", strerror(-rc));
-		(void)close(fd);
-		return rc;
-	}
-	c = calloc(1, sizeof(*c));
-	if (!c) {
+	if (rc < 0)
+		return refuse(srv, fd, REFUSED_UNIDENTIFIED,
+			      "refusing a connection: cannot identify its peer (%s)",
+			      strerror(-rc));
+	if ((rc = admit(srv, fd, &peer)) < 0) {
 		peer_clear(&peer);
-		(void)close(fd);
-		return -ENOMEM;
-	}
-	c->srv = srv;
-	c->fd = fd;
-	c->pending_fd = -1;
-	rc = client_init(srv->d, &c->client, &peer);
-	if (rc == 0 && !(c->ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, conn_on_event, c)))
-		rc = -ENOMEM;
-	if (rc == 0 && event_add(c->ev, NULL) < 0)
-		rc = -ENOMEM;
-	if (rc < 0) {
-		log_warning("cannot take a connection of uid %u: %s", (unsigned)peer.uid,
-			    failure_message());
-		if (c->ev)
-			event_free(c->ev);
-		client_fini(&c->client);
-		(void)close(fd);
-		free(c);
 		return rc;
 	}
+	if ((rc = conn_new(srv, fd, &peer, &c)) < 0)
+		return rc;
 	LIST_INSERT_HEAD(&srv->conns, c, link);
 	srv->d->connections++;
+	conn_arm(c);
 	log_connection(&c->client.peer);
 	return 0;
 }
 
+/* ---- accepting ------------------------------------------------------------------------ */
+
+static void accept_resume(struct server *srv)
+{
+	srv->accept_paused = false;
+	(void)event_del(srv->resume_ev);
+	(void)event_add(srv->listen_ev, NULL);
+}
+
+static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	accept_resume(arg);
+}
+
+/* Out of descriptors (or memory), accept fails with the connection still queued, and the
+ * listening socket stays readable: watching it would spin. Refuse the queued connection with
+ * the spare descriptor's room, then stop watching for a while or until a connection closes. */
+static void accept_pause(struct server *srv, int err)
+{
+	struct timeval pause = {.tv_usec = ACCEPT_PAUSE_US};
+	int fd;
+
+	if (srv->spare_fd >= 0) {
+		(void)close(srv->spare_fd);
+		fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0)
+			(void)refuse(srv, fd, REFUSED_OPEN_FILES,
+				     "refusing a connection: the daemon is out of descriptors (%s, "
+				     "%u connections open); raise LimitNOFILE, or lower "
+				     "max-connections-per-uid to keep one user from taking them",
+				     strerror(err), srv->d->connections);
+		srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	} else {
+		log_refusal(srv,
+			    "out of descriptors, and of the spare one to refuse connections with");
+	}
+	srv->accept_paused = true;
+	(void)event_del(srv->listen_ev);
+	(void)event_add(srv->resume_ev, &pause);
+}
+
+/* The listening socket is readable: connections wait to be taken in a turn. */
 static void on_accept(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
 
+	(void)fd;
 	(void)what;
-	for (int i = 0; i < PACKETS_PER_WAKEUP; i++) {
-		int conn_fd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	(void)event_del(srv->listen_ev);
+	flows_ready(srv->flows, &srv->accept_item);
+	schedule_turn(srv, 0);
+}
 
-		if (conn_fd < 0) {
-			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-				log_warning("accept: %s", strerror(errno));
-			return;
-		}
+/* Takes one connection in a turn; with none left, waits on the listening socket again. */
+static void accept_one(struct server *srv, uint64_t start_ns)
+{
+	int conn_fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), err;
+
+	if (conn_fd >= 0) {
 		(void)server_adopt(srv, conn_fd);
+		flows_charge(srv->flows, &srv->accept_item, monotonic_ns() - start_ns);
+		return;
 	}
+	err = errno;
+	flows_unready(srv->flows, &srv->accept_item);
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+		accept_pause(srv, err);
+		return;
+	}
+	if (err != EAGAIN && err != EINTR && err != ECONNABORTED)
+		log_warning("accept: %s", strerror(err));
+	(void)event_add(srv->listen_ev, NULL);
 }
 
 /* ---- the listening socket ------------------------------------------------------------- */
@@ -379,8 +682,9 @@ int server_listen(struct server *srv, const char *path, mode_t mode)
 			return rc;
 		log_info("listening on %s", path);
 	}
-	srv->listen_ev = event_new(srv->base, srv->listen_fd, EV_READ | EV_PERSIST, on_accept, srv);
-	if (!srv->listen_ev || event_add(srv->listen_ev, NULL) < 0)
+	srv->listen_ev = event_new(srv->base, srv->listen_fd, EV_READ, on_accept, srv);
+	if (!srv->listen_ev || event_add(srv->listen_ev, NULL) < 0 ||
+	    flows_join(srv->flows, &srv->accept_item, srv, ACCEPT_UID, &(struct flow_rate){0}) < 0)
 		return fail(-ENOMEM, "cannot watch the listening socket");
 	return 0;
 }
@@ -393,8 +697,18 @@ void server_destroy(struct server *srv)
 		return;
 	while ((c = LIST_FIRST(&srv->conns)))
 		conn_close(c);
+	if (srv->accept_item.flow)
+		flows_leave(srv->flows, &srv->accept_item);
 	if (srv->listen_ev)
 		event_free(srv->listen_ev);
+	if (srv->resume_ev)
+		event_free(srv->resume_ev);
+	if (srv->turn_ev)
+		event_free(srv->turn_ev);
+	if (srv->flows)
+		flows_destroy(srv->flows);
+	if (srv->spare_fd >= 0)
+		(void)close(srv->spare_fd);
 	if (srv->listen_fd >= 0)
 		(void)close(srv->listen_fd);
 	if (srv->socket_path) {

@@ -5,6 +5,14 @@
  * and sending replies with back-pressure (a connection whose replies cannot be sent is not
  * read until they are).
  *
+ * Fairness (docs/operations.md, "Fairness and connection limits"): a readable connection only
+ * joins its tenant's flow (flow.h); turns of the loop then handle requests one at a time, each
+ * from the tenant charged least so far, and end after a short time so that packets arriving
+ * meanwhile are seen. Connections are capped daemon-wide, per uid and per tenant, with slots
+ * kept for configured writers, and closed when silent for longer than the configured
+ * timeouts; at the open-file limit accepting pauses instead of spinning. Root is held by none
+ * of the caps.
+ *
  * Ownership: the server owns the listening socket and every connection (socket, client state,
  * pending reply). The daemon state it is given is borrowed.
  */
@@ -30,6 +38,9 @@ int server_adopt(struct server *srv, int fd);
 /* How the server learns who a new connection's peer is: identify_peer (peer.h) unless the
  * fuzz harness, which has no processes of other users, gives identities of its own. */
 void server_set_identify(struct server *srv, int (*identify)(int fd, struct peer *ret_peer));
+/* The name GetStats and the log give a reason connections are refused or closed: the
+ * configuration key behind it where there is one. */
+const char *refusal_name(enum refusal why);
 /* Closes every connection (releasing anonymous sessions) and the listening socket. The socket
  * file is removed if the server created it. */
 void server_destroy(struct server *srv);

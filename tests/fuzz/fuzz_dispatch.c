@@ -100,7 +100,7 @@ static char *devices_all[] = {"*"}, *devices_emu0[] = {"emu0"}, *devices_emu1[] 
 	{                                                                                          \
 		.is_group = true, .id = gid, .section = name, .access = ACCESS_WRITE,              \
 		.devices = allowed, .n_devices = 1, .max_domains = domains, .max_mappings = 16,    \
-		.max_pinned_bytes = 1 << 20                                                        \
+		.max_pinned_bytes = 1 << 20, .max_leases = 2, .max_page_table_bytes = 1 << 20      \
 	}
 static struct access_rule rules[] = {
 	{.id = 0,
@@ -111,6 +111,8 @@ static struct access_rule rules[] = {
 	 .max_domains = 64,
 	 .max_mappings = 4096,
 	 .max_pinned_bytes = 1ull << 30,
+	 .max_leases = 16,
+	 .max_page_table_bytes = 1ull << 26,
 	 .stats_all = true},
 	GROUP_WRITER(1001, "group one", devices_emu1, 2),
 	GROUP_WRITER(1002, "group tw\xf0", devices_emu0, 3),
@@ -153,8 +155,9 @@ static const struct identity identities[8] = {
 enum fd_kind { FD_NONE, FD_SEALED_MEMFD, FD_UNSEALED_MEMFD, FD_PIPE };
 
 #define MEMFD_SIZE (64 * 1024)
-/* The loop runs until the reply is there; one turn is enough as the server answers in the
- * callback, so this bound is only there to turn a lost reply into a report, not a hang. */
+/* The loop runs until the reply is there; two turns are enough (one reads the packet into its
+ * tenant's queue, the next handles it), so this bound only turns a lost reply into a report,
+ * not a hang. */
 #define LOOP_TURNS 16
 
 static struct {
@@ -510,7 +513,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (dispatch_self_check() < 0)
 		violated("the method table does not match the schema");
 	/* Everyone else may read: every identity reaches the handlers. */
+	/* No connection caps or reader rate: every input's requests are answered at once. */
 	g.cfg = (struct config){.max_connections = 4096,
+				.max_connections_per_uid = 4096,
+				.max_connections_per_tenant = 4096,
 				.probe_tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF,
 				.default_access = ACCESS_READ,
 				.rules = rules,

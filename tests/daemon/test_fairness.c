@@ -1,0 +1,621 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Hostile local users against the real daemon: one tenant pipelining on many connections must
+ * not go before another tenant's request, connections are capped per uid and per tenant with
+ * slots kept for configured writers (root always gets in), silent connections are closed,
+ * readers are rate limited by waiting, and at the open-file limit the daemon neither spins nor
+ * floods its log. Other uids are setuid children; other tenants of one uid are cgroups the test
+ * creates in the cgroup v2 hierarchy and removes.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <iommud_wire.h>
+
+#include "daemon_fixture.h"
+#include "harness.h"
+
+/* Users no configuration names, and one the configuration makes a writer. */
+#define WRITER_UID   61001
+#define READER_UID_A 61002
+#define READER_UID_B 61003
+
+#define ROOT_WRITES "[uid 0]\naccess = write\n"
+#define WRITER                                                                                     \
+	"[uid 61001]\n"                                                                            \
+	"access = write\n"
+
+static Iommud__V1__Request *list_devices_request(uint64_t id)
+{
+	static Iommud__V1__ListDevicesRequest list = IOMMUD__V1__LIST_DEVICES_REQUEST__INIT;
+	static Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	req.id = id;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DEVICES;
+	req.list_devices = &list;
+	return &req;
+}
+
+static void send_get_stats(int fd)
+{
+	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
+	req.get_stats = &stats;
+	raw_send_request(fd, &req, NULL, 0);
+}
+
+/* The reply to the GetStats just sent; *ret_resp holds it, to be freed. */
+static Iommud__V1__GetStatsReply *stats_reply(int fd, Iommud__V1__Response **ret_resp)
+{
+	Iommud__V1__Response *resp = raw_recv(fd, NULL);
+
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	*ret_resp = resp;
+	return resp->get_stats;
+}
+
+static Iommud__V1__GetStatsReply *get_stats(int fd, Iommud__V1__Response **ret_resp)
+{
+	send_get_stats(fd);
+	return stats_reply(fd, ret_resp);
+}
+
+static uint64_t method_calls(const Iommud__V1__GetStatsReply *stats, const char *method)
+{
+	for (size_t i = 0; i < stats->n_methods; i++)
+		if (strcmp(stats->methods[i]->method, method) == 0)
+			return stats->methods[i]->calls;
+	return 0;
+}
+
+static uint64_t refused(const Iommud__V1__GetStatsReply *stats, const char *reason)
+{
+	for (size_t i = 0; i < stats->n_refused_connections; i++)
+		if (strcmp(stats->refused_connections[i]->reason, reason) == 0)
+			return stats->refused_connections[i]->connections;
+	return 0;
+}
+
+/* Root's view of the daemon's counters, through a connection of its own. */
+static void root_stats(const struct daemon_fixture *f, uint64_t *list_devices, const char *reason,
+		       uint64_t *refusals)
+{
+	Iommud__V1__Response *resp;
+	int fd = raw_connect(f);
+	Iommud__V1__GetStatsReply *stats = get_stats(fd, &resp);
+
+	if (list_devices)
+		*list_devices = method_calls(stats, "list_devices");
+	if (reason)
+		*refusals = refused(stats, reason);
+	iommud__v1__response__free_unpacked(resp, NULL);
+	(void)close(fd);
+}
+
+static void become(uid_t uid)
+{
+	if (setgroups(0, NULL) < 0 || setgid((gid_t)uid) < 0 || setuid(uid) < 0) {
+		perror("setuid");
+		_exit(99);
+	}
+}
+
+/* Sends a ListDevices and says how the daemon took the connection: "ok", or the message of
+ * the response of id 0 it refuses a connection with. A refused connection may be closed
+ * before the request goes, so a failed send is no error: the refusal is still to be read. */
+static void try_connection(int fd, char *outcome, size_t size)
+{
+	Iommud__V1__Request *req = list_devices_request(7);
+	size_t len = iommud__v1__request__get_packed_size(req);
+	uint8_t buf[64];
+	Iommud__V1__Response *resp;
+
+	iommud__v1__request__pack(req, buf);
+	(void)wire_send(fd, buf, len, NULL, 0, WIRE_BLOCK);
+	resp = raw_recv(fd, NULL);
+	if (resp->id == 7 && resp->status->code == IOMMUD__V1__CODE__CODE_OK)
+		(void)snprintf(outcome, size, "ok");
+	else
+		(void)snprintf(outcome, size, "%s (code %d)", resp->status->message,
+			       (int)resp->status->code);
+	iommud__v1__response__free_unpacked(resp, NULL);
+}
+
+/* ---- cgroups -------------------------------------------------------------------------- */
+
+/* A cgroup of the test's own under the cgroup v2 hierarchy; its path as the daemon sees it is
+ * what follows the mount point. */
+struct test_cgroup {
+	char path[256];
+};
+
+static bool cgroup2_mount(char *buf, size_t size)
+{
+	char dev[64], dir[200], type[32];
+	FILE *mounts = fopen("/proc/mounts", "re");
+	bool found = false;
+
+	CHECK(mounts != NULL);
+	while (!found && fscanf(mounts, "%63s %199s %31s %*[^\n]", dev, dir, type) == 3)
+		if (strcmp(type, "cgroup2") == 0) {
+			(void)snprintf(buf, size, "%s", dir);
+			found = true;
+		}
+	(void)fclose(mounts);
+	return found;
+}
+
+static void cgroup_create(struct test_cgroup *cg, const char *name)
+{
+	char mount[200];
+
+	if (!cgroup2_mount(mount, sizeof(mount)))
+		SKIP("no cgroup v2 hierarchy is mounted");
+	(void)snprintf(cg->path, sizeof(cg->path), "%s/iommud-fairness-%d-%s", mount, (int)getpid(),
+		       name);
+	if (mkdir(cg->path, 0755) < 0)
+		SKIP("cannot create a cgroup at %s: %s", cg->path, strerror(errno));
+}
+
+/* Moves the calling process into the cgroup. */
+static void cgroup_enter(const struct test_cgroup *cg)
+{
+	char procs[300];
+	int fd;
+
+	(void)snprintf(procs, sizeof(procs), "%s/cgroup.procs", cg->path);
+	fd = open(procs, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, "0", 1) != 1) {
+		perror(procs);
+		_exit(98);
+	}
+	(void)close(fd);
+}
+
+/* Removes the cgroup once every process of it has gone. */
+static void cgroup_remove(const struct test_cgroup *cg)
+{
+	CHECK_EQ(rmdir(cg->path), 0);
+}
+
+/* ---- processes holding connections ---------------------------------------------------- */
+
+/* A process of another uid (and cgroup) that opens connections one after another, says how
+ * each was taken, and keeps them open until it is stopped. */
+struct holder {
+	pid_t pid;
+	int stop;      /* closing it stops the holder */
+	FILE *outcome; /* one line per connection */
+};
+
+static void holder_run(const struct daemon_fixture *f, uid_t uid, const struct test_cgroup *cg,
+		       unsigned n, int out, int stop)
+{
+	char outcome[600], byte;
+
+	/* Earlier holders' pipes, inherited: holding them would keep those holders running. */
+	for (int fd = 3; fd < 1024; fd++)
+		if (fd != out && fd != stop)
+			(void)close(fd);
+	if (cg)
+		cgroup_enter(cg);
+	become(uid);
+	for (unsigned i = 0; i < n; i++) {
+		try_connection(raw_connect(f), outcome, sizeof(outcome));
+		(void)dprintf(out, "%s\n", outcome);
+	}
+	(void)close(out);
+	while (read(stop, &byte, 1) > 0)
+		;
+	_exit(0);
+}
+
+static void holder_start(struct holder *h, const struct daemon_fixture *f, uid_t uid,
+			 const struct test_cgroup *cg, unsigned n)
+{
+	int out[2], stop[2];
+
+	CHECK(pipe2(out, O_CLOEXEC) == 0 && pipe2(stop, O_CLOEXEC) == 0);
+	h->pid = fork();
+	CHECK(h->pid >= 0);
+	if (h->pid == 0) {
+		(void)close(out[0]);
+		(void)close(stop[1]);
+		holder_run(f, uid, cg, n, out[1], stop[0]);
+	}
+	(void)close(out[1]);
+	(void)close(stop[0]);
+	h->stop = stop[1];
+	h->outcome = fdopen(out[0], "r");
+	CHECK(h->outcome != NULL);
+}
+
+/* Reads the outcome of the holder's next connection: whether it was taken, and when not,
+ * that the refusal names the limit's key. */
+static void holder_expect(struct holder *h, const char *refusal_key)
+{
+	char line[600];
+
+	CHECK(fgets(line, sizeof(line), h->outcome) != NULL);
+	line[strcspn(line, "\n")] = '\0';
+	if (!refusal_key) {
+		if (strcmp(line, "ok") != 0)
+			(void)fprintf(stderr, "expected a connection, got: %s\n", line);
+		CHECK(strcmp(line, "ok") == 0);
+		return;
+	}
+	(void)fprintf(stderr, "refused as expected: %s\n", line);
+	CHECK(strstr(line, refusal_key) != NULL);
+	CHECK(strstr(line, "code 8") != NULL); /* RESOURCE_EXHAUSTED */
+}
+
+static void holder_stop(struct holder *h)
+{
+	int status;
+
+	(void)close(h->stop);
+	(void)fclose(h->outcome);
+	CHECK(waitpid(h->pid, &status, 0) == h->pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* ---- item: one tenant's pipeline does not go before another tenant's request ----------- */
+
+#define HOSTILE_CONNS 8
+#define HOSTILE_DEPTH 25
+
+/* The hostile tenant: connects (each connection answered once, so the daemon holds them all),
+ * then on the signal pipelines its requests on every connection at once. */
+static void hostile_run(const struct daemon_fixture *f, int ready, int go)
+{
+	int fds[HOSTILE_CONNS];
+	char byte;
+
+	become(WRITER_UID);
+	for (int i = 0; i < HOSTILE_CONNS; i++) {
+		fds[i] = raw_connect(f);
+		raw_send_request(fds[i], list_devices_request(1), NULL, 0);
+		iommud__v1__response__free_unpacked(raw_recv(fds[i], NULL), NULL);
+	}
+	CHECK(write(ready, "c", 1) == 1);
+	CHECK(read(go, &byte, 1) == 1);
+	for (int d = 0; d < HOSTILE_DEPTH; d++)
+		for (int i = 0; i < HOSTILE_CONNS; i++)
+			raw_send_request(fds[i], list_devices_request(2 + (uint64_t)d), NULL, 0);
+	CHECK(write(ready, "s", 1) == 1);
+	while (read(go, &byte, 1) > 0)
+		;
+	_exit(0);
+}
+
+/* The daemon is stopped while the hostile tenant queues HOSTILE_CONNS * HOSTILE_DEPTH
+ * requests and then root one: when it runs again, all are waiting, the hostile tenant's
+ * first. Served per packet and per connection, every hostile request went first; served by
+ * tenants in turns, root's comes after at most the one hostile request of the first turn. */
+TEST(tenant_turns)
+{
+	struct daemon_fixture f;
+	Iommud__V1__Response *resp;
+	uint64_t before, hostile_first;
+	int ready[2], go[2], root_fd, status;
+	pid_t hostile;
+	char byte;
+
+	fixture_start(&f, ROOT_WRITES WRITER, "emu0");
+	root_fd = raw_connect(&f);
+	before = method_calls(get_stats(root_fd, &resp), "list_devices");
+	iommud__v1__response__free_unpacked(resp, NULL);
+	CHECK(pipe2(ready, O_CLOEXEC) == 0 && pipe2(go, O_CLOEXEC) == 0);
+	hostile = fork();
+	CHECK(hostile >= 0);
+	if (hostile == 0) {
+		(void)close(go[1]);
+		hostile_run(&f, ready[1], go[0]);
+	}
+	CHECK(read(ready[0], &byte, 1) == 1 && byte == 'c');
+	before += HOSTILE_CONNS; /* the connecting calls */
+	CHECK_EQ(kill(f.pid, SIGSTOP), 0);
+	CHECK(waitpid(f.pid, &status, WUNTRACED) == f.pid && WIFSTOPPED(status));
+	CHECK(write(go[1], "g", 1) == 1);
+	CHECK(read(ready[0], &byte, 1) == 1 && byte == 's');
+	send_get_stats(root_fd);
+	CHECK_EQ(kill(f.pid, SIGCONT), 0);
+	hostile_first = method_calls(stats_reply(root_fd, &resp), "list_devices") - before;
+	(void)fprintf(stderr, "hostile requests handled before root's: %llu of %d\n",
+		      (unsigned long long)hostile_first, HOSTILE_CONNS * HOSTILE_DEPTH);
+	CHECK(hostile_first <= 1);
+	iommud__v1__response__free_unpacked(resp, NULL);
+	(void)close(go[1]);
+	CHECK(waitpid(hostile, &status, 0) == hostile && WIFEXITED(status) &&
+	      WEXITSTATUS(status) == 0);
+	(void)close(go[0]);
+	(void)close(ready[0]);
+	(void)close(ready[1]);
+	(void)close(root_fd);
+	fixture_stop(&f);
+}
+
+/* ---- item: connection caps, the writers' reserve, root ---------------------------------- */
+
+#define CAPS                                                                                       \
+	"max-connections = 12\n"                                                                   \
+	"reserved-connections = 4\n"                                                               \
+	"max-connections-per-uid = 5\n"                                                            \
+	"max-connections-per-tenant = 3\n" ROOT_WRITES WRITER
+
+/* Readers take what the caps let them: three per tenant, five per uid over two cgroups, and
+ * together no more than the slots outside the reserve; the configured writer then takes the
+ * reserve up to max-connections, and root still gets in beyond it. */
+TEST(connection_caps)
+{
+	struct test_cgroup a, b;
+	struct holder a1, a2, b1, b2, w1, w2;
+	struct daemon_fixture f;
+	uint64_t counts[4];
+	const char *reasons[] = {"max-connections-per-tenant", "max-connections-per-uid",
+				 "reserved-connections", "max-connections"};
+
+	cgroup_create(&a, "a");
+	cgroup_create(&b, "b");
+	fixture_start(&f, CAPS, "emu0");
+	holder_start(&a1, &f, READER_UID_A, &a, 4);
+	for (int i = 0; i < 3; i++)
+		holder_expect(&a1, NULL);
+	holder_expect(&a1, "max-connections-per-tenant");
+	holder_start(&a2, &f, READER_UID_A, &b, 3);
+	holder_expect(&a2, NULL);
+	holder_expect(&a2, NULL);
+	holder_expect(&a2, "max-connections-per-uid");
+	/* 5 open: three more readers fill the 8 slots outside the reserve. */
+	holder_start(&b1, &f, READER_UID_B, &a, 3);
+	for (int i = 0; i < 3; i++)
+		holder_expect(&b1, NULL);
+	holder_start(&b2, &f, READER_UID_B, &b, 1);
+	holder_expect(&b2, "reserved-connections");
+	holder_start(&w1, &f, WRITER_UID, &a, 3);
+	for (int i = 0; i < 3; i++)
+		holder_expect(&w1, NULL);
+	holder_start(&w2, &f, WRITER_UID, &b, 2);
+	holder_expect(&w2, NULL);
+	holder_expect(&w2, "max-connections");
+	/* Root connects with every slot taken. */
+	for (size_t i = 0; i < 4; i++)
+		root_stats(&f, NULL, reasons[i], &counts[i]);
+	for (size_t i = 0; i < 4; i++)
+		CHECK_EQ(counts[i], 1);
+	holder_stop(&a1);
+	holder_stop(&a2);
+	holder_stop(&b1);
+	holder_stop(&b2);
+	holder_stop(&w1);
+	holder_stop(&w2);
+	fixture_stop(&f);
+	cgroup_remove(&a);
+	cgroup_remove(&b);
+}
+
+/* ---- item: silent connections ---------------------------------------------------------- */
+
+/* Waits (at most 10 s, a bound only against a hang) for the daemon to close the connection. */
+static bool closed_by_daemon(int fd)
+{
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+	char byte;
+
+	return poll(&pfd, 1, 10000) == 1 && recv(fd, &byte, 1, MSG_DONTWAIT) == 0;
+}
+
+/* A connection that never sends and one that stops sending are both closed, each counted
+ * under its timeout. */
+TEST(silent_connections_closed)
+{
+	struct daemon_fixture f;
+	Iommud__V1__Response *resp;
+	uint64_t first, idle;
+	int silent, stopped;
+
+	fixture_start(&f, "first-request-timeout = 1\nidle-timeout = 2\n", "emu0");
+	silent = raw_connect(&f);
+	stopped = raw_connect(&f);
+	raw_send_request(stopped, list_devices_request(1), NULL, 0);
+	resp = raw_recv(stopped, NULL);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	iommud__v1__response__free_unpacked(resp, NULL);
+	CHECK(closed_by_daemon(silent));
+	CHECK(closed_by_daemon(stopped));
+	root_stats(&f, NULL, "first-request-timeout", &first);
+	root_stats(&f, NULL, "idle-timeout", &idle);
+	/* root_stats' own connections speak at once, so they are not among these. */
+	CHECK_EQ(first, 1);
+	CHECK_EQ(idle, 1);
+	(void)close(silent);
+	(void)close(stopped);
+	fixture_stop(&f);
+}
+
+/* ---- item: readers' rate ---------------------------------------------------------------- */
+
+#define READER_BURST	 5
+#define READER_PIPELINED 30
+
+static int pipeline_reads(void *arg)
+{
+	const struct daemon_fixture *f = arg;
+	int fd = raw_connect(f);
+
+	for (int i = 0; i < READER_PIPELINED; i++)
+		raw_send_request(fd, list_devices_request(1 + (uint64_t)i), NULL, 0);
+	/* Tell root the requests are queued: it asks for the daemon's count now. */
+	CHECK(write(3, "q", 1) == 1);
+	for (int i = 0; i < READER_PIPELINED; i++) {
+		Iommud__V1__Response *resp = raw_recv(fd, NULL);
+
+		/* They waited; none was refused. */
+		CHECK_EQ(resp->id, 1 + (uint64_t)i);
+		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+		iommud__v1__response__free_unpacked(resp, NULL);
+	}
+	(void)close(fd);
+	return 0;
+}
+
+/* A reader pipelining past its burst is served at its rate while root's request goes at once:
+ * when root asks, the reader has had its burst and what the rate gave since, not all its
+ * requests; and every one of them is answered in the end. */
+TEST(readers_rate_limited)
+{
+	struct daemon_fixture f;
+	uint64_t before, during, throttled;
+	int queued[2], status;
+	pid_t reader;
+	char byte;
+
+	fixture_start(&f, "reader-rate = 5\nreader-burst = 5\n", "emu0");
+	root_stats(&f, &before, NULL, NULL);
+	CHECK(pipe(queued) == 0);
+	reader = fork();
+	CHECK(reader >= 0);
+	if (reader == 0) {
+		CHECK(dup2(queued[1], 3) == 3);
+		become(READER_UID_A);
+		_exit(pipeline_reads(&f));
+	}
+	(void)close(queued[1]);
+	CHECK(read(queued[0], &byte, 1) == 1);
+	root_stats(&f, &during, NULL, NULL);
+	(void)fprintf(stderr, "reader requests handled when root asked: %llu of %d\n",
+		      (unsigned long long)(during - before), READER_PIPELINED);
+	/* The burst, and at 5 a second what three seconds of a slow machine could add. */
+	CHECK(during - before <= READER_BURST + 15);
+	CHECK(waitpid(reader, &status, 0) == reader && WIFEXITED(status) &&
+	      WEXITSTATUS(status) == 0);
+	root_stats(&f, &during, NULL, NULL);
+	CHECK_EQ(during - before, READER_PIPELINED);
+	{
+		Iommud__V1__Response *resp;
+		int fd = raw_connect(&f);
+
+		throttled = get_stats(fd, &resp)->rate_limited;
+		iommud__v1__response__free_unpacked(resp, NULL);
+		(void)close(fd);
+	}
+	CHECK(throttled >= 1);
+	(void)close(queued[0]);
+	fixture_stop(&f);
+}
+
+/* ---- item: the open-file limit ---------------------------------------------------------- */
+
+static int daemon_open_files(const struct daemon_fixture *f)
+{
+	char path[64], cmd[128];
+	FILE *ls;
+	int n = 0;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/fd", (int)f->pid);
+	(void)snprintf(cmd, sizeof(cmd), "ls %s | wc -l", path);
+	ls = popen(cmd, "r");
+	CHECK(ls != NULL);
+	CHECK(fscanf(ls, "%d", &n) == 1);
+	CHECK(pclose(ls) == 0);
+	return n;
+}
+
+static int count_lines(const char *path, const char *needle)
+{
+	char line[1024];
+	FILE *file = fopen(path, "re");
+	int n = 0;
+
+	CHECK(file != NULL);
+	while (fgets(line, sizeof(line), file))
+		n += strstr(line, needle) != NULL;
+	(void)fclose(file);
+	return n;
+}
+
+/* Starts the daemon with its log (stderr) in a file of the test's. */
+static void start_logging(struct daemon_fixture *f, const char *log_path)
+{
+	int saved = dup(2), log = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	CHECK(saved >= 0 && log >= 0);
+	CHECK(dup2(log, 2) == 2);
+	fixture_start(f, "", "emu0");
+	CHECK(dup2(saved, 2) == 2);
+	(void)close(saved);
+	(void)close(log);
+}
+
+#define LIMIT_CONNS 64
+#define QUEUED	    8
+
+/* With its descriptors used up, the daemon refuses queued connections with a message, at a
+ * pace, and says so in its log once rather than once per failed accept; as soon as a
+ * connection closes it takes new ones again. */
+TEST(open_file_limit)
+{
+	struct daemon_fixture f;
+	struct rlimit low, saved;
+	char log_path[] = "/tmp/iommud-fairness-log-XXXXXX", outcome[600];
+	int conns[LIMIT_CONNS], queued[QUEUED], n = 0, fd;
+	struct timespec settle = {0, 500 * 1000 * 1000};
+	uint64_t refusals;
+
+	CHECK((fd = mkstemp(log_path)) >= 0);
+	(void)close(fd);
+	start_logging(&f, log_path);
+	CHECK_EQ(prlimit(f.pid, RLIMIT_NOFILE, NULL, &saved), 0);
+	low = (struct rlimit){(rlim_t)daemon_open_files(&f) + 6, saved.rlim_max};
+	CHECK_EQ(prlimit(f.pid, RLIMIT_NOFILE, &low, NULL), 0);
+	do {
+		CHECK(n < LIMIT_CONNS);
+		conns[n] = raw_connect(&f);
+		try_connection(conns[n++], outcome, sizeof(outcome));
+	} while (!strstr(outcome, "out of descriptors"));
+	(void)fprintf(stderr, "refused after %d connections: %s\n", n - 1, outcome);
+	/* Connections queued at the limit: the old loop spun on them, logging each turn. */
+	for (int i = 0; i < QUEUED; i++)
+		queued[i] = raw_connect(&f);
+	nanosleep(&settle, NULL);
+	for (int i = 0; i < QUEUED; i++) {
+		try_connection(queued[i], outcome, sizeof(outcome));
+		CHECK(strstr(outcome, "out of descriptors") != NULL);
+		(void)close(queued[i]);
+	}
+	(void)fprintf(stderr, "log lines about descriptors: %d\n",
+		      count_lines(log_path, "descriptors"));
+	CHECK(count_lines(log_path, "descriptors") <= 2);
+	CHECK_EQ(count_lines(log_path, "accept"), 0);
+	/* Connections closing make room: the next one is served (with room for the files that
+	 * identifying its peer opens). */
+	CHECK(n > 3);
+	for (int i = 0; i < 3; i++)
+		(void)close(conns[i]);
+	fd = raw_connect(&f);
+	try_connection(fd, outcome, sizeof(outcome));
+	CHECK(strcmp(outcome, "ok") == 0);
+	(void)close(fd);
+	for (int i = 3; i < n; i++)
+		(void)close(conns[i]);
+	CHECK_EQ(prlimit(f.pid, RLIMIT_NOFILE, &saved, NULL), 0);
+	root_stats(&f, NULL, "open-file-limit", &refusals);
+	CHECK(refusals >= QUEUED + 1);
+	fixture_stop(&f);
+	CHECK_EQ(unlink(log_path), 0);
+}
