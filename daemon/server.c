@@ -187,6 +187,8 @@ static int refuse(struct server *srv, int fd, enum refusal why, const char *fmt,
 /* ---- connections ---------------------------------------------------------------------- */
 
 static void accept_resume(struct server *srv);
+static void accept_stop(struct server *srv);
+static int refuse_out_of_descriptors(struct server *srv, int fd, int err);
 static void accept_one(struct server *srv, uint64_t start_ns);
 
 static void conn_drop_pending(struct conn *c)
@@ -497,6 +499,15 @@ int server_adopt(struct server *srv, int fd)
 		return refuse(srv, fd, REFUSED_UNIDENTIFIED,
 			      "refusing a connection: cannot identify its peer (%s)",
 			      strerror(-rc));
+	/* Identifying takes descriptors (a pidfd, /proc's file): lacking them says nothing about
+	 * who the peer is, only that the daemon is full, as when accept itself fails. */
+	if (peer.doubt != PEER_VERIFIED &&
+	    (peer.doubt_errno == EMFILE || peer.doubt_errno == ENFILE)) {
+		rc = peer.doubt_errno;
+		peer_clear(&peer);
+		accept_stop(srv);
+		return refuse_out_of_descriptors(srv, fd, rc);
+	}
 	if ((rc = admit(srv, fd, &peer)) < 0) {
 		peer_clear(&peer);
 		return rc;
@@ -526,31 +537,45 @@ static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
 	accept_resume(arg);
 }
 
-/* Out of descriptors (or memory), accept fails with the connection still queued, and the
- * listening socket stays readable: watching it would spin. Refuse the queued connection with
- * the spare descriptor's room, then stop watching for a while or until a connection closes. */
-static void accept_pause(struct server *srv, int err)
+/* Stops watching the listening socket for a while, or until a connection closes. */
+static void accept_stop(struct server *srv)
 {
 	struct timeval pause = {.tv_usec = ACCEPT_PAUSE_US};
+
+	if (!srv->listen_ev) /* serving adopted connections only */
+		return;
+	srv->accept_paused = true;
+	(void)event_del(srv->listen_ev);
+	(void)event_add(srv->resume_ev, &pause);
+}
+
+static int refuse_out_of_descriptors(struct server *srv, int fd, int err)
+{
+	return refuse(srv, fd, REFUSED_OPEN_FILES,
+		      "refusing a connection: the daemon is out of descriptors (%s, %u "
+		      "connections open); raise LimitNOFILE, or lower max-connections-per-uid "
+		      "to keep one user from taking them",
+		      strerror(err), srv->d->connections);
+}
+
+/* Out of descriptors (or memory), accept fails with the connection still queued, and the
+ * listening socket stays readable: watching it would spin. Refuse the queued connection with
+ * the spare descriptor's room, then stop watching. */
+static void accept_pause(struct server *srv, int err)
+{
 	int fd;
 
 	if (srv->spare_fd >= 0) {
 		(void)close(srv->spare_fd);
 		fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0)
-			(void)refuse(srv, fd, REFUSED_OPEN_FILES,
-				     "refusing a connection: the daemon is out of descriptors (%s, "
-				     "%u connections open); raise LimitNOFILE, or lower "
-				     "max-connections-per-uid to keep one user from taking them",
-				     strerror(err), srv->d->connections);
+			(void)refuse_out_of_descriptors(srv, fd, err);
 		srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	} else {
 		log_refusal(srv,
 			    "out of descriptors, and of the spare one to refuse connections with");
 	}
-	srv->accept_paused = true;
-	(void)event_del(srv->listen_ev);
-	(void)event_add(srv->resume_ev, &pause);
+	accept_stop(srv);
 }
 
 /* The listening socket is readable: connections wait to be taken in a turn. */

@@ -607,6 +607,7 @@ TEST(open_file_limit)
 	CHECK(n > 3);
 	for (int i = 0; i < 3; i++)
 		(void)close(conns[i]);
+	nanosleep(&settle, NULL);
 	fd = raw_connect(&f);
 	try_connection(fd, outcome, sizeof(outcome));
 	CHECK(strcmp(outcome, "ok") == 0);
