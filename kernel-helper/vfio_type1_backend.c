@@ -157,6 +157,14 @@ static int set_container(int group, int container, const char *name)
 	if (rc == 0)
 		rc = kh_vfio_call(container, VFIO_SET_IOMMU, (void *)(uintptr_t)VFIO_TYPE1v2_IOMMU,
 				  "VFIO_SET_IOMMU (type1v2) for %s", name);
+	/* type1 refuses an IOMMU that cannot isolate the device's interrupts. */
+	if (rc == -EPERM)
+		(void)kh_fail(
+			rc,
+			"VFIO type1 refuses %s: its IOMMU does not remap interrupts (dmesg "
+			"says \"No interrupt remapping support\"); enable interrupt remapping "
+			"in the firmware and on the kernel command line (intremap=on)",
+			name);
 	return rc;
 }
 

@@ -5,9 +5,9 @@
  * vfio-type1 domain (a VFIO container), against the same kernel calls issued directly
  * (IOMMU_IOAS_MAP/UNMAP, VFIO_IOMMU_MAP/UNMAP_DMA), each on a device of its own group,
  * interleaved in one run so the ratios are fair (times in a TCG guest are inflated; the ratios
- * are what to read). Needs /dev/iommu and two groups bound to vfio-pci; the type1 ways need
- * VFIO's container and a group each more, and are left out without them. The VM tier runs it
- * (tests/vm/README.md).
+ * are what to read). The iommufd ways need /dev/iommu, the type1 ways VFIO's container, each
+ * two IOMMU groups bound to vfio-pci; the ways a machine lacks are left out (Debian 12's
+ * kernel has only type1). The VM tier runs it (tests/vm/README.md).
  *
  * It lives in kernel-helper because the baselines issue iommufd and VFIO ioctls themselves.
  */
@@ -255,9 +255,9 @@ static void usage(FILE *out)
 		"dt1: VFIO_IOMMU_*_DMA). Per way: median and 99th percentile latency (ns) and\n"
 		"map+unmap pairs per second; then ratios: each helper's median and p99 over its\n"
 		"direct calls' (ifd/difd, t1/dt1), and type1's median over iommufd's, through the\n"
-		"helper (t1/ifd) and direct (dt1/difd). Needs /dev/iommu and two groups bound to\n"
-		"vfio-pci; the type1 ways need /dev/vfio/vfio and a group each more (left out\n"
-		"otherwise). Run it as root, e.g. in the VM tier:\n"
+		"helper (t1/ifd) and direct (dt1/difd). The iommufd ways need /dev/iommu, the\n"
+		"type1 ways /dev/vfio/vfio, each two IOMMU groups bound to vfio-pci; the ways the\n"
+		"machine lacks are left out. Run it as root, e.g. in the VM tier:\n"
 		"  tests/vm/run-vm.sh --iommu intel --results DIR "
 		"build/kernel-helper/tools/kh-iommufd-bench\n"
 		"\n"
@@ -320,15 +320,53 @@ static void add_ratio(struct run *r, const char *label, size_t num, size_t den, 
 	r->ratios[r->n_ratios++] = (struct ratio){label, num, den, p99};
 }
 
-int main(int argc, char **argv)
+#define NONE SIZE_MAX /* a way this machine cannot measure */
+
+/* The ways this machine offers, each on a device of its own group: the iommufd pair where
+ * there is /dev/iommu, the type1 pair where there is VFIO's container. */
+static void add_paths(struct run *r, struct helper *hi, struct direct *d, struct helper *ht,
+		      struct direct_type1 *dt, struct kh_backend *iommufd, struct kh_backend *type1)
 {
 	struct kh_device_info devs[4];
-	struct kh_backend *type1 = NULL, *iommufd;
-	struct helper hi, ht = {0};
-	struct direct d;
+	size_t n = pick_devices(iommufd ? iommufd : type1, devs, iommufd && type1 ? 4 : 2),
+	       next = 0;
+	size_t ifd = NONE, difd = NONE, t1 = NONE, dt1 = NONE;
+
+	if (iommufd && n >= 2) {
+		helper_open(hi, iommufd, devs[0].name);
+		ifd = add_path(r, "ifd", helper_map_unmap, hi);
+		direct_open(d, devs[1].name);
+		difd = add_path(r, "difd", direct_map_unmap, d);
+		add_ratio(r, "ifd/difd", ifd, difd, true);
+		next = 2;
+	}
+	if (type1 && n >= next + 2) {
+		helper_open(ht, type1, devs[next].name);
+		t1 = add_path(r, "t1", helper_map_unmap, ht);
+		direct_type1_open(dt, devs[next + 1].group);
+		dt1 = add_path(r, "dt1", direct_type1_map_unmap, dt);
+		add_ratio(r, "t1/dt1", t1, dt1, true);
+	}
+	if (t1 != NONE && ifd != NONE) {
+		add_ratio(r, "t1/ifd", t1, ifd, false);
+		add_ratio(r, "dt1/difd", dt1, difd, false);
+	}
+	if (r->n_paths < 2)
+		fail("finding devices", "needs devices bound to vfio-pci in two IOMMU groups per "
+					"backend measured");
+	(void)printf("ifd: helper on iommufd, %s; difd: iommufd ioctls, %s; t1: helper on "
+		     "vfio-type1, %s; dt1: type1 ioctls, %s. map+unmap pairs, times in ns\n",
+		     ifd != NONE ? devs[0].name : "-", difd != NONE ? devs[1].name : "-",
+		     t1 != NONE ? devs[next].name : "-", dt1 != NONE ? devs[next + 1].name : "-");
+}
+
+int main(int argc, char **argv)
+{
+	struct kh_backend *type1 = NULL, *iommufd = NULL;
+	struct helper hi = {0}, ht = {0};
+	struct direct d = {-1, -1, 0};
 	struct direct_type1 dt = {-1, -1};
 	struct run r = {0};
-	size_t n_devs, ifd, difd, t1 = 0, dt1 = 0;
 	uint8_t *mem, *raw;
 	const uint64_t big = 256 * MiB;
 	const char *chosen;
@@ -345,29 +383,11 @@ int main(int argc, char **argv)
 	 * busy. */
 	if (kh_backend_choose("vfio-type1", &chosen) == 0 && kh_backend_open_vfio_type1(&type1) < 0)
 		fail("opening vfio-type1", kh_last_error());
-	if (kh_backend_open_iommufd(&iommufd))
+	if (kh_backend_choose("iommufd", &chosen) == 0 && kh_backend_open_iommufd(&iommufd) < 0)
 		fail("opening iommufd", kh_last_error());
-	n_devs = pick_devices(iommufd, devs, type1 ? 4 : 2);
-	if (n_devs < 2)
-		fail("finding devices", "needs devices bound to vfio-pci in two IOMMU groups");
-	helper_open(&hi, iommufd, devs[0].name);
-	ifd = add_path(&r, "ifd", helper_map_unmap, &hi);
-	direct_open(&d, devs[1].name);
-	difd = add_path(&r, "difd", direct_map_unmap, &d);
-	add_ratio(&r, "ifd/difd", ifd, difd, true);
-	if (n_devs >= 3) {
-		helper_open(&ht, type1, devs[2].name);
-		t1 = add_path(&r, "t1", helper_map_unmap, &ht);
-	}
-	if (n_devs >= 4) {
-		direct_type1_open(&dt, devs[3].group);
-		dt1 = add_path(&r, "dt1", direct_type1_map_unmap, &dt);
-		add_ratio(&r, "t1/dt1", t1, dt1, true);
-	}
-	if (t1)
-		add_ratio(&r, "t1/ifd", t1, ifd, false);
-	if (dt1)
-		add_ratio(&r, "dt1/difd", dt1, difd, false);
+	if (!iommufd && !type1)
+		fail("choosing a backend", "neither /dev/iommu nor VFIO's container is here");
+	add_paths(&r, &hi, &d, &ht, &dt, iommufd, type1);
 
 	/* Touched memory, 2 MiB aligned, so pinning does not also fault pages in. */
 	raw = mmap(NULL, big + 2 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -376,20 +396,16 @@ int main(int argc, char **argv)
 	mem = (uint8_t *)(((uintptr_t)raw + 2 * MiB - 1) & ~(uintptr_t)(2 * MiB - 1));
 	memset(mem, 1, big);
 
-	(void)printf("ifd: helper on iommufd, %s; difd: iommufd ioctls, %s; t1: helper on "
-		     "vfio-type1, %s; dt1: type1 ioctls, %s. map+unmap pairs, times in ns\n",
-		     devs[0].name, devs[1].name, t1 ? devs[2].name : "-", dt1 ? devs[3].name : "-");
 	print_header(&r);
 	measure("4KiB", 4096, 400, &r, mem);
 	measure("2MiB", 2 * MiB, 40, &r, mem);
 	measure("256MiB", big, 2, &r, mem);
 
-	(void)close(d.devfd);
-	(void)close(d.iommufd);
-	if (dt.group >= 0)
-		(void)close(dt.group);
-	if (dt.container >= 0)
-		(void)close(dt.container);
+	const int fds[] = {d.devfd, d.iommufd, dt.group, dt.container};
+
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		if (fds[i] >= 0)
+			(void)close(fds[i]);
 	kh_ctx_destroy(hi.ctx);
 	kh_ctx_destroy(ht.ctx);
 	kh_backend_close(iommufd);
