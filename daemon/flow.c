@@ -171,11 +171,17 @@ void flows_unready(struct flows *fs, struct flow_item *item)
 /* Refills the flow's bucket; 0 when it holds a token, else the ns until it will. */
 static uint64_t refill(struct flows *fs, struct flow *f, uint64_t now_ns)
 {
-	uint64_t full = (uint64_t)f->rate.burst * 1000, gained;
+	uint64_t full = (uint64_t)f->rate.burst * 1000, gained, elapsed_us;
 
 	if (!f->rate.per_second)
 		return 0;
-	gained = (now_ns - f->refilled_ns) / 1000 * f->rate.per_second / 1000;
+	/* Past the time an empty bucket takes to fill, waiting longer gains nothing; capping it
+	 * keeps the product (at most about 10^12) from overflowing however long the flow was idle.
+	 */
+	elapsed_us = (now_ns - f->refilled_ns) / 1000;
+	if (elapsed_us > full * 1000 / f->rate.per_second + 1)
+		elapsed_us = full * 1000 / f->rate.per_second + 1;
+	gained = elapsed_us * f->rate.per_second / 1000;
 	if (gained) {
 		f->tokens_milli = f->tokens_milli + gained < full ? f->tokens_milli + gained : full;
 		f->refilled_ns = now_ns;

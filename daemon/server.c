@@ -160,9 +160,9 @@ static void close_unread(struct server *srv, int fd)
 
 /* Refuses a connection it has not taken: counts it, tells its client why in a response of
  * id 0 (which a client takes as the answer to its first request), closes it and logs. */
-static int refuse(struct server *srv, int fd, enum refusal why, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static int refuse(struct server *srv, int fd, enum refusal why, const char *fmt, ...)
+static int refuse(struct server *srv, int fd, enum refusal why, int err, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+static int refuse(struct server *srv, int fd, enum refusal why, int err, const char *fmt, ...)
 {
 	Iommud__V1__Response resp = IOMMUD__V1__RESPONSE__INIT;
 	Iommud__V1__Status status = IOMMUD__V1__STATUS__INIT;
@@ -173,15 +173,15 @@ static int refuse(struct server *srv, int fd, enum refusal why, const char *fmt,
 	(void)vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
 	srv->d->refused[why]++;
-	status.code = code_for_errno(-EMFILE);
-	status.errno_value = EMFILE;
+	status.code = code_for_errno(err);
+	status.errno_value = -err;
 	status.failed_index = -1;
 	status.message = message;
 	resp.status = &status;
 	(void)send_reply(fd, srv->out, iommud__v1__response__pack(&resp, srv->out), -1);
 	close_unread(srv, fd);
 	log_refusal(srv, message);
-	return -EMFILE;
+	return err;
 }
 
 /* ---- connections ---------------------------------------------------------------------- */
@@ -220,12 +220,14 @@ static void conn_close(struct conn *c)
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 
 /* Waits for the socket to be writable (a reply pending) or readable (none), for as long as
- * the configured timeout lets a connection stay silent. */
+ * the configured timeout lets a connection stay silent (0: forever). Root is held by no
+ * limit, so that the administrator's tools always keep their connection. */
 static void conn_arm(struct conn *c)
 {
 	const struct config *cfg = c->srv->d->cfg;
-	unsigned seconds = c->spoke || !cfg->first_request_timeout ? cfg->idle_timeout
-								   : cfg->first_request_timeout;
+	unsigned seconds = c->client.peer.uid == 0 ? 0
+			   : c->spoke		   ? cfg->idle_timeout
+						   : cfg->first_request_timeout;
 	struct timeval timeout = {.tv_sec = seconds};
 
 	(void)event_del(c->ev);
@@ -404,18 +406,18 @@ static int admit(struct server *srv, int fd, const struct peer *peer)
 	if (peer->uid == 0)
 		return 0;
 	if (open >= srv->max_connections)
-		return refuse(srv, fd, REFUSED_MAX_CONNECTIONS,
+		return refuse(srv, fd, REFUSED_MAX_CONNECTIONS, -EMFILE,
 			      "refusing a connection of uid %u: %u connections are open, the "
 			      "limit (max-connections); retry later",
 			      (unsigned)peer->uid, open);
 	if (open >= srv->max_connections - cfg->reserved_connections && !may_use_reserve(cfg, peer))
-		return refuse(srv, fd, REFUSED_RESERVED,
+		return refuse(srv, fd, REFUSED_RESERVED, -EMFILE,
 			      "refusing a connection of uid %u: the last %u of %u connections are "
 			      "kept for writers the configuration names (reserved-connections); "
 			      "retry later",
 			      (unsigned)peer->uid, cfg->reserved_connections, srv->max_connections);
 	if (of_uid >= cfg->max_connections_per_uid)
-		return refuse(srv, fd, REFUSED_PER_UID,
+		return refuse(srv, fd, REFUSED_PER_UID, -EMFILE,
 			      "refusing a connection of uid %u: it has %u open, the limit "
 			      "(max-connections-per-uid); close some",
 			      (unsigned)peer->uid, of_uid);
@@ -430,6 +432,7 @@ static int conn_new(struct server *srv, int fd, struct peer *peer, struct conn *
 	const struct config *cfg = srv->d->cfg;
 	struct conn *c = calloc(1, sizeof(*c));
 	struct flow_rate rate = {0};
+	const void *flow_key;
 	unsigned of_tenant;
 	int rc = c ? client_init(srv->d, &c->client, peer) : -ENOMEM;
 
@@ -447,17 +450,20 @@ static int conn_new(struct server *srv, int fd, struct peer *peer, struct conn *
 	c->srv = srv;
 	c->fd = fd;
 	c->pending_fd = -1;
-	of_tenant = flows_key_items(srv->flows, c->client.tenant);
+	/* A peer that could not be verified has no tenant: it is a flow of its own, so that one
+	 * user's such connections count against nobody else's. */
+	flow_key = c->client.tenant ? (const void *)c->client.tenant : (const void *)c;
+	of_tenant = flows_key_items(srv->flows, flow_key);
 	/* Readers are rate limited, writers only shared with fairly. */
 	if (peer->uid != 0 && c->client.access < ACCESS_WRITE)
 		rate = (struct flow_rate){cfg->reader_rate, cfg->reader_burst};
 	if (peer->uid != 0 && of_tenant >= cfg->max_connections_per_tenant)
-		rc = refuse(srv, fd, REFUSED_PER_TENANT,
+		rc = refuse(srv, fd, REFUSED_PER_TENANT, -EMFILE,
 			    "refusing a connection of uid %u: its tenant has %u open, the limit "
 			    "(max-connections-per-tenant); close some",
 			    (unsigned)peer->uid, of_tenant);
 	else if (!(c->ev = event_new(srv->base, fd, EV_READ, conn_on_event, c)) ||
-		 flows_join(srv->flows, &c->item, c->client.tenant, peer->uid, &rate) < 0) {
+		 flows_join(srv->flows, &c->item, flow_key, peer->uid, &rate) < 0) {
 		log_warning("cannot take a connection of uid %u: out of memory",
 			    (unsigned)peer->uid);
 		(void)close(fd);
@@ -496,7 +502,7 @@ int server_adopt(struct server *srv, int fd)
 
 	rc = srv->identify(fd, &peer);
 	if (rc < 0)
-		return refuse(srv, fd, REFUSED_UNIDENTIFIED,
+		return refuse(srv, fd, REFUSED_UNIDENTIFIED, -EPERM,
 			      "refusing a connection: cannot identify its peer (%s)",
 			      strerror(-rc));
 	/* Identifying takes descriptors (a pidfd, /proc's file): lacking them says nothing about
@@ -544,6 +550,7 @@ static void accept_stop(struct server *srv)
 
 	if (!srv->listen_ev) /* serving adopted connections only */
 		return;
+	flows_unready(srv->flows, &srv->accept_item);
 	srv->accept_paused = true;
 	(void)event_del(srv->listen_ev);
 	(void)event_add(srv->resume_ev, &pause);
@@ -551,7 +558,7 @@ static void accept_stop(struct server *srv)
 
 static int refuse_out_of_descriptors(struct server *srv, int fd, int err)
 {
-	return refuse(srv, fd, REFUSED_OPEN_FILES,
+	return refuse(srv, fd, REFUSED_OPEN_FILES, -EMFILE,
 		      "refusing a connection: the daemon is out of descriptors (%s, %u "
 		      "connections open); raise LimitNOFILE, or lower max-connections-per-uid "
 		      "to keep one user from taking them",
