@@ -402,6 +402,8 @@ static int replay_mappings(struct type1_domain *d)
 		for (int i = 0; i < n && rc == 0; i++)
 			rc = dma_map(d, m[i].iova, m[i].addr, m[i].length, m[i].prot);
 		from = m[n - 1].iova + m[n - 1].length;
+		if (from == 0) /* the last mapping ends at the top of the 64-bit space */
+			break;
 	}
 	if (rc == 0 && d->dirty_wanted)
 		rc = dirty_pages(d, VFIO_IOMMU_DIRTY_PAGES_FLAG_START);
