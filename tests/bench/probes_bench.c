@@ -132,12 +132,19 @@ static uint64_t median(uint64_t *ns, size_t n)
  * attaching or detaching just rewrote are translated anew. */
 #define WARMUP 3
 
+/* How long each switch is left to settle before its block: detaching hands the old trampoline to
+ * an RCU-tasks grace period, whose kernel thread would otherwise run during the next block (on
+ * the one host thread that runs all of a TCG guest's CPUs) and charge it to whichever side
+ * follows. */
+#define SETTLE_US 100000
+
 /* Attached or not: the BPF programs on the kernel's functions and the in-process clock. */
 static void set_attached(struct bench *b, bool on)
 {
 	if (probes_set_attached(b->probes, on) < 0)
 		fail("attaching the probes again", "the kernel refused");
 	registry_set_probes(b->reg, on ? b->probes : NULL);
+	(void)usleep(SETTLE_US);
 }
 
 /* Blocks of not attached and attached, the order swapped every round, so that drift (a TCG
