@@ -232,27 +232,32 @@ TEST_F(probes_vm, counts_match_the_kernel)
 	CHECK_EQ(probes_dropped_events(self->probes), 0u);
 }
 
+/* Each kernel layer counted expected maps and expected unmaps between before and after. */
+static void check_counted(const struct totals *before, const struct totals *after,
+			  uint64_t expected)
+{
+	uint64_t delta[IOMMUD_LAYER_COUNT][IOMMUD_OP_COUNT];
+
+	layer_deltas(before, after, delta);
+	for (unsigned layer = IOMMUD_LAYER_IOMMU; layer <= IOMMUD_LAYER_IOCTL; layer++)
+		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++)
+			CHECK_EQ(delta[layer][op], expected);
+}
+
 /* Detached, the programs count nothing; attached again, they count every map and unmap as
  * before, into the histograms they kept (what iommud-probes-bench relies on). */
 TEST_F(probes_vm, detach_and_attach_again)
 {
 	struct totals before = totals_now(self->probes), detached, attached;
-	uint64_t delta[IOMMUD_LAYER_COUNT][IOMMUD_OP_COUNT];
 
 	CHECK_OK(probes_set_attached(self->probes, false));
 	map_and_unmap(self);
 	detached = totals_now(self->probes);
-	layer_deltas(&before, &detached, delta);
-	for (unsigned layer = IOMMUD_LAYER_IOMMU; layer <= IOMMUD_LAYER_IOCTL; layer++)
-		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++)
-			CHECK_EQ(delta[layer][op], 0u);
+	check_counted(&before, &detached, 0);
 	CHECK_OK(probes_set_attached(self->probes, true));
 	map_and_unmap(self);
 	attached = totals_now(self->probes);
-	layer_deltas(&detached, &attached, delta);
-	for (unsigned layer = IOMMUD_LAYER_IOMMU; layer <= IOMMUD_LAYER_IOCTL; layer++)
-		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++)
-			CHECK_EQ(delta[layer][op], N_OPS);
+	check_counted(&detached, &attached, N_OPS);
 	CHECK_EQ(probes_dropped_events(self->probes), 0u);
 }
 
