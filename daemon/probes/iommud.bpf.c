@@ -72,42 +72,25 @@ struct {
 	__type(value, __u32);
 } tenant_cgroups SEC(".maps");
 
-/* The ioctl a thread is inside: its start, size and tenant, which the nested iommu_map and
- * iommu_unmap take too. */
-struct ioctl_state {
-	__u64 start_ns;
-	__u64 bytes;
+/* What a thread is inside: a tracked iommufd map/unmap ioctl (its start, size, operation and
+ * tenant, which the driver calls nested in it take too) and those driver calls (a failed map
+ * unmaps inside itself: one of each operation). In the task's own storage, an exit finds its
+ * entry a pointer away: no key to hash, nothing to insert or delete per event. */
+struct task_state {
+	__u64 ioctl_start; /* 0: in no tracked ioctl */
+	__u64 ioctl_bytes;
+	__u64 call_start[IOMMUD_OP_COUNT]; /* 0: in no such call */
+	__u64 call_bytes[IOMMUD_OP_COUNT];
 	__u32 tenant;
-	__u32 op;
+	__u32 ioctl_op;
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct ioctl_state);
-} in_ioctl SEC(".maps");
-
-/* A driver map or unmap in flight on a thread (a failed map unmaps inside itself: keyed by op
- * too). */
-struct call_key {
-	__u32 tid;
-	__u32 op;
-};
-
-/* What the exit needs, all taken at entry: the exit then makes one lookup. */
-struct call_state {
-	__u64 start_ns;
-	__u64 bytes;
-	__u32 tenant;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct call_key);
-	__type(value, struct call_state);
-} in_call SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_state);
+} tasks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -186,11 +169,6 @@ static __always_inline __u32 ioctl_tenant(int fd)
 	return slot ? *slot : cgroup_tenant();
 }
 
-static __always_inline __u32 current_tid(void)
-{
-	return (__u32)bpf_get_current_pid_tgid();
-}
-
 /* The CPU's preempt count, where x86 keeps it: the per-CPU __preempt_count (Linux 6.15 on), in
  * struct pcpu_hot before (6.2 to 6.14). Both weak: the loader resolves the one the kernel has,
  * the other's address is 0 and the verifier drops its branch. Elsewhere (other architectures)
@@ -222,54 +200,73 @@ static __always_inline bool in_interrupt(void)
 
 /* ---- the ioctl layer -------------------------------------------------------------------- */
 
+static __always_inline struct task_state *task_state(__u64 flags)
+{
+	return bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), NULL, flags);
+}
+
+/* The operation of a tracked ioctl command, and where its argument keeps the length. */
+static __always_inline bool tracked_cmd(unsigned int cmd, __u32 *ret_op, __u32 *ret_offset)
+{
+	if (cmd == IOMMU_IOAS_UNMAP_CMD) {
+		*ret_op = IOMMUD_OP_UNMAP;
+		*ret_offset = UNMAP_LENGTH_OFFSET;
+		return true;
+	}
+	if (cmd == IOMMU_IOAS_MAP_CMD || cmd == IOMMU_IOAS_MAP_FILE_CMD) {
+		*ret_op = IOMMUD_OP_MAP;
+		*ret_offset = MAP_LENGTH_OFFSET;
+		return true;
+	}
+	return false;
+}
+
 static __always_inline void ioctl_enter(int fd, unsigned int cmd, unsigned long arg)
 {
-	struct ioctl_state st = {};
-	__u32 offset, tid = current_tid();
+	struct task_state *st;
+	__u32 op, offset;
 
-	if (cmd == IOMMU_IOAS_UNMAP_CMD) {
-		st.op = IOMMUD_OP_UNMAP;
-		offset = UNMAP_LENGTH_OFFSET;
-	} else if (cmd == IOMMU_IOAS_MAP_CMD || cmd == IOMMU_IOAS_MAP_FILE_CMD) {
-		st.op = IOMMUD_OP_MAP;
-		offset = MAP_LENGTH_OFFSET;
-	} else {
+	if (!tracked_cmd(cmd, &op, &offset))
+		return;
+	st = task_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st) {
+		count_drop();
 		return;
 	}
-	if (bpf_probe_read_user(&st.bytes, sizeof(st.bytes), (void *)(arg + offset)) < 0)
-		st.bytes = 0;
-	st.tenant = ioctl_tenant(fd);
-	st.start_ns = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&in_ioctl, &tid, &st, BPF_ANY) < 0)
-		count_drop();
+	if (bpf_probe_read_user(&st->ioctl_bytes, sizeof(st->ioctl_bytes), (void *)(arg + offset)) <
+	    0)
+		st->ioctl_bytes = 0;
+	st->tenant = ioctl_tenant(fd);
+	st->ioctl_op = op;
+	st->ioctl_start = bpf_ktime_get_ns();
 }
 
-static __always_inline void ioctl_exit(long ret)
+static __always_inline void ioctl_exit(struct task_state *st, long ret)
 {
-	__u32 tid = current_tid();
-	struct ioctl_state *st = bpf_map_lookup_elem(&in_ioctl, &tid);
-
-	if (!st)
-		return;
 	if (ret == 0)
-		record(st->tenant, st->op, IOMMUD_LAYER_IOCTL, st->bytes,
-		       bpf_ktime_get_ns() - st->start_ns, true);
-	(void)bpf_map_delete_elem(&in_ioctl, &tid);
+		record(st->tenant, st->ioctl_op, IOMMUD_LAYER_IOCTL, st->ioctl_bytes,
+		       bpf_ktime_get_ns() - st->ioctl_start, true);
+	st->ioctl_start = 0;
 }
 
+/* The syscall's own registers, read in place: the trampoline hands over a kernel pointer. */
 SEC("fentry/__x64_sys_ioctl")
 int BPF_PROG(ioctl_fentry, struct pt_regs *regs)
 {
-	ioctl_enter((int)PT_REGS_PARM1_CORE_SYSCALL(regs),
-		    (unsigned int)PT_REGS_PARM2_CORE_SYSCALL(regs),
-		    (unsigned long)PT_REGS_PARM3_CORE_SYSCALL(regs));
+	ioctl_enter((int)regs->di, (unsigned int)regs->si, regs->dx);
 	return 0;
 }
 
+/* Every other ioctl on the machine leaves at the command, before any lookup. */
 SEC("fexit/__x64_sys_ioctl")
 int BPF_PROG(ioctl_fexit, struct pt_regs *regs, long ret)
 {
-	ioctl_exit(ret);
+	struct task_state *st;
+	__u32 op, offset;
+
+	if (tracked_cmd((unsigned int)regs->si, &op, &offset) && (st = task_state(0)) &&
+	    st->ioctl_start)
+		ioctl_exit(st, ret);
 	return 0;
 }
 
@@ -280,55 +277,53 @@ int BPF_KSYSCALL(ioctl_kprobe, int fd, unsigned int cmd, unsigned long arg)
 	return 0;
 }
 
+/* A kretprobe sees no arguments: the task's state says whether its ioctl was tracked. */
 SEC("kretsyscall/ioctl")
 int BPF_KRETPROBE(ioctl_kretprobe, long ret)
 {
-	ioctl_exit(ret);
+	struct task_state *st = task_state(0);
+
+	if (st && st->ioctl_start)
+		ioctl_exit(st, ret);
 	return 0;
 }
 
 /* ---- the IOMMU driver layer ------------------------------------------------------------- */
 
 /* The driver layer counts only what a tracked iommufd map/unmap ioctl does on its own thread:
- * every other iommu_map on the machine (other devices' DMA mapping, from any context) leaves at
- * the first map lookup. Returns the ioctl's tenant slot, or false outside one. */
-static __always_inline bool driver_tenant(__u32 *ret_tenant)
+ * every other iommu_map on the machine (other devices' DMA mapping, from any context) leaves
+ * after the preempt count, or at the latest after the task storage lookup (which finds nothing
+ * for a task that never made a tracked ioctl). */
+static __always_inline struct task_state *driver_state(void)
 {
-	__u32 tid = current_tid();
-	struct ioctl_state *st;
+	struct task_state *st;
 
 	if (in_interrupt())
-		return false;
-	st = bpf_map_lookup_elem(&in_ioctl, &tid);
-	if (!st)
-		return false;
-	*ret_tenant = st->tenant;
-	return true;
+		return NULL;
+	st = task_state(0);
+	return st && st->ioctl_start ? st : NULL;
 }
 
 static __always_inline void call_enter(__u32 op, __u64 bytes)
 {
-	struct call_key key = {.tid = current_tid(), .op = op};
-	struct call_state st = {.bytes = bytes};
+	struct task_state *st = driver_state();
 
-	if (!driver_tenant(&st.tenant))
+	if (!st || op >= IOMMUD_OP_COUNT)
 		return;
-	st.start_ns = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&in_call, &key, &st, BPF_ANY) < 0)
-		count_drop();
+	st->call_bytes[op] = bytes;
+	st->call_start[op] = bpf_ktime_get_ns();
 }
 
 static __always_inline void call_exit(__u32 op, bool ok)
 {
-	struct call_key key = {.tid = current_tid(), .op = op};
-	struct call_state *st = bpf_map_lookup_elem(&in_call, &key);
+	struct task_state *st = driver_state();
 
-	if (!st)
+	if (!st || op >= IOMMUD_OP_COUNT || !st->call_start[op])
 		return;
 	if (ok)
-		record(st->tenant, op, IOMMUD_LAYER_IOMMU, st->bytes,
-		       bpf_ktime_get_ns() - st->start_ns, true);
-	(void)bpf_map_delete_elem(&in_call, &key);
+		record(st->tenant, op, IOMMUD_LAYER_IOMMU, st->call_bytes[op],
+		       bpf_ktime_get_ns() - st->call_start[op], true);
+	st->call_start[op] = 0;
 }
 
 /* The loader points these at iommu_map_nosync where the kernel has it (iommu_map calls it, and

@@ -93,6 +93,7 @@ struct probes {
 	size_t n_detached;
 	struct iommud_bpf *skel;	     /* NULL at tier OFF */
 	struct bpf_link *links[2 * N_SPECS]; /* entry and exit of each spec */
+	bool attached[N_SPECS];		     /* what the tier attached, kept while detached */
 	const char *target[N_SPECS];	     /* the target chosen for each spec, or NULL */
 	bool said_missing[N_SPECS];	     /* a spec of several tiers says so once */
 	struct iommud_hist *local; /* IN_PROCESS_SLOTS of them when in_process, else NULL */
@@ -222,12 +223,17 @@ static bool attach_spec(struct probes *p, size_t i)
 	return false;
 }
 
-static void detach_all(struct probes *p)
+static void destroy_links(struct probes *p)
 {
 	for (size_t i = 0; i < 2 * N_SPECS; i++) {
 		(void)bpf_link__destroy(p->links[i]);
 		p->links[i] = NULL;
 	}
+}
+
+static void detach_all(struct probes *p)
+{
+	destroy_links(p);
 	iommud_bpf__destroy(p->skel);
 	p->skel = NULL;
 }
@@ -252,9 +258,10 @@ static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct 
 		detach_all(p);
 		return false;
 	}
-	for (size_t i = 0; i < N_SPECS; i++)
-		if (p->target[i] && attach_spec(p, i) && !specs[i].fault)
-			measured++;
+	for (size_t i = 0; i < N_SPECS; i++) {
+		p->attached[i] = p->target[i] && attach_spec(p, i);
+		measured += p->attached[i] && !specs[i].fault;
+	}
 	if (measured)
 		return true;
 	say(p, "%s tier: nothing on the map path attached", name);
@@ -331,6 +338,19 @@ void probes_stop(struct probes *p)
 	free(p->local);
 	free(p->percpu_values);
 	free(p);
+}
+
+int probes_set_attached(struct probes *p, bool attached)
+{
+	int rc = 0;
+
+	if (!p->skel)
+		return 0;
+	destroy_links(p);
+	for (size_t i = 0; attached && i < N_SPECS; i++)
+		if (p->attached[i] && !attach_spec(p, i) && rc == 0)
+			rc = -EAGAIN;
+	return rc;
 }
 
 Iommud__V1__ProbeTier probes_tier(const struct probes *p)

@@ -39,6 +39,12 @@ struct probes_options {
 int probes_start(const struct probes_options *opts, struct probes **ret_probes);
 void probes_stop(struct probes *p);
 
+/* Takes the programs the tier attached off the kernel's functions (false), or puts them back
+ * (true), keeping them loaded and the histograms as they are: what iommud-probes-bench
+ * compares. Does nothing at tier OFF. 0, or -EAGAIN when some program would not attach again
+ * (probes_detached says which; the others are attached). */
+int probes_set_attached(struct probes *p, bool attached);
+
 Iommud__V1__ProbeTier probes_tier(const struct probes *p);
 bool probes_in_process(const struct probes *p);
 /* Each program that is not attached, and why: n lines, valid until probes_stop. */

@@ -5,8 +5,8 @@
  * through the daemon's RPC count exactly N in each histogram of the IOMMU driver layer and of
  * the ioctl layer, the same N the kernel's own iommu:map and iommu:unmap tracepoints count in
  * tracefs for the daemon's process; the counts go to the tenant slot the cgroup was registered to;
- * and an edu DMA to an unmapped IOVA shows in the fault counter where the IOMMU model reports
- * faults.
+ * detached, the programs count nothing, and attached again they count as before; and an edu
+ * DMA to an unmapped IOVA shows in the fault counter where the IOMMU model reports faults.
  *
  * Runs in the VM tier only (exit 77, skipped, without /dev/iommu or an edu bound to vfio-pci).
  */
@@ -140,6 +140,15 @@ static struct totals totals_now(struct probes *p)
 	return t;
 }
 
+/* The difference in each kernel layer's counts from before to after. */
+static void layer_deltas(const struct totals *before, const struct totals *after,
+			 uint64_t delta[IOMMUD_LAYER_COUNT][IOMMUD_OP_COUNT])
+{
+	for (unsigned layer = 0; layer < IOMMUD_LAYER_COUNT; layer++)
+		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++)
+			delta[layer][op] = after->count[layer][op] - before->count[layer][op];
+}
+
 FIXTURE_SETUP(probes_vm)
 {
 	struct probes_options opts = {.max_tier = variant->tier};
@@ -206,12 +215,11 @@ TEST_F(probes_vm, counts_match_the_kernel)
 	map_and_unmap(self);
 	trace_count(self->daemon.pid, &trace_maps, &trace_unmaps);
 	after = totals_now(self->probes);
+	layer_deltas(&before, &after, delta);
 	for (unsigned layer = IOMMUD_LAYER_IOMMU; layer <= IOMMUD_LAYER_IOCTL; layer++)
-		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++) {
-			delta[layer][op] = after.count[layer][op] - before.count[layer][op];
+		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++)
 			(void)printf("layer %u op %u: %llu\n", layer, op,
 				     (unsigned long long)delta[layer][op]);
-		}
 	(void)printf("tracefs: %u iommu:map, %u iommu:unmap\n", trace_maps, trace_unmaps);
 	CHECK_EQ(trace_maps, N_OPS);
 	CHECK_EQ(trace_unmaps, N_OPS);
@@ -221,6 +229,35 @@ TEST_F(probes_vm, counts_match_the_kernel)
 	CHECK_EQ(delta[IOMMUD_LAYER_IOCTL][IOMMUD_OP_UNMAP], N_OPS);
 	/* the daemon runs in the cgroup registered to SLOT: all of it counts there */
 	CHECK_EQ(after.other_tenants, 0u);
+	CHECK_EQ(probes_dropped_events(self->probes), 0u);
+}
+
+/* Each kernel layer counted expected maps and expected unmaps between before and after. */
+static void check_counted(const struct totals *before, const struct totals *after,
+			  uint64_t expected)
+{
+	uint64_t delta[IOMMUD_LAYER_COUNT][IOMMUD_OP_COUNT];
+
+	layer_deltas(before, after, delta);
+	for (unsigned layer = IOMMUD_LAYER_IOMMU; layer <= IOMMUD_LAYER_IOCTL; layer++)
+		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++)
+			CHECK_EQ(delta[layer][op], expected);
+}
+
+/* Detached, the programs count nothing; attached again, they count every map and unmap as
+ * before, into the histograms they kept (what iommud-probes-bench relies on). */
+TEST_F(probes_vm, detach_and_attach_again)
+{
+	struct totals before = totals_now(self->probes), detached, attached;
+
+	CHECK_OK(probes_set_attached(self->probes, false));
+	map_and_unmap(self);
+	detached = totals_now(self->probes);
+	check_counted(&before, &detached, 0);
+	CHECK_OK(probes_set_attached(self->probes, true));
+	map_and_unmap(self);
+	attached = totals_now(self->probes);
+	check_counted(&detached, &attached, N_OPS);
 	CHECK_EQ(probes_dropped_events(self->probes), 0u);
 }
 
