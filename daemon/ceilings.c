@@ -88,8 +88,9 @@ static bool has_ipc_lock(void)
 	return effective & (1ull << CAP_IPC_LOCK_BIT);
 }
 
-/* iommufd charges pinned pages to the pinning process's RLIMIT_MEMLOCK unless it has
- * CAP_IPC_LOCK; the emulated backend pins nothing. */
+/* A backend that pins in the kernel (iommufd, VFIO type1) has the kernel charge pinned pages to
+ * the pinning process's RLIMIT_MEMLOCK unless it has CAP_IPC_LOCK; the emulated backend pins
+ * nothing. */
 static uint64_t pinned_ceiling(bool pins_in_kernel)
 {
 	struct rlimit locked;
