@@ -942,8 +942,8 @@ static int map_refused(int rc)
 				"open it read-write or map it with PROT_READ only");
 	if (rc == -EPERM)
 		return fail(rc, "the file is sealed against writing (F_SEAL_WRITE or "
-				"F_SEAL_FUTURE_WRITE), so the device may not write it; map it "
-				"with PROT_READ only");
+				"F_SEAL_FUTURE_WRITE) or append-only, so the device may not write "
+				"it; map it with PROT_READ only");
 	return fail(rc, "cannot map the memory in the daemon: %s", strerror(-rc));
 }
 
