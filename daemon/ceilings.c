@@ -45,18 +45,17 @@ static uint64_t maps_in_use(void)
 }
 
 /* The maps of client files all tenants may have the daemon hold: vm.max_map_count less the maps
- * the daemon holds now and an
- * eighth of the limit kept for its own later allocations (libraries' and the allocator's maps)
- * and the two transient maps of a file map's placement (one at a time). */
+ * the daemon holds now and an eighth of the limit kept for its own later allocations (libraries'
+ * and the allocator's maps) and the two transient maps of a file map's placement (one at a
+ * time). */
 static uint64_t maps_ceiling(void)
 {
 	uint64_t limit = read_number("/proc/sys/vm/max_map_count", DEFAULT_MAX_MAP_COUNT);
 	uint64_t held = maps_in_use(), headroom = limit / 8;
 
 	if (limit <= held + headroom) {
-		log_warning("vm.max_map_count (%" PRIu64
-			    ") leaves no room for file maps beside the "
-			    "daemon's own %" PRIu64 " maps; raise it (sysctl vm.max_map_count)",
+		log_warning("vm.max_map_count (%" PRIu64 ") leaves no room for file maps beside "
+			    "the daemon's own %" PRIu64 " maps; raise it (sysctl vm.max_map_count)",
 			    limit, held);
 		return 1;
 	}
@@ -89,8 +88,9 @@ static bool has_ipc_lock(void)
 	return effective & (1ull << CAP_IPC_LOCK_BIT);
 }
 
-/* iommufd charges pinned pages to the pinning process's RLIMIT_MEMLOCK unless it has
- * CAP_IPC_LOCK; the emulated backend pins nothing. */
+/* A backend that pins in the kernel (iommufd, VFIO type1) has the kernel charge pinned pages to
+ * the pinning process's RLIMIT_MEMLOCK unless it has CAP_IPC_LOCK; the emulated backend pins
+ * nothing. */
 static uint64_t pinned_ceiling(bool pins_in_kernel)
 {
 	struct rlimit locked;
@@ -115,6 +115,30 @@ static uint64_t lowered(const char *key, uint64_t configured, uint64_t derived, 
 	return configured;
 }
 
+static void warn_reaching(const char *section, const char *quota, uint64_t value,
+			  const char *ceiling, uint64_t limit)
+{
+	if (limit && value >= limit)
+		log_warning("[%s]: %s = %" PRIu64 " reaches %s (%" PRIu64 ") alone, so one tenant "
+			    "of the section can deny every other tenant; lower it",
+			    section, quota, value, ceiling, limit);
+}
+
+/* The ceilings bound all tenants together: a section's quota must leave others a share. */
+static void warn_quotas_reaching(const struct config *cfg, const struct ceilings *ceil)
+{
+	for (size_t i = 0; i < cfg->n_rules; i++) {
+		const struct access_rule *rule = &cfg->rules[i];
+
+		warn_reaching(rule->section, "max-maps", rule->max_maps, "max-maps-total",
+			      ceil->max_maps);
+		warn_reaching(rule->section, "max-leases", rule->max_leases, "max-leases-total",
+			      ceil->max_leases);
+		warn_reaching(rule->section, "max-pinned", rule->max_pinned_bytes,
+			      "max-pinned-total", ceil->max_pinned_bytes);
+	}
+}
+
 void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceilings *ret)
 {
 	*ret = (struct ceilings){
@@ -125,7 +149,13 @@ void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceil
 		.max_pinned_bytes = lowered("max-pinned-total", cfg->max_pinned_total,
 					    pinned_ceiling(pins_in_kernel), "RLIMIT_MEMLOCK"),
 	};
+	/* Which one the lower was, so that a refusal names what to raise. */
+	ret->max_pinned_from =
+		cfg->max_pinned_total && ret->max_pinned_bytes == cfg->max_pinned_total
+			? "max-pinned-total in the configuration"
+			: "the daemon's RLIMIT_MEMLOCK (LimitMEMLOCK)";
 	log_info("ceilings over all tenants: %" PRIu64 " file maps, %" PRIu64 " leases, "
 		 "pinned bytes %" PRIu64 " (0: no limit)",
 		 ret->max_maps, ret->max_leases, ret->max_pinned_bytes);
+	warn_quotas_reaching(cfg, ret);
 }

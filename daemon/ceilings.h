@@ -27,11 +27,13 @@
 struct ceilings {
 	uint64_t max_maps;
 	uint64_t max_leases;
-	uint64_t max_pinned_bytes; /* 0: no daemon-wide limit applies */
+	uint64_t max_pinned_bytes;   /* 0: no daemon-wide limit applies */
+	const char *max_pinned_from; /* what set it, for messages: the configuration or the limit */
 };
 
 /* The ceilings for this process now; pins_in_kernel: the backend pins memory in the kernel,
- * which charges the daemon. Logs each ceiling with what it was derived from. */
+ * which charges the daemon. Logs each ceiling with what it was derived from, and warns of each
+ * section whose quota alone reaches a ceiling (one tenant of it could deny all others). */
 void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceilings *ret);
 
 #endif

@@ -21,7 +21,10 @@
 /* Quotas of a section that does not set them: enough for a VM with a few devices. */
 #define DEFAULT_MAX_DOMAINS  64
 #define DEFAULT_MAX_MAPPINGS 65536
-#define DEFAULT_MAX_PINNED   (16ull << 30)
+/* An eighth of the maps ceiling the kernel's default vm.max_map_count gives (about 57 k), so
+ * that one tenant cannot take every map, and still room for mappings from 7 k files. */
+#define DEFAULT_MAX_MAPS   7168
+#define DEFAULT_MAX_PINNED (16ull << 30)
 /* Leases are kept with no connection open: a few per tenant serve a VM manager's VMs. */
 #define DEFAULT_MAX_LEASES 16
 /* 64 MiB of page tables map 32 GiB densely at 4 KiB leaves (8 KiB per 4 MiB), so only sparse
@@ -31,8 +34,8 @@
 /* The quotas of a section that does not set them. */
 #define DEFAULT_QUOTAS                                                                             \
 	.max_domains = DEFAULT_MAX_DOMAINS, .max_mappings = DEFAULT_MAX_MAPPINGS,                  \
-	.max_pinned_bytes = DEFAULT_MAX_PINNED, .max_leases = DEFAULT_MAX_LEASES,                  \
-	.max_page_table_bytes = DEFAULT_MAX_PAGE_TABLES
+	.max_maps = DEFAULT_MAX_MAPS, .max_pinned_bytes = DEFAULT_MAX_PINNED,                      \
+	.max_leases = DEFAULT_MAX_LEASES, .max_page_table_bytes = DEFAULT_MAX_PAGE_TABLES
 
 #define DEFAULT_MAX_CONNECTIONS 4096
 
@@ -432,6 +435,8 @@ static int rule_key(struct load_state *st, struct access_rule *rule, const char 
 		quota = &rule->max_domains;
 	else if (strcmp(name, "max-mappings") == 0)
 		quota = &rule->max_mappings;
+	else if (strcmp(name, "max-maps") == 0)
+		quota = &rule->max_maps;
 	else if (strcmp(name, "max-pinned") == 0)
 		quota = &rule->max_pinned_bytes;
 	else if (strcmp(name, "max-leases") == 0)
@@ -441,7 +446,8 @@ static int rule_key(struct load_state *st, struct access_rule *rule, const char 
 	if (!quota)
 		return bad(st,
 			   "unknown key '%s' in [%s]; known: access, devices, max-domains, "
-			   "max-leases, max-mappings, max-page-tables, max-pinned, stats",
+			   "max-leases, max-mappings, max-maps, max-page-tables, max-pinned, "
+			   "stats",
 			   name, rule->section);
 	if (parse_size(value, quota) < 0)
 		return bad(st, "%s must be a number (with K, M, G or T for sizes), not '%s'", name,

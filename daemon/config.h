@@ -35,6 +35,9 @@ struct access_rule {
 	size_t n_devices;
 	uint64_t max_domains;
 	uint64_t max_mappings;
+	/* The daemon's memory maps of client files the tenant may hold: its share of
+	 * max-maps-total, so that no one tenant takes every map. */
+	uint64_t max_maps;
 	uint64_t max_pinned_bytes;
 	uint64_t max_leases;
 	uint64_t max_page_table_bytes; /* the emulated IOMMU's tables, kept in the daemon */

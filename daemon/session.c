@@ -201,8 +201,7 @@ static void release_memory(struct registry *reg, void *va, uint64_t length)
 	reg->failed_releases++;
 	if (mprotect(va, length, PROT_NONE) == 0) {
 		log_err("cannot unmap a client file's memory [%p, +0x%llx) in the daemon (%s); "
-			"made "
-			"it inaccessible instead; lower max-maps-total or raise "
+			"made it inaccessible instead; lower max-maps-total or raise "
 			"vm.max_map_count",
 			va, (unsigned long long)length, strerror(saved));
 		return;
@@ -525,11 +524,11 @@ static int check_lease_room(const struct tenant *t)
 			    (unsigned)t->uid, (unsigned long long)t->used.leases,
 			    t->rule ? t->rule->section : "a configuration section, which it lacks");
 	if (t->reg->total.leases >= ceil->max_leases)
-		return fail(-ENOSPC,
-			    "the daemon holds %llu leases, its ceiling over all tenants "
-			    "(max-leases-total, below the open-file limit); try again once leases "
-			    "are released, or ask the administrator to raise LimitNOFILE",
-			    (unsigned long long)t->reg->total.leases);
+		return fail(
+			-ENOSPC,
+			"the daemon holds as many leases as its ceiling over all tenants allows "
+			"(max-leases-total, below the open-file limit); try again once leases "
+			"are released, or ask the administrator to raise LimitNOFILE");
 	return 0;
 }
 
@@ -857,9 +856,12 @@ int session_check_file(int fd, struct map_file *out)
 		return fail(-EINVAL, "the descriptor sent with the request is not a memfd, tmpfs "
 				     "or hugetlbfs file; create the memory with memfd_create "
 				     "(iommuctl_memfd) and seal it with F_SEAL_SHRINK");
+	/* Files that take no seals (tmpfs, hugetlbfs outside memfd) answer with an error. */
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0)
+		seals = 0;
 	if (is_memfd(fd)) {
-		seals = fcntl(fd, F_GET_SEALS);
-		if (seals < 0 || !(seals & F_SEAL_SHRINK))
+		if (!(seals & F_SEAL_SHRINK))
 			return fail(-EINVAL,
 				    "the memfd is not sealed against shrinking, so it could "
 				    "shrink under a DMA mapping; create it with "
@@ -872,6 +874,8 @@ int session_check_file(int fd, struct map_file *out)
 		.ino = st.st_ino,
 		.size = (uint64_t)st.st_size,
 		.page_size = fs.f_type == HUGETLBFS_MAGIC ? (uint64_t)st.st_blksize : MAP_GRANULE,
+		.access_mode = flags & O_ACCMODE,
+		.seals = seals,
 	};
 	return 0;
 }
@@ -930,6 +934,31 @@ static void *map_placed(int fd, uint64_t offset, uint64_t length, int prot)
 	return va;
 }
 
+/* Why mmap refused a map of the file, said as what the client should change. */
+static int map_refused(int rc)
+{
+	if (rc == -EACCES)
+		return fail(rc, "the file was opened read-only, so the device may not write it; "
+				"open it read-write or map it with PROT_READ only");
+	if (rc == -EPERM)
+		return fail(rc, "the file is sealed against writing (F_SEAL_WRITE or "
+				"F_SEAL_FUTURE_WRITE) or append-only, so the device may not write "
+				"it; map it with PROT_READ only");
+	return fail(rc, "cannot map the memory in the daemon: %s", strerror(-rc));
+}
+
+/* The refusals mmap would give a writable map from this request's descriptor: a map made from
+ * another descriptor of the same file is shared only with a request whose own descriptor would
+ * have been allowed to make it. */
+static int check_writable(const struct map_file *f)
+{
+	if (f->access_mode != O_RDWR)
+		return map_refused(-EACCES);
+	if (f->seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
+		return map_refused(-EPERM);
+	return 0;
+}
+
 static struct file_map *file_map_find(struct session *s, const struct map_entry *e, bool writable)
 {
 	struct file_map *fm;
@@ -953,14 +982,20 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 	struct file_map *fm;
 	int rc;
 
+	if (t->used.maps >= t->rule->max_maps)
+		return fail(
+			-EDQUOT,
+			"uid %u holds %llu memory maps of client files in the daemon, its quota "
+			"(max-maps in %s); unmap some, or map from fewer files (a file's "
+			"mappings share one map)",
+			(unsigned)t->uid, (unsigned long long)t->used.maps, t->rule->section);
 	if (t->reg->total.maps >= t->reg->ceil.max_maps)
 		return fail(
 			-ENOSPC,
-			"the daemon holds %llu memory maps of client files, its ceiling over all "
-			"tenants (max-maps-total, below vm.max_map_count); unmap some, map from "
-			"fewer files (a file's mappings share one map), or ask the administrator "
-			"to raise vm.max_map_count",
-			(unsigned long long)t->reg->total.maps);
+			"the daemon holds as many memory maps of client files as its ceiling "
+			"over all tenants allows (max-maps-total, below vm.max_map_count); "
+			"unmap some, map from fewer files (a file's mappings share one map), or "
+			"ask the administrator to raise vm.max_map_count");
 	fm = calloc(1, sizeof(*fm));
 	if (!fm)
 		return fail(-ENOMEM, "out of memory");
@@ -975,11 +1010,7 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 		 * *ret_fm after a 0. */
 		rc = errno > 0 ? -errno : -EIO;
 		free(fm);
-		if (rc == -EACCES)
-			return fail(rc,
-				    "the file was opened read-only, so the device may not write "
-				    "it; open it read-write or map it with PROT_READ only");
-		return fail(rc, "cannot map the memory in the daemon: %s", strerror(-rc));
+		return map_refused(rc);
 	}
 	if (fm->whole)
 		t->whole_file_bytes += fm->length;
@@ -995,8 +1026,12 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 static int file_map_get(struct session *s, const struct map_entry *e, struct file_map **ret_fm)
 {
 	bool writable = e->prot & KH_PROT_WRITE;
-	struct file_map *fm = file_map_find(s, e, writable);
+	struct file_map *fm;
+	int rc = writable ? check_writable(e->file) : 0;
 
+	if (rc < 0)
+		return rc;
+	fm = file_map_find(s, e, writable);
 	if (!fm)
 		return file_map_new(s, e, writable, ret_fm);
 	fm->refs++;
@@ -1023,10 +1058,10 @@ static int check_ceilings(const struct registry *reg, uint64_t length)
 		return fail(
 			-ENOSPC,
 			"mapping 0x%llx bytes would pin more than the daemon's ceiling over all "
-			"tenants (max-pinned-total, 0x%llx, from its RLIMIT_MEMLOCK; 0x%llx in "
-			"use); unmap memory, or ask the administrator to raise LimitMEMLOCK",
+			"tenants (max-pinned-total, 0x%llx, set by %s); unmap memory, or ask the "
+			"administrator to raise %s",
 			(unsigned long long)length, (unsigned long long)reg->ceil.max_pinned_bytes,
-			(unsigned long long)reg->total.pinned_bytes);
+			reg->ceil.max_pinned_from, reg->ceil.max_pinned_from);
 	return 0;
 }
 
@@ -1059,9 +1094,6 @@ static int check_entry(struct session *s, const struct map_entry *e, struct doma
 			    (unsigned)s->tenant->uid, (unsigned long long)used->mappings);
 	if (used->page_table_bytes >= rule->max_page_table_bytes)
 		return page_tables_exhausted(s->tenant);
-	rc = check_ceilings(s->tenant->reg, e->length);
-	if (rc < 0)
-		return rc;
 	if (e->length > rule->max_pinned_bytes - used->pinned_bytes)
 		return fail(
 			-EDQUOT,
@@ -1070,7 +1102,11 @@ static int check_entry(struct session *s, const struct map_entry *e, struct doma
 			(unsigned long long)e->length, (unsigned)s->tenant->uid,
 			(unsigned long long)rule->max_pinned_bytes,
 			(unsigned long long)used->pinned_bytes);
+	/* The tenant's own limits first: only a request that fits them learns of the ceiling. */
 	rc = check_range(e);
+	if (rc < 0)
+		return rc;
+	rc = check_ceilings(s->tenant->reg, e->length);
 	if (rc < 0)
 		return rc;
 	*ret_dom = dom;
@@ -1093,6 +1129,28 @@ static void in_process_done(const struct session *s, enum iommud_map_op op, uint
 		return;
 	probes_record(s->tenant->reg->probes, op, bytes, tenant_label_slot(s->tenant),
 		      monotonic_ns() - start);
+}
+
+/* Unmaps a mapping that took its tenant's page tables past the quota. Should the unmap fail,
+ * the mapping stays (and stays charged) and the client is told to unmap it. */
+static int take_back(struct session *s, struct domain_rec *dom, const struct map_entry *e,
+		     uint64_t iova)
+{
+	int rc = kh_unmap(s->ctx, e->domain_id, iova, e->length, NULL);
+
+	recharge_tables(s, dom);
+	if (rc < 0) {
+		log_err("uid %u: cannot take back the mapping [0x%llx, +0x%llx) in domain %u past "
+			"its page-table quota: %s",
+			(unsigned)s->tenant->uid, (unsigned long long)iova,
+			(unsigned long long)e->length, e->domain_id, kh_last_error());
+		return fail(rc,
+			    "the mapping at IOVA 0x%llx passed the page-table quota "
+			    "(max-page-tables) and cannot be taken back (%s); it stays mapped: "
+			    "unmap it",
+			    (unsigned long long)iova, kh_last_error());
+	}
+	return page_tables_exhausted(s->tenant);
 }
 
 int session_map(struct session *s, struct map_entry *e)
@@ -1139,9 +1197,7 @@ int session_map(struct session *s, struct map_entry *e)
 	recharge_tables(s, dom);
 	if (s->tenant->used.page_table_bytes > s->tenant->rule->max_page_table_bytes) {
 		/* Only the map shows what its tables cost: take it back (its memory with it). */
-		(void)kh_unmap(s->ctx, e->domain_id, req.iova, e->length, NULL);
-		recharge_tables(s, dom);
-		return page_tables_exhausted(s->tenant);
+		return take_back(s, dom, e, req.iova);
 	}
 	e->iova = req.iova;
 	log_debug("uid %u mapped [0x%llx, +0x%llx) in domain %u", (unsigned)s->tenant->uid,

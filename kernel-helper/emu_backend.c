@@ -820,19 +820,6 @@ static uint64_t emu_table_bytes(struct kh_domain *dom)
 	return to_emu(dom)->pt.table_pages * EMU_SZ_4K;
 }
 
-int kh_emu_pgtable_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *bytes)
-{
-	struct kh_domain *dom;
-	int rc = kh_find_domain(ctx, domain_id, &dom);
-
-	if (rc < 0)
-		return rc;
-	if (ctx->be->ops->kind != KH_BACKEND_EMULATED || dom->type != KH_DOMAIN_PAGING)
-		return kh_fail(-EOPNOTSUPP, "domain %u has no emulated page table", domain_id);
-	*bytes = emu_table_bytes(dom);
-	return 0;
-}
-
 /* ---- ops tables: chosen per domain at allocation ------------------------------------------ */
 
 /* Every emulated domain takes devices through their group and frees itself alike. */

@@ -135,9 +135,9 @@ static uint64_t pgtable_bytes_for_gib(struct setup *s)
 				 .flags = KH_MAP_FIXED_IOVA};
 	uint64_t empty, full;
 
-	check(kh_emu_pgtable_bytes(s->ctx, s->dom, &empty), "measuring page tables");
+	check(kh_domain_table_bytes(s->ctx, s->dom, &empty), "measuring page tables");
 	check(kh_map(s->ctx, s->dom, &req), "mapping 1 GiB");
-	check(kh_emu_pgtable_bytes(s->ctx, s->dom, &full), "measuring page tables");
+	check(kh_domain_table_bytes(s->ctx, s->dom, &full), "measuring page tables");
 	check(kh_unmap(s->ctx, s->dom, IOVA, GiB, NULL), "unmapping 1 GiB");
 	return full - empty;
 }

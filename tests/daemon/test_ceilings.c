@@ -5,6 +5,8 @@
  * reached; leases and the emulated IOMMU's page tables are charged to their tenant's quota; and
  * GetStats shows a peer that is no observer its own tenant's figures only.
  */
+#define _GNU_SOURCE /* F_ADD_SEALS */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +41,19 @@ static void refused(struct iommuctl *c, int rc, Iommud__V1__Code code, const cha
 		(void)fprintf(stderr, "expected %s naming '%s', got %d (%s: %s)\n",
 			      iommuctl_code_name(code), names, rc,
 			      iommuctl_code_name(iommuctl_last_code(c)), iommuctl_last_error(c));
+		abort();
+	}
+}
+
+/* A refusal that tells a tenant no figure of what other tenants hold: neither a count "in use"
+ * nor the figure itself. */
+static void tells_no_usage(struct iommuctl *c, const char *figure)
+{
+	const char *message = iommuctl_last_error(c);
+
+	if (strstr(message, "in use") || strstr(message, figure)) {
+		(void)fprintf(stderr, "the refusal tells what all tenants hold ('%s'): %s\n",
+			      figure, message);
 		abort();
 	}
 }
@@ -149,6 +164,7 @@ static int map_refused_at_ceiling(void *arg)
 	CHECK_OK(mem);
 	refused(c, map_page(c, paging_domain(c, "emu1"), mem, 0),
 		IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED, "max-maps-total");
+	tells_no_usage(c, "holds 3");
 	(void)close(mem);
 	iommuctl_close(c);
 	return 0;
@@ -236,6 +252,125 @@ TEST(mappings_of_one_file_share_one_map)
 	fixture_stop(&daemon_under_test);
 }
 
+/* A tenant's share of the daemon's maps (max-maps): the one past it is refused with the
+ * quota's name, before the ceiling over all tenants, and an unmap gives one back. */
+TEST(maps_quota_per_tenant)
+{
+	int mem[3];
+	struct iommuctl *c;
+	uint32_t dom;
+
+	for (int i = 0; i < 3; i++)
+		CHECK_OK(mem[i] = iommuctl_memfd("share", PAGE));
+	fixture_start(&daemon_under_test,
+		      "max-maps-total = 2\n[uid 0]\naccess = write\ndevices = emu0\nmax-maps = 2\n",
+		      "emu0");
+	c = connect_with(NULL, NULL);
+	dom = paging_domain(c, "emu0");
+	succeeds(c, map_page(c, dom, mem[0], 0), "Map within the quota");
+	succeeds(c, map_page(c, dom, mem[1], PAGE), "Map within the quota");
+	refused(c, map_page(c, dom, mem[2], 2 * PAGE), IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED,
+		"max-maps in uid 0");
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
+	succeeds(c, map_page(c, dom, mem[2], 2 * PAGE), "Map after an unmap");
+	iommuctl_close(c);
+	for (int i = 0; i < 3; i++)
+		(void)close(mem[i]);
+	fixture_stop(&daemon_under_test);
+}
+
+static int map_writable(struct iommuctl *c, uint32_t dom, int fd, uint64_t iova)
+{
+	return iommuctl_map_fd(c, dom, fd, 0, PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true,
+			       0, &iova);
+}
+
+/* The session's writable map of a file, made from a read-write descriptor, is shared only with
+ * requests whose own descriptor mmap would let write: not a read-only one of the same file,
+ * nor the same one once sealed against writing. */
+TEST(writable_map_reused_only_for_a_writable_fd)
+{
+	int mem = iommuctl_memfd("reuse", PAGE), read_only;
+	char path[64];
+	struct iommuctl *c;
+	uint32_t dom;
+
+	CHECK_OK(mem);
+	(void)snprintf(path, sizeof(path), "/proc/self/fd/%d", mem);
+	CHECK((read_only = open(path, O_RDONLY | O_CLOEXEC)) >= 0);
+	fixture_start(&daemon_under_test, "[uid 0]\naccess = write\ndevices = emu0\n", "emu0");
+	c = connect_with(NULL, NULL);
+	dom = paging_domain(c, "emu0");
+	succeeds(c, map_writable(c, dom, mem, 0), "Map writable");
+	refused(c, map_writable(c, dom, read_only, PAGE), IOMMUD__V1__CODE__CODE_PERMISSION_DENIED,
+		"opened read-only");
+	succeeds(c, map_page(c, dom, read_only, 2 * PAGE), "Map read-only of a read-only fd");
+	CHECK(fcntl(mem, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) == 0);
+	refused(c, map_writable(c, dom, mem, 3 * PAGE), IOMMUD__V1__CODE__CODE_PERMISSION_DENIED,
+		"sealed against writing");
+	succeeds(c, map_page(c, dom, mem, 3 * PAGE), "Map read-only of a sealed memfd");
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 2);
+	iommuctl_close(c);
+	(void)close(read_only);
+	(void)close(mem);
+	fixture_stop(&daemon_under_test);
+}
+
+/* ---- pinned bytes: the tenant's quota, then the ceiling over all ------------------------ */
+
+#define PINNED_CEILING (1ull << 30)
+
+/* A writer that is no observer, while root pins one page: refused by its own quota and the
+ * file's end before it learns of the ceiling, and by the ceiling without what others pin. */
+static int pinned_refusals(void *arg)
+{
+	struct iommuctl *c = connect_with(NULL, NULL);
+	uint32_t dom = paging_domain(c, "emu1");
+	int mem = iommuctl_memfd("small", PAGE), big = iommuctl_memfd("big", PINNED_CEILING);
+
+	(void)arg;
+	CHECK_OK(mem);
+	CHECK_OK(big);
+	refused(c,
+		iommuctl_map_fd(c, dom, mem, 0, 1ull << 40, IOMMUCTL_PROT_READ, true, 0,
+				&(uint64_t){0}),
+		IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED, "max-pinned;");
+	refused(c,
+		iommuctl_map_fd(c, dom, mem, 0, 2 * PAGE, IOMMUCTL_PROT_READ, true, 0,
+				&(uint64_t){0}),
+		IOMMUD__V1__CODE__CODE_OUT_OF_RANGE, "passes the end of the file");
+	refused(c,
+		iommuctl_map_fd(c, dom, big, 0, PINNED_CEILING, IOMMUCTL_PROT_READ, true, 0,
+				&(uint64_t){0}),
+		IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED,
+		"max-pinned-total, 0x40000000, set by max-pinned-total in the configuration");
+	tells_no_usage(c, "0x1000");
+	(void)close(mem);
+	(void)close(big);
+	iommuctl_close(c);
+	return 0;
+}
+
+TEST(pinned_ceiling_after_the_tenant_s_own_limits)
+{
+	int mem = iommuctl_memfd("root", PAGE);
+	struct iommuctl *c;
+
+	if (geteuid() != 0)
+		SKIP("not root: other tenants need other uids");
+	CHECK_OK(mem);
+	fixture_start(&daemon_under_test,
+		      "max-pinned-total = 1G\n[uid 0]\naccess = write\ndevices = emu*\n"
+		      "[uid 65534]\naccess = write\ndevices = emu1\nmax-pinned = 2G\n",
+		      "emu0 emu1");
+	c = connect_with(NULL, NULL);
+	succeeds(c, map_page(c, paging_domain(c, "emu0"), mem, 0), "Map");
+	CHECK_EQ(run_as(OTHER_UID, pinned_refusals, NULL), 0);
+	iommuctl_close(c);
+	(void)close(mem);
+	fixture_stop(&daemon_under_test);
+}
+
 /* ---- leases: per tenant and over all, below the open-file limit ------------------------ */
 
 /* The daemon started under a lower open-file limit derives a lower lease ceiling from it. */
@@ -273,6 +408,7 @@ static int lease_refused(void *names)
 	CHECK_OK(iommuctl_connect(daemon_under_test.socket_path, &c));
 	refused(c, iommuctl_hello(c, "test_ceilings", "one-more", NULL),
 		IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED, names);
+	tells_no_usage(c, "holds 3"); /* all tenants' leases at the ceiling */
 	iommuctl_close(c);
 	return 0;
 }
@@ -365,9 +501,14 @@ static int bystander(void *arg)
 static int stranger_sees_own(void *arg)
 {
 	struct iommuctl *c = connect_with(NULL, NULL);
-	Iommud__V1__GetStatsReply *s = stats_of(c);
+	int second = raw_connect(&daemon_under_test);
+	Iommud__V1__GetStatsReply *s;
 
 	(void)arg;
+	/* Past max-connections-per-uid: counted among everyone's refusals once answered. */
+	iommud__v1__response__free_unpacked(raw_recv(second, NULL), NULL);
+	(void)close(second);
+	s = stats_of(c);
 	CHECK(!s->observer);
 	CHECK_EQ(s->connections, 1);
 	CHECK_EQ(s->tenants, 1);
@@ -379,9 +520,13 @@ static int stranger_sees_own(void *arg)
 	CHECK_EQ(s->n_tenant_stats, 1);
 	CHECK(strcmp(s->tenant_stats[0]->tenant, "other") == 0);
 	CHECK_EQ(s->tenant_stats[0]->tenants, 1);
+	CHECK_EQ(s->n_refused_connections, 0);
+	CHECK_EQ(s->rate_limited, 0);
 	/* The limits, not what everyone holds against them. */
 	CHECK(s->ceilings->max_maps > 0);
 	CHECK_EQ(s->ceilings->maps, 0);
+	CHECK_EQ(s->ceilings->leases, 0);
+	CHECK_EQ(s->ceilings->pinned_bytes, 0);
 	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
 	iommuctl_close(c);
 	return 0;
@@ -416,9 +561,10 @@ TEST(stats_scoped_to_own_tenant)
 		SKIP("not root: other tenants need other uids");
 	CHECK_OK(mem);
 	fixture_start(&daemon_under_test,
-		      "[access]\ndefault = read\n[uid 0]\naccess = write\ndevices = emu0\n",
+		      "max-connections-per-uid = 1\n[access]\ndefault = read\n[uid 0]\n"
+		      "access = write\ndevices = emu0\n",
 		      "emu0");
-	c = connect_with(NULL, NULL);
+	c = connect_with("observed", NULL);
 	succeeds(c, map_page(c, paging_domain(c, "emu0"), mem, 0), "Map");
 	start_bystander(pipes, &pid);
 	CHECK_EQ(run_as(STRANGER_UID, stranger_sees_own, NULL), 0);
@@ -427,6 +573,9 @@ TEST(stats_scoped_to_own_tenant)
 	CHECK(s->observer);
 	CHECK(s->n_methods > 0 && s->n_devices == 1);
 	CHECK_EQ(s->ceilings->maps, 1);
+	CHECK_EQ(s->ceilings->leases, 1);
+	CHECK_EQ(s->ceilings->pinned_bytes, PAGE);
+	CHECK(s->n_refused_connections > 0);
 	CHECK(s->connections >= 2);
 	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
 	CHECK(write(pipes[3], "x", 1) == 1);

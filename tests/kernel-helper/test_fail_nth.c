@@ -58,7 +58,7 @@ static void snap(struct world *w, struct snapshot *s)
 			continue;
 		s->n_maps[d] = kh_mappings(w->ctx, w->domains[d], 0, s->maps[d], 16);
 		s->n_ranges[d] = kh_iova_ranges(w->ctx, w->domains[d], s->ranges[d], 8);
-		CHECK_OK(kh_emu_pgtable_bytes(w->ctx, w->domains[d], &s->pgtable[d]));
+		CHECK_OK(kh_domain_table_bytes(w->ctx, w->domains[d], &s->pgtable[d]));
 		for (int m = 0; m < s->n_maps[d]; m++) {
 			uint8_t byte;
 

@@ -72,9 +72,6 @@ int kh_emu_dma(struct kh_backend *be, const char *device, uint64_t iova, void *b
 size_t kh_emu_faults(struct kh_backend *be, struct kh_emu_fault *out, size_t max);
 uint64_t kh_emu_faults_lost(const struct kh_backend *be);
 
-/* Bytes of page-table memory a domain uses, for benchmarks and leak checks. */
-int kh_emu_pgtable_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *bytes);
-
 #ifdef __cplusplus
 }
 #endif
