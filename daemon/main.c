@@ -227,14 +227,16 @@ static void print_config(const struct config *cfg)
 	for (size_t i = 0; i < cfg->n_rules; i++) {
 		const struct access_rule *r = &cfg->rules[i];
 
-		(void)printf("[%s] %s %u: access %s, max-domains %llu, max-mappings %llu, "
-			     "max-pinned %llu, max-leases %llu, max-page-tables %llu, devices:",
-			     r->section, r->is_group ? "gid" : "uid", r->id,
-			     config_access_name(r->access), (unsigned long long)r->max_domains,
-			     (unsigned long long)r->max_mappings,
-			     (unsigned long long)r->max_pinned_bytes,
-			     (unsigned long long)r->max_leases,
-			     (unsigned long long)r->max_page_table_bytes);
+		(void)printf(
+			"[%s] %s %u: access %s, max-domains %llu, max-mappings %llu, "
+			"max-pinned %llu, max-leases %llu, max-page-tables %llu, max-maps %llu, "
+			"devices:",
+			r->section, r->is_group ? "gid" : "uid", r->id,
+			config_access_name(r->access), (unsigned long long)r->max_domains,
+			(unsigned long long)r->max_mappings,
+			(unsigned long long)r->max_pinned_bytes, (unsigned long long)r->max_leases,
+			(unsigned long long)r->max_page_table_bytes,
+			(unsigned long long)r->max_maps);
 		for (size_t d = 0; d < r->n_devices; d++)
 			(void)printf(" %s", r->devices[d]);
 		(void)printf("%s\n", r->n_devices ? "" : " (none)");

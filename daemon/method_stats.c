@@ -40,12 +40,14 @@ void fill_quota(Iommud__V1__Quota *q, const struct access_rule *rule, struct usa
 		q->max_pinned_bytes = rule->max_pinned_bytes;
 		q->max_leases = rule->max_leases;
 		q->max_page_table_bytes = rule->max_page_table_bytes;
+		q->max_maps = rule->max_maps;
 	}
 	q->domains = used.domains;
 	q->mappings = used.mappings;
 	q->pinned_bytes = used.pinned_bytes;
 	q->leases = used.leases;
 	q->page_table_bytes = used.page_table_bytes;
+	q->maps = used.maps;
 }
 
 int fill_ceilings(struct call *call, Iommud__V1__Ceilings **ret_ceilings, bool with_usage)

@@ -31,6 +31,8 @@ void show_quota(const Iommud__V1__Quota *q)
 	field("max_leases", NUM, q->max_leases, NULL);
 	field("page_table_bytes", SIZE, q->page_table_bytes, NULL);
 	field("max_page_table_bytes", SIZE, q->max_page_table_bytes, NULL);
+	field("file_maps", NUM, q->maps, NULL);
+	field("max_file_maps", NUM, q->max_maps, NULL);
 	obj_end();
 }
 

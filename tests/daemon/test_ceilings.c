@@ -256,8 +256,9 @@ TEST(mappings_of_one_file_share_one_map)
  * quota's name, before the ceiling over all tenants, and an unmap gives one back. */
 TEST(maps_quota_per_tenant)
 {
+	Iommud__V1__HelloReply *hello;
 	int mem[3];
-	struct iommuctl *c;
+	struct iommuctl *c, *again;
 	uint32_t dom;
 
 	for (int i = 0; i < 3; i++)
@@ -265,10 +266,18 @@ TEST(maps_quota_per_tenant)
 	fixture_start(&daemon_under_test,
 		      "max-maps-total = 2\n[uid 0]\naccess = write\ndevices = emu0\nmax-maps = 2\n",
 		      "emu0");
-	c = connect_with(NULL, NULL);
+	c = connect_with(NULL, &hello);
+	CHECK_EQ(hello->quota->max_maps, 2);
+	CHECK_EQ(hello->quota->maps, 0);
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
 	dom = paging_domain(c, "emu0");
 	succeeds(c, map_page(c, dom, mem[0], 0), "Map within the quota");
 	succeeds(c, map_page(c, dom, mem[1], PAGE), "Map within the quota");
+	/* The tenant's own count shows beside its limit. */
+	again = connect_with(NULL, &hello);
+	CHECK_EQ(hello->quota->maps, 2);
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	iommuctl_close(again);
 	refused(c, map_page(c, dom, mem[2], 2 * PAGE), IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED,
 		"max-maps in uid 0");
 	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
