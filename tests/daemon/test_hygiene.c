@@ -160,6 +160,35 @@ TEST(long_messages_end_between_characters)
 	fixture_stop(&daemon_under_test);
 }
 
+/* A device name of backslashes after a letter: the message that echoes it doubles each when
+ * escaped, and stays within its bound, cut between escapes (an even run of backslashes at its
+ * end; the letter makes the run of the message unescaped odd). */
+TEST(escaped_messages_keep_their_bound)
+{
+	char name[1001], *message;
+	Iommud__V1__Response *resp;
+	size_t len, run = 0;
+	int fd;
+
+	name[0] = 'x';
+	memset(name + 1, '\\', sizeof(name) - 2);
+	name[sizeof(name) - 1] = '\0';
+	fixture_start(&daemon_under_test, config, "emu0");
+	fd = raw_connect(&daemon_under_test);
+	resp = get_device(fd, name);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_NOT_FOUND);
+	message = resp->status->message;
+	len = strlen(message);
+	CHECK(len > 1000 && len <= 1023);
+	CHECK(strict_utf8(message));
+	while (run < len && message[len - 1 - run] == '\\')
+		run++;
+	CHECK(run > 0 && run % 2 == 0);
+	iommud__v1__response__free_unpacked(resp, NULL);
+	(void)close(fd);
+	fixture_stop(&daemon_under_test);
+}
+
 /* A method of a newer protocol: field 60 of Request, which this daemon's schema lacks. */
 TEST(unknown_method_is_named)
 {
