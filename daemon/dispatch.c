@@ -430,9 +430,11 @@ static int handle_request(struct call *call)
 	if (rc == 0)
 		rc = run_method(call, m);
 	if (m->handle && rc < 0)
-		log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_METHOD", method_name(number)}),
-			   "%s from uid %u failed: %s", method_name(number),
-			   (unsigned)call->client->peer.uid, failure_message());
+		log_struct(LOG_DEBUG,
+			   LOG_FIELDS({"IOMMUD_METHOD", method_name(number)},
+				      {"IOMMUD_FAILURE", failure_message()}),
+			   "%s from uid %u failed: {IOMMUD_FAILURE}", method_name(number),
+			   (unsigned)call->client->peer.uid);
 	return rc;
 }
 
@@ -582,7 +584,8 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 	*ret_method = 0;
 	if (rc < 0) {
 		d->rejected_packets++;
-		log_debug("rejected a packet: %s", failure_message());
+		log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_FAILURE", failure_message()}),
+			   "rejected a packet: {IOMMUD_FAILURE}");
 	} else {
 		call.req = req;
 		call.packet = packet;
