@@ -29,50 +29,11 @@
 
 #include "daemon_fixture.h"
 #include "harness.h"
+#include "strict_utf8.h"
 
 static struct daemon_fixture daemon_under_test;
 
 static const char config[] = "[uid 0]\naccess = write\ndevices = emu*\n";
-
-/* UTF-8 as strict decoders take it (Unicode's table of well-formed byte sequences), written
- * apart from the daemon's so that the two cannot share a mistake. */
-static bool strict_utf8(const char *text)
-{
-	const unsigned char *s = (const unsigned char *)text;
-
-	while (*s) {
-		unsigned char lo = 0x80, hi = 0xbf;
-		int more;
-
-		if (s[0] < 0x80) {
-			s++;
-			continue;
-		}
-		if (s[0] >= 0xc2 && s[0] <= 0xdf)
-			more = 1;
-		else if (s[0] >= 0xe0 && s[0] <= 0xef)
-			more = 2;
-		else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-			more = 3;
-		else
-			return false;
-		if (s[0] == 0xe0)
-			lo = 0xa0;
-		else if (s[0] == 0xed)
-			hi = 0x9f;
-		else if (s[0] == 0xf0)
-			lo = 0x90;
-		else if (s[0] == 0xf4)
-			hi = 0x8f;
-		if (s[1] < lo || s[1] > hi)
-			return false;
-		for (int i = 2; i <= more; i++)
-			if ((s[i] & 0xc0) != 0x80)
-				return false;
-		s += more + 1;
-	}
-	return true;
-}
 
 static Iommud__V1__Response *get_device(int fd, const char *name)
 {
