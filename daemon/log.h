@@ -13,6 +13,7 @@
  * Whatever reaches a line is escaped: bytes that are not UTF-8, control characters (a newline)
  * and the backslash are written as \xHH and \\, so whatever a client sent, one entry is one
  * line.
+ *
  * Nothing is logged per map or unmap at the default level (info): those are debug lines.
  */
 #ifndef IOMMUD_LOG_H
