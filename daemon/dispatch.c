@@ -2,6 +2,7 @@
 #include "dispatch.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -429,23 +430,29 @@ static int handle_request(struct call *call)
 	if (rc == 0)
 		rc = run_method(call, m);
 	if (m->handle && rc < 0)
-		log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_METHOD", method_name(number)}),
-			   "%s from uid %u failed: %s", method_name(number),
-			   (unsigned)call->client->peer.uid, failure_message());
+		log_struct(LOG_DEBUG,
+			   LOG_FIELDS({"IOMMUD_METHOD", method_name(number)},
+				      {"IOMMUD_FAILURE", failure_message()}),
+			   "%s from uid %u failed: {IOMMUD_FAILURE}", method_name(number),
+			   (unsigned)call->client->peer.uid);
 	return rc;
 }
 
-/* A string for a reply that strict decoders take: s itself when it is UTF-8, else a copy of the
- * call's with each stray byte as \xHH ("" when out of memory). Cgroup paths and configuration
- * words may be any bytes, and reach replies in messages and fields. */
-static char *reply_text(struct call *call, char *s)
+/* A string for a reply that strict decoders take and no reader can misread, at most max
+ * bytes: s itself when it is UTF-8 without a backslash and fits, else a copy of the call's with
+ * each stray byte as \xHH and each backslash as \\, cut where a character or an escape ends
+ * ("" when out of memory). Cgroup paths and configuration words may be any bytes, and reach
+ * replies in messages and fields. */
+static char *reply_text(struct call *call, char *s, size_t max)
 {
 	size_t len = strlen(s), size;
 	char *copy, measure[1];
 
-	if (utf8_valid(s, len))
+	if (len <= max && utf8_valid(s, len) && !memchr(s, '\\', len))
 		return s;
 	size = text_escape(measure, sizeof(measure), s, len, false) + 1;
+	if (size - 1 > max)
+		size = max + 1;
 	copy = call_alloc(call, size);
 	if (!copy)
 		return "";
@@ -485,7 +492,7 @@ static void reply_strings(struct call *call, ProtobufCMessage *msg)
 			if (!members[j])
 				continue;
 			if (f->type == PROTOBUF_C_TYPE_STRING)
-				members[j] = reply_text(call, members[j]);
+				members[j] = reply_text(call, members[j], SIZE_MAX);
 			else
 				reply_strings(call, members[j]);
 		}
@@ -502,13 +509,15 @@ static size_t pack_response(struct call *call, int rc, uint8_t *out, Iommud__V1_
 	status.code = code_for_errno(rc);
 	status.errno_value = -rc;
 	status.failed_index = call->failed_index;
-	status.message = rc ? (char *)failure_message() : "";
-	resp->status = &status;
 	if (rc) {
 		resp->result_case = IOMMUD__V1__RESPONSE__RESULT__NOT_SET;
 		resp->hello = NULL;
 	}
 	reply_strings(call, &resp->base);
+	/* After the result's strings, so the message is escaped once; escaping lengthens it, and
+	 * the cut after it keeps the bound protocol.md promises. */
+	status.message = rc ? reply_text(call, (char *)failure_message(), STATUS_MESSAGE_MAX) : "";
+	resp->status = &status;
 	/* Replies are bounded by construction (pages, limits on bitmaps and batches); a reply
 	 * that still does not fit is the daemon's bug and goes out as an error. */
 	if (iommud__v1__response__get_packed_size(resp) > IOMMUD_MAX_MESSAGE) {
@@ -575,7 +584,8 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 	*ret_method = 0;
 	if (rc < 0) {
 		d->rejected_packets++;
-		log_debug("rejected a packet: %s", failure_message());
+		log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_FAILURE", failure_message()}),
+			   "rejected a packet: {IOMMUD_FAILURE}");
 	} else {
 		call.req = req;
 		call.packet = packet;

@@ -83,6 +83,67 @@ static int send_journal(int level, const struct log_field *fields, const char *m
 	return rc;
 }
 
+/* The field whose placeholder ("{NAME}") starts at s, its length in *ret_len; NULL if none. */
+static const struct log_field *placeholder_at(const char *s, const struct log_field *fields,
+					      size_t *ret_len)
+{
+	for (size_t i = 0; s[0] == '{' && fields && fields[i].name; i++) {
+		size_t n = strlen(fields[i].name);
+
+		if (strncmp(s + 1, fields[i].name, n) == 0 && s[n + 1] == '}') {
+			*ret_len = n + 2;
+			return &fields[i];
+		}
+	}
+	return NULL;
+}
+
+/* line with each placeholder replaced by its field's value, allocated; NULL when out of
+ * memory. */
+static char *fill_placeholders(const char *line, const struct log_field *fields)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+
+	if (!f)
+		return NULL;
+	for (const char *p = line; *p;) {
+		size_t n;
+		const struct log_field *field = placeholder_at(p, fields, &n);
+
+		if (field) {
+			(void)fputs(field->value, f);
+			p += n;
+		} else {
+			(void)fputc(*p++, f);
+		}
+	}
+	if (fclose(f) != 0) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}
+
+/* The entry as one line on stderr, the fields' values in place of their placeholders. */
+static void write_stderr(int level, bool to_journal, const struct log_field *fields,
+			 const char *line)
+{
+	char *filled = fields ? fill_placeholders(line, fields) : NULL;
+	const char *text = filled ? filled : line;
+	char escaped[4 * LINE_MAX_BYTES];
+	size_t len = utf8_cut(text, strlen(text), LINE_MAX_BYTES - 1);
+
+	(void)text_escape(escaped, sizeof(escaped), text, len, true);
+	free(filled);
+	/* One write per line, so lines of concurrent writers (tests) never interleave. */
+	if (to_journal)
+		(void)fprintf(stderr, "<%d>%s\n", level, escaped);
+	else
+		(void)fprintf(stderr, "iommud: %s: %s\n", level_names[level], escaped);
+}
+
 void log_struct(int level, const struct log_field *fields, const char *fmt, ...)
 {
 	/* Decided once: the daemon's stderr does not change from journal to terminal. */
@@ -100,13 +161,11 @@ void log_struct(int level, const struct log_field *fields, const char *fmt, ...)
 	va_end(ap);
 	if (n < 0)
 		return;
-	n = (int)utf8_cut(line, (size_t)n, sizeof(line) - 1);
-	(void)text_escape(escaped, sizeof(escaped), line, (size_t)n, true);
-	if (to_journal && send_journal(level, fields, escaped) == 0)
-		return;
-	/* One write per line, so lines of concurrent writers (tests) never interleave. */
-	if (to_journal)
-		(void)fprintf(stderr, "<%d>%s\n", level, escaped);
-	else
-		(void)fprintf(stderr, "iommud: %s: %s\n", level_names[level], escaped);
+	line[utf8_cut(line, (size_t)n, sizeof(line) - 1)] = '\0';
+	if (to_journal) {
+		(void)text_escape(escaped, sizeof(escaped), line, strlen(line), true);
+		if (send_journal(level, fields, escaped) == 0)
+			return;
+	}
+	write_stderr(level, to_journal, fields, line);
 }

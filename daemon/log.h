@@ -1,12 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Logging with syslog levels. Under systemd (JOURNAL_STREAM set) each entry goes to the
- * journal natively, with its priority and, for values a client chose or could influence
- * (lease and device names, cgroup paths, client names), a field of its own (IOMMUD_LEASE=,
- * IOMMUD_DEVICE=...) holding the value exactly; elsewhere, or when the journal cannot be
- * reached, one line on stderr starting with the level's name (or journald's "<N>" prefix).
- * The message text is escaped: bytes that are not UTF-8, control characters (a newline) and
- * the backslash are written as \xHH and \\, so whatever a client sent, one entry is one line.
+ * journal natively, with its priority; elsewhere, or when the journal cannot be reached, one
+ * line on stderr starting with the level's name (or journald's "<N>" prefix).
+ *
+ * Values a client chose or could influence (lease and device names, cgroup paths, client
+ * names, failure messages that echo them) never go through the format: each is a field
+ * (IOMMUD_LEASE=...) named in the format by a placeholder, "{IOMMUD_LEASE}". The journal keeps
+ * the placeholder in MESSAGE= and the value, exactly, in its field, so no client byte is in a
+ * message; on stderr the value, escaped, takes the placeholder's place.
+ *
+ * Whatever reaches a line is escaped: bytes that are not UTF-8, control characters (a newline)
+ * and the backslash are written as \xHH and \\, so whatever a client sent, one entry is one
+ * line.
+ *
  * Nothing is logged per map or unmap at the default level (info): those are debug lines.
  */
 #ifndef IOMMUD_LOG_H
@@ -28,7 +35,7 @@ struct log_field {
 /* The fields of one entry, as an array ending with a NULL name. */
 #define LOG_FIELDS(...) ((const struct log_field[]){__VA_ARGS__, {NULL, NULL}})
 
-/* An entry with fields (NULL: none) beside its message. */
+/* An entry with fields (NULL: none) beside its message; fmt names them by placeholder. */
 void log_struct(int level, const struct log_field *fields, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 

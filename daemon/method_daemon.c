@@ -96,8 +96,8 @@ int do_hello(struct call *call)
 	fill_hello(call, reply);
 	log_struct(LOG_DEBUG,
 		   LOG_FIELDS({"IOMMUD_CLIENT_NAME", r->client_name}, {"IOMMUD_LEASE", r->lease}),
-		   "uid %u says hello as '%s' (lease '%s')", (unsigned)c->peer.uid, r->client_name,
-		   r->lease);
+		   "uid %u says hello as '{IOMMUD_CLIENT_NAME}' (lease '{IOMMUD_LEASE}')",
+		   (unsigned)c->peer.uid);
 	return 0;
 }
 

@@ -2,13 +2,19 @@
 #define _GNU_SOURCE /* struct ucred */
 #include "peer.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/netlink.h>
+#include <linux/inet_diag.h> /* INET_DIAG_NOCOOKIE, which unix_diag shares */
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -18,9 +24,9 @@
 #define SO_PEERPIDFD 77 /* Linux 6.5; older kernels answer ENOPROTOOPT */
 #endif
 
-/* /proc/PID/cgroup holds one line per hierarchy, each path at most PATH_MAX: a file longer
- * than this is not one the daemon can trust to have read whole. */
-#define CGROUP_FILE_MAX (1u << 20)
+/* /proc/PID/cgroup holds one line per hierarchy, each path at most PATH_MAX, and status is
+ * shorter: a file longer than this is not one the daemon can trust to have read whole. */
+#define PROC_FILE_MAX (1u << 20)
 
 /* All of the peer's supplementary groups: SO_PEERGROUPS says how much room they need. */
 static int read_groups(int fd, struct peer *peer)
@@ -44,20 +50,27 @@ static int read_groups(int fd, struct peer *peer)
 	return 0;
 }
 
-/* The process that connected, held so its pid cannot be taken by another while it lives. */
-static int peer_pidfd(int fd, pid_t pid)
+/* The process that connected, held so its pid cannot be taken by another while it lives;
+ * *ret_by_pid says the pidfd was had from the pid, so it holds whatever process has that pid
+ * now, which peer_confirm must show to be the one that connected. */
+static int peer_pidfd(int fd, pid_t pid, bool use_peerpidfd, bool *ret_by_pid)
 {
 	socklen_t len = sizeof(int);
 	int pidfd;
 
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0)
-		return pidfd;
-	if (errno != ENOPROTOOPT)
-		return -errno;
-	/* Before Linux 6.5 the pid is all there is: a pid reused between connect() and here is
-	 * not detected (docs/operations.md, "Identity"). */
+	if (use_peerpidfd) {
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0) {
+			*ret_by_pid = false;
+			return pidfd;
+		}
+		if (errno != ENOPROTOOPT)
+			return -errno;
+	}
 	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-	return pidfd < 0 ? -errno : pidfd;
+	if (pidfd < 0)
+		return -errno;
+	*ret_by_pid = true;
+	return pidfd;
 }
 
 static bool process_lives(int pidfd)
@@ -84,8 +97,8 @@ static int read_file(const char *path, char **ret_text, size_t *ret_len)
 		len += (size_t)n;
 		if (len < cap - 1)
 			continue;
-		if (cap >= CGROUP_FILE_MAX || !(grown = realloc(text, 2 * cap))) {
-			rc = cap >= CGROUP_FILE_MAX ? -EFBIG : -ENOMEM;
+		if (cap >= PROC_FILE_MAX || !(grown = realloc(text, 2 * cap))) {
+			rc = cap >= PROC_FILE_MAX ? -EFBIG : -ENOMEM;
 			goto out;
 		}
 		text = grown;
@@ -133,6 +146,134 @@ static int cgroup_v2_path(const char *text, size_t len, char **ret_path)
 	return 0;
 }
 
+/* UNIX_DIAG_PEER of a sock_diag answer about one Unix socket. */
+static int unix_diag_peer(const struct nlmsghdr *nlh, unsigned *ret_ino)
+{
+	const struct unix_diag_msg *msg = NLMSG_DATA(nlh);
+	const struct nlattr *attr = (const void *)(msg + 1);
+	size_t left;
+
+	if (nlh->nlmsg_len < NLMSG_LENGTH(sizeof(*msg)))
+		return -EPROTO;
+	left = nlh->nlmsg_len - NLMSG_LENGTH(sizeof(*msg));
+	while (left >= NLA_HDRLEN && attr->nla_len >= NLA_HDRLEN && attr->nla_len <= left) {
+		if (attr->nla_type == UNIX_DIAG_PEER && attr->nla_len >= NLA_HDRLEN + 4) {
+			memcpy(ret_ino, (const char *)attr + NLA_HDRLEN, sizeof(*ret_ino));
+			return *ret_ino ? 0 : -ENOENT;
+		}
+		if ((size_t)NLA_ALIGN(attr->nla_len) >= left)
+			break;
+		left -= NLA_ALIGN(attr->nla_len);
+		attr = (const void *)((const char *)attr + NLA_ALIGN(attr->nla_len));
+	}
+	return -ENOENT; /* no peer: its end is closed */
+}
+
+/* Whether the process of pid has "socket:[ino]" among its descriptors. */
+static int holds_socket(pid_t pid, unsigned ino)
+{
+	char path[64], want[32], link[32];
+	struct dirent *e;
+	DIR *dir;
+	int rc = -ENOENT;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	(void)snprintf(want, sizeof(want), "socket:[%u]", ino);
+	dir = opendir(path);
+	if (!dir)
+		return -errno;
+	while (rc < 0 && (e = readdir(dir))) {
+		ssize_t n = readlinkat(dirfd(dir), e->d_name, link, sizeof(link));
+
+		if (n == (ssize_t)strlen(want) && memcmp(link, want, (size_t)n) == 0)
+			rc = 0;
+	}
+	(void)closedir(dir);
+	return rc;
+}
+
+/* The effective uid in /proc/PID/status ("Uid: real effective saved fs"). */
+static int status_euid(pid_t pid, uid_t *ret_uid)
+{
+	char path[64], *text, *line;
+	unsigned real, effective;
+	size_t len;
+	int rc;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	rc = read_file(path, &text, &len);
+	if (rc < 0)
+		return rc;
+	line = strstr(text, "\nUid:");
+	rc = line && sscanf(line, "\nUid: %u %u", &real, &effective) == 2 ? 0 : -EPROTO;
+	free(text);
+	if (rc == 0)
+		*ret_uid = effective;
+	return rc;
+}
+
+/* The inode of the socket at the other end of the connection fd, from the kernel's own record
+ * (sock_diag's UNIX_DIAG_PEER); -ENOENT when that end is closed. */
+static int socket_peer_inode(int fd, unsigned *ret_ino)
+{
+	struct {
+		struct nlmsghdr nlh;
+		struct unix_diag_req req;
+	} ask = {
+		.nlh = {.nlmsg_len = sizeof(ask),
+			.nlmsg_type = SOCK_DIAG_BY_FAMILY,
+			.nlmsg_flags = NLM_F_REQUEST},
+		.req = {.sdiag_family = AF_UNIX,
+			.udiag_states = ~0u,
+			.udiag_show = UDIAG_SHOW_PEER,
+			.udiag_cookie = {INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE}},
+	};
+	union {
+		struct nlmsghdr nlh;
+		char bytes[1024];
+	} answer;
+	struct stat st;
+	ssize_t n;
+	int nl, rc = -ENOENT;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	ask.req.udiag_ino = (unsigned)st.st_ino;
+	nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+	if (nl < 0)
+		return -errno;
+	if (send(nl, &ask, sizeof(ask), 0) < 0 || (n = recv(nl, &answer, sizeof(answer), 0)) < 0)
+		rc = -errno;
+	else if (!NLMSG_OK(&answer.nlh, (size_t)n))
+		rc = -EPROTO;
+	else if (answer.nlh.nlmsg_type == NLMSG_ERROR)
+		rc = ((struct nlmsgerr *)NLMSG_DATA(&answer.nlh))->error ?: -EPROTO;
+	else
+		rc = unix_diag_peer(&answer.nlh, ret_ino);
+	(void)close(nl);
+	return rc;
+}
+
+/* Whether the process now at the peer's pid is the one that connected, as far as the kernel
+ * shows: the uid SO_PEERCRED recorded, and the other end of this very connection among its
+ * descriptors. A process that merely took the pid since holds neither, and one handed the
+ * connection was chosen by the one that connected. Read by pid: the caller checks afterwards
+ * that the process held by its pidfd still lives, so the pid named it throughout. */
+static int peer_confirm(int fd, const struct peer *peer)
+{
+	unsigned ino;
+	uid_t uid;
+	int rc;
+
+	rc = status_euid(peer->pid, &uid);
+	if (rc < 0)
+		return rc;
+	if (uid != peer->uid)
+		return -EPERM;
+	rc = socket_peer_inode(fd, &ino);
+	return rc < 0 ? rc : holds_socket(peer->pid, ino);
+}
+
 /* Reads the cgroup of the process held by pidfd, keeping it only if that process still lives
  * afterwards, so the pid named it throughout the read. */
 static void read_cgroup(struct peer *peer, int pidfd)
@@ -157,11 +298,13 @@ static void read_cgroup(struct peer *peer, int pidfd)
 	}
 }
 
-int identify_peer(int fd, struct peer *ret_peer)
+/* What identify_peer does, with SO_PEERPIDFD or as on kernels without it. */
+static int identify(int fd, bool use_peerpidfd, struct peer *ret_peer)
 {
 	struct peer peer = {0};
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
+	bool by_pid = false;
 	int pidfd, rc;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
@@ -172,7 +315,7 @@ int identify_peer(int fd, struct peer *ret_peer)
 	rc = read_groups(fd, &peer);
 	if (rc < 0)
 		return rc;
-	pidfd = peer.pid > 0 ? peer_pidfd(fd, peer.pid) : -ESRCH;
+	pidfd = peer.pid > 0 ? peer_pidfd(fd, peer.pid, use_peerpidfd, &by_pid) : -ESRCH;
 	if (peer.pid <= 0) {
 		peer.doubt = PEER_NO_PID;
 	} else if (pidfd < 0) {
@@ -180,6 +323,9 @@ int identify_peer(int fd, struct peer *ret_peer)
 		 * already, found below) when the peer is gone; pidfd_open fails with ESRCH. */
 		peer.doubt = pidfd == -ESRCH || pidfd == -EINVAL ? PEER_EXITED : PEER_NO_PIDFD;
 		peer.doubt_errno = -pidfd;
+	} else if (by_pid && (rc = peer_confirm(fd, &peer)) < 0) {
+		peer.doubt = process_lives(pidfd) ? PEER_UNCONFIRMED : PEER_EXITED;
+		peer.doubt_errno = -rc;
 	} else if (!process_lives(pidfd)) {
 		peer.doubt = PEER_EXITED;
 	} else {
@@ -191,11 +337,44 @@ int identify_peer(int fd, struct peer *ret_peer)
 	return 0;
 }
 
+int identify_peer(int fd, struct peer *ret_peer)
+{
+	return identify(fd, true, ret_peer);
+}
+
+int identify_peer_by_pid(int fd, struct peer *ret_peer)
+{
+	return identify(fd, false, ret_peer);
+}
+
 void peer_clear(struct peer *peer)
 {
 	free(peer->groups);
 	free(peer->cgroup);
 	*peer = (struct peer){0};
+}
+
+/* The refusal of a peer held by its pid alone whom peer_confirm could not show to be the
+ * process that connected. */
+static int unconfirmed_refusal(const struct peer *p, const char *advice)
+{
+	char why[128];
+
+	if (p->doubt_errno == EPERM)
+		(void)snprintf(why, sizeof(why),
+			       "runs under another uid than the one that connected (%u)",
+			       (unsigned)p->uid);
+	else if (p->doubt_errno == ENOENT)
+		(void)snprintf(why, sizeof(why), "does not hold this connection");
+	else
+		(void)snprintf(why, sizeof(why), "could not be checked (%s)",
+			       strerror(p->doubt_errno));
+	return fail(-EPERM,
+		    "the daemon cannot verify who this connection belongs to: the kernel has no "
+		    "SO_PEERPIDFD (Linux 6.5), so the daemon finds the connecting process by its "
+		    "pid, and the process now at pid %d %s; it may not be the one that connected. "
+		    "%s",
+		    (int)p->pid, why, advice);
 }
 
 int peer_refusal(const struct peer *p)
@@ -230,6 +409,8 @@ int peer_refusal(const struct peer *p)
 			    "hold the connecting process (pid %d) by a pidfd (%s); connect again "
 			    "later, and tell the administrator if this persists",
 			    (int)p->pid, strerror(p->doubt_errno));
+	case PEER_UNCONFIRMED:
+		return unconfirmed_refusal(p, advice);
 	case PEER_CGROUP_UNREADABLE:
 		return fail(-EPERM,
 			    "the daemon cannot verify who this connection belongs to: the cgroup "

@@ -4,11 +4,14 @@
  * accepts the connection: the uid, gid and supplementary groups the process had when it
  * connected (SO_PEERCRED, SO_PEERGROUPS), and its cgroup v2 path, read from
  * /proc/PID/cgroup. Reading /proc by pid is only safe while the pid still names the process
- * that connected, so the daemon holds that process by a pidfd (SO_PEERPIDFD, Linux 6.5;
- * pidfd_open on older kernels) and keeps what it read only if the process still lives after
- * the read: a pid cannot be reused while its process lives. A peer whose process is gone, or
- * whose cgroup cannot be read whole and unambiguously, is not verified: the daemon keeps the
- * connection to tell it why, refusing every request (peer_refusal), and gives it no tenant.
+ * that connected, so the daemon holds that process by a pidfd (SO_PEERPIDFD, Linux 6.5) and
+ * keeps what it read only if the process still lives after the read: a pid cannot be reused
+ * while its process lives. Older kernels have only the pid: pidfd_open holds whatever process
+ * has it now, taken for the one that connected only if it runs under the uid that connected
+ * and holds the other end of this very connection (sock_diag names that socket). A peer whose
+ * process is gone, or whose cgroup cannot be read whole and unambiguously, is not verified: the
+ * daemon keeps the connection to tell it why, refusing every request (peer_refusal), and gives it
+ * no tenant.
  *
  * Nothing is cut: the groups and the cgroup path are allocated to their full size, so two
  * peers differing only past some length are never taken for one.
@@ -28,6 +31,8 @@ enum peer_doubt {
 	PEER_EXITED,		/* the process that connected was gone before it was read */
 	PEER_NO_PID,		/* SO_PEERCRED gave no pid (another pid namespace) */
 	PEER_NO_PIDFD,		/* no pidfd for it: no kernel support, or out of descriptors */
+	PEER_UNCONFIRMED,	/* held by pid alone (no SO_PEERPIDFD), and not shown to be the
+				 * process that connected: another uid, or not holding the socket */
 	PEER_CGROUP_UNREADABLE, /* /proc/PID/cgroup could not be read */
 	PEER_CGROUP_AMBIGUOUS,	/* no single cgroup v2 entry, or a path with a newline */
 };
@@ -46,6 +51,9 @@ struct peer {
 /* Identifies the peer of a connected socket. A negative errno only when the socket has no
  * peer credentials at all; an unverified peer is 0 with ret_peer->doubt set. */
 int identify_peer(int fd, struct peer *ret_peer);
+/* identify_peer as on a kernel without SO_PEERPIDFD, whatever this one has: for tests, so the
+ * path kernels before 6.5 take is proven on any host. The daemon never calls it. */
+int identify_peer_by_pid(int fd, struct peer *ret_peer);
 void peer_clear(struct peer *peer);
 
 /* Records (fail()) why an unverified peer's requests are refused and what to do; returns the

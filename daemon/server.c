@@ -490,8 +490,8 @@ static void log_connection(const struct peer *peer)
 	const char *cgroup = peer->cgroup ? peer->cgroup : "";
 
 	log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_CGROUP", cgroup}),
-		   "connection of uid %u pid %d cgroup '%s'%s", (unsigned)peer->uid, (int)peer->pid,
-		   cgroup, peer->cgroup ? "" : " (not verified: its requests are refused)");
+		   "connection of uid %u pid %d cgroup '{IOMMUD_CGROUP}'%s", (unsigned)peer->uid,
+		   (int)peer->pid, peer->cgroup ? "" : " (not verified: its requests are refused)");
 }
 
 int server_adopt(struct server *srv, int fd)

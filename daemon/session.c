@@ -307,7 +307,8 @@ static void tenant_register_cgroup(struct tenant *t)
 	if (!tenant_cgroup_id(t, &cgroup_id))
 		return;
 	if (probes_register_cgroup(t->reg->probes, cgroup_id, tenant_label_slot(t)) < 0) {
-		log_warning("cannot attribute cgroup %s to its tenant in the probes", t->cgroup);
+		log_struct(LOG_WARNING, LOG_FIELDS({"IOMMUD_CGROUP", t->cgroup}),
+			   "cannot attribute cgroup {IOMMUD_CGROUP} to its tenant in the probes");
 		return;
 	}
 	t->cgroup_id = cgroup_id;
@@ -364,7 +365,7 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 	reg->n_tenants++;
 	tenant_register_cgroup(t);
 	log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_CGROUP", t->cgroup}),
-		   "new tenant uid %u cgroup '%s' (%s)", (unsigned)t->uid, t->cgroup,
+		   "new tenant uid %u cgroup '{IOMMUD_CGROUP}' (%s)", (unsigned)t->uid,
 		   rule ? rule->section : "no section: default access");
 	*out = t;
 	*access = granted;
@@ -495,7 +496,8 @@ static void session_destroy(struct session *s)
 		s->tenant->reg->total.leases--;
 	}
 	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", s->lease}),
-		   "released session '%s' of uid %u", s->lease[0] ? s->lease : "(anonymous)",
+		   s->lease[0] ? "released session '{IOMMUD_LEASE}' of uid %u"
+			       : "released the anonymous session of uid %u",
 		   (unsigned)s->tenant->uid);
 	tenant_put(s->tenant);
 	free(s);
@@ -582,8 +584,10 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 		t->used.leases++;
 		t->reg->total.leases++;
 	}
-	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", lease}), "new session '%s' for uid %u",
-		   lease[0] ? lease : "(anonymous)", (unsigned)t->uid);
+	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", lease}),
+		   lease[0] ? "new session '{IOMMUD_LEASE}' for uid %u"
+			    : "new anonymous session for uid %u",
+		   (unsigned)t->uid);
 	*out = s;
 	return 0;
 }
@@ -594,7 +598,7 @@ void session_leave(struct session *s)
 		return;
 	if (s->lease[0] && !s->lease_released) {
 		log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", s->lease}),
-			   "lease '%s' of uid %u kept with no connection", s->lease,
+			   "lease '{IOMMUD_LEASE}' of uid %u kept with no connection",
 			   (unsigned)s->tenant->uid);
 		return;
 	}
@@ -696,8 +700,8 @@ int session_device(struct session *s, const char *name, bool bind, uint32_t *dev
 	}
 	(void)snprintf(dev->name, sizeof(dev->name), "%s", name);
 	LIST_INSERT_HEAD(&s->devices, dev, link);
-	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_DEVICE", name}), "uid %u took device %s",
-		   (unsigned)s->tenant->uid, name);
+	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_DEVICE", name}),
+		   "uid %u took device {IOMMUD_DEVICE}", (unsigned)s->tenant->uid);
 	*dev_id = dev->dev_id;
 	return 0;
 }

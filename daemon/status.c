@@ -8,7 +8,7 @@
 
 #include "text.h"
 
-static char message[1024];
+static char message[STATUS_MESSAGE_MAX + 1];
 
 void fail_record(const char *fmt, ...)
 {

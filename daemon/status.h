@@ -10,6 +10,9 @@
 
 #include <iommud_wire.h> /* code_for_errno */
 
+/* The longest status message a reply carries, in bytes (docs/protocol.md). */
+#define STATUS_MESSAGE_MAX 1023
+
 /* Records the message and gives rc, so callers write `return fail(-EINVAL, "...")`. A macro
  * around fail_record, so the compiler sees the value given: a caller's "rc < 0" after it then
  * proves that an output written only on success is not read unset. */

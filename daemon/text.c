@@ -90,7 +90,7 @@ size_t text_escape(char *out, size_t size, const char *s, size_t len, bool one_l
 		if (n == 0 || (one_line && n == 1 && control(u[at]))) {
 			unit_len = (size_t)snprintf(unit, sizeof(unit), "\\x%02x", u[at]);
 			n = 1;
-		} else if (one_line && u[at] == '\\') {
+		} else if (u[at] == '\\') {
 			unit_len = (size_t)snprintf(unit, sizeof(unit), "\\\\");
 		} else {
 			unit_len = n;

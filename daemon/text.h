@@ -26,10 +26,11 @@ static inline bool utf8_valid(const char *s, size_t len)
 size_t utf8_cut(const char *s, size_t len, size_t max);
 
 /* Copies s[0, len) into out (size bytes, at least 1; NUL-terminated) with every byte that is
- * not part of a valid character written as \xHH, and with one_line also control characters
- * (a newline...) as \xHH and the backslash as \\, so the copy cannot be taken for anything
- * around it; cut where a character or an escape ends if out is too small. Returns the length
- * the copy has uncut, so a caller with size 1 learns the size it needs. */
+ * not part of a valid character written as \xHH and the backslash as \\, so that an escape
+ * cannot be taken for text that merely looks like one; with one_line also control characters
+ * (a newline...) as \xHH, so the copy cannot be taken for anything around it. Cut where a
+ * character or an escape ends if out is too small. Returns the length the copy has uncut, so
+ * a caller with size 1 learns the size it needs. */
 size_t text_escape(char *out, size_t size, const char *s, size_t len, bool one_line);
 
 #endif

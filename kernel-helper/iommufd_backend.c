@@ -140,8 +140,8 @@ static int ioas_ranges(int iommufd, uint32_t ioas_id, struct iommu_iova_range **
 	if (!ranges)
 		return kh_fail(-ENOMEM, "cannot hold IOVA ranges");
 	cmd.allowed_iovas = (uintptr_t)ranges;
-	rc = kh_vfio_call(iommufd, IOMMU_IOAS_IOVA_RANGES, &cmd,
-			  "IOMMU_IOAS_IOVA_RANGES of IOAS %u", ioas_id);
+	rc = kh_ioctl(iommufd, IOMMU_IOAS_IOVA_RANGES, &cmd, "IOMMU_IOAS_IOVA_RANGES of IOAS %u",
+		      ioas_id);
 	if (rc < 0) {
 		free(ranges);
 		return rc;
@@ -310,8 +310,8 @@ static int iommufd_bind(struct kh_ctx *ctx, struct kh_device *dev)
 		free(b);
 		return rc;
 	}
-	rc = kh_vfio_call(b->fd, VFIO_DEVICE_BIND_IOMMUFD, &bind, "VFIO_DEVICE_BIND_IOMMUFD of %s",
-			  dev->bdev->info.name);
+	rc = kh_ioctl(b->fd, VFIO_DEVICE_BIND_IOMMUFD, &bind, "VFIO_DEVICE_BIND_IOMMUFD of %s",
+		      dev->bdev->info.name);
 	/* VFIO refuses a second open device file with EINVAL: the device is still open through
 	 * an fd handed out earlier (kh_device_open_fd), which keeps its old binding alive. */
 	if (rc == -EINVAL)
@@ -360,9 +360,9 @@ static int attach_pt(struct kh_domain *dom, struct kh_device *dev, const char *w
 	struct vfio_device_attach_iommufd_pt cmd = {.argsz = sizeof(cmd),
 						    .pt_id = d->hwpt_id ? d->hwpt_id : d->ioas_id};
 
-	return kh_vfio_call(binding(dev)->fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &cmd,
-			    "VFIO_DEVICE_ATTACH_IOMMUFD_PT (%s) of %s to object %u", what,
-			    dev->bdev->info.name, cmd.pt_id);
+	return kh_ioctl(binding(dev)->fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &cmd,
+			"VFIO_DEVICE_ATTACH_IOMMUFD_PT (%s) of %s to object %u", what,
+			dev->bdev->info.name, cmd.pt_id);
 }
 
 static int iommufd_attach_dev(struct kh_domain *dom, struct kh_device *dev)
@@ -394,8 +394,8 @@ static int detach_pt(struct kh_device *dev)
 {
 	struct vfio_device_detach_iommufd_pt cmd = {.argsz = sizeof(cmd)};
 
-	return kh_vfio_call(binding(dev)->fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &cmd,
-			    "VFIO_DEVICE_DETACH_IOMMUFD_PT of %s", dev->bdev->info.name);
+	return kh_ioctl(binding(dev)->fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &cmd,
+			"VFIO_DEVICE_DETACH_IOMMUFD_PT of %s", dev->bdev->info.name);
 }
 
 static int iommufd_detach_dev(struct kh_domain *dom, struct kh_device *dev)
@@ -441,10 +441,9 @@ static int iommufd_map(struct kh_domain *dom, uint64_t iova, uint64_t addr, uint
 		.iova = iova,
 	};
 
-	return kh_vfio_call(d->iommufd, IOMMU_IOAS_MAP, &cmd,
-			    "IOMMU_IOAS_MAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			    " in domain %u",
-			    length, iova, dom->id);
+	return kh_ioctl(d->iommufd, IOMMU_IOAS_MAP, &cmd,
+			"IOMMU_IOAS_MAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64 " in domain %u",
+			length, iova, dom->id);
 }
 
 static int iommufd_map_file(struct kh_domain *dom, uint64_t iova, int fd, uint64_t offset,
@@ -461,10 +460,10 @@ static int iommufd_map_file(struct kh_domain *dom, uint64_t iova, int fd, uint64
 		.iova = iova,
 	};
 
-	return kh_vfio_call(d->iommufd, IOMMU_IOAS_MAP_FILE, &cmd,
-			    "IOMMU_IOAS_MAP_FILE of 0x%" PRIx64 " bytes at offset 0x%" PRIx64
-			    " of fd %d at IOVA 0x%" PRIx64 " in domain %u",
-			    length, offset, fd, iova, dom->id);
+	return kh_ioctl(d->iommufd, IOMMU_IOAS_MAP_FILE, &cmd,
+			"IOMMU_IOAS_MAP_FILE of 0x%" PRIx64 " bytes at offset 0x%" PRIx64
+			" of fd %d at IOVA 0x%" PRIx64 " in domain %u",
+			length, offset, fd, iova, dom->id);
 }
 
 static int iommufd_copy(struct kh_domain *dom, uint64_t iova, struct kh_domain *src,
@@ -482,10 +481,10 @@ static int iommufd_copy(struct kh_domain *dom, uint64_t iova, struct kh_domain *
 	};
 
 	(void)addr;
-	return kh_vfio_call(d->iommufd, IOMMU_IOAS_COPY, &cmd,
-			    "IOMMU_IOAS_COPY of 0x%" PRIx64 " bytes from domain %u at 0x%" PRIx64
-			    " to domain %u at 0x%" PRIx64,
-			    length, src->id, src_iova, dom->id, iova);
+	return kh_ioctl(d->iommufd, IOMMU_IOAS_COPY, &cmd,
+			"IOMMU_IOAS_COPY of 0x%" PRIx64 " bytes from domain %u at 0x%" PRIx64
+			" to domain %u at 0x%" PRIx64,
+			length, src->id, src_iova, dom->id, iova);
 }
 
 static int iommufd_set_allowed_iovas(struct kh_domain *dom, const struct kh_iova_range *ranges,
@@ -500,8 +499,8 @@ static int iommufd_set_allowed_iovas(struct kh_domain *dom, const struct kh_iova
 
 	_Static_assert(sizeof(struct kh_iova_range) == sizeof(struct iommu_iova_range),
 		       "IOVA range layouts differ");
-	return kh_vfio_call(d->iommufd, IOMMU_IOAS_ALLOW_IOVAS, &cmd,
-			    "IOMMU_IOAS_ALLOW_IOVAS of %zu ranges in domain %u", n, dom->id);
+	return kh_ioctl(d->iommufd, IOMMU_IOAS_ALLOW_IOVAS, &cmd,
+			"IOMMU_IOAS_ALLOW_IOVAS of %zu ranges in domain %u", n, dom->id);
 }
 
 static int iommufd_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
@@ -510,10 +509,10 @@ static int iommufd_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
 	struct iommu_ioas_unmap cmd = {
 		.size = sizeof(cmd), .ioas_id = d->ioas_id, .iova = iova, .length = length};
 
-	return kh_vfio_call(d->iommufd, IOMMU_IOAS_UNMAP, &cmd,
-			    "IOMMU_IOAS_UNMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			    " in domain %u",
-			    length, iova, dom->id);
+	return kh_ioctl(d->iommufd, IOMMU_IOAS_UNMAP, &cmd,
+			"IOMMU_IOAS_UNMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			" in domain %u",
+			length, iova, dom->id);
 }
 
 static int iommufd_set_dirty_tracking(struct kh_domain *dom, bool enable)
@@ -525,9 +524,9 @@ static int iommufd_set_dirty_tracking(struct kh_domain *dom, bool enable)
 		.hwpt_id = d->hwpt_id,
 	};
 
-	return kh_vfio_call(d->iommufd, IOMMU_HWPT_SET_DIRTY_TRACKING, &cmd,
-			    "IOMMU_HWPT_SET_DIRTY_TRACKING (%s) of domain %u",
-			    enable ? "on" : "off", dom->id);
+	return kh_ioctl(d->iommufd, IOMMU_HWPT_SET_DIRTY_TRACKING, &cmd,
+			"IOMMU_HWPT_SET_DIRTY_TRACKING (%s) of domain %u", enable ? "on" : "off",
+			dom->id);
 }
 
 static int iommufd_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t length,
@@ -544,10 +543,10 @@ static int iommufd_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t len
 		.data = (uintptr_t)bitmap,
 	};
 
-	return kh_vfio_call(d->iommufd, IOMMU_HWPT_GET_DIRTY_BITMAP, &cmd,
-			    "IOMMU_HWPT_GET_DIRTY_BITMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			    " in domain %u",
-			    length, iova, dom->id);
+	return kh_ioctl(d->iommufd, IOMMU_HWPT_GET_DIRTY_BITMAP, &cmd,
+			"IOMMU_HWPT_GET_DIRTY_BITMAP of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			" in domain %u",
+			length, iova, dom->id);
 }
 
 /* Set in a domain allocated with KH_DOMAIN_F_DIRTY_TRACKING. */
@@ -570,8 +569,8 @@ static int iommufd_flush_nested(struct kh_domain *dom)
 		.entry_num = 1,
 	};
 
-	return kh_vfio_call(d->iommufd, IOMMU_HWPT_INVALIDATE, &cmd,
-			    "IOMMU_HWPT_INVALIDATE of nested domain %u", dom->id);
+	return kh_ioctl(d->iommufd, IOMMU_HWPT_INVALIDATE, &cmd,
+			"IOMMU_HWPT_INVALIDATE of nested domain %u", dom->id);
 }
 
 static void iommufd_free(struct kh_domain *dom)
@@ -630,8 +629,8 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 	uint32_t n;
 	int rc;
 
-	rc = kh_vfio_call(d->iommufd, IOMMU_IOAS_ALLOC, &ioas, "IOMMU_IOAS_ALLOC for %s",
-			  dev->bdev->info.name);
+	rc = kh_ioctl(d->iommufd, IOMMU_IOAS_ALLOC, &ioas, "IOMMU_IOAS_ALLOC for %s",
+		      dev->bdev->info.name);
 	if (rc < 0)
 		return rc;
 	d->ioas_id = ioas.out_ioas_id;
@@ -647,9 +646,9 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 		return 0;
 	}
 	hwpt.pt_id = d->ioas_id;
-	rc = kh_vfio_call(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
-			  "IOMMU_HWPT_ALLOC (paging, flags 0x%x) for %s", hwpt.flags,
-			  dev->bdev->info.name);
+	rc = kh_ioctl(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
+		      "IOMMU_HWPT_ALLOC (paging, flags 0x%x) for %s", hwpt.flags,
+		      dev->bdev->info.name);
 	if (rc == -EOPNOTSUPP)
 		(void)kh_fail(
 			rc, "%s's IOMMU cannot give a paging domain with%s%s", dev->bdev->info.name,
@@ -692,9 +691,9 @@ static int alloc_nested(struct kh_device *dev, const struct kh_domain_alloc_args
 			       "iommufd nests only Intel VT-d stage-1 tables (struct "
 			       "iommu_hwpt_vtd_s1, %zu bytes)",
 			       sizeof(struct iommu_hwpt_vtd_s1));
-	rc = kh_vfio_call(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
-			  "IOMMU_HWPT_ALLOC (nested on domain %u) for %s", parent->id,
-			  dev->bdev->info.name);
+	rc = kh_ioctl(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
+		      "IOMMU_HWPT_ALLOC (nested on domain %u) for %s", parent->id,
+		      dev->bdev->info.name);
 	if (rc < 0)
 		return rc;
 	d->hwpt_id = hwpt.out_hwpt_id;

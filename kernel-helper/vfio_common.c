@@ -32,7 +32,7 @@ bool kh_root_path(const char *path, char *buf, size_t size)
 	return kh_fits(snprintf(buf, size, "%s%s", root ? root : "", path), size);
 }
 
-int kh_vfio_call(int fd, unsigned long request, void *arg, const char *fmt, ...)
+int kh_ioctl(int fd, unsigned long request, void *arg, const char *fmt, ...)
 {
 	va_list ap;
 	int err;
@@ -184,8 +184,8 @@ int kh_vfio_scan(struct kh_backend *be, const struct kh_vfio_scan_ops *ops)
 int kh_vfio_region_info(int vfio_fd, uint32_t index, struct kh_region *out, const char *name)
 {
 	struct vfio_region_info info = {.argsz = sizeof(info), .index = index};
-	int rc = kh_vfio_call(vfio_fd, VFIO_DEVICE_GET_REGION_INFO, &info,
-			      "VFIO_DEVICE_GET_REGION_INFO of region %u of %s", index, name);
+	int rc = kh_ioctl(vfio_fd, VFIO_DEVICE_GET_REGION_INFO, &info,
+			  "VFIO_DEVICE_GET_REGION_INFO of region %u of %s", index, name);
 
 	if (rc < 0)
 		return rc;

@@ -27,9 +27,11 @@ bool kh_root_path(const char *path, char *buf, size_t size);
 /* snprintf's result checked to fit: a path too long for its buffer is refused, not cut. */
 bool kh_fits(int written, size_t size);
 
-/* Issues one ioctl; on failure records what the kernel said and what was being done, and gives
- * the negative errno. Each call is an injection point, so tests can make any step fail. */
-int kh_vfio_call(int fd, unsigned long request, void *arg, const char *fmt, ...)
+/* Executes one ioctl its caller chose (any IOMMU or VFIO request: the caller's file is the one
+ * that issues it, docs/coding-style.md); on failure records what the kernel said and what was
+ * being done, and gives the negative errno. Each call is an injection point, so tests can make
+ * any step fail. */
+int kh_ioctl(int fd, unsigned long request, void *arg, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
 /* A file of a sysfs directory, its first line without the newline. */

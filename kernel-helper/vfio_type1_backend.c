@@ -106,7 +106,7 @@ static const struct vfio_info_cap_header *find_cap(const struct vfio_iommu_type1
 static int container_info(int container, struct vfio_iommu_type1_info **out)
 {
 	struct vfio_iommu_type1_info probe = {.argsz = sizeof(probe)}, *info;
-	int rc = kh_vfio_call(container, VFIO_IOMMU_GET_INFO, &probe, "VFIO_IOMMU_GET_INFO");
+	int rc = kh_ioctl(container, VFIO_IOMMU_GET_INFO, &probe, "VFIO_IOMMU_GET_INFO");
 
 	if (rc < 0)
 		return rc;
@@ -115,7 +115,7 @@ static int container_info(int container, struct vfio_iommu_type1_info **out)
 	if (!info)
 		return kh_fail(-ENOMEM, "cannot hold the IOMMU's description");
 	info->argsz = probe.argsz;
-	rc = kh_vfio_call(container, VFIO_IOMMU_GET_INFO, info, "VFIO_IOMMU_GET_INFO");
+	rc = kh_ioctl(container, VFIO_IOMMU_GET_INFO, info, "VFIO_IOMMU_GET_INFO");
 	if (rc < 0) {
 		free(info);
 		return rc;
@@ -146,8 +146,8 @@ static void read_info(const struct vfio_iommu_type1_info *info, struct kh_hw_inf
 /* Puts the group in the container and gives the container its IOMMU. */
 static int set_container(int group, int container, const char *name)
 {
-	int rc = kh_vfio_call(group, VFIO_GROUP_SET_CONTAINER, &container,
-			      "VFIO_GROUP_SET_CONTAINER of %s's group", name);
+	int rc = kh_ioctl(group, VFIO_GROUP_SET_CONTAINER, &container,
+			  "VFIO_GROUP_SET_CONTAINER of %s's group", name);
 
 	if (rc == 0 && ioctl(container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) != 1)
 		rc = kh_fail(-EOPNOTSUPP,
@@ -155,8 +155,8 @@ static int set_container(int group, int container, const char *name)
 			     "CONFIG_VFIO_IOMMU_TYPE1 (modprobe vfio_iommu_type1)",
 			     name);
 	if (rc == 0)
-		rc = kh_vfio_call(container, VFIO_SET_IOMMU, (void *)(uintptr_t)VFIO_TYPE1v2_IOMMU,
-				  "VFIO_SET_IOMMU (type1v2) for %s", name);
+		rc = kh_ioctl(container, VFIO_SET_IOMMU, (void *)(uintptr_t)VFIO_TYPE1v2_IOMMU,
+			      "VFIO_SET_IOMMU (type1v2) for %s", name);
 	/* type1 refuses an IOMMU that cannot isolate the device's interrupts. */
 	if (rc == -EPERM)
 		(void)kh_fail(
@@ -253,7 +253,7 @@ static int open_group(const struct kh_bdev *bdev, int *ret_fd)
 			       bdev->info.name, path);
 	if (fd < 0)
 		return kh_fail(-errno, "cannot open %s's VFIO group %s", bdev->info.name, path);
-	rc = kh_vfio_call(fd, VFIO_GROUP_GET_STATUS, &status, "VFIO_GROUP_GET_STATUS of %s", path);
+	rc = kh_ioctl(fd, VFIO_GROUP_GET_STATUS, &status, "VFIO_GROUP_GET_STATUS of %s", path);
 	if (rc == 0 && !(status.flags & VFIO_GROUP_FLAGS_VIABLE))
 		rc = kh_fail(-EPERM,
 			     "IOMMU group %u of %s is not viable: bind every device of the group "
@@ -356,10 +356,10 @@ static int dma_map(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint64
 		.iova = iova,
 		.size = length,
 	};
-	int rc = kh_vfio_call(d->container, VFIO_IOMMU_MAP_DMA, &cmd,
-			      "VFIO_IOMMU_MAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			      " in domain %u",
-			      length, iova, d->dom.id);
+	int rc = kh_ioctl(d->container, VFIO_IOMMU_MAP_DMA, &cmd,
+			  "VFIO_IOMMU_MAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			  " in domain %u",
+			  length, iova, d->dom.id);
 
 	if (rc == -ENOSPC)
 		(void)kh_fail(rc,
@@ -375,20 +375,19 @@ static int dma_unmap(struct type1_domain *d, uint64_t iova, uint64_t length, uin
 	struct vfio_iommu_type1_dma_unmap cmd = {
 		.argsz = sizeof(cmd), .flags = flags, .iova = iova, .size = length};
 
-	return kh_vfio_call(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
-			    "VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			    " in domain %u",
-			    length, iova, d->dom.id);
+	return kh_ioctl(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
+			"VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			" in domain %u",
+			length, iova, d->dom.id);
 }
 
 static int dirty_pages(struct type1_domain *d, uint32_t flag)
 {
 	struct vfio_iommu_type1_dirty_bitmap cmd = {.argsz = sizeof(cmd), .flags = flag};
 
-	return kh_vfio_call(d->container, VFIO_IOMMU_DIRTY_PAGES, &cmd,
-			    "VFIO_IOMMU_DIRTY_PAGES (%s) of domain %u",
-			    flag == VFIO_IOMMU_DIRTY_PAGES_FLAG_START ? "start" : "stop",
-			    d->dom.id);
+	return kh_ioctl(d->container, VFIO_IOMMU_DIRTY_PAGES, &cmd,
+			"VFIO_IOMMU_DIRTY_PAGES (%s) of domain %u",
+			flag == VFIO_IOMMU_DIRTY_PAGES_FLAG_START ? "start" : "stop", d->dom.id);
 }
 
 /* The container just got its IOMMU: give it every mapping the core's books hold. */
@@ -414,8 +413,8 @@ static int replay_mappings(struct type1_domain *d)
  * mappings. */
 static int group_leave(struct type1_group *g, const char *name)
 {
-	int rc = kh_vfio_call(g->fd, VFIO_GROUP_UNSET_CONTAINER, NULL,
-			      "VFIO_GROUP_UNSET_CONTAINER of %s's group", name);
+	int rc = kh_ioctl(g->fd, VFIO_GROUP_UNSET_CONTAINER, NULL,
+			  "VFIO_GROUP_UNSET_CONTAINER of %s's group", name);
 
 	if (rc == -EBUSY)
 		return kh_fail(rc,
@@ -442,8 +441,8 @@ static int type1_attach_dev(struct kh_domain *dom, struct kh_device *dev)
 		return 0;
 	}
 	if (d->groups) {
-		rc = kh_vfio_call(g->fd, VFIO_GROUP_SET_CONTAINER, &d->container,
-				  "VFIO_GROUP_SET_CONTAINER of %s's group", name);
+		rc = kh_ioctl(g->fd, VFIO_GROUP_SET_CONTAINER, &d->container,
+			      "VFIO_GROUP_SET_CONTAINER of %s's group", name);
 		if (rc < 0)
 			return rc;
 	} else {
@@ -558,10 +557,10 @@ static int type1_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t lengt
 	/* No group has been in the container since the bits were last read: nothing wrote. */
 	if (!d->groups)
 		return 0;
-	return kh_vfio_call(d->container, VFIO_IOMMU_DIRTY_PAGES, &cmd,
-			    "VFIO_IOMMU_DIRTY_PAGES (bitmap of 0x%" PRIx64 " bytes at IOVA "
-			    "0x%" PRIx64 ") of domain %u",
-			    length, iova, dom->id);
+	return kh_ioctl(d->container, VFIO_IOMMU_DIRTY_PAGES, &cmd,
+			"VFIO_IOMMU_DIRTY_PAGES (bitmap of 0x%" PRIx64 " bytes at IOVA "
+			"0x%" PRIx64 ") of domain %u",
+			length, iova, dom->id);
 }
 
 static const struct kh_dirty_ops type1_dirty_ops = {

@@ -44,17 +44,19 @@ void fixture_start(struct daemon_fixture *f, const char *config, const char *dev
 	fixture_start_topology(f, config, topology);
 }
 
-void fixture_start_topology(struct daemon_fixture *f, const char *config, const char *topology)
+/* The case's directory, and in it the daemon's configuration (its topology on the emulated
+ * backend, if given), written to config_path. */
+static void write_config(struct daemon_fixture *f, const char *config, const char *topology,
+			 char config_path[static 128])
 {
-	char config_path[128], topology_path[128], text[4096];
-	struct timespec pause = {0, 10 * 1000 * 1000};
+	char topology_path[128], text[4096];
 
 	(void)snprintf(f->dir, sizeof(f->dir), "/tmp/iommud-test-XXXXXX");
 	CHECK(mkdtemp(f->dir) != NULL);
 	/* Other uids (run_as) must reach the socket; access is decided by the daemon. */
 	CHECK(chmod(f->dir, 0755) == 0);
 	(void)snprintf(f->socket_path, sizeof(f->socket_path), "%s/iommud.sock", f->dir);
-	(void)snprintf(config_path, sizeof(config_path), "%s/iommud.conf", f->dir);
+	(void)snprintf(config_path, 128, "%s/iommud.conf", f->dir);
 	(void)snprintf(topology_path, sizeof(topology_path), "%s/topology.ini", f->dir);
 	if (topology) {
 		write_file(topology_path, topology);
@@ -71,20 +73,14 @@ void fixture_start_topology(struct daemon_fixture *f, const char *config, const 
 			       f->socket_path, backend ? backend : "iommufd", config);
 	}
 	write_file(config_path, text);
-	f->pid = fork();
-	CHECK(f->pid >= 0);
-	if (f->pid == 0) {
-		/* A test that dies must not leave its daemon holding ctest's output pipe. */
-		(void)prctl(PR_SET_PDEATHSIG, SIGTERM);
-		const char *bin = getenv("IOMMUD_DAEMON") ? getenv("IOMMUD_DAEMON") : IOMMUD_BIN;
+}
 
-		/* A test of what the daemon logs asks for more than warnings. */
-		const char *level = getenv("IOMMUD_TEST_LOG_LEVEL") ?: "warning";
+/* Waits until the daemon answers on its socket: its event loop runs, and start-up has opened
+ * all it keeps. */
+static void wait_until_serving(struct daemon_fixture *f)
+{
+	struct timespec pause = {0, 10 * 1000 * 1000};
 
-		execl(bin, "iommud", "--config", config_path, "--log-level", level, (char *)NULL);
-		(void)fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
-		_exit(127);
-	}
 	for (int i = 0; i < 1000; i++) {
 		int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 		struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -92,7 +88,6 @@ void fixture_start_topology(struct daemon_fixture *f, const char *config, const 
 
 		(void)snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", f->socket_path);
 		if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
-			/* An answer means the event loop runs: start-up has opened all it keeps. */
 			Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
 			Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 
@@ -109,6 +104,28 @@ void fixture_start_topology(struct daemon_fixture *f, const char *config, const 
 	}
 	(void)fprintf(stderr, "the daemon did not listen on %s within 10 s\n", f->socket_path);
 	abort();
+}
+
+void fixture_start_topology(struct daemon_fixture *f, const char *config, const char *topology)
+{
+	char config_path[128];
+
+	write_config(f, config, topology, config_path);
+	f->pid = fork();
+	CHECK(f->pid >= 0);
+	if (f->pid == 0) {
+		/* A test that dies must not leave its daemon holding ctest's output pipe. */
+		(void)prctl(PR_SET_PDEATHSIG, SIGTERM);
+		const char *bin = getenv("IOMMUD_DAEMON") ? getenv("IOMMUD_DAEMON") : IOMMUD_BIN;
+
+		/* A test of what the daemon logs asks for more than warnings. */
+		const char *level = getenv("IOMMUD_TEST_LOG_LEVEL") ?: "warning";
+
+		execl(bin, "iommud", "--config", config_path, "--log-level", level, (char *)NULL);
+		(void)fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
+		_exit(127);
+	}
+	wait_until_serving(f);
 }
 
 void fixture_stop(struct daemon_fixture *f)

@@ -3,8 +3,9 @@
  * What a reply and a log line can contain (docs/operations.md, "Security model"): replies
  * decode under strict proto3 decoders whatever a client sent (strings that are not UTF-8 are
  * refused, messages cut only between characters), errors say what was received, and a
- * client's text can neither forge a log line nor hide in one: it is escaped in the message and
- * kept exactly in a journal field of its own.
+ * client's text can neither forge a log line nor hide in one: on stderr it is escaped in the
+ * line; in the journal it is kept exactly in a field of its own, and the message only names
+ * that field.
  */
 #define _GNU_SOURCE /* memfd_create, unshare */
 #include <errno.h>
@@ -28,50 +29,11 @@
 
 #include "daemon_fixture.h"
 #include "harness.h"
+#include "strict_utf8.h"
 
 static struct daemon_fixture daemon_under_test;
 
 static const char config[] = "[uid 0]\naccess = write\ndevices = emu*\n";
-
-/* UTF-8 as strict decoders take it (Unicode's table of well-formed byte sequences), written
- * apart from the daemon's so that the two cannot share a mistake. */
-static bool strict_utf8(const char *text)
-{
-	const unsigned char *s = (const unsigned char *)text;
-
-	while (*s) {
-		unsigned char lo = 0x80, hi = 0xbf;
-		int more;
-
-		if (s[0] < 0x80) {
-			s++;
-			continue;
-		}
-		if (s[0] >= 0xc2 && s[0] <= 0xdf)
-			more = 1;
-		else if (s[0] >= 0xe0 && s[0] <= 0xef)
-			more = 2;
-		else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-			more = 3;
-		else
-			return false;
-		if (s[0] == 0xe0)
-			lo = 0xa0;
-		else if (s[0] == 0xed)
-			hi = 0x9f;
-		else if (s[0] == 0xf0)
-			lo = 0x90;
-		else if (s[0] == 0xf4)
-			hi = 0x8f;
-		if (s[1] < lo || s[1] > hi)
-			return false;
-		for (int i = 2; i <= more; i++)
-			if ((s[i] & 0xc0) != 0x80)
-				return false;
-		s += more + 1;
-	}
-	return true;
-}
 
 static Iommud__V1__Response *get_device(int fd, const char *name)
 {
@@ -156,6 +118,35 @@ TEST(long_messages_end_between_characters)
 		CHECK(strict_utf8(resp->status->message));
 		iommud__v1__response__free_unpacked(resp, NULL);
 	}
+	(void)close(fd);
+	fixture_stop(&daemon_under_test);
+}
+
+/* A device name of backslashes after a letter: the message that echoes it doubles each when
+ * escaped, and stays within its bound, cut between escapes (an even run of backslashes at its
+ * end; the letter makes the run of the message unescaped odd). */
+TEST(escaped_messages_keep_their_bound)
+{
+	char name[1001], *message;
+	Iommud__V1__Response *resp;
+	size_t len, run = 0;
+	int fd;
+
+	name[0] = 'x';
+	memset(name + 1, '\\', sizeof(name) - 2);
+	name[sizeof(name) - 1] = '\0';
+	fixture_start(&daemon_under_test, config, "emu0");
+	fd = raw_connect(&daemon_under_test);
+	resp = get_device(fd, name);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_NOT_FOUND);
+	message = resp->status->message;
+	len = strlen(message);
+	CHECK(len > 1000 && len <= 1023);
+	CHECK(strict_utf8(message));
+	while (run < len && message[len - 1 - run] == '\\')
+		run++;
+	CHECK(run > 0 && run % 2 == 0);
+	iommud__v1__response__free_unpacked(resp, NULL);
 	(void)close(fd);
 	fixture_stop(&daemon_under_test);
 }
@@ -259,11 +250,12 @@ TEST(client_text_cannot_forge_a_log_line)
 /* ---- journal fields ------------------------------------------------------------------- */
 
 /* A stand-in for journald's native socket, read by a thread so the daemon never waits on it;
- * found says whether an entry had the field and message expected. */
+ * found says whether an entry had the field and message expected, leaked whether any message
+ * held the client's text. */
 struct journal {
 	int fd;
 	_Atomic bool stop;
-	bool found;
+	bool found, leaked;
 };
 
 /* The value of field name in a native-protocol datagram (NAME=value lines, or NAME, a 64-bit
@@ -309,9 +301,11 @@ static void *read_journal(void *arg)
 			continue;
 		name = journal_value(entry, (size_t)n, "IOMMUD_CLIENT_NAME");
 		message = journal_value(entry, (size_t)n, "MESSAGE");
-		if (name && message && strcmp(name, forger) == 0 && !strchr(message, '\n') &&
-		    strstr(message, "evil\\x0aiommud"))
+		if (name && message && strcmp(name, forger) == 0 &&
+		    strstr(message, "'{IOMMUD_CLIENT_NAME}'"))
 			j->found = true;
+		if (message && (strstr(message, "evil") || strstr(message, "forged")))
+			j->leaked = true;
 		free(name);
 		free(message);
 	}
@@ -354,4 +348,5 @@ TEST(client_text_is_a_journal_field)
 	CHECK(pthread_join(reader, NULL) == 0);
 	(void)close(j.fd);
 	CHECK(j.found);
+	CHECK(!j.leaked);
 }

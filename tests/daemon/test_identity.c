@@ -390,19 +390,24 @@ TEST(long_cgroup_paths_stay_apart)
 }
 
 /* Cgroup names are bytes: one that is not UTF-8 keeps its tenant and shows as text, each
- * stray byte as \xHH. */
+ * stray byte as \xHH; a backslash shows as \\, so a name that merely looks like an escape
+ * reads apart from the byte it looks like. */
 TEST(cgroup_bytes_show_as_text)
 {
+	static const char *const names[][2] = {{"\xff\xfe", "\\xff\\xfe"}, {"\\xff", "\\\\xff"}};
 	const char *base = cgroup_base("bytes");
-	char cgroup[128], shown[128];
-	struct hello_check want = {.section = "uid 0", .max_domains = 64, .cgroup = shown};
+	char cgroup[2][128], shown[2][128];
 
-	(void)snprintf(cgroup, sizeof(cgroup), "%s/\xff\xfe", base);
-	(void)snprintf(shown, sizeof(shown), "%s/\\xff\\xfe", base);
-	make_cgroup(cgroup);
+	for (int i = 0; i < 2; i++) {
+		(void)snprintf(cgroup[i], sizeof(cgroup[i]), "%s/%s", base, names[i][0]);
+		(void)snprintf(shown[i], sizeof(shown[i]), "%s/%s", base, names[i][1]);
+		make_cgroup(cgroup[i]);
+	}
 	fixture_start(&daemon_under_test, root_config, "emu0");
-	{
-		struct identity who = {.uid = 0, .cgroup = cgroup};
+	for (int i = 0; i < 2; i++) {
+		struct hello_check want = {
+			.section = "uid 0", .max_domains = 64, .cgroup = shown[i]};
+		struct identity who = {.uid = 0, .cgroup = cgroup[i]};
 
 		CHECK_EQ(run_identity(&who, hello_and_check, &want), 0);
 	}

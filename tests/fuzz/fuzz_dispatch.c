@@ -76,6 +76,7 @@
 #include "server.h"
 #include "status.h"
 #include "session.h"
+#include "strict_utf8.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -351,14 +352,57 @@ static void remember_lease(struct input *in, const char *lease, unsigned who)
 	in->n_leases++;
 }
 
-/* The code the refusals before any handler give a request from who (decoded from packet, len
- * bytes); CODE_OK when they let it through. */
-static Iommud__V1__Code code_before_handler(const struct identity *who, const uint8_t *packet,
+/* The first string of the decoded msg, at any depth, that strict decoders refuse, judged by the
+ * test tree's checker; NULL if there is none. */
+static const char *first_non_utf8(const ProtobufCMessage *msg)
+{
+	const ProtobufCMessageDescriptor *type = msg->descriptor;
+	const char *const at = (const char *)msg;
+
+	for (unsigned i = 0; i < type->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &type->fields[i];
+		bool text = f->type == PROTOBUF_C_TYPE_STRING;
+		void *const *items = (void *const *)(at + f->offset);
+		size_t count = 1;
+
+		if (!text && f->type != PROTOBUF_C_TYPE_MESSAGE)
+			continue;
+		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+			count = *(const size_t *)(at + f->quantifier_offset);
+			items = *(void *const *const *)items;
+		} else if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+			count = *(const uint32_t *)(at + f->quantifier_offset) == f->id;
+		}
+		while (count-- > 0) {
+			const void *item = items[count];
+
+			if (!item)
+				continue;
+			if (!text) {
+				const char *bad = first_non_utf8(item);
+
+				if (bad)
+					return bad;
+			} else if (!strict_utf8(item)) {
+				return item;
+			}
+		}
+	}
+	return NULL;
+}
+
+/* The code the refusals before any handler give req from who (decoded from packet, len bytes);
+ * CODE_OK when they let it through. A string that is not UTF-8 is judged by the test tree's
+ * checker, so a mistake in the daemon's cannot pass on both sides; a NUL, which a decoded C
+ * string no longer shows, only the daemon's walk of the bytes finds. */
+static Iommud__V1__Code code_before_handler(const struct identity *who,
+					    const Iommud__V1__Request *req, const uint8_t *packet,
 					    size_t len)
 {
 	if (who->gone)
 		return IOMMUD__V1__CODE__CODE_PERMISSION_DENIED;
-	if (dispatch_check_strings(&iommud__v1__request__descriptor, packet, len) < 0)
+	if (first_non_utf8(&req->base) ||
+	    dispatch_check_strings(&iommud__v1__request__descriptor, packet, len) < 0)
 		return IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT;
 	return IOMMUD__V1__CODE__CODE_OK;
 }
@@ -373,10 +417,12 @@ static Iommud__V1__Response *check_reply(const Iommud__V1__Request *req, const s
 
 	if (!resp)
 		violated("a reply that does not decode as iommud.v1.Response");
-	if (dispatch_check_strings(&iommud__v1__response__descriptor, g.reply, len) < 0)
-		violated("a reply strict decoders refuse: %s", failure_message());
+	if (first_non_utf8(&resp->base))
+		violated("a reply strict decoders refuse: '%s'", first_non_utf8(&resp->base));
 	if (!resp->status)
 		violated("a reply without a status");
+	if (strlen(resp->status->message) > STATUS_MESSAGE_MAX)
+		violated("a status message of %zu bytes", strlen(resp->status->message));
 	ok = resp->status->code == IOMMUD__V1__CODE__CODE_OK;
 	if (!req) {
 		if (ok || resp->id != 0)
@@ -431,7 +477,7 @@ static void exchange(struct input *in, unsigned flags, unsigned i, const uint8_t
 	send_packet(conn, g.packet, len, n_fds ? input_fd(in, kind) : -1, n_fds);
 	reply_len = receive_reply(conn, &n_reply_fds);
 	resp = check_reply(req, who, reply_len, n_reply_fds);
-	settled = req ? code_before_handler(who, g.packet, len) : IOMMUD__V1__CODE__CODE_OK;
+	settled = req ? code_before_handler(who, req, g.packet, len) : IOMMUD__V1__CODE__CODE_OK;
 	if (settled != IOMMUD__V1__CODE__CODE_OK && resp->status->code != settled)
 		violated("code %d for a request the checks before any handler refuse with %d",
 			 (int)resp->status->code, (int)settled);
