@@ -533,17 +533,21 @@ static int type1_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t lengt
 			    uint64_t page_size, uint64_t *bitmap, uint32_t flags)
 {
 	struct type1_domain *d = to_t1(dom);
-	struct {
-		struct vfio_iommu_type1_dirty_bitmap head;
-		struct vfio_iommu_type1_dirty_bitmap_get get;
-	} cmd = {
-		.head = {.argsz = sizeof(cmd), .flags = VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP},
-		.get = {.iova = iova,
-			.size = length,
-			.bitmap = {.pgsize = page_size,
-				   .size = (length / page_size + 63) / 64 * sizeof(uint64_t),
-				   .data = (void *)bitmap}},
+	const struct vfio_iommu_type1_dirty_bitmap_get get = {
+		.iova = iova,
+		.size = length,
+		.bitmap = {.pgsize = page_size,
+			   .size = (length / page_size + 63) / 64 * sizeof(uint64_t),
+			   .data = (void *)bitmap},
 	};
+	/* The header ends in a flexible array that holds the request: built in 8-byte words, the
+	 * layout the kernel reads, without a struct that C only allows as a compiler extension. */
+	uint64_t cmd[(sizeof(struct vfio_iommu_type1_dirty_bitmap) + sizeof(get) + 7) / 8] = {0};
+	struct vfio_iommu_type1_dirty_bitmap *head = (struct vfio_iommu_type1_dirty_bitmap *)cmd;
+
+	head->argsz = sizeof(*head) + sizeof(get);
+	head->flags = VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
+	memcpy(head->data, &get, sizeof(get));
 
 	if (flags & KH_DIRTY_NO_CLEAR)
 		return kh_fail(-EOPNOTSUPP,
@@ -557,7 +561,7 @@ static int type1_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t lengt
 	/* No group has been in the container since the bits were last read: nothing wrote. */
 	if (!d->groups)
 		return 0;
-	return kh_ioctl(d->container, VFIO_IOMMU_DIRTY_PAGES, &cmd,
+	return kh_ioctl(d->container, VFIO_IOMMU_DIRTY_PAGES, cmd,
 			"VFIO_IOMMU_DIRTY_PAGES (bitmap of 0x%" PRIx64 " bytes at IOVA "
 			"0x%" PRIx64 ") of domain %u",
 			length, iova, dom->id);
