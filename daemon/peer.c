@@ -122,7 +122,7 @@ out:
 /* The cgroup v2 path in /proc/PID/cgroup's text, allocated, in *ret_path. The kernel writes
  * paths unescaped, so a cgroup name may hold a newline and a forged "0::" line after it; the
  * kernel writes the v2 entry last, so it is taken only when it is the one "0::" line and ends
- * the file: -EINVAL when it is not. */
+ * the file: -EINVAL when it is not. -ENOENT when there is no v2 entry at all. */
 static int cgroup_v2_path(const char *text, size_t len, char **ret_path)
 {
 	const char *entry = NULL;
@@ -137,7 +137,9 @@ static int cgroup_v2_path(const char *text, size_t len, char **ret_path)
 		if (!strchr(line, '\n'))
 			return -EINVAL; /* the kernel ends every line with a newline */
 	}
-	if (!entry || entry[0] != '/' || strchr(entry, '\n') != text + len - 1)
+	if (!entry)
+		return -ENOENT;
+	if (entry[0] != '/' || strchr(entry, '\n') != text + len - 1)
 		return -EINVAL;
 	path = strndup(entry, (size_t)(text + len - 1 - entry));
 	if (!path)
@@ -274,6 +276,29 @@ static int peer_confirm(int fd, const struct peer *peer)
 	return rc < 0 ? rc : holds_socket(peer->pid, ino);
 }
 
+/* The kernel lists no v2 entry for any process until cgroup2 is mounted somewhere (a minimal
+ * initramfs, a cgroup v1 system). Then no peer has a v2 cgroup and all are told apart by uid and
+ * section alone, with the cgroup "" of interactive logins: a fact of the machine, which the
+ * daemon's own entry shows, not something a peer can choose. A peer without the entry that the
+ * daemon has is ambiguous (-EINVAL). */
+static int cgroup_of_machine_without_v2(char **ret_path)
+{
+	char *text, *path;
+	size_t len;
+	int rc = read_file("/proc/self/cgroup", &text, &len);
+
+	if (rc < 0)
+		return rc;
+	rc = cgroup_v2_path(text, len, &path);
+	free(text);
+	if (rc != -ENOENT) {
+		if (rc == 0)
+			free(path);
+		return -EINVAL;
+	}
+	return (*ret_path = strdup("")) ? 0 : -ENOMEM;
+}
+
 /* Reads the cgroup of the process held by pidfd, keeping it only if that process still lives
  * afterwards, so the pid named it throughout the read. */
 static void read_cgroup(struct peer *peer, int pidfd)
@@ -287,6 +312,8 @@ static void read_cgroup(struct peer *peer, int pidfd)
 	if (rc == 0) {
 		rc = cgroup_v2_path(text, len, &peer->cgroup);
 		free(text);
+		if (rc == -ENOENT)
+			rc = cgroup_of_machine_without_v2(&peer->cgroup);
 	}
 	if (!process_lives(pidfd)) {
 		peer->doubt = PEER_EXITED;
@@ -419,9 +446,9 @@ int peer_refusal(const struct peer *p)
 	case PEER_CGROUP_AMBIGUOUS:
 		return fail(-EPERM,
 			    "the daemon cannot verify who this connection belongs to: "
-			    "/proc/%d/cgroup has no single cgroup v2 entry (a cgroup name with a "
-			    "newline in it, or no unified hierarchy); run the client in a cgroup "
-			    "whose path has no newline",
+			    "/proc/%d/cgroup has no single cgroup v2 entry ending it (a cgroup "
+			    "name with a newline in it, or none where the daemon's has one); run "
+			    "the client in a cgroup whose path has no newline",
 			    (int)p->pid);
 	}
 	return fail(-EPERM, "the daemon cannot verify who this connection belongs to");
