@@ -18,6 +18,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "status.h"
 
 #ifndef SO_PEERPIDFD
@@ -215,7 +216,8 @@ static int status_euid(pid_t pid, uid_t *ret_uid)
 }
 
 /* The inode of the socket at the other end of the connection fd, from the kernel's own record
- * (sock_diag's UNIX_DIAG_PEER); -ENOENT when that end is closed. */
+ * (sock_diag's UNIX_DIAG_PEER); -ENOENT when that end is closed, -EPROTONOSUPPORT when the
+ * kernel has no unix_diag (it answers ENOENT even about fd, which certainly exists). */
 static int socket_peer_inode(int fd, unsigned *ret_ino)
 {
 	struct {
@@ -250,6 +252,8 @@ static int socket_peer_inode(int fd, unsigned *ret_ino)
 		rc = -EPROTO;
 	else if (answer.nlh.nlmsg_type == NLMSG_ERROR)
 		rc = ((struct nlmsgerr *)NLMSG_DATA(&answer.nlh))->error ?: -EPROTO;
+	if (rc == -ENOENT && answer.nlh.nlmsg_type == NLMSG_ERROR)
+		rc = -EPROTONOSUPPORT;
 	else
 		rc = unix_diag_peer(&answer.nlh, ret_ino);
 	(void)close(nl);
@@ -273,6 +277,21 @@ static int peer_confirm(int fd, const struct peer *peer)
 	if (uid != peer->uid)
 		return -EPERM;
 	rc = socket_peer_inode(fd, &ino);
+	if (rc == -EPROTONOSUPPORT) {
+		/* Without unix_diag (not built, or a module that cannot be loaded) only the uid can be
+		 * confirmed; refusing every peer would leave such a machine without the daemon. Said
+		 * once, with what restores the full check. */
+		static bool warned;
+
+		if (!warned)
+			log_warning("peers are confirmed by uid only: this kernel has neither "
+				    "SO_PEERPIDFD (Linux 6.5) nor unix_diag, so a pid reused between "
+				    "a connect and its accept by a process of the same uid could "
+				    "lend that process's cgroup; modprobe unix_diag, or run 6.5 or "
+				    "later");
+		warned = true;
+		return 0;
+	}
 	return rc < 0 ? rc : holds_socket(peer->pid, ino);
 }
 
