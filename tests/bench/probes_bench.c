@@ -92,8 +92,12 @@ static void setup(struct bench *b, int memfd)
 		     iommud_name(&iommud_probe_tier_names, probes_tier(b->probes)));
 }
 
+/* The probes back in the registry first, as the daemon keeps them until its tenants are gone:
+ * a tenant registered its cgroup with them and unregisters it when released, and the last
+ * measured block may have left them out. */
 static void teardown(struct bench *b)
 {
+	registry_set_probes(b->reg, b->probes);
 	session_leave(b->session);
 	tenant_put(b->tenant);
 	registry_set_probes(b->reg, NULL);
