@@ -361,7 +361,7 @@ int BPF_PROG(map_fexit)
  * same three first arguments; each its own programs, which the loader turns on or off apart. */
 #define UNMAP_PROGRAMS(prog)                                                                       \
 	SEC("fentry/iommu_unmap")                                                                  \
-	int BPF_PROG(prog##_fentry, struct iommu_domain *domain, unsigned long iova, size_t size)   \
+	int BPF_PROG(prog##_fentry, struct iommu_domain *domain, unsigned long iova, size_t size)  \
 	{                                                                                          \
 		call_enter(IOMMUD_OP_UNMAP, size);                                                 \
 		return 0;                                                                          \
@@ -404,7 +404,6 @@ int BPF_KRETPROBE(map_kretprobe, int ret)
 	call_exit(IOMMUD_OP_MAP, ret == 0);
 	return 0;
 }
-
 
 /* The tracepoint tier: the kernel's own iommu:map and iommu:unmap events, counts and sizes.
  * There is no ioctl layer to tell iommufd's maps from the rest, so each event in process
