@@ -157,11 +157,11 @@ FIXTURE_SETUP(probes_vm)
 	struct probes_options opts = {.max_tier = variant->tier};
 	Iommud__V1__HelloReply *hello;
 	const char *const *lines;
+	uint64_t cgroup;
 	bool remaps;
 	size_t n;
 
-	uint64_t cgroup = own_cgroup_id(); /* mounts cgroup2, which the daemon's Hello reads */
-
+	cgroup = own_cgroup_id(); /* mounts cgroup2, which the daemon's Hello reads */
 	/* The daemon's own choice, as it makes it where nothing names one. */
 	CHECK_OK(setenv("IOMMUD_TEST_BACKEND", "auto", 1));
 	fixture_start(&self->daemon, "", NULL);
