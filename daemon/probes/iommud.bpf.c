@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0-only)
 /*
  * The kernel half of iommud's map path probes: per-CPU log2 histograms of the IOMMU driver's
- * map/unmap (layer IOMMU) and of the whole iommufd IOMMU_IOAS_MAP/MAP_FILE/UNMAP ioctl (layer
- * IOCTL), keyed by tenant slot, operation and size class, and a count of DMA faults per device.
+ * map/unmap (layer IOMMU) and of the whole map/unmap ioctl (layer IOCTL): iommufd's
+ * IOMMU_IOAS_MAP/MAP_FILE/UNMAP and VFIO type1's VFIO_IOMMU_MAP_DMA/UNMAP_DMA on a container,
+ * keyed by tenant slot, operation and size class, and a count of DMA faults per device.
  *
  * Every program exists in the form of each attach tier; the loader (probes.c) loads only those
  * of the tier it chose and whose kernel symbol exists, so a name missing on some kernel turns
@@ -22,7 +23,11 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define IOMMU_IOAS_MAP_CMD	0x3b85
 #define IOMMU_IOAS_UNMAP_CMD	0x3b86
 #define IOMMU_IOAS_MAP_FILE_CMD 0x3b8f
-/* Where the uAPI structs (fixed layouts) keep length: iommu_ioas_map(_file) and _unmap. */
+/* _IO(';', 100 + 13), + 14: VFIO type1's, which only a container answers. */
+#define VFIO_IOMMU_MAP_DMA_CMD	 0x3b71
+#define VFIO_IOMMU_UNMAP_DMA_CMD 0x3b72
+/* Where the uAPI structs (fixed layouts) keep length: iommu_ioas_map(_file) and _unmap, and
+ * at the same offsets vfio_iommu_type1_dma_map's and _dma_unmap's size. */
 #define MAP_LENGTH_OFFSET   24
 #define UNMAP_LENGTH_OFFSET 16
 
@@ -72,7 +77,7 @@ struct {
 	__type(value, __u32);
 } tenant_cgroups SEC(".maps");
 
-/* What a thread is inside: a tracked iommufd map/unmap ioctl (its start, size, operation and
+/* What a thread is inside: a tracked map/unmap ioctl (its start, size, operation and
  * tenant, which the driver calls nested in it take too) and those driver calls (a failed map
  * unmaps inside itself: one of each operation). In the task's own storage, an exit finds its
  * entry a pointer away: no key to hash, nothing to insert or delete per event. */
@@ -138,12 +143,15 @@ static __always_inline void record(__u32 tenant, __u32 op, __u32 layer, __u64 by
 		.size_class = iommud_size_class(bytes),
 	};
 	struct iommud_hist *h = hist_of(&key);
-	__u32 b;
+	__u64 b;
 
 	if (!h)
 		return;
 	if (timed) {
+		/* Checked in the register that indexes: Linux 6.1's verifier loses the bound of a
+		 * 32-bit copy the compiler would compare instead. */
 		b = iommud_hist_bucket(ns);
+		barrier_var(b);
 		if (b < IOMMUD_HIST_BUCKETS)
 			h->buckets[b]++;
 		h->sum_ns += ns;
@@ -208,12 +216,13 @@ static __always_inline struct task_state *task_state(__u64 flags)
 /* The operation of a tracked ioctl command, and where its argument keeps the length. */
 static __always_inline bool tracked_cmd(unsigned int cmd, __u32 *ret_op, __u32 *ret_offset)
 {
-	if (cmd == IOMMU_IOAS_UNMAP_CMD) {
+	if (cmd == IOMMU_IOAS_UNMAP_CMD || cmd == VFIO_IOMMU_UNMAP_DMA_CMD) {
 		*ret_op = IOMMUD_OP_UNMAP;
 		*ret_offset = UNMAP_LENGTH_OFFSET;
 		return true;
 	}
-	if (cmd == IOMMU_IOAS_MAP_CMD || cmd == IOMMU_IOAS_MAP_FILE_CMD) {
+	if (cmd == IOMMU_IOAS_MAP_CMD || cmd == IOMMU_IOAS_MAP_FILE_CMD ||
+	    cmd == VFIO_IOMMU_MAP_DMA_CMD) {
 		*ret_op = IOMMUD_OP_MAP;
 		*ret_offset = MAP_LENGTH_OFFSET;
 		return true;
@@ -290,7 +299,7 @@ int BPF_KRETPROBE(ioctl_kretprobe, long ret)
 
 /* ---- the IOMMU driver layer ------------------------------------------------------------- */
 
-/* The driver layer counts only what a tracked iommufd map/unmap ioctl does on its own thread:
+/* The driver layer counts only what a tracked map/unmap ioctl does on its own thread:
  * every other iommu_map on the machine (other devices' DMA mapping, from any context) leaves
  * after the preempt count, or at the latest after the task storage lookup (which finds nothing
  * for a task that never made a tracked ioctl). */
@@ -336,27 +345,51 @@ int BPF_PROG(map_fentry, struct iommu_domain *domain, unsigned long iova, phys_a
 	return 0;
 }
 
+/* The return value through the helper: its place among the arguments differs between kernels
+ * (iommu_map took no gfp_t before 6.3), which the verifier would refuse to read past. */
 SEC("fexit/iommu_map")
-int BPF_PROG(map_fexit, struct iommu_domain *domain, unsigned long iova, phys_addr_t paddr,
-	     size_t size, int prot, gfp_t gfp, int ret)
+int BPF_PROG(map_fexit)
 {
-	call_exit(IOMMUD_OP_MAP, ret == 0);
+	__u64 ret = 0;
+
+	(void)bpf_get_func_ret(ctx, &ret);
+	call_exit(IOMMUD_OP_MAP, (int)ret == 0);
 	return 0;
 }
 
-SEC("fentry/iommu_unmap")
-int BPF_PROG(unmap_fentry, struct iommu_domain *domain, unsigned long iova, size_t size)
-{
-	call_enter(IOMMUD_OP_UNMAP, size);
-	return 0;
-}
+/* iommu_unmap, and iommu_unmap_fast (VFIO type1's unmap, which gathers the IOTLB flush): the
+ * same three first arguments; each its own programs, which the loader turns on or off apart. */
+#define UNMAP_PROGRAMS(prog)                                                                       \
+	SEC("fentry/iommu_unmap")                                                                  \
+	int BPF_PROG(prog##_fentry, struct iommu_domain *domain, unsigned long iova, size_t size)  \
+	{                                                                                          \
+		call_enter(IOMMUD_OP_UNMAP, size);                                                 \
+		return 0;                                                                          \
+	}                                                                                          \
+	SEC("fexit/iommu_unmap")                                                                   \
+	int BPF_PROG(prog##_fexit)                                                                 \
+	{                                                                                          \
+		__u64 ret = 0;                                                                     \
+                                                                                                   \
+		(void)bpf_get_func_ret(ctx, &ret);                                                 \
+		call_exit(IOMMUD_OP_UNMAP, ret != 0);                                              \
+		return 0;                                                                          \
+	}                                                                                          \
+	SEC("kprobe/iommu_unmap")                                                                  \
+	int BPF_KPROBE(prog##_kprobe, void *domain, unsigned long iova, size_t size)               \
+	{                                                                                          \
+		call_enter(IOMMUD_OP_UNMAP, size);                                                 \
+		return 0;                                                                          \
+	}                                                                                          \
+	SEC("kretprobe/iommu_unmap")                                                               \
+	int BPF_KRETPROBE(prog##_kretprobe, size_t ret)                                            \
+	{                                                                                          \
+		call_exit(IOMMUD_OP_UNMAP, ret != 0);                                              \
+		return 0;                                                                          \
+	}
 
-SEC("fexit/iommu_unmap")
-int BPF_PROG(unmap_fexit, struct iommu_domain *domain, unsigned long iova, size_t size, size_t ret)
-{
-	call_exit(IOMMUD_OP_UNMAP, ret != 0);
-	return 0;
-}
+UNMAP_PROGRAMS(unmap)
+UNMAP_PROGRAMS(unmap_fast)
 
 SEC("kprobe/iommu_map")
 int BPF_KPROBE(map_kprobe, void *domain, unsigned long iova, phys_addr_t paddr, size_t size)
@@ -369,20 +402,6 @@ SEC("kretprobe/iommu_map")
 int BPF_KRETPROBE(map_kretprobe, int ret)
 {
 	call_exit(IOMMUD_OP_MAP, ret == 0);
-	return 0;
-}
-
-SEC("kprobe/iommu_unmap")
-int BPF_KPROBE(unmap_kprobe, void *domain, unsigned long iova, size_t size)
-{
-	call_enter(IOMMUD_OP_UNMAP, size);
-	return 0;
-}
-
-SEC("kretprobe/iommu_unmap")
-int BPF_KRETPROBE(unmap_kretprobe, size_t ret)
-{
-	call_exit(IOMMUD_OP_UNMAP, ret != 0);
 	return 0;
 }
 

@@ -71,12 +71,13 @@ struct probe_spec {
 		     alt_target)
 
 static const struct probe_spec specs[] = {
-	PAIR(FENTRY, ATTACH_TRACE, "iommufd map/unmap ioctl", "ioctl_fentry", "ioctl_fexit",
+	PAIR(FENTRY, ATTACH_TRACE, "map/unmap ioctl", "ioctl_fentry", "ioctl_fexit",
 	     "__x64_sys_ioctl", NULL),
-	PAIR(KPROBE, ATTACH_KSYSCALL, "iommufd map/unmap ioctl", "ioctl_kprobe", "ioctl_kretprobe",
-	     "ioctl", NULL),
+	PAIR(KPROBE, ATTACH_KSYSCALL, "map/unmap ioctl", "ioctl_kprobe", "ioctl_kretprobe", "ioctl",
+	     NULL),
 	DRIVER_PAIRS("iommu_map", map, "iommu_map_nosync", "iommu_map"),
 	DRIVER_PAIRS("iommu_unmap", unmap, "iommu_unmap", NULL),
+	DRIVER_PAIRS("iommu_unmap_fast", unmap_fast, "iommu_unmap_fast", NULL),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:map", "map_tp", NULL, "map", NULL),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:unmap", "unmap_tp", NULL, "unmap", NULL),
 	FAULT(KPROBE, ATTACH_KPROBE, "VT-d faults", "fault_vtd", "dmar_fault"),
