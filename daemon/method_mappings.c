@@ -13,6 +13,8 @@ _Static_assert(IOMMUD__V1__PROT__PROT_WRITE == KH_PROT_WRITE, "Prot bits are ker
 /* ReadDirty bitmap words per call: 4096 words of 10 bytes at most stay within a packet. */
 #define DIRTY_WORDS_MAX 4096
 #define MAP_BATCH_MAX	1024
+/* A failed batch's message, kept while it takes back its entries: as long as fail() keeps. */
+#define UNDO_MESSAGE_MAX 1024
 
 /* Every descriptor a request carries must be used by one of its entries (a stray one is a
  * client bug that would otherwise go unnoticed), and each one's file is checked once here,
@@ -95,21 +97,66 @@ int do_map(struct call *call)
 	return map_one(call, entry, &reply->iova);
 }
 
-/* All or nothing: takes back the first done entries of a batch whose next entry failed with
- * rc, keeping that failure's message. */
-static int undo_batch(struct call *call, const Iommud__V1__MapBatchRequest *r,
-		      const uint64_t *iovas, size_t done, int rc)
+/* A batch maps its entries in order and, should one fail, takes back those it mapped, last
+ * first: all or nothing. Both go as many entries per slice as the slice's time allows (at
+ * least one), so that a batch of many costly entries does not hold the loop. */
+
+/* Takes back the entries mapped so far; while bounded, only until the slice's time is up.
+ * Whether none is left. */
+static bool unmap_done(struct call *call, bool bounded)
 {
-	char message[1024];
+	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
+	const uint64_t *iovas = call->resp->map_batch->iovas;
+	bool stepped = false;
 	uint64_t bytes;
 	uint32_t count;
 
-	(void)snprintf(message, sizeof(message), "map entry %zu: %s", done, failure_message());
-	call->failed_index = (int)done;
-	while (done--)
-		(void)session_unmap(call->client->session, r->entries[done]->domain_id, iovas[done],
-				    r->entries[done]->length, &bytes, &count);
-	return fail(rc, "%s", message);
+	for (; call->done; stepped = true) {
+		if (bounded && stepped && call_out_of_time(call))
+			return false;
+		call->done--;
+		(void)session_unmap(call->client->session, r->entries[call->done]->domain_id,
+				    iovas[call->done], r->entries[call->done]->length, &bytes,
+				    &count);
+	}
+	return true;
+}
+
+static int undo_batch(struct call *call)
+{
+	if (!unmap_done(call, true))
+		return CALL_MORE;
+	return fail(call->undo_rc, "%s", call->undo_message);
+}
+
+static void abandon_batch(struct call *call)
+{
+	(void)unmap_done(call, false);
+}
+
+static int map_batch_entries(struct call *call)
+{
+	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
+	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
+	bool stepped = false;
+	int rc;
+
+	for (; call->done < r->n_entries; call->done++, stepped = true) {
+		if (stepped && call_out_of_time(call))
+			return CALL_MORE;
+		rc = map_one(call, r->entries[call->done], &reply->iovas[call->done]);
+		if (rc < 0) {
+			/* The failure's message, kept while the others' calls run. */
+			(void)snprintf(call->undo_message, UNDO_MESSAGE_MAX, "map entry %zu: %s",
+				       call->done, failure_message());
+			call->failed_index = (int)call->done;
+			call->undo_rc = rc;
+			call->resume = undo_batch;
+			return undo_batch(call);
+		}
+	}
+	reply->n_iovas = r->n_entries;
+	return 0;
 }
 
 int do_map_batch(struct call *call)
@@ -124,15 +171,12 @@ int do_map_batch(struct call *call)
 	if ((rc = check_fd_use(call, r->entries, r->n_entries)) < 0)
 		return rc;
 	reply = REPLY(call, map_batch_reply);
-	if (!reply || !(reply->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))))
+	if (!reply || !(reply->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))) ||
+	    !(call->undo_message = call_alloc(call, UNDO_MESSAGE_MAX)))
 		return nomem();
-	for (size_t done = 0; done < r->n_entries; done++) {
-		rc = map_one(call, r->entries[done], &reply->iovas[done]);
-		if (rc < 0)
-			return undo_batch(call, r, reply->iovas, done, rc);
-	}
-	reply->n_iovas = r->n_entries;
-	return 0;
+	call->resume = map_batch_entries;
+	call->abandon = abandon_batch;
+	return map_batch_entries(call);
 }
 
 int do_unmap(struct call *call)
