@@ -44,9 +44,11 @@ struct call {
 	uint64_t deadline_ns; /* monotonic_ns: a slice ends there, after at least one step */
 	int (*resume)(struct call *call);
 	void (*abandon)(struct call *call);
-	size_t done;	    /* the handler's place in its work */
-	int undo_rc;	    /* the failure it is taking its work back for */
-	char *undo_message; /* and its message, kept across slices */
+	size_t done;		  /* the handler's place in its work */
+	struct map_progress part; /* of the mapping in progress */
+	uint64_t left;		  /* of the mapping being taken back, 0 before it is started */
+	int undo_rc;		  /* the failure it is taking its work back for */
+	char *undo_message;	  /* and its message, kept across slices */
 	void **allocs;
 	size_t n_allocs;
 	size_t cap_allocs;
