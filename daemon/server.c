@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -274,6 +275,15 @@ static int conn_reply(struct conn *c, size_t len, int reply_fd, unsigned method,
 	return 0;
 }
 
+/* Whether the client has closed its end: a socket that only stopped sending still hears its
+ * reply, as when a request is handled at once. */
+static bool peer_gone(int fd)
+{
+	struct pollfd pfd = {.fd = fd};
+
+	return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR));
+}
+
 /* Replies to a call dispatch_packet or dispatch_resume handled, or keeps the call with its
  * tenant's flow held when it has work left. */
 static int conn_end_call(struct conn *c, size_t len, int reply_fd, unsigned method,
@@ -300,6 +310,9 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 	int reply_fd, rc;
 
 	if (c->call) {
+		/* Its socket is not watched meanwhile: a client gone takes its call with it. */
+		if (peer_gone(c->fd))
+			return -ECONNRESET;
 		out_len = dispatch_resume(c->call, start_ns + SLICE_NS, srv->out, &reply_fd,
 					  &method, &kept);
 		return conn_end_call(c, out_len, reply_fd, method, c->call_received_ns, kept);
