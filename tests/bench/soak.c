@@ -373,7 +373,7 @@ static void print_daemon_counters(void)
 			     (unsigned long long)s->refused_connections[i]->connections);
 	(void)printf("\ntimes the reader waited for a token (reader-rate): %llu\n",
 		     (unsigned long long)s->rate_limited);
-	/* From receipt to reply: a costly request's slices, and the other tenants' turns between. */
+	/* From receipt to reply: a costly request's slices and the others' turns between. */
 	for (size_t i = 0; i < s->n_methods; i++) {
 		const Iommud__V1__MethodStats *m = s->methods[i];
 
