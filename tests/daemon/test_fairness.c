@@ -354,25 +354,26 @@ TEST(tenant_turns)
 
 /* ---- a costly request in slices --------------------------------------------------------- */
 
-#define COSTLY_BYTES (1ull << 30)	   /* of a sparse memfd, at 4 KiB leaves: 262144 of them */
-#define COSTLY_IOVA  ((4ull << 30) + 4096) /* off every large page boundary */
+#define COSTLY_BYTES   (1ull << 30) /* of a sparse memfd, at 4 KiB leaves: 262144 of them */
+#define COSTLY_IOVA    ((4ull << 30) + 4096) /* off every large page boundary */
+#define COSTLY_ENTRIES 8
 #define MAPPER                                                                                     \
 	"[uid 61001]\n"                                                                            \
 	"access = write\n"                                                                         \
 	"devices = emu0\n"
 
 /* The hostile tenant: a domain on one connection, kept open so its session stays, and a
- * MapBatch of the whole memfd on another; its second entry the same (so it fails and the
- * first must be taken back) when failing. Sends the batch on 'g'; failing, says when its reply
- * came ('r', then the reply's code, failed index and message), else closes the batch's
- * connection on 'c', says so ('x') and then what its other connection's GetStats says it has
- * mapped. Exits when the pipe closes. */
+ * MapBatch of the whole memfd on another: twice at the same IOVA when failing (so the second
+ * fails and the first must be taken back), else at COSTLY_ENTRIES IOVAs. Sends the batch on 'g';
+ * failing, says when its reply came ('r', then the reply's code, failed index and message), else
+ * closes the batch's connection on 'c', says so ('x') and then what its other connection's GetStats
+ * says it has mapped. Exits when the pipe closes. */
 static void costly_run(const struct daemon_fixture *f, bool failing, int ready, int go)
 {
 	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 	Iommud__V1__MapEntry entry = IOMMUD__V1__MAP_ENTRY__INIT;
-	Iommud__V1__MapEntry *entries[2] = {&entry, &entry};
+	Iommud__V1__MapEntry spread[COSTLY_ENTRIES], *entries[COSTLY_ENTRIES];
 	Iommud__V1__Quota quota = IOMMUD__V1__QUOTA__INIT;
 	Iommud__V1__Response *resp;
 	struct iommuctl *c;
@@ -390,8 +391,15 @@ static void costly_run(const struct daemon_fixture *f, bool failing, int ready, 
 	entry.prot = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
 	entry.fixed_iova = true;
 	entry.iova = COSTLY_IOVA;
+	/* Failing: the same range twice. Else at as many IOVAs as make it long enough to be
+	 * caught in progress. */
+	for (size_t i = 0; i < COSTLY_ENTRIES; i++) {
+		spread[i] = entry;
+		spread[i].iova += failing ? 0 : i * COSTLY_BYTES;
+		entries[i] = &spread[i];
+	}
 	batch.entries = entries;
-	batch.n_entries = failing ? 2 : 1;
+	batch.n_entries = failing ? 2 : COSTLY_ENTRIES;
 	req.id = 7;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
 	req.map_batch = &batch;
@@ -401,6 +409,8 @@ static void costly_run(const struct daemon_fixture *f, bool failing, int ready, 
 	CHECK(write(ready, "s", 1) == 1);
 	if (!failing) {
 		CHECK(read(go, &byte, 1) == 1 && byte == 'c');
+		/* The daemon is stopped: a reply not here yet is one it has not sent. */
+		CHECK(poll(&(struct pollfd){.fd = fd, .events = POLLIN}, 1, 0) == 0);
 		(void)close(fd);
 		CHECK(write(ready, "x", 1) == 1);
 		/* The tenant's next request runs only once the batch is done or gone. */
