@@ -7,8 +7,9 @@
  * again starts from the charge of the latest request served, so that idling banks neither
  * credit nor debt. Inside a flow its connections take turns. However many connections a tenant
  * opens and however costly its requests, a request of a tenant that had nothing waiting then
- * waits for at most the request being handled when it arrived and one of each other tenant
- * with requests waiting; tenants that keep requests waiting share the loop's time evenly.
+ * waits for at most the request (or slice of one) being handled when it arrived and one of
+ * each other tenant with requests waiting; tenants that keep requests waiting share the loop's time
+ * evenly.
  *
  * A request may take several turns (a costly call handled in slices): its item then holds its
  * flow, which serves that item alone until the request is done, so that the tenant's requests
