@@ -7,9 +7,15 @@
  * (access, descriptor count, only-once) and joined the session it needs, so it starts from
  * its request's own fields. It returns 0 or a negative errno recorded with fail().
  *
+ * A handler whose work is costly (MapBatch) does it in slices: when the call's deadline has
+ * passed with work left, it sets resume (and abandon) and returns CALL_MORE; the server then
+ * keeps the call and, in its tenant's next turn, runs resume, which returns likewise, until one
+ * returns 0 or a negative errno as a handler would. No other request of the tenant runs in the
+ * meantime. Should the connection close first, abandon takes back what the call did.
+ *
  * Ownership: the call owns everything allocated with call_alloc (the reply and its parts),
  * released once the reply is packed; the received descriptors stay the call's unless a
- * handler takes one by setting its slot to -1.
+ * handler takes one by setting its slot to -1. A kept call owns its request too.
  */
 #ifndef IOMMUD_CALL_H
 #define IOMMUD_CALL_H
@@ -35,10 +41,24 @@ struct call {
 	struct map_file files[IOMMUD_MAX_FDS]; /* the fds' files, checked by the map handlers */
 	int out_fd;			       /* to send with the reply */
 	int failed_index;
+	uint64_t deadline_ns; /* monotonic_ns: a slice ends there, after at least one step */
+	int (*resume)(struct call *call);
+	void (*abandon)(struct call *call);
+	size_t done;		  /* the handler's place in its work */
+	struct map_progress part; /* of the mapping in progress */
+	uint64_t left;		  /* of the mapping being taken back, 0 before it is started */
+	int undo_rc;		  /* the failure it is taking its work back for */
+	char *undo_message;	  /* and its message, kept across slices */
 	void **allocs;
 	size_t n_allocs;
 	size_t cap_allocs;
 };
+
+/* What a handler returns to be resumed later (see above). */
+#define CALL_MORE 1
+
+/* Whether the call's slice has used up its time. */
+bool call_out_of_time(const struct call *call);
 
 /* Zeroed memory that lives until the reply is packed; NULL when out of memory. */
 void *call_alloc(struct call *call, size_t size);

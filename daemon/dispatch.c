@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,11 @@ int dispatch_self_check(void)
 }
 
 /* ---- the call and its reply ------------------------------------------------------------ */
+
+bool call_out_of_time(const struct call *call)
+{
+	return call->deadline_ns != UINT64_MAX && monotonic_ns() >= call->deadline_ns;
+}
 
 void *call_alloc(struct call *call, size_t size)
 {
@@ -421,20 +427,27 @@ static int run_method(struct call *call, const struct method *m)
 	return rc;
 }
 
-static int handle_request(struct call *call)
+/* Says at debug why a call of a method the daemon knows failed. */
+static void log_failure(const struct call *call, int rc)
 {
 	Iommud__V1__Request__MethodCase number = call->req->method_case;
-	const struct method *m = method_for(number);
-	int rc = check_request(call, m);
 
-	if (rc == 0)
-		rc = run_method(call, m);
-	if (m->handle && rc < 0)
+	if (method_for(number)->handle && rc < 0)
 		log_struct(LOG_DEBUG,
 			   LOG_FIELDS({"IOMMUD_METHOD", method_name(number)},
 				      {"IOMMUD_FAILURE", failure_message()}),
 			   "%s from uid %u failed: {IOMMUD_FAILURE}", method_name(number),
 			   (unsigned)call->client->peer.uid);
+}
+
+static int handle_request(struct call *call)
+{
+	const struct method *m = method_for(call->req->method_case);
+	int rc = check_request(call, m);
+
+	if (rc == 0)
+		rc = run_method(call, m);
+	log_failure(call, rc);
 	return rc;
 }
 
@@ -563,9 +576,78 @@ static int decode_packet(const uint8_t *packet, size_t len, enum packet_defect d
 	return 0;
 }
 
+/* A call kept between slices: it owns its response, its descriptors and its request. */
+struct kept_call {
+	struct call call;
+	Iommud__V1__Response resp;
+	int fds[IOMMUD_MAX_FDS];
+};
+
+/* The call moved off the dispatcher's stack to be resumed; NULL when out of memory. */
+static struct call *keep_call(const struct call *call)
+{
+	struct kept_call *k = malloc(sizeof(*k));
+
+	if (!k)
+		return NULL;
+	k->call = *call;
+	k->resp = *call->resp;
+	k->call.resp = &k->resp;
+	memcpy(k->fds, call->fds, call->n_fds * sizeof(int));
+	k->call.fds = k->fds;
+	/* The packet is the server's buffer, read again by the next request. */
+	k->call.packet = NULL;
+	k->call.packet_len = 0;
+	return &k->call;
+}
+
+static void free_call(struct call *call)
+{
+	call_end(call);
+	iommud__v1__request__free_unpacked((Iommud__V1__Request *)call->req, NULL);
+	free((char *)call - offsetof(struct kept_call, call));
+}
+
+/* Packs the reply to a call that gave rc and counts it, or keeps the call when it has work
+ * left (returning 0 with *ret_kept set); a kept call is freed once it ends. */
+static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *out_fd,
+		       unsigned *ret_method, struct call **ret_kept)
+{
+	struct call *k = NULL;
+	Iommud__V1__Code code;
+	size_t out_len;
+
+	/* Out of memory to keep the call, it does the rest of its work at once. */
+	if (rc == CALL_MORE && !kept && !(k = keep_call(call)))
+		call->deadline_ns = UINT64_MAX;
+	while (rc == CALL_MORE && call->deadline_ns == UINT64_MAX)
+		rc = call->resume(call);
+	*ret_kept = NULL;
+	*out_fd = -1;
+	*ret_method = call->req && method_for(call->req->method_case)->handle
+			      ? (unsigned)call->req->method_case
+			      : 0;
+	if (rc == CALL_MORE) {
+		*ret_kept = kept ? call : k;
+		return 0;
+	}
+	out_len = pack_response(call, rc, out, &code);
+	if (*ret_method)
+		count_call(&call->d->methods[*ret_method], code);
+	if (code == IOMMUD__V1__CODE__CODE_OK) {
+		*out_fd = call->out_fd;
+		call->out_fd = -1;
+	}
+	if (kept)
+		free_call(call);
+	else
+		call_end(call);
+	return out_len;
+}
+
 size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet, size_t len,
-		       enum packet_defect defect, int *fds, size_t n_fds, uint8_t *out, int *out_fd,
-		       unsigned *ret_method)
+		       enum packet_defect defect, int *fds, size_t n_fds, uint64_t deadline_ns,
+		       uint8_t *out, int *out_fd, unsigned *ret_method, struct call **ret_kept)
 {
 	Iommud__V1__Response resp = IOMMUD__V1__RESPONSE__INIT;
 	struct call call = {.d = d,
@@ -574,14 +656,12 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 			    .fds = fds,
 			    .n_fds = n_fds,
 			    .out_fd = -1,
-			    .failed_index = -1};
+			    .failed_index = -1,
+			    .deadline_ns = deadline_ns};
 	Iommud__V1__Request *req = NULL;
-	Iommud__V1__Code code;
 	size_t out_len;
 	int rc = decode_packet(packet, len, defect, &req);
 
-	*out_fd = -1;
-	*ret_method = 0;
 	if (rc < 0) {
 		d->rejected_packets++;
 		log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_FAILURE", failure_message()}),
@@ -592,20 +672,29 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 		call.packet_len = len;
 		resp.id = req->id;
 		rc = handle_request(&call);
-		if (method_for(req->method_case)->handle)
-			*ret_method = (unsigned)req->method_case;
 	}
-	out_len = pack_response(&call, rc, out, &code);
-	if (*ret_method)
-		count_call(&d->methods[*ret_method], code);
-	if (code == IOMMUD__V1__CODE__CODE_OK) {
-		*out_fd = call.out_fd;
-		call.out_fd = -1;
-	}
-	call_end(&call);
-	if (req)
+	out_len = end_call(&call, rc, false, out, out_fd, ret_method, ret_kept);
+	/* A kept call took the request over. */
+	if (req && !*ret_kept)
 		iommud__v1__request__free_unpacked(req, NULL);
 	return out_len;
+}
+
+size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out, int *out_fd,
+		       unsigned *ret_method, struct call **ret_kept)
+{
+	int rc;
+
+	call->deadline_ns = deadline_ns;
+	rc = call->resume(call);
+	log_failure(call, rc);
+	return end_call(call, rc, true, out, out_fd, ret_method, ret_kept);
+}
+
+void dispatch_abandon(struct call *call)
+{
+	call->abandon(call);
+	free_call(call);
 }
 
 void dispatch_reply_sent(struct daemon *d, unsigned method, uint64_t received_ns)

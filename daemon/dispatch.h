@@ -16,6 +16,8 @@
 
 #include "daemon.h"
 
+struct call;
+
 /* Checks that every method of the schema has an entry in the method table and every entry a
  * method, and that the entries are consistent; logs what is wrong and returns -EINVAL if
  * anything is. */
@@ -38,10 +40,20 @@ enum packet_defect {
  * keeps them. Writes the response into out (IOMMUD_MAX_MESSAGE bytes) and returns its length;
  * *out_fd is set to a descriptor to send with it (owned by the caller from then on) or -1;
  * *ret_method to the number of the method the call counted to (0: none, the packet was
- * rejected or named no method this daemon knows), whose latency dispatch_reply_sent records. */
+ * rejected or named no method this daemon knows), whose latency dispatch_reply_sent records.
+ * A costly call stops at deadline_ns (monotonic_ns; UINT64_MAX: never) with work left: then
+ * nothing is written, 0 returned and *ret_kept set to the call, which the caller owns, runs on
+ * with dispatch_resume and ends with its reply or with dispatch_abandon; else *ret_kept is
+ * NULL. */
 size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet, size_t len,
-		       enum packet_defect defect, int *fds, size_t n_fds, uint8_t *out, int *out_fd,
-		       unsigned *ret_method);
+		       enum packet_defect defect, int *fds, size_t n_fds, uint64_t deadline_ns,
+		       uint8_t *out, int *out_fd, unsigned *ret_method, struct call **ret_kept);
+/* Runs a kept call on until deadline_ns, as dispatch_packet: *ret_kept is the call again while
+ * it has work left, else NULL and the call is gone. */
+size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out, int *out_fd,
+		       unsigned *ret_method, struct call **ret_kept);
+/* Ends a kept call whose client has gone: what it did is taken back, and the call is gone. */
+void dispatch_abandon(struct call *call);
 /* The reply to a call of method (as dispatch_packet gave it) received at received_ns
  * (monotonic_ns) has been sent. */
 void dispatch_reply_sent(struct daemon *d, unsigned method, uint64_t received_ns);

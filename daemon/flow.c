@@ -21,6 +21,7 @@ LIST_HEAD(count_list, flow_count);
 struct flow {
 	struct flow_count count;       /* first: a flow is freed as its count */
 	TAILQ_HEAD(, flow_item) items; /* the ready ones, in turn order */
+	struct flow_item *holder;      /* the item whose request is in progress, served alone */
 	TAILQ_ENTRY(flow) ready_link;
 	bool ready;
 	uint64_t vtime; /* the charge of every request served, in ns, on the flows' clock */
@@ -114,6 +115,7 @@ int flows_join(struct flows *fs, struct flow_item *item, const void *key, uid_t 
 
 void flows_leave(struct flows *fs, struct flow_item *item)
 {
+	flows_hold(fs, item, false);
 	flows_unready(fs, item);
 	item->uid->items--;
 	count_drop(item->uid);
@@ -204,7 +206,8 @@ static struct flow *least_charged(struct flows *fs, uint64_t now_ns, uint64_t *r
 	uint64_t wait = UINT64_MAX, w;
 
 	TAILQ_FOREACH (f, &fs->ready, ready_link) {
-		if ((w = refill(fs, f, now_ns))) {
+		/* A request in progress has had its token. */
+		if (!f->holder && (w = refill(fs, f, now_ns))) {
 			wait = w < wait ? w : wait;
 			continue;
 		}
@@ -220,7 +223,9 @@ struct flow_item *flows_next(struct flows *fs, uint64_t now_ns)
 	uint64_t wait;
 	struct flow *f = least_charged(fs, now_ns, &wait);
 
-	return f ? TAILQ_FIRST(&f->items) : NULL;
+	if (!f)
+		return NULL;
+	return f->holder ? f->holder : TAILQ_FIRST(&f->items);
 }
 
 uint64_t flows_wait_ns(struct flows *fs, uint64_t now_ns)
@@ -237,13 +242,22 @@ void flows_charge(struct flows *fs, struct flow_item *item, uint64_t cost_ns)
 	if (f->vtime > fs->vclock)
 		fs->vclock = f->vtime;
 	f->vtime += cost_ns > MIN_COST_NS ? cost_ns : MIN_COST_NS;
-	if (f->rate.per_second && f->tokens_milli >= 1000)
+	if (f->rate.per_second && !f->holder && f->tokens_milli >= 1000)
 		f->tokens_milli -= 1000;
 	f->throttled = false;
 	if (item->ready && TAILQ_NEXT(item, link)) {
 		TAILQ_REMOVE(&f->items, item, link);
 		TAILQ_INSERT_TAIL(&f->items, item, link);
 	}
+}
+
+void flows_hold(struct flows *fs, struct flow_item *item, bool hold)
+{
+	(void)fs;
+	if (hold)
+		item->flow->holder = item;
+	else if (item->flow->holder == item)
+		item->flow->holder = NULL;
 }
 
 uint64_t flows_throttled(const struct flows *fs)

@@ -7,8 +7,13 @@
  * again starts from the charge of the latest request served, so that idling banks neither
  * credit nor debt. Inside a flow its connections take turns. However many connections a tenant
  * opens and however costly its requests, a request of a tenant that had nothing waiting then
- * waits for at most the request being handled when it arrived and one of each other tenant
- * with requests waiting; tenants that keep requests waiting share the loop's time evenly.
+ * waits for at most the request (or slice of one) being handled when it arrived and one of
+ * each other tenant with requests waiting; tenants that keep requests waiting share the loop's time
+ * evenly.
+ *
+ * A request may take several turns (a costly call handled in slices): its item then holds its
+ * flow, which serves that item alone until the request is done, so that the tenant's requests
+ * keep their order; each slice is charged as a request, but a request spends one token.
  *
  * A flow may also be rate limited (the server limits readers): each request spends a token
  * from a bucket refilled at a steady rate, and a flow without one waits, its requests staying
@@ -69,6 +74,8 @@ uint64_t flows_wait_ns(struct flows *fs, uint64_t now_ns);
 /* Charges item's flow one request that took cost_ns, and sends item to the back of its flow's
  * turn. */
 void flows_charge(struct flows *fs, struct flow_item *item, uint64_t cost_ns);
+/* The item's request goes on in its flow's next turns (hold) or is done (!hold). */
+void flows_hold(struct flows *fs, struct flow_item *item, bool hold);
 /* How many times a flow with requests waiting found its bucket empty. */
 uint64_t flows_throttled(const struct flows *fs);
 

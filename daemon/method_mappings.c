@@ -13,6 +13,8 @@ _Static_assert(IOMMUD__V1__PROT__PROT_WRITE == KH_PROT_WRITE, "Prot bits are ker
 /* ReadDirty bitmap words per call: 4096 words of 10 bytes at most stay within a packet. */
 #define DIRTY_WORDS_MAX 4096
 #define MAP_BATCH_MAX	1024
+/* A failed batch's message, kept while it takes back its entries: as long as fail() keeps. */
+#define UNDO_MESSAGE_MAX 1024
 
 /* Every descriptor a request carries must be used by one of its entries (a stray one is a
  * client bug that would otherwise go unnoticed), and each one's file is checked once here,
@@ -55,9 +57,9 @@ static int check_fd_use(struct call *call, Iommud__V1__MapEntry *const *entries,
 	return 0;
 }
 
-static int map_one(struct call *call, const Iommud__V1__MapEntry *r, uint64_t *ret_iova)
+static struct map_entry entry_of(struct call *call, const Iommud__V1__MapEntry *r)
 {
-	struct map_entry e = {
+	return (struct map_entry){
 		.domain_id = r->domain_id,
 		.file = &call->files[r->fd_index],
 		.offset = r->offset,
@@ -67,12 +69,73 @@ static int map_one(struct call *call, const Iommud__V1__MapEntry *r, uint64_t *r
 		.iova = r->iova,
 		.alignment = r->alignment,
 	};
-	int rc = session_map(call->client->session, &e);
+}
 
-	if (rc < 0)
-		return rc;
-	*ret_iova = e.iova;
-	return 0;
+/* Maps entries[call->done] part by part, starting it if it is not in progress, into
+ * iovas[call->done]: 0 when done, CALL_MORE when the slice's time is up first, a negative
+ * errno when it failed (none of it mapped). *stepped: the slice has done some work. A mapping
+ * too costly for one slice is made over several. */
+static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entries, uint64_t *iovas,
+			   bool *stepped)
+{
+	struct session *s = call->client->session;
+	struct map_entry e;
+	int rc;
+
+	if (!call->part.mo) {
+		e = entry_of(call, entries[call->done]);
+		if ((rc = session_map_start(s, &e, &call->part)) < 0)
+			return rc;
+	}
+	do {
+		if (*stepped && call_out_of_time(call))
+			return CALL_MORE;
+		*stepped = true;
+		rc = session_map_step(s, &call->part);
+	} while (rc > 0);
+	if (rc == 0)
+		iovas[call->done] = call->part.req.iova;
+	return rc;
+}
+
+static int map_single(struct call *call)
+{
+	bool stepped = false;
+
+	return map_entry_parts(call, &call->req->map->entry, &call->resp->map->iova, &stepped);
+}
+
+/* Takes back the entries mapped so far, last first, a part at a time; while bounded, only
+ * until the slice's time is up. Whether none is left. */
+static bool unmap_done(struct call *call, bool bounded)
+{
+	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
+	const Iommud__V1__MapEntry *entry;
+	bool stepped = false;
+
+	for (; call->done; stepped = true) {
+		if (bounded && stepped && call_out_of_time(call))
+			return false;
+		entry = r->entries[call->done - 1];
+		if (!call->left)
+			call->left = entry->length;
+		if (session_unmap_part(call->client->session, entry->domain_id,
+				       call->resp->map_batch->iovas[call->done - 1],
+				       &call->left) <= 0) {
+			call->left = 0;
+			call->done--;
+		}
+	}
+	return true;
+}
+
+/* A Map or MapBatch whose client has gone: the mapping in progress and (a batch's) entries
+ * mapped go. */
+static void abandon_maps(struct call *call)
+{
+	if (call->part.mo)
+		(void)session_map_abort(call->client->session, &call->part);
+	(void)unmap_done(call, false);
 }
 
 int do_map(struct call *call)
@@ -92,24 +155,45 @@ int do_map(struct call *call)
 	reply = REPLY(call, map_reply);
 	if (!reply)
 		return nomem();
-	return map_one(call, entry, &reply->iova);
+	call->resume = map_single;
+	call->abandon = abandon_maps;
+	return map_single(call);
 }
 
-/* All or nothing: takes back the first done entries of a batch whose next entry failed with
- * rc, keeping that failure's message. */
-static int undo_batch(struct call *call, const Iommud__V1__MapBatchRequest *r,
-		      const uint64_t *iovas, size_t done, int rc)
-{
-	char message[1024];
-	uint64_t bytes;
-	uint32_t count;
+/* A batch maps its entries in order and, should one fail, takes back those it mapped, last
+ * first: all or nothing. Both go as far per slice as the slice's time allows (at least one
+ * step), so that a batch of many or large entries does not hold the loop. */
 
-	(void)snprintf(message, sizeof(message), "map entry %zu: %s", done, failure_message());
-	call->failed_index = (int)done;
-	while (done--)
-		(void)session_unmap(call->client->session, r->entries[done]->domain_id, iovas[done],
-				    r->entries[done]->length, &bytes, &count);
-	return fail(rc, "%s", message);
+static int undo_batch(struct call *call)
+{
+	if (!unmap_done(call, true))
+		return CALL_MORE;
+	return fail(call->undo_rc, "%s", call->undo_message);
+}
+
+static int map_batch_entries(struct call *call)
+{
+	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
+	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
+	bool stepped = false;
+	int rc;
+
+	for (; call->done < r->n_entries; call->done++) {
+		rc = map_entry_parts(call, r->entries, reply->iovas, &stepped);
+		if (rc == CALL_MORE)
+			return rc;
+		if (rc < 0) {
+			/* The failure's message, kept while the others' calls run. */
+			(void)snprintf(call->undo_message, UNDO_MESSAGE_MAX, "map entry %zu: %s",
+				       call->done, failure_message());
+			call->failed_index = (int)call->done;
+			call->undo_rc = rc;
+			call->resume = undo_batch;
+			return undo_batch(call);
+		}
+	}
+	reply->n_iovas = r->n_entries;
+	return 0;
 }
 
 int do_map_batch(struct call *call)
@@ -124,15 +208,12 @@ int do_map_batch(struct call *call)
 	if ((rc = check_fd_use(call, r->entries, r->n_entries)) < 0)
 		return rc;
 	reply = REPLY(call, map_batch_reply);
-	if (!reply || !(reply->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))))
+	if (!reply || !(reply->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))) ||
+	    !(call->undo_message = call_alloc(call, UNDO_MESSAGE_MAX)))
 		return nomem();
-	for (size_t done = 0; done < r->n_entries; done++) {
-		rc = map_one(call, r->entries[done], &reply->iovas[done]);
-		if (rc < 0)
-			return undo_batch(call, r, reply->iovas, done, rc);
-	}
-	reply->n_iovas = r->n_entries;
-	return 0;
+	call->resume = map_batch_entries;
+	call->abandon = abandon_maps;
+	return map_batch_entries(call);
 }
 
 int do_unmap(struct call *call)

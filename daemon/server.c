@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -28,6 +29,8 @@
 /* A turn of the loop handles requests for this long at most before it looks for new packets:
  * what a request arriving meanwhile may wait on top of the one being handled. */
 #define TURN_NS 20000
+/* A costly request is handled in slices of about this long, one per turn of its tenant. */
+#define SLICE_NS TURN_NS
 /* The flow the listening socket is charged to: a uid no peer has. Taking connections is
  * work like a tenant's requests, so that a storm of connects gets one share of the loop. */
 #define ACCEPT_UID ((uid_t)-1)
@@ -50,6 +53,9 @@ struct conn {
 	int pending_fd;
 	unsigned pending_method; /* the pending reply's call, timed when it is sent */
 	uint64_t pending_received_ns;
+	/* A request handled in slices, with its tenant's flow held until it is done. */
+	struct call *call;
+	uint64_t call_received_ns;
 };
 
 struct server {
@@ -206,6 +212,8 @@ static void conn_close(struct conn *c)
 
 	LIST_REMOVE(c, link);
 	srv->d->connections--;
+	if (c->call)
+		dispatch_abandon(c->call);
 	flows_leave(srv->flows, &c->item);
 	event_free(c->ev);
 	(void)close(c->fd);
@@ -269,18 +277,48 @@ static int conn_reply(struct conn *c, size_t len, int reply_fd, unsigned method,
 	return 0;
 }
 
-/* Receives one packet and answers it; -EAGAIN when none is waiting, another negative errno
- * (-ECONNRESET at end of stream) when the connection should close. */
-static int conn_read_one(struct conn *c)
+/* Whether the client has closed its end: a socket that only stopped sending still hears its
+ * reply, as when a request is handled at once. */
+static bool peer_gone(int fd)
+{
+	struct pollfd pfd = {.fd = fd};
+
+	return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR));
+}
+
+/* Replies to a call dispatch_packet or dispatch_resume handled, or keeps the call with its
+ * tenant's flow held when it has work left. */
+static int conn_end_call(struct conn *c, size_t len, int reply_fd, unsigned method,
+			 uint64_t received_ns, struct call *kept)
+{
+	c->call = kept;
+	c->call_received_ns = received_ns;
+	flows_hold(c->srv->flows, &c->item, kept);
+	return kept ? 0 : conn_reply(c, len, reply_fd, method, received_ns);
+}
+
+/* Receives one packet and answers it, or goes on with the request in progress; -EAGAIN when
+ * none is waiting, another negative errno (-ECONNRESET at end of stream) when the connection
+ * should close. */
+static int conn_read_one(struct conn *c, uint64_t start_ns)
 {
 	struct server *srv = c->srv;
 	enum packet_defect defect = PACKET_OK;
 	struct wire_packet packet;
 	uint64_t received_ns;
+	struct call *kept;
 	unsigned method;
 	size_t out_len;
 	int reply_fd, rc;
 
+	if (c->call) {
+		/* Its socket is not watched meanwhile: a client gone takes its call with it. */
+		if (peer_gone(c->fd))
+			return -ECONNRESET;
+		out_len = dispatch_resume(c->call, start_ns + SLICE_NS, srv->out, &reply_fd,
+					  &method, &kept);
+		return conn_end_call(c, out_len, reply_fd, method, c->call_received_ns, kept);
+	}
 	rc = wire_recv(c->fd, srv->in, sizeof(srv->in), WIRE_NONBLOCK, &packet);
 	if (rc < 0)
 		return rc;
@@ -290,17 +328,18 @@ static int conn_read_one(struct conn *c)
 	else if (packet.fds_truncated)
 		defect = PACKET_FDS_TRUNCATED;
 	out_len = dispatch_packet(srv->d, &c->client, srv->in, packet.len, defect, packet.fds,
-				  packet.n_fds, srv->out, &reply_fd, &method);
-	return conn_reply(c, out_len, reply_fd, method, received_ns);
+				  packet.n_fds, start_ns + SLICE_NS, srv->out, &reply_fd, &method,
+				  &kept);
+	return conn_end_call(c, out_len, reply_fd, method, received_ns, kept);
 }
 
-/* Handles one request of a ready connection and charges its tenant the time it took; a
- * connection with nothing more to read, or a reply its client has not taken, leaves the
- * ready ones and waits on its socket. */
+/* Handles one request (or slice of one) of a ready connection and charges its tenant the time
+ * it took; a connection with nothing more to read, or a reply its client has not taken, leaves
+ * the ready ones and waits on its socket. */
 static void conn_serve(struct conn *c, uint64_t start_ns)
 {
 	struct flows *flows = c->srv->flows;
-	int rc = conn_read_one(c);
+	int rc = conn_read_one(c, start_ns);
 
 	if (rc != -EAGAIN)
 		flows_charge(flows, &c->item, monotonic_ns() - start_ns);

@@ -156,17 +156,18 @@ uint64_t registry_failed_releases(const struct registry *reg)
 
 /* ---- mapping records ------------------------------------------------------------------ */
 
-/* Counts a mapping of length bytes (sign +1) or its release (-1) in its domain, its tenant's
- * quota and the daemon's ceilings. */
-static void charge_mapping(struct session *s, struct domain_rec *dom, uint64_t length, int sign)
+/* Counts count mappings (+1 made, -1 released, 0: bytes only) of length bytes, added (sign +1)
+ * or taken away (-1), in their domain, their tenant's quota and the daemon's ceilings. */
+static void charge_mapping(struct session *s, struct domain_rec *dom, int count, uint64_t length,
+			   int sign)
 {
 	struct usage *used = &s->tenant->used, *total = &s->tenant->reg->total;
 
-	dom->n_maps += (uint32_t)sign;
+	dom->n_maps += (uint32_t)count;
 	dom->bytes += (uint64_t)sign * length;
-	used->mappings += (uint64_t)sign;
+	used->mappings += (uint64_t)count;
 	used->pinned_bytes += (uint64_t)sign * length;
-	total->mappings += (uint64_t)sign;
+	total->mappings += (uint64_t)count;
 	total->pinned_bytes += (uint64_t)sign * length;
 }
 
@@ -231,7 +232,7 @@ static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
 	struct map_owner *mo = owner;
 	struct session *s = arg;
 
-	charge_mapping(s, mo->dom, m->length, -1);
+	charge_mapping(s, mo->dom, -1, m->length, -1);
 	file_map_put(s, mo->file);
 	free(mo);
 }
@@ -1135,29 +1136,20 @@ static void in_process_done(const struct session *s, enum iommud_map_op op, uint
 		      monotonic_ns() - start);
 }
 
-/* Unmaps a mapping that took its tenant's page tables past the quota. Should the unmap fail,
- * the mapping stays (and stays charged) and the client is told to unmap it. */
-static int take_back(struct session *s, struct domain_rec *dom, const struct map_entry *e,
-		     uint64_t iova)
+/* The bytes of one part of a mapping made in parts: MAP_PART_PAGES leaves of the largest size
+ * its IOVA and memory could use (so that parts end at IOVAs a leaf ends at, and the page tables
+ * come out as one call would make them). */
+static uint64_t part_bytes(const struct kh_map_req *req)
 {
-	int rc = kh_unmap(s->ctx, e->domain_id, iova, e->length, NULL);
+	uint64_t skew = req->iova - req->addr;
+	uint64_t leaf = !(skew & ((1ull << 30) - 1))   ? 1ull << 30
+			: !(skew & ((2ull << 20) - 1)) ? 2ull << 20
+						       : MAP_GRANULE;
 
-	recharge_tables(s, dom);
-	if (rc < 0) {
-		log_err("uid %u: cannot take back the mapping [0x%llx, +0x%llx) in domain %u past "
-			"its page-table quota: %s",
-			(unsigned)s->tenant->uid, (unsigned long long)iova,
-			(unsigned long long)e->length, e->domain_id, kh_last_error());
-		return fail(rc,
-			    "the mapping at IOVA 0x%llx passed the page-table quota "
-			    "(max-page-tables) and cannot be taken back (%s); it stays mapped: "
-			    "unmap it",
-			    (unsigned long long)iova, kh_last_error());
-	}
-	return page_tables_exhausted(s->tenant);
+	return MAP_PART_PAGES * leaf;
 }
 
-int session_map(struct session *s, struct map_entry *e)
+int session_map_start(struct session *s, struct map_entry *e, struct map_progress *p)
 {
 	struct kh_map_req req = {
 		.iova = e->iova,
@@ -1169,7 +1161,6 @@ int session_map(struct session *s, struct map_entry *e)
 	struct map_owner *mo;
 	struct domain_rec *dom;
 	struct file_map *fm;
-	uint64_t start;
 	int rc = check_entry(s, e, &dom);
 
 	if (rc < 0)
@@ -1186,27 +1177,150 @@ int session_map(struct session *s, struct map_entry *e)
 	*mo = (struct map_owner){.dom = dom, .file = fm, .offset = e->offset};
 	req.addr = (uint64_t)(uintptr_t)fm->base + (e->offset - fm->start);
 	req.owner = mo;
-	/* USDT probes (iommud:map_entry/map_exit): a no-op until a tracer attaches. */
-	DTRACE_PROBE4(iommud, map_entry, s->tenant->uid, e->domain_id, req.iova, e->length);
-	start = in_process_clock(s);
-	rc = kh_map(s->ctx, e->domain_id, &req);
-	in_process_done(s, IOMMUD_OP_MAP, e->length, start, rc);
-	DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, e->domain_id, req.iova, rc);
-	if (rc < 0) {
+	/* Made in parts, the mapping is placed and checked whole first, as one call would. */
+	if (e->length > MAP_PART_PAGES * MAP_GRANULE &&
+	    (rc = kh_place(s->ctx, e->domain_id, &req)) < 0) {
 		file_map_put(s, fm);
 		free(mo);
 		return fail_kh(rc, "cannot map");
 	}
-	charge_mapping(s, dom, e->length, +1);
-	recharge_tables(s, dom);
-	if (s->tenant->used.page_table_bytes > s->tenant->rule->max_page_table_bytes) {
-		/* Only the map shows what its tables cost: take it back (its memory with it). */
-		return take_back(s, dom, e, req.iova);
-	}
-	e->iova = req.iova;
-	log_debug("uid %u mapped [0x%llx, +0x%llx) in domain %u", (unsigned)s->tenant->uid,
-		  (unsigned long long)req.iova, (unsigned long long)e->length, e->domain_id);
+	*p = (struct map_progress){.mo = mo, .domain_id = e->domain_id, .req = req};
+	/* Charged whole from the start, as checked, so no other tenant's mapping takes what the
+	 * daemon-wide ceilings leave for the rest. */
+	charge_mapping(s, dom, +1, e->length, +1);
+	/* USDT probes (iommud:map_entry/map_exit): a no-op until a tracer attaches. */
+	DTRACE_PROBE4(iommud, map_entry, s->tenant->uid, e->domain_id, req.iova, e->length);
 	return 0;
+}
+
+int session_map_abort(struct session *s, struct map_progress *p)
+{
+	struct map_owner *mo = p->mo;
+	struct domain_rec *dom = mo->dom;
+	int rc = 0;
+
+	/* Releasing what the parts mapped uncharges that and frees the owner. Should that fail,
+	 * the parts stay mapped and charged, and the client is told to unmap them. */
+	if (p->mapped && (rc = kh_unmap(s->ctx, p->domain_id, p->req.iova, p->mapped, NULL)) < 0) {
+		log_err("uid %u: cannot take back [0x%llx, +0x%llx) of a map that failed in domain "
+			"%u: %s",
+			(unsigned)s->tenant->uid, (unsigned long long)p->req.iova,
+			(unsigned long long)p->mapped, p->domain_id, kh_last_error());
+		rc = fail(
+			rc,
+			"the map failed, and the 0x%llx bytes it had mapped at IOVA 0x%llx cannot "
+			"be taken back (%s); they stay mapped: unmap them",
+			(unsigned long long)p->mapped, (unsigned long long)p->req.iova,
+			kh_last_error());
+	}
+	charge_mapping(s, dom, p->mapped ? 0 : -1, p->req.length - p->mapped, -1);
+	if (!p->mapped) {
+		file_map_put(s, mo->file);
+		free(mo);
+	}
+	recharge_tables(s, dom);
+	p->mo = NULL;
+	return rc;
+}
+
+/* Maps the next part of the mapping: 0 when done, 1 with more to map. */
+static int map_part(struct session *s, struct map_progress *p)
+{
+	struct kh_map_req part = p->req;
+	uint64_t size = p->req.length > MAP_PART_PAGES * MAP_GRANULE ? part_bytes(&p->req) : 0;
+	uint64_t at = p->req.iova + p->mapped, start;
+	int rc;
+
+	if (size) {
+		part.iova = at;
+		part.addr += p->mapped;
+		part.length = size - at % size;
+		if (part.length > p->req.length - p->mapped)
+			part.length = p->req.length - p->mapped;
+		part.flags |= KH_MAP_FIXED_IOVA | (p->mapped ? KH_MAP_EXTEND : 0);
+	}
+	start = in_process_clock(s);
+	rc = kh_map(s->ctx, p->domain_id, &part);
+	if (start)
+		p->map_ns += monotonic_ns() - start;
+	if (rc < 0)
+		return fail_kh(rc, "cannot map");
+	if (!p->mapped)
+		p->req.iova = part.iova;
+	p->mapped += part.length;
+	return p->mapped < p->req.length;
+}
+
+int session_map_step(struct session *s, struct map_progress *p)
+{
+	struct domain_rec *dom = p->mo->dom;
+	int rc = map_part(s, p);
+
+	if (rc >= 0) {
+		recharge_tables(s, dom);
+		/* Only the map shows what its tables cost: take it back (its memory with it). */
+		if (s->tenant->used.page_table_bytes > s->tenant->rule->max_page_table_bytes)
+			rc = -EDQUOT;
+	}
+	if (rc < 0) {
+		int undo;
+
+		DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, p->domain_id, p->req.iova, rc);
+		undo = session_map_abort(s, p);
+		if (undo < 0)
+			return undo;
+		return rc == -EDQUOT ? page_tables_exhausted(s->tenant) : rc;
+	}
+	if (rc)
+		return 1;
+	if (p->map_ns)
+		probes_record(s->tenant->reg->probes, IOMMUD_OP_MAP, p->req.length,
+			      tenant_label_slot(s->tenant), p->map_ns);
+	DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, p->domain_id, p->req.iova, 0);
+	p->mo = NULL;
+	log_debug("uid %u mapped [0x%llx, +0x%llx) in domain %u", (unsigned)s->tenant->uid,
+		  (unsigned long long)p->req.iova, (unsigned long long)p->req.length, p->domain_id);
+	return 0;
+}
+
+int session_unmap_part(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t *length)
+{
+	uint64_t end = iova + *length, size, tail, bytes;
+	struct domain_rec *dom;
+	struct kh_mapping m;
+	uint32_t count;
+	int rc = domain_lookup(s, domain_id, &dom);
+
+	if (rc < 0)
+		return rc;
+	if (*length > MAP_PART_PAGES * MAP_GRANULE &&
+	    kh_mappings(s->ctx, domain_id, iova, &m, 1) == 1 && m.iova == iova) {
+		size = part_bytes(&(struct kh_map_req){.iova = iova, .addr = m.addr});
+		tail = (end - 1) / size * size;
+		if (tail > iova) {
+			rc = kh_unmap_tail(s->ctx, domain_id, tail, end - tail);
+			if (rc < 0)
+				return fail_kh(rc, "cannot unmap");
+			charge_mapping(s, dom, 0, end - tail, -1);
+			recharge_tables(s, dom);
+			*length = tail - iova;
+			return 1;
+		}
+	}
+	rc = session_unmap(s, domain_id, iova, *length, &bytes, &count);
+	return rc < 0 ? rc : 0;
+}
+
+int session_map(struct session *s, struct map_entry *e)
+{
+	struct map_progress p;
+	int rc = session_map_start(s, e, &p);
+
+	while (rc == 0 && (rc = session_map_step(s, &p)) > 0)
+		;
+	if (rc == 0)
+		e->iova = p.req.iova;
+	return rc;
 }
 
 int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,

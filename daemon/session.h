@@ -169,6 +169,30 @@ struct map_entry {
 
 /* Checks the range against the file, charges the quota, maps. */
 int session_map(struct session *s, struct map_entry *entry);
+
+/* A mapping is made in parts of at most this many pages (of the largest leaves its IOVA and
+ * memory allow), so that a costly one can be made over several turns of the daemon's loop; the
+ * parts are one mapping (kernel-helper's KH_MAP_EXTEND), and the result is the same as one call
+ * would make it. */
+#define MAP_PART_PAGES 64
+struct map_progress {
+	struct map_owner *mo; /* NULL once done or taken back */
+	uint32_t domain_id;
+	struct kh_map_req req; /* the whole mapping; its iova is placed once the first part is */
+	uint64_t mapped;       /* bytes from req.iova */
+	uint64_t map_ns;       /* the in-process backend's time so far; 0 when not timed */
+};
+/* session_map in steps: start checks the entry, places it and charges it whole; each step maps
+ * a part, returning 1 while there is more, 0 when done (the IOVA in p->req.iova), or a
+ * negative errno after taking back all of it; abort takes back what the steps mapped, and the
+ * charge, of a mapping started and not done (a negative errno when the kernel keeps what was
+ * mapped, which then stays charged). */
+int session_map_start(struct session *s, struct map_entry *entry, struct map_progress *p);
+int session_map_step(struct session *s, struct map_progress *p);
+int session_map_abort(struct session *s, struct map_progress *p);
+/* Takes back the last part, as session_map_step made it, of the mapping made at iova of
+ * *length bytes: 1 while some is left (*length then says how much), 0 once it is all gone. */
+int session_unmap_part(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t *length);
 /* Removes the mappings wholly inside [iova, iova+length) (UINT64_MAX length from iova 0: all),
  * releasing their memory references once the backend has unmapped them. */
 int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,

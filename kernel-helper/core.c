@@ -921,6 +921,31 @@ static int map_into(struct kh_domain *dom, struct kh_map_req *req, const struct 
 	return 0;
 }
 
+/* Maps a part of a mapping made in parts, right after the part before it (KH_MAP_EXTEND). */
+static int map_extension(struct kh_domain *dom, struct kh_map_req *req)
+{
+	struct kh_area *area;
+	int rc;
+
+	if ((req->flags & (KH_MAP_FIXED_IOVA | KH_MAP_FILE)) != KH_MAP_FIXED_IOVA)
+		return kh_fail(-EINVAL,
+			       "KH_MAP_EXTEND needs KH_MAP_FIXED_IOVA, without KH_MAP_FILE");
+	rc = kh_ioas_place(dom->ioas, req);
+	if (rc < 0)
+		return rc;
+	area = kh_ioas_extendable(dom->ioas, req);
+	if (!area)
+		return kh_fail(-EINVAL,
+			       "IOVA 0x%" PRIx64 " does not continue a mapping of the same owner, "
+			       "prot and memory",
+			       req->iova);
+	rc = backend_map(dom, req, NULL);
+	if (rc < 0)
+		return rc;
+	kh_ioas_extend(dom->ioas, area, req->length);
+	return 0;
+}
+
 int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req)
 {
 	struct kh_domain *dom;
@@ -928,7 +953,19 @@ int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req)
 
 	if (rc < 0)
 		return rc;
+	if (req->flags & KH_MAP_EXTEND)
+		return map_extension(dom, req);
 	return map_into(dom, req, NULL);
+}
+
+int kh_place(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req)
+{
+	struct kh_domain *dom;
+	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "map", &dom);
+
+	if (rc < 0)
+		return rc;
+	return kh_ioas_place(dom->ioas, req);
 }
 
 int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_t src_id,
@@ -975,6 +1012,29 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
 	kh_ioas_remove(dom->ioas, first, last, ctx->release_owner, ctx->release_arg);
 	if (unmapped)
 		*unmapped = bytes;
+	return 0;
+}
+
+int kh_unmap_tail(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length)
+{
+	struct kh_domain *dom;
+	struct kh_area *area;
+	uint64_t last;
+	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "unmap", &dom);
+
+	if (rc < 0)
+		return rc;
+	if (!length || __builtin_add_overflow(iova, length - 1, &last) ||
+	    !(area = kh_ioas_tail_of(dom->ioas, iova, last)))
+		return kh_fail(-EINVAL,
+			       "0x%" PRIx64 " + 0x%" PRIx64 " is not the end of a longer mapping",
+			       iova, length);
+	rc = dom->ops->unmap(dom, iova, length);
+	if (rc < 0)
+		return rc;
+	if (dom->ops->iotlb_sync)
+		dom->ops->iotlb_sync(dom, iova, length);
+	kh_ioas_cut_tail(area, iova);
 	return 0;
 }
 

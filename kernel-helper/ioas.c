@@ -220,9 +220,9 @@ static int check_request(const struct kh_ioas *ioas, const struct kh_map_req *re
 	if (!(req->prot & (KH_PROT_READ | KH_PROT_WRITE)) ||
 	    (req->prot & ~(KH_PROT_READ | KH_PROT_WRITE)))
 		return kh_fail(-EINVAL, "permissions 0x%x: give read, write or both", req->prot);
-	if (req->flags & ~(KH_MAP_FIXED_IOVA | KH_MAP_FILE))
+	if (req->flags & ~(KH_MAP_FIXED_IOVA | KH_MAP_FILE | KH_MAP_EXTEND))
 		return kh_fail(-EINVAL, "unknown map flags 0x%x",
-			       req->flags & ~(KH_MAP_FIXED_IOVA | KH_MAP_FILE));
+			       req->flags & ~(KH_MAP_FIXED_IOVA | KH_MAP_FILE | KH_MAP_EXTEND));
 	if (__builtin_add_overflow(req->addr, req->length - 1, &last))
 		return kh_fail(-EOVERFLOW, "address 0x%" PRIx64 " + length 0x%" PRIx64 " overflows",
 			       req->addr, req->length);
@@ -350,11 +350,45 @@ int kh_ioas_source(const struct kh_ioas *ioas, uint64_t iova, uint64_t length, u
 	return 0;
 }
 
+static void hint_after(struct kh_ioas *ioas, const struct kh_area *area)
+{
+	ioas->alloc_hint = area->last == UINT64_MAX ? ioas->aperture_start : area->last + 1;
+}
+
 void kh_ioas_insert(struct kh_ioas *ioas, struct kh_area *area)
 {
 	RB_INSERT(kh_area_tree, &ioas->areas, area);
 	ioas->n_areas++;
-	ioas->alloc_hint = area->last == UINT64_MAX ? ioas->aperture_start : area->last + 1;
+	hint_after(ioas, area);
+}
+
+struct kh_area *kh_ioas_extendable(const struct kh_ioas *ioas, const struct kh_map_req *req)
+{
+	struct kh_area *area = req->iova ? first_overlap(ioas, req->iova - 1, req->iova - 1) : NULL;
+
+	if (!area || area->last != req->iova - 1 || area->owner != req->owner ||
+	    area->prot != req->prot || area->flags != (req->flags & KH_MAP_FILE) ||
+	    area->addr + (area->last - area->iova + 1) != req->addr)
+		return NULL;
+	return area;
+}
+
+void kh_ioas_extend(struct kh_ioas *ioas, struct kh_area *area, uint64_t length)
+{
+	area->last += length;
+	hint_after(ioas, area);
+}
+
+struct kh_area *kh_ioas_tail_of(const struct kh_ioas *ioas, uint64_t iova, uint64_t last)
+{
+	struct kh_area *area = first_overlap(ioas, iova, iova);
+
+	return area && area->iova < iova && area->last == last ? area : NULL;
+}
+
+void kh_ioas_cut_tail(struct kh_area *area, uint64_t iova)
+{
+	area->last = iova - 1;
 }
 
 int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uint64_t *first,

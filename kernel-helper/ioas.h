@@ -28,6 +28,14 @@ int kh_ioas_place(struct kh_ioas *ioas, struct kh_map_req *req);
 struct kh_area *kh_ioas_area_new(const struct kh_map_req *placed);
 void kh_ioas_insert(struct kh_ioas *ioas, struct kh_area *area);
 void kh_ioas_area_free(struct kh_area *area);
+/* The mapping a KH_MAP_EXTEND request continues, or NULL; and, once the page tables map the
+ * request's range, that range added to it. */
+struct kh_area *kh_ioas_extendable(const struct kh_ioas *ioas, const struct kh_map_req *req);
+void kh_ioas_extend(struct kh_ioas *ioas, struct kh_area *area, uint64_t length);
+/* The mapping kh_unmap_tail may shorten by [iova, last], or NULL; and its end moved below iova,
+ * once the page tables no longer map the range. */
+struct kh_area *kh_ioas_tail_of(const struct kh_ioas *ioas, uint64_t iova, uint64_t last);
+void kh_ioas_cut_tail(struct kh_area *area, uint64_t iova);
 
 /* The memory behind [iova, iova+length) when one mapping holds all of it: its address (or file
  * offset) in *addr, its KH_MAP_* flags in *flags. */

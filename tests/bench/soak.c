@@ -16,8 +16,9 @@
  * spin, run at nice 19, so that on a machine of few CPUs they take less of the victim's CPU
  * time; the other attackers wait on their sockets and run at the victim's priority.
  * The daemon's CPU use during each attack is printed too: a daemon that spins shows 100%.
- * A benchmark prints; it never judges. One request is never preempted, so a victim waits for at
- * most the hostile request being handled when its own arrives: the figure printed last.
+ * A benchmark prints; it never judges. A costly request is handled in slices of about one turn,
+ * so the hostile requests' time in the daemon printed last is from receipt to reply, the
+ * victim's turns included, not what a victim waits for.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -372,7 +373,7 @@ static void print_daemon_counters(void)
 			     (unsigned long long)s->refused_connections[i]->connections);
 	(void)printf("\ntimes the reader waited for a token (reader-rate): %llu\n",
 		     (unsigned long long)s->rate_limited);
-	/* One request is never preempted: what the costliest take is the floor of a wait. */
+	/* From receipt to reply: a costly request's slices and the others' turns between. */
 	for (size_t i = 0; i < s->n_methods; i++) {
 		const Iommud__V1__MethodStats *m = s->methods[i];
 

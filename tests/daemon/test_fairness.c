@@ -4,8 +4,9 @@
  * not go before another tenant's request, connections are capped per uid and per tenant with
  * slots kept for configured writers (root always gets in), silent connections are closed,
  * readers are rate limited by waiting, and at the open-file limit the daemon neither spins nor
- * floods its log. Other uids are setuid children; other tenants of one uid are cgroups the test
- * creates in the cgroup v2 hierarchy and removes.
+ * floods its log; a costly request is handled in slices, so that another tenant's request is
+ * answered while it is in progress, and stays all or nothing. Other uids are setuid children; other
+ * tenants of one uid are cgroups the test creates in the cgroup v2 hierarchy and removes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <iommuctl.h>
 #include <iommud_wire.h>
 
 #include "daemon_fixture.h"
@@ -346,6 +348,222 @@ TEST(tenant_turns)
 	(void)close(go[0]);
 	(void)close(ready[0]);
 	(void)close(ready[1]);
+	(void)close(root_fd);
+	fixture_stop(&f);
+}
+
+/* ---- a costly request in slices --------------------------------------------------------- */
+
+#define COSTLY_BYTES   (1ull << 30) /* of a sparse memfd, at 4 KiB leaves: 262144 of them */
+#define COSTLY_IOVA    ((4ull << 30) + 4096) /* off every large page boundary */
+#define COSTLY_ENTRIES 8
+#define MAPPER                                                                                     \
+	"[uid 61001]\n"                                                                            \
+	"access = write\n"                                                                         \
+	"devices = emu0\n"
+
+/* The hostile tenant: a domain on one connection, kept open so its session stays, and a
+ * MapBatch of the whole memfd on another: twice at the same IOVA when failing (so the second
+ * fails and the first must be taken back), else at COSTLY_ENTRIES IOVAs. Sends the batch on 'g';
+ * failing, says when its reply came ('r', then the reply's code, failed index and message), else
+ * closes the batch's connection on 'c', says so ('x') and then what its other connection's GetStats
+ * says it has mapped. Exits when the pipe closes. */
+static void costly_run(const struct daemon_fixture *f, bool failing, int ready, int go)
+{
+	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__MapEntry entry = IOMMUD__V1__MAP_ENTRY__INIT;
+	Iommud__V1__MapEntry spread[COSTLY_ENTRIES], *entries[COSTLY_ENTRIES];
+	Iommud__V1__Quota quota = IOMMUD__V1__QUOTA__INIT;
+	Iommud__V1__Response *resp;
+	struct iommuctl *c;
+	char byte, report[1100];
+	int mem, fd, n;
+	uint32_t domain;
+
+	become(WRITER_UID);
+	CHECK(iommuctl_connect(f->socket_path, &c) == 0);
+	CHECK(iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &domain) == 0);
+	CHECK((mem = iommuctl_memfd("costly", COSTLY_BYTES)) >= 0);
+	fd = raw_connect(f);
+	entry.domain_id = domain;
+	entry.length = COSTLY_BYTES;
+	entry.prot = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
+	entry.fixed_iova = true;
+	entry.iova = COSTLY_IOVA;
+	/* Failing: the same range twice. Else at as many IOVAs as make it long enough to be
+	 * caught in progress. */
+	for (size_t i = 0; i < COSTLY_ENTRIES; i++) {
+		spread[i] = entry;
+		spread[i].iova += failing ? 0 : i * COSTLY_BYTES;
+		entries[i] = &spread[i];
+	}
+	batch.entries = entries;
+	batch.n_entries = failing ? 2 : COSTLY_ENTRIES;
+	req.id = 7;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	req.map_batch = &batch;
+	CHECK(write(ready, "c", 1) == 1);
+	CHECK(read(go, &byte, 1) == 1 && byte == 'g');
+	raw_send_request(fd, &req, &mem, 1);
+	CHECK(write(ready, "s", 1) == 1);
+	if (!failing) {
+		CHECK(read(go, &byte, 1) == 1 && byte == 'c');
+		/* The daemon is stopped: a reply not here yet is one it has not sent. */
+		CHECK(poll(&(struct pollfd){.fd = fd, .events = POLLIN}, 1, 0) == 0);
+		(void)close(fd);
+		CHECK(write(ready, "x", 1) == 1);
+		/* The tenant's next request runs only once the batch is done or gone. */
+		fixture_stats(c, &quota, NULL);
+		n = snprintf(report, sizeof(report), "%llu",
+			     (unsigned long long)quota.pinned_bytes);
+		CHECK(write(ready, report, (size_t)n + 1) == n + 1);
+	} else {
+		resp = raw_recv(fd, NULL);
+		n = snprintf(report, sizeof(report), "r%d %d %s", (int)resp->status->code,
+			     resp->status->failed_index, resp->status->message);
+		CHECK(write(ready, report, (size_t)n + 1) == n + 1);
+		iommud__v1__response__free_unpacked(resp, NULL);
+	}
+	while (read(go, &byte, 1) > 0)
+		;
+	iommuctl_close(c);
+	_exit(0);
+}
+
+struct costly {
+	pid_t pid;
+	int ready[2], go[2];
+};
+
+/* Starts the hostile tenant and has it queue its batch while the daemon is stopped; root's
+ * GetStats is queued after it, so that both wait when the daemon runs again. */
+static void costly_start(struct costly *h, const struct daemon_fixture *f, bool failing,
+			 int root_fd)
+{
+	int status;
+	char byte;
+
+	CHECK(pipe2(h->ready, O_CLOEXEC) == 0 && pipe2(h->go, O_CLOEXEC) == 0);
+	h->pid = fork();
+	CHECK(h->pid >= 0);
+	if (h->pid == 0) {
+		(void)close(h->go[1]);
+		costly_run(f, failing, h->ready[1], h->go[0]);
+	}
+	CHECK(read(h->ready[0], &byte, 1) == 1 && byte == 'c');
+	CHECK_EQ(kill(f->pid, SIGSTOP), 0);
+	CHECK(waitpid(f->pid, &status, WUNTRACED) == f->pid && WIFSTOPPED(status));
+	CHECK(write(h->go[1], "g", 1) == 1);
+	CHECK(read(h->ready[0], &byte, 1) == 1 && byte == 's');
+	send_get_stats(root_fd);
+	CHECK_EQ(kill(f->pid, SIGCONT), 0);
+}
+
+static void costly_stop(struct costly *h)
+{
+	int status;
+
+	(void)close(h->go[1]);
+	CHECK(waitpid(h->pid, &status, 0) == h->pid && WIFEXITED(status) &&
+	      WEXITSTATUS(status) == 0);
+	(void)close(h->go[0]);
+	(void)close(h->ready[0]);
+	(void)close(h->ready[1]);
+}
+
+/* The memory all tenants have mapped, as root's GetStats (already sent) says. */
+static uint64_t pinned_now(int root_fd)
+{
+	Iommud__V1__Response *resp;
+	uint64_t pinned = stats_reply(root_fd, &resp)->ceilings->pinned_bytes;
+
+	iommud__v1__response__free_unpacked(resp, NULL);
+	return pinned;
+}
+
+/* Root asks for GetStats again and again until one shows the hostile batch's memory mapped
+ * (root was answered while the batch was in progress) or the batch's reply came first:
+ * whether root was. Served one request at a time, root's request comes before or after the
+ * whole batch, which maps nothing in the end, so never sees it in progress. */
+static bool answered_mid_batch(int root_fd, const struct costly *h)
+{
+	struct pollfd reply = {.fd = h->ready[0], .events = POLLIN};
+
+	for (;;) {
+		if (pinned_now(root_fd) > 0)
+			return true;
+		if (poll(&reply, 1, 0) == 1)
+			return false;
+		send_get_stats(root_fd);
+	}
+}
+
+/* A batch of a 1 GiB entry at 4 KiB leaves whose last entry fails: root's request, queued
+ * behind it, is answered while the batch is in progress, and the batch keeps its all-or-nothing
+ * reply: the failure of its last entry, nothing left mapped. */
+TEST(costly_request_in_slices)
+{
+	struct daemon_fixture f;
+	struct costly h;
+	char report[1100], expected[256];
+	int root_fd, code, index, n;
+
+	fixture_start(&f, ROOT_WRITES MAPPER, "emu0");
+	root_fd = raw_connect(&f);
+	costly_start(&h, &f, true, root_fd);
+	CHECK(answered_mid_batch(root_fd, &h));
+	n = (int)read(h.ready[0], report, sizeof(report) - 1);
+	CHECK(n > 1 && report[0] == 'r');
+	report[n] = '\0';
+	CHECK(sscanf(report + 1, "%d %d", &code, &index) == 2);
+	CHECK_EQ(code, IOMMUD__V1__CODE__CODE_ALREADY_EXISTS);
+	CHECK_EQ(index, 1);
+	/* The whole range is checked, as one call would: the message names all of it. */
+	(void)snprintf(expected, sizeof(expected),
+		       "map entry 1: cannot map: IOVA range 0x%llx-0x%llx overlaps the mapping at "
+		       "0x%llx-0x%llx",
+		       COSTLY_IOVA, COSTLY_IOVA + COSTLY_BYTES - 1, COSTLY_IOVA,
+		       COSTLY_IOVA + COSTLY_BYTES - 1);
+	(void)fprintf(stderr, "batch reply (code, failed index, message): %s\n", report + 1);
+	CHECK(strstr(report, expected) != NULL);
+	send_get_stats(root_fd);
+	CHECK_EQ(pinned_now(root_fd), 0);
+	CHECK_EQ(fixture_memfd_mappings(&f), 0);
+	costly_stop(&h);
+	(void)close(root_fd);
+	fixture_stop(&f);
+}
+
+/* A connection closed while its batch is in progress: what the batch mapped goes, while the
+ * tenant's session (its other connection) stays, and the daemon keeps no descriptor of it. */
+TEST(costly_request_closed)
+{
+	struct daemon_fixture f;
+	struct costly h;
+	int root_fd, files, status, n;
+	char byte, report[32];
+
+	fixture_start(&f, ROOT_WRITES MAPPER, "emu0");
+	root_fd = raw_connect(&f);
+	files = fixture_fd_count(&f);
+	costly_start(&h, &f, false, root_fd);
+	CHECK(answered_mid_batch(root_fd, &h));
+	/* Stopped, the daemon cannot finish the batch before the connection is gone. */
+	CHECK_EQ(kill(f.pid, SIGSTOP), 0);
+	CHECK(waitpid(f.pid, &status, WUNTRACED) == f.pid && WIFSTOPPED(status));
+	CHECK(write(h.go[1], "c", 1) == 1);
+	CHECK(read(h.ready[0], &byte, 1) == 1 && byte == 'x');
+	CHECK_EQ(kill(f.pid, SIGCONT), 0);
+	n = (int)read(h.ready[0], report, sizeof(report) - 1);
+	CHECK(n > 0);
+	report[n > 0 ? n : 0] = '\0';
+	CHECK_EQ(strtoull(report, NULL, 10), 0);
+	send_get_stats(root_fd);
+	CHECK_EQ(pinned_now(root_fd), 0);
+	CHECK_EQ(fixture_memfd_mappings(&f), 0);
+	CHECK_EQ(fixture_fd_count(&f), files);
+	costly_stop(&h);
 	(void)close(root_fd);
 	fixture_stop(&f);
 }

@@ -273,6 +273,12 @@ void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, 
 /* The memory is [addr, addr+length) of the file fd (a memfd, shmem or hugetlbfs file), pinned by
  * the kernel without a mapping in this process. iommufd on Linux 6.13 and later only. */
 #define KH_MAP_FILE (1u << 1)
+/* With KH_MAP_FIXED_IOVA: the range continues the mapping that ends right below req.iova, made
+ * with the same owner, prot and flags, its memory right after that one's, and becomes part of
+ * it, so that a mapping too costly to make in one call is made in parts and still is one mapping
+ * (kh_mappings shows one, kh_unmap takes it whole, release sees it once). Place the whole with
+ * kh_place first. -EINVAL without such a mapping; not with KH_MAP_FILE. */
+#define KH_MAP_EXTEND (1u << 2)
 
 struct kh_map_req {
 	uint64_t iova;	    /* in with KH_MAP_FIXED_IOVA; out on success */
@@ -288,12 +294,21 @@ struct kh_map_req {
 /* Maps [addr, addr+length) at an IOVA. -EEXIST if it overlaps a mapping; -EINVAL if it touches a
  * reserved range or lies outside the aperture; -ENOSPC if no free IOVA range fits. */
 int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req);
+/* Where kh_map would map req, by the same rules and with the same failures: fills req->iova
+ * when the helper picks it; maps nothing. */
+int kh_place(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req);
 /* Removes every mapping inside [iova, iova+length); all of them must lie wholly inside (-EINVAL
  * otherwise, nothing removed); -ENOENT if there is none. iova 0 and length UINT64_MAX remove
  * everything. unmapped (may be NULL) gives the bytes removed: 0 after a failure, which removes
  * nothing. */
 int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
 	     uint64_t *unmapped);
+
+/* Takes [iova, iova+length) off the end of the mapping that starts below iova and ends at
+ * iova+length-1, which stays, shorter: the inverse of KH_MAP_EXTEND, so that a mapping too
+ * costly to remove in one call is removed in parts (the last with kh_unmap, which releases its
+ * owner). -EINVAL without such a mapping. */
+int kh_unmap_tail(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length);
 
 /* Maps, in domain dst_id, the memory that [src_iova, src_iova+req->length) of domain src_id
  * maps, like IOMMU_IOAS_COPY: the pages are shared, not pinned again. The source range must lie
