@@ -278,17 +278,18 @@ static int peer_confirm(int fd, const struct peer *peer)
 		return -EPERM;
 	rc = socket_peer_inode(fd, &ino);
 	if (rc == -EPROTONOSUPPORT) {
-		/* Without unix_diag (not built, or a module that cannot be loaded) only the uid can be
-		 * confirmed; refusing every peer would leave such a machine without the daemon. Said
-		 * once, with what restores the full check. */
+		/* Without unix_diag (not built, or a module that cannot be loaded) only the uid can
+		 * be confirmed; refusing every peer would leave such a machine without the daemon.
+		 * Said once, with what restores the full check. */
 		static bool warned;
 
 		if (!warned)
-			log_warning("peers are confirmed by uid only: this kernel has neither "
-				    "SO_PEERPIDFD (Linux 6.5) nor unix_diag, so a pid reused between "
-				    "a connect and its accept by a process of the same uid could "
-				    "lend that process's cgroup; modprobe unix_diag, or run 6.5 or "
-				    "later");
+			log_warning(
+				"peers are confirmed by uid only: this kernel has neither "
+				"SO_PEERPIDFD (Linux 6.5) nor unix_diag, so a pid reused between "
+				"a connect and its accept by a process of the same uid could "
+				"lend that process's cgroup; modprobe unix_diag, or run 6.5 or "
+				"later");
 		warned = true;
 		return 0;
 	}

@@ -24,6 +24,8 @@
  * bound from it (kh_device.priv points at it); a domain owns its container fd.
  */
 #include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -86,20 +88,26 @@ static bool group_path(uint32_t group, char *buf, size_t size)
 
 /* ---- what the IOMMU behind a group offers ------------------------------------------------ */
 
-/* The capability id in a VFIO_IOMMU_GET_INFO answer, or NULL. */
-static const struct vfio_info_cap_header *find_cap(const struct vfio_iommu_type1_info *info,
-						   uint16_t id)
+/* Copies size bytes at offset at of capability id in a VFIO_IOMMU_GET_INFO answer to dst;
+ * false when it has no such capability or it is shorter. Copied, because the kernel may place a
+ * capability at an offset its 64-bit fields are not aligned at (6.1 does). */
+static bool copy_cap(const struct vfio_iommu_type1_info *info, uint16_t id, size_t at, void *dst,
+		     size_t size)
 {
 	uint32_t off = (info->flags & VFIO_IOMMU_INFO_CAPS) ? info->cap_offset : 0;
+	struct vfio_info_cap_header head;
 
-	while (off && off + sizeof(struct vfio_info_cap_header) <= info->argsz) {
-		const struct vfio_info_cap_header *cap = (const void *)((const char *)info + off);
-
-		if (cap->id == id)
-			return cap;
-		off = cap->next;
+	while (off && off + sizeof(head) <= info->argsz) {
+		memcpy(&head, (const char *)info + off, sizeof(head));
+		if (head.id == id) {
+			if (off + at + size > info->argsz)
+				return false;
+			memcpy(dst, (const char *)info + off + at, size);
+			return true;
+		}
+		off = head.next;
 	}
-	return NULL;
+	return false;
 }
 
 /* VFIO_IOMMU_GET_INFO with its capability chain; the caller frees *out. */
@@ -126,21 +134,28 @@ static int container_info(int container, struct vfio_iommu_type1_info **out)
 
 static void read_info(const struct vfio_iommu_type1_info *info, struct kh_hw_info *hw)
 {
-	const struct vfio_iommu_type1_info_cap_iova_range *ranges =
-		(const void *)find_cap(info, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE);
-	const struct vfio_iommu_type1_info_dma_avail *avail =
-		(const void *)find_cap(info, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL);
+	const size_t ranges_at = offsetof(struct vfio_iommu_type1_info_cap_iova_range, iova_ranges);
+	struct vfio_iommu_type1_info_cap_iova_range ranges;
+	struct vfio_iommu_type1_info_dma_avail avail;
+	struct vfio_iova_range first, last;
 
 	if (info->flags & VFIO_IOMMU_INFO_PGSIZES)
 		hw->page_sizes = info->iova_pgsizes;
-	if (ranges && ranges->nr_iovas) {
-		hw->aperture_start = ranges->iova_ranges[0].start;
-		hw->aperture_last = ranges->iova_ranges[ranges->nr_iovas - 1].end;
+	if (copy_cap(info, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, 0, &ranges, sizeof(ranges)) &&
+	    ranges.nr_iovas &&
+	    copy_cap(info, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, ranges_at, &first,
+		     sizeof(first)) &&
+	    copy_cap(info, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+		     ranges_at + (ranges.nr_iovas - 1) * sizeof(last), &last, sizeof(last))) {
+		hw->aperture_start = first.start;
+		hw->aperture_last = last.end;
 	}
 	/* In a fresh container everything is available: that is the limit. */
-	if (avail)
-		hw->max_mappings = avail->avail;
-	hw->dirty_tracking = find_cap(info, VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION) != NULL;
+	if (copy_cap(info, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, 0, &avail, sizeof(avail)))
+		hw->max_mappings = avail.avail;
+	hw->dirty_tracking =
+		copy_cap(info, VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, 0,
+			 &(struct vfio_info_cap_header){0}, sizeof(struct vfio_info_cap_header));
 }
 
 /* Puts the group in the container and gives the container its IOMMU. */

@@ -330,7 +330,7 @@ void field(const char *key, int kind, uint64_t v, const char *s)
 		cell(out.table, "%s", s);
 		return;
 	}
-	(void)snprintf(label, sizeof(label), "%s", key);
+	(void)snprintf(label, sizeof(label), "%s", key ? key : "");
 	for (char *u = label; (u = strchr(u, '_'));)
 		*u = ' ';
 	(void)printf("%-20s %s\n", label, s);
