@@ -250,12 +250,10 @@ static int socket_peer_inode(int fd, unsigned *ret_ino)
 		rc = -errno;
 	else if (!NLMSG_OK(&answer.nlh, (size_t)n))
 		rc = -EPROTO;
-	else if (answer.nlh.nlmsg_type == NLMSG_ERROR)
-		rc = ((struct nlmsgerr *)NLMSG_DATA(&answer.nlh))->error ?: -EPROTO;
-	if (rc == -ENOENT && answer.nlh.nlmsg_type == NLMSG_ERROR)
-		rc = -EPROTONOSUPPORT;
-	else
+	else if (answer.nlh.nlmsg_type != NLMSG_ERROR)
 		rc = unix_diag_peer(&answer.nlh, ret_ino);
+	else if ((rc = ((struct nlmsgerr *)NLMSG_DATA(&answer.nlh))->error ?: -EPROTO) == -ENOENT)
+		rc = -EPROTONOSUPPORT;
 	(void)close(nl);
 	return rc;
 }
@@ -264,7 +262,9 @@ static int socket_peer_inode(int fd, unsigned *ret_ino)
  * shows: the uid SO_PEERCRED recorded, and the other end of this very connection among its
  * descriptors. A process that merely took the pid since holds neither, and one handed the
  * connection was chosen by the one that connected. Read by pid: the caller checks afterwards
- * that the process held by its pidfd still lives, so the pid named it throughout. */
+ * that the process held by its pidfd still lives, so the pid named it throughout. 0 when both
+ * hold, PEER_UID_ONLY when the kernel can show only the uid. */
+#define PEER_UID_ONLY 1
 static int peer_confirm(int fd, const struct peer *peer)
 {
 	unsigned ino;
@@ -279,19 +279,19 @@ static int peer_confirm(int fd, const struct peer *peer)
 	rc = socket_peer_inode(fd, &ino);
 	if (rc == -EPROTONOSUPPORT) {
 		/* Without unix_diag (not built, or a module that cannot be loaded) only the uid can
-		 * be confirmed; refusing every peer would leave such a machine without the daemon.
-		 * Said once, with what restores the full check. */
+		 * be confirmed; refusing every peer would leave such a machine without the daemon,
+		 * and the pid's cgroup could be a recycled pid's. Said once, with the remedy. */
 		static bool warned;
 
 		if (!warned)
 			log_warning(
 				"peers are confirmed by uid only: this kernel has neither "
-				"SO_PEERPIDFD (Linux 6.5) nor unix_diag, so a pid reused between "
-				"a connect and its accept by a process of the same uid could "
-				"lend that process's cgroup; modprobe unix_diag, or run 6.5 or "
+				"SO_PEERPIDFD (Linux 6.5) nor unix_diag, so their cgroups cannot "
+				"be trusted and each uid's peers are one tenant (cgroup "
+				"\"" CGROUP_UNCONFIRMED "\"); modprobe unix_diag, or run 6.5 or "
 				"later");
 		warned = true;
-		return 0;
+		return PEER_UID_ONLY;
 	}
 	return rc < 0 ? rc : holds_socket(peer->pid, ino);
 }
@@ -375,6 +375,12 @@ static int identify(int fd, bool use_peerpidfd, struct peer *ret_peer)
 		peer.doubt_errno = -rc;
 	} else if (!process_lives(pidfd)) {
 		peer.doubt = PEER_EXITED;
+	} else if (by_pid && rc == PEER_UID_ONLY) {
+		/* The pid's cgroup is vouched for by nothing: a key no cgroup path can be. */
+		if (!(peer.cgroup = strdup(CGROUP_UNCONFIRMED))) {
+			peer.doubt = PEER_CGROUP_UNREADABLE;
+			peer.doubt_errno = ENOMEM;
+		}
 	} else {
 		read_cgroup(&peer, pidfd);
 	}

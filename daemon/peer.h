@@ -37,6 +37,10 @@ enum peer_doubt {
 	PEER_CGROUP_AMBIGUOUS,	/* no single cgroup v2 entry, or a path with a newline */
 };
 
+/* The cgroup of peers whose process only the uid confirms (kernels before 6.5 without unix_diag):
+ * no cgroup path is this, so such peers share a tenant with nobody else's cgroup. */
+#define CGROUP_UNCONFIRMED "(unconfirmed)"
+
 struct peer {
 	pid_t pid;
 	uid_t uid;
