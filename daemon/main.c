@@ -331,6 +331,7 @@ static int start_probes(struct daemon *d)
 	struct probes_options opts = {
 		.max_tier = d->cfg->probe_tier,
 		.in_process = kh_backend_caps(d->be) & KH_CAP_MAP_IN_PROCESS,
+		.tenant_slots = registry_label_slots(d->reg),
 	};
 	const char *const *detached;
 	size_t n;
@@ -356,9 +357,10 @@ static int serve(struct daemon *d, struct config *cfg)
 	struct server *srv = NULL;
 	int status = 1;
 
-	if (start_probes(d) < 0)
-		goto out;
+	/* The registry first: it says how many tenant labels the probes' histograms need. */
 	d->reg = registry_create(d->be, cfg);
+	if (d->reg && start_probes(d) < 0)
+		goto out;
 	if (d->reg)
 		registry_set_probes(d->reg, d->probes);
 	if (!d->reg || !base || server_create(base, d, cfg->max_connections, &srv) < 0) {

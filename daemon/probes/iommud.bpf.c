@@ -31,30 +31,18 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define MAP_LENGTH_OFFSET   24
 #define UNMAP_LENGTH_OFFSET 16
 
-/* Every key the kernel side can make (two layers: the in-process one is the daemon's own). */
-#define HIST_ENTRIES (IOMMUD_TENANT_SLOTS * IOMMUD_OP_COUNT * 2 * IOMMUD_SIZE_COUNT)
-
-/* Allocated as keys appear: preallocating every key's per-CPU values would cost megabytes on a
- * large machine for the handful of tenants and sizes really seen. Updating such a map from
- * tracing programs needs Linux 6.1 (the BPF memory allocator), and is refused on PREEMPT_RT:
- * the floor docs/operations.md states. */
+/* One histogram per tenant slot, operation, layer and size class (iommud_hist_index): an array,
+ * which a program indexes without hashing or allocating. The loader sizes it to the daemon's
+ * tenant slots before loading (the few labels its configuration has), so it stays small. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, HIST_ENTRIES);
-	__type(key, struct iommud_hist_key);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, IOMMUD_TENANT_SLOTS *IOMMUD_HISTS_PER_TENANT);
+	__type(key, __u32);
 	__type(value, struct iommud_hist);
 } hists SEC(".maps");
 
-/* The value a new histogram starts from: one never-written entry, too big for the stack. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct iommud_hist);
-} empty_hist SEC(".maps");
-
-/* Events that found no room (a full map): the daemon reports them as dropped. */
+/* Events that found no room (a tenant slot past the array, a full fault map) or lost their
+ * thread's slot to another (threads): the daemon reports them as dropped. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -77,25 +65,47 @@ struct {
 	__type(value, __u32);
 } tenant_cgroups SEC(".maps");
 
-/* What a thread is inside: a tracked map/unmap ioctl (its start, size, operation and
- * tenant, which the driver calls nested in it take too) and those driver calls (a failed map
- * unmaps inside itself: one of each operation). In the task's own storage, an exit finds its
- * entry a pointer away: no key to hash, nothing to insert or delete per event. */
-struct task_state {
+/* Written by the daemon: its process (only its descriptors are in session_fds), and a
+ * generation it bumps after every change to session_fds or tenant_cgroups, so that a thread's
+ * remembered attribution is good while the generation stays the same (0: never written, so a
+ * thread slot that remembers nothing never matches). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct iommud_attribution);
+} attribution SEC(".maps");
+
+/* What a thread is inside: a tracked map/unmap ioctl (its start, size, operation and tenant,
+ * which the driver calls nested in it take too) and those driver calls (a failed map unmaps
+ * inside itself: one of each operation); and the tenant its last ioctl's descriptor had.
+ *
+ * Kept in an array indexed by the low bits of the thread id, the entry tagged with the whole
+ * id: found with one inlined lookup, where task storage took a helper call and its recursion
+ * guard at each of the four events per ioctl. Two threads whose ids share the low bits share a
+ * slot: the one entering a tracked ioctl takes the slot over, and the other's events, which
+ * then find another thread's tag, are not counted (one dropped event). */
+#define THREAD_SLOTS 4096
+
+struct thread_state {
+	__u32 tid;	   /* the thread whose state this is */
+	__u32 tenant;	   /* the tracked ioctl's tenant slot */
 	__u64 ioctl_start; /* 0: in no tracked ioctl */
 	__u64 ioctl_bytes;
 	__u64 call_start[IOMMUD_OP_COUNT]; /* 0: in no such call */
-	__u64 call_bytes[IOMMUD_OP_COUNT];
-	__u32 tenant;
 	__u32 ioctl_op;
+	__s32 known_fd;	 /* the descriptor whose tenant is known_tenant */
+	__u64 known_gen; /* attribution_gen when it was looked up; 0: none */
+	__u32 known_tenant;
+	__u32 pad;
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct task_state);
-} tasks SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, THREAD_SLOTS);
+	__type(key, __u32);
+	__type(value, struct thread_state);
+} threads SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -113,40 +123,19 @@ static __always_inline void count_drop(void)
 		(*n)++;
 }
 
-static __always_inline struct iommud_hist *hist_of(const struct iommud_hist_key *key)
-{
-	struct iommud_hist *h = bpf_map_lookup_elem(&hists, key);
-	__u32 zero = 0;
-	struct iommud_hist *empty;
-
-	if (h)
-		return h;
-	empty = bpf_map_lookup_elem(&empty_hist, &zero);
-	if (!empty)
-		return NULL;
-	(void)bpf_map_update_elem(&hists, key, empty, BPF_NOEXIST);
-	h = bpf_map_lookup_elem(&hists, key);
-	if (!h)
-		count_drop();
-	return h;
-}
-
 /* One event; timed is false where only the count is known (the tracepoint tier's driver
  * layer), so no bucket takes it. */
 static __always_inline void record(__u32 tenant, __u32 op, __u32 layer, __u64 bytes, __u64 ns,
 				   bool timed)
 {
-	struct iommud_hist_key key = {
-		.tenant = tenant < IOMMUD_TENANT_SLOTS ? tenant : 0,
-		.op = (__u8)op,
-		.layer = (__u8)layer,
-		.size_class = iommud_size_class(bytes),
-	};
-	struct iommud_hist *h = hist_of(&key);
+	__u32 index = iommud_hist_index(tenant, op, layer, iommud_size_class(bytes));
+	struct iommud_hist *h = bpf_map_lookup_elem(&hists, &index);
 	__u64 b;
 
-	if (!h)
+	if (!h) {
+		count_drop();
 		return;
+	}
 	if (timed) {
 		/* Checked in the register that indexes: Linux 6.1's verifier loses the bound of a
 		 * 32-bit copy the compiler would compare instead. */
@@ -168,13 +157,27 @@ static __always_inline __u32 cgroup_tenant(void)
 	return slot ? *slot : 0;
 }
 
-/* The daemon's own descriptor says whose session it is; anyone else counts to their cgroup. */
-static __always_inline __u32 ioctl_tenant(int fd)
+/* The daemon's own descriptor says whose session it is; anyone else counts to their cgroup.
+ * The daemon's thread remembers its last descriptor's tenant until the daemon changes the
+ * attribution maps: a run of maps on one session looks nothing up. */
+static __always_inline __u32 ioctl_tenant(struct thread_state *st, __u32 tgid, int fd)
 {
-	struct iommud_fd_key key = {.tgid = (__u32)(bpf_get_current_pid_tgid() >> 32), .fd = fd};
-	__u32 *slot = bpf_map_lookup_elem(&session_fds, &key);
+	struct iommud_fd_key key = {.tgid = tgid, .fd = fd};
+	struct iommud_attribution *daemon;
+	__u32 zero = 0, *slot;
+	__u64 gen;
 
-	return slot ? *slot : cgroup_tenant();
+	daemon = bpf_map_lookup_elem(&attribution, &zero);
+	if (!daemon || tgid != daemon->tgid)
+		return cgroup_tenant();
+	gen = daemon->gen;
+	if (gen && st->known_gen == gen && st->known_fd == fd)
+		return st->known_tenant;
+	slot = bpf_map_lookup_elem(&session_fds, &key);
+	st->known_tenant = slot ? *slot : cgroup_tenant();
+	st->known_fd = fd;
+	st->known_gen = gen;
+	return st->known_tenant;
 }
 
 /* The CPU's preempt count, where x86 keeps it: the per-CPU __preempt_count (Linux 6.15 on), in
@@ -208,9 +211,20 @@ static __always_inline bool in_interrupt(void)
 
 /* ---- the ioctl layer -------------------------------------------------------------------- */
 
-static __always_inline struct task_state *task_state(__u64 flags)
+static __always_inline struct thread_state *thread_slot(__u32 tid)
 {
-	return bpf_task_storage_get(&tasks, bpf_get_current_task_btf(), NULL, flags);
+	__u32 slot = tid & (THREAD_SLOTS - 1);
+
+	return bpf_map_lookup_elem(&threads, &slot);
+}
+
+/* The calling thread's state while it is inside a tracked ioctl, else NULL. */
+static __always_inline struct thread_state *tracked_thread(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct thread_state *st = thread_slot(tid);
+
+	return st && st->tid == tid && st->ioctl_start ? st : NULL;
 }
 
 /* The operation of a tracked ioctl command, and where its argument keeps the length. */
@@ -230,28 +244,46 @@ static __always_inline bool tracked_cmd(unsigned int cmd, __u32 *ret_op, __u32 *
 	return false;
 }
 
+/* The thread's slot, taken over from another thread that still holds it (whose events then
+ * drop), or forgetting what a previous holder's attribution was. */
+static __always_inline struct thread_state *claim_thread(__u64 pid_tgid)
+{
+	__u32 tid = (__u32)pid_tgid;
+	struct thread_state *st = thread_slot(tid);
+
+	if (!st || st->tid == tid)
+		return st;
+	if (st->ioctl_start)
+		count_drop();
+	st->tid = tid;
+	st->known_gen = 0;
+	return st;
+}
+
 static __always_inline void ioctl_enter(int fd, unsigned int cmd, unsigned long arg)
 {
-	struct task_state *st;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct thread_state *st;
 	__u32 op, offset;
 
-	if (!tracked_cmd(cmd, &op, &offset))
+	if (!tracked_cmd(cmd, &op, &offset) || !(st = claim_thread(pid_tgid)))
 		return;
-	st = task_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!st) {
-		count_drop();
-		return;
-	}
 	if (bpf_probe_read_user(&st->ioctl_bytes, sizeof(st->ioctl_bytes), (void *)(arg + offset)) <
 	    0)
 		st->ioctl_bytes = 0;
-	st->tenant = ioctl_tenant(fd);
+	st->tenant = ioctl_tenant(st, (__u32)(pid_tgid >> 32), fd);
 	st->ioctl_op = op;
+	st->call_start[IOMMUD_OP_MAP] = 0;
+	st->call_start[IOMMUD_OP_UNMAP] = 0;
 	st->ioctl_start = bpf_ktime_get_ns();
 }
 
-static __always_inline void ioctl_exit(struct task_state *st, long ret)
+static __always_inline void ioctl_exit(long ret)
 {
+	struct thread_state *st = tracked_thread();
+
+	if (!st)
+		return;
 	if (ret == 0)
 		record(st->tenant, st->ioctl_op, IOMMUD_LAYER_IOCTL, st->ioctl_bytes,
 		       bpf_ktime_get_ns() - st->ioctl_start, true);
@@ -270,12 +302,10 @@ int BPF_PROG(ioctl_fentry, struct pt_regs *regs)
 SEC("fexit/__x64_sys_ioctl")
 int BPF_PROG(ioctl_fexit, struct pt_regs *regs, long ret)
 {
-	struct task_state *st;
 	__u32 op, offset;
 
-	if (tracked_cmd((unsigned int)regs->si, &op, &offset) && (st = task_state(0)) &&
-	    st->ioctl_start)
-		ioctl_exit(st, ret);
+	if (tracked_cmd((unsigned int)regs->si, &op, &offset))
+		ioctl_exit(ret);
 	return 0;
 }
 
@@ -286,51 +316,48 @@ int BPF_KSYSCALL(ioctl_kprobe, int fd, unsigned int cmd, unsigned long arg)
 	return 0;
 }
 
-/* A kretprobe sees no arguments: the task's state says whether its ioctl was tracked. */
+/* A kretprobe sees no arguments: the thread's state says whether its ioctl was tracked. */
 SEC("kretsyscall/ioctl")
 int BPF_KRETPROBE(ioctl_kretprobe, long ret)
 {
-	struct task_state *st = task_state(0);
-
-	if (st && st->ioctl_start)
-		ioctl_exit(st, ret);
+	ioctl_exit(ret);
 	return 0;
 }
 
 /* ---- the IOMMU driver layer ------------------------------------------------------------- */
 
-/* The driver layer counts only what a tracked map/unmap ioctl does on its own thread:
- * every other iommu_map on the machine (other devices' DMA mapping, from any context) leaves
- * after the preempt count, or at the latest after the task storage lookup (which finds nothing
- * for a task that never made a tracked ioctl). */
-static __always_inline struct task_state *driver_state(void)
+/* The driver layer counts only what a tracked map/unmap ioctl does on its own thread: every
+ * other iommu_map on the machine (other devices' DMA mapping, from any context) leaves after
+ * the preempt count, or at the latest at the thread's slot.
+ *
+ * A driver call starts at the function's entry (fentry, or kprobe) and ends at the kernel's
+ * own tracepoint inside it, iommu:map or iommu:unmap (a raw tracepoint: a third of an exit
+ * trampoline's cost). So the layer times the driver's page table work: a map up to its last
+ * page written, before iommu_map's iotlb_sync_map; an unmap up to its last page cleared,
+ * before the IOTLB flush (iommu_unmap's iotlb_sync, or the gathered flush its caller makes
+ * after iommu_unmap_fast). A map that fails fires no tracepoint, an unmap that finds nothing
+ * unmaps 0 bytes: neither counts. */
+static __always_inline struct thread_state *driver_state(void)
 {
-	struct task_state *st;
-
-	if (in_interrupt())
-		return NULL;
-	st = task_state(0);
-	return st && st->ioctl_start ? st : NULL;
+	return in_interrupt() ? NULL : tracked_thread();
 }
 
-static __always_inline void call_enter(__u32 op, __u64 bytes)
+static __always_inline void call_enter(__u32 op)
 {
-	struct task_state *st = driver_state();
+	struct thread_state *st = driver_state();
 
-	if (!st || op >= IOMMUD_OP_COUNT)
-		return;
-	st->call_bytes[op] = bytes;
-	st->call_start[op] = bpf_ktime_get_ns();
+	if (st && op < IOMMUD_OP_COUNT)
+		st->call_start[op] = bpf_ktime_get_ns();
 }
 
-static __always_inline void call_exit(__u32 op, bool ok)
+static __always_inline void call_end(__u32 op, __u64 bytes)
 {
-	struct task_state *st = driver_state();
+	struct thread_state *st = driver_state();
 
 	if (!st || op >= IOMMUD_OP_COUNT || !st->call_start[op])
 		return;
-	if (ok)
-		record(st->tenant, op, IOMMUD_LAYER_IOMMU, st->call_bytes[op],
+	if (bytes)
+		record(st->tenant, op, IOMMUD_LAYER_IOMMU, bytes,
 		       bpf_ktime_get_ns() - st->call_start[op], true);
 	st->call_start[op] = 0;
 }
@@ -338,70 +365,60 @@ static __always_inline void call_exit(__u32 op, bool ok)
 /* The loader points these at iommu_map_nosync where the kernel has it (iommu_map calls it, and
  * so may iommufd directly), else at iommu_map: the function the iommu:map tracepoint is in. */
 SEC("fentry/iommu_map")
-int BPF_PROG(map_fentry, struct iommu_domain *domain, unsigned long iova, phys_addr_t paddr,
-	     size_t size)
+int BPF_PROG(map_fentry)
 {
-	call_enter(IOMMUD_OP_MAP, size);
+	call_enter(IOMMUD_OP_MAP);
 	return 0;
 }
-
-/* The return value through the helper: its place among the arguments differs between kernels
- * (iommu_map took no gfp_t before 6.3), which the verifier would refuse to read past. */
-SEC("fexit/iommu_map")
-int BPF_PROG(map_fexit)
-{
-	__u64 ret = 0;
-
-	(void)bpf_get_func_ret(ctx, &ret);
-	call_exit(IOMMUD_OP_MAP, (int)ret == 0);
-	return 0;
-}
-
-/* iommu_unmap, and iommu_unmap_fast (VFIO type1's unmap, which gathers the IOTLB flush): the
- * same three first arguments; each its own programs, which the loader turns on or off apart. */
-#define UNMAP_PROGRAMS(prog)                                                                       \
-	SEC("fentry/iommu_unmap")                                                                  \
-	int BPF_PROG(prog##_fentry, struct iommu_domain *domain, unsigned long iova, size_t size)  \
-	{                                                                                          \
-		call_enter(IOMMUD_OP_UNMAP, size);                                                 \
-		return 0;                                                                          \
-	}                                                                                          \
-	SEC("fexit/iommu_unmap")                                                                   \
-	int BPF_PROG(prog##_fexit)                                                                 \
-	{                                                                                          \
-		__u64 ret = 0;                                                                     \
-                                                                                                   \
-		(void)bpf_get_func_ret(ctx, &ret);                                                 \
-		call_exit(IOMMUD_OP_UNMAP, ret != 0);                                              \
-		return 0;                                                                          \
-	}                                                                                          \
-	SEC("kprobe/iommu_unmap")                                                                  \
-	int BPF_KPROBE(prog##_kprobe, void *domain, unsigned long iova, size_t size)               \
-	{                                                                                          \
-		call_enter(IOMMUD_OP_UNMAP, size);                                                 \
-		return 0;                                                                          \
-	}                                                                                          \
-	SEC("kretprobe/iommu_unmap")                                                               \
-	int BPF_KRETPROBE(prog##_kretprobe, size_t ret)                                            \
-	{                                                                                          \
-		call_exit(IOMMUD_OP_UNMAP, ret != 0);                                              \
-		return 0;                                                                          \
-	}
-
-UNMAP_PROGRAMS(unmap)
-UNMAP_PROGRAMS(unmap_fast)
 
 SEC("kprobe/iommu_map")
-int BPF_KPROBE(map_kprobe, void *domain, unsigned long iova, phys_addr_t paddr, size_t size)
+int BPF_KPROBE(map_kprobe)
 {
-	call_enter(IOMMUD_OP_MAP, size);
+	call_enter(IOMMUD_OP_MAP);
 	return 0;
 }
 
-SEC("kretprobe/iommu_map")
-int BPF_KRETPROBE(map_kretprobe, int ret)
+/* iommu_unmap, and iommu_unmap_fast (VFIO type1's unmap, which gathers the IOTLB flush): each
+ * its own entry programs, which the loader turns on or off apart; both end at iommu:unmap. */
+SEC("fentry/iommu_unmap")
+int BPF_PROG(unmap_fentry)
 {
-	call_exit(IOMMUD_OP_MAP, ret == 0);
+	call_enter(IOMMUD_OP_UNMAP);
+	return 0;
+}
+
+SEC("kprobe/iommu_unmap")
+int BPF_KPROBE(unmap_kprobe)
+{
+	call_enter(IOMMUD_OP_UNMAP);
+	return 0;
+}
+
+SEC("fentry/iommu_unmap_fast")
+int BPF_PROG(unmap_fast_fentry)
+{
+	call_enter(IOMMUD_OP_UNMAP);
+	return 0;
+}
+
+SEC("kprobe/iommu_unmap_fast")
+int BPF_KPROBE(unmap_fast_kprobe)
+{
+	call_enter(IOMMUD_OP_UNMAP);
+	return 0;
+}
+
+SEC("raw_tp/map")
+int BPF_PROG(map_end, unsigned long iova, phys_addr_t paddr, size_t size)
+{
+	call_end(IOMMUD_OP_MAP, size);
+	return 0;
+}
+
+SEC("raw_tp/unmap")
+int BPF_PROG(unmap_end, unsigned long iova, size_t size, size_t unmapped)
+{
+	call_end(IOMMUD_OP_UNMAP, unmapped);
 	return 0;
 }
 

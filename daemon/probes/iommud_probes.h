@@ -39,6 +39,19 @@ enum iommud_size_class {
 	IOMMUD_SIZE_COUNT,
 };
 
+/* The kernel side's layers (IOMMU and IOCTL) and its histograms per tenant slot. */
+#define IOMMUD_KERNEL_LAYERS	2
+#define IOMMUD_HISTS_PER_TENANT (IOMMUD_OP_COUNT * IOMMUD_KERNEL_LAYERS * IOMMUD_SIZE_COUNT)
+
+/* Where the kernel side keeps a histogram: an index into a per-CPU array, which a program finds
+ * without hashing, and as many tenant slots as the daemon has labels (probes_options). */
+static inline __u32 iommud_hist_index(__u32 tenant, __u32 op, __u32 layer, __u32 size_class)
+{
+	return ((tenant * IOMMUD_OP_COUNT + op) * IOMMUD_KERNEL_LAYERS + layer) *
+		       IOMMUD_SIZE_COUNT +
+	       size_class;
+}
+
 struct iommud_hist_key {
 	__u32 tenant; /* slot, 0: no tenant's */
 	__u8 op;      /* enum iommud_map_op */
@@ -84,6 +97,13 @@ static inline __u32 iommud_hist_bucket(__u64 v)
 struct iommud_fd_key {
 	__u32 tgid;
 	__s32 fd;
+};
+
+/* The daemon's process, and the generation of its attribution entries (probes.c bumps it). */
+struct iommud_attribution {
+	__u32 tgid;
+	__u32 pad;
+	__u64 gen;
 };
 
 /* A fault counter's name: the faulting device's where the driver reports it (AMD-Vi, ARM SMMU:

@@ -37,8 +37,9 @@ enum attach_kind {
 	ATTACH_RAW_TP,	 /* raw tracepoints, by name: no tracefs needed */
 };
 
-/* One thing measured at one tier: an entry program and the exit that pairs with it (or one
- * event), on the first of targets the kernel has. */
+/* One thing measured at one tier: an entry program on the first of targets the kernel has,
+ * and the program that ends what it starts (or nothing: one event), either on the same target
+ * or, for the driver layer, on the kernel's own tracepoint inside it (exit_tp). */
 struct probe_spec {
 	const char *what;
 	Iommud__V1__ProbeTier tier;
@@ -46,38 +47,40 @@ struct probe_spec {
 	enum attach_kind kind;
 	const char *entry, *exit;
 	const char *targets[2];
+	const char *exit_tp; /* the raw tracepoint exit attaches to, or NULL: the entry's target */
 };
 
 /* An entry/exit pair on the map path, and one event counting faults. */
 #define PAIR(tier, kind, what, entry, exit, target, alt_target)                                    \
 	{                                                                                          \
-		what, TIER(tier), false, kind, entry, exit,                                        \
-		{                                                                                  \
-			target, alt_target                                                         \
-		}                                                                                  \
+		what, TIER(tier), false, kind, entry, exit, {target, alt_target}, NULL             \
 	}
 #define FAULT(tier, kind, what, prog, target)                                                      \
 	{                                                                                          \
-		what, TIER(tier), true, kind, prog, NULL,                                          \
-		{                                                                                  \
-			target                                                                     \
-		}                                                                                  \
+		what, TIER(tier), true, kind, prog, NULL, {target}, NULL                           \
 	}
-/* A driver function, timed at the fentry tier and the kprobe tier by the programs named
- * prog_fentry, prog_fexit, prog_kprobe and prog_kretprobe. */
-#define DRIVER_PAIRS(what, prog, target, alt_target)                                               \
-	PAIR(FENTRY, ATTACH_TRACE, what, #prog "_fentry", #prog "_fexit", target, alt_target),     \
-		PAIR(KPROBE, ATTACH_KPROBE, what, #prog "_kprobe", #prog "_kretprobe", target,     \
-		     alt_target)
+/* A driver function, timed at the fentry and the kprobe tier from its entry (the programs
+ * prog_fentry and prog_kprobe) to its tracepoint (end_prog on raw tracepoint tp). */
+#define DRIVER_PAIR(tier, kind, suffix, what, prog, target, alt_target, end_prog, tp)              \
+	{                                                                                          \
+		what, TIER(tier), false, kind, #prog suffix, end_prog, {target, alt_target}, tp    \
+	}
+#define DRIVER_PAIRS(what, prog, target, alt_target, end_prog, tp)                                 \
+	DRIVER_PAIR(FENTRY, ATTACH_TRACE, "_fentry", what, prog, target, alt_target, end_prog,     \
+		    tp),                                                                           \
+		DRIVER_PAIR(KPROBE, ATTACH_KPROBE, "_kprobe", what, prog, target, alt_target,      \
+			    end_prog, tp)
 
+/* iommu_unmap_fast ends at the iommu:unmap that iommu_unmap's pair attaches (both reach it
+ * through __iommu_unmap): attached twice, its program would run twice per event. */
 static const struct probe_spec specs[] = {
 	PAIR(FENTRY, ATTACH_TRACE, "map/unmap ioctl", "ioctl_fentry", "ioctl_fexit",
 	     "__x64_sys_ioctl", NULL),
 	PAIR(KPROBE, ATTACH_KSYSCALL, "map/unmap ioctl", "ioctl_kprobe", "ioctl_kretprobe", "ioctl",
 	     NULL),
-	DRIVER_PAIRS("iommu_map", map, "iommu_map_nosync", "iommu_map"),
-	DRIVER_PAIRS("iommu_unmap", unmap, "iommu_unmap", NULL),
-	DRIVER_PAIRS("iommu_unmap_fast", unmap_fast, "iommu_unmap_fast", NULL),
+	DRIVER_PAIRS("iommu_map", map, "iommu_map_nosync", "iommu_map", "map_end", "map"),
+	DRIVER_PAIRS("iommu_unmap", unmap, "iommu_unmap", NULL, "unmap_end", "unmap"),
+	DRIVER_PAIRS("iommu_unmap_fast", unmap_fast, "iommu_unmap_fast", NULL, NULL, NULL),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:map", "map_tp", NULL, "map", NULL),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:unmap", "unmap_tp", NULL, "unmap", NULL),
 	FAULT(KPROBE, ATTACH_KPROBE, "VT-d faults", "fault_vtd", "dmar_fault"),
@@ -90,7 +93,9 @@ static const struct probe_spec specs[] = {
 struct probes {
 	Iommud__V1__ProbeTier tier;
 	bool in_process;
-	char **detached; /* owned lines */
+	unsigned tenant_slots; /* the kernel side's histograms hold this many */
+	__u64 attribution_gen; /* the last written to the object's attribution map */
+	char **detached;       /* owned lines */
 	size_t n_detached;
 	struct iommud_bpf *skel;	     /* NULL at tier OFF */
 	struct bpf_link *links[2 * N_SPECS]; /* entry and exit of each spec */
@@ -159,9 +164,14 @@ static struct bpf_program *program(struct probes *p, const char *name)
 	return name ? bpf_object__find_program_by_name(p->skel->obj, name) : NULL;
 }
 
-/* Leaves out every program not of this tier, and those whose function the kernel lacks. */
+/* Leaves out every program not of this tier, and those whose function the kernel lacks; a
+ * tracepoint program ending the driver layer serves one spec at each latency tier. */
 static void choose_programs(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf)
 {
+	struct bpf_program *prog;
+
+	bpf_object__for_each_program(prog, p->skel->obj)(void)
+		bpf_program__set_autoload(prog, false);
 	for (size_t i = 0; i < N_SPECS; i++) {
 		const struct probe_spec *s = &specs[i];
 		struct bpf_program *entry = program(p, s->entry), *exit = program(p, s->exit);
@@ -173,20 +183,23 @@ static void choose_programs(struct probes *p, Iommud__V1__ProbeTier tier, const 
 			p->said_missing[i] = true;
 		}
 		keep = keep && p->target[i];
-		if (keep && s->kind == ATTACH_TRACE) {
+		if (!keep)
+			continue;
+		if (s->kind == ATTACH_TRACE) {
 			(void)bpf_program__set_attach_target(entry, 0, p->target[i]);
-			(void)bpf_program__set_attach_target(exit, 0, p->target[i]);
+			if (!s->exit_tp && exit)
+				(void)bpf_program__set_attach_target(exit, 0, p->target[i]);
 		}
-		(void)bpf_program__set_autoload(entry, keep);
+		(void)bpf_program__set_autoload(entry, true);
 		if (exit)
-			(void)bpf_program__set_autoload(exit, keep);
+			(void)bpf_program__set_autoload(exit, true);
 	}
 }
 
-static struct bpf_link *attach_one(struct bpf_program *prog, const struct probe_spec *s,
+static struct bpf_link *attach_one(struct bpf_program *prog, enum attach_kind kind,
 				   const char *target, bool is_exit)
 {
-	switch (s->kind) {
+	switch (kind) {
 	case ATTACH_TRACE:
 		return bpf_program__attach_trace(prog);
 	case ATTACH_KPROBE:
@@ -209,10 +222,13 @@ static bool attach_spec(struct probes *p, size_t i)
 	struct bpf_link **links = &p->links[2 * i];
 	int err;
 
-	links[0] = attach_one(program(p, s->entry), s, p->target[i], false);
+	links[0] = attach_one(program(p, s->entry), s->kind, p->target[i], false);
 	err = links[0] ? 0 : -errno;
 	if (!err && s->exit) {
-		links[1] = attach_one(program(p, s->exit), s, p->target[i], true);
+		links[1] =
+			s->exit_tp
+				? attach_one(program(p, s->exit), ATTACH_RAW_TP, s->exit_tp, false)
+				: attach_one(program(p, s->exit), s->kind, p->target[i], true);
 		err = links[1] ? 0 : -errno;
 	}
 	if (!err)
@@ -252,6 +268,8 @@ static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct 
 		return false;
 	}
 	choose_programs(p, tier, btf);
+	(void)bpf_map__set_max_entries(p->skel->maps.hists,
+				       p->tenant_slots * IOMMUD_HISTS_PER_TENANT);
 	err = iommud_bpf__load(p->skel);
 	if (err) {
 		say(p, "%s tier: the kernel refused to load its programs (%s)", name,
@@ -310,6 +328,9 @@ int probes_start(const struct probes_options *opts, struct probes **ret_probes)
 	if (!p)
 		return -ENOMEM;
 	p->in_process = opts->in_process;
+	p->tenant_slots = opts->tenant_slots && opts->tenant_slots < IOMMUD_TENANT_SLOTS
+				  ? opts->tenant_slots
+				  : IOMMUD_TENANT_SLOTS;
 	if (p->in_process && !(p->local = calloc(IN_PROCESS_SLOTS, sizeof(*p->local)))) {
 		free(p);
 		return -ENOMEM;
@@ -398,13 +419,35 @@ uint64_t probes_dropped_events(struct probes *p)
 	return n;
 }
 
+/* Threads remember their last descriptor's tenant while the generation stays the same: a new
+ * one after each change to the attribution maps (after it: a thread that reads the old
+ * generation and then the new entry only looks it up again next time). */
+static void attribution_changed(struct probes *p)
+{
+	__u32 zero = 0;
+	struct iommud_attribution value = {.tgid = (__u32)getpid(), .gen = ++p->attribution_gen};
+
+	(void)bpf_map__update_elem(p->skel->maps.attribution, &zero, sizeof(zero), &value,
+				   sizeof(value), BPF_ANY);
+}
+
 /* Attribution entries: ignored at tier OFF, where no program would read them. */
-static int set_slot(const struct bpf_map *map, const void *key, size_t key_size, unsigned slot)
+static int set_slot(struct probes *p, const struct bpf_map *map, const void *key, size_t key_size,
+		    unsigned slot)
 {
 	__u32 value = slot;
+	int rc = bpf_map__update_elem(map, key, key_size, &value, sizeof(value), BPF_ANY) ? -errno
+											  : 0;
 
-	return bpf_map__update_elem(map, key, key_size, &value, sizeof(value), BPF_ANY) ? -errno
-											: 0;
+	attribution_changed(p);
+	return rc;
+}
+
+static void unset_slot(struct probes *p, const struct bpf_map *map, const void *key,
+		       size_t key_size)
+{
+	(void)bpf_map__delete_elem(map, key, key_size, 0);
+	attribution_changed(p);
 }
 
 static struct iommud_fd_key own_fd(int fd)
@@ -416,7 +459,7 @@ int probes_register_fd(struct probes *p, int fd, unsigned slot)
 {
 	struct iommud_fd_key key = own_fd(fd);
 
-	return p->skel ? set_slot(p->skel->maps.session_fds, &key, sizeof(key), slot) : 0;
+	return p->skel ? set_slot(p, p->skel->maps.session_fds, &key, sizeof(key), slot) : 0;
 }
 
 void probes_unregister_fd(struct probes *p, int fd)
@@ -424,20 +467,20 @@ void probes_unregister_fd(struct probes *p, int fd)
 	struct iommud_fd_key key = own_fd(fd);
 
 	if (p->skel)
-		(void)bpf_map__delete_elem(p->skel->maps.session_fds, &key, sizeof(key), 0);
+		unset_slot(p, p->skel->maps.session_fds, &key, sizeof(key));
 }
 
 int probes_register_cgroup(struct probes *p, uint64_t cgroup_id, unsigned slot)
 {
-	return p->skel ? set_slot(p->skel->maps.tenant_cgroups, &cgroup_id, sizeof(cgroup_id), slot)
+	return p->skel ? set_slot(p, p->skel->maps.tenant_cgroups, &cgroup_id, sizeof(cgroup_id),
+				  slot)
 		       : 0;
 }
 
 void probes_unregister_cgroup(struct probes *p, uint64_t cgroup_id)
 {
 	if (p->skel)
-		(void)bpf_map__delete_elem(p->skel->maps.tenant_cgroups, &cgroup_id,
-					   sizeof(cgroup_id), 0);
+		unset_slot(p, p->skel->maps.tenant_cgroups, &cgroup_id, sizeof(cgroup_id));
 }
 
 static size_t local_index(enum iommud_map_op op, __u8 size_class, unsigned tenant)
@@ -460,24 +503,40 @@ void probes_record(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsi
 typedef int hist_visit_fn(const struct iommud_hist_key *key, const struct iommud_hist *hist,
 			  void *arg);
 
-static int read_kernel(struct probes *p, hist_visit_fn *visit, void *arg)
+/* One tenant slot's kernel histograms, in the order iommud_hist_index lays them out. */
+static int read_kernel_slot(struct probes *p, unsigned tenant, hist_visit_fn *visit, void *arg)
 {
 	const struct bpf_map *map = p->skel->maps.hists;
-	struct iommud_hist_key key, *prev = NULL;
 	struct iommud_hist sum;
 	int rc;
 
-	while (bpf_map__get_next_key(map, prev, &key, sizeof(key)) == 0) {
-		prev = &key;
-		if (percpu_sum(p, map, &key, sizeof(key), (__u64 *)&sum,
-			       sizeof(sum) / sizeof(__u64)) < 0 ||
-		    !sum.count)
-			continue;
-		rc = visit(&key, &sum, arg);
-		if (rc)
-			return rc;
-	}
+	for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++)
+		for (unsigned layer = 0; layer < IOMMUD_KERNEL_LAYERS; layer++)
+			for (unsigned size = 0; size < IOMMUD_SIZE_COUNT; size++) {
+				__u32 index = iommud_hist_index(tenant, op, layer, size);
+				struct iommud_hist_key key = {.tenant = tenant,
+							      .op = (__u8)op,
+							      .layer = (__u8)layer,
+							      .size_class = (__u8)size};
+
+				if (percpu_sum(p, map, &index, sizeof(index), (__u64 *)&sum,
+					       sizeof(sum) / sizeof(__u64)) < 0 ||
+				    !sum.count)
+					continue;
+				rc = visit(&key, &sum, arg);
+				if (rc)
+					return rc;
+			}
 	return 0;
+}
+
+static int read_kernel(struct probes *p, hist_visit_fn *visit, void *arg)
+{
+	int rc = 0;
+
+	for (unsigned tenant = 0; rc == 0 && tenant < p->tenant_slots; tenant++)
+		rc = read_kernel_slot(p, tenant, visit, arg);
+	return rc;
 }
 
 static int read_local(struct probes *p, hist_visit_fn *visit, void *arg)

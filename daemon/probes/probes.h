@@ -33,6 +33,9 @@ struct probes_options {
 	Iommud__V1__ProbeTier max_tier;
 	/* The backend's map path runs in this process (kh_backend_caps), so time it here. */
 	bool in_process;
+	/* Tenant slots the daemon labels (tenant_label_slots): the kernel side's histograms are
+	 * an array of this many slots' worth per CPU. 0: IOMMUD_TENANT_SLOTS. */
+	unsigned tenant_slots;
 };
 
 /* Returns 0 with *ret_probes set, or -ENOMEM; a kernel that refuses BPF gives tier OFF. */

@@ -51,6 +51,7 @@ static struct probes *attach(struct bench *b)
 	struct probes_options opts = {
 		.max_tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_FENTRY,
 		.in_process = kh_backend_caps(b->be) & KH_CAP_MAP_IN_PROCESS,
+		.tenant_slots = registry_label_slots(b->reg),
 	};
 	const char *const *lines;
 	struct probes *p;
