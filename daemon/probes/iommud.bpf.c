@@ -362,51 +362,29 @@ static __always_inline void call_end(__u32 op, __u64 bytes)
 	st->call_start[op] = 0;
 }
 
-/* The loader points these at iommu_map_nosync where the kernel has it (iommu_map calls it, and
- * so may iommufd directly), else at iommu_map: the function the iommu:map tracepoint is in. */
-SEC("fentry/iommu_map")
-int BPF_PROG(map_fentry)
-{
-	call_enter(IOMMUD_OP_MAP);
-	return 0;
-}
+/* A driver function's entry, as the fentry and the kprobe tier attach it: prog_fentry and
+ * prog_kprobe. */
+#define DRIVER_ENTRY(prog, function, op)                                                           \
+	SEC("fentry/" #function)                                                                   \
+	int BPF_PROG(prog##_fentry)                                                                \
+	{                                                                                          \
+		call_enter(op);                                                                    \
+		return 0;                                                                          \
+	}                                                                                          \
+	SEC("kprobe/" #function)                                                                   \
+	int BPF_KPROBE(prog##_kprobe)                                                              \
+	{                                                                                          \
+		call_enter(op);                                                                    \
+		return 0;                                                                          \
+	}
 
-SEC("kprobe/iommu_map")
-int BPF_KPROBE(map_kprobe)
-{
-	call_enter(IOMMUD_OP_MAP);
-	return 0;
-}
-
-/* iommu_unmap, and iommu_unmap_fast (VFIO type1's unmap, which gathers the IOTLB flush): each
- * its own entry programs, which the loader turns on or off apart; both end at iommu:unmap. */
-SEC("fentry/iommu_unmap")
-int BPF_PROG(unmap_fentry)
-{
-	call_enter(IOMMUD_OP_UNMAP);
-	return 0;
-}
-
-SEC("kprobe/iommu_unmap")
-int BPF_KPROBE(unmap_kprobe)
-{
-	call_enter(IOMMUD_OP_UNMAP);
-	return 0;
-}
-
-SEC("fentry/iommu_unmap_fast")
-int BPF_PROG(unmap_fast_fentry)
-{
-	call_enter(IOMMUD_OP_UNMAP);
-	return 0;
-}
-
-SEC("kprobe/iommu_unmap_fast")
-int BPF_KPROBE(unmap_fast_kprobe)
-{
-	call_enter(IOMMUD_OP_UNMAP);
-	return 0;
-}
+/* The loader points map's at iommu_map_nosync where the kernel has it (iommu_map calls it, and
+ * so may iommufd directly), else at iommu_map: the function the iommu:map tracepoint is in.
+ * iommu_unmap, and iommu_unmap_fast (VFIO type1's unmap, which gathers the IOTLB flush), have
+ * their own entries, which the loader turns on or off apart; both end at iommu:unmap. */
+DRIVER_ENTRY(map, iommu_map, IOMMUD_OP_MAP)
+DRIVER_ENTRY(unmap, iommu_unmap, IOMMUD_OP_UNMAP)
+DRIVER_ENTRY(unmap_fast, iommu_unmap_fast, IOMMUD_OP_UNMAP)
 
 SEC("raw_tp/map")
 int BPF_PROG(map_end, unsigned long iova, phys_addr_t paddr, size_t size)

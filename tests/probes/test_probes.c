@@ -64,6 +64,25 @@ TEST(size_classes)
 	CHECK_EQ(iommud_size_class(UINT64_MAX), IOMMUD_SIZE_OTHER);
 }
 
+/* Every histogram the kernel side keeps has an index of its own, each tenant slot's in a block
+ * of IOMMUD_HISTS_PER_TENANT after the slot before it, so that an array of n slots' worth holds
+ * exactly the slots below n. */
+TEST(histogram_indexes)
+{
+	static bool used[IOMMUD_TENANT_SLOTS * IOMMUD_HISTS_PER_TENANT];
+
+	for (unsigned tenant = 0; tenant < IOMMUD_TENANT_SLOTS; tenant++)
+		for (unsigned op = 0; op < IOMMUD_OP_COUNT; op++)
+			for (unsigned layer = 0; layer < IOMMUD_KERNEL_LAYERS; layer++)
+				for (unsigned size = 0; size < IOMMUD_SIZE_COUNT; size++) {
+					__u32 i = iommud_hist_index(tenant, op, layer, size);
+
+					CHECK(i / IOMMUD_HISTS_PER_TENANT == tenant);
+					CHECK(!used[i]);
+					used[i] = true;
+				}
+}
+
 struct seen {
 	unsigned n;
 	struct iommud_hist_key key;
