@@ -155,45 +155,42 @@ static char *unmap_refused(struct setup *t, void *addr, char *log, size_t size)
 	return log;
 }
 
-/* The memory stays mapped in the daemon but no longer reachable: made inaccessible, said in the
- * log, counted in the ceilings' failed releases. */
-TEST(refused_unmap_protects)
+/* Unmaps the memory with its release refused, and mprotect too when protect_refused: the failed
+ * release is counted, the log says what became of the memory (logged), and the memory's map has
+ * the permissions perms. */
+static void refused_release(bool refuse_protect, const char *logged, const char *perms)
 {
 	struct setup t;
-	char perms[5], log[2048];
+	char now[5], log[2048];
 	void *addr;
 
 	setup(&t);
 	addr = map_memory(&t);
 	CHECK_EQ(registry_failed_releases(t.reg), 0);
+	protect_refused = refuse_protect;
 	unmap_refused(&t, addr, log, sizeof(log));
+	protect_refused = false;
 	CHECK_EQ(registry_failed_releases(t.reg), 1);
-	CHECK(strstr(log, "made it inaccessible instead") != NULL);
-	map_permissions(addr, perms);
-	CHECK(strcmp(perms, "---s") == 0);
+	CHECK(strstr(log, logged) != NULL);
+	map_permissions(addr, now);
+	CHECK(strcmp(now, perms) == 0);
+	/* The daemon no longer counts it among its maps: its memory is no tenant's. */
 	CHECK_EQ(registry_usage(t.reg).maps, 0);
 	CHECK_OK(__real_munmap(addr, MEMORY_BYTES));
 	teardown(&t);
 }
 
+/* The memory stays mapped in the daemon but no longer reachable: made inaccessible, said in the
+ * log, counted in the ceilings' failed releases. */
+TEST(refused_unmap_protects)
+{
+	refused_release(false, "made it inaccessible instead", "---s");
+}
+
 /* Should even protecting it fail, the log says the memory stays mapped, and it is counted. */
 TEST(refused_unmap_and_protect)
 {
-	struct setup t;
-	char perms[5], log[2048];
-	void *addr;
-
-	setup(&t);
-	addr = map_memory(&t);
-	protect_refused = true;
-	unmap_refused(&t, addr, log, sizeof(log));
-	protect_refused = false;
-	CHECK_EQ(registry_failed_releases(t.reg), 1);
-	CHECK(strstr(log, "stays mapped until the daemon restarts") != NULL);
-	map_permissions(addr, perms);
-	CHECK(strcmp(perms, "rw-s") == 0);
-	CHECK_OK(__real_munmap(addr, MEMORY_BYTES));
-	teardown(&t);
+	refused_release(true, "stays mapped until the daemon restarts", "rw-s");
 }
 
 /* A part is 64 of the largest leaves a mapping can use: those its IOVA and address are both

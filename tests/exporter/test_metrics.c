@@ -188,10 +188,10 @@ static void fill_ceilings_refusals(struct sample_reply *s)
 	s->reply.ceilings = &s->ceilings;
 	iommud__v1__refused_connections__init(&s->per_uid);
 	iommud__v1__refused_connections__init(&s->idle);
-	s->per_uid.reason = "max-connections-per-uid";
-	s->per_uid.connections = 11;
-	s->idle.reason = "idle-timeout";
-	s->idle.connections = 4;
+	s->per_uid = (Iommud__V1__RefusedConnections){
+		.base = s->per_uid.base, .reason = "max-connections-per-uid", .connections = 11};
+	s->idle = (Iommud__V1__RefusedConnections){
+		.base = s->idle.base, .reason = "idle-timeout", .connections = 4};
 	s->refused[0] = &s->per_uid;
 	s->refused[1] = &s->idle;
 	s->reply.n_refused_connections = 2;
