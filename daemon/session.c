@@ -1302,11 +1302,14 @@ int session_map_step(struct session *s, struct map_progress *p)
 
 int session_map(struct session *s, struct map_entry *e)
 {
-	struct map_progress p = {0};
+	struct map_progress p;
 	int rc = session_map_start(s, e, &p);
 
-	while (rc == 0 && (rc = session_map_step(s, &p)) > 0)
-		;
+	if (rc < 0)
+		return rc;
+	do
+		rc = session_map_step(s, &p);
+	while (rc > 0);
 	if (rc == 0)
 		e->iova = p.req.iova;
 	while (rc < 0 && p.back.steps_left && session_unmap_step(s, &p.back) > 0)
