@@ -103,7 +103,8 @@ static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entri
  * stays mapped is the client's to unmap. */
 static void take_back_failed(struct call *call, const struct unmap_progress *u, int rc)
 {
-	log_err("uid %u: cannot take back [0x%llx, 0x%llx] in domain %u after a map failed: %s",
+	log_err("uid %u: cannot take back what a map had mapped in [0x%llx, 0x%llx] of domain %u: "
+		"%s",
 		(unsigned)call->client->peer.uid, (unsigned long long)u->iova,
 		(unsigned long long)u->last, u->domain_id, failure_message());
 	(void)snprintf(call->undo_message, UNDO_MESSAGE_MAX,
@@ -306,8 +307,8 @@ static int abandon_unmap(struct call *call)
 	return unmap_steps(call) == CALL_MORE ? CALL_MORE : 0;
 }
 
-/* Starts removing [iova, iova+length) of the domain (UINT64_MAX from 0: all), the figures going
- * to *bytes and *count once done. */
+/* Removes [iova, iova+length) of the domain (UINT64_MAX from 0: all), in steps where it is
+ * costly; the reply says what went once all of it has. */
 static int unmap_range(struct call *call, uint32_t domain_id, uint64_t iova, uint64_t length)
 {
 	int rc = session_unmap_start(call->client->session, domain_id, iova, length, &call->back);
