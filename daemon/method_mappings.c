@@ -4,6 +4,7 @@
 #include <stdio.h>
 
 #include "call.h"
+#include "histogram.h"
 #include "log.h"
 
 _Static_assert(IOMMUD__V1__PROT__PROT_READ == KH_PROT_READ, "Prot bits are kernel-helper's");
@@ -72,7 +73,18 @@ static struct map_entry entry_of(struct call *call, const Iommud__V1__MapEntry *
 	};
 }
 
-/* Maps entries[call->done] part by part, starting it if it is not in progress, into
+/* Sizes the steps of a map or an unmap to the slice: the one that started at started (on
+ * monotonic_ns) has just ended. */
+static void size_steps(const struct call *call, uint64_t started, unsigned *parts_per_step)
+{
+	uint64_t budget = call->deadline_ns;
+
+	if (budget != UINT64_MAX)
+		budget = budget > started ? budget - started : 0;
+	steps_resize(parts_per_step, monotonic_ns() - started, budget);
+}
+
+/* Maps entries[call->done] step by step, starting it if it is not in progress, into
  * iovas[call->done]: 0 when done, CALL_MORE when the slice's time is up first, a negative
  * errno when it failed (what it mapped then being taken back in call->part.back). *stepped:
  * the slice has done some work. A mapping too costly for one slice is made over several. */
@@ -81,6 +93,7 @@ static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entri
 {
 	struct session *s = call->client->session;
 	struct map_entry e;
+	uint64_t started;
 	int rc;
 
 	if (!call->part.mo) {
@@ -92,7 +105,9 @@ static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entri
 		if (*stepped && call_out_of_time(call))
 			return CALL_MORE;
 		*stepped = true;
+		started = monotonic_ns();
 		rc = session_map_step(s, &call->part);
+		size_steps(call, started, &call->part.parts_per_step);
 	} while (rc > 0);
 	if (rc == 0)
 		iovas[call->done] = call->part.req.iova;
@@ -136,12 +151,13 @@ static bool take_back_entry(struct call *call)
 }
 
 /* Takes back what the call mapped: the entry whose map failed or was abandoned (its take back
- * started by the session), then the entries mapped before it, last first, a part at a time; all
+ * started by the session), then the entries mapped before it, last first, in steps; all
  * of it only until the slice's time is up. Whether all is gone. */
 static bool take_back_maps(struct call *call)
 {
 	struct unmap_progress *u;
 	bool stepped = false;
+	uint64_t started;
 	int rc;
 
 	for (;;) {
@@ -154,7 +170,9 @@ static bool take_back_maps(struct call *call)
 		if (stepped && call_out_of_time(call))
 			return false;
 		stepped = true;
+		started = monotonic_ns();
 		rc = session_unmap_step(call->client->session, u);
+		size_steps(call, started, &u->parts_per_step);
 		if (rc < 0)
 			take_back_failed(call, u, rc);
 	}
@@ -284,18 +302,21 @@ static int unmap_reply(struct call *call)
 	return 0;
 }
 
-/* Unmap and UnmapAll take their mappings away a part at a time, as many per slice as its time
- * allows; the reply, once all are gone, says what went. */
+/* Unmap and UnmapAll take their mappings away in steps, as many per slice as its time allows
+ * (each step as many parts as it leaves room for); the reply, once all are gone, says what went. */
 static int unmap_steps(struct call *call)
 {
 	bool stepped = false;
+	uint64_t started;
 	int rc;
 
 	do {
 		if (stepped && call_out_of_time(call))
 			return CALL_MORE;
 		stepped = true;
+		started = monotonic_ns();
 		rc = session_unmap_step(call->client->session, &call->back);
+		size_steps(call, started, &call->back.parts_per_step);
 	} while (rc > 0);
 	return rc < 0 ? rc : unmap_reply(call);
 }

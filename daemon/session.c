@@ -1165,6 +1165,16 @@ uint64_t map_part_bytes(uint64_t iova, uint64_t addr, uint64_t page_sizes, uint6
 	return MAP_PART_PAGES * MAP_GRANULE;
 }
 
+void steps_resize(unsigned *parts_per_step, uint64_t took_ns, uint64_t budget_ns)
+{
+	if (budget_ns == UINT64_MAX || took_ns < budget_ns / 4) {
+		if (*parts_per_step < MAP_PARTS_PER_STEP_MAX)
+			*parts_per_step *= 2;
+	} else if (took_ns > budget_ns && *parts_per_step > 1) {
+		*parts_per_step /= 2;
+	}
+}
+
 /* Memory the backend maps in this process is as contiguous as its address says; memory the
  * kernel pins is contiguous within its file's pages only. */
 static uint64_t part_bytes(const struct session *s, const struct domain_rec *dom,
@@ -1213,8 +1223,11 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 				 .offset = e->offset,
 				 .part = in_parts ? part_bytes(s, dom, &req, e->file->page_size)
 						  : 0};
-	*p = (struct map_progress){
-		.mo = mo, .domain_id = e->domain_id, .req = req, .part = mo->part};
+	*p = (struct map_progress){.mo = mo,
+				   .domain_id = e->domain_id,
+				   .req = req,
+				   .part = mo->part,
+				   .parts_per_step = 1};
 	/* Charged whole from the start, as checked, so no other tenant's mapping takes what the
 	 * daemon-wide ceilings leave for the rest. */
 	charge_mapping(s, dom, +1, e->length, +1);
@@ -1245,7 +1258,7 @@ void session_map_abort(struct session *s, struct map_progress *p)
 			(unsigned long long)p->mapped, p->domain_id, failure_message());
 }
 
-/* Maps the next part of the mapping: 0 when done, 1 with more to map. */
+/* Maps the next step's parts of the mapping: 0 when done, 1 with more to map. */
 static int map_part(struct session *s, struct map_progress *p)
 {
 	struct kh_map_req part = p->req;
@@ -1253,9 +1266,11 @@ static int map_part(struct session *s, struct map_progress *p)
 	int rc;
 
 	if (p->part) {
+		uint64_t step = p->part * p->parts_per_step;
+
 		part.iova = at;
 		part.addr += p->mapped;
-		part.length = p->part - at % p->part;
+		part.length = step - at % step;
 		if (part.length > p->req.length - p->mapped)
 			part.length = p->req.length - p->mapped;
 		part.flags |= KH_MAP_FIXED_IOVA | (p->mapped ? KH_MAP_EXTEND : 0);
@@ -1307,6 +1322,7 @@ int session_map(struct session *s, struct map_entry *e)
 
 	if (rc < 0)
 		return rc;
+	p.parts_per_step = MAP_PARTS_PER_STEP_MAX;
 	do
 		rc = session_map_step(s, &p);
 	while (rc > 0);
@@ -1358,21 +1374,22 @@ static int unmap_whole(struct session *s, struct domain_rec *dom, struct unmap_p
 	return rc < 0 ? fail_kh(rc, "cannot unmap") : 0;
 }
 
-/* Where the last part of m starts: a mapping made in parts is taken back from its end, a part
- * at a time; m's own IOVA once it is one part or less. */
-static uint64_t last_part(const struct kh_mapping *m)
+/* Where the last step of m starts: a mapping made in parts is taken back from its end, parts
+ * parts at a time (from an IOVA aligned to their bytes); m's own IOVA once it is no more. */
+static uint64_t last_step(const struct kh_mapping *m, unsigned parts)
 {
-	uint64_t part = ((const struct map_owner *)m->owner)->part;
-	uint64_t tail = part ? (m->iova + m->length - 1) / part * part : m->iova;
+	uint64_t step = ((const struct map_owner *)m->owner)->part * parts;
+	uint64_t tail = step ? (m->iova + m->length - 1) / step * step : m->iova;
 
 	return tail > m->iova ? tail : m->iova;
 }
 
-/* Takes the last part off m, a mapping longer than one part. */
+/* Takes the last step's parts off m, a mapping longer than them. */
 static int unmap_tail(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
 		      const struct kh_mapping *m)
 {
-	uint64_t end = m->iova + m->length, tail = last_part(m), start = in_process_clock(s);
+	uint64_t end = m->iova + m->length, tail = last_step(m, p->parts_per_step);
+	uint64_t start = in_process_clock(s);
 	int rc;
 
 	rc = kh_unmap_tail(s->ctx, p->domain_id, tail, end - tail);
@@ -1385,7 +1402,7 @@ static int unmap_tail(struct session *s, struct domain_rec *dom, struct unmap_pr
 	return 0;
 }
 
-/* The leaves of a mapping that is one part or less, as the step's measure of work. */
+/* The leaves of a mapping that is no longer than a step, as the step's measure of work. */
 static uint64_t leaves_of(const struct kh_mapping *m)
 {
 	uint64_t part = ((const struct map_owner *)m->owner)->part;
@@ -1421,7 +1438,8 @@ int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, ui
 	*p = (struct unmap_progress){.domain_id = domain_id,
 				     .iova = iova,
 				     .last = all ? UINT64_MAX : iova + length - 1,
-				     .maps_before = dom->n_maps};
+				     .maps_before = dom->n_maps,
+				     .parts_per_step = 1};
 	/* Nothing to remove is no error for UnmapAll, whatever the domain's type. */
 	if (all && !dom->n_maps)
 		return 0;
@@ -1434,16 +1452,17 @@ int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, ui
 	return unmap_end(s, dom, p, unmap_whole(s, dom, p, iova, length));
 }
 
-/* Removes next[0] and the mappings after it in p's range that are one part or less, together,
- * as many as make a part's leaves. */
+/* Removes next[0] and the mappings after it in p's range that are no longer than a step,
+ * together, as many as make a step's leaves. */
 static int unmap_group(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
 		       const struct kh_mapping *next, size_t n)
 {
 	uint64_t leaves = leaves_of(&next[0]);
 	size_t k = 1;
 
-	while (k < n && next[k].iova <= p->last && last_part(&next[k]) == next[k].iova &&
-	       leaves + leaves_of(&next[k]) <= MAP_PART_PAGES)
+	while (k < n && next[k].iova <= p->last &&
+	       last_step(&next[k], p->parts_per_step) == next[k].iova &&
+	       leaves + leaves_of(&next[k]) <= (uint64_t)MAP_PART_PAGES * p->parts_per_step)
 		leaves += leaves_of(&next[k++]);
 	return unmap_whole(s, dom, p, next[0].iova,
 			   next[k - 1].iova + next[k - 1].length - next[0].iova);
@@ -1468,7 +1487,7 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 	n = (size_t)rc;
 	if (!n || next[0].iova > p->last)
 		return unmap_end(s, dom, p, 0);
-	if (last_part(&next[0]) > next[0].iova)
+	if (last_step(&next[0], p->parts_per_step) > next[0].iova)
 		rc = unmap_tail(s, dom, p, &next[0]);
 	else
 		rc = unmap_group(s, dom, p, next, n);
@@ -1481,6 +1500,7 @@ int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t
 	struct unmap_progress p;
 	int rc = session_unmap_start(s, domain_id, iova, length, &p);
 
+	p.parts_per_step = MAP_PARTS_PER_STEP_MAX;
 	while (rc > 0)
 		rc = session_unmap_step(s, &p);
 	if (rc < 0)

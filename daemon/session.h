@@ -181,10 +181,19 @@ int session_map(struct session *s, struct map_entry *entry);
  * the leaves page_sizes (bit n: 2^n bytes), of memory physically contiguous over contiguous
  * bytes (UINT64_MAX: as far as its address says). */
 uint64_t map_part_bytes(uint64_t iova, uint64_t addr, uint64_t page_sizes, uint64_t contiguous);
+/* A step may take several parts at once, a power of two of them (its IOVAs then aligned to
+ * their bytes, so that whole page tables go or come at once): one call over many parts costs
+ * far less than as many calls of a part. The caller sizes its steps to its time with
+ * steps_resize; they start at one part. */
+#define MAP_PARTS_PER_STEP_MAX (1u << 16)
+/* *parts_per_step for the next step, from the one just taken: took_ns of the budget_ns left
+ * of the slice when it started (UINT64_MAX: unbounded). Twice as many parts while a step takes
+ * under a quarter of its budget, half as many once one overruns it. */
+void steps_resize(unsigned *parts_per_step, uint64_t took_ns, uint64_t budget_ns);
 
-/* session_unmap in steps, each taking away one part of a mapping (its tail) or whole mappings
- * of at most a part's pages together; between steps every mapping is as ListMappings shows it
- * (a mapping being taken back is shorter) and charged as such. */
+/* session_unmap in steps, each taking away parts_per_step parts of a mapping (its tail) or
+ * whole mappings of at most as many parts' pages together; between steps every mapping is as
+ * ListMappings shows it (a mapping being taken back is shorter) and charged as such. */
 struct unmap_progress {
 	uint32_t domain_id;
 	uint64_t iova; /* the range: mappings wholly inside go; last inclusive */
@@ -194,6 +203,7 @@ struct unmap_progress {
 	uint64_t bytes;	      /* taken away so far */
 	uint32_t count;	      /* set when done: the mappings gone */
 	uint64_t unmap_ns;    /* the in-process backend's time so far; 0 when not timed */
+	unsigned parts_per_step;
 };
 /* start checks the range as one call would: where it would fail, or there is nothing to do in
  * steps, it does that one call and returns 0 (done: p->bytes and p->count) or its error; else
@@ -211,12 +221,13 @@ struct map_progress {
 	uint64_t mapped;       /* bytes from req.iova */
 	uint64_t map_ns;       /* the in-process backend's time so far; 0 when not timed */
 	struct unmap_progress back; /* what the steps mapped, being taken back after a failure */
+	unsigned parts_per_step;
 };
 /* session_map in steps: start checks the entry, places it and charges it whole; each step maps
- * a part, returning 1 while there is more, 0 when done (the IOVA in p->req.iova), or a
- * negative errno, with what was mapped then being taken back in p->back (session_unmap_step
- * while p->back.steps_left). abort does the same for a mapping started and not done: it
- * returns the charge of what was not mapped and starts taking back what was. */
+ * parts_per_step parts, returning 1 while there is more, 0 when done (the IOVA in p->req.iova), or
+ * a negative errno, with what was mapped then being taken back in p->back (session_unmap_step while
+ * p->back.steps_left). abort does the same for a mapping started and not done: it returns the
+ * charge of what was not mapped and starts taking back what was. */
 int session_map_start(struct session *s, struct map_entry *entry, struct map_progress *p);
 int session_map_step(struct session *s, struct map_progress *p);
 void session_map_abort(struct session *s, struct map_progress *p);

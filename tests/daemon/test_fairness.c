@@ -357,7 +357,7 @@ TEST(tenant_turns)
 
 #define COSTLY_BYTES   (1ull << 30) /* of a sparse memfd, at 4 KiB leaves: 262144 of them */
 #define COSTLY_IOVA    ((4ull << 30) + 4096) /* off every large page boundary */
-#define COSTLY_ENTRIES 8
+#define COSTLY_ENTRIES 16		     /* all within a tenant's default max-pinned, 16 GiB */
 #define MAPPER                                                                                     \
 	"[uid 61001]\n"                                                                            \
 	"access = write\n"                                                                         \
@@ -559,18 +559,31 @@ static uint64_t pinned_now(int root_fd)
 }
 
 /* Root asks for GetStats again and again until one shows what seen() looks for, or the hostile
- * tenant says something first (its reply came, or its last report): whether root saw it. */
+ * tenant says something first (its reply came, or its last report): whether root saw it. Root
+ * keeps ROOT_QUEUED requests queued (costly_start's first among them), so that every turn of
+ * the daemon answers one whatever root's own scheduling, and a costly request's steps, as
+ * large as its slices allow, are seen between any two slices; the replies still due are read
+ * before it returns. */
+#define ROOT_QUEUED 4
 static bool root_sees(int root_fd, const struct costly *h, bool (*seen)(uint64_t pinned))
 {
 	struct pollfd reply = {.fd = h->ready[0], .events = POLLIN};
+	unsigned queued = 1;
+	bool found = false;
 
-	for (;;) {
-		if (seen(pinned_now(root_fd)))
-			return true;
-		if (poll(&reply, 1, 0) == 1)
-			return false;
+	for (; queued < ROOT_QUEUED; queued++)
 		send_get_stats(root_fd);
+	for (;;) {
+		queued--;
+		found = seen(pinned_now(root_fd));
+		if (found || poll(&reply, 1, 0) == 1)
+			break;
+		send_get_stats(root_fd);
+		queued++;
 	}
+	while (queued--)
+		(void)pinned_now(root_fd);
+	return found;
 }
 
 /* The hostile batch's memory is mapped, or being mapped: root was answered while the batch was
@@ -696,7 +709,7 @@ static void costly_removal(struct costly *h, const char *topology)
 	fixture_stop(&f);
 }
 
-/* UnmapAll of 8 GiB at 4 KiB leaves runs over several turns. */
+/* UnmapAll of 16 GiB at 4 KiB leaves runs over several turns. */
 TEST(costly_unmap_all_in_slices)
 {
 	struct costly h = {.kind = COSTLY_UNMAP, .iova = COSTLY_IOVA, .unmap_all = true};

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* The session layer in this process, on the emulated backend: what it does when the kernel will
- * not let it release a client's memory, and the size of the parts a costly mapping is made in.
+ * not let it release a client's memory, the size of the parts a costly mapping is made in, and
+ * how many of them a step takes.
  *
  * A munmap of a whole map does not fail on any kernel the tests run on, so this program is
  * linked with munmap and mprotect wrapped (-Wl,--wrap, tests/daemon/CMakeLists.txt): the
@@ -64,15 +65,26 @@ struct setup {
 	struct map_file file;
 };
 
-/* Root's session with a domain on the emulated device, and a sealed memfd to map. */
-static void setup(struct setup *t)
+/* An emulated IOMMU of 4 KiB leaves alone, whose mappings are made in parts of 256 KiB
+ * wherever their memory lies. */
+#define SMALL_LEAVES                                                                               \
+	"[iommu]\n"                                                                                \
+	"devices = emu0\n"                                                                         \
+	"[device emu0]\n"                                                                          \
+	"page-sizes = 4K\n"
+#define SMALL_PART (MAP_PART_PAGES * 4096ull)
+
+/* Root's session with a domain on the emulated device (of topology, NULL: the default), and a
+ * sealed memfd to map. */
+static void setup_topology(struct setup *t, const char *topology)
 {
 	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
 	char cgroup[] = "/";
 	struct peer root = {.pid = getpid(), .cgroup = cgroup};
 	enum access granted;
 
-	CHECK_OK(kh_backend_open_emulated(NULL, &t->be));
+	CHECK_OK(topology ? kh_backend_open_emulated_text(topology, &t->be)
+			  : kh_backend_open_emulated(NULL, &t->be));
 	CHECK_OK(config_defaults(&t->cfg));
 	CHECK((t->reg = registry_create(t->be, &t->cfg)) != NULL);
 	CHECK_OK(tenant_get(t->reg, &root, &t->tenant, &granted));
@@ -83,6 +95,11 @@ static void setup(struct setup *t)
 	CHECK_OK(ftruncate(t->memfd, MEMORY_BYTES));
 	CHECK_OK(fcntl(t->memfd, F_ADD_SEALS, F_SEAL_SHRINK));
 	CHECK_OK(session_check_file(t->memfd, &t->file));
+}
+
+static void setup(struct setup *t)
+{
+	setup_topology(t, NULL);
 }
 
 static void teardown(struct setup *t)
@@ -209,4 +226,78 @@ TEST(part_sizes)
 	CHECK_EQ(map_part_bytes(4 * g1, g1, k4, UINT64_MAX), MAP_PART_PAGES * k4);
 	CHECK_EQ(map_part_bytes(4 * g1 + m2, g1, all, UINT64_MAX), MAP_PART_PAGES * m2);
 	CHECK_EQ(map_part_bytes(4 * g1 + k4, g1, all, UINT64_MAX), MAP_PART_PAGES * k4);
+}
+
+/* Steps grow twice as large while one takes under a quarter of what was left of the slice when
+ * it started, shrink by half once one overruns it, stay between one part and the most, and grow
+ * without a deadline. */
+TEST(steps_resize)
+{
+	unsigned parts = 1;
+
+	steps_resize(&parts, 10, 100);
+	CHECK_EQ(parts, 2);
+	steps_resize(&parts, 50, 100);
+	CHECK_EQ(parts, 2);
+	steps_resize(&parts, 101, 100);
+	CHECK_EQ(parts, 1);
+	steps_resize(&parts, 200, 100);
+	CHECK_EQ(parts, 1);
+	steps_resize(&parts, 1000000000, UINT64_MAX);
+	CHECK_EQ(parts, 2);
+	parts = MAP_PARTS_PER_STEP_MAX;
+	steps_resize(&parts, 0, 100);
+	CHECK_EQ(parts, MAP_PARTS_PER_STEP_MAX);
+}
+
+/* The length of the domain's one mapping. */
+static uint64_t mapped_length(struct setup *t)
+{
+	struct kh_mapping m;
+
+	CHECK_EQ(kh_mappings(session_ctx(t->session), t->domain, 0, &m, 1), 1);
+	return m.length;
+}
+
+/* A step of two parts maps, then unmaps, up to the next IOVA aligned to two parts' bytes: a
+ * mapping of four parts starting half-way into a pair of them takes three steps each way, and
+ * is one mapping, all there, throughout. */
+TEST(steps_of_many_parts)
+{
+	const uint64_t iova = IOVA + SMALL_PART;
+	struct map_entry e = {.domain_id = 0,
+			      .file = NULL,
+			      .length = MEMORY_BYTES,
+			      .prot = KH_PROT_READ | KH_PROT_WRITE,
+			      .fixed_iova = true,
+			      .iova = iova};
+	const uint64_t mapped[] = {SMALL_PART, 3 * SMALL_PART, 4 * SMALL_PART};
+	struct unmap_progress u;
+	struct map_progress p;
+	struct setup t;
+
+	setup_topology(&t, SMALL_LEAVES);
+	e.domain_id = t.domain;
+	e.file = &t.file;
+	CHECK_OK(session_map_start(t.session, &e, &p));
+	CHECK_EQ(p.part, SMALL_PART);
+	p.parts_per_step = 2;
+	for (size_t i = 0; i < sizeof(mapped) / sizeof(mapped[0]); i++) {
+		CHECK_EQ(session_map_step(t.session, &p),
+			 i + 1 < sizeof(mapped) / sizeof(mapped[0]));
+		CHECK_EQ(p.mapped, mapped[i]);
+		CHECK_EQ(mapped_length(&t), mapped[i]);
+	}
+	CHECK_EQ(session_unmap_start(t.session, t.domain, 0, UINT64_MAX, &u), 1);
+	u.parts_per_step = 2;
+	CHECK_EQ(session_unmap_step(t.session, &u), 1);
+	CHECK_EQ(mapped_length(&t), 3 * SMALL_PART);
+	CHECK_EQ(session_unmap_step(t.session, &u), 1);
+	CHECK_EQ(mapped_length(&t), SMALL_PART);
+	CHECK_EQ(session_unmap_step(t.session, &u), 1);
+	CHECK_EQ(session_unmap_step(t.session, &u), 0);
+	CHECK_EQ(u.bytes, MEMORY_BYTES);
+	CHECK_EQ(u.count, 1);
+	CHECK_EQ(registry_usage(t.reg).maps, 0);
+	teardown(&t);
 }
