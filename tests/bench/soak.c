@@ -20,7 +20,9 @@
  * The daemon's CPU use during each attack is printed too: a daemon that spins shows 100%.
  * A benchmark prints; it never judges. A costly request is handled in slices of about one turn,
  * so the hostile requests' time in the daemon printed last is from receipt to reply, the
- * victim's turns included, not what a victim waits for.
+ * victim's turns included, not what a victim waits for; the emulated backend's own map and
+ * unmap time per GiB, printed after them, is what the hostile tenant's mappings cost, however
+ * many slices they took.
  */
 #define _GNU_SOURCE
 #include <errno.h>
