@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -560,29 +561,23 @@ static uint64_t pinned_now(int root_fd)
 
 /* Root asks for GetStats again and again until one shows what seen() looks for, or the hostile
  * tenant says something first (its reply came, or its last report): whether root saw it. Root
- * keeps ROOT_QUEUED requests queued (costly_start's first among them), so that every turn of
- * the daemon answers one whatever root's own scheduling, and a costly request's steps, as
- * large as its slices allow, are seen between any two slices; the replies still due are read
- * before it returns. */
-#define ROOT_QUEUED 4
+ * asks at real-time priority, so that it asks again as soon as it is answered, whatever else
+ * the machine runs: a costly request, however large the steps its slices allow, then does at
+ * most a few slices' work between two of root's requests, and is seen in progress. */
 static bool root_sees(int root_fd, const struct costly *h, bool (*seen)(uint64_t pinned))
 {
 	struct pollfd reply = {.fd = h->ready[0], .events = POLLIN};
-	unsigned queued = 1;
-	bool found = false;
+	struct sched_param realtime = {.sched_priority = 1}, normal = {.sched_priority = 0};
+	bool found;
 
-	for (; queued < ROOT_QUEUED; queued++)
-		send_get_stats(root_fd);
+	CHECK_OK(sched_setscheduler(0, SCHED_FIFO, &realtime));
 	for (;;) {
-		queued--;
 		found = seen(pinned_now(root_fd));
 		if (found || poll(&reply, 1, 0) == 1)
 			break;
 		send_get_stats(root_fd);
-		queued++;
 	}
-	while (queued--)
-		(void)pinned_now(root_fd);
+	CHECK_OK(sched_setscheduler(0, SCHED_OTHER, &normal));
 	return found;
 }
 
