@@ -11,7 +11,8 @@
  * passed with work left, it sets resume (and abandon) and returns CALL_MORE; the server then
  * keeps the call and, in its tenant's next turn, runs resume, which returns likewise, until one
  * returns 0 or a negative errno as a handler would. No other request of the tenant runs in the
- * meantime. Should the connection close first, abandon takes back what the call did.
+ * meantime. Should the connection close first, abandon takes back what the call did (a removal
+ * finishes instead), bounded by the deadline as resume is: CALL_MORE while there is more.
  *
  * Ownership: the call owns everything allocated with call_alloc (the reply and its parts),
  * released once the reply is packed; the received descriptors stay the call's unless a
@@ -43,12 +44,12 @@ struct call {
 	int failed_index;
 	uint64_t deadline_ns; /* monotonic_ns: a slice ends there, after at least one step */
 	int (*resume)(struct call *call);
-	void (*abandon)(struct call *call);
-	size_t done;		  /* the handler's place in its work */
-	struct map_progress part; /* of the mapping in progress */
-	uint64_t left;		  /* of the mapping being taken back, 0 before it is started */
-	int undo_rc;		  /* the failure it is taking its work back for */
-	char *undo_message;	  /* and its message, kept across slices */
+	int (*abandon)(struct call *call);
+	size_t done;		    /* the handler's place in its work */
+	struct map_progress part;   /* of the mapping in progress */
+	struct unmap_progress back; /* the removal in progress: asked for, or taking back */
+	int undo_rc;		    /* the failure it is taking its work back for */
+	char *undo_message;	    /* and its message, kept across slices */
 	void **allocs;
 	size_t n_allocs;
 	size_t cap_allocs;

@@ -691,10 +691,13 @@ size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out, in
 	return end_call(call, rc, true, out, out_fd, ret_method, ret_kept);
 }
 
-void dispatch_abandon(struct call *call)
+bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
 {
-	call->abandon(call);
+	call->deadline_ns = deadline_ns;
+	if (call->abandon(call) == CALL_MORE)
+		return false;
 	free_call(call);
+	return true;
 }
 
 void dispatch_reply_sent(struct daemon *d, unsigned method, uint64_t received_ns)

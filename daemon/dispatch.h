@@ -52,8 +52,10 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
  * it has work left, else NULL and the call is gone. */
 size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out, int *out_fd,
 		       unsigned *ret_method, struct call **ret_kept);
-/* Ends a kept call whose client has gone: what it did is taken back, and the call is gone. */
-void dispatch_abandon(struct call *call);
+/* Ends a kept call whose client has gone: what it did is taken back (or, for a removal,
+ * finished) until deadline_ns, as its work would go on. False while there is more, for another
+ * call in a later turn; true once the call is gone. */
+bool dispatch_abandon(struct call *call, uint64_t deadline_ns);
 /* The reply to a call of method (as dispatch_packet gave it) received at received_ns
  * (monotonic_ns) has been sent. */
 void dispatch_reply_sent(struct daemon *d, unsigned method, uint64_t received_ns);

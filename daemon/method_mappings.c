@@ -4,6 +4,8 @@
 #include <stdio.h>
 
 #include "call.h"
+#include "histogram.h"
+#include "log.h"
 
 _Static_assert(IOMMUD__V1__PROT__PROT_READ == KH_PROT_READ, "Prot bits are kernel-helper's");
 _Static_assert(IOMMUD__V1__PROT__PROT_WRITE == KH_PROT_WRITE, "Prot bits are kernel-helper's");
@@ -71,15 +73,27 @@ static struct map_entry entry_of(struct call *call, const Iommud__V1__MapEntry *
 	};
 }
 
-/* Maps entries[call->done] part by part, starting it if it is not in progress, into
+/* Sizes the steps of a map or an unmap to the slice: the one that started at started (on
+ * monotonic_ns) has just ended. */
+static void size_steps(const struct call *call, uint64_t started, unsigned *parts_per_step)
+{
+	uint64_t budget = call->deadline_ns;
+
+	if (budget != UINT64_MAX)
+		budget = budget > started ? budget - started : 0;
+	steps_resize(parts_per_step, monotonic_ns() - started, budget);
+}
+
+/* Maps entries[call->done] step by step, starting it if it is not in progress, into
  * iovas[call->done]: 0 when done, CALL_MORE when the slice's time is up first, a negative
- * errno when it failed (none of it mapped). *stepped: the slice has done some work. A mapping
- * too costly for one slice is made over several. */
+ * errno when it failed (what it mapped then being taken back in call->part.back). *stepped:
+ * the slice has done some work. A mapping too costly for one slice is made over several. */
 static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entries, uint64_t *iovas,
 			   bool *stepped)
 {
 	struct session *s = call->client->session;
 	struct map_entry e;
+	uint64_t started;
 	int rc;
 
 	if (!call->part.mo) {
@@ -91,57 +105,130 @@ static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entri
 		if (*stepped && call_out_of_time(call))
 			return CALL_MORE;
 		*stepped = true;
+		started = monotonic_ns();
 		rc = session_map_step(s, &call->part);
+		size_steps(call, started, &call->part.parts_per_step);
 	} while (rc > 0);
 	if (rc == 0)
 		iovas[call->done] = call->part.req.iova;
 	return rc;
 }
 
-static int map_single(struct call *call)
+/* What the call mapped could not all be taken back: that is the failure to reply with, as what
+ * stays mapped is the client's to unmap. */
+static void take_back_failed(struct call *call, const struct unmap_progress *u, int rc)
 {
-	bool stepped = false;
-
-	return map_entry_parts(call, &call->req->map->entry, &call->resp->map->iova, &stepped);
+	log_err("uid %u: cannot take back what a map had mapped in [0x%llx, 0x%llx] of domain %u: "
+		"%s",
+		(unsigned)call->client->peer.uid, (unsigned long long)u->iova,
+		(unsigned long long)u->last, u->domain_id, failure_message());
+	(void)snprintf(call->undo_message, UNDO_MESSAGE_MAX,
+		       "the map failed, and what it had mapped in [0x%llx, 0x%llx] cannot all be "
+		       "taken back (%s); what stays mapped there is listed by list_mappings: "
+		       "unmap it",
+		       (unsigned long long)u->iova, (unsigned long long)u->last, failure_message());
+	call->undo_rc = rc;
 }
 
-/* Takes back the entries mapped so far, last first, a part at a time; while bounded, only
- * until the slice's time is up. Whether none is left. */
-static bool unmap_done(struct call *call, bool bounded)
+/* Starts taking back the last entry the batch mapped; false when none is left. A Map's done
+ * stays 0, so only a batch's entries are read. */
+static bool take_back_entry(struct call *call)
 {
-	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
 	const Iommud__V1__MapEntry *entry;
-	bool stepped = false;
+	uint64_t iova;
+	int rc;
 
-	for (; call->done; stepped = true) {
-		if (bounded && stepped && call_out_of_time(call))
-			return false;
-		entry = r->entries[call->done - 1];
-		if (!call->left)
-			call->left = entry->length;
-		if (session_unmap_part(call->client->session, entry->domain_id,
-				       call->resp->map_batch->iovas[call->done - 1],
-				       &call->left) <= 0) {
-			call->left = 0;
-			call->done--;
-		}
-	}
+	if (!call->done)
+		return false;
+	call->done--;
+	entry = call->req->map_batch->entries[call->done];
+	iova = call->resp->map_batch->iovas[call->done];
+	rc = session_unmap_start(call->client->session, entry->domain_id, iova, entry->length,
+				 &call->back);
+	if (rc < 0)
+		take_back_failed(call, &call->back, rc);
 	return true;
 }
 
+/* Takes back what the call mapped: the entry whose map failed or was abandoned (its take back
+ * started by the session), then the entries mapped before it, last first, in steps; all
+ * of it only until the slice's time is up. Whether all is gone. */
+static bool take_back_maps(struct call *call)
+{
+	struct unmap_progress *u;
+	bool stepped = false;
+	uint64_t started;
+	int rc;
+
+	for (;;) {
+		u = call->part.back.steps_left ? &call->part.back : &call->back;
+		if (!u->steps_left) {
+			if (!take_back_entry(call))
+				return true;
+			continue;
+		}
+		if (stepped && call_out_of_time(call))
+			return false;
+		stepped = true;
+		started = monotonic_ns();
+		rc = session_unmap_step(call->client->session, u);
+		size_steps(call, started, &u->parts_per_step);
+		if (rc < 0)
+			take_back_failed(call, u, rc);
+	}
+}
+
+static int take_back_then_fail(struct call *call)
+{
+	if (!take_back_maps(call))
+		return CALL_MORE;
+	return fail(call->undo_rc, "%s", call->undo_message);
+}
+
+/* A map failed: what the call mapped goes, over as many slices as it takes, and then the
+ * failure (its message kept meanwhile, as the other calls' failures replace it) is the reply.
+ * A batch's message names the entry. */
+static int map_failed(struct call *call, int rc, bool batch)
+{
+	if (batch) {
+		(void)snprintf(call->undo_message, UNDO_MESSAGE_MAX, "map entry %zu: %s",
+			       call->done, failure_message());
+		call->failed_index = (int)call->done;
+	} else {
+		(void)snprintf(call->undo_message, UNDO_MESSAGE_MAX, "%s", failure_message());
+	}
+	call->undo_rc = rc;
+	call->resume = take_back_then_fail;
+	return take_back_then_fail(call);
+}
+
+static int map_single(struct call *call)
+{
+	bool stepped = false;
+	int rc = map_entry_parts(call, &call->req->map->entry, &call->resp->map->iova, &stepped);
+
+	return rc < 0 ? map_failed(call, rc, false) : rc;
+}
+
 /* A Map or MapBatch whose client has gone: the mapping in progress and (a batch's) entries
- * mapped go. */
-static void abandon_maps(struct call *call)
+ * mapped go, in slices like the call's own work. */
+static int abandon_maps(struct call *call)
 {
 	if (call->part.mo)
-		(void)session_map_abort(call->client->session, &call->part);
-	(void)unmap_done(call, false);
+		session_map_abort(call->client->session, &call->part);
+	return take_back_maps(call) ? 0 : CALL_MORE;
+}
+
+/* The message a failed map keeps while it takes back what it mapped. */
+static int alloc_undo_message(struct call *call)
+{
+	call->undo_message = call_alloc(call, UNDO_MESSAGE_MAX);
+	return call->undo_message ? 0 : nomem();
 }
 
 int do_map(struct call *call)
 {
 	Iommud__V1__MapEntry *entry = call->req->map->entry;
-	Iommud__V1__MapReply *reply;
 	int rc;
 
 	if (!entry)
@@ -152,8 +239,7 @@ int do_map(struct call *call)
 	call->failed_index = -1;
 	if (rc < 0)
 		return rc;
-	reply = REPLY(call, map_reply);
-	if (!reply)
+	if (!REPLY(call, map_reply) || alloc_undo_message(call) < 0)
 		return nomem();
 	call->resume = map_single;
 	call->abandon = abandon_maps;
@@ -163,14 +249,6 @@ int do_map(struct call *call)
 /* A batch maps its entries in order and, should one fail, takes back those it mapped, last
  * first: all or nothing. Both go as far per slice as the slice's time allows (at least one
  * step), so that a batch of many or large entries does not hold the loop. */
-
-static int undo_batch(struct call *call)
-{
-	if (!unmap_done(call, true))
-		return CALL_MORE;
-	return fail(call->undo_rc, "%s", call->undo_message);
-}
-
 static int map_batch_entries(struct call *call)
 {
 	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
@@ -182,15 +260,8 @@ static int map_batch_entries(struct call *call)
 		rc = map_entry_parts(call, r->entries, reply->iovas, &stepped);
 		if (rc == CALL_MORE)
 			return rc;
-		if (rc < 0) {
-			/* The failure's message, kept while the others' calls run. */
-			(void)snprintf(call->undo_message, UNDO_MESSAGE_MAX, "map entry %zu: %s",
-				       call->done, failure_message());
-			call->failed_index = (int)call->done;
-			call->undo_rc = rc;
-			call->resume = undo_batch;
-			return undo_batch(call);
-		}
+		if (rc < 0)
+			return map_failed(call, rc, true);
 	}
 	reply->n_iovas = r->n_entries;
 	return 0;
@@ -209,37 +280,85 @@ int do_map_batch(struct call *call)
 		return rc;
 	reply = REPLY(call, map_batch_reply);
 	if (!reply || !(reply->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))) ||
-	    !(call->undo_message = call_alloc(call, UNDO_MESSAGE_MAX)))
+	    alloc_undo_message(call) < 0)
 		return nomem();
 	call->resume = map_batch_entries;
 	call->abandon = abandon_maps;
 	return map_batch_entries(call);
 }
 
+/* The reply of an Unmap or UnmapAll whose mappings are gone. */
+static int unmap_reply(struct call *call)
+{
+	const struct unmap_progress *u = &call->back;
+
+	if (call->req->method_case == IOMMUD__V1__REQUEST__METHOD_UNMAP) {
+		call->resp->unmap->unmapped_bytes = u->bytes;
+		call->resp->unmap->unmapped_count = u->count;
+	} else {
+		call->resp->unmap_all->unmapped_bytes = u->bytes;
+		call->resp->unmap_all->unmapped_count = u->count;
+	}
+	return 0;
+}
+
+/* Unmap and UnmapAll take their mappings away in steps, as many per slice as its time allows
+ * (each step as many parts as it leaves room for); the reply, once all are gone, says what went. */
+static int unmap_steps(struct call *call)
+{
+	bool stepped = false;
+	uint64_t started;
+	int rc;
+
+	do {
+		if (stepped && call_out_of_time(call))
+			return CALL_MORE;
+		stepped = true;
+		started = monotonic_ns();
+		rc = session_unmap_step(call->client->session, &call->back);
+		size_steps(call, started, &call->back.parts_per_step);
+	} while (rc > 0);
+	return rc < 0 ? rc : unmap_reply(call);
+}
+
+/* An Unmap whose client has gone still removes what it was asked to: half of a mapping would
+ * surprise the tenant's other connections more than all of it gone. */
+static int abandon_unmap(struct call *call)
+{
+	return unmap_steps(call) == CALL_MORE ? CALL_MORE : 0;
+}
+
+/* Removes [iova, iova+length) of the domain (UINT64_MAX from 0: all), in steps where it is
+ * costly; the reply says what went once all of it has. */
+static int unmap_range(struct call *call, uint32_t domain_id, uint64_t iova, uint64_t length)
+{
+	int rc = session_unmap_start(call->client->session, domain_id, iova, length, &call->back);
+
+	if (rc <= 0)
+		return rc < 0 ? rc : unmap_reply(call);
+	call->resume = unmap_steps;
+	call->abandon = abandon_unmap;
+	return unmap_steps(call);
+}
+
 int do_unmap(struct call *call)
 {
 	const Iommud__V1__UnmapRequest *r = call->req->unmap;
-	Iommud__V1__UnmapReply *reply;
 
 	if (!r->length)
 		return fail(-EINVAL, "%s needs a length; %s removes everything",
 			    method_name(call->req->method_case),
 			    method_name(IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL));
-	reply = REPLY(call, unmap_reply);
-	if (!reply)
+	if (!REPLY(call, unmap_reply))
 		return nomem();
-	return session_unmap(call->client->session, r->domain_id, r->iova, r->length,
-			     &reply->unmapped_bytes, &reply->unmapped_count);
+	return unmap_range(call, r->domain_id, r->iova, r->length);
 }
 
 int do_unmap_all(struct call *call)
 {
-	Iommud__V1__UnmapAllReply *reply = REPLY(call, unmap_all_reply);
-
-	if (!reply)
+	if (!REPLY(call, unmap_all_reply))
 		return nomem();
-	return session_unmap(call->client->session, call->req->unmap_all->domain_id, 0, UINT64_MAX,
-			     &reply->unmapped_bytes, &reply->unmapped_count);
+	return unmap_range(call, call->req->unmap_all->domain_id, 0, UINT64_MAX);
 }
 
 int do_list_mappings(struct call *call)

@@ -212,8 +212,9 @@ static void conn_close(struct conn *c)
 
 	LIST_REMOVE(c, link);
 	srv->d->connections--;
+	/* The daemon is stopping, or the connection failed: what remains is done at once. */
 	if (c->call)
-		dispatch_abandon(c->call);
+		(void)dispatch_abandon(c->call, UINT64_MAX);
 	flows_leave(srv->flows, &c->item);
 	event_free(c->ev);
 	(void)close(c->fd);
@@ -312,9 +313,15 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 	int reply_fd, rc;
 
 	if (c->call) {
-		/* Its socket is not watched meanwhile: a client gone takes its call with it. */
-		if (peer_gone(c->fd))
+		/* Its socket is not watched meanwhile: a client gone takes its call with it, in
+		 * slices as the call's own work went, the connection closing after the last. */
+		if (peer_gone(c->fd)) {
+			if (!dispatch_abandon(c->call, start_ns + SLICE_NS))
+				return 0;
+			c->call = NULL;
+			flows_hold(srv->flows, &c->item, false);
 			return -ECONNRESET;
+		}
 		out_len = dispatch_resume(c->call, start_ns + SLICE_NS, srv->out, &reply_fd,
 					  &method, &kept);
 		return conn_end_call(c, out_len, reply_fd, method, c->call_received_ns, kept);

@@ -51,6 +51,7 @@ struct map_owner {
 	struct domain_rec *dom; /* charged for the mapping */
 	struct file_map *file;	/* a reference on it */
 	uint64_t offset;	/* where the range starts in the client's file */
+	uint64_t part;		/* bytes of the parts it was made in (0: one call), to unmap in */
 };
 
 struct domain_rec {
@@ -61,6 +62,7 @@ struct domain_rec {
 	uint32_t n_maps; /* the mappings kernel-helper holds for it, and their bytes */
 	uint64_t bytes;
 	uint64_t table_bytes; /* its page tables in the daemon, as last charged */
+	uint64_t page_sizes;  /* the leaves its IOMMU supports (bit n: 2^n bytes) */
 };
 
 struct bound_dev {
@@ -101,6 +103,7 @@ struct registry {
 	LIST_HEAD(, tenant) tenants;
 	unsigned n_tenants;
 	unsigned n_sessions;
+	bool maps_in_process; /* the backend's map path runs here, on the daemon's addresses */
 	struct ceilings ceil;
 	struct usage total; /* over all tenants, against ceil */
 	uint64_t failed_releases;
@@ -115,7 +118,8 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 	reg->be = be;
 	reg->cfg = cfg;
 	LIST_INIT(&reg->tenants);
-	ceilings_compute(cfg, !(kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS), &reg->ceil);
+	reg->maps_in_process = kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS;
+	ceilings_compute(cfg, !reg->maps_in_process, &reg->ceil);
 	return reg;
 }
 
@@ -752,6 +756,18 @@ enum device_state registry_device_state(const struct registry *reg, const char *
 
 /* ---- domains -------------------------------------------------------------------------- */
 
+/* The leaves the device's IOMMU supports; the smallest alone should the backend not say, which
+ * only makes its mappings' parts smaller. */
+static uint64_t device_page_sizes(const struct kh_backend *be, const char *device)
+{
+	struct kh_device_info info;
+	int index = kh_device_lookup(be, device);
+
+	if (index < 0 || kh_device_info(be, (size_t)index, &info) < 0)
+		return MAP_GRANULE;
+	return info.hw.page_sizes;
+}
+
 int session_alloc_domain(struct session *s, const char *device,
 			 const struct kh_domain_alloc_args *args, uint32_t *domain_id)
 {
@@ -778,6 +794,7 @@ int session_alloc_domain(struct session *s, const char *device,
 		return fail_kh(rc, "cannot allocate the domain");
 	}
 	dom->type = args->type;
+	dom->page_sizes = device_page_sizes(s->tenant->reg->be, device);
 	(void)snprintf(dom->device, sizeof(dom->device), "%s", device);
 	LIST_INSERT_HEAD(&s->domains, dom, link);
 	s->tenant->used.domains++;
@@ -1127,26 +1144,44 @@ static uint64_t in_process_clock(const struct session *s)
 	return probes && probes_in_process(probes) ? monotonic_ns() : 0;
 }
 
-static void in_process_done(const struct session *s, enum iommud_map_op op, uint64_t bytes,
-			    uint64_t start, int rc)
+/* Adds the time since start (from in_process_clock) to *total_ns. */
+static void in_process_add(uint64_t start, uint64_t *total_ns)
 {
-	if (!start || rc < 0)
-		return;
-	probes_record(s->tenant->reg->probes, op, bytes, tenant_label_slot(s->tenant),
-		      monotonic_ns() - start);
+	if (start)
+		*total_ns += monotonic_ns() - start;
 }
 
-/* The bytes of one part of a mapping made in parts: MAP_PART_PAGES leaves of the largest size
- * its IOVA and memory could use (so that parts end at IOVAs a leaf ends at, and the page tables
- * come out as one call would make them). */
-static uint64_t part_bytes(const struct kh_map_req *req)
+/* The leaves are as large as they can be so that parts end at IOVAs a leaf ends at, and the
+ * page tables come out as one call would make them. */
+uint64_t map_part_bytes(uint64_t iova, uint64_t addr, uint64_t page_sizes, uint64_t contiguous)
 {
-	uint64_t skew = req->iova - req->addr;
-	uint64_t leaf = !(skew & ((1ull << 30) - 1))   ? 1ull << 30
-			: !(skew & ((2ull << 20) - 1)) ? 2ull << 20
-						       : MAP_GRANULE;
+	static const uint64_t large_leaves[] = {1ull << 30, 2ull << 20};
+	uint64_t skew = iova - addr;
 
-	return MAP_PART_PAGES * leaf;
+	for (size_t i = 0; i < sizeof(large_leaves) / sizeof(large_leaves[0]); i++)
+		if (!(skew & (large_leaves[i] - 1)) && (page_sizes & large_leaves[i]) &&
+		    large_leaves[i] <= contiguous)
+			return MAP_PART_PAGES * large_leaves[i];
+	return MAP_PART_PAGES * MAP_GRANULE;
+}
+
+void steps_resize(unsigned *parts_per_step, uint64_t took_ns, uint64_t budget_ns)
+{
+	if (budget_ns == UINT64_MAX || took_ns < budget_ns / 4) {
+		if (*parts_per_step < MAP_PARTS_PER_STEP_MAX)
+			*parts_per_step *= 2;
+	} else if (took_ns > budget_ns && *parts_per_step > 1) {
+		*parts_per_step /= 2;
+	}
+}
+
+/* Memory the backend maps in this process is as contiguous as its address says; memory the
+ * kernel pins is contiguous within its file's pages only. */
+static uint64_t part_bytes(const struct session *s, const struct domain_rec *dom,
+			   const struct kh_map_req *req, uint64_t page_size)
+{
+	return map_part_bytes(req->iova, req->addr, dom->page_sizes,
+			      s->tenant->reg->maps_in_process ? UINT64_MAX : page_size);
 }
 
 int session_map_start(struct session *s, struct map_entry *e, struct map_progress *p)
@@ -1158,6 +1193,7 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 		.flags = e->fixed_iova ? KH_MAP_FIXED_IOVA : 0,
 		.alignment = e->alignment,
 	};
+	bool in_parts = e->length > MAP_PART_PAGES * MAP_GRANULE;
 	struct map_owner *mo;
 	struct domain_rec *dom;
 	struct file_map *fm;
@@ -1174,17 +1210,24 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 		free(mo);
 		return rc;
 	}
-	*mo = (struct map_owner){.dom = dom, .file = fm, .offset = e->offset};
 	req.addr = (uint64_t)(uintptr_t)fm->base + (e->offset - fm->start);
 	req.owner = mo;
 	/* Made in parts, the mapping is placed and checked whole first, as one call would. */
-	if (e->length > MAP_PART_PAGES * MAP_GRANULE &&
-	    (rc = kh_place(s->ctx, e->domain_id, &req)) < 0) {
+	if (in_parts && (rc = kh_place(s->ctx, e->domain_id, &req)) < 0) {
 		file_map_put(s, fm);
 		free(mo);
 		return fail_kh(rc, "cannot map");
 	}
-	*p = (struct map_progress){.mo = mo, .domain_id = e->domain_id, .req = req};
+	*mo = (struct map_owner){.dom = dom,
+				 .file = fm,
+				 .offset = e->offset,
+				 .part = in_parts ? part_bytes(s, dom, &req, e->file->page_size)
+						  : 0};
+	*p = (struct map_progress){.mo = mo,
+				   .domain_id = e->domain_id,
+				   .req = req,
+				   .part = mo->part,
+				   .parts_per_step = 1};
 	/* Charged whole from the start, as checked, so no other tenant's mapping takes what the
 	 * daemon-wide ceilings leave for the rest. */
 	charge_mapping(s, dom, +1, e->length, +1);
@@ -1193,56 +1236,48 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 	return 0;
 }
 
-int session_map_abort(struct session *s, struct map_progress *p)
+void session_map_abort(struct session *s, struct map_progress *p)
 {
 	struct map_owner *mo = p->mo;
 	struct domain_rec *dom = mo->dom;
-	int rc = 0;
 
-	/* Releasing what the parts mapped uncharges that and frees the owner. Should that fail,
-	 * the parts stay mapped and charged, and the client is told to unmap them. */
-	if (p->mapped && (rc = kh_unmap(s->ctx, p->domain_id, p->req.iova, p->mapped, NULL)) < 0) {
-		log_err("uid %u: cannot take back [0x%llx, +0x%llx) of a map that failed in domain "
-			"%u: %s",
-			(unsigned)s->tenant->uid, (unsigned long long)p->req.iova,
-			(unsigned long long)p->mapped, p->domain_id, kh_last_error());
-		rc = fail(
-			rc,
-			"the map failed, and the 0x%llx bytes it had mapped at IOVA 0x%llx cannot "
-			"be taken back (%s); they stay mapped: unmap them",
-			(unsigned long long)p->mapped, (unsigned long long)p->req.iova,
-			kh_last_error());
-	}
+	/* What was not mapped is given back now; what was is one mapping, taken back in steps
+	 * like any other, and its release gives back the rest and frees the owner. */
 	charge_mapping(s, dom, p->mapped ? 0 : -1, p->req.length - p->mapped, -1);
+	p->mo = NULL;
+	p->back = (struct unmap_progress){0};
 	if (!p->mapped) {
 		file_map_put(s, mo->file);
 		free(mo);
+		return;
 	}
-	recharge_tables(s, dom);
-	p->mo = NULL;
-	return rc;
+	if (session_unmap_start(s, p->domain_id, p->req.iova, p->mapped, &p->back) < 0)
+		log_err("uid %u: cannot take back [0x%llx, +0x%llx) of a map that failed in "
+			"domain %u: %s",
+			(unsigned)s->tenant->uid, (unsigned long long)p->req.iova,
+			(unsigned long long)p->mapped, p->domain_id, failure_message());
 }
 
-/* Maps the next part of the mapping: 0 when done, 1 with more to map. */
+/* Maps the next step's parts of the mapping: 0 when done, 1 with more to map. */
 static int map_part(struct session *s, struct map_progress *p)
 {
 	struct kh_map_req part = p->req;
-	uint64_t size = p->req.length > MAP_PART_PAGES * MAP_GRANULE ? part_bytes(&p->req) : 0;
 	uint64_t at = p->req.iova + p->mapped, start;
 	int rc;
 
-	if (size) {
+	if (p->part) {
+		uint64_t step = p->part * p->parts_per_step;
+
 		part.iova = at;
 		part.addr += p->mapped;
-		part.length = size - at % size;
+		part.length = step - at % step;
 		if (part.length > p->req.length - p->mapped)
 			part.length = p->req.length - p->mapped;
 		part.flags |= KH_MAP_FIXED_IOVA | (p->mapped ? KH_MAP_EXTEND : 0);
 	}
 	start = in_process_clock(s);
 	rc = kh_map(s->ctx, p->domain_id, &part);
-	if (start)
-		p->map_ns += monotonic_ns() - start;
+	in_process_add(start, &p->map_ns);
 	if (rc < 0)
 		return fail_kh(rc, "cannot map");
 	if (!p->mapped)
@@ -1260,16 +1295,13 @@ int session_map_step(struct session *s, struct map_progress *p)
 		recharge_tables(s, dom);
 		/* Only the map shows what its tables cost: take it back (its memory with it). */
 		if (s->tenant->used.page_table_bytes > s->tenant->rule->max_page_table_bytes)
-			rc = -EDQUOT;
+			rc = page_tables_exhausted(s->tenant);
 	}
 	if (rc < 0) {
-		int undo;
-
 		DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, p->domain_id, p->req.iova, rc);
-		undo = session_map_abort(s, p);
-		if (undo < 0)
-			return undo;
-		return rc == -EDQUOT ? page_tables_exhausted(s->tenant) : rc;
+		/* The failure's message stays the one to reply with. */
+		session_map_abort(s, p);
+		return rc;
 	}
 	if (rc)
 		return 1;
@@ -1283,79 +1315,198 @@ int session_map_step(struct session *s, struct map_progress *p)
 	return 0;
 }
 
-int session_unmap_part(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t *length)
-{
-	uint64_t end = iova + *length, size, tail, bytes;
-	struct domain_rec *dom;
-	struct kh_mapping m;
-	uint32_t count;
-	int rc = domain_lookup(s, domain_id, &dom);
-
-	if (rc < 0)
-		return rc;
-	if (*length > MAP_PART_PAGES * MAP_GRANULE &&
-	    kh_mappings(s->ctx, domain_id, iova, &m, 1) == 1 && m.iova == iova) {
-		size = part_bytes(&(struct kh_map_req){.iova = iova, .addr = m.addr});
-		tail = (end - 1) / size * size;
-		if (tail > iova) {
-			rc = kh_unmap_tail(s->ctx, domain_id, tail, end - tail);
-			if (rc < 0)
-				return fail_kh(rc, "cannot unmap");
-			charge_mapping(s, dom, 0, end - tail, -1);
-			recharge_tables(s, dom);
-			*length = tail - iova;
-			return 1;
-		}
-	}
-	rc = session_unmap(s, domain_id, iova, *length, &bytes, &count);
-	return rc < 0 ? rc : 0;
-}
-
 int session_map(struct session *s, struct map_entry *e)
 {
 	struct map_progress p;
 	int rc = session_map_start(s, e, &p);
 
-	while (rc == 0 && (rc = session_map_step(s, &p)) > 0)
-		;
+	if (rc < 0)
+		return rc;
+	p.parts_per_step = MAP_PARTS_PER_STEP_MAX;
+	do
+		rc = session_map_step(s, &p);
+	while (rc > 0);
 	if (rc == 0)
 		e->iova = p.req.iova;
+	while (rc < 0 && p.back.steps_left && session_unmap_step(s, &p.back) > 0)
+		;
 	return rc;
 }
 
-int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
-		  uint64_t *bytes, uint32_t *count)
+/* ---- unmapping in steps ------------------------------------------------------------------ */
+
+/* Whether the mappings in p's range can be taken away in steps: something starts inside it and
+ * nothing reaches into it from outside, the checks kh_unmap makes before it removes anything.
+ * kernel-helper finds the mapping around an IOVA only when removing, so the ends are asked as
+ * removals that cannot succeed: of the gap below the first mapping inside (which only a mapping
+ * from below can overlap) and of the byte after the range (mapped only if a mapping covers it,
+ * which reaches into the range unless it starts there). Each fails, removing nothing. */
+static bool unmappable_in_steps(struct session *s, const struct unmap_progress *p)
 {
-	uint64_t unmapped, start;
-	uint32_t before;
+	struct kh_mapping m;
+
+	if (kh_mappings(s->ctx, p->domain_id, p->iova, &m, 1) != 1 || m.iova > p->last)
+		return false;
+	if (m.iova > p->iova &&
+	    kh_unmap(s->ctx, p->domain_id, p->iova, m.iova - p->iova, NULL) != -ENOENT)
+		return false;
+	return p->last == UINT64_MAX ||
+	       kh_unmap(s->ctx, p->domain_id, p->last + 1, 1, NULL) == -ENOENT ||
+	       (kh_mappings(s->ctx, p->domain_id, p->last + 1, &m, 1) == 1 &&
+		m.iova == p->last + 1);
+}
+
+/* Removes [iova, iova+length), whole mappings, in one kernel-helper call. */
+static int unmap_whole(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
+		       uint64_t iova, uint64_t length)
+{
+	uint64_t bytes = 0, start = in_process_clock(s);
+	int rc;
+
+	/* kernel-helper releases each removed mapping (mapping_release) as it forgets it, so the
+	 * in-process unmap time includes the daemon's munmap of each range, as the kernel's
+	 * iommufd unmap includes unpinning; the map time leaves the mmap out (it is the client's
+	 * memory, reached before the backend runs). */
+	rc = kh_unmap(s->ctx, p->domain_id, iova, length, &bytes);
+	in_process_add(start, &p->unmap_ns);
+	recharge_tables(s, dom);
+	p->bytes += bytes;
+	return rc < 0 ? fail_kh(rc, "cannot unmap") : 0;
+}
+
+/* Where the last step of m starts: a mapping made in parts is taken back from its end, parts
+ * parts at a time (from an IOVA aligned to their bytes); m's own IOVA once it is no more. */
+static uint64_t last_step(const struct kh_mapping *m, unsigned parts)
+{
+	uint64_t step = ((const struct map_owner *)m->owner)->part * parts;
+	uint64_t tail = step ? (m->iova + m->length - 1) / step * step : m->iova;
+
+	return tail > m->iova ? tail : m->iova;
+}
+
+/* Takes the last step's parts off m, a mapping longer than them. */
+static int unmap_tail(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
+		      const struct kh_mapping *m)
+{
+	uint64_t end = m->iova + m->length, tail = last_step(m, p->parts_per_step);
+	uint64_t start = in_process_clock(s);
+	int rc;
+
+	rc = kh_unmap_tail(s->ctx, p->domain_id, tail, end - tail);
+	in_process_add(start, &p->unmap_ns);
+	if (rc < 0)
+		return fail_kh(rc, "cannot unmap");
+	charge_mapping(s, dom, 0, end - tail, -1);
+	recharge_tables(s, dom);
+	p->bytes += end - tail;
+	return 0;
+}
+
+/* The leaves of a mapping that is no longer than a step, as the step's measure of work. */
+static uint64_t leaves_of(const struct kh_mapping *m)
+{
+	uint64_t part = ((const struct map_owner *)m->owner)->part;
+
+	return m->length / (part ? part / MAP_PART_PAGES : MAP_GRANULE);
+}
+
+/* The steps are done (rc 0) or failed: the unmap's figures and probes. */
+static int unmap_end(struct session *s, struct domain_rec *dom, struct unmap_progress *p, int rc)
+{
+	p->steps_left = false;
+	p->count = p->maps_before - dom->n_maps;
+	DTRACE_PROBE4(iommud, unmap_exit, s->tenant->uid, p->domain_id, p->bytes, rc);
+	if (rc < 0)
+		return rc;
+	if (p->unmap_ns)
+		probes_record(s->tenant->reg->probes, IOMMUD_OP_UNMAP, p->bytes,
+			      tenant_label_slot(s->tenant), p->unmap_ns);
+	log_debug("uid %u unmapped %u mappings in domain %u", (unsigned)s->tenant->uid, p->count,
+		  p->domain_id);
+	return 0;
+}
+
+int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
+			struct unmap_progress *p)
+{
+	bool all = iova == 0 && length == UINT64_MAX;
 	struct domain_rec *dom;
 	int rc = domain_lookup(s, domain_id, &dom);
 
 	if (rc < 0)
 		return rc;
+	*p = (struct unmap_progress){.domain_id = domain_id,
+				     .iova = iova,
+				     .last = all ? UINT64_MAX : iova + length - 1,
+				     .maps_before = dom->n_maps,
+				     .parts_per_step = 1};
 	/* Nothing to remove is no error for UnmapAll, whatever the domain's type. */
-	if (iova == 0 && length == UINT64_MAX && !dom->n_maps) {
-		*bytes = 0;
-		*count = 0;
+	if (all && !dom->n_maps)
 		return 0;
-	}
-	before = dom->n_maps;
-	/* kernel-helper releases each removed mapping (mapping_release) as it forgets it, so the
-	 * in-process unmap time includes the daemon's munmap of each range, as the kernel's
-	 * iommufd unmap includes unpinning; the map time leaves the mmap out (it is the client's
-	 * memory, reached before the backend runs). */
 	DTRACE_PROBE4(iommud, unmap_entry, s->tenant->uid, domain_id, iova, length);
-	start = in_process_clock(s);
-	rc = kh_unmap(s->ctx, domain_id, iova, length, &unmapped);
-	in_process_done(s, IOMMUD_OP_UNMAP, unmapped, start, rc);
-	DTRACE_PROBE4(iommud, unmap_exit, s->tenant->uid, domain_id, unmapped, rc);
-	recharge_tables(s, dom);
+	if ((all || (length && p->last >= iova)) && unmappable_in_steps(s, p)) {
+		p->steps_left = true;
+		return 1;
+	}
+	/* The call fails, as the steps would have, or removes whatever it may at once. */
+	return unmap_end(s, dom, p, unmap_whole(s, dom, p, iova, length));
+}
+
+/* Removes next[0] and the mappings after it in p's range that are no longer than a step,
+ * together, as many as make a step's leaves. */
+static int unmap_group(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
+		       const struct kh_mapping *next, size_t n)
+{
+	uint64_t leaves = leaves_of(&next[0]);
+	size_t k = 1;
+
+	while (k < n && next[k].iova <= p->last &&
+	       last_step(&next[k], p->parts_per_step) == next[k].iova &&
+	       leaves + leaves_of(&next[k]) <= (uint64_t)MAP_PART_PAGES * p->parts_per_step)
+		leaves += leaves_of(&next[k++]);
+	return unmap_whole(s, dom, p, next[0].iova,
+			   next[k - 1].iova + next[k - 1].length - next[0].iova);
+}
+
+int session_unmap_step(struct session *s, struct unmap_progress *p)
+{
+	struct kh_mapping next[MAP_PART_PAGES];
+	struct domain_rec *dom;
+	size_t n;
+	int rc = domain_lookup(s, p->domain_id, &dom);
+
+	/* The tenant's requests wait for this one, so its domain stays; checked all the same. */
+	if (rc < 0) {
+		p->steps_left = false;
+		return rc;
+	}
+	/* What went before is gone, so the range's first mapping left is the next to take. */
+	rc = kh_mappings(s->ctx, p->domain_id, p->iova, next, MAP_PART_PAGES);
 	if (rc < 0)
-		return fail_kh(rc, "cannot unmap");
-	*bytes = unmapped;
-	*count = before - dom->n_maps;
-	log_debug("uid %u unmapped %u mappings in domain %u", (unsigned)s->tenant->uid, *count,
-		  domain_id);
+		return unmap_end(s, dom, p, fail_kh(rc, "cannot unmap"));
+	n = (size_t)rc;
+	if (!n || next[0].iova > p->last)
+		return unmap_end(s, dom, p, 0);
+	if (last_step(&next[0], p->parts_per_step) > next[0].iova)
+		rc = unmap_tail(s, dom, p, &next[0]);
+	else
+		rc = unmap_group(s, dom, p, next, n);
+	return rc < 0 ? unmap_end(s, dom, p, rc) : 1;
+}
+
+int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
+		  uint64_t *bytes, uint32_t *count)
+{
+	struct unmap_progress p;
+	int rc = session_unmap_start(s, domain_id, iova, length, &p);
+
+	p.parts_per_step = MAP_PARTS_PER_STEP_MAX;
+	while (rc > 0)
+		rc = session_unmap_step(s, &p);
+	if (rc < 0)
+		return rc;
+	*bytes = p.bytes;
+	*count = p.count;
 	return 0;
 }
 

@@ -170,31 +170,69 @@ struct map_entry {
 /* Checks the range against the file, charges the quota, maps. */
 int session_map(struct session *s, struct map_entry *entry);
 
-/* A mapping is made in parts of at most this many pages (of the largest leaves its IOVA and
- * memory allow), so that a costly one can be made over several turns of the daemon's loop; the
- * parts are one mapping (kernel-helper's KH_MAP_EXTEND), and the result is the same as one call
- * would make it. */
+/* A mapping is made in parts of at most this many pages, so that a costly one can be made over
+ * several turns of the daemon's loop, and taken back the same way; the parts are one mapping
+ * (kernel-helper's KH_MAP_EXTEND, kh_unmap_tail), and the result is the same as one call would
+ * make it. A page is the largest leaf the mapping can use: one its IOVA and address are both
+ * aligned to, that the domain's IOMMU supports and, where the kernel pins the memory, no larger
+ * than the file's pages (so 4 KiB memory is made in parts of 256 KiB, whatever its IOVA). */
 #define MAP_PART_PAGES 64
+/* The bytes of a part of a mapping at iova of the memory at addr, in a domain whose IOMMU has
+ * the leaves page_sizes (bit n: 2^n bytes), of memory physically contiguous over contiguous
+ * bytes (UINT64_MAX: as far as its address says). */
+uint64_t map_part_bytes(uint64_t iova, uint64_t addr, uint64_t page_sizes, uint64_t contiguous);
+/* A step may take several parts at once, a power of two of them (its IOVAs then aligned to
+ * their bytes, so that whole page tables go or come at once): one call over many parts costs
+ * far less than as many calls of a part. The caller sizes its steps to its time with
+ * steps_resize; they start at one part. */
+#define MAP_PARTS_PER_STEP_MAX (1u << 16)
+/* *parts_per_step for the next step, from the one just taken: took_ns of the budget_ns left
+ * of the slice when it started (UINT64_MAX: unbounded). Twice as many parts while a step takes
+ * under a quarter of its budget, half as many once one overruns it. */
+void steps_resize(unsigned *parts_per_step, uint64_t took_ns, uint64_t budget_ns);
+
+/* session_unmap in steps, each taking away parts_per_step parts of a mapping (its tail) or
+ * whole mappings of at most as many parts' pages together; between steps every mapping is as
+ * ListMappings shows it (a mapping being taken back is shorter) and charged as such. */
+struct unmap_progress {
+	uint32_t domain_id;
+	uint64_t iova; /* the range: mappings wholly inside go; last inclusive */
+	uint64_t last;
+	bool steps_left;
+	uint32_t maps_before; /* the domain's mappings at the start */
+	uint64_t bytes;	      /* taken away so far */
+	uint32_t count;	      /* set when done: the mappings gone */
+	uint64_t unmap_ns;    /* the in-process backend's time so far; 0 when not timed */
+	unsigned parts_per_step;
+};
+/* start checks the range as one call would: where it would fail, or there is nothing to do in
+ * steps, it does that one call and returns 0 (done: p->bytes and p->count) or its error; else
+ * 1, and each step returns 1 while there is more, 0 when done, or a negative errno (what the
+ * earlier steps took away stays taken away). */
+int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
+			struct unmap_progress *p);
+int session_unmap_step(struct session *s, struct unmap_progress *p);
+
 struct map_progress {
 	struct map_owner *mo; /* NULL once done or taken back */
 	uint32_t domain_id;
 	struct kh_map_req req; /* the whole mapping; its iova is placed once the first part is */
+	uint64_t part;	       /* bytes of a part, 0 when made in one call; its unmap uses it too */
 	uint64_t mapped;       /* bytes from req.iova */
 	uint64_t map_ns;       /* the in-process backend's time so far; 0 when not timed */
+	struct unmap_progress back; /* what the steps mapped, being taken back after a failure */
+	unsigned parts_per_step;
 };
 /* session_map in steps: start checks the entry, places it and charges it whole; each step maps
- * a part, returning 1 while there is more, 0 when done (the IOVA in p->req.iova), or a
- * negative errno after taking back all of it; abort takes back what the steps mapped, and the
- * charge, of a mapping started and not done (a negative errno when the kernel keeps what was
- * mapped, which then stays charged). */
+ * parts_per_step parts, returning 1 while there is more, 0 when done (the IOVA in p->req.iova), or
+ * a negative errno, with what was mapped then being taken back in p->back (session_unmap_step while
+ * p->back.steps_left). abort does the same for a mapping started and not done: it returns the
+ * charge of what was not mapped and starts taking back what was. */
 int session_map_start(struct session *s, struct map_entry *entry, struct map_progress *p);
 int session_map_step(struct session *s, struct map_progress *p);
-int session_map_abort(struct session *s, struct map_progress *p);
-/* Takes back the last part, as session_map_step made it, of the mapping made at iova of
- * *length bytes: 1 while some is left (*length then says how much), 0 once it is all gone. */
-int session_unmap_part(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t *length);
+void session_map_abort(struct session *s, struct map_progress *p);
 /* Removes the mappings wholly inside [iova, iova+length) (UINT64_MAX length from iova 0: all),
- * releasing their memory references once the backend has unmapped them. */
+ * releasing their memory references once the backend has unmapped them: all the steps at once. */
 int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
 		  uint64_t *bytes, uint32_t *count);
 

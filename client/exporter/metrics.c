@@ -187,6 +187,10 @@ static uint64_t nothing_remapped(const Iommud__V1__GetStatsReply *s)
 {
 	return s->nothing_remapped;
 }
+static uint64_t rate_limited(const Iommud__V1__GetStatsReply *s)
+{
+	return s->rate_limited;
+}
 
 static const struct daemon_gauge {
 	struct family family;
@@ -204,6 +208,9 @@ static const struct daemon_gauge {
 	{{"iommud_nothing_remapped", "gauge",
 	  "1 when the daemon runs the emulated IOMMU: no device's DMA is restricted by it."},
 	 nothing_remapped},
+	{{"iommud_rate_limited_total", "counter",
+	  "Times a reader tenant had requests waiting and no reader-rate token, so they waited."},
+	 rate_limited},
 };
 
 static void render_daemon(struct writer *w, const Iommud__V1__GetStatsReply *s)
@@ -213,6 +220,81 @@ static void render_daemon(struct writer *w, const Iommud__V1__GetStatsReply *s)
 	sample(w, &build_info, &version, 1, 1);
 	for (size_t i = 0; i < sizeof(daemon_gauges) / sizeof(daemon_gauges[0]); i++)
 		sample(w, &daemon_gauges[i].family, NULL, 0, daemon_gauges[i].value(s));
+}
+
+/* ---- daemon-wide ceilings and refused connections ------------------------------------------ */
+
+/* An unsigned field of m by its schema name; the tables of ceilings and tenant gauges name only
+ * such fields, which test_metrics renders, so a name the schema lost aborts there rather than
+ * reading 0. */
+static uint64_t unsigned_field(const ProtobufCMessage *m, const char *name)
+{
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field_by_name(m->descriptor, name);
+	const char *at;
+
+	if (!f || (f->type != PROTOBUF_C_TYPE_UINT32 && f->type != PROTOBUF_C_TYPE_UINT64))
+		abort();
+	at = (const char *)m + f->offset;
+	if (f->type == PROTOBUF_C_TYPE_UINT32)
+		return *(const uint32_t *)(const void *)at;
+	return *(const uint64_t *)(const void *)at;
+}
+
+/* A figure of the Ceilings message by its schema name; a limit of 0 is none, and leaves its
+ * family out rather than claim a ceiling of nothing. */
+static const struct ceiling_figure {
+	struct family family;
+	const char *field;
+	bool limit;
+} ceiling_figures[] = {
+	{{"iommud_maps", "gauge",
+	  "The daemon's memory maps of client files, one per file and access in a session."},
+	 "maps",
+	 false},
+	{{"iommud_maps_limit", "gauge",
+	  "The daemon-wide ceiling on its maps of client files (max-maps-total), below "
+	  "vm.max_map_count."},
+	 "max_maps",
+	 true},
+	{{"iommud_leases_limit", "gauge",
+	  "The daemon-wide ceiling on named sessions (max-leases-total), below the open-file "
+	  "limit."},
+	 "max_leases",
+	 true},
+	{{"iommud_pinned_bytes", "gauge", "Bytes all tenants have mapped."}, "pinned_bytes", false},
+	{{"iommud_pinned_bytes_limit", "gauge",
+	  "The daemon-wide ceiling on mapped bytes: max-pinned-total, or RLIMIT_MEMLOCK where the "
+	  "kernel charges the daemon's pins."},
+	 "max_pinned_bytes",
+	 true},
+	{{"iommud_failed_releases_total", "counter",
+	  "Client memory the daemon could not unmap when a mapping was released, made "
+	  "inaccessible instead (the log says which)."},
+	 "failed_releases",
+	 false},
+};
+
+static const struct family refused_connections = {
+	"iommud_refused_connections_total", "counter",
+	"Connections refused at connect or closed for silence, by reason: the limit's or "
+	"timeout's configuration key, open-file-limit or unidentified-peer."};
+
+static void render_ceilings(struct writer *w, const Iommud__V1__GetStatsReply *s)
+{
+	uint64_t value;
+
+	for (size_t i = 0; s->ceilings && i < sizeof(ceiling_figures) / sizeof(ceiling_figures[0]);
+	     i++) {
+		value = unsigned_field(&s->ceilings->base, ceiling_figures[i].field);
+		if (value || !ceiling_figures[i].limit)
+			sample(w, &ceiling_figures[i].family, NULL, 0, value);
+	}
+	for (size_t i = 0; i < s->n_refused_connections; i++) {
+		struct label reason = {"reason", s->refused_connections[i]->reason};
+
+		sample(w, &refused_connections, &reason, 1, s->refused_connections[i]->connections);
+	}
 }
 
 /* ---- RPC methods ------------------------------------------------------------------------- */
@@ -345,23 +427,23 @@ static const struct tenant_gauge {
 	{{"iommud_tenant_pinned_bytes_limit", "gauge", "The label's max-pinned quota, in bytes."},
 	 true,
 	 "max_pinned_bytes"},
+	{{"iommud_tenant_leases_limit", "gauge", "The label's max-leases quota."},
+	 true,
+	 "max_leases"},
+	{{"iommud_tenant_page_table_bytes", "gauge",
+	  "Daemon memory the label's tenants' IOMMU page tables take (the emulated IOMMU's)."},
+	 true,
+	 "page_table_bytes"},
+	{{"iommud_tenant_page_table_bytes_limit", "gauge",
+	  "The label's max-page-tables quota, in "
+	  "bytes."},
+	 true,
+	 "max_page_table_bytes"},
+	{{"iommud_tenant_maps", "gauge", "The daemon's memory maps of the label's tenants' files."},
+	 true,
+	 "maps"},
+	{{"iommud_tenant_maps_limit", "gauge", "The label's max-maps quota."}, true, "max_maps"},
 };
-
-/* An unsigned field of m by its schema name; the table above names only such fields, which
- * test_metrics renders, so a name the schema lost aborts there rather than reading 0. */
-static uint64_t unsigned_field(const ProtobufCMessage *m, const char *name)
-{
-	const ProtobufCFieldDescriptor *f =
-		protobuf_c_message_descriptor_get_field_by_name(m->descriptor, name);
-	const char *at;
-
-	if (!f || (f->type != PROTOBUF_C_TYPE_UINT32 && f->type != PROTOBUF_C_TYPE_UINT64))
-		abort();
-	at = (const char *)m + f->offset;
-	if (f->type == PROTOBUF_C_TYPE_UINT32)
-		return *(const uint32_t *)(const void *)at;
-	return *(const uint64_t *)(const void *)at;
-}
 
 static void render_tenants(struct writer *w, const Iommud__V1__GetStatsReply *s)
 {
@@ -491,6 +573,7 @@ int metrics_render(const Iommud__V1__GetStatsReply *stats, FILE *out)
 	sample(&w, &up, NULL, 0, stats != NULL);
 	if (stats) {
 		render_daemon(&w, stats);
+		render_ceilings(&w, stats);
 		render_methods(&w, stats);
 		render_map_path(&w, stats);
 		render_tenants(&w, stats);

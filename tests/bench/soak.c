@@ -11,14 +11,18 @@
  *                lowered below what they ask for, so that it runs out of descriptors;
  *   map          a writer's connections each pipelining MapBatch requests of --map-mib MiB at
  *                4 KiB pages whose last entry fails, so every request maps and unmaps it all;
- *   all          the three at once.
+ *   all          the three at once;
+ *   unmap        a writer's connection pipelining Map of --map-mib MiB at 4 KiB pages and
+ *                UnmapAll in turn, so every other request removes a costly mapping.
  * What is measured is the daemon's sharing, not the kernel's: the connection flooders, which
  * spin, run at nice 19, so that on a machine of few CPUs they take less of the victim's CPU
  * time; the other attackers wait on their sockets and run at the victim's priority.
  * The daemon's CPU use during each attack is printed too: a daemon that spins shows 100%.
  * A benchmark prints; it never judges. A costly request is handled in slices of about one turn,
  * so the hostile requests' time in the daemon printed last is from receipt to reply, the
- * victim's turns included, not what a victim waits for.
+ * victim's turns included, not what a victim waits for; the emulated backend's own map and
+ * unmap time per GiB, printed after them, is what the hostile tenant's mappings cost, however
+ * many slices they took.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -194,20 +198,50 @@ static void victim_measure(struct victim *v, uint64_t result[2])
 
 /* ---- the attacks ---------------------------------------------------------------------- */
 
-/* Keeps depth requests in flight on each open connection, dropping those the daemon closes. */
-static void keep_pipelines_full(struct pollfd *pfds, size_t n, const Iommud__V1__Request *req,
-				const int *fds, size_t n_fds, unsigned depth)
+/* A request an attacker sends, with its descriptors. */
+struct pipelined {
+	uint8_t *packet;
+	size_t len;
+	const int *fds;
+	size_t n_fds;
+};
+
+static void pipelined_pack(struct pipelined *p, const Iommud__V1__Request *req, const int *fds,
+			   size_t n_fds)
 {
-	size_t len = iommud__v1__request__get_packed_size(req);
-	uint8_t *out = malloc(len), *in = malloc(IOMMUD_MAX_MESSAGE);
+	p->len = iommud__v1__request__get_packed_size(req);
+	p->packet = malloc(p->len);
+	if (!p->packet)
+		die("attack", "out of memory");
+	iommud__v1__request__pack(req, p->packet);
+	p->fds = fds;
+	p->n_fds = n_fds;
+}
+
+/* Sends connection i's next request of the cycle; false when the daemon closed it. */
+static bool send_next(struct pollfd *pfd, const struct pipelined *cycle, size_t n_cycle,
+		      size_t *next)
+{
+	const struct pipelined *p = &cycle[*next % n_cycle];
+
+	(*next)++;
+	return wire_send(pfd->fd, p->packet, p->len, p->fds, p->n_fds, WIRE_BLOCK) >= 0;
+}
+
+/* Keeps depth requests in flight on each open connection, each sending the requests of cycle
+ * in turn, dropping those the daemon closes. */
+static void keep_pipelines_full(struct pollfd *pfds, size_t n, const struct pipelined *cycle,
+				size_t n_cycle, unsigned depth)
+{
+	uint8_t *in = malloc(IOMMUD_MAX_MESSAGE);
+	size_t *next = calloc(n, sizeof(*next));
 	struct wire_packet packet;
 
-	if (!out || !in)
+	if (!in || !next)
 		die("attack", "out of memory");
-	iommud__v1__request__pack(req, out);
 	for (size_t i = 0; i < n; i++)
 		for (unsigned d = 0; pfds[i].fd >= 0 && d < depth; d++)
-			if (wire_send(pfds[i].fd, out, len, fds, n_fds, WIRE_BLOCK) < 0)
+			if (!send_next(&pfds[i], cycle, n_cycle, &next[i]))
 				pfds[i].fd = -1;
 	for (;;) {
 		if (poll(pfds, n, -1) < 0)
@@ -217,7 +251,7 @@ static void keep_pipelines_full(struct pollfd *pfds, size_t n, const Iommud__V1_
 				continue;
 			if (wire_recv(pfds[i].fd, in, IOMMUD_MAX_MESSAGE, WIRE_NONBLOCK, &packet) <
 				    0 ||
-			    wire_send(pfds[i].fd, out, len, fds, n_fds, WIRE_BLOCK) < 0) {
+			    !send_next(&pfds[i], cycle, n_cycle, &next[i])) {
 				(void)close(pfds[i].fd);
 				pfds[i].fd = -1;
 				continue;
@@ -232,13 +266,15 @@ static void attack_reads(void)
 	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 	static struct pollfd pfds[READER_CONNS];
+	struct pipelined read;
 
 	become(READER_UID);
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
 	req.get_stats = &stats;
+	pipelined_pack(&read, &req, NULL, 0);
 	for (size_t i = 0; i < READER_CONNS; i++)
 		pfds[i] = (struct pollfd){.fd = raw_socket(), .events = POLLIN};
-	keep_pipelines_full(pfds, READER_CONNS, &req, NULL, 0, READER_DEPTH);
+	keep_pipelines_full(pfds, READER_CONNS, &read, 1, READER_DEPTH);
 }
 
 static void attack_connections(unsigned index)
@@ -258,8 +294,32 @@ static void attack_connections(unsigned index)
 	}
 }
 
-/* MapBatch of the whole memfd at an IOVA off every large page boundary (so 4 KiB leaves),
- * then the same range again, which fails: all of it is unmapped again. */
+/* The mapper's domain and memfd of --map-mib MiB, and an entry mapping all of it at an IOVA
+ * off every large page boundary (so 4 KiB leaves). */
+static void mapper_setup(Iommud__V1__MapEntry *entry, int *ret_mem)
+{
+	uint64_t bytes = (uint64_t)opt.map_mib << 20;
+	struct iommuctl *c;
+	uint32_t domain;
+	int mem;
+
+	become(MAPPER_UID);
+	/* Kept open, so that the tenant's anonymous session (its domain) stays. */
+	c = connect_or_die();
+	if (iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &domain) < 0)
+		die("AllocDomain", iommuctl_last_error(c));
+	if ((mem = iommuctl_memfd("soak", bytes)) < 0)
+		die("memfd", strerror(-mem));
+	entry->domain_id = domain;
+	entry->length = bytes;
+	entry->prot = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
+	entry->fixed_iova = true;
+	entry->iova = (1ull << 32) + 4096;
+	*ret_mem = mem;
+}
+
+/* MapBatch of the whole memfd, then the same range again, which fails: all of it is unmapped
+ * again. */
 static void attack_map(void)
 {
 	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
@@ -267,45 +327,61 @@ static void attack_map(void)
 	Iommud__V1__MapEntry entry = IOMMUD__V1__MAP_ENTRY__INIT;
 	Iommud__V1__MapEntry *entries[2] = {&entry, &entry};
 	static struct pollfd pfds[MAPPER_CONNS];
-	uint64_t bytes = (uint64_t)opt.map_mib << 20;
-	struct iommuctl *c;
-	uint32_t domain;
+	struct pipelined map;
 	int mem;
 
-	become(MAPPER_UID);
-	c = connect_or_die();
-	if (iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &domain) < 0)
-		die("AllocDomain", iommuctl_last_error(c));
-	if ((mem = iommuctl_memfd("soak", bytes)) < 0)
-		die("memfd", strerror(-mem));
-	entry.domain_id = domain;
-	entry.length = bytes;
-	entry.prot = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
-	entry.fixed_iova = true;
-	entry.iova = (1ull << 32) + 4096;
+	mapper_setup(&entry, &mem);
 	batch.entries = entries;
 	batch.n_entries = 2;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
 	req.map_batch = &batch;
+	pipelined_pack(&map, &req, &mem, 1);
 	/* Connections of one tenant share its anonymous session, so its domain. */
 	for (size_t i = 0; i < MAPPER_CONNS; i++)
 		pfds[i] = (struct pollfd){.fd = raw_socket(), .events = POLLIN};
-	keep_pipelines_full(pfds, MAPPER_CONNS, &req, &mem, 1, MAPPER_DEPTH);
-	iommuctl_close(c);
+	keep_pipelines_full(pfds, MAPPER_CONNS, &map, 1, MAPPER_DEPTH);
 }
 
-enum attack { ATTACK_READS, ATTACK_CONNECTIONS, ATTACK_MAP, ATTACK_ALL };
+/* Map of the whole memfd, then UnmapAll, again and again on one connection (the tenant's
+ * requests run in order, so each UnmapAll removes the Map before it). */
+static void attack_unmap(void)
+{
+	Iommud__V1__UnmapAllRequest unmap_all = IOMMUD__V1__UNMAP_ALL_REQUEST__INIT;
+	Iommud__V1__MapRequest map = IOMMUD__V1__MAP_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__MapEntry entry = IOMMUD__V1__MAP_ENTRY__INIT;
+	struct pollfd pfd = {.events = POLLIN};
+	struct pipelined cycle[2];
+	int mem;
 
-static const char *const attack_names[] = {"reads", "connections", "map", "all"};
+	mapper_setup(&entry, &mem);
+	map.entry = &entry;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP;
+	req.map = &map;
+	pipelined_pack(&cycle[0], &req, &mem, 1);
+	unmap_all.domain_id = entry.domain_id;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL;
+	req.unmap_all = &unmap_all;
+	pipelined_pack(&cycle[1], &req, NULL, 0);
+	pfd.fd = raw_socket();
+	keep_pipelines_full(&pfd, 1, cycle, 2, MAPPER_DEPTH);
+}
+
+enum attack { ATTACK_READS, ATTACK_CONNECTIONS, ATTACK_MAP, ATTACK_ALL, ATTACK_UNMAP };
+
+/* "all" is the first three at once; "unmap", after it, was added later and stays apart so
+ * that the figures of the others compare with those measured before it. */
+static const char *const attack_names[] = {"reads", "connections", "map", "all", "unmap"};
 
 static size_t start_attack(enum attack which, pid_t *pids)
 {
 	size_t n = 0;
 
-	for (unsigned kind = ATTACK_READS; kind <= ATTACK_MAP; kind++) {
+	for (unsigned kind = ATTACK_READS; kind <= ATTACK_UNMAP; kind++) {
 		unsigned copies = kind == ATTACK_CONNECTIONS ? FLOODERS : 1;
 
-		if (which != kind && which != ATTACK_ALL)
+		if (kind == ATTACK_ALL ||
+		    (which != kind && (which != ATTACK_ALL || kind > ATTACK_MAP)))
 			continue;
 		for (unsigned i = 0; i < copies; i++) {
 			pid_t pid = fork();
@@ -317,8 +393,10 @@ static size_t start_attack(enum attack which, pid_t *pids)
 					attack_reads();
 				else if (kind == ATTACK_CONNECTIONS)
 					attack_connections(i);
-				else
+				else if (kind == ATTACK_MAP)
 					attack_map();
+				else
+					attack_unmap();
 				_exit(0);
 			}
 			pids[n++] = pid;
@@ -354,6 +432,29 @@ static uint64_t daemon_cpu_ticks(void)
 	return user + sys;
 }
 
+/* The emulated backend's own map and unmap time in the daemon, per GiB: what the hostile
+ * tenant's mappings cost it, whatever the slices they were made or taken back in. */
+static void print_in_process(const Iommud__V1__GetStatsReply *s)
+{
+	uint64_t ns[2] = {0}, bytes[2] = {0};
+
+	for (size_t i = 0; i < s->n_map_latency; i++) {
+		const Iommud__V1__MapLatency *l = s->map_latency[i];
+		unsigned unmap = l->op == IOMMUD__V1__MAP_OP__MAP_OP_UNMAP;
+
+		if (l->layer != IOMMUD__V1__MAP_LAYER__MAP_LAYER_IN_PROCESS || !l->latency)
+			continue;
+		ns[unmap] += l->latency->sum_ns;
+		bytes[unmap] += l->bytes;
+	}
+	for (unsigned unmap = 0; unmap < 2; unmap++)
+		if (bytes[unmap])
+			(void)printf("in-process %s: %.2f ms per GiB over %.1f GiB\n",
+				     unmap ? "unmap" : "map",
+				     (double)ns[unmap] / 1e6 / ((double)bytes[unmap] / (1 << 30)),
+				     (double)bytes[unmap] / (1 << 30));
+}
+
 static void print_daemon_counters(void)
 {
 	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
@@ -378,15 +479,19 @@ static void print_daemon_counters(void)
 		const Iommud__V1__MethodStats *m = s->methods[i];
 
 		if (m->latency && m->latency->count &&
-		    (strcmp(m->method, "map_batch") == 0 || strcmp(m->method, "get_stats") == 0))
+		    (strcmp(m->method, "map_batch") == 0 || strcmp(m->method, "get_stats") == 0 ||
+		     strcmp(m->method, "map") == 0 || strcmp(m->method, "unmap_all") == 0))
 			(void)printf(
 				"hostile %s in the daemon: %.0f us on average over %llu calls%s\n",
 				m->method, (double)m->latency->sum_ns / m->latency->count / 1e3,
 				(unsigned long long)m->latency->count,
-				strcmp(m->method, "map_batch") == 0 ? " (each maps and unmaps "
-								      "--map-mib)"
-								    : "");
+				strcmp(m->method, "map_batch") == 0   ? " (each maps and unmaps "
+									"--map-mib)"
+				: strcmp(m->method, "unmap_all") == 0 ? " (each unmaps --map-mib)"
+				: strcmp(m->method, "map") == 0	      ? " (each maps --map-mib)"
+								      : "");
 	}
+	print_in_process(s);
 	iommuctl_response_free(resp);
 	iommuctl_close(c);
 }
@@ -413,10 +518,10 @@ static void parse_options(int argc, char **argv)
 		else if (o == 'q')
 			opt = (typeof(opt)){.seconds = 0.3, .map_mib = 4};
 		else {
-			(void)printf(
-				"Usage: iommud-soak [--seconds S (3)] [--map-mib N (64)] "
-				"[--attack reads|connections|map|all] [--quick]\nRun as root: it "
-				"starts its own daemon and setuid children.\n");
+			(void)printf("Usage: iommud-soak [--seconds S (3)] [--map-mib N (64)] "
+				     "[--attack reads|connections|map|all|unmap] [--quick]\nRun as "
+				     "root: it "
+				     "starts its own daemon and setuid children.\n");
 			exit(o == 'h' ? 0 : 2);
 		}
 	}
@@ -428,7 +533,7 @@ int main(int argc, char **argv)
 {
 	char config[512];
 	struct rlimit files = {DAEMON_FILES, DAEMON_FILES};
-	pid_t pids[FLOODERS + 2];
+	pid_t pids[FLOODERS + 3];
 	uint64_t idle[2], under[2], ticks;
 	struct victim victim;
 
@@ -443,7 +548,7 @@ int main(int argc, char **argv)
 		die("prlimit", strerror(errno));
 	(void)printf("%-12s %12s %12s %12s %12s %10s %10s\n", "attack", "idle p50 us",
 		     "idle p99 us", "under p50 us", "under p99 us", "p99 ratio", "daemon cpu");
-	for (enum attack a = ATTACK_READS; a <= ATTACK_ALL; a++) {
+	for (enum attack a = ATTACK_READS; a <= ATTACK_UNMAP; a++) {
 		struct timespec warm = {0, 300 * 1000 * 1000};
 		size_t n;
 

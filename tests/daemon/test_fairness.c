@@ -4,15 +4,17 @@
  * not go before another tenant's request, connections are capped per uid and per tenant with
  * slots kept for configured writers (root always gets in), silent connections are closed,
  * readers are rate limited by waiting, and at the open-file limit the daemon neither spins nor
- * floods its log; a costly request is handled in slices, so that another tenant's request is
- * answered while it is in progress, and stays all or nothing. Other uids are setuid children; other
- * tenants of one uid are cgroups the test creates in the cgroup v2 hierarchy and removes.
+ * floods its log; a costly request (a map, an unmap, or taking back one whose client closed) is
+ * handled in slices, so that another tenant's request is answered while it is in progress, and
+ * stays all or nothing. Other uids are setuid children; other tenants of one uid are cgroups the
+ * test creates in the cgroup v2 hierarchy and removes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -356,29 +358,130 @@ TEST(tenant_turns)
 
 #define COSTLY_BYTES   (1ull << 30) /* of a sparse memfd, at 4 KiB leaves: 262144 of them */
 #define COSTLY_IOVA    ((4ull << 30) + 4096) /* off every large page boundary */
-#define COSTLY_ENTRIES 8
+#define COSTLY_ENTRIES 16		     /* all within a tenant's default max-pinned, 16 GiB */
 #define MAPPER                                                                                     \
 	"[uid 61001]\n"                                                                            \
 	"access = write\n"                                                                         \
 	"devices = emu0\n"
+/* An IOMMU of 4 KiB leaves alone: a mapping at a 1 GiB IOVA of memory at a 1 GiB address is
+ * still made of 4 KiB leaves, so of parts of 64 of them. */
+#define SMALL_LEAVES                                                                               \
+	"[iommu]\n"                                                                                \
+	"devices = emu0\n"                                                                         \
+	"[device emu0]\n"                                                                          \
+	"page-sizes = 4K\n"
 
-/* The hostile tenant: a domain on one connection, kept open so its session stays, and a
- * MapBatch of the whole memfd on another: twice at the same IOVA when failing (so the second
- * fails and the first must be taken back), else at COSTLY_ENTRIES IOVAs. Sends the batch on 'g';
- * failing, says when its reply came ('r', then the reply's code, failed index and message), else
- * closes the batch's connection on 'c', says so ('x') and then what its other connection's GetStats
- * says it has mapped. Exits when the pipe closes. */
-static void costly_run(const struct daemon_fixture *f, bool failing, int ready, int go)
+enum costly_kind {
+	COSTLY_FAILING, /* a batch of one range twice: the second fails, the first is taken back */
+	COSTLY_CLOSED,	/* a batch at COSTLY_ENTRIES IOVAs whose connection closes mid-way */
+	COSTLY_UNMAP,	/* those mapped first, then one request removes them all */
+};
+
+struct costly {
+	enum costly_kind kind;
+	uint64_t iova;	/* of the first entry */
+	bool unmap_all; /* COSTLY_UNMAP: UnmapAll, else Unmap of the entries' range */
+	pid_t pid;
+	int ready[2], go[2];
+};
+
+static void costly_batch(struct costly *h, uint32_t domain, Iommud__V1__MapEntry *spread,
+			 Iommud__V1__MapEntry **entries, Iommud__V1__MapBatchRequest *batch,
+			 Iommud__V1__Request *req)
+{
+	Iommud__V1__MapEntry entry = IOMMUD__V1__MAP_ENTRY__INIT;
+
+	entry.domain_id = domain;
+	entry.length = COSTLY_BYTES;
+	entry.prot = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
+	entry.fixed_iova = true;
+	entry.iova = h->iova;
+	/* Failing: the same range twice. Else at as many IOVAs as make it long enough to be
+	 * caught in progress. */
+	for (size_t i = 0; i < COSTLY_ENTRIES; i++) {
+		spread[i] = entry;
+		spread[i].iova += h->kind == COSTLY_FAILING ? 0 : i * COSTLY_BYTES;
+		entries[i] = &spread[i];
+	}
+	batch->entries = entries;
+	batch->n_entries = h->kind == COSTLY_FAILING ? 2 : COSTLY_ENTRIES;
+	req->id = 7;
+	req->method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	req->map_batch = batch;
+}
+
+/* The request removing every entry costly_batch mapped. */
+static void costly_unmap(const struct costly *h, uint32_t domain, Iommud__V1__UnmapRequest *unmap,
+			 Iommud__V1__UnmapAllRequest *unmap_all, Iommud__V1__Request *req)
+{
+	req->id = 8;
+	if (h->unmap_all) {
+		unmap_all->domain_id = domain;
+		req->method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL;
+		req->unmap_all = unmap_all;
+		return;
+	}
+	unmap->domain_id = domain;
+	unmap->iova = h->iova;
+	unmap->length = COSTLY_ENTRIES * COSTLY_BYTES;
+	req->method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP;
+	req->unmap = unmap;
+}
+
+/* The reply to the costly request, said on the pipe: 'r', then its code, failed index, and
+ * message, or for a removal the bytes and mappings removed. */
+static void costly_report(const struct costly *h, int fd, int ready)
+{
+	Iommud__V1__Response *resp = raw_recv(fd, NULL);
+	char report[1100];
+	int n;
+
+	if (h->kind == COSTLY_UNMAP && resp->status->code == IOMMUD__V1__CODE__CODE_OK)
+		n = snprintf(report, sizeof(report), "r%d %llu %u", (int)resp->status->code,
+			     h->unmap_all ? (unsigned long long)resp->unmap_all->unmapped_bytes
+					  : (unsigned long long)resp->unmap->unmapped_bytes,
+			     h->unmap_all ? resp->unmap_all->unmapped_count
+					  : resp->unmap->unmapped_count);
+	else
+		n = snprintf(report, sizeof(report), "r%d %d %s", (int)resp->status->code,
+			     resp->status->failed_index, resp->status->message);
+	CHECK(write(ready, report, (size_t)n + 1) == n + 1);
+	iommud__v1__response__free_unpacked(resp, NULL);
+}
+
+/* The batch's connection closes on 'c' while the daemon is stopped; says so ('x'), and then what
+ * the tenant's other connection's GetStats says it has mapped. */
+static void costly_close(struct iommuctl *c, int fd, int ready, int go)
+{
+	Iommud__V1__Quota quota = IOMMUD__V1__QUOTA__INIT;
+	char byte, report[32];
+	int n;
+
+	CHECK(read(go, &byte, 1) == 1 && byte == 'c');
+	/* The daemon is stopped: a reply not here yet is one it has not sent. */
+	CHECK(poll(&(struct pollfd){.fd = fd, .events = POLLIN}, 1, 0) == 0);
+	(void)close(fd);
+	CHECK(write(ready, "x", 1) == 1);
+	/* The tenant's next request runs only once the batch is done or gone. */
+	fixture_stats(c, &quota, NULL);
+	n = snprintf(report, sizeof(report), "%llu", (unsigned long long)quota.pinned_bytes);
+	CHECK(write(ready, report, (size_t)n + 1) == n + 1);
+}
+
+/* The hostile tenant: a domain on one connection, kept open so its session stays, and the
+ * costly request on another, sent on 'g' (a removal's entries are mapped before). Exits when
+ * the pipe closes. */
+static void costly_run(const struct daemon_fixture *f, struct costly *h, int ready, int go)
 {
 	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	Iommud__V1__MapEntry entry = IOMMUD__V1__MAP_ENTRY__INIT;
+	Iommud__V1__UnmapRequest unmap = IOMMUD__V1__UNMAP_REQUEST__INIT;
+	Iommud__V1__UnmapAllRequest unmap_all = IOMMUD__V1__UNMAP_ALL_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT, removal = IOMMUD__V1__REQUEST__INIT;
 	Iommud__V1__MapEntry spread[COSTLY_ENTRIES], *entries[COSTLY_ENTRIES];
-	Iommud__V1__Quota quota = IOMMUD__V1__QUOTA__INIT;
 	Iommud__V1__Response *resp;
 	struct iommuctl *c;
-	char byte, report[1100];
-	int mem, fd, n;
+	char byte;
+	int mem, fd;
 	uint32_t domain;
 
 	become(WRITER_UID);
@@ -386,60 +489,34 @@ static void costly_run(const struct daemon_fixture *f, bool failing, int ready, 
 	CHECK(iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &domain) == 0);
 	CHECK((mem = iommuctl_memfd("costly", COSTLY_BYTES)) >= 0);
 	fd = raw_connect(f);
-	entry.domain_id = domain;
-	entry.length = COSTLY_BYTES;
-	entry.prot = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
-	entry.fixed_iova = true;
-	entry.iova = COSTLY_IOVA;
-	/* Failing: the same range twice. Else at as many IOVAs as make it long enough to be
-	 * caught in progress. */
-	for (size_t i = 0; i < COSTLY_ENTRIES; i++) {
-		spread[i] = entry;
-		spread[i].iova += failing ? 0 : i * COSTLY_BYTES;
-		entries[i] = &spread[i];
+	costly_batch(h, domain, spread, entries, &batch, &req);
+	if (h->kind == COSTLY_UNMAP) {
+		raw_send_request(fd, &req, &mem, 1);
+		resp = raw_recv(fd, NULL);
+		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+		iommud__v1__response__free_unpacked(resp, NULL);
+		costly_unmap(h, domain, &unmap, &unmap_all, &removal);
 	}
-	batch.entries = entries;
-	batch.n_entries = failing ? 2 : COSTLY_ENTRIES;
-	req.id = 7;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
-	req.map_batch = &batch;
 	CHECK(write(ready, "c", 1) == 1);
 	CHECK(read(go, &byte, 1) == 1 && byte == 'g');
-	raw_send_request(fd, &req, &mem, 1);
+	if (h->kind == COSTLY_UNMAP)
+		raw_send_request(fd, &removal, NULL, 0);
+	else
+		raw_send_request(fd, &req, &mem, 1);
 	CHECK(write(ready, "s", 1) == 1);
-	if (!failing) {
-		CHECK(read(go, &byte, 1) == 1 && byte == 'c');
-		/* The daemon is stopped: a reply not here yet is one it has not sent. */
-		CHECK(poll(&(struct pollfd){.fd = fd, .events = POLLIN}, 1, 0) == 0);
-		(void)close(fd);
-		CHECK(write(ready, "x", 1) == 1);
-		/* The tenant's next request runs only once the batch is done or gone. */
-		fixture_stats(c, &quota, NULL);
-		n = snprintf(report, sizeof(report), "%llu",
-			     (unsigned long long)quota.pinned_bytes);
-		CHECK(write(ready, report, (size_t)n + 1) == n + 1);
-	} else {
-		resp = raw_recv(fd, NULL);
-		n = snprintf(report, sizeof(report), "r%d %d %s", (int)resp->status->code,
-			     resp->status->failed_index, resp->status->message);
-		CHECK(write(ready, report, (size_t)n + 1) == n + 1);
-		iommud__v1__response__free_unpacked(resp, NULL);
-	}
+	if (h->kind == COSTLY_CLOSED)
+		costly_close(c, fd, ready, go);
+	else
+		costly_report(h, fd, ready);
 	while (read(go, &byte, 1) > 0)
 		;
 	iommuctl_close(c);
 	_exit(0);
 }
 
-struct costly {
-	pid_t pid;
-	int ready[2], go[2];
-};
-
-/* Starts the hostile tenant and has it queue its batch while the daemon is stopped; root's
+/* Starts the hostile tenant and has it queue its request while the daemon is stopped; root's
  * GetStats is queued after it, so that both wait when the daemon runs again. */
-static void costly_start(struct costly *h, const struct daemon_fixture *f, bool failing,
-			 int root_fd)
+static void costly_start(struct costly *h, const struct daemon_fixture *f, int root_fd)
 {
 	int status;
 	char byte;
@@ -449,7 +526,7 @@ static void costly_start(struct costly *h, const struct daemon_fixture *f, bool 
 	CHECK(h->pid >= 0);
 	if (h->pid == 0) {
 		(void)close(h->go[1]);
-		costly_run(f, failing, h->ready[1], h->go[0]);
+		costly_run(f, h, h->ready[1], h->go[0]);
 	}
 	CHECK(read(h->ready[0], &byte, 1) == 1 && byte == 'c');
 	CHECK_EQ(kill(f->pid, SIGSTOP), 0);
@@ -482,21 +559,47 @@ static uint64_t pinned_now(int root_fd)
 	return pinned;
 }
 
-/* Root asks for GetStats again and again until one shows the hostile batch's memory mapped
- * (root was answered while the batch was in progress) or the batch's reply came first:
- * whether root was. Served one request at a time, root's request comes before or after the
- * whole batch, which maps nothing in the end, so never sees it in progress. */
-static bool answered_mid_batch(int root_fd, const struct costly *h)
+/* Root asks for GetStats again and again until one shows what seen() looks for, or the hostile
+ * tenant says something first (its reply came, or its last report): whether root saw it. Root
+ * asks at real-time priority, so that it asks again as soon as it is answered, whatever else
+ * the machine runs: a costly request, however large the steps its slices allow, then does at
+ * most a few slices' work between two of root's requests, and is seen in progress. */
+static bool root_sees(int root_fd, const struct costly *h, bool (*seen)(uint64_t pinned))
 {
 	struct pollfd reply = {.fd = h->ready[0], .events = POLLIN};
+	struct sched_param realtime = {.sched_priority = 1}, normal = {.sched_priority = 0};
+	bool found;
 
+	CHECK_OK(sched_setscheduler(0, SCHED_FIFO, &realtime));
 	for (;;) {
-		if (pinned_now(root_fd) > 0)
-			return true;
-		if (poll(&reply, 1, 0) == 1)
-			return false;
+		found = seen(pinned_now(root_fd));
+		if (found || poll(&reply, 1, 0) == 1)
+			break;
 		send_get_stats(root_fd);
 	}
+	CHECK_OK(sched_setscheduler(0, SCHED_OTHER, &normal));
+	return found;
+}
+
+/* The hostile batch's memory is mapped, or being mapped: root was answered while the batch was
+ * in progress. Served one request at a time, root's request comes before or after the whole
+ * batch, which maps nothing in the end, so never sees it in progress. */
+static bool batch_in_progress(uint64_t pinned)
+{
+	return pinned > 0;
+}
+
+/* Entries past the third are being mapped: two whole ones, at least, would be taken back. */
+static bool batch_well_on(uint64_t pinned)
+{
+	return pinned > 2 * COSTLY_BYTES;
+}
+
+/* A mapping is charged whole when its map starts and given back part by part as it is taken
+ * away: a figure between whole mappings was read while one was being taken back. */
+static bool taking_back(uint64_t pinned)
+{
+	return pinned % COSTLY_BYTES != 0;
 }
 
 /* A batch of a 1 GiB entry at 4 KiB leaves whose last entry fails: root's request, queued
@@ -505,14 +608,14 @@ static bool answered_mid_batch(int root_fd, const struct costly *h)
 TEST(costly_request_in_slices)
 {
 	struct daemon_fixture f;
-	struct costly h;
+	struct costly h = {.kind = COSTLY_FAILING, .iova = COSTLY_IOVA};
 	char report[1100], expected[256];
 	int root_fd, code, index, n;
 
 	fixture_start(&f, ROOT_WRITES MAPPER, "emu0");
 	root_fd = raw_connect(&f);
-	costly_start(&h, &f, true, root_fd);
-	CHECK(answered_mid_batch(root_fd, &h));
+	costly_start(&h, &f, root_fd);
+	CHECK(root_sees(root_fd, &h, batch_in_progress));
 	n = (int)read(h.ready[0], report, sizeof(report) - 1);
 	CHECK(n > 1 && report[0] == 'r');
 	report[n] = '\0';
@@ -535,26 +638,29 @@ TEST(costly_request_in_slices)
 	fixture_stop(&f);
 }
 
-/* A connection closed while its batch is in progress: what the batch mapped goes, while the
- * tenant's session (its other connection) stays, and the daemon keeps no descriptor of it. */
+/* A connection closed while its batch is in progress: what the batch mapped is taken back over
+ * several turns, root being answered meanwhile, while the tenant's session (its other
+ * connection) stays, and the daemon keeps no descriptor of it. */
 TEST(costly_request_closed)
 {
 	struct daemon_fixture f;
-	struct costly h;
+	struct costly h = {.kind = COSTLY_CLOSED, .iova = COSTLY_IOVA};
 	int root_fd, files, status, n;
 	char byte, report[32];
 
 	fixture_start(&f, ROOT_WRITES MAPPER, "emu0");
 	root_fd = raw_connect(&f);
 	files = fixture_fd_count(&f);
-	costly_start(&h, &f, false, root_fd);
-	CHECK(answered_mid_batch(root_fd, &h));
+	costly_start(&h, &f, root_fd);
+	CHECK(root_sees(root_fd, &h, batch_well_on));
 	/* Stopped, the daemon cannot finish the batch before the connection is gone. */
 	CHECK_EQ(kill(f.pid, SIGSTOP), 0);
 	CHECK(waitpid(f.pid, &status, WUNTRACED) == f.pid && WIFSTOPPED(status));
 	CHECK(write(h.go[1], "c", 1) == 1);
 	CHECK(read(h.ready[0], &byte, 1) == 1 && byte == 'x');
+	send_get_stats(root_fd);
 	CHECK_EQ(kill(f.pid, SIGCONT), 0);
+	CHECK(root_sees(root_fd, &h, taking_back));
 	n = (int)read(h.ready[0], report, sizeof(report) - 1);
 	CHECK(n > 0);
 	report[n > 0 ? n : 0] = '\0';
@@ -566,6 +672,53 @@ TEST(costly_request_closed)
 	costly_stop(&h);
 	(void)close(root_fd);
 	fixture_stop(&f);
+}
+
+/* The hostile tenant removes its COSTLY_ENTRIES mappings in one request: root, queued behind
+ * it, sees them being taken away, and the reply says all of them went. */
+static void costly_removal(struct costly *h, const char *topology)
+{
+	struct daemon_fixture f;
+	unsigned long long bytes;
+	unsigned count;
+	char report[1100];
+	int root_fd, code, n;
+
+	fixture_start_topology(&f, ROOT_WRITES MAPPER, topology);
+	root_fd = raw_connect(&f);
+	costly_start(h, &f, root_fd);
+	CHECK(root_sees(root_fd, h, taking_back));
+	n = (int)read(h->ready[0], report, sizeof(report) - 1);
+	CHECK(n > 1 && report[0] == 'r');
+	report[n] = '\0';
+	(void)fprintf(stderr, "removal reply (code, bytes, mappings): %s\n", report + 1);
+	CHECK(sscanf(report + 1, "%d %llu %u", &code, &bytes, &count) == 3);
+	CHECK_EQ(code, IOMMUD__V1__CODE__CODE_OK);
+	CHECK_EQ(bytes, COSTLY_ENTRIES * COSTLY_BYTES);
+	CHECK_EQ(count, COSTLY_ENTRIES);
+	send_get_stats(root_fd);
+	CHECK_EQ(pinned_now(root_fd), 0);
+	CHECK_EQ(fixture_memfd_mappings(&f), 0);
+	costly_stop(h);
+	(void)close(root_fd);
+	fixture_stop(&f);
+}
+
+/* UnmapAll of 16 GiB at 4 KiB leaves runs over several turns. */
+TEST(costly_unmap_all_in_slices)
+{
+	struct costly h = {.kind = COSTLY_UNMAP, .iova = COSTLY_IOVA, .unmap_all = true};
+
+	costly_removal(&h, "[iommu]\ndevices = emu0\n");
+}
+
+/* Unmap too, of mappings whose IOVA and memory are 1 GiB aligned on an IOMMU of 4 KiB leaves:
+ * their parts are 64 of the leaves the IOMMU has, not of those the alignment would allow. */
+TEST(costly_unmap_small_leaves)
+{
+	struct costly h = {.kind = COSTLY_UNMAP, .iova = 4ull << 30};
+
+	costly_removal(&h, SMALL_LEAVES);
 }
 
 /* ---- item: connection caps, the writers' reserve, root ---------------------------------- */

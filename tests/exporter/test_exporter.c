@@ -768,6 +768,11 @@ static void expect_tenants(const struct prometheus *p, const Iommud__V1__GetStat
 			{"mappings_limit", q ? q->max_mappings : 0},
 			{"pinned_bytes", q ? q->pinned_bytes : 0},
 			{"pinned_bytes_limit", q ? q->max_pinned_bytes : 0},
+			{"leases_limit", q ? q->max_leases : 0},
+			{"page_table_bytes", q ? q->page_table_bytes : 0},
+			{"page_table_bytes_limit", q ? q->max_page_table_bytes : 0},
+			{"maps", q ? q->maps : 0},
+			{"maps_limit", q ? q->max_maps : 0},
 		};
 
 		for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
@@ -775,6 +780,29 @@ static void expect_tenants(const struct prometheus *p, const Iommud__V1__GetStat
 				       gauges[g].family, t->tenant);
 			expect(p, promql, (double)gauges[g].value);
 		}
+	}
+}
+
+/* The daemon-wide ceilings (a limit of 0 is none and has no series), the refused connections by
+ * reason and the readers' waits. */
+static void expect_ceilings(const struct prometheus *p, const Iommud__V1__GetStatsReply *s)
+{
+	const Iommud__V1__Ceilings *ceil = s->ceilings;
+	char promql[256];
+
+	CHECK(ceil != NULL && ceil->max_maps > 0 && ceil->max_leases > 0);
+	expect(p, "iommud_maps", (double)ceil->maps);
+	expect(p, "iommud_maps_limit", (double)ceil->max_maps);
+	expect(p, "iommud_leases_limit", (double)ceil->max_leases);
+	expect(p, "iommud_pinned_bytes", (double)ceil->pinned_bytes);
+	expect(p, "count(iommud_pinned_bytes_limit) or vector(0)", ceil->max_pinned_bytes ? 1 : 0);
+	expect(p, "iommud_failed_releases_total", (double)ceil->failed_releases);
+	expect(p, "iommud_rate_limited_total", (double)s->rate_limited);
+	for (size_t i = 0; i < s->n_refused_connections; i++) {
+		(void)snprintf(promql, sizeof(promql),
+			       "iommud_refused_connections_total{reason=\"%s\"}",
+			       s->refused_connections[i]->reason);
+		expect(p, promql, (double)s->refused_connections[i]->connections);
 	}
 }
 
@@ -886,6 +914,7 @@ TEST(prometheus_sees_what_getstats_says)
 	expect_methods(&p, s);
 	expect_map_path(&p, s);
 	expect_tenants(&p, s);
+	expect_ceilings(&p, s);
 	expect_devices_and_probes(&p, s);
 	iommuctl_response_free(resp);
 	prometheus_stop(&p);

@@ -30,6 +30,8 @@ struct sample_reply {
 	Iommud__V1__DeviceStats emu0, emu1, emu2, *devices[3];
 	Iommud__V1__DmaFaults dmar0, emu1_faults, *faults[2];
 	Iommud__V1__ProbeStatus probes;
+	Iommud__V1__Ceilings ceilings;
+	Iommud__V1__RefusedConnections per_uid, idle, *refused[2];
 	char *detached[2];
 	uint64_t rpc_buckets[4], map_buckets[41];
 };
@@ -118,7 +120,13 @@ static void fill_tenants_devices_probes(struct sample_reply *s)
 				       .max_pinned_bytes = 16ull << 30,
 				       .domains = 2,
 				       .mappings = 5,
-				       .pinned_bytes = 3 << 20};
+				       .pinned_bytes = 3 << 20,
+				       .max_leases = 16,
+				       .leases = 1,
+				       .max_page_table_bytes = 64 << 20,
+				       .page_table_bytes = 12288,
+				       .max_maps = 1024,
+				       .maps = 2};
 	iommud__v1__tenant_stats__init(&s->alice);
 	s->alice = (Iommud__V1__TenantStats){.base = s->alice.base,
 					     .tenant = "user alice",
@@ -166,6 +174,31 @@ static void fill_tenants_devices_probes(struct sample_reply *s)
 	s->reply.probes = &s->probes;
 }
 
+static void fill_ceilings_refusals(struct sample_reply *s)
+{
+	iommud__v1__ceilings__init(&s->ceilings);
+	s->ceilings = (Iommud__V1__Ceilings){.base = s->ceilings.base,
+					     .max_maps = 58982,
+					     .maps = 7,
+					     .max_leases = 4096,
+					     .leases = 1,
+					     .max_pinned_bytes = 1ull << 40,
+					     .pinned_bytes = 5 << 20,
+					     .failed_releases = 2};
+	s->reply.ceilings = &s->ceilings;
+	iommud__v1__refused_connections__init(&s->per_uid);
+	iommud__v1__refused_connections__init(&s->idle);
+	s->per_uid = (Iommud__V1__RefusedConnections){
+		.base = s->per_uid.base, .reason = "max-connections-per-uid", .connections = 11};
+	s->idle = (Iommud__V1__RefusedConnections){
+		.base = s->idle.base, .reason = "idle-timeout", .connections = 4};
+	s->refused[0] = &s->per_uid;
+	s->refused[1] = &s->idle;
+	s->reply.n_refused_connections = 2;
+	s->reply.refused_connections = s->refused;
+	s->reply.rate_limited = 13;
+}
+
 static void fill(struct sample_reply *s)
 {
 	memset(s, 0, sizeof(*s));
@@ -180,6 +213,7 @@ static void fill(struct sample_reply *s)
 	fill_methods(s);
 	fill_map_latency(s);
 	fill_tenants_devices_probes(s);
+	fill_ceilings_refusals(s);
 }
 
 /* The text metrics_render writes; the caller frees it. */
@@ -389,6 +423,45 @@ TEST(tenant_usage_and_limits)
 	CHECK_LINE(text, "iommud_tenant_mappings_limit{tenant=\"user alice\"} 65536");
 	CHECK_LINE(text, "iommud_tenant_pinned_bytes{tenant=\"user alice\"} 3145728");
 	CHECK_LINE(text, "iommud_tenant_pinned_bytes_limit{tenant=\"user alice\"} 17179869184");
+	CHECK_LINE(text, "iommud_tenant_leases_limit{tenant=\"user alice\"} 16");
+	CHECK_LINE(text, "iommud_tenant_page_table_bytes{tenant=\"user alice\"} 12288");
+	CHECK_LINE(text, "iommud_tenant_page_table_bytes_limit{tenant=\"user alice\"} 67108864");
+	CHECK_LINE(text, "iommud_tenant_maps{tenant=\"user alice\"} 2");
+	CHECK_LINE(text, "iommud_tenant_maps_limit{tenant=\"user alice\"} 1024");
+	free(text);
+}
+
+TEST(ceilings_refusals_and_rate_limits)
+{
+	struct sample_reply s;
+	char *text;
+
+	fill(&s);
+	text = render(&s.reply);
+	CHECK_LINE(text, "iommud_maps 7");
+	CHECK_LINE(text, "iommud_maps_limit 58982");
+	CHECK_LINE(text, "iommud_leases_limit 4096");
+	CHECK_LINE(text, "iommud_pinned_bytes 5242880");
+	CHECK_LINE(text, "iommud_pinned_bytes_limit 1099511627776");
+	CHECK_LINE(text, "# TYPE iommud_failed_releases_total counter");
+	CHECK_LINE(text, "iommud_failed_releases_total 2");
+	CHECK_LINE(text, "# TYPE iommud_refused_connections_total counter");
+	CHECK_LINE(text, "iommud_refused_connections_total{reason=\"max-connections-per-uid\"} 11");
+	CHECK_LINE(text, "iommud_refused_connections_total{reason=\"idle-timeout\"} 4");
+	CHECK_LINE(text, "# TYPE iommud_rate_limited_total counter");
+	CHECK_LINE(text, "iommud_rate_limited_total 13");
+	free(text);
+	/* A ceiling of 0 is none: no limit is claimed, while usage stays. */
+	s.ceilings.max_pinned_bytes = 0;
+	text = render(&s.reply);
+	CHECK_EQ(count(text, "iommud_pinned_bytes_limit"), 0);
+	CHECK_LINE(text, "iommud_pinned_bytes 5242880");
+	free(text);
+	/* A daemon without ceilings (an older one) leaves their families out. */
+	s.reply.ceilings = NULL;
+	text = render(&s.reply);
+	CHECK_EQ(count(text, "iommud_maps"), 0);
+	CHECK_EQ(count(text, "iommud_failed_releases_total"), 0);
 	free(text);
 }
 
@@ -471,7 +544,7 @@ TEST(every_family_typed_once_and_contiguous)
 			(void)fprintf(stderr, "sample '%s' outside its family (%s)\n", line, typed);
 		CHECK(strcmp(family, typed) == 0);
 	}
-	CHECK_EQ(families, 32);
+	CHECK_EQ(families, 45);
 	free(text);
 }
 
