@@ -104,6 +104,9 @@ int do_detach_device(struct call *call);
 int do_open_device(struct call *call);
 
 /* method_domains.c */
+/* The kernel-helper arguments an AllocDomain request asks for (data points into r). */
+int domain_alloc_args(const Iommud__V1__AllocDomainRequest *r,
+		      struct kh_domain_alloc_args *ret_args);
 int do_alloc_domain(struct call *call);
 int do_free_domain(struct call *call);
 int do_list_domains(struct call *call);

@@ -11,6 +11,7 @@
 
 #include "call.h"
 #include "log.h"
+#include "state.h"
 #include "text.h"
 
 /* ---- the method table ----------------------------------------------------------------- */
@@ -631,6 +632,9 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *
 		*ret_kept = kept ? call : k;
 		return 0;
 	}
+	/* Acknowledged only once recorded: the record is written before the reply. */
+	if (rc == 0 && call->req)
+		rc = state_record_call(call->d->state, call);
 	out_len = pack_response(call, rc, out, &code);
 	if (*ret_method)
 		count_call(&call->d->methods[*ret_method], code);

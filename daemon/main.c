@@ -24,6 +24,7 @@
 #include "probes/probes.h"
 #include "server.h"
 #include "session.h"
+#include "state.h"
 #include "status.h"
 
 static const char usage[] =
@@ -369,6 +370,8 @@ static int serve(struct daemon *d, struct config *cfg)
 		log_err("%s", failure_message());
 		goto out;
 	}
+	if (state_open(d->reg, &d->state) < 0)
+		log_err("named leases will not survive a restart: %s", failure_message());
 	if (watch_signals(base, signals) < 0)
 		goto out;
 	(void)sd_notifyf(0, "READY=1\nSTATUS=serving on the %s backend", kh_backend_name(d->be));
@@ -381,6 +384,8 @@ static int serve(struct daemon *d, struct config *cfg)
 out:
 	/* Connections first (anonymous sessions), then leases; main closes the backend. */
 	server_destroy(srv);
+	/* The store keeps the leases for the next daemon, if the service manager keeps it. */
+	state_close(d->state);
 	registry_destroy(d->reg);
 	probes_stop(d->probes);
 	for (size_t i = 0; i < N_SIGNALS; i++)
