@@ -275,13 +275,13 @@ size_t supervisor_stored(struct supervisor *sv, const char *prefix)
 	return n;
 }
 
-int supervisor_stored_fd(struct supervisor *sv, const char *name)
+int supervisor_stored_fd(struct supervisor *sv, const char *prefix)
 {
 	int fd = -1;
 
 	pthread_mutex_lock(&sv->lock);
-	for (size_t i = 0; i < sv->n_store; i++)
-		if (strcmp(sv->store[i].name, name) == 0)
+	for (size_t i = 0; i < sv->n_store && fd < 0; i++)
+		if (strncmp(sv->store[i].name, prefix, strlen(prefix)) == 0)
 			fd = sv->store[i].fd;
 	pthread_mutex_unlock(&sv->lock);
 	return fd;

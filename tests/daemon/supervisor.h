@@ -53,8 +53,9 @@ void supervisor_kill(struct supervisor *sv);
 void supervisor_stop(struct supervisor *sv);
 /* Descriptors in the store whose name starts with prefix. */
 size_t supervisor_stored(struct supervisor *sv, const char *prefix);
-/* The stored descriptor named name (the supervisor keeps it); -1 when none is. */
-int supervisor_stored_fd(struct supervisor *sv, const char *name);
+/* The first stored descriptor whose name starts with prefix (the supervisor keeps it); -1
+ * when none does. */
+int supervisor_stored_fd(struct supervisor *sv, const char *prefix);
 /* Whether the daemons' log holds text. */
 bool supervisor_log_has(const struct supervisor *sv, const char *text);
 

@@ -5,6 +5,7 @@
  * keeps no stray descriptor; a state record it cannot trust is refused with a message. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -279,6 +280,123 @@ TEST(released_lease_ends_at_restart)
 	check_descriptors(&sv, "released");
 	iommuctl_close(c);
 	supervisor_stop(&sv);
+}
+
+/* ---- records that cannot be trusted ----------------------------------------------------- */
+
+static struct record_header read_header(int fd)
+{
+	struct record_header h;
+
+	CHECK(pread(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h));
+	return h;
+}
+
+static void write_header(int fd, struct record_header *h, bool reseal)
+{
+	if (reseal)
+		h->header_crc = record_crc32c(h, offsetof(struct record_header, header_crc));
+	CHECK(pwrite(fd, h, sizeof(*h), 0) == (ssize_t)sizeof(*h));
+}
+
+static void flip_frame_byte(int fd)
+{
+	uint8_t byte;
+	off_t at = (off_t)sizeof(struct record_header) + 8 + 2;
+
+	CHECK(pread(fd, &byte, 1, at) == 1);
+	byte ^= 0x5a;
+	CHECK(pwrite(fd, &byte, 1, at) == 1);
+}
+
+static void cut_short(int fd)
+{
+	CHECK(ftruncate(fd, (off_t)sizeof(struct record_header) + 4) == 0);
+}
+
+static void older_format(int fd)
+{
+	struct record_header h = read_header(fd);
+
+	h.version = STATE_RECORD_VERSION - 1;
+	write_header(fd, &h, true);
+}
+
+static void damage_header(int fd)
+{
+	struct record_header h = read_header(fd);
+
+	h.generation ^= 1;
+	write_header(fd, &h, false);
+}
+
+static void not_a_record(int fd)
+{
+	CHECK(pwrite(fd, "garbage!", 8, 0) == 8);
+}
+
+/* Bytes past the committed length: a transaction whose commit the kill came before. */
+static void torn_tail(int fd)
+{
+	struct record_header h = read_header(fd);
+
+	CHECK(pwrite(fd, "\x20\0\0\0torn", 8, (off_t)(sizeof(h) + h.committed)) == 8);
+}
+
+static const struct damage {
+	const char *what;
+	void (*apply)(int fd);
+	const char *said; /* in the log; NULL: the record is adopted */
+} damages[] = {
+	{"a frame's byte flipped", flip_frame_byte, "is damaged (checksum mismatch)"},
+	{"cut short", cut_short, "it is truncated"},
+	{"an older format", older_format, "it is of format version 0"},
+	{"a damaged header", damage_header, "its header is damaged"},
+	{"not a record", not_a_record, "it is not an iommud state record"},
+	{"a torn tail", torn_tail, NULL},
+};
+
+static void check_damage(const struct damage *d)
+{
+	struct supervisor sv;
+	struct iommuctl *c;
+	struct view v;
+	uint32_t dom;
+	int file = iommuctl_memfd("damaged", FILE_SIZE);
+
+	CHECK_OK(file);
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "vm1");
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom), "alloc");
+	(void)map(c, dom, file, 0, PAGE, IOMMUCTL_PROT_READ, false, 0);
+	iommuctl_close(c);
+	(void)close(file);
+	supervisor_kill(&sv);
+	d->apply(supervisor_stored_fd(&sv, STATE_RECORD_PREFIX));
+	/* Never a crash: the daemon comes up either way. */
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "vm1");
+	view_of(c, &v);
+	(void)fprintf(stderr, "%s: %zu domains, %zu mappings\n", d->what, v.n_domains, v.n_maps);
+	if (d->said) {
+		CHECK(supervisor_log_has(&sv, "is refused"));
+		CHECK(supervisor_log_has(&sv, d->said));
+		CHECK_EQ(v.n_domains, 0);
+		CHECK_EQ(supervisor_stored(&sv, "lease"), 0);
+	} else {
+		CHECK_EQ(v.n_domains, 1);
+		CHECK_EQ(v.n_maps, 1);
+	}
+	check_quotas(&v);
+	check_descriptors(&sv, "damaged");
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
+TEST(damaged_records_are_refused)
+{
+	for (size_t i = 0; i < sizeof(damages) / sizeof(damages[0]); i++)
+		check_damage(&damages[i]);
 }
 
 /* ---- the sweep: kills at random points -------------------------------------------------- */
