@@ -54,6 +54,7 @@ struct daemon {
 	struct registry *reg;
 	struct probes *probes; /* the map/unmap histograms; owned by serve() */
 	struct state *state;   /* the leases' state record (state.h); NULL: none kept */
+	unsigned calls_kept;   /* calls between slices (dispatch_resume) */
 	time_t started;
 	unsigned connections;
 	uint64_t rejected_packets;

@@ -599,11 +599,13 @@ static struct call *keep_call(const struct call *call)
 	/* The packet is the server's buffer, read again by the next request. */
 	k->call.packet = NULL;
 	k->call.packet_len = 0;
+	call->d->calls_kept++;
 	return &k->call;
 }
 
 static void free_call(struct call *call)
 {
+	call->d->calls_kept--;
 	call_end(call);
 	iommud__v1__request__free_unpacked((Iommud__V1__Request *)call->req, NULL);
 	free((char *)call - offsetof(struct kept_call, call));
@@ -614,6 +616,7 @@ static void free_call(struct call *call)
 static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *out_fd,
 		       unsigned *ret_method, struct call **ret_kept)
 {
+	struct daemon *d = call->d;
 	struct call *k = NULL;
 	Iommud__V1__Code code;
 	size_t out_len;
@@ -646,6 +649,7 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *
 		free_call(call);
 	else
 		call_end(call);
+	state_compact_if_due(d->state, d->calls_kept > 0);
 	return out_len;
 }
 

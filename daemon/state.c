@@ -579,11 +579,13 @@ int state_record_call(struct state *st, const struct call *call)
 	if (rc == 0)
 		rc = txn_commit(st);
 	st->n_boxes = 0;
-	if (rc < 0)
-		return rc;
-	if (record_committed(&st->rec) > st->compact_at)
+	return rc;
+}
+
+void state_compact_if_due(struct state *st, bool calls_in_slices)
+{
+	if (st && !calls_in_slices && record_committed(&st->rec) > st->compact_at)
 		(void)state_compact(st);
-	return 0;
 }
 
 /* ---- opening and closing ---------------------------------------------------------------- */

@@ -19,6 +19,8 @@
 #ifndef IOMMUD_STATE_H
 #define IOMMUD_STATE_H
 
+#include <stdbool.h>
+
 struct call;
 struct registry;
 struct state;
@@ -33,6 +35,10 @@ int state_open(struct registry *reg, struct state **ret_state);
  * anonymous sessions or a NULL state. A negative errno when the record could not be written:
  * the change is in effect but would not survive a restart. */
 int state_record_call(struct state *st, const struct call *call);
+/* Rewrites the record as one snapshot once its transactions have outgrown the last one; not
+ * while calls are between slices, since what such a call has mapped so far is not acknowledged
+ * and a snapshot would record it. */
+void state_compact_if_due(struct state *st, bool calls_in_slices);
 /* Lets go of the record without touching the store, so a manager that keeps the store across
  * the daemon's stop hands it to the next one; before the registry is destroyed. */
 void state_close(struct state *st);
