@@ -759,6 +759,11 @@ int server_listen(struct server *srv, const char *path, mode_t mode)
 	return 0;
 }
 
+int server_listen_fd(const struct server *srv)
+{
+	return srv->listen_fd;
+}
+
 void server_destroy(struct server *srv)
 {
 	struct conn *c;

@@ -588,6 +588,21 @@ void state_compact_if_due(struct state *st, bool calls_in_slices)
 		(void)state_compact(st);
 }
 
+int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),
+		  void *arg)
+{
+	char name[LEASE_FILE_NAME];
+	const struct lease_rec *rec;
+	int rc = visit(st->rec.name, st->rec.fd, arg);
+
+	LIST_FOREACH (rec, &st->leases, link)
+		for (size_t i = 0; i < rec->n_files && rc == 0; i++) {
+			lease_file_name(rec, rec->files[i].id, name);
+			rc = visit(name, rec->files[i].fd, arg);
+		}
+	return rc;
+}
+
 /* ---- opening and closing ---------------------------------------------------------------- */
 
 void state_free(struct state *st, bool unstore)

@@ -39,6 +39,11 @@ int state_record_call(struct state *st, const struct call *call);
  * while calls are between slices, since what such a call has mapped so far is not acknowledged
  * and a snapshot would record it. */
 void state_compact_if_due(struct state *st, bool calls_in_slices);
+/* Calls visit with each descriptor the state keeps in the store and its name there (the
+ * record, the leases' memory files), for a re-execution to pass them on; stops at the first
+ * negative return. */
+int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),
+		  void *arg);
 /* Lets go of the record without touching the store, so a manager that keeps the store across
  * the daemon's stop hands it to the next one; before the registry is destroyed. */
 void state_close(struct state *st);

@@ -212,12 +212,11 @@ void supervisor_launch(struct supervisor *sv)
 	pthread_mutex_unlock(&sv->lock);
 }
 
-void supervisor_spawn(struct supervisor *sv)
+/* Waits for READY=1 from the running daemon; called with the lock held. */
+static void wait_ready(struct supervisor *sv)
 {
 	int status;
 
-	supervisor_launch(sv);
-	pthread_mutex_lock(&sv->lock);
 	while (!sv->ready) {
 		struct timespec until;
 
@@ -230,6 +229,22 @@ void supervisor_spawn(struct supervisor *sv)
 		}
 		(void)pthread_cond_timedwait(&sv->changed, &sv->lock, &until);
 	}
+}
+
+void supervisor_spawn(struct supervisor *sv)
+{
+	supervisor_launch(sv);
+	pthread_mutex_lock(&sv->lock);
+	wait_ready(sv);
+	pthread_mutex_unlock(&sv->lock);
+}
+
+void supervisor_signal_and_wait(struct supervisor *sv, int sig)
+{
+	pthread_mutex_lock(&sv->lock);
+	sv->ready = false;
+	CHECK(kill(sv->f.pid, sig) == 0);
+	wait_ready(sv);
 	pthread_mutex_unlock(&sv->lock);
 }
 

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <stddef.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,6 +245,53 @@ TEST(lease_survives_kill)
 	CHECK(fresh > gone);
 	iommuctl_close(c);
 	supervisor_stop(&sv);
+}
+
+/* SIGUSR2 executes the daemon again in the same process, which adopts the leases as after a
+ * crash. */
+TEST(reexec_keeps_leases)
+{
+	struct supervisor sv;
+	struct view before, after;
+	struct iommuctl *c;
+	pid_t pid;
+	int a = iommuctl_memfd("reexec-a", FILE_SIZE), b = iommuctl_memfd("reexec-b", FILE_SIZE);
+
+	CHECK_OK(a);
+	CHECK_OK(b);
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "vm1");
+	(void)build_lease(c, a, b);
+	view_of(c, &before);
+	iommuctl_close(c);
+	(void)close(a);
+	(void)close(b);
+	pid = sv.f.pid;
+	supervisor_signal_and_wait(&sv, SIGUSR2);
+	CHECK_EQ(sv.f.pid, pid);
+	CHECK(supervisor_log_has(&sv, "re-executing"));
+	c = connect_lease(&sv, "vm1");
+	view_of(c, &after);
+	CHECK(memcmp(&before, &after, sizeof(before)) == 0);
+	check_quotas(&after);
+	check_descriptors(&sv, "reexec-");
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
+/* Without a service manager there is no record to carry the leases: the signal is refused and
+ * the daemon serves on. */
+TEST(reexec_needs_a_service_manager)
+{
+	struct daemon_fixture f;
+	struct iommuctl *c;
+
+	fixture_start(&f, config, DEVICES);
+	CHECK(kill(f.pid, SIGUSR2) == 0);
+	CHECK_OK(iommuctl_connect(f.socket_path, &c));
+	call_ok(c, iommuctl_hello(c, "survival", "vm1", NULL), "hello");
+	iommuctl_close(c);
+	fixture_stop(&f);
 }
 
 TEST(released_lease_ends_at_restart)
