@@ -87,6 +87,7 @@ int do_hello(struct call *call);
  * names (room for KH_CAP_COUNT); returns how many. */
 size_t capability_names(uint32_t caps, char **names);
 int do_release_lease(struct call *call);
+int do_daemon_reexec(struct call *call);
 
 /* method_stats.c */
 int do_get_stats(struct call *call);

@@ -78,5 +78,8 @@ struct client {
 int client_init(struct daemon *d, struct client *c, const struct peer *peer);
 /* Leaves the session, drops the tenant and releases the peer. */
 void client_fini(struct client *c);
+/* Root, or a peer whose section has stats = all: sees every tenant's figures and may
+ * re-execute the daemon. */
+bool client_is_observer(const struct client *c);
 
 #endif

@@ -58,6 +58,8 @@ static const struct method methods[IOMMUD_METHOD_SLOTS] = {
 	METHOD(GET_STATS, do_get_stats, READS),
 	METHOD(LIST_DOMAINS, do_list_domains, READS, .session = true),
 	METHOD(RELEASE_LEASE, do_release_lease, WRITES, .session = true),
+	/* Restarts nothing a tenant holds; who may ask is checked by the handler (observers). */
+	METHOD(DAEMON_REEXEC, do_daemon_reexec, READS),
 };
 
 const char *method_name(Iommud__V1__Request__MethodCase method)
@@ -229,6 +231,13 @@ void client_fini(struct client *c)
 		tenant_put(c->tenant);
 	peer_clear(&c->peer);
 	*c = (struct client){0};
+}
+
+bool client_is_observer(const struct client *c)
+{
+	const struct access_rule *rule = c->tenant ? tenant_rule(c->tenant) : NULL;
+
+	return c->peer.uid == 0 || (rule && rule->stats_all);
 }
 
 /* ---- what a request may hold ---------------------------------------------------------- */

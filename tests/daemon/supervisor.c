@@ -234,16 +234,19 @@ static void wait_ready(struct supervisor *sv)
 void supervisor_spawn(struct supervisor *sv)
 {
 	supervisor_launch(sv);
-	pthread_mutex_lock(&sv->lock);
-	wait_ready(sv);
-	pthread_mutex_unlock(&sv->lock);
+	supervisor_wait_ready(sv);
 }
 
-void supervisor_signal_and_wait(struct supervisor *sv, int sig)
+void supervisor_unready(struct supervisor *sv)
 {
 	pthread_mutex_lock(&sv->lock);
 	sv->ready = false;
-	CHECK(kill(sv->f.pid, sig) == 0);
+	pthread_mutex_unlock(&sv->lock);
+}
+
+void supervisor_wait_ready(struct supervisor *sv)
+{
+	pthread_mutex_lock(&sv->lock);
 	wait_ready(sv);
 	pthread_mutex_unlock(&sv->lock);
 }

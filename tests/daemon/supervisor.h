@@ -46,8 +46,10 @@ void supervisor_start(struct supervisor *sv, const char *config, const char *dev
 void supervisor_launch(struct supervisor *sv);
 /* The same, and waits for its READY=1. */
 void supervisor_spawn(struct supervisor *sv);
-/* Sends the running daemon sig and waits for its next READY=1 (a re-execution's). */
-void supervisor_signal_and_wait(struct supervisor *sv, int sig);
+/* Forgets the running daemon's READY=1, before asking it to re-execute ... */
+void supervisor_unready(struct supervisor *sv);
+/* ... and waits for the next one. */
+void supervisor_wait_ready(struct supervisor *sv);
 /* kill -9, and every notification it sent before it died read. */
 void supervisor_kill(struct supervisor *sv);
 /* SIGTERM, checks the exit status as fixture_stop does, closes the store, removes the

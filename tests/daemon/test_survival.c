@@ -25,10 +25,12 @@
 
 static const char config[] = "probe-tier = off\n[access]\ndefault = none\n"
 			     "[uid 0]\naccess = write\ndevices = emu*\nmax-domains = 8\n"
-			     "max-mappings = 100000\nmax-pinned = 1G\nmax-leases = 4\n";
-#define DEVICES	  "emu0 emu1 emu2 emu3"
-#define FILE_SIZE (4u << 20)
-#define PAGE	  4096u
+			     "max-mappings = 100000\nmax-pinned = 1G\nmax-leases = 4\n"
+			     "[uid 65534]\naccess = write\n";
+#define WRITER_UID 65534u /* may write, but is no observer */
+#define DEVICES	   "emu0 emu1 emu2 emu3"
+#define FILE_SIZE  (4u << 20)
+#define PAGE	   4096u
 
 static void call_ok(struct iommuctl *c, int rc, const char *what)
 {
@@ -247,9 +249,45 @@ TEST(lease_survives_kill)
 	supervisor_stop(&sv);
 }
 
-/* SIGUSR2 executes the daemon again in the same process, which adopts the leases as after a
- * crash. */
-TEST(reexec_keeps_leases)
+static void reexec_by_signal(struct supervisor *sv)
+{
+	CHECK(kill(sv->f.pid, SIGUSR2) == 0);
+}
+
+/* iommuctl daemon reexec's request, answered before the daemon goes. */
+static void reexec_by_request(struct supervisor *sv)
+{
+	Iommud__V1__DaemonReexecRequest reexec = IOMMUD__V1__DAEMON_REEXEC_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	struct iommuctl *c;
+
+	CHECK_OK(iommuctl_connect(sv->f.socket_path, &c));
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_DAEMON_REEXEC;
+	req.daemon_reexec = &reexec;
+	iommuctl_response_free(call(c, &req));
+	iommuctl_close(c);
+}
+
+static int request_reexec(void *arg)
+{
+	Iommud__V1__DaemonReexecRequest reexec = IOMMUD__V1__DAEMON_REEXEC_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	struct iommuctl *c;
+	int rc;
+
+	if (iommuctl_connect(arg, &c) < 0)
+		return 2;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_DAEMON_REEXEC;
+	req.daemon_reexec = &reexec;
+	rc = iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL);
+	rc = rc < 0 && iommuctl_last_code(c) == IOMMUD__V1__CODE__CODE_PERMISSION_DENIED ? 0 : 1;
+	iommuctl_close(c);
+	return rc;
+}
+
+/* The daemon executed again in the same process adopts the leases as after a crash. */
+static void check_reexec(void (*reexec)(struct supervisor *sv))
 {
 	struct supervisor sv;
 	struct view before, after;
@@ -267,7 +305,11 @@ TEST(reexec_keeps_leases)
 	(void)close(a);
 	(void)close(b);
 	pid = sv.f.pid;
-	supervisor_signal_and_wait(&sv, SIGUSR2);
+	/* Only root and observers may ask. */
+	CHECK_EQ(run_as(WRITER_UID, request_reexec, sv.f.socket_path), 0);
+	supervisor_unready(&sv);
+	reexec(&sv);
+	supervisor_wait_ready(&sv);
 	CHECK_EQ(sv.f.pid, pid);
 	CHECK(supervisor_log_has(&sv, "re-executing"));
 	c = connect_lease(&sv, "vm1");
@@ -279,8 +321,18 @@ TEST(reexec_keeps_leases)
 	supervisor_stop(&sv);
 }
 
-/* Without a service manager there is no record to carry the leases: the signal is refused and
- * the daemon serves on. */
+TEST(reexec_by_signal_keeps_leases)
+{
+	check_reexec(reexec_by_signal);
+}
+
+TEST(reexec_by_request_keeps_leases)
+{
+	check_reexec(reexec_by_request);
+}
+
+/* Without a service manager there is no record to carry the leases: the signal and the request
+ * are refused, and the daemon serves on. */
 TEST(reexec_needs_a_service_manager)
 {
 	struct daemon_fixture f;
@@ -290,6 +342,17 @@ TEST(reexec_needs_a_service_manager)
 	CHECK(kill(f.pid, SIGUSR2) == 0);
 	CHECK_OK(iommuctl_connect(f.socket_path, &c));
 	call_ok(c, iommuctl_hello(c, "survival", "vm1", NULL), "hello");
+	{
+		Iommud__V1__DaemonReexecRequest reexec = IOMMUD__V1__DAEMON_REEXEC_REQUEST__INIT;
+		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+		Iommud__V1__Response *resp;
+
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_DAEMON_REEXEC;
+		req.daemon_reexec = &reexec;
+		CHECK(iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL) < 0);
+		CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_UNIMPLEMENTED);
+		CHECK(strstr(iommuctl_last_error(c), "keeps no state record") != NULL);
+	}
 	iommuctl_close(c);
 	fixture_stop(&f);
 }
