@@ -249,6 +249,38 @@ TEST(lease_survives_kill)
 	supervisor_stop(&sv);
 }
 
+/* Starts sv and makes lease with one domain and one page of a new memfd mapped. */
+static struct iommuctl *small_lease(struct supervisor *sv, const char *lease, const char *file_name)
+{
+	struct iommuctl *c;
+	uint32_t dom;
+	int file = iommuctl_memfd(file_name, FILE_SIZE);
+
+	CHECK_OK(file);
+	supervisor_start(sv, config, DEVICES);
+	c = connect_lease(sv, lease);
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom), "alloc");
+	(void)map(c, dom, file, 0, PAGE, IOMMUCTL_PROT_READ, false, 0);
+	(void)close(file);
+	return c;
+}
+
+/* Sends a DaemonReexec request: 0, or a negative errno with the status in c. */
+static int request_daemon_reexec(struct iommuctl *c)
+{
+	Iommud__V1__DaemonReexecRequest reexec = IOMMUD__V1__DAEMON_REEXEC_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	int rc;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_DAEMON_REEXEC;
+	req.daemon_reexec = &reexec;
+	rc = iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL);
+	if (rc == 0)
+		iommuctl_response_free(resp);
+	return rc;
+}
+
 static void reexec_by_signal(struct supervisor *sv)
 {
 	CHECK(kill(sv->f.pid, SIGUSR2) == 0);
@@ -257,31 +289,25 @@ static void reexec_by_signal(struct supervisor *sv)
 /* iommuctl daemon reexec's request, answered before the daemon goes. */
 static void reexec_by_request(struct supervisor *sv)
 {
-	Iommud__V1__DaemonReexecRequest reexec = IOMMUD__V1__DAEMON_REEXEC_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 	struct iommuctl *c;
 
 	CHECK_OK(iommuctl_connect(sv->f.socket_path, &c));
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_DAEMON_REEXEC;
-	req.daemon_reexec = &reexec;
-	iommuctl_response_free(call(c, &req));
+	call_ok(c, request_daemon_reexec(c), "daemon reexec");
 	iommuctl_close(c);
 }
 
-static int request_reexec(void *arg)
+/* As a writer that is no observer: 0 when refused for that. */
+static int request_reexec_as_writer(void *socket_path)
 {
-	Iommud__V1__DaemonReexecRequest reexec = IOMMUD__V1__DAEMON_REEXEC_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	Iommud__V1__Response *resp;
 	struct iommuctl *c;
 	int rc;
 
-	if (iommuctl_connect(arg, &c) < 0)
+	if (iommuctl_connect(socket_path, &c) < 0)
 		return 2;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_DAEMON_REEXEC;
-	req.daemon_reexec = &reexec;
-	rc = iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL);
-	rc = rc < 0 && iommuctl_last_code(c) == IOMMUD__V1__CODE__CODE_PERMISSION_DENIED ? 0 : 1;
+	rc = request_daemon_reexec(c) < 0 &&
+			     iommuctl_last_code(c) == IOMMUD__V1__CODE__CODE_PERMISSION_DENIED
+		     ? 0
+		     : 1;
 	iommuctl_close(c);
 	return rc;
 }
@@ -306,7 +332,7 @@ static void check_reexec(void (*reexec)(struct supervisor *sv))
 	(void)close(b);
 	pid = sv.f.pid;
 	/* Only root and observers may ask. */
-	CHECK_EQ(run_as(WRITER_UID, request_reexec, sv.f.socket_path), 0);
+	CHECK_EQ(run_as(WRITER_UID, request_reexec_as_writer, sv.f.socket_path), 0);
 	supervisor_unready(&sv);
 	reexec(&sv);
 	supervisor_wait_ready(&sv);
@@ -342,17 +368,9 @@ TEST(reexec_needs_a_service_manager)
 	CHECK(kill(f.pid, SIGUSR2) == 0);
 	CHECK_OK(iommuctl_connect(f.socket_path, &c));
 	call_ok(c, iommuctl_hello(c, "survival", "vm1", NULL), "hello");
-	{
-		Iommud__V1__DaemonReexecRequest reexec = IOMMUD__V1__DAEMON_REEXEC_REQUEST__INIT;
-		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-		Iommud__V1__Response *resp;
-
-		req.method_case = IOMMUD__V1__REQUEST__METHOD_DAEMON_REEXEC;
-		req.daemon_reexec = &reexec;
-		CHECK(iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL) < 0);
-		CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_UNIMPLEMENTED);
-		CHECK(strstr(iommuctl_last_error(c), "keeps no state record") != NULL);
-	}
+	CHECK(request_daemon_reexec(c) < 0);
+	CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_UNIMPLEMENTED);
+	CHECK(strstr(iommuctl_last_error(c), "keeps no state record") != NULL);
 	iommuctl_close(c);
 	fixture_stop(&f);
 }
@@ -360,16 +378,8 @@ TEST(reexec_needs_a_service_manager)
 TEST(released_lease_ends_at_restart)
 {
 	struct supervisor sv;
-	struct iommuctl *c;
 	struct view v;
-	uint32_t dom;
-	int a = iommuctl_memfd("released", FILE_SIZE);
-
-	CHECK_OK(a);
-	supervisor_start(&sv, config, DEVICES);
-	c = connect_lease(&sv, "short");
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom), "alloc");
-	(void)map(c, dom, a, 0, PAGE, IOMMUCTL_PROT_READ, false, 0);
+	struct iommuctl *c = small_lease(&sv, "short", "released");
 	{
 		Iommud__V1__ReleaseLeaseRequest rel = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
 		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
@@ -381,7 +391,6 @@ TEST(released_lease_ends_at_restart)
 	/* Killed while the connection still holds the released lease. */
 	supervisor_kill(&sv);
 	iommuctl_close(c);
-	(void)close(a);
 	supervisor_spawn(&sv);
 	CHECK(supervisor_log_has(&sv, "was released before the restart"));
 	CHECK_EQ(supervisor_stored(&sv, "lease"), 0);
@@ -470,18 +479,10 @@ static const struct damage {
 static void check_damage(const struct damage *d)
 {
 	struct supervisor sv;
-	struct iommuctl *c;
 	struct view v;
-	uint32_t dom;
-	int file = iommuctl_memfd("damaged", FILE_SIZE);
+	struct iommuctl *c = small_lease(&sv, "vm1", "damaged");
 
-	CHECK_OK(file);
-	supervisor_start(&sv, config, DEVICES);
-	c = connect_lease(&sv, "vm1");
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom), "alloc");
-	(void)map(c, dom, file, 0, PAGE, IOMMUCTL_PROT_READ, false, 0);
 	iommuctl_close(c);
-	(void)close(file);
 	supervisor_kill(&sv);
 	d->apply(supervisor_stored_fd(&sv, STATE_RECORD_PREFIX));
 	/* Never a crash: the daemon comes up either way. */
