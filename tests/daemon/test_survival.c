@@ -820,7 +820,8 @@ static void kill_round(struct supervisor *sv, struct model *m, const int files[2
 TEST(kill_sweep)
 {
 	const char *kills_env = getenv("IOMMUD_TEST_KILLS");
-	unsigned seed = (unsigned)time(NULL), kills = kills_env ? (unsigned)atoi(kills_env) : 1000;
+	unsigned seed = (unsigned)time(NULL),
+		 kills = kills_env ? (unsigned)atoi(kills_env) : SWEEP_KILLS;
 	int files[2] = {iommuctl_memfd("sweep-0", FILE_SIZE), iommuctl_memfd("sweep-1", FILE_SIZE)};
 	struct model *m = calloc(1, sizeof(*m));
 	struct supervisor sv;
