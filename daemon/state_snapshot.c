@@ -12,7 +12,7 @@
 
 /* A record is rewritten once its transactions pass twice the last snapshot, and never below
  * this, so that compaction costs O(1) per change, amortised. */
-#define COMPACT_MIN   (1u << 20)
+#define COMPACT_MIN   (256u << 10)
 #define MAPPINGS_PAGE 1024
 
 /* A device or domain of the lease, to be rebuilt in the order of their ids. */
