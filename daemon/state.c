@@ -213,6 +213,12 @@ static bool lease_has_device(const struct lease_rec *rec, const char *name)
 
 /* One entry and the change it holds, in one allocation the state reuses call after call. */
 struct entry_box {
+	/* A run's arrays, kept by the box from call to call and grown as needed. */
+	struct run_arrays {
+		uint32_t *file_id, *prot;
+		uint64_t *iova, *length, *offset;
+		size_t cap;
+	} run;
 	Iommud__State__V1__Entry entry;
 	union {
 		Iommud__State__V1__Lease lease;
@@ -221,7 +227,7 @@ struct entry_box {
 		Iommud__State__V1__FreeDomain free_domain;
 		Iommud__State__V1__DeviceDomain device_domain;
 		Iommud__State__V1__File file;
-		Iommud__State__V1__Map map;
+		Iommud__State__V1__MapRun map_run;
 		Iommud__State__V1__Unmap unmap;
 		Iommud__State__V1__DirtyTracking dirty_tracking;
 		Iommud__State__V1__ReleaseLease release_lease;
@@ -241,7 +247,7 @@ void *txn_add(struct state *st, Iommud__State__V1__Entry__ChangeCase change)
 		for (size_t i = st->n_boxes; i < st->cap_boxes; i++)
 			st->boxes[i] = NULL;
 	}
-	if (!st->boxes[st->n_boxes] && !(st->boxes[st->n_boxes] = malloc(sizeof(*box))))
+	if (!st->boxes[st->n_boxes] && !(st->boxes[st->n_boxes] = calloc(1, sizeof(*box))))
 		return NULL;
 	box = st->boxes[st->n_boxes++];
 	iommud__state__v1__entry__init(&box->entry);
@@ -441,20 +447,80 @@ static int keep_file(struct state *st, struct lease_rec *rec, int fd, const stru
 	return add_file(st, rec, *ret_file);
 }
 
+/* Room for one more mapping in the run of box. */
+static int run_reserve(struct entry_box *box)
+{
+	struct run_arrays *a = &box->run;
+	Iommud__State__V1__MapRun *run = &box->change.map_run;
+	size_t cap = a->cap ? 2 * a->cap : 64;
+	void *p[5];
+
+	if (run->n_iova < a->cap)
+		return 0;
+	p[0] = realloc(a->file_id, cap * sizeof(uint32_t));
+	if (p[0])
+		a->file_id = p[0];
+	p[1] = realloc(a->prot, cap * sizeof(uint32_t));
+	if (p[1])
+		a->prot = p[1];
+	p[2] = realloc(a->iova, cap * sizeof(uint64_t));
+	if (p[2])
+		a->iova = p[2];
+	p[3] = realloc(a->length, cap * sizeof(uint64_t));
+	if (p[3])
+		a->length = p[3];
+	p[4] = realloc(a->offset, cap * sizeof(uint64_t));
+	if (p[4])
+		a->offset = p[4];
+	if (!p[0] || !p[1] || !p[2] || !p[3] || !p[4])
+		return fail(-ENOMEM, "out of memory for the state record");
+	a->cap = cap;
+	run->file_id = a->file_id;
+	run->prot = a->prot;
+	run->iova = a->iova;
+	run->length = a->length;
+	run->offset = a->offset;
+	return 0;
+}
+
+/* The transaction's last entry when it is a run of this lease and domain; else a new run. */
+static struct entry_box *run_for(struct state *st, uint32_t lease_id, uint32_t domain_id)
+{
+	struct entry_box *box = st->n_boxes ? st->boxes[st->n_boxes - 1] : NULL;
+	Iommud__State__V1__MapRun *run;
+
+	if (box && box->entry.change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_MAP_RUN &&
+	    box->change.map_run.lease_id == lease_id && box->change.map_run.domain_id == domain_id)
+		return box;
+	if (!(run = txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_MAP_RUN)))
+		return NULL;
+	box = st->boxes[st->n_boxes - 1];
+	run->lease_id = lease_id;
+	run->domain_id = domain_id;
+	/* The box's arrays from earlier calls serve again. */
+	run->file_id = box->run.file_id;
+	run->prot = box->run.prot;
+	run->iova = box->run.iova;
+	run->length = box->run.length;
+	run->offset = box->run.offset;
+	return box;
+}
+
 int add_map(struct state *st, struct lease_rec *rec, uint32_t domain_id, uint32_t file_id,
 	    const struct mapping_view *m)
 {
-	Iommud__State__V1__Map *e = txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_MAP);
+	struct entry_box *box = run_for(st, rec->id, domain_id);
+	Iommud__State__V1__MapRun *run;
+	int rc = box ? run_reserve(box) : fail(-ENOMEM, "out of memory for the state record");
 
-	if (!e)
-		return fail(-ENOMEM, "out of memory for the state record");
-	e->lease_id = rec->id;
-	e->domain_id = domain_id;
-	e->file_id = file_id;
-	e->iova = m->iova;
-	e->length = m->length;
-	e->offset = m->offset;
-	e->prot = m->prot;
+	if (rc < 0)
+		return rc;
+	run = &box->change.map_run;
+	run->file_id[run->n_file_id++] = file_id;
+	run->iova[run->n_iova++] = m->iova;
+	run->length[run->n_length++] = m->length;
+	run->offset[run->n_offset++] = m->offset;
+	run->prot[run->n_prot++] = m->prot;
 	return 0;
 }
 
@@ -611,8 +677,18 @@ void state_free(struct state *st, bool unstore)
 
 	while ((rec = LIST_FIRST(&st->leases)))
 		lease_free(rec, unstore);
-	for (size_t i = 0; i < st->cap_boxes; i++)
-		free(st->boxes[i]);
+	for (size_t i = 0; i < st->cap_boxes; i++) {
+		struct entry_box *box = st->boxes[i];
+
+		if (!box)
+			continue;
+		free(box->run.file_id);
+		free(box->run.prot);
+		free(box->run.iova);
+		free(box->run.length);
+		free(box->run.offset);
+		free(box);
+	}
 	free(st->boxes);
 	record_close(&st->rec);
 	free(st);

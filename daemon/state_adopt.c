@@ -126,11 +126,12 @@ static int apply_file(struct lease_rec *rec, const Iommud__State__V1__File *f)
 	return rc;
 }
 
-static int apply_map(struct lease_rec *rec, const Iommud__State__V1__Map *m)
+static int apply_map(struct lease_rec *rec, uint32_t domain_id, uint32_t file_id,
+		     const struct mapping_view *m)
 {
-	struct lease_file *lf = lease_file_by_id(rec, m->file_id);
+	struct lease_file *lf = lease_file_by_id(rec, file_id);
 	struct map_file mf;
-	struct map_entry e = {.domain_id = m->domain_id,
+	struct map_entry e = {.domain_id = domain_id,
 			      .file = &mf,
 			      .offset = m->offset,
 			      .length = m->length,
@@ -140,9 +141,37 @@ static int apply_map(struct lease_rec *rec, const Iommud__State__V1__Map *m)
 	int rc;
 
 	if (!lf)
-		return fail(-ENOENT, "its memory file %u was not kept", m->file_id);
+		return fail(-ENOENT, "its memory file %u was not kept", file_id);
 	rc = session_check_file(lf->fd, &mf);
 	return rc < 0 ? rc : session_map(rec->s, &e);
+}
+
+/* Every mapping of the run that the backend takes; one failing leaves the others be. */
+static int apply_map_run(struct lease_rec *rec, const Iommud__State__V1__MapRun *r)
+{
+	size_t n = r->n_iova, failed = 0;
+	char why[STATUS_MESSAGE_MAX + 1] = "";
+	uint64_t first_iova = 0;
+	int rc, first = 0;
+
+	if (r->n_file_id != n || r->n_length != n || r->n_offset != n || r->n_prot != n)
+		return fail(-EBADMSG, "a run of mappings has lists of different lengths");
+	for (size_t i = 0; i < n; i++) {
+		rc = apply_map(rec, r->domain_id, r->file_id[i],
+			       &(struct mapping_view){.iova = r->iova[i],
+						      .length = r->length[i],
+						      .offset = r->offset[i],
+						      .prot = r->prot[i]});
+		if (rc < 0 && !failed++) {
+			first = rc;
+			first_iova = r->iova[i];
+			(void)snprintf(why, sizeof(why), "%s", failure_message());
+		}
+	}
+	if (failed)
+		return fail(first, "%zu of %zu mappings of domain %u, the first at IOVA 0x%llx: %s",
+			    failed, n, r->domain_id, (unsigned long long)first_iova, why);
+	return 0;
 }
 
 static int apply_unmap(struct lease_rec *rec, const Iommud__State__V1__Unmap *u)
@@ -185,8 +214,8 @@ static int apply_change(struct lease_rec *rec, const Entry *e)
 		return apply_device_domain(rec, e->device_domain);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_FILE:
 		return apply_file(rec, e->file);
-	case IOMMUD__STATE__V1__ENTRY__CHANGE_MAP:
-		return apply_map(rec, e->map);
+	case IOMMUD__STATE__V1__ENTRY__CHANGE_MAP_RUN:
+		return apply_map_run(rec, e->map_run);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_UNMAP:
 		return apply_unmap(rec, e->unmap);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_DIRTY_TRACKING:
