@@ -447,39 +447,44 @@ static int keep_file(struct state *st, struct lease_rec *rec, int fd, const stru
 	return add_file(st, rec, *ret_file);
 }
 
+/* Points the run in box at the box's arrays. */
+static void run_point(struct entry_box *box)
+{
+	Iommud__State__V1__MapRun *run = &box->change.map_run;
+
+	run->file_id = box->run.file_id;
+	run->prot = box->run.prot;
+	run->iova = box->run.iova;
+	run->length = box->run.length;
+	run->offset = box->run.offset;
+}
+
+/* Grows *array to cap elements of size bytes; false when out of memory (it stays as it was). */
+static bool grow_array(void *array, size_t cap, size_t size)
+{
+	void **p = array, *grown = realloc(*p, cap * size);
+
+	if (grown)
+		*p = grown;
+	return grown != NULL;
+}
+
 /* Room for one more mapping in the run of box. */
 static int run_reserve(struct entry_box *box)
 {
 	struct run_arrays *a = &box->run;
-	Iommud__State__V1__MapRun *run = &box->change.map_run;
 	size_t cap = a->cap ? 2 * a->cap : 64;
-	void *p[5];
 
-	if (run->n_iova < a->cap)
+	if (box->change.map_run.n_iova < a->cap)
 		return 0;
-	p[0] = realloc(a->file_id, cap * sizeof(uint32_t));
-	if (p[0])
-		a->file_id = p[0];
-	p[1] = realloc(a->prot, cap * sizeof(uint32_t));
-	if (p[1])
-		a->prot = p[1];
-	p[2] = realloc(a->iova, cap * sizeof(uint64_t));
-	if (p[2])
-		a->iova = p[2];
-	p[3] = realloc(a->length, cap * sizeof(uint64_t));
-	if (p[3])
-		a->length = p[3];
-	p[4] = realloc(a->offset, cap * sizeof(uint64_t));
-	if (p[4])
-		a->offset = p[4];
-	if (!p[0] || !p[1] || !p[2] || !p[3] || !p[4])
+	if (!grow_array(&a->file_id, cap, sizeof(uint32_t)) ||
+	    !grow_array(&a->prot, cap, sizeof(uint32_t)) ||
+	    !grow_array(&a->iova, cap, sizeof(uint64_t)) ||
+	    !grow_array(&a->length, cap, sizeof(uint64_t)) ||
+	    !grow_array(&a->offset, cap, sizeof(uint64_t)))
 		return fail(-ENOMEM, "out of memory for the state record");
 	a->cap = cap;
-	run->file_id = a->file_id;
-	run->prot = a->prot;
-	run->iova = a->iova;
-	run->length = a->length;
-	run->offset = a->offset;
+	run_point(box);
 	return 0;
 }
 
@@ -498,11 +503,7 @@ static struct entry_box *run_for(struct state *st, uint32_t lease_id, uint32_t d
 	run->lease_id = lease_id;
 	run->domain_id = domain_id;
 	/* The box's arrays from earlier calls serve again. */
-	run->file_id = box->run.file_id;
-	run->prot = box->run.prot;
-	run->iova = box->run.iova;
-	run->length = box->run.length;
-	run->offset = box->run.offset;
+	run_point(box);
 	return box;
 }
 
