@@ -88,6 +88,7 @@ int do_hello(struct call *call);
  * names (room for KH_CAP_COUNT); returns how many. */
 size_t capability_names(uint32_t caps, char **names);
 int do_release_lease(struct call *call);
+int do_daemon_reexec(struct call *call);
 
 /* method_stats.c */
 int do_get_stats(struct call *call);
@@ -105,6 +106,9 @@ int do_detach_device(struct call *call);
 int do_open_device(struct call *call);
 
 /* method_domains.c */
+/* The kernel-helper arguments an AllocDomain request asks for (data points into r). */
+int domain_alloc_args(const Iommud__V1__AllocDomainRequest *r,
+		      struct kh_domain_alloc_args *ret_args);
 int do_alloc_domain(struct call *call);
 int do_free_domain(struct call *call);
 int do_list_domains(struct call *call);

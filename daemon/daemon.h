@@ -24,6 +24,8 @@
 #define IOMMUD_METHOD_SLOTS 64 /* method numbers (Request oneof field numbers) below this */
 #define IOMMUD_CODES	    (IOMMUD__V1__CODE__CODE_UNAVAILABLE + 1) /* the schema's Code values */
 
+struct state;
+
 struct method_stats {
 	uint64_t calls;
 	uint64_t errors;
@@ -51,6 +53,8 @@ struct daemon {
 	struct kh_backend *be;
 	struct registry *reg;
 	struct probes *probes; /* the map/unmap histograms; owned by serve() */
+	struct state *state;   /* the leases' state record (state.h); NULL: none kept */
+	unsigned calls_kept;   /* calls between slices (dispatch_resume) */
 	time_t started;
 	unsigned connections;
 	uint64_t rejected_packets;
@@ -74,5 +78,8 @@ struct client {
 int client_init(struct daemon *d, struct client *c, const struct peer *peer);
 /* Leaves the session, drops the tenant and releases the peer. */
 void client_fini(struct client *c);
+/* Root, or a peer whose section has stats = all: sees every tenant's figures and may
+ * re-execute the daemon. */
+bool client_is_observer(const struct client *c);
 
 #endif

@@ -11,6 +11,7 @@
 
 #include "call.h"
 #include "log.h"
+#include "state.h"
 #include "text.h"
 
 /* ---- the method table ----------------------------------------------------------------- */
@@ -57,6 +58,8 @@ static const struct method methods[IOMMUD_METHOD_SLOTS] = {
 	METHOD(GET_STATS, do_get_stats, READS),
 	METHOD(LIST_DOMAINS, do_list_domains, READS, .session = true),
 	METHOD(RELEASE_LEASE, do_release_lease, WRITES, .session = true),
+	/* Restarts nothing a tenant holds; who may ask is checked by the handler (observers). */
+	METHOD(DAEMON_REEXEC, do_daemon_reexec, READS),
 };
 
 const char *method_name(Iommud__V1__Request__MethodCase method)
@@ -228,6 +231,13 @@ void client_fini(struct client *c)
 		tenant_put(c->tenant);
 	peer_clear(&c->peer);
 	*c = (struct client){0};
+}
+
+bool client_is_observer(const struct client *c)
+{
+	const struct access_rule *rule = c->tenant ? tenant_rule(c->tenant) : NULL;
+
+	return c->peer.uid == 0 || (rule && rule->stats_all);
 }
 
 /* ---- what a request may hold ---------------------------------------------------------- */
@@ -598,11 +608,13 @@ static struct call *keep_call(const struct call *call)
 	/* The packet is the server's buffer, read again by the next request. */
 	k->call.packet = NULL;
 	k->call.packet_len = 0;
+	call->d->calls_kept++;
 	return &k->call;
 }
 
 static void free_call(struct call *call)
 {
+	call->d->calls_kept--;
 	call_end(call);
 	iommud__v1__request__free_unpacked((Iommud__V1__Request *)call->req, NULL);
 	free((char *)call - offsetof(struct kept_call, call));
@@ -613,6 +625,7 @@ static void free_call(struct call *call)
 static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *out_fd,
 		       unsigned *ret_method, struct call **ret_kept)
 {
+	struct daemon *d = call->d;
 	struct call *k = NULL;
 	Iommud__V1__Code code;
 	size_t out_len;
@@ -631,6 +644,9 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *
 		*ret_kept = kept ? call : k;
 		return 0;
 	}
+	/* Acknowledged only once recorded: the record is written before the reply. */
+	if (rc == 0 && call->req)
+		rc = state_record_call(call->d->state, call);
 	out_len = pack_response(call, rc, out, &code);
 	if (*ret_method)
 		count_call(&call->d->methods[*ret_method], code);
@@ -642,6 +658,7 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *
 		free_call(call);
 	else
 		call_end(call);
+	state_compact_if_due(d->state, d->calls_kept > 0);
 	return out_len;
 }
 

@@ -22,8 +22,10 @@
 #include "dispatch.h"
 #include "log.h"
 #include "probes/probes.h"
+#include "reexec.h"
 #include "server.h"
 #include "session.h"
+#include "state.h"
 #include "status.h"
 
 static const char usage[] =
@@ -299,15 +301,41 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	(void)event_base_loopbreak(arg);
 }
 
-/* SIGTERM and SIGINT stop the loop; SIGHUP is only logged. */
-#define N_SIGNALS 3
+/* SIGUSR2 asks for a re-execution (reexec.h): the loop ends, and serve() executes the daemon
+ * again. */
+struct reexec_request {
+	struct event_base *base;
+	const struct daemon *d;
+	bool asked;
+};
 
-static int watch_signals(struct event_base *base, struct event *ret_events[N_SIGNALS])
+static void on_reexec(evutil_socket_t sig, short what, void *arg)
 {
+	struct reexec_request *r = arg;
+
+	(void)sig;
+	(void)what;
+	if (!r->d->state) {
+		log_warning("SIGUSR2: re-executing needs a service manager that keeps the leases' "
+			    "state record (NOTIFY_SOCKET, FileDescriptorStoreMax=); ignored");
+		return;
+	}
+	log_notice("SIGUSR2: re-executing");
+	r->asked = true;
+	(void)event_base_loopbreak(r->base);
+}
+
+/* SIGTERM and SIGINT stop the loop; SIGHUP is only logged; SIGUSR2 re-executes. */
+#define N_SIGNALS 4
+
+static int watch_signals(struct reexec_request *reexec, struct event *ret_events[N_SIGNALS])
+{
+	struct event_base *base = reexec->base;
 	struct event *events[N_SIGNALS] = {
 		evsignal_new(base, SIGTERM, on_signal, base),
 		evsignal_new(base, SIGINT, on_signal, base),
 		evsignal_new(base, SIGHUP, on_hangup, NULL),
+		evsignal_new(base, SIGUSR2, on_reexec, reexec),
 	};
 	int rc = 0;
 
@@ -349,10 +377,22 @@ static int start_probes(struct daemon *d)
 	return 0;
 }
 
+/* Only returns on failure, when the process can serve no more: the service manager restarts
+ * the daemon, which adopts the leases from the store as after a crash. */
+static void reexec_now(struct daemon *d, struct server *srv)
+{
+	(void)sd_notify(0, "RELOADING=1");
+	(void)reexec(d->state, server_listen_fd(srv));
+	log_err("%s; exiting, for the service manager to start the daemon again",
+		failure_message());
+	_exit(EXIT_FAILURE);
+}
+
 /* Serves until a signal stops the daemon; returns the exit status. */
 static int serve(struct daemon *d, struct config *cfg)
 {
 	struct event *signals[N_SIGNALS] = {NULL};
+	struct reexec_request reexec_request = {0};
 	struct event_base *base = event_base_new();
 	struct server *srv = NULL;
 	int status = 1;
@@ -371,7 +411,11 @@ static int serve(struct daemon *d, struct config *cfg)
 		log_err("%s", failure_message());
 		goto out;
 	}
-	if (watch_signals(base, signals) < 0)
+	if (state_open(d->reg, &d->state) < 0)
+		log_err("named leases will not survive a restart: %s", failure_message());
+	reexec_request.base = base;
+	reexec_request.d = d;
+	if (watch_signals(&reexec_request, signals) < 0)
 		goto out;
 	(void)sd_notifyf(0, "READY=1\nSTATUS=serving on the %s backend", kh_backend_name(d->be));
 	log_notice("ready (iommud %s, protocol %d)", IOMMUD_VERSION, IOMMUD_PROTOCOL_VERSION);
@@ -379,10 +423,14 @@ static int serve(struct daemon *d, struct config *cfg)
 		log_err("the event loop failed");
 	else
 		status = 0;
+	if (reexec_request.asked)
+		reexec_now(d, srv);
 	(void)sd_notify(0, "STOPPING=1");
 out:
 	/* Connections first (anonymous sessions), then leases; main closes the backend. */
 	server_destroy(srv);
+	/* The store keeps the leases for the next daemon, if the service manager keeps it. */
+	state_close(d->state);
 	registry_destroy(d->reg);
 	probes_stop(d->probes);
 	for (size_t i = 0; i < N_SIGNALS; i++)
@@ -403,6 +451,7 @@ int main(int argc, char **argv)
 
 	if (parse_options(argc, argv, &opts) < 0)
 		return 2;
+	reexec_remember(argv);
 	if (load_config(&opts, &cfg) < 0) {
 		config_free(&cfg);
 		return 1;

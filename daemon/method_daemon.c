@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MIT
-/* The methods about the daemon and the connection itself: Hello and ReleaseLease. */
+/* The methods about the daemon and the connection itself: Hello, ReleaseLease and
+ * DaemonReexec. */
 #include <errno.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <names.h>
 
@@ -106,4 +109,21 @@ int do_release_lease(struct call *call)
 	if (!REPLY(call, release_lease_reply))
 		return nomem();
 	return session_release_lease(call->client->session);
+}
+
+int do_daemon_reexec(struct call *call)
+{
+	if (!client_is_observer(call->client))
+		return fail(-EPERM, "re-executing the daemon is for root and observers (a "
+				    "configuration section with stats = all)");
+	if (!call->d->state)
+		return fail(-EOPNOTSUPP,
+			    "this daemon keeps no state record (no service manager keeps its "
+			    "descriptors), so re-executing it would end every lease; run it under "
+			    "systemd with FileDescriptorStoreMax=");
+	if (!REPLY(call, daemon_reexec_reply))
+		return nomem();
+	/* The loop takes the signal after this reply is sent, and re-executes as for SIGUSR2. */
+	(void)kill(getpid(), SIGUSR2);
+	return 0;
 }

@@ -32,9 +32,9 @@ static Iommud__V1__DomainType to_proto_domain_type(enum kh_domain_type type)
 	return (Iommud__V1__DomainType)(type + 1);
 }
 
-int do_alloc_domain(struct call *call)
+int domain_alloc_args(const Iommud__V1__AllocDomainRequest *r,
+		      struct kh_domain_alloc_args *ret_args)
 {
-	const Iommud__V1__AllocDomainRequest *r = call->req->alloc_domain;
 	struct kh_domain_alloc_args args = {
 		.flags = (r->dirty_tracking ? KH_DOMAIN_F_DIRTY_TRACKING : 0) |
 			 (r->nest_parent ? KH_DOMAIN_F_NEST_PARENT : 0),
@@ -43,8 +43,20 @@ int do_alloc_domain(struct call *call)
 		.data = r->nest_data.len ? r->nest_data.data : NULL,
 		.data_len = r->nest_data.len,
 	};
-	Iommud__V1__AllocDomainReply *reply;
 	int rc = to_kh_domain_type(r->type, &args.type);
+
+	if (rc < 0)
+		return rc;
+	*ret_args = args;
+	return 0;
+}
+
+int do_alloc_domain(struct call *call)
+{
+	const Iommud__V1__AllocDomainRequest *r = call->req->alloc_domain;
+	struct kh_domain_alloc_args args;
+	Iommud__V1__AllocDomainReply *reply;
+	int rc = domain_alloc_args(r, &args);
 
 	if (rc < 0 || (rc = need_device_name(r->device)) < 0)
 		return rc;

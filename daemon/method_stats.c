@@ -443,13 +443,12 @@ static int fill_everyone(struct stats_fill *st)
 int do_get_stats(struct call *call)
 {
 	const struct client *c = call->client;
-	const struct access_rule *rule = tenant_rule(c->tenant);
 	struct stats_fill st = {.call = call, .reply = REPLY(call, get_stats_reply)};
 	int rc;
 
 	if (!st.reply || !(st.reply->quota = call_alloc(call, sizeof(*st.reply->quota))))
 		return nomem();
-	st.reply->observer = c->peer.uid == 0 || (rule && rule->stats_all);
+	st.reply->observer = client_is_observer(c);
 	fill_counters(call, st.reply);
 	if ((rc = fill_ceilings(call, &st.reply->ceilings, st.reply->observer)) < 0 ||
 	    (rc = fill_probes(&st, st.reply->observer)) < 0)

@@ -15,11 +15,11 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <iommud_wire.h>
 
+#include "fdstore.h"
 #include "flow.h"
 #include "log.h"
 #include "peer.h"
@@ -743,28 +743,32 @@ static int bind_socket(struct server *srv, const char *path, mode_t mode)
 
 int server_listen(struct server *srv, const char *path, mode_t mode)
 {
-	int n = sd_listen_fds(1), rc;
+	int rc = fdstore_handed();
 
-	if (n > 1)
-		return fail(-EINVAL, "systemd passed %d sockets; iommud takes one", n);
-	if (n == 1) {
-		if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_SEQPACKET, 1, NULL, 0) <= 0)
-			return fail(-EINVAL, "the socket systemd passed is not a listening "
-					     "SOCK_SEQPACKET Unix socket; check iommud.socket");
-		srv->listen_fd = SD_LISTEN_FDS_START;
+	if (rc >= 0)
+		rc = fdstore_claim_listener();
+	if (rc >= 0) {
+		srv->listen_fd = rc;
 		(void)fcntl(srv->listen_fd, F_SETFL, fcntl(srv->listen_fd, F_GETFL) | O_NONBLOCK);
 		log_info("listening on the socket systemd passed");
-	} else {
+	} else if (rc == -ENOENT) {
 		rc = bind_socket(srv, path, mode);
 		if (rc < 0)
 			return rc;
 		log_info("listening on %s", path);
+	} else {
+		return rc;
 	}
 	srv->listen_ev = event_new(srv->base, srv->listen_fd, EV_READ, on_accept, srv);
 	if (!srv->listen_ev || event_add(srv->listen_ev, NULL) < 0 ||
 	    flows_join(srv->flows, &srv->accept_item, srv, ACCEPT_UID, &(struct flow_rate){0}) < 0)
 		return fail(-ENOMEM, "cannot watch the listening socket");
 	return 0;
+}
+
+int server_listen_fd(const struct server *srv)
+{
+	return srv->listen_fd;
 }
 
 void server_destroy(struct server *srv)

@@ -32,6 +32,8 @@ int server_create(struct event_base *base, struct daemon *d, unsigned max_connec
 /* Listens on the socket systemd passed (socket activation) if there is one, else binds path,
  * creating its directory; a stale socket file is replaced, a live daemon's is not. */
 int server_listen(struct server *srv, const char *path, mode_t mode);
+/* The listening socket (the server keeps it), for a re-execution to pass on. */
+int server_listen_fd(const struct server *srv);
 /* Serves an already connected SOCK_SEQPACKET socket; the server owns it from then on (also on
  * failure). For tests and the fuzz harness. */
 int server_adopt(struct server *srv, int fd);

@@ -100,6 +100,9 @@ struct registry {
 	struct kh_backend *be;
 	const struct config *cfg;
 	struct probes *probes; /* NULL: nothing to attribute */
+	/* Told of each named session's end (the state record); NULL: no one to tell. */
+	void (*lease_end)(struct session *s, void *arg);
+	void *lease_end_arg;
 	LIST_HEAD(, tenant) tenants;
 	unsigned n_tenants;
 	unsigned n_sessions;
@@ -126,6 +129,13 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 void registry_set_probes(struct registry *reg, struct probes *probes)
 {
 	reg->probes = probes;
+}
+
+void registry_set_lease_end(struct registry *reg, void (*lease_end)(struct session *, void *),
+			    void *arg)
+{
+	reg->lease_end = lease_end;
+	reg->lease_end_arg = arg;
 }
 
 struct kh_backend *registry_backend(const struct registry *reg)
@@ -341,19 +351,15 @@ static struct tenant *tenant_find(struct registry *reg, uid_t uid, const char *c
 	return NULL;
 }
 
-int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **out,
-	       enum access *access)
+/* The tenant of this identity, created on first sight, with a reference taken. */
+static int tenant_hold(struct registry *reg, uid_t uid, const char *cgroup,
+		       const struct access_rule *rule, struct tenant **out)
 {
-	const struct access_rule *rule =
-		config_match(reg->cfg, peer->uid, peer->gid, peer->groups, peer->n_groups);
-	const char *cgroup = tenant_cgroup(peer);
-	enum access granted = rule ? rule->access : reg->cfg->default_access;
-	struct tenant *t = tenant_find(reg, peer->uid, cgroup, rule);
+	struct tenant *t = tenant_find(reg, uid, cgroup, rule);
 
 	if (t) {
 		t->refs++;
 		*out = t;
-		*access = granted;
 		return 0;
 	}
 	t = calloc(1, sizeof(*t));
@@ -362,7 +368,7 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 		return fail(-ENOMEM, "out of memory for a new tenant");
 	}
 	t->reg = reg;
-	t->uid = peer->uid;
+	t->uid = uid;
 	t->rule = rule;
 	t->refs = 1;
 	LIST_INIT(&t->sessions);
@@ -373,8 +379,44 @@ int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **ou
 		   "new tenant uid %u cgroup '{IOMMUD_CGROUP}' (%s)", (unsigned)t->uid,
 		   rule ? rule->section : "no section: default access");
 	*out = t;
-	*access = granted;
 	return 0;
+}
+
+int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **out,
+	       enum access *access)
+{
+	const struct access_rule *rule =
+		config_match(reg->cfg, peer->uid, peer->gid, peer->groups, peer->n_groups);
+	int rc = tenant_hold(reg, peer->uid, tenant_cgroup(peer), rule, out);
+
+	if (rc < 0)
+		return rc;
+	*access = rule ? rule->access : reg->cfg->default_access;
+	return 0;
+}
+
+int tenant_adopt(struct registry *reg, uid_t uid, const char *cgroup, const char *section,
+		 struct tenant **out)
+{
+	const struct access_rule *rule = NULL;
+
+	for (size_t i = 0; section[0] && i < reg->cfg->n_rules && !rule; i++)
+		if (strcmp(reg->cfg->rules[i].section, section) == 0)
+			rule = &reg->cfg->rules[i];
+	if (section[0] && !rule)
+		return fail(-ENOENT,
+			    "the configuration has no section '%s' any more; a lease of uid %u "
+			    "made under it cannot be kept",
+			    section, (unsigned)uid);
+	return tenant_hold(reg, uid, cgroup, rule, out);
+}
+
+void tenant_identity(const struct tenant *t, uid_t *ret_uid, const char **ret_cgroup,
+		     const char **ret_section)
+{
+	*ret_uid = t->uid;
+	*ret_cgroup = t->cgroup;
+	*ret_section = t->rule ? t->rule->section : "";
 }
 
 void tenant_put(struct tenant *t)
@@ -485,6 +527,8 @@ static void session_destroy(struct session *s)
 
 	if (probes && kernel_fd >= 0)
 		probes_unregister_fd(probes, kernel_fd);
+	if (s->lease[0] && s->tenant->reg->lease_end)
+		s->tenant->reg->lease_end(s, s->tenant->reg->lease_end_arg);
 	/* The context first: it releases every mapping's memory once the backend has unmapped it,
 	 * charging the domain records, which must still be there. */
 	kh_ctx_destroy(s->ctx);
@@ -1543,6 +1587,8 @@ int session_mappings(struct session *s, uint32_t domain_id, uint64_t from, struc
 			.length = page[i].length,
 			.offset = ((const struct map_owner *)page[i].owner)->offset,
 			.prot = page[i].prot,
+			.dev = ((const struct map_owner *)page[i].owner)->file->dev,
+			.ino = ((const struct map_owner *)page[i].owner)->file->ino,
 		};
 	free(page);
 	return n;

@@ -66,6 +66,10 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 /* The probes the registry tells whose each session and cgroup is, and that it times the
  * backend's in-process map path into; the caller keeps them and outlives the registry. */
 void registry_set_probes(struct registry *reg, struct probes *probes);
+/* Called as each named session ends, before its context goes (the state record forgets it);
+ * the caller keeps arg and outlives the registry. */
+void registry_set_lease_end(struct registry *reg, void (*lease_end)(struct session *s, void *arg),
+			    void *arg);
 /* Releases every session (and what it maps) and tenant. */
 void registry_destroy(struct registry *reg);
 struct kh_backend *registry_backend(const struct registry *reg);
@@ -82,6 +86,12 @@ uint64_t registry_failed_releases(const struct registry *reg);
 int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **out,
 	       enum access *access);
 void tenant_put(struct tenant *tenant);
+/* The tenant of a lease the state record kept (daemon/state.h): found by the identity
+ * tenant_identity gave, its rule by the configuration section's name ("": none). */
+int tenant_adopt(struct registry *reg, uid_t uid, const char *cgroup, const char *section,
+		 struct tenant **out);
+void tenant_identity(const struct tenant *tenant, uid_t *ret_uid, const char **ret_cgroup,
+		     const char **ret_section);
 const struct access_rule *tenant_rule(const struct tenant *tenant);
 struct usage tenant_usage(const struct tenant *tenant);
 /* The tenant's open connections and sessions. */
@@ -241,6 +251,8 @@ struct mapping_view {
 	uint64_t length;
 	uint64_t offset;
 	uint32_t prot;
+	dev_t dev; /* the client's file */
+	ino_t ino;
 };
 /* Copies up to max mappings with iova >= from in IOVA order; returns how many, and sets *more
  * when there are further ones. */

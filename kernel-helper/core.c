@@ -209,6 +209,20 @@ static uint32_t objects_add(struct kh_objects *objs, enum kh_obj_kind kind, void
 	return id;
 }
 
+uint32_t kh_ctx_last_id(const struct kh_ctx *ctx)
+{
+	return ctx->objects->last_id;
+}
+
+int kh_ctx_skip_ids(struct kh_ctx *ctx, uint32_t last_id)
+{
+	if (last_id < ctx->objects->last_id)
+		return kh_fail(-EINVAL, "ids up to %u were given out already; %u would reuse them",
+			       ctx->objects->last_id, last_id);
+	ctx->objects->last_id = last_id;
+	return 0;
+}
+
 static void objects_remove(struct kh_objects *objs, uint32_t id)
 {
 	for (size_t i = 0; i < objs->n; i++) {

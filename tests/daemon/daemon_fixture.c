@@ -44,10 +44,8 @@ void fixture_start(struct daemon_fixture *f, const char *config, const char *dev
 	fixture_start_topology(f, config, topology);
 }
 
-/* The case's directory, and in it the daemon's configuration (its topology on the emulated
- * backend, if given), written to config_path. */
-static void write_config(struct daemon_fixture *f, const char *config, const char *topology,
-			 char config_path[static 128])
+void fixture_write_config(struct daemon_fixture *f, const char *config, const char *topology,
+			  char config_path[static 128])
 {
 	char topology_path[128], text[4096];
 
@@ -77,7 +75,7 @@ static void write_config(struct daemon_fixture *f, const char *config, const cha
 
 /* Waits until the daemon answers on its socket: its event loop runs, and start-up has opened
  * all it keeps. */
-static void wait_until_serving(struct daemon_fixture *f)
+void fixture_wait_until_serving(struct daemon_fixture *f)
 {
 	struct timespec pause = {0, 10 * 1000 * 1000};
 
@@ -110,7 +108,7 @@ void fixture_start_topology(struct daemon_fixture *f, const char *config, const 
 {
 	char config_path[128];
 
-	write_config(f, config, topology, config_path);
+	fixture_write_config(f, config, topology, config_path);
 	f->pid = fork();
 	CHECK(f->pid >= 0);
 	if (f->pid == 0) {
@@ -125,7 +123,7 @@ void fixture_start_topology(struct daemon_fixture *f, const char *config, const 
 		(void)fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
-	wait_until_serving(f);
+	fixture_wait_until_serving(f);
 }
 
 void fixture_stop(struct daemon_fixture *f)

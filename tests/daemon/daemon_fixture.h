@@ -30,6 +30,13 @@ void fixture_start(struct daemon_fixture *f, const char *config, const char *dev
 /* The same with a whole topology file's text (docs/operations.md, "Emulated topology"), or
  * with topology NULL on the iommufd backend. */
 void fixture_start_topology(struct daemon_fixture *f, const char *config, const char *topology);
+/* The case's directory, and in it the daemon's configuration (its topology on the emulated
+ * backend, if given), written to config_path: for tests that start the daemon their own way. */
+void fixture_write_config(struct daemon_fixture *f, const char *config, const char *topology,
+			  char config_path[static 128]);
+/* Waits until the daemon answers on its socket: its event loop runs, and start-up has opened
+ * all it keeps. */
+void fixture_wait_until_serving(struct daemon_fixture *f);
 /* SIGTERM, then checks the daemon exited with status 0; removes the directory. */
 void fixture_stop(struct daemon_fixture *f);
 /* Open descriptors of the daemon process other than sockets, to prove a test case leaked

@@ -168,6 +168,12 @@ void kh_ctx_destroy(struct kh_ctx *ctx);
  * fd), for tracing to tell contexts apart; the context keeps it. -EOPNOTSUPP where the backend
  * has none. */
 int kh_ctx_kernel_fd(const struct kh_ctx *ctx);
+/* The last object id the context gave out; ids are never reused, so a daemon that rebuilds a
+ * context from its record (docs/architecture.md, "Survival") carries this number over. */
+uint32_t kh_ctx_last_id(const struct kh_ctx *ctx);
+/* Makes the next object the context creates take id last_id + 1: for rebuilding objects under
+ * the ids they had. -EINVAL when last_id is below an id already given out (ids only grow). */
+int kh_ctx_skip_ids(struct kh_ctx *ctx, uint32_t last_id);
 
 /* ---- devices in a context ------------------------------------------------------------- */
 

@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: MIT */
+/* iommuctl daemon reexec: the daemon executed again in place, its leases kept. */
+#include "cli.h"
+
+static const char daemon_reexec_help[] =
+	"Has iommud execute its binary again in place (the new one, after an upgrade replaced\n"
+	"the file), passing on its socket, its state record and the memory files its leases\n"
+	"map: named leases keep their devices, domains and mappings, as across a crash; every\n"
+	"connection drops. For root and observers (a section with stats = all), and only where a\n"
+	"service manager keeps the daemon's descriptor store (docs/operations.md, \"Surviving a\n"
+	"restart\"). systemd's ExecReload= can send SIGUSR2 instead.\n";
+
+const struct cmd_entry cmd_daemon_reexec_entry = {
+	.name = "daemon reexec",
+	.summary = "Re-executes iommud in place, keeping the leases.",
+	.help = daemon_reexec_help,
+	.examples = "  sudo iommuctl daemon reexec\n",
+	.method = IOMMUD__V1__REQUEST__METHOD_DAEMON_REEXEC,
+};

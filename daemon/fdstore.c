@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: MIT
+#include "fdstore.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "log.h"
+#include "status.h"
+
+/* The descriptors handed at start are the process's, read once from its environment. */
+static struct handed {
+	int fd; /* -1 once claimed */
+	char *name;
+} * handed;
+static size_t n_handed;
+static bool read_env;
+
+bool fdstore_available(void)
+{
+	const char *socket = getenv("NOTIFY_SOCKET");
+
+	return socket && socket[0];
+}
+
+int fdstore_add(const char *name, int fd)
+{
+	char text[64 + 256];
+	int rc;
+
+	(void)snprintf(text, sizeof(text), "FDSTORE=1\nFDNAME=%s", name);
+	rc = sd_pid_notify_with_fds(0, 0, text, &fd, 1);
+	if (rc < 0)
+		return fail(rc, "cannot hand %s to the service manager's descriptor store: %s",
+			    name, strerror(-rc));
+	if (rc == 0)
+		return fail(-ENOTCONN, "no service manager to keep %s (NOTIFY_SOCKET is unset)",
+			    name);
+	return 0;
+}
+
+void fdstore_remove(const char *name)
+{
+	(void)sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=%s", name);
+}
+
+int fdstore_handed(void)
+{
+	char **names = NULL;
+	int n;
+
+	if (read_env)
+		return (int)n_handed;
+	n = sd_listen_fds_with_names(1, &names);
+	if (n < 0)
+		return fail(n, "cannot read the descriptors the service manager passed: %s",
+			    strerror(-n));
+	handed = n ? calloc((size_t)n, sizeof(*handed)) : NULL;
+	if (n && !handed) {
+		for (int i = 0; i < n; i++)
+			free(names[i]);
+		free(names);
+		return fail(-ENOMEM, "out of memory for the descriptors passed at start");
+	}
+	for (int i = 0; i < n; i++) {
+		handed[i] = (struct handed){.fd = SD_LISTEN_FDS_START + i, .name = names[i]};
+		(void)fcntl(handed[i].fd, F_SETFD, FD_CLOEXEC);
+	}
+	free(names);
+	n_handed = (size_t)n;
+	read_env = true;
+	return n;
+}
+
+const char *fdstore_handed_name(size_t i)
+{
+	return i < n_handed && handed[i].fd >= 0 ? handed[i].name : NULL;
+}
+
+int fdstore_claim(size_t i)
+{
+	int fd = handed[i].fd;
+
+	handed[i].fd = -1;
+	return fd;
+}
+
+int fdstore_claim_name(const char *name)
+{
+	for (size_t i = 0; i < n_handed; i++)
+		if (handed[i].fd >= 0 && strcmp(handed[i].name, name) == 0)
+			return fdstore_claim(i);
+	return -ENOENT;
+}
+
+int fdstore_claim_listener(void)
+{
+	size_t found = SIZE_MAX, n = 0;
+
+	for (size_t i = 0; i < n_handed; i++) {
+		if (handed[i].fd < 0 || sd_is_socket(handed[i].fd, AF_UNSPEC, 0, -1) <= 0)
+			continue;
+		if (sd_is_socket_unix(handed[i].fd, SOCK_SEQPACKET, 1, NULL, 0) <= 0)
+			return fail(-EINVAL,
+				    "the socket the service manager passed ('%s') is not a "
+				    "listening SOCK_SEQPACKET Unix socket; check "
+				    "iommud.socket",
+				    handed[i].name);
+		found = i;
+		n++;
+	}
+	if (n > 1)
+		return fail(-EINVAL, "the service manager passed %zu sockets; iommud takes one", n);
+	return n ? fdstore_claim(found) : -ENOENT;
+}
+
+void fdstore_drop_strays(void)
+{
+	for (size_t i = 0; i < n_handed; i++) {
+		if (handed[i].fd >= 0) {
+			log_notice("closing descriptor '%s' from the store: no record names it",
+				   handed[i].name);
+			(void)close(handed[i].fd);
+			handed[i].fd = -1;
+			fdstore_remove(handed[i].name);
+		}
+		free(handed[i].name);
+	}
+	free(handed);
+	handed = NULL;
+	n_handed = 0;
+}

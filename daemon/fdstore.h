@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The service manager's file-descriptor store (sd_notify FDSTORE=1), which keeps descriptors
+ * across the daemon's death and hands them back to the next process through LISTEN_FDS and
+ * LISTEN_FDNAMES, and the descriptors handed back at start.
+ *
+ * Every descriptor the daemon stores has a name that says whose it is (docs/architecture.md,
+ * "Survival"): "state.<generation>" for the state record, "lease<L>.file<F>" for a memory file
+ * lease L's mappings use. The socket the manager listens on for the daemon comes among the
+ * handed descriptors too, under its unit's name.
+ *
+ * Ownership: the handed descriptors belong to this module until claimed; a claimed one belongs
+ * to the claimer, and fdstore_drop_strays closes (and removes from the store) the others.
+ * Storing a descriptor gives the manager a copy: the caller keeps its own.
+ */
+#ifndef IOMMUD_FDSTORE_H
+#define IOMMUD_FDSTORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Whether a service manager listens (NOTIFY_SOCKET): without one nothing can be kept. */
+bool fdstore_available(void);
+/* Hands the manager a copy of fd to keep under name (printable ASCII without ':', at most 255
+ * characters); 0 or a negative errno. */
+int fdstore_add(const char *name, int fd);
+/* Tells the manager to close every descriptor it keeps under name. */
+void fdstore_remove(const char *name);
+
+/* Reads LISTEN_FDS and LISTEN_FDNAMES, once; later calls see the same descriptors. How many
+ * were handed, or a negative errno. */
+int fdstore_handed(void);
+/* The i-th handed descriptor's name; NULL once it is claimed or past the end. */
+const char *fdstore_handed_name(size_t i);
+/* Takes the i-th handed descriptor over. */
+int fdstore_claim(size_t i);
+/* Takes over the handed descriptor named name; -ENOENT when none is. */
+int fdstore_claim_name(const char *name);
+/* The listening SOCK_SEQPACKET Unix socket among the handed descriptors, taken over: its fd,
+ * -ENOENT when no socket was handed, -EINVAL when several were or one of another kind. */
+int fdstore_claim_listener(void);
+/* Closes every handed descriptor nobody claimed and removes it from the store, saying so: what
+ * no record names is a stray of an earlier daemon. */
+void fdstore_drop_strays(void);
+
+#endif

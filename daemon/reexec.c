@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: MIT
+#define _GNU_SOURCE /* F_DUPFD_CLOEXEC */
+#include "reexec.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "state.h"
+#include "status.h"
+
+/* The listening socket's name among the passed descriptors, as a socket unit would give it. */
+#define LISTENER_NAME "iommud.socket"
+
+static char binary[PATH_MAX];
+static char **arguments;
+
+void reexec_remember(char **argv)
+{
+	ssize_t n = readlink("/proc/self/exe", binary, sizeof(binary) - 1);
+
+	binary[n > 0 ? n : 0] = '\0';
+	arguments = argv;
+}
+
+struct passed {
+	int *fds;
+	char *names; /* "a:b:c" */
+	size_t n, cap, names_len;
+};
+
+static int pass(const char *name, int fd, void *arg)
+{
+	struct passed *p = arg;
+	size_t len = strlen(name);
+	char *names = realloc(p->names, p->names_len + len + 2);
+	int *fds = p->n == p->cap
+			   ? realloc(p->fds, (p->cap = p->cap ? 2 * p->cap : 16) * sizeof(int))
+			   : p->fds;
+
+	if (names)
+		p->names = names;
+	if (fds)
+		p->fds = fds;
+	if (!names || !fds)
+		return fail(-ENOMEM, "out of memory listing the descriptors to keep");
+	(void)snprintf(p->names + p->names_len, len + 2, "%s%s", p->n ? ":" : "", name);
+	p->names_len += len + (p->n ? 1 : 0);
+	p->fds[p->n++] = fd;
+	return 0;
+}
+
+/* Moves the descriptors to 3, 4, ... (the only ones left open across execve) and says so in
+ * the environment. */
+static int place(const struct passed *p)
+{
+	char count[24], pid[24];
+	int *high = calloc(p->n, sizeof(int));
+
+	if (!high)
+		return fail(-ENOMEM, "out of memory placing the descriptors to keep");
+	/* Above every target first, so that no dup2 overwrites one not yet moved. */
+	for (size_t i = 0; i < p->n; i++)
+		if ((high[i] = fcntl(p->fds[i], F_DUPFD_CLOEXEC, (int)(3 + p->n))) < 0)
+			return fail(-errno, "cannot move descriptor %d: %s", p->fds[i],
+				    strerror(errno));
+	for (size_t i = 0; i < p->n; i++)
+		if (dup2(high[i], 3 + (int)i) < 0)
+			return fail(-errno, "cannot move descriptor %d: %s", p->fds[i],
+				    strerror(errno));
+	free(high);
+	(void)snprintf(count, sizeof(count), "%zu", p->n);
+	(void)snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	if (setenv("LISTEN_FDS", count, 1) < 0 || setenv("LISTEN_PID", pid, 1) < 0 ||
+	    setenv("LISTEN_FDNAMES", p->names, 1) < 0)
+		return fail(-ENOMEM, "out of memory for the environment");
+	return 0;
+}
+
+int reexec(const struct state *st, int listen_fd)
+{
+	struct passed p = {0};
+	int rc;
+
+	if (!binary[0])
+		return fail(-ENOENT, "the daemon's own binary could not be found at start");
+	rc = pass(LISTENER_NAME, listen_fd, &p);
+	if (rc == 0)
+		rc = state_each_fd(st, pass, &p);
+	if (rc == 0)
+		rc = place(&p);
+	if (rc == 0) {
+		log_notice("re-executing %s with %zu descriptors kept", binary, p.n);
+		(void)execv(binary, arguments);
+		rc = fail(-errno, "cannot execute %s: %s", binary, strerror(errno));
+	}
+	free(p.fds);
+	free(p.names);
+	return rc;
+}

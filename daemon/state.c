@@ -1,0 +1,733 @@
+// SPDX-License-Identifier: MIT
+/* The state record's contents: what each lease is recorded with, the transaction an
+ * acknowledged call adds, the snapshot that compaction writes. Rebuilding from a record is in
+ * state_adopt.c. */
+#define _GNU_SOURCE /* O_CLOEXEC with /proc reopen */
+#include "state.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "call.h"
+#include "fdstore.h"
+#include "log.h"
+#include "state_internal.h"
+#include "status.h"
+
+/* ---- the leases the record knows -------------------------------------------------------- */
+
+static int grow(void **v, size_t *cap, size_t n, size_t size)
+{
+	size_t want = *cap ? 2 * *cap : 8;
+	void *grown;
+
+	if (n < *cap)
+		return 0;
+	grown = realloc(*v, want * size);
+	if (!grown)
+		return fail(-ENOMEM, "out of memory for the state record");
+	*v = grown;
+	*cap = want;
+	return 0;
+}
+
+struct lease_rec *lease_find(struct state *st, const struct session *s)
+{
+	struct lease_rec *rec;
+
+	LIST_FOREACH (rec, &st->leases, link)
+		if (rec->s == s)
+			return rec;
+	return NULL;
+}
+
+struct lease_rec *lease_by_id(struct state *st, uint32_t id)
+{
+	struct lease_rec *rec;
+
+	LIST_FOREACH (rec, &st->leases, link)
+		if (rec->id == id)
+			return rec;
+	return NULL;
+}
+
+struct lease_rec *lease_add(struct state *st, struct session *s, uint32_t id)
+{
+	struct lease_rec *rec = calloc(1, sizeof(*rec));
+
+	if (!rec)
+		return NULL;
+	rec->s = s;
+	rec->id = id;
+	if (id > st->last_lease_id)
+		st->last_lease_id = id;
+	LIST_INSERT_HEAD(&st->leases, rec, link);
+	return rec;
+}
+
+void lease_file_name(const struct lease_rec *rec, uint32_t file_id, char name[LEASE_FILE_NAME])
+{
+	(void)snprintf(name, LEASE_FILE_NAME, "lease%u.file%u", rec->id, file_id);
+}
+
+/* Forgets file i of the lease, taking its descriptor out of the store. */
+static void lease_drop_file(struct lease_rec *rec, size_t i)
+{
+	char name[LEASE_FILE_NAME];
+
+	lease_file_name(rec, rec->files[i].id, name);
+	fdstore_remove(name);
+	(void)close(rec->files[i].fd);
+	rec->files[i] = rec->files[--rec->n_files];
+}
+
+void lease_drop_unused_files(struct lease_rec *rec)
+{
+	for (size_t i = 0; i < rec->n_files;) {
+		if (rec->files[i].used)
+			i++;
+		else
+			lease_drop_file(rec, i);
+	}
+}
+
+static void lease_free(struct lease_rec *rec, bool unstore)
+{
+	while (rec->n_files) {
+		if (unstore)
+			lease_drop_file(rec, 0);
+		else
+			(void)close(rec->files[--rec->n_files].fd);
+	}
+	for (size_t i = 0; i < rec->n_domains; i++)
+		free(rec->domains[i].data);
+	LIST_REMOVE(rec, link);
+	free(rec->files);
+	free(rec->domains);
+	free(rec->devices);
+	free(rec);
+}
+
+/* The registry's word that a lease ended (released, its last connection gone). */
+static void lease_end(struct session *s, void *arg)
+{
+	struct lease_rec *rec = lease_find(arg, s);
+
+	if (rec)
+		lease_free(rec, true);
+}
+
+int lease_add_file(struct lease_rec *rec, uint32_t id, dev_t dev, ino_t ino, bool writable, int fd)
+{
+	int rc = grow((void **)&rec->files, &rec->cap_files, rec->n_files, sizeof(*rec->files));
+
+	if (rc < 0)
+		return rc;
+	rec->files[rec->n_files++] = (struct lease_file){
+		.id = id, .dev = dev, .ino = ino, .writable = writable, .fd = fd};
+	if (id > rec->last_file_id)
+		rec->last_file_id = id;
+	return 0;
+}
+
+struct lease_file *lease_file_find(struct lease_rec *rec, dev_t dev, ino_t ino, bool writable)
+{
+	for (size_t i = 0; i < rec->n_files; i++)
+		if (rec->files[i].dev == dev && rec->files[i].ino == ino &&
+		    rec->files[i].writable == writable)
+			return &rec->files[i];
+	return NULL;
+}
+
+struct lease_file *lease_file_by_id(struct lease_rec *rec, uint32_t id)
+{
+	for (size_t i = 0; i < rec->n_files; i++)
+		if (rec->files[i].id == id)
+			return &rec->files[i];
+	return NULL;
+}
+
+int lease_add_domain(struct lease_rec *rec, uint32_t id, const char *device,
+		     const struct kh_domain_alloc_args *args)
+{
+	struct lease_domain *d;
+	int rc = grow((void **)&rec->domains, &rec->cap_domains, rec->n_domains,
+		      sizeof(*rec->domains));
+
+	if (rc < 0)
+		return rc;
+	d = &rec->domains[rec->n_domains];
+	*d = (struct lease_domain){.id = id, .args = *args};
+	if (args->data_len && !(d->data = malloc(args->data_len)))
+		return fail(-ENOMEM, "out of memory for the state record");
+	if (args->data_len)
+		memcpy(d->data, args->data, args->data_len);
+	d->args.data = d->data;
+	(void)snprintf(d->device, sizeof(d->device), "%s", device);
+	rec->n_domains++;
+	return 0;
+}
+
+struct lease_domain *lease_domain_find(struct lease_rec *rec, uint32_t id)
+{
+	for (size_t i = 0; i < rec->n_domains; i++)
+		if (rec->domains[i].id == id)
+			return &rec->domains[i];
+	return NULL;
+}
+
+void lease_remove_domain(struct lease_rec *rec, uint32_t id)
+{
+	struct lease_domain *d = lease_domain_find(rec, id);
+
+	if (!d)
+		return;
+	free(d->data);
+	*d = rec->domains[--rec->n_domains];
+}
+
+int lease_add_device(struct lease_rec *rec, const char *name)
+{
+	int rc = grow((void **)&rec->devices, &rec->cap_devices, rec->n_devices,
+		      sizeof(*rec->devices));
+
+	if (rc < 0)
+		return rc;
+	(void)snprintf(rec->devices[rec->n_devices++], KH_NAME_MAX, "%s", name);
+	return 0;
+}
+
+static bool lease_has_device(const struct lease_rec *rec, const char *name)
+{
+	for (size_t i = 0; i < rec->n_devices; i++)
+		if (strcmp(rec->devices[i], name) == 0)
+			return true;
+	return false;
+}
+
+/* ---- transactions ----------------------------------------------------------------------- */
+
+/* One entry and the change it holds, in one allocation the state reuses call after call. */
+struct entry_box {
+	/* A run's arrays, kept by the box from call to call and grown as needed. */
+	struct run_arrays {
+		uint32_t *file_id, *prot;
+		uint64_t *iova, *length, *offset;
+		size_t cap;
+	} run;
+	Iommud__State__V1__Entry entry;
+	union {
+		Iommud__State__V1__Lease lease;
+		Iommud__State__V1__Bind bind;
+		Iommud__State__V1__AllocDomain alloc_domain;
+		Iommud__State__V1__FreeDomain free_domain;
+		Iommud__State__V1__DeviceDomain device_domain;
+		Iommud__State__V1__File file;
+		Iommud__State__V1__MapRun map_run;
+		Iommud__State__V1__Unmap unmap;
+		Iommud__State__V1__DirtyTracking dirty_tracking;
+		Iommud__State__V1__ReleaseLease release_lease;
+		Iommud__State__V1__LastId last_id;
+	} change;
+};
+
+void *txn_add(struct state *st, Iommud__State__V1__Entry__ChangeCase change)
+{
+	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(
+		&iommud__state__v1__entry__descriptor, (unsigned)change);
+	struct entry_box *box;
+
+	if (st->n_boxes == st->cap_boxes) {
+		if (grow((void **)&st->boxes, &st->cap_boxes, st->n_boxes, sizeof(*st->boxes)) < 0)
+			return NULL;
+		for (size_t i = st->n_boxes; i < st->cap_boxes; i++)
+			st->boxes[i] = NULL;
+	}
+	if (!st->boxes[st->n_boxes] && !(st->boxes[st->n_boxes] = calloc(1, sizeof(*box))))
+		return NULL;
+	box = st->boxes[st->n_boxes++];
+	iommud__state__v1__entry__init(&box->entry);
+	protobuf_c_message_init(f->descriptor, &box->change);
+	box->entry.change_case = change;
+	/* Every member of the change union is a message pointer at the same place. */
+	box->entry.lease = &box->change.lease;
+	return &box->change;
+}
+
+int txn_commit(struct state *st)
+{
+	Iommud__State__V1__Transaction txn = IOMMUD__STATE__V1__TRANSACTION__INIT;
+	Iommud__State__V1__Entry **entries;
+	int rc;
+
+	if (!st->n_boxes)
+		return 0;
+	entries = malloc(st->n_boxes * sizeof(*entries));
+	if (!entries)
+		return fail(-ENOMEM, "out of memory for the state record");
+	for (size_t i = 0; i < st->n_boxes; i++)
+		entries[i] = &st->boxes[i]->entry;
+	txn.n_entries = st->n_boxes;
+	txn.entries = entries;
+	rc = record_append(&st->rec, &txn);
+	free(entries);
+	st->n_boxes = 0;
+	return rc;
+}
+
+/* ---- what each call changed ------------------------------------------------------------- */
+
+int add_lease(struct state *st, struct lease_rec *rec)
+{
+	Iommud__State__V1__Lease *l = txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_LEASE);
+	const char *cgroup, *section;
+	uid_t uid;
+
+	if (!l)
+		return fail(-ENOMEM, "out of memory for the state record");
+	tenant_identity(session_tenant(rec->s), &uid, &cgroup, &section);
+	l->lease_id = rec->id;
+	l->name = (char *)session_lease(rec->s);
+	l->uid = uid;
+	l->cgroup = (char *)cgroup;
+	l->section = (char *)section;
+	return 0;
+}
+
+int add_bind(struct state *st, struct lease_rec *rec, const char *device)
+{
+	Iommud__State__V1__Bind *b = txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_BIND);
+	uint32_t dev_id;
+	int rc = session_device(rec->s, device, false, &dev_id);
+
+	if (rc < 0)
+		return rc;
+	if (!b)
+		return fail(-ENOMEM, "out of memory for the state record");
+	b->lease_id = rec->id;
+	b->device = (char *)device;
+	b->dev_id = dev_id;
+	return 0;
+}
+
+struct bind_sync {
+	struct state *st;
+	struct lease_rec *rec;
+	int rc;
+};
+
+static int sync_one(const char *name, uint32_t domain_id, void *arg)
+{
+	struct bind_sync *b = arg;
+
+	(void)domain_id;
+	if (lease_has_device(b->rec, name))
+		return 0;
+	if ((b->rc = add_bind(b->st, b->rec, name)) == 0)
+		b->rc = lease_add_device(b->rec, name);
+	return b->rc;
+}
+
+/* Records the devices bound since the last call: a bind happens inside the calls that need
+ * a device (AllocDomain, AttachDevice, OpenDevice) and is kept even where the call failed. */
+static int sync_binds(struct state *st, struct lease_rec *rec)
+{
+	struct bind_sync b = {st, rec, 0};
+
+	(void)session_bound_devices(rec->s, sync_one, &b);
+	return b.rc;
+}
+
+int add_alloc(struct state *st, struct lease_rec *rec, const struct lease_domain *d)
+{
+	Iommud__State__V1__AllocDomain *a =
+		txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_ALLOC_DOMAIN);
+
+	if (!a)
+		return fail(-ENOMEM, "out of memory for the state record");
+	a->lease_id = rec->id;
+	a->device = (char *)d->device;
+	a->domain_id = d->id;
+	a->type = d->args.type;
+	a->flags = d->args.flags;
+	a->parent_id = d->args.parent_id;
+	a->data_type = d->args.data_type;
+	a->data = (ProtobufCBinaryData){d->args.data_len, d->data};
+	return 0;
+}
+
+static int record_alloc(struct state *st, struct lease_rec *rec, const struct call *call)
+{
+	const Iommud__V1__AllocDomainRequest *r = call->req->alloc_domain;
+	struct kh_domain_alloc_args args;
+	int rc = sync_binds(st, rec);
+
+	if (rc < 0 || (rc = domain_alloc_args(r, &args)) < 0 ||
+	    (rc = lease_add_domain(rec, call->resp->alloc_domain->domain_id, r->device, &args)) < 0)
+		return rc;
+	return add_alloc(st, rec, &rec->domains[rec->n_domains - 1]);
+}
+
+static int record_free(struct state *st, struct lease_rec *rec, uint32_t domain_id)
+{
+	Iommud__State__V1__FreeDomain *f =
+		txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_FREE_DOMAIN);
+
+	if (!f)
+		return fail(-ENOMEM, "out of memory for the state record");
+	f->lease_id = rec->id;
+	f->domain_id = domain_id;
+	lease_remove_domain(rec, domain_id);
+	return 0;
+}
+
+/* Where the device is now, as the kernel answers: the record follows it. */
+int add_device_domain(struct state *st, struct lease_rec *rec, const char *device)
+{
+	Iommud__State__V1__DeviceDomain *d;
+	uint32_t domain_id;
+
+	(void)session_device_state(rec->s, device, &domain_id);
+	if (!(d = txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_DEVICE_DOMAIN)))
+		return fail(-ENOMEM, "out of memory for the state record");
+	d->lease_id = rec->id;
+	d->device = (char *)device;
+	d->domain_id = domain_id;
+	return 0;
+}
+
+static int record_device(struct state *st, struct lease_rec *rec, const char *device)
+{
+	int rc = sync_binds(st, rec);
+
+	return rc < 0 ? rc : add_device_domain(st, rec, device);
+}
+
+int add_file(struct state *st, struct lease_rec *rec, const struct lease_file *lf)
+{
+	Iommud__State__V1__File *f = txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_FILE);
+
+	if (!f)
+		return fail(-ENOMEM, "out of memory for the state record");
+	f->lease_id = rec->id;
+	f->file_id = lf->id;
+	f->dev = lf->dev;
+	f->ino = lf->ino;
+	f->writable = lf->writable;
+	return 0;
+}
+
+/* A descriptor of its own for the client's file, stored: a new open file description, since
+ * a manager keeps one copy of a description however many times it is stored. */
+static int keep_file(struct state *st, struct lease_rec *rec, int fd, const struct map_file *mf,
+		     struct lease_file **ret_file)
+{
+	char path[64], name[LEASE_FILE_NAME];
+	bool writable = mf->access_mode == O_RDWR;
+	int own, rc;
+
+	(void)snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	own = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (own < 0)
+		return fail(-errno, "cannot reopen the memory file to keep it: %s",
+			    strerror(errno));
+	lease_file_name(rec, rec->last_file_id + 1, name);
+	if ((rc = fdstore_add(name, own)) < 0 ||
+	    (rc = lease_add_file(rec, rec->last_file_id + 1, mf->dev, mf->ino, writable, own)) <
+		    0) {
+		fdstore_remove(name);
+		(void)close(own);
+		return rc;
+	}
+	*ret_file = &rec->files[rec->n_files - 1];
+	return add_file(st, rec, *ret_file);
+}
+
+/* Points the run in box at the box's arrays. */
+static void run_point(struct entry_box *box)
+{
+	Iommud__State__V1__MapRun *run = &box->change.map_run;
+
+	run->file_id = box->run.file_id;
+	run->prot = box->run.prot;
+	run->iova = box->run.iova;
+	run->length = box->run.length;
+	run->offset = box->run.offset;
+}
+
+/* Grows *array to cap elements of size bytes; false when out of memory (it stays as it was). */
+static bool grow_array(void *array, size_t cap, size_t size)
+{
+	void **p = array, *grown = realloc(*p, cap * size);
+
+	if (grown)
+		*p = grown;
+	return grown != NULL;
+}
+
+/* Room for one more mapping in the run of box. */
+static int run_reserve(struct entry_box *box)
+{
+	struct run_arrays *a = &box->run;
+	size_t cap = a->cap ? 2 * a->cap : 64;
+
+	if (box->change.map_run.n_iova < a->cap)
+		return 0;
+	if (!grow_array(&a->file_id, cap, sizeof(uint32_t)) ||
+	    !grow_array(&a->prot, cap, sizeof(uint32_t)) ||
+	    !grow_array(&a->iova, cap, sizeof(uint64_t)) ||
+	    !grow_array(&a->length, cap, sizeof(uint64_t)) ||
+	    !grow_array(&a->offset, cap, sizeof(uint64_t)))
+		return fail(-ENOMEM, "out of memory for the state record");
+	a->cap = cap;
+	run_point(box);
+	return 0;
+}
+
+/* The transaction's last entry when it is a run of this lease and domain; else a new run. */
+static struct entry_box *run_for(struct state *st, uint32_t lease_id, uint32_t domain_id)
+{
+	struct entry_box *box = st->n_boxes ? st->boxes[st->n_boxes - 1] : NULL;
+	Iommud__State__V1__MapRun *run;
+
+	if (box && box->entry.change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_MAP_RUN &&
+	    box->change.map_run.lease_id == lease_id && box->change.map_run.domain_id == domain_id)
+		return box;
+	if (!(run = txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_MAP_RUN)))
+		return NULL;
+	box = st->boxes[st->n_boxes - 1];
+	run->lease_id = lease_id;
+	run->domain_id = domain_id;
+	/* The box's arrays from earlier calls serve again. */
+	run_point(box);
+	return box;
+}
+
+int add_map(struct state *st, struct lease_rec *rec, uint32_t domain_id, uint32_t file_id,
+	    const struct mapping_view *m)
+{
+	struct entry_box *box = run_for(st, rec->id, domain_id);
+	Iommud__State__V1__MapRun *run;
+	int rc = box ? run_reserve(box) : fail(-ENOMEM, "out of memory for the state record");
+
+	if (rc < 0)
+		return rc;
+	run = &box->change.map_run;
+	run->file_id[run->n_file_id++] = file_id;
+	run->iova[run->n_iova++] = m->iova;
+	run->length[run->n_length++] = m->length;
+	run->offset[run->n_offset++] = m->offset;
+	run->prot[run->n_prot++] = m->prot;
+	return 0;
+}
+
+static int record_maps(struct state *st, struct lease_rec *rec, const struct call *call,
+		       Iommud__V1__MapEntry *const *entries, size_t n, const uint64_t *iovas)
+{
+	for (size_t i = 0; i < n; i++) {
+		const struct map_file *mf = &call->files[entries[i]->fd_index];
+		struct lease_file *lf =
+			lease_file_find(rec, mf->dev, mf->ino, mf->access_mode == O_RDWR);
+		int rc = 0;
+
+		if (!lf)
+			rc = keep_file(st, rec, call->fds[entries[i]->fd_index], mf, &lf);
+		if (rc == 0)
+			rc = add_map(st, rec, entries[i]->domain_id, lf->id,
+				     &(struct mapping_view){.iova = iovas[i],
+							    .length = entries[i]->length,
+							    .offset = entries[i]->offset,
+							    .prot = entries[i]->prot});
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int record_unmap(struct state *st, struct lease_rec *rec, uint32_t domain_id, uint64_t iova,
+			uint64_t length)
+{
+	Iommud__State__V1__Unmap *u = txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_UNMAP);
+
+	if (!u)
+		return fail(-ENOMEM, "out of memory for the state record");
+	u->lease_id = rec->id;
+	u->domain_id = domain_id;
+	u->iova = iova;
+	u->length = length;
+	return 0;
+}
+
+int add_dirty(struct state *st, struct lease_rec *rec, uint32_t domain_id, bool enable)
+{
+	Iommud__State__V1__DirtyTracking *d =
+		txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_DIRTY_TRACKING);
+	struct lease_domain *dom = lease_domain_find(rec, domain_id);
+
+	if (!d)
+		return fail(-ENOMEM, "out of memory for the state record");
+	if (dom)
+		dom->dirty = enable;
+	d->lease_id = rec->id;
+	d->domain_id = domain_id;
+	d->enable = enable;
+	return 0;
+}
+
+static int record_release(struct state *st, struct lease_rec *rec)
+{
+	Iommud__State__V1__ReleaseLease *r =
+		txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE);
+
+	if (!r)
+		return fail(-ENOMEM, "out of memory for the state record");
+	r->lease_id = rec->id;
+	return 0;
+}
+
+static int record_method(struct state *st, struct lease_rec *rec, const struct call *call)
+{
+	const Iommud__V1__Request *q = call->req;
+	const Iommud__V1__Response *p = call->resp;
+
+	switch (q->method_case) {
+	case IOMMUD__V1__REQUEST__METHOD_MAP:
+		return record_maps(st, rec, call, &q->map->entry, 1, &p->map->iova);
+	case IOMMUD__V1__REQUEST__METHOD_MAP_BATCH:
+		return record_maps(st, rec, call, q->map_batch->entries, q->map_batch->n_entries,
+				   p->map_batch->iovas);
+	case IOMMUD__V1__REQUEST__METHOD_UNMAP:
+		return record_unmap(st, rec, q->unmap->domain_id, q->unmap->iova, q->unmap->length);
+	case IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL:
+		return record_unmap(st, rec, q->unmap_all->domain_id, 0, UINT64_MAX);
+	case IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN:
+		return record_alloc(st, rec, call);
+	case IOMMUD__V1__REQUEST__METHOD_FREE_DOMAIN:
+		return record_free(st, rec, q->free_domain->domain_id);
+	case IOMMUD__V1__REQUEST__METHOD_ATTACH_DEVICE:
+		return record_device(st, rec, q->attach_device->device);
+	case IOMMUD__V1__REQUEST__METHOD_REPLACE_DOMAIN:
+		return record_device(st, rec, q->replace_domain->device);
+	case IOMMUD__V1__REQUEST__METHOD_DETACH_DEVICE:
+		return record_device(st, rec, q->detach_device->device);
+	case IOMMUD__V1__REQUEST__METHOD_OPEN_DEVICE:
+		return sync_binds(st, rec);
+	case IOMMUD__V1__REQUEST__METHOD_SET_DIRTY_TRACKING:
+		return add_dirty(st, rec, q->set_dirty_tracking->domain_id,
+				 q->set_dirty_tracking->enable);
+	case IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE:
+		return record_release(st, rec);
+	default: /* changes nothing a lease keeps */
+		return 0;
+	}
+}
+
+int state_record_call(struct state *st, const struct call *call)
+{
+	struct session *s = call->client ? call->client->session : NULL;
+	struct lease_rec *rec;
+	int rc = 0;
+
+	if (!st || !s || !session_lease(s)[0])
+		return 0;
+	st->n_boxes = 0;
+	rec = lease_find(st, s);
+	if (!rec) {
+		if (!(rec = lease_add(st, s, st->last_lease_id + 1)))
+			return fail(-ENOMEM, "out of memory for the state record");
+		rc = add_lease(st, rec);
+	}
+	if (rc == 0)
+		rc = record_method(st, rec, call);
+	if (rc == 0)
+		rc = txn_commit(st);
+	st->n_boxes = 0;
+	return rc;
+}
+
+void state_compact_if_due(struct state *st, bool calls_in_slices)
+{
+	if (st && !calls_in_slices && record_committed(&st->rec) > st->compact_at)
+		(void)state_compact(st);
+}
+
+int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),
+		  void *arg)
+{
+	char name[LEASE_FILE_NAME];
+	const struct lease_rec *rec;
+	int rc = visit(st->rec.name, st->rec.fd, arg);
+
+	LIST_FOREACH (rec, &st->leases, link)
+		for (size_t i = 0; i < rec->n_files && rc == 0; i++) {
+			lease_file_name(rec, rec->files[i].id, name);
+			rc = visit(name, rec->files[i].fd, arg);
+		}
+	return rc;
+}
+
+/* ---- opening and closing ---------------------------------------------------------------- */
+
+void state_free(struct state *st, bool unstore)
+{
+	struct lease_rec *rec;
+
+	while ((rec = LIST_FIRST(&st->leases)))
+		lease_free(rec, unstore);
+	for (size_t i = 0; i < st->cap_boxes; i++) {
+		struct entry_box *box = st->boxes[i];
+
+		if (!box)
+			continue;
+		free(box->run.file_id);
+		free(box->run.prot);
+		free(box->run.iova);
+		free(box->run.length);
+		free(box->run.offset);
+		free(box);
+	}
+	free(st->boxes);
+	record_close(&st->rec);
+	free(st);
+}
+
+void state_close(struct state *st)
+{
+	if (!st)
+		return;
+	registry_set_lease_end(st->reg, NULL, NULL);
+	state_free(st, false);
+}
+
+int state_open(struct registry *reg, struct state **ret_state)
+{
+	struct state *st;
+	int rc;
+
+	*ret_state = NULL;
+	if (!fdstore_available()) {
+		fdstore_drop_strays();
+		return 0;
+	}
+	st = calloc(1, sizeof(*st));
+	if (!st)
+		return fail(-ENOMEM, "out of memory for the state record");
+	st->reg = reg;
+	st->rec.fd = -1;
+	LIST_INIT(&st->leases);
+	registry_set_lease_end(reg, lease_end, st);
+	state_adopt(st);
+	rc = state_compact(st);
+	fdstore_drop_strays();
+	if (rc < 0) {
+		registry_set_lease_end(reg, NULL, NULL);
+		state_free(st, false);
+		return rc;
+	}
+	*ret_state = st;
+	return 0;
+}

@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The state record: what the named leases hold, kept in the service manager's descriptor store
+ * (fdstore.h) so that a daemon killed at any instant is followed by one that rebuilds every
+ * lease as its last acknowledged request left it (docs/architecture.md, "Survival").
+ *
+ * The record is a memfd: a header, then frames each holding one transaction of
+ * proto/state.proto, appended through a shared mapping of the memfd. A transaction counts once
+ * the header's committed length covers it, which is the last store before the reply is sent:
+ * a kill before it leaves the change unacknowledged and unrecorded, a kill after it leaves it
+ * acknowledged and recorded. The memory files the mappings need are stored beside it.
+ * At start, and whenever the appended transactions outgrow the last snapshot, the record is
+ * rewritten as one snapshot transaction in a new memfd of the next generation, stored before
+ * the old one is removed, so the store always holds one complete record.
+ *
+ * Ownership: the state owns its record's memfd and mapping, and its copy of each stored file's
+ * descriptor; the sessions stay the registry's.
+ */
+#ifndef IOMMUD_STATE_H
+#define IOMMUD_STATE_H
+
+#include <stdbool.h>
+
+struct call;
+struct registry;
+struct state;
+
+/* Where a service manager keeps descriptors: rebuilds the leases of the record it handed
+ * back, if any (one it refuses is said, dropped, and the daemon starts with none), then stores
+ * a fresh record; *ret_state stays NULL without a manager, and nothing is recorded. Claims its
+ * descriptors among those handed at start and drops the rest, so the listening socket must be
+ * claimed before. A negative errno only when no record could be stored. */
+int state_open(struct registry *reg, struct state **ret_state);
+/* Records what an acknowledged call on a lease changed, before its reply goes; nothing for
+ * anonymous sessions or a NULL state. A negative errno when the record could not be written:
+ * the change is in effect but would not survive a restart. */
+int state_record_call(struct state *st, const struct call *call);
+/* Rewrites the record as one snapshot once its transactions have outgrown the last one; not
+ * while calls are between slices, since what such a call has mapped so far is not acknowledged
+ * and a snapshot would record it. */
+void state_compact_if_due(struct state *st, bool calls_in_slices);
+/* Calls visit with each descriptor the state keeps in the store and its name there (the
+ * record, the leases' memory files), for a re-execution to pass them on; stops at the first
+ * negative return. */
+int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),
+		  void *arg);
+/* Lets go of the record without touching the store, so a manager that keeps the store across
+ * the daemon's stop hands it to the next one; before the registry is destroyed. */
+void state_close(struct state *st);
+
+#endif

@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What state.c, state_adopt.c and state_snapshot.c share: the state and the leases it has
+ * recorded. A lease_rec mirrors what the record says of a lease that the session does not keep
+ * itself (the arguments each domain was allocated with, the devices recorded as bound, the
+ * memory files kept in the store); everything else is read from the session when a snapshot
+ * is written.
+ *
+ * Ownership: the state owns its lease_recs; a lease_rec owns its stored files' descriptors (the
+ * store holds copies) and its domains' nested data; the session is the registry's, and its
+ * end (the registry's lease_end call) frees the lease_rec.
+ */
+#ifndef IOMMUD_STATE_INTERNAL_H
+#define IOMMUD_STATE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include <state.pb-c.h>
+
+#include "session.h"
+#include "state_record.h"
+
+#define LEASE_FILE_NAME 40 /* "lease<u32>.file<u32>" */
+
+struct lease_file {
+	uint32_t id;
+	dev_t dev;
+	ino_t ino;
+	bool writable;
+	int fd;
+	bool used; /* by a mapping: the snapshot being written keeps it */
+};
+
+struct lease_domain {
+	uint32_t id;
+	char device[KH_NAME_MAX];
+	struct kh_domain_alloc_args args; /* data points at data */
+	void *data;
+	bool dirty; /* tracking dirty pages */
+};
+
+struct lease_rec {
+	LIST_ENTRY(lease_rec) link;
+	struct session *s;
+	uint32_t id;
+	bool released; /* while rebuilding: its ReleaseLease was acknowledged */
+	struct lease_file *files;
+	size_t n_files, cap_files;
+	uint32_t last_file_id;
+	struct lease_domain *domains;
+	size_t n_domains, cap_domains;
+	char (*devices)[KH_NAME_MAX];
+	size_t n_devices, cap_devices;
+};
+
+struct entry_box;
+
+struct state {
+	struct registry *reg;
+	struct record rec;
+	uint64_t compact_at; /* committed bytes past which the record is rewritten */
+	LIST_HEAD(, lease_rec) leases;
+	uint32_t last_lease_id;
+	struct entry_box **boxes; /* the transaction being built, reused */
+	size_t n_boxes, cap_boxes;
+};
+
+struct lease_rec *lease_find(struct state *st, const struct session *s);
+struct lease_rec *lease_by_id(struct state *st, uint32_t id);
+struct lease_rec *lease_add(struct state *st, struct session *s, uint32_t id);
+void lease_file_name(const struct lease_rec *rec, uint32_t file_id, char name[LEASE_FILE_NAME]);
+int lease_add_file(struct lease_rec *rec, uint32_t id, dev_t dev, ino_t ino, bool writable, int fd);
+struct lease_file *lease_file_find(struct lease_rec *rec, dev_t dev, ino_t ino, bool writable);
+struct lease_file *lease_file_by_id(struct lease_rec *rec, uint32_t id);
+void lease_drop_unused_files(struct lease_rec *rec);
+int lease_add_domain(struct lease_rec *rec, uint32_t id, const char *device,
+		     const struct kh_domain_alloc_args *args);
+struct lease_domain *lease_domain_find(struct lease_rec *rec, uint32_t id);
+void lease_remove_domain(struct lease_rec *rec, uint32_t id);
+int lease_add_device(struct lease_rec *rec, const char *name);
+
+/* The transaction being built: an entry of this kind, its change initialised (the returned
+ * pointer), NULL when out of memory; txn_commit appends and commits them as one. */
+void *txn_add(struct state *st, Iommud__State__V1__Entry__ChangeCase change);
+int txn_commit(struct state *st);
+/* Entries of each kind, shared by the calls' transactions and the snapshot. */
+int add_lease(struct state *st, struct lease_rec *rec);
+int add_bind(struct state *st, struct lease_rec *rec, const char *device);
+int add_alloc(struct state *st, struct lease_rec *rec, const struct lease_domain *d);
+int add_device_domain(struct state *st, struct lease_rec *rec, const char *device);
+int add_file(struct state *st, struct lease_rec *rec, const struct lease_file *lf);
+int add_map(struct state *st, struct lease_rec *rec, uint32_t domain_id, uint32_t file_id,
+	    const struct mapping_view *m);
+int add_dirty(struct state *st, struct lease_rec *rec, uint32_t domain_id, bool enable);
+
+/* Rebuilds the leases of the record the store handed back, if any; a record it refuses is
+ * said and dropped (state_adopt.c). */
+void state_adopt(struct state *st);
+/* Writes the leases as one snapshot into a record of the next generation, stores it, and
+ * removes the old one and the files no mapping uses any more (state_snapshot.c). */
+int state_compact(struct state *st);
+/* Frees the state; unstore: its files are taken out of the store too. */
+void state_free(struct state *st, bool unstore);
+
+#endif

@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * iommud-survival-bench: what keeping the leases' state record costs, side by side with a
+ * daemon that keeps none, in one run:
+ *   1. Map+Unmap of one page on a lease: a daemon without a service manager (no record) and
+ *      one under the test supervisor (every change recorded before its reply), alternated;
+ *   2. MapBatch of 512 pages and UnmapAll, the same way;
+ *   3. restart time: kill -9 to READY=1 of the next daemon, with N mappings to rebuild.
+ * A benchmark prints; it never judges.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <iommuctl.h>
+
+#include "bench_clock.h"
+#include "supervisor.h"
+
+#define PAGE   4096ull
+#define IOVA   (1ull << 30)
+#define BATCH  512
+#define ROUNDS 8
+
+static const char config[] = "probe-tier = off\n[uid 0]\naccess = write\ndevices = emu*\n"
+			     "max-domains = 4\nmax-mappings = 1000000\nmax-pinned = 64T\n"
+			     "max-maps = 16\n";
+
+static void must(struct iommuctl *c, int rc, const char *what)
+{
+	if (rc < 0) {
+		(void)fprintf(stderr, "iommud-survival-bench: %s: %s\n", what,
+			      c ? iommuctl_last_error(c) : strerror(-rc));
+		exit(1);
+	}
+}
+
+struct side {
+	const char *name;
+	struct iommuctl *c;
+	uint32_t dom;
+	pid_t pid; /* its daemon */
+};
+
+/* The daemon's CPU time so far in nanoseconds (user + system), which a loaded machine's
+ * waiting does not inflate as it does wall time. */
+static double daemon_cpu_ns(pid_t pid)
+{
+	char path[64], text[1024], *p;
+	unsigned long long utime, stime;
+	FILE *f;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (!f || !fgets(text, sizeof(text), f) || !(p = strrchr(text, ')')) ||
+	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+		   &stime) != 2) {
+		(void)fprintf(stderr, "iommud-survival-bench: cannot read %s\n", path);
+		exit(1);
+	}
+	(void)fclose(f);
+	return (double)(utime + stime) * 1e9 / (double)sysconf(_SC_CLK_TCK);
+}
+
+static void side_open(struct side *s, const char *name, const char *socket_path, pid_t pid)
+{
+	s->name = name;
+	s->pid = pid;
+	must(NULL, iommuctl_connect(socket_path, &s->c), "connect");
+	must(s->c, iommuctl_hello(s->c, "bench", "bench", NULL), "hello");
+	must(s->c, iommuctl_alloc_domain(s->c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &s->dom),
+	     "alloc");
+}
+
+/* Nanoseconds per Map+Unmap pair over n pairs. */
+static double map_unmap(struct side *s, int mem, unsigned n)
+{
+	uint64_t iova = IOVA, start = now_ns();
+
+	for (unsigned i = 0; i < n; i++) {
+		must(s->c,
+		     iommuctl_map_fd(s->c, s->dom, mem, 0, PAGE, IOMMUCTL_PROT_READ, true, 0,
+				     &iova),
+		     "map");
+		must(s->c, iommuctl_unmap(s->c, s->dom, IOVA, PAGE, NULL), "unmap");
+	}
+	return (double)(now_ns() - start) / n;
+}
+
+/* Maps count pages from first, in batches: nanoseconds per batch. */
+static double map_batches(struct side *s, int mem, uint64_t first, unsigned count)
+{
+	Iommud__V1__MapEntry entries[BATCH], *list[BATCH];
+	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	unsigned batches = 0;
+	uint64_t start = now_ns();
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	req.map_batch = &batch;
+	batch.entries = list;
+	for (unsigned done = 0; done < count; done += (unsigned)batch.n_entries, batches++) {
+		batch.n_entries = count - done < BATCH ? count - done : BATCH;
+		for (size_t i = 0; i < batch.n_entries; i++) {
+			iommud__v1__map_entry__init(&entries[i]);
+			entries[i].domain_id = s->dom;
+			entries[i].length = PAGE;
+			entries[i].prot = IOMMUCTL_PROT_READ;
+			entries[i].fixed_iova = true;
+			entries[i].iova = first + (done + i) * 2 * PAGE;
+			list[i] = &entries[i];
+		}
+		must(s->c, iommuctl_call(s->c, &req, &mem, 1, &resp, NULL, 0, NULL), "map batch");
+		iommuctl_response_free(resp);
+	}
+	return (double)(now_ns() - start) / batches;
+}
+
+static double batch_unmap(struct side *s, int mem)
+{
+	double ns = map_batches(s, mem, IOVA, BATCH);
+
+	must(s->c, iommuctl_unmap_all(s->c, s->dom, NULL), "unmap all");
+	return ns;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v)
+{
+	qsort(v, ROUNDS, sizeof(*v), cmp_double);
+	return (v[ROUNDS / 2 - 1] + v[ROUNDS / 2]) / 2;
+}
+
+/* Runs each side ROUNDS times, alternating, and prints the medians of the wall time per
+ * operation and the daemons' CPU time per operation over all rounds, with their ratios. */
+static void compare(const char *what, struct side *plain, struct side *kept, int mem, unsigned n,
+		    double (*run)(struct side *, int, unsigned))
+{
+	double a[ROUNDS], b[ROUNDS], cpu_a = 0, cpu_b = 0, ma, mb, start;
+
+	(void)run(plain, mem, n / 10 + 1);
+	(void)run(kept, mem, n / 10 + 1);
+	for (int r = 0; r < ROUNDS; r++) {
+		start = daemon_cpu_ns(plain->pid);
+		a[r] = run(plain, mem, n);
+		cpu_a += daemon_cpu_ns(plain->pid) - start;
+		start = daemon_cpu_ns(kept->pid);
+		b[r] = run(kept, mem, n);
+		cpu_b += daemon_cpu_ns(kept->pid) - start;
+	}
+	ma = median(a);
+	mb = median(b);
+	cpu_a /= (double)n * ROUNDS;
+	cpu_b /= (double)n * ROUNDS;
+	printf("%-24s wall %10.0f ns %10.0f ns %6.3f   daemon CPU %9.0f ns %9.0f ns %6.3f\n", what,
+	       ma, mb, mb / ma, cpu_a, cpu_b, cpu_b / cpu_a);
+}
+
+static double batch_rounds(struct side *s, int mem, unsigned n)
+{
+	double total = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		total += batch_unmap(s, mem);
+	return total / n;
+}
+
+static void restart_times(struct supervisor *sv, struct side *kept, int mem, bool quick)
+{
+	static const unsigned counts[] = {1000, 10000, 100000};
+
+	printf("\nrestart, kill -9 to READY=1 of the next daemon (emulated backend):\n");
+	for (size_t i = 0; i < (quick ? 1 : sizeof(counts) / sizeof(counts[0])); i++) {
+		uint64_t start;
+
+		must(kept->c, iommuctl_unmap_all(kept->c, kept->dom, NULL), "unmap all");
+		(void)map_batches(kept, mem, IOVA, counts[i]);
+		iommuctl_close(kept->c);
+		start = now_ns();
+		supervisor_kill(sv);
+		supervisor_spawn(sv);
+		printf("  %7u mappings: %8.1f ms\n", counts[i], (double)(now_ns() - start) / 1e6);
+		must(NULL, iommuctl_connect(sv->f.socket_path, &kept->c), "connect");
+		must(kept->c, iommuctl_hello(kept->c, "bench", "bench", NULL), "hello");
+	}
+}
+
+int main(int argc, char **argv)
+{
+	bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+	unsigned pairs = quick ? 200 : 20000, batches = quick ? 2 : 50;
+	struct daemon_fixture plain_daemon;
+	struct supervisor sv;
+	struct side plain, kept;
+	int mem = iommuctl_memfd("bench", PAGE);
+
+	must(NULL, mem, "memfd");
+	fixture_start(&plain_daemon, config, "emu0");
+	supervisor_start(&sv, config, "emu0");
+	side_open(&plain, "no record", plain_daemon.socket_path, plain_daemon.pid);
+	side_open(&kept, "record", sv.f.socket_path, sv.f.pid);
+	printf("each pair: without a state record, with one, the ratio\n");
+	compare("Map+Unmap 4 KiB", &plain, &kept, mem, pairs, map_unmap);
+	compare("MapBatch 512 + UnmapAll", &plain, &kept, mem, batches, batch_rounds);
+	restart_times(&sv, &kept, mem, quick);
+	iommuctl_close(plain.c);
+	iommuctl_close(kept.c);
+	fixture_stop(&plain_daemon);
+	supervisor_stop(&sv);
+	return 0;
+}

@@ -1,0 +1,319 @@
+// SPDX-License-Identifier: MIT
+#define _GNU_SOURCE /* mkdtemp, pipe2 */
+#include "supervisor.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+
+#define MAX_FDS_PER_MESSAGE 64
+#define SOCKET_NAME	    "iommud.socket"
+
+static int bound_socket(const char *path, int type)
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+
+	CHECK(fd >= 0);
+	(void)snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path);
+	CHECK(bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
+	return fd;
+}
+
+static void store_add(struct supervisor *sv, const char *name, int fd)
+{
+	if (sv->n_store == sv->cap_store) {
+		sv->cap_store = sv->cap_store ? 2 * sv->cap_store : 16;
+		sv->store = realloc(sv->store, sv->cap_store * sizeof(*sv->store));
+		CHECK(sv->store != NULL);
+	}
+	sv->store[sv->n_store].fd = fd;
+	(void)snprintf(sv->store[sv->n_store++].name, sizeof(sv->store->name), "%s", name);
+}
+
+static void store_remove(struct supervisor *sv, const char *name)
+{
+	for (size_t i = 0; i < sv->n_store;) {
+		if (strcmp(sv->store[i].name, name) == 0) {
+			(void)close(sv->store[i].fd);
+			sv->store[i] = sv->store[--sv->n_store];
+		} else {
+			i++;
+		}
+	}
+}
+
+/* The value of key= among the message's lines, copied into value; false when absent. */
+static bool field(const char *text, const char *key, char *value, size_t size)
+{
+	size_t len = strlen(key);
+
+	for (const char *line = text; line;
+	     line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+		if (strncmp(line, key, len) == 0 && line[len] == '=') {
+			(void)snprintf(value, size, "%.*s", (int)strcspn(line + len + 1, "\n"),
+				       line + len + 1);
+			return true;
+		}
+	return false;
+}
+
+/* One notification: its text and descriptors, applied to the store. */
+static void handle_message(struct supervisor *sv, char *text, const int *fds, size_t n_fds)
+{
+	char value[256], name[256] = "stored";
+
+	(void)field(text, "FDNAME", name, sizeof(name));
+	if (field(text, "FDSTORE", value, sizeof(value)) && strcmp(value, "1") == 0)
+		for (size_t i = 0; i < n_fds; i++)
+			store_add(sv, name, fds[i]);
+	else
+		for (size_t i = 0; i < n_fds; i++)
+			(void)close(fds[i]);
+	if (field(text, "FDSTOREREMOVE", value, sizeof(value)) && strcmp(value, "1") == 0)
+		store_remove(sv, name);
+	if (field(text, "READY", value, sizeof(value)) && strcmp(value, "1") == 0)
+		sv->ready = true;
+}
+
+/* Reads one waiting notification; false when none waits. */
+static bool read_message(struct supervisor *sv)
+{
+	char text[4096], control[CMSG_SPACE(MAX_FDS_PER_MESSAGE * sizeof(int))];
+	struct iovec iov = {text, sizeof(text) - 1};
+	struct msghdr msg = {.msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = control,
+			     .msg_controllen = sizeof(control)};
+	int fds[MAX_FDS_PER_MESSAGE];
+	size_t n_fds = 0;
+	ssize_t n;
+
+	/* Received and applied in one hold of the lock, so messages apply in the order sent. */
+	pthread_mutex_lock(&sv->lock);
+	n = recvmsg(sv->notify_fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	if (n < 0) {
+		pthread_mutex_unlock(&sv->lock);
+		CHECK(errno == EAGAIN || errno == EINTR);
+		return false;
+	}
+	text[n] = '\0';
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+			n_fds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			memcpy(fds, CMSG_DATA(c), n_fds * sizeof(int));
+		}
+	handle_message(sv, text, fds, n_fds);
+	pthread_cond_broadcast(&sv->changed);
+	pthread_mutex_unlock(&sv->lock);
+	return true;
+}
+
+static void *notify_loop(void *arg)
+{
+	struct supervisor *sv = arg;
+	struct pollfd p = {.fd = sv->notify_fd, .events = POLLIN};
+
+	for (;;) {
+		pthread_mutex_lock(&sv->lock);
+		bool stop = sv->stopping;
+		pthread_mutex_unlock(&sv->lock);
+		if (stop)
+			return NULL;
+		if (poll(&p, 1, 20) > 0)
+			while (read_message(sv))
+				;
+	}
+}
+
+void supervisor_start(struct supervisor *sv, const char *config, const char *devices)
+{
+	char topology[1024], notify_path[128];
+
+	*sv = (struct supervisor){.listen_fd = -1, .notify_fd = -1};
+	(void)snprintf(topology, sizeof(topology), "[iommu]\ndevices = %s\n", devices);
+	fixture_write_config(&sv->f, config, topology, sv->config_path);
+	(void)snprintf(sv->log_path, sizeof(sv->log_path), "%s/iommud.log", sv->f.dir);
+	(void)snprintf(notify_path, sizeof(notify_path), "%s/notify", sv->f.dir);
+	sv->listen_fd = bound_socket(sv->f.socket_path, SOCK_SEQPACKET);
+	CHECK(chmod(sv->f.socket_path, 0666) == 0);
+	CHECK(listen(sv->listen_fd, SOMAXCONN) == 0);
+	sv->notify_fd = bound_socket(notify_path, SOCK_DGRAM);
+	pthread_mutex_init(&sv->lock, NULL);
+	pthread_cond_init(&sv->changed, NULL);
+	CHECK(pthread_create(&sv->thread, NULL, notify_loop, sv) == 0);
+	supervisor_spawn(sv);
+}
+
+/* In the child: the socket, then the store, at 3, 4, ...; the environment that says so. */
+static void pass_fds(const struct supervisor *sv)
+{
+	size_t n = 1 + sv->n_store, len = strlen(SOCKET_NAME) + 1;
+	char count[16], pid[16], *names;
+	int *high = calloc(n, sizeof(int));
+
+	for (size_t i = 0; i < sv->n_store; i++)
+		len += strlen(sv->store[i].name) + 1;
+	names = malloc(len);
+	if (!high || !names)
+		_exit(126);
+	strcpy(names, SOCKET_NAME);
+	/* Out of the way first, so no dup2 overwrites one not yet moved. */
+	high[0] = fcntl(sv->listen_fd, F_DUPFD_CLOEXEC, 1024);
+	for (size_t i = 0; i < sv->n_store; i++) {
+		high[i + 1] = fcntl(sv->store[i].fd, F_DUPFD_CLOEXEC, 1024);
+		strcat(strcat(names, ":"), sv->store[i].name);
+	}
+	for (size_t i = 0; i < n; i++)
+		if (high[i] < 0 || dup2(high[i], 3 + (int)i) < 0)
+			_exit(126);
+	(void)snprintf(count, sizeof(count), "%zu", n);
+	(void)snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	(void)setenv("LISTEN_FDS", count, 1);
+	(void)setenv("LISTEN_PID", pid, 1);
+	(void)setenv("LISTEN_FDNAMES", names, 1);
+}
+
+void supervisor_launch(struct supervisor *sv)
+{
+	char notify_path[128];
+
+	(void)snprintf(notify_path, sizeof(notify_path), "%s/notify", sv->f.dir);
+	pthread_mutex_lock(&sv->lock);
+	sv->ready = false;
+	sv->f.pid = fork();
+	CHECK(sv->f.pid >= 0);
+	if (sv->f.pid == 0) {
+		const char *level = getenv("IOMMUD_TEST_LOG_LEVEL") ?: "notice";
+		int log = open(sv->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+
+		(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (log < 0 || dup2(log, STDERR_FILENO) < 0)
+			_exit(126);
+		pass_fds(sv);
+		(void)setenv("NOTIFY_SOCKET", notify_path, 1);
+		execl(IOMMUD_BIN, "iommud", "--config", sv->config_path, "--log-level", level,
+		      (char *)NULL);
+		_exit(127);
+	}
+	pthread_mutex_unlock(&sv->lock);
+}
+
+/* Waits for READY=1 from the running daemon; called with the lock held. */
+static void wait_ready(struct supervisor *sv)
+{
+	int status;
+
+	while (!sv->ready) {
+		struct timespec until;
+
+		CHECK(waitpid(sv->f.pid, &status, WNOHANG) == 0); /* died at start */
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += 20 * 1000 * 1000;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		(void)pthread_cond_timedwait(&sv->changed, &sv->lock, &until);
+	}
+}
+
+void supervisor_spawn(struct supervisor *sv)
+{
+	supervisor_launch(sv);
+	supervisor_wait_ready(sv);
+}
+
+void supervisor_unready(struct supervisor *sv)
+{
+	pthread_mutex_lock(&sv->lock);
+	sv->ready = false;
+	pthread_mutex_unlock(&sv->lock);
+}
+
+void supervisor_wait_ready(struct supervisor *sv)
+{
+	pthread_mutex_lock(&sv->lock);
+	wait_ready(sv);
+	pthread_mutex_unlock(&sv->lock);
+}
+
+void supervisor_kill(struct supervisor *sv)
+{
+	int status;
+
+	CHECK(kill(sv->f.pid, SIGKILL) == 0);
+	CHECK(waitpid(sv->f.pid, &status, 0) == sv->f.pid);
+	/* What it sent before it died waits in the socket: the manager reads that too. */
+	while (read_message(sv))
+		;
+}
+
+void supervisor_stop(struct supervisor *sv)
+{
+	pthread_mutex_lock(&sv->lock);
+	sv->stopping = true;
+	pthread_mutex_unlock(&sv->lock);
+	CHECK(pthread_join(sv->thread, NULL) == 0);
+	(void)close(sv->listen_fd);
+	sv->listen_fd = -1;
+	/* fixture_stop checks the exit status and that the socket is gone; the daemon does not
+	 * remove a socket it was passed, so the path goes here. */
+	CHECK(unlink(sv->f.socket_path) == 0);
+	(void)close(sv->notify_fd);
+	for (size_t i = 0; i < sv->n_store; i++)
+		(void)close(sv->store[i].fd);
+	free(sv->store);
+	pthread_mutex_destroy(&sv->lock);
+	pthread_cond_destroy(&sv->changed);
+	fixture_stop(&sv->f);
+}
+
+size_t supervisor_stored(struct supervisor *sv, const char *prefix)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&sv->lock);
+	for (size_t i = 0; i < sv->n_store; i++)
+		n += strncmp(sv->store[i].name, prefix, strlen(prefix)) == 0;
+	pthread_mutex_unlock(&sv->lock);
+	return n;
+}
+
+int supervisor_stored_fd(struct supervisor *sv, const char *prefix)
+{
+	int fd = -1;
+
+	pthread_mutex_lock(&sv->lock);
+	for (size_t i = 0; i < sv->n_store && fd < 0; i++)
+		if (strncmp(sv->store[i].name, prefix, strlen(prefix)) == 0)
+			fd = sv->store[i].fd;
+	pthread_mutex_unlock(&sv->lock);
+	return fd;
+}
+
+bool supervisor_log_has(const struct supervisor *sv, const char *text)
+{
+	char line[4096];
+	bool found = false;
+	FILE *log = fopen(sv->log_path, "r");
+
+	CHECK(log != NULL);
+	while (!found && fgets(line, sizeof(line), log))
+		found = strstr(line, text) != NULL;
+	(void)fclose(log);
+	return found;
+}

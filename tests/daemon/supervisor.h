@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A small service manager for survival tests, speaking what systemd 252 speaks to a
+ * Type=notify service with a file-descriptor store: it listens on the daemon's socket itself
+ * (socket activation) and on $NOTIFY_SOCKET, keeps what FDSTORE=1 hands it under each FDNAME,
+ * closes what FDSTOREREMOVE=1 names, and passes the socket and every kept descriptor to each
+ * daemon it starts through LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID. A thread reads the
+ * notifications as they come, as the manager would.
+ *
+ * Ownership: the supervisor owns its sockets, the store's descriptors and its thread; the
+ * daemon's log goes to a file in the case's directory.
+ */
+#ifndef IOMMUD_TESTS_SUPERVISOR_H
+#define IOMMUD_TESTS_SUPERVISOR_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "daemon_fixture.h"
+
+struct stored_fd {
+	char name[256];
+	int fd;
+};
+
+struct supervisor {
+	struct daemon_fixture f; /* the directory, the socket's path and the daemon's pid */
+	char config_path[128];
+	char log_path[128];
+	int listen_fd;
+	int notify_fd;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t changed;
+	bool ready; /* the running daemon said READY=1 */
+	bool stopping;
+	struct stored_fd *store;
+	size_t n_store, cap_store;
+};
+
+/* Writes the configuration (as fixture_start: its [daemon] section added, on the emulated
+ * backend with these devices), sets up the sockets and starts the first daemon. */
+void supervisor_start(struct supervisor *sv, const char *config, const char *devices);
+/* Starts a daemon with the socket and the store. */
+void supervisor_launch(struct supervisor *sv);
+/* The same, and waits for its READY=1. */
+void supervisor_spawn(struct supervisor *sv);
+/* Forgets the running daemon's READY=1, before asking it to re-execute ... */
+void supervisor_unready(struct supervisor *sv);
+/* ... and waits for the next one. */
+void supervisor_wait_ready(struct supervisor *sv);
+/* kill -9, and every notification it sent before it died read. */
+void supervisor_kill(struct supervisor *sv);
+/* SIGTERM, checks the exit status as fixture_stop does, closes the store, removes the
+ * directory. */
+void supervisor_stop(struct supervisor *sv);
+/* Descriptors in the store whose name starts with prefix. */
+size_t supervisor_stored(struct supervisor *sv, const char *prefix);
+/* The first stored descriptor whose name starts with prefix (the supervisor keeps it); -1
+ * when none does. */
+int supervisor_stored_fd(struct supervisor *sv, const char *prefix);
+/* Whether the daemons' log holds text. */
+bool supervisor_log_has(const struct supervisor *sv, const char *text);
+
+#endif

@@ -1,0 +1,862 @@
+// SPDX-License-Identifier: MIT
+/* Named leases survive the daemon's death: under a supervisor that keeps the descriptor store
+ * as systemd does, a daemon killed with SIGKILL is followed by one that holds every
+ * acknowledged lease, domain, attachment and mapping as it was, charges the same quotas and
+ * keeps no stray descriptor; a state record it cannot trust is refused with a message. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <iommuctl.h>
+#include <state_record.h>
+
+#include "check.h"
+#include "harness.h"
+#include "supervisor.h"
+
+static const char config[] = "probe-tier = off\n[access]\ndefault = none\n"
+			     "[uid 0]\naccess = write\ndevices = emu*\nmax-domains = 8\n"
+			     "max-mappings = 100000\nmax-pinned = 1G\nmax-leases = 4\n"
+			     "[uid 65534]\naccess = write\n";
+#define WRITER_UID 65534u /* may write, but is no observer */
+#define DEVICES	   "emu0 emu1 emu2 emu3"
+#define FILE_SIZE  (4u << 20)
+#define PAGE	   4096u
+
+static void call_ok(struct iommuctl *c, int rc, const char *what)
+{
+	if (rc < 0) {
+		(void)fprintf(stderr, "%s failed: %s\n", what, iommuctl_last_error(c));
+		abort();
+	}
+}
+
+static struct iommuctl *connect_lease(struct supervisor *sv, const char *lease)
+{
+	struct iommuctl *c;
+
+	CHECK_OK(iommuctl_connect(sv->f.socket_path, &c));
+	call_ok(c, iommuctl_hello(c, "survival", lease, NULL), "hello");
+	return c;
+}
+
+/* ---- what a client sees of its session -------------------------------------------------- */
+
+#define VIEW_MAX 4096
+
+struct view {
+	size_t n_domains;
+	uint32_t domains[16];
+	uint32_t attached[16]; /* the domain of each device emu0.. (0: none) */
+	size_t n_maps;
+	struct {
+		uint32_t domain;
+		uint64_t iova, length, offset;
+		uint32_t prot;
+	} maps[VIEW_MAX];
+	uint64_t used_mappings, used_pinned, used_domains, used_tables, used_maps;
+};
+
+static Iommud__V1__Response *call(struct iommuctl *c, Iommud__V1__Request *req)
+{
+	Iommud__V1__Response *resp;
+
+	call_ok(c, iommuctl_call(c, req, NULL, 0, &resp, NULL, 0, NULL), "call");
+	return resp;
+}
+
+static void view_mappings(struct iommuctl *c, uint32_t domain, struct view *v)
+{
+	Iommud__V1__ListMappingsRequest list = IOMMUD__V1__LIST_MAPPINGS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	bool more = true;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_MAPPINGS;
+	req.list_mappings = &list;
+	list.domain_id = domain;
+	while (more) {
+		resp = call(c, &req);
+		for (size_t i = 0; i < resp->list_mappings->n_mappings; i++) {
+			const Iommud__V1__Mapping *m = resp->list_mappings->mappings[i];
+
+			CHECK(v->n_maps < VIEW_MAX);
+			v->maps[v->n_maps].domain = domain;
+			v->maps[v->n_maps].iova = m->iova;
+			v->maps[v->n_maps].length = m->length;
+			v->maps[v->n_maps].offset = m->offset;
+			v->maps[v->n_maps++].prot = m->prot;
+		}
+		more = resp->list_mappings->more;
+		list.from = resp->list_mappings->next_from;
+		iommuctl_response_free(resp);
+	}
+}
+
+static void view_of(struct iommuctl *c, struct view *v)
+{
+	Iommud__V1__ListDomainsRequest list = IOMMUD__V1__LIST_DOMAINS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	Iommud__V1__Quota quota;
+
+	memset(v, 0, sizeof(*v));
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS;
+	req.list_domains = &list;
+	resp = call(c, &req);
+	for (size_t i = 0; i < resp->list_domains->n_domains; i++) {
+		CHECK(v->n_domains < 16);
+		const Iommud__V1__Domain *d = resp->list_domains->domains[i];
+
+		v->domains[v->n_domains++] = d->domain_id;
+		for (size_t j = 0; j < d->n_attached; j++) {
+			CHECK(strncmp(d->attached[j], "emu", 3) == 0);
+			v->attached[atoi(d->attached[j] + 3)] = d->domain_id;
+		}
+	}
+	iommuctl_response_free(resp);
+	for (size_t i = 0; i < v->n_domains; i++)
+		view_mappings(c, v->domains[i], v);
+	fixture_stats(c, &quota, NULL);
+	v->used_mappings = quota.mappings;
+	v->used_pinned = quota.pinned_bytes;
+	v->used_domains = quota.domains;
+	v->used_tables = quota.page_table_bytes;
+	v->used_maps = quota.maps;
+}
+
+/* Quotas equal the sums of what is held. */
+static void check_quotas(const struct view *v)
+{
+	uint64_t bytes = 0;
+
+	for (size_t i = 0; i < v->n_maps; i++)
+		bytes += v->maps[i].length;
+	CHECK_EQ(v->used_mappings, v->n_maps);
+	CHECK_EQ(v->used_pinned, bytes);
+	CHECK_EQ(v->used_domains, v->n_domains);
+}
+
+/* Descriptors of the daemon whose target starts with prefix ("/memfd:iommud-state"). */
+static size_t daemon_fds(const struct supervisor *sv, const char *prefix)
+{
+	char path[64], link[320], target[256];
+	struct dirent *e;
+	size_t n = 0;
+	DIR *dir;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/fd", (int)sv->f.pid);
+	CHECK((dir = opendir(path)) != NULL);
+	while ((e = readdir(dir))) {
+		ssize_t len;
+
+		(void)snprintf(link, sizeof(link), "%s/%s", path, e->d_name);
+		len = readlink(link, target, sizeof(target) - 1);
+		if (len < 0)
+			continue;
+		target[len] = '\0';
+		n += strncmp(target, prefix, strlen(prefix)) == 0;
+	}
+	(void)closedir(dir);
+	return n;
+}
+
+/* Nothing leaked: one record, and each stored memory file held once by the daemon. */
+static void check_descriptors(struct supervisor *sv, const char *file_prefix)
+{
+	char memfds[64];
+
+	(void)snprintf(memfds, sizeof(memfds), "/memfd:%s", file_prefix);
+	CHECK_EQ(supervisor_stored(sv, STATE_RECORD_PREFIX), 1);
+	CHECK_EQ(daemon_fds(sv, "/memfd:iommud-state"), 1);
+	CHECK_EQ(daemon_fds(sv, memfds), supervisor_stored(sv, "lease"));
+}
+
+/* ---- a kill keeps what was acknowledged ------------------------------------------------- */
+
+static uint64_t map(struct iommuctl *c, uint32_t domain, int fd, uint64_t offset, uint64_t length,
+		    uint32_t prot, bool fixed, uint64_t iova)
+{
+	call_ok(c, iommuctl_map_fd(c, domain, fd, offset, length, prot, fixed, 0, &iova), "map");
+	return iova;
+}
+
+/* A lease with two domains (one attached), mappings of two files, a freed domain and an unmap
+ * behind it; returns the freed domain's id. */
+static uint32_t build_lease(struct iommuctl *c, int a, int b)
+{
+	uint32_t d1, d2, gone;
+
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d1), "alloc");
+	call_ok(c, iommuctl_alloc_domain(c, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d2), "alloc");
+	call_ok(c, iommuctl_alloc_domain(c, "emu2", IOMMUCTL_DOMAIN_PAGING, 0, &gone), "alloc");
+	call_ok(c, iommuctl_free_domain(c, gone), "free");
+	call_ok(c, iommuctl_attach(c, "emu0", d1), "attach");
+	(void)map(c, d1, a, 0, 16 * PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 1u << 20);
+	(void)map(c, d1, a, 64 * PAGE, 8 * PAGE, IOMMUCTL_PROT_READ, false, 0);
+	(void)map(c, d1, b, 0, 32 * PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, false, 0);
+	(void)map(c, d2, b, 128 * PAGE, 4 * PAGE, IOMMUCTL_PROT_WRITE, true, 1u << 30);
+	call_ok(c, iommuctl_unmap(c, d1, 1u << 20, 16 * PAGE, NULL), "unmap");
+	(void)map(c, d1, a, 4 * PAGE, 4 * PAGE, IOMMUCTL_PROT_READ, true, 2u << 20);
+	return gone;
+}
+
+TEST(lease_survives_kill)
+{
+	struct supervisor sv;
+	struct view before, after;
+	struct iommuctl *c, *anon;
+	uint32_t gone, fresh;
+	int a = iommuctl_memfd("survive-a", FILE_SIZE), b = iommuctl_memfd("survive-b", FILE_SIZE);
+
+	CHECK_OK(a);
+	CHECK_OK(b);
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "vm1");
+	gone = build_lease(c, a, b);
+	view_of(c, &before);
+	CHECK_EQ(before.n_maps, 4);
+	/* A released lease and an anonymous session end with the daemon, as before. */
+	anon = connect_lease(&sv, NULL);
+	call_ok(anon, iommuctl_alloc_domain(anon, "emu3", IOMMUCTL_DOMAIN_PAGING, 0, &fresh),
+		"alloc");
+	iommuctl_close(anon);
+	iommuctl_close(c);
+	(void)close(a);
+	(void)close(b);
+
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "vm1");
+	view_of(c, &after);
+	CHECK(memcmp(&before, &after, sizeof(before)) == 0);
+	check_quotas(&after);
+	check_descriptors(&sv, "survive-");
+	CHECK_EQ(supervisor_stored(&sv, "lease"), 2);
+	/* Ids are never given again, the freed one's included. */
+	call_ok(c, iommuctl_alloc_domain(c, "emu2", IOMMUCTL_DOMAIN_PAGING, 0, &fresh), "alloc");
+	CHECK(fresh > gone);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
+/* Starts sv and makes lease with one domain and one page of a new memfd mapped. */
+static struct iommuctl *small_lease(struct supervisor *sv, const char *lease, const char *file_name)
+{
+	struct iommuctl *c;
+	uint32_t dom;
+	int file = iommuctl_memfd(file_name, FILE_SIZE);
+
+	CHECK_OK(file);
+	supervisor_start(sv, config, DEVICES);
+	c = connect_lease(sv, lease);
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom), "alloc");
+	(void)map(c, dom, file, 0, PAGE, IOMMUCTL_PROT_READ, false, 0);
+	(void)close(file);
+	return c;
+}
+
+/* Sends a DaemonReexec request: 0, or a negative errno with the status in c. */
+static int request_daemon_reexec(struct iommuctl *c)
+{
+	Iommud__V1__DaemonReexecRequest reexec = IOMMUD__V1__DAEMON_REEXEC_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	int rc;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_DAEMON_REEXEC;
+	req.daemon_reexec = &reexec;
+	rc = iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL);
+	if (rc == 0)
+		iommuctl_response_free(resp);
+	return rc;
+}
+
+static void reexec_by_signal(struct supervisor *sv)
+{
+	CHECK(kill(sv->f.pid, SIGUSR2) == 0);
+}
+
+/* iommuctl daemon reexec's request, answered before the daemon goes. */
+static void reexec_by_request(struct supervisor *sv)
+{
+	struct iommuctl *c;
+
+	CHECK_OK(iommuctl_connect(sv->f.socket_path, &c));
+	call_ok(c, request_daemon_reexec(c), "daemon reexec");
+	iommuctl_close(c);
+}
+
+/* As a writer that is no observer: 0 when refused for that. */
+static int request_reexec_as_writer(void *socket_path)
+{
+	struct iommuctl *c;
+	int rc;
+
+	if (iommuctl_connect(socket_path, &c) < 0)
+		return 2;
+	rc = request_daemon_reexec(c) < 0 &&
+			     iommuctl_last_code(c) == IOMMUD__V1__CODE__CODE_PERMISSION_DENIED
+		     ? 0
+		     : 1;
+	iommuctl_close(c);
+	return rc;
+}
+
+/* The daemon executed again in the same process adopts the leases as after a crash. */
+static void check_reexec(void (*reexec)(struct supervisor *sv))
+{
+	struct supervisor sv;
+	struct view before, after;
+	struct iommuctl *c;
+	pid_t pid;
+	int a = iommuctl_memfd("reexec-a", FILE_SIZE), b = iommuctl_memfd("reexec-b", FILE_SIZE);
+
+	CHECK_OK(a);
+	CHECK_OK(b);
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "vm1");
+	(void)build_lease(c, a, b);
+	view_of(c, &before);
+	iommuctl_close(c);
+	(void)close(a);
+	(void)close(b);
+	pid = sv.f.pid;
+	/* Only root and observers may ask. */
+	CHECK_EQ(run_as(WRITER_UID, request_reexec_as_writer, sv.f.socket_path), 0);
+	supervisor_unready(&sv);
+	reexec(&sv);
+	supervisor_wait_ready(&sv);
+	CHECK_EQ(sv.f.pid, pid);
+	CHECK(supervisor_log_has(&sv, "re-executing"));
+	c = connect_lease(&sv, "vm1");
+	view_of(c, &after);
+	CHECK(memcmp(&before, &after, sizeof(before)) == 0);
+	check_quotas(&after);
+	check_descriptors(&sv, "reexec-");
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
+TEST(reexec_by_signal_keeps_leases)
+{
+	check_reexec(reexec_by_signal);
+}
+
+TEST(reexec_by_request_keeps_leases)
+{
+	check_reexec(reexec_by_request);
+}
+
+/* Without a service manager there is no record to carry the leases: the signal and the request
+ * are refused, and the daemon serves on. */
+TEST(reexec_needs_a_service_manager)
+{
+	struct daemon_fixture f;
+	struct iommuctl *c;
+
+	fixture_start(&f, config, DEVICES);
+	CHECK(kill(f.pid, SIGUSR2) == 0);
+	CHECK_OK(iommuctl_connect(f.socket_path, &c));
+	call_ok(c, iommuctl_hello(c, "survival", "vm1", NULL), "hello");
+	CHECK(request_daemon_reexec(c) < 0);
+	CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_UNIMPLEMENTED);
+	CHECK(strstr(iommuctl_last_error(c), "keeps no state record") != NULL);
+	iommuctl_close(c);
+	fixture_stop(&f);
+}
+
+TEST(released_lease_ends_at_restart)
+{
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c = small_lease(&sv, "short", "released");
+	{
+		Iommud__V1__ReleaseLeaseRequest rel = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
+		Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
+		req.release_lease = &rel;
+		iommuctl_response_free(call(c, &req));
+	}
+	/* Killed while the connection still holds the released lease. */
+	supervisor_kill(&sv);
+	iommuctl_close(c);
+	supervisor_spawn(&sv);
+	CHECK(supervisor_log_has(&sv, "was released before the restart"));
+	CHECK_EQ(supervisor_stored(&sv, "lease"), 0);
+	c = connect_lease(&sv, "short");
+	view_of(c, &v);
+	CHECK_EQ(v.n_domains, 0);
+	check_descriptors(&sv, "released");
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
+/* ---- records that cannot be trusted ----------------------------------------------------- */
+
+static struct record_header read_header(int fd)
+{
+	struct record_header h;
+
+	CHECK(pread(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h));
+	return h;
+}
+
+static void write_header(int fd, struct record_header *h, bool reseal)
+{
+	if (reseal)
+		h->header_crc = record_crc32c(h, offsetof(struct record_header, header_crc));
+	CHECK(pwrite(fd, h, sizeof(*h), 0) == (ssize_t)sizeof(*h));
+}
+
+static void flip_frame_byte(int fd)
+{
+	uint8_t byte;
+	off_t at = (off_t)sizeof(struct record_header) + 8 + 2;
+
+	CHECK(pread(fd, &byte, 1, at) == 1);
+	byte ^= 0x5a;
+	CHECK(pwrite(fd, &byte, 1, at) == 1);
+}
+
+static void cut_short(int fd)
+{
+	CHECK(ftruncate(fd, (off_t)sizeof(struct record_header) + 4) == 0);
+}
+
+static void older_format(int fd)
+{
+	struct record_header h = read_header(fd);
+
+	h.version = STATE_RECORD_VERSION - 1;
+	write_header(fd, &h, true);
+}
+
+static void damage_header(int fd)
+{
+	struct record_header h = read_header(fd);
+
+	h.generation ^= 1;
+	write_header(fd, &h, false);
+}
+
+static void not_a_record(int fd)
+{
+	CHECK(pwrite(fd, "garbage!", 8, 0) == 8);
+}
+
+/* Bytes past the committed length: a transaction whose commit the kill came before. */
+static void torn_tail(int fd)
+{
+	struct record_header h = read_header(fd);
+
+	CHECK(pwrite(fd, "\x20\0\0\0torn", 8, (off_t)(sizeof(h) + h.committed)) == 8);
+}
+
+static const struct damage {
+	const char *what;
+	void (*apply)(int fd);
+	const char *said; /* in the log; NULL: the record is adopted */
+} damages[] = {
+	{"a frame's byte flipped", flip_frame_byte, "is damaged (checksum mismatch)"},
+	{"cut short", cut_short, "it is truncated"},
+	{"an older format", older_format, "it is of format version 0"},
+	{"a damaged header", damage_header, "its header is damaged"},
+	{"not a record", not_a_record, "it is not an iommud state record"},
+	{"a torn tail", torn_tail, NULL},
+};
+
+static void check_damage(const struct damage *d)
+{
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c = small_lease(&sv, "vm1", "damaged");
+
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	d->apply(supervisor_stored_fd(&sv, STATE_RECORD_PREFIX));
+	/* Never a crash: the daemon comes up either way. */
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "vm1");
+	view_of(c, &v);
+	(void)fprintf(stderr, "%s: %zu domains, %zu mappings\n", d->what, v.n_domains, v.n_maps);
+	if (d->said) {
+		CHECK(supervisor_log_has(&sv, "is refused"));
+		CHECK(supervisor_log_has(&sv, d->said));
+		CHECK_EQ(v.n_domains, 0);
+		CHECK_EQ(supervisor_stored(&sv, "lease"), 0);
+	} else {
+		CHECK_EQ(v.n_domains, 1);
+		CHECK_EQ(v.n_maps, 1);
+	}
+	check_quotas(&v);
+	check_descriptors(&sv, "damaged");
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
+TEST(damaged_records_are_refused)
+{
+	for (size_t i = 0; i < sizeof(damages) / sizeof(damages[0]); i++)
+		check_damage(&damages[i]);
+}
+
+/* ---- the sweep: kills at random points -------------------------------------------------- */
+
+enum op_kind { OP_BATCH, OP_UNMAP, OP_ALLOC, OP_FREE };
+
+#define BATCH_MAX 8
+
+struct op {
+	enum op_kind kind;
+	size_t n;
+	uint64_t iova[BATCH_MAX], length[BATCH_MAX], offset[BATCH_MAX];
+	uint32_t file[BATCH_MAX];
+	uint32_t domain; /* OP_FREE: the domain freed */
+};
+
+/* What the client knows is acknowledged: the mappings of its one mapped domain, and the
+ * extra domains it allocated (last first). */
+struct model {
+	uint32_t dom;
+	size_t n;
+	uint64_t iova[VIEW_MAX], length[VIEW_MAX], offset[VIEW_MAX];
+	size_t n_extra;
+	uint32_t extra[8];
+	uint64_t next_iova;
+};
+
+static void model_apply(struct model *m, const struct op *op, uint32_t allocated)
+{
+	switch (op->kind) {
+	case OP_BATCH:
+		for (size_t i = 0; i < op->n; i++, m->n++) {
+			m->iova[m->n] = op->iova[i];
+			m->length[m->n] = op->length[i];
+			m->offset[m->n] = op->offset[i];
+		}
+		break;
+	case OP_UNMAP:
+		for (size_t i = 0; i < m->n; i++)
+			if (m->iova[i] == op->iova[0]) {
+				m->n--;
+				m->iova[i] = m->iova[m->n];
+				m->length[i] = m->length[m->n];
+				m->offset[i] = m->offset[m->n];
+				break;
+			}
+		break;
+	case OP_ALLOC:
+		m->extra[m->n_extra++] = allocated;
+		break;
+	case OP_FREE:
+		m->n_extra--;
+		break;
+	}
+}
+
+static bool model_has(const struct model *m, uint64_t iova, uint64_t length, uint64_t offset)
+{
+	for (size_t i = 0; i < m->n; i++)
+		if (m->iova[i] == iova)
+			return m->length[i] == length && m->offset[i] == offset;
+	return false;
+}
+
+/* Whether what the daemon holds is the model: same mappings, same domains (an allocation
+ * whose reply never came, 0 in the model, stands for any domain the model does not name). */
+static bool model_matches(const struct model *m, const struct view *v)
+{
+	size_t known = 0;
+
+	if (v->n_maps != m->n || v->n_domains != 1 + m->n_extra)
+		return false;
+	for (size_t i = 0; i < v->n_maps; i++)
+		if (v->maps[i].domain != m->dom ||
+		    !model_has(m, v->maps[i].iova, v->maps[i].length, v->maps[i].offset))
+			return false;
+	for (size_t i = 0; i < v->n_domains; i++)
+		for (size_t j = 0; j < m->n_extra; j++)
+			known += m->extra[j] && v->domains[i] == m->extra[j];
+	for (size_t j = 0; j < m->n_extra; j++)
+		known += !m->extra[j];
+	return known == m->n_extra;
+}
+
+/* Learns the ids of allocations whose reply never came from what the daemon holds. */
+static void model_learn_ids(struct model *m, const struct view *v)
+{
+	for (size_t j = 0; j < m->n_extra; j++) {
+		for (size_t i = 0; i < v->n_domains && !m->extra[j]; i++) {
+			bool named = v->domains[i] == m->dom;
+
+			for (size_t k = 0; k < m->n_extra; k++)
+				named |= v->domains[i] == m->extra[k];
+			if (!named)
+				m->extra[j] = v->domains[i];
+		}
+	}
+}
+
+static uint64_t rnd(uint64_t n)
+{
+	return (uint64_t)random() % n;
+}
+
+/* Plans the next op on the model as it will be once the ops before it are done (planned). */
+static void plan_op(struct model *planned, struct op *op)
+{
+	uint64_t r = rnd(10);
+	size_t i;
+
+	memset(op, 0, sizeof(*op));
+	if (r < 2 && planned->n_extra < 3) {
+		op->kind = OP_ALLOC;
+	} else if (r < 3 && planned->n_extra && planned->extra[planned->n_extra - 1]) {
+		op->kind = OP_FREE;
+		op->domain = planned->extra[planned->n_extra - 1];
+	} else if (r < 6 && planned->n) {
+		op->kind = OP_UNMAP;
+		op->n = 1;
+		i = rnd(planned->n);
+		op->iova[0] = planned->iova[i];
+		op->length[0] = planned->length[i];
+	} else {
+		op->kind = OP_BATCH;
+		op->n = 1 + rnd(BATCH_MAX);
+		for (i = 0; i < op->n; i++) {
+			op->length[i] = PAGE * (1 + rnd(256));
+			op->offset[i] = PAGE * rnd(FILE_SIZE / PAGE - 256);
+			op->file[i] = (uint32_t)rnd(2);
+			op->iova[i] = planned->next_iova;
+			planned->next_iova += op->length[i] + PAGE;
+		}
+	}
+	/* An allocation's id is learnt from its reply: 0 stands for it until then. */
+	model_apply(planned, op, 0);
+}
+
+static void send_op(struct iommuctl *c, const struct model *m, const struct op *op,
+		    const int files[2])
+{
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__MapEntry entries[BATCH_MAX], *list[BATCH_MAX];
+	Iommud__V1__UnmapRequest unmap = IOMMUD__V1__UNMAP_REQUEST__INIT;
+	Iommud__V1__AllocDomainRequest alloc = IOMMUD__V1__ALLOC_DOMAIN_REQUEST__INIT;
+	Iommud__V1__FreeDomainRequest free_dom = IOMMUD__V1__FREE_DOMAIN_REQUEST__INIT;
+	bool used[2] = {false, false};
+	int sent[2];
+	size_t n_sent = 0;
+	uint64_t id;
+
+	switch (op->kind) {
+	case OP_BATCH:
+		/* Every descriptor sent must be used: the files the entries use, in order. */
+		for (size_t i = 0; i < op->n; i++)
+			used[op->file[i]] = true;
+		for (size_t f = 0; f < 2; f++)
+			if (used[f])
+				sent[n_sent++] = files[f];
+		for (size_t i = 0; i < op->n; i++) {
+			iommud__v1__map_entry__init(&entries[i]);
+			entries[i].domain_id = m->dom;
+			entries[i].fd_index = op->file[i] && used[0] ? 1 : 0;
+			entries[i].offset = op->offset[i];
+			entries[i].length = op->length[i];
+			entries[i].prot = IOMMUCTL_PROT_READ;
+			entries[i].fixed_iova = true;
+			entries[i].iova = op->iova[i];
+			list[i] = &entries[i];
+		}
+		batch.n_entries = op->n;
+		batch.entries = list;
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+		req.map_batch = &batch;
+		call_ok(c, iommuctl_send(c, &req, sent, n_sent, &id), "send");
+		return;
+	case OP_UNMAP:
+		unmap.domain_id = m->dom;
+		unmap.iova = op->iova[0];
+		unmap.length = op->length[0];
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP;
+		req.unmap = &unmap;
+		break;
+	case OP_ALLOC:
+		alloc.device = "emu1";
+		alloc.type = IOMMUD__V1__DOMAIN_TYPE__DOMAIN_TYPE_PAGING;
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN;
+		req.alloc_domain = &alloc;
+		break;
+	case OP_FREE:
+		free_dom.domain_id = op->domain;
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_FREE_DOMAIN;
+		req.free_domain = &free_dom;
+		break;
+	}
+	call_ok(c, iommuctl_send(c, &req, NULL, 0, &id), "send");
+}
+
+#define OPS_PER_ROUND 3
+
+/* Where the kills landed, printed at the end: rounds by ops acknowledged, and ops found done
+ * whose reply never came (killed between the record's commit and the reply). */
+static unsigned rounds_acked[OPS_PER_ROUND + 1], done_unacknowledged;
+
+/* The replies that came before the kill: how many ops were acknowledged, each one's
+ * allocation id learnt. */
+static size_t acknowledged(struct iommuctl *c, struct op *ops, uint32_t *alloc_ids)
+{
+	Iommud__V1__Response *resp;
+	size_t n = 0;
+
+	while (n < OPS_PER_ROUND && iommuctl_recv(c, &resp, NULL, 0, NULL) == 0) {
+		if (resp->status && resp->status->code != IOMMUD__V1__CODE__CODE_OK)
+			(void)fprintf(stderr, "op %zu refused: %s\n", n, resp->status->message);
+		CHECK_EQ(resp->status ? resp->status->code : 0, IOMMUD__V1__CODE__CODE_OK);
+		alloc_ids[n] = ops[n].kind == OP_ALLOC ? resp->alloc_domain->domain_id : 0;
+		iommuctl_response_free(resp);
+		n++;
+	}
+	return n;
+}
+
+/* The daemon's state is the model after some prefix of the round's ops, at least the
+ * acknowledged ones: each op is all or nothing, and none is applied before an earlier one. */
+/* Says what the daemon held against what the client knew, for a round no prefix explains. */
+static void dump_mismatch(const struct model *m, const struct op *ops, size_t acked,
+			  const struct view *v)
+{
+	(void)fprintf(stderr,
+		      "after the kill the daemon holds %zu mappings and %zu domains, which no "
+		      "prefix of the round (%zu acknowledged) explains\n",
+		      v->n_maps, v->n_domains, acked);
+	for (size_t i = 0; i < v->n_maps; i++)
+		(void)fprintf(stderr, "  held: domain %u iova 0x%llx length 0x%llx offset 0x%llx\n",
+			      v->maps[i].domain, (unsigned long long)v->maps[i].iova,
+			      (unsigned long long)v->maps[i].length,
+			      (unsigned long long)v->maps[i].offset);
+	for (size_t i = 0; i < m->n; i++)
+		(void)fprintf(stderr, "  known before the round: iova 0x%llx length 0x%llx\n",
+			      (unsigned long long)m->iova[i], (unsigned long long)m->length[i]);
+	for (size_t i = 0; i < OPS_PER_ROUND; i++)
+		(void)fprintf(stderr, "  op %zu: kind %d, %zu entries\n", i, (int)ops[i].kind,
+			      ops[i].n);
+}
+
+static void check_round(struct model *m, const struct op *ops, size_t acked,
+			const uint32_t *alloc_ids, const struct view *v)
+{
+	struct model *trial = malloc(sizeof(*trial));
+	size_t p;
+
+	CHECK(trial != NULL);
+	for (p = acked; p <= OPS_PER_ROUND; p++) {
+		*trial = *m;
+		for (size_t i = 0; i < p; i++)
+			model_apply(trial, &ops[i], i < acked ? alloc_ids[i] : 0);
+		if (model_matches(trial, v))
+			break;
+	}
+	if (p > OPS_PER_ROUND)
+		dump_mismatch(m, ops, acked, v);
+	CHECK(p <= OPS_PER_ROUND);
+	rounds_acked[acked]++;
+	done_unacknowledged += (unsigned)(p - acked);
+	model_learn_ids(trial, v);
+	*m = *trial;
+	free(trial);
+}
+
+static void kill_round(struct supervisor *sv, struct model *m, const int files[2])
+{
+	struct op ops[OPS_PER_ROUND];
+	struct model planned = *m;
+	uint32_t alloc_ids[OPS_PER_ROUND];
+	struct iommuctl *c = connect_lease(sv, "sweep");
+	struct timespec pause = {0, (long)rnd(150) * 1000};
+	struct view *v = malloc(sizeof(*v));
+	size_t acked;
+
+	CHECK(v != NULL);
+	for (size_t i = 0; i < OPS_PER_ROUND; i++) {
+		plan_op(&planned, &ops[i]);
+		send_op(c, m, &ops[i], files);
+	}
+	m->next_iova = planned.next_iova;
+	/* A third of the kills come at once, while the daemon takes the round in. */
+	if (rnd(3))
+		nanosleep(&pause, NULL);
+	supervisor_kill(sv);
+	acked = acknowledged(c, ops, alloc_ids);
+	iommuctl_close(c);
+	/* Now and then the next daemon dies too, while it adopts. */
+	if (rnd(8) == 0) {
+		supervisor_launch(sv);
+		pause.tv_nsec = (long)rnd(5000) * 1000;
+		nanosleep(&pause, NULL);
+		supervisor_kill(sv);
+	}
+	supervisor_spawn(sv);
+	c = connect_lease(sv, "sweep");
+	view_of(c, v);
+	iommuctl_close(c);
+	check_round(m, ops, acked, alloc_ids, v);
+	check_quotas(v);
+	check_descriptors(sv, "sweep-");
+	free(v);
+}
+
+TEST(kill_sweep)
+{
+	const char *kills_env = getenv("IOMMUD_TEST_KILLS");
+	unsigned seed = (unsigned)time(NULL),
+		 kills = kills_env ? (unsigned)atoi(kills_env) : SWEEP_KILLS;
+	int files[2] = {iommuctl_memfd("sweep-0", FILE_SIZE), iommuctl_memfd("sweep-1", FILE_SIZE)};
+	struct model *m = calloc(1, sizeof(*m));
+	struct supervisor sv;
+	struct iommuctl *c;
+
+	CHECK(m != NULL);
+	CHECK_OK(files[0]);
+	CHECK_OK(files[1]);
+	if (getenv("IOMMUD_TEST_SEED"))
+		seed = (unsigned)atoi(getenv("IOMMUD_TEST_SEED"));
+	(void)fprintf(stderr, "kill sweep: %u kills, IOMMUD_TEST_SEED=%u\n", kills, seed);
+	srandom(seed);
+	/* Snapshots every few changes, so kills land in compaction too. */
+	CHECK(setenv("IOMMUD_TEST_COMPACT_BYTES", "4096", 1) == 0);
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "sweep");
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &m->dom), "alloc");
+	call_ok(c, iommuctl_attach(c, "emu0", m->dom), "attach");
+	iommuctl_close(c);
+	m->next_iova = 1ull << 32;
+	for (unsigned k = 0; k < kills; k++) {
+		/* Bounded: past a few hundred mappings, start again from none. */
+		if (m->n > 512) {
+			c = connect_lease(&sv, "sweep");
+			call_ok(c, iommuctl_unmap_all(c, m->dom, NULL), "unmap all");
+			iommuctl_close(c);
+			m->n = 0;
+		}
+		kill_round(&sv, m, files);
+	}
+	(void)fprintf(stderr,
+		      "rounds by ops acknowledged before the kill: 0: %u, 1: %u, 2: %u, 3: %u; "
+		      "ops done but not acknowledged: %u\n",
+		      rounds_acked[0], rounds_acked[1], rounds_acked[2], rounds_acked[3],
+		      done_unacknowledged);
+	supervisor_stop(&sv);
+	free(m);
+}
