@@ -50,7 +50,8 @@ struct daemon {
 	const struct config *cfg;
 	struct kh_backend *be;
 	struct registry *reg;
-	struct probes *probes; /* the map/unmap histograms; owned by serve() */
+	struct probes *probes;		 /* the map/unmap histograms; owned by serve() */
+	struct delegations *delegations; /* owned by serve(); NULL where none are followed */
 	time_t started;
 	unsigned connections;
 	uint64_t rejected_packets;

@@ -98,6 +98,8 @@ struct registry {
 	struct kh_backend *be;
 	const struct config *cfg;
 	struct probes *probes; /* NULL: nothing to attribute */
+	void (*session_ended)(struct session *s, void *arg);
+	void *session_ended_arg;
 	LIST_HEAD(, tenant) tenants;
 	unsigned n_tenants;
 	unsigned n_sessions;
@@ -122,6 +124,13 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 void registry_set_probes(struct registry *reg, struct probes *probes)
 {
 	reg->probes = probes;
+}
+
+void registry_on_session_end(struct registry *reg, void (*ended)(struct session *s, void *arg),
+			     void *arg)
+{
+	reg->session_ended = ended;
+	reg->session_ended_arg = arg;
 }
 
 struct kh_backend *registry_backend(const struct registry *reg)
@@ -479,6 +488,8 @@ static void session_destroy(struct session *s)
 	struct domain_rec *dom;
 	struct bound_dev *dev;
 
+	if (s->tenant->reg->session_ended)
+		s->tenant->reg->session_ended(s, s->tenant->reg->session_ended_arg);
 	if (probes && kernel_fd >= 0)
 		probes_unregister_fd(probes, kernel_fd);
 	/* The context first: it releases every mapping's memory once the backend has unmapped it,

@@ -66,6 +66,11 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 /* The probes the registry tells whose each session and cgroup is, and that it times the
  * backend's in-process map path into; the caller keeps them and outlives the registry. */
 void registry_set_probes(struct registry *reg, struct probes *probes);
+/* Tells ended about every session as it ends (its lease released and its last connection gone,
+ * or the registry destroyed), before its context goes: what was handed out within the session
+ * ends with it. One watcher; NULL for none. */
+void registry_on_session_end(struct registry *reg, void (*ended)(struct session *s, void *arg),
+			     void *arg);
 /* Releases every session (and what it maps) and tenant. */
 void registry_destroy(struct registry *reg);
 struct kh_backend *registry_backend(const struct registry *reg);
