@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "fd-slots.h"
 #include "output.h"
+#include "qmp.h"
 
 static const char delegate_exec_help[] =
 	"Asks iommud for DEVICES (comma-separated) within the lease of --lease, which is\n"
@@ -142,6 +143,59 @@ static void cmd_delegate_exec(const struct cmd_entry *self, const struct cmd_arg
 	fail(EXIT_LOCAL, "cannot run %s: %s", command[0], strerror(errno));
 }
 
+static const char delegate_qmp_help[] =
+	"Hands DEVICES (comma-separated) to a QEMU that is already running, through its QMP\n"
+	"socket at QMP_SOCKET (-qmp unix:PATH,server=on,wait=off), as libvirt hotplugs: asks\n"
+	"iommud for them within the lease of --lease, which is required, for the QEMU at the\n"
+	"other end of the socket (whose pid iommud then follows), passes each fd with getfd\n"
+	"(PREFIX-fd0 the iommufd, PREFIX-fd1 ... the devices), adds the iommufd object\n"
+	"(PREFIX-iommufd) and one vfio-pci device per device (PREFIX-dev0, ...), and closes its\n"
+	"own copies. QEMU needs no privilege for it, only RLIMIT_MEMLOCK for its guest RAM.\n"
+	"Prints the delegation's id. If QEMU refuses a step, the devices stay delegated until\n"
+	"QEMU exits or the lease is released.\n";
+
+static const struct cmd_option delegate_qmp_options[] = {
+	{"id", 'i', OPT_STRING, "PREFIX", "prefix of the QMP ids (default: iommud)"},
+	{"bus", 'b', OPT_STRING, "BUS", "device_add's bus: a PCIe root port's id"},
+	{"cont", 'c', OPT_FLAG, NULL, "send cont afterwards (for a QEMU started with -S)"},
+	{NULL, 0, 0, NULL, NULL},
+};
+enum { OPT_ID, OPT_BUS, OPT_CONT };
+
+static void cmd_delegate_qmp(const struct cmd_entry *self, const struct cmd_args *args)
+{
+	struct qmp_names names = {.prefix =
+					  args->opt[OPT_ID].str ? args->opt[OPT_ID].str : "iommud",
+				  .bus = args->opt[OPT_BUS].str,
+				  .cont = args->opt[OPT_CONT].count > 0};
+	const char *devices[IOMMUCTL_DELEGATE_MAX];
+	int fds[1 + IOMMUCTL_DELEGATE_MAX], sock, rc;
+	char err[512];
+	uint64_t id;
+	pid_t pid;
+	size_t n;
+
+	if (!cli.lease)
+		usage_error(self->name, "delegated devices live in a lease: give --lease NAME");
+	if (!qmp_name_ok(names.prefix) || (names.bus && !qmp_name_ok(names.bus)))
+		usage_error(self->name, "--id and --bus take letters, digits, '-', '_' and '.'");
+	n = split_devices(self, args->operands[1], devices, IOMMUCTL_DELEGATE_MAX);
+	if (qmp_connect(args->operands[0], &sock, &pid, err, sizeof(err)) < 0)
+		fail(EXIT_LOCAL, "%s", err);
+	(void)cli_check(iommuctl_delegate(cli_connection(), devices, n, (uint32_t)pid, fds, &id));
+	rc = qmp_hand_over(sock, fds, n + 1, &names, err, sizeof(err));
+	for (size_t i = 0; i <= n; i++)
+		(void)close(fds[i]);
+	(void)close(sock);
+	if (rc < 0)
+		fail(EXIT_LOCAL,
+		     "%s; delegation %" PRIu64 " stays until QEMU exits or the lease is released",
+		     err, id);
+	obj_begin(NULL);
+	field("delegation_id", NUM | BARE, id, NULL);
+	obj_end();
+}
+
 static void show_delegations(const void *msg, Iommud__V1__Response *r)
 {
 	const Iommud__V1__ListDelegationsReply *l = r->list_delegations;
@@ -179,6 +233,17 @@ const struct cmd_entry cmd_delegate_exec_entry = {
 		"      -- qemu-system-x86_64 -m 2G -object iommufd,id=i0,fd={iommufd} \\\n"
 		"      -device vfio-pci,iommufd=i0,fd={device0} ...\n",
 	.exec = cmd_delegate_exec,
+};
+
+const struct cmd_entry cmd_delegate_qmp_entry = {
+	.name = "delegate qmp",
+	.operands = "QMP_SOCKET DEVICES",
+	.summary = "Hands delegated devices to a running QEMU over QMP.",
+	.help = delegate_qmp_help,
+	.options = delegate_qmp_options,
+	.examples = "  iommuctl --lease vm1 delegate qmp --bus rp1 --cont /run/vm1/qmp.sock "
+		    "0000:00:03.0\n",
+	.exec = cmd_delegate_qmp,
 };
 
 const struct cmd_entry cmd_delegations_entry = {

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+#define _GNU_SOURCE /* struct ucred */
 #include "qmp.h"
 
 #include <errno.h>
@@ -92,8 +93,8 @@ static int await_return(int sock, const char *what, char *err, size_t size)
 		int rc = read_line(sock, line, sizeof(line));
 
 		if (rc < 0)
-			return qmp_fail(err, size, rc, "QEMU's QMP socket failed during %s: %s", what,
-					strerror(-rc));
+			return qmp_fail(err, size, rc, "QEMU's QMP socket failed during %s: %s",
+					what, strerror(-rc));
 		if (strncmp(line, "{\"return\"", 9) == 0)
 			return 0;
 		if (strncmp(line, "{\"error\"", 8) != 0)
@@ -104,8 +105,7 @@ static int await_return(int sock, const char *what, char *err, size_t size)
 	}
 }
 
-static int execute(int sock, const char *command, int fd, const char *what, char *err,
-		   size_t size)
+static int execute(int sock, const char *command, int fd, const char *what, char *err, size_t size)
 {
 	int rc = send_command(sock, command, fd);
 
@@ -161,9 +161,10 @@ static int pass_fds(int sock, const int *fds, size_t n_fds, const char *prefix, 
 	for (size_t i = 0; i < n_fds; i++) {
 		int rc;
 
-		(void)snprintf(command, sizeof(command),
-			       "{\"execute\": \"getfd\", \"arguments\": {\"fdname\": \"%s-fd%zu\"}}\n",
-			       prefix, i);
+		(void)snprintf(
+			command, sizeof(command),
+			"{\"execute\": \"getfd\", \"arguments\": {\"fdname\": \"%s-fd%zu\"}}\n",
+			prefix, i);
 		(void)snprintf(what, sizeof(what), "getfd of %s-fd%zu", prefix, i);
 		rc = execute(sock, command, fds[i], what, err, size);
 		if (rc < 0)
@@ -172,8 +173,8 @@ static int pass_fds(int sock, const int *fds, size_t n_fds, const char *prefix, 
 	return 0;
 }
 
-int qmp_hand_over(int sock, const int *fds, size_t n_fds, const struct qmp_names *names,
-		  char *err, size_t err_size)
+int qmp_hand_over(int sock, const int *fds, size_t n_fds, const struct qmp_names *names, char *err,
+		  size_t err_size)
 {
 	const char *p = names->prefix;
 	char command[512], bus[128] = "", what[64];

@@ -27,7 +27,7 @@ struct qmp_names {
  * *ret_pid. */
 int qmp_connect(const char *path, int *ret_sock, pid_t *ret_pid, char *err, size_t err_size);
 /* Hands fds[0] (the iommufd) and fds[1..n_fds-1] (the devices' cdevs) to QEMU on sock. */
-int qmp_hand_over(int sock, const int *fds, size_t n_fds, const struct qmp_names *names,
-		  char *err, size_t err_size);
+int qmp_hand_over(int sock, const int *fds, size_t n_fds, const struct qmp_names *names, char *err,
+		  size_t err_size);
 /* Whether s is usable as a QOM id or bus name without quoting: letters, digits, '-', '_', '.'. */
 bool qmp_name_ok(const char *s);

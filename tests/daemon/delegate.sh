@@ -40,6 +40,10 @@ expect 2 "*'fd={device1}' names a placeholder*{device0}*" --lease vm1 delegate e
 expect 2 '*--group goes with --user*' --lease vm1 delegate exec --group 0 emu0 -- true
 expect 2 '*expects DEVICES COMMAND...*' --lease vm1 delegate exec emu0
 expect 0 '*delegate exec*--memlock SIZE*RLIMIT_MEMLOCK*{device0}*' delegate exec --help
+expect 2 '*--lease NAME*' delegate qmp "$dir/qmp.sock" emu0
+expect 2 "*--id and --bus take letters*" --lease vm1 delegate qmp --id 'a"b' "$dir/qmp.sock" emu0
+# No QEMU there: nothing is asked of iommud.
+expect 4 "*cannot connect to QEMU's QMP socket*" --lease vm1 delegate qmp "$dir/qmp.sock" emu0
 # The listing: none.
 expect 0 'ID*DEVICES*PID*' delegations
 expect 0 '{"delegations":\[\]}' --json delegations
