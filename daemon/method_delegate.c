@@ -275,9 +275,11 @@ static int fill_delegation(struct call *call, const struct delegation *del,
 	char *names = call_strdup(call, del->names);
 	struct tenant *t = session_tenant(del->session);
 
-	if (!out || !names || !(out->devices = call_alloc(call, del->n * sizeof(char *))))
+	if (!out || !names)
 		return nomem();
 	iommud__v1__delegation__init(out);
+	if (!(out->devices = call_alloc(call, del->n * sizeof(char *))))
+		return nomem();
 	for (char *name = strtok(names, ","); name; name = strtok(NULL, ","))
 		out->devices[out->n_devices++] = name;
 	out->delegation_id = del->id;
