@@ -511,6 +511,42 @@ int iommuctl_open_device(struct iommuctl *c, const char *device)
 	return fd;
 }
 
+int iommuctl_delegate(struct iommuctl *c, const char *const *devices, size_t n, uint32_t vmm_pid,
+		      int *ret_fds, uint64_t *ret_id)
+{
+	Iommud__V1__DelegateDevicesRequest delegate = IOMMUD__V1__DELEGATE_DEVICES_REQUEST__INIT;
+	int fds[1 + IOMMUCTL_DELEGATE_MAX];
+	Iommud__V1__Request req;
+	Iommud__V1__Response *r;
+	size_t got;
+	int err;
+
+	if (n == 0 || n > IOMMUCTL_DELEGATE_MAX)
+		return fail(c, -EINVAL, "a delegation takes 1 to %d devices, not %zu",
+			    IOMMUCTL_DELEGATE_MAX, n);
+	delegate.devices = (char **)devices;
+	delegate.n_devices = n;
+	delegate.vmm_pid = vmm_pid;
+	req = request_of(IOMMUD__V1__REQUEST__METHOD_DELEGATE_DEVICES, &delegate.base);
+	err = iommuctl_call(c, &req, NULL, 0, &r, fds, n + 1, &got);
+	if (err)
+		return err;
+	if (got != n + 1) {
+		for (size_t i = 0; i < got; i++)
+			(void)close(fds[i]);
+		iommuctl_response_free(r);
+		return fail(c, -EPROTO,
+			    "iommud's delegate_devices reply carried %zu file descriptors for %zu "
+			    "devices and their iommufd; the daemon is broken",
+			    got, n);
+	}
+	if (ret_id)
+		*ret_id = r->delegate_devices->delegation_id;
+	iommuctl_response_free(r);
+	memcpy(ret_fds, fds, (n + 1) * sizeof(int));
+	return 0;
+}
+
 int iommuctl_memfd(const char *name, uint64_t size)
 {
 	int fd, err;

@@ -40,7 +40,7 @@ struct call {
 	int *fds; /* received; a handler that keeps one sets its slot to -1 */
 	size_t n_fds;
 	struct map_file files[IOMMUD_MAX_FDS]; /* the fds' files, checked by the map handlers */
-	int out_fd;			       /* to send with the reply */
+	struct reply_fds out;		       /* to send with the reply */
 	int failed_index;
 	uint64_t deadline_ns; /* monotonic_ns: a slice ends there, after at least one step */
 	int (*resume)(struct call *call);
@@ -72,6 +72,10 @@ void *call_reply(struct call *call, const ProtobufCMessageDescriptor *desc);
 int call_iova_ranges(struct call *call, const struct kh_iova_range *ranges, size_t n,
 		     Iommud__V1__IovaRange ***ret_ranges, size_t *ret_n);
 
+/* Gives fd (the call's from then on) to be sent with the reply; -EMSGSIZE, fd closed, when the
+ * reply holds as many as a packet carries. */
+int call_send_fd(struct call *call, int fd);
+
 /* Records that the daemon ran out of memory and returns -ENOMEM. */
 int nomem(void);
 
@@ -89,6 +93,10 @@ int do_hello(struct call *call);
 size_t capability_names(uint32_t caps, char **names);
 int do_release_lease(struct call *call);
 int do_daemon_reexec(struct call *call);
+
+/* method_delegate.c */
+int do_delegate_devices(struct call *call);
+int do_list_delegations(struct call *call);
 
 /* method_stats.c */
 int do_get_stats(struct call *call);

@@ -52,9 +52,10 @@ struct daemon {
 	const struct config *cfg;
 	struct kh_backend *be;
 	struct registry *reg;
-	struct probes *probes; /* the map/unmap histograms; owned by serve() */
-	struct state *state;   /* the leases' state record (state.h); NULL: none kept */
-	unsigned calls_kept;   /* calls between slices (dispatch_resume) */
+	struct probes *probes;		 /* the map/unmap histograms; owned by serve() */
+	struct delegations *delegations; /* owned by serve(); NULL where none are followed */
+	struct state *state;		 /* the leases' state record (state.h); NULL: none kept */
+	unsigned calls_kept;		 /* calls between slices (dispatch_resume) */
 	time_t started;
 	unsigned connections;
 	uint64_t rejected_packets;

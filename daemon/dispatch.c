@@ -60,6 +60,9 @@ static const struct method methods[IOMMUD_METHOD_SLOTS] = {
 	METHOD(RELEASE_LEASE, do_release_lease, WRITES, .session = true),
 	/* Restarts nothing a tenant holds; who may ask is checked by the handler (observers). */
 	METHOD(DAEMON_REEXEC, do_daemon_reexec, READS),
+	/* Hands out device fds that drive DMA, like OpenDevice. */
+	METHOD(DELEGATE_DEVICES, do_delegate_devices, WRITES, .session = true),
+	METHOD(LIST_DELEGATIONS, do_list_delegations, READS),
 };
 
 const char *method_name(Iommud__V1__Request__MethodCase method)
@@ -195,6 +198,24 @@ int call_iova_ranges(struct call *call, const struct kh_iova_range *ranges, size
 	return 0;
 }
 
+int call_send_fd(struct call *call, int fd)
+{
+	if (call->out.n == IOMMUD_MAX_FDS) {
+		(void)close(fd);
+		return fail(-EMSGSIZE, "the reply would carry more than %d file descriptors",
+			    IOMMUD_MAX_FDS);
+	}
+	call->out.fds[call->out.n++] = fd;
+	return 0;
+}
+
+void reply_fds_close(struct reply_fds *out)
+{
+	for (size_t i = 0; i < out->n; i++)
+		(void)close(out->fds[i]);
+	out->n = 0;
+}
+
 int nomem(void)
 {
 	return fail(-ENOMEM, "the daemon is out of memory");
@@ -202,8 +223,7 @@ int nomem(void)
 
 static void call_end(struct call *call)
 {
-	if (call->out_fd >= 0)
-		(void)close(call->out_fd);
+	reply_fds_close(&call->out);
 	for (size_t i = 0; i < call->n_fds; i++)
 		if (call->fds[i] >= 0)
 			(void)close(call->fds[i]);
@@ -622,8 +642,8 @@ static void free_call(struct call *call)
 
 /* Packs the reply to a call that gave rc and counts it, or keeps the call when it has work
  * left (returning 0 with *ret_kept set); a kept call is freed once it ends. */
-static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *out_fd,
-		       unsigned *ret_method, struct call **ret_kept)
+static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
+		       struct reply_fds *out_fds, unsigned *ret_method, struct call **ret_kept)
 {
 	struct daemon *d = call->d;
 	struct call *k = NULL;
@@ -636,7 +656,7 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *
 	while (rc == CALL_MORE && call->deadline_ns == UINT64_MAX)
 		rc = call->resume(call);
 	*ret_kept = NULL;
-	*out_fd = -1;
+	out_fds->n = 0;
 	*ret_method = call->req && method_for(call->req->method_case)->handle
 			      ? (unsigned)call->req->method_case
 			      : 0;
@@ -651,8 +671,8 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *
 	if (*ret_method)
 		count_call(&call->d->methods[*ret_method], code);
 	if (code == IOMMUD__V1__CODE__CODE_OK) {
-		*out_fd = call->out_fd;
-		call->out_fd = -1;
+		*out_fds = call->out;
+		call->out.n = 0;
 	}
 	if (kept)
 		free_call(call);
@@ -664,7 +684,8 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out, int *
 
 size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet, size_t len,
 		       enum packet_defect defect, int *fds, size_t n_fds, uint64_t deadline_ns,
-		       uint8_t *out, int *out_fd, unsigned *ret_method, struct call **ret_kept)
+		       uint8_t *out, struct reply_fds *out_fds, unsigned *ret_method,
+		       struct call **ret_kept)
 {
 	Iommud__V1__Response resp = IOMMUD__V1__RESPONSE__INIT;
 	struct call call = {.d = d,
@@ -672,7 +693,6 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 			    .resp = &resp,
 			    .fds = fds,
 			    .n_fds = n_fds,
-			    .out_fd = -1,
 			    .failed_index = -1,
 			    .deadline_ns = deadline_ns};
 	Iommud__V1__Request *req = NULL;
@@ -690,22 +710,22 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 		resp.id = req->id;
 		rc = handle_request(&call);
 	}
-	out_len = end_call(&call, rc, false, out, out_fd, ret_method, ret_kept);
+	out_len = end_call(&call, rc, false, out, out_fds, ret_method, ret_kept);
 	/* A kept call took the request over. */
 	if (req && !*ret_kept)
 		iommud__v1__request__free_unpacked(req, NULL);
 	return out_len;
 }
 
-size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out, int *out_fd,
-		       unsigned *ret_method, struct call **ret_kept)
+size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
+		       struct reply_fds *out_fds, unsigned *ret_method, struct call **ret_kept)
 {
 	int rc;
 
 	call->deadline_ns = deadline_ns;
 	rc = call->resume(call);
 	log_failure(call, rc);
-	return end_call(call, rc, true, out, out_fd, ret_method, ret_kept);
+	return end_call(call, rc, true, out, out_fds, ret_method, ret_kept);
 }
 
 bool dispatch_abandon(struct call *call, uint64_t deadline_ns)

@@ -36,9 +36,18 @@ enum packet_defect {
 	PACKET_FDS_TRUNCATED, /* more descriptors than IOMMUD_MAX_FDS */
 };
 
+/* Descriptors to send with a reply, owned by whoever holds the struct. */
+struct reply_fds {
+	int fds[IOMMUD_MAX_FDS];
+	size_t n;
+};
+/* Closes them and leaves none. */
+void reply_fds_close(struct reply_fds *out);
+
 /* Handles one packet: fds (n_fds of them) are owned by the call and closed unless a handler
  * keeps them. Writes the response into out (IOMMUD_MAX_MESSAGE bytes) and returns its length;
- * *out_fd is set to a descriptor to send with it (owned by the caller from then on) or -1;
+ * *out_fds to the descriptors to send with it (owned by the caller from then on; none when it
+ * failed);
  * *ret_method to the number of the method the call counted to (0: none, the packet was
  * rejected or named no method this daemon knows), whose latency dispatch_reply_sent records.
  * A costly call stops at deadline_ns (monotonic_ns; UINT64_MAX: never) with work left: then
@@ -47,11 +56,12 @@ enum packet_defect {
  * NULL. */
 size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet, size_t len,
 		       enum packet_defect defect, int *fds, size_t n_fds, uint64_t deadline_ns,
-		       uint8_t *out, int *out_fd, unsigned *ret_method, struct call **ret_kept);
+		       uint8_t *out, struct reply_fds *out_fds, unsigned *ret_method,
+		       struct call **ret_kept);
 /* Runs a kept call on until deadline_ns, as dispatch_packet: *ret_kept is the call again while
  * it has work left, else NULL and the call is gone. */
-size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out, int *out_fd,
-		       unsigned *ret_method, struct call **ret_kept);
+size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
+		       struct reply_fds *out_fds, unsigned *ret_method, struct call **ret_kept);
 /* Ends a kept call whose client has gone: what it did is taken back (or, for a removal,
  * finished) until deadline_ns, as its work would go on. False while there is more, for another
  * call in a later turn; true once the call is gone. */

@@ -19,6 +19,7 @@
 #include <names.h>
 
 #include "config.h"
+#include "delegate.h"
 #include "dispatch.h"
 #include "log.h"
 #include "probes/probes.h"
@@ -403,7 +404,10 @@ static int serve(struct daemon *d, struct config *cfg)
 		goto out;
 	if (d->reg)
 		registry_set_probes(d->reg, d->probes);
-	if (!d->reg || !base || server_create(base, d, cfg->max_connections, &srv) < 0) {
+	if (d->reg && base)
+		d->delegations = delegations_create(base, d->reg);
+	if (!d->reg || !base || !d->delegations ||
+	    server_create(base, d, cfg->max_connections, &srv) < 0) {
 		log_err("out of memory at start");
 		goto out;
 	}
@@ -429,6 +433,7 @@ static int serve(struct daemon *d, struct config *cfg)
 out:
 	/* Connections first (anonymous sessions), then leases; main closes the backend. */
 	server_destroy(srv);
+	delegations_destroy(d->delegations);
 	/* The store keeps the leases for the next daemon, if the service manager keeps it. */
 	state_close(d->state);
 	registry_destroy(d->reg);

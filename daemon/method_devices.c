@@ -194,6 +194,5 @@ int do_open_device(struct call *call)
 	fd = kh_device_open_fd(session_ctx(call->client->session), dev_id);
 	if (fd < 0)
 		return fail_kh(fd, "cannot open the device");
-	call->out_fd = fd;
-	return 0;
+	return call_send_fd(call, fd);
 }

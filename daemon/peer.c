@@ -390,6 +390,28 @@ static int identify(int fd, bool use_peerpidfd, struct peer *ret_peer)
 	return 0;
 }
 
+int peer_follow(pid_t pid, int *ret_pidfd, struct peer *ret_peer)
+{
+	struct peer peer = {.pid = pid};
+	int rc, pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+
+	if (pidfd < 0)
+		return -errno;
+	rc = status_euid(pid, &peer.uid);
+	if (rc == 0)
+		read_cgroup(&peer, pidfd);
+	if (rc == 0 && peer.doubt != PEER_VERIFIED)
+		rc = peer.doubt == PEER_EXITED ? -ESRCH : -(peer.doubt_errno ?: EIO);
+	if (rc < 0) {
+		(void)close(pidfd);
+		peer_clear(&peer);
+		return rc == -ENOENT ? -ESRCH : rc;
+	}
+	*ret_pidfd = pidfd;
+	*ret_peer = peer;
+	return 0;
+}
+
 int identify_peer(int fd, struct peer *ret_peer)
 {
 	return identify(fd, true, ret_peer);

@@ -60,6 +60,13 @@ int identify_peer(int fd, struct peer *ret_peer);
 int identify_peer_by_pid(int fd, struct peer *ret_peer);
 void peer_clear(struct peer *peer);
 
+/* Holds the process at pid by a pidfd, to follow a process a peer names (the VM manager it
+ * started) until it exits: its uid (effective) and cgroup in ret_peer, read while it lived, so
+ * the pid named it throughout. -ESRCH when no process has the pid or it exited meanwhile; another
+ * negative errno when its uid or cgroup cannot be read. The caller owns *ret_pidfd and, as
+ * always, ret_peer's strings. */
+int peer_follow(pid_t pid, int *ret_pidfd, struct peer *ret_peer);
+
 /* Records (fail()) why an unverified peer's requests are refused and what to do; returns the
  * errno to answer with. */
 int peer_refusal(const struct peer *peer);

@@ -50,7 +50,7 @@ struct conn {
 	/* A reply the socket would not take yet; reading stops until it is sent. */
 	uint8_t *pending;
 	size_t pending_len;
-	int pending_fd;
+	struct reply_fds pending_fds;
 	unsigned pending_method; /* the pending reply's call, timed when it is sent */
 	uint64_t pending_received_ns;
 	/* A request handled in slices, with its tenant's flow held until it is done. */
@@ -146,9 +146,9 @@ static void log_refusal(struct server *srv, const char *message)
 }
 
 /* Sends a reply without waiting; -EAGAIN when the socket is full (nothing sent). */
-static int send_reply(int fd, const uint8_t *buf, size_t len, int reply_fd)
+static int send_reply(int fd, const uint8_t *buf, size_t len, const struct reply_fds *fds)
 {
-	return wire_send(fd, buf, len, &reply_fd, reply_fd >= 0 ? 1 : 0, WIRE_NONBLOCK);
+	return wire_send(fd, buf, len, fds ? fds->fds : NULL, fds ? fds->n : 0, WIRE_NONBLOCK);
 }
 
 /* Closes a connection without reading it, so that its client reads what was sent: a Unix
@@ -184,7 +184,7 @@ static int refuse(struct server *srv, int fd, enum refusal why, int err, const c
 	status.failed_index = -1;
 	status.message = message;
 	resp.status = &status;
-	(void)send_reply(fd, srv->out, iommud__v1__response__pack(&resp, srv->out), -1);
+	(void)send_reply(fd, srv->out, iommud__v1__response__pack(&resp, srv->out), NULL);
 	close_unread(srv, fd);
 	log_refusal(srv, message);
 	return err;
@@ -199,11 +199,9 @@ static void accept_one(struct server *srv, uint64_t start_ns);
 
 static void conn_drop_pending(struct conn *c)
 {
-	if (c->pending_fd >= 0)
-		(void)close(c->pending_fd);
+	reply_fds_close(&c->pending_fds);
 	free(c->pending);
 	c->pending = NULL;
-	c->pending_fd = -1;
 }
 
 static void conn_close(struct conn *c)
@@ -247,16 +245,15 @@ static void conn_arm(struct conn *c)
 
 /* Sends the reply to a call of method received at received_ns, or keeps it until the socket
  * takes it. A negative errno when the connection must close. */
-static int conn_reply(struct conn *c, size_t len, int reply_fd, unsigned method,
+static int conn_reply(struct conn *c, size_t len, struct reply_fds *reply_fds, unsigned method,
 		      uint64_t received_ns)
 {
-	int rc = send_reply(c->fd, c->srv->out, len, reply_fd);
+	int rc = send_reply(c->fd, c->srv->out, len, reply_fds);
 
 	if (rc == 0)
 		dispatch_reply_sent(c->srv->d, method, received_ns);
 	if (rc != -EAGAIN) {
-		if (reply_fd >= 0)
-			(void)close(reply_fd);
+		reply_fds_close(reply_fds);
 		if (rc < 0)
 			log_debug("cannot reply to uid %u (%s); closing",
 				  (unsigned)c->client.peer.uid, strerror(-rc));
@@ -264,15 +261,14 @@ static int conn_reply(struct conn *c, size_t len, int reply_fd, unsigned method,
 	}
 	c->pending = malloc(len);
 	if (!c->pending) {
-		if (reply_fd >= 0)
-			(void)close(reply_fd);
+		reply_fds_close(reply_fds);
 		log_err("out of memory holding a reply for uid %u; closing its connection",
 			(unsigned)c->client.peer.uid);
 		return -ENOMEM;
 	}
 	memcpy(c->pending, c->srv->out, len);
 	c->pending_len = len;
-	c->pending_fd = reply_fd;
+	c->pending_fds = *reply_fds;
 	c->pending_method = method;
 	c->pending_received_ns = received_ns;
 	return 0;
@@ -289,13 +285,13 @@ static bool peer_gone(int fd)
 
 /* Replies to a call dispatch_packet or dispatch_resume handled, or keeps the call with its
  * tenant's flow held when it has work left. */
-static int conn_end_call(struct conn *c, size_t len, int reply_fd, unsigned method,
+static int conn_end_call(struct conn *c, size_t len, struct reply_fds *reply_fds, unsigned method,
 			 uint64_t received_ns, struct call *kept)
 {
 	c->call = kept;
 	c->call_received_ns = received_ns;
 	flows_hold(c->srv->flows, &c->item, kept);
-	return kept ? 0 : conn_reply(c, len, reply_fd, method, received_ns);
+	return kept ? 0 : conn_reply(c, len, reply_fds, method, received_ns);
 }
 
 /* Receives one packet and answers it, or goes on with the request in progress; -EAGAIN when
@@ -310,7 +306,8 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 	struct call *kept;
 	unsigned method;
 	size_t out_len;
-	int reply_fd, rc;
+	struct reply_fds reply_fds;
+	int rc;
 
 	if (c->call) {
 		/* Its socket is not watched meanwhile: a client gone takes its call with it, in
@@ -322,9 +319,9 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 			flows_hold(srv->flows, &c->item, false);
 			return -ECONNRESET;
 		}
-		out_len = dispatch_resume(c->call, start_ns + SLICE_NS, srv->out, &reply_fd,
+		out_len = dispatch_resume(c->call, start_ns + SLICE_NS, srv->out, &reply_fds,
 					  &method, &kept);
-		return conn_end_call(c, out_len, reply_fd, method, c->call_received_ns, kept);
+		return conn_end_call(c, out_len, &reply_fds, method, c->call_received_ns, kept);
 	}
 	rc = wire_recv(c->fd, srv->in, sizeof(srv->in), WIRE_NONBLOCK, &packet);
 	if (rc < 0)
@@ -335,9 +332,9 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 	else if (packet.fds_truncated)
 		defect = PACKET_FDS_TRUNCATED;
 	out_len = dispatch_packet(srv->d, &c->client, srv->in, packet.len, defect, packet.fds,
-				  packet.n_fds, start_ns + SLICE_NS, srv->out, &reply_fd, &method,
+				  packet.n_fds, start_ns + SLICE_NS, srv->out, &reply_fds, &method,
 				  &kept);
-	return conn_end_call(c, out_len, reply_fd, method, received_ns, kept);
+	return conn_end_call(c, out_len, &reply_fds, method, received_ns, kept);
 }
 
 /* Handles one request (or slice of one) of a ready connection and charges its tenant the time
@@ -422,7 +419,7 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 		schedule_turn(srv, 0);
 		return;
 	}
-	rc = send_reply(c->fd, c->pending, c->pending_len, c->pending_fd);
+	rc = send_reply(c->fd, c->pending, c->pending_len, &c->pending_fds);
 	if (rc == 0)
 		dispatch_reply_sent(srv->d, c->pending_method, c->pending_received_ns);
 	if (rc != -EAGAIN)
@@ -495,7 +492,6 @@ static int conn_new(struct server *srv, int fd, struct peer *peer, struct conn *
 	}
 	c->srv = srv;
 	c->fd = fd;
-	c->pending_fd = -1;
 	/* A peer that could not be verified has no tenant: it is a flow of its own, so that one
 	 * user's such connections count against nobody else's. */
 	flow_key = c->client.tenant ? (const void *)c->client.tenant : (const void *)c;

@@ -100,9 +100,11 @@ struct registry {
 	struct kh_backend *be;
 	const struct config *cfg;
 	struct probes *probes; /* NULL: nothing to attribute */
-	/* Told of each named session's end (the state record); NULL: no one to tell. */
-	void (*lease_end)(struct session *s, void *arg);
-	void *lease_end_arg;
+	/* Told of each session's end, before its context goes; a NULL ended: no one to tell. */
+	struct {
+		void (*ended)(struct session *s, void *arg);
+		void *arg;
+	} end_watchers[SESSION_END_WATCHERS];
 	LIST_HEAD(, tenant) tenants;
 	unsigned n_tenants;
 	unsigned n_sessions;
@@ -131,11 +133,11 @@ void registry_set_probes(struct registry *reg, struct probes *probes)
 	reg->probes = probes;
 }
 
-void registry_set_lease_end(struct registry *reg, void (*lease_end)(struct session *, void *),
-			    void *arg)
+void registry_on_session_end(struct registry *reg, enum session_end_watcher who,
+			     void (*ended)(struct session *s, void *arg), void *arg)
 {
-	reg->lease_end = lease_end;
-	reg->lease_end_arg = arg;
+	reg->end_watchers[who].ended = ended;
+	reg->end_watchers[who].arg = arg;
 }
 
 struct kh_backend *registry_backend(const struct registry *reg)
@@ -525,10 +527,11 @@ static void session_destroy(struct session *s)
 	struct domain_rec *dom;
 	struct bound_dev *dev;
 
+	for (size_t i = 0; i < SESSION_END_WATCHERS; i++)
+		if (s->tenant->reg->end_watchers[i].ended)
+			s->tenant->reg->end_watchers[i].ended(s, s->tenant->reg->end_watchers[i].arg);
 	if (probes && kernel_fd >= 0)
 		probes_unregister_fd(probes, kernel_fd);
-	if (s->lease[0] && s->tenant->reg->lease_end)
-		s->tenant->reg->lease_end(s, s->tenant->reg->lease_end_arg);
 	/* The context first: it releases every mapping's memory once the backend has unmapped it,
 	 * charging the domain records, which must still be there. */
 	kh_ctx_destroy(s->ctx);

@@ -66,10 +66,17 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 /* The probes the registry tells whose each session and cgroup is, and that it times the
  * backend's in-process map path into; the caller keeps them and outlives the registry. */
 void registry_set_probes(struct registry *reg, struct probes *probes);
-/* Called as each named session ends, before its context goes (the state record forgets it);
- * the caller keeps arg and outlives the registry. */
-void registry_set_lease_end(struct registry *reg, void (*lease_end)(struct session *s, void *arg),
-			    void *arg);
+/* The watchers of sessions' ends, one slot each. */
+enum session_end_watcher {
+	SESSION_END_STATE,	 /* the state record forgets a lease */
+	SESSION_END_DELEGATIONS, /* what was delegated within a lease ends with it */
+	SESSION_END_WATCHERS
+};
+/* Tells ended (in who's slot; NULL for none) about every session as it ends (its lease released
+ * and its last connection gone, or the registry destroyed), before its context goes. The caller
+ * keeps arg and outlives the registry, or clears its slot first. */
+void registry_on_session_end(struct registry *reg, enum session_end_watcher who,
+			     void (*ended)(struct session *s, void *arg), void *arg);
 /* Releases every session (and what it maps) and tenant. */
 void registry_destroy(struct registry *reg);
 struct kh_backend *registry_backend(const struct registry *reg);

@@ -112,7 +112,8 @@ static void lease_free(struct lease_rec *rec, bool unstore)
 	free(rec);
 }
 
-/* The registry's word that a lease ended (released, its last connection gone). */
+/* The registry's word that a session ended: a lease's (released, its last connection gone)
+ * ends its record; an anonymous session has none. */
 static void lease_end(struct session *s, void *arg)
 {
 	struct lease_rec *rec = lease_find(arg, s);
@@ -699,7 +700,7 @@ void state_close(struct state *st)
 {
 	if (!st)
 		return;
-	registry_set_lease_end(st->reg, NULL, NULL);
+	registry_on_session_end(st->reg, SESSION_END_STATE, NULL, NULL);
 	state_free(st, false);
 }
 
@@ -719,12 +720,12 @@ int state_open(struct registry *reg, struct state **ret_state)
 	st->reg = reg;
 	st->rec.fd = -1;
 	LIST_INIT(&st->leases);
-	registry_set_lease_end(reg, lease_end, st);
+	registry_on_session_end(reg, SESSION_END_STATE, lease_end, st);
 	state_adopt(st);
 	rc = state_compact(st);
 	fdstore_drop_strays();
 	if (rc < 0) {
-		registry_set_lease_end(reg, NULL, NULL);
+		registry_on_session_end(reg, SESSION_END_STATE, NULL, NULL);
 		state_free(st, false);
 		return rc;
 	}

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <kh/kh_ops.h>
 
@@ -97,8 +98,9 @@ const char *kh_backend_name(const struct kh_backend *be)
 }
 
 static const char *const cap_names[KH_CAP_COUNT] = {
-	"map_in_process", "open_device", "dma_remapping", "replace",	    "dirty_tracking",
-	"nesting",	  "map_file",	 "copy",	  "blocked_domain", "identity_domain",
+	"map_in_process", "open_device",     "dma_remapping", "replace",
+	"dirty_tracking", "nesting",	     "map_file",      "copy",
+	"blocked_domain", "identity_domain", "delegate",
 };
 
 const char *kh_cap_name(unsigned bit)
@@ -409,6 +411,32 @@ void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, 
 
 /* ---- devices ------------------------------------------------------------------------------ */
 
+/* Whether ctx (NULL: a delegation) may take bdev: no device of its IOMMU group is bound in
+ * another context or handed out, since the group is isolated as one. */
+static int check_group_free(const struct kh_backend *be, const struct kh_bdev *bdev,
+			    const struct kh_ctx *ctx)
+{
+	for (size_t i = 0; i < be->n_devices; i++) {
+		const struct kh_bdev *mate = &be->devices[i];
+
+		if (mate->info.group != bdev->info.group)
+			continue;
+		if (mate->delegated)
+			return kh_fail(-EBUSY,
+				       "device %s%s%s is handed to another process (a VM manager) "
+				       "until that exits or its lease is released",
+				       mate->info.name,
+				       mate == bdev ? "" : " of the IOMMU group of ",
+				       mate == bdev ? "" : bdev->info.name);
+		if (mate->bound_ctx && mate->bound_ctx != ctx)
+			return kh_fail(-EBUSY,
+				       "device %s shares IOMMU group %u with %s, which another "
+				       "context holds; a group belongs to one context at a time",
+				       bdev->info.name, bdev->info.group, mate->info.name);
+	}
+	return 0;
+}
+
 int kh_device_bind(struct kh_ctx *ctx, const char *name, uint32_t *dev_id)
 {
 	struct kh_backend *be = ctx->be;
@@ -423,17 +451,9 @@ int kh_device_bind(struct kh_ctx *ctx, const char *name, uint32_t *dev_id)
 	if (bdev->bound_ctx)
 		return kh_fail(-EBUSY, "device %s is already bound in %s", name,
 			       bdev->bound_ctx == ctx ? "this context" : "another context");
-	for (size_t i = 0; i < be->n_devices; i++) {
-		const struct kh_bdev *mate = &be->devices[i];
-
-		if (mate->info.group == bdev->info.group && mate->bound_ctx &&
-		    mate->bound_ctx != ctx)
-			return kh_fail(-EBUSY,
-				       "device %s shares IOMMU group %u with %s, which another "
-				       "context holds; a group belongs to one context at a time",
-				       name, bdev->info.group, mate->info.name);
-	}
-	rc = objects_reserve(ctx->objects);
+	rc = check_group_free(be, bdev, ctx);
+	if (rc == 0)
+		rc = objects_reserve(ctx->objects);
 	if (rc < 0)
 		return rc;
 	dev = kh_zalloc(sizeof(*dev));
@@ -462,6 +482,75 @@ int kh_device_unbind(struct kh_ctx *ctx, uint32_t dev_id)
 	if (rc == 0)
 		device_release(ctx, dev);
 	return rc;
+}
+
+/* Marks the devices out, all or none: each is free and none is named twice. */
+static int delegate_mark(struct kh_backend *be, const size_t *indexes, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct kh_bdev *bdev = indexes[i] < be->n_devices ? &be->devices[indexes[i]] : NULL;
+		int rc = bdev ? 0 : kh_fail(-ENOENT, "there is no device %zu", indexes[i]);
+
+		if (rc == 0 && bdev->bound_ctx)
+			rc = kh_fail(-EBUSY, "device %s is bound in a context", bdev->info.name);
+		if (rc == 0)
+			rc = check_group_free(be, bdev, NULL);
+		if (rc < 0) {
+			kh_delegate_end(be, indexes, i);
+			return rc;
+		}
+		bdev->delegated = true;
+	}
+	return 0;
+}
+
+int kh_delegate_supported(const struct kh_backend *be)
+{
+	if (!(be->caps & KH_CAP_DELEGATE) || !be->ops->delegate_ctx_fd)
+		return kh_fail(-EOPNOTSUPP,
+			       "the %s backend cannot hand devices to another process: that needs "
+			       "the kernel's iommufd (/dev/iommu, CONFIG_IOMMUFD) with VFIO device "
+			       "cdevs (CONFIG_VFIO_DEVICE_CDEV), which this machine lacks",
+			       be->ops->name);
+	return 0;
+}
+
+int kh_delegate(struct kh_backend *be, const size_t *indexes, size_t n, int *ret_fds)
+{
+	int fds[1 + KH_DELEGATE_MAX];
+	size_t opened = 0;
+	int rc = kh_delegate_supported(be);
+
+	if (rc < 0)
+		return rc;
+	if (n == 0 || n > KH_DELEGATE_MAX)
+		return kh_fail(-EINVAL, "a delegation takes 1 to %d devices, not %zu",
+			       KH_DELEGATE_MAX, n);
+	rc = delegate_mark(be, indexes, n);
+	if (rc < 0)
+		return rc;
+	rc = be->ops->delegate_ctx_fd(be);
+	while (rc >= 0) {
+		fds[opened++] = rc;
+		if (opened == n + 1)
+			break;
+		rc = be->ops->delegate_device_fd(&be->devices[indexes[opened - 1]]);
+	}
+	if (rc < 0) {
+		while (opened)
+			(void)close(fds[--opened]);
+		kh_delegate_end(be, indexes, n);
+		return rc;
+	}
+	memcpy(ret_fds, fds, (n + 1) * sizeof(int));
+	return 0;
+}
+
+void kh_delegate_end(struct kh_backend *be, const size_t *indexes, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (indexes[i] < be->n_devices)
+			be->devices[indexes[i]].delegated = false;
 }
 
 /* A device of ctx, for a call the backend serves only if it has VFIO devices (has_op). */

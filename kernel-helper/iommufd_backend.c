@@ -347,6 +347,40 @@ static int iommufd_device_fd(struct kh_device *dev)
 	return fd;
 }
 
+/* A context for a VM manager: the kernel charges what each process pins through it to that
+ * process's RLIMIT_MEMLOCK, not to its uid's, so two VMMs of one uid do not share one limit.
+ * The option can only be set while the context holds no object, so before anyone has it. */
+static int iommufd_delegate_ctx_fd(struct kh_backend *be)
+{
+	struct iommu_option per_process = {.size = sizeof(per_process),
+					   .option_id = IOMMU_OPTION_RLIMIT_MODE,
+					   .op = IOMMU_OPTION_OP_SET,
+					   .val64 = 1};
+	int rc, fd = open(DEV_IOMMU, O_RDWR | O_CLOEXEC);
+
+	(void)be;
+	if (fd < 0)
+		return kh_fail(-errno, "cannot open " DEV_IOMMU);
+	rc = kh_ioctl(fd, IOMMU_OPTION, &per_process,
+		      "IOMMU_OPTION RLIMIT_MODE=1 (per-process pinned-memory accounting)");
+	if (rc < 0) {
+		(void)close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+static int iommufd_delegate_device_fd(struct kh_bdev *bdev)
+{
+	const struct iommufd_bdev *priv = bdev->priv;
+	int fd = open(priv->cdev, O_RDWR | O_CLOEXEC);
+
+	if (fd < 0)
+		return kh_fail(-errno, "cannot open %s's VFIO device %s", bdev->info.name,
+			       priv->cdev);
+	return fd;
+}
+
 static int iommufd_device_region(struct kh_device *dev, uint32_t index, struct kh_region *out)
 {
 	return kh_vfio_region_info(binding(dev)->fd, index, out, dev->bdev->info.name);
@@ -739,7 +773,7 @@ static const struct kh_backend_ops iommufd_ops = {
 	.kind = KH_BACKEND_IOMMUFD,
 	.name = "iommufd",
 	.caps = KH_CAP_OPEN_DEVICE | KH_CAP_DMA_REMAPPING | KH_CAP_REPLACE | KH_CAP_DIRTY_TRACKING |
-		KH_CAP_NESTING | KH_CAP_COPY | KH_CAP_BLOCKED_DOMAIN,
+		KH_CAP_NESTING | KH_CAP_COPY | KH_CAP_BLOCKED_DOMAIN | KH_CAP_DELEGATE,
 	.probe_devices = iommufd_probe_devices,
 	.release = iommufd_release,
 	.ctx_open = iommufd_ctx_open,
@@ -749,6 +783,8 @@ static const struct kh_backend_ops iommufd_ops = {
 	.unbind = iommufd_unbind,
 	.device_fd = iommufd_device_fd,
 	.device_region = iommufd_device_region,
+	.delegate_ctx_fd = iommufd_delegate_ctx_fd,
+	.delegate_device_fd = iommufd_delegate_device_fd,
 	.domain_alloc = iommufd_domain_alloc,
 };
 

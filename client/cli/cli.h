@@ -92,7 +92,8 @@ extern const struct cmd_entry cmd_hello_entry, cmd_devices_entry, cmd_device_ent
 	cmd_domains_entry, cmd_domain_alloc_entry, cmd_domain_free_entry, cmd_attach_entry,
 	cmd_replace_entry, cmd_detach_entry, cmd_map_entry, cmd_unmap_entry, cmd_mappings_entry,
 	cmd_ranges_entry, cmd_dirty_entry, cmd_stats_entry, cmd_lease_release_entry,
-	cmd_daemon_reexec_entry;
+	cmd_daemon_reexec_entry, cmd_delegate_exec_entry, cmd_delegate_qmp_entry,
+	cmd_delegations_entry;
 
 /* ---- options.c: the shared option parser ------------------------------------------------ */
 

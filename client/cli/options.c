@@ -133,14 +133,18 @@ int cmd_optind(void)
 	return optind;
 }
 
-/* Checks that the operands are as many as cmd names. */
+/* Checks that the operands are as many as cmd names; a last name ending in "..." takes any
+ * number of words, at least one. */
 static void check_operands(const struct cmd_entry *cmd, int got)
 {
 	const char *names = cmd->operands;
+	size_t len = names ? strlen(names) : 0;
 	int n = 0;
 
 	for (const char *w = names; w && *w; w += strcspn(w, " "), w += *w == ' ')
 		n++;
+	if (len > 3 && strcmp(names + len - 3, "...") == 0 && got >= n)
+		return;
 	if (got != n)
 		usage_error(cmd->name, "expects %s, not %d argument%s", n ? names : "no arguments",
 			    got, got == 1 ? "" : "s");

@@ -125,6 +125,15 @@ int iommuctl_unmap_all(struct iommuctl *c, uint32_t domain_id, uint64_t *unmappe
  * fd or a negative errno. */
 int iommuctl_open_device(struct iommuctl *c, const char *device);
 
+/* Hands devices (n of them, at most IOMMUCTL_DELEGATE_MAX) to a VM manager, within the lease
+ * chosen in hello: ret_fds (room for n + 1) receives a fresh iommufd set to per-process
+ * pinned-memory accounting, then each device's unbound VFIO cdev fd in the order of devices; the
+ * caller owns them (close-on-exec). vmm_pid is the VMM followed until it exits, 0 for the calling
+ * process (one that execs the VMM). ret_id (may be NULL) gets the delegation's id. */
+#define IOMMUCTL_DELEGATE_MAX 16
+int iommuctl_delegate(struct iommuctl *c, const char *const *devices, size_t n, uint32_t vmm_pid,
+		      int *ret_fds, uint64_t *ret_id);
+
 /* Creates a memfd of size bytes, sealed against shrinking, ready for iommuctl_map_fd. Returns
  * the fd (the caller owns it) or a negative errno. */
 int iommuctl_memfd(const char *name, uint64_t size);

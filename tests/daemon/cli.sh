@@ -9,20 +9,7 @@ iommuctl=$2
 # shellcheck source=tests/daemon/common.sh
 . "$(dirname "$0")/common.sh"
 begin iommuctl
-
-# expect STATUS PATTERN ARGS...: iommuctl with ARGS, checked as check does.
-expect() {
-	want=$1 pattern=$2
-	shift 2
-	check "$want" "$pattern" "$iommuctl" --socket "$dir/iommud.sock" "$@"
-}
-
-printf '[iommu]\ndevices = emu0 emu1\n' >"$dir/topology.ini"
-printf '[uid 0]\naccess = write\ndevices = emu0\n' >"$dir/iommud.conf"
-"$iommud" --backend emulated --topology "$dir/topology.ini" --config "$dir/iommud.conf" \
-	--socket "$dir/iommud.sock" --log-level warning &
-pid=$!
-wait_for_socket "$dir/iommud.sock"
+start_emulated_daemon
 
 expect 0 '*backend*emulated*write*' hello
 expect 0 '*nothing remapped*yes*' hello

@@ -44,6 +44,24 @@ wait_for_socket() {
 	done
 }
 
+# Starts $iommud on the emulated backend with devices emu0 and emu1, root allowed to write and
+# to take emu0, listening on $dir/iommud.sock; its pid in $pid.
+start_emulated_daemon() {
+	printf '[iommu]\ndevices = emu0 emu1\n' >"$dir/topology.ini"
+	printf '[uid 0]\naccess = write\ndevices = emu0\n' >"$dir/iommud.conf"
+	"$iommud" --backend emulated --topology "$dir/topology.ini" --config "$dir/iommud.conf" \
+		--socket "$dir/iommud.sock" --log-level warning &
+	pid=$!
+	wait_for_socket "$dir/iommud.sock"
+}
+
+# expect STATUS PATTERN ARGS...: $iommuctl with ARGS against that daemon, checked as check does.
+expect() {
+	want=$1 pattern=$2
+	shift 2
+	check "$want" "$pattern" "$iommuctl" --socket "$dir/iommud.sock" "$@"
+}
+
 # Ends the test with its verdict.
 finish() {
 	[ "$failures" -eq 0 ] || { echo "$failures failures"; exit 1; }

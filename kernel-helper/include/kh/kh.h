@@ -114,7 +114,10 @@ const char *kh_backend_name(const struct kh_backend *be);
 /* Blocked and identity domains can be allocated. */
 #define KH_CAP_BLOCKED_DOMAIN  (1u << 8)
 #define KH_CAP_IDENTITY_DOMAIN (1u << 9)
-#define KH_CAP_COUNT	       10
+/* kh_delegate: devices can be handed to another process (a VM manager) with a kernel IOMMU
+ * context of its own, which it drives itself. */
+#define KH_CAP_DELEGATE (1u << 10)
+#define KH_CAP_COUNT	11
 /* The name of capability bit (0 .. KH_CAP_COUNT-1): "open_device", "replace", ... */
 const char *kh_cap_name(unsigned bit);
 /* The backend's: the union over its devices. */
@@ -203,6 +206,26 @@ int kh_device_region(struct kh_ctx *ctx, uint32_t dev_id, uint32_t index, struct
 /* The same for a VFIO device fd held without a context, such as one iommud's OpenDevice handed
  * out, so its holder finds the regions without issuing VFIO ioctls itself. */
 int kh_vfio_region(int vfio_fd, uint32_t index, struct kh_region *out);
+
+/* ---- devices handed to another process ------------------------------------------------ */
+
+/*
+ * Delegation: a VM manager maps its guest's memory itself, so it needs a kernel IOMMU context of
+ * its own and device fds it binds there, which only a privileged process can open. kh_delegate
+ * opens them for it: fds[0] a fresh iommufd whose pinned memory counts against the RLIMIT_MEMLOCK
+ * of each process that pins through it (IOMMU_OPTION_RLIMIT_MODE = 1, set before any object
+ * exists), fds[1 + i] a fresh VFIO cdev fd, not bound to anything, of the device at indexes[i].
+ * The caller owns the n + 1 fds (close-on-exec) and hands them over. The devices are out from
+ * then on: kh_device_bind refuses them, and every device of their IOMMU groups, until
+ * kh_delegate_end says their holder is gone. -EBUSY when one is bound in a context or out
+ * already; -EOPNOTSUPP without KH_CAP_DELEGATE, saying what the kernel lacks. All or nothing.
+ */
+#define KH_DELEGATE_MAX 16 /* devices in one delegation */
+/* 0 when the backend can delegate (KH_CAP_DELEGATE); else -EOPNOTSUPP saying what it lacks. */
+int kh_delegate_supported(const struct kh_backend *be);
+int kh_delegate(struct kh_backend *be, const size_t *indexes, size_t n, int *ret_fds);
+/* The devices kh_delegate handed out are free again. */
+void kh_delegate_end(struct kh_backend *be, const size_t *indexes, size_t n);
 
 /* ---- domains -------------------------------------------------------------------------- */
 

@@ -43,6 +43,7 @@ struct kh_bdev {
 	struct kh_iova_range *resv; /* reserved regions, owned by the device */
 	size_t n_resv;
 	struct kh_ctx *bound_ctx; /* the context it is bound in, or NULL; kept by the core */
+	bool delegated;		  /* handed to another process (kh_delegate); kept by the core */
 	void *priv;		  /* the backend's own state */
 };
 
@@ -142,6 +143,12 @@ struct kh_backend_ops {
 	 * them says so with KH_CAP_OPEN_DEVICE. */
 	int (*device_fd)(struct kh_device *dev);
 	int (*device_region)(struct kh_device *dev, uint32_t index, struct kh_region *out);
+
+	/* kh_delegate's fds, close-on-exec: a fresh kernel IOMMU context charging each process
+	 * its own pins, and a fresh unbound fd of a device; a backend that has them says so with
+	 * KH_CAP_DELEGATE. */
+	int (*delegate_ctx_fd)(struct kh_backend *be);
+	int (*delegate_device_fd)(struct kh_bdev *bdev);
 
 	/* Allocate a domain of args->type for dev; parent is resolved by the core. Returning
 	 * -EOPNOTSUPP (through kh_fail) refuses a type the backend cannot provide. NULL: the core

@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: MIT
+/* DelegateDevices and ListDelegations: devices handed to a VM manager, and the records that
+ * follow them until the VMM exits or the lease ends (delegate.h). */
+#include "delegate.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "call.h"
+#include "log.h"
+
+struct delegation {
+	LIST_ENTRY(delegation) link;
+	struct delegations *all;
+	uint64_t id;
+	struct session *session; /* the lease it was handed out in */
+	uid_t uid;		 /* of the tenant that asked */
+	struct peer vmm;	 /* pid, uid and cgroup of the VMM, read when it was handed out */
+	int pidfd;		 /* the VMM's, readable once it has exited */
+	struct event *exit_watch;
+	time_t since;
+	size_t n;
+	size_t indexes[KH_DELEGATE_MAX]; /* the backend's devices */
+	char names[KH_DELEGATE_MAX * KH_NAME_MAX];
+};
+
+struct delegations {
+	struct event_base *base;
+	struct registry *reg;
+	LIST_HEAD(, delegation) list;
+	uint64_t next_id;
+};
+
+/* Frees the devices and says why, in the log and to whoever watches it. */
+static void delegation_end(struct delegation *del, const char *why)
+{
+	kh_delegate_end(registry_backend(del->all->reg), del->indexes, del->n);
+	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_DEVICE", del->names}, {"IOMMUD_REASON", why}),
+		   "devices {IOMMUD_DEVICE} handed to pid %d (delegation %" PRIu64
+		   ") are free again: {IOMMUD_REASON}",
+		   (int)del->vmm.pid, del->id);
+	LIST_REMOVE(del, link);
+	event_free(del->exit_watch);
+	(void)close(del->pidfd);
+	peer_clear(&del->vmm);
+	free(del);
+}
+
+static void vmm_exited(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	delegation_end(arg, "the VMM exited");
+}
+
+static void session_ended(struct session *s, void *arg)
+{
+	struct delegations *dl = arg;
+	struct delegation *del, *next;
+
+	for (del = LIST_FIRST(&dl->list); del; del = next) {
+		next = LIST_NEXT(del, link);
+		if (del->session == s)
+			delegation_end(del, "its lease was released");
+	}
+}
+
+struct delegations *delegations_create(struct event_base *base, struct registry *reg)
+{
+	struct delegations *dl = calloc(1, sizeof(*dl));
+
+	if (!dl)
+		return NULL;
+	dl->base = base;
+	dl->reg = reg;
+	dl->next_id = 1;
+	LIST_INIT(&dl->list);
+	registry_on_session_end(reg, SESSION_END_DELEGATIONS, session_ended, dl);
+	return dl;
+}
+
+void delegations_destroy(struct delegations *dl)
+{
+	if (!dl)
+		return;
+	while (!LIST_EMPTY(&dl->list))
+		delegation_end(LIST_FIRST(&dl->list), "the daemon is stopping");
+	registry_on_session_end(dl->reg, SESSION_END_DELEGATIONS, NULL, NULL);
+	free(dl);
+}
+
+/* ---- DelegateDevices ------------------------------------------------------------------- */
+
+/* The backend's index of each requested device, checked as every method checks a device the
+ * caller takes: named, existing, allowed by its section, free, and named once. */
+static int find_devices(struct call *call, struct delegation *del)
+{
+	const Iommud__V1__DelegateDevicesRequest *r = call->req->delegate_devices;
+	const struct access_rule *rule = tenant_rule(call->client->tenant);
+	struct kh_backend *be = call->d->be;
+	size_t used = 0;
+
+	if (r->n_devices == 0 || r->n_devices > KH_DELEGATE_MAX)
+		return fail(-EINVAL, "a delegation takes 1 to %d devices; the request names %zu",
+			    KH_DELEGATE_MAX, r->n_devices);
+	for (size_t i = 0; i < r->n_devices; i++) {
+		const char *name = r->devices[i];
+		int index, rc = need_device_name(name);
+
+		if (rc < 0)
+			return rc;
+		if ((index = kh_device_lookup(be, name)) < 0)
+			return fail(-ENOENT,
+				    "no device '%s'; list_devices (iommuctl devices) "
+				    "shows them",
+				    name);
+		if (!config_device_allowed(rule, name))
+			return fail(-EPERM,
+				    "uid %u may not take device '%s': its configuration section "
+				    "(%s) does not list it in 'devices'",
+				    (unsigned)call->client->peer.uid, name,
+				    rule ? rule->section : "none");
+		if (registry_device_state(call->d->reg, name) != DEVICE_FREE)
+			return fail(-EBUSY,
+				    "device '%s' is in use in a session; it can be handed "
+				    "out once that session has let it go",
+				    name);
+		for (size_t j = 0; j < i; j++)
+			if (del->indexes[j] == (size_t)index)
+				return fail(-EINVAL, "the request names device '%s' twice", name);
+		del->indexes[i] = (size_t)index;
+		used += (size_t)snprintf(del->names + used, sizeof(del->names) - used, "%s%s",
+					 i ? "," : "", name);
+	}
+	del->n = r->n_devices;
+	return 0;
+}
+
+/* Holds the VMM by a pidfd: the caller itself, or the process it names, of its own uid unless
+ * the caller is root (which starts VMMs under other uids). */
+static int follow_vmm(struct call *call, struct delegation *del)
+{
+	const struct peer *caller = &call->client->peer;
+	pid_t pid = call->req->delegate_devices->vmm_pid
+			    ? (pid_t)call->req->delegate_devices->vmm_pid
+			    : caller->pid;
+	int rc = peer_follow(pid, &del->pidfd, &del->vmm);
+
+	if (rc == -ESRCH)
+		return fail(rc, "there is no process %d to hand the devices to", (int)pid);
+	if (rc < 0)
+		return fail(rc, "cannot read the uid and cgroup of process %d: %s", (int)pid,
+			    strerror(-rc));
+	if (caller->uid != 0 && del->vmm.uid != caller->uid) {
+		(void)close(del->pidfd);
+		peer_clear(&del->vmm);
+		return fail(-EPERM,
+			    "process %d runs as uid %u, not as the caller (uid %u); only root "
+			    "hands devices to another uid's VMM",
+			    (int)pid, (unsigned)del->vmm.uid, (unsigned)caller->uid);
+	}
+	return 0;
+}
+
+/* The record's checks, in the order a caller can fix them: what the kernel lacks first. */
+static int prepare(struct call *call, struct delegation *del)
+{
+	struct session *s = call->client->session;
+	int rc = kh_delegate_supported(call->d->be);
+
+	if (rc < 0)
+		return fail_kh(rc, "cannot delegate devices");
+	if (!call->d->delegations)
+		return fail(-EOPNOTSUPP, "this daemon does not follow delegations");
+	if (!session_lease(s)[0])
+		return fail(-ENOTCONN,
+			    "devices are delegated within a lease, which gets them back when it "
+			    "is released; name one in hello (iommuctl --lease NAME)");
+	rc = find_devices(call, del);
+	return rc < 0 ? rc : follow_vmm(call, del);
+}
+
+/* Opens the fds and starts following the VMM; the reply then carries the fds. */
+static int hand_out(struct call *call, struct delegation *del)
+{
+	struct delegations *dl = call->d->delegations;
+	int fds[1 + KH_DELEGATE_MAX];
+	int rc = kh_delegate(call->d->be, del->indexes, del->n, fds);
+
+	if (rc < 0)
+		return fail_kh(rc, "cannot open the devices for the VMM");
+	del->exit_watch = event_new(dl->base, del->pidfd, EV_READ, vmm_exited, del);
+	if (!del->exit_watch || event_add(del->exit_watch, NULL) < 0) {
+		if (del->exit_watch)
+			event_free(del->exit_watch);
+		wire_close_fds(fds, del->n + 1);
+		kh_delegate_end(call->d->be, del->indexes, del->n);
+		return nomem();
+	}
+	for (size_t i = 0; i <= del->n; i++)
+		(void)call_send_fd(call, fds[i]);
+	return 0;
+}
+
+int do_delegate_devices(struct call *call)
+{
+	Iommud__V1__DelegateDevicesReply *reply = REPLY(call, delegate_devices_reply);
+	struct delegation *del = calloc(1, sizeof(*del));
+	int rc;
+
+	if (!reply || !del) {
+		free(del);
+		return nomem();
+	}
+	rc = prepare(call, del);
+	if (rc == 0 && (rc = hand_out(call, del)) < 0) {
+		(void)close(del->pidfd);
+		peer_clear(&del->vmm);
+	}
+	if (rc < 0) {
+		free(del);
+		return rc;
+	}
+	del->all = call->d->delegations;
+	del->id = del->all->next_id++;
+	del->session = call->client->session;
+	del->uid = call->client->peer.uid;
+	del->since = time(NULL);
+	LIST_INSERT_HEAD(&del->all->list, del, link);
+	reply->delegation_id = del->id;
+	log_struct(
+		LOG_INFO,
+		LOG_FIELDS({"IOMMUD_DEVICE", del->names},
+			   {"IOMMUD_LEASE", session_lease(del->session)},
+			   {"IOMMUD_CGROUP", del->vmm.cgroup}),
+		"uid %u handed devices {IOMMUD_DEVICE} to pid %d (uid %u, cgroup {IOMMUD_CGROUP}) "
+		"in lease '{IOMMUD_LEASE}', delegation %" PRIu64,
+		(unsigned)del->uid, (int)del->vmm.pid, (unsigned)del->vmm.uid, del->id);
+	return 0;
+}
+
+/* ---- ListDelegations -------------------------------------------------------------------- */
+
+/* The VMM's pinned memory as the kernel counts it for its RLIMIT_MEMLOCK (VmPin); 0 when it
+ * cannot be read (the VMM is exiting). */
+static uint64_t vmm_pinned_bytes(pid_t pid)
+{
+	char path[64], line[256];
+	unsigned long long kib = 0;
+	FILE *f;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmPin: %llu kB", &kib) == 1)
+			break;
+	(void)fclose(f);
+	return (uint64_t)kib * 1024;
+}
+
+static int fill_delegation(struct call *call, const struct delegation *del,
+			   Iommud__V1__Delegation **ret_out)
+{
+	Iommud__V1__Delegation *out = call_alloc(call, sizeof(*out));
+	char *names = call_strdup(call, del->names);
+	struct tenant *t = session_tenant(del->session);
+
+	if (!out || !names)
+		return nomem();
+	iommud__v1__delegation__init(out);
+	if (!(out->devices = call_alloc(call, del->n * sizeof(char *))))
+		return nomem();
+	for (char *name = strtok(names, ","); name; name = strtok(NULL, ","))
+		out->devices[out->n_devices++] = name;
+	out->delegation_id = del->id;
+	out->vmm_pid = (uint32_t)del->vmm.pid;
+	out->uid = del->uid;
+	out->cgroup = del->vmm.cgroup;
+	out->lease = (char *)session_lease(del->session);
+	out->tenant = (char *)registry_label(call->d->reg, tenant_label_slot(t));
+	out->since_unix_seconds = (uint64_t)del->since;
+	out->pinned_bytes = vmm_pinned_bytes(del->vmm.pid);
+	*ret_out = out;
+	return 0;
+}
+
+int do_list_delegations(struct call *call)
+{
+	Iommud__V1__ListDelegationsReply *reply = REPLY(call, list_delegations_reply);
+	const struct client *c = call->client;
+	const struct access_rule *rule = tenant_rule(c->tenant);
+	bool observer = c->peer.uid == 0 || (rule && rule->stats_all);
+	struct delegation *del;
+	size_t n = 0;
+	int rc;
+
+	if (!reply)
+		return nomem();
+	if (!call->d->delegations)
+		return 0;
+	LIST_FOREACH (del, &call->d->delegations->list, link)
+		n++;
+	if (!(reply->delegations = call_alloc(call, n * sizeof(*reply->delegations))))
+		return nomem();
+	LIST_FOREACH (del, &call->d->delegations->list, link) {
+		if (!observer && session_tenant(del->session) != c->tenant)
+			continue;
+		rc = fill_delegation(call, del, &reply->delegations[reply->n_delegations]);
+		if (rc < 0)
+			return rc;
+		reply->n_delegations++;
+	}
+	return 0;
+}

@@ -1,0 +1,38 @@
+#!/bin/sh
+# Delegation where no kernel iommufd stands behind the daemon (the emulated backend): the method
+# refuses with what the kernel lacks, before anything else and without taking the device;
+# iommuctl delegate exec refuses its mistakes before asking and runs nothing when refused; the
+# listing is there and empty.
+# usage: delegate.sh IOMMUD IOMMUCTL
+set -u
+iommud=$1
+iommuctl=$2
+# shellcheck source=tests/daemon/common.sh
+. "$(dirname "$0")/common.sh"
+begin delegate
+start_emulated_daemon
+
+expect 0 '*' hello
+case $last in *delegate*) fail "the emulated backend claims the delegate capability" ;; esac
+# The kernel's lack comes first, whatever else is wrong with the request.
+expect 1 '*UNIMPLEMENTED*cannot hand devices to another process*iommufd*' \
+	--lease vm1 delegate exec emu0 -- touch "$dir/ran"
+[ ! -e "$dir/ran" ] || fail "delegate exec ran its command after a refusal"
+# The device was not taken by the refused delegation.
+expect 0 '[0-9]*' --lease vm1 domain alloc emu0
+expect 0 '' --lease vm1 lease release
+# iommuctl's own checks, before it asks iommud.
+expect 2 '*--lease NAME*' delegate exec emu0 -- true
+expect 2 "*'fd={device1}' names a placeholder*{device0}*" --lease vm1 delegate exec emu0 -- \
+	echo 'fd={device1}'
+expect 2 '*--group goes with --user*' --lease vm1 delegate exec --group 0 emu0 -- true
+expect 2 '*expects DEVICES COMMAND...*' --lease vm1 delegate exec emu0
+expect 0 '*delegate exec*--memlock SIZE*RLIMIT_MEMLOCK*{device0}*' delegate exec --help
+expect 2 '*--lease NAME*' delegate qmp "$dir/qmp.sock" emu0
+expect 2 "*--id and --bus take letters*" --lease vm1 delegate qmp --id 'a"b' "$dir/qmp.sock" emu0
+# No QEMU there: nothing is asked of iommud.
+expect 4 "*cannot connect to QEMU's QMP socket*" --lease vm1 delegate qmp "$dir/qmp.sock" emu0
+# The listing: none.
+expect 0 'ID*DEVICES*PID*' delegations
+expect 0 '{"delegations":\[\]}' --json delegations
+finish
