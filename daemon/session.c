@@ -529,7 +529,8 @@ static void session_destroy(struct session *s)
 
 	for (size_t i = 0; i < SESSION_END_WATCHERS; i++)
 		if (s->tenant->reg->end_watchers[i].ended)
-			s->tenant->reg->end_watchers[i].ended(s, s->tenant->reg->end_watchers[i].arg);
+			s->tenant->reg->end_watchers[i].ended(s,
+							      s->tenant->reg->end_watchers[i].arg);
 	if (probes && kernel_fd >= 0)
 		probes_unregister_fd(probes, kernel_fd);
 	/* The context first: it releases every mapping's memory once the backend has unmapped it,
