@@ -82,6 +82,18 @@ step_systemd_activation() {
 	pid=$(service_property MainPID)
 	uid=$(awk '/^Uid:/ { print $3 }' "/proc/$pid/status")
 	[ "$uid" = "$(id -u iommud)" ] || fail "the daemon runs as uid $uid, not as iommud"
+	# The unit's capabilities and syscall filter leave the probes their best tier: these
+	# kernels have BTF and fentry.
+	log=$(journalctl -u iommud -o cat)
+	probes=$(echo "$log" | grep 'map path probes: tier' | tail -n 1)
+	echo "$probes"
+	case $probes in
+	*"tier fentry"*) ;;
+	*)
+		echo "$log" | grep -iE 'probe|libbpf'
+		fail "the probes did not attach at fentry"
+		;;
+	esac
 }
 
 edu_name() {
