@@ -27,6 +27,8 @@ if [ -z "$headers" ]; then
 	exit 1
 fi
 
+# debootstrap and e2fsprogs (mkfs.ext4 -d) make the systemd VM tier's Debian root and disk;
+# dpkg-dev's dpkg-shlibdeps gives the Debian package (cpack -G DEB) its Depends.
 # prometheus: its promtool and server are what the exporter's tests check the metrics with.
 # On a machine that boots systemd the package also enables its own server on :9090; stop it
 # with 'systemctl disable --now prometheus' where that is not wanted.
@@ -35,6 +37,7 @@ packages="build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
 	systemtap-sdt-dev
 	libbsd-dev libinih-dev
 	busybox-static qemu-system-x86 cpio gzip systemd prometheus
+	debootstrap e2fsprogs dpkg-dev
 	$headers"
 
 missing=""

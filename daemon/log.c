@@ -146,19 +146,25 @@ static void write_stderr(int level, bool to_journal, const struct log_field *fie
 
 void log_struct(int level, const struct log_field *fields, const char *fmt, ...)
 {
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_structv(level, fields, fmt, ap);
+	va_end(ap);
+}
+
+void log_structv(int level, const struct log_field *fields, const char *fmt, va_list ap)
+{
 	/* Decided once: the daemon's stderr does not change from journal to terminal. */
 	static int to_journal = -1;
 	char line[LINE_MAX_BYTES], escaped[4 * LINE_MAX_BYTES];
-	va_list ap;
 	int n;
 
 	if (level > max_level)
 		return;
 	if (to_journal < 0)
 		to_journal = getenv("JOURNAL_STREAM") != NULL;
-	va_start(ap, fmt);
 	n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
 	if (n < 0)
 		return;
 	line[utf8_cut(line, (size_t)n, sizeof(line) - 1)] = '\0';

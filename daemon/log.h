@@ -14,11 +14,16 @@
  * and the backslash are written as \xHH and \\, so whatever a client sent, one entry is one
  * line.
  *
+ * Every line about a tenant, a session or one of its objects carries the fields that find it
+ * in the journal: IOMMUD_TENANT ("UID:CGROUP"), IOMMUD_LEASE ("" for an anonymous session),
+ * IOMMUD_DOMAIN and IOMMUD_DEVICE (docs/operations.md, "Logs").
+ *
  * Nothing is logged per map or unmap at the default level (info): those are debug lines.
  */
 #ifndef IOMMUD_LOG_H
 #define IOMMUD_LOG_H
 
+#include <stdarg.h>
 #include <syslog.h>
 
 /* Lines above this level are dropped; LOG_INFO unless changed. */
@@ -38,6 +43,8 @@ struct log_field {
 /* An entry with fields (NULL: none) beside its message; fmt names them by placeholder. */
 void log_struct(int level, const struct log_field *fields, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+void log_structv(int level, const struct log_field *fields, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
 
 #define log_msg(level, ...) log_struct(level, NULL, __VA_ARGS__)
 #define log_err(...)	    log_msg(LOG_ERR, __VA_ARGS__)

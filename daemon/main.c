@@ -354,6 +354,39 @@ static int watch_signals(struct reexec_request *reexec, struct event *ret_events
 	return 0;
 }
 
+/* systemd restarts a daemon whose loop stops turning (WatchdogSec=): the loop itself pings, at
+ * half the interval systemd asked for, so a ping is late only when the loop is. */
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	(void)sd_notify(0, "WATCHDOG=1");
+}
+
+/* The ping timer when systemd's watchdog is on for this process, else *ret_ev stays NULL. */
+static int start_watchdog(struct event_base *base, struct event **ret_ev)
+{
+	uint64_t usec;
+	struct timeval half;
+	struct event *ev;
+
+	if (sd_watchdog_enabled(0, &usec) <= 0)
+		return 0;
+	half = (struct timeval){.tv_sec = (time_t)(usec / 2 / 1000000),
+				.tv_usec = (suseconds_t)(usec / 2 % 1000000)};
+	ev = event_new(base, -1, EV_PERSIST, on_watchdog, NULL);
+	if (!ev || event_add(ev, &half) < 0) {
+		if (ev)
+			event_free(ev);
+		log_err("cannot start the watchdog timer");
+		return -ENOMEM;
+	}
+	log_info("pinging systemd's watchdog every %llu ms", (unsigned long long)(usec / 2000));
+	*ret_ev = ev;
+	return 0;
+}
+
 /* Watching the map path is never a reason not to serve: what cannot attach is said, once. */
 static int start_probes(struct daemon *d)
 {
@@ -392,7 +425,7 @@ static void reexec_now(struct daemon *d, struct server *srv)
 /* Serves until a signal stops the daemon; returns the exit status. */
 static int serve(struct daemon *d, struct config *cfg)
 {
-	struct event *signals[N_SIGNALS] = {NULL};
+	struct event *signals[N_SIGNALS] = {NULL}, *watchdog = NULL;
 	struct reexec_request reexec_request = {0};
 	struct event_base *base = event_base_new();
 	struct server *srv = NULL;
@@ -419,7 +452,7 @@ static int serve(struct daemon *d, struct config *cfg)
 		log_err("named leases will not survive a restart: %s", failure_message());
 	reexec_request.base = base;
 	reexec_request.d = d;
-	if (watch_signals(&reexec_request, signals) < 0)
+	if (watch_signals(&reexec_request, signals) < 0 || start_watchdog(base, &watchdog) < 0)
 		goto out;
 	(void)sd_notifyf(0, "READY=1\nSTATUS=serving on the %s backend", kh_backend_name(d->be));
 	log_notice("ready (iommud %s, protocol %d)", IOMMUD_VERSION, IOMMUD_PROTOCOL_VERSION);
@@ -441,6 +474,8 @@ out:
 	for (size_t i = 0; i < N_SIGNALS; i++)
 		if (signals[i])
 			event_free(signals[i]);
+	if (watchdog)
+		event_free(watchdog);
 	if (base)
 		event_base_free(base);
 	return status;

@@ -296,6 +296,32 @@ static const char *tenant_cgroup(const struct peer *peer)
 	return strncmp(peer->cgroup, "/user.slice/", 12) == 0 ? "" : peer->cgroup;
 }
 
+/* A line about a tenant or one of its objects, with the journal fields that find it (log.h):
+ * the tenant always, the lease when lease is not NULL, the domain and the device when given. */
+static void __attribute__((format(printf, 6, 7)))
+log_about(int level, const struct tenant *t, const char *lease, const uint32_t *domain_id,
+	  const char *device, const char *fmt, ...)
+{
+	char tenant[sizeof("4294967295:") + PATH_MAX], domain[sizeof("4294967295")];
+	struct log_field fields[5] = {{"IOMMUD_TENANT", tenant}};
+	size_t n = 1;
+	va_list ap;
+
+	(void)snprintf(tenant, sizeof(tenant), "%u:%s", (unsigned)t->uid, t->cgroup);
+	if (lease)
+		fields[n++] = (struct log_field){"IOMMUD_LEASE", lease};
+	if (domain_id) {
+		(void)snprintf(domain, sizeof(domain), "%u", *domain_id);
+		fields[n++] = (struct log_field){"IOMMUD_DOMAIN", domain};
+	}
+	if (device)
+		fields[n++] = (struct log_field){"IOMMUD_DEVICE", device};
+	fields[n] = (struct log_field){NULL, NULL};
+	va_start(ap, fmt);
+	log_structv(level, fields, fmt, ap);
+	va_end(ap);
+}
+
 /* The cgroup v2 id of a tenant's cgroup (the inode number of its directory), for the probes to
  * count what the tenant's own processes do; false for interactive logins, which have none, and
  * where nothing attributes (no probes, or tier off). */
@@ -324,8 +350,8 @@ static void tenant_register_cgroup(struct tenant *t)
 	if (!tenant_cgroup_id(t, &cgroup_id))
 		return;
 	if (probes_register_cgroup(t->reg->probes, cgroup_id, tenant_label_slot(t)) < 0) {
-		log_struct(LOG_WARNING, LOG_FIELDS({"IOMMUD_CGROUP", t->cgroup}),
-			   "cannot attribute cgroup {IOMMUD_CGROUP} to its tenant in the probes");
+		log_about(LOG_WARNING, t, NULL, NULL, NULL,
+			  "cannot attribute cgroup {IOMMUD_TENANT} to its tenant in the probes");
 		return;
 	}
 	t->cgroup_id = cgroup_id;
@@ -377,9 +403,8 @@ static int tenant_hold(struct registry *reg, uid_t uid, const char *cgroup,
 	LIST_INSERT_HEAD(&reg->tenants, t, link);
 	reg->n_tenants++;
 	tenant_register_cgroup(t);
-	log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_CGROUP", t->cgroup}),
-		   "new tenant uid %u cgroup '{IOMMUD_CGROUP}' (%s)", (unsigned)t->uid,
-		   rule ? rule->section : "no section: default access");
+	log_about(LOG_DEBUG, t, NULL, NULL, NULL, "new tenant {IOMMUD_TENANT} (%s)",
+		  rule ? rule->section : "no section: default access");
 	*out = t;
 	return 0;
 }
@@ -548,22 +573,23 @@ static void session_destroy(struct session *s)
 		s->tenant->used.leases--;
 		s->tenant->reg->total.leases--;
 	}
-	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", s->lease}),
-		   s->lease[0] ? "released session '{IOMMUD_LEASE}' of uid %u"
-			       : "released the anonymous session of uid %u",
-		   (unsigned)s->tenant->uid);
+	log_about(LOG_INFO, s->tenant, s->lease, NULL, NULL,
+		  s->lease[0] ? "released session '{IOMMUD_LEASE}' of uid %u"
+			      : "released the anonymous session of uid %u",
+		  (unsigned)s->tenant->uid);
 	tenant_put(s->tenant);
 	free(s);
 }
 
 /* The kernel's map path learns the session's descriptor once, so its ioctls count to t. */
-static void attribute_session(struct kh_ctx *ctx, struct tenant *t)
+static void attribute_session(struct kh_ctx *ctx, struct tenant *t, const char *lease)
 {
 	int kernel_fd = kh_ctx_kernel_fd(ctx);
 
 	if (t->reg->probes && kernel_fd >= 0 &&
 	    probes_register_fd(t->reg->probes, kernel_fd, tenant_label_slot(t)) < 0)
-		log_warning("cannot attribute a session of uid %u in the probes", (unsigned)t->uid);
+		log_about(LOG_WARNING, t, lease, NULL, NULL,
+			  "cannot attribute a session of uid %u in the probes", (unsigned)t->uid);
 }
 
 /* A lease is kept with no connection open, so its tenant's quota and the daemon's ceiling bound
@@ -623,7 +649,7 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 		return fail_kh(rc, "cannot create the session's IOMMU context");
 	}
 	kh_ctx_set_owner_release(s->ctx, mapping_release, s);
-	attribute_session(s->ctx, t);
+	attribute_session(s->ctx, t, lease);
 	(void)snprintf(s->lease, sizeof(s->lease), "%s", lease);
 	s->tenant = t;
 	s->refs = 1;
@@ -637,10 +663,10 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 		t->used.leases++;
 		t->reg->total.leases++;
 	}
-	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", lease}),
-		   lease[0] ? "new session '{IOMMUD_LEASE}' for uid %u"
-			    : "new anonymous session for uid %u",
-		   (unsigned)t->uid);
+	log_about(LOG_INFO, t, lease, NULL, NULL,
+		  lease[0] ? "new session '{IOMMUD_LEASE}' for uid %u"
+			   : "new anonymous session for uid %u",
+		  (unsigned)t->uid);
 	*out = s;
 	return 0;
 }
@@ -650,9 +676,9 @@ void session_leave(struct session *s)
 	if (--s->refs)
 		return;
 	if (s->lease[0] && !s->lease_released) {
-		log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_LEASE", s->lease}),
-			   "lease '{IOMMUD_LEASE}' of uid %u kept with no connection",
-			   (unsigned)s->tenant->uid);
+		log_about(LOG_INFO, s->tenant, s->lease, NULL, NULL,
+			  "lease '{IOMMUD_LEASE}' of uid %u kept with no connection",
+			  (unsigned)s->tenant->uid);
 		return;
 	}
 	session_destroy(s);
@@ -753,8 +779,8 @@ int session_device(struct session *s, const char *name, bool bind, uint32_t *dev
 	}
 	(void)snprintf(dev->name, sizeof(dev->name), "%s", name);
 	LIST_INSERT_HEAD(&s->devices, dev, link);
-	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_DEVICE", name}),
-		   "uid %u took device {IOMMUD_DEVICE}", (unsigned)s->tenant->uid);
+	log_about(LOG_INFO, s->tenant, s->lease, NULL, name, "uid %u took device {IOMMUD_DEVICE}",
+		  (unsigned)s->tenant->uid);
 	*dev_id = dev->dev_id;
 	return 0;
 }
@@ -1358,7 +1384,8 @@ int session_map_step(struct session *s, struct map_progress *p)
 			      tenant_label_slot(s->tenant), p->map_ns);
 	DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, p->domain_id, p->req.iova, 0);
 	p->mo = NULL;
-	log_debug("uid %u mapped [0x%llx, +0x%llx) in domain %u", (unsigned)s->tenant->uid,
+	log_about(LOG_DEBUG, s->tenant, s->lease, &p->domain_id, NULL,
+		  "uid %u mapped [0x%llx, +0x%llx) in domain %u", (unsigned)s->tenant->uid,
 		  (unsigned long long)p->req.iova, (unsigned long long)p->req.length, p->domain_id);
 	return 0;
 }
@@ -1469,7 +1496,8 @@ static int unmap_end(struct session *s, struct domain_rec *dom, struct unmap_pro
 	if (p->unmap_ns)
 		probes_record(s->tenant->reg->probes, IOMMUD_OP_UNMAP, p->bytes,
 			      tenant_label_slot(s->tenant), p->unmap_ns);
-	log_debug("uid %u unmapped %u mappings in domain %u", (unsigned)s->tenant->uid, p->count,
+	log_about(LOG_DEBUG, s->tenant, s->lease, &p->domain_id, NULL,
+		  "uid %u unmapped %u mappings in domain %u", (unsigned)s->tenant->uid, p->count,
 		  p->domain_id);
 	return 0;
 }

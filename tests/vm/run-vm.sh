@@ -10,6 +10,8 @@ usage() {
 	cat >&2 <<EOF
 usage: $prog [--kernel BZIMAGE] [--modules DIR] --iommu intel|amd|virtio --results DIR
               [--timeout SECS] [--support PROGRAM]... TESTBIN...
+       $prog [--kernel BZIMAGE] --disk IMAGE --iommu intel|amd|virtio --results DIR
+              [--timeout SECS] STEP...
   --kernel BZIMAGE  guest kernel (default: \$IOMMUD_VM_KERNEL)
   --modules DIR     the kernel's VFIO modules (*.ko), loaded before the devices are bound
                     (default: the folder 'modules' beside the kernel, if there is one)
@@ -18,6 +20,9 @@ usage: $prog [--kernel BZIMAGE] [--modules DIR] --iommu intel|amd|virtio --resul
   --iommu MODEL     emulated IOMMU: intel (VT-d), amd (AMD-Vi) or virtio (virtio-iommu)
   --results DIR     receives NAME.result, NAME.log per test and console.log
   --timeout SECS    limit for each test inside the guest (default 60)
+  --disk IMAGE      boot this ext4 root with systemd as PID 1 instead of an initramfs (a copy:
+                    the image is left as it is); its guest runs the STEPs, named here only to
+                    collect their results (tests/vm/README.md, "systemd as PID 1")
 EOF
 	exit 2
 }
@@ -29,6 +34,7 @@ die() {
 
 kernel=${IOMMUD_VM_KERNEL:-}
 modules_dir=
+disk=
 iommu=
 results=
 per_test=60
@@ -37,6 +43,7 @@ while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) [ $# -ge 2 ] || usage; kernel=$2; shift 2 ;;
 	--modules) [ $# -ge 2 ] || usage; modules_dir=$2; shift 2 ;;
+	--disk) [ $# -ge 2 ] || usage; disk=$2; shift 2 ;;
 	--iommu) [ $# -ge 2 ] || usage; iommu=$2; shift 2 ;;
 	--results) [ $# -ge 2 ] || usage; results=$2; shift 2 ;;
 	--timeout) [ $# -ge 2 ] || usage; per_test=$2; shift 2 ;;
@@ -58,6 +65,7 @@ if [ -z "$kernel" ]; then
 		"tests/vm/README.md says how to build one"
 fi
 [ -f "$kernel" ] || die "kernel $kernel does not exist (tests/vm/README.md says how to build one)"
+[ -z "$disk" ] || [ -f "$disk" ] || die "disk image $disk does not exist"
 
 # A distribution's kernel (Debian 12's) builds VFIO as modules; its package, unpacked, keeps them
 # in a folder beside the image. A kernel with everything built in has none and loads nothing.
@@ -142,7 +150,7 @@ for bin in "${support[@]}"; do
 done
 names=()
 for bin in "$@"; do
-	if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
+	if [ -z "$disk" ] && { [ ! -f "$bin" ] || [ ! -x "$bin" ]; }; then
 		die "test binary $bin is not an executable file"
 	fi
 	name=${bin##*/}
@@ -165,36 +173,38 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-root=$work/root
-mkdir -p "$root"/{bin,dev,modules,proc,sys,tests,tmp}
-cp "$busybox_bin" "$root/bin/busybox"
-for name in "${modules[@]}"; do cp "${module_file[$name]}" "$root/modules/$name.ko"; done
+# The initramfs: busybox, the test binaries with their libraries, and /init.
+make_initrd() {
+	root=$work/root
+	mkdir -p "$root"/{bin,dev,modules,proc,sys,tests,tmp}
+	cp "$busybox_bin" "$root/bin/busybox"
+	for name in "${modules[@]}"; do cp "${module_file[$name]}" "$root/modules/$name.ko"; done
 
-# Copies each library at the path the host loader found it, so a RUNPATH baked into a binary
-# still points at it; the guest has no ld.so.cache, hence LD_LIBRARY_PATH for the rest.
-lib_dirs=
-for bin in "$@" "${support[@]}"; do
-	cp "$bin" "$root/tests/"
-	ldd_out=$(ldd "$bin" 2>&1) || true
-	case $ldd_out in *"not a dynamic executable"* | *"statically linked"*) continue ;; esac
-	missing=$(awk '$2 == "=>" && $3 == "not" { print $1 }' <<<"$ldd_out")
-	[ -z "$missing" ] || die "$bin needs libraries the host lacks: ${missing//$'\n'/ }"
-	while read -r lib; do
-		[ ! -e "$root$lib" ] || continue
-		mkdir -p "$root${lib%/*}"
-		cp -L "$lib" "$root$lib"
-		case ":$lib_dirs:" in *":${lib%/*}:"*) ;; *) lib_dirs=${lib_dirs:+$lib_dirs:}${lib%/*} ;; esac
-	done < <(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$ldd_out")
-done
+	# Copies each library at the path the host loader found it, so a RUNPATH baked into a binary
+	# still points at it; the guest has no ld.so.cache, hence LD_LIBRARY_PATH for the rest.
+	lib_dirs=
+	for bin in "$@" "${support[@]}"; do
+		cp "$bin" "$root/tests/"
+		ldd_out=$(ldd "$bin" 2>&1) || true
+		case $ldd_out in *"not a dynamic executable"* | *"statically linked"*) continue ;; esac
+		missing=$(awk '$2 == "=>" && $3 == "not" { print $1 }' <<<"$ldd_out")
+		[ -z "$missing" ] || die "$bin needs libraries the host lacks: ${missing//$'\n'/ }"
+		while read -r lib; do
+			[ ! -e "$root$lib" ] || continue
+			mkdir -p "$root${lib%/*}"
+			cp -L "$lib" "$root$lib"
+			case ":$lib_dirs:" in *":${lib%/*}:"*) ;; *) lib_dirs=${lib_dirs:+$lib_dirs:}${lib%/*} ;; esac
+		done < <(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$ldd_out")
+	done
 
-# The guest's PID 1: the settings of this run, then a fixed script. Its markers are what the host
-# parses; everything between a test's BEGIN and RESULT lines, kernel messages included, becomes
-# that test's log.
-{
-	echo '#!/bin/busybox sh'
-	echo "iommu=$iommu per_test=$per_test tests='${names[*]}' lib_path='$lib_dirs'"
-	echo "modules='${modules[*]}'"
-	cat <<'EOF'
+	# The guest's PID 1: the settings of this run, then a fixed script. Its markers are what the host
+	# parses; everything between a test's BEGIN and RESULT lines, kernel messages included, becomes
+	# that test's log.
+	{
+		echo '#!/bin/busybox sh'
+		echo "iommu=$iommu per_test=$per_test tests='${names[*]}' lib_path='$lib_dirs'"
+		echo "modules='${modules[*]}'"
+		cat <<'EOF'
 /bin/busybox --install -s /bin
 export PATH=/bin IOMMUD_VM_IOMMU=$iommu IOMMUD_VM_MODULES="$modules"
 [ -z "$lib_path" ] || export LD_LIBRARY_PATH=$lib_path
@@ -270,10 +280,12 @@ echo "IOMMUD-VM-DONE"
 # Should this fail, init ends, the kernel panics and panic=-1 with -no-reboot stops qemu anyway.
 poweroff -f
 EOF
-} >"$root/init"
-chmod +x "$root/init"
+	} >"$root/init"
+	chmod +x "$root/init"
 
-(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 -n >"$work/initrd.gz"
+	(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 -n >"$work/initrd.gz"
+}
+[ -n "$disk" ] || make_initrd
 
 mkdir -p "$results"
 rm -f "$results/console.log"
@@ -292,6 +304,14 @@ for name in "${names[@]}"; do rm -f "$results/$name.result" "$results/$name.log"
 # through Interrupt-remapped IO-APIC"; 2 of 8 boots at a load of 10 on 2 cores). KVM guests
 # skip that check the same way.
 overall=$((60 + ${#names[@]} * (per_test + 10)))
+# A disk boots systemd, which writes to it: snapshot=on keeps the writes in a scratch file.
+if [ -n "$disk" ]; then
+	boot=(-kernel "$kernel" -drive "file=$disk,if=virtio,format=raw,snapshot=on")
+	boot_args="root=/dev/vda rw systemd.show_status=0"
+else
+	boot=(-kernel "$kernel" -initrd "$work/initrd.gz")
+	boot_args=
+fi
 start=$EPOCHREALTIME
 elapsed() { awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 timeout --kill-after=10 "$overall" qemu-system-x86_64 \
@@ -300,8 +320,8 @@ timeout --kill-after=10 "$overall" qemu-system-x86_64 \
 	-device edu -device edu \
 	"${shared_group[@]}" \
 	-nic none -netdev user,id=n0,restrict=on -device e1000e,netdev=n0 \
-	-kernel "$kernel" -initrd "$work/initrd.gz" \
-	-append "console=ttyS0 quiet panic=-1 no_timer_check $iommu_args" \
+	"${boot[@]}" \
+	-append "console=ttyS0 quiet panic=-1 no_timer_check $iommu_args${boot_args:+ $boot_args}" \
 	</dev/null >"$work/console.raw" 2>"$work/qemu.err" &
 qemu_pid=$!
 qemu_rc=0

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: MIT
+/*
+ * systemd's watchdog (WatchdogSec= in iommud.service): the daemon, given WATCHDOG_USEC and a
+ * NOTIFY_SOCKET as systemd gives them, reports READY=1 and then keeps pinging WATCHDOG=1 from its
+ * event loop. The VM tier proves the other half under a real systemd: a daemon whose loop stops
+ * (SIGSTOP) is killed and restarted.
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "daemon_fixture.h"
+#include "harness.h"
+
+#define PINGS_WANTED 3
+
+/* A datagram socket where the daemon's sd_notify messages arrive; its path in ret_path. */
+static int notify_socket(char ret_path[static 108])
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	/* A guard against a daemon that never pings, not a measure of how soon it does. */
+	struct timeval hang_guard = {.tv_sec = 30};
+	char dir[] = "/tmp/iommud-notify-XXXXXX";
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	CHECK(fd >= 0 && mkdtemp(dir) != NULL);
+	(void)snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/notify", dir);
+	CHECK(bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
+	CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &hang_guard, sizeof(hang_guard)) == 0);
+	(void)snprintf(ret_path, 108, "%s", addr.sun_path);
+	return fd;
+}
+
+/* Whether the message (its lines "NAME=value") holds the line want. */
+static bool has_line(const char *message, const char *want)
+{
+	size_t n = strlen(want);
+
+	for (const char *p = message; p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+		if (strncmp(p, want, n) == 0 && (p[n] == '\n' || p[n] == '\0'))
+			return true;
+	return false;
+}
+
+TEST(pings_the_watchdog_after_ready)
+{
+	struct daemon_fixture daemon;
+	char path[108], message[4096], *slash;
+	bool ready = false;
+	int fd = notify_socket(path), pings = 0;
+
+	/* The fixture's daemon inherits these; no WATCHDOG_PID, so any pid may ping. */
+	CHECK(setenv("NOTIFY_SOCKET", path, 1) == 0);
+	CHECK(setenv("WATCHDOG_USEC", "200000", 1) == 0);
+	fixture_start(&daemon, "", "emu0");
+	while (pings < PINGS_WANTED) {
+		ssize_t n = recv(fd, message, sizeof(message) - 1, 0);
+
+		if (n < 0) {
+			(void)fprintf(stderr, "no WATCHDOG=1 within 30 s (%d so far, ready: %d)\n",
+				      pings, ready);
+			abort();
+		}
+		message[n] = '\0';
+		ready |= has_line(message, "READY=1");
+		if (has_line(message, "WATCHDOG=1")) {
+			CHECK(ready); /* systemd counts pings only once the service is up */
+			pings++;
+		}
+	}
+	fixture_stop(&daemon);
+	(void)close(fd);
+	(void)unlink(path);
+	slash = strrchr(path, '/');
+	*slash = '\0';
+	(void)rmdir(path);
+}
