@@ -1326,10 +1326,11 @@ void session_map_abort(struct session *s, struct map_progress *p)
 		return;
 	}
 	if (session_unmap_start(s, p->domain_id, p->req.iova, p->mapped, &p->back) < 0)
-		log_err("uid %u: cannot take back [0x%llx, +0x%llx) of a map that failed in "
-			"domain %u: %s",
-			(unsigned)s->tenant->uid, (unsigned long long)p->req.iova,
-			(unsigned long long)p->mapped, p->domain_id, failure_message());
+		log_about(LOG_ERR, s->tenant, s->lease, &p->domain_id, NULL,
+			  "uid %u: cannot take back [0x%llx, +0x%llx) of a map that failed in "
+			  "domain %u: %s",
+			  (unsigned)s->tenant->uid, (unsigned long long)p->req.iova,
+			  (unsigned long long)p->mapped, p->domain_id, failure_message());
 }
 
 /* Maps the next step's parts of the mapping: 0 when done, 1 with more to map. */
