@@ -173,7 +173,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The initramfs: busybox, the test binaries with their libraries, and /init.
+# The initramfs: busybox, the test binaries (the arguments) with their libraries, and /init.
 make_initrd() {
 	root=$work/root
 	mkdir -p "$root"/{bin,dev,modules,proc,sys,tests,tmp}
@@ -285,7 +285,7 @@ EOF
 
 	(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 -n >"$work/initrd.gz"
 }
-[ -n "$disk" ] || make_initrd
+[ -n "$disk" ] || make_initrd "$@"
 
 mkdir -p "$results"
 rm -f "$results/console.log"
