@@ -193,6 +193,46 @@ static void reexecute(struct survivor *s)
 	CHECK_EQ(s->sv.f.pid, pid);
 }
 
+/* The documented limit (docs/operations.md, "Surviving a restart"): a client that holds the
+ * device's fd across a kill keeps the device bound to the dead daemon's kernel context, whose
+ * domain and mappings that fd keeps alive. The new daemon cannot bind the device, says why, and
+ * brings the lease back without it, its domain or their mappings; once the old fd is closed the
+ * lease can take the device again. */
+static void check_held_fd_round(struct survivor *s)
+{
+	int held = check_dma_lands(s, "before a kill with the device's fd held");
+	Iommud__V1__ListDomainsRequest list = IOMMUD__V1__LIST_DOMAINS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	struct edu edu;
+	uint32_t dom;
+
+	iommuctl_close(s->c);
+	kill_and_restart(s);
+	CHECK(supervisor_log_has(&s->sv, "cannot rebuild its bind"));
+	CHECK(supervisor_log_has(&s->sv, "still open through a VFIO device fd"));
+	connect_lease(s);
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS;
+	req.list_domains = &list;
+	check_call(s->c, iommuctl_call(s->c, &req, NULL, 0, &resp, NULL, 0, NULL), "ListDomains");
+	CHECK_EQ(resp->list_domains->n_domains, 0);
+	iommuctl_response_free(resp);
+	/* The old context's mappings still take the old fd's DMA: the kernel, not the daemon,
+	 * holds them now. */
+	edu_init(&edu, held);
+	memset(s->mem + PAGE, 0, PAGE);
+	edu_dma(&edu, SRC_IOVA, EDU_XFER, false);
+	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
+	CHECK(memcmp(s->mem + PAGE, s->mem, EDU_XFER) == 0);
+	(void)printf("ok: with its fd held across the kill, the device stays in the old kernel "
+		     "context and is left out of the lease, as documented\n");
+	(void)close(held);
+	check_call(s->c, iommuctl_alloc_domain(s->c, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+		   "AllocDomain once the old fd is closed");
+	CHECK(dom > s->dom);
+	(void)printf("ok: once the old fd is closed, the lease takes the device again\n");
+}
+
 /* The daemons' log, for a failed check (which aborts): the supervisor keeps it in a file. */
 static const char *daemon_log;
 
@@ -244,6 +284,8 @@ int main(void)
 	iommuctl_close(s.c);
 	reexecute(&s);
 	check_lease_back(&s, &before, "after a re-execution (SIGUSR2)");
+
+	check_held_fd_round(&s);
 
 	iommuctl_close(s.c);
 	(void)munmap(s.mem, 2 * PAGE);
