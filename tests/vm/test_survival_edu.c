@@ -125,15 +125,7 @@ static void make_lease(struct survivor *s)
 {
 	uint64_t iova = SRC_IOVA;
 
-	check_call(s->c, iommuctl_alloc_domain(s->c, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &s->dom),
-		   "AllocDomain");
-	check_call(s->c, iommuctl_attach(s->c, s->name, s->dom), "AttachDevice");
-	s->memfd = iommuctl_memfd("edu-survivor", 2 * PAGE);
-	CHECK_OK(s->memfd);
-	s->mem = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
-	CHECK(s->mem != MAP_FAILED);
-	for (unsigned i = 0; i < PAGE; i++)
-		s->mem[i] = (uint8_t)(i * 29 + 3);
+	s->mem = attach_with_memfd(s->c, s->name, &s->dom, &s->memfd);
 	check_call(s->c,
 		   iommuctl_map_fd(s->c, s->dom, s->memfd, 0, PAGE, IOMMUCTL_PROT_READ, true, 0,
 				   &iova),
