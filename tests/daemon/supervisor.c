@@ -145,7 +145,7 @@ void supervisor_start(struct supervisor *sv, const char *config, const char *dev
 
 	*sv = (struct supervisor){.listen_fd = -1, .notify_fd = -1};
 	(void)snprintf(topology, sizeof(topology), "[iommu]\ndevices = %s\n", devices);
-	fixture_write_config(&sv->f, config, topology, sv->config_path);
+	fixture_write_config(&sv->f, config, devices ? topology : NULL, sv->config_path);
 	(void)snprintf(sv->log_path, sizeof(sv->log_path), "%s/iommud.log", sv->f.dir);
 	(void)snprintf(notify_path, sizeof(notify_path), "%s/notify", sv->f.dir);
 	sv->listen_fd = bound_socket(sv->f.socket_path, SOCK_SEQPACKET);
@@ -171,10 +171,12 @@ static void pass_fds(const struct supervisor *sv)
 	if (!high || !names)
 		_exit(126);
 	strcpy(names, SOCKET_NAME);
-	/* Out of the way first, so no dup2 overwrites one not yet moved. */
-	high[0] = fcntl(sv->listen_fd, F_DUPFD_CLOEXEC, 1024);
+	/* Out of the way first, above the targets 3 .. n + 2, so no dup2 overwrites one not yet
+	 * moved; not at a fixed height, which a limit of 1024 descriptors (the VM tier's guest)
+	 * refuses. */
+	high[0] = fcntl(sv->listen_fd, F_DUPFD_CLOEXEC, (int)(3 + n));
 	for (size_t i = 0; i < sv->n_store; i++) {
-		high[i + 1] = fcntl(sv->store[i].fd, F_DUPFD_CLOEXEC, 1024);
+		high[i + 1] = fcntl(sv->store[i].fd, F_DUPFD_CLOEXEC, (int)(3 + n));
 		strcat(strcat(names, ":"), sv->store[i].name);
 	}
 	for (size_t i = 0; i < n; i++)
@@ -205,8 +207,8 @@ void supervisor_launch(struct supervisor *sv)
 			_exit(126);
 		pass_fds(sv);
 		(void)setenv("NOTIFY_SOCKET", notify_path, 1);
-		execl(IOMMUD_BIN, "iommud", "--config", sv->config_path, "--log-level", level,
-		      (char *)NULL);
+		execl(getenv("IOMMUD_DAEMON") ?: IOMMUD_BIN, "iommud", "--config", sv->config_path,
+		      "--log-level", level, (char *)NULL);
 		_exit(127);
 	}
 	pthread_mutex_unlock(&sv->lock);
@@ -220,7 +222,11 @@ static void wait_ready(struct supervisor *sv)
 	while (!sv->ready) {
 		struct timespec until;
 
-		CHECK(waitpid(sv->f.pid, &status, WNOHANG) == 0); /* died at start */
+		if (waitpid(sv->f.pid, &status, WNOHANG) != 0) {
+			(void)fprintf(stderr, "the daemon died at start (wait status %#x): %s\n",
+				      status, sv->log_path);
+			abort();
+		}
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_nsec += 20 * 1000 * 1000;
 		if (until.tv_nsec >= 1000000000) {

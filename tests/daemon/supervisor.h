@@ -40,7 +40,8 @@ struct supervisor {
 };
 
 /* Writes the configuration (as fixture_start: its [daemon] section added, on the emulated
- * backend with these devices), sets up the sockets and starts the first daemon. */
+ * backend with these devices, or with devices NULL on a kernel backend), sets up the sockets
+ * and starts the first daemon ($IOMMUD_DAEMON if set, as in the VM tier's guest). */
 void supervisor_start(struct supervisor *sv, const char *config, const char *devices);
 /* Starts a daemon with the socket and the store. */
 void supervisor_launch(struct supervisor *sv);

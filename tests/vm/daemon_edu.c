@@ -4,9 +4,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <iommuctl.h>
 
+#include "check.h"
 #include "edu.h"
 
 void check_call(struct iommuctl *c, int rc, const char *what)
@@ -35,4 +37,27 @@ char *find_edu(struct iommuctl *c)
 	}
 	iommuctl_response_free(resp);
 	return name;
+}
+
+uint8_t *attach_with_memfd(struct iommuctl *c, const char *device, uint32_t *ret_dom,
+			   int *ret_memfd)
+{
+	const size_t page = 4096;
+	uint32_t dom;
+	uint8_t *mem;
+	int memfd;
+
+	check_call(c, iommuctl_alloc_domain(c, device, IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+		   "AllocDomain");
+	check_call(c, iommuctl_attach(c, device, dom), "AttachDevice");
+	memfd = iommuctl_memfd("edu", 2 * page);
+	CHECK_OK(memfd);
+	mem = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	CHECK(mem != MAP_FAILED);
+	for (size_t i = 0; i < page; i++)
+		mem[i] = (uint8_t)(i * 13 + 5);
+	memset(mem + page, 0, page);
+	*ret_dom = dom;
+	*ret_memfd = memfd;
+	return mem;
 }

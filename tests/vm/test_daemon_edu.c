@@ -95,16 +95,7 @@ static void setup_device(struct edu_session *s)
 {
 	uint64_t iova;
 
-	check_call(s->c, iommuctl_alloc_domain(s->c, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &s->dom),
-		   "AllocDomain");
-	check_call(s->c, iommuctl_attach(s->c, s->name, s->dom), "AttachDevice");
-	s->memfd = iommuctl_memfd("edu", 2 * PAGE);
-	CHECK_OK(s->memfd);
-	s->mem = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
-	CHECK(s->mem != MAP_FAILED);
-	for (unsigned i = 0; i < PAGE; i++)
-		s->mem[i] = (uint8_t)(i * 13 + 5);
-	memset(s->mem + PAGE, 0, PAGE);
+	s->mem = attach_with_memfd(s->c, s->name, &s->dom, &s->memfd);
 	iova = SRC_IOVA;
 	check_call(s->c,
 		   iommuctl_map_fd(s->c, s->dom, s->memfd, 0, PAGE, IOMMUCTL_PROT_READ, true, 0,

@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Survival on a real kernel: iommud on iommufd (the backend "auto" takes in the VM tier's
+ * guest) under the test supervisor, which keeps the descriptor store as systemd does. A client
+ * makes a lease, a domain with the edu attached and a memfd mapped into it, and sees the edu's
+ * DMA land; then the daemon is killed (SIGKILL) and restarted, and re-executed (SIGUSR2). After
+ * each the client reconnects with its lease's name and finds the same domain id, the edu still
+ * attached, ListDomains and ListMappings answered byte for byte as before, and the edu's DMA
+ * landing in the memfd again. The kernel objects are rebuilt from the record (docs/
+ * architecture.md, "Survival"), so the client closes the device's fd before each restart; what
+ * happens when it holds it across one is the last check.
+ *
+ * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
+ * vfio-pci).
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <iommuctl.h>
+
+#include "check.h"
+#include "daemon_edu.h"
+#include "edu.h"
+#include "supervisor.h"
+
+#define PAGE	 4096u
+#define SRC_IOVA 0x100000u /* edu masks DMA addresses to 28 bits: stay below 256 MiB */
+#define DST_IOVA 0x101000u
+#define LEASE	 "edu-survivor"
+
+/* Root may take every device (the built-in rule) and hold a lease. */
+static const char config[] =
+	"probe-tier = off\n[uid 0]\naccess = write\ndevices = *\nmax-leases = 2\n";
+
+struct survivor {
+	struct supervisor sv;
+	struct iommuctl *c;
+	char *name; /* the edu's, which the daemon offered */
+	uint32_t dom;
+	uint8_t *mem; /* the memfd's two pages: the source, then the destination */
+	int memfd;
+};
+
+/* What the client sees of its lease, as the daemon encodes it: ListDomains, then ListMappings
+ * of the one domain (two mappings: one reply). */
+struct answers {
+	uint8_t bytes[4096];
+	size_t len;
+};
+
+static void append_reply(struct iommuctl *c, Iommud__V1__Request *req, struct answers *a)
+{
+	Iommud__V1__Response *resp;
+	size_t len;
+
+	check_call(c, iommuctl_call(c, req, NULL, 0, &resp, NULL, 0, NULL), "List");
+	if (resp->list_domains) {
+		len = iommud__v1__list_domains_reply__get_packed_size(resp->list_domains);
+		CHECK(a->len + len <= sizeof(a->bytes));
+		a->len +=
+			iommud__v1__list_domains_reply__pack(resp->list_domains, a->bytes + a->len);
+	} else {
+		CHECK(resp->list_mappings && !resp->list_mappings->more);
+		CHECK_EQ(resp->list_mappings->n_mappings, 2);
+		len = iommud__v1__list_mappings_reply__get_packed_size(resp->list_mappings);
+		CHECK(a->len + len <= sizeof(a->bytes));
+		a->len += iommud__v1__list_mappings_reply__pack(resp->list_mappings,
+								a->bytes + a->len);
+	}
+	iommuctl_response_free(resp);
+}
+
+static void answers_of(struct survivor *s, struct answers *a)
+{
+	Iommud__V1__ListDomainsRequest domains = IOMMUD__V1__LIST_DOMAINS_REQUEST__INIT;
+	Iommud__V1__ListMappingsRequest mappings = IOMMUD__V1__LIST_MAPPINGS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	a->len = 0;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS;
+	req.list_domains = &domains;
+	append_reply(s->c, &req, a);
+	mappings.domain_id = s->dom;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_MAPPINGS;
+	req.list_mappings = &mappings;
+	append_reply(s->c, &req, a);
+}
+
+/* The edu attached to the lease's domain, as ListDomains says. */
+static void check_attached(struct survivor *s)
+{
+	Iommud__V1__ListDomainsRequest list = IOMMUD__V1__LIST_DOMAINS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS;
+	req.list_domains = &list;
+	check_call(s->c, iommuctl_call(s->c, &req, NULL, 0, &resp, NULL, 0, NULL), "ListDomains");
+	CHECK_EQ(resp->list_domains->n_domains, 1);
+	CHECK_EQ(resp->list_domains->domains[0]->domain_id, s->dom);
+	CHECK_EQ(resp->list_domains->domains[0]->n_attached, 1);
+	CHECK(strcmp(resp->list_domains->domains[0]->attached[0], s->name) == 0);
+	iommuctl_response_free(resp);
+}
+
+static void connect_lease(struct survivor *s)
+{
+	Iommud__V1__HelloReply *hello;
+
+	CHECK_OK(iommuctl_connect(s->sv.f.socket_path, &s->c));
+	check_call(s->c, iommuctl_hello(s->c, "test_survival_edu", LEASE, &hello), "Hello");
+	(void)printf("backend: %s\n", hello->backend_name);
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+}
+
+/* The lease: a domain for the edu, the edu attached, the memfd's pages mapped at SRC_IOVA
+ * (read) and DST_IOVA (read and write). */
+static void make_lease(struct survivor *s)
+{
+	uint64_t iova = SRC_IOVA;
+
+	s->mem = attach_with_memfd(s->c, s->name, &s->dom, &s->memfd);
+	check_call(s->c,
+		   iommuctl_map_fd(s->c, s->dom, s->memfd, 0, PAGE, IOMMUCTL_PROT_READ, true, 0,
+				   &iova),
+		   "Map source");
+	iova = DST_IOVA;
+	check_call(s->c,
+		   iommuctl_map_fd(s->c, s->dom, s->memfd, PAGE, PAGE,
+				   IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
+		   "Map destination");
+}
+
+/* Opens the edu through the lease (the caller closes the fd) and checks that memory -> device
+ * -> memory lands byte for byte through the lease's mappings. */
+static int check_dma_lands(struct survivor *s, const char *when)
+{
+	struct edu edu;
+	int vfio = iommuctl_open_device(s->c, s->name);
+
+	check_call(s->c, vfio, "OpenDevice");
+	edu_init(&edu, vfio);
+	memset(s->mem + PAGE, 0, PAGE);
+	edu_dma(&edu, SRC_IOVA, EDU_XFER, false);
+	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
+	CHECK(memcmp(s->mem + PAGE, s->mem, EDU_XFER) == 0);
+	(void)printf("ok: %s, the edu's DMA landed in the memfd byte for byte\n", when);
+	return vfio;
+}
+
+/* The lease as it was: same domain, the edu attached, the same answers, DMA landing. */
+static void check_lease_back(struct survivor *s, const struct answers *before, const char *when)
+{
+	struct answers after;
+
+	connect_lease(s);
+	check_attached(s);
+	answers_of(s, &after);
+	CHECK_EQ(after.len, before->len);
+	CHECK(memcmp(after.bytes, before->bytes, before->len) == 0);
+	(void)printf("ok: %s, domain %u with %s attached and its mappings are as they were\n", when,
+		     s->dom, s->name);
+	(void)close(check_dma_lands(s, when));
+}
+
+static void kill_and_restart(struct survivor *s)
+{
+	supervisor_kill(&s->sv);
+	supervisor_spawn(&s->sv);
+}
+
+static void reexecute(struct survivor *s)
+{
+	pid_t pid = s->sv.f.pid;
+
+	supervisor_unready(&s->sv);
+	CHECK(kill(pid, SIGUSR2) == 0);
+	supervisor_wait_ready(&s->sv);
+	CHECK_EQ(s->sv.f.pid, pid);
+}
+
+/* The documented limit (docs/operations.md, "Surviving a restart"): a client that holds the
+ * device's fd across a kill keeps the device bound to the dead daemon's kernel context, whose
+ * domain and mappings that fd keeps alive. The new daemon cannot bind the device, says why, and
+ * brings the lease back without it, its domain or their mappings; once the old fd is closed the
+ * lease can take the device again. */
+static void check_held_fd_round(struct survivor *s)
+{
+	int held = check_dma_lands(s, "before a kill with the device's fd held");
+	Iommud__V1__ListDomainsRequest list = IOMMUD__V1__LIST_DOMAINS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	struct edu edu;
+	uint32_t dom;
+
+	iommuctl_close(s->c);
+	kill_and_restart(s);
+	CHECK(supervisor_log_has(&s->sv, "cannot rebuild its bind"));
+	CHECK(supervisor_log_has(&s->sv, "still open through a VFIO device fd"));
+	connect_lease(s);
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS;
+	req.list_domains = &list;
+	check_call(s->c, iommuctl_call(s->c, &req, NULL, 0, &resp, NULL, 0, NULL), "ListDomains");
+	CHECK_EQ(resp->list_domains->n_domains, 0);
+	iommuctl_response_free(resp);
+	/* The old context's mappings still take the old fd's DMA: the kernel, not the daemon,
+	 * holds them now. */
+	edu_init(&edu, held);
+	memset(s->mem + PAGE, 0, PAGE);
+	edu_dma(&edu, SRC_IOVA, EDU_XFER, false);
+	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
+	CHECK(memcmp(s->mem + PAGE, s->mem, EDU_XFER) == 0);
+	(void)printf("ok: with its fd held across the kill, the device stays in the old kernel "
+		     "context and is left out of the lease, as documented\n");
+	(void)close(held);
+	check_call(s->c, iommuctl_alloc_domain(s->c, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+		   "AllocDomain once the old fd is closed");
+	CHECK(dom > s->dom);
+	(void)printf("ok: once the old fd is closed, the lease takes the device again\n");
+}
+
+/* The daemons' log, for a failed check (which aborts): the supervisor keeps it in a file. */
+static const char *daemon_log;
+
+static void print_daemon_log(int sig)
+{
+	char buf[4096];
+	ssize_t n;
+	int fd = open(daemon_log, O_RDONLY | O_CLOEXEC);
+
+	(void)sig;
+	(void)!write(STDOUT_FILENO, "---- the daemons' log ----\n", 27);
+	while (fd >= 0 && (n = read(fd, buf, sizeof(buf))) > 0)
+		(void)!write(STDOUT_FILENO, buf, (size_t)n);
+	signal(SIGABRT, SIG_DFL);
+}
+
+int main(void)
+{
+	const char *want = vm_backend_expected("auto");
+	struct answers before;
+	struct survivor s = {0};
+
+	if (!want) {
+		(void)printf("SKIP: not in the VM tier's guest (tests/vm/README.md)\n");
+		return 77;
+	}
+	CHECK_OK(setenv("IOMMUD_TEST_BACKEND", "auto", 1));
+	(void)setvbuf(stdout, NULL, _IOLBF, 0);
+	daemon_log = s.sv.log_path; /* filled in by supervisor_start */
+	(void)signal(SIGABRT, print_daemon_log);
+	supervisor_start(&s.sv, config, NULL);
+	connect_lease(&s);
+	s.name = find_edu(s.c);
+	if (!s.name) {
+		(void)printf("SKIP: the daemon offers no edu device\n");
+		iommuctl_close(s.c);
+		supervisor_stop(&s.sv);
+		return 77;
+	}
+	(void)printf("using %s\n", s.name);
+	make_lease(&s);
+	(void)close(check_dma_lands(&s, "before any restart"));
+	answers_of(&s, &before);
+
+	iommuctl_close(s.c);
+	kill_and_restart(&s);
+	check_lease_back(&s, &before, "after kill -9 and a restart");
+
+	iommuctl_close(s.c);
+	reexecute(&s);
+	check_lease_back(&s, &before, "after a re-execution (SIGUSR2)");
+
+	check_held_fd_round(&s);
+
+	iommuctl_close(s.c);
+	(void)munmap(s.mem, 2 * PAGE);
+	(void)close(s.memfd);
+	free(s.name);
+	supervisor_stop(&s.sv);
+	(void)printf("survival of a lease with edu DMA on %s: all checks passed\n", want);
+	return 0;
+}
