@@ -80,24 +80,48 @@ struct {
  * which the driver calls nested in it take too) and those driver calls (a failed map unmaps
  * inside itself: one of each operation); and the tenant its last ioctl's descriptor had.
  *
- * Kept in an array indexed by the low bits of the thread id, the entry tagged with the whole
- * id: found with one inlined lookup, where task storage took a helper call and its recursion
- * guard at each of the four events per ioctl. Two threads whose ids share the low bits share a
- * slot: the one entering a tracked ioctl takes the slot over, and the other's events, which
- * then find another thread's tag, are not counted (one dropped event). */
+ * Kept in an array indexed by the low bits of the thread id: found with one inlined lookup,
+ * where task storage took a helper call and its recursion guard at each of the four events per
+ * ioctl. Two threads whose ids share the low bits share an entry, on any two CPUs at once, so
+ * the entry's tag (thread id, state, claim sequence) changes only by compare-and-swap:
+ * - entering a tracked ioctl claims the entry (ENTERING) and alone writes the ioctl's fields
+ *   until it publishes them (ACTIVE); a thread finding the entry ENTERING, or losing the swap,
+ *   does not track its ioctl and counts it dropped;
+ * - a claim that takes over an ACTIVE entry counts that ioctl dropped (its thread's exit and
+ *   driver calls then find another tag and record nothing, nor count it again);
+ * - the exit copies the fields, then releases the entry with a swap from the tag it read: the
+ *   copy is the ioctl's own only if no claim came in between, and a taken entry stays taken;
+ * - a driver call's start is one word carrying the claim sequence, so a write of a thread that
+ *   has just lost the entry is told from the owner's own, and the owner counts that call
+ *   dropped instead of timing it from another thread's start.
+ * A dropped ioctl is one event, however many driver calls it made. */
 #define THREAD_SLOTS 4096
 
+enum thread_state_kind {
+	THREAD_IDLE,
+	THREAD_ENTERING,
+	THREAD_ACTIVE,
+};
+
+/* tag: thread id in bits 0-31, enum thread_state_kind in 32-33, claim sequence from 34 up. */
+#define TAG_STATE_SHIFT 32
+#define TAG_SEQ_SHIFT	34
+/* call_start: claim sequence (its low bits) from 41 up, a call started at 40, ns in 0-39 (the
+ * low bits of the clock, 18 minutes of them: a call's duration is their difference). */
+#define CALL_SEQ_SHIFT 41
+#define CALL_STARTED   (1ULL << 40)
+#define CALL_NS_MASK   (CALL_STARTED - 1)
+
 struct thread_state {
-	__u32 tid;	   /* the thread whose state this is */
-	__u32 tenant;	   /* the tracked ioctl's tenant slot */
-	__u64 ioctl_start; /* 0: in no tracked ioctl */
-	__u64 ioctl_bytes;
-	__u64 call_start[IOMMUD_OP_COUNT]; /* 0: in no such call */
+	__u64 tag;
+	__u32 tenant; /* the tracked ioctl's tenant slot */
 	__u32 ioctl_op;
-	__s32 known_fd;	 /* the descriptor whose tenant is known_tenant */
-	__u64 known_gen; /* attribution_gen when it was looked up; 0: none */
+	__u64 ioctl_start;
+	__u64 ioctl_bytes;
+	__u64 call_start[IOMMUD_OP_COUNT];
+	__s32 known_fd; /* the descriptor whose tenant is known_tenant */
 	__u32 known_tenant;
-	__u32 pad;
+	__u64 known_gen; /* attribution_gen when it was looked up; 0: none */
 };
 
 struct {
@@ -218,13 +242,40 @@ static __always_inline struct thread_state *thread_slot(__u32 tid)
 	return bpf_map_lookup_elem(&threads, &slot);
 }
 
-/* The calling thread's state while it is inside a tracked ioctl, else NULL. */
-static __always_inline struct thread_state *tracked_thread(void)
+/* Read where it is in the code, not where the compiler would like: it validates what was read
+ * before it. */
+#define READ_TAG(st) (*(volatile __u64 *)&(st)->tag)
+
+static __always_inline __u64 tag_state(__u64 tag)
+{
+	return (tag >> TAG_STATE_SHIFT) & 3;
+}
+
+static __always_inline __u64 with_state(__u64 tag, enum thread_state_kind state)
+{
+	return (tag & ~(3ULL << TAG_STATE_SHIFT)) | (__u64)state << TAG_STATE_SHIFT;
+}
+
+/* The call_start word of no call, for the claim of tag. */
+static __always_inline __u64 no_call(__u64 tag)
+{
+	return (tag >> TAG_SEQ_SHIFT) << CALL_SEQ_SHIFT;
+}
+
+/* The calling thread's state and its tag while it is inside a tracked ioctl, else NULL. */
+static __always_inline struct thread_state *tracked_thread(__u64 *ret_tag)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct thread_state *st = thread_slot(tid);
+	__u64 tag;
 
-	return st && st->tid == tid && st->ioctl_start ? st : NULL;
+	if (!st)
+		return NULL;
+	tag = READ_TAG(st);
+	if ((__u32)tag != tid || tag_state(tag) != THREAD_ACTIVE)
+		return NULL;
+	*ret_tag = tag;
+	return st;
 }
 
 /* The operation of a tracked ioctl command, and where its argument keeps the length. */
@@ -244,50 +295,71 @@ static __always_inline bool tracked_cmd(unsigned int cmd, __u32 *ret_op, __u32 *
 	return false;
 }
 
-/* The thread's slot, taken over from another thread that still holds it (whose events then
- * drop), or forgetting what a previous holder's attribution was. */
-static __always_inline struct thread_state *claim_thread(__u64 pid_tgid)
+/* The thread's slot, claimed ENTERING under a new sequence, or NULL (counted dropped) when
+ * another thread is entering its own ioctl there or claims it at the same time. An ACTIVE
+ * ioctl claimed over is dropped: another thread's, or this one's whose exit never came. */
+static __always_inline struct thread_state *claim_thread(__u32 tid, __u64 *ret_tag)
 {
-	__u32 tid = (__u32)pid_tgid;
 	struct thread_state *st = thread_slot(tid);
+	__u64 old, tag;
 
-	if (!st || st->tid == tid)
-		return st;
-	if (st->ioctl_start)
+	if (!st)
+		return NULL;
+	old = READ_TAG(st);
+	tag = ((old >> TAG_SEQ_SHIFT) + 1) << TAG_SEQ_SHIFT |
+	      (__u64)THREAD_ENTERING << TAG_STATE_SHIFT | tid;
+	if (tag_state(old) == THREAD_ENTERING ||
+	    __sync_val_compare_and_swap(&st->tag, old, tag) != old) {
 		count_drop();
-	st->tid = tid;
-	st->known_gen = 0;
+		return NULL;
+	}
+	if (tag_state(old) == THREAD_ACTIVE)
+		count_drop();
+	if ((__u32)old != tid)
+		st->known_gen = 0;
+	*ret_tag = tag;
 	return st;
 }
 
 static __always_inline void ioctl_enter(int fd, unsigned int cmd, unsigned long arg)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 pid_tgid = bpf_get_current_pid_tgid(), tag = 0;
 	struct thread_state *st;
 	__u32 op, offset;
 
-	if (!tracked_cmd(cmd, &op, &offset) || !(st = claim_thread(pid_tgid)))
+	if (!tracked_cmd(cmd, &op, &offset) || !(st = claim_thread((__u32)pid_tgid, &tag)))
 		return;
 	if (bpf_probe_read_user(&st->ioctl_bytes, sizeof(st->ioctl_bytes), (void *)(arg + offset)) <
 	    0)
 		st->ioctl_bytes = 0;
 	st->tenant = ioctl_tenant(st, (__u32)(pid_tgid >> 32), fd);
 	st->ioctl_op = op;
-	st->call_start[IOMMUD_OP_MAP] = 0;
-	st->call_start[IOMMUD_OP_UNMAP] = 0;
+	st->call_start[IOMMUD_OP_MAP] = no_call(tag);
+	st->call_start[IOMMUD_OP_UNMAP] = no_call(tag);
 	st->ioctl_start = bpf_ktime_get_ns();
+	/* Only the ENTERING thread moves the tag on from ENTERING: a store publishes. */
+	barrier();
+	READ_TAG(st) = with_state(tag, THREAD_ACTIVE);
 }
 
 static __always_inline void ioctl_exit(long ret)
 {
-	struct thread_state *st = tracked_thread();
+	__u64 tag = 0, bytes, start;
+	struct thread_state *st = tracked_thread(&tag);
+	__u32 tenant, op;
 
 	if (!st)
 		return;
+	tenant = st->tenant;
+	op = st->ioctl_op;
+	bytes = st->ioctl_bytes;
+	start = st->ioctl_start;
+	/* Failing, another thread claimed the slot since the tag was read, and counted this
+	 * ioctl dropped: the copy may be its. */
+	if (__sync_val_compare_and_swap(&st->tag, tag, with_state(tag, THREAD_IDLE)) != tag)
+		return;
 	if (ret == 0)
-		record(st->tenant, st->ioctl_op, IOMMUD_LAYER_IOCTL, st->ioctl_bytes,
-		       bpf_ktime_get_ns() - st->ioctl_start, true);
-	st->ioctl_start = 0;
+		record(tenant, op, IOMMUD_LAYER_IOCTL, bytes, bpf_ktime_get_ns() - start, true);
 }
 
 /* The syscall's own registers, read in place: the trampoline hands over a kernel pointer. */
@@ -337,29 +409,43 @@ int BPF_KRETPROBE(ioctl_kretprobe, long ret)
  * before the IOTLB flush (iommu_unmap's iotlb_sync, or the gathered flush its caller makes
  * after iommu_unmap_fast). A map that fails fires no tracepoint, an unmap that finds nothing
  * unmaps 0 bytes: neither counts. */
-static __always_inline struct thread_state *driver_state(void)
+static __always_inline struct thread_state *driver_state(__u64 *ret_tag)
 {
-	return in_interrupt() ? NULL : tracked_thread();
+	return in_interrupt() ? NULL : tracked_thread(ret_tag);
 }
 
 static __always_inline void call_enter(__u32 op)
 {
-	struct thread_state *st = driver_state();
+	__u64 tag = 0;
+	struct thread_state *st = driver_state(&tag);
 
 	if (st && op < IOMMUD_OP_COUNT)
-		st->call_start[op] = bpf_ktime_get_ns();
+		st->call_start[op] =
+			no_call(tag) | CALL_STARTED | (bpf_ktime_get_ns() & CALL_NS_MASK);
 }
 
 static __always_inline void call_end(__u32 op, __u64 bytes)
 {
-	struct thread_state *st = driver_state();
+	__u64 tag = 0, start;
+	struct thread_state *st = driver_state(&tag);
+	__u32 tenant;
 
-	if (!st || op >= IOMMUD_OP_COUNT || !st->call_start[op])
+	if (!st || op >= IOMMUD_OP_COUNT)
 		return;
-	if (bytes)
-		record(st->tenant, op, IOMMUD_LAYER_IOMMU, bytes,
-		       bpf_ktime_get_ns() - st->call_start[op], true);
-	st->call_start[op] = 0;
+	start = st->call_start[op];
+	tenant = st->tenant;
+	barrier();
+	/* Claimed over since: that claim counted this ioctl dropped. */
+	if (READ_TAG(st) != tag)
+		return;
+	/* Another claim's sequence: a thread that had just lost the slot wrote over this call's
+	 * start. */
+	if ((start ^ no_call(tag)) >> CALL_SEQ_SHIFT)
+		count_drop();
+	else if ((start & CALL_STARTED) && bytes)
+		record(tenant, op, IOMMUD_LAYER_IOMMU, bytes,
+		       (bpf_ktime_get_ns() - start) & CALL_NS_MASK, true);
+	st->call_start[op] = no_call(tag);
 }
 
 /* A driver function's entry, as the fentry and the kprobe tier attach it: prog_fentry and

@@ -47,7 +47,9 @@ struct probe_spec {
 	enum attach_kind kind;
 	const char *entry, *exit;
 	const char *targets[2];
-	const char *exit_tp; /* the raw tracepoint exit attaches to, or NULL: the entry's target */
+	/* The raw tracepoint exit attaches to, or NULL: the entry's target. Without exit, the
+	 * tracepoint whose program another spec of the tier attaches. */
+	const char *exit_tp;
 };
 
 /* An entry/exit pair on the map path, and one event counting faults. */
@@ -72,7 +74,9 @@ struct probe_spec {
 			    end_prog, tp)
 
 /* iommu_unmap_fast ends at the iommu:unmap that iommu_unmap's pair attaches (both reach it
- * through __iommu_unmap): attached twice, its program would run twice per event. */
+ * through __iommu_unmap): attached twice, its program would run twice per event. So its spec
+ * names that tracepoint without a program of its own, and stays off when the spec with the
+ * program did not attach. */
 static const struct probe_spec specs[] = {
 	PAIR(FENTRY, ATTACH_TRACE, "map/unmap ioctl", "ioctl_fentry", "ioctl_fexit",
 	     "__x64_sys_ioctl", NULL),
@@ -80,7 +84,7 @@ static const struct probe_spec specs[] = {
 	     NULL),
 	DRIVER_PAIRS("iommu_map", map, "iommu_map_nosync", "iommu_map", "map_end", "map"),
 	DRIVER_PAIRS("iommu_unmap", unmap, "iommu_unmap", NULL, "unmap_end", "unmap"),
-	DRIVER_PAIRS("iommu_unmap_fast", unmap_fast, "iommu_unmap_fast", NULL, NULL, NULL),
+	DRIVER_PAIRS("iommu_unmap_fast", unmap_fast, "iommu_unmap_fast", NULL, NULL, "unmap"),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:map", "map_tp", NULL, "map", NULL),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:unmap", "unmap_tp", NULL, "unmap", NULL),
 	FAULT(KPROBE, ATTACH_KPROBE, "VT-d faults", "fault_vtd", "dmar_fault"),
@@ -255,6 +259,39 @@ static void detach_all(struct probes *p)
 	p->skel = NULL;
 }
 
+/* The spec of the tier that attaches the end spec i borrows (its exit_tp, without an exit
+ * program of its own); NULL when i has its own end or none. */
+static const struct probe_spec *end_owner(size_t i, size_t *ret_owner)
+{
+	const struct probe_spec *s = &specs[i];
+
+	if (s->exit || !s->exit_tp)
+		return NULL;
+	for (size_t j = 0; j < N_SPECS; j++)
+		if (specs[j].tier == s->tier && specs[j].exit && specs[j].exit_tp &&
+		    strcmp(specs[j].exit_tp, s->exit_tp) == 0) {
+			*ret_owner = j;
+			return &specs[j];
+		}
+	return NULL;
+}
+
+/* Detaches spec i when the spec attaching its end did not attach: nothing would end what its
+ * entry starts. */
+static void drop_without_end(struct probes *p, size_t i)
+{
+	const struct probe_spec *owner;
+	size_t j = 0;
+
+	if (!p->attached[i] || !(owner = end_owner(i, &j)) || p->attached[j])
+		return;
+	say(p, "%s on %s: nothing would end its timing (the raw tracepoint %s, attached with %s)",
+	    specs[i].what, p->target[i], specs[i].exit_tp, owner->what);
+	(void)bpf_link__destroy(p->links[2 * i]);
+	p->links[2 * i] = NULL;
+	p->attached[i] = false;
+}
+
 /* Loads and attaches one tier's programs; true when a latency or count pair attached. */
 static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf)
 {
@@ -277,8 +314,10 @@ static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct 
 		detach_all(p);
 		return false;
 	}
-	for (size_t i = 0; i < N_SPECS; i++) {
+	for (size_t i = 0; i < N_SPECS; i++)
 		p->attached[i] = p->target[i] && attach_spec(p, i);
+	for (size_t i = 0; i < N_SPECS; i++) {
+		drop_without_end(p, i);
 		measured += p->attached[i] && !specs[i].fault;
 	}
 	if (measured)
