@@ -170,13 +170,36 @@ static int follow_vmm(struct call *call, struct delegation *del)
 	return 0;
 }
 
-/* The record's checks, in the order a caller can fix them: what the kernel lacks first. */
+/* Whether the caller's section lets it hand devices to a VMM: raw VFIO device fds, whose pins
+ * escape the tenant's quotas (only the VMM's RLIMIT_MEMLOCK bounds them), so only on request. */
+static int check_may_delegate(const struct call *call)
+{
+	const struct access_rule *rule = tenant_rule(call->client->tenant);
+
+	if (rule && rule->delegate)
+		return 0;
+	if (!rule)
+		return fail(-EPERM,
+			    "uid %u may not delegate devices: no configuration section names it; "
+			    "delegation needs a [user], [uid] or [group] section with "
+			    "'delegate = yes'",
+			    (unsigned)call->client->peer.uid);
+	return fail(-EPERM,
+		    "uid %u may not delegate devices: its configuration section (%s) does not say "
+		    "'delegate = yes'",
+		    (unsigned)call->client->peer.uid, rule->section);
+}
+
+/* The record's checks, in the order a caller can fix them: whether it may delegate at all,
+ * then what the kernel lacks. */
 static int prepare(struct call *call, struct delegation *del)
 {
 	struct session *s = call->client->session;
-	int rc = kh_delegate_supported(call->d->be);
+	int rc = check_may_delegate(call);
 
 	if (rc < 0)
+		return rc;
+	if ((rc = kh_delegate_supported(call->d->be)) < 0)
 		return fail_kh(rc, "cannot delegate devices");
 	if (!call->d->delegations)
 		return fail(-EOPNOTSUPP, "this daemon does not follow delegations");

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Delegation where no kernel iommufd stands behind the daemon (the emulated backend): the method
-# refuses with what the kernel lacks, before anything else and without taking the device;
+# Delegation where no kernel iommufd stands behind the daemon (the emulated backend): a section
+# without 'delegate = yes' may not delegate, whatever the machine; one with it is refused with
+# what the kernel lacks, before anything else and without taking the device;
 # iommuctl delegate exec refuses its mistakes before asking and runs nothing when refused; the
 # listing is there and empty.
 # usage: delegate.sh IOMMUD IOMMUCTL
@@ -10,7 +11,13 @@ iommuctl=$2
 # shellcheck source=tests/daemon/common.sh
 . "$(dirname "$0")/common.sh"
 begin delegate
+# Delegation is granted per section, never by default: root's section here does not say so.
 start_emulated_daemon
+expect 1 "*PERMISSION_DENIED*may not delegate*section (uid 0)*'delegate = yes'*" \
+	--lease vm1 delegate exec emu0 -- touch "$dir/ran"
+[ ! -e "$dir/ran" ] || fail "delegate exec ran its command after a refusal"
+kill "$pid" && wait "$pid"
+start_emulated_daemon 'delegate = yes\n'
 
 expect 0 '*' hello
 case $last in *delegate*) fail "the emulated backend claims the delegate capability" ;; esac

@@ -41,8 +41,8 @@ for bdf in $edu1 $edu2; do
 	echo vfio-pci >"/sys/bus/pci/devices/$bdf/driver_override"
 	echo "$bdf" >/sys/bus/pci/drivers_probe
 done
-printf '[uid 0]\naccess = write\ndevices = *\n[uid 1000]\naccess = write\ndevices = *\n' \
-	>/tmp/iommud.conf
+printf '[uid 0]\naccess = write\ndevices = *\ndelegate = yes\n%b' \
+	'[uid 1000]\naccess = write\ndevices = *\n' >/tmp/iommud.conf
 "$share/bin/iommud" --backend iommufd --config /tmp/iommud.conf --socket /run/iommud.sock \
 	--probe-tier off >"$log" 2>&1 &
 wait_for "test -S /run/iommud.sock" 20
