@@ -29,14 +29,16 @@ static const char delegate_exec_help[] =
 	"\n"
 	"Before exec it sets RLIMIT_MEMLOCK (--memlock), clears the supplementary groups and\n"
 	"switches to --group and --user (as setpriv --clear-groups --regid --reuid), and sets\n"
-	"no_new_privs; the process that runs COMMAND keeps iommuctl's pid, which is the one\n"
+	"no_new_privs. As root, --user is required (--user root to stay root); the group is\n"
+	"the user's primary group in its passwd entry unless --group names one, and a uid with\n"
+	"no passwd entry needs --group. Both are resolved before iommud is asked.\n"
+	"The process that runs COMMAND keeps iommuctl's pid, which is the one\n"
 	"iommud follows: the devices are free again when COMMAND exits or the lease is released.\n"
 	"A QEMU needs --memlock of at least its guest RAM plus its ROMs (a few hundred KiB).\n";
 
 static const struct cmd_option delegate_exec_options[] = {
 	{"user", 'u', OPT_STRING, "USER", "run COMMAND as this user (name or uid)"},
-	{"group", 'g', OPT_STRING, "GROUP",
-	 "and this group (name or gid; default: the user's primary group)"},
+	{"group", 'g', OPT_STRING, "GROUP", "and this group (name or gid)"},
 	{"memlock", 'm', OPT_SIZE, "SIZE", "RLIMIT_MEMLOCK for COMMAND, soft and hard"},
 	{NULL, 0, 0, NULL, NULL},
 };
@@ -58,7 +60,9 @@ static size_t split_devices(const struct cmd_entry *self, char *list, const char
 	return n;
 }
 
-/* The ids --user and --group name; the user's primary group when no --group is given. */
+/* The ids --user and --group name; the user's primary group (from its passwd entry) when no
+ * --group is given. A uid with no passwd entry has no primary group, and taking the number as
+ * a gid would name whatever group has it (gid 42 is shadow on Debian), so it needs --group. */
 static void resolve_ids(const struct cmd_entry *self, const struct cmd_args *args, uid_t *ret_uid,
 			gid_t *ret_gid)
 {
@@ -67,15 +71,21 @@ static void resolve_ids(const struct cmd_entry *self, const struct cmd_args *arg
 	const struct group *gr = group ? getgrnam(group) : NULL;
 	uint64_t id;
 
-	if (pw) {
-		*ret_uid = pw->pw_uid;
-		*ret_gid = pw->pw_gid;
-	} else if (parse_u64(user, false, &id) && id < UINT32_MAX) {
+	if (!pw && parse_u64(user, false, &id) && id < UINT32_MAX) {
+		pw = getpwuid((uid_t)id);
+		if (!pw && !group)
+			usage_error(self->name,
+				    "uid %s has no passwd entry, so no primary group: give the "
+				    "group COMMAND runs as with --group",
+				    user);
 		*ret_uid = (uid_t)id;
-		*ret_gid = (gid_t)id;
+	} else if (pw) {
+		*ret_uid = pw->pw_uid;
 	} else {
 		usage_error(self->name, "no user '%s'", user);
 	}
+	if (pw)
+		*ret_gid = pw->pw_gid;
 	if (gr)
 		*ret_gid = gr->gr_gid;
 	else if (group && parse_u64(group, false, &id) && id < UINT32_MAX)
@@ -85,25 +95,20 @@ static void resolve_ids(const struct cmd_entry *self, const struct cmd_args *arg
 }
 
 /* setpriv's part: the limit first (raising it needs the privilege dropped after), then the
- * groups, the gid and the uid, which leaves no capabilities behind. */
-static void drop_privileges(const struct cmd_entry *self, const struct cmd_args *args)
+ * groups, the gid and the uid (resolved before iommud was asked), which leaves no
+ * capabilities behind. */
+static void drop_privileges(const struct cmd_args *args, uid_t uid, gid_t gid)
 {
-	uid_t uid;
-	gid_t gid;
-
 	if (args->opt[OPT_MEMLOCK].count) {
 		struct rlimit lim = {args->opt[OPT_MEMLOCK].size, args->opt[OPT_MEMLOCK].size};
 
 		if (setrlimit(RLIMIT_MEMLOCK, &lim) < 0)
 			fail(EXIT_LOCAL, "cannot set RLIMIT_MEMLOCK: %s", strerror(errno));
 	}
-	if (args->opt[OPT_USER].count) {
-		resolve_ids(self, args, &uid, &gid);
-		if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
-		    setresuid(uid, uid, uid) < 0)
-			fail(EXIT_LOCAL, "cannot switch to uid %u gid %u: %s", (unsigned)uid,
-			     (unsigned)gid, strerror(errno));
-	}
+	if (args->opt[OPT_USER].count && (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
+					  setresuid(uid, uid, uid) < 0))
+		fail(EXIT_LOCAL, "cannot switch to uid %u gid %u: %s", (unsigned)uid, (unsigned)gid,
+		     strerror(errno));
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fail(EXIT_LOCAL, "cannot set no_new_privs: %s", strerror(errno));
 }
@@ -114,6 +119,8 @@ static void cmd_delegate_exec(const struct cmd_entry *self, const struct cmd_arg
 	int fds[1 + IOMMUCTL_DELEGATE_MAX];
 	size_t n, argc = 0;
 	char **command;
+	uid_t uid = 0;
+	gid_t gid = 0;
 	int rc;
 
 	if (!cli.lease)
@@ -121,10 +128,16 @@ static void cmd_delegate_exec(const struct cmd_entry *self, const struct cmd_arg
 					"'iommuctl --lease NAME lease release' ends it");
 	if (args->opt[OPT_GROUP].count && !args->opt[OPT_USER].count)
 		usage_error(self->name, "--group goes with --user");
+	if (!args->opt[OPT_USER].count && geteuid() == 0)
+		usage_error(self->name,
+			    "as root, say which user COMMAND runs as with --user (a VMM "
+			    "needs no privilege; --user root to keep root)");
+	if (args->opt[OPT_USER].count)
+		resolve_ids(self, args, &uid, &gid);
 	while (args->operands[1 + argc])
 		argc++;
 	n = split_devices(self, args->operands[0], names, IOMMUCTL_DELEGATE_MAX);
-	/* Checked before asking, so a mistyped command line takes nothing. */
+	/* Checked before asking, as the ids are, so a mistyped command line takes nothing. */
 	command = fd_slots_substitute(args->operands + 1, argc, n + 1, &bad);
 	if (!command && bad)
 		usage_error(self->name,
@@ -138,7 +151,7 @@ static void cmd_delegate_exec(const struct cmd_entry *self, const struct cmd_arg
 	rc = fd_slots_place(fds, n + 1);
 	if (rc < 0)
 		fail(EXIT_LOCAL, "cannot move the descriptors into place: %s", strerror(-rc));
-	drop_privileges(self, args);
+	drop_privileges(args, uid, gid);
 	execvp(command[0], command);
 	fail(EXIT_LOCAL, "cannot run %s: %s", command[0], strerror(errno));
 }
