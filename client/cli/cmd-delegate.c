@@ -27,13 +27,14 @@ static const char delegate_exec_help[] =
 	"names them as -object iommufd,id=i0,fd={iommufd} -device "
 	"vfio-pci,iommufd=i0,fd={device0}.\n"
 	"\n"
-	"Before exec it sets RLIMIT_MEMLOCK (--memlock), clears the supplementary groups and\n"
-	"switches to --group and --user (as setpriv --clear-groups --regid --reuid), and sets\n"
-	"no_new_privs. As root, --user is required (--user root to stay root); the group is\n"
-	"the user's primary group in its passwd entry unless --group names one, and a uid with\n"
-	"no passwd entry needs --group. Both are resolved before iommud is asked.\n"
-	"The process that runs COMMAND keeps iommuctl's pid, which is the one\n"
-	"iommud follows: the devices are free again when COMMAND exits or the lease is released.\n"
+	"Before exec it closes every other descriptor above 2 (COMMAND inherits only its\n"
+	"slots), sets RLIMIT_MEMLOCK (--memlock), clears the supplementary groups, switches to\n"
+	"--group and --user (as setpriv --clear-groups --regid --reuid) and sets no_new_privs.\n"
+	"As root, --user is required (--user root to stay root); the group is the user's\n"
+	"primary group in its passwd entry unless --group names one, and a uid with no passwd\n"
+	"entry needs --group. Both are resolved before iommud is asked. The process that runs\n"
+	"COMMAND keeps iommuctl's pid, which is the one iommud follows: the devices are free\n"
+	"again when COMMAND exits or the lease is released.\n"
 	"A QEMU needs --memlock of at least its guest RAM plus its ROMs (a few hundred KiB).\n";
 
 static const struct cmd_option delegate_exec_options[] = {
