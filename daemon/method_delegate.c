@@ -54,6 +54,20 @@ static void delegation_end(struct delegation *del, const char *why)
 	free(del);
 }
 
+/* The reply carrying the delegation's fds was not sent: the VMM never got them. Found by id,
+ * since the VMM may have exited (ending it) while the reply waited for the socket. */
+static void reply_unsent(void *arg, uint64_t id)
+{
+	struct delegations *dl = arg;
+	struct delegation *del;
+
+	LIST_FOREACH (del, &dl->list, link)
+		if (del->id == id) {
+			delegation_end(del, "the reply carrying its fds was not sent");
+			return;
+		}
+}
+
 static void vmm_exited(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -259,6 +273,9 @@ int do_delegate_devices(struct call *call)
 	del->since = time(NULL);
 	LIST_INSERT_HEAD(&del->all->list, del, link);
 	reply->delegation_id = del->id;
+	call->out.unsent = reply_unsent;
+	call->out.unsent_arg = del->all;
+	call->out.unsent_token = del->id;
 	log_struct(
 		LOG_INFO,
 		LOG_FIELDS({"IOMMUD_DEVICE", del->names},
