@@ -165,8 +165,10 @@ static const char delegate_qmp_help[] =
 	"(PREFIX-fd0 the iommufd, PREFIX-fd1 ... the devices), adds the iommufd object\n"
 	"(PREFIX-iommufd) and one vfio-pci device per device (PREFIX-dev0, ...), and closes its\n"
 	"own copies. QEMU needs no privilege for it, only RLIMIT_MEMLOCK for its guest RAM.\n"
-	"Prints the delegation's id. If QEMU refuses a step, the devices stay delegated until\n"
-	"QEMU exits or the lease is released.\n";
+	"Prints the delegation's id. The monitor must be in its default mode (not pretty=on);\n"
+	"iommuctl gives up on a QEMU silent for 60 s. If QEMU refuses a step, iommuctl closes\n"
+	"the fds it passed (closefd), and the devices stay delegated until QEMU exits or the\n"
+	"lease is released.\n";
 
 static const struct cmd_option delegate_qmp_options[] = {
 	{"id", 'i', OPT_STRING, "PREFIX", "prefix of the QMP ids (default: iommud)"},
