@@ -39,14 +39,22 @@ struct delegations {
 	uint64_t next_id;
 };
 
-/* Frees the devices and says why, in the log and to whoever watches it. */
-static void delegation_end(struct delegation *del, const char *why)
+/* What the end of a delegation leaves of its devices, as the log says it. */
+#define DEVICES_FREE "are free again"
+/* The lease ended first: the kernel keeps them bound to the VMM's iommufd while it lives. */
+#define DEVICES_STILL_HELD "are no longer reserved; the VMM still holds them until it exits"
+/* The daemon stops (or re-executes) and the next one does not know the delegation. */
+#define DEVICES_KEPT "are no longer followed; the VMM keeps them"
+
+/* Frees the devices and says what became of them and why, in the log and to whoever watches
+ * it. */
+static void delegation_end(struct delegation *del, const char *outcome, const char *why)
 {
 	kh_delegate_end(registry_backend(del->all->reg), del->indexes, del->n);
 	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_DEVICE", del->names}, {"IOMMUD_REASON", why}),
 		   "devices {IOMMUD_DEVICE} handed to pid %d (delegation %" PRIu64
-		   ") are free again: {IOMMUD_REASON}",
-		   (int)del->vmm.pid, del->id);
+		   ") %s: {IOMMUD_REASON}",
+		   (int)del->vmm.pid, del->id, outcome);
 	LIST_REMOVE(del, link);
 	event_free(del->exit_watch);
 	(void)close(del->pidfd);
@@ -63,7 +71,8 @@ static void reply_unsent(void *arg, uint64_t id)
 
 	LIST_FOREACH (del, &dl->list, link)
 		if (del->id == id) {
-			delegation_end(del, "the reply carrying its fds was not sent");
+			delegation_end(del, DEVICES_FREE,
+				       "the reply carrying its fds was not sent");
 			return;
 		}
 }
@@ -72,7 +81,7 @@ static void vmm_exited(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	delegation_end(arg, "the VMM exited");
+	delegation_end(arg, DEVICES_FREE, "the VMM exited");
 }
 
 static void session_ended(struct session *s, void *arg)
@@ -83,7 +92,7 @@ static void session_ended(struct session *s, void *arg)
 	for (del = LIST_FIRST(&dl->list); del; del = next) {
 		next = LIST_NEXT(del, link);
 		if (del->session == s)
-			delegation_end(del, "its lease was released");
+			delegation_end(del, DEVICES_STILL_HELD, "its lease was released");
 	}
 }
 
@@ -106,7 +115,7 @@ void delegations_destroy(struct delegations *dl)
 	if (!dl)
 		return;
 	while (!LIST_EMPTY(&dl->list))
-		delegation_end(LIST_FIRST(&dl->list), "the daemon is stopping");
+		delegation_end(LIST_FIRST(&dl->list), DEVICES_KEPT, "the daemon is stopping");
 	registry_on_session_end(dl->reg, NULL, NULL);
 	free(dl);
 }
@@ -170,9 +179,16 @@ static int follow_vmm(struct call *call, struct delegation *del)
 
 	if (rc == -ESRCH)
 		return fail(rc, "there is no process %d to hand the devices to", (int)pid);
+	if (rc == -EINVAL)
+		return fail(rc,
+			    "process %d cannot be followed: name the VMM's process (its main "
+			    "thread's id, as ps shows it), not one of its threads",
+			    (int)pid);
 	if (rc < 0)
-		return fail(rc, "cannot read the uid and cgroup of process %d: %s", (int)pid,
-			    strerror(-rc));
+		return fail(rc,
+			    "cannot read the uid and cgroup of process %d: %s; check that it "
+			    "is the VMM and try again",
+			    (int)pid, strerror(-rc));
 	if (caller->uid != 0 && del->vmm.uid != caller->uid) {
 		(void)close(del->pidfd);
 		peer_clear(&del->vmm);
@@ -242,6 +258,7 @@ static int hand_out(struct call *call, struct delegation *del)
 		kh_delegate_end(call->d->be, del->indexes, del->n);
 		return nomem();
 	}
+	_Static_assert(1 + KH_DELEGATE_MAX <= IOMMUD_MAX_FDS, "a reply carries every delegated fd");
 	for (size_t i = 0; i <= del->n; i++)
 		(void)call_send_fd(call, fds[i]);
 	return 0;
@@ -276,14 +293,13 @@ int do_delegate_devices(struct call *call)
 	call->out.unsent = reply_unsent;
 	call->out.unsent_arg = del->all;
 	call->out.unsent_token = del->id;
-	log_struct(
-		LOG_INFO,
-		LOG_FIELDS({"IOMMUD_DEVICE", del->names},
-			   {"IOMMUD_LEASE", session_lease(del->session)},
-			   {"IOMMUD_CGROUP", del->vmm.cgroup}),
-		"uid %u handed devices {IOMMUD_DEVICE} to pid %d (uid %u, cgroup {IOMMUD_CGROUP}) "
-		"in lease '{IOMMUD_LEASE}', delegation %" PRIu64,
-		(unsigned)del->uid, (int)del->vmm.pid, (unsigned)del->vmm.uid, del->id);
+	log_struct(LOG_INFO,
+		   LOG_FIELDS({"IOMMUD_DEVICE", del->names},
+			      {"IOMMUD_LEASE", session_lease(del->session)},
+			      {"IOMMUD_CGROUP", del->vmm.cgroup}),
+		   "uid %u handed devices {IOMMUD_DEVICE} to pid %d (cgroup {IOMMUD_CGROUP}) "
+		   "in lease '{IOMMUD_LEASE}', delegation %" PRIu64,
+		   (unsigned)del->uid, (int)del->vmm.pid, del->id);
 	return 0;
 }
 
@@ -330,6 +346,9 @@ static int fill_delegation(struct call *call, const struct delegation *del,
 	out->tenant = (char *)registry_label(call->d->reg, tenant_label_slot(t));
 	out->since_unix_seconds = (uint64_t)del->since;
 	out->pinned_bytes = vmm_pinned_bytes(del->vmm.pid);
+	/* Read by pid: only if the VMM still lives did the pid name it throughout. */
+	if (!process_lives(del->pidfd))
+		out->pinned_bytes = 0;
 	*ret_out = out;
 	return 0;
 }

@@ -74,7 +74,7 @@ static int peer_pidfd(int fd, pid_t pid, bool use_peerpidfd, bool *ret_by_pid)
 	return pidfd;
 }
 
-static bool process_lives(int pidfd)
+bool process_lives(int pidfd)
 {
 	/* Signal 0 checks without sending; EPERM still means the process is there. */
 	return syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0 || errno == EPERM;

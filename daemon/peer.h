@@ -22,6 +22,7 @@
 #ifndef IOMMUD_PEER_H
 #define IOMMUD_PEER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -66,6 +67,9 @@ void peer_clear(struct peer *peer);
  * negative errno when its uid or cgroup cannot be read. The caller owns *ret_pidfd and, as
  * always, ret_peer's strings. */
 int peer_follow(pid_t pid, int *ret_pidfd, struct peer *ret_peer);
+
+/* Whether the process pidfd holds has not exited. */
+bool process_lives(int pidfd);
 
 /* Records (fail()) why an unverified peer's requests are refused and what to do; returns the
  * errno to answer with. */

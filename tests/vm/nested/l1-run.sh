@@ -73,7 +73,7 @@ check "the device out is refused to another tenant" sh -c "setpriv --reuid=1000 
 	--clear-groups $iommuctl domain alloc $edu1 2>&1 | grep -q 'handed to another process'"
 $iommuctl --lease vmB lease release
 check "lease release frees the device, and iommud says so" \
-	wait_for "grep -q '$edu2.*free again: its lease was released' $log" 10
+	wait_for "grep -q '$edu2.*no longer reserved.*its lease was released' $log" 10
 kill "$vmm_a" "$vmm_b"
 wait "$vmm_a" "$vmm_b"
 check "the VMM's exit frees the device, and iommud says so" \
