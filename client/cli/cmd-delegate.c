@@ -160,8 +160,10 @@ static void cmd_delegate_exec(const struct cmd_entry *self, const struct cmd_arg
 static const char delegate_qmp_help[] =
 	"Hands DEVICES (comma-separated) to a QEMU that is already running, through its QMP\n"
 	"socket at QMP_SOCKET (-qmp unix:PATH,server=on,wait=off), as libvirt hotplugs: asks\n"
-	"iommud for them within the lease of --lease, which is required, for the QEMU at the\n"
-	"other end of the socket (whose pid iommud then follows), passes each fd with getfd\n"
+	"iommud for them within the lease of --lease, which is required, for the QEMU whose pid\n"
+	"iommud then follows (--vmm-pid; by default the process that listens on the socket,\n"
+	"which is QEMU only if QEMU created it: a launcher that created the monitor socket and\n"
+	"passed it to QEMU must give --vmm-pid), passes each fd with getfd\n"
 	"(PREFIX-fd0 the iommufd, PREFIX-fd1 ... the devices), adds the iommufd object\n"
 	"(PREFIX-iommufd) and one vfio-pci device per device (PREFIX-dev0, ...), and closes its\n"
 	"own copies. QEMU needs no privilege for it, only RLIMIT_MEMLOCK for its guest RAM.\n"
@@ -174,9 +176,10 @@ static const struct cmd_option delegate_qmp_options[] = {
 	{"id", 'i', OPT_STRING, "PREFIX", "prefix of the QMP ids (default: iommud)"},
 	{"bus", 'b', OPT_STRING, "BUS", "device_add's bus: a PCIe root port's id"},
 	{"cont", 'c', OPT_FLAG, NULL, "send cont afterwards (for a QEMU started with -S)"},
+	{"vmm-pid", 'p', OPT_STRING, "PID", "QEMU's pid (default: the socket's listener)"},
 	{NULL, 0, 0, NULL, NULL},
 };
-enum { OPT_ID, OPT_BUS, OPT_CONT };
+enum { OPT_ID, OPT_BUS, OPT_CONT, OPT_VMM_PID };
 
 static void cmd_delegate_qmp(const struct cmd_entry *self, const struct cmd_args *args)
 {
@@ -195,9 +198,15 @@ static void cmd_delegate_qmp(const struct cmd_entry *self, const struct cmd_args
 		usage_error(self->name, "delegated devices live in a lease: give --lease NAME");
 	if (!qmp_name_ok(names.prefix) || (names.bus && !qmp_name_ok(names.bus)))
 		usage_error(self->name, "--id and --bus take letters, digits, '-', '_' and '.'");
+	if (args->opt[OPT_VMM_PID].str &&
+	    (!parse_u64(args->opt[OPT_VMM_PID].str, false, &id) || id == 0 || id > INT32_MAX))
+		usage_error(self->name, "--vmm-pid takes QEMU's process id, not '%s'",
+			    args->opt[OPT_VMM_PID].str);
 	n = split_devices(self, args->operands[1], devices, IOMMUCTL_DELEGATE_MAX);
 	if (qmp_connect(args->operands[0], &sock, &pid, err, sizeof(err)) < 0)
 		fail(EXIT_LOCAL, "%s", err);
+	if (args->opt[OPT_VMM_PID].str)
+		pid = (pid_t)id;
 	(void)cli_check(iommuctl_delegate(cli_connection(), devices, n, (uint32_t)pid, fds, &id));
 	rc = qmp_hand_over(sock, fds, n + 1, &names, err, sizeof(err));
 	for (size_t i = 0; i <= n; i++)

@@ -51,6 +51,9 @@ expect 0 '*delegate exec*--user is required*--memlock SIZE*RLIMIT_MEMLOCK*{devic
 	delegate exec --help
 expect 2 '*--lease NAME*' delegate qmp "$dir/qmp.sock" emu0
 expect 2 "*--id and --bus take letters*" --lease vm1 delegate qmp --id 'a"b' "$dir/qmp.sock" emu0
+expect 2 "*--vmm-pid takes QEMU's process id, not '0'*" --lease vm1 delegate qmp --vmm-pid 0 \
+	"$dir/qmp.sock" emu0
+expect 0 '*--vmm-pid PID*listener*' delegate qmp --help
 # No QEMU there: nothing is asked of iommud.
 expect 4 "*cannot connect to QEMU's QMP socket*" --lease vm1 delegate qmp "$dir/qmp.sock" emu0
 # The listing: none.
