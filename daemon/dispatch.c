@@ -244,7 +244,7 @@ static void call_end(struct call *call)
 
 int client_init(struct daemon *d, struct client *c, const struct peer *peer)
 {
-	*c = (struct client){.peer = *peer};
+	*c = (struct client){.peer = *peer, .fd = -1};
 	/* An unverified peer stays connected, tenantless, to be told why it is refused. */
 	if (peer->doubt != PEER_VERIFIED)
 		return 0;

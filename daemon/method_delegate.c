@@ -175,8 +175,15 @@ static int follow_vmm(struct call *call, struct delegation *del)
 	pid_t pid = call->req->delegate_devices->vmm_pid
 			    ? (pid_t)call->req->delegate_devices->vmm_pid
 			    : caller->pid;
-	int rc = peer_follow(pid, &del->pidfd, &del->vmm);
+	int rc = call->req->delegate_devices->vmm_pid
+			 ? peer_follow(pid, &del->pidfd, &del->vmm)
+			 : peer_follow_connected(call->client->fd, caller, &del->pidfd, &del->vmm);
 
+	if (rc == -ESRCH && !call->req->delegate_devices->vmm_pid)
+		return fail(rc,
+			    "the process that connected (pid %d) has exited, and vmm_pid 0 "
+			    "follows that process; name the VMM by vmm_pid",
+			    (int)pid);
 	if (rc == -ESRCH)
 		return fail(rc, "there is no process %d to hand the devices to", (int)pid);
 	if (rc == -EINVAL)

@@ -489,6 +489,7 @@ static int conn_new(struct server *srv, int fd, struct peer *peer, struct conn *
 	}
 	c->srv = srv;
 	c->fd = fd;
+	c->client.fd = fd;
 	/* A peer that could not be verified has no tenant: it is a flow of its own, so that one
 	 * user's such connections count against nobody else's. */
 	flow_key = c->client.tenant ? (const void *)c->client.tenant : (const void *)c;
