@@ -101,6 +101,7 @@ int config_defaults(struct config *cfg)
 		.n_devices = 1,
 		DEFAULT_QUOTAS,
 		.stats_all = true,
+		.delegate = true,
 	};
 	if (!cfg->rules[0].section || !cfg->rules[0].devices)
 		goto nomem;
@@ -431,6 +432,12 @@ static int rule_key(struct load_state *st, struct access_rule *rule, const char 
 		rule->stats_all = strcmp(value, "all") == 0;
 		return 1;
 	}
+	if (strcmp(name, "delegate") == 0) {
+		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0)
+			return bad(st, "delegate must be yes or no, not '%s'", value);
+		rule->delegate = strcmp(value, "yes") == 0;
+		return 1;
+	}
 	if (strcmp(name, "max-domains") == 0)
 		quota = &rule->max_domains;
 	else if (strcmp(name, "max-mappings") == 0)
@@ -444,11 +451,12 @@ static int rule_key(struct load_state *st, struct access_rule *rule, const char 
 	else if (strcmp(name, "max-page-tables") == 0)
 		quota = &rule->max_page_table_bytes;
 	if (!quota)
-		return bad(st,
-			   "unknown key '%s' in [%s]; known: access, devices, max-domains, "
-			   "max-leases, max-mappings, max-maps, max-page-tables, max-pinned, "
-			   "stats",
-			   name, rule->section);
+		return bad(
+			st,
+			"unknown key '%s' in [%s]; known: access, delegate, devices, max-domains, "
+			"max-leases, max-mappings, max-maps, max-page-tables, max-pinned, "
+			"stats",
+			name, rule->section);
 	if (parse_size(value, quota) < 0)
 		return bad(st, "%s must be a number (with K, M, G or T for sizes), not '%s'", name,
 			   value);

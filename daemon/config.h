@@ -43,6 +43,10 @@ struct access_rule {
 	uint64_t max_page_table_bytes; /* the emulated IOMMU's tables, kept in the daemon */
 	/* stats = all: an observer; GetStats shows everyone's figures, not only the peer's own. */
 	bool stats_all;
+	/* delegate = yes: the peers may have devices handed to a VMM (DelegateDevices), raw VFIO
+	 * device fds whose pins count only against the VMM's RLIMIT_MEMLOCK, so never by default.
+	 */
+	bool delegate;
 };
 
 struct config {

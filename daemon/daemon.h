@@ -67,6 +67,7 @@ struct daemon {
 
 struct client {
 	struct peer peer;      /* owned */
+	int fd;		       /* the connection's socket, borrowed; -1 without one */
 	struct tenant *tenant; /* reference held while the connection lives; NULL: the peer is
 				* not verified, and every request is refused */
 	enum access access;

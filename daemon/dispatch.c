@@ -211,9 +211,20 @@ int call_send_fd(struct call *call, int fd)
 
 void reply_fds_close(struct reply_fds *out)
 {
+	void (*unsent)(void *arg, uint64_t token) = out->unsent;
+
 	for (size_t i = 0; i < out->n; i++)
 		(void)close(out->fds[i]);
 	out->n = 0;
+	out->unsent = NULL;
+	if (unsent)
+		unsent(out->unsent_arg, out->unsent_token);
+}
+
+void reply_fds_sent(struct reply_fds *out)
+{
+	out->unsent = NULL;
+	reply_fds_close(out);
 }
 
 int nomem(void)
@@ -236,7 +247,7 @@ static void call_end(struct call *call)
 
 int client_init(struct daemon *d, struct client *c, const struct peer *peer)
 {
-	*c = (struct client){.peer = *peer};
+	*c = (struct client){.peer = *peer, .fd = -1};
 	/* An unverified peer stays connected, tenantless, to be told why it is refused. */
 	if (peer->doubt != PEER_VERIFIED)
 		return 0;
@@ -657,6 +668,7 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
 		rc = call->resume(call);
 	*ret_kept = NULL;
 	out_fds->n = 0;
+	out_fds->unsent = NULL;
 	*ret_method = call->req && method_for(call->req->method_case)->handle
 			      ? (unsigned)call->req->method_case
 			      : 0;
@@ -673,6 +685,7 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
 	if (code == IOMMUD__V1__CODE__CODE_OK) {
 		*out_fds = call->out;
 		call->out.n = 0;
+		call->out.unsent = NULL;
 	}
 	if (kept)
 		free_call(call);

@@ -36,13 +36,21 @@ enum packet_defect {
 	PACKET_FDS_TRUNCATED, /* more descriptors than IOMMUD_MAX_FDS */
 };
 
-/* Descriptors to send with a reply, owned by whoever holds the struct. */
+/* Descriptors to send with a reply, owned by whoever holds the struct. unsent, when set, is
+ * called with unsent_arg and unsent_token if they are closed without having gone out (the call
+ * failed after its handler, or the reply could not be sent), so that what a handler handed out
+ * with them is taken back: the one place that knows they were not sent. */
 struct reply_fds {
 	int fds[IOMMUD_MAX_FDS];
 	size_t n;
+	void (*unsent)(void *arg, uint64_t token);
+	void *unsent_arg;
+	uint64_t unsent_token;
 };
-/* Closes them and leaves none. */
+/* Closes them, as not sent (calling unsent), and leaves none. */
 void reply_fds_close(struct reply_fds *out);
+/* Closes the daemon's copies of descriptors that went out with their reply. */
+void reply_fds_sent(struct reply_fds *out);
 
 /* Handles one packet: fds (n_fds of them) are owned by the call and closed unless a handler
  * keeps them. Writes the response into out (IOMMUD_MAX_MESSAGE bytes) and returns its length;

@@ -39,14 +39,22 @@ struct delegations {
 	uint64_t next_id;
 };
 
-/* Frees the devices and says why, in the log and to whoever watches it. */
-static void delegation_end(struct delegation *del, const char *why)
+/* What the end of a delegation leaves of its devices, as the log says it. */
+#define DEVICES_FREE "are free again"
+/* The lease ended first: the kernel keeps them bound to the VMM's iommufd while it lives. */
+#define DEVICES_STILL_HELD "are no longer reserved; the VMM still holds them until it exits"
+/* The daemon stops (or re-executes) and the next one does not know the delegation. */
+#define DEVICES_KEPT "are no longer followed; the VMM keeps them"
+
+/* Frees the devices and says what became of them and why, in the log and to whoever watches
+ * it. */
+static void delegation_end(struct delegation *del, const char *outcome, const char *why)
 {
 	kh_delegate_end(registry_backend(del->all->reg), del->indexes, del->n);
 	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_DEVICE", del->names}, {"IOMMUD_REASON", why}),
 		   "devices {IOMMUD_DEVICE} handed to pid %d (delegation %" PRIu64
-		   ") are free again: {IOMMUD_REASON}",
-		   (int)del->vmm.pid, del->id);
+		   ") %s: {IOMMUD_REASON}",
+		   (int)del->vmm.pid, del->id, outcome);
 	LIST_REMOVE(del, link);
 	event_free(del->exit_watch);
 	(void)close(del->pidfd);
@@ -54,11 +62,26 @@ static void delegation_end(struct delegation *del, const char *why)
 	free(del);
 }
 
+/* The reply carrying the delegation's fds was not sent: the VMM never got them. Found by id,
+ * since the VMM may have exited (ending it) while the reply waited for the socket. */
+static void reply_unsent(void *arg, uint64_t id)
+{
+	struct delegations *dl = arg;
+	struct delegation *del;
+
+	LIST_FOREACH (del, &dl->list, link)
+		if (del->id == id) {
+			delegation_end(del, DEVICES_FREE,
+				       "the reply carrying its fds was not sent");
+			return;
+		}
+}
+
 static void vmm_exited(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	delegation_end(arg, "the VMM exited");
+	delegation_end(arg, DEVICES_FREE, "the VMM exited");
 }
 
 static void session_ended(struct session *s, void *arg)
@@ -69,7 +92,7 @@ static void session_ended(struct session *s, void *arg)
 	for (del = LIST_FIRST(&dl->list); del; del = next) {
 		next = LIST_NEXT(del, link);
 		if (del->session == s)
-			delegation_end(del, "its lease was released");
+			delegation_end(del, DEVICES_STILL_HELD, "its lease was released");
 	}
 }
 
@@ -92,7 +115,7 @@ void delegations_destroy(struct delegations *dl)
 	if (!dl)
 		return;
 	while (!LIST_EMPTY(&dl->list))
-		delegation_end(LIST_FIRST(&dl->list), "the daemon is stopping");
+		delegation_end(LIST_FIRST(&dl->list), DEVICES_KEPT, "the daemon is stopping");
 	registry_on_session_end(dl->reg, SESSION_END_DELEGATIONS, NULL, NULL);
 	free(dl);
 }
@@ -152,13 +175,27 @@ static int follow_vmm(struct call *call, struct delegation *del)
 	pid_t pid = call->req->delegate_devices->vmm_pid
 			    ? (pid_t)call->req->delegate_devices->vmm_pid
 			    : caller->pid;
-	int rc = peer_follow(pid, &del->pidfd, &del->vmm);
+	int rc = call->req->delegate_devices->vmm_pid
+			 ? peer_follow(pid, &del->pidfd, &del->vmm)
+			 : peer_follow_connected(call->client->fd, caller, &del->pidfd, &del->vmm);
 
+	if (rc == -ESRCH && !call->req->delegate_devices->vmm_pid)
+		return fail(rc,
+			    "the process that connected (pid %d) has exited, and vmm_pid 0 "
+			    "follows that process; name the VMM by vmm_pid",
+			    (int)pid);
 	if (rc == -ESRCH)
 		return fail(rc, "there is no process %d to hand the devices to", (int)pid);
+	if (rc == -EINVAL)
+		return fail(rc,
+			    "process %d cannot be followed: name the VMM's process (its main "
+			    "thread's id, as ps shows it), not one of its threads",
+			    (int)pid);
 	if (rc < 0)
-		return fail(rc, "cannot read the uid and cgroup of process %d: %s", (int)pid,
-			    strerror(-rc));
+		return fail(rc,
+			    "cannot read the uid and cgroup of process %d: %s; check that it "
+			    "is the VMM and try again",
+			    (int)pid, strerror(-rc));
 	if (caller->uid != 0 && del->vmm.uid != caller->uid) {
 		(void)close(del->pidfd);
 		peer_clear(&del->vmm);
@@ -170,13 +207,36 @@ static int follow_vmm(struct call *call, struct delegation *del)
 	return 0;
 }
 
-/* The record's checks, in the order a caller can fix them: what the kernel lacks first. */
+/* Whether the caller's section lets it hand devices to a VMM: raw VFIO device fds, whose pins
+ * escape the tenant's quotas (only the VMM's RLIMIT_MEMLOCK bounds them), so only on request. */
+static int check_may_delegate(const struct call *call)
+{
+	const struct access_rule *rule = tenant_rule(call->client->tenant);
+
+	if (rule && rule->delegate)
+		return 0;
+	if (!rule)
+		return fail(-EPERM,
+			    "uid %u may not delegate devices: no configuration section names it; "
+			    "delegation needs a [user], [uid] or [group] section with "
+			    "'delegate = yes'",
+			    (unsigned)call->client->peer.uid);
+	return fail(-EPERM,
+		    "uid %u may not delegate devices: its configuration section (%s) does not say "
+		    "'delegate = yes'",
+		    (unsigned)call->client->peer.uid, rule->section);
+}
+
+/* The record's checks, in the order a caller can fix them: whether it may delegate at all,
+ * then what the kernel lacks. */
 static int prepare(struct call *call, struct delegation *del)
 {
 	struct session *s = call->client->session;
-	int rc = kh_delegate_supported(call->d->be);
+	int rc = check_may_delegate(call);
 
 	if (rc < 0)
+		return rc;
+	if ((rc = kh_delegate_supported(call->d->be)) < 0)
 		return fail_kh(rc, "cannot delegate devices");
 	if (!call->d->delegations)
 		return fail(-EOPNOTSUPP, "this daemon does not follow delegations");
@@ -205,6 +265,7 @@ static int hand_out(struct call *call, struct delegation *del)
 		kh_delegate_end(call->d->be, del->indexes, del->n);
 		return nomem();
 	}
+	_Static_assert(1 + KH_DELEGATE_MAX <= IOMMUD_MAX_FDS, "a reply carries every delegated fd");
 	for (size_t i = 0; i <= del->n; i++)
 		(void)call_send_fd(call, fds[i]);
 	return 0;
@@ -236,14 +297,16 @@ int do_delegate_devices(struct call *call)
 	del->since = time(NULL);
 	LIST_INSERT_HEAD(&del->all->list, del, link);
 	reply->delegation_id = del->id;
-	log_struct(
-		LOG_INFO,
-		LOG_FIELDS({"IOMMUD_DEVICE", del->names},
-			   {"IOMMUD_LEASE", session_lease(del->session)},
-			   {"IOMMUD_CGROUP", del->vmm.cgroup}),
-		"uid %u handed devices {IOMMUD_DEVICE} to pid %d (uid %u, cgroup {IOMMUD_CGROUP}) "
-		"in lease '{IOMMUD_LEASE}', delegation %" PRIu64,
-		(unsigned)del->uid, (int)del->vmm.pid, (unsigned)del->vmm.uid, del->id);
+	call->out.unsent = reply_unsent;
+	call->out.unsent_arg = del->all;
+	call->out.unsent_token = del->id;
+	log_struct(LOG_INFO,
+		   LOG_FIELDS({"IOMMUD_DEVICE", del->names},
+			      {"IOMMUD_LEASE", session_lease(del->session)},
+			      {"IOMMUD_CGROUP", del->vmm.cgroup}),
+		   "uid %u handed devices {IOMMUD_DEVICE} to pid %d (cgroup {IOMMUD_CGROUP}) "
+		   "in lease '{IOMMUD_LEASE}', delegation %" PRIu64,
+		   (unsigned)del->uid, (int)del->vmm.pid, del->id);
 	return 0;
 }
 
@@ -290,6 +353,9 @@ static int fill_delegation(struct call *call, const struct delegation *del,
 	out->tenant = (char *)registry_label(call->d->reg, tenant_label_slot(t));
 	out->since_unix_seconds = (uint64_t)del->since;
 	out->pinned_bytes = vmm_pinned_bytes(del->vmm.pid);
+	/* Read by pid: only if the VMM still lives did the pid name it throughout. */
+	if (!process_lives(del->pidfd))
+		out->pinned_bytes = 0;
 	*ret_out = out;
 	return 0;
 }

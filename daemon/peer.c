@@ -74,7 +74,7 @@ static int peer_pidfd(int fd, pid_t pid, bool use_peerpidfd, bool *ret_by_pid)
 	return pidfd;
 }
 
-static bool process_lives(int pidfd)
+bool process_lives(int pidfd)
 {
 	/* Signal 0 checks without sending; EPERM still means the process is there. */
 	return syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0 || errno == EPERM;
@@ -390,14 +390,12 @@ static int identify(int fd, bool use_peerpidfd, struct peer *ret_peer)
 	return 0;
 }
 
-int peer_follow(pid_t pid, int *ret_pidfd, struct peer *ret_peer)
+/* peer_follow of the process pidfd holds, at pid; takes pidfd over. */
+static int follow_pidfd(pid_t pid, int pidfd, int *ret_pidfd, struct peer *ret_peer)
 {
 	struct peer peer = {.pid = pid};
-	int rc, pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	int rc = status_euid(pid, &peer.uid);
 
-	if (pidfd < 0)
-		return -errno;
-	rc = status_euid(pid, &peer.uid);
 	if (rc == 0)
 		read_cgroup(&peer, pidfd);
 	if (rc == 0 && peer.doubt != PEER_VERIFIED)
@@ -410,6 +408,32 @@ int peer_follow(pid_t pid, int *ret_pidfd, struct peer *ret_peer)
 	*ret_pidfd = pidfd;
 	*ret_peer = peer;
 	return 0;
+}
+
+int peer_follow(pid_t pid, int *ret_pidfd, struct peer *ret_peer)
+{
+	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+
+	if (pidfd < 0)
+		return -errno;
+	return follow_pidfd(pid, pidfd, ret_pidfd, ret_peer);
+}
+
+int peer_follow_connected(int fd, const struct peer *connected, int *ret_pidfd,
+			  struct peer *ret_peer)
+{
+	bool by_pid = false;
+	int pidfd = peer_pidfd(fd, connected->pid, true, &by_pid);
+
+	if (pidfd < 0)
+		return pidfd == -EINVAL ? -ESRCH : pidfd;
+	/* Held by pid alone, it is followed only if it is shown to be the process that
+	 * connected, as at the accept; else the one that connected is gone. */
+	if (by_pid && peer_confirm(fd, connected) < 0) {
+		(void)close(pidfd);
+		return -ESRCH;
+	}
+	return follow_pidfd(connected->pid, pidfd, ret_pidfd, ret_peer);
 }
 
 int identify_peer(int fd, struct peer *ret_peer)

@@ -22,6 +22,7 @@
 #ifndef IOMMUD_PEER_H
 #define IOMMUD_PEER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -66,6 +67,15 @@ void peer_clear(struct peer *peer);
  * negative errno when its uid or cgroup cannot be read. The caller owns *ret_pidfd and, as
  * always, ret_peer's strings. */
 int peer_follow(pid_t pid, int *ret_pidfd, struct peer *ret_peer);
+/* peer_follow of the process that connected on fd (connected: its identify_peer result), held
+ * by the connection itself (SO_PEERPIDFD), or by its pid confirmed as identify_peer confirms
+ * it, never by whatever process has its pid now: -ESRCH once it has exited, though another
+ * process (a child it forked, one it passed the socket to) holds the connection. */
+int peer_follow_connected(int fd, const struct peer *connected, int *ret_pidfd,
+			  struct peer *ret_peer);
+
+/* Whether the process pidfd holds has not exited. */
+bool process_lives(int pidfd);
 
 /* Records (fail()) why an unverified peer's requests are refused and what to do; returns the
  * errno to answer with. */

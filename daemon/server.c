@@ -250,8 +250,10 @@ static int conn_reply(struct conn *c, size_t len, struct reply_fds *reply_fds, u
 {
 	int rc = send_reply(c->fd, c->srv->out, len, reply_fds);
 
-	if (rc == 0)
+	if (rc == 0) {
 		dispatch_reply_sent(c->srv->d, method, received_ns);
+		reply_fds_sent(reply_fds);
+	}
 	if (rc != -EAGAIN) {
 		reply_fds_close(reply_fds);
 		if (rc < 0)
@@ -420,8 +422,10 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	rc = send_reply(c->fd, c->pending, c->pending_len, &c->pending_fds);
-	if (rc == 0)
+	if (rc == 0) {
 		dispatch_reply_sent(srv->d, c->pending_method, c->pending_received_ns);
+		reply_fds_sent(&c->pending_fds);
+	}
 	if (rc != -EAGAIN)
 		conn_drop_pending(c);
 	if (rc < 0 && rc != -EAGAIN)
@@ -492,6 +496,7 @@ static int conn_new(struct server *srv, int fd, struct peer *peer, struct conn *
 	}
 	c->srv = srv;
 	c->fd = fd;
+	c->client.fd = fd;
 	/* A peer that could not be verified has no tenant: it is a flow of its own, so that one
 	 * user's such connections count against nobody else's. */
 	flow_key = c->client.tenant ? (const void *)c->client.tenant : (const void *)c;

@@ -484,22 +484,27 @@ int kh_device_unbind(struct kh_ctx *ctx, uint32_t dev_id)
 	return rc;
 }
 
-/* Marks the devices out, all or none: each is free and none is named twice. */
-static int delegate_mark(struct kh_backend *be, const size_t *indexes, size_t n)
+/* Whether the requested devices may go out together: each exists, is named once and is free,
+ * and no group mate is bound or out. All are checked before any is marked, so the functions of
+ * one group (which a VMM needs together) are never refused for each other. */
+static int delegate_check(const struct kh_backend *be, const size_t *indexes, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		struct kh_bdev *bdev = indexes[i] < be->n_devices ? &be->devices[indexes[i]] : NULL;
-		int rc = bdev ? 0 : kh_fail(-ENOENT, "there is no device %zu", indexes[i]);
+		const struct kh_bdev *bdev;
+		int rc;
 
-		if (rc == 0 && bdev->bound_ctx)
-			rc = kh_fail(-EBUSY, "device %s is bound in a context", bdev->info.name);
-		if (rc == 0)
-			rc = check_group_free(be, bdev, NULL);
-		if (rc < 0) {
-			kh_delegate_end(be, indexes, i);
+		if (indexes[i] >= be->n_devices)
+			return kh_fail(-ENOENT, "there is no device %zu", indexes[i]);
+		bdev = &be->devices[indexes[i]];
+		for (size_t j = 0; j < i; j++)
+			if (indexes[j] == indexes[i])
+				return kh_fail(-EINVAL, "device %s is named twice",
+					       bdev->info.name);
+		if (bdev->bound_ctx)
+			return kh_fail(-EBUSY, "device %s is bound in a context", bdev->info.name);
+		rc = check_group_free(be, bdev, NULL);
+		if (rc < 0)
 			return rc;
-		}
-		bdev->delegated = true;
 	}
 	return 0;
 }
@@ -526,9 +531,11 @@ int kh_delegate(struct kh_backend *be, const size_t *indexes, size_t n, int *ret
 	if (n == 0 || n > KH_DELEGATE_MAX)
 		return kh_fail(-EINVAL, "a delegation takes 1 to %d devices, not %zu",
 			       KH_DELEGATE_MAX, n);
-	rc = delegate_mark(be, indexes, n);
+	rc = delegate_check(be, indexes, n);
 	if (rc < 0)
 		return rc;
+	for (size_t i = 0; i < n; i++)
+		be->devices[indexes[i]].delegated = true;
 	rc = be->ops->delegate_ctx_fd(be);
 	while (rc >= 0) {
 		fds[opened++] = rc;

@@ -27,16 +27,19 @@ static const char delegate_exec_help[] =
 	"names them as -object iommufd,id=i0,fd={iommufd} -device "
 	"vfio-pci,iommufd=i0,fd={device0}.\n"
 	"\n"
-	"Before exec it sets RLIMIT_MEMLOCK (--memlock), clears the supplementary groups and\n"
-	"switches to --group and --user (as setpriv --clear-groups --regid --reuid), and sets\n"
-	"no_new_privs; the process that runs COMMAND keeps iommuctl's pid, which is the one\n"
-	"iommud follows: the devices are free again when COMMAND exits or the lease is released.\n"
+	"Before exec it closes every other descriptor above 2 (COMMAND inherits only its\n"
+	"slots), sets RLIMIT_MEMLOCK (--memlock), clears the supplementary groups, switches to\n"
+	"--group and --user (as setpriv --clear-groups --regid --reuid) and sets no_new_privs.\n"
+	"As root, --user is required (--user root to stay root); the group is the user's\n"
+	"primary group in its passwd entry unless --group names one, and a uid with no passwd\n"
+	"entry needs --group. Both are resolved before iommud is asked. The process that runs\n"
+	"COMMAND keeps iommuctl's pid, which is the one iommud follows: the devices are free\n"
+	"again when COMMAND exits or the lease is released.\n"
 	"A QEMU needs --memlock of at least its guest RAM plus its ROMs (a few hundred KiB).\n";
 
 static const struct cmd_option delegate_exec_options[] = {
 	{"user", 'u', OPT_STRING, "USER", "run COMMAND as this user (name or uid)"},
-	{"group", 'g', OPT_STRING, "GROUP",
-	 "and this group (name or gid; default: the user's primary group)"},
+	{"group", 'g', OPT_STRING, "GROUP", "and this group (name or gid)"},
 	{"memlock", 'm', OPT_SIZE, "SIZE", "RLIMIT_MEMLOCK for COMMAND, soft and hard"},
 	{NULL, 0, 0, NULL, NULL},
 };
@@ -58,7 +61,9 @@ static size_t split_devices(const struct cmd_entry *self, char *list, const char
 	return n;
 }
 
-/* The ids --user and --group name; the user's primary group when no --group is given. */
+/* The ids --user and --group name; the user's primary group (from its passwd entry) when no
+ * --group is given. A uid with no passwd entry has no primary group, and taking the number as
+ * a gid would name whatever group has it (gid 42 is shadow on Debian), so it needs --group. */
 static void resolve_ids(const struct cmd_entry *self, const struct cmd_args *args, uid_t *ret_uid,
 			gid_t *ret_gid)
 {
@@ -67,15 +72,21 @@ static void resolve_ids(const struct cmd_entry *self, const struct cmd_args *arg
 	const struct group *gr = group ? getgrnam(group) : NULL;
 	uint64_t id;
 
-	if (pw) {
-		*ret_uid = pw->pw_uid;
-		*ret_gid = pw->pw_gid;
-	} else if (parse_u64(user, false, &id) && id < UINT32_MAX) {
+	if (!pw && parse_u64(user, false, &id) && id < UINT32_MAX) {
+		pw = getpwuid((uid_t)id);
+		if (!pw && !group)
+			usage_error(self->name,
+				    "uid %s has no passwd entry, so no primary group: give the "
+				    "group COMMAND runs as with --group",
+				    user);
 		*ret_uid = (uid_t)id;
-		*ret_gid = (gid_t)id;
+	} else if (pw) {
+		*ret_uid = pw->pw_uid;
 	} else {
 		usage_error(self->name, "no user '%s'", user);
 	}
+	if (pw)
+		*ret_gid = pw->pw_gid;
 	if (gr)
 		*ret_gid = gr->gr_gid;
 	else if (group && parse_u64(group, false, &id) && id < UINT32_MAX)
@@ -85,25 +96,20 @@ static void resolve_ids(const struct cmd_entry *self, const struct cmd_args *arg
 }
 
 /* setpriv's part: the limit first (raising it needs the privilege dropped after), then the
- * groups, the gid and the uid, which leaves no capabilities behind. */
-static void drop_privileges(const struct cmd_entry *self, const struct cmd_args *args)
+ * groups, the gid and the uid (resolved before iommud was asked), which leaves no
+ * capabilities behind. */
+static void drop_privileges(const struct cmd_args *args, uid_t uid, gid_t gid)
 {
-	uid_t uid;
-	gid_t gid;
-
 	if (args->opt[OPT_MEMLOCK].count) {
 		struct rlimit lim = {args->opt[OPT_MEMLOCK].size, args->opt[OPT_MEMLOCK].size};
 
 		if (setrlimit(RLIMIT_MEMLOCK, &lim) < 0)
 			fail(EXIT_LOCAL, "cannot set RLIMIT_MEMLOCK: %s", strerror(errno));
 	}
-	if (args->opt[OPT_USER].count) {
-		resolve_ids(self, args, &uid, &gid);
-		if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
-		    setresuid(uid, uid, uid) < 0)
-			fail(EXIT_LOCAL, "cannot switch to uid %u gid %u: %s", (unsigned)uid,
-			     (unsigned)gid, strerror(errno));
-	}
+	if (args->opt[OPT_USER].count && (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
+					  setresuid(uid, uid, uid) < 0))
+		fail(EXIT_LOCAL, "cannot switch to uid %u gid %u: %s", (unsigned)uid, (unsigned)gid,
+		     strerror(errno));
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fail(EXIT_LOCAL, "cannot set no_new_privs: %s", strerror(errno));
 }
@@ -114,6 +120,8 @@ static void cmd_delegate_exec(const struct cmd_entry *self, const struct cmd_arg
 	int fds[1 + IOMMUCTL_DELEGATE_MAX];
 	size_t n, argc = 0;
 	char **command;
+	uid_t uid = 0;
+	gid_t gid = 0;
 	int rc;
 
 	if (!cli.lease)
@@ -121,10 +129,16 @@ static void cmd_delegate_exec(const struct cmd_entry *self, const struct cmd_arg
 					"'iommuctl --lease NAME lease release' ends it");
 	if (args->opt[OPT_GROUP].count && !args->opt[OPT_USER].count)
 		usage_error(self->name, "--group goes with --user");
+	if (!args->opt[OPT_USER].count && geteuid() == 0)
+		usage_error(self->name,
+			    "as root, say which user COMMAND runs as with --user (a VMM "
+			    "needs no privilege; --user root to keep root)");
+	if (args->opt[OPT_USER].count)
+		resolve_ids(self, args, &uid, &gid);
 	while (args->operands[1 + argc])
 		argc++;
 	n = split_devices(self, args->operands[0], names, IOMMUCTL_DELEGATE_MAX);
-	/* Checked before asking, so a mistyped command line takes nothing. */
+	/* Checked before asking, as the ids are, so a mistyped command line takes nothing. */
 	command = fd_slots_substitute(args->operands + 1, argc, n + 1, &bad);
 	if (!command && bad)
 		usage_error(self->name,
@@ -138,7 +152,7 @@ static void cmd_delegate_exec(const struct cmd_entry *self, const struct cmd_arg
 	rc = fd_slots_place(fds, n + 1);
 	if (rc < 0)
 		fail(EXIT_LOCAL, "cannot move the descriptors into place: %s", strerror(-rc));
-	drop_privileges(self, args);
+	drop_privileges(args, uid, gid);
 	execvp(command[0], command);
 	fail(EXIT_LOCAL, "cannot run %s: %s", command[0], strerror(errno));
 }
@@ -146,21 +160,26 @@ static void cmd_delegate_exec(const struct cmd_entry *self, const struct cmd_arg
 static const char delegate_qmp_help[] =
 	"Hands DEVICES (comma-separated) to a QEMU that is already running, through its QMP\n"
 	"socket at QMP_SOCKET (-qmp unix:PATH,server=on,wait=off), as libvirt hotplugs: asks\n"
-	"iommud for them within the lease of --lease, which is required, for the QEMU at the\n"
-	"other end of the socket (whose pid iommud then follows), passes each fd with getfd\n"
+	"iommud for them within the lease of --lease, which is required, for the QEMU whose pid\n"
+	"iommud then follows (--vmm-pid; by default the process that listens on the socket,\n"
+	"which is QEMU only if QEMU created it: a launcher that created the monitor socket and\n"
+	"passed it to QEMU must give --vmm-pid), passes each fd with getfd\n"
 	"(PREFIX-fd0 the iommufd, PREFIX-fd1 ... the devices), adds the iommufd object\n"
 	"(PREFIX-iommufd) and one vfio-pci device per device (PREFIX-dev0, ...), and closes its\n"
 	"own copies. QEMU needs no privilege for it, only RLIMIT_MEMLOCK for its guest RAM.\n"
-	"Prints the delegation's id. If QEMU refuses a step, the devices stay delegated until\n"
-	"QEMU exits or the lease is released.\n";
+	"Prints the delegation's id. The monitor must be in its default mode (not pretty=on);\n"
+	"iommuctl gives up on a QEMU silent for 60 s. If QEMU refuses a step, iommuctl closes\n"
+	"the fds it passed (closefd), and the devices stay delegated until QEMU exits or the\n"
+	"lease is released.\n";
 
 static const struct cmd_option delegate_qmp_options[] = {
 	{"id", 'i', OPT_STRING, "PREFIX", "prefix of the QMP ids (default: iommud)"},
 	{"bus", 'b', OPT_STRING, "BUS", "device_add's bus: a PCIe root port's id"},
 	{"cont", 'c', OPT_FLAG, NULL, "send cont afterwards (for a QEMU started with -S)"},
+	{"vmm-pid", 'p', OPT_STRING, "PID", "QEMU's pid (default: the socket's listener)"},
 	{NULL, 0, 0, NULL, NULL},
 };
-enum { OPT_ID, OPT_BUS, OPT_CONT };
+enum { OPT_ID, OPT_BUS, OPT_CONT, OPT_VMM_PID };
 
 static void cmd_delegate_qmp(const struct cmd_entry *self, const struct cmd_args *args)
 {
@@ -179,9 +198,15 @@ static void cmd_delegate_qmp(const struct cmd_entry *self, const struct cmd_args
 		usage_error(self->name, "delegated devices live in a lease: give --lease NAME");
 	if (!qmp_name_ok(names.prefix) || (names.bus && !qmp_name_ok(names.bus)))
 		usage_error(self->name, "--id and --bus take letters, digits, '-', '_' and '.'");
+	if (args->opt[OPT_VMM_PID].str &&
+	    (!parse_u64(args->opt[OPT_VMM_PID].str, false, &id) || id == 0 || id > INT32_MAX))
+		usage_error(self->name, "--vmm-pid takes QEMU's process id, not '%s'",
+			    args->opt[OPT_VMM_PID].str);
 	n = split_devices(self, args->operands[1], devices, IOMMUCTL_DELEGATE_MAX);
 	if (qmp_connect(args->operands[0], &sock, &pid, err, sizeof(err)) < 0)
 		fail(EXIT_LOCAL, "%s", err);
+	if (args->opt[OPT_VMM_PID].str)
+		pid = (pid_t)id;
 	(void)cli_check(iommuctl_delegate(cli_connection(), devices, n, (uint32_t)pid, fds, &id));
 	rc = qmp_hand_over(sock, fds, n + 1, &names, err, sizeof(err));
 	for (size_t i = 0; i <= n; i++)

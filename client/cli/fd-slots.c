@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+#define _GNU_SOURCE /* close_range */
 #include "fd-slots.h"
 
 #include <errno.h>
@@ -40,6 +41,8 @@ int fd_slots_place(const int *fds, size_t n)
 			return -errno;
 		(void)close(high[i]);
 	}
+	if (close_range(FD_SLOTS_FIRST + (unsigned)n, ~0U, 0) < 0)
+		return -errno;
 	return 0;
 }
 

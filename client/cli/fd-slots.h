@@ -14,7 +14,9 @@
 #define FD_SLOTS_FIRST 3
 
 /* Moves fds[i] to FD_SLOTS_FIRST + i (open across exec) for i < n, whatever descriptors held
- * those numbers before (closed unless they are among fds); 0 or a negative errno. */
+ * those numbers before (closed unless they are among fds), and closes every descriptor above
+ * the slots: the command runs as another, unprivileged user and must not inherit what
+ * iommuctl's (privileged) parent left open. 0 or a negative errno. */
 int fd_slots_place(const int *fds, size_t n);
 
 /* A copy of argv (argc words, NULL-terminated) with "{iommufd}" replaced by the number of slot 0

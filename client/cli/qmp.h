@@ -23,8 +23,8 @@ struct qmp_names {
 };
 
 /* Connects to QEMU's QMP socket at path, reads its greeting and leaves negotiation mode
- * (qmp_capabilities); the socket in *ret_sock (close-on-exec), QEMU's pid (SO_PEERCRED) in
- * *ret_pid. */
+ * (qmp_capabilities); the socket in *ret_sock (close-on-exec), and in *ret_pid the pid of the
+ * process that listens on it (SO_PEERCRED), which is QEMU's only when QEMU created the socket. */
 int qmp_connect(const char *path, int *ret_sock, pid_t *ret_pid, char *err, size_t err_size);
 /* Hands fds[0] (the iommufd) and fds[1..n_fds-1] (the devices' cdevs) to QEMU on sock. */
 int qmp_hand_over(int sock, const int *fds, size_t n_fds, const struct qmp_names *names, char *err,

@@ -45,10 +45,11 @@ wait_for_socket() {
 }
 
 # Starts $iommud on the emulated backend with devices emu0 and emu1, root allowed to write and
-# to take emu0, listening on $dir/iommud.sock; its pid in $pid.
+# to take emu0 (and the lines in $1, if given, added to its section), listening on
+# $dir/iommud.sock; its pid in $pid.
 start_emulated_daemon() {
 	printf '[iommu]\ndevices = emu0 emu1\n' >"$dir/topology.ini"
-	printf '[uid 0]\naccess = write\ndevices = emu0\n' >"$dir/iommud.conf"
+	printf '[uid 0]\naccess = write\ndevices = emu0\n%b' "${1-}" >"$dir/iommud.conf"
 	"$iommud" --backend emulated --topology "$dir/topology.ini" --config "$dir/iommud.conf" \
 		--socket "$dir/iommud.sock" --log-level warning &
 	pid=$!

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 /* The descriptor numbers iommuctl delegate exec starts a VM manager with, and the command line
  * that names them: each fd lands at its slot whatever held the slot before (one of the fds
- * itself, or something else), open across exec, and the placeholders say those numbers. */
+ * itself, or something else), open across exec, nothing else above them stays open, and the
+ * placeholders say those numbers. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +51,21 @@ TEST(fds_land_at_their_slots)
 		CHECK_EQ(fcntl(FD_SLOTS_FIRST + i, F_GETFD) & FD_CLOEXEC, 0);
 		(void)close(FD_SLOTS_FIRST + i);
 	}
+}
+
+/* A descriptor iommuctl inherited without close-on-exec (a manager's socket or log) does not
+ * reach the VMM. */
+TEST(inherited_descriptors_are_closed)
+{
+	int fd = memfd_create("delegated", MFD_CLOEXEC), inherited = memfd_create("inherited", 0);
+	int high = fcntl(inherited, F_DUPFD, 60);
+
+	CHECK(fd >= 0 && inherited >= 0 && high >= 0);
+	CHECK_EQ(fd_slots_place(&fd, 1), 0);
+	CHECK(fcntl(FD_SLOTS_FIRST, F_GETFD) >= 0);
+	for (int closed = FD_SLOTS_FIRST + 1; closed <= high; closed++)
+		CHECK(fcntl(closed, F_GETFD) < 0 && errno == EBADF);
+	(void)close(FD_SLOTS_FIRST);
 }
 
 TEST(placeholders_name_the_slots)

@@ -133,3 +133,24 @@ TEST(process_of_another_uid_is_unconfirmed)
 		SKIP("not root: the child cannot change its uid");
 	check_by_pid(BECOME_NOBODY, PEER_UNCONFIRMED, EPERM);
 }
+
+/* vmm_pid 0 follows the process that connected, by the connection, never by its pid: once it
+ * has exited it is refused, though the connection is still open (here, in the test). */
+TEST(process_that_connected_is_followed_until_it_exits)
+{
+	struct connection c = connect_child(KEEP_SOCKET);
+	struct peer connected, vmm;
+	int pidfd, status;
+
+	CHECK_EQ(identify_peer(c.accepted, &connected), 0);
+	CHECK_EQ(peer_follow_connected(c.accepted, &connected, &pidfd, &vmm), 0);
+	CHECK_EQ(vmm.pid, c.child);
+	CHECK_EQ(vmm.uid, getuid());
+	(void)close(pidfd);
+	peer_clear(&vmm);
+	(void)close(c.release);
+	CHECK_EQ(waitpid(c.child, &status, 0), c.child);
+	CHECK_EQ(peer_follow_connected(c.accepted, &connected, &pidfd, &vmm), -ESRCH);
+	(void)close(c.accepted);
+	peer_clear(&connected);
+}

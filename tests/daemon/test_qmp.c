@@ -184,6 +184,37 @@ TEST(qemu_refusal_is_reported_in_its_words)
 	CHECK(strstr(err, "QEMU refused device_add of vm1-dev1: Bus 'rp1' is full") != NULL);
 }
 
+/* A refusal after the fds went over: QEMU's text up to its closing quote without the control
+ * characters it carried (escape sequences for the terminal), the hint for a second hand-over
+ * under the same ids, and closefd for every fd passed, so that QEMU keeps none. */
+TEST(refusal_closes_the_passed_fds)
+{
+	struct fake_qemu q;
+	ino_t inodes[3];
+	char err[512] = "";
+	struct step steps[8];
+
+	memcpy(steps, hand_over_steps, 5 * sizeof(steps[0]));
+	steps[4].answer = "{\"error\": {\"class\": \"GenericError\", \"desc\": \"attempt to add "
+			  "duplicate property 'vm1-iommufd' to object (type "
+			  "'container')\x1b[2J\\\"x\"}}\n";
+	for (int i = 0; i < 3; i++) {
+		static char commands[3][128];
+
+		(void)snprintf(
+			commands[i], sizeof(commands[i]),
+			"{\"execute\": \"closefd\", \"arguments\": {\"fdname\": \"vm1-fd%d\"}}", i);
+		steps[5 + i] = (struct step){commands[i], "{\"return\": {}}\n", false};
+	}
+	CHECK_EQ(run(&q, steps, 8, err, sizeof(err), inodes), -EPROTO);
+	CHECK_EQ(q.mismatch[0], '\0');
+	CHECK_EQ(q.steps_done, 8);
+	CHECK_EQ(strcmp(err, "QEMU refused object-add of the iommufd: attempt to add duplicate "
+			     "property 'vm1-iommufd' to object (type 'container')[2J\"x; give "
+			     "another --id"),
+		 0);
+}
+
 TEST(names_that_need_quoting_are_refused)
 {
 	CHECK(qmp_name_ok("vm1-iommufd_0.a"));

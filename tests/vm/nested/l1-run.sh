@@ -41,8 +41,8 @@ for bdf in $edu1 $edu2; do
 	echo vfio-pci >"/sys/bus/pci/devices/$bdf/driver_override"
 	echo "$bdf" >/sys/bus/pci/drivers_probe
 done
-printf '[uid 0]\naccess = write\ndevices = *\n[uid 1000]\naccess = write\ndevices = *\n' \
-	>/tmp/iommud.conf
+printf '[uid 0]\naccess = write\ndevices = *\ndelegate = yes\n%b' \
+	'[uid 1000]\naccess = write\ndevices = *\n' >/tmp/iommud.conf
 "$share/bin/iommud" --backend iommufd --config /tmp/iommud.conf --socket /run/iommud.sock \
 	--probe-tier off >"$log" 2>&1 &
 wait_for "test -S /run/iommud.sock" 20
@@ -73,7 +73,7 @@ check "the device out is refused to another tenant" sh -c "setpriv --reuid=1000 
 	--clear-groups $iommuctl domain alloc $edu1 2>&1 | grep -q 'handed to another process'"
 $iommuctl --lease vmB lease release
 check "lease release frees the device, and iommud says so" \
-	wait_for "grep -q '$edu2.*free again: its lease was released' $log" 10
+	wait_for "grep -q '$edu2.*no longer reserved.*its lease was released' $log" 10
 kill "$vmm_a" "$vmm_b"
 wait "$vmm_a" "$vmm_b"
 check "the VMM's exit frees the device, and iommud says so" \
