@@ -578,7 +578,7 @@ int add_dirty(struct state *st, struct lease_rec *rec, uint32_t domain_id, bool 
 	return 0;
 }
 
-static int record_release(struct state *st, struct lease_rec *rec)
+int add_release(struct state *st, struct lease_rec *rec)
 {
 	Iommud__State__V1__ReleaseLease *r =
 		txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE);
@@ -586,6 +586,8 @@ static int record_release(struct state *st, struct lease_rec *rec)
 	if (!r)
 		return fail(-ENOMEM, "out of memory for the state record");
 	r->lease_id = rec->id;
+	/* The lease lives on till its last connection goes; a snapshot until then says so. */
+	rec->released = true;
 	return 0;
 }
 
@@ -620,7 +622,7 @@ static int record_method(struct state *st, struct lease_rec *rec, const struct c
 		return add_dirty(st, rec, q->set_dirty_tracking->domain_id,
 				 q->set_dirty_tracking->enable);
 	case IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE:
-		return record_release(st, rec);
+		return add_release(st, rec);
 	default: /* changes nothing a lease keeps */
 		return 0;
 	}

@@ -34,6 +34,12 @@ static int apply_lease(struct state *st, const Iommud__State__V1__Lease *l)
 	tenant_put(t);
 	if (rc < 0)
 		return rc;
+	/* Two lease numbers on one session would each end it; the first one keeps it. */
+	if (lease_find(st, s)) {
+		session_leave(s);
+		return fail(-EEXIST, "lease '%s' is recorded twice, as number %u too", l->name,
+			    l->lease_id);
+	}
 	if (!lease_add(st, s, l->lease_id)) {
 		session_leave(s);
 		return fail(-ENOMEM, "out of memory for the state record");
@@ -220,9 +226,6 @@ static int apply_change(struct lease_rec *rec, const Entry *e)
 		return apply_unmap(rec, e->unmap);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_DIRTY_TRACKING:
 		return apply_dirty(rec, e->dirty_tracking);
-	case IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE:
-		rec->released = true;
-		return 0;
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_LAST_ID:
 		return apply_last_id(rec, e->last_id);
 	default:
@@ -236,6 +239,18 @@ static uint32_t entry_lease_id(const Entry *e)
 	return e->lease ? e->lease->lease_id : 0;
 }
 
+/* A release acknowledged before the restart ends the lease at its entry, so that a later
+ * lease made under the same name is a session of its own. Ending it frees rec. */
+static void end_released(struct lease_rec *rec)
+{
+	struct session *s = rec->s;
+
+	log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_LEASE", session_lease(s)}),
+		   "lease '{IOMMUD_LEASE}' was released before the restart; it ends now");
+	(void)session_release_lease(s);
+	session_leave(s);
+}
+
 static void apply_entry(struct state *st, const Entry *e)
 {
 	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(
@@ -246,8 +261,11 @@ static void apply_entry(struct state *st, const Entry *e)
 	if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_LEASE)
 		rc = apply_lease(st, e->lease);
 	else if (!(rec = lease_by_id(st, entry_lease_id(e))))
-		return; /* its lease could not be rebuilt, which was said */
-	else
+		return; /* its lease could not be rebuilt (which was said) or has ended */
+	else if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE) {
+		end_released(rec);
+		return;
+	} else
 		rc = apply_change(rec, e);
 	if (rc < 0)
 		log_err("state record: lease %s: cannot rebuild its %s: %s; left out",
@@ -255,23 +273,15 @@ static void apply_entry(struct state *st, const Entry *e)
 			failure_message());
 }
 
-/* The replay's references go: a lease whose release was acknowledged ends now. */
+/* The replay's references go; the leases live on in the registry. */
 static void finish_leases(struct state *st)
 {
-	struct lease_rec *rec, *next;
-	struct session *s;
+	struct lease_rec *rec;
 
-	for (rec = LIST_FIRST(&st->leases); rec; rec = next) {
-		next = LIST_NEXT(rec, link);
-		s = rec->s;
-		if (rec->released)
-			(void)session_release_lease(s);
-		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_LEASE", session_lease(s)}),
-			   rec->released
-				   ? "lease '{IOMMUD_LEASE}' was released before the restart; "
-				     "it ends now"
-				   : "lease '{IOMMUD_LEASE}' adopted from the state record");
-		session_leave(s);
+	LIST_FOREACH (rec, &st->leases, link) {
+		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
+			   "lease '{IOMMUD_LEASE}' adopted from the state record");
+		session_leave(rec->s);
 	}
 }
 

@@ -45,7 +45,7 @@ struct lease_rec {
 	LIST_ENTRY(lease_rec) link;
 	struct session *s;
 	uint32_t id;
-	bool released; /* while rebuilding: its ReleaseLease was acknowledged */
+	bool released; /* its ReleaseLease was acknowledged; it ends with its last connection */
 	struct lease_file *files;
 	size_t n_files, cap_files;
 	uint32_t last_file_id;
@@ -94,6 +94,7 @@ int add_file(struct state *st, struct lease_rec *rec, const struct lease_file *l
 int add_map(struct state *st, struct lease_rec *rec, uint32_t domain_id, uint32_t file_id,
 	    const struct mapping_view *m);
 int add_dirty(struct state *st, struct lease_rec *rec, uint32_t domain_id, bool enable);
+int add_release(struct state *st, struct lease_rec *rec);
 
 /* Rebuilds the leases of the record the store handed back, if any; a record it refuses is
  * said and dropped (state_adopt.c). */

@@ -860,3 +860,158 @@ TEST(kill_sweep)
 	supervisor_stop(&sv);
 	free(m);
 }
+/* ---- review reproductions ---------------------------------------------------------------- */
+
+static void release_lease(struct iommuctl *c)
+{
+	Iommud__V1__ReleaseLeaseRequest rel = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
+	req.release_lease = &rel;
+	iommuctl_response_free(call(c, &req));
+}
+
+/* R1: a compaction while a released lease still has a connection writes it as live. */
+TEST(review_released_lease_compacted)
+{
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c;
+
+	CHECK(setenv("IOMMUD_TEST_COMPACT_BYTES", "1", 1) == 0);
+	c = small_lease(&sv, "short", "released");
+	release_lease(c);
+	/* any acknowledged call compacts now (threshold 1 byte) */
+	{
+		struct iommuctl *o = connect_lease(&sv, "other");
+		uint32_t d;
+		call_ok(o, iommuctl_alloc_domain(o, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d),
+			"alloc");
+		iommuctl_close(o);
+	}
+	supervisor_kill(&sv);
+	iommuctl_close(c);
+	supervisor_spawn(&sv);
+	CHECK(supervisor_log_has(&sv, "was released before the restart"));
+	c = connect_lease(&sv, "short");
+	view_of(c, &v);
+	(void)fprintf(stderr, "R1: released lease has %zu domains after restart\n", v.n_domains);
+	CHECK_EQ(v.n_domains, 0);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
+#define R2_CONFIG                                                                                  \
+	"probe-tier = off\n[access]\ndefault = none\n"                                             \
+	"[uid 0]\naccess = write\ndevices = emu*\n"
+
+/* R2: an Unmap whose client left is finished but never recorded: a later acknowledged Map at
+ * the same IOVA is lost at the restart, and the unmapped one comes back. */
+TEST(review_abandoned_unmap_unrecorded)
+{
+	Iommud__V1__UnmapAllRequest ua = IOMMUD__V1__UNMAP_ALL_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c, *c2;
+	uint32_t d;
+	int big = iommuctl_memfd("r2-big", 2ull << 30),
+	    small = iommuctl_memfd("r2-small", FILE_SIZE);
+	uint64_t iova = (4ull << 30) + 4096;
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	CHECK_OK(big);
+	CHECK_OK(small);
+	supervisor_start(&sv, R2_CONFIG, DEVICES);
+	c = connect_lease(&sv, "r2");
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	(void)map(c, d, big, 0, 1ull << 30, IOMMUCTL_PROT_READ, true, iova);
+	(void)map(c, d, big, 1ull << 30, 1ull << 30, IOMMUCTL_PROT_READ, true, iova + (1ull << 30));
+	c2 = connect_lease(&sv, "r2");
+	ua.domain_id = d;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL;
+	req.unmap_all = &ua;
+	req.id = 5;
+	{
+		uint64_t sid;
+		CHECK_OK(iommuctl_send(c, &req, NULL, 0, &sid));
+	}
+	iommuctl_close(c);
+	/* runs once the abandoned UnmapAll is done (the tenant's flow is held till then) */
+	memset(&v, 0, sizeof(v));
+	for (int i = 0; i < 1000; i++) {
+		memset(&v, 0, sizeof(v));
+		view_mappings(c2, d, &v);
+		if (!v.n_maps)
+			break;
+		usleep(10000);
+	}
+	(void)fprintf(stderr, "R2: %zu mappings left after the abandoned UnmapAll\n", v.n_maps);
+	CHECK_EQ(v.n_maps, 0);
+	(void)map(c2, d, small, 0, PAGE, IOMMUCTL_PROT_READ, true, iova);
+	iommuctl_close(c2);
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "r2");
+	memset(&v, 0, sizeof(v));
+	view_mappings(c, d, &v);
+	(void)fprintf(stderr, "R2: after restart %zu mappings; first at 0x%llx length 0x%llx\n",
+		      v.n_maps, v.n_maps ? (unsigned long long)v.maps[0].iova : 0ull,
+		      v.n_maps ? (unsigned long long)v.maps[0].length : 0ull);
+	CHECK_EQ(v.n_maps, 1);
+	CHECK_EQ(v.maps[0].length, PAGE);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	(void)close(big);
+	(void)close(small);
+}
+
+/* R4: a lease released and made again under the same name before a compaction: the replay
+ * joins both records to one session. */
+TEST(review_lease_name_reused)
+{
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c = small_lease(&sv, "vm1", "reused-a");
+	uint32_t d;
+	int file = iommuctl_memfd("reused-b", FILE_SIZE);
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	release_lease(c);
+	iommuctl_close(c);
+	c = connect_lease(&sv, "vm1");
+	for (int i = 0; i < 100; i++) {
+		view_of(c, &v);
+		if (!v.n_domains)
+			break;
+		iommuctl_close(c);
+		usleep(10000);
+		c = connect_lease(&sv, "vm1");
+	}
+	CHECK_EQ(v.n_domains, 0);
+	call_ok(c, iommuctl_alloc_domain(c, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	(void)map(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, false, 0);
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "vm1");
+	view_of(c, &v);
+	(void)fprintf(stderr, "R4: lease vm1 has %zu domains, %zu mappings after restart\n",
+		      v.n_domains, v.n_maps);
+	CHECK_EQ(v.n_domains, 1);
+	CHECK_EQ(v.n_maps, 1);
+	/* a compaction reads every lease_rec's session */
+	{
+		struct iommuctl *o = connect_lease(&sv, "other");
+		uint32_t d2;
+
+		CHECK(setenv("IOMMUD_TEST_COMPACT_BYTES", "1", 1) == 0);
+		call_ok(o, iommuctl_alloc_domain(o, "emu2", IOMMUCTL_DOMAIN_PAGING, 0, &d2),
+			"alloc");
+		iommuctl_close(o);
+	}
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	(void)close(file);
+}
