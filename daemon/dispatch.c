@@ -430,6 +430,8 @@ static int run_method(struct call *call, const struct method *m)
 
 	if (m->session && !c->session)
 		rc = session_join(c->tenant, NULL, &c->session);
+	if (rc == 0 && m->mutates)
+		rc = state_check_call(call->d->state, call, call->d->calls_kept > 0);
 	if (rc == 0)
 		rc = m->handle(call);
 	if (rc == 0 || !m->once)

@@ -134,6 +134,19 @@ int lease_add_file(struct lease_rec *rec, uint32_t id, dev_t dev, ino_t ino, boo
 	return 0;
 }
 
+int lease_store_file(const struct lease_rec *rec, struct lease_file *lf)
+{
+	char name[LEASE_FILE_NAME];
+	int rc;
+
+	if (lf->stored)
+		return 0;
+	lease_file_name(rec, lf->id, name);
+	rc = fdstore_add(name, lf->fd);
+	lf->stored = rc == 0;
+	return rc;
+}
+
 struct lease_file *lease_file_find(struct lease_rec *rec, dev_t dev, ino_t ino, bool writable)
 {
 	for (size_t i = 0; i < rec->n_files; i++)
@@ -426,7 +439,7 @@ int add_file(struct state *st, struct lease_rec *rec, const struct lease_file *l
 static int keep_file(struct state *st, struct lease_rec *rec, int fd, const struct map_file *mf,
 		     struct lease_file **ret_file)
 {
-	char path[64], name[LEASE_FILE_NAME];
+	char path[64];
 	bool writable = mf->access_mode == O_RDWR;
 	int own, rc;
 
@@ -435,15 +448,15 @@ static int keep_file(struct state *st, struct lease_rec *rec, int fd, const stru
 	if (own < 0)
 		return fail(-errno, "cannot reopen the memory file to keep it: %s",
 			    strerror(errno));
-	lease_file_name(rec, rec->last_file_id + 1, name);
-	if ((rc = fdstore_add(name, own)) < 0 ||
-	    (rc = lease_add_file(rec, rec->last_file_id + 1, mf->dev, mf->ino, writable, own)) <
-		    0) {
-		fdstore_remove(name);
+	rc = lease_add_file(rec, rec->last_file_id + 1, mf->dev, mf->ino, writable, own);
+	if (rc < 0) {
 		(void)close(own);
 		return rc;
 	}
 	*ret_file = &rec->files[rec->n_files - 1];
+	/* Kept unstored on failure: the snapshot that must follow stores it again. */
+	if ((rc = lease_store_file(rec, *ret_file)) < 0)
+		return rc;
 	return add_file(st, rec, *ret_file);
 }
 
@@ -628,13 +641,36 @@ static int record_method(struct state *st, struct lease_rec *rec, const struct c
 	}
 }
 
-int state_record_call(struct state *st, const struct call *call)
+/* The lease of the call's session, if it is a named one the state records. */
+static struct session *recorded_session(const struct state *st, const struct call *call)
 {
 	struct session *s = call->client ? call->client->session : NULL;
+
+	return st && s && session_lease(s)[0] ? s : NULL;
+}
+
+/* The change is in the session and the kernel already, and the lease_rec mirrors it: the
+ * next snapshot writes it, and until one is written the lease changes nothing more. */
+static int unrecorded(struct lease_rec *rec, int rc)
+{
+	char why[STATUS_MESSAGE_MAX + 1];
+
+	rec->unrecorded = true;
+	(void)snprintf(why, sizeof(why), "%s", failure_message());
+	return fail(rc,
+		    "the change took effect, but it could not be recorded (%s), so it would not "
+		    "survive a restart of the daemon; further changes of lease '%s' are refused "
+		    "until the state record is rewritten, which is tried again at each call",
+		    why, session_lease(rec->s));
+}
+
+int state_record_call(struct state *st, const struct call *call)
+{
+	struct session *s = recorded_session(st, call);
 	struct lease_rec *rec;
 	int rc = 0;
 
-	if (!st || !s || !session_lease(s)[0])
+	if (!s)
 		return 0;
 	st->n_boxes = 0;
 	rec = lease_find(st, s);
@@ -648,7 +684,27 @@ int state_record_call(struct state *st, const struct call *call)
 	if (rc == 0)
 		rc = txn_commit(st);
 	st->n_boxes = 0;
-	return rc;
+	return rc < 0 ? unrecorded(rec, rc) : 0;
+}
+
+int state_check_call(struct state *st, const struct call *call, bool calls_in_slices)
+{
+	struct session *s = recorded_session(st, call);
+	struct lease_rec *rec = s ? lease_find(st, s) : NULL;
+	char why[STATUS_MESSAGE_MAX + 1] = "calls of other leases are between slices";
+
+	if (!rec || !rec->unrecorded)
+		return 0;
+	if (!calls_in_slices) {
+		if (state_compact(st) == 0)
+			return 0;
+		(void)snprintf(why, sizeof(why), "%s", failure_message());
+	}
+	return fail(-EAGAIN,
+		    "an earlier change of lease '%s' took effect without being recorded, and "
+		    "the state record could not be rewritten yet (%s); try again later, and see "
+		    "the daemon's log if this persists",
+		    session_lease(s), why);
 }
 
 void state_compact_if_due(struct state *st, bool calls_in_slices)

@@ -32,9 +32,14 @@ struct state;
  * claimed before. A negative errno only when no record could be stored. */
 int state_open(struct registry *reg, struct state **ret_state);
 /* Records what an acknowledged call on a lease changed, before its reply goes; nothing for
- * anonymous sessions or a NULL state. A negative errno when the record could not be written:
- * the change is in effect but would not survive a restart. */
+ * anonymous sessions or a NULL state. A negative errno when the record could not be written,
+ * with a message saying the change is in effect but would not survive a restart; the lease
+ * is then marked, and state_check_call holds its next change until a snapshot is written. */
 int state_record_call(struct state *st, const struct call *call);
+/* Before a call that changes a lease: 0, or -EAGAIN while an earlier change of the lease is
+ * in effect unrecorded and no snapshot could be written (none is tried while calls are between
+ * slices, as for state_compact_if_due). */
+int state_check_call(struct state *st, const struct call *call, bool calls_in_slices);
 /* Rewrites the record as one snapshot once its transactions have outgrown the last one; not
  * while calls are between slices, since what such a call has mapped so far is not acknowledged
  * and a snapshot would record it. */

@@ -127,9 +127,12 @@ static int apply_file(struct lease_rec *rec, const Iommud__State__V1__File *f)
 		return fail(-ESTALE, "'%s' in the store is not the file the record names", name);
 	}
 	rc = lease_add_file(rec, f->file_id, (dev_t)f->dev, (ino_t)f->ino, f->writable, fd);
-	if (rc < 0)
+	if (rc < 0) {
 		(void)close(fd);
-	return rc;
+		return rc;
+	}
+	rec->files[rec->n_files - 1].stored = true;
+	return 0;
 }
 
 static int apply_map(struct lease_rec *rec, uint32_t domain_id, uint32_t file_id,

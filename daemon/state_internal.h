@@ -30,7 +30,8 @@ struct lease_file {
 	ino_t ino;
 	bool writable;
 	int fd;
-	bool used; /* by a mapping: the snapshot being written keeps it */
+	bool used;   /* by a mapping: the snapshot being written keeps it */
+	bool stored; /* in the store; false after a refused FDSTORE, until a snapshot retries */
 };
 
 struct lease_domain {
@@ -45,7 +46,8 @@ struct lease_rec {
 	LIST_ENTRY(lease_rec) link;
 	struct session *s;
 	uint32_t id;
-	bool released; /* its ReleaseLease was acknowledged; it ends with its last connection */
+	bool unrecorded; /* a change took effect unrecorded: a snapshot must be written first */
+	bool released;	 /* its ReleaseLease was acknowledged; it ends with its last connection */
 	struct lease_file *files;
 	size_t n_files, cap_files;
 	uint32_t last_file_id;
@@ -72,6 +74,8 @@ struct lease_rec *lease_by_id(struct state *st, uint32_t id);
 struct lease_rec *lease_add(struct state *st, struct session *s, uint32_t id);
 void lease_file_name(const struct lease_rec *rec, uint32_t file_id, char name[LEASE_FILE_NAME]);
 int lease_add_file(struct lease_rec *rec, uint32_t id, dev_t dev, ino_t ino, bool writable, int fd);
+/* Hands the file to the store unless it is there already. */
+int lease_store_file(const struct lease_rec *rec, struct lease_file *lf);
 struct lease_file *lease_file_find(struct lease_rec *rec, dev_t dev, ino_t ino, bool writable);
 struct lease_file *lease_file_by_id(struct lease_rec *rec, uint32_t id);
 void lease_drop_unused_files(struct lease_rec *rec);

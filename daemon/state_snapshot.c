@@ -91,7 +91,7 @@ static int snapshot_mapping(struct state *st, struct lease_rec *rec, uint32_t do
 			    session_lease(rec->s), (unsigned long long)m->iova, domain_id);
 		return 0;
 	}
-	if (!lf->used)
+	if (!lf->used && (rc = lease_store_file(rec, lf)) == 0)
 		rc = add_file(st, rec, lf);
 	lf->used = true;
 	return rc < 0 ? rc : add_map(st, rec, domain_id, lf->id, m);
@@ -183,8 +183,10 @@ int state_compact(struct state *st)
 	if (old.fd >= 0)
 		fdstore_remove(old.name);
 	record_close(&old);
-	LIST_FOREACH (rec, &st->leases, link)
+	LIST_FOREACH (rec, &st->leases, link) {
 		lease_drop_unused_files(rec);
+		rec->unrecorded = false;
+	}
 	st->compact_at = compact_threshold(record_committed(&st->rec));
 	return 0;
 }

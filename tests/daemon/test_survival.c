@@ -1015,3 +1015,54 @@ TEST(review_lease_name_reused)
 	supervisor_stop(&sv);
 	(void)close(file);
 }
+
+/* Makes the daemon's notifications fail (the manager's socket is not where it was) or work
+ * again, as a manager that refuses what it is handed would. */
+static void notify_socket_away(struct supervisor *sv, bool away)
+{
+	char here[160], there[170];
+
+	(void)snprintf(here, sizeof(here), "%s/notify", sv->f.dir);
+	(void)snprintf(there, sizeof(there), "%s.away", here);
+	CHECK(rename(away ? here : there, away ? there : here) == 0);
+}
+
+/* A Map whose memory file the store refused: the reply says the mapping is in effect yet
+ * unrecorded, the lease's next change waits for a snapshot, and once one is written the
+ * mapping survives a kill. */
+TEST(unrecorded_change_is_said_and_caught_up)
+{
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c;
+	uint32_t d;
+	uint64_t iova = 1ull << 32;
+	int first = iommuctl_memfd("unrec-a", FILE_SIZE),
+	    second = iommuctl_memfd("unrec-b", FILE_SIZE);
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	CHECK_OK(first);
+	CHECK_OK(second);
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "unrec");
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	notify_socket_away(&sv, true);
+	CHECK(iommuctl_map_fd(c, d, first, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova) < 0);
+	CHECK(strstr(iommuctl_last_error(c), "the change took effect") != NULL);
+	iova += PAGE;
+	CHECK(iommuctl_map_fd(c, d, second, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova) < 0);
+	CHECK(strstr(iommuctl_last_error(c), "could not be rewritten yet") != NULL);
+	notify_socket_away(&sv, false);
+	(void)map(c, d, second, 0, PAGE, IOMMUCTL_PROT_READ, true, iova);
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "unrec");
+	memset(&v, 0, sizeof(v));
+	view_mappings(c, d, &v);
+	CHECK_EQ(v.n_maps, 2);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	(void)close(first);
+	(void)close(second);
+}
