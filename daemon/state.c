@@ -687,14 +687,11 @@ int state_record_call(struct state *st, const struct call *call)
 	return rc < 0 ? unrecorded(rec, rc) : 0;
 }
 
-int state_check_call(struct state *st, const struct call *call, bool calls_in_slices)
+/* A snapshot before the lease changes more, since its last change is in effect unrecorded. */
+static int catch_up(struct state *st, struct lease_rec *rec, bool calls_in_slices)
 {
-	struct session *s = recorded_session(st, call);
-	struct lease_rec *rec = s ? lease_find(st, s) : NULL;
-	char why[STATUS_MESSAGE_MAX + 1] = "calls of other leases are between slices";
+	char why[STATUS_MESSAGE_MAX + 1] = "calls are between slices";
 
-	if (!rec || !rec->unrecorded)
-		return 0;
 	if (!calls_in_slices) {
 		if (state_compact(st) == 0)
 			return 0;
@@ -704,7 +701,75 @@ int state_check_call(struct state *st, const struct call *call, bool calls_in_sl
 		    "an earlier change of lease '%s' took effect without being recorded, and "
 		    "the state record could not be rewritten yet (%s); try again later, and see "
 		    "the daemon's log if this persists",
-		    session_lease(s), why);
+		    session_lease(rec->s), why);
+}
+
+/* Descriptors the state keeps in the store: its record and the leases' memory files. */
+static size_t stored_count(const struct state *st)
+{
+	const struct lease_rec *rec;
+	size_t n = 1;
+
+	LIST_FOREACH (rec, &st->leases, link)
+		n += rec->n_files;
+	return n;
+}
+
+/* How many distinct memory files of the call the lease (NULL: not recorded yet) keeps not. */
+static size_t new_files(struct lease_rec *rec, const struct call *call)
+{
+	struct map_file seen[IOMMUD_MAX_FDS];
+	size_t n = 0, j;
+
+	for (size_t i = 0; i < call->n_fds; i++) {
+		struct map_file *mf = &seen[n];
+
+		/* A file the map handler refuses needs no room; it says why. */
+		if (session_check_file(call->fds[i], mf) < 0 ||
+		    (rec && lease_file_find(rec, mf->dev, mf->ino, mf->access_mode == O_RDWR)))
+			continue;
+		for (j = 0; j < n; j++)
+			if (seen[j].dev == mf->dev && seen[j].ino == mf->ino &&
+			    seen[j].access_mode == mf->access_mode)
+				break;
+		n += j == n;
+	}
+	return n;
+}
+
+/* Room in the store for the memory files a Map would keep, one slot left for the record's
+ * rewriting: past it, the manager would refuse in silence, and the next compaction would
+ * lose the record. */
+static int check_store_room(struct state *st, struct lease_rec *rec, const struct call *call)
+{
+	size_t need = new_files(rec, call), held = stored_count(st);
+
+	if (!need || held + need + 1 <= st->store_max)
+		return 0;
+	return fail(-ENOSPC,
+		    "mapping needs %zu more memory file(s) kept in the service manager's "
+		    "descriptor store, which holds %zu of the %zu it takes (one kept free to "
+		    "rewrite the state record); map from memory files the lease maps already, "
+		    "or unmap others first; an administrator can raise FileDescriptorStoreMax= "
+		    "of iommud.service",
+		    need, held, st->store_max);
+}
+
+int state_check_call(struct state *st, const struct call *call, bool calls_in_slices)
+{
+	struct session *s = recorded_session(st, call);
+	struct lease_rec *rec = s ? lease_find(st, s) : NULL;
+	Iommud__V1__Request__MethodCase method = call->req->method_case;
+	int rc;
+
+	if (!s)
+		return 0;
+	if (rec && rec->unrecorded && (rc = catch_up(st, rec, calls_in_slices)) < 0)
+		return rc;
+	if (method == IOMMUD__V1__REQUEST__METHOD_MAP ||
+	    method == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH)
+		return check_store_room(st, rec, call);
+	return 0;
 }
 
 void state_compact_if_due(struct state *st, bool calls_in_slices)
@@ -761,13 +826,34 @@ void state_close(struct state *st)
 	state_free(st, false);
 }
 
+/* How many descriptors the store takes, said once; 0 when too few to keep a record: two
+ * records overlap while one is rewritten. */
+static size_t store_size(void)
+{
+	bool exported;
+	size_t max = fdstore_max(&exported);
+
+	if (!exported)
+		log_notice("the service manager does not say how many descriptors it keeps "
+			   "($FDSTORE, systemd 254 and later); the daemon assumes the unit's "
+			   "FileDescriptorStoreMax=%d",
+			   FDSTORE_UNIT_MAX);
+	else if (max < 2)
+		log_warning("the service manager keeps %zu descriptors for the daemon ($FDSTORE; "
+			    "FileDescriptorStoreMax= of its unit), and a state record needs 2: "
+			    "no record is kept, and named leases will not survive a restart",
+			    max);
+	return max < 2 ? 0 : max;
+}
+
 int state_open(struct registry *reg, struct state **ret_state)
 {
 	struct state *st;
+	size_t store_max;
 	int rc;
 
 	*ret_state = NULL;
-	if (!fdstore_available()) {
+	if (!fdstore_available() || !(store_max = store_size())) {
 		fdstore_drop_strays();
 		return 0;
 	}
@@ -775,6 +861,7 @@ int state_open(struct registry *reg, struct state **ret_state)
 	if (!st)
 		return fail(-ENOMEM, "out of memory for the state record");
 	st->reg = reg;
+	st->store_max = store_max;
 	st->rec.fd = -1;
 	LIST_INIT(&st->leases);
 	registry_set_lease_end(reg, lease_end, st);

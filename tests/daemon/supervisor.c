@@ -33,8 +33,16 @@ static int bound_socket(const char *path, int type)
 	return fd;
 }
 
+/* As systemd: past the maximum it exports as $FDSTORE (set by the case for the daemons it
+ * starts), a descriptor is closed, and the daemon is not told. */
 static void store_add(struct supervisor *sv, const char *name, int fd)
 {
+	const char *max = getenv("FDSTORE");
+
+	if (max && sv->n_store >= strtoul(max, NULL, 10)) {
+		(void)close(fd);
+		return;
+	}
 	if (sv->n_store == sv->cap_store) {
 		sv->cap_store = sv->cap_store ? 2 * sv->cap_store : 16;
 		sv->store = realloc(sv->store, sv->cap_store * sizeof(*sv->store));

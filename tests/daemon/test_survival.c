@@ -1066,3 +1066,61 @@ TEST(unrecorded_change_is_said_and_caught_up)
 	(void)close(first);
 	(void)close(second);
 }
+
+/* The store takes few descriptors ($FDSTORE): a Map that needs one more memory file than fit,
+ * a slot kept free for the record's rewriting, is refused before mapping, and what was
+ * acknowledged still survives a kill. */
+TEST(store_capacity_is_kept)
+{
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c;
+	uint32_t d;
+	int files[3];
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	/* the record, one memory file, and the slot a rewritten record needs */
+	CHECK(setenv("FDSTORE", "3", 1) == 0);
+	for (int i = 0; i < 3; i++)
+		CHECK_OK(files[i] = iommuctl_memfd("capacity", FILE_SIZE));
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "capacity");
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	(void)map(c, d, files[0], 0, PAGE, IOMMUCTL_PROT_READ, true, 1ull << 32);
+	(void)map(c, d, files[0], PAGE, PAGE, IOMMUCTL_PROT_READ, true, (1ull << 32) + PAGE);
+	{
+		uint64_t iova = (1ull << 32) + 2 * PAGE;
+
+		CHECK(iommuctl_map_fd(c, d, files[1], 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova) <
+		      0);
+		CHECK(strstr(iommuctl_last_error(c), "descriptor store") != NULL);
+	}
+	memset(&v, 0, sizeof(v));
+	view_mappings(c, d, &v);
+	CHECK_EQ(v.n_maps, 2);
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "capacity");
+	memset(&v, 0, sizeof(v));
+	view_mappings(c, d, &v);
+	CHECK_EQ(v.n_maps, 2);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	unsetenv("FDSTORE");
+	for (int i = 0; i < 3; i++)
+		(void)close(files[i]);
+}
+
+/* FDSTORE=0: the manager keeps nothing, so no record is kept, and the daemon says so. */
+TEST(empty_store_keeps_no_record)
+{
+	struct supervisor sv;
+
+	CHECK(setenv("FDSTORE", "0", 1) == 0);
+	supervisor_start(&sv, config, DEVICES);
+	CHECK(supervisor_log_has(&sv, "no record is kept"));
+	CHECK_EQ(supervisor_stored(&sv, "state."), 0);
+	supervisor_stop(&sv);
+	unsetenv("FDSTORE");
+}
