@@ -327,31 +327,58 @@ int add_bind(struct state *st, struct lease_rec *rec, const char *device)
 	return 0;
 }
 
+/* A bound device the record does not hold yet, with the id it was bound under. */
+struct unrecorded_bind {
+	const char *name;
+	uint32_t dev_id;
+};
+
 struct bind_sync {
-	struct state *st;
 	struct lease_rec *rec;
+	struct unrecorded_bind *binds;
+	size_t n, cap;
 	int rc;
 };
 
-static int sync_one(const char *name, uint32_t domain_id, void *arg)
+static int collect_one(const char *name, uint32_t domain_id, void *arg)
 {
 	struct bind_sync *b = arg;
+	struct unrecorded_bind *u;
 
 	(void)domain_id;
 	if (lease_has_device(b->rec, name))
 		return 0;
-	if ((b->rc = add_bind(b->st, b->rec, name)) == 0)
-		b->rc = lease_add_device(b->rec, name);
-	return b->rc;
+	if ((b->rc = grow((void **)&b->binds, &b->cap, b->n, sizeof(*b->binds))) < 0)
+		return b->rc;
+	u = &b->binds[b->n];
+	if ((b->rc = session_device(b->rec->s, name, false, &u->dev_id)) < 0)
+		return b->rc;
+	u->name = name;
+	b->n++;
+	return 0;
+}
+
+static int by_dev_id(const void *a, const void *b)
+{
+	const struct unrecorded_bind *x = a, *y = b;
+
+	return x->dev_id < y->dev_id ? -1 : x->dev_id > y->dev_id;
 }
 
 /* Records the devices bound since the last call: a bind happens inside the calls that need
- * a device (AllocDomain, AttachDevice, OpenDevice) and is kept even where the call failed. */
+ * a device (AllocDomain, AttachDevice, OpenDevice) and is kept even where the call failed.
+ * In the order of their ids, since the replay gives ids in increasing order only. */
 static int sync_binds(struct state *st, struct lease_rec *rec)
 {
-	struct bind_sync b = {st, rec, 0};
+	struct bind_sync b = {.rec = rec};
 
-	(void)session_bound_devices(rec->s, sync_one, &b);
+	(void)session_bound_devices(rec->s, collect_one, &b);
+	if (b.rc == 0)
+		qsort(b.binds, b.n, sizeof(*b.binds), by_dev_id);
+	for (size_t i = 0; i < b.n && b.rc == 0; i++)
+		if ((b.rc = add_bind(st, rec, b.binds[i].name)) == 0)
+			b.rc = lease_add_device(rec, b.binds[i].name);
+	free(b.binds);
 	return b.rc;
 }
 

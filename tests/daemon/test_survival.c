@@ -902,6 +902,34 @@ TEST(review_released_lease_compacted)
 	supervisor_stop(&sv);
 }
 
+/* R3: two binds synced by one call are recorded newest first; the older one is refused. */
+TEST(review_binds_synced_out_of_order)
+{
+	struct supervisor sv;
+	struct view before, after;
+	struct iommuctl *c;
+	uint32_t d;
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "binds");
+	/* binds emu1, then fails: no such domain; nothing recorded */
+	CHECK(iommuctl_attach(c, "emu1", 999) < 0);
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	call_ok(c, iommuctl_attach(c, "emu1", d), "attach");
+	view_of(c, &before);
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "binds");
+	view_of(c, &after);
+	(void)fprintf(stderr, "R3: emu1 attached to %u before, %u after\n", before.attached[1],
+		      after.attached[1]);
+	CHECK_EQ(after.attached[1], before.attached[1]);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
 #define R2_CONFIG                                                                                  \
 	"probe-tier = off\n[access]\ndefault = none\n"                                             \
 	"[uid 0]\naccess = write\ndevices = emu*\n"
