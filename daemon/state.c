@@ -715,11 +715,11 @@ int state_record_call(struct state *st, const struct call *call)
 }
 
 /* A snapshot before the lease changes more, since its last change is in effect unrecorded. */
-static int catch_up(struct state *st, struct lease_rec *rec, bool calls_in_slices)
+static int catch_up(struct state *st, struct lease_rec *rec)
 {
 	char why[STATUS_MESSAGE_MAX + 1] = "calls are between slices";
 
-	if (!calls_in_slices) {
+	if (!st->calls_kept) {
 		if (state_compact(st) == 0)
 			return 0;
 		(void)snprintf(why, sizeof(why), "%s", failure_message());
@@ -782,7 +782,17 @@ static int check_store_room(struct state *st, struct lease_rec *rec, const struc
 		    need, held, st->store_max);
 }
 
-int state_check_call(struct state *st, const struct call *call, bool calls_in_slices)
+/* A compaction held back by lease calls between slices so long that the record has grown
+ * twice past its due size: no new lease change starts until they end and it is written. */
+static int check_overdue(const struct state *st)
+{
+	if (!st->calls_kept || record_committed(&st->rec) / 2 <= st->compact_at)
+		return 0;
+	return fail(-EAGAIN, "the state record is being rewritten once the calls in progress end; "
+			     "try again shortly");
+}
+
+int state_check_call(struct state *st, const struct call *call)
 {
 	struct session *s = recorded_session(st, call);
 	struct lease_rec *rec = s ? lease_find(st, s) : NULL;
@@ -791,7 +801,8 @@ int state_check_call(struct state *st, const struct call *call, bool calls_in_sl
 
 	if (!s)
 		return 0;
-	if (rec && rec->unrecorded && (rc = catch_up(st, rec, calls_in_slices)) < 0)
+	if ((rc = check_overdue(st)) < 0 ||
+	    (rec && rec->unrecorded && (rc = catch_up(st, rec)) < 0))
 		return rc;
 	if (method == IOMMUD__V1__REQUEST__METHOD_MAP ||
 	    method == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH)
@@ -799,9 +810,22 @@ int state_check_call(struct state *st, const struct call *call, bool calls_in_sl
 	return 0;
 }
 
-void state_compact_if_due(struct state *st, bool calls_in_slices)
+bool state_call_kept(struct state *st, const struct call *call)
 {
-	if (st && !calls_in_slices && record_committed(&st->rec) > st->compact_at)
+	if (!recorded_session(st, call))
+		return false;
+	st->calls_kept++;
+	return true;
+}
+
+void state_call_done(struct state *st)
+{
+	st->calls_kept--;
+}
+
+void state_compact_if_due(struct state *st)
+{
+	if (st && !st->calls_kept && record_committed(&st->rec) > st->compact_at)
 		(void)state_compact(st);
 }
 
