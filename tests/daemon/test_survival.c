@@ -26,11 +26,13 @@
 static const char config[] = "probe-tier = off\n[access]\ndefault = none\n"
 			     "[uid 0]\naccess = write\ndevices = emu*\nmax-domains = 8\n"
 			     "max-mappings = 100000\nmax-pinned = 1G\nmax-leases = 4\n"
-			     "[uid 65534]\naccess = write\n";
-#define WRITER_UID 65534u /* may write, but is no observer */
-#define DEVICES	   "emu0 emu1 emu2 emu3"
-#define FILE_SIZE  (4u << 20)
-#define PAGE	   4096u
+			     "[uid 65534]\naccess = write\n"
+			     "[uid 65533]\naccess = read\nstats = all\n";
+#define WRITER_UID   65534u /* may write, but is no observer */
+#define OBSERVER_UID 65533u /* an observer that may only read */
+#define DEVICES	     "emu0 emu1 emu2 emu3"
+#define FILE_SIZE    (4u << 20)
+#define PAGE	     4096u
 
 static void call_ok(struct iommuctl *c, int rc, const char *what)
 {
@@ -296,8 +298,8 @@ static void reexec_by_request(struct supervisor *sv)
 	iommuctl_close(c);
 }
 
-/* As a writer that is no observer: 0 when refused for that. */
-static int request_reexec_as_writer(void *socket_path)
+/* As a writer that is no observer, or a read-only observer: 0 when refused for that. */
+static int request_reexec_refused(void *socket_path)
 {
 	struct iommuctl *c;
 	int rc;
@@ -331,8 +333,9 @@ static void check_reexec(void (*reexec)(struct supervisor *sv))
 	(void)close(a);
 	(void)close(b);
 	pid = sv.f.pid;
-	/* Only root and observers may ask. */
-	CHECK_EQ(run_as(WRITER_UID, request_reexec_as_writer, sv.f.socket_path), 0);
+	/* Only root and observers allowed to write may ask. */
+	CHECK_EQ(run_as(WRITER_UID, request_reexec_refused, sv.f.socket_path), 0);
+	CHECK_EQ(run_as(OBSERVER_UID, request_reexec_refused, sv.f.socket_path), 0);
 	supervisor_unready(&sv);
 	reexec(&sv);
 	supervisor_wait_ready(&sv);
