@@ -720,7 +720,7 @@ static int catch_up(struct state *st, struct lease_rec *rec)
 	char why[STATUS_MESSAGE_MAX + 1] = "calls are between slices";
 
 	if (!st->calls_kept) {
-		if (state_compact(st) == 0)
+		if (state_compact(st) == 0 && !rec->unrecorded)
 			return 0;
 		(void)snprintf(why, sizeof(why), "%s", failure_message());
 	}

@@ -46,6 +46,7 @@ struct lease_rec {
 	LIST_ENTRY(lease_rec) link;
 	struct session *s;
 	uint32_t id;
+	bool left_out;	 /* by the snapshot last written: it could not be */
 	bool unrecorded; /* a change took effect unrecorded: a snapshot must be written first */
 	bool released;	 /* its ReleaseLease was acknowledged; it ends with its last connection */
 	struct lease_file *files;
