@@ -155,28 +155,53 @@ static int apply_map(struct lease_rec *rec, uint32_t domain_id, uint32_t file_id
 	return rc < 0 ? rc : session_map(rec->s, &e);
 }
 
-/* Every mapping of the run that the backend takes; one failing leaves the others be. */
-static int apply_map_run(struct lease_rec *rec, const Iommud__State__V1__MapRun *r)
+static void map_run_at(const Iommud__State__V1__MapRun *r, size_t i, struct mapping_view *ret)
+{
+	*ret = (struct mapping_view){.iova = r->iova[i],
+				     .length = r->length[i],
+				     .offset = r->offset[i],
+				     .prot = r->prot[i]};
+}
+
+/* Takes back the first n mappings of a run whose batch cannot be rebuilt whole. */
+static void undo_map_run(struct lease_rec *rec, const Iommud__State__V1__MapRun *r, size_t n)
+{
+	uint64_t bytes;
+	uint32_t count;
+
+	for (size_t i = 0; i < n; i++)
+		(void)session_unmap(rec->s, r->domain_id, r->iova[i], r->length[i], &bytes, &count);
+}
+
+/* The mappings of the run that the backend takes. A run of a snapshot gathers unrelated
+ * mappings, and one failing leaves the others be; a run of a later transaction is one
+ * MapBatch, rebuilt whole or not at all. */
+static int apply_map_run(struct lease_rec *rec, const Iommud__State__V1__MapRun *r, bool whole)
 {
 	size_t n = r->n_iova, failed = 0;
 	char why[STATUS_MESSAGE_MAX + 1] = "";
+	struct mapping_view m;
 	uint64_t first_iova = 0;
 	int rc, first = 0;
 
 	if (r->n_file_id != n || r->n_length != n || r->n_offset != n || r->n_prot != n)
 		return fail(-EBADMSG, "a run of mappings has lists of different lengths");
-	for (size_t i = 0; i < n; i++) {
-		rc = apply_map(rec, r->domain_id, r->file_id[i],
-			       &(struct mapping_view){.iova = r->iova[i],
-						      .length = r->length[i],
-						      .offset = r->offset[i],
-						      .prot = r->prot[i]});
+	for (size_t i = 0; i < n && !(whole && failed); i++) {
+		map_run_at(r, i, &m);
+		rc = apply_map(rec, r->domain_id, r->file_id[i], &m);
 		if (rc < 0 && !failed++) {
 			first = rc;
 			first_iova = r->iova[i];
 			(void)snprintf(why, sizeof(why), "%s", failure_message());
+			if (whole)
+				undo_map_run(rec, r, i);
 		}
 	}
+	if (failed && whole)
+		return fail(first,
+			    "the batch of %zu mappings of domain %u, since the one at IOVA "
+			    "0x%llx cannot be rebuilt: %s",
+			    n, r->domain_id, (unsigned long long)first_iova, why);
 	if (failed)
 		return fail(first, "%zu of %zu mappings of domain %u, the first at IOVA 0x%llx: %s",
 			    failed, n, r->domain_id, (unsigned long long)first_iova, why);
@@ -210,7 +235,7 @@ static int apply_last_id(struct lease_rec *rec, const Iommud__State__V1__LastId 
 	return rc < 0 ? fail_kh(rc, "cannot carry the id counter over") : 0;
 }
 
-static int apply_change(struct lease_rec *rec, const Entry *e)
+static int apply_change(struct lease_rec *rec, const Entry *e, bool whole)
 {
 	switch (e->change_case) {
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_BIND:
@@ -224,7 +249,7 @@ static int apply_change(struct lease_rec *rec, const Entry *e)
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_FILE:
 		return apply_file(rec, e->file);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_MAP_RUN:
-		return apply_map_run(rec, e->map_run);
+		return apply_map_run(rec, e->map_run, whole);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_UNMAP:
 		return apply_unmap(rec, e->unmap);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_DIRTY_TRACKING:
@@ -254,7 +279,8 @@ static void end_released(struct lease_rec *rec)
 	session_leave(s);
 }
 
-static void apply_entry(struct state *st, const Entry *e)
+/* whole: the entry is of a transaction written by one call, not of a snapshot. */
+static void apply_entry(struct state *st, const Entry *e, bool whole)
 {
 	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(
 		&iommud__state__v1__entry__descriptor, (unsigned)e->change_case);
@@ -269,7 +295,7 @@ static void apply_entry(struct state *st, const Entry *e)
 		end_released(rec);
 		return;
 	} else
-		rc = apply_change(rec, e);
+		rc = apply_change(rec, e, whole);
 	if (rc < 0)
 		log_err("state record: lease %s: cannot rebuild its %s: %s; left out",
 			rec ? session_lease(rec->s) : e->lease->name, f ? f->name : "entry",
@@ -333,9 +359,10 @@ void state_adopt(struct state *st)
 			st->rec.name, failure_message());
 		return;
 	}
+	/* The first transaction is the snapshot the record was created with. */
 	for (size_t i = 0; i < n; i++)
 		for (size_t j = 0; j < txns[i]->n_entries; j++)
-			apply_entry(st, txns[i]->entries[j]);
+			apply_entry(st, txns[i]->entries[j], i > 0);
 	record_free_transactions(txns, n);
 	finish_leases(st);
 }

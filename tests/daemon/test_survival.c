@@ -1155,3 +1155,68 @@ TEST(empty_store_keeps_no_record)
 	supervisor_stop(&sv);
 	unsetenv("FDSTORE");
 }
+
+/* The supervisor's configuration with its text from changed to to, for the next daemon. */
+static void replace_in_config(const struct supervisor *sv, const char *from, const char *to)
+{
+	char text[4096], *at;
+	size_t n;
+	FILE *conf = fopen(sv->config_path, "r");
+
+	CHECK(conf != NULL);
+	n = fread(text, 1, sizeof(text) - 1, conf);
+	(void)fclose(conf);
+	text[n] = '\0';
+	CHECK((at = strstr(text, from)) != NULL);
+	CHECK((conf = fopen(sv->config_path, "w")) != NULL);
+	(void)fprintf(conf, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+	CHECK(fclose(conf) == 0);
+}
+
+/* A MapBatch that the restarted daemon cannot rebuild whole (its configuration now allows
+ * fewer mappings) is rebuilt not at all; a Map acknowledged before it stays. */
+TEST(batch_replayed_whole_or_not_at_all)
+{
+	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__MapEntry entries[2], *list[2] = {&entries[0], &entries[1]};
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c;
+	uint32_t d;
+	int file = iommuctl_memfd("batch-whole", FILE_SIZE);
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	CHECK_OK(file);
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "batch");
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	(void)map(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, true, 1ull << 32);
+	for (size_t i = 0; i < 2; i++) {
+		iommud__v1__map_entry__init(&entries[i]);
+		entries[i].domain_id = d;
+		entries[i].offset = (i + 1) * PAGE;
+		entries[i].length = PAGE;
+		entries[i].prot = IOMMUCTL_PROT_READ;
+		entries[i].fixed_iova = true;
+		entries[i].iova = (1ull << 32) + (i + 1) * PAGE;
+	}
+	batch.n_entries = 2;
+	batch.entries = list;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	req.map_batch = &batch;
+	call_ok(c, iommuctl_call(c, &req, &file, 1, &resp, NULL, 0, NULL), "map batch");
+	iommuctl_response_free(resp);
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	replace_in_config(&sv, "max-mappings = 100000", "max-mappings = 2");
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "batch");
+	memset(&v, 0, sizeof(v));
+	view_mappings(c, d, &v);
+	CHECK_EQ(v.n_maps, 1);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	(void)close(file);
+}
