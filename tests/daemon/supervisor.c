@@ -111,10 +111,10 @@ static bool read_message(struct supervisor *sv)
 	ssize_t n;
 
 	/* Received and applied in one hold of the lock, so messages apply in the order sent. */
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	n = recvmsg(sv->notify_fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 	if (n < 0) {
-		pthread_mutex_unlock(&sv->lock);
+		(void)pthread_mutex_unlock(&sv->lock);
 		CHECK(errno == EAGAIN || errno == EINTR);
 		return false;
 	}
@@ -125,8 +125,8 @@ static bool read_message(struct supervisor *sv)
 			memcpy(fds, CMSG_DATA(c), n_fds * sizeof(int));
 		}
 	handle_message(sv, text, fds, n_fds);
-	pthread_cond_broadcast(&sv->changed);
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_cond_broadcast(&sv->changed);
+	(void)pthread_mutex_unlock(&sv->lock);
 	return true;
 }
 
@@ -136,9 +136,9 @@ static void *notify_loop(void *arg)
 	struct pollfd p = {.fd = sv->notify_fd, .events = POLLIN};
 
 	for (;;) {
-		pthread_mutex_lock(&sv->lock);
+		(void)pthread_mutex_lock(&sv->lock);
 		bool stop = sv->stopping;
-		pthread_mutex_unlock(&sv->lock);
+		(void)pthread_mutex_unlock(&sv->lock);
 		if (stop)
 			return NULL;
 		if (poll(&p, 1, 20) > 0)
@@ -160,8 +160,8 @@ void supervisor_start(struct supervisor *sv, const char *config, const char *dev
 	CHECK(chmod(sv->f.socket_path, 0666) == 0);
 	CHECK(listen(sv->listen_fd, SOMAXCONN) == 0);
 	sv->notify_fd = bound_socket(notify_path, SOCK_DGRAM);
-	pthread_mutex_init(&sv->lock, NULL);
-	pthread_cond_init(&sv->changed, NULL);
+	(void)pthread_mutex_init(&sv->lock, NULL);
+	(void)pthread_cond_init(&sv->changed, NULL);
 	CHECK(pthread_create(&sv->thread, NULL, notify_loop, sv) == 0);
 	supervisor_spawn(sv);
 }
@@ -202,7 +202,7 @@ void supervisor_launch(struct supervisor *sv)
 	char notify_path[128];
 
 	(void)snprintf(notify_path, sizeof(notify_path), "%s/notify", sv->f.dir);
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	sv->ready = false;
 	sv->f.pid = fork();
 	CHECK(sv->f.pid >= 0);
@@ -219,7 +219,7 @@ void supervisor_launch(struct supervisor *sv)
 		      "--log-level", level, (char *)NULL);
 		_exit(127);
 	}
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 }
 
 /* Waits for READY=1 from the running daemon; called with the lock held. */
@@ -253,16 +253,16 @@ void supervisor_spawn(struct supervisor *sv)
 
 void supervisor_unready(struct supervisor *sv)
 {
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	sv->ready = false;
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 }
 
 void supervisor_wait_ready(struct supervisor *sv)
 {
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	wait_ready(sv);
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 }
 
 void supervisor_kill(struct supervisor *sv)
@@ -278,9 +278,9 @@ void supervisor_kill(struct supervisor *sv)
 
 void supervisor_stop(struct supervisor *sv)
 {
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	sv->stopping = true;
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 	CHECK(pthread_join(sv->thread, NULL) == 0);
 	(void)close(sv->listen_fd);
 	sv->listen_fd = -1;
@@ -291,8 +291,8 @@ void supervisor_stop(struct supervisor *sv)
 	for (size_t i = 0; i < sv->n_store; i++)
 		(void)close(sv->store[i].fd);
 	free(sv->store);
-	pthread_mutex_destroy(&sv->lock);
-	pthread_cond_destroy(&sv->changed);
+	(void)pthread_mutex_destroy(&sv->lock);
+	(void)pthread_cond_destroy(&sv->changed);
 	fixture_stop(&sv->f);
 }
 
@@ -300,10 +300,10 @@ size_t supervisor_stored(struct supervisor *sv, const char *prefix)
 {
 	size_t n = 0;
 
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	for (size_t i = 0; i < sv->n_store; i++)
 		n += strncmp(sv->store[i].name, prefix, strlen(prefix)) == 0;
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 	return n;
 }
 
@@ -311,11 +311,11 @@ int supervisor_stored_fd(struct supervisor *sv, const char *prefix)
 {
 	int fd = -1;
 
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	for (size_t i = 0; i < sv->n_store && fd < 0; i++)
 		if (strncmp(sv->store[i].name, prefix, strlen(prefix)) == 0)
 			fd = sv->store[i].fd;
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 	return fd;
 }
 
