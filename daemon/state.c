@@ -373,7 +373,7 @@ static int sync_binds(struct state *st, struct lease_rec *rec)
 	struct bind_sync b = {.rec = rec};
 
 	(void)session_bound_devices(rec->s, collect_one, &b);
-	if (b.rc == 0)
+	if (b.rc == 0 && b.n)
 		qsort(b.binds, b.n, sizeof(*b.binds), by_dev_id);
 	for (size_t i = 0; i < b.n && b.rc == 0; i++)
 		if ((b.rc = add_bind(st, rec, b.binds[i].name)) == 0)
@@ -724,7 +724,7 @@ static int catch_up(struct state *st, struct lease_rec *rec)
 			return 0;
 		(void)snprintf(why, sizeof(why), "%s", failure_message());
 	}
-	return fail(-EAGAIN,
+	return fail(-EBUSY,
 		    "an earlier change of lease '%s' took effect without being recorded, and "
 		    "the state record could not be rewritten yet (%s); try again later, and see "
 		    "the daemon's log if this persists",
@@ -788,8 +788,8 @@ static int check_overdue(const struct state *st)
 {
 	if (!st->calls_kept || record_committed(&st->rec) / 2 <= st->compact_at)
 		return 0;
-	return fail(-EAGAIN, "the state record is being rewritten once the calls in progress end; "
-			     "try again shortly");
+	return fail(-EBUSY, "the state record is being rewritten once the calls in progress end; "
+			    "try again shortly");
 }
 
 int state_check_call(struct state *st, const struct call *call)

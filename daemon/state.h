@@ -36,7 +36,7 @@ int state_open(struct registry *reg, struct state **ret_state);
  * with a message saying the change is in effect but would not survive a restart; the lease
  * is then marked, and state_check_call holds its next change until a snapshot is written. */
 int state_record_call(struct state *st, const struct call *call);
-/* Before a call that changes a lease: 0, or -EAGAIN while an earlier change of the lease is
+/* Before a call that changes a lease: 0, or -EBUSY while an earlier change of the lease is
  * in effect unrecorded and no snapshot could be written, or while a compaction long overdue
  * waits for the lease calls between slices to end (so that it never waits for ever); -ENOSPC
  * when a Map would need more memory files than the service manager's store takes. */
