@@ -279,6 +279,40 @@ static void end_released(struct lease_rec *rec)
 	session_leave(s);
 }
 
+/* The leases whose release the record holds, which number few: their content is not rebuilt,
+ * since their files left the store at the release. NULL with *n 0 when there are none. */
+static uint32_t *released_leases(Iommud__State__V1__Transaction *const *txns, size_t n,
+				 size_t *ret_n)
+{
+	uint32_t *ids = NULL, *grown;
+	size_t count = 0;
+
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < txns[i]->n_entries; j++) {
+			if (txns[i]->entries[j]->change_case !=
+			    IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE)
+				continue;
+			/* Without memory the content is rebuilt and ends with the lease. */
+			if (!(grown = realloc(ids, (count + 1) * sizeof(*ids))))
+				break;
+			ids = grown;
+			ids[count++] = entry_lease_id(txns[i]->entries[j]);
+		}
+	*ret_n = count;
+	return ids;
+}
+
+static bool is_released(const uint32_t *ids, size_t n, const Entry *e)
+{
+	if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_LEASE ||
+	    e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (ids[i] == entry_lease_id(e))
+			return true;
+	return false;
+}
+
 /* whole: the entry is of a transaction written by one call, not of a snapshot. */
 static void apply_entry(struct state *st, const Entry *e, bool whole)
 {
@@ -345,7 +379,8 @@ static int claim_record(struct state *st)
 void state_adopt(struct state *st)
 {
 	Iommud__State__V1__Transaction **txns;
-	size_t n;
+	size_t n, n_released;
+	uint32_t *released;
 	int rc;
 
 	st->rec.fd = claim_record(st);
@@ -359,10 +394,13 @@ void state_adopt(struct state *st)
 			st->rec.name, failure_message());
 		return;
 	}
+	released = released_leases(txns, n, &n_released);
 	/* The first transaction is the snapshot the record was created with. */
 	for (size_t i = 0; i < n; i++)
 		for (size_t j = 0; j < txns[i]->n_entries; j++)
-			apply_entry(st, txns[i]->entries[j], i > 0);
+			if (!is_released(released, n_released, txns[i]->entries[j]))
+				apply_entry(st, txns[i]->entries[j], i > 0);
+	free(released);
 	record_free_transactions(txns, n);
 	finish_leases(st);
 }
