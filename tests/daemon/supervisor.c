@@ -119,6 +119,8 @@ static bool read_message(struct supervisor *sv)
 		return false;
 	}
 	text[n] = '\0';
+	/* More descriptors than fit would be dropped in silence, hiding a daemon's mistake. */
+	CHECK(!(msg.msg_flags & MSG_CTRUNC));
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
 			n_fds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
