@@ -461,6 +461,8 @@ static int run_method(struct call *call, const struct method *m)
 
 	if (m->session && !c->session)
 		rc = session_join(c->tenant, NULL, &c->session);
+	if (rc == 0 && m->mutates)
+		rc = state_check_call(call->d->state, call);
 	if (rc == 0)
 		rc = m->handle(call);
 	if (rc == 0 || !m->once)
@@ -622,6 +624,7 @@ struct kept_call {
 	struct call call;
 	Iommud__V1__Response resp;
 	int fds[IOMMUD_MAX_FDS];
+	bool of_lease; /* counted by the state: it holds compaction back */
 };
 
 /* The call moved off the dispatcher's stack to be resumed; NULL when out of memory. */
@@ -639,12 +642,15 @@ static struct call *keep_call(const struct call *call)
 	/* The packet is the server's buffer, read again by the next request. */
 	k->call.packet = NULL;
 	k->call.packet_len = 0;
+	k->of_lease = state_call_kept(call->d->state, call);
 	call->d->calls_kept++;
 	return &k->call;
 }
 
 static void free_call(struct call *call)
 {
+	if (((struct kept_call *)((char *)call - offsetof(struct kept_call, call)))->of_lease)
+		state_call_done(call->d->state);
 	call->d->calls_kept--;
 	call_end(call);
 	iommud__v1__request__free_unpacked((Iommud__V1__Request *)call->req, NULL);
@@ -691,7 +697,7 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
 		free_call(call);
 	else
 		call_end(call);
-	state_compact_if_due(d->state, d->calls_kept > 0);
+	state_compact_if_due(d->state);
 	return out_len;
 }
 

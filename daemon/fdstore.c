@@ -30,6 +30,23 @@ bool fdstore_available(void)
 	return socket && socket[0];
 }
 
+size_t fdstore_max(bool *ret_exported)
+{
+	const char *max = getenv("FDSTORE");
+	char *end;
+	unsigned long n;
+
+	*ret_exported = false;
+	if (!max || !max[0])
+		return FDSTORE_UNIT_MAX;
+	errno = 0;
+	n = strtoul(max, &end, 10);
+	if (errno || *end)
+		return FDSTORE_UNIT_MAX;
+	*ret_exported = true;
+	return n;
+}
+
 int fdstore_add(const char *name, int fd)
 {
 	char text[64 + 256];

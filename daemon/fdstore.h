@@ -21,6 +21,11 @@
 
 /* Whether a service manager listens (NOTIFY_SOCKET): without one nothing can be kept. */
 bool fdstore_available(void);
+/* How many descriptors the manager keeps for the daemon: $FDSTORE, which systemd 254 and later
+ * export, else FDSTORE_UNIT_MAX, the FileDescriptorStoreMax= of the unit installed with the
+ * daemon (systemd 252 says nothing, and refuses a descriptor past its maximum silently). */
+#define FDSTORE_UNIT_MAX 16384
+size_t fdstore_max(bool *ret_exported);
 /* Hands the manager a copy of fd to keep under name (printable ASCII without ':', at most 255
  * characters); 0 or a negative errno. */
 int fdstore_add(const char *name, int fd);

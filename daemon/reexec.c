@@ -55,25 +55,47 @@ static int pass(const char *name, int fd, void *arg)
 	return 0;
 }
 
+/* Moves each descriptor above every target, so that no dup2 overwrites one not yet moved:
+ * high[i] is p->fds[i]'s copy; on failure the copies made are closed. */
+static int lift(const struct passed *p, int *high)
+{
+	for (size_t i = 0; i < p->n; i++) {
+		high[i] = fcntl(p->fds[i], F_DUPFD_CLOEXEC, (int)(3 + p->n));
+		if (high[i] < 0) {
+			int err = errno;
+
+			while (i--)
+				(void)close(high[i]);
+			return fail(-err, "cannot move descriptor %d: %s", p->fds[i],
+				    strerror(err));
+		}
+	}
+	return 0;
+}
+
 /* Moves the descriptors to 3, 4, ... (the only ones left open across execve) and says so in
  * the environment. */
 static int place(const struct passed *p)
 {
 	char count[24], pid[24];
-	int *high = calloc(p->n, sizeof(int));
+	int *high = calloc(p->n, sizeof(int)), rc;
 
 	if (!high)
 		return fail(-ENOMEM, "out of memory placing the descriptors to keep");
-	/* Above every target first, so that no dup2 overwrites one not yet moved. */
-	for (size_t i = 0; i < p->n; i++)
-		if ((high[i] = fcntl(p->fds[i], F_DUPFD_CLOEXEC, (int)(3 + p->n))) < 0)
-			return fail(-errno, "cannot move descriptor %d: %s", p->fds[i],
-				    strerror(errno));
-	for (size_t i = 0; i < p->n; i++)
+	if ((rc = lift(p, high)) < 0) {
+		free(high);
+		return rc;
+	}
+	for (size_t i = 0; i < p->n && rc == 0; i++)
 		if (dup2(high[i], 3 + (int)i) < 0)
-			return fail(-errno, "cannot move descriptor %d: %s", p->fds[i],
-				    strerror(errno));
+			rc = fail(-errno, "cannot move descriptor %d: %s", p->fds[i],
+				  strerror(errno));
+	/* The copies at 3, 4, ... are what execve keeps (dup2 clears close-on-exec there). */
+	for (size_t i = 0; i < p->n; i++)
+		(void)close(high[i]);
 	free(high);
+	if (rc < 0)
+		return rc;
 	(void)snprintf(count, sizeof(count), "%zu", p->n);
 	(void)snprintf(pid, sizeof(pid), "%d", (int)getpid());
 	if (setenv("LISTEN_FDS", count, 1) < 0 || setenv("LISTEN_PID", pid, 1) < 0 ||

@@ -135,6 +135,19 @@ int lease_add_file(struct lease_rec *rec, uint32_t id, dev_t dev, ino_t ino, boo
 	return 0;
 }
 
+int lease_store_file(const struct lease_rec *rec, struct lease_file *lf)
+{
+	char name[LEASE_FILE_NAME];
+	int rc;
+
+	if (lf->stored)
+		return 0;
+	lease_file_name(rec, lf->id, name);
+	rc = fdstore_add(name, lf->fd);
+	lf->stored = rc == 0;
+	return rc;
+}
+
 struct lease_file *lease_file_find(struct lease_rec *rec, dev_t dev, ino_t ino, bool writable)
 {
 	for (size_t i = 0; i < rec->n_files; i++)
@@ -315,31 +328,58 @@ int add_bind(struct state *st, struct lease_rec *rec, const char *device)
 	return 0;
 }
 
+/* A bound device the record does not hold yet, with the id it was bound under. */
+struct unrecorded_bind {
+	const char *name;
+	uint32_t dev_id;
+};
+
 struct bind_sync {
-	struct state *st;
 	struct lease_rec *rec;
+	struct unrecorded_bind *binds;
+	size_t n, cap;
 	int rc;
 };
 
-static int sync_one(const char *name, uint32_t domain_id, void *arg)
+static int collect_one(const char *name, uint32_t domain_id, void *arg)
 {
 	struct bind_sync *b = arg;
+	struct unrecorded_bind *u;
 
 	(void)domain_id;
 	if (lease_has_device(b->rec, name))
 		return 0;
-	if ((b->rc = add_bind(b->st, b->rec, name)) == 0)
-		b->rc = lease_add_device(b->rec, name);
-	return b->rc;
+	if ((b->rc = grow((void **)&b->binds, &b->cap, b->n, sizeof(*b->binds))) < 0)
+		return b->rc;
+	u = &b->binds[b->n];
+	if ((b->rc = session_device(b->rec->s, name, false, &u->dev_id)) < 0)
+		return b->rc;
+	u->name = name;
+	b->n++;
+	return 0;
+}
+
+static int by_dev_id(const void *a, const void *b)
+{
+	const struct unrecorded_bind *x = a, *y = b;
+
+	return x->dev_id < y->dev_id ? -1 : x->dev_id > y->dev_id;
 }
 
 /* Records the devices bound since the last call: a bind happens inside the calls that need
- * a device (AllocDomain, AttachDevice, OpenDevice) and is kept even where the call failed. */
+ * a device (AllocDomain, AttachDevice, OpenDevice) and is kept even where the call failed.
+ * In the order of their ids, since the replay gives ids in increasing order only. */
 static int sync_binds(struct state *st, struct lease_rec *rec)
 {
-	struct bind_sync b = {st, rec, 0};
+	struct bind_sync b = {.rec = rec};
 
-	(void)session_bound_devices(rec->s, sync_one, &b);
+	(void)session_bound_devices(rec->s, collect_one, &b);
+	if (b.rc == 0 && b.n)
+		qsort(b.binds, b.n, sizeof(*b.binds), by_dev_id);
+	for (size_t i = 0; i < b.n && b.rc == 0; i++)
+		if ((b.rc = add_bind(st, rec, b.binds[i].name)) == 0)
+			b.rc = lease_add_device(rec, b.binds[i].name);
+	free(b.binds);
 	return b.rc;
 }
 
@@ -427,7 +467,7 @@ int add_file(struct state *st, struct lease_rec *rec, const struct lease_file *l
 static int keep_file(struct state *st, struct lease_rec *rec, int fd, const struct map_file *mf,
 		     struct lease_file **ret_file)
 {
-	char path[64], name[LEASE_FILE_NAME];
+	char path[64];
 	bool writable = mf->access_mode == O_RDWR;
 	int own, rc;
 
@@ -436,15 +476,15 @@ static int keep_file(struct state *st, struct lease_rec *rec, int fd, const stru
 	if (own < 0)
 		return fail(-errno, "cannot reopen the memory file to keep it: %s",
 			    strerror(errno));
-	lease_file_name(rec, rec->last_file_id + 1, name);
-	if ((rc = fdstore_add(name, own)) < 0 ||
-	    (rc = lease_add_file(rec, rec->last_file_id + 1, mf->dev, mf->ino, writable, own)) <
-		    0) {
-		fdstore_remove(name);
+	rc = lease_add_file(rec, rec->last_file_id + 1, mf->dev, mf->ino, writable, own);
+	if (rc < 0) {
 		(void)close(own);
 		return rc;
 	}
 	*ret_file = &rec->files[rec->n_files - 1];
+	/* Kept unstored on failure: the snapshot that must follow stores it again. */
+	if ((rc = lease_store_file(rec, *ret_file)) < 0)
+		return rc;
 	return add_file(st, rec, *ret_file);
 }
 
@@ -579,7 +619,7 @@ int add_dirty(struct state *st, struct lease_rec *rec, uint32_t domain_id, bool 
 	return 0;
 }
 
-static int record_release(struct state *st, struct lease_rec *rec)
+int add_release(struct state *st, struct lease_rec *rec)
 {
 	Iommud__State__V1__ReleaseLease *r =
 		txn_add(st, IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE);
@@ -587,6 +627,8 @@ static int record_release(struct state *st, struct lease_rec *rec)
 	if (!r)
 		return fail(-ENOMEM, "out of memory for the state record");
 	r->lease_id = rec->id;
+	/* The lease lives on till its last connection goes; a snapshot until then says so. */
+	rec->released = true;
 	return 0;
 }
 
@@ -621,19 +663,42 @@ static int record_method(struct state *st, struct lease_rec *rec, const struct c
 		return add_dirty(st, rec, q->set_dirty_tracking->domain_id,
 				 q->set_dirty_tracking->enable);
 	case IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE:
-		return record_release(st, rec);
+		return add_release(st, rec);
 	default: /* changes nothing a lease keeps */
 		return 0;
 	}
 }
 
-int state_record_call(struct state *st, const struct call *call)
+/* The lease of the call's session, if it is a named one the state records. */
+static struct session *recorded_session(const struct state *st, const struct call *call)
 {
 	struct session *s = call->client ? call->client->session : NULL;
+
+	return st && s && session_lease(s)[0] ? s : NULL;
+}
+
+/* The change is in the session and the kernel already, and the lease_rec mirrors it: the
+ * next snapshot writes it, and until one is written the lease changes nothing more. */
+static int unrecorded(struct lease_rec *rec, int rc)
+{
+	char why[STATUS_MESSAGE_MAX + 1];
+
+	rec->unrecorded = true;
+	(void)snprintf(why, sizeof(why), "%s", failure_message());
+	return fail(rc,
+		    "the change took effect, but it could not be recorded (%s), so it would not "
+		    "survive a restart of the daemon; further changes of lease '%s' are refused "
+		    "until the state record is rewritten, which is tried again at each call",
+		    why, session_lease(rec->s));
+}
+
+int state_record_call(struct state *st, const struct call *call)
+{
+	struct session *s = recorded_session(st, call);
 	struct lease_rec *rec;
 	int rc = 0;
 
-	if (!st || !s || !session_lease(s)[0])
+	if (!s)
 		return 0;
 	st->n_boxes = 0;
 	rec = lease_find(st, s);
@@ -647,12 +712,121 @@ int state_record_call(struct state *st, const struct call *call)
 	if (rc == 0)
 		rc = txn_commit(st);
 	st->n_boxes = 0;
-	return rc;
+	return rc < 0 ? unrecorded(rec, rc) : 0;
 }
 
-void state_compact_if_due(struct state *st, bool calls_in_slices)
+/* A snapshot before the lease changes more, since its last change is in effect unrecorded. */
+static int catch_up(struct state *st, struct lease_rec *rec)
 {
-	if (st && !calls_in_slices && record_committed(&st->rec) > st->compact_at)
+	char why[STATUS_MESSAGE_MAX + 1] = "calls are between slices";
+
+	if (!st->calls_kept) {
+		if (state_compact(st) == 0 && !rec->unrecorded)
+			return 0;
+		(void)snprintf(why, sizeof(why), "%s", failure_message());
+	}
+	return fail(-EBUSY,
+		    "an earlier change of lease '%s' took effect without being recorded, and "
+		    "the state record could not be rewritten yet (%s); try again later, and see "
+		    "the daemon's log if this persists",
+		    session_lease(rec->s), why);
+}
+
+/* Descriptors the state keeps in the store: its record and the leases' memory files. */
+static size_t stored_count(const struct state *st)
+{
+	const struct lease_rec *rec;
+	size_t n = 1;
+
+	LIST_FOREACH (rec, &st->leases, link)
+		n += rec->n_files;
+	return n;
+}
+
+/* How many distinct memory files of the call the lease (NULL: not recorded yet) keeps not. */
+static size_t new_files(struct lease_rec *rec, const struct call *call)
+{
+	struct map_file seen[IOMMUD_MAX_FDS];
+	size_t n = 0, j;
+
+	for (size_t i = 0; i < call->n_fds; i++) {
+		struct map_file *mf = &seen[n];
+
+		/* A file the map handler refuses needs no room; it says why. */
+		if (session_check_file(call->fds[i], mf) < 0 ||
+		    (rec && lease_file_find(rec, mf->dev, mf->ino, mf->access_mode == O_RDWR)))
+			continue;
+		for (j = 0; j < n; j++)
+			if (seen[j].dev == mf->dev && seen[j].ino == mf->ino &&
+			    seen[j].access_mode == mf->access_mode)
+				break;
+		n += j == n;
+	}
+	return n;
+}
+
+/* Room in the store for the memory files a Map would keep, one slot left for the record's
+ * rewriting: past it, the manager would refuse in silence, and the next compaction would
+ * lose the record. */
+static int check_store_room(struct state *st, struct lease_rec *rec, const struct call *call)
+{
+	size_t need = new_files(rec, call), held = stored_count(st);
+
+	if (!need || held + need + 1 <= st->store_max)
+		return 0;
+	return fail(-ENOSPC,
+		    "mapping needs %zu more memory file(s) kept in the service manager's "
+		    "descriptor store, which holds %zu of the %zu it takes (one kept free to "
+		    "rewrite the state record); map from memory files the lease maps already, "
+		    "or unmap others first; an administrator can raise FileDescriptorStoreMax= "
+		    "of iommud.service",
+		    need, held, st->store_max);
+}
+
+/* A compaction held back by lease calls between slices so long that the record has grown
+ * twice past its due size: no new lease change starts until they end and it is written. */
+static int check_overdue(const struct state *st)
+{
+	if (!st->calls_kept || record_committed(&st->rec) / 2 <= st->compact_at)
+		return 0;
+	return fail(-EBUSY, "the state record is being rewritten once the calls in progress end; "
+			    "try again shortly");
+}
+
+int state_check_call(struct state *st, const struct call *call)
+{
+	struct session *s = recorded_session(st, call);
+	struct lease_rec *rec = s ? lease_find(st, s) : NULL;
+	Iommud__V1__Request__MethodCase method = call->req->method_case;
+	int rc;
+
+	if (!s)
+		return 0;
+	if ((rc = check_overdue(st)) < 0 ||
+	    (rec && rec->unrecorded && (rc = catch_up(st, rec)) < 0))
+		return rc;
+	if (method == IOMMUD__V1__REQUEST__METHOD_MAP ||
+	    method == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH)
+		return check_store_room(st, rec, call);
+	return 0;
+}
+
+bool state_call_kept(struct state *st, const struct call *call)
+{
+	if (!recorded_session(st, call))
+		return false;
+	st->calls_kept++;
+	return true;
+}
+
+void state_call_done(struct state *st)
+{
+	st->calls_kept--;
+}
+
+void state_compact_if_due(struct state *st)
+{
+	if (st && !st->calls_kept && record_committed(&st->rec) > st->compact_at)
 		(void)state_compact(st);
 }
 
@@ -704,13 +878,34 @@ void state_close(struct state *st)
 	state_free(st, false);
 }
 
+/* How many descriptors the store takes, said once; 0 when too few to keep a record: two
+ * records overlap while one is rewritten. */
+static size_t store_size(void)
+{
+	bool exported;
+	size_t max = fdstore_max(&exported);
+
+	if (!exported)
+		log_notice("the service manager does not say how many descriptors it keeps "
+			   "($FDSTORE, systemd 254 and later); the daemon assumes the unit's "
+			   "FileDescriptorStoreMax=%d",
+			   FDSTORE_UNIT_MAX);
+	else if (max < 2)
+		log_warning("the service manager keeps %zu descriptors for the daemon ($FDSTORE; "
+			    "FileDescriptorStoreMax= of its unit), and a state record needs 2: "
+			    "no record is kept, and named leases will not survive a restart",
+			    max);
+	return max < 2 ? 0 : max;
+}
+
 int state_open(struct registry *reg, struct state **ret_state)
 {
 	struct state *st;
+	size_t store_max;
 	int rc;
 
 	*ret_state = NULL;
-	if (!fdstore_available()) {
+	if (!fdstore_available() || !(store_max = store_size())) {
 		fdstore_drop_strays();
 		return 0;
 	}
@@ -718,6 +913,7 @@ int state_open(struct registry *reg, struct state **ret_state)
 	if (!st)
 		return fail(-ENOMEM, "out of memory for the state record");
 	st->reg = reg;
+	st->store_max = store_max;
 	st->rec.fd = -1;
 	LIST_INIT(&st->leases);
 	registry_on_session_end(reg, SESSION_END_STATE, lease_end, st);

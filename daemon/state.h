@@ -32,13 +32,23 @@ struct state;
  * claimed before. A negative errno only when no record could be stored. */
 int state_open(struct registry *reg, struct state **ret_state);
 /* Records what an acknowledged call on a lease changed, before its reply goes; nothing for
- * anonymous sessions or a NULL state. A negative errno when the record could not be written:
- * the change is in effect but would not survive a restart. */
+ * anonymous sessions or a NULL state. A negative errno when the record could not be written,
+ * with a message saying the change is in effect but would not survive a restart; the lease
+ * is then marked, and state_check_call holds its next change until a snapshot is written. */
 int state_record_call(struct state *st, const struct call *call);
-/* Rewrites the record as one snapshot once its transactions have outgrown the last one; not
- * while calls are between slices, since what such a call has mapped so far is not acknowledged
- * and a snapshot would record it. */
-void state_compact_if_due(struct state *st, bool calls_in_slices);
+/* Before a call that changes a lease: 0, or -EBUSY while an earlier change of the lease is
+ * in effect unrecorded and no snapshot could be written, or while a compaction long overdue
+ * waits for the lease calls between slices to end (so that it never waits for ever); -ENOSPC
+ * when a Map would need more memory files than the service manager's store takes. */
+int state_check_call(struct state *st, const struct call *call);
+/* A call kept between slices: counted when its session is a lease, since what such a call has
+ * mapped so far is not acknowledged and a snapshot would record it; true when counted, and
+ * then state_call_done follows when it ends. Calls of anonymous sessions hold nothing back. */
+bool state_call_kept(struct state *st, const struct call *call);
+void state_call_done(struct state *st);
+/* Rewrites the record as one snapshot once its transactions have outgrown the last one, and
+ * no lease's call is between slices. */
+void state_compact_if_due(struct state *st);
 /* Calls visit with each descriptor the state keeps in the store and its name there (the
  * record, the leases' memory files), for a re-execution to pass them on; stops at the first
  * negative return. */

@@ -34,6 +34,12 @@ static int apply_lease(struct state *st, const Iommud__State__V1__Lease *l)
 	tenant_put(t);
 	if (rc < 0)
 		return rc;
+	/* Two lease numbers on one session would each end it; the first one keeps it. */
+	if (lease_find(st, s)) {
+		session_leave(s);
+		return fail(-EEXIST, "lease '%s' is recorded twice, as number %u too", l->name,
+			    l->lease_id);
+	}
 	if (!lease_add(st, s, l->lease_id)) {
 		session_leave(s);
 		return fail(-ENOMEM, "out of memory for the state record");
@@ -121,9 +127,12 @@ static int apply_file(struct lease_rec *rec, const Iommud__State__V1__File *f)
 		return fail(-ESTALE, "'%s' in the store is not the file the record names", name);
 	}
 	rc = lease_add_file(rec, f->file_id, (dev_t)f->dev, (ino_t)f->ino, f->writable, fd);
-	if (rc < 0)
+	if (rc < 0) {
 		(void)close(fd);
-	return rc;
+		return rc;
+	}
+	rec->files[rec->n_files - 1].stored = true;
+	return 0;
 }
 
 static int apply_map(struct lease_rec *rec, uint32_t domain_id, uint32_t file_id,
@@ -146,28 +155,53 @@ static int apply_map(struct lease_rec *rec, uint32_t domain_id, uint32_t file_id
 	return rc < 0 ? rc : session_map(rec->s, &e);
 }
 
-/* Every mapping of the run that the backend takes; one failing leaves the others be. */
-static int apply_map_run(struct lease_rec *rec, const Iommud__State__V1__MapRun *r)
+static void map_run_at(const Iommud__State__V1__MapRun *r, size_t i, struct mapping_view *ret)
+{
+	*ret = (struct mapping_view){.iova = r->iova[i],
+				     .length = r->length[i],
+				     .offset = r->offset[i],
+				     .prot = r->prot[i]};
+}
+
+/* Takes back the first n mappings of a run whose batch cannot be rebuilt whole. */
+static void undo_map_run(struct lease_rec *rec, const Iommud__State__V1__MapRun *r, size_t n)
+{
+	uint64_t bytes;
+	uint32_t count;
+
+	for (size_t i = 0; i < n; i++)
+		(void)session_unmap(rec->s, r->domain_id, r->iova[i], r->length[i], &bytes, &count);
+}
+
+/* The mappings of the run that the backend takes. A run of a snapshot gathers unrelated
+ * mappings, and one failing leaves the others be; a run of a later transaction is one
+ * MapBatch, rebuilt whole or not at all. */
+static int apply_map_run(struct lease_rec *rec, const Iommud__State__V1__MapRun *r, bool whole)
 {
 	size_t n = r->n_iova, failed = 0;
 	char why[STATUS_MESSAGE_MAX + 1] = "";
+	struct mapping_view m;
 	uint64_t first_iova = 0;
 	int rc, first = 0;
 
 	if (r->n_file_id != n || r->n_length != n || r->n_offset != n || r->n_prot != n)
 		return fail(-EBADMSG, "a run of mappings has lists of different lengths");
-	for (size_t i = 0; i < n; i++) {
-		rc = apply_map(rec, r->domain_id, r->file_id[i],
-			       &(struct mapping_view){.iova = r->iova[i],
-						      .length = r->length[i],
-						      .offset = r->offset[i],
-						      .prot = r->prot[i]});
+	for (size_t i = 0; i < n && !(whole && failed); i++) {
+		map_run_at(r, i, &m);
+		rc = apply_map(rec, r->domain_id, r->file_id[i], &m);
 		if (rc < 0 && !failed++) {
 			first = rc;
 			first_iova = r->iova[i];
 			(void)snprintf(why, sizeof(why), "%s", failure_message());
+			if (whole)
+				undo_map_run(rec, r, i);
 		}
 	}
+	if (failed && whole)
+		return fail(first,
+			    "the batch of %zu mappings of domain %u, since the one at IOVA "
+			    "0x%llx cannot be rebuilt: %s",
+			    n, r->domain_id, (unsigned long long)first_iova, why);
 	if (failed)
 		return fail(first, "%zu of %zu mappings of domain %u, the first at IOVA 0x%llx: %s",
 			    failed, n, r->domain_id, (unsigned long long)first_iova, why);
@@ -201,7 +235,7 @@ static int apply_last_id(struct lease_rec *rec, const Iommud__State__V1__LastId 
 	return rc < 0 ? fail_kh(rc, "cannot carry the id counter over") : 0;
 }
 
-static int apply_change(struct lease_rec *rec, const Entry *e)
+static int apply_change(struct lease_rec *rec, const Entry *e, bool whole)
 {
 	switch (e->change_case) {
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_BIND:
@@ -215,14 +249,11 @@ static int apply_change(struct lease_rec *rec, const Entry *e)
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_FILE:
 		return apply_file(rec, e->file);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_MAP_RUN:
-		return apply_map_run(rec, e->map_run);
+		return apply_map_run(rec, e->map_run, whole);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_UNMAP:
 		return apply_unmap(rec, e->unmap);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_DIRTY_TRACKING:
 		return apply_dirty(rec, e->dirty_tracking);
-	case IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE:
-		rec->released = true;
-		return 0;
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_LAST_ID:
 		return apply_last_id(rec, e->last_id);
 	default:
@@ -236,7 +267,54 @@ static uint32_t entry_lease_id(const Entry *e)
 	return e->lease ? e->lease->lease_id : 0;
 }
 
-static void apply_entry(struct state *st, const Entry *e)
+/* A release acknowledged before the restart ends the lease at its entry, so that a later
+ * lease made under the same name is a session of its own. Ending it frees rec. */
+static void end_released(struct lease_rec *rec)
+{
+	struct session *s = rec->s;
+
+	log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_LEASE", session_lease(s)}),
+		   "lease '{IOMMUD_LEASE}' was released before the restart; it ends now");
+	(void)session_release_lease(s);
+	session_leave(s);
+}
+
+/* The leases whose release the record holds, which number few: their content is not rebuilt,
+ * since their files left the store at the release. NULL with *n 0 when there are none. */
+static uint32_t *released_leases(Iommud__State__V1__Transaction *const *txns, size_t n,
+				 size_t *ret_n)
+{
+	uint32_t *ids = NULL, *grown;
+	size_t count = 0;
+
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < txns[i]->n_entries; j++) {
+			if (txns[i]->entries[j]->change_case !=
+			    IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE)
+				continue;
+			/* Without memory the content is rebuilt and ends with the lease. */
+			if (!(grown = realloc(ids, (count + 1) * sizeof(*ids))))
+				break;
+			ids = grown;
+			ids[count++] = entry_lease_id(txns[i]->entries[j]);
+		}
+	*ret_n = count;
+	return ids;
+}
+
+static bool is_released(const uint32_t *ids, size_t n, const Entry *e)
+{
+	if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_LEASE ||
+	    e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (ids[i] == entry_lease_id(e))
+			return true;
+	return false;
+}
+
+/* whole: the entry is of a transaction written by one call, not of a snapshot. */
+static void apply_entry(struct state *st, const Entry *e, bool whole)
 {
 	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(
 		&iommud__state__v1__entry__descriptor, (unsigned)e->change_case);
@@ -246,32 +324,27 @@ static void apply_entry(struct state *st, const Entry *e)
 	if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_LEASE)
 		rc = apply_lease(st, e->lease);
 	else if (!(rec = lease_by_id(st, entry_lease_id(e))))
-		return; /* its lease could not be rebuilt, which was said */
-	else
-		rc = apply_change(rec, e);
+		return; /* its lease could not be rebuilt (which was said) or has ended */
+	else if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE) {
+		end_released(rec);
+		return;
+	} else
+		rc = apply_change(rec, e, whole);
 	if (rc < 0)
 		log_err("state record: lease %s: cannot rebuild its %s: %s; left out",
 			rec ? session_lease(rec->s) : e->lease->name, f ? f->name : "entry",
 			failure_message());
 }
 
-/* The replay's references go: a lease whose release was acknowledged ends now. */
+/* The replay's references go; the leases live on in the registry. */
 static void finish_leases(struct state *st)
 {
-	struct lease_rec *rec, *next;
-	struct session *s;
+	struct lease_rec *rec;
 
-	for (rec = LIST_FIRST(&st->leases); rec; rec = next) {
-		next = LIST_NEXT(rec, link);
-		s = rec->s;
-		if (rec->released)
-			(void)session_release_lease(s);
-		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_LEASE", session_lease(s)}),
-			   rec->released
-				   ? "lease '{IOMMUD_LEASE}' was released before the restart; "
-				     "it ends now"
-				   : "lease '{IOMMUD_LEASE}' adopted from the state record");
-		session_leave(s);
+	LIST_FOREACH (rec, &st->leases, link) {
+		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
+			   "lease '{IOMMUD_LEASE}' adopted from the state record");
+		session_leave(rec->s);
 	}
 }
 
@@ -306,7 +379,8 @@ static int claim_record(struct state *st)
 void state_adopt(struct state *st)
 {
 	Iommud__State__V1__Transaction **txns;
-	size_t n;
+	size_t n, n_released;
+	uint32_t *released;
 	int rc;
 
 	st->rec.fd = claim_record(st);
@@ -320,9 +394,13 @@ void state_adopt(struct state *st)
 			st->rec.name, failure_message());
 		return;
 	}
+	released = released_leases(txns, n, &n_released);
+	/* The first transaction is the snapshot the record was created with. */
 	for (size_t i = 0; i < n; i++)
 		for (size_t j = 0; j < txns[i]->n_entries; j++)
-			apply_entry(st, txns[i]->entries[j]);
+			if (!is_released(released, n_released, txns[i]->entries[j]))
+				apply_entry(st, txns[i]->entries[j], i > 0);
+	free(released);
 	record_free_transactions(txns, n);
 	finish_leases(st);
 }

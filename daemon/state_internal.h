@@ -30,7 +30,8 @@ struct lease_file {
 	ino_t ino;
 	bool writable;
 	int fd;
-	bool used; /* by a mapping: the snapshot being written keeps it */
+	bool used;   /* by a mapping: the snapshot being written keeps it */
+	bool stored; /* in the store; false after a refused FDSTORE, until a snapshot retries */
 };
 
 struct lease_domain {
@@ -45,7 +46,9 @@ struct lease_rec {
 	LIST_ENTRY(lease_rec) link;
 	struct session *s;
 	uint32_t id;
-	bool released; /* while rebuilding: its ReleaseLease was acknowledged */
+	bool left_out;	 /* by the snapshot last written: it could not be */
+	bool unrecorded; /* a change took effect unrecorded: a snapshot must be written first */
+	bool released;	 /* its ReleaseLease was acknowledged; it ends with its last connection */
 	struct lease_file *files;
 	size_t n_files, cap_files;
 	uint32_t last_file_id;
@@ -61,6 +64,8 @@ struct state {
 	struct registry *reg;
 	struct record rec;
 	uint64_t compact_at; /* committed bytes past which the record is rewritten */
+	size_t store_max;    /* descriptors the manager keeps for the daemon */
+	unsigned calls_kept; /* of leases, between slices: no snapshot meanwhile */
 	LIST_HEAD(, lease_rec) leases;
 	uint32_t last_lease_id;
 	struct entry_box **boxes; /* the transaction being built, reused */
@@ -72,6 +77,8 @@ struct lease_rec *lease_by_id(struct state *st, uint32_t id);
 struct lease_rec *lease_add(struct state *st, struct session *s, uint32_t id);
 void lease_file_name(const struct lease_rec *rec, uint32_t file_id, char name[LEASE_FILE_NAME]);
 int lease_add_file(struct lease_rec *rec, uint32_t id, dev_t dev, ino_t ino, bool writable, int fd);
+/* Hands the file to the store unless it is there already. */
+int lease_store_file(const struct lease_rec *rec, struct lease_file *lf);
 struct lease_file *lease_file_find(struct lease_rec *rec, dev_t dev, ino_t ino, bool writable);
 struct lease_file *lease_file_by_id(struct lease_rec *rec, uint32_t id);
 void lease_drop_unused_files(struct lease_rec *rec);
@@ -94,6 +101,7 @@ int add_file(struct state *st, struct lease_rec *rec, const struct lease_file *l
 int add_map(struct state *st, struct lease_rec *rec, uint32_t domain_id, uint32_t file_id,
 	    const struct mapping_view *m);
 int add_dirty(struct state *st, struct lease_rec *rec, uint32_t domain_id, bool enable);
+int add_release(struct state *st, struct lease_rec *rec);
 
 /* Rebuilds the leases of the record the store handed back, if any; a record it refuses is
  * said and dropped (state_adopt.c). */

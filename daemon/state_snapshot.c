@@ -91,7 +91,7 @@ static int snapshot_mapping(struct state *st, struct lease_rec *rec, uint32_t do
 			    session_lease(rec->s), (unsigned long long)m->iova, domain_id);
 		return 0;
 	}
-	if (!lf->used)
+	if (!lf->used && (rc = lease_store_file(rec, lf)) == 0)
 		rc = add_file(st, rec, lf);
 	lf->used = true;
 	return rc < 0 ? rc : add_map(st, rec, domain_id, lf->id, m);
@@ -122,6 +122,9 @@ static int snapshot_lease(struct state *st, struct lease_rec *rec, struct mappin
 
 	for (size_t i = 0; i < rec->n_files; i++)
 		rec->files[i].used = false;
+	/* Its content would end with it at the replay: the release alone is what stays true. */
+	if (rc == 0 && rec->released)
+		return add_release(st, rec);
 	if (rc == 0)
 		rc = snapshot_objects(st, rec);
 	if (rc == 0)
@@ -129,6 +132,27 @@ static int snapshot_lease(struct state *st, struct lease_rec *rec, struct mappin
 	for (size_t i = 0; i < rec->n_domains && rc == 0; i++)
 		rc = snapshot_maps(st, rec, rec->domains[i].id, page);
 	return rc;
+}
+
+/* One lease that cannot be written does not keep the others from the snapshot: it is left out
+ * (its stored files kept, since it lives on) and said, and its next change tries again. */
+static void snapshot_or_leave_out(struct state *st, struct lease_rec *rec,
+				  struct mapping_view *page)
+{
+	size_t mark = st->n_boxes;
+
+	rec->left_out = snapshot_lease(st, rec, page) < 0;
+	if (!rec->left_out)
+		return;
+	st->n_boxes = mark;
+	for (size_t i = 0; i < rec->n_files; i++)
+		rec->files[i].used = true;
+	log_struct(LOG_ERR,
+		   LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)},
+			      {"IOMMUD_FAILURE", failure_message()}),
+		   "lease '{IOMMUD_LEASE}' is left out of the state snapshot, so it would not "
+		   "survive a restart; its changes wait until it can be written: "
+		   "{IOMMUD_FAILURE}");
 }
 
 static uint64_t compact_threshold(uint64_t snapshot)
@@ -149,7 +173,7 @@ static int write_snapshot(struct state *st)
 	st->n_boxes = 0;
 	LIST_FOREACH (rec, &st->leases, link)
 		if (rc == 0)
-			rc = snapshot_lease(st, rec, page);
+			snapshot_or_leave_out(st, rec, page);
 	free(page);
 	if (rc == 0)
 		rc = txn_commit(st);
@@ -180,8 +204,10 @@ int state_compact(struct state *st)
 	if (old.fd >= 0)
 		fdstore_remove(old.name);
 	record_close(&old);
-	LIST_FOREACH (rec, &st->leases, link)
+	LIST_FOREACH (rec, &st->leases, link) {
 		lease_drop_unused_files(rec);
+		rec->unrecorded = rec->left_out;
+	}
 	st->compact_at = compact_threshold(record_committed(&st->rec));
 	return 0;
 }

@@ -6,9 +6,10 @@ static const char daemon_reexec_help[] =
 	"Has iommud execute its binary again in place (the new one, after an upgrade replaced\n"
 	"the file), passing on its socket, its state record and the memory files its leases\n"
 	"map: named leases keep their devices, domains and mappings, as across a crash; every\n"
-	"connection drops. For root and observers (a section with stats = all), and only where a\n"
-	"service manager keeps the daemon's descriptor store (docs/operations.md, \"Surviving a\n"
-	"restart\"). systemd's ExecReload= can send SIGUSR2 instead.\n";
+	"connection drops. For root and observers allowed to write (a section with stats = all\n"
+	"and access = write), and only where a service manager keeps the daemon's descriptor\n"
+	"store (docs/operations.md, \"Surviving a restart\"). systemd's ExecReload= can send\n"
+	"SIGUSR2 instead.\n";
 
 const struct cmd_entry cmd_daemon_reexec_entry = {
 	.name = "daemon reexec",

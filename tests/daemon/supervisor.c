@@ -33,8 +33,16 @@ static int bound_socket(const char *path, int type)
 	return fd;
 }
 
+/* As systemd: past the maximum it exports as $FDSTORE (set by the case for the daemons it
+ * starts), a descriptor is closed, and the daemon is not told. */
 static void store_add(struct supervisor *sv, const char *name, int fd)
 {
+	const char *max = getenv("FDSTORE");
+
+	if (max && sv->n_store >= strtoul(max, NULL, 10)) {
+		(void)close(fd);
+		return;
+	}
 	if (sv->n_store == sv->cap_store) {
 		sv->cap_store = sv->cap_store ? 2 * sv->cap_store : 16;
 		sv->store = realloc(sv->store, sv->cap_store * sizeof(*sv->store));
@@ -103,22 +111,24 @@ static bool read_message(struct supervisor *sv)
 	ssize_t n;
 
 	/* Received and applied in one hold of the lock, so messages apply in the order sent. */
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	n = recvmsg(sv->notify_fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 	if (n < 0) {
-		pthread_mutex_unlock(&sv->lock);
+		(void)pthread_mutex_unlock(&sv->lock);
 		CHECK(errno == EAGAIN || errno == EINTR);
 		return false;
 	}
 	text[n] = '\0';
+	/* More descriptors than fit would be dropped in silence, hiding a daemon's mistake. */
+	CHECK(!(msg.msg_flags & MSG_CTRUNC));
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
 			n_fds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 			memcpy(fds, CMSG_DATA(c), n_fds * sizeof(int));
 		}
 	handle_message(sv, text, fds, n_fds);
-	pthread_cond_broadcast(&sv->changed);
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_cond_broadcast(&sv->changed);
+	(void)pthread_mutex_unlock(&sv->lock);
 	return true;
 }
 
@@ -128,9 +138,9 @@ static void *notify_loop(void *arg)
 	struct pollfd p = {.fd = sv->notify_fd, .events = POLLIN};
 
 	for (;;) {
-		pthread_mutex_lock(&sv->lock);
+		(void)pthread_mutex_lock(&sv->lock);
 		bool stop = sv->stopping;
-		pthread_mutex_unlock(&sv->lock);
+		(void)pthread_mutex_unlock(&sv->lock);
 		if (stop)
 			return NULL;
 		if (poll(&p, 1, 20) > 0)
@@ -152,8 +162,8 @@ void supervisor_start(struct supervisor *sv, const char *config, const char *dev
 	CHECK(chmod(sv->f.socket_path, 0666) == 0);
 	CHECK(listen(sv->listen_fd, SOMAXCONN) == 0);
 	sv->notify_fd = bound_socket(notify_path, SOCK_DGRAM);
-	pthread_mutex_init(&sv->lock, NULL);
-	pthread_cond_init(&sv->changed, NULL);
+	(void)pthread_mutex_init(&sv->lock, NULL);
+	(void)pthread_cond_init(&sv->changed, NULL);
 	CHECK(pthread_create(&sv->thread, NULL, notify_loop, sv) == 0);
 	supervisor_spawn(sv);
 }
@@ -194,7 +204,7 @@ void supervisor_launch(struct supervisor *sv)
 	char notify_path[128];
 
 	(void)snprintf(notify_path, sizeof(notify_path), "%s/notify", sv->f.dir);
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	sv->ready = false;
 	sv->f.pid = fork();
 	CHECK(sv->f.pid >= 0);
@@ -211,7 +221,7 @@ void supervisor_launch(struct supervisor *sv)
 		      "--log-level", level, (char *)NULL);
 		_exit(127);
 	}
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 }
 
 /* Waits for READY=1 from the running daemon; called with the lock held. */
@@ -245,16 +255,16 @@ void supervisor_spawn(struct supervisor *sv)
 
 void supervisor_unready(struct supervisor *sv)
 {
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	sv->ready = false;
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 }
 
 void supervisor_wait_ready(struct supervisor *sv)
 {
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	wait_ready(sv);
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 }
 
 void supervisor_kill(struct supervisor *sv)
@@ -270,9 +280,9 @@ void supervisor_kill(struct supervisor *sv)
 
 void supervisor_stop(struct supervisor *sv)
 {
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	sv->stopping = true;
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 	CHECK(pthread_join(sv->thread, NULL) == 0);
 	(void)close(sv->listen_fd);
 	sv->listen_fd = -1;
@@ -283,8 +293,8 @@ void supervisor_stop(struct supervisor *sv)
 	for (size_t i = 0; i < sv->n_store; i++)
 		(void)close(sv->store[i].fd);
 	free(sv->store);
-	pthread_mutex_destroy(&sv->lock);
-	pthread_cond_destroy(&sv->changed);
+	(void)pthread_mutex_destroy(&sv->lock);
+	(void)pthread_cond_destroy(&sv->changed);
 	fixture_stop(&sv->f);
 }
 
@@ -292,10 +302,10 @@ size_t supervisor_stored(struct supervisor *sv, const char *prefix)
 {
 	size_t n = 0;
 
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	for (size_t i = 0; i < sv->n_store; i++)
 		n += strncmp(sv->store[i].name, prefix, strlen(prefix)) == 0;
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 	return n;
 }
 
@@ -303,11 +313,11 @@ int supervisor_stored_fd(struct supervisor *sv, const char *prefix)
 {
 	int fd = -1;
 
-	pthread_mutex_lock(&sv->lock);
+	(void)pthread_mutex_lock(&sv->lock);
 	for (size_t i = 0; i < sv->n_store && fd < 0; i++)
 		if (strncmp(sv->store[i].name, prefix, strlen(prefix)) == 0)
 			fd = sv->store[i].fd;
-	pthread_mutex_unlock(&sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 	return fd;
 }
 

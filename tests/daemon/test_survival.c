@@ -26,11 +26,13 @@
 static const char config[] = "probe-tier = off\n[access]\ndefault = none\n"
 			     "[uid 0]\naccess = write\ndevices = emu*\nmax-domains = 8\n"
 			     "max-mappings = 100000\nmax-pinned = 1G\nmax-leases = 4\n"
-			     "[uid 65534]\naccess = write\n";
-#define WRITER_UID 65534u /* may write, but is no observer */
-#define DEVICES	   "emu0 emu1 emu2 emu3"
-#define FILE_SIZE  (4u << 20)
-#define PAGE	   4096u
+			     "[uid 65534]\naccess = write\n"
+			     "[uid 65533]\naccess = read\nstats = all\n";
+#define WRITER_UID   65534u /* may write, but is no observer */
+#define OBSERVER_UID 65533u /* an observer that may only read */
+#define DEVICES	     "emu0 emu1 emu2 emu3"
+#define FILE_SIZE    (4u << 20)
+#define PAGE	     4096u
 
 static void call_ok(struct iommuctl *c, int rc, const char *what)
 {
@@ -296,8 +298,8 @@ static void reexec_by_request(struct supervisor *sv)
 	iommuctl_close(c);
 }
 
-/* As a writer that is no observer: 0 when refused for that. */
-static int request_reexec_as_writer(void *socket_path)
+/* As a writer that is no observer, or a read-only observer: 0 when refused for that. */
+static int request_reexec_refused(void *socket_path)
 {
 	struct iommuctl *c;
 	int rc;
@@ -331,8 +333,9 @@ static void check_reexec(void (*reexec)(struct supervisor *sv))
 	(void)close(a);
 	(void)close(b);
 	pid = sv.f.pid;
-	/* Only root and observers may ask. */
-	CHECK_EQ(run_as(WRITER_UID, request_reexec_as_writer, sv.f.socket_path), 0);
+	/* Only root and observers allowed to write may ask. */
+	CHECK_EQ(run_as(WRITER_UID, request_reexec_refused, sv.f.socket_path), 0);
+	CHECK_EQ(run_as(OBSERVER_UID, request_reexec_refused, sv.f.socket_path), 0);
 	supervisor_unready(&sv);
 	reexec(&sv);
 	supervisor_wait_ready(&sv);
@@ -859,4 +862,363 @@ TEST(kill_sweep)
 		      done_unacknowledged);
 	supervisor_stop(&sv);
 	free(m);
+}
+/* ---- review reproductions ---------------------------------------------------------------- */
+
+static void release_lease(struct iommuctl *c)
+{
+	Iommud__V1__ReleaseLeaseRequest rel = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
+	req.release_lease = &rel;
+	iommuctl_response_free(call(c, &req));
+}
+
+/* R1: a compaction while a released lease still has a connection writes it as live. */
+TEST(review_released_lease_compacted)
+{
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c;
+
+	CHECK(setenv("IOMMUD_TEST_COMPACT_BYTES", "1", 1) == 0);
+	c = small_lease(&sv, "short", "released");
+	release_lease(c);
+	/* any acknowledged call compacts now (threshold 1 byte) */
+	{
+		struct iommuctl *o = connect_lease(&sv, "other");
+		uint32_t d;
+		call_ok(o, iommuctl_alloc_domain(o, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d),
+			"alloc");
+		iommuctl_close(o);
+	}
+	supervisor_kill(&sv);
+	iommuctl_close(c);
+	supervisor_spawn(&sv);
+	CHECK(supervisor_log_has(&sv, "was released before the restart"));
+	c = connect_lease(&sv, "short");
+	view_of(c, &v);
+	(void)fprintf(stderr, "R1: released lease has %zu domains after restart\n", v.n_domains);
+	CHECK_EQ(v.n_domains, 0);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
+/* R3: two binds synced by one call are recorded newest first; the older one is refused. */
+TEST(review_binds_synced_out_of_order)
+{
+	struct supervisor sv;
+	struct view before, after;
+	struct iommuctl *c;
+	uint32_t d;
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "binds");
+	/* binds emu1, then fails: no such domain; nothing recorded */
+	CHECK(iommuctl_attach(c, "emu1", 999) < 0);
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	call_ok(c, iommuctl_attach(c, "emu1", d), "attach");
+	view_of(c, &before);
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "binds");
+	view_of(c, &after);
+	(void)fprintf(stderr, "R3: emu1 attached to %u before, %u after\n", before.attached[1],
+		      after.attached[1]);
+	CHECK_EQ(after.attached[1], before.attached[1]);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
+#define R2_CONFIG                                                                                  \
+	"probe-tier = off\n[access]\ndefault = none\n"                                             \
+	"[uid 0]\naccess = write\ndevices = emu*\n"
+
+/* R2: an Unmap whose client left is finished but never recorded: a later acknowledged Map at
+ * the same IOVA is lost at the restart, and the unmapped one comes back. */
+TEST(review_abandoned_unmap_unrecorded)
+{
+	Iommud__V1__UnmapAllRequest ua = IOMMUD__V1__UNMAP_ALL_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c, *c2;
+	uint32_t d;
+	int big = iommuctl_memfd("r2-big", 2ull << 30),
+	    small = iommuctl_memfd("r2-small", FILE_SIZE);
+	uint64_t iova = (4ull << 30) + 4096;
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	CHECK_OK(big);
+	CHECK_OK(small);
+	supervisor_start(&sv, R2_CONFIG, DEVICES);
+	c = connect_lease(&sv, "r2");
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	(void)map(c, d, big, 0, 1ull << 30, IOMMUCTL_PROT_READ, true, iova);
+	(void)map(c, d, big, 1ull << 30, 1ull << 30, IOMMUCTL_PROT_READ, true, iova + (1ull << 30));
+	c2 = connect_lease(&sv, "r2");
+	ua.domain_id = d;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL;
+	req.unmap_all = &ua;
+	req.id = 5;
+	{
+		uint64_t sid;
+		CHECK_OK(iommuctl_send(c, &req, NULL, 0, &sid));
+	}
+	iommuctl_close(c);
+	/* runs once the abandoned UnmapAll is done (the tenant's flow is held till then) */
+	memset(&v, 0, sizeof(v));
+	for (int i = 0; i < 1000; i++) {
+		memset(&v, 0, sizeof(v));
+		view_mappings(c2, d, &v);
+		if (!v.n_maps)
+			break;
+		usleep(10000);
+	}
+	(void)fprintf(stderr, "R2: %zu mappings left after the abandoned UnmapAll\n", v.n_maps);
+	CHECK_EQ(v.n_maps, 0);
+	(void)map(c2, d, small, 0, PAGE, IOMMUCTL_PROT_READ, true, iova);
+	iommuctl_close(c2);
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "r2");
+	memset(&v, 0, sizeof(v));
+	view_mappings(c, d, &v);
+	(void)fprintf(stderr, "R2: after restart %zu mappings; first at 0x%llx length 0x%llx\n",
+		      v.n_maps, v.n_maps ? (unsigned long long)v.maps[0].iova : 0ull,
+		      v.n_maps ? (unsigned long long)v.maps[0].length : 0ull);
+	CHECK_EQ(v.n_maps, 1);
+	CHECK_EQ(v.maps[0].length, PAGE);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	(void)close(big);
+	(void)close(small);
+}
+
+/* R4: a lease released and made again under the same name before a compaction: the replay
+ * joins both records to one session. */
+TEST(review_lease_name_reused)
+{
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c = small_lease(&sv, "vm1", "reused-a");
+	uint32_t d;
+	int file = iommuctl_memfd("reused-b", FILE_SIZE);
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	release_lease(c);
+	iommuctl_close(c);
+	c = connect_lease(&sv, "vm1");
+	for (int i = 0; i < 100; i++) {
+		view_of(c, &v);
+		if (!v.n_domains)
+			break;
+		iommuctl_close(c);
+		usleep(10000);
+		c = connect_lease(&sv, "vm1");
+	}
+	CHECK_EQ(v.n_domains, 0);
+	call_ok(c, iommuctl_alloc_domain(c, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	(void)map(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, false, 0);
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "vm1");
+	view_of(c, &v);
+	(void)fprintf(stderr, "R4: lease vm1 has %zu domains, %zu mappings after restart\n",
+		      v.n_domains, v.n_maps);
+	/* the released lease's content is not rebuilt: its files left the store at the release */
+	CHECK(!supervisor_log_has(&sv, "the store holds no"));
+	CHECK_EQ(v.n_domains, 1);
+	CHECK_EQ(v.n_maps, 1);
+	/* a compaction reads every lease_rec's session */
+	{
+		struct iommuctl *o = connect_lease(&sv, "other");
+		uint32_t d2;
+
+		CHECK(setenv("IOMMUD_TEST_COMPACT_BYTES", "1", 1) == 0);
+		call_ok(o, iommuctl_alloc_domain(o, "emu2", IOMMUCTL_DOMAIN_PAGING, 0, &d2),
+			"alloc");
+		iommuctl_close(o);
+	}
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	(void)close(file);
+}
+
+/* Makes the daemon's notifications fail (the manager's socket is not where it was) or work
+ * again, as a manager that refuses what it is handed would. */
+static void notify_socket_away(struct supervisor *sv, bool away)
+{
+	char here[160], there[170];
+
+	(void)snprintf(here, sizeof(here), "%s/notify", sv->f.dir);
+	(void)snprintf(there, sizeof(there), "%s.away", here);
+	CHECK(rename(away ? here : there, away ? there : here) == 0);
+}
+
+/* A Map whose memory file the store refused: the reply says the mapping is in effect yet
+ * unrecorded, the lease's next change waits for a snapshot, and once one is written the
+ * mapping survives a kill. */
+TEST(unrecorded_change_is_said_and_caught_up)
+{
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c;
+	uint32_t d;
+	uint64_t iova = 1ull << 32;
+	int first = iommuctl_memfd("unrec-a", FILE_SIZE),
+	    second = iommuctl_memfd("unrec-b", FILE_SIZE);
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	CHECK_OK(first);
+	CHECK_OK(second);
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "unrec");
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	notify_socket_away(&sv, true);
+	CHECK(iommuctl_map_fd(c, d, first, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova) < 0);
+	CHECK(strstr(iommuctl_last_error(c), "the change took effect") != NULL);
+	iova += PAGE;
+	CHECK(iommuctl_map_fd(c, d, second, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova) < 0);
+	CHECK(strstr(iommuctl_last_error(c), "could not be rewritten yet") != NULL);
+	notify_socket_away(&sv, false);
+	(void)map(c, d, second, 0, PAGE, IOMMUCTL_PROT_READ, true, iova);
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "unrec");
+	memset(&v, 0, sizeof(v));
+	view_mappings(c, d, &v);
+	CHECK_EQ(v.n_maps, 2);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	(void)close(first);
+	(void)close(second);
+}
+
+/* The store takes few descriptors ($FDSTORE): a Map that needs one more memory file than fit,
+ * a slot kept free for the record's rewriting, is refused before mapping, and what was
+ * acknowledged still survives a kill. */
+TEST(store_capacity_is_kept)
+{
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c;
+	uint32_t d;
+	int files[3];
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	/* the record, one memory file, and the slot a rewritten record needs */
+	CHECK(setenv("FDSTORE", "3", 1) == 0);
+	for (int i = 0; i < 3; i++)
+		CHECK_OK(files[i] = iommuctl_memfd("capacity", FILE_SIZE));
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "capacity");
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	(void)map(c, d, files[0], 0, PAGE, IOMMUCTL_PROT_READ, true, 1ull << 32);
+	(void)map(c, d, files[0], PAGE, PAGE, IOMMUCTL_PROT_READ, true, (1ull << 32) + PAGE);
+	{
+		uint64_t iova = (1ull << 32) + 2 * PAGE;
+
+		CHECK(iommuctl_map_fd(c, d, files[1], 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova) <
+		      0);
+		CHECK(strstr(iommuctl_last_error(c), "descriptor store") != NULL);
+	}
+	memset(&v, 0, sizeof(v));
+	view_mappings(c, d, &v);
+	CHECK_EQ(v.n_maps, 2);
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "capacity");
+	memset(&v, 0, sizeof(v));
+	view_mappings(c, d, &v);
+	CHECK_EQ(v.n_maps, 2);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	unsetenv("FDSTORE");
+	for (int i = 0; i < 3; i++)
+		(void)close(files[i]);
+}
+
+/* FDSTORE=0: the manager keeps nothing, so no record is kept, and the daemon says so. */
+TEST(empty_store_keeps_no_record)
+{
+	struct supervisor sv;
+
+	CHECK(setenv("FDSTORE", "0", 1) == 0);
+	supervisor_start(&sv, config, DEVICES);
+	CHECK(supervisor_log_has(&sv, "no record is kept"));
+	CHECK_EQ(supervisor_stored(&sv, "state."), 0);
+	supervisor_stop(&sv);
+	unsetenv("FDSTORE");
+}
+
+/* The supervisor's configuration with its text from changed to to, for the next daemon. */
+static void replace_in_config(const struct supervisor *sv, const char *from, const char *to)
+{
+	char text[4096], *at;
+	size_t n;
+	FILE *conf = fopen(sv->config_path, "r");
+
+	CHECK(conf != NULL);
+	n = fread(text, 1, sizeof(text) - 1, conf);
+	(void)fclose(conf);
+	text[n] = '\0';
+	CHECK((at = strstr(text, from)) != NULL);
+	CHECK((conf = fopen(sv->config_path, "w")) != NULL);
+	(void)fprintf(conf, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+	CHECK(fclose(conf) == 0);
+}
+
+/* A MapBatch that the restarted daemon cannot rebuild whole (its configuration now allows
+ * fewer mappings) is rebuilt not at all; a Map acknowledged before it stays. */
+TEST(batch_replayed_whole_or_not_at_all)
+{
+	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__MapEntry entries[2], *list[2] = {&entries[0], &entries[1]};
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	struct supervisor sv;
+	struct view v;
+	struct iommuctl *c;
+	uint32_t d;
+	int file = iommuctl_memfd("batch-whole", FILE_SIZE);
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	CHECK_OK(file);
+	supervisor_start(&sv, config, DEVICES);
+	c = connect_lease(&sv, "batch");
+	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	(void)map(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, true, 1ull << 32);
+	for (size_t i = 0; i < 2; i++) {
+		iommud__v1__map_entry__init(&entries[i]);
+		entries[i].domain_id = d;
+		entries[i].offset = (i + 1) * PAGE;
+		entries[i].length = PAGE;
+		entries[i].prot = IOMMUCTL_PROT_READ;
+		entries[i].fixed_iova = true;
+		entries[i].iova = (1ull << 32) + (i + 1) * PAGE;
+	}
+	batch.n_entries = 2;
+	batch.entries = list;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	req.map_batch = &batch;
+	call_ok(c, iommuctl_call(c, &req, &file, 1, &resp, NULL, 0, NULL), "map batch");
+	iommuctl_response_free(resp);
+	iommuctl_close(c);
+	supervisor_kill(&sv);
+	replace_in_config(&sv, "max-mappings = 100000", "max-mappings = 2");
+	supervisor_spawn(&sv);
+	c = connect_lease(&sv, "batch");
+	memset(&v, 0, sizeof(v));
+	view_mappings(c, d, &v);
+	CHECK_EQ(v.n_maps, 1);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	(void)close(file);
 }
