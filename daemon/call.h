@@ -50,6 +50,7 @@ struct call {
 	struct unmap_progress back; /* the removal in progress: asked for, or taking back */
 	int undo_rc;		    /* the failure it is taking its work back for */
 	char *undo_message;	    /* and its message, kept across slices */
+	bool left_mapped;	    /* taking back failed: some of what it mapped stays */
 	void **allocs;
 	size_t n_allocs;
 	size_t cap_allocs;

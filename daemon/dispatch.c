@@ -657,6 +657,23 @@ static void free_call(struct call *call)
 	free((char *)call - offsetof(struct kept_call, call));
 }
 
+/* Whether a call not acknowledged (failed, or its client gone) changed its session all the
+ * same: an Unmap's steps done before a failure, or finished for a client gone, or a map whose
+ * take back failed, leaving mappings. */
+static bool changed_unacknowledged(const struct call *call)
+{
+	switch (call->req->method_case) {
+	case IOMMUD__V1__REQUEST__METHOD_UNMAP:
+	case IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL:
+		return call->back.bytes > 0;
+	case IOMMUD__V1__REQUEST__METHOD_MAP:
+	case IOMMUD__V1__REQUEST__METHOD_MAP_BATCH:
+		return call->left_mapped;
+	default:
+		return false;
+	}
+}
+
 /* Packs the reply to a call that gave rc and counts it, or keeps the call when it has work
  * left (returning 0 with *ret_kept set); a kept call is freed once it ends. */
 static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
@@ -685,6 +702,8 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
 	/* Acknowledged only once recorded: the record is written before the reply. */
 	if (rc == 0 && call->req)
 		rc = state_record_call(call->d->state, call);
+	else if (call->req && changed_unacknowledged(call))
+		state_note_unacknowledged(call->d->state, call);
 	out_len = pack_response(call, rc, out, &code);
 	if (*ret_method)
 		count_call(&call->d->methods[*ret_method], code);
@@ -749,10 +768,15 @@ size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
 
 bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
 {
+	struct daemon *d = call->d;
+
 	call->deadline_ns = deadline_ns;
 	if (call->abandon(call) == CALL_MORE)
 		return false;
+	if (changed_unacknowledged(call))
+		state_note_unacknowledged(d->state, call);
 	free_call(call);
+	state_compact_if_due(d->state);
 	return true;
 }
 

@@ -128,6 +128,7 @@ static void take_back_failed(struct call *call, const struct unmap_progress *u, 
 		       "unmap it",
 		       (unsigned long long)u->iova, (unsigned long long)u->last, failure_message());
 	call->undo_rc = rc;
+	call->left_mapped = true;
 }
 
 /* Starts taking back the last entry the batch mapped; false when none is left. A Map's done

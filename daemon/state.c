@@ -824,10 +824,24 @@ void state_call_done(struct state *st)
 	st->calls_kept--;
 }
 
+void state_note_unacknowledged(struct state *st, const struct call *call)
+{
+	struct session *s = recorded_session(st, call);
+	struct lease_rec *rec = s ? lease_find(st, s) : NULL;
+
+	if (!rec)
+		return;
+	rec->unrecorded = true;
+	st->snapshot_due = true;
+}
+
 void state_compact_if_due(struct state *st)
 {
-	if (st && !st->calls_kept && record_committed(&st->rec) > st->compact_at)
-		(void)state_compact(st);
+	if (!st || st->calls_kept ||
+	    (!st->snapshot_due && record_committed(&st->rec) <= st->compact_at))
+		return;
+	st->snapshot_due = false;
+	(void)state_compact(st);
 }
 
 int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),

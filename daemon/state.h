@@ -46,8 +46,13 @@ int state_check_call(struct state *st, const struct call *call);
  * then state_call_done follows when it ends. Calls of anonymous sessions hold nothing back. */
 bool state_call_kept(struct state *st, const struct call *call);
 void state_call_done(struct state *st);
-/* Rewrites the record as one snapshot once its transactions have outgrown the last one, and
- * no lease's call is between slices. */
+/* A lease call that changed the lease without being acknowledged, so without a transaction:
+ * an Unmap the kernel refused part way, or finished for a client gone, a map whose take back
+ * failed. The record is rewritten from what is at the next state_compact_if_due, and the lease
+ * changes no more before it is. */
+void state_note_unacknowledged(struct state *st, const struct call *call);
+/* Rewrites the record as one snapshot once its transactions have outgrown the last one (or a
+ * change went unacknowledged), and no lease's call is between slices. */
 void state_compact_if_due(struct state *st);
 /* Calls visit with each descriptor the state keeps in the store and its name there (the
  * record, the leases' memory files), for a re-execution to pass them on; stops at the first

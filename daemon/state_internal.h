@@ -66,6 +66,7 @@ struct state {
 	uint64_t compact_at; /* committed bytes past which the record is rewritten */
 	size_t store_max;    /* descriptors the manager keeps for the daemon */
 	unsigned calls_kept; /* of leases, between slices: no snapshot meanwhile */
+	bool snapshot_due;   /* a lease changed unacknowledged: rewrite the record at once */
 	LIST_HEAD(, lease_rec) leases;
 	uint32_t last_lease_id;
 	struct entry_box **boxes; /* the transaction being built, reused */
