@@ -62,12 +62,11 @@ static int lift(const struct passed *p, int *high)
 	for (size_t i = 0; i < p->n; i++) {
 		high[i] = fcntl(p->fds[i], F_DUPFD_CLOEXEC, (int)(3 + p->n));
 		if (high[i] < 0) {
-			int err = errno;
+			int err = errno, failed = p->fds[i];
 
 			while (i--)
 				(void)close(high[i]);
-			return fail(-err, "cannot move descriptor %d: %s", p->fds[i],
-				    strerror(err));
+			return fail(-err, "cannot move descriptor %d: %s", failed, strerror(err));
 		}
 	}
 	return 0;
