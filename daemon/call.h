@@ -12,7 +12,8 @@
  * keeps the call and, in its tenant's next turn, runs resume, which returns likewise, until one
  * returns 0 or a negative errno as a handler would. No other request of the tenant runs in the
  * meantime. Should the connection close first, abandon takes back what the call did (a removal
- * finishes instead), bounded by the deadline as resume is: CALL_MORE while there is more.
+ * finishes instead), bounded by the deadline as resume is: CALL_MORE while there is more,
+ * then 0 (a removal: finished) or a negative errno.
  *
  * Ownership: the call owns everything allocated with call_alloc (the reply and its parts),
  * released once the reply is packed; the received descriptors stay the call's unless a

@@ -769,11 +769,18 @@ size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
 bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
 {
 	struct daemon *d = call->d;
+	Iommud__V1__Request__MethodCase method = call->req->method_case;
+	int rc;
 
 	call->deadline_ns = deadline_ns;
-	if (call->abandon(call) == CALL_MORE)
+	rc = call->abandon(call);
+	if (rc == CALL_MORE)
 		return false;
-	if (changed_unacknowledged(call))
+	/* A removal finished for no one is recorded as done; what else changed is rewritten. */
+	if (rc == 0 && (method == IOMMUD__V1__REQUEST__METHOD_UNMAP ||
+			method == IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL))
+		(void)state_record_call(d->state, call);
+	else if (changed_unacknowledged(call))
 		state_note_unacknowledged(d->state, call);
 	free_call(call);
 	state_compact_if_due(d->state);

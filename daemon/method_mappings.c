@@ -323,10 +323,11 @@ static int unmap_steps(struct call *call)
 }
 
 /* An Unmap whose client has gone still removes what it was asked to: half of a mapping would
- * surprise the tenant's other connections more than all of it gone. */
+ * surprise the tenant's other connections more than all of it gone. 0 once done, as if
+ * acknowledged (the state record keeps it so); a negative errno if a step failed. */
 static int abandon_unmap(struct call *call)
 {
-	return unmap_steps(call) == CALL_MORE ? CALL_MORE : 0;
+	return unmap_steps(call);
 }
 
 /* Removes [iova, iova+length) of the domain (UINT64_MAX from 0: all), in steps where it is

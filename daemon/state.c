@@ -774,6 +774,10 @@ static int check_store_room(struct state *st, struct lease_rec *rec, const struc
 
 	if (!need || held + need + 1 <= st->store_max)
 		return 0;
+	/* Files no mapping uses any more leave the store only with a snapshot. */
+	if (!st->calls_kept && state_compact(st) == 0 &&
+	    (held = stored_count(st)) + need + 1 <= st->store_max)
+		return 0;
 	return fail(-ENOSPC,
 		    "mapping needs %zu more memory file(s) kept in the service manager's "
 		    "descriptor store, which holds %zu of the %zu it takes (one kept free to "
@@ -802,8 +806,10 @@ int state_check_call(struct state *st, const struct call *call)
 
 	if (!s)
 		return 0;
+	/* A release needs no catching up: replay skips what a released lease held. */
 	if ((rc = check_overdue(st)) < 0 ||
-	    (rec && rec->unrecorded && (rc = catch_up(st, rec)) < 0))
+	    (rec && rec->unrecorded && method != IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE &&
+	     (rc = catch_up(st, rec)) < 0))
 		return rc;
 	if (method == IOMMUD__V1__REQUEST__METHOD_MAP ||
 	    method == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH)
@@ -840,8 +846,8 @@ void state_compact_if_due(struct state *st)
 	if (!st || st->calls_kept ||
 	    (!st->snapshot_due && record_committed(&st->rec) <= st->compact_at))
 		return;
-	st->snapshot_due = false;
-	(void)state_compact(st);
+	if (state_compact(st) == 0)
+		st->snapshot_due = false;
 }
 
 int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),
