@@ -589,17 +589,22 @@ static bool batch_in_progress(uint64_t pinned)
 	return pinned > 0;
 }
 
+/* What root saw when batch_well_on held: a batch only adds until it is taken back. */
+static uint64_t well_on_pinned;
+
 /* Entries past the third are being mapped: two whole ones, at least, would be taken back. */
 static bool batch_well_on(uint64_t pinned)
 {
+	well_on_pinned = pinned;
 	return pinned > 2 * COSTLY_BYTES;
 }
 
-/* A mapping is charged whole when its map starts and given back part by part as it is taken
- * away: a figure between whole mappings was read while one was being taken back. */
+/* Read while the batch's mappings were being taken back: a figure between whole mappings (one
+ * given back part by part), or some but not all of what root had seen mapped gone (steps that
+ * take whole mappings). A take back in one go shows neither, only all of it or nothing. */
 static bool taking_back(uint64_t pinned)
 {
-	return pinned % COSTLY_BYTES != 0;
+	return pinned % COSTLY_BYTES != 0 || (pinned > 0 && pinned < well_on_pinned);
 }
 
 /* A batch of a 1 GiB entry at 4 KiB leaves whose last entry fails: root's request, queued
