@@ -60,13 +60,15 @@ static void append_reply(struct iommuctl *c, Iommud__V1__Request *req, struct an
 	size_t len;
 
 	check_call(c, iommuctl_call(c, req, NULL, 0, &resp, NULL, 0, NULL), "List");
-	if (resp->list_domains) {
+	/* The results are a oneof, a union: which one came is result_case's to say. */
+	if (resp->result_case == IOMMUD__V1__RESPONSE__RESULT_LIST_DOMAINS) {
 		len = iommud__v1__list_domains_reply__get_packed_size(resp->list_domains);
 		CHECK(a->len + len <= sizeof(a->bytes));
 		a->len +=
 			iommud__v1__list_domains_reply__pack(resp->list_domains, a->bytes + a->len);
 	} else {
-		CHECK(resp->list_mappings && !resp->list_mappings->more);
+		CHECK_EQ(resp->result_case, IOMMUD__V1__RESPONSE__RESULT_LIST_MAPPINGS);
+		CHECK(!resp->list_mappings->more);
 		CHECK_EQ(resp->list_mappings->n_mappings, 2);
 		len = iommud__v1__list_mappings_reply__get_packed_size(resp->list_mappings);
 		CHECK(a->len + len <= sizeof(a->bytes));
