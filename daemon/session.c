@@ -42,16 +42,22 @@ struct file_map {
 	uint64_t start;	 /* the file offset at base */
 	uint64_t length; /* whole: the file's size when mapped, rounded up to its pages */
 	void *base;
-	unsigned refs; /* mappings using it */
+	unsigned refs; /* its owners' */
+	LIST_HEAD(, map_owner) owners;
 };
 
-/* What the daemon keeps for a mapping, behind kernel-helper's owner cookie: kernel-helper's
- * record holds the IOVA, length, prot and the address of the memory in the file's map. */
+/* What the daemon keeps for its mappings, behind kernel-helper's owner cookie: one record for
+ * all the mappings of a file map in a domain made in parts of one size, so that a mapping costs
+ * the daemon no record, and mapping a page no allocation, of its own. kernel-helper's record
+ * holds the IOVA, length, prot and the address of the memory in the file's map, which gives
+ * the file offset. */
 struct map_owner {
-	struct domain_rec *dom; /* charged for the mapping */
-	struct file_map *file;	/* a reference on it */
-	uint64_t offset;	/* where the range starts in the client's file */
-	uint64_t part;		/* bytes of the parts it was made in (0: one call), to unmap in */
+	LIST_ENTRY(map_owner) link; /* in its file map's owners */
+	struct domain_rec *dom;	    /* charged for the mappings */
+	struct file_map *file;	    /* a reference on it */
+	uint64_t part;		    /* bytes of the parts they were made in (0: one call), to
+				     * unmap in */
+	uint64_t refs;		    /* its mappings, and a mapping being made */
 };
 
 struct domain_rec {
@@ -242,6 +248,49 @@ static void file_map_put(struct session *s, struct file_map *fm)
 	free(fm);
 }
 
+/* The owner record for a mapping of fm's memory in dom made in parts of part bytes, with a
+ * reference on it; takes over the caller's reference on fm, which it drops on failure. */
+static int map_owner_get(struct session *s, struct file_map *fm, struct domain_rec *dom,
+			 uint64_t part, struct map_owner **ret_mo)
+{
+	struct map_owner *mo;
+
+	LIST_FOREACH (mo, &fm->owners, link)
+		if (mo->dom == dom && mo->part == part) {
+			/* The record holds the file map already. */
+			file_map_put(s, fm);
+			mo->refs++;
+			*ret_mo = mo;
+			return 0;
+		}
+	mo = calloc(1, sizeof(*mo));
+	if (!mo) {
+		file_map_put(s, fm);
+		return fail(-ENOMEM, "out of memory");
+	}
+	*mo = (struct map_owner){.dom = dom, .file = fm, .part = part, .refs = 1};
+	LIST_INSERT_HEAD(&fm->owners, mo, link);
+	*ret_mo = mo;
+	return 0;
+}
+
+static void map_owner_put(struct session *s, struct map_owner *mo)
+{
+	if (--mo->refs)
+		return;
+	LIST_REMOVE(mo, link);
+	file_map_put(s, mo->file);
+	free(mo);
+}
+
+/* Where the mapping's memory starts in the client's file. */
+static uint64_t mapping_offset(const struct kh_mapping *m)
+{
+	const struct file_map *fm = ((const struct map_owner *)m->owner)->file;
+
+	return fm->start + (m->addr - (uint64_t)(uintptr_t)fm->base);
+}
+
 /* kernel-helper's owner release: the mapping has left the IOMMU, so its memory may go. */
 static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
 {
@@ -249,8 +298,7 @@ static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
 	struct session *s = arg;
 
 	charge_mapping(s, mo->dom, -1, m->length, -1);
-	file_map_put(s, mo->file);
-	free(mo);
+	map_owner_put(s, mo);
 }
 
 /* After kernel-helper has released every mapping of the domain (domain freed, context
@@ -307,6 +355,10 @@ log_about(int level, const struct tenant *t, const char *lease, const uint32_t *
 	size_t n = 1;
 	va_list ap;
 
+	/* Maps and unmaps say what they did at debug level: formatting that costs them more
+	 * than the map itself. */
+	if (level > log_get_level())
+		return;
 	(void)snprintf(tenant, sizeof(tenant), "%u:%s", (unsigned)t->uid, t->cgroup);
 	if (lease)
 		fields[n++] = (struct log_field){"IOMMUD_LEASE", lease};
@@ -1096,6 +1148,7 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 	if (!fm)
 		return fail(-ENOMEM, "out of memory");
 	*fm = (struct file_map){.dev = f->dev, .ino = f->ino, .writable = writable, .refs = 1};
+	LIST_INIT(&fm->owners);
 	fm->whole = whole <= t->rule->max_pinned_bytes - t->whole_file_bytes;
 	fm->start = fm->whole ? 0 : e->offset;
 	fm->length = fm->whole ? whole : e->length;
@@ -1275,28 +1328,21 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 
 	if (rc < 0)
 		return rc;
-	mo = calloc(1, sizeof(*mo));
-	if (!mo)
-		return fail(-ENOMEM, "out of memory");
 	/* The backend takes memory by address; the pages stay shared with the client's file. */
 	rc = file_map_get(s, e, &fm);
-	if (rc < 0) {
-		free(mo);
+	if (rc < 0)
 		return rc;
-	}
 	req.addr = (uint64_t)(uintptr_t)fm->base + (e->offset - fm->start);
-	req.owner = mo;
 	/* Made in parts, the mapping is placed and checked whole first, as one call would. */
 	if (in_parts && (rc = kh_place(s->ctx, e->domain_id, &req)) < 0) {
 		file_map_put(s, fm);
-		free(mo);
 		return fail_kh(rc, "cannot map");
 	}
-	*mo = (struct map_owner){.dom = dom,
-				 .file = fm,
-				 .offset = e->offset,
-				 .part = in_parts ? part_bytes(s, dom, &req, e->file->page_size)
-						  : 0};
+	rc = map_owner_get(s, fm, dom, in_parts ? part_bytes(s, dom, &req, e->file->page_size) : 0,
+			   &mo);
+	if (rc < 0)
+		return rc;
+	req.owner = mo;
 	*p = (struct map_progress){.mo = mo,
 				   .domain_id = e->domain_id,
 				   .req = req,
@@ -1321,8 +1367,7 @@ void session_map_abort(struct session *s, struct map_progress *p)
 	p->mo = NULL;
 	p->back = (struct unmap_progress){0};
 	if (!p->mapped) {
-		file_map_put(s, mo->file);
-		free(mo);
+		map_owner_put(s, mo);
 		return;
 	}
 	if (session_unmap_start(s, p->domain_id, p->req.iova, p->mapped, &p->back) < 0)
@@ -1529,6 +1574,10 @@ int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, ui
 	return unmap_end(s, dom, p, unmap_whole(s, dom, p, iova, length));
 }
 
+/* The mappings a step of an unmap looks at: small ones go up to this many at a time, as a
+ * step's fixed costs (listing, the clock, the tables' charge) outweigh a page's unmap. */
+#define UNMAP_WINDOW 512
+
 /* Removes next[0] and the mappings after it in p's range that are no longer than a step,
  * together, as many as make a step's leaves. */
 static int unmap_group(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
@@ -1547,7 +1596,7 @@ static int unmap_group(struct session *s, struct domain_rec *dom, struct unmap_p
 
 int session_unmap_step(struct session *s, struct unmap_progress *p)
 {
-	struct kh_mapping next[MAP_PART_PAGES];
+	struct kh_mapping next[UNMAP_WINDOW];
 	struct domain_rec *dom;
 	size_t n;
 	int rc = domain_lookup(s, p->domain_id, &dom);
@@ -1558,7 +1607,7 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 		return rc;
 	}
 	/* What went before is gone, so the range's first mapping left is the next to take. */
-	rc = kh_mappings(s->ctx, p->domain_id, p->iova, next, MAP_PART_PAGES);
+	rc = kh_mappings(s->ctx, p->domain_id, p->iova, next, UNMAP_WINDOW);
 	if (rc < 0)
 		return unmap_end(s, dom, p, fail_kh(rc, "cannot unmap"));
 	n = (size_t)rc;
@@ -1618,7 +1667,7 @@ int session_mappings(struct session *s, uint32_t domain_id, uint64_t from, struc
 		out[i] = (struct mapping_view){
 			.iova = page[i].iova,
 			.length = page[i].length,
-			.offset = ((const struct map_owner *)page[i].owner)->offset,
+			.offset = mapping_offset(&page[i]),
 			.prot = page[i].prot,
 			.dev = ((const struct map_owner *)page[i].owner)->file->dev,
 			.ino = ((const struct map_owner *)page[i].owner)->file->ino,
