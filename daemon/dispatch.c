@@ -309,13 +309,33 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *ret_valu
 	return not_a_request();
 }
 
+/* The fields from the request down to a string field: each names its field in the one above.
+ * Spelled out ("map_batch.entries.name") only for an error, as a batch holds many messages. */
+struct field_path {
+	const struct field_path *up; /* NULL: the request itself */
+	const char *name;
+};
+
+static void path_format(const struct field_path *path, char *buf, size_t size)
+{
+	char above[256] = "";
+
+	if (path->up && path->up->up)
+		path_format(path->up, above, sizeof(above));
+	(void)snprintf(buf, size, "%s%s%s", above, above[0] ? "." : "", path->name);
+}
+
 /* A string field's bytes as they came: protobuf-c hands the handlers a C string, which would
  * end at an embedded NUL ("ab\0cd" read as "ab"), and does not check UTF-8. */
-static int check_string(const char *path, const uint8_t *text, uint64_t len)
+static int check_string(const struct field_path *field, const uint8_t *text, uint64_t len)
 {
 	const char *nul = memchr(text, '\0', len);
 	size_t invalid = utf8_invalid_at((const char *)text, len);
+	char path[256];
 
+	if (!nul && invalid >= len)
+		return 0;
+	path_format(field, path, sizeof(path));
 	if (nul)
 		return fail(-EINVAL,
 			    "%s holds a NUL character (byte %zu of %llu); strings in requests "
@@ -363,15 +383,14 @@ static int value_length(const uint8_t **p, const uint8_t *end, unsigned wire_typ
 }
 
 /* Every string field of the message of type desc encoded in [p, end), at any depth, on the
- * bytes received; path names the message ("map_batch.entries") for the error. One pass over
- * the schema's descriptors serves every method, present and future. */
+ * bytes received; path names the message for the error. One pass over the schema's
+ * descriptors serves every method, present and future. */
 static int check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
-			 const uint8_t *end, const char *path)
+			 const uint8_t *end, const struct field_path *path)
 {
 	while (p < end) {
 		const ProtobufCFieldDescriptor *f = NULL;
 		uint64_t tag, len;
-		char inner[256];
 		int rc = read_varint(&p, end, &tag);
 
 		if (rc == 0)
@@ -380,13 +399,11 @@ static int check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *
 			return rc;
 		if ((tag & 7) == 2)
 			f = protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3));
-		if (f && (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE))
-			(void)snprintf(inner, sizeof(inner), "%s%s%s", path, path[0] ? "." : "",
-				       f->name);
 		if (f && f->type == PROTOBUF_C_TYPE_STRING)
-			rc = check_string(inner, p, len);
+			rc = check_string(&(const struct field_path){path, f->name}, p, len);
 		else if (f && f->type == PROTOBUF_C_TYPE_MESSAGE)
-			rc = check_strings(f->descriptor, p, p + len, inner);
+			rc = check_strings(f->descriptor, p, p + len,
+					   &(const struct field_path){path, f->name});
 		if (rc < 0)
 			return rc;
 		p += len;
@@ -396,7 +413,7 @@ static int check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *
 
 int dispatch_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
 {
-	return check_strings(desc, data, data + len, "");
+	return check_strings(desc, data, data + len, &(const struct field_path){NULL, ""});
 }
 
 static int check_fd_count(const struct call *call, const struct method *m)
