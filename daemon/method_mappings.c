@@ -74,22 +74,24 @@ static struct map_entry entry_of(struct call *call, const Iommud__V1__MapEntry *
 }
 
 /* Sizes the steps of a map or an unmap to the slice: the one that started at started (on
- * monotonic_ns) has just ended. */
-static void size_steps(const struct call *call, uint64_t started, unsigned *parts_per_step)
+ * monotonic_ns) has just ended, at the time returned. */
+static uint64_t size_steps(const struct call *call, uint64_t started, unsigned *parts_per_step)
 {
-	uint64_t budget = call->deadline_ns;
+	uint64_t budget = call->deadline_ns, ended = monotonic_ns();
 
 	if (budget != UINT64_MAX)
 		budget = budget > started ? budget - started : 0;
-	steps_resize(parts_per_step, monotonic_ns() - started, budget);
+	steps_resize(parts_per_step, ended - started, budget);
+	return ended;
 }
 
 /* Maps entries[call->done] step by step, starting it if it is not in progress, into
  * iovas[call->done]: 0 when done, CALL_MORE when the slice's time is up first, a negative
- * errno when it failed (what it mapped then being taken back in call->part.back). *stepped:
- * the slice has done some work. A mapping too costly for one slice is made over several. */
+ * errno when it failed (what it mapped then being taken back in call->part.back). *stepped_at:
+ * when the slice's last step ended, 0 before its first; a batch of small entries then reads the
+ * clock once per entry. A mapping too costly for one slice is made over several. */
 static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entries, uint64_t *iovas,
-			   bool *stepped)
+			   uint64_t *stepped_at)
 {
 	struct session *s = call->client->session;
 	struct map_entry e;
@@ -102,12 +104,11 @@ static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entri
 			return rc;
 	}
 	do {
-		if (*stepped && call_out_of_time(call))
+		if (*stepped_at && *stepped_at >= call->deadline_ns)
 			return CALL_MORE;
-		*stepped = true;
-		started = monotonic_ns();
+		started = *stepped_at ? *stepped_at : monotonic_ns();
 		rc = session_map_step(s, &call->part);
-		size_steps(call, started, &call->part.parts_per_step);
+		*stepped_at = size_steps(call, started, &call->part.parts_per_step);
 	} while (rc > 0);
 	if (rc == 0)
 		iovas[call->done] = call->part.req.iova;
@@ -173,7 +174,7 @@ static bool take_back_maps(struct call *call)
 		stepped = true;
 		started = monotonic_ns();
 		rc = session_unmap_step(call->client->session, u);
-		size_steps(call, started, &u->parts_per_step);
+		(void)size_steps(call, started, &u->parts_per_step);
 		if (rc < 0)
 			take_back_failed(call, u, rc);
 	}
@@ -205,8 +206,8 @@ static int map_failed(struct call *call, int rc, bool batch)
 
 static int map_single(struct call *call)
 {
-	bool stepped = false;
-	int rc = map_entry_parts(call, &call->req->map->entry, &call->resp->map->iova, &stepped);
+	uint64_t stepped_at = 0;
+	int rc = map_entry_parts(call, &call->req->map->entry, &call->resp->map->iova, &stepped_at);
 
 	return rc < 0 ? map_failed(call, rc, false) : rc;
 }
@@ -254,11 +255,11 @@ static int map_batch_entries(struct call *call)
 {
 	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
 	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
-	bool stepped = false;
+	uint64_t stepped_at = 0;
 	int rc;
 
 	for (; call->done < r->n_entries; call->done++) {
-		rc = map_entry_parts(call, r->entries, reply->iovas, &stepped);
+		rc = map_entry_parts(call, r->entries, reply->iovas, &stepped_at);
 		if (rc == CALL_MORE)
 			return rc;
 		if (rc < 0)
@@ -317,7 +318,7 @@ static int unmap_steps(struct call *call)
 		stepped = true;
 		started = monotonic_ns();
 		rc = session_unmap_step(call->client->session, &call->back);
-		size_steps(call, started, &call->back.parts_per_step);
+		(void)size_steps(call, started, &call->back.parts_per_step);
 	} while (rc > 0);
 	return rc < 0 ? rc : unmap_reply(call);
 }
