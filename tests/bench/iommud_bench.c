@@ -32,13 +32,17 @@
 #include "bench_clock.h"
 #include "daemon_fixture.h"
 
-#define KiB	    (1ull << 10)
-#define MiB	    (1ull << 20)
-#define PAGE	    (4 * KiB)
-#define IOVA	    (1ull << 30) /* inside every aperture, clear of the x86 MSI window */
-#define BATCH	    512		 /* MapBatch entries per request */
-#define ROUNDS	    4		 /* part 1 alternates daemon and baseline this many times */
-#define MAX_CLIENTS 64
+#define KiB		(1ull << 10)
+#define MiB		(1ull << 20)
+#define PAGE		(4 * KiB)
+#define IOVA		(1ull << 30) /* inside every aperture, clear of the x86 MSI window */
+#define BATCH		512	     /* MapBatch entries per request */
+#define ROUNDS		4	     /* part 1 alternates daemon and baseline this many times */
+#define MAX_CLIENTS	64
+#define MANY_MAPPINGS	(1u << 20) /* part 4 */
+#define MANY_FILE_PAGES 4096	   /* the memfd part 4's mappings take pages of in turn */
+#define STRINGIFY_(x)	#x
+#define STRINGIFY(x)	STRINGIFY_(x)
 
 static struct {
 	const char *socket; /* NULL: start our own daemon */
@@ -49,7 +53,9 @@ static struct {
 	unsigned batches_per_round;
 	double level_seconds; /* part 3: how long each client count runs */
 	bool quick;	      /* a run that only shows the benchmark works */
+	const char *parts;    /* the parts to run, as digits */
 } opt = {
+	.parts = "1234",
 	.iterations = 20000,
 	.clients_max = MAX_CLIENTS,
 	.batch_rounds = 32,
@@ -320,13 +326,15 @@ static void batch_init(struct batch *b, uint32_t dom, size_t entries)
 	b->req.map_batch = &b->map_batch;
 }
 
-/* Maps the batch's number of pages of mem from page first on, at IOVA + first * PAGE. */
-static void batch_map(struct iommuctl *c, struct batch *b, int mem, uint64_t first)
+/* Maps the batch's number of pages at IOVA + first * PAGE on: page n at IOVA + n * PAGE maps
+ * page n * stride, modulo file_pages, of mem. */
+static void batch_map(struct iommuctl *c, struct batch *b, int mem, uint64_t first, uint64_t stride,
+		      uint64_t file_pages)
 {
 	Iommud__V1__Response *resp;
 
 	for (size_t i = 0; i < b->map_batch.n_entries; i++) {
-		b->entries[i].offset = (first + i) * PAGE;
+		b->entries[i].offset = (first + i) * stride % file_pages * PAGE;
 		b->entries[i].iova = IOVA + (first + i) * PAGE;
 	}
 	check_call(c, iommuctl_call(c, &b->req, &mem, 1, &resp, NULL, 0, NULL), "MapBatch");
@@ -527,7 +535,7 @@ static void batch_rounds_daemon(struct throughput *t, unsigned rounds)
 		uint64_t start = now_ns(), mapped;
 
 		for (unsigned k = 0; k < opt.batches_per_round; k++)
-			batch_map(c, b, mem, (uint64_t)k * BATCH);
+			batch_map(c, b, mem, (uint64_t)k * BATCH, 1, pages);
 		mapped = now_ns();
 		check_call(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll");
 		t->map_ns += mapped - start;
@@ -662,7 +670,7 @@ static void *client_run(void *arg)
 			map_pair_run(cl->conn, &pair, cl->mem, NULL);
 			cl->pages++;
 		} else {
-			batch_map(cl->conn, b, cl->mem, 0);
+			batch_map(cl->conn, b, cl->mem, 0, 1, BATCH);
 			check_call(cl->conn, iommuctl_unmap_all(cl->conn, cl->dom, NULL),
 				   "UnmapAll");
 			cl->pages += BATCH;
@@ -759,6 +767,126 @@ static void part_scaling(void)
 		"(latencies in ns; fair: the least busy client's pairs or pages over the mean)\n");
 }
 
+/* ---- part 4 --------------------------------------------------------------------------- */
+
+/* What the daemon's memory is, as the kernel counts it. */
+struct daemon_memory {
+	uint64_t rss_bytes;	  /* VmRSS */
+	uint64_t cpu_table_bytes; /* VmPTE: its own page tables, kernel memory */
+	uint64_t vmas;		  /* lines of /proc/PID/maps */
+};
+
+/* A vm_area_struct and its share of the maple tree, about (kernel memory each VMA costs). */
+#define VMA_BYTES 256
+
+static uint64_t status_kib(const char *status, const char *key)
+{
+	const char *at = strstr(status, key);
+
+	if (!at)
+		fail("reading the daemon's /proc status", key);
+	return strtoull(at + strlen(key), NULL, 10);
+}
+
+static struct daemon_memory daemon_memory(void)
+{
+	char path[64], status[4096];
+	struct daemon_memory m = {0};
+	FILE *f;
+	size_t n;
+	int ch;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/status", (int)daemon_pid);
+	f = fopen(path, "re");
+	if (!f)
+		fail(path, strerror(errno));
+	n = fread(status, 1, sizeof(status) - 1, f);
+	status[n] = '\0';
+	(void)fclose(f);
+	m.rss_bytes = status_kib(status, "VmRSS:") * KiB;
+	m.cpu_table_bytes = status_kib(status, "VmPTE:") * KiB;
+	(void)snprintf(path, sizeof(path), "/proc/%d/maps", (int)daemon_pid);
+	f = fopen(path, "re");
+	if (!f)
+		fail(path, strerror(errno));
+	while ((ch = getc(f)) != EOF)
+		m.vmas += ch == '\n';
+	(void)fclose(f);
+	return m;
+}
+
+/* The emulated IOMMU page tables the daemon charges this uid for (its Hello's quota). */
+static uint64_t charged_page_tables(void)
+{
+	Iommud__V1__HelloReply *hello;
+	struct iommuctl *c;
+	uint64_t bytes;
+
+	if (iommuctl_connect(opt.socket, &c) < 0)
+		fail("connecting to the daemon", iommuctl_last_error(NULL));
+	check_call(c, iommuctl_hello(c, "iommud-bench", NULL, &hello), "Hello");
+	bytes = hello->quota ? hello->quota->page_table_bytes : 0;
+	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	iommuctl_close(c);
+	return bytes;
+}
+
+static void memory_row(const char *what, uint64_t bytes, uint64_t mappings)
+{
+	(void)printf("   %-44s %14llu %10.1f\n", what, (unsigned long long)bytes,
+		     (double)bytes / (double)mappings);
+}
+
+/* Maps many 4 KiB pages in one domain and says what each costs the daemon and the kernel. */
+static void part_memory(void)
+{
+	uint64_t mappings = opt.quick ? 4 * BATCH : MANY_MAPPINGS, tables, total;
+	struct daemon_memory before, after;
+	struct batch *b = malloc(sizeof(*b));
+	uint32_t dom;
+	struct iommuctl *c;
+	int mem = memfd(MANY_FILE_PAGES * PAGE);
+
+	if (!b)
+		fail("allocating a batch", strerror(ENOMEM));
+	(void)printf(
+		"\n4. Memory per mapping: %llu mappings of 4 KiB in one domain (MapBatch at\n"
+		"   consecutive IOVAs of every other page of a %u-page memfd, so that no two\n"
+		"   are contiguous in memory); the daemon's growth as the kernel counts it\n\n",
+		(unsigned long long)mappings, MANY_FILE_PAGES);
+	if (!daemon_pid) {
+		(void)printf("   (only for a daemon iommud-bench started: skipped)\n");
+		free(b);
+		(void)close(mem);
+		return;
+	}
+	c = client_open(&dom);
+	batch_init(b, dom, BATCH);
+	before = daemon_memory();
+	for (uint64_t first = 0; first < mappings; first += BATCH)
+		batch_map(c, b, mem, first, 2, MANY_FILE_PAGES);
+	after = daemon_memory();
+	tables = charged_page_tables();
+	(void)printf("   %-44s %14s %10s\n", "", "bytes", "per mapping");
+	memory_row("daemon RSS", after.rss_bytes - before.rss_bytes, mappings);
+	memory_row(" of which emulated IOMMU page tables", tables, mappings);
+	memory_row("its CPU page tables (VmPTE)", after.cpu_table_bytes - before.cpu_table_bytes,
+		   mappings);
+	memory_row("its VMAs (x " STRINGIFY(VMA_BYTES) " B, about)",
+		   (after.vmas - before.vmas) * VMA_BYTES, mappings);
+	total = after.rss_bytes - before.rss_bytes + after.cpu_table_bytes -
+		before.cpu_table_bytes + (after.vmas - before.vmas) * VMA_BYTES;
+	memory_row("total", total, mappings);
+	(void)printf("   VMAs: %llu before, %llu after; emulated page tables: %.0f bytes per GiB "
+		     "mapped\n",
+		     (unsigned long long)before.vmas, (unsigned long long)after.vmas,
+		     (double)tables * (double)(1ull << 30) / (double)(mappings * PAGE));
+	check_call(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll");
+	client_close(c, dom);
+	(void)close(mem);
+	free(b);
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 /* What the run prints: the first half of --help. */
@@ -800,8 +928,13 @@ static void usage_figures(FILE *out)
 		"     fair is the least served client's share of the work over the mean share\n"
 		"     (1: all alike). The daemon executes one request at a time, so throughput\n"
 		"     cannot grow past one core's worth; latency grows with the clients.\n"
+		"  4. Memory: %u (--quick: %u) 4 KiB mappings in one domain, made with\n"
+		"     MapBatch, none contiguous in memory with the next; what the daemon's\n"
+		"     RSS, its own page tables and its VMAs (counted at %d bytes each) grew by,\n"
+		"     per mapping, and the emulated IOMMU's page tables among them, also per\n"
+		"     GiB mapped. Only for a daemon iommud-bench started.\n"
 		"\n",
-		opt.batches_per_round * BATCH, BATCH, BATCH);
+		opt.batches_per_round * BATCH, BATCH, BATCH, MANY_MAPPINGS, 4 * BATCH, VMA_BYTES);
 }
 
 static void usage(FILE *out)
@@ -825,6 +958,7 @@ static void usage(FILE *out)
 		"                       (default %d)\n"
 		"  -q, --quick          a short run that shows the benchmark works; its figures\n"
 		"                       are noise\n"
+		"  -p, --parts DIGITS   run only the figures named, e.g. 24 (default 1234)\n"
 		"  -h, --help           show this text\n"
 		"\n"
 		"Environment:\n"
@@ -858,12 +992,13 @@ static void parse_options(int argc, char **argv)
 						{"iterations", required_argument, NULL, 'n'},
 						{"clients-max", required_argument, NULL, 'c'},
 						{"quick", no_argument, NULL, 'q'},
+						{"parts", required_argument, NULL, 'p'},
 						{"help", no_argument, NULL, 'h'},
 						{0}};
 	bool iterations_given = false;
 	int o;
 
-	while ((o = getopt_long(argc, argv, "s:d:D:n:c:qh", options, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "s:d:D:n:c:qp:h", options, NULL)) != -1) {
 		switch (o) {
 		case 's':
 			opt.socket = optarg;
@@ -884,6 +1019,9 @@ static void parse_options(int argc, char **argv)
 			break;
 		case 'q':
 			opt.quick = true;
+			break;
+		case 'p':
+			opt.parts = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -917,7 +1055,7 @@ static void start_own_daemon(struct daemon_fixture *own)
 		fail(bin, "cannot run it; build iommud, or name it with --daemon");
 	(void)snprintf(config, sizeof(config),
 		       "[uid %u]\naccess = write\ndevices = *\nmax-domains = 1000\n"
-		       "max-mappings = 1000000\nmax-pinned = 64G\n",
+		       "max-mappings = 2000000\nmax-pinned = 64G\n",
 		       (unsigned)getuid());
 	fixture_start(own, config, "emu0");
 	opt.socket = own->socket_path;
@@ -943,9 +1081,14 @@ int main(int argc, char **argv)
 		     own_daemon ? "started by iommud-bench, emulated backend" : "already running",
 		     device, sysconf(_SC_NPROCESSORS_ONLN),
 		     opt.quick ? ", quick run: figures are noise" : "");
-	part_latency();
-	part_batch();
-	part_scaling();
+	if (strchr(opt.parts, '1'))
+		part_latency();
+	if (strchr(opt.parts, '2'))
+		part_batch();
+	if (strchr(opt.parts, '3'))
+		part_scaling();
+	if (strchr(opt.parts, '4'))
+		part_memory();
 	if (own_daemon)
 		fixture_stop(&own);
 	return 0;
