@@ -1598,7 +1598,10 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 {
 	struct kh_mapping next[UNMAP_WINDOW];
 	struct domain_rec *dom;
-	size_t n;
+	/* A mapping is a leaf at least, so a step takes no more mappings than its leaves. */
+	size_t n = (uint64_t)MAP_PART_PAGES * p->parts_per_step < UNMAP_WINDOW
+			   ? (size_t)MAP_PART_PAGES * p->parts_per_step
+			   : UNMAP_WINDOW;
 	int rc = domain_lookup(s, p->domain_id, &dom);
 
 	/* The tenant's requests wait for this one, so its domain stays; checked all the same. */
@@ -1607,7 +1610,7 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 		return rc;
 	}
 	/* What went before is gone, so the range's first mapping left is the next to take. */
-	rc = kh_mappings(s->ctx, p->domain_id, p->iova, next, UNMAP_WINDOW);
+	rc = kh_mappings(s->ctx, p->domain_id, p->iova, next, n);
 	if (rc < 0)
 		return unmap_end(s, dom, p, fail_kh(rc, "cannot unmap"));
 	n = (size_t)rc;

@@ -518,7 +518,53 @@ static void part_latency(void)
 
 struct throughput {
 	uint64_t pages, map_ns, unmap_ns;
+	uint64_t map_cpu_ns, unmap_cpu_ns; /* 0: the daemon's CPU time is not known */
 };
+
+/* When a step of part 2 ended: on the clock, and in CPU time spent on the work, which the
+ * machine's other load does not stretch. */
+struct stamp {
+	uint64_t wall, cpu;
+};
+
+/* The CPU time of the daemon's event loop, which executes every request (its main thread's
+ * time on a CPU, /proc/PID/schedstat); 0 for a daemon we did not start. */
+static uint64_t daemon_cpu_ns(void)
+{
+	char path[64];
+	unsigned long long ns = 0;
+	FILE *f;
+
+	if (!daemon_pid)
+		return 0;
+	(void)snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)daemon_pid);
+	f = fopen(path, "re");
+	if (!f || fscanf(f, "%llu", &ns) != 1)
+		fail(path, "cannot read the daemon's CPU time");
+	(void)fclose(f);
+	return ns;
+}
+
+/* This thread's CPU time, and with_daemon also the daemon's. */
+static struct stamp stamp(bool with_daemon)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (struct stamp){now_ns(), (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec +
+						(with_daemon ? daemon_cpu_ns() : 0)};
+}
+
+/* Counts a round of pages that started at start, were mapped at mapped and unmapped at end. */
+static void throughput_add(struct throughput *t, uint64_t pages, struct stamp start,
+			   struct stamp mapped, struct stamp end)
+{
+	t->map_ns += mapped.wall - start.wall;
+	t->unmap_ns += end.wall - mapped.wall;
+	t->map_cpu_ns += mapped.cpu - start.cpu;
+	t->unmap_cpu_ns += end.cpu - mapped.cpu;
+	t->pages += pages;
+}
 
 static void batch_rounds_daemon(struct throughput *t, unsigned rounds)
 {
@@ -532,15 +578,13 @@ static void batch_rounds_daemon(struct throughput *t, unsigned rounds)
 		fail("allocating a batch", strerror(ENOMEM));
 	batch_init(b, dom, BATCH);
 	for (unsigned r = 0; r < rounds; r++) {
-		uint64_t start = now_ns(), mapped;
+		struct stamp start = stamp(true), mapped;
 
 		for (unsigned k = 0; k < opt.batches_per_round; k++)
 			batch_map(c, b, mem, (uint64_t)k * BATCH, 1, pages);
-		mapped = now_ns();
+		mapped = stamp(true);
 		check_call(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll");
-		t->map_ns += mapped - start;
-		t->unmap_ns += now_ns() - mapped;
-		t->pages += pages;
+		throughput_add(t, pages, start, mapped, stamp(true));
 	}
 	(void)close(mem);
 	client_close(c, dom);
@@ -566,7 +610,7 @@ static void batch_rounds_direct(struct throughput *t, unsigned rounds)
 	check_kh(kh_device_bind(ctx, "emu0", &dev), "binding emu0");
 	check_kh(kh_domain_alloc(ctx, dev, &paging, &dom), "allocating a domain");
 	for (unsigned r = 0; r < rounds; r++) {
-		uint64_t start = now_ns(), mapped;
+		struct stamp start = stamp(false), mapped;
 
 		for (uint64_t i = 0; i < pages; i++) {
 			struct kh_map_req req = {.iova = IOVA + i * PAGE,
@@ -577,11 +621,9 @@ static void batch_rounds_direct(struct throughput *t, unsigned rounds)
 
 			check_kh(kh_map(ctx, dom, &req), "kh_map");
 		}
-		mapped = now_ns();
+		mapped = stamp(false);
 		check_kh(kh_unmap(ctx, dom, 0, UINT64_MAX, NULL), "kh_unmap");
-		t->map_ns += mapped - start;
-		t->unmap_ns += now_ns() - mapped;
-		t->pages += pages;
+		throughput_add(t, pages, start, mapped, stamp(false));
 	}
 	kh_ctx_destroy(ctx);
 	kh_backend_close(be);
@@ -596,9 +638,16 @@ static double pages_per_s(const struct throughput *t)
 
 static void throughput_row(const char *label, const struct throughput *t)
 {
-	(void)printf("%-28s %10llu %12.1f %12.1f %12.0f\n", label, (unsigned long long)t->pages,
-		     (double)t->map_ns / (double)t->pages, (double)t->unmap_ns / (double)t->pages,
-		     pages_per_s(t));
+	(void)printf("%-28s %10llu %12.1f %12.1f %12.0f %12.1f %12.1f\n", label,
+		     (unsigned long long)t->pages, (double)t->map_ns / (double)t->pages,
+		     (double)t->unmap_ns / (double)t->pages, pages_per_s(t),
+		     (double)t->map_cpu_ns / (double)t->pages,
+		     (double)t->unmap_cpu_ns / (double)t->pages);
+}
+
+static double ratio(uint64_t a, uint64_t b)
+{
+	return (double)a / (double)b;
 }
 
 static void part_batch(void)
@@ -613,21 +662,22 @@ static void part_batch(void)
 		"\n2. MapBatch throughput (4 KiB pages; a round maps %u pages of one memfd in\n"
 		"   batches of %u at fixed IOVAs, then unmaps them all at once; cpus: %s)\n\n",
 		opt.batches_per_round * BATCH, BATCH, where[0].name);
-	(void)printf("%-28s %10s %12s %12s %12s\n", "path", "pages", "map ns/page", "unmap ns/pg",
-		     "pages/s");
+	(void)printf("%-28s %10s %12s %12s %12s %12s %12s\n", "path", "pages", "map ns/page",
+		     "unmap ns/pg", "pages/s", "map cpu/pg", "unmap cpu/pg");
 	batch_rounds_daemon(&warm, 1);
 	batch_rounds_daemon(&daemon, opt.batch_rounds);
 	batch_rounds_direct(&warm, 1);
 	batch_rounds_direct(&direct, opt.batch_rounds);
 	throughput_row("daemon MapBatch+UnmapAll", &daemon);
 	throughput_row("kh_map+kh_unmap in process", &direct);
-	/* All three as time ratios, so each says how many times longer a page takes. */
-	(void)printf("%-28s %10s %12.2f %12.2f %12.2f\n", "daemon/in-process (time)", "",
-		     ((double)daemon.map_ns / (double)daemon.pages) /
-			     ((double)direct.map_ns / (double)direct.pages),
-		     ((double)daemon.unmap_ns / (double)daemon.pages) /
-			     ((double)direct.unmap_ns / (double)direct.pages),
-		     pages_per_s(&direct) / pages_per_s(&daemon));
+	/* All as time ratios, so each says how many times longer a page takes; both rounds map
+	 * as many pages. */
+	(void)printf("%-28s %10s %12.2f %12.2f %12.2f %12.2f %12.2f\n", "daemon/in-process (time)",
+		     "", ratio(daemon.map_ns, direct.map_ns),
+		     ratio(daemon.unmap_ns, direct.unmap_ns),
+		     pages_per_s(&direct) / pages_per_s(&daemon),
+		     ratio(daemon.map_cpu_ns, direct.map_cpu_ns),
+		     ratio(daemon.unmap_cpu_ns, direct.unmap_cpu_ns));
 }
 
 /* ---- part 3 --------------------------------------------------------------------------- */
