@@ -35,6 +35,7 @@ struct call {
 	struct daemon *d;
 	struct client *client;
 	const Iommud__V1__Request *req;
+	void *req_memory;      /* where req was decoded, freed with it (dispatch.c) */
 	const uint8_t *packet; /* req as received, for the checks that need its bytes */
 	size_t packet_len;
 	Iommud__V1__Response *resp;

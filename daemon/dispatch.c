@@ -2,6 +2,7 @@
 #include "dispatch.h"
 
 #include <errno.h>
+#include <stdalign.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -614,10 +615,56 @@ static void count_call(struct method_stats *stats, Iommud__V1__Code code)
 	stats->codes[code]++;
 }
 
-/* The request in a packet the server marked as it received it. */
-static int decode_packet(const uint8_t *packet, size_t len, enum packet_defect defect,
-			 Iommud__V1__Request **ret_req)
+/* protobuf-c allocates every nested message of a request on its own (each of a MapBatch's up to
+ * 1024 entries) and frees each again: a request takes its memory from chunks of this many
+ * bytes instead, all freed together with it. */
+#define REQUEST_CHUNK 16384
+
+struct request_chunk {
+	struct request_chunk *next;
+	size_t used, size;
+	alignas(max_align_t) unsigned char data[];
+};
+
+static void *request_alloc(void *memory, size_t size)
 {
+	struct request_chunk **head = memory, *chunk = *head;
+	size_t need = (size + alignof(max_align_t) - 1) & ~(alignof(max_align_t) - 1);
+
+	if (!chunk || need > chunk->size - chunk->used) {
+		size_t bytes = need > REQUEST_CHUNK ? need : REQUEST_CHUNK;
+
+		chunk = malloc(sizeof(*chunk) + bytes);
+		if (!chunk)
+			return NULL;
+		*chunk = (struct request_chunk){.next = *head, .size = bytes};
+		*head = chunk;
+	}
+	chunk->used += need;
+	return chunk->data + chunk->used - need;
+}
+
+/* What protobuf-c frees goes with the request's chunks. */
+static void request_keep(void *memory, void *data)
+{
+	(void)memory;
+	(void)data;
+}
+
+static void request_free(void *memory)
+{
+	for (struct request_chunk *chunk = memory, *next; chunk; chunk = next) {
+		next = chunk->next;
+		free(chunk);
+	}
+}
+
+/* The request in a packet the server marked as it received it, in memory *ret_memory holds
+ * (NULL: none yet), which request_free frees also after a failure. */
+static int decode_packet(const uint8_t *packet, size_t len, enum packet_defect defect,
+			 Iommud__V1__Request **ret_req, void **ret_memory)
+{
+	ProtobufCAllocator allocator = {request_alloc, request_keep, ret_memory};
 	Iommud__V1__Request *req;
 
 	if (defect == PACKET_TRUNCATED)
@@ -629,7 +676,7 @@ static int decode_packet(const uint8_t *packet, size_t len, enum packet_defect d
 		return fail(-EINVAL,
 			    "the packet carried more than %d file descriptors and was dropped",
 			    IOMMUD_MAX_FDS);
-	req = iommud__v1__request__unpack(NULL, len, packet);
+	req = iommud__v1__request__unpack(&allocator, len, packet);
 	if (!req)
 		return not_a_request();
 	*ret_req = req;
@@ -670,7 +717,7 @@ static void free_call(struct call *call)
 		state_call_done(call->d->state);
 	call->d->calls_kept--;
 	call_end(call);
-	iommud__v1__request__free_unpacked((Iommud__V1__Request *)call->req, NULL);
+	request_free(call->req_memory);
 	free((char *)call - offsetof(struct kept_call, call));
 }
 
@@ -752,7 +799,7 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 			    .deadline_ns = deadline_ns};
 	Iommud__V1__Request *req = NULL;
 	size_t out_len;
-	int rc = decode_packet(packet, len, defect, &req);
+	int rc = decode_packet(packet, len, defect, &req, &call.req_memory);
 
 	if (rc < 0) {
 		d->rejected_packets++;
@@ -767,8 +814,8 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 	}
 	out_len = end_call(&call, rc, false, out, out_fds, ret_method, ret_kept);
 	/* A kept call took the request over. */
-	if (req && !*ret_kept)
-		iommud__v1__request__free_unpacked(req, NULL);
+	if (!*ret_kept)
+		request_free(call.req_memory);
 	return out_len;
 }
 
