@@ -42,7 +42,7 @@ struct file_map {
 	uint64_t start;	 /* the file offset at base */
 	uint64_t length; /* whole: the file's size when mapped, rounded up to its pages */
 	void *base;
-	unsigned refs; /* its owners' */
+	unsigned refs; /* the owner records holding it */
 	LIST_HEAD(, map_owner) owners;
 };
 
