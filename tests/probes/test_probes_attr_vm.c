@@ -182,6 +182,9 @@ static void session_in_pid_namespace(void)
 	 * programs see. */
 	CHECK_EQ(getpid(), 1);
 	rig_open(&r, true);
+	if (kh_ctx_kernel_fd(session_ctx(r.session)) < 0)
+		SKIP("the backend's sessions have no descriptor of their own to count by (VFIO "
+		     "type1's containers are per domain)");
 	check_counted_to(&r, tenant_label_slot(r.tenant));
 	rig_close(&r);
 }
