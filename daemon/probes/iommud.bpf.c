@@ -195,7 +195,7 @@ static __always_inline int syscall_fd(void)
  * object of the descriptor where the hook sees it, else the descriptor) until the daemon
  * changes the attribution maps: a run of maps on one session looks nothing up. fd < 0: read
  * it from the system call, needed only when looking up. */
-static __always_inline __u32 ioctl_tenant(struct thread_state *st, __u64 ctx, int fd)
+static __always_inline __u32 ioctl_tenant(struct thread_state *st, __u32 tgid, __u64 ctx, int fd)
 {
 	struct iommud_attribution *daemon;
 	struct iommud_fd_key key;
@@ -203,7 +203,7 @@ static __always_inline __u32 ioctl_tenant(struct thread_state *st, __u64 ctx, in
 	__u64 gen;
 
 	daemon = bpf_map_lookup_elem(&attribution, &zero);
-	if (!daemon || (__u32)(bpf_get_current_pid_tgid() >> 32) != daemon->tgid)
+	if (!daemon || tgid != daemon->tgid)
 		return cgroup_tenant();
 	gen = daemon->gen;
 	if (gen && st->known_gen == gen && st->known_ctx == ctx)
@@ -355,15 +355,15 @@ static __always_inline struct thread_state *claim_thread(__u32 tid, __u64 *ret_t
 static __always_inline void ioctl_begin(__u32 op, __u64 ctx, int fd, __u64 bytes,
 					const void *length_user)
 {
-	__u64 tag = 0;
-	struct thread_state *st = claim_thread((__u32)bpf_get_current_pid_tgid(), &tag);
+	__u64 pid_tgid = bpf_get_current_pid_tgid(), tag = 0;
+	struct thread_state *st = claim_thread((__u32)pid_tgid, &tag);
 
 	if (!st)
 		return;
 	if (length_user && bpf_probe_read_user(&bytes, sizeof(bytes), length_user) < 0)
 		bytes = 0;
 	st->ioctl_bytes = bytes;
-	st->tenant = ioctl_tenant(st, ctx, fd);
+	st->tenant = ioctl_tenant(st, (__u32)(pid_tgid >> 32), ctx, fd);
 	st->ioctl_op = op;
 	st->call_start[IOMMUD_OP_MAP] = no_call(tag);
 	st->call_start[IOMMUD_OP_UNMAP] = no_call(tag);
