@@ -16,6 +16,7 @@
 
 #include "call.h"
 #include "log.h"
+#include "probes/probes.h"
 
 struct delegation {
 	LIST_ENTRY(delegation) link;
@@ -25,6 +26,8 @@ struct delegation {
 	uid_t uid;		 /* of the tenant that asked */
 	struct peer vmm;	 /* pid, uid and cgroup of the VMM, read when it was handed out */
 	int pidfd;		 /* the VMM's, readable once it has exited */
+	struct probes *probes;	 /* count what the VMM maps to the tenant by its cgroup, */
+	uint64_t lent_cgroup;	 /* lent while this lives (probes_lend_cgroup's token) */
 	struct event *exit_watch;
 	time_t since;
 	size_t n;
@@ -55,6 +58,7 @@ static void delegation_end(struct delegation *del, const char *outcome, const ch
 		   "devices {IOMMUD_DEVICE} handed to pid %d (delegation %" PRIu64
 		   ") %s: {IOMMUD_REASON}",
 		   (int)del->vmm.pid, del->id, outcome);
+	probes_return_cgroup(del->probes, del->lent_cgroup);
 	LIST_REMOVE(del, link);
 	event_free(del->exit_watch);
 	(void)close(del->pidfd);
@@ -296,6 +300,9 @@ int do_delegate_devices(struct call *call)
 	del->uid = call->client->peer.uid;
 	del->since = time(NULL);
 	LIST_INSERT_HEAD(&del->all->list, del, link);
+	del->probes = call->d->probes;
+	(void)probes_lend_cgroup(del->probes, del->vmm.cgroup,
+				 tenant_label_slot(call->client->tenant), &del->lent_cgroup);
 	reply->delegation_id = del->id;
 	call->out.unsent = reply_unsent;
 	call->out.unsent_arg = del->all;

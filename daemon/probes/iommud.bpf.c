@@ -119,7 +119,7 @@ struct thread_state {
 	__u64 ioctl_start;
 	__u64 ioctl_bytes;
 	__u64 call_start[IOMMUD_OP_COUNT];
-	__s32 known_fd; /* the descriptor whose tenant is known_tenant */
+	__u64 known_ctx; /* the context whose tenant is known_tenant (ioctl_tenant) */
 	__u32 known_tenant;
 	__u64 known_gen; /* attribution_gen when it was looked up; 0: none */
 };
@@ -181,13 +181,24 @@ static __always_inline __u32 cgroup_tenant(void)
 	return slot ? *slot : 0;
 }
 
-/* The daemon's own descriptor says whose session it is; anyone else counts to their cgroup.
- * The daemon's thread remembers its last descriptor's tenant until the daemon changes the
- * attribution maps: a run of maps on one session looks nothing up. */
-static __always_inline __u32 ioctl_tenant(struct thread_state *st, __u32 tgid, int fd)
+/* The descriptor the running ioctl system call was made on: its first argument, as the system
+ * call's entry saved the user registers (x86-64, as the tier's system call hook is). */
+static __always_inline int syscall_fd(void)
 {
-	struct iommud_fd_key key = {.tgid = tgid, .fd = fd};
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	return regs ? (int)regs->di : -1;
+}
+
+/* The daemon's own descriptor says whose session it is; anyone else counts to their cgroup.
+ * The daemon's thread remembers the tenant of the last context it mapped on (ctx: the kernel's
+ * object of the descriptor where the hook sees it, else the descriptor) until the daemon
+ * changes the attribution maps: a run of maps on one session looks nothing up. fd < 0: read
+ * it from the system call, needed only when looking up. */
+static __always_inline __u32 ioctl_tenant(struct thread_state *st, __u32 tgid, __u64 ctx, int fd)
+{
 	struct iommud_attribution *daemon;
+	struct iommud_fd_key key;
 	__u32 zero = 0, *slot;
 	__u64 gen;
 
@@ -195,11 +206,13 @@ static __always_inline __u32 ioctl_tenant(struct thread_state *st, __u32 tgid, i
 	if (!daemon || tgid != daemon->tgid)
 		return cgroup_tenant();
 	gen = daemon->gen;
-	if (gen && st->known_gen == gen && st->known_fd == fd)
+	if (gen && st->known_gen == gen && st->known_ctx == ctx)
 		return st->known_tenant;
+	key.tgid = daemon->tgid;
+	key.fd = fd < 0 ? syscall_fd() : fd;
 	slot = bpf_map_lookup_elem(&session_fds, &key);
 	st->known_tenant = slot ? *slot : cgroup_tenant();
-	st->known_fd = fd;
+	st->known_ctx = ctx;
 	st->known_gen = gen;
 	return st->known_tenant;
 }
@@ -231,6 +244,21 @@ static __always_inline bool in_interrupt(void)
 		count = ((const struct pcpu_hot___iommud *)bpf_this_cpu_ptr(&pcpu_hot))
 				->preempt_count;
 	return count & IN_INTERRUPT_MASK;
+}
+
+/* Run once by the loader in the daemon's own context (BPF_PROG_TEST_RUN), never attached: the
+ * kernel's id of the daemon's process, which the programs see whatever pid namespace the daemon
+ * runs in (its getpid() is its own namespace's). */
+SEC("raw_tp")
+int learn_daemon(void *ctx)
+{
+	struct iommud_attribution *daemon;
+	__u32 zero = 0;
+
+	daemon = bpf_map_lookup_elem(&attribution, &zero);
+	if (daemon)
+		daemon->tgid = (__u32)(bpf_get_current_pid_tgid() >> 32);
+	return 0;
 }
 
 /* ---- the ioctl layer -------------------------------------------------------------------- */
@@ -321,18 +349,21 @@ static __always_inline struct thread_state *claim_thread(__u32 tid, __u64 *ret_t
 	return st;
 }
 
-static __always_inline void ioctl_enter(int fd, unsigned int cmd, unsigned long arg)
+/* Starts tracking the calling thread's map/unmap ioctl of op on ctx (ioctl_tenant): claims its
+ * slot, fills what its exit and its driver calls read, and publishes it. Its length is bytes,
+ * or where length_user points in the caller's memory when that is not NULL. */
+static __always_inline void ioctl_begin(__u32 op, __u64 ctx, int fd, __u64 bytes,
+					const void *length_user)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid(), tag = 0;
-	struct thread_state *st;
-	__u32 op, offset;
+	struct thread_state *st = claim_thread((__u32)pid_tgid, &tag);
 
-	if (!tracked_cmd(cmd, &op, &offset) || !(st = claim_thread((__u32)pid_tgid, &tag)))
+	if (!st)
 		return;
-	if (bpf_probe_read_user(&st->ioctl_bytes, sizeof(st->ioctl_bytes), (void *)(arg + offset)) <
-	    0)
-		st->ioctl_bytes = 0;
-	st->tenant = ioctl_tenant(st, (__u32)(pid_tgid >> 32), fd);
+	if (length_user && bpf_probe_read_user(&bytes, sizeof(bytes), length_user) < 0)
+		bytes = 0;
+	st->ioctl_bytes = bytes;
+	st->tenant = ioctl_tenant(st, (__u32)(pid_tgid >> 32), ctx, fd);
 	st->ioctl_op = op;
 	st->call_start[IOMMUD_OP_MAP] = no_call(tag);
 	st->call_start[IOMMUD_OP_UNMAP] = no_call(tag);
@@ -340,6 +371,15 @@ static __always_inline void ioctl_enter(int fd, unsigned int cmd, unsigned long 
 	/* Only the ENTERING thread moves the tag on from ENTERING: a store publishes. */
 	barrier();
 	READ_TAG(st) = with_state(tag, THREAD_ACTIVE);
+}
+
+/* An ioctl whose command and user argument the hook sees (the system call, VFIO type1's). */
+static __always_inline void ioctl_enter(__u64 ctx, int fd, unsigned int cmd, unsigned long arg)
+{
+	__u32 op, offset;
+
+	if (tracked_cmd(cmd, &op, &offset))
+		ioctl_begin(op, ctx, fd, 0, (const void *)(arg + offset));
 }
 
 static __always_inline void ioctl_exit(long ret)
@@ -362,11 +402,13 @@ static __always_inline void ioctl_exit(long ret)
 		record(tenant, op, IOMMUD_LAYER_IOCTL, bytes, bpf_ktime_get_ns() - start, true);
 }
 
-/* The syscall's own registers, read in place: the trampoline hands over a kernel pointer. */
+/* The fentry tier's ioctl layer where the kernel has neither iommufd's handlers nor VFIO type1's
+ * (the loader's fallback): every ioctl on the machine enters here. The syscall's own registers,
+ * read in place: the trampoline hands over a kernel pointer. */
 SEC("fentry/__x64_sys_ioctl")
 int BPF_PROG(ioctl_fentry, struct pt_regs *regs)
 {
-	ioctl_enter((int)regs->di, (unsigned int)regs->si, regs->dx);
+	ioctl_enter((int)regs->di, (int)regs->di, (unsigned int)regs->si, regs->dx);
 	return 0;
 }
 
@@ -381,10 +423,76 @@ int BPF_PROG(ioctl_fexit, struct pt_regs *regs, long ret)
 	return 0;
 }
 
+/* iommufd's own handlers, where the fentry tier has them: only iommufd's ioctls enter (not every
+ * ioctl on the machine), iommufd has copied the command into kernel memory (a load, not a user
+ * copy), and its context is the key the daemon's thread remembers its tenant by. They run
+ * after iommufd has copied the command and found its context, so the layer starts there. The
+ * structs are named here and relocated against the running kernel's (CO-RE): the build host
+ * may lack iommufd. */
+struct iommufd_ucmd___iommud {
+	void *ictx;
+	void *cmd;
+} __attribute__((preserve_access_index));
+
+struct iommu_ioas_map___iommud {
+	__u64 length;
+} __attribute__((preserve_access_index));
+
+struct iommu_ioas_map_file___iommud {
+	__u64 length;
+} __attribute__((preserve_access_index));
+
+struct iommu_ioas_unmap___iommud {
+	__u64 length;
+} __attribute__((preserve_access_index));
+
+/* A typed view of kernel memory whose loads fault safely (Linux 6.2 on, as iommufd's handlers
+ * are): the verifier turns it into a plain register move. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+#define IOAS_HANDLER(prog, function, op, cmd_type)                                                 \
+	SEC("fentry/" #function)                                                                   \
+	int BPF_PROG(prog##_fentry, struct iommufd_ucmd___iommud *ucmd)                            \
+	{                                                                                          \
+		struct cmd_type *cmd =                                                             \
+			bpf_rdonly_cast(ucmd->cmd, bpf_core_type_id_kernel(struct cmd_type));      \
+                                                                                                   \
+		ioctl_begin(op, (__u64)ucmd->ictx, -1, cmd->length, NULL);                         \
+		return 0;                                                                          \
+	}                                                                                          \
+	SEC("fexit/" #function)                                                                    \
+	int BPF_PROG(prog##_fexit, void *ucmd, int ret)                                            \
+	{                                                                                          \
+		ioctl_exit(ret);                                                                   \
+		return 0;                                                                          \
+	}
+
+IOAS_HANDLER(ioas_map, iommufd_ioas_map, IOMMUD_OP_MAP, iommu_ioas_map___iommud)
+IOAS_HANDLER(ioas_map_file, iommufd_ioas_map_file, IOMMUD_OP_MAP, iommu_ioas_map_file___iommud)
+IOAS_HANDLER(ioas_unmap, iommufd_ioas_unmap, IOMMUD_OP_UNMAP, iommu_ioas_unmap___iommud)
+
+/* VFIO type1's ioctl on a container: its own commands only; the container is the context. */
+SEC("fentry/vfio_iommu_type1_ioctl")
+int BPF_PROG(type1_fentry, void *iommu_data, unsigned int cmd, unsigned long arg)
+{
+	ioctl_enter((__u64)iommu_data, -1, cmd, arg);
+	return 0;
+}
+
+SEC("fexit/vfio_iommu_type1_ioctl")
+int BPF_PROG(type1_fexit, void *iommu_data, unsigned int cmd, unsigned long arg, long ret)
+{
+	__u32 op, offset;
+
+	if (tracked_cmd(cmd, &op, &offset))
+		ioctl_exit(ret);
+	return 0;
+}
+
 SEC("ksyscall/ioctl")
 int BPF_KSYSCALL(ioctl_kprobe, int fd, unsigned int cmd, unsigned long arg)
 {
-	ioctl_enter(fd, cmd, arg);
+	ioctl_enter(fd, fd, cmd, arg);
 	return 0;
 }
 

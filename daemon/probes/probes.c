@@ -13,10 +13,12 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <names.h>
@@ -50,22 +52,34 @@ struct probe_spec {
 	/* The raw tracepoint exit attaches to, or NULL: the entry's target. Without exit, the
 	 * tracepoint whose program another spec of the tier attaches. */
 	const char *exit_tp;
+	/* Kept only where no spec of its tier before it found its function: what measures the
+	 * same thing less precisely, for kernels without those functions. */
+	bool fallback;
 };
 
 /* An entry/exit pair on the map path, and one event counting faults. */
 #define PAIR(tier, kind, what, entry, exit, target, alt_target)                                    \
 	{                                                                                          \
-		what, TIER(tier), false, kind, entry, exit, {target, alt_target}, NULL             \
+		what, TIER(tier), false, kind, entry, exit, {target, alt_target}, NULL, false      \
+	}
+/* An ioctl handler's pair at the fentry tier, and the system call's, kept where no handler is. */
+#define HANDLER(what, prog, target)                                                                \
+	PAIR(FENTRY, ATTACH_TRACE, what, #prog "_fentry", #prog "_fexit", target, NULL)
+#define SYSCALL_FALLBACK                                                                           \
+	{                                                                                          \
+		"map/unmap ioctl", TIER(FENTRY), false, ATTACH_TRACE, "ioctl_fentry",              \
+			"ioctl_fexit", {"__x64_sys_ioctl"}, NULL, true                             \
 	}
 #define FAULT(tier, kind, what, prog, target)                                                      \
 	{                                                                                          \
-		what, TIER(tier), true, kind, prog, NULL, {target}, NULL                           \
+		what, TIER(tier), true, kind, prog, NULL, {target}, NULL, false                    \
 	}
 /* A driver function, timed at the fentry and the kprobe tier from its entry (the programs
  * prog_fentry and prog_kprobe) to its tracepoint (end_prog on raw tracepoint tp). */
 #define DRIVER_PAIR(tier, kind, suffix, what, prog, target, alt_target, end_prog, tp)              \
 	{                                                                                          \
-		what, TIER(tier), false, kind, #prog suffix, end_prog, {target, alt_target}, tp    \
+		what, TIER(tier), false, kind, #prog suffix, end_prog, {target, alt_target}, tp,   \
+			false                                                                      \
 	}
 #define DRIVER_PAIRS(what, prog, target, alt_target, end_prog, tp)                                 \
 	DRIVER_PAIR(FENTRY, ATTACH_TRACE, "_fentry", what, prog, target, alt_target, end_prog,     \
@@ -78,8 +92,11 @@ struct probe_spec {
  * names that tracepoint without a program of its own, and stays off when the spec with the
  * program did not attach. */
 static const struct probe_spec specs[] = {
-	PAIR(FENTRY, ATTACH_TRACE, "map/unmap ioctl", "ioctl_fentry", "ioctl_fexit",
-	     "__x64_sys_ioctl", NULL),
+	HANDLER("IOAS map ioctl", ioas_map, "iommufd_ioas_map"),
+	HANDLER("IOAS map-file ioctl", ioas_map_file, "iommufd_ioas_map_file"),
+	HANDLER("IOAS unmap ioctl", ioas_unmap, "iommufd_ioas_unmap"),
+	HANDLER("VFIO type1 map/unmap ioctl", type1, "vfio_iommu_type1_ioctl"),
+	SYSCALL_FALLBACK,
 	PAIR(KPROBE, ATTACH_KSYSCALL, "map/unmap ioctl", "ioctl_kprobe", "ioctl_kretprobe", "ioctl",
 	     NULL),
 	DRIVER_PAIRS("iommu_map", map, "iommu_map_nosync", "iommu_map", "map_end", "map"),
@@ -94,11 +111,23 @@ static const struct probe_spec specs[] = {
 
 #define N_SPECS (sizeof(specs) / sizeof(specs[0]))
 
+/* A cgroup registered to a tenant slot: by a tenant (one per cgroup, the latest), or lent to a
+ * delegation's VMM (as many as there are delegations). */
+struct cgroup_reg {
+	uint64_t id;
+	unsigned slot;
+	uint64_t lent; /* the lending's token (probes_lend_cgroup), 0: a tenant's */
+};
+
+/* Where cgroup v2 paths (/proc/PID/cgroup's) are rooted. */
+#define CGROUP_ROOT "/sys/fs/cgroup"
+
 struct probes {
 	Iommud__V1__ProbeTier tier;
 	bool in_process;
 	unsigned tenant_slots; /* the kernel side's histograms hold this many */
 	__u64 attribution_gen; /* the last written to the object's attribution map */
+	__u32 kernel_tgid;     /* this process as the programs see it (learn_daemon) */
 	char **detached;       /* owned lines */
 	size_t n_detached;
 	struct iommud_bpf *skel;	     /* NULL at tier OFF */
@@ -107,6 +136,10 @@ struct probes {
 	const char *target[N_SPECS];	     /* the target chosen for each spec, or NULL */
 	bool said_missing[N_SPECS];	     /* a spec of several tiers says so once */
 	struct iommud_hist *local; /* IN_PROCESS_SLOTS of them when in_process, else NULL */
+	/* The cgroups registered for attribution (tenant_cgroups' entries are what they make). */
+	struct cgroup_reg *cgroups;
+	size_t n_cgroups;
+	uint64_t lendings; /* tokens given so far */
 	/* One histogram per possible CPU: what a per-CPU map lookup writes, allocated with the
 	 * skeleton and reused by every read. */
 	__u64 *percpu_values;
@@ -173,15 +206,18 @@ static struct bpf_program *program(struct probes *p, const char *name)
 static void choose_programs(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf)
 {
 	struct bpf_program *prog;
+	bool found = false;
 
 	bpf_object__for_each_program(prog, p->skel->obj)(void)
 		bpf_program__set_autoload(prog, false);
+	(void)bpf_program__set_autoload(p->skel->progs.learn_daemon, true);
 	for (size_t i = 0; i < N_SPECS; i++) {
 		const struct probe_spec *s = &specs[i];
 		struct bpf_program *entry = program(p, s->entry), *exit = program(p, s->exit);
-		bool keep = spec_in_tier(s, tier);
+		bool keep = spec_in_tier(s, tier) && !(s->fallback && found);
 
 		p->target[i] = keep ? choose_target(s, btf) : NULL;
+		found = found || (keep && p->target[i] && !s->fault);
 		if (keep && !p->target[i] && !p->said_missing[i]) {
 			say(p, "%s: this kernel has no function %s", s->what, s->targets[0]);
 			p->said_missing[i] = true;
@@ -292,6 +328,28 @@ static void drop_without_end(struct probes *p, size_t i)
 	p->attached[i] = false;
 }
 
+/* This process's id as the programs see it: the initial pid namespace's, where the daemon's
+ * getpid() is its own namespace's (a container's). Learned by running a program in this
+ * process once; a kernel that will not run it leaves getpid(), right outside a namespace. */
+static void learn_daemon(struct probes *p)
+{
+	LIBBPF_OPTS(bpf_test_run_opts, opts);
+	struct iommud_attribution value = {0};
+	__u32 zero = 0;
+
+	p->kernel_tgid = (__u32)getpid();
+	if (bpf_prog_test_run_opts(bpf_program__fd(p->skel->progs.learn_daemon), &opts) < 0 ||
+	    bpf_map__lookup_elem(p->skel->maps.attribution, &zero, sizeof(zero), &value,
+				 sizeof(value), 0) < 0 ||
+	    !value.tgid) {
+		log_warning("probes: cannot learn this process's pid as the kernel sees it (%s); "
+			    "in a pid namespace, sessions' maps would count to no tenant",
+			    strerror(errno));
+		return;
+	}
+	p->kernel_tgid = value.tgid;
+}
+
 /* Loads and attaches one tier's programs; true when a latency or count pair attached. */
 static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf)
 {
@@ -314,6 +372,7 @@ static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct 
 		detach_all(p);
 		return false;
 	}
+	learn_daemon(p);
 	for (size_t i = 0; i < N_SPECS; i++)
 		p->attached[i] = p->target[i] && attach_spec(p, i);
 	for (size_t i = 0; i < N_SPECS; i++) {
@@ -397,6 +456,7 @@ void probes_stop(struct probes *p)
 		free(p->detached[i]);
 	free(p->detached);
 	free(p->local);
+	free(p->cgroups);
 	free(p->percpu_values);
 	free(p);
 }
@@ -464,7 +524,7 @@ uint64_t probes_dropped_events(struct probes *p)
 static void attribution_changed(struct probes *p)
 {
 	__u32 zero = 0;
-	struct iommud_attribution value = {.tgid = (__u32)getpid(), .gen = ++p->attribution_gen};
+	struct iommud_attribution value = {.tgid = p->kernel_tgid, .gen = ++p->attribution_gen};
 
 	(void)bpf_map__update_elem(p->skel->maps.attribution, &zero, sizeof(zero), &value,
 				   sizeof(value), BPF_ANY);
@@ -489,37 +549,139 @@ static void unset_slot(struct probes *p, const struct bpf_map *map, const void *
 	attribution_changed(p);
 }
 
-static struct iommud_fd_key own_fd(int fd)
+static struct iommud_fd_key own_fd(const struct probes *p, int fd)
 {
-	return (struct iommud_fd_key){.tgid = (__u32)getpid(), .fd = fd};
+	return (struct iommud_fd_key){.tgid = p->kernel_tgid, .fd = fd};
 }
 
 int probes_register_fd(struct probes *p, int fd, unsigned slot)
 {
-	struct iommud_fd_key key = own_fd(fd);
+	struct iommud_fd_key key = own_fd(p, fd);
 
 	return p->skel ? set_slot(p, p->skel->maps.session_fds, &key, sizeof(key), slot) : 0;
 }
 
 void probes_unregister_fd(struct probes *p, int fd)
 {
-	struct iommud_fd_key key = own_fd(fd);
+	struct iommud_fd_key key = own_fd(p, fd);
 
 	if (p->skel)
 		unset_slot(p, p->skel->maps.session_fds, &key, sizeof(key));
 }
 
+/* Who a cgroup's work counts to: the latest delegation lent to a VMM in it, else the tenant
+ * registered with it, else nobody (its entry deleted). */
+static int write_cgroup(struct probes *p, uint64_t cgroup_id)
+{
+	const struct cgroup_reg *tenant = NULL, *lent = NULL;
+
+	/* Lendings are kept in the order they were made: the last one found is the latest. */
+	for (size_t i = 0; i < p->n_cgroups; i++)
+		if (p->cgroups[i].id == cgroup_id) {
+			if (p->cgroups[i].lent)
+				lent = &p->cgroups[i];
+			else
+				tenant = &p->cgroups[i];
+		}
+	if (lent || tenant)
+		return set_slot(p, p->skel->maps.tenant_cgroups, &cgroup_id, sizeof(cgroup_id),
+				(lent ? lent : tenant)->slot);
+	unset_slot(p, p->skel->maps.tenant_cgroups, &cgroup_id, sizeof(cgroup_id));
+	return 0;
+}
+
+/* The index of the registration of cgroup_id with that lending token (0: the tenant's), or
+ * n_cgroups. */
+static size_t find_cgroup(const struct probes *p, uint64_t cgroup_id, uint64_t lent)
+{
+	for (size_t i = 0; i < p->n_cgroups; i++)
+		if (p->cgroups[i].id == cgroup_id && p->cgroups[i].lent == lent)
+			return i;
+	return p->n_cgroups;
+}
+
+static void drop_cgroup(struct probes *p, size_t i)
+{
+	uint64_t cgroup_id = p->cgroups[i].id;
+
+	memmove(&p->cgroups[i], &p->cgroups[i + 1], (p->n_cgroups - i - 1) * sizeof(p->cgroups[0]));
+	p->n_cgroups--;
+	(void)write_cgroup(p, cgroup_id);
+}
+
+/* A registration the map would not take is dropped: nobody would take it back. */
+static int add_cgroup(struct probes *p, uint64_t cgroup_id, unsigned slot, uint64_t lent)
+{
+	size_t i = find_cgroup(p, cgroup_id, lent);
+	struct cgroup_reg *regs;
+	int rc;
+
+	if (i == p->n_cgroups) {
+		regs = realloc(p->cgroups, (p->n_cgroups + 1) * sizeof(*regs));
+		if (!regs)
+			return -ENOMEM;
+		p->cgroups = regs;
+		p->n_cgroups++;
+	}
+	p->cgroups[i] = (struct cgroup_reg){.id = cgroup_id, .slot = slot, .lent = lent};
+	rc = write_cgroup(p, cgroup_id);
+	if (rc < 0)
+		drop_cgroup(p, i);
+	return rc;
+}
+
+static void remove_cgroup(struct probes *p, uint64_t cgroup_id, uint64_t lent)
+{
+	size_t i = find_cgroup(p, cgroup_id, lent);
+
+	if (i < p->n_cgroups)
+		drop_cgroup(p, i);
+}
+
 int probes_register_cgroup(struct probes *p, uint64_t cgroup_id, unsigned slot)
 {
-	return p->skel ? set_slot(p, p->skel->maps.tenant_cgroups, &cgroup_id, sizeof(cgroup_id),
-				  slot)
-		       : 0;
+	return p->skel ? add_cgroup(p, cgroup_id, slot, 0) : 0;
 }
 
 void probes_unregister_cgroup(struct probes *p, uint64_t cgroup_id)
 {
 	if (p->skel)
-		unset_slot(p, p->skel->maps.tenant_cgroups, &cgroup_id, sizeof(cgroup_id));
+		remove_cgroup(p, cgroup_id, 0);
+}
+
+int probes_lend_cgroup(struct probes *p, const char *cgroup, unsigned slot, uint64_t *ret_token)
+{
+	char path[sizeof(CGROUP_ROOT) + PATH_MAX];
+	struct stat st;
+	int rc;
+
+	if (!p || !p->skel || !cgroup || !cgroup[0]) {
+		*ret_token = 0;
+		return 0;
+	}
+	/* A path cut short could name another cgroup, whose work would count to this tenant. */
+	if (snprintf(path, sizeof(path), CGROUP_ROOT "%s", cgroup) >= (int)sizeof(path))
+		rc = -ENAMETOOLONG;
+	else
+		rc = stat(path, &st) < 0 ? -errno : add_cgroup(p, st.st_ino, slot, p->lendings + 1);
+	if (rc < 0) {
+		log_warning("probes: cannot count what cgroup %s maps to tenant slot %u: %s",
+			    cgroup, slot, strerror(-rc));
+		return rc;
+	}
+	*ret_token = ++p->lendings;
+	return 0;
+}
+
+void probes_return_cgroup(struct probes *p, uint64_t token)
+{
+	if (!p || !p->skel || !token)
+		return;
+	for (size_t i = 0; i < p->n_cgroups; i++)
+		if (p->cgroups[i].lent == token) {
+			drop_cgroup(p, i);
+			return;
+		}
 }
 
 static size_t local_index(enum iommud_map_op op, __u8 size_class, unsigned tenant)

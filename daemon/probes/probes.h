@@ -10,8 +10,8 @@
  * (probes_detached), and the tier says what is left. Only this module calls bpf().
  *
  * Ownership: probes_start gives the caller a struct probes, released with probes_stop, which
- * owns the BPF objects, their maps and links, the buffer per-CPU reads reuse, and the
- * in-process histograms.
+ * owns the BPF objects, their maps and links, the buffer per-CPU reads reuse, the in-process
+ * histograms, and the list of cgroups registered for attribution.
  */
 #ifndef IOMMUD_PROBES_H
 #define IOMMUD_PROBES_H
@@ -69,6 +69,17 @@ int probes_register_fd(struct probes *p, int fd, unsigned slot);
 void probes_unregister_fd(struct probes *p, int fd);
 int probes_register_cgroup(struct probes *p, uint64_t cgroup_id, unsigned slot);
 void probes_unregister_cgroup(struct probes *p, uint64_t cgroup_id);
+
+/* A delegated VMM's cgroup (its cgroup v2 path, as /proc/PID/cgroup gives it) lent to the
+ * tenant slot it was delegated for while the delegation lives, so that what the VMM maps on its
+ * own iommufd counts to that tenant: at every tier, as its process is in no session (the
+ * ioctl and driver layers at the fentry and kprobe tiers, the iommu:map/unmap counts at the
+ * tracepoint tier). A lending comes before the cgroup's tenant registration, the latest
+ * first; returning it leaves what is left. 0 with *ret_token (0: nothing lent, as without
+ * probes, at tier OFF or for a VMM whose cgroup is not known), or a negative errno (logged);
+ * probes_return_cgroup takes the token back and ignores 0. */
+int probes_lend_cgroup(struct probes *p, const char *cgroup, unsigned slot, uint64_t *ret_token);
+void probes_return_cgroup(struct probes *p, uint64_t token);
 
 /* Calls visit for each histogram with a count, summed over CPUs; stops at and returns the first
  * non-zero return of visit. */
