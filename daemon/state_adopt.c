@@ -186,7 +186,8 @@ static void take_over(struct state *st, struct lease_rec *rec)
 		rec->kernel_stored = true;
 		for (size_t i = 0; i < plan->n_devs; i++)
 			if (lease_add_stored_dev(rec, plan->dev_ids[i]) < 0) {
-				/* Out of memory: the store keeps a copy the daemon forgot. */
+				/* Out of memory to remember it: out of the store too, so
+				 * that lease_store_kernel stores it again. */
 				lease_kernel_name(rec, plan->dev_ids[i], name);
 				fdstore_remove(name);
 			}
