@@ -273,7 +273,6 @@ static const char *const type_names[] = {
 	[KH_DOMAIN_NESTED] = "nested",
 };
 
-/* The one place a NULL op becomes an error, with what the caller can do about it. */
 /* Taking a context over (the end of this file). */
 static int adopt_bind(struct kh_ctx *ctx, struct kh_device *dev);
 static int adopt_domain(struct kh_ctx *ctx, struct kh_device *dev,
@@ -281,6 +280,7 @@ static int adopt_domain(struct kh_ctx *ctx, struct kh_device *dev,
 			struct kh_domain **out);
 static void adoption_free(struct kh_ctx *ctx);
 
+/* The one place a NULL op becomes an error, with what the caller can do about it. */
 static int unsupported(const struct kh_domain *dom, const char *what)
 {
 	static const char *const hints[] = {
@@ -1440,7 +1440,7 @@ static void clear_unrecorded(struct kh_domain *dom, uint64_t first, uint64_t las
 
 	if (first > last || first < dom->aperture_start || last > dom->aperture_last)
 		return;
-	(void)dom->ops->unmap(dom, first, length ? length : UINT64_MAX);
+	(void)backend_unmap(dom, first, length ? length : UINT64_MAX);
 }
 
 /* Checks one recorded mapping in the kernel; one the kernel lacks, or holds only in part, is
@@ -1465,54 +1465,60 @@ static int settle_mapping(struct kh_domain *dom, const struct kh_mapping *m, siz
 	return rc;
 }
 
+/* The first failure of several steps that all run, its message kept: the kernel's expected
+ * refusals of later steps (nothing to take out) would overwrite kh_last_error(). */
+struct first_failure {
+	int rc;
+	char why[256];
+};
+
+static void note_failure(struct first_failure *f, int rc)
+{
+	if (rc >= 0 || f->rc < 0)
+		return;
+	f->rc = rc;
+	(void)snprintf(f->why, sizeof(f->why), "%s", kh_last_error());
+}
+
 /* The kernel's mappings of a paging domain made to match the books. */
-static int settle_domain(struct kh_domain *dom, size_t *remade)
+static void settle_domain(struct kh_domain *dom, size_t *remade, struct first_failure *failed)
 {
 	struct kh_mapping page[64];
 	uint64_t next = dom->aperture_start;
-	int n, rc = 0, r;
+	int n;
 
 	do {
 		n = kh_mappings(dom->ctx, dom->id, next, page, 64);
-		if (n < 0)
-			return n;
+		note_failure(failed, n);
 		for (int i = 0; i < n; i++) {
 			if (page[i].iova > next)
 				clear_unrecorded(dom, next, page[i].iova - 1);
-			r = settle_mapping(dom, &page[i], remade);
-			rc = rc < 0 ? rc : r;
+			note_failure(failed, settle_mapping(dom, &page[i], remade));
 			next = page[i].iova + page[i].length;
 		}
 	} while (n == 64 && next);
 	/* next wraps to 0 past a mapping ending at the top, where nothing is left to clear. */
-	if (next)
+	if (next && n >= 0)
 		clear_unrecorded(dom, next, dom->aperture_last);
-	return rc;
 }
 
-int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *ret_remade)
+int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade)
 {
 	struct kh_objects *objs = ctx->objects;
-	size_t remade = 0;
-	int rc = 0, r;
+	struct first_failure failed = {0};
 
+	*remade = 0;
 	if (!ctx->adoption)
 		return kh_fail(-EINVAL, "the context is not taking another over");
 	adoption_free(ctx);
 	for (size_t i = 0; i < objs->n; i++) {
 		struct kh_domain *dom = objs->v[i].ptr;
 
-		if (objs->v[i].kind != KH_OBJ_DOMAIN || !dom->ioas)
-			continue;
-		r = settle_domain(dom, &remade);
-		rc = rc < 0 ? rc : r;
+		if (objs->v[i].kind == KH_OBJ_DOMAIN && dom->ioas)
+			settle_domain(dom, remade, &failed);
 	}
-	for (size_t i = 0; i < objs->n; i++) {
-		if (objs->v[i].kind != KH_OBJ_DEVICE)
-			continue;
-		r = ctx->be->ops->adopt_settle(objs->v[i].ptr);
-		rc = rc < 0 ? rc : r;
-	}
-	*ret_remade = remade;
-	return rc;
+	for (size_t i = 0; i < objs->n; i++)
+		if (objs->v[i].kind == KH_OBJ_DEVICE)
+			note_failure(&failed, ctx->be->ops->adopt_settle(objs->v[i].ptr));
+	return failed.rc < 0 ? kh_fail(failed.rc, "%s", failed.why) : 0;
 }

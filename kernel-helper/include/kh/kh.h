@@ -225,10 +225,11 @@ int kh_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device
 		 size_t n_devs, const struct kh_adopt_domain *doms, size_t n_doms);
 /* Whether ctx is between kh_ctx_adopt and kh_ctx_adopt_end. */
 bool kh_ctx_adopting(const struct kh_ctx *ctx);
-/* Ends the taking over (see above). *ret_remade: mappings the kernel did not hold and that
- * were made again. Devices given to kh_ctx_adopt and not bound since are closed. A negative
- * errno when a device could not be put back in its domain; the rest is done regardless. */
-int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *ret_remade);
+/* Ends the taking over (see above). *remade, set whether or not it fails: mappings the kernel
+ * did not hold and that were made again. Devices given to kh_ctx_adopt and not bound since are
+ * closed. A negative errno when a device could not be put back in its domain; the rest is done
+ * regardless. */
+int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade);
 
 /* ---- devices in a context ------------------------------------------------------------- */
 
