@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,8 +96,88 @@ void lease_drop_unused_files(struct lease_rec *rec)
 	}
 }
 
+void lease_kernel_name(const struct lease_rec *rec, uint32_t dev_id, char name[LEASE_FILE_NAME])
+{
+	if (dev_id)
+		(void)snprintf(name, LEASE_FILE_NAME, "lease%u.device%u", rec->id, dev_id);
+	else
+		(void)snprintf(name, LEASE_FILE_NAME, "lease%u.iommu", rec->id);
+}
+
+int lease_add_stored_dev(struct lease_rec *rec, uint32_t dev_id)
+{
+	int rc = grow((void **)&rec->stored_devs, &rec->cap_stored_devs, rec->n_stored_devs,
+		      sizeof(*rec->stored_devs));
+
+	if (rc == 0)
+		rec->stored_devs[rec->n_stored_devs++] = dev_id;
+	return rc;
+}
+
+static bool lease_dev_stored(const struct lease_rec *rec, uint32_t dev_id)
+{
+	for (size_t i = 0; i < rec->n_stored_devs; i++)
+		if (rec->stored_devs[i] == dev_id)
+			return true;
+	return false;
+}
+
+static int store_kernel_fd(const struct lease_rec *rec, uint32_t dev_id, int fd)
+{
+	char name[LEASE_FILE_NAME];
+
+	lease_kernel_name(rec, dev_id, name);
+	return fd < 0 ? fd : fdstore_add(name, fd);
+}
+
+void lease_store_kernel(const struct state *st, struct lease_rec *rec)
+{
+	struct kh_ctx *ctx = session_ctx(rec->s);
+	uint32_t dev_id;
+	int rc = 0;
+
+	if (!st->adopt)
+		return;
+	if (!rec->kernel_stored)
+		rc = store_kernel_fd(rec, 0, kh_ctx_kernel_fd(ctx));
+	rec->kernel_stored = rc == 0;
+	for (size_t i = 0; i < rec->n_devices && rc == 0; i++) {
+		if (session_device(rec->s, rec->devices[i], false, &dev_id) < 0 ||
+		    lease_dev_stored(rec, dev_id))
+			continue;
+		rc = store_kernel_fd(rec, dev_id, kh_device_kernel_fd(ctx, dev_id));
+		if (rc == 0)
+			rc = lease_add_stored_dev(rec, dev_id);
+	}
+	if (rc < 0)
+		log_struct(LOG_WARNING, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
+			   "the service manager's store refused lease '{IOMMUD_LEASE}''s kernel "
+			   "descriptors (%s): after a restart its objects are rebuilt, not taken "
+			   "over, and its devices' DMA faults until they are",
+			   strerror(-rc));
+}
+
+/* Takes the lease's kernel descriptors out of the store. */
+static void lease_unstore_kernel(struct lease_rec *rec)
+{
+	char name[LEASE_FILE_NAME];
+
+	if (rec->kernel_stored) {
+		lease_kernel_name(rec, 0, name);
+		fdstore_remove(name);
+	}
+	for (size_t i = 0; i < rec->n_stored_devs; i++) {
+		lease_kernel_name(rec, rec->stored_devs[i], name);
+		fdstore_remove(name);
+	}
+	rec->kernel_stored = false;
+	rec->n_stored_devs = 0;
+}
+
 static void lease_free(struct lease_rec *rec, bool unstore)
 {
+	if (unstore)
+		lease_unstore_kernel(rec);
 	while (rec->n_files) {
 		if (unstore)
 			lease_drop_file(rec, 0);
@@ -109,6 +190,7 @@ static void lease_free(struct lease_rec *rec, bool unstore)
 	free(rec->files);
 	free(rec->domains);
 	free(rec->devices);
+	free(rec->stored_devs);
 	free(rec);
 }
 
@@ -233,6 +315,7 @@ struct entry_box {
 		uint64_t *iova, *length, *offset;
 		size_t cap;
 	} run;
+	uint32_t kernel_ids[KH_KERNEL_IDS];
 	Iommud__State__V1__Entry entry;
 	union {
 		Iommud__State__V1__Lease lease;
@@ -270,6 +353,20 @@ void *txn_add(struct state *st, Iommud__State__V1__Entry__ChangeCase change)
 	/* Every member of the change union is a message pointer at the same place. */
 	box->entry.lease = &box->change.lease;
 	return &box->change;
+}
+
+/* The kernel's ids of the lease's object id, kept in the box of the change being built, where
+ * the next daemon can take the objects over; none otherwise. */
+static void add_kernel_ids(const struct state *st, struct lease_rec *rec, uint32_t id, void *change,
+			   size_t *ret_n, uint32_t **ret_ids)
+{
+	struct entry_box *box =
+		(struct entry_box *)((char *)change - offsetof(struct entry_box, change));
+
+	if (!st->adopt || kh_kernel_ids(session_ctx(rec->s), id, box->kernel_ids) < 0)
+		return;
+	*ret_n = KH_KERNEL_IDS;
+	*ret_ids = box->kernel_ids;
 }
 
 int txn_commit(struct state *st)
@@ -325,6 +422,7 @@ int add_bind(struct state *st, struct lease_rec *rec, const char *device)
 	b->lease_id = rec->id;
 	b->device = (char *)device;
 	b->dev_id = dev_id;
+	add_kernel_ids(st, rec, dev_id, b, &b->n_kernel_ids, &b->kernel_ids);
 	return 0;
 }
 
@@ -380,6 +478,9 @@ static int sync_binds(struct state *st, struct lease_rec *rec)
 		if ((b.rc = add_bind(st, rec, b.binds[i].name)) == 0)
 			b.rc = lease_add_device(rec, b.binds[i].name);
 	free(b.binds);
+	/* Before the record names them: the next daemon takes over what both hold. */
+	if (b.rc == 0 && b.n)
+		lease_store_kernel(st, rec);
 	return b.rc;
 }
 
@@ -398,6 +499,7 @@ int add_alloc(struct state *st, struct lease_rec *rec, const struct lease_domain
 	a->parent_id = d->args.parent_id;
 	a->data_type = d->args.data_type;
 	a->data = (ProtobufCBinaryData){d->args.data_len, d->data};
+	add_kernel_ids(st, rec, d->id, a, &a->n_kernel_ids, &a->kernel_ids);
 	return 0;
 }
 
@@ -706,6 +808,7 @@ int state_record_call(struct state *st, const struct call *call)
 		if (!(rec = lease_add(st, s, st->last_lease_id + 1)))
 			return fail(-ENOMEM, "out of memory for the state record");
 		rc = add_lease(st, rec);
+		lease_store_kernel(st, rec);
 	}
 	if (rc == 0)
 		rc = record_method(st, rec, call);
@@ -739,7 +842,7 @@ static size_t stored_count(const struct state *st)
 	size_t n = 1;
 
 	LIST_FOREACH (rec, &st->leases, link)
-		n += rec->n_files;
+		n += rec->n_files + rec->kernel_stored + rec->n_stored_devs;
 	return n;
 }
 
@@ -850,6 +953,24 @@ void state_compact_if_due(struct state *st)
 		st->snapshot_due = false;
 }
 
+static int each_kernel_fd(const struct lease_rec *rec,
+			  int (*visit)(const char *name, int fd, void *arg), void *arg)
+{
+	struct kh_ctx *ctx = session_ctx(rec->s);
+	char name[LEASE_FILE_NAME];
+	int rc = 0;
+
+	if (rec->kernel_stored) {
+		lease_kernel_name(rec, 0, name);
+		rc = visit(name, kh_ctx_kernel_fd(ctx), arg);
+	}
+	for (size_t i = 0; i < rec->n_stored_devs && rc == 0; i++) {
+		lease_kernel_name(rec, rec->stored_devs[i], name);
+		rc = visit(name, kh_device_kernel_fd(ctx, rec->stored_devs[i]), arg);
+	}
+	return rc;
+}
+
 int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),
 		  void *arg)
 {
@@ -857,11 +978,13 @@ int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd,
 	const struct lease_rec *rec;
 	int rc = visit(st->rec.name, st->rec.fd, arg);
 
-	LIST_FOREACH (rec, &st->leases, link)
+	LIST_FOREACH (rec, &st->leases, link) {
 		for (size_t i = 0; i < rec->n_files && rc == 0; i++) {
 			lease_file_name(rec, rec->files[i].id, name);
 			rc = visit(name, rec->files[i].fd, arg);
 		}
+		rc = rc < 0 ? rc : each_kernel_fd(rec, visit, arg);
+	}
 	return rc;
 }
 
@@ -933,6 +1056,7 @@ int state_open(struct registry *reg, struct state **ret_state)
 	if (!st)
 		return fail(-ENOMEM, "out of memory for the state record");
 	st->reg = reg;
+	st->adopt = kh_backend_caps(registry_backend(reg)) & KH_CAP_ADOPT;
 	st->store_max = store_max;
 	st->rec.fd = -1;
 	LIST_INIT(&st->leases);

@@ -3,7 +3,13 @@
  * transactions through the same session calls the methods use, each object under the id it
  * had. Where the backend answers otherwise than the record says (a device gone, a file not the
  * one recorded), the backend wins: the entry is said and skipped, and the snapshot written
- * next records what is. */
+ * next records what is.
+ *
+ * Where the backend's kernel objects outlive the daemon (KH_CAP_ADOPT: iommufd), a lease's
+ * context is not rebuilt but taken over: its kernel descriptors come back from the store, are
+ * checked against the kernel with the ids the record keeps, and the replay then only fills
+ * kernel-helper's books (kh.h, "taking a context over"), so the devices' DMA never stops. A
+ * lease whose objects fail a check is rebuilt as before, which one log line says. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +24,194 @@
 
 typedef Iommud__State__V1__Entry Entry;
 
+/* Every change names its lease first: lease_id is field 1 of each. */
+static uint32_t entry_lease_id(const Entry *e)
+{
+	return e->lease ? e->lease->lease_id : 0;
+}
+
+/* ---- what each lease's kernel holds ----------------------------------------------------- */
+
+/* The live devices and domains of one lease as the record leaves them, with their kernel ids;
+ * names point into the record's transactions, which outlive the replay. */
+struct kernel_plan {
+	uint32_t lease_id;
+	bool incomplete; /* an object without kernel ids, or out of memory: no taking over */
+	struct kh_adopt_device *devs;
+	uint32_t *dev_ids;
+	size_t n_devs;
+	struct kh_adopt_domain *doms;
+	size_t n_doms;
+};
+
+struct kernel_plans {
+	struct kernel_plan *v;
+	size_t n;
+};
+
+static struct kernel_plan *plan_find(const struct kernel_plans *p, uint32_t lease_id)
+{
+	for (size_t i = 0; p && i < p->n; i++)
+		if (p->v[i].lease_id == lease_id)
+			return &p->v[i];
+	return NULL;
+}
+
+static struct kernel_plan *plan_for(struct kernel_plans *p, uint32_t lease_id)
+{
+	struct kernel_plan *plan = plan_find(p, lease_id), *grown;
+
+	if (plan)
+		return plan;
+	if (!(grown = realloc(p->v, (p->n + 1) * sizeof(*grown))))
+		return NULL;
+	p->v = grown;
+	p->v[p->n] = (struct kernel_plan){.lease_id = lease_id};
+	return &p->v[p->n++];
+}
+
+static bool grow_by_one(void **v, size_t n, size_t size)
+{
+	void *grown = realloc(*v, (n + 1) * size);
+
+	if (grown)
+		*v = grown;
+	return grown != NULL;
+}
+
+static void plan_bind(struct kernel_plan *plan, const Iommud__State__V1__Bind *b)
+{
+	if (b->n_kernel_ids != KH_KERNEL_IDS ||
+	    !grow_by_one((void **)&plan->devs, plan->n_devs, sizeof(*plan->devs)) ||
+	    !grow_by_one((void **)&plan->dev_ids, plan->n_devs, sizeof(*plan->dev_ids))) {
+		plan->incomplete = true;
+		return;
+	}
+	plan->devs[plan->n_devs] = (struct kh_adopt_device){.name = b->device, .fd = -1};
+	memcpy(plan->devs[plan->n_devs].kernel_ids, b->kernel_ids, sizeof(plan->devs->kernel_ids));
+	plan->dev_ids[plan->n_devs++] = b->dev_id;
+}
+
+static void plan_alloc(struct kernel_plan *plan, const Iommud__State__V1__AllocDomain *a)
+{
+	if (a->n_kernel_ids != KH_KERNEL_IDS ||
+	    !grow_by_one((void **)&plan->doms, plan->n_doms, sizeof(*plan->doms))) {
+		plan->incomplete = true;
+		return;
+	}
+	plan->doms[plan->n_doms].id = a->domain_id;
+	memcpy(plan->doms[plan->n_doms++].kernel_ids, a->kernel_ids,
+	       sizeof(plan->doms->kernel_ids));
+}
+
+static void plan_free_domain(struct kernel_plan *plan, uint32_t domain_id)
+{
+	for (size_t i = 0; i < plan->n_doms; i++)
+		if (plan->doms[i].id == domain_id) {
+			plan->doms[i] = plan->doms[--plan->n_doms];
+			return;
+		}
+}
+
+static void plan_entry(struct kernel_plans *p, const Entry *e)
+{
+	struct kernel_plan *plan;
+
+	if (e->change_case != IOMMUD__STATE__V1__ENTRY__CHANGE_BIND &&
+	    e->change_case != IOMMUD__STATE__V1__ENTRY__CHANGE_ALLOC_DOMAIN &&
+	    e->change_case != IOMMUD__STATE__V1__ENTRY__CHANGE_FREE_DOMAIN)
+		return;
+	if (!(plan = plan_for(p, entry_lease_id(e))))
+		return; /* without memory, a lease with no plan is rebuilt */
+	if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_BIND)
+		plan_bind(plan, e->bind);
+	else if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_ALLOC_DOMAIN)
+		plan_alloc(plan, e->alloc_domain);
+	else
+		plan_free_domain(plan, e->free_domain->domain_id);
+}
+
+static void plans_free(struct kernel_plans *p)
+{
+	for (size_t i = 0; i < p->n; i++) {
+		free(p->v[i].devs);
+		free(p->v[i].dev_ids);
+		free(p->v[i].doms);
+	}
+	free(p->v);
+}
+
+/* Takes the descriptor kept as name out of the store: the lease no longer needs it. */
+static void drop_kept(int fd, const char *name)
+{
+	if (fd >= 0)
+		(void)close(fd);
+	fdstore_remove(name);
+}
+
+/* The plan's descriptors from the store, all of them or a failure naming the first missing. */
+static int claim_kernel_fds(const struct lease_rec *rec, struct kernel_plan *plan, int *ret_ctx_fd)
+{
+	char name[LEASE_FILE_NAME];
+
+	lease_kernel_name(rec, 0, name);
+	if ((*ret_ctx_fd = fdstore_claim_name(name)) < 0)
+		return fail(-ENOENT, "the store holds no '%s'", name);
+	if (plan->incomplete)
+		return fail(-ESTALE, "the record lacks the kernel's ids of some of its objects");
+	for (size_t i = 0; i < plan->n_devs; i++) {
+		lease_kernel_name(rec, plan->dev_ids[i], name);
+		if ((plan->devs[i].fd = fdstore_claim_name(name)) < 0)
+			return fail(-ENOENT, "the store holds no '%s'", name);
+	}
+	return 0;
+}
+
+/* The lease's kernel context taken over, or, where it cannot be, its descriptors dropped so
+ * that the replay rebuilds it in the fresh context the session opened. */
+static void take_over(struct state *st, struct lease_rec *rec)
+{
+	struct kernel_plan none = {0}, *plan = plan_find(st->plans, rec->id);
+	char name[LEASE_FILE_NAME];
+	int ctx_fd, rc;
+
+	if (!st->adopt)
+		return;
+	plan = plan ? plan : &none;
+	rc = claim_kernel_fds(rec, plan, &ctx_fd);
+	if (rc == 0 && (rc = kh_ctx_adopt(session_ctx(rec->s), ctx_fd, plan->devs, plan->n_devs,
+					  plan->doms, plan->n_doms)) < 0)
+		rc = fail_kh(rc, "checking its kernel objects");
+	if (rc == 0) {
+		rec->kernel_stored = true;
+		for (size_t i = 0; i < plan->n_devs; i++)
+			if (lease_add_stored_dev(rec, plan->dev_ids[i]) < 0) {
+				/* Out of memory to remember it: out of the store too, so
+				 * that lease_store_kernel stores it again. */
+				lease_kernel_name(rec, plan->dev_ids[i], name);
+				fdstore_remove(name);
+			}
+		return;
+	}
+	/* A lease recorded before any of its descriptors was kept has nothing to take over. */
+	if (ctx_fd >= 0 || plan->n_devs)
+		log_struct(LOG_WARNING, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
+			   "lease '{IOMMUD_LEASE}': its kernel objects cannot be taken over (%s); "
+			   "they are rebuilt from the state record, and its devices' DMA faults "
+			   "until they are",
+			   failure_message());
+	lease_kernel_name(rec, 0, name);
+	drop_kept(ctx_fd, name);
+	for (size_t i = 0; i < plan->n_devs; i++) {
+		lease_kernel_name(rec, plan->dev_ids[i], name);
+		drop_kept(plan->devs[i].fd, name);
+		plan->devs[i].fd = -1;
+	}
+}
+
 static int apply_lease(struct state *st, const Iommud__State__V1__Lease *l)
 {
+	struct lease_rec *rec;
 	struct tenant *t;
 	struct session *s;
 	int rc;
@@ -40,10 +232,11 @@ static int apply_lease(struct state *st, const Iommud__State__V1__Lease *l)
 		return fail(-EEXIST, "lease '%s' is recorded twice, as number %u too", l->name,
 			    l->lease_id);
 	}
-	if (!lease_add(st, s, l->lease_id)) {
+	if (!(rec = lease_add(st, s, l->lease_id))) {
 		session_leave(s);
 		return fail(-ENOMEM, "out of memory for the state record");
 	}
+	take_over(st, rec);
 	return 0;
 }
 
@@ -261,12 +454,6 @@ static int apply_change(struct lease_rec *rec, const Entry *e, bool whole)
 	}
 }
 
-/* Every change names its lease first: lease_id is field 1 of each. */
-static uint32_t entry_lease_id(const Entry *e)
-{
-	return e->lease ? e->lease->lease_id : 0;
-}
-
 /* A release acknowledged before the restart ends the lease at its entry, so that a later
  * lease made under the same name is a session of its own. Ending it frees rec. */
 static void end_released(struct lease_rec *rec)
@@ -336,6 +523,29 @@ static void apply_entry(struct state *st, const Entry *e, bool whole)
 			failure_message());
 }
 
+/* The kernel's mappings and attachments made to match what the replay left in the books. */
+static void end_take_over(struct lease_rec *rec)
+{
+	struct kh_ctx *ctx = session_ctx(rec->s);
+	size_t remade = 0;
+	int rc;
+
+	if (!kh_ctx_adopting(ctx))
+		return;
+	rc = kh_ctx_adopt_end(ctx, &remade);
+	if (rc < 0)
+		log_struct(
+			LOG_ERR, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
+			"lease '{IOMMUD_LEASE}': its kernel objects were taken over, but not all "
+			"could be made as recorded: %s",
+			kh_last_error());
+	if (remade)
+		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
+			   "lease '{IOMMUD_LEASE}': %zu mapping(s) the kernel no longer held (a "
+			   "change cut short by the daemon's end) were made again",
+			   remade);
+}
+
 /* The replay's references go; the leases live on in the registry. */
 static void finish_leases(struct state *st)
 {
@@ -343,7 +553,11 @@ static void finish_leases(struct state *st)
 
 	LIST_FOREACH (rec, &st->leases, link) {
 		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
-			   "lease '{IOMMUD_LEASE}' adopted from the state record");
+			   "lease '{IOMMUD_LEASE}' adopted from the state record%s",
+			   kh_ctx_adopting(session_ctx(rec->s)) ? ", its kernel objects taken over"
+								: "");
+		end_take_over(rec);
+		lease_store_kernel(st, rec);
 		session_leave(rec->s);
 	}
 }
@@ -379,6 +593,7 @@ static int claim_record(struct state *st)
 void state_adopt(struct state *st)
 {
 	Iommud__State__V1__Transaction **txns;
+	struct kernel_plans plans = {0};
 	size_t n, n_released;
 	uint32_t *released;
 	int rc;
@@ -395,12 +610,18 @@ void state_adopt(struct state *st)
 		return;
 	}
 	released = released_leases(txns, n, &n_released);
+	for (size_t i = 0; i < n && st->adopt; i++)
+		for (size_t j = 0; j < txns[i]->n_entries; j++)
+			plan_entry(&plans, txns[i]->entries[j]);
+	st->plans = &plans;
 	/* The first transaction is the snapshot the record was created with. */
 	for (size_t i = 0; i < n; i++)
 		for (size_t j = 0; j < txns[i]->n_entries; j++)
 			if (!is_released(released, n_released, txns[i]->entries[j]))
 				apply_entry(st, txns[i]->entries[j], i > 0);
 	free(released);
-	record_free_transactions(txns, n);
 	finish_leases(st);
+	st->plans = NULL;
+	plans_free(&plans);
+	record_free_transactions(txns, n);
 }

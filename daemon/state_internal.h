@@ -22,7 +22,7 @@
 #include "session.h"
 #include "state_record.h"
 
-#define LEASE_FILE_NAME 40 /* "lease<u32>.file<u32>" */
+#define LEASE_FILE_NAME 40 /* "lease<u32>.file<u32>", "lease<u32>.device<u32>" */
 
 struct lease_file {
 	uint32_t id;
@@ -56,19 +56,28 @@ struct lease_rec {
 	size_t n_domains, cap_domains;
 	char (*devices)[KH_NAME_MAX];
 	size_t n_devices, cap_devices;
+	/* Where the backend's kernel objects can be taken over: whether the context's kernel
+	 * descriptor is in the store, and the devices (by id) whose descriptors are. */
+	bool kernel_stored;
+	uint32_t *stored_devs;
+	size_t n_stored_devs, cap_stored_devs;
 };
 
 struct entry_box;
+struct kernel_plans;
 
 struct state {
 	struct registry *reg;
 	struct record rec;
+	bool adopt;	     /* the backend's kernel objects can be taken over (KH_CAP_ADOPT) */
 	uint64_t compact_at; /* committed bytes past which the record is rewritten */
 	size_t store_max;    /* descriptors the manager keeps for the daemon */
 	unsigned calls_kept; /* of leases, between slices: no snapshot meanwhile */
 	bool snapshot_due;   /* a lease changed unacknowledged: rewrite the record at once */
 	LIST_HEAD(, lease_rec) leases;
 	uint32_t last_lease_id;
+	struct kernel_plans
+		*plans;		  /* state_adopt.c: what each lease's kernel holds, while it runs */
 	struct entry_box **boxes; /* the transaction being built, reused */
 	size_t n_boxes, cap_boxes;
 };
@@ -77,6 +86,12 @@ struct lease_rec *lease_find(struct state *st, const struct session *s);
 struct lease_rec *lease_by_id(struct state *st, uint32_t id);
 struct lease_rec *lease_add(struct state *st, struct session *s, uint32_t id);
 void lease_file_name(const struct lease_rec *rec, uint32_t file_id, char name[LEASE_FILE_NAME]);
+/* The store's name for the lease's kernel context (dev_id 0) or a bound device's descriptor. */
+void lease_kernel_name(const struct lease_rec *rec, uint32_t dev_id, char name[LEASE_FILE_NAME]);
+int lease_add_stored_dev(struct lease_rec *rec, uint32_t dev_id);
+/* Hands the store the lease's kernel descriptors it does not hold yet, so the next daemon can
+ * take the objects over; nothing where the backend's cannot be. */
+void lease_store_kernel(const struct state *st, struct lease_rec *rec);
 int lease_add_file(struct lease_rec *rec, uint32_t id, dev_t dev, ino_t ino, bool writable, int fd);
 /* Hands the file to the store unless it is there already. */
 int lease_store_file(const struct lease_rec *rec, struct lease_file *lf);

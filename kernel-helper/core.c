@@ -100,7 +100,7 @@ const char *kh_backend_name(const struct kh_backend *be)
 static const char *const cap_names[KH_CAP_COUNT] = {
 	"map_in_process", "open_device",     "dma_remapping", "replace",
 	"dirty_tracking", "nesting",	     "map_file",      "copy",
-	"blocked_domain", "identity_domain", "delegate",
+	"blocked_domain", "identity_domain", "delegate",      "adopt",
 };
 
 const char *kh_cap_name(unsigned bit)
@@ -273,6 +273,13 @@ static const char *const type_names[] = {
 	[KH_DOMAIN_NESTED] = "nested",
 };
 
+/* Taking a context over (the end of this file). */
+static int adopt_bind(struct kh_ctx *ctx, struct kh_device *dev);
+static int adopt_domain(struct kh_ctx *ctx, struct kh_device *dev,
+			const struct kh_domain_alloc_args *args, struct kh_domain *parent,
+			struct kh_domain **out);
+static void adoption_free(struct kh_ctx *ctx);
+
 /* The one place a NULL op becomes an error, with what the caller can do about it. */
 static int unsupported(const struct kh_domain *dom, const char *what)
 {
@@ -334,7 +341,7 @@ static int device_detach(struct kh_device *dev)
 
 	if (!dom)
 		return 0;
-	rc = dom->ops->detach_dev ? dom->ops->detach_dev(dom, dev) : 0;
+	rc = dom->ops->detach_dev && !dev->ctx->adoption ? dom->ops->detach_dev(dom, dev) : 0;
 	if (rc == 0)
 		leave_domain(dev);
 	return rc;
@@ -396,6 +403,7 @@ void kh_ctx_destroy(struct kh_ctx *ctx)
 	} while (freed);
 	while (objs->n)
 		device_release(ctx, objs->v[objs->n - 1].ptr);
+	adoption_free(ctx);
 	ctx->be->ops->ctx_close(ctx);
 	ctx->be->n_ctx--;
 	free(objs->v);
@@ -461,7 +469,7 @@ int kh_device_bind(struct kh_ctx *ctx, const char *name, uint32_t *dev_id)
 		return kh_fail(-ENOMEM, "cannot allocate device %s", name);
 	dev->ctx = ctx;
 	dev->bdev = bdev;
-	rc = be->ops->bind(ctx, dev);
+	rc = ctx->adoption ? adopt_bind(ctx, dev) : be->ops->bind(ctx, dev);
 	if (rc < 0) {
 		free(dev);
 		return rc;
@@ -656,7 +664,9 @@ int kh_domain_alloc(struct kh_ctx *ctx, uint32_t dev_id, const struct kh_domain_
 	if (rc < 0)
 		return rc;
 
-	if (ops->domain_alloc) {
+	if (ctx->adoption) {
+		rc = adopt_domain(ctx, dev, args, parent, &dom);
+	} else if (ops->domain_alloc) {
 		rc = ops->domain_alloc(dev, args, parent, &dom);
 	} else if (args->type == KH_DOMAIN_PAGING) {
 		rc = ops->alloc_paging(dev, args->flags, &dom);
@@ -823,7 +833,7 @@ int kh_attach(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
 	rc = reserve_for(dom, dev);
 	if (rc < 0)
 		return rc;
-	rc = dom->ops->attach_dev(dom, dev);
+	rc = ctx->adoption ? 0 : dom->ops->attach_dev(dom, dev);
 	if (rc < 0) {
 		if (dom->ioas)
 			kh_ioas_unreserve(dom->ioas, dev);
@@ -873,7 +883,7 @@ int kh_replace(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
 			reserved = i + 1;
 		}
 	}
-	if (rc == 0)
+	if (rc == 0 && !ctx->adoption)
 		rc = dom->ops->replace_dev(dom, dev, old);
 	if (rc < 0) {
 		for (i = 0; i < reserved && dom->ioas; i++) {
@@ -988,6 +998,9 @@ static int check_file_range(const struct kh_map_req *req)
 static int backend_map(struct kh_domain *dom, const struct kh_map_req *req,
 		       const struct map_source *src)
 {
+	/* Taking a context over: the kernel holds the mapping already (kh_ctx_adopt_end). */
+	if (dom->ctx->adoption)
+		return 0;
 	if (src)
 		return dom->ops->copy(dom, req->iova, src->dom, src->iova, req->length, req->prot,
 				      req->addr);
@@ -1098,6 +1111,17 @@ int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_
 	return map_into(dst, req, &src);
 }
 
+/* Takes the range out of the IOMMU and makes that visible to devices; nothing while taking a
+ * context over, whose kernel did it before. */
+static int backend_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
+{
+	int rc = dom->ctx->adoption ? 0 : dom->ops->unmap(dom, iova, length);
+
+	if (rc == 0 && !dom->ctx->adoption && dom->ops->iotlb_sync)
+		dom->ops->iotlb_sync(dom, iova, length);
+	return rc;
+}
+
 int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
 	     uint64_t *unmapped)
 {
@@ -1114,11 +1138,9 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
 	if (rc < 0)
 		return rc;
 	/* One call for the whole span, so a failure leaves every mapping in place. */
-	rc = dom->ops->unmap(dom, first, last - first + 1);
+	rc = backend_unmap(dom, first, last - first + 1);
 	if (rc < 0)
 		return rc;
-	if (dom->ops->iotlb_sync)
-		dom->ops->iotlb_sync(dom, first, last - first + 1);
 	kh_ioas_remove(dom->ioas, first, last, ctx->release_owner, ctx->release_arg);
 	if (unmapped)
 		*unmapped = bytes;
@@ -1139,11 +1161,9 @@ int kh_unmap_tail(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_
 		return kh_fail(-EINVAL,
 			       "0x%" PRIx64 " + 0x%" PRIx64 " is not the end of a longer mapping",
 			       iova, length);
-	rc = dom->ops->unmap(dom, iova, length);
+	rc = backend_unmap(dom, iova, length);
 	if (rc < 0)
 		return rc;
-	if (dom->ops->iotlb_sync)
-		dom->ops->iotlb_sync(dom, iova, length);
 	kh_ioas_cut_tail(area, iova);
 	return 0;
 }
@@ -1181,7 +1201,7 @@ int kh_allow_iovas(struct kh_ctx *ctx, uint32_t domain_id, const struct kh_iova_
 	if (rc < 0)
 		return rc;
 	/* The kernel keeps its own copy where it allocates IOVA itself. */
-	if (dom->ops->set_allowed_iovas)
+	if (dom->ops->set_allowed_iovas && !ctx->adoption)
 		rc = dom->ops->set_allowed_iovas(dom, sorted, n);
 	if (rc < 0) {
 		free(sorted);
@@ -1204,7 +1224,7 @@ int kh_flush_iotlb(struct kh_ctx *ctx, uint32_t domain_id)
 	struct kh_domain *dom;
 	int rc = find_domain_for(ctx, domain_id, NEED_FLUSH, "IOTLB flushes", &dom);
 
-	return rc < 0 ? rc : dom->ops->flush_iotlb_all(dom);
+	return rc < 0 || ctx->adoption ? rc : dom->ops->flush_iotlb_all(dom);
 }
 
 /* ---- dirty tracking ----------------------------------------------------------------------- */
@@ -1214,7 +1234,7 @@ int kh_set_dirty_tracking(struct kh_ctx *ctx, uint32_t domain_id, bool enable)
 	struct kh_domain *dom;
 	int rc = find_domain_for(ctx, domain_id, NEED_DIRTY, "dirty tracking", &dom);
 
-	return rc < 0 ? rc : dom->dirty_ops->set_dirty_tracking(dom, enable);
+	return rc < 0 || ctx->adoption ? rc : dom->dirty_ops->set_dirty_tracking(dom, enable);
 }
 
 int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
@@ -1244,4 +1264,261 @@ int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_
 		return kh_fail(-EINVAL, "unknown dirty flags 0x%x", flags & ~KH_DIRTY_NO_CLEAR);
 	memset(bitmap, 0, ((length / page_size + 63) / 64) * sizeof(*bitmap));
 	return dom->dirty_ops->read_and_clear_dirty(dom, iova, length, page_size, bitmap, flags);
+}
+
+/* ---- taking a context over ---------------------------------------------------------------- */
+
+/* A device given to kh_ctx_adopt; fd is -1 once its binding took it. */
+struct adopted_device {
+	struct kh_bdev *bdev;
+	int fd;
+	uint32_t kernel_ids[KH_KERNEL_IDS];
+};
+
+struct kh_adoption {
+	struct adopted_device *devs;
+	size_t n_devs;
+	struct kh_adopt_domain *doms;
+	size_t n_doms;
+};
+
+static void adoption_free(struct kh_ctx *ctx)
+{
+	struct kh_adoption *a = ctx->adoption;
+
+	if (!a)
+		return;
+	for (size_t i = 0; i < a->n_devs; i++)
+		if (a->devs[i].fd >= 0)
+			(void)close(a->devs[i].fd);
+	free(a->devs);
+	free(a->doms);
+	free(a);
+	ctx->adoption = NULL;
+}
+
+static int no_adoption(const struct kh_backend *be)
+{
+	return kh_fail(-EOPNOTSUPP,
+		       "the %s backend's kernel objects cannot be taken over by another process",
+		       be->ops->name);
+}
+
+int kh_device_kernel_fd(struct kh_ctx *ctx, uint32_t dev_id)
+{
+	const struct kh_backend_ops *ops = ctx->be->ops;
+	struct kh_device *dev;
+	int rc = find_device(ctx, dev_id, &dev);
+
+	if (rc < 0)
+		return rc;
+	return ops->device_kernel_fd ? ops->device_kernel_fd(dev) : no_adoption(ctx->be);
+}
+
+int kh_kernel_ids(struct kh_ctx *ctx, uint32_t id, uint32_t ret_ids[KH_KERNEL_IDS])
+{
+	struct kh_device *dev = objects_find(ctx->objects, id, KH_OBJ_DEVICE);
+	struct kh_domain *dom = objects_find(ctx->objects, id, KH_OBJ_DOMAIN);
+
+	if (!ctx->be->ops->kernel_ids)
+		return no_adoption(ctx->be);
+	if (!dev && !dom)
+		return kh_fail(-ENOENT, "there is no device or domain %u in this context", id);
+	ctx->be->ops->kernel_ids(dev, dom, ret_ids);
+	return 0;
+}
+
+/* The adoption's copy of what the caller gave, its devices found among the backend's. */
+static int adoption_new(struct kh_backend *be, const struct kh_adopt_device *devs, size_t n_devs,
+			const struct kh_adopt_domain *doms, size_t n_doms, struct kh_adoption **ret)
+{
+	struct kh_adoption *a = kh_zalloc(sizeof(*a));
+	int index;
+
+	if (a) {
+		a->devs = kh_realloc_array(NULL, n_devs ? n_devs : 1, sizeof(*a->devs));
+		a->doms = kh_realloc_array(NULL, n_doms ? n_doms : 1, sizeof(*a->doms));
+	}
+	if (!a || !a->devs || !a->doms) {
+		if (a) {
+			free(a->devs);
+			free(a->doms);
+		}
+		free(a);
+		return kh_fail(-ENOMEM, "cannot hold the objects to take over");
+	}
+	for (; a->n_devs < n_devs; a->n_devs++) {
+		index = kh_device_lookup(be, devs[a->n_devs].name);
+		if (index < 0)
+			break;
+		a->devs[a->n_devs] = (struct adopted_device){.bdev = &be->devices[index], .fd = -1};
+		memcpy(a->devs[a->n_devs].kernel_ids, devs[a->n_devs].kernel_ids,
+		       sizeof(devs->kernel_ids));
+	}
+	if (a->n_devs < n_devs) {
+		const char *name = devs[a->n_devs].name;
+
+		free(a->devs);
+		free(a->doms);
+		free(a);
+		return kh_fail(-ESTALE, "the kernel context binds %s, which %s no longer offers",
+			       name, be->ops->name);
+	}
+	memcpy(a->doms, doms, n_doms * sizeof(*doms));
+	a->n_doms = n_doms;
+	*ret = a;
+	return 0;
+}
+
+int kh_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device *devs,
+		 size_t n_devs, const struct kh_adopt_domain *doms, size_t n_doms)
+{
+	struct kh_adoption *a;
+	int rc;
+
+	if (!(ctx->be->caps & KH_CAP_ADOPT))
+		return no_adoption(ctx->be);
+	if (ctx->objects->n || ctx->adoption)
+		return kh_fail(-EBUSY, "only a context holding nothing can take another over");
+	rc = adoption_new(ctx->be, devs, n_devs, doms, n_doms, &a);
+	if (rc < 0)
+		return rc;
+	rc = ctx->be->ops->ctx_adopt(ctx, kernel_fd, devs, n_devs, doms, n_doms);
+	if (rc < 0) {
+		adoption_free(&(struct kh_ctx){.adoption = a});
+		return rc;
+	}
+	for (size_t i = 0; i < n_devs; i++)
+		a->devs[i].fd = devs[i].fd;
+	ctx->adoption = a;
+	return 0;
+}
+
+bool kh_ctx_adopting(const struct kh_ctx *ctx)
+{
+	return ctx->adoption != NULL;
+}
+
+static int adopt_bind(struct kh_ctx *ctx, struct kh_device *dev)
+{
+	struct kh_adoption *a = ctx->adoption;
+	int rc;
+
+	for (size_t i = 0; i < a->n_devs; i++) {
+		if (a->devs[i].bdev != dev->bdev || a->devs[i].fd < 0)
+			continue;
+		rc = ctx->be->ops->adopt_bind(ctx, dev, a->devs[i].fd, a->devs[i].kernel_ids);
+		if (rc == 0)
+			a->devs[i].fd = -1;
+		return rc;
+	}
+	return kh_fail(-ESTALE, "the kernel context taken over holds no binding of %s",
+		       dev->bdev->info.name);
+}
+
+/* The domain about to take the next id: one the kernel holds, or one the replay frees again
+ * (not among the live ones given), which then holds no kernel object. */
+static int adopt_domain(struct kh_ctx *ctx, struct kh_device *dev,
+			const struct kh_domain_alloc_args *args, struct kh_domain *parent,
+			struct kh_domain **out)
+{
+	const struct kh_adoption *a = ctx->adoption;
+	uint32_t id = ctx->objects->last_id + 1;
+	const uint32_t *ids = NULL;
+
+	for (size_t i = 0; i < a->n_doms && !ids; i++)
+		if (a->doms[i].id == id)
+			ids = a->doms[i].kernel_ids;
+	return ctx->be->ops->adopt_domain(dev, args, parent, ids, out);
+}
+
+/* Takes out of the kernel what [first, last] of dom holds though no mapping is recorded there
+ * (a change made and never acknowledged); nothing is there most often, which the kernel says. */
+static void clear_unrecorded(struct kh_domain *dom, uint64_t first, uint64_t last)
+{
+	uint64_t length = last - first + 1;
+
+	if (first > last || first < dom->aperture_start || last > dom->aperture_last)
+		return;
+	(void)backend_unmap(dom, first, length ? length : UINT64_MAX);
+}
+
+/* Checks one recorded mapping in the kernel; one the kernel lacks, or holds only in part, is
+ * made again from the memory the caller mapped. */
+static int settle_mapping(struct kh_domain *dom, const struct kh_mapping *m, size_t *remade)
+{
+	struct kh_map_req req = {
+		.iova = m->iova, .length = m->length, .addr = m->addr, .prot = m->prot};
+	int rc = dom->ctx->be->ops->adopt_mapped(dom, m);
+
+	if (rc != 0)
+		return rc < 0 ? rc : 0;
+	if (m->flags & KH_MAP_FILE)
+		return kh_fail(-ESTALE,
+			       "the kernel lost the file mapping at IOVA 0x%" PRIx64
+			       " of domain %u, which cannot be made again without its file",
+			       m->iova, dom->id);
+	clear_unrecorded(dom, m->iova, m->iova + m->length - 1);
+	rc = backend_map(dom, &req, NULL);
+	if (rc == 0)
+		(*remade)++;
+	return rc;
+}
+
+/* The first failure of several steps that all run, its message kept: the kernel's expected
+ * refusals of later steps (nothing to take out) would overwrite kh_last_error(). */
+struct first_failure {
+	int rc;
+	char why[256];
+};
+
+static void note_failure(struct first_failure *f, int rc)
+{
+	if (rc >= 0 || f->rc < 0)
+		return;
+	f->rc = rc;
+	(void)snprintf(f->why, sizeof(f->why), "%s", kh_last_error());
+}
+
+/* The kernel's mappings of a paging domain made to match the books. */
+static void settle_domain(struct kh_domain *dom, size_t *remade, struct first_failure *failed)
+{
+	struct kh_mapping page[64];
+	uint64_t next = dom->aperture_start;
+	int n;
+
+	do {
+		n = kh_mappings(dom->ctx, dom->id, next, page, 64);
+		note_failure(failed, n);
+		for (int i = 0; i < n; i++) {
+			if (page[i].iova > next)
+				clear_unrecorded(dom, next, page[i].iova - 1);
+			note_failure(failed, settle_mapping(dom, &page[i], remade));
+			next = page[i].iova + page[i].length;
+		}
+	} while (n == 64 && next);
+	/* next wraps to 0 past a mapping ending at the top, where nothing is left to clear. */
+	if (next && n >= 0)
+		clear_unrecorded(dom, next, dom->aperture_last);
+}
+
+int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade)
+{
+	struct kh_objects *objs = ctx->objects;
+	struct first_failure failed = {0};
+
+	*remade = 0;
+	if (!ctx->adoption)
+		return kh_fail(-EINVAL, "the context is not taking another over");
+	adoption_free(ctx);
+	for (size_t i = 0; i < objs->n; i++) {
+		struct kh_domain *dom = objs->v[i].ptr;
+
+		if (objs->v[i].kind == KH_OBJ_DOMAIN && dom->ioas)
+			settle_domain(dom, remade, &failed);
+	}
+	for (size_t i = 0; i < objs->n; i++)
+		if (objs->v[i].kind == KH_OBJ_DEVICE)
+			note_failure(&failed, ctx->be->ops->adopt_settle(objs->v[i].ptr));
+	return failed.rc < 0 ? kh_fail(failed.rc, "%s", failed.why) : 0;
 }

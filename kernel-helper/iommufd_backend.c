@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define __user
@@ -647,9 +648,44 @@ static const struct kh_domain_ops iommufd_nested_ops = {
 
 /* ---- allocation --------------------------------------------------------------------------- */
 
-static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_domain *d)
+/* A paging domain as the device's IOMMU makes it, before the kernel says more of its aperture:
+ * devices attached to a bare IOAS get a domain suited to them, so that is its aperture (some
+ * drivers, virtio-iommu on 6.12, only size a domain at its first attach, so one allocated ahead
+ * would have no usable aperture). */
+static void paging_defaults(struct kh_device *dev, uint32_t flags, struct iommufd_domain *d)
 {
 	const struct iommufd_backend *kernel = dev->ctx->be->priv;
+
+	d->dom.page_sizes = dev->bdev->info.hw.page_sizes;
+	d->dom.ops = &kernel->paging;
+	d->dom.dirty_ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &iommufd_dirty_ops : NULL;
+	d->dom.aperture_start = dev->bdev->info.hw.aperture_start;
+	d->dom.aperture_last = dev->bdev->info.hw.aperture_last;
+}
+
+/* A HWPT's geometry is reserved in its IOAS: what is left is the domain's aperture. */
+static int hwpt_aperture(struct kh_device *dev, struct iommufd_domain *d)
+{
+	struct iommu_iova_range *ranges;
+	uint64_t alignment;
+	uint32_t n;
+	int rc = ioas_ranges(d->iommufd, d->ioas_id, &ranges, &n, &alignment);
+
+	if (rc < 0)
+		return rc;
+	if (n == 0) {
+		free(ranges);
+		return kh_fail(-ENOSPC, "the kernel gave the domain for %s no IOVA range",
+			       dev->bdev->info.name);
+	}
+	d->dom.aperture_start = ranges[0].start;
+	d->dom.aperture_last = ranges[n - 1].last;
+	free(ranges);
+	return 0;
+}
+
+static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_domain *d)
+{
 	struct iommu_ioas_alloc ioas = {.size = sizeof(ioas)};
 	struct iommu_hwpt_alloc hwpt = {
 		.size = sizeof(hwpt),
@@ -658,9 +694,6 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 			 ((flags & KH_DOMAIN_F_NEST_PARENT) ? IOMMU_HWPT_ALLOC_NEST_PARENT : 0),
 		.dev_id = binding(dev)->devid,
 	};
-	struct iommu_iova_range *ranges;
-	uint64_t alignment;
-	uint32_t n;
 	int rc;
 
 	rc = kh_ioctl(d->iommufd, IOMMU_IOAS_ALLOC, &ioas, "IOMMU_IOAS_ALLOC for %s",
@@ -668,17 +701,10 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 	if (rc < 0)
 		return rc;
 	d->ioas_id = ioas.out_ioas_id;
-	d->dom.page_sizes = dev->bdev->info.hw.page_sizes;
-	d->dom.ops = &kernel->paging;
-	d->dom.dirty_ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &iommufd_dirty_ops : NULL;
-	if (!flags) {
-		/* Devices attach to the IOAS itself and the kernel gives it a domain suited to
-		 * them: some drivers (virtio-iommu on 6.12) only size a domain at its first
-		 * attach, so one allocated ahead would have no usable aperture. */
-		d->dom.aperture_start = dev->bdev->info.hw.aperture_start;
-		d->dom.aperture_last = dev->bdev->info.hw.aperture_last;
+	paging_defaults(dev, flags, d);
+	/* Without flags devices attach to the IOAS itself. */
+	if (!flags)
 		return 0;
-	}
 	hwpt.pt_id = d->ioas_id;
 	rc = kh_ioctl(d->iommufd, IOMMU_HWPT_ALLOC, &hwpt,
 		      "IOMMU_HWPT_ALLOC (paging, flags 0x%x) for %s", hwpt.flags,
@@ -691,19 +717,7 @@ static int alloc_paging(struct kh_device *dev, uint32_t flags, struct iommufd_do
 	if (rc < 0)
 		return rc;
 	d->hwpt_id = hwpt.out_hwpt_id;
-	/* The domain's geometry is now reserved in the IOAS: what is left is its aperture. */
-	rc = ioas_ranges(d->iommufd, d->ioas_id, &ranges, &n, &alignment);
-	if (rc < 0)
-		return rc;
-	if (n == 0) {
-		free(ranges);
-		return kh_fail(-ENOSPC, "the kernel gave the domain for %s no IOVA range",
-			       dev->bdev->info.name);
-	}
-	d->dom.aperture_start = ranges[0].start;
-	d->dom.aperture_last = ranges[n - 1].last;
-	free(ranges);
-	return 0;
+	return hwpt_aperture(dev, d);
 }
 
 static int alloc_nested(struct kh_device *dev, const struct kh_domain_alloc_args *args,
@@ -735,11 +749,10 @@ static int alloc_nested(struct kh_device *dev, const struct kh_domain_alloc_args
 	return 0;
 }
 
-static int iommufd_domain_alloc(struct kh_device *dev, const struct kh_domain_alloc_args *args,
-				struct kh_domain *parent, struct kh_domain **out)
+static int domain_new(struct kh_device *dev, const struct kh_domain_alloc_args *args,
+		      struct iommufd_domain **ret)
 {
 	struct iommufd_domain *d;
-	int rc;
 
 	if (args->type == KH_DOMAIN_IDENTITY)
 		return kh_fail(-EOPNOTSUPP, "iommufd gives user space no identity domains");
@@ -749,6 +762,19 @@ static int iommufd_domain_alloc(struct kh_device *dev, const struct kh_domain_al
 	d->iommufd = ctx_fd(dev->ctx);
 	d->dom.type = args->type;
 	d->dom.flags = args->flags;
+	*ret = d;
+	return 0;
+}
+
+static int iommufd_domain_alloc(struct kh_device *dev, const struct kh_domain_alloc_args *args,
+				struct kh_domain *parent, struct kh_domain **out)
+{
+	struct iommufd_domain *d;
+
+	int rc = domain_new(dev, args, &d);
+
+	if (rc < 0)
+		return rc;
 	switch (args->type) {
 	case KH_DOMAIN_PAGING:
 		rc = alloc_paging(dev, args->flags, d);
@@ -769,11 +795,180 @@ static int iommufd_domain_alloc(struct kh_device *dev, const struct kh_domain_al
 	return 0;
 }
 
+/* ---- taking a context over ------------------------------------------------------------------- */
+
+static int iommufd_device_kernel_fd(struct kh_device *dev)
+{
+	return binding(dev)->fd;
+}
+
+/* A device: its iommufd device id. A domain: its IOAS and HWPT (0 where it has none). */
+static void iommufd_kernel_ids(const struct kh_device *dev, struct kh_domain *dom,
+			       uint32_t ret_ids[KH_KERNEL_IDS])
+{
+	ret_ids[0] = dev ? binding(dev)->devid : to_ifd(dom)->ioas_id;
+	ret_ids[1] = dev ? 0 : to_ifd(dom)->hwpt_id;
+}
+
+/* Whether fd is the character device at path. */
+static int same_node(int fd, const char *path, const char *what)
+{
+	struct stat held, node;
+
+	if (fstat(fd, &held) < 0 || stat(path, &node) < 0)
+		return kh_fail(-errno, "cannot compare %s with %s", what, path);
+	if (!S_ISCHR(held.st_mode) || held.st_rdev != node.st_rdev)
+		return kh_fail(-ESTALE, "%s is not %s", what, path);
+	return 0;
+}
+
+/* The device's descriptor is its cdev, and its id names a device bound in iommufd. */
+static int check_device(const struct kh_backend *be, int iommufd, const struct kh_adopt_device *d)
+{
+	const struct iommufd_bdev *priv = be->devices[kh_device_lookup(be, d->name)].priv;
+	struct iommu_hw_info info = {.size = sizeof(info), .dev_id = d->kernel_ids[0]};
+	int rc = same_node(d->fd, priv->cdev, "the descriptor kept for the device");
+
+	if (rc == 0 && ioctl(iommufd, IOMMU_GET_HW_INFO, &info))
+		rc = kh_fail(errno == ENOENT ? -ESTALE : -errno,
+			     "the kernel context holds no device %u (%s) as recorded",
+			     d->kernel_ids[0], d->name);
+	return rc;
+}
+
+/* A query of the HWPT that changes nothing: the kernel names one it lacks with ENOENT. A
+ * paging HWPT is asked for the dirty bits of no range, a nested one to invalidate no page. */
+static bool hwpt_exists(int iommufd, uint32_t hwpt_id, bool nested)
+{
+	struct iommu_hwpt_get_dirty_bitmap bitmap = {.size = sizeof(bitmap), .hwpt_id = hwpt_id};
+	struct iommu_hwpt_vtd_s1_invalidate none = {0};
+	struct iommu_hwpt_invalidate inv = {.size = sizeof(inv),
+					    .hwpt_id = hwpt_id,
+					    .data_uptr = (uintptr_t)&none,
+					    .data_type = IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+					    .entry_len = sizeof(none),
+					    .entry_num = 1};
+
+	if (nested)
+		return ioctl(iommufd, IOMMU_HWPT_INVALIDATE, &inv) == 0 || errno != ENOENT;
+	return ioctl(iommufd, IOMMU_HWPT_GET_DIRTY_BITMAP, &bitmap) == 0 || errno != ENOENT;
+}
+
+static int check_domain(int iommufd, const struct kh_adopt_domain *d)
+{
+	struct iommu_ioas_iova_ranges ranges = {.size = sizeof(ranges),
+						.ioas_id = d->kernel_ids[0]};
+	uint32_t hwpt_id = d->kernel_ids[1];
+
+	if (d->kernel_ids[0] && ioctl(iommufd, IOMMU_IOAS_IOVA_RANGES, &ranges) &&
+	    errno != EMSGSIZE)
+		return kh_fail(errno == ENOENT ? -ESTALE : -errno,
+			       "the kernel context holds no address space %u for domain %u",
+			       d->kernel_ids[0], d->id);
+	if (hwpt_id && !hwpt_exists(iommufd, hwpt_id, !d->kernel_ids[0]))
+		return kh_fail(-ESTALE, "the kernel context holds no HWPT %u for domain %u",
+			       hwpt_id, d->id);
+	return 0;
+}
+
+static int iommufd_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device *devs,
+			     size_t n_devs, const struct kh_adopt_domain *doms, size_t n_doms)
+{
+	int rc = same_node(kernel_fd, DEV_IOMMU, "the descriptor kept for the context");
+
+	for (size_t i = 0; i < n_devs && rc == 0; i++)
+		rc = check_device(ctx->be, kernel_fd, &devs[i]);
+	for (size_t i = 0; i < n_doms && rc == 0; i++)
+		rc = check_domain(kernel_fd, &doms[i]);
+	if (rc < 0)
+		return rc;
+	(void)close(ctx_fd(ctx));
+	ctx->priv = (void *)(intptr_t)kernel_fd;
+	return 0;
+}
+
+static int iommufd_adopt_bind(struct kh_ctx *ctx, struct kh_device *dev, int fd,
+			      const uint32_t ids[KH_KERNEL_IDS])
+{
+	struct iommufd_binding *b = kh_zalloc(sizeof(*b));
+
+	(void)ctx;
+	if (!b)
+		return kh_fail(-ENOMEM, "cannot take %s over", dev->bdev->info.name);
+	b->fd = fd;
+	b->devid = ids[0];
+	dev->priv = b;
+	return 0;
+}
+
+static int iommufd_adopt_domain(struct kh_device *dev, const struct kh_domain_alloc_args *args,
+				struct kh_domain *parent, const uint32_t *ids,
+				struct kh_domain **out)
+{
+	struct iommufd_domain *d;
+	int rc = domain_new(dev, args, &d);
+
+	(void)parent;
+	if (rc < 0)
+		return rc;
+	d->ioas_id = ids ? ids[0] : 0;
+	d->hwpt_id = ids ? ids[1] : 0;
+	if (args->type == KH_DOMAIN_PAGING) {
+		paging_defaults(dev, args->flags, d);
+		rc = d->hwpt_id ? hwpt_aperture(dev, d) : 0;
+	} else {
+		d->dom.ops =
+			args->type == KH_DOMAIN_NESTED ? &iommufd_nested_ops : &iommufd_blocked_ops;
+	}
+	if (rc < 0) {
+		free(d);
+		return rc;
+	}
+	*out = &d->dom;
+	return 0;
+}
+
+/* Attaching a device to the domain it is attached to changes nothing (the kernel's replace
+ * sees the same HWPT), and attaches one the kernel holds detached. */
+static int iommufd_adopt_settle(struct kh_device *dev)
+{
+	if (dev->domain && dev->domain->type != KH_DOMAIN_BLOCKED)
+		return attach_pt(dev->domain, dev, "taken over");
+	(void)detach_pt(dev);
+	return 0;
+}
+
+/* Whether the IOAS maps the range as recorded: copying it into a scratch IOAS, which pins
+ * nothing, succeeds only over mappings covering it whole that allow what prot asks. */
+static int iommufd_adopt_mapped(struct kh_domain *dom, const struct kh_mapping *m)
+{
+	struct iommufd_domain *d = to_ifd(dom);
+	struct iommu_ioas_alloc scratch = {.size = sizeof(scratch)};
+	struct iommu_ioas_copy copy = {
+		.size = sizeof(copy),
+		.flags = map_flags(m->prot),
+		.src_ioas_id = d->ioas_id,
+		.length = m->length,
+		.dst_iova = m->iova,
+		.src_iova = m->iova,
+	};
+	int rc = kh_ioctl(d->iommufd, IOMMU_IOAS_ALLOC, &scratch,
+			  "IOMMU_IOAS_ALLOC (to check the mappings of domain %u)", dom->id);
+
+	if (rc < 0)
+		return rc;
+	copy.dst_ioas_id = scratch.out_ioas_id;
+	rc = ioctl(d->iommufd, IOMMU_IOAS_COPY, &copy) == 0;
+	destroy_object(d->iommufd, scratch.out_ioas_id);
+	return rc;
+}
+
 static const struct kh_backend_ops iommufd_ops = {
 	.kind = KH_BACKEND_IOMMUFD,
 	.name = "iommufd",
 	.caps = KH_CAP_OPEN_DEVICE | KH_CAP_DMA_REMAPPING | KH_CAP_REPLACE | KH_CAP_DIRTY_TRACKING |
-		KH_CAP_NESTING | KH_CAP_COPY | KH_CAP_BLOCKED_DOMAIN | KH_CAP_DELEGATE,
+		KH_CAP_NESTING | KH_CAP_COPY | KH_CAP_BLOCKED_DOMAIN | KH_CAP_DELEGATE |
+		KH_CAP_ADOPT,
 	.probe_devices = iommufd_probe_devices,
 	.release = iommufd_release,
 	.ctx_open = iommufd_ctx_open,
@@ -786,6 +981,13 @@ static const struct kh_backend_ops iommufd_ops = {
 	.delegate_ctx_fd = iommufd_delegate_ctx_fd,
 	.delegate_device_fd = iommufd_delegate_device_fd,
 	.domain_alloc = iommufd_domain_alloc,
+	.device_kernel_fd = iommufd_device_kernel_fd,
+	.kernel_ids = iommufd_kernel_ids,
+	.ctx_adopt = iommufd_ctx_adopt,
+	.adopt_bind = iommufd_adopt_bind,
+	.adopt_domain = iommufd_adopt_domain,
+	.adopt_settle = iommufd_adopt_settle,
+	.adopt_mapped = iommufd_adopt_mapped,
 };
 
 /* A kernel that knows an ioctl looks at its arguments (here: no IOAS 0, ENOENT); one that does

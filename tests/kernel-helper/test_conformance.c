@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE /* memfd_create */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -700,6 +701,96 @@ TEST_F(conformance, capabilities_tell_the_truth)
 		(void)replace_or_known_limit(self, s.ctx, s.dev[0], other);
 	else
 		check_promise(false, kh_replace(s.ctx, s.dev[0], other), "replace");
+	kh_ctx_destroy(s.ctx);
+}
+
+/* What a process's death leaves of a context: its kernel objects, held by the copies of its
+ * descriptors kept elsewhere (dups here, the descriptor store in iommud), and nothing of its
+ * books. The context's own descriptors are pointed at /dev/null first, so that destroying its
+ * books reaches no kernel object. */
+static void die_keeping(struct setup *s, int *ret_ctx_fd, struct kh_adopt_device *devs)
+{
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	int fd = kh_ctx_kernel_fd(s->ctx);
+
+	CHECK(null >= 0 && fd >= 0);
+	CHECK((*ret_ctx_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) >= 0);
+	CHECK(dup3(null, fd, O_CLOEXEC) == fd);
+	for (int i = 0; i < 3; i++) {
+		fd = kh_device_kernel_fd(s->ctx, s->dev[i]);
+		CHECK(fd >= 0);
+		CHECK((devs[i].fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) >= 0);
+		CHECK(dup3(null, fd, O_CLOEXEC) == fd);
+	}
+	(void)close(null);
+	kh_ctx_destroy(s->ctx);
+}
+
+/* A context taken over by a "new process": kernel-helper's books rebuilt by the same calls,
+ * issuing nothing, then made to match the kernel: a mapping the books hold and the kernel lost
+ * is made again, one the kernel holds and the books do not is taken out, and checks against
+ * the kernel refuse ids it does not hold. */
+TEST_F(conformance, take_over)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	struct kh_adopt_device devs[3];
+	struct kh_adopt_domain doms[1];
+	uint32_t id, ghost;
+	struct setup s;
+	size_t remade;
+	int ctx_fd;
+
+	if (!(kh_backend_caps(self->be) & KH_CAP_ADOPT)) {
+		CHECK_OK(kh_ctx_create(self->be, &s.ctx));
+		CHECK_ERR(kh_ctx_adopt(s.ctx, -1, NULL, 0, NULL, 0), -EOPNOTSUPP,
+			  "cannot be taken over");
+		kh_ctx_destroy(s.ctx);
+		return;
+	}
+	setup(self, &s);
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
+	map_fixed(&s, s.dom, 0x100000, PAGE, 0, KH_PROT_READ);
+	map_fixed(&s, s.dom, 0x200000, 2 * PAGE, PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &ghost));
+	CHECK_OK(kh_domain_free(s.ctx, ghost));
+	for (int i = 0; i < 3; i++) {
+		devs[i].name = self->names[i];
+		CHECK_OK(kh_kernel_ids(s.ctx, s.dev[i], devs[i].kernel_ids));
+	}
+	doms[0].id = s.dom;
+	CHECK_OK(kh_kernel_ids(s.ctx, s.dom, doms[0].kernel_ids));
+	/* Changes the books of the new process will not hold as the kernel does: one mapping
+	 * made and never recorded, one taken away and its removal never recorded. */
+	map_fixed(&s, s.dom, 0x400000, PAGE, 4 * PAGE, KH_PROT_READ);
+	CHECK_OK(kh_unmap(s.ctx, s.dom, 0x200000, 2 * PAGE, NULL));
+	die_keeping(&s, &ctx_fd, devs);
+
+	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
+	doms[0].kernel_ids[0] += 1000;
+	CHECK_ERR(kh_ctx_adopt(s.ctx, ctx_fd, devs, 3, doms, 1), -ESTALE, "no address space");
+	CHECK(!kh_ctx_adopting(s.ctx));
+	doms[0].kernel_ids[0] -= 1000;
+	CHECK_OK(kh_ctx_adopt(s.ctx, ctx_fd, devs, 3, doms, 1));
+	CHECK(kh_ctx_adopting(s.ctx));
+	for (int i = 0; i < 3; i++) {
+		CHECK_OK(kh_device_bind(s.ctx, self->names[i], &id));
+		CHECK_EQ(id, s.dev[i]);
+	}
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
+	CHECK_EQ(id, s.dom);
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &id));
+	CHECK_EQ(id, ghost);
+	CHECK_OK(kh_domain_free(s.ctx, ghost));
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
+	map_fixed(&s, s.dom, 0x100000, PAGE, 0, KH_PROT_READ);
+	map_fixed(&s, s.dom, 0x200000, 2 * PAGE, PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	CHECK_OK(kh_ctx_adopt_end(s.ctx, &remade));
+	CHECK(!kh_ctx_adopting(s.ctx));
+	CHECK_EQ(remade, 1);
+	/* The kernel now holds what the books do: 0x400000 is free (it would refuse the map
+	 * otherwise), 0x200000 mapped again (it would refuse the unmap of nothing). */
+	map_fixed(&s, s.dom, 0x400000, PAGE, 4 * PAGE, KH_PROT_READ);
+	CHECK_OK(kh_unmap(s.ctx, s.dom, 0x200000, 2 * PAGE, NULL));
 	kh_ctx_destroy(s.ctx);
 }
 

@@ -117,7 +117,10 @@ const char *kh_backend_name(const struct kh_backend *be);
 /* kh_delegate: devices can be handed to another process (a VM manager) with a kernel IOMMU
  * context of its own, which it drives itself. */
 #define KH_CAP_DELEGATE (1u << 10)
-#define KH_CAP_COUNT	11
+/* A context's kernel objects outlive the process holding them as long as their descriptors do,
+ * and a new process can take them over (kh_ctx_adopt): devices keep their DMA meanwhile. */
+#define KH_CAP_ADOPT (1u << 11)
+#define KH_CAP_COUNT 12
 /* The name of capability bit (0 .. KH_CAP_COUNT-1): "open_device", "replace", ... */
 const char *kh_cap_name(unsigned bit);
 /* The backend's: the union over its devices. */
@@ -177,6 +180,56 @@ uint32_t kh_ctx_last_id(const struct kh_ctx *ctx);
 /* Makes the next object the context creates take id last_id + 1: for rebuilding objects under
  * the ids they had. -EINVAL when last_id is below an id already given out (ids only grow). */
 int kh_ctx_skip_ids(struct kh_ctx *ctx, uint32_t last_id);
+
+/* ---- taking a context over from an earlier process ------------------------------------ */
+
+/*
+ * The kernel keeps a context's objects (the IOMMU context, bound devices, domains, mappings and
+ * attachments) while a descriptor of them is open, whoever holds it. A process that keeps the
+ * descriptors elsewhere (a service manager's descriptor store) and records each object's kernel
+ * ids (kh_kernel_ids) can die; the next one takes the objects over, and the devices' DMA goes on
+ * through the same domains all the while. Backends that can say so with KH_CAP_ADOPT.
+ *
+ * The taking over: create a context, give it the descriptors and the ids of the live objects
+ * with kh_ctx_adopt, which checks them against the kernel's answers; then make the same calls
+ * that built the context (kh_device_bind, kh_domain_alloc, kh_attach, kh_map, kh_unmap, ...,
+ * objects under their old ids with kh_ctx_skip_ids): while the context is adopting they only
+ * fill kernel-helper's books, and issue nothing to the kernel. kh_ctx_adopt_end then checks
+ * each mapping is in the kernel (making it again where not), takes out of the kernel what the
+ * books do not hold, and puts each device where the books say.
+ */
+#define KH_KERNEL_IDS 2 /* kernel ids of one object, in a backend's own order */
+
+struct kh_adopt_device {
+	const char *name;		    /* the backend device */
+	int fd;				    /* its descriptor, as kh_device_kernel_fd gave it */
+	uint32_t kernel_ids[KH_KERNEL_IDS]; /* as kh_kernel_ids gave them */
+};
+
+struct kh_adopt_domain {
+	uint32_t id; /* the domain's id in the context */
+	uint32_t kernel_ids[KH_KERNEL_IDS];
+};
+
+/* The descriptor of a bound device that holds its kernel objects; the context keeps it.
+ * -EOPNOTSUPP without KH_CAP_ADOPT. (The context's own is kh_ctx_kernel_fd.) */
+int kh_device_kernel_fd(struct kh_ctx *ctx, uint32_t dev_id);
+/* The kernel's ids of the device or domain called id, for kh_ctx_adopt. */
+int kh_kernel_ids(struct kh_ctx *ctx, uint32_t id, uint32_t ret_ids[KH_KERNEL_IDS]);
+/* Starts taking over, into ctx (created and still empty), the kernel context kernel_fd, its
+ * devices and the domains that live in it. Each descriptor and id is checked against the
+ * kernel; all or nothing: on success the context owns every descriptor given, on failure
+ * (-ESTALE, or what the kernel answered, with a message naming what did not match) the caller
+ * still does and ctx is as it was. */
+int kh_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device *devs,
+		 size_t n_devs, const struct kh_adopt_domain *doms, size_t n_doms);
+/* Whether ctx is between kh_ctx_adopt and kh_ctx_adopt_end. */
+bool kh_ctx_adopting(const struct kh_ctx *ctx);
+/* Ends the taking over (see above). *remade, set whether or not it fails: mappings the kernel
+ * did not hold and that were made again. Devices given to kh_ctx_adopt and not bound since are
+ * closed. A negative errno when a device could not be put back in its domain; the rest is done
+ * regardless. */
+int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade);
 
 /* ---- devices in a context ------------------------------------------------------------- */
 

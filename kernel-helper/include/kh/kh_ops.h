@@ -33,6 +33,7 @@
 extern "C" {
 #endif
 
+struct kh_adoption;
 struct kh_domain;
 struct kh_domain_ops;
 struct kh_dirty_ops;
@@ -150,6 +151,28 @@ struct kh_backend_ops {
 	int (*delegate_ctx_fd)(struct kh_backend *be);
 	int (*delegate_device_fd)(struct kh_bdev *bdev);
 
+	/* Taking a context over (kh.h, "taking a context over"); a backend that has all of these
+	 * says so with KH_CAP_ADOPT. kernel_fd and device_kernel_fd: the descriptors holding the
+	 * kernel objects, kept by the context and the binding. kernel_ids: of a device (dom NULL)
+	 * or a domain. ctx_adopt: check kernel_fd and every device and domain given against the
+	 * kernel, then make kernel_fd the context's (closing its own); on failure change nothing.
+	 * adopt_bind: the binding of dev from fd (now the binding's) and its ids, without asking
+	 * the kernel. adopt_domain: as domain_alloc, from the kernel ids of a live domain, or from
+	 * none (ids NULL) for one the replay will free again, which then holds no kernel object.
+	 * adopt_settle: put dev where the books say (dev->domain, or blocked when NULL).
+	 * adopt_mapped: 1 when the kernel maps m in dom as it is recorded, 0 when not. */
+	int (*device_kernel_fd)(struct kh_device *dev);
+	void (*kernel_ids)(const struct kh_device *dev, struct kh_domain *dom,
+			   uint32_t ret_ids[KH_KERNEL_IDS]);
+	int (*ctx_adopt)(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device *devs,
+			 size_t n_devs, const struct kh_adopt_domain *doms, size_t n_doms);
+	int (*adopt_bind)(struct kh_ctx *ctx, struct kh_device *dev, int fd,
+			  const uint32_t ids[KH_KERNEL_IDS]);
+	int (*adopt_domain)(struct kh_device *dev, const struct kh_domain_alloc_args *args,
+			    struct kh_domain *parent, const uint32_t *ids, struct kh_domain **out);
+	int (*adopt_settle)(struct kh_device *dev);
+	int (*adopt_mapped)(struct kh_domain *dom, const struct kh_mapping *m);
+
 	/* Allocate a domain of args->type for dev; parent is resolved by the core. Returning
 	 * -EOPNOTSUPP (through kh_fail) refuses a type the backend cannot provide. NULL: the core
 	 * allocates paging domains with default_domain_ops through alloc_paging. */
@@ -176,6 +199,7 @@ struct kh_ctx {
 	struct kh_objects *objects;
 	kh_owner_release_fn *release_owner; /* core: kh_ctx_set_owner_release */
 	void *release_arg;
+	struct kh_adoption *adoption; /* core: between kh_ctx_adopt and kh_ctx_adopt_end */
 };
 
 /* Record a failure for kh_last_error() and give err (a negative errno). A macro around
