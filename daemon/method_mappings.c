@@ -75,9 +75,9 @@ static struct map_entry entry_of(struct call *call, const Iommud__V1__MapEntry *
 
 /* Sizes the steps of a map or an unmap to the slice: the one that started at started (on
  * monotonic_ns) has just ended. */
-static void size_steps(const struct call *call, uint64_t started, unsigned *parts_per_step)
+static void size_steps(struct call *call, uint64_t started, unsigned *parts_per_step)
 {
-	uint64_t budget = call->deadline_ns;
+	uint64_t budget = call_slice_end(call);
 
 	if (budget != UINT64_MAX)
 		budget = budget > started ? budget - started : 0;
