@@ -1513,8 +1513,11 @@ static int unmap_tail(struct session *s, struct domain_rec *dom, struct unmap_pr
 	uint64_t start = in_process_clock(s);
 	int rc;
 
-	rc = kh_unmap_tail(s->ctx, p->domain_id, tail, end - tail);
+	rc = kh_unmap_tail(s->ctx, p->domain_id, tail, end - tail, &tail);
 	in_process_add(start, &p->unmap_ns);
+	/* The kernel holds it as one piece (made whole, or before a restart): it goes whole. */
+	if (rc == -ENOENT)
+		return unmap_whole(s, dom, p, m->iova, m->length);
 	if (rc < 0)
 		return fail_kh(rc, "cannot unmap");
 	charge_mapping(s, dom, 0, end - tail, -1);

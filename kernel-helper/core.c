@@ -1147,11 +1147,37 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
 	return 0;
 }
 
-int kh_unmap_tail(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length)
+/* Removes [cut, last] of the tail of area, moving cut down to coarser boundaries while the
+ * kernel refuses to split what it mapped in one piece: both kernels check a removal whole
+ * before they change anything, and say so with -ENOENT (iommufd) or -EINVAL (vfio-type1). */
+static int unmap_tail_piece(struct kh_domain *dom, const struct kh_area *area, uint64_t last,
+			    uint64_t *cut)
+{
+	uint64_t align = *cut & -*cut, next;
+	int rc;
+
+	while ((rc = backend_unmap(dom, *cut, last - *cut + 1)) == -ENOENT || rc == -EINVAL) {
+		do {
+			align <<= 1;
+			next = align ? last / align * align : 0;
+		} while (align && next == *cut);
+		if (next <= kh_ioas_area_iova(area))
+			return kh_fail(-ENOENT,
+				       "the mapping at IOVA 0x%" PRIx64
+				       " is in one piece from 0x%" PRIx64
+				       " to its end in the kernel: remove it whole",
+				       kh_ioas_area_iova(area), *cut);
+		*cut = next;
+	}
+	return rc;
+}
+
+int kh_unmap_tail(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
+		  uint64_t *ret_iova)
 {
 	struct kh_domain *dom;
 	struct kh_area *area;
-	uint64_t last;
+	uint64_t last, cut = iova;
 	int rc = find_domain_for(ctx, domain_id, NEED_IOAS, "unmap", &dom);
 
 	if (rc < 0)
@@ -1161,10 +1187,11 @@ int kh_unmap_tail(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_
 		return kh_fail(-EINVAL,
 			       "0x%" PRIx64 " + 0x%" PRIx64 " is not the end of a longer mapping",
 			       iova, length);
-	rc = backend_unmap(dom, iova, length);
+	rc = unmap_tail_piece(dom, area, last, &cut);
 	if (rc < 0)
 		return rc;
-	kh_ioas_cut_tail(area, iova);
+	kh_ioas_cut_tail(area, cut);
+	*ret_iova = cut;
 	return 0;
 }
 

@@ -391,6 +391,11 @@ void kh_ioas_cut_tail(struct kh_area *area, uint64_t iova)
 	area->last = iova - 1;
 }
 
+uint64_t kh_ioas_area_iova(const struct kh_area *area)
+{
+	return area->iova;
+}
+
 int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uint64_t *first,
 		       uint64_t *last, uint64_t *bytes)
 {

@@ -36,6 +36,8 @@ void kh_ioas_extend(struct kh_ioas *ioas, struct kh_area *area, uint64_t length)
  * once the page tables no longer map the range. */
 struct kh_area *kh_ioas_tail_of(const struct kh_ioas *ioas, uint64_t iova, uint64_t last);
 void kh_ioas_cut_tail(struct kh_area *area, uint64_t iova);
+/* Where the mapping starts. */
+uint64_t kh_ioas_area_iova(const struct kh_area *area);
 
 /* The memory behind [iova, iova+length) when one mapping holds all of it: its address (or file
  * offset) in *addr, its KH_MAP_* flags in *flags. */

@@ -269,6 +269,52 @@ TEST_F(conformance, unmap_rules)
 	kh_ctx_destroy(s.ctx);
 }
 
+/* A mapping made in pieces (KH_MAP_EXTEND) is shortened from its end. A kernel removes only
+ * whole pieces of what it was given, so a cut inside the last piece moves down to where that
+ * piece starts; a mapping made in one piece is cut where asked (the emulated backend) or left
+ * as it is with a refusal that says to remove it whole. */
+TEST_F(conformance, unmap_tail)
+{
+	struct setup s;
+	struct snapshot now, before;
+	uint64_t base = 0x10000000, cut = 0;
+	struct kh_map_req rest = {.iova = base + 2 * PAGE,
+				  .length = 2 * PAGE,
+				  .addr = mem(self, 2 * PAGE),
+				  .prot = KH_PROT_READ,
+				  .flags = KH_MAP_FIXED_IOVA | KH_MAP_EXTEND};
+	int rc;
+
+	setup(self, &s);
+	map_fixed(&s, s.dom, base, 2 * PAGE, 0, KH_PROT_READ);
+	CHECK_OK(kh_map(s.ctx, s.dom, &rest));
+	snap(&s, s.dom, &now);
+	CHECK_EQ(now.n, 1);
+	CHECK_EQ(now.m[0].length, 4 * PAGE);
+
+	CHECK_OK(kh_unmap_tail(s.ctx, s.dom, base + 3 * PAGE, PAGE, &cut));
+	CHECK(cut == base + 3 * PAGE || cut == base + 2 * PAGE);
+	snap(&s, s.dom, &now);
+	CHECK_EQ(now.n, 1);
+	CHECK_EQ(now.m[0].iova, base);
+	CHECK_EQ(now.m[0].length, cut - base);
+
+	map_fixed(&s, s.dom, base + 16 * PAGE, 4 * PAGE, 0, KH_PROT_READ);
+	snap(&s, s.dom, &before);
+	rc = kh_unmap_tail(s.ctx, s.dom, base + 19 * PAGE, PAGE, &cut);
+	if (rc == -ENOENT) {
+		CHECK(strstr(kh_last_error(), "remove it whole") != NULL);
+		check_unchanged(&s, s.dom, &before);
+	} else {
+		CHECK_OK(rc);
+		CHECK_EQ(cut, base + 19 * PAGE);
+	}
+	CHECK_ERR(kh_unmap_tail(s.ctx, s.dom, base + 8 * PAGE, PAGE, &cut), -EINVAL,
+		  "not the end of a longer mapping");
+	CHECK_OK(kh_unmap(s.ctx, s.dom, 0, UINT64_MAX, NULL));
+	kh_ctx_destroy(s.ctx);
+}
+
 static bool in_reserved(uint64_t iova, uint64_t len)
 {
 	return iova <= MSI_LAST && MSI_START <= iova + len - 1;

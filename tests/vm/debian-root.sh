@@ -35,23 +35,31 @@ if [ -f "$root/.complete" ]; then
 fi
 
 mkdir -p "$cache"
-rm -rf "$root.tmp"
+# Another run may be making the same root in the same cache: each makes its own, the last
+# rename wins, and both are the same recipe.
+tmp=$root.tmp.$$
+rm -rf "$tmp"
 # debootstrap's own log says what failed; keep it where the caller can find it.
-if ! debootstrap --variant=minbase --include="$include" bookworm "$root.tmp" "$mirror" \
-	>"$cache/debootstrap.log" 2>&1; then
-	echo "$prog: debootstrap failed; the end of $cache/debootstrap.log:" >&2
-	tail -n 20 "$cache/debootstrap.log" >&2
-	rm -rf "$root.tmp"
+if ! debootstrap --variant=minbase --include="$include" bookworm "$tmp" "$mirror" \
+	>"$tmp.log" 2>&1; then
+	echo "$prog: debootstrap failed; the end of $tmp.log:" >&2
+	tail -n 20 "$tmp.log" >&2
+	rm -rf "$tmp"
 	exit 1
 fi
 # What a booted guest does not need and a disk image should not carry.
-rm -rf "$root.tmp"/var/cache/apt/archives/*.deb "$root.tmp"/var/lib/apt/lists/*
+rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
 # The guest's console is the serial line, which the host reads; no login prompt on it.
-ln -sf /dev/null "$root.tmp/etc/systemd/system/serial-getty@ttyS0.service"
-ln -sf /dev/null "$root.tmp/etc/systemd/system/getty@tty1.service"
-echo iommud-vm >"$root.tmp/etc/hostname"
-printf '/dev/vda / ext4 rw 0 1\n' >"$root.tmp/etc/fstab"
-touch "$root.tmp/.complete"
-rm -rf "$root"
-mv "$root.tmp" "$root"
+ln -sf /dev/null "$tmp/etc/systemd/system/serial-getty@ttyS0.service"
+ln -sf /dev/null "$tmp/etc/systemd/system/getty@tty1.service"
+echo iommud-vm >"$tmp/etc/hostname"
+printf '/dev/vda / ext4 rw 0 1\n' >"$tmp/etc/fstab"
+touch "$tmp/.complete"
+rm -f "$tmp.log"
+if [ -f "$root/.complete" ]; then
+	rm -rf "$tmp" # another run finished the same root first, and may be reading it
+else
+	rm -rf "$root"
+	mv "$tmp" "$root"
+fi
 echo "$root"

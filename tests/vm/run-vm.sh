@@ -9,9 +9,9 @@ prog=run-vm.sh
 usage() {
 	cat >&2 <<EOF
 usage: $prog [--kernel BZIMAGE] [--modules DIR] --iommu intel|amd|virtio --results DIR
-              [--timeout SECS] [--support PROGRAM]... TESTBIN...
+              [--timeout SECS] [--memory SIZE] [--support PROGRAM]... TESTBIN...
        $prog [--kernel BZIMAGE] --disk IMAGE --iommu intel|amd|virtio --results DIR
-              [--timeout SECS] STEP...
+              [--timeout SECS] [--memory SIZE] STEP...
   --kernel BZIMAGE  guest kernel (default: \$IOMMUD_VM_KERNEL)
   --modules DIR     the kernel's VFIO modules (*.ko), loaded before the devices are bound
                     (default: the folder 'modules' beside the kernel, if there is one)
@@ -20,6 +20,8 @@ usage: $prog [--kernel BZIMAGE] [--modules DIR] --iommu intel|amd|virtio --resul
   --iommu MODEL     emulated IOMMU: intel (VT-d), amd (AMD-Vi) or virtio (virtio-iommu)
   --results DIR     receives NAME.result, NAME.log per test and console.log
   --timeout SECS    limit for each test inside the guest (default 60)
+  --memory SIZE     the guest's RAM, as qemu's -m takes it (default 1G; benchmarks of large
+                    maps want 4G)
   --disk IMAGE      boot this ext4 root with systemd as PID 1 instead of an initramfs (a copy:
                     the image is left as it is); its guest runs the STEPs, named here only to
                     collect their results (tests/vm/README.md, "systemd as PID 1")
@@ -38,6 +40,7 @@ disk=
 iommu=
 results=
 per_test=60
+memory=1G
 support=()
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
 	--iommu) [ $# -ge 2 ] || usage; iommu=$2; shift 2 ;;
 	--results) [ $# -ge 2 ] || usage; results=$2; shift 2 ;;
 	--timeout) [ $# -ge 2 ] || usage; per_test=$2; shift 2 ;;
+	--memory) [ $# -ge 2 ] || usage; memory=$2; shift 2 ;;
 	--support) [ $# -ge 2 ] || usage; support+=("$2"); shift 2 ;;
 	--) shift; break ;;
 	-*) echo "$prog: unknown option $1" >&2; usage ;;
@@ -57,6 +61,8 @@ if [ -z "$iommu" ] || [ -z "$results" ] || [ $# -eq 0 ]; then
 	usage
 fi
 case $per_test in '' | *[!0-9]* | 0) die "--timeout wants a positive number of seconds, not '$per_test'" ;; esac
+case ${memory%[MG]} in '' | *[!0-9]* | 0*) die "--memory wants a size such as 1G or 3072M, not '$memory'" ;; esac
+[ "${memory%[MG]}" != "$memory" ] || die "--memory wants a size such as 1G or 3072M, not '$memory'"
 
 if [ -z "$kernel" ]; then
 	die "no kernel: pass --kernel BZIMAGE or set IOMMUD_VM_KERNEL. It needs iommufd, the VFIO" \
@@ -315,7 +321,7 @@ fi
 start=$EPOCHREALTIME
 elapsed() { awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 timeout --kill-after=10 "$overall" qemu-system-x86_64 \
-	-M q35,kernel-irqchip=split -accel tcg,thread=single -m 1G -smp 2 -nographic -no-reboot \
+	-M q35,kernel-irqchip=split -accel tcg,thread=single -m "$memory" -smp 2 -nographic -no-reboot \
 	-device "$iommu_dev" \
 	-device edu -device edu \
 	"${shared_group[@]}" \

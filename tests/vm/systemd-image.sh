@@ -1,7 +1,8 @@
 #!/bin/sh
 # Makes the disk image of the systemd VM tier (tests/vm/README.md, "systemd as PID 1"): the
 # project's Debian package (cpack in BUILD_DIR), a Debian 12 root with its runtime
-# dependencies (debian-root.sh, cached in OUT_DIR/cache), the guest's test script and the unit
+# dependencies (debian-root.sh, cached in $IOMMUD_VM_CACHE, else OUT_DIR/cache), the guest's
+# test script and the unit
 # that runs it, packed by mkfs.ext4 -d into OUT_DIR/disk.img without mounting anything.
 # usage: systemd-image.sh BUILD_DIR OUT_DIR
 # Exit status 77 (skipped) when not root: debootstrap needs it.
@@ -39,7 +40,7 @@ dpkg-deb -f "$deb" Depends
 # dpkg -i in the guest needs no network.
 depends=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/(.*)//; s/|.*//' | tr -d ' ')
 # shellcheck disable=SC2086
-root=$("$here/debian-root.sh" "$out/cache" $depends)
+root=$("$here/debian-root.sh" "${IOMMUD_VM_CACHE:-$out/cache}" $depends)
 
 stage=$out/stage
 rm -rf "$stage"

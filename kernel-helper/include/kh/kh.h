@@ -386,11 +386,16 @@ int kh_place(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req);
 int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
 	     uint64_t *unmapped);
 
-/* Takes [iova, iova+length) off the end of the mapping that starts below iova and ends at
- * iova+length-1, which stays, shorter: the inverse of KH_MAP_EXTEND, so that a mapping too
- * costly to remove in one call is removed in parts (the last with kh_unmap, which releases its
- * owner). -EINVAL without such a mapping. */
-int kh_unmap_tail(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length);
+/* Takes the end of the mapping that starts below iova and ends at iova+length-1 off, from iova,
+ * the mapping staying, shorter: the inverse of KH_MAP_EXTEND, so that a mapping too costly to
+ * remove in one call is removed in parts (the last with kh_unmap, which releases its owner).
+ * A kernel removes only whole pieces of what it was given to map (one per KH_MAP_EXTEND call,
+ * or one for the whole mapping, as vfio-type1 has after a replay): where iova falls inside one,
+ * the cut moves down to the first of ever coarser power-of-two boundaries below the end that
+ * the kernel takes. *ret_iova gets where the cut was made. -EINVAL without such a mapping;
+ * -ENOENT when the kernel takes no cut above the mapping's own IOVA (kh_unmap removes it). */
+int kh_unmap_tail(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
+		  uint64_t *ret_iova);
 
 /* Maps, in domain dst_id, the memory that [src_iova, src_iova+req->length) of domain src_id
  * maps, like IOMMU_IOAS_COPY: the pages are shared, not pinned again. The source range must lie

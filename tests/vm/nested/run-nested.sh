@@ -3,7 +3,9 @@
 # L1 guest (Linux 7.3, VT-d, two edu devices) whose root is Debian trixie with QEMU 10, runs
 # iommud in it, and has l1-run.sh start unprivileged QEMUs with iommud's fds and one L2 guest
 # (Linux 6.12 with a static DMA probe) whose DMA must land. The L1 root is made once with
-# debootstrap and kept in CACHE (the build tree); each run makes the share afresh.
+# debootstrap and kept in $IOMMUD_VM_CACHE (else in CACHE, the build tree's folder for this
+# test); each run makes the share afresh in CACHE and boots the root with snapshot=on, so a kept
+# root is never changed by a run.
 # usage: run-nested.sh CACHE L1_KERNEL L2_KERNEL IOMMUD IOMMUCTL LIBIOMMUCTL L2_PROBE
 # Exit status: 0 every check passed, 1 one failed, 77 the test bed cannot be built here.
 set -eu
@@ -12,7 +14,11 @@ cache=$1 l1_kernel=$2 l2_kernel=$3 iommud=$4 iommuctl=$5 libiommuctl=$6 probe=$7
 here=$(cd "$(dirname "$0")" && pwd)
 mirror=${IOMMUD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Named after the recipe below, so a changed recipe makes a new image instead of using a stale one.
-image=$cache/l1-trixie-$(sed -n '/^build_image() {/,/^}/p' "$0" | sha256sum | cut -c1-12).img
+roots=${IOMMUD_VM_CACHE:-$cache}
+image=$roots/l1-trixie-$(sed -n '/^build_image() {/,/^}/p' "$0" | sha256sum | cut -c1-12).img
+
+# The parts' results (nested-result.sh) read this run's console log, never an older one.
+rm -f "$cache/console.log"
 
 skip() {
 	echo "nested VM test skipped: $*"
@@ -22,16 +28,17 @@ skip() {
 for tool in debootstrap mkfs.ext4 qemu-system-x86_64 cpio busybox; do
 	command -v "$tool" >/dev/null || skip "$tool is missing (install-deps.sh installs it)"
 done
-mkdir -p "$cache"
+mkdir -p "$cache" "$roots"
 
 # The L1 root: QEMU 10 and what iommud links against, PID 1 a script that runs the share's.
 build_image() {
-	root=$cache/root.tmp
-	rm -rf "$root" "$image.tmp"
+	# Another run may be making the same image: each its own, the last rename wins.
+	root=$image.root.$$
+	rm -rf "$root" "$image.tmp.$$"
 	debootstrap --variant=minbase \
 		--include=qemu-system-x86,busybox,util-linux,libprotobuf-c1,libevent-2.1-7t64,libinih1,libbpf1,libsystemd0 \
 		trixie "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
-		skip "debootstrap of trixie from $mirror failed (see $cache/debootstrap.log)"
+		{ rm -rf "$root"; skip "debootstrap of trixie from $mirror failed (see $cache/debootstrap.log)"; }
 	cat >"$root/l1init" <<'INIT'
 #!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -43,9 +50,9 @@ busybox poweroff -f
 INIT
 	chmod +x "$root/l1init"
 	rm -rf "$root/var/cache/apt/archives"/*.deb
-	mkfs.ext4 -q -F -d "$root" "$image.tmp" 2G
+	mkfs.ext4 -q -F -d "$root" "$image.tmp.$$" 2G
 	rm -rf "$root"
-	mv "$image.tmp" "$image"
+	mv "$image.tmp.$$" "$image"
 }
 [ -f "$image" ] || build_image
 
@@ -77,7 +84,7 @@ chmod +x "$initrd/init"
 timeout 1500 qemu-system-x86_64 -M q35,kernel-irqchip=split -accel tcg -m 3G -smp 2 \
 	-display none -serial stdio -monitor none -no-reboot \
 	-device intel-iommu,intremap=on,caching-mode=on -device edu -device edu \
-	-kernel "$l1_kernel" -drive file="$image",if=virtio,format=raw \
+	-kernel "$l1_kernel" -drive file="$image",if=virtio,format=raw,snapshot=on \
 	-virtfs local,path="$share",mount_tag=host,security_model=none \
 	-append "console=ttyS0 intel_iommu=on no_timer_check root=/dev/vda rw init=/l1init panic=-1 quiet" \
 	>"$cache/console.log" 2>"$cache/qemu-stderr.log" || true
