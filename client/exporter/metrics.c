@@ -556,7 +556,7 @@ static const struct family delegated_devices = {"iommud_delegated_devices", "gau
 						"Devices the label's tenants handed to VMMs."};
 static const struct family delegated_pinned = {
 	"iommud_delegated_pinned_bytes", "gauge",
-	"Memory the label's VMMs pinned through their delegated contexts (VmPin), at the scrape."};
+	"Memory the label's VMMs have pinned (their VmPin), read from the kernel at the scrape."};
 static const struct family delegated_pinned_limit = {
 	"iommud_delegated_pinned_bytes_limit", "gauge",
 	"The label's VMMs' RLIMIT_MEMLOCK summed, the only bound on their pins (+Inf: unlimited)."};
