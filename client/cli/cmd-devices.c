@@ -22,7 +22,7 @@ static const char device_help[] =
 	"Shows DEVICE: its group, PCI ids and driver, what its IOMMU can do (page sizes,\n"
 	"aperture, dirty tracking, nesting, PASID bits), whether you may take it, whether it is\n"
 	"bound in your session and the domain it is attached to there, its state over every\n"
-	"session and delegation, and its reserved IOVA\n"
+	"session and delegation (free, bound, attached or delegated), and its reserved IOVA\n"
 	"ranges: addresses no mapping may use once it is attached (the MSI window among them).\n";
 
 static const char *fmt_page_sizes(char buf[160], uint64_t sizes)
