@@ -38,16 +38,20 @@ struct setup {
 	pid_t vmm;
 };
 
-static int fake_ctx_fd(struct kh_backend *be)
+/* The backend's delegated fds, which the handlers only pass on: one stand-in serves both. */
+static int stand_in_fd(const char *what)
 {
-	(void)be;
-	return memfd_create("fake-iommufd", MFD_CLOEXEC);
+	return memfd_create(what, MFD_CLOEXEC);
 }
 
-static int fake_device_fd(struct kh_bdev *bdev)
+static int stand_in_ctx_fd(struct kh_backend *be __attribute__((unused)))
 {
-	(void)bdev;
-	return memfd_create("fake-vfio-device", MFD_CLOEXEC);
+	return stand_in_fd("stand-in iommufd");
+}
+
+static int stand_in_device_fd(struct kh_bdev *bdev __attribute__((unused)))
+{
+	return stand_in_fd("stand-in vfio device");
 }
 
 /* One request through the dispatcher; the caller frees the response. Descriptors it carries
@@ -86,8 +90,8 @@ static void setup(struct setup *t)
 	memset(t, 0, sizeof(*t));
 	CHECK_OK(kh_backend_open_emulated_text("[iommu]\ndevices = emu0 emu1\n", &t->d.be));
 	t->ops = *t->d.be->ops;
-	t->ops.delegate_ctx_fd = fake_ctx_fd;
-	t->ops.delegate_device_fd = fake_device_fd;
+	t->ops.delegate_ctx_fd = stand_in_ctx_fd;
+	t->ops.delegate_device_fd = stand_in_device_fd;
 	t->d.be->ops = &t->ops;
 	t->d.be->caps |= KH_CAP_DELEGATE;
 	CHECK_OK(config_defaults(&t->cfg));
