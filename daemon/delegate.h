@@ -11,6 +11,15 @@
 #ifndef IOMMUD_DELEGATE_H
 #define IOMMUD_DELEGATE_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <iommud.pb-c.h>
+
+#include "session.h"
+
+struct call;
+struct daemon;
 struct event_base;
 struct registry;
 struct delegations;
@@ -20,5 +29,20 @@ struct delegations;
 struct delegations *delegations_create(struct event_base *base, struct registry *reg);
 /* Ends every delegation (the daemon is stopping) and stops following the registry. */
 void delegations_destroy(struct delegations *dl);
+
+/* The id of the delegation that holds device; 0 when none does (dl NULL: none followed). */
+uint64_t delegation_holding(const struct delegations *dl, const char *device);
+/* Where a device is over every delegation and session: the one answer ListDevices, GetStats
+ * and the metrics give. */
+enum device_state device_state(const struct daemon *d, const char *device);
+/* The state's name on the wire ("free", "bound", "attached", "delegated"). */
+const char *device_state_name(enum device_state state);
+
+/* Whether one more entry fits the reply being filled; NULL: every entry does. */
+typedef bool delegation_fits_fn(const ProtobufCMessage *entry, void *arg);
+/* The delegations the caller may see (an observer's all, anyone else's its own tenant's), with
+ * the VMMs' pinned memory and memlock limits read now, in the call's memory. */
+int delegations_reply(struct call *call, delegation_fits_fn *fits, void *fits_arg,
+		      Iommud__V1__Delegation ***ret_list, size_t *ret_n);
 
 #endif

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+#define _GNU_SOURCE /* prlimit */
 /* DelegateDevices and ListDelegations: devices handed to a VM manager, and the records that
  * follow them until the VMM exits or the lease ends (delegate.h). */
 #include "delegate.h"
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -317,25 +319,63 @@ int do_delegate_devices(struct call *call)
 	return 0;
 }
 
-/* ---- ListDelegations -------------------------------------------------------------------- */
+/* ---- ListDelegations, and the delegations in GetStats and the device states -------------- */
 
-/* The VMM's pinned memory as the kernel counts it for its RLIMIT_MEMLOCK (VmPin); 0 when it
- * cannot be read (the VMM is exiting). */
-static uint64_t vmm_pinned_bytes(pid_t pid)
+uint64_t delegation_holding(const struct delegations *dl, const char *device)
+{
+	const struct delegation *del;
+	int index;
+
+	if (!dl || (index = kh_device_lookup(registry_backend(dl->reg), device)) < 0)
+		return 0;
+	LIST_FOREACH (del, &dl->list, link)
+		for (size_t i = 0; i < del->n; i++)
+			if (del->indexes[i] == (size_t)index)
+				return del->id;
+	return 0;
+}
+
+enum device_state device_state(const struct daemon *d, const char *device)
+{
+	return delegation_holding(d->delegations, device) ? DEVICE_DELEGATED
+							  : registry_device_state(d->reg, device);
+}
+
+static const char *const device_state_names[] = {
+	[DEVICE_FREE] = "free",
+	[DEVICE_BOUND] = "bound",
+	[DEVICE_ATTACHED] = "attached",
+	[DEVICE_DELEGATED] = "delegated",
+};
+
+const char *device_state_name(enum device_state state)
+{
+	return device_state_names[state];
+}
+
+/* The VMM's pinned memory as the kernel counts it (VmPin: iommufd adds what an IOAS pins to the
+ * pinning process's mm) and its RLIMIT_MEMLOCK, which bounds that under per-process accounting;
+ * both 0 when either cannot be read (the VMM is exiting). */
+static void vmm_memory(pid_t pid, uint64_t *pinned, uint64_t *limit)
 {
 	char path[64], line[256];
 	unsigned long long kib = 0;
+	struct rlimit memlock;
 	FILE *f;
 
+	*pinned = *limit = 0;
 	(void)snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
 	f = fopen(path, "re");
 	if (!f)
-		return 0;
+		return;
 	while (fgets(line, sizeof(line), f))
 		if (sscanf(line, "VmPin: %llu kB", &kib) == 1)
 			break;
 	(void)fclose(f);
-	return (uint64_t)kib * 1024;
+	if (prlimit(pid, RLIMIT_MEMLOCK, NULL, &memlock) < 0)
+		return;
+	*pinned = (uint64_t)kib * 1024;
+	*limit = memlock.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)memlock.rlim_cur;
 }
 
 static int fill_delegation(struct call *call, const struct delegation *del,
@@ -359,39 +399,52 @@ static int fill_delegation(struct call *call, const struct delegation *del,
 	out->lease = (char *)session_lease(del->session);
 	out->tenant = (char *)registry_label(call->d->reg, tenant_label_slot(t));
 	out->since_unix_seconds = (uint64_t)del->since;
-	out->pinned_bytes = vmm_pinned_bytes(del->vmm.pid);
+	vmm_memory(del->vmm.pid, &out->pinned_bytes, &out->pinned_bytes_limit);
 	/* Read by pid: only if the VMM still lives did the pid name it throughout. */
 	if (!process_lives(del->pidfd))
-		out->pinned_bytes = 0;
+		out->pinned_bytes = out->pinned_bytes_limit = 0;
 	*ret_out = out;
+	return 0;
+}
+
+int delegations_reply(struct call *call, delegation_fits_fn *fits, void *fits_arg,
+		      Iommud__V1__Delegation ***ret_list, size_t *ret_n)
+{
+	const struct client *c = call->client;
+	bool observer = client_is_observer(c);
+	Iommud__V1__Delegation **list;
+	struct delegation *del;
+	size_t n = 0;
+	int rc;
+
+	if (!call->d->delegations) {
+		*ret_list = NULL;
+		*ret_n = 0;
+		return 0;
+	}
+	LIST_FOREACH (del, &call->d->delegations->list, link)
+		n++;
+	if (!(list = call_alloc(call, n * sizeof(*list))))
+		return nomem();
+	n = 0;
+	LIST_FOREACH (del, &call->d->delegations->list, link) {
+		if (!observer && session_tenant(del->session) != c->tenant)
+			continue;
+		if ((rc = fill_delegation(call, del, &list[n])) < 0)
+			return rc;
+		if (!fits || fits(&list[n]->base, fits_arg))
+			n++;
+	}
+	*ret_list = list;
+	*ret_n = n;
 	return 0;
 }
 
 int do_list_delegations(struct call *call)
 {
 	Iommud__V1__ListDelegationsReply *reply = REPLY(call, list_delegations_reply);
-	const struct client *c = call->client;
-	const struct access_rule *rule = tenant_rule(c->tenant);
-	bool observer = c->peer.uid == 0 || (rule && rule->stats_all);
-	struct delegation *del;
-	size_t n = 0;
-	int rc;
 
 	if (!reply)
 		return nomem();
-	if (!call->d->delegations)
-		return 0;
-	LIST_FOREACH (del, &call->d->delegations->list, link)
-		n++;
-	if (!(reply->delegations = call_alloc(call, n * sizeof(*reply->delegations))))
-		return nomem();
-	LIST_FOREACH (del, &call->d->delegations->list, link) {
-		if (!observer && session_tenant(del->session) != c->tenant)
-			continue;
-		rc = fill_delegation(call, del, &reply->delegations[reply->n_delegations]);
-		if (rc < 0)
-			return rc;
-		reply->n_delegations++;
-	}
-	return 0;
+	return delegations_reply(call, NULL, NULL, &reply->delegations, &reply->n_delegations);
 }

@@ -3,6 +3,7 @@
 #include <errno.h>
 
 #include "call.h"
+#include "delegate.h"
 
 int need_device_name(const char *name)
 {
@@ -68,6 +69,7 @@ static int fill_device(struct call *call, size_t index, Iommud__V1__Device *out)
 	out->group = info.group;
 	out->vendor = info.vendor;
 	out->device = info.device;
+	out->state = (char *)device_state_name(device_state(call->d, info.name));
 	out->allowed = c->access >= ACCESS_WRITE &&
 		       config_device_allowed(tenant_rule(c->tenant), info.name);
 	if (c->session)

@@ -1,20 +1,22 @@
 // SPDX-License-Identifier: MIT
 /*
  * GetStats: the daemon's counters, the RPC and map path latency histograms, the probes' state,
- * tenant labels and devices.
+ * tenant labels, devices and delegations.
  *
  * What a caller sees: an observer (root, or a section with stats = all, as the metrics
  * exporter's) sees everything, every tenant label's figures and the daemon's. Anyone else sees
  * its own tenant's figures alone, in the same fields, and nothing of other tenants' activity:
  * not even a label's sums, since a label ("other", a group's section) spans many tenants. The
  * reply stays inside one packet: entries are added while they fit a budget below the message
- * limit, in the order of the schema's fields, so the first to be left out (on a configuration
- * of very many labels) are the last map latency histograms.
+ * limit, in the order of the schema's fields (but delegations, few and about running VMMs,
+ * before the map latency), so the first to be left out (on a configuration of very many
+ * labels) are the last map latency histograms.
  */
 #include <string.h>
 #include <time.h>
 
 #include "call.h"
+#include "delegate.h"
 #include "log.h"
 #include "probes/probes.h"
 #include "server.h"
@@ -218,12 +220,6 @@ static int fill_tenants(struct stats_fill *st)
 	return 0;
 }
 
-static const char *const device_state_names[] = {
-	[DEVICE_FREE] = "free",
-	[DEVICE_BOUND] = "bound",
-	[DEVICE_ATTACHED] = "attached",
-};
-
 static int add_fault_source(const char *source, uint64_t count, void *arg)
 {
 	struct stats_fill *st = arg;
@@ -284,12 +280,25 @@ static int fill_devices(struct stats_fill *st)
 			return nomem();
 		iommud__v1__device_stats__init(ds);
 		ds->device = name;
-		ds->state = (char *)device_state_names[registry_device_state(d->reg, info.name)];
+		ds->state = (char *)device_state_name(device_state(d, info.name));
+		ds->delegation_id = delegation_holding(d->delegations, info.name);
 		ds->dma_faults = device_faults(reply, info.name);
 		if (fits(st, &ds->base))
 			reply->devices[reply->n_devices++] = ds;
 	}
 	return 0;
+}
+
+static bool delegation_fits(const ProtobufCMessage *entry, void *arg)
+{
+	return fits(arg, entry);
+}
+
+/* An observer's within the reply's budget; anyone else's are only its own few. */
+static int fill_delegations(struct stats_fill *st)
+{
+	return delegations_reply(st->call, st->reply->observer ? delegation_fits : NULL, st,
+				 &st->reply->delegations, &st->reply->n_delegations);
 }
 
 static Iommud__V1__MapLatency *map_latency_reply(struct call *call,
@@ -419,8 +428,8 @@ static int fill_own_tenant(struct stats_fill *st)
 	return 0;
 }
 
-/* Every tenant label, device, fault source and map latency histogram while they fit; said once
- * per change when some do not, not at every scrape. */
+/* Every tenant label, device, fault source, delegation and map latency histogram while they fit;
+ * said once per change when some do not, not at every scrape. */
 static int fill_everyone(struct stats_fill *st)
 {
 	struct daemon *d = st->call->d;
@@ -428,7 +437,8 @@ static int fill_everyone(struct stats_fill *st)
 	int rc;
 
 	if ((rc = fill_tenants(st)) < 0 || (rc = fill_faults(st)) < 0 ||
-	    (rc = fill_devices(st)) < 0 || (rc = fill_map_latency(st)) < 0)
+	    (rc = fill_devices(st)) < 0 || (rc = fill_delegations(st)) < 0 ||
+	    (rc = fill_map_latency(st)) < 0)
 		return rc;
 	if (st->left_out != d->stats_left_out && st->left_out)
 		log_warning("stats for uid %u: %zu entries left out to keep the reply inside one "
@@ -453,8 +463,10 @@ int do_get_stats(struct call *call)
 	if ((rc = fill_ceilings(call, &st.reply->ceilings, st.reply->observer)) < 0 ||
 	    (rc = fill_probes(&st, st.reply->observer)) < 0)
 		return rc;
-	if (!st.reply->observer)
-		return fill_own_tenant(&st);
+	if (!st.reply->observer) {
+		rc = fill_own_tenant(&st);
+		return rc < 0 ? rc : fill_delegations(&st);
+	}
 	if ((rc = fill_methods(&st)) < 0 || (rc = fill_refused(call, st.reply)) < 0)
 		return rc;
 	st.room = STATS_REPLY_BUDGET - iommud__v1__get_stats_reply__get_packed_size(st.reply);

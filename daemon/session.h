@@ -131,9 +131,10 @@ struct label_stats {
 void registry_label_stats(const struct registry *reg, struct label_stats *stats);
 
 enum device_state {
-	DEVICE_FREE,	 /* in no session */
-	DEVICE_BOUND,	 /* bound into a session's context */
-	DEVICE_ATTACHED, /* and attached to a domain there */
+	DEVICE_FREE,	  /* in no session */
+	DEVICE_BOUND,	  /* bound into a session's context */
+	DEVICE_ATTACHED,  /* and attached to a domain there */
+	DEVICE_DELEGATED, /* handed to a VMM: delegate.h says, never registry_device_state */
 };
 /* Where a backend device is, over every session. */
 enum device_state registry_device_state(const struct registry *reg, const char *name);

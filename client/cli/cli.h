@@ -161,3 +161,5 @@ __attribute__((noreturn)) void cli_broken_reply(Iommud__V1__Response *r, const c
 void show_quota(const Iommud__V1__Quota *q);
 /* The daemon's ceilings over all tenants; with_usage: and what all tenants hold against them. */
 void show_ceilings(const Iommud__V1__Ceilings *c, bool with_usage);
+/* Delegations as a list, as delegations and stats show them. */
+void show_delegation_list(Iommud__V1__Delegation *const *list, size_t n);

@@ -221,29 +221,34 @@ static void cmd_delegate_qmp(const struct cmd_entry *self, const struct cmd_args
 	obj_end();
 }
 
-static void show_delegations(const void *msg, Iommud__V1__Response *r)
+void show_delegation_list(Iommud__V1__Delegation *const *list, size_t n)
 {
-	const Iommud__V1__ListDelegationsReply *l = r->list_delegations;
-
-	(void)msg;
-	obj_begin(NULL);
-	list_begin("delegations", "ID DEVICES PID UID LEASE SINCE PINNED CGROUP");
-	for (size_t i = 0; i < l->n_delegations; i++) {
-		const Iommud__V1__Delegation *d = l->delegations[i];
+	list_begin("delegations", "ID DEVICES TENANT PID UID LEASE SINCE PINNED LIMIT CGROUP");
+	for (size_t i = 0; i < n; i++) {
+		const Iommud__V1__Delegation *d = list[i];
 
 		obj_begin(NULL);
 		field("delegation_id", NUM, d->delegation_id, NULL);
 		field_strings("devices", d->devices, d->n_devices);
+		field("tenant", STR, 0, d->tenant);
 		field("vmm_pid", NUM, d->vmm_pid, NULL);
 		field("uid", NUM, d->uid, NULL);
 		field("lease", STR, 0, d->lease);
 		field("since_unix_seconds", NUM, d->since_unix_seconds, NULL);
 		field("pinned_bytes", SIZE, d->pinned_bytes, NULL);
+		field("pinned_bytes_limit", SIZE, d->pinned_bytes_limit,
+		      d->pinned_bytes_limit == UINT64_MAX ? "unlimited" : NULL);
 		field("cgroup", STR, 0, d->cgroup);
-		field("tenant", STR | JSON_ONLY, 0, d->tenant);
 		obj_end();
 	}
 	list_end();
+}
+
+static void show_delegations(const void *msg, Iommud__V1__Response *r)
+{
+	(void)msg;
+	obj_begin(NULL);
+	show_delegation_list(r->list_delegations->delegations, r->list_delegations->n_delegations);
 	obj_end();
 }
 
@@ -275,10 +280,10 @@ const struct cmd_entry cmd_delegations_entry = {
 	.name = "delegations",
 	.summary = "Lists devices handed to VM managers.",
 	.help = "Lists the delegations iommud follows: the devices handed out, the VMM's pid,\n"
-		"the uid that asked, the lease, since when (seconds since the epoch), the VMM's\n"
-		"pinned memory (its VmPin, bounded by its own RLIMIT_MEMLOCK) and its cgroup. "
-		"Root\n"
-		"and sections with stats = all see everyone's, others their own.\n",
+		"the tenant label and uid that asked, the lease, since when (seconds since the\n"
+		"epoch), the VMM's pinned memory (its VmPin, read from the kernel now) and its\n"
+		"RLIMIT_MEMLOCK (LIMIT), which alone bounds it (the tenant's quotas do not), and\n"
+		"its cgroup. Root and stats = all sections see everyone's, others their own.\n",
 	.examples = "  iommuctl delegations\n",
 	.method = IOMMUD__V1__REQUEST__METHOD_LIST_DELEGATIONS,
 	.show = show_delegations,

@@ -13,13 +13,16 @@ static const char devices_help[] =
 	"  DRIVER         the kernel driver bound to it\n"
 	"  PAGE-SIZES     the page sizes its IOMMU maps\n"
 	"  ALLOWED        whether the configuration lets you take it\n"
+	"  STATE          free, bound (in a session's context), attached (to a domain) or\n"
+	"                 delegated (handed to a VMM: 'iommuctl delegations' says to whom)\n"
 	"  DOMAIN         the domain it is attached to in your session, or -\n"
 	"With --json, every device with all the fields 'iommuctl device' shows.\n";
 
 static const char device_help[] =
 	"Shows DEVICE: its group, PCI ids and driver, what its IOMMU can do (page sizes,\n"
 	"aperture, dirty tracking, nesting, PASID bits), whether you may take it, whether it is\n"
-	"bound in your session and the domain it is attached to there, and its reserved IOVA\n"
+	"bound in your session and the domain it is attached to there, its state over every\n"
+	"session and delegation (free, bound, attached or delegated), and its reserved IOVA\n"
 	"ranges: addresses no mapping may use once it is attached (the MSI window among them).\n";
 
 static const char *fmt_page_sizes(char buf[160], uint64_t sizes)
@@ -72,6 +75,7 @@ static void show_device(const Iommud__V1__Device *d, bool table)
 	field("driver", STR, 0, d->driver);
 	show_hw(d, table);
 	field("allowed", BOOL, d->allowed, NULL);
+	field("state", STR, 0, d->state);
 	field("bound", BOOL | detail, d->bound, NULL);
 	field("domain_id", NUM, d->domain_id, d->domain_id ? NULL : "");
 	/* A list does not fit a table's line. */
@@ -88,7 +92,7 @@ static void show_devices(const void *msg, Iommud__V1__Response *r)
 {
 	(void)msg;
 	obj_begin(NULL);
-	list_begin("devices", "NAME GROUP VENDOR:DEVICE DRIVER PAGE-SIZES ALLOWED DOMAIN");
+	list_begin("devices", "NAME GROUP VENDOR:DEVICE DRIVER PAGE-SIZES ALLOWED STATE DOMAIN");
 	for (size_t i = 0; i < r->list_devices->n_devices; i++)
 		show_device(r->list_devices->devices[i], true);
 	list_end();

@@ -12,10 +12,12 @@ static const char stats_help[] =
 	"the packets it rejected as malformed, your tenant's quota, the daemon's ceilings over\n"
 	"all tenants, how its map path is watched (the probe tier, and what could not be\n"
 	"attached), for each method how many calls it answered and how many of them failed,\n"
-	"every tenant label and each device's state. All of that is everyone's only for an\n"
+	"every tenant label, each device's state (free, bound, attached or delegated) and the\n"
+	"delegations with their VMMs' pinned memory and memlock limits, read from the kernel\n"
+	"now ('iommuctl delegations' shows the same). All of that is everyone's only for an\n"
 	"observer (root, or 'stats = all' in your configuration section: observer: yes);\n"
-	"anyone else sees the same counters about their own tenant alone, and no methods,\n"
-	"devices or map latency.\n"
+	"anyone else sees the same counters about their own tenant alone (its own\n"
+	"delegations among them), and no methods, devices or map latency.\n"
 	"\n"
 	"With --latency it also draws, as bpftrace's hist() does, each method's latency (from\n"
 	"its request received to its reply sent) and the map path's latency by operation,\n"
@@ -156,12 +158,14 @@ static void show_tenants(const Iommud__V1__GetStatsReply *s)
 
 static void show_devices(const Iommud__V1__GetStatsReply *s)
 {
-	list_begin("devices", "DEVICE STATE DMA_FAULTS");
+	list_begin("devices", "DEVICE STATE DMA_FAULTS DELEGATION");
 	for (size_t i = 0; i < s->n_devices; i++) {
 		obj_begin(NULL);
 		field("device", STR, 0, s->devices[i]->device);
 		field("state", STR, 0, s->devices[i]->state);
 		field("dma_faults", NUM, s->devices[i]->dma_faults, NULL);
+		field("delegation_id", NUM, s->devices[i]->delegation_id,
+		      s->devices[i]->delegation_id ? NULL : "");
 		obj_end();
 	}
 	list_end();
@@ -198,6 +202,7 @@ static void show_stats(const Iommud__V1__GetStatsReply *s, bool latency)
 	show_methods(s, latency);
 	show_tenants(s);
 	show_devices(s);
+	show_delegation_list(s->delegations, s->n_delegations);
 	show_fault_sources(s);
 	if (latency) {
 		draw_method_latency(s);

@@ -95,12 +95,22 @@ static void head(struct writer *w, const struct family *f)
 	w->headed = f;
 }
 
-static void sample(struct writer *w, const struct family *f, const struct label *l, size_t n,
-		   uint64_t value)
+/* A sample whose value is not a count: "+Inf". */
+static void sample_text(struct writer *w, const struct family *f, const struct label *l, size_t n,
+			const char *value)
 {
 	head(w, f);
 	put_series(w->out, f->name, "", l, n, NULL);
-	(void)fprintf(w->out, " %" PRIu64 "\n", value);
+	(void)fprintf(w->out, " %s\n", value);
+}
+
+static void sample(struct writer *w, const struct family *f, const struct label *l, size_t n,
+		   uint64_t value)
+{
+	char text[24];
+
+	(void)snprintf(text, sizeof(text), "%" PRIu64, value);
+	sample_text(w, f, l, n, text);
 }
 
 /* A histogram with its timing: the tracepoint probe tier counts without timing, which is left
@@ -477,7 +487,7 @@ static const struct family fault_sources = {
 
 /* The states GetStats documents: each is always given, 0 when no device is in it, so that a
  * state's series does not vanish; a state a newer daemon adds is counted after them. */
-static const char *const known_states[] = {"free", "bound", "attached"};
+static const char *const known_states[] = {"free", "bound", "attached", "delegated"};
 #define KNOWN_STATES (sizeof(known_states) / sizeof(known_states[0]))
 
 static bool state_seen_before(const Iommud__V1__GetStatsReply *s, size_t i)
@@ -531,6 +541,78 @@ static void render_fault_sources(struct writer *w, const Iommud__V1__GetStatsRep
 	}
 }
 
+/* ---- delegations ------------------------------------------------------------------------- */
+
+/*
+ * What VMMs hold of delegated devices, summed per tenant label (never per pid: a VMM's pid is
+ * not a bounded label). The pinned figures are the VMMs' own, read from the kernel at the
+ * scrape; their memlock limits, not the label's quotas, bound them. A label with no delegation
+ * has no series: they go when its last VMM does.
+ */
+static const struct family delegations_family = {
+	"iommud_delegations", "gauge",
+	"Delegations (VMMs holding delegated devices) of the label."};
+static const struct family delegated_devices = {"iommud_delegated_devices", "gauge",
+						"Devices the label's tenants handed to VMMs."};
+static const struct family delegated_pinned = {
+	"iommud_delegated_pinned_bytes", "gauge",
+	"Memory the label's VMMs have pinned (their VmPin), read from the kernel at the scrape."};
+static const struct family delegated_pinned_limit = {
+	"iommud_delegated_pinned_bytes_limit", "gauge",
+	"The label's VMMs' RLIMIT_MEMLOCK summed, the only bound on their pins (+Inf: unlimited)."};
+
+static bool tenant_seen_before(const Iommud__V1__GetStatsReply *s, size_t i)
+{
+	for (size_t j = 0; j < i; j++)
+		if (strcmp(s->delegations[i]->tenant, s->delegations[j]->tenant) == 0)
+			return true;
+	return false;
+}
+
+struct delegated {
+	uint64_t delegations, devices, pinned, limit;
+	bool unlimited;
+};
+
+static struct delegated delegated_of(const Iommud__V1__GetStatsReply *s, const char *tenant)
+{
+	struct delegated sum = {0};
+
+	for (size_t i = 0; i < s->n_delegations; i++) {
+		const Iommud__V1__Delegation *d = s->delegations[i];
+
+		if (strcmp(d->tenant, tenant) != 0)
+			continue;
+		sum.delegations++;
+		sum.devices += d->n_devices;
+		sum.pinned += d->pinned_bytes;
+		sum.unlimited |= d->pinned_bytes_limit == UINT64_MAX;
+		sum.limit += d->pinned_bytes_limit;
+	}
+	return sum;
+}
+
+static void render_delegations(struct writer *w, const Iommud__V1__GetStatsReply *s)
+{
+	const struct family *families[] = {&delegations_family, &delegated_devices,
+					   &delegated_pinned, &delegated_pinned_limit};
+
+	for (size_t f = 0; f < sizeof(families) / sizeof(families[0]); f++)
+		for (size_t i = 0; i < s->n_delegations; i++) {
+			struct label tenant = {"tenant", s->delegations[i]->tenant};
+			struct delegated sum = delegated_of(s, tenant.value);
+			const uint64_t values[] = {sum.delegations, sum.devices, sum.pinned,
+						   sum.limit};
+
+			if (tenant_seen_before(s, i))
+				continue;
+			if (families[f] == &delegated_pinned_limit && sum.unlimited)
+				sample_text(w, families[f], &tenant, 1, "+Inf");
+			else
+				sample(w, families[f], &tenant, 1, values[f]);
+		}
+}
+
 /* ---- probes ------------------------------------------------------------------------------ */
 
 static const struct family probe_tier = {
@@ -578,6 +660,7 @@ int metrics_render(const Iommud__V1__GetStatsReply *stats, FILE *out)
 		render_map_path(&w, stats);
 		render_tenants(&w, stats);
 		render_devices(&w, stats);
+		render_delegations(&w, stats);
 		render_fault_sources(&w, stats);
 		render_probes(&w, stats);
 	}

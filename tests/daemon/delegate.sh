@@ -3,7 +3,8 @@
 # without 'delegate = yes' may not delegate, whatever the machine; one with it is refused with
 # what the kernel lacks, before anything else and without taking the device;
 # iommuctl delegate exec refuses its mistakes before asking and runs nothing when refused; the
-# listing is there and empty.
+# listing is there and empty; a device's state (free, bound) shows in devices and stats, and
+# stats carries the (empty) delegations.
 # usage: delegate.sh IOMMUD IOMMUCTL
 set -u
 iommud=$1
@@ -26,7 +27,13 @@ expect 1 '*UNIMPLEMENTED*cannot hand devices to another process*iommufd*' \
 	--lease vm1 delegate exec --user root emu0 -- touch "$dir/ran"
 [ ! -e "$dir/ran" ] || fail "delegate exec ran its command after a refusal"
 # The device was not taken by the refused delegation.
+expect 0 '*STATE*emu0*yes*free*emu1*free*' devices
+expect 0 '*"device":"emu0","state":"free","dma_faults":0,"delegation_id":0}*' --json stats
 expect 0 '[0-9]*' --lease vm1 domain alloc emu0
+# The state is the daemon's, whatever session asks.
+expect 0 '*emu0*yes*bound*emu1*free*' devices
+expect 0 '*"name":"emu0",*"state":"bound",*' --json devices
+expect 0 '*DEVICE*STATE*DMA_FAULTS*DELEGATION*emu0*bound*emu1*free*' stats
 expect 0 '' --lease vm1 lease release
 # iommuctl's own checks, before it asks iommud.
 expect 2 '*--lease NAME*' delegate exec emu0 -- true
@@ -59,4 +66,6 @@ expect 4 "*cannot connect to QEMU's QMP socket*" --lease vm1 delegate qmp "$dir/
 # The listing: none.
 expect 0 'ID*DEVICES*PID*' delegations
 expect 0 '{"delegations":\[\]}' --json delegations
+expect 0 'ID*DEVICES*TENANT*PID*UID*LEASE*SINCE*PINNED*LIMIT*CGROUP' delegations
+expect 0 '*"delegations":\[\]*' --json stats
 finish

@@ -32,7 +32,8 @@ struct sample_reply {
 	Iommud__V1__ProbeStatus probes;
 	Iommud__V1__Ceilings ceilings;
 	Iommud__V1__RefusedConnections per_uid, idle, *refused[2];
-	char *detached[2];
+	Iommud__V1__Delegation vm1, vm2, vm3, *delegations[3];
+	char *detached[2], *vm1_devices[2], *vm2_devices[1], *vm3_devices[1];
 	uint64_t rpc_buckets[4], map_buckets[41];
 };
 
@@ -199,6 +200,47 @@ static void fill_ceilings_refusals(struct sample_reply *s)
 	s->reply.rate_limited = 13;
 }
 
+/* Two VMMs of one label (one of them holding two devices), one unlimited VMM of another. */
+static void fill_delegations(struct sample_reply *s)
+{
+	Iommud__V1__Delegation *d[] = {&s->vm1, &s->vm2, &s->vm3};
+
+	for (size_t i = 0; i < 3; i++)
+		iommud__v1__delegation__init(d[i]);
+	s->vm1_devices[0] = "0000:00:03.0";
+	s->vm1_devices[1] = "0000:00:03.1";
+	s->vm2_devices[0] = "0000:00:04.0";
+	s->vm3_devices[0] = "0000:00:05.0";
+	s->vm1 = (Iommud__V1__Delegation){.base = s->vm1.base,
+					  .delegation_id = 1,
+					  .devices = s->vm1_devices,
+					  .n_devices = 2,
+					  .vmm_pid = 4242,
+					  .tenant = "user alice",
+					  .pinned_bytes = 128 << 20,
+					  .pinned_bytes_limit = 200 << 20};
+	s->vm2 = (Iommud__V1__Delegation){.base = s->vm2.base,
+					  .delegation_id = 2,
+					  .devices = s->vm2_devices,
+					  .n_devices = 1,
+					  .vmm_pid = 4343,
+					  .tenant = "user alice",
+					  .pinned_bytes = 1 << 30,
+					  .pinned_bytes_limit = 2ull << 30};
+	s->vm3 = (Iommud__V1__Delegation){.base = s->vm3.base,
+					  .delegation_id = 3,
+					  .devices = s->vm3_devices,
+					  .n_devices = 1,
+					  .vmm_pid = 4444,
+					  .tenant = "group kvm",
+					  .pinned_bytes = 64 << 20,
+					  .pinned_bytes_limit = UINT64_MAX};
+	for (size_t i = 0; i < 3; i++)
+		s->delegations[i] = d[i];
+	s->reply.n_delegations = 3;
+	s->reply.delegations = s->delegations;
+}
+
 static void fill(struct sample_reply *s)
 {
 	memset(s, 0, sizeof(*s));
@@ -214,6 +256,7 @@ static void fill(struct sample_reply *s)
 	fill_map_latency(s);
 	fill_tenants_devices_probes(s);
 	fill_ceilings_refusals(s);
+	fill_delegations(s);
 }
 
 /* The text metrics_render writes; the caller frees it. */
@@ -476,10 +519,39 @@ TEST(devices_by_state_and_faults)
 	CHECK_LINE(text, "iommud_devices{state=\"bound\"} 0");
 	CHECK_LINE(text, "iommud_devices{state=\"attached\"} 1");
 	CHECK_LINE(text, "iommud_devices{state=\"quarantined\"} 1");
+	CHECK_LINE(text, "iommud_devices{state=\"delegated\"} 0");
 	CHECK_LINE(text, "iommud_device_dma_faults_total{device=\"emu0\"} 0");
 	CHECK_LINE(text, "iommud_device_dma_faults_total{device=\"emu1\"} 3");
 	CHECK_LINE(text, "iommud_dma_faults_total{source=\"dmar0\"} 7");
 	CHECK_LINE(text, "iommud_dma_faults_total{source=\"emu1\"} 3");
+	free(text);
+}
+
+TEST(delegations_by_tenant_label_never_by_pid)
+{
+	struct sample_reply s;
+	char *text;
+
+	fill(&s);
+	s.emu0.state = "delegated";
+	text = render(&s.reply);
+	CHECK_LINE(text, "iommud_devices{state=\"delegated\"} 1");
+	CHECK_LINE(text, "iommud_delegations{tenant=\"user alice\"} 2");
+	CHECK_LINE(text, "iommud_delegations{tenant=\"group kvm\"} 1");
+	CHECK_LINE(text, "iommud_delegated_devices{tenant=\"user alice\"} 3");
+	CHECK_LINE(text, "iommud_delegated_devices{tenant=\"group kvm\"} 1");
+	CHECK_LINE(text, "iommud_delegated_pinned_bytes{tenant=\"user alice\"} 1207959552");
+	CHECK_LINE(text, "iommud_delegated_pinned_bytes{tenant=\"group kvm\"} 67108864");
+	CHECK_LINE(text, "iommud_delegated_pinned_bytes_limit{tenant=\"user alice\"} 2357198848");
+	CHECK_LINE(text, "iommud_delegated_pinned_bytes_limit{tenant=\"group kvm\"} +Inf");
+	CHECK_EQ(count(text, "4242"), 0);
+	CHECK_EQ(count(text, "pid"), 0);
+	free(text);
+
+	/* The last VMM gone, its label's series go with it. */
+	s.reply.n_delegations = 0;
+	text = render(&s.reply);
+	CHECK_EQ(count(text, "iommud_delegat"), 0);
 	free(text);
 }
 
@@ -544,7 +616,7 @@ TEST(every_family_typed_once_and_contiguous)
 			(void)fprintf(stderr, "sample '%s' outside its family (%s)\n", line, typed);
 		CHECK(strcmp(family, typed) == 0);
 	}
-	CHECK_EQ(families, 45);
+	CHECK_EQ(families, 49);
 	free(text);
 }
 

@@ -32,6 +32,20 @@ pinned_of() {
 		sed 's/.*"pinned_bytes":\([0-9]*\).*/\1/'
 }
 
+# The exporter's scrape, and the sum of one family's samples in it (empty when it has none).
+metrics() {
+	busybox wget -qO- http://127.0.0.1:9863/metrics
+}
+metric_sum() {
+	metrics | awk -v family="$1" 'index($0, family "{") == 1 { sum += $NF; n++ }
+		END { if (n) printf "%.0f\n", sum }'
+}
+# The state iommud gives device $1 in its device list.
+state_of() {
+	$iommuctl --json devices | tr '{' '\n' | grep "\"name\":\"$1\"" |
+		sed 's/.*"state":"\([a-z]*\)".*/\1/'
+}
+
 edus=$(for d in /sys/bus/pci/devices/*; do
 	[ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] && basename "$d"
 done)
@@ -47,6 +61,11 @@ printf '[uid 0]\naccess = write\ndevices = *\ndelegate = yes\n%b' \
 	--probe-tier off >"$log" 2>&1 &
 wait_for "test -S /run/iommud.sock" 20
 check "iommud offers delegation" sh -c "$iommuctl hello | grep -q delegate"
+busybox ip link set lo up
+"$share/bin/iommud-exporter" --listen 127.0.0.1:9863 \
+	--socket /run/iommud.sock >/tmp/exporter.log 2>&1 &
+exporter=$!
+check "the exporter serves iommud's metrics" wait_for "metrics | grep -q '^iommud_up 1\$'" 20
 
 qemu_base="qemu-system-x86_64 -M q35 -accel tcg,tb-size=256 -m 128M -nodefaults -display none \
  -monitor none -no-reboot"
@@ -69,6 +88,17 @@ check "a second VMM of the same uid starts (per-process accounting)" \
 	wait_for "test \"\$(pinned_of $vmm_b)\" -ge 134217728" 60
 check "delegations list both VMMs" sh -c "$iommuctl delegations | grep -q 'vmA' &&
 	$iommuctl delegations | grep -q 'vmB'"
+check "while the VMMs run, their devices show as delegated (devices, stats)" \
+	wait_for "test \"\$(state_of $edu1)\" = delegated && test \"\$(state_of $edu2)\" = delegated &&
+		$iommuctl --json stats | grep -q '\"device\":\"$edu1\",\"state\":\"delegated\"'" 1
+check "the metrics count both devices as delegated" \
+	wait_for "metrics | grep -q '^iommud_devices{state=\"delegated\"} 2\$' &&
+		test \"\$(metric_sum iommud_delegated_devices)\" -eq 2" 10
+check "the delegated pinned bytes metric is at least both guests' RAM" \
+	wait_for "test \"\$(metric_sum iommud_delegated_pinned_bytes)\" -ge 268435456" 10
+check "the delegated pinned bytes limit metric is both VMMs' memlock (2 x 200M)" \
+	wait_for "test \"\$(metric_sum iommud_delegated_pinned_bytes_limit)\" -eq 419430400" 10
+metrics | grep '^iommud_delegat'
 check "the device out is refused to another tenant" sh -c "setpriv --reuid=1000 --regid=1000 \
 	--clear-groups $iommuctl domain alloc $edu1 2>&1 | grep -q 'handed to another process'"
 $iommuctl --lease vmB lease release
@@ -78,6 +108,10 @@ kill "$vmm_a" "$vmm_b"
 wait "$vmm_a" "$vmm_b"
 check "the VMM's exit frees the device, and iommud says so" \
 	wait_for "grep -q '$edu1.*free again: the VMM exited' $log" 10
+check "after the VMMs exit, the devices are free and the delegated figures are gone" \
+	wait_for "test \"\$(state_of $edu1)\" = free && test \"\$(state_of $edu2)\" = free &&
+		metrics | grep -q '^iommud_devices{state=\"delegated\"} 0\$' &&
+		test -z \"\$(metric_sum iommud_delegated_pinned_bytes)\"" 10
 check "the device is usable again after the VMM exited" $iommuctl domain alloc "$edu1"
 
 # Memlock below the guest's RAM: QEMU's own error, and nothing left behind.
@@ -123,6 +157,7 @@ check "L2: DMA beyond L2's RAM faults in L1's VT-d" sh -c \
 	"dmesg | grep -q 'DMAR: \[DMA Write NO_PASID\].*fault addr 0xc000000'"
 check "L2's exit frees the device, and iommud says so" \
 	wait_for "test \$(grep -c '$edu1.*free again: the VMM exited' $log) -ge 3" 10
+kill "$exporter"
 echo "--- iommud's log"
 cat "$log"
 echo "nested: DONE $failures failures"

@@ -6,11 +6,11 @@
 # debootstrap and kept in $IOMMUD_VM_CACHE (else in CACHE, the build tree's folder for this
 # test); each run makes the share afresh in CACHE and boots the root with snapshot=on, so a kept
 # root is never changed by a run.
-# usage: run-nested.sh CACHE L1_KERNEL L2_KERNEL IOMMUD IOMMUCTL LIBIOMMUCTL L2_PROBE
+# usage: run-nested.sh CACHE L1_KERNEL L2_KERNEL IOMMUD IOMMUCTL LIBIOMMUCTL L2_PROBE EXPORTER
 # Exit status: 0 every check passed, 1 one failed, 77 the test bed cannot be built here.
 set -eu
-[ $# -eq 7 ] || { echo "usage: $0 CACHE L1_KERNEL L2_KERNEL IOMMUD IOMMUCTL LIBIOMMUCTL L2_PROBE" >&2; exit 2; }
-cache=$1 l1_kernel=$2 l2_kernel=$3 iommud=$4 iommuctl=$5 libiommuctl=$6 probe=$7
+[ $# -eq 8 ] || { echo "usage: $0 CACHE L1_KERNEL L2_KERNEL IOMMUD IOMMUCTL LIBIOMMUCTL L2_PROBE EXPORTER" >&2; exit 2; }
+cache=$1 l1_kernel=$2 l2_kernel=$3 iommud=$4 iommuctl=$5 libiommuctl=$6 probe=$7 exporter=$8
 here=$(cd "$(dirname "$0")" && pwd)
 mirror=${IOMMUD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Named after the recipe below, so a changed recipe makes a new image instead of using a stale one.
@@ -60,7 +60,7 @@ INIT
 share=$cache/share
 rm -rf "$share"
 mkdir -p "$share/bin" "$share/lib" "$share/l2" "$cache/initrd/bin"
-cp "$iommud" "$iommuctl" "$share/bin/"
+cp "$iommud" "$iommuctl" "$exporter" "$share/bin/"
 cp -L "$libiommuctl" "$share/lib/$(basename "$libiommuctl")"
 cp "$l2_kernel" "$share/l2/bzImage"
 cp "$here/l1-run.sh" "$share/run.sh"
