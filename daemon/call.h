@@ -44,10 +44,7 @@ struct call {
 	struct map_file files[IOMMUD_MAX_FDS]; /* the fds' files, checked by the map handlers */
 	struct reply_fds out;		       /* to send with the reply */
 	int failed_index;
-	uint64_t deadline_ns;	    /* monotonic_ns: a slice ends there, after at least one step, or
-				     * later while nothing else waits (call_slice_end) */
-	uint64_t others_checked_ns; /* when the server last said whether anything else waits */
-	bool slice_extended;	    /* its answer: nothing did */
+	uint64_t deadline_ns; /* monotonic_ns: a slice ends there, after at least one step */
 	int (*resume)(struct call *call);
 	int (*abandon)(struct call *call);
 	size_t done;		    /* the handler's place in its work */
@@ -64,11 +61,8 @@ struct call {
 /* What a handler returns to be resumed later (see above). */
 #define CALL_MORE 1
 
-/* Where the call's slice ends as things stand: at its deadline while another tenant has
- * something waiting, up to the daemon's slice_extension_ns later while none has (daemon.h). */
-uint64_t call_slice_end(struct call *call);
 /* Whether the call's slice has used up its time. */
-bool call_out_of_time(struct call *call);
+bool call_out_of_time(const struct call *call);
 
 /* Zeroed memory that lives until the reply is packed; NULL when out of memory. */
 void *call_alloc(struct call *call, size_t size);

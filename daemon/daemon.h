@@ -63,12 +63,6 @@ struct daemon {
 	uint64_t rate_limited;	    /* times a reader tenant's requests waited for reader-rate */
 	size_t stats_left_out; /* entries the last GetStats left out: warned of when it changes */
 	struct method_stats methods[IOMMUD_METHOD_SLOTS]; /* by method number */
-	/* The server's: whether another tenant's request or a connection waits, asked by a call
-	 * whose slice is up (call.h); while none does, the slice may run on for up to
-	 * slice_extension_ns more. NULL: slices end at their deadline. */
-	bool (*others_waiting)(void *arg);
-	void *others_waiting_arg;
-	uint64_t slice_extension_ns;
 };
 
 struct client {

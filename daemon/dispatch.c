@@ -133,45 +133,9 @@ int dispatch_self_check(void)
 
 /* ---- the call and its reply ------------------------------------------------------------ */
 
-/* How often a slice run on past its deadline asks whether something else waits. */
-#define SLICE_RECHECK_NS 20000
-
-/* Whether the call's slice, past its deadline, may run on: nothing else waits. The server is
- * asked at most once a turn, as the asking costs a system call (a batch of small mappings goes
- * one step per entry). */
-static bool slice_extended(struct call *call, uint64_t now)
+bool call_out_of_time(const struct call *call)
 {
-	const struct daemon *d = call->d;
-
-	if (!d->others_waiting || now >= call->deadline_ns + d->slice_extension_ns)
-		return false;
-	if (!call->others_checked_ns || now - call->others_checked_ns >= SLICE_RECHECK_NS) {
-		call->others_checked_ns = now;
-		call->slice_extended = !d->others_waiting(d->others_waiting_arg);
-	}
-	return call->slice_extended;
-}
-
-uint64_t call_slice_end(struct call *call)
-{
-	uint64_t now = monotonic_ns();
-
-	if (now < call->deadline_ns || !slice_extended(call, now))
-		return call->deadline_ns;
-	return call->deadline_ns + call->d->slice_extension_ns;
-}
-
-bool call_out_of_time(struct call *call)
-{
-	return monotonic_ns() >= call_slice_end(call);
-}
-
-/* A new slice of a kept call: the server's answer of the last one is stale. */
-static void call_new_slice(struct call *call, uint64_t deadline_ns)
-{
-	call->deadline_ns = deadline_ns;
-	call->others_checked_ns = 0;
-	call->slice_extended = false;
+	return call->deadline_ns != UINT64_MAX && monotonic_ns() >= call->deadline_ns;
 }
 
 void *call_alloc(struct call *call, size_t size)
@@ -860,7 +824,7 @@ size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
 {
 	int rc;
 
-	call_new_slice(call, deadline_ns);
+	call->deadline_ns = deadline_ns;
 	rc = call->resume(call);
 	log_failure(call, rc);
 	return end_call(call, rc, true, out, out_fds, ret_method, ret_kept);
@@ -872,7 +836,7 @@ bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
 	Iommud__V1__Request__MethodCase method = call->req->method_case;
 	int rc;
 
-	call_new_slice(call, deadline_ns);
+	call->deadline_ns = deadline_ns;
 	rc = call->abandon(call);
 	if (rc == CALL_MORE)
 		return false;

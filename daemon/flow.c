@@ -218,16 +218,6 @@ static struct flow *least_charged(struct flows *fs, uint64_t now_ns, uint64_t *r
 	return best;
 }
 
-bool flows_others_ready(const struct flows *fs, const struct flow_item *item)
-{
-	const struct flow *f;
-
-	TAILQ_FOREACH (f, &fs->ready, ready_link)
-		if (f != item->flow)
-			return true;
-	return false;
-}
-
 struct flow_item *flows_next(struct flows *fs, uint64_t now_ns)
 {
 	uint64_t wait;

@@ -66,8 +66,6 @@ unsigned flows_uid_items(const struct flows *fs, uid_t uid);
 /* The item has requests waiting (flows_ready) or has none or may not be read (flows_unready). */
 void flows_ready(struct flows *fs, struct flow_item *item);
 void flows_unready(struct flows *fs, struct flow_item *item);
-/* Whether a flow other than item's has requests waiting (or connections to accept). */
-bool flows_others_ready(const struct flows *fs, const struct flow_item *item);
 /* The ready item to read one request from next, NULL when none may be read now. */
 struct flow_item *flows_next(struct flows *fs, uint64_t now_ns);
 /* When none may be read now although some are ready (all out of tokens): nanoseconds from

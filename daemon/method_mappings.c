@@ -75,9 +75,9 @@ static struct map_entry entry_of(struct call *call, const Iommud__V1__MapEntry *
 
 /* Sizes the steps of a map or an unmap to the slice: the one that started at started (on
  * monotonic_ns) has just ended, at the time returned. */
-static uint64_t size_steps(struct call *call, uint64_t started, unsigned *parts_per_step)
+static uint64_t size_steps(const struct call *call, uint64_t started, unsigned *parts_per_step)
 {
-	uint64_t budget = call_slice_end(call), ended = monotonic_ns();
+	uint64_t budget = call->deadline_ns, ended = monotonic_ns();
 
 	if (budget != UINT64_MAX)
 		budget = budget > started ? budget - started : 0;

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -30,12 +29,8 @@
 /* A turn of the loop handles requests for this long at most before it looks for new packets:
  * what a request arriving meanwhile may wait on top of the one being handled. */
 #define TURN_NS 20000
-/* A costly request is handled in slices of about this long, one per turn of its tenant, while
- * another tenant's request or a connection waits; */
+/* A costly request is handled in slices of about this long, one per turn of its tenant. */
 #define SLICE_NS TURN_NS
-/* while none does, a slice runs on for up to this much longer, checking between its steps, so
- * that a large map alone is made in few large steps at nearly the kernel's own speed. */
-#define SLICE_EXTENSION_NS 250000
 /* The flow the listening socket is charged to: a uid no peer has. Taking connections is
  * work like a tenant's requests, so that a storm of connects gets one share of the loop. */
 #define ACCEPT_UID ((uid_t)-1)
@@ -79,11 +74,7 @@ struct server {
 	char *socket_path; /* set when the server created the socket file */
 	LIST_HEAD(, conn) conns;
 	struct flows *flows;
-	struct event *turn_ev; /* the next turn of requests */
-	/* Every connection's socket and the listening one, polled without waiting by a call whose
-	 * slice is up, to see whether anything arrived that the loop has not read yet. */
-	int arrivals_fd;
-	struct conn *serving;	 /* the connection whose request is being handled, if any */
+	struct event *turn_ev;	 /* the next turn of requests */
 	uint64_t refusal_log_ns; /* a refusal is logged from then on */
 	uint64_t refusals_unlogged;
 	uint8_t in[IOMMUD_MAX_MESSAGE];
@@ -92,34 +83,6 @@ struct server {
 
 static void on_turn(evutil_socket_t fd, short what, void *arg);
 static void on_resume_accept(evutil_socket_t fd, short what, void *arg);
-
-/* Watches fd for arrivals; a failure only makes slices end at their deadline more often. */
-static void watch_arrivals(struct server *srv, int fd)
-{
-	struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
-
-	(void)epoll_ctl(srv->arrivals_fd, EPOLL_CTL_ADD, fd, &ev);
-}
-
-/* Whether a tenant other than the one being served has a request waiting, read by the loop
- * (a ready flow) or not yet (a socket with input, the connection being served aside), or a
- * connection waits to be taken. */
-static bool others_waiting(void *arg)
-{
-	struct server *srv = arg;
-	struct epoll_event ev[2];
-	int n;
-
-	if (srv->serving && flows_others_ready(srv->flows, &srv->serving->item))
-		return true;
-	n = epoll_wait(srv->arrivals_fd, ev, 2, 0);
-	if (n < 0)
-		return true;
-	for (int i = 0; i < n; i++)
-		if (!srv->serving || ev[i].data.fd != srv->serving->fd)
-			return true;
-	return false;
-}
 
 int server_create(struct event_base *base, struct daemon *d, unsigned max_connections,
 		  struct server **ret_srv)
@@ -133,19 +96,15 @@ int server_create(struct event_base *base, struct daemon *d, unsigned max_connec
 	srv->max_connections = max_connections;
 	srv->listen_fd = -1;
 	srv->identify = identify_peer;
-	srv->arrivals_fd = epoll_create1(EPOLL_CLOEXEC);
 	srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	LIST_INIT(&srv->conns);
 	srv->turn_ev = evtimer_new(base, on_turn, srv);
 	srv->resume_ev = evtimer_new(base, on_resume_accept, srv);
-	if (srv->spare_fd < 0 || srv->arrivals_fd < 0 || !srv->turn_ev || !srv->resume_ev ||
+	if (srv->spare_fd < 0 || !srv->turn_ev || !srv->resume_ev ||
 	    flows_create(&srv->flows) < 0) {
 		server_destroy(srv);
 		return -ENOMEM;
 	}
-	d->others_waiting = others_waiting;
-	d->others_waiting_arg = srv;
-	d->slice_extension_ns = SLICE_EXTENSION_NS;
 	*ret_srv = srv;
 	return 0;
 }
@@ -386,11 +345,7 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 static void conn_serve(struct conn *c, uint64_t start_ns)
 {
 	struct flows *flows = c->srv->flows;
-	int rc;
-
-	c->srv->serving = c;
-	rc = conn_read_one(c, start_ns);
-	c->srv->serving = NULL;
+	int rc = conn_read_one(c, start_ns);
 
 	if (rc != -EAGAIN)
 		flows_charge(flows, &c->item, monotonic_ns() - start_ns);
@@ -613,7 +568,6 @@ int server_adopt(struct server *srv, int fd)
 	if ((rc = conn_new(srv, fd, &peer, &c)) < 0)
 		return rc;
 	LIST_INSERT_HEAD(&srv->conns, c, link);
-	watch_arrivals(srv, fd);
 	srv->d->connections++;
 	conn_arm(c);
 	log_connection(&c->client.peer);
@@ -806,7 +760,6 @@ int server_listen(struct server *srv, const char *path, mode_t mode)
 	} else {
 		return rc;
 	}
-	watch_arrivals(srv, srv->listen_fd);
 	srv->listen_ev = event_new(srv->base, srv->listen_fd, EV_READ, on_accept, srv);
 	if (!srv->listen_ev || event_add(srv->listen_ev, NULL) < 0 ||
 	    flows_join(srv->flows, &srv->accept_item, srv, ACCEPT_UID, &(struct flow_rate){0}) < 0)
@@ -839,9 +792,6 @@ void server_destroy(struct server *srv)
 		flows_destroy(srv->flows);
 	if (srv->spare_fd >= 0)
 		(void)close(srv->spare_fd);
-	if (srv->arrivals_fd >= 0)
-		(void)close(srv->arrivals_fd);
-	srv->d->others_waiting = NULL;
 	if (srv->listen_fd >= 0)
 		(void)close(srv->listen_fd);
 	if (srv->socket_path) {

@@ -562,10 +562,8 @@ static uint64_t pinned_now(int root_fd)
 /* Root asks for GetStats again and again until one shows what seen() looks for, or the hostile
  * tenant says something first (its reply came, or its last report): whether root saw it. Root
  * asks at real-time priority, so that it asks again as soon as it is answered, whatever else
- * the machine runs, and keeps a second request queued behind the one being answered, so that
- * another tenant always has a request waiting when a slice of the costly one ends (a slice runs
- * on only while none has): the costly request, however large the steps its slices allow, then
- * does at most a few slices' work between two of root's requests, and is seen in progress. */
+ * the machine runs: a costly request, however large the steps its slices allow, then does at
+ * most a few slices' work between two of root's requests, and is seen in progress. */
 static bool root_sees(int root_fd, const struct costly *h, bool (*seen)(uint64_t pinned))
 {
 	struct pollfd reply = {.fd = h->ready[0], .events = POLLIN};
@@ -573,14 +571,12 @@ static bool root_sees(int root_fd, const struct costly *h, bool (*seen)(uint64_t
 	bool found;
 
 	CHECK_OK(sched_setscheduler(0, SCHED_FIFO, &realtime));
-	send_get_stats(root_fd);
 	for (;;) {
 		found = seen(pinned_now(root_fd));
 		if (found || poll(&reply, 1, 0) == 1)
 			break;
 		send_get_stats(root_fd);
 	}
-	(void)pinned_now(root_fd); /* the one still queued */
 	CHECK_OK(sched_setscheduler(0, SCHED_OTHER, &normal));
 	return found;
 }
