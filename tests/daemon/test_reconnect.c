@@ -43,6 +43,18 @@ static struct iommuctl *connect_to(struct supervisor *sv, const char *lease)
 	return c;
 }
 
+/* Calls method with its request message msg (every member of the oneof is a message pointer
+ * in the same place) and the descriptor fd (-1: none). */
+static int call_msg(struct iommuctl *c, Iommud__V1__Request__MethodCase method, void *msg, int fd,
+		    Iommud__V1__Response **ret_resp)
+{
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	req.method_case = method;
+	req.hello = msg;
+	return iommuctl_call(c, &req, fd < 0 ? NULL : &fd, fd < 0 ? 0 : 1, ret_resp, NULL, 0, NULL);
+}
+
 static uint32_t new_domain(struct iommuctl *c)
 {
 	uint32_t d;
@@ -55,14 +67,12 @@ static uint32_t new_domain(struct iommuctl *c)
 static size_t list_mappings(struct iommuctl *c, uint32_t domain, uint64_t (*rows)[4], size_t max)
 {
 	Iommud__V1__ListMappingsRequest list = IOMMUD__V1__LIST_MAPPINGS_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 	Iommud__V1__Response *resp;
 	size_t n;
 
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_MAPPINGS;
-	req.list_mappings = &list;
 	list.domain_id = domain;
-	call_ok(c, iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL), "list mappings");
+	call_ok(c, call_msg(c, IOMMUD__V1__REQUEST__METHOD_LIST_MAPPINGS, &list, -1, &resp),
+		"list mappings");
 	n = resp->list_mappings->n_mappings;
 	CHECK(n <= max && !resp->list_mappings->more);
 	for (size_t i = 0; i < n; i++) {
@@ -140,7 +150,6 @@ TEST(anonymous_session_not_reopened)
 TEST(released_lease_not_reopened)
 {
 	Iommud__V1__ReleaseLeaseRequest release = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 	Iommud__V1__Response *resp;
 	struct supervisor sv;
 	struct iommuctl *c;
@@ -148,9 +157,8 @@ TEST(released_lease_not_reopened)
 	supervisor_start(&sv, config, DEVICES);
 	c = connect_to(&sv, "gone");
 	(void)new_domain(c);
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
-	req.release_lease = &release;
-	call_ok(c, iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL), "release");
+	call_ok(c, call_msg(c, IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE, &release, -1, &resp),
+		"release");
 	iommuctl_response_free(resp);
 	supervisor_kill(&sv);
 	supervisor_spawn(&sv);
@@ -164,7 +172,6 @@ TEST(released_lease_not_reopened)
 TEST(lease_not_held_is_refused)
 {
 	Iommud__V1__HelloRequest hello = IOMMUD__V1__HELLO_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 	Iommud__V1__Response *resp;
 	struct supervisor sv;
 	struct iommuctl *c;
@@ -174,26 +181,34 @@ TEST(lease_not_held_is_refused)
 	hello.client_version = IOMMUCTL_PROTOCOL_VERSION;
 	hello.lease = "never-made";
 	hello.existing_lease = true;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_HELLO;
-	req.hello = &hello;
-	CHECK_EQ(iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL), -ENOENT);
+	CHECK_EQ(call_msg(c, IOMMUD__V1__REQUEST__METHOD_HELLO, &hello, -1, &resp), -ENOENT);
 	CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_NOT_FOUND);
 	CHECK(strstr(iommuctl_last_error(c), "never-made") != NULL);
 	iommuctl_close(c);
 	supervisor_stop(&sv);
 }
 
+/* Starts sv with a handle on a lease holding domain *ret_domain, whose reconnects are given
+ * reconnect_ms, and kills the daemon. */
+static struct iommuctl *killed_under(struct supervisor *sv, unsigned reconnect_ms,
+				     uint32_t *ret_domain)
+{
+	struct iommuctl *c;
+
+	supervisor_start(sv, config, DEVICES);
+	c = connect_to(sv, "vm1");
+	*ret_domain = new_domain(c);
+	iommuctl_set_reconnect(c, reconnect_ms);
+	supervisor_kill(sv);
+	return c;
+}
+
 TEST(reconnect_turned_off)
 {
 	struct supervisor sv;
-	struct iommuctl *c;
 	uint32_t d;
+	struct iommuctl *c = killed_under(&sv, 0, &d);
 
-	supervisor_start(&sv, config, DEVICES);
-	c = connect_to(&sv, "vm1");
-	d = new_domain(c);
-	iommuctl_set_reconnect(c, 0);
-	supervisor_kill(&sv);
 	supervisor_spawn(&sv);
 	CHECK_EQ(iommuctl_free_domain(c, d), -ENOTCONN);
 	CHECK(strstr(iommuctl_last_error(c), "turned off") != NULL);
@@ -207,14 +222,9 @@ TEST(reconnect_turned_off)
 TEST(gives_up_when_daemon_not_back)
 {
 	struct supervisor sv;
-	struct iommuctl *c;
 	uint32_t d;
+	struct iommuctl *c = killed_under(&sv, 300, &d);
 
-	supervisor_start(&sv, config, DEVICES);
-	c = connect_to(&sv, "vm1");
-	d = new_domain(c);
-	iommuctl_set_reconnect(c, 300);
-	supervisor_kill(&sv);
 	CHECK_EQ(iommuctl_free_domain(c, d), -ETIMEDOUT);
 	CHECK(strstr(iommuctl_last_error(c), "not back") != NULL);
 	/* The connection that got no answer is dropped; once the daemon is back, the next request
@@ -232,7 +242,6 @@ static int map_batch(struct iommuctl *c, uint32_t domain, int fd, const uint64_t
 {
 	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
 	Iommud__V1__MapEntry entries[4], *list[4];
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 	Iommud__V1__Response *resp;
 	int rc;
 
@@ -249,9 +258,7 @@ static int map_batch(struct iommuctl *c, uint32_t domain, int fd, const uint64_t
 	}
 	batch.n_entries = n;
 	batch.entries = list;
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
-	req.map_batch = &batch;
-	rc = iommuctl_call(c, &req, &fd, 1, &resp, NULL, 0, NULL);
+	rc = call_msg(c, IOMMUD__V1__REQUEST__METHOD_MAP_BATCH, &batch, fd, &resp);
 	if (rc < 0)
 		return rc;
 	CHECK_EQ(resp->map_batch->n_iovas, n);
