@@ -192,6 +192,11 @@ void iommuctl_set_reconnect(struct iommuctl *c, unsigned timeout_ms)
 	c->reconnect_ms = timeout_ms;
 }
 
+int iommuctl_fd(const struct iommuctl *c)
+{
+	return c->fd;
+}
+
 /* The connection dropped: what was sent and not answered never will be. */
 static void drop_connection(struct iommuctl *c)
 {

@@ -195,10 +195,18 @@ static bool entry_in_place(struct call *call, const Iommud__V1__MapEntry *entry)
 	       view.ino == file->ino;
 }
 
+/* Whether a map may have failed only because what it asks for is there already: the overlap,
+ * or the quotas and ceilings it counts against a second time. */
+static bool refused_for_being_there(int rc)
+{
+	return rc == -EEXIST || rc == -EDQUOT || rc == -ENOSPC;
+}
+
 /* A Map or MapBatch on a lease that a client sends again, not knowing whether the first one
  * took effect before the connection dropped (a daemon restart), is answered as done when every
- * entry is in place exactly as asked: a batch is all or nothing, so it is a retry only if its
- * first entry clashed (nothing of it was mapped by this call) and all of them are in place.
+ * entry is in place exactly as asked, even where it counts against a quota the tenant has
+ * reached: a batch is all or nothing, so it is a retry only if its first entry failed (nothing
+ * of it was mapped by this call) and all of them are in place.
  * Anything else that overlaps stays refused. Whether the call is such a retry, its reply then
  * filled in. */
 static bool answered_as_retry(struct call *call)
@@ -208,8 +216,8 @@ static bool answered_as_retry(struct call *call)
 	Iommud__V1__MapEntry *const *entries = batch ? req->map_batch->entries : &req->map->entry;
 	size_t n = batch ? req->map_batch->n_entries : 1;
 
-	if (call->undo_rc != -EEXIST || call->left_mapped || call->failed_index > 0 ||
-	    !session_lease(call->client->session)[0])
+	if (!refused_for_being_there(call->undo_rc) || call->left_mapped ||
+	    call->failed_index > 0 || !session_lease(call->client->session)[0])
 		return false;
 	for (size_t i = 0; i < n; i++)
 		if (!entry_in_place(call, entries[i]))

@@ -79,6 +79,11 @@ void iommuctl_set_reconnect(struct iommuctl *c, unsigned timeout_ms);
  * connection in a new anonymous session. */
 int iommuctl_reconnect(struct iommuctl *c);
 
+/* The connection's socket, owned by c, for poll(2) in a program's own loop: readable when a
+ * response came, POLLHUP once the daemon went (a holder of OpenDevice descriptors closes them
+ * then, see docs/operations.md, "Surviving a restart"); -1 while the connection is down. */
+int iommuctl_fd(const struct iommuctl *c);
+
 /* Message of the most recent failure on c; never NULL. With c NULL, the message of the calling
  * thread's most recent failure of a call that has no connection: iommuctl_connect and
  * iommuctl_memfd. */

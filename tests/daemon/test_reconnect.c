@@ -316,6 +316,31 @@ TEST(identical_map_answered_as_done)
 	(void)close(other);
 }
 
+/* At its quota, a tenant's Map sent again is still answered as done, not refused for the quota
+ * it would take a second time. */
+TEST(identical_map_at_quota_answered_as_done)
+{
+	struct supervisor sv;
+	struct iommuctl *c;
+	uint32_t d;
+	int file = iommuctl_memfd("retry-quota", FILE_SIZE);
+
+	CHECK_OK(file);
+	supervisor_start(&sv,
+			 "probe-tier = off\n[access]\ndefault = none\n[uid 0]\naccess = write\n"
+			 "devices = emu*\nmax-domains = 1\nmax-mappings = 1\nmax-pinned = 1G\n"
+			 "max-leases = 1\n",
+			 DEVICES);
+	c = connect_to(&sv, "vm1");
+	d = new_domain(c);
+	call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "map");
+	call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "the same map again");
+	CHECK_EQ(map_at(c, d, file, PAGE, PAGE, IOMMUCTL_PROT_READ, IOVA + PAGE), -EDQUOT);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+	(void)close(file);
+}
+
 TEST(identical_map_in_anonymous_session_refused)
 {
 	struct supervisor sv;
