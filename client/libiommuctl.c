@@ -13,7 +13,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <iommud_wire.h>
@@ -22,11 +24,33 @@
 
 #define ERROR_MAX 512
 
+/* How long a dropped connection is tried again unless told otherwise, and the backoff's
+ * first and longest pause between tries. */
+#define RECONNECT_DEFAULT_MS 30000u
+#define BACKOFF_FIRST_MS     20u
+#define BACKOFF_MAX_MS	     1000u
+
+/* A Hello or ReleaseLease sent and not yet answered: what it chooses once it succeeds. */
+struct pending_session {
+	uint64_t id; /* 0: none */
+	bool release;
+	char *lease; /* Hello's, owned; NULL for the anonymous session */
+	char *client_name;
+};
+
 struct iommuctl {
-	int fd;
+	int fd; /* -1 while the connection is down */
 	/* Ids are 1, 2, 3...: the id of the next response is then received + 1. */
 	uint64_t sent;
 	uint64_t received;
+	/* The session a successful Hello chose, re-opened after a reconnect: lease NULL for the
+	 * anonymous one (which cannot be), lease_released once ReleaseLease succeeded. Owned. */
+	char *lease;
+	char *client_name;
+	bool lease_released;
+	struct pending_session pending;
+	unsigned reconnect_ms; /* 0: never reconnect */
+	bool reconnecting;     /* re-opening the lease: no reconnect within a reconnect */
 	Iommud__V1__Code last_code;
 	char error[ERROR_MAX];
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -82,88 +106,321 @@ int iommuctl_status_errno(const Iommud__V1__Status *status)
 	return errno_for_code(status->code);
 }
 
-int iommuctl_connect(const char *path, struct iommuctl **out)
+/* A socket connected to the daemon at path, or a negative errno with the message in c (NULL:
+ * the thread's). */
+static int open_socket(struct iommuctl *c, const char *path)
 {
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), err;
+
+	if (fd < 0)
+		return fail(c, -errno, "cannot create a Unix socket: %s", strerror(errno));
+	strcpy(addr.sun_path, path);
+	/* A connect interrupted on a Unix socket leaves it unconnected, so it can be retried. */
+	while (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		if (errno == EINTR)
+			continue;
+		err = -errno;
+		(void)close(fd);
+		if (err == -ENOENT || err == -ECONNREFUSED)
+			return fail(c, err,
+				    "cannot connect to iommud at %s: %s; is the daemon running "
+				    "(systemctl status iommud)?",
+				    path, strerror(-err));
+		if (err == -EACCES)
+			return fail(c, err,
+				    "cannot connect to iommud at %s: %s; the socket's mode "
+				    "(socket-mode in iommud.conf) does not let this user in",
+				    path, strerror(-err));
+		return fail(c, err, "cannot connect to iommud at %s: %s", path, strerror(-err));
+	}
+	return fd;
+}
+
+int iommuctl_connect(const char *path, struct iommuctl **out)
+{
 	struct iommuctl *c;
-	int err;
+	int fd;
 
 	*out = NULL;
 	if (!path)
 		path = getenv("IOMMUD_SOCKET");
 	if (!path || !*path)
 		path = IOMMUCTL_DEFAULT_SOCKET;
-	if (strlen(path) >= sizeof(addr.sun_path))
+	if (strlen(path) >= sizeof(c->path))
 		return fail(NULL, -ENAMETOOLONG,
 			    "socket path '%s' is longer than the %zu bytes a Unix socket address "
 			    "holds; use a shorter path",
-			    path, sizeof(addr.sun_path) - 1);
-	strcpy(addr.sun_path, path);
-
+			    path, sizeof(c->path) - 1);
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return fail(NULL, -ENOMEM, "out of memory allocating a connection to iommud");
+	fd = open_socket(NULL, path);
+	if (fd < 0) {
+		free(c);
+		return fd;
+	}
+	c->fd = fd;
 	strcpy(c->path, path);
-	c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (c->fd < 0) {
-		err = -errno;
-		free(c);
-		return fail(NULL, err, "cannot create a Unix socket: %s", strerror(-err));
-	}
-	/* A connect interrupted on a Unix socket leaves it unconnected, so it can be retried. */
-	while (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-		if (errno == EINTR)
-			continue;
-		err = -errno;
-		(void)close(c->fd);
-		free(c);
-		if (err == -ENOENT || err == -ECONNREFUSED)
-			return fail(NULL, err,
-				    "cannot connect to iommud at %s: %s; is the daemon running "
-				    "(systemctl status iommud)?",
-				    path, strerror(-err));
-		if (err == -EACCES)
-			return fail(NULL, err,
-				    "cannot connect to iommud at %s: %s; the socket's mode "
-				    "(socket-mode in iommud.conf) does not let this user in",
-				    path, strerror(-err));
-		return fail(NULL, err, "cannot connect to iommud at %s: %s", path, strerror(-err));
-	}
+	c->reconnect_ms = RECONNECT_DEFAULT_MS;
 	(void)snprintf(c->error, sizeof(c->error), "no error");
 	*out = c;
 	return 0;
+}
+
+static void pending_clear(struct pending_session *p)
+{
+	free(p->lease);
+	free(p->client_name);
+	*p = (struct pending_session){0};
 }
 
 void iommuctl_close(struct iommuctl *c)
 {
 	if (!c)
 		return;
-	(void)close(c->fd);
+	if (c->fd >= 0)
+		(void)close(c->fd);
+	pending_clear(&c->pending);
+	free(c->lease);
+	free(c->client_name);
 	free(c);
+}
+
+void iommuctl_set_reconnect(struct iommuctl *c, unsigned timeout_ms)
+{
+	c->reconnect_ms = timeout_ms;
+}
+
+int iommuctl_fd(const struct iommuctl *c)
+{
+	return c->fd;
+}
+
+/* The connection dropped: what was sent and not answered never will be. */
+static void drop_connection(struct iommuctl *c)
+{
+	if (c->fd >= 0)
+		(void)close(c->fd);
+	c->fd = -1;
+	c->sent = c->received = 0;
+	pending_clear(&c->pending);
+}
+
+static void pause_ms(unsigned ms)
+{
+	struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000};
+
+	while (nanosleep(&t, &t) < 0 && errno == EINTR)
+		;
+}
+
+/* Connects again, trying with a growing pause until c->reconnect_ms have passed. */
+static int connect_again(struct iommuctl *c)
+{
+	unsigned waited = 0, pause = BACKOFF_FIRST_MS;
+	int fd;
+
+	for (;;) {
+		fd = open_socket(c, c->path);
+		if (fd >= 0) {
+			c->fd = fd;
+			return 0;
+		}
+		if ((fd != -ENOENT && fd != -ECONNREFUSED) || waited >= c->reconnect_ms)
+			break;
+		pause = pause < c->reconnect_ms - waited ? pause : c->reconnect_ms - waited;
+		pause_ms(pause);
+		waited += pause;
+		pause = pause * 2 < BACKOFF_MAX_MS ? pause * 2 : BACKOFF_MAX_MS;
+	}
+	if (fd != -ENOENT && fd != -ECONNREFUSED)
+		return fd;
+	return fail(c, -ETIMEDOUT,
+		    "iommud at %s is not back after %u ms of trying to reconnect (systemctl "
+		    "status iommud; journalctl -u iommud says why it stopped)",
+		    c->path, c->reconnect_ms);
+}
+
+static int session_ended(struct iommuctl *c)
+{
+	if (c->lease && c->lease_released)
+		return fail(c, -ECONNRESET,
+			    "the connection to iommud at %s dropped after lease '%s' was released, "
+			    "so there is nothing to re-open; call iommuctl_reconnect for a new "
+			    "connection",
+			    c->path, c->lease);
+	return fail(c, -ECONNRESET,
+		    "the connection to iommud at %s dropped (the daemon stopped or restarted), "
+		    "and with it the anonymous session: every domain, mapping and device it held "
+		    "is gone; call iommuctl_reconnect to start afresh, or name a lease in hello "
+		    "to keep state across restarts",
+		    c->path);
+}
+
+/* How long a receive may wait on c's socket: ms, 0 for as long as it takes. */
+static void receive_limit(struct iommuctl *c, unsigned ms)
+{
+	struct timeval limit = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+
+	(void)setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+}
+
+/* Says hello again on the new connection, re-opening the lease, never creating one. A socket
+ * the service manager holds accepts the connection before a daemon runs, so the answer too is
+ * waited for within the limit. */
+static int reopen_lease(struct iommuctl *c)
+{
+	Iommud__V1__HelloRequest hello = IOMMUD__V1__HELLO_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *r;
+	char why[ERROR_MAX];
+	Iommud__V1__Code code;
+	int err;
+
+	hello.client_version = IOMMUD_PROTOCOL_VERSION;
+	hello.client_name = c->client_name ? c->client_name : "";
+	hello.lease = c->lease;
+	hello.existing_lease = true;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_HELLO;
+	req.hello = &hello;
+	c->reconnecting = true;
+	receive_limit(c, c->reconnect_ms);
+	err = iommuctl_call(c, &req, NULL, 0, &r, NULL, 0, NULL);
+	c->reconnecting = false;
+	if (err == 0) {
+		receive_limit(c, 0);
+		iommuctl_response_free(r);
+		return 0;
+	}
+	if (c->fd >= 0)
+		drop_connection(c);
+	if (err == -EAGAIN)
+		return fail(c, -ETIMEDOUT,
+			    "iommud at %s took the connection but did not answer within %u ms: "
+			    "the daemon is not back (systemctl status iommud; journalctl -u "
+			    "iommud says why)",
+			    c->path, c->reconnect_ms);
+	(void)snprintf(why, sizeof(why), "%s", c->error);
+	code = c->last_code;
+	(void)fail(c, err, "cannot re-open lease '%s' after reconnecting to iommud at %s: %s",
+		   c->lease, c->path, why);
+	/* A refusal (NOT_FOUND: the daemon holds no such lease) keeps its code. */
+	c->last_code = code;
+	return err;
+}
+
+int iommuctl_reconnect(struct iommuctl *c)
+{
+	int err;
+
+	if (c->fd >= 0)
+		drop_connection(c);
+	if (c->lease && c->lease_released) {
+		free(c->lease);
+		c->lease = NULL;
+		c->lease_released = false;
+	}
+	if ((err = connect_again(c)) < 0)
+		return err;
+	return c->lease ? reopen_lease(c) : 0;
+}
+
+/* Whether a dropped connection is made again by itself: a lease to re-open, and leave to. */
+static bool reopens_by_itself(const struct iommuctl *c)
+{
+	return c->lease && !c->lease_released && c->reconnect_ms && !c->reconnecting;
+}
+
+/* Before a request: a dropped connection is made again, with its lease, where it can be. */
+static int ensure_connected(struct iommuctl *c)
+{
+	int err;
+
+	if (c->fd >= 0)
+		return 0;
+	if (!c->lease || c->lease_released)
+		return session_ended(c);
+	if (!reopens_by_itself(c))
+		return fail(
+			c, -ENOTCONN,
+			"the connection to iommud at %s dropped and reconnecting is turned off; "
+			"call iommuctl_reconnect to re-open lease '%s'",
+			c->path, c->lease);
+	if ((err = connect_again(c)) < 0)
+		return err;
+	return reopen_lease(c);
+}
+
+static bool connection_dropped(int err)
+{
+	return err == -EPIPE || err == -ECONNRESET || err == -ENOTCONN;
 }
 
 static int transport_error(struct iommuctl *c, int err, const char *doing)
 {
-	if (err == -EPIPE || err == -ECONNRESET)
-		return fail(c, err,
-			    "iommud at %s closed the connection while %s (it may have stopped or "
-			    "restarted); reconnect",
-			    c->path, doing);
+	if (connection_dropped(err))
+		return fail(
+			c, err,
+			"iommud at %s closed the connection while %s (it stopped or "
+			"restarted); whether the requests not answered took effect is unknown: "
+			"on a lease, send them again (the next request reconnects; an identical "
+			"Map or MapBatch is answered as done) or list what is there",
+			c->path, doing);
 	return fail(c, err, "%s failed on the connection to iommud at %s: %s", doing, c->path,
 		    strerror(-err));
 }
 
-int iommuctl_send(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, size_t nfds,
-		  uint64_t *id)
+/* Notes a Hello or ReleaseLease sent as id, to follow its session once it succeeds. */
+static int note_pending(struct iommuctl *c, const Iommud__V1__Request *req, uint64_t id)
+{
+	const Iommud__V1__HelloRequest *hello = req->hello;
+
+	if (req->method_case == IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE) {
+		pending_clear(&c->pending);
+		c->pending = (struct pending_session){.id = id, .release = true};
+	} else if (req->method_case == IOMMUD__V1__REQUEST__METHOD_HELLO && hello) {
+		pending_clear(&c->pending);
+		c->pending.id = id;
+		if ((hello->lease && *hello->lease && !(c->pending.lease = strdup(hello->lease))) ||
+		    !(c->pending.client_name =
+			      strdup(hello->client_name ? hello->client_name : "")))
+			return fail(c, -ENOMEM, "out of memory noting the session hello chose");
+	}
+	return 0;
+}
+
+/* A successful Hello or ReleaseLease changes what a reconnect re-opens. */
+static void settle_pending(struct iommuctl *c, const Iommud__V1__Response *r)
+{
+	struct pending_session *p = &c->pending;
+
+	if (!p->id || r->id != p->id)
+		return;
+	if (r->status && r->status->code != IOMMUD__V1__CODE__CODE_OK) {
+		pending_clear(p);
+		return;
+	}
+	if (p->release) {
+		c->lease_released = true;
+	} else {
+		free(c->lease);
+		free(c->client_name);
+		c->lease = p->lease;
+		c->client_name = p->client_name;
+		c->lease_released = false;
+		p->lease = p->client_name = NULL;
+	}
+	pending_clear(p);
+}
+
+/* Packs req as the next request on the connection and sends it. */
+static int send_once(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, size_t nfds)
 {
 	uint8_t *buf;
 	size_t len;
 	int err;
 
-	if (nfds > IOMMUD_MAX_FDS)
-		return fail(c, -EINVAL,
-			    "a request carries at most %d file descriptors, not %zu; split it",
-			    IOMMUD_MAX_FDS, nfds);
 	req->id = c->sent + 1;
 	len = iommud__v1__request__get_packed_size(req);
 	if (len > IOMMUD_MAX_MESSAGE)
@@ -177,9 +434,35 @@ int iommuctl_send(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, 
 	(void)iommud__v1__request__pack(req, buf);
 	err = wire_send(c->fd, buf, len, fds, nfds, WIRE_BLOCK);
 	free(buf);
+	return err < 0 ? transport_error(c, err, "sending a request") : 0;
+}
+
+int iommuctl_send(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, size_t nfds,
+		  uint64_t *id)
+{
+	int err;
+
+	if (nfds > IOMMUD_MAX_FDS)
+		return fail(c, -EINVAL,
+			    "a request carries at most %d file descriptors, not %zu; split it",
+			    IOMMUD_MAX_FDS, nfds);
+	if (!c->reconnecting && (err = ensure_connected(c)) < 0)
+		return err;
+	err = send_once(c, req, fds, nfds);
+	/* Refused at sending, the request never reached the daemon: with no earlier one in flight,
+	 * it goes again on a new connection (where the session can be re-opened). */
+	if (connection_dropped(err) && c->sent == c->received && !c->reconnecting) {
+		drop_connection(c);
+		if ((err = ensure_connected(c)) == 0)
+			err = send_once(c, req, fds, nfds);
+	}
+	if (connection_dropped(err))
+		drop_connection(c);
 	if (err < 0)
-		return transport_error(c, err, "sending a request");
+		return err;
 	c->sent++;
+	if ((err = note_pending(c, req, req->id)) < 0)
+		return err;
 	if (id)
 		*id = req->id;
 	return 0;
@@ -247,8 +530,11 @@ int iommuctl_recv(struct iommuctl *c, Iommud__V1__Response **resp, int *fds, siz
 	if (c->received == c->sent)
 		return fail(c, -EINVAL, "no request is waiting for a response; send one first");
 	err = wire_recv(c->fd, c->rxbuf, sizeof(c->rxbuf), WIRE_BLOCK, &packet);
-	if (err < 0)
+	if (err < 0) {
+		if (connection_dropped(err))
+			drop_connection(c);
 		return transport_error(c, err, "waiting for a response");
+	}
 	/* A packet is a response even when it is damaged, so the ones after it still match. */
 	c->received++;
 	err = decode_response(c, &packet, &r);
@@ -260,6 +546,7 @@ int iommuctl_recv(struct iommuctl *c, Iommud__V1__Response **resp, int *fds, siz
 	if (nfds)
 		*nfds = kept;
 	c->last_code = r->status ? r->status->code : IOMMUD__V1__CODE__CODE_OK;
+	settle_pending(c, r);
 	*resp = r;
 	return 0;
 }

@@ -53,6 +53,7 @@ struct call {
 	int undo_rc;		    /* the failure it is taking its work back for */
 	char *undo_message;	    /* and its message, kept across slices */
 	bool left_mapped;	    /* taking back failed: some of what it mapped stays */
+	bool changed_nothing;	    /* succeeded with nothing to record (a retried Map) */
 	void **allocs;
 	size_t n_allocs;
 	size_t cap_allocs;

@@ -764,7 +764,7 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
 		return 0;
 	}
 	/* Acknowledged only once recorded: the record is written before the reply. */
-	if (rc == 0 && call->req)
+	if (rc == 0 && call->req && !call->changed_nothing)
 		rc = state_record_call(call->d->state, call);
 	else if (call->req && changed_unacknowledged(call))
 		state_note_unacknowledged(call->d->state, call);

@@ -84,6 +84,12 @@ int do_hello(struct call *call)
 			    "a lease keeps IOMMU resources, so it needs write access, which "
 			    "uid %u does not have",
 			    (unsigned)c->peer.uid);
+	if (r->existing_lease && (!c->tenant || !session_lease_held(c->tenant, r->lease)))
+		return fail(-ENOENT,
+			    "uid %u holds no lease '%s' to re-open: it was released, or this "
+			    "daemon did not take it over at its start (its log says why); say "
+			    "hello without existing_lease to start a new one",
+			    (unsigned)c->peer.uid, r->lease);
 	if (r->lease[0] || c->access >= ACCESS_WRITE) {
 		rc = session_join(c->tenant, r->lease, &c->session);
 		if (rc < 0)

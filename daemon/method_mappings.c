@@ -180,10 +180,66 @@ static bool take_back_maps(struct call *call)
 	}
 }
 
+/* Whether entry is already mapped exactly so: one mapping at its fixed IOVA, of its length,
+ * prot, file (device and inode) and offset. */
+static bool entry_in_place(struct call *call, const Iommud__V1__MapEntry *entry)
+{
+	const struct map_file *file = &call->files[entry->fd_index];
+	struct mapping_view view;
+	bool more;
+
+	return entry->fixed_iova &&
+	       session_mappings(call->client->session, entry->domain_id, entry->iova, &view, 1,
+				&more) == 1 &&
+	       view.iova == entry->iova && view.length == entry->length &&
+	       view.prot == entry->prot && view.offset == entry->offset && view.dev == file->dev &&
+	       view.ino == file->ino;
+}
+
+/* Whether a map may have failed only because what it asks for is there already: the overlap,
+ * or the quotas and ceilings it counts against a second time. */
+static bool refused_for_being_there(int rc)
+{
+	return rc == -EEXIST || rc == -EDQUOT || rc == -ENOSPC;
+}
+
+/* A Map or MapBatch on a lease that a client sends again, not knowing whether the first one
+ * took effect before the connection dropped (a daemon restart), is answered as done when every
+ * entry is in place exactly as asked, even where it counts against a quota the tenant has
+ * reached: a batch is all or nothing, so it is a retry only if its first entry failed (nothing
+ * of it was mapped by this call) and all of them are in place.
+ * Anything else that overlaps stays refused. Whether the call is such a retry, its reply then
+ * filled in. */
+static bool answered_as_retry(struct call *call)
+{
+	const Iommud__V1__Request *req = call->req;
+	bool batch = req->method_case == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	Iommud__V1__MapEntry *const *entries = batch ? req->map_batch->entries : &req->map->entry;
+	size_t n = batch ? req->map_batch->n_entries : 1;
+
+	if (!refused_for_being_there(call->undo_rc) || call->left_mapped ||
+	    call->failed_index > 0 || !session_lease(call->client->session)[0])
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!entry_in_place(call, entries[i]))
+			return false;
+	for (size_t i = 0; i < n; i++)
+		(batch ? call->resp->map_batch->iovas : &call->resp->map->iova)[i] =
+			entries[i]->iova;
+	if (batch)
+		call->resp->map_batch->n_iovas = n;
+	call->failed_index = -1;
+	/* The record holds the mappings already; a second copy would clash on replay. */
+	call->changed_nothing = true;
+	return true;
+}
+
 static int take_back_then_fail(struct call *call)
 {
 	if (!take_back_maps(call))
 		return CALL_MORE;
+	if (answered_as_retry(call))
+		return 0;
 	return fail(call->undo_rc, "%s", call->undo_message);
 }
 

@@ -665,6 +665,16 @@ static int check_lease_room(const struct tenant *t)
 	return 0;
 }
 
+bool session_lease_held(const struct tenant *t, const char *lease)
+{
+	const struct session *s;
+
+	LIST_FOREACH (s, &t->sessions, link)
+		if (lease[0] && strcmp(s->lease, lease) == 0)
+			return true;
+	return false;
+}
+
 int session_join(struct tenant *t, const char *lease, struct session **out)
 {
 	struct session *s;

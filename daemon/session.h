@@ -143,6 +143,8 @@ enum device_state registry_device_state(const struct registry *reg, const char *
  * needed; each call takes a reference that session_leave drops. */
 int session_join(struct tenant *tenant, const char *lease, struct session **out);
 void session_leave(struct session *s);
+/* Whether the tenant holds a named session of that name. */
+bool session_lease_held(const struct tenant *tenant, const char *lease);
 /* Marks a named session to be released when its last connection leaves. */
 int session_release_lease(struct session *s);
 const char *session_lease(const struct session *s);

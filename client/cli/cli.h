@@ -139,6 +139,8 @@ extern struct cli {
 	const char *socket;	       /* --socket, or NULL for the library's default */
 	const char *lease;	       /* --lease, or NULL for the anonymous session */
 	Iommud__V1__HelloReply *hello; /* iommud's Hello, once connected */
+	bool reconnect_set;	       /* --reconnect-timeout, else the library's default */
+	unsigned reconnect_ms;
 } cli;
 
 /* The connection, made (with Hello, which picks the session of --lease) on first use. */

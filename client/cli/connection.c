@@ -28,6 +28,8 @@ struct iommuctl *cli_connection(void)
 		return conn;
 	if (iommuctl_connect(cli.socket, &conn) < 0)
 		fail(EXIT_TRANSPORT, "%s", iommuctl_last_error(NULL));
+	if (cli.reconnect_set)
+		iommuctl_set_reconnect(conn, cli.reconnect_ms);
 	cli_check(iommuctl_hello(conn, "iommuctl", cli.lease, &cli.hello));
 	return conn;
 }

@@ -6,6 +6,7 @@
  * This file holds the table of commands, the global options, the help that spans commands,
  * and the exit statuses; each command lives in its cmd-*.c file (see cli.h).
  */
+#include <limits.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,7 @@ static const struct cmd_entry *const commands[] = {
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
-enum { GLOBAL_SOCKET, GLOBAL_JSON, GLOBAL_LEASE, GLOBAL_HELP, GLOBAL_VERSION };
+enum { GLOBAL_SOCKET, GLOBAL_JSON, GLOBAL_LEASE, GLOBAL_RECONNECT, GLOBAL_HELP, GLOBAL_VERSION };
 static const struct cmd_option global_options[] = {
 	[GLOBAL_SOCKET] = {"socket", 's', OPT_STRING, "PATH",
 			   "iommud's socket (default: $IOMMUD_SOCKET, else " IOMMUCTL_DEFAULT_SOCKET
@@ -33,6 +34,9 @@ static const struct cmd_option global_options[] = {
 	[GLOBAL_JSON] = {"json", 'j', OPT_FLAG, NULL, "print one JSON object instead of text"},
 	[GLOBAL_LEASE] = {"lease", 'l', OPT_STRING, "NAME",
 			  "work in the named session NAME, which outlives iommuctl"},
+	[GLOBAL_RECONNECT] = {"reconnect-timeout", 'r', OPT_STRING, "SECONDS",
+			      "with --lease, how long to wait for an iommud that restarts "
+			      "mid-command before giving up (default 30; 0: do not reconnect)"},
 	[GLOBAL_HELP] = {"help", 'h', OPT_FLAG, NULL, "show this text"},
 	[GLOBAL_VERSION] = {"version", 'V', OPT_FLAG, NULL, "show iommuctl's version"},
 	{},
@@ -61,7 +65,8 @@ void cmd_show_help(const struct cmd_entry *cmd)
 static void usage(void)
 {
 	out_printf(
-		"Usage: iommuctl [--socket PATH] [--json] [--lease NAME] COMMAND [ARGS]\n"
+		"Usage: iommuctl [--socket PATH] [--json] [--lease NAME]\n"
+		"                [--reconnect-timeout SECONDS] COMMAND [ARGS]\n"
 		"       iommuctl COMMAND --help\n"
 		"\n"
 		"Asks iommud, the daemon that owns the machine's IOMMU domains, to list devices,\n"
@@ -114,6 +119,8 @@ static const struct cmd_entry *find_command(int argc, char **argv, int *words)
 /* Takes a global option; true when it (--help, --version) was the whole run. */
 static bool global_option(int option, const char *value)
 {
+	uint64_t seconds;
+
 	switch (option) {
 	case GLOBAL_SOCKET:
 		cli.socket = value;
@@ -126,6 +133,14 @@ static bool global_option(int option, const char *value)
 			usage_error(NULL,
 				    "--lease needs a name; leave it out for the anonymous session");
 		cli.lease = value;
+		return false;
+	case GLOBAL_RECONNECT:
+		if (!parse_u64(value, false, &seconds) || seconds > UINT_MAX / 1000)
+			usage_error(NULL,
+				    "--reconnect-timeout takes whole seconds up to %u, not '%s'",
+				    UINT_MAX / 1000, value);
+		cli.reconnect_ms = (unsigned)seconds * 1000;
+		cli.reconnect_set = true;
 		return false;
 	case GLOBAL_HELP:
 		usage();

@@ -22,6 +22,23 @@
  * iommuctl_response_free.
  *
  * Threads: a connection must be used by one thread at a time; open one per thread.
+ *
+ * Daemon restarts: a connection drops when the daemon stops (a crash, systemctl restart, a
+ * re-exec). A named lease outlives that; the anonymous session does not. On a connection whose
+ * last successful Hello chose a lease (and no ReleaseLease followed), the next request
+ * reconnects by itself, trying with a growing pause (20 ms doubling up to 1 s) for up to
+ * iommuctl_set_reconnect's limit (30 s unless set), says Hello again with the same client name
+ * and lease and existing_lease set (so a lease the new daemon does not hold is refused with
+ * NOT_FOUND rather than made anew, empty), and then sends the request. When the limit passes
+ * first, that request fails with -ETIMEDOUT and a message saying the daemon is not back. A
+ * request whose reply the drop cut off fails with -ECONNRESET (or -EPIPE): whether it took
+ * effect is unknown, and it is not sent again by itself; send it again (an identical fixed-IOVA
+ * Map or MapBatch on a lease is answered as done, see docs/protocol.md, "Restarts"), or list
+ * what is there. A request refused at sending never reached the daemon, so, with no other in
+ * flight, it is sent again on the new connection. Responses still expected on the dropped
+ * connection (pipelining) never come: iommuctl_recv fails for them. On the anonymous session
+ * (or a released lease) every request after a drop fails with -ECONNRESET, saying its state
+ * ended; iommuctl_reconnect then starts afresh.
  */
 #ifndef IOMMUCTL_H
 #define IOMMUCTL_H
@@ -53,6 +70,19 @@ int iommuctl_connect(const char *path, struct iommuctl **out);
 /* Closes the connection; the daemon releases the anonymous session's objects when the
  * tenant's last connection to it closes. */
 void iommuctl_close(struct iommuctl *c);
+
+/* How long a dropped connection on a lease is tried again before a request fails: timeout_ms
+ * (0: never; a request after a drop then fails with -ENOTCONN until iommuctl_reconnect). */
+void iommuctl_set_reconnect(struct iommuctl *c, unsigned timeout_ms);
+/* Drops the connection and makes it again now, within the same limit (a limit of 0: one try),
+ * re-opening the lease Hello chose; for the anonymous session or a released lease, a new
+ * connection in a new anonymous session. */
+int iommuctl_reconnect(struct iommuctl *c);
+
+/* The connection's socket, owned by c, for poll(2) in a program's own loop: readable when a
+ * response came, POLLHUP once the daemon went (a holder of OpenDevice descriptors closes them
+ * then, see docs/operations.md, "Surviving a restart"); -1 while the connection is down. */
+int iommuctl_fd(const struct iommuctl *c);
 
 /* Message of the most recent failure on c; never NULL. With c NULL, the message of the calling
  * thread's most recent failure of a call that has no connection: iommuctl_connect and

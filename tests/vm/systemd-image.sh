@@ -2,8 +2,8 @@
 # Makes the disk image of the systemd VM tier (tests/vm/README.md, "systemd as PID 1"): the
 # project's Debian package (cpack in BUILD_DIR), a Debian 12 root with its runtime
 # dependencies (debian-root.sh, cached in $IOMMUD_VM_CACHE, else OUT_DIR/cache), the guest's
-# test script and the unit
-# that runs it, packed by mkfs.ext4 -d into OUT_DIR/disk.img without mounting anything.
+# test script, its DMA client (systemd-dma-loop, built in BUILD_DIR) and the unit that runs it,
+# packed by mkfs.ext4 -d into OUT_DIR/disk.img without mounting anything.
 # usage: systemd-image.sh BUILD_DIR OUT_DIR
 # Exit status 77 (skipped) when not root: debootstrap needs it.
 set -eu
@@ -47,6 +47,8 @@ rm -rf "$stage"
 cp -a "$root" "$stage"
 cp "$deb" "$stage/root/iommud.deb"
 cp "$here/systemd-guest.sh" "$stage/root/systemd-guest.sh"
+# The survival steps' DMA client, linked against the package's libiommuctl.
+cp "$build/tests/systemd-dma-loop" "$stage/root/systemd-dma-loop"
 cp "$here/iommud-vm-test.service" "$stage/etc/systemd/system/"
 ln -sf ../iommud-vm-test.service "$stage/etc/systemd/system/multi-user.target.wants/"
 rm -f "$out/disk.img"
