@@ -18,8 +18,9 @@ set(CPACK_DEBIAN_PACKAGE_SECTION admin)
 # is the package's own.
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS_PRIVATE_DIRS ${CMAKE_BINARY_DIR}/client)
-# systemd-sysusers, udevadm and the units' settings (CAP_BPF, ProtectKernelLogs=) need these.
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "systemd (>= 247), udev")
+# systemd-sysusers, udevadm and the units' settings (CAP_BPF, ProtectKernelLogs=) need these;
+# procps has the /bin/kill of ExecReload=, which a minimal Debian 12 lacks.
+set(CPACK_DEBIAN_PACKAGE_DEPENDS "systemd (>= 247), udev, procps")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
 	${CMAKE_SOURCE_DIR}/systemd/debian/postinst ${CMAKE_SOURCE_DIR}/systemd/debian/prerm
 	${CMAKE_SOURCE_DIR}/systemd/debian/postrm)
