@@ -1015,9 +1015,18 @@ void state_free(struct state *st, bool unstore)
 
 void state_close(struct state *st)
 {
+	struct lease_rec *rec;
+
 	if (!st)
 		return;
 	registry_on_session_end(st->reg, SESSION_END_STATE, NULL, NULL);
+	/* A stop, unlike a kill or a re-execution, tears the leases' kernel objects down with the
+	 * registry next. Their descriptors leave the store first (the manager reads these messages
+	 * before it sees the daemon exit), so that the next daemon rebuilds the leases from the
+	 * record instead of finding their objects gone and their devices still held open by the
+	 * store's copies. The record and the memory files stay. */
+	LIST_FOREACH (rec, &st->leases, link)
+		lease_unstore_kernel(rec);
 	state_free(st, false);
 }
 
