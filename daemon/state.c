@@ -953,6 +953,18 @@ void state_compact_if_due(struct state *st)
 		st->snapshot_due = false;
 }
 
+/* A kernel object the books name but the context no longer holds is left out, not passed
+ * on as a descriptor nobody could move: a re-exec carries on without it. */
+static int visit_kernel_fd(const char *name, int fd,
+			   int (*visit)(const char *name, int fd, void *arg), void *arg)
+{
+	if (fd >= 0)
+		return visit(name, fd, arg);
+	log_warning("'%s' is kept as stored, but its kernel object is gone (%s); left out", name,
+		    strerror(-fd));
+	return 0;
+}
+
 static int each_kernel_fd(const struct lease_rec *rec,
 			  int (*visit)(const char *name, int fd, void *arg), void *arg)
 {
@@ -962,11 +974,12 @@ static int each_kernel_fd(const struct lease_rec *rec,
 
 	if (rec->kernel_stored) {
 		lease_kernel_name(rec, 0, name);
-		rc = visit(name, kh_ctx_kernel_fd(ctx), arg);
+		rc = visit_kernel_fd(name, kh_ctx_kernel_fd(ctx), visit, arg);
 	}
 	for (size_t i = 0; i < rec->n_stored_devs && rc == 0; i++) {
 		lease_kernel_name(rec, rec->stored_devs[i], name);
-		rc = visit(name, kh_device_kernel_fd(ctx, rec->stored_devs[i]), arg);
+		rc = visit_kernel_fd(name, kh_device_kernel_fd(ctx, rec->stored_devs[i]), visit,
+				     arg);
 	}
 	return rc;
 }

@@ -546,6 +546,26 @@ static void end_take_over(struct lease_rec *rec)
 			   remade);
 }
 
+/* Devices taken over whose Bind the replay left out (no longer allowed, or held by another
+ * lease) were closed by the take-over's end: out of the store too, or its copy would keep
+ * them bound and a re-exec would be handed no descriptor for them. */
+static void unstore_unbound(struct lease_rec *rec)
+{
+	struct kh_ctx *ctx = session_ctx(rec->s);
+	char name[LEASE_FILE_NAME];
+	size_t kept = 0;
+
+	for (size_t i = 0; i < rec->n_stored_devs; i++) {
+		if (kh_device_kernel_fd(ctx, rec->stored_devs[i]) >= 0) {
+			rec->stored_devs[kept++] = rec->stored_devs[i];
+			continue;
+		}
+		lease_kernel_name(rec, rec->stored_devs[i], name);
+		fdstore_remove(name);
+	}
+	rec->n_stored_devs = kept;
+}
+
 /* The replay's references go; the leases live on in the registry. */
 static void finish_leases(struct state *st)
 {
@@ -557,6 +577,7 @@ static void finish_leases(struct state *st)
 			   kh_ctx_adopting(session_ctx(rec->s)) ? ", its kernel objects taken over"
 								: "");
 		end_take_over(rec);
+		unstore_unbound(rec);
 		lease_store_kernel(st, rec);
 		session_leave(rec->s);
 	}
