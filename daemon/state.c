@@ -130,20 +130,70 @@ static int store_kernel_fd(const struct lease_rec *rec, uint32_t dev_id, int fd)
 	return fd < 0 ? fd : fdstore_add(name, fd);
 }
 
+/* Whether the lease's i-th device is bound and its descriptor not in the store yet. */
+static bool dev_to_store(const struct lease_rec *rec, size_t i, uint32_t *ret_dev_id)
+{
+	uint32_t dev_id;
+
+	if (session_device(rec->s, rec->devices[i], false, &dev_id) < 0 ||
+	    lease_dev_stored(rec, dev_id))
+		return false;
+	*ret_dev_id = dev_id;
+	return true;
+}
+
+/* Descriptors the state keeps in the store: its record, the leases' memory files
+ * and kernel descriptors. */
+static size_t stored_count(const struct state *st)
+{
+	const struct lease_rec *rec;
+	size_t n = 1;
+
+	LIST_FOREACH (rec, &st->leases, link)
+		n += rec->n_files + rec->kernel_stored + rec->n_stored_devs;
+	return n;
+}
+
+/* Room for need more descriptors while one slot stays free to rewrite the record: past the
+ * store's size the manager refuses in silence, and the next compaction would lose the
+ * record. */
+static bool store_has_room(const struct state *st, size_t need)
+{
+	return stored_count(st) + need + 1 <= st->store_max;
+}
+
+/* The kernel descriptors go into the store all of them or none: without the context's, the
+ * devices' are of no use, and a device missing makes the next daemon rebuild the lease. */
+static int reserve_kernel_room(const struct state *st, const struct lease_rec *rec, size_t need)
+{
+	if (store_has_room(st, need))
+		return 0;
+	log_struct(LOG_WARNING, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
+		   "the service manager's descriptor store has no room for %zu more of lease "
+		   "'{IOMMUD_LEASE}''s kernel descriptors (it takes %zu, one kept free to rewrite "
+		   "the state record): after a restart its objects are rebuilt, not taken over; "
+		   "raise FileDescriptorStoreMax= of iommud.service to keep them",
+		   need, st->store_max);
+	return -ENOSPC;
+}
+
 void lease_store_kernel(const struct state *st, struct lease_rec *rec)
 {
 	struct kh_ctx *ctx = session_ctx(rec->s);
+	size_t need = !rec->kernel_stored;
 	uint32_t dev_id;
-	int rc = 0;
+	int rc;
 
 	if (!st->adopt)
 		return;
-	if (!rec->kernel_stored)
-		rc = store_kernel_fd(rec, 0, kh_ctx_kernel_fd(ctx));
+	for (size_t i = 0; i < rec->n_devices; i++)
+		need += dev_to_store(rec, i, &dev_id);
+	if (reserve_kernel_room(st, rec, need) < 0)
+		return;
+	rc = rec->kernel_stored ? 0 : store_kernel_fd(rec, 0, kh_ctx_kernel_fd(ctx));
 	rec->kernel_stored = rc == 0;
 	for (size_t i = 0; i < rec->n_devices && rc == 0; i++) {
-		if (session_device(rec->s, rec->devices[i], false, &dev_id) < 0 ||
-		    lease_dev_stored(rec, dev_id))
+		if (!dev_to_store(rec, i, &dev_id))
 			continue;
 		rc = store_kernel_fd(rec, dev_id, kh_device_kernel_fd(ctx, dev_id));
 		if (rc == 0)
@@ -835,17 +885,6 @@ static int catch_up(struct state *st, struct lease_rec *rec)
 		    session_lease(rec->s), why);
 }
 
-/* Descriptors the state keeps in the store: its record and the leases' memory files. */
-static size_t stored_count(const struct state *st)
-{
-	const struct lease_rec *rec;
-	size_t n = 1;
-
-	LIST_FOREACH (rec, &st->leases, link)
-		n += rec->n_files + rec->kernel_stored + rec->n_stored_devs;
-	return n;
-}
-
 /* How many distinct memory files of the call the lease (NULL: not recorded yet) keeps not. */
 static size_t new_files(struct lease_rec *rec, const struct call *call)
 {
@@ -873,13 +912,12 @@ static size_t new_files(struct lease_rec *rec, const struct call *call)
  * lose the record. */
 static int check_store_room(struct state *st, struct lease_rec *rec, const struct call *call)
 {
-	size_t need = new_files(rec, call), held = stored_count(st);
+	size_t need = new_files(rec, call);
 
-	if (!need || held + need + 1 <= st->store_max)
+	if (!need || store_has_room(st, need))
 		return 0;
 	/* Files no mapping uses any more leave the store only with a snapshot. */
-	if (!st->calls_kept && state_compact(st) == 0 &&
-	    (held = stored_count(st)) + need + 1 <= st->store_max)
+	if (!st->calls_kept && state_compact(st) == 0 && store_has_room(st, need))
 		return 0;
 	return fail(-ENOSPC,
 		    "mapping needs %zu more memory file(s) kept in the service manager's "
@@ -887,7 +925,7 @@ static int check_store_room(struct state *st, struct lease_rec *rec, const struc
 		    "rewrite the state record); map from memory files the lease maps already, "
 		    "or unmap others first; an administrator can raise FileDescriptorStoreMax= "
 		    "of iommud.service",
-		    need, held, st->store_max);
+		    need, stored_count(st), st->store_max);
 }
 
 /* A compaction held back by lease calls between slices so long that the record has grown
@@ -953,6 +991,18 @@ void state_compact_if_due(struct state *st)
 		st->snapshot_due = false;
 }
 
+/* A kernel object the books name but the context no longer holds is left out, not passed
+ * on as a descriptor nobody could move: a re-exec carries on without it. */
+static int visit_kernel_fd(const char *name, int fd,
+			   int (*visit)(const char *name, int fd, void *arg), void *arg)
+{
+	if (fd >= 0)
+		return visit(name, fd, arg);
+	log_warning("'%s' is kept as stored, but its kernel object is gone (%s); left out", name,
+		    strerror(-fd));
+	return 0;
+}
+
 static int each_kernel_fd(const struct lease_rec *rec,
 			  int (*visit)(const char *name, int fd, void *arg), void *arg)
 {
@@ -962,11 +1012,12 @@ static int each_kernel_fd(const struct lease_rec *rec,
 
 	if (rec->kernel_stored) {
 		lease_kernel_name(rec, 0, name);
-		rc = visit(name, kh_ctx_kernel_fd(ctx), arg);
+		rc = visit_kernel_fd(name, kh_ctx_kernel_fd(ctx), visit, arg);
 	}
 	for (size_t i = 0; i < rec->n_stored_devs && rc == 0; i++) {
 		lease_kernel_name(rec, rec->stored_devs[i], name);
-		rc = visit(name, kh_device_kernel_fd(ctx, rec->stored_devs[i]), arg);
+		rc = visit_kernel_fd(name, kh_device_kernel_fd(ctx, rec->stored_devs[i]), visit,
+				     arg);
 	}
 	return rc;
 }

@@ -149,14 +149,23 @@ static void drop_kept(int fd, const char *name)
 	fdstore_remove(name);
 }
 
-/* The plan's descriptors from the store, all of them or a failure naming the first missing. */
-static int claim_kernel_fds(const struct lease_rec *rec, struct kernel_plan *plan, int *ret_ctx_fd)
+/* The context's descriptor from the store, or a failure naming it. */
+static int claim_ctx_fd(const struct lease_rec *rec)
+{
+	char name[LEASE_FILE_NAME];
+	int fd;
+
+	lease_kernel_name(rec, 0, name);
+	fd = fdstore_claim_name(name);
+	return fd < 0 ? fail(-ENOENT, "the store holds no '%s'", name) : fd;
+}
+
+/* The plan's device descriptors from the store into plan->devs[].fd, all of them or a
+ * failure naming the first missing; the caller drops those claimed either way it goes. */
+static int claim_dev_fds(const struct lease_rec *rec, struct kernel_plan *plan)
 {
 	char name[LEASE_FILE_NAME];
 
-	lease_kernel_name(rec, 0, name);
-	if ((*ret_ctx_fd = fdstore_claim_name(name)) < 0)
-		return fail(-ENOENT, "the store holds no '%s'", name);
 	if (plan->incomplete)
 		return fail(-ESTALE, "the record lacks the kernel's ids of some of its objects");
 	for (size_t i = 0; i < plan->n_devs; i++) {
@@ -178,7 +187,8 @@ static void take_over(struct state *st, struct lease_rec *rec)
 	if (!st->adopt)
 		return;
 	plan = plan ? plan : &none;
-	rc = claim_kernel_fds(rec, plan, &ctx_fd);
+	ctx_fd = claim_ctx_fd(rec);
+	rc = ctx_fd < 0 ? ctx_fd : claim_dev_fds(rec, plan);
 	if (rc == 0 && (rc = kh_ctx_adopt(session_ctx(rec->s), ctx_fd, plan->devs, plan->n_devs,
 					  plan->doms, plan->n_doms)) < 0)
 		rc = fail_kh(rc, "checking its kernel objects");
@@ -546,6 +556,26 @@ static void end_take_over(struct lease_rec *rec)
 			   remade);
 }
 
+/* Devices taken over whose Bind the replay left out (no longer allowed, or held by another
+ * lease) were closed by the take-over's end: out of the store too, or its copy would keep
+ * them bound and a re-exec would be handed no descriptor for them. */
+static void unstore_unbound(struct lease_rec *rec)
+{
+	struct kh_ctx *ctx = session_ctx(rec->s);
+	char name[LEASE_FILE_NAME];
+	size_t kept = 0;
+
+	for (size_t i = 0; i < rec->n_stored_devs; i++) {
+		if (kh_device_kernel_fd(ctx, rec->stored_devs[i]) >= 0) {
+			rec->stored_devs[kept++] = rec->stored_devs[i];
+			continue;
+		}
+		lease_kernel_name(rec, rec->stored_devs[i], name);
+		fdstore_remove(name);
+	}
+	rec->n_stored_devs = kept;
+}
+
 /* The replay's references go; the leases live on in the registry. */
 static void finish_leases(struct state *st)
 {
@@ -557,6 +587,7 @@ static void finish_leases(struct state *st)
 			   kh_ctx_adopting(session_ctx(rec->s)) ? ", its kernel objects taken over"
 								: "");
 		end_take_over(rec);
+		unstore_unbound(rec);
 		lease_store_kernel(st, rec);
 		session_leave(rec->s);
 	}

@@ -939,7 +939,10 @@ static int iommufd_adopt_settle(struct kh_device *dev)
 }
 
 /* Whether the IOAS maps the range as recorded: copying it into a scratch IOAS, which pins
- * nothing, succeeds only over mappings covering it whole that allow what prot asks. */
+ * nothing, succeeds only over mappings covering it whole that allow what prot asks. Only the
+ * kernel's answers that the range is not so mapped (ENOENT: not covered whole; EPERM, EINVAL:
+ * another protection) say so; any other failure leaves the question open, and the mapping in
+ * place rather than torn down under live DMA. */
 static int iommufd_adopt_mapped(struct kh_domain *dom, const struct kh_mapping *m)
 {
 	struct iommufd_domain *d = to_ifd(dom);
@@ -958,9 +961,13 @@ static int iommufd_adopt_mapped(struct kh_domain *dom, const struct kh_mapping *
 	if (rc < 0)
 		return rc;
 	copy.dst_ioas_id = scratch.out_ioas_id;
-	rc = ioctl(d->iommufd, IOMMU_IOAS_COPY, &copy) == 0;
+	rc = kh_ioctl(d->iommufd, IOMMU_IOAS_COPY, &copy,
+		      "IOMMU_IOAS_COPY (to check the mapping at IOVA 0x%" PRIx64 " of domain %u)",
+		      m->iova, dom->id);
 	destroy_object(d->iommufd, scratch.out_ioas_id);
-	return rc;
+	if (rc == -ENOENT || rc == -EPERM || rc == -EINVAL)
+		return 0;
+	return rc < 0 ? rc : 1;
 }
 
 static const struct kh_backend_ops iommufd_ops = {

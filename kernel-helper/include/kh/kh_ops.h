@@ -160,7 +160,8 @@ struct kh_backend_ops {
 	 * the kernel. adopt_domain: as domain_alloc, from the kernel ids of a live domain, or from
 	 * none (ids NULL) for one the replay will free again, which then holds no kernel object.
 	 * adopt_settle: put dev where the books say (dev->domain, or blocked when NULL).
-	 * adopt_mapped: 1 when the kernel maps m in dom as it is recorded, 0 when not. */
+	 * adopt_mapped: 1 when the kernel maps m in dom as it is recorded, 0 when it says it does
+	 * not, a negative errno when it could not be asked (the mapping is then left alone). */
 	int (*device_kernel_fd)(struct kh_device *dev);
 	void (*kernel_ids)(const struct kh_device *dev, struct kh_domain *dom,
 			   uint32_t ret_ids[KH_KERNEL_IDS]);
