@@ -649,21 +649,95 @@ void probes_unregister_cgroup(struct probes *p, uint64_t cgroup_id)
 		remove_cgroup(p, cgroup_id, 0);
 }
 
-int probes_lend_cgroup(struct probes *p, const char *cgroup, unsigned slot, uint64_t *ret_token)
+/* The cgroup v2 id (its directory's inode) of a path as /proc/PID/cgroup gives it. */
+static int cgroup_id(const char *cgroup, uint64_t *ret_id)
 {
 	char path[sizeof(CGROUP_ROOT) + PATH_MAX];
 	struct stat st;
+
+	/* A path cut short could name another cgroup, whose work would count to this tenant. */
+	if (snprintf(path, sizeof(path), CGROUP_ROOT "%s", cgroup) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	if (stat(path, &st) < 0)
+		return -errno;
+	*ret_id = st.st_ino;
+	return 0;
+}
+
+/* The id of the cgroup this process runs in; -ENOENT where no cgroup v2 line says it. */
+static int own_cgroup_id(uint64_t *ret_id)
+{
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	char *line = NULL;
+	size_t size = 0;
+	int rc = -ENOENT;
+
+	if (!f)
+		return -errno;
+	while (rc == -ENOENT && getline(&line, &size, f) > 0)
+		if (strncmp(line, "0::", 3) == 0) {
+			line[strcspn(line, "\n")] = 0;
+			rc = cgroup_id(line + 3, ret_id);
+		}
+	free(line);
+	(void)fclose(f);
+	return rc;
+}
+
+static bool has_parent_step(const char *cgroup)
+{
+	for (const char *at = strstr(cgroup, "/.."); at; at = strstr(at + 1, "/.."))
+		if (at[3] == '/' || at[3] == 0)
+			return true;
+	return false;
+}
+
+/* Why the cgroup at path cgroup (id) is not a VMM's own, or NULL: lent, the work of everyone
+ * else in it would count to the delegating tenant (slot). */
+static const char *shared_cgroup(const struct probes *p, const char *cgroup, uint64_t id,
+				 unsigned slot)
+{
+	uint64_t own;
+
+	if (strcmp(cgroup, "/") == 0)
+		return "the root cgroup";
+	/* Outside the daemon's cgroup namespace: the path resolves to that namespace's root. */
+	if (has_parent_step(cgroup))
+		return "outside the daemon's cgroup namespace";
+	if (own_cgroup_id(&own) == 0 && own == id)
+		return "the daemon's own cgroup";
+	for (size_t i = 0; i < p->n_cgroups; i++)
+		if (p->cgroups[i].id == id && !p->cgroups[i].lent && p->cgroups[i].slot != slot)
+			return "another tenant's cgroup";
+	return NULL;
+}
+
+int probes_lend_cgroup(struct probes *p, const char *cgroup, unsigned slot, uint64_t *ret_token)
+{
+	const char *why;
+	uint64_t id = 0;
 	int rc;
 
-	if (!p || !p->skel || !cgroup || !cgroup[0]) {
+	if (!p || !cgroup || !cgroup[0]) {
 		*ret_token = 0;
 		return 0;
 	}
-	/* A path cut short could name another cgroup, whose work would count to this tenant. */
-	if (snprintf(path, sizeof(path), CGROUP_ROOT "%s", cgroup) >= (int)sizeof(path))
-		rc = -ENAMETOOLONG;
-	else
-		rc = stat(path, &st) < 0 ? -errno : add_cgroup(p, st.st_ino, slot, p->lendings + 1);
+	rc = cgroup_id(cgroup, &id);
+	if (rc == 0 && (why = shared_cgroup(p, cgroup, id, slot))) {
+		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_CGROUP", cgroup}),
+			   "probes: a delegated VMM's maps count to no tenant: its cgroup "
+			   "{IOMMUD_CGROUP} is %s; run the VMM in a cgroup of its own (a systemd "
+			   "scope) to have them counted",
+			   why);
+		*ret_token = 0;
+		return 0;
+	}
+	if (!p->skel) {
+		*ret_token = 0;
+		return 0;
+	}
+	if (rc == 0)
+		rc = add_cgroup(p, id, slot, p->lendings + 1);
 	if (rc < 0) {
 		log_warning("probes: cannot count what cgroup %s maps to tenant slot %u: %s",
 			    cgroup, slot, strerror(-rc));
