@@ -402,23 +402,47 @@ static __always_inline void ioctl_exit(long ret)
 		record(tenant, op, IOMMUD_LAYER_IOCTL, bytes, bpf_ktime_get_ns() - start, true);
 }
 
-/* The fentry tier's ioctl layer where the kernel has neither iommufd's handlers nor VFIO type1's
- * (the loader's fallback): every ioctl on the machine enters here. The syscall's own registers,
- * read in place: the trampoline hands over a kernel pointer. */
+/* Whether a tracked command's handler program attached (the loader says so in attribution):
+ * then that program measures it, not the system call hook. */
+static __always_inline bool handled_elsewhere(unsigned int cmd)
+{
+	struct iommud_attribution *daemon;
+	__u32 zero = 0, handler;
+
+	if (cmd == IOMMU_IOAS_MAP_CMD)
+		handler = IOMMUD_HANDLES_IOAS_MAP;
+	else if (cmd == IOMMU_IOAS_MAP_FILE_CMD)
+		handler = IOMMUD_HANDLES_IOAS_MAP_FILE;
+	else if (cmd == IOMMU_IOAS_UNMAP_CMD)
+		handler = IOMMUD_HANDLES_IOAS_UNMAP;
+	else
+		handler = IOMMUD_HANDLES_TYPE1;
+	daemon = bpf_map_lookup_elem(&attribution, &zero);
+	return daemon && (daemon->handled & handler);
+}
+
+/* The fentry tier's ioctl layer for the commands whose handler did not attach (a kernel without
+ * it, or with it in a module): every ioctl on the machine enters here, and leaves at the
+ * command before any lookup. The syscall's own registers, read in place: the trampoline hands
+ * over a kernel pointer. */
 SEC("fentry/__x64_sys_ioctl")
 int BPF_PROG(ioctl_fentry, struct pt_regs *regs)
 {
-	ioctl_enter((int)regs->di, (int)regs->di, (unsigned int)regs->si, regs->dx);
+	unsigned int cmd = (unsigned int)regs->si;
+	__u32 op, offset;
+
+	if (tracked_cmd(cmd, &op, &offset) && !handled_elsewhere(cmd))
+		ioctl_enter((int)regs->di, (int)regs->di, cmd, regs->dx);
 	return 0;
 }
 
-/* Every other ioctl on the machine leaves at the command, before any lookup. */
 SEC("fexit/__x64_sys_ioctl")
 int BPF_PROG(ioctl_fexit, struct pt_regs *regs, long ret)
 {
+	unsigned int cmd = (unsigned int)regs->si;
 	__u32 op, offset;
 
-	if (tracked_cmd((unsigned int)regs->si, &op, &offset))
+	if (tracked_cmd(cmd, &op, &offset) && !handled_elsewhere(cmd))
 		ioctl_exit(ret);
 	return 0;
 }
