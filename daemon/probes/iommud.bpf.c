@@ -182,10 +182,17 @@ static __always_inline __u32 cgroup_tenant(void)
 }
 
 /* The descriptor the running ioctl system call was made on: its first argument, as the system
- * call's entry saved the user registers (x86-64, as the tier's system call hook is). */
+ * call's entry saved the user registers (x86-64, as the tier's system call hook is). Only the
+ * handler programs need it, but the hooks that pass their fd inline the same code: on kernels
+ * without bpf_task_pt_regs (before 5.15) the check is a constant false, the verifier drops the
+ * call, and those programs still load. */
 static __always_inline int syscall_fd(void)
 {
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct pt_regs *regs;
+
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
+		return -1;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 
 	return regs ? (int)regs->di : -1;
 }
