@@ -294,11 +294,12 @@ static bool delegation_fits(const ProtobufCMessage *entry, void *arg)
 	return fits(arg, entry);
 }
 
-/* An observer's within the reply's budget; anyone else's are only its own few. */
+/* Within the reply's budget for everyone: a tenant's own delegations carry device names and
+ * cgroup paths of up to PATH_MAX each, enough to pass one packet. */
 static int fill_delegations(struct stats_fill *st)
 {
-	return delegations_reply(st->call, st->reply->observer ? delegation_fits : NULL, st,
-				 &st->reply->delegations, &st->reply->n_delegations);
+	return delegations_reply(st->call, delegation_fits, st, &st->reply->delegations,
+				 &st->reply->n_delegations);
 }
 
 static Iommud__V1__MapLatency *map_latency_reply(struct call *call,
@@ -450,6 +451,14 @@ static int fill_everyone(struct stats_fill *st)
 	return 0;
 }
 
+/* What the lists filled from here on may add: the budget less the reply so far. */
+static void reserve_room(struct stats_fill *st)
+{
+	size_t size = iommud__v1__get_stats_reply__get_packed_size(st->reply);
+
+	st->room = size < STATS_REPLY_BUDGET ? STATS_REPLY_BUDGET - size : 0;
+}
+
 int do_get_stats(struct call *call)
 {
 	const struct client *c = call->client;
@@ -464,11 +473,13 @@ int do_get_stats(struct call *call)
 	    (rc = fill_probes(&st, st.reply->observer)) < 0)
 		return rc;
 	if (!st.reply->observer) {
-		rc = fill_own_tenant(&st);
-		return rc < 0 ? rc : fill_delegations(&st);
+		if ((rc = fill_own_tenant(&st)) < 0)
+			return rc;
+		reserve_room(&st);
+		return fill_delegations(&st);
 	}
 	if ((rc = fill_methods(&st)) < 0 || (rc = fill_refused(call, st.reply)) < 0)
 		return rc;
-	st.room = STATS_REPLY_BUDGET - iommud__v1__get_stats_reply__get_packed_size(st.reply);
+	reserve_room(&st);
 	return fill_everyone(&st);
 }

@@ -574,6 +574,16 @@ struct delegated {
 	bool unlimited;
 };
 
+/* Adds x to *sum, or says the sum no longer fits: two finite limits of 2^63 must not wrap to a
+ * figure below what the VMMs have pinned. */
+static bool add_saturating(uint64_t *sum, uint64_t x)
+{
+	if (*sum > UINT64_MAX - x)
+		return false;
+	*sum += x;
+	return true;
+}
+
 static struct delegated delegated_of(const Iommud__V1__GetStatsReply *s, const char *tenant)
 {
 	struct delegated sum = {0};
@@ -585,9 +595,10 @@ static struct delegated delegated_of(const Iommud__V1__GetStatsReply *s, const c
 			continue;
 		sum.delegations++;
 		sum.devices += d->n_devices;
-		sum.pinned += d->pinned_bytes;
-		sum.unlimited |= d->pinned_bytes_limit == UINT64_MAX;
-		sum.limit += d->pinned_bytes_limit;
+		if (!add_saturating(&sum.pinned, d->pinned_bytes))
+			sum.pinned = UINT64_MAX;
+		sum.unlimited |= d->pinned_bytes_limit == UINT64_MAX ||
+				 !add_saturating(&sum.limit, d->pinned_bytes_limit);
 	}
 	return sum;
 }

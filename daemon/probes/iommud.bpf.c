@@ -182,10 +182,17 @@ static __always_inline __u32 cgroup_tenant(void)
 }
 
 /* The descriptor the running ioctl system call was made on: its first argument, as the system
- * call's entry saved the user registers (x86-64, as the tier's system call hook is). */
+ * call's entry saved the user registers (x86-64, as the tier's system call hook is). Only the
+ * handler programs need it, but the hooks that pass their fd inline the same code: on kernels
+ * without bpf_task_pt_regs (before 5.15) the check is a constant false, the verifier drops the
+ * call, and those programs still load. */
 static __always_inline int syscall_fd(void)
 {
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct pt_regs *regs;
+
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
+		return -1;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 
 	return regs ? (int)regs->di : -1;
 }
@@ -402,23 +409,47 @@ static __always_inline void ioctl_exit(long ret)
 		record(tenant, op, IOMMUD_LAYER_IOCTL, bytes, bpf_ktime_get_ns() - start, true);
 }
 
-/* The fentry tier's ioctl layer where the kernel has neither iommufd's handlers nor VFIO type1's
- * (the loader's fallback): every ioctl on the machine enters here. The syscall's own registers,
- * read in place: the trampoline hands over a kernel pointer. */
+/* Whether a tracked command's handler program attached (the loader says so in attribution):
+ * then that program measures it, not the system call hook. */
+static __always_inline bool handled_elsewhere(unsigned int cmd)
+{
+	struct iommud_attribution *daemon;
+	__u32 zero = 0, handler;
+
+	if (cmd == IOMMU_IOAS_MAP_CMD)
+		handler = IOMMUD_HANDLES_IOAS_MAP;
+	else if (cmd == IOMMU_IOAS_MAP_FILE_CMD)
+		handler = IOMMUD_HANDLES_IOAS_MAP_FILE;
+	else if (cmd == IOMMU_IOAS_UNMAP_CMD)
+		handler = IOMMUD_HANDLES_IOAS_UNMAP;
+	else
+		handler = IOMMUD_HANDLES_TYPE1;
+	daemon = bpf_map_lookup_elem(&attribution, &zero);
+	return daemon && (daemon->handled & handler);
+}
+
+/* The fentry tier's ioctl layer for the commands whose handler did not attach (a kernel without
+ * it, or with it in a module): every ioctl on the machine enters here, and leaves at the
+ * command before any lookup. The syscall's own registers, read in place: the trampoline hands
+ * over a kernel pointer. */
 SEC("fentry/__x64_sys_ioctl")
 int BPF_PROG(ioctl_fentry, struct pt_regs *regs)
 {
-	ioctl_enter((int)regs->di, (int)regs->di, (unsigned int)regs->si, regs->dx);
+	unsigned int cmd = (unsigned int)regs->si;
+	__u32 op, offset;
+
+	if (tracked_cmd(cmd, &op, &offset) && !handled_elsewhere(cmd))
+		ioctl_enter((int)regs->di, (int)regs->di, cmd, regs->dx);
 	return 0;
 }
 
-/* Every other ioctl on the machine leaves at the command, before any lookup. */
 SEC("fexit/__x64_sys_ioctl")
 int BPF_PROG(ioctl_fexit, struct pt_regs *regs, long ret)
 {
+	unsigned int cmd = (unsigned int)regs->si;
 	__u32 op, offset;
 
-	if (tracked_cmd((unsigned int)regs->si, &op, &offset))
+	if (tracked_cmd(cmd, &op, &offset) && !handled_elsewhere(cmd))
 		ioctl_exit(ret);
 	return 0;
 }

@@ -99,10 +99,18 @@ struct iommud_fd_key {
 	__s32 fd;
 };
 
-/* The daemon's process, and the generation of its attribution entries (probes.c bumps it). */
+/* The map/unmap commands whose ioctl handler program attached (iommud_attribution.handled):
+ * the system call hook leaves those to it, so that nothing counts twice, and measures the rest. */
+#define IOMMUD_HANDLES_IOAS_MAP	     (1u << 0)
+#define IOMMUD_HANDLES_IOAS_MAP_FILE (1u << 1)
+#define IOMMUD_HANDLES_IOAS_UNMAP    (1u << 2)
+#define IOMMUD_HANDLES_TYPE1	     (1u << 3) /* VFIO_IOMMU_MAP_DMA and UNMAP_DMA */
+
+/* The daemon's process, the handlers attached, and the generation of its attribution entries
+ * (probes.c bumps it). */
 struct iommud_attribution {
 	__u32 tgid;
-	__u32 pad;
+	__u32 handled;
 	__u64 gen;
 };
 

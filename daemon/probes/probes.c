@@ -52,34 +52,39 @@ struct probe_spec {
 	/* The raw tracepoint exit attaches to, or NULL: the entry's target. Without exit, the
 	 * tracepoint whose program another spec of the tier attaches. */
 	const char *exit_tp;
-	/* Kept only where no spec of its tier before it found its function: what measures the
-	 * same thing less precisely, for kernels without those functions. */
+	/* The system call hook: measures, less precisely, the commands whose handler did not
+	 * attach (a kernel without that function, or with it in a module). */
 	bool fallback;
+	/* An ioctl handler's commands (IOMMUD_HANDLES_*), left to it while it is attached. */
+	__u32 handles;
 };
 
 /* An entry/exit pair on the map path, and one event counting faults. */
 #define PAIR(tier, kind, what, entry, exit, target, alt_target)                                    \
 	{                                                                                          \
-		what, TIER(tier), false, kind, entry, exit, {target, alt_target}, NULL, false      \
+		what, TIER(tier), false, kind, entry, exit, {target, alt_target}, NULL, false, 0   \
 	}
-/* An ioctl handler's pair at the fentry tier, and the system call's, kept where no handler is. */
-#define HANDLER(what, prog, target)                                                                \
-	PAIR(FENTRY, ATTACH_TRACE, what, #prog "_fentry", #prog "_fexit", target, NULL)
+/* An ioctl handler's pair at the fentry tier, and the system call's for what no handler takes. */
+#define HANDLER(what, prog, target, handles)                                                       \
+	{                                                                                          \
+		what, TIER(FENTRY), false, ATTACH_TRACE, #prog "_fentry", #prog "_fexit",          \
+			{target, NULL}, NULL, false, handles                                       \
+	}
 #define SYSCALL_FALLBACK                                                                           \
 	{                                                                                          \
 		"map/unmap ioctl", TIER(FENTRY), false, ATTACH_TRACE, "ioctl_fentry",              \
-			"ioctl_fexit", {"__x64_sys_ioctl"}, NULL, true                             \
+			"ioctl_fexit", {"__x64_sys_ioctl"}, NULL, true, 0                          \
 	}
 #define FAULT(tier, kind, what, prog, target)                                                      \
 	{                                                                                          \
-		what, TIER(tier), true, kind, prog, NULL, {target}, NULL, false                    \
+		what, TIER(tier), true, kind, prog, NULL, {target}, NULL, false, 0                 \
 	}
 /* A driver function, timed at the fentry and the kprobe tier from its entry (the programs
  * prog_fentry and prog_kprobe) to its tracepoint (end_prog on raw tracepoint tp). */
 #define DRIVER_PAIR(tier, kind, suffix, what, prog, target, alt_target, end_prog, tp)              \
 	{                                                                                          \
 		what, TIER(tier), false, kind, #prog suffix, end_prog, {target, alt_target}, tp,   \
-			false                                                                      \
+			false, 0                                                                   \
 	}
 #define DRIVER_PAIRS(what, prog, target, alt_target, end_prog, tp)                                 \
 	DRIVER_PAIR(FENTRY, ATTACH_TRACE, "_fentry", what, prog, target, alt_target, end_prog,     \
@@ -92,10 +97,12 @@ struct probe_spec {
  * names that tracepoint without a program of its own, and stays off when the spec with the
  * program did not attach. */
 static const struct probe_spec specs[] = {
-	HANDLER("IOAS map ioctl", ioas_map, "iommufd_ioas_map"),
-	HANDLER("IOAS map-file ioctl", ioas_map_file, "iommufd_ioas_map_file"),
-	HANDLER("IOAS unmap ioctl", ioas_unmap, "iommufd_ioas_unmap"),
-	HANDLER("VFIO type1 map/unmap ioctl", type1, "vfio_iommu_type1_ioctl"),
+	HANDLER("IOAS map ioctl", ioas_map, "iommufd_ioas_map", IOMMUD_HANDLES_IOAS_MAP),
+	HANDLER("IOAS map-file ioctl", ioas_map_file, "iommufd_ioas_map_file",
+		IOMMUD_HANDLES_IOAS_MAP_FILE),
+	HANDLER("IOAS unmap ioctl", ioas_unmap, "iommufd_ioas_unmap", IOMMUD_HANDLES_IOAS_UNMAP),
+	HANDLER("VFIO type1 map/unmap ioctl", type1, "vfio_iommu_type1_ioctl",
+		IOMMUD_HANDLES_TYPE1),
 	SYSCALL_FALLBACK,
 	PAIR(KPROBE, ATTACH_KSYSCALL, "map/unmap ioctl", "ioctl_kprobe", "ioctl_kretprobe", "ioctl",
 	     NULL),
@@ -128,6 +135,7 @@ struct probes {
 	unsigned tenant_slots; /* the kernel side's histograms hold this many */
 	__u64 attribution_gen; /* the last written to the object's attribution map */
 	__u32 kernel_tgid;     /* this process as the programs see it (learn_daemon) */
+	__u32 handled;	       /* IOMMUD_HANDLES_* of the handlers attached */
 	char **detached;       /* owned lines */
 	size_t n_detached;
 	struct iommud_bpf *skel;	     /* NULL at tier OFF */
@@ -202,11 +210,12 @@ static struct bpf_program *program(struct probes *p, const char *name)
 }
 
 /* Leaves out every program not of this tier, and those whose function the kernel lacks; a
- * tracepoint program ending the driver layer serves one spec at each latency tier. */
+ * tracepoint program ending the driver layer serves one spec at each latency tier. A missing
+ * ioctl handler goes unsaid here: the system call hook measures its commands (try_tier says
+ * when neither does). */
 static void choose_programs(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf)
 {
 	struct bpf_program *prog;
-	bool found = false;
 
 	bpf_object__for_each_program(prog, p->skel->obj)(void)
 		bpf_program__set_autoload(prog, false);
@@ -214,11 +223,10 @@ static void choose_programs(struct probes *p, Iommud__V1__ProbeTier tier, const 
 	for (size_t i = 0; i < N_SPECS; i++) {
 		const struct probe_spec *s = &specs[i];
 		struct bpf_program *entry = program(p, s->entry), *exit = program(p, s->exit);
-		bool keep = spec_in_tier(s, tier) && !(s->fallback && found);
+		bool keep = spec_in_tier(s, tier);
 
 		p->target[i] = keep ? choose_target(s, btf) : NULL;
-		found = found || (keep && p->target[i] && !s->fault);
-		if (keep && !p->target[i] && !p->said_missing[i]) {
+		if (keep && !p->target[i] && !s->handles && !p->said_missing[i]) {
 			say(p, "%s: this kernel has no function %s", s->what, s->targets[0]);
 			p->said_missing[i] = true;
 		}
@@ -350,6 +358,35 @@ static void learn_daemon(struct probes *p)
 	p->kernel_tgid = value.tgid;
 }
 
+static void attribution_changed(struct probes *p);
+
+/* Tells the programs which handlers attached, so that the system call hook leaves their
+ * commands to them; says once which commands neither measures. */
+static void share_handled(struct probes *p, Iommud__V1__ProbeTier tier)
+{
+	char unmeasured[256] = "";
+	bool hooked = false;
+	size_t len = 0;
+
+	p->handled = 0;
+	for (size_t i = 0; i < N_SPECS; i++) {
+		hooked = hooked || (specs[i].fallback && p->attached[i]);
+		if (p->attached[i])
+			p->handled |= specs[i].handles;
+	}
+	for (size_t i = 0; i < N_SPECS && !hooked; i++)
+		if (specs[i].handles && spec_in_tier(&specs[i], tier) && !p->attached[i] &&
+		    len < sizeof(unmeasured))
+			len += (size_t)snprintf(unmeasured + len, sizeof(unmeasured) - len, "%s%s",
+						len ? ", " : "", specs[i].what);
+	if (len)
+		say(p,
+		    "%s: not measured, neither its kernel function nor the system call hook "
+		    "attached",
+		    unmeasured);
+	attribution_changed(p);
+}
+
 /* Loads and attaches one tier's programs; true when a latency or count pair attached. */
 static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf)
 {
@@ -379,6 +416,7 @@ static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct 
 		drop_without_end(p, i);
 		measured += p->attached[i] && !specs[i].fault;
 	}
+	share_handled(p, tier);
 	if (measured)
 		return true;
 	say(p, "%s tier: nothing on the map path attached", name);
@@ -524,7 +562,8 @@ uint64_t probes_dropped_events(struct probes *p)
 static void attribution_changed(struct probes *p)
 {
 	__u32 zero = 0;
-	struct iommud_attribution value = {.tgid = p->kernel_tgid, .gen = ++p->attribution_gen};
+	struct iommud_attribution value = {
+		.tgid = p->kernel_tgid, .handled = p->handled, .gen = ++p->attribution_gen};
 
 	(void)bpf_map__update_elem(p->skel->maps.attribution, &zero, sizeof(zero), &value,
 				   sizeof(value), BPF_ANY);
@@ -649,21 +688,95 @@ void probes_unregister_cgroup(struct probes *p, uint64_t cgroup_id)
 		remove_cgroup(p, cgroup_id, 0);
 }
 
-int probes_lend_cgroup(struct probes *p, const char *cgroup, unsigned slot, uint64_t *ret_token)
+/* The cgroup v2 id (its directory's inode) of a path as /proc/PID/cgroup gives it. */
+static int cgroup_id(const char *cgroup, uint64_t *ret_id)
 {
 	char path[sizeof(CGROUP_ROOT) + PATH_MAX];
 	struct stat st;
+
+	/* A path cut short could name another cgroup, whose work would count to this tenant. */
+	if (snprintf(path, sizeof(path), CGROUP_ROOT "%s", cgroup) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	if (stat(path, &st) < 0)
+		return -errno;
+	*ret_id = st.st_ino;
+	return 0;
+}
+
+/* The id of the cgroup this process runs in; -ENOENT where no cgroup v2 line says it. */
+static int own_cgroup_id(uint64_t *ret_id)
+{
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	char *line = NULL;
+	size_t size = 0;
+	int rc = -ENOENT;
+
+	if (!f)
+		return -errno;
+	while (rc == -ENOENT && getline(&line, &size, f) > 0)
+		if (strncmp(line, "0::", 3) == 0) {
+			line[strcspn(line, "\n")] = 0;
+			rc = cgroup_id(line + 3, ret_id);
+		}
+	free(line);
+	(void)fclose(f);
+	return rc;
+}
+
+static bool has_parent_step(const char *cgroup)
+{
+	for (const char *at = strstr(cgroup, "/.."); at; at = strstr(at + 1, "/.."))
+		if (at[3] == '/' || at[3] == 0)
+			return true;
+	return false;
+}
+
+/* Why the cgroup at path cgroup (id) is not a VMM's own, or NULL: lent, the work of everyone
+ * else in it would count to the delegating tenant (slot). */
+static const char *shared_cgroup(const struct probes *p, const char *cgroup, uint64_t id,
+				 unsigned slot)
+{
+	uint64_t own;
+
+	if (strcmp(cgroup, "/") == 0)
+		return "the root cgroup";
+	/* Outside the daemon's cgroup namespace: the path resolves to that namespace's root. */
+	if (has_parent_step(cgroup))
+		return "outside the daemon's cgroup namespace";
+	if (own_cgroup_id(&own) == 0 && own == id)
+		return "the daemon's own cgroup";
+	for (size_t i = 0; i < p->n_cgroups; i++)
+		if (p->cgroups[i].id == id && !p->cgroups[i].lent && p->cgroups[i].slot != slot)
+			return "another tenant's cgroup";
+	return NULL;
+}
+
+int probes_lend_cgroup(struct probes *p, const char *cgroup, unsigned slot, uint64_t *ret_token)
+{
+	const char *why;
+	uint64_t id = 0;
 	int rc;
 
-	if (!p || !p->skel || !cgroup || !cgroup[0]) {
+	if (!p || !cgroup || !cgroup[0]) {
 		*ret_token = 0;
 		return 0;
 	}
-	/* A path cut short could name another cgroup, whose work would count to this tenant. */
-	if (snprintf(path, sizeof(path), CGROUP_ROOT "%s", cgroup) >= (int)sizeof(path))
-		rc = -ENAMETOOLONG;
-	else
-		rc = stat(path, &st) < 0 ? -errno : add_cgroup(p, st.st_ino, slot, p->lendings + 1);
+	rc = cgroup_id(cgroup, &id);
+	if (rc == 0 && (why = shared_cgroup(p, cgroup, id, slot))) {
+		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_CGROUP", cgroup}),
+			   "probes: a delegated VMM's maps count to no tenant: its cgroup "
+			   "{IOMMUD_CGROUP} is %s; run the VMM in a cgroup of its own (a systemd "
+			   "scope) to have them counted",
+			   why);
+		*ret_token = 0;
+		return 0;
+	}
+	if (!p->skel) {
+		*ret_token = 0;
+		return 0;
+	}
+	if (rc == 0)
+		rc = add_cgroup(p, id, slot, p->lendings + 1);
 	if (rc < 0) {
 		log_warning("probes: cannot count what cgroup %s maps to tenant slot %u: %s",
 			    cgroup, slot, strerror(-rc));

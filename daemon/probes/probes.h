@@ -75,9 +75,12 @@ void probes_unregister_cgroup(struct probes *p, uint64_t cgroup_id);
  * own iommufd counts to that tenant: at every tier, as its process is in no session (the
  * ioctl and driver layers at the fentry and kprobe tiers, the iommu:map/unmap counts at the
  * tracepoint tier). A lending comes before the cgroup's tenant registration, the latest
- * first; returning it leaves what is left. 0 with *ret_token (0: nothing lent, as without
- * probes, at tier OFF or for a VMM whose cgroup is not known), or a negative errno (logged);
- * probes_return_cgroup takes the token back and ignores 0. */
+ * first; returning it leaves what is left. Only a cgroup that can be the VMM's own is lent:
+ * not the root, one outside the daemon's cgroup namespace, the daemon's own or one another
+ * tenant slot registered (logged once, at any tier: the VMM's work then counts to no tenant).
+ * 0 with *ret_token (0: nothing lent, as without probes, at tier OFF, for a VMM whose cgroup
+ * is not known or is refused), or a negative errno (logged); probes_return_cgroup takes the
+ * token back and ignores 0. */
 int probes_lend_cgroup(struct probes *p, const char *cgroup, unsigned slot, uint64_t *ret_token);
 void probes_return_cgroup(struct probes *p, uint64_t token);
 

@@ -8,6 +8,8 @@
 #define _GNU_SOURCE /* memfd_create, prlimit */
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -264,5 +266,36 @@ TEST(delegated_until_the_lease_ends)
 	join_as_root(&t);
 	expect_state(&t, "emu0", "free", 0);
 	expect_delegation(&t, 0);
+	teardown(&t);
+}
+
+/* The VMM here is a child of this process, which stands in for the daemon: its cgroup is the
+ * daemon's own (or the root, where the test runs there), shared with processes that are not
+ * the VMM. Lending it would count their work to the delegating tenant, so it is refused with
+ * one line saying why, and the delegation itself goes ahead. */
+TEST(a_cgroup_shared_with_the_daemon_is_not_lent)
+{
+	char log[4096] = {0};
+	struct setup t;
+	int saved, captured;
+	uint64_t id;
+
+	/* The log line on stderr, where it can be read back, not in the journal. */
+	CHECK_OK(unsetenv("JOURNAL_STREAM"));
+	setup(&t);
+	CHECK((captured = memfd_create("delegate log", MFD_CLOEXEC)) >= 0);
+	CHECK((saved = dup(STDERR_FILENO)) >= 0);
+	(void)fflush(stderr);
+	CHECK(dup2(captured, STDERR_FILENO) == STDERR_FILENO);
+	id = delegate(&t, "emu0");
+	(void)fflush(stderr);
+	CHECK(dup2(saved, STDERR_FILENO) == STDERR_FILENO);
+	CHECK(pread(captured, log, sizeof(log) - 1, 0) >= 0);
+	CHECK_OK(close(saved));
+	CHECK_OK(close(captured));
+	CHECK(id != 0);
+	expect_state(&t, "emu0", "delegated", id);
+	CHECK(strstr(log, "maps count to no tenant") != NULL);
+	CHECK(strstr(log, "run the VMM in a cgroup of its own") != NULL);
 	teardown(&t);
 }

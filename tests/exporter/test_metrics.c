@@ -555,6 +555,22 @@ TEST(delegations_by_tenant_label_never_by_pid)
 	free(text);
 }
 
+/* Two finite limits whose sum passes 2^64 are no bound a gauge can show: +Inf, not the wrapped
+ * remainder below what is pinned. */
+TEST(delegated_limits_past_uint64_are_unlimited)
+{
+	struct sample_reply s;
+	char *text;
+
+	fill(&s);
+	s.vm1.pinned_bytes_limit = 1ull << 63;
+	s.vm2.pinned_bytes_limit = 1ull << 63;
+	text = render(&s.reply);
+	CHECK_LINE(text, "iommud_delegated_pinned_bytes_limit{tenant=\"user alice\"} +Inf");
+	CHECK_LINE(text, "iommud_delegated_pinned_bytes{tenant=\"user alice\"} 1207959552");
+	free(text);
+}
+
 TEST(probe_tier_detached_and_dropped)
 {
 	struct sample_reply s;
