@@ -360,6 +360,28 @@ static void learn_daemon(struct probes *p)
 
 static void attribution_changed(struct probes *p);
 
+/* Whether spec i is wanted after the specs before it attached: the system call hook only while
+ * the iommufd or the type1 handlers have none attached (a module, or a kernel without that
+ * backend), as it would otherwise cost every ioctl of the machine a program run for nothing.
+ * A handler missing beside others of its backend that attached is a command the kernel does not
+ * have (IOMMU_IOAS_MAP_FILE before 6.13), which nothing needs to measure. */
+static bool fallback_needed(const struct probes *p, size_t i)
+{
+	bool iommufd = false, type1 = false;
+
+	if (!specs[i].fallback)
+		return true;
+	for (size_t j = 0; j < i; j++) {
+		if (!p->attached[j] || !specs[j].handles)
+			continue;
+		if (specs[j].handles & IOMMUD_HANDLES_TYPE1)
+			type1 = true;
+		else
+			iommufd = true;
+	}
+	return !iommufd || !type1;
+}
+
 /* Tells the programs which handlers attached, so that the system call hook leaves their
  * commands to them; says once which commands neither measures. */
 static void share_handled(struct probes *p, Iommud__V1__ProbeTier tier)
@@ -370,7 +392,9 @@ static void share_handled(struct probes *p, Iommud__V1__ProbeTier tier)
 
 	p->handled = 0;
 	for (size_t i = 0; i < N_SPECS; i++) {
-		hooked = hooked || (specs[i].fallback && p->attached[i]);
+		/* Left off where it is not needed: then nothing is left unmeasured either. */
+		hooked =
+			hooked || (specs[i].fallback && (p->attached[i] || !fallback_needed(p, i)));
 		if (p->attached[i])
 			p->handled |= specs[i].handles;
 	}
@@ -411,7 +435,7 @@ static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct 
 	}
 	learn_daemon(p);
 	for (size_t i = 0; i < N_SPECS; i++)
-		p->attached[i] = p->target[i] && attach_spec(p, i);
+		p->attached[i] = p->target[i] && fallback_needed(p, i) && attach_spec(p, i);
 	for (size_t i = 0; i < N_SPECS; i++) {
 		drop_without_end(p, i);
 		measured += p->attached[i] && !specs[i].fault;
