@@ -192,9 +192,9 @@ static void probe_aperture(int iommufd, int devfd, struct kh_hw_info *hw)
 {
 	struct iommu_ioas_alloc ioas = {.size = sizeof(ioas)};
 	struct vfio_device_attach_iommufd_pt attach = {.argsz = sizeof(attach)};
-	struct iommu_iova_range *ranges;
-	uint64_t alignment;
-	uint32_t n;
+	struct iommu_iova_range *ranges = NULL;
+	uint64_t alignment = 0;
+	uint32_t n = 0;
 
 	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &ioas))
 		return;
@@ -666,9 +666,9 @@ static void paging_defaults(struct kh_device *dev, uint32_t flags, struct iommuf
 /* A HWPT's geometry is reserved in its IOAS: what is left is the domain's aperture. */
 static int hwpt_aperture(struct kh_device *dev, struct iommufd_domain *d)
 {
-	struct iommu_iova_range *ranges;
-	uint64_t alignment;
-	uint32_t n;
+	struct iommu_iova_range *ranges = NULL;
+	uint64_t alignment = 0;
+	uint32_t n = 0;
 	int rc = ioas_ranges(d->iommufd, d->ioas_id, &ranges, &n, &alignment);
 
 	if (rc < 0)
