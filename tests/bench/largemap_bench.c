@@ -63,7 +63,7 @@ struct samples {
 	uint64_t map[ROUNDS_MAX], unmap[ROUNDS_MAX];
 };
 
-static void fail(const char *what, const char *why)
+static _Noreturn void fail(const char *what, const char *why)
 {
 	(void)fprintf(stderr, "iommud-largemap-bench: %s: %s\n", what, why);
 	exit(1);
