@@ -1,5 +1,5 @@
 #!/bin/sh
-# Runs inside the L1 guest (Linux 7.3, VT-d, two edu devices), from the 9p share mounted at
+# Runs inside the L1 guest (Linux 7.3, VT-d, two edu devices), from the share disk mounted at
 # /mnt/host: iommud on the iommufd backend, then an unmodified QEMU 10 as uid 65534 given its fds
 # by iommud both ways (iommuctl delegate exec, and QMP hotplug, which boots the one L2 guest).
 # Prints "nested: PASS|FAIL what" per check and "nested: DONE n failures" at the end.

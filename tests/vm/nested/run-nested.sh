@@ -5,7 +5,9 @@
 # (Linux 6.12 with a static DMA probe) whose DMA must land. The L1 root is made once with
 # debootstrap and kept in $IOMMUD_VM_CACHE (else in CACHE, the build tree's folder for this
 # test); each run makes the share afresh in CACHE and boots the root with snapshot=on, so a kept
-# root is never changed by a run.
+# root is never changed by a run. The share reaches L1 as a second, read-only disk made by
+# mkfs.ext4 -d, as the systemd tier's root does: a 9p export of the build tree would depend on
+# what file system the checkout sits on, which differs between machines.
 # usage: run-nested.sh CACHE L1_KERNEL L2_KERNEL IOMMUD IOMMUCTL LIBIOMMUCTL L2_PROBE EXPORTER
 # Exit status: 0 every check passed, 1 one failed, 77 the test bed cannot be built here.
 set -eu
@@ -44,8 +46,12 @@ build_image() {
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp; mount -t tmpfs run /run
-mkdir -p /mnt/host && mount -t 9p -o trans=virtio,version=9p2000.L host /mnt/host
-sh /mnt/host/run.sh
+mkdir -p /mnt/host
+if mount -t ext4 -o ro /dev/vdb /mnt/host; then
+	sh /mnt/host/run.sh
+else
+	echo "nested: FAIL L1 could not mount the share (/dev/vdb)"
+fi
 busybox poweroff -f
 INIT
 	chmod +x "$root/l1init"
@@ -54,7 +60,11 @@ INIT
 	rm -rf "$root"
 	mv "$image.tmp.$$" "$image"
 }
-[ -f "$image" ] || build_image
+# Not `[ -f ] || build_image`: in an || list set -e would not stop at a failed step, and a
+# half-made image would be kept for every later run.
+if [ ! -f "$image" ]; then
+	build_image
+fi
 
 # The share: the programs under test, the L2 kernel and its initramfs, the L1 script.
 share=$cache/share
@@ -78,6 +88,8 @@ poweroff -f
 INIT
 chmod +x "$initrd/init"
 (cd "$initrd" && find . | cpio -o -H newc 2>/dev/null | gzip -1) >"$share/l2/initrd.gz"
+rm -f "$cache/share.img"
+mkfs.ext4 -q -d "$share" "$cache/share.img" "$(($(du -sm "$share" | cut -f1) + 32))M"
 
 # One L1 boot does everything; an L2 boot under nested TCG takes 2-3 minutes. no_timer_check, as
 # in run-vm.sh: on a busy host TCG can miss the first IO-APIC timer tick, and L1 would panic.
@@ -85,10 +97,14 @@ timeout 1500 qemu-system-x86_64 -M q35,kernel-irqchip=split -accel tcg -m 3G -sm
 	-display none -serial stdio -monitor none -no-reboot \
 	-device intel-iommu,intremap=on,caching-mode=on -device edu -device edu \
 	-kernel "$l1_kernel" -drive file="$image",if=virtio,format=raw,snapshot=on \
-	-virtfs local,path="$share",mount_tag=host,security_model=none \
+	-drive file="$cache/share.img",if=virtio,format=raw,readonly=on \
 	-append "console=ttyS0 intel_iommu=on no_timer_check root=/dev/vda rw init=/l1init panic=-1 quiet" \
 	>"$cache/console.log" 2>"$cache/qemu-stderr.log" || true
 grep -E '^(nested|l2): ' "$cache/console.log" || true
 grep -q '^nested: DONE 0 failures' "$cache/console.log" && exit 0
-echo "nested VM test failed; the whole console is in $cache/console.log"
+# Say here why L1 stopped, for a reader who has only this test's output (a CI log).
+echo "nested VM test failed; the end of L1's console ($cache/console.log):"
+tail -n 30 "$cache/console.log"
+echo "and of QEMU's own messages ($cache/qemu-stderr.log):"
+tail -n 10 "$cache/qemu-stderr.log"
 exit 1
