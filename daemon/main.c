@@ -354,6 +354,17 @@ static int watch_signals(struct reexec_request *reexec, struct event *ret_events
 	return 0;
 }
 
+/* systemd's watchdog clock keeps running across a re-exec, and the new image loads the probes
+ * and adopts the leases before its loop turns: so a re-exec pings as the old image goes, after
+ * the probes, and with READY=1, not only from the loop. Without that, the last loop ping plus a
+ * slow start (in a TCG guest, seconds of BPF loading) plus the timer's first half interval could
+ * add up to the whole interval, and systemd would abort a daemon that was fine. A first start
+ * pings only from READY=1 on: an earlier ping would arm the watchdog during the start. */
+static void ping_watchdog_now(void)
+{
+	(void)sd_notify(0, "WATCHDOG=1");
+}
+
 /* systemd restarts a daemon whose loop stops turning (WatchdogSec=): the loop itself pings, at
  * half the interval systemd asked for, so a ping is late only when the loop is. */
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
@@ -361,7 +372,7 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	(void)sd_notify(0, "WATCHDOG=1");
+	ping_watchdog_now();
 }
 
 /* The ping timer when systemd's watchdog is on for this process, else *ret_ev stays NULL. */
@@ -415,8 +426,8 @@ static int start_probes(struct daemon *d)
  * the daemon, which adopts the leases from the store as after a crash. */
 static void reexec_now(struct daemon *d, struct server *srv)
 {
-	(void)sd_notify(0, "RELOADING=1");
-	(void)reexec(d->state, server_listen_fd(srv));
+	(void)sd_notify(0, "RELOADING=1\nWATCHDOG=1");
+	(void)reexec(d->state, server_listen_fd(srv), server_bound_its_path(srv));
 	log_err("%s; exiting, for the service manager to start the daemon again",
 		failure_message());
 	_exit(EXIT_FAILURE);
@@ -435,6 +446,8 @@ static int serve(struct daemon *d, struct config *cfg)
 	d->reg = registry_create(d->be, cfg);
 	if (d->reg && start_probes(d) < 0)
 		goto out;
+	if (reexec_arrived())
+		ping_watchdog_now();
 	if (d->reg)
 		registry_set_probes(d->reg, d->probes);
 	if (d->reg && base)
@@ -454,7 +467,8 @@ static int serve(struct daemon *d, struct config *cfg)
 	reexec_request.d = d;
 	if (watch_signals(&reexec_request, signals) < 0 || start_watchdog(base, &watchdog) < 0)
 		goto out;
-	(void)sd_notifyf(0, "READY=1\nSTATUS=serving on the %s backend", kh_backend_name(d->be));
+	(void)sd_notifyf(0, "READY=1\nWATCHDOG=1\nSTATUS=serving on the %s backend",
+			 kh_backend_name(d->be));
 	log_notice("ready (iommud %s, protocol %d)", IOMMUD_VERSION, IOMMUD_PROTOCOL_VERSION);
 	if (event_base_dispatch(base) < 0)
 		log_err("the event loop failed");

@@ -14,11 +14,17 @@
 #include "state.h"
 #include "status.h"
 
-/* The listening socket's name among the passed descriptors, as a socket unit would give it. */
+/* The listening socket's name among the passed descriptors when the service manager passed it,
+ * as a socket unit would give it. */
 #define LISTENER_NAME "iommud.socket"
+
+/* Set in the environment of the image reexec executes; read and cleared at its start, so that
+ * no child of the daemon inherits it. */
+#define ARRIVED_VARIABLE "IOMMUD_REEXECUTED"
 
 static char binary[PATH_MAX];
 static char **arguments;
+static bool arrived;
 
 void reexec_remember(char **argv)
 {
@@ -26,6 +32,13 @@ void reexec_remember(char **argv)
 
 	binary[n > 0 ? n : 0] = '\0';
 	arguments = argv;
+	arrived = getenv(ARRIVED_VARIABLE) != NULL;
+	(void)unsetenv(ARRIVED_VARIABLE);
+}
+
+bool reexec_arrived(void)
+{
+	return arrived;
 }
 
 struct passed {
@@ -98,19 +111,19 @@ static int place(const struct passed *p)
 	(void)snprintf(count, sizeof(count), "%zu", p->n);
 	(void)snprintf(pid, sizeof(pid), "%d", (int)getpid());
 	if (setenv("LISTEN_FDS", count, 1) < 0 || setenv("LISTEN_PID", pid, 1) < 0 ||
-	    setenv("LISTEN_FDNAMES", p->names, 1) < 0)
+	    setenv("LISTEN_FDNAMES", p->names, 1) < 0 || setenv(ARRIVED_VARIABLE, "1", 1) < 0)
 		return fail(-ENOMEM, "out of memory for the environment");
 	return 0;
 }
 
-int reexec(const struct state *st, int listen_fd)
+int reexec(const struct state *st, int listen_fd, bool bound_here)
 {
 	struct passed p = {0};
 	int rc;
 
 	if (!binary[0])
 		return fail(-ENOENT, "the daemon's own binary could not be found at start");
-	rc = pass(LISTENER_NAME, listen_fd, &p);
+	rc = pass(bound_here ? REEXEC_BOUND_LISTENER_NAME : LISTENER_NAME, listen_fd, &p);
 	if (rc == 0)
 		rc = state_each_fd(st, pass, &p);
 	if (rc == 0)

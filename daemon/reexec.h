@@ -12,12 +12,23 @@
 #ifndef IOMMUD_REEXEC_H
 #define IOMMUD_REEXEC_H
 
+#include <stdbool.h>
+
 struct state;
 
-/* Remembers the binary's path and the arguments, at start. */
+/* The name the listening socket is passed under when the daemon bound its path itself (no
+ * socket unit): the next image then owns the path too, and removes it when it stops. A socket
+ * from the service manager keeps the unit's name, and its path stays the unit's. */
+#define REEXEC_BOUND_LISTENER_NAME "iommud.socket.bound"
+
+/* Remembers the binary's path and the arguments, at start, and whether this image was started
+ * by a re-execution (reexec_arrived). */
 void reexec_remember(char **argv);
-/* Executes the daemon again with listen_fd and what the state keeps; returns only on failure,
- * a negative errno, after which the process can no longer serve (its descriptors moved). */
-int reexec(const struct state *st, int listen_fd);
+/* Whether this process image came from reexec, not from a start. */
+bool reexec_arrived(void);
+/* Executes the daemon again with listen_fd (bound_here: its path bound by this daemon, not
+ * passed by the service manager) and what the state keeps; returns only on failure, a negative
+ * errno, after which the process can no longer serve (its descriptors moved). */
+int reexec(const struct state *st, int listen_fd, bool bound_here);
 
 #endif

@@ -23,6 +23,7 @@
 #include "flow.h"
 #include "log.h"
 #include "peer.h"
+#include "reexec.h"
 #include "status.h"
 
 #define NS_PER_SECOND 1000000000ull
@@ -71,7 +72,8 @@ struct server {
 	 * client hears why instead of waiting in the backlog. */
 	int spare_fd;
 	int (*identify)(int fd, struct peer *ret_peer);
-	char *socket_path; /* set when the server created the socket file */
+	char *socket_path; /* set when the socket file is the daemon's: bound here or by an earlier
+			      image */
 	LIST_HEAD(, conn) conns;
 	struct flows *flows;
 	struct event *turn_ev;	 /* the next turn of requests */
@@ -742,16 +744,39 @@ static int bind_socket(struct server *srv, const char *path, mode_t mode)
 	return 0;
 }
 
+/* The socket an earlier image of this process bound (reexec.h): its path is this daemon's to
+ * remove at stop, read from the socket itself in case the configuration changed since. */
+static int claim_bound_listener(struct server *srv)
+{
+	struct sockaddr_un addr;
+	socklen_t len = sizeof(addr);
+	int fd = fdstore_claim_name(REEXEC_BOUND_LISTENER_NAME);
+
+	if (fd < 0)
+		return fd;
+	memset(&addr, 0, sizeof(addr));
+	if (getsockname(fd, (struct sockaddr *)&addr, &len) < 0 || addr.sun_family != AF_UNIX ||
+	    !addr.sun_path[0] ||
+	    !(srv->socket_path = strndup(addr.sun_path, sizeof(addr.sun_path)))) {
+		(void)close(fd);
+		return fail(-EINVAL, "the socket kept across the re-exec has no path");
+	}
+	log_info("listening on %s, kept across the re-exec", srv->socket_path);
+	return fd;
+}
+
 int server_listen(struct server *srv, const char *path, mode_t mode)
 {
 	int rc = fdstore_handed();
 
-	if (rc >= 0)
+	if (rc >= 0 && (rc = claim_bound_listener(srv)) == -ENOENT) {
 		rc = fdstore_claim_listener();
+		if (rc >= 0)
+			log_info("listening on the socket systemd passed");
+	}
 	if (rc >= 0) {
 		srv->listen_fd = rc;
 		(void)fcntl(srv->listen_fd, F_SETFL, fcntl(srv->listen_fd, F_GETFL) | O_NONBLOCK);
-		log_info("listening on the socket systemd passed");
 	} else if (rc == -ENOENT) {
 		rc = bind_socket(srv, path, mode);
 		if (rc < 0)
@@ -770,6 +795,11 @@ int server_listen(struct server *srv, const char *path, mode_t mode)
 int server_listen_fd(const struct server *srv)
 {
 	return srv->listen_fd;
+}
+
+bool server_bound_its_path(const struct server *srv)
+{
+	return srv->socket_path != NULL;
 }
 
 void server_destroy(struct server *srv)

@@ -20,6 +20,7 @@
 #define IOMMUD_SERVER_H
 
 #include <event2/event.h>
+#include <stdbool.h>
 #include <sys/types.h>
 
 #include "dispatch.h"
@@ -34,6 +35,9 @@ int server_create(struct event_base *base, struct daemon *d, unsigned max_connec
 int server_listen(struct server *srv, const char *path, mode_t mode);
 /* The listening socket (the server keeps it), for a re-execution to pass on. */
 int server_listen_fd(const struct server *srv);
+/* Whether the listening socket's path is the daemon's own (bound here, removed at stop), not the
+ * service manager's. */
+bool server_bound_its_path(const struct server *srv);
 /* Serves an already connected SOCK_SEQPACKET socket; the server owns it from then on (also on
  * failure). For tests and the fuzz harness. */
 int server_adopt(struct server *srv, int fd);

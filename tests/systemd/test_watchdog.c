@@ -2,9 +2,10 @@
 /*
  * systemd's watchdog (WatchdogSec= in iommud.service): the daemon, given WATCHDOG_USEC and a
  * NOTIFY_SOCKET as systemd gives them, reports READY=1 and then keeps pinging WATCHDOG=1 from its
- * event loop. The VM tier proves the other half under a real systemd: a daemon whose loop stops
- * (SIGSTOP) is killed and restarted.
+ * event loop, and pings across a re-exec as well. The VM tier proves the other half under a real
+ * systemd: a daemon whose loop stops (SIGSTOP) is killed and restarted.
  */
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #include "harness.h"
 
 #define PINGS_WANTED 3
+#define MESSAGE_MAX  4096
 
 /* A datagram socket where the daemon's sd_notify messages arrive; its path in ret_path. */
 static int notify_socket(char ret_path[static 108])
@@ -47,10 +49,33 @@ static bool has_line(const char *message, const char *want)
 	return false;
 }
 
+/* The next message into message (MESSAGE_MAX bytes), NUL-terminated; what stands in waiting_for
+ * names, in the failure's message, what the test was waiting for. */
+static void next_message(int fd, char *message, const char *waiting_for)
+{
+	ssize_t n = recv(fd, message, MESSAGE_MAX - 1, 0);
+
+	if (n < 0) {
+		(void)fprintf(stderr, "no %s within 30 s\n", waiting_for);
+		abort();
+	}
+	message[n] = '\0';
+}
+
+static void remove_notify_socket(int fd, char path[static 108])
+{
+	char *slash = strrchr(path, '/');
+
+	(void)close(fd);
+	(void)unlink(path);
+	*slash = '\0';
+	(void)rmdir(path);
+}
+
 TEST(pings_the_watchdog_after_ready)
 {
 	struct daemon_fixture daemon;
-	char path[108], message[4096], *slash;
+	char path[108], message[MESSAGE_MAX];
 	bool ready = false;
 	int fd = notify_socket(path), pings = 0;
 
@@ -59,14 +84,7 @@ TEST(pings_the_watchdog_after_ready)
 	CHECK(setenv("WATCHDOG_USEC", "200000", 1) == 0);
 	fixture_start(&daemon, "", "emu0");
 	while (pings < PINGS_WANTED) {
-		ssize_t n = recv(fd, message, sizeof(message) - 1, 0);
-
-		if (n < 0) {
-			(void)fprintf(stderr, "no WATCHDOG=1 within 30 s (%d so far, ready: %d)\n",
-				      pings, ready);
-			abort();
-		}
-		message[n] = '\0';
+		next_message(fd, message, "WATCHDOG=1");
 		ready |= has_line(message, "READY=1");
 		if (has_line(message, "WATCHDOG=1")) {
 			CHECK(ready); /* systemd counts pings only once the service is up */
@@ -74,9 +92,41 @@ TEST(pings_the_watchdog_after_ready)
 		}
 	}
 	fixture_stop(&daemon);
-	(void)close(fd);
-	(void)unlink(path);
-	slash = strrchr(path, '/');
-	*slash = '\0';
-	(void)rmdir(path);
+	remove_notify_socket(fd, path);
+}
+
+/* systemd's watchdog clock runs on across a re-exec (SIGUSR2), while the new image loads its
+ * probes and adopts its leases: the daemon pings as it goes and as it comes back ready, not
+ * only from its loop's timer. The interval here is an hour, so the timer never pings during
+ * the test and every ping seen is one of those. */
+TEST(pings_around_a_reexec)
+{
+	struct daemon_fixture daemon;
+	char path[108], message[MESSAGE_MAX];
+	bool reloading = false;
+	int fd = notify_socket(path), pings_while_reloading = 0;
+
+	CHECK(setenv("NOTIFY_SOCKET", path, 1) == 0);
+	CHECK(setenv("WATCHDOG_USEC", "3600000000", 1) == 0);
+	fixture_start(&daemon, "", "emu0");
+	do
+		next_message(fd, message, "READY=1");
+	while (!has_line(message, "READY=1"));
+	CHECK(has_line(message, "WATCHDOG=1"));
+
+	CHECK(kill(daemon.pid, SIGUSR2) == 0);
+	for (;;) {
+		next_message(fd, message, "READY=1 after the re-exec");
+		reloading |= has_line(message, "RELOADING=1");
+		if (has_line(message, "READY=1"))
+			break;
+		if (reloading && has_line(message, "WATCHDOG=1"))
+			pings_while_reloading++;
+	}
+	CHECK(reloading);
+	/* One as the old image goes, one after the new one loaded its probes, one with READY=1. */
+	CHECK(pings_while_reloading >= 2);
+	CHECK(has_line(message, "WATCHDOG=1"));
+	fixture_stop(&daemon);
+	remove_notify_socket(fd, path);
 }
