@@ -1050,9 +1050,10 @@ static int map_extension(struct kh_domain *dom, struct kh_map_req *req)
 	struct kh_area *area;
 	int rc;
 
-	if ((req->flags & (KH_MAP_FIXED_IOVA | KH_MAP_FILE)) != KH_MAP_FIXED_IOVA)
-		return kh_fail(-EINVAL,
-			       "KH_MAP_EXTEND needs KH_MAP_FIXED_IOVA, without KH_MAP_FILE");
+	if (!(req->flags & KH_MAP_FIXED_IOVA))
+		return kh_fail(-EINVAL, "KH_MAP_EXTEND needs KH_MAP_FIXED_IOVA");
+	if ((req->flags & KH_MAP_FILE) && (rc = check_file_range(req)) < 0)
+		return rc;
 	rc = kh_ioas_place(dom->ioas, req);
 	if (rc < 0)
 		return rc;

@@ -653,6 +653,33 @@ static bool expect_map_file(const struct kh_backend *be)
 	return major > 6 || (major == 6 && minor >= 13);
 }
 
+/* A file mapping made in parts (the daemon's large maps) is one mapping, whose parts the kernel
+ * takes back one by one from its end; the mapping at 0x300000 of 2 pages at offset PAGE is
+ * there before and after. */
+static void map_file_in_parts(struct setup *s, int fd)
+{
+	struct kh_map_req part = {.iova = 0x302000,
+				  .length = PAGE,
+				  .addr = 3 * PAGE,
+				  .prot = KH_PROT_READ | KH_PROT_WRITE,
+				  .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE | KH_MAP_EXTEND,
+				  .fd = fd};
+	struct kh_mapping m[2];
+	uint64_t cut = 0;
+
+	CHECK_OK(kh_map(s->ctx, s->dom, &part));
+	CHECK_EQ(kh_mappings(s->ctx, s->dom, 0, m, 2), 1);
+	CHECK_EQ(m[0].length, 3 * PAGE);
+	/* The next offset past the file's end is refused like a plain map's. */
+	part.iova = 0x303000;
+	part.addr = 4 * PAGE;
+	CHECK_ERR(kh_map(s->ctx, s->dom, &part), -EINVAL, "extension past the end of the file");
+	CHECK_OK(kh_unmap_tail(s->ctx, s->dom, 0x302000, PAGE, &cut));
+	CHECK_EQ(cut, 0x302000);
+	CHECK_EQ(kh_mappings(s->ctx, s->dom, 0, m, 2), 1);
+	CHECK_EQ(m[0].length, 2 * PAGE);
+}
+
 TEST_F(conformance, map_file)
 {
 	struct setup s;
@@ -684,6 +711,7 @@ TEST_F(conformance, map_file)
 		CHECK_ERR(kh_map(s.ctx, s.dom, &req), -EINVAL, "past the end of the file");
 		req.fd = -1;
 		CHECK_ERR(kh_map(s.ctx, s.dom, &req), -EBADF, "fd -1");
+		map_file_in_parts(&s, fd);
 		CHECK_OK(kh_unmap(s.ctx, s.dom, 0x300000, 2 * PAGE, NULL));
 	}
 	kh_ctx_destroy(s.ctx);

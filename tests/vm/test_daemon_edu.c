@@ -5,6 +5,8 @@
  * such as Debian 12's; or vfio-type1 in the test_daemon_edu_type1 build), a client that maps a
  * memfd through the RPC, drives an edu device it obtained with OpenDevice, and sees the device's
  * DMA land in the memfd; after Unmap the same DMA is blocked and the memfd keeps its bytes.
+ * Where the kernel maps files by descriptor (iommufd on Linux 6.13 and later), the daemon holds
+ * no mapping of the memfd in its own address space; elsewhere it does.
  *
  * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
  * vfio-pci).
@@ -185,6 +187,7 @@ int main(void)
 	if (!start_session(&s, want))
 		return 77;
 	setup_device(&s);
+	check_daemon_view(s.daemon.pid, s.memfd, want, "after Map");
 	check_dma_lands(&s);
 	check_unmap_blocks(&s);
 	check_session_end_detaches(&s);

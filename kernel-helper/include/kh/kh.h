@@ -359,7 +359,8 @@ void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, 
  * with the same owner, prot and flags, its memory right after that one's, and becomes part of
  * it, so that a mapping too costly to make in one call is made in parts and still is one mapping
  * (kh_mappings shows one, kh_unmap takes it whole, release sees it once). Place the whole with
- * kh_place first. -EINVAL without such a mapping; not with KH_MAP_FILE. */
+ * kh_place first. -EINVAL without such a mapping. With KH_MAP_FILE, "right after" is in the
+ * file: addr continues the offsets, and the caller gives the same file (which only it knows). */
 #define KH_MAP_EXTEND (1u << 2)
 
 struct kh_map_req {
