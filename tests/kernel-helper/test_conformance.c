@@ -673,7 +673,7 @@ static void map_file_in_parts(struct setup *s, int fd)
 	/* The next offset past the file's end is refused like a plain map's. */
 	part.iova = 0x303000;
 	part.addr = 4 * PAGE;
-	CHECK_ERR(kh_map(s->ctx, s->dom, &part), -EINVAL, "extension past the end of the file");
+	CHECK_ERR(kh_map(s->ctx, s->dom, &part), -EINVAL, "runs past the end of the file");
 	CHECK_OK(kh_unmap_tail(s->ctx, s->dom, 0x302000, PAGE, &cut));
 	CHECK_EQ(cut, 0x302000);
 	CHECK_EQ(kh_mappings(s->ctx, s->dom, 0, m, 2), 1);
