@@ -653,19 +653,27 @@ static bool expect_map_file(const struct kh_backend *be)
 	return major > 6 || (major == 6 && minor >= 13);
 }
 
+/* A read-write map of [offset, offset+length) of the file fd at iova. */
+static struct kh_map_req file_map_req(uint64_t iova, uint64_t offset, uint64_t length, int fd)
+{
+	return (struct kh_map_req){.iova = iova,
+				   .length = length,
+				   .addr = offset,
+				   .prot = KH_PROT_READ | KH_PROT_WRITE,
+				   .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE,
+				   .fd = fd};
+}
+
 /* A file mapping made in parts (the daemon's large maps) is one mapping, whose parts the kernel
  * takes back one by one from its end; the mapping at 0x300000 of 2 pages at offset PAGE is
  * there before and after. */
 static void map_file_in_parts(struct setup *s, int fd)
 {
-	struct kh_map_req part = {.iova = 0x302000,
-				  .length = PAGE,
-				  .addr = 3 * PAGE,
-				  .prot = KH_PROT_READ | KH_PROT_WRITE,
-				  .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE | KH_MAP_EXTEND,
-				  .fd = fd};
+	struct kh_map_req part = file_map_req(0x302000, 3 * PAGE, PAGE, fd);
 	struct kh_mapping m[2];
 	uint64_t cut = 0;
+
+	part.flags |= KH_MAP_EXTEND;
 
 	CHECK_OK(kh_map(s->ctx, s->dom, &part));
 	CHECK_EQ(kh_mappings(s->ctx, s->dom, 0, m, 2), 1);
@@ -685,12 +693,7 @@ TEST_F(conformance, map_file)
 	struct setup s;
 	struct kh_mapping m[2];
 	int fd = memfd_create("conformance", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	struct kh_map_req req = {.iova = 0x300000,
-				 .length = 2 * PAGE,
-				 .addr = PAGE,
-				 .prot = KH_PROT_READ | KH_PROT_WRITE,
-				 .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE,
-				 .fd = fd};
+	struct kh_map_req req = file_map_req(0x300000, PAGE, 2 * PAGE, fd);
 	int rc;
 
 	CHECK(fd >= 0);
@@ -800,21 +803,12 @@ static void die_keeping(struct setup *s, int *ret_ctx_fd, struct kh_adopt_device
 	kh_ctx_destroy(s->ctx);
 }
 
-/* A context taken over by a "new process": kernel-helper's books rebuilt by the same calls,
- * issuing nothing, then made to match the kernel: a mapping the books hold and the kernel lost
- * is made again, one the kernel holds and the books do not is taken out, and checks against
- * the kernel refuse ids it does not hold. */
 /* Where the domain maps files by descriptor: a file mapping of fd at 0x500000 (map: made
  * through kh_map, as the books of the process taking over are filled; else what it was made
  * with). */
 static bool file_mapping(struct setup *s, int fd, bool map)
 {
-	struct kh_map_req req = {.iova = 0x500000,
-				 .length = 2 * PAGE,
-				 .addr = PAGE,
-				 .prot = KH_PROT_READ | KH_PROT_WRITE,
-				 .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE,
-				 .fd = fd};
+	struct kh_map_req req = file_map_req(0x500000, PAGE, 2 * PAGE, fd);
 	uint32_t caps;
 
 	CHECK_OK(kh_domain_caps(s->ctx, s->dom, &caps));
@@ -825,6 +819,10 @@ static bool file_mapping(struct setup *s, int fd, bool map)
 	return true;
 }
 
+/* A context taken over by a "new process": kernel-helper's books rebuilt by the same calls,
+ * issuing nothing, then made to match the kernel: a mapping the books hold and the kernel lost
+ * is made again (from its file, where the domain maps by descriptor), one the kernel holds and
+ * the books do not is taken out, and checks against the kernel refuse ids it does not hold. */
 TEST_F(conformance, take_over)
 {
 	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
