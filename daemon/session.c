@@ -1220,8 +1220,8 @@ static int file_record_new(struct session *s, const struct map_entry *e, bool wr
 
 /* A reference on a record of the session's for the entry's file with the access it needs (by_fd:
  * for the kernel to map by descriptor; else a map that holds the entry's range), made if there
- * is none. The file is checked the same either way: the kernel would let a device write through
- * a descriptor mmap refuses to map writable. */
+ * is none. The file is checked the same either way, by descriptor too: what the kernel checks of
+ * a descriptor's mode and seals there is not relied on for what mmap refuses on the other path. */
 static int file_map_get(struct session *s, const struct map_entry *e, bool by_fd,
 			struct file_map **ret_fm)
 {
