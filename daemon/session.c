@@ -26,18 +26,23 @@
 /* The granule of Map offsets and lengths: the smallest IOMMU page the backends support. */
 #define MAP_GRANULE 4096ull
 
-/* The daemon's shared mmap of a client file, for every mapping of the session inside it with
- * this access. Where the tenant's max-pinned allows it, the map is of the whole file: one memory
- * map for however many mappings, unmapped whole, so its release never needs the kernel to split
- * a map (which can fail at vm.max_map_count); maps of one file with different access, or made
+/* A client file the session's mappings with this access use. Where the domain's kernel maps
+ * files by descriptor (KH_CAP_MAP_FILE), that is all it is: the kernel holds the file for each
+ * mapping, the daemon maps none of it, and one record serves every such mapping of the file.
+ * Elsewhere it is the daemon's shared mmap of the file, for every mapping of the session inside
+ * it with this access. Where the tenant's max-pinned allows it, the map is of the whole file: one
+ * memory map for however many mappings, unmapped whole, so its release never needs the kernel to
+ * split a map (which can fail at vm.max_map_count); maps of one file with different access, or made
  * after the file grew, are separate and never merge, their file offsets both starting at 0.
  * Beyond that, so that a tenant cannot take the daemon's address space with huge sparse files,
  * a map is of one mapping's range alone, as large as what that mapping pins. */
 struct file_map {
 	LIST_ENTRY(file_map) link;
-	dev_t dev; /* the file, which the mmap keeps alive, so the pair names it throughout */
+	dev_t dev; /* the file, which the mmap or the kernel's mappings keep alive, so the pair
+		    * names it throughout */
 	ino_t ino;
 	bool writable;
+	bool by_fd;	 /* the kernel maps the file by descriptor: no mmap, base NULL */
 	bool whole;	 /* of the whole file, charged to the tenant's whole_file_bytes */
 	uint64_t start;	 /* the file offset at base */
 	uint64_t length; /* whole: the file's size when mapped, rounded up to its pages */
@@ -69,6 +74,7 @@ struct domain_rec {
 	uint64_t bytes;
 	uint64_t table_bytes; /* its page tables in the daemon, as last charged */
 	uint64_t page_sizes;  /* the leaves its IOMMU supports (bit n: 2^n bytes) */
+	bool maps_files;      /* its kernel takes files by descriptor (KH_CAP_MAP_FILE) */
 };
 
 struct bound_dev {
@@ -242,9 +248,11 @@ static void file_map_put(struct session *s, struct file_map *fm)
 	LIST_REMOVE(fm, link);
 	if (fm->whole)
 		s->tenant->whole_file_bytes -= fm->length;
-	s->tenant->used.maps--;
-	s->tenant->reg->total.maps--;
-	release_memory(s->tenant->reg, fm->base, fm->length);
+	if (!fm->by_fd) {
+		s->tenant->used.maps--;
+		s->tenant->reg->total.maps--;
+		release_memory(s->tenant->reg, fm->base, fm->length);
+	}
 	free(fm);
 }
 
@@ -283,11 +291,14 @@ static void map_owner_put(struct session *s, struct map_owner *mo)
 	free(mo);
 }
 
-/* Where the mapping's memory starts in the client's file. */
+/* Where the mapping's memory starts in the client's file: kernel-helper holds the offset itself
+ * for a mapping by descriptor. */
 static uint64_t mapping_offset(const struct kh_mapping *m)
 {
 	const struct file_map *fm = ((const struct map_owner *)m->owner)->file;
 
+	if (m->flags & KH_MAP_FILE)
+		return m->addr;
 	return fm->start + (m->addr - (uint64_t)(uintptr_t)fm->base);
 }
 
@@ -909,7 +920,7 @@ int session_alloc_domain(struct session *s, const char *device,
 {
 	const struct access_rule *rule = s->tenant->rule;
 	struct domain_rec *dom;
-	uint32_t dev_id;
+	uint32_t dev_id, caps = 0;
 	int rc;
 
 	if (!rule || s->tenant->used.domains >= rule->max_domains)
@@ -931,6 +942,9 @@ int session_alloc_domain(struct session *s, const char *device,
 	}
 	dom->type = args->type;
 	dom->page_sizes = device_page_sizes(s->tenant->reg->be, device);
+	/* The domain is the one just made, so kernel-helper knows it. */
+	(void)kh_domain_caps(s->ctx, dom->id, &caps);
+	dom->maps_files = caps & KH_CAP_MAP_FILE;
 	(void)snprintf(dom->device, sizeof(dom->device), "%s", device);
 	LIST_INSERT_HEAD(&s->domains, dom, link);
 	s->tenant->used.domains++;
@@ -1117,14 +1131,18 @@ static int check_writable(const struct map_file *f)
 	return 0;
 }
 
-static struct file_map *file_map_find(struct session *s, const struct map_entry *e, bool writable)
+/* A record of the session's for the entry's file with this access: by descriptor, or a map
+ * that holds the entry's range. */
+static struct file_map *file_map_find(struct session *s, const struct map_entry *e, bool writable,
+				      bool by_fd)
 {
 	struct file_map *fm;
 
 	LIST_FOREACH (fm, &s->files, link)
 		if (fm->dev == e->file->dev && fm->ino == e->file->ino &&
-		    fm->writable == writable && fm->start <= e->offset &&
-		    e->offset + e->length <= fm->start + fm->length)
+		    fm->writable == writable && fm->by_fd == by_fd &&
+		    (by_fd ||
+		     (fm->start <= e->offset && e->offset + e->length <= fm->start + fm->length)))
 			return fm;
 	return NULL;
 }
@@ -1180,9 +1198,32 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 	return 0;
 }
 
-/* A reference on a map of the session's that holds the entry's range with the access it needs,
- * made if there is none. */
-static int file_map_get(struct session *s, const struct map_entry *e, struct file_map **ret_fm)
+/* The record of a file the kernel maps by descriptor: it costs the daemon no memory map, so it
+ * counts against neither max-maps nor its ceiling. */
+static int file_record_new(struct session *s, const struct map_entry *e, bool writable,
+			   struct file_map **ret_fm)
+{
+	struct file_map *fm = calloc(1, sizeof(*fm));
+
+	if (!fm)
+		return fail(-ENOMEM, "out of memory");
+	*fm = (struct file_map){.dev = e->file->dev,
+				.ino = e->file->ino,
+				.writable = writable,
+				.by_fd = true,
+				.refs = 1};
+	LIST_INIT(&fm->owners);
+	LIST_INSERT_HEAD(&s->files, fm, link);
+	*ret_fm = fm;
+	return 0;
+}
+
+/* A reference on a record of the session's for the entry's file with the access it needs (by_fd:
+ * for the kernel to map by descriptor; else a map that holds the entry's range), made if there
+ * is none. The file is checked the same either way, by descriptor too: what the kernel checks of
+ * a descriptor's mode and seals there is not relied on for what mmap refuses on the other path. */
+static int file_map_get(struct session *s, const struct map_entry *e, bool by_fd,
+			struct file_map **ret_fm)
 {
 	bool writable = e->prot & KH_PROT_WRITE;
 	struct file_map *fm;
@@ -1190,9 +1231,10 @@ static int file_map_get(struct session *s, const struct map_entry *e, struct fil
 
 	if (rc < 0)
 		return rc;
-	fm = file_map_find(s, e, writable);
+	fm = file_map_find(s, e, writable, by_fd);
 	if (!fm)
-		return file_map_new(s, e, writable, ret_fm);
+		return by_fd ? file_record_new(s, e, writable, ret_fm)
+			     : file_map_new(s, e, writable, ret_fm);
 	fm->refs++;
 	*ret_fm = fm;
 	return 0;
@@ -1338,11 +1380,19 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 
 	if (rc < 0)
 		return rc;
-	/* The backend takes memory by address; the pages stay shared with the client's file. */
-	rc = file_map_get(s, e, &fm);
+	rc = file_map_get(s, e, dom->maps_files, &fm);
 	if (rc < 0)
 		return rc;
-	req.addr = (uint64_t)(uintptr_t)fm->base + (e->offset - fm->start);
+	if (fm->by_fd) {
+		/* The kernel takes the file by descriptor (the request's, or the store's during
+		 * adoption, open for the whole map): nothing of it is mapped in the daemon. */
+		req.flags |= KH_MAP_FILE;
+		req.fd = e->file->fd;
+		req.addr = e->offset;
+	} else {
+		/* The backend takes memory by address; the pages stay shared with the file. */
+		req.addr = (uint64_t)(uintptr_t)fm->base + (e->offset - fm->start);
+	}
 	/* Made in parts, the mapping is placed and checked whole first, as one call would. */
 	if (in_parts && (rc = kh_place(s->ctx, e->domain_id, &req)) < 0) {
 		file_map_put(s, fm);
@@ -1408,6 +1458,10 @@ static int map_part(struct session *s, struct map_progress *p)
 	start = in_process_clock(s);
 	rc = kh_map(s->ctx, p->domain_id, &part);
 	in_process_add(start, &p->map_ns);
+	/* By descriptor, the kernel's refusal of the file is the one mmap gives on the other path.
+	 */
+	if ((rc == -EACCES || rc == -EPERM) && (part.flags & KH_MAP_FILE))
+		return map_refused(rc);
 	if (rc < 0)
 		return fail_kh(rc, "cannot map");
 	if (!p->mapped)

@@ -615,7 +615,12 @@ int add_file(struct state *st, struct lease_rec *rec, const struct lease_file *l
 }
 
 /* A descriptor of its own for the client's file, stored: a new open file description, since
- * a manager keeps one copy of a description however many times it is stored. */
+ * a manager keeps one copy of a description however many times it is stored. Kept on both map
+ * paths. Where the kernel maps files by descriptor it holds the file for the live mappings, but
+ * only while the lease's /dev/iommu lives, and iommufd gives no file back out of a mapping:
+ * a lease that cannot be taken over is rebuilt from these files, and a take-over makes again
+ * from them a mapping the kernel no longer holds whole (an unmap in steps cut short by the
+ * daemon's end). So the store holds as many files on either path. */
 static int keep_file(struct state *st, struct lease_rec *rec, int fd, const struct map_file *mf,
 		     struct lease_file **ret_file)
 {

@@ -338,6 +338,9 @@ static int apply_file(struct lease_rec *rec, const Iommud__State__V1__File *f)
 	return 0;
 }
 
+/* The mapping made again (or, taking over, entered in the books) from the stored file, whose
+ * descriptor the lease_rec keeps open past the take-over's end: a kernel that maps files by
+ * descriptor is given it, and the end makes from it a file mapping the kernel lost. */
 static int apply_map(struct lease_rec *rec, uint32_t domain_id, uint32_t file_id,
 		     const struct mapping_view *m)
 {

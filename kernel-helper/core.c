@@ -1050,9 +1050,10 @@ static int map_extension(struct kh_domain *dom, struct kh_map_req *req)
 	struct kh_area *area;
 	int rc;
 
-	if ((req->flags & (KH_MAP_FIXED_IOVA | KH_MAP_FILE)) != KH_MAP_FIXED_IOVA)
-		return kh_fail(-EINVAL,
-			       "KH_MAP_EXTEND needs KH_MAP_FIXED_IOVA, without KH_MAP_FILE");
+	if (!(req->flags & KH_MAP_FIXED_IOVA))
+		return kh_fail(-EINVAL, "KH_MAP_EXTEND needs KH_MAP_FIXED_IOVA");
+	if ((req->flags & KH_MAP_FILE) && (rc = check_file_range(req)) < 0)
+		return rc;
 	rc = kh_ioas_place(dom->ioas, req);
 	if (rc < 0)
 		return rc;
@@ -1471,16 +1472,20 @@ static void clear_unrecorded(struct kh_domain *dom, uint64_t first, uint64_t las
 }
 
 /* Checks one recorded mapping in the kernel; one the kernel lacks, or holds only in part, is
- * made again from the memory the caller mapped. */
+ * made again from the memory the caller mapped, or the file it gave (kh.h, KH_MAP_FILE). */
 static int settle_mapping(struct kh_domain *dom, const struct kh_mapping *m, size_t *remade)
 {
-	struct kh_map_req req = {
-		.iova = m->iova, .length = m->length, .addr = m->addr, .prot = m->prot};
+	struct kh_map_req req = {.iova = m->iova,
+				 .length = m->length,
+				 .addr = m->addr,
+				 .prot = m->prot,
+				 .flags = m->flags & KH_MAP_FILE,
+				 .fd = kh_ioas_file_fd(dom->ioas, m->iova)};
 	int rc = dom->ctx->be->ops->adopt_mapped(dom, m);
 
 	if (rc != 0)
 		return rc < 0 ? rc : 0;
-	if (m->flags & KH_MAP_FILE)
+	if ((req.flags & KH_MAP_FILE) && req.fd < 0)
 		return kh_fail(-ESTALE,
 			       "the kernel lost the file mapping at IOVA 0x%" PRIx64
 			       " of domain %u, which cannot be made again without its file",

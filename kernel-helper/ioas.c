@@ -18,6 +18,7 @@ struct kh_area {
 	uint64_t addr;
 	uint32_t prot;
 	uint32_t flags; /* KH_MAP_FILE */
+	int fd;		/* KH_MAP_FILE: the descriptor it was made from (valid while taking over) */
 	void *owner;	/* the caller's, never dereferenced here */
 };
 
@@ -318,6 +319,7 @@ struct kh_area *kh_ioas_area_new(const struct kh_map_req *placed)
 	area->addr = placed->addr;
 	area->prot = placed->prot;
 	area->flags = placed->flags & KH_MAP_FILE;
+	area->fd = area->flags ? placed->fd : -1;
 	area->owner = placed->owner;
 	return area;
 }
@@ -389,6 +391,13 @@ struct kh_area *kh_ioas_tail_of(const struct kh_ioas *ioas, uint64_t iova, uint6
 void kh_ioas_cut_tail(struct kh_area *area, uint64_t iova)
 {
 	area->last = iova - 1;
+}
+
+int kh_ioas_file_fd(const struct kh_ioas *ioas, uint64_t iova)
+{
+	const struct kh_area *area = first_overlap(ioas, iova, iova);
+
+	return area && area->iova == iova ? area->fd : -1;
 }
 
 uint64_t kh_ioas_area_iova(const struct kh_area *area)

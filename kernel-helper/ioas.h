@@ -38,6 +38,9 @@ struct kh_area *kh_ioas_tail_of(const struct kh_ioas *ioas, uint64_t iova, uint6
 void kh_ioas_cut_tail(struct kh_area *area, uint64_t iova);
 /* Where the mapping starts. */
 uint64_t kh_ioas_area_iova(const struct kh_area *area);
+/* The descriptor the file mapping at iova was made from, as its caller gave it (open only as
+ * long as the caller promised: while a context is taken over); -1 for none. */
+int kh_ioas_file_fd(const struct kh_ioas *ioas, uint64_t iova);
 
 /* The memory behind [iova, iova+length) when one mapping holds all of it: its address (or file
  * offset) in *addr, its KH_MAP_* flags in *flags. */

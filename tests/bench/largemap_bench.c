@@ -7,7 +7,9 @@
  * daemon would issue, of memory this process maps; kh-iommufd-bench shows kernel-helper costs
  * the bare ioctl's time), alternating in one run, with the ratio of the medians side by side.
  * Where the domain can map a file by descriptor (IOMMU_IOAS_MAP_FILE, Linux 6.13 and later),
- * that in-process path is a row of its own. 4 KiB pages always, 2 MiB pages (MFD_HUGETLB)
+ * that in-process path is a row of its own, and the daemon's row (which maps by descriptor
+ * there too) has its ratios against it as well: MAP_FILE and the address-space path side by
+ * side. 4 KiB pages always, 2 MiB pages (MFD_HUGETLB)
  * where the kernel can reserve them. Figures only: nothing is asserted.
  *
  * Each side has a device of its own, in different IOMMU groups, so both stay attached for the
@@ -92,7 +94,8 @@ static void usage(FILE *out)
 		"program raises vm.nr_hugepages for the run and puts it back). Rounds alternate "
 		"the\n"
 		"paths; it prints the median of each in ms, ms per GiB, GiB/s, and "
-		"daemon/in-process.\n"
+		"daemon/in-process\n"
+		"(and daemon/by file where the kernel has it, as the daemon then maps by file).\n"
 		"Each path uses a device of its own (two devices in different IOMMU groups are\n"
 		"needed). Sizes the machine has no room for are skipped, saying so.\n"
 		"\n"
@@ -334,8 +337,11 @@ static double median_ms(uint64_t *ns, unsigned n)
 	return (n % 2 ? (double)ns[n / 2] : ((double)ns[n / 2 - 1] + (double)ns[n / 2]) / 2) / 1e6;
 }
 
+/* A row: its medians, and its ratios against base (the in-process path by address) and, where
+ * given, against by_file (the in-process path by descriptor, the one the daemon takes where the
+ * kernel has it). */
 static void print_row(const char *size, const char *pages, const char *path, struct samples *s,
-		      unsigned rounds, uint64_t len, const double *base)
+		      unsigned rounds, uint64_t len, const double *base, const double *by_file)
 {
 	double gib = (double)len / (double)(1ull << 30);
 	double map = median_ms(s->map, rounds), unmap = median_ms(s->unmap, rounds);
@@ -344,6 +350,8 @@ static void print_row(const char *size, const char *pages, const char *path, str
 		     gib / (map / 1e3), map / gib);
 	if (base)
 		(void)printf(" %8.3f %8.3f", map / base[0], unmap / base[1]);
+	if (by_file)
+		(void)printf(" %8.3f %8.3f", map / by_file[0], unmap / by_file[1]);
 	(void)printf("\n");
 }
 
@@ -410,7 +418,7 @@ static void measure(struct in_process *p, struct through_daemon *d, const struct
 	const char *pages = huge ? "2 MiB" : "4 KiB";
 	long old_huge = 0;
 	char size[32];
-	double base[2];
+	double base[2], by_file[2];
 	int fd;
 
 	size_name(len, size, sizeof(size));
@@ -444,12 +452,16 @@ static void measure(struct in_process *p, struct through_daemon *d, const struct
 	(void)close(fd);
 	if (huge)
 		release_huge(old_huge);
-	print_row(size, pages, "in-process", &in, o->rounds, len, NULL);
+	print_row(size, pages, "in-process", &in, o->rounds, len, NULL, NULL);
 	base[0] = median_ms(in.map, o->rounds);
 	base[1] = median_ms(in.unmap, o->rounds);
-	if (p->map_file)
-		print_row(size, pages, "by file", &file, o->rounds, len, base);
-	print_row(size, pages, "daemon", &daemon, o->rounds, len, base);
+	if (p->map_file) {
+		print_row(size, pages, "by file", &file, o->rounds, len, base, NULL);
+		by_file[0] = median_ms(file.map, o->rounds);
+		by_file[1] = median_ms(file.unmap, o->rounds);
+	}
+	print_row(size, pages, "daemon", &daemon, o->rounds, len, base,
+		  p->map_file ? by_file : NULL);
 }
 
 int main(int argc, char **argv)
@@ -464,10 +476,12 @@ int main(int argc, char **argv)
 	open_daemon(&d, kh_backend_name(p.be), o.emulated, dev[1].name);
 	(void)printf(
 		"iommud-largemap-bench: backend %s; in-process on %s, daemon on %s; %u rounds, "
-		"medians; ratios are against in-process\n\n",
-		kh_backend_name(p.be), dev[0].name, dev[1].name, o.rounds);
-	(void)printf("%-8s %-6s %-11s %9s %9s %8s %9s %8s %8s\n", "size", "pages", "path", "map ms",
+		"medians; ratios are against in-process (by address)%s\n\n",
+		kh_backend_name(p.be), dev[0].name, dev[1].name, o.rounds,
+		p.map_file ? ", then against by file, which the daemon maps by here" : "");
+	(void)printf("%-8s %-6s %-11s %9s %9s %8s %9s %8s %8s", "size", "pages", "path", "map ms",
 		     "unmap ms", "GiB/s", "ms/GiB", "map x", "unmap x");
+	(void)printf(p.map_file ? " %8s %8s\n" : "\n", "map xf", "unmap xf");
 	for (size_t i = 0; i < o.n_sizes; i++)
 		for (int huge = 0; huge <= 1; huge++)
 			measure(&p, &d, &o, o.sizes[i], huge);

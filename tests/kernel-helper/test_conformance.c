@@ -653,17 +653,47 @@ static bool expect_map_file(const struct kh_backend *be)
 	return major > 6 || (major == 6 && minor >= 13);
 }
 
+/* A read-write map of [offset, offset+length) of the file fd at iova. */
+static struct kh_map_req file_map_req(uint64_t iova, uint64_t offset, uint64_t length, int fd)
+{
+	return (struct kh_map_req){.iova = iova,
+				   .length = length,
+				   .addr = offset,
+				   .prot = KH_PROT_READ | KH_PROT_WRITE,
+				   .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE,
+				   .fd = fd};
+}
+
+/* A file mapping made in parts (the daemon's large maps) is one mapping, whose parts the kernel
+ * takes back one by one from its end; the mapping at 0x300000 of 2 pages at offset PAGE is
+ * there before and after. */
+static void map_file_in_parts(struct setup *s, int fd)
+{
+	struct kh_map_req part = file_map_req(0x302000, 3 * PAGE, PAGE, fd);
+	struct kh_mapping m[2];
+	uint64_t cut = 0;
+
+	part.flags |= KH_MAP_EXTEND;
+
+	CHECK_OK(kh_map(s->ctx, s->dom, &part));
+	CHECK_EQ(kh_mappings(s->ctx, s->dom, 0, m, 2), 1);
+	CHECK_EQ(m[0].length, 3 * PAGE);
+	/* The next offset past the file's end is refused like a plain map's. */
+	part.iova = 0x303000;
+	part.addr = 4 * PAGE;
+	CHECK_ERR(kh_map(s->ctx, s->dom, &part), -EINVAL, "runs past the end of the file");
+	CHECK_OK(kh_unmap_tail(s->ctx, s->dom, 0x302000, PAGE, &cut));
+	CHECK_EQ(cut, 0x302000);
+	CHECK_EQ(kh_mappings(s->ctx, s->dom, 0, m, 2), 1);
+	CHECK_EQ(m[0].length, 2 * PAGE);
+}
+
 TEST_F(conformance, map_file)
 {
 	struct setup s;
 	struct kh_mapping m[2];
 	int fd = memfd_create("conformance", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	struct kh_map_req req = {.iova = 0x300000,
-				 .length = 2 * PAGE,
-				 .addr = PAGE,
-				 .prot = KH_PROT_READ | KH_PROT_WRITE,
-				 .flags = KH_MAP_FIXED_IOVA | KH_MAP_FILE,
-				 .fd = fd};
+	struct kh_map_req req = file_map_req(0x300000, PAGE, 2 * PAGE, fd);
 	int rc;
 
 	CHECK(fd >= 0);
@@ -684,6 +714,7 @@ TEST_F(conformance, map_file)
 		CHECK_ERR(kh_map(s.ctx, s.dom, &req), -EINVAL, "past the end of the file");
 		req.fd = -1;
 		CHECK_ERR(kh_map(s.ctx, s.dom, &req), -EBADF, "fd -1");
+		map_file_in_parts(&s, fd);
 		CHECK_OK(kh_unmap(s.ctx, s.dom, 0x300000, 2 * PAGE, NULL));
 	}
 	kh_ctx_destroy(s.ctx);
@@ -772,10 +803,26 @@ static void die_keeping(struct setup *s, int *ret_ctx_fd, struct kh_adopt_device
 	kh_ctx_destroy(s->ctx);
 }
 
+/* Where the domain maps files by descriptor: a file mapping of fd at 0x500000 (map: made
+ * through kh_map, as the books of the process taking over are filled; else what it was made
+ * with). */
+static bool file_mapping(struct setup *s, int fd, bool map)
+{
+	struct kh_map_req req = file_map_req(0x500000, PAGE, 2 * PAGE, fd);
+	uint32_t caps;
+
+	CHECK_OK(kh_domain_caps(s->ctx, s->dom, &caps));
+	if (!(caps & KH_CAP_MAP_FILE))
+		return false;
+	if (map)
+		CHECK_OK(kh_map(s->ctx, s->dom, &req));
+	return true;
+}
+
 /* A context taken over by a "new process": kernel-helper's books rebuilt by the same calls,
  * issuing nothing, then made to match the kernel: a mapping the books hold and the kernel lost
- * is made again, one the kernel holds and the books do not is taken out, and checks against
- * the kernel refuse ids it does not hold. */
+ * is made again (from its file, where the domain maps by descriptor), one the kernel holds and
+ * the books do not is taken out, and checks against the kernel refuse ids it does not hold. */
 TEST_F(conformance, take_over)
 {
 	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
@@ -783,14 +830,16 @@ TEST_F(conformance, take_over)
 	struct kh_adopt_domain doms[1];
 	uint32_t id, ghost;
 	struct setup s;
-	size_t remade;
-	int ctx_fd;
+	size_t remade, files;
+	int ctx_fd, memfd = memfd_create("take_over", MFD_CLOEXEC);
 
+	CHECK(memfd >= 0 && ftruncate(memfd, 4 * PAGE) == 0);
 	if (!(kh_backend_caps(self->be) & KH_CAP_ADOPT)) {
 		CHECK_OK(kh_ctx_create(self->be, &s.ctx));
 		CHECK_ERR(kh_ctx_adopt(s.ctx, -1, NULL, 0, NULL, 0), -EOPNOTSUPP,
 			  "cannot be taken over");
 		kh_ctx_destroy(s.ctx);
+		(void)close(memfd);
 		return;
 	}
 	setup(self, &s);
@@ -809,6 +858,10 @@ TEST_F(conformance, take_over)
 	 * made and never recorded, one taken away and its removal never recorded. */
 	map_fixed(&s, s.dom, 0x400000, PAGE, 4 * PAGE, KH_PROT_READ);
 	CHECK_OK(kh_unmap(s.ctx, s.dom, 0x200000, 2 * PAGE, NULL));
+	/* A file mapping the kernel lost too: made again from the descriptor given. */
+	files = file_mapping(&s, memfd, true);
+	if (files)
+		CHECK_OK(kh_unmap(s.ctx, s.dom, 0x500000, 2 * PAGE, NULL));
 	die_keeping(&s, &ctx_fd, devs);
 
 	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
@@ -830,14 +883,19 @@ TEST_F(conformance, take_over)
 	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
 	map_fixed(&s, s.dom, 0x100000, PAGE, 0, KH_PROT_READ);
 	map_fixed(&s, s.dom, 0x200000, 2 * PAGE, PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	(void)file_mapping(&s, memfd, files);
 	CHECK_OK(kh_ctx_adopt_end(s.ctx, &remade));
 	CHECK(!kh_ctx_adopting(s.ctx));
-	CHECK_EQ(remade, 1);
+	CHECK_EQ(remade, 1 + files);
+	(void)printf("take_over: %zu mapping(s) made again, %zu of them by file\n", remade, files);
+	if (files)
+		CHECK_OK(kh_unmap(s.ctx, s.dom, 0x500000, 2 * PAGE, NULL));
 	/* The kernel now holds what the books do: 0x400000 is free (it would refuse the map
 	 * otherwise), 0x200000 mapped again (it would refuse the unmap of nothing). */
 	map_fixed(&s, s.dom, 0x400000, PAGE, 4 * PAGE, KH_PROT_READ);
 	CHECK_OK(kh_unmap(s.ctx, s.dom, 0x200000, 2 * PAGE, NULL));
 	kh_ctx_destroy(s.ctx);
+	(void)close(memfd);
 }
 
 static void pick_devices(struct fixture_conformance *w)

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
 
 #include <iommuctl.h>
 
@@ -60,4 +62,48 @@ uint8_t *attach_with_memfd(struct iommuctl *c, const char *device, uint32_t *ret
 	*ret_dom = dom;
 	*ret_memfd = memfd;
 	return mem;
+}
+
+bool expect_map_by_fd(const char *backend)
+{
+	struct utsname u;
+	unsigned major = 0, minor = 0;
+
+	if (strcmp(backend, "iommufd") != 0 || uname(&u) ||
+	    sscanf(u.release, "%u.%u", &major, &minor) != 2)
+		return false;
+	return major > 6 || (major == 6 && minor >= 13);
+}
+
+/* The daemon's memory maps of the file with inode ino. */
+static int maps_of_inode(pid_t pid, ino_t ino)
+{
+	char path[64], line[512];
+	unsigned long long inode;
+	int count = 0;
+	FILE *maps;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	maps = fopen(path, "re");
+	CHECK(maps != NULL);
+	/* address perms offset dev inode path */
+	while (fgets(line, sizeof(line), maps))
+		count += sscanf(line, "%*s %*s %*s %*s %llu", &inode) == 1 && inode == ino &&
+			 strstr(line, "/memfd:") != NULL;
+	(void)fclose(maps);
+	return count;
+}
+
+void check_daemon_view(pid_t daemon, int memfd, const char *backend, const char *when)
+{
+	bool by_fd = expect_map_by_fd(backend);
+	struct stat st;
+	int maps;
+
+	CHECK(fstat(memfd, &st) == 0);
+	maps = maps_of_inode(daemon, st.st_ino);
+	(void)printf("%s: the daemon holds %d map(s) of the client's memfd (%s)\n", when, maps,
+		     by_fd ? "must be none: the kernel maps it by descriptor"
+			   : "the daemon maps it: no IOMMU_IOAS_MAP_FILE here");
+	CHECK(by_fd ? maps == 0 : maps > 0);
 }

@@ -5,10 +5,15 @@
  * such as Debian 12's; or vfio-type1 in the test_daemon_edu_type1 build), a client that maps a
  * memfd through the RPC, drives an edu device it obtained with OpenDevice, and sees the device's
  * DMA land in the memfd; after Unmap the same DMA is blocked and the memfd keeps its bytes.
+ * Where the kernel maps files by descriptor (iommufd on Linux 6.13 and later), the daemon holds
+ * no mapping of the memfd in its own address space; elsewhere it does. MapBatch takes the same
+ * path as Map, and a writable map of a read-only descriptor is refused with the same message on
+ * both.
  *
  * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
  * vfio-pci).
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +34,7 @@
 #define PAGE	 4096u
 #define SRC_IOVA 0x100000u /* edu masks DMA addresses to 28 bits: stay below 256 MiB */
 #define DST_IOVA 0x101000u
+#define ALT_IOVA 0x102000u /* the source again, mapped by MapBatch */
 
 /* What the steps share, in the order main takes them: each step leaves the daemon, the
  * session and the device as the next one expects them. */
@@ -129,6 +135,68 @@ static void check_unmap_blocks(struct edu_session *s)
 	(void)printf("ok: after Unmap the same DMA is blocked\n");
 }
 
+/* One MapBatch entry of the memfd's page at offset, at iova. */
+static void batch_entry(Iommud__V1__MapEntry *e, uint32_t dom, uint64_t iova, uint64_t offset,
+			uint32_t prot)
+{
+	iommud__v1__map_entry__init(e);
+	e->domain_id = dom;
+	e->iova = iova;
+	e->fixed_iova = true;
+	e->offset = offset;
+	e->length = PAGE;
+	e->prot = prot;
+}
+
+/* MapBatch takes the same path as Map: the source again at ALT_IOVA and the destination back at
+ * DST_IOVA, the daemon's view of the memfd as Map leaves it, and the DMA from one to the other
+ * landing; both go again after. */
+static void check_batch(struct edu_session *s, const char *backend)
+{
+	Iommud__V1__MapEntry e[2], *entries[2] = {&e[0], &e[1]};
+	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	uint64_t bytes;
+
+	batch_entry(&e[0], s->dom, ALT_IOVA, 0, IOMMUCTL_PROT_READ);
+	batch_entry(&e[1], s->dom, DST_IOVA, PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE);
+	batch.entries = entries;
+	batch.n_entries = 2;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	req.map_batch = &batch;
+	check_call(s->c, iommuctl_call(s->c, &req, &s->memfd, 1, &resp, NULL, 0, NULL), "MapBatch");
+	iommuctl_response_free(resp);
+	check_daemon_view(s->daemon.pid, s->memfd, backend, "after MapBatch");
+	memset(s->mem + PAGE, 0, PAGE);
+	edu_dma(&s->edu, ALT_IOVA, EDU_XFER, false);
+	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
+	CHECK(memcmp(s->mem + PAGE, s->mem, EDU_XFER) == 0);
+	check_call(s->c, iommuctl_unmap(s->c, s->dom, ALT_IOVA, PAGE, &bytes), "Unmap ALT");
+	check_call(s->c, iommuctl_unmap(s->c, s->dom, DST_IOVA, PAGE, &bytes), "Unmap DST");
+	(void)printf("ok: DMA through MapBatch's mappings landed in the client's memfd\n");
+}
+
+/* A read-only descriptor of the memfd may not be mapped for the device to write, with the
+ * same message whether the daemon maps the file itself or the kernel maps it by descriptor. */
+static void check_read_only_refused(struct edu_session *s)
+{
+	char path[64];
+	uint64_t iova = DST_IOVA;
+	int ro, rc;
+
+	(void)snprintf(path, sizeof(path), "/proc/self/fd/%d", s->memfd);
+	ro = open(path, O_RDONLY | O_CLOEXEC);
+	CHECK(ro >= 0);
+	rc = iommuctl_map_fd(s->c, s->dom, ro, PAGE, PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE,
+			     true, 0, &iova);
+	(void)close(ro);
+	CHECK(rc < 0);
+	CHECK(strstr(iommuctl_last_error(s->c), "opened read-only") != NULL);
+	(void)printf("ok: a writable Map of a read-only descriptor is refused: %s\n",
+		     iommuctl_last_error(s->c));
+}
+
 /* The session ends with its connection while the client still holds the device's fd: the
  * daemon detaches the device, so that fd cannot reach the memory any more. Leaves a new
  * session in s->c. */
@@ -185,8 +253,11 @@ int main(void)
 	if (!start_session(&s, want))
 		return 77;
 	setup_device(&s);
+	check_daemon_view(s.daemon.pid, s.memfd, want, "after Map");
 	check_dma_lands(&s);
 	check_unmap_blocks(&s);
+	check_batch(&s, want);
+	check_read_only_refused(&s);
 	check_session_end_detaches(&s);
 	check_old_fd_holds_device(&s);
 

@@ -15,10 +15,12 @@
  * after each restart and re-execution, so no DMA faults at any point; the store holds the same
  * open /dev/iommu and device files before and after, the client's fd is that same device
  * file, the daemon's log says it took the objects over, and the kernel logged no new IOMMU
- * fault. Elsewhere (vfio-type1) the kernel
- * objects are rebuilt from the record (docs/architecture.md, "Survival"), so the client closes
- * the device's fd before each restart; what happens when it holds it across one is the last
- * check there.
+ * fault. Where the kernel maps files by descriptor (Linux 6.13 and later), neither the daemon
+ * nor its successors map the memfd in their own address space, the kernel holding it for the
+ * mappings throughout; elsewhere each does. Where objects cannot be taken over (vfio-type1)
+ * they are rebuilt from the record (docs/architecture.md, "Survival"), so the client closes the
+ * device's fd before each restart; what happens when it holds it across one is the last check
+ * there.
  *
  * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
  * vfio-pci).
@@ -57,7 +59,8 @@ struct survivor {
 	uint32_t dom;
 	uint8_t *mem; /* the memfd's two pages: the source, then the destination */
 	int memfd;
-	bool adopt; /* the daemon takes kernel objects over (capability "adopt") */
+	bool adopt;	     /* the daemon takes kernel objects over (capability "adopt") */
+	const char *backend; /* Hello's name of it */
 };
 
 /* What the client sees of its lease, as the daemon encodes it: ListDomains, then ListMappings
@@ -183,6 +186,7 @@ static void check_lease_back(struct survivor *s, const struct answers *before, c
 	CHECK(memcmp(after.bytes, before->bytes, before->len) == 0);
 	(void)printf("ok: %s, domain %u with %s attached and its mappings are as they were\n", when,
 		     s->dom, s->name);
+	check_daemon_view(s->sv.f.pid, s->memfd, s->backend, when);
 	(void)close(check_dma_lands(s, when));
 }
 
@@ -469,6 +473,7 @@ int main(void)
 	(void)setvbuf(stdout, NULL, _IOLBF, 0);
 	daemon_log = s.sv.log_path; /* filled in by supervisor_start */
 	(void)signal(SIGABRT, print_daemon_log);
+	s.backend = want;
 	supervisor_start(&s.sv, config, NULL);
 	connect_lease(&s);
 	s.name = find_edu(s.c);
@@ -480,6 +485,7 @@ int main(void)
 	}
 	(void)printf("using %s\n", s.name);
 	make_lease(&s);
+	check_daemon_view(s.sv.f.pid, s.memfd, want, "after Map");
 	answers_of(&s, &before);
 	/* The kernel's iommufd keeps what its descriptors hold: there the objects must be taken
 	 * over, not rebuilt. */

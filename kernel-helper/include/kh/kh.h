@@ -353,13 +353,16 @@ void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, 
 
 #define KH_MAP_FIXED_IOVA (1u << 0) /* map exactly at req.iova; otherwise the helper picks */
 /* The memory is [addr, addr+length) of the file fd (a memfd, shmem or hugetlbfs file), pinned by
- * the kernel without a mapping in this process. iommufd on Linux 6.13 and later only. */
+ * the kernel without a mapping in this process. iommufd on Linux 6.13 and later only. While a
+ * context is taken over, the caller keeps fd open until kh_ctx_adopt_end, which makes the
+ * mapping again from it where the kernel no longer holds it whole. */
 #define KH_MAP_FILE (1u << 1)
 /* With KH_MAP_FIXED_IOVA: the range continues the mapping that ends right below req.iova, made
  * with the same owner, prot and flags, its memory right after that one's, and becomes part of
  * it, so that a mapping too costly to make in one call is made in parts and still is one mapping
  * (kh_mappings shows one, kh_unmap takes it whole, release sees it once). Place the whole with
- * kh_place first. -EINVAL without such a mapping; not with KH_MAP_FILE. */
+ * kh_place first. -EINVAL without such a mapping. With KH_MAP_FILE, "right after" is in the
+ * file: addr continues the offsets, and the caller gives the same file (which only it knows). */
 #define KH_MAP_EXTEND (1u << 2)
 
 struct kh_map_req {
