@@ -56,6 +56,8 @@ struct iommuctl {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	/* Exactly the limit: a longer packet arrives truncated, and wire_recv says so. */
 	uint8_t rxbuf[IOMMUD_MAX_MESSAGE];
+	/* Requests are packed here: a request over the limit is found by packing it. */
+	uint8_t txbuf[IOMMUD_MAX_MESSAGE];
 };
 
 /* Failures of calls that have no connection (connect, memfd), for iommuctl_last_error(NULL). */
@@ -417,23 +419,17 @@ static void settle_pending(struct iommuctl *c, const Iommud__V1__Response *r)
 /* Packs req as the next request on the connection and sends it. */
 static int send_once(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, size_t nfds)
 {
-	uint8_t *buf;
 	size_t len;
 	int err;
 
 	req->id = c->sent + 1;
-	len = iommud__v1__request__get_packed_size(req);
+	len = wire_pack(&req->base, c->txbuf, sizeof(c->txbuf));
 	if (len > IOMMUD_MAX_MESSAGE)
 		return fail(c, -EMSGSIZE,
 			    "the request is %zu bytes, more than the %d a message may have; split "
 			    "it (fewer map_batch entries, for instance)",
 			    len, IOMMUD_MAX_MESSAGE);
-	buf = malloc(len ? len : 1);
-	if (!buf)
-		return fail(c, -ENOMEM, "out of memory packing a request of %zu bytes", len);
-	(void)iommud__v1__request__pack(req, buf);
-	err = wire_send(c->fd, buf, len, fds, nfds, WIRE_BLOCK);
-	free(buf);
+	err = wire_send(c->fd, c->txbuf, len, fds, nfds, WIRE_BLOCK);
 	return err < 0 ? transport_error(c, err, "sending a request") : 0;
 }
 

@@ -16,7 +16,8 @@
  * then 0 (a removal: finished) or a negative errno.
  *
  * Ownership: the call owns everything allocated with call_alloc (the reply and its parts),
- * released once the reply is packed; the received descriptors stay the call's unless a
+ * which comes from the memory its request was decoded into and is released with it, after the
+ * reply is packed; the received descriptors stay the call's unless a
  * handler takes one by setting its slot to -1. A kept call owns its request too.
  */
 #ifndef IOMMUD_CALL_H
@@ -54,9 +55,6 @@ struct call {
 	char *undo_message;	    /* and its message, kept across slices */
 	bool left_mapped;	    /* taking back failed: some of what it mapped stays */
 	bool changed_nothing;	    /* succeeded with nothing to record (a retried Map) */
-	void **allocs;
-	size_t n_allocs;
-	size_t cap_allocs;
 };
 
 /* What a handler returns to be resumed later (see above). */

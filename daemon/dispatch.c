@@ -133,6 +133,60 @@ int dispatch_self_check(void)
 
 /* ---- the call and its reply ------------------------------------------------------------ */
 
+/* protobuf-c allocates every nested message of a request on its own (each of a MapBatch's up to
+ * 1024 entries) and frees each again: a request takes its memory from chunks of this many
+ * bytes instead, all freed together with it, and so does its call's reply (call_alloc). */
+#define REQUEST_CHUNK 16384
+
+struct request_chunk {
+	struct request_chunk *next;
+	size_t used, size;
+	alignas(max_align_t) unsigned char data[];
+};
+
+/* The chunk of the last request freed, for the next: most requests then allocate nothing. Per
+ * thread, as a thread's requests come one at a time. */
+static _Thread_local struct request_chunk *spare_chunk;
+
+static void *request_alloc(void *memory, size_t size)
+{
+	struct request_chunk **head = memory, *chunk = *head;
+	size_t need = (size + alignof(max_align_t) - 1) & ~(alignof(max_align_t) - 1);
+
+	if (!chunk || need > chunk->size - chunk->used) {
+		size_t bytes = need > REQUEST_CHUNK ? need : REQUEST_CHUNK;
+
+		if (bytes == REQUEST_CHUNK && spare_chunk) {
+			chunk = spare_chunk;
+			spare_chunk = NULL;
+		} else if (!(chunk = malloc(sizeof(*chunk) + bytes))) {
+			return NULL;
+		}
+		*chunk = (struct request_chunk){.next = *head, .size = bytes};
+		*head = chunk;
+	}
+	chunk->used += need;
+	return chunk->data + chunk->used - need;
+}
+
+/* What protobuf-c frees goes with the request's chunks. */
+static void request_keep(void *memory, void *data)
+{
+	(void)memory;
+	(void)data;
+}
+
+static void request_free(void *memory)
+{
+	for (struct request_chunk *chunk = memory, *next; chunk; chunk = next) {
+		next = chunk->next;
+		if (!spare_chunk && chunk->size == REQUEST_CHUNK)
+			spare_chunk = chunk;
+		else
+			free(chunk);
+	}
+}
+
 bool call_out_of_time(const struct call *call)
 {
 	return call->deadline_ns != UINT64_MAX && monotonic_ns() >= call->deadline_ns;
@@ -140,21 +194,10 @@ bool call_out_of_time(const struct call *call)
 
 void *call_alloc(struct call *call, size_t size)
 {
-	void *p;
+	void *p = request_alloc(&call->req_memory, size ? size : 1);
 
-	/* Replies of many parts (a page of mappings) make many allocations: grow by doubling. */
-	if (call->n_allocs == call->cap_allocs) {
-		size_t cap = call->cap_allocs ? 2 * call->cap_allocs : 16;
-		void **grown = realloc(call->allocs, cap * sizeof(*grown));
-
-		if (!grown)
-			return NULL;
-		call->allocs = grown;
-		call->cap_allocs = cap;
-	}
-	p = calloc(1, size ? size : 1);
 	if (p)
-		call->allocs[call->n_allocs++] = p;
+		memset(p, 0, size);
 	return p;
 }
 
@@ -239,9 +282,6 @@ static void call_end(struct call *call)
 	for (size_t i = 0; i < call->n_fds; i++)
 		if (call->fds[i] >= 0)
 			(void)close(call->fds[i]);
-	for (size_t i = 0; i < call->n_allocs; i++)
-		free(call->allocs[i]);
-	free(call->allocs);
 }
 
 /* ---- clients and packets --------------------------------------------------------------- */
@@ -579,6 +619,7 @@ static size_t pack_response(struct call *call, int rc, uint8_t *out, Iommud__V1_
 {
 	Iommud__V1__Response *resp = call->resp;
 	Iommud__V1__Status status = IOMMUD__V1__STATUS__INIT;
+	size_t len;
 
 	status.code = code_for_errno(rc);
 	status.errno_value = -rc;
@@ -593,8 +634,10 @@ static size_t pack_response(struct call *call, int rc, uint8_t *out, Iommud__V1_
 	status.message = rc ? reply_text(call, (char *)failure_message(), STATUS_MESSAGE_MAX) : "";
 	resp->status = &status;
 	/* Replies are bounded by construction (pages, limits on bitmaps and batches); a reply
-	 * that still does not fit is the daemon's bug and goes out as an error. */
-	if (iommud__v1__response__get_packed_size(resp) > IOMMUD_MAX_MESSAGE) {
+	 * that still does not fit is the daemon's bug and goes out as an error. Packed without
+	 * measuring it first: the measure alone costs as much as the packing. */
+	len = wire_pack(&resp->base, out, IOMMUD_MAX_MESSAGE);
+	if (len > IOMMUD_MAX_MESSAGE) {
 		status.code = IOMMUD__V1__CODE__CODE_INTERNAL;
 		status.errno_value = EMSGSIZE;
 		status.message = "the reply would exceed the message size limit; ask for less";
@@ -602,9 +645,10 @@ static size_t pack_response(struct call *call, int rc, uint8_t *out, Iommud__V1_
 		resp->hello = NULL;
 		log_err("reply to request %llu too large for a packet",
 			(unsigned long long)resp->id);
+		len = iommud__v1__response__pack(resp, out);
 	}
 	*ret_code = status.code;
-	return iommud__v1__response__pack(resp, out);
+	return len;
 }
 
 /* Counted by the status the reply carried, which is not the handler's when it did not fit. */
@@ -613,50 +657,6 @@ static void count_call(struct method_stats *stats, Iommud__V1__Code code)
 	stats->calls++;
 	stats->errors += code != IOMMUD__V1__CODE__CODE_OK;
 	stats->codes[code]++;
-}
-
-/* protobuf-c allocates every nested message of a request on its own (each of a MapBatch's up to
- * 1024 entries) and frees each again: a request takes its memory from chunks of this many
- * bytes instead, all freed together with it. */
-#define REQUEST_CHUNK 16384
-
-struct request_chunk {
-	struct request_chunk *next;
-	size_t used, size;
-	alignas(max_align_t) unsigned char data[];
-};
-
-static void *request_alloc(void *memory, size_t size)
-{
-	struct request_chunk **head = memory, *chunk = *head;
-	size_t need = (size + alignof(max_align_t) - 1) & ~(alignof(max_align_t) - 1);
-
-	if (!chunk || need > chunk->size - chunk->used) {
-		size_t bytes = need > REQUEST_CHUNK ? need : REQUEST_CHUNK;
-
-		chunk = malloc(sizeof(*chunk) + bytes);
-		if (!chunk)
-			return NULL;
-		*chunk = (struct request_chunk){.next = *head, .size = bytes};
-		*head = chunk;
-	}
-	chunk->used += need;
-	return chunk->data + chunk->used - need;
-}
-
-/* What protobuf-c frees goes with the request's chunks. */
-static void request_keep(void *memory, void *data)
-{
-	(void)memory;
-	(void)data;
-}
-
-static void request_free(void *memory)
-{
-	for (struct request_chunk *chunk = memory, *next; chunk; chunk = next) {
-		next = chunk->next;
-		free(chunk);
-	}
 }
 
 /* The request in a packet the server marked as it received it, in memory *ret_memory holds

@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <iommud.pb-c.h>
 
@@ -59,6 +60,11 @@ int wire_recv(int sock, void *buf, size_t size, enum wire_wait wait,
 	      struct wire_packet *ret_packet);
 
 void wire_close_fds(const int *fds, size_t n);
+
+/* Packs msg into out (max bytes) in one pass over it, without measuring it first; returns its
+ * encoded length, which is over max when it did not fit (out then holds only a prefix and must
+ * not be sent). */
+size_t wire_pack(const ProtobufCMessage *msg, uint8_t *out, size_t max);
 
 /* The canonical code for a negative errno (0: CODE_OK, one not in the table: CODE_INTERNAL);
  * the daemon's status at the RPC boundary. */
