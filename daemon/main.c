@@ -472,7 +472,9 @@ static void reexec_now(struct daemon *d, struct server *srv)
 {
 	/* The loop's break may have come before the wait for its last removals. */
 	fdstore_sync();
-	(void)sd_notify(0, "RELOADING=1");
+	/* A ping now: the new image's first is due a watchdog interval after the exec, not
+	 * after whatever ping the loop sent last. */
+	(void)sd_notify(0, "RELOADING=1\nWATCHDOG=1");
 	(void)reexec(d->state, server_listen_fd(srv));
 	log_err("%s; exiting, for the service manager to start the daemon again",
 		failure_message());
