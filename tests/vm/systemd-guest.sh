@@ -230,13 +230,14 @@ survive_check() {
 	[ "$faulted" -eq 0 ] || fail "$faulted DMA rounds faulted while the daemon was away"
 }
 
-# The time from uptime $1 (the daemon's death asked for) to the READY=1 that made the unit
-# active again; a re-execution in place leaves it active (RELOADING=1), which has no such time.
+# The time from uptime $1 (the step about to act: kill, stop, SIGSTOP) to the READY=1 that made
+# the unit active again, a watchdog step's wait for the timeout included; a re-execution in
+# place leaves it active (RELOADING=1), which has no such time.
 ready_after() {
 	ready_us=$(service_property ActiveEnterTimestampMonotonic)
 	awk -v from="$1" -v to="$ready_us" 'BEGIN {
 		ms = to / 1000 - from * 1000
-		if (ms >= 0) printf "kill to ready %.0f ms", ms; else printf "active throughout"
+		if (ms >= 0) printf "ready %.0f ms after the step acted", ms; else printf "active throughout"
 	}'
 }
 
