@@ -231,11 +231,9 @@ int main(int argc, char **argv)
 	/* What waiting for the manager to read removals (BARRIER=1) adds: a wait per record
 	 * rewrite (the old record leaves the store), none per request. */
 	supervisor_read_sent(&sv);
-	(void)pthread_mutex_lock(&sv.lock);
 	printf("the recorded daemon waited for the manager %lu times (BARRIER=1) over those "
 	       "requests\n",
-	       sv.barriers);
-	(void)pthread_mutex_unlock(&sv.lock);
+	       supervisor_barriers(&sv));
 	restart_times(&sv, &kept, mem, quick);
 	iommuctl_close(plain.c);
 	iommuctl_close(kept.c);

@@ -308,11 +308,26 @@ void supervisor_spawn(struct supervisor *sv)
 	supervisor_wait_ready(sv);
 }
 
-void supervisor_unready(struct supervisor *sv)
+static void set_locked(struct supervisor *sv, bool *flag, bool value)
 {
 	(void)pthread_mutex_lock(&sv->lock);
-	sv->ready = false;
+	*flag = value;
 	(void)pthread_mutex_unlock(&sv->lock);
+}
+
+static unsigned long read_locked(struct supervisor *sv, const unsigned long *counter)
+{
+	unsigned long n;
+
+	(void)pthread_mutex_lock(&sv->lock);
+	n = *counter;
+	(void)pthread_mutex_unlock(&sv->lock);
+	return n;
+}
+
+void supervisor_unready(struct supervisor *sv)
+{
+	set_locked(sv, &sv->ready, false);
 }
 
 void supervisor_wait_ready(struct supervisor *sv)
@@ -341,9 +356,17 @@ void supervisor_read_sent(struct supervisor *sv)
 
 void supervisor_hold(struct supervisor *sv)
 {
-	(void)pthread_mutex_lock(&sv->lock);
-	sv->holding = true;
-	(void)pthread_mutex_unlock(&sv->lock);
+	set_locked(sv, &sv->holding, true);
+}
+
+unsigned long supervisor_removals(struct supervisor *sv)
+{
+	return read_locked(sv, &sv->removals);
+}
+
+unsigned long supervisor_barriers(struct supervisor *sv)
+{
+	return read_locked(sv, &sv->barriers);
 }
 
 void supervisor_let_go(struct supervisor *sv)

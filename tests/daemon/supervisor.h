@@ -75,7 +75,10 @@ void supervisor_read_sent(struct supervisor *sv);
 void supervisor_hold(struct supervisor *sv);
 /* Applies the held messages and reads the next ones as they come again. */
 void supervisor_let_go(struct supervisor *sv);
-/* Waits until more than since FDSTOREREMOVE=1 messages were received (sv->removals). */
+/* FDSTOREREMOVE=1 messages received so far, applied or held, and BARRIER=1 answered. */
+unsigned long supervisor_removals(struct supervisor *sv);
+unsigned long supervisor_barriers(struct supervisor *sv);
+/* Waits until more than since FDSTOREREMOVE=1 messages were received. */
 void supervisor_wait_removals(struct supervisor *sv, unsigned long since);
 /* Descriptors in the store whose name starts with prefix. */
 size_t supervisor_stored(struct supervisor *sv, const char *prefix);

@@ -1243,9 +1243,7 @@ TEST(removal_read_before_next_answer)
 	CHECK_EQ(supervisor_stored(&sv, "lease"), 1);
 	release_lease(c);
 	supervisor_hold(&sv);
-	(void)pthread_mutex_lock(&sv.lock);
-	removals = sv.removals;
-	(void)pthread_mutex_unlock(&sv.lock);
+	removals = supervisor_removals(&sv);
 	/* The last connection gone, the lease ends and its file leaves the store. */
 	iommuctl_close(c);
 	supervisor_wait_removals(&sv, removals);
