@@ -105,7 +105,9 @@ void fdstore_sync(void)
 		return;
 	removals_unread = false;
 	rc = sd_notify_barrier(0, BARRIER_TIMEOUT_USEC);
-	if (rc < 0)
+	if (rc > 0)
+		log_debug("the service manager has read every removal from its store");
+	else if (rc < 0)
 		log_warning("the service manager did not confirm that it closed the descriptors "
 			    "the daemon let go (%s): a device of a released lease may stay bound "
 			    "until it does",

@@ -220,6 +220,10 @@ survive_check() {
 	}
 	cat "$dma_status"
 	[ "$(dma_field faults_after)" -eq 0 ] || fail "DMA issued while the daemon was up faulted"
+	# systemd answers the daemon's BARRIER=1 after each removal from the store (a stop's
+	# kernel descriptors, an old record).
+	! journalctl -u iommud -o cat | grep 'did not confirm' ||
+		fail "systemd did not answer the daemon's BARRIER=1"
 	in_window=$(($(dma_field window) - window))
 	faulted=$(($(dma_field window_faults) - window_faults))
 	echo "iommud-vm: restart window: $in_window DMA rounds ran in it, $faulted faulted;" \
@@ -278,6 +282,10 @@ step_systemd_survive_restart() {
 		return
 	fi
 	survive_check let_go
+	# The stop took the lease's kernel descriptors out of the store and waited for systemd to
+	# have read that (BARRIER=1) before tearing them down.
+	journalctl -u iommud -o cat | grep 'has read every removal from its store' ||
+		fail "the stopping daemon never saw systemd answer its BARRIER=1"
 }
 
 # ExecReload= sends SIGUSR2 with procps' /bin/kill, which the package depends on.
