@@ -63,9 +63,61 @@ int fdstore_add(const char *name, int fd)
 	return 0;
 }
 
+/* Removals sent since the manager last confirmed it had read every message before a barrier:
+ * until it reads them, its copies keep what they hold (a device bound, pages pinned). */
+static bool removals_unread;
+static void (*wake_syncer)(void *arg);
+static void *wake_arg;
+
+/* Long enough for a manager under load, short of any watchdog the unit sets. */
+#define BARRIER_TIMEOUT_USEC (5 * 1000 * 1000ull)
+
+static void send_remove(const char *name)
+{
+	int rc = sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=%s", name);
+
+	if (rc > 0)
+		removals_unread = true;
+	else if (rc < 0)
+		log_warning("cannot ask the service manager to close its copy of '%s' (%s): the "
+			    "next daemon drops it as a stray",
+			    name, strerror(-rc));
+}
+
 void fdstore_remove(const char *name)
 {
-	(void)sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=%s", name);
+	bool first = !removals_unread;
+
+	send_remove(name);
+	if (!removals_unread)
+		return;
+	if (!wake_syncer)
+		fdstore_sync();
+	else if (first)
+		wake_syncer(wake_arg);
+}
+
+void fdstore_sync(void)
+{
+	int rc;
+
+	if (!removals_unread)
+		return;
+	removals_unread = false;
+	rc = sd_notify_barrier(0, BARRIER_TIMEOUT_USEC);
+	if (rc > 0)
+		log_debug("the service manager has read every removal from its store");
+	else if (rc < 0)
+		log_warning("the service manager did not confirm that it closed the descriptors "
+			    "the daemon let go (%s): a device of a released lease may stay bound "
+			    "until it does",
+			    strerror(-rc));
+}
+
+void fdstore_defer_sync(void (*wake)(void *arg), void *arg)
+{
+	wake_syncer = wake;
+	wake_arg = arg;
 }
 
 int fdstore_handed(void)
@@ -146,11 +198,13 @@ void fdstore_drop_strays(void)
 				   handed[i].name);
 			(void)close(handed[i].fd);
 			handed[i].fd = -1;
-			fdstore_remove(handed[i].name);
+			send_remove(handed[i].name);
 		}
 		free(handed[i].name);
 	}
 	free(handed);
 	handed = NULL;
 	n_handed = 0;
+	/* One wait for them all: a stray may hold a device the daemon is about to bind. */
+	fdstore_sync();
 }

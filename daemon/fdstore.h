@@ -10,7 +10,8 @@
  * handed descriptors too, under its unit's name.
  *
  * Ownership: the handed descriptors belong to this module until claimed; a claimed one belongs
- * to the claimer, and fdstore_drop_strays closes (and removes from the store) the others.
+ * to the claimer, and fdstore_drop_strays closes (and removes from the store, waiting for the
+ * manager to have done so) the others.
  * Storing a descriptor gives the manager a copy: the caller keeps its own.
  */
 #ifndef IOMMUD_FDSTORE_H
@@ -29,8 +30,19 @@ size_t fdstore_max(bool *ret_exported);
 /* Hands the manager a copy of fd to keep under name (printable ASCII without ':', at most 255
  * characters); 0 or a negative errno. */
 int fdstore_add(const char *name, int fd);
-/* Tells the manager to close every descriptor it keeps under name. */
+/* Tells the manager to close every descriptor it keeps under name. The manager reads the
+ * message when it gets to it, and until then its copy keeps what it holds: a device bound to a
+ * released lease's context (another session's bind fails with EBUSY), pages pinned. So a
+ * removal is waited for (fdstore_sync) at once, or, once fdstore_defer_sync was called, before
+ * the daemon acts on anything else. */
 void fdstore_remove(const char *name);
+/* Waits until the manager has read every message sent before (BARRIER=1, which it answers by
+ * closing the descriptor that comes with it once it has processed all earlier ones), when a
+ * removal is among them; nothing otherwise, so that requests that remove nothing never wait. */
+void fdstore_sync(void);
+/* From now on a removal does not wait: the first one after a sync calls wake(arg), whose
+ * owner runs fdstore_sync before the next event it handles; NULL waits at once again. */
+void fdstore_defer_sync(void (*wake)(void *arg), void *arg);
 
 /* Reads LISTEN_FDS and LISTEN_FDNAMES, once; later calls see the same descriptors. How many
  * were handed, or a negative errno. */

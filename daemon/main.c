@@ -21,6 +21,7 @@
 #include "config.h"
 #include "delegate.h"
 #include "dispatch.h"
+#include "fdstore.h"
 #include "log.h"
 #include "probes/probes.h"
 #include "reexec.h"
@@ -398,6 +399,60 @@ static int start_watchdog(struct event_base *base, struct event **ret_ev)
 	return 0;
 }
 
+/* A removal from the descriptor store is waited for before the loop handles anything else
+ * (fdstore.h): the event that waits runs above every other's priority, which is the default
+ * (N_PRIORITIES / 2) for all the rest, as soon as the callback that removed returns. */
+#define N_PRIORITIES	    2
+#define PRIORITY_STORE_SYNC 0
+
+static struct event_base *loop_base(void)
+{
+	struct event_base *base = event_base_new();
+
+	if (base && event_base_priority_init(base, N_PRIORITIES) < 0) {
+		event_base_free(base);
+		return NULL;
+	}
+	return base;
+}
+
+static void on_store_sync(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	fdstore_sync();
+}
+
+static void wake_store_sync(void *ev)
+{
+	event_active(ev, EV_TIMEOUT, 0);
+}
+
+static int start_store_sync(struct event_base *base, struct event **ret_ev)
+{
+	struct event *ev = event_new(base, -1, 0, on_store_sync, NULL);
+
+	if (!ev || event_priority_set(ev, PRIORITY_STORE_SYNC) < 0) {
+		if (ev)
+			event_free(ev);
+		log_err("cannot start the descriptor store's wait");
+		return -ENOMEM;
+	}
+	fdstore_defer_sync(wake_store_sync, ev);
+	*ret_ev = ev;
+	return 0;
+}
+
+/* After the loop: what is left to wait for is waited for here. */
+static void stop_store_sync(struct event *ev)
+{
+	fdstore_defer_sync(NULL, NULL);
+	fdstore_sync();
+	if (ev)
+		event_free(ev);
+}
+
 /* Watching the map path is never a reason not to serve: what cannot attach is said, once. */
 static int start_probes(struct daemon *d)
 {
@@ -426,6 +481,8 @@ static int start_probes(struct daemon *d)
  * the daemon, which adopts the leases from the store as after a crash. */
 static void reexec_now(struct daemon *d, struct server *srv)
 {
+	/* The loop's break may have come before the wait for its last removals. */
+	fdstore_sync();
 	(void)sd_notify(0, "RELOADING=1\nWATCHDOG=1");
 	(void)reexec(d->state, server_listen_fd(srv), server_bound_its_path(srv));
 	log_err("%s; exiting, for the service manager to start the daemon again",
@@ -436,9 +493,9 @@ static void reexec_now(struct daemon *d, struct server *srv)
 /* Serves until a signal stops the daemon; returns the exit status. */
 static int serve(struct daemon *d, struct config *cfg)
 {
-	struct event *signals[N_SIGNALS] = {NULL}, *watchdog = NULL;
+	struct event *signals[N_SIGNALS] = {NULL}, *watchdog = NULL, *store_sync = NULL;
 	struct reexec_request reexec_request = {0};
-	struct event_base *base = event_base_new();
+	struct event_base *base = loop_base();
 	struct server *srv = NULL;
 	int status = 1;
 
@@ -465,7 +522,8 @@ static int serve(struct daemon *d, struct config *cfg)
 		log_err("named leases will not survive a restart: %s", failure_message());
 	reexec_request.base = base;
 	reexec_request.d = d;
-	if (watch_signals(&reexec_request, signals) < 0 || start_watchdog(base, &watchdog) < 0)
+	if (watch_signals(&reexec_request, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||
+	    start_store_sync(base, &store_sync) < 0)
 		goto out;
 	(void)sd_notifyf(0, "READY=1\nWATCHDOG=1\nSTATUS=serving on the %s backend",
 			 kh_backend_name(d->be));
@@ -483,6 +541,7 @@ out:
 	delegations_destroy(d->delegations);
 	/* The store keeps the leases for the next daemon, if the service manager keeps it. */
 	state_close(d->state);
+	stop_store_sync(store_sync);
 	registry_destroy(d->reg);
 	probes_stop(d->probes);
 	for (size_t i = 0; i < N_SIGNALS; i++)

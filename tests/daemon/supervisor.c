@@ -79,8 +79,14 @@ static bool field(const char *text, const char *key, char *value, size_t size)
 	return false;
 }
 
+struct held_message {
+	char *text;
+	int fds[MAX_FDS_PER_MESSAGE];
+	size_t n_fds;
+};
+
 /* One notification: its text and descriptors, applied to the store. */
-static void handle_message(struct supervisor *sv, char *text, const int *fds, size_t n_fds)
+static void handle_message(struct supervisor *sv, const char *text, const int *fds, size_t n_fds)
 {
 	char value[256], name[256] = "stored";
 
@@ -95,6 +101,55 @@ static void handle_message(struct supervisor *sv, char *text, const int *fds, si
 		store_remove(sv, name);
 	if (field(text, "READY", value, sizeof(value)) && strcmp(value, "1") == 0)
 		sv->ready = true;
+}
+
+static void apply_held(struct supervisor *sv)
+{
+	for (size_t i = 0; i < sv->n_held; i++) {
+		handle_message(sv, sv->held[i].text, sv->held[i].fds, sv->held[i].n_fds);
+		free(sv->held[i].text);
+	}
+	sv->n_held = 0;
+	sv->holding = false;
+}
+
+static void hold_message(struct supervisor *sv, const char *text, const int *fds, size_t n_fds)
+{
+	struct held_message *m;
+
+	if (sv->n_held == sv->cap_held) {
+		sv->cap_held = sv->cap_held ? 2 * sv->cap_held : 16;
+		sv->held = realloc(sv->held, sv->cap_held * sizeof(*sv->held));
+		CHECK(sv->held != NULL);
+	}
+	m = &sv->held[sv->n_held++];
+	CHECK((m->text = strdup(text)) != NULL);
+	memcpy(m->fds, fds, n_fds * sizeof(*fds));
+	m->n_fds = n_fds;
+}
+
+/* As systemd: BARRIER=1 comes alone with one descriptor, which is closed once every earlier
+ * message is applied; the daemon waits for that close. */
+static void answer_barrier(struct supervisor *sv, const char *text, const int *fds, size_t n_fds)
+{
+	CHECK(strcmp(text, "BARRIER=1") == 0 && n_fds == 1);
+	apply_held(sv);
+	(void)close(fds[0]);
+	sv->barriers++;
+}
+
+static void receive_message(struct supervisor *sv, const char *text, const int *fds, size_t n_fds)
+{
+	char value[8];
+
+	if (field(text, "FDSTOREREMOVE", value, sizeof(value)) && strcmp(value, "1") == 0)
+		sv->removals++;
+	if (field(text, "BARRIER", value, sizeof(value)) && strcmp(value, "1") == 0)
+		answer_barrier(sv, text, fds, n_fds);
+	else if (sv->holding)
+		hold_message(sv, text, fds, n_fds);
+	else
+		handle_message(sv, text, fds, n_fds);
 }
 
 /* Reads one waiting notification; false when none waits. */
@@ -126,7 +181,7 @@ static bool read_message(struct supervisor *sv)
 			n_fds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 			memcpy(fds, CMSG_DATA(c), n_fds * sizeof(int));
 		}
-	handle_message(sv, text, fds, n_fds);
+	receive_message(sv, text, fds, n_fds);
 	(void)pthread_cond_broadcast(&sv->changed);
 	(void)pthread_mutex_unlock(&sv->lock);
 	return true;
@@ -253,11 +308,26 @@ void supervisor_spawn(struct supervisor *sv)
 	supervisor_wait_ready(sv);
 }
 
-void supervisor_unready(struct supervisor *sv)
+static void set_locked(struct supervisor *sv, bool *flag, bool value)
 {
 	(void)pthread_mutex_lock(&sv->lock);
-	sv->ready = false;
+	*flag = value;
 	(void)pthread_mutex_unlock(&sv->lock);
+}
+
+static unsigned long read_locked(struct supervisor *sv, const unsigned long *counter)
+{
+	unsigned long n;
+
+	(void)pthread_mutex_lock(&sv->lock);
+	n = *counter;
+	(void)pthread_mutex_unlock(&sv->lock);
+	return n;
+}
+
+void supervisor_unready(struct supervisor *sv)
+{
+	set_locked(sv, &sv->ready, false);
 }
 
 void supervisor_wait_ready(struct supervisor *sv)
@@ -274,8 +344,45 @@ void supervisor_kill(struct supervisor *sv)
 	CHECK(kill(sv->f.pid, SIGKILL) == 0);
 	CHECK(waitpid(sv->f.pid, &status, 0) == sv->f.pid);
 	/* What it sent before it died waits in the socket: the manager reads that too. */
+	supervisor_read_sent(sv);
+	supervisor_let_go(sv);
+}
+
+void supervisor_read_sent(struct supervisor *sv)
+{
 	while (read_message(sv))
 		;
+}
+
+void supervisor_hold(struct supervisor *sv)
+{
+	set_locked(sv, &sv->holding, true);
+}
+
+unsigned long supervisor_removals(struct supervisor *sv)
+{
+	return read_locked(sv, &sv->removals);
+}
+
+unsigned long supervisor_barriers(struct supervisor *sv)
+{
+	return read_locked(sv, &sv->barriers);
+}
+
+void supervisor_let_go(struct supervisor *sv)
+{
+	(void)pthread_mutex_lock(&sv->lock);
+	apply_held(sv);
+	(void)pthread_cond_broadcast(&sv->changed);
+	(void)pthread_mutex_unlock(&sv->lock);
+}
+
+void supervisor_wait_removals(struct supervisor *sv, unsigned long since)
+{
+	(void)pthread_mutex_lock(&sv->lock);
+	while (sv->removals <= since)
+		(void)pthread_cond_wait(&sv->changed, &sv->lock);
+	(void)pthread_mutex_unlock(&sv->lock);
 }
 
 void supervisor_stop(struct supervisor *sv)
@@ -284,6 +391,8 @@ void supervisor_stop(struct supervisor *sv)
 	sv->stopping = true;
 	(void)pthread_mutex_unlock(&sv->lock);
 	CHECK(pthread_join(sv->thread, NULL) == 0);
+	apply_held(sv);
+	free(sv->held);
 	(void)close(sv->listen_fd);
 	sv->listen_fd = -1;
 	/* fixture_stop checks the exit status and that the socket is gone; the daemon does not

@@ -5,7 +5,8 @@
  * (socket activation) and on $NOTIFY_SOCKET, keeps what FDSTORE=1 hands it under each FDNAME,
  * closes what FDSTOREREMOVE=1 names, and passes the socket and every kept descriptor to each
  * daemon it starts through LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID. A thread reads the
- * notifications as they come, as the manager would.
+ * notifications as they come, as the manager would, and answers BARRIER=1 as systemd does: by
+ * closing the descriptor that came with it once every message before it is applied.
  *
  * Ownership: the supervisor owns its sockets, the store's descriptors and its thread; the
  * daemon's log goes to a file in the case's directory.
@@ -24,6 +25,8 @@ struct stored_fd {
 	int fd;
 };
 
+struct held_message;
+
 struct supervisor {
 	struct daemon_fixture f; /* the directory, the socket's path and the daemon's pid */
 	char config_path[128];
@@ -37,6 +40,13 @@ struct supervisor {
 	bool stopping;
 	struct stored_fd *store;
 	size_t n_store, cap_store;
+	/* While held, messages wait here unapplied, in order, until a BARRIER=1 comes or the
+	 * case lets go: a manager slow to read them. */
+	bool holding;
+	struct held_message *held;
+	size_t n_held, cap_held;
+	unsigned long removals; /* FDSTOREREMOVE=1 messages received, applied or held */
+	unsigned long barriers; /* BARRIER=1 messages answered */
 };
 
 /* Writes the configuration (as fixture_start: its [daemon] section added, on the emulated
@@ -51,11 +61,25 @@ void supervisor_spawn(struct supervisor *sv);
 void supervisor_unready(struct supervisor *sv);
 /* ... and waits for the next one. */
 void supervisor_wait_ready(struct supervisor *sv);
-/* kill -9, and every notification it sent before it died read. */
+/* kill -9, and every notification it sent before it died read and applied, held or not, as
+ * systemd reads them before the death (its notifications come before SIGCHLD). */
 void supervisor_kill(struct supervisor *sv);
 /* SIGTERM, checks the exit status as fixture_stop does, closes the store, removes the
  * directory. */
 void supervisor_stop(struct supervisor *sv);
+/* Reads (and applies, unless held) every notification the daemon has sent so far: what it
+ * sent before answering a request is read once the answer came. */
+void supervisor_read_sent(struct supervisor *sv);
+/* Holds the messages that come from now on unapplied, as a manager busy elsewhere would, until
+ * a BARRIER=1 (which applies them, then is answered) or supervisor_let_go. */
+void supervisor_hold(struct supervisor *sv);
+/* Applies the held messages and reads the next ones as they come again. */
+void supervisor_let_go(struct supervisor *sv);
+/* FDSTOREREMOVE=1 messages received so far, applied or held, and BARRIER=1 answered. */
+unsigned long supervisor_removals(struct supervisor *sv);
+unsigned long supervisor_barriers(struct supervisor *sv);
+/* Waits until more than since FDSTOREREMOVE=1 messages were received. */
+void supervisor_wait_removals(struct supervisor *sv, unsigned long since);
 /* Descriptors in the store whose name starts with prefix. */
 size_t supervisor_stored(struct supervisor *sv, const char *prefix);
 /* The first stored descriptor whose name starts with prefix (the supervisor keeps it); -1

@@ -1225,3 +1225,31 @@ TEST(batch_replayed_whole_or_not_at_all)
 	supervisor_stop(&sv);
 	(void)close(file);
 }
+
+/* ---- a removal is read by the manager before the daemon goes on ------------------------- */
+
+/* A released lease's memory file leaves the store before the daemon answers anything else: a
+ * manager that reads its messages late (held here) has closed its copy by then, or the pages
+ * (on iommufd also the devices bound to the lease's context, which another session could not
+ * bind) would stay held after the release for as long as it takes. */
+TEST(removal_read_before_next_answer)
+{
+	struct supervisor sv;
+	struct iommuctl *c = small_lease(&sv, "short", "removal-read");
+	unsigned long removals;
+
+	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
+	supervisor_read_sent(&sv);
+	CHECK_EQ(supervisor_stored(&sv, "lease"), 1);
+	release_lease(c);
+	supervisor_hold(&sv);
+	removals = supervisor_removals(&sv);
+	/* The last connection gone, the lease ends and its file leaves the store. */
+	iommuctl_close(c);
+	supervisor_wait_removals(&sv, removals);
+	c = connect_lease(&sv, "other");
+	CHECK_EQ(supervisor_stored(&sv, "lease"), 0);
+	supervisor_let_go(&sv);
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}

@@ -5,24 +5,34 @@
  * its edu is attached to, and keeps the edu copying a fresh pattern from the first page to the
  * second, checking every byte, until SIGTERM.
  *
- * When the daemon goes (its socket hangs up) the client closes the edu's descriptor at once, as
- * the kernel objects are rebuilt by the next daemon rather than taken over (docs/operations.md,
- * "Surviving a restart"): the round after which it saw the hang-up ran in the restart window,
- * on what the old daemon left, and is counted apart with whether it landed. Then it reconnects,
- * re-opens the lease, checks that ListMappings answers exactly as before the restart, maps its
- * pages again (answered as done: they are in place), opens the edu again and goes on; every byte of
- * a DMA issued after that must land.
+ * A thread does the DMA, round after round, whether or not a daemon runs: the lease's kernel
+ * objects outlive the daemon (the store keeps them and the next daemon takes them over,
+ * docs/operations.md, "Surviving a restart"), so the edu's descriptor OpenDevice gave is kept
+ * across the daemon's death and a round that ends while the daemon is away (its socket hung
+ * up, the client not back on a new connection yet) is counted in the restart window. The main
+ * thread waits for the hang-up, reconnects (re-opening the lease, which waits for the next
+ * daemon), checks that ListMappings answers exactly as before, and maps its pages again
+ * (answered as done: they are in place).
+ *
+ * A stop (systemctl stop or restart: SIGTERM) is not a death: the daemon tears the leases'
+ * kernel objects down, blocking the device's DMA, and the next daemon rebuilds them, which it
+ * cannot while a client holds the device bound to the old context. SIGUSR1 says the next
+ * hang-up is such a stop: the DMA pauses, the edu's descriptor is closed at the hang-up, and a
+ * new one is opened once the lease is back.
  *
  * It writes its counters to STATUS_FILE (replaced whole, so a reader never sees half of it):
- *   generation=G rounds=R landed=L window=W window_faults=WF faults_after=F state=S
- * G counts the connections the loop ran on; S is "running", "lost" (the new daemon holds no
- * such lease: exit 3), "changed" (the mappings differ: exit 4).
+ *   generation=G opened=O rounds=R landed=L window=W window_faults=WF faults_after=F let_go=X
+ *   state=S
+ * G counts the connections the loop ran on, O the edu's descriptors it opened, X is 1 from a
+ * SIGUSR1 to the hang-up it is for; S is "running",
+ * "lost" (the new daemon holds no such lease: exit 3), "changed" (the mappings differ: exit 4).
  *
  * usage: systemd-dma-loop LEASE DEVICE STATUS_FILE
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,21 +60,30 @@ struct loop {
 	uint32_t domain;
 	int memfd;
 	uint8_t *mem; /* source page, then destination page */
-	int vfio;     /* the edu's descriptor; -1 while the daemon is away */
+	int vfio;     /* the edu's descriptor */
 	struct edu edu;
 	uint8_t listed[LIST_MAX]; /* ListMappings' reply, as packed, when the loop started */
 	size_t listed_len;
-	unsigned long generation, rounds, landed, window, window_faults, faults_after;
+	/* Shared with the DMA thread, under lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t changed;
+	bool away;   /* the daemon hung up and the client is not back yet */
+	bool paused; /* the DMA thread is to leave the edu alone ... */
+	bool idle;   /* ... and does */
+	unsigned long generation, opened, rounds, landed, window, window_faults, faults_after;
 };
 
-static volatile sig_atomic_t stop;
+static volatile sig_atomic_t stop, stopping_next;
 
-static void on_term(int sig)
+static void on_signal(int sig)
 {
-	(void)sig;
-	stop = 1;
+	if (sig == SIGUSR1)
+		stopping_next = 1;
+	else
+		stop = 1;
 }
 
+/* Called with l->lock held, or before the DMA thread runs. */
 static void write_status(const struct loop *l, const char *state)
 {
 	char tmp[512];
@@ -72,11 +91,12 @@ static void write_status(const struct loop *l, const char *state)
 
 	(void)snprintf(tmp, sizeof(tmp), "%s.tmp", l->status_path);
 	CHECK((f = fopen(tmp, "w")) != NULL);
-	(void)fprintf(f,
-		      "generation=%lu rounds=%lu landed=%lu window=%lu window_faults=%lu "
-		      "faults_after=%lu state=%s\n",
-		      l->generation, l->rounds, l->landed, l->window, l->window_faults,
-		      l->faults_after, state);
+	(void)fprintf(
+		f,
+		"generation=%lu opened=%lu rounds=%lu landed=%lu window=%lu window_faults=%lu "
+		"faults_after=%lu let_go=%d state=%s\n",
+		l->generation, l->opened, l->rounds, l->landed, l->window, l->window_faults,
+		l->faults_after, (int)stopping_next, state);
 	CHECK(fclose(f) == 0);
 	CHECK(rename(tmp, l->status_path) == 0);
 }
@@ -162,52 +182,119 @@ static void open_edu(struct loop *l)
 	l->vfio = iommuctl_open_device(l->c, l->device);
 	call_ok(l, l->vfio, "OpenDevice");
 	edu_init(&l->edu, l->vfio);
-	l->generation++;
+	l->opened++;
 }
 
-/* The daemon went: the edu's descriptor goes before the next daemon rebinds the device, then
- * the lease is re-opened (waiting for the daemon) and must hold what it held. */
+/* Asks the DMA thread to leave the edu alone (paused) or go on, and waits until it does. */
+static void pause_dma(struct loop *l, bool paused)
+{
+	(void)pthread_mutex_lock(&l->lock);
+	l->paused = paused;
+	(void)pthread_cond_broadcast(&l->changed);
+	while (paused && !l->idle)
+		(void)pthread_cond_wait(&l->changed, &l->lock);
+	(void)pthread_mutex_unlock(&l->lock);
+}
+
+static void set_away(struct loop *l, bool away)
+{
+	(void)pthread_mutex_lock(&l->lock);
+	l->away = away;
+	if (!away)
+		l->generation++;
+	write_status(l, "running");
+	(void)pthread_mutex_unlock(&l->lock);
+}
+
+/* The daemon went: the lease is re-opened (waiting for the next daemon) and must hold what it
+ * held; the edu's descriptor is let go first only for a stop. */
 static void come_back(struct loop *l)
 {
+	bool let_go = stopping_next;
 	uint8_t now[LIST_MAX];
 	size_t len;
 	int rc;
 
-	(void)close(l->vfio);
-	l->vfio = -1;
+	set_away(l, true);
+	if (let_go) {
+		stopping_next = 0;
+		pause_dma(l, true);
+		(void)close(l->vfio);
+	}
 	while ((rc = iommuctl_reconnect(l->c)) < 0) {
-		if (rc == -ENOENT)
+		if (rc == -ENOENT) {
+			pause_dma(l, true);
 			give_up(l, "lost", STATE_LOST);
+		}
 		if (stop)
 			exit(0);
 		(void)fprintf(stderr, "systemd-dma-loop: %s; trying again\n",
 			      iommuctl_last_error(l->c));
 	}
 	len = list_packed(l, now);
-	if (len != l->listed_len || memcmp(now, l->listed, len))
+	if (len != l->listed_len || memcmp(now, l->listed, len)) {
+		pause_dma(l, true);
 		give_up(l, "changed", STATE_CHANGED);
+	}
 	map_pages(l);
-	open_edu(l);
+	if (let_go) {
+		open_edu(l);
+		pause_dma(l, false);
+	}
+	set_away(l, false);
 }
 
 /* One copy of a fresh pattern, memory -> device -> memory: whether every byte landed. */
-static bool round_trip(struct loop *l)
+static bool round_trip(struct loop *l, unsigned long round)
 {
-	uint8_t pattern = (uint8_t)(l->rounds % 251 + 1);
+	uint8_t pattern = (uint8_t)(round % 251 + 1);
 
 	memset(l->mem, pattern, EDU_XFER);
 	memset(l->mem + PAGE, 0, EDU_XFER);
 	edu_dma(&l->edu, SRC_IOVA, EDU_XFER, false);
 	edu_dma(&l->edu, DST_IOVA, EDU_XFER, true);
-	l->rounds++;
 	return all_bytes(l->mem + PAGE, EDU_XFER, pattern);
 }
 
-static bool daemon_gone(const struct loop *l)
+static bool daemon_gone(const struct loop *l, int timeout_ms)
 {
 	struct pollfd p = {.fd = iommuctl_fd(l->c), .events = POLLIN};
 
-	return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLIN | POLLERR));
+	return poll(&p, 1, timeout_ms) == 1 && (p.revents & (POLLHUP | POLLIN | POLLERR));
+}
+
+/* Rounds until SIGTERM. A round is in the window when the daemon is away as it ends, which the
+ * thread sees itself too (the hang-up already there): a stop blocks the DMA right after
+ * closing the connections, maybe before the main thread woke up to it. */
+static void *dma_thread(void *arg)
+{
+	struct loop *l = arg;
+	unsigned long round = 0;
+
+	while (!stop) {
+		bool landed;
+
+		(void)pthread_mutex_lock(&l->lock);
+		while (l->paused && !stop) {
+			l->idle = true;
+			(void)pthread_cond_broadcast(&l->changed);
+			(void)pthread_cond_wait(&l->changed, &l->lock);
+		}
+		l->idle = false;
+		(void)pthread_mutex_unlock(&l->lock);
+		landed = round_trip(l, round++);
+		(void)pthread_mutex_lock(&l->lock);
+		l->rounds++;
+		l->landed += landed;
+		if (l->away || daemon_gone(l, 0)) {
+			l->window++;
+			l->window_faults += !landed;
+		} else {
+			l->faults_after += !landed;
+		}
+		(void)pthread_mutex_unlock(&l->lock);
+	}
+	return NULL;
 }
 
 static void start(struct loop *l)
@@ -225,11 +312,14 @@ static void start(struct loop *l)
 	map_pages(l);
 	l->listed_len = list_packed(l, l->listed);
 	open_edu(l);
+	l->generation = 1;
 }
 
 int main(int argc, char **argv)
 {
-	struct loop l = {.vfio = -1};
+	struct loop l = {
+		.vfio = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .changed = PTHREAD_COND_INITIALIZER};
+	pthread_t dma;
 
 	if (argc != 4) {
 		(void)fprintf(stderr, "usage: systemd-dma-loop LEASE DEVICE STATUS_FILE\n");
@@ -238,25 +328,23 @@ int main(int argc, char **argv)
 	l.lease = argv[1];
 	l.device = argv[2];
 	l.status_path = argv[3];
-	(void)signal(SIGTERM, on_term);
+	(void)signal(SIGTERM, on_signal);
+	(void)signal(SIGUSR1, on_signal);
 	start(&l);
+	CHECK(pthread_create(&dma, NULL, dma_thread, &l) == 0);
 	while (!stop) {
-		bool landed = round_trip(&l);
-
-		l.landed += landed;
-		/* Hung up by now: the round ran in the restart window, at least in part, on the
-		 * kernel objects the old daemon left behind. The edu's descriptor goes at once. */
-		if (daemon_gone(&l)) {
-			l.window++;
-			l.window_faults += !landed;
-			write_status(&l, "running");
+		/* The connection is the main thread's while the daemon is away. */
+		if (daemon_gone(&l, 100))
 			come_back(&l);
-		} else {
-			l.faults_after += !landed;
-		}
-		if (l.rounds % 16 == 0)
-			write_status(&l, "running");
+		(void)pthread_mutex_lock(&l.lock);
+		write_status(&l, "running");
+		(void)pthread_mutex_unlock(&l.lock);
 	}
+	/* The thread ends after its round, or wakes from a pause to see stop. */
+	(void)pthread_mutex_lock(&l.lock);
+	(void)pthread_cond_broadcast(&l.changed);
+	(void)pthread_mutex_unlock(&l.lock);
+	CHECK(pthread_join(dma, NULL) == 0);
 	write_status(&l, "stopped");
 	iommuctl_close(l.c);
 	return 0;

@@ -54,7 +54,7 @@ bind_edus() {
 # daemon first starts.
 step_systemd_install() {
 	mkdir -p /etc/systemd/system/iommud.service.d /etc/iommud
-	printf '[Service]\nWatchdogSec=10s\nTimeoutAbortSec=2s\n' \
+	printf '[Service]\nWatchdogSec=20s\nTimeoutAbortSec=2s\n' \
 		>/etc/systemd/system/iommud.service.d/vm-test.conf
 	# debug: the journal step looks for the map lines.
 	printf '[daemon]\nlog-level = debug\n' >/etc/iommud/iommud.conf
@@ -197,13 +197,16 @@ survive_note() {
 	adopted=$(adoptions)
 	window=$(dma_field window)
 	window_faults=$(dma_field window_faults)
+	opened=$(dma_field opened)
+	died_at=$(cut -d' ' -f1 /proc/uptime)
 }
 
 # The lease must be back as it was (ListMappings the same, the journal saying it adopted the
-# lease) and every byte of DMA issued since the client reconnected land. Until the kernel
-# objects are taken over rather than rebuilt, the device's DMA is not asserted across the window
-# itself (the client closes the device's descriptor when its connection hangs up): the rounds
-# that ran in it and how many of them faulted are printed, for a later change to assert none did.
+# lease) and every byte of DMA issued since the client reconnected land. With "keep" (a death:
+# the next daemon takes the lease's kernel objects over) the client kept its edu's descriptor
+# and went on copying while no daemon ran: no round in the restart window may fault, and some
+# must have run in it. After a stop (the daemon tore the objects down, the client let the
+# descriptor go) the window's rounds are printed.
 survive_check() {
 	wait_for dma_moved_on "$generation" || { diagnose; return 1; }
 	[ "$(dma_field state)" = running ] || fail "the client lost its lease: $(cat "$dma_status")"
@@ -216,16 +219,37 @@ survive_check() {
 		fail "the journal does not say lease $lease was adopted"
 	}
 	cat "$dma_status"
-	[ "$(dma_field faults_after)" -eq 0 ] || fail "DMA issued after the daemon was back faulted"
-	echo "iommud-vm: restart window: $(($(dma_field window) - window)) DMA rounds ran in it," \
-		"$(($(dma_field window_faults) - window_faults)) faulted (not asserted yet)"
+	[ "$(dma_field faults_after)" -eq 0 ] || fail "DMA issued while the daemon was up faulted"
+	# systemd answers the daemon's BARRIER=1 after each removal from the store (a stop's
+	# kernel descriptors, an old record).
+	! journalctl -u iommud -o cat | grep 'did not confirm' ||
+		fail "systemd did not answer the daemon's BARRIER=1"
+	in_window=$(($(dma_field window) - window))
+	faulted=$(($(dma_field window_faults) - window_faults))
+	echo "iommud-vm: restart window: $in_window DMA rounds ran in it, $faulted faulted;" \
+		"$(ready_after "$died_at") with $(echo "$after" | grep -c '^0x') mappings"
+	[ "${1:-keep}" = keep ] || return 0
+	[ "$(dma_field opened)" -eq "$opened" ] || fail "the client opened its edu again"
+	[ "$in_window" -gt 0 ] || fail "no DMA round ran while the daemon was away"
+	[ "$faulted" -eq 0 ] || fail "$faulted DMA rounds faulted while the daemon was away"
+}
+
+# The time from uptime $1 (the step about to act: kill, stop, SIGSTOP) to the READY=1 that made
+# the unit active again, a watchdog step's wait for the timeout included; a re-execution in
+# place leaves it active (RELOADING=1), which has no such time.
+ready_after() {
+	ready_us=$(service_property ActiveEnterTimestampMonotonic)
+	awk -v from="$1" -v to="$ready_us" 'BEGIN {
+		ms = to / 1000 - from * 1000
+		if (ms >= 0) printf "ready %.0f ms after the step acted", ms; else printf "active throughout"
+	}'
 }
 
 # Runs "$@", a way for the daemon to die or re-execute, with the DMA loop going.
 survive() {
 	survive_note
 	"$@"
-	survive_check
+	survive_check keep
 }
 
 step_systemd_dma_start() {
@@ -239,8 +263,13 @@ step_systemd_survive_kill() {
 # A restart is a stop and a start: the lease survives it where the manager keeps the descriptor
 # store across the stop (docs/operations.md, "Surviving a restart", on systemd 252 and
 # FileDescriptorStorePreserve=); where it ends, what must hold is that the client is told so
-# instead of being handed a new, empty lease.
+# instead of being handed a new, empty lease. A stop tears the lease's kernel objects down (the
+# daemon cannot tell it from a stop for good, after which no device may go on with DMA into
+# memory no daemon accounts for): the client is told to let its edu go at the hang-up, and the
+# rounds that ran in the window are printed, not asserted.
 step_systemd_survive_restart() {
+	kill -USR1 "$(cat "$dma_pid")"
+	wait_for sh -c "grep -q 'let_go=1' $dma_status"
 	survive_note
 	systemctl restart iommud.service
 	wait_for dma_moved_on "$generation" || { diagnose; return 1; }
@@ -252,7 +281,11 @@ step_systemd_survive_restart() {
 		dma_start
 		return
 	fi
-	survive_check
+	survive_check let_go
+	# The stop took the lease's kernel descriptors out of the store and waited for systemd to
+	# have read that (BARRIER=1) before tearing them down.
+	journalctl -u iommud -o cat | grep 'has read every removal from its store' ||
+		fail "the stopping daemon never saw systemd answer its BARRIER=1"
 }
 
 # ExecReload= sends SIGUSR2 with procps' /bin/kill, which the package depends on.
