@@ -819,6 +819,62 @@ static bool file_mapping(struct setup *s, int fd, bool map)
 	return true;
 }
 
+/* The kernel ids of the devices and of the domains in doms, as a process records them for whoever
+ * takes its context over. */
+static void note_kernel_ids(const struct fixture_conformance *self, struct setup *s,
+			    struct kh_adopt_device *devs, struct kh_adopt_domain *doms,
+			    size_t n_doms)
+{
+	for (int i = 0; i < 3; i++) {
+		devs[i].name = self->names[i];
+		CHECK_OK(kh_kernel_ids(s->ctx, s->dev[i], devs[i].kernel_ids));
+	}
+	for (size_t i = 0; i < n_doms; i++)
+		CHECK_OK(kh_kernel_ids(s->ctx, doms[i].id, doms[i].kernel_ids));
+}
+
+/* The new context given what the dead one left, its devices bound again under the same ids. */
+static void adopt_and_bind(const struct fixture_conformance *self, struct setup *s, int ctx_fd,
+			   struct kh_adopt_device *devs, const struct kh_adopt_domain *doms,
+			   size_t n_doms)
+{
+	uint32_t id;
+
+	CHECK_OK(kh_ctx_adopt(s->ctx, ctx_fd, devs, 3, doms, n_doms));
+	CHECK(kh_ctx_adopting(s->ctx));
+	for (int i = 0; i < 3; i++) {
+		CHECK_OK(kh_device_bind(s->ctx, self->names[i], &id));
+		CHECK_EQ(id, s->dev[i]);
+	}
+}
+
+/* The context the take-over starts from, with its kernel ids noted in devs and doms[0], and
+ * then changed where the books of the new process will not hold as the kernel does: one mapping
+ * made and never recorded, one taken away and its removal never recorded, and a file mapping
+ * lost (where the domain maps files: the return). */
+static size_t before_death(const struct fixture_conformance *self, struct setup *s, int memfd,
+			   struct kh_adopt_device *devs, struct kh_adopt_domain *doms,
+			   uint32_t *ret_ghost)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	size_t files;
+
+	setup(self, s);
+	CHECK_OK(kh_attach(s->ctx, s->dev[0], s->dom));
+	map_fixed(s, s->dom, 0x100000, PAGE, 0, KH_PROT_READ);
+	map_fixed(s, s->dom, 0x200000, 2 * PAGE, PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	CHECK_OK(kh_domain_alloc(s->ctx, s->dev[1], &paging, ret_ghost));
+	CHECK_OK(kh_domain_free(s->ctx, *ret_ghost));
+	doms[0].id = s->dom;
+	note_kernel_ids(self, s, devs, doms, 1);
+	map_fixed(s, s->dom, 0x400000, PAGE, 4 * PAGE, KH_PROT_READ);
+	CHECK_OK(kh_unmap(s->ctx, s->dom, 0x200000, 2 * PAGE, NULL));
+	files = file_mapping(s, memfd, true);
+	if (files)
+		CHECK_OK(kh_unmap(s->ctx, s->dom, 0x500000, 2 * PAGE, NULL));
+	return files;
+}
+
 /* A context taken over by a "new process": kernel-helper's books rebuilt by the same calls,
  * issuing nothing, then made to match the kernel: a mapping the books hold and the kernel lost
  * is made again (from its file, where the domain maps by descriptor), one the kernel holds and
@@ -842,26 +898,7 @@ TEST_F(conformance, take_over)
 		(void)close(memfd);
 		return;
 	}
-	setup(self, &s);
-	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
-	map_fixed(&s, s.dom, 0x100000, PAGE, 0, KH_PROT_READ);
-	map_fixed(&s, s.dom, 0x200000, 2 * PAGE, PAGE, KH_PROT_READ | KH_PROT_WRITE);
-	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &ghost));
-	CHECK_OK(kh_domain_free(s.ctx, ghost));
-	for (int i = 0; i < 3; i++) {
-		devs[i].name = self->names[i];
-		CHECK_OK(kh_kernel_ids(s.ctx, s.dev[i], devs[i].kernel_ids));
-	}
-	doms[0].id = s.dom;
-	CHECK_OK(kh_kernel_ids(s.ctx, s.dom, doms[0].kernel_ids));
-	/* Changes the books of the new process will not hold as the kernel does: one mapping
-	 * made and never recorded, one taken away and its removal never recorded. */
-	map_fixed(&s, s.dom, 0x400000, PAGE, 4 * PAGE, KH_PROT_READ);
-	CHECK_OK(kh_unmap(s.ctx, s.dom, 0x200000, 2 * PAGE, NULL));
-	/* A file mapping the kernel lost too: made again from the descriptor given. */
-	files = file_mapping(&s, memfd, true);
-	if (files)
-		CHECK_OK(kh_unmap(s.ctx, s.dom, 0x500000, 2 * PAGE, NULL));
+	files = before_death(self, &s, memfd, devs, doms, &ghost);
 	die_keeping(&s, &ctx_fd, devs);
 
 	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
@@ -869,12 +906,7 @@ TEST_F(conformance, take_over)
 	CHECK_ERR(kh_ctx_adopt(s.ctx, ctx_fd, devs, 3, doms, 1), -ESTALE, "no address space");
 	CHECK(!kh_ctx_adopting(s.ctx));
 	doms[0].kernel_ids[0] -= 1000;
-	CHECK_OK(kh_ctx_adopt(s.ctx, ctx_fd, devs, 3, doms, 1));
-	CHECK(kh_ctx_adopting(s.ctx));
-	for (int i = 0; i < 3; i++) {
-		CHECK_OK(kh_device_bind(s.ctx, self->names[i], &id));
-		CHECK_EQ(id, s.dev[i]);
-	}
+	adopt_and_bind(self, &s, ctx_fd, devs, doms, 1);
 	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
 	CHECK_EQ(id, s.dom);
 	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &id));
