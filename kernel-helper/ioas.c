@@ -18,7 +18,7 @@ struct kh_area {
 	uint64_t addr;
 	uint32_t prot;
 	uint32_t flags; /* KH_MAP_FILE */
-	int fd;		/* KH_MAP_FILE: the descriptor it was made from (valid while taking over) */
+	int fd;		/* KH_MAP_FILE made while taking over: the caller's descriptor, else -1 */
 	void *owner;	/* the caller's, never dereferenced here */
 };
 
@@ -319,7 +319,7 @@ struct kh_area *kh_ioas_area_new(const struct kh_map_req *placed)
 	area->addr = placed->addr;
 	area->prot = placed->prot;
 	area->flags = placed->flags & KH_MAP_FILE;
-	area->fd = area->flags ? placed->fd : -1;
+	area->fd = -1;
 	area->owner = placed->owner;
 	return area;
 }
@@ -391,6 +391,19 @@ struct kh_area *kh_ioas_tail_of(const struct kh_ioas *ioas, uint64_t iova, uint6
 void kh_ioas_cut_tail(struct kh_area *area, uint64_t iova)
 {
 	area->last = iova - 1;
+}
+
+void kh_ioas_keep_fd(struct kh_area *area, int fd)
+{
+	area->fd = fd;
+}
+
+void kh_ioas_forget_fds(struct kh_ioas *ioas)
+{
+	struct kh_area *area;
+
+	RB_FOREACH (area, kh_area_tree, &ioas->areas)
+		area->fd = -1;
 }
 
 int kh_ioas_file_fd(const struct kh_ioas *ioas, uint64_t iova)

@@ -930,6 +930,53 @@ TEST_F(conformance, take_over)
 	(void)close(memfd);
 }
 
+/* A copy of a file mapping has no descriptor of its own: one the kernel lost is not made again
+ * at the end of a take-over (from whatever the request's fd held: 0 in a zeroed request) but
+ * refused as lost. */
+TEST_F(conformance, take_over_lost_copy_of_file)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	struct kh_map_req copy = {.iova = 0x600000,
+				  .length = 2 * PAGE,
+				  .prot = KH_PROT_READ,
+				  .flags = KH_MAP_FIXED_IOVA};
+	struct kh_adopt_device devs[3];
+	struct kh_adopt_domain doms[2];
+	struct setup s;
+	size_t remade;
+	uint32_t id;
+	int ctx_fd, memfd = memfd_create("take_over", MFD_CLOEXEC);
+
+	CHECK(memfd >= 0 && ftruncate(memfd, 4 * PAGE) == 0);
+	setup(self, &s);
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &doms[1].id));
+	if (!(kh_backend_caps(self->be) & KH_CAP_ADOPT) || !file_mapping(&s, memfd, true) ||
+	    kh_copy(s.ctx, doms[1].id, &copy, s.dom, 0x500000) < 0) {
+		(void)printf("take_over_lost_copy_of_file: no take-over, file maps or copies\n");
+		kh_ctx_destroy(s.ctx);
+		(void)close(memfd);
+		return;
+	}
+	doms[0].id = s.dom;
+	note_kernel_ids(self, &s, devs, doms, 2);
+	CHECK_OK(kh_unmap(s.ctx, doms[1].id, 0x600000, 2 * PAGE, NULL));
+	die_keeping(&s, &ctx_fd, devs);
+
+	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
+	adopt_and_bind(self, &s, ctx_fd, devs, doms, 2);
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
+	CHECK_EQ(id, s.dom);
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &id));
+	CHECK_EQ(id, doms[1].id);
+	(void)file_mapping(&s, memfd, true);
+	copy.iova = 0x600000;
+	CHECK_OK(kh_copy(s.ctx, doms[1].id, &copy, s.dom, 0x500000));
+	CHECK_ERR(kh_ctx_adopt_end(s.ctx, &remade), -ESTALE,
+		  "cannot be made again without its file");
+	kh_ctx_destroy(s.ctx);
+	(void)close(memfd);
+}
+
 static void pick_devices(struct fixture_conformance *w)
 {
 	size_t n = kh_device_count(w->be);
