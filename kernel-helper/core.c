@@ -1515,6 +1515,9 @@ static int settle_mapping(struct kh_domain *dom, const struct kh_mapping *m, siz
 			       "the kernel lost the file mapping at IOVA 0x%" PRIx64
 			       " of domain %u, which cannot be made again without its file",
 			       m->iova, dom->id);
+	rc = check_file_map(dom, &req);
+	if (rc < 0)
+		return rc;
 	clear_unrecorded(dom, m->iova, m->iova + m->length - 1);
 	rc = backend_map(dom, &req, NULL);
 	if (rc == 0)
