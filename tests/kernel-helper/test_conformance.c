@@ -366,6 +366,36 @@ TEST_F(conformance, iova_allocation)
 	kh_ctx_destroy(s.ctx);
 }
 
+/* Without an alignment asked for, the IOVA keeps the memory's own alignment only up to the
+ * largest leaf, for an address as for a file offset (0 at the start of a file, aligned to
+ * anything): a map of 2 GiB and a page fits a 32-bit window by either. */
+TEST(default_alignment_capped)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	struct kh_iova_range allow = {PAGE, 0xffffffffull};
+	struct kh_map_req req = {.length = (2ull << 30) + PAGE, .prot = KH_PROT_READ};
+	struct kh_backend *be;
+	struct kh_ctx *ctx;
+	uint32_t dev, dom;
+
+	CHECK_OK(kh_backend_open_emulated_text("[iommu]\ndevices = narrow\n"
+					       "[device narrow]\naperture-bits = 32\n",
+					       &be));
+	CHECK_OK(kh_ctx_create(be, &ctx));
+	CHECK_OK(kh_device_bind(ctx, "narrow", &dev));
+	CHECK_OK(kh_domain_alloc(ctx, dev, &paging, &dom));
+	CHECK_OK(kh_allow_iovas(ctx, dom, &allow, 1));
+	req.addr = 1ull << 30;
+	CHECK_OK(kh_place(ctx, dom, &req));
+	CHECK_EQ(req.iova, 1ull << 30);
+	req.addr = 0;
+	req.flags = KH_MAP_FILE;
+	CHECK_OK(kh_place(ctx, dom, &req));
+	CHECK_EQ(req.iova, 1ull << 30);
+	kh_ctx_destroy(ctx);
+	kh_backend_close(be);
+}
+
 static bool ranges_contain(const struct kh_iova_range *r, int n, uint64_t iova)
 {
 	for (int i = 0; i < n; i++)
