@@ -1473,10 +1473,6 @@ static int map_part(struct session *s, struct map_progress *p)
 	start = in_process_clock(s);
 	rc = kh_map(s->ctx, p->domain_id, &part);
 	in_process_add(start, &p->map_ns);
-	/* By descriptor, the kernel's refusal of the file is the one mmap gives on the other path.
-	 */
-	if ((rc == -EACCES || rc == -EPERM) && (part.flags & KH_MAP_FILE))
-		return map_refused(rc);
 	if (rc < 0)
 		return fail_kh(rc, "cannot map");
 	if (!p->mapped)
