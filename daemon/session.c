@@ -1020,8 +1020,9 @@ int session_check_file(int fd, struct map_file *out)
 	if (fstat(fd, &st) < 0 || fstatfs(fd, &fs) < 0 || (flags = fcntl(fd, F_GETFL)) < 0)
 		return fail(-EBADF, "the descriptor sent with the request cannot be examined (%s)",
 			    strerror(errno));
-	/* The daemon maps the memory readable whatever the mapping's prot: mmap refuses a
-	 * write-only file with the EACCES it gives a read-only one mapped for writing. */
+	/* Every mapping lets the device read, whatever its prot. By address mmap refuses a
+	 * write-only file; by descriptor IOMMU_IOAS_MAP_FILE does not check FMODE_READ, so the
+	 * refusal is made here for both. */
 	if ((flags & O_ACCMODE) == O_WRONLY)
 		return fail(-EACCES, "the file was opened write-only, so the daemon cannot map it "
 				     "for the device to read; open it read-write (or read-only "
@@ -1235,8 +1236,7 @@ static int file_record_new(struct session *s, const struct map_entry *e, bool wr
 
 /* A reference on a record of the session's for the entry's file with the access it needs (by_fd:
  * for the kernel to map by descriptor; else a map that holds the entry's range), made if there
- * is none. The file is checked the same either way, by descriptor too: what the kernel checks of
- * a descriptor's mode and seals there is not relied on for what mmap refuses on the other path. */
+ * is none. The file is checked the same either way (check_access). */
 static int file_map_get(struct session *s, const struct map_entry *e, bool by_fd,
 			struct file_map **ret_fm)
 {
