@@ -19,12 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <kh/kh.h>
 
 #include "harness.h"
+#include "kernel_maps_files.h"
 
 #define MiB	  (1ull << 20)
 #define PAGE	  4096ull
@@ -671,16 +671,10 @@ TEST_F(conformance, copy)
 	kh_ctx_destroy(s.ctx);
 }
 
-/* Whether this backend must map files: iommufd from Linux 6.13 on. */
+/* Whether this backend must map files: iommufd, where the kernel has it. */
 static bool expect_map_file(const struct kh_backend *be)
 {
-	struct utsname u;
-	unsigned major = 0, minor = 0;
-
-	if (kh_backend_kind(be) != KH_BACKEND_IOMMUFD || uname(&u) ||
-	    sscanf(u.release, "%u.%u", &major, &minor) != 2)
-		return false;
-	return major > 6 || (major == 6 && minor >= 13);
+	return kh_backend_kind(be) == KH_BACKEND_IOMMUFD && kernel_maps_files();
 }
 
 /* A read-write map of [offset, offset+length) of the file fd at iova. */
