@@ -5,10 +5,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/fs.h>
 #include <linux/magic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/queue.h>
 #include <sys/sdt.h>
@@ -1013,13 +1015,14 @@ int session_check_file(int fd, struct map_file *out)
 {
 	struct statfs fs;
 	struct stat st;
-	int seals, flags;
+	int seals, flags, inode_flags = 0;
 
 	if (fstat(fd, &st) < 0 || fstatfs(fd, &fs) < 0 || (flags = fcntl(fd, F_GETFL)) < 0)
 		return fail(-EBADF, "the descriptor sent with the request cannot be examined (%s)",
 			    strerror(errno));
-	/* The daemon maps the memory readable whatever the mapping's prot: mmap refuses a
-	 * write-only file with the EACCES it gives a read-only one mapped for writing. */
+	/* Every mapping lets the device read, whatever its prot. By address mmap refuses a
+	 * write-only file; by descriptor IOMMU_IOAS_MAP_FILE does not check FMODE_READ, so the
+	 * refusal is made here for both. */
 	if ((flags & O_ACCMODE) == O_WRONLY)
 		return fail(-EACCES, "the file was opened write-only, so the daemon cannot map it "
 				     "for the device to read; open it read-write (or read-only "
@@ -1032,6 +1035,9 @@ int session_check_file(int fd, struct map_file *out)
 	seals = fcntl(fd, F_GET_SEALS);
 	if (seals < 0)
 		seals = 0;
+	/* A file system without inode flags (hugetlbfs) answers with an error: none are set. */
+	if (ioctl(fd, FS_IOC_GETFLAGS, &inode_flags) < 0)
+		inode_flags = 0;
 	if (is_memfd(fd)) {
 		if (!(seals & F_SEAL_SHRINK))
 			return fail(-EINVAL,
@@ -1048,6 +1054,7 @@ int session_check_file(int fd, struct map_file *out)
 		.page_size = fs.f_type == HUGETLBFS_MAGIC ? (uint64_t)st.st_blksize : MAP_GRANULE,
 		.access_mode = flags & O_ACCMODE,
 		.seals = seals,
+		.append_only = inode_flags & FS_APPEND_FL,
 	};
 	return 0;
 }
@@ -1114,16 +1121,25 @@ static int map_refused(int rc)
 				"open it read-write or map it with PROT_READ only");
 	if (rc == -EPERM)
 		return fail(rc, "the file is sealed against writing (F_SEAL_WRITE or "
-				"F_SEAL_FUTURE_WRITE) or append-only, so the device may not write "
-				"it; map it with PROT_READ only");
+				"F_SEAL_FUTURE_WRITE), so the device may not write it; map it with "
+				"PROT_READ only");
 	return fail(rc, "cannot map the memory in the daemon: %s", strerror(-rc));
 }
 
-/* The refusals mmap would give a writable map from this request's descriptor: a map made from
- * another descriptor of the same file is shared only with a request whose own descriptor would
- * have been allowed to make it. */
-static int check_writable(const struct map_file *f)
+/* The refusals mmap would give a map from this request's descriptor, made here for both paths:
+ * a map made from another descriptor of the same file is shared only with a request whose own
+ * descriptor would have been allowed to make it, and IOMMU_IOAS_MAP_FILE checks none of them.
+ * mmap refuses any shared map of an append-only file through a descriptor open for writing,
+ * with the EACCES it gives a read-only descriptor mapped for writing. */
+static int check_access(const struct map_file *f, bool writable)
 {
+	if (f->append_only && f->access_mode == O_RDWR)
+		return fail(-EACCES,
+			    "the file is append-only (chattr +a), so a descriptor open "
+			    "for writing may not map it, even for reading; send a read-only "
+			    "descriptor and map it with PROT_READ only");
+	if (!writable)
+		return 0;
 	if (f->access_mode != O_RDWR)
 		return map_refused(-EACCES);
 	if (f->seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
@@ -1220,14 +1236,13 @@ static int file_record_new(struct session *s, const struct map_entry *e, bool wr
 
 /* A reference on a record of the session's for the entry's file with the access it needs (by_fd:
  * for the kernel to map by descriptor; else a map that holds the entry's range), made if there
- * is none. The file is checked the same either way, by descriptor too: what the kernel checks of
- * a descriptor's mode and seals there is not relied on for what mmap refuses on the other path. */
+ * is none. The file is checked the same either way (check_access). */
 static int file_map_get(struct session *s, const struct map_entry *e, bool by_fd,
 			struct file_map **ret_fm)
 {
 	bool writable = e->prot & KH_PROT_WRITE;
 	struct file_map *fm;
-	int rc = writable ? check_writable(e->file) : 0;
+	int rc = check_access(e->file, writable);
 
 	if (rc < 0)
 		return rc;
@@ -1458,10 +1473,6 @@ static int map_part(struct session *s, struct map_progress *p)
 	start = in_process_clock(s);
 	rc = kh_map(s->ctx, p->domain_id, &part);
 	in_process_add(start, &p->map_ns);
-	/* By descriptor, the kernel's refusal of the file is the one mmap gives on the other path.
-	 */
-	if ((rc == -EACCES || rc == -EPERM) && (part.flags & KH_MAP_FILE))
-		return map_refused(rc);
 	if (rc < 0)
 		return fail_kh(rc, "cannot map");
 	if (!p->mapped)

@@ -175,8 +175,9 @@ struct map_file {
 	uint64_t page_size; /* hugetlbfs: its huge page; offsets and lengths must be multiples */
 	/* What this descriptor lets the device do, checked for every writable mapping even where
 	 * a map made from an earlier request's descriptor is reused. */
-	int access_mode; /* O_RDONLY or O_RDWR */
-	int seals;	 /* F_SEAL_*; 0 for a file that takes none */
+	int access_mode;  /* O_RDONLY or O_RDWR */
+	int seals;	  /* F_SEAL_*; 0 for a file that takes none */
+	bool append_only; /* FS_APPEND_FL (chattr +a) */
 };
 
 /* Checks that the memory behind fd may be mapped: a memfd sealed against shrinking, or a

@@ -995,6 +995,27 @@ static int check_file_range(const struct kh_map_req *req)
 	return 0;
 }
 
+/* What every mapping of a file needs before the kernel is asked to make it: a backend that maps
+ * files (a copy of a file mapping may have brought KH_MAP_FILE into a domain without one), and
+ * a range inside the file. */
+static int check_file_map(const struct kh_domain *dom, const struct kh_map_req *req)
+{
+	if (!(req->flags & KH_MAP_FILE))
+		return 0;
+	if (!dom->ops->map_file)
+		return unsupported(dom, "mapping files");
+	return check_file_range(req);
+}
+
+/* A take-over remakes a lost file mapping from the descriptor its replayed request gave
+ * (settle_mapping); outside one, that descriptor is closed right after the request. */
+static void keep_fd_while_adopting(const struct kh_domain *dom, struct kh_area *area,
+				   const struct kh_map_req *req)
+{
+	if (dom->ctx->adoption && (req->flags & KH_MAP_FILE))
+		kh_ioas_keep_fd(area, req->fd);
+}
+
 static int backend_map(struct kh_domain *dom, const struct kh_map_req *req,
 		       const struct map_source *src)
 {
@@ -1021,12 +1042,8 @@ static int map_into(struct kh_domain *dom, struct kh_map_req *req, const struct 
 	if (src) {
 		placed.addr = src->addr;
 		placed.flags = (placed.flags & ~KH_MAP_FILE) | src->flags;
-	} else if (placed.flags & KH_MAP_FILE) {
-		if (!dom->ops->map_file)
-			return unsupported(dom, "mapping files");
-		rc = check_file_range(&placed);
-		if (rc < 0)
-			return rc;
+	} else if ((rc = check_file_map(dom, &placed)) < 0) {
+		return rc;
 	}
 	rc = kh_ioas_place(dom->ioas, &placed);
 	if (rc < 0)
@@ -1039,6 +1056,10 @@ static int map_into(struct kh_domain *dom, struct kh_map_req *req, const struct 
 		kh_ioas_area_free(area);
 		return rc;
 	}
+	/* A copy has no descriptor of its own (req->fd is whatever the caller left there), so a
+	 * take-over cannot remake it and fails with -ESTALE should the kernel have lost it. */
+	if (!src)
+		keep_fd_while_adopting(dom, area, &placed);
 	kh_ioas_insert(dom->ioas, area);
 	*req = placed;
 	return 0;
@@ -1052,7 +1073,8 @@ static int map_extension(struct kh_domain *dom, struct kh_map_req *req)
 
 	if (!(req->flags & KH_MAP_FIXED_IOVA))
 		return kh_fail(-EINVAL, "KH_MAP_EXTEND needs KH_MAP_FIXED_IOVA");
-	if ((req->flags & KH_MAP_FILE) && (rc = check_file_range(req)) < 0)
+	rc = check_file_map(dom, req);
+	if (rc < 0)
 		return rc;
 	rc = kh_ioas_place(dom->ioas, req);
 	if (rc < 0)
@@ -1067,6 +1089,9 @@ static int map_extension(struct kh_domain *dom, struct kh_map_req *req)
 	if (rc < 0)
 		return rc;
 	kh_ioas_extend(dom->ioas, area, req->length);
+	/* The newest part's: a caller giving each part its own descriptor may have closed the
+	 * first's already. */
+	keep_fd_while_adopting(dom, area, req);
 	return 0;
 }
 
@@ -1490,6 +1515,9 @@ static int settle_mapping(struct kh_domain *dom, const struct kh_mapping *m, siz
 			       "the kernel lost the file mapping at IOVA 0x%" PRIx64
 			       " of domain %u, which cannot be made again without its file",
 			       m->iova, dom->id);
+	rc = check_file_map(dom, &req);
+	if (rc < 0)
+		return rc;
 	clear_unrecorded(dom, m->iova, m->iova + m->length - 1);
 	rc = backend_map(dom, &req, NULL);
 	if (rc == 0)
@@ -1546,8 +1574,10 @@ int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade)
 	for (size_t i = 0; i < objs->n; i++) {
 		struct kh_domain *dom = objs->v[i].ptr;
 
-		if (objs->v[i].kind == KH_OBJ_DOMAIN && dom->ioas)
+		if (objs->v[i].kind == KH_OBJ_DOMAIN && dom->ioas) {
 			settle_domain(dom, remade, &failed);
+			kh_ioas_forget_fds(dom->ioas);
+		}
 	}
 	for (size_t i = 0; i < objs->n; i++)
 		if (objs->v[i].kind == KH_OBJ_DEVICE)

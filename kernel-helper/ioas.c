@@ -18,7 +18,7 @@ struct kh_area {
 	uint64_t addr;
 	uint32_t prot;
 	uint32_t flags; /* KH_MAP_FILE */
-	int fd;		/* KH_MAP_FILE: the descriptor it was made from (valid while taking over) */
+	int fd;		/* KH_MAP_FILE made while taking over: the caller's descriptor, else -1 */
 	void *owner;	/* the caller's, never dereferenced here */
 };
 
@@ -135,6 +135,11 @@ static const struct kh_resv *reserved_overlap(const struct kh_ioas *ioas, uint64
 	return NULL;
 }
 
+/* The largest leaf of the IOMMU page tables at 4 KiB pages (x86, arm64). The kernel caps its own
+ * IOVA alignment at a huge page (2 MiB); kernel-helper places IOVAs for the backends that use
+ * 1 GiB leaves too, and the daemon aligns its view of large maps to 1 GiB for them. */
+#define LARGEST_LEAF (1ull << 30)
+
 static uint64_t lowest_bit(uint64_t v)
 {
 	return v & -v;
@@ -236,9 +241,11 @@ static int place_anywhere(const struct kh_ioas *ioas, struct kh_map_req *req)
 	uint64_t align = req->alignment;
 
 	if (align == 0) {
-		/* As the kernel does: keep the alignment the memory has, up to the mapping's
-		 * size, so large leaves can be used. */
-		align = pow2_roundup(req->length);
+		/* As the kernel does: keep the alignment the memory has (its address, or its
+		 * offset in the file), up to the mapping's size, so large leaves can be used; but
+		 * no more than the largest leaf, past which alignment buys no larger page, only
+		 * a slot harder to find (offset 0 is aligned to anything). */
+		align = req->length < LARGEST_LEAF ? pow2_roundup(req->length) : LARGEST_LEAF;
 		if (req->addr && lowest_bit(req->addr) < align)
 			align = lowest_bit(req->addr);
 	}
@@ -319,7 +326,7 @@ struct kh_area *kh_ioas_area_new(const struct kh_map_req *placed)
 	area->addr = placed->addr;
 	area->prot = placed->prot;
 	area->flags = placed->flags & KH_MAP_FILE;
-	area->fd = area->flags ? placed->fd : -1;
+	area->fd = -1;
 	area->owner = placed->owner;
 	return area;
 }
@@ -391,6 +398,19 @@ struct kh_area *kh_ioas_tail_of(const struct kh_ioas *ioas, uint64_t iova, uint6
 void kh_ioas_cut_tail(struct kh_area *area, uint64_t iova)
 {
 	area->last = iova - 1;
+}
+
+void kh_ioas_keep_fd(struct kh_area *area, int fd)
+{
+	area->fd = fd;
+}
+
+void kh_ioas_forget_fds(struct kh_ioas *ioas)
+{
+	struct kh_area *area;
+
+	RB_FOREACH (area, kh_area_tree, &ioas->areas)
+		area->fd = -1;
 }
 
 int kh_ioas_file_fd(const struct kh_ioas *ioas, uint64_t iova)

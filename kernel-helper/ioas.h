@@ -38,8 +38,12 @@ struct kh_area *kh_ioas_tail_of(const struct kh_ioas *ioas, uint64_t iova, uint6
 void kh_ioas_cut_tail(struct kh_area *area, uint64_t iova);
 /* Where the mapping starts. */
 uint64_t kh_ioas_area_iova(const struct kh_area *area);
-/* The descriptor the file mapping at iova was made from, as its caller gave it (open only as
- * long as the caller promised: while a context is taken over); -1 for none. */
+/* The descriptor a file mapping made while taking a context over was given (the last part's,
+ * for one made in parts), to be made again from at kh_ctx_adopt_end: the caller keeps it open
+ * only until then, so the records forget them there. A copy, or a mapping made otherwise, keeps
+ * none: -1, which kh_ioas_file_fd also gives where no file mapping starts at iova. */
+void kh_ioas_keep_fd(struct kh_area *area, int fd);
+void kh_ioas_forget_fds(struct kh_ioas *ioas);
 int kh_ioas_file_fd(const struct kh_ioas *ioas, uint64_t iova);
 
 /* The memory behind [iova, iova+length) when one mapping holds all of it: its address (or file

@@ -6,10 +6,13 @@
  * GetStats shows a peer that is no observer its own tenant's figures only.
  */
 #define _GNU_SOURCE /* F_ADD_SEALS */
+#include <errno.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -320,6 +323,38 @@ TEST(writable_map_reused_only_for_a_writable_fd)
 	succeeds(c, map_page(c, dom, mem, 3 * PAGE), "Map read-only of a sealed memfd");
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 2);
 	iommuctl_close(c);
+	(void)close(read_only);
+	(void)close(mem);
+	fixture_stop(&daemon_under_test);
+}
+
+/* An append-only file (chattr +a, which tmpfs takes from Linux 6.0 on) is refused, as mmap
+ * refuses it, any map through a descriptor open for writing, by the check the by-descriptor path
+ * shares (the kernel's IOMMU_IOAS_MAP_FILE makes none); through a read-only one it maps for
+ * reading. */
+TEST(append_only_file_refused_for_writing)
+{
+	int mem = iommuctl_memfd("append", 2 * PAGE), attr = FS_APPEND_FL, read_only;
+	char path[64];
+	struct iommuctl *c;
+	uint32_t dom;
+
+	CHECK_OK(mem);
+	if (ioctl(mem, FS_IOC_SETFLAGS, &attr) < 0)
+		SKIP("this kernel's tmpfs cannot make a file append-only (%s)", strerror(errno));
+	(void)snprintf(path, sizeof(path), "/proc/self/fd/%d", mem);
+	CHECK((read_only = open(path, O_RDONLY | O_CLOEXEC)) >= 0);
+	fixture_start(&daemon_under_test, "[uid 0]\naccess = write\ndevices = emu0\n", "emu0");
+	c = connect_with(NULL, NULL);
+	dom = paging_domain(c, "emu0");
+	refused(c, map_writable(c, dom, mem, 0), IOMMUD__V1__CODE__CODE_PERMISSION_DENIED,
+		"append-only");
+	refused(c, map_page(c, dom, mem, PAGE), IOMMUD__V1__CODE__CODE_PERMISSION_DENIED,
+		"append-only");
+	succeeds(c, map_page(c, dom, read_only, PAGE), "Map read-only through a read-only fd");
+	iommuctl_close(c);
+	attr = 0;
+	CHECK(ioctl(mem, FS_IOC_SETFLAGS, &attr) == 0);
 	(void)close(read_only);
 	(void)close(mem);
 	fixture_stop(&daemon_under_test);

@@ -19,12 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <kh/kh.h>
 
 #include "harness.h"
+#include "kernel_maps_files.h"
 
 #define MiB	  (1ull << 20)
 #define PAGE	  4096ull
@@ -366,6 +366,36 @@ TEST_F(conformance, iova_allocation)
 	kh_ctx_destroy(s.ctx);
 }
 
+/* Without an alignment asked for, the IOVA keeps the memory's own alignment only up to the
+ * largest leaf, for an address as for a file offset (0 at the start of a file, aligned to
+ * anything): a map of 2 GiB and a page fits a 32-bit window by either. */
+TEST(default_alignment_capped)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	struct kh_iova_range allow = {PAGE, 0xffffffffull};
+	struct kh_map_req req = {.length = (2ull << 30) + PAGE, .prot = KH_PROT_READ};
+	struct kh_backend *be;
+	struct kh_ctx *ctx;
+	uint32_t dev, dom;
+
+	CHECK_OK(kh_backend_open_emulated_text("[iommu]\ndevices = narrow\n"
+					       "[device narrow]\naperture-bits = 32\n",
+					       &be));
+	CHECK_OK(kh_ctx_create(be, &ctx));
+	CHECK_OK(kh_device_bind(ctx, "narrow", &dev));
+	CHECK_OK(kh_domain_alloc(ctx, dev, &paging, &dom));
+	CHECK_OK(kh_allow_iovas(ctx, dom, &allow, 1));
+	req.addr = 1ull << 30;
+	CHECK_OK(kh_place(ctx, dom, &req));
+	CHECK_EQ(req.iova, 1ull << 30);
+	req.addr = 0;
+	req.flags = KH_MAP_FILE;
+	CHECK_OK(kh_place(ctx, dom, &req));
+	CHECK_EQ(req.iova, 1ull << 30);
+	kh_ctx_destroy(ctx);
+	kh_backend_close(be);
+}
+
 static bool ranges_contain(const struct kh_iova_range *r, int n, uint64_t iova)
 {
 	for (int i = 0; i < n; i++)
@@ -641,16 +671,10 @@ TEST_F(conformance, copy)
 	kh_ctx_destroy(s.ctx);
 }
 
-/* Whether this backend must map files: iommufd from Linux 6.13 on. */
+/* Whether this backend must map files: iommufd, where the kernel has it. */
 static bool expect_map_file(const struct kh_backend *be)
 {
-	struct utsname u;
-	unsigned major = 0, minor = 0;
-
-	if (kh_backend_kind(be) != KH_BACKEND_IOMMUFD || uname(&u) ||
-	    sscanf(u.release, "%u.%u", &major, &minor) != 2)
-		return false;
-	return major > 6 || (major == 6 && minor >= 13);
+	return kh_backend_kind(be) == KH_BACKEND_IOMMUFD && kernel_maps_files();
 }
 
 /* A read-write map of [offset, offset+length) of the file fd at iova. */
@@ -819,6 +843,62 @@ static bool file_mapping(struct setup *s, int fd, bool map)
 	return true;
 }
 
+/* The kernel ids of the devices and of the domains in doms, as a process records them for whoever
+ * takes its context over. */
+static void note_kernel_ids(const struct fixture_conformance *self, struct setup *s,
+			    struct kh_adopt_device *devs, struct kh_adopt_domain *doms,
+			    size_t n_doms)
+{
+	for (int i = 0; i < 3; i++) {
+		devs[i].name = self->names[i];
+		CHECK_OK(kh_kernel_ids(s->ctx, s->dev[i], devs[i].kernel_ids));
+	}
+	for (size_t i = 0; i < n_doms; i++)
+		CHECK_OK(kh_kernel_ids(s->ctx, doms[i].id, doms[i].kernel_ids));
+}
+
+/* The new context given what the dead one left, its devices bound again under the same ids. */
+static void adopt_and_bind(const struct fixture_conformance *self, struct setup *s, int ctx_fd,
+			   struct kh_adopt_device *devs, const struct kh_adopt_domain *doms,
+			   size_t n_doms)
+{
+	uint32_t id;
+
+	CHECK_OK(kh_ctx_adopt(s->ctx, ctx_fd, devs, 3, doms, n_doms));
+	CHECK(kh_ctx_adopting(s->ctx));
+	for (int i = 0; i < 3; i++) {
+		CHECK_OK(kh_device_bind(s->ctx, self->names[i], &id));
+		CHECK_EQ(id, s->dev[i]);
+	}
+}
+
+/* The context the take-over starts from, with its kernel ids noted in devs and doms[0], and
+ * then changed where the books of the new process will not hold as the kernel does: one mapping
+ * made and never recorded, one taken away and its removal never recorded, and a file mapping
+ * lost (where the domain maps files: the return). */
+static size_t before_death(const struct fixture_conformance *self, struct setup *s, int memfd,
+			   struct kh_adopt_device *devs, struct kh_adopt_domain *doms,
+			   uint32_t *ret_ghost)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	size_t files;
+
+	setup(self, s);
+	CHECK_OK(kh_attach(s->ctx, s->dev[0], s->dom));
+	map_fixed(s, s->dom, 0x100000, PAGE, 0, KH_PROT_READ);
+	map_fixed(s, s->dom, 0x200000, 2 * PAGE, PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	CHECK_OK(kh_domain_alloc(s->ctx, s->dev[1], &paging, ret_ghost));
+	CHECK_OK(kh_domain_free(s->ctx, *ret_ghost));
+	doms[0].id = s->dom;
+	note_kernel_ids(self, s, devs, doms, 1);
+	map_fixed(s, s->dom, 0x400000, PAGE, 4 * PAGE, KH_PROT_READ);
+	CHECK_OK(kh_unmap(s->ctx, s->dom, 0x200000, 2 * PAGE, NULL));
+	files = file_mapping(s, memfd, true);
+	if (files)
+		CHECK_OK(kh_unmap(s->ctx, s->dom, 0x500000, 2 * PAGE, NULL));
+	return files;
+}
+
 /* A context taken over by a "new process": kernel-helper's books rebuilt by the same calls,
  * issuing nothing, then made to match the kernel: a mapping the books hold and the kernel lost
  * is made again (from its file, where the domain maps by descriptor), one the kernel holds and
@@ -842,26 +922,7 @@ TEST_F(conformance, take_over)
 		(void)close(memfd);
 		return;
 	}
-	setup(self, &s);
-	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
-	map_fixed(&s, s.dom, 0x100000, PAGE, 0, KH_PROT_READ);
-	map_fixed(&s, s.dom, 0x200000, 2 * PAGE, PAGE, KH_PROT_READ | KH_PROT_WRITE);
-	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &ghost));
-	CHECK_OK(kh_domain_free(s.ctx, ghost));
-	for (int i = 0; i < 3; i++) {
-		devs[i].name = self->names[i];
-		CHECK_OK(kh_kernel_ids(s.ctx, s.dev[i], devs[i].kernel_ids));
-	}
-	doms[0].id = s.dom;
-	CHECK_OK(kh_kernel_ids(s.ctx, s.dom, doms[0].kernel_ids));
-	/* Changes the books of the new process will not hold as the kernel does: one mapping
-	 * made and never recorded, one taken away and its removal never recorded. */
-	map_fixed(&s, s.dom, 0x400000, PAGE, 4 * PAGE, KH_PROT_READ);
-	CHECK_OK(kh_unmap(s.ctx, s.dom, 0x200000, 2 * PAGE, NULL));
-	/* A file mapping the kernel lost too: made again from the descriptor given. */
-	files = file_mapping(&s, memfd, true);
-	if (files)
-		CHECK_OK(kh_unmap(s.ctx, s.dom, 0x500000, 2 * PAGE, NULL));
+	files = before_death(self, &s, memfd, devs, doms, &ghost);
 	die_keeping(&s, &ctx_fd, devs);
 
 	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
@@ -869,12 +930,7 @@ TEST_F(conformance, take_over)
 	CHECK_ERR(kh_ctx_adopt(s.ctx, ctx_fd, devs, 3, doms, 1), -ESTALE, "no address space");
 	CHECK(!kh_ctx_adopting(s.ctx));
 	doms[0].kernel_ids[0] -= 1000;
-	CHECK_OK(kh_ctx_adopt(s.ctx, ctx_fd, devs, 3, doms, 1));
-	CHECK(kh_ctx_adopting(s.ctx));
-	for (int i = 0; i < 3; i++) {
-		CHECK_OK(kh_device_bind(s.ctx, self->names[i], &id));
-		CHECK_EQ(id, s.dev[i]);
-	}
+	adopt_and_bind(self, &s, ctx_fd, devs, doms, 1);
 	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
 	CHECK_EQ(id, s.dom);
 	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &id));
@@ -894,6 +950,53 @@ TEST_F(conformance, take_over)
 	 * otherwise), 0x200000 mapped again (it would refuse the unmap of nothing). */
 	map_fixed(&s, s.dom, 0x400000, PAGE, 4 * PAGE, KH_PROT_READ);
 	CHECK_OK(kh_unmap(s.ctx, s.dom, 0x200000, 2 * PAGE, NULL));
+	kh_ctx_destroy(s.ctx);
+	(void)close(memfd);
+}
+
+/* A copy of a file mapping has no descriptor of its own: one the kernel lost is not made again
+ * at the end of a take-over (from whatever the request's fd held: 0 in a zeroed request) but
+ * refused as lost. */
+TEST_F(conformance, take_over_lost_copy_of_file)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	struct kh_map_req copy = {.iova = 0x600000,
+				  .length = 2 * PAGE,
+				  .prot = KH_PROT_READ,
+				  .flags = KH_MAP_FIXED_IOVA};
+	struct kh_adopt_device devs[3];
+	struct kh_adopt_domain doms[2];
+	struct setup s;
+	size_t remade;
+	uint32_t id;
+	int ctx_fd, memfd = memfd_create("take_over", MFD_CLOEXEC);
+
+	CHECK(memfd >= 0 && ftruncate(memfd, 4 * PAGE) == 0);
+	setup(self, &s);
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &doms[1].id));
+	if (!(kh_backend_caps(self->be) & KH_CAP_ADOPT) || !file_mapping(&s, memfd, true) ||
+	    kh_copy(s.ctx, doms[1].id, &copy, s.dom, 0x500000) < 0) {
+		(void)printf("take_over_lost_copy_of_file: no take-over, file maps or copies\n");
+		kh_ctx_destroy(s.ctx);
+		(void)close(memfd);
+		return;
+	}
+	doms[0].id = s.dom;
+	note_kernel_ids(self, &s, devs, doms, 2);
+	CHECK_OK(kh_unmap(s.ctx, doms[1].id, 0x600000, 2 * PAGE, NULL));
+	die_keeping(&s, &ctx_fd, devs);
+
+	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
+	adopt_and_bind(self, &s, ctx_fd, devs, doms, 2);
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
+	CHECK_EQ(id, s.dom);
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &id));
+	CHECK_EQ(id, doms[1].id);
+	(void)file_mapping(&s, memfd, true);
+	copy.iova = 0x600000;
+	CHECK_OK(kh_copy(s.ctx, doms[1].id, &copy, s.dom, 0x500000));
+	CHECK_ERR(kh_ctx_adopt_end(s.ctx, &remade), -ESTALE,
+		  "cannot be made again without its file");
 	kh_ctx_destroy(s.ctx);
 	(void)close(memfd);
 }

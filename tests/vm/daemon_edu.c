@@ -6,12 +6,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 
 #include <iommuctl.h>
 
 #include "check.h"
 #include "edu.h"
+#include "kernel_maps_files.h"
 
 void check_call(struct iommuctl *c, int rc, const char *what)
 {
@@ -66,13 +66,7 @@ uint8_t *attach_with_memfd(struct iommuctl *c, const char *device, uint32_t *ret
 
 bool expect_map_by_fd(const char *backend)
 {
-	struct utsname u;
-	unsigned major = 0, minor = 0;
-
-	if (strcmp(backend, "iommufd") != 0 || uname(&u) ||
-	    sscanf(u.release, "%u.%u", &major, &minor) != 2)
-		return false;
-	return major > 6 || (major == 6 && minor >= 13);
+	return strcmp(backend, "iommufd") == 0 && kernel_maps_files();
 }
 
 /* The daemon's memory maps of the file with inode ino. */

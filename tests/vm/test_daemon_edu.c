@@ -14,9 +14,11 @@
  * vfio-pci).
  */
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -197,6 +199,28 @@ static void check_read_only_refused(struct edu_session *s)
 		     iommuctl_last_error(s->c));
 }
 
+/* An append-only file is refused a Map through a read-write descriptor on either path, as mmap
+ * refuses it by address: by descriptor, IOMMU_IOAS_MAP_FILE would let the device overwrite the
+ * file's contents. */
+static void check_append_only_refused(struct edu_session *s)
+{
+	int mem = iommuctl_memfd("append", PAGE), attr = FS_APPEND_FL, rc;
+	uint64_t iova = DST_IOVA;
+
+	CHECK_OK(mem);
+	CHECK(ioctl(mem, FS_IOC_SETFLAGS, &attr) == 0);
+	rc = iommuctl_map_fd(s->c, s->dom, mem, 0, PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE,
+			     true, 0, &iova);
+	CHECK(rc < 0);
+	CHECK(strstr(iommuctl_last_error(s->c), "append-only") != NULL);
+	(void)printf("ok: a Map of an append-only file through a read-write descriptor is "
+		     "refused: %s\n",
+		     iommuctl_last_error(s->c));
+	attr = 0;
+	CHECK(ioctl(mem, FS_IOC_SETFLAGS, &attr) == 0);
+	(void)close(mem);
+}
+
 /* The session ends with its connection while the client still holds the device's fd: the
  * daemon detaches the device, so that fd cannot reach the memory any more. Leaves a new
  * session in s->c. */
@@ -258,6 +282,7 @@ int main(void)
 	check_unmap_blocks(&s);
 	check_batch(&s, want);
 	check_read_only_refused(&s);
+	check_append_only_refused(&s);
 	check_session_end_detaches(&s);
 	check_old_fd_holds_device(&s);
 

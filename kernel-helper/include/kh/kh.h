@@ -372,7 +372,8 @@ struct kh_map_req {
 	uint32_t prot;	    /* KH_PROT_* (at least one) */
 	uint32_t flags;	    /* KH_MAP_* */
 	uint64_t alignment; /* allocated IOVA: power of two >= page size, 0 for the default */
-	int32_t fd;	    /* with KH_MAP_FILE; the caller keeps it */
+	int32_t fd;	    /* with KH_MAP_FILE: open for the call; while taking over, until
+			     * kh_ctx_adopt_end. The caller keeps it; ignored by kh_copy */
 	void *owner;	    /* the caller's cookie for the mapping, or NULL; see "Owners" */
 };
 
@@ -406,7 +407,8 @@ int kh_unmap_tail(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_
  * destination: iova (with KH_MAP_FIXED_IOVA), length, prot, alignment; addr and the
  * KH_MAP_FILE flag come out as the source's; req->owner is the new mapping's own. iommufd holds
  * the shared pages for the copy; the emulated IOMMU uses the memory by address, so its owner
- * must keep it while a copy maps it. */
+ * must keep it while a copy maps it. req->fd is not read: a copy of a file mapping made while
+ * taking over is not made again at kh_ctx_adopt_end (-ESTALE where the kernel lost it). */
 int kh_copy(struct kh_ctx *ctx, uint32_t dst_id, struct kh_map_req *req, uint32_t src_id,
 	    uint64_t src_iova);
 
