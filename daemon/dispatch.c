@@ -135,8 +135,22 @@ int dispatch_self_check(void)
 
 /* protobuf-c allocates every nested message of a request on its own (each of a MapBatch's up to
  * 1024 entries) and frees each again: a request takes its memory from chunks of this many
- * bytes instead, all freed together with it, and so does its call's reply (call_alloc). */
-#define REQUEST_CHUNK 16384
+ * bytes instead, all freed together with it, and so does its call's reply (call_alloc).
+ * AddressSanitizer sees only whole allocations: parts cut from a shared chunk, or a chunk
+ * reused at once, would hide a write past a part and a use after free. Sanitizer builds hence
+ * give every part a chunk of its own, of exactly its size, and keep none for reuse. */
+#if defined(__SANITIZE_ADDRESS__)
+#define REQUEST_CHUNK_SHARED false
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define REQUEST_CHUNK_SHARED false
+#endif
+#endif
+#ifndef REQUEST_CHUNK_SHARED
+#define REQUEST_CHUNK_SHARED true
+#endif
+#define REQUEST_CHUNK (REQUEST_CHUNK_SHARED ? 16384 : 0)
+#define REQUEST_ROUND (REQUEST_CHUNK_SHARED ? alignof(max_align_t) : 1)
 
 struct request_chunk {
 	struct request_chunk *next;
@@ -151,12 +165,12 @@ static _Thread_local struct request_chunk *spare_chunk;
 static void *request_alloc(void *memory, size_t size)
 {
 	struct request_chunk **head = memory, *chunk = *head;
-	size_t need = (size + alignof(max_align_t) - 1) & ~(alignof(max_align_t) - 1);
+	size_t need = (size + REQUEST_ROUND - 1) & ~(REQUEST_ROUND - 1);
 
 	if (!chunk || need > chunk->size - chunk->used) {
 		size_t bytes = need > REQUEST_CHUNK ? need : REQUEST_CHUNK;
 
-		if (bytes == REQUEST_CHUNK && spare_chunk) {
+		if (REQUEST_CHUNK_SHARED && bytes == REQUEST_CHUNK && spare_chunk) {
 			chunk = spare_chunk;
 			spare_chunk = NULL;
 		} else if (!(chunk = malloc(sizeof(*chunk) + bytes))) {
@@ -180,7 +194,7 @@ static void request_free(void *memory)
 {
 	for (struct request_chunk *chunk = memory, *next; chunk; chunk = next) {
 		next = chunk->next;
-		if (!spare_chunk && chunk->size == REQUEST_CHUNK)
+		if (REQUEST_CHUNK_SHARED && !spare_chunk && chunk->size == REQUEST_CHUNK)
 			spare_chunk = chunk;
 		else
 			free(chunk);
