@@ -165,8 +165,12 @@ static _Thread_local struct request_chunk *spare_chunk;
 static void *request_alloc(void *memory, size_t size)
 {
 	struct request_chunk **head = memory, *chunk = *head;
-	size_t need = (size + REQUEST_ROUND - 1) & ~(REQUEST_ROUND - 1);
+	size_t need;
 
+	/* Past this, rounding up or adding the header would wrap. */
+	if (size > SIZE_MAX - sizeof(*chunk) - alignof(max_align_t))
+		return NULL;
+	need = (size + REQUEST_ROUND - 1) & ~(REQUEST_ROUND - 1);
 	if (!chunk || need > chunk->size - chunk->used) {
 		size_t bytes = need > REQUEST_CHUNK ? need : REQUEST_CHUNK;
 
