@@ -159,7 +159,7 @@ struct request_chunk {
 };
 
 /* The chunk of the last request freed, for the next: most requests then allocate nothing. Per
- * thread, as a thread's requests come one at a time. */
+ * thread, as a thread's requests come one at a time; dispatch_fini frees it. */
 static _Thread_local struct request_chunk *spare_chunk;
 
 static void *request_alloc(void *memory, size_t size)
@@ -203,6 +203,12 @@ static void request_free(void *memory)
 		else
 			free(chunk);
 	}
+}
+
+void dispatch_fini(void)
+{
+	free(spare_chunk);
+	spare_chunk = NULL;
 }
 
 bool call_out_of_time(const struct call *call)

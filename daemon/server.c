@@ -807,4 +807,5 @@ void server_destroy(struct server *srv)
 		free(srv->socket_path);
 	}
 	free(srv);
+	dispatch_fini();
 }
