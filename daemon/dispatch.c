@@ -658,8 +658,7 @@ static size_t pack_response(struct call *call, int rc, uint8_t *out, Iommud__V1_
 	status.message = rc ? reply_text(call, (char *)failure_message(), STATUS_MESSAGE_MAX) : "";
 	resp->status = &status;
 	/* Replies are bounded by construction (pages, limits on bitmaps and batches); a reply
-	 * that still does not fit is the daemon's bug and goes out as an error. Packed without
-	 * measuring it first: the measure alone costs as much as the packing. */
+	 * that still does not fit is the daemon's bug and goes out as an error. */
 	len = wire_pack(&resp->base, out, IOMMUD_MAX_MESSAGE);
 	if (len > IOMMUD_MAX_MESSAGE) {
 		status.code = IOMMUD__V1__CODE__CODE_INTERNAL;
