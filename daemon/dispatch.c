@@ -666,8 +666,10 @@ static size_t pack_response(struct call *call, int rc, uint8_t *out, Iommud__V1_
 		status.message = "the reply would exceed the message size limit; ask for less";
 		resp->result_case = IOMMUD__V1__RESPONSE__RESULT__NOT_SET;
 		resp->hello = NULL;
-		log_err("reply to request %llu too large for a packet",
-			(unsigned long long)resp->id);
+		log_err("reply to request %llu (%s) is %zu bytes, over the %d limit",
+			(unsigned long long)resp->id,
+			call->req ? method_name(call->req->method_case) : "unknown", len,
+			IOMMUD_MAX_MESSAGE);
 		len = iommud__v1__response__pack(resp, out);
 	}
 	*ret_code = status.code;
