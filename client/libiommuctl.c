@@ -56,7 +56,7 @@ struct iommuctl {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	/* Exactly the limit: a longer packet arrives truncated, and wire_recv says so. */
 	uint8_t rxbuf[IOMMUD_MAX_MESSAGE];
-	/* Requests are packed here: a request over the limit is found by packing it. */
+	/* Requests are packed here, so that sending one allocates nothing. */
 	uint8_t txbuf[IOMMUD_MAX_MESSAGE];
 };
 

@@ -17,8 +17,9 @@
  *
  * Ownership: the call owns everything allocated with call_alloc (the reply and its parts),
  * which comes from the memory its request was decoded into and is released with it, after the
- * reply is packed; the received descriptors stay the call's unless a
- * handler takes one by setting its slot to -1. A kept call owns its request too.
+ * reply is packed (one chunk of it the dispatching thread keeps for the next request, until
+ * dispatch_fini); the received descriptors stay the call's unless a handler takes one by
+ * setting its slot to -1. A kept call owns its request too.
  */
 #ifndef IOMMUD_CALL_H
 #define IOMMUD_CALL_H

@@ -135,8 +135,22 @@ int dispatch_self_check(void)
 
 /* protobuf-c allocates every nested message of a request on its own (each of a MapBatch's up to
  * 1024 entries) and frees each again: a request takes its memory from chunks of this many
- * bytes instead, all freed together with it, and so does its call's reply (call_alloc). */
-#define REQUEST_CHUNK 16384
+ * bytes instead, all freed together with it, and so does its call's reply (call_alloc).
+ * AddressSanitizer sees only whole allocations: parts cut from a shared chunk, or a chunk
+ * reused at once, would hide a write past a part and a use after free. Sanitizer builds hence
+ * give every part a chunk of its own, of exactly its size, and keep none for reuse. */
+#if defined(__SANITIZE_ADDRESS__)
+#define REQUEST_CHUNK_SHARED false
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define REQUEST_CHUNK_SHARED false
+#endif
+#endif
+#ifndef REQUEST_CHUNK_SHARED
+#define REQUEST_CHUNK_SHARED true
+#endif
+#define REQUEST_CHUNK (REQUEST_CHUNK_SHARED ? 16384 : 0)
+#define REQUEST_ROUND (REQUEST_CHUNK_SHARED ? alignof(max_align_t) : 1)
 
 struct request_chunk {
 	struct request_chunk *next;
@@ -145,18 +159,22 @@ struct request_chunk {
 };
 
 /* The chunk of the last request freed, for the next: most requests then allocate nothing. Per
- * thread, as a thread's requests come one at a time. */
+ * thread, as a thread's requests come one at a time; dispatch_fini frees it. */
 static _Thread_local struct request_chunk *spare_chunk;
 
 static void *request_alloc(void *memory, size_t size)
 {
 	struct request_chunk **head = memory, *chunk = *head;
-	size_t need = (size + alignof(max_align_t) - 1) & ~(alignof(max_align_t) - 1);
+	size_t need;
 
+	/* Past this, rounding up or adding the header would wrap. */
+	if (size > SIZE_MAX - sizeof(*chunk) - alignof(max_align_t))
+		return NULL;
+	need = (size + REQUEST_ROUND - 1) & ~(REQUEST_ROUND - 1);
 	if (!chunk || need > chunk->size - chunk->used) {
 		size_t bytes = need > REQUEST_CHUNK ? need : REQUEST_CHUNK;
 
-		if (bytes == REQUEST_CHUNK && spare_chunk) {
+		if (REQUEST_CHUNK_SHARED && bytes == REQUEST_CHUNK && spare_chunk) {
 			chunk = spare_chunk;
 			spare_chunk = NULL;
 		} else if (!(chunk = malloc(sizeof(*chunk) + bytes))) {
@@ -180,11 +198,17 @@ static void request_free(void *memory)
 {
 	for (struct request_chunk *chunk = memory, *next; chunk; chunk = next) {
 		next = chunk->next;
-		if (!spare_chunk && chunk->size == REQUEST_CHUNK)
+		if (REQUEST_CHUNK_SHARED && !spare_chunk && chunk->size == REQUEST_CHUNK)
 			spare_chunk = chunk;
 		else
 			free(chunk);
 	}
+}
+
+void dispatch_fini(void)
+{
+	free(spare_chunk);
+	spare_chunk = NULL;
 }
 
 bool call_out_of_time(const struct call *call)
@@ -634,8 +658,7 @@ static size_t pack_response(struct call *call, int rc, uint8_t *out, Iommud__V1_
 	status.message = rc ? reply_text(call, (char *)failure_message(), STATUS_MESSAGE_MAX) : "";
 	resp->status = &status;
 	/* Replies are bounded by construction (pages, limits on bitmaps and batches); a reply
-	 * that still does not fit is the daemon's bug and goes out as an error. Packed without
-	 * measuring it first: the measure alone costs as much as the packing. */
+	 * that still does not fit is the daemon's bug and goes out as an error. */
 	len = wire_pack(&resp->base, out, IOMMUD_MAX_MESSAGE);
 	if (len > IOMMUD_MAX_MESSAGE) {
 		status.code = IOMMUD__V1__CODE__CODE_INTERNAL;
@@ -643,8 +666,10 @@ static size_t pack_response(struct call *call, int rc, uint8_t *out, Iommud__V1_
 		status.message = "the reply would exceed the message size limit; ask for less";
 		resp->result_case = IOMMUD__V1__RESPONSE__RESULT__NOT_SET;
 		resp->hello = NULL;
-		log_err("reply to request %llu too large for a packet",
-			(unsigned long long)resp->id);
+		log_err("reply to request %llu (%s) is %zu bytes, over the %d limit",
+			(unsigned long long)resp->id,
+			call->req ? method_name(call->req->method_case) : "unknown", len,
+			IOMMUD_MAX_MESSAGE);
 		len = iommud__v1__response__pack(resp, out);
 	}
 	*ret_code = status.code;

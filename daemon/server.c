@@ -837,4 +837,5 @@ void server_destroy(struct server *srv)
 		free(srv->socket_path);
 	}
 	free(srv);
+	dispatch_fini();
 }

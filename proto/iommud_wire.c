@@ -49,28 +49,13 @@ void wire_close_fds(const int *fds, size_t n)
 		(void)close(fds[i]);
 }
 
-/* Where wire_pack writes: the bytes that fit, and the length of all of them. */
-struct bounded_buffer {
-	ProtobufCBuffer base;
-	uint8_t *out;
-	size_t len, max;
-};
-
-static void bounded_append(ProtobufCBuffer *buffer, size_t len, const uint8_t *data)
-{
-	struct bounded_buffer *b = (struct bounded_buffer *)buffer;
-
-	if (b->len <= b->max && len <= b->max - b->len)
-		memcpy(b->out + b->len, data, len);
-	b->len += len;
-}
-
 size_t wire_pack(const ProtobufCMessage *msg, uint8_t *out, size_t max)
 {
-	struct bounded_buffer b = {.base = {.append = bounded_append}, .out = out, .max = max};
+	size_t len = protobuf_c_message_get_packed_size(msg);
 
-	(void)protobuf_c_message_pack_to_buffer(msg, &b.base);
-	return b.len;
+	if (len <= max)
+		(void)protobuf_c_message_pack(msg, out);
+	return len;
 }
 
 /* Takes the descriptors of every SCM_RIGHTS message into packet, closing those over the

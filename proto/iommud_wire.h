@@ -61,9 +61,9 @@ int wire_recv(int sock, void *buf, size_t size, enum wire_wait wait,
 
 void wire_close_fds(const int *fds, size_t n);
 
-/* Packs msg into out (max bytes) in one pass over it, without measuring it first; returns its
- * encoded length, which is over max when it did not fit (out then holds only a prefix and must
- * not be sent). */
+/* Packs msg into out if its encoded length is at most max; returns that length either way
+ * (over max: out is untouched). It measures, then packs: protobuf-c's packing into a bounded
+ * buffer would measure every nested message all the same, and call back for every field. */
 size_t wire_pack(const ProtobufCMessage *msg, uint8_t *out, size_t max);
 
 /* The canonical code for a negative errno (0: CODE_OK, one not in the table: CODE_INTERNAL);

@@ -1047,6 +1047,56 @@ TEST(stats_count_the_code_sent)
 	fixture_stop(&daemon_under_test);
 }
 
+/* Makes req, a GetDevice, exactly size bytes long by the length of the device name in name
+ * (room for size bytes). Its id is set as a fresh connection's first ids are: below 128, one
+ * byte like 1. */
+static void get_device_of_size(Iommud__V1__Request *req, char *name, size_t size)
+{
+	size_t len = size - 1;
+
+	memset(name, 'x', len);
+	name[len] = '\0';
+	req->id = 1;
+	while (iommud__v1__request__get_packed_size(req) > size) {
+		CHECK(len > 0);
+		name[--len] = '\0';
+	}
+	CHECK_EQ(iommud__v1__request__get_packed_size(req), size);
+}
+
+/* A request of exactly IOMMUD_MAX_MESSAGE bytes reaches the daemon; one a byte longer is refused
+ * by the library, saying how long it is and what to do, and never sent. */
+TEST_F(daemon, request_size_limit)
+{
+	Iommud__V1__GetDeviceRequest get = IOMMUD__V1__GET_DEVICE_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	struct iommuctl *c = connect_client(NULL);
+	char *name = malloc(IOMMUD_MAX_MESSAGE + 1);
+	Iommud__V1__GetStatsReply *s;
+	Iommud__V1__Response *resp;
+	char expected[64];
+
+	CHECK(name);
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_DEVICE;
+	req.get_device = &get;
+	get.name = name;
+	get_device_of_size(&req, name, IOMMUD_MAX_MESSAGE);
+	resp = call(c, &req, NULL, 0);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_NOT_FOUND);
+	iommuctl_response_free(resp);
+	get_device_of_size(&req, name, IOMMUD_MAX_MESSAGE + 1);
+	CHECK_EQ(iommuctl_send(c, &req, NULL, 0, NULL), -EMSGSIZE);
+	(void)snprintf(expected, sizeof(expected), "the request is %d bytes",
+		       IOMMUD_MAX_MESSAGE + 1);
+	CHECK(strstr(iommuctl_last_error(c), expected));
+	CHECK(strstr(iommuctl_last_error(c), "split it"));
+	free(name);
+	s = stats_of(c);
+	CHECK_EQ(method_of(s, "get_device")->calls, 1);
+	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
+	iommuctl_close(c);
+}
+
 /* ---- a bystander --------------------------------------------------------------------- */
 
 /* Another tenant's lease, set up before each case and checked after it: nothing the case did,
