@@ -10,10 +10,12 @@ target_include_directories(harness PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 
 set(harness_discover_script ${CMAKE_CURRENT_LIST_DIR}/harness-discover.cmake)
 
-# iommud_harness_tests(TARGET [WORKING_DIRECTORY DIR]): DIR is where each case runs (default:
-# the build directory of the calling CMakeLists.txt).
+# iommud_harness_tests(TARGET [WORKING_DIRECTORY DIR] [PROPERTIES NAME VALUE...]): DIR is where
+# each case runs (default: the build directory of the calling CMakeLists.txt); the PROPERTIES
+# (values without spaces) are set on every case.
 function(iommud_harness_tests target)
-	cmake_parse_arguments(arg "" "WORKING_DIRECTORY" "" ${ARGN})
+	cmake_parse_arguments(arg "" "WORKING_DIRECTORY" "PROPERTIES" ${ARGN})
+	string(REPLACE ";" " " properties "${arg_PROPERTIES}")
 	set(dir ${CMAKE_CURRENT_BINARY_DIR})
 	if(arg_WORKING_DIRECTORY)
 		set(dir ${arg_WORKING_DIRECTORY})
@@ -23,7 +25,8 @@ function(iommud_harness_tests target)
 	set(include_file ${CMAKE_CURRENT_BINARY_DIR}/${target}_include.cmake)
 	add_custom_command(TARGET ${target} POST_BUILD
 		COMMAND ${CMAKE_COMMAND} -D binary=$<TARGET_FILE:${target}> -D name=${target}
-			-D working_directory=${dir} -D out=${cases_file} -P ${harness_discover_script}
+			-D working_directory=${dir} -D out=${cases_file} "-D properties=${properties}"
+			-P ${harness_discover_script}
 		COMMENT "Listing the cases of ${target}"
 		VERBATIM)
 	# Until the binary is built there is no list: ctest then shows one test that says so.
