@@ -63,8 +63,8 @@ int fdstore_add(const char *name, int fd)
 	return 0;
 }
 
-/* Removals sent since the manager last confirmed it had read every message before a barrier:
- * until it reads them, its copies keep what they hold (a device bound, pages pinned). */
+/* Kernel descriptors removed since the manager last confirmed it had read every message
+ * before a barrier: until it reads them, its copies keep devices bound and pages pinned. */
 static bool removals_unread;
 static void (*wake_syncer)(void *arg);
 static void *wake_arg;
@@ -72,28 +72,31 @@ static void *wake_arg;
 /* Long enough for a manager under load, short of any watchdog the unit sets. */
 #define BARRIER_TIMEOUT_USEC (5 * 1000 * 1000ull)
 
-static void send_remove(const char *name)
+/* Whether the message went to a manager. */
+static bool send_remove(const char *name)
 {
 	int rc = sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=%s", name);
 
-	if (rc > 0)
-		removals_unread = true;
-	else if (rc < 0)
+	if (rc < 0)
 		log_warning("cannot ask the service manager to close its copy of '%s' (%s): the "
 			    "next daemon drops it as a stray",
 			    name, strerror(-rc));
+	return rc > 0;
 }
 
 void fdstore_remove(const char *name)
 {
+	(void)send_remove(name);
+}
+
+void fdstore_remove_kernel(const char *name)
+{
 	bool first = !removals_unread;
 
-	send_remove(name);
-	if (!removals_unread)
+	if (!send_remove(name))
 		return;
-	if (!wake_syncer)
-		fdstore_sync();
-	else if (first)
+	removals_unread = true;
+	if (first && wake_syncer)
 		wake_syncer(wake_arg);
 }
 
@@ -198,13 +201,13 @@ void fdstore_drop_strays(void)
 				   handed[i].name);
 			(void)close(handed[i].fd);
 			handed[i].fd = -1;
-			send_remove(handed[i].name);
+			/* A stray may be a kernel descriptor holding a device the daemon is
+			 * about to bind. */
+			fdstore_remove_kernel(handed[i].name);
 		}
 		free(handed[i].name);
 	}
 	free(handed);
 	handed = NULL;
 	n_handed = 0;
-	/* One wait for them all: a stray may hold a device the daemon is about to bind. */
-	fdstore_sync();
 }

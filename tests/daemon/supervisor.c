@@ -369,6 +369,13 @@ unsigned long supervisor_barriers(struct supervisor *sv)
 	return read_locked(sv, &sv->barriers);
 }
 
+void supervisor_store(struct supervisor *sv, const char *name, int fd)
+{
+	(void)pthread_mutex_lock(&sv->lock);
+	store_add(sv, name, fd);
+	(void)pthread_mutex_unlock(&sv->lock);
+}
+
 void supervisor_let_go(struct supervisor *sv)
 {
 	(void)pthread_mutex_lock(&sv->lock);

@@ -1226,30 +1226,28 @@ TEST(batch_replayed_whole_or_not_at_all)
 	(void)close(file);
 }
 
-/* ---- a removal is read by the manager before the daemon goes on ------------------------- */
+/* ---- a kernel descriptor's removal is read by the manager before the daemon goes on ------- */
 
-/* A released lease's memory file leaves the store before the daemon answers anything else: a
- * manager that reads its messages late (held here) has closed its copy by then, or the pages
- * (on iommufd also the devices bound to the lease's context, which another session could not
- * bind) would stay held after the release for as long as it takes. */
-TEST(removal_read_before_next_answer)
+/* A kernel descriptor leaves the store before the daemon answers anything: a manager that
+ * reads its messages late (held here) has closed its copy by then, or on iommufd the device
+ * bound to the context it holds could not be bound by the first session. The strays an earlier
+ * daemon left are removed as kernel descriptors. */
+TEST(kernel_removal_read_before_first_answer)
 {
 	struct supervisor sv;
-	struct iommuctl *c = small_lease(&sv, "short", "removal-read");
-	unsigned long removals;
+	struct iommuctl *c;
+	int stray = iommuctl_memfd("stray", PAGE);
 
-	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
-	supervisor_read_sent(&sv);
-	CHECK_EQ(supervisor_stored(&sv, "lease"), 1);
-	release_lease(c);
+	CHECK_OK(stray);
+	supervisor_start(&sv, config, DEVICES);
+	supervisor_kill(&sv);
+	supervisor_store(&sv, "lease99.iommu", stray);
 	supervisor_hold(&sv);
-	removals = supervisor_removals(&sv);
-	/* The last connection gone, the lease ends and its file leaves the store. */
-	iommuctl_close(c);
-	supervisor_wait_removals(&sv, removals);
-	c = connect_lease(&sv, "other");
-	CHECK_EQ(supervisor_stored(&sv, "lease"), 0);
+	supervisor_launch(&sv);
+	c = connect_lease(&sv, "first");
+	CHECK_EQ(supervisor_stored(&sv, "lease99"), 0);
 	supervisor_let_go(&sv);
+	supervisor_wait_ready(&sv);
 	iommuctl_close(c);
 	supervisor_stop(&sv);
 }
