@@ -12,6 +12,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "histogram.h"
 #include "log.h"
 #include "status.h"
 
@@ -100,6 +101,23 @@ void fdstore_remove_kernel(const char *name)
 		wake_syncer(wake_arg);
 }
 
+/* sd_notify_barrier gives up on any signal (its ppoll is never restarted), and the daemon's
+ * own SIGUSR2, SIGTERM and SIGHUP may come during the wait: each try sends a new barrier,
+ * which the manager also answers only after the removals. */
+static int barrier(uint64_t timeout_usec)
+{
+	uint64_t deadline = monotonic_ns() / 1000 + timeout_usec, now;
+	int rc;
+
+	while ((rc = sd_notify_barrier(0, timeout_usec)) == -EINTR) {
+		now = monotonic_ns() / 1000;
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		timeout_usec = deadline - now;
+	}
+	return rc;
+}
+
 void fdstore_sync(void)
 {
 	int rc;
@@ -107,7 +125,7 @@ void fdstore_sync(void)
 	if (!removals_unread)
 		return;
 	removals_unread = false;
-	rc = sd_notify_barrier(0, BARRIER_TIMEOUT_USEC);
+	rc = barrier(BARRIER_TIMEOUT_USEC);
 	if (rc > 0)
 		log_debug("the service manager has read every removal from its store");
 	else if (rc < 0)
