@@ -42,7 +42,8 @@ void fdstore_remove_kernel(const char *name);
 /* Waits until the manager has read every message sent before (BARRIER=1, which it answers by
  * closing the descriptor that comes with it once it has processed all earlier ones), when a
  * kernel descriptor's removal is among them; nothing otherwise, so that requests that remove
- * none never wait. */
+ * none never wait. A manager that does not answer one barrier in time (5 s, a quarter of the
+ * watchdog interval at most) is not waited for again, and said so once. */
 void fdstore_sync(void);
 /* From now on the first removal of a kernel descriptor after a sync calls wake(arg), whose
  * owner runs fdstore_sync before the next event it handles; NULL stops that. */

@@ -1231,7 +1231,8 @@ TEST(batch_replayed_whole_or_not_at_all)
 /* A kernel descriptor leaves the store before the daemon answers anything: a manager that
  * reads its messages late (held here) has closed its copy by then, or on iommufd the device
  * bound to the context it holds could not be bound by the first session. The strays an earlier
- * daemon left are removed as kernel descriptors. */
+ * daemon left are removed as kernel descriptors. The barrier's timeout is set longer than any
+ * test runs, so that the check does not depend on how soon the supervisor's thread reads it. */
 TEST(kernel_removal_read_before_first_answer)
 {
 	struct supervisor sv;
@@ -1239,12 +1240,14 @@ TEST(kernel_removal_read_before_first_answer)
 	int stray = iommuctl_memfd("stray", PAGE);
 
 	CHECK_OK(stray);
+	CHECK(setenv("IOMMUD_TEST_BARRIER_USEC", "3600000000", 1) == 0);
 	supervisor_start(&sv, config, DEVICES);
 	supervisor_kill(&sv);
 	supervisor_store(&sv, "lease99.iommu", stray);
 	supervisor_hold(&sv);
 	supervisor_launch(&sv);
 	c = connect_lease(&sv, "first");
+	CHECK(!supervisor_log_has(&sv, "did not answer BARRIER=1"));
 	CHECK_EQ(supervisor_stored(&sv, "lease99"), 0);
 	supervisor_let_go(&sv);
 	supervisor_wait_ready(&sv);

@@ -220,9 +220,9 @@ survive_check() {
 	}
 	cat "$dma_status"
 	[ "$(dma_field faults_after)" -eq 0 ] || fail "DMA issued while the daemon was up faulted"
-	# systemd answers the daemon's BARRIER=1 after each removal from the store (a stop's
-	# kernel descriptors, an old record).
-	! journalctl -u iommud -o cat | grep 'did not confirm' ||
+	# systemd answers the daemon's BARRIER=1 after each removal of kernel descriptors from
+	# the store (a stop's, a lease's end).
+	! journalctl -u iommud -o cat | grep 'did not answer BARRIER=1' ||
 		fail "systemd did not answer the daemon's BARRIER=1"
 	in_window=$(($(dma_field window) - window))
 	faulted=$(($(dma_field window_faults) - window_faults))
