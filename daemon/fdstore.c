@@ -12,6 +12,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "histogram.h"
 #include "log.h"
 #include "status.h"
 
@@ -63,55 +64,101 @@ int fdstore_add(const char *name, int fd)
 	return 0;
 }
 
-/* Removals sent since the manager last confirmed it had read every message before a barrier:
- * until it reads them, its copies keep what they hold (a device bound, pages pinned). */
+/* Kernel descriptors removed since the manager last confirmed it had read every message
+ * before a barrier: until it reads them, its copies keep devices bound and pages pinned. */
 static bool removals_unread;
 static void (*wake_syncer)(void *arg);
 static void *wake_arg;
+/* Set by the first barrier the manager did not answer: one that does not answer the next
+ * either would freeze the loop at every removal. */
+static bool manager_silent;
 
-/* Long enough for a manager under load, short of any watchdog the unit sets. */
+/* Long enough for a manager under load. */
 #define BARRIER_TIMEOUT_USEC (5 * 1000 * 1000ull)
 
-static void send_remove(const char *name)
+/* How long a barrier may block the loop: a quarter of the watchdog interval at most, so a
+ * timeout cannot make the next ping late. The tests set IOMMUD_TEST_BARRIER_USEC so that
+ * nothing they check depends on how fast their supervisor gets to its socket. */
+static uint64_t barrier_timeout(void)
 {
+	const char *test = getenv("IOMMUD_TEST_BARRIER_USEC");
+	uint64_t usec = test ? strtoull(test, NULL, 10) : BARRIER_TIMEOUT_USEC, watchdog;
+
+	if (sd_watchdog_enabled(0, &watchdog) > 0 && watchdog / 4 < usec)
+		usec = watchdog / 4;
+	return usec;
+}
+
+/* Whether the message went to a manager. */
+static bool send_remove(const char *name)
+{
+	static bool warned;
 	int rc = sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=%s", name);
 
-	if (rc > 0)
-		removals_unread = true;
-	else if (rc < 0)
-		log_warning("cannot ask the service manager to close its copy of '%s' (%s): the "
-			    "next daemon drops it as a stray",
-			    name, strerror(-rc));
+	if (rc >= 0 || warned)
+		return rc > 0;
+	warned = true;
+	log_warning("cannot ask the service manager to close its copy of '%s' (%s), nor, from "
+		    "now on, of the other descriptors the daemon lets go: the next daemon closes "
+		    "them as strays, so restart iommud if a released device stays busy (EBUSY)",
+		    name, strerror(-rc));
+	return false;
 }
 
 void fdstore_remove(const char *name)
 {
+	(void)send_remove(name);
+}
+
+void fdstore_remove_kernel(const char *name)
+{
 	bool first = !removals_unread;
 
-	send_remove(name);
-	if (!removals_unread)
+	if (!send_remove(name) || manager_silent)
 		return;
-	if (!wake_syncer)
-		fdstore_sync();
-	else if (first)
+	removals_unread = true;
+	if (first && wake_syncer)
 		wake_syncer(wake_arg);
+}
+
+/* sd_notify_barrier gives up on any signal (its ppoll is never restarted), and the daemon's
+ * own SIGUSR2, SIGTERM and SIGHUP may come during the wait: each try sends a new barrier,
+ * which the manager also answers only after the removals. */
+static int barrier(uint64_t timeout_usec)
+{
+	uint64_t deadline = monotonic_ns() / 1000 + timeout_usec, now;
+	int rc;
+
+	while ((rc = sd_notify_barrier(0, timeout_usec)) == -EINTR) {
+		now = monotonic_ns() / 1000;
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		timeout_usec = deadline - now;
+	}
+	return rc;
 }
 
 void fdstore_sync(void)
 {
+	uint64_t timeout_usec;
 	int rc;
 
 	if (!removals_unread)
 		return;
 	removals_unread = false;
-	rc = sd_notify_barrier(0, BARRIER_TIMEOUT_USEC);
-	if (rc > 0)
+	timeout_usec = barrier_timeout();
+	rc = barrier(timeout_usec);
+	if (rc >= 0) {
 		log_debug("the service manager has read every removal from its store");
-	else if (rc < 0)
-		log_warning("the service manager did not confirm that it closed the descriptors "
-			    "the daemon let go (%s): a device of a released lease may stay bound "
-			    "until it does",
-			    strerror(-rc));
+		return;
+	}
+	manager_silent = true;
+	log_warning("the service manager did not answer BARRIER=1 within %llu ms (%s): the "
+		    "daemon no longer waits for it to close the kernel descriptors of released "
+		    "leases, so another session's OpenDevice of a device just released may fail "
+		    "with EBUSY until it does; check that PID 1 is systemd 246 or later and is "
+		    "responsive, then restart iommud to wait again",
+		    (unsigned long long)(timeout_usec / 1000), strerror(-rc));
 }
 
 void fdstore_defer_sync(void (*wake)(void *arg), void *arg)
@@ -198,13 +245,13 @@ void fdstore_drop_strays(void)
 				   handed[i].name);
 			(void)close(handed[i].fd);
 			handed[i].fd = -1;
-			send_remove(handed[i].name);
+			/* A stray may be a kernel descriptor holding a device the daemon is
+			 * about to bind. */
+			fdstore_remove_kernel(handed[i].name);
 		}
 		free(handed[i].name);
 	}
 	free(handed);
 	handed = NULL;
 	n_handed = 0;
-	/* One wait for them all: a stray may hold a device the daemon is about to bind. */
-	fdstore_sync();
 }

@@ -10,8 +10,7 @@
  * handed descriptors too, under its unit's name.
  *
  * Ownership: the handed descriptors belong to this module until claimed; a claimed one belongs
- * to the claimer, and fdstore_drop_strays closes (and removes from the store, waiting for the
- * manager to have done so) the others.
+ * to the claimer, and fdstore_drop_strays closes (and removes from the store) the others.
  * Storing a descriptor gives the manager a copy: the caller keeps its own.
  */
 #ifndef IOMMUD_FDSTORE_H
@@ -30,18 +29,24 @@ size_t fdstore_max(bool *ret_exported);
 /* Hands the manager a copy of fd to keep under name (printable ASCII without ':', at most 255
  * characters); 0 or a negative errno. */
 int fdstore_add(const char *name, int fd);
-/* Tells the manager to close every descriptor it keeps under name. The manager reads the
- * message when it gets to it, and until then its copy keeps what it holds: a device bound to a
- * released lease's context (another session's bind fails with EBUSY), pages pinned. So a
- * removal is waited for (fdstore_sync) at once, or, once fdstore_defer_sync was called, before
- * the daemon acts on anything else. */
+/* Tells the manager to close every descriptor it keeps under name, for a descriptor whose copy
+ * holds nothing another session needs (a state record, a memory file: the pages are pinned by
+ * the IOAS, not by the file): the manager reads it when it gets to it, and nobody waits. */
 void fdstore_remove(const char *name);
+/* The same for a kernel descriptor (an iommufd context, a device): until the manager reads the
+ * message its copy keeps the device bound to a released lease's context (another session's
+ * bind fails with EBUSY) and the pages pinned. So the removal is waited for (fdstore_sync)
+ * before the daemon acts on anything else, once fdstore_defer_sync was called; before that,
+ * and after it was called with NULL, by the next fdstore_sync the caller runs itself. */
+void fdstore_remove_kernel(const char *name);
 /* Waits until the manager has read every message sent before (BARRIER=1, which it answers by
  * closing the descriptor that comes with it once it has processed all earlier ones), when a
- * removal is among them; nothing otherwise, so that requests that remove nothing never wait. */
+ * kernel descriptor's removal is among them; nothing otherwise, so that requests that remove
+ * none never wait. A manager that does not answer one barrier in time (5 s, a quarter of the
+ * watchdog interval at most) is not waited for again, and said so once. */
 void fdstore_sync(void);
-/* From now on a removal does not wait: the first one after a sync calls wake(arg), whose
- * owner runs fdstore_sync before the next event it handles; NULL waits at once again. */
+/* From now on the first removal of a kernel descriptor after a sync calls wake(arg), whose
+ * owner runs fdstore_sync before the next event it handles; NULL stops that. */
 void fdstore_defer_sync(void (*wake)(void *arg), void *arg);
 
 /* Reads LISTEN_FDS and LISTEN_FDNAMES, once; later calls see the same descriptors. How many
@@ -56,8 +61,9 @@ int fdstore_claim_name(const char *name);
 /* The listening SOCK_SEQPACKET Unix socket among the handed descriptors, taken over: its fd,
  * -ENOENT when no socket was handed, -EINVAL when several were or one of another kind. */
 int fdstore_claim_listener(void);
-/* Closes every handed descriptor nobody claimed and removes it from the store, saying so: what
- * no record names is a stray of an earlier daemon. */
+/* Closes every handed descriptor nobody claimed and removes it from the store as a kernel
+ * descriptor (fdstore_remove_kernel), saying so: what no record names is a stray of an earlier
+ * daemon. */
 void fdstore_drop_strays(void);
 
 #endif

@@ -399,8 +399,8 @@ static int start_watchdog(struct event_base *base, struct event **ret_ev)
 	return 0;
 }
 
-/* A removal from the descriptor store is waited for before the loop handles anything else
- * (fdstore.h): the event that waits runs above every other's priority, which is the default
+/* A kernel descriptor's removal from the store is waited for before the loop handles anything
+ * else (fdstore.h): the event that waits runs above every other's priority, which is the default
  * (N_PRIORITIES / 2) for all the rest, as soon as the callback that removed returns. */
 #define N_PRIORITIES	    2
 #define PRIORITY_STORE_SYNC 0

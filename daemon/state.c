@@ -214,11 +214,11 @@ static void lease_unstore_kernel(struct lease_rec *rec)
 
 	if (rec->kernel_stored) {
 		lease_kernel_name(rec, 0, name);
-		fdstore_remove(name);
+		fdstore_remove_kernel(name);
 	}
 	for (size_t i = 0; i < rec->n_stored_devs; i++) {
 		lease_kernel_name(rec, rec->stored_devs[i], name);
-		fdstore_remove(name);
+		fdstore_remove_kernel(name);
 	}
 	rec->kernel_stored = false;
 	rec->n_stored_devs = 0;
@@ -1115,6 +1115,7 @@ int state_open(struct registry *reg, struct state **ret_state)
 	*ret_state = NULL;
 	if (!fdstore_available() || !(store_max = store_size())) {
 		fdstore_drop_strays();
+		fdstore_sync();
 		return 0;
 	}
 	st = calloc(1, sizeof(*st));
@@ -1129,6 +1130,9 @@ int state_open(struct registry *reg, struct state **ret_state)
 	state_adopt(st);
 	rc = state_compact(st);
 	fdstore_drop_strays();
+	/* One wait for every kernel descriptor adoption and the strays let go: the first
+	 * session may bind their devices. */
+	fdstore_sync();
 	if (rc < 0) {
 		registry_on_session_end(reg, SESSION_END_STATE, NULL, NULL);
 		state_free(st, false);

@@ -146,7 +146,7 @@ static void drop_kept(int fd, const char *name)
 {
 	if (fd >= 0)
 		(void)close(fd);
-	fdstore_remove(name);
+	fdstore_remove_kernel(name);
 }
 
 /* The context's descriptor from the store, or a failure naming it. */
@@ -199,7 +199,7 @@ static void take_over(struct state *st, struct lease_rec *rec)
 				/* Out of memory to remember it: out of the store too, so
 				 * that lease_store_kernel stores it again. */
 				lease_kernel_name(rec, plan->dev_ids[i], name);
-				fdstore_remove(name);
+				fdstore_remove_kernel(name);
 			}
 		return;
 	}
@@ -574,7 +574,7 @@ static void unstore_unbound(struct lease_rec *rec)
 			continue;
 		}
 		lease_kernel_name(rec, rec->stored_devs[i], name);
-		fdstore_remove(name);
+		fdstore_remove_kernel(name);
 	}
 	rec->n_stored_devs = kept;
 }

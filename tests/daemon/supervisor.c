@@ -279,16 +279,31 @@ void supervisor_launch(struct supervisor *sv)
 	(void)pthread_mutex_unlock(&sv->lock);
 }
 
-/* Waits for READY=1 from the running daemon; called with the lock held. */
-static void wait_ready(struct supervisor *sv)
+static bool is_ready(const struct supervisor *sv, unsigned long since)
+{
+	(void)since;
+	return sv->ready;
+}
+
+static bool removed_since(const struct supervisor *sv, unsigned long since)
+{
+	return sv->removals > since;
+}
+
+/* Waits until done(sv, since) holds, checking the daemon is still alive to make it hold, so
+ * that its death is said (while what) rather than left to ctest's timeout; called with the
+ * lock held. */
+static void wait_until(struct supervisor *sv,
+		       bool (*done)(const struct supervisor *, unsigned long), unsigned long since,
+		       const char *what)
 {
 	int status;
 
-	while (!sv->ready) {
+	while (!done(sv, since)) {
 		struct timespec until;
 
 		if (waitpid(sv->f.pid, &status, WNOHANG) != 0) {
-			(void)fprintf(stderr, "the daemon died at start (wait status %#x): %s\n",
+			(void)fprintf(stderr, "the daemon died %s (wait status %#x): %s\n", what,
 				      status, sv->log_path);
 			abort();
 		}
@@ -300,6 +315,12 @@ static void wait_ready(struct supervisor *sv)
 		}
 		(void)pthread_cond_timedwait(&sv->changed, &sv->lock, &until);
 	}
+}
+
+/* Waits for READY=1 from the running daemon; called with the lock held. */
+static void wait_ready(struct supervisor *sv)
+{
+	wait_until(sv, is_ready, 0, "at start");
 }
 
 void supervisor_spawn(struct supervisor *sv)
@@ -369,6 +390,13 @@ unsigned long supervisor_barriers(struct supervisor *sv)
 	return read_locked(sv, &sv->barriers);
 }
 
+void supervisor_store(struct supervisor *sv, const char *name, int fd)
+{
+	(void)pthread_mutex_lock(&sv->lock);
+	store_add(sv, name, fd);
+	(void)pthread_mutex_unlock(&sv->lock);
+}
+
 void supervisor_let_go(struct supervisor *sv)
 {
 	(void)pthread_mutex_lock(&sv->lock);
@@ -380,8 +408,7 @@ void supervisor_let_go(struct supervisor *sv)
 void supervisor_wait_removals(struct supervisor *sv, unsigned long since)
 {
 	(void)pthread_mutex_lock(&sv->lock);
-	while (sv->removals <= since)
-		(void)pthread_cond_wait(&sv->changed, &sv->lock);
+	wait_until(sv, removed_since, since, "before it removed from the store");
 	(void)pthread_mutex_unlock(&sv->lock);
 }
 

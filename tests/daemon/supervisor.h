@@ -80,6 +80,9 @@ unsigned long supervisor_removals(struct supervisor *sv);
 unsigned long supervisor_barriers(struct supervisor *sv);
 /* Waits until more than since FDSTOREREMOVE=1 messages were received. */
 void supervisor_wait_removals(struct supervisor *sv, unsigned long since);
+/* Keeps fd in the store under name, as an earlier daemon would have; the supervisor owns fd
+ * from then on. */
+void supervisor_store(struct supervisor *sv, const char *name, int fd);
 /* Descriptors in the store whose name starts with prefix. */
 size_t supervisor_stored(struct supervisor *sv, const char *prefix);
 /* The first stored descriptor whose name starts with prefix (the supervisor keeps it); -1

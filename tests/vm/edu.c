@@ -57,7 +57,7 @@ void edu_init(struct edu *e, int vfio_fd)
 	CHECK_EQ(pwrite(vfio_fd, &command, 2, (off_t)(config.offset + PCI_COMMAND)), 2);
 }
 
-void edu_dma(const struct edu *e, uint64_t iova, uint32_t len, bool to_ram)
+bool edu_dma_try(const struct edu *e, uint64_t iova, uint32_t len, bool to_ram)
 {
 	struct timespec pause = {0, 1000000};
 
@@ -67,7 +67,12 @@ void edu_dma(const struct edu *e, uint64_t iova, uint32_t len, bool to_ram)
 	edu_write64(e, EDU_DMA_CMD, EDU_CMD_START | (to_ram ? EDU_CMD_TO_RAM : 0));
 	for (int i = 0; i < 5000 && (edu_read32(e, EDU_DMA_CMD) & EDU_CMD_START); i++)
 		nanosleep(&pause, NULL);
-	CHECK(!(edu_read32(e, EDU_DMA_CMD) & EDU_CMD_START));
+	return !(edu_read32(e, EDU_DMA_CMD) & EDU_CMD_START);
+}
+
+void edu_dma(const struct edu *e, uint64_t iova, uint32_t len, bool to_ram)
+{
+	CHECK(edu_dma_try(e, iova, len, to_ram));
 }
 
 bool all_bytes(const uint8_t *p, size_t n, uint8_t value)

@@ -28,6 +28,8 @@ void edu_init(struct edu *e, int vfio_fd);
 /* One transfer between the device buffer and an IOVA (below 256 MiB: edu masks to 28 bits);
  * returns when the device says done, whether or not the IOMMU let it through. */
 void edu_dma(const struct edu *e, uint64_t iova, uint32_t len, bool to_ram);
+/* The same, false when the device did not say done within 5 s, for a caller that reports it. */
+bool edu_dma_try(const struct edu *e, uint64_t iova, uint32_t len, bool to_ram);
 /* Whether the n bytes at p all still hold value: how a test sees that a DMA did not land. */
 bool all_bytes(const uint8_t *p, size_t n, uint8_t value);
 

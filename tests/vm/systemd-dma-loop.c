@@ -24,8 +24,9 @@
  *   generation=G opened=O rounds=R landed=L window=W window_faults=WF faults_after=F let_go=X
  *   state=S
  * G counts the connections the loop ran on, O the edu's descriptors it opened, X is 1 from a
- * SIGUSR1 to the hang-up it is for; S is "running",
- * "lost" (the new daemon holds no such lease: exit 3), "changed" (the mappings differ: exit 4).
+ * SIGUSR1 to the hang-up it is for; S is "running", "stopped" (SIGTERM: exit 0),
+ * "lost" (the new daemon holds no such lease: exit 3), "changed" (the mappings differ: exit 4),
+ * "stuck" (the edu never finished a round's DMA: exit 5, the round said on stderr).
  *
  * usage: systemd-dma-loop LEASE DEVICE STATUS_FILE
  */
@@ -53,6 +54,7 @@
 #define LIST_MAX      4096u
 #define STATE_LOST    3
 #define STATE_CHANGED 4
+#define STATE_STUCK   5
 
 struct loop {
 	const char *lease, *device, *status_path;
@@ -226,8 +228,8 @@ static void come_back(struct loop *l)
 			pause_dma(l, true);
 			give_up(l, "lost", STATE_LOST);
 		}
-		if (stop)
-			exit(0);
+		if (stop) /* main writes "stopped" */
+			return;
 		(void)fprintf(stderr, "systemd-dma-loop: %s; trying again\n",
 			      iommuctl_last_error(l->c));
 	}
@@ -244,15 +246,23 @@ static void come_back(struct loop *l)
 	set_away(l, false);
 }
 
-/* One copy of a fresh pattern, memory -> device -> memory: whether every byte landed. */
+/* One copy of a fresh pattern, memory -> device -> memory: whether every byte landed. A device
+ * that never finishes is a failure of its own, said with its round, not a fault. */
 static bool round_trip(struct loop *l, unsigned long round)
 {
 	uint8_t pattern = (uint8_t)(round % 251 + 1);
 
 	memset(l->mem, pattern, EDU_XFER);
 	memset(l->mem + PAGE, 0, EDU_XFER);
-	edu_dma(&l->edu, SRC_IOVA, EDU_XFER, false);
-	edu_dma(&l->edu, DST_IOVA, EDU_XFER, true);
+	if (!edu_dma_try(&l->edu, SRC_IOVA, EDU_XFER, false) ||
+	    !edu_dma_try(&l->edu, DST_IOVA, EDU_XFER, true)) {
+		(void)pthread_mutex_lock(&l->lock);
+		(void)fprintf(stderr,
+			      "systemd-dma-loop: round %lu: the edu did not finish its DMA\n",
+			      round);
+		write_status(l, "stuck");
+		exit(STATE_STUCK);
+	}
 	return all_bytes(l->mem + PAGE, EDU_XFER, pattern);
 }
 

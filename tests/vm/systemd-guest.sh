@@ -220,9 +220,9 @@ survive_check() {
 	}
 	cat "$dma_status"
 	[ "$(dma_field faults_after)" -eq 0 ] || fail "DMA issued while the daemon was up faulted"
-	# systemd answers the daemon's BARRIER=1 after each removal from the store (a stop's
-	# kernel descriptors, an old record).
-	! journalctl -u iommud -o cat | grep 'did not confirm' ||
+	# systemd answers the daemon's BARRIER=1 after each removal of kernel descriptors from
+	# the store (a stop's, a lease's end).
+	! journalctl -u iommud -o cat | grep 'did not answer BARRIER=1' ||
 		fail "systemd did not answer the daemon's BARRIER=1"
 	in_window=$(($(dma_field window) - window))
 	faulted=$(($(dma_field window_faults) - window_faults))
@@ -271,6 +271,11 @@ step_systemd_survive_restart() {
 	kill -USR1 "$(cat "$dma_pid")"
 	wait_for sh -c "grep -q 'let_go=1' $dma_status"
 	survive_note
+	# The check below reads the stopping daemon's lines from this step on, and only those:
+	# another daemon's wait (at its start, earlier or after the restart) must not pass for it.
+	stopping=$(service_property MainPID)
+	rm -f /tmp/iommud-restart.cursor
+	journalctl -q -n 1 --cursor-file=/tmp/iommud-restart.cursor >/dev/null
 	systemctl restart iommud.service
 	wait_for dma_moved_on "$generation" || { diagnose; return 1; }
 	if [ "$(dma_field state)" = lost ]; then
@@ -284,8 +289,10 @@ step_systemd_survive_restart() {
 	survive_check let_go
 	# The stop took the lease's kernel descriptors out of the store and waited for systemd to
 	# have read that (BARRIER=1) before tearing them down.
-	journalctl -u iommud -o cat | grep 'has read every removal from its store' ||
-		fail "the stopping daemon never saw systemd answer its BARRIER=1"
+	journalctl -o cat --after-cursor="$(cat /tmp/iommud-restart.cursor)" \
+		_SYSTEMD_UNIT=iommud.service _PID="$stopping" |
+		grep 'has read every removal from its store' ||
+		fail "the stopping daemon (pid $stopping) never saw systemd answer its BARRIER=1"
 }
 
 # ExecReload= sends SIGUSR2 with procps' /bin/kill, which the package depends on.
