@@ -72,17 +72,27 @@ static void remove_notify_socket(int fd, char path[static 108])
 	(void)rmdir(path);
 }
 
+/* Starts the daemon as systemd would with WatchdogSec= of watchdog_usec; returns the socket its
+ * notifications arrive on, bound at path. */
+static int start_watched(struct daemon_fixture *daemon, char path[static 108],
+			 const char *watchdog_usec)
+{
+	int fd = notify_socket(path);
+
+	/* The fixture's daemon inherits these; no WATCHDOG_PID, so any pid may ping. */
+	CHECK(setenv("NOTIFY_SOCKET", path, 1) == 0);
+	CHECK(setenv("WATCHDOG_USEC", watchdog_usec, 1) == 0);
+	fixture_start(daemon, "", "emu0");
+	return fd;
+}
+
 TEST(pings_the_watchdog_after_ready)
 {
 	struct daemon_fixture daemon;
 	char path[108], message[MESSAGE_MAX];
 	bool ready = false;
-	int fd = notify_socket(path), pings = 0;
+	int fd = start_watched(&daemon, path, "200000"), pings = 0;
 
-	/* The fixture's daemon inherits these; no WATCHDOG_PID, so any pid may ping. */
-	CHECK(setenv("NOTIFY_SOCKET", path, 1) == 0);
-	CHECK(setenv("WATCHDOG_USEC", "200000", 1) == 0);
-	fixture_start(&daemon, "", "emu0");
 	while (pings < PINGS_WANTED) {
 		next_message(fd, message, "WATCHDOG=1");
 		ready |= has_line(message, "READY=1");
@@ -104,11 +114,8 @@ TEST(pings_around_a_reexec)
 	struct daemon_fixture daemon;
 	char path[108], message[MESSAGE_MAX];
 	bool reloading = false;
-	int fd = notify_socket(path), pings_while_reloading = 0;
+	int fd = start_watched(&daemon, path, "3600000000"), pings_while_reloading = 0;
 
-	CHECK(setenv("NOTIFY_SOCKET", path, 1) == 0);
-	CHECK(setenv("WATCHDOG_USEC", "3600000000", 1) == 0);
-	fixture_start(&daemon, "", "emu0");
 	do
 		next_message(fd, message, "READY=1");
 	while (!has_line(message, "READY=1"));
