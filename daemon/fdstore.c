@@ -98,9 +98,9 @@ static bool send_remove(const char *name)
 	if (rc >= 0 || warned)
 		return rc > 0;
 	warned = true;
-	log_warning("cannot ask the service manager to close its copy of '%s' (%s), nor, from "
-		    "now on, of the other descriptors the daemon lets go: the next daemon closes "
-		    "them as strays, so restart iommud if a released device stays busy (EBUSY)",
+	log_warning("cannot ask the service manager to close its copy of '%s' (%s); later "
+		    "failures are not logged: the next daemon closes what the manager still "
+		    "holds as strays, so restart iommud if a released device stays busy (EBUSY)",
 		    name, strerror(-rc));
 	return false;
 }
@@ -150,6 +150,15 @@ void fdstore_sync(void)
 	rc = barrier(timeout_usec);
 	if (rc >= 0) {
 		log_debug("the service manager has read every removal from its store");
+		return;
+	}
+	if (rc != -ETIMEDOUT) {
+		/* The daemon's own trouble (no descriptor for the barrier's pipe, no memory), not
+		 * the manager's: the next removal waits again. */
+		log_warning("cannot wait for the service manager to read the removals from its "
+			    "store (%s): another session's OpenDevice of a device just released "
+			    "may fail with EBUSY until it has",
+			    strerror(-rc));
 		return;
 	}
 	manager_silent = true;

@@ -217,6 +217,9 @@ static void take_over(struct state *st, struct lease_rec *rec)
 		drop_kept(plan->devs[i].fd, name);
 		plan->devs[i].fd = -1;
 	}
+	/* The replay binds these devices again next: the manager's copies must be closed first,
+	 * or the kernel refuses the bind (EBUSY) and the lease comes back without them. */
+	fdstore_sync();
 }
 
 static int apply_lease(struct state *st, const Iommud__State__V1__Lease *l)
