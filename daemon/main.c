@@ -23,6 +23,7 @@
 #include "dispatch.h"
 #include "fdstore.h"
 #include "log.h"
+#include "manager_job.h"
 #include "probes/probes.h"
 #include "reexec.h"
 #include "server.h"
@@ -62,8 +63,12 @@ static const char usage[] =
 	"  -V, --version          show the version and exit\n"
 	"\n"
 	"Signals: SIGTERM and SIGINT stop the daemon; every mapping is removed from the\n"
-	"IOMMU before the memory behind it is released. SIGHUP is logged and ignored:\n"
-	"configuration changes take effect at the next start.\n"
+	"IOMMU before the memory behind it is released. A SIGTERM that systemd sends to\n"
+	"restart the unit (systemctl restart; asked over the D-Bus system bus) is the\n"
+	"exception: the named leases stay, with their devices' DMA, in systemd's descriptor\n"
+	"store for the next daemon to take over. SIGUSR2 re-executes the daemon in place\n"
+	"(ExecReload=), keeping the leases. SIGHUP is logged and ignored: configuration\n"
+	"changes take effect at the next start.\n"
 	"\n"
 	"Exit status: 0 after a clean stop, 1 when the daemon cannot start, a bad\n"
 	"configuration file included (the message says why), 2 on a usage error: an unknown\n"
@@ -296,48 +301,72 @@ static void raise_fd_limit(unsigned max_connections)
 			    (unsigned long long)limit.rlim_cur, max_connections);
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
+/* How the loop ended, when a signal ended it: a re-execution (SIGUSR2) or the stop half of the
+ * service manager's restart (SIGTERM) leave the leases to the next daemon; any other stop tears
+ * them down. */
+struct loop_end {
+	struct event_base *base;
+	const struct daemon *d;
+	bool reexec;
+	bool restart;
+};
+
+/* A SIGTERM from systemd for a restart is answered as a kill would be, without the kill's
+ * loss: the leases' kernel objects stay in the store, so that the next daemon takes them over
+ * and their devices' DMA goes on (docs/operations.md, "Surviving a restart"). Only systemd's
+ * own answer makes it a restart: a stop for good must tear them down, or devices held open by
+ * clients would go on with DMA into memory no daemon accounts for. */
+static void on_terminate(evutil_socket_t sig, short what, void *arg)
 {
+	struct loop_end *end = arg;
+
+	(void)what;
+	end->restart = end->d->state && manager_restarting();
+	log_notice("signal %d: %s", (int)sig,
+		   end->restart ? "stopping for systemd's restart, leaving the leases to the next "
+				  "daemon"
+				: "stopping");
+	(void)event_base_loopbreak(end->base);
+}
+
+static void on_interrupt(evutil_socket_t sig, short what, void *arg)
+{
+	struct loop_end *end = arg;
+
 	(void)what;
 	log_notice("signal %d: stopping", (int)sig);
-	(void)event_base_loopbreak(arg);
+	(void)event_base_loopbreak(end->base);
 }
 
 /* SIGUSR2 asks for a re-execution (reexec.h): the loop ends, and serve() executes the daemon
  * again. */
-struct reexec_request {
-	struct event_base *base;
-	const struct daemon *d;
-	bool asked;
-};
-
 static void on_reexec(evutil_socket_t sig, short what, void *arg)
 {
-	struct reexec_request *r = arg;
+	struct loop_end *end = arg;
 
 	(void)sig;
 	(void)what;
-	if (!r->d->state) {
+	if (!end->d->state) {
 		log_warning("SIGUSR2: re-executing needs a service manager that keeps the leases' "
 			    "state record (NOTIFY_SOCKET, FileDescriptorStoreMax=); ignored");
 		return;
 	}
 	log_notice("SIGUSR2: re-executing");
-	r->asked = true;
-	(void)event_base_loopbreak(r->base);
+	end->reexec = true;
+	(void)event_base_loopbreak(end->base);
 }
 
 /* SIGTERM and SIGINT stop the loop; SIGHUP is only logged; SIGUSR2 re-executes. */
 #define N_SIGNALS 4
 
-static int watch_signals(struct reexec_request *reexec, struct event *ret_events[N_SIGNALS])
+static int watch_signals(struct loop_end *end, struct event *ret_events[N_SIGNALS])
 {
-	struct event_base *base = reexec->base;
+	struct event_base *base = end->base;
 	struct event *events[N_SIGNALS] = {
-		evsignal_new(base, SIGTERM, on_signal, base),
-		evsignal_new(base, SIGINT, on_signal, base),
+		evsignal_new(base, SIGTERM, on_terminate, end),
+		evsignal_new(base, SIGINT, on_interrupt, end),
 		evsignal_new(base, SIGHUP, on_hangup, NULL),
-		evsignal_new(base, SIGUSR2, on_reexec, reexec),
+		evsignal_new(base, SIGUSR2, on_reexec, end),
 	};
 	int rc = 0;
 
@@ -490,11 +519,24 @@ static void reexec_now(struct daemon *d, struct server *srv)
 	_exit(EXIT_FAILURE);
 }
 
+/* The stop half of systemd's restart: connections end as at any stop (anonymous sessions with
+ * them); the leases are left as a kill leaves them, their kernel descriptors and record in the
+ * store, which systemd keeps across a restart, for the next daemon to take over. Nothing of
+ * theirs is torn down or freed: the process ends here, as a re-execution's image does. */
+static void leave_for_restart(struct server *srv)
+{
+	server_destroy(srv);
+	fdstore_sync();
+	(void)sd_notify(0, "STOPPING=1");
+	log_notice("stopped; the leases wait in systemd's descriptor store for the next daemon");
+	_exit(EXIT_SUCCESS);
+}
+
 /* Serves until a signal stops the daemon; returns the exit status. */
 static int serve(struct daemon *d, struct config *cfg)
 {
 	struct event *signals[N_SIGNALS] = {NULL}, *watchdog = NULL, *store_sync = NULL;
-	struct reexec_request reexec_request = {0};
+	struct loop_end end = {0};
 	struct event_base *base = loop_base();
 	struct server *srv = NULL;
 	int status = 1;
@@ -520,9 +562,9 @@ static int serve(struct daemon *d, struct config *cfg)
 	}
 	if (state_open(d->reg, &d->state) < 0)
 		log_err("named leases will not survive a restart: %s", failure_message());
-	reexec_request.base = base;
-	reexec_request.d = d;
-	if (watch_signals(&reexec_request, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||
+	end.base = base;
+	end.d = d;
+	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||
 	    start_store_sync(base, &store_sync) < 0)
 		goto out;
 	(void)sd_notifyf(0, "READY=1\nWATCHDOG=1\nSTATUS=serving on the %s backend",
@@ -532,8 +574,10 @@ static int serve(struct daemon *d, struct config *cfg)
 		log_err("the event loop failed");
 	else
 		status = 0;
-	if (reexec_request.asked)
+	if (end.reexec)
 		reexec_now(d, srv);
+	if (end.restart)
+		leave_for_restart(srv);
 	(void)sd_notify(0, "STOPPING=1");
 out:
 	/* Connections first (anonymous sessions), then leases; main closes the backend. */

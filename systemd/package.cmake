@@ -21,6 +21,9 @@ set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS_PRIVATE_DIRS ${CMAKE_BINARY_DIR}/client)
 # systemd-sysusers, udevadm and the units' settings (CAP_BPF, ProtectKernelLogs=) need these;
 # procps has the /bin/kill of ExecReload=, which a minimal Debian 12 lacks.
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "systemd (>= 247), udev, procps")
+# The daemon asks systemd over the D-Bus system bus whether a SIGTERM is a restart, which
+# leaves the leases' device DMA going; without a bus a restart tears them down as a stop does.
+set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "dbus | dbus-system-bus")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
 	${CMAKE_SOURCE_DIR}/systemd/debian/postinst ${CMAKE_SOURCE_DIR}/systemd/debian/prerm
 	${CMAKE_SOURCE_DIR}/systemd/debian/postrm)

@@ -260,14 +260,27 @@ step_systemd_survive_kill() {
 	survive systemctl kill -s KILL iommud.service
 }
 
-# A restart is a stop and a start: the lease survives it where the manager keeps the descriptor
-# store across the stop (docs/operations.md, "Surviving a restart", on systemd 252 and
-# FileDescriptorStorePreserve=); where it ends, what must hold is that the client is told so
-# instead of being handed a new, empty lease. A stop tears the lease's kernel objects down (the
-# daemon cannot tell it from a stop for good, after which no device may go on with DMA into
-# memory no daemon accounts for): the client is told to let its edu go at the hang-up, and the
-# rounds that ran in the window are printed, not asserted.
+# systemd's restart: the daemon asks systemd (over D-Bus) what its SIGTERM is for, and for a
+# restart leaves the leases in the store as a kill would; systemd keeps the store across the
+# restart job (252 included), so the next daemon takes the lease over and the client's DMA goes
+# on through the restart, as through a kill.
 step_systemd_survive_restart() {
+	stopping=$(service_property MainPID)
+	survive systemctl restart iommud.service
+	journalctl --sync 2>/dev/null || true
+	journalctl -o cat _SYSTEMD_UNIT=iommud.service _PID="$stopping" |
+		grep "stopping for systemd's restart" ||
+		fail "the stopping daemon (pid $stopping) did not take its SIGTERM for a restart"
+}
+
+# A stop, then a start: the lease survives it where the manager keeps the descriptor store
+# across the stop (FileDescriptorStorePreserve=yes, systemd 254 and later); where it ends (252
+# drops the store of a unit stopped with no job queued), what must hold is that the client is
+# told so instead of being handed a new, empty lease. A stop tears the lease's kernel objects
+# down (after it, no device may go on with DMA into memory no daemon accounts for): the client
+# is told to let its edu go at the hang-up, and the rounds that ran in the window are printed,
+# not asserted.
+step_systemd_stop_start() {
 	kill -USR1 "$(cat "$dma_pid")"
 	wait_for sh -c "grep -q 'let_go=1' $dma_status"
 	survive_note
@@ -276,13 +289,14 @@ step_systemd_survive_restart() {
 	stopping=$(service_property MainPID)
 	rm -f /tmp/iommud-restart.cursor
 	journalctl -q -n 1 --cursor-file=/tmp/iommud-restart.cursor >/dev/null
-	systemctl restart iommud.service
+	systemctl stop iommud.service
+	systemctl start iommud.service
 	wait_for dma_moved_on "$generation" || { diagnose; return 1; }
 	if [ "$(dma_field state)" = lost ]; then
 		grep "holds no lease '$lease'" /tmp/systemd-dma-loop.log ||
 			fail "the client was not told that its lease is gone"
 		echo "iommud-vm: systemd $(systemctl --version | awk 'NR == 1 { print $2 }')" \
-			"dropped the store at the restart: the lease ended, and the client was told"
+			"dropped the store at the stop: the lease ended, and the client was told"
 		dma_start
 		return
 	fi

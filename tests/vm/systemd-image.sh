@@ -34,11 +34,13 @@ rm -f "$out"/package/*.deb
 }
 deb=$(ls "$out"/package/*.deb)
 echo "$prog: package $deb"
-dpkg-deb -f "$deb" Depends
+dpkg-deb -f "$deb" Depends Recommends
 
-# The package's dependencies, without their versions: the root is made with them so that
-# dpkg -i in the guest needs no network.
-depends=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/(.*)//; s/|.*//' | tr -d ' ')
+# The package's dependencies and recommendations (first of each set of alternatives), without
+# their versions, as apt installs them: the root is made with them so that dpkg -i in the
+# guest needs no network.
+depends=$(dpkg-deb -f "$deb" Depends Recommends | sed 's/^[A-Za-z]*: //' | tr ',' '\n' |
+	sed 's/(.*)//; s/|.*//' | tr -d ' ')
 # shellcheck disable=SC2086
 root=$("$here/debian-root.sh" "${IOMMUD_VM_CACHE:-$out/cache}" $depends)
 
