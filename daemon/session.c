@@ -15,6 +15,7 @@
 #include <sys/queue.h>
 #include <sys/sdt.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -1011,13 +1012,30 @@ static bool is_memfd(int fd)
 	return strncmp(target, "/memfd:", 7) == 0;
 }
 
+/* The file's inode flags say whether it is append-only: statx answers where the file system
+ * reports the attribute (tmpfs, which has inode flags since Linux 6.0), the ioctl elsewhere. A
+ * file system without inode flags (hugetlbfs) answers the ioctl with an error: none are set. */
+static bool append_only(int fd, const struct statx *stx)
+{
+	int inode_flags = 0;
+
+	if (stx->stx_attributes_mask & STATX_ATTR_APPEND)
+		return stx->stx_attributes & STATX_ATTR_APPEND;
+	if (ioctl(fd, FS_IOC_GETFLAGS, &inode_flags) < 0)
+		return false;
+	return inode_flags & FS_APPEND_FL;
+}
+
 int session_check_file(int fd, struct map_file *out)
 {
 	struct statfs fs;
-	struct stat st;
-	int seals, flags, inode_flags = 0;
+	struct statx stx;
+	int seals, flags;
 
-	if (fstat(fd, &st) < 0 || fstatfs(fd, &fs) < 0 || (flags = fcntl(fd, F_GETFL)) < 0)
+	/* Each answer can change between requests (size, seals, inode flags) or belongs to this
+	 * descriptor (its access mode), so every request asks again. */
+	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_SYNC_AS_STAT, STATX_BASIC_STATS, &stx) < 0 ||
+	    fstatfs(fd, &fs) < 0 || (flags = fcntl(fd, F_GETFL)) < 0)
 		return fail(-EBADF, "the descriptor sent with the request cannot be examined (%s)",
 			    strerror(errno));
 	/* Every mapping lets the device read, whatever its prot. By address mmap refuses a
@@ -1027,7 +1045,7 @@ int session_check_file(int fd, struct map_file *out)
 		return fail(-EACCES, "the file was opened write-only, so the daemon cannot map it "
 				     "for the device to read; open it read-write (or read-only "
 				     "for PROT_READ mappings)");
-	if (!S_ISREG(st.st_mode) || (fs.f_type != TMPFS_MAGIC && fs.f_type != HUGETLBFS_MAGIC))
+	if (!S_ISREG(stx.stx_mode) || (fs.f_type != TMPFS_MAGIC && fs.f_type != HUGETLBFS_MAGIC))
 		return fail(-EINVAL, "the descriptor sent with the request is not a memfd, tmpfs "
 				     "or hugetlbfs file; create the memory with memfd_create "
 				     "(iommuctl_memfd) and seal it with F_SEAL_SHRINK");
@@ -1035,26 +1053,23 @@ int session_check_file(int fd, struct map_file *out)
 	seals = fcntl(fd, F_GET_SEALS);
 	if (seals < 0)
 		seals = 0;
-	/* A file system without inode flags (hugetlbfs) answers with an error: none are set. */
-	if (ioctl(fd, FS_IOC_GETFLAGS, &inode_flags) < 0)
-		inode_flags = 0;
-	if (is_memfd(fd)) {
-		if (!(seals & F_SEAL_SHRINK))
-			return fail(-EINVAL,
-				    "the memfd is not sealed against shrinking, so it could "
-				    "shrink under a DMA mapping; create it with "
-				    "MFD_ALLOW_SEALING and add F_SEAL_SHRINK "
-				    "(fcntl F_ADD_SEALS)");
-	}
+	/* Only a memfd must be sealed, and a file sealed against shrinking passes whatever it
+	 * is: the path that names a memfd is read only for a file without the seal, as it costs
+	 * more than every other check together. */
+	if (!(seals & F_SEAL_SHRINK) && is_memfd(fd))
+		return fail(-EINVAL, "the memfd is not sealed against shrinking, so it could "
+				     "shrink under a DMA mapping; create it with "
+				     "MFD_ALLOW_SEALING and add F_SEAL_SHRINK "
+				     "(fcntl F_ADD_SEALS)");
 	*out = (struct map_file){
 		.fd = fd,
-		.dev = st.st_dev,
-		.ino = st.st_ino,
-		.size = (uint64_t)st.st_size,
-		.page_size = fs.f_type == HUGETLBFS_MAGIC ? (uint64_t)st.st_blksize : MAP_GRANULE,
+		.dev = makedev(stx.stx_dev_major, stx.stx_dev_minor),
+		.ino = stx.stx_ino,
+		.size = stx.stx_size,
+		.page_size = fs.f_type == HUGETLBFS_MAGIC ? (uint64_t)stx.stx_blksize : MAP_GRANULE,
 		.access_mode = flags & O_ACCMODE,
 		.seals = seals,
-		.append_only = inode_flags & FS_APPEND_FL,
+		.append_only = append_only(fd, &stx),
 	};
 	return 0;
 }
