@@ -96,6 +96,14 @@ struct session {
 	LIST_HEAD(, domain_rec) domains;
 	LIST_HEAD(, bound_dev) devices;
 	LIST_HEAD(, file_map) files;
+	/* A map whose last mapping an Unmap of that one mapping released, kept (NULL: none)
+	 * for the session's next Map of the same range of the file with the same access, which
+	 * then needs no mmap: a client that maps and unmaps one buffer per I/O pays the
+	 * daemon's mmap and munmap of it once. Counted against no quota or ceiling, and given
+	 * up for any other map the session makes, when a connection leaves the session, when
+	 * the daemon's maps near their ceiling, and at the session's end. */
+	struct file_map *spare;
+	bool keeping_released; /* the unmap under way keeps what it releases as the spare */
 };
 
 struct tenant {
@@ -125,7 +133,8 @@ struct registry {
 	unsigned n_sessions;
 	bool maps_in_process; /* the backend's map path runs here, on the daemon's addresses */
 	struct ceilings ceil;
-	struct usage total; /* over all tenants, against ceil */
+	struct usage total;  /* over all tenants, against ceil */
+	uint64_t spare_maps; /* the sessions' spare maps, not in total.maps */
 	uint64_t failed_releases;
 };
 
@@ -244,6 +253,28 @@ static void release_memory(struct registry *reg, void *va, uint64_t length)
 		va, (unsigned long long)length, strerror(saved));
 }
 
+static void spare_drop(struct session *s)
+{
+	if (!s->spare)
+		return;
+	s->tenant->reg->spare_maps--;
+	release_memory(s->tenant->reg, s->spare->base, s->spare->length);
+	free(s->spare);
+	s->spare = NULL;
+}
+
+/* Gives up every session's spare map, so that the maps the daemon holds stay within their
+ * ceiling, which counts none of them. */
+static void registry_drop_spares(struct registry *reg)
+{
+	struct tenant *t;
+	struct session *s;
+
+	LIST_FOREACH (t, &reg->tenants, link)
+		LIST_FOREACH (s, &t->sessions, link)
+			spare_drop(s);
+}
+
 static void file_map_put(struct session *s, struct file_map *fm)
 {
 	if (--fm->refs)
@@ -251,12 +282,20 @@ static void file_map_put(struct session *s, struct file_map *fm)
 	LIST_REMOVE(fm, link);
 	if (fm->whole)
 		s->tenant->whole_file_bytes -= fm->length;
-	if (!fm->by_fd) {
-		s->tenant->used.maps--;
-		s->tenant->reg->total.maps--;
-		release_memory(s->tenant->reg, fm->base, fm->length);
+	if (fm->by_fd) {
+		free(fm);
+		return;
 	}
-	free(fm);
+	s->tenant->used.maps--;
+	s->tenant->reg->total.maps--;
+	if (!s->keeping_released) {
+		release_memory(s->tenant->reg, fm->base, fm->length);
+		free(fm);
+		return;
+	}
+	spare_drop(s);
+	s->spare = fm;
+	s->tenant->reg->spare_maps++;
 }
 
 /* The owner record for a mapping of fm's memory in dom made in parts of part bytes, with a
@@ -627,6 +666,7 @@ static void session_destroy(struct session *s)
 	/* The context first: it releases every mapping's memory once the backend has unmapped it,
 	 * charging the domain records, which must still be there. */
 	kh_ctx_destroy(s->ctx);
+	spare_drop(s);
 	while ((dom = LIST_FIRST(&s->domains)))
 		domain_rec_release(s, dom);
 	while ((dev = LIST_FIRST(&s->devices))) {
@@ -749,6 +789,9 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 
 void session_leave(struct session *s)
 {
+	/* A session left, and all the more one kept with no connection, is no longer mapping and
+	 * unmapping a buffer in turn: its spare would only hold the tenant's memory. */
+	spare_drop(s);
 	if (--s->refs)
 		return;
 	if (s->lease[0] && !s->lease_released) {
@@ -1178,14 +1221,63 @@ static struct file_map *file_map_find(struct session *s, const struct map_entry 
 	return NULL;
 }
 
+/* The spare map, taken out of the spare's place, when it is the map plan describes (of the same
+ * range of the same file, with the same access); else NULL, the spare given up. */
+static struct file_map *spare_take(struct session *s, const struct file_map *plan)
+{
+	struct file_map *fm = s->spare;
+
+	if (!fm || fm->dev != plan->dev || fm->ino != plan->ino || fm->writable != plan->writable ||
+	    fm->whole != plan->whole || fm->start != plan->start || fm->length != plan->length) {
+		spare_drop(s);
+		return NULL;
+	}
+	s->spare = NULL;
+	s->tenant->reg->spare_maps--;
+	fm->refs = 1;
+	return fm;
+}
+
+/* A new record with the daemon's mmap of the file's range that plan describes. */
+static int file_map_mmap(struct session *s, int fd, const struct file_map *plan,
+			 struct file_map **ret_fm)
+{
+	struct registry *reg = s->tenant->reg;
+	struct file_map *fm;
+	int rc;
+
+	/* The spares count against no ceiling, but each is a memory map all the same. */
+	if (reg->total.maps + reg->spare_maps >= reg->ceil.max_maps)
+		registry_drop_spares(reg);
+	fm = calloc(1, sizeof(*fm));
+	if (!fm)
+		return fail(-ENOMEM, "out of memory");
+	*fm = *plan;
+	LIST_INIT(&fm->owners);
+	fm->base =
+		map_placed(fd, fm->start, fm->length, PROT_READ | (fm->writable ? PROT_WRITE : 0));
+	if (fm->base == MAP_FAILED) {
+		/* mmap sets errno when it fails; the compiler cannot know, and a caller would read
+		 * *ret_fm after a 0. */
+		rc = errno > 0 ? -errno : -EIO;
+		free(fm);
+		return map_refused(rc);
+	}
+	*ret_fm = fm;
+	return 0;
+}
+
 /* A new map for the entry: of the whole file while the tenant's whole-file maps stay within its
- * max-pinned, else of the entry's range alone. */
+ * max-pinned, else of the entry's range alone. The session's spare serves if it is that map:
+ * its size is the file's as this request found it, so a file that shrank or grew since gets a
+ * new one. */
 static int file_map_new(struct session *s, const struct map_entry *e, bool writable,
 			struct file_map **ret_fm)
 {
 	const struct map_file *f = e->file;
 	uint64_t whole = (f->size + f->page_size - 1) / f->page_size * f->page_size;
 	struct tenant *t = s->tenant;
+	struct file_map plan = {.dev = f->dev, .ino = f->ino, .writable = writable, .refs = 1};
 	struct file_map *fm;
 	int rc;
 
@@ -1203,23 +1295,12 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 			"over all tenants allows (max-maps-total, below vm.max_map_count); "
 			"unmap some, map from fewer files (a file's mappings share one map), or "
 			"ask the administrator to raise vm.max_map_count");
-	fm = calloc(1, sizeof(*fm));
-	if (!fm)
-		return fail(-ENOMEM, "out of memory");
-	*fm = (struct file_map){.dev = f->dev, .ino = f->ino, .writable = writable, .refs = 1};
-	LIST_INIT(&fm->owners);
-	fm->whole = whole <= t->rule->max_pinned_bytes - t->whole_file_bytes;
-	fm->start = fm->whole ? 0 : e->offset;
-	fm->length = fm->whole ? whole : e->length;
-	fm->base =
-		map_placed(f->fd, fm->start, fm->length, PROT_READ | (writable ? PROT_WRITE : 0));
-	if (fm->base == MAP_FAILED) {
-		/* mmap sets errno when it fails; the compiler cannot know, and a caller would read
-		 * *ret_fm after a 0. */
-		rc = errno > 0 ? -errno : -EIO;
-		free(fm);
-		return map_refused(rc);
-	}
+	plan.whole = whole <= t->rule->max_pinned_bytes - t->whole_file_bytes;
+	plan.start = plan.whole ? 0 : e->offset;
+	plan.length = plan.whole ? whole : e->length;
+	fm = spare_take(s, &plan);
+	if (!fm && (rc = file_map_mmap(s, f->fd, &plan, &fm)) < 0)
+		return rc;
 	if (fm->whole)
 		t->whole_file_bytes += fm->length;
 	t->used.maps++;
@@ -1460,7 +1541,7 @@ void session_map_abort(struct session *s, struct map_progress *p)
 		map_owner_put(s, mo);
 		return;
 	}
-	if (session_unmap_start(s, p->domain_id, p->req.iova, p->mapped, &p->back) < 0)
+	if (session_unmap_start(s, p->domain_id, p->req.iova, p->mapped, false, &p->back) < 0)
 		log_about(LOG_ERR, s->tenant, s->lease, &p->domain_id, NULL,
 			  "uid %u: cannot take back [0x%llx, +0x%llx) of a map that failed in "
 			  "domain %u: %s",
@@ -1642,7 +1723,7 @@ static int unmap_end(struct session *s, struct domain_rec *dom, struct unmap_pro
 }
 
 int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
-			struct unmap_progress *p)
+			bool keep_view, struct unmap_progress *p)
 {
 	bool all = iova == 0 && length == UINT64_MAX;
 	struct domain_rec *dom;
@@ -1654,6 +1735,7 @@ int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, ui
 				     .iova = iova,
 				     .last = all ? UINT64_MAX : iova + length - 1,
 				     .maps_before = dom->n_maps,
+				     .keep_view = keep_view,
 				     .parts_per_step = 1};
 	/* Nothing to remove is no error for UnmapAll, whatever the domain's type. */
 	if (all && !dom->n_maps)
@@ -1678,13 +1760,19 @@ static int unmap_group(struct session *s, struct domain_rec *dom, struct unmap_p
 {
 	uint64_t leaves = leaves_of(&next[0]);
 	size_t k = 1;
+	int rc;
 
 	while (k < n && next[k].iova <= p->last &&
 	       last_step(&next[k], p->parts_per_step) == next[k].iova &&
 	       leaves + leaves_of(&next[k]) <= (uint64_t)MAP_PART_PAGES * p->parts_per_step)
 		leaves += leaves_of(&next[k++]);
-	return unmap_whole(s, dom, p, next[0].iova,
-			   next[k - 1].iova + next[k - 1].length - next[0].iova);
+	/* The unmap's one mapping: the first in its range (none gone before) and the last. */
+	s->keeping_released =
+		p->keep_view && dom->n_maps == p->maps_before && (n == 1 || next[1].iova > p->last);
+	rc = unmap_whole(s, dom, p, next[0].iova,
+			 next[k - 1].iova + next[k - 1].length - next[0].iova);
+	s->keeping_released = false;
+	return rc;
 }
 
 int session_unmap_step(struct session *s, struct unmap_progress *p)
@@ -1720,7 +1808,7 @@ int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t
 		  uint64_t *bytes, uint32_t *count)
 {
 	struct unmap_progress p;
-	int rc = session_unmap_start(s, domain_id, iova, length, &p);
+	int rc = session_unmap_start(s, domain_id, iova, length, false, &p);
 
 	p.parts_per_step = MAP_PARTS_PER_STEP_MAX;
 	while (rc > 0)

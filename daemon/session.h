@@ -231,14 +231,17 @@ struct unmap_progress {
 	uint64_t bytes;	      /* taken away so far */
 	uint32_t count;	      /* set when done: the mappings gone */
 	uint64_t unmap_ns;    /* the in-process backend's time so far; 0 when not timed */
+	bool keep_view;	      /* its one mapping's file map may stay as the session's spare */
 	unsigned parts_per_step;
 };
 /* start checks the range as one call would: where it would fail, or there is nothing to do in
  * steps, it does that one call and returns 0 (done: p->bytes and p->count) or its error; else
  * 1, and each step returns 1 while there is more, 0 when done, or a negative errno (what the
- * earlier steps took away stays taken away). */
+ * earlier steps took away stays taken away). keep_view (a client's Unmap): where the range
+ * holds one mapping, whose release leaves its file map unused, the session keeps that map for
+ * its next Map of the same file (its spare) instead of unmapping it from the daemon. */
 int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
-			struct unmap_progress *p);
+			bool keep_view, struct unmap_progress *p);
 int session_unmap_step(struct session *s, struct unmap_progress *p);
 
 struct map_progress {

@@ -288,7 +288,7 @@ TEST(steps_of_many_parts)
 		CHECK_EQ(p.mapped, mapped[i]);
 		CHECK_EQ(mapped_length(&t), mapped[i]);
 	}
-	CHECK_EQ(session_unmap_start(t.session, t.domain, 0, UINT64_MAX, &u), 1);
+	CHECK_EQ(session_unmap_start(t.session, t.domain, 0, UINT64_MAX, false, &u), 1);
 	u.parts_per_step = 2;
 	CHECK_EQ(session_unmap_step(t.session, &u), 1);
 	CHECK_EQ(mapped_length(&t), 3 * SMALL_PART);
