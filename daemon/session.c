@@ -1632,20 +1632,26 @@ int session_map(struct session *s, struct map_entry *e)
  * kernel-helper finds the mapping around an IOVA only when removing, so the ends are asked as
  * removals that cannot succeed: of the gap below the first mapping inside (which only a mapping
  * from below can overlap) and of the byte after the range (mapped only if a mapping covers it,
- * which reaches into the range unless it starts there). Each fails, removing nothing. */
+ * which reaches into the range unless it starts there). Each fails, removing nothing, at the
+ * cost of kernel-helper's error message; the end needs no asking where the only mapping that
+ * starts inside ends inside too (a mapping from below reaching past the end would overlap it),
+ * the common unmap of one mapping. */
 static bool unmappable_in_steps(struct session *s, const struct unmap_progress *p)
 {
-	struct kh_mapping m;
+	struct kh_mapping m[2];
+	int n = kh_mappings(s->ctx, p->domain_id, p->iova, m, 2);
 
-	if (kh_mappings(s->ctx, p->domain_id, p->iova, &m, 1) != 1 || m.iova > p->last)
+	if (n < 1 || m[0].iova > p->last)
 		return false;
-	if (m.iova > p->iova &&
-	    kh_unmap(s->ctx, p->domain_id, p->iova, m.iova - p->iova, NULL) != -ENOENT)
+	if (m[0].iova > p->iova &&
+	    kh_unmap(s->ctx, p->domain_id, p->iova, m[0].iova - p->iova, NULL) != -ENOENT)
 		return false;
+	if ((n == 1 || m[1].iova > p->last) && m[0].iova + m[0].length - 1 <= p->last)
+		return true;
 	return p->last == UINT64_MAX ||
 	       kh_unmap(s->ctx, p->domain_id, p->last + 1, 1, NULL) == -ENOENT ||
-	       (kh_mappings(s->ctx, p->domain_id, p->last + 1, &m, 1) == 1 &&
-		m.iova == p->last + 1);
+	       (kh_mappings(s->ctx, p->domain_id, p->last + 1, m, 1) == 1 &&
+		m[0].iova == p->last + 1);
 }
 
 /* Removes [iova, iova+length), whole mappings, in one kernel-helper call. */
