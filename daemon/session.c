@@ -138,12 +138,36 @@ struct registry {
 	uint64_t failed_releases;
 };
 
+/* The device number of the kernel's internal tmpfs mount, where every memfd made without
+ * MFD_HUGETLB lives, learned from a memfd of the daemon's own; shmem_dev_known false where that
+ * failed. That mount lives as long as the kernel, so its number never comes to name another
+ * file system: a file on it is tmpfs's without asking fstatfs on every Map. */
+static dev_t shmem_dev;
+static bool shmem_dev_known;
+
+static void shmem_dev_learn(void)
+{
+	int fd = memfd_create("iommud-shmem-dev", MFD_CLOEXEC);
+	struct stat st;
+
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) == 0) {
+		shmem_dev = st.st_dev;
+		shmem_dev_known = true;
+	}
+	(void)close(fd);
+}
+
 struct registry *registry_create(struct kh_backend *be, const struct config *cfg)
 {
 	struct registry *reg = calloc(1, sizeof(*reg));
 
 	if (!reg)
 		return NULL;
+	/* Here, before any request and any thread. */
+	if (!shmem_dev_known)
+		shmem_dev_learn();
 	reg->be = be;
 	reg->cfg = cfg;
 	LIST_INIT(&reg->tenants);
@@ -1069,16 +1093,21 @@ static bool append_only(int fd, const struct statx *stx)
 	return inode_flags & FS_APPEND_FL;
 }
 
+static bool on_shmem_mount(const struct statx *stx)
+{
+	return shmem_dev_known && makedev(stx->stx_dev_major, stx->stx_dev_minor) == shmem_dev;
+}
+
 int session_check_file(int fd, struct map_file *out)
 {
-	struct statfs fs;
+	struct statfs fs = {.f_type = TMPFS_MAGIC};
 	struct statx stx;
 	int seals, flags;
 
-	/* Each answer can change between requests (size, seals, inode flags) or belongs to this
-	 * descriptor (its access mode), so every request asks again. */
+	/* Each answer but the file system's can change between requests (size, seals, inode
+	 * flags) or belongs to this descriptor (its access mode), so every request asks again. */
 	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_SYNC_AS_STAT, STATX_BASIC_STATS, &stx) < 0 ||
-	    fstatfs(fd, &fs) < 0 || (flags = fcntl(fd, F_GETFL)) < 0)
+	    (!on_shmem_mount(&stx) && fstatfs(fd, &fs) < 0) || (flags = fcntl(fd, F_GETFL)) < 0)
 		return fail(-EBADF, "the descriptor sent with the request cannot be examined (%s)",
 			    strerror(errno));
 	/* Every mapping lets the device read, whatever its prot. By address mmap refuses a
