@@ -1789,7 +1789,7 @@ int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, ui
 #define UNMAP_WINDOW 512
 
 /* Removes next[0] and the mappings after it in p's range that are no longer than a step,
- * together, as many as make a step's leaves. */
+ * together, as many as make a step's leaves: how many, or a negative errno. */
 static int unmap_group(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
 		       const struct kh_mapping *next, size_t n)
 {
@@ -1807,7 +1807,7 @@ static int unmap_group(struct session *s, struct domain_rec *dom, struct unmap_p
 	rc = unmap_whole(s, dom, p, next[0].iova,
 			 next[k - 1].iova + next[k - 1].length - next[0].iova);
 	s->keeping_released = false;
-	return rc;
+	return rc < 0 ? rc : (int)k;
 }
 
 int session_unmap_step(struct session *s, struct unmap_progress *p)
@@ -1815,9 +1815,10 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 	struct kh_mapping next[UNMAP_WINDOW];
 	struct domain_rec *dom;
 	/* A mapping is a leaf at least, so a step takes no more mappings than its leaves. */
-	size_t n = (uint64_t)MAP_PART_PAGES * p->parts_per_step < UNMAP_WINDOW
-			   ? (size_t)MAP_PART_PAGES * p->parts_per_step
-			   : UNMAP_WINDOW;
+	size_t window = (uint64_t)MAP_PART_PAGES * p->parts_per_step < UNMAP_WINDOW
+				? (size_t)MAP_PART_PAGES * p->parts_per_step
+				: UNMAP_WINDOW,
+	       n;
 	int rc = domain_lookup(s, p->domain_id, &dom);
 
 	/* The tenant's requests wait for this one, so its domain stays; checked all the same. */
@@ -1826,7 +1827,7 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 		return rc;
 	}
 	/* What went before is gone, so the range's first mapping left is the next to take. */
-	rc = kh_mappings(s->ctx, p->domain_id, p->iova, next, n);
+	rc = kh_mappings(s->ctx, p->domain_id, p->iova, next, window);
 	if (rc < 0)
 		return unmap_end(s, dom, p, fail_kh(rc, "cannot unmap"));
 	n = (size_t)rc;
@@ -1834,8 +1835,10 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 		return unmap_end(s, dom, p, 0);
 	if (last_step(&next[0], p->parts_per_step) > next[0].iova)
 		rc = unmap_tail(s, dom, p, &next[0]);
-	else
-		rc = unmap_group(s, dom, p, next, n);
+	else if ((rc = unmap_group(s, dom, p, next, n)) > 0)
+		/* The mapping after the group is past the range, or there is none: the window
+		 * held every mapping from the range's start. */
+		p->drained = (size_t)rc < n ? next[rc].iova > p->last : n < window;
 	return rc < 0 ? unmap_end(s, dom, p, rc) : 1;
 }
 
