@@ -337,6 +337,42 @@ TEST(unmapped_file_map_kept_for_the_next_map)
 	fixture_stop(&daemon_under_test);
 }
 
+/* The kept maps count against no ceiling, so that a map nearing max-maps-total gives up every
+ * session's kept map first: the daemon's maps of client files stay within the ceiling. */
+TEST(kept_maps_given_up_at_the_maps_ceiling)
+{
+	int kept = iommuctl_memfd("kept", PAGE), first = iommuctl_memfd("first", PAGE),
+	    second = iommuctl_memfd("second", PAGE);
+	struct iommuctl *c, *lease;
+	uint64_t at, bytes;
+	uint32_t dom, lease_dom;
+
+	CHECK_OK(kept);
+	CHECK_OK(first);
+	CHECK_OK(second);
+	fixture_start(&daemon_under_test,
+		      "max-maps-total = 2\n[uid 0]\naccess = write\ndevices = emu*\n", "emu0 emu1");
+	c = connect_with(NULL, NULL);
+	dom = paging_domain(c, "emu0");
+	succeeds(c, map_page(c, dom, kept, 0), "Map");
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
+	CHECK(daemon_map_of("kept", &at, &bytes));
+	/* Another session of the tenant: the kept map is not its own to give up for a new one. */
+	lease = connect_with("ceiling", NULL);
+	lease_dom = paging_domain(lease, "emu1");
+	succeeds(lease, map_page(lease, lease_dom, first, 0), "Map below the ceiling");
+	CHECK(daemon_map_of("kept", &at, &bytes));
+	succeeds(lease, map_page(lease, lease_dom, second, PAGE), "Map at the ceiling");
+	CHECK(!daemon_map_of("kept", &at, &bytes));
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 2);
+	iommuctl_close(lease);
+	iommuctl_close(c);
+	(void)close(kept);
+	(void)close(first);
+	(void)close(second);
+	fixture_stop(&daemon_under_test);
+}
+
 /* A tenant's share of the daemon's maps (max-maps): the one past it is refused with the
  * quota's name, before the ceiling over all tenants, and an unmap gives one back. */
 TEST(maps_quota_per_tenant)
