@@ -286,6 +286,19 @@ static uint64_t maps_held(struct iommuctl *c)
 	return maps;
 }
 
+/* The daemon started with config on topology, and root connected with a paging domain on emu0
+ * in *ret_dom. */
+static struct iommuctl *start_with_domain(const char *config, const char *topology,
+					  uint32_t *ret_dom)
+{
+	struct iommuctl *c;
+
+	fixture_start(&daemon_under_test, config, topology);
+	c = connect_with(NULL, NULL);
+	*ret_dom = paging_domain(c, "emu0");
+	return c;
+}
+
 /* An Unmap of one mapping keeps its file's map, counted against nothing, for the session's
  * next Map of the file, which takes it up again instead of mapping the file anew; a file that
  * grew since gets a map of its new size, and an Unmap of several mappings, a map of another
@@ -299,9 +312,7 @@ TEST(unmapped_file_map_kept_for_the_next_map)
 
 	CHECK_OK(kept);
 	CHECK_OK(other);
-	fixture_start(&daemon_under_test, "[uid 0]\naccess = write\ndevices = emu0\n", "emu0");
-	c = connect_with(NULL, NULL);
-	dom = paging_domain(c, "emu0");
+	c = start_with_domain("[uid 0]\naccess = write\ndevices = emu0\n", "emu0", &dom);
 	succeeds(c, map_page(c, dom, kept, 0), "Map");
 	CHECK(daemon_map_of("kept", &at, &bytes));
 	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
@@ -326,14 +337,15 @@ TEST(unmapped_file_map_kept_for_the_next_map)
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
 	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	/* The kept map holds the file, closed here or not. */
+	(void)close(kept);
+	(void)close(other);
 	/* The daemon learns of the close when its loop gets to it. */
 	iommuctl_close(connect_with(NULL, NULL));
 	for (int i = 0; i < 500 && fixture_memfd_mappings(&daemon_under_test); i++)
 		(void)usleep(10000);
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
 	iommuctl_close(c);
-	(void)close(kept);
-	(void)close(other);
 	fixture_stop(&daemon_under_test);
 }
 
@@ -341,35 +353,32 @@ TEST(unmapped_file_map_kept_for_the_next_map)
  * session's kept map first: the daemon's maps of client files stay within the ceiling. */
 TEST(kept_maps_given_up_at_the_maps_ceiling)
 {
-	int kept = iommuctl_memfd("kept", PAGE), first = iommuctl_memfd("first", PAGE),
-	    second = iommuctl_memfd("second", PAGE);
+	static const char *const names[] = {"kept", "first", "second"};
+	enum { KEPT, FIRST, SECOND, FILES };
 	struct iommuctl *c, *lease;
 	uint64_t at, bytes;
 	uint32_t dom, lease_dom;
+	int mem[FILES];
 
-	CHECK_OK(kept);
-	CHECK_OK(first);
-	CHECK_OK(second);
-	fixture_start(&daemon_under_test,
-		      "max-maps-total = 2\n[uid 0]\naccess = write\ndevices = emu*\n", "emu0 emu1");
-	c = connect_with(NULL, NULL);
-	dom = paging_domain(c, "emu0");
-	succeeds(c, map_page(c, dom, kept, 0), "Map");
+	for (int i = 0; i < FILES; i++)
+		CHECK_OK(mem[i] = iommuctl_memfd(names[i], PAGE));
+	c = start_with_domain("max-maps-total = 2\n[uid 0]\naccess = write\ndevices = emu*\n",
+			      "emu0 emu1", &dom);
+	succeeds(c, map_page(c, dom, mem[KEPT], 0), "Map");
 	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
 	CHECK(daemon_map_of("kept", &at, &bytes));
 	/* Another session of the tenant: the kept map is not its own to give up for a new one. */
 	lease = connect_with("ceiling", NULL);
 	lease_dom = paging_domain(lease, "emu1");
-	succeeds(lease, map_page(lease, lease_dom, first, 0), "Map below the ceiling");
+	succeeds(lease, map_page(lease, lease_dom, mem[FIRST], 0), "Map below the ceiling");
 	CHECK(daemon_map_of("kept", &at, &bytes));
-	succeeds(lease, map_page(lease, lease_dom, second, PAGE), "Map at the ceiling");
+	succeeds(lease, map_page(lease, lease_dom, mem[SECOND], PAGE), "Map at the ceiling");
 	CHECK(!daemon_map_of("kept", &at, &bytes));
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 2);
 	iommuctl_close(lease);
 	iommuctl_close(c);
-	(void)close(kept);
-	(void)close(first);
-	(void)close(second);
+	for (int i = 0; i < FILES; i++)
+		(void)close(mem[i]);
 	fixture_stop(&daemon_under_test);
 }
 
