@@ -146,7 +146,7 @@ static bool take_back_entry(struct call *call)
 	entry = call->req->map_batch->entries[call->done];
 	iova = call->resp->map_batch->iovas[call->done];
 	rc = session_unmap_start(call->client->session, entry->domain_id, iova, entry->length,
-				 &call->back);
+				 false, &call->back);
 	if (rc < 0)
 		take_back_failed(call, &call->back, rc);
 	return true;
@@ -369,7 +369,8 @@ static int unmap_steps(struct call *call)
 	int rc;
 
 	do {
-		if (stepped && call_out_of_time(call))
+		/* A step that only says done costs no turn of its own. */
+		if (stepped && !call->back.drained && call_out_of_time(call))
 			return CALL_MORE;
 		stepped = true;
 		started = monotonic_ns();
@@ -384,14 +385,20 @@ static int unmap_steps(struct call *call)
  * acknowledged (the state record keeps it so); a negative errno if a step failed. */
 static int abandon_unmap(struct call *call)
 {
+	/* Nor is its file's map kept for a Map that will not come. */
+	call->back.keep_view = false;
 	return unmap_steps(call);
 }
 
 /* Removes [iova, iova+length) of the domain (UINT64_MAX from 0: all), in steps where it is
- * costly; the reply says what went once all of it has. */
+ * costly; the reply says what went once all of it has. An Unmap of one mapping keeps its file's
+ * map for the next Map (session_unmap_start's keep_view): clients that map and unmap per I/O do
+ * so one buffer at a time. */
 static int unmap_range(struct call *call, uint32_t domain_id, uint64_t iova, uint64_t length)
 {
-	int rc = session_unmap_start(call->client->session, domain_id, iova, length, &call->back);
+	bool keep_view = call->req->method_case == IOMMUD__V1__REQUEST__METHOD_UNMAP;
+	int rc = session_unmap_start(call->client->session, domain_id, iova, length, keep_view,
+				     &call->back);
 
 	if (rc <= 0)
 		return rc < 0 ? rc : unmap_reply(call);

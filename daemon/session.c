@@ -15,6 +15,7 @@
 #include <sys/queue.h>
 #include <sys/sdt.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -95,6 +96,14 @@ struct session {
 	LIST_HEAD(, domain_rec) domains;
 	LIST_HEAD(, bound_dev) devices;
 	LIST_HEAD(, file_map) files;
+	/* A map whose last mapping an Unmap of that one mapping released, kept (NULL: none)
+	 * for the session's next Map of the same range of the file with the same access, which
+	 * then needs no mmap: a client that maps and unmaps one buffer per I/O pays the
+	 * daemon's mmap and munmap of it once. Counted against no quota or ceiling, and given
+	 * up for any other map the session makes, when a connection leaves the session, when
+	 * the daemon's maps near their ceiling, and at the session's end. */
+	struct file_map *spare;
+	bool keeping_released; /* the unmap under way keeps what it releases as the spare */
 };
 
 struct tenant {
@@ -124,9 +133,31 @@ struct registry {
 	unsigned n_sessions;
 	bool maps_in_process; /* the backend's map path runs here, on the daemon's addresses */
 	struct ceilings ceil;
-	struct usage total; /* over all tenants, against ceil */
+	struct usage total;  /* over all tenants, against ceil */
+	uint64_t spare_maps; /* the sessions' spare maps, not in total.maps */
 	uint64_t failed_releases;
 };
+
+/* The device number of the kernel's internal tmpfs mount, where every memfd made without
+ * MFD_HUGETLB lives, learned from a memfd of the daemon's own; shmem_dev_known false where that
+ * failed. That mount lives as long as the kernel, so its number never comes to name another
+ * file system: a file on it is tmpfs's without asking fstatfs on every Map. */
+static dev_t shmem_dev;
+static bool shmem_dev_known;
+
+static void shmem_dev_learn(void)
+{
+	int fd = memfd_create("iommud-shmem-dev", MFD_CLOEXEC);
+	struct stat st;
+
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) == 0) {
+		shmem_dev = st.st_dev;
+		shmem_dev_known = true;
+	}
+	(void)close(fd);
+}
 
 struct registry *registry_create(struct kh_backend *be, const struct config *cfg)
 {
@@ -134,6 +165,9 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 
 	if (!reg)
 		return NULL;
+	/* Here, before any request and any thread. */
+	if (!shmem_dev_known)
+		shmem_dev_learn();
 	reg->be = be;
 	reg->cfg = cfg;
 	LIST_INIT(&reg->tenants);
@@ -243,6 +277,28 @@ static void release_memory(struct registry *reg, void *va, uint64_t length)
 		va, (unsigned long long)length, strerror(saved));
 }
 
+static void spare_drop(struct session *s)
+{
+	if (!s->spare)
+		return;
+	s->tenant->reg->spare_maps--;
+	release_memory(s->tenant->reg, s->spare->base, s->spare->length);
+	free(s->spare);
+	s->spare = NULL;
+}
+
+/* Gives up every session's spare map, so that the maps the daemon holds stay within their
+ * ceiling, which counts none of them. */
+static void registry_drop_spares(struct registry *reg)
+{
+	struct tenant *t;
+	struct session *s;
+
+	LIST_FOREACH (t, &reg->tenants, link)
+		LIST_FOREACH (s, &t->sessions, link)
+			spare_drop(s);
+}
+
 static void file_map_put(struct session *s, struct file_map *fm)
 {
 	if (--fm->refs)
@@ -250,12 +306,20 @@ static void file_map_put(struct session *s, struct file_map *fm)
 	LIST_REMOVE(fm, link);
 	if (fm->whole)
 		s->tenant->whole_file_bytes -= fm->length;
-	if (!fm->by_fd) {
-		s->tenant->used.maps--;
-		s->tenant->reg->total.maps--;
-		release_memory(s->tenant->reg, fm->base, fm->length);
+	if (fm->by_fd) {
+		free(fm);
+		return;
 	}
-	free(fm);
+	s->tenant->used.maps--;
+	s->tenant->reg->total.maps--;
+	if (!s->keeping_released) {
+		release_memory(s->tenant->reg, fm->base, fm->length);
+		free(fm);
+		return;
+	}
+	spare_drop(s);
+	s->spare = fm;
+	s->tenant->reg->spare_maps++;
 }
 
 /* The owner record for a mapping of fm's memory in dom made in parts of part bytes, with a
@@ -626,6 +690,7 @@ static void session_destroy(struct session *s)
 	/* The context first: it releases every mapping's memory once the backend has unmapped it,
 	 * charging the domain records, which must still be there. */
 	kh_ctx_destroy(s->ctx);
+	spare_drop(s);
 	while ((dom = LIST_FIRST(&s->domains)))
 		domain_rec_release(s, dom);
 	while ((dev = LIST_FIRST(&s->devices))) {
@@ -748,6 +813,9 @@ int session_join(struct tenant *t, const char *lease, struct session **out)
 
 void session_leave(struct session *s)
 {
+	/* A session left, and all the more one kept with no connection, is no longer mapping and
+	 * unmapping a buffer in turn: its spare would only hold the tenant's memory. */
+	spare_drop(s);
 	if (--s->refs)
 		return;
 	if (s->lease[0] && !s->lease_released) {
@@ -1011,13 +1079,35 @@ static bool is_memfd(int fd)
 	return strncmp(target, "/memfd:", 7) == 0;
 }
 
+/* The file's inode flags say whether it is append-only: statx answers where the file system
+ * reports the attribute (tmpfs, which has inode flags since Linux 6.0), the ioctl elsewhere. A
+ * file system without inode flags (hugetlbfs) answers the ioctl with an error: none are set. */
+static bool append_only(int fd, const struct statx *stx)
+{
+	int inode_flags = 0;
+
+	if (stx->stx_attributes_mask & STATX_ATTR_APPEND)
+		return stx->stx_attributes & STATX_ATTR_APPEND;
+	if (ioctl(fd, FS_IOC_GETFLAGS, &inode_flags) < 0)
+		return false;
+	return inode_flags & FS_APPEND_FL;
+}
+
+static bool on_shmem_mount(const struct statx *stx)
+{
+	return shmem_dev_known && makedev(stx->stx_dev_major, stx->stx_dev_minor) == shmem_dev;
+}
+
 int session_check_file(int fd, struct map_file *out)
 {
-	struct statfs fs;
-	struct stat st;
-	int seals, flags, inode_flags = 0;
+	struct statfs fs = {.f_type = TMPFS_MAGIC};
+	struct statx stx;
+	int seals, flags;
 
-	if (fstat(fd, &st) < 0 || fstatfs(fd, &fs) < 0 || (flags = fcntl(fd, F_GETFL)) < 0)
+	/* Each answer but the file system's can change between requests (size, seals, inode
+	 * flags) or belongs to this descriptor (its access mode), so every request asks again. */
+	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_SYNC_AS_STAT, STATX_BASIC_STATS, &stx) < 0 ||
+	    (!on_shmem_mount(&stx) && fstatfs(fd, &fs) < 0) || (flags = fcntl(fd, F_GETFL)) < 0)
 		return fail(-EBADF, "the descriptor sent with the request cannot be examined (%s)",
 			    strerror(errno));
 	/* Every mapping lets the device read, whatever its prot. By address mmap refuses a
@@ -1027,7 +1117,7 @@ int session_check_file(int fd, struct map_file *out)
 		return fail(-EACCES, "the file was opened write-only, so the daemon cannot map it "
 				     "for the device to read; open it read-write (or read-only "
 				     "for PROT_READ mappings)");
-	if (!S_ISREG(st.st_mode) || (fs.f_type != TMPFS_MAGIC && fs.f_type != HUGETLBFS_MAGIC))
+	if (!S_ISREG(stx.stx_mode) || (fs.f_type != TMPFS_MAGIC && fs.f_type != HUGETLBFS_MAGIC))
 		return fail(-EINVAL, "the descriptor sent with the request is not a memfd, tmpfs "
 				     "or hugetlbfs file; create the memory with memfd_create "
 				     "(iommuctl_memfd) and seal it with F_SEAL_SHRINK");
@@ -1035,26 +1125,23 @@ int session_check_file(int fd, struct map_file *out)
 	seals = fcntl(fd, F_GET_SEALS);
 	if (seals < 0)
 		seals = 0;
-	/* A file system without inode flags (hugetlbfs) answers with an error: none are set. */
-	if (ioctl(fd, FS_IOC_GETFLAGS, &inode_flags) < 0)
-		inode_flags = 0;
-	if (is_memfd(fd)) {
-		if (!(seals & F_SEAL_SHRINK))
-			return fail(-EINVAL,
-				    "the memfd is not sealed against shrinking, so it could "
-				    "shrink under a DMA mapping; create it with "
-				    "MFD_ALLOW_SEALING and add F_SEAL_SHRINK "
-				    "(fcntl F_ADD_SEALS)");
-	}
+	/* Only a memfd must be sealed, and a file sealed against shrinking passes whatever it
+	 * is: the path that names a memfd is read only for a file without the seal, as it costs
+	 * more than every other check together. */
+	if (!(seals & F_SEAL_SHRINK) && is_memfd(fd))
+		return fail(-EINVAL, "the memfd is not sealed against shrinking, so it could "
+				     "shrink under a DMA mapping; create it with "
+				     "MFD_ALLOW_SEALING and add F_SEAL_SHRINK "
+				     "(fcntl F_ADD_SEALS)");
 	*out = (struct map_file){
 		.fd = fd,
-		.dev = st.st_dev,
-		.ino = st.st_ino,
-		.size = (uint64_t)st.st_size,
-		.page_size = fs.f_type == HUGETLBFS_MAGIC ? (uint64_t)st.st_blksize : MAP_GRANULE,
+		.dev = makedev(stx.stx_dev_major, stx.stx_dev_minor),
+		.ino = stx.stx_ino,
+		.size = stx.stx_size,
+		.page_size = fs.f_type == HUGETLBFS_MAGIC ? (uint64_t)stx.stx_blksize : MAP_GRANULE,
 		.access_mode = flags & O_ACCMODE,
 		.seals = seals,
-		.append_only = inode_flags & FS_APPEND_FL,
+		.append_only = append_only(fd, &stx),
 	};
 	return 0;
 }
@@ -1163,14 +1250,63 @@ static struct file_map *file_map_find(struct session *s, const struct map_entry 
 	return NULL;
 }
 
+/* The spare map, taken out of the spare's place, when it is the map plan describes (of the same
+ * range of the same file, with the same access); else NULL, the spare given up. */
+static struct file_map *spare_take(struct session *s, const struct file_map *plan)
+{
+	struct file_map *fm = s->spare;
+
+	if (!fm || fm->dev != plan->dev || fm->ino != plan->ino || fm->writable != plan->writable ||
+	    fm->whole != plan->whole || fm->start != plan->start || fm->length != plan->length) {
+		spare_drop(s);
+		return NULL;
+	}
+	s->spare = NULL;
+	s->tenant->reg->spare_maps--;
+	fm->refs = 1;
+	return fm;
+}
+
+/* A new record with the daemon's mmap of the file's range that plan describes. */
+static int file_map_mmap(struct session *s, int fd, const struct file_map *plan,
+			 struct file_map **ret_fm)
+{
+	struct registry *reg = s->tenant->reg;
+	struct file_map *fm;
+	int rc;
+
+	/* The spares count against no ceiling, but each is a memory map all the same. */
+	if (reg->total.maps + reg->spare_maps >= reg->ceil.max_maps)
+		registry_drop_spares(reg);
+	fm = calloc(1, sizeof(*fm));
+	if (!fm)
+		return fail(-ENOMEM, "out of memory");
+	*fm = *plan;
+	LIST_INIT(&fm->owners);
+	fm->base =
+		map_placed(fd, fm->start, fm->length, PROT_READ | (fm->writable ? PROT_WRITE : 0));
+	if (fm->base == MAP_FAILED) {
+		/* mmap sets errno when it fails; the compiler cannot know, and a caller would read
+		 * *ret_fm after a 0. */
+		rc = errno > 0 ? -errno : -EIO;
+		free(fm);
+		return map_refused(rc);
+	}
+	*ret_fm = fm;
+	return 0;
+}
+
 /* A new map for the entry: of the whole file while the tenant's whole-file maps stay within its
- * max-pinned, else of the entry's range alone. */
+ * max-pinned, else of the entry's range alone. The session's spare serves if it is that map:
+ * its size is the file's as this request found it, so a file that shrank or grew since gets a
+ * new one. */
 static int file_map_new(struct session *s, const struct map_entry *e, bool writable,
 			struct file_map **ret_fm)
 {
 	const struct map_file *f = e->file;
 	uint64_t whole = (f->size + f->page_size - 1) / f->page_size * f->page_size;
 	struct tenant *t = s->tenant;
+	struct file_map plan = {.dev = f->dev, .ino = f->ino, .writable = writable, .refs = 1};
 	struct file_map *fm;
 	int rc;
 
@@ -1188,23 +1324,12 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 			"over all tenants allows (max-maps-total, below vm.max_map_count); "
 			"unmap some, map from fewer files (a file's mappings share one map), or "
 			"ask the administrator to raise vm.max_map_count");
-	fm = calloc(1, sizeof(*fm));
-	if (!fm)
-		return fail(-ENOMEM, "out of memory");
-	*fm = (struct file_map){.dev = f->dev, .ino = f->ino, .writable = writable, .refs = 1};
-	LIST_INIT(&fm->owners);
-	fm->whole = whole <= t->rule->max_pinned_bytes - t->whole_file_bytes;
-	fm->start = fm->whole ? 0 : e->offset;
-	fm->length = fm->whole ? whole : e->length;
-	fm->base =
-		map_placed(f->fd, fm->start, fm->length, PROT_READ | (writable ? PROT_WRITE : 0));
-	if (fm->base == MAP_FAILED) {
-		/* mmap sets errno when it fails; the compiler cannot know, and a caller would read
-		 * *ret_fm after a 0. */
-		rc = errno > 0 ? -errno : -EIO;
-		free(fm);
-		return map_refused(rc);
-	}
+	plan.whole = whole <= t->rule->max_pinned_bytes - t->whole_file_bytes;
+	plan.start = plan.whole ? 0 : e->offset;
+	plan.length = plan.whole ? whole : e->length;
+	fm = spare_take(s, &plan);
+	if (!fm && (rc = file_map_mmap(s, f->fd, &plan, &fm)) < 0)
+		return rc;
 	if (fm->whole)
 		t->whole_file_bytes += fm->length;
 	t->used.maps++;
@@ -1445,7 +1570,7 @@ void session_map_abort(struct session *s, struct map_progress *p)
 		map_owner_put(s, mo);
 		return;
 	}
-	if (session_unmap_start(s, p->domain_id, p->req.iova, p->mapped, &p->back) < 0)
+	if (session_unmap_start(s, p->domain_id, p->req.iova, p->mapped, false, &p->back) < 0)
 		log_about(LOG_ERR, s->tenant, s->lease, &p->domain_id, NULL,
 			  "uid %u: cannot take back [0x%llx, +0x%llx) of a map that failed in "
 			  "domain %u: %s",
@@ -1536,20 +1661,26 @@ int session_map(struct session *s, struct map_entry *e)
  * kernel-helper finds the mapping around an IOVA only when removing, so the ends are asked as
  * removals that cannot succeed: of the gap below the first mapping inside (which only a mapping
  * from below can overlap) and of the byte after the range (mapped only if a mapping covers it,
- * which reaches into the range unless it starts there). Each fails, removing nothing. */
+ * which reaches into the range unless it starts there). Each fails, removing nothing, at the
+ * cost of kernel-helper's error message; the end needs no asking where the only mapping that
+ * starts inside ends inside too (a mapping from below reaching past the end would overlap it),
+ * the common unmap of one mapping. */
 static bool unmappable_in_steps(struct session *s, const struct unmap_progress *p)
 {
-	struct kh_mapping m;
+	struct kh_mapping m[2];
+	int n = kh_mappings(s->ctx, p->domain_id, p->iova, m, 2);
 
-	if (kh_mappings(s->ctx, p->domain_id, p->iova, &m, 1) != 1 || m.iova > p->last)
+	if (n < 1 || m[0].iova > p->last)
 		return false;
-	if (m.iova > p->iova &&
-	    kh_unmap(s->ctx, p->domain_id, p->iova, m.iova - p->iova, NULL) != -ENOENT)
+	if (m[0].iova > p->iova &&
+	    kh_unmap(s->ctx, p->domain_id, p->iova, m[0].iova - p->iova, NULL) != -ENOENT)
 		return false;
+	if ((n == 1 || m[1].iova > p->last) && m[0].iova + m[0].length - 1 <= p->last)
+		return true;
 	return p->last == UINT64_MAX ||
 	       kh_unmap(s->ctx, p->domain_id, p->last + 1, 1, NULL) == -ENOENT ||
-	       (kh_mappings(s->ctx, p->domain_id, p->last + 1, &m, 1) == 1 &&
-		m.iova == p->last + 1);
+	       (kh_mappings(s->ctx, p->domain_id, p->last + 1, m, 1) == 1 &&
+		m[0].iova == p->last + 1);
 }
 
 /* Removes [iova, iova+length), whole mappings, in one kernel-helper call. */
@@ -1627,7 +1758,7 @@ static int unmap_end(struct session *s, struct domain_rec *dom, struct unmap_pro
 }
 
 int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
-			struct unmap_progress *p)
+			bool keep_view, struct unmap_progress *p)
 {
 	bool all = iova == 0 && length == UINT64_MAX;
 	struct domain_rec *dom;
@@ -1639,6 +1770,7 @@ int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, ui
 				     .iova = iova,
 				     .last = all ? UINT64_MAX : iova + length - 1,
 				     .maps_before = dom->n_maps,
+				     .keep_view = keep_view,
 				     .parts_per_step = 1};
 	/* Nothing to remove is no error for UnmapAll, whatever the domain's type. */
 	if (all && !dom->n_maps)
@@ -1657,19 +1789,25 @@ int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, ui
 #define UNMAP_WINDOW 512
 
 /* Removes next[0] and the mappings after it in p's range that are no longer than a step,
- * together, as many as make a step's leaves. */
+ * together, as many as make a step's leaves: how many, or a negative errno. */
 static int unmap_group(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
 		       const struct kh_mapping *next, size_t n)
 {
 	uint64_t leaves = leaves_of(&next[0]);
 	size_t k = 1;
+	int rc;
 
 	while (k < n && next[k].iova <= p->last &&
 	       last_step(&next[k], p->parts_per_step) == next[k].iova &&
 	       leaves + leaves_of(&next[k]) <= (uint64_t)MAP_PART_PAGES * p->parts_per_step)
 		leaves += leaves_of(&next[k++]);
-	return unmap_whole(s, dom, p, next[0].iova,
-			   next[k - 1].iova + next[k - 1].length - next[0].iova);
+	/* The unmap's one mapping: the first in its range (none gone before) and the last. */
+	s->keeping_released =
+		p->keep_view && dom->n_maps == p->maps_before && (n == 1 || next[1].iova > p->last);
+	rc = unmap_whole(s, dom, p, next[0].iova,
+			 next[k - 1].iova + next[k - 1].length - next[0].iova);
+	s->keeping_released = false;
+	return rc < 0 ? rc : (int)k;
 }
 
 int session_unmap_step(struct session *s, struct unmap_progress *p)
@@ -1677,9 +1815,10 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 	struct kh_mapping next[UNMAP_WINDOW];
 	struct domain_rec *dom;
 	/* A mapping is a leaf at least, so a step takes no more mappings than its leaves. */
-	size_t n = (uint64_t)MAP_PART_PAGES * p->parts_per_step < UNMAP_WINDOW
-			   ? (size_t)MAP_PART_PAGES * p->parts_per_step
-			   : UNMAP_WINDOW;
+	size_t window = (uint64_t)MAP_PART_PAGES * p->parts_per_step < UNMAP_WINDOW
+				? (size_t)MAP_PART_PAGES * p->parts_per_step
+				: UNMAP_WINDOW,
+	       n;
 	int rc = domain_lookup(s, p->domain_id, &dom);
 
 	/* The tenant's requests wait for this one, so its domain stays; checked all the same. */
@@ -1688,7 +1827,7 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 		return rc;
 	}
 	/* What went before is gone, so the range's first mapping left is the next to take. */
-	rc = kh_mappings(s->ctx, p->domain_id, p->iova, next, n);
+	rc = kh_mappings(s->ctx, p->domain_id, p->iova, next, window);
 	if (rc < 0)
 		return unmap_end(s, dom, p, fail_kh(rc, "cannot unmap"));
 	n = (size_t)rc;
@@ -1696,8 +1835,10 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 		return unmap_end(s, dom, p, 0);
 	if (last_step(&next[0], p->parts_per_step) > next[0].iova)
 		rc = unmap_tail(s, dom, p, &next[0]);
-	else
-		rc = unmap_group(s, dom, p, next, n);
+	else if ((rc = unmap_group(s, dom, p, next, n)) > 0)
+		/* The mapping after the group is past the range, or there is none: the window
+		 * held every mapping from the range's start. */
+		p->drained = (size_t)rc < n ? next[rc].iova > p->last : n < window;
 	return rc < 0 ? unmap_end(s, dom, p, rc) : 1;
 }
 
@@ -1705,7 +1846,7 @@ int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t
 		  uint64_t *bytes, uint32_t *count)
 {
 	struct unmap_progress p;
-	int rc = session_unmap_start(s, domain_id, iova, length, &p);
+	int rc = session_unmap_start(s, domain_id, iova, length, false, &p);
 
 	p.parts_per_step = MAP_PARTS_PER_STEP_MAX;
 	while (rc > 0)

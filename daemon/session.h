@@ -15,25 +15,28 @@
  * connection open until ReleaseLease and then released with their last connection.
  *
  * Ownership: the registry owns tenants and sessions; a session owns its kernel-helper context,
- * its domain records and its maps of client files. kernel-helper's record of a mapping is the
- * only one: the daemon's part of it (struct map_owner: the domain charged, the parts it was made
- * in) hangs off that record as its owner cookie, one cookie shared, reference-counted, by every
- * mapping of a file map in a domain made in parts of one size, so a mapping costs the daemon
- * neither a record nor an allocation of its own. The cookie holds a reference on the session's
- * record of the client's file (struct file_map, one per file and access), which goes with its
- * last mapping. Where the domain's kernel maps files by descriptor (KH_CAP_MAP_FILE: iommufd on
- * Linux 6.13 and later), the kernel holds the file for each mapping itself and the record is
- * no more than the file's identity: the daemon maps none of the tenant's memory, and kernel-helper
- * keeps each mapping's file offset. Elsewhere the record is the daemon's shared mmap of the file
- * (of the whole file while the tenant's max-pinned covers those; of the mapping's range alone
- * beyond that), and a mapping's file offset is where its address lies in that mmap.
- * The mmap, like the kernel's mapping, holds a reference on the file, so no descriptor is kept
- * (a daemon of many mappings would otherwise run out of them), and one mmap serves every
- * mapping of the file, so mappings cost the daemon no memory map each. kernel-helper hands the
- * cookie back once the mapping has left the IOMMU (Unmap, UnmapAll, FreeDomain, the session's
- * end), and only then does the daemon drop the mapping's reference, so the memory cannot go
- * away under a live DMA mapping. An munmap that fails leaves the memory inaccessible
- * (PROT_NONE) instead, logged and counted.
+ * its domain records and its maps of client files, the spare among them. kernel-helper's record of
+ * a mapping is the only one: the daemon's part of it (struct map_owner: the domain charged, the
+ * parts it was made in) hangs off that record as its owner cookie, one cookie shared,
+ * reference-counted, by every mapping of a file map in a domain made in parts of one size, so a
+ * mapping costs the daemon neither a record nor an allocation of its own. The cookie holds a
+ * reference on the session's record of the client's file (struct file_map, one per file and
+ * access), which goes with its last mapping, except that the map an Unmap of a single mapping
+ * releases stays, owned by the session as its spare and charged to nothing, for the session's next
+ * Map of the same file (session_unmap_start's keep_view), until any other new map, a connection
+ * leaving the session, the daemon's maps nearing their ceiling or the session's end. Where the
+ * domain's kernel maps files by descriptor (KH_CAP_MAP_FILE: iommufd on Linux 6.13 and later), the
+ * kernel holds the file for each mapping itself and the record is no more than the file's identity:
+ * the daemon maps none of the tenant's memory, and kernel-helper keeps each mapping's file offset.
+ * Elsewhere the record is the daemon's shared mmap of the file (of the whole file while the
+ * tenant's max-pinned covers those; of the mapping's range alone beyond that), and a mapping's file
+ * offset is where its address lies in that mmap. The mmap, like the kernel's mapping, holds a
+ * reference on the file, so no descriptor is kept (a daemon of many mappings would otherwise run
+ * out of them), and one mmap serves every mapping of the file, so mappings cost the daemon no
+ * memory map each. kernel-helper hands the cookie back once the mapping has left the IOMMU (Unmap,
+ * UnmapAll, FreeDomain, the session's end), and only then does the daemon drop the mapping's
+ * reference, so the memory cannot go away under a live DMA mapping. An munmap that fails leaves the
+ * memory inaccessible (PROT_NONE) instead, logged and counted.
  *
  * What tenants hold is charged twice: to the tenant against its section's quotas, and to the
  * registry against the daemon-wide ceilings (ceilings.h), checked before a mapping or lease is
@@ -231,14 +234,18 @@ struct unmap_progress {
 	uint64_t bytes;	      /* taken away so far */
 	uint32_t count;	      /* set when done: the mappings gone */
 	uint64_t unmap_ns;    /* the in-process backend's time so far; 0 when not timed */
+	bool keep_view;	      /* its one mapping's file map may stay as the session's spare */
+	bool drained;	      /* the range has no mapping left: the next step only says done */
 	unsigned parts_per_step;
 };
 /* start checks the range as one call would: where it would fail, or there is nothing to do in
  * steps, it does that one call and returns 0 (done: p->bytes and p->count) or its error; else
  * 1, and each step returns 1 while there is more, 0 when done, or a negative errno (what the
- * earlier steps took away stays taken away). */
+ * earlier steps took away stays taken away). keep_view (a client's Unmap): where the range
+ * holds one mapping, whose release leaves its file map unused, the session keeps that map for
+ * its next Map of the same file (its spare) instead of unmapping it from the daemon. */
 int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
-			struct unmap_progress *p);
+			bool keep_view, struct unmap_progress *p);
 int session_unmap_step(struct session *s, struct unmap_progress *p);
 
 struct map_progress {

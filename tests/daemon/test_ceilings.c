@@ -255,6 +255,133 @@ TEST(mappings_of_one_file_share_one_map)
 	fixture_stop(&daemon_under_test);
 }
 
+/* Where the daemon maps the memfd of that name, and how many bytes: false where it does not. */
+static bool daemon_map_of(const char *name, uint64_t *ret_start, uint64_t *ret_bytes)
+{
+	char path[64], needle[64], line[512];
+	unsigned long long start = 0, end = 0;
+	bool found = false;
+	FILE *maps;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/maps", (int)daemon_under_test.pid);
+	(void)snprintf(needle, sizeof(needle), "/memfd:%s ", name);
+	maps = fopen(path, "re");
+	CHECK(maps != NULL);
+	while (!found && fgets(line, sizeof(line), maps))
+		found = strstr(line, needle) && sscanf(line, "%llx-%llx", &start, &end) == 2;
+	(void)fclose(maps);
+	if (found) {
+		*ret_start = start;
+		*ret_bytes = end - start;
+	}
+	return found;
+}
+
+static uint64_t maps_held(struct iommuctl *c)
+{
+	Iommud__V1__GetStatsReply *stats = stats_of(c);
+	uint64_t maps = stats->quota->maps;
+
+	iommud__v1__get_stats_reply__free_unpacked(stats, NULL);
+	return maps;
+}
+
+/* The daemon started with config on topology, and root connected with a paging domain on emu0
+ * in *ret_dom. */
+static struct iommuctl *start_with_domain(const char *config, const char *topology,
+					  uint32_t *ret_dom)
+{
+	struct iommuctl *c;
+
+	fixture_start(&daemon_under_test, config, topology);
+	c = connect_with(NULL, NULL);
+	*ret_dom = paging_domain(c, "emu0");
+	return c;
+}
+
+/* An Unmap of one mapping keeps its file's map, counted against nothing, for the session's
+ * next Map of the file, which takes it up again instead of mapping the file anew; a file that
+ * grew since gets a map of its new size, and an Unmap of several mappings, a map of another
+ * file and a connection leaving the session give the kept map up. */
+TEST(unmapped_file_map_kept_for_the_next_map)
+{
+	int kept = iommuctl_memfd("kept", PAGE), other = iommuctl_memfd("other", PAGE);
+	uint64_t at, again, bytes;
+	struct iommuctl *c;
+	uint32_t dom;
+
+	CHECK_OK(kept);
+	CHECK_OK(other);
+	c = start_with_domain("[uid 0]\naccess = write\ndevices = emu0\n", "emu0", &dom);
+	succeeds(c, map_page(c, dom, kept, 0), "Map");
+	CHECK(daemon_map_of("kept", &at, &bytes));
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
+	CHECK(daemon_map_of("kept", &again, &bytes) && again == at);
+	CHECK_EQ(maps_held(c), 0);
+	succeeds(c, map_page(c, dom, kept, 0), "Map again");
+	CHECK(daemon_map_of("kept", &again, &bytes) && again == at);
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	CHECK_EQ(maps_held(c), 1);
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
+	CHECK_EQ(ftruncate(kept, (off_t)(2 * PAGE)), 0);
+	succeeds(c, map_page(c, dom, kept, 0), "Map of the grown file");
+	CHECK(daemon_map_of("kept", &again, &bytes) && bytes == 2 * PAGE);
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	succeeds(c, map_page(c, dom, kept, PAGE), "Map beside it");
+	succeeds(c, iommuctl_unmap(c, dom, 0, 2 * PAGE, NULL), "Unmap of both");
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
+	succeeds(c, map_page(c, dom, kept, 0), "Map");
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
+	succeeds(c, map_page(c, dom, other, 0), "Map of another file");
+	CHECK(!daemon_map_of("kept", &again, &bytes));
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	/* The kept map holds the file, closed here or not. */
+	(void)close(kept);
+	(void)close(other);
+	/* The daemon learns of the close when its loop gets to it. */
+	iommuctl_close(connect_with(NULL, NULL));
+	for (int i = 0; i < 500 && fixture_memfd_mappings(&daemon_under_test); i++)
+		(void)usleep(10000);
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
+	iommuctl_close(c);
+	fixture_stop(&daemon_under_test);
+}
+
+/* The kept maps count against no ceiling, so that a map nearing max-maps-total gives up every
+ * session's kept map first: the daemon's maps of client files stay within the ceiling. */
+TEST(kept_maps_given_up_at_the_maps_ceiling)
+{
+	static const char *const names[] = {"kept", "first", "second"};
+	enum { KEPT, FIRST, SECOND, FILES };
+	struct iommuctl *c, *lease;
+	uint64_t at, bytes;
+	uint32_t dom, lease_dom;
+	int mem[FILES];
+
+	for (int i = 0; i < FILES; i++)
+		CHECK_OK(mem[i] = iommuctl_memfd(names[i], PAGE));
+	c = start_with_domain("max-maps-total = 2\n[uid 0]\naccess = write\ndevices = emu*\n",
+			      "emu0 emu1", &dom);
+	succeeds(c, map_page(c, dom, mem[KEPT], 0), "Map");
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
+	CHECK(daemon_map_of("kept", &at, &bytes));
+	/* Another session of the tenant: the kept map is not its own to give up for a new one. */
+	lease = connect_with("ceiling", NULL);
+	lease_dom = paging_domain(lease, "emu1");
+	succeeds(lease, map_page(lease, lease_dom, mem[FIRST], 0), "Map below the ceiling");
+	CHECK(daemon_map_of("kept", &at, &bytes));
+	succeeds(lease, map_page(lease, lease_dom, mem[SECOND], PAGE), "Map at the ceiling");
+	CHECK(!daemon_map_of("kept", &at, &bytes));
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 2);
+	iommuctl_close(lease);
+	iommuctl_close(c);
+	for (int i = 0; i < FILES; i++)
+		(void)close(mem[i]);
+	fixture_stop(&daemon_under_test);
+}
+
 /* A tenant's share of the daemon's maps (max-maps): the one past it is refused with the
  * quota's name, before the ceiling over all tenants, and an unmap gives one back. */
 TEST(maps_quota_per_tenant)

@@ -259,6 +259,35 @@ static uint64_t mapped_length(struct setup *t)
 	return m.length;
 }
 
+/* A step that takes the last mappings of an unmap's range says so, and only that one, so that
+ * its caller runs the closing step, which finds the range empty, without a turn of its own: of
+ * 65 mappings of a page, a step of one part takes 64, the next the last. */
+TEST(unmap_step_says_when_its_range_is_drained)
+{
+	struct map_entry e = {.length = 4096, .prot = KH_PROT_READ, .fixed_iova = true};
+	struct unmap_progress u;
+	struct setup t;
+
+	setup(&t);
+	e.domain_id = t.domain;
+	e.file = &t.file;
+	for (uint64_t i = 0; i <= MAP_PART_PAGES; i++) {
+		e.iova = IOVA + i * 4096;
+		e.offset = i * 4096;
+		CHECK_OK(session_map(t.session, &e));
+	}
+	CHECK_EQ(session_unmap_start(t.session, t.domain, IOVA, (MAP_PART_PAGES + 1) * 4096ull,
+				     false, &u),
+		 1);
+	CHECK_EQ(session_unmap_step(t.session, &u), 1);
+	CHECK(!u.drained);
+	CHECK_EQ(session_unmap_step(t.session, &u), 1);
+	CHECK(u.drained);
+	CHECK_EQ(session_unmap_step(t.session, &u), 0);
+	CHECK_EQ(u.count, MAP_PART_PAGES + 1);
+	teardown(&t);
+}
+
 /* A step of two parts maps, then unmaps, up to the next IOVA aligned to two parts' bytes: a
  * mapping of four parts starting half-way into a pair of them takes three steps each way, and
  * is one mapping, all there, throughout. */
@@ -288,7 +317,7 @@ TEST(steps_of_many_parts)
 		CHECK_EQ(p.mapped, mapped[i]);
 		CHECK_EQ(mapped_length(&t), mapped[i]);
 	}
-	CHECK_EQ(session_unmap_start(t.session, t.domain, 0, UINT64_MAX, &u), 1);
+	CHECK_EQ(session_unmap_start(t.session, t.domain, 0, UINT64_MAX, false, &u), 1);
 	u.parts_per_step = 2;
 	CHECK_EQ(session_unmap_step(t.session, &u), 1);
 	CHECK_EQ(mapped_length(&t), 3 * SMALL_PART);
