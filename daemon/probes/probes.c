@@ -931,3 +931,28 @@ int probes_read_faults(struct probes *p,
 	}
 	return 0;
 }
+
+int probes_program_stats(struct probes *p,
+			 int (*visit)(const char *program, uint64_t runs, uint64_t ns, void *arg),
+			 void *arg)
+{
+	struct bpf_program *prog;
+	int rc;
+
+	if (!p->skel)
+		return 0;
+	bpf_object__for_each_program(prog, p->skel->obj)
+	{
+		struct bpf_prog_info info = {0};
+		__u32 len = sizeof(info);
+		int fd = bpf_program__fd(prog);
+
+		if (fd < 0 || prog == p->skel->progs.learn_daemon ||
+		    bpf_obj_get_info_by_fd(fd, &info, &len) < 0)
+			continue;
+		rc = visit(bpf_program__name(prog), info.run_cnt, info.run_time_ns, arg);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}

@@ -91,6 +91,14 @@ int probes_read(struct probes *p,
 			     void *arg),
 		void *arg);
 
+/* Calls visit for each loaded map path or fault program with its runs and the time spent in it
+ * so far, as the kernel counts them (only while kernel.bpf_stats_enabled is 1): what
+ * iommud-probes-bench breaks the probes' cost down by. Stops at and returns the first non-zero
+ * return of visit. */
+int probes_program_stats(struct probes *p,
+			 int (*visit)(const char *program, uint64_t runs, uint64_t ns, void *arg),
+			 void *arg);
+
 /* Calls visit for each device with DMA faults, with their count so far: the faulting device
  * where the driver reports it, else the IOMMU unit that raised them (iommud_probes.h); stops at
  * and returns the first non-zero return of visit. */

@@ -7,9 +7,12 @@
  * side by side, on the backend the daemon's `auto` picks (named in the first line). On a kernel
  * backend (iommufd or VFIO type1: the VM tier) "attached" means the BPF programs on the kernel's
  * path; on the emulated backend (any host) the daemon's in-process timing, plus whatever BPF
- * tier the host allows. Figures only: nothing is asserted.
+ * tier the host allows. Then, where BPF programs are attached, each program's runs and time per
+ * pair as the kernel's BPF statistics count them: where the cost goes. Figures only: nothing is
+ * asserted.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,6 +190,77 @@ static void measure(struct bench *b, const char *label, uint64_t len, size_t per
 	free(side[1]);
 }
 
+/* Where the kernel is told to count each BPF program's runs and time (bpf_stats_enabled). */
+#define BPF_STATS_SYSCTL "/proc/sys/kernel/bpf_stats_enabled"
+#define MAX_PROGRAMS	 32
+
+struct program_stats {
+	size_t n;
+	struct {
+		char name[64];
+		uint64_t runs, ns;
+	} prog[MAX_PROGRAMS];
+};
+
+static int keep_stats(const char *program, uint64_t runs, uint64_t ns, void *arg)
+{
+	struct program_stats *s = arg;
+
+	if (s->n < MAX_PROGRAMS) {
+		(void)snprintf(s->prog[s->n].name, sizeof(s->prog[s->n].name), "%s", program);
+		s->prog[s->n].runs = runs;
+		s->prog[s->n++].ns = ns;
+	}
+	return 0;
+}
+
+/* Writes value ("0" or "1") and gives what was there before in *ret_old. */
+static bool set_bpf_stats(const char *value, char *ret_old)
+{
+	FILE *f = fopen(BPF_STATS_SYSCTL, "r+e");
+	bool ok = f && fread(ret_old, 1, 1, f) == 1 && fseek(f, 0, SEEK_SET) == 0 &&
+		  fputs(value, f) >= 0;
+
+	return f && fclose(f) == 0 && ok;
+}
+
+/* Where the probes' cost goes: each program's runs and the time inside it per pair, as the
+ * kernel counts them with its BPF statistics on (after the timed blocks: counting costs time
+ * of its own). What the pair's on-off difference has beyond the programs' own time is the
+ * trampolines' and tracepoints' entry and exit around them. */
+static void breakdown(struct bench *b, const char *label, uint64_t len, size_t pairs)
+{
+	struct program_stats before = {0}, after = {0};
+	char was[2] = "0", ignored;
+	uint64_t total = 0;
+
+	set_attached(b, true);
+	if (!set_bpf_stats("1", was)) {
+		(void)printf("%s: no per-program figures: cannot write %s\n", label,
+			     BPF_STATS_SYSCTL);
+		return;
+	}
+	for (size_t i = 0; i < WARMUP; i++)
+		(void)map_unmap_ns(b, len);
+	(void)probes_program_stats(b->probes, keep_stats, &before);
+	for (size_t i = 0; i < pairs; i++)
+		(void)map_unmap_ns(b, len);
+	(void)probes_program_stats(b->probes, keep_stats, &after);
+	(void)set_bpf_stats(was, &ignored);
+	for (size_t i = 0; i < after.n && i < before.n; i++) {
+		uint64_t runs = after.prog[i].runs - before.prog[i].runs,
+			 ns = after.prog[i].ns - before.prog[i].ns;
+
+		if (!runs)
+			continue;
+		(void)printf("%-6s %-24s %10.2f %12.1f\n", label, after.prog[i].name,
+			     (double)runs / (double)pairs, (double)ns / (double)pairs);
+		total += ns;
+	}
+	(void)printf("%-6s %-24s %10s %12.1f\n", label, "all programs", "",
+		     (double)total / (double)pairs);
+}
+
 static void usage(FILE *out)
 {
 	(void)fprintf(
@@ -197,7 +271,9 @@ static void usage(FILE *out)
 		"attached and without, in blocks that alternate (the order swapped each\n"
 		"round; the programs stay loaded, only attached or not), and prints the\n"
 		"number of pairs timed on each side, the rounds, the median of each side and\n"
-		"their ratio (attached/not; the goal is <= 1.05). On the iommufd backend\n"
+		"their ratio (attached/not; the goal is <= 1.05); then, where BPF programs\n"
+		"are attached, each program's runs and time per pair (kernel.bpf_stats_enabled\n"
+		"on for that part only). On the iommufd backend\n"
 		"(when /dev/iommu exists) the probes are BPF programs in the kernel; on the\n"
 		"emulated backend, the daemon's own timing. Run it as root to attach BPF;\n"
 		"in the VM tier it runs on iommufd (tests/vm/README.md). --quick: a few\n"
@@ -232,6 +308,11 @@ int main(int argc, char **argv)
 	 * VM tier gives the bench a minute. */
 	measure(&b, "4KiB", 4096, quick ? 10 : in_process ? 800 : 80, quick ? 2 : 12);
 	measure(&b, "2MiB", 2 * MiB, quick ? 5 : in_process ? 250 : 12, quick ? 2 : 8);
+	if (probes_tier(b.probes) != IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF) {
+		(void)printf("%-6s %-24s %10s %12s\n", "size", "program", "runs/pair", "ns/pair");
+		breakdown(&b, "4KiB", 4096, quick ? 10 : 200);
+		breakdown(&b, "2MiB", 2 * MiB, quick ? 5 : 24);
+	}
 	teardown(&b);
 	(void)close(memfd);
 	return 0;

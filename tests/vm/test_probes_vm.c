@@ -5,7 +5,8 @@
  * through the daemon's RPC count exactly N in each histogram of the IOMMU driver layer and of
  * the ioctl layer, the same N the kernel's own iommu:map and iommu:unmap tracepoints count in
  * tracefs for the daemon's process; the counts go to the tenant slot the cgroup was registered to;
- * detached, the programs count nothing, and attached again they count as before; and an edu
+ * detached, the programs count nothing, and attached again they count as before; the kernel's
+ * count of the handler programs' runs agrees (probes_program_stats); and an edu
  * DMA to an unmapped IOVA shows in the fault counter where the IOMMU model reports faults.
  * The same on whichever backend the daemon's `auto` picks, as long as it remaps (iommufd's
  * IOMMU_IOAS_MAP/UNMAP or VFIO type1's VFIO_IOMMU_MAP_DMA/UNMAP_DMA are the ioctl layer).
@@ -35,6 +36,7 @@
 #define N_OPS	  16u
 #define IOVA0	  0x100000u /* edu masks DMA addresses to 28 bits: stay below 256 MiB */
 #define TRACEFS	  "/sys/kernel/tracing"
+#define BPF_STATS "/proc/sys/kernel/bpf_stats_enabled"
 #define SLOT	  7u /* the tenant slot this test gives its cgroup */
 #define HOLE_IOVA (IOVA0 + 2 * N_OPS * PAGE)
 
@@ -272,6 +274,41 @@ TEST_F(probes_vm, detach_and_attach_again)
 	attached = totals_now(self->probes);
 	check_counted(&detached, &attached, N_OPS);
 	CHECK_EQ(probes_dropped_events(self->probes), 0u);
+}
+
+/* Runs of the iommufd handlers' programs (ioas_*), and how many of them are loaded. */
+struct handler_runs {
+	uint64_t runs;
+	unsigned programs;
+};
+
+static int add_handler_runs(const char *program, uint64_t runs, uint64_t ns, void *arg)
+{
+	struct handler_runs *r = arg;
+
+	(void)ns;
+	if (strncmp(program, "ioas_", 5) == 0) {
+		r->runs += runs;
+		r->programs++;
+	}
+	return 0;
+}
+
+/* The kernel's own count of each program's runs, which iommud-probes-bench breaks the probes'
+ * cost down by, as probes_program_stats reads it: each map and unmap ioctl ran its iommufd
+ * handler's entry and exit program once, nothing else ran them. */
+TEST_F(probes_vm, program_runs_counted)
+{
+	struct handler_runs before = {0}, after = {0};
+
+	write_text(BPF_STATS, "1");
+	CHECK_OK(probes_program_stats(self->probes, add_handler_runs, &before));
+	map_and_unmap(self);
+	CHECK_OK(probes_program_stats(self->probes, add_handler_runs, &after));
+	write_text(BPF_STATS, "0");
+	if (!after.programs)
+		SKIP("no iommufd handler programs at this tier on this backend");
+	CHECK_EQ(after.runs - before.runs, 4 * N_OPS);
 }
 
 static int add_faults(const char *device, uint64_t count, void *arg)
