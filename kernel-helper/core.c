@@ -874,8 +874,9 @@ static int replace_in_place(struct kh_device *dev)
 	(void)snprintf(why, sizeof(why), "%s", kh_last_error());
 	device_forget(dev);
 	return kh_fail(rc,
-		       "%s was not in domain %u as the books said, and the kernel refused to put "
-		       "it back: %s; it is detached now, its DMA blocked: attach it again",
+		       "%s was not in domain %u, where this context had it (a client may have "
+		       "detached it through its VFIO descriptor), and the kernel refused to attach "
+		       "it again: %s; it is detached now, its DMA blocked: attach it to a domain",
 		       dev->bdev->info.name, dom->id, why);
 }
 
