@@ -255,19 +255,28 @@ static uint32_t domain_of(struct kh_ctx *ctx, uint32_t dev)
 	return dom;
 }
 
+/* dev0 attached to a fresh domain mapping a page of memory (returned) at 0x300000, then
+ * detached behind the core: its DMA blocked while the books still say attached. */
+static uint8_t *detached_behind(struct kh_backend *be, struct attached *f)
+{
+	uint8_t *mem = aligned_memory(PAGE, PAGE);
+
+	attach_new(be, f, "dev0", 0);
+	map(f->ctx, f->dom, 0x300000, mem, PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	CHECK_OK(kh_emu_detach_behind(be, "dev0"));
+	CHECK(!dma_lands(be, "dev0", 0x300000, 1));
+	CHECK_EQ(domain_of(f->ctx, f->dev), f->dom);
+	return mem;
+}
+
 /* A device detached behind the core (a client's own VFIO call on a real kernel) is blocked
  * while the books say attached; a replace into the same domain attaches it again, a detach
  * agrees with the kernel, and an attach of what the books hold attached points to the replace. */
 TEST_F(emu, detached_behind_the_core)
 {
 	struct attached f;
-	uint8_t *mem = aligned_memory(PAGE, PAGE);
+	uint8_t *mem = detached_behind(self->be, &f);
 
-	attach_new(self->be, &f, "dev0", 0);
-	map(f.ctx, f.dom, 0x300000, mem, PAGE, KH_PROT_READ | KH_PROT_WRITE);
-	CHECK_OK(kh_emu_detach_behind(self->be, "dev0"));
-	CHECK(!dma_lands(self->be, "dev0", 0x300000, 1));
-	CHECK_EQ(domain_of(f.ctx, f.dev), f.dom);
 	CHECK_EQ(kh_attach(f.ctx, f.dev, f.dom), -EBUSY);
 	CHECK(strstr(kh_last_error(), "replace instead"));
 
@@ -293,18 +302,15 @@ TEST_F(emu, detached_behind_the_core)
 TEST_F(emu, refused_reattach_leaves_device_detached)
 {
 	struct attached f;
-	uint8_t *mem = aligned_memory(PAGE, PAGE);
+	uint8_t *mem = detached_behind(self->be, &f);
 
-	attach_new(self->be, &f, "dev0", 0);
-	map(f.ctx, f.dom, 0x300000, mem, PAGE, KH_PROT_READ | KH_PROT_WRITE);
-	CHECK_OK(kh_emu_detach_behind(self->be, "dev0"));
 	kh_fail_nth_arm(1);
 	CHECK_EQ(kh_replace(f.ctx, f.dev, f.dom), -EIO);
 	CHECK(strstr(kh_last_error(), "detached now"));
 	(void)printf("refused: %s\n", kh_last_error());
 	CHECK(kh_fail_nth_disarm());
 	CHECK_EQ(domain_of(f.ctx, f.dev), 0);
-	CHECK(!dma_lands(self->be, "dev0", 0x300000, 1));
+	CHECK(!dma_lands(self->be, "dev0", 0x300000, 2));
 	CHECK_OK(kh_attach(f.ctx, f.dev, f.dom));
 	CHECK(dma_lands(self->be, "dev0", 0x300000, 2));
 	CHECK_EQ(mem[0], 2);
