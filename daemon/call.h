@@ -55,6 +55,7 @@ struct call {
 	int undo_rc;		    /* the failure it is taking its work back for */
 	char *undo_message;	    /* and its message, kept across slices */
 	bool left_mapped;	    /* taking back failed: some of what it mapped stays */
+	bool left_detached;	    /* a refused replace left the device detached (kh_replace) */
 	bool changed_nothing;	    /* succeeded with nothing to record (a retried Map) */
 };
 

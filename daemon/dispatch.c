@@ -747,8 +747,9 @@ static void free_call(struct call *call)
 }
 
 /* Whether a call not acknowledged (failed, or its client gone) changed its session all the
- * same: an Unmap's steps done before a failure, or finished for a client gone, or a map whose
- * take back failed, leaving mappings. */
+ * same: an Unmap's steps done before a failure, or finished for a client gone, a map whose
+ * take back failed, leaving mappings, or a replace the kernel refused, leaving the device
+ * detached. */
 static bool changed_unacknowledged(const struct call *call)
 {
 	switch (call->req->method_case) {
@@ -758,6 +759,8 @@ static bool changed_unacknowledged(const struct call *call)
 	case IOMMUD__V1__REQUEST__METHOD_MAP:
 	case IOMMUD__V1__REQUEST__METHOD_MAP_BATCH:
 		return call->left_mapped;
+	case IOMMUD__V1__REQUEST__METHOD_REPLACE_DOMAIN:
+		return call->left_detached;
 	default:
 		return false;
 	}

@@ -145,7 +145,7 @@ static int leave_domain(struct call *call, const char *device, bool replace, uin
 			uint32_t *ret_old_domain)
 {
 	struct kh_ctx *ctx;
-	uint32_t dev_id, old_domain;
+	uint32_t dev_id, old_domain, now;
 	int rc = device_id(call, device, false, &dev_id);
 
 	if (rc < 0)
@@ -158,8 +158,12 @@ static int leave_domain(struct call *call, const char *device, bool replace, uin
 		return fail(-EINVAL, "device '%s' is not attached to a domain%s", device,
 			    replace ? "; attach it instead" : "");
 	rc = replace ? kh_replace(ctx, dev_id, new_domain) : kh_detach(ctx, dev_id);
-	if (rc < 0)
-		return fail_kh(rc, replace ? "cannot replace the domain" : "cannot detach");
+	if (rc < 0) {
+		rc = fail_kh(rc, replace ? "cannot replace the domain" : "cannot detach");
+		/* The kernel's answer wins: the record must follow the device it left detached. */
+		call->left_detached = kh_device_domain(ctx, dev_id, &now) == 0 && !now;
+		return rc;
+	}
 	*ret_old_domain = old_domain;
 	return 0;
 }

@@ -856,6 +856,30 @@ static struct kh_device *group_mate_on(const struct kh_obj *obj, const struct kh
 	return mate;
 }
 
+/* A replace into the device's own domain moves nothing in the books but asks the kernel again,
+ * whose answer wins: a client holding the device's VFIO descriptor may have detached it (or
+ * attached it elsewhere) behind the core's back. Where the kernel will not have the device in
+ * its domain, it is left detached, and the books say so. */
+static int replace_in_place(struct kh_device *dev)
+{
+	struct kh_domain *dom = dev->domain;
+	char why[256];
+	int rc;
+
+	if (!dom->ops->replace_dev || dev->ctx->adoption)
+		return 0;
+	rc = dom->ops->replace_dev(dom, dev, dom);
+	if (rc == 0)
+		return 0;
+	(void)snprintf(why, sizeof(why), "%s", kh_last_error());
+	device_forget(dev);
+	return kh_fail(rc,
+		       "%s was not in domain %u, where this context had it (a client may have "
+		       "detached it through its VFIO descriptor), and the kernel refused to attach "
+		       "it again: %s; it is detached now, its DMA blocked: attach it to a domain",
+		       dev->bdev->info.name, dom->id, why);
+}
+
 int kh_replace(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
 {
 	struct kh_objects *objs = ctx->objects;
@@ -871,7 +895,7 @@ int kh_replace(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id)
 	if (!old)
 		return kh_fail(-EINVAL, "device %u is not attached; attach it instead", dev_id);
 	if (old == dom)
-		return 0;
+		return replace_in_place(dev);
 	if (!dom->ops->replace_dev)
 		return unsupported(dom, "replacing a device's domain");
 

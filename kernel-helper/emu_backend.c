@@ -38,6 +38,7 @@ struct emu_group {
 
 struct emu_dev {
 	struct emu_group *group;
+	bool attached; /* counted in group->attached */
 };
 
 struct emu_backend {
@@ -484,41 +485,63 @@ static int check_fits(const struct kh_domain *dom, const struct kh_device *dev)
 	return 0;
 }
 
-static struct emu_group *group_of(const struct kh_device *dev)
+static struct emu_dev *emu_dev_of(const struct kh_device *dev)
 {
-	return ((struct emu_dev *)dev->bdev->priv)->group;
+	return dev->bdev->priv;
+}
+
+/* The device joins its group's users of dom, where DMA from the group now goes. */
+static void emu_dev_join(struct emu_dev *ed, struct kh_domain *dom)
+{
+	if (!ed->attached)
+		ed->group->attached++;
+	ed->attached = true;
+	ed->group->domain = to_emu(dom);
+}
+
+/* The group is blocked once its last attached device leaves. */
+static void emu_dev_leave(struct emu_dev *ed)
+{
+	if (ed->attached && --ed->group->attached == 0)
+		ed->group->domain = NULL;
+	ed->attached = false;
 }
 
 static int emu_attach_dev(struct kh_domain *dom, struct kh_device *dev)
 {
-	struct emu_group *group = group_of(dev);
 	int rc = check_fits(dom, dev);
 
-	if (rc < 0)
-		return rc;
-	group->domain = to_emu(dom);
-	group->attached++;
-	return 0;
+	if (rc == 0)
+		emu_dev_join(emu_dev_of(dev), dom);
+	return rc;
 }
 
+/* As the kernel's replace, this also attaches a device that left behind the core's back
+ * (kh_emu_detach_behind), whatever old the books name. */
 static int emu_replace_dev(struct kh_domain *dom, struct kh_device *dev, struct kh_domain *old)
 {
-	int rc = check_fits(dom, dev);
-
 	(void)old;
-	if (rc < 0)
-		return rc;
-	group_of(dev)->domain = to_emu(dom);
-	return 0;
+	return emu_attach_dev(dom, dev);
 }
 
 static int emu_detach_dev(struct kh_domain *dom, struct kh_device *dev)
 {
-	struct emu_group *group = group_of(dev);
-
 	(void)dom;
-	if (--group->attached == 0)
-		group->domain = NULL;
+	emu_dev_leave(emu_dev_of(dev));
+	return 0;
+}
+
+int kh_emu_detach_behind(struct kh_backend *be, const char *device)
+{
+	int index;
+
+	if (be->ops->kind != KH_BACKEND_EMULATED)
+		return kh_fail(-EOPNOTSUPP,
+			       "only the emulated backend detaches devices behind the core");
+	index = kh_device_lookup(be, device);
+	if (index < 0)
+		return index;
+	emu_dev_leave(be->devices[index].priv);
 	return 0;
 }
 

@@ -12,6 +12,7 @@
 
 #include <kh/kh.h>
 #include <kh/kh_emu.h>
+#include <kh/kh_testing.h>
 
 #include "harness.h"
 
@@ -231,6 +232,111 @@ TEST_F(emu, group_shares_translation)
 	CHECK_OK(kh_emu_dma(self->be, "mate1", 0x300000, &byte, 1, KH_EMU_DMA_TO_MEMORY));
 	CHECK_EQ(mem[0], 0x33);
 	CHECK_EQ(kh_emu_dma(self->be, "dev1", 0x300000, &byte, 1, KH_EMU_DMA_TO_MEMORY), -EFAULT);
+	kh_ctx_destroy(f.ctx);
+}
+
+/* Whether a one-byte DMA by device to iova lands (writing value), or faults blocked. */
+static bool dma_lands(struct kh_backend *be, const char *device, uint64_t iova, uint8_t value)
+{
+	int rc = kh_emu_dma(be, device, iova, &value, 1, KH_EMU_DMA_TO_MEMORY);
+
+	if (rc == 0)
+		return true;
+	CHECK_EQ(rc, -EFAULT);
+	CHECK_EQ(last_fault(be).reason, KH_EMU_FAULT_BLOCKED);
+	return false;
+}
+
+static uint32_t domain_of(struct kh_ctx *ctx, uint32_t dev)
+{
+	uint32_t dom;
+
+	CHECK_OK(kh_device_domain(ctx, dev, &dom));
+	return dom;
+}
+
+/* dev0 attached to a fresh domain mapping a page of memory (returned) at 0x300000, then
+ * detached behind the core: its DMA blocked while the books still say attached. */
+static uint8_t *detached_behind(struct kh_backend *be, struct attached *f)
+{
+	uint8_t *mem = aligned_memory(PAGE, PAGE);
+
+	attach_new(be, f, "dev0", 0);
+	map(f->ctx, f->dom, 0x300000, mem, PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	CHECK_OK(kh_emu_detach_behind(be, "dev0"));
+	CHECK(!dma_lands(be, "dev0", 0x300000, 1));
+	CHECK_EQ(domain_of(f->ctx, f->dev), f->dom);
+	return mem;
+}
+
+/* A device detached behind the core (a client's own VFIO call on a real kernel) is blocked
+ * while the books say attached; a replace into the same domain attaches it again, a detach
+ * agrees with the kernel, and an attach of what the books hold attached points to the replace. */
+TEST_F(emu, detached_behind_the_core)
+{
+	struct attached f;
+	uint8_t *mem = detached_behind(self->be, &f);
+
+	CHECK_EQ(kh_attach(f.ctx, f.dev, f.dom), -EBUSY);
+	CHECK(strstr(kh_last_error(), "replace instead"));
+
+	CHECK_OK(kh_replace(f.ctx, f.dev, f.dom));
+	CHECK(dma_lands(self->be, "dev0", 0x300000, 2));
+	CHECK_EQ(mem[0], 2);
+	CHECK_EQ(domain_of(f.ctx, f.dev), f.dom);
+
+	/* Detaching what the kernel detached already leaves both saying detached. */
+	CHECK_OK(kh_emu_detach_behind(self->be, "dev0"));
+	CHECK_OK(kh_detach(f.ctx, f.dev));
+	CHECK_EQ(domain_of(f.ctx, f.dev), 0);
+	CHECK_OK(kh_attach(f.ctx, f.dev, f.dom));
+	CHECK(dma_lands(self->be, "dev0", 0x300000, 3));
+	CHECK_OK(kh_detach(f.ctx, f.dev));
+	CHECK(!dma_lands(self->be, "dev0", 0x300000, 4));
+	CHECK_EQ(mem[0], 3);
+	kh_ctx_destroy(f.ctx);
+}
+
+/* Where the kernel refuses to take the device back, the books follow it: detached, blocked,
+ * and the error says so and what to do. */
+TEST_F(emu, refused_reattach_leaves_device_detached)
+{
+	struct attached f;
+	uint8_t *mem = detached_behind(self->be, &f);
+
+	kh_fail_nth_arm(1);
+	CHECK_EQ(kh_replace(f.ctx, f.dev, f.dom), -EIO);
+	CHECK(strstr(kh_last_error(), "detached now"));
+	(void)printf("refused: %s\n", kh_last_error());
+	CHECK(kh_fail_nth_disarm());
+	CHECK_EQ(domain_of(f.ctx, f.dev), 0);
+	CHECK(!dma_lands(self->be, "dev0", 0x300000, 2));
+	CHECK_OK(kh_attach(f.ctx, f.dev, f.dom));
+	CHECK(dma_lands(self->be, "dev0", 0x300000, 2));
+	CHECK_EQ(mem[0], 2);
+	kh_ctx_destroy(f.ctx);
+}
+
+/* The group is translated while any of its devices is attached: one device left behind the
+ * core and put back by a replace counts once, so its mate's detach keeps the group's domain. */
+TEST_F(emu, reattached_mate_counts_once)
+{
+	struct attached f;
+	uint8_t *mem = aligned_memory(PAGE, PAGE);
+	uint32_t mate;
+
+	attach_new(self->be, &f, "mate0", 0);
+	CHECK_OK(kh_device_bind(f.ctx, "mate1", &mate));
+	CHECK_OK(kh_attach(f.ctx, mate, f.dom));
+	map(f.ctx, f.dom, 0x300000, mem, PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	CHECK_OK(kh_emu_detach_behind(self->be, "mate0"));
+	CHECK_OK(kh_replace(f.ctx, f.dev, f.dom));
+	CHECK_OK(kh_replace(f.ctx, f.dev, f.dom));
+	CHECK_OK(kh_detach(f.ctx, mate));
+	CHECK(dma_lands(self->be, "mate0", 0x300000, 5));
+	CHECK_EQ(mem[0], 5);
+	CHECK_OK(kh_detach(f.ctx, f.dev));
+	CHECK(!dma_lands(self->be, "mate0", 0x300000, 6));
 	kh_ctx_destroy(f.ctx);
 }
 

@@ -5,6 +5,8 @@
  * such as Debian 12's; or vfio-type1 in the test_daemon_edu_type1 build), a client that maps a
  * memfd through the RPC, drives an edu device it obtained with OpenDevice, and sees the device's
  * DMA land in the memfd; after Unmap the same DMA is blocked and the memfd keeps its bytes.
+ * Detached by the client's own VFIO call on that fd, the device is attached again by a
+ * ReplaceDomain into the domain the daemon has it in (the kernel's answer wins, not the books).
  * Where the kernel maps files by descriptor (iommufd on Linux 6.13 and later), the daemon holds
  * no mapping of the memfd in its own address space; elsewhere it does. MapBatch takes the same
  * path as Map, and a writable map of a read-only descriptor is refused with the same message on
@@ -21,6 +23,10 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+/* The uAPI header marks user pointers for the kernel's checker. */
+#define __user
+#include <linux/vfio.h>
 
 #include <iommuctl.h>
 
@@ -123,6 +129,33 @@ static void check_dma_lands(struct edu_session *s)
 	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
 	CHECK(memcmp(s->mem + PAGE, s->mem, EDU_XFER) == 0);
 	(void)printf("ok: DMA through the daemon's mapping landed in the client's memfd\n");
+}
+
+/* A client detaches its device behind the daemon's back with a raw VFIO call on the fd
+ * OpenDevice gave it: its DMA is blocked while the daemon's books still say attached. A
+ * ReplaceDomain into that same domain must ask the kernel, whose answer wins: the device is
+ * attached again, and a fresh pattern crosses it whole. Only iommufd's device fds take the
+ * call; a vfio-type1 device stays in its group's container. */
+static void check_replace_in_place_reattaches(struct edu_session *s, const char *backend)
+{
+	struct vfio_device_detach_iommufd_pt detach = {.argsz = sizeof(detach)};
+
+	if (strcmp(backend, "iommufd") != 0) {
+		(void)printf("skip: a %s device cannot be detached through its fd\n", backend);
+		return;
+	}
+	CHECK(ioctl(s->vfio, VFIO_DEVICE_DETACH_IOMMUFD_PT, &detach) == 0);
+	memset(s->mem + PAGE, 0x3c, PAGE);
+	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
+	CHECK(all_bytes(s->mem + PAGE, PAGE, 0x3c));
+	(void)printf("ok: detached through its fd, the device's DMA is blocked\n");
+
+	check_call(s->c, iommuctl_replace(s->c, s->name, s->dom), "ReplaceDomain into its domain");
+	for (size_t i = 0; i < PAGE; i++)
+		s->mem[i] = (uint8_t)(i * 7 + 3);
+	check_dma_lands(s);
+	CHECK(all_bytes(s->mem + PAGE + EDU_XFER, PAGE - EDU_XFER, 0x3c));
+	(void)printf("ok: ReplaceDomain into the same domain attached the device again\n");
 }
 
 static void check_unmap_blocks(struct edu_session *s)
@@ -279,6 +312,7 @@ int main(void)
 	setup_device(&s);
 	check_daemon_view(s.daemon.pid, s.memfd, want, "after Map");
 	check_dma_lands(&s);
+	check_replace_in_place_reattaches(&s, want);
 	check_unmap_blocks(&s);
 	check_batch(&s, want);
 	check_read_only_refused(&s);

@@ -323,7 +323,9 @@ int kh_domain_caps(struct kh_ctx *ctx, uint32_t domain_id, uint32_t *caps);
 
 int kh_attach(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id);
 /* Moves the device (and the rest of its group) to another domain without a window in which
- * DMA is blocked. */
+ * DMA is blocked. Into the domain the device is in, it moves nothing but asks the kernel to
+ * have the device there, attaching it again where a client detached it through its VFIO
+ * descriptor; should the kernel refuse, the device is left detached, as the error says. */
 int kh_replace(struct kh_ctx *ctx, uint32_t dev_id, uint32_t domain_id);
 int kh_detach(struct kh_ctx *ctx, uint32_t dev_id);
 /* Domain the device is attached to, or 0. */

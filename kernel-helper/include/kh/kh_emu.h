@@ -66,6 +66,11 @@ struct kh_emu_fault {
 int kh_emu_dma(struct kh_backend *be, const char *device, uint64_t iova, void *buf, size_t len,
 	       enum kh_emu_dma_dir dir);
 
+/* The device leaves its domain without the core knowing, as a client holding the device's VFIO
+ * descriptor can make it do on a real kernel (VFIO_DEVICE_DETACH_IOMMUFD_PT): its DMA is
+ * blocked while the context's books still say it is attached. */
+int kh_emu_detach_behind(struct kh_backend *be, const char *device);
+
 /* Takes up to max queued faults, oldest first; returns how many. The queue keeps the newest
  * KH_EMU_FAULT_QUEUE_LEN faults; older ones are counted in kh_emu_faults_lost. */
 #define KH_EMU_FAULT_QUEUE_LEN 256

@@ -76,7 +76,9 @@ struct kh_domain {
 struct kh_domain_ops {
 	/* Attach a device that has no domain. */
 	int (*attach_dev)(struct kh_domain *dom, struct kh_device *dev);
-	/* Move a device from old (never NULL) to dom with no blocked window. */
+	/* Move a device from old (never NULL) to dom with no blocked window. old is dom when the
+	 * core asks that the device be in dom whatever the kernel did behind its back (a client
+	 * detached it through its VFIO descriptor): then attach it there if it is not. */
 	int (*replace_dev)(struct kh_domain *dom, struct kh_device *dev, struct kh_domain *old);
 	/* Leave the device blocked. May refuse only where the kernel keeps the device in the
 	 * domain (vfio-type1 while a device fd of its group is open): kh_detach and
