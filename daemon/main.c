@@ -63,12 +63,12 @@ static const char usage[] =
 	"  -V, --version          show the version and exit\n"
 	"\n"
 	"Signals: SIGTERM and SIGINT stop the daemon; every mapping is removed from the\n"
-	"IOMMU before the memory behind it is released. A SIGTERM that systemd sends to\n"
-	"restart the unit (systemctl restart; asked over the D-Bus system bus) is the\n"
-	"exception: the named leases stay, with their devices' DMA, in systemd's descriptor\n"
-	"store for the next daemon to take over. SIGUSR2 re-executes the daemon in place\n"
-	"(ExecReload=), keeping the leases. SIGHUP is logged and ignored: configuration\n"
-	"changes take effect at the next start.\n"
+	"IOMMU before the memory behind it is released. On iommufd, a SIGTERM that\n"
+	"systemd sends to restart the unit (systemctl restart; asked over the D-Bus\n"
+	"system bus) is the exception: the named leases stay, with their devices' DMA, in\n"
+	"systemd's descriptor store for the next daemon to take over. SIGUSR2 re-executes\n"
+	"the daemon in place (ExecReload=), keeping the leases. SIGHUP is logged and\n"
+	"ignored: configuration changes take effect at the next start.\n"
 	"\n"
 	"Exit status: 0 after a clean stop, 1 when the daemon cannot start, a bad\n"
 	"configuration file included (the message says why), 2 on a usage error: an unknown\n"
@@ -313,15 +313,18 @@ struct loop_end {
 
 /* A SIGTERM from systemd for a restart is answered as a kill would be, without the kill's
  * loss: the leases' kernel objects stay in the store, so that the next daemon takes them over
- * and their devices' DMA goes on (docs/operations.md, "Surviving a restart"). Only systemd's
- * own answer makes it a restart: a stop for good must tear them down, or devices held open by
- * clients would go on with DMA into memory no daemon accounts for. */
+ * and their devices' DMA goes on (docs/operations.md, "Surviving a restart"). Only where the
+ * next daemon can take them over (KH_CAP_ADOPT): elsewhere it rebuilds the leases either way,
+ * and the stop's teardown is what ends a held device's DMA into the old mappings. And only on
+ * systemd's own answer: a stop for good must tear them down, or devices held open by clients
+ * would go on with DMA into memory no daemon accounts for. */
 static void on_terminate(evutil_socket_t sig, short what, void *arg)
 {
 	struct loop_end *end = arg;
 
 	(void)what;
-	end->restart = end->d->state && manager_restarting();
+	end->restart = end->d->state && (kh_backend_caps(end->d->be) & KH_CAP_ADOPT) &&
+		       manager_restarting();
 	log_notice("signal %d: %s", (int)sig,
 		   end->restart ? "stopping for systemd's restart, leaving the leases to the next "
 				  "daemon"
@@ -519,13 +522,15 @@ static void reexec_now(struct daemon *d, struct server *srv)
 	_exit(EXIT_FAILURE);
 }
 
-/* The stop half of systemd's restart: connections end as at any stop (anonymous sessions with
- * them); the leases are left as a kill leaves them, their kernel descriptors and record in the
- * store, which systemd keeps across a restart, for the next daemon to take over. Nothing of
- * theirs is torn down or freed: the process ends here, as a re-execution's image does. */
-static void leave_for_restart(struct server *srv)
+/* The stop half of systemd's restart: connections (anonymous sessions with them) and
+ * delegations end as at any stop; the leases are left as a kill leaves them, their kernel
+ * descriptors and record in the store, which systemd keeps across a restart, for the next
+ * daemon to take over. Nothing of theirs is torn down or freed: the process ends here, as a
+ * re-execution's image does. */
+static void leave_for_restart(struct daemon *d, struct server *srv)
 {
 	server_destroy(srv);
+	delegations_destroy(d->delegations);
 	fdstore_sync();
 	(void)sd_notify(0, "STOPPING=1");
 	log_notice("stopped; the leases wait in systemd's descriptor store for the next daemon");
@@ -577,7 +582,7 @@ static int serve(struct daemon *d, struct config *cfg)
 	if (end.reexec)
 		reexec_now(d, srv);
 	if (end.restart)
-		leave_for_restart(srv);
+		leave_for_restart(d, srv);
 	(void)sd_notify(0, "STOPPING=1");
 out:
 	/* Connections first (anonymous sessions), then leases; main closes the backend. */

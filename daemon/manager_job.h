@@ -14,8 +14,8 @@
 
 /* True only when systemd answered that the unit whose main process this is has a restart job
  * queued. Every other case (no systemd, not a service's main process, no D-Bus system bus, no
- * answer within 2 s, a stop job or none) is false; the ones an operator can change are logged
- * with what to do. */
+ * answer within 2 s, connecting included, a stop job or none) is false; the ones an operator can
+ * change are logged with what to do. */
 bool manager_restarting(void);
 
 #endif
