@@ -157,7 +157,7 @@ static int ask_job_type(sd_bus_error *error, char **ret_type)
 	if (rc >= 0)
 		rc = queued_job_type(bus, deadline, unit_path, error, ret_type);
 	free(unit_path);
-	/* No flush: it would wait for a connection that never came up, as long as the bus lets it. */
+	/* No flush: it would wait as long as the bus lets it for a connection never up. */
 	sd_bus_close_unref(bus);
 	return rc;
 }
