@@ -322,6 +322,19 @@ TEST(unmap_lets_go_of_the_file_unless_asked_to_keep)
 	fixture_stop(&daemon_under_test);
 }
 
+/* The daemon started with one device, and root connected, asking its Unmaps to keep their
+ * file's map, with a paging domain on emu0 in *ret_dom, once the two memfds were made. */
+static struct iommuctl *start_keeping_maps(int kept, int other, uint32_t *ret_dom)
+{
+	struct iommuctl *c;
+
+	CHECK_OK(kept);
+	CHECK_OK(other);
+	c = start_with_domain(ONE_DEVICE, "emu0", ret_dom);
+	iommuctl_set_keep_maps(c, true);
+	return c;
+}
+
 /* An Unmap of one mapping that asks for it (keep_map) keeps its file's map, counted against
  * nothing, for the session's next Map of the file, which takes it up again instead of mapping
  * the file anew; a file that grew since gets a map of its new size, and an Unmap of several
@@ -333,10 +346,7 @@ TEST(unmapped_file_map_kept_for_the_next_map)
 	struct iommuctl *c;
 	uint32_t dom;
 
-	CHECK_OK(kept);
-	CHECK_OK(other);
-	c = start_with_domain(ONE_DEVICE, "emu0", &dom);
-	iommuctl_set_keep_maps(c, true);
+	c = start_keeping_maps(kept, other, &dom);
 	succeeds(c, map_page(c, dom, kept, 0), "Map");
 	CHECK(daemon_map_of("kept", &at, &bytes));
 	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
@@ -394,10 +404,7 @@ TEST(kept_map_given_up_by_any_other_change)
 	struct iommuctl *c;
 	uint32_t dom;
 
-	CHECK_OK(kept);
-	CHECK_OK(other);
-	c = start_with_domain(ONE_DEVICE, "emu0", &dom);
-	iommuctl_set_keep_maps(c, true);
+	c = start_keeping_maps(kept, other, &dom);
 	succeeds(c, iommuctl_map_fd(c, dom, other, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
 		 "Map of the other file");
 	keep_map_of(c, dom, kept);
@@ -406,6 +413,7 @@ TEST(kept_map_given_up_by_any_other_change)
 		 "Map from the other file's map");
 	CHECK(!daemon_map_of("kept", &at, &bytes));
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	(void)close(other);
 	keep_map_of(c, dom, kept);
 	CHECK(map_page(c, dom + 1, kept, 0) < 0);
 	CHECK(!daemon_map_of("kept", &at, &bytes));
@@ -417,7 +425,6 @@ TEST(kept_map_given_up_by_any_other_change)
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
 	iommuctl_close(c);
 	(void)close(kept);
-	(void)close(other);
 	fixture_stop(&daemon_under_test);
 }
 
