@@ -50,6 +50,7 @@ struct iommuctl {
 	bool lease_released;
 	struct pending_session pending;
 	unsigned reconnect_ms; /* 0: never reconnect */
+	bool keep_maps;	       /* iommuctl_unmap asks the daemon to keep the file's map */
 	bool reconnecting;     /* re-opening the lease: no reconnect within a reconnect */
 	Iommud__V1__Code last_code;
 	char error[ERROR_MAX];
@@ -192,6 +193,11 @@ void iommuctl_close(struct iommuctl *c)
 void iommuctl_set_reconnect(struct iommuctl *c, unsigned timeout_ms)
 {
 	c->reconnect_ms = timeout_ms;
+}
+
+void iommuctl_set_keep_maps(struct iommuctl *c, bool keep)
+{
+	c->keep_maps = keep;
 }
 
 int iommuctl_fd(const struct iommuctl *c)
@@ -761,6 +767,7 @@ int iommuctl_unmap(struct iommuctl *c, uint32_t domain_id, uint64_t iova, uint64
 	unmap.domain_id = domain_id;
 	unmap.iova = iova;
 	unmap.length = length;
+	unmap.keep_map = c->keep_maps;
 	return call_unmapped(c, IOMMUD__V1__REQUEST__METHOD_UNMAP, &unmap.base, unmapped);
 }
 

@@ -391,12 +391,13 @@ static int abandon_unmap(struct call *call)
 }
 
 /* Removes [iova, iova+length) of the domain (UINT64_MAX from 0: all), in steps where it is
- * costly; the reply says what went once all of it has. An Unmap of one mapping keeps its file's
- * map for the next Map (session_unmap_start's keep_view): clients that map and unmap per I/O do
- * so one buffer at a time. */
+ * costly; the reply says what went once all of it has. An Unmap of one mapping that asks for it
+ * (keep_map: a client that maps and unmaps a buffer per I/O) keeps its file's map for the next
+ * Map (session_unmap_start's keep_view). */
 static int unmap_range(struct call *call, uint32_t domain_id, uint64_t iova, uint64_t length)
 {
-	bool keep_view = call->req->method_case == IOMMUD__V1__REQUEST__METHOD_UNMAP;
+	bool keep_view = call->req->method_case == IOMMUD__V1__REQUEST__METHOD_UNMAP &&
+			 call->req->unmap->keep_map;
 	int rc = session_unmap_start(call->client->session, domain_id, iova, length, keep_view,
 				     &call->back);
 

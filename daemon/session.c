@@ -99,9 +99,11 @@ struct session {
 	/* A map whose last mapping an Unmap of that one mapping released, kept (NULL: none)
 	 * for the session's next Map of the same range of the file with the same access, which
 	 * then needs no mmap: a client that maps and unmaps one buffer per I/O pays the
-	 * daemon's mmap and munmap of it once. Counted against no quota or ceiling, and given
-	 * up for any other map the session makes, when a connection leaves the session, when
-	 * the daemon's maps near their ceiling, and at the session's end. */
+	 * daemon's mmap and munmap of it once. Kept only where the Unmap asked for it
+	 * (keep_map), counted against no quota or ceiling, and given up by the session's next
+	 * request that changes anything unless that is a Map taking it up
+	 * (session_give_up_spare), when a connection leaves the session, when the daemon's
+	 * maps near their ceiling, and at the session's end. */
 	struct file_map *spare;
 	bool keeping_released; /* the unmap under way keeps what it releases as the spare */
 };
@@ -145,13 +147,34 @@ struct registry {
 static dev_t shmem_dev;
 static bool shmem_dev_known;
 
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U /* Linux 6.3's; the C library may not know it yet */
+#endif
+
+/* A memfd of the daemon's own: sealed against execution (vm.memfd_noexec = 2 refuses a memfd
+ * without that), else, where the kernel is older than the flag (EINVAL), as those make one. */
+static int shmem_memfd(void)
+{
+	int fd = memfd_create("iommud-shmem-dev", MFD_CLOEXEC | MFD_NOEXEC_SEAL);
+
+	if (fd >= 0 || errno != EINVAL)
+		return fd;
+	return memfd_create("iommud-shmem-dev", MFD_CLOEXEC);
+}
+
 static void shmem_dev_learn(void)
 {
-	int fd = memfd_create("iommud-shmem-dev", MFD_CLOEXEC);
+	int fd = shmem_memfd();
 	struct stat st;
 
-	if (fd < 0)
+	if (fd < 0) {
+		log_msg(LOG_DEBUG,
+			"cannot make a memfd to learn the internal tmpfs mount (%s): every Map "
+			"asks "
+			"fstatfs what file system its file is on",
+			strerror(errno));
 		return;
+	}
 	if (fstat(fd, &st) == 0) {
 		shmem_dev = st.st_dev;
 		shmem_dev_known = true;
@@ -277,7 +300,7 @@ static void release_memory(struct registry *reg, void *va, uint64_t length)
 		va, (unsigned long long)length, strerror(saved));
 }
 
-static void spare_drop(struct session *s)
+void session_give_up_spare(struct session *s)
 {
 	if (!s->spare)
 		return;
@@ -296,7 +319,7 @@ static void registry_drop_spares(struct registry *reg)
 
 	LIST_FOREACH (t, &reg->tenants, link)
 		LIST_FOREACH (s, &t->sessions, link)
-			spare_drop(s);
+			session_give_up_spare(s);
 }
 
 static void file_map_put(struct session *s, struct file_map *fm)
@@ -317,7 +340,7 @@ static void file_map_put(struct session *s, struct file_map *fm)
 		free(fm);
 		return;
 	}
-	spare_drop(s);
+	session_give_up_spare(s);
 	s->spare = fm;
 	s->tenant->reg->spare_maps++;
 }
@@ -690,7 +713,7 @@ static void session_destroy(struct session *s)
 	/* The context first: it releases every mapping's memory once the backend has unmapped it,
 	 * charging the domain records, which must still be there. */
 	kh_ctx_destroy(s->ctx);
-	spare_drop(s);
+	session_give_up_spare(s);
 	while ((dom = LIST_FIRST(&s->domains)))
 		domain_rec_release(s, dom);
 	while ((dev = LIST_FIRST(&s->devices))) {
@@ -815,7 +838,7 @@ void session_leave(struct session *s)
 {
 	/* A session left, and all the more one kept with no connection, is no longer mapping and
 	 * unmapping a buffer in turn: its spare would only hold the tenant's memory. */
-	spare_drop(s);
+	session_give_up_spare(s);
 	if (--s->refs)
 		return;
 	if (s->lease[0] && !s->lease_released) {
@@ -1258,7 +1281,7 @@ static struct file_map *spare_take(struct session *s, const struct file_map *pla
 
 	if (!fm || fm->dev != plan->dev || fm->ino != plan->ino || fm->writable != plan->writable ||
 	    fm->whole != plan->whole || fm->start != plan->start || fm->length != plan->length) {
-		spare_drop(s);
+		session_give_up_spare(s);
 		return NULL;
 	}
 	s->spare = NULL;
@@ -1817,8 +1840,8 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 	/* A mapping is a leaf at least, so a step takes no more mappings than its leaves. */
 	size_t window = (uint64_t)MAP_PART_PAGES * p->parts_per_step < UNMAP_WINDOW
 				? (size_t)MAP_PART_PAGES * p->parts_per_step
-				: UNMAP_WINDOW,
-	       n;
+				: UNMAP_WINDOW;
+	size_t n;
 	int rc = domain_lookup(s, p->domain_id, &dom);
 
 	/* The tenant's requests wait for this one, so its domain stays; checked all the same. */

@@ -22,9 +22,11 @@
  * mapping costs the daemon neither a record nor an allocation of its own. The cookie holds a
  * reference on the session's record of the client's file (struct file_map, one per file and
  * access), which goes with its last mapping, except that the map an Unmap of a single mapping
- * releases stays, owned by the session as its spare and charged to nothing, for the session's next
- * Map of the same file (session_unmap_start's keep_view), until any other new map, a connection
- * leaving the session, the daemon's maps nearing their ceiling or the session's end. Where the
+ * releases stays where the Unmap asks for it (keep_map), owned by the session as its spare and
+ * charged to nothing, for the session's next Map of the same range (session_unmap_start's
+ * keep_view), until the session's next request that changes anything and does not take it up
+ * (session_give_up_spare), a connection leaving the session, the daemon's maps nearing their
+ * ceiling or the session's end. Where the
  * domain's kernel maps files by descriptor (KH_CAP_MAP_FILE: iommufd on Linux 6.13 and later), the
  * kernel holds the file for each mapping itself and the record is no more than the file's identity:
  * the daemon maps none of the tenant's memory, and kernel-helper keeps each mapping's file offset.
@@ -241,11 +243,16 @@ struct unmap_progress {
 /* start checks the range as one call would: where it would fail, or there is nothing to do in
  * steps, it does that one call and returns 0 (done: p->bytes and p->count) or its error; else
  * 1, and each step returns 1 while there is more, 0 when done, or a negative errno (what the
- * earlier steps took away stays taken away). keep_view (a client's Unmap): where the range
+ * earlier steps took away stays taken away). keep_view (an Unmap with keep_map): where the range
  * holds one mapping, whose release leaves its file map unused, the session keeps that map for
  * its next Map of the same file (its spare) instead of unmapping it from the daemon. */
 int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
 			bool keep_view, struct unmap_progress *p);
+/* Gives up the session's spare, if it holds one: unmaps it from the daemon, so the client may
+ * seal or free the file as after any Unmap. The spare serves only the request that follows the
+ * Unmap keeping it, and only a Map of its range, so the dispatcher gives it up before every
+ * other request that changes anything and after every Map. */
+void session_give_up_spare(struct session *s);
 int session_unmap_step(struct session *s, struct unmap_progress *p);
 
 struct map_progress {

@@ -147,10 +147,18 @@ int iommuctl_detach(struct iommuctl *c, const char *device);
  * (aligned to alignment, 0 for the default) and stores it in *iova. */
 int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t offset,
 		    uint64_t length, uint32_t prot, bool fixed, uint64_t alignment, uint64_t *iova);
-/* Removes every mapping inside [iova, iova+length); unmapped (may be NULL) gets the bytes. */
+/* Removes every mapping inside [iova, iova+length); unmapped (may be NULL) gets the bytes. Once
+ * it returns, the memory is the caller's again, unless iommuctl_set_keep_maps is on. */
 int iommuctl_unmap(struct iommuctl *c, uint32_t domain_id, uint64_t iova, uint64_t length,
 		   uint64_t *unmapped);
 int iommuctl_unmap_all(struct iommuctl *c, uint32_t domain_id, uint64_t *unmapped);
+/* For a caller that maps and unmaps a buffer per I/O (off unless set): with keep, each
+ * iommuctl_unmap of one mapping asks the daemon to keep its memory map of the file for the
+ * session's next Map of exactly that range (UnmapRequest.keep_map), which then costs the daemon
+ * no mmap. Until that Map, or any other request of the session that changes something, the
+ * daemon still maps the file: sealing it F_SEAL_WRITE fails with EBUSY, and its memory is not
+ * freed when closed. */
+void iommuctl_set_keep_maps(struct iommuctl *c, bool keep);
 /* A VFIO fd for the device, bound to the session's context; the caller owns it. Returns the
  * fd or a negative errno. */
 int iommuctl_open_device(struct iommuctl *c, const char *device);

@@ -299,10 +299,46 @@ static struct iommuctl *start_with_domain(const char *config, const char *topolo
 	return c;
 }
 
-/* An Unmap of one mapping keeps its file's map, counted against nothing, for the session's
- * next Map of the file, which takes it up again instead of mapping the file anew; a file that
- * grew since gets a map of its new size, and an Unmap of several mappings, a map of another
- * file and a connection leaving the session give the kept map up. */
+#define ONE_DEVICE "[uid 0]\naccess = write\ndevices = emu0\n"
+
+/* Without keep_map an Unmap lets go of its file as it always did: once it has replied, the
+ * daemon maps none of the file, so the client may seal it against writing (which a shared map
+ * of the file that may write, as the daemon's of an O_RDWR descriptor, refuses with EBUSY). */
+TEST(unmap_lets_go_of_the_file_unless_asked_to_keep)
+{
+	int mem = iommuctl_memfd("sealed", PAGE);
+	uint64_t at, bytes;
+	struct iommuctl *c;
+	uint32_t dom;
+
+	CHECK_OK(mem);
+	c = start_with_domain(ONE_DEVICE, "emu0", &dom);
+	succeeds(c, map_page(c, dom, mem, 0), "Map");
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
+	CHECK(!daemon_map_of("sealed", &at, &bytes));
+	CHECK_EQ(fcntl(mem, F_ADD_SEALS, F_SEAL_WRITE), 0);
+	iommuctl_close(c);
+	(void)close(mem);
+	fixture_stop(&daemon_under_test);
+}
+
+/* The daemon started with one device, and root connected, asking its Unmaps to keep their
+ * file's map, with a paging domain on emu0 in *ret_dom, once the two memfds were made. */
+static struct iommuctl *start_keeping_maps(int kept, int other, uint32_t *ret_dom)
+{
+	struct iommuctl *c;
+
+	CHECK_OK(kept);
+	CHECK_OK(other);
+	c = start_with_domain(ONE_DEVICE, "emu0", ret_dom);
+	iommuctl_set_keep_maps(c, true);
+	return c;
+}
+
+/* An Unmap of one mapping that asks for it (keep_map) keeps its file's map, counted against
+ * nothing, for the session's next Map of the file, which takes it up again instead of mapping
+ * the file anew; a file that grew since gets a map of its new size, and an Unmap of several
+ * mappings, a map of another file and a connection leaving the session give the kept map up. */
 TEST(unmapped_file_map_kept_for_the_next_map)
 {
 	int kept = iommuctl_memfd("kept", PAGE), other = iommuctl_memfd("other", PAGE);
@@ -310,9 +346,7 @@ TEST(unmapped_file_map_kept_for_the_next_map)
 	struct iommuctl *c;
 	uint32_t dom;
 
-	CHECK_OK(kept);
-	CHECK_OK(other);
-	c = start_with_domain("[uid 0]\naccess = write\ndevices = emu0\n", "emu0", &dom);
+	c = start_keeping_maps(kept, other, &dom);
 	succeeds(c, map_page(c, dom, kept, 0), "Map");
 	CHECK(daemon_map_of("kept", &at, &bytes));
 	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
@@ -349,6 +383,51 @@ TEST(unmapped_file_map_kept_for_the_next_map)
 	fixture_stop(&daemon_under_test);
 }
 
+/* Keeps kept's map: maps it at IOVA 0 and unmaps it with keep_map. */
+static void keep_map_of(struct iommuctl *c, uint32_t dom, int kept)
+{
+	uint64_t at, bytes;
+
+	succeeds(c, map_page(c, dom, kept, 0), "Map");
+	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap keeping the map");
+	CHECK(daemon_map_of("kept", &at, &bytes));
+}
+
+/* A kept map serves only the session's next request that changes anything, and only a Map of
+ * its range: a Map served by another map the session holds, a Map that fails before it maps
+ * anything, UnmapAll and FreeDomain each give it up, so that the client can have its memory
+ * back without closing the connection. */
+TEST(kept_map_given_up_by_any_other_change)
+{
+	int kept = iommuctl_memfd("kept", PAGE), other = iommuctl_memfd("other", 2 * PAGE);
+	uint64_t at, bytes, iova = 0x100000;
+	struct iommuctl *c;
+	uint32_t dom;
+
+	c = start_keeping_maps(kept, other, &dom);
+	succeeds(c, iommuctl_map_fd(c, dom, other, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
+		 "Map of the other file");
+	keep_map_of(c, dom, kept);
+	iova = 0x200000;
+	succeeds(c, iommuctl_map_fd(c, dom, other, PAGE, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
+		 "Map from the other file's map");
+	CHECK(!daemon_map_of("kept", &at, &bytes));
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	(void)close(other);
+	keep_map_of(c, dom, kept);
+	CHECK(map_page(c, dom + 1, kept, 0) < 0);
+	CHECK(!daemon_map_of("kept", &at, &bytes));
+	keep_map_of(c, dom, kept);
+	succeeds(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll");
+	CHECK(!daemon_map_of("kept", &at, &bytes));
+	keep_map_of(c, dom, kept);
+	succeeds(c, iommuctl_free_domain(c, dom), "FreeDomain");
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
+	iommuctl_close(c);
+	(void)close(kept);
+	fixture_stop(&daemon_under_test);
+}
+
 /* The kept maps count against no ceiling, so that a map nearing max-maps-total gives up every
  * session's kept map first: the daemon's maps of client files stay within the ceiling. */
 TEST(kept_maps_given_up_at_the_maps_ceiling)
@@ -364,6 +443,7 @@ TEST(kept_maps_given_up_at_the_maps_ceiling)
 		CHECK_OK(mem[i] = iommuctl_memfd(names[i], PAGE));
 	c = start_with_domain("max-maps-total = 2\n[uid 0]\naccess = write\ndevices = emu*\n",
 			      "emu0 emu1", &dom);
+	iommuctl_set_keep_maps(c, true);
 	succeeds(c, map_page(c, dom, mem[KEPT], 0), "Map");
 	succeeds(c, iommuctl_unmap(c, dom, 0, PAGE, NULL), "Unmap");
 	CHECK(daemon_map_of("kept", &at, &bytes));
