@@ -20,11 +20,10 @@
 #define RECORD_STEP    (64u << 10)
 #define FRAME_HEAD     8u
 
-uint32_t record_crc32c(const void *data, size_t len)
+/* CRC-32C a byte at a time from a table: where the CPU has no crc32 instruction. */
+static uint32_t crc32c_by_table(uint32_t crc, const uint8_t *p, size_t len)
 {
 	static uint32_t table[256];
-	const uint8_t *p = data;
-	uint32_t crc = ~0u;
 
 	if (!table[1])
 		for (uint32_t i = 0; i < 256; i++) {
@@ -36,7 +35,48 @@ uint32_t record_crc32c(const void *data, size_t len)
 		}
 	while (len--)
 		crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
-	return ~crc;
+	return crc;
+}
+
+#ifdef __x86_64__
+/* SSE4.2's crc32 computes the same CRC-32C eight bytes per instruction, several times as fast
+ * as the table: every frame, a MapBatch's of some 5 KiB too, is checksummed before its reply
+ * goes. */
+__attribute__((target("sse4.2"))) static uint32_t
+crc32c_by_instruction(uint32_t crc, const uint8_t *p, size_t len)
+{
+	uint64_t wide = crc, word;
+
+	for (; len >= sizeof(word); p += sizeof(word), len -= sizeof(word)) {
+		memcpy(&word, p, sizeof(word));
+		wide = __builtin_ia32_crc32di(wide, word);
+	}
+	crc = (uint32_t)wide;
+	while (len--)
+		crc = __builtin_ia32_crc32qi(crc, *p++);
+	return crc;
+}
+#endif
+
+/* The instruction where the CPU has it; IOMMUD_TEST_CRC32C_TABLE=1 makes a test check the
+ * table. */
+static uint32_t (*crc32c_update(void))(uint32_t, const uint8_t *, size_t)
+{
+	static uint32_t (*update)(uint32_t, const uint8_t *, size_t);
+
+	if (update)
+		return update;
+	update = crc32c_by_table;
+#ifdef __x86_64__
+	if (__builtin_cpu_supports("sse4.2") && !getenv("IOMMUD_TEST_CRC32C_TABLE"))
+		update = crc32c_by_instruction;
+#endif
+	return update;
+}
+
+uint32_t record_crc32c(const void *data, size_t len)
+{
+	return ~crc32c_update()(~0u, data, len);
 }
 
 static struct record_header *header(const struct record *rec)
