@@ -214,7 +214,7 @@ static void restart_times(struct supervisor *sv, struct side *kept, int mem, boo
 int main(int argc, char **argv)
 {
 	bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
-	unsigned pairs = quick ? 200 : 20000, batches = quick ? 2 : 50;
+	unsigned pairs = quick ? 200 : 20000, batches = quick ? 2 : 300;
 	struct daemon_fixture plain_daemon;
 	struct supervisor sv;
 	struct side plain, kept;
