@@ -140,41 +140,48 @@ static double median(double *v)
 	return (v[ROUNDS / 2 - 1] + v[ROUNDS / 2]) / 2;
 }
 
-/* n operations on one side: the wall time per operation; its daemon's CPU time is added to
- * *cpu_ns. */
-static double timed_run(struct side *s, int mem, unsigned n,
-			double (*run)(struct side *, int, unsigned), double *cpu_ns)
+/* One side's round of n operations: wall and daemon CPU time per operation. */
+struct round {
+	double wall, cpu;
+};
+
+static struct round timed_run(struct side *s, int mem, unsigned n,
+			      double (*run)(struct side *, int, unsigned))
 {
 	double start = daemon_cpu_ns(s->pid), wall = run(s, mem, n);
 
-	*cpu_ns += daemon_cpu_ns(s->pid) - start;
-	return wall;
+	return (struct round){wall, (daemon_cpu_ns(s->pid) - start) / n};
 }
 
-/* Runs each side ROUNDS times, alternating, and prints the medians of the wall time per
- * operation and the daemons' CPU time per operation over all rounds, with their ratios. Each
- * side goes first every other round: with the same daemon on both sides, the one always
- * second used some 5% more CPU time. */
+/* Runs each side ROUNDS times, alternating, and prints the medians of the wall and the
+ * daemons' CPU time per operation, each with the median of the rounds' ratios: the two sides
+ * of a round run back to back, so their ratio moves less with the machine's load than the
+ * figures do. Each side goes first every other round: with the same daemon on both sides,
+ * the one always second used some 5% more CPU time. */
 static void compare(const char *what, struct side *plain, struct side *kept, int mem, unsigned n,
 		    double (*run)(struct side *, int, unsigned))
 {
-	double a[ROUNDS], b[ROUNDS], cpu_a = 0, cpu_b = 0, ma, mb;
+	double wall[2][ROUNDS], cpu[2][ROUNDS], wall_ratio[ROUNDS], cpu_ratio[ROUNDS];
+	struct round a, b;
 
 	(void)run(plain, mem, n / 10 + 1);
 	(void)run(kept, mem, n / 10 + 1);
 	for (int r = 0; r < ROUNDS; r++) {
 		if (r % 2)
-			b[r] = timed_run(kept, mem, n, run, &cpu_b);
-		a[r] = timed_run(plain, mem, n, run, &cpu_a);
+			b = timed_run(kept, mem, n, run);
+		a = timed_run(plain, mem, n, run);
 		if (r % 2 == 0)
-			b[r] = timed_run(kept, mem, n, run, &cpu_b);
+			b = timed_run(kept, mem, n, run);
+		wall[0][r] = a.wall;
+		wall[1][r] = b.wall;
+		cpu[0][r] = a.cpu;
+		cpu[1][r] = b.cpu;
+		wall_ratio[r] = b.wall / a.wall;
+		cpu_ratio[r] = b.cpu / a.cpu;
 	}
-	ma = median(a);
-	mb = median(b);
-	cpu_a /= (double)n * ROUNDS;
-	cpu_b /= (double)n * ROUNDS;
 	printf("%-24s wall %10.0f ns %10.0f ns %6.3f   daemon CPU %9.0f ns %9.0f ns %6.3f\n", what,
-	       ma, mb, mb / ma, cpu_a, cpu_b, cpu_b / cpu_a);
+	       median(wall[0]), median(wall[1]), median(wall_ratio), median(cpu[0]), median(cpu[1]),
+	       median(cpu_ratio));
 }
 
 static double batch_rounds(struct side *s, int mem, unsigned n)
