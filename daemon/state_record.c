@@ -117,21 +117,39 @@ uint64_t record_committed(const struct record *rec)
 	return __atomic_load_n(&header(rec)->committed, __ATOMIC_ACQUIRE);
 }
 
+/* The pages up to end and the rest of its step, allocated and mapped in one call rather than
+ * at a page fault each while frames are written before their replies; memory the daemon cannot
+ * have is then said here rather than met at a write. A kernel before 5.14 does not know the
+ * advice: its pages come at the faults. */
+static int populate(struct record *rec, uint64_t end)
+{
+	uint64_t to = (end + RECORD_STEP - 1) / RECORD_STEP * RECORD_STEP;
+
+	if (to > rec->size)
+		to = rec->size;
+	if (madvise(rec->base + rec->populated, to - rec->populated, MADV_POPULATE_WRITE) < 0 &&
+	    errno != EINVAL)
+		return fail(-errno, "cannot allocate the state record's memory: %s",
+			    strerror(errno));
+	rec->populated = to;
+	return 0;
+}
+
 static int record_reserve(struct record *rec, uint64_t end)
 {
 	uint64_t size = rec->size;
 
-	if (end <= size)
-		return 0;
-	while (size < end)
-		size *= 2;
-	if (size > RECORD_RESERVE)
-		return fail(-ENOSPC, "the state record would pass %llu bytes",
-			    (unsigned long long)RECORD_RESERVE);
-	if (ftruncate(rec->fd, (off_t)size) < 0)
-		return fail(-errno, "cannot grow the state record: %s", strerror(errno));
-	rec->size = size;
-	return 0;
+	if (end > size) {
+		while (size < end)
+			size *= 2;
+		if (size > RECORD_RESERVE)
+			return fail(-ENOSPC, "the state record would pass %llu bytes",
+				    (unsigned long long)RECORD_RESERVE);
+		if (ftruncate(rec->fd, (off_t)size) < 0)
+			return fail(-errno, "cannot grow the state record: %s", strerror(errno));
+		rec->size = size;
+	}
+	return end <= rec->populated ? 0 : populate(rec, end);
 }
 
 int record_append(struct record *rec, const Iommud__State__V1__Transaction *txn)
