@@ -394,9 +394,12 @@ void *txn_add(struct state *st, Iommud__State__V1__Entry__ChangeCase change)
 		for (size_t i = st->n_boxes; i < st->cap_boxes; i++)
 			st->boxes[i] = NULL;
 	}
+	if (grow((void **)&st->entries, &st->cap_entries, st->n_boxes, sizeof(*st->entries)) < 0)
+		return NULL;
 	if (!st->boxes[st->n_boxes] && !(st->boxes[st->n_boxes] = calloc(1, sizeof(*box))))
 		return NULL;
-	box = st->boxes[st->n_boxes++];
+	box = st->boxes[st->n_boxes];
+	st->entries[st->n_boxes++] = &box->entry;
 	iommud__state__v1__entry__init(&box->entry);
 	protobuf_c_message_init(f->descriptor, &box->change);
 	box->entry.change_case = change;
@@ -422,20 +425,13 @@ static void add_kernel_ids(const struct state *st, struct lease_rec *rec, uint32
 int txn_commit(struct state *st)
 {
 	Iommud__State__V1__Transaction txn = IOMMUD__STATE__V1__TRANSACTION__INIT;
-	Iommud__State__V1__Entry **entries;
 	int rc;
 
 	if (!st->n_boxes)
 		return 0;
-	entries = malloc(st->n_boxes * sizeof(*entries));
-	if (!entries)
-		return fail(-ENOMEM, "out of memory for the state record");
-	for (size_t i = 0; i < st->n_boxes; i++)
-		entries[i] = &st->boxes[i]->entry;
 	txn.n_entries = st->n_boxes;
-	txn.entries = entries;
+	txn.entries = st->entries;
 	rc = record_append(&st->rec, &txn);
-	free(entries);
 	st->n_boxes = 0;
 	return rc;
 }
@@ -917,8 +913,14 @@ static size_t new_files(struct lease_rec *rec, const struct call *call)
  * lose the record. */
 static int check_store_room(struct state *st, struct lease_rec *rec, const struct call *call)
 {
-	size_t need = new_files(rec, call);
+	size_t need;
 
+	/* The call's descriptors bound the files it can add: with room for all of them, none
+	 * needs examining here (the map handler examines each once), which keeps the costly
+	 * check off every Map. */
+	if (store_has_room(st, call->n_fds))
+		return 0;
+	need = new_files(rec, call);
 	if (!need || store_has_room(st, need))
 		return 0;
 	/* Files no mapping uses any more leave the store only with a snapshot. */
@@ -1065,6 +1067,7 @@ void state_free(struct state *st, bool unstore)
 		free(box);
 	}
 	free(st->boxes);
+	free(st->entries);
 	record_close(&st->rec);
 	free(st);
 }

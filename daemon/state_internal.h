@@ -80,6 +80,8 @@ struct state {
 		*plans;		  /* state_adopt.c: what each lease's kernel holds, while it runs */
 	struct entry_box **boxes; /* the transaction being built, reused */
 	size_t n_boxes, cap_boxes;
+	Iommud__State__V1__Entry **entries; /* the boxes' entries, as the transaction lists them */
+	size_t cap_entries;
 };
 
 struct lease_rec *lease_find(struct state *st, const struct session *s);

@@ -20,11 +20,10 @@
 #define RECORD_STEP    (64u << 10)
 #define FRAME_HEAD     8u
 
-uint32_t record_crc32c(const void *data, size_t len)
+/* CRC-32C a byte at a time from a table: where the CPU has no crc32 instruction. */
+static uint32_t crc32c_by_table(uint32_t crc, const uint8_t *p, size_t len)
 {
 	static uint32_t table[256];
-	const uint8_t *p = data;
-	uint32_t crc = ~0u;
 
 	if (!table[1])
 		for (uint32_t i = 0; i < 256; i++) {
@@ -36,7 +35,48 @@ uint32_t record_crc32c(const void *data, size_t len)
 		}
 	while (len--)
 		crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
-	return ~crc;
+	return crc;
+}
+
+#ifdef __x86_64__
+/* SSE4.2's crc32 computes the same CRC-32C eight bytes per instruction, several times as fast
+ * as the table: every frame, a MapBatch's of some 5 KiB too, is checksummed before its reply
+ * goes. */
+__attribute__((target("sse4.2"))) static uint32_t
+crc32c_by_instruction(uint32_t crc, const uint8_t *p, size_t len)
+{
+	uint64_t wide = crc, word;
+
+	for (; len >= sizeof(word); p += sizeof(word), len -= sizeof(word)) {
+		memcpy(&word, p, sizeof(word));
+		wide = __builtin_ia32_crc32di(wide, word);
+	}
+	crc = (uint32_t)wide;
+	while (len--)
+		crc = __builtin_ia32_crc32qi(crc, *p++);
+	return crc;
+}
+#endif
+
+/* The instruction where the CPU has it; IOMMUD_TEST_CRC32C_TABLE=1 makes a test check the
+ * table. */
+static uint32_t (*crc32c_update(void))(uint32_t, const uint8_t *, size_t)
+{
+	static uint32_t (*update)(uint32_t, const uint8_t *, size_t);
+
+	if (update)
+		return update;
+	update = crc32c_by_table;
+#ifdef __x86_64__
+	if (__builtin_cpu_supports("sse4.2") && !getenv("IOMMUD_TEST_CRC32C_TABLE"))
+		update = crc32c_by_instruction;
+#endif
+	return update;
+}
+
+uint32_t record_crc32c(const void *data, size_t len)
+{
+	return ~crc32c_update()(~0u, data, len);
 }
 
 static struct record_header *header(const struct record *rec)
@@ -77,21 +117,39 @@ uint64_t record_committed(const struct record *rec)
 	return __atomic_load_n(&header(rec)->committed, __ATOMIC_ACQUIRE);
 }
 
+/* The pages up to end and the rest of its step, allocated and mapped in one call rather than
+ * at a page fault each while frames are written before their replies; memory the daemon cannot
+ * have is then said here rather than met at a write. A kernel before 5.14 does not know the
+ * advice: its pages come at the faults. */
+static int populate(struct record *rec, uint64_t end)
+{
+	uint64_t to = (end + RECORD_STEP - 1) / RECORD_STEP * RECORD_STEP;
+
+	if (to > rec->size)
+		to = rec->size;
+	if (madvise(rec->base + rec->populated, to - rec->populated, MADV_POPULATE_WRITE) < 0 &&
+	    errno != EINVAL)
+		return fail(-errno, "cannot allocate the state record's memory: %s",
+			    strerror(errno));
+	rec->populated = to;
+	return 0;
+}
+
 static int record_reserve(struct record *rec, uint64_t end)
 {
 	uint64_t size = rec->size;
 
-	if (end <= size)
-		return 0;
-	while (size < end)
-		size *= 2;
-	if (size > RECORD_RESERVE)
-		return fail(-ENOSPC, "the state record would pass %llu bytes",
-			    (unsigned long long)RECORD_RESERVE);
-	if (ftruncate(rec->fd, (off_t)size) < 0)
-		return fail(-errno, "cannot grow the state record: %s", strerror(errno));
-	rec->size = size;
-	return 0;
+	if (end > size) {
+		while (size < end)
+			size *= 2;
+		if (size > RECORD_RESERVE)
+			return fail(-ENOSPC, "the state record would pass %llu bytes",
+				    (unsigned long long)RECORD_RESERVE);
+		if (ftruncate(rec->fd, (off_t)size) < 0)
+			return fail(-errno, "cannot grow the state record: %s", strerror(errno));
+		rec->size = size;
+	}
+	return end <= rec->populated ? 0 : populate(rec, end);
 }
 
 int record_append(struct record *rec, const Iommud__State__V1__Transaction *txn)

@@ -39,8 +39,9 @@ uint32_t record_crc32c(const void *data, size_t len);
 
 struct record {
 	int fd;
-	uint8_t *base; /* the memfd's shared mapping, reserved large; size bytes exist */
-	uint64_t size; /* of the memfd */
+	uint8_t *base;	    /* the memfd's shared mapping, reserved large; size bytes exist */
+	uint64_t size;	    /* of the memfd */
+	uint64_t populated; /* bytes from the start whose pages are allocated and mapped */
 	uint64_t generation;
 	char name[32]; /* in the store */
 };
