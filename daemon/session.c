@@ -168,11 +168,9 @@ static void shmem_dev_learn(void)
 	struct stat st;
 
 	if (fd < 0) {
-		log_msg(LOG_DEBUG,
-			"cannot make a memfd to learn the internal tmpfs mount (%s): every Map "
-			"asks "
-			"fstatfs what file system its file is on",
-			strerror(errno));
+		log_debug("cannot make a memfd to learn the internal tmpfs mount (%s): every Map "
+			  "asks fstatfs what file system its file is on",
+			  strerror(errno));
 		return;
 	}
 	if (fstat(fd, &st) == 0) {
