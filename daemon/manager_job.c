@@ -12,9 +12,9 @@
 #include <string.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-daemon.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "histogram.h"
 #include "log.h"
 #include "manager_job.h"
 
@@ -30,12 +30,10 @@
  * down. */
 #define ASK_TIMEOUT_USEC (2 * 1000 * 1000)
 
+/* sd-bus counts in microseconds. */
 static uint64_t now_usec(void)
 {
-	struct timespec ts;
-
-	(void)clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+	return monotonic_ns() / 1000;
 }
 
 /* Gives the next call what is left of the deadline: sd-bus times each call on its own. */
