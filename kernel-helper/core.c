@@ -863,7 +863,7 @@ static struct kh_device *group_mate_on(const struct kh_obj *obj, const struct kh
 static int replace_in_place(struct kh_device *dev)
 {
 	struct kh_domain *dom = dev->domain;
-	char why[256];
+	char why[KH_ERROR_MAX];
 	int rc;
 
 	if (!dom->ops->replace_dev || dev->ctx->adoption)
@@ -1553,7 +1553,7 @@ static int settle_mapping(struct kh_domain *dom, const struct kh_mapping *m, siz
  * refusals of later steps (nothing to take out) would overwrite kh_last_error(). */
 struct first_failure {
 	int rc;
-	char why[256];
+	char why[KH_ERROR_MAX];
 };
 
 static void note_failure(struct first_failure *f, int rc)

@@ -5,7 +5,7 @@
 #include <kh/kh_ops.h>
 
 /* Per thread, like errno: a failing call and the caller reading its message share a thread. */
-static _Thread_local char last_error[512] = "no error";
+static _Thread_local char last_error[KH_ERROR_MAX] = "no error";
 
 const char *kh_last_error(void)
 {

@@ -40,6 +40,9 @@ struct kh_backend;
 struct kh_ctx;
 struct kh_mapping;
 
+/* The longest message kh_last_error() gives, its terminating NUL included: a caller that keeps
+ * one while later calls fail sizes its copy by it. */
+#define KH_ERROR_MAX 512
 /* Message for the most recent failure of a kh_* call on this thread; never NULL. */
 const char *kh_last_error(void);
 
