@@ -21,6 +21,7 @@
 
 #include "histogram.h"
 #include "log.h"
+#include "own_memfd.h"
 #include "probes/probes.h"
 #include "status.h"
 
@@ -147,24 +148,9 @@ struct registry {
 static dev_t shmem_dev;
 static bool shmem_dev_known;
 
-#ifndef MFD_NOEXEC_SEAL
-#define MFD_NOEXEC_SEAL 0x0008U /* Linux 6.3's; the C library may not know it yet */
-#endif
-
-/* A memfd of the daemon's own: sealed against execution (vm.memfd_noexec = 2 refuses a memfd
- * without that), else, where the kernel is older than the flag (EINVAL), as those make one. */
-static int shmem_memfd(void)
-{
-	int fd = memfd_create("iommud-shmem-dev", MFD_CLOEXEC | MFD_NOEXEC_SEAL);
-
-	if (fd >= 0 || errno != EINVAL)
-		return fd;
-	return memfd_create("iommud-shmem-dev", MFD_CLOEXEC);
-}
-
 static void shmem_dev_learn(void)
 {
-	int fd = shmem_memfd();
+	int fd = own_memfd("iommud-shmem-dev");
 	struct stat st;
 
 	if (fd < 0) {
