@@ -36,4 +36,21 @@ struct ceilings {
  * section whose quota alone reaches a ceiling (one tenant of it could deny all others). */
 void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceilings *ret);
 
+/* What the backend puts in the service manager's descriptor store beside the leases' memory
+ * files, as kernel-helper answers, and the limit every stored descriptor counts against. */
+struct store_backend {
+	bool kernel_fds;  /* KH_CAP_ADOPT: each lease's context and bound devices are stored */
+	bool maps_by_fd;  /* KH_CAP_MAP_FILE: a file the kernel maps costs the daemon no map */
+	size_t n_devices; /* those a section with write access lets its tenants bind */
+	/* The daemon's open-file limit (UINT64_MAX: none): the daemon holds a descriptor of its
+	 * own for each one stored. */
+	uint64_t open_files;
+};
+
+/* How many descriptors the store may have to hold at most for what the configuration and the
+ * ceilings let leases hold on this backend (FileDescriptorStoreMax=, docs/operations.md,
+ * "Sizing the descriptor store"). */
+uint64_t ceilings_store_slots(const struct config *cfg, const struct ceilings *ceil,
+			      const struct store_backend *be);
+
 #endif

@@ -39,6 +39,8 @@ size_t fdstore_max(bool *ret_exported)
 
 	*ret_exported = false;
 	if (!max || !max[0])
+		max = getenv("IOMMUD_FDSTORE_MAX");
+	if (!max || !max[0])
 		return FDSTORE_UNIT_MAX;
 	errno = 0;
 	n = strtoul(max, &end, 10);

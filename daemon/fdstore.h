@@ -22,8 +22,10 @@
 /* Whether a service manager listens (NOTIFY_SOCKET): without one nothing can be kept. */
 bool fdstore_available(void);
 /* How many descriptors the manager keeps for the daemon: $FDSTORE, which systemd 254 and later
- * export, else FDSTORE_UNIT_MAX, the FileDescriptorStoreMax= of the unit installed with the
- * daemon (systemd 252 says nothing, and refuses a descriptor past its maximum silently). */
+ * export, else $IOMMUD_FDSTORE_MAX, which iommud-generator's drop-in sets beside the
+ * FileDescriptorStoreMax= it writes, else FDSTORE_UNIT_MAX, the FileDescriptorStoreMax= of the
+ * unit installed with the daemon (systemd 252 says nothing, and refuses a descriptor past its
+ * maximum silently); *ret_exported is false for the last. */
 #define FDSTORE_UNIT_MAX 16384
 size_t fdstore_max(bool *ret_exported);
 /* Hands the manager a copy of fd to keep under name (printable ASCII without ':', at most 255

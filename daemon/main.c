@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #include <kh/kh.h>
 #include <names.h>
 
+#include "ceilings.h"
 #include "config.h"
 #include "delegate.h"
 #include "dispatch.h"
@@ -59,6 +61,10 @@ static const char usage[] =
 	"                         (default), kprobe, tracepoint or off; the daemon falls back\n"
 	"                         below it by itself and logs what it could not attach\n"
 	"      --check-config     read the configuration, print what it grants, and exit\n"
+	"      --fdstore-max      print how many descriptors systemd's store may have to\n"
+	"                         keep for the leases the configuration allows on this\n"
+	"                         machine's backend (FileDescriptorStoreMax=; the\n"
+	"                         iommud-generator writes it into the unit), and exit\n"
 	"  -h, --help             show this help and exit\n"
 	"  -V, --version          show the version and exit\n"
 	"\n"
@@ -92,6 +98,7 @@ struct options {
 	int log_level_value;
 	Iommud__V1__ProbeTier probe_tier_value;
 	bool check_config;
+	bool fdstore_max;
 };
 
 /* Where each option that takes a word keeps it. */
@@ -144,6 +151,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{"log-level", required_argument, NULL, 'l'},
 		{"probe-tier", required_argument, NULL, 'P'},
 		{"check-config", no_argument, NULL, 'C'},
+		{"fdstore-max", no_argument, NULL, 'F'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -158,6 +166,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 			o->config_given |= opt == 'c';
 		} else if (opt == 'C') {
 			o->check_config = true;
+		} else if (opt == 'F') {
+			o->fdstore_max = true;
 		} else if (opt == 'h') {
 			(void)fputs(usage, stdout);
 			exit(0);
@@ -272,6 +282,84 @@ static int open_backend(const struct config *cfg, struct kh_backend **ret_be)
 			    kh_backend_name(be));
 	*ret_be = be;
 	return 0;
+}
+
+/* The devices some section with write access lets its tenants bind. */
+static size_t bindable_devices(const struct config *cfg, const struct kh_backend *be)
+{
+	struct kh_device_info info;
+	size_t n = 0;
+
+	for (size_t i = 0; i < kh_device_count(be); i++) {
+		if (kh_device_info(be, i, &info) < 0)
+			continue;
+		for (size_t r = 0; r < cfg->n_rules; r++) {
+			if (cfg->rules[r].access == ACCESS_WRITE &&
+			    config_device_allowed(&cfg->rules[r], info.name)) {
+				n++;
+				break;
+			}
+		}
+	}
+	return n;
+}
+
+/* The store's size that what the configuration lets leases hold on this backend may need. */
+static uint64_t store_slots_needed(const struct config *cfg, const struct kh_backend *be,
+				   const struct ceilings *ceil)
+{
+	uint32_t caps = kh_backend_caps(be);
+	struct rlimit files;
+	struct store_backend store = {
+		.kernel_fds = caps & KH_CAP_ADOPT,
+		.maps_by_fd = caps & KH_CAP_MAP_FILE,
+		.n_devices = bindable_devices(cfg, be),
+		.open_files = UINT64_MAX,
+	};
+
+	if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY)
+		store.open_files = files.rlim_cur;
+	return ceilings_store_slots(cfg, ceil, &store);
+}
+
+/* --fdstore-max: the ceilings as the daemon would compute them at start, after its open-file
+ * limit is raised as the daemon raises it. */
+static int print_store_slots(const struct config *cfg, const struct kh_backend *be)
+{
+	struct ceilings ceil;
+
+	ceilings_compute(cfg, !(kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS), &ceil);
+	return printf("%" PRIu64 "\n", store_slots_needed(cfg, be, &ceil)) < 0 ? 1 : 0;
+}
+
+/* Says once, at start, where the store the service manager keeps is smaller than what the
+ * configuration lets leases hold may need, and how to size it. */
+static void check_store_size(const struct daemon *d)
+{
+	uint64_t need = store_slots_needed(d->cfg, d->be, registry_ceilings(d->reg));
+	bool exported;
+	size_t have = fdstore_max(&exported);
+	char todo[512];
+
+	if (need <= have)
+		return;
+	if (access(IOMMUD_GENERATOR, X_OK) == 0)
+		(void)snprintf(todo, sizeof(todo),
+			       "run 'systemctl daemon-reload' (%s sizes it from the configuration)",
+			       IOMMUD_GENERATOR);
+	else
+		(void)snprintf(todo, sizeof(todo),
+			       "add 'FileDescriptorStoreMax=%" PRIu64
+			       "' and 'Environment=IOMMUD_FDSTORE_MAX=%" PRIu64
+			       "' (for systemd before 254) under [Service] in a drop-in (systemctl "
+			       "edit iommud)",
+			       need, need);
+	log_warning("the service manager's descriptor store keeps %zu descriptors%s, and the "
+		    "leases the configuration allows may need %" PRIu64 ": a Map past it is "
+		    "refused, and lease kernel descriptors past it are not kept; %s, then "
+		    "'systemctl restart iommud' (the leases survive it)",
+		    have, exported ? "" : " (assumed: systemd before 254 does not say)", need,
+		    todo);
 }
 
 /* A reload would have to re-check every live tenant against new rules; until it does, the
@@ -567,6 +655,8 @@ static int serve(struct daemon *d, struct config *cfg)
 	}
 	if (state_open(d->reg, &d->state) < 0)
 		log_err("named leases will not survive a restart: %s", failure_message());
+	else if (d->state)
+		check_store_size(d);
 	end.base = base;
 	end.d = d;
 	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||
@@ -623,15 +713,16 @@ int main(int argc, char **argv)
 		config_free(&cfg);
 		return 0;
 	}
-	log_set_level(cfg.log_level);
+	/* The number alone on stdout: only what stops it from being printed is said. */
+	log_set_level(opts.fdstore_max ? LOG_ERR : cfg.log_level);
 	(void)signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit(cfg.max_connections);
-	if (dispatch_self_check() < 0)
+	if (dispatch_self_check() < 0) {
 		log_err("the method table does not match the schema; this build is broken");
-	else if (open_backend(&cfg, &be) == 0) {
+	} else if (open_backend(&cfg, &be) == 0) {
 		d.cfg = &cfg;
 		d.be = be;
-		status = serve(&d, &cfg);
+		status = opts.fdstore_max ? print_store_slots(&cfg, be) : serve(&d, &cfg);
 		kh_backend_close(be);
 	}
 	config_free(&cfg);

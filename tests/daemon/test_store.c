@@ -272,3 +272,49 @@ TEST(batch_keeps_its_room_between_slices)
 		(void)close(go[i]);
 	}
 }
+
+/* ---- the store's size against what the configuration may need --------------------------- */
+
+/* Two leases in all, of ten mappings each: the record and its next generation, and ten files
+ * per lease. */
+#define SMALL_LEASES   2
+#define SMALL_MAPPINGS 10
+#define TEXT(x)	       #x
+#define NUMBER(x)      TEXT(x)
+static const char small_config[] = "probe-tier = off\nmax-leases-total = " NUMBER(
+	SMALL_LEASES) "\n[access]\ndefault = none\n[uid 0]\naccess = write\ndevices = emu*\n"
+		      "max-mappings = " NUMBER(SMALL_MAPPINGS) "\n";
+
+/* Whether a daemon told by variable that its store takes store descriptors says that is too
+ * few, with the numbers and what to do. */
+static bool says_too_small(const char *variable, unsigned store)
+{
+	struct supervisor sv;
+	char text[128];
+	bool said;
+
+	(void)snprintf(text, sizeof(text), "%u", store);
+	CHECK(setenv(variable, text, 1) == 0);
+	supervisor_start(&sv, small_config, "emu0");
+	said = supervisor_log_has(&sv, "may need");
+	(void)snprintf(text, sizeof(text),
+		       "descriptor store keeps %u descriptors, and the leases the configuration "
+		       "allows may need %u",
+		       store, 2 + SMALL_LEASES * SMALL_MAPPINGS);
+	CHECK(!said || supervisor_log_has(&sv, text));
+	CHECK(!said || supervisor_log_has(&sv, "systemctl daemon-reload") ||
+	      supervisor_log_has(&sv, "Environment=IOMMUD_FDSTORE_MAX="));
+	supervisor_stop(&sv);
+	unsetenv(variable);
+	return said;
+}
+
+/* One descriptor short is said at start; enough is not. As systemd 254 and later say the size
+ * ($FDSTORE), and as the generator's drop-in says it for systemd before 254. */
+TEST(start_says_store_too_small)
+{
+	CHECK(says_too_small("FDSTORE", 1 + SMALL_LEASES * SMALL_MAPPINGS));
+	CHECK(!says_too_small("FDSTORE", 2 + SMALL_LEASES * SMALL_MAPPINGS));
+	CHECK(says_too_small("IOMMUD_FDSTORE_MAX", 1 + SMALL_LEASES * SMALL_MAPPINGS));
+	CHECK(!says_too_small("IOMMUD_FDSTORE_MAX", 2 + SMALL_LEASES * SMALL_MAPPINGS));
+}
