@@ -304,7 +304,8 @@ static size_t bindable_devices(const struct config *cfg, const struct kh_backend
 	return n;
 }
 
-/* The store's size that what the configuration lets leases hold on this backend may need. */
+/* How many descriptors the store may have to keep for what the configuration lets leases hold
+ * on this backend. */
 static uint64_t store_slots_needed(const struct config *cfg, const struct kh_backend *be,
 				   const struct ceilings *ceil)
 {
