@@ -64,14 +64,22 @@ static uint64_t maps_ceiling(void)
 	return limit - held - headroom;
 }
 
-static uint64_t leases_ceiling(void)
+uint64_t ceilings_open_files(void)
 {
 	struct rlimit files;
-	uint64_t share;
 
 	if (getrlimit(RLIMIT_NOFILE, &files) < 0 || files.rlim_cur == RLIM_INFINITY)
+		return UINT64_MAX;
+	return files.rlim_cur;
+}
+
+static uint64_t leases_ceiling(uint64_t open_files)
+{
+	uint64_t share;
+
+	if (open_files == UINT64_MAX)
 		return LEASES_CAP;
-	share = (uint64_t)files.rlim_cur / LEASE_FD_SHARE;
+	share = open_files / LEASE_FD_SHARE;
 	return share < LEASES_CAP ? (share ? share : 1) : LEASES_CAP;
 }
 
@@ -141,13 +149,14 @@ static void warn_quotas_reaching(const struct config *cfg, const struct ceilings
 	}
 }
 
-void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceilings *ret)
+void ceilings_compute(const struct config *cfg, bool pins_in_kernel, uint64_t open_files,
+		      struct ceilings *ret)
 {
 	*ret = (struct ceilings){
 		.max_maps = lowered("max-maps-total", cfg->max_maps_total, maps_ceiling(),
 				    "vm.max_map_count"),
-		.max_leases = lowered("max-leases-total", cfg->max_leases_total, leases_ceiling(),
-				      "the open-file limit"),
+		.max_leases = lowered("max-leases-total", cfg->max_leases_total,
+				      leases_ceiling(open_files), "the open-file limit"),
 		.max_pinned_bytes = lowered("max-pinned-total", cfg->max_pinned_total,
 					    pinned_ceiling(pins_in_kernel), "RLIMIT_MEMLOCK"),
 	};
@@ -178,10 +187,9 @@ static uint64_t product_capped(uint64_t a, uint64_t b)
 	return b && a > UINT64_MAX / b ? UINT64_MAX : a * b;
 }
 
-/* The memory files one lease may keep: each backs at least one of its mappings (files no
- * mapping uses leave the store at the next snapshot, which a Map short of room writes first),
- * and its tenant's mappings are bounded by max-mappings; where the daemon maps files itself,
- * each also holds one of the tenant's max-maps. The largest any section that may hold leases
+/* The memory files one lease's mappings may use at once: each backs at least one of them, and
+ * its tenant's mappings are bounded by max-mappings; where the daemon maps files itself, each
+ * also holds one of the tenant's max-maps. The largest any section that may hold leases
  * grants; 0 when none may map. */
 static uint64_t files_per_lease(const struct config *cfg, bool maps_by_fd)
 {
@@ -216,11 +224,15 @@ uint64_t ceilings_store_slots(const struct config *cfg, const struct ceilings *c
 	files = product_capped(leases, files_per_lease(cfg, be->maps_by_fd));
 	if (!be->maps_by_fd)
 		files = min_u64(files, ceil->max_maps);
+	/* As many again for files no mapping uses any more: those leave the store with the next
+	 * snapshot, which waits while another lease's batch is between slices. Headroom, not a
+	 * bound: a lease unmapping and mapping new files faster than snapshots come could pass
+	 * it, and is then refused (a Map needing room) until one is written. */
+	files = product_capped(files, 2);
 	/* A device is bound by one context at a time, so all leases together store at most one
-	 * descriptor per device. Anonymous sessions store nothing today; were their devices'
-	 * descriptors stored too, this term would already count them, being per device. */
+	 * descriptor per device. */
 	if (be->kernel_fds && leases)
 		kernel = sum_capped(leases, be->n_devices);
-	slots = sum_capped(sum_capped(RECORD_SLOTS, kernel), files);
+	slots = sum_capped(sum_capped(RECORD_SLOTS, kernel), sum_capped(files, be->anon_fds));
 	return min_u64(slots, be->open_files);
 }

@@ -874,6 +874,8 @@ bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
 	int rc;
 
 	call->deadline_ns = deadline_ns;
+	/* Nothing it maps will be stored: its room goes to others for the whole take-back. */
+	state_call_end(d->state, call);
 	rc = call->abandon(call);
 	if (rc == CALL_MORE)
 		return false;

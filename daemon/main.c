@@ -33,6 +33,10 @@
 #include "state.h"
 #include "status.h"
 
+#define TEXT(x)		#x
+#define NUMBER_TEXT(x)	TEXT(x)
+#define OPEN_FILES_TEXT NUMBER_TEXT(IOMMUD_OPEN_FILES)
+
 static const char usage[] =
 	"Usage: iommud [OPTION]...\n"
 	"\n"
@@ -63,8 +67,11 @@ static const char usage[] =
 	"      --check-config     read the configuration, print what it grants, and exit\n"
 	"      --fdstore-max      print how many descriptors systemd's store may have to\n"
 	"                         keep for the leases the configuration allows on this\n"
-	"                         machine's backend (FileDescriptorStoreMax=; the\n"
-	"                         iommud-generator writes it into the unit), and exit\n"
+	"                         machine's backend, under the open-file limit the unit\n"
+	"                         gives (LimitNOFILE=" OPEN_FILES_TEXT ", whatever the limit\n"
+	"                         of the caller), and exit: the least an override of\n"
+	"                         FileDescriptorStoreMax= must keep (the unit's store is\n"
+	"                         as large as that limit)\n"
 	"  -h, --help             show this help and exit\n"
 	"  -V, --version          show the version and exit\n"
 	"\n"
@@ -184,6 +191,11 @@ static int parse_options(int argc, char **argv, struct options *o)
 			      argv[optind]);
 		return -EINVAL;
 	}
+	if (o->check_config && o->fdstore_max) {
+		(void)fprintf(stderr, "iommud: --check-config and --fdstore-max each print and "
+				      "exit: give one of them\n");
+		return -EINVAL;
+	}
 	if (check_words(o) < 0) {
 		(void)fprintf(stderr, "Try 'iommud --help'.\n");
 		return -EINVAL;
@@ -284,7 +296,9 @@ static int open_backend(const struct config *cfg, struct kh_backend **ret_be)
 	return 0;
 }
 
-/* The devices some section with write access lets its tenants bind. */
+/* The devices whose descriptors a lease may store: a lease binds a device only through a
+ * section with write access, and each device is counted once however many sections name it,
+ * since one context at a time binds it. */
 static size_t bindable_devices(const struct config *cfg, const struct kh_backend *be)
 {
 	struct kh_device_info info;
@@ -305,62 +319,62 @@ static size_t bindable_devices(const struct config *cfg, const struct kh_backend
 }
 
 /* How many descriptors the store may have to keep for what the configuration lets leases hold
- * on this backend. */
+ * on this backend, under the open-file limit open_files and the ceilings computed under it. */
 static uint64_t store_slots_needed(const struct config *cfg, const struct kh_backend *be,
-				   const struct ceilings *ceil)
+				   const struct ceilings *ceil, uint64_t open_files)
 {
 	uint32_t caps = kh_backend_caps(be);
-	struct rlimit files;
 	struct store_backend store = {
 		.kernel_fds = caps & KH_CAP_ADOPT,
 		.maps_by_fd = caps & KH_CAP_MAP_FILE,
 		.n_devices = bindable_devices(cfg, be),
-		.open_files = UINT64_MAX,
+		.open_files = open_files,
 	};
 
-	if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY)
-		store.open_files = files.rlim_cur;
 	return ceilings_store_slots(cfg, ceil, &store);
 }
 
-/* --fdstore-max: the ceilings as the daemon would compute them at start, after its open-file
- * limit is raised as the daemon raises it. */
+/* --fdstore-max: under the open-file limit the unit gives the service, not under that of
+ * whoever asks (a shell's 1024), as the daemon computes its ceilings at start. */
 static int print_store_slots(const struct config *cfg, const struct kh_backend *be)
 {
 	struct ceilings ceil;
 
-	ceilings_compute(cfg, !(kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS), &ceil);
-	return printf("%" PRIu64 "\n", store_slots_needed(cfg, be, &ceil)) < 0 ? 1 : 0;
+	ceilings_compute(cfg, registry_pins_in_kernel(be), IOMMUD_OPEN_FILES, &ceil);
+	return printf("%" PRIu64 "\n", store_slots_needed(cfg, be, &ceil, IOMMUD_OPEN_FILES)) < 0;
 }
 
 /* Says once, at start, where the store the service manager keeps is smaller than what the
- * configuration lets leases hold may need, and how to size it. */
+ * configuration lets leases hold may need, and how to size it. The unit's own store never is
+ * (it is as large as the open-file limit): only an override is, and a daemon-reload alone
+ * would close the descriptors past a smaller size under the running service. */
 static void check_store_size(const struct daemon *d)
 {
-	uint64_t need = store_slots_needed(d->cfg, d->be, registry_ceilings(d->reg));
-	bool exported;
-	size_t have = fdstore_max(&exported);
-	char todo[512];
+	uint64_t need =
+		store_slots_needed(d->cfg, d->be, registry_ceilings(d->reg), ceilings_open_files());
+	enum fdstore_source source;
+	size_t have = fdstore_max(&source);
 
 	if (need <= have)
 		return;
-	if (access(IOMMUD_GENERATOR, X_OK) == 0)
-		(void)snprintf(todo, sizeof(todo),
-			       "run 'systemctl daemon-reload' (%s sizes it from the configuration)",
-			       IOMMUD_GENERATOR);
-	else
-		(void)snprintf(todo, sizeof(todo),
-			       "add 'FileDescriptorStoreMax=%" PRIu64
-			       "' and 'Environment=IOMMUD_FDSTORE_MAX=%" PRIu64
-			       "' (for systemd before 254) under [Service] in a drop-in (systemctl "
-			       "edit iommud)",
-			       need, need);
-	log_warning("the service manager's descriptor store keeps %zu descriptors%s, and the "
+	log_warning("the service manager's descriptor store keeps %zu descriptors (%s), and the "
 		    "leases the configuration allows may need %" PRIu64 ": a Map past it is "
-		    "refused, and lease kernel descriptors past it are not kept; %s, then "
-		    "'systemctl restart iommud' (the leases survive it)",
-		    have, exported ? "" : " (assumed: systemd before 254 does not say)", need,
-		    todo);
+		    "refused, and lease kernel descriptors past it are not kept; in the drop-in "
+		    "that lowers it (systemctl edit iommud) set 'FileDescriptorStoreMax=%" PRIu64
+		    "' and 'Environment=IOMMUD_FDSTORE_MAX=%" PRIu64 "' (for systemd before 254) "
+		    "under [Service], or remove both lines; then 'systemctl stop iommud', "
+		    "'systemctl daemon-reload', 'systemctl start iommud' (a smaller store under a "
+		    "running service closes the descriptors past it)",
+		    have, fdstore_source_name(source), need, need, need);
+}
+
+/* The leases' state record, and whether the store that keeps it is large enough. */
+static void open_state(struct daemon *d)
+{
+	if (state_open(d->reg, &d->state) < 0)
+		log_err("named leases will not survive a restart: %s", failure_message());
+	else if (d->state)
+		check_store_size(d);
 }
 
 /* A reload would have to re-check every live tenant against new rules; until it does, the
@@ -654,10 +668,7 @@ static int serve(struct daemon *d, struct config *cfg)
 		log_err("%s", failure_message());
 		goto out;
 	}
-	if (state_open(d->reg, &d->state) < 0)
-		log_err("named leases will not survive a restart: %s", failure_message());
-	else if (d->state)
-		check_store_size(d);
+	open_state(d);
 	end.base = base;
 	end.d = d;
 	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||

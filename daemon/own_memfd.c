@@ -5,10 +5,6 @@
 #include <errno.h>
 #include <sys/mman.h>
 
-#ifndef MFD_NOEXEC_SEAL
-#define MFD_NOEXEC_SEAL 0x0008U /* Linux 6.3's; the C library may not know it yet */
-#endif
-
 int own_memfd(const char *name)
 {
 	int fd = memfd_create(name, MFD_CLOEXEC | MFD_NOEXEC_SEAL);

@@ -11,6 +11,12 @@
 #ifndef IOMMUD_OWN_MEMFD_H
 #define IOMMUD_OWN_MEMFD_H
 
+#include <sys/mman.h>
+
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U /* Linux 6.3's; the C library may not know it yet */
+#endif
+
 /* A new close-on-exec memfd called name, or -1 with errno set as memfd_create sets it. */
 int own_memfd(const char *name);
 

@@ -166,6 +166,11 @@ static void shmem_dev_learn(void)
 	(void)close(fd);
 }
 
+bool registry_pins_in_kernel(const struct kh_backend *be)
+{
+	return !(kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS);
+}
+
 struct registry *registry_create(struct kh_backend *be, const struct config *cfg)
 {
 	struct registry *reg = calloc(1, sizeof(*reg));
@@ -178,8 +183,8 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 	reg->be = be;
 	reg->cfg = cfg;
 	LIST_INIT(&reg->tenants);
-	reg->maps_in_process = kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS;
-	ceilings_compute(cfg, !reg->maps_in_process, &reg->ceil);
+	reg->maps_in_process = !registry_pins_in_kernel(be);
+	ceilings_compute(cfg, !reg->maps_in_process, ceilings_open_files(), &reg->ceil);
 	return reg;
 }
 

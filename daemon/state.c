@@ -162,7 +162,8 @@ static bool store_has_room(const struct state *st, size_t need)
 	return stored_count(st) + st->set_aside + need + 1 <= st->store_max;
 }
 
-/* The call's room in the store from now on: n slots. */
+/* Moves the call's room to n slots, never adding to what it had, so that no slot is counted
+ * twice, for it and for the store. */
 static void set_room(struct state *st, struct call *call, size_t n)
 {
 	st->set_aside = st->set_aside - call->store_room + n;
@@ -1115,19 +1116,20 @@ void state_close(struct state *st)
  * records overlap while one is rewritten. */
 static size_t store_size(void)
 {
-	bool exported;
-	size_t max = fdstore_max(&exported);
+	enum fdstore_source source;
+	size_t max = fdstore_max(&source);
 
-	if (!exported)
+	if (source == FDSTORE_FROM_UNIT)
 		log_notice("the service manager does not say how many descriptors it keeps "
 			   "($FDSTORE, systemd 254 and later); the daemon assumes the unit's "
-			   "FileDescriptorStoreMax=%d",
+			   "FileDescriptorStoreMax=%d (an override of it on systemd before 254 "
+			   "also sets Environment=IOMMUD_FDSTORE_MAX=)",
 			   FDSTORE_UNIT_MAX);
 	else if (max < 2)
-		log_warning("the service manager keeps %zu descriptors for the daemon ($FDSTORE; "
+		log_warning("the service manager keeps %zu descriptors for the daemon (%s; "
 			    "FileDescriptorStoreMax= of its unit), and a state record needs 2: "
 			    "no record is kept, and named leases will not survive a restart",
-			    max);
+			    max, fdstore_source_name(source));
 	return max < 2 ? 0 : max;
 }
 

@@ -51,7 +51,10 @@ int state_check_call(struct state *st, struct call *call);
  * The room set aside for it shrinks to what its files need (call is the kept copy). */
 bool state_call_kept(struct state *st, struct call *call);
 void state_call_done(struct state *st);
-/* Gives back the room set aside for the call however it ended; nothing for a NULL state. */
+/* Gives back the room set aside for the call however it ended; nothing for a NULL state. A
+ * call that failed leaving mappings (call->left_mapped) needs none of it after: its files
+ * never become the lease's (only a recorded call adds them), so no snapshot stores them, and
+ * it says that those mappings would not survive a restart. */
 void state_call_end(struct state *st, struct call *call);
 /* A lease call that changed the lease without being acknowledged, so without a transaction:
  * an Unmap the kernel refused part way, or finished for a client gone, a map whose take back

@@ -32,9 +32,9 @@ TEST(kernel_descriptors_per_lease_and_device)
 	struct store_backend none = kernel;
 
 	none.kernel_fds = false;
-	CHECK_EQ(ceilings_store_slots(&cfg, &limits, &none), 2 + LEASES * MAPS);
+	CHECK_EQ(ceilings_store_slots(&cfg, &limits, &none), 2 + 2 * LEASES * MAPS);
 	CHECK_EQ(ceilings_store_slots(&cfg, &limits, &kernel),
-		 2 + LEASES + DEVICES + LEASES * MAPS);
+		 2 + LEASES + DEVICES + 2 * LEASES * MAPS);
 }
 
 /* A file the kernel maps costs no daemon map: max-maps and its ceiling bound nothing. */
@@ -44,9 +44,9 @@ TEST(files_mapped_by_descriptor)
 	struct ceilings few_maps = limits;
 
 	few_maps.max_maps = 10;
-	CHECK_EQ(ceilings_store_slots(&cfg, &few_maps, &by_fd), 2 + LEASES * MAPPINGS);
+	CHECK_EQ(ceilings_store_slots(&cfg, &few_maps, &by_fd), 2 + 2 * LEASES * MAPPINGS);
 	by_fd.maps_by_fd = false;
-	CHECK_EQ(ceilings_store_slots(&cfg, &few_maps, &by_fd), 2 + 10);
+	CHECK_EQ(ceilings_store_slots(&cfg, &few_maps, &by_fd), 2 + 2 * 10);
 }
 
 /* A read-only section's leases store their contexts, no files; sums past 64 bits stop at the
@@ -65,4 +65,16 @@ TEST(readers_and_limits)
 	CHECK_EQ(ceilings_store_slots(&many, &all, &kernel), UINT64_MAX);
 	kernel.open_files = 524288;
 	CHECK_EQ(ceilings_store_slots(&many, &all, &kernel), 524288);
+}
+
+/* Anonymous sessions' descriptors count apart from the leases': where no lease is allowed. */
+TEST(anonymous_sessions_apart_from_leases)
+{
+	struct store_backend anon = {
+		.kernel_fds = true, .n_devices = DEVICES, .anon_fds = 5, .open_files = UINT64_MAX};
+	struct access_rule no_leases = rules[0];
+	struct config none = {.rules = &no_leases, .n_rules = 1};
+
+	no_leases.max_leases = 0;
+	CHECK_EQ(ceilings_store_slots(&none, &limits, &anon), 2 + 5);
 }
