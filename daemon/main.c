@@ -640,6 +640,18 @@ static void leave_for_restart(struct daemon *d, struct server *srv)
 	_exit(EXIT_SUCCESS);
 }
 
+/* The loop's own events, then the loop: last, once all else that added events to it is gone. */
+static void free_loop(struct event_base *base, struct event **signals, struct event *watchdog)
+{
+	for (size_t i = 0; i < N_SIGNALS; i++)
+		if (signals[i])
+			event_free(signals[i]);
+	if (watchdog)
+		event_free(watchdog);
+	if (base)
+		event_base_free(base);
+}
+
 /* Serves until a signal stops the daemon; returns the exit status. */
 static int serve(struct daemon *d, struct config *cfg)
 {
@@ -695,13 +707,7 @@ out:
 	stop_store_sync(store_sync);
 	registry_destroy(d->reg);
 	probes_stop(d->probes);
-	for (size_t i = 0; i < N_SIGNALS; i++)
-		if (signals[i])
-			event_free(signals[i]);
-	if (watchdog)
-		event_free(watchdog);
-	if (base)
-		event_base_free(base);
+	free_loop(base, signals, watchdog);
 	return status;
 }
 
