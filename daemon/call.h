@@ -57,6 +57,7 @@ struct call {
 	bool left_mapped;	    /* taking back failed: some of what it mapped stays */
 	bool left_detached;	    /* a refused replace left the device detached (kh_replace) */
 	bool changed_nothing;	    /* succeeded with nothing to record (a retried Map) */
+	size_t store_room; /* descriptor store slots set aside for it until it ends (state.h) */
 };
 
 /* What a handler returns to be resumed later (see above). */

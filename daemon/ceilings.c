@@ -16,6 +16,8 @@
 /* However many files the daemon may open: a lease holds a context and its memory too. */
 #define LEASES_CAP	 4096
 #define CAP_IPC_LOCK_BIT 14
+/* The state record, and its next generation, stored before the old one is removed. */
+#define RECORD_SLOTS 2
 
 static uint64_t read_number(const char *path, uint64_t fallback)
 {
@@ -62,14 +64,22 @@ static uint64_t maps_ceiling(void)
 	return limit - held - headroom;
 }
 
-static uint64_t leases_ceiling(void)
+uint64_t ceilings_open_files(void)
 {
 	struct rlimit files;
-	uint64_t share;
 
 	if (getrlimit(RLIMIT_NOFILE, &files) < 0 || files.rlim_cur == RLIM_INFINITY)
+		return UINT64_MAX;
+	return files.rlim_cur;
+}
+
+static uint64_t leases_ceiling(uint64_t open_files)
+{
+	uint64_t share;
+
+	if (open_files == UINT64_MAX)
 		return LEASES_CAP;
-	share = (uint64_t)files.rlim_cur / LEASE_FD_SHARE;
+	share = open_files / LEASE_FD_SHARE;
 	return share < LEASES_CAP ? (share ? share : 1) : LEASES_CAP;
 }
 
@@ -139,13 +149,14 @@ static void warn_quotas_reaching(const struct config *cfg, const struct ceilings
 	}
 }
 
-void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceilings *ret)
+void ceilings_compute(const struct config *cfg, bool pins_in_kernel, uint64_t open_files,
+		      struct ceilings *ret)
 {
 	*ret = (struct ceilings){
 		.max_maps = lowered("max-maps-total", cfg->max_maps_total, maps_ceiling(),
 				    "vm.max_map_count"),
-		.max_leases = lowered("max-leases-total", cfg->max_leases_total, leases_ceiling(),
-				      "the open-file limit"),
+		.max_leases = lowered("max-leases-total", cfg->max_leases_total,
+				      leases_ceiling(open_files), "the open-file limit"),
 		.max_pinned_bytes = lowered("max-pinned-total", cfg->max_pinned_total,
 					    pinned_ceiling(pins_in_kernel), "RLIMIT_MEMLOCK"),
 	};
@@ -158,4 +169,70 @@ void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceil
 		 "pinned bytes %" PRIu64 " (0: no limit)",
 		 ret->max_maps, ret->max_leases, ret->max_pinned_bytes);
 	warn_quotas_reaching(cfg, ret);
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+/* a + b, or UINT64_MAX where that does not fit; likewise a * b. */
+static uint64_t sum_capped(uint64_t a, uint64_t b)
+{
+	return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+static uint64_t product_capped(uint64_t a, uint64_t b)
+{
+	return b && a > UINT64_MAX / b ? UINT64_MAX : a * b;
+}
+
+/* The memory files one lease's mappings may use at once: each backs at least one of them, and
+ * its tenant's mappings are bounded by max-mappings; where the daemon maps files itself, each
+ * also holds one of the tenant's max-maps. The largest any section that may hold leases
+ * grants; 0 when none may map. */
+static uint64_t files_per_lease(const struct config *cfg, bool maps_by_fd)
+{
+	uint64_t most = 0;
+
+	for (size_t i = 0; i < cfg->n_rules; i++) {
+		const struct access_rule *rule = &cfg->rules[i];
+		uint64_t files = maps_by_fd ? rule->max_mappings
+					    : min_u64(rule->max_mappings, rule->max_maps);
+
+		if (rule->access == ACCESS_WRITE && rule->max_leases && files > most)
+			most = files;
+	}
+	return most;
+}
+
+/* Whether any section lets its tenants hold a lease: a lease's first recorded call stores its
+ * context whatever it may do after. */
+static bool leases_allowed(const struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_rules; i++)
+		if (cfg->rules[i].access > ACCESS_NONE && cfg->rules[i].max_leases)
+			return true;
+	return false;
+}
+
+uint64_t ceilings_store_slots(const struct config *cfg, const struct ceilings *ceil,
+			      const struct store_backend *be)
+{
+	uint64_t leases = leases_allowed(cfg) ? ceil->max_leases : 0, files, kernel = 0, slots;
+
+	files = product_capped(leases, files_per_lease(cfg, be->maps_by_fd));
+	if (!be->maps_by_fd)
+		files = min_u64(files, ceil->max_maps);
+	/* As many again for files no mapping uses any more: those leave the store with the next
+	 * snapshot, which waits while another lease's batch is between slices. Headroom, not a
+	 * bound: a lease unmapping and mapping new files faster than snapshots come could pass
+	 * it, and is then refused (a Map needing room) until one is written. */
+	files = product_capped(files, 2);
+	/* A device is bound by one context at a time, so all leases together store at most one
+	 * descriptor per device. */
+	if (be->kernel_fds && leases)
+		kernel = sum_capped(leases, be->n_devices);
+	slots = sum_capped(sum_capped(RECORD_SLOTS, kernel), sum_capped(files, be->anon_fds));
+	return min_u64(slots, be->open_files);
 }

@@ -31,9 +31,35 @@ struct ceilings {
 	const char *max_pinned_from; /* what set it, for messages: the configuration or the limit */
 };
 
-/* The ceilings for this process now; pins_in_kernel: the backend pins memory in the kernel,
+/* The ceilings for this process now, had it the open-file limit open_files (UINT64_MAX: none;
+ * ceilings_open_files for its own); pins_in_kernel: the backend pins memory in the kernel,
  * which charges the daemon. Logs each ceiling with what it was derived from, and warns of each
  * section whose quota alone reaches a ceiling (one tenant of it could deny all others). */
-void ceilings_compute(const struct config *cfg, bool pins_in_kernel, struct ceilings *ret);
+void ceilings_compute(const struct config *cfg, bool pins_in_kernel, uint64_t open_files,
+		      struct ceilings *ret);
+/* The process's open-file limit (soft), UINT64_MAX where there is none: the open_files the
+ * running daemon computes its ceilings under. */
+uint64_t ceilings_open_files(void);
+
+/* What the backend puts in the service manager's descriptor store beside the leases' memory
+ * files, as kernel-helper answers, and the limit every stored descriptor counts against. */
+struct store_backend {
+	bool kernel_fds;  /* KH_CAP_ADOPT: each lease's context and bound devices are stored */
+	bool maps_by_fd;  /* KH_CAP_MAP_FILE: a file the kernel maps costs the daemon no map */
+	size_t n_devices; /* those a section with write access lets its tenants bind */
+	/* Descriptors anonymous sessions keep in the store: none today, since they end with their
+	 * connections. Were they kept, each session's context and each device it binds, counted
+	 * here, apart from the leases' (a device bound by a lease is not by a session too). */
+	uint64_t anon_fds;
+	/* The daemon's open-file limit (UINT64_MAX: none): the daemon holds a descriptor of its
+	 * own for each one stored. */
+	uint64_t open_files;
+};
+
+/* How many descriptors the store may have to hold at most for what the configuration and the
+ * ceilings let leases hold on this backend (FileDescriptorStoreMax=, docs/operations.md,
+ * "Sizing the descriptor store"). */
+uint64_t ceilings_store_slots(const struct config *cfg, const struct ceilings *ceil,
+			      const struct store_backend *be);
 
 #endif

@@ -302,6 +302,7 @@ int nomem(void)
 
 static void call_end(struct call *call)
 {
+	state_call_end(call->d->state, call);
 	reply_fds_close(&call->out);
 	for (size_t i = 0; i < call->n_fds; i++)
 		if (call->fds[i] >= 0)
@@ -739,7 +740,7 @@ static struct call *keep_call(const struct call *call)
 	/* The packet is the server's buffer, read again by the next request. */
 	k->call.packet = NULL;
 	k->call.packet_len = 0;
-	k->of_lease = state_call_kept(call->d->state, call);
+	k->of_lease = state_call_kept(call->d->state, &k->call);
 	call->d->calls_kept++;
 	return &k->call;
 }
@@ -873,6 +874,8 @@ bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
 	int rc;
 
 	call->deadline_ns = deadline_ns;
+	/* Nothing it maps will be stored: its room goes to others for the whole take-back. */
+	state_call_end(d->state, call);
 	rc = call->abandon(call);
 	if (rc == CALL_MORE)
 		return false;

@@ -31,21 +31,49 @@ bool fdstore_available(void)
 	return socket && socket[0];
 }
 
-size_t fdstore_max(bool *ret_exported)
+/* A count in decimal: strtoul alone would take a sign or blanks ("-1" as ULONG_MAX). */
+static bool parse_count(const char *text, size_t *ret_n)
 {
-	const char *max = getenv("FDSTORE");
 	char *end;
 	unsigned long n;
 
-	*ret_exported = false;
-	if (!max || !max[0])
-		return FDSTORE_UNIT_MAX;
+	if (!text || text[0] < '0' || text[0] > '9')
+		return false;
 	errno = 0;
-	n = strtoul(max, &end, 10);
-	if (errno || *end)
-		return FDSTORE_UNIT_MAX;
-	*ret_exported = true;
-	return n;
+	n = strtoul(text, &end, 10);
+	if (errno || *end || n > SIZE_MAX)
+		return false;
+	*ret_n = n;
+	return true;
+}
+
+size_t fdstore_max(enum fdstore_source *ret_source)
+{
+	size_t n;
+
+	if (parse_count(getenv("FDSTORE"), &n)) {
+		*ret_source = FDSTORE_FROM_MANAGER;
+		return n;
+	}
+	if (parse_count(getenv("IOMMUD_FDSTORE_MAX"), &n)) {
+		*ret_source = FDSTORE_FROM_OVERRIDE;
+		return n;
+	}
+	*ret_source = FDSTORE_FROM_UNIT;
+	return FDSTORE_UNIT_MAX;
+}
+
+const char *fdstore_source_name(enum fdstore_source source)
+{
+	switch (source) {
+	case FDSTORE_FROM_MANAGER:
+		return "$FDSTORE";
+	case FDSTORE_FROM_OVERRIDE:
+		return "$IOMMUD_FDSTORE_MAX";
+	case FDSTORE_FROM_UNIT:
+		break;
+	}
+	return "assumed: systemd before 254 does not say, and no $IOMMUD_FDSTORE_MAX";
 }
 
 int fdstore_add(const char *name, int fd)

@@ -21,11 +21,24 @@
 
 /* Whether a service manager listens (NOTIFY_SOCKET): without one nothing can be kept. */
 bool fdstore_available(void);
-/* How many descriptors the manager keeps for the daemon: $FDSTORE, which systemd 254 and later
- * export, else FDSTORE_UNIT_MAX, the FileDescriptorStoreMax= of the unit installed with the
- * daemon (systemd 252 says nothing, and refuses a descriptor past its maximum silently). */
-#define FDSTORE_UNIT_MAX 16384
-size_t fdstore_max(bool *ret_exported);
+/* The FileDescriptorStoreMax= of the unit installed with the daemon: its LimitNOFILE= too, one
+ * build setting (IOMMUD_OPEN_FILES) feeding both. The daemon keeps its own copy of every stored
+ * descriptor, so it can never store more than its open-file limit: a store that large is never
+ * what binds, whatever the quotas. */
+#define FDSTORE_UNIT_MAX IOMMUD_OPEN_FILES
+/* Where fdstore_max found the store's size. */
+enum fdstore_source {
+	FDSTORE_FROM_MANAGER,  /* $FDSTORE, which systemd 254 and later export */
+	FDSTORE_FROM_OVERRIDE, /* $IOMMUD_FDSTORE_MAX, an administrator's drop-in for systemd
+				* before 254, which exports nothing */
+	FDSTORE_FROM_UNIT,     /* FDSTORE_UNIT_MAX, assumed */
+};
+/* How many descriptors the manager keeps for the daemon, from the first of the sources above
+ * that holds a number (systemd 252 says nothing, and refuses a descriptor past its maximum
+ * silently). */
+size_t fdstore_max(enum fdstore_source *ret_source);
+/* How a log line names source. */
+const char *fdstore_source_name(enum fdstore_source source);
 /* Hands the manager a copy of fd to keep under name (printable ASCII without ':', at most 255
  * characters); 0 or a negative errno. */
 int fdstore_add(const char *name, int fd);

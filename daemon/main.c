@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #include <kh/kh.h>
 #include <names.h>
 
+#include "ceilings.h"
 #include "config.h"
 #include "delegate.h"
 #include "dispatch.h"
@@ -30,6 +32,10 @@
 #include "session.h"
 #include "state.h"
 #include "status.h"
+
+#define TEXT(x)		#x
+#define NUMBER_TEXT(x)	TEXT(x)
+#define OPEN_FILES_TEXT NUMBER_TEXT(IOMMUD_OPEN_FILES)
 
 static const char usage[] =
 	"Usage: iommud [OPTION]...\n"
@@ -59,6 +65,13 @@ static const char usage[] =
 	"                         (default), kprobe, tracepoint or off; the daemon falls back\n"
 	"                         below it by itself and logs what it could not attach\n"
 	"      --check-config     read the configuration, print what it grants, and exit\n"
+	"      --fdstore-max      print how many descriptors systemd's store may have to\n"
+	"                         keep for the leases the configuration allows on this\n"
+	"                         machine's backend, under the open-file limit the unit\n"
+	"                         gives (LimitNOFILE=" OPEN_FILES_TEXT
+	"), whatever the caller's, and\n"
+	"                         exit: the least an override of FileDescriptorStoreMax=\n"
+	"                         must keep (the unit's store is as large as that limit)\n"
 	"  -h, --help             show this help and exit\n"
 	"  -V, --version          show the version and exit\n"
 	"\n"
@@ -92,6 +105,7 @@ struct options {
 	int log_level_value;
 	Iommud__V1__ProbeTier probe_tier_value;
 	bool check_config;
+	bool fdstore_max;
 };
 
 /* Where each option that takes a word keeps it. */
@@ -144,6 +158,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{"log-level", required_argument, NULL, 'l'},
 		{"probe-tier", required_argument, NULL, 'P'},
 		{"check-config", no_argument, NULL, 'C'},
+		{"fdstore-max", no_argument, NULL, 'F'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -158,6 +173,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 			o->config_given |= opt == 'c';
 		} else if (opt == 'C') {
 			o->check_config = true;
+		} else if (opt == 'F') {
+			o->fdstore_max = true;
 		} else if (opt == 'h') {
 			(void)fputs(usage, stdout);
 			exit(0);
@@ -172,6 +189,11 @@ static int parse_options(int argc, char **argv, struct options *o)
 	if (optind < argc) {
 		(void)fprintf(stderr, "iommud: unexpected argument '%s'\nTry 'iommud --help'.\n",
 			      argv[optind]);
+		return -EINVAL;
+	}
+	if (o->check_config && o->fdstore_max) {
+		(void)fprintf(stderr, "iommud: --check-config and --fdstore-max each print and "
+				      "exit: give one of them\n");
 		return -EINVAL;
 	}
 	if (check_words(o) < 0) {
@@ -272,6 +294,87 @@ static int open_backend(const struct config *cfg, struct kh_backend **ret_be)
 			    kh_backend_name(be));
 	*ret_be = be;
 	return 0;
+}
+
+/* The devices whose descriptors a lease may store: a lease binds a device only through a
+ * section with write access, and each device is counted once however many sections name it,
+ * since one context at a time binds it. */
+static size_t bindable_devices(const struct config *cfg, const struct kh_backend *be)
+{
+	struct kh_device_info info;
+	size_t n = 0;
+
+	for (size_t i = 0; i < kh_device_count(be); i++) {
+		if (kh_device_info(be, i, &info) < 0)
+			continue;
+		for (size_t r = 0; r < cfg->n_rules; r++) {
+			if (cfg->rules[r].access == ACCESS_WRITE &&
+			    config_device_allowed(&cfg->rules[r], info.name)) {
+				n++;
+				break;
+			}
+		}
+	}
+	return n;
+}
+
+/* How many descriptors the store may have to keep for what the configuration lets leases hold
+ * on this backend, under the open-file limit open_files and the ceilings computed under it. */
+static uint64_t store_slots_needed(const struct config *cfg, const struct kh_backend *be,
+				   const struct ceilings *ceil, uint64_t open_files)
+{
+	uint32_t caps = kh_backend_caps(be);
+	struct store_backend store = {
+		.kernel_fds = caps & KH_CAP_ADOPT,
+		.maps_by_fd = caps & KH_CAP_MAP_FILE,
+		.n_devices = bindable_devices(cfg, be),
+		.open_files = open_files,
+	};
+
+	return ceilings_store_slots(cfg, ceil, &store);
+}
+
+/* --fdstore-max: under the open-file limit the unit gives the service, not under that of
+ * whoever asks (a shell's 1024), as the daemon computes its ceilings at start. */
+static int print_store_slots(const struct config *cfg, const struct kh_backend *be)
+{
+	struct ceilings ceil;
+
+	ceilings_compute(cfg, registry_pins_in_kernel(be), IOMMUD_OPEN_FILES, &ceil);
+	return printf("%" PRIu64 "\n", store_slots_needed(cfg, be, &ceil, IOMMUD_OPEN_FILES)) < 0;
+}
+
+/* Says once, at start, where the store the service manager keeps is smaller than what the
+ * configuration lets leases hold may need, and how to size it. The unit's own store never is
+ * (it is as large as the open-file limit): only an override is, and a daemon-reload alone
+ * would close the descriptors past a smaller size under the running service. */
+static void check_store_size(const struct daemon *d)
+{
+	uint64_t need =
+		store_slots_needed(d->cfg, d->be, registry_ceilings(d->reg), ceilings_open_files());
+	enum fdstore_source source;
+	size_t have = fdstore_max(&source);
+
+	if (need <= have)
+		return;
+	log_warning("the service manager's descriptor store keeps %zu descriptors (%s), and the "
+		    "leases the configuration allows may need %" PRIu64 ": a Map past it is "
+		    "refused, and lease kernel descriptors past it are not kept; in the drop-in "
+		    "that lowers it (systemctl edit iommud) set 'FileDescriptorStoreMax=%" PRIu64
+		    "' and 'Environment=IOMMUD_FDSTORE_MAX=%" PRIu64 "' (for systemd before 254) "
+		    "under [Service], or remove both lines; then 'systemctl stop iommud', "
+		    "'systemctl daemon-reload', 'systemctl start iommud' (a smaller store under a "
+		    "running service closes the descriptors past it)",
+		    have, fdstore_source_name(source), need, need, need);
+}
+
+/* The leases' state record, and whether the store that keeps it is large enough. */
+static void open_state(struct daemon *d)
+{
+	if (state_open(d->reg, &d->state) < 0)
+		log_err("named leases will not survive a restart: %s", failure_message());
+	else if (d->state)
+		check_store_size(d);
 }
 
 /* A reload would have to re-check every live tenant against new rules; until it does, the
@@ -537,6 +640,18 @@ static void leave_for_restart(struct daemon *d, struct server *srv)
 	_exit(EXIT_SUCCESS);
 }
 
+/* The loop's own events, then the loop: last, once all else that added events to it is gone. */
+static void free_loop(struct event_base *base, struct event **signals, struct event *watchdog)
+{
+	for (size_t i = 0; i < N_SIGNALS; i++)
+		if (signals[i])
+			event_free(signals[i]);
+	if (watchdog)
+		event_free(watchdog);
+	if (base)
+		event_base_free(base);
+}
+
 /* Serves until a signal stops the daemon; returns the exit status. */
 static int serve(struct daemon *d, struct config *cfg)
 {
@@ -565,8 +680,7 @@ static int serve(struct daemon *d, struct config *cfg)
 		log_err("%s", failure_message());
 		goto out;
 	}
-	if (state_open(d->reg, &d->state) < 0)
-		log_err("named leases will not survive a restart: %s", failure_message());
+	open_state(d);
 	end.base = base;
 	end.d = d;
 	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||
@@ -593,13 +707,7 @@ out:
 	stop_store_sync(store_sync);
 	registry_destroy(d->reg);
 	probes_stop(d->probes);
-	for (size_t i = 0; i < N_SIGNALS; i++)
-		if (signals[i])
-			event_free(signals[i]);
-	if (watchdog)
-		event_free(watchdog);
-	if (base)
-		event_base_free(base);
+	free_loop(base, signals, watchdog);
 	return status;
 }
 
@@ -623,15 +731,16 @@ int main(int argc, char **argv)
 		config_free(&cfg);
 		return 0;
 	}
-	log_set_level(cfg.log_level);
+	/* The number alone on stdout: only what stops it from being printed is said. */
+	log_set_level(opts.fdstore_max ? LOG_ERR : cfg.log_level);
 	(void)signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit(cfg.max_connections);
-	if (dispatch_self_check() < 0)
+	if (dispatch_self_check() < 0) {
 		log_err("the method table does not match the schema; this build is broken");
-	else if (open_backend(&cfg, &be) == 0) {
+	} else if (open_backend(&cfg, &be) == 0) {
 		d.cfg = &cfg;
 		d.be = be;
-		status = serve(&d, &cfg);
+		status = opts.fdstore_max ? print_store_slots(&cfg, be) : serve(&d, &cfg);
 		kh_backend_close(be);
 	}
 	config_free(&cfg);

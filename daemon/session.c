@@ -21,6 +21,7 @@
 
 #include "histogram.h"
 #include "log.h"
+#include "own_memfd.h"
 #include "probes/probes.h"
 #include "status.h"
 
@@ -147,24 +148,9 @@ struct registry {
 static dev_t shmem_dev;
 static bool shmem_dev_known;
 
-#ifndef MFD_NOEXEC_SEAL
-#define MFD_NOEXEC_SEAL 0x0008U /* Linux 6.3's; the C library may not know it yet */
-#endif
-
-/* A memfd of the daemon's own: sealed against execution (vm.memfd_noexec = 2 refuses a memfd
- * without that), else, where the kernel is older than the flag (EINVAL), as those make one. */
-static int shmem_memfd(void)
-{
-	int fd = memfd_create("iommud-shmem-dev", MFD_CLOEXEC | MFD_NOEXEC_SEAL);
-
-	if (fd >= 0 || errno != EINVAL)
-		return fd;
-	return memfd_create("iommud-shmem-dev", MFD_CLOEXEC);
-}
-
 static void shmem_dev_learn(void)
 {
-	int fd = shmem_memfd();
+	int fd = own_memfd("iommud-shmem-dev");
 	struct stat st;
 
 	if (fd < 0) {
@@ -180,6 +166,11 @@ static void shmem_dev_learn(void)
 	(void)close(fd);
 }
 
+bool registry_pins_in_kernel(const struct kh_backend *be)
+{
+	return !(kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS);
+}
+
 struct registry *registry_create(struct kh_backend *be, const struct config *cfg)
 {
 	struct registry *reg = calloc(1, sizeof(*reg));
@@ -192,8 +183,8 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 	reg->be = be;
 	reg->cfg = cfg;
 	LIST_INIT(&reg->tenants);
-	reg->maps_in_process = kh_backend_caps(be) & KH_CAP_MAP_IN_PROCESS;
-	ceilings_compute(cfg, !reg->maps_in_process, &reg->ceil);
+	reg->maps_in_process = !registry_pins_in_kernel(be);
+	ceilings_compute(cfg, !reg->maps_in_process, ceilings_open_files(), &reg->ceil);
 	return reg;
 }
 

@@ -75,6 +75,9 @@ struct usage {
 };
 
 struct registry *registry_create(struct kh_backend *be, const struct config *cfg);
+/* Whether the backend pins mapped memory in the kernel, which charges the daemon's
+ * RLIMIT_MEMLOCK (the ceilings follow), rather than mapping it in the daemon's address space. */
+bool registry_pins_in_kernel(const struct kh_backend *be);
 /* The probes the registry tells whose each session and cgroup is, and that it times the
  * backend's in-process map path into; the caller keeps them and outlives the registry. */
 void registry_set_probes(struct registry *reg, struct probes *probes);

@@ -154,12 +154,20 @@ static size_t stored_count(const struct state *st)
 	return n;
 }
 
-/* Room for need more descriptors while one slot stays free to rewrite the record: past the
- * store's size the manager refuses in silence, and the next compaction would lose the
- * record. */
+/* Room for need more descriptors beside those set aside for calls in progress, while one slot
+ * stays free to rewrite the record: past the store's size the manager refuses in silence, and
+ * the next compaction would lose the record. */
 static bool store_has_room(const struct state *st, size_t need)
 {
-	return stored_count(st) + need + 1 <= st->store_max;
+	return stored_count(st) + st->set_aside + need + 1 <= st->store_max;
+}
+
+/* Moves the call's room to n slots, never adding to what it had, so that no slot is counted
+ * twice, for it and for the store. */
+static void set_room(struct state *st, struct call *call, size_t n)
+{
+	st->set_aside = st->set_aside - call->store_room + n;
+	call->store_room = n;
 }
 
 /* The kernel descriptors go into the store all of them or none: without the context's, the
@@ -845,7 +853,7 @@ static int unrecorded(struct lease_rec *rec, int rc)
 		    why, session_lease(rec->s));
 }
 
-int state_record_call(struct state *st, const struct call *call)
+int state_record_call(struct state *st, struct call *call)
 {
 	struct session *s = recorded_session(st, call);
 	struct lease_rec *rec;
@@ -853,6 +861,8 @@ int state_record_call(struct state *st, const struct call *call)
 
 	if (!s)
 		return 0;
+	/* The files it was set aside for are stored below, before anything else runs. */
+	set_room(st, call, 0);
 	st->n_boxes = 0;
 	rec = lease_find(st, s);
 	if (!rec) {
@@ -910,29 +920,31 @@ static size_t new_files(struct lease_rec *rec, const struct call *call)
 
 /* Room in the store for the memory files a Map would keep, one slot left for the record's
  * rewriting: past it, the manager would refuse in silence, and the next compaction would
- * lose the record. */
-static int check_store_room(struct state *st, struct lease_rec *rec, const struct call *call)
+ * lose the record. The room is set aside for the call until it ends. */
+static int check_store_room(struct state *st, struct lease_rec *rec, struct call *call)
 {
 	size_t need;
 
 	/* The call's descriptors bound the files it can add: with room for all of them, none
 	 * needs examining here (the map handler examines each once), which keeps the costly
-	 * check off every Map. */
-	if (store_has_room(st, call->n_fds))
-		return 0;
-	need = new_files(rec, call);
-	if (!need || store_has_room(st, need))
-		return 0;
-	/* Files no mapping uses any more leave the store only with a snapshot. */
-	if (!st->calls_kept && state_compact(st) == 0 && store_has_room(st, need))
-		return 0;
-	return fail(-ENOSPC,
-		    "mapping needs %zu more memory file(s) kept in the service manager's "
-		    "descriptor store, which holds %zu of the %zu it takes (one kept free to "
-		    "rewrite the state record); map from memory files the lease maps already, "
-		    "or unmap others first; an administrator can raise FileDescriptorStoreMax= "
-		    "of iommud.service",
-		    need, stored_count(st), st->store_max);
+	 * check off every Map; a call kept between slices has its room cut to its files then. */
+	need = call->n_fds;
+	if (!store_has_room(st, need)) {
+		need = new_files(rec, call);
+		/* Files no mapping uses any more leave the store only with a snapshot. */
+		if (need && !store_has_room(st, need) &&
+		    (st->calls_kept || state_compact(st) < 0 || !store_has_room(st, need)))
+			return fail(-ENOSPC,
+				    "mapping needs %zu more memory file(s) kept in the service "
+				    "manager's descriptor store, which holds %zu of the %zu it "
+				    "takes, %zu more set aside for maps in progress and one kept "
+				    "free to rewrite the state record; map from memory files the "
+				    "lease maps already, or unmap others first; an administrator "
+				    "can raise FileDescriptorStoreMax= of iommud.service",
+				    need, stored_count(st), st->store_max, st->set_aside);
+	}
+	set_room(st, call, need);
+	return 0;
 }
 
 /* A compaction held back by lease calls between slices so long that the record has grown
@@ -945,7 +957,7 @@ static int check_overdue(const struct state *st)
 			    "try again shortly");
 }
 
-int state_check_call(struct state *st, const struct call *call)
+int state_check_call(struct state *st, struct call *call)
 {
 	struct session *s = recorded_session(st, call);
 	struct lease_rec *rec = s ? lease_find(st, s) : NULL;
@@ -965,17 +977,28 @@ int state_check_call(struct state *st, const struct call *call)
 	return 0;
 }
 
-bool state_call_kept(struct state *st, const struct call *call)
+bool state_call_kept(struct state *st, struct call *call)
 {
-	if (!recorded_session(st, call))
+	struct session *s = recorded_session(st, call);
+
+	if (!s)
 		return false;
 	st->calls_kept++;
+	/* Other leases' calls run before it ends: they get what it will not store. */
+	if (call->store_room)
+		set_room(st, call, new_files(lease_find(st, s), call));
 	return true;
 }
 
 void state_call_done(struct state *st)
 {
 	st->calls_kept--;
+}
+
+void state_call_end(struct state *st, struct call *call)
+{
+	if (st)
+		set_room(st, call, 0);
 }
 
 void state_note_unacknowledged(struct state *st, const struct call *call)
@@ -1093,19 +1116,20 @@ void state_close(struct state *st)
  * records overlap while one is rewritten. */
 static size_t store_size(void)
 {
-	bool exported;
-	size_t max = fdstore_max(&exported);
+	enum fdstore_source source;
+	size_t max = fdstore_max(&source);
 
-	if (!exported)
+	if (source == FDSTORE_FROM_UNIT)
 		log_notice("the service manager does not say how many descriptors it keeps "
 			   "($FDSTORE, systemd 254 and later); the daemon assumes the unit's "
-			   "FileDescriptorStoreMax=%d",
+			   "FileDescriptorStoreMax=%d (an override of it on systemd before 254 "
+			   "also sets Environment=IOMMUD_FDSTORE_MAX=)",
 			   FDSTORE_UNIT_MAX);
 	else if (max < 2)
-		log_warning("the service manager keeps %zu descriptors for the daemon ($FDSTORE; "
+		log_warning("the service manager keeps %zu descriptors for the daemon (%s; "
 			    "FileDescriptorStoreMax= of its unit), and a state record needs 2: "
 			    "no record is kept, and named leases will not survive a restart",
-			    max);
+			    max, fdstore_source_name(source));
 	return max < 2 ? 0 : max;
 }
 

@@ -35,17 +35,27 @@ int state_open(struct registry *reg, struct state **ret_state);
  * anonymous sessions or a NULL state. A negative errno when the record could not be written,
  * with a message saying the change is in effect but would not survive a restart; the lease
  * is then marked, and state_check_call holds its next change until a snapshot is written. */
-int state_record_call(struct state *st, const struct call *call);
+int state_record_call(struct state *st, struct call *call);
 /* Before a call that changes a lease: 0, or -EBUSY while an earlier change of the lease is
  * in effect unrecorded and no snapshot could be written, or while a compaction long overdue
  * waits for the lease calls between slices to end (so that it never waits for ever); -ENOSPC
- * when a Map would need more memory files than the service manager's store takes. */
-int state_check_call(struct state *st, const struct call *call);
+ * when a Map would need more memory files than the service manager's store takes. A Map let
+ * through has the slots its files need set aside in call->store_room, which no other call
+ * takes until state_call_end (or the call's recording, which stores the files) gives them
+ * back: a MapBatch in slices finds its room at its end, whatever other leases mapped between
+ * its slices. */
+int state_check_call(struct state *st, struct call *call);
 /* A call kept between slices: counted when its session is a lease, since what such a call has
  * mapped so far is not acknowledged and a snapshot would record it; true when counted, and
- * then state_call_done follows when it ends. Calls of anonymous sessions hold nothing back. */
-bool state_call_kept(struct state *st, const struct call *call);
+ * then state_call_done follows when it ends. Calls of anonymous sessions hold nothing back.
+ * The room set aside for it shrinks to what its files need (call is the kept copy). */
+bool state_call_kept(struct state *st, struct call *call);
 void state_call_done(struct state *st);
+/* Gives back the room set aside for the call however it ended; nothing for a NULL state. A
+ * call that failed leaving mappings (call->left_mapped) needs none of it after: its files
+ * never become the lease's (only a recorded call adds them), so no snapshot stores them, and
+ * it says that those mappings would not survive a restart. */
+void state_call_end(struct state *st, struct call *call);
 /* A lease call that changed the lease without being acknowledged, so without a transaction:
  * an Unmap the kernel refused part way, or finished for a client gone, a map whose take back
  * failed. The record is rewritten from what is at the next state_compact_if_due, and the lease

@@ -72,6 +72,7 @@ struct state {
 	bool adopt;	     /* the backend's kernel objects can be taken over (KH_CAP_ADOPT) */
 	uint64_t compact_at; /* committed bytes past which the record is rewritten */
 	size_t store_max;    /* descriptors the manager keeps for the daemon */
+	size_t set_aside;    /* slots the calls in progress will store (call->store_room) */
 	unsigned calls_kept; /* of leases, between slices: no snapshot meanwhile */
 	bool snapshot_due;   /* a lease changed unacknowledged: rewrite the record at once */
 	LIST_HEAD(, lease_rec) leases;

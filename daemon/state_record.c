@@ -1,5 +1,4 @@
 // SPDX-License-Identifier: MIT
-#define _GNU_SOURCE /* memfd_create */
 #include "state_record.h"
 
 #include <endian.h>
@@ -12,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "own_memfd.h"
 #include "status.h"
 
 /* Address space reserved for a record's mapping, so that growing the memfd never moves it;
@@ -89,7 +89,7 @@ int record_create(uint64_t generation, struct record *ret_rec)
 	struct record rec = {.size = RECORD_STEP, .generation = generation};
 	struct record_header *h;
 
-	rec.fd = memfd_create("iommud-state", MFD_CLOEXEC);
+	rec.fd = own_memfd("iommud-state");
 	if (rec.fd < 0)
 		return fail(-errno, "cannot create a state record: %s", strerror(errno));
 	if (ftruncate(rec.fd, (off_t)rec.size) < 0 ||

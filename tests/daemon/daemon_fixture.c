@@ -233,6 +233,25 @@ Iommud__V1__Response *raw_recv(int fd, size_t *n_fds)
 	return resp;
 }
 
+void raw_send_get_stats(int fd)
+{
+	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
+	req.get_stats = &stats;
+	raw_send_request(fd, &req, NULL, 0);
+}
+
+Iommud__V1__GetStatsReply *raw_stats_reply(int fd, Iommud__V1__Response **ret_resp)
+{
+	Iommud__V1__Response *resp = raw_recv(fd, NULL);
+
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	*ret_resp = resp;
+	return resp->get_stats;
+}
+
 void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *connections)
 {
 	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;

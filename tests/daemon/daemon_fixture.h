@@ -56,6 +56,9 @@ void raw_send_request(int fd, const Iommud__V1__Request *req, const int *fds, si
 /* Receives one response (fails the test if none comes within 10 s or it does not decode);
  * descriptors that came with it are closed and counted in *n_fds (may be NULL). */
 Iommud__V1__Response *raw_recv(int fd, size_t *n_fds);
+/* Sends a GetStats; raw_stats_reply reads its reply, which *ret_resp holds, to be freed. */
+void raw_send_get_stats(int fd);
+Iommud__V1__GetStatsReply *raw_stats_reply(int fd, Iommud__V1__Response **ret_resp);
 
 struct iommuctl;
 

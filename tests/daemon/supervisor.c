@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <iommuctl.h>
+
 #include "check.h"
 
 #define MAX_FDS_PER_MESSAGE 64
@@ -468,4 +470,22 @@ bool supervisor_log_has(const struct supervisor *sv, const char *text)
 		found = strstr(line, text) != NULL;
 	(void)fclose(log);
 	return found;
+}
+
+void supervisor_call_ok(struct iommuctl *c, int rc, const char *what)
+{
+	if (rc < 0) {
+		(void)fprintf(stderr, "%s failed: %s\n", what, iommuctl_last_error(c));
+		abort();
+	}
+}
+
+struct iommuctl *supervisor_connect_lease(const struct supervisor *sv, const char *lease)
+{
+	struct iommuctl *c;
+
+	CHECK_OK(iommuctl_connect(sv->f.socket_path, &c));
+	supervisor_call_ok(c, iommuctl_hello(c, program_invocation_short_name, lease, NULL),
+			   "hello");
+	return c;
 }

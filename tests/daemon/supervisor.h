@@ -91,4 +91,11 @@ int supervisor_stored_fd(struct supervisor *sv, const char *prefix);
 /* Whether the daemons' log holds text. */
 bool supervisor_log_has(const struct supervisor *sv, const char *text);
 
+struct iommuctl;
+/* Aborts, saying what failed and the daemon's message, where rc is a failure of c's. */
+void supervisor_call_ok(struct iommuctl *c, int rc, const char *what);
+/* A client, named after the test program, on lease (NULL: an anonymous session) of the running
+ * daemon; the caller owns it (iommuctl_close). */
+struct iommuctl *supervisor_connect_lease(const struct supervisor *sv, const char *lease);
+
 #endif

@@ -53,30 +53,10 @@ static Iommud__V1__Request *list_devices_request(uint64_t id)
 	return &req;
 }
 
-static void send_get_stats(int fd)
-{
-	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
-	req.get_stats = &stats;
-	raw_send_request(fd, &req, NULL, 0);
-}
-
-/* The reply to the GetStats just sent; *ret_resp holds it, to be freed. */
-static Iommud__V1__GetStatsReply *stats_reply(int fd, Iommud__V1__Response **ret_resp)
-{
-	Iommud__V1__Response *resp = raw_recv(fd, NULL);
-
-	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
-	*ret_resp = resp;
-	return resp->get_stats;
-}
-
 static Iommud__V1__GetStatsReply *get_stats(int fd, Iommud__V1__Response **ret_resp)
 {
-	send_get_stats(fd);
-	return stats_reply(fd, ret_resp);
+	raw_send_get_stats(fd);
+	return raw_stats_reply(fd, ret_resp);
 }
 
 static uint64_t method_calls(const Iommud__V1__GetStatsReply *stats, const char *method)
@@ -337,9 +317,9 @@ TEST(tenant_turns)
 	CHECK(waitpid(f.pid, &status, WUNTRACED) == f.pid && WIFSTOPPED(status));
 	CHECK(write(go[1], "g", 1) == 1);
 	CHECK(read(ready[0], &byte, 1) == 1 && byte == 's');
-	send_get_stats(root_fd);
+	raw_send_get_stats(root_fd);
 	CHECK_EQ(kill(f.pid, SIGCONT), 0);
-	hostile_first = method_calls(stats_reply(root_fd, &resp), "list_devices") - before;
+	hostile_first = method_calls(raw_stats_reply(root_fd, &resp), "list_devices") - before;
 	(void)fprintf(stderr, "hostile requests handled before root's: %llu of %d\n",
 		      (unsigned long long)hostile_first, HOSTILE_CONNS * HOSTILE_DEPTH);
 	CHECK(hostile_first <= 1);
@@ -533,7 +513,7 @@ static void costly_start(struct costly *h, const struct daemon_fixture *f, int r
 	CHECK(waitpid(f->pid, &status, WUNTRACED) == f->pid && WIFSTOPPED(status));
 	CHECK(write(h->go[1], "g", 1) == 1);
 	CHECK(read(h->ready[0], &byte, 1) == 1 && byte == 's');
-	send_get_stats(root_fd);
+	raw_send_get_stats(root_fd);
 	CHECK_EQ(kill(f->pid, SIGCONT), 0);
 }
 
@@ -553,7 +533,7 @@ static void costly_stop(struct costly *h)
 static uint64_t pinned_now(int root_fd)
 {
 	Iommud__V1__Response *resp;
-	uint64_t pinned = stats_reply(root_fd, &resp)->ceilings->pinned_bytes;
+	uint64_t pinned = raw_stats_reply(root_fd, &resp)->ceilings->pinned_bytes;
 
 	iommud__v1__response__free_unpacked(resp, NULL);
 	return pinned;
@@ -575,7 +555,7 @@ static bool root_sees(int root_fd, const struct costly *h, bool (*seen)(uint64_t
 		found = seen(pinned_now(root_fd));
 		if (found || poll(&reply, 1, 0) == 1)
 			break;
-		send_get_stats(root_fd);
+		raw_send_get_stats(root_fd);
 	}
 	CHECK_OK(sched_setscheduler(0, SCHED_OTHER, &normal));
 	return found;
@@ -635,7 +615,7 @@ TEST(costly_request_in_slices)
 		       COSTLY_IOVA + COSTLY_BYTES - 1);
 	(void)fprintf(stderr, "batch reply (code, failed index, message): %s\n", report + 1);
 	CHECK(strstr(report, expected) != NULL);
-	send_get_stats(root_fd);
+	raw_send_get_stats(root_fd);
 	CHECK_EQ(pinned_now(root_fd), 0);
 	CHECK_EQ(fixture_memfd_mappings(&f), 0);
 	costly_stop(&h);
@@ -663,14 +643,14 @@ TEST(costly_request_closed)
 	CHECK(waitpid(f.pid, &status, WUNTRACED) == f.pid && WIFSTOPPED(status));
 	CHECK(write(h.go[1], "c", 1) == 1);
 	CHECK(read(h.ready[0], &byte, 1) == 1 && byte == 'x');
-	send_get_stats(root_fd);
+	raw_send_get_stats(root_fd);
 	CHECK_EQ(kill(f.pid, SIGCONT), 0);
 	CHECK(root_sees(root_fd, &h, taking_back));
 	n = (int)read(h.ready[0], report, sizeof(report) - 1);
 	CHECK(n > 0);
 	report[n > 0 ? n : 0] = '\0';
 	CHECK_EQ(strtoull(report, NULL, 10), 0);
-	send_get_stats(root_fd);
+	raw_send_get_stats(root_fd);
 	CHECK_EQ(pinned_now(root_fd), 0);
 	CHECK_EQ(fixture_memfd_mappings(&f), 0);
 	CHECK_EQ(fixture_fd_count(&f), files);
@@ -701,7 +681,7 @@ static void costly_removal(struct costly *h, const char *topology)
 	CHECK_EQ(code, IOMMUD__V1__CODE__CODE_OK);
 	CHECK_EQ(bytes, COSTLY_ENTRIES * COSTLY_BYTES);
 	CHECK_EQ(count, COSTLY_ENTRIES);
-	send_get_stats(root_fd);
+	raw_send_get_stats(root_fd);
 	CHECK_EQ(pinned_now(root_fd), 0);
 	CHECK_EQ(fixture_memfd_mappings(&f), 0);
 	costly_stop(h);
@@ -935,9 +915,9 @@ TEST(readers_rate_limited)
 		Iommud__V1__Response *resp;
 		int fd = raw_connect(&f);
 
-		send_get_stats(fd);
+		raw_send_get_stats(fd);
 		CHECK_EQ(kill(f.pid, SIGCONT), 0);
-		during = method_calls(stats_reply(fd, &resp), "list_devices");
+		during = method_calls(raw_stats_reply(fd, &resp), "list_devices");
 		iommud__v1__response__free_unpacked(resp, NULL);
 		(void)close(fd);
 	}

@@ -26,23 +26,6 @@ static const char config[] = "probe-tier = off\n[access]\ndefault = none\n"
 #define PAGE	  4096u
 #define IOVA	  (1ull << 32)
 
-static void call_ok(struct iommuctl *c, int rc, const char *what)
-{
-	if (rc < 0) {
-		(void)fprintf(stderr, "%s failed: %s\n", what, iommuctl_last_error(c));
-		abort();
-	}
-}
-
-static struct iommuctl *connect_to(struct supervisor *sv, const char *lease)
-{
-	struct iommuctl *c;
-
-	CHECK_OK(iommuctl_connect(sv->f.socket_path, &c));
-	call_ok(c, iommuctl_hello(c, "reconnect", lease, NULL), "hello");
-	return c;
-}
-
 /* Calls method with its request message msg (every member of the oneof is a message pointer
  * in the same place) and the descriptor fd (-1: none). */
 static int call_msg(struct iommuctl *c, Iommud__V1__Request__MethodCase method, void *msg, int fd,
@@ -59,7 +42,8 @@ static uint32_t new_domain(struct iommuctl *c)
 {
 	uint32_t d;
 
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d),
+			   "alloc");
 	return d;
 }
 
@@ -71,8 +55,9 @@ static size_t list_mappings(struct iommuctl *c, uint32_t domain, uint64_t (*rows
 	size_t n;
 
 	list.domain_id = domain;
-	call_ok(c, call_msg(c, IOMMUD__V1__REQUEST__METHOD_LIST_MAPPINGS, &list, -1, &resp),
-		"list mappings");
+	supervisor_call_ok(c,
+			   call_msg(c, IOMMUD__V1__REQUEST__METHOD_LIST_MAPPINGS, &list, -1, &resp),
+			   "list mappings");
 	n = resp->list_mappings->n_mappings;
 	CHECK(n <= max && !resp->list_mappings->more);
 	for (size_t i = 0; i < n; i++) {
@@ -110,15 +95,16 @@ TEST(lease_reopened_after_kill)
 
 	CHECK_OK(file);
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_to(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	d = new_domain(c);
-	call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "map");
+	supervisor_call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "map");
 	supervisor_kill(&sv);
 	supervisor_spawn(&sv);
 	/* The same handle, with no call of its own to reconnect. */
 	CHECK_EQ(list_mappings(c, d, rows, 4), 1);
 	CHECK_EQ(rows[0][0], IOVA);
-	call_ok(c, map_at(c, d, file, PAGE, PAGE, IOMMUCTL_PROT_READ, IOVA + PAGE), "map after");
+	supervisor_call_ok(c, map_at(c, d, file, PAGE, PAGE, IOMMUCTL_PROT_READ, IOVA + PAGE),
+			   "map after");
 	CHECK_EQ(list_mappings(c, d, rows, 4), 2);
 	iommuctl_close(c);
 	supervisor_stop(&sv);
@@ -132,7 +118,7 @@ TEST(anonymous_session_not_reopened)
 	uint32_t d;
 
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_to(&sv, NULL);
+	c = supervisor_connect_lease(&sv, NULL);
 	(void)new_domain(c);
 	supervisor_kill(&sv);
 	supervisor_spawn(&sv);
@@ -141,7 +127,7 @@ TEST(anonymous_session_not_reopened)
 	CHECK(strstr(iommuctl_last_error(c), "anonymous session") != NULL);
 	CHECK_EQ(iommuctl_free_domain(c, 1), -ECONNRESET);
 	/* Asked for, a new connection starts afresh. */
-	call_ok(c, iommuctl_reconnect(c), "reconnect");
+	supervisor_call_ok(c, iommuctl_reconnect(c), "reconnect");
 	(void)new_domain(c);
 	iommuctl_close(c);
 	supervisor_stop(&sv);
@@ -155,9 +141,10 @@ TEST(released_lease_not_reopened)
 	struct iommuctl *c;
 
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_to(&sv, "gone");
+	c = supervisor_connect_lease(&sv, "gone");
 	(void)new_domain(c);
-	call_ok(c, call_msg(c, IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE, &release, -1, &resp),
+	supervisor_call_ok(
+		c, call_msg(c, IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE, &release, -1, &resp),
 		"release");
 	iommuctl_response_free(resp);
 	supervisor_kill(&sv);
@@ -196,7 +183,7 @@ static struct iommuctl *killed_under(struct supervisor *sv, unsigned reconnect_m
 	struct iommuctl *c;
 
 	supervisor_start(sv, config, DEVICES);
-	c = connect_to(sv, "vm1");
+	c = supervisor_connect_lease(sv, "vm1");
 	*ret_domain = new_domain(c);
 	iommuctl_set_reconnect(c, reconnect_ms);
 	supervisor_kill(sv);
@@ -212,8 +199,8 @@ TEST(reconnect_turned_off)
 	supervisor_spawn(&sv);
 	CHECK_EQ(iommuctl_free_domain(c, d), -ENOTCONN);
 	CHECK(strstr(iommuctl_last_error(c), "turned off") != NULL);
-	call_ok(c, iommuctl_reconnect(c), "reconnect");
-	call_ok(c, iommuctl_free_domain(c, d), "free the lease's domain");
+	supervisor_call_ok(c, iommuctl_reconnect(c), "reconnect");
+	supervisor_call_ok(c, iommuctl_free_domain(c, d), "free the lease's domain");
 	iommuctl_close(c);
 	supervisor_stop(&sv);
 }
@@ -230,7 +217,7 @@ TEST(gives_up_when_daemon_not_back)
 	/* The connection that got no answer is dropped; once the daemon is back, the next request
 	 * reconnects (the queued Hello is answered on a connection nobody reads any more). */
 	supervisor_spawn(&sv);
-	call_ok(c, iommuctl_free_domain(c, d), "free after the daemon is back");
+	supervisor_call_ok(c, iommuctl_free_domain(c, d), "free after the daemon is back");
 	iommuctl_close(c);
 	supervisor_stop(&sv);
 }
@@ -281,10 +268,11 @@ TEST(identical_map_answered_as_done)
 	CHECK_OK(file);
 	CHECK_OK(other);
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_to(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	d = new_domain(c);
-	call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "map");
-	call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "the same map again");
+	supervisor_call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "map");
+	supervisor_call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA),
+			   "the same map again");
 	/* Anything else at that IOVA is still refused. */
 	CHECK_EQ(map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, IOVA),
 		 -EEXIST);
@@ -294,9 +282,10 @@ TEST(identical_map_answered_as_done)
 	CHECK_EQ(list_mappings(c, d, rows, 8), 1);
 
 	/* A batch is done when all of it is in place, refused whole when part of it is not. */
-	call_ok(c, map_batch(c, d, file, (const uint64_t[]){PAGE, 2 * PAGE}, 2, iovas), "batch");
-	call_ok(c, map_batch(c, d, file, (const uint64_t[]){PAGE, 2 * PAGE}, 2, iovas),
-		"the same batch again");
+	supervisor_call_ok(c, map_batch(c, d, file, (const uint64_t[]){PAGE, 2 * PAGE}, 2, iovas),
+			   "batch");
+	supervisor_call_ok(c, map_batch(c, d, file, (const uint64_t[]){PAGE, 2 * PAGE}, 2, iovas),
+			   "the same batch again");
 	CHECK_EQ(iovas[0], IOVA + PAGE);
 	CHECK_EQ(iovas[1], IOVA + 2 * PAGE);
 	CHECK_EQ(map_batch(c, d, file, (const uint64_t[]){PAGE, 3 * PAGE}, 2, iovas), -EEXIST);
@@ -331,10 +320,11 @@ TEST(identical_map_at_quota_answered_as_done)
 			 "devices = emu*\nmax-domains = 1\nmax-mappings = 1\nmax-pinned = 1G\n"
 			 "max-leases = 1\n",
 			 DEVICES);
-	c = connect_to(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	d = new_domain(c);
-	call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "map");
-	call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "the same map again");
+	supervisor_call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "map");
+	supervisor_call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA),
+			   "the same map again");
 	CHECK_EQ(map_at(c, d, file, PAGE, PAGE, IOMMUCTL_PROT_READ, IOVA + PAGE), -EDQUOT);
 	iommuctl_close(c);
 	supervisor_stop(&sv);
@@ -350,9 +340,9 @@ TEST(identical_map_in_anonymous_session_refused)
 
 	CHECK_OK(file);
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_to(&sv, NULL);
+	c = supervisor_connect_lease(&sv, NULL);
 	d = new_domain(c);
-	call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "map");
+	supervisor_call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), "map");
 	/* Its state ends with its connections, so no retry across a restart can reach it. */
 	CHECK_EQ(map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, IOVA), -EEXIST);
 	iommuctl_close(c);
@@ -388,9 +378,9 @@ static void map_killed_and_retried(struct supervisor *sv, struct iommuctl *c, ui
 	map.entry = &entry;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP;
 	req.map = &map;
-	call_ok(c, iommuctl_send(c, &req, &file, 1, NULL), "send map");
+	supervisor_call_ok(c, iommuctl_send(c, &req, &file, 1, NULL), "send map");
 	if (reply_first) {
-		call_ok(c, iommuctl_recv(c, &resp, NULL, 0, NULL), "map reply");
+		supervisor_call_ok(c, iommuctl_recv(c, &resp, NULL, 0, NULL), "map reply");
 		iommuctl_response_free(resp);
 	} else if (pause.tv_nsec) {
 		nanosleep(&pause, NULL);
@@ -402,10 +392,11 @@ static void map_killed_and_retried(struct supervisor *sv, struct iommuctl *c, ui
 	supervisor_spawn(sv);
 	/* The next request reconnects. */
 	*made += list_mappings(c, d, rows, 2) == 1;
-	call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, iova), "the map sent again");
+	supervisor_call_ok(c, map_at(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, iova),
+			   "the map sent again");
 	CHECK_EQ(list_mappings(c, d, rows, 2), 1);
 	CHECK_EQ(rows[0][0], iova);
-	call_ok(c, iommuctl_unmap_all(c, d, NULL), "unmap all");
+	supervisor_call_ok(c, iommuctl_unmap_all(c, d, NULL), "unmap all");
 }
 
 TEST(map_retried_after_kill)
@@ -421,7 +412,7 @@ TEST(map_retried_after_kill)
 	CHECK_OK(file);
 	srandom(seed);
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_to(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	d = new_domain(c);
 	/* Once where the Map certainly took effect before the kill. */
 	map_killed_and_retried(&sv, c, d, file, IOVA, true, &made);

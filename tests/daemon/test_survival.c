@@ -35,23 +35,6 @@ static const char config[] = "probe-tier = off\n[access]\ndefault = none\n"
 #define FILE_SIZE    (4u << 20)
 #define PAGE	     4096u
 
-static void call_ok(struct iommuctl *c, int rc, const char *what)
-{
-	if (rc < 0) {
-		(void)fprintf(stderr, "%s failed: %s\n", what, iommuctl_last_error(c));
-		abort();
-	}
-}
-
-static struct iommuctl *connect_lease(struct supervisor *sv, const char *lease)
-{
-	struct iommuctl *c;
-
-	CHECK_OK(iommuctl_connect(sv->f.socket_path, &c));
-	call_ok(c, iommuctl_hello(c, "survival", lease, NULL), "hello");
-	return c;
-}
-
 /* ---- what a client sees of its session -------------------------------------------------- */
 
 #define VIEW_MAX 4096
@@ -73,7 +56,7 @@ static Iommud__V1__Response *call(struct iommuctl *c, Iommud__V1__Request *req)
 {
 	Iommud__V1__Response *resp;
 
-	call_ok(c, iommuctl_call(c, req, NULL, 0, &resp, NULL, 0, NULL), "call");
+	supervisor_call_ok(c, iommuctl_call(c, req, NULL, 0, &resp, NULL, 0, NULL), "call");
 	return resp;
 }
 
@@ -189,7 +172,8 @@ static void check_descriptors(struct supervisor *sv, const char *file_prefix)
 static uint64_t map(struct iommuctl *c, uint32_t domain, int fd, uint64_t offset, uint64_t length,
 		    uint32_t prot, bool fixed, uint64_t iova)
 {
-	call_ok(c, iommuctl_map_fd(c, domain, fd, offset, length, prot, fixed, 0, &iova), "map");
+	supervisor_call_ok(c, iommuctl_map_fd(c, domain, fd, offset, length, prot, fixed, 0, &iova),
+			   "map");
 	return iova;
 }
 
@@ -199,16 +183,19 @@ static uint32_t build_lease(struct iommuctl *c, int a, int b)
 {
 	uint32_t d1, d2, gone;
 
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d1), "alloc");
-	call_ok(c, iommuctl_alloc_domain(c, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d2), "alloc");
-	call_ok(c, iommuctl_alloc_domain(c, "emu2", IOMMUCTL_DOMAIN_PAGING, 0, &gone), "alloc");
-	call_ok(c, iommuctl_free_domain(c, gone), "free");
-	call_ok(c, iommuctl_attach(c, "emu0", d1), "attach");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d1),
+			   "alloc");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d2),
+			   "alloc");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu2", IOMMUCTL_DOMAIN_PAGING, 0, &gone),
+			   "alloc");
+	supervisor_call_ok(c, iommuctl_free_domain(c, gone), "free");
+	supervisor_call_ok(c, iommuctl_attach(c, "emu0", d1), "attach");
 	(void)map(c, d1, a, 0, 16 * PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 1u << 20);
 	(void)map(c, d1, a, 64 * PAGE, 8 * PAGE, IOMMUCTL_PROT_READ, false, 0);
 	(void)map(c, d1, b, 0, 32 * PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, false, 0);
 	(void)map(c, d2, b, 128 * PAGE, 4 * PAGE, IOMMUCTL_PROT_WRITE, true, 1u << 30);
-	call_ok(c, iommuctl_unmap(c, d1, 1u << 20, 16 * PAGE, NULL), "unmap");
+	supervisor_call_ok(c, iommuctl_unmap(c, d1, 1u << 20, 16 * PAGE, NULL), "unmap");
 	(void)map(c, d1, a, 4 * PAGE, 4 * PAGE, IOMMUCTL_PROT_READ, true, 2u << 20);
 	return gone;
 }
@@ -224,14 +211,15 @@ TEST(lease_survives_kill)
 	CHECK_OK(a);
 	CHECK_OK(b);
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_lease(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	gone = build_lease(c, a, b);
 	view_of(c, &before);
 	CHECK_EQ(before.n_maps, 4);
 	/* A released lease and an anonymous session end with the daemon, as before. */
-	anon = connect_lease(&sv, NULL);
-	call_ok(anon, iommuctl_alloc_domain(anon, "emu3", IOMMUCTL_DOMAIN_PAGING, 0, &fresh),
-		"alloc");
+	anon = supervisor_connect_lease(&sv, NULL);
+	supervisor_call_ok(anon,
+			   iommuctl_alloc_domain(anon, "emu3", IOMMUCTL_DOMAIN_PAGING, 0, &fresh),
+			   "alloc");
 	iommuctl_close(anon);
 	iommuctl_close(c);
 	(void)close(a);
@@ -239,14 +227,15 @@ TEST(lease_survives_kill)
 
 	supervisor_kill(&sv);
 	supervisor_spawn(&sv);
-	c = connect_lease(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	view_of(c, &after);
 	CHECK(memcmp(&before, &after, sizeof(before)) == 0);
 	check_quotas(&after);
 	check_descriptors(&sv, "survive-");
 	CHECK_EQ(supervisor_stored(&sv, "lease"), 2);
 	/* Ids are never given again, the freed one's included. */
-	call_ok(c, iommuctl_alloc_domain(c, "emu2", IOMMUCTL_DOMAIN_PAGING, 0, &fresh), "alloc");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu2", IOMMUCTL_DOMAIN_PAGING, 0, &fresh),
+			   "alloc");
 	CHECK(fresh > gone);
 	iommuctl_close(c);
 	supervisor_stop(&sv);
@@ -261,8 +250,9 @@ static struct iommuctl *small_lease(struct supervisor *sv, const char *lease, co
 
 	CHECK_OK(file);
 	supervisor_start(sv, config, DEVICES);
-	c = connect_lease(sv, lease);
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom), "alloc");
+	c = supervisor_connect_lease(sv, lease);
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+			   "alloc");
 	(void)map(c, dom, file, 0, PAGE, IOMMUCTL_PROT_READ, false, 0);
 	(void)close(file);
 	return c;
@@ -295,7 +285,7 @@ static void reexec_by_request(struct supervisor *sv)
 	struct iommuctl *c;
 
 	CHECK_OK(iommuctl_connect(sv->f.socket_path, &c));
-	call_ok(c, request_daemon_reexec(c), "daemon reexec");
+	supervisor_call_ok(c, request_daemon_reexec(c), "daemon reexec");
 	iommuctl_close(c);
 }
 
@@ -327,7 +317,7 @@ static void check_reexec(void (*reexec)(struct supervisor *sv))
 	CHECK_OK(a);
 	CHECK_OK(b);
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_lease(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	(void)build_lease(c, a, b);
 	view_of(c, &before);
 	iommuctl_close(c);
@@ -342,7 +332,7 @@ static void check_reexec(void (*reexec)(struct supervisor *sv))
 	supervisor_wait_ready(&sv);
 	CHECK_EQ(sv.f.pid, pid);
 	CHECK(supervisor_log_has(&sv, "re-executing"));
-	c = connect_lease(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	view_of(c, &after);
 	CHECK(memcmp(&before, &after, sizeof(before)) == 0);
 	check_quotas(&after);
@@ -371,7 +361,7 @@ TEST(reexec_needs_a_service_manager)
 	fixture_start(&f, config, DEVICES);
 	CHECK(kill(f.pid, SIGUSR2) == 0);
 	CHECK_OK(iommuctl_connect(f.socket_path, &c));
-	call_ok(c, iommuctl_hello(c, "survival", "vm1", NULL), "hello");
+	supervisor_call_ok(c, iommuctl_hello(c, "survival", "vm1", NULL), "hello");
 	CHECK(request_daemon_reexec(c) < 0);
 	CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_UNIMPLEMENTED);
 	CHECK(strstr(iommuctl_last_error(c), "keeps no state record") != NULL);
@@ -398,7 +388,7 @@ TEST(released_lease_ends_at_restart)
 	supervisor_spawn(&sv);
 	CHECK(supervisor_log_has(&sv, "was released before the restart"));
 	CHECK_EQ(supervisor_stored(&sv, "lease"), 0);
-	c = connect_lease(&sv, "short");
+	c = supervisor_connect_lease(&sv, "short");
 	view_of(c, &v);
 	CHECK_EQ(v.n_domains, 0);
 	check_descriptors(&sv, "released");
@@ -491,7 +481,7 @@ static void check_damage(const struct damage *d)
 	d->apply(supervisor_stored_fd(&sv, STATE_RECORD_PREFIX));
 	/* Never a crash: the daemon comes up either way. */
 	supervisor_spawn(&sv);
-	c = connect_lease(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	view_of(c, &v);
 	(void)fprintf(stderr, "%s: %zu domains, %zu mappings\n", d->what, v.n_domains, v.n_maps);
 	if (d->said) {
@@ -735,7 +725,7 @@ static void send_op(struct iommuctl *c, const struct model *m, const struct op *
 		batch.entries = list;
 		req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
 		req.map_batch = &batch;
-		call_ok(c, iommuctl_send(c, &req, sent, n_sent, &id), "send");
+		supervisor_call_ok(c, iommuctl_send(c, &req, sent, n_sent, &id), "send");
 		return;
 	case OP_UNMAP:
 		unmap.domain_id = m->dom;
@@ -756,7 +746,7 @@ static void send_op(struct iommuctl *c, const struct model *m, const struct op *
 		req.free_domain = &free_dom;
 		break;
 	}
-	call_ok(c, iommuctl_send(c, &req, NULL, 0, &id), "send");
+	supervisor_call_ok(c, iommuctl_send(c, &req, NULL, 0, &id), "send");
 }
 
 #define OPS_PER_ROUND 3
@@ -835,7 +825,7 @@ static void kill_round(struct supervisor *sv, struct model *m, const int files[2
 	struct op ops[OPS_PER_ROUND];
 	struct model planned = *m;
 	uint32_t alloc_ids[OPS_PER_ROUND];
-	struct iommuctl *c = connect_lease(sv, "sweep");
+	struct iommuctl *c = supervisor_connect_lease(sv, "sweep");
 	struct timespec pause = {0, (long)rnd(150) * 1000};
 	struct view *v = malloc(sizeof(*v));
 	size_t acked;
@@ -860,7 +850,7 @@ static void kill_round(struct supervisor *sv, struct model *m, const int files[2
 		supervisor_kill(sv);
 	}
 	supervisor_spawn(sv);
-	c = connect_lease(sv, "sweep");
+	c = supervisor_connect_lease(sv, "sweep");
 	view_of(c, v);
 	iommuctl_close(c);
 	check_round(m, ops, acked, alloc_ids, v);
@@ -889,16 +879,17 @@ TEST(kill_sweep)
 	/* Snapshots every few changes, so kills land in compaction too. */
 	CHECK(setenv("IOMMUD_TEST_COMPACT_BYTES", "4096", 1) == 0);
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_lease(&sv, "sweep");
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &m->dom), "alloc");
-	call_ok(c, iommuctl_attach(c, "emu0", m->dom), "attach");
+	c = supervisor_connect_lease(&sv, "sweep");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &m->dom),
+			   "alloc");
+	supervisor_call_ok(c, iommuctl_attach(c, "emu0", m->dom), "attach");
 	iommuctl_close(c);
 	m->next_iova = 1ull << 32;
 	for (unsigned k = 0; k < kills; k++) {
 		/* Bounded: past a few hundred mappings, start again from none. */
 		if (m->n > 512) {
-			c = connect_lease(&sv, "sweep");
-			call_ok(c, iommuctl_unmap_all(c, m->dom, NULL), "unmap all");
+			c = supervisor_connect_lease(&sv, "sweep");
+			supervisor_call_ok(c, iommuctl_unmap_all(c, m->dom, NULL), "unmap all");
 			iommuctl_close(c);
 			m->n = 0;
 		}
@@ -936,17 +927,18 @@ TEST(review_released_lease_compacted)
 	release_lease(c);
 	/* any acknowledged call compacts now (threshold 1 byte) */
 	{
-		struct iommuctl *o = connect_lease(&sv, "other");
+		struct iommuctl *o = supervisor_connect_lease(&sv, "other");
 		uint32_t d;
-		call_ok(o, iommuctl_alloc_domain(o, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d),
-			"alloc");
+		supervisor_call_ok(o,
+				   iommuctl_alloc_domain(o, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d),
+				   "alloc");
 		iommuctl_close(o);
 	}
 	supervisor_kill(&sv);
 	iommuctl_close(c);
 	supervisor_spawn(&sv);
 	CHECK(supervisor_log_has(&sv, "was released before the restart"));
-	c = connect_lease(&sv, "short");
+	c = supervisor_connect_lease(&sv, "short");
 	view_of(c, &v);
 	(void)fprintf(stderr, "R1: released lease has %zu domains after restart\n", v.n_domains);
 	CHECK_EQ(v.n_domains, 0);
@@ -964,16 +956,17 @@ TEST(review_binds_synced_out_of_order)
 
 	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_lease(&sv, "binds");
+	c = supervisor_connect_lease(&sv, "binds");
 	/* binds emu1, then fails: no such domain; nothing recorded */
 	CHECK(iommuctl_attach(c, "emu1", 999) < 0);
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
-	call_ok(c, iommuctl_attach(c, "emu1", d), "attach");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d),
+			   "alloc");
+	supervisor_call_ok(c, iommuctl_attach(c, "emu1", d), "attach");
 	view_of(c, &before);
 	iommuctl_close(c);
 	supervisor_kill(&sv);
 	supervisor_spawn(&sv);
-	c = connect_lease(&sv, "binds");
+	c = supervisor_connect_lease(&sv, "binds");
 	view_of(c, &after);
 	(void)fprintf(stderr, "R3: emu1 attached to %u before, %u after\n", before.attached[1],
 		      after.attached[1]);
@@ -1004,11 +997,12 @@ TEST(review_abandoned_unmap_unrecorded)
 	CHECK_OK(big);
 	CHECK_OK(small);
 	supervisor_start(&sv, R2_CONFIG, DEVICES);
-	c = connect_lease(&sv, "r2");
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	c = supervisor_connect_lease(&sv, "r2");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d),
+			   "alloc");
 	(void)map(c, d, big, 0, 1ull << 30, IOMMUCTL_PROT_READ, true, iova);
 	(void)map(c, d, big, 1ull << 30, 1ull << 30, IOMMUCTL_PROT_READ, true, iova + (1ull << 30));
-	c2 = connect_lease(&sv, "r2");
+	c2 = supervisor_connect_lease(&sv, "r2");
 	ua.domain_id = d;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL;
 	req.unmap_all = &ua;
@@ -1033,7 +1027,7 @@ TEST(review_abandoned_unmap_unrecorded)
 	iommuctl_close(c2);
 	supervisor_kill(&sv);
 	supervisor_spawn(&sv);
-	c = connect_lease(&sv, "r2");
+	c = supervisor_connect_lease(&sv, "r2");
 	memset(&v, 0, sizeof(v));
 	view_mappings(c, d, &v);
 	(void)fprintf(stderr, "R2: after restart %zu mappings; first at 0x%llx length 0x%llx\n",
@@ -1060,22 +1054,23 @@ TEST(review_lease_name_reused)
 	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
 	release_lease(c);
 	iommuctl_close(c);
-	c = connect_lease(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	for (int i = 0; i < 100; i++) {
 		view_of(c, &v);
 		if (!v.n_domains)
 			break;
 		iommuctl_close(c);
 		usleep(10000);
-		c = connect_lease(&sv, "vm1");
+		c = supervisor_connect_lease(&sv, "vm1");
 	}
 	CHECK_EQ(v.n_domains, 0);
-	call_ok(c, iommuctl_alloc_domain(c, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu1", IOMMUCTL_DOMAIN_PAGING, 0, &d),
+			   "alloc");
 	(void)map(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, false, 0);
 	iommuctl_close(c);
 	supervisor_kill(&sv);
 	supervisor_spawn(&sv);
-	c = connect_lease(&sv, "vm1");
+	c = supervisor_connect_lease(&sv, "vm1");
 	view_of(c, &v);
 	(void)fprintf(stderr, "R4: lease vm1 has %zu domains, %zu mappings after restart\n",
 		      v.n_domains, v.n_maps);
@@ -1085,12 +1080,13 @@ TEST(review_lease_name_reused)
 	CHECK_EQ(v.n_maps, 1);
 	/* a compaction reads every lease_rec's session */
 	{
-		struct iommuctl *o = connect_lease(&sv, "other");
+		struct iommuctl *o = supervisor_connect_lease(&sv, "other");
 		uint32_t d2;
 
 		CHECK(setenv("IOMMUD_TEST_COMPACT_BYTES", "1", 1) == 0);
-		call_ok(o, iommuctl_alloc_domain(o, "emu2", IOMMUCTL_DOMAIN_PAGING, 0, &d2),
-			"alloc");
+		supervisor_call_ok(o,
+				   iommuctl_alloc_domain(o, "emu2", IOMMUCTL_DOMAIN_PAGING, 0, &d2),
+				   "alloc");
 		iommuctl_close(o);
 	}
 	iommuctl_close(c);
@@ -1126,8 +1122,9 @@ TEST(unrecorded_change_is_said_and_caught_up)
 	CHECK_OK(first);
 	CHECK_OK(second);
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_lease(&sv, "unrec");
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	c = supervisor_connect_lease(&sv, "unrec");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d),
+			   "alloc");
 	notify_socket_away(&sv, true);
 	CHECK(iommuctl_map_fd(c, d, first, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova) < 0);
 	CHECK(strstr(iommuctl_last_error(c), "the change took effect") != NULL);
@@ -1139,7 +1136,7 @@ TEST(unrecorded_change_is_said_and_caught_up)
 	iommuctl_close(c);
 	supervisor_kill(&sv);
 	supervisor_spawn(&sv);
-	c = connect_lease(&sv, "unrec");
+	c = supervisor_connect_lease(&sv, "unrec");
 	memset(&v, 0, sizeof(v));
 	view_mappings(c, d, &v);
 	CHECK_EQ(v.n_maps, 2);
@@ -1166,8 +1163,9 @@ TEST(store_capacity_is_kept)
 	for (int i = 0; i < 3; i++)
 		CHECK_OK(files[i] = iommuctl_memfd("capacity", FILE_SIZE));
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_lease(&sv, "capacity");
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	c = supervisor_connect_lease(&sv, "capacity");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d),
+			   "alloc");
 	(void)map(c, d, files[0], 0, PAGE, IOMMUCTL_PROT_READ, true, 1ull << 32);
 	(void)map(c, d, files[0], PAGE, PAGE, IOMMUCTL_PROT_READ, true, (1ull << 32) + PAGE);
 	{
@@ -1183,12 +1181,12 @@ TEST(store_capacity_is_kept)
 	iommuctl_close(c);
 	supervisor_kill(&sv);
 	supervisor_spawn(&sv);
-	c = connect_lease(&sv, "capacity");
+	c = supervisor_connect_lease(&sv, "capacity");
 	memset(&v, 0, sizeof(v));
 	view_mappings(c, d, &v);
 	CHECK_EQ(v.n_maps, 2);
 	/* As the refusal advises: once the first file's mappings are gone, the other fits. */
-	call_ok(c, iommuctl_unmap_all(c, d, NULL), "unmap_all");
+	supervisor_call_ok(c, iommuctl_unmap_all(c, d, NULL), "unmap_all");
 	(void)map(c, d, files[1], 0, PAGE, IOMMUCTL_PROT_READ, true, 1ull << 32);
 	iommuctl_close(c);
 	supervisor_stop(&sv);
@@ -1244,8 +1242,9 @@ TEST(batch_replayed_whole_or_not_at_all)
 	unsetenv("IOMMUD_TEST_COMPACT_BYTES");
 	CHECK_OK(file);
 	supervisor_start(&sv, config, DEVICES);
-	c = connect_lease(&sv, "batch");
-	call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d), "alloc");
+	c = supervisor_connect_lease(&sv, "batch");
+	supervisor_call_ok(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &d),
+			   "alloc");
 	(void)map(c, d, file, 0, PAGE, IOMMUCTL_PROT_READ, true, 1ull << 32);
 	for (size_t i = 0; i < 2; i++) {
 		iommud__v1__map_entry__init(&entries[i]);
@@ -1260,13 +1259,13 @@ TEST(batch_replayed_whole_or_not_at_all)
 	batch.entries = list;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
 	req.map_batch = &batch;
-	call_ok(c, iommuctl_call(c, &req, &file, 1, &resp, NULL, 0, NULL), "map batch");
+	supervisor_call_ok(c, iommuctl_call(c, &req, &file, 1, &resp, NULL, 0, NULL), "map batch");
 	iommuctl_response_free(resp);
 	iommuctl_close(c);
 	supervisor_kill(&sv);
 	replace_in_config(&sv, "max-mappings = 100000", "max-mappings = 2");
 	supervisor_spawn(&sv);
-	c = connect_lease(&sv, "batch");
+	c = supervisor_connect_lease(&sv, "batch");
 	memset(&v, 0, sizeof(v));
 	view_mappings(c, d, &v);
 	CHECK_EQ(v.n_maps, 1);
@@ -1301,7 +1300,7 @@ TEST(kernel_removal_read_before_first_answer)
 	 * too were the daemon not to wait; waiting for a removal first makes a death at start
 	 * said rather than hung. */
 	supervisor_wait_removals(&sv, removals);
-	c = connect_lease(&sv, "first");
+	c = supervisor_connect_lease(&sv, "first");
 	CHECK(!supervisor_log_has(&sv, "did not answer BARRIER=1"));
 	CHECK_EQ(supervisor_stored(&sv, "lease99"), 0);
 	supervisor_let_go(&sv);
