@@ -104,22 +104,77 @@ void lease_kernel_name(const struct lease_rec *rec, uint32_t dev_id, char name[L
 		(void)snprintf(name, LEASE_FILE_NAME, "lease%u.iommu", rec->id);
 }
 
-int lease_add_stored_dev(struct lease_rec *rec, uint32_t dev_id)
+void lease_domain_kernel_name(const struct lease_rec *rec, uint32_t dom_id,
+			      char name[LEASE_FILE_NAME])
 {
-	int rc = grow((void **)&rec->stored_devs, &rec->cap_stored_devs, rec->n_stored_devs,
-		      sizeof(*rec->stored_devs));
+	(void)snprintf(name, LEASE_FILE_NAME, "lease%u.domain%u", rec->id, dom_id);
+}
+
+static int stored_add(uint32_t **ids, size_t *cap, size_t *n, uint32_t id)
+{
+	int rc = grow((void **)ids, cap, *n, sizeof(**ids));
 
 	if (rc == 0)
-		rec->stored_devs[rec->n_stored_devs++] = dev_id;
+		(*ids)[(*n)++] = id;
 	return rc;
+}
+
+static bool stored_has(const uint32_t *ids, size_t n, uint32_t id)
+{
+	for (size_t i = 0; i < n; i++)
+		if (ids[i] == id)
+			return true;
+	return false;
+}
+
+int lease_add_stored_dev(struct lease_rec *rec, uint32_t dev_id)
+{
+	return stored_add(&rec->stored_devs, &rec->cap_stored_devs, &rec->n_stored_devs, dev_id);
+}
+
+int lease_add_stored_dom(struct lease_rec *rec, uint32_t dom_id)
+{
+	return stored_add(&rec->stored_doms, &rec->cap_stored_doms, &rec->n_stored_doms, dom_id);
 }
 
 static bool lease_dev_stored(const struct lease_rec *rec, uint32_t dev_id)
 {
-	for (size_t i = 0; i < rec->n_stored_devs; i++)
-		if (rec->stored_devs[i] == dev_id)
-			return true;
-	return false;
+	return stored_has(rec->stored_devs, rec->n_stored_devs, dev_id);
+}
+
+/* Whether the lease's i-th domain is a kernel object of its own whose descriptor is not in the
+ * store yet. */
+static bool dom_to_store(const struct lease_rec *rec, size_t i)
+{
+	uint32_t id = rec->domains[i].id;
+
+	return !stored_has(rec->stored_doms, rec->n_stored_doms, id) &&
+	       kh_domain_kernel_fd(session_ctx(rec->s), id) >= 0;
+}
+
+static int store_domain_fd(const struct lease_rec *rec, uint32_t dom_id)
+{
+	char name[LEASE_FILE_NAME];
+	int fd = kh_domain_kernel_fd(session_ctx(rec->s), dom_id);
+
+	lease_domain_kernel_name(rec, dom_id, name);
+	return fd < 0 ? fd : fdstore_add(name, fd);
+}
+
+/* A freed domain's descriptor leaves the store: an empty container, it holds nothing the
+ * manager must close before the daemon goes on. */
+static void lease_unstore_domain(struct lease_rec *rec, uint32_t dom_id)
+{
+	char name[LEASE_FILE_NAME];
+
+	for (size_t i = 0; i < rec->n_stored_doms; i++) {
+		if (rec->stored_doms[i] != dom_id)
+			continue;
+		lease_domain_kernel_name(rec, dom_id, name);
+		fdstore_remove(name);
+		rec->stored_doms[i] = rec->stored_doms[--rec->n_stored_doms];
+		return;
+	}
 }
 
 static int store_kernel_fd(const struct lease_rec *rec, uint32_t dev_id, int fd)
@@ -150,7 +205,7 @@ static size_t stored_count(const struct state *st)
 	size_t n = 1;
 
 	LIST_FOREACH (rec, &st->leases, link)
-		n += rec->n_files + rec->kernel_stored + rec->n_stored_devs;
+		n += rec->n_files + rec->kernel_stored + rec->n_stored_devs + rec->n_stored_doms;
 	return n;
 }
 
@@ -185,21 +240,46 @@ static int reserve_kernel_room(const struct state *st, const struct lease_rec *r
 	return -ENOSPC;
 }
 
+/* Whether the context's own descriptor is still to be stored: a backend whose contexts have
+ * none (vfio-type1) keeps its kernel objects in the devices' and domains' descriptors. */
+static bool ctx_to_store(const struct lease_rec *rec)
+{
+	return !rec->kernel_stored && kh_ctx_kernel_fd(session_ctx(rec->s)) != -EOPNOTSUPP;
+}
+
+static int store_domains(struct lease_rec *rec)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < rec->n_domains && rc == 0; i++) {
+		if (!dom_to_store(rec, i))
+			continue;
+		rc = store_domain_fd(rec, rec->domains[i].id);
+		if (rc == 0)
+			rc = lease_add_stored_dom(rec, rec->domains[i].id);
+	}
+	return rc;
+}
+
 void lease_store_kernel(const struct state *st, struct lease_rec *rec)
 {
 	struct kh_ctx *ctx = session_ctx(rec->s);
-	size_t need = !rec->kernel_stored;
+	size_t need = ctx_to_store(rec);
 	uint32_t dev_id;
-	int rc;
+	int rc = 0;
 
 	if (!st->adopt)
 		return;
 	for (size_t i = 0; i < rec->n_devices; i++)
 		need += dev_to_store(rec, i, &dev_id);
+	for (size_t i = 0; i < rec->n_domains; i++)
+		need += dom_to_store(rec, i);
 	if (reserve_kernel_room(st, rec, need) < 0)
 		return;
-	rc = rec->kernel_stored ? 0 : store_kernel_fd(rec, 0, kh_ctx_kernel_fd(ctx));
-	rec->kernel_stored = rc == 0;
+	if (ctx_to_store(rec)) {
+		rc = store_kernel_fd(rec, 0, kh_ctx_kernel_fd(ctx));
+		rec->kernel_stored = rc == 0;
+	}
 	for (size_t i = 0; i < rec->n_devices && rc == 0; i++) {
 		if (!dev_to_store(rec, i, &dev_id))
 			continue;
@@ -207,6 +287,8 @@ void lease_store_kernel(const struct state *st, struct lease_rec *rec)
 		if (rc == 0)
 			rc = lease_add_stored_dev(rec, dev_id);
 	}
+	if (rc == 0)
+		rc = store_domains(rec);
 	if (rc < 0)
 		log_struct(LOG_WARNING, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
 			   "the service manager's store refused lease '{IOMMUD_LEASE}''s kernel "
@@ -228,8 +310,13 @@ static void lease_unstore_kernel(struct lease_rec *rec)
 		lease_kernel_name(rec, rec->stored_devs[i], name);
 		fdstore_remove_kernel(name);
 	}
+	for (size_t i = 0; i < rec->n_stored_doms; i++) {
+		lease_domain_kernel_name(rec, rec->stored_doms[i], name);
+		fdstore_remove_kernel(name);
+	}
 	rec->kernel_stored = false;
 	rec->n_stored_devs = 0;
+	rec->n_stored_doms = 0;
 }
 
 static void lease_free(struct lease_rec *rec, bool unstore)
@@ -249,6 +336,7 @@ static void lease_free(struct lease_rec *rec, bool unstore)
 	free(rec->domains);
 	free(rec->devices);
 	free(rec->stored_devs);
+	free(rec->stored_doms);
 	free(rec);
 }
 
@@ -566,6 +654,8 @@ static int record_alloc(struct state *st, struct lease_rec *rec, const struct ca
 	if (rc < 0 || (rc = domain_alloc_args(r, &args)) < 0 ||
 	    (rc = lease_add_domain(rec, call->resp->alloc_domain->domain_id, r->device, &args)) < 0)
 		return rc;
+	/* Before the record names it, as a bind's. */
+	lease_store_kernel(st, rec);
 	return add_alloc(st, rec, &rec->domains[rec->n_domains - 1]);
 }
 
@@ -579,6 +669,7 @@ static int record_free(struct state *st, struct lease_rec *rec, uint32_t domain_
 	f->lease_id = rec->id;
 	f->domain_id = domain_id;
 	lease_remove_domain(rec, domain_id);
+	lease_unstore_domain(rec, domain_id);
 	return 0;
 }
 
@@ -1047,6 +1138,11 @@ static int each_kernel_fd(const struct lease_rec *rec,
 	for (size_t i = 0; i < rec->n_stored_devs && rc == 0; i++) {
 		lease_kernel_name(rec, rec->stored_devs[i], name);
 		rc = visit_kernel_fd(name, kh_device_kernel_fd(ctx, rec->stored_devs[i]), visit,
+				     arg);
+	}
+	for (size_t i = 0; i < rec->n_stored_doms && rc == 0; i++) {
+		lease_domain_kernel_name(rec, rec->stored_doms[i], name);
+		rc = visit_kernel_fd(name, kh_domain_kernel_fd(ctx, rec->stored_doms[i]), visit,
 				     arg);
 	}
 	return rc;

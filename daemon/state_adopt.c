@@ -100,6 +100,7 @@ static void plan_alloc(struct kernel_plan *plan, const Iommud__State__V1__AllocD
 		return;
 	}
 	plan->doms[plan->n_doms].id = a->domain_id;
+	plan->doms[plan->n_doms].fd = -1;
 	memcpy(plan->doms[plan->n_doms++].kernel_ids, a->kernel_ids,
 	       sizeof(plan->doms->kernel_ids));
 }
@@ -149,15 +150,67 @@ static void drop_kept(int fd, const char *name)
 	fdstore_remove_kernel(name);
 }
 
-/* The context's descriptor from the store, or a failure naming it. */
+/* The context's descriptor from the store, or a failure naming it; -EOPNOTSUPP where the
+ * backend's contexts have none (their objects are in the devices' and domains'). */
 static int claim_ctx_fd(const struct lease_rec *rec)
 {
 	char name[LEASE_FILE_NAME];
 	int fd;
 
+	if (kh_ctx_kernel_fd(session_ctx(rec->s)) == -EOPNOTSUPP)
+		return -EOPNOTSUPP;
 	lease_kernel_name(rec, 0, name);
 	fd = fdstore_claim_name(name);
 	return fd < 0 ? fail(-ENOENT, "the store holds no '%s'", name) : fd;
+}
+
+/* The plan's domains' own descriptors, where the store holds them (the backend says, when
+ * checking, whether a domain needs one); the caller drops them either way it goes. */
+static void claim_dom_fds(const struct lease_rec *rec, struct kernel_plan *plan)
+{
+	char name[LEASE_FILE_NAME];
+
+	for (size_t i = 0; i < plan->n_doms; i++) {
+		lease_domain_kernel_name(rec, plan->doms[i].id, name);
+		plan->doms[i].fd = fdstore_claim_name(name);
+		plan->doms[i].fd = plan->doms[i].fd < 0 ? -1 : plan->doms[i].fd;
+	}
+}
+
+/* The descriptors the take-over got from the store are the lease's again. */
+static void keep_stored(struct lease_rec *rec, const struct kernel_plan *plan)
+{
+	char name[LEASE_FILE_NAME];
+
+	for (size_t i = 0; i < plan->n_devs; i++)
+		if (lease_add_stored_dev(rec, plan->dev_ids[i]) < 0) {
+			/* Out of memory to remember it: out of the store too, so that
+			 * lease_store_kernel stores it again. */
+			lease_kernel_name(rec, plan->dev_ids[i], name);
+			fdstore_remove_kernel(name);
+		}
+	for (size_t i = 0; i < plan->n_doms; i++)
+		if (plan->doms[i].fd >= 0 && lease_add_stored_dom(rec, plan->doms[i].id) < 0) {
+			lease_domain_kernel_name(rec, plan->doms[i].id, name);
+			fdstore_remove_kernel(name);
+		}
+}
+
+/* The descriptors of a lease that is rebuilt, out of the store. */
+static void drop_plan_fds(const struct lease_rec *rec, struct kernel_plan *plan)
+{
+	char name[LEASE_FILE_NAME];
+
+	for (size_t i = 0; i < plan->n_devs; i++) {
+		lease_kernel_name(rec, plan->dev_ids[i], name);
+		drop_kept(plan->devs[i].fd, name);
+		plan->devs[i].fd = -1;
+	}
+	for (size_t i = 0; i < plan->n_doms; i++) {
+		lease_domain_kernel_name(rec, plan->doms[i].id, name);
+		drop_kept(plan->doms[i].fd, name);
+		plan->doms[i].fd = -1;
+	}
 }
 
 /* The plan's device descriptors from the store into plan->devs[].fd, all of them or a
@@ -188,19 +241,14 @@ static void take_over(struct state *st, struct lease_rec *rec)
 		return;
 	plan = plan ? plan : &none;
 	ctx_fd = claim_ctx_fd(rec);
-	rc = ctx_fd < 0 ? ctx_fd : claim_dev_fds(rec, plan);
-	if (rc == 0 && (rc = kh_ctx_adopt(session_ctx(rec->s), ctx_fd, plan->devs, plan->n_devs,
-					  plan->doms, plan->n_doms)) < 0)
+	rc = ctx_fd < 0 && ctx_fd != -EOPNOTSUPP ? ctx_fd : claim_dev_fds(rec, plan);
+	claim_dom_fds(rec, plan);
+	if (rc == 0 && (rc = kh_ctx_adopt(session_ctx(rec->s), ctx_fd < 0 ? -1 : ctx_fd, plan->devs,
+					  plan->n_devs, plan->doms, plan->n_doms)) < 0)
 		rc = fail_kh(rc, "checking its kernel objects");
 	if (rc == 0) {
-		rec->kernel_stored = true;
-		for (size_t i = 0; i < plan->n_devs; i++)
-			if (lease_add_stored_dev(rec, plan->dev_ids[i]) < 0) {
-				/* Out of memory to remember it: out of the store too, so
-				 * that lease_store_kernel stores it again. */
-				lease_kernel_name(rec, plan->dev_ids[i], name);
-				fdstore_remove_kernel(name);
-			}
+		rec->kernel_stored = ctx_fd >= 0;
+		keep_stored(rec, plan);
 		return;
 	}
 	/* A lease recorded before any of its descriptors was kept has nothing to take over. */
@@ -210,13 +258,11 @@ static void take_over(struct state *st, struct lease_rec *rec)
 			   "they are rebuilt from the state record, and its devices' DMA faults "
 			   "until they are",
 			   failure_message());
-	lease_kernel_name(rec, 0, name);
-	drop_kept(ctx_fd, name);
-	for (size_t i = 0; i < plan->n_devs; i++) {
-		lease_kernel_name(rec, plan->dev_ids[i], name);
-		drop_kept(plan->devs[i].fd, name);
-		plan->devs[i].fd = -1;
+	if (ctx_fd != -EOPNOTSUPP) {
+		lease_kernel_name(rec, 0, name);
+		drop_kept(ctx_fd, name);
 	}
+	drop_plan_fds(rec, plan);
 	/* The replay binds these devices again next: the manager's copies must be closed first,
 	 * or the kernel refuses the bind (EBUSY) and the lease comes back without them. */
 	fdstore_sync();
@@ -562,24 +608,37 @@ static void end_take_over(struct lease_rec *rec)
 			   remade);
 }
 
-/* Devices taken over whose Bind the replay left out (no longer allowed, or held by another
- * lease) were closed by the take-over's end: out of the store too, or its copy would keep
- * them bound and a re-exec would be handed no descriptor for them. */
-static void unstore_unbound(struct lease_rec *rec)
+/* Of the objects (ids) whose descriptors the store holds, keeps those the context still has a
+ * descriptor of (fd_of) and takes the others' out of the store; how many are kept. */
+static size_t unstore_gone(const struct lease_rec *rec, uint32_t *ids, size_t n,
+			   int (*fd_of)(struct kh_ctx *ctx, uint32_t id),
+			   void (*name_of)(const struct lease_rec *rec, uint32_t id,
+					   char name[LEASE_FILE_NAME]))
 {
-	struct kh_ctx *ctx = session_ctx(rec->s);
 	char name[LEASE_FILE_NAME];
 	size_t kept = 0;
 
-	for (size_t i = 0; i < rec->n_stored_devs; i++) {
-		if (kh_device_kernel_fd(ctx, rec->stored_devs[i]) >= 0) {
-			rec->stored_devs[kept++] = rec->stored_devs[i];
+	for (size_t i = 0; i < n; i++) {
+		if (fd_of(session_ctx(rec->s), ids[i]) >= 0) {
+			ids[kept++] = ids[i];
 			continue;
 		}
-		lease_kernel_name(rec, rec->stored_devs[i], name);
+		name_of(rec, ids[i], name);
 		fdstore_remove_kernel(name);
 	}
-	rec->n_stored_devs = kept;
+	return kept;
+}
+
+/* Devices taken over whose Bind the replay left out (no longer allowed, or held by another
+ * lease), and domains it did not make again, were closed by the take-over's end: out of the
+ * store too, or its copy would keep them (a device bound) and a re-exec would be handed no
+ * descriptor for them. */
+static void unstore_unbound(struct lease_rec *rec)
+{
+	rec->n_stored_devs = unstore_gone(rec, rec->stored_devs, rec->n_stored_devs,
+					  kh_device_kernel_fd, lease_kernel_name);
+	rec->n_stored_doms = unstore_gone(rec, rec->stored_doms, rec->n_stored_doms,
+					  kh_domain_kernel_fd, lease_domain_kernel_name);
 }
 
 /* The replay's references go; the leases live on in the registry. */

@@ -22,7 +22,7 @@
 #include "session.h"
 #include "state_record.h"
 
-#define LEASE_FILE_NAME 40 /* "lease<u32>.file<u32>", "lease<u32>.device<u32>" */
+#define LEASE_FILE_NAME 40 /* "lease<u32>.file<u32>", "lease<u32>.device<u32>", ...domain */
 
 struct lease_file {
 	uint32_t id;
@@ -61,6 +61,9 @@ struct lease_rec {
 	bool kernel_stored;
 	uint32_t *stored_devs;
 	size_t n_stored_devs, cap_stored_devs;
+	/* The domains (by id) whose own descriptors are (vfio-type1's containers). */
+	uint32_t *stored_doms;
+	size_t n_stored_doms, cap_stored_doms;
 };
 
 struct entry_box;
@@ -92,6 +95,10 @@ void lease_file_name(const struct lease_rec *rec, uint32_t file_id, char name[LE
 /* The store's name for the lease's kernel context (dev_id 0) or a bound device's descriptor. */
 void lease_kernel_name(const struct lease_rec *rec, uint32_t dev_id, char name[LEASE_FILE_NAME]);
 int lease_add_stored_dev(struct lease_rec *rec, uint32_t dev_id);
+/* The same for a domain that is a kernel object of its own ("lease<L>.domain<D>"). */
+void lease_domain_kernel_name(const struct lease_rec *rec, uint32_t dom_id,
+			      char name[LEASE_FILE_NAME]);
+int lease_add_stored_dom(struct lease_rec *rec, uint32_t dom_id);
 /* Hands the store the lease's kernel descriptors it does not hold yet, so the next daemon can
  * take the objects over; nothing where the backend's cannot be. */
 void lease_store_kernel(const struct state *st, struct lease_rec *rec);

@@ -1368,6 +1368,9 @@ static void adoption_free(struct kh_ctx *ctx)
 	for (size_t i = 0; i < a->n_devs; i++)
 		if (a->devs[i].fd >= 0)
 			(void)close(a->devs[i].fd);
+	for (size_t i = 0; i < a->n_doms; i++)
+		if (a->doms[i].fd >= 0)
+			(void)close(a->doms[i].fd);
 	free(a->devs);
 	free(a->doms);
 	free(a);
@@ -1390,6 +1393,23 @@ int kh_device_kernel_fd(struct kh_ctx *ctx, uint32_t dev_id)
 	if (rc < 0)
 		return rc;
 	return ops->device_kernel_fd ? ops->device_kernel_fd(dev) : no_adoption(ctx->be);
+}
+
+int kh_domain_kernel_fd(struct kh_ctx *ctx, uint32_t domain_id)
+{
+	const struct kh_backend_ops *ops = ctx->be->ops;
+	struct kh_domain *dom;
+	int rc = kh_find_domain(ctx, domain_id, &dom);
+
+	if (rc < 0)
+		return rc;
+	if (!ops->kernel_ids)
+		return no_adoption(ctx->be);
+	if (!ops->domain_kernel_fd)
+		return kh_fail(-ENOENT,
+			       "the %s backend's domains live in their context's descriptor",
+			       ops->name);
+	return ops->domain_kernel_fd(dom);
 }
 
 int kh_kernel_ids(struct kh_ctx *ctx, uint32_t id, uint32_t ret_ids[KH_KERNEL_IDS])
@@ -1442,7 +1462,9 @@ static int adoption_new(struct kh_backend *be, const struct kh_adopt_device *dev
 			       name, be->ops->name);
 	}
 	memcpy(a->doms, doms, n_doms * sizeof(*doms));
-	a->n_doms = n_doms;
+	/* The caller keeps the descriptors until the backend accepted them all. */
+	for (a->n_doms = 0; a->n_doms < n_doms; a->n_doms++)
+		a->doms[a->n_doms].fd = -1;
 	*ret = a;
 	return 0;
 }
@@ -1467,6 +1489,8 @@ int kh_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device
 	}
 	for (size_t i = 0; i < n_devs; i++)
 		a->devs[i].fd = devs[i].fd;
+	for (size_t i = 0; i < n_doms; i++)
+		a->doms[i].fd = doms[i].fd;
 	ctx->adoption = a;
 	return 0;
 }
@@ -1499,14 +1523,19 @@ static int adopt_domain(struct kh_ctx *ctx, struct kh_device *dev,
 			const struct kh_domain_alloc_args *args, struct kh_domain *parent,
 			struct kh_domain **out)
 {
-	const struct kh_adoption *a = ctx->adoption;
+	struct kh_adoption *a = ctx->adoption;
 	uint32_t id = ctx->objects->last_id + 1;
-	const uint32_t *ids = NULL;
+	struct kh_adopt_domain *live = NULL;
+	int rc;
 
-	for (size_t i = 0; i < a->n_doms && !ids; i++)
+	for (size_t i = 0; i < a->n_doms && !live; i++)
 		if (a->doms[i].id == id)
-			ids = a->doms[i].kernel_ids;
-	return ctx->be->ops->adopt_domain(dev, args, parent, ids, out);
+			live = &a->doms[i];
+	rc = ctx->be->ops->adopt_domain(dev, args, parent, live ? live->kernel_ids : NULL,
+					live ? live->fd : -1, out);
+	if (rc == 0 && live)
+		live->fd = -1;
+	return rc;
 }
 
 /* Takes out of the kernel what [first, last] of dom holds though no mapping is recorded there

@@ -810,24 +810,12 @@ static void iommufd_kernel_ids(const struct kh_device *dev, struct kh_domain *do
 	ret_ids[1] = dev ? 0 : to_ifd(dom)->hwpt_id;
 }
 
-/* Whether fd is the character device at path. */
-static int same_node(int fd, const char *path, const char *what)
-{
-	struct stat held, node;
-
-	if (fstat(fd, &held) < 0 || stat(path, &node) < 0)
-		return kh_fail(-errno, "cannot compare %s with %s", what, path);
-	if (!S_ISCHR(held.st_mode) || held.st_rdev != node.st_rdev)
-		return kh_fail(-ESTALE, "%s is not %s", what, path);
-	return 0;
-}
-
 /* The device's descriptor is its cdev, and its id names a device bound in iommufd. */
 static int check_device(const struct kh_backend *be, int iommufd, const struct kh_adopt_device *d)
 {
 	const struct iommufd_bdev *priv = be->devices[kh_device_lookup(be, d->name)].priv;
 	struct iommu_hw_info info = {.size = sizeof(info), .dev_id = d->kernel_ids[0]};
-	int rc = same_node(d->fd, priv->cdev, "the descriptor kept for the device");
+	int rc = kh_same_node(d->fd, priv->cdev, "the descriptor kept for the device");
 
 	if (rc == 0 && ioctl(iommufd, IOMMU_GET_HW_INFO, &info))
 		rc = kh_fail(errno == ENOENT ? -ESTALE : -errno,
@@ -874,7 +862,7 @@ static int check_domain(int iommufd, const struct kh_adopt_domain *d)
 static int iommufd_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device *devs,
 			     size_t n_devs, const struct kh_adopt_domain *doms, size_t n_doms)
 {
-	int rc = same_node(kernel_fd, DEV_IOMMU, "the descriptor kept for the context");
+	int rc = kh_same_node(kernel_fd, DEV_IOMMU, "the descriptor kept for the context");
 
 	for (size_t i = 0; i < n_devs && rc == 0; i++)
 		rc = check_device(ctx->be, kernel_fd, &devs[i]);
@@ -902,13 +890,14 @@ static int iommufd_adopt_bind(struct kh_ctx *ctx, struct kh_device *dev, int fd,
 }
 
 static int iommufd_adopt_domain(struct kh_device *dev, const struct kh_domain_alloc_args *args,
-				struct kh_domain *parent, const uint32_t *ids,
+				struct kh_domain *parent, const uint32_t *ids, int fd,
 				struct kh_domain **out)
 {
 	struct iommufd_domain *d;
 	int rc = domain_new(dev, args, &d);
 
 	(void)parent;
+	(void)fd; /* the domain lives in the context's descriptor */
 	if (rc < 0)
 		return rc;
 	d->ioas_id = ids ? ids[0] : 0;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define __user
@@ -47,6 +48,17 @@ int kh_ioctl(int fd, unsigned long request, void *arg, const char *fmt, ...)
 	(void)kh_vfail(-err, fmt, ap);
 	va_end(ap);
 	return -err;
+}
+
+int kh_same_node(int fd, const char *path, const char *what)
+{
+	struct stat held, node;
+
+	if (fstat(fd, &held) < 0 || stat(path, &node) < 0)
+		return kh_fail(-errno, "cannot compare %s with %s", what, path);
+	if (!S_ISCHR(held.st_mode) || held.st_rdev != node.st_rdev)
+		return kh_fail(-ESTALE, "%s is not %s", what, path);
+	return 0;
 }
 
 int kh_read_sysfs(const char *dir, const char *name, char *buf, size_t size)

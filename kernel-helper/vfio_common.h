@@ -34,6 +34,10 @@ bool kh_fits(int written, size_t size);
 int kh_ioctl(int fd, unsigned long request, void *arg, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
+/* 0 when fd is the character device at path; -ESTALE (what says whose fd it is) when it is
+ * another file. How a take-over checks a descriptor kept for it. */
+int kh_same_node(int fd, const char *path, const char *what);
+
 /* A file of a sysfs directory, its first line without the newline. */
 int kh_read_sysfs(const char *dir, const char *name, char *buf, size_t size);
 

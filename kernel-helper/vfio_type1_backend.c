@@ -20,6 +20,12 @@
  *                  is open the kernel keeps the group in its container, so a detach is refused;
  *                  a domain freed then unmaps everything first, so the device reaches nothing
  *
+ * Taking over (KH_CAP_ADOPT): a group stays in its container while the group's file is open,
+ * through the group fd or any device fd of it, and a container keeps its IOMMU, mappings and pins
+ * while a group is in it, whoever holds which descriptor. So a binding's kernel descriptor is its
+ * group's fd, a domain's is its container's, and the context has none of its own; a device's
+ * kernel id is its IOMMU group's number, a container has none.
+ *
  * Ownership: a context owns its open groups (type1_ctx, in kh_ctx.priv), each shared by the devices
  * bound from it (kh_device.priv points at it); a domain owns its container fd.
  */
@@ -65,6 +71,8 @@ struct type1_domain {
 	int container;
 	unsigned groups;   /* groups in the container; the IOMMU is set while there are any */
 	bool dirty_wanted; /* dirty tracking switched on, applied whenever the IOMMU is set */
+	bool unnamed;	   /* taken over with an IOMMU, counted as one group until one of the
+			    * context's groups is found in it (the kernel names none) */
 };
 
 static struct type1_domain *to_t1(struct kh_domain *dom)
@@ -282,30 +290,45 @@ static int open_group(const struct kh_bdev *bdev, int *ret_fd)
 	return 0;
 }
 
-static int type1_bind(struct kh_ctx *ctx, struct kh_device *dev)
+static struct type1_group *find_group(const struct type1_ctx *c, uint32_t number)
 {
-	struct type1_ctx *c = ctx->priv;
 	struct type1_group *g;
-	int rc;
 
-	for (g = c->groups; g && g->number != dev->bdev->info.group; g = g->next)
+	for (g = c->groups; g && g->number != number; g = g->next)
 		;
-	if (!g) {
-		g = kh_zalloc(sizeof(*g));
-		if (!g)
-			return kh_fail(-ENOMEM, "cannot bind %s", dev->bdev->info.name);
-		rc = open_group(dev->bdev, &g->fd);
-		if (rc < 0) {
-			free(g);
-			return rc;
-		}
-		g->number = dev->bdev->info.group;
-		g->next = c->groups;
-		c->groups = g;
-	}
-	g->bound++;
+	return g;
+}
+
+/* The device's group, open as fd (the group's from then on), joins the context. */
+static int add_group(struct type1_ctx *c, struct kh_device *dev, int fd)
+{
+	struct type1_group *g = kh_zalloc(sizeof(*g));
+
+	if (!g)
+		return kh_fail(-ENOMEM, "cannot bind %s", dev->bdev->info.name);
+	g->fd = fd;
+	g->number = dev->bdev->info.group;
+	g->next = c->groups;
+	c->groups = g;
+	g->bound = 1;
 	dev->priv = g;
 	return 0;
+}
+
+static int type1_bind(struct kh_ctx *ctx, struct kh_device *dev)
+{
+	struct type1_group *g = find_group(ctx->priv, dev->bdev->info.group);
+	int fd, rc;
+
+	if (g) {
+		g->bound++;
+		dev->priv = g;
+		return 0;
+	}
+	rc = open_group(dev->bdev, &fd);
+	if (rc == 0 && (rc = add_group(ctx->priv, dev, fd)) < 0)
+		(void)close(fd);
+	return rc;
 }
 
 static void type1_unbind(struct kh_ctx *ctx, struct kh_device *dev)
@@ -385,15 +408,26 @@ static int dma_map(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint64
 	return rc;
 }
 
+/* Some kernels let only the process that made a mapping remove it, and answer anyone else
+ * that they removed nothing: a mapping made before the daemon was restarted stays. */
 static int dma_unmap(struct type1_domain *d, uint64_t iova, uint64_t length, uint32_t flags)
 {
 	struct vfio_iommu_type1_dma_unmap cmd = {
 		.argsz = sizeof(cmd), .flags = flags, .iova = iova, .size = length};
+	int rc = kh_ioctl(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
+			  "VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			  " in domain %u",
+			  length, iova, d->dom.id);
 
-	return kh_ioctl(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
-			"VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			" in domain %u",
-			length, iova, d->dom.id);
+	if (rc == 0 && !flags && cmd.size != length)
+		rc = kh_fail(-EPERM,
+			     "the kernel removed 0x%llx of the 0x%" PRIx64
+			     " bytes at IOVA 0x%" PRIx64
+			     " of domain %u: its VFIO type1 lets only the process that mapped them "
+			     "remove them, and they were mapped before the daemon restarted; free "
+			     "the domain (detach its devices first) to remove them",
+			     (unsigned long long)cmd.size, length, iova, d->dom.id);
+	return rc;
 }
 
 static int dirty_pages(struct type1_domain *d, uint32_t flag)
@@ -596,51 +630,271 @@ static const struct kh_domain_ops type1_paging_ops = {
 	.free = type1_free,
 };
 
-static int type1_alloc_paging(struct kh_device *dev, uint32_t flags, struct kh_domain **out)
+static int check_flags(const struct kh_device *dev, uint32_t flags)
 {
-	const struct kh_hw_info *hw = &dev->bdev->info.hw;
-	struct type1_domain *d;
-	char path[PATH_MAX];
-
 	if (flags & KH_DOMAIN_F_NEST_PARENT)
 		return kh_fail(
 			-EOPNOTSUPP,
 			"vfio-type1 has no nesting: a nest parent needs the iommufd backend");
-	if ((flags & KH_DOMAIN_F_DIRTY_TRACKING) && !hw->dirty_tracking)
+	if ((flags & KH_DOMAIN_F_DIRTY_TRACKING) && !dev->bdev->info.hw.dirty_tracking)
 		return kh_fail(-EOPNOTSUPP,
 			       "the kernel's VFIO type1 offers %s no dirty tracking (no migration "
 			       "capability)",
 			       dev->bdev->info.name);
+	return 0;
+}
+
+/* A paging domain around the container fd (the domain's from then on). */
+static int domain_new(struct kh_device *dev, uint32_t flags, int container,
+		      struct type1_domain **ret)
+{
+	const struct kh_hw_info *hw = &dev->bdev->info.hw;
+	struct type1_domain *d;
+	int rc = check_flags(dev, flags);
+
+	if (rc < 0)
+		return rc;
 	d = kh_zalloc(sizeof(*d));
 	if (!d)
 		return kh_fail(-ENOMEM, "cannot allocate a domain");
-	d->container = -1;
-	if (kh_fail_point())
-		errno = EIO;
-	else if (!kh_root_path(DEV_VFIO, path, sizeof(path)))
-		errno = ENAMETOOLONG;
-	else
-		d->container = open(path, O_RDWR | O_CLOEXEC);
-	if (d->container < 0) {
-		int err = -errno;
-
-		free(d);
-		return kh_fail(err, "cannot open a VFIO container (" DEV_VFIO ") for %s",
-			       dev->bdev->info.name);
-	}
+	d->container = container;
 	d->dom.flags = flags;
 	d->dom.dirty_ops = (flags & KH_DOMAIN_F_DIRTY_TRACKING) ? &type1_dirty_ops : NULL;
 	d->dom.page_sizes = hw->page_sizes;
 	d->dom.aperture_start = hw->aperture_start;
 	d->dom.aperture_last = hw->aperture_last;
+	*ret = d;
+	return 0;
+}
+
+static int open_container(const struct kh_device *dev)
+{
+	char path[PATH_MAX];
+	int fd = -1;
+
+	if (kh_fail_point())
+		errno = EIO;
+	else if (!kh_root_path(DEV_VFIO, path, sizeof(path)))
+		errno = ENAMETOOLONG;
+	else
+		fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return kh_fail(-errno, "cannot open a VFIO container (" DEV_VFIO ") for %s",
+			       dev->bdev->info.name);
+	return fd;
+}
+
+static int type1_alloc_paging(struct kh_device *dev, uint32_t flags, struct kh_domain **out)
+{
+	struct type1_domain *d;
+	int container, rc = check_flags(dev, flags);
+
+	if (rc < 0)
+		return rc;
+	container = open_container(dev);
+	if (container < 0)
+		return container;
+	rc = domain_new(dev, flags, container, &d);
+	if (rc < 0) {
+		(void)close(container);
+		return rc;
+	}
 	*out = &d->dom;
 	return 0;
+}
+
+/* ---- taking a context over ------------------------------------------------------------------ */
+
+static int type1_device_kernel_fd(struct kh_device *dev)
+{
+	return group_of(dev)->fd;
+}
+
+static int type1_domain_kernel_fd(struct kh_domain *dom)
+{
+	return to_t1(dom)->container;
+}
+
+static void type1_kernel_ids(const struct kh_device *dev, struct kh_domain *dom,
+			     uint32_t ret_ids[KH_KERNEL_IDS])
+{
+	(void)dom;
+	ret_ids[0] = dev ? group_of(dev)->number : 0;
+	ret_ids[1] = 0;
+}
+
+/* The descriptor kept for a device is its group's file, and the group is still usable. */
+static int check_group(const struct kh_backend *be, const struct kh_adopt_device *d)
+{
+	uint32_t group = be->devices[kh_device_lookup(be, d->name)].info.group;
+	struct vfio_group_status status = {.argsz = sizeof(status)};
+	char path[PATH_MAX], what[KH_NAME_MAX + 48];
+	int rc;
+
+	if (d->kernel_ids[0] != group)
+		return kh_fail(-ESTALE, "%s is in IOMMU group %u now, not %u as recorded", d->name,
+			       group, d->kernel_ids[0]);
+	if (!group_path(group, path, sizeof(path)))
+		return kh_fail(-ENAMETOOLONG, "the path of %s's VFIO group is too long", d->name);
+	(void)snprintf(what, sizeof(what), "the descriptor kept for %s's group", d->name);
+	rc = kh_same_node(d->fd, path, what);
+	if (rc == 0)
+		rc = kh_ioctl(d->fd, VFIO_GROUP_GET_STATUS, &status, "VFIO_GROUP_GET_STATUS of %s",
+			      path);
+	if (rc == 0 && !(status.flags & VFIO_GROUP_FLAGS_VIABLE))
+		rc = kh_fail(-ESTALE, "IOMMU group %u of %s is no longer viable", group, d->name);
+	return rc;
+}
+
+/* The descriptor kept for a domain is a container offering the type1v2 IOMMU. */
+static int check_container(const struct kh_adopt_domain *d)
+{
+	char path[PATH_MAX], what[64];
+	int rc;
+
+	if (d->fd < 0)
+		return kh_fail(-ESTALE, "no container was kept for domain %u", d->id);
+	if (!kh_root_path(DEV_VFIO, path, sizeof(path)))
+		return kh_fail(-ENAMETOOLONG, "the path of " DEV_VFIO " is too long");
+	(void)snprintf(what, sizeof(what), "the descriptor kept for domain %u", d->id);
+	rc = kh_same_node(d->fd, path, what);
+	if (rc == 0 && ioctl(d->fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) != 1)
+		rc = kh_fail(-ESTALE, "the container kept for domain %u offers no type1v2 IOMMU",
+			     d->id);
+	return rc;
+}
+
+static int type1_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device *devs,
+			   size_t n_devs, const struct kh_adopt_domain *doms, size_t n_doms)
+{
+	int rc = kernel_fd < 0 ? 0
+			       : kh_fail(-ESTALE, "a vfio-type1 context has no descriptor of its "
+						  "own to take over");
+
+	for (size_t i = 0; i < n_devs && rc == 0; i++)
+		rc = check_group(ctx->be, &devs[i]);
+	for (size_t i = 0; i < n_doms && rc == 0; i++)
+		rc = check_container(&doms[i]);
+	return rc;
+}
+
+/* A mate bound already brought the group's file in: fd is that same file (checked). */
+static int type1_adopt_bind(struct kh_ctx *ctx, struct kh_device *dev, int fd,
+			    const uint32_t ids[KH_KERNEL_IDS])
+{
+	struct type1_group *g = find_group(ctx->priv, dev->bdev->info.group);
+
+	(void)ids;
+	if (!g)
+		return add_group(ctx->priv, dev, fd);
+	(void)close(fd);
+	g->bound++;
+	dev->priv = g;
+	return 0;
+}
+
+/* A live domain keeps its container; whether the container still has its IOMMU (a group in
+ * it) is what VFIO_IOMMU_GET_INFO answers. One the replay frees again gets a fresh, empty one. */
+static int type1_adopt_domain(struct kh_device *dev, const struct kh_domain_alloc_args *args,
+			      struct kh_domain *parent, const uint32_t *ids, int fd,
+			      struct kh_domain **out)
+{
+	struct vfio_iommu_type1_info info = {.argsz = sizeof(info)};
+	struct type1_domain *d;
+	struct kh_domain *dom;
+	int rc;
+
+	(void)parent;
+	if (args->type != KH_DOMAIN_PAGING)
+		return kh_fail(-EOPNOTSUPP, "vfio-type1 provides paging domains only");
+	if (ids) {
+		rc = domain_new(dev, args->flags, fd, &d);
+		if (rc < 0)
+			return rc;
+		d->unnamed = ioctl(fd, VFIO_IOMMU_GET_INFO, &info) == 0;
+		d->groups = d->unnamed;
+		dom = &d->dom;
+	} else if ((rc = type1_alloc_paging(dev, args->flags, &dom)) < 0) {
+		return rc;
+	}
+	dom->ops = &type1_paging_ops;
+	dom->type = KH_DOMAIN_PAGING;
+	*out = dom;
+	return 0;
+}
+
+/* The device's group put where the books say. The kernel says whether a group is in a
+ * container, not in which: one that is, and whose domain has an IOMMU, is taken to be there. */
+static int type1_adopt_settle(struct kh_device *dev)
+{
+	struct type1_domain *want = dev->domain ? to_t1(dev->domain) : NULL;
+	struct vfio_group_status status = {.argsz = sizeof(status)};
+	struct type1_group *g = group_of(dev);
+	bool in;
+	int rc;
+
+	if (g->domain) { /* a mate settled the group */
+		g->attached += want == g->domain;
+		return 0;
+	}
+	rc = kh_ioctl(g->fd, VFIO_GROUP_GET_STATUS, &status, "VFIO_GROUP_GET_STATUS of group %u",
+		      g->number);
+	if (rc < 0)
+		return rc;
+	in = status.flags & VFIO_GROUP_FLAGS_CONTAINER_SET;
+	if (in && want && want->groups) {
+		want->groups += !want->unnamed;
+		want->unnamed = false;
+		g->domain = want;
+		g->attached = 1;
+		return 0;
+	}
+	if (in && (rc = kh_ioctl(g->fd, VFIO_GROUP_UNSET_CONTAINER, NULL,
+				 "VFIO_GROUP_UNSET_CONTAINER of %s's group, out of a container "
+				 "it is not recorded in",
+				 dev->bdev->info.name)) < 0)
+		return rc;
+	return want ? type1_attach_dev(&want->dom, dev) : 0;
+}
+
+/* Whether the container maps something at the page at iova: type1 answers a map that overlaps
+ * a mapping with EEXIST before it pins anything. A map that succeeds found nothing there and
+ * is taken back. */
+static int page_held(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint32_t prot)
+{
+	int rc = dma_map(d, iova, vaddr, d->dom.page_sizes & -d->dom.page_sizes, prot);
+
+	if (rc == -EEXIST)
+		return 1;
+	if (rc < 0)
+		return rc;
+	rc = dma_unmap(d, iova, d->dom.page_sizes & -d->dom.page_sizes, 0);
+	return rc < 0 ? rc : 0;
+}
+
+/* type1 has no way to list or read a mapping back: what it can say is whether something is
+ * mapped at the first and the last page of the range, which finds a mapping lost or cut short
+ * at its end (the only way a change leaves one), not one with another protection or memory.
+ * A container without an IOMMU maps nothing yet: the first attach maps what the books hold. */
+static int type1_adopt_mapped(struct kh_domain *dom, const struct kh_mapping *m)
+{
+	struct type1_domain *d = to_t1(dom);
+	uint64_t last = m->length - (dom->page_sizes & -dom->page_sizes);
+	int rc;
+
+	if (!d->groups)
+		return 1;
+	rc = page_held(d, m->iova, m->addr, m->prot);
+	if (rc == 1 && last)
+		rc = page_held(d, m->iova + last, m->addr + last, m->prot);
+	return rc;
 }
 
 static const struct kh_backend_ops type1_ops = {
 	.kind = KH_BACKEND_VFIO_TYPE1,
 	.name = "vfio-type1",
-	.caps = KH_CAP_OPEN_DEVICE | KH_CAP_DMA_REMAPPING | KH_CAP_DIRTY_TRACKING | KH_CAP_COPY,
+	.caps = KH_CAP_OPEN_DEVICE | KH_CAP_DMA_REMAPPING | KH_CAP_DIRTY_TRACKING | KH_CAP_COPY |
+		KH_CAP_ADOPT,
 	.probe_devices = type1_probe_devices,
 	.release = type1_release,
 	.ctx_open = type1_ctx_open,
@@ -649,6 +903,14 @@ static const struct kh_backend_ops type1_ops = {
 	.unbind = type1_unbind,
 	.device_fd = open_device,
 	.device_region = type1_device_region,
+	.device_kernel_fd = type1_device_kernel_fd,
+	.domain_kernel_fd = type1_domain_kernel_fd,
+	.kernel_ids = type1_kernel_ids,
+	.ctx_adopt = type1_ctx_adopt,
+	.adopt_bind = type1_adopt_bind,
+	.adopt_domain = type1_adopt_domain,
+	.adopt_settle = type1_adopt_settle,
+	.adopt_mapped = type1_adopt_mapped,
 	.alloc_paging = type1_alloc_paging,
 	.default_domain_ops = &type1_paging_ops,
 };

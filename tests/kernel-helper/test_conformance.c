@@ -805,26 +805,63 @@ TEST_F(conformance, capabilities_tell_the_truth)
 	kh_ctx_destroy(s.ctx);
 }
 
+/* A copy of the kernel descriptor fd kept elsewhere, fd itself pointed at null; -1 for none
+ * (fd < 0: the object has no descriptor of its own). */
+static int keep_descriptor(int fd, int null)
+{
+	int kept;
+
+	if (fd < 0)
+		return -1;
+	CHECK((kept = fcntl(fd, F_DUPFD_CLOEXEC, 0)) >= 0);
+	CHECK(dup3(null, fd, O_CLOEXEC) == fd);
+	return kept;
+}
+
 /* What a process's death leaves of a context: its kernel objects, held by the copies of its
  * descriptors kept elsewhere (dups here, the descriptor store in iommud), and nothing of its
- * books. The context's own descriptors are pointed at /dev/null first, so that destroying its
- * books reaches no kernel object. */
-static void die_keeping(struct setup *s, int *ret_ctx_fd, struct kh_adopt_device *devs)
+ * books. The context's own descriptors (the context's, where it has one, the devices' and the
+ * domains' in doms, where they have their own) are pointed at /dev/null first, so that
+ * destroying its books reaches no kernel object. */
+static void die_keeping(struct setup *s, int *ret_ctx_fd, struct kh_adopt_device *devs,
+			struct kh_adopt_domain *doms, size_t n_doms)
 {
-	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-	int fd = kh_ctx_kernel_fd(s->ctx);
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC), fd = kh_ctx_kernel_fd(s->ctx);
 
-	CHECK(null >= 0 && fd >= 0);
-	CHECK((*ret_ctx_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) >= 0);
-	CHECK(dup3(null, fd, O_CLOEXEC) == fd);
+	CHECK(null >= 0 && (fd >= 0 || fd == -EOPNOTSUPP));
+	*ret_ctx_fd = keep_descriptor(fd, null);
 	for (int i = 0; i < 3; i++) {
 		fd = kh_device_kernel_fd(s->ctx, s->dev[i]);
 		CHECK(fd >= 0);
-		CHECK((devs[i].fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) >= 0);
-		CHECK(dup3(null, fd, O_CLOEXEC) == fd);
+		devs[i].fd = keep_descriptor(fd, null);
+	}
+	for (size_t i = 0; i < n_doms; i++) {
+		fd = kh_domain_kernel_fd(s->ctx, doms[i].id);
+		CHECK(fd >= 0 || fd == -ENOENT);
+		doms[i].fd = keep_descriptor(fd, null);
 	}
 	(void)close(null);
 	kh_ctx_destroy(s->ctx);
+}
+
+/* A take-over that the kernel refuses: a domain's kernel ids (where it lives in the context's
+ * descriptor) or its own descriptor (where it has one) not what the dead context had. */
+static void check_stale_domain(struct setup *s, int ctx_fd, struct kh_adopt_device *devs,
+			       struct kh_adopt_domain *doms)
+{
+	int own = doms[0].fd;
+
+	if (own < 0) {
+		doms[0].kernel_ids[0] += 1000;
+		CHECK_ERR(kh_ctx_adopt(s->ctx, ctx_fd, devs, 3, doms, 1), -ESTALE,
+			  "no address space");
+		doms[0].kernel_ids[0] -= 1000;
+	} else {
+		doms[0].fd = devs[0].fd;
+		CHECK_ERR(kh_ctx_adopt(s->ctx, ctx_fd, devs, 3, doms, 1), -ESTALE, "is not");
+		doms[0].fd = own;
+	}
+	CHECK(!kh_ctx_adopting(s->ctx));
 }
 
 /* Where the domain maps files by descriptor: a file mapping of fd at 0x500000 (map: made
@@ -923,13 +960,10 @@ TEST_F(conformance, take_over)
 		return;
 	}
 	files = before_death(self, &s, memfd, devs, doms, &ghost);
-	die_keeping(&s, &ctx_fd, devs);
+	die_keeping(&s, &ctx_fd, devs, doms, 1);
 
 	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
-	doms[0].kernel_ids[0] += 1000;
-	CHECK_ERR(kh_ctx_adopt(s.ctx, ctx_fd, devs, 3, doms, 1), -ESTALE, "no address space");
-	CHECK(!kh_ctx_adopting(s.ctx));
-	doms[0].kernel_ids[0] -= 1000;
+	check_stale_domain(&s, ctx_fd, devs, doms);
 	adopt_and_bind(self, &s, ctx_fd, devs, doms, 1);
 	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
 	CHECK_EQ(id, s.dom);
@@ -984,7 +1018,7 @@ TEST_F(conformance, take_over_lost_copy_of_file)
 	doms[0].id = s.dom;
 	note_kernel_ids(self, &s, devs, doms, 2);
 	CHECK_OK(kh_unmap(s.ctx, doms[1].id, 0x600000, 2 * PAGE, NULL));
-	die_keeping(&s, &ctx_fd, devs);
+	die_keeping(&s, &ctx_fd, devs, doms, 2);
 
 	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
 	adopt_and_bind(self, &s, ctx_fd, devs, doms, 2);

@@ -212,18 +212,24 @@ struct kh_adopt_device {
 struct kh_adopt_domain {
 	uint32_t id; /* the domain's id in the context */
 	uint32_t kernel_ids[KH_KERNEL_IDS];
+	int fd; /* its descriptor, as kh_domain_kernel_fd gave it; -1 where it has none */
 };
 
 /* The descriptor of a bound device that holds its kernel objects; the context keeps it.
  * -EOPNOTSUPP without KH_CAP_ADOPT. (The context's own is kh_ctx_kernel_fd.) */
 int kh_device_kernel_fd(struct kh_ctx *ctx, uint32_t dev_id);
+/* The descriptor of a domain that is a kernel object of its own (vfio-type1: its container),
+ * which the context keeps; -ENOENT where the domain lives in the context's descriptor
+ * (iommufd), -EOPNOTSUPP without KH_CAP_ADOPT. */
+int kh_domain_kernel_fd(struct kh_ctx *ctx, uint32_t domain_id);
 /* The kernel's ids of the device or domain called id, for kh_ctx_adopt. */
 int kh_kernel_ids(struct kh_ctx *ctx, uint32_t id, uint32_t ret_ids[KH_KERNEL_IDS]);
-/* Starts taking over, into ctx (created and still empty), the kernel context kernel_fd, its
- * devices and the domains that live in it. Each descriptor and id is checked against the
- * kernel; all or nothing: on success the context owns every descriptor given, on failure
- * (-ESTALE, or what the kernel answered, with a message naming what did not match) the caller
- * still does and ctx is as it was. */
+/* Starts taking over, into ctx (created and still empty), the kernel context kernel_fd (-1 for
+ * a backend whose contexts have none: kh_ctx_kernel_fd fails), its devices and the domains
+ * that live in it (with their own descriptors, where they have them). Each descriptor and id
+ * is checked against the kernel; all or nothing: on success the context owns every descriptor
+ * given, on failure (-ESTALE, or what the kernel answered, with a message naming what did not
+ * match) the caller still does and ctx is as it was. */
 int kh_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device *devs,
 		 size_t n_devs, const struct kh_adopt_domain *doms, size_t n_doms);
 /* Whether ctx is between kh_ctx_adopt and kh_ctx_adopt_end. */

@@ -154,17 +154,20 @@ struct kh_backend_ops {
 	int (*delegate_device_fd)(struct kh_bdev *bdev);
 
 	/* Taking a context over (kh.h, "taking a context over"); a backend that has all of these
-	 * says so with KH_CAP_ADOPT. kernel_fd and device_kernel_fd: the descriptors holding the
-	 * kernel objects, kept by the context and the binding. kernel_ids: of a device (dom NULL)
+	 * says so with KH_CAP_ADOPT. kernel_fd, device_kernel_fd and domain_kernel_fd: the
+	 * descriptors holding the kernel objects, kept by the context, the binding and the domain
+	 * (NULL where the domains live in the context's). kernel_ids: of a device (dom NULL)
 	 * or a domain. ctx_adopt: check kernel_fd and every device and domain given against the
 	 * kernel, then make kernel_fd the context's (closing its own); on failure change nothing.
 	 * adopt_bind: the binding of dev from fd (now the binding's) and its ids, without asking
-	 * the kernel. adopt_domain: as domain_alloc, from the kernel ids of a live domain, or from
-	 * none (ids NULL) for one the replay will free again, which then holds no kernel object.
+	 * the kernel. adopt_domain: as domain_alloc, from the kernel ids of a live domain and its
+	 * descriptor fd (-1 where it has none; the domain's on success), or from none (ids NULL)
+	 * for one the replay will free again, which then holds no kernel object.
 	 * adopt_settle: put dev where the books say (dev->domain, or blocked when NULL).
 	 * adopt_mapped: 1 when the kernel maps m in dom as it is recorded, 0 when it says it does
 	 * not, a negative errno when it could not be asked (the mapping is then left alone). */
 	int (*device_kernel_fd)(struct kh_device *dev);
+	int (*domain_kernel_fd)(struct kh_domain *dom);
 	void (*kernel_ids)(const struct kh_device *dev, struct kh_domain *dom,
 			   uint32_t ret_ids[KH_KERNEL_IDS]);
 	int (*ctx_adopt)(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device *devs,
@@ -172,7 +175,8 @@ struct kh_backend_ops {
 	int (*adopt_bind)(struct kh_ctx *ctx, struct kh_device *dev, int fd,
 			  const uint32_t ids[KH_KERNEL_IDS]);
 	int (*adopt_domain)(struct kh_device *dev, const struct kh_domain_alloc_args *args,
-			    struct kh_domain *parent, const uint32_t *ids, struct kh_domain **out);
+			    struct kh_domain *parent, const uint32_t *ids, int fd,
+			    struct kh_domain **out);
 	int (*adopt_settle)(struct kh_device *dev);
 	int (*adopt_mapped)(struct kh_domain *dom, const struct kh_mapping *m);
 
