@@ -187,21 +187,29 @@ static uint64_t product_capped(uint64_t a, uint64_t b)
 	return b && a > UINT64_MAX / b ? UINT64_MAX : a * b;
 }
 
-/* The memory files one lease's mappings may use at once: each backs at least one of them, and
- * its tenant's mappings are bounded by max-mappings; where the daemon maps files itself, each
- * also holds one of the tenant's max-maps. The largest any section that may hold leases
- * grants; 0 when none may map. */
-static uint64_t files_per_lease(const struct config *cfg, bool maps_by_fd)
+/* What one lease may hold at most that the store keeps a descriptor of, the largest any
+ * section that may hold leases grants (0 when none may): the memory files its mappings use
+ * (each backs at least one of them, and its tenant's mappings are bounded by max-mappings;
+ * where the daemon maps files itself, each also holds one of the tenant's max-maps), and its
+ * domains (a backend may keep a kernel descriptor per domain: vfio-type1's containers). */
+struct lease_most {
+	uint64_t files;
+	uint64_t domains;
+};
+
+static struct lease_most lease_most(const struct config *cfg, bool maps_by_fd)
 {
-	uint64_t most = 0;
+	struct lease_most most = {0, 0};
 
 	for (size_t i = 0; i < cfg->n_rules; i++) {
 		const struct access_rule *rule = &cfg->rules[i];
 		uint64_t files = maps_by_fd ? rule->max_mappings
 					    : min_u64(rule->max_mappings, rule->max_maps);
 
-		if (rule->access == ACCESS_WRITE && rule->max_leases && files > most)
-			most = files;
+		if (rule->access != ACCESS_WRITE || !rule->max_leases)
+			continue;
+		most.files = files > most.files ? files : most.files;
+		most.domains = rule->max_domains > most.domains ? rule->max_domains : most.domains;
 	}
 	return most;
 }
@@ -220,8 +228,9 @@ uint64_t ceilings_store_slots(const struct config *cfg, const struct ceilings *c
 			      const struct store_backend *be)
 {
 	uint64_t leases = leases_allowed(cfg) ? ceil->max_leases : 0, files, kernel = 0, slots;
+	struct lease_most most = lease_most(cfg, be->maps_by_fd);
 
-	files = product_capped(leases, files_per_lease(cfg, be->maps_by_fd));
+	files = product_capped(leases, most.files);
 	if (!be->maps_by_fd)
 		files = min_u64(files, ceil->max_maps);
 	/* As many again for files no mapping uses any more: those leave the store with the next
@@ -230,9 +239,12 @@ uint64_t ceilings_store_slots(const struct config *cfg, const struct ceilings *c
 	 * it, and is then refused (a Map needing room) until one is written. */
 	files = product_capped(files, 2);
 	/* A device is bound by one context at a time, so all leases together store at most one
-	 * descriptor per device. */
+	 * descriptor per device. Each lease's context and each of its domains may hold one more
+	 * (iommufd keeps the context's, vfio-type1 each domain's): both counted, an upper bound
+	 * for either. */
 	if (be->kernel_fds && leases)
-		kernel = sum_capped(leases, be->n_devices);
+		kernel = sum_capped(sum_capped(leases, be->n_devices),
+				    product_capped(leases, most.domains));
 	slots = sum_capped(sum_capped(RECORD_SLOTS, kernel), sum_capped(files, be->anon_fds));
 	return min_u64(slots, be->open_files);
 }

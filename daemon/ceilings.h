@@ -44,7 +44,7 @@ uint64_t ceilings_open_files(void);
 /* What the backend puts in the service manager's descriptor store beside the leases' memory
  * files, as kernel-helper answers, and the limit every stored descriptor counts against. */
 struct store_backend {
-	bool kernel_fds;  /* KH_CAP_ADOPT: each lease's context and bound devices are stored */
+	bool kernel_fds;  /* KH_CAP_ADOPT: each lease's context, domains and bound devices */
 	bool maps_by_fd;  /* KH_CAP_MAP_FILE: a file the kernel maps costs the daemon no map */
 	size_t n_devices; /* those a section with write access lets its tenants bind */
 	/* Descriptors anonymous sessions keep in the store: none today, since they end with their

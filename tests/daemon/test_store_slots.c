@@ -11,6 +11,7 @@
 #define DEVICES	 3
 #define MAPPINGS 100
 #define MAPS	 40
+#define DOMAINS	 2
 
 /* One section that may hold leases and map, one that may only read. */
 static struct access_rule rules[] = {
@@ -18,13 +19,15 @@ static struct access_rule rules[] = {
 	 .access = ACCESS_WRITE,
 	 .max_mappings = MAPPINGS,
 	 .max_maps = MAPS,
+	 .max_domains = DOMAINS,
 	 .max_leases = 4},
 	{.section = "uid 1", .access = ACCESS_READ, .max_leases = 4},
 };
 static const struct config cfg = {.rules = rules, .n_rules = 2};
 static const struct ceilings limits = {.max_maps = 1000000, .max_leases = LEASES};
 
-/* Each lease's context and each device, one descriptor a device however many leases. */
+/* Each lease's context, each of its domains and each device, one descriptor a device however
+ * many leases. */
 TEST(kernel_descriptors_per_lease_and_device)
 {
 	struct store_backend kernel = {
@@ -34,7 +37,7 @@ TEST(kernel_descriptors_per_lease_and_device)
 	none.kernel_fds = false;
 	CHECK_EQ(ceilings_store_slots(&cfg, &limits, &none), 2 + 2 * LEASES * MAPS);
 	CHECK_EQ(ceilings_store_slots(&cfg, &limits, &kernel),
-		 2 + LEASES + DEVICES + 2 * LEASES * MAPS);
+		 2 + LEASES + DEVICES + LEASES * DOMAINS + 2 * LEASES * MAPS);
 }
 
 /* A file the kernel maps costs no daemon map: max-maps and its ceiling bound nothing. */
