@@ -59,13 +59,8 @@ TEST(refused_to_non_operators)
 /* The probes' state as GetStats reports it to c. */
 static void probe_status(struct iommuctl *c, Iommud__V1__ProbeTier *ret_tier, bool *ret_attached)
 {
-	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	Iommud__V1__Response *resp;
+	Iommud__V1__Response *resp = fixture_get_stats(c);
 
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
-	req.get_stats = &stats;
-	CHECK_OK(iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL));
 	CHECK(resp->get_stats->probes != NULL);
 	*ret_tier = resp->get_stats->probes->tier;
 	*ret_attached = resp->get_stats->probes->attached;

@@ -282,14 +282,9 @@ TEST_F(probes_vm, detach_and_attach_again)
  * runs as root); the schema's layers and ops are the probes' less the unspecified zero. */
 static struct totals daemon_totals(struct iommuctl *c, bool *ret_attached)
 {
-	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	Iommud__V1__Response *resp;
+	Iommud__V1__Response *resp = fixture_get_stats(c);
 	struct totals t = {0};
 
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
-	req.get_stats = &stats;
-	check_call(c, iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL), "GetStats");
 	for (size_t i = 0; i < resp->get_stats->n_map_latency; i++) {
 		const Iommud__V1__MapLatency *ml = resp->get_stats->map_latency[i];
 		unsigned layer = (unsigned)ml->layer - 1, op = (unsigned)ml->op - 1;
