@@ -11,11 +11,6 @@
 #include "log.h"
 #include "probes/probes.h"
 
-static const char *attached_word(bool attached)
-{
-	return attached ? "attached" : "detached";
-}
-
 int do_set_probes(struct call *call)
 {
 	bool attached = call->req->set_probes->attached;
@@ -35,9 +30,11 @@ int do_set_probes(struct call *call)
 			    attached ? "attach" : "detach");
 	if (!(reply = REPLY(call, set_probes_reply)))
 		return nomem();
-	rc = probes_set_attached(p, attached);
-	log_notice("map path probes %s at tier %s by uid %u%s", attached_word(attached), tier,
-		   (unsigned)call->client->peer.uid,
+	/* Asked for the state they are in, the kernel's text is left alone. */
+	if (attached != probes_attached(p))
+		rc = probes_set_attached(p, attached);
+	log_notice("map path probes %s at tier %s by uid %u%s", attached ? "attached" : "detached",
+		   tier, (unsigned)call->client->peer.uid,
 		   rc < 0 ? ", some would not attach again (see 'iommuctl stats')" : "");
 	if (rc < 0)
 		return fail(-EIO,
