@@ -40,9 +40,12 @@ static void show_switched(Iommud__V1__ProbeTier tier, bool attached)
 {
 	const char *name = iommud_name(&iommud_probe_tier_names, tier);
 
+	/* As 'probes status' and 'stats' show them, so scripts read .probes.attached alike. */
 	obj_begin(NULL);
+	obj_begin("probes");
 	field("probe_tier", STR, 0, name ? name : "?");
 	field("attached", BOOL, attached, NULL);
+	obj_end();
 	obj_end();
 }
 
@@ -99,7 +102,7 @@ const struct cmd_entry cmd_probes_status_entry = {
 	.summary = "Shows the probe tier and whether the probes are attached.",
 	.help = probes_status_help,
 	.examples = "  iommuctl probes status\n"
-		    "  iommuctl --json probes status | jq .attached\n",
+		    "  iommuctl --json probes status | jq .probes.attached\n",
 	.method = IOMMUD__V1__REQUEST__METHOD_GET_STATS,
 	.show = show_probe_status,
 };

@@ -75,7 +75,7 @@ case $last in
 	expect 1 '*FAILED_PRECONDITION*tier off*' probes attach
 	;;
 *)
-	expect 0 '*probe tier*attached*no*' probes detach
+	expect 0 '{"probes":{"probe_tier":"*","attached":false}}' --json probes detach
 	expect 0 '*"attached":false*' --json probes status
 	expect 0 '*probe tier*attached*yes*' probes attach
 	;;
