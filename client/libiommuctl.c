@@ -837,6 +837,25 @@ int iommuctl_delegate(struct iommuctl *c, const char *const *devices, size_t n, 
 	return 0;
 }
 
+int iommuctl_set_probes(struct iommuctl *c, bool attached, Iommud__V1__ProbeTier *ret_tier,
+			bool *ret_attached)
+{
+	Iommud__V1__SetProbesRequest set = IOMMUD__V1__SET_PROBES_REQUEST__INIT;
+	Iommud__V1__Response *r;
+	int err;
+
+	set.attached = attached;
+	err = call_method(c, IOMMUD__V1__REQUEST__METHOD_SET_PROBES, &set.base, &r);
+	if (err)
+		return err;
+	if (ret_tier)
+		*ret_tier = r->set_probes->tier;
+	if (ret_attached)
+		*ret_attached = r->set_probes->attached;
+	iommuctl_response_free(r);
+	return 0;
+}
+
 int iommuctl_memfd(const char *name, uint64_t size)
 {
 	int fd, err;

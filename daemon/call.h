@@ -98,6 +98,13 @@ int do_hello(struct call *call);
 size_t capability_names(uint32_t caps, char **names);
 int do_release_lease(struct call *call);
 int do_daemon_reexec(struct call *call);
+/* 0 when the caller may act on the daemon as a whole (root, or an observer allowed to write:
+ * DaemonReexec, SetProbes), else -EPERM with a message that what (a phrase: "re-executing the
+ * daemon") is not for it. */
+int need_operator(const struct call *call, const char *what);
+
+/* method_probes.c */
+int do_set_probes(struct call *call);
 
 /* method_delegate.c */
 int do_delegate_devices(struct call *call);

@@ -64,6 +64,8 @@ static const struct method methods[IOMMUD_METHOD_SLOTS] = {
 	/* Hands out device fds that drive DMA, like OpenDevice. */
 	METHOD(DELEGATE_DEVICES, do_delegate_devices, WRITES, .session = true),
 	METHOD(LIST_DELEGATIONS, do_list_delegations, READS),
+	/* Changes no tenant's state; who may ask is checked by the handler, as for a reexec. */
+	METHOD(SET_PROBES, do_set_probes, READS),
 };
 
 const char *method_name(Iommud__V1__Request__MethodCase method)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /* The methods about the daemon and the connection itself: Hello, ReleaseLease and
- * DaemonReexec. */
+ * DaemonReexec, and who may act on the daemon as a whole. */
 #include <errno.h>
 #include <signal.h>
 #include <unistd.h>
@@ -117,14 +117,25 @@ int do_release_lease(struct call *call)
 	return session_release_lease(call->client->session);
 }
 
+int need_operator(const struct call *call, const char *what)
+{
+	const struct client *c = call->client;
+
+	if (c->peer.uid == 0 || (client_is_observer(c) && c->access >= ACCESS_WRITE))
+		return 0;
+	return fail(-EPERM,
+		    "%s is for root and observers allowed to write (a configuration section "
+		    "with stats = all and access = write)",
+		    what);
+}
+
 int do_daemon_reexec(struct call *call)
 {
 	/* It stops every device's DMA until the leases are adopted: not for read-only roles. */
-	if (call->client->peer.uid != 0 &&
-	    (!client_is_observer(call->client) || call->client->access < ACCESS_WRITE))
-		return fail(-EPERM, "re-executing the daemon is for root and observers allowed to "
-				    "write (a configuration section with stats = all and "
-				    "access = write)");
+	int rc = need_operator(call, "re-executing the daemon");
+
+	if (rc < 0)
+		return rc;
 	if (!call->d->state)
 		return fail(-EOPNOTSUPP,
 			    "this daemon keeps no state record (no service manager keeps its "

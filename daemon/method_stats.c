@@ -175,6 +175,7 @@ static int fill_probes(struct stats_fill *st, bool observer)
 	ps->detached = (char **)detached;
 	ps->dropped_events = observer ? probes_dropped_events(p) : 0;
 	ps->in_process = probes_in_process(p);
+	ps->attached = probes_attached(p);
 	st->reply->probes = ps;
 	return 0;
 }

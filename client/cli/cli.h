@@ -93,7 +93,8 @@ extern const struct cmd_entry cmd_hello_entry, cmd_devices_entry, cmd_device_ent
 	cmd_replace_entry, cmd_detach_entry, cmd_map_entry, cmd_unmap_entry, cmd_mappings_entry,
 	cmd_ranges_entry, cmd_dirty_entry, cmd_stats_entry, cmd_lease_release_entry,
 	cmd_daemon_reexec_entry, cmd_delegate_exec_entry, cmd_delegate_qmp_entry,
-	cmd_delegations_entry;
+	cmd_delegations_entry, cmd_probes_attach_entry, cmd_probes_detach_entry,
+	cmd_probes_status_entry;
 
 /* ---- options.c: the shared option parser ------------------------------------------------ */
 
@@ -163,5 +164,7 @@ __attribute__((noreturn)) void cli_broken_reply(Iommud__V1__Response *r, const c
 void show_quota(const Iommud__V1__Quota *q);
 /* The daemon's ceilings over all tenants; with_usage: and what all tenants hold against them. */
 void show_ceilings(const Iommud__V1__Ceilings *c, bool with_usage);
+/* The map path probes' state, as stats and probes status show it. */
+void show_probes(const Iommud__V1__ProbeStatus *p);
 /* Delegations as a list, as delegations and stats show them. */
 void show_delegation_list(Iommud__V1__Delegation *const *list, size_t n);

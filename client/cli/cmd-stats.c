@@ -10,14 +10,15 @@
 static const char stats_help[] =
 	"Shows how long iommud has run, its version, connections, tenants, sessions and leases,\n"
 	"the packets it rejected as malformed, your tenant's quota, the daemon's ceilings over\n"
-	"all tenants, how its map path is watched (the probe tier, and what could not be\n"
-	"attached), for each method how many calls it answered and how many of them failed,\n"
-	"every tenant label, each device's state (free, bound, attached or delegated) and the\n"
-	"delegations with their VMMs' pinned memory and memlock limits, read from the kernel\n"
-	"now ('iommuctl delegations' shows the same). All of that is everyone's only for an\n"
-	"observer (root, or 'stats = all' in your configuration section: observer: yes);\n"
-	"anyone else sees the same counters about their own tenant alone (its own\n"
-	"delegations among them), and no methods, devices or map latency.\n"
+	"all tenants, how its map path is watched (the probe tier, whether the probes are\n"
+	"attached now, and what could not be attached), for each method how many calls it\n"
+	"answered and how many of them failed, every tenant label, each device's state (free,\n"
+	"bound, attached or delegated) and the delegations with their VMMs' pinned memory and\n"
+	"memlock limits, read from the kernel now ('iommuctl delegations' shows the same).\n"
+	"All of that is everyone's only for an observer (root, or 'stats = all' in your\n"
+	"configuration section: observer: yes); anyone else sees the same counters about\n"
+	"their own tenant alone (its own delegations among them), and no methods, devices or\n"
+	"map latency.\n"
 	"\n"
 	"With --latency it also draws, as bpftrace's hist() does, each method's latency (from\n"
 	"its request received to its reply sent) and the map path's latency by operation,\n"
@@ -109,7 +110,7 @@ static void show_map_latency(const Iommud__V1__GetStatsReply *s)
 	list_end();
 }
 
-static void show_probes(const Iommud__V1__ProbeStatus *p)
+void show_probes(const Iommud__V1__ProbeStatus *p)
 {
 	const char *tier;
 
@@ -118,6 +119,7 @@ static void show_probes(const Iommud__V1__ProbeStatus *p)
 	tier = iommud_name(&iommud_probe_tier_names, p->tier);
 	obj_begin("probes");
 	field("probe_tier", STR, 0, tier ? tier : "?");
+	field("attached", BOOL, p->attached, NULL);
 	field("in_process_timing", BOOL, p->in_process, NULL);
 	field("dropped_events", NUM, p->dropped_events, NULL);
 	/* Each reason is a sentence: one line each in text, not a comma-joined run. */

@@ -21,7 +21,8 @@ static const struct cmd_entry *const commands[] = {
 	&cmd_map_entry,		  &cmd_unmap_entry,	    &cmd_mappings_entry,
 	&cmd_ranges_entry,	  &cmd_dirty_entry,	    &cmd_stats_entry,
 	&cmd_lease_release_entry, &cmd_daemon_reexec_entry, &cmd_delegate_exec_entry,
-	&cmd_delegate_qmp_entry,  &cmd_delegations_entry,
+	&cmd_delegate_qmp_entry,  &cmd_delegations_entry,   &cmd_probes_attach_entry,
+	&cmd_probes_detach_entry, &cmd_probes_status_entry,
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

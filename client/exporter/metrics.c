@@ -633,6 +633,10 @@ static const struct family probe_tier = {
 static const struct family probe_in_process = {
 	"iommud_probe_in_process", "gauge",
 	"1 when the backend's map path runs in the daemon and is timed there."};
+static const struct family probe_attached = {
+	"iommud_probe_attached", "gauge",
+	"1 while the tier's probes are on the kernel's functions; 0 at tier off or after "
+	"'iommuctl probes detach'."};
 static const struct family probes_detached = {
 	"iommud_probes_detached", "gauge",
 	"Probe programs not attached (the daemon's log and iommuctl stats say why)."};
@@ -654,6 +658,7 @@ static void render_probes(struct writer *w, const Iommud__V1__GetStatsReply *s)
 		if (d->values[i].value != IOMMUD__V1__PROBE_TIER__PROBE_TIER_UNSPECIFIED)
 			sample(w, &probe_tier, &tier, 1, d->values[i].value == (int)p->tier);
 	}
+	sample(w, &probe_attached, NULL, 0, p->attached);
 	sample(w, &probe_in_process, NULL, 0, p->in_process);
 	sample(w, &probes_detached, NULL, 0, p->n_detached);
 	sample(w, &probe_dropped, NULL, 0, p->dropped_events);

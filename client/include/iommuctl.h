@@ -172,6 +172,13 @@ int iommuctl_open_device(struct iommuctl *c, const char *device);
 int iommuctl_delegate(struct iommuctl *c, const char *const *devices, size_t n, uint32_t vmm_pid,
 		      int *ret_fds, uint64_t *ret_id);
 
+/* Takes the daemon's map path probes off the kernel's functions (attached false) or puts them
+ * back (SetProbes; root and observers allowed to write). ret_tier and ret_attached (either
+ * may be NULL) get the tier and whether the probes are attached now. -ENOTCONN
+ * (CODE_FAILED_PRECONDITION) when the daemon's probes are off. */
+int iommuctl_set_probes(struct iommuctl *c, bool attached, Iommud__V1__ProbeTier *ret_tier,
+			bool *ret_attached);
+
 /* Creates a memfd of size bytes, sealed against shrinking, ready for iommuctl_map_fd. Returns
  * the fd (the caller owns it) or a negative errno. */
 int iommuctl_memfd(const char *name, uint64_t size);

@@ -143,6 +143,7 @@ struct probes {
 	bool attached[N_SPECS];		     /* what the tier attached, kept while detached */
 	const char *target[N_SPECS];	     /* the target chosen for each spec, or NULL */
 	bool said_missing[N_SPECS];	     /* a spec of several tiers says so once */
+	bool switched_off;	   /* probes_set_attached(false): no links, no in-process records */
 	struct iommud_hist *local; /* IN_PROCESS_SLOTS of them when in_process, else NULL */
 	/* The cgroups registered for attribution (tenant_cgroups' entries are what they make). */
 	struct cgroup_reg *cgroups;
@@ -527,6 +528,7 @@ int probes_set_attached(struct probes *p, bool attached)
 {
 	int rc = 0;
 
+	p->switched_off = !attached;
 	if (!p->skel)
 		return 0;
 	destroy_links(p);
@@ -539,6 +541,11 @@ int probes_set_attached(struct probes *p, bool attached)
 Iommud__V1__ProbeTier probes_tier(const struct probes *p)
 {
 	return p->tier;
+}
+
+bool probes_attached(const struct probes *p)
+{
+	return p->skel && !p->switched_off;
 }
 
 bool probes_in_process(const struct probes *p)
@@ -831,7 +838,7 @@ void probes_record(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsi
 {
 	struct iommud_hist *h;
 
-	if (!p->local || op >= IOMMUD_OP_COUNT || tenant >= IOMMUD_TENANT_SLOTS)
+	if (!p->local || p->switched_off || op >= IOMMUD_OP_COUNT || tenant >= IOMMUD_TENANT_SLOTS)
 		return;
 	h = &p->local[local_index(op, iommud_size_class(bytes), tenant)];
 	histogram_add(h, ns);

@@ -44,11 +44,15 @@ void probes_stop(struct probes *p);
 
 /* Takes the programs the tier attached off the kernel's functions (false), or puts them back
  * (true), keeping them loaded and the histograms as they are: what iommud-probes-bench
- * compares. Does nothing at tier OFF. 0, or -EAGAIN when some program would not attach again
- * (probes_detached says which; the others are attached). */
+ * compares and SetProbes asks for. While off, probes_record records nothing either (at tier
+ * OFF too, where there are no programs to switch). 0, or -EAGAIN when some program would not
+ * attach again (probes_detached says which; the others are attached). */
 int probes_set_attached(struct probes *p, bool attached);
 
 Iommud__V1__ProbeTier probes_tier(const struct probes *p);
+/* Whether the tier's programs are on the kernel's functions: from start unless the tier is
+ * OFF, until probes_set_attached(false). */
+bool probes_attached(const struct probes *p);
 bool probes_in_process(const struct probes *p);
 /* Each program that is not attached, and why: n lines, valid until probes_stop. */
 size_t probes_detached(const struct probes *p, const char *const **ret_lines);

@@ -1,17 +1,21 @@
 // SPDX-License-Identifier: MIT
 /*
- * iommud-probes-bench: what watching the map path costs. The daemon's own map+unmap path
- * (session_map/session_unmap over kernel-helper, as the Map and Unmap methods run it), with the
- * probes attached and timing it and without, in alternating blocks of one run (the programs
- * loaded once, attached and detached between blocks), and the ratio of the medians printed
- * side by side, on the backend the daemon's `auto` picks (named in the first line). On a kernel
- * backend (iommufd or VFIO type1: the VM tier) "attached" means the BPF programs on the kernel's
- * path; on the emulated backend (any host) the daemon's in-process timing, plus whatever BPF
- * tier the host allows. Then, where BPF programs are attached, each program's runs and time per
- * pair as the kernel's BPF statistics count them: where the cost goes. Figures only: nothing is
- * asserted.
+ * iommud-probes-bench: what watching the map path costs, at two levels in one run. "session":
+ * the daemon's own map+unmap path (session_map/session_unmap over kernel-helper, as the Map and
+ * Unmap methods run it) in this process, with the probes attached and timing it and without, in
+ * alternating blocks (the programs loaded once, attached and detached between blocks). "rpc":
+ * what a tenant pays, a client's Map and Unmap round trips to a daemon this bench starts, in the
+ * same blocks, that daemon's probes switched by its SetProbes RPC. Both on the backend the
+ * daemon's `auto` picks (named in the first line). On a kernel backend (iommufd or VFIO type1:
+ * the VM tier) "attached" means the BPF programs on the kernel's path; on the emulated backend
+ * (any host) the daemon's in-process timing, plus whatever BPF tier the host allows (the rpc
+ * level needs one: a daemon whose tier is off has nothing to switch). Then, where BPF programs
+ * are attached, each program's runs and time per session-level pair as the kernel's BPF
+ * statistics count them: where the cost goes. Last, the two levels' ratios side by side. Figures
+ * only: nothing is asserted.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +27,7 @@
 #include <names.h>
 
 #include "bench_clock.h"
+#include "daemon_fixture.h"
 #include "log.h"
 #include "probes/probes.h"
 #include "session.h"
@@ -39,6 +44,17 @@ struct bench {
 	uint32_t dom;
 	struct map_file file;
 	struct probes *probes;
+	/* The device the session attached and its backend, which the rpc level's daemon takes. */
+	char device[KH_NAME_MAX];
+	char backend[32];
+};
+
+/* The rpc level: a daemon of the bench's own and a client of it, one domain attached. */
+struct rpc {
+	struct daemon_fixture daemon;
+	struct iommuctl *c;
+	uint32_t dom;
+	int memfd;
 };
 
 static void fail(const char *what, const char *why)
@@ -92,6 +108,8 @@ static void setup(struct bench *b, int memfd)
 	    kh_attach(session_ctx(b->session), dev_id, b->dom) < 0 ||
 	    session_check_file(memfd, &b->file) < 0)
 		fail("setting up a session", kh_last_error());
+	(void)snprintf(b->device, sizeof(b->device), "%s", dev.name);
+	(void)snprintf(b->backend, sizeof(b->backend), "%s", kh_backend_name(b->be));
 	(void)printf("backend %s, device %s, probes at tier %s\n", kh_backend_name(b->be), dev.name,
 		     iommud_name(&iommud_probe_tier_names, probes_tier(b->probes)));
 }
@@ -111,8 +129,9 @@ static void teardown(struct bench *b)
 	kh_backend_close(b->be);
 }
 
-static uint64_t map_unmap_ns(struct bench *b, uint64_t len)
+static uint64_t session_pair_ns(void *ctx, uint64_t len)
 {
+	struct bench *b = ctx;
 	struct map_entry e = {.domain_id = b->dom,
 			      .file = &b->file,
 			      .length = len,
@@ -152,19 +171,50 @@ static uint64_t median(uint64_t *ns, size_t n)
 #define SETTLE_US 100000
 
 /* Attached or not: the BPF programs on the kernel's functions and the in-process clock. */
-static void set_attached(struct bench *b, bool on)
+static void session_set_attached(void *ctx, bool on)
 {
+	struct bench *b = ctx;
+
 	if (probes_set_attached(b->probes, on) < 0)
 		fail("attaching the probes again", "the kernel refused");
 	registry_set_probes(b->reg, on ? b->probes : NULL);
 	(void)usleep(SETTLE_US);
 }
 
+/* What the blocks compare at one level: a timed map+unmap pair, and the switch. */
+struct level {
+	const char *name;
+	uint64_t (*pair_ns)(void *ctx, uint64_t len);
+	void (*set_attached)(void *ctx, bool on);
+	void *ctx;
+	/* The rounds divided by this and the pairs of a block multiplied by it: as many pairs
+	 * in fewer switches, where a level's pairs take long enough that the switches' cost
+	 * would push the VM tier's run past its limit. */
+	unsigned fewer_rounds;
+};
+
+/* The sizes measured, and how many pairs of each: the kernel's path, in a TCG guest above all,
+ * is a hundred times the emulation's. Rounds cost the switches: attaching and detaching takes
+ * about 0.3 s under TCG, and the VM tier gives the bench two minutes for both levels. */
+struct size {
+	const char *label;
+	uint64_t len;
+	size_t per_block[2]; /* on a kernel backend, in process (emulated) */
+	unsigned rounds;
+	size_t quick_per_block; /* --quick, in 2 rounds */
+};
+
+static const struct size sizes[] = {
+	{"4KiB", 4096, {80, 800}, 12, 10},
+	{"2MiB", 2 * MiB, {12, 250}, 8, 5},
+};
+#define N_SIZES (sizeof(sizes) / sizeof(sizes[0]))
+
 /* Blocks of not attached and attached, the order swapped every round, so that drift (a TCG
  * guest's on a busy host above all) and the first block's warmth hit both sides alike; both
- * sides do the same pairs, only the probes differ. */
-static void measure(struct bench *b, const char *label, uint64_t len, size_t per_block,
-		    unsigned rounds)
+ * sides do the same pairs, only the probes differ. Prints the row and returns the ratio. */
+static double measure(const struct level *lv, const char *label, uint64_t len, size_t per_block,
+		      unsigned rounds)
 {
 	size_t n = per_block * rounds;
 	uint64_t *side[2] = {calloc(n, sizeof(uint64_t)), calloc(n, sizeof(uint64_t))};
@@ -176,18 +226,32 @@ static void measure(struct bench *b, const char *label, uint64_t len, size_t per
 		for (unsigned half = 0; half < 2; half++) {
 			bool on = (r + half) % 2;
 
-			set_attached(b, on);
+			lv->set_attached(lv->ctx, on);
 			for (size_t i = 0; i < WARMUP; i++)
-				(void)map_unmap_ns(b, len);
+				(void)lv->pair_ns(lv->ctx, len);
 			for (size_t i = 0; i < per_block; i++)
-				side[on][r * per_block + i] = map_unmap_ns(b, len);
+				side[on][r * per_block + i] = lv->pair_ns(lv->ctx, len);
 		}
 	for (unsigned on = 0; on < 2; on++)
 		med[on] = median(side[on], n);
-	(void)printf("%-6s %8zu %8u %12lu %12lu %8.3f\n", label, n, rounds, (unsigned long)med[0],
-		     (unsigned long)med[1], (double)med[1] / (double)med[0]);
+	(void)printf("%-8s %-6s %8zu %8u %12lu %12lu %8.3f\n", lv->name, label, n, rounds,
+		     (unsigned long)med[0], (unsigned long)med[1], (double)med[1] / (double)med[0]);
 	free(side[0]);
 	free(side[1]);
+	return (double)med[1] / (double)med[0];
+}
+
+/* Each size at one level, its ratios into ratio[]. */
+static void measure_sizes(const struct level *lv, bool in_process, bool quick, double *ratio)
+{
+	for (size_t i = 0; i < N_SIZES; i++) {
+		size_t per_block =
+			quick ? sizes[i].quick_per_block : sizes[i].per_block[in_process];
+		unsigned rounds = quick ? 2 : sizes[i].rounds;
+
+		ratio[i] = measure(lv, sizes[i].label, sizes[i].len, per_block * lv->fewer_rounds,
+				   rounds / lv->fewer_rounds);
+	}
 }
 
 /* Where the kernel is told to count each BPF program's runs and time (bpf_stats_enabled). */
@@ -234,17 +298,17 @@ static void breakdown(struct bench *b, const char *label, uint64_t len, size_t p
 	char was[2] = "0", ignored;
 	uint64_t total = 0;
 
-	set_attached(b, true);
+	session_set_attached(b, true);
 	if (!set_bpf_stats("1", was)) {
 		(void)printf("%s: no per-program figures: cannot write %s\n", label,
 			     BPF_STATS_SYSCTL);
 		return;
 	}
 	for (size_t i = 0; i < WARMUP; i++)
-		(void)map_unmap_ns(b, len);
+		(void)session_pair_ns(b, len);
 	(void)probes_program_stats(b->probes, keep_stats, &before);
 	for (size_t i = 0; i < pairs; i++)
-		(void)map_unmap_ns(b, len);
+		(void)session_pair_ns(b, len);
 	(void)probes_program_stats(b->probes, keep_stats, &after);
 	(void)set_bpf_stats(was, &ignored);
 	for (size_t i = 0; i < after.n && i < before.n; i++) {
@@ -261,29 +325,129 @@ static void breakdown(struct bench *b, const char *label, uint64_t len, size_t p
 		     (double)total / (double)pairs);
 }
 
+/* ---- the rpc level ----------------------------------------------------------------------- */
+
+static void rpc_check(struct rpc *r, int err, const char *what)
+{
+	if (err < 0)
+		fail(what, iommuctl_last_error(r->c));
+}
+
+static uint64_t rpc_pair_ns(void *ctx, uint64_t len)
+{
+	struct rpc *r = ctx;
+	uint64_t iova = IOVA, t0 = now_ns();
+
+	rpc_check(r,
+		  iommuctl_map_fd(r->c, r->dom, r->memfd, 0, len,
+				  IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
+		  "Map");
+	rpc_check(r, iommuctl_unmap(r->c, r->dom, IOVA, len, NULL), "Unmap");
+	return now_ns() - t0;
+}
+
+/* The daemon's probes switched as an operator switches them, then left to settle. */
+static void rpc_set_attached(void *ctx, bool on)
+{
+	struct rpc *r = ctx;
+
+	rpc_check(r, iommuctl_set_probes(r->c, on, NULL, NULL), "SetProbes");
+	(void)usleep(SETTLE_US);
+}
+
+/* A daemon on the session level's backend, and root's client of it with the session level's
+ * device attached to a domain; false, with a line saying why, when the daemon's probes cannot
+ * be switched (its tier is off). */
+static bool rpc_start(struct rpc *r, const struct bench *b, bool in_process, int memfd)
+{
+	static const char config[] = "[uid 0]\naccess = write\ndevices = *\n";
+	Iommud__V1__ProbeTier tier;
+
+	if (in_process) {
+		fixture_start(&r->daemon, config, b->device);
+	} else {
+		/* The fixture's kernel backend is the one this variable names. */
+		if (setenv("IOMMUD_TEST_BACKEND", b->backend, 0) < 0)
+			fail("naming the daemon's backend", strerror(errno));
+		fixture_start(&r->daemon, config, NULL);
+	}
+	r->memfd = memfd;
+	if (iommuctl_connect(r->daemon.socket_path, &r->c) < 0)
+		fail("connecting to the bench's daemon", iommuctl_last_error(r->c));
+	rpc_check(r, iommuctl_hello(r->c, "iommud-probes-bench", NULL, NULL), "Hello");
+	rpc_check(r, iommuctl_alloc_domain(r->c, b->device, IOMMUCTL_DOMAIN_PAGING, 0, &r->dom),
+		  "AllocDomain");
+	rpc_check(r, iommuctl_attach(r->c, b->device, r->dom), "AttachDevice");
+	if (iommuctl_set_probes(r->c, true, &tier, NULL) < 0) {
+		(void)printf("rpc: not measured: %s\n", iommuctl_last_error(r->c));
+		return false;
+	}
+	(void)printf("rpc: a daemon's Map+Unmap round trips, its probes at tier %s\n",
+		     iommud_name(&iommud_probe_tier_names, tier));
+	return true;
+}
+
+static void rpc_stop(struct rpc *r)
+{
+	iommuctl_close(r->c);
+	fixture_stop(&r->daemon);
+}
+
+/* ---- the report ------------------------------------------------------------------------- */
+
+static void print_header(void)
+{
+	(void)printf("%-8s %-6s %8s %8s %12s %12s %8s\n", "level", "size", "pairs", "rounds",
+		     "off-med-ns", "on-med-ns", "on/off");
+}
+
+/* Both levels' ratios side by side; NAN: the level was not measured. */
+static void print_ratios(double ratio[2][N_SIZES])
+{
+	(void)printf("ratios, attached/not (medians; goal <= 1.05)\n%-6s %8s %8s\n", "size",
+		     "session", "rpc");
+	for (size_t i = 0; i < N_SIZES; i++) {
+		(void)printf("%-6s", sizes[i].label);
+		for (unsigned level = 0; level < 2; level++)
+			if (isnan(ratio[level][i]))
+				(void)printf(" %8s", "-");
+			else
+				(void)printf(" %8.3f", ratio[level][i]);
+		(void)printf("\n");
+	}
+}
+
 static void usage(FILE *out)
 {
 	(void)fprintf(
 		out,
 		"usage: iommud-probes-bench [--quick] [--help]\n"
 		"\n"
-		"Times the daemon's map+unmap path (4 KiB and 2 MiB) with the map path probes\n"
-		"attached and without, in blocks that alternate (the order swapped each\n"
-		"round; the programs stay loaded, only attached or not), and prints the\n"
-		"number of pairs timed on each side, the rounds, the median of each side and\n"
-		"their ratio (attached/not; the goal is <= 1.05); then, where BPF programs\n"
-		"are attached, each program's runs and time per pair (kernel.bpf_stats_enabled\n"
-		"on for that part only). On the iommufd backend\n"
-		"(when /dev/iommu exists) the probes are BPF programs in the kernel; on the\n"
-		"emulated backend, the daemon's own timing. Run it as root to attach BPF;\n"
-		"in the VM tier it runs on iommufd (tests/vm/README.md). --quick: a few\n"
-		"samples, to show that it runs.\n");
+		"Times map+unmap pairs (4 KiB and 2 MiB) with the map path probes attached and\n"
+		"without, in blocks that alternate (the order swapped each round; the programs\n"
+		"stay loaded, only attached or not), at two levels: \"session\", the daemon's\n"
+		"map path inside this process, and \"rpc\", a client's Map and Unmap round trips\n"
+		"to a daemon this bench starts ($IOMMUD_DAEMON, else the one built beside it),\n"
+		"whose probes it switches with the SetProbes request. For each level and size\n"
+		"it prints the pairs timed on each side, the rounds, the median of each side\n"
+		"and their ratio (attached/not; the goal is <= 1.05); where BPF programs are\n"
+		"attached, each program's runs and time per session-level pair\n"
+		"(kernel.bpf_stats_enabled on for that part only); last, both levels' ratios\n"
+		"side by side. On the iommufd backend (when /dev/iommu exists) the probes are\n"
+		"BPF programs in the kernel; on the emulated backend, the daemon's own timing,\n"
+		"and the rpc level is measured only where the daemon's probe tier is not off.\n"
+		"Run it as root to attach BPF; in the VM tier it runs on iommufd\n"
+		"(tests/vm/README.md). --quick: a few samples, to show that it runs.\n");
 }
 
 int main(int argc, char **argv)
 {
 	bool quick = argc == 2 && strcmp(argv[1], "--quick") == 0;
 	struct bench b = {0};
+	struct rpc r = {0};
+	const struct level session = {"session", session_pair_ns, session_set_attached, &b, 1},
+			   rpc = {"rpc", rpc_pair_ns, rpc_set_attached, &r, 2};
+	double ratio[2][N_SIZES] = {{NAN, NAN}, {NAN, NAN}};
 	bool in_process;
 	int memfd;
 
@@ -300,20 +464,22 @@ int main(int argc, char **argv)
 	if (memfd < 0)
 		fail("creating a memfd", strerror(-memfd));
 	setup(&b, memfd);
-	(void)printf("%-6s %8s %8s %12s %12s %8s\n", "size", "pairs", "rounds", "off-med-ns",
-		     "on-med-ns", "on/off");
-	/* The kernel's path, in a TCG guest above all, is a hundred times the emulation's. */
 	in_process = kh_backend_caps(b.be) & KH_CAP_MAP_IN_PROCESS;
-	/* Rounds cost the switches: attaching and detaching takes about 0.3 s under TCG, and the
-	 * VM tier gives the bench a minute. */
-	measure(&b, "4KiB", 4096, quick ? 10 : in_process ? 800 : 80, quick ? 2 : 12);
-	measure(&b, "2MiB", 2 * MiB, quick ? 5 : in_process ? 250 : 12, quick ? 2 : 8);
+	print_header();
+	measure_sizes(&session, in_process, quick, ratio[0]);
 	if (probes_tier(b.probes) != IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF) {
 		(void)printf("%-6s %-24s %10s %12s\n", "size", "program", "runs/pair", "ns/pair");
 		breakdown(&b, "4KiB", 4096, quick ? 10 : 200);
 		breakdown(&b, "2MiB", 2 * MiB, quick ? 5 : 24);
 	}
+	/* Before the daemon starts: its programs and the device are then its own. */
 	teardown(&b);
+	if (rpc_start(&r, &b, in_process, memfd)) {
+		print_header();
+		measure_sizes(&rpc, in_process, quick, ratio[1]);
+	}
+	rpc_stop(&r);
+	print_ratios(ratio);
 	(void)close(memfd);
 	return 0;
 }

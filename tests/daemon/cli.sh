@@ -62,6 +62,24 @@ case $last in *'"domains":[]'*) ;; *) fail "a released lease kept its domain: $l
 
 # Usage errors: status 2, with a hint.
 expect 2 '*--help*' frobnicate
+# The probes switch: its words parsed, and on this host (tier off) refused with what to do; a
+# host whose kernel loads the probes switches them off and on again.
+expect 2 '*--help*' probes
+expect 2 '*--help*' probes frobnicate
+expect 2 '*' probes detach now
+expect 0 '*probe tier*attached*' probes status
+expect 0 '{"probes":{"probe_tier":"*","attached":*' --json probes status
+case $last in
+*'"probe_tier":"off"'*)
+	expect 1 '*FAILED_PRECONDITION*tier off*' probes detach
+	expect 1 '*FAILED_PRECONDITION*tier off*' probes attach
+	;;
+*)
+	expect 0 '{"probes":{"probe_tier":"*","attached":false}}' --json probes detach
+	expect 0 '*"attached":false*' --json probes status
+	expect 0 '*probe tier*attached*yes*' probes attach
+	;;
+esac
 expect 2 '*' map
 expect 2 '*' map 1 --memfd 1M --file /dev/null
 expect 2 '*' map 1 --memfd lots

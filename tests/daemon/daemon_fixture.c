@@ -252,7 +252,7 @@ Iommud__V1__GetStatsReply *raw_stats_reply(int fd, Iommud__V1__Response **ret_re
 	return resp->get_stats;
 }
 
-void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *connections)
+Iommud__V1__Response *fixture_get_stats(struct iommuctl *c)
 {
 	Iommud__V1__GetStatsRequest stats = IOMMUD__V1__GET_STATS_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
@@ -264,6 +264,13 @@ void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *conne
 		(void)fprintf(stderr, "GetStats failed: %s\n", iommuctl_last_error(c));
 		abort();
 	}
+	return resp;
+}
+
+void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *connections)
+{
+	Iommud__V1__Response *resp = fixture_get_stats(c);
+
 	if (quota)
 		*quota = *resp->get_stats->quota;
 	if (connections)

@@ -62,6 +62,9 @@ Iommud__V1__GetStatsReply *raw_stats_reply(int fd, Iommud__V1__Response **ret_re
 
 struct iommuctl;
 
+/* The daemon's GetStats reply to c (the caller frees it with iommuctl_response_free); a
+ * refusal fails the test. */
+Iommud__V1__Response *fixture_get_stats(struct iommuctl *c);
 /* The daemon's GetStats as the client sees it: its tenant's quota and usage, and the
  * daemon's count of open connections (either may be NULL). */
 void fixture_stats(struct iommuctl *c, Iommud__V1__Quota *quota, uint32_t *connections);

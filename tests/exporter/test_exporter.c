@@ -832,6 +832,7 @@ static void expect_devices_and_probes(const struct prometheus *p,
 	expect(p, "iommud_probes_detached", (double)s->probes->n_detached);
 	expect(p, "iommud_probe_dropped_events_total", (double)s->probes->dropped_events);
 	expect(p, "iommud_probe_in_process", s->probes->in_process);
+	expect(p, "iommud_probe_attached", s->probes->attached);
 }
 
 /* Calls whose counts then stay put: lists, a refusal, a domain with a 2 MiB mapping, and a

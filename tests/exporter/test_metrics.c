@@ -172,6 +172,7 @@ static void fill_tenants_devices_probes(struct sample_reply *s)
 	s->probes.detached = s->detached;
 	s->probes.dropped_events = 9;
 	s->probes.in_process = true;
+	s->probes.attached = true;
 	s->reply.probes = &s->probes;
 }
 
@@ -584,6 +585,7 @@ TEST(probe_tier_detached_and_dropped)
 	CHECK_LINE(text, "iommud_probe_tier{tier=\"off\"} 0");
 	CHECK_EQ(count(text, "tier=\"unspecified\""), 0);
 	CHECK_LINE(text, "iommud_probe_in_process 1");
+	CHECK_LINE(text, "iommud_probe_attached 1");
 	CHECK_LINE(text, "iommud_probes_detached 2");
 	CHECK_LINE(text, "iommud_probe_dropped_events_total 9");
 	free(text);
@@ -632,7 +634,7 @@ TEST(every_family_typed_once_and_contiguous)
 			(void)fprintf(stderr, "sample '%s' outside its family (%s)\n", line, typed);
 		CHECK(strcmp(family, typed) == 0);
 	}
-	CHECK_EQ(families, 49);
+	CHECK_EQ(families, 50);
 	free(text);
 }
 

@@ -6,7 +6,9 @@
  * the ioctl layer, the same N the kernel's own iommu:map and iommu:unmap tracepoints count in
  * tracefs for the daemon's process; the counts go to the tenant slot the cgroup was registered to;
  * detached, the programs count nothing, and attached again they count as before; the kernel's
- * count of the handler programs' runs agrees (probes_program_stats); and an edu
+ * count of the handler programs' runs agrees (probes_program_stats); the daemon's own probes,
+ * switched through its SetProbes RPC, count nothing while detached and every map and unmap once
+ * attached again; and an edu
  * DMA to an unmapped IOVA shows in the fault counter where the IOMMU model reports faults.
  * The same on whichever backend the daemon's `auto` picks, as long as it remaps (iommufd's
  * IOMMU_IOAS_MAP/UNMAP or VFIO type1's VFIO_IOMMU_MAP_DMA/UNMAP_DMA are the ioctl layer).
@@ -274,6 +276,57 @@ TEST_F(probes_vm, detach_and_attach_again)
 	attached = totals_now(self->probes);
 	check_counted(&detached, &attached, N_OPS);
 	CHECK_EQ(probes_dropped_events(self->probes), 0u);
+}
+
+/* The daemon's own kernel map path counts, as GetStats gives them to an observer (the test
+ * runs as root); the schema's layers and ops are the probes' less the unspecified zero. */
+static struct totals daemon_totals(struct iommuctl *c, bool *ret_attached)
+{
+	Iommud__V1__Response *resp = fixture_get_stats(c);
+	struct totals t = {0};
+
+	for (size_t i = 0; i < resp->get_stats->n_map_latency; i++) {
+		const Iommud__V1__MapLatency *ml = resp->get_stats->map_latency[i];
+		unsigned layer = (unsigned)ml->layer - 1, op = (unsigned)ml->op - 1;
+
+		if (layer < IOMMUD_LAYER_COUNT && op < IOMMUD_OP_COUNT && ml->latency)
+			t.count[layer][op] += ml->latency->count;
+	}
+	*ret_attached = resp->get_stats->probes->attached;
+	iommuctl_response_free(resp);
+	return t;
+}
+
+/* SetProbes on the daemon, checked: its reply and GetStats say what was asked. */
+static struct totals set_daemon_probes(struct iommuctl *c, bool attached)
+{
+	Iommud__V1__ProbeTier tier;
+	bool now, reported;
+	struct totals t;
+
+	check_call(c, iommuctl_set_probes(c, attached, &tier, &now), "SetProbes");
+	CHECK(tier != TIER(OFF));
+	CHECK_EQ(now, attached);
+	t = daemon_totals(c, &reported);
+	CHECK_EQ(reported, attached);
+	return t;
+}
+
+/* The operator's switch, through the RPC: the daemon's own histograms stop counting while its
+ * probes are detached and count every map and unmap again once attached (a switch that changed
+ * nothing would count N_OPS in the first half). */
+TEST_F(probes_vm, switched_through_the_rpc)
+{
+	struct totals before = set_daemon_probes(self->c, false), after;
+	bool reported;
+
+	map_and_unmap(self);
+	after = daemon_totals(self->c, &reported);
+	check_counted(&before, &after, 0);
+	before = set_daemon_probes(self->c, true);
+	map_and_unmap(self);
+	after = daemon_totals(self->c, &reported);
+	check_counted(&before, &after, N_OPS);
 }
 
 /* Runs of the iommufd handlers' programs (ioas_*), and how many of them are loaded. */
