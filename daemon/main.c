@@ -567,6 +567,7 @@ static int serve(struct daemon *d, struct config *cfg)
 	}
 	if (state_open(d->reg, &d->state) < 0)
 		log_err("named leases will not survive a restart: %s", failure_message());
+	delegations_adopt(d->delegations, d->state, d->probes);
 	end.base = base;
 	end.d = d;
 	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||
