@@ -170,23 +170,47 @@ static void vmm_exits(struct supervisor *sv, pid_t vmm)
 	CHECK_EQ(supervisor_stored(sv, "lease1.delegation"), 0);
 }
 
-TEST(delegation_survives_kill)
+/* A supervised daemon whose lease vm1 delegated emu0 to vmm as delegation 1; the lease's
+ * connection, still open, in *ret_c if asked for. */
+static void start_delegated(struct supervisor *sv, pid_t vmm, struct iommuctl **ret_c)
+{
+	struct iommuctl *c;
+
+	start(sv);
+	c = connect_lease(sv, "vm1");
+	CHECK_EQ(delegate(c, "emu0", vmm), 1);
+	if (ret_c)
+		*ret_c = c;
+	else
+		iommuctl_close(c);
+}
+
+static void kill_and_restart(struct supervisor *sv)
+{
+	supervisor_kill(sv);
+	supervisor_spawn(sv);
+}
+
+static void reexecute(struct supervisor *sv)
+{
+	supervisor_unready(sv);
+	CHECK_OK(kill(sv->f.pid, SIGUSR2));
+	supervisor_wait_ready(sv);
+}
+
+/* The daemon that follows restart lists the delegation byte for byte as before, calls its
+ * device delegated and refuses it to another lease, and ends it when the VMM exits. */
+static void check_followed_on(void (*restart)(struct supervisor *sv))
 {
 	struct supervisor sv;
-	struct iommuctl *c;
 	size_t before_len, after_len;
 	uint8_t *before, *after;
 	pid_t vmm = start_vmm();
 
-	start(&sv);
-	c = connect_lease(&sv, "vm1");
-	CHECK_EQ(delegate(c, "emu0", vmm), 1);
-	iommuctl_close(c);
+	start_delegated(&sv, vmm, NULL);
 	before = list_delegations(&sv, &before_len);
 	CHECK(before_len > 0);
-
-	supervisor_kill(&sv);
-	supervisor_spawn(&sv);
+	restart(&sv);
 	after = list_delegations(&sv, &after_len);
 	CHECK(after_len == before_len && memcmp(before, after, before_len) == 0);
 	free(before);
@@ -195,10 +219,19 @@ TEST(delegation_survives_kill)
 	expect_state(&sv, "emu1", "free");
 	expect_refused(&sv, "emu0");
 	CHECK_EQ(supervisor_stored(&sv, "lease1.delegation1.pidfd"), 1);
-
 	vmm_exits(&sv, vmm);
 	CHECK(supervisor_log_has(&sv, "(delegation 1) are free again: the VMM exited"));
 	supervisor_stop(&sv);
+}
+
+TEST(delegation_survives_kill)
+{
+	check_followed_on(kill_and_restart);
+}
+
+TEST(reexec_keeps_delegation)
+{
+	check_followed_on(reexecute);
 }
 
 TEST(vmm_exits_while_no_daemon_runs)
@@ -207,10 +240,7 @@ TEST(vmm_exits_while_no_daemon_runs)
 	struct iommuctl *c;
 	pid_t vmm = start_vmm();
 
-	start(&sv);
-	c = connect_lease(&sv, "vm1");
-	CHECK_EQ(delegate(c, "emu0", vmm), 1);
-	iommuctl_close(c);
+	start_delegated(&sv, vmm, NULL);
 	supervisor_kill(&sv);
 	stop_vmm(vmm);
 	supervisor_spawn(&sv);
@@ -222,39 +252,12 @@ TEST(vmm_exits_while_no_daemon_runs)
 	CHECK_EQ(supervisor_stored(&sv, "lease1.delegation"), 0);
 
 	/* Ids are never given again, though the record no longer holds the delegation. */
-	supervisor_kill(&sv);
-	supervisor_spawn(&sv);
+	kill_and_restart(&sv);
 	vmm = start_vmm();
 	c = connect_lease(&sv, "vm1");
 	CHECK_EQ(delegate(c, "emu0", vmm), 2);
 	iommuctl_close(c);
 	stop_vmm(vmm);
-	supervisor_stop(&sv);
-}
-
-TEST(reexec_keeps_delegation)
-{
-	struct supervisor sv;
-	struct iommuctl *c;
-	size_t before_len, after_len;
-	uint8_t *before, *after;
-	pid_t vmm = start_vmm();
-
-	start(&sv);
-	c = connect_lease(&sv, "vm1");
-	CHECK_EQ(delegate(c, "emu0", vmm), 1);
-	before = list_delegations(&sv, &before_len);
-	supervisor_unready(&sv);
-	CHECK_OK(kill(sv.f.pid, SIGUSR2));
-	supervisor_wait_ready(&sv);
-	iommuctl_close(c);
-	after = list_delegations(&sv, &after_len);
-	CHECK(after_len == before_len && memcmp(before, after, before_len) == 0);
-	free(before);
-	free(after);
-	expect_state(&sv, "emu0", "delegated");
-	expect_refused(&sv, "emu0");
-	vmm_exits(&sv, vmm);
 	supervisor_stop(&sv);
 }
 
@@ -268,9 +271,7 @@ TEST(released_lease_ends_its_delegation_at_restart)
 	struct iommuctl *c;
 	pid_t vmm = start_vmm();
 
-	start(&sv);
-	c = connect_lease(&sv, "vm1");
-	CHECK_EQ(delegate(c, "emu0", vmm), 1);
+	start_delegated(&sv, vmm, &c);
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
 	req.release_lease = &release;
 	iommuctl_response_free(call(c, &req));
