@@ -613,7 +613,7 @@ static int restore(struct delegations *dl, const Iommud__State__V1__Delegation *
 	del->pidfd = pidfd < 0 ? -1 : fcntl(pidfd, F_DUPFD_CLOEXEC, 3);
 	(void)snprintf(del->names, sizeof(del->names), "%s", d->devices);
 	LIST_INSERT_HEAD(&dl->list, del, link);
-	return del->vmm.cgroup && (pidfd < 0 || del->pidfd >= 0) ? 0 : -errno;
+	return del->vmm.cgroup && (pidfd < 0 || del->pidfd >= 0) ? 0 : -ENOMEM;
 }
 
 /* Why the restored delegation cannot go on; NULL once it is followed on. */
