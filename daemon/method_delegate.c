@@ -597,7 +597,7 @@ static const char *reserve_devices(struct delegation *del)
 }
 
 /* The delegation as the record says it, in the list, following the VMM by a copy of the
- * stored pidfd; the strings are the record's. */
+ * stored pidfd; its strings copied from the record's. */
 static int restore(struct delegations *dl, const Iommud__State__V1__Delegation *d,
 		   struct session *lease, int pidfd, struct delegation *del)
 {
@@ -657,10 +657,9 @@ static void follow_recorded(const Iommud__State__V1__Delegation *d, struct sessi
 		return;
 	}
 	del->probes = a->probes;
-	if (restore(a->dl, d, lease, pidfd, del) < 0)
-		why = "out of memory or descriptors to follow it", outcome = DEVICES_KEPT;
-	else
-		why = follow_on(del, &outcome);
+	outcome = DEVICES_KEPT;
+	why = restore(a->dl, d, lease, pidfd, del) < 0 ? "out of memory or descriptors to follow it"
+						       : follow_on(del, &outcome);
 	if (why) {
 		delegation_end(del, outcome, why);
 		return;
