@@ -5,8 +5,15 @@
  * handed out in ends, whichever comes first; then the devices are free again and the log says
  * which happened.
  *
+ * Where the state record is kept (state.h), each delegation is recorded before its reply goes,
+ * its pidfd kept in the service manager's store, and it outlives the daemon: a daemon killed,
+ * restarted or re-executed is followed by one that follows each VMM on from the record, or
+ * ends the delegation at once if its VMM exited meanwhile (docs/architecture.md, "Survival").
+ * Delegations are made within leases only, so none is lost with an anonymous session.
+ *
  * Ownership: serve() owns the delegations; they own each record, its pidfd and its watch on the
- * event loop. The fds handed out are the VMM's: the daemon keeps none.
+ * event loop. The fds handed out are the VMM's: the daemon keeps none. The state keeps its own
+ * copy of each pidfd.
  */
 #ifndef IOMMUD_DELEGATE_H
 #define IOMMUD_DELEGATE_H
@@ -15,20 +22,33 @@
 #include <stdint.h>
 
 #include <iommud.pb-c.h>
+#include <state.pb-c.h>
 
 #include "session.h"
 
 struct call;
 struct daemon;
 struct event_base;
+struct probes;
 struct registry;
+struct state;
 struct delegations;
 
 /* Follows delegations on base; tells the registry to report sessions as they end. NULL when out
  * of memory. */
 struct delegations *delegations_create(struct event_base *base, struct registry *reg);
-/* Ends every delegation (the daemon is stopping) and stops following the registry. */
+/* Follows on the delegations the state record handed back (st NULL: none), once the leases are
+ * rebuilt, and records from then on how each ends: each VMM's pidfd checked to hold the process
+ * recorded, which still lives, and its devices reserved again; one that cannot be followed
+ * ends at once, saying why. */
+void delegations_adopt(struct delegations *dl, struct state *st, struct probes *probes);
+/* Stops following every delegation (the daemon is stopping): the record keeps those it holds
+ * for the next daemon, the others end. Stops following the registry. */
 void delegations_destroy(struct delegations *dl);
+/* What the state record keeps of delegation id (but its lease_id), pointing into it, and its
+ * VMM's pidfd (the delegation's); -ENOENT when it is not followed. */
+int delegation_describe(const struct delegations *dl, uint64_t id,
+			Iommud__State__V1__Delegation *ret_d, int *ret_pidfd);
 
 /* The id of the delegation that holds device; 0 when none does (dl NULL: none followed). */
 uint64_t delegation_holding(const struct delegations *dl, const char *device);

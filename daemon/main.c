@@ -625,11 +625,11 @@ static void reexec_now(struct daemon *d, struct server *srv)
 	_exit(EXIT_FAILURE);
 }
 
-/* The stop half of systemd's restart: connections (anonymous sessions with them) and
- * delegations end as at any stop; the leases are left as a kill leaves them, their kernel
- * descriptors and record in the store, which systemd keeps across a restart, for the next
- * daemon to take over. Nothing of theirs is torn down or freed: the process ends here, as a
- * re-execution's image does. */
+/* The stop half of systemd's restart: connections (anonymous sessions with them) end as at any
+ * stop, and delegations are no longer followed (the record keeps them); the leases are left as
+ * a kill leaves them, their kernel descriptors and record in the store, which systemd keeps
+ * across a restart, for the next daemon to take over. Nothing of theirs is torn down or freed:
+ * the process ends here, as a re-execution's image does. */
 static void leave_for_restart(struct daemon *d, struct server *srv)
 {
 	server_destroy(srv);
@@ -681,6 +681,7 @@ static int serve(struct daemon *d, struct config *cfg)
 		goto out;
 	}
 	open_state(d);
+	delegations_adopt(d->delegations, d->state, d->probes);
 	end.base = base;
 	end.d = d;
 	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||

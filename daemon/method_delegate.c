@@ -5,6 +5,7 @@
 #include "delegate.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #include "call.h"
 #include "log.h"
 #include "probes/probes.h"
+#include "state.h"
 
 struct delegation {
 	LIST_ENTRY(delegation) link;
@@ -27,6 +29,7 @@ struct delegation {
 	struct session *session; /* the lease it was handed out in */
 	uid_t uid;		 /* of the tenant that asked */
 	struct peer vmm;	 /* pid, uid and cgroup of the VMM, read when it was handed out */
+	uint64_t vmm_start;	 /* when the VMM started: with the pid, which process it is */
 	int pidfd;		 /* the VMM's, readable once it has exited */
 	struct probes *probes;	 /* count what the VMM maps to the tenant by its cgroup, */
 	uint64_t lent_cgroup;	 /* lent while this lives (probes_lend_cgroup's token) */
@@ -40,6 +43,7 @@ struct delegation {
 struct delegations {
 	struct event_base *base;
 	struct registry *reg;
+	struct state *state; /* where each delegation is recorded; NULL: nowhere */
 	LIST_HEAD(, delegation) list;
 	uint64_t next_id;
 };
@@ -48,12 +52,15 @@ struct delegations {
 #define DEVICES_FREE "are free again"
 /* The lease ended first: the kernel keeps them bound to the VMM's iommufd while it lives. */
 #define DEVICES_STILL_HELD "are no longer reserved; the VMM still holds them until it exits"
-/* The daemon stops (or re-executes) and the next one does not know the delegation. */
+/* The daemon stops and the next one does not know the delegation, or a daemon cannot follow
+ * on one the record holds. */
 #define DEVICES_KEPT "are no longer followed; the VMM keeps them"
+/* The daemon stops and the state record keeps the delegation. */
+#define DEVICES_LEFT "are left to the next daemon, which follows them from the state record"
 
 /* Frees the devices and says what became of them and why, in the log and to whoever watches
- * it. */
-static void delegation_end(struct delegation *del, const char *outcome, const char *why)
+ * it; the record, if any, is left as it is. */
+static void delegation_drop(struct delegation *del, const char *outcome, const char *why)
 {
 	kh_delegate_end(registry_backend(del->all->reg), del->indexes, del->n);
 	log_struct(LOG_INFO, LOG_FIELDS({"IOMMUD_DEVICE", del->names}, {"IOMMUD_REASON", why}),
@@ -62,25 +69,39 @@ static void delegation_end(struct delegation *del, const char *outcome, const ch
 		   (int)del->vmm.pid, del->id, outcome);
 	probes_return_cgroup(del->probes, del->lent_cgroup);
 	LIST_REMOVE(del, link);
-	event_free(del->exit_watch);
-	(void)close(del->pidfd);
+	if (del->exit_watch)
+		event_free(del->exit_watch);
+	if (del->pidfd >= 0)
+		(void)close(del->pidfd);
 	peer_clear(&del->vmm);
 	free(del);
+}
+
+/* The delegation is over: the record says so before the devices are free. */
+static void delegation_end(struct delegation *del, const char *outcome, const char *why)
+{
+	state_end_delegation(del->all->state, del->id);
+	delegation_drop(del, outcome, why);
+}
+
+static struct delegation *delegation_by_id(const struct delegations *dl, uint64_t id)
+{
+	struct delegation *del;
+
+	LIST_FOREACH (del, &dl->list, link)
+		if (del->id == id)
+			return del;
+	return NULL;
 }
 
 /* The reply carrying the delegation's fds was not sent: the VMM never got them. Found by id,
  * since the VMM may have exited (ending it) while the reply waited for the socket. */
 static void reply_unsent(void *arg, uint64_t id)
 {
-	struct delegations *dl = arg;
-	struct delegation *del;
+	struct delegation *del = delegation_by_id(arg, id);
 
-	LIST_FOREACH (del, &dl->list, link)
-		if (del->id == id) {
-			delegation_end(del, DEVICES_FREE,
-				       "the reply carrying its fds was not sent");
-			return;
-		}
+	if (del)
+		delegation_end(del, DEVICES_FREE, "the reply carrying its fds was not sent");
 }
 
 static void vmm_exited(evutil_socket_t fd, short what, void *arg)
@@ -121,7 +142,8 @@ void delegations_destroy(struct delegations *dl)
 	if (!dl)
 		return;
 	while (!LIST_EMPTY(&dl->list))
-		delegation_end(LIST_FIRST(&dl->list), DEVICES_KEPT, "the daemon is stopping");
+		delegation_drop(LIST_FIRST(&dl->list), dl->state ? DEVICES_LEFT : DEVICES_KEPT,
+				"the daemon is stopping");
 	registry_on_session_end(dl->reg, SESSION_END_DELEGATIONS, NULL, NULL);
 	free(dl);
 }
@@ -173,6 +195,48 @@ static int find_devices(struct call *call, struct delegation *del)
 	return 0;
 }
 
+/* When the process pidfd holds started (field 22 of /proc/PID/stat, clock ticks after boot),
+ * read by pid while it lived, so the pid named it throughout; -ESRCH once it has exited. */
+static int process_start_time(pid_t pid, int pidfd, uint64_t *ret_start)
+{
+	char path[64], text[1024], *field;
+	unsigned long long start;
+	ssize_t n = -1;
+	int fd;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0) {
+		n = read(fd, text, sizeof(text) - 1);
+		(void)close(fd);
+	}
+	if (n <= 0 || !process_lives(pidfd))
+		return -ESRCH;
+	text[n] = '\0';
+	/* The command name (field 2) may hold spaces and parentheses: count from its end. */
+	field = strrchr(text, ')');
+	for (int i = 2; field && i < 22; i++)
+		field = strchr(field + 1, ' ');
+	if (!field || sscanf(field, " %llu", &start) != 1)
+		return -EIO;
+	*ret_start = start;
+	return 0;
+}
+
+/* peer_follow, or peer_follow_connected for the caller itself, and when the VMM started. */
+static int follow_process(struct call *call, pid_t pid, struct delegation *del)
+{
+	const struct peer *caller = &call->client->peer;
+	int rc = call->req->delegate_devices->vmm_pid
+			 ? peer_follow(pid, &del->pidfd, &del->vmm)
+			 : peer_follow_connected(call->client->fd, caller, &del->pidfd, &del->vmm);
+
+	if (rc == 0 && (rc = process_start_time(del->vmm.pid, del->pidfd, &del->vmm_start)) < 0) {
+		(void)close(del->pidfd);
+		peer_clear(&del->vmm);
+	}
+	return rc;
+}
+
 /* Holds the VMM by a pidfd: the caller itself, or the process it names, of its own uid unless
  * the caller is root (which starts VMMs under other uids). */
 static int follow_vmm(struct call *call, struct delegation *del)
@@ -181,9 +245,7 @@ static int follow_vmm(struct call *call, struct delegation *del)
 	pid_t pid = call->req->delegate_devices->vmm_pid
 			    ? (pid_t)call->req->delegate_devices->vmm_pid
 			    : caller->pid;
-	int rc = call->req->delegate_devices->vmm_pid
-			 ? peer_follow(pid, &del->pidfd, &del->vmm)
-			 : peer_follow_connected(call->client->fd, caller, &del->pidfd, &del->vmm);
+	int rc = follow_process(call, pid, del);
 
 	if (rc == -ESRCH && !call->req->delegate_devices->vmm_pid)
 		return fail(rc,
@@ -447,4 +509,176 @@ int do_list_delegations(struct call *call)
 	if (!reply)
 		return nomem();
 	return delegations_reply(call, NULL, NULL, &reply->delegations, &reply->n_delegations);
+}
+
+int delegation_describe(const struct delegations *dl, uint64_t id,
+			Iommud__State__V1__Delegation *ret_d, int *ret_pidfd)
+{
+	const struct delegation *del = delegation_by_id(dl, id);
+
+	if (!del)
+		return fail(-ENOENT, "delegation %" PRIu64 " ended before it could be recorded",
+			    id);
+	ret_d->delegation_id = del->id;
+	ret_d->devices = (char *)del->names;
+	ret_d->uid = del->uid;
+	ret_d->vmm_pid = (uint32_t)del->vmm.pid;
+	ret_d->vmm_uid = del->vmm.uid;
+	ret_d->vmm_cgroup = del->vmm.cgroup;
+	ret_d->vmm_start_time = del->vmm_start;
+	ret_d->since_unix_seconds = (uint64_t)del->since;
+	*ret_pidfd = del->pidfd;
+	return 0;
+}
+
+/* ---- following on after a restart ------------------------------------------------------- */
+
+/* The pid the kernel says pidfd holds (the "Pid:" of its fdinfo): -1 once the process is
+ * reaped; -EBADF when fd is no pidfd. */
+static int pidfd_pid(int pidfd, pid_t *ret_pid)
+{
+	char path[64], line[128];
+	int pid, rc = -EBADF;
+	FILE *f;
+
+	(void)snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", pidfd);
+	if (!(f = fopen(path, "re")))
+		return -errno;
+	while (rc < 0 && fgets(line, sizeof(line), f))
+		if (sscanf(line, "Pid: %d", &pid) == 1)
+			rc = 0;
+	(void)fclose(f);
+	if (rc == 0)
+		*ret_pid = (pid_t)pid;
+	return rc;
+}
+
+/* Why the recorded VMM cannot be followed on (NULL: it can), with the outcome for its devices:
+ * the pidfd must hold the process recorded (its pid and start time), and that must live. */
+static const char *check_vmm(const struct delegation *del, const char **ret_outcome)
+{
+	uint64_t start;
+	pid_t pid = 0;
+
+	*ret_outcome = DEVICES_KEPT;
+	if (del->pidfd < 0)
+		return "the service manager's store did not hand back its VMM's pidfd";
+	if (pidfd_pid(del->pidfd, &pid) < 0)
+		return "what the store holds as its VMM's pidfd is no pidfd";
+	*ret_outcome = DEVICES_FREE;
+	if (!process_lives(del->pidfd))
+		return "the VMM exited while no daemon followed it";
+	*ret_outcome = DEVICES_KEPT;
+	if (pid != del->vmm.pid || process_start_time(pid, del->pidfd, &start) < 0 ||
+	    start != del->vmm_start)
+		return "the pidfd in the store holds another process than the VMM recorded";
+	return NULL;
+}
+
+/* The backend's index of each device the record names, reserved again. */
+static const char *reserve_devices(struct delegation *del)
+{
+	struct kh_backend *be = registry_backend(del->all->reg);
+	char names[sizeof(del->names)];
+	int index;
+
+	(void)snprintf(names, sizeof(names), "%s", del->names);
+	for (char *name = strtok(names, ","); name; name = strtok(NULL, ",")) {
+		if (del->n == KH_DELEGATE_MAX || (index = kh_device_lookup(be, name)) < 0)
+			return "the record names devices this machine does not have";
+		del->indexes[del->n++] = (size_t)index;
+	}
+	if (kh_delegate_resume(be, del->indexes, del->n) < 0) {
+		/* Nothing was reserved: its end frees none. */
+		del->n = 0;
+		return kh_last_error();
+	}
+	return NULL;
+}
+
+/* The delegation as the record says it, in the list, following the VMM by a copy of the
+ * stored pidfd; its strings copied from the record's. */
+static int restore(struct delegations *dl, const Iommud__State__V1__Delegation *d,
+		   struct session *lease, int pidfd, struct delegation *del)
+{
+	del->all = dl;
+	del->id = d->delegation_id;
+	del->session = lease;
+	del->uid = d->uid;
+	del->vmm.pid = (pid_t)d->vmm_pid;
+	del->vmm.uid = d->vmm_uid;
+	del->vmm.cgroup = strdup(d->vmm_cgroup);
+	del->vmm_start = d->vmm_start_time;
+	del->since = (time_t)d->since_unix_seconds;
+	del->pidfd = pidfd < 0 ? -1 : fcntl(pidfd, F_DUPFD_CLOEXEC, 3);
+	(void)snprintf(del->names, sizeof(del->names), "%s", d->devices);
+	LIST_INSERT_HEAD(&dl->list, del, link);
+	return del->vmm.cgroup && (pidfd < 0 || del->pidfd >= 0) ? 0 : -ENOMEM;
+}
+
+/* Why the restored delegation cannot go on; NULL once it is followed on. */
+static const char *follow_on(struct delegation *del, const char **ret_outcome)
+{
+	const char *why = check_vmm(del, ret_outcome);
+
+	if (why)
+		return why;
+	*ret_outcome = DEVICES_STILL_HELD;
+	if (!del->session)
+		return "its lease ended before the restart";
+	*ret_outcome = DEVICES_KEPT;
+	if ((why = reserve_devices(del)))
+		return why;
+	del->exit_watch = event_new(del->all->base, del->pidfd, EV_READ, vmm_exited, del);
+	if (!del->exit_watch || event_add(del->exit_watch, NULL) < 0)
+		return "out of memory to follow it";
+	(void)probes_lend_cgroup(del->probes, del->vmm.cgroup,
+				 tenant_label_slot(session_tenant(del->session)),
+				 &del->lent_cgroup);
+	return NULL;
+}
+
+struct adoption {
+	struct delegations *dl;
+	struct probes *probes;
+};
+
+static void follow_recorded(const Iommud__State__V1__Delegation *d, struct session *lease,
+			    int pidfd, void *arg)
+{
+	struct adoption *a = arg;
+	struct delegation *del = calloc(1, sizeof(*del));
+	const char *outcome, *why;
+
+	if (!del) {
+		log_err("delegation %" PRIu64 " of devices %s cannot be followed on: out of memory",
+			d->delegation_id, d->devices);
+		state_end_delegation(a->dl->state, d->delegation_id);
+		return;
+	}
+	del->probes = a->probes;
+	outcome = DEVICES_KEPT;
+	why = restore(a->dl, d, lease, pidfd, del) < 0 ? "out of memory or descriptors to follow it"
+						       : follow_on(del, &outcome);
+	if (why) {
+		delegation_end(del, outcome, why);
+		return;
+	}
+	log_struct(LOG_INFO,
+		   LOG_FIELDS({"IOMMUD_DEVICE", del->names},
+			      {"IOMMUD_LEASE", session_lease(del->session)}),
+		   "devices {IOMMUD_DEVICE} handed to pid %d in lease '{IOMMUD_LEASE}' "
+		   "(delegation %" PRIu64 ") are followed on from the state record",
+		   (int)del->vmm.pid, del->id);
+}
+
+void delegations_adopt(struct delegations *dl, struct state *st, struct probes *probes)
+{
+	struct adoption a = {.dl = dl, .probes = probes};
+	uint64_t last = state_last_delegation_id(st);
+
+	dl->state = st;
+	if (last >= dl->next_id)
+		dl->next_id = last + 1;
+	state_each_delegation(st, follow_recorded, &a);
 }

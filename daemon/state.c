@@ -202,7 +202,7 @@ static bool dev_to_store(const struct lease_rec *rec, size_t i, uint32_t *ret_de
 static size_t stored_count(const struct state *st)
 {
 	const struct lease_rec *rec;
-	size_t n = 1;
+	size_t n = 1 + delegation_fds_stored(st);
 
 	LIST_FOREACH (rec, &st->leases, link)
 		n += rec->n_files + rec->kernel_stored + rec->n_stored_devs + rec->n_stored_doms;
@@ -465,6 +465,8 @@ struct entry_box {
 	Iommud__State__V1__Entry entry;
 	union {
 		Iommud__State__V1__Lease lease;
+		Iommud__State__V1__Delegation delegation;
+		Iommud__State__V1__LastDelegationId last_delegation_id;
 		Iommud__State__V1__Bind bind;
 		Iommud__State__V1__AllocDomain alloc_domain;
 		Iommud__State__V1__FreeDomain free_domain;
@@ -890,6 +892,8 @@ static int record_method(struct state *st, struct lease_rec *rec, const struct c
 	const Iommud__V1__Response *p = call->resp;
 
 	switch (q->method_case) {
+	case IOMMUD__V1__REQUEST__METHOD_DELEGATE_DEVICES:
+		return add_delegation(st, rec, call);
 	case IOMMUD__V1__REQUEST__METHOD_MAP:
 		return record_maps(st, rec, call, &q->map->entry, 1, &p->map->iova);
 	case IOMMUD__V1__REQUEST__METHOD_MAP_BATCH:
@@ -1162,7 +1166,7 @@ int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd,
 		}
 		rc = rc < 0 ? rc : each_kernel_fd(rec, visit, arg);
 	}
-	return rc;
+	return rc < 0 ? rc : each_delegation_fd(st, visit, arg);
 }
 
 /* ---- opening and closing ---------------------------------------------------------------- */
@@ -1173,6 +1177,7 @@ void state_free(struct state *st, bool unstore)
 
 	while ((rec = LIST_FIRST(&st->leases)))
 		lease_free(rec, unstore);
+	delegation_recs_free(st);
 	for (size_t i = 0; i < st->cap_boxes; i++) {
 		struct entry_box *box = st->boxes[i];
 

@@ -20,6 +20,7 @@
 #define IOMMUD_STATE_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct call;
 struct registry;
@@ -65,10 +66,29 @@ void state_note_unacknowledged(struct state *st, const struct call *call);
  * change went unacknowledged), and no lease's call is between slices. */
 void state_compact_if_due(struct state *st);
 /* Calls visit with each descriptor the state keeps in the store and its name there (the
- * record, the leases' memory files), for a re-execution to pass them on; stops at the first
- * negative return. */
+ * record, the leases' memory files and kernel descriptors, the delegations' pidfds), for a
+ * re-execution to pass them on; stops at the first negative return. */
 int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),
 		  void *arg);
+
+/* ---- delegations (delegate.h), which only named leases make ---------------------------- */
+
+struct session;
+struct Iommud__State__V1__Delegation;
+/* Calls visit with each delegation the record handed back at start (state_open), the session
+ * of its lease (NULL: the lease did not come back, or has ended) and the VMM's pidfd from the
+ * store (-1: the store held none; the state keeps it, visit takes a copy), so that the
+ * delegations follow their VMMs on. Nothing for a NULL state. */
+void state_each_delegation(struct state *st,
+			   void (*visit)(const struct Iommud__State__V1__Delegation *d,
+					 struct session *lease, int pidfd, void *arg),
+			   void *arg);
+/* The last delegation id the record holds (0: none), so that none is given twice. */
+uint64_t state_last_delegation_id(const struct state *st);
+/* The delegation ended: the record says so at once, and its pidfd leaves the store. Nothing
+ * for a NULL state or a delegation the record does not hold. */
+void state_end_delegation(struct state *st, uint64_t id);
+
 /* Lets go of the record without touching the store, so a manager that keeps the store across
  * the daemon's stop hands it to the next one; before the registry is destroyed. */
 void state_close(struct state *st);

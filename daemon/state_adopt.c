@@ -511,6 +511,10 @@ static int apply_change(struct lease_rec *rec, const Entry *e, bool whole)
 		return apply_dirty(rec, e->dirty_tracking);
 	case IOMMUD__STATE__V1__ENTRY__CHANGE_LAST_ID:
 		return apply_last_id(rec, e->last_id);
+	case IOMMUD__STATE__V1__ENTRY__CHANGE_DELEGATION:
+	case IOMMUD__STATE__V1__ENTRY__CHANGE_DELEGATION_END:
+	case IOMMUD__STATE__V1__ENTRY__CHANGE_LAST_DELEGATION_ID:
+		return 0; /* adopt_delegations' */
 	default:
 		return fail(-EINVAL, "the entry holds no change this daemon knows");
 	}
@@ -717,6 +721,7 @@ void state_adopt(struct state *st)
 				apply_entry(st, txns[i]->entries[j], i > 0);
 	free(released);
 	finish_leases(st);
+	adopt_delegations(st, txns, n);
 	st->plans = NULL;
 	plans_free(&plans);
 	record_free_transactions(txns, n);

@@ -68,6 +68,8 @@ struct lease_rec {
 
 struct entry_box;
 struct kernel_plans;
+struct delegation_rec;
+struct call;
 
 struct state {
 	struct registry *reg;
@@ -86,6 +88,8 @@ struct state {
 	size_t n_boxes, cap_boxes;
 	Iommud__State__V1__Entry **entries; /* the boxes' entries, as the transaction lists them */
 	size_t cap_entries;
+	LIST_HEAD(, delegation_rec) delegations; /* state_delegation.c */
+	uint64_t last_delegation_id;
 };
 
 struct lease_rec *lease_find(struct state *st, const struct session *s);
@@ -128,6 +132,19 @@ int add_map(struct state *st, struct lease_rec *rec, uint32_t domain_id, uint32_
 	    const struct mapping_view *m);
 int add_dirty(struct state *st, struct lease_rec *rec, uint32_t domain_id, bool enable);
 int add_release(struct state *st, struct lease_rec *rec);
+
+/* Delegations (state_delegation.c). The entry of the delegation DelegateDevices made, with
+ * its VMM's pidfd put in the store; the snapshot's entries of every delegation; the
+ * delegations of the record the store handed back, with their pidfds claimed, after the
+ * leases are rebuilt; how many pidfds the store holds; each of them visited, as
+ * state_each_fd; every delegation forgotten, nothing taken out of the store. */
+int add_delegation(struct state *st, struct lease_rec *rec, const struct call *call);
+int add_delegations(struct state *st);
+void adopt_delegations(struct state *st, Iommud__State__V1__Transaction *const *txns, size_t n);
+size_t delegation_fds_stored(const struct state *st);
+int each_delegation_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),
+		       void *arg);
+void delegation_recs_free(struct state *st);
 
 /* Rebuilds the leases of the record the store handed back, if any; a record it refuses is
  * said and dropped (state_adopt.c). */

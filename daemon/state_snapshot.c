@@ -176,6 +176,8 @@ static int write_snapshot(struct state *st)
 			snapshot_or_leave_out(st, rec, page);
 	free(page);
 	if (rc == 0)
+		rc = add_delegations(st);
+	if (rc == 0)
 		rc = txn_commit(st);
 	st->n_boxes = 0;
 	if (rc == 0)

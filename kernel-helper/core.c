@@ -528,6 +528,17 @@ int kh_delegate_supported(const struct kh_backend *be)
 	return 0;
 }
 
+int kh_delegate_resume(struct kh_backend *be, const size_t *indexes, size_t n)
+{
+	int rc = delegate_check(be, indexes, n);
+
+	if (rc < 0)
+		return rc;
+	for (size_t i = 0; i < n; i++)
+		be->devices[indexes[i]].delegated = true;
+	return 0;
+}
+
 int kh_delegate(struct kh_backend *be, const size_t *indexes, size_t n, int *ret_fds)
 {
 	int fds[1 + KH_DELEGATE_MAX];
@@ -539,11 +550,9 @@ int kh_delegate(struct kh_backend *be, const size_t *indexes, size_t n, int *ret
 	if (n == 0 || n > KH_DELEGATE_MAX)
 		return kh_fail(-EINVAL, "a delegation takes 1 to %d devices, not %zu",
 			       KH_DELEGATE_MAX, n);
-	rc = delegate_check(be, indexes, n);
+	rc = kh_delegate_resume(be, indexes, n);
 	if (rc < 0)
 		return rc;
-	for (size_t i = 0; i < n; i++)
-		be->devices[indexes[i]].delegated = true;
 	rc = be->ops->delegate_ctx_fd(be);
 	while (rc >= 0) {
 		fds[opened++] = rc;

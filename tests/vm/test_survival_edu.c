@@ -21,10 +21,16 @@
  * successors map the memfd in their own address space, the kernel holding it for the mappings
  * throughout; elsewhere each does. The test runs on both backends (VM_BACKEND).
  *
+ * Where the daemon delegates (iommufd), the lease is then released and the edu handed to a VMM (a child process) with
+ * DelegateDevices: after a kill and a restart the next daemon lists the delegation byte for
+ * byte as before and refuses the edu to another lease (handed to another process), and once
+ * the VMM exits that lease takes it.
+ *
  * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
  * vfio-pci).
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,6 +38,7 @@
 #include <string.h>
 #include <sys/klog.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -51,9 +58,9 @@
 #define DST_IOVA 0x101000u
 #define LEASE	 "edu-survivor"
 
-/* Root may take every device (the built-in rule) and hold a lease. */
-static const char config[] =
-	"probe-tier = off\n[uid 0]\naccess = write\ndevices = *\nmax-leases = 2\n";
+/* Root may take every device (the built-in rule), hold a lease and hand devices to a VMM. */
+static const char config[] = "probe-tier = off\n[uid 0]\naccess = write\ndevices = *\n"
+			     "max-leases = 2\ndelegate = yes\n";
 
 struct survivor {
 	struct supervisor sv;
@@ -63,6 +70,7 @@ struct survivor {
 	uint8_t *mem; /* the memfd's two pages: the source, then the destination */
 	int memfd;
 	bool adopt;	     /* the daemon takes kernel objects over (capability "adopt") */
+	bool delegate;	     /* it hands devices to VMMs (capability "delegate") */
 	const char *backend; /* Hello's name of it */
 };
 
@@ -137,8 +145,10 @@ static void connect_lease(struct survivor *s)
 	CHECK_OK(iommuctl_connect(s->sv.f.socket_path, &s->c));
 	check_call(s->c, iommuctl_hello(s->c, "test_survival_edu", LEASE, &hello), "Hello");
 	(void)printf("backend: %s\n", hello->backend_name);
-	for (size_t i = 0; i < hello->n_capabilities; i++)
+	for (size_t i = 0; i < hello->n_capabilities; i++) {
 		s->adopt |= strcmp(hello->capabilities[i], "adopt") == 0;
+		s->delegate |= strcmp(hello->capabilities[i], "delegate") == 0;
+	}
 	iommud__v1__hello_reply__free_unpacked(hello, NULL);
 }
 
@@ -401,6 +411,97 @@ static void check_taken_over(struct survivor *s, const struct answers *before)
 	(void)close(held);
 }
 
+/* ---- a delegation across a kill ----------------------------------------------------------- */
+
+/* The delegations as ListDelegations encodes them. */
+static void delegations_of(struct survivor *s, struct answers *a)
+{
+	Iommud__V1__ListDelegationsRequest list = IOMMUD__V1__LIST_DELEGATIONS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	struct iommuctl *c;
+
+	CHECK_OK(iommuctl_connect(s->sv.f.socket_path, &c));
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_DELEGATIONS;
+	req.list_delegations = &list;
+	check_call(c, iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL), "ListDelegations");
+	a->len = iommud__v1__list_delegations_reply__get_packed_size(resp->list_delegations);
+	CHECK(a->len <= sizeof(a->bytes));
+	(void)iommud__v1__list_delegations_reply__pack(resp->list_delegations, a->bytes);
+	iommuctl_response_free(resp);
+	iommuctl_close(c);
+}
+
+/* A lease of its own, tries to take the edu: 0, or the errno it was refused with. */
+static int take_edu(struct survivor *s, const char *lease)
+{
+	struct iommuctl *c;
+	uint32_t dom;
+	int rc;
+
+	CHECK_OK(iommuctl_connect(s->sv.f.socket_path, &c));
+	check_call(c, iommuctl_hello(c, "test_survival_edu", lease, NULL), "Hello");
+	rc = iommuctl_alloc_domain(c, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &dom);
+	if (rc < 0)
+		CHECK(strstr(iommuctl_last_error(c), "handed to another process") != NULL);
+	iommuctl_close(c);
+	return rc;
+}
+
+/* Once the lease lets the edu go, a VM's lease hands it to a VMM (a child here) on the
+ * kernel's iommufd: after a kill and a restart the next daemon lists the delegation as before,
+ * refuses the edu to another lease as handed to another process, and frees it when the VMM
+ * exits, for that lease to take. */
+static void check_delegation(struct survivor *s)
+{
+	Iommud__V1__ReleaseLeaseRequest release = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	const char *const devices[] = {s->name};
+	struct answers before, after;
+	Iommud__V1__Response *resp;
+	unsigned long removals;
+	uint64_t id;
+	int fds[2];
+	pid_t vmm;
+
+	connect_lease(s);
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
+	req.release_lease = &release;
+	check_call(s->c, iommuctl_call(s->c, &req, NULL, 0, &resp, NULL, 0, NULL), "ReleaseLease");
+	iommuctl_response_free(resp);
+	iommuctl_close(s->c);
+	vmm = fork();
+	CHECK(vmm >= 0);
+	if (vmm == 0) {
+		(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+		for (;;)
+			pause();
+	}
+	CHECK_OK(iommuctl_connect(s->sv.f.socket_path, &s->c));
+	check_call(s->c, iommuctl_hello(s->c, "test_survival_edu", "vm", NULL), "Hello");
+	check_call(s->c, iommuctl_delegate(s->c, devices, 1, (uint32_t)vmm, fds, &id),
+		   "DelegateDevices");
+	(void)close(fds[0]);
+	(void)close(fds[1]);
+	iommuctl_close(s->c);
+	delegations_of(s, &before);
+
+	kill_and_restart(s);
+	delegations_of(s, &after);
+	CHECK(after.len == before.len && memcmp(after.bytes, before.bytes, before.len) == 0);
+	CHECK_EQ(take_edu(s, "other"), -EBUSY);
+	(void)printf("ok: after kill -9 and a restart, delegation %llu of %s is listed as before "
+		     "and the edu refused to another lease\n",
+		     (unsigned long long)id, s->name);
+	supervisor_read_sent(&s->sv);
+	removals = supervisor_removals(&s->sv);
+	CHECK_OK(kill(vmm, SIGKILL));
+	CHECK(waitpid(vmm, NULL, 0) == vmm);
+	supervisor_wait_removals(&s->sv, removals);
+	CHECK_OK(take_edu(s, "other"));
+	(void)printf("ok: the VMM's exit ended the delegation, and another lease took the edu\n");
+}
+
 /* The daemons' log, for a failed check (which aborts): the supervisor keeps it in a file. */
 static const char *daemon_log;
 
@@ -450,6 +551,8 @@ int main(void)
 	CHECK(s.adopt);
 	check_taken_over(&s, &before);
 	iommuctl_close(s.c);
+	if (s.delegate)
+		check_delegation(&s);
 	(void)munmap(s.mem, 2 * PAGE);
 	(void)close(s.memfd);
 	free(s.name);

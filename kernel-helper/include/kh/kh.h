@@ -286,6 +286,10 @@ int kh_vfio_region(int vfio_fd, uint32_t index, struct kh_region *out);
 /* 0 when the backend can delegate (KH_CAP_DELEGATE); else -EOPNOTSUPP saying what it lacks. */
 int kh_delegate_supported(const struct kh_backend *be);
 int kh_delegate(struct kh_backend *be, const size_t *indexes, size_t n, int *ret_fds);
+/* The devices an earlier process handed out with kh_delegate are out again, checked as
+ * kh_delegate checks them, without opening anything: for a new daemon that follows on a
+ * delegation the VMM still holds. All or nothing. */
+int kh_delegate_resume(struct kh_backend *be, const size_t *indexes, size_t n);
 /* The devices kh_delegate handed out are free again. */
 void kh_delegate_end(struct kh_backend *be, const size_t *indexes, size_t n);
 
