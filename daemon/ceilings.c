@@ -245,6 +245,9 @@ uint64_t ceilings_store_slots(const struct config *cfg, const struct ceilings *c
 	if (be->kernel_fds && leases)
 		kernel = sum_capped(sum_capped(leases, be->n_devices),
 				    product_capped(leases, most.domains));
+	/* A delegation holds one device at least, and is always a lease's. */
+	if (be->delegates && leases)
+		kernel = sum_capped(kernel, be->n_devices);
 	slots = sum_capped(sum_capped(RECORD_SLOTS, kernel), sum_capped(files, be->anon_fds));
 	return min_u64(slots, be->open_files);
 }

@@ -46,6 +46,7 @@ uint64_t ceilings_open_files(void);
 struct store_backend {
 	bool kernel_fds;  /* KH_CAP_ADOPT: each lease's context, domains and bound devices */
 	bool maps_by_fd;  /* KH_CAP_MAP_FILE: a file the kernel maps costs the daemon no map */
+	bool delegates;	  /* KH_CAP_DELEGATE: a live delegation's VMM pidfd (a device or more) */
 	size_t n_devices; /* those a section with write access lets its tenants bind */
 	/* Descriptors anonymous sessions keep in the store: none today, since they end with their
 	 * connections. Were they kept, each session's context and each device it binds, counted

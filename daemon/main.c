@@ -327,6 +327,7 @@ static uint64_t store_slots_needed(const struct config *cfg, const struct kh_bac
 	struct store_backend store = {
 		.kernel_fds = caps & KH_CAP_ADOPT,
 		.maps_by_fd = caps & KH_CAP_MAP_FILE,
+		.delegates = caps & KH_CAP_DELEGATE,
 		.n_devices = bindable_devices(cfg, be),
 		.open_files = open_files,
 	};

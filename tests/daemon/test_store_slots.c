@@ -27,7 +27,7 @@ static const struct config cfg = {.rules = rules, .n_rules = 2};
 static const struct ceilings limits = {.max_maps = 1000000, .max_leases = LEASES};
 
 /* Each lease's context, each of its domains and each device, one descriptor a device however
- * many leases. */
+ * many leases; where devices are delegated, one VMM's pidfd a device at most. */
 TEST(kernel_descriptors_per_lease_and_device)
 {
 	struct store_backend kernel = {
@@ -38,6 +38,9 @@ TEST(kernel_descriptors_per_lease_and_device)
 	CHECK_EQ(ceilings_store_slots(&cfg, &limits, &none), 2 + 2 * LEASES * MAPS);
 	CHECK_EQ(ceilings_store_slots(&cfg, &limits, &kernel),
 		 2 + LEASES + DEVICES + LEASES * DOMAINS + 2 * LEASES * MAPS);
+	kernel.delegates = true;
+	CHECK_EQ(ceilings_store_slots(&cfg, &limits, &kernel),
+		 2 + LEASES + 2 * DEVICES + LEASES * DOMAINS + 2 * LEASES * MAPS);
 }
 
 /* A file the kernel maps costs no daemon map: max-maps and its ceiling bound nothing. */

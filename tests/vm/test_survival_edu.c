@@ -21,10 +21,10 @@
  * successors map the memfd in their own address space, the kernel holding it for the mappings
  * throughout; elsewhere each does. The test runs on both backends (VM_BACKEND).
  *
- * Where the daemon delegates (iommufd), the lease is then released and the edu handed to a VMM (a child process) with
- * DelegateDevices: after a kill and a restart the next daemon lists the delegation byte for
- * byte as before and refuses the edu to another lease (handed to another process), and once
- * the VMM exits that lease takes it.
+ * Where the daemon delegates (iommufd), the lease is then released and the edu handed to a VMM (a
+ * child process) with DelegateDevices: after a kill and a restart the next daemon lists the
+ * delegation byte for byte as before and refuses the edu to another lease (handed to another
+ * process), and once the VMM exits that lease takes it.
  *
  * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
  * vfio-pci).
