@@ -486,7 +486,8 @@ static void check_delegation(struct survivor *s)
 	iommuctl_close(s->c);
 	delegations_of(s, &before);
 
-	kill_and_restart(s);
+	supervisor_kill(&s->sv);
+	supervisor_spawn(&s->sv);
 	delegations_of(s, &after);
 	CHECK(after.len == before.len && memcmp(after.bytes, before.bytes, before.len) == 0);
 	CHECK_EQ(take_edu(s, "other"), -EBUSY);
