@@ -405,6 +405,7 @@ static void check_taken_over(struct survivor *s, const struct answers *before)
 	check_same_kernel_files(s, &files, held, "after a re-execution (SIGUSR2)");
 	check_lease_back(s, before, "after kill -9, a restart and a re-execution");
 	check_remap(s, "after kill -9 and a restart");
+	iommuctl_close(s->c);
 	check_lease_back(s, before, "after the mapping was made again");
 	(void)close(files.domain);
 	(void)close(files.device);
