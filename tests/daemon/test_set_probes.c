@@ -6,6 +6,7 @@
  * tier's (tests/vm/test_probes_vm.c). */
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 
 #include <iommuctl.h>
@@ -80,7 +81,7 @@ TEST(refused_when_the_tier_is_off)
 	CHECK_EQ(tier, IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF);
 	CHECK(!attached);
 	for (int on = 0; on < 2; on++) {
-		CHECK(iommuctl_set_probes(c, on, NULL, NULL) < 0);
+		CHECK_EQ(iommuctl_set_probes(c, on, NULL, NULL), -EBUSY);
 		CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_FAILED_PRECONDITION);
 		CHECK(strstr(iommuctl_last_error(c), "tier off") != NULL);
 		CHECK(strstr(iommuctl_last_error(c), "probe-tier") != NULL);
