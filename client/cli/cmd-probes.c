@@ -7,20 +7,24 @@
 
 #define PROBES_NOTE                                                                                \
 	"The probes are the BPF programs iommud loads at start to time the kernel's map path\n"    \
-	"(and, on the emulated backend, its own timing of the map path), at the tier the\n"        \
-	"kernel allowed (fentry, kprobe or tracepoint). Detached, they stay loaded and their\n"    \
-	"histograms keep what they counted, but count nothing more and cost the kernel's\n"        \
-	"functions nothing; attached again, they count on. A restart attaches them.\n"             \
+	"at the tier the kernel allowed (fentry, kprobe or tracepoint); on the emulated\n"         \
+	"backend, the daemon's own timing of its map path is switched with them (at tier off\n"    \
+	"it runs and cannot be switched). Detached, they stay loaded and their histograms keep\n"  \
+	"what they counted, but count nothing more and cost the kernel's functions nothing\n"      \
+	"(the emulated backend still reads the clock around each call); attached again, they\n"    \
+	"count on. A restart, or 'iommuctl daemon reexec', attaches them.\n"                       \
 	"Switching is for root and observers allowed to write (a configuration section with\n"     \
-	"stats = all and access = write); the daemon logs each switch. Refused\n"                  \
-	"(FAILED_PRECONDITION) when the tier is off: no programs were loaded, and the\n"           \
-	"daemon's start log says why (docs/operations.md, \"Map path probes\").\n"
+	"stats = all and access = write); the daemon logs each switch, and a request for the\n"    \
+	"state they are in as such. Refused (FAILED_PRECONDITION) when the tier is off: no\n"      \
+	"programs were loaded, and the daemon's start log says why (docs/operations.md, \"Map\n"   \
+	"path probes\").\n"
 
 static const char probes_attach_help[] =
 	"Puts iommud's map path probes back on the kernel's functions after 'iommuctl probes\n"
-	"detach', and shows the tier and whether they are attached. A program the kernel\n"
-	"refuses to attach again is listed under not_attached in 'iommuctl probes status';\n"
-	"the others are attached.\n"
+	"detach', and shows the tier and whether they are attached. When the kernel refuses\n"
+	"some program, the probes stay not attached (attached: no; the others count on), the\n"
+	"program is listed under not_attached in 'iommuctl probes status', the exit status is\n"
+	"1, and running 'iommuctl probes attach' again retries it.\n"
 	"\n" PROBES_NOTE;
 
 static const char probes_detach_help[] =
@@ -56,6 +60,11 @@ static void set_probes(bool attached)
 
 	cli_check(iommuctl_set_probes(cli_connection(), attached, &tier, &now));
 	show_switched(tier, now);
+	if (attached && !now)
+		fail(EXIT_REFUSED,
+		     "the kernel refused to attach some of the probes again: they stay detached "
+		     "('iommuctl probes status' lists them under not_attached); 'iommuctl probes "
+		     "attach' retries them");
 }
 
 static void cmd_probes_attach_exec(const struct cmd_entry *self, const struct cmd_args *args)

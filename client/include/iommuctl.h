@@ -174,8 +174,9 @@ int iommuctl_delegate(struct iommuctl *c, const char *const *devices, size_t n, 
 
 /* Takes the daemon's map path probes off the kernel's functions (attached false) or puts them
  * back (SetProbes; root and observers allowed to write). ret_tier and ret_attached (either
- * may be NULL) get the tier and whether the probes are attached now. -ENOTCONN
- * (CODE_FAILED_PRECONDITION) when the daemon's probes are off. */
+ * may be NULL) get the tier and whether the probes are attached now: false after an
+ * attach the kernel refused for some program (GetStats' probes.detached says which; asking
+ * again retries). -EBUSY (CODE_FAILED_PRECONDITION) when the daemon's probe tier is off. */
 int iommuctl_set_probes(struct iommuctl *c, bool attached, Iommud__V1__ProbeTier *ret_tier,
 			bool *ret_attached);
 

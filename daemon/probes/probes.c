@@ -136,11 +136,12 @@ struct probes {
 	__u64 attribution_gen; /* the last written to the object's attribution map */
 	__u32 kernel_tgid;     /* this process as the programs see it (learn_daemon) */
 	__u32 handled;	       /* IOMMUD_HANDLES_* of the handlers attached */
-	char **detached;       /* owned lines */
+	char **detached;       /* owned lines: the start's, then the last re-attach's refusals */
 	size_t n_detached;
+	size_t n_start_detached;	     /* the lines probes_start left */
 	struct iommud_bpf *skel;	     /* NULL at tier OFF */
 	struct bpf_link *links[2 * N_SPECS]; /* entry and exit of each spec */
-	bool attached[N_SPECS];		     /* what the tier attached, kept while detached */
+	bool attached[N_SPECS];		     /* what the tier attached at start, kept while off */
 	const char *target[N_SPECS];	     /* the target chosen for each spec, or NULL */
 	bool said_missing[N_SPECS];	     /* a spec of several tiers says so once */
 	bool switched_off;	   /* probes_set_attached(false): no links, no in-process records */
@@ -321,20 +322,24 @@ static const struct probe_spec *end_owner(size_t i, size_t *ret_owner)
 	return NULL;
 }
 
-/* Detaches spec i when the spec attaching its end did not attach: nothing would end what its
+static bool linked(const struct probes *p, size_t i)
+{
+	return p->links[2 * i];
+}
+
+/* Detaches spec i when the spec attaching its end is not attached: nothing would end what its
  * entry starts. */
 static void drop_without_end(struct probes *p, size_t i)
 {
 	const struct probe_spec *owner;
 	size_t j = 0;
 
-	if (!p->attached[i] || !(owner = end_owner(i, &j)) || p->attached[j])
+	if (!linked(p, i) || !(owner = end_owner(i, &j)) || linked(p, j))
 		return;
 	say(p, "%s on %s: nothing would end its timing (the raw tracepoint %s, attached with %s)",
 	    specs[i].what, p->target[i], specs[i].exit_tp, owner->what);
 	(void)bpf_link__destroy(p->links[2 * i]);
 	p->links[2 * i] = NULL;
-	p->attached[i] = false;
 }
 
 /* This process's id as the programs see it: the initial pid namespace's, where the daemon's
@@ -439,6 +444,7 @@ static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct 
 		p->attached[i] = p->target[i] && fallback_needed(p, i) && attach_spec(p, i);
 	for (size_t i = 0; i < N_SPECS; i++) {
 		drop_without_end(p, i);
+		p->attached[i] = linked(p, i);
 		measured += p->attached[i] && !specs[i].fault;
 	}
 	share_handled(p, tier);
@@ -502,6 +508,7 @@ int probes_start(const struct probes_options *opts, struct probes **ret_probes)
 		p->tier = TIER(OFF);
 		say(p, "kernel map path: probes are off by configuration (probe-tier off)");
 	}
+	p->n_start_detached = p->n_detached;
 	if (p->skel && alloc_percpu_values(p) < 0) {
 		probes_stop(p);
 		return -ENOMEM;
@@ -524,18 +531,49 @@ void probes_stop(struct probes *p)
 	free(p);
 }
 
+/* Forgets the refusals of the last re-attach, which the next one says again if they stand. */
+static void forget_refusals(struct probes *p)
+{
+	while (p->n_detached > p->n_start_detached)
+		free(p->detached[--p->n_detached]);
+}
+
+/* A thread inside a tracked ioctl when its exit program went away keeps its slot active, with
+ * that ioctl's start: re-attached, its next exit would time the whole detached period and its
+ * next entry would count a drop. Nothing runs the programs here, so nothing races the reset. */
+static int reset_threads(struct probes *p)
+{
+	const struct bpf_map *threads = p->skel->maps.threads;
+	size_t size = bpf_map__value_size(threads);
+	void *idle = calloc(1, size);
+	int err = idle ? 0 : -ENOMEM;
+
+	for (__u32 slot = 0; !err && slot < bpf_map__max_entries(threads); slot++)
+		err = bpf_map__update_elem(threads, &slot, sizeof(slot), idle, size, BPF_ANY);
+	free(idle);
+	if (err)
+		say(p, "kernel map path: the programs' per-thread state could not be cleared (%s)",
+		    strerror(-err));
+	return err;
+}
+
 int probes_set_attached(struct probes *p, bool attached)
 {
-	int rc = 0;
-
 	p->switched_off = !attached;
 	if (!p->skel)
 		return 0;
 	destroy_links(p);
-	for (size_t i = 0; attached && i < N_SPECS; i++)
-		if (p->attached[i] && !attach_spec(p, i) && rc == 0)
-			rc = -EAGAIN;
-	return rc;
+	forget_refusals(p);
+	if (!attached)
+		return 0;
+	if (reset_threads(p) < 0)
+		return -EAGAIN;
+	for (size_t i = 0; i < N_SPECS; i++)
+		if (p->attached[i])
+			(void)attach_spec(p, i);
+	for (size_t i = 0; i < N_SPECS; i++)
+		drop_without_end(p, i);
+	return probes_attached(p) ? 0 : -EAGAIN;
 }
 
 Iommud__V1__ProbeTier probes_tier(const struct probes *p)
@@ -545,7 +583,17 @@ Iommud__V1__ProbeTier probes_tier(const struct probes *p)
 
 bool probes_attached(const struct probes *p)
 {
-	return p->skel && !p->switched_off;
+	if (!p->skel || p->switched_off)
+		return false;
+	for (size_t i = 0; i < N_SPECS; i++)
+		if (p->attached[i] && !linked(p, i))
+			return false;
+	return true;
+}
+
+bool probes_switched_off(const struct probes *p)
+{
+	return p->switched_off;
 }
 
 bool probes_in_process(const struct probes *p)

@@ -42,17 +42,21 @@ struct probes_options {
 int probes_start(const struct probes_options *opts, struct probes **ret_probes);
 void probes_stop(struct probes *p);
 
-/* Takes the programs the tier attached off the kernel's functions (false), or puts them back
- * (true), keeping them loaded and the histograms as they are: what iommud-probes-bench
- * compares and SetProbes asks for. While off, probes_record records nothing either (at tier
- * OFF too, where there are no programs to switch). 0, or -EAGAIN when some program would not
- * attach again (probes_detached says which; the others are attached). */
+/* Takes the programs the tier attached off the kernel's functions (false), or puts all of them
+ * back (true; again after a partial failure, which is how that is retried), keeping them
+ * loaded and the histograms as they are: what iommud-probes-bench compares and SetProbes asks
+ * for. While off, probes_record records nothing either (at tier OFF too, where there are no
+ * programs to switch). 0, or -EAGAIN when some program would not attach again: then
+ * probes_attached is false and probes_detached says which, until the next switch. */
 int probes_set_attached(struct probes *p, bool attached);
 
 Iommud__V1__ProbeTier probes_tier(const struct probes *p);
-/* Whether the tier's programs are on the kernel's functions: from start unless the tier is
- * OFF, until probes_set_attached(false). */
+/* Whether every program the tier attached at start is on the kernel's functions: false at tier
+ * OFF, after probes_set_attached(false), and after a re-attach some program refused. It says
+ * nothing of the in-process timing, which runs at tier OFF too. */
 bool probes_attached(const struct probes *p);
+/* Whether probes_set_attached(false) was the last switch. */
+bool probes_switched_off(const struct probes *p);
 bool probes_in_process(const struct probes *p);
 /* Each program that is not attached, and why: n lines, valid until probes_stop. */
 size_t probes_detached(const struct probes *p, const char *const **ret_lines);

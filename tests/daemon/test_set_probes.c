@@ -4,6 +4,7 @@
  * loaded: probe-tier off here, as on any host that refuses BPF) refuses with what to do, while
  * GetStats says they are not attached. Switching loaded programs on a real kernel is the VM
  * tier's (tests/vm/test_probes_vm.c). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +18,11 @@
 static const char config[] = "probe-tier = off\n[access]\ndefault = none\n"
 			     "[uid 0]\naccess = write\ndevices = emu*\n"
 			     "[uid 65534]\naccess = write\n"
-			     "[uid 65533]\naccess = read\nstats = all\n";
+			     "[uid 65533]\naccess = read\nstats = all\n"
+			     "[uid 65532]\naccess = write\nstats = all\n";
 #define WRITER_UID   65534u /* may write, but is no observer */
 #define OBSERVER_UID 65533u /* an observer that may only read */
+#define OPERATOR_UID 65532u /* an observer allowed to write: an operator, as root is */
 #define DEVICES	     "emu0 emu1"
 
 static struct iommuctl *connect_hello(const char *socket_path)
@@ -31,19 +34,31 @@ static struct iommuctl *connect_hello(const char *socket_path)
 	return c;
 }
 
-/* As a writer that is no observer, or a read-only observer: 0 when refused for that, in both
- * directions. */
-static int switch_refused(void *socket_path)
+/* 0 when both directions of the switch are refused with code, saying says. */
+static int switch_answers(const char *socket_path, Iommud__V1__Code code, const char *says)
 {
 	struct iommuctl *c = connect_hello(socket_path);
 	int refused = 0;
 
 	for (int attached = 0; attached < 2; attached++)
 		refused += iommuctl_set_probes(c, attached, NULL, NULL) < 0 &&
-			   iommuctl_last_code(c) == IOMMUD__V1__CODE__CODE_PERMISSION_DENIED &&
-			   strstr(iommuctl_last_error(c), "switching the map path probes") != NULL;
+			   iommuctl_last_code(c) == code &&
+			   strstr(iommuctl_last_error(c), says) != NULL;
 	iommuctl_close(c);
 	return refused == 2 ? 0 : 1;
+}
+
+/* As a writer that is no observer, or a read-only observer: refused for who it is. */
+static int switch_refused(void *socket_path)
+{
+	return switch_answers(socket_path, IOMMUD__V1__CODE__CODE_PERMISSION_DENIED,
+			      "switching the map path probes");
+}
+
+/* As an operator who is not root: past the permission check, to the tier's refusal. */
+static int switch_admitted(void *socket_path)
+{
+	return switch_answers(socket_path, IOMMUD__V1__CODE__CODE_FAILED_PRECONDITION, "tier off");
 }
 
 TEST(refused_to_non_operators)
@@ -53,6 +68,15 @@ TEST(refused_to_non_operators)
 	fixture_start(&f, config, DEVICES);
 	CHECK_EQ(run_as(WRITER_UID, switch_refused, f.socket_path), 0);
 	CHECK_EQ(run_as(OBSERVER_UID, switch_refused, f.socket_path), 0);
+	fixture_stop(&f);
+}
+
+TEST(admitted_to_an_observer_allowed_to_write)
+{
+	struct daemon_fixture f;
+
+	fixture_start(&f, config, DEVICES);
+	CHECK_EQ(run_as(OPERATOR_UID, switch_admitted, f.socket_path), 0);
 	fixture_stop(&f);
 }
 
@@ -80,7 +104,7 @@ TEST(refused_when_the_tier_is_off)
 	CHECK_EQ(tier, IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF);
 	CHECK(!attached);
 	for (int on = 0; on < 2; on++) {
-		CHECK(iommuctl_set_probes(c, on, NULL, NULL) < 0);
+		CHECK_EQ(iommuctl_set_probes(c, on, NULL, NULL), -EBUSY);
 		CHECK_EQ(iommuctl_last_code(c), IOMMUD__V1__CODE__CODE_FAILED_PRECONDITION);
 		CHECK(strstr(iommuctl_last_error(c), "tier off") != NULL);
 		CHECK(strstr(iommuctl_last_error(c), "probe-tier") != NULL);
