@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #define __user
@@ -968,6 +969,60 @@ static int iommufd_adopt_mapped(struct kh_domain *dom, const struct kh_mapping *
 	if (rc == -ENOENT || rc == -EPERM || rc == -EINVAL)
 		return 0;
 	return rc < 0 ? rc : 1;
+}
+
+/* ---- a device descriptor held without a context ------------------------------------------ */
+
+/* Cuts path at its last '/', giving what followed; NULL when it has none. */
+static char *cut_last(char *path)
+{
+	char *slash = strrchr(path, '/');
+
+	if (!slash)
+		return NULL;
+	*slash = '\0';
+	return slash + 1;
+}
+
+/* The PCI device whose VFIO cdev fd is, in name: sysfs links the cdev's number to
+ * <device>/vfio-dev/vfioN. False when fd is no VFIO cdev. */
+static bool vfio_cdev_device(int fd, char name[KH_NAME_MAX])
+{
+	char link[64], path[PATH_MAX], real[PATH_MAX];
+	const char *cdev, *dir, *device;
+	struct stat st;
+
+	if (fstat(fd, &st) < 0 || !S_ISCHR(st.st_mode))
+		return false;
+	(void)snprintf(link, sizeof(link), "/sys/dev/char/%u:%u", major(st.st_rdev),
+		       minor(st.st_rdev));
+	if (!kh_root_path(link, path, sizeof(path)) || !realpath(path, real))
+		return false;
+	cdev = cut_last(real);
+	dir = cdev ? cut_last(real) : NULL;
+	device = dir ? cut_last(real) : NULL;
+	if (!device || strncmp(cdev, "vfio", 4) != 0 || strcmp(dir, "vfio-dev") != 0)
+		return false;
+	return kh_fits(snprintf(name, KH_NAME_MAX, "%s", device), KH_NAME_MAX);
+}
+
+int kh_device_fd_block(int fd, char ret_name[KH_NAME_MAX])
+{
+	struct vfio_device_detach_iommufd_pt cmd = {.argsz = sizeof(cmd)};
+	char name[KH_NAME_MAX];
+	int rc;
+
+	if (!vfio_cdev_device(fd, name))
+		return 0;
+	rc = kh_ioctl(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &cmd,
+		      "VFIO_DEVICE_DETACH_IOMMUFD_PT of %s (a descriptor held without a context)",
+		      name);
+	/* EINVAL: a descriptor never bound (or, on some kernels, a device not attached), which
+	 * lets no DMA through. */
+	if (rc < 0 && rc != -EINVAL)
+		return rc;
+	memcpy(ret_name, name, KH_NAME_MAX);
+	return 1;
 }
 
 static const struct kh_backend_ops iommufd_ops = {

@@ -259,6 +259,14 @@ int kh_device_region(struct kh_ctx *ctx, uint32_t dev_id, uint32_t index, struct
 /* The same for a VFIO device fd held without a context, such as one iommud's OpenDevice handed
  * out, so its holder finds the regions without issuing VFIO ioctls itself. */
 int kh_vfio_region(int vfio_fd, uint32_t index, struct kh_region *out);
+/* Blocks the DMA of the device whose VFIO cdev fd is, a descriptor held without a context (one
+ * an earlier process left in a descriptor store): detaches it from whatever it is attached to
+ * in the kernel context it is bound to, which leaves it blocked for every holder of the same
+ * file (a client's OpenDevice), since the binding is the file's. Before giving up such a
+ * descriptor, so that closing it never leaves a device attached with its DMA live. 1 with the
+ * device's name in ret_name once its DMA is blocked (a device never bound has none), 0 when fd
+ * is no VFIO device cdev (nothing to block), a negative errno when the kernel refused. */
+int kh_device_fd_block(int fd, char ret_name[KH_NAME_MAX]);
 
 /* ---- devices handed to another process ------------------------------------------------ */
 
