@@ -246,21 +246,81 @@ int fdstore_claim_listener(void)
 	return n ? fdstore_claim(found) : -ENOENT;
 }
 
+int fdstore_give_up(int fd, const char *name, char ret_device[KH_NAME_MAX])
+{
+	int rc = fd < 0 ? 0 : kh_device_fd_block(fd, ret_device);
+
+	if (rc < 0)
+		log_warning("cannot block the DMA of the device held by '%s' from the service "
+			    "manager's store before closing it (%s): a client holding the same "
+			    "device file keeps its DMA into the earlier context's mappings until "
+			    "it closes it",
+			    name, kh_last_error());
+	if (fd >= 0)
+		(void)close(fd);
+	/* It may hold a device the daemon is about to bind. */
+	fdstore_remove_kernel(name);
+	return rc;
+}
+
+/* Says what was given up of a stray: an anonymous session's device, which only a daemon that
+ * died (or re-executed) with the session leaves, or anything else no record names. */
+static void say_dropped(const char *name, int blocked, const char *device)
+{
+	uint32_t session, dev_id;
+
+	if (blocked > 0 && fdstore_anon_parse(name, &session, &dev_id))
+		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_DEVICE", device}),
+			   "anonymous session %u's device {IOMMUD_DEVICE} was left attached by a "
+			   "daemon that was killed or re-executed: detached, so its DMA is "
+			   "blocked; the client holding it must close it and open the device "
+			   "again",
+			   session);
+	else if (blocked > 0)
+		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_DEVICE", device}),
+			   "closed descriptor '%s' from the store: no record names it; it held "
+			   "device {IOMMUD_DEVICE}, detached first so that its DMA is blocked",
+			   name);
+	else
+		log_notice("closed descriptor '%s' from the store: no record names it", name);
+}
+
 void fdstore_drop_strays(void)
 {
+	char device[KH_NAME_MAX];
+	int blocked;
+
 	for (size_t i = 0; i < n_handed; i++) {
 		if (handed[i].fd >= 0) {
-			log_notice("closing descriptor '%s' from the store: no record names it",
-				   handed[i].name);
-			(void)close(handed[i].fd);
+			blocked = fdstore_give_up(handed[i].fd, handed[i].name, device);
 			handed[i].fd = -1;
-			/* A stray may be a kernel descriptor holding a device the daemon is
-			 * about to bind. */
-			fdstore_remove_kernel(handed[i].name);
+			say_dropped(handed[i].name, blocked, device);
 		}
 		free(handed[i].name);
 	}
 	free(handed);
 	handed = NULL;
 	n_handed = 0;
+}
+
+void fdstore_anon_name(uint32_t session, uint32_t dev_id, char name[FDSTORE_ANON_NAME])
+{
+	(void)snprintf(name, FDSTORE_ANON_NAME, "anon%u.device%u", session, dev_id);
+}
+
+bool fdstore_anon_parse(const char *name, uint32_t *ret_session, uint32_t *ret_dev_id)
+{
+	unsigned session, dev_id;
+	char again[FDSTORE_ANON_NAME];
+	int end = 0;
+
+	if (sscanf(name, "anon%u.device%u%n", &session, &dev_id, &end) != 2 || name[end])
+		return false;
+	/* Only the name fdstore_anon_name gives: no sign, no leading zero, no overflow. */
+	fdstore_anon_name(session, dev_id, again);
+	if (strcmp(again, name) != 0)
+		return false;
+	*ret_session = session;
+	*ret_dev_id = dev_id;
+	return true;
 }

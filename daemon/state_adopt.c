@@ -141,14 +141,6 @@ static void plans_free(struct kernel_plans *p)
 	free(p->v);
 }
 
-/* Takes the descriptor kept as name out of the store: the lease no longer needs it. */
-static void drop_kept(int fd, const char *name)
-{
-	if (fd >= 0)
-		(void)close(fd);
-	fdstore_remove_kernel(name);
-}
-
 /* The context's descriptor from the store, or a failure naming it. */
 static int claim_ctx_fd(const struct lease_rec *rec)
 {
@@ -210,11 +202,13 @@ static void take_over(struct state *st, struct lease_rec *rec)
 			   "they are rebuilt from the state record, and its devices' DMA faults "
 			   "until they are",
 			   failure_message());
+	/* The lease no longer needs them; a device among them may be attached still, and held by
+	 * a client too. */
 	lease_kernel_name(rec, 0, name);
-	drop_kept(ctx_fd, name);
+	(void)fdstore_give_up(ctx_fd, name, (char[KH_NAME_MAX]){0});
 	for (size_t i = 0; i < plan->n_devs; i++) {
 		lease_kernel_name(rec, plan->dev_ids[i], name);
-		drop_kept(plan->devs[i].fd, name);
+		(void)fdstore_give_up(plan->devs[i].fd, name, (char[KH_NAME_MAX]){0});
 		plan->devs[i].fd = -1;
 	}
 	/* The replay binds these devices again next: the manager's copies must be closed first,
