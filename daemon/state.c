@@ -147,7 +147,7 @@ static bool dev_to_store(const struct lease_rec *rec, size_t i, uint32_t *ret_de
 static size_t stored_count(const struct state *st)
 {
 	const struct lease_rec *rec;
-	size_t n = 1;
+	size_t n = 1 + anon_stored_count(st);
 
 	LIST_FOREACH (rec, &st->leases, link)
 		n += rec->n_files + rec->kernel_stored + rec->n_stored_devs;
@@ -157,7 +157,7 @@ static size_t stored_count(const struct state *st)
 /* Room for need more descriptors while one slot stays free to rewrite the record: past the
  * store's size the manager refuses in silence, and the next compaction would lose the
  * record. */
-static bool store_has_room(const struct state *st, size_t need)
+bool store_has_room(const struct state *st, size_t need)
 {
 	return stored_count(st) + need + 1 <= st->store_max;
 }
@@ -245,13 +245,15 @@ static void lease_free(struct lease_rec *rec, bool unstore)
 }
 
 /* The registry's word that a session ended: a lease's (released, its last connection gone)
- * ends its record; an anonymous session has none. */
+ * ends its record; an anonymous session's devices leave the store. */
 static void lease_end(struct session *s, void *arg)
 {
 	struct lease_rec *rec = lease_find(arg, s);
 
 	if (rec)
 		lease_free(rec, true);
+	else
+		anon_end(arg, s);
 }
 
 int lease_add_file(struct lease_rec *rec, uint32_t id, dev_t dev, ino_t ino, bool writable, int fd)
@@ -852,7 +854,7 @@ int state_record_call(struct state *st, const struct call *call)
 	int rc = 0;
 
 	if (!s)
-		return 0;
+		return anon_record_call(st, call);
 	st->n_boxes = 0;
 	rec = lease_find(st, s);
 	if (!rec) {
@@ -1000,8 +1002,8 @@ void state_compact_if_due(struct state *st)
 
 /* A kernel object the books name but the context no longer holds is left out, not passed
  * on as a descriptor nobody could move: a re-exec carries on without it. */
-static int visit_kernel_fd(const char *name, int fd,
-			   int (*visit)(const char *name, int fd, void *arg), void *arg)
+int visit_kernel_fd(const char *name, int fd, int (*visit)(const char *name, int fd, void *arg),
+		    void *arg)
 {
 	if (fd >= 0)
 		return visit(name, fd, arg);
@@ -1043,7 +1045,7 @@ int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd,
 		}
 		rc = rc < 0 ? rc : each_kernel_fd(rec, visit, arg);
 	}
-	return rc;
+	return rc < 0 ? rc : anon_each_fd(st, visit, arg);
 }
 
 /* ---- opening and closing ---------------------------------------------------------------- */
@@ -1054,6 +1056,7 @@ void state_free(struct state *st, bool unstore)
 
 	while ((rec = LIST_FIRST(&st->leases)))
 		lease_free(rec, unstore);
+	anon_free_all(st, unstore);
 	for (size_t i = 0; i < st->cap_boxes; i++) {
 		struct entry_box *box = st->boxes[i];
 
@@ -1086,6 +1089,7 @@ void state_close(struct state *st)
 	 * store's copies. The record and the memory files stay. */
 	LIST_FOREACH (rec, &st->leases, link)
 		lease_unstore_kernel(rec);
+	anon_free_all(st, true);
 	state_free(st, false);
 }
 
@@ -1129,6 +1133,7 @@ int state_open(struct registry *reg, struct state **ret_state)
 	st->store_max = store_max;
 	st->rec.fd = -1;
 	LIST_INIT(&st->leases);
+	LIST_INIT(&st->anons);
 	registry_on_session_end(reg, SESSION_END_STATE, lease_end, st);
 	state_adopt(st);
 	rc = state_compact(st);

@@ -19,6 +19,8 @@
 
 #include <state.pb-c.h>
 
+struct call;
+
 #include "session.h"
 #include "state_record.h"
 
@@ -63,6 +65,7 @@ struct lease_rec {
 	size_t n_stored_devs, cap_stored_devs;
 };
 
+struct anon_rec;
 struct entry_box;
 struct kernel_plans;
 
@@ -82,6 +85,9 @@ struct state {
 	size_t n_boxes, cap_boxes;
 	Iommud__State__V1__Entry **entries; /* the boxes' entries, as the transaction lists them */
 	size_t cap_entries;
+	/* state_anon.c: the anonymous sessions whose devices' descriptors are in the store. */
+	LIST_HEAD(, anon_rec) anons;
+	uint32_t last_anon_id;
 };
 
 struct lease_rec *lease_find(struct state *st, const struct session *s);
@@ -129,5 +135,24 @@ void state_adopt(struct state *st);
 int state_compact(struct state *st);
 /* Frees the state; unstore: its files are taken out of the store too. */
 void state_free(struct state *st, bool unstore);
+/* Whether the store has room for need more descriptors, one slot kept free to rewrite the
+ * record. */
+bool store_has_room(const struct state *st, size_t need);
+/* Passes a kernel descriptor the state keeps in the store to a state_each_fd visitor; one
+ * whose object is gone (fd negative) is said and left out. */
+int visit_kernel_fd(const char *name, int fd, int (*visit)(const char *name, int fd, void *arg),
+		    void *arg);
+
+/* state_anon.c: where the backend's objects outlive the daemon, an anonymous session's
+ * device whose fd OpenDevice handed out is kept in the store until the session ends
+ * (anon_end), so that the next daemon can block its DMA; 0 for any other call, or a negative
+ * errno that refuses the OpenDevice when it cannot be kept. */
+int anon_record_call(struct state *st, const struct call *call);
+void anon_end(struct state *st, const struct session *s);
+size_t anon_stored_count(const struct state *st);
+int anon_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),
+		 void *arg);
+/* unstore: their descriptors are taken out of the store too. */
+void anon_free_all(struct state *st, bool unstore);
 
 #endif

@@ -22,10 +22,17 @@
  * device's fd before each restart; what happens when it holds it across one is the last check
  * there.
  *
+ * Before the lease, where objects can be taken over, an anonymous session (which does not
+ * survive) binds the edu, maps the memfd, and its client takes the device's fd and sees DMA
+ * land; after a kill -9 and a restart the fd the client still holds must be blocked: the new
+ * daemon detached the device, said so, and left nothing of it in the store; the device stays
+ * busy for other sessions until the client closes that fd, then is free again.
+ *
  * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
  * vfio-pci).
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -127,16 +134,24 @@ static void check_attached(struct survivor *s)
 	iommuctl_response_free(resp);
 }
 
-static void connect_lease(struct survivor *s)
+/* A connection in the lease's session, or with lease NULL in the anonymous one. */
+static struct iommuctl *connect_as(struct survivor *s, const char *lease)
 {
 	Iommud__V1__HelloReply *hello;
+	struct iommuctl *c;
 
-	CHECK_OK(iommuctl_connect(s->sv.f.socket_path, &s->c));
-	check_call(s->c, iommuctl_hello(s->c, "test_survival_edu", LEASE, &hello), "Hello");
+	CHECK_OK(iommuctl_connect(s->sv.f.socket_path, &c));
+	check_call(c, iommuctl_hello(c, "test_survival_edu", lease, &hello), "Hello");
 	(void)printf("backend: %s\n", hello->backend_name);
 	for (size_t i = 0; i < hello->n_capabilities; i++)
 		s->adopt |= strcmp(hello->capabilities[i], "adopt") == 0;
 	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	return c;
+}
+
+static void connect_lease(struct survivor *s)
+{
+	s->c = connect_as(s, LEASE);
 }
 
 /* The lease: a domain for the edu, the edu attached, the memfd's pages mapped at SRC_IOVA
@@ -246,6 +261,63 @@ static void check_held_fd_round(struct survivor *s)
 		   "AllocDomain once the old fd is closed");
 	CHECK(dom > s->dom);
 	(void)printf("ok: once the old fd is closed, the lease takes the device again\n");
+}
+
+/* ---- an anonymous session's device, held across a kill ---------------------------------- */
+
+/* An anonymous session's client holds the edu's fd across a kill -9: the new daemon blocks
+ * its DMA (docs/operations.md, "Surviving a restart"). The edu's buffer still holds the
+ * pattern the landed round copied into it, so a device -> memory copy through the held fd
+ * that leaves the destination zero was blocked. */
+static void check_anonymous_blocked(struct survivor *s)
+{
+	struct iommuctl *c = connect_as(s, NULL), *other;
+	uint64_t iova = SRC_IOVA;
+	uint32_t dom;
+	struct edu edu;
+	uint8_t *mem;
+	int memfd, held;
+
+	mem = attach_with_memfd(c, s->name, &dom, &memfd);
+	check_call(c, iommuctl_map_fd(c, dom, memfd, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
+		   "Map source");
+	iova = DST_IOVA;
+	check_call(c,
+		   iommuctl_map_fd(c, dom, memfd, PAGE, PAGE,
+				   IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
+		   "Map destination");
+	held = iommuctl_open_device(c, s->name);
+	check_call(c, held, "OpenDevice");
+	edu_init(&edu, held);
+	edu_dma(&edu, SRC_IOVA, EDU_XFER, false);
+	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
+	CHECK(memcmp(mem + PAGE, mem, EDU_XFER) == 0);
+	supervisor_read_sent(&s->sv);
+	CHECK_EQ(supervisor_stored(&s->sv, "anon"), 1);
+	(void)printf("ok: an anonymous session's DMA landed, its device kept in the store\n");
+
+	kill_and_restart(s);
+	CHECK(supervisor_log_has(&s->sv, "was left attached by a daemon that was killed"));
+	CHECK(supervisor_log_has(&s->sv, "detached, so its DMA is blocked"));
+	CHECK_EQ(supervisor_stored(&s->sv, "anon"), 0);
+	memset(mem + PAGE, 0, PAGE);
+	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
+	CHECK(all_bytes(mem + PAGE, EDU_XFER, 0));
+	(void)printf("ok: after kill -9 and a restart, the held fd's DMA is blocked\n");
+
+	other = connect_as(s, NULL);
+	CHECK(iommuctl_alloc_domain(other, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &dom) == -EBUSY);
+	CHECK(strstr(iommuctl_last_error(other), "through a VFIO device fd"));
+	(void)close(held);
+	check_call(other, iommuctl_alloc_domain(other, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+		   "AllocDomain once the held fd is closed");
+	(void)printf("ok: the device is busy while the client holds its fd, free once closed\n");
+	iommuctl_close(c);
+	iommuctl_close(other);
+	/* The lease starts from a daemon that has bound nothing. */
+	kill_and_restart(s);
+	(void)munmap(mem, 2 * PAGE);
+	(void)close(memfd);
 }
 
 /* ---- the kernel objects taken over ------------------------------------------------------- */
@@ -475,15 +547,18 @@ int main(void)
 	(void)signal(SIGABRT, print_daemon_log);
 	s.backend = want;
 	supervisor_start(&s.sv, config, NULL);
-	connect_lease(&s);
+	s.c = connect_as(&s, NULL);
 	s.name = find_edu(s.c);
+	iommuctl_close(s.c);
 	if (!s.name) {
 		(void)printf("SKIP: the daemon offers no edu device\n");
-		iommuctl_close(s.c);
 		supervisor_stop(&s.sv);
 		return 77;
 	}
 	(void)printf("using %s\n", s.name);
+	if (s.adopt)
+		check_anonymous_blocked(&s);
+	connect_lease(&s);
 	make_lease(&s);
 	check_daemon_view(s.sv.f.pid, s.memfd, want, "after Map");
 	answers_of(&s, &before);
