@@ -26,7 +26,8 @@
  * survive) binds the edu, maps the memfd, and its client takes the device's fd and sees DMA
  * land; after a kill -9 and a restart the fd the client still holds must be blocked: the new
  * daemon detached the device, said so, and left nothing of it in the store; the device stays
- * busy for other sessions until the client closes that fd, then is free again.
+ * busy for other sessions until the client closes that fd, then is free again. The same again
+ * across a re-execution, which passes the device's descriptor on to the new image.
  *
  * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
  * vfio-pci).
@@ -265,11 +266,12 @@ static void check_held_fd_round(struct survivor *s)
 
 /* ---- an anonymous session's device, held across a kill ---------------------------------- */
 
-/* An anonymous session's client holds the edu's fd across a kill -9: the new daemon blocks
- * its DMA (docs/operations.md, "Surviving a restart"). The edu's buffer still holds the
- * pattern the landed round copied into it, so a device -> memory copy through the held fd
- * that leaves the destination zero was blocked. */
-static void check_anonymous_blocked(struct survivor *s)
+/* An anonymous session's client holds the edu's fd across a kill -9 and a restart, or a
+ * re-execution (how): the new daemon blocks its DMA (docs/operations.md, "Surviving a
+ * restart"). The edu's buffer still holds the pattern the landed round copied into it, so a
+ * device -> memory copy through the held fd that leaves the destination zero was blocked. */
+static void check_anonymous_blocked(struct survivor *s, void (*restart)(struct survivor *s),
+				    const char *how)
 {
 	struct iommuctl *c = connect_as(s, NULL), *other;
 	uint64_t iova = SRC_IOVA;
@@ -296,14 +298,14 @@ static void check_anonymous_blocked(struct survivor *s)
 	CHECK_EQ(supervisor_stored(&s->sv, "anon"), 1);
 	(void)printf("ok: an anonymous session's DMA landed, its device kept in the store\n");
 
-	kill_and_restart(s);
+	restart(s);
 	CHECK(supervisor_log_has(&s->sv, "was left attached by a daemon that was killed"));
 	CHECK(supervisor_log_has(&s->sv, "detached, so its DMA is blocked"));
 	CHECK_EQ(supervisor_stored(&s->sv, "anon"), 0);
 	memset(mem + PAGE, 0, PAGE);
 	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
 	CHECK(all_bytes(mem + PAGE, EDU_XFER, 0));
-	(void)printf("ok: after kill -9 and a restart, the held fd's DMA is blocked\n");
+	(void)printf("ok: after %s, the held fd's DMA is blocked\n", how);
 
 	other = connect_as(s, NULL);
 	CHECK(iommuctl_alloc_domain(other, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &dom) == -EBUSY);
@@ -314,7 +316,7 @@ static void check_anonymous_blocked(struct survivor *s)
 	(void)printf("ok: the device is busy while the client holds its fd, free once closed\n");
 	iommuctl_close(c);
 	iommuctl_close(other);
-	/* The lease starts from a daemon that has bound nothing. */
+	/* What follows starts from a daemon that has bound nothing. */
 	kill_and_restart(s);
 	(void)munmap(mem, 2 * PAGE);
 	(void)close(memfd);
@@ -556,8 +558,10 @@ int main(void)
 		return 77;
 	}
 	(void)printf("using %s\n", s.name);
-	if (s.adopt)
-		check_anonymous_blocked(&s);
+	if (s.adopt) {
+		check_anonymous_blocked(&s, kill_and_restart, "kill -9 and a restart");
+		check_anonymous_blocked(&s, reexecute, "a re-execution (SIGUSR2)");
+	}
 	connect_lease(&s);
 	make_lease(&s);
 	check_daemon_view(s.sv.f.pid, s.memfd, want, "after Map");
