@@ -114,12 +114,17 @@ int lease_add_stored_dev(struct lease_rec *rec, uint32_t dev_id)
 	return rc;
 }
 
-static bool lease_dev_stored(const struct lease_rec *rec, uint32_t dev_id)
+bool ids_have(const uint32_t *ids, size_t n, uint32_t id)
 {
-	for (size_t i = 0; i < rec->n_stored_devs; i++)
-		if (rec->stored_devs[i] == dev_id)
+	for (size_t i = 0; i < n; i++)
+		if (ids[i] == id)
 			return true;
 	return false;
+}
+
+static bool lease_dev_stored(const struct lease_rec *rec, uint32_t dev_id)
+{
+	return ids_have(rec->stored_devs, rec->n_stored_devs, dev_id);
 }
 
 static int store_kernel_fd(const struct lease_rec *rec, uint32_t dev_id, int fd)

@@ -49,14 +49,6 @@ static struct anon_rec *anon_find(const struct state *st, const struct session *
 	return NULL;
 }
 
-static bool anon_has_dev(const struct anon_rec *a, uint32_t dev_id)
-{
-	for (size_t i = 0; i < a->n_devs; i++)
-		if (a->devs[i] == dev_id)
-			return true;
-	return false;
-}
-
 static struct anon_rec *anon_add(struct state *st, struct session *s)
 {
 	struct anon_rec *a = calloc(1, sizeof(*a));
@@ -130,7 +122,7 @@ int anon_record_call(struct state *st, const struct call *call)
 	if (rc < 0)
 		return rc;
 	a = anon_find(st, s);
-	if (a && anon_has_dev(a, dev_id))
+	if (a && ids_have(a->devs, a->n_devs, dev_id))
 		return 0;
 	if (!a && !(a = anon_add(st, s)))
 		rc = fail(-ENOMEM, "out of memory");

@@ -97,6 +97,8 @@ void lease_file_name(const struct lease_rec *rec, uint32_t file_id, char name[LE
 /* The store's name for the lease's kernel context (dev_id 0) or a bound device's descriptor. */
 void lease_kernel_name(const struct lease_rec *rec, uint32_t dev_id, char name[LEASE_FILE_NAME]);
 int lease_add_stored_dev(struct lease_rec *rec, uint32_t dev_id);
+/* Whether id is among the n ids. */
+bool ids_have(const uint32_t *ids, size_t n, uint32_t id);
 /* Hands the store the lease's kernel descriptors it does not hold yet, so the next daemon can
  * take the objects over; nothing where the backend's cannot be. */
 void lease_store_kernel(const struct state *st, struct lease_rec *rec);
