@@ -1025,6 +1025,33 @@ int kh_device_fd_block(int fd, char ret_name[KH_NAME_MAX])
 	return 1;
 }
 
+/* IOMMU_IOAS_UNMAP of iova 0 and length U64_MAX empties an IOAS whole (an empty one answers
+ * 0); on an id that is no IOAS (another object's, or none) the kernel looks the IOAS up first
+ * and refuses with ENOENT, touching nothing, so every id up to max_id can be tried. */
+int kh_ctx_fd_release(int kernel_fd, uint32_t max_id, uint64_t *ret_bytes, uint32_t *ret_ioas)
+{
+	uint64_t bytes = 0;
+	uint32_t emptied = 0;
+
+	for (uint64_t id = 1; id <= max_id; id++) {
+		struct iommu_ioas_unmap cmd = {
+			.size = sizeof(cmd), .ioas_id = (uint32_t)id, .length = UINT64_MAX};
+
+		if (ioctl(kernel_fd, IOMMU_IOAS_UNMAP, &cmd) == 0) {
+			bytes += cmd.length;
+			emptied++;
+		} else if (errno != ENOENT) {
+			return kh_fail(-errno,
+				       "IOMMU_IOAS_UNMAP of the whole of IOAS %" PRIu64
+				       " of a context held without a process's books",
+				       id);
+		}
+	}
+	*ret_bytes = bytes;
+	*ret_ioas = emptied;
+	return 0;
+}
+
 static const struct kh_backend_ops iommufd_ops = {
 	.kind = KH_BACKEND_IOMMUFD,
 	.name = "iommufd",

@@ -267,6 +267,13 @@ int kh_vfio_region(int vfio_fd, uint32_t index, struct kh_region *out);
  * device's name in ret_name once its DMA is blocked (a device never bound has none), 0 when fd
  * is no VFIO device cdev (nothing to block), a negative errno when the kernel refused. */
 int kh_device_fd_block(int fd, char ret_name[KH_NAME_MAX]);
+/* Releases what a kernel context held without a context of this process (an earlier one's
+ * /dev/iommu descriptor, left in a descriptor store) still pins: empties every IOAS among the
+ * kernel ids 1 to max_id, the rest left alone. For after its devices' DMA is blocked
+ * (kh_device_fd_block), since their domains lose every mapping. The bytes unmapped and the
+ * IOAS emptied in ret_bytes and ret_ioas, or a negative errno when the kernel refused (kernel_fd
+ * is no IOMMU context, or an IOAS would not be emptied). */
+int kh_ctx_fd_release(int kernel_fd, uint32_t max_id, uint64_t *ret_bytes, uint32_t *ret_ioas);
 
 /* ---- devices handed to another process ------------------------------------------------ */
 
