@@ -2,6 +2,7 @@
 #include "fdstore.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -285,17 +286,54 @@ static void say_dropped(const char *name, int blocked, const char *device)
 		log_notice("closed descriptor '%s' from the store: no record names it", name);
 }
 
-void fdstore_drop_strays(void)
+/* An anonymous session's context: what it still pins (the session's mappings, charged to the
+ * dead daemon and to no quota) is released, then its descriptor given up. */
+static void release_anon_ctx(int fd, const char *name, uint32_t session, uint32_t max_id)
+{
+	uint64_t bytes;
+	uint32_t emptied;
+	int rc = kh_ctx_fd_release(fd, max_id, &bytes, &emptied);
+
+	if (rc < 0)
+		log_warning("cannot release the memory the context of anonymous session %u ('%s' "
+			    "in the service manager's store) pins (%s): it stays pinned, outside "
+			    "any quota, until the client holding the session's device closes it",
+			    session, name, kh_last_error());
+	else
+		log_notice("anonymous session %u was left by a daemon that was killed or "
+			   "re-executed: released %" PRIu64 " bytes mapped and pinned in %" PRIu32
+			   " address spaces of its kernel context, and closed '%s'",
+			   session, bytes, emptied, name);
+	(void)close(fd);
+	fdstore_remove_kernel(name);
+}
+
+/* Two passes: every device is blocked (the first) before an anonymous session's context is
+ * emptied (the second), so that no DMA runs into a domain while its mappings go. */
+static void drop_stray(struct handed *h, bool contexts)
 {
 	char device[KH_NAME_MAX];
+	uint32_t session, max_id;
+	bool is_ctx = fdstore_anon_ctx_parse(h->name, &session, &max_id);
 	int blocked;
 
+	if (h->fd < 0 || is_ctx != contexts)
+		return;
+	if (is_ctx) {
+		release_anon_ctx(h->fd, h->name, session, max_id);
+	} else {
+		blocked = fdstore_give_up(h->fd, h->name, device);
+		say_dropped(h->name, blocked, device);
+	}
+	h->fd = -1;
+}
+
+void fdstore_drop_strays(void)
+{
+	for (size_t i = 0; i < n_handed; i++)
+		drop_stray(&handed[i], false);
 	for (size_t i = 0; i < n_handed; i++) {
-		if (handed[i].fd >= 0) {
-			blocked = fdstore_give_up(handed[i].fd, handed[i].name, device);
-			handed[i].fd = -1;
-			say_dropped(handed[i].name, blocked, device);
-		}
+		drop_stray(&handed[i], true);
 		free(handed[i].name);
 	}
 	free(handed);
@@ -303,24 +341,49 @@ void fdstore_drop_strays(void)
 	n_handed = 0;
 }
 
+/* "anon<session><kind><number>": one shape for every name an anonymous session's descriptor
+ * has, so that one parser reads them all back. */
+static void anon_format(uint32_t session, const char *kind, uint32_t number,
+			char name[FDSTORE_ANON_NAME])
+{
+	(void)snprintf(name, FDSTORE_ANON_NAME, "anon%u%s%u", session, kind, number);
+}
+
+static bool anon_parse(const char *name, const char *kind, uint32_t *ret_session,
+		       uint32_t *ret_number)
+{
+	char format[32], again[FDSTORE_ANON_NAME];
+	unsigned session, number;
+	int end = 0;
+
+	(void)snprintf(format, sizeof(format), "anon%%u%s%%u%%n", kind);
+	if (sscanf(name, format, &session, &number, &end) != 2 || name[end])
+		return false;
+	/* Only the name anon_format gives: no sign, no leading zero, no overflow. */
+	anon_format(session, kind, number, again);
+	if (strcmp(again, name) != 0)
+		return false;
+	*ret_session = session;
+	*ret_number = number;
+	return true;
+}
+
 void fdstore_anon_name(uint32_t session, uint32_t dev_id, char name[FDSTORE_ANON_NAME])
 {
-	(void)snprintf(name, FDSTORE_ANON_NAME, "anon%u.device%u", session, dev_id);
+	anon_format(session, ".device", dev_id, name);
 }
 
 bool fdstore_anon_parse(const char *name, uint32_t *ret_session, uint32_t *ret_dev_id)
 {
-	unsigned session, dev_id;
-	char again[FDSTORE_ANON_NAME];
-	int end = 0;
+	return anon_parse(name, ".device", ret_session, ret_dev_id);
+}
 
-	if (sscanf(name, "anon%u.device%u%n", &session, &dev_id, &end) != 2 || name[end])
-		return false;
-	/* Only the name fdstore_anon_name gives: no sign, no leading zero, no overflow. */
-	fdstore_anon_name(session, dev_id, again);
-	if (strcmp(again, name) != 0)
-		return false;
-	*ret_session = session;
-	*ret_dev_id = dev_id;
-	return true;
+void fdstore_anon_ctx_name(uint32_t session, uint32_t max_id, char name[FDSTORE_ANON_NAME])
+{
+	anon_format(session, ".iommu.ids", max_id, name);
+}
+
+bool fdstore_anon_ctx_parse(const char *name, uint32_t *ret_session, uint32_t *ret_max_id)
+{
+	return anon_parse(name, ".iommu.ids", ret_session, ret_max_id);
 }

@@ -9,6 +9,19 @@
  * "anon<session>.device<dev_id>" (fdstore_anon_name), and the next daemon, finding it among the
  * strays, blocks the device's DMA before it closes it (fdstore_drop_strays).
  *
+ * The client's device fd keeps the session's kernel context alive too, with every page its
+ * mappings pinned, charged to the dead daemon and to no quota. So the store keeps the context's
+ * descriptor as well, named "anon<session>.iommu.ids<N>" (fdstore_anon_ctx_name), and the next
+ * daemon, once the devices are blocked, empties every IOAS among the kernel ids 1 to N and
+ * closes it. N bounds the IOAS ids of the session's domains (kh_kernel_ids) rather than listing
+ * them: iommufd gives each object the lowest id free in its context, so the ids stay small and
+ * N changes rarely, and IOMMU_IOAS_UNMAP of an id that is no IOAS is refused (ENOENT) with
+ * nothing touched, so trying each id up to N is safe. When an AllocDomain takes an id above N,
+ * the descriptor is stored again under the new bound, the old name removed first (the manager
+ * keeps one copy of a file, whatever name comes second): a kill between the two leaves the
+ * context unstored, so its pages stay pinned until the client closes its device, as they were
+ * before the context was kept; its devices are blocked all the same.
+ *
  * No record is written for them: the name says all the next daemon needs (what to do with the
  * descriptor is the same for every one, and the device's name comes from the kernel, through
  * the descriptor), so no anonymous call ever waits for a record, Map least of all. The session
@@ -37,6 +50,8 @@ struct anon_rec {
 	uint32_t id;
 	uint32_t *devs;
 	size_t n_devs;
+	bool ctx_stored;
+	uint32_t ioas_bound; /* the N of the context's name, while ctx_stored */
 };
 
 static struct anon_rec *anon_find(const struct state *st, const struct session *s)
@@ -90,6 +105,63 @@ static int anon_store(struct state *st, struct anon_rec *a, uint32_t dev_id, con
 	return 0;
 }
 
+static int raise_bound(const struct domain_view *view, void *arg)
+{
+	struct anon_rec *a = arg;
+	uint32_t ids[KH_KERNEL_IDS];
+	int rc = kh_kernel_ids(session_ctx(a->s), view->id, ids);
+
+	if (rc < 0)
+		return fail_kh(rc, "cannot find a domain's kernel ids");
+	/* The first of a domain's kernel ids is its IOAS (none, 0, for a nested one). */
+	if (ids[0] > a->ioas_bound)
+		a->ioas_bound = ids[0];
+	return 0;
+}
+
+/* Keeps the session's context in the store under a bound that covers the IOAS of each of its
+ * domains; stores it again when the bound has to grow. */
+static int anon_store_ctx(struct state *st, struct anon_rec *a)
+{
+	char name[FDSTORE_ANON_NAME];
+	int fd = kh_ctx_kernel_fd(session_ctx(a->s)), rc;
+	uint32_t stored = a->ioas_bound;
+
+	if (fd < 0)
+		return fail_kh(fd, "cannot find the session's kernel context descriptor");
+	rc = session_domains(a->s, raise_bound, a);
+	if (rc < 0)
+		a->ioas_bound = stored;
+	if (rc < 0 || (a->ctx_stored && a->ioas_bound == stored))
+		return rc;
+	if (!a->ctx_stored && !store_has_room(st, 1))
+		return fail(-ENOSPC,
+			    "the service manager's descriptor store is full (it takes %zu)",
+			    st->store_max);
+	if (a->ctx_stored) {
+		fdstore_anon_ctx_name(a->id, stored, name);
+		fdstore_remove(name);
+		a->ctx_stored = false;
+	}
+	fdstore_anon_ctx_name(a->id, a->ioas_bound, name);
+	rc = fdstore_add(name, fd);
+	a->ctx_stored = rc == 0;
+	return rc;
+}
+
+/* The domain is the session's already: a failure leaves it, said, with only its pages left
+ * pinned after a kill until the client closes its device (the next AllocDomain tries again). */
+static int anon_domain_allocated(struct state *st, struct anon_rec *a)
+{
+	if (anon_store_ctx(st, a) < 0)
+		log_warning("anonymous session %u: cannot keep its kernel context in the service "
+			    "manager's store under a bound that covers its new domain (%s): after "
+			    "a kill of the daemon the memory that domain pins stays pinned until "
+			    "the client holding the session's device closes it",
+			    a->id, failure_message());
+	return 0;
+}
+
 /* Without the store's copy, a kill would leave the device attached with its DMA live under
  * the client's fd, out of any daemon's reach: no fd is handed out then. */
 static int refuse(int rc, const char *device)
@@ -108,25 +180,29 @@ static int refuse(int rc, const char *device)
 
 int anon_record_call(struct state *st, const struct call *call)
 {
+	Iommud__V1__Request__MethodCase method = call->req->method_case;
 	const char *device;
 	struct session *s;
 	struct anon_rec *a;
 	uint32_t dev_id;
 	int rc;
 
-	if (!st || call->req->method_case != IOMMUD__V1__REQUEST__METHOD_OPEN_DEVICE ||
-	    !st->adopt || !call->client || !(s = call->client->session))
+	if (!st || !st->adopt || !call->client || !(s = call->client->session))
+		return 0;
+	a = anon_find(st, s);
+	if (method == IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN && a)
+		return anon_domain_allocated(st, a);
+	if (method != IOMMUD__V1__REQUEST__METHOD_OPEN_DEVICE)
 		return 0;
 	device = call->req->open_device->device;
 	rc = session_device(s, device, false, &dev_id);
 	if (rc < 0)
 		return rc;
-	a = anon_find(st, s);
 	if (a && ids_have(a->devs, a->n_devs, dev_id))
 		return 0;
 	if (!a && !(a = anon_add(st, s)))
 		rc = fail(-ENOMEM, "out of memory");
-	else
+	else if ((rc = anon_store_ctx(st, a)) == 0)
 		rc = anon_store(st, a, dev_id, device);
 	return rc < 0 ? refuse(rc, device) : 0;
 }
@@ -137,7 +213,7 @@ size_t anon_stored_count(const struct state *st)
 	size_t n = 0;
 
 	LIST_FOREACH (a, &st->anons, link)
-		n += a->n_devs;
+		n += a->n_devs + a->ctx_stored;
 	return n;
 }
 
@@ -148,13 +224,17 @@ int anon_each_fd(const struct state *st, int (*visit)(const char *name, int fd, 
 	const struct anon_rec *a;
 	int rc = 0;
 
-	LIST_FOREACH (a, &st->anons, link)
+	LIST_FOREACH (a, &st->anons, link) {
 		for (size_t i = 0; i < a->n_devs && rc == 0; i++) {
 			fdstore_anon_name(a->id, a->devs[i], name);
 			rc = visit_kernel_fd(name,
 					     kh_device_kernel_fd(session_ctx(a->s), a->devs[i]),
 					     visit, arg);
 		}
+		fdstore_anon_ctx_name(a->id, a->ioas_bound, name);
+		if (rc == 0 && a->ctx_stored)
+			rc = visit_kernel_fd(name, kh_ctx_kernel_fd(session_ctx(a->s)), visit, arg);
+	}
 	return rc;
 }
 
@@ -168,6 +248,9 @@ static void anon_free(struct anon_rec *a, bool unstore)
 		fdstore_anon_name(a->id, a->devs[i], name);
 		fdstore_remove_kernel(name);
 	}
+	fdstore_anon_ctx_name(a->id, a->ioas_bound, name);
+	if (a->ctx_stored && unstore)
+		fdstore_remove_kernel(name);
 	LIST_REMOVE(a, link);
 	free(a->devs);
 	free(a);
