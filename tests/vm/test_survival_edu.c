@@ -24,10 +24,12 @@
  *
  * Before the lease, where objects can be taken over, an anonymous session (which does not
  * survive) binds the edu, maps the memfd, and its client takes the device's fd and sees DMA
- * land; after a kill -9 and a restart the fd the client still holds must be blocked: the new
- * daemon detached the device, said so, and left nothing of it in the store; the device stays
- * busy for other sessions until the client closes that fd, then is free again. The same again
- * across a re-execution, which passes the device's descriptor on to the new image.
+ * land, the memfd's pages pinned; after a kill -9 and a restart the fd the client still holds
+ * must be blocked: the new daemon detached the device, emptied the session's context (the
+ * kernel finds nothing left mapped in its IOAS, asked through a copy of the context's
+ * descriptor the test took from the store), said so, and left nothing of it in the store; the
+ * device stays busy for other sessions until the client closes that fd, then is free again. The
+ * same again across a re-execution, which passes the device's descriptor on to the new image.
  *
  * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
  * vfio-pci).
@@ -35,6 +37,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +48,7 @@
 #include <unistd.h>
 
 #include <iommuctl.h>
+#include <kh/kh.h>
 
 #include "check.h"
 #include "daemon_edu.h"
@@ -266,6 +270,33 @@ static void check_held_fd_round(struct survivor *s)
 
 /* ---- an anonymous session's device, held across a kill ---------------------------------- */
 
+/* The session's kernel context, as the store keeps it (the first anonymous session a daemon
+ * keeps there is its number 1), in a descriptor of the test's own that outlives the store's. */
+static int anon_context(struct survivor *s)
+{
+	int fd = supervisor_stored_fd(&s->sv, "anon1.iommu.ids");
+
+	CHECK(fd >= 0);
+	fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	CHECK(fd >= 0);
+	return fd;
+}
+
+/* What the context still maps and pins, in the kernel's words: emptying it through the test's
+ * own descriptor unmaps nothing once the daemon released it, and the session's IOAS is still
+ * there to be asked. iommufd gives each object of a context the lowest id free, and the
+ * session made a handful, so they lie well below 64. */
+static void check_context_released(int context)
+{
+	uint64_t bytes;
+	uint32_t emptied;
+
+	CHECK_OK(kh_ctx_fd_release(context, 64, &bytes, &emptied));
+	CHECK(emptied >= 1);
+	CHECK_EQ(bytes, 0);
+	(void)close(context);
+}
+
 /* An anonymous session's client holds the edu's fd across a kill -9 and a restart, or a
  * re-execution (how): the new daemon blocks its DMA (docs/operations.md, "Surviving a
  * restart"). The edu's buffer still holds the pattern the landed round copied into it, so a
@@ -274,11 +305,12 @@ static void check_anonymous_blocked(struct survivor *s, void (*restart)(struct s
 				    const char *how)
 {
 	struct iommuctl *c = connect_as(s, NULL), *other;
+	char released[64];
 	uint64_t iova = SRC_IOVA;
 	uint32_t dom;
 	struct edu edu;
 	uint8_t *mem;
-	int memfd, held;
+	int memfd, held, context;
 
 	mem = attach_with_memfd(c, s->name, &dom, &memfd);
 	check_call(c, iommuctl_map_fd(c, dom, memfd, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
@@ -295,13 +327,20 @@ static void check_anonymous_blocked(struct survivor *s, void (*restart)(struct s
 	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
 	CHECK(memcmp(mem + PAGE, mem, EDU_XFER) == 0);
 	supervisor_read_sent(&s->sv);
-	CHECK_EQ(supervisor_stored(&s->sv, "anon"), 1);
-	(void)printf("ok: an anonymous session's DMA landed, its device kept in the store\n");
+	/* The device's descriptor and the context's. */
+	CHECK_EQ(supervisor_stored(&s->sv, "anon"), 2);
+	context = anon_context(s);
+	(void)printf("ok: an anonymous session's DMA landed, its device and context kept in the "
+		     "store\n");
 
 	restart(s);
 	CHECK(supervisor_log_has(&s->sv, "was left attached by a daemon that was killed"));
 	CHECK(supervisor_log_has(&s->sv, "detached, so its DMA is blocked"));
+	(void)snprintf(released, sizeof(released), "released %" PRIu32 " bytes", 2 * PAGE);
+	CHECK(supervisor_log_has(&s->sv, released));
 	CHECK_EQ(supervisor_stored(&s->sv, "anon"), 0);
+	check_context_released(context);
+	(void)printf("ok: after %s, the session's context maps and pins nothing\n", how);
 	memset(mem + PAGE, 0, PAGE);
 	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
 	CHECK(all_bytes(mem + PAGE, EDU_XFER, 0));
