@@ -2,6 +2,7 @@
 #include "fdstore.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -274,21 +275,143 @@ int fdstore_claim_listener(void)
 	return n ? fdstore_claim(found) : -ENOENT;
 }
 
+int fdstore_give_up(int fd, const char *name, char ret_device[KH_NAME_MAX])
+{
+	int rc = fd < 0 ? 0 : kh_device_fd_block(fd, ret_device);
+
+	if (rc < 0)
+		log_warning("cannot block the DMA of the device held by '%s' from the service "
+			    "manager's store before closing it (%s): a client holding the same "
+			    "device file keeps its DMA into the earlier context's mappings until "
+			    "it closes it",
+			    name, kh_last_error());
+	if (fd >= 0)
+		(void)close(fd);
+	/* It may hold a device the daemon is about to bind. */
+	fdstore_remove_kernel(name);
+	return rc;
+}
+
+/* Says what was given up of a stray: an anonymous session's device, which only a daemon that
+ * died (or re-executed) with the session leaves, or anything else no record names. */
+static void say_dropped(const char *name, int blocked, const char *device)
+{
+	uint32_t session, dev_id;
+
+	if (blocked > 0 && fdstore_anon_parse(name, &session, &dev_id))
+		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_DEVICE", device}),
+			   "anonymous session %u's device {IOMMUD_DEVICE} was left attached by a "
+			   "daemon that was killed or re-executed: detached, so its DMA is "
+			   "blocked; the client holding it must close it and open the device "
+			   "again",
+			   session);
+	else if (blocked > 0)
+		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_DEVICE", device}),
+			   "closed descriptor '%s' from the store: no record names it; it held "
+			   "device {IOMMUD_DEVICE}, detached first so that its DMA is blocked",
+			   name);
+	else
+		log_notice("closed descriptor '%s' from the store: no record names it", name);
+}
+
+/* An anonymous session's context: what it still pins (the session's mappings, charged to the
+ * dead daemon and to no quota) is released, then its descriptor given up. */
+static void release_anon_ctx(int fd, const char *name, uint32_t session, uint32_t max_id)
+{
+	uint64_t bytes;
+	uint32_t emptied;
+	int rc = kh_ctx_fd_release(fd, max_id, &bytes, &emptied);
+
+	if (rc < 0)
+		log_warning("cannot release the memory the context of anonymous session %u ('%s' "
+			    "in the service manager's store) pins (%s): it stays pinned, outside "
+			    "any quota, until the client holding the session's device closes it",
+			    session, name, kh_last_error());
+	else
+		log_notice("anonymous session %u was left by a daemon that was killed or "
+			   "re-executed: released %" PRIu64 " bytes mapped and pinned in %" PRIu32
+			   " address spaces of its kernel context, and closed '%s'",
+			   session, bytes, emptied, name);
+	(void)close(fd);
+	fdstore_remove_kernel(name);
+}
+
+/* Two passes: every device is blocked (the first) before an anonymous session's context is
+ * emptied (the second), so that no DMA runs into a domain while its mappings go. */
+static void drop_stray(struct handed *h, bool contexts)
+{
+	char device[KH_NAME_MAX];
+	uint32_t session, max_id;
+	bool is_ctx = fdstore_anon_ctx_parse(h->name, &session, &max_id);
+	int blocked;
+
+	if (h->fd < 0 || is_ctx != contexts)
+		return;
+	if (is_ctx) {
+		release_anon_ctx(h->fd, h->name, session, max_id);
+	} else {
+		blocked = fdstore_give_up(h->fd, h->name, device);
+		say_dropped(h->name, blocked, device);
+	}
+	h->fd = -1;
+}
+
 void fdstore_drop_strays(void)
 {
+	for (size_t i = 0; i < n_handed; i++)
+		drop_stray(&handed[i], false);
 	for (size_t i = 0; i < n_handed; i++) {
-		if (handed[i].fd >= 0) {
-			log_notice("closing descriptor '%s' from the store: no record names it",
-				   handed[i].name);
-			(void)close(handed[i].fd);
-			handed[i].fd = -1;
-			/* A stray may be a kernel descriptor holding a device the daemon is
-			 * about to bind. */
-			fdstore_remove_kernel(handed[i].name);
-		}
+		drop_stray(&handed[i], true);
 		free(handed[i].name);
 	}
 	free(handed);
 	handed = NULL;
 	n_handed = 0;
+}
+
+/* "anon<session><kind><number>": one shape for every name an anonymous session's descriptor
+ * has, so that one parser reads them all back. */
+static void anon_format(uint32_t session, const char *kind, uint32_t number,
+			char name[FDSTORE_ANON_NAME])
+{
+	(void)snprintf(name, FDSTORE_ANON_NAME, "anon%u%s%u", session, kind, number);
+}
+
+static bool anon_parse(const char *name, const char *kind, uint32_t *ret_session,
+		       uint32_t *ret_number)
+{
+	char format[32], again[FDSTORE_ANON_NAME];
+	unsigned session, number;
+	int end = 0;
+
+	(void)snprintf(format, sizeof(format), "anon%%u%s%%u%%n", kind);
+	if (sscanf(name, format, &session, &number, &end) != 2 || name[end])
+		return false;
+	/* Only the name anon_format gives: no sign, no leading zero, no overflow. */
+	anon_format(session, kind, number, again);
+	if (strcmp(again, name) != 0)
+		return false;
+	*ret_session = session;
+	*ret_number = number;
+	return true;
+}
+
+void fdstore_anon_name(uint32_t session, uint32_t dev_id, char name[FDSTORE_ANON_NAME])
+{
+	anon_format(session, ".device", dev_id, name);
+}
+
+bool fdstore_anon_parse(const char *name, uint32_t *ret_session, uint32_t *ret_dev_id)
+{
+	return anon_parse(name, ".device", ret_session, ret_dev_id);
+}
+
+void fdstore_anon_ctx_name(uint32_t session, uint32_t max_id, char name[FDSTORE_ANON_NAME])
+{
+	anon_format(session, ".iommu.ids", max_id, name);
+}
+
+bool fdstore_anon_ctx_parse(const char *name, uint32_t *ret_session, uint32_t *ret_max_id)
+{
+	return anon_parse(name, ".iommu.ids", ret_session, ret_max_id);
 }

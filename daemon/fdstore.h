@@ -6,8 +6,11 @@
  *
  * Every descriptor the daemon stores has a name that says whose it is (docs/architecture.md,
  * "Survival"): "state.<generation>" for the state record, "lease<L>.file<F>" for a memory file
- * lease L's mappings use. The socket the manager listens on for the daemon comes among the
- * handed descriptors too, under its unit's name.
+ * lease L's mappings use, "lease<L>.iommu" and "lease<L>.device<D>" for its kernel objects,
+ * "anon<S>.device<D>" for a device whose fd an anonymous session handed out and
+ * "anon<S>.iommu.ids<N>" for that session's kernel context (its IOAS ids are among 1 to N). The
+ * socket the manager listens on for the daemon comes among the handed descriptors too, under its
+ * unit's name.
  *
  * Ownership: the handed descriptors belong to this module until claimed; a claimed one belongs
  * to the claimer, and fdstore_drop_strays closes (and removes from the store) the others.
@@ -18,6 +21,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include <kh/kh.h>
 
 /* Whether a service manager listens (NOTIFY_SOCKET): without one nothing can be kept. */
 bool fdstore_available(void);
@@ -74,9 +80,34 @@ int fdstore_claim_name(const char *name);
 /* The listening SOCK_SEQPACKET Unix socket among the handed descriptors, taken over: its fd,
  * -ENOENT when no socket was handed, -EINVAL when several were or one of another kind. */
 int fdstore_claim_listener(void);
-/* Closes every handed descriptor nobody claimed and removes it from the store as a kernel
- * descriptor (fdstore_remove_kernel), saying so: what no record names is a stray of an earlier
- * daemon. */
+/* Gives up a descriptor from the store (a handed one claimed, or one the daemon stored) that
+ * may hold a device an earlier daemon left bound, and maybe attached, in its kernel context:
+ * the device's DMA is blocked first (kh_device_fd_block), since a client may hold the same
+ * file through an OpenDevice and closing the daemon's copy alone would leave its DMA live;
+ * then fd (if not negative) is closed and the store's copy removed (fdstore_remove_kernel).
+ * 1 with the device's name in ret_device when fd held one, now blocked; 0 when it held none;
+ * a negative errno, said in the log, when the kernel would not block it (closed regardless). */
+int fdstore_give_up(int fd, const char *name, char ret_device[KH_NAME_MAX]);
+/* Closes every handed descriptor nobody claimed as fdstore_give_up does, saying so: what no
+ * record names is a stray of an earlier daemon, an anonymous session's device among them.
+ * Once all are blocked, each anonymous session's context is emptied (kh_ctx_fd_release), so
+ * that the memory its mappings pinned is released too, and then closed and removed. */
 void fdstore_drop_strays(void);
+
+/* The store's name for device dev_id of anonymous session session (a number the daemon gives
+ * each anonymous session that hands a device's fd out, never again while it runs). It says
+ * all the next daemon needs: that the device must be blocked and given up, whose it was (for
+ * the log), and no record of it has to be written or read. */
+#define FDSTORE_ANON_NAME 48
+void fdstore_anon_name(uint32_t session, uint32_t dev_id, char name[FDSTORE_ANON_NAME]);
+/* Whether name is such a name, and the numbers in it. */
+bool fdstore_anon_parse(const char *name, uint32_t *ret_session, uint32_t *ret_dev_id);
+/* The store's name for the kernel context of anonymous session session, whose IOAS have kernel
+ * ids among 1 to max_id: the next daemon empties every IOAS there, after the session's devices
+ * are blocked. The name carries a bound rather than the ids, so it stays short whatever the
+ * number of domains, and changes only when a domain's IOAS takes an id above it. */
+void fdstore_anon_ctx_name(uint32_t session, uint32_t max_id, char name[FDSTORE_ANON_NAME]);
+/* Whether name is such a name, and the numbers in it. */
+bool fdstore_anon_ctx_parse(const char *name, uint32_t *ret_session, uint32_t *ret_max_id);
 
 #endif

@@ -119,7 +119,7 @@ static int stored_add(uint32_t **ids, size_t *cap, size_t *n, uint32_t id)
 	return rc;
 }
 
-static bool stored_has(const uint32_t *ids, size_t n, uint32_t id)
+bool ids_have(const uint32_t *ids, size_t n, uint32_t id)
 {
 	for (size_t i = 0; i < n; i++)
 		if (ids[i] == id)
@@ -137,18 +137,13 @@ int lease_add_stored_dom(struct lease_rec *rec, uint32_t dom_id)
 	return stored_add(&rec->stored_doms, &rec->cap_stored_doms, &rec->n_stored_doms, dom_id);
 }
 
-static bool lease_dev_stored(const struct lease_rec *rec, uint32_t dev_id)
-{
-	return stored_has(rec->stored_devs, rec->n_stored_devs, dev_id);
-}
-
 /* Whether the lease's i-th domain is a kernel object of its own whose descriptor is not in the
  * store yet. */
 static bool dom_to_store(const struct lease_rec *rec, size_t i)
 {
 	uint32_t id = rec->domains[i].id;
 
-	return !stored_has(rec->stored_doms, rec->n_stored_doms, id) &&
+	return !ids_have(rec->stored_doms, rec->n_stored_doms, id) &&
 	       kh_domain_kernel_fd(session_ctx(rec->s), id) >= 0;
 }
 
@@ -177,6 +172,11 @@ static void lease_unstore_domain(struct lease_rec *rec, uint32_t dom_id)
 	}
 }
 
+static bool lease_dev_stored(const struct lease_rec *rec, uint32_t dev_id)
+{
+	return ids_have(rec->stored_devs, rec->n_stored_devs, dev_id);
+}
+
 static int store_kernel_fd(const struct lease_rec *rec, uint32_t dev_id, int fd)
 {
 	char name[LEASE_FILE_NAME];
@@ -202,7 +202,7 @@ static bool dev_to_store(const struct lease_rec *rec, size_t i, uint32_t *ret_de
 static size_t stored_count(const struct state *st)
 {
 	const struct lease_rec *rec;
-	size_t n = 1 + delegation_fds_stored(st);
+	size_t n = 1 + delegation_fds_stored(st) + anon_stored_count(st);
 
 	LIST_FOREACH (rec, &st->leases, link)
 		n += rec->n_files + rec->kernel_stored + rec->n_stored_devs + rec->n_stored_doms;
@@ -212,7 +212,7 @@ static size_t stored_count(const struct state *st)
 /* Room for need more descriptors beside those set aside for calls in progress, while one slot
  * stays free to rewrite the record: past the store's size the manager refuses in silence, and
  * the next compaction would lose the record. */
-static bool store_has_room(const struct state *st, size_t need)
+bool store_has_room(const struct state *st, size_t need)
 {
 	return stored_count(st) + st->set_aside + need + 1 <= st->store_max;
 }
@@ -341,13 +341,15 @@ static void lease_free(struct lease_rec *rec, bool unstore)
 }
 
 /* The registry's word that a session ended: a lease's (released, its last connection gone)
- * ends its record; an anonymous session has none. */
+ * ends its record; an anonymous session's devices leave the store. */
 static void lease_end(struct session *s, void *arg)
 {
 	struct lease_rec *rec = lease_find(arg, s);
 
 	if (rec)
 		lease_free(rec, true);
+	else
+		anon_end(arg, s);
 }
 
 int lease_add_file(struct lease_rec *rec, uint32_t id, dev_t dev, ino_t ino, bool writable, int fd)
@@ -955,7 +957,7 @@ int state_record_call(struct state *st, struct call *call)
 	int rc = 0;
 
 	if (!s)
-		return 0;
+		return anon_record_call(st, call);
 	/* The files it was set aside for are stored below, before anything else runs. */
 	set_room(st, call, 0);
 	st->n_boxes = 0;
@@ -1118,8 +1120,8 @@ void state_compact_if_due(struct state *st)
 
 /* A kernel object the books name but the context no longer holds is left out, not passed
  * on as a descriptor nobody could move: a re-exec carries on without it. */
-static int visit_kernel_fd(const char *name, int fd,
-			   int (*visit)(const char *name, int fd, void *arg), void *arg)
+int visit_kernel_fd(const char *name, int fd, int (*visit)(const char *name, int fd, void *arg),
+		    void *arg)
 {
 	if (fd >= 0)
 		return visit(name, fd, arg);
@@ -1166,7 +1168,8 @@ int state_each_fd(const struct state *st, int (*visit)(const char *name, int fd,
 		}
 		rc = rc < 0 ? rc : each_kernel_fd(rec, visit, arg);
 	}
-	return rc < 0 ? rc : each_delegation_fd(st, visit, arg);
+	rc = rc < 0 ? rc : each_delegation_fd(st, visit, arg);
+	return rc < 0 ? rc : anon_each_fd(st, visit, arg);
 }
 
 /* ---- opening and closing ---------------------------------------------------------------- */
@@ -1178,6 +1181,7 @@ void state_free(struct state *st, bool unstore)
 	while ((rec = LIST_FIRST(&st->leases)))
 		lease_free(rec, unstore);
 	delegation_recs_free(st);
+	anon_free_all(st, unstore);
 	for (size_t i = 0; i < st->cap_boxes; i++) {
 		struct entry_box *box = st->boxes[i];
 
@@ -1210,6 +1214,7 @@ void state_close(struct state *st)
 	 * store's copies. The record and the memory files stay. */
 	LIST_FOREACH (rec, &st->leases, link)
 		lease_unstore_kernel(rec);
+	anon_free_all(st, true);
 	state_free(st, false);
 }
 
@@ -1254,6 +1259,7 @@ int state_open(struct registry *reg, struct state **ret_state)
 	st->store_max = store_max;
 	st->rec.fd = -1;
 	LIST_INIT(&st->leases);
+	LIST_INIT(&st->anons);
 	registry_on_session_end(reg, SESSION_END_STATE, lease_end, st);
 	state_adopt(st);
 	rc = state_compact(st);

@@ -142,12 +142,12 @@ static void plans_free(struct kernel_plans *p)
 	free(p->v);
 }
 
-/* Takes the descriptor kept as name out of the store: the lease no longer needs it. */
+/* Takes the descriptor kept as name out of the store: the lease no longer needs it. A device
+ * among them may be attached still, and held by a client too: fdstore_give_up blocks its DMA
+ * before it lets go. */
 static void drop_kept(int fd, const char *name)
 {
-	if (fd >= 0)
-		(void)close(fd);
-	fdstore_remove_kernel(name);
+	(void)fdstore_give_up(fd, name, (char[KH_NAME_MAX]){0});
 }
 
 /* The context's descriptor from the store, or a failure naming it; -EOPNOTSUPP where the

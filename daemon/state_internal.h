@@ -19,6 +19,8 @@
 
 #include <state.pb-c.h>
 
+struct call;
+
 #include "session.h"
 #include "state_record.h"
 
@@ -66,6 +68,7 @@ struct lease_rec {
 	size_t n_stored_doms, cap_stored_doms;
 };
 
+struct anon_rec;
 struct entry_box;
 struct kernel_plans;
 struct delegation_rec;
@@ -90,6 +93,9 @@ struct state {
 	size_t cap_entries;
 	LIST_HEAD(, delegation_rec) delegations; /* state_delegation.c */
 	uint64_t last_delegation_id;
+	/* state_anon.c: the anonymous sessions whose devices' descriptors are in the store. */
+	LIST_HEAD(, anon_rec) anons;
+	uint32_t last_anon_id;
 };
 
 struct lease_rec *lease_find(struct state *st, const struct session *s);
@@ -103,6 +109,8 @@ int lease_add_stored_dev(struct lease_rec *rec, uint32_t dev_id);
 void lease_domain_kernel_name(const struct lease_rec *rec, uint32_t dom_id,
 			      char name[LEASE_FILE_NAME]);
 int lease_add_stored_dom(struct lease_rec *rec, uint32_t dom_id);
+/* Whether id is among the n ids. */
+bool ids_have(const uint32_t *ids, size_t n, uint32_t id);
 /* Hands the store the lease's kernel descriptors it does not hold yet, so the next daemon can
  * take the objects over; nothing where the backend's cannot be. */
 void lease_store_kernel(const struct state *st, struct lease_rec *rec);
@@ -154,5 +162,24 @@ void state_adopt(struct state *st);
 int state_compact(struct state *st);
 /* Frees the state; unstore: its files are taken out of the store too. */
 void state_free(struct state *st, bool unstore);
+/* Whether the store has room for need more descriptors, one slot kept free to rewrite the
+ * record. */
+bool store_has_room(const struct state *st, size_t need);
+/* Passes a kernel descriptor the state keeps in the store to a state_each_fd visitor; one
+ * whose object is gone (fd negative) is said and left out. */
+int visit_kernel_fd(const char *name, int fd, int (*visit)(const char *name, int fd, void *arg),
+		    void *arg);
+
+/* state_anon.c: where the backend's objects outlive the daemon, an anonymous session's
+ * device whose fd OpenDevice handed out is kept in the store until the session ends
+ * (anon_end), so that the next daemon can block its DMA; 0 for any other call, or a negative
+ * errno that refuses the OpenDevice when it cannot be kept. */
+int anon_record_call(struct state *st, const struct call *call);
+void anon_end(struct state *st, const struct session *s);
+size_t anon_stored_count(const struct state *st);
+int anon_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),
+		 void *arg);
+/* unstore: their descriptors are taken out of the store too. */
+void anon_free_all(struct state *st, bool unstore);
 
 #endif

@@ -1374,9 +1374,14 @@ static void adoption_free(struct kh_ctx *ctx)
 
 	if (!a)
 		return;
-	for (size_t i = 0; i < a->n_devs; i++)
-		if (a->devs[i].fd >= 0)
-			(void)close(a->devs[i].fd);
+	/* A device taken over and not bound since may be attached still, and a client may hold
+	 * its file too: its DMA is blocked before the context lets go of it. */
+	for (size_t i = 0; i < a->n_devs; i++) {
+		if (a->devs[i].fd < 0)
+			continue;
+		(void)kh_device_fd_block(a->devs[i].fd, (char[KH_NAME_MAX]){0});
+		(void)close(a->devs[i].fd);
+	}
 	for (size_t i = 0; i < a->n_doms; i++)
 		if (a->doms[i].fd >= 0)
 			(void)close(a->doms[i].fd);

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #define __user
@@ -957,6 +958,87 @@ static int iommufd_adopt_mapped(struct kh_domain *dom, const struct kh_mapping *
 	if (rc == -ENOENT || rc == -EPERM || rc == -EINVAL)
 		return 0;
 	return rc < 0 ? rc : 1;
+}
+
+/* ---- a device descriptor held without a context ------------------------------------------ */
+
+/* Cuts path at its last '/', giving what followed; NULL when it has none. */
+static char *cut_last(char *path)
+{
+	char *slash = strrchr(path, '/');
+
+	if (!slash)
+		return NULL;
+	*slash = '\0';
+	return slash + 1;
+}
+
+/* The PCI device whose VFIO cdev fd is, in name: sysfs links the cdev's number to
+ * <device>/vfio-dev/vfioN. False when fd is no VFIO cdev. */
+static bool vfio_cdev_device(int fd, char name[KH_NAME_MAX])
+{
+	char link[64], path[PATH_MAX], real[PATH_MAX];
+	const char *cdev, *dir, *device;
+	struct stat st;
+
+	if (fstat(fd, &st) < 0 || !S_ISCHR(st.st_mode))
+		return false;
+	(void)snprintf(link, sizeof(link), "/sys/dev/char/%u:%u", major(st.st_rdev),
+		       minor(st.st_rdev));
+	if (!kh_root_path(link, path, sizeof(path)) || !realpath(path, real))
+		return false;
+	cdev = cut_last(real);
+	dir = cdev ? cut_last(real) : NULL;
+	device = dir ? cut_last(real) : NULL;
+	if (!device || strncmp(cdev, "vfio", 4) != 0 || strcmp(dir, "vfio-dev") != 0)
+		return false;
+	return kh_fits(snprintf(name, KH_NAME_MAX, "%s", device), KH_NAME_MAX);
+}
+
+int kh_device_fd_block(int fd, char ret_name[KH_NAME_MAX])
+{
+	struct vfio_device_detach_iommufd_pt cmd = {.argsz = sizeof(cmd)};
+	char name[KH_NAME_MAX];
+	int rc;
+
+	if (!vfio_cdev_device(fd, name))
+		return 0;
+	rc = kh_ioctl(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &cmd,
+		      "VFIO_DEVICE_DETACH_IOMMUFD_PT of %s (a descriptor held without a context)",
+		      name);
+	/* EINVAL: a descriptor never bound (or, on some kernels, a device not attached), which
+	 * lets no DMA through. */
+	if (rc < 0 && rc != -EINVAL)
+		return rc;
+	memcpy(ret_name, name, KH_NAME_MAX);
+	return 1;
+}
+
+/* IOMMU_IOAS_UNMAP of iova 0 and length U64_MAX empties an IOAS whole (an empty one answers
+ * 0); on an id that is no IOAS (another object's, or none) the kernel looks the IOAS up first
+ * and refuses with ENOENT, touching nothing, so every id up to max_id can be tried. */
+int kh_ctx_fd_release(int kernel_fd, uint32_t max_id, uint64_t *ret_bytes, uint32_t *ret_ioas)
+{
+	uint64_t bytes = 0;
+	uint32_t emptied = 0;
+
+	for (uint64_t id = 1; id <= max_id; id++) {
+		struct iommu_ioas_unmap cmd = {
+			.size = sizeof(cmd), .ioas_id = (uint32_t)id, .length = UINT64_MAX};
+
+		if (ioctl(kernel_fd, IOMMU_IOAS_UNMAP, &cmd) == 0) {
+			bytes += cmd.length;
+			emptied++;
+		} else if (errno != ENOENT) {
+			return kh_fail(-errno,
+				       "IOMMU_IOAS_UNMAP of the whole of IOAS %" PRIu64
+				       " of a context held without a process's books",
+				       id);
+		}
+	}
+	*ret_bytes = bytes;
+	*ret_ioas = emptied;
+	return 0;
 }
 
 static const struct kh_backend_ops iommufd_ops = {

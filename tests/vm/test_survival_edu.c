@@ -26,12 +26,22 @@
  * delegation byte for byte as before and refuses the edu to another lease (handed to another
  * process), and once the VMM exits that lease takes it.
  *
+ * Before the lease, where objects can be taken over, an anonymous session (which does not
+ * survive) binds the edu, maps the memfd, and its client takes the device's fd and sees DMA
+ * land, the memfd's pages pinned; after a kill -9 and a restart the fd the client still holds
+ * must be blocked: the new daemon detached the device, emptied the session's context (the
+ * kernel finds nothing left mapped in its IOAS, asked through a copy of the context's
+ * descriptor the test took from the store), said so, and left nothing of it in the store; the
+ * device stays busy for other sessions until the client closes that fd, then is free again. The
+ * same again across a re-execution, which passes the device's descriptor on to the new image.
+ *
  * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
  * vfio-pci).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +53,7 @@
 #include <unistd.h>
 
 #include <iommuctl.h>
+#include <kh/kh.h>
 
 #include "check.h"
 #include "daemon_edu.h"
@@ -138,18 +149,26 @@ static void check_attached(struct survivor *s)
 	iommuctl_response_free(resp);
 }
 
-static void connect_lease(struct survivor *s)
+/* A connection in the lease's session, or with lease NULL in the anonymous one. */
+static struct iommuctl *connect_as(struct survivor *s, const char *lease)
 {
 	Iommud__V1__HelloReply *hello;
+	struct iommuctl *c;
 
-	CHECK_OK(iommuctl_connect(s->sv.f.socket_path, &s->c));
-	check_call(s->c, iommuctl_hello(s->c, "test_survival_edu", LEASE, &hello), "Hello");
+	CHECK_OK(iommuctl_connect(s->sv.f.socket_path, &c));
+	check_call(c, iommuctl_hello(c, "test_survival_edu", lease, &hello), "Hello");
 	(void)printf("backend: %s\n", hello->backend_name);
 	for (size_t i = 0; i < hello->n_capabilities; i++) {
 		s->adopt |= strcmp(hello->capabilities[i], "adopt") == 0;
 		s->delegate |= strcmp(hello->capabilities[i], "delegate") == 0;
 	}
 	iommud__v1__hello_reply__free_unpacked(hello, NULL);
+	return c;
+}
+
+static void connect_lease(struct survivor *s)
+{
+	s->c = connect_as(s, LEASE);
 }
 
 /* The lease: a domain for the edu, the edu attached, the memfd's pages mapped at SRC_IOVA
@@ -201,6 +220,115 @@ static void check_lease_back(struct survivor *s, const struct answers *before, c
 		     s->dom, s->name);
 	check_daemon_view(s->sv.f.pid, s->memfd, s->backend, when);
 	(void)close(check_dma_lands(s, when));
+}
+
+static void kill_and_restart(struct survivor *s)
+{
+	supervisor_kill(&s->sv);
+	supervisor_spawn(&s->sv);
+}
+
+static void reexecute(struct survivor *s)
+{
+	pid_t pid = s->sv.f.pid;
+
+	supervisor_unready(&s->sv);
+	CHECK(kill(pid, SIGUSR2) == 0);
+	supervisor_wait_ready(&s->sv);
+	CHECK_EQ(s->sv.f.pid, pid);
+}
+
+/* ---- an anonymous session's device, held across a kill ---------------------------------- */
+
+/* The session's kernel context, as the store keeps it (the first anonymous session a daemon
+ * keeps there is its number 1), in a descriptor of the test's own that outlives the store's. */
+static int anon_context(struct survivor *s)
+{
+	int fd = supervisor_stored_fd(&s->sv, "anon1.iommu.ids");
+
+	CHECK(fd >= 0);
+	fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	CHECK(fd >= 0);
+	return fd;
+}
+
+/* What the context still maps and pins, in the kernel's words: emptying it through the test's
+ * own descriptor unmaps nothing once the daemon released it, and the session's IOAS is still
+ * there to be asked. iommufd gives each object of a context the lowest id free, and the
+ * session made a handful, so they lie well below 64. */
+static void check_context_released(int context)
+{
+	uint64_t bytes;
+	uint32_t emptied;
+
+	CHECK_OK(kh_ctx_fd_release(context, 64, &bytes, &emptied));
+	CHECK(emptied >= 1);
+	CHECK_EQ(bytes, 0);
+	(void)close(context);
+}
+
+/* An anonymous session's client holds the edu's fd across a kill -9 and a restart, or a
+ * re-execution (how): the new daemon blocks its DMA (docs/operations.md, "Surviving a
+ * restart"). The edu's buffer still holds the pattern the landed round copied into it, so a
+ * device -> memory copy through the held fd that leaves the destination zero was blocked. */
+static void check_anonymous_blocked(struct survivor *s, void (*restart)(struct survivor *s),
+				    const char *how)
+{
+	struct iommuctl *c = connect_as(s, NULL), *other;
+	char released[64];
+	uint64_t iova = SRC_IOVA;
+	uint32_t dom;
+	struct edu edu;
+	uint8_t *mem;
+	int memfd, held, context;
+
+	mem = attach_with_memfd(c, s->name, &dom, &memfd);
+	check_call(c, iommuctl_map_fd(c, dom, memfd, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
+		   "Map source");
+	iova = DST_IOVA;
+	check_call(c,
+		   iommuctl_map_fd(c, dom, memfd, PAGE, PAGE,
+				   IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
+		   "Map destination");
+	held = iommuctl_open_device(c, s->name);
+	check_call(c, held, "OpenDevice");
+	edu_init(&edu, held);
+	edu_dma(&edu, SRC_IOVA, EDU_XFER, false);
+	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
+	CHECK(memcmp(mem + PAGE, mem, EDU_XFER) == 0);
+	supervisor_read_sent(&s->sv);
+	/* The device's descriptor and the context's. */
+	CHECK_EQ(supervisor_stored(&s->sv, "anon"), 2);
+	context = anon_context(s);
+	(void)printf("ok: an anonymous session's DMA landed, its device and context kept in the "
+		     "store\n");
+
+	restart(s);
+	CHECK(supervisor_log_has(&s->sv, "was left attached by a daemon that was killed"));
+	CHECK(supervisor_log_has(&s->sv, "detached, so its DMA is blocked"));
+	(void)snprintf(released, sizeof(released), "released %" PRIu32 " bytes", 2 * PAGE);
+	CHECK(supervisor_log_has(&s->sv, released));
+	CHECK_EQ(supervisor_stored(&s->sv, "anon"), 0);
+	check_context_released(context);
+	(void)printf("ok: after %s, the session's context maps and pins nothing\n", how);
+	memset(mem + PAGE, 0, PAGE);
+	edu_dma(&edu, DST_IOVA, EDU_XFER, true);
+	CHECK(all_bytes(mem + PAGE, EDU_XFER, 0));
+	(void)printf("ok: after %s, the held fd's DMA is blocked\n", how);
+
+	other = connect_as(s, NULL);
+	CHECK(iommuctl_alloc_domain(other, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &dom) == -EBUSY);
+	CHECK(strstr(iommuctl_last_error(other), "through a VFIO device fd"));
+	(void)close(held);
+	check_call(other, iommuctl_alloc_domain(other, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &dom),
+		   "AllocDomain once the held fd is closed");
+	(void)printf("ok: the device is busy while the client holds its fd, free once closed\n");
+	iommuctl_close(c);
+	iommuctl_close(other);
+	/* What follows starts from a daemon that has bound nothing. */
+	kill_and_restart(s);
+	(void)munmap(mem, 2 * PAGE);
+	(void)close(memfd);
 }
 
 /* ---- the kernel objects taken over ------------------------------------------------------- */
@@ -487,8 +615,7 @@ static void check_delegation(struct survivor *s)
 	iommuctl_close(s->c);
 	delegations_of(s, &before);
 
-	supervisor_kill(&s->sv);
-	supervisor_spawn(&s->sv);
+	kill_and_restart(s);
 	delegations_of(s, &after);
 	CHECK(after.len == before.len && memcmp(after.bytes, before.bytes, before.len) == 0);
 	CHECK_EQ(take_edu(s, "other"), -EBUSY);
@@ -536,15 +663,20 @@ int main(void)
 	(void)signal(SIGABRT, print_daemon_log);
 	s.backend = want;
 	supervisor_start(&s.sv, config, NULL);
-	connect_lease(&s);
+	s.c = connect_as(&s, NULL);
 	s.name = find_edu(s.c);
+	iommuctl_close(s.c);
 	if (!s.name) {
 		(void)printf("SKIP: the daemon offers no edu device\n");
-		iommuctl_close(s.c);
 		supervisor_stop(&s.sv);
 		return 77;
 	}
 	(void)printf("using %s\n", s.name);
+	if (s.adopt) {
+		check_anonymous_blocked(&s, kill_and_restart, "kill -9 and a restart");
+		check_anonymous_blocked(&s, reexecute, "a re-execution (SIGUSR2)");
+	}
+	connect_lease(&s);
 	make_lease(&s);
 	check_daemon_view(s.sv.f.pid, s.memfd, want, "after Map");
 	answers_of(&s, &before);

@@ -268,6 +268,21 @@ int kh_device_region(struct kh_ctx *ctx, uint32_t dev_id, uint32_t index, struct
 /* The same for a VFIO device fd held without a context, such as one iommud's OpenDevice handed
  * out, so its holder finds the regions without issuing VFIO ioctls itself. */
 int kh_vfio_region(int vfio_fd, uint32_t index, struct kh_region *out);
+/* Blocks the DMA of the device whose VFIO cdev fd is, a descriptor held without a context (one
+ * an earlier process left in a descriptor store): detaches it from whatever it is attached to
+ * in the kernel context it is bound to, which leaves it blocked for every holder of the same
+ * file (a client's OpenDevice), since the binding is the file's. Before giving up such a
+ * descriptor, so that closing it never leaves a device attached with its DMA live. 1 with the
+ * device's name in ret_name once its DMA is blocked (a device never bound has none), 0 when fd
+ * is no VFIO device cdev (nothing to block), a negative errno when the kernel refused. */
+int kh_device_fd_block(int fd, char ret_name[KH_NAME_MAX]);
+/* Releases what a kernel context held without a context of this process (an earlier one's
+ * /dev/iommu descriptor, left in a descriptor store) still pins: empties every IOAS among the
+ * kernel ids 1 to max_id, the rest left alone. For after its devices' DMA is blocked
+ * (kh_device_fd_block), since their domains lose every mapping. The bytes unmapped and the
+ * IOAS emptied in ret_bytes and ret_ioas, or a negative errno when the kernel refused (kernel_fd
+ * is no IOMMU context, or an IOAS would not be emptied). */
+int kh_ctx_fd_release(int kernel_fd, uint32_t max_id, uint64_t *ret_bytes, uint32_t *ret_ioas);
 
 /* ---- devices handed to another process ------------------------------------------------ */
 
