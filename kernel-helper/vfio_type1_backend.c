@@ -408,26 +408,17 @@ static int dma_map(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint64
 	return rc;
 }
 
-/* Some kernels let only the process that made a mapping remove it, and answer anyone else
- * that they removed nothing: a mapping made before the daemon was restarted stays. */
+/* One call for the whole span: type1v2 removes every mapping inside it, holes and all, and
+ * answers with the bytes it removed, which the core's books already know. */
 static int dma_unmap(struct type1_domain *d, uint64_t iova, uint64_t length, uint32_t flags)
 {
 	struct vfio_iommu_type1_dma_unmap cmd = {
 		.argsz = sizeof(cmd), .flags = flags, .iova = iova, .size = length};
-	int rc = kh_ioctl(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
-			  "VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			  " in domain %u",
-			  length, iova, d->dom.id);
 
-	if (rc == 0 && !flags && cmd.size != length)
-		rc = kh_fail(-EPERM,
-			     "the kernel removed 0x%llx of the 0x%" PRIx64
-			     " bytes at IOVA 0x%" PRIx64
-			     " of domain %u: its VFIO type1 lets only the process that mapped them "
-			     "remove them, and they were mapped before the daemon restarted; free "
-			     "the domain (detach its devices first) to remove them",
-			     (unsigned long long)cmd.size, length, iova, d->dom.id);
-	return rc;
+	return kh_ioctl(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
+			"VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			" in domain %u",
+			length, iova, d->dom.id);
 }
 
 static int dirty_pages(struct type1_domain *d, uint32_t flag)
