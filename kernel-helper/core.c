@@ -1635,5 +1635,8 @@ int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade)
 	for (size_t i = 0; i < objs->n; i++)
 		if (objs->v[i].kind == KH_OBJ_DEVICE)
 			note_failure(&failed, ctx->be->ops->adopt_settle(objs->v[i].ptr));
+	for (size_t i = 0; i < objs->n && ctx->be->ops->adopt_recount; i++)
+		if (objs->v[i].kind == KH_OBJ_DOMAIN)
+			note_failure(&failed, ctx->be->ops->adopt_recount(objs->v[i].ptr));
 	return failed.rc < 0 ? kh_fail(failed.rc, "%s", failed.why) : 0;
 }

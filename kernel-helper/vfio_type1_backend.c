@@ -848,6 +848,31 @@ static int type1_adopt_settle(struct kh_device *dev)
 	return want ? type1_attach_dev(&want->dom, dev) : 0;
 }
 
+/* After every group settled: a container taken over with an IOMMU was counted as holding one
+ * group, which no settled group claimed. The kernel decides. Without an IOMMU now (a settle
+ * moved its group out, to where the record has it) it holds none, and the first attach sets
+ * the IOMMU and maps the books; with one, a group of the lease is in it though recorded in
+ * another domain, which the kernel does not name. */
+static int type1_adopt_recount(struct kh_domain *dom)
+{
+	struct vfio_iommu_type1_info info = {.argsz = sizeof(info)};
+	struct type1_domain *d = to_t1(dom);
+
+	if (!d->unnamed)
+		return 0;
+	d->unnamed = false;
+	if (ioctl(d->container, VFIO_IOMMU_GET_INFO, &info) < 0) {
+		d->groups = 0;
+		return 0;
+	}
+	return kh_fail(-ESTALE,
+		       "domain %u's container holds a group of the lease that is recorded in "
+		       "another domain (a change cut short by the daemon's end), and the kernel "
+		       "does not say which: detach the lease's devices and attach each again to "
+		       "the domain it belongs in",
+		       dom->id);
+}
+
 /* Whether the container maps something at the page at iova: type1 answers a map that overlaps
  * a mapping with EEXIST before it pins anything. A map that succeeds found nothing there and
  * is taken back. */
@@ -901,6 +926,7 @@ static const struct kh_backend_ops type1_ops = {
 	.adopt_bind = type1_adopt_bind,
 	.adopt_domain = type1_adopt_domain,
 	.adopt_settle = type1_adopt_settle,
+	.adopt_recount = type1_adopt_recount,
 	.adopt_mapped = type1_adopt_mapped,
 	.alloc_paging = type1_alloc_paging,
 	.default_domain_ops = &type1_paging_ops,

@@ -1035,6 +1035,50 @@ TEST_F(conformance, take_over_lost_copy_of_file)
 	(void)close(memfd);
 }
 
+/* A kill between a move's kernel calls and its record: the kernel has the device in the second
+ * domain, the books in the first. The take-over puts it where the books say, which takes the
+ * second domain's IOMMU away in a backend whose domain is the device group's container; that
+ * domain then maps into its books alone, as one that never had a device, and takes the device
+ * (and its mappings) when it is attached there. */
+TEST_F(conformance, take_over_move_cut_short)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	struct kh_adopt_device devs[3];
+	struct kh_adopt_domain doms[2];
+	struct setup s;
+	size_t remade;
+	uint32_t id;
+	int ctx_fd;
+
+	setup(self, &s);
+	if (!(kh_backend_caps(self->be) & KH_CAP_ADOPT)) {
+		(void)printf("take_over_move_cut_short: no take-over\n");
+		kh_ctx_destroy(s.ctx);
+		return;
+	}
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &doms[1].id));
+	doms[0].id = s.dom;
+	note_kernel_ids(self, &s, devs, doms, 2);
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
+	CHECK_OK(kh_detach(s.ctx, s.dev[0]));
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], doms[1].id));
+	die_keeping(&s, &ctx_fd, devs, doms, 2);
+
+	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
+	adopt_and_bind(self, &s, ctx_fd, devs, doms, 2);
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
+	CHECK_EQ(id, s.dom);
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
+	CHECK_EQ(id, doms[1].id);
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
+	CHECK_OK(kh_ctx_adopt_end(s.ctx, &remade));
+	map_fixed(&s, doms[1].id, 0x100000, PAGE, 0, KH_PROT_READ);
+	CHECK_OK(kh_detach(s.ctx, s.dev[0]));
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], doms[1].id));
+	map_fixed(&s, doms[1].id, 0x200000, PAGE, PAGE, KH_PROT_READ);
+	kh_ctx_destroy(s.ctx);
+}
+
 static void pick_devices(struct fixture_conformance *w)
 {
 	size_t n = kh_device_count(w->be);
