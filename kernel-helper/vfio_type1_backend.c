@@ -874,17 +874,15 @@ static int type1_adopt_recount(struct kh_domain *dom)
 }
 
 /* Whether the container maps something at the page at iova: type1 answers a map that overlaps
- * a mapping with EEXIST before it pins anything. A map that succeeds found nothing there and
- * is taken back. */
+ * a mapping with EEXIST before it pins anything. A map that succeeds found nothing there, and
+ * stays: the core takes the range out before it makes the mapping again, and says so if the
+ * kernel refuses, where an undo here could only leave the page pinned unseen. */
 static int page_held(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint32_t prot)
 {
 	int rc = dma_map(d, iova, vaddr, d->dom.page_sizes & -d->dom.page_sizes, prot);
 
 	if (rc == -EEXIST)
 		return 1;
-	if (rc < 0)
-		return rc;
-	rc = dma_unmap(d, iova, d->dom.page_sizes & -d->dom.page_sizes, 0);
 	return rc < 0 ? rc : 0;
 }
 

@@ -167,7 +167,8 @@ struct kh_backend_ops {
 	 * adopt_recount: optional, for each domain once every device settled: make what the
 	 * backend counts of dom match the kernel, failing where the kernel cannot say.
 	 * adopt_mapped: 1 when the kernel maps m in dom as it is recorded, 0 when it says it does
-	 * not, a negative errno when it could not be asked (the mapping is then left alone). */
+	 * not (what asking left in m's range the core takes out before making m again), a
+	 * negative errno when it could not be asked (the mapping is then left alone). */
 	int (*device_kernel_fd)(struct kh_device *dev);
 	int (*domain_kernel_fd)(struct kh_domain *dom);
 	void (*kernel_ids)(const struct kh_device *dev, struct kh_domain *dom,
