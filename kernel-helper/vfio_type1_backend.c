@@ -299,7 +299,8 @@ static struct type1_group *find_group(const struct type1_ctx *c, uint32_t number
 	return g;
 }
 
-/* The device's group, open as fd (the group's from then on), joins the context. */
+/* The device's group, open as fd (the group's on success; the caller's to close otherwise),
+ * joins the context. */
 static int add_group(struct type1_ctx *c, struct kh_device *dev, int fd)
 {
 	struct type1_group *g = kh_zalloc(sizeof(*g));
@@ -635,7 +636,8 @@ static int check_flags(const struct kh_device *dev, uint32_t flags)
 	return 0;
 }
 
-/* A paging domain around the container fd (the domain's from then on). */
+/* A paging domain around the container fd (the domain's on success; the caller's to close
+ * otherwise). */
 static int domain_new(struct kh_device *dev, uint32_t flags, int container,
 		      struct type1_domain **ret)
 {
@@ -769,7 +771,8 @@ static int type1_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_ad
 	return rc;
 }
 
-/* A mate bound already brought the group's file in: fd is that same file (checked). */
+/* A mate bound already brought the group's file in: fd is that same file, since the kernel
+ * lets a group be opened only once, and every copy the store kept comes from that open. */
 static int type1_adopt_bind(struct kh_ctx *ctx, struct kh_device *dev, int fd,
 			    const uint32_t ids[KH_KERNEL_IDS])
 {
