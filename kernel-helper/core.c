@@ -1403,7 +1403,7 @@ int kh_domain_kernel_fd(struct kh_ctx *ctx, uint32_t domain_id)
 
 	if (rc < 0)
 		return rc;
-	if (!ops->kernel_ids)
+	if (!(ctx->be->caps & KH_CAP_ADOPT))
 		return no_adoption(ctx->be);
 	if (!ops->domain_kernel_fd)
 		return kh_fail(-ENOENT,
