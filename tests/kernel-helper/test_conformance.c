@@ -911,6 +911,25 @@ static void adopt_and_bind(const struct fixture_conformance *self, struct setup 
 	}
 }
 
+/* The context dies keeping its objects, and a new one takes them over: its devices bound again
+ * and its two domains (doms) allocated again under the same ids, the second for the device at
+ * index second. */
+static void take_over_two(const struct fixture_conformance *self, struct setup *s,
+			  struct kh_adopt_device *devs, struct kh_adopt_domain *doms, int second)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	uint32_t id;
+	int ctx_fd;
+
+	die_keeping(s, &ctx_fd, devs, doms, 2);
+	CHECK_OK(kh_ctx_create(self->be, &s->ctx));
+	adopt_and_bind(self, s, ctx_fd, devs, doms, 2);
+	CHECK_OK(kh_domain_alloc(s->ctx, s->dev[0], &paging, &id));
+	CHECK_EQ(id, doms[0].id);
+	CHECK_OK(kh_domain_alloc(s->ctx, s->dev[second], &paging, &id));
+	CHECK_EQ(id, doms[1].id);
+}
+
 /* The context the take-over starts from, with its kernel ids noted in devs and doms[0], and
  * then changed where the books of the new process will not hold as the kernel does: one mapping
  * made and never recorded, one taken away and its removal never recorded, and a file mapping
@@ -1004,8 +1023,7 @@ TEST_F(conformance, take_over_lost_copy_of_file)
 	struct kh_adopt_domain doms[2];
 	struct setup s;
 	size_t remade;
-	uint32_t id;
-	int ctx_fd, memfd = memfd_create("take_over", MFD_CLOEXEC);
+	int memfd = memfd_create("take_over", MFD_CLOEXEC);
 
 	CHECK(memfd >= 0 && ftruncate(memfd, 4 * PAGE) == 0);
 	setup(self, &s);
@@ -1020,14 +1038,7 @@ TEST_F(conformance, take_over_lost_copy_of_file)
 	doms[0].id = s.dom;
 	note_kernel_ids(self, &s, devs, doms, 2);
 	CHECK_OK(kh_unmap(s.ctx, doms[1].id, 0x600000, 2 * PAGE, NULL));
-	die_keeping(&s, &ctx_fd, devs, doms, 2);
-
-	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
-	adopt_and_bind(self, &s, ctx_fd, devs, doms, 2);
-	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
-	CHECK_EQ(id, s.dom);
-	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &id));
-	CHECK_EQ(id, doms[1].id);
+	take_over_two(self, &s, devs, doms, 1);
 	(void)file_mapping(&s, memfd, true);
 	copy.iova = 0x600000;
 	CHECK_OK(kh_copy(s.ctx, doms[1].id, &copy, s.dom, 0x500000));
@@ -1049,8 +1060,6 @@ TEST_F(conformance, take_over_move_cut_short)
 	struct kh_adopt_domain doms[2];
 	struct setup s;
 	size_t remade;
-	uint32_t id;
-	int ctx_fd;
 
 	setup(self, &s);
 	if (!(kh_backend_caps(self->be) & KH_CAP_ADOPT)) {
@@ -1064,14 +1073,7 @@ TEST_F(conformance, take_over_move_cut_short)
 	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
 	CHECK_OK(kh_detach(s.ctx, s.dev[0]));
 	CHECK_OK(kh_attach(s.ctx, s.dev[0], doms[1].id));
-	die_keeping(&s, &ctx_fd, devs, doms, 2);
-
-	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
-	adopt_and_bind(self, &s, ctx_fd, devs, doms, 2);
-	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
-	CHECK_EQ(id, s.dom);
-	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
-	CHECK_EQ(id, doms[1].id);
+	take_over_two(self, &s, devs, doms, 0);
 	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
 	CHECK_OK(kh_ctx_adopt_end(s.ctx, &remade));
 	map_fixed(&s, doms[1].id, 0x100000, PAGE, 0, KH_PROT_READ);
