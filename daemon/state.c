@@ -156,19 +156,22 @@ static int store_domain_fd(const struct lease_rec *rec, uint32_t dom_id)
 	return fd < 0 ? fd : fdstore_add(name, fd);
 }
 
-/* A freed domain's descriptor leaves the store: an empty container, it holds nothing the
- * manager must close before the daemon goes on. */
-static void lease_unstore_domain(struct lease_rec *rec, uint32_t dom_id)
+/* A freed domain's descriptor (an empty container) leaves the store once the record no longer
+ * names the domain: sent before the commit, a kill in between would leave the record naming a
+ * domain whose descriptor is gone, and the next start would rebuild the whole lease. One that
+ * stays after a kill past the commit is a stray, which the next start takes out. */
+void lease_unstore_freed(struct lease_rec *rec)
 {
 	char name[LEASE_FILE_NAME];
 
-	for (size_t i = 0; i < rec->n_stored_doms; i++) {
-		if (rec->stored_doms[i] != dom_id)
+	for (size_t i = 0; i < rec->n_stored_doms;) {
+		if (lease_domain_find(rec, rec->stored_doms[i])) {
+			i++;
 			continue;
-		lease_domain_kernel_name(rec, dom_id, name);
+		}
+		lease_domain_kernel_name(rec, rec->stored_doms[i], name);
 		fdstore_remove(name);
 		rec->stored_doms[i] = rec->stored_doms[--rec->n_stored_doms];
-		return;
 	}
 }
 
@@ -673,7 +676,6 @@ static int record_free(struct state *st, struct lease_rec *rec, uint32_t domain_
 	f->lease_id = rec->id;
 	f->domain_id = domain_id;
 	lease_remove_domain(rec, domain_id);
-	lease_unstore_domain(rec, domain_id);
 	return 0;
 }
 
@@ -973,7 +975,10 @@ int state_record_call(struct state *st, struct call *call)
 	if (rc == 0)
 		rc = txn_commit(st);
 	st->n_boxes = 0;
-	return rc < 0 ? unrecorded(rec, rc) : 0;
+	if (rc < 0)
+		return unrecorded(rec, rc);
+	lease_unstore_freed(rec);
+	return 0;
 }
 
 /* A snapshot before the lease changes more, since its last change is in effect unrecorded. */

@@ -229,6 +229,17 @@ static int claim_dev_fds(const struct lease_rec *rec, struct kernel_plan *plan)
 	return 0;
 }
 
+/* Whether the store kept any of the lease's kernel objects: one recorded before any of its
+ * descriptors was kept has nothing to take over, and its rebuild is no news. */
+static bool plan_kept_any(const struct kernel_plan *plan, int ctx_fd)
+{
+	bool kept = ctx_fd >= 0 || plan->n_devs;
+
+	for (size_t i = 0; i < plan->n_doms && !kept; i++)
+		kept = plan->doms[i].fd >= 0;
+	return kept;
+}
+
 /* The lease's kernel context taken over, or, where it cannot be, its descriptors dropped so
  * that the replay rebuilds it in the fresh context the session opened. */
 static void take_over(struct state *st, struct lease_rec *rec)
@@ -251,8 +262,7 @@ static void take_over(struct state *st, struct lease_rec *rec)
 		keep_stored(rec, plan);
 		return;
 	}
-	/* A lease recorded before any of its descriptors was kept has nothing to take over. */
-	if (ctx_fd >= 0 || plan->n_devs)
+	if (plan_kept_any(plan, ctx_fd))
 		log_struct(LOG_WARNING, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
 			   "lease '{IOMMUD_LEASE}': its kernel objects cannot be taken over (%s); "
 			   "they are rebuilt from the state record, and its devices' DMA faults "

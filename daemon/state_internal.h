@@ -124,6 +124,7 @@ int lease_add_domain(struct lease_rec *rec, uint32_t id, const char *device,
 		     const struct kh_domain_alloc_args *args);
 struct lease_domain *lease_domain_find(struct lease_rec *rec, uint32_t id);
 void lease_remove_domain(struct lease_rec *rec, uint32_t id);
+void lease_unstore_freed(struct lease_rec *rec);
 int lease_add_device(struct lease_rec *rec, const char *name);
 
 /* The transaction being built: an entry of this kind, its change initialised (the returned

@@ -208,6 +208,7 @@ int state_compact(struct state *st)
 	record_close(&old);
 	LIST_FOREACH (rec, &st->leases, link) {
 		lease_drop_unused_files(rec);
+		lease_unstore_freed(rec);
 		rec->unrecorded = rec->left_out;
 	}
 	st->compact_at = compact_threshold(record_committed(&st->rec));

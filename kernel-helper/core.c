@@ -1417,7 +1417,7 @@ int kh_domain_kernel_fd(struct kh_ctx *ctx, uint32_t domain_id)
 
 	if (rc < 0)
 		return rc;
-	if (!ops->kernel_ids)
+	if (!(ctx->be->caps & KH_CAP_ADOPT))
 		return no_adoption(ctx->be);
 	if (!ops->domain_kernel_fd)
 		return kh_fail(-ENOENT,
@@ -1553,14 +1553,17 @@ static int adopt_domain(struct kh_ctx *ctx, struct kh_device *dev,
 }
 
 /* Takes out of the kernel what [first, last] of dom holds though no mapping is recorded there
- * (a change made and never acknowledged); nothing is there most often, which the kernel says. */
-static void clear_unrecorded(struct kh_domain *dom, uint64_t first, uint64_t last)
+ * (a change made and never acknowledged); nothing is there most often, which the kernel may
+ * answer with ENOENT. */
+static int clear_unrecorded(struct kh_domain *dom, uint64_t first, uint64_t last)
 {
 	uint64_t length = last - first + 1;
+	int rc;
 
 	if (first > last || first < dom->aperture_start || last > dom->aperture_last)
-		return;
-	(void)backend_unmap(dom, first, length ? length : UINT64_MAX);
+		return 0;
+	rc = backend_unmap(dom, first, length ? length : UINT64_MAX);
+	return rc == -ENOENT ? 0 : rc;
 }
 
 /* Checks one recorded mapping in the kernel; one the kernel lacks, or holds only in part, is
@@ -1585,8 +1588,11 @@ static int settle_mapping(struct kh_domain *dom, const struct kh_mapping *m, siz
 	rc = check_file_map(dom, &req);
 	if (rc < 0)
 		return rc;
-	clear_unrecorded(dom, m->iova, m->iova + m->length - 1);
-	rc = backend_map(dom, &req, NULL);
+	/* What asking left there, or what the kernel kept of a mapping cut short: a failure
+	 * leaves memory pinned that no book holds, which the caller must not take as settled. */
+	rc = clear_unrecorded(dom, m->iova, m->iova + m->length - 1);
+	if (rc == 0)
+		rc = backend_map(dom, &req, NULL);
 	if (rc == 0)
 		(*remade)++;
 	return rc;
@@ -1619,14 +1625,14 @@ static void settle_domain(struct kh_domain *dom, size_t *remade, struct first_fa
 		note_failure(failed, n);
 		for (int i = 0; i < n; i++) {
 			if (page[i].iova > next)
-				clear_unrecorded(dom, next, page[i].iova - 1);
+				(void)clear_unrecorded(dom, next, page[i].iova - 1);
 			note_failure(failed, settle_mapping(dom, &page[i], remade));
 			next = page[i].iova + page[i].length;
 		}
 	} while (n == 64 && next);
 	/* next wraps to 0 past a mapping ending at the top, where nothing is left to clear. */
 	if (next && n >= 0)
-		clear_unrecorded(dom, next, dom->aperture_last);
+		(void)clear_unrecorded(dom, next, dom->aperture_last);
 }
 
 int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade)
@@ -1649,5 +1655,8 @@ int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade)
 	for (size_t i = 0; i < objs->n; i++)
 		if (objs->v[i].kind == KH_OBJ_DEVICE)
 			note_failure(&failed, ctx->be->ops->adopt_settle(objs->v[i].ptr));
+	for (size_t i = 0; i < objs->n && ctx->be->ops->adopt_recount; i++)
+		if (objs->v[i].kind == KH_OBJ_DOMAIN)
+			note_failure(&failed, ctx->be->ops->adopt_recount(objs->v[i].ptr));
 	return failed.rc < 0 ? kh_fail(failed.rc, "%s", failed.why) : 0;
 }

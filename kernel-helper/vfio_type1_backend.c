@@ -299,7 +299,8 @@ static struct type1_group *find_group(const struct type1_ctx *c, uint32_t number
 	return g;
 }
 
-/* The device's group, open as fd (the group's from then on), joins the context. */
+/* The device's group, open as fd (the group's on success; the caller's to close otherwise),
+ * joins the context. */
 static int add_group(struct type1_ctx *c, struct kh_device *dev, int fd)
 {
 	struct type1_group *g = kh_zalloc(sizeof(*g));
@@ -408,26 +409,17 @@ static int dma_map(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint64
 	return rc;
 }
 
-/* Some kernels let only the process that made a mapping remove it, and answer anyone else
- * that they removed nothing: a mapping made before the daemon was restarted stays. */
+/* One call for the whole span: type1v2 removes every mapping inside it, holes and all, and
+ * answers with the bytes it removed, which the core's books already know. */
 static int dma_unmap(struct type1_domain *d, uint64_t iova, uint64_t length, uint32_t flags)
 {
 	struct vfio_iommu_type1_dma_unmap cmd = {
 		.argsz = sizeof(cmd), .flags = flags, .iova = iova, .size = length};
-	int rc = kh_ioctl(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
-			  "VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			  " in domain %u",
-			  length, iova, d->dom.id);
 
-	if (rc == 0 && !flags && cmd.size != length)
-		rc = kh_fail(-EPERM,
-			     "the kernel removed 0x%llx of the 0x%" PRIx64
-			     " bytes at IOVA 0x%" PRIx64
-			     " of domain %u: its VFIO type1 lets only the process that mapped them "
-			     "remove them, and they were mapped before the daemon restarted; free "
-			     "the domain (detach its devices first) to remove them",
-			     (unsigned long long)cmd.size, length, iova, d->dom.id);
-	return rc;
+	return kh_ioctl(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
+			"VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			" in domain %u",
+			length, iova, d->dom.id);
 }
 
 static int dirty_pages(struct type1_domain *d, uint32_t flag)
@@ -644,7 +636,8 @@ static int check_flags(const struct kh_device *dev, uint32_t flags)
 	return 0;
 }
 
-/* A paging domain around the container fd (the domain's from then on). */
+/* A paging domain around the container fd (the domain's on success; the caller's to close
+ * otherwise). */
 static int domain_new(struct kh_device *dev, uint32_t flags, int container,
 		      struct type1_domain **ret)
 {
@@ -778,7 +771,8 @@ static int type1_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_ad
 	return rc;
 }
 
-/* A mate bound already brought the group's file in: fd is that same file (checked). */
+/* A mate bound already brought the group's file in: fd is that same file, since the kernel
+ * lets a group be opened only once, and every copy the store kept comes from that open. */
 static int type1_adopt_bind(struct kh_ctx *ctx, struct kh_device *dev, int fd,
 			    const uint32_t ids[KH_KERNEL_IDS])
 {
@@ -857,18 +851,41 @@ static int type1_adopt_settle(struct kh_device *dev)
 	return want ? type1_attach_dev(&want->dom, dev) : 0;
 }
 
+/* After every group settled: a container taken over with an IOMMU was counted as holding one
+ * group, which no settled group claimed. The kernel decides. Without an IOMMU now (a settle
+ * moved its group out, to where the record has it) it holds none, and the first attach sets
+ * the IOMMU and maps the books; with one, a group of the lease is in it though recorded in
+ * another domain, which the kernel does not name. */
+static int type1_adopt_recount(struct kh_domain *dom)
+{
+	struct vfio_iommu_type1_info info = {.argsz = sizeof(info)};
+	struct type1_domain *d = to_t1(dom);
+
+	if (!d->unnamed)
+		return 0;
+	d->unnamed = false;
+	if (ioctl(d->container, VFIO_IOMMU_GET_INFO, &info) < 0) {
+		d->groups = 0;
+		return 0;
+	}
+	return kh_fail(-ESTALE,
+		       "domain %u's container holds a group of the lease that is recorded in "
+		       "another domain (a change cut short by the daemon's end), and the kernel "
+		       "does not say which: detach the lease's devices and attach each again to "
+		       "the domain it belongs in",
+		       dom->id);
+}
+
 /* Whether the container maps something at the page at iova: type1 answers a map that overlaps
- * a mapping with EEXIST before it pins anything. A map that succeeds found nothing there and
- * is taken back. */
+ * a mapping with EEXIST before it pins anything. A map that succeeds found nothing there, and
+ * stays: the core takes the range out before it makes the mapping again, and says so if the
+ * kernel refuses, where an undo here could only leave the page pinned unseen. */
 static int page_held(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint32_t prot)
 {
 	int rc = dma_map(d, iova, vaddr, d->dom.page_sizes & -d->dom.page_sizes, prot);
 
 	if (rc == -EEXIST)
 		return 1;
-	if (rc < 0)
-		return rc;
-	rc = dma_unmap(d, iova, d->dom.page_sizes & -d->dom.page_sizes, 0);
 	return rc < 0 ? rc : 0;
 }
 
@@ -910,6 +927,7 @@ static const struct kh_backend_ops type1_ops = {
 	.adopt_bind = type1_adopt_bind,
 	.adopt_domain = type1_adopt_domain,
 	.adopt_settle = type1_adopt_settle,
+	.adopt_recount = type1_adopt_recount,
 	.adopt_mapped = type1_adopt_mapped,
 	.alloc_paging = type1_alloc_paging,
 	.default_domain_ops = &type1_paging_ops,

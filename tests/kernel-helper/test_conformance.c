@@ -822,7 +822,9 @@ static int keep_descriptor(int fd, int null)
  * descriptors kept elsewhere (dups here, the descriptor store in iommud), and nothing of its
  * books. The context's own descriptors (the context's, where it has one, the devices' and the
  * domains' in doms, where they have their own) are pointed at /dev/null first, so that
- * destroying its books reaches no kernel object. */
+ * destroying its books reaches no kernel object. pick_devices took the three devices from three
+ * IOMMU groups, so no two share a descriptor (a vfio-type1 group's file) that this would point
+ * at /dev/null before its second copy. */
 static void die_keeping(struct setup *s, int *ret_ctx_fd, struct kh_adopt_device *devs,
 			struct kh_adopt_domain *doms, size_t n_doms)
 {
@@ -907,6 +909,25 @@ static void adopt_and_bind(const struct fixture_conformance *self, struct setup 
 		CHECK_OK(kh_device_bind(s->ctx, self->names[i], &id));
 		CHECK_EQ(id, s->dev[i]);
 	}
+}
+
+/* The context dies keeping its objects, and a new one takes them over: its devices bound again
+ * and its two domains (doms) allocated again under the same ids, the second for the device at
+ * index second. */
+static void take_over_two(const struct fixture_conformance *self, struct setup *s,
+			  struct kh_adopt_device *devs, struct kh_adopt_domain *doms, int second)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	uint32_t id;
+	int ctx_fd;
+
+	die_keeping(s, &ctx_fd, devs, doms, 2);
+	CHECK_OK(kh_ctx_create(self->be, &s->ctx));
+	adopt_and_bind(self, s, ctx_fd, devs, doms, 2);
+	CHECK_OK(kh_domain_alloc(s->ctx, s->dev[0], &paging, &id));
+	CHECK_EQ(id, doms[0].id);
+	CHECK_OK(kh_domain_alloc(s->ctx, s->dev[second], &paging, &id));
+	CHECK_EQ(id, doms[1].id);
 }
 
 /* The context the take-over starts from, with its kernel ids noted in devs and doms[0], and
@@ -1002,8 +1023,7 @@ TEST_F(conformance, take_over_lost_copy_of_file)
 	struct kh_adopt_domain doms[2];
 	struct setup s;
 	size_t remade;
-	uint32_t id;
-	int ctx_fd, memfd = memfd_create("take_over", MFD_CLOEXEC);
+	int memfd = memfd_create("take_over", MFD_CLOEXEC);
 
 	CHECK(memfd >= 0 && ftruncate(memfd, 4 * PAGE) == 0);
 	setup(self, &s);
@@ -1018,14 +1038,7 @@ TEST_F(conformance, take_over_lost_copy_of_file)
 	doms[0].id = s.dom;
 	note_kernel_ids(self, &s, devs, doms, 2);
 	CHECK_OK(kh_unmap(s.ctx, doms[1].id, 0x600000, 2 * PAGE, NULL));
-	die_keeping(&s, &ctx_fd, devs, doms, 2);
-
-	CHECK_OK(kh_ctx_create(self->be, &s.ctx));
-	adopt_and_bind(self, &s, ctx_fd, devs, doms, 2);
-	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &id));
-	CHECK_EQ(id, s.dom);
-	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[1], &paging, &id));
-	CHECK_EQ(id, doms[1].id);
+	take_over_two(self, &s, devs, doms, 1);
 	(void)file_mapping(&s, memfd, true);
 	copy.iova = 0x600000;
 	CHECK_OK(kh_copy(s.ctx, doms[1].id, &copy, s.dom, 0x500000));
@@ -1033,6 +1046,41 @@ TEST_F(conformance, take_over_lost_copy_of_file)
 		  "cannot be made again without its file");
 	kh_ctx_destroy(s.ctx);
 	(void)close(memfd);
+}
+
+/* A kill between a move's kernel calls and its record: the kernel has the device in the second
+ * domain, the books in the first. The take-over puts it where the books say, which takes the
+ * second domain's IOMMU away in a backend whose domain is the device group's container; that
+ * domain then maps into its books alone, as one that never had a device, and takes the device
+ * (and its mappings) when it is attached there. */
+TEST_F(conformance, take_over_move_cut_short)
+{
+	struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	struct kh_adopt_device devs[3];
+	struct kh_adopt_domain doms[2];
+	struct setup s;
+	size_t remade;
+
+	setup(self, &s);
+	if (!(kh_backend_caps(self->be) & KH_CAP_ADOPT)) {
+		(void)printf("take_over_move_cut_short: no take-over\n");
+		kh_ctx_destroy(s.ctx);
+		return;
+	}
+	CHECK_OK(kh_domain_alloc(s.ctx, s.dev[0], &paging, &doms[1].id));
+	doms[0].id = s.dom;
+	note_kernel_ids(self, &s, devs, doms, 2);
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
+	CHECK_OK(kh_detach(s.ctx, s.dev[0]));
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], doms[1].id));
+	take_over_two(self, &s, devs, doms, 0);
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
+	CHECK_OK(kh_ctx_adopt_end(s.ctx, &remade));
+	map_fixed(&s, doms[1].id, 0x100000, PAGE, 0, KH_PROT_READ);
+	CHECK_OK(kh_detach(s.ctx, s.dev[0]));
+	CHECK_OK(kh_attach(s.ctx, s.dev[0], doms[1].id));
+	map_fixed(&s, doms[1].id, 0x200000, PAGE, PAGE, KH_PROT_READ);
+	kh_ctx_destroy(s.ctx);
 }
 
 static void pick_devices(struct fixture_conformance *w)

@@ -4,7 +4,8 @@
  * default, which must take iommufd where /dev/iommu is and vfio-type1 on a kernel without it,
  * such as Debian 12's; or vfio-type1 in the test_daemon_edu_type1 build), a client that maps a
  * memfd through the RPC, drives an edu device it obtained with OpenDevice, and sees the device's
- * DMA land in the memfd; after Unmap the same DMA is blocked and the memfd keeps its bytes.
+ * DMA land in the memfd; after Unmap the same DMA is blocked and the memfd keeps its bytes, as
+ * after one Unmap over two mappings and the hole between them, which removes both.
  * Detached by the client's own VFIO call on that fd, the device is attached again by a
  * ReplaceDomain into the domain the daemon has it in (the kernel's answer wins, not the books).
  * Where the kernel maps files by descriptor (iommufd on Linux 6.13 and later), the daemon holds
@@ -42,7 +43,7 @@
 #define PAGE	 4096u
 #define SRC_IOVA 0x100000u /* edu masks DMA addresses to 28 bits: stay below 256 MiB */
 #define DST_IOVA 0x101000u
-#define ALT_IOVA 0x102000u /* the source again, mapped by MapBatch */
+#define ALT_IOVA 0x103000u /* the source again, mapped by MapBatch, a page apart from DST */
 
 /* What the steps share, in the order main takes them: each step leaves the daemon, the
  * session and the device as the next one expects them. */
@@ -170,6 +171,25 @@ static void check_unmap_blocks(struct edu_session *s)
 	(void)printf("ok: after Unmap the same DMA is blocked\n");
 }
 
+/* One Unmap over DST and ALT, with the unmapped page between them: the kernel removes both in
+ * one call and answers with fewer bytes than the span, which is success; the books drop both
+ * (only the source is left) and DMA to either is blocked. */
+static void check_unmap_across_hole(struct edu_session *s)
+{
+	Iommud__V1__Quota quota;
+	uint64_t bytes = 0;
+
+	check_call(s->c, iommuctl_unmap(s->c, s->dom, DST_IOVA, ALT_IOVA + PAGE - DST_IOVA, &bytes),
+		   "Unmap over DST, a hole and ALT");
+	CHECK_EQ(bytes, 2 * PAGE);
+	fixture_stats(s->c, &quota, NULL);
+	CHECK_EQ(quota.mappings, 1);
+	memset(s->mem + PAGE, 0xd7, PAGE);
+	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
+	CHECK(all_bytes(s->mem + PAGE, PAGE, 0xd7));
+	(void)printf("ok: one Unmap over two mappings and the hole between them removed both\n");
+}
+
 /* One MapBatch entry of the memfd's page at offset, at iova. */
 static void batch_entry(Iommud__V1__MapEntry *e, uint32_t dom, uint64_t iova, uint64_t offset,
 			uint32_t prot)
@@ -185,14 +205,13 @@ static void batch_entry(Iommud__V1__MapEntry *e, uint32_t dom, uint64_t iova, ui
 
 /* MapBatch takes the same path as Map: the source again at ALT_IOVA and the destination back at
  * DST_IOVA, the daemon's view of the memfd as Map leaves it, and the DMA from one to the other
- * landing; both go again after. */
+ * landing; both go again after, by one Unmap over them and the hole between. */
 static void check_batch(struct edu_session *s, const char *backend)
 {
 	Iommud__V1__MapEntry e[2], *entries[2] = {&e[0], &e[1]};
 	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
 	Iommud__V1__Response *resp;
-	uint64_t bytes;
 
 	batch_entry(&e[0], s->dom, ALT_IOVA, 0, IOMMUCTL_PROT_READ);
 	batch_entry(&e[1], s->dom, DST_IOVA, PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE);
@@ -207,9 +226,8 @@ static void check_batch(struct edu_session *s, const char *backend)
 	edu_dma(&s->edu, ALT_IOVA, EDU_XFER, false);
 	edu_dma(&s->edu, DST_IOVA, EDU_XFER, true);
 	CHECK(memcmp(s->mem + PAGE, s->mem, EDU_XFER) == 0);
-	check_call(s->c, iommuctl_unmap(s->c, s->dom, ALT_IOVA, PAGE, &bytes), "Unmap ALT");
-	check_call(s->c, iommuctl_unmap(s->c, s->dom, DST_IOVA, PAGE, &bytes), "Unmap DST");
 	(void)printf("ok: DMA through MapBatch's mappings landed in the client's memfd\n");
+	check_unmap_across_hole(s);
 }
 
 /* A read-only descriptor of the memfd may not be mapped for the device to write, with the

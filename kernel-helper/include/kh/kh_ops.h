@@ -164,8 +164,11 @@ struct kh_backend_ops {
 	 * descriptor fd (-1 where it has none; the domain's on success), or from none (ids NULL)
 	 * for one the replay will free again, which then holds no kernel object.
 	 * adopt_settle: put dev where the books say (dev->domain, or blocked when NULL).
+	 * adopt_recount: optional, for each domain once every device settled: make what the
+	 * backend counts of dom match the kernel, failing where the kernel cannot say.
 	 * adopt_mapped: 1 when the kernel maps m in dom as it is recorded, 0 when it says it does
-	 * not, a negative errno when it could not be asked (the mapping is then left alone). */
+	 * not (what asking left in m's range the core takes out before making m again), a
+	 * negative errno when it could not be asked (the mapping is then left alone). */
 	int (*device_kernel_fd)(struct kh_device *dev);
 	int (*domain_kernel_fd)(struct kh_domain *dom);
 	void (*kernel_ids)(const struct kh_device *dev, struct kh_domain *dom,
@@ -178,6 +181,7 @@ struct kh_backend_ops {
 			    struct kh_domain *parent, const uint32_t *ids, int fd,
 			    struct kh_domain **out);
 	int (*adopt_settle)(struct kh_device *dev);
+	int (*adopt_recount)(struct kh_domain *dom);
 	int (*adopt_mapped)(struct kh_domain *dom, const struct kh_mapping *m);
 
 	/* Allocate a domain of args->type for dev; parent is resolved by the core. Returning
