@@ -18,8 +18,6 @@
 #include "harness.h"
 #include "qmp.h"
 
-#define SOCKET_PATH "test_qmp.sock"
-
 /* What the scripted QEMU expects, line by line, and answers. */
 struct step {
 	const char *expect; /* the command, exactly */
@@ -122,13 +120,15 @@ static const struct step hand_over_steps[] = {
 static int run(struct fake_qemu *q, const struct step *steps, size_t n_steps, char *err,
 	       size_t err_size, ino_t *inodes)
 {
-	struct sockaddr_un addr = {.sun_family = AF_UNIX, .sun_path = SOCKET_PATH};
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
 	struct qmp_names names = {.prefix = "vm1", .bus = "rp1"};
 	int fds[3], sock, rc;
 	pthread_t thread;
 	pid_t pid = 0;
 
-	(void)unlink(SOCKET_PATH);
+	/* ctest runs the cases side by side in one folder: a socket name of each process's own. */
+	(void)snprintf(addr.sun_path, sizeof(addr.sun_path), "test_qmp.%d.sock", (int)getpid());
+	(void)unlink(addr.sun_path);
 	*q = (struct fake_qemu){.steps = steps, .n_steps = n_steps};
 	q->listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	CHECK(q->listener >= 0);
@@ -142,7 +142,7 @@ static int run(struct fake_qemu *q, const struct step *steps, size_t n_steps, ch
 		CHECK(fds[i] >= 0 && fstat(fds[i], &st) == 0);
 		inodes[i] = st.st_ino;
 	}
-	rc = qmp_connect(SOCKET_PATH, &sock, &pid, err, err_size);
+	rc = qmp_connect(addr.sun_path, &sock, &pid, err, err_size);
 	CHECK_EQ(rc, 0);
 	CHECK_EQ(pid, getpid());
 	rc = qmp_hand_over(sock, fds, 3, &names, err, err_size);
@@ -151,7 +151,7 @@ static int run(struct fake_qemu *q, const struct step *steps, size_t n_steps, ch
 	for (int i = 0; i < 3; i++)
 		(void)close(fds[i]);
 	(void)close(q->listener);
-	(void)unlink(SOCKET_PATH);
+	(void)unlink(addr.sun_path);
 	return rc;
 }
 
