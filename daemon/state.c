@@ -1094,7 +1094,9 @@ void state_close(struct state *st)
 	 * store's copies. The record and the memory files stay. */
 	LIST_FOREACH (rec, &st->leases, link)
 		lease_unstore_kernel(rec);
-	anon_free_all(st, true);
+	/* Anonymous sessions need nothing here: only connections hold them, so each ended in
+	 * server_destroy, and its end detached its devices before their copies left the store
+	 * (anon_end). Unstoring here could only come before a detach. */
 	state_free(st, false);
 }
 

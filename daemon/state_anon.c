@@ -238,13 +238,18 @@ int anon_each_fd(const struct state *st, int (*visit)(const char *name, int fd, 
 	return rc;
 }
 
-/* unstore: the store's copies go too, since the session's end detaches its devices itself,
- * and a copy left would keep each bound (another session's OpenDevice: EBUSY). */
+/* unstore: the store's copies go too, since a copy left would keep each device bound
+ * (another session's OpenDevice: EBUSY). Each device is detached before its copy goes: the
+ * session's end would detach it only later (kh_ctx_destroy), and a kill in between would leave
+ * it attached under the client's fd with no copy for the next daemon to block. A device not
+ * attached (EINVAL) has nothing to block; a refused detach is tried again by the context's
+ * end, which is all that is left to do. */
 static void anon_free(struct anon_rec *a, bool unstore)
 {
 	char name[FDSTORE_ANON_NAME];
 
 	for (size_t i = 0; i < a->n_devs && unstore; i++) {
+		(void)kh_detach(session_ctx(a->s), a->devs[i]);
 		fdstore_anon_name(a->id, a->devs[i], name);
 		fdstore_remove_kernel(name);
 	}
