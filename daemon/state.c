@@ -147,9 +147,8 @@ static bool dev_to_store(const struct lease_rec *rec, size_t i, uint32_t *ret_de
 	return true;
 }
 
-/* Descriptors the state keeps in the store: its record, the leases' memory files
- * and kernel descriptors. */
-static size_t stored_count(const struct state *st)
+/* Its record, the leases' memory files and kernel descriptors, the anonymous sessions'. */
+size_t stored_count(const struct state *st)
 {
 	const struct lease_rec *rec;
 	size_t n = 1 + anon_stored_count(st);
@@ -960,7 +959,7 @@ int state_check_call(struct state *st, const struct call *call)
 	int rc;
 
 	if (!s)
-		return 0;
+		return anon_check_call(st, call);
 	/* A release needs no catching up: replay skips what a released lease held. */
 	if ((rc = check_overdue(st)) < 0 ||
 	    (rec && rec->unrecorded && method != IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE &&
