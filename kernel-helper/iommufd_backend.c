@@ -1032,9 +1032,12 @@ int kh_device_fd_block(int fd, char ret_name[KH_NAME_MAX])
 	rc = kh_ioctl(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &cmd,
 		      "VFIO_DEVICE_DETACH_IOMMUFD_PT of %s (a descriptor held without a context)",
 		      name);
-	/* EINVAL: a descriptor never bound (or, on some kernels, a device not attached), which
-	 * lets no DMA through. */
-	if (rc < 0 && rc != -EINVAL)
+	/* EINVAL: the file was never bound to a context (the kernel refuses every ioctl but the
+	 * bind on such a file), so no DMA goes through it: nothing to block, and nothing blocked
+	 * to report. A bound device not attached answers 0. */
+	if (rc == -EINVAL)
+		return 0;
+	if (rc < 0)
 		return rc;
 	memcpy(ret_name, name, KH_NAME_MAX);
 	return 1;
