@@ -280,10 +280,12 @@ int fdstore_give_up(int fd, const char *name, char ret_device[KH_NAME_MAX])
 	int rc = fd < 0 ? 0 : kh_device_fd_block(fd, ret_device);
 
 	if (rc < 0)
-		log_warning("cannot block the DMA of the device held by '%s' from the service "
-			    "manager's store before closing it (%s): a client holding the same "
-			    "device file keeps its DMA into the earlier context's mappings until "
-			    "it closes it",
+		log_warning("cannot block the DMA of a device that '%s' from the service manager's "
+			    "store may hold before closing it (%s): the device may still be "
+			    "attached, its DMA live into the earlier context's mappings, until the "
+			    "client holding the same device file closes it; an administrator can "
+			    "stop that client, or unbind the device from vfio-pci, which asks the "
+			    "holder to let it go and waits until it does",
 			    name, kh_last_error());
 	if (fd >= 0)
 		(void)close(fd);

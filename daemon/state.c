@@ -200,9 +200,8 @@ static bool dev_to_store(const struct lease_rec *rec, size_t i, uint32_t *ret_de
 	return true;
 }
 
-/* Descriptors the state keeps in the store: its record, the leases' memory files
- * and kernel descriptors. */
-static size_t stored_count(const struct state *st)
+/* Its record, the leases' memory files and kernel descriptors, the anonymous sessions'. */
+size_t stored_count(const struct state *st)
 {
 	const struct lease_rec *rec;
 	size_t n = 1 + delegation_fds_stored(st) + anon_stored_count(st);
@@ -1067,7 +1066,7 @@ int state_check_call(struct state *st, struct call *call)
 	int rc;
 
 	if (!s)
-		return 0;
+		return anon_check_call(st, call);
 	/* A release needs no catching up: replay skips what a released lease held. */
 	if ((rc = check_overdue(st)) < 0 ||
 	    (rec && rec->unrecorded && method != IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE &&
@@ -1219,7 +1218,9 @@ void state_close(struct state *st)
 	 * store's copies. The record and the memory files stay. */
 	LIST_FOREACH (rec, &st->leases, link)
 		lease_unstore_kernel(rec);
-	anon_free_all(st, true);
+	/* Anonymous sessions need nothing here: only connections hold them, so each ended in
+	 * server_destroy, and its end detached its devices before their copies left the store
+	 * (anon_end). Unstoring here could only come before a detach. */
 	state_free(st, false);
 }
 

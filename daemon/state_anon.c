@@ -76,6 +76,38 @@ static struct anon_rec *anon_add(struct state *st, struct session *s)
 	return a;
 }
 
+/* Room in the store for need more of an anonymous session's descriptors; what names the
+ * call that needs them. */
+static int anon_room(const struct state *st, size_t need, const char *what)
+{
+	if (store_has_room(st, need))
+		return 0;
+	return fail(-ENOSPC,
+		    "%s needs %zu more descriptor(s) kept in the service manager's descriptor "
+		    "store, so that a restart of the daemon can block the DMA of a device fd "
+		    "handed out; the store holds %zu of the %zu it takes (one kept free to "
+		    "rewrite the state record); end an anonymous session that opened a device "
+		    "(close its connection) or release a lease; an administrator can raise "
+		    "FileDescriptorStoreMax= of iommud.service",
+		    what, need, stored_count(st), st->store_max);
+}
+
+/* The manager refusing a copy: fdstore_add says how; this says what it costs. */
+static int store_copy(const char *name, int fd)
+{
+	char why[STATUS_MESSAGE_MAX + 1];
+	int rc = fdstore_add(name, fd);
+
+	if (rc == 0)
+		return 0;
+	(void)snprintf(why, sizeof(why), "%s", failure_message());
+	return fail(rc,
+		    "%s; without that copy a restart of the daemon could not block the DMA of "
+		    "the device fd handed out, nor release what it pins; try again, and if it "
+		    "keeps failing, an administrator should check the service manager's log",
+		    why);
+}
+
 /* Hands the store the descriptor of the session's device dev_id. */
 static int anon_store(struct state *st, struct anon_rec *a, uint32_t dev_id, const char *device)
 {
@@ -85,15 +117,13 @@ static int anon_store(struct state *st, struct anon_rec *a, uint32_t dev_id, con
 
 	if (fd < 0)
 		return fail_kh(fd, "cannot find the device's kernel descriptor");
-	if (!store_has_room(st, 1))
-		return fail(-ENOSPC,
-			    "the service manager's descriptor store is full (it takes %zu)",
-			    st->store_max);
+	if ((rc = anon_room(st, 1, "OpenDevice")) < 0)
+		return rc;
 	if (!(grown = realloc(a->devs, (a->n_devs + 1) * sizeof(*grown))))
 		return fail(-ENOMEM, "out of memory");
 	a->devs = grown;
 	fdstore_anon_name(a->id, dev_id, name);
-	rc = fdstore_add(name, fd);
+	rc = store_copy(name, fd);
 	if (rc < 0)
 		return rc;
 	a->devs[a->n_devs++] = dev_id;
@@ -134,17 +164,15 @@ static int anon_store_ctx(struct state *st, struct anon_rec *a)
 		a->ioas_bound = stored;
 	if (rc < 0 || (a->ctx_stored && a->ioas_bound == stored))
 		return rc;
-	if (!a->ctx_stored && !store_has_room(st, 1))
-		return fail(-ENOSPC,
-			    "the service manager's descriptor store is full (it takes %zu)",
-			    st->store_max);
+	if (!a->ctx_stored && (rc = anon_room(st, 1, "keeping the session's kernel context")) < 0)
+		return rc;
 	if (a->ctx_stored) {
 		fdstore_anon_ctx_name(a->id, stored, name);
 		fdstore_remove(name);
 		a->ctx_stored = false;
 	}
 	fdstore_anon_ctx_name(a->id, a->ioas_bound, name);
-	rc = fdstore_add(name, fd);
+	rc = store_copy(name, fd);
 	a->ctx_stored = rc == 0;
 	return rc;
 }
@@ -162,20 +190,23 @@ static int anon_domain_allocated(struct state *st, struct anon_rec *a)
 	return 0;
 }
 
-/* Without the store's copy, a kill would leave the device attached with its DMA live under
- * the client's fd, out of any daemon's reach: no fd is handed out then. */
-static int refuse(int rc, const char *device)
+/* Room for what an OpenDevice keeps in the store, judged before the handler binds the
+ * device: refused after, the call would leave it bound in the session (other sessions' EBUSY)
+ * although it failed. The context's descriptor goes with the session's first device. */
+int anon_check_call(const struct state *st, const struct call *call)
 {
-	char why[STATUS_MESSAGE_MAX + 1];
+	struct session *s = call->client ? call->client->session : NULL;
+	const struct anon_rec *a;
+	uint32_t dev_id;
 
-	(void)snprintf(why, sizeof(why), "%s", failure_message());
-	return fail(rc,
-		    "device %s's descriptor could not be kept in the service manager's store "
-		    "(%s), and without it a restart of the daemon could not block the DMA of a "
-		    "fd handed out, so OpenDevice is refused; try again once other sessions "
-		    "have ended, and an administrator can raise FileDescriptorStoreMax= of "
-		    "iommud.service",
-		    device, why);
+	if (!st || !st->adopt || !s ||
+	    call->req->method_case != IOMMUD__V1__REQUEST__METHOD_OPEN_DEVICE)
+		return 0;
+	a = anon_find(st, s);
+	if (a && session_device(s, call->req->open_device->device, false, &dev_id) == 0 &&
+	    ids_have(a->devs, a->n_devs, dev_id))
+		return 0;
+	return anon_room(st, 1 + !(a && a->ctx_stored), "OpenDevice");
 }
 
 int anon_record_call(struct state *st, const struct call *call)
@@ -200,11 +231,12 @@ int anon_record_call(struct state *st, const struct call *call)
 		return rc;
 	if (a && ids_have(a->devs, a->n_devs, dev_id))
 		return 0;
+	/* Without the store's copies a kill would leave the device attached with its DMA live
+	 * under the client's fd, out of any daemon's reach: no fd is handed out then. */
 	if (!a && !(a = anon_add(st, s)))
-		rc = fail(-ENOMEM, "out of memory");
-	else if ((rc = anon_store_ctx(st, a)) == 0)
-		rc = anon_store(st, a, dev_id, device);
-	return rc < 0 ? refuse(rc, device) : 0;
+		return fail(-ENOMEM, "out of memory");
+	rc = anon_store_ctx(st, a);
+	return rc < 0 ? rc : anon_store(st, a, dev_id, device);
 }
 
 size_t anon_stored_count(const struct state *st)
@@ -238,13 +270,18 @@ int anon_each_fd(const struct state *st, int (*visit)(const char *name, int fd, 
 	return rc;
 }
 
-/* unstore: the store's copies go too, since the session's end detaches its devices itself,
- * and a copy left would keep each bound (another session's OpenDevice: EBUSY). */
+/* unstore: the store's copies go too, since a copy left would keep each device bound
+ * (another session's OpenDevice: EBUSY). Each device is detached before its copy goes: the
+ * session's end would detach it only later (kh_ctx_destroy), and a kill in between would leave
+ * it attached under the client's fd with no copy for the next daemon to block. A device not
+ * attached (EINVAL) has nothing to block; a refused detach is tried again by the context's
+ * end, which is all that is left to do. */
 static void anon_free(struct anon_rec *a, bool unstore)
 {
 	char name[FDSTORE_ANON_NAME];
 
 	for (size_t i = 0; i < a->n_devs && unstore; i++) {
+		(void)kh_detach(session_ctx(a->s), a->devs[i]);
 		fdstore_anon_name(a->id, a->devs[i], name);
 		fdstore_remove_kernel(name);
 	}

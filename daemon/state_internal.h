@@ -163,6 +163,8 @@ void state_adopt(struct state *st);
 int state_compact(struct state *st);
 /* Frees the state; unstore: its files are taken out of the store too. */
 void state_free(struct state *st, bool unstore);
+/* How many descriptors the state keeps in the store. */
+size_t stored_count(const struct state *st);
 /* Whether the store has room for need more descriptors, one slot kept free to rewrite the
  * record. */
 bool store_has_room(const struct state *st, size_t need);
@@ -176,6 +178,9 @@ int visit_kernel_fd(const char *name, int fd, int (*visit)(const char *name, int
  * (anon_end), so that the next daemon can block its DMA; 0 for any other call, or a negative
  * errno that refuses the OpenDevice when it cannot be kept. */
 int anon_record_call(struct state *st, const struct call *call);
+/* For a call of an anonymous session, before its handler: -ENOSPC, said, for an OpenDevice
+ * whose descriptors the store has no room for; 0 otherwise. */
+int anon_check_call(const struct state *st, const struct call *call);
 void anon_end(struct state *st, const struct session *s);
 size_t anon_stored_count(const struct state *st);
 int anon_each_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),

@@ -973,42 +973,60 @@ static char *cut_last(char *path)
 	return slash + 1;
 }
 
-/* The PCI device whose VFIO cdev fd is, in name: sysfs links the cdev's number to
- * <device>/vfio-dev/vfioN. False when fd is no VFIO cdev. */
-static bool vfio_cdev_device(int fd, char name[KH_NAME_MAX])
+/* The PCI device whose VFIO cdev fd is, in ret_name: sysfs links the cdev's number to
+ * <device>/vfio-dev/vfioN. 1 for a VFIO cdev, 0 for anything else, a negative errno when it
+ * cannot tell: the descriptor may then hold a device still attached, which the caller says. */
+static int vfio_cdev_device(int fd, char ret_name[KH_NAME_MAX])
 {
-	char link[64], path[PATH_MAX], real[PATH_MAX];
+	char link[64], path[PATH_MAX], real[PATH_MAX], name[KH_NAME_MAX];
 	const char *cdev, *dir, *device;
 	struct stat st;
 
-	if (fstat(fd, &st) < 0 || !S_ISCHR(st.st_mode))
-		return false;
+	if (fstat(fd, &st) < 0)
+		return kh_fail(-errno,
+			       "cannot tell whether the descriptor is a VFIO device (fstat)");
+	if (!S_ISCHR(st.st_mode))
+		return 0;
 	(void)snprintf(link, sizeof(link), "/sys/dev/char/%u:%u", major(st.st_rdev),
 		       minor(st.st_rdev));
-	if (!kh_root_path(link, path, sizeof(path)) || !realpath(path, real))
-		return false;
+	if (!kh_root_path(link, path, sizeof(path)))
+		return kh_fail(-ENAMETOOLONG, "the path of %s is too long", link);
+	/* Every VFIO cdev is a driver model device, which sysfs lists: a character device it
+	 * does not know is none. */
+	if (!realpath(path, real)) {
+		if (errno == ENOENT)
+			return 0;
+		return kh_fail(-errno, "cannot resolve %s to tell whether it is a VFIO device",
+			       path);
+	}
 	cdev = cut_last(real);
 	dir = cdev ? cut_last(real) : NULL;
 	device = dir ? cut_last(real) : NULL;
 	if (!device || strncmp(cdev, "vfio", 4) != 0 || strcmp(dir, "vfio-dev") != 0)
-		return false;
-	return kh_fits(snprintf(name, KH_NAME_MAX, "%s", device), KH_NAME_MAX);
+		return 0;
+	if (!kh_fits(snprintf(name, sizeof(name), "%s", device), sizeof(name)))
+		return kh_fail(-ENAMETOOLONG, "VFIO device %s's name is too long", device);
+	memcpy(ret_name, name, KH_NAME_MAX);
+	return 1;
 }
 
 int kh_device_fd_block(int fd, char ret_name[KH_NAME_MAX])
 {
 	struct vfio_device_detach_iommufd_pt cmd = {.argsz = sizeof(cmd)};
 	char name[KH_NAME_MAX];
-	int rc;
+	int rc = vfio_cdev_device(fd, name);
 
-	if (!vfio_cdev_device(fd, name))
-		return 0;
+	if (rc <= 0)
+		return rc;
 	rc = kh_ioctl(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &cmd,
 		      "VFIO_DEVICE_DETACH_IOMMUFD_PT of %s (a descriptor held without a context)",
 		      name);
-	/* EINVAL: a descriptor never bound (or, on some kernels, a device not attached), which
-	 * lets no DMA through. */
-	if (rc < 0 && rc != -EINVAL)
+	/* EINVAL: the file was never bound to a context (the kernel refuses every ioctl but the
+	 * bind on such a file), so no DMA goes through it: nothing to block, and nothing blocked
+	 * to report. A bound device not attached answers 0. */
+	if (rc == -EINVAL)
+		return 0;
+	if (rc < 0)
 		return rc;
 	memcpy(ret_name, name, KH_NAME_MAX);
 	return 1;

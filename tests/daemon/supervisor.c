@@ -459,17 +459,22 @@ int supervisor_stored_fd(struct supervisor *sv, const char *prefix)
 	return fd;
 }
 
-bool supervisor_log_has(const struct supervisor *sv, const char *text)
+size_t supervisor_log_count(const struct supervisor *sv, const char *text)
 {
 	char line[4096];
-	bool found = false;
+	size_t n = 0;
 	FILE *log = fopen(sv->log_path, "r");
 
 	CHECK(log != NULL);
-	while (!found && fgets(line, sizeof(line), log))
-		found = strstr(line, text) != NULL;
+	while (fgets(line, sizeof(line), log))
+		n += strstr(line, text) != NULL;
 	(void)fclose(log);
-	return found;
+	return n;
+}
+
+bool supervisor_log_has(const struct supervisor *sv, const char *text)
+{
+	return supervisor_log_count(sv, text) > 0;
 }
 
 void supervisor_call_ok(struct iommuctl *c, int rc, const char *what)

@@ -90,6 +90,9 @@ size_t supervisor_stored(struct supervisor *sv, const char *prefix);
 int supervisor_stored_fd(struct supervisor *sv, const char *prefix);
 /* Whether the daemons' log holds text. */
 bool supervisor_log_has(const struct supervisor *sv, const char *text);
+/* How many lines of the daemons' log hold text: the log spans every daemon the supervisor ran,
+ * so a count taken before a restart tells what the next daemon logged. */
+size_t supervisor_log_count(const struct supervisor *sv, const char *text);
 
 struct iommuctl;
 /* Aborts, saying what failed and the daemon's message, where rc is a failure of c's. */

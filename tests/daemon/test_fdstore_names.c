@@ -7,7 +7,11 @@
 #include <fcntl.h>
 #include <stdbool.h>
 #include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "fdstore.h"
@@ -127,4 +131,65 @@ TEST(give_up_without_device_closes_only)
 		CHECK(fcntl(fds[i], F_GETFD) < 0 && errno == EBADF);
 	}
 	CHECK(strcmp(device, "untouched") == 0);
+}
+
+/* A fake sysfs under IOMMUD_TEST_ROOT in which /dev/null's character device links to target:
+ * what the daemon reads of a stray device descriptor is then what the test makes it. */
+struct fake_sysfs {
+	char root[64], link[128];
+};
+
+static const char *const fake_dirs[] = {"/sys", "/sys/dev", "/sys/dev/char"};
+enum { N_FAKE_DIRS = sizeof(fake_dirs) / sizeof(fake_dirs[0]) };
+
+static const char *fake_path(const struct fake_sysfs *f, size_t i, char path[96])
+{
+	(void)snprintf(path, 96, "%s%s", f->root, fake_dirs[i]);
+	return path;
+}
+
+static void fake_sysfs_make(struct fake_sysfs *f, const char *target)
+{
+	char path[96];
+	struct stat null;
+
+	CHECK(stat("/dev/null", &null) == 0);
+	(void)snprintf(f->root, sizeof(f->root), "/tmp/iommud-sysfs-XXXXXX");
+	CHECK(mkdtemp(f->root) != NULL);
+	for (size_t i = 0; i < N_FAKE_DIRS; i++)
+		CHECK(mkdir(fake_path(f, i, path), 0700) == 0);
+	(void)snprintf(f->link, sizeof(f->link), "%s/sys/dev/char/%u:%u", f->root,
+		       major(null.st_rdev), minor(null.st_rdev));
+	CHECK(symlink(target, f->link) == 0);
+	CHECK(setenv("IOMMUD_TEST_ROOT", f->root, 1) == 0);
+}
+
+static void fake_sysfs_remove(const struct fake_sysfs *f)
+{
+	char path[96];
+
+	CHECK(unsetenv("IOMMUD_TEST_ROOT") == 0);
+	CHECK(unlink(f->link) == 0);
+	for (size_t i = N_FAKE_DIRS; i-- > 0;)
+		CHECK(rmdir(fake_path(f, i, path)) == 0);
+	CHECK(rmdir(f->root) == 0);
+}
+
+/* A character device whose sysfs entry cannot be read (here a link to itself, which loops)
+ * may be a VFIO one still attached: that is an error, said, not "nothing to block", and the
+ * descriptor is closed all the same. */
+TEST(give_up_of_an_unidentified_device_is_an_error)
+{
+	struct fake_sysfs f;
+	char device[KH_NAME_MAX] = "untouched", itself[32];
+	struct stat null;
+	int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	CHECK(fd >= 0 && fstat(fd, &null) == 0);
+	(void)snprintf(itself, sizeof(itself), "%u:%u", major(null.st_rdev), minor(null.st_rdev));
+	fake_sysfs_make(&f, itself);
+	CHECK_EQ(fdstore_give_up(fd, "anon1.device1", device), -ELOOP);
+	CHECK(fcntl(fd, F_GETFD) < 0 && errno == EBADF);
+	CHECK(strcmp(device, "untouched") == 0);
+	fake_sysfs_remove(&f);
 }

@@ -273,8 +273,9 @@ int kh_vfio_region(int vfio_fd, uint32_t index, struct kh_region *out);
  * in the kernel context it is bound to, which leaves it blocked for every holder of the same
  * file (a client's OpenDevice), since the binding is the file's. Before giving up such a
  * descriptor, so that closing it never leaves a device attached with its DMA live. 1 with the
- * device's name in ret_name once its DMA is blocked (a device never bound has none), 0 when fd
- * is no VFIO device cdev (nothing to block), a negative errno when the kernel refused. */
+ * device's name in ret_name once its DMA is blocked, 0 when there is nothing to block (fd is
+ * no VFIO device cdev, or one never bound), a negative errno when the kernel refused or
+ * when what fd is cannot be told (the device may then stay attached). */
 int kh_device_fd_block(int fd, char ret_name[KH_NAME_MAX]);
 /* Releases what a kernel context held without a context of this process (an earlier one's
  * /dev/iommu descriptor, left in a descriptor store) still pins: empties every IOAS among the
