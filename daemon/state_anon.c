@@ -190,6 +190,15 @@ static int anon_domain_allocated(struct state *st, struct anon_rec *a)
 	return 0;
 }
 
+/* Whether the store keeps what s hands out: only where objects can be taken over and the
+ * session's context has a descriptor of its own to empty. vfio-type1's objects are its
+ * containers and groups, and the kernel takes no group out of a container while a device of
+ * it is open, so no daemon could block a held device there: nothing is kept, as the docs say. */
+static bool anon_kept(const struct state *st, struct session *s)
+{
+	return st && st->adopt && s && kh_ctx_kernel_fd(session_ctx(s)) != -EOPNOTSUPP;
+}
+
 /* Room for what an OpenDevice keeps in the store, judged before the handler binds the
  * device: refused after, the call would leave it bound in the session (other sessions' EBUSY)
  * although it failed. The context's descriptor goes with the session's first device. */
@@ -199,8 +208,7 @@ int anon_check_call(const struct state *st, const struct call *call)
 	const struct anon_rec *a;
 	uint32_t dev_id;
 
-	if (!st || !st->adopt || !s ||
-	    call->req->method_case != IOMMUD__V1__REQUEST__METHOD_OPEN_DEVICE)
+	if (call->req->method_case != IOMMUD__V1__REQUEST__METHOD_OPEN_DEVICE || !anon_kept(st, s))
 		return 0;
 	a = anon_find(st, s);
 	if (a && session_device(s, call->req->open_device->device, false, &dev_id) == 0 &&
@@ -218,7 +226,8 @@ int anon_record_call(struct state *st, const struct call *call)
 	uint32_t dev_id;
 	int rc;
 
-	if (!st || !st->adopt || !call->client || !(s = call->client->session))
+	s = call->client ? call->client->session : NULL;
+	if (!anon_kept(st, s))
 		return 0;
 	a = anon_find(st, s);
 	if (method == IOMMUD__V1__REQUEST__METHOD_ALLOC_DOMAIN && a)
