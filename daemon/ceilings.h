@@ -48,9 +48,9 @@ struct store_backend {
 	bool maps_by_fd;  /* KH_CAP_MAP_FILE: a file the kernel maps costs the daemon no map */
 	bool delegates;	  /* KH_CAP_DELEGATE: a live delegation's VMM pidfd (a device or more) */
 	size_t n_devices; /* those a section with write access lets its tenants bind */
-	/* Descriptors anonymous sessions keep in the store: none today, since they end with their
-	 * connections. Were they kept, each session's context and each device it binds, counted
-	 * here, apart from the leases' (a device bound by a lease is not by a session too). */
+	/* Descriptors anonymous sessions keep in the store while a device's fd is out
+	 * (state_anon.c): the device's and the session's context's, apart from the leases' (a
+	 * device bound by a lease is not by a session too). */
 	uint64_t anon_fds;
 	/* The daemon's open-file limit (UINT64_MAX: none): the daemon holds a descriptor of its
 	 * own for each one stored. */

@@ -332,6 +332,9 @@ static uint64_t store_slots_needed(const struct config *cfg, const struct kh_bac
 		.open_files = open_files,
 	};
 
+	/* Each device at most once, with the context of the session holding it. */
+	store.anon_fds = store.kernel_fds ? 2 * (uint64_t)store.n_devices : 0;
+
 	return ceilings_store_slots(cfg, ceil, &store);
 }
 
