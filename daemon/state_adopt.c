@@ -655,6 +655,29 @@ static void unstore_unbound(struct lease_rec *rec)
 					  kh_domain_kernel_fd, lease_domain_kernel_name);
 }
 
+/* A rebuilt domain tracking dirty pages lost the bits its IOMMU gathered before the restart,
+ * which a migration not yet past them would miss: they read dirty once instead. */
+static void dirty_bits_lost(struct lease_rec *rec)
+{
+	char domain[sizeof("4294967295")];
+	int rc;
+
+	for (size_t i = 0; i < rec->n_domains; i++) {
+		if (!rec->domains[i].dirty)
+			continue;
+		(void)snprintf(domain, sizeof(domain), "%u", rec->domains[i].id);
+		rc = kh_dirty_bits_lost(session_ctx(rec->s), rec->domains[i].id);
+		log_struct(rc < 0 ? LOG_ERR : LOG_NOTICE,
+			   LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)},
+				      {"IOMMUD_DOMAIN", domain}),
+			   "lease '{IOMMUD_LEASE}': domain {IOMMUD_DOMAIN}: dirty tracking was on: "
+			   "%s",
+			   rc < 0 ? kh_last_error()
+				  : "every mapped page reads dirty once, since the bits gathered "
+				    "before the restart are lost");
+	}
+}
+
 /* The replay's references go; the leases live on in the registry. */
 static void finish_leases(struct state *st)
 {
@@ -665,6 +688,8 @@ static void finish_leases(struct state *st)
 			   "lease '{IOMMUD_LEASE}' adopted from the state record%s",
 			   kh_ctx_adopting(session_ctx(rec->s)) ? ", its kernel objects taken over"
 								: "");
+		if (!kh_ctx_adopting(session_ctx(rec->s)))
+			dirty_bits_lost(rec);
 		end_take_over(rec);
 		unstore_unbound(rec);
 		lease_store_kernel(st, rec);

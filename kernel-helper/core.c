@@ -374,6 +374,7 @@ static void domain_release(struct kh_ctx *ctx, struct kh_domain *dom)
 	objects_remove(ctx->objects, dom->id);
 	/* The backend's free takes the mappings out of the IOMMU; only then may their owners
 	 * let the memory go. */
+	free(dom->stale);
 	dom->ops->free(dom);
 	kh_ioas_destroy(ioas, ctx->release_owner, ctx->release_arg);
 }
@@ -1323,6 +1324,45 @@ int kh_set_dirty_tracking(struct kh_ctx *ctx, uint32_t domain_id, bool enable)
 	return rc < 0 || ctx->adoption ? rc : dom->dirty_ops->set_dirty_tracking(dom, enable);
 }
 
+/* Marks dirty every page of [iova, last] that a range whose bits were lost touches. */
+static void read_stale(const struct kh_domain *dom, uint64_t iova, uint64_t last,
+		       uint64_t page_size, uint64_t *bitmap)
+{
+	for (size_t i = 0; i < dom->n_stale; i++) {
+		uint64_t from = dom->stale[i].start > iova ? dom->stale[i].start : iova;
+		uint64_t to = dom->stale[i].last < last ? dom->stale[i].last : last;
+
+		for (uint64_t bit = (from - iova) / page_size;
+		     from <= to && bit <= (to - iova) / page_size; bit++)
+			bitmap[bit / 64] |= 1ull << (bit % 64);
+	}
+}
+
+/* Takes [iova, last] out of the ranges whose bits were lost, once a read cleared it. Without
+ * memory the ranges stay as they are and read dirty once more, which loses nothing. */
+static void forget_stale(struct kh_domain *dom, uint64_t iova, uint64_t last)
+{
+	/* The ranges are apart, so at most one holds [iova, last] strictly and splits in two. */
+	struct kh_iova_range *left = malloc((dom->n_stale + 1) * sizeof(*left));
+	size_t n = 0;
+
+	if (!left)
+		return;
+	for (size_t i = 0; i < dom->n_stale; i++) {
+		struct kh_iova_range r = dom->stale[i];
+
+		if (r.start < iova)
+			left[n++] =
+				(struct kh_iova_range){r.start, r.last < iova ? r.last : iova - 1};
+		if (r.last > last)
+			left[n++] =
+				(struct kh_iova_range){r.start > last ? r.start : last + 1, r.last};
+	}
+	free(dom->stale);
+	dom->stale = left;
+	dom->n_stale = n;
+}
+
 int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
 		  uint64_t page_size, uint64_t *bitmap, uint32_t flags)
 {
@@ -1349,7 +1389,47 @@ int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_
 	if (flags & ~KH_DIRTY_NO_CLEAR)
 		return kh_fail(-EINVAL, "unknown dirty flags 0x%x", flags & ~KH_DIRTY_NO_CLEAR);
 	memset(bitmap, 0, ((length / page_size + 63) / 64) * sizeof(*bitmap));
-	return dom->dirty_ops->read_and_clear_dirty(dom, iova, length, page_size, bitmap, flags);
+	rc = dom->dirty_ops->read_and_clear_dirty(dom, iova, length, page_size, bitmap, flags);
+	if (rc < 0 || !dom->n_stale)
+		return rc;
+	read_stale(dom, iova, last, page_size, bitmap);
+	if (!(flags & KH_DIRTY_NO_CLEAR))
+		forget_stale(dom, iova, last);
+	return 0;
+}
+
+int kh_dirty_bits_lost(struct kh_ctx *ctx, uint32_t domain_id)
+{
+	struct kh_domain *dom;
+	struct kh_mapping page[64];
+	uint64_t next;
+	int rc = find_domain_for(ctx, domain_id, NEED_DIRTY, "dirty tracking", &dom), n;
+	size_t most;
+
+	if (rc < 0)
+		return rc;
+	/* Mappings that touch end to end make one range, so there are never more than mappings. */
+	most = kh_ioas_count(dom->ioas);
+	free(dom->stale);
+	dom->stale = NULL;
+	dom->n_stale = 0;
+	if (!most)
+		return 0;
+	if (!(dom->stale = malloc(most * sizeof(*dom->stale))))
+		return kh_fail(-ENOMEM, "cannot note the ranges whose dirty bits were lost");
+	next = dom->aperture_start;
+	do {
+		n = kh_ioas_mappings(dom->ioas, next, page, 64);
+		for (int i = 0; i < n; i++) {
+			next = page[i].iova + page[i].length;
+			if (dom->n_stale && dom->stale[dom->n_stale - 1].last + 1 == page[i].iova)
+				dom->stale[dom->n_stale - 1].last = next - 1;
+			else
+				dom->stale[dom->n_stale++] =
+					(struct kh_iova_range){page[i].iova, next - 1};
+		}
+	} while (n == 64 && next);
+	return 0;
 }
 
 /* ---- taking a context over ---------------------------------------------------------------- */

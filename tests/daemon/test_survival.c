@@ -241,6 +241,86 @@ TEST(lease_survives_kill)
 	supervisor_stop(&sv);
 }
 
+/* ---- dirty bits lost at a rebuild read dirty once ---------------------------------------- */
+
+#define DIRTY_IOVA  (1u << 20)
+#define DIRTY_PAGES 48u
+
+/* The pages of [DIRTY_IOVA + first * PAGE, +n pages) ReadDirty reports dirty. */
+static unsigned dirty_pages(struct iommuctl *c, uint32_t domain, unsigned first, unsigned n,
+			    bool no_clear)
+{
+	Iommud__V1__ReadDirtyRequest read = IOMMUD__V1__READ_DIRTY_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	unsigned dirty = 0;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_READ_DIRTY;
+	req.read_dirty = &read;
+	read.domain_id = domain;
+	read.iova = DIRTY_IOVA + (uint64_t)first * PAGE;
+	read.length = (uint64_t)n * PAGE;
+	read.page_size = PAGE;
+	read.no_clear = no_clear;
+	resp = call(c, &req);
+	for (size_t i = 0; i < resp->read_dirty->n_bitmap; i++)
+		dirty += (unsigned)__builtin_popcountll(resp->read_dirty->bitmap[i]);
+	iommuctl_response_free(resp);
+	return dirty;
+}
+
+static void set_dirty_tracking(struct iommuctl *c, uint32_t domain, bool enable)
+{
+	Iommud__V1__SetDirtyTrackingRequest set = IOMMUD__V1__SET_DIRTY_TRACKING_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_SET_DIRTY_TRACKING;
+	req.set_dirty_tracking = &set;
+	set.domain_id = domain;
+	set.enable = enable;
+	iommuctl_response_free(call(c, &req));
+}
+
+/* The emulated domain is rebuilt from the record, so the bits its IOMMU gathered are gone: a
+ * migration must see every mapped page dirty once, each range until a clearing read. */
+TEST(rebuilt_dirty_tracking_reads_all_dirty_once)
+{
+	const unsigned half = DIRTY_PAGES / 2;
+	struct supervisor sv;
+	struct iommuctl *c;
+	uint32_t dom;
+	int file = iommuctl_memfd("dirty-a", FILE_SIZE);
+
+	CHECK_OK(file);
+	supervisor_start(&sv, config, DEVICES);
+	c = supervisor_connect_lease(&sv, "migrating");
+	supervisor_call_ok(c,
+			   iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING,
+						 IOMMUCTL_DOMAIN_DIRTY_TRACKING, &dom),
+			   "alloc");
+	/* Two mappings end to end and a hole after them, which is not mapped and reads clean. */
+	(void)map(c, dom, file, 0, half * PAGE, IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true,
+		  DIRTY_IOVA);
+	(void)map(c, dom, file, half * PAGE, (half - 4) * PAGE,
+		  IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, DIRTY_IOVA + half * PAGE);
+	set_dirty_tracking(c, dom, true);
+	CHECK_EQ(dirty_pages(c, dom, 0, DIRTY_PAGES, false), 0);
+	iommuctl_close(c);
+	(void)close(file);
+
+	supervisor_kill(&sv);
+	supervisor_spawn(&sv);
+	c = supervisor_connect_lease(&sv, "migrating");
+	CHECK_EQ(dirty_pages(c, dom, 0, DIRTY_PAGES, true), DIRTY_PAGES - 4);
+	/* A clearing read of the first half clears that half only. */
+	CHECK_EQ(dirty_pages(c, dom, 0, half, false), half);
+	CHECK_EQ(dirty_pages(c, dom, 0, DIRTY_PAGES, false), half - 4);
+	CHECK_EQ(dirty_pages(c, dom, 0, DIRTY_PAGES, false), 0);
+	CHECK(supervisor_log_has(&sv, "every mapped page reads dirty once"));
+	iommuctl_close(c);
+	supervisor_stop(&sv);
+}
+
 /* Starts sv and makes lease with one domain and one page of a new memfd mapped. */
 static struct iommuctl *small_lease(struct supervisor *sv, const char *lease, const char *file_name)
 {

@@ -391,6 +391,38 @@ TEST_F(emu, dirty_tracking)
 	kh_ctx_destroy(f.ctx);
 }
 
+/* Dirty bits lost (a rebuilt domain): each mapped page reads dirty until a clearing read of
+ * its range, the device's own writes on top, and the gap between mappings stays clean. */
+TEST_F(emu, dirty_bits_lost)
+{
+	struct attached f;
+	uint8_t *mem = aligned_memory(10 * PAGE, PAGE);
+	uint64_t bitmap[1];
+	uint8_t byte = 1;
+
+	attach_new(self->be, &f, "dev0", KH_DOMAIN_F_DIRTY_TRACKING);
+	map(f.ctx, f.dom, 0x100000, mem, 4 * PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	map(f.ctx, f.dom, 0x104000, mem + 4 * PAGE, 4 * PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	map(f.ctx, f.dom, 0x110000, mem + 8 * PAGE, 2 * PAGE, KH_PROT_READ | KH_PROT_WRITE);
+	CHECK_OK(kh_set_dirty_tracking(f.ctx, f.dom, true));
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x110000 + PAGE, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_dirty_bits_lost(f.ctx, f.dom));
+
+	CHECK_OK(kh_read_dirty(f.ctx, f.dom, 0x100000, 32 * PAGE, PAGE, bitmap, KH_DIRTY_NO_CLEAR));
+	CHECK_EQ(bitmap[0], 0x300ffull);
+	/* A clearing read of pages 2..5 takes only them out. */
+	CHECK_OK(kh_read_dirty(f.ctx, f.dom, 0x102000, 4 * PAGE, PAGE, bitmap, 0));
+	CHECK_EQ(bitmap[0], 0xfull);
+	CHECK_OK(kh_read_dirty(f.ctx, f.dom, 0x100000, 32 * PAGE, PAGE, bitmap, 0));
+	CHECK_EQ(bitmap[0], 0x300c3ull);
+	CHECK_OK(kh_emu_dma(self->be, "dev0", 0x110000, &byte, 1, KH_EMU_DMA_TO_MEMORY));
+	CHECK_OK(kh_read_dirty(f.ctx, f.dom, 0x100000, 32 * PAGE, PAGE, bitmap, 0));
+	CHECK_EQ(bitmap[0], 1ull << 16);
+	CHECK_OK(kh_read_dirty(f.ctx, f.dom, 0x100000, 32 * PAGE, PAGE, bitmap, 0));
+	CHECK_EQ(bitmap[0], 0);
+	kh_ctx_destroy(f.ctx);
+}
+
 /* Writes a stage-1 entry into the guest memory that backs IPA ipa. */
 static void s1_set(uint8_t *guest, uint64_t table_ipa, unsigned index, uint64_t value)
 {

@@ -477,9 +477,14 @@ int kh_set_dirty_tracking(struct kh_ctx *ctx, uint32_t domain_id, bool enable);
 #define KH_DIRTY_NO_CLEAR (1u << 0) /* read the dirty bits without clearing them */
 
 /* Sets bit i of bitmap when [iova + i*page_size, +page_size) was written by a device since the
- * last clear. bitmap holds ceil(length / page_size / 64) words and is cleared first. */
+ * last clear, or lies in a range kh_dirty_bits_lost marked that no clearing read covered yet.
+ * bitmap holds ceil(length / page_size / 64) words and is cleared first. */
 int kh_read_dirty(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
 		  uint64_t page_size, uint64_t *bitmap, uint32_t flags);
+/* The dirty bits gathered before were lost (the domain was rebuilt, not taken over): every page
+ * mapped now reads dirty until a clearing kh_read_dirty covers it, as VFIO type1 reports its
+ * pinned pages, so that a migration misses no page written before. */
+int kh_dirty_bits_lost(struct kh_ctx *ctx, uint32_t domain_id);
 
 #ifdef __cplusplus
 }

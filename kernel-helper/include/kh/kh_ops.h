@@ -71,6 +71,8 @@ struct kh_domain {
 	struct kh_ctx *ctx;			/* core */
 	unsigned users;				/* core: attached devices + nested children */
 	struct kh_ioas *ioas;			/* core: the address space of a paging domain */
+	struct kh_iova_range *stale; /* core: owned; IOVA ranges whose dirty bits were lost */
+	size_t n_stale;
 };
 
 struct kh_domain_ops {
