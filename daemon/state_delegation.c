@@ -72,6 +72,18 @@ static void delegation_rec_free(struct delegation_rec *dr)
 	free(dr);
 }
 
+/* The delegation forgotten, its pidfd taken out of the store too. */
+static void delegation_rec_unstore(struct delegation_rec *dr)
+{
+	char name[DELEGATION_FD_NAME];
+
+	if (dr->pidfd >= 0) {
+		pidfd_name(&dr->d, name);
+		fdstore_remove(name);
+	}
+	delegation_rec_free(dr);
+}
+
 /* The state's own copy of d, without a pidfd yet. */
 static int delegation_rec_add(struct state *st, const Iommud__State__V1__Delegation *d,
 			      struct delegation_rec **ret_dr)
@@ -135,17 +147,19 @@ int add_delegation(struct state *st, struct lease_rec *rec, const struct call *c
 	if (rc == 0)
 		rc = add_delegation_entry(st, dr);
 	/* Not recorded: the call fails, so the VMM never gets the devices and the delegation
-	 * ends (state_end_delegation then finds nothing). A pidfd stored meanwhile goes with
-	 * it. */
-	if (rc < 0 && dr->pidfd >= 0) {
-		char name[DELEGATION_FD_NAME];
-
-		pidfd_name(&dr->d, name);
-		fdstore_remove(name);
-	}
+	 * ends; delegation_unrecorded forgets it when the commit fails instead. */
 	if (rc < 0)
-		delegation_rec_free(dr);
+		delegation_rec_unstore(dr);
 	return rc;
+}
+
+void delegation_unrecorded(struct state *st, const struct call *call)
+{
+	struct delegation_rec *dr =
+		delegation_rec_find(st, call->resp->delegate_devices->delegation_id);
+
+	if (dr)
+		delegation_rec_unstore(dr);
 }
 
 int add_delegations(struct state *st)

@@ -132,6 +132,9 @@ int add_release(struct state *st, struct lease_rec *rec);
  * state_each_fd; every delegation forgotten, nothing taken out of the store. */
 int add_delegation(struct state *st, struct lease_rec *rec, const struct call *call);
 int add_delegations(struct state *st);
+/* The delegation of a DelegateDevices whose transaction could not be committed forgotten,
+ * its pidfd taken out of the store: the call fails, so the delegation is taken back. */
+void delegation_unrecorded(struct state *st, const struct call *call);
 void adopt_delegations(struct state *st, Iommud__State__V1__Transaction *const *txns, size_t n);
 size_t delegation_fds_stored(const struct state *st);
 int each_delegation_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),

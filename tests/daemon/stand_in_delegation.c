@@ -3,16 +3,25 @@
  * is proven on every host: main() is the daemon's own (daemon/main.c), and its backend is
  * opened through this wrapper (linked with --wrap=kh_backend_open), whose delegated fds are
  * memfds standing in for an iommufd and VFIO cdevs, as in test_delegate_state. The daemon
- * only passes those fds on; everything it records and follows is what it does on iommufd. */
+ * only passes those fds on; everything it records and follows is what it does on iommufd.
+ * With $IOMMUD_TEST_REFUSE_DELEGATION_RECORD set, its state record (through the wrapper of
+ * record_append, --wrap=record_append) refuses every transaction that records a delegation, as
+ * a record that cannot grow would. */
 #define _GNU_SOURCE /* memfd_create */
 #include <errno.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 
 #include <kh/kh.h>
 #include <kh/kh_ops.h>
 
+#include "state_record.h"
+#include "status.h"
+
 int __real_kh_backend_open(const char *name, const char *topology, struct kh_backend **out);
 int __wrap_kh_backend_open(const char *name, const char *topology, struct kh_backend **out);
+int __real_record_append(struct record *rec, const Iommud__State__V1__Transaction *txn);
+int __wrap_record_append(struct record *rec, const Iommud__State__V1__Transaction *txn);
 
 static struct kh_backend_ops with_delegation;
 
@@ -45,4 +54,14 @@ int __wrap_kh_backend_open(const char *name, const char *topology, struct kh_bac
 	(*out)->ops = &with_delegation;
 	(*out)->caps |= KH_CAP_DELEGATE;
 	return 0;
+}
+
+int __wrap_record_append(struct record *rec, const Iommud__State__V1__Transaction *txn)
+{
+	if (getenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD"))
+		for (size_t i = 0; i < txn->n_entries; i++)
+			if (txn->entries[i]->change_case ==
+			    IOMMUD__STATE__V1__ENTRY__CHANGE_DELEGATION)
+				return fail(-ENOSPC, "the stand-in's record takes no delegation");
+	return __real_record_append(rec, txn);
 }

@@ -287,3 +287,30 @@ TEST(released_lease_ends_its_delegation_at_restart)
 	stop_vmm(vmm);
 	supervisor_stop(&sv);
 }
+
+/* A DelegateDevices the record cannot take fails, and says the delegation was taken back:
+ * the device is free, no delegation listed, and no pidfd left in the store. */
+TEST(unrecorded_delegation_is_taken_back)
+{
+	const char *const devices[] = {"emu0"};
+	struct supervisor sv;
+	struct iommuctl *c;
+	pid_t vmm = start_vmm();
+	uint64_t id;
+	int fds[2];
+
+	CHECK_OK(setenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD", "1", 1));
+	start(&sv);
+	c = connect_lease(&sv, "vm1");
+	CHECK(iommuctl_delegate(c, devices, 1, (uint32_t)vmm, fds, &id) < 0);
+	CHECK(strstr(iommuctl_last_error(c), "could not be recorded") != NULL);
+	CHECK(strstr(iommuctl_last_error(c), "taken back") != NULL);
+	iommuctl_close(c);
+	CHECK_EQ(delegations_listed(&sv), 0);
+	expect_state(&sv, "emu0", "free");
+	supervisor_read_sent(&sv);
+	CHECK_EQ(supervisor_stored(&sv, "lease1.delegation"), 0);
+	supervisor_stop(&sv);
+	unsetenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD");
+	stop_vmm(vmm);
+}
