@@ -144,7 +144,7 @@ static bool dev_to_store(const struct lease_rec *rec, size_t i, uint32_t *ret_de
 
 /* Descriptors the state keeps in the store: its record, the leases' memory files
  * and kernel descriptors. */
-static size_t stored_count(const struct state *st)
+size_t stored_count(const struct state *st)
 {
 	const struct lease_rec *rec;
 	size_t n = 1 + delegation_fds_stored(st);
@@ -157,7 +157,7 @@ static size_t stored_count(const struct state *st)
 /* Room for need more descriptors while one slot stays free to rewrite the record: past the
  * store's size the manager refuses in silence, and the next compaction would lose the
  * record. */
-static bool store_has_room(const struct state *st, size_t need)
+bool store_has_room(const struct state *st, size_t need)
 {
 	return stored_count(st) + need + 1 <= st->store_max;
 }
@@ -986,6 +986,8 @@ int state_check_call(struct state *st, const struct call *call)
 	if (method == IOMMUD__V1__REQUEST__METHOD_MAP ||
 	    method == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH)
 		return check_store_room(st, rec, call);
+	if (method == IOMMUD__V1__REQUEST__METHOD_DELEGATE_DEVICES)
+		return check_delegation_room(st);
 	return 0;
 }
 

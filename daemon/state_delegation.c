@@ -162,6 +162,19 @@ void delegation_unrecorded(struct state *st, const struct call *call)
 		delegation_rec_unstore(dr);
 }
 
+int check_delegation_room(const struct state *st)
+{
+	if (store_has_room(st, 1))
+		return 0;
+	return fail(-ENOSPC,
+		    "the service manager's descriptor store has no room for the VMM's pidfd, "
+		    "which a delegation keeps there to survive a restart of the daemon (it holds "
+		    "%zu of the %zu it takes, one kept free to rewrite the state record); end a "
+		    "delegation or release a lease first; an administrator can raise "
+		    "FileDescriptorStoreMax= of iommud.service",
+		    stored_count(st), st->store_max);
+}
+
 int add_delegations(struct state *st)
 {
 	Iommud__State__V1__LastDelegationId *last;

@@ -314,3 +314,29 @@ TEST(unrecorded_delegation_is_taken_back)
 	unsetenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD");
 	stop_vmm(vmm);
 }
+
+/* The store takes the record, one pidfd and the slot a rewritten record needs ($FDSTORE): a
+ * second delegation is refused before anything is handed out, and the first survives a kill
+ * with its record. */
+TEST(full_store_refuses_delegation)
+{
+	const char *const devices[] = {"emu1"};
+	struct supervisor sv;
+	struct iommuctl *c;
+	pid_t vmm = start_vmm();
+	uint64_t id;
+	int fds[2];
+
+	CHECK_OK(setenv("FDSTORE", "3", 1));
+	start_delegated(&sv, vmm, &c);
+	CHECK(iommuctl_delegate(c, devices, 1, (uint32_t)vmm, fds, &id) < 0);
+	CHECK(strstr(iommuctl_last_error(c), "no room for the VMM's pidfd") != NULL);
+	iommuctl_close(c);
+	expect_state(&sv, "emu1", "free");
+	kill_and_restart(&sv);
+	expect_state(&sv, "emu0", "delegated");
+	CHECK_EQ(supervisor_stored(&sv, "lease1.delegation1.pidfd"), 1);
+	vmm_exits(&sv, vmm);
+	supervisor_stop(&sv);
+	unsetenv("FDSTORE");
+}
