@@ -29,6 +29,9 @@ struct delegation_rec {
 	LIST_ENTRY(delegation_rec) link;
 	Iommud__State__V1__Delegation d;
 	int pidfd; /* -1: the store handed none back */
+	/* Its end could not be recorded: the record still holds it, so its pidfd stays in the
+	 * store until a snapshot leaves it out. */
+	bool ended;
 };
 
 static void pidfd_name(const Iommud__State__V1__Delegation *d, char name[DELEGATION_FD_NAME])
@@ -188,9 +191,20 @@ int add_delegations(struct state *st)
 		return fail(-ENOMEM, "out of memory for the state snapshot");
 	last->last_id = st->last_delegation_id;
 	LIST_FOREACH (dr, &st->delegations, link)
-		if (rc == 0)
+		if (rc == 0 && !dr->ended)
 			rc = add_delegation_entry(st, dr);
 	return rc;
+}
+
+void delegations_drop_ended(struct state *st)
+{
+	struct delegation_rec *dr, *next;
+
+	for (dr = LIST_FIRST(&st->delegations); dr; dr = next) {
+		next = LIST_NEXT(dr, link);
+		if (dr->ended)
+			delegation_rec_unstore(dr);
+	}
 }
 
 void state_end_delegation(struct state *st, uint64_t id)
@@ -199,9 +213,8 @@ void state_end_delegation(struct state *st, uint64_t id)
 	Iommud__State__V1__DelegationEnd end = IOMMUD__STATE__V1__DELEGATION_END__INIT;
 	Iommud__State__V1__Entry entry = IOMMUD__STATE__V1__ENTRY__INIT, *entries[] = {&entry};
 	Iommud__State__V1__Transaction txn = IOMMUD__STATE__V1__TRANSACTION__INIT;
-	char name[DELEGATION_FD_NAME];
 
-	if (!dr)
+	if (!dr || dr->ended)
 		return;
 	end.lease_id = dr->d.lease_id;
 	end.delegation_id = id;
@@ -210,17 +223,22 @@ void state_end_delegation(struct state *st, uint64_t id)
 	txn.n_entries = 1;
 	txn.entries = entries;
 	/* A transaction of its own, whatever call is building one: an end comes from the VMM's
-	 * exit or a lease's, between calls. Unrecorded, the next snapshot leaves it out, and
-	 * until then the next daemon finds no pidfd for it and ends it too. */
-	if (record_append(&st->rec, &txn) < 0) {
-		log_warning("the end of delegation %" PRIu64 " could not be recorded (%s); the "
-			    "state record is rewritten without it",
-			    id, failure_message());
-		st->snapshot_due = true;
+	 * exit or a lease's, between calls. */
+	if (record_append(&st->rec, &txn) == 0) {
+		delegation_rec_unstore(dr);
+		return;
 	}
-	pidfd_name(&dr->d, name);
-	fdstore_remove(name);
-	delegation_rec_free(dr);
+	/* The record still holds the delegation: with its pidfd kept, the next daemon still
+	 * sees why it ended. The snapshot that leaves it out also takes the pidfd out. */
+	log_warning("the end of delegation %" PRIu64 " could not be recorded (%s); the state "
+		    "record is rewritten without it",
+		    id, failure_message());
+	dr->ended = true;
+	st->snapshot_due = true;
+	/* Between calls nothing else would write the snapshot soon; within a transaction
+	 * being built, the call's end does. */
+	if (!st->n_boxes)
+		state_compact_if_due(st);
 }
 
 uint64_t state_last_delegation_id(const struct state *st)
@@ -285,6 +303,8 @@ void state_each_delegation(struct state *st,
 	/* visit may end the delegation it is given, and only that one. */
 	for (dr = LIST_FIRST(&st->delegations); dr; dr = next) {
 		next = LIST_NEXT(dr, link);
+		if (dr->ended)
+			continue;
 		rec = lease_by_id(st, dr->d.lease_id);
 		visit(&dr->d, rec ? rec->s : NULL, dr->pidfd, arg);
 	}

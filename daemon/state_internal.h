@@ -141,6 +141,8 @@ int add_delegations(struct state *st);
 void delegation_unrecorded(struct state *st, const struct call *call);
 /* Refuses a DelegateDevices whose VMM's pidfd the store has no room for (-ENOSPC). */
 int check_delegation_room(const struct state *st);
+/* The delegations whose end a snapshot now records by leaving them out, with their pidfds. */
+void delegations_drop_ended(struct state *st);
 void adopt_delegations(struct state *st, Iommud__State__V1__Transaction *const *txns, size_t n);
 size_t delegation_fds_stored(const struct state *st);
 int each_delegation_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),

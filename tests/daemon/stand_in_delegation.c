@@ -5,11 +5,12 @@
  * memfds standing in for an iommufd and VFIO cdevs, as in test_delegate_state. The daemon
  * only passes those fds on; everything it records and follows is what it does on iommufd.
  * With $IOMMUD_TEST_REFUSE_DELEGATION_RECORD set, its state record (through the wrapper of
- * record_append, --wrap=record_append) refuses every transaction that records a delegation, as
- * a record that cannot grow would. */
+ * record_append, --wrap=record_append) refuses every transaction that records a delegation, or
+ * with "end" a delegation's end, as a record that cannot grow would. */
 #define _GNU_SOURCE /* memfd_create */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include <kh/kh.h>
@@ -58,10 +59,14 @@ int __wrap_kh_backend_open(const char *name, const char *topology, struct kh_bac
 
 int __wrap_record_append(struct record *rec, const Iommud__State__V1__Transaction *txn)
 {
-	if (getenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD"))
-		for (size_t i = 0; i < txn->n_entries; i++)
-			if (txn->entries[i]->change_case ==
-			    IOMMUD__STATE__V1__ENTRY__CHANGE_DELEGATION)
-				return fail(-ENOSPC, "the stand-in's record takes no delegation");
+	const char *refuse = getenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD");
+	Iommud__State__V1__Entry__ChangeCase refused =
+		refuse && strcmp(refuse, "end") == 0
+			? IOMMUD__STATE__V1__ENTRY__CHANGE_DELEGATION_END
+			: IOMMUD__STATE__V1__ENTRY__CHANGE_DELEGATION;
+
+	for (size_t i = 0; refuse && i < txn->n_entries; i++)
+		if (txn->entries[i]->change_case == refused)
+			return fail(-ENOSPC, "the stand-in's record takes no delegation");
 	return __real_record_append(rec, txn);
 }

@@ -340,3 +340,26 @@ TEST(full_store_refuses_delegation)
 	supervisor_stop(&sv);
 	unsetenv("FDSTORE");
 }
+
+/* A delegation's end the record cannot take: the snapshot written at once leaves the
+ * delegation out, and only then is its pidfd taken out of the store, so a daemon killed right
+ * after, with no call between to write a snapshot, finds nothing to end. */
+TEST(unrecorded_end_is_recorded_by_a_snapshot)
+{
+	struct supervisor sv;
+	unsigned long removals;
+	pid_t vmm = start_vmm();
+
+	CHECK_OK(setenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD", "end", 1));
+	start_delegated(&sv, vmm, NULL);
+	supervisor_read_sent(&sv);
+	removals = supervisor_removals(&sv);
+	stop_vmm(vmm);
+	supervisor_wait_removals(&sv, removals);
+	kill_and_restart(&sv);
+	CHECK_EQ(delegations_listed(&sv), 0);
+	expect_state(&sv, "emu0", "free");
+	CHECK(!supervisor_log_has(&sv, "no longer followed"));
+	supervisor_stop(&sv);
+	unsetenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD");
+}
