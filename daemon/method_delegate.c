@@ -575,24 +575,27 @@ static const char *check_vmm(const struct delegation *del, const char **ret_outc
 	return NULL;
 }
 
-/* The backend's index of each device the record names, reserved again. */
+/* The backend's index of each device the record names, reserved again; del->n stays 0 unless
+ * all are, so its end frees only what it reserved. */
 static const char *reserve_devices(struct delegation *del)
 {
 	struct kh_backend *be = registry_backend(del->all->reg);
 	char names[sizeof(del->names)];
+	size_t indexes[KH_DELEGATE_MAX], n = 0;
 	int index;
 
 	(void)snprintf(names, sizeof(names), "%s", del->names);
 	for (char *name = strtok(names, ","); name; name = strtok(NULL, ",")) {
-		if (del->n == KH_DELEGATE_MAX || (index = kh_device_lookup(be, name)) < 0)
+		if (n == KH_DELEGATE_MAX || (index = kh_device_lookup(be, name)) < 0)
 			return "the record names devices this machine does not have";
-		del->indexes[del->n++] = (size_t)index;
+		indexes[n++] = (size_t)index;
 	}
-	if (kh_delegate_resume(be, del->indexes, del->n) < 0) {
-		/* Nothing was reserved: its end frees none. */
-		del->n = 0;
+	if (!n)
+		return "the record names no devices";
+	if (kh_delegate_resume(be, indexes, n) < 0)
 		return kh_last_error();
-	}
+	memcpy(del->indexes, indexes, n * sizeof(*indexes));
+	del->n = n;
 	return NULL;
 }
 
