@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -553,26 +554,51 @@ static int pidfd_pid(int pidfd, pid_t *ret_pid)
 	return rc;
 }
 
-/* Why the recorded VMM cannot be followed on (NULL: it can), with the outcome for its devices:
- * the pidfd must hold the process recorded (its pid and start time), and that must live. */
-static const char *check_vmm(const struct delegation *del, const char **ret_outcome)
+/* Why a recorded delegation cannot be followed on (why NULL: it can), and what that leaves
+ * its devices. */
+struct verdict {
+	const char *why;
+	const char *outcome;
+};
+
+/* Whether the process pidfd holds has exited: its pidfd turns readable then, reaped or not. */
+static bool process_exited(int pidfd)
 {
+	struct pollfd p = {.fd = pidfd, .events = POLLIN};
+
+	return poll(&p, 1, 0) > 0;
+}
+
+/* The pidfd must hold the process recorded (its pid and start time), and that must not have
+ * exited. */
+static struct verdict check_vmm(const struct delegation *del)
+{
+	static const char another[] =
+		"the pidfd in the store holds another process than the VMM recorded; stop the "
+		"recorded VMM to free them";
 	uint64_t start;
 	pid_t pid = 0;
+	int rc;
 
-	*ret_outcome = DEVICES_KEPT;
 	if (del->pidfd < 0)
-		return "the service manager's store did not hand back its VMM's pidfd";
+		return (struct verdict){"the service manager's store did not hand back its VMM's "
+					"pidfd; stop the VMM to free them",
+					DEVICES_KEPT};
 	if (pidfd_pid(del->pidfd, &pid) < 0)
-		return "what the store holds as its VMM's pidfd is no pidfd";
-	*ret_outcome = DEVICES_FREE;
-	if (!process_lives(del->pidfd))
-		return "the VMM exited while no daemon followed it";
-	*ret_outcome = DEVICES_KEPT;
-	if (pid != del->vmm.pid || process_start_time(pid, del->pidfd, &start) < 0 ||
-	    start != del->vmm_start)
-		return "the pidfd in the store holds another process than the VMM recorded";
-	return NULL;
+		return (struct verdict){"what the store holds as its VMM's pidfd is no pidfd; stop "
+					"the VMM to free them",
+					DEVICES_KEPT};
+	if (process_exited(del->pidfd))
+		return (struct verdict){"the VMM exited while no daemon followed it", DEVICES_FREE};
+	if (pid != del->vmm.pid)
+		return (struct verdict){another, DEVICES_KEPT};
+	rc = process_start_time(pid, del->pidfd, &start);
+	/* Exited between the two checks. */
+	if (rc == -ESRCH)
+		return (struct verdict){"the VMM exited while no daemon followed it", DEVICES_FREE};
+	if (rc < 0 || start != del->vmm_start)
+		return (struct verdict){another, DEVICES_KEPT};
+	return (struct verdict){NULL, NULL};
 }
 
 /* The backend's index of each device the record names, reserved again; del->n stays 0 unless
@@ -619,26 +645,24 @@ static int restore(struct delegations *dl, const Iommud__State__V1__Delegation *
 	return del->vmm.cgroup && (pidfd < 0 || del->pidfd >= 0) ? 0 : -ENOMEM;
 }
 
-/* Why the restored delegation cannot go on; NULL once it is followed on. */
-static const char *follow_on(struct delegation *del, const char **ret_outcome)
+/* Why the restored delegation cannot go on; why NULL once it is followed on. */
+static struct verdict follow_on(struct delegation *del)
 {
-	const char *why = check_vmm(del, ret_outcome);
+	struct verdict v = check_vmm(del);
 
-	if (why)
-		return why;
-	*ret_outcome = DEVICES_STILL_HELD;
+	if (v.why)
+		return v;
 	if (!del->session)
-		return "its lease ended before the restart";
-	*ret_outcome = DEVICES_KEPT;
-	if ((why = reserve_devices(del)))
-		return why;
+		return (struct verdict){"its lease ended before the restart", DEVICES_STILL_HELD};
+	if ((v.why = reserve_devices(del)))
+		return (struct verdict){v.why, DEVICES_KEPT};
 	del->exit_watch = event_new(del->all->base, del->pidfd, EV_READ, vmm_exited, del);
 	if (!del->exit_watch || event_add(del->exit_watch, NULL) < 0)
-		return "out of memory to follow it";
+		return (struct verdict){"out of memory to follow it", DEVICES_KEPT};
 	(void)probes_lend_cgroup(del->probes, del->vmm.cgroup,
 				 tenant_label_slot(session_tenant(del->session)),
 				 &del->lent_cgroup);
-	return NULL;
+	return v;
 }
 
 struct adoption {
@@ -651,7 +675,7 @@ static void follow_recorded(const Iommud__State__V1__Delegation *d, struct sessi
 {
 	struct adoption *a = arg;
 	struct delegation *del = calloc(1, sizeof(*del));
-	const char *outcome, *why;
+	struct verdict v = {"out of memory or descriptors to follow it", DEVICES_KEPT};
 
 	if (!del) {
 		log_err("delegation %" PRIu64 " of devices %s cannot be followed on: out of memory",
@@ -660,11 +684,10 @@ static void follow_recorded(const Iommud__State__V1__Delegation *d, struct sessi
 		return;
 	}
 	del->probes = a->probes;
-	outcome = DEVICES_KEPT;
-	why = restore(a->dl, d, lease, pidfd, del) < 0 ? "out of memory or descriptors to follow it"
-						       : follow_on(del, &outcome);
-	if (why) {
-		delegation_end(del, outcome, why);
+	if (restore(a->dl, d, lease, pidfd, del) == 0)
+		v = follow_on(del);
+	if (v.why) {
+		delegation_end(del, v.outcome, v.why);
 		return;
 	}
 	log_struct(LOG_INFO,

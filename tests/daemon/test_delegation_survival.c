@@ -371,3 +371,24 @@ TEST(unrecorded_end_is_recorded_by_a_snapshot)
 	supervisor_stop(&sv);
 	unsetenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD");
 }
+
+/* A VMM that exited while no daemon ran, but that its parent has not reaped yet, exited all
+ * the same: its devices are free, and the log says when it exited. */
+TEST(unreaped_vmm_exited_while_no_daemon_runs)
+{
+	struct supervisor sv;
+	siginfo_t info;
+	pid_t vmm = start_vmm();
+
+	start_delegated(&sv, vmm, NULL);
+	supervisor_kill(&sv);
+	CHECK_OK(kill(vmm, SIGKILL));
+	CHECK_OK(waitid(P_PID, (id_t)vmm, &info, WEXITED | WNOWAIT));
+	supervisor_spawn(&sv);
+	CHECK_EQ(delegations_listed(&sv), 0);
+	expect_state(&sv, "emu0", "free");
+	CHECK(supervisor_log_has(&sv, "(delegation 1) are free again: the VMM exited while no "
+				      "daemon followed it"));
+	CHECK(waitpid(vmm, NULL, 0) == vmm);
+	supervisor_stop(&sv);
+}
