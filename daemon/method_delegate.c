@@ -95,6 +95,24 @@ static struct delegation *delegation_by_id(const struct delegations *dl, uint64_
 	return NULL;
 }
 
+/* The reply carrying the delegation's fds went out, so the delegation is recorded: only now is
+ * its id said, since a kill before the record commits gives the id out again. Found by id, as
+ * reply_unsent. */
+static void reply_sent(void *arg, uint64_t id)
+{
+	struct delegation *del = delegation_by_id(arg, id);
+
+	if (!del)
+		return;
+	log_struct(LOG_INFO,
+		   LOG_FIELDS({"IOMMUD_DEVICE", del->names},
+			      {"IOMMUD_LEASE", session_lease(del->session)},
+			      {"IOMMUD_CGROUP", del->vmm.cgroup}),
+		   "uid %u handed devices {IOMMUD_DEVICE} to pid %d (cgroup {IOMMUD_CGROUP}) "
+		   "in lease '{IOMMUD_LEASE}', delegation %" PRIu64,
+		   (unsigned)del->uid, (int)del->vmm.pid, del->id);
+}
+
 /* The reply carrying the delegation's fds was not sent: the VMM never got them. Found by id,
  * since the VMM may have exited (ending it) while the reply waited for the socket. */
 static void reply_unsent(void *arg, uint64_t id)
@@ -370,15 +388,9 @@ int do_delegate_devices(struct call *call)
 				 tenant_label_slot(call->client->tenant), &del->lent_cgroup);
 	reply->delegation_id = del->id;
 	call->out.unsent = reply_unsent;
+	call->out.sent = reply_sent;
 	call->out.unsent_arg = del->all;
 	call->out.unsent_token = del->id;
-	log_struct(LOG_INFO,
-		   LOG_FIELDS({"IOMMUD_DEVICE", del->names},
-			      {"IOMMUD_LEASE", session_lease(del->session)},
-			      {"IOMMUD_CGROUP", del->vmm.cgroup}),
-		   "uid %u handed devices {IOMMUD_DEVICE} to pid %d (cgroup {IOMMUD_CGROUP}) "
-		   "in lease '{IOMMUD_LEASE}', delegation %" PRIu64,
-		   (unsigned)del->uid, (int)del->vmm.pid, del->id);
 	return 0;
 }
 
