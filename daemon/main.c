@@ -538,6 +538,14 @@ static void leave_for_restart(struct daemon *d, struct server *srv)
 }
 
 /* Serves until a signal stops the daemon; returns the exit status. */
+/* The named leases and the delegations the store kept from the daemon before, taken over. */
+static void adopt_survivors(struct daemon *d)
+{
+	if (state_open(d->reg, &d->state) < 0)
+		log_err("named leases will not survive a restart: %s", failure_message());
+	delegations_adopt(d->delegations, d->state, d->probes);
+}
+
 static int serve(struct daemon *d, struct config *cfg)
 {
 	struct event *signals[N_SIGNALS] = {NULL}, *watchdog = NULL, *store_sync = NULL;
@@ -565,9 +573,7 @@ static int serve(struct daemon *d, struct config *cfg)
 		log_err("%s", failure_message());
 		goto out;
 	}
-	if (state_open(d->reg, &d->state) < 0)
-		log_err("named leases will not survive a restart: %s", failure_message());
-	delegations_adopt(d->delegations, d->state, d->probes);
+	adopt_survivors(d);
 	end.base = base;
 	end.d = d;
 	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||
