@@ -549,8 +549,8 @@ static void adopt_survivors(struct daemon *d)
 static int serve(struct daemon *d, struct config *cfg)
 {
 	struct event *signals[N_SIGNALS] = {NULL}, *watchdog = NULL, *store_sync = NULL;
-	struct loop_end end = {0};
 	struct event_base *base = loop_base();
+	struct loop_end end = {.base = base, .d = d};
 	struct server *srv = NULL;
 	int status = 1;
 
@@ -562,9 +562,7 @@ static int serve(struct daemon *d, struct config *cfg)
 		ping_watchdog_now();
 	if (d->reg)
 		registry_set_probes(d->reg, d->probes);
-	if (d->reg && base)
-		d->delegations = delegations_create(base, d->reg);
-	if (!d->reg || !base || !d->delegations ||
+	if (!d->reg || !base || !(d->delegations = delegations_create(base, d->reg)) ||
 	    server_create(base, d, cfg->max_connections, &srv) < 0) {
 		log_err("out of memory at start");
 		goto out;
@@ -574,8 +572,6 @@ static int serve(struct daemon *d, struct config *cfg)
 		goto out;
 	}
 	adopt_survivors(d);
-	end.base = base;
-	end.d = d;
 	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||
 	    start_store_sync(base, &store_sync) < 0)
 		goto out;
