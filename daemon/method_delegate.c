@@ -215,7 +215,8 @@ static int find_devices(struct call *call, struct delegation *del)
 }
 
 /* When the process pidfd holds started (field 22 of /proc/PID/stat, clock ticks after boot),
- * read by pid while it lived, so the pid named it throughout; -ESRCH once it has exited. */
+ * read by pid while it lived, so the pid named it throughout; -ESRCH once it has exited,
+ * -EBADMSG if the file has none where the kernel puts it. */
 static int process_start_time(pid_t pid, int pidfd, uint64_t *ret_start)
 {
 	char path[64], text[1024], *field;
@@ -236,7 +237,7 @@ static int process_start_time(pid_t pid, int pidfd, uint64_t *ret_start)
 	for (int i = 2; field && i < 22; i++)
 		field = strchr(field + 1, ' ');
 	if (!field || sscanf(field, " %llu", &start) != 1)
-		return -EIO;
+		return -EBADMSG;
 	*ret_start = start;
 	return 0;
 }
@@ -278,6 +279,11 @@ static int follow_vmm(struct call *call, struct delegation *del)
 			    "process %d cannot be followed: name the VMM's process (its main "
 			    "thread's id, as ps shows it), not one of its threads",
 			    (int)pid);
+	if (rc == -EBADMSG)
+		return fail(rc,
+			    "cannot read when process %d started: its /proc/%d/stat has no start "
+			    "time where the kernel puts it; check that it is the VMM and try again",
+			    (int)pid, (int)pid);
 	if (rc < 0)
 		return fail(rc,
 			    "cannot read the uid and cgroup of process %d: %s; check that it "
