@@ -88,6 +88,18 @@ static uint64_t delegate(struct iommuctl *c, const char *device, pid_t vmm)
 	return id;
 }
 
+/* A DelegateDevices of device to vmm that is refused, its message holding why. */
+static void expect_delegate_refused(struct iommuctl *c, const char *device, pid_t vmm,
+				    const char *why)
+{
+	const char *const devices[] = {device};
+	uint64_t id;
+	int fds[2];
+
+	CHECK(iommuctl_delegate(c, devices, 1, (uint32_t)vmm, fds, &id) < 0);
+	CHECK(strstr(iommuctl_last_error(c), why) != NULL);
+}
+
 static Iommud__V1__Response *call(struct iommuctl *c, Iommud__V1__Request *req)
 {
 	Iommud__V1__Response *resp;
@@ -300,18 +312,14 @@ TEST(released_lease_ends_its_delegation_at_restart)
  * the device is free, no delegation listed, and no pidfd left in the store. */
 TEST(unrecorded_delegation_is_taken_back)
 {
-	const char *const devices[] = {"emu0"};
 	struct supervisor sv;
 	struct iommuctl *c;
 	pid_t vmm = start_vmm();
-	uint64_t id;
-	int fds[2];
 
 	CHECK_OK(setenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD", "1", 1));
 	start(&sv);
 	c = connect_lease(&sv, "vm1");
-	CHECK(iommuctl_delegate(c, devices, 1, (uint32_t)vmm, fds, &id) < 0);
-	CHECK(strstr(iommuctl_last_error(c), "could not be recorded") != NULL);
+	expect_delegate_refused(c, "emu0", vmm, "could not be recorded");
 	CHECK(strstr(iommuctl_last_error(c), "taken back") != NULL);
 	iommuctl_close(c);
 	CHECK_EQ(delegations_listed(&sv), 0);
@@ -328,17 +336,13 @@ TEST(unrecorded_delegation_is_taken_back)
  * with its record. */
 TEST(full_store_refuses_delegation)
 {
-	const char *const devices[] = {"emu1"};
 	struct supervisor sv;
 	struct iommuctl *c;
 	pid_t vmm = start_vmm();
-	uint64_t id;
-	int fds[2];
 
 	CHECK_OK(setenv("FDSTORE", "3", 1));
 	start_delegated(&sv, vmm, &c);
-	CHECK(iommuctl_delegate(c, devices, 1, (uint32_t)vmm, fds, &id) < 0);
-	CHECK(strstr(iommuctl_last_error(c), "no room for the VMM's pidfd") != NULL);
+	expect_delegate_refused(c, "emu1", vmm, "no room for the VMM's pidfd");
 	iommuctl_close(c);
 	expect_state(&sv, "emu1", "free");
 	kill_and_restart(&sv);
