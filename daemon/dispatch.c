@@ -287,14 +287,19 @@ void reply_fds_close(struct reply_fds *out)
 		(void)close(out->fds[i]);
 	out->n = 0;
 	out->unsent = NULL;
+	out->sent = NULL;
 	if (unsent)
 		unsent(out->unsent_arg, out->unsent_token);
 }
 
 void reply_fds_sent(struct reply_fds *out)
 {
+	void (*sent)(void *arg, uint64_t token) = out->sent;
+
 	out->unsent = NULL;
 	reply_fds_close(out);
+	if (sent)
+		sent(out->unsent_arg, out->unsent_token);
 }
 
 int nomem(void)
@@ -795,6 +800,7 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
 	*ret_kept = NULL;
 	out_fds->n = 0;
 	out_fds->unsent = NULL;
+	out_fds->sent = NULL;
 	*ret_method = call->req && method_for(call->req->method_case)->handle
 			      ? (unsigned)call->req->method_case
 			      : 0;
@@ -814,6 +820,7 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
 		*out_fds = call->out;
 		call->out.n = 0;
 		call->out.unsent = NULL;
+		call->out.sent = NULL;
 	}
 	if (kept)
 		free_call(call);

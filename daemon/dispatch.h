@@ -39,11 +39,13 @@ enum packet_defect {
 /* Descriptors to send with a reply, owned by whoever holds the struct. unsent, when set, is
  * called with unsent_arg and unsent_token if they are closed without having gone out (the call
  * failed after its handler, or the reply could not be sent), so that what a handler handed out
- * with them is taken back: the one place that knows they were not sent. */
+ * with them is taken back: the one place that knows they were not sent. sent, when set, is
+ * called with the same once they went out, the call recorded. */
 struct reply_fds {
 	int fds[IOMMUD_MAX_FDS];
 	size_t n;
 	void (*unsent)(void *arg, uint64_t token);
+	void (*sent)(void *arg, uint64_t token);
 	void *unsent_arg;
 	uint64_t unsent_token;
 };

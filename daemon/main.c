@@ -656,12 +656,19 @@ static void free_loop(struct event_base *base, struct event **signals, struct ev
 		event_base_free(base);
 }
 
+/* The named leases and the delegations the store kept from the daemon before, taken over. */
+static void adopt_survivors(struct daemon *d)
+{
+	open_state(d);
+	delegations_adopt(d->delegations, d->state, d->probes);
+}
+
 /* Serves until a signal stops the daemon; returns the exit status. */
 static int serve(struct daemon *d, struct config *cfg)
 {
 	struct event *signals[N_SIGNALS] = {NULL}, *watchdog = NULL, *store_sync = NULL;
-	struct loop_end end = {0};
 	struct event_base *base = loop_base();
+	struct loop_end end = {.base = base, .d = d};
 	struct server *srv = NULL;
 	int status = 1;
 
@@ -673,9 +680,7 @@ static int serve(struct daemon *d, struct config *cfg)
 		ping_watchdog_now();
 	if (d->reg)
 		registry_set_probes(d->reg, d->probes);
-	if (d->reg && base)
-		d->delegations = delegations_create(base, d->reg);
-	if (!d->reg || !base || !d->delegations ||
+	if (!d->reg || !base || !(d->delegations = delegations_create(base, d->reg)) ||
 	    server_create(base, d, cfg->max_connections, &srv) < 0) {
 		log_err("out of memory at start");
 		goto out;
@@ -684,10 +689,7 @@ static int serve(struct daemon *d, struct config *cfg)
 		log_err("%s", failure_message());
 		goto out;
 	}
-	open_state(d);
-	delegations_adopt(d->delegations, d->state, d->probes);
-	end.base = base;
-	end.d = d;
+	adopt_survivors(d);
 	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||
 	    start_store_sync(base, &store_sync) < 0)
 		goto out;

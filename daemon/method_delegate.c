@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,24 @@ static struct delegation *delegation_by_id(const struct delegations *dl, uint64_
 		if (del->id == id)
 			return del;
 	return NULL;
+}
+
+/* The reply carrying the delegation's fds went out, so the delegation is recorded: only now is
+ * its id said, since a kill before the record commits gives the id out again. Found by id, as
+ * reply_unsent. */
+static void reply_sent(void *arg, uint64_t id)
+{
+	struct delegation *del = delegation_by_id(arg, id);
+
+	if (!del)
+		return;
+	log_struct(LOG_INFO,
+		   LOG_FIELDS({"IOMMUD_DEVICE", del->names},
+			      {"IOMMUD_LEASE", session_lease(del->session)},
+			      {"IOMMUD_CGROUP", del->vmm.cgroup}),
+		   "uid %u handed devices {IOMMUD_DEVICE} to pid %d (cgroup {IOMMUD_CGROUP}) "
+		   "in lease '{IOMMUD_LEASE}', delegation %" PRIu64,
+		   (unsigned)del->uid, (int)del->vmm.pid, del->id);
 }
 
 /* The reply carrying the delegation's fds was not sent: the VMM never got them. Found by id,
@@ -196,7 +215,8 @@ static int find_devices(struct call *call, struct delegation *del)
 }
 
 /* When the process pidfd holds started (field 22 of /proc/PID/stat, clock ticks after boot),
- * read by pid while it lived, so the pid named it throughout; -ESRCH once it has exited. */
+ * read by pid while it lived, so the pid named it throughout; -ESRCH once it has exited,
+ * -EBADMSG if the file has none where the kernel puts it. */
 static int process_start_time(pid_t pid, int pidfd, uint64_t *ret_start)
 {
 	char path[64], text[1024], *field;
@@ -217,7 +237,7 @@ static int process_start_time(pid_t pid, int pidfd, uint64_t *ret_start)
 	for (int i = 2; field && i < 22; i++)
 		field = strchr(field + 1, ' ');
 	if (!field || sscanf(field, " %llu", &start) != 1)
-		return -EIO;
+		return -EBADMSG;
 	*ret_start = start;
 	return 0;
 }
@@ -259,6 +279,11 @@ static int follow_vmm(struct call *call, struct delegation *del)
 			    "process %d cannot be followed: name the VMM's process (its main "
 			    "thread's id, as ps shows it), not one of its threads",
 			    (int)pid);
+	if (rc == -EBADMSG)
+		return fail(rc,
+			    "cannot read when process %d started: its /proc/%d/stat has no start "
+			    "time where the kernel puts it; check that it is the VMM and try again",
+			    (int)pid, (int)pid);
 	if (rc < 0)
 		return fail(rc,
 			    "cannot read the uid and cgroup of process %d: %s; check that it "
@@ -369,15 +394,9 @@ int do_delegate_devices(struct call *call)
 				 tenant_label_slot(call->client->tenant), &del->lent_cgroup);
 	reply->delegation_id = del->id;
 	call->out.unsent = reply_unsent;
+	call->out.sent = reply_sent;
 	call->out.unsent_arg = del->all;
 	call->out.unsent_token = del->id;
-	log_struct(LOG_INFO,
-		   LOG_FIELDS({"IOMMUD_DEVICE", del->names},
-			      {"IOMMUD_LEASE", session_lease(del->session)},
-			      {"IOMMUD_CGROUP", del->vmm.cgroup}),
-		   "uid %u handed devices {IOMMUD_DEVICE} to pid %d (cgroup {IOMMUD_CGROUP}) "
-		   "in lease '{IOMMUD_LEASE}', delegation %" PRIu64,
-		   (unsigned)del->uid, (int)del->vmm.pid, del->id);
 	return 0;
 }
 
@@ -553,46 +572,74 @@ static int pidfd_pid(int pidfd, pid_t *ret_pid)
 	return rc;
 }
 
-/* Why the recorded VMM cannot be followed on (NULL: it can), with the outcome for its devices:
- * the pidfd must hold the process recorded (its pid and start time), and that must live. */
-static const char *check_vmm(const struct delegation *del, const char **ret_outcome)
-{
-	uint64_t start;
-	pid_t pid = 0;
+/* Why a recorded delegation cannot be followed on (why NULL: it can), and what that leaves
+ * its devices. */
+struct verdict {
+	const char *why;
+	const char *outcome;
+};
 
-	*ret_outcome = DEVICES_KEPT;
-	if (del->pidfd < 0)
-		return "the service manager's store did not hand back its VMM's pidfd";
-	if (pidfd_pid(del->pidfd, &pid) < 0)
-		return "what the store holds as its VMM's pidfd is no pidfd";
-	*ret_outcome = DEVICES_FREE;
-	if (!process_lives(del->pidfd))
-		return "the VMM exited while no daemon followed it";
-	*ret_outcome = DEVICES_KEPT;
-	if (pid != del->vmm.pid || process_start_time(pid, del->pidfd, &start) < 0 ||
-	    start != del->vmm_start)
-		return "the pidfd in the store holds another process than the VMM recorded";
-	return NULL;
+/* Whether the process pidfd holds has exited: its pidfd turns readable then, reaped or not. */
+static bool process_exited(int pidfd)
+{
+	struct pollfd p = {.fd = pidfd, .events = POLLIN};
+
+	return poll(&p, 1, 0) > 0;
 }
 
-/* The backend's index of each device the record names, reserved again. */
+/* The pidfd must hold the process recorded (its pid and start time), and that must not have
+ * exited. */
+static struct verdict check_vmm(const struct delegation *del)
+{
+	static const char another[] =
+		"the pidfd in the store holds another process than the VMM recorded; stop the "
+		"recorded VMM to free them";
+	uint64_t start;
+	pid_t pid = 0;
+	int rc;
+
+	if (del->pidfd < 0)
+		return (struct verdict){"the service manager's store did not hand back its VMM's "
+					"pidfd; stop the VMM to free them",
+					DEVICES_KEPT};
+	if (pidfd_pid(del->pidfd, &pid) < 0)
+		return (struct verdict){"what the store holds as its VMM's pidfd is no pidfd; stop "
+					"the VMM to free them",
+					DEVICES_KEPT};
+	if (process_exited(del->pidfd))
+		return (struct verdict){"the VMM exited while no daemon followed it", DEVICES_FREE};
+	if (pid != del->vmm.pid)
+		return (struct verdict){another, DEVICES_KEPT};
+	rc = process_start_time(pid, del->pidfd, &start);
+	/* Exited between the two checks. */
+	if (rc == -ESRCH)
+		return (struct verdict){"the VMM exited while no daemon followed it", DEVICES_FREE};
+	if (rc < 0 || start != del->vmm_start)
+		return (struct verdict){another, DEVICES_KEPT};
+	return (struct verdict){NULL, NULL};
+}
+
+/* The backend's index of each device the record names, reserved again; del->n stays 0 unless
+ * all are, so its end frees only what it reserved. */
 static const char *reserve_devices(struct delegation *del)
 {
 	struct kh_backend *be = registry_backend(del->all->reg);
 	char names[sizeof(del->names)];
+	size_t indexes[KH_DELEGATE_MAX], n = 0;
 	int index;
 
 	(void)snprintf(names, sizeof(names), "%s", del->names);
 	for (char *name = strtok(names, ","); name; name = strtok(NULL, ",")) {
-		if (del->n == KH_DELEGATE_MAX || (index = kh_device_lookup(be, name)) < 0)
+		if (n == KH_DELEGATE_MAX || (index = kh_device_lookup(be, name)) < 0)
 			return "the record names devices this machine does not have";
-		del->indexes[del->n++] = (size_t)index;
+		indexes[n++] = (size_t)index;
 	}
-	if (kh_delegate_resume(be, del->indexes, del->n) < 0) {
-		/* Nothing was reserved: its end frees none. */
-		del->n = 0;
+	if (!n)
+		return "the record names no devices";
+	if (kh_delegate_resume(be, indexes, n) < 0)
 		return kh_last_error();
-	}
+	memcpy(del->indexes, indexes, n * sizeof(*indexes));
+	del->n = n;
 	return NULL;
 }
 
@@ -616,26 +663,24 @@ static int restore(struct delegations *dl, const Iommud__State__V1__Delegation *
 	return del->vmm.cgroup && (pidfd < 0 || del->pidfd >= 0) ? 0 : -ENOMEM;
 }
 
-/* Why the restored delegation cannot go on; NULL once it is followed on. */
-static const char *follow_on(struct delegation *del, const char **ret_outcome)
+/* Why the restored delegation cannot go on; why NULL once it is followed on. */
+static struct verdict follow_on(struct delegation *del)
 {
-	const char *why = check_vmm(del, ret_outcome);
+	struct verdict v = check_vmm(del);
 
-	if (why)
-		return why;
-	*ret_outcome = DEVICES_STILL_HELD;
+	if (v.why)
+		return v;
 	if (!del->session)
-		return "its lease ended before the restart";
-	*ret_outcome = DEVICES_KEPT;
-	if ((why = reserve_devices(del)))
-		return why;
+		return (struct verdict){"its lease ended before the restart", DEVICES_STILL_HELD};
+	if ((v.why = reserve_devices(del)))
+		return (struct verdict){v.why, DEVICES_KEPT};
 	del->exit_watch = event_new(del->all->base, del->pidfd, EV_READ, vmm_exited, del);
 	if (!del->exit_watch || event_add(del->exit_watch, NULL) < 0)
-		return "out of memory to follow it";
+		return (struct verdict){"out of memory to follow it", DEVICES_KEPT};
 	(void)probes_lend_cgroup(del->probes, del->vmm.cgroup,
 				 tenant_label_slot(session_tenant(del->session)),
 				 &del->lent_cgroup);
-	return NULL;
+	return v;
 }
 
 struct adoption {
@@ -648,7 +693,7 @@ static void follow_recorded(const Iommud__State__V1__Delegation *d, struct sessi
 {
 	struct adoption *a = arg;
 	struct delegation *del = calloc(1, sizeof(*del));
-	const char *outcome, *why;
+	struct verdict v = {"out of memory or descriptors to follow it", DEVICES_KEPT};
 
 	if (!del) {
 		log_err("delegation %" PRIu64 " of devices %s cannot be followed on: out of memory",
@@ -657,11 +702,10 @@ static void follow_recorded(const Iommud__State__V1__Delegation *d, struct sessi
 		return;
 	}
 	del->probes = a->probes;
-	outcome = DEVICES_KEPT;
-	why = restore(a->dl, d, lease, pidfd, del) < 0 ? "out of memory or descriptors to follow it"
-						       : follow_on(del, &outcome);
-	if (why) {
-		delegation_end(del, outcome, why);
+	if (restore(a->dl, d, lease, pidfd, del) == 0)
+		v = follow_on(del);
+	if (v.why) {
+		delegation_end(del, v.outcome, v.why);
 		return;
 	}
 	log_struct(LOG_INFO,

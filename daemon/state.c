@@ -200,7 +200,8 @@ static bool dev_to_store(const struct lease_rec *rec, size_t i, uint32_t *ret_de
 	return true;
 }
 
-/* Its record, the leases' memory files and kernel descriptors, the anonymous sessions'. */
+/* Its record, the leases' memory files and kernel descriptors, the delegations' pidfds, the
+ * anonymous sessions'. */
 size_t stored_count(const struct state *st)
 {
 	const struct lease_rec *rec;
@@ -951,10 +952,27 @@ static int unrecorded(struct lease_rec *rec, int rc)
 		    why, session_lease(rec->s));
 }
 
+/* A DelegateDevices unrecorded is taken back, since its reply goes without the VMM's fds;
+ * only a new lease's entry, if the transaction held one, leaves a change in effect. */
+static int delegation_unrecorded_fail(struct state *st, struct lease_rec *rec,
+				      const struct call *call, bool new_lease, int rc)
+{
+	char why[STATUS_MESSAGE_MAX + 1];
+
+	delegation_unrecorded(st, call);
+	if (new_lease)
+		rec->unrecorded = true;
+	(void)snprintf(why, sizeof(why), "%s", failure_message());
+	return fail(rc,
+		    "the delegation could not be recorded (%s), so it was taken back; try again",
+		    why);
+}
+
 int state_record_call(struct state *st, struct call *call)
 {
 	struct session *s = recorded_session(st, call);
 	struct lease_rec *rec;
+	bool new_lease = false;
 	int rc = 0;
 
 	if (!s)
@@ -966,6 +984,7 @@ int state_record_call(struct state *st, struct call *call)
 	if (!rec) {
 		if (!(rec = lease_add(st, s, st->last_lease_id + 1)))
 			return fail(-ENOMEM, "out of memory for the state record");
+		new_lease = true;
 		rc = add_lease(st, rec);
 		lease_store_kernel(st, rec);
 	}
@@ -974,6 +993,8 @@ int state_record_call(struct state *st, struct call *call)
 	if (rc == 0)
 		rc = txn_commit(st);
 	st->n_boxes = 0;
+	if (rc < 0 && call->req->method_case == IOMMUD__V1__REQUEST__METHOD_DELEGATE_DEVICES)
+		return delegation_unrecorded_fail(st, rec, call, new_lease, rc);
 	if (rc < 0)
 		return unrecorded(rec, rc);
 	lease_unstore_freed(rec);
@@ -1075,6 +1096,8 @@ int state_check_call(struct state *st, struct call *call)
 	if (method == IOMMUD__V1__REQUEST__METHOD_MAP ||
 	    method == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH)
 		return check_store_room(st, rec, call);
+	if (method == IOMMUD__V1__REQUEST__METHOD_DELEGATE_DEVICES)
+		return check_delegation_room(st);
 	return 0;
 }
 

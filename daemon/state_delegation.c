@@ -29,6 +29,9 @@ struct delegation_rec {
 	LIST_ENTRY(delegation_rec) link;
 	Iommud__State__V1__Delegation d;
 	int pidfd; /* -1: the store handed none back */
+	/* Its end could not be recorded: the record still holds it, so its pidfd stays in the
+	 * store until a snapshot leaves it out. */
+	bool ended;
 };
 
 static void pidfd_name(const Iommud__State__V1__Delegation *d, char name[DELEGATION_FD_NAME])
@@ -70,6 +73,18 @@ static void delegation_rec_free(struct delegation_rec *dr)
 	free(dr->d.devices);
 	free(dr->d.vmm_cgroup);
 	free(dr);
+}
+
+/* The delegation forgotten, its pidfd taken out of the store too. */
+static void delegation_rec_unstore(struct delegation_rec *dr)
+{
+	char name[DELEGATION_FD_NAME];
+
+	if (dr->pidfd >= 0) {
+		pidfd_name(&dr->d, name);
+		fdstore_remove(name);
+	}
+	delegation_rec_free(dr);
 }
 
 /* The state's own copy of d, without a pidfd yet. */
@@ -135,17 +150,32 @@ int add_delegation(struct state *st, struct lease_rec *rec, const struct call *c
 	if (rc == 0)
 		rc = add_delegation_entry(st, dr);
 	/* Not recorded: the call fails, so the VMM never gets the devices and the delegation
-	 * ends (state_end_delegation then finds nothing). A pidfd stored meanwhile goes with
-	 * it. */
-	if (rc < 0 && dr->pidfd >= 0) {
-		char name[DELEGATION_FD_NAME];
-
-		pidfd_name(&dr->d, name);
-		fdstore_remove(name);
-	}
+	 * ends; delegation_unrecorded forgets it when the commit fails instead. */
 	if (rc < 0)
-		delegation_rec_free(dr);
+		delegation_rec_unstore(dr);
 	return rc;
+}
+
+void delegation_unrecorded(struct state *st, const struct call *call)
+{
+	struct delegation_rec *dr =
+		delegation_rec_find(st, call->resp->delegate_devices->delegation_id);
+
+	if (dr)
+		delegation_rec_unstore(dr);
+}
+
+int check_delegation_room(const struct state *st)
+{
+	if (store_has_room(st, 1))
+		return 0;
+	return fail(-ENOSPC,
+		    "the service manager's descriptor store has no room for the VMM's pidfd, "
+		    "which a delegation keeps there to survive a restart of the daemon (it holds "
+		    "%zu of the %zu it takes, one kept free to rewrite the state record); end a "
+		    "delegation or release a lease first; an administrator can raise "
+		    "FileDescriptorStoreMax= of iommud.service",
+		    stored_count(st), st->store_max);
 }
 
 int add_delegations(struct state *st)
@@ -161,9 +191,20 @@ int add_delegations(struct state *st)
 		return fail(-ENOMEM, "out of memory for the state snapshot");
 	last->last_id = st->last_delegation_id;
 	LIST_FOREACH (dr, &st->delegations, link)
-		if (rc == 0)
+		if (rc == 0 && !dr->ended)
 			rc = add_delegation_entry(st, dr);
 	return rc;
+}
+
+void delegations_drop_ended(struct state *st)
+{
+	struct delegation_rec *dr, *next;
+
+	for (dr = LIST_FIRST(&st->delegations); dr; dr = next) {
+		next = LIST_NEXT(dr, link);
+		if (dr->ended)
+			delegation_rec_unstore(dr);
+	}
 }
 
 void state_end_delegation(struct state *st, uint64_t id)
@@ -172,9 +213,8 @@ void state_end_delegation(struct state *st, uint64_t id)
 	Iommud__State__V1__DelegationEnd end = IOMMUD__STATE__V1__DELEGATION_END__INIT;
 	Iommud__State__V1__Entry entry = IOMMUD__STATE__V1__ENTRY__INIT, *entries[] = {&entry};
 	Iommud__State__V1__Transaction txn = IOMMUD__STATE__V1__TRANSACTION__INIT;
-	char name[DELEGATION_FD_NAME];
 
-	if (!dr)
+	if (!dr || dr->ended)
 		return;
 	end.lease_id = dr->d.lease_id;
 	end.delegation_id = id;
@@ -183,17 +223,22 @@ void state_end_delegation(struct state *st, uint64_t id)
 	txn.n_entries = 1;
 	txn.entries = entries;
 	/* A transaction of its own, whatever call is building one: an end comes from the VMM's
-	 * exit or a lease's, between calls. Unrecorded, the next snapshot leaves it out, and
-	 * until then the next daemon finds no pidfd for it and ends it too. */
-	if (record_append(&st->rec, &txn) < 0) {
-		log_warning("the end of delegation %" PRIu64 " could not be recorded (%s); the "
-			    "state record is rewritten without it",
-			    id, failure_message());
-		st->snapshot_due = true;
+	 * exit or a lease's, between calls. */
+	if (record_append(&st->rec, &txn) == 0) {
+		delegation_rec_unstore(dr);
+		return;
 	}
-	pidfd_name(&dr->d, name);
-	fdstore_remove(name);
-	delegation_rec_free(dr);
+	/* The record still holds the delegation: with its pidfd kept, the next daemon still
+	 * sees why it ended. The snapshot that leaves it out also takes the pidfd out. */
+	log_warning("the end of delegation %" PRIu64 " could not be recorded (%s); the state "
+		    "record is rewritten without it",
+		    id, failure_message());
+	dr->ended = true;
+	st->snapshot_due = true;
+	/* Between calls nothing else would write the snapshot soon; within a transaction
+	 * being built, the call's end does. */
+	if (!st->n_boxes)
+		state_compact_if_due(st);
 }
 
 uint64_t state_last_delegation_id(const struct state *st)
@@ -258,6 +303,8 @@ void state_each_delegation(struct state *st,
 	/* visit may end the delegation it is given, and only that one. */
 	for (dr = LIST_FIRST(&st->delegations); dr; dr = next) {
 		next = LIST_NEXT(dr, link);
+		if (dr->ended)
+			continue;
 		rec = lease_by_id(st, dr->d.lease_id);
 		visit(&dr->d, rec ? rec->s : NULL, dr->pidfd, arg);
 	}

@@ -120,6 +120,10 @@ int lease_store_file(const struct lease_rec *rec, struct lease_file *lf);
 struct lease_file *lease_file_find(struct lease_rec *rec, dev_t dev, ino_t ino, bool writable);
 struct lease_file *lease_file_by_id(struct lease_rec *rec, uint32_t id);
 void lease_drop_unused_files(struct lease_rec *rec);
+/* Descriptors the state keeps in the store; whether need more fit with one slot left free to
+ * rewrite the record. */
+size_t stored_count(const struct state *st);
+bool store_has_room(const struct state *st, size_t need);
 int lease_add_domain(struct lease_rec *rec, uint32_t id, const char *device,
 		     const struct kh_domain_alloc_args *args);
 struct lease_domain *lease_domain_find(struct lease_rec *rec, uint32_t id);
@@ -149,6 +153,13 @@ int add_release(struct state *st, struct lease_rec *rec);
  * state_each_fd; every delegation forgotten, nothing taken out of the store. */
 int add_delegation(struct state *st, struct lease_rec *rec, const struct call *call);
 int add_delegations(struct state *st);
+/* The delegation of a DelegateDevices whose transaction could not be committed forgotten,
+ * its pidfd taken out of the store: the call fails, so the delegation is taken back. */
+void delegation_unrecorded(struct state *st, const struct call *call);
+/* Refuses a DelegateDevices whose VMM's pidfd the store has no room for (-ENOSPC). */
+int check_delegation_room(const struct state *st);
+/* The delegations whose end a snapshot now records by leaving them out, with their pidfds. */
+void delegations_drop_ended(struct state *st);
 void adopt_delegations(struct state *st, Iommud__State__V1__Transaction *const *txns, size_t n);
 size_t delegation_fds_stored(const struct state *st);
 int each_delegation_fd(const struct state *st, int (*visit)(const char *name, int fd, void *arg),

@@ -206,6 +206,7 @@ int state_compact(struct state *st)
 	if (old.fd >= 0)
 		fdstore_remove(old.name);
 	record_close(&old);
+	delegations_drop_ended(st);
 	LIST_FOREACH (rec, &st->leases, link) {
 		lease_drop_unused_files(rec);
 		lease_unstore_freed(rec);

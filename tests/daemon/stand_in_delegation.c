@@ -2,36 +2,28 @@
 /* iommud with delegation faked into the emulated backend, so that the survival of delegations
  * is proven on every host: main() is the daemon's own (daemon/main.c), and its backend is
  * opened through this wrapper (linked with --wrap=kh_backend_open), whose delegated fds are
- * memfds standing in for an iommufd and VFIO cdevs, as in test_delegate_state. The daemon
- * only passes those fds on; everything it records and follows is what it does on iommufd. */
-#define _GNU_SOURCE /* memfd_create */
+ * memfds standing in for an iommufd and VFIO cdevs (stand_in_fds.h), as in
+ * test_delegate_state. The daemon only passes those fds on; everything it records and follows
+ * is what it does on iommufd.
+ * With $IOMMUD_TEST_REFUSE_DELEGATION_RECORD set, its state record (through the wrapper of
+ * record_append, --wrap=record_append) refuses every transaction that records a delegation, or
+ * with "end" a delegation's end, as a record that cannot grow would. */
 #include <errno.h>
-#include <sys/mman.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <kh/kh.h>
-#include <kh/kh_ops.h>
+
+#include "stand_in_fds.h"
+#include "state_record.h"
+#include "status.h"
 
 int __real_kh_backend_open(const char *name, const char *topology, struct kh_backend **out);
 int __wrap_kh_backend_open(const char *name, const char *topology, struct kh_backend **out);
+int __real_record_append(struct record *rec, const Iommud__State__V1__Transaction *txn);
+int __wrap_record_append(struct record *rec, const Iommud__State__V1__Transaction *txn);
 
 static struct kh_backend_ops with_delegation;
-
-static int stand_in_fd(const char *what)
-{
-	int fd = memfd_create(what, MFD_CLOEXEC);
-
-	return fd < 0 ? -errno : fd;
-}
-
-static int stand_in_ctx_fd(struct kh_backend *be __attribute__((unused)))
-{
-	return stand_in_fd("stand-in iommufd");
-}
-
-static int stand_in_device_fd(struct kh_bdev *bdev __attribute__((unused)))
-{
-	return stand_in_fd("stand-in vfio device");
-}
 
 int __wrap_kh_backend_open(const char *name, const char *topology, struct kh_backend **out)
 {
@@ -39,10 +31,20 @@ int __wrap_kh_backend_open(const char *name, const char *topology, struct kh_bac
 
 	if (rc < 0)
 		return rc;
-	with_delegation = *(*out)->ops;
-	with_delegation.delegate_ctx_fd = stand_in_ctx_fd;
-	with_delegation.delegate_device_fd = stand_in_device_fd;
-	(*out)->ops = &with_delegation;
-	(*out)->caps |= KH_CAP_DELEGATE;
+	stand_in_delegation(*out, &with_delegation);
 	return 0;
+}
+
+int __wrap_record_append(struct record *rec, const Iommud__State__V1__Transaction *txn)
+{
+	const char *refuse = getenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD");
+	Iommud__State__V1__Entry__ChangeCase refused =
+		refuse && strcmp(refuse, "end") == 0
+			? IOMMUD__STATE__V1__ENTRY__CHANGE_DELEGATION_END
+			: IOMMUD__STATE__V1__ENTRY__CHANGE_DELEGATION;
+
+	for (size_t i = 0; refuse && i < txn->n_entries; i++)
+		if (txn->entries[i]->change_case == refused)
+			return fail(-ENOSPC, "the stand-in's record takes no delegation");
+	return __real_record_append(rec, txn);
 }

@@ -26,6 +26,7 @@
 #include "dispatch.h"
 #include "harness.h"
 #include "probes/probes.h"
+#include "stand_in_fds.h"
 
 /* The VMM's memlock limit: one no default has, so the reply cannot have it by chance; below
  * the usual hard limit (8 MiB), as lowering needs no privilege. */
@@ -39,22 +40,6 @@ struct setup {
 	struct client client;
 	pid_t vmm;
 };
-
-/* The backend's delegated fds, which the handlers only pass on: one stand-in serves both. */
-static int stand_in_fd(const char *what)
-{
-	return memfd_create(what, MFD_CLOEXEC);
-}
-
-static int stand_in_ctx_fd(struct kh_backend *be __attribute__((unused)))
-{
-	return stand_in_fd("stand-in iommufd");
-}
-
-static int stand_in_device_fd(struct kh_bdev *bdev __attribute__((unused)))
-{
-	return stand_in_fd("stand-in vfio device");
-}
 
 /* One request through the dispatcher; the caller frees the response. Descriptors it carries
  * are closed as sent: the VMM got them. */
@@ -91,11 +76,7 @@ static void setup(struct setup *t)
 
 	memset(t, 0, sizeof(*t));
 	CHECK_OK(kh_backend_open_emulated_text("[iommu]\ndevices = emu0 emu1\n", &t->d.be));
-	t->ops = *t->d.be->ops;
-	t->ops.delegate_ctx_fd = stand_in_ctx_fd;
-	t->ops.delegate_device_fd = stand_in_device_fd;
-	t->d.be->ops = &t->ops;
-	t->d.be->caps |= KH_CAP_DELEGATE;
+	stand_in_delegation(t->d.be, &t->ops);
 	CHECK_OK(config_defaults(&t->cfg));
 	t->d.cfg = &t->cfg;
 	CHECK((t->d.reg = registry_create(t->d.be, &t->cfg)) != NULL);

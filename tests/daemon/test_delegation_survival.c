@@ -7,11 +7,11 @@
  * (stand_in_delegation.c). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -50,16 +50,21 @@ static struct iommuctl *connect_lease(struct supervisor *sv, const char *lease)
 	return c;
 }
 
-/* A VMM that waits to be killed, gone with the test. */
+/* A VMM that waits to be killed, gone with the test however the test ends, a failed check's
+ * abort included: it waits for the end of a pipe that only the test holds open. */
 static pid_t start_vmm(void)
 {
-	pid_t pid = fork();
+	static int leash[2] = {-1, -1};
+	pid_t pid;
+	char byte;
 
+	if (leash[0] < 0)
+		CHECK_OK(pipe2(leash, O_CLOEXEC));
+	pid = fork();
 	CHECK(pid >= 0);
 	if (pid == 0) {
-		(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
-		for (;;)
-			pause();
+		(void)close(leash[1]);
+		_exit(read(leash[0], &byte, 1) < 0);
 	}
 	return pid;
 }
@@ -81,6 +86,18 @@ static uint64_t delegate(struct iommuctl *c, const char *device, pid_t vmm)
 	(void)close(fds[0]);
 	(void)close(fds[1]);
 	return id;
+}
+
+/* A DelegateDevices of device to vmm that is refused, its message holding why. */
+static void expect_delegate_refused(struct iommuctl *c, const char *device, pid_t vmm,
+				    const char *why)
+{
+	const char *const devices[] = {device};
+	uint64_t id;
+	int fds[2];
+
+	CHECK(iommuctl_delegate(c, devices, 1, (uint32_t)vmm, fds, &id) < 0);
+	CHECK(strstr(iommuctl_last_error(c), why) != NULL);
 }
 
 static Iommud__V1__Response *call(struct iommuctl *c, Iommud__V1__Request *req)
@@ -251,7 +268,9 @@ TEST(vmm_exits_while_no_daemon_runs)
 	supervisor_read_sent(&sv);
 	CHECK_EQ(supervisor_stored(&sv, "lease1.delegation"), 0);
 
-	/* Ids are never given again, though the record no longer holds the delegation. */
+	/* Ids are never given again, though the record no longer holds the delegation: after
+	 * the second restart, only its last id is left in the snapshot. */
+	kill_and_restart(&sv);
 	kill_and_restart(&sv);
 	vmm = start_vmm();
 	c = connect_lease(&sv, "vm1");
@@ -282,8 +301,98 @@ TEST(released_lease_ends_its_delegation_at_restart)
 	CHECK_EQ(delegations_listed(&sv), 0);
 	CHECK(supervisor_log_has(&sv, "(delegation 1) are no longer reserved; the VMM still holds "
 				      "them until it exits: its lease ended before the restart"));
+	expect_state(&sv, "emu0", "free");
 	supervisor_read_sent(&sv);
 	CHECK_EQ(supervisor_stored(&sv, "lease1.delegation"), 0);
 	stop_vmm(vmm);
+	supervisor_stop(&sv);
+}
+
+/* A DelegateDevices the record cannot take fails, and says the delegation was taken back:
+ * the device is free, no delegation listed, and no pidfd left in the store. */
+TEST(unrecorded_delegation_is_taken_back)
+{
+	struct supervisor sv;
+	struct iommuctl *c;
+	pid_t vmm = start_vmm();
+
+	CHECK_OK(setenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD", "1", 1));
+	start(&sv);
+	c = connect_lease(&sv, "vm1");
+	expect_delegate_refused(c, "emu0", vmm, "could not be recorded");
+	CHECK(strstr(iommuctl_last_error(c), "taken back") != NULL);
+	iommuctl_close(c);
+	CHECK_EQ(delegations_listed(&sv), 0);
+	expect_state(&sv, "emu0", "free");
+	supervisor_read_sent(&sv);
+	CHECK_EQ(supervisor_stored(&sv, "lease1.delegation"), 0);
+	supervisor_stop(&sv);
+	unsetenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD");
+	stop_vmm(vmm);
+}
+
+/* The store takes the record, one pidfd and the slot a rewritten record needs ($FDSTORE): a
+ * second delegation is refused before anything is handed out, and the first survives a kill
+ * with its record. */
+TEST(full_store_refuses_delegation)
+{
+	struct supervisor sv;
+	struct iommuctl *c;
+	pid_t vmm = start_vmm();
+
+	CHECK_OK(setenv("FDSTORE", "3", 1));
+	start_delegated(&sv, vmm, &c);
+	expect_delegate_refused(c, "emu1", vmm, "no room for the VMM's pidfd");
+	iommuctl_close(c);
+	expect_state(&sv, "emu1", "free");
+	kill_and_restart(&sv);
+	expect_state(&sv, "emu0", "delegated");
+	CHECK_EQ(supervisor_stored(&sv, "lease1.delegation1.pidfd"), 1);
+	vmm_exits(&sv, vmm);
+	supervisor_stop(&sv);
+	unsetenv("FDSTORE");
+}
+
+/* A delegation's end the record cannot take: the snapshot written at once leaves the
+ * delegation out, and only then is its pidfd taken out of the store, so a daemon killed right
+ * after, with no call between to write a snapshot, finds nothing to end. */
+TEST(unrecorded_end_is_recorded_by_a_snapshot)
+{
+	struct supervisor sv;
+	unsigned long removals;
+	pid_t vmm = start_vmm();
+
+	CHECK_OK(setenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD", "end", 1));
+	start_delegated(&sv, vmm, NULL);
+	supervisor_read_sent(&sv);
+	removals = supervisor_removals(&sv);
+	stop_vmm(vmm);
+	supervisor_wait_removals(&sv, removals);
+	kill_and_restart(&sv);
+	CHECK_EQ(delegations_listed(&sv), 0);
+	expect_state(&sv, "emu0", "free");
+	CHECK(!supervisor_log_has(&sv, "no longer followed"));
+	supervisor_stop(&sv);
+	unsetenv("IOMMUD_TEST_REFUSE_DELEGATION_RECORD");
+}
+
+/* A VMM that exited while no daemon ran, but that its parent has not reaped yet, exited all
+ * the same: its devices are free, and the log says when it exited. */
+TEST(unreaped_vmm_exited_while_no_daemon_runs)
+{
+	struct supervisor sv;
+	siginfo_t info;
+	pid_t vmm = start_vmm();
+
+	start_delegated(&sv, vmm, NULL);
+	supervisor_kill(&sv);
+	CHECK_OK(kill(vmm, SIGKILL));
+	CHECK_OK(waitid(P_PID, (id_t)vmm, &info, WEXITED | WNOWAIT));
+	supervisor_spawn(&sv);
+	CHECK_EQ(delegations_listed(&sv), 0);
+	expect_state(&sv, "emu0", "free");
+	CHECK(supervisor_log_has(&sv, "(delegation 1) are free again: the VMM exited while no "
+				      "daemon followed it"));
+	CHECK(waitpid(vmm, NULL, 0) == vmm);
 	supervisor_stop(&sv);
 }

@@ -63,3 +63,20 @@ TEST(sent_runs_no_hook)
 	reply_fds_close(&out);
 	CHECK_EQ(seen.calls, 0);
 }
+
+TEST(sent_runs_the_sent_hook_once)
+{
+	struct unsent_seen seen = {0};
+	struct reply_fds out;
+
+	fill(&out, &seen);
+	out.sent = count_unsent;
+	out.unsent = NULL;
+	reply_fds_sent(&out);
+	CHECK_EQ(seen.calls, 1);
+	CHECK_EQ(seen.token, 42);
+	/* Sent or closed again, its hook is gone. */
+	reply_fds_sent(&out);
+	reply_fds_close(&out);
+	CHECK_EQ(seen.calls, 1);
+}
