@@ -23,6 +23,8 @@ static struct handed {
 	char *name;
 } * handed;
 static size_t n_handed;
+/* Of those, the ones neither claimed nor dropped yet: still in the manager's store. */
+static size_t n_unclaimed;
 static bool read_env;
 
 bool fdstore_available(void)
@@ -229,6 +231,7 @@ int fdstore_handed(void)
 	}
 	free(names);
 	n_handed = (size_t)n;
+	n_unclaimed = n_handed;
 	read_env = true;
 	return n;
 }
@@ -242,6 +245,7 @@ int fdstore_claim(size_t i)
 {
 	int fd = handed[i].fd;
 
+	n_unclaimed -= fd >= 0;
 	handed[i].fd = -1;
 	return fd;
 }
@@ -356,6 +360,7 @@ static void drop_stray(struct handed *h, bool contexts)
 		say_dropped(h->name, blocked, device);
 	}
 	h->fd = -1;
+	n_unclaimed--;
 }
 
 void fdstore_drop_strays(void)
@@ -369,6 +374,12 @@ void fdstore_drop_strays(void)
 	free(handed);
 	handed = NULL;
 	n_handed = 0;
+	n_unclaimed = 0;
+}
+
+size_t fdstore_unclaimed(void)
+{
+	return n_unclaimed;
 }
 
 /* "anon<session><kind><number>": one shape for every name an anonymous session's descriptor

@@ -71,6 +71,9 @@ void fdstore_defer_sync(void (*wake)(void *arg), void *arg);
 /* Reads LISTEN_FDS and LISTEN_FDNAMES, once; later calls see the same descriptors. How many
  * were handed, or a negative errno. */
 int fdstore_handed(void);
+/* How many of the descriptors handed at start nobody has claimed or dropped yet: each still
+ * takes a slot of the manager's store. */
+size_t fdstore_unclaimed(void);
 /* The i-th handed descriptor's name; NULL once it is claimed or past the end. */
 const char *fdstore_handed_name(size_t i);
 /* Takes the i-th handed descriptor over. */

@@ -201,11 +201,13 @@ static bool dev_to_store(const struct lease_rec *rec, size_t i, uint32_t *ret_de
 }
 
 /* Its record, the leases' memory files and kernel descriptors, the delegations' pidfds, the
- * anonymous sessions'. */
+ * anonymous sessions', and, while the daemon starts, what the store handed back that nobody
+ * has claimed or dropped yet (a delegation's pidfd not yet followed on, a stray), so that no
+ * descriptor stored meanwhile takes the slot kept for the record. */
 size_t stored_count(const struct state *st)
 {
 	const struct lease_rec *rec;
-	size_t n = 1 + delegation_fds_stored(st) + anon_stored_count(st);
+	size_t n = 1 + delegation_fds_stored(st) + anon_stored_count(st) + fdstore_unclaimed();
 
 	LIST_FOREACH (rec, &st->leases, link)
 		n += rec->n_files + rec->kernel_stored + rec->n_stored_devs + rec->n_stored_doms;
@@ -1097,7 +1099,7 @@ int state_check_call(struct state *st, struct call *call)
 	    method == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH)
 		return check_store_room(st, rec, call);
 	if (method == IOMMUD__V1__REQUEST__METHOD_DELEGATE_DEVICES)
-		return check_delegation_room(st);
+		return check_delegation_room(st, rec);
 	return 0;
 }
 

@@ -165,17 +165,21 @@ void delegation_unrecorded(struct state *st, const struct call *call)
 		delegation_rec_unstore(dr);
 }
 
-int check_delegation_room(const struct state *st)
+int check_delegation_room(const struct state *st, const struct lease_rec *rec)
 {
-	if (store_has_room(st, 1))
+	/* A lease's first recorded call stores its kernel context too, where it is taken over. */
+	size_t need = 1 + (st->adopt && (!rec || !rec->kernel_stored));
+
+	if (store_has_room(st, need))
 		return 0;
-	return fail(-ENOSPC,
-		    "the service manager's descriptor store has no room for the VMM's pidfd, "
-		    "which a delegation keeps there to survive a restart of the daemon (it holds "
-		    "%zu of the %zu it takes, one kept free to rewrite the state record); end a "
-		    "delegation or release a lease first; an administrator can raise "
-		    "FileDescriptorStoreMax= of iommud.service",
-		    stored_count(st), st->store_max);
+	return fail(
+		-ENOSPC,
+		"the service manager's descriptor store has no room for the VMM's pidfd, "
+		"which a delegation keeps there to survive a restart of the daemon (it holds "
+		"%zu of the %zu it takes, %zu set aside for calls in progress, one kept free to "
+		"rewrite the state record); end a delegation or release a lease first; an "
+		"administrator can raise FileDescriptorStoreMax= of iommud.service",
+		stored_count(st), st->store_max, st->set_aside);
 }
 
 int add_delegations(struct state *st)

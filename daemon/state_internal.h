@@ -72,7 +72,6 @@ struct anon_rec;
 struct entry_box;
 struct kernel_plans;
 struct delegation_rec;
-struct call;
 
 struct state {
 	struct registry *reg;
@@ -120,10 +119,6 @@ int lease_store_file(const struct lease_rec *rec, struct lease_file *lf);
 struct lease_file *lease_file_find(struct lease_rec *rec, dev_t dev, ino_t ino, bool writable);
 struct lease_file *lease_file_by_id(struct lease_rec *rec, uint32_t id);
 void lease_drop_unused_files(struct lease_rec *rec);
-/* Descriptors the state keeps in the store; whether need more fit with one slot left free to
- * rewrite the record. */
-size_t stored_count(const struct state *st);
-bool store_has_room(const struct state *st, size_t need);
 int lease_add_domain(struct lease_rec *rec, uint32_t id, const char *device,
 		     const struct kh_domain_alloc_args *args);
 struct lease_domain *lease_domain_find(struct lease_rec *rec, uint32_t id);
@@ -156,8 +151,9 @@ int add_delegations(struct state *st);
 /* The delegation of a DelegateDevices whose transaction could not be committed forgotten,
  * its pidfd taken out of the store: the call fails, so the delegation is taken back. */
 void delegation_unrecorded(struct state *st, const struct call *call);
-/* Refuses a DelegateDevices whose VMM's pidfd the store has no room for (-ENOSPC). */
-int check_delegation_room(const struct state *st);
+/* Refuses a DelegateDevices whose VMM's pidfd, and rec's kernel context if it is not stored
+ * yet (rec NULL: a lease not recorded yet), the store has no room for (-ENOSPC). */
+int check_delegation_room(const struct state *st, const struct lease_rec *rec);
 /* The delegations whose end a snapshot now records by leaving them out, with their pidfds. */
 void delegations_drop_ended(struct state *st);
 void adopt_delegations(struct state *st, Iommud__State__V1__Transaction *const *txns, size_t n);
