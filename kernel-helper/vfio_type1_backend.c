@@ -542,7 +542,13 @@ static int type1_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
 {
 	struct type1_domain *d = to_t1(dom);
 
-	return d->groups ? dma_unmap(d, iova, length, 0) : 0;
+	/* type1 finds the mappings in [iova, iova + length) by that end, which wraps to 0 for a
+	 * range reaching the top of the 64-bit space: it then finds none, removes nothing and
+	 * answers success. No mapping can be found in the top page either, so the range stops
+	 * one page short of it. */
+	if (length && iova + length == 0)
+		length -= dom->page_sizes & -dom->page_sizes;
+	return d->groups && length ? dma_unmap(d, iova, length, 0) : 0;
 }
 
 static void type1_free(struct kh_domain *dom)
