@@ -1555,7 +1555,8 @@ static int adoption_new(struct kh_backend *be, const struct kh_adopt_device *dev
 		return kh_fail(-ESTALE, "the kernel context binds %s, which %s no longer offers",
 			       name, be->ops->name);
 	}
-	memcpy(a->doms, doms, n_doms * sizeof(*doms));
+	if (n_doms)
+		memcpy(a->doms, doms, n_doms * sizeof(*doms));
 	/* The caller keeps the descriptors until the backend accepted them all. */
 	for (a->n_doms = 0; a->n_doms < n_doms; a->n_doms++)
 		a->doms[a->n_doms].fd = -1;
