@@ -293,6 +293,14 @@ static int key_probe_tier(struct load_state *st, const char *value)
 	return 1;
 }
 
+static int key_probe_driver_latency(struct load_state *st, const char *value)
+{
+	if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0)
+		return bad(st, "probe-driver-latency must be yes or no, not '%s'", value);
+	st->cfg->probe_driver_latency = strcmp(value, "yes") == 0;
+	return 1;
+}
+
 /* A daemon-wide ceiling: a positive number, with K, M, G or T where it counts bytes. */
 static int ceiling_key(struct load_state *st, const char *key, const char *value, uint64_t *slot)
 {
@@ -327,6 +335,7 @@ static const struct {
 	{"topology", key_topology},
 	{"log-level", key_log_level},
 	{"probe-tier", key_probe_tier},
+	{"probe-driver-latency", key_probe_driver_latency},
 	{"max-maps-total", key_max_maps_total},
 	{"max-leases-total", key_max_leases_total},
 	{"max-pinned-total", key_max_pinned_total},

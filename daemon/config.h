@@ -67,6 +67,11 @@ struct config {
 	unsigned reader_rate;		/* requests a second of a tenant below write; 0: no limit */
 	unsigned reader_burst;
 	Iommud__V1__ProbeTier probe_tier; /* the highest tier the map path probes may use */
+	/* Whether the fentry and kprobe tiers time the IOMMU driver's calls (an entry program on
+	 * each, once per contiguous run of pages a map pins), or only count them at its
+	 * tracepoints: off by default, as timing them costs a 2 MiB map on the descriptor path
+	 * about a tenth (docs/architecture.md, "Probes' cost"). */
+	bool probe_driver_latency;
 	/* Daemon-wide ceilings the configuration asks for; 0: the one derived from the kernel's
 	 * limits at start (daemon/ceilings.h), which a configured value may only lower. */
 	uint64_t max_maps_total;

@@ -237,11 +237,12 @@ static int load_config(const struct options *o, struct config *cfg)
 static void print_config(const struct config *cfg)
 {
 	(void)printf("socket %s (mode %04o), backend %s, topology %s, log level %d, "
-		     "max-connections %u, probe-tier %s\n",
+		     "max-connections %u, probe-tier %s, probe-driver-latency %s\n",
 		     cfg->socket_path, (unsigned)cfg->socket_mode,
 		     config_backend_name(cfg->backend), cfg->topology ? cfg->topology : "(default)",
 		     cfg->log_level, cfg->max_connections,
-		     iommud_name(&iommud_probe_tier_names, cfg->probe_tier));
+		     iommud_name(&iommud_probe_tier_names, cfg->probe_tier),
+		     cfg->probe_driver_latency ? "yes" : "no");
 	(void)printf("ceilings asked for (0: derived at start): max-maps-total %llu, "
 		     "max-leases-total %llu, max-pinned-total %llu\n",
 		     (unsigned long long)cfg->max_maps_total,
@@ -592,11 +593,25 @@ static void stop_store_sync(struct event *ev)
 		event_free(ev);
 }
 
+/* What the start line says of the IOMMU driver layer where the tier could time it. */
+static const char *driver_layer_note(const struct probes *p)
+{
+	Iommud__V1__ProbeTier tier = probes_tier(p);
+
+	if (tier != IOMMUD__V1__PROBE_TIER__PROBE_TIER_FENTRY &&
+	    tier != IOMMUD__V1__PROBE_TIER__PROBE_TIER_KPROBE)
+		return "";
+	return probes_driver_latency(p)
+		       ? ", driver layer timed (probe-driver-latency yes)"
+		       : ", driver layer counted, not timed (probe-driver-latency no)";
+}
+
 /* Watching the map path is never a reason not to serve: what cannot attach is said, once. */
 static int start_probes(struct daemon *d)
 {
 	struct probes_options opts = {
 		.max_tier = d->cfg->probe_tier,
+		.driver_latency = d->cfg->probe_driver_latency,
 		.in_process = kh_backend_caps(d->be) & KH_CAP_MAP_IN_PROCESS,
 		.tenant_slots = registry_label_slots(d->reg),
 	};
@@ -610,9 +625,10 @@ static int start_probes(struct daemon *d)
 	n = probes_detached(d->probes, &detached);
 	for (size_t i = 0; i < n; i++)
 		log_notice("probe not attached: %s", detached[i]);
-	log_notice("map path probes: tier %s%s",
+	log_notice("map path probes: tier %s%s%s",
 		   iommud_name(&iommud_probe_tier_names, probes_tier(d->probes)),
-		   probes_in_process(d->probes) ? ", in-process timing" : "");
+		   probes_in_process(d->probes) ? ", in-process timing" : "",
+		   driver_layer_note(d->probes));
 	return 0;
 }
 

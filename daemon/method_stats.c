@@ -176,6 +176,7 @@ static int fill_probes(struct stats_fill *st, bool observer)
 	ps->dropped_events = observer ? probes_dropped_events(p) : 0;
 	ps->in_process = probes_in_process(p);
 	ps->attached = probes_attached(p);
+	ps->driver_latency = probes_driver_latency(p);
 	st->reply->probes = ps;
 	return 0;
 }

@@ -35,10 +35,11 @@ static const char probes_detach_help[] =
 
 static const char probes_status_help[] =
 	"Shows how iommud's map path is watched: the probe tier, whether the probes are\n"
-	"attached now, whether the map path is timed inside the daemon, the events the probes\n"
-	"lost (observers only) and each program that could not be attached, with why ('iommuctl\n"
-	"stats' shows the same among the daemon's other counters). Anyone with read access may\n"
-	"ask.\n";
+	"attached now, whether the map path is timed inside the daemon, whether the IOMMU\n"
+	"driver's calls are timed or only counted (driver_latency, the daemon's\n"
+	"probe-driver-latency), the events the probes lost (observers only) and each program\n"
+	"that could not be attached, with why ('iommuctl stats' shows the same among the\n"
+	"daemon's other counters). Anyone with read access may ask.\n";
 
 static void show_switched(Iommud__V1__ProbeTier tier, bool attached)
 {

@@ -121,6 +121,7 @@ void show_probes(const Iommud__V1__ProbeStatus *p)
 	field("probe_tier", STR, 0, tier ? tier : "?");
 	field("attached", BOOL, p->attached, NULL);
 	field("in_process_timing", BOOL, p->in_process, NULL);
+	field("driver_latency", BOOL, p->driver_latency, NULL);
 	field("dropped_events", NUM, p->dropped_events, NULL);
 	/* Each reason is a sentence: one line each in text, not a comma-joined run. */
 	if (output_is_json())

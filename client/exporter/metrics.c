@@ -637,6 +637,10 @@ static const struct family probe_attached = {
 	"iommud_probe_attached", "gauge",
 	"1 while the tier's probes are on the kernel's functions; 0 at tier off or after "
 	"'iommuctl probes detach'."};
+static const struct family probe_driver_latency = {
+	"iommud_probe_driver_latency", "gauge",
+	"1 when the IOMMU driver layer's calls are timed (probe-driver-latency yes, at the fentry "
+	"or kprobe tier); 0 when they are only counted, with no duration histogram."};
 static const struct family probes_detached = {
 	"iommud_probes_detached", "gauge",
 	"Probe programs not attached (the daemon's log and iommuctl stats say why)."};
@@ -660,6 +664,7 @@ static void render_probes(struct writer *w, const Iommud__V1__GetStatsReply *s)
 	}
 	sample(w, &probe_attached, NULL, 0, p->attached);
 	sample(w, &probe_in_process, NULL, 0, p->in_process);
+	sample(w, &probe_driver_latency, NULL, 0, p->driver_latency);
 	sample(w, &probes_detached, NULL, 0, p->n_detached);
 	sample(w, &probe_dropped, NULL, 0, p->dropped_events);
 }

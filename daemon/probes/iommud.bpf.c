@@ -597,6 +597,25 @@ static __always_inline void call_end(__u32 op, __u64 bytes)
 	st->call_start[op] = no_call(tag);
 }
 
+/* The driver layer without its latency (probe-driver-latency off, the default): no entry
+ * program and no clock, each call of a tracked ioctl counted with its size at the
+ * tracepoint, to the ioctl's tenant. A direct add, as call_end's: one kept in the thread's
+ * entry until the ioctl's exit would be lost with the exit (a detach in between, an entry
+ * claimed over), where each call counted here stays counted. */
+static __always_inline void call_count(__u32 op, __u64 bytes)
+{
+	__u64 tag = 0;
+	struct thread_state *st = driver_state(&tag);
+	__u32 tenant;
+
+	if (!st || !bytes)
+		return;
+	tenant = st->tenant;
+	barrier();
+	if (READ_TAG(st) == tag)
+		record(tenant, op, IOMMUD_LAYER_IOMMU, bytes, 0, false);
+}
+
 /* A driver function's entry, as the fentry and the kprobe tier attach it: prog_fentry and
  * prog_kprobe. */
 #define DRIVER_ENTRY(prog, function, op)                                                           \
@@ -632,6 +651,20 @@ SEC("raw_tp/unmap")
 int BPF_PROG(unmap_end, unsigned long iova, size_t size, size_t unmapped)
 {
 	call_end(IOMMUD_OP_UNMAP, unmapped);
+	return 0;
+}
+
+SEC("raw_tp/map")
+int BPF_PROG(map_count, unsigned long iova, phys_addr_t paddr, size_t size)
+{
+	call_count(IOMMUD_OP_MAP, size);
+	return 0;
+}
+
+SEC("raw_tp/unmap")
+int BPF_PROG(unmap_count, unsigned long iova, size_t size, size_t unmapped)
+{
+	call_count(IOMMUD_OP_UNMAP, unmapped);
 	return 0;
 }
 

@@ -39,6 +39,14 @@ enum attach_kind {
 	ATTACH_RAW_TP,	 /* raw tracepoints, by name: no tracefs needed */
 };
 
+/* Which setting of probes_options.driver_latency a spec serves: the driver layer timed from
+ * its functions' entries to their tracepoints, or counted at the tracepoints alone. */
+enum driver_timing {
+	DRIVER_ANY,
+	DRIVER_TIMED,
+	DRIVER_COUNTED,
+};
+
 /* One thing measured at one tier: an entry program on the first of targets the kernel has,
  * and the program that ends what it starts (or nothing: one event), either on the same target
  * or, for the driver layer, on the kernel's own tracepoint inside it (exit_tp). */
@@ -57,40 +65,50 @@ struct probe_spec {
 	bool fallback;
 	/* An ioctl handler's commands (IOMMUD_HANDLES_*), left to it while it is attached. */
 	__u32 handles;
+	enum driver_timing timing;
 };
 
 /* An entry/exit pair on the map path, and one event counting faults. */
 #define PAIR(tier, kind, what, entry, exit, target, alt_target)                                    \
 	{                                                                                          \
-		what, TIER(tier), false, kind, entry, exit, {target, alt_target}, NULL, false, 0   \
+		what, TIER(tier), false, kind, entry, exit, {target, alt_target}, NULL, false, 0,  \
+			DRIVER_ANY                                                                 \
 	}
 /* An ioctl handler's pair at the fentry tier, and the system call's for what no handler takes. */
 #define HANDLER(what, prog, target, handles)                                                       \
 	{                                                                                          \
 		what, TIER(FENTRY), false, ATTACH_TRACE, #prog "_fentry", #prog "_fexit",          \
-			{target, NULL}, NULL, false, handles                                       \
+			{target, NULL}, NULL, false, handles, DRIVER_ANY                           \
 	}
 #define SYSCALL_FALLBACK                                                                           \
 	{                                                                                          \
 		"map/unmap ioctl", TIER(FENTRY), false, ATTACH_TRACE, "ioctl_fentry",              \
-			"ioctl_fexit", {"__x64_sys_ioctl"}, NULL, true, 0                          \
+			"ioctl_fexit", {"__x64_sys_ioctl"}, NULL, true, 0, DRIVER_ANY              \
 	}
 #define FAULT(tier, kind, what, prog, target)                                                      \
 	{                                                                                          \
-		what, TIER(tier), true, kind, prog, NULL, {target}, NULL, false, 0                 \
+		what, TIER(tier), true, kind, prog, NULL, {target}, NULL, false, 0, DRIVER_ANY     \
 	}
 /* A driver function, timed at the fentry and the kprobe tier from its entry (the programs
  * prog_fentry and prog_kprobe) to its tracepoint (end_prog on raw tracepoint tp). */
 #define DRIVER_PAIR(tier, kind, suffix, what, prog, target, alt_target, end_prog, tp)              \
 	{                                                                                          \
 		what, TIER(tier), false, kind, #prog suffix, end_prog, {target, alt_target}, tp,   \
-			false, 0                                                                   \
+			false, 0, DRIVER_TIMED                                                     \
 	}
 #define DRIVER_PAIRS(what, prog, target, alt_target, end_prog, tp)                                 \
 	DRIVER_PAIR(FENTRY, ATTACH_TRACE, "_fentry", what, prog, target, alt_target, end_prog,     \
 		    tp),                                                                           \
 		DRIVER_PAIR(KPROBE, ATTACH_KPROBE, "_kprobe", what, prog, target, alt_target,      \
 			    end_prog, tp)
+/* A driver tracepoint counting the calls of the ioctls the fentry or the kprobe tier tracks. */
+#define DRIVER_COUNT(tier, what, prog, tp)                                                         \
+	{                                                                                          \
+		what, TIER(tier), false, ATTACH_RAW_TP, prog, NULL, {tp}, NULL, false, 0,          \
+			DRIVER_COUNTED                                                             \
+	}
+#define DRIVER_COUNTS(what, prog, tp)                                                              \
+	DRIVER_COUNT(FENTRY, what, prog, tp), DRIVER_COUNT(KPROBE, what, prog, tp)
 
 /* iommu_unmap_fast ends at the iommu:unmap that iommu_unmap's pair attaches (both reach it
  * through __iommu_unmap): attached twice, its program would run twice per event. So its spec
@@ -109,6 +127,8 @@ static const struct probe_spec specs[] = {
 	DRIVER_PAIRS("iommu_map", map, "iommu_map_nosync", "iommu_map", "map_end", "map"),
 	DRIVER_PAIRS("iommu_unmap", unmap, "iommu_unmap", NULL, "unmap_end", "unmap"),
 	DRIVER_PAIRS("iommu_unmap_fast", unmap_fast, "iommu_unmap_fast", NULL, NULL, "unmap"),
+	DRIVER_COUNTS("iommu:map", "map_count", "map"),
+	DRIVER_COUNTS("iommu:unmap", "unmap_count", "unmap"),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:map", "map_tp", NULL, "map", NULL),
 	PAIR(TRACEPOINT, ATTACH_RAW_TP, "iommu:unmap", "unmap_tp", NULL, "unmap", NULL),
 	FAULT(KPROBE, ATTACH_KPROBE, "VT-d faults", "fault_vtd", "dmar_fault"),
@@ -132,6 +152,7 @@ struct cgroup_reg {
 struct probes {
 	Iommud__V1__ProbeTier tier;
 	bool in_process;
+	bool driver_latency;   /* asked for (probes_options); probes_driver_latency: and done */
 	unsigned tenant_slots; /* the kernel side's histograms hold this many */
 	__u64 attribution_gen; /* the last written to the object's attribution map */
 	__u32 kernel_tgid;     /* this process as the programs see it (learn_daemon) */
@@ -192,6 +213,15 @@ static bool spec_in_tier(const struct probe_spec *s, Iommud__V1__ProbeTier tier)
 	return s->fault ? tier >= s->tier : tier == s->tier;
 }
 
+/* A spec of the tier that also serves the driver layer's setting. */
+static bool spec_wanted(const struct probes *p, const struct probe_spec *s,
+			Iommud__V1__ProbeTier tier)
+{
+	if (s->timing != DRIVER_ANY && (s->timing == DRIVER_TIMED) != p->driver_latency)
+		return false;
+	return spec_in_tier(s, tier);
+}
+
 /* The first target the kernel's BTF has as a function; the last one when none is (a raw
  * tracepoint or a function BTF does not list: the attach says whether it exists). */
 static const char *choose_target(const struct probe_spec *s, const struct btf *vmlinux)
@@ -225,7 +255,7 @@ static void choose_programs(struct probes *p, Iommud__V1__ProbeTier tier, const 
 	for (size_t i = 0; i < N_SPECS; i++) {
 		const struct probe_spec *s = &specs[i];
 		struct bpf_program *entry = program(p, s->entry), *exit = program(p, s->exit);
-		bool keep = spec_in_tier(s, tier);
+		bool keep = spec_wanted(p, s, tier);
 
 		p->target[i] = keep ? choose_target(s, btf) : NULL;
 		if (keep && !p->target[i] && !s->handles && !p->said_missing[i]) {
@@ -495,6 +525,7 @@ int probes_start(const struct probes_options *opts, struct probes **ret_probes)
 	if (!p)
 		return -ENOMEM;
 	p->in_process = opts->in_process;
+	p->driver_latency = opts->driver_latency;
 	p->tenant_slots = opts->tenant_slots && opts->tenant_slots < IOMMUD_TENANT_SLOTS
 				  ? opts->tenant_slots
 				  : IOMMUD_TENANT_SLOTS;
@@ -599,6 +630,11 @@ bool probes_switched_off(const struct probes *p)
 bool probes_in_process(const struct probes *p)
 {
 	return p->in_process;
+}
+
+bool probes_driver_latency(const struct probes *p)
+{
+	return p->driver_latency && (p->tier == TIER(FENTRY) || p->tier == TIER(KPROBE));
 }
 
 size_t probes_detached(const struct probes *p, const char *const **ret_lines)

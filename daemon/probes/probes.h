@@ -31,6 +31,10 @@ struct probes_options {
 	/* The highest tier to try: PROBE_TIER_FENTRY normally; lower to force a tier (tests,
 	 * or an operator avoiding trampolines); PROBE_TIER_OFF attaches nothing. */
 	Iommud__V1__ProbeTier max_tier;
+	/* Time the IOMMU driver's calls at the fentry and kprobe tiers (an entry program on
+	 * iommu_map/iommu_unmap, ended at their tracepoints); false: only their tracepoints,
+	 * counting each call and its size to the ioctl's tenant, with no latency. */
+	bool driver_latency;
 	/* The backend's map path runs in this process (kh_backend_caps), so time it here. */
 	bool in_process;
 	/* Tenant slots the daemon labels (tenant_label_slots): the kernel side's histograms are
@@ -58,6 +62,9 @@ bool probes_attached(const struct probes *p);
 /* Whether probes_set_attached(false) was the last switch. */
 bool probes_switched_off(const struct probes *p);
 bool probes_in_process(const struct probes *p);
+/* Whether the driver layer's histograms are timed: driver_latency asked for and the tier is
+ * fentry or kprobe (the tracepoint tier only counts). */
+bool probes_driver_latency(const struct probes *p);
 /* Each program that is not attached, and why: n lines, valid until probes_stop. */
 size_t probes_detached(const struct probes *p, const char *const **ret_lines);
 uint64_t probes_dropped_events(struct probes *p);
