@@ -11,8 +11,10 @@
  * (any host) the daemon's in-process timing, plus whatever BPF tier the host allows (the rpc
  * level needs one: a daemon whose tier is off has nothing to switch). Then, where BPF programs
  * are attached, each program's runs and time per session-level pair as the kernel's BPF
- * statistics count them: where the cost goes. Last, the two levels' ratios side by side. Figures
- * only: nothing is asserted.
+ * statistics count them: where the cost goes. All of that under each setting of the daemon's
+ * probe-driver-latency in turn (no: the IOMMU driver's calls counted at their tracepoints; yes:
+ * timed from their entry too). Last, the two levels' ratios under both settings side by side.
+ * Figures only: nothing is asserted.
  */
 #include <errno.h>
 #include <math.h>
@@ -44,6 +46,7 @@ struct bench {
 	uint32_t dom;
 	struct map_file file;
 	struct probes *probes;
+	bool driver_latency; /* the setting measured: probe-driver-latency */
 	/* The device the session attached and its backend, which the rpc level's daemon takes. */
 	char device[KH_NAME_MAX];
 	char backend[32];
@@ -77,6 +80,7 @@ static struct probes *attach(struct bench *b)
 		.max_tier = IOMMUD__V1__PROBE_TIER__PROBE_TIER_FENTRY,
 		.in_process = kh_backend_caps(b->be) & KH_CAP_MAP_IN_PROCESS,
 		.tenant_slots = registry_label_slots(b->reg),
+		.driver_latency = b->driver_latency,
 	};
 	const char *const *lines;
 	struct probes *p;
@@ -116,8 +120,10 @@ static void setup(struct bench *b, int memfd)
 		fail("setting up a session", kh_last_error());
 	(void)snprintf(b->device, sizeof(b->device), "%s", dev.name);
 	(void)snprintf(b->backend, sizeof(b->backend), "%s", kh_backend_name(b->be));
-	(void)printf("backend %s, device %s, probes at tier %s\n", kh_backend_name(b->be), dev.name,
-		     iommud_name(&iommud_probe_tier_names, probes_tier(b->probes)));
+	(void)printf("backend %s, device %s, probes at tier %s, driver layer %s\n",
+		     kh_backend_name(b->be), dev.name,
+		     iommud_name(&iommud_probe_tier_names, probes_tier(b->probes)),
+		     probes_driver_latency(b->probes) ? "timed" : "counted");
 }
 
 /* The probes back in the registry first, as the daemon keeps them until its tenants are gone:
@@ -381,9 +387,12 @@ static void rpc_set_attached(void *ctx, bool on)
 static bool rpc_start(struct rpc *r, const struct bench *b, bool in_process, bool session_bpf,
 		      int memfd)
 {
-	static const char config[] = "[uid 0]\naccess = write\ndevices = *\n";
+	char config[128];
 	Iommud__V1__ProbeTier tier;
 
+	(void)snprintf(config, sizeof(config),
+		       "probe-driver-latency = %s\n[uid 0]\naccess = write\ndevices = *\n",
+		       b->driver_latency ? "yes" : "no");
 	if (in_process) {
 		fixture_start(&r->daemon, config, b->device);
 	} else {
@@ -407,8 +416,9 @@ static bool rpc_start(struct rpc *r, const struct bench *b, bool in_process, boo
 		(void)printf("rpc: not measured: %s\n", iommuctl_last_error(r->c));
 		return false;
 	}
-	(void)printf("rpc: a daemon's Map+Unmap round trips, its probes at tier %s\n",
-		     iommud_name(&iommud_probe_tier_names, tier));
+	(void)printf("rpc: a daemon's Map+Unmap round trips, its probes at tier %s, "
+		     "probe-driver-latency %s\n",
+		     iommud_name(&iommud_probe_tier_names, tier), b->driver_latency ? "yes" : "no");
 	return true;
 }
 
@@ -430,23 +440,28 @@ static void print_header(void)
 /* Where a level's rounds put the ratio on both sides of this, its median says nothing of it. */
 #define GOAL 1.05
 
-/* Both levels' median ratios side by side; NAN: the level was not measured. */
-static void print_ratios(struct ratios ratio[2][N_SIZES])
+/* The two settings of probe-driver-latency the bench measures, in this order. */
+#define N_SETTINGS 2
+
+/* Both levels' median ratios under both settings side by side; NAN: not measured. */
+static void print_ratios(struct ratios ratio[N_SETTINGS][2][N_SIZES])
 {
 	(void)printf("ratios, attached/not (median of the rounds' ratios; goal <= %.2f; "
-		     "\"spread\": the rounds fall on both sides of it)\n%-6s %8s %8s\n",
-		     GOAL, "size", "session", "rpc");
+		     "\"spread\": the rounds fall on both sides of it), by level and "
+		     "probe-driver-latency\n%-6s %11s %11s %11s %11s\n",
+		     GOAL, "size", "session/no", "session/yes", "rpc/no", "rpc/yes");
 	for (size_t i = 0; i < N_SIZES; i++) {
 		(void)printf("%-6s", sizes[i].label);
-		for (unsigned level = 0; level < 2; level++) {
-			const struct ratios *q = &ratio[level][i];
+		for (unsigned column = 0; column < 2 * N_SETTINGS; column++) {
+			const struct ratios *q =
+				&ratio[column % N_SETTINGS][column / N_SETTINGS][i];
 
 			if (isnan(q->median))
-				(void)printf(" %8s", "-");
+				(void)printf(" %11s", "-");
 			else if (q->min <= GOAL && q->max > GOAL)
-				(void)printf(" %8s", "spread");
+				(void)printf(" %11s", "spread");
 			else
-				(void)printf(" %8.3f", q->median);
+				(void)printf(" %11.3f", q->median);
 		}
 		(void)printf("\n");
 	}
@@ -458,7 +473,9 @@ static void usage(FILE *out)
 		out,
 		"usage: iommud-probes-bench [--quick] [--help]\n"
 		"\n"
-		"Times map+unmap pairs (4 KiB and 2 MiB) with the map path probes attached and\n"
+		"Under each setting of the daemon's probe-driver-latency in turn (no: the IOMMU\n"
+		"driver's calls counted at their tracepoints; yes: also timed from their entry),\n"
+		"times map+unmap pairs (4 KiB and 2 MiB) with the map path probes attached and\n"
 		"without, in blocks that alternate (the order swapped each round; the programs\n"
 		"stay loaded, only attached or not), at two levels: \"session\", the daemon's\n"
 		"map path inside this process, and \"rpc\", a client's Map and Unmap round trips\n"
@@ -469,7 +486,9 @@ static void usage(FILE *out)
 		"attached block's median over its other block's; the goal is <= 1.05); where BPF\n"
 		"programs are attached, each program's runs and time per session-level pair\n"
 		"(kernel.bpf_stats_enabled on for that part only); last, both levels' median\n"
-		"ratios side by side (\"spread\" where the rounds fall on both sides of 1.05).\n"
+		"ratios under both settings side by side (\"spread\" where the rounds fall on "
+		"both\n"
+		"sides of 1.05).\n"
 		"On the iommufd backend (when /dev/iommu exists) the probes are BPF programs in\n"
 		"the kernel; on the emulated backend, the daemon's own timing, and the rpc level\n"
 		"is measured only where the daemon's probe tier is not off\n"
@@ -480,35 +499,22 @@ static void usage(FILE *out)
 		"(tests/vm/README.md). --quick: a few samples, to show that it runs.\n");
 }
 
-int main(int argc, char **argv)
+/* Both levels under one setting of probe-driver-latency: the session level and where its cost
+ * goes, then, once the session level has let the device go, the rpc level's daemon. */
+static void measure_setting(bool driver_latency, int memfd, bool quick,
+			    struct ratios ret_ratio[2][N_SIZES])
 {
-	bool quick = argc == 2 && strcmp(argv[1], "--quick") == 0;
-	struct bench b = {0};
+	struct bench b = {.driver_latency = driver_latency};
 	struct rpc r = {0};
 	const struct level session = {"session", session_pair_ns, session_set_attached, &b},
 			   rpc = {"rpc", rpc_pair_ns, rpc_set_attached, &r};
-	struct ratios ratio[2][N_SIZES] = {{{NAN, NAN, NAN}, {NAN, NAN, NAN}},
-					   {{NAN, NAN, NAN}, {NAN, NAN, NAN}}};
-	bool session_bpf;
-	bool in_process;
-	int memfd;
+	bool session_bpf, in_process;
 
-	if (argc == 2 && strcmp(argv[1], "--help") == 0) {
-		usage(stdout);
-		return 0;
-	}
-	if (argc > 2 || (argc == 2 && !quick)) {
-		usage(stderr);
-		return 2;
-	}
-	log_set_level(LOG_WARNING);
-	memfd = iommuctl_memfd("probes-bench", 2 * MiB);
-	if (memfd < 0)
-		fail("creating a memfd", strerror(-memfd));
+	(void)printf("probe-driver-latency %s\n", driver_latency ? "yes" : "no");
 	setup(&b, memfd);
 	in_process = kh_backend_caps(b.be) & KH_CAP_MAP_IN_PROCESS;
 	print_header();
-	measure_sizes(&session, in_process, quick, ratio[0]);
+	measure_sizes(&session, in_process, quick, ret_ratio[0]);
 	session_bpf = probes_tier(b.probes) != IOMMUD__V1__PROBE_TIER__PROBE_TIER_OFF;
 	if (session_bpf) {
 		(void)printf("%-6s %-24s %10s %12s\n", "size", "program", "runs/pair", "ns/pair");
@@ -519,9 +525,33 @@ int main(int argc, char **argv)
 	teardown(&b);
 	if (rpc_start(&r, &b, in_process, session_bpf, memfd)) {
 		print_header();
-		measure_sizes(&rpc, in_process, quick, ratio[1]);
+		measure_sizes(&rpc, in_process, quick, ret_ratio[1]);
 	}
 	rpc_stop(&r);
+}
+
+int main(int argc, char **argv)
+{
+	bool quick = argc == 2 && strcmp(argv[1], "--quick") == 0;
+	struct ratios ratio[N_SETTINGS][2][N_SIZES];
+	int memfd;
+
+	if (argc == 2 && strcmp(argv[1], "--help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	if (argc > 2 || (argc == 2 && !quick)) {
+		usage(stderr);
+		return 2;
+	}
+	for (size_t i = 0; i < sizeof(ratio) / sizeof(ratio[0][0][0]); i++)
+		(&ratio[0][0][0])[i] = (struct ratios){NAN, NAN, NAN};
+	log_set_level(LOG_WARNING);
+	memfd = iommuctl_memfd("probes-bench", 2 * MiB);
+	if (memfd < 0)
+		fail("creating a memfd", strerror(-memfd));
+	for (unsigned setting = 0; setting < N_SETTINGS; setting++)
+		measure_setting(setting == 1, memfd, quick, ratio[setting]);
 	print_ratios(ratio);
 	(void)close(memfd);
 	return 0;

@@ -8,8 +8,10 @@
  * detached, the programs count nothing, and attached again they count as before; the kernel's
  * count of the handler programs' runs agrees (probes_program_stats); the daemon's own probes,
  * switched through its SetProbes RPC, count nothing while detached and every map and unmap once
- * attached again; and an edu
+ * attached again; probe-driver-latency is honoured by both (off: no driver entry program
+ * loaded, the driver layer counted without latency; on: timed); and an edu
  * DMA to an unmapped IOVA shows in the fault counter where the IOMMU model reports faults.
+ * Each tier runs under both settings of probe-driver-latency.
  * The same on whichever backend the daemon's `auto` picks, as long as it remaps (iommufd's
  * IOMMU_IOAS_MAP/UNMAP or VFIO type1's VFIO_IOMMU_MAP_DMA/UNMAP_DMA are the ioctl layer).
  *
@@ -52,13 +54,18 @@ FIXTURE(probes_vm)
 	int memfd;
 };
 
+/* Each latency tier under both settings of probe-driver-latency (the probes' and the daemon's):
+ * the driver layer counted only (the default) or timed. */
 FIXTURE_VARIANT(probes_vm)
 {
 	Iommud__V1__ProbeTier tier;
+	bool driver_latency;
 };
 
 FIXTURE_VARIANT_ADD(probes_vm, fentry){.tier = TIER(FENTRY)};
+FIXTURE_VARIANT_ADD(probes_vm, fentry_timed){.tier = TIER(FENTRY), .driver_latency = true};
 FIXTURE_VARIANT_ADD(probes_vm, kprobe){.tier = TIER(KPROBE)};
+FIXTURE_VARIANT_ADD(probes_vm, kprobe_timed){.tier = TIER(KPROBE), .driver_latency = true};
 
 static void write_text(const char *path, const char *text)
 {
@@ -158,7 +165,8 @@ static void layer_deltas(const struct totals *before, const struct totals *after
 
 FIXTURE_SETUP(probes_vm)
 {
-	struct probes_options opts = {.max_tier = variant->tier};
+	struct probes_options opts = {.max_tier = variant->tier,
+				      .driver_latency = variant->driver_latency};
 	Iommud__V1__HelloReply *hello;
 	const char *const *lines;
 	uint64_t cgroup;
@@ -168,7 +176,8 @@ FIXTURE_SETUP(probes_vm)
 	cgroup = own_cgroup_id(); /* mounts cgroup2, which the daemon's Hello reads */
 	/* The daemon's own choice, as it makes it where nothing names one. */
 	CHECK_OK(setenv("IOMMUD_TEST_BACKEND", "auto", 1));
-	fixture_start(&self->daemon, "", NULL);
+	fixture_start(&self->daemon, variant->driver_latency ? "probe-driver-latency = yes\n" : "",
+		      NULL);
 	CHECK_OK(iommuctl_connect(self->daemon.socket_path, &self->c));
 	check_call(self->c, iommuctl_hello(self->c, "test_probes_vm", NULL, &hello), "Hello");
 	remaps = !hello->nothing_remapped;
@@ -181,6 +190,7 @@ FIXTURE_SETUP(probes_vm)
 	for (size_t i = 0; i < n; i++)
 		(void)printf("not attached: %s\n", lines[i]);
 	CHECK_EQ(probes_tier(self->probes), variant->tier);
+	CHECK_EQ(probes_driver_latency(self->probes), variant->driver_latency);
 	CHECK_OK(probes_register_cgroup(self->probes, cgroup, SLOT));
 	self->edu = find_edu(self->c);
 	if (!self->edu)
@@ -362,6 +372,113 @@ TEST_F(probes_vm, program_runs_counted)
 	if (!after.programs)
 		SKIP("no iommufd handler programs at this tier on this backend");
 	CHECK_EQ(after.runs - before.runs, 4 * N_OPS);
+}
+
+/* The driver layer's programs loaded: its entries (map, unmap and unmap_fast at fentry or
+ * kprobe), the tracepoint programs that end their timing, and those that only count. */
+struct driver_programs {
+	unsigned entries, ends, counts;
+};
+
+static bool named(const char *program, const char *const *names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(program, names[i]) == 0)
+			return true;
+	return false;
+}
+
+static int add_driver_program(const char *program, uint64_t runs, uint64_t ns, void *arg)
+{
+	static const char *const entries[] = {"map_fentry", "unmap_fentry", "unmap_fast_fentry",
+					      "map_kprobe", "unmap_kprobe", "unmap_fast_kprobe"};
+	static const char *const ends[] = {"map_end", "unmap_end"};
+	static const char *const counts[] = {"map_count", "unmap_count"};
+	struct driver_programs *d = arg;
+
+	(void)runs;
+	(void)ns;
+	d->entries += named(program, entries, sizeof(entries) / sizeof(entries[0]));
+	d->ends += named(program, ends, sizeof(ends) / sizeof(ends[0]));
+	d->counts += named(program, counts, sizeof(counts) / sizeof(counts[0]));
+	return 0;
+}
+
+/* The driver layer's histograms summed: calls, calls in a latency bucket, time. */
+struct driver_hists {
+	uint64_t count, bucketed, sum_ns;
+};
+
+static int add_driver_hist(const struct iommud_hist_key *key, const struct iommud_hist *hist,
+			   void *arg)
+{
+	struct driver_hists *d = arg;
+
+	if (key->layer != IOMMUD_LAYER_IOMMU)
+		return 0;
+	d->count += hist->count;
+	d->sum_ns += hist->sum_ns;
+	for (unsigned b = 0; b < IOMMUD_HIST_BUCKETS; b++)
+		d->bucketed += hist->buckets[b];
+	return 0;
+}
+
+/* The daemon's setting as GetStats reports it, and whether its driver layer histograms have
+ * latency buckets (-1: it has none). */
+static int daemon_driver_buckets(struct iommuctl *c, bool *ret_driver_latency)
+{
+	Iommud__V1__Response *resp = fixture_get_stats(c);
+	int bucketed = -1;
+
+	for (size_t i = 0; i < resp->get_stats->n_map_latency; i++) {
+		const Iommud__V1__MapLatency *ml = resp->get_stats->map_latency[i];
+
+		if ((unsigned)ml->layer - 1 == IOMMUD_LAYER_IOMMU && ml->latency && bucketed != 1)
+			bucketed = ml->latency->n_buckets > 0;
+	}
+	*ret_driver_latency = resp->get_stats->probes->driver_latency;
+	iommuctl_response_free(resp);
+	return bucketed;
+}
+
+/* probe-driver-latency honoured: off, no driver entry program is loaded (so none attached) and
+ * the tracepoints count every call with no latency; on, the entries and the tracepoints that
+ * end their timing, and every call in a latency bucket. The same of the daemon's own probes,
+ * as GetStats reports them. */
+TEST_F(probes_vm, driver_latency_as_set)
+{
+	struct driver_programs progs = {0};
+	struct driver_hists hists = {0};
+	bool daemon_setting;
+	int daemon_bucketed;
+
+	map_and_unmap(self);
+	CHECK_OK(probes_program_stats(self->probes, add_driver_program, &progs));
+	CHECK_OK(probes_read(self->probes, add_driver_hist, &hists));
+	daemon_bucketed = daemon_driver_buckets(self->c, &daemon_setting);
+	(void)printf("driver programs: %u entries, %u ends, %u counting; %llu calls, %llu "
+		     "bucketed, %llu ns; the daemon's: setting %d, bucketed %d\n",
+		     progs.entries, progs.ends, progs.counts, (unsigned long long)hists.count,
+		     (unsigned long long)hists.bucketed, (unsigned long long)hists.sum_ns,
+		     daemon_setting, daemon_bucketed);
+	CHECK(probes_attached(self->probes));
+	CHECK(hists.count >= 2 * N_OPS);
+	CHECK_EQ(daemon_setting, variant->driver_latency);
+	if (variant->driver_latency) {
+		CHECK(progs.entries >= 2);
+		CHECK_EQ(progs.ends, 2u);
+		CHECK_EQ(progs.counts, 0u);
+		CHECK_EQ(hists.bucketed, hists.count);
+		CHECK(hists.sum_ns > 0);
+		CHECK_EQ(daemon_bucketed, 1);
+	} else {
+		CHECK_EQ(progs.entries, 0u);
+		CHECK_EQ(progs.ends, 0u);
+		CHECK_EQ(progs.counts, 2u);
+		CHECK_EQ(hists.bucketed, 0u);
+		CHECK_EQ(hists.sum_ns, 0u);
+		CHECK_EQ(daemon_bucketed, 0);
+	}
 }
 
 static int add_faults(const char *device, uint64_t count, void *arg)
