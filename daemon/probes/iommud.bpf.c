@@ -597,6 +597,22 @@ static __always_inline void call_end(__u32 op, __u64 bytes)
 	st->call_start[op] = no_call(tag);
 }
 
+/* The programs on the driver's own tracepoints, iommu:map and iommu:unmap, that hand each
+ * call's op and size (an unmap's: what it unmapped) to handler. */
+#define DRIVER_TRACEPOINTS(map_prog, unmap_prog, handler)                                          \
+	SEC("raw_tp/map")                                                                          \
+	int BPF_PROG(map_prog, unsigned long iova, phys_addr_t paddr, size_t size)                 \
+	{                                                                                          \
+		handler(IOMMUD_OP_MAP, size);                                                      \
+		return 0;                                                                          \
+	}                                                                                          \
+	SEC("raw_tp/unmap")                                                                        \
+	int BPF_PROG(unmap_prog, unsigned long iova, size_t size, size_t unmapped)                 \
+	{                                                                                          \
+		handler(IOMMUD_OP_UNMAP, unmapped);                                                \
+		return 0;                                                                          \
+	}
+
 /* The driver layer without its latency (probe-driver-latency off, the default): no entry
  * program and no clock, each call of a tracked ioctl counted with its size at the
  * tracepoint, to the ioctl's tenant. A direct add, as call_end's: one kept in the thread's
@@ -640,33 +656,9 @@ DRIVER_ENTRY(map, iommu_map, IOMMUD_OP_MAP)
 DRIVER_ENTRY(unmap, iommu_unmap, IOMMUD_OP_UNMAP)
 DRIVER_ENTRY(unmap_fast, iommu_unmap_fast, IOMMUD_OP_UNMAP)
 
-SEC("raw_tp/map")
-int BPF_PROG(map_end, unsigned long iova, phys_addr_t paddr, size_t size)
-{
-	call_end(IOMMUD_OP_MAP, size);
-	return 0;
-}
+DRIVER_TRACEPOINTS(map_end, unmap_end, call_end)
 
-SEC("raw_tp/unmap")
-int BPF_PROG(unmap_end, unsigned long iova, size_t size, size_t unmapped)
-{
-	call_end(IOMMUD_OP_UNMAP, unmapped);
-	return 0;
-}
-
-SEC("raw_tp/map")
-int BPF_PROG(map_count, unsigned long iova, phys_addr_t paddr, size_t size)
-{
-	call_count(IOMMUD_OP_MAP, size);
-	return 0;
-}
-
-SEC("raw_tp/unmap")
-int BPF_PROG(unmap_count, unsigned long iova, size_t size, size_t unmapped)
-{
-	call_count(IOMMUD_OP_UNMAP, unmapped);
-	return 0;
-}
+DRIVER_TRACEPOINTS(map_count, unmap_count, call_count)
 
 /* The tracepoint tier: the kernel's own iommu:map and iommu:unmap events, counts and sizes.
  * There is no ioctl layer to tell iommufd's maps from the rest, so each event in process
@@ -679,19 +671,7 @@ static __always_inline void count_tp(__u32 op, __u64 bytes)
 		record(cgroup_tenant(), op, IOMMUD_LAYER_IOMMU, bytes, 0, false);
 }
 
-SEC("raw_tp/map")
-int BPF_PROG(map_tp, unsigned long iova, phys_addr_t paddr, size_t size)
-{
-	count_tp(IOMMUD_OP_MAP, size);
-	return 0;
-}
-
-SEC("raw_tp/unmap")
-int BPF_PROG(unmap_tp, unsigned long iova, size_t size, size_t unmapped)
-{
-	count_tp(IOMMUD_OP_UNMAP, unmapped);
-	return 0;
-}
+DRIVER_TRACEPOINTS(map_tp, unmap_tp, count_tp)
 
 /* ---- DMA faults ------------------------------------------------------------------------- */
 

@@ -11,7 +11,7 @@
  * attached again; probe-driver-latency is honoured by both (off: no driver entry program
  * loaded, the driver layer counted without latency; on: timed); and an edu
  * DMA to an unmapped IOVA shows in the fault counter where the IOMMU model reports faults.
- * Each tier runs under both settings of probe-driver-latency.
+ * The driver_timed cases check the exact counts and the setting with it on.
  * The same on whichever backend the daemon's `auto` picks, as long as it remaps (iommufd's
  * IOMMU_IOAS_MAP/UNMAP or VFIO type1's VFIO_IOMMU_MAP_DMA/UNMAP_DMA are the ioctl layer).
  *
@@ -54,18 +54,16 @@ FIXTURE(probes_vm)
 	int memfd;
 };
 
-/* Each latency tier under both settings of probe-driver-latency (the probes' and the daemon's):
- * the driver layer counted only (the default) or timed. */
+/* Each latency tier with probe-driver-latency at its default (no: the driver layer counted,
+ * not timed), the probes' and the daemon's; driver_timed below runs the tests that tell the
+ * settings apart with it on. */
 FIXTURE_VARIANT(probes_vm)
 {
 	Iommud__V1__ProbeTier tier;
-	bool driver_latency;
 };
 
 FIXTURE_VARIANT_ADD(probes_vm, fentry){.tier = TIER(FENTRY)};
-FIXTURE_VARIANT_ADD(probes_vm, fentry_timed){.tier = TIER(FENTRY), .driver_latency = true};
 FIXTURE_VARIANT_ADD(probes_vm, kprobe){.tier = TIER(KPROBE)};
-FIXTURE_VARIANT_ADD(probes_vm, kprobe_timed){.tier = TIER(KPROBE), .driver_latency = true};
 
 static void write_text(const char *path, const char *text)
 {
@@ -163,10 +161,11 @@ static void layer_deltas(const struct totals *before, const struct totals *after
 			delta[layer][op] = after->count[layer][op] - before->count[layer][op];
 }
 
-FIXTURE_SETUP(probes_vm)
+/* The daemon and this process's probes at tier, both with probe-driver-latency as asked, a
+ * domain with the daemon's edu attached, and the memory to map. */
+static void start(struct fixture_probes_vm *self, Iommud__V1__ProbeTier tier, bool driver_latency)
 {
-	struct probes_options opts = {.max_tier = variant->tier,
-				      .driver_latency = variant->driver_latency};
+	struct probes_options opts = {.max_tier = tier, .driver_latency = driver_latency};
 	Iommud__V1__HelloReply *hello;
 	const char *const *lines;
 	uint64_t cgroup;
@@ -176,8 +175,7 @@ FIXTURE_SETUP(probes_vm)
 	cgroup = own_cgroup_id(); /* mounts cgroup2, which the daemon's Hello reads */
 	/* The daemon's own choice, as it makes it where nothing names one. */
 	CHECK_OK(setenv("IOMMUD_TEST_BACKEND", "auto", 1));
-	fixture_start(&self->daemon, variant->driver_latency ? "probe-driver-latency = yes\n" : "",
-		      NULL);
+	fixture_start(&self->daemon, driver_latency ? "probe-driver-latency = yes\n" : "", NULL);
 	CHECK_OK(iommuctl_connect(self->daemon.socket_path, &self->c));
 	check_call(self->c, iommuctl_hello(self->c, "test_probes_vm", NULL, &hello), "Hello");
 	remaps = !hello->nothing_remapped;
@@ -189,8 +187,8 @@ FIXTURE_SETUP(probes_vm)
 	n = probes_detached(self->probes, &lines);
 	for (size_t i = 0; i < n; i++)
 		(void)printf("not attached: %s\n", lines[i]);
-	CHECK_EQ(probes_tier(self->probes), variant->tier);
-	CHECK_EQ(probes_driver_latency(self->probes), variant->driver_latency);
+	CHECK_EQ(probes_tier(self->probes), tier);
+	CHECK_EQ(probes_driver_latency(self->probes), driver_latency);
 	CHECK_OK(probes_register_cgroup(self->probes, cgroup, SLOT));
 	self->edu = find_edu(self->c);
 	if (!self->edu)
@@ -203,13 +201,23 @@ FIXTURE_SETUP(probes_vm)
 	CHECK_OK(self->memfd);
 }
 
-FIXTURE_TEARDOWN(probes_vm)
+static void stop(struct fixture_probes_vm *self)
 {
 	(void)close(self->memfd);
 	free(self->edu);
 	iommuctl_close(self->c);
 	fixture_stop(&self->daemon);
 	probes_stop(self->probes);
+}
+
+FIXTURE_SETUP(probes_vm)
+{
+	start(self, variant->tier, false);
+}
+
+FIXTURE_TEARDOWN(probes_vm)
+{
+	stop(self);
 }
 
 static void map_and_unmap(struct fixture_probes_vm *self)
@@ -232,7 +240,8 @@ static void map_and_unmap(struct fixture_probes_vm *self)
 	}
 }
 
-TEST_F(probes_vm, counts_match_the_kernel)
+/* The driver and the ioctl layer count exactly the maps and unmaps made, as tracefs does. */
+static void check_counts_match_the_kernel(struct fixture_probes_vm *self)
 {
 	struct totals before = totals_now(self->probes), after;
 	uint64_t delta[IOMMUD_LAYER_COUNT][IOMMUD_OP_COUNT];
@@ -257,6 +266,11 @@ TEST_F(probes_vm, counts_match_the_kernel)
 	/* the daemon runs in the cgroup registered to SLOT: all of it counts there */
 	CHECK_EQ(after.other_tenants, 0u);
 	CHECK_EQ(probes_dropped_events(self->probes), 0u);
+}
+
+TEST_F(probes_vm, counts_match_the_kernel)
+{
+	check_counts_match_the_kernel(self);
 }
 
 /* Each kernel layer counted expected maps and expected unmaps between before and after. */
@@ -445,7 +459,7 @@ static int daemon_driver_buckets(struct iommuctl *c, bool *ret_driver_latency)
  * the tracepoints count every call with no latency; on, the entries and the tracepoints that
  * end their timing, and every call in a latency bucket. The same of the daemon's own probes,
  * as GetStats reports them. */
-TEST_F(probes_vm, driver_latency_as_set)
+static void check_driver_latency(struct fixture_probes_vm *self, bool driver_latency)
 {
 	struct driver_programs progs = {0};
 	struct driver_hists hists = {0};
@@ -463,8 +477,8 @@ TEST_F(probes_vm, driver_latency_as_set)
 		     daemon_setting, daemon_bucketed);
 	CHECK(probes_attached(self->probes));
 	CHECK(hists.count >= 2 * N_OPS);
-	CHECK_EQ(daemon_setting, variant->driver_latency);
-	if (variant->driver_latency) {
+	CHECK_EQ(daemon_setting, driver_latency);
+	if (driver_latency) {
 		CHECK(progs.entries >= 2);
 		CHECK_EQ(progs.ends, 2u);
 		CHECK_EQ(progs.counts, 0u);
@@ -479,6 +493,45 @@ TEST_F(probes_vm, driver_latency_as_set)
 		CHECK_EQ(hists.sum_ns, 0u);
 		CHECK_EQ(daemon_bucketed, 0);
 	}
+}
+
+TEST_F(probes_vm, driver_latency_as_set)
+{
+	check_driver_latency(self, false);
+}
+
+/* probe-driver-latency = yes, at each latency tier: the same exact counts, and timed. */
+FIXTURE(driver_timed)
+{
+	struct fixture_probes_vm vm;
+};
+
+FIXTURE_VARIANT(driver_timed)
+{
+	Iommud__V1__ProbeTier tier;
+};
+
+FIXTURE_VARIANT_ADD(driver_timed, fentry){.tier = TIER(FENTRY)};
+FIXTURE_VARIANT_ADD(driver_timed, kprobe){.tier = TIER(KPROBE)};
+
+FIXTURE_SETUP(driver_timed)
+{
+	start(&self->vm, variant->tier, true);
+}
+
+FIXTURE_TEARDOWN(driver_timed)
+{
+	stop(&self->vm);
+}
+
+TEST_F(driver_timed, counts_match_the_kernel)
+{
+	check_counts_match_the_kernel(&self->vm);
+}
+
+TEST_F(driver_timed, driver_latency_as_set)
+{
+	check_driver_latency(&self->vm, true);
 }
 
 static int add_faults(const char *device, uint64_t count, void *arg)
