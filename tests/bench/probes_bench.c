@@ -204,7 +204,7 @@ struct level {
 /* The sizes measured, and how many pairs of each, the same at both levels so that their ratios
  * compare: the kernel's path, in a TCG guest above all, is a hundred times the emulation's.
  * Rounds cost the switches: attaching and detaching takes about 0.3 s under TCG, and the VM
- * tier gives the bench five minutes for both levels. */
+ * tier gives the bench five minutes for both levels under both settings (about three, unloaded). */
 struct size {
 	const char *label;
 	uint64_t len;
