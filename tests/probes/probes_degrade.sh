@@ -1,7 +1,8 @@
 #!/bin/sh
 # The daemon on a kernel that refuses some probe tiers (this host refuses fentry and kprobes)
 # starts anyway, logs the tier it reached and one line for each thing it could not attach, and
-# serves; forced off, it says so in one line; a wrong tier name is a usage error.
+# serves; forced off, it says so in one line; a wrong tier name is a usage error, and a wrong
+# probe-driver-latency value a configuration error.
 # Usage: probes_degrade.sh IOMMUD IOMMUCTL
 set -eu
 
@@ -62,4 +63,11 @@ if "$iommud" --probe-tier fast --socket "$dir/sock2" 2>"$dir/log"; then
 fi
 grep -q "probe-tier must be off, tracepoint, kprobe or fentry, not 'fast'" "$dir/log" ||
 	fail "--probe-tier fast: the message does not list the choices"
+# probe-driver-latency: yes or no; anything else names the key and its choices.
+printf '[daemon]\nprobe-driver-latency = sometimes\n' >"$dir/bad.conf"
+if "$iommud" --config "$dir/bad.conf" --socket "$dir/sock2" 2>"$dir/log"; then
+	fail "probe-driver-latency = sometimes was accepted"
+fi
+grep -q "probe-driver-latency must be yes or no, not 'sometimes'" "$dir/log" ||
+	fail "probe-driver-latency = sometimes: the message does not say what is wrong"
 echo PASS
