@@ -42,6 +42,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -546,6 +547,75 @@ static void check_taken_over(struct survivor *s, const struct answers *before)
 	(void)close(held);
 }
 
+/* ---- changes a kill cut short ------------------------------------------------------------ */
+
+/* The next daemons started are iommud_kill_points (survival_kill_points.c), from beside the
+ * daemon under test, killing themselves at point of the record; with point NULL, that daemon
+ * again. */
+static void kill_at_record(const char *point)
+{
+	static char daemon[PATH_MAX], killed[PATH_MAX];
+	char *slash;
+
+	if (!daemon[0]) {
+		(void)snprintf(daemon, sizeof(daemon), "%s", getenv("IOMMUD_DAEMON") ?: IOMMUD_BIN);
+		(void)snprintf(killed, sizeof(killed), "%s", daemon);
+		slash = strrchr(killed, '/');
+		CHECK(slash &&
+		      (size_t)(slash - killed) + sizeof("/iommud_kill_points") <= sizeof(killed));
+		(void)strcpy(slash, "/iommud_kill_points");
+	}
+	CHECK_OK(setenv("IOMMUD_DAEMON", point ? killed : daemon, 1));
+	CHECK_OK(point ? setenv("IOMMUD_TEST_KILL_AT_RECORD", point, 1)
+		       : unsetenv("IOMMUD_TEST_KILL_AT_RECORD"));
+}
+
+/* An AllocDomain killed after the kernel made the domain and before the record held it: the
+ * next daemon destroys what the record does not hold, and the lease is as it was. */
+static void check_unrecorded_domain(struct survivor *s, const struct answers *before)
+{
+	const char *destroyed = "kernel object(s) its record does not hold";
+	size_t said = supervisor_log_count(&s->sv, destroyed);
+	uint32_t dom;
+
+	kill_at_record("before:alloc_domain");
+	kill_and_restart(s);
+	CHECK(iommuctl_alloc_domain(s->c, s->name, IOMMUCTL_DOMAIN_PAGING, 0, &dom) < 0);
+	kill_at_record(NULL);
+	kill_and_restart(s);
+	CHECK_EQ(supervisor_log_count(&s->sv, destroyed), said + 1);
+	CHECK(!supervisor_log_has(&s->sv, "cannot destroy the kernel objects"));
+	(void)printf("ok: the domain an AllocDomain killed before its record made was destroyed "
+		     "by the next daemon\n");
+	iommuctl_close(s->c);
+	check_lease_back(s, before, "after an AllocDomain cut short by a kill");
+}
+
+/* A ReleaseLease killed once its record committed, before its descriptors left the store: the
+ * next daemon ends the lease as released without trying to take its objects over (and warning
+ * that they cannot be), and gives up what the store kept of it. */
+static void check_release_cut_short(struct survivor *s)
+{
+	Iommud__V1__ReleaseLeaseRequest release = IOMMUD__V1__RELEASE_LEASE_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp = NULL;
+	size_t warned = supervisor_log_count(&s->sv, "cannot be taken over");
+	size_t ended = supervisor_log_count(&s->sv, "was released before the restart");
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_RELEASE_LEASE;
+	req.release_lease = &release;
+	kill_at_record("after:release_lease");
+	kill_and_restart(s);
+	CHECK(iommuctl_call(s->c, &req, NULL, 0, &resp, NULL, 0, NULL) < 0);
+	kill_at_record(NULL);
+	kill_and_restart(s);
+	CHECK_EQ(supervisor_log_count(&s->sv, "was released before the restart"), ended + 1);
+	CHECK_EQ(supervisor_log_count(&s->sv, "cannot be taken over"), warned);
+	CHECK_EQ(supervisor_stored(&s->sv, "lease"), 0);
+	(void)printf("ok: a release killed after its record ended the lease at the next start, "
+		     "its descriptors given up and no take-over tried\n");
+}
+
 /* ---- a delegation across a kill ----------------------------------------------------------- */
 
 /* The delegations as ListDelegations encodes them. */
@@ -692,6 +762,8 @@ int main(void)
 	 * containers and groups: there the objects must be taken over, not rebuilt. */
 	CHECK(s.adopt);
 	check_taken_over(&s, &before);
+	check_unrecorded_domain(&s, &before);
+	check_release_cut_short(&s);
 	iommuctl_close(s.c);
 	if (s.delegate)
 		check_delegation(&s);
