@@ -1,12 +1,11 @@
 // SPDX-License-Identifier: MIT
 /* iommud killed at a chosen point of its state record, for test_survival_edu: main() is the
  * daemon's own (daemon/main.c), and its record is appended to through this wrapper (linked
- * with --wrap=record_append). $IOMMUD_TEST_KILL_AT_RECORD is "before:CHANGE" or "after:CHANGE",
- * CHANGE the name of a state entry's change (alloc_domain, release_lease, ...): the daemon
- * kills itself (SIGKILL) just before the first transaction holding one commits, when the
- * kernel has made the change and the record does not hold it, or just after, when the record
- * holds it and nothing that follows the commit was done. Transactions naming a lease (the
- * snapshot written at every start, a lease's first call) are let through. */
+ * with --wrap=record_append). $IOMMUD_TEST_KILL_BEFORE_RECORD is the name of a state entry's
+ * change (alloc_domain, map_run, ...): the daemon kills itself (SIGKILL) just before the first
+ * transaction holding one commits, when the kernel has made the change and the record does not
+ * hold it. Transactions naming a lease (the snapshot written at every start, a lease's first
+ * call) are let through. */
 #include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -32,17 +31,9 @@ static bool holds_change(const Iommud__State__V1__Transaction *txn, const char *
 
 int __wrap_record_append(struct record *rec, const Iommud__State__V1__Transaction *txn)
 {
-	const char *point = getenv("IOMMUD_TEST_KILL_AT_RECORD");
-	bool before = point && strncmp(point, "before:", 7) == 0;
-	bool after = point && strncmp(point, "after:", 6) == 0;
-	bool here = (before || after) && holds_change(txn, strchr(point, ':') + 1) &&
-		    !holds_change(txn, "lease");
-	int rc;
+	const char *change = getenv("IOMMUD_TEST_KILL_BEFORE_RECORD");
 
-	if (here && before)
+	if (change && holds_change(txn, change) && !holds_change(txn, "lease"))
 		(void)raise(SIGKILL);
-	rc = __real_record_append(rec, txn);
-	if (here && after && rc == 0)
-		(void)raise(SIGKILL);
-	return rc;
+	return __real_record_append(rec, txn);
 }
