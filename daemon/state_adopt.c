@@ -37,6 +37,7 @@ static uint32_t entry_lease_id(const Entry *e)
 struct kernel_plan {
 	uint32_t lease_id;
 	bool incomplete; /* an object without kernel ids, or out of memory: no taking over */
+	bool released;	 /* the record ends the lease: nothing to take over */
 	struct kh_adopt_device *devs;
 	uint32_t *dev_ids;
 	size_t n_devs;
@@ -120,11 +121,14 @@ static void plan_entry(struct kernel_plans *p, const Entry *e)
 
 	if (e->change_case != IOMMUD__STATE__V1__ENTRY__CHANGE_BIND &&
 	    e->change_case != IOMMUD__STATE__V1__ENTRY__CHANGE_ALLOC_DOMAIN &&
-	    e->change_case != IOMMUD__STATE__V1__ENTRY__CHANGE_FREE_DOMAIN)
+	    e->change_case != IOMMUD__STATE__V1__ENTRY__CHANGE_FREE_DOMAIN &&
+	    e->change_case != IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE)
 		return;
 	if (!(plan = plan_for(p, entry_lease_id(e))))
 		return; /* without memory, a lease with no plan is rebuilt */
-	if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_BIND)
+	if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_RELEASE_LEASE)
+		plan->released = true;
+	else if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_BIND)
 		plan_bind(plan, e->bind);
 	else if (e->change_case == IOMMUD__STATE__V1__ENTRY__CHANGE_ALLOC_DOMAIN)
 		plan_alloc(plan, e->alloc_domain);
@@ -240,17 +244,51 @@ static bool plan_kept_any(const struct kernel_plan *plan, int ctx_fd)
 	return kept;
 }
 
+/* The descriptors of a lease whose objects are not taken over, claimed or not, out of the
+ * store, and closed by the manager before the daemon goes on. */
+static void drop_lease_fds(const struct lease_rec *rec, struct kernel_plan *plan, int ctx_fd)
+{
+	char name[LEASE_FILE_NAME];
+
+	if (ctx_fd != -EOPNOTSUPP) {
+		lease_kernel_name(rec, 0, name);
+		drop_kept(ctx_fd, name);
+	}
+	drop_plan_fds(rec, plan);
+	/* The replay binds these devices again next: the manager's copies must be closed first,
+	 * or the kernel refuses the bind (EBUSY) and the lease comes back without them. */
+	fdstore_sync();
+}
+
+/* A lease whose release the record holds ends at its entry: what a kill between that commit
+ * and the descriptors' removal left in the store is given up, its devices blocked first. */
+static void give_up_released(const struct lease_rec *rec, struct kernel_plan *plan)
+{
+	char name[LEASE_FILE_NAME];
+	int ctx_fd = claim_ctx_fd(rec);
+
+	for (size_t i = 0; i < plan->n_devs; i++) {
+		lease_kernel_name(rec, plan->dev_ids[i], name);
+		plan->devs[i].fd = fdstore_claim_name(name);
+	}
+	claim_dom_fds(rec, plan);
+	drop_lease_fds(rec, plan, ctx_fd);
+}
+
 /* The lease's kernel context taken over, or, where it cannot be, its descriptors dropped so
  * that the replay rebuilds it in the fresh context the session opened. */
 static void take_over(struct state *st, struct lease_rec *rec)
 {
 	struct kernel_plan none = {0}, *plan = plan_find(st->plans, rec->id);
-	char name[LEASE_FILE_NAME];
 	int ctx_fd, rc;
 
 	if (!st->adopt)
 		return;
 	plan = plan ? plan : &none;
+	if (plan->released) {
+		give_up_released(rec, plan);
+		return;
+	}
 	ctx_fd = claim_ctx_fd(rec);
 	rc = ctx_fd < 0 && ctx_fd != -EOPNOTSUPP ? ctx_fd : claim_dev_fds(rec, plan);
 	claim_dom_fds(rec, plan);
@@ -268,14 +306,7 @@ static void take_over(struct state *st, struct lease_rec *rec)
 			   "they are rebuilt from the state record, and its devices' DMA faults "
 			   "until they are",
 			   failure_message());
-	if (ctx_fd != -EOPNOTSUPP) {
-		lease_kernel_name(rec, 0, name);
-		drop_kept(ctx_fd, name);
-	}
-	drop_plan_fds(rec, plan);
-	/* The replay binds these devices again next: the manager's copies must be closed first,
-	 * or the kernel refuses the bind (EBUSY) and the lease comes back without them. */
-	fdstore_sync();
+	drop_lease_fds(rec, plan, ctx_fd);
 }
 
 static int apply_lease(struct state *st, const Iommud__State__V1__Lease *l)
@@ -599,6 +630,28 @@ static void apply_entry(struct state *st, const Entry *e, bool whole)
 			failure_message());
 }
 
+/* Kernel objects of the context the record does not hold, charged to no one otherwise: a
+ * domain made by a call the daemon's end cut short before its record, or one the replay left
+ * out. */
+static void destroy_unheld(struct lease_rec *rec)
+{
+	size_t destroyed = 0;
+	int rc = kh_ctx_destroy_unheld(session_ctx(rec->s), &destroyed);
+
+	if (rc < 0)
+		log_struct(LOG_ERR, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
+			   "lease '{IOMMUD_LEASE}': cannot destroy the kernel objects its record "
+			   "does not hold (%s); they live on, charged to no one, until the lease "
+			   "ends",
+			   kh_last_error());
+	else if (destroyed)
+		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
+			   "lease '{IOMMUD_LEASE}': destroyed %zu kernel object(s) its record does "
+			   "not hold (made by a change the daemon's end cut short before it was "
+			   "recorded, or left out of the replay)",
+			   destroyed);
+}
+
 /* The kernel's mappings and attachments made to match what the replay left in the books. */
 static void end_take_over(struct lease_rec *rec)
 {
@@ -620,6 +673,7 @@ static void end_take_over(struct lease_rec *rec)
 			   "lease '{IOMMUD_LEASE}': %zu mapping(s) the kernel no longer held (a "
 			   "change cut short by the daemon's end) were made again",
 			   remade);
+	destroy_unheld(rec);
 }
 
 /* Of the objects (ids) whose descriptors the store holds, keeps those the context still has a

@@ -1321,7 +1321,12 @@ int kh_set_dirty_tracking(struct kh_ctx *ctx, uint32_t domain_id, bool enable)
 	struct kh_domain *dom;
 	int rc = find_domain_for(ctx, domain_id, NEED_DIRTY, "dirty tracking", &dom);
 
-	return rc < 0 || ctx->adoption ? rc : dom->dirty_ops->set_dirty_tracking(dom, enable);
+	/* Taking a context over, the kernel is made to follow at the end (kh_ctx_adopt_end). */
+	if (rc == 0 && !ctx->adoption)
+		rc = dom->dirty_ops->set_dirty_tracking(dom, enable);
+	if (rc == 0)
+		dom->dirty_tracking = enable;
+	return rc;
 }
 
 /* Marks dirty every page of [iova, last] that a range whose bits were lost touches. */
@@ -1716,6 +1721,31 @@ static void settle_domain(struct kh_domain *dom, size_t *remade, struct first_fa
 		(void)clear_unrecorded(dom, next, dom->aperture_last);
 }
 
+/* The books' allowed IOVA ranges made the kernel's, replacing any that a change never recorded
+ * set; before the devices settle, since ranges the kernel must keep can refuse an attach. */
+static int settle_allowed(struct kh_domain *dom)
+{
+	size_t n;
+	const struct kh_iova_range *ranges = kh_ioas_allowed(dom->ioas, &n);
+
+	return dom->ops->set_allowed_iovas ? dom->ops->set_allowed_iovas(dom, ranges, n) : 0;
+}
+
+/* The kernel's dirty tracking switched as the books say; where it had to be switched on over
+ * mappings, what was written meanwhile went untracked: those ranges read dirty once. */
+static int settle_dirty(struct kh_domain *dom)
+{
+	struct kh_mapping first;
+	bool mapped;
+	int rc;
+
+	if (!dom->dirty_ops || !dom->ioas || !dom->ctx->be->ops->adopt_dirty)
+		return 0;
+	mapped = kh_ioas_mappings(dom->ioas, dom->aperture_start, &first, 1) == 1;
+	rc = dom->ctx->be->ops->adopt_dirty(dom, dom->dirty_tracking, mapped ? &first : NULL);
+	return rc == 1 ? kh_dirty_bits_lost(dom->ctx, dom->id) : rc;
+}
+
 int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade)
 {
 	struct kh_objects *objs = ctx->objects;
@@ -1729,6 +1759,7 @@ int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade)
 		struct kh_domain *dom = objs->v[i].ptr;
 
 		if (objs->v[i].kind == KH_OBJ_DOMAIN && dom->ioas) {
+			note_failure(&failed, settle_allowed(dom));
 			settle_domain(dom, remade, &failed);
 			kh_ioas_forget_fds(dom->ioas);
 		}
@@ -1736,8 +1767,43 @@ int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade)
 	for (size_t i = 0; i < objs->n; i++)
 		if (objs->v[i].kind == KH_OBJ_DEVICE)
 			note_failure(&failed, ctx->be->ops->adopt_settle(objs->v[i].ptr));
-	for (size_t i = 0; i < objs->n && ctx->be->ops->adopt_recount; i++)
-		if (objs->v[i].kind == KH_OBJ_DOMAIN)
+	for (size_t i = 0; i < objs->n; i++) {
+		if (objs->v[i].kind != KH_OBJ_DOMAIN)
+			continue;
+		if (ctx->be->ops->adopt_recount)
 			note_failure(&failed, ctx->be->ops->adopt_recount(objs->v[i].ptr));
+		note_failure(&failed, settle_dirty(objs->v[i].ptr));
+	}
 	return failed.rc < 0 ? kh_fail(failed.rc, "%s", failed.why) : 0;
+}
+
+int kh_ctx_destroy_unheld(struct kh_ctx *ctx, size_t *ret_destroyed)
+{
+	const struct kh_backend_ops *ops = ctx->be->ops;
+	struct kh_objects *objs = ctx->objects;
+	uint32_t ids[KH_KERNEL_IDS], *held;
+	size_t n_held = 0;
+	int rc;
+
+	if (ctx->adoption)
+		return kh_fail(-EBUSY, "the context is still taking another over");
+	if (!ops->destroy_unheld || !ops->kernel_ids) {
+		*ret_destroyed = 0;
+		return 0;
+	}
+	held = kh_realloc_array(NULL, objs->n ? objs->n * KH_KERNEL_IDS : 1, sizeof(*held));
+	if (!held)
+		return kh_fail(-ENOMEM, "cannot list the kernel objects the context holds");
+	for (size_t i = 0; i < objs->n; i++) {
+		bool device = objs->v[i].kind == KH_OBJ_DEVICE;
+
+		ops->kernel_ids(device ? objs->v[i].ptr : NULL, device ? NULL : objs->v[i].ptr,
+				ids);
+		for (size_t k = 0; k < KH_KERNEL_IDS; k++)
+			if (ids[k])
+				held[n_held++] = ids[k];
+	}
+	rc = ops->destroy_unheld(ctx, held, n_held, ret_destroyed);
+	free(held);
+	return rc;
 }

@@ -642,3 +642,9 @@ void kh_ioas_allow_set(struct kh_ioas *ioas, struct kh_iova_range *sorted, size_
 	ioas->allowed = sorted;
 	ioas->n_allowed = n;
 }
+
+const struct kh_iova_range *kh_ioas_allowed(const struct kh_ioas *ioas, size_t *ret_n)
+{
+	*ret_n = ioas->n_allowed;
+	return ioas->allowed;
+}

@@ -75,5 +75,7 @@ int kh_ioas_ranges(const struct kh_ioas *ioas, struct kh_iova_range *out, size_t
 int kh_ioas_allow_check(const struct kh_ioas *ioas, const struct kh_iova_range *ranges, size_t n,
 			struct kh_iova_range **sorted);
 void kh_ioas_allow_set(struct kh_ioas *ioas, struct kh_iova_range *sorted, size_t n);
+/* The allowed ranges as kh_ioas_allow_set left them, sorted; NULL with *ret_n 0 for none. */
+const struct kh_iova_range *kh_ioas_allowed(const struct kh_ioas *ioas, size_t *ret_n);
 
 #endif

@@ -960,6 +960,86 @@ static int iommufd_adopt_mapped(struct kh_domain *dom, const struct kh_mapping *
 	return rc < 0 ? rc : 1;
 }
 
+/* Dirty tracking as the books say. Switching it on clears the dirty bits of every mapping
+ * (iopt_set_dirty_tracking), so where the books say on it is switched on only if the kernel
+ * does not track: a read of one mapped page's bit that clears nothing answers, as VT-d and
+ * AMD-Vi refuse a bitmap read (EINVAL) of a domain that does not track. With nothing mapped
+ * there is neither a bit to lose nor a page to ask about. */
+static int iommufd_adopt_dirty(struct kh_domain *dom, bool on, const struct kh_mapping *mapped)
+{
+	uint64_t page = dom->page_sizes & -dom->page_sizes, bit = 0;
+	int rc;
+
+	if (on && mapped &&
+	    iommufd_read_dirty(dom, mapped->iova, page, page, &bit, KH_DIRTY_NO_CLEAR) == 0)
+		return 0;
+	rc = iommufd_set_dirty_tracking(dom, on);
+	return rc < 0 ? rc : on && mapped;
+}
+
+/* How far past the ids it accounts for the sweep looks: objects made and destroyed again since
+ * (a scratch IOAS of a check, a domain an acknowledged call freed) held ids too. */
+#define UNHELD_SLACK 16
+
+static bool held_id(const uint32_t *held, size_t n_held, uint32_t id)
+{
+	for (size_t i = 0; i < n_held; i++)
+		if (held[i] == id)
+			return true;
+	return false;
+}
+
+/* -ENOENT where the context has no object id; 1 where the sweep leaves it: a device (its VFIO
+ * descriptor's owner unbinds it) or an object in use (an HWPT a device is attached to, an IOAS
+ * an HWPT is on: the kernel refuses with EBUSY); 0 once destroyed. */
+static int destroy_unheld_one(int iommufd, uint32_t id)
+{
+	struct iommu_hw_info info = {.size = sizeof(info), .dev_id = id};
+	struct iommu_destroy destroy = {.size = sizeof(destroy), .id = id};
+
+	if (ioctl(iommufd, IOMMU_GET_HW_INFO, &info) == 0 || errno != ENOENT)
+		return 1;
+	if (ioctl(iommufd, IOMMU_DESTROY, &destroy) == 0)
+		return 0;
+	if (errno == ENOENT || errno == EBUSY)
+		return errno == ENOENT ? -ENOENT : 1;
+	return kh_fail(-errno, "IOMMU_DESTROY of kernel object %u, which no domain holds", id);
+}
+
+/* iommufd gives a new object the lowest id free in its context, from 1 (xa_alloc): one made
+ * while k objects lived got an id of at most k + 1. Those were the held ones, the unheld ones
+ * with lower ids (found before the scan reaches it) and ones destroyed since, so no unheld
+ * object lies past the bound. Passes repeat while one destroys something: an IOAS is free to
+ * go once the HWPT on it went. */
+static int iommufd_destroy_unheld(struct kh_ctx *ctx, const uint32_t *held, size_t n_held,
+				  size_t *ret_destroyed)
+{
+	size_t destroyed = 0, found, pass;
+	uint64_t top = 0;
+	int rc;
+
+	for (size_t i = 0; i < n_held; i++)
+		top = held[i] > top ? held[i] : top;
+	do {
+		found = pass = 0;
+		for (uint64_t id = 1;
+		     id <= (top > n_held + found ? top : n_held + found) + UNHELD_SLACK; id++) {
+			if (held_id(held, n_held, (uint32_t)id))
+				continue;
+			rc = destroy_unheld_one(ctx_fd(ctx), (uint32_t)id);
+			if (rc == -ENOENT)
+				continue;
+			if (rc < 0)
+				return rc;
+			found++;
+			pass += rc == 0;
+		}
+		destroyed += pass;
+	} while (pass);
+	*ret_destroyed = destroyed;
+	return 0;
+}
+
 /* ---- a device descriptor held without a context ------------------------------------------ */
 
 /* Cuts path at its last '/', giving what followed; NULL when it has none. */
@@ -1084,6 +1164,8 @@ static const struct kh_backend_ops iommufd_ops = {
 	.adopt_domain = iommufd_adopt_domain,
 	.adopt_settle = iommufd_adopt_settle,
 	.adopt_mapped = iommufd_adopt_mapped,
+	.adopt_dirty = iommufd_adopt_dirty,
+	.destroy_unheld = iommufd_destroy_unheld,
 };
 
 /* A kernel that knows an ioctl looks at its arguments (here: no IOAS 0, ENOENT); one that does

@@ -197,9 +197,10 @@ int kh_ctx_skip_ids(struct kh_ctx *ctx, uint32_t last_id);
  * with kh_ctx_adopt, which checks them against the kernel's answers; then make the same calls
  * that built the context (kh_device_bind, kh_domain_alloc, kh_attach, kh_map, kh_unmap, ...,
  * objects under their old ids with kh_ctx_skip_ids): while the context is adopting they only
- * fill kernel-helper's books, and issue nothing to the kernel. kh_ctx_adopt_end then checks
- * each mapping is in the kernel (making it again where not), takes out of the kernel what the
- * books do not hold, and puts each device where the books say.
+ * fill kernel-helper's books, and issue nothing to the kernel. kh_ctx_adopt_end then gives
+ * each domain's address space the books' allowed IOVA ranges, checks each mapping is in the
+ * kernel (making it again where not), takes out of the kernel what the books do not hold, puts
+ * each device where the books say, and switches dirty tracking on or off as the books say.
  */
 #define KH_KERNEL_IDS 2 /* kernel ids of one object, in a backend's own order */
 
@@ -239,6 +240,11 @@ bool kh_ctx_adopting(const struct kh_ctx *ctx);
  * closed. A negative errno when a device could not be put back in its domain; the rest is done
  * regardless. */
 int kh_ctx_adopt_end(struct kh_ctx *ctx, size_t *remade);
+/* After kh_ctx_adopt_end: destroys the kernel objects of the context taken over that its books
+ * do not hold (a domain made by a process killed before it recorded it, or one the replay did
+ * not make again), devices excepted (their descriptors' owner unbinds them); *ret_destroyed
+ * says how many. 0 with none destroyed where the backend's objects are not in one context. */
+int kh_ctx_destroy_unheld(struct kh_ctx *ctx, size_t *ret_destroyed);
 
 /* ---- devices in a context ------------------------------------------------------------- */
 

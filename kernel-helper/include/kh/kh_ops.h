@@ -73,6 +73,7 @@ struct kh_domain {
 	struct kh_ioas *ioas;			/* core: the address space of a paging domain */
 	struct kh_iova_range *stale; /* core: owned; IOVA ranges whose dirty bits were lost */
 	size_t n_stale;
+	bool dirty_tracking; /* core: as kh_set_dirty_tracking last set it */
 };
 
 struct kh_domain_ops {
@@ -170,7 +171,14 @@ struct kh_backend_ops {
 	 * backend counts of dom match the kernel, failing where the kernel cannot say.
 	 * adopt_mapped: 1 when the kernel maps m in dom as it is recorded, 0 when it says it does
 	 * not (what asking left in m's range the core takes out before making m again), a
-	 * negative errno when it could not be asked (the mapping is then left alone). */
+	 * negative errno when it could not be asked (the mapping is then left alone).
+	 * adopt_dirty: optional, for each domain tracking dirty pages once every device settled:
+	 * make the kernel's tracking on or off as the books say; mapped is the domain's first
+	 * mapping (NULL for none); 1 when it had to switch tracking on over mappings (the bits
+	 * of what was written before are lost), else 0.
+	 * destroy_unheld: optional, after a take-over: destroy the objects of the context's
+	 * kernel descriptor that are neither devices nor among the held kernel ids, giving how
+	 * many were destroyed. */
 	int (*device_kernel_fd)(struct kh_device *dev);
 	int (*domain_kernel_fd)(struct kh_domain *dom);
 	void (*kernel_ids)(const struct kh_device *dev, struct kh_domain *dom,
@@ -185,6 +193,9 @@ struct kh_backend_ops {
 	int (*adopt_settle)(struct kh_device *dev);
 	int (*adopt_recount)(struct kh_domain *dom);
 	int (*adopt_mapped)(struct kh_domain *dom, const struct kh_mapping *m);
+	int (*adopt_dirty)(struct kh_domain *dom, bool on, const struct kh_mapping *mapped);
+	int (*destroy_unheld)(struct kh_ctx *ctx, const uint32_t *held, size_t n_held,
+			      size_t *ret_destroyed);
 
 	/* Allocate a domain of args->type for dev; parent is resolved by the core. Returning
 	 * -EOPNOTSUPP (through kh_fail) refuses a type the backend cannot provide. NULL: the core
