@@ -191,31 +191,57 @@ static int set_container(int group, int container, const char *name)
 	return rc;
 }
 
-/* What the IOMMU in front of a device offers, asked through a short-lived container. */
+/* The tag of a device whose group was open elsewhere when the backend probed it (kept in the
+ * store for a take-over, most often), so its IOMMU could not be asked then: it is asked when the
+ * take-over brings the group's file or a container its group is in. */
+static char unprobed;
+
+/* What the IOMMU of a container taken over offers, for a device whose group was open elsewhere
+ * when the backend probed it: the container's IOMMU is the one its groups share. */
+static void probe_container(struct kh_bdev *bdev, int container)
+{
+	struct vfio_iommu_type1_info *info;
+
+	if (container_info(container, &info) < 0)
+		return;
+	read_info(info, &bdev->info.hw);
+	free(info);
+	bdev->priv = NULL;
+}
+
+/* What the IOMMU in front of the device offers, asked through a short-lived container with its
+ * group (open as group, in no container) in it; the group leaves it again. */
+static void probe_group(struct kh_bdev *bdev, int group)
+{
+	char path[PATH_MAX];
+	int container = -1;
+
+	if (kh_root_path(DEV_VFIO, path, sizeof(path)))
+		container = open(path, O_RDWR | O_CLOEXEC);
+	if (container >= 0 && set_container(group, container, bdev->info.name) == 0)
+		probe_container(bdev, container);
+	if (container >= 0) {
+		(void)ioctl(group, VFIO_GROUP_UNSET_CONTAINER);
+		(void)close(container);
+	}
+}
+
 static void type1_probe_hw(struct kh_bdev *bdev)
 {
 	struct kh_hw_info *hw = &bdev->info.hw;
-	struct vfio_iommu_type1_info *info;
 	char path[PATH_MAX];
-	int container = -1, group = -1;
+	int group = -1;
 
 	/* Until the kernel says otherwise: 4 KiB pages and a 64-bit aperture. */
 	hw->page_sizes = 4096;
 	hw->aperture_last = UINT64_MAX;
+	bdev->priv = &unprobed;
 	if (group_path(bdev->info.group, path, sizeof(path)))
 		group = open(path, O_RDWR | O_CLOEXEC);
-	if (group >= 0 && kh_root_path(DEV_VFIO, path, sizeof(path)))
-		container = open(path, O_RDWR | O_CLOEXEC);
-	if (container >= 0 && set_container(group, container, bdev->info.name) == 0 &&
-	    container_info(container, &info) == 0) {
-		read_info(info, hw);
-		free(info);
-	}
-	/* Closing both takes the group out of the container again. */
-	if (container >= 0)
-		(void)close(container);
-	if (group >= 0)
+	if (group >= 0) {
+		probe_group(bdev, group);
 		(void)close(group);
+	}
 }
 
 /* A device type1 can use has its group's file: VFIO took the whole group. */
@@ -884,6 +910,9 @@ static int type1_adopt_bind(struct kh_ctx *ctx, struct kh_device *dev, int fd,
 	struct type1_group *g = find_group(ctx->priv, dev->bdev->info.group);
 
 	(void)ids;
+	/* A group in a container is asked through it (type1_adopt_domain). */
+	if (dev->bdev->priv == &unprobed)
+		probe_group(dev->bdev, fd);
 	if (!g)
 		return add_group(ctx->priv, dev, fd);
 	(void)close(fd);
@@ -907,10 +936,14 @@ static int type1_adopt_domain(struct kh_device *dev, const struct kh_domain_allo
 	if (args->type != KH_DOMAIN_PAGING)
 		return kh_fail(-EOPNOTSUPP, "vfio-type1 provides paging domains only");
 	if (ids) {
+		bool iommu = ioctl(fd, VFIO_IOMMU_GET_INFO, &info) == 0;
+
+		if (iommu && dev->bdev->priv == &unprobed)
+			probe_container(dev->bdev, fd);
 		rc = domain_new(dev, args->flags, fd, &d);
 		if (rc < 0)
 			return rc;
-		d->unnamed = ioctl(fd, VFIO_IOMMU_GET_INFO, &info) == 0;
+		d->unnamed = iommu;
 		d->groups = d->unnamed;
 		dom = &d->dom;
 	} else if ((rc = type1_alloc_paging(dev, args->flags, &dom)) < 0) {
