@@ -210,12 +210,17 @@ static void probe_container(struct kh_bdev *bdev, int container)
 }
 
 /* What the IOMMU in front of the device offers, asked through a short-lived container with its
- * group (open as group, in no container) in it; the group leaves it again. */
+ * group (open as group) in it; the group leaves it again. A group in a container already (one
+ * taken over) stays there untouched: taking it out could take its container's IOMMU away. */
 static void probe_group(struct kh_bdev *bdev, int group)
 {
+	struct vfio_group_status status = {.argsz = sizeof(status)};
 	char path[PATH_MAX];
 	int container = -1;
 
+	if (ioctl(group, VFIO_GROUP_GET_STATUS, &status) < 0 ||
+	    (status.flags & VFIO_GROUP_FLAGS_CONTAINER_SET))
+		return;
 	if (kh_root_path(DEV_VFIO, path, sizeof(path)))
 		container = open(path, O_RDWR | O_CLOEXEC);
 	if (container >= 0 && set_container(group, container, bdev->info.name) == 0)
