@@ -1182,6 +1182,33 @@ static int backend_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
 	return rc;
 }
 
+/* After a failed unmap of [first, last]: the mappings the kernel removed all the same leave the
+ * books too, which follow the kernel. Gives their bytes; the failure's message stays. */
+static uint64_t forget_removed(struct kh_domain *dom, uint64_t first, uint64_t last, int rc)
+{
+	struct kh_ctx *ctx = dom->ctx;
+	char why[KH_ERROR_MAX];
+	struct kh_mapping m[32];
+	uint64_t from = first, bytes = 0;
+	int n;
+
+	(void)snprintf(why, sizeof(why), "%s", kh_last_error());
+	while ((n = kh_ioas_mappings(dom->ioas, from, m, 32)) > 0 && m[0].iova <= last) {
+		for (int i = 0; i < n && m[i].iova <= last; i++) {
+			if (dom->ops->holds(dom, &m[i]) != 0)
+				continue;
+			kh_ioas_remove(dom->ioas, m[i].iova, m[i].iova + m[i].length - 1,
+				       ctx->release_owner, ctx->release_arg);
+			bytes += m[i].length;
+		}
+		from = m[n - 1].iova + m[n - 1].length;
+		if (from == 0) /* the last mapping ends at the top of the 64-bit space */
+			break;
+	}
+	(void)kh_fail(rc, "%s", why);
+	return bytes;
+}
+
 int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
 	     uint64_t *unmapped)
 {
@@ -1197,10 +1224,15 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
 	rc = kh_ioas_find_unmap(dom->ioas, iova, length, &first, &last, &bytes);
 	if (rc < 0)
 		return rc;
-	/* One call for the whole span, so a failure leaves every mapping in place. */
+	/* One call for the whole span, so a failure leaves every mapping in place, save what the
+	 * kernel removed all the same. */
 	rc = backend_unmap(dom, first, last - first + 1);
-	if (rc < 0)
+	if (rc < 0) {
+		bytes = dom->ops->holds ? forget_removed(dom, first, last, rc) : 0;
+		if (unmapped)
+			*unmapped = bytes;
 		return rc;
+	}
 	kh_ioas_remove(dom->ioas, first, last, ctx->release_owner, ctx->release_arg);
 	if (unmapped)
 		*unmapped = bytes;

@@ -69,10 +69,10 @@ struct type1_ctx {
 struct type1_domain {
 	struct kh_domain dom;
 	int container;
-	unsigned groups;   /* groups in the container; the IOMMU is set while there are any */
-	bool dirty_wanted; /* dirty tracking switched on, applied whenever the IOMMU is set */
-	bool unnamed;	   /* taken over with an IOMMU, counted as one group until one of the
-			    * context's groups is found in it (the kernel names none) */
+	unsigned groups; /* groups in the container; the IOMMU is set while there are any, and
+			  * dirty tracking started on it whenever dom.dirty_tracking says so */
+	bool unnamed;	 /* taken over with an IOMMU, counted as one group until one of the
+			  * context's groups is found in it (the kernel names none) */
 };
 
 static struct type1_domain *to_t1(struct kh_domain *dom)
@@ -191,31 +191,62 @@ static int set_container(int group, int container, const char *name)
 	return rc;
 }
 
-/* What the IOMMU in front of a device offers, asked through a short-lived container. */
+/* The tag of a device whose group was open elsewhere when the backend probed it (kept in the
+ * store for a take-over, most often), so its IOMMU could not be asked then: it is asked when the
+ * take-over brings the group's file or a container its group is in. */
+static char unprobed;
+
+/* What the IOMMU of a container taken over offers, for a device whose group was open elsewhere
+ * when the backend probed it: the container's IOMMU is the one its groups share. */
+static void probe_container(struct kh_bdev *bdev, int container)
+{
+	struct vfio_iommu_type1_info *info;
+
+	if (container_info(container, &info) < 0)
+		return;
+	read_info(info, &bdev->info.hw);
+	free(info);
+	bdev->priv = NULL;
+}
+
+/* What the IOMMU in front of the device offers, asked through a short-lived container with its
+ * group (open as group) in it; the group leaves it again. A group in a container already (one
+ * taken over) stays there untouched: taking it out could take its container's IOMMU away. */
+static void probe_group(struct kh_bdev *bdev, int group)
+{
+	struct vfio_group_status status = {.argsz = sizeof(status)};
+	char path[PATH_MAX];
+	int container = -1;
+
+	if (ioctl(group, VFIO_GROUP_GET_STATUS, &status) < 0 ||
+	    (status.flags & VFIO_GROUP_FLAGS_CONTAINER_SET))
+		return;
+	if (kh_root_path(DEV_VFIO, path, sizeof(path)))
+		container = open(path, O_RDWR | O_CLOEXEC);
+	if (container >= 0 && set_container(group, container, bdev->info.name) == 0)
+		probe_container(bdev, container);
+	if (container >= 0) {
+		(void)ioctl(group, VFIO_GROUP_UNSET_CONTAINER);
+		(void)close(container);
+	}
+}
+
 static void type1_probe_hw(struct kh_bdev *bdev)
 {
 	struct kh_hw_info *hw = &bdev->info.hw;
-	struct vfio_iommu_type1_info *info;
 	char path[PATH_MAX];
-	int container = -1, group = -1;
+	int group = -1;
 
 	/* Until the kernel says otherwise: 4 KiB pages and a 64-bit aperture. */
 	hw->page_sizes = 4096;
 	hw->aperture_last = UINT64_MAX;
+	bdev->priv = &unprobed;
 	if (group_path(bdev->info.group, path, sizeof(path)))
 		group = open(path, O_RDWR | O_CLOEXEC);
-	if (group >= 0 && kh_root_path(DEV_VFIO, path, sizeof(path)))
-		container = open(path, O_RDWR | O_CLOEXEC);
-	if (container >= 0 && set_container(group, container, bdev->info.name) == 0 &&
-	    container_info(container, &info) == 0) {
-		read_info(info, hw);
-		free(info);
-	}
-	/* Closing both takes the group out of the container again. */
-	if (container >= 0)
-		(void)close(container);
-	if (group >= 0)
+	if (group >= 0) {
+		probe_group(bdev, group);
 		(void)close(group);
+	}
 }
 
 /* A device type1 can use has its group's file: VFIO took the whole group. */
@@ -410,16 +441,20 @@ static int dma_map(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint64
 }
 
 /* One call for the whole span: type1v2 removes every mapping inside it, holes and all, and
- * answers with the bytes it removed, which the core's books already know. */
-static int dma_unmap(struct type1_domain *d, uint64_t iova, uint64_t length, uint32_t flags)
+ * answers with the bytes it removed (in *ret_bytes, where not NULL). */
+static int dma_unmap(struct type1_domain *d, uint64_t iova, uint64_t length, uint32_t flags,
+		     uint64_t *ret_bytes)
 {
 	struct vfio_iommu_type1_dma_unmap cmd = {
 		.argsz = sizeof(cmd), .flags = flags, .iova = iova, .size = length};
+	int rc = kh_ioctl(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
+			  "VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
+			  " in domain %u",
+			  length, iova, d->dom.id);
 
-	return kh_ioctl(d->container, VFIO_IOMMU_UNMAP_DMA, &cmd,
-			"VFIO_IOMMU_UNMAP_DMA of 0x%" PRIx64 " bytes at IOVA 0x%" PRIx64
-			" in domain %u",
-			length, iova, d->dom.id);
+	if (rc == 0 && ret_bytes)
+		*ret_bytes = cmd.size;
+	return rc;
 }
 
 static int dirty_pages(struct type1_domain *d, uint32_t flag)
@@ -445,7 +480,7 @@ static int replay_mappings(struct type1_domain *d)
 		if (from == 0) /* the last mapping ends at the top of the 64-bit space */
 			break;
 	}
-	if (rc == 0 && d->dirty_wanted)
+	if (rc == 0 && d->dom.dirty_tracking)
 		rc = dirty_pages(d, VFIO_IOMMU_DIRTY_PAGES_FLAG_START);
 	return rc;
 }
@@ -538,9 +573,102 @@ static int type1_copy(struct kh_domain *dom, uint64_t iova, struct kh_domain *sr
 	return type1_map(dom, iova, addr, length, prot);
 }
 
+/* Whether the container maps something at the page at iova: type1 answers a map that overlaps
+ * a mapping with EEXIST before it pins anything. A map that succeeds found nothing there, and
+ * stays: the core takes the range out before it makes the mapping again, and says so if the
+ * kernel refuses, where an undo here could only leave the page pinned unseen. */
+static int page_held(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint32_t prot)
+{
+	int rc = dma_map(d, iova, vaddr, d->dom.page_sizes & -d->dom.page_sizes, prot);
+
+	if (rc == -EEXIST)
+		return 1;
+	return rc < 0 ? rc : 0;
+}
+
+/* Whether the kernel maps the page at iova, asked with a map of it from vaddr (which type1
+ * answers EEXIST where something is mapped, before it pins anything); a probe that found
+ * nothing is taken out again. */
+static int page_kept(struct type1_domain *d, uint64_t iova, uint64_t vaddr)
+{
+	int rc = page_held(d, iova, vaddr, KH_PROT_READ);
+
+	if (rc == 0)
+		rc = dma_unmap(d, iova, d->dom.page_sizes & -d->dom.page_sizes, 0, NULL);
+	return rc;
+}
+
+/* A mapping has one maker, so its first page tells whether the kernel kept it. */
+static int type1_holds(struct kh_domain *dom, const struct kh_mapping *m)
+{
+	struct type1_domain *d = to_t1(dom);
+
+	return d->groups ? page_kept(d, m->iova, m->addr) : 0;
+}
+
+/* The bytes of the books' mappings that start in [iova, last]; with probe, of those the kernel
+ * still holds. */
+static int booked_bytes(struct type1_domain *d, uint64_t iova, uint64_t last, bool probe,
+			uint64_t *ret_bytes)
+{
+	struct kh_mapping m[32];
+	uint64_t from = iova, bytes = 0;
+	int n, rc = 0;
+
+	while (rc >= 0 && (n = kh_ioas_mappings(d->dom.ioas, from, m, 32)) > 0 &&
+	       m[0].iova <= last) {
+		for (int i = 0; i < n && m[i].iova <= last && rc >= 0; i++) {
+			rc = probe ? type1_holds(&d->dom, &m[i]) : 1;
+			bytes += rc == 1 ? m[i].length : 0;
+		}
+		from = m[n - 1].iova + m[n - 1].length;
+		if (from == 0) /* the last mapping ends at the top of the 64-bit space */
+			break;
+	}
+	if (rc < 0)
+		return rc;
+	*ret_bytes = bytes;
+	return 0;
+}
+
+/* An unmap answered with fewer bytes than the books hold in the range: kernels whose type1 lets
+ * only the process that made a mapping remove it (their VFIO_IOMMU_UNMAP_DMA compares the
+ * mapping's task's memory with the caller's) stop at one the daemon's previous process made,
+ * and say so only by the count. A gap between mappings is no shortfall, and neither is one
+ * where the kernel kept nothing (a take-over's clearing of a mapping the kernel held only in
+ * part). The range is whole mappings (kh_unmap) or the tail of one (kh_unmap_tail), whose
+ * pieces one process made: a short answer there kept all of it. */
+static int check_removed(struct type1_domain *d, uint64_t iova, uint64_t length, uint64_t removed)
+{
+	uint64_t last = iova + length - 1, booked = length, kept = 0;
+	bool tail = kh_ioas_tail_of(d->dom.ioas, iova, last) != NULL;
+	int rc = tail ? 0 : booked_bytes(d, iova, last, false, &booked);
+
+	if (rc == 0 && removed < booked) {
+		if (tail)
+			kept = booked - removed;
+		else
+			rc = booked_bytes(d, iova, last, true, &kept);
+	}
+	if (rc < 0 || !kept)
+		return rc;
+	return kh_fail(-EPERM,
+		       "the kernel kept 0x%" PRIx64 " of the 0x%" PRIx64
+		       " bytes mapped in IOVA 0x%" PRIx64 "-0x%" PRIx64
+		       " of domain %u: its VFIO type1 lets only the process that made a mapping "
+		       "remove it, and the daemon's previous process (before a restart) made "
+		       "those; what it removed is gone (ListMappings shows what is left). To "
+		       "remove the rest, free the domain (detach its devices first), which "
+		       "closes its container, or run a kernel that lets a new process remove "
+		       "them (Debian 12's 6.1 and 6.12 do)",
+		       kept, booked, iova, last, d->dom.id);
+}
+
 static int type1_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
 {
 	struct type1_domain *d = to_t1(dom);
+	uint64_t removed = 0;
+	int rc;
 
 	/* type1 finds the mappings in [iova, iova + length) by that end, which wraps to 0 for a
 	 * range reaching the top of the 64-bit space: it then finds none, removes nothing and
@@ -548,7 +676,10 @@ static int type1_unmap(struct kh_domain *dom, uint64_t iova, uint64_t length)
 	 * one page short of it. */
 	if (length && iova + length == 0)
 		length -= dom->page_sizes & -dom->page_sizes;
-	return d->groups && length ? dma_unmap(d, iova, length, 0) : 0;
+	if (!d->groups || !length)
+		return 0;
+	rc = dma_unmap(d, iova, length, 0, &removed);
+	return rc < 0 ? rc : check_removed(d, iova, length, removed);
 }
 
 static void type1_free(struct kh_domain *dom)
@@ -558,7 +689,7 @@ static void type1_free(struct kh_domain *dom)
 	/* Only a group kept in by an open device fd can be left here (a context being
 	 * destroyed): it must reach none of this memory any more. */
 	if (d->groups)
-		(void)dma_unmap(d, 0, 0, VFIO_DMA_UNMAP_FLAG_ALL);
+		(void)dma_unmap(d, 0, 0, VFIO_DMA_UNMAP_FLAG_ALL, NULL);
 	(void)close(d->container);
 	free(d);
 }
@@ -566,14 +697,12 @@ static void type1_free(struct kh_domain *dom)
 static int type1_set_dirty_tracking(struct kh_domain *dom, bool enable)
 {
 	struct type1_domain *d = to_t1(dom);
-	int rc = 0;
 
-	if (d->groups)
-		rc = dirty_pages(d, enable ? VFIO_IOMMU_DIRTY_PAGES_FLAG_START
-					   : VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP);
-	if (rc == 0)
-		d->dirty_wanted = enable;
-	return rc;
+	/* Without a group there is no IOMMU yet: the first attach starts it (replay_mappings). */
+	if (!d->groups)
+		return 0;
+	return dirty_pages(d, enable ? VFIO_IOMMU_DIRTY_PAGES_FLAG_START
+				     : VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP);
 }
 
 static int type1_read_dirty(struct kh_domain *dom, uint64_t iova, uint64_t length,
@@ -625,6 +754,7 @@ static const struct kh_domain_ops type1_paging_ops = {
 	.map = type1_map,
 	.copy = type1_copy,
 	.unmap = type1_unmap,
+	.holds = type1_holds,
 	.free = type1_free,
 };
 
@@ -785,6 +915,9 @@ static int type1_adopt_bind(struct kh_ctx *ctx, struct kh_device *dev, int fd,
 	struct type1_group *g = find_group(ctx->priv, dev->bdev->info.group);
 
 	(void)ids;
+	/* A group in a container is asked through it (type1_adopt_domain). */
+	if (dev->bdev->priv == &unprobed)
+		probe_group(dev->bdev, fd);
 	if (!g)
 		return add_group(ctx->priv, dev, fd);
 	(void)close(fd);
@@ -808,10 +941,14 @@ static int type1_adopt_domain(struct kh_device *dev, const struct kh_domain_allo
 	if (args->type != KH_DOMAIN_PAGING)
 		return kh_fail(-EOPNOTSUPP, "vfio-type1 provides paging domains only");
 	if (ids) {
+		bool iommu = ioctl(fd, VFIO_IOMMU_GET_INFO, &info) == 0;
+
+		if (iommu && dev->bdev->priv == &unprobed)
+			probe_container(dev->bdev, fd);
 		rc = domain_new(dev, args->flags, fd, &d);
 		if (rc < 0)
 			return rc;
-		d->unnamed = ioctl(fd, VFIO_IOMMU_GET_INFO, &info) == 0;
+		d->unnamed = iommu;
 		d->groups = d->unnamed;
 		dom = &d->dom;
 	} else if ((rc = type1_alloc_paging(dev, args->flags, &dom)) < 0) {
@@ -880,19 +1017,6 @@ static int type1_adopt_recount(struct kh_domain *dom)
 		       "does not say which: detach the lease's devices and attach each again to "
 		       "the domain it belongs in",
 		       dom->id);
-}
-
-/* Whether the container maps something at the page at iova: type1 answers a map that overlaps
- * a mapping with EEXIST before it pins anything. A map that succeeds found nothing there, and
- * stays: the core takes the range out before it makes the mapping again, and says so if the
- * kernel refuses, where an undo here could only leave the page pinned unseen. */
-static int page_held(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint32_t prot)
-{
-	int rc = dma_map(d, iova, vaddr, d->dom.page_sizes & -d->dom.page_sizes, prot);
-
-	if (rc == -EEXIST)
-		return 1;
-	return rc < 0 ? rc : 0;
 }
 
 /* type1 has no way to list or read a mapping back: what it can say is whether something is

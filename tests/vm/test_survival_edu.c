@@ -23,9 +23,15 @@
  *
  * Then, on iommufd, the daemon that kills itself before its record holds an AllocDomain
  * (iommud_kill_points, survival_kill_points.c) is killed inside one: the next daemon destroys
- * the domain the kernel made and the lease is as it was. The lease is released and the daemon
- * killed before a snapshot drops the release: the next one ends it as released with no
- * take-over tried.
+ * the domain the kernel made and the lease is as it was.
+ *
+ * On vfio-type1 the lease then gets a second domain, tracking dirty pages, with the memfd mapped
+ * and no device attached: its container holds no group at the next kill -9, so the kernel keeps
+ * no tracking for it. After the restart the edu is attached to it, its DMA lands, and ReadDirty
+ * reports the page it wrote, as it would in a domain the new daemon made.
+ *
+ * On both, the lease is then released and the daemon killed before a snapshot drops the
+ * release: the next one ends it as released with no take-over tried.
  *
  * Where the daemon delegates (iommufd), a lease is then made, released and the edu handed to a VMM
  * (a child process) with DelegateDevices: after a kill and a restart the next daemon lists the
@@ -626,6 +632,82 @@ static void check_released_then_killed(struct survivor *s)
 		     "with no take-over tried\n");
 }
 
+/* ---- dirty tracking in a domain that holds no device at the kill ------------------------- */
+
+static void set_dirty_tracking(struct survivor *s, uint32_t dom)
+{
+	Iommud__V1__SetDirtyTrackingRequest set = IOMMUD__V1__SET_DIRTY_TRACKING_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+
+	set.domain_id = dom;
+	set.enable = true;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_SET_DIRTY_TRACKING;
+	req.set_dirty_tracking = &set;
+	check_call(s->c, iommuctl_call(s->c, &req, NULL, 0, &resp, NULL, 0, NULL),
+		   "SetDirtyTracking");
+	iommuctl_response_free(resp);
+}
+
+/* Whether ReadDirty reports the page at iova of dom written. */
+static bool page_dirty(struct survivor *s, uint32_t dom, uint64_t iova)
+{
+	Iommud__V1__ReadDirtyRequest read = IOMMUD__V1__READ_DIRTY_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	bool dirty;
+
+	read.domain_id = dom;
+	read.iova = iova;
+	read.length = PAGE;
+	read.page_size = PAGE;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_READ_DIRTY;
+	req.read_dirty = &read;
+	check_call(s->c, iommuctl_call(s->c, &req, NULL, 0, &resp, NULL, 0, NULL), "ReadDirty");
+	dirty = resp->read_dirty->n_bitmap == 1 && (resp->read_dirty->bitmap[0] & 1);
+	iommuctl_response_free(resp);
+	return dirty;
+}
+
+/* On vfio-type1 a container without a group has no IOMMU, so nothing of its dirty tracking is
+ * in the kernel across a kill: the new daemon must start it when the edu is attached, as it does
+ * for a domain it made, or ReadDirty fails (the kernel tracks nothing). The edu stays attached
+ * there, the lease's first domain empty. */
+static void check_dirty_after_restart(struct survivor *s)
+{
+	uint64_t iova = SRC_IOVA;
+	uint32_t dom;
+
+	connect_lease(s);
+	check_call(s->c, iommuctl_detach(s->c, s->name), "DetachDevice");
+	/* The daemon runs after restarts, which found the edu's group held in the store: it asks
+	 * the IOMMU what it offers through the group the take-over brought. */
+	check_call(s->c,
+		   iommuctl_alloc_domain(s->c, s->name, IOMMUCTL_DOMAIN_PAGING,
+					 IOMMUCTL_DOMAIN_DIRTY_TRACKING, &dom),
+		   "AllocDomain (dirty tracking)");
+	set_dirty_tracking(s, dom);
+	check_call(
+		s->c,
+		iommuctl_map_fd(s->c, dom, s->memfd, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
+		"Map source");
+	iova = DST_IOVA;
+	check_call(s->c,
+		   iommuctl_map_fd(s->c, dom, s->memfd, PAGE, PAGE,
+				   IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
+		   "Map destination");
+	iommuctl_close(s->c);
+	kill_and_restart(s);
+	connect_lease(s);
+	check_call(s->c, iommuctl_attach(s->c, s->name, dom), "AttachDevice");
+	(void)close(check_dma_lands(s, "in the dirty tracking domain after kill -9 and a restart"));
+	CHECK(page_dirty(s, dom, DST_IOVA));
+	(void)printf("ok: domain %u, tracking dirty pages with no device at the kill, reports the "
+		     "page the edu wrote once the edu is attached after the restart\n",
+		     dom);
+	iommuctl_close(s->c);
+}
+
 /* ---- a delegation across a kill ----------------------------------------------------------- */
 
 /* The delegations as ListDelegations encodes them. */
@@ -776,6 +858,11 @@ int main(void)
 	 * names is a stray. */
 	if (strcmp(want, "iommufd") == 0)
 		check_unrecorded_domain(&s, &before);
+	if (strcmp(want, "vfio-type1") == 0) {
+		iommuctl_close(s.c);
+		check_dirty_after_restart(&s);
+		connect_lease(&s);
+	}
 	check_released_then_killed(&s);
 	if (s.delegate)
 		check_delegation(&s);

@@ -422,8 +422,10 @@ int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req);
 int kh_place(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req);
 /* Removes every mapping inside [iova, iova+length); all of them must lie wholly inside (-EINVAL
  * otherwise, nothing removed); -ENOENT if there is none. iova 0 and length UINT64_MAX remove
- * everything. unmapped (may be NULL) gives the bytes removed: 0 after a failure, which removes
- * nothing. */
+ * everything. unmapped (may be NULL) gives the bytes removed. A failure removes nothing, except
+ * where the kernel removed some mappings all the same (-EPERM from vfio-type1 on a kernel that
+ * lets only the process that made a mapping remove it): those leave the books too, released as
+ * usual, and unmapped gives their bytes. */
 int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
 	     uint64_t *unmapped);
 

@@ -73,7 +73,8 @@ struct kh_domain {
 	struct kh_ioas *ioas;			/* core: the address space of a paging domain */
 	struct kh_iova_range *stale; /* core: owned; IOVA ranges whose dirty bits were lost */
 	size_t n_stale;
-	bool dirty_tracking; /* core: as kh_set_dirty_tracking last set it */
+	bool dirty_tracking; /* core: switched on, by the caller or by the record a take-over
+			      * replays (where the kernel is not asked) */
 };
 
 struct kh_domain_ops {
@@ -103,6 +104,10 @@ struct kh_domain_ops {
 		    uint64_t length, uint32_t prot, uint64_t addr);
 	/* Unmap exactly a range the core mapped before (one or more whole mappings). */
 	int (*unmap)(struct kh_domain *dom, uint64_t iova, uint64_t length);
+	/* After unmap failed: 1 where the kernel still maps m, 0 where it removed m all the same
+	 * (vfio-type1 on kernels that let only a mapping's maker remove it), a negative errno
+	 * where it cannot say. NULL where a failed unmap removes nothing. */
+	int (*holds)(struct kh_domain *dom, const struct kh_mapping *m);
 	/* Pass allowed IOVA ranges (sorted, checked by the core) to where they are enforced. */
 	int (*set_allowed_iovas)(struct kh_domain *dom, const struct kh_iova_range *ranges,
 				 size_t n);
