@@ -174,17 +174,25 @@ static uint64_t size_steps(const struct call *call, uint64_t started, unsigned *
 	return ended;
 }
 
+/* When a slice's last look at the clock was (monotonic_ns; 0 before its first), and the bytes
+ * mapped since without one. A step reads the clock to size the next and to stop at the slice's
+ * end; a mapping made in one step has no next to size, so small entries read it only once they
+ * add up to a step of parts' worth, which bounds how far a slice runs past its time as a step of
+ * a large mapping does, without a clock read for every page of a batch. */
+struct slice_clock {
+	uint64_t at, unclocked;
+};
+
 /* Maps entries[call->done] step by step, starting it if it is not in progress, into
  * iovas[call->done]: 0 when done, CALL_MORE when the slice's time is up first, a negative
- * errno when it failed (what it mapped then being taken back in call->part.back). *stepped_at:
- * when the slice's last step ended, 0 before its first; a batch of small entries then reads the
- * clock once per entry. A mapping too costly for one slice is made over several. */
+ * errno when it failed (what it mapped then being taken back in call->part.back). A mapping
+ * too costly for one slice is made over several. */
 static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entries, uint64_t *iovas,
-			   uint64_t *stepped_at)
+			   struct slice_clock *clock)
 {
 	struct session *s = call->client->session;
 	struct map_entry e;
-	uint64_t started;
+	uint64_t started, mapped;
 	int rc;
 
 	if (!call->part.mo) {
@@ -193,11 +201,17 @@ static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entri
 			return rc;
 	}
 	do {
-		if (*stepped_at && *stepped_at >= call->deadline_ns)
+		if (clock->at && clock->at >= call->deadline_ns)
 			return CALL_MORE;
-		started = *stepped_at ? *stepped_at : monotonic_ns();
+		started = clock->at ? clock->at : monotonic_ns();
+		mapped = call->part.mapped;
 		rc = session_map_step(s, &call->part);
-		*stepped_at = size_steps(call, started, &call->part.parts_per_step);
+		clock->unclocked += call->part.mapped - mapped;
+		if (rc == 0 && clock->at && !call->part.part &&
+		    clock->unclocked < MAP_PART_PAGES * MAP_GRANULE)
+			break;
+		clock->at = size_steps(call, started, &call->part.parts_per_step);
+		clock->unclocked = 0;
 	} while (rc > 0);
 	if (rc == 0)
 		iovas[call->done] = call->part.req.iova;
@@ -351,8 +365,8 @@ static int map_failed(struct call *call, int rc, bool batch)
 
 static int map_single(struct call *call)
 {
-	uint64_t stepped_at = 0;
-	int rc = map_entry_parts(call, &call->req->map->entry, &call->resp->map->iova, &stepped_at);
+	struct slice_clock clock = {0};
+	int rc = map_entry_parts(call, &call->req->map->entry, &call->resp->map->iova, &clock);
 
 	return rc < 0 ? map_failed(call, rc, false) : rc;
 }
@@ -400,11 +414,11 @@ static int map_batch_entries(struct call *call)
 {
 	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
 	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
-	uint64_t stepped_at = 0;
+	struct slice_clock clock = {0};
 	int rc;
 
 	for (; call->done < r->n_entries; call->done++) {
-		rc = map_entry_parts(call, r->entries, reply->iovas, &stepped_at);
+		rc = map_entry_parts(call, r->entries, reply->iovas, &clock);
 		if (rc == CALL_MORE)
 			return rc;
 		if (rc < 0)

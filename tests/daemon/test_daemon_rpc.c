@@ -207,6 +207,7 @@ TEST_F(daemon, basic_flow)
 	CHECK_EQ(hello->max_message_bytes, IOMMUCTL_MAX_MESSAGE);
 	/* The emulated backend has no VFIO devices to hand out: OpenDevice is not offered. */
 	CHECK(has_capability(hello, "map_batch"));
+	CHECK(has_capability(hello, "map_batch_columns"));
 	CHECK(!has_capability(hello, "open_device"));
 	/* Nor does it remap anything, and says so. */
 	CHECK(hello->nothing_remapped);
