@@ -243,6 +243,21 @@ TEST_F(daemon, basic_flow)
 	iommuctl_close(c);
 }
 
+/* A MapBatch that failed with code at failed_index (its message saying says, unless NULL) left
+ * nothing mapped in dom, nor charged. */
+static void expect_batch_failed(struct iommuctl *c, Iommud__V1__Response *resp, uint32_t dom,
+				Iommud__V1__Code code, int failed_index, const char *says)
+{
+	uint64_t iovas[8];
+
+	CHECK_EQ(resp->status->code, code);
+	CHECK_EQ(resp->status->failed_index, failed_index);
+	CHECK(!says || strstr(resp->status->message, says));
+	iommuctl_response_free(resp);
+	CHECK_EQ(list_mappings(c, dom, iovas, 8), 0);
+	CHECK_EQ(quota_of(c).mappings, 0);
+}
+
 /* MapBatch maps every entry or none. */
 TEST_F(daemon, map_batch)
 {
@@ -272,12 +287,8 @@ TEST_F(daemon, map_batch)
 	batch.n_entries = 3;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
 	req.map_batch = &batch;
-	resp = call(c, &req, fds, 2);
-	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_ALREADY_EXISTS);
-	CHECK_EQ(resp->status->failed_index, 2);
-	iommuctl_response_free(resp);
-	CHECK_EQ(list_mappings(c, dom, iovas, 8), 0);
-	CHECK_EQ(quota_of(c).mappings, 0);
+	expect_batch_failed(c, call(c, &req, fds, 2), dom, IOMMUD__V1__CODE__CODE_ALREADY_EXISTS, 2,
+			    NULL);
 
 	e[2].iova = 0x30000;
 	resp = call(c, &req, fds, 2);
@@ -317,14 +328,6 @@ static Iommud__V1__Response *map_columns(struct iommuctl *c, Iommud__V1__MapEntr
 	return call(c, &req, fds, n_fds);
 }
 
-static void expect_batch_refused(Iommud__V1__Response *resp, int failed_index, const char *says)
-{
-	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT);
-	CHECK_EQ(resp->status->failed_index, failed_index);
-	CHECK(strstr(resp->status->message, says));
-	iommuctl_response_free(resp);
-}
-
 /* The compact form of MapBatch: one value per entry, one for all, or none, per column; all or
  * nothing as the entries' form; a column of any other length, both forms at once, or an entry
  * naming a descriptor the request lacks are refused before anything is mapped. */
@@ -341,6 +344,7 @@ TEST_F(daemon, map_batch_columns)
 	uint64_t length = PAGE, listed[8], many[1025] = {0};
 	uint32_t dom, fd_indexes[3] = {0, 1, 0}, prot = IOMMUCTL_PROT_READ;
 	protobuf_c_boolean fixed = true;
+	const Iommud__V1__Code invalid = IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT;
 
 	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
 	columns.domain_ids = &dom;
@@ -356,12 +360,8 @@ TEST_F(daemon, map_batch_columns)
 	columns.iovas = iovas;
 	columns.n_fd_indexes = columns.n_offsets = columns.n_iovas = 3;
 	/* The third overlaps the first: the batch fails whole. */
-	resp = map_columns(c, &columns, fds, 2);
-	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_ALREADY_EXISTS);
-	CHECK_EQ(resp->status->failed_index, 2);
-	iommuctl_response_free(resp);
-	CHECK_EQ(list_mappings(c, dom, listed, 8), 0);
-	CHECK_EQ(quota_of(c).mappings, 0);
+	expect_batch_failed(c, map_columns(c, &columns, fds, 2), dom,
+			    IOMMUD__V1__CODE__CODE_ALREADY_EXISTS, 2, "map entry 2");
 
 	iovas[2] = 0x30000;
 	resp = map_columns(c, &columns, fds, 2);
@@ -376,11 +376,11 @@ TEST_F(daemon, map_batch_columns)
 
 	/* Two IOVAs for three entries. */
 	columns.n_iovas = 2;
-	expect_batch_refused(map_columns(c, &columns, fds, 2), -1, "columns.iovas");
+	expect_batch_failed(c, map_columns(c, &columns, fds, 2), dom, invalid, -1, "columns.iovas");
 	columns.n_iovas = 3;
 	/* An entry naming a descriptor the request lacks, whichever form it comes in. */
 	fd_indexes[1] = 5;
-	expect_batch_refused(map_columns(c, &columns, fds, 2), 1, "entry 1");
+	expect_batch_failed(c, map_columns(c, &columns, fds, 2), dom, invalid, 1, "entry 1");
 	fd_indexes[1] = 1;
 	/* Both forms in one request. */
 	entry.domain_id = dom;
@@ -391,14 +391,12 @@ TEST_F(daemon, map_batch_columns)
 	both.columns = &columns;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
 	req.map_batch = &both;
-	expect_batch_refused(call(c, &req, fds, 2), -1, "both entries and columns");
+	expect_batch_failed(c, call(c, &req, fds, 2), dom, invalid, -1, "both entries and columns");
 	/* The limit on entries counts the longest column. */
 	columns.offsets = many;
 	columns.n_offsets = 1025;
 	columns.n_fd_indexes = columns.n_iovas = 1;
-	expect_batch_refused(map_columns(c, &columns, fds, 1), -1, "1025");
-	CHECK_EQ(list_mappings(c, dom, listed, 8), 0);
-	CHECK_EQ(quota_of(c).mappings, 0);
+	expect_batch_failed(c, map_columns(c, &columns, fds, 1), dom, invalid, -1, "1025");
 	(void)close(fds[0]);
 	(void)close(fds[1]);
 	iommuctl_close(c);

@@ -236,20 +236,16 @@ static void map_batch_columns(struct seed *s, unsigned flags, uint32_t domain, b
 		 length = 2 * PAGE;
 	protobuf_c_boolean fixed = true;
 
-	c.domain_ids = &domain;
-	c.n_domain_ids = 1;
-	c.fd_indexes = fd_indexes;
-	c.n_fd_indexes = 2;
-	c.offsets = offsets;
-	c.n_offsets = 2;
-	c.lengths = &length;
-	c.n_lengths = 1;
-	c.prots = &prot;
-	c.n_prots = 1;
-	c.fixed_iovas = &fixed;
-	c.n_fixed_iovas = 1;
-	c.iovas = iovas;
+	c.n_domain_ids = c.n_lengths = c.n_prots = c.n_fixed_iovas = 1;
+	c.n_fd_indexes = c.n_offsets = 2;
 	c.n_iovas = mismatched ? 3 : 2;
+	c.domain_ids = &domain;
+	c.fd_indexes = fd_indexes;
+	c.offsets = offsets;
+	c.lengths = &length;
+	c.prots = &prot;
+	c.fixed_iovas = &fixed;
+	c.iovas = iovas;
 	m.columns = &c;
 	SEND(s, flags, map_batch, MAP_BATCH, &m);
 }
