@@ -10,8 +10,8 @@
 #include "call.h"
 #include "log.h"
 
-/* map_batch, and one name for each capability of kernel-helper. */
-#define CAPABILITIES_MAX (1 + KH_CAP_COUNT)
+/* map_batch, map_batch_columns, and one name for each capability of kernel-helper. */
+#define CAPABILITIES_MAX (2 + KH_CAP_COUNT)
 
 /* The capabilities in caps by kernel-helper's names, for Hello and GetDevice; the one the
  * daemon uses only for itself (where map latency is timed) is left out. */
@@ -30,7 +30,9 @@ size_t capability_names(uint32_t caps, char **names)
 static void fill_capabilities(struct kh_backend *be, Iommud__V1__HelloReply *reply)
 {
 	reply->capabilities[0] = "map_batch";
-	reply->n_capabilities = 1 + capability_names(kh_backend_caps(be), reply->capabilities + 1);
+	/* MapBatchRequest.columns: an older daemon ignores them and sees a batch of no entries. */
+	reply->capabilities[1] = "map_batch_columns";
+	reply->n_capabilities = 2 + capability_names(kh_backend_caps(be), reply->capabilities + 2);
 }
 
 /* The schema's value for the backend, found by its name: a backend the schema has no value

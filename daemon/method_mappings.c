@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 /* The methods about a domain's IO address space: mapping, unmapping, listing, dirty bits. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "call.h"
 #include "histogram.h"
@@ -73,6 +75,93 @@ static struct map_entry entry_of(struct call *call, const Iommud__V1__MapEntry *
 	};
 }
 
+/* A column of a compact batch and the MapEntry field its values are: the same type, so a value
+ * is copied as it is. */
+struct column {
+	const char *name;
+	size_t count_at, values_at, field_at, width;
+};
+
+#define COLUMN(values, field)                                                                      \
+	{                                                                                          \
+#values, offsetof(Iommud__V1__MapEntryColumns, n_##values),                        \
+			offsetof(Iommud__V1__MapEntryColumns, values),                             \
+			offsetof(Iommud__V1__MapEntry, field),                                     \
+			sizeof(((Iommud__V1__MapEntry *)0)->field)                                 \
+	}
+#define SAME_TYPE(values, field)                                                                   \
+	_Static_assert(sizeof(*((Iommud__V1__MapEntryColumns *)0)->values) ==                      \
+			       sizeof(((Iommud__V1__MapEntry *)0)->field),                         \
+		       #values " holds MapEntry." #field)
+
+SAME_TYPE(domain_ids, domain_id);
+SAME_TYPE(fd_indexes, fd_index);
+SAME_TYPE(offsets, offset);
+SAME_TYPE(lengths, length);
+SAME_TYPE(prots, prot);
+SAME_TYPE(fixed_iovas, fixed_iova);
+SAME_TYPE(iovas, iova);
+SAME_TYPE(alignments, alignment);
+
+static const struct column columns[] = {
+	COLUMN(domain_ids, domain_id), COLUMN(fd_indexes, fd_index),
+	COLUMN(offsets, offset),       COLUMN(lengths, length),
+	COLUMN(prots, prot),	       COLUMN(fixed_iovas, fixed_iova),
+	COLUMN(iovas, iova),	       COLUMN(alignments, alignment),
+};
+
+static size_t column_count(const Iommud__V1__MapEntryColumns *c, const struct column *col)
+{
+	return *(const size_t *)((const char *)c + col->count_at);
+}
+
+/* The entries of a batch: its MapEntry messages, or its longest column's values. */
+static size_t batch_entries(const Iommud__V1__MapBatchRequest *r)
+{
+	size_t n = r->n_entries;
+
+	if (r->columns)
+		for (size_t k = 0; k < sizeof(columns) / sizeof(columns[0]); k++)
+			if (column_count(r->columns, &columns[k]) > n)
+				n = column_count(r->columns, &columns[k]);
+	return n;
+}
+
+/* Reads a compact batch's n entries into MapEntry messages of the request, which the rest of
+ * the call (and the state record) reads as if they had come so; they go with the request. */
+static int entries_of_columns(struct call *call, Iommud__V1__MapBatchRequest *r, size_t n)
+{
+	static const Iommud__V1__MapEntry blank = IOMMUD__V1__MAP_ENTRY__INIT;
+	Iommud__V1__MapEntry *entries = call_alloc(call, n * sizeof(*entries));
+	Iommud__V1__MapEntry **pointers = call_alloc(call, n * sizeof(*pointers));
+
+	if (!entries || !pointers)
+		return nomem();
+	for (size_t i = 0; i < n; i++) {
+		entries[i] = blank;
+		pointers[i] = &entries[i];
+	}
+	for (size_t k = 0; k < sizeof(columns) / sizeof(columns[0]); k++) {
+		const struct column *col = &columns[k];
+		size_t count = column_count(r->columns, col);
+		const char *values =
+			*(const char *const *)((const char *)r->columns + col->values_at);
+
+		if (count > 1 && count != n)
+			return fail(-EINVAL,
+				    "map_batch.columns.%s has %zu values, but the batch has %zu "
+				    "entries (its longest column); give every column one value per "
+				    "entry, one value for all of them, or none",
+				    col->name, count, n);
+		for (size_t i = 0; count && i < n; i++)
+			memcpy((char *)&entries[i] + col->field_at,
+			       values + (count == 1 ? 0 : i * col->width), col->width);
+	}
+	r->entries = pointers;
+	r->n_entries = n;
+	return 0;
+}
+
 /* Sizes the steps of a map or an unmap to the slice: the one that started at started (on
  * monotonic_ns) has just ended, at the time returned. */
 static uint64_t size_steps(const struct call *call, uint64_t started, unsigned *parts_per_step)
@@ -85,17 +174,25 @@ static uint64_t size_steps(const struct call *call, uint64_t started, unsigned *
 	return ended;
 }
 
+/* When a slice's last look at the clock was (monotonic_ns; 0 before its first), and the bytes
+ * mapped since without one. A step reads the clock to size the next and to stop at the slice's
+ * end; a mapping made in one step has no next to size, so small entries read it only once they
+ * add up to a step of parts' worth, which bounds how far a slice runs past its time as a step of
+ * a large mapping does, without a clock read for every page of a batch. */
+struct slice_clock {
+	uint64_t at, unclocked;
+};
+
 /* Maps entries[call->done] step by step, starting it if it is not in progress, into
  * iovas[call->done]: 0 when done, CALL_MORE when the slice's time is up first, a negative
- * errno when it failed (what it mapped then being taken back in call->part.back). *stepped_at:
- * when the slice's last step ended, 0 before its first; a batch of small entries then reads the
- * clock once per entry. A mapping too costly for one slice is made over several. */
+ * errno when it failed (what it mapped then being taken back in call->part.back). A mapping
+ * too costly for one slice is made over several. */
 static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entries, uint64_t *iovas,
-			   uint64_t *stepped_at)
+			   struct slice_clock *clock)
 {
 	struct session *s = call->client->session;
 	struct map_entry e;
-	uint64_t started;
+	uint64_t started, mapped;
 	int rc;
 
 	if (!call->part.mo) {
@@ -104,11 +201,17 @@ static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entri
 			return rc;
 	}
 	do {
-		if (*stepped_at && *stepped_at >= call->deadline_ns)
+		if (clock->at && clock->at >= call->deadline_ns)
 			return CALL_MORE;
-		started = *stepped_at ? *stepped_at : monotonic_ns();
+		started = clock->at ? clock->at : monotonic_ns();
+		mapped = call->part.mapped;
 		rc = session_map_step(s, &call->part);
-		*stepped_at = size_steps(call, started, &call->part.parts_per_step);
+		clock->unclocked += call->part.mapped - mapped;
+		if (rc == 0 && clock->at && !call->part.part &&
+		    clock->unclocked < MAP_PART_PAGES * MAP_GRANULE)
+			break;
+		clock->at = size_steps(call, started, &call->part.parts_per_step);
+		clock->unclocked = 0;
 	} while (rc > 0);
 	if (rc == 0)
 		iovas[call->done] = call->part.req.iova;
@@ -262,8 +365,8 @@ static int map_failed(struct call *call, int rc, bool batch)
 
 static int map_single(struct call *call)
 {
-	uint64_t stepped_at = 0;
-	int rc = map_entry_parts(call, &call->req->map->entry, &call->resp->map->iova, &stepped_at);
+	struct slice_clock clock = {0};
+	int rc = map_entry_parts(call, &call->req->map->entry, &call->resp->map->iova, &clock);
 
 	return rc < 0 ? map_failed(call, rc, false) : rc;
 }
@@ -311,11 +414,11 @@ static int map_batch_entries(struct call *call)
 {
 	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
 	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
-	uint64_t stepped_at = 0;
+	struct slice_clock clock = {0};
 	int rc;
 
 	for (; call->done < r->n_entries; call->done++) {
-		rc = map_entry_parts(call, r->entries, reply->iovas, &stepped_at);
+		rc = map_entry_parts(call, r->entries, reply->iovas, &clock);
 		if (rc == CALL_MORE)
 			return rc;
 		if (rc < 0)
@@ -327,13 +430,21 @@ static int map_batch_entries(struct call *call)
 
 int do_map_batch(struct call *call)
 {
-	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
+	Iommud__V1__MapBatchRequest *r = call->req->map_batch;
+	size_t n = batch_entries(r);
 	Iommud__V1__MapBatchReply *reply;
 	int rc;
 
-	if (!r->n_entries || r->n_entries > MAP_BATCH_MAX)
+	if (r->columns && r->n_entries)
+		return fail(-EINVAL,
+			    "%s has both entries and columns; send the batch in one "
+			    "form (columns cost less)",
+			    method_name(call->req->method_case));
+	if (!n || n > MAP_BATCH_MAX)
 		return fail(-EINVAL, "%s takes 1 to %d entries, not %zu; split the batch",
-			    method_name(call->req->method_case), MAP_BATCH_MAX, r->n_entries);
+			    method_name(call->req->method_case), MAP_BATCH_MAX, n);
+	if (r->columns && (rc = entries_of_columns(call, r, n)) < 0)
+		return rc;
 	if ((rc = check_fd_use(call, r->entries, r->n_entries)) < 0)
 		return rc;
 	reply = REPLY(call, map_batch_reply);

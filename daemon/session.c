@@ -27,9 +27,6 @@
 
 #define LEASE_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
 
-/* The granule of Map offsets and lengths: the smallest IOMMU page the backends support. */
-#define MAP_GRANULE 4096ull
-
 /* A client file the session's mappings with this access use. Where the domain's kernel maps
  * files by descriptor (KH_CAP_MAP_FILE), that is all it is: the kernel holds the file for each
  * mapping, the daemon maps none of it, and one record serves every such mapping of the file.

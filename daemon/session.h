@@ -206,6 +206,8 @@ struct map_entry {
 /* Checks the range against the file, charges the quota, maps. */
 int session_map(struct session *s, struct map_entry *entry);
 
+/* The granule of Map offsets and lengths: the smallest IOMMU page the backends support. */
+#define MAP_GRANULE 4096ull
 /* A mapping is made in parts of at most this many pages, so that a costly one can be made over
  * several turns of the daemon's loop, and taken back the same way; the parts are one mapping
  * (kernel-helper's KH_MAP_EXTEND, kh_unmap_tail), and the result is the same as one call would

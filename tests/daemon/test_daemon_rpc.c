@@ -207,6 +207,7 @@ TEST_F(daemon, basic_flow)
 	CHECK_EQ(hello->max_message_bytes, IOMMUCTL_MAX_MESSAGE);
 	/* The emulated backend has no VFIO devices to hand out: OpenDevice is not offered. */
 	CHECK(has_capability(hello, "map_batch"));
+	CHECK(has_capability(hello, "map_batch_columns"));
 	CHECK(!has_capability(hello, "open_device"));
 	/* Nor does it remap anything, and says so. */
 	CHECK(hello->nothing_remapped);
@@ -242,6 +243,21 @@ TEST_F(daemon, basic_flow)
 	iommuctl_close(c);
 }
 
+/* A MapBatch that failed with code at failed_index (its message saying says, unless NULL) left
+ * nothing mapped in dom, nor charged. */
+static void expect_batch_failed(struct iommuctl *c, Iommud__V1__Response *resp, uint32_t dom,
+				Iommud__V1__Code code, int failed_index, const char *says)
+{
+	uint64_t iovas[8];
+
+	CHECK_EQ(resp->status->code, code);
+	CHECK_EQ(resp->status->failed_index, failed_index);
+	CHECK(!says || strstr(resp->status->message, says));
+	iommuctl_response_free(resp);
+	CHECK_EQ(list_mappings(c, dom, iovas, 8), 0);
+	CHECK_EQ(quota_of(c).mappings, 0);
+}
+
 /* MapBatch maps every entry or none. */
 TEST_F(daemon, map_batch)
 {
@@ -271,12 +287,8 @@ TEST_F(daemon, map_batch)
 	batch.n_entries = 3;
 	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
 	req.map_batch = &batch;
-	resp = call(c, &req, fds, 2);
-	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_ALREADY_EXISTS);
-	CHECK_EQ(resp->status->failed_index, 2);
-	iommuctl_response_free(resp);
-	CHECK_EQ(list_mappings(c, dom, iovas, 8), 0);
-	CHECK_EQ(quota_of(c).mappings, 0);
+	expect_batch_failed(c, call(c, &req, fds, 2), dom, IOMMUD__V1__CODE__CODE_ALREADY_EXISTS, 2,
+			    NULL);
 
 	e[2].iova = 0x30000;
 	resp = call(c, &req, fds, 2);
@@ -298,6 +310,93 @@ TEST_F(daemon, map_batch)
 	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT);
 	CHECK_EQ(resp->status->failed_index, 0);
 	iommuctl_response_free(resp);
+	(void)close(fds[0]);
+	(void)close(fds[1]);
+	iommuctl_close(c);
+}
+
+/* Sends a MapBatch in the compact form: the columns' values as they stand. */
+static Iommud__V1__Response *map_columns(struct iommuctl *c, Iommud__V1__MapEntryColumns *columns,
+					 const int *fds, size_t n_fds)
+{
+	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+
+	batch.columns = columns;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	req.map_batch = &batch;
+	return call(c, &req, fds, n_fds);
+}
+
+/* The compact form of MapBatch: one value per entry, one for all, or none, per column; all or
+ * nothing as the entries' form; a column of any other length, both forms at once, or an entry
+ * naming a descriptor the request lacks are refused before anything is mapped. */
+TEST_F(daemon, map_batch_columns)
+{
+	struct iommuctl *c = connect_client(NULL);
+	Iommud__V1__MapEntryColumns columns = IOMMUD__V1__MAP_ENTRY_COLUMNS__INIT;
+	Iommud__V1__MapEntry entry = IOMMUD__V1__MAP_ENTRY__INIT, *entries[1] = {&entry};
+	Iommud__V1__MapBatchRequest both = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	int fds[2] = {memfd_of(4 * PAGE), memfd_of(PAGE)};
+	uint64_t offsets[3] = {0, 0, 2 * PAGE}, iovas[3] = {0x10000, 0x20000, 0x10000};
+	uint64_t length = PAGE, listed[8], many[1025] = {0};
+	uint32_t dom, fd_indexes[3] = {0, 1, 0}, prot = IOMMUCTL_PROT_READ;
+	protobuf_c_boolean fixed = true;
+	const Iommud__V1__Code invalid = IOMMUD__V1__CODE__CODE_INVALID_ARGUMENT;
+
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	columns.domain_ids = &dom;
+	columns.n_domain_ids = 1;
+	columns.lengths = &length;
+	columns.n_lengths = 1;
+	columns.prots = &prot;
+	columns.n_prots = 1;
+	columns.fixed_iovas = &fixed;
+	columns.n_fixed_iovas = 1;
+	columns.fd_indexes = fd_indexes;
+	columns.offsets = offsets;
+	columns.iovas = iovas;
+	columns.n_fd_indexes = columns.n_offsets = columns.n_iovas = 3;
+	/* The third overlaps the first: the batch fails whole. */
+	expect_batch_failed(c, map_columns(c, &columns, fds, 2), dom,
+			    IOMMUD__V1__CODE__CODE_ALREADY_EXISTS, 2, "map entry 2");
+
+	iovas[2] = 0x30000;
+	resp = map_columns(c, &columns, fds, 2);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	CHECK_EQ(resp->map_batch->n_iovas, 3);
+	CHECK_EQ(resp->map_batch->iovas[1], 0x20000);
+	CHECK_EQ(resp->map_batch->iovas[2], 0x30000);
+	iommuctl_response_free(resp);
+	CHECK_EQ(list_mappings(c, dom, listed, 8), 3);
+	CHECK_EQ(quota_of(c).pinned_bytes, 3 * PAGE);
+	CHECK_CALL(c, iommuctl_unmap_all(c, dom, NULL));
+
+	/* Two IOVAs for three entries. */
+	columns.n_iovas = 2;
+	expect_batch_failed(c, map_columns(c, &columns, fds, 2), dom, invalid, -1, "columns.iovas");
+	columns.n_iovas = 3;
+	/* An entry naming a descriptor the request lacks, whichever form it comes in. */
+	fd_indexes[1] = 5;
+	expect_batch_failed(c, map_columns(c, &columns, fds, 2), dom, invalid, 1, "entry 1");
+	fd_indexes[1] = 1;
+	/* Both forms in one request. */
+	entry.domain_id = dom;
+	entry.length = PAGE;
+	entry.prot = IOMMUCTL_PROT_READ;
+	both.entries = entries;
+	both.n_entries = 1;
+	both.columns = &columns;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	req.map_batch = &both;
+	expect_batch_failed(c, call(c, &req, fds, 2), dom, invalid, -1, "both entries and columns");
+	/* The limit on entries counts the longest column. */
+	columns.offsets = many;
+	columns.n_offsets = 1025;
+	columns.n_fd_indexes = columns.n_iovas = 1;
+	expect_batch_failed(c, map_columns(c, &columns, fds, 1), dom, invalid, -1, "1025");
 	(void)close(fds[0]);
 	(void)close(fds[1]);
 	iommuctl_close(c);

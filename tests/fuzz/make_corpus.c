@@ -225,6 +225,31 @@ static void map_batch(struct seed *s, unsigned flags, uint32_t domain)
 	SEND(s, flags, map_batch, MAP_BATCH, &m);
 }
 
+/* map_batch's entries as columns: what both entries share once, the rest one value each; with
+ * mismatched, a third IOVA, so that the other columns of two fall short (the daemon refuses it). */
+static void map_batch_columns(struct seed *s, unsigned flags, uint32_t domain, bool mismatched)
+{
+	Iommud__V1__MapBatchRequest m = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__MapEntryColumns c = IOMMUD__V1__MAP_ENTRY_COLUMNS__INIT;
+	uint32_t fd_indexes[2] = {0, 1}, prot = 3;
+	uint64_t offsets[2] = {0, 4 * PAGE}, iovas[3] = {0x400000, 0x500000, 0x600000},
+		 length = 2 * PAGE;
+	protobuf_c_boolean fixed = true;
+
+	c.n_domain_ids = c.n_lengths = c.n_prots = c.n_fixed_iovas = 1;
+	c.n_fd_indexes = c.n_offsets = 2;
+	c.n_iovas = mismatched ? 3 : 2;
+	c.domain_ids = &domain;
+	c.fd_indexes = fd_indexes;
+	c.offsets = offsets;
+	c.lengths = &length;
+	c.prots = &prot;
+	c.fixed_iovas = &fixed;
+	c.iovas = iovas;
+	m.columns = &c;
+	SEND(s, flags, map_batch, MAP_BATCH, &m);
+}
+
 static void unmap(struct seed *s, unsigned flags, uint32_t domain, uint64_t iova, uint64_t length)
 {
 	Iommud__V1__UnmapRequest m = IOMMUD__V1__UNMAP_REQUEST__INIT;
@@ -322,6 +347,14 @@ static void seed_map_batch(struct seed *s)
 	alloc_paging(s, 0, "emu0");
 	map_batch(s, SEALED_MEMFD | FDS(2), DOMAIN);
 	list_domains(s, 0);
+}
+
+static void seed_map_batch_columns(struct seed *s)
+{
+	alloc_paging(s, 0, "emu0");
+	map_batch_columns(s, SEALED_MEMFD | FDS(2), DOMAIN, false);
+	map_batch_columns(s, SEALED_MEMFD | FDS(2), DOMAIN, true);
+	list_mappings(s, 0, DOMAIN, 0);
 }
 
 static void seed_unmap(struct seed *s)
@@ -596,6 +629,7 @@ static const struct {
 	{"alloc_domain", seed_alloc_domain},
 	{"map", seed_map},
 	{"map_batch", seed_map_batch},
+	{"map_batch_columns", seed_map_batch_columns},
 	{"unmap", seed_unmap},
 	{"unmap_all", seed_unmap_all},
 	{"list_mappings", seed_list_mappings},
