@@ -1353,7 +1353,8 @@ int kh_set_dirty_tracking(struct kh_ctx *ctx, uint32_t domain_id, bool enable)
 	struct kh_domain *dom;
 	int rc = find_domain_for(ctx, domain_id, NEED_DIRTY, "dirty tracking", &dom);
 
-	/* Taking a context over, the kernel is made to follow at the end (kh_ctx_adopt_end). */
+	/* Taking a context over, the kernel follows later: at the take-over's end
+	 * (kh_ctx_adopt_end), or where the backend starts tracking as a domain gets its IOMMU. */
 	if (rc == 0 && !ctx->adoption)
 		rc = dom->dirty_ops->set_dirty_tracking(dom, enable);
 	if (rc == 0)
