@@ -224,11 +224,16 @@ TEST(gives_up_when_daemon_not_back)
 
 /* ---- a Map sent again ------------------------------------------------------------------- */
 
+/* Pages at offsets of fd, each at IOVA + its offset: as MapEntry messages, or as columns. */
 static int map_batch(struct iommuctl *c, uint32_t domain, int fd, const uint64_t *offsets, size_t n,
-		     uint64_t *ret_iovas)
+		     bool as_columns, uint64_t *ret_iovas)
 {
 	Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	Iommud__V1__MapEntryColumns columns = IOMMUD__V1__MAP_ENTRY_COLUMNS__INIT;
 	Iommud__V1__MapEntry entries[4], *list[4];
+	uint64_t copies[4], iovas[4], length = PAGE;
+	uint32_t prot = IOMMUCTL_PROT_READ;
+	protobuf_c_boolean fixed = true;
 	Iommud__V1__Response *resp;
 	int rc;
 
@@ -242,9 +247,23 @@ static int map_batch(struct iommuctl *c, uint32_t domain, int fd, const uint64_t
 		entries[i].fixed_iova = true;
 		entries[i].iova = IOVA + offsets[i];
 		list[i] = &entries[i];
+		copies[i] = offsets[i];
+		iovas[i] = entries[i].iova;
 	}
-	batch.n_entries = n;
-	batch.entries = list;
+	columns.n_domain_ids = columns.n_lengths = columns.n_prots = columns.n_fixed_iovas = 1;
+	columns.domain_ids = &domain;
+	columns.lengths = &length;
+	columns.prots = &prot;
+	columns.fixed_iovas = &fixed;
+	columns.n_offsets = columns.n_iovas = n;
+	columns.offsets = copies;
+	columns.iovas = iovas;
+	if (as_columns) {
+		batch.columns = &columns;
+	} else {
+		batch.n_entries = n;
+		batch.entries = list;
+	}
 	rc = call_msg(c, IOMMUD__V1__REQUEST__METHOD_MAP_BATCH, &batch, fd, &resp);
 	if (rc < 0)
 		return rc;
@@ -253,6 +272,20 @@ static int map_batch(struct iommuctl *c, uint32_t domain, int fd, const uint64_t
 		ret_iovas[i] = resp->map_batch->iovas[i];
 	iommuctl_response_free(resp);
 	return 0;
+}
+
+/* The daemon killed and started again rebuilds the lease's n mappings of d exactly as they were
+ * (before, as list_mappings read them). */
+static void expect_rebuilt(struct supervisor *sv, struct iommuctl *c, uint32_t d,
+			   uint64_t (*before)[4], size_t n)
+{
+	uint64_t rows[8][4];
+
+	supervisor_kill(sv);
+	supervisor_spawn(sv);
+	CHECK_EQ(list_mappings(c, d, rows, 8), n);
+	CHECK(memcmp(rows, before, n * sizeof(rows[0])) == 0);
+	CHECK(!supervisor_log_has(sv, "cannot rebuild"));
 }
 
 TEST(identical_map_answered_as_done)
@@ -282,23 +315,34 @@ TEST(identical_map_answered_as_done)
 	CHECK_EQ(list_mappings(c, d, rows, 8), 1);
 
 	/* A batch is done when all of it is in place, refused whole when part of it is not. */
-	supervisor_call_ok(c, map_batch(c, d, file, (const uint64_t[]){PAGE, 2 * PAGE}, 2, iovas),
-			   "batch");
-	supervisor_call_ok(c, map_batch(c, d, file, (const uint64_t[]){PAGE, 2 * PAGE}, 2, iovas),
-			   "the same batch again");
+	supervisor_call_ok(
+		c, map_batch(c, d, file, (const uint64_t[]){PAGE, 2 * PAGE}, 2, false, iovas),
+		"batch");
+	supervisor_call_ok(
+		c, map_batch(c, d, file, (const uint64_t[]){PAGE, 2 * PAGE}, 2, false, iovas),
+		"the same batch again");
 	CHECK_EQ(iovas[0], IOVA + PAGE);
 	CHECK_EQ(iovas[1], IOVA + 2 * PAGE);
-	CHECK_EQ(map_batch(c, d, file, (const uint64_t[]){PAGE, 3 * PAGE}, 2, iovas), -EEXIST);
-	CHECK_EQ(map_batch(c, d, file, (const uint64_t[]){3 * PAGE, PAGE}, 2, iovas), -EEXIST);
+	CHECK_EQ(map_batch(c, d, file, (const uint64_t[]){PAGE, 3 * PAGE}, 2, false, iovas),
+		 -EEXIST);
+	CHECK_EQ(map_batch(c, d, file, (const uint64_t[]){3 * PAGE, PAGE}, 2, false, iovas),
+		 -EEXIST);
 	n = list_mappings(c, d, before, 8);
 	CHECK_EQ(n, 3);
 
 	/* What was answered as done was not recorded twice: the next daemon rebuilds it cleanly. */
-	supervisor_kill(&sv);
-	supervisor_spawn(&sv);
-	CHECK_EQ(list_mappings(c, d, rows, 8), n);
-	CHECK(memcmp(rows, before, n * sizeof(rows[0])) == 0);
-	CHECK(!supervisor_log_has(&sv, "cannot rebuild"));
+	expect_rebuilt(&sv, c, d, before, n);
+	/* A batch in columns is recorded as its entries, and is the same batch when sent again. */
+	supervisor_call_ok(
+		c, map_batch(c, d, file, (const uint64_t[]){4 * PAGE, 5 * PAGE}, 2, true, iovas),
+		"batch in columns");
+	supervisor_call_ok(
+		c, map_batch(c, d, file, (const uint64_t[]){4 * PAGE, 5 * PAGE}, 2, true, iovas),
+		"the same batch in columns again");
+	CHECK_EQ(iovas[1], IOVA + 5 * PAGE);
+	n = list_mappings(c, d, before, 8);
+	CHECK_EQ(n, 5);
+	expect_rebuilt(&sv, c, d, before, n);
 	iommuctl_close(c);
 	supervisor_stop(&sv);
 	(void)close(file);
