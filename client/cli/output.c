@@ -434,7 +434,7 @@ static void hist_title(const char *name, size_t n, uint64_t count, uint64_t sum_
 	(void)printf("%s@%s: %" PRIu64 " call%s", out.fields ? "\n" : "", name, count,
 		     count == 1 ? "" : "s");
 	if (!n) {
-		(void)printf(" (not timed at this tier)\n");
+		(void)printf(" (counted, not timed)\n");
 		return;
 	}
 	while (unit < 3 && mean >= 1000) {

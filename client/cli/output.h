@@ -54,7 +54,8 @@ void field_range(uint64_t start, uint64_t last);
  * line per bucket from the first non-empty to the last, its range in ns ([4K, 8K), K = 1024;
  * [64G, +inf)), its count and a bar of @ scaled to the largest count; drawn wherever it is but
  * in a table's row. A histogram without buckets was counted but not timed (the tracepoint
- * probe tier): its title says so, "@name: 3 calls (not timed at this tier)". */
+ * probe tier, and the driver layer without probe-driver-latency): its title says so,
+ * "@name: 3 calls (counted, not timed)". */
 void field_histogram(const char *key, const char *name, const uint64_t *buckets, size_t n,
 		     uint64_t count, uint64_t sum_ns);
 

@@ -74,7 +74,7 @@ TEST(untimed_text)
 	char out[4096];
 
 	capture(draw_untimed, out, sizeof(out));
-	CHECK(strcmp(out, "@map_latency[map]: 3 calls (not timed at this tier)\n") == 0);
+	CHECK(strcmp(out, "@map_latency[map]: 3 calls (counted, not timed)\n") == 0);
 }
 
 TEST(untimed_json)
