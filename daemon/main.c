@@ -593,19 +593,6 @@ static void stop_store_sync(struct event *ev)
 		event_free(ev);
 }
 
-/* What the start line says of the IOMMU driver layer where the tier could time it. */
-static const char *driver_layer_note(const struct probes *p)
-{
-	Iommud__V1__ProbeTier tier = probes_tier(p);
-
-	if (tier != IOMMUD__V1__PROBE_TIER__PROBE_TIER_FENTRY &&
-	    tier != IOMMUD__V1__PROBE_TIER__PROBE_TIER_KPROBE)
-		return "";
-	return probes_driver_latency(p)
-		       ? ", driver layer timed (probe-driver-latency yes)"
-		       : ", driver layer counted, not timed (probe-driver-latency no)";
-}
-
 /* Watching the map path is never a reason not to serve: what cannot attach is said, once. */
 static int start_probes(struct daemon *d)
 {
@@ -628,7 +615,7 @@ static int start_probes(struct daemon *d)
 	log_notice("map path probes: tier %s%s%s",
 		   iommud_name(&iommud_probe_tier_names, probes_tier(d->probes)),
 		   probes_in_process(d->probes) ? ", in-process timing" : "",
-		   driver_layer_note(d->probes));
+		   probes_driver_note(d->probes));
 	return 0;
 }
 

@@ -637,6 +637,14 @@ bool probes_driver_latency(const struct probes *p)
 	return p->driver_latency && (p->tier == TIER(FENTRY) || p->tier == TIER(KPROBE));
 }
 
+const char *probes_driver_note(const struct probes *p)
+{
+	if (p->tier != TIER(FENTRY) && p->tier != TIER(KPROBE))
+		return "";
+	return p->driver_latency ? ", driver layer timed (probe-driver-latency yes)"
+				 : ", driver layer counted, not timed (probe-driver-latency no)";
+}
+
 size_t probes_detached(const struct probes *p, const char *const **ret_lines)
 {
 	*ret_lines = (const char *const *)p->detached;

@@ -65,6 +65,9 @@ bool probes_in_process(const struct probes *p);
 /* Whether the driver layer's histograms are timed: driver_latency asked for and the tier is
  * fentry or kprobe (the tracepoint tier only counts). */
 bool probes_driver_latency(const struct probes *p);
+/* What a start line says of the IOMMU driver layer where the tier could time it (fentry,
+ * kprobe): ", driver layer timed (probe-driver-latency yes)" or counted; "" elsewhere. */
+const char *probes_driver_note(const struct probes *p);
 /* Each program that is not attached, and why: n lines, valid until probes_stop. */
 size_t probes_detached(const struct probes *p, const char *const **ret_lines);
 uint64_t probes_dropped_events(struct probes *p);

@@ -120,10 +120,9 @@ static void setup(struct bench *b, int memfd)
 		fail("setting up a session", kh_last_error());
 	(void)snprintf(b->device, sizeof(b->device), "%s", dev.name);
 	(void)snprintf(b->backend, sizeof(b->backend), "%s", kh_backend_name(b->be));
-	(void)printf("backend %s, device %s, probes at tier %s, driver layer %s\n",
-		     kh_backend_name(b->be), dev.name,
-		     iommud_name(&iommud_probe_tier_names, probes_tier(b->probes)),
-		     probes_driver_latency(b->probes) ? "timed" : "counted");
+	(void)printf("backend %s, device %s, probes at tier %s%s\n", kh_backend_name(b->be),
+		     dev.name, iommud_name(&iommud_probe_tier_names, probes_tier(b->probes)),
+		     probes_driver_note(b->probes));
 }
 
 /* The probes back in the registry first, as the daemon keeps them until its tenants are gone:
