@@ -51,6 +51,8 @@ struct iommuctl {
 	struct pending_session pending;
 	unsigned reconnect_ms; /* 0: never reconnect */
 	bool keep_maps;	       /* iommuctl_unmap asks the daemon to keep the file's map */
+	bool batch_columns;    /* the daemon's last Hello offered map_batch_columns */
+	int32_t failed_index;  /* the last failed reply's Status.failed_index */
 	bool reconnecting;     /* re-opening the lease: no reconnect within a reconnect */
 	Iommud__V1__Code last_code;
 	char error[ERROR_MAX];
@@ -277,6 +279,16 @@ static void receive_limit(struct iommuctl *c, unsigned ms)
 /* Says hello again on the new connection, re-opening the lease, never creating one. A socket
  * the service manager holds accepts the connection before a daemon runs, so the answer too is
  * waited for within the limit. */
+/* What of a Hello's answer the library itself goes by: a daemon restarted into another
+ * version answers the re-opening Hello for itself. */
+static void note_capabilities(struct iommuctl *c, const Iommud__V1__HelloReply *hello)
+{
+	c->batch_columns = false;
+	for (size_t i = 0; hello && i < hello->n_capabilities; i++)
+		if (strcmp(hello->capabilities[i], "map_batch_columns") == 0)
+			c->batch_columns = true;
+}
+
 static int reopen_lease(struct iommuctl *c)
 {
 	Iommud__V1__HelloRequest hello = IOMMUD__V1__HELLO_REQUEST__INIT;
@@ -298,6 +310,7 @@ static int reopen_lease(struct iommuctl *c)
 	c->reconnecting = false;
 	if (err == 0) {
 		receive_limit(c, 0);
+		note_capabilities(c, r->hello);
 		iommuctl_response_free(r);
 		return 0;
 	}
@@ -576,6 +589,7 @@ int iommuctl_call(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, 
 	if (err)
 		return err;
 	err = iommuctl_status_errno(r->status);
+	c->failed_index = err && r->status ? r->status->failed_index : -1;
 	if (err) {
 		const char *msg = r->status->message;
 
@@ -651,6 +665,7 @@ int iommuctl_hello(struct iommuctl *c, const char *client_name, const char *leas
 	err = call_method(c, IOMMUD__V1__REQUEST__METHOD_HELLO, &hello.base, &r);
 	if (err)
 		return err;
+	note_capabilities(c, r->hello);
 	if (reply) {
 		/* protobuf-c allocates sub-messages on their own, so the reply can be handed out
 		 * and the envelope freed around it. */
@@ -740,6 +755,156 @@ int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t off
 	*iova = r->map->iova;
 	iommuctl_response_free(r);
 	return 0;
+}
+
+/* ---- MapBatch ------------------------------------------------------------------------- */
+
+/* A batch's request in either form, built in one allocation sized for n entries. */
+struct batch {
+	Iommud__V1__MapBatchRequest req;
+	Iommud__V1__MapEntryColumns columns;
+	int fds[IOMMUD_MAX_FDS];
+	size_t nfds;
+	uint32_t *domain_ids, *fd_indexes, *prots;
+	uint64_t *offsets, *lengths, *iovas, *alignments;
+	protobuf_c_boolean *fixed_iovas;
+	Iommud__V1__MapEntry *entries, **entry_ptrs;
+};
+
+/* The index of fd among the batch's descriptors, added on first sight. */
+static int batch_fd_index(struct iommuctl *c, struct batch *b, int fd, uint32_t *ret_index)
+{
+	size_t i = 0;
+
+	while (i < b->nfds && b->fds[i] != fd)
+		i++;
+	if (i == b->nfds) {
+		if (b->nfds == IOMMUD_MAX_FDS)
+			return fail(
+				c, -E2BIG,
+				"a batch's entries name more than %d different files; a request "
+				"carries at most that many: split the batch by file",
+				IOMMUD_MAX_FDS);
+		b->fds[b->nfds++] = fd;
+	}
+	*ret_index = (uint32_t)i;
+	return 0;
+}
+
+/* A column keeps one value when every entry has it: what is the same for all costs nothing per
+ * entry on the wire (protocol.md, "MapBatch"). */
+#define COLUMN_SET(cols, name, values, n)                                                          \
+	do {                                                                                       \
+		size_t k_ = 1;                                                                     \
+		while (k_ < (n) && (values)[k_] == (values)[0])                                    \
+			k_++;                                                                      \
+		(cols)->n_##name = k_ == (n) ? 1 : (n);                                            \
+		(cols)->name = (values);                                                           \
+	} while (0)
+
+static void batch_columns(struct batch *b, const struct iommuctl_map_entry *e, size_t n)
+{
+	Iommud__V1__MapEntryColumns *cols = &b->columns;
+
+	for (size_t i = 0; i < n; i++) {
+		b->domain_ids[i] = e[i].domain_id;
+		b->offsets[i] = e[i].offset;
+		b->lengths[i] = e[i].length;
+		b->prots[i] = e[i].prot;
+		b->fixed_iovas[i] = e[i].fixed_iova;
+		b->iovas[i] = e[i].fixed_iova ? e[i].iova : 0;
+		b->alignments[i] = e[i].alignment;
+	}
+	*cols = (Iommud__V1__MapEntryColumns)IOMMUD__V1__MAP_ENTRY_COLUMNS__INIT;
+	COLUMN_SET(cols, domain_ids, b->domain_ids, n);
+	COLUMN_SET(cols, fd_indexes, b->fd_indexes, n);
+	COLUMN_SET(cols, offsets, b->offsets, n);
+	COLUMN_SET(cols, lengths, b->lengths, n);
+	COLUMN_SET(cols, prots, b->prots, n);
+	COLUMN_SET(cols, fixed_iovas, b->fixed_iovas, n);
+	COLUMN_SET(cols, iovas, b->iovas, n);
+	COLUMN_SET(cols, alignments, b->alignments, n);
+	b->req.columns = cols;
+}
+
+static void batch_entries(struct batch *b, const struct iommuctl_map_entry *e, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		b->entries[i] = (Iommud__V1__MapEntry)IOMMUD__V1__MAP_ENTRY__INIT;
+		b->entries[i].domain_id = e[i].domain_id;
+		b->entries[i].fd_index = b->fd_indexes[i];
+		b->entries[i].offset = e[i].offset;
+		b->entries[i].length = e[i].length;
+		b->entries[i].prot = e[i].prot;
+		b->entries[i].fixed_iova = e[i].fixed_iova;
+		b->entries[i].iova = e[i].fixed_iova ? e[i].iova : 0;
+		b->entries[i].alignment = e[i].alignment;
+		b->entry_ptrs[i] = &b->entries[i];
+	}
+	b->req.n_entries = n;
+	b->req.entries = b->entry_ptrs;
+}
+
+static struct batch *batch_new(size_t n)
+{
+	size_t words = 8 * n, size = sizeof(struct batch) + words * sizeof(uint64_t) +
+				     n * (sizeof(Iommud__V1__MapEntry) + sizeof(void *));
+	struct batch *b = calloc(1, size);
+	uint64_t *w;
+
+	if (!b)
+		return NULL;
+	w = (uint64_t *)(b + 1);
+	b->offsets = w;
+	b->lengths = w + n;
+	b->iovas = w + 2 * n;
+	b->alignments = w + 3 * n;
+	b->domain_ids = (uint32_t *)(w + 4 * n);
+	b->fd_indexes = (uint32_t *)(w + 5 * n);
+	b->prots = (uint32_t *)(w + 6 * n);
+	b->fixed_iovas = (protobuf_c_boolean *)(w + 7 * n);
+	b->entries = (Iommud__V1__MapEntry *)(w + words);
+	b->entry_ptrs = (Iommud__V1__MapEntry **)(b->entries + n);
+	b->req = (Iommud__V1__MapBatchRequest)IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+	return b;
+}
+
+int iommuctl_map_batch(struct iommuctl *c, struct iommuctl_map_entry *entries, size_t n,
+		       size_t *ret_failed)
+{
+	Iommud__V1__Request req;
+	Iommud__V1__Response *r = NULL;
+	struct batch *b;
+	int err = 0;
+
+	if (!n)
+		return fail(c, -EINVAL, "a batch needs at least one entry");
+	if (!(b = batch_new(n)))
+		return fail(c, -ENOMEM, "no memory for a batch of %zu entries", n);
+	for (size_t i = 0; i < n && !err; i++)
+		err = batch_fd_index(c, b, entries[i].fd, &b->fd_indexes[i]);
+	if (!err) {
+		if (c->batch_columns)
+			batch_columns(b, entries, n);
+		else
+			batch_entries(b, entries, n);
+		req = request_of(IOMMUD__V1__REQUEST__METHOD_MAP_BATCH, &b->req.base);
+		err = iommuctl_call(c, &req, b->fds, b->nfds, &r, NULL, 0, NULL);
+	}
+	if (err == 0 && r->map_batch->n_iovas != n)
+		err = fail(c, -EPROTO, "iommud answered a batch of %zu entries with %zu addresses",
+			   n, r->map_batch->n_iovas);
+	if (err == 0)
+		for (size_t i = 0; i < n; i++)
+			entries[i].iova = r->map_batch->iovas[i];
+	if (ret_failed)
+		*ret_failed = err && c->failed_index >= 0 && (size_t)c->failed_index < n
+				      ? (size_t)c->failed_index
+				      : n;
+	if (err == 0)
+		iommuctl_response_free(r);
+	free(b);
+	return err;
 }
 
 /* Unmap and UnmapAll: call, then report the bytes their replies count. */

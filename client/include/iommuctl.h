@@ -147,6 +147,24 @@ int iommuctl_detach(struct iommuctl *c, const char *device);
  * (aligned to alignment, 0 for the default) and stores it in *iova. */
 int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t offset,
 		    uint64_t length, uint32_t prot, bool fixed, uint64_t alignment, uint64_t *iova);
+/* One mapping of a batch: as iommuctl_map_fd's arguments; iova is also where it went. */
+struct iommuctl_map_entry {
+	uint32_t domain_id;
+	int fd; /* entries may share a file; a batch names at most IOMMUD_MAX_FDS different ones */
+	uint64_t offset;
+	uint64_t length;
+	uint32_t prot;
+	bool fixed_iova; /* map at iova; otherwise the daemon picks it and stores it there */
+	uint64_t alignment;
+	uint64_t iova;
+};
+/* Maps n entries (1 to 1024) in one MapBatch request, all or nothing: on success each entry's
+ * iova says where it went; on failure nothing of the batch stays mapped, and *ret_failed (may
+ * be NULL) is the index of the entry that failed, or n when the failure was not one entry's.
+ * Sent in the compact form (MapBatchRequest.columns) where the daemon's Hello offered
+ * map_batch_columns, else as one MapEntry per entry. */
+int iommuctl_map_batch(struct iommuctl *c, struct iommuctl_map_entry *entries, size_t n,
+		       size_t *ret_failed);
 /* Removes every mapping inside [iova, iova+length); unmapped (may be NULL) gets the bytes. Once
  * it returns, the memory is the caller's again, unless iommuctl_set_keep_maps is on. */
 int iommuctl_unmap(struct iommuctl *c, uint32_t domain_id, uint64_t iova, uint64_t length,

@@ -402,6 +402,77 @@ TEST_F(daemon, map_batch_columns)
 	iommuctl_close(c);
 }
 
+/* iommuctl_map_batch in both forms: one MapEntry per entry before a Hello (the library knows
+ * nothing of the daemon), the columns once Hello offered them. Entries share a file; the batch
+ * is all or nothing and says which entry failed; picked IOVAs come back in the entries. */
+static void library_batch(struct iommuctl *c, const int *fds)
+{
+	struct iommuctl_map_entry e[3];
+	uint64_t listed[8];
+	size_t failed = 99;
+	uint32_t dom;
+
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	for (size_t i = 0; i < 3; i++)
+		e[i] = (struct iommuctl_map_entry){.domain_id = dom,
+						   .fd = fds[i == 1],
+						   .offset = i == 1 ? 0 : PAGE * i,
+						   .length = PAGE,
+						   .prot = IOMMUCTL_PROT_READ,
+						   .fixed_iova = true,
+						   .iova = 0x10000 * (i + 1)};
+	e[2].iova = e[0].iova;
+	CHECK(iommuctl_map_batch(c, e, 3, &failed) == -EEXIST);
+	CHECK_EQ(failed, 2);
+	CHECK_EQ(list_mappings(c, dom, listed, 8), 0);
+	e[2].iova = 0x30000;
+	CHECK_CALL(c, iommuctl_map_batch(c, e, 3, &failed));
+	CHECK_EQ(list_mappings(c, dom, listed, 8), 3);
+	CHECK_EQ(listed[1], 0x20000);
+	CHECK_EQ(quota_of(c).pinned_bytes, 3 * PAGE);
+	CHECK_CALL(c, iommuctl_unmap_all(c, dom, NULL));
+	/* Picked addresses, every column the same but the offsets'. */
+	for (size_t i = 0; i < 3; i++)
+		e[i] = (struct iommuctl_map_entry){.domain_id = dom,
+						   .fd = fds[0],
+						   .offset = PAGE * i,
+						   .length = PAGE,
+						   .prot = IOMMUCTL_PROT_READ};
+	CHECK_CALL(c, iommuctl_map_batch(c, e, 3, NULL));
+	CHECK(e[0].iova && e[1].iova && e[2].iova && e[0].iova != e[1].iova &&
+	      e[1].iova != e[2].iova && e[0].iova != e[2].iova);
+	CHECK_EQ(list_mappings(c, dom, listed, 8), 3);
+	CHECK_CALL(c, iommuctl_free_domain(c, dom));
+}
+
+TEST_F(daemon, map_batch_library)
+{
+	struct iommuctl *c = connect_client(NULL);
+	int fds[2] = {memfd_of(4 * PAGE), memfd_of(PAGE)};
+	struct iommuctl_map_entry many[IOMMUD_MAX_FDS + 1];
+	size_t failed = 99;
+
+	library_batch(c, fds);
+	iommuctl_close(c);
+	c = connect_client(NULL);
+	CHECK_CALL(c, iommuctl_hello(c, "test", NULL, NULL));
+	library_batch(c, fds);
+	/* More files than a request carries: refused by the library, which names the fix. */
+	for (size_t i = 0; i < IOMMUD_MAX_FDS + 1; i++)
+		many[i] = (struct iommuctl_map_entry){.domain_id = 1,
+						      .fd = memfd_of(PAGE),
+						      .length = PAGE,
+						      .prot = IOMMUCTL_PROT_READ};
+	CHECK(iommuctl_map_batch(c, many, IOMMUD_MAX_FDS + 1, &failed) == -E2BIG);
+	CHECK(strstr(iommuctl_last_error(c), "split the batch by file"));
+	CHECK_EQ(failed, IOMMUD_MAX_FDS + 1);
+	for (size_t i = 0; i < IOMMUD_MAX_FDS + 1; i++)
+		(void)close(many[i].fd);
+	(void)close(fds[0]);
+	(void)close(fds[1]);
+	iommuctl_close(c);
+}
+
 /* Several requests in flight on one connection come back in order, with their ids. */
 TEST_F(daemon, pipelining)
 {
