@@ -632,11 +632,17 @@ static void apply_entry(struct state *st, const Entry *e, bool whole)
 
 /* Kernel objects of the context the record does not hold, charged to no one otherwise: a
  * domain made by a call the daemon's end cut short before its record, or one the replay left
- * out. */
+ * out. It waits until the manager has closed its copies of the devices the replay left out
+ * (unstore_unbound): until then each stays bound, and attached where the take-over's end could
+ * not block it, and the domain it is attached to, with the address space under it, answers
+ * EBUSY and would outlive the sweep. */
 static void destroy_unheld(struct lease_rec *rec)
 {
 	size_t destroyed = 0;
-	int rc = kh_ctx_destroy_unheld(session_ctx(rec->s), &destroyed);
+	int rc;
+
+	fdstore_sync();
+	rc = kh_ctx_destroy_unheld(session_ctx(rec->s), &destroyed);
 
 	if (rc < 0)
 		log_struct(LOG_ERR, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
@@ -652,15 +658,16 @@ static void destroy_unheld(struct lease_rec *rec)
 			   destroyed);
 }
 
-/* The kernel's mappings and attachments made to match what the replay left in the books. */
-static void end_take_over(struct lease_rec *rec)
+/* The kernel's mappings and attachments made to match what the replay left in the books;
+ * whether the lease's kernel objects were taken over. */
+static bool end_take_over(struct lease_rec *rec)
 {
 	struct kh_ctx *ctx = session_ctx(rec->s);
 	size_t remade = 0;
 	int rc;
 
 	if (!kh_ctx_adopting(ctx))
-		return;
+		return false;
 	rc = kh_ctx_adopt_end(ctx, &remade);
 	if (rc < 0)
 		log_struct(
@@ -673,7 +680,7 @@ static void end_take_over(struct lease_rec *rec)
 			   "lease '{IOMMUD_LEASE}': %zu mapping(s) the kernel no longer held (a "
 			   "change cut short by the daemon's end) were made again",
 			   remade);
-	destroy_unheld(rec);
+	return true;
 }
 
 /* Of the objects (ids) whose descriptors the store holds, keeps those the context still has a
@@ -736,6 +743,7 @@ static void dirty_bits_lost(struct lease_rec *rec)
 static void finish_leases(struct state *st)
 {
 	struct lease_rec *rec;
+	bool taken_over;
 
 	LIST_FOREACH (rec, &st->leases, link) {
 		log_struct(LOG_NOTICE, LOG_FIELDS({"IOMMUD_LEASE", session_lease(rec->s)}),
@@ -744,8 +752,10 @@ static void finish_leases(struct state *st)
 								: "");
 		if (!kh_ctx_adopting(session_ctx(rec->s)))
 			dirty_bits_lost(rec);
-		end_take_over(rec);
+		taken_over = end_take_over(rec);
 		unstore_unbound(rec);
+		if (taken_over)
+			destroy_unheld(rec);
 		lease_store_kernel(st, rec);
 		session_leave(rec->s);
 	}

@@ -23,7 +23,9 @@
  *
  * Then, on iommufd, the daemon that kills itself before its record holds an AllocDomain
  * (iommud_kill_points, survival_kill_points.c) is killed inside one: the next daemon destroys
- * the domain the kernel made and the lease is as it was.
+ * the domain the kernel made and the lease is as it was. Then a restart that no longer allows
+ * the edu leaves its Bind and its domain out of the replay: the next daemon destroys that
+ * domain, and the lease is made again with the edu allowed.
  *
  * On vfio-type1 the lease then gets a second domain, tracking dirty pages, with the memfd mapped
  * and no device attached: its container holds no group at the next kill -9, so the kernel keeps
@@ -83,8 +85,12 @@
 #define LEASE	 "edu-survivor"
 
 /* Root may take every device (the built-in rule), hold a lease and hand devices to a VMM. */
-static const char config[] = "probe-tier = off\n[uid 0]\naccess = write\ndevices = *\n"
-			     "max-leases = 2\ndelegate = yes\n";
+#define CONFIG_DEVICES(devices)                                                                    \
+	"probe-tier = off\n[uid 0]\naccess = write\ndevices = " devices "\nmax-leases = 2\n"       \
+	"delegate = yes\n"
+static const char config[] = CONFIG_DEVICES("*");
+/* The same with the edu no longer allowed (no such PCI address in the guest). */
+static const char config_without_edu[] = CONFIG_DEVICES("0000:ff:1f.7");
 
 struct survivor {
 	struct supervisor sv;
@@ -604,6 +610,51 @@ static void check_unrecorded_domain(struct survivor *s, const struct answers *be
 	check_lease_back(s, before, "after an AllocDomain cut short by a kill");
 }
 
+/* The configuration file the supervisor's daemons read, its text `from` (written after the
+ * [daemon] section) replaced by `to`, for the next daemon started. */
+static void swap_config(struct survivor *s, const char *from, const char *to)
+{
+	char text[4096], *tail;
+	size_t n;
+	FILE *f = fopen(s->sv.config_path, "r+");
+
+	CHECK(f != NULL);
+	n = fread(text, 1, sizeof(text) - 1, f);
+	text[n] = '\0';
+	tail = strstr(text, from);
+	CHECK(tail && strlen(tail) == strlen(from));
+	CHECK_OK(ftruncate(fileno(f), tail - text));
+	CHECK_OK(fseek(f, tail - text, SEEK_SET));
+	CHECK(fputs(to, f) >= 0);
+	CHECK_OK(fclose(f));
+}
+
+/* A restart that no longer allows the edu: the replay leaves out its Bind, and with it the
+ * domain made for it, attached to the edu until the take-over's end blocks it, and, where that
+ * fails, until the manager closes the store's copy of the edu. The next daemon must destroy the
+ * domain, or it lives on, its mappings pinned, charged to no one. The lease is made again
+ * afterwards. */
+static void check_left_out_device(struct survivor *s)
+{
+	const char *destroyed = "kernel object(s) its record does not hold";
+	size_t said = supervisor_log_count(&s->sv, destroyed);
+
+	iommuctl_close(s->c);
+	supervisor_kill(&s->sv);
+	swap_config(s, config, config_without_edu);
+	supervisor_spawn(&s->sv);
+	CHECK_EQ(supervisor_log_count(&s->sv, destroyed), said + 1);
+	CHECK(!supervisor_log_has(&s->sv, "cannot destroy the kernel objects"));
+	(void)printf("ok: the domain of a device the replay left out was destroyed by the next "
+		     "daemon\n");
+	swap_config(s, config_without_edu, config);
+	kill_and_restart(s);
+	connect_lease(s);
+	(void)munmap(s->mem, 2 * PAGE);
+	(void)close(s->memfd);
+	make_lease(s);
+}
+
 /* A lease released and ended (its last connection gone, its descriptors out of the store), then
  * the daemon killed before a snapshot left the release out of the record: the next daemon ends
  * the lease as released at its entry, without trying to take over objects the end destroyed
@@ -856,8 +907,10 @@ int main(void)
 	check_taken_over(&s, &before);
 	/* vfio-type1's domains are containers of their own, which the store keeps: one no record
 	 * names is a stray. */
-	if (strcmp(want, "iommufd") == 0)
+	if (strcmp(want, "iommufd") == 0) {
 		check_unrecorded_domain(&s, &before);
+		check_left_out_device(&s);
+	}
 	if (strcmp(want, "vfio-type1") == 0) {
 		iommuctl_close(s.c);
 		check_dirty_after_restart(&s);
