@@ -319,6 +319,17 @@ int __wrap_ioctl(int fd, unsigned long request, ...)
 	return cmd->size ? __real_ioctl(fd, request, arg) : 0;
 }
 
+/* A device attached to the domain, two pages mapped at base and one at base + 4 pages, which
+ * "another process" made (foreign_iova). */
+static void setup_foreign(const struct fixture_conformance *self, struct setup *s, uint64_t base)
+{
+	setup(self, s);
+	CHECK_OK(kh_attach(s->ctx, s->dev[0], s->dom));
+	map_fixed(s, s->dom, base, 2 * PAGE, 0, KH_PROT_READ);
+	map_fixed(s, s->dom, base + 4 * PAGE, PAGE, 2 * PAGE, KH_PROT_READ);
+	foreign_iova = base + 4 * PAGE;
+}
+
 /* Where the kernel keeps mappings the daemon's previous process made (above), an unmap fails
  * and says why; the mappings the kernel removed all the same leave the books, the rest stay, and
  * the books match the kernel (the range removed maps again, the whole unmaps once the kernel lets
@@ -332,13 +343,9 @@ TEST_F(conformance, unmap_kept_by_kernel)
 
 	if (strcmp(variant->backend, "vfio-type1") != 0)
 		SKIP("the case stands in for an older kernel's VFIO type1");
-	setup(self, &s);
-	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
-	map_fixed(&s, s.dom, base, 2 * PAGE, 0, KH_PROT_READ);
-	map_fixed(&s, s.dom, base + 4 * PAGE, PAGE, 2 * PAGE, KH_PROT_READ);
+	setup_foreign(self, &s, base);
 	map_fixed(&s, s.dom, base + 8 * PAGE, PAGE, 3 * PAGE, KH_PROT_WRITE);
 	snap(&s, s.dom, &before);
-	foreign_iova = base + 4 * PAGE;
 
 	CHECK_ERR(kh_unmap(s.ctx, s.dom, foreign_iova, PAGE, &unmapped), -EPERM, why);
 	CHECK_EQ(unmapped, 0);
@@ -371,11 +378,7 @@ TEST_F(conformance, unmap_kept_probe_cannot_pin)
 
 	if (strcmp(variant->backend, "vfio-type1") != 0)
 		SKIP("the case stands in for an older kernel's VFIO type1");
-	setup(self, &s);
-	CHECK_OK(kh_attach(s.ctx, s.dev[0], s.dom));
-	map_fixed(&s, s.dom, base, 2 * PAGE, 0, KH_PROT_READ);
-	map_fixed(&s, s.dom, base + 4 * PAGE, PAGE, 2 * PAGE, KH_PROT_READ);
-	foreign_iova = base + 4 * PAGE;
+	setup_foreign(self, &s, base);
 	map_errno = ENOMEM;
 
 	CHECK_ERR(kh_unmap(s.ctx, s.dom, base, 16 * PAGE, &unmapped), -EPERM,
