@@ -193,7 +193,7 @@ static int set_container(int group, int container, const char *name)
 
 /* The tag of a device whose group was open elsewhere when the backend probed it (kept in the
  * store for a take-over, most often), so its IOMMU could not be asked then: it is asked when the
- * take-over brings the group's file or a container its group is in. */
+ * take-over brings the group's file and the containers (type1_ctx_adopt). */
 static char unprobed;
 
 /* What the IOMMU of a container taken over offers, for a device whose group was open elsewhere
@@ -586,15 +586,26 @@ static int page_held(struct type1_domain *d, uint64_t iova, uint64_t vaddr, uint
 	return rc < 0 ? rc : 0;
 }
 
+/* type1 answers a map whose range it found free and then could not make with ENOSPC (its
+ * count of mappings spent) or ENOMEM (the memory to pin, RLIMIT_MEMLOCK): both come after its
+ * overlap check, so they too say that nothing is mapped there. */
+static bool found_free(int rc)
+{
+	return rc == -ENOSPC || rc == -ENOMEM;
+}
+
 /* Whether the kernel maps the page at iova, asked with a map of it from vaddr (which type1
  * answers EEXIST where something is mapped, before it pins anything); a probe that found
- * nothing is taken out again. */
+ * nothing is taken out again. Where that fails, the page stays mapped but "not held" was
+ * proven: a later removal of the range takes it out with the rest. */
 static int page_kept(struct type1_domain *d, uint64_t iova, uint64_t vaddr)
 {
 	int rc = page_held(d, iova, vaddr, KH_PROT_READ);
 
+	if (found_free(rc))
+		return 0;
 	if (rc == 0)
-		rc = dma_unmap(d, iova, d->dom.page_sizes & -d->dom.page_sizes, 0, NULL);
+		(void)dma_unmap(d, iova, d->dom.page_sizes & -d->dom.page_sizes, 0, NULL);
 	return rc;
 }
 
@@ -631,6 +642,23 @@ static int booked_bytes(struct type1_domain *d, uint64_t iova, uint64_t last, bo
 	return 0;
 }
 
+/* A short unmap whose kept mappings could not be found (the probe failed as rc): the books
+ * keep those the kernel may still hold (kh_unmap drops the rest). */
+static int unknown_kept(const struct type1_domain *d, uint64_t iova, uint64_t last,
+			uint64_t removed, uint64_t booked, int rc)
+{
+	char why[KH_ERROR_MAX];
+
+	(void)snprintf(why, sizeof(why), "%s", kh_last_error());
+	return kh_fail(rc,
+		       "the kernel removed only 0x%" PRIx64 " of the 0x%" PRIx64
+		       " bytes mapped in IOVA 0x%" PRIx64 "-0x%" PRIx64
+		       " of domain %u, and asking which it kept failed: %s. The domain lists "
+		       "the mappings it could not ask about as mapped (ListMappings); unmap "
+		       "them again once the cause is gone",
+		       removed, booked, iova, last, d->dom.id, why);
+}
+
 /* An unmap answered with fewer bytes than the books hold in the range: kernels whose type1 lets
  * only the process that made a mapping remove it (their VFIO_IOMMU_UNMAP_DMA compares the
  * mapping's task's memory with the caller's) stop at one the daemon's previous process made,
@@ -650,6 +678,8 @@ static int check_removed(struct type1_domain *d, uint64_t iova, uint64_t length,
 		else
 			rc = booked_bytes(d, iova, last, true, &kept);
 	}
+	if (rc < 0 && removed < booked)
+		return unknown_kept(d, iova, last, removed, booked, rc);
 	if (rc < 0 || !kept)
 		return rc;
 	return kh_fail(-EPERM,
@@ -773,17 +803,13 @@ static int check_flags(const struct kh_device *dev, uint32_t flags)
 }
 
 /* A paging domain around the container fd (the domain's on success; the caller's to close
- * otherwise). */
+ * otherwise), with flags the caller checked or the kernel granted. */
 static int domain_new(struct kh_device *dev, uint32_t flags, int container,
 		      struct type1_domain **ret)
 {
 	const struct kh_hw_info *hw = &dev->bdev->info.hw;
-	struct type1_domain *d;
-	int rc = check_flags(dev, flags);
+	struct type1_domain *d = kh_zalloc(sizeof(*d));
 
-	if (rc < 0)
-		return rc;
-	d = kh_zalloc(sizeof(*d));
 	if (!d)
 		return kh_fail(-ENOMEM, "cannot allocate a domain");
 	d->container = container;
@@ -893,6 +919,23 @@ static int check_container(const struct kh_adopt_domain *d)
 	return rc;
 }
 
+/* What the IOMMU offers a device whose group was open elsewhere at the backend's probe, asked
+ * before the replay makes any domain with it: through its group (group) where that is in no
+ * container, else through any container taken over that has an IOMMU, as every group of the
+ * lease shares the type1 IOMMU driver. The group's own container may come late in the record,
+ * or be none of them. */
+static void probe_adopted(struct kh_bdev *bdev, int group, const struct kh_adopt_domain *doms,
+			  size_t n_doms)
+{
+	struct vfio_iommu_type1_info info = {.argsz = sizeof(info)};
+
+	if (bdev->priv == &unprobed)
+		probe_group(bdev, group);
+	for (size_t i = 0; i < n_doms && bdev->priv == &unprobed; i++)
+		if (ioctl(doms[i].fd, VFIO_IOMMU_GET_INFO, &info) == 0)
+			probe_container(bdev, doms[i].fd);
+}
+
 static int type1_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_adopt_device *devs,
 			   size_t n_devs, const struct kh_adopt_domain *doms, size_t n_doms)
 {
@@ -904,6 +947,9 @@ static int type1_ctx_adopt(struct kh_ctx *ctx, int kernel_fd, const struct kh_ad
 		rc = check_group(ctx->be, &devs[i]);
 	for (size_t i = 0; i < n_doms && rc == 0; i++)
 		rc = check_container(&doms[i]);
+	for (size_t i = 0; i < n_devs && rc == 0; i++)
+		probe_adopted(&ctx->be->devices[kh_device_lookup(ctx->be, devs[i].name)],
+			      devs[i].fd, doms, n_doms);
 	return rc;
 }
 
@@ -915,9 +961,6 @@ static int type1_adopt_bind(struct kh_ctx *ctx, struct kh_device *dev, int fd,
 	struct type1_group *g = find_group(ctx->priv, dev->bdev->info.group);
 
 	(void)ids;
-	/* A group in a container is asked through it (type1_adopt_domain). */
-	if (dev->bdev->priv == &unprobed)
-		probe_group(dev->bdev, fd);
 	if (!g)
 		return add_group(ctx->priv, dev, fd);
 	(void)close(fd);
@@ -927,7 +970,8 @@ static int type1_adopt_bind(struct kh_ctx *ctx, struct kh_device *dev, int fd,
 }
 
 /* A live domain keeps its container; whether the container still has its IOMMU (a group in
- * it) is what VFIO_IOMMU_GET_INFO answers. One the replay frees again gets a fresh, empty one. */
+ * it) is what VFIO_IOMMU_GET_INFO answers. Its flags the kernel granted when it was made, so
+ * they are not checked again. One the replay frees again gets a fresh, empty one. */
 static int type1_adopt_domain(struct kh_device *dev, const struct kh_domain_alloc_args *args,
 			      struct kh_domain *parent, const uint32_t *ids, int fd,
 			      struct kh_domain **out)
@@ -943,8 +987,6 @@ static int type1_adopt_domain(struct kh_device *dev, const struct kh_domain_allo
 	if (ids) {
 		bool iommu = ioctl(fd, VFIO_IOMMU_GET_INFO, &info) == 0;
 
-		if (iommu && dev->bdev->priv == &unprobed)
-			probe_container(dev->bdev, fd);
 		rc = domain_new(dev, args->flags, fd, &d);
 		if (rc < 0)
 			return rc;
@@ -1037,6 +1079,15 @@ static int type1_adopt_mapped(struct kh_domain *dom, const struct kh_mapping *m)
 	return rc;
 }
 
+/* START and STOP are no-ops where the kernel tracks as asked already, and a START over mappings
+ * reports every pinned page dirty at the next read, so no bit is lost. A container without an
+ * IOMMU starts tracking at its first attach (replay_mappings). */
+static int type1_adopt_dirty(struct kh_domain *dom, bool on, const struct kh_mapping *mapped)
+{
+	(void)mapped;
+	return type1_set_dirty_tracking(dom, on);
+}
+
 static const struct kh_backend_ops type1_ops = {
 	.kind = KH_BACKEND_VFIO_TYPE1,
 	.name = "vfio-type1",
@@ -1059,6 +1110,7 @@ static const struct kh_backend_ops type1_ops = {
 	.adopt_settle = type1_adopt_settle,
 	.adopt_recount = type1_adopt_recount,
 	.adopt_mapped = type1_adopt_mapped,
+	.adopt_dirty = type1_adopt_dirty,
 	.alloc_paging = type1_alloc_paging,
 	.default_domain_ops = &type1_paging_ops,
 };
