@@ -877,6 +877,7 @@ int iommuctl_map_batch(struct iommuctl *c, struct iommuctl_map_entry *entries, s
 	struct batch *b;
 	int err = 0;
 
+	c->failed_index = -1; /* an earlier call's, until this batch's reply says */
 	if (!n)
 		return fail(c, -EINVAL, "a batch needs at least one entry");
 	if (!(b = batch_new(n)))

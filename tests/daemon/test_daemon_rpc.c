@@ -451,13 +451,26 @@ TEST_F(daemon, map_batch_library)
 	int fds[2] = {memfd_of(4 * PAGE), memfd_of(PAGE)};
 	struct iommuctl_map_entry many[IOMMUD_MAX_FDS + 1];
 	size_t failed = 99;
+	uint32_t dom;
 
 	library_batch(c, fds);
 	iommuctl_close(c);
 	c = connect_client(NULL);
 	CHECK_CALL(c, iommuctl_hello(c, "test", NULL, NULL));
 	library_batch(c, fds);
-	/* More files than a request carries: refused by the library, which names the fix. */
+	/* More files than a request carries: refused by the library, which names the fix, and
+	 * says no entry failed, whatever the batch before it said. */
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	many[0] = (struct iommuctl_map_entry){.domain_id = dom,
+					      .fd = fds[0],
+					      .length = PAGE,
+					      .prot = IOMMUCTL_PROT_READ,
+					      .fixed_iova = true,
+					      .iova = 0x10000};
+	many[1] = many[0];
+	many[1].offset = PAGE; /* the same would be a retry, answered as done */
+	CHECK(iommuctl_map_batch(c, many, 2, &failed) == -EEXIST);
+	CHECK_EQ(failed, 1);
 	for (size_t i = 0; i < IOMMUD_MAX_FDS + 1; i++)
 		many[i] = (struct iommuctl_map_entry){.domain_id = 1,
 						      .fd = memfd_of(PAGE),
