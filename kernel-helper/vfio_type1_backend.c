@@ -669,8 +669,14 @@ static int unknown_kept(const struct type1_domain *d, uint64_t iova, uint64_t la
 static int check_removed(struct type1_domain *d, uint64_t iova, uint64_t length, uint64_t removed)
 {
 	uint64_t last = iova + length - 1, booked = length, kept = 0;
-	bool tail = kh_ioas_tail_of(d->dom.ioas, iova, last) != NULL;
-	int rc = tail ? 0 : booked_bytes(d, iova, last, false, &booked);
+	bool tail;
+	int rc;
+
+	/* The books hold no more than the range: an unmap of all of it, as a rule, needs no walk. */
+	if (removed >= length)
+		return 0;
+	tail = kh_ioas_tail_of(d->dom.ioas, iova, last) != NULL;
+	rc = tail ? 0 : booked_bytes(d, iova, last, false, &booked);
 
 	if (rc == 0 && removed < booked) {
 		if (tail)
