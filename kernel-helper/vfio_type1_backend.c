@@ -672,7 +672,7 @@ static int check_removed(struct type1_domain *d, uint64_t iova, uint64_t length,
 	bool tail;
 	int rc;
 
-	/* The books hold no more than the range: an unmap of all of it, as a rule, needs no walk. */
+	/* The books hold no more than the range: an unmap of all of it needs no walk. */
 	if (removed >= length)
 		return 0;
 	tail = kh_ioas_tail_of(d->dom.ioas, iova, last) != NULL;
