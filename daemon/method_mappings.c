@@ -92,7 +92,10 @@ struct column {
 #define SAME_TYPE(values, field)                                                                   \
 	_Static_assert(sizeof(*((Iommud__V1__MapEntryColumns *)0)->values) ==                      \
 			       sizeof(((Iommud__V1__MapEntry *)0)->field),                         \
-		       #values " holds MapEntry." #field)
+		       #values " holds MapEntry." #field);                                         \
+	_Static_assert(sizeof(((Iommud__V1__MapEntry *)0)->field) == sizeof(uint32_t) ||           \
+			       sizeof(((Iommud__V1__MapEntry *)0)->field) == sizeof(uint64_t),     \
+		       "column_copy moves " #values " as a word")
 
 SAME_TYPE(domain_ids, domain_id);
 SAME_TYPE(fd_indexes, fd_index);
@@ -127,6 +130,24 @@ static size_t batch_entries(const Iommud__V1__MapBatchRequest *r)
 	return n;
 }
 
+/* Copies a column's values (count: one for all the entries, or one each) into the n entries'
+ * field, in moves of its width the compiler makes: a call to memcpy per value would cost more
+ * than the value. */
+static void column_copy(Iommud__V1__MapEntry *entries, size_t n, const struct column *col,
+			const char *values, size_t count)
+{
+	size_t stride = count == 1 ? 0 : col->width;
+
+	for (size_t i = 0; i < n; i++) {
+		char *field = (char *)&entries[i] + col->field_at;
+
+		if (col->width == sizeof(uint64_t))
+			memcpy(field, values + i * stride, sizeof(uint64_t));
+		else
+			memcpy(field, values + i * stride, sizeof(uint32_t));
+	}
+}
+
 /* Reads a compact batch's n entries into MapEntry messages of the request, which the rest of
  * the call (and the state record) reads as if they had come so; they go with the request. */
 static int entries_of_columns(struct call *call, Iommud__V1__MapBatchRequest *r, size_t n)
@@ -153,9 +174,8 @@ static int entries_of_columns(struct call *call, Iommud__V1__MapBatchRequest *r,
 				    "entries (its longest column); give every column one value per "
 				    "entry, one value for all of them, or none",
 				    col->name, count, n);
-		for (size_t i = 0; count && i < n; i++)
-			memcpy((char *)&entries[i] + col->field_at,
-			       values + (count == 1 ? 0 : i * col->width), col->width);
+		if (count)
+			column_copy(entries, n, col, values, count);
 	}
 	r->entries = pointers;
 	r->n_entries = n;
@@ -178,10 +198,58 @@ static uint64_t size_steps(const struct call *call, uint64_t started, unsigned *
  * mapped since without one. A step reads the clock to size the next and to stop at the slice's
  * end; a mapping made in one step has no next to size, so small entries read it only once they
  * add up to a step of parts' worth, which bounds how far a slice runs past its time as a step of
- * a large mapping does, without a clock read for every page of a batch. */
+ * a large mapping does, without a clock read for every page of a batch. Where the daemon times
+ * its backend's maps (session_times_maps), a batch's entries made in one call each are timed
+ * the same way: together, from one look to the next, each recorded with an equal share of that
+ * time, so that each still counts once, with its bytes, and no page costs two clock reads. */
 struct slice_clock {
 	uint64_t at, unclocked;
+	bool together;	/* times a batch's one-call entries together */
+	size_t untimed; /* such entries mapped since the last look */
 };
+
+/* Records the entries timed together since the clock's last look, the last of them
+ * entries[end - 1], with equal shares of the time from since to now. */
+static void record_together(struct call *call, Iommud__V1__MapEntry *const *entries,
+			    struct slice_clock *clock, size_t end, uint64_t since, uint64_t now)
+{
+	uint64_t share = (now - since) / clock->untimed;
+
+	for (size_t i = end - clock->untimed; i < end; i++)
+		session_record_map(call->client->session, entries[i]->length, share);
+	clock->untimed = 0;
+}
+
+/* Looks at the clock for the entries timed together and not yet recorded, the last of them
+ * entries[end - 1], if there are any: before a mapping timed on its own, and where the batch
+ * ends or fails. */
+static void settle_together(struct call *call, Iommud__V1__MapEntry *const *entries,
+			    struct slice_clock *clock, size_t end)
+{
+	uint64_t now;
+
+	if (!clock->untimed)
+		return;
+	now = monotonic_ns();
+	record_together(call, entries, clock, end, clock->at, now);
+	clock->at = now;
+}
+
+/* Starts the mapping of entries[call->done]: timed with the ones before it where the clock
+ * times them together and it is made in one call, else on its own. */
+static int map_entry_start(struct call *call, Iommud__V1__MapEntry *const *entries,
+			   struct slice_clock *clock)
+{
+	struct map_entry e = entry_of(call, entries[call->done]);
+	int rc = session_map_start(call->client->session, &e, &call->part);
+
+	if (rc < 0)
+		return rc;
+	call->part.timed_by_caller = clock->together && !call->part.part;
+	if (!call->part.timed_by_caller)
+		settle_together(call, entries, clock, call->done);
+	return 0;
+}
 
 /* Maps entries[call->done] step by step, starting it if it is not in progress, into
  * iovas[call->done]: 0 when done, CALL_MORE when the slice's time is up first, a negative
@@ -191,15 +259,11 @@ static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entri
 			   struct slice_clock *clock)
 {
 	struct session *s = call->client->session;
-	struct map_entry e;
-	uint64_t started, mapped;
+	uint64_t started, mapped, ended;
 	int rc;
 
-	if (!call->part.mo) {
-		e = entry_of(call, entries[call->done]);
-		if ((rc = session_map_start(s, &e, &call->part)) < 0)
-			return rc;
-	}
+	if (!call->part.mo && (rc = map_entry_start(call, entries, clock)) < 0)
+		return rc;
 	do {
 		if (clock->at && clock->at >= call->deadline_ns)
 			return CALL_MORE;
@@ -207,10 +271,15 @@ static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entri
 		mapped = call->part.mapped;
 		rc = session_map_step(s, &call->part);
 		clock->unclocked += call->part.mapped - mapped;
+		clock->untimed += rc == 0 && call->part.timed_by_caller;
 		if (rc == 0 && clock->at && !call->part.part &&
 		    clock->unclocked < MAP_PART_PAGES * MAP_GRANULE)
 			break;
-		clock->at = size_steps(call, started, &call->part.parts_per_step);
+		ended = size_steps(call, started, &call->part.parts_per_step);
+		if (clock->untimed)
+			record_together(call, entries, clock, call->done + (rc == 0), started,
+					ended);
+		clock->at = ended;
 		clock->unclocked = 0;
 	} while (rc > 0);
 	if (rc == 0)
@@ -414,16 +483,19 @@ static int map_batch_entries(struct call *call)
 {
 	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
 	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
-	struct slice_clock clock = {0};
+	struct slice_clock clock = {.together = session_times_maps(call->client->session)};
 	int rc;
 
 	for (; call->done < r->n_entries; call->done++) {
 		rc = map_entry_parts(call, r->entries, reply->iovas, &clock);
 		if (rc == CALL_MORE)
 			return rc;
-		if (rc < 0)
+		if (rc < 0) {
+			settle_together(call, r->entries, &clock, call->done);
 			return map_failed(call, rc, true);
+		}
 	}
+	settle_together(call, r->entries, &clock, r->n_entries);
 	reply->n_iovas = r->n_entries;
 	return 0;
 }

@@ -1463,13 +1463,22 @@ static int check_entry(struct session *s, const struct map_entry *e, struct doma
 	return 0;
 }
 
+bool session_times_maps(const struct session *s)
+{
+	return s->tenant->reg->probes && probes_in_process(s->tenant->reg->probes);
+}
+
+void session_record_map(struct session *s, uint64_t bytes, uint64_t ns)
+{
+	probes_record(s->tenant->reg->probes, IOMMUD_OP_MAP, bytes, tenant_label_slot(s->tenant),
+		      ns);
+}
+
 /* The clock the daemon times its own map path with (when the backend's runs in this process);
  * 0 when it does not time it. */
 static uint64_t in_process_clock(const struct session *s)
 {
-	struct probes *probes = s->tenant->reg->probes;
-
-	return probes && probes_in_process(probes) ? monotonic_ns() : 0;
+	return session_times_maps(s) ? monotonic_ns() : 0;
 }
 
 /* Adds the time since start (from in_process_clock) to *total_ns. */
@@ -1604,7 +1613,7 @@ static int map_part(struct session *s, struct map_progress *p)
 			part.length = p->req.length - p->mapped;
 		part.flags |= KH_MAP_FIXED_IOVA | (p->mapped ? KH_MAP_EXTEND : 0);
 	}
-	start = in_process_clock(s);
+	start = p->timed_by_caller ? 0 : in_process_clock(s);
 	rc = kh_map(s->ctx, p->domain_id, &part);
 	in_process_add(start, &p->map_ns);
 	if (rc < 0)
@@ -1635,8 +1644,7 @@ int session_map_step(struct session *s, struct map_progress *p)
 	if (rc)
 		return 1;
 	if (p->map_ns)
-		probes_record(s->tenant->reg->probes, IOMMUD_OP_MAP, p->req.length,
-			      tenant_label_slot(s->tenant), p->map_ns);
+		session_record_map(s, p->req.length, p->map_ns);
 	DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, p->domain_id, p->req.iova, 0);
 	p->mo = NULL;
 	log_about(LOG_DEBUG, s->tenant, s->lease, &p->domain_id, NULL,

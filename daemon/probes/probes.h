@@ -74,8 +74,9 @@ uint64_t probes_dropped_events(struct probes *p);
 
 /* One map or unmap of the backend inside the daemon, of bytes, for a tenant slot, that took ns:
  * a map from kh_map's call to its return (the daemon's mmap of the client's memory before it
- * is not counted), an unmap likewise around kh_unmap, which includes releasing each removed
- * range (the daemon's munmap). Does nothing unless probes_in_process. */
+ * is not counted), or its share of the time of several timed together (a batch's small
+ * entries), an unmap likewise around kh_unmap, which includes releasing each removed range (the
+ * daemon's munmap). Does nothing unless probes_in_process. */
 void probes_record(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsigned tenant,
 		   uint64_t ns);
 

@@ -1099,6 +1099,83 @@ static void check_probes(const Iommud__V1__GetStatsReply *s, const char *label)
 	CHECK_EQ(timed_here, s->probes->in_process);
 }
 
+/* What the in-process map histograms of uid 0 counted: calls and bytes of 4 KiB (index 0) and of
+ * other sizes below 2 MiB (1), and their time together; false where the daemon does not time its
+ * backend. */
+struct timed_maps {
+	uint64_t calls[2], bytes[2], ns;
+};
+
+static bool in_process_maps(struct iommuctl *c, struct timed_maps *ret)
+{
+	Iommud__V1__GetStatsReply *s = stats_of(c);
+	bool timed = s->probes->in_process;
+
+	*ret = (struct timed_maps){{0}};
+	for (size_t i = 0; i < s->n_map_latency; i++) {
+		const Iommud__V1__MapLatency *ml = s->map_latency[i];
+		bool small = ml->size_class == IOMMUD__V1__SIZE_CLASS__SIZE_CLASS_4K;
+
+		if (ml->layer != IOMMUD__V1__MAP_LAYER__MAP_LAYER_IN_PROCESS ||
+		    ml->op != IOMMUD__V1__MAP_OP__MAP_OP_MAP || strcmp(ml->tenant, "uid 0") != 0 ||
+		    (!small && ml->size_class != IOMMUD__V1__SIZE_CLASS__SIZE_CLASS_OTHER))
+			continue;
+		ret->calls[!small] = ml->latency->count;
+		ret->bytes[!small] = ml->bytes;
+		ret->ns += ml->latency->sum_ns;
+	}
+	iommud__v1__get_stats_reply__free_unpacked(s, NULL);
+	return timed;
+}
+
+/* A batch's small entries are timed together, not one by one, yet each counts once in the
+ * in-process histogram of its size, with its bytes: those of a batch that succeeds, and those a
+ * failing batch mapped before its failure (and then took back). */
+TEST_F(daemon, map_batch_timed_once_each)
+{
+	struct iommuctl *c = connect_client(NULL);
+	struct iommuctl_map_entry e[8];
+	struct timed_maps before, after;
+	int mem = memfd_of(8 * PAGE);
+	size_t failed;
+	uint32_t dom;
+
+	/* After Hello, the library sends the batch in columns. */
+	CHECK_CALL(c, iommuctl_hello(c, "test", NULL, NULL));
+	if (geteuid() != 0 || !in_process_maps(c, &before))
+		SKIP("the daemon does not time its backend, or the label is not uid 0");
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &dom));
+	/* Every third entry is of two pages: 3 of them, 5 of one (the quota's 8 mappings). */
+	for (size_t i = 0; i < 8; i++)
+		e[i] = (struct iommuctl_map_entry){.domain_id = dom,
+						   .fd = mem,
+						   .offset = PAGE * (i % 7),
+						   .length = i % 3 ? PAGE : 2 * PAGE,
+						   .prot = IOMMUCTL_PROT_READ,
+						   .fixed_iova = true,
+						   .iova = 0x100000 + 0x10000 * i};
+	CHECK_CALL(c, iommuctl_map_batch(c, e, 8, NULL));
+	CHECK(in_process_maps(c, &after));
+	CHECK_EQ(after.calls[0] - before.calls[0], 5);
+	CHECK_EQ(after.bytes[0] - before.bytes[0], 5 * PAGE);
+	CHECK_EQ(after.calls[1] - before.calls[1], 3);
+	CHECK_EQ(after.bytes[1] - before.bytes[1], 6 * PAGE);
+	CHECK(after.ns > before.ns);
+	CHECK_CALL(c, iommuctl_unmap_all(c, dom, NULL));
+	/* The sixth overlaps the first: five are mapped, counted, and taken back. */
+	e[5].iova = e[0].iova;
+	CHECK(iommuctl_map_batch(c, e, 8, &failed) == -EEXIST);
+	CHECK_EQ(failed, 5);
+	before = after;
+	CHECK(in_process_maps(c, &after));
+	CHECK_EQ(after.calls[0] - before.calls[0], 3);
+	CHECK_EQ(after.calls[1] - before.calls[1], 2);
+	CHECK_EQ(after.bytes[1] - before.bytes[1], 4 * PAGE);
+	CHECK_CALL(c, iommuctl_free_domain(c, dom));
+	(void)close(mem);
+	iommuctl_close(c);
+}
+
 TEST_F(daemon, stats_tenants_and_devices)
 {
 	struct iommuctl *c = connect_client(NULL);
