@@ -19,9 +19,14 @@ uint64_t monotonic_ns(void)
 
 void histogram_add(struct iommud_hist *h, uint64_t ns)
 {
-	h->buckets[iommud_hist_bucket(ns)]++;
-	h->count++;
-	h->sum_ns += ns;
+	histogram_add_n(h, ns, 1);
+}
+
+void histogram_add_n(struct iommud_hist *h, uint64_t ns, uint64_t n)
+{
+	h->buckets[iommud_hist_bucket(ns)] += n;
+	h->count += n;
+	h->sum_ns += ns * n;
 }
 
 size_t histogram_used_buckets(const struct iommud_hist *h)

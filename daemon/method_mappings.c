@@ -209,14 +209,20 @@ struct slice_clock {
 };
 
 /* Records the entries timed together since the clock's last look, the last of them
- * entries[end - 1], with equal shares of the time from since to now. */
+ * entries[end - 1], with equal shares of the time from since to now: each run of one length
+ * at once. */
 static void record_together(struct call *call, Iommud__V1__MapEntry *const *entries,
 			    struct slice_clock *clock, size_t end, uint64_t since, uint64_t now)
 {
 	uint64_t share = (now - since) / clock->untimed;
+	size_t i = end - clock->untimed, run;
 
-	for (size_t i = end - clock->untimed; i < end; i++)
-		session_record_map(call->client->session, entries[i]->length, share);
+	for (; i < end; i += run) {
+		run = 1;
+		while (i + run < end && entries[i + run]->length == entries[i]->length)
+			run++;
+		session_record_maps(call->client->session, entries[i]->length, share, run);
+	}
 	clock->untimed = 0;
 }
 

@@ -437,7 +437,7 @@ log_about(int level, const struct tenant *t, const char *lease, const uint32_t *
 	  const char *device, const char *fmt, ...)
 {
 	char tenant[sizeof("4294967295:") + PATH_MAX], domain[sizeof("4294967295")];
-	struct log_field fields[5] = {{"IOMMUD_TENANT", tenant}};
+	struct log_field fields[5];
 	size_t n = 1;
 	va_list ap;
 
@@ -445,6 +445,7 @@ log_about(int level, const struct tenant *t, const char *lease, const uint32_t *
 	 * than the map itself. */
 	if (level > log_get_level())
 		return;
+	fields[0] = (struct log_field){"IOMMUD_TENANT", tenant};
 	(void)snprintf(tenant, sizeof(tenant), "%u:%s", (unsigned)t->uid, t->cgroup);
 	if (lease)
 		fields[n++] = (struct log_field){"IOMMUD_LEASE", lease};
@@ -1468,10 +1469,10 @@ bool session_times_maps(const struct session *s)
 	return s->tenant->reg->probes && probes_in_process(s->tenant->reg->probes);
 }
 
-void session_record_map(struct session *s, uint64_t bytes, uint64_t ns)
+void session_record_maps(struct session *s, uint64_t bytes, uint64_t ns, uint64_t count)
 {
-	probes_record(s->tenant->reg->probes, IOMMUD_OP_MAP, bytes, tenant_label_slot(s->tenant),
-		      ns);
+	probes_record_n(s->tenant->reg->probes, IOMMUD_OP_MAP, bytes, tenant_label_slot(s->tenant),
+			ns, count);
 }
 
 /* The clock the daemon times its own map path with (when the backend's runs in this process);
@@ -1561,11 +1562,17 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 	if (rc < 0)
 		return rc;
 	req.owner = mo;
-	*p = (struct map_progress){.mo = mo,
-				   .domain_id = e->domain_id,
-				   .req = req,
-				   .part = mo->part,
-				   .parts_per_step = 1};
+	/* Field by field: clearing the whole record, its take back's with it, costs a batch of
+	 * pages more than the rest of this; the take back is read only once it has steps left. */
+	p->mo = mo;
+	p->domain_id = e->domain_id;
+	p->req = req;
+	p->part = mo->part;
+	p->mapped = 0;
+	p->map_ns = 0;
+	p->back.steps_left = false;
+	p->parts_per_step = 1;
+	p->timed_by_caller = false;
 	/* Charged whole from the start, as checked, so no other tenant's mapping takes what the
 	 * daemon-wide ceilings leave for the rest. */
 	charge_mapping(s, dom, +1, e->length, +1);
@@ -1644,7 +1651,7 @@ int session_map_step(struct session *s, struct map_progress *p)
 	if (rc)
 		return 1;
 	if (p->map_ns)
-		session_record_map(s, p->req.length, p->map_ns);
+		session_record_maps(s, p->req.length, p->map_ns, 1);
 	DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, p->domain_id, p->req.iova, 0);
 	p->mo = NULL;
 	log_about(LOG_DEBUG, s->tenant, s->lease, &p->domain_id, NULL,

@@ -270,7 +270,7 @@ struct map_progress {
 	struct unmap_progress back; /* what the steps mapped, being taken back after a failure */
 	unsigned parts_per_step;
 	/* Set by the caller after start: it times this map together with others and records it
-	 * (session_record_map), so the steps read no clock for it. */
+	 * (session_record_maps), so the steps read no clock for it. */
 	bool timed_by_caller;
 };
 /* session_map in steps: start checks the entry, places it and charges it whole; each step maps
@@ -283,9 +283,10 @@ int session_map_step(struct session *s, struct map_progress *p);
 void session_map_abort(struct session *s, struct map_progress *p);
 /* Whether the daemon times the backend's map path itself (the probes' in-process timing):
  * then a caller may time several maps made one after another together, and record each
- * (session_record_map) with its share of their time, so that each still counts once. */
+ * (session_record_maps) with its share of their time, so that each still counts once. */
 bool session_times_maps(const struct session *s);
-void session_record_map(struct session *s, uint64_t bytes, uint64_t ns);
+/* Records count maps of bytes each that took ns each. */
+void session_record_maps(struct session *s, uint64_t bytes, uint64_t ns, uint64_t count);
 /* Removes the mappings wholly inside [iova, iova+length) (UINT64_MAX length from iova 0: all),
  * releasing their memory references once the backend has unmapped them: all the steps at once. */
 int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,

@@ -928,13 +928,19 @@ static size_t local_index(enum iommud_map_op op, __u8 size_class, unsigned tenan
 void probes_record(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsigned tenant,
 		   uint64_t ns)
 {
+	probes_record_n(p, op, bytes, tenant, ns, 1);
+}
+
+void probes_record_n(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsigned tenant,
+		     uint64_t ns, uint64_t count)
+{
 	struct iommud_hist *h;
 
 	if (!p->local || p->switched_off || op >= IOMMUD_OP_COUNT || tenant >= IOMMUD_TENANT_SLOTS)
 		return;
 	h = &p->local[local_index(op, iommud_size_class(bytes), tenant)];
-	histogram_add(h, ns);
-	h->bytes += bytes;
+	histogram_add_n(h, ns, count);
+	h->bytes += bytes * count;
 }
 
 typedef int hist_visit_fn(const struct iommud_hist_key *key, const struct iommud_hist *hist,

@@ -79,6 +79,9 @@ uint64_t probes_dropped_events(struct probes *p);
  * daemon's munmap). Does nothing unless probes_in_process. */
 void probes_record(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsigned tenant,
 		   uint64_t ns);
+/* count such maps or unmaps of bytes each, each of which took ns. */
+void probes_record_n(struct probes *p, enum iommud_map_op op, uint64_t bytes, unsigned tenant,
+		     uint64_t ns, uint64_t count);
 
 /* Attribution of the kernel's map path to tenant slots: the daemon's own iommufd descriptor of
  * a session (registered once per session), and a tenant's cgroup (v2 id, the directory's inode

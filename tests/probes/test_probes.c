@@ -110,7 +110,8 @@ TEST(in_process_histograms)
 	CHECK_OK(probes_start(&opts, &p));
 	CHECK(probes_in_process(p));
 	probes_record(p, IOMMUD_OP_UNMAP, 2ull << 20, 3, 1000);
-	probes_record(p, IOMMUD_OP_UNMAP, 2ull << 20, 3, 1023);
+	/* Several timed together count each, with their bytes. */
+	probes_record_n(p, IOMMUD_OP_UNMAP, 2ull << 20, 3, 1023, 2);
 	probes_record(p, IOMMUD_OP_UNMAP, 2ull << 20, 3, 1024);
 	/* slots past the kernel side's are refused, not written out of bounds */
 	probes_record(p, IOMMUD_OP_MAP, 4096, IOMMUD_TENANT_SLOTS, 1);
@@ -119,10 +120,10 @@ TEST(in_process_histograms)
 	CHECK_EQ(seen.key.tenant, 3u);
 	CHECK_EQ(seen.key.op, IOMMUD_OP_UNMAP);
 	CHECK_EQ(seen.key.size_class, IOMMUD_SIZE_2M);
-	CHECK_EQ(seen.hist.count, 3u);
-	CHECK_EQ(seen.hist.sum_ns, 3047u);
-	CHECK_EQ(seen.hist.bytes, 3 * (2ull << 20));
-	CHECK_EQ(seen.hist.buckets[9], 2u);
+	CHECK_EQ(seen.hist.count, 4u);
+	CHECK_EQ(seen.hist.sum_ns, 4070u);
+	CHECK_EQ(seen.hist.bytes, 4 * (2ull << 20));
+	CHECK_EQ(seen.hist.buckets[9], 3u);
 	CHECK_EQ(seen.hist.buckets[10], 1u);
 	probes_stop(p);
 }
