@@ -560,101 +560,140 @@ struct throughput {
 	uint64_t daemon_map_cpu_ns, daemon_unmap_cpu_ns; /* the daemon's share of the above */
 };
 
-/* When a step of part 2 ended: on the clock, and in CPU time spent on the work, which the
- * machine's other load does not stretch. */
+/* When a step of part 2 ended and the next began: on the clock, and in CPU time spent on the
+ * work (this thread's and with the daemon's), which the machine's other load does not stretch.
+ * Reading the daemon's CPU time costs this thread a file's open and read, which is neither
+ * step's work: it falls between the two. */
 struct stamp {
-	uint64_t wall, cpu, daemon_cpu;
+	uint64_t wall_end, wall_start, cpu_end, cpu_start, daemon_cpu;
 };
+
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 /* This thread's CPU time, and with_daemon also the daemon's. */
 static struct stamp stamp(bool with_daemon)
 {
-	struct timespec ts;
+	struct stamp at = {.wall_end = now_ns(), .cpu_end = thread_cpu_ns()};
 
-	uint64_t daemon = with_daemon ? daemon_cpu_ns() : 0;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (struct stamp){now_ns(),
-			      (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + daemon,
-			      daemon};
+	at.daemon_cpu = with_daemon ? daemon_cpu_ns() : 0;
+	at.cpu_start = thread_cpu_ns();
+	at.wall_start = now_ns();
+	at.cpu_end += at.daemon_cpu;
+	at.cpu_start += at.daemon_cpu;
+	return at;
 }
 
 /* Counts a round of pages that started at start, were mapped at mapped and unmapped at end. */
 static void throughput_add(struct throughput *t, uint64_t pages, struct stamp start,
 			   struct stamp mapped, struct stamp end)
 {
-	t->map_ns += mapped.wall - start.wall;
-	t->unmap_ns += end.wall - mapped.wall;
-	t->map_cpu_ns += mapped.cpu - start.cpu;
-	t->unmap_cpu_ns += end.cpu - mapped.cpu;
+	t->map_ns += mapped.wall_end - start.wall_start;
+	t->unmap_ns += end.wall_end - mapped.wall_start;
+	t->map_cpu_ns += mapped.cpu_end - start.cpu_start;
+	t->unmap_cpu_ns += end.cpu_end - mapped.cpu_start;
 	t->daemon_map_cpu_ns += mapped.daemon_cpu - start.daemon_cpu;
 	t->daemon_unmap_cpu_ns += end.daemon_cpu - mapped.daemon_cpu;
 	t->pages += pages;
 }
 
-static void batch_rounds_daemon(struct throughput *t, unsigned rounds)
-{
-	uint64_t pages = (uint64_t)opt.batches_per_round * BATCH;
-	struct batch *b = malloc(sizeof(*b));
+/* The daemon's side of part 2: a connection with its domain, and the memfd its batches map. */
+struct batch_daemon {
+	struct batch *b;
+	struct iommuctl *c;
 	uint32_t dom;
-	struct iommuctl *c = client_open(&dom);
-	int mem = memfd(pages * PAGE);
+	int mem;
+};
 
-	if (!b)
-		fail("allocating a batch", strerror(ENOMEM));
-	batch_init(b, dom, BATCH);
-	for (unsigned r = 0; r < rounds; r++) {
-		struct stamp start = stamp(true), mapped;
-
-		for (unsigned k = 0; k < opt.batches_per_round; k++)
-			batch_map(c, b, mem, (uint64_t)k * BATCH, 1, pages);
-		mapped = stamp(true);
-		check_call(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll");
-		throughput_add(t, pages, start, mapped, stamp(true));
-	}
-	(void)close(mem);
-	client_close(c, dom);
-	free(b);
-}
-
-static void batch_rounds_direct(struct throughput *t, unsigned rounds)
-{
-	static const struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
-	uint64_t pages = (uint64_t)opt.batches_per_round * BATCH;
+/* The in-process side: kernel-helper's emulated backend with one domain, and the memfd mapped
+ * here, as the daemon maps it. */
+struct batch_direct {
 	struct kh_backend *be;
 	struct kh_ctx *ctx;
-	uint32_t dev, dom;
-	int mem = memfd(pages * PAGE);
-	uint8_t *va = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, mem, 0);
+	uint32_t dom;
+	int mem;
+	uint8_t *va;
+};
 
-	if (va == MAP_FAILED)
+static uint64_t round_pages(void)
+{
+	return (uint64_t)opt.batches_per_round * BATCH;
+}
+
+static void batch_daemon_open(struct batch_daemon *d)
+{
+	d->b = malloc(sizeof(*d->b));
+	if (!d->b)
+		fail("allocating a batch", strerror(ENOMEM));
+	d->c = client_open(&d->dom);
+	d->mem = memfd(round_pages() * PAGE);
+	batch_init(d->b, d->dom, BATCH);
+}
+
+static void batch_daemon_close(struct batch_daemon *d)
+{
+	(void)close(d->mem);
+	client_close(d->c, d->dom);
+	free(d->b);
+}
+
+static void batch_round_daemon(struct batch_daemon *d, struct throughput *t)
+{
+	struct stamp start = stamp(true), mapped;
+
+	for (unsigned k = 0; k < opt.batches_per_round; k++)
+		batch_map(d->c, d->b, d->mem, (uint64_t)k * BATCH, 1, round_pages());
+	mapped = stamp(true);
+	check_call(d->c, iommuctl_unmap_all(d->c, d->dom, NULL), "UnmapAll");
+	throughput_add(t, round_pages(), start, mapped, stamp(true));
+}
+
+static void batch_direct_open(struct batch_direct *d)
+{
+	static const struct kh_domain_alloc_args paging = {.type = KH_DOMAIN_PAGING};
+	uint32_t dev;
+
+	d->mem = memfd(round_pages() * PAGE);
+	d->va = mmap(NULL, round_pages() * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, d->mem, 0);
+	if (d->va == MAP_FAILED)
 		fail("mapping the memfd", strerror(errno));
 	/* The topology the daemon runs on: one default device. */
-	check_kh(kh_backend_open_emulated_text("[iommu]\ndevices = emu0\n", &be),
+	check_kh(kh_backend_open_emulated_text("[iommu]\ndevices = emu0\n", &d->be),
 		 "opening the emulated IOMMU");
-	check_kh(kh_ctx_create(be, &ctx), "creating a context");
-	check_kh(kh_device_bind(ctx, "emu0", &dev), "binding emu0");
-	check_kh(kh_domain_alloc(ctx, dev, &paging, &dom), "allocating a domain");
-	for (unsigned r = 0; r < rounds; r++) {
-		struct stamp start = stamp(false), mapped;
+	check_kh(kh_ctx_create(d->be, &d->ctx), "creating a context");
+	check_kh(kh_device_bind(d->ctx, "emu0", &dev), "binding emu0");
+	check_kh(kh_domain_alloc(d->ctx, dev, &paging, &d->dom), "allocating a domain");
+}
 
-		for (uint64_t i = 0; i < pages; i++) {
-			struct kh_map_req req = {.iova = IOVA + i * PAGE,
-						 .length = PAGE,
-						 .addr = (uint64_t)(uintptr_t)(va + i * PAGE),
-						 .prot = KH_PROT_READ | KH_PROT_WRITE,
-						 .flags = KH_MAP_FIXED_IOVA};
+static void batch_direct_close(struct batch_direct *d)
+{
+	kh_ctx_destroy(d->ctx);
+	kh_backend_close(d->be);
+	(void)munmap(d->va, round_pages() * PAGE);
+	(void)close(d->mem);
+}
 
-			check_kh(kh_map(ctx, dom, &req), "kh_map");
-		}
-		mapped = stamp(false);
-		check_kh(kh_unmap(ctx, dom, 0, UINT64_MAX, NULL), "kh_unmap");
-		throughput_add(t, pages, start, mapped, stamp(false));
+static void batch_round_direct(struct batch_direct *d, struct throughput *t)
+{
+	struct stamp start = stamp(false), mapped;
+
+	for (uint64_t i = 0; i < round_pages(); i++) {
+		struct kh_map_req req = {.iova = IOVA + i * PAGE,
+					 .length = PAGE,
+					 .addr = (uint64_t)(uintptr_t)(d->va + i * PAGE),
+					 .prot = KH_PROT_READ | KH_PROT_WRITE,
+					 .flags = KH_MAP_FIXED_IOVA};
+
+		check_kh(kh_map(d->ctx, d->dom, &req), "kh_map");
 	}
-	kh_ctx_destroy(ctx);
-	kh_backend_close(be);
-	(void)munmap(va, pages * PAGE);
-	(void)close(mem);
+	mapped = stamp(false);
+	check_kh(kh_unmap(d->ctx, d->dom, 0, UINT64_MAX, NULL), "kh_unmap");
+	throughput_add(t, round_pages(), start, mapped, stamp(false));
 }
 
 static double pages_per_s(const struct throughput *t)
@@ -679,6 +718,8 @@ static double ratio(uint64_t a, uint64_t b)
 static void part_batch(void)
 {
 	struct throughput daemon = {0}, direct = {0}, warm = {0};
+	struct batch_daemon own;
+	struct batch_direct here;
 	struct placement where[2];
 
 	/* The CPU cost of the work, not wakeups across CPUs (see struct placement). */
@@ -690,10 +731,18 @@ static void part_batch(void)
 		opt.batches_per_round * BATCH, BATCH, where[0].name);
 	(void)printf("%-28s %10s %12s %12s %12s %12s %12s\n", "path", "pages", "map ns/page",
 		     "unmap ns/pg", "pages/s", "map cpu/pg", "unmap cpu/pg");
-	batch_rounds_daemon(&warm, 1);
-	batch_rounds_daemon(&daemon, opt.batch_rounds);
-	batch_rounds_direct(&warm, 1);
-	batch_rounds_direct(&direct, opt.batch_rounds);
+	batch_daemon_open(&own);
+	batch_direct_open(&here);
+	batch_round_daemon(&own, &warm);
+	batch_round_direct(&here, &warm);
+	/* Round by round in turn, so that the machine's other load, which comes and goes, weighs
+	 * on both alike. */
+	for (unsigned r = 0; r < opt.batch_rounds; r++) {
+		batch_round_daemon(&own, &daemon);
+		batch_round_direct(&here, &direct);
+	}
+	batch_direct_close(&here);
+	batch_daemon_close(&own);
 	throughput_row("daemon MapBatch+UnmapAll", &daemon);
 	throughput_row("kh_map+kh_unmap in process", &direct);
 	/* All as time ratios, so each says how many times longer a page takes; both rounds map
