@@ -1707,22 +1707,28 @@ static bool unmappable_in_steps(struct session *s, const struct unmap_progress *
 		m[0].iova == p->last + 1);
 }
 
+/* Accounts for a removal of bytes by kernel-helper that began at start (in_process_clock) and
+ * returned rc. kernel-helper releases each removed mapping (mapping_release) as it forgets it,
+ * so the in-process unmap time includes the daemon's munmap of each range, as the kernel's
+ * iommufd unmap includes unpinning; the map time leaves the mmap out (it is the client's
+ * memory, reached before the backend runs). */
+static int unmap_counted(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
+			 uint64_t start, uint64_t bytes, int rc)
+{
+	in_process_add(start, &p->unmap_ns);
+	recharge_tables(s, dom);
+	p->bytes += bytes;
+	return rc < 0 ? fail_kh(rc, "cannot unmap") : 0;
+}
+
 /* Removes [iova, iova+length), whole mappings, in one kernel-helper call. */
 static int unmap_whole(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
 		       uint64_t iova, uint64_t length)
 {
 	uint64_t bytes = 0, start = in_process_clock(s);
-	int rc;
+	int rc = kh_unmap(s->ctx, p->domain_id, iova, length, &bytes);
 
-	/* kernel-helper releases each removed mapping (mapping_release) as it forgets it, so the
-	 * in-process unmap time includes the daemon's munmap of each range, as the kernel's
-	 * iommufd unmap includes unpinning; the map time leaves the mmap out (it is the client's
-	 * memory, reached before the backend runs). */
-	rc = kh_unmap(s->ctx, p->domain_id, iova, length, &bytes);
-	in_process_add(start, &p->unmap_ns);
-	recharge_tables(s, dom);
-	p->bytes += bytes;
-	return rc < 0 ? fail_kh(rc, "cannot unmap") : 0;
+	return unmap_counted(s, dom, p, start, bytes, rc);
 }
 
 /* Where the last step of m starts: a mapping made in parts is taken back from its end, parts
@@ -1808,41 +1814,56 @@ int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, ui
 	return unmap_end(s, dom, p, unmap_whole(s, dom, p, iova, length));
 }
 
-/* The mappings a step of an unmap looks at: small ones go up to this many at a time, as a
- * step's fixed costs (listing, the clock, the tables' charge) outweigh a page's unmap. */
-#define UNMAP_WINDOW 512
+/* A step's run of whole mappings (kh_unmap_run's take): from the first left in the range, those
+ * no longer than a step, as many as make a step's leaves; a mapping longer than a step, first,
+ * is taken from its tail instead. */
+struct step_run {
+	const struct unmap_progress *p;
+	struct session *s;
+	bool first_of_unmap; /* no mapping of the range has gone yet */
+	uint64_t leaves;
+	bool tail_first; /* the first is longer than a step: first_mapping */
+	struct kh_mapping first_mapping;
+};
 
-/* Removes next[0] and the mappings after it in p's range that are no longer than a step,
- * together, as many as make a step's leaves: how many, or a negative errno. */
-static int unmap_group(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
-		       const struct kh_mapping *next, size_t n)
+static bool take_in_step(const struct kh_mapping *m, size_t taken, void *arg)
 {
-	uint64_t leaves = leaves_of(&next[0]);
-	size_t k = 1;
-	int rc;
+	struct step_run *run = arg;
+	uint64_t budget = (uint64_t)MAP_PART_PAGES * run->p->parts_per_step;
 
-	while (k < n && next[k].iova <= p->last &&
-	       last_step(&next[k], p->parts_per_step) == next[k].iova &&
-	       leaves + leaves_of(&next[k]) <= (uint64_t)MAP_PART_PAGES * p->parts_per_step)
-		leaves += leaves_of(&next[k++]);
-	/* The unmap's one mapping: the first in its range (none gone before) and the last. */
-	s->keeping_released =
-		p->keep_view && dom->n_maps == p->maps_before && (n == 1 || next[1].iova > p->last);
-	rc = unmap_whole(s, dom, p, next[0].iova,
-			 next[k - 1].iova + next[k - 1].length - next[0].iova);
+	/* The unmap's one mapping keeps its file map where asked: the first of the range, the
+	 * last too unless another turns up here. */
+	run->s->keeping_released = !taken && run->p->keep_view && run->first_of_unmap;
+	if (last_step(m, run->p->parts_per_step) > m->iova) {
+		run->tail_first = !taken;
+		run->first_mapping = *m;
+		return false;
+	}
+	if (taken && run->leaves + leaves_of(m) > budget)
+		return false;
+	run->leaves += leaves_of(m);
+	return true;
+}
+
+/* Removes the step's run, in one walk of kernel-helper's records: how many went, and in *more
+ * whether any mapping of the range is left after them. */
+static int unmap_run(struct session *s, struct domain_rec *dom, struct unmap_progress *p,
+		     struct step_run *run, size_t *count, bool *more)
+{
+	uint64_t bytes, start = in_process_clock(s);
+	int rc = kh_unmap_run(s->ctx, p->domain_id, p->iova, p->last, take_in_step, run, &bytes,
+			      count, more);
+
 	s->keeping_released = false;
-	return rc < 0 ? rc : (int)k;
+	return unmap_counted(s, dom, p, start, bytes, rc);
 }
 
 int session_unmap_step(struct session *s, struct unmap_progress *p)
 {
-	struct kh_mapping next[UNMAP_WINDOW];
 	struct domain_rec *dom;
-	/* A mapping is a leaf at least, so a step takes no more mappings than its leaves. */
-	size_t window = (uint64_t)MAP_PART_PAGES * p->parts_per_step < UNMAP_WINDOW
-				? (size_t)MAP_PART_PAGES * p->parts_per_step
-				: UNMAP_WINDOW;
-	size_t n;
+	struct step_run run = {.p = p, .s = s};
+	size_t count = 0;
+	bool more = false;
 	int rc = domain_lookup(s, p->domain_id, &dom);
 
 	/* The tenant's requests wait for this one, so its domain stays; checked all the same. */
@@ -1851,19 +1872,14 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 		return rc;
 	}
 	/* What went before is gone, so the range's first mapping left is the next to take. */
-	rc = kh_mappings(s->ctx, p->domain_id, p->iova, next, window);
-	if (rc < 0)
-		return unmap_end(s, dom, p, fail_kh(rc, "cannot unmap"));
-	n = (size_t)rc;
-	if (!n || next[0].iova > p->last)
-		return unmap_end(s, dom, p, 0);
-	if (last_step(&next[0], p->parts_per_step) > next[0].iova)
-		rc = unmap_tail(s, dom, p, &next[0]);
-	else if ((rc = unmap_group(s, dom, p, next, n)) > 0)
-		/* The mapping after the group is past the range, or there is none: the window
-		 * held every mapping from the range's start. */
-		p->drained = (size_t)rc < n ? next[rc].iova > p->last : n < window;
-	return rc < 0 ? unmap_end(s, dom, p, rc) : 1;
+	run.first_of_unmap = dom->n_maps == p->maps_before;
+	rc = unmap_run(s, dom, p, &run, &count, &more);
+	if (rc == 0 && run.tail_first)
+		rc = unmap_tail(s, dom, p, &run.first_mapping);
+	if (rc < 0 || (!count && !run.tail_first))
+		return unmap_end(s, dom, p, rc);
+	p->drained = !more && !run.tail_first;
+	return 1;
 }
 
 int session_unmap(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,

@@ -1209,6 +1209,21 @@ static uint64_t forget_removed(struct kh_domain *dom, uint64_t first, uint64_t l
 	return bytes;
 }
 
+/* Takes [first, last], a span of whole mappings of *bytes the books found, out of the IOMMU and
+ * then the books, in one call for the whole span, so a failure leaves every mapping in place,
+ * save what the kernel removed all the same: then *bytes is theirs. */
+static int unmap_span(struct kh_domain *dom, uint64_t first, uint64_t last, uint64_t *bytes)
+{
+	int rc = backend_unmap(dom, first, last - first + 1);
+
+	if (rc < 0) {
+		*bytes = dom->ops->holds ? forget_removed(dom, first, last, rc) : 0;
+		return rc;
+	}
+	kh_ioas_remove(dom->ioas, first, last, dom->ctx->release_owner, dom->ctx->release_arg);
+	return 0;
+}
+
 int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
 	     uint64_t *unmapped)
 {
@@ -1224,18 +1239,34 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
 	rc = kh_ioas_find_unmap(dom->ioas, iova, length, &first, &last, &bytes);
 	if (rc < 0)
 		return rc;
-	/* One call for the whole span, so a failure leaves every mapping in place, save what the
-	 * kernel removed all the same. */
-	rc = backend_unmap(dom, first, last - first + 1);
-	if (rc < 0) {
-		bytes = dom->ops->holds ? forget_removed(dom, first, last, rc) : 0;
-		if (unmapped)
-			*unmapped = bytes;
-		return rc;
-	}
-	kh_ioas_remove(dom->ioas, first, last, ctx->release_owner, ctx->release_arg);
+	rc = unmap_span(dom, first, last, &bytes);
 	if (unmapped)
 		*unmapped = bytes;
+	return rc;
+}
+
+int kh_unmap_run(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t last,
+		 kh_unmap_take_fn *take, void *arg, uint64_t *unmapped, size_t *ret_count,
+		 bool *ret_more)
+{
+	struct kh_domain *dom;
+	struct kh_ioas_run run;
+	int rc;
+
+	*unmapped = 0;
+	rc = find_domain_for(ctx, domain_id, NEED_IOAS, "unmap", &dom);
+	if (rc < 0)
+		return rc;
+	rc = kh_ioas_find_run(dom->ioas, iova, last, take, arg, &run);
+	if (rc < 0)
+		return rc;
+	if (run.count && (rc = unmap_span(dom, run.first, run.last, &run.bytes)) < 0) {
+		*unmapped = run.bytes;
+		return rc;
+	}
+	*unmapped = run.bytes;
+	*ret_count = run.count;
+	*ret_more = run.more;
 	return 0;
 }
 

@@ -464,6 +464,35 @@ int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uin
 	return 0;
 }
 
+int kh_ioas_find_run(const struct kh_ioas *ioas, uint64_t iova, uint64_t last,
+		     kh_unmap_take_fn *take, void *arg, struct kh_ioas_run *run)
+{
+	struct kh_area_tree *areas = (struct kh_area_tree *)&ioas->areas;
+	struct kh_area key = {.iova = iova};
+	struct kh_area *area = RB_NFIND(kh_area_tree, areas, &key);
+	struct kh_mapping mapping;
+
+	*run = (struct kh_ioas_run){0};
+	for (; area && area->iova <= last; area = RB_NEXT(kh_area_tree, areas, area)) {
+		mapping = area_mapping(area);
+		if (!take(&mapping, run->count, arg)) {
+			run->more = true;
+			break;
+		}
+		if (area->last > last)
+			return kh_fail(-EINVAL,
+				       "the mapping 0x%" PRIx64 "-0x%" PRIx64
+				       " ends after 0x%" PRIx64 "; unmap whole mappings only",
+				       area->iova, area->last, last);
+		if (!run->count)
+			run->first = area->iova;
+		run->last = area->last;
+		run->bytes += area->last - area->iova + 1;
+		run->count++;
+	}
+	return 0;
+}
+
 void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last,
 		    kh_owner_release_fn *release, void *arg)
 {

@@ -55,8 +55,18 @@ int kh_ioas_source(const struct kh_ioas *ioas, uint64_t iova, uint64_t length, u
  * inside; *bytes is what they map. Changes nothing. */
 int kh_ioas_find_unmap(struct kh_ioas *ioas, uint64_t iova, uint64_t length, uint64_t *first,
 		       uint64_t *last, uint64_t *bytes);
-/* Forgets the mappings of a span found by kh_ioas_find_unmap, once the page tables no longer
- * map it, releasing their owners. */
+/* The run kh_unmap_run removes (see there), found without changing anything: its span
+ * [first, last] (count 0: none), the bytes it maps, and whether a mapping that starts in
+ * [iova, last] stays after it. */
+struct kh_ioas_run {
+	uint64_t first, last, bytes;
+	size_t count;
+	bool more;
+};
+int kh_ioas_find_run(const struct kh_ioas *ioas, uint64_t iova, uint64_t last,
+		     kh_unmap_take_fn *take, void *arg, struct kh_ioas_run *run);
+/* Forgets the mappings of a span found by kh_ioas_find_unmap or kh_ioas_find_run, once the page
+ * tables no longer map it, releasing their owners. */
 void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last,
 		    kh_owner_release_fn *release, void *arg);
 

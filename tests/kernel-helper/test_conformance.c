@@ -447,6 +447,103 @@ TEST_F(conformance, unmap_tail)
 	kh_ctx_destroy(s.ctx);
 }
 
+/* kh_unmap_run's take for the tests: up to max mappings, each asked once, in IOVA order. */
+struct take_upto {
+	size_t max, asked;
+	uint64_t last_iova;
+};
+
+static bool take_upto(const struct kh_mapping *m, size_t taken, void *arg)
+{
+	struct take_upto *t = arg;
+
+	CHECK_EQ(taken, t->asked);
+	CHECK(t->asked == 0 || m->iova > t->last_iova);
+	t->last_iova = m->iova;
+	t->asked++;
+	return taken < t->max;
+}
+
+/* A run of whole mappings goes in one call, as far as take lets it and no further than last;
+ * what it leaves stays as it was, and a mapping taken that ends past last fails it whole. */
+TEST_F(conformance, unmap_run)
+{
+	struct setup s;
+	struct snapshot before, now;
+	struct take_upto upto = {.max = 2};
+	uint64_t base = 0x10000000, unmapped = 7;
+	size_t count = 9;
+	bool more = false;
+
+	setup(self, &s);
+	map_fixed(&s, s.dom, base, PAGE, 0, KH_PROT_READ);
+	map_fixed(&s, s.dom, base + 2 * PAGE, 2 * PAGE, PAGE, KH_PROT_READ);
+	map_fixed(&s, s.dom, base + 8 * PAGE, PAGE, 3 * PAGE, KH_PROT_READ);
+	map_fixed(&s, s.dom, base + 9 * PAGE, PAGE, 4 * PAGE, KH_PROT_WRITE);
+	map_fixed(&s, s.dom, base + 20 * PAGE, PAGE, 5 * PAGE, KH_PROT_READ);
+	map_fixed(&s, s.dom, base + 30 * PAGE, 4 * PAGE, 6 * PAGE, KH_PROT_READ);
+	snap(&s, s.dom, &before);
+
+	/* Refused from the first: nothing goes, and something is left. */
+	upto = (struct take_upto){.max = 0};
+	CHECK_OK(kh_unmap_run(s.ctx, s.dom, base, UINT64_MAX, take_upto, &upto, &unmapped, &count,
+			      &more));
+	CHECK_EQ(count, 0);
+	CHECK_EQ(unmapped, 0);
+	CHECK(more);
+	CHECK_EQ(upto.asked, 1);
+	check_unchanged(&s, s.dom, &before);
+
+	/* Two taken, the third asked and left. */
+	upto = (struct take_upto){.max = 2};
+	CHECK_OK(kh_unmap_run(s.ctx, s.dom, base, UINT64_MAX, take_upto, &upto, &unmapped, &count,
+			      &more));
+	CHECK_EQ(count, 2);
+	CHECK_EQ(unmapped, 3 * PAGE);
+	CHECK(more);
+	CHECK_EQ(upto.asked, 3);
+	snap(&s, s.dom, &now);
+	CHECK_EQ(now.n, 4);
+	CHECK_EQ(now.m[0].iova, base + 8 * PAGE);
+
+	/* A taken mapping that ends past last fails the run whole. */
+	snap(&s, s.dom, &before);
+	upto = (struct take_upto){.max = 8};
+	CHECK_ERR(kh_unmap_run(s.ctx, s.dom, base + 20 * PAGE, base + 31 * PAGE, take_upto, &upto,
+			       &unmapped, &count, &more),
+		  -EINVAL, "whole mappings");
+	check_unchanged(&s, s.dom, &before);
+
+	/* No further than last: what starts past it is not asked about, nor left "in" the run. */
+	upto = (struct take_upto){.max = 8};
+	CHECK_OK(kh_unmap_run(s.ctx, s.dom, base + 3 * PAGE, base + 10 * PAGE - 1, take_upto, &upto,
+			      &unmapped, &count, &more));
+	CHECK_EQ(count, 2);
+	CHECK_EQ(unmapped, 2 * PAGE);
+	CHECK(!more);
+	CHECK_EQ(upto.asked, 2);
+	snap(&s, s.dom, &now);
+	CHECK_EQ(now.n, 2);
+	CHECK_EQ(now.m[0].iova, base + 20 * PAGE);
+
+	/* Nothing from iova on: done, no error. */
+	upto = (struct take_upto){.max = 8};
+	CHECK_OK(kh_unmap_run(s.ctx, s.dom, base + 40 * PAGE, UINT64_MAX, take_upto, &upto,
+			      &unmapped, &count, &more));
+	CHECK_EQ(count, 0);
+	CHECK(!more);
+	CHECK_EQ(upto.asked, 0);
+
+	/* All that is left, to the top of the address space. */
+	CHECK_OK(kh_unmap_run(s.ctx, s.dom, 0, UINT64_MAX, take_upto, &upto, &unmapped, &count,
+			      &more));
+	CHECK_EQ(count, 2);
+	CHECK_EQ(unmapped, 5 * PAGE);
+	CHECK(!more);
+	CHECK_EQ(kh_mappings(s.ctx, s.dom, 0, now.m, 64), 0);
+	kh_ctx_destroy(s.ctx);
+}
+
 static bool in_reserved(uint64_t iova, uint64_t len)
 {
 	return iova <= MSI_LAST && MSI_START <= iova + len - 1;

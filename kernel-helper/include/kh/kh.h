@@ -440,6 +440,22 @@ int kh_unmap(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t len
 int kh_unmap_tail(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t length,
 		  uint64_t *ret_iova);
 
+/* Which mappings kh_unmap_run takes: asked of each in IOVA order, with how many it took before
+ * it; false leaves that one and every one after it. It must not call kernel-helper. */
+typedef bool kh_unmap_take_fn(const struct kh_mapping *mapping, size_t taken, void *arg);
+/* Removes a run of whole mappings: from the first that starts at or above iova, in IOVA order,
+ * as far as take lets it and no further than those that start at or below last, as kh_unmap
+ * removes a span (one backend call, owners released, a failure leaving every mapping in place
+ * save what the kernel removed all the same, its bytes in *unmapped). The walk that asks take is
+ * the one that finds the span, so a caller removing many mappings in bounded steps lists none
+ * first. A mapping taken must end at or below last (-EINVAL, nothing removed: whole mappings
+ * only); one that starts below iova is left alone. *ret_count gets how many went (0 where take
+ * refused the first, or none starts in [iova, last]), *ret_more whether one that starts there
+ * is left. */
+int kh_unmap_run(struct kh_ctx *ctx, uint32_t domain_id, uint64_t iova, uint64_t last,
+		 kh_unmap_take_fn *take, void *arg, uint64_t *unmapped, size_t *ret_count,
+		 bool *ret_more);
+
 /* Maps, in domain dst_id, the memory that [src_iova, src_iova+req->length) of domain src_id
  * maps, like IOMMU_IOAS_COPY: the pages are shared, not pinned again. The source range must lie
  * inside one mapping (-ENOENT where nothing is mapped, -EINVAL across mappings). req gives the
