@@ -148,35 +148,46 @@ static void column_copy(Iommud__V1__MapEntry *entries, size_t n, const struct co
 	}
 }
 
+static const char *column_values(const Iommud__V1__MapEntryColumns *c, const struct column *col)
+{
+	return *(const char *const *)((const char *)c + col->values_at);
+}
+
 /* Reads a compact batch's n entries into MapEntry messages of the request, which the rest of
- * the call (and the state record) reads as if they had come so; they go with the request. */
+ * the call (and the state record) reads as if they had come so; they go with the request. Each
+ * entry starts as a copy of one that holds the columns of one value, so only the columns of a
+ * value each are copied entry by entry. */
 static int entries_of_columns(struct call *call, Iommud__V1__MapBatchRequest *r, size_t n)
 {
-	static const Iommud__V1__MapEntry blank = IOMMUD__V1__MAP_ENTRY__INIT;
-	Iommud__V1__MapEntry *entries = call_alloc(call, n * sizeof(*entries));
-	Iommud__V1__MapEntry **pointers = call_alloc(call, n * sizeof(*pointers));
+	Iommud__V1__MapEntry shared = IOMMUD__V1__MAP_ENTRY__INIT, *entries;
+	Iommud__V1__MapEntry **pointers;
+	const size_t n_columns = sizeof(columns) / sizeof(columns[0]);
 
-	if (!entries || !pointers)
-		return nomem();
-	for (size_t i = 0; i < n; i++) {
-		entries[i] = blank;
-		pointers[i] = &entries[i];
-	}
-	for (size_t k = 0; k < sizeof(columns) / sizeof(columns[0]); k++) {
-		const struct column *col = &columns[k];
-		size_t count = column_count(r->columns, col);
-		const char *values =
-			*(const char *const *)((const char *)r->columns + col->values_at);
+	for (size_t k = 0; k < n_columns; k++) {
+		size_t count = column_count(r->columns, &columns[k]);
 
 		if (count > 1 && count != n)
 			return fail(-EINVAL,
 				    "map_batch.columns.%s has %zu values, but the batch has %zu "
 				    "entries (its longest column); give every column one value per "
 				    "entry, one value for all of them, or none",
-				    col->name, count, n);
-		if (count)
-			column_copy(entries, n, col, values, count);
+				    columns[k].name, count, n);
+		if (count == 1)
+			column_copy(&shared, 1, &columns[k], column_values(r->columns, &columns[k]),
+				    1);
 	}
+	entries = call_alloc(call, n * sizeof(*entries));
+	pointers = call_alloc(call, n * sizeof(*pointers));
+	if (!entries || !pointers)
+		return nomem();
+	for (size_t i = 0; i < n; i++) {
+		entries[i] = shared;
+		pointers[i] = &entries[i];
+	}
+	for (size_t k = 0; k < n_columns; k++)
+		if (column_count(r->columns, &columns[k]) > 1)
+			column_copy(entries, n, &columns[k], column_values(r->columns, &columns[k]),
+				    n);
 	r->entries = pointers;
 	r->n_entries = n;
 	return 0;
