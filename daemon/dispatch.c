@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "call.h"
+#include "daemon_lock.h"
 #include "log.h"
 #include "state.h"
 #include "text.h"
@@ -847,6 +848,7 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 	size_t out_len;
 	int rc = decode_packet(packet, len, defect, &req, &call.req_memory);
 
+	daemon_lock();
 	if (rc < 0) {
 		d->rejected_packets++;
 		log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_FAILURE", failure_message()}),
@@ -859,6 +861,7 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 		rc = handle_request(&call);
 	}
 	out_len = end_call(&call, rc, false, out, out_fds, ret_method, ret_kept);
+	daemon_unlock();
 	/* A kept call took the request over. */
 	if (!*ret_kept)
 		request_free(call.req_memory);
@@ -868,12 +871,16 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
 		       struct reply_fds *out_fds, unsigned *ret_method, struct call **ret_kept)
 {
+	size_t out_len;
 	int rc;
 
+	daemon_lock();
 	call->deadline_ns = deadline_ns;
 	rc = call->resume(call);
 	log_failure(call, rc);
-	return end_call(call, rc, true, out, out_fds, ret_method, ret_kept);
+	out_len = end_call(call, rc, true, out, out_fds, ret_method, ret_kept);
+	daemon_unlock();
+	return out_len;
 }
 
 bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
@@ -901,6 +908,9 @@ bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
 
 void dispatch_reply_sent(struct daemon *d, unsigned method, uint64_t received_ns)
 {
-	if (method && method < IOMMUD_METHOD_SLOTS)
-		histogram_add(&d->methods[method].latency, monotonic_ns() - received_ns);
+	if (!method || method >= IOMMUD_METHOD_SLOTS)
+		return;
+	daemon_lock();
+	histogram_add(&d->methods[method].latency, monotonic_ns() - received_ns);
+	daemon_unlock();
 }
