@@ -84,6 +84,6 @@ bool dispatch_abandon(struct call *call, uint64_t deadline_ns);
 void dispatch_fini(void);
 /* The reply to a call of method (as dispatch_packet gave it) received at received_ns
  * (monotonic_ns) has been sent. */
-void dispatch_reply_sent(struct daemon *d, unsigned method, uint64_t received_ns);
+void dispatch_reply_sent(struct client *c, unsigned method, uint64_t received_ns);
 
 #endif

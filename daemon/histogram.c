@@ -24,6 +24,13 @@ void histogram_add(struct iommud_hist *h, uint64_t ns)
 	h->sum_ns += ns;
 }
 
+void histogram_add_shared(struct iommud_hist *h, uint64_t ns)
+{
+	__atomic_fetch_add(&h->buckets[iommud_hist_bucket(ns)], 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&h->count, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&h->sum_ns, ns, __ATOMIC_RELAXED);
+}
+
 size_t histogram_used_buckets(const struct iommud_hist *h)
 {
 	size_t n = IOMMUD_HIST_BUCKETS;

@@ -19,6 +19,8 @@ uint64_t monotonic_ns(void);
 
 /* Counts one duration of ns nanoseconds. */
 void histogram_add(struct iommud_hist *h, uint64_t ns);
+/* The same where several threads may add to h at once. */
+void histogram_add_shared(struct iommud_hist *h, uint64_t ns);
 
 /* How many buckets a reply carries: up to the last non-empty one (the schema leaves out the
  * empty ones at the end), 0 for a histogram without timing. */

@@ -69,7 +69,8 @@ struct conn {
  * through the inbox (under inbox_lock), and load is counted under the daemon lock. */
 struct shard {
 	struct server *srv;
-	struct event_base *base; /* its own, or the server's for the inline shard */
+	struct counters *counters; /* its calls', in the daemon's array */
+	struct event_base *base;   /* its own, or the server's for the inline shard */
 	pthread_t thread;
 	bool threaded;
 	bool running; /* its thread was started and is not joined yet */
@@ -174,17 +175,27 @@ static void free_shards(struct server *srv)
 	free(srv->shards);
 	srv->shards = NULL;
 	srv->n_shards = 0;
+	free(srv->d->counters);
+	srv->d->counters = NULL;
+	srv->d->n_counters = 0;
 }
 
-/* n shards, threaded or one on the server's own base. */
+/* n shards, threaded or one on the server's own base, each with its counters. */
 static int make_shards(struct server *srv, unsigned n, bool threaded)
 {
+	struct daemon *d = srv->d;
+
 	free_shards(srv);
-	if (!(srv->shards = calloc(n, sizeof(*srv->shards))))
+	if (!(srv->shards = calloc(n, sizeof(*srv->shards))) ||
+	    !(d->counters = aligned_alloc(_Alignof(struct counters), n * sizeof(*d->counters))))
 		return -ENOMEM;
-	for (; srv->n_shards < n; srv->n_shards++)
+	memset(d->counters, 0, n * sizeof(*d->counters));
+	d->n_counters = n;
+	for (; srv->n_shards < n; srv->n_shards++) {
 		if (!(srv->shards[srv->n_shards] = shard_new(srv, threaded)))
 			return -ENOMEM;
+		srv->shards[srv->n_shards]->counters = &d->counters[srv->n_shards];
+	}
 	return 0;
 }
 
@@ -423,8 +434,9 @@ static void reply_done(struct conn *c, int rc, struct reply_fds *reply_fds, unsi
 		       uint64_t received_ns)
 {
 	if (rc == 0)
-		dispatch_reply_sent(c->srv->d, method, received_ns);
-	if (rc == -EAGAIN)
+		dispatch_reply_sent(&c->client, method, received_ns);
+	/* A map path's reply carries nothing to take back, and takes no daemon lock. */
+	if (rc == -EAGAIN || (!reply_fds->n && !reply_fds->sent && !reply_fds->unsent))
 		return;
 	daemon_lock();
 	if (rc == 0)
@@ -750,6 +762,7 @@ static int conn_new(struct server *srv, int fd, struct peer *peer, struct conn *
 	}
 	c->shard = conn_shard(srv, c);
 	c->shard->load++;
+	c->client.counters = c->shard->counters;
 	*ret_conn = c;
 	return 0;
 }
