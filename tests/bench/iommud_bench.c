@@ -10,8 +10,10 @@
  * backend (through the daemon tests' fixture), or a running one (--socket).
  */
 #define _GNU_SOURCE /* sched_setaffinity, CPU_SET */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -55,7 +57,7 @@ static struct {
 	bool quick;	      /* a run that only shows the benchmark works */
 	const char *parts;    /* the parts to run, as digits */
 } opt = {
-	.parts = "1234",
+	.parts = "12345",
 	.iterations = 20000,
 	.clients_max = MAX_CLIENTS,
 	.batch_rounds = 32,
@@ -192,22 +194,39 @@ static void samples_free(struct samples *s)
 
 /* ---- the daemon's side ---------------------------------------------------------------- */
 
-/* The CPU time of the daemon's event loop, which executes every request (its main thread's
- * time on a CPU, /proc/PID/schedstat); 0 for a daemon we did not start. */
-static uint64_t daemon_cpu_ns(void)
+/* The CPU time of a process's threads (each one's time on a CPU, /proc/PID/task/TID/schedstat):
+ * the daemon's event-loop threads execute its requests, its main thread accepts. */
+static uint64_t process_cpu_ns(pid_t pid)
 {
-	char path[64];
-	unsigned long long ns = 0;
+	char path[320];
+	unsigned long long ns, sum = 0;
+	struct dirent *task;
+	DIR *tasks;
 	FILE *f;
 
-	if (!daemon_pid)
-		return 0;
-	(void)snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)daemon_pid);
-	f = fopen(path, "re");
-	if (!f || fscanf(f, "%llu", &ns) != 1)
-		fail(path, "cannot read the daemon's CPU time");
-	(void)fclose(f);
-	return ns;
+	(void)snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	if (!(tasks = opendir(path)))
+		fail(path, "cannot list the daemon's threads");
+	while ((task = readdir(tasks))) {
+		if (task->d_name[0] == '.')
+			continue;
+		(void)snprintf(path, sizeof(path), "/proc/%d/task/%s/schedstat", (int)pid,
+			       task->d_name);
+		/* A thread gone meanwhile took its time with it: none of the daemon's do. */
+		if ((f = fopen(path, "re"))) {
+			if (fscanf(f, "%llu", &ns) == 1)
+				sum += ns;
+			(void)fclose(f);
+		}
+	}
+	(void)closedir(tasks);
+	return sum;
+}
+
+/* The daemon's CPU time; 0 for a daemon we did not start. */
+static uint64_t daemon_cpu_ns(void)
+{
+	return daemon_pid ? process_cpu_ns(daemon_pid) : 0;
 }
 
 /* A connection with a paging domain of its own. */
@@ -968,6 +987,133 @@ static void part_memory(void)
 	free(b);
 }
 
+/* ---- part 5 --------------------------------------------------------------------------- */
+
+/* Part 5's tenants: uids of their own, each given a device by its daemon's configuration. */
+#define TENANT_UID   61051
+#define TENANT_CONNS 2 /* connections of each tenant, each on a thread of its own */
+#define TENANTS_TEXT                                                                               \
+	"[uid 61051]\naccess = write\ndevices = emu0\n"                                            \
+	"[uid 61052]\naccess = write\ndevices = emu1\n"
+
+/* What a tenant's process reports. */
+struct tenant_result {
+	uint64_t pairs;
+	uint64_t ns; /* from its first pair's start to its last one's end */
+};
+
+/* A tenant's process, as its own uid: its connections map and unmap 4 KiB pairs for a level's
+ * time once go says so, then it reports to out. */
+static void tenant_process(uid_t uid, const char *dev, int ready, int go)
+{
+	static struct client clients[TENANT_CONNS];
+	struct tenant_result r = {0};
+	uint64_t first = UINT64_MAX, last = 0;
+	char byte;
+
+	if (setgroups(0, NULL) < 0 || setgid((gid_t)uid) < 0 || setuid(uid) < 0)
+		fail("becoming a tenant's uid", strerror(errno));
+	(void)snprintf(device, sizeof(device), "%s", dev);
+	for (unsigned i = 0; i < TENANT_CONNS; i++) {
+		clients[i].conn = client_open(&clients[i].dom);
+		clients[i].mem = memfd(PAGE);
+	}
+	if (write(ready, "r", 1) != 1 || read(go, &byte, 1) != 1)
+		fail("starting a tenant", "the benchmark went away");
+	(void)run_level(clients, TENANT_CONNS, MAP_UNMAP);
+	for (unsigned i = 0; i < TENANT_CONNS; i++) {
+		r.pairs += clients[i].pages;
+		first = clients[i].start_ns < first ? clients[i].start_ns : first;
+		last = clients[i].end_ns > last ? clients[i].end_ns : last;
+	}
+	r.ns = last - first;
+	if (write(ready, &r, sizeof(r)) != sizeof(r))
+		fail("reporting a tenant's figures", strerror(errno));
+	_exit(0);
+}
+
+/* n tenants mapping at once on the daemon at opt.socket: their pairs/s together, and the
+ * daemon's CPU time per pair. */
+static void tenants_at_once(unsigned n, double *ret_per_s, double *ret_cpu_ns)
+{
+	static const char *const devices[] = {"emu0", "emu1"};
+	int ready[2][2], go[2];
+	struct tenant_result r;
+	uint64_t cpu, pairs = 0;
+	pid_t pids[2];
+	double per_s = 0;
+	int status;
+	char byte;
+
+	if (pipe(go) < 0)
+		fail("making a pipe", strerror(errno));
+	for (unsigned t = 0; t < n; t++) {
+		if (pipe(ready[t]) < 0 || (pids[t] = fork()) < 0)
+			fail("starting a tenant", strerror(errno));
+		if (pids[t] == 0)
+			tenant_process(TENANT_UID + t, devices[t], ready[t][1], go[0]);
+		if (read(ready[t][0], &byte, 1) != 1)
+			fail("starting a tenant", "it failed before mapping");
+	}
+	cpu = daemon_cpu_ns();
+	if (write(go[1], "gg", n) != (ssize_t)n)
+		fail("starting the tenants", strerror(errno));
+	for (unsigned t = 0; t < n; t++) {
+		if (read(ready[t][0], &r, sizeof(r)) != sizeof(r) ||
+		    waitpid(pids[t], &status, 0) != pids[t] || !WIFEXITED(status) ||
+		    WEXITSTATUS(status))
+			fail("a tenant", "it failed while mapping (its message is above)");
+		pairs += r.pairs;
+		per_s += (double)r.pairs * 1e9 / (double)r.ns;
+		(void)close(ready[t][0]);
+		(void)close(ready[t][1]);
+	}
+	*ret_cpu_ns = (double)(daemon_cpu_ns() - cpu) / (double)pairs;
+	*ret_per_s = per_s;
+	(void)close(go[0]);
+	(void)close(go[1]);
+}
+
+static void part_tenants(void)
+{
+	static const struct placement anywhere = {"any", -1, -1};
+	static const unsigned threads[] = {1, 2};
+	const char *socket = opt.socket;
+	pid_t pid = daemon_pid;
+
+	(void)printf(
+		"\n5. Tenants on the daemon's event-loop threads: 1, then 2 tenants mapping at\n"
+		"   once, each its own uid with %u connections doing Map+Unmap of 4 KiB for\n"
+		"   %.2f s, on a daemon of its own run with threads = 1, then threads = 2\n\n",
+		TENANT_CONNS, opt.level_seconds);
+	if (geteuid() != 0) {
+		(void)printf("   (left out: the tenants' processes take uids of their own, which "
+			     "needs root)\n");
+		return;
+	}
+	place(&anywhere);
+	(void)printf("%-8s %12s %12s %6s %16s %16s\n", "threads", "1 pairs/s", "2 pairs/s", "2/1",
+		     "1 cpu-ns/pair", "2 cpu-ns/pair");
+	for (size_t i = 0; i < sizeof(threads) / sizeof(threads[0]); i++) {
+		struct daemon_fixture own;
+		double one, two, one_cpu, two_cpu;
+		char config[256];
+
+		(void)snprintf(config, sizeof(config), "threads = %u\n" TENANTS_TEXT, threads[i]);
+		fixture_start(&own, config, "emu0 emu1");
+		opt.socket = own.socket_path;
+		daemon_pid = own.pid;
+		tenants_at_once(1, &one, &one_cpu);
+		tenants_at_once(2, &two, &two_cpu);
+		fixture_stop(&own);
+		(void)printf("%-8u %12.0f %12.0f %6.2f %16.0f %16.0f\n", threads[i], one, two,
+			     two / one, one_cpu, two_cpu);
+	}
+	(void)printf("(cpu-ns/pair: the daemon's CPU time, all its threads, per Map+Unmap pair)\n");
+	opt.socket = socket;
+	daemon_pid = pid;
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 /* What the run prints: the first half of --help. */
@@ -1019,8 +1165,15 @@ static void usage_figures(FILE *out)
 		"     RSS, its own page tables and its VMAs (counted at %d bytes each) grew by,\n"
 		"     per mapping, and the emulated IOMMU's page tables among them, also per\n"
 		"     GiB mapped. Only for a daemon iommud-bench started.\n"
+		"  5. Tenants: on daemons of its own run with [daemon] threads = 1, then 2,\n"
+		"     one tenant, then two at once, each a process of its own uid (61051,\n"
+		"     61052: needs root) with %u connections doing Map+Unmap of 4 KiB: pairs/s\n"
+		"     of all tenants, the ratio 2 tenants/1, and the daemon's CPU time (all\n"
+		"     its threads, schedstat) per pair, which the machine's noise does not\n"
+		"     stretch.\n"
 		"\n",
-		opt.batches_per_round * BATCH, BATCH, BATCH, MANY_MAPPINGS, 4 * BATCH, VMA_BYTES);
+		opt.batches_per_round * BATCH, BATCH, BATCH, MANY_MAPPINGS, 4 * BATCH, VMA_BYTES,
+		TENANT_CONNS);
 }
 
 static void usage(FILE *out)
@@ -1044,7 +1197,7 @@ static void usage(FILE *out)
 		"                       (default %d)\n"
 		"  -q, --quick          a short run that shows the benchmark works; its figures\n"
 		"                       are noise\n"
-		"  -p, --parts DIGITS   run only the figures named, e.g. 24 (default 1234)\n"
+		"  -p, --parts DIGITS   run only the figures named, e.g. 24 (default 12345)\n"
 		"  -h, --help           show this text\n"
 		"\n"
 		"Environment:\n"
@@ -1175,6 +1328,8 @@ int main(int argc, char **argv)
 		part_scaling();
 	if (strchr(opt.parts, '4'))
 		part_memory();
+	if (strchr(opt.parts, '5'))
+		part_tenants();
 	if (own_daemon)
 		fixture_stop(&own);
 	return 0;
