@@ -383,6 +383,7 @@ static void conn_drop_pending(struct conn *c)
 static void conn_close(struct conn *c)
 {
 	struct server *srv = c->srv;
+	unsigned uid = (unsigned)c->client.peer.uid;
 
 	daemon_lock();
 	LIST_REMOVE(c, link);
@@ -402,7 +403,7 @@ static void conn_close(struct conn *c)
 	if (c->ev)
 		event_free(c->ev);
 	(void)close(c->fd);
-	log_debug("connection closed");
+	log_debug("connection of uid %u closed", uid);
 	free(c);
 }
 

@@ -280,6 +280,20 @@ static int hold_connection(void *arg)
 	return ok ? 0 : 1;
 }
 
+/* Starts the other tenant's holder and checks it is served by another thread than other. */
+static pid_t start_holder(struct holder *h, int other)
+{
+	pid_t pid = fork();
+	char thread;
+
+	CHECK(pid >= 0);
+	if (pid == 0)
+		_exit(run_as(TENANT_B, hold_connection, h));
+	CHECK(read(h->ready[0], &thread, 1) == 1);
+	CHECK(thread >= 0 && thread != other);
+	return pid;
+}
+
 /* Re-executes the daemon, then stops it, each time with a connection open on each of its two
  * loop threads: the lease survives the re-execution, and the stop is clean (exit status 0,
  * which LeakSanitizer's findings would change). */
@@ -292,7 +306,6 @@ TEST(reexec_and_stop_with_both_threads_busy)
 	uint64_t iova = 1ull << 32;
 	int file = iommuctl_memfd("lease", PAGE), status;
 	pid_t pid, holder;
-	char byte;
 
 	CHECK_OK(file);
 	supervisor_start(&sv, CONFIG, "emu0 emu1");
@@ -305,12 +318,7 @@ TEST(reexec_and_stop_with_both_threads_busy)
 	h.socket_path = sv.f.socket_path;
 	CHECK_OK(pipe(h.ready));
 	CHECK_OK(pipe(h.done));
-	holder = fork();
-	CHECK(holder >= 0);
-	if (holder == 0)
-		_exit(run_as(TENANT_B, hold_connection, &h));
-	CHECK(read(h.ready[0], &byte, 1) == 1);
-	CHECK(byte >= 0 && byte != loop_thread_of(c));
+	holder = start_holder(&h, loop_thread_of(c));
 	/* Logged after READY=1, before the first request is served. */
 	CHECK(supervisor_log_has(&sv, "2 event-loop threads"));
 	pid = sv.f.pid;
@@ -324,12 +332,7 @@ TEST(reexec_and_stop_with_both_threads_busy)
 	/* The holder's connection went with the old image: connect it again, then stop. */
 	CHECK(write(h.done[1], "d", 1) == 1);
 	CHECK(waitpid(holder, &status, 0) == holder && WIFEXITED(status));
-	holder = fork();
-	CHECK(holder >= 0);
-	if (holder == 0)
-		_exit(run_as(TENANT_B, hold_connection, &h));
-	CHECK(read(h.ready[0], &byte, 1) == 1);
-	CHECK(byte >= 0 && byte != loop_thread_of(c));
+	holder = start_holder(&h, loop_thread_of(c));
 	supervisor_stop(&sv);
 	CHECK(write(h.done[1], "d", 1) == 1);
 	CHECK(waitpid(holder, &status, 0) == holder && WIFEXITED(status));
