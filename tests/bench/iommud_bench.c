@@ -136,12 +136,35 @@ static size_t placements(struct placement *out)
 	return 2;
 }
 
-/* Pins this thread and the daemon as where says; latency_case pins its echo process alike. */
+/* Calls fn with each thread of process pid (/proc/PID/task): the daemon's event-loop threads
+ * execute its requests, its main thread accepts. */
+static void each_thread(pid_t pid, void (*fn)(pid_t tid, void *arg), void *arg)
+{
+	char path[64];
+	struct dirent *task;
+	DIR *tasks;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	if (!(tasks = opendir(path)))
+		fail(path, "cannot list the daemon's threads");
+	while ((task = readdir(tasks)))
+		if (task->d_name[0] != '.')
+			fn((pid_t)atoi(task->d_name), arg);
+	(void)closedir(tasks);
+}
+
+static void pin_thread(pid_t tid, void *cpu)
+{
+	pin(tid, *(const int *)cpu);
+}
+
+/* Pins this thread and the daemon (every thread of it) as where says; latency_case pins its
+ * echo process alike. */
 static void place(const struct placement *where)
 {
 	pin(0, where->client_cpu);
 	if (daemon_pid)
-		pin(daemon_pid, where->server_cpu);
+		each_thread(daemon_pid, pin_thread, (void *)&where->server_cpu);
 }
 
 /* ---- latency samples ------------------------------------------------------------------ */
@@ -194,32 +217,27 @@ static void samples_free(struct samples *s)
 
 /* ---- the daemon's side ---------------------------------------------------------------- */
 
-/* The CPU time of a process's threads (each one's time on a CPU, /proc/PID/task/TID/schedstat):
- * the daemon's event-loop threads execute its requests, its main thread accepts. */
-static uint64_t process_cpu_ns(pid_t pid)
+/* Adds a thread's time on a CPU (its schedstat) to *(uint64_t *)sum; a thread gone meanwhile
+ * took its time with it, and none of the daemon's go. */
+static void add_cpu_ns(pid_t tid, void *sum)
 {
-	char path[320];
-	unsigned long long ns, sum = 0;
-	struct dirent *task;
-	DIR *tasks;
+	char path[64];
+	unsigned long long ns;
 	FILE *f;
 
-	(void)snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
-	if (!(tasks = opendir(path)))
-		fail(path, "cannot list the daemon's threads");
-	while ((task = readdir(tasks))) {
-		if (task->d_name[0] == '.')
-			continue;
-		(void)snprintf(path, sizeof(path), "/proc/%d/task/%s/schedstat", (int)pid,
-			       task->d_name);
-		/* A thread gone meanwhile took its time with it: none of the daemon's do. */
-		if ((f = fopen(path, "re"))) {
-			if (fscanf(f, "%llu", &ns) == 1)
-				sum += ns;
-			(void)fclose(f);
-		}
-	}
-	(void)closedir(tasks);
+	(void)snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)tid);
+	if (!(f = fopen(path, "re")))
+		return;
+	if (fscanf(f, "%llu", &ns) == 1)
+		*(uint64_t *)sum += ns;
+	(void)fclose(f);
+}
+
+static uint64_t process_cpu_ns(pid_t pid)
+{
+	uint64_t sum = 0;
+
+	each_thread(pid, add_cpu_ns, &sum);
 	return sum;
 }
 
