@@ -508,17 +508,18 @@ static void ping_watchdog_now(void)
 }
 
 /* systemd restarts a daemon whose loop stops turning (WatchdogSec=): the loop itself pings, at
- * half the interval systemd asked for, so a ping is late only when the loop is. */
+ * half the interval systemd asked for, so a ping is late only when the loop is; and only when
+ * every loop thread has turned since the last one, so a ping is late when one of them is. */
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	(void)arg;
-	ping_watchdog_now();
+	if (server_threads_turning(arg))
+		ping_watchdog_now();
 }
 
 /* The ping timer when systemd's watchdog is on for this process, else *ret_ev stays NULL. */
-static int start_watchdog(struct event_base *base, struct event **ret_ev)
+static int start_watchdog(struct event_base *base, struct server *srv, struct event **ret_ev)
 {
 	uint64_t usec;
 	struct timeval half;
@@ -528,7 +529,7 @@ static int start_watchdog(struct event_base *base, struct event **ret_ev)
 		return 0;
 	half = (struct timeval){.tv_sec = (time_t)(usec / 2 / 1000000),
 				.tv_usec = (suseconds_t)(usec / 2 % 1000000)};
-	ev = event_new(base, -1, EV_PERSIST, on_watchdog, NULL);
+	ev = event_new(base, -1, EV_PERSIST, on_watchdog, srv);
 	if (!ev || event_add(ev, &half) < 0) {
 		if (ev)
 			event_free(ev);
@@ -640,12 +641,12 @@ static int serve(struct daemon *d, struct config *cfg)
 		goto out;
 	}
 	adopt_survivors(d);
-	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0)
-		goto out;
 	if (server_start_threads(srv, config_threads(cfg)) < 0) {
 		log_err("%s", failure_message());
 		goto out;
 	}
+	if (watch_signals(&end, signals) < 0 || start_watchdog(base, srv, &watchdog) < 0)
+		goto out;
 	(void)sd_notifyf(0, "READY=1\nWATCHDOG=1\nSTATUS=serving on the %s backend",
 			 kh_backend_name(d->be));
 	log_notice("ready (iommud %s, protocol %d, %u event-loop threads)", IOMMUD_VERSION,

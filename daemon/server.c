@@ -80,8 +80,10 @@ struct shard {
 	struct event *inbox_ev;
 	pthread_mutex_t inbox_lock;
 	LIST_HEAD(, conn) inbox;
-	bool stopping;		 /* its loop is to end once it has taken the inbox */
-	unsigned load;		 /* connections it serves or is handed */
+	bool stopping; /* its loop is to end once it has taken the inbox */
+	struct event *ping_ev;
+	bool ping_unanswered; /* atomic: the main thread's last ping has not run in its loop yet */
+	unsigned load;	      /* connections it serves or is handed */
 	uint64_t throttled_seen; /* of flows_throttled, added to the daemon's count */
 	uint8_t in[IOMMUD_MAX_MESSAGE];
 	uint8_t out[IOMMUD_MAX_MESSAGE];
@@ -117,6 +119,7 @@ static void on_accept_turn(evutil_socket_t fd, short what, void *arg);
 static void on_shard_turn(evutil_socket_t fd, short what, void *arg);
 static void on_resume_accept(evutil_socket_t fd, short what, void *arg);
 static void on_inbox(evutil_socket_t fd, short what, void *arg);
+static void on_ping(evutil_socket_t fd, short what, void *arg);
 static void conn_close(struct conn *c);
 
 /* ---- shards ----------------------------------------------------------------------------- */
@@ -134,6 +137,8 @@ static void shard_free(struct shard *sh)
 		conn_close(c);
 	if (sh->inbox_ev)
 		event_free(sh->inbox_ev);
+	if (sh->ping_ev)
+		event_free(sh->ping_ev);
 	if (sh->turn_ev)
 		event_free(sh->turn_ev);
 	if (sh->flows)
@@ -160,8 +165,9 @@ static struct shard *shard_new(struct server *srv, bool threaded)
 	if (sh->base) {
 		sh->turn_ev = evtimer_new(sh->base, on_shard_turn, sh);
 		sh->inbox_ev = event_new(sh->base, -1, 0, on_inbox, sh);
+		sh->ping_ev = event_new(sh->base, -1, 0, on_ping, sh);
 	}
-	if (!sh->turn_ev || !sh->inbox_ev || flows_create(&sh->flows) < 0) {
+	if (!sh->turn_ev || !sh->inbox_ev || !sh->ping_ev || flows_create(&sh->flows) < 0) {
 		shard_free(sh);
 		return NULL;
 	}
@@ -276,6 +282,28 @@ void server_stop_threads(struct server *srv)
 		(void)pthread_join(sh->thread, NULL);
 		sh->running = false;
 	}
+}
+
+static void on_ping(evutil_socket_t fd, short what, void *arg)
+{
+	struct shard *sh = arg;
+
+	(void)fd;
+	(void)what;
+	__atomic_store_n(&sh->ping_unanswered, false, __ATOMIC_RELAXED);
+}
+
+bool server_threads_turning(struct server *srv)
+{
+	bool turning = true;
+
+	for (unsigned i = 0; i < srv->n_shards; i++) {
+		struct shard *sh = srv->shards[i];
+
+		turning &= !__atomic_exchange_n(&sh->ping_unanswered, true, __ATOMIC_RELAXED);
+		event_active(sh->ping_ev, EV_READ, 0);
+	}
+	return turning;
 }
 
 unsigned server_threads(const struct server *srv)

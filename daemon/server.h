@@ -45,6 +45,9 @@ int server_start_threads(struct server *srv, unsigned n);
 /* Ends every loop thread and waits for it: connections stay open, unserved, until
  * server_destroy. */
 void server_stop_threads(struct server *srv);
+/* Whether every loop thread has turned since the last call: has run the wake-up the last call
+ * sent it (the first call: true). Sends each the next. */
+bool server_threads_turning(struct server *srv);
 /* How many loop threads serve connections; 0: the server's own loop does. */
 unsigned server_threads(const struct server *srv);
 /* Listens on the socket systemd passed (socket activation) if there is one, else binds path,
