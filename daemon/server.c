@@ -454,8 +454,6 @@ static void conn_arm(struct conn *c)
 	(void)event_add(c->ev, seconds ? &timeout : NULL);
 }
 
-/* Sends the reply to a call of method received at received_ns, or keeps it until the socket
- * takes it. A negative errno when the connection must close. */
 /* After a send that gave rc: the call's latency counted and the descriptors' copies closed
  * once it went, the descriptors closed as unsent if it failed; a reply waiting (-EAGAIN) keeps
  * its descriptors. */
@@ -474,6 +472,8 @@ static void reply_done(struct conn *c, int rc, struct reply_fds *reply_fds, unsi
 	daemon_unlock();
 }
 
+/* Sends the reply to a call of method received at received_ns, or keeps it until the socket
+ * takes it. A negative errno when the connection must close. */
 static int conn_reply(struct conn *c, size_t len, struct reply_fds *reply_fds, unsigned method,
 		      uint64_t received_ns)
 {
