@@ -1017,7 +1017,8 @@ static void part_memory(void)
 /* What a tenant's process reports. */
 struct tenant_result {
 	uint64_t pairs;
-	uint64_t ns; /* from its first pair's start to its last one's end */
+	uint64_t ns;	 /* from its first pair's start to its last one's end */
+	uint64_t cpu_ns; /* the process's CPU time meanwhile */
 };
 
 /* Pairs on c, TENANT_DEPTH of them sent before their replies are read, so that the daemon
@@ -1068,22 +1069,29 @@ static void tenant_process(uid_t uid, const char *dev, int ready, int go)
 	mem = memfd(PAGE);
 	if (write(ready, "r", 1) != 1 || read(go, &byte, 1) != 1)
 		fail("starting a tenant", "the benchmark went away");
+	r.cpu_ns = process_cpu_ns(getpid());
 	r.pairs = pipelined_pairs(c, dom, mem, &r.ns);
+	r.cpu_ns = process_cpu_ns(getpid()) - r.cpu_ns;
 	if (write(ready, &r, sizeof(r)) != sizeof(r))
 		fail("reporting a tenant's figures", strerror(errno));
 	_exit(0);
 }
 
-/* n tenants mapping at once on the daemon at opt.socket: their pairs/s together, and the
- * daemon's CPU time per pair. */
-static void tenants_at_once(unsigned n, double *ret_per_s, double *ret_cpu_ns)
+/* What n tenants mapping at once got: pairs/s of them all, and the CPU time per pair of the
+ * daemon and of the tenants' own processes. */
+struct tenants_figures {
+	double per_s, daemon_ns, client_ns;
+};
+
+/* n tenants mapping at once on the daemon at opt.socket. */
+static struct tenants_figures tenants_at_once(unsigned n)
 {
+	struct tenants_figures fig = {0};
 	static const char *const devices[] = {"emu0", "emu1"};
 	int ready[2][2], go[2];
 	struct tenant_result r;
-	uint64_t cpu, pairs = 0;
+	uint64_t cpu, pairs = 0, client_ns = 0;
 	pid_t pids[2];
-	double per_s = 0;
 	int status;
 	char byte;
 
@@ -1106,14 +1114,16 @@ static void tenants_at_once(unsigned n, double *ret_per_s, double *ret_cpu_ns)
 		    WEXITSTATUS(status))
 			fail("a tenant", "it failed while mapping (its message is above)");
 		pairs += r.pairs;
-		per_s += (double)r.pairs * 1e9 / (double)r.ns;
+		client_ns += r.cpu_ns;
+		fig.per_s += (double)r.pairs * 1e9 / (double)r.ns;
 		(void)close(ready[t][0]);
 		(void)close(ready[t][1]);
 	}
-	*ret_cpu_ns = (double)(daemon_cpu_ns() - cpu) / (double)pairs;
-	*ret_per_s = per_s;
+	fig.daemon_ns = (double)(daemon_cpu_ns() - cpu) / (double)pairs;
+	fig.client_ns = (double)client_ns / (double)pairs;
 	(void)close(go[0]);
 	(void)close(go[1]);
+	return fig;
 }
 
 static void part_tenants(void)
@@ -1134,24 +1144,28 @@ static void part_tenants(void)
 		return;
 	}
 	place(&anywhere);
-	(void)printf("%-8s %12s %12s %6s %16s %16s\n", "threads", "1 pairs/s", "2 pairs/s", "2/1",
-		     "1 cpu-ns/pair", "2 cpu-ns/pair");
+	(void)printf("%-7s %9s %9s %5s %9s %9s %9s %9s\n", "threads", "1 pairs/s", "2 pairs/s",
+		     "2/1", "1 daemon", "2 daemon", "1 client", "2 client");
 	for (size_t i = 0; i < sizeof(threads) / sizeof(threads[0]); i++) {
 		struct daemon_fixture own;
-		double one, two, one_cpu, two_cpu;
+		struct tenants_figures one, two;
 		char config[256];
 
 		(void)snprintf(config, sizeof(config), "threads = %u\n" TENANTS_TEXT, threads[i]);
 		fixture_start(&own, config, "emu0 emu1");
 		opt.socket = own.socket_path;
 		daemon_pid = own.pid;
-		tenants_at_once(1, &one, &one_cpu);
-		tenants_at_once(2, &two, &two_cpu);
+		one = tenants_at_once(1);
+		two = tenants_at_once(2);
 		fixture_stop(&own);
-		(void)printf("%-8u %12.0f %12.0f %6.2f %16.0f %16.0f\n", threads[i], one, two,
-			     two / one, one_cpu, two_cpu);
+		(void)printf("%-7u %9.0f %9.0f %5.2f %9.0f %9.0f %9.0f %9.0f\n", threads[i],
+			     one.per_s, two.per_s, two.per_s / one.per_s, one.daemon_ns,
+			     two.daemon_ns, one.client_ns, two.client_ns);
 	}
-	(void)printf("(cpu-ns/pair: the daemon's CPU time, all its threads, per Map+Unmap pair)\n");
+	(void)printf(
+		"(daemon, client: CPU ns per Map+Unmap pair of the daemon, all its threads, and\n"
+		"of the tenants' processes; with the clients on the daemon's CPUs, 2 tenants\n"
+		"on 2 threads can get at most 2 x daemon / (daemon + client) of 1 tenant)\n");
 	opt.socket = socket;
 	daemon_pid = pid;
 }
