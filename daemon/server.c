@@ -122,6 +122,16 @@ static void on_inbox(evutil_socket_t fd, short what, void *arg);
 static void on_ping(evutil_socket_t fd, short what, void *arg);
 static void conn_close(struct conn *c);
 
+/* Frees the three events that were made, in order. */
+static void free_events(struct event **a, struct event **b, struct event **c)
+{
+	struct event **all[] = {a, b, c};
+
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		if (*all[i])
+			event_free(*all[i]);
+}
+
 /* ---- shards ----------------------------------------------------------------------------- */
 
 static void shard_free(struct shard *sh)
@@ -135,12 +145,7 @@ static void shard_free(struct shard *sh)
 		on_inbox(-1, 0, sh);
 	while ((c = LIST_FIRST(&sh->conns)))
 		conn_close(c);
-	if (sh->inbox_ev)
-		event_free(sh->inbox_ev);
-	if (sh->ping_ev)
-		event_free(sh->ping_ev);
-	if (sh->turn_ev)
-		event_free(sh->turn_ev);
+	free_events(&sh->inbox_ev, &sh->ping_ev, &sh->turn_ev);
 	if (sh->flows)
 		flows_destroy(sh->flows);
 	if (sh->threaded && sh->base)
@@ -1152,12 +1157,7 @@ void server_destroy(struct server *srv)
 	free_shards(srv);
 	if (srv->accept_item.flow)
 		flows_leave(srv->flows, &srv->accept_item);
-	if (srv->listen_ev)
-		event_free(srv->listen_ev);
-	if (srv->resume_ev)
-		event_free(srv->resume_ev);
-	if (srv->turn_ev)
-		event_free(srv->turn_ev);
+	free_events(&srv->listen_ev, &srv->resume_ev, &srv->turn_ev);
 	if (srv->flows)
 		flows_destroy(srv->flows);
 	if (srv->spare_fd >= 0)
