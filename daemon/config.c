@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+#define _GNU_SOURCE /* sched_getaffinity */
 #include "config.h"
 
 #include <ctype.h>
@@ -7,6 +8,7 @@
 #include <grp.h>
 #include <ini.h>
 #include <pwd.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -301,6 +303,35 @@ static int key_probe_driver_latency(struct load_state *st, const char *value)
 	return 1;
 }
 
+static int key_threads(struct load_state *st, const char *value)
+{
+	uint64_t number;
+
+	if (strcmp(value, "auto") == 0) {
+		st->cfg->threads = 0;
+		return 1;
+	}
+	if (parse_size(value, &number) < 0 || number < 1 || number > CONFIG_MAX_THREADS)
+		return bad(st,
+			   "threads must be auto (one per CPU the daemon may run on) or a number "
+			   "from 1 to %d, not '%s'",
+			   CONFIG_MAX_THREADS, value);
+	st->cfg->threads = (unsigned)number;
+	return 1;
+}
+
+unsigned config_threads(const struct config *cfg)
+{
+	cpu_set_t cpus;
+	int n;
+
+	if (cfg->threads)
+		return cfg->threads;
+	if (sched_getaffinity(0, sizeof(cpus), &cpus) < 0 || (n = CPU_COUNT(&cpus)) < 1)
+		return 1;
+	return n < CONFIG_MAX_THREADS ? (unsigned)n : CONFIG_MAX_THREADS;
+}
+
 /* A daemon-wide ceiling: a positive number, with K, M, G or T where it counts bytes. */
 static int ceiling_key(struct load_state *st, const char *key, const char *value, uint64_t *slot)
 {
@@ -339,6 +370,7 @@ static const struct {
 	{"max-maps-total", key_max_maps_total},
 	{"max-leases-total", key_max_leases_total},
 	{"max-pinned-total", key_max_pinned_total},
+	{"threads", key_threads},
 };
 
 /* The [daemon] keys that take a plain number, and its range. */

@@ -57,6 +57,7 @@ struct config {
 	char *topology; /* emulated backend topology file; NULL: one default device */
 	int log_level;
 	unsigned max_connections;
+	unsigned threads; /* event-loop threads serving connections; 0: auto (config_threads) */
 	/* Fairness and connection limits (docs/operations.md, "Fairness and connection limits");
 	 * root is held by none of them. */
 	unsigned max_connections_per_uid;
@@ -107,6 +108,10 @@ const char *config_backend_name(Iommud__V1__Backend backend);
 int config_backend_value(const char *name, Iommud__V1__Backend *ret_backend);
 /* What config_parse_backend accepts, for messages: "auto, iommufd, vfio-type1, emulated". */
 const char *config_backend_choices(char *buf, size_t size);
+/* The event-loop threads the daemon runs: the configured number, or for auto the CPUs the
+ * daemon may run on (sched_getaffinity), at most CONFIG_MAX_THREADS. */
+#define CONFIG_MAX_THREADS 64
+unsigned config_threads(const struct config *cfg);
 
 /* Parses a byte count with an optional K, M, G or T suffix (powers of 1024); decimal or 0x hex.
  * -EINVAL if malformed, -ERANGE if it does not fit 64 bits. */

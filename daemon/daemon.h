@@ -5,8 +5,9 @@
  * session.
  *
  * Ownership: struct daemon owns nothing (main() owns the configuration and the backend,
- * serve() the registry and the probes). A struct client is owned by the server's connection; it
- * holds a reference on its tenant and on the session it joined, dropped by client_fini.
+ * serve() the registry and the probes, the server the counters). A struct client is owned by the
+ * server's connection; it holds a reference on its tenant and on the session it joined, dropped by
+ * client_fini.
  */
 #ifndef IOMMUD_DAEMON_H
 #define IOMMUD_DAEMON_H
@@ -35,6 +36,14 @@ struct method_stats {
 	struct iommud_hist latency;
 };
 
+/* What one loop thread counts of the calls it handles, GetStats summing every thread's: written
+ * by its own thread only, under the daemon lock or a map path's (daemon_lock.h), so that a
+ * reader holding the daemon lock sees no count move. */
+struct counters {
+	struct method_stats methods[IOMMUD_METHOD_SLOTS]; /* by method number */
+	uint64_t rejected_packets;
+} __attribute__((aligned(64)));
+
 /* Why the server refused a connection, or closed one it had taken: GetStats counts each. */
 enum refusal {
 	REFUSED_MAX_CONNECTIONS,
@@ -55,14 +64,16 @@ struct daemon {
 	struct probes *probes;		 /* the map/unmap histograms; owned by serve() */
 	struct delegations *delegations; /* owned by serve(); NULL where none are followed */
 	struct state *state;		 /* the leases' state record (state.h); NULL: none kept */
-	unsigned calls_kept;		 /* calls between slices (dispatch_resume) */
+	unsigned calls_kept;		 /* calls between slices (dispatch_resume); atomic */
 	time_t started;
+	/* Under the daemon lock from here on, but rate_limited, which the loop threads add to
+	 * atomically. */
 	unsigned connections;
-	uint64_t rejected_packets;
 	uint64_t refused[REFUSALS]; /* connections, by reason */
 	uint64_t rate_limited;	    /* times a reader tenant's requests waited for reader-rate */
 	size_t stats_left_out; /* entries the last GetStats left out: warned of when it changes */
-	struct method_stats methods[IOMMUD_METHOD_SLOTS]; /* by method number */
+	struct counters *counters; /* one per loop thread, the server's */
+	unsigned n_counters;
 };
 
 struct client {
@@ -71,8 +82,9 @@ struct client {
 	struct tenant *tenant; /* reference held while the connection lives; NULL: the peer is
 				* not verified, and every request is refused */
 	enum access access;
-	struct session *session; /* joined at Hello or at the first call needing one */
-	bool called;		 /* a request was handled: Hello may no longer choose a lease */
+	struct session *session;   /* joined at Hello or at the first call needing one */
+	bool called;		   /* a request was handled: Hello may no longer choose a lease */
+	struct counters *counters; /* its loop thread's (borrowed) */
 };
 
 /* Sets up a client for a peer: finds its tenant if it is verified. Takes the peer over

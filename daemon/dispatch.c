@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "call.h"
+#include "daemon_lock.h"
 #include "log.h"
 #include "state.h"
 #include "text.h"
@@ -309,7 +310,9 @@ int nomem(void)
 
 static void call_end(struct call *call)
 {
-	state_call_end(call->d->state, call);
+	/* Only a lease's call sets room aside, and a map path must not write the state's books. */
+	if (call->store_room)
+		state_call_end(call->d->state, call);
 	reply_fds_close(&call->out);
 	for (size_t i = 0; i < call->n_fds; i++)
 		if (call->fds[i] >= 0)
@@ -320,7 +323,8 @@ static void call_end(struct call *call)
 
 int client_init(struct daemon *d, struct client *c, const struct peer *peer)
 {
-	*c = (struct client){.peer = *peer, .fd = -1};
+	/* The first loop thread's counters until the server says which thread serves it. */
+	*c = (struct client){.peer = *peer, .fd = -1, .counters = d->counters};
 	/* An unverified peer stays connected, tenantless, to be told why it is refused. */
 	if (peer->doubt != PEER_VERIFIED)
 		return 0;
@@ -748,7 +752,7 @@ static struct call *keep_call(const struct call *call)
 	k->call.packet = NULL;
 	k->call.packet_len = 0;
 	k->of_lease = state_call_kept(call->d->state, &k->call);
-	call->d->calls_kept++;
+	(void)__atomic_add_fetch(&call->d->calls_kept, 1, __ATOMIC_RELAXED);
 	return &k->call;
 }
 
@@ -756,7 +760,7 @@ static void free_call(struct call *call)
 {
 	if (((struct kept_call *)((char *)call - offsetof(struct kept_call, call)))->of_lease)
 		state_call_done(call->d->state);
-	call->d->calls_kept--;
+	(void)__atomic_sub_fetch(&call->d->calls_kept, 1, __ATOMIC_RELAXED);
 	call_end(call);
 	request_free(call->req_memory);
 	free((char *)call - offsetof(struct kept_call, call));
@@ -787,7 +791,6 @@ static bool changed_unacknowledged(const struct call *call)
 static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
 		       struct reply_fds *out_fds, unsigned *ret_method, struct call **ret_kept)
 {
-	struct daemon *d = call->d;
 	struct call *k = NULL;
 	Iommud__V1__Code code;
 	size_t out_len;
@@ -814,8 +817,8 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
 	else if (call->req && changed_unacknowledged(call))
 		state_note_unacknowledged(call->d->state, call);
 	out_len = pack_response(call, rc, out, &code);
-	if (*ret_method)
-		count_call(&call->d->methods[*ret_method], code);
+	if (*ret_method && call->client->counters)
+		count_call(&call->client->counters->methods[*ret_method], code);
 	if (code == IOMMUD__V1__CODE__CODE_OK) {
 		*out_fds = call->out;
 		call->out.n = 0;
@@ -826,8 +829,47 @@ static size_t end_call(struct call *call, int rc, bool kept, uint8_t *out,
 		free_call(call);
 	else
 		call_end(call);
-	state_compact_if_due(d->state);
 	return out_len;
+}
+
+/* Map, Unmap, MapBatch and UnmapAll in the anonymous session the connection has joined: they
+ * touch that session, its tenant (which one loop thread serves) and what map paths may share
+ * (daemon_lock.h), so they hold only a map path's lock. A lease's calls are recorded in the
+ * state record, and a first call joins a session: those hold the daemon lock. */
+static bool map_path(const struct client *c, const Iommud__V1__Request *req)
+{
+	if (!req || !c->session || session_lease(c->session)[0])
+		return false;
+	switch (req->method_case) {
+	case IOMMUD__V1__REQUEST__METHOD_MAP:
+	case IOMMUD__V1__REQUEST__METHOD_MAP_BATCH:
+	case IOMMUD__V1__REQUEST__METHOD_UNMAP:
+	case IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* Takes the lock a call holds while it runs (map_path says which). */
+static void call_lock(bool map)
+{
+	if (map)
+		map_path_lock();
+	else
+		daemon_lock();
+}
+
+/* Lets it go: a call holding the daemon lock compacts the state record first when that is
+ * due (a lease's call may have made it so). */
+static void call_unlock(struct daemon *d, bool map)
+{
+	if (map) {
+		map_path_unlock();
+		return;
+	}
+	state_compact_if_due(d->state);
+	daemon_unlock();
 }
 
 size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet, size_t len,
@@ -846,9 +888,12 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 	Iommud__V1__Request *req = NULL;
 	size_t out_len;
 	int rc = decode_packet(packet, len, defect, &req, &call.req_memory);
+	bool map = rc == 0 && map_path(c, req);
 
+	call_lock(map);
 	if (rc < 0) {
-		d->rejected_packets++;
+		if (c->counters)
+			c->counters->rejected_packets++;
 		log_struct(LOG_DEBUG, LOG_FIELDS({"IOMMUD_FAILURE", failure_message()}),
 			   "rejected a packet: {IOMMUD_FAILURE}");
 	} else {
@@ -859,6 +904,7 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 		rc = handle_request(&call);
 	}
 	out_len = end_call(&call, rc, false, out, out_fds, ret_method, ret_kept);
+	call_unlock(d, map);
 	/* A kept call took the request over. */
 	if (!*ret_kept)
 		request_free(call.req_memory);
@@ -868,12 +914,18 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
 		       struct reply_fds *out_fds, unsigned *ret_method, struct call **ret_kept)
 {
+	struct daemon *d = call->d;
+	bool map = map_path(call->client, call->req);
+	size_t out_len;
 	int rc;
 
+	call_lock(map);
 	call->deadline_ns = deadline_ns;
 	rc = call->resume(call);
 	log_failure(call, rc);
-	return end_call(call, rc, true, out, out_fds, ret_method, ret_kept);
+	out_len = end_call(call, rc, true, out, out_fds, ret_method, ret_kept);
+	call_unlock(d, map);
+	return out_len;
 }
 
 bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
@@ -899,8 +951,14 @@ bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
 	return true;
 }
 
-void dispatch_reply_sent(struct daemon *d, unsigned method, uint64_t received_ns)
+void dispatch_reply_sent(struct client *c, unsigned method, uint64_t received_ns)
 {
-	if (method && method < IOMMUD_METHOD_SLOTS)
-		histogram_add(&d->methods[method].latency, monotonic_ns() - received_ns);
+	uint64_t ns = monotonic_ns() - received_ns;
+
+	if (!method || method >= IOMMUD_METHOD_SLOTS || !c->counters)
+		return;
+	/* A map path's lock keeps a GetStats from reading the histogram as it changes. */
+	map_path_lock();
+	histogram_add(&c->counters->methods[method].latency, ns);
+	map_path_unlock();
 }

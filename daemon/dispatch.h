@@ -76,12 +76,14 @@ size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
  * finished) until deadline_ns, as its work would go on. False while there is more, for another
  * call in a later turn; true once the call is gone. */
 bool dispatch_abandon(struct call *call, uint64_t deadline_ns);
+/* dispatch_packet and dispatch_resume take the daemon lock (daemon_lock.h) where a call needs
+ * it; dispatch_abandon is called under it. */
 /* Requests are decoded into chunks of memory that go with them, but the thread that dispatches
  * keeps its last freed chunk (16 KiB) for the next request; this frees the calling thread's,
  * at teardown, once it dispatches no more. */
 void dispatch_fini(void);
 /* The reply to a call of method (as dispatch_packet gave it) received at received_ns
  * (monotonic_ns) has been sent. */
-void dispatch_reply_sent(struct daemon *d, unsigned method, uint64_t received_ns);
+void dispatch_reply_sent(struct client *c, unsigned method, uint64_t received_ns);
 
 #endif

@@ -98,8 +98,6 @@ int fdstore_add(const char *name, int fd)
 /* Kernel descriptors removed since the manager last confirmed it had read every message
  * before a barrier: until it reads them, its copies keep devices bound and pages pinned. */
 static bool removals_unread;
-static void (*wake_syncer)(void *arg);
-static void *wake_arg;
 /* Set by the first barrier the manager did not answer: one that does not answer the next
  * either would freeze the loop at every removal. */
 static bool manager_silent;
@@ -143,13 +141,9 @@ void fdstore_remove(const char *name)
 
 void fdstore_remove_kernel(const char *name)
 {
-	bool first = !removals_unread;
-
 	if (!send_remove(name) || manager_silent)
 		return;
 	removals_unread = true;
-	if (first && wake_syncer)
-		wake_syncer(wake_arg);
 }
 
 /* sd_notify_barrier gives up on any signal (its ppoll is never restarted), and the daemon's
@@ -199,12 +193,6 @@ void fdstore_sync(void)
 		    "with EBUSY until it does; check that PID 1 is systemd 246 or later and is "
 		    "responsive, then restart iommud to wait again",
 		    (unsigned long long)(timeout_usec / 1000), strerror(-rc));
-}
-
-void fdstore_defer_sync(void (*wake)(void *arg), void *arg)
-{
-	wake_syncer = wake;
-	wake_arg = arg;
 }
 
 int fdstore_handed(void)

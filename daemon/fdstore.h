@@ -55,8 +55,8 @@ void fdstore_remove(const char *name);
 /* The same for a kernel descriptor (an iommufd context, a device): until the manager reads the
  * message its copy keeps the device bound to a released lease's context (another session's
  * bind fails with EBUSY) and the pages pinned. So the removal is waited for (fdstore_sync)
- * before the daemon acts on anything else, once fdstore_defer_sync was called; before that,
- * and after it was called with NULL, by the next fdstore_sync the caller runs itself. */
+ * before the daemon acts on anything else: by the holder of the daemon lock before it lets go
+ * (daemon_lock.h), or by the next fdstore_sync the caller runs itself. */
 void fdstore_remove_kernel(const char *name);
 /* Waits until the manager has read every message sent before (BARRIER=1, which it answers by
  * closing the descriptor that comes with it once it has processed all earlier ones), when a
@@ -64,9 +64,6 @@ void fdstore_remove_kernel(const char *name);
  * none never wait. A manager that does not answer one barrier in time (5 s, a quarter of the
  * watchdog interval at most) is not waited for again, and said so once. */
 void fdstore_sync(void);
-/* From now on the first removal of a kernel descriptor after a sync calls wake(arg), whose
- * owner runs fdstore_sync before the next event it handles; NULL stops that. */
-void fdstore_defer_sync(void (*wake)(void *arg), void *arg);
 
 /* Reads LISTEN_FDS and LISTEN_FDNAMES, once; later calls see the same descriptors. How many
  * were handed, or a negative errno. */

@@ -29,6 +29,7 @@ struct flow {
 	uint64_t tokens_milli; /* thousandths of a token, so slow rates still refill smoothly */
 	uint64_t refilled_ns;
 	bool throttled; /* found without a token since its last request */
+	void *owner;	/* the caller's, NULL until it sets it (flows_owner) */
 };
 
 struct flows {
@@ -111,6 +112,11 @@ int flows_join(struct flows *fs, struct flow_item *item, const void *key, uid_t 
 	u->items++;
 	*item = (struct flow_item){.flow = f, .uid = u};
 	return 0;
+}
+
+void **flows_owner(struct flow_item *item)
+{
+	return &item->flow->owner;
 }
 
 void flows_leave(struct flows *fs, struct flow_item *item)

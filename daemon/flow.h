@@ -59,6 +59,9 @@ void flows_destroy(struct flows *fs);
 int flows_join(struct flows *fs, struct flow_item *item, const void *key, uid_t uid,
 	       const struct flow_rate *rate);
 void flows_leave(struct flows *fs, struct flow_item *item);
+/* A word kept with the joined item's flow while it lives, NULL when the flow is new: the server
+ * keeps there the loop thread that serves the tenant. */
+void **flows_owner(struct flow_item *item);
 /* Items joined to key's flow; to uid. */
 unsigned flows_key_items(const struct flows *fs, const void *key);
 unsigned flows_uid_items(const struct flows *fs, uid_t uid);

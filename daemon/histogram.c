@@ -29,6 +29,13 @@ void histogram_add_n(struct iommud_hist *h, uint64_t ns, uint64_t n)
 	h->sum_ns += ns * n;
 }
 
+void histogram_add_shared(struct iommud_hist *h, uint64_t ns, uint64_t n)
+{
+	__atomic_fetch_add(&h->buckets[iommud_hist_bucket(ns)], n, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&h->count, n, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&h->sum_ns, ns * n, __ATOMIC_RELAXED);
+}
+
 size_t histogram_used_buckets(const struct iommud_hist *h)
 {
 	size_t n = IOMMUD_HIST_BUCKETS;

@@ -20,6 +20,8 @@ uint64_t monotonic_ns(void);
 /* Counts one duration of ns nanoseconds; histogram_add_n counts n of them. */
 void histogram_add(struct iommud_hist *h, uint64_t ns);
 void histogram_add_n(struct iommud_hist *h, uint64_t ns, uint64_t n);
+/* histogram_add_n where several threads may add to h at once. */
+void histogram_add_shared(struct iommud_hist *h, uint64_t ns, uint64_t n);
 
 /* How many buckets a reply carries: up to the last non-empty one (the schema leaves out the
  * empty ones at the end), 0 for a histogram without timing. */

@@ -16,6 +16,7 @@
 #define LINE_MAX_BYTES 2048
 #define FIELDS_MAX     8 /* per entry, beside the priority, identifier and message */
 
+/* Read by every loop thread: atomic, as is to_journal below. */
 static int max_level = LOG_INFO;
 
 static const char *const level_names[] = {
@@ -26,12 +27,12 @@ static const char *const level_names[] = {
 
 void log_set_level(int level)
 {
-	max_level = level;
+	__atomic_store_n(&max_level, level, __ATOMIC_RELAXED);
 }
 
 int log_get_level(void)
 {
-	return max_level;
+	return __atomic_load_n(&max_level, __ATOMIC_RELAXED);
 }
 
 int log_parse_level(const char *name)
@@ -156,14 +157,16 @@ void log_struct(int level, const struct log_field *fields, const char *fmt, ...)
 void log_structv(int level, const struct log_field *fields, const char *fmt, va_list ap)
 {
 	/* Decided once: the daemon's stderr does not change from journal to terminal. */
-	static int to_journal = -1;
+	static int journal_known = -1;
 	char line[LINE_MAX_BYTES], escaped[4 * LINE_MAX_BYTES];
-	int n;
+	int n, to_journal = __atomic_load_n(&journal_known, __ATOMIC_RELAXED);
 
-	if (level > max_level)
+	if (level > log_get_level())
 		return;
-	if (to_journal < 0)
+	if (to_journal < 0) {
 		to_journal = getenv("JOURNAL_STREAM") != NULL;
+		__atomic_store_n(&journal_known, to_journal, __ATOMIC_RELAXED);
+	}
 	n = vsnprintf(line, sizeof(line), fmt, ap);
 	if (n < 0)
 		return;

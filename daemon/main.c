@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -237,12 +238,12 @@ static int load_config(const struct options *o, struct config *cfg)
 static void print_config(const struct config *cfg)
 {
 	(void)printf("socket %s (mode %04o), backend %s, topology %s, log level %d, "
-		     "max-connections %u, probe-tier %s, probe-driver-latency %s\n",
+		     "max-connections %u, probe-tier %s, probe-driver-latency %s, threads %u\n",
 		     cfg->socket_path, (unsigned)cfg->socket_mode,
 		     config_backend_name(cfg->backend), cfg->topology ? cfg->topology : "(default)",
 		     cfg->log_level, cfg->max_connections,
 		     iommud_name(&iommud_probe_tier_names, cfg->probe_tier),
-		     cfg->probe_driver_latency ? "yes" : "no");
+		     cfg->probe_driver_latency ? "yes" : "no", config_threads(cfg));
 	(void)printf("ceilings asked for (0: derived at start): max-maps-total %llu, "
 		     "max-leases-total %llu, max-pinned-total %llu\n",
 		     (unsigned long long)cfg->max_maps_total,
@@ -507,17 +508,18 @@ static void ping_watchdog_now(void)
 }
 
 /* systemd restarts a daemon whose loop stops turning (WatchdogSec=): the loop itself pings, at
- * half the interval systemd asked for, so a ping is late only when the loop is. */
+ * half the interval systemd asked for, so a ping is late only when the loop is; and only when
+ * every loop thread has turned since the last one, so a ping is late when one of them is. */
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	(void)arg;
-	ping_watchdog_now();
+	if (server_threads_turning(arg))
+		ping_watchdog_now();
 }
 
 /* The ping timer when systemd's watchdog is on for this process, else *ret_ev stays NULL. */
-static int start_watchdog(struct event_base *base, struct event **ret_ev)
+static int start_watchdog(struct event_base *base, struct server *srv, struct event **ret_ev)
 {
 	uint64_t usec;
 	struct timeval half;
@@ -527,7 +529,7 @@ static int start_watchdog(struct event_base *base, struct event **ret_ev)
 		return 0;
 	half = (struct timeval){.tv_sec = (time_t)(usec / 2 / 1000000),
 				.tv_usec = (suseconds_t)(usec / 2 % 1000000)};
-	ev = event_new(base, -1, EV_PERSIST, on_watchdog, NULL);
+	ev = event_new(base, -1, EV_PERSIST, on_watchdog, srv);
 	if (!ev || event_add(ev, &half) < 0) {
 		if (ev)
 			event_free(ev);
@@ -537,60 +539,6 @@ static int start_watchdog(struct event_base *base, struct event **ret_ev)
 	log_info("pinging systemd's watchdog every %llu ms", (unsigned long long)(usec / 2000));
 	*ret_ev = ev;
 	return 0;
-}
-
-/* A kernel descriptor's removal from the store is waited for before the loop handles anything
- * else (fdstore.h): the event that waits runs above every other's priority, which is the default
- * (N_PRIORITIES / 2) for all the rest, as soon as the callback that removed returns. */
-#define N_PRIORITIES	    2
-#define PRIORITY_STORE_SYNC 0
-
-static struct event_base *loop_base(void)
-{
-	struct event_base *base = event_base_new();
-
-	if (base && event_base_priority_init(base, N_PRIORITIES) < 0) {
-		event_base_free(base);
-		return NULL;
-	}
-	return base;
-}
-
-static void on_store_sync(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	(void)arg;
-	fdstore_sync();
-}
-
-static void wake_store_sync(void *ev)
-{
-	event_active(ev, EV_TIMEOUT, 0);
-}
-
-static int start_store_sync(struct event_base *base, struct event **ret_ev)
-{
-	struct event *ev = event_new(base, -1, 0, on_store_sync, NULL);
-
-	if (!ev || event_priority_set(ev, PRIORITY_STORE_SYNC) < 0) {
-		if (ev)
-			event_free(ev);
-		log_err("cannot start the descriptor store's wait");
-		return -ENOMEM;
-	}
-	fdstore_defer_sync(wake_store_sync, ev);
-	*ret_ev = ev;
-	return 0;
-}
-
-/* After the loop: what is left to wait for is waited for here. */
-static void stop_store_sync(struct event *ev)
-{
-	fdstore_defer_sync(NULL, NULL);
-	fdstore_sync();
-	if (ev)
-		event_free(ev);
 }
 
 /* Watching the map path is never a reason not to serve: what cannot attach is said, once. */
@@ -669,8 +617,8 @@ static void adopt_survivors(struct daemon *d)
 /* Serves until a signal stops the daemon; returns the exit status. */
 static int serve(struct daemon *d, struct config *cfg)
 {
-	struct event *signals[N_SIGNALS] = {NULL}, *watchdog = NULL, *store_sync = NULL;
-	struct event_base *base = loop_base();
+	struct event *signals[N_SIGNALS] = {NULL}, *watchdog = NULL;
+	struct event_base *base = event_base_new();
 	struct loop_end end = {.base = base, .d = d};
 	struct server *srv = NULL;
 	int status = 1;
@@ -693,16 +641,22 @@ static int serve(struct daemon *d, struct config *cfg)
 		goto out;
 	}
 	adopt_survivors(d);
-	if (watch_signals(&end, signals) < 0 || start_watchdog(base, &watchdog) < 0 ||
-	    start_store_sync(base, &store_sync) < 0)
+	if (server_start_threads(srv, config_threads(cfg)) < 0) {
+		log_err("%s", failure_message());
+		goto out;
+	}
+	if (watch_signals(&end, signals) < 0 || start_watchdog(base, srv, &watchdog) < 0)
 		goto out;
 	(void)sd_notifyf(0, "READY=1\nWATCHDOG=1\nSTATUS=serving on the %s backend",
 			 kh_backend_name(d->be));
-	log_notice("ready (iommud %s, protocol %d)", IOMMUD_VERSION, IOMMUD_PROTOCOL_VERSION);
+	log_notice("ready (iommud %s, protocol %d, %u event-loop threads)", IOMMUD_VERSION,
+		   IOMMUD_PROTOCOL_VERSION, server_threads(srv));
 	if (event_base_dispatch(base) < 0)
 		log_err("the event loop failed");
 	else
 		status = 0;
+	/* No handler runs past here: what follows acts on the daemon alone. */
+	server_stop_threads(srv);
 	if (end.reexec)
 		reexec_now(d, srv);
 	if (end.restart)
@@ -714,7 +668,7 @@ out:
 	delegations_destroy(d->delegations);
 	/* The store keeps the leases for the next daemon, if the service manager keeps it. */
 	state_close(d->state);
-	stop_store_sync(store_sync);
+	fdstore_sync();
 	registry_destroy(d->reg);
 	probes_stop(d->probes);
 	free_loop(base, signals, watchdog);
@@ -731,6 +685,11 @@ int main(int argc, char **argv)
 
 	if (parse_options(argc, argv, &opts) < 0)
 		return 2;
+	/* The loop threads wake each other's loops (event_active): libevent must lock its bases. */
+	if (evthread_use_pthreads() < 0) {
+		(void)fprintf(stderr, "iommud: cannot set up libevent for threads\n");
+		return 1;
+	}
 	reexec_remember(argv);
 	if (load_config(&opts, &cfg) < 0) {
 		config_free(&cfg);

@@ -19,6 +19,7 @@
 #include <event2/event.h>
 
 #include "call.h"
+#include "daemon_lock.h"
 #include "log.h"
 #include "probes/probes.h"
 #include "state.h"
@@ -127,7 +128,10 @@ static void vmm_exited(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
+	/* The main thread's loop watches the VMMs; the sessions are the loop threads' too. */
+	daemon_lock();
 	delegation_end(arg, DEVICES_FREE, "the VMM exited");
+	daemon_unlock();
 }
 
 static void session_ended(struct session *s, void *arg)

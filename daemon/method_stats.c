@@ -107,14 +107,34 @@ static Iommud__V1__Histogram *histogram_reply(struct call *call, const struct io
 	return out;
 }
 
+/* A method's figures over every loop thread's counters (daemon.h). */
+static void method_sum(const struct daemon *d, unsigned number, struct method_stats *sum)
+{
+	*sum = (struct method_stats){0};
+	for (unsigned i = 0; i < d->n_counters; i++) {
+		const struct method_stats *s = &d->counters[i].methods[number];
+
+		sum->calls += s->calls;
+		sum->errors += s->errors;
+		for (unsigned code = 0; code < IOMMUD_CODES; code++)
+			sum->codes[code] += s->codes[code];
+		for (unsigned b = 0; b < IOMMUD_HIST_BUCKETS; b++)
+			sum->latency.buckets[b] += s->latency.buckets[b];
+		sum->latency.count += s->latency.count;
+		sum->latency.sum_ns += s->latency.sum_ns;
+		sum->latency.bytes += s->latency.bytes;
+	}
+}
+
 static Iommud__V1__MethodStats *method_reply(struct call *call, unsigned number)
 {
-	const struct method_stats *s = &call->d->methods[number];
+	struct method_stats sum, *s = &sum;
 	Iommud__V1__MethodStats *m = call_alloc(call, sizeof(*m));
 	size_t n_codes = 0;
 
 	if (!m)
 		return NULL;
+	method_sum(call->d, number, &sum);
 	iommud__v1__method_stats__init(m);
 	m->method = (char *)method_name((Iommud__V1__Request__MethodCase)number);
 	m->calls = s->calls;
@@ -386,7 +406,7 @@ static int fill_refused(struct call *call, Iommud__V1__GetStatsReply *reply)
 		r->connections = d->refused[why];
 		reply->refused_connections[reply->n_refused_connections++] = r;
 	}
-	reply->rate_limited = d->rate_limited;
+	reply->rate_limited = __atomic_load_n(&d->rate_limited, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -398,6 +418,8 @@ static void fill_counters(struct call *call, Iommud__V1__GetStatsReply *reply)
 	reply->uptime_seconds = (uint64_t)(time(NULL) - d->started);
 	reply->version = IOMMUD_VERSION;
 	reply->nothing_remapped = !(kh_backend_caps(d->be) & KH_CAP_DMA_REMAPPING);
+	if (call->client->counters)
+		reply->loop_thread = (uint32_t)(call->client->counters - d->counters);
 	fill_quota(reply->quota, tenant_rule(own), tenant_usage(own));
 	if (!reply->observer) {
 		reply->connections = tenant_connections(own);
@@ -409,7 +431,8 @@ static void fill_counters(struct call *call, Iommud__V1__GetStatsReply *reply)
 	reply->connections = d->connections;
 	reply->tenants = registry_tenant_count(d->reg);
 	reply->sessions = registry_session_count(d->reg);
-	reply->rejected_packets = d->rejected_packets;
+	for (unsigned i = 0; i < d->n_counters; i++)
+		reply->rejected_packets += d->counters[i].rejected_packets;
 }
 
 /* A caller who is no observer: its own tenant under its label, as one. */

@@ -6,6 +6,8 @@
 #include <libgen.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@
 
 #include <iommud_wire.h>
 
+#include "daemon_lock.h"
 #include "fdstore.h"
 #include "flow.h"
 #include "log.h"
@@ -41,9 +44,11 @@
 #define REFUSAL_LOG_INTERVAL_S 10
 
 struct conn {
-	LIST_ENTRY(conn) link;
-	struct flow_item item; /* its place in its tenant's flow */
+	LIST_ENTRY(conn) link;	/* in its shard's inbox until the shard takes it, then its conns */
+	struct flow_item item;	/* its place in its tenant's flow, in its shard's flows */
+	struct flow_item count; /* its tenant's and uid's count, in the server's flows */
 	struct server *srv;
+	struct shard *shard;
 	int fd;
 	struct event *ev;
 	struct client client;
@@ -57,6 +62,31 @@ struct conn {
 	/* A request handled in slices, with its tenant's flow held until it is done. */
 	struct call *call;
 	uint64_t call_received_ns;
+};
+
+/* One event-loop thread and what it alone touches: its connections, their flows and their
+ * timeouts. The inbox and load are the exceptions: the main thread hands connections over
+ * through the inbox (under inbox_lock), and load is counted under the daemon lock. */
+struct shard {
+	struct server *srv;
+	struct counters *counters; /* its calls', in the daemon's array */
+	struct event_base *base;   /* its own, or the server's for the inline shard */
+	pthread_t thread;
+	bool threaded;
+	bool running; /* its thread was started and is not joined yet */
+	LIST_HEAD(, conn) conns;
+	struct flows *flows;
+	struct event *turn_ev; /* the next turn of requests */
+	struct event *inbox_ev;
+	pthread_mutex_t inbox_lock;
+	LIST_HEAD(, conn) inbox;
+	bool stopping; /* its loop is to end once it has taken the inbox */
+	struct event *ping_ev;
+	bool ping_unanswered; /* atomic: the main thread's last ping has not run in its loop yet */
+	unsigned load;	      /* connections it serves or is handed */
+	uint64_t throttled_seen; /* of flows_throttled, added to the daemon's count */
+	uint8_t in[IOMMUD_MAX_MESSAGE];
+	uint8_t out[IOMMUD_MAX_MESSAGE];
 };
 
 struct server {
@@ -74,17 +104,111 @@ struct server {
 	int (*identify)(int fd, struct peer *ret_peer);
 	char *socket_path; /* set when the socket file is the daemon's: bound here or by an earlier
 			      image */
-	LIST_HEAD(, conn) conns;
+	/* The accept item and every connection's count: under the daemon lock. */
 	struct flows *flows;
-	struct event *turn_ev;	 /* the next turn of requests */
+	struct event *turn_ev; /* the next turn of accepting */
+	struct shard **shards;
+	unsigned n_shards;
 	uint64_t refusal_log_ns; /* a refusal is logged from then on */
 	uint64_t refusals_unlogged;
 	uint8_t in[IOMMUD_MAX_MESSAGE];
 	uint8_t out[IOMMUD_MAX_MESSAGE];
 };
 
-static void on_turn(evutil_socket_t fd, short what, void *arg);
+static void on_accept_turn(evutil_socket_t fd, short what, void *arg);
+static void on_shard_turn(evutil_socket_t fd, short what, void *arg);
 static void on_resume_accept(evutil_socket_t fd, short what, void *arg);
+static void on_inbox(evutil_socket_t fd, short what, void *arg);
+static void on_ping(evutil_socket_t fd, short what, void *arg);
+static void conn_close(struct conn *c);
+
+/* Frees the three events that were made, in order. */
+static void free_events(struct event **a, struct event **b, struct event **c)
+{
+	struct event **all[] = {a, b, c};
+
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		if (*all[i])
+			event_free(*all[i]);
+}
+
+/* ---- shards ----------------------------------------------------------------------------- */
+
+static void shard_free(struct shard *sh)
+{
+	struct conn *c;
+
+	if (!sh)
+		return;
+	/* Connections handed over but not taken yet are taken, to be closed as the rest. */
+	if (sh->inbox_ev)
+		on_inbox(-1, 0, sh);
+	while ((c = LIST_FIRST(&sh->conns)))
+		conn_close(c);
+	free_events(&sh->inbox_ev, &sh->ping_ev, &sh->turn_ev);
+	if (sh->flows)
+		flows_destroy(sh->flows);
+	if (sh->threaded && sh->base)
+		event_base_free(sh->base);
+	(void)pthread_mutex_destroy(&sh->inbox_lock);
+	free(sh);
+}
+
+/* A shard on its own base, for a thread of its own (threaded), or on the server's. */
+static struct shard *shard_new(struct server *srv, bool threaded)
+{
+	struct shard *sh = calloc(1, sizeof(*sh));
+
+	if (!sh)
+		return NULL;
+	sh->srv = srv;
+	sh->threaded = threaded;
+	(void)pthread_mutex_init(&sh->inbox_lock, NULL);
+	LIST_INIT(&sh->conns);
+	LIST_INIT(&sh->inbox);
+	sh->base = threaded ? event_base_new() : srv->base;
+	if (sh->base) {
+		sh->turn_ev = evtimer_new(sh->base, on_shard_turn, sh);
+		sh->inbox_ev = event_new(sh->base, -1, 0, on_inbox, sh);
+		sh->ping_ev = event_new(sh->base, -1, 0, on_ping, sh);
+	}
+	if (!sh->turn_ev || !sh->inbox_ev || !sh->ping_ev || flows_create(&sh->flows) < 0) {
+		shard_free(sh);
+		return NULL;
+	}
+	return sh;
+}
+
+static void free_shards(struct server *srv)
+{
+	for (unsigned i = 0; i < srv->n_shards; i++)
+		shard_free(srv->shards[i]);
+	free(srv->shards);
+	srv->shards = NULL;
+	srv->n_shards = 0;
+	free(srv->d->counters);
+	srv->d->counters = NULL;
+	srv->d->n_counters = 0;
+}
+
+/* n shards, threaded or one on the server's own base, each with its counters. */
+static int make_shards(struct server *srv, unsigned n, bool threaded)
+{
+	struct daemon *d = srv->d;
+
+	free_shards(srv);
+	if (!(srv->shards = calloc(n, sizeof(*srv->shards))) ||
+	    !(d->counters = aligned_alloc(_Alignof(struct counters), n * sizeof(*d->counters))))
+		return -ENOMEM;
+	memset(d->counters, 0, n * sizeof(*d->counters));
+	d->n_counters = n;
+	for (; srv->n_shards < n; srv->n_shards++) {
+		if (!(srv->shards[srv->n_shards] = shard_new(srv, threaded)))
+			return -ENOMEM;
+		srv->shards[srv->n_shards]->counters = &d->counters[srv->n_shards];
+	}
+	return 0;
+}
 
 int server_create(struct event_base *base, struct daemon *d, unsigned max_connections,
 		  struct server **ret_srv)
@@ -99,16 +223,97 @@ int server_create(struct event_base *base, struct daemon *d, unsigned max_connec
 	srv->listen_fd = -1;
 	srv->identify = identify_peer;
 	srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	LIST_INIT(&srv->conns);
-	srv->turn_ev = evtimer_new(base, on_turn, srv);
+	srv->turn_ev = evtimer_new(base, on_accept_turn, srv);
 	srv->resume_ev = evtimer_new(base, on_resume_accept, srv);
 	if (srv->spare_fd < 0 || !srv->turn_ev || !srv->resume_ev ||
-	    flows_create(&srv->flows) < 0) {
+	    flows_create(&srv->flows) < 0 || make_shards(srv, 1, false) < 0) {
 		server_destroy(srv);
 		return -ENOMEM;
 	}
 	*ret_srv = srv;
 	return 0;
+}
+
+static void *shard_loop(void *arg)
+{
+	struct shard *sh = arg;
+
+	if (event_base_loop(sh->base, EVLOOP_NO_EXIT_ON_EMPTY) < 0)
+		log_err("a loop thread's event loop failed");
+	dispatch_fini();
+	return NULL;
+}
+
+int server_start_threads(struct server *srv, unsigned n)
+{
+	sigset_t all, old;
+	int rc = make_shards(srv, n, true);
+
+	/* Signals are the main thread's (its loop watches them), so the threads block them all. */
+	(void)sigfillset(&all);
+	(void)pthread_sigmask(SIG_BLOCK, &all, &old);
+	for (unsigned i = 0; rc == 0 && i < n; i++) {
+		rc = -pthread_create(&srv->shards[i]->thread, NULL, shard_loop, srv->shards[i]);
+		srv->shards[i]->running = rc == 0;
+	}
+	(void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc < 0) {
+		server_stop_threads(srv);
+		free_shards(srv);
+		return fail(rc, "cannot start %u event-loop threads: %s", n, strerror(-rc));
+	}
+	return 0;
+}
+
+/* Makes the shard take what its inbox holds, and stop its loop when asked to. */
+static void shard_wake(struct shard *sh, struct conn *c, bool stop)
+{
+	(void)pthread_mutex_lock(&sh->inbox_lock);
+	if (c)
+		LIST_INSERT_HEAD(&sh->inbox, c, link);
+	sh->stopping |= stop;
+	(void)pthread_mutex_unlock(&sh->inbox_lock);
+	event_active(sh->inbox_ev, EV_READ, 0);
+}
+
+void server_stop_threads(struct server *srv)
+{
+	for (unsigned i = 0; i < srv->n_shards; i++) {
+		struct shard *sh = srv->shards[i];
+
+		if (!sh->running)
+			continue;
+		shard_wake(sh, NULL, true);
+		(void)pthread_join(sh->thread, NULL);
+		sh->running = false;
+	}
+}
+
+static void on_ping(evutil_socket_t fd, short what, void *arg)
+{
+	struct shard *sh = arg;
+
+	(void)fd;
+	(void)what;
+	__atomic_store_n(&sh->ping_unanswered, false, __ATOMIC_RELAXED);
+}
+
+bool server_threads_turning(struct server *srv)
+{
+	bool turning = true;
+
+	for (unsigned i = 0; i < srv->n_shards; i++) {
+		struct shard *sh = srv->shards[i];
+
+		turning &= !__atomic_exchange_n(&sh->ping_unanswered, true, __ATOMIC_RELAXED);
+		event_active(sh->ping_ev, EV_READ, 0);
+	}
+	return turning;
+}
+
+unsigned server_threads(const struct server *srv)
+{
+	return srv->shards[0]->threaded ? srv->n_shards : 0;
 }
 
 const char *refusal_name(enum refusal why)
@@ -199,6 +404,7 @@ static void accept_stop(struct server *srv);
 static int refuse_out_of_descriptors(struct server *srv, int fd, int err);
 static void accept_one(struct server *srv, uint64_t start_ns);
 
+/* Under the daemon lock: what a handler handed out with the descriptors is taken back. */
 static void conn_drop_pending(struct conn *c)
 {
 	reply_fds_close(&c->pending_fds);
@@ -206,24 +412,32 @@ static void conn_drop_pending(struct conn *c)
 	c->pending = NULL;
 }
 
+/* In the shard's thread, or once it has stopped. */
 static void conn_close(struct conn *c)
 {
 	struct server *srv = c->srv;
+	unsigned uid = (unsigned)c->client.peer.uid;
 
+	daemon_lock();
 	LIST_REMOVE(c, link);
 	srv->d->connections--;
+	c->shard->load--;
 	/* The daemon is stopping, or the connection failed: what remains is done at once. */
 	if (c->call)
 		(void)dispatch_abandon(c->call, UINT64_MAX);
-	flows_leave(srv->flows, &c->item);
-	event_free(c->ev);
-	(void)close(c->fd);
+	if (c->item.flow)
+		flows_leave(c->shard->flows, &c->item);
+	flows_leave(srv->flows, &c->count);
 	conn_drop_pending(c);
-	log_debug("connection of uid %u closed", (unsigned)c->client.peer.uid);
 	client_fini(&c->client);
-	free(c);
 	if (srv->accept_paused)
 		accept_resume(srv);
+	daemon_unlock();
+	if (c->ev)
+		event_free(c->ev);
+	(void)close(c->fd);
+	log_debug("connection of uid %u closed", uid);
+	free(c);
 }
 
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
@@ -240,9 +454,27 @@ static void conn_arm(struct conn *c)
 	struct timeval timeout = {.tv_sec = seconds};
 
 	(void)event_del(c->ev);
-	(void)event_assign(c->ev, c->srv->base, c->fd, c->pending ? EV_WRITE : EV_READ,
+	(void)event_assign(c->ev, c->shard->base, c->fd, c->pending ? EV_WRITE : EV_READ,
 			   conn_on_event, c);
 	(void)event_add(c->ev, seconds ? &timeout : NULL);
+}
+
+/* After a send that gave rc: the call's latency counted and the descriptors' copies closed
+ * once it went, the descriptors closed as unsent if it failed; a reply waiting (-EAGAIN) keeps
+ * its descriptors. */
+static void reply_done(struct conn *c, int rc, struct reply_fds *reply_fds, unsigned method,
+		       uint64_t received_ns)
+{
+	if (rc == 0)
+		dispatch_reply_sent(&c->client, method, received_ns);
+	/* A map path's reply carries nothing to take back, and takes no daemon lock. */
+	if (rc == -EAGAIN || (!reply_fds->n && !reply_fds->sent && !reply_fds->unsent))
+		return;
+	daemon_lock();
+	if (rc == 0)
+		reply_fds_sent(reply_fds);
+	reply_fds_close(reply_fds);
+	daemon_unlock();
 }
 
 /* Sends the reply to a call of method received at received_ns, or keeps it until the socket
@@ -250,14 +482,10 @@ static void conn_arm(struct conn *c)
 static int conn_reply(struct conn *c, size_t len, struct reply_fds *reply_fds, unsigned method,
 		      uint64_t received_ns)
 {
-	int rc = send_reply(c->fd, c->srv->out, len, reply_fds);
+	int rc = send_reply(c->fd, c->shard->out, len, reply_fds);
 
-	if (rc == 0) {
-		dispatch_reply_sent(c->srv->d, method, received_ns);
-		reply_fds_sent(reply_fds);
-	}
+	reply_done(c, rc, reply_fds, method, received_ns);
 	if (rc != -EAGAIN) {
-		reply_fds_close(reply_fds);
 		if (rc < 0)
 			log_debug("cannot reply to uid %u (%s); closing",
 				  (unsigned)c->client.peer.uid, strerror(-rc));
@@ -265,12 +493,12 @@ static int conn_reply(struct conn *c, size_t len, struct reply_fds *reply_fds, u
 	}
 	c->pending = malloc(len);
 	if (!c->pending) {
-		reply_fds_close(reply_fds);
+		reply_done(c, -ENOMEM, reply_fds, method, received_ns);
 		log_err("out of memory holding a reply for uid %u; closing its connection",
 			(unsigned)c->client.peer.uid);
 		return -ENOMEM;
 	}
-	memcpy(c->pending, c->srv->out, len);
+	memcpy(c->pending, c->shard->out, len);
 	c->pending_len = len;
 	c->pending_fds = *reply_fds;
 	c->pending_method = method;
@@ -294,7 +522,7 @@ static int conn_end_call(struct conn *c, size_t len, struct reply_fds *reply_fds
 {
 	c->call = kept;
 	c->call_received_ns = received_ns;
-	flows_hold(c->srv->flows, &c->item, kept);
+	flows_hold(c->shard->flows, &c->item, kept);
 	return kept ? 0 : conn_reply(c, len, reply_fds, method, received_ns);
 }
 
@@ -303,7 +531,7 @@ static int conn_end_call(struct conn *c, size_t len, struct reply_fds *reply_fds
  * should close. */
 static int conn_read_one(struct conn *c, uint64_t start_ns)
 {
-	struct server *srv = c->srv;
+	struct shard *sh = c->shard;
 	enum packet_defect defect = PACKET_OK;
 	struct wire_packet packet;
 	uint64_t received_ns;
@@ -317,17 +545,22 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 		/* Its socket is not watched meanwhile: a client gone takes its call with it, in
 		 * slices as the call's own work went, the connection closing after the last. */
 		if (peer_gone(c->fd)) {
-			if (!dispatch_abandon(c->call, start_ns + SLICE_NS))
+			bool done;
+
+			daemon_lock();
+			done = dispatch_abandon(c->call, start_ns + SLICE_NS);
+			daemon_unlock();
+			if (!done)
 				return 0;
 			c->call = NULL;
-			flows_hold(srv->flows, &c->item, false);
+			flows_hold(sh->flows, &c->item, false);
 			return -ECONNRESET;
 		}
-		out_len = dispatch_resume(c->call, start_ns + SLICE_NS, srv->out, &reply_fds,
+		out_len = dispatch_resume(c->call, start_ns + SLICE_NS, sh->out, &reply_fds,
 					  &method, &kept);
 		return conn_end_call(c, out_len, &reply_fds, method, c->call_received_ns, kept);
 	}
-	rc = wire_recv(c->fd, srv->in, sizeof(srv->in), WIRE_NONBLOCK, &packet);
+	rc = wire_recv(c->fd, sh->in, sizeof(sh->in), WIRE_NONBLOCK, &packet);
 	if (rc < 0)
 		return rc;
 	received_ns = monotonic_ns();
@@ -335,8 +568,8 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 		defect = PACKET_TRUNCATED;
 	else if (packet.fds_truncated)
 		defect = PACKET_FDS_TRUNCATED;
-	out_len = dispatch_packet(srv->d, &c->client, srv->in, packet.len, defect, packet.fds,
-				  packet.n_fds, start_ns + SLICE_NS, srv->out, &reply_fds, &method,
+	out_len = dispatch_packet(c->srv->d, &c->client, sh->in, packet.len, defect, packet.fds,
+				  packet.n_fds, start_ns + SLICE_NS, sh->out, &reply_fds, &method,
 				  &kept);
 	return conn_end_call(c, out_len, &reply_fds, method, received_ns, kept);
 }
@@ -346,7 +579,7 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
  * the ready ones and waits on its socket. */
 static void conn_serve(struct conn *c, uint64_t start_ns)
 {
-	struct flows *flows = c->srv->flows;
+	struct flows *flows = c->shard->flows;
 	int rc = conn_read_one(c, start_ns);
 
 	if (rc != -EAGAIN)
@@ -363,48 +596,61 @@ static void conn_serve(struct conn *c, uint64_t start_ns)
 }
 
 /* Runs a turn after the loop has polled again, at once or after delay_ns. */
-static void schedule_turn(struct server *srv, uint64_t delay_ns)
+static void schedule_turn(struct event *turn_ev, uint64_t delay_ns)
 {
 	struct timeval delay = {
 		.tv_sec = (time_t)(delay_ns / NS_PER_SECOND),
 		.tv_usec = (suseconds_t)(delay_ns % NS_PER_SECOND / 1000),
 	};
 
-	(void)evtimer_add(srv->turn_ev, &delay);
+	(void)evtimer_add(turn_ev, &delay);
 }
 
 /* Runs a turn once the callbacks of the events the loop just polled have run: made active, the
  * turn joins the end of the queue they are in, so every connection that poll found ready is in
  * its choice, and it costs no second poll, as a timer would. */
-static void turn_after_events(struct server *srv)
+static void turn_after_events(struct event *turn_ev)
 {
-	event_active(srv->turn_ev, EV_TIMEOUT, 0);
+	event_active(turn_ev, EV_TIMEOUT, 0);
 }
 
-/* Requests of ready connections, each from the tenant charged least so far, until the turn's
- * time is up; then the loop looks for packets again (the next turn is a timer, which libevent
- * runs only after polling), so that a request arriving meanwhile is in the next choice. */
-static void on_turn(evutil_socket_t fd, short what, void *arg)
+/* Serves ready items of flows, each from the flow charged least so far, until the turn's time
+ * is up; then the loop looks for packets again (the next turn is a timer, which libevent runs
+ * only after polling), so that a request arriving meanwhile is in the next choice. */
+static void run_turn(struct flows *flows, struct event *turn_ev,
+		     void (*serve)(void *arg, struct flow_item *item, uint64_t now_ns), void *arg)
 {
-	struct server *srv = arg;
 	uint64_t start = monotonic_ns(), now = start, wait;
 	struct flow_item *item;
 
-	(void)fd;
-	(void)what;
-	while (now - start < TURN_NS && (item = flows_next(srv->flows, now))) {
-		if (item == &srv->accept_item)
-			accept_one(srv, now);
-		else
-			conn_serve((struct conn *)((char *)item - offsetof(struct conn, item)),
-				   now);
+	while (now - start < TURN_NS && (item = flows_next(flows, now))) {
+		serve(arg, item, now);
 		now = monotonic_ns();
 	}
 	if (now - start >= TURN_NS)
-		schedule_turn(srv, 0);
-	else if ((wait = flows_wait_ns(srv->flows, now)))
-		schedule_turn(srv, wait);
-	srv->d->rate_limited = flows_throttled(srv->flows);
+		schedule_turn(turn_ev, 0);
+	else if ((wait = flows_wait_ns(flows, now)))
+		schedule_turn(turn_ev, wait);
+}
+
+static void serve_conn(void *arg, struct flow_item *item, uint64_t now_ns)
+{
+	(void)arg;
+	conn_serve((struct conn *)((char *)item - offsetof(struct conn, item)), now_ns);
+}
+
+static void on_shard_turn(evutil_socket_t fd, short what, void *arg)
+{
+	struct shard *sh = arg;
+	uint64_t throttled;
+
+	(void)fd;
+	(void)what;
+	run_turn(sh->flows, sh->turn_ev, serve_conn, sh);
+	throttled = flows_throttled(sh->flows);
+	__atomic_fetch_add(&sh->srv->d->rate_limited, throttled - sh->throttled_seen,
+			   __ATOMIC_RELAXED);
+	sh->throttled_seen = throttled;
 }
 
 static void conn_on_event(evutil_socket_t fd, short what, void *arg)
@@ -418,26 +664,27 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 		enum refusal why = c->spoke ? CLOSED_IDLE_TIMEOUT : CLOSED_FIRST_REQUEST_TIMEOUT;
 		char message[128];
 
-		srv->d->refused[why]++;
 		(void)snprintf(message, sizeof(message),
 			       "closing a connection of uid %u: silent for longer than %s",
 			       (unsigned)c->client.peer.uid, refusal_name(why));
+		daemon_lock();
+		srv->d->refused[why]++;
 		log_refusal(srv, message);
+		daemon_unlock();
 		conn_close(c);
 		return;
 	}
 	if (what & EV_READ) {
-		flows_ready(srv->flows, &c->item);
-		turn_after_events(srv);
+		flows_ready(c->shard->flows, &c->item);
+		turn_after_events(c->shard->turn_ev);
 		return;
 	}
 	rc = send_reply(c->fd, c->pending, c->pending_len, &c->pending_fds);
-	if (rc == 0) {
-		dispatch_reply_sent(srv->d, c->pending_method, c->pending_received_ns);
-		reply_fds_sent(&c->pending_fds);
+	reply_done(c, rc, &c->pending_fds, c->pending_method, c->pending_received_ns);
+	if (rc != -EAGAIN) {
+		free(c->pending);
+		c->pending = NULL;
 	}
-	if (rc != -EAGAIN)
-		conn_drop_pending(c);
 	if (rc < 0 && rc != -EAGAIN)
 		conn_close(c);
 	else
@@ -481,15 +728,37 @@ static int admit(struct server *srv, int fd, const struct peer *peer)
 	return 0;
 }
 
-/* The connection for a peer that was admitted, joined to its tenant's flow; the tenant's own
- * limit is checked once the tenant is known. Takes the peer over; on failure fd is closed (or
- * refused) and the peer cleared. */
+/* The key of the connection's flows: its tenant. A peer that could not be verified has no
+ * tenant: it is a flow of its own, so that one user's such connections count against nobody
+ * else's. */
+static const void *conn_flow_key(struct conn *c)
+{
+	return c->client.tenant ? (const void *)c->client.tenant : (const void *)c;
+}
+
+/* The shard serving the connection's tenant: the one it has while it has connections, else
+ * the one serving the fewest connections. */
+static struct shard *conn_shard(struct server *srv, struct conn *c)
+{
+	void **owner = flows_owner(&c->count);
+	struct shard *least = srv->shards[0];
+
+	if (*owner)
+		return *owner;
+	for (unsigned i = 1; i < srv->n_shards; i++)
+		if (srv->shards[i]->load < least->load)
+			least = srv->shards[i];
+	*owner = least;
+	return least;
+}
+
+/* The connection for a peer that was admitted, counted to its tenant and given its shard; the
+ * tenant's own limit is checked once the tenant is known. Takes the peer over; on failure fd
+ * is closed (or refused) and the peer cleared. Under the daemon lock. */
 static int conn_new(struct server *srv, int fd, struct peer *peer, struct conn **ret_conn)
 {
 	const struct config *cfg = srv->d->cfg;
 	struct conn *c = calloc(1, sizeof(*c));
-	struct flow_rate rate = {0};
-	const void *flow_key;
 	unsigned of_tenant;
 	int rc = c ? client_init(srv->d, &c->client, peer) : -ENOMEM;
 
@@ -507,34 +776,71 @@ static int conn_new(struct server *srv, int fd, struct peer *peer, struct conn *
 	c->srv = srv;
 	c->fd = fd;
 	c->client.fd = fd;
-	/* A peer that could not be verified has no tenant: it is a flow of its own, so that one
-	 * user's such connections count against nobody else's. */
-	flow_key = c->client.tenant ? (const void *)c->client.tenant : (const void *)c;
-	of_tenant = flows_key_items(srv->flows, flow_key);
-	/* Readers are rate limited, writers only shared with fairly. */
-	if (peer->uid != 0 && c->client.access < ACCESS_WRITE)
-		rate = (struct flow_rate){cfg->reader_rate, cfg->reader_burst};
+	of_tenant = flows_key_items(srv->flows, conn_flow_key(c));
 	if (peer->uid != 0 && of_tenant >= cfg->max_connections_per_tenant)
 		rc = refuse(srv, fd, REFUSED_PER_TENANT, -EMFILE,
 			    "refusing a connection of uid %u: its tenant has %u open, the limit "
 			    "(max-connections-per-tenant); close some",
 			    (unsigned)peer->uid, of_tenant);
-	else if (!(c->ev = event_new(srv->base, fd, EV_READ, conn_on_event, c)) ||
-		 flows_join(srv->flows, &c->item, flow_key, peer->uid, &rate) < 0) {
+	else if (flows_join(srv->flows, &c->count, conn_flow_key(c), peer->uid,
+			    &(struct flow_rate){0}) < 0) {
 		log_warning("cannot take a connection of uid %u: out of memory",
 			    (unsigned)peer->uid);
 		(void)close(fd);
 		rc = -ENOMEM;
 	}
 	if (rc < 0) {
-		if (c->ev)
-			event_free(c->ev);
 		client_fini(&c->client);
 		free(c);
 		return rc;
 	}
+	c->shard = conn_shard(srv, c);
+	c->shard->load++;
+	c->client.counters = c->shard->counters;
 	*ret_conn = c;
 	return 0;
+}
+
+/* In the shard's thread: the connection joins the shard's flows and waits for its packets. */
+static void shard_take(struct shard *sh, struct conn *c)
+{
+	const struct config *cfg = sh->srv->d->cfg;
+	struct flow_rate rate = {0};
+
+	LIST_INSERT_HEAD(&sh->conns, c, link);
+	/* Readers are rate limited, writers only shared with fairly. */
+	if (c->client.peer.uid != 0 && c->client.access < ACCESS_WRITE)
+		rate = (struct flow_rate){cfg->reader_rate, cfg->reader_burst};
+	if (!(c->ev = event_new(sh->base, c->fd, EV_READ, conn_on_event, c)) ||
+	    flows_join(sh->flows, &c->item, conn_flow_key(c), c->client.peer.uid, &rate) < 0) {
+		log_warning("cannot take a connection of uid %u: out of memory",
+			    (unsigned)c->client.peer.uid);
+		conn_close(c);
+		return;
+	}
+	conn_arm(c);
+}
+
+static void on_inbox(evutil_socket_t fd, short what, void *arg)
+{
+	struct shard *sh = arg;
+	struct conn *c;
+	bool stopping;
+
+	(void)fd;
+	(void)what;
+	for (;;) {
+		(void)pthread_mutex_lock(&sh->inbox_lock);
+		if ((c = LIST_FIRST(&sh->inbox)))
+			LIST_REMOVE(c, link);
+		stopping = sh->stopping;
+		(void)pthread_mutex_unlock(&sh->inbox_lock);
+		if (!c)
+			break;
+		shard_take(sh, c);
+	}
+	if (stopping)
+		(void)event_base_loopbreak(sh->base);
 }
 
 void server_set_identify(struct server *srv, int (*identify)(int fd, struct peer *ret_peer))
@@ -551,7 +857,8 @@ static void log_connection(const struct peer *peer)
 		   (int)peer->pid, peer->cgroup ? "" : " (not verified: its requests are refused)");
 }
 
-int server_adopt(struct server *srv, int fd)
+/* Identifies, admits and hands over a connection, under the daemon lock. */
+static int adopt(struct server *srv, int fd)
 {
 	struct peer peer;
 	struct conn *c;
@@ -577,11 +884,20 @@ int server_adopt(struct server *srv, int fd)
 	}
 	if ((rc = conn_new(srv, fd, &peer, &c)) < 0)
 		return rc;
-	LIST_INSERT_HEAD(&srv->conns, c, link);
 	srv->d->connections++;
-	conn_arm(c);
 	log_connection(&c->client.peer);
+	shard_wake(c->shard, c, false);
 	return 0;
+}
+
+int server_adopt(struct server *srv, int fd)
+{
+	int rc;
+
+	daemon_lock();
+	rc = adopt(srv, fd);
+	daemon_unlock();
+	return rc;
 }
 
 /* ---- accepting ------------------------------------------------------------------------ */
@@ -597,7 +913,9 @@ static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
+	daemon_lock();
 	accept_resume(arg);
+	daemon_unlock();
 }
 
 /* Stops watching the listening socket for a while, or until a connection closes. */
@@ -650,8 +968,10 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)event_del(srv->listen_ev);
+	daemon_lock();
 	flows_ready(srv->flows, &srv->accept_item);
-	turn_after_events(srv);
+	daemon_unlock();
+	turn_after_events(srv->turn_ev);
 }
 
 /* Takes one connection in a turn; with none left, waits on the listening socket again. */
@@ -660,7 +980,7 @@ static void accept_one(struct server *srv, uint64_t start_ns)
 	int conn_fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), err;
 
 	if (conn_fd >= 0) {
-		(void)server_adopt(srv, conn_fd);
+		(void)adopt(srv, conn_fd);
 		flows_charge(srv->flows, &srv->accept_item, monotonic_ns() - start_ns);
 		return;
 	}
@@ -673,6 +993,25 @@ static void accept_one(struct server *srv, uint64_t start_ns)
 	if (err != EAGAIN && err != EINTR && err != ECONNABORTED)
 		log_warning("accept: %s", strerror(err));
 	(void)event_add(srv->listen_ev, NULL);
+}
+
+static void serve_accept(void *arg, struct flow_item *item, uint64_t now_ns)
+{
+	(void)item;
+	accept_one(arg, now_ns);
+}
+
+/* The main thread's turns: the only ready item of the server's flows is the listening
+ * socket's, the connections' items there only count them. */
+static void on_accept_turn(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	(void)fd;
+	(void)what;
+	daemon_lock();
+	run_turn(srv->flows, srv->turn_ev, serve_accept, srv);
+	daemon_unlock();
 }
 
 /* ---- the listening socket ------------------------------------------------------------- */
@@ -812,20 +1151,13 @@ bool server_bound_its_path(const struct server *srv)
 
 void server_destroy(struct server *srv)
 {
-	struct conn *c;
-
 	if (!srv)
 		return;
-	while ((c = LIST_FIRST(&srv->conns)))
-		conn_close(c);
+	server_stop_threads(srv);
+	free_shards(srv);
 	if (srv->accept_item.flow)
 		flows_leave(srv->flows, &srv->accept_item);
-	if (srv->listen_ev)
-		event_free(srv->listen_ev);
-	if (srv->resume_ev)
-		event_free(srv->resume_ev);
-	if (srv->turn_ev)
-		event_free(srv->turn_ev);
+	free_events(&srv->listen_ev, &srv->resume_ev, &srv->turn_ev);
 	if (srv->flows)
 		flows_destroy(srv->flows);
 	if (srv->spare_fd >= 0)

@@ -13,8 +13,17 @@
  * timeouts; at the open-file limit accepting pauses instead of spinning. Root is held by none
  * of the caps.
  *
- * Ownership: the server owns the listening socket and every connection (socket, client state,
- * pending reply). The daemon state it is given is borrowed.
+ * Threads (docs/architecture.md, "Threads"): the main thread's loop listens, accepts, identifies
+ * the peer and admits it, under the daemon lock (daemon_lock.h); the connection is then handed
+ * to the loop thread ("shard") serving its tenant, which is the one it had while it had
+ * connections, else the least loaded one. Each shard has its own event_base, flows (fair
+ * queuing among the tenants it serves), connections and timeouts, and only its thread touches
+ * them; the caps' counts, the refusals and the accepting are the main thread's, under the
+ * daemon lock, which a shard takes for a connection's end. Without server_start_threads one
+ * shard runs on the server's own base (the fuzz harness).
+ *
+ * Ownership: the server owns the listening socket, its shards and their threads, and every
+ * connection (socket, client state, pending reply). The daemon state it is given is borrowed.
  */
 #ifndef IOMMUD_SERVER_H
 #define IOMMUD_SERVER_H
@@ -30,6 +39,17 @@ struct server;
 
 int server_create(struct event_base *base, struct daemon *d, unsigned max_connections,
 		  struct server **ret_srv);
+/* Serves connections on n event-loop threads of their own (signals blocked in them), from
+ * before the first connection on. */
+int server_start_threads(struct server *srv, unsigned n);
+/* Ends every loop thread and waits for it: connections stay open, unserved, until
+ * server_destroy. */
+void server_stop_threads(struct server *srv);
+/* Whether every loop thread has turned since the last call: has run the wake-up the last call
+ * sent it (the first call: true). Sends each the next. */
+bool server_threads_turning(struct server *srv);
+/* How many loop threads serve connections; 0: the server's own loop does. */
+unsigned server_threads(const struct server *srv);
 /* Listens on the socket systemd passed (socket activation) if there is one, else binds path,
  * creating its directory; a stale socket file is replaced, a live daemon's is not. */
 int server_listen(struct server *srv, const char *path, mode_t mode);

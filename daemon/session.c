@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
 #include <stdio.h>
@@ -133,10 +134,23 @@ struct registry {
 	unsigned n_sessions;
 	bool maps_in_process; /* the backend's map path runs here, on the daemon's addresses */
 	struct ceilings ceil;
+	/* The books: what the map paths of several loop threads share (daemon_lock.h), under
+	 * books_lock, which nests (a spare given up while the books are held). */
+	pthread_mutex_t books;
 	struct usage total;  /* over all tenants, against ceil */
 	uint64_t spare_maps; /* the sessions' spare maps, not in total.maps */
 	uint64_t failed_releases;
 };
+
+static void books_lock(struct registry *reg)
+{
+	(void)pthread_mutex_lock(&reg->books);
+}
+
+static void books_unlock(struct registry *reg)
+{
+	(void)pthread_mutex_unlock(&reg->books);
+}
 
 /* The device number of the kernel's internal tmpfs mount, where every memfd made without
  * MFD_HUGETLB lives, learned from a memfd of the daemon's own; shmem_dev_known false where that
@@ -179,6 +193,7 @@ struct registry *registry_create(struct kh_backend *be, const struct config *cfg
 		shmem_dev_learn();
 	reg->be = be;
 	reg->cfg = cfg;
+	reg->books = (pthread_mutex_t)PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 	LIST_INIT(&reg->tenants);
 	reg->maps_in_process = !registry_pins_in_kernel(be);
 	ceilings_compute(cfg, !reg->maps_in_process, ceilings_open_files(), &reg->ceil);
@@ -240,8 +255,10 @@ static void charge_mapping(struct session *s, struct domain_rec *dom, int count,
 	dom->bytes += (uint64_t)sign * length;
 	used->mappings += (uint64_t)count;
 	used->pinned_bytes += (uint64_t)sign * length;
+	books_lock(s->tenant->reg);
 	total->mappings += (uint64_t)count;
 	total->pinned_bytes += (uint64_t)sign * length;
+	books_unlock(s->tenant->reg);
 }
 
 /* Charges the tenant for the domain's page tables as they are now: after every change to its
@@ -249,7 +266,9 @@ static void charge_mapping(struct session *s, struct domain_rec *dom, int count,
 static void charge_tables(struct session *s, struct domain_rec *dom, uint64_t bytes)
 {
 	s->tenant->used.page_table_bytes += bytes - dom->table_bytes;
+	books_lock(s->tenant->reg);
 	s->tenant->reg->total.page_table_bytes += bytes - dom->table_bytes;
+	books_unlock(s->tenant->reg);
 	dom->table_bytes = bytes;
 }
 
@@ -272,7 +291,9 @@ static void release_memory(struct registry *reg, void *va, uint64_t length)
 	if (munmap(va, length) == 0)
 		return;
 	saved = errno;
+	books_lock(reg);
 	reg->failed_releases++;
+	books_unlock(reg);
 	if (mprotect(va, length, PROT_NONE) == 0) {
 		log_err("cannot unmap a client file's memory [%p, +0x%llx) in the daemon (%s); "
 			"made it inaccessible instead; lower max-maps-total or raise "
@@ -288,12 +309,17 @@ static void release_memory(struct registry *reg, void *va, uint64_t length)
 
 void session_give_up_spare(struct session *s)
 {
-	if (!s->spare)
+	/* Only the session's own thread sets a spare: none seen is none there. */
+	if (!__atomic_load_n(&s->spare, __ATOMIC_RELAXED))
 		return;
-	s->tenant->reg->spare_maps--;
-	release_memory(s->tenant->reg, s->spare->base, s->spare->length);
-	free(s->spare);
-	s->spare = NULL;
+	books_lock(s->tenant->reg);
+	if (s->spare) {
+		s->tenant->reg->spare_maps--;
+		release_memory(s->tenant->reg, s->spare->base, s->spare->length);
+		free(s->spare);
+		__atomic_store_n(&s->spare, NULL, __ATOMIC_RELAXED);
+	}
+	books_unlock(s->tenant->reg);
 }
 
 /* Gives up every session's spare map, so that the maps the daemon holds stay within their
@@ -303,9 +329,12 @@ static void registry_drop_spares(struct registry *reg)
 	struct tenant *t;
 	struct session *s;
 
+	/* The lists change only under the daemon lock, which map paths exclude. */
+	books_lock(reg);
 	LIST_FOREACH (t, &reg->tenants, link)
 		LIST_FOREACH (s, &t->sessions, link)
 			session_give_up_spare(s);
+	books_unlock(reg);
 }
 
 static void file_map_put(struct session *s, struct file_map *fm)
@@ -320,15 +349,19 @@ static void file_map_put(struct session *s, struct file_map *fm)
 		return;
 	}
 	s->tenant->used.maps--;
+	books_lock(s->tenant->reg);
 	s->tenant->reg->total.maps--;
+	books_unlock(s->tenant->reg);
 	if (!s->keeping_released) {
 		release_memory(s->tenant->reg, fm->base, fm->length);
 		free(fm);
 		return;
 	}
+	books_lock(s->tenant->reg);
 	session_give_up_spare(s);
-	s->spare = fm;
+	__atomic_store_n(&s->spare, fm, __ATOMIC_RELAXED);
 	s->tenant->reg->spare_maps++;
+	books_unlock(s->tenant->reg);
 }
 
 /* The owner record for a mapping of fm's memory in dom made in parts of part bytes, with a
@@ -1264,15 +1297,19 @@ static struct file_map *file_map_find(struct session *s, const struct map_entry 
  * range of the same file, with the same access); else NULL, the spare given up. */
 static struct file_map *spare_take(struct session *s, const struct file_map *plan)
 {
-	struct file_map *fm = s->spare;
+	struct file_map *fm;
 
+	books_lock(s->tenant->reg);
+	fm = s->spare;
 	if (!fm || fm->dev != plan->dev || fm->ino != plan->ino || fm->writable != plan->writable ||
 	    fm->whole != plan->whole || fm->start != plan->start || fm->length != plan->length) {
 		session_give_up_spare(s);
+		books_unlock(s->tenant->reg);
 		return NULL;
 	}
-	s->spare = NULL;
+	__atomic_store_n(&s->spare, NULL, __ATOMIC_RELAXED);
 	s->tenant->reg->spare_maps--;
+	books_unlock(s->tenant->reg);
 	fm->refs = 1;
 	return fm;
 }
@@ -1286,8 +1323,10 @@ static int file_map_mmap(struct session *s, int fd, const struct file_map *plan,
 	int rc;
 
 	/* The spares count against no ceiling, but each is a memory map all the same. */
+	books_lock(reg);
 	if (reg->total.maps + reg->spare_maps >= reg->ceil.max_maps)
 		registry_drop_spares(reg);
+	books_unlock(reg);
 	fm = calloc(1, sizeof(*fm));
 	if (!fm)
 		return fail(-ENOMEM, "out of memory");
@@ -1318,6 +1357,7 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 	struct tenant *t = s->tenant;
 	struct file_map plan = {.dev = f->dev, .ino = f->ino, .writable = writable, .refs = 1};
 	struct file_map *fm;
+	bool full;
 	int rc;
 
 	if (t->used.maps >= t->rule->max_maps)
@@ -1327,7 +1367,12 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 			"(max-maps in %s); unmap some, or map from fewer files (a file's "
 			"mappings share one map)",
 			(unsigned)t->uid, (unsigned long long)t->used.maps, t->rule->section);
-	if (t->reg->total.maps >= t->reg->ceil.max_maps)
+	/* Read alone, as the pinned ceiling is: map paths of other threads may each go one map
+	 * past it (docs/architecture.md, "Threads"). */
+	books_lock(t->reg);
+	full = t->reg->total.maps >= t->reg->ceil.max_maps;
+	books_unlock(t->reg);
+	if (full)
 		return fail(
 			-ENOSPC,
 			"the daemon holds as many memory maps of client files as its ceiling "
@@ -1343,7 +1388,9 @@ static int file_map_new(struct session *s, const struct map_entry *e, bool writa
 	if (fm->whole)
 		t->whole_file_bytes += fm->length;
 	t->used.maps++;
+	books_lock(t->reg);
 	t->reg->total.maps++;
+	books_unlock(t->reg);
 	LIST_INSERT_HEAD(&s->files, fm, link);
 	*ret_fm = fm;
 	return 0;
@@ -1402,10 +1449,14 @@ static int page_tables_exhausted(const struct tenant *t)
 
 /* The daemon-wide ceiling on pinned memory, which no tenant's quota may take the daemon past
  * (that on file maps is checked where one is made). */
-static int check_ceilings(const struct registry *reg, uint64_t length)
+static int check_ceilings(struct registry *reg, uint64_t length)
 {
-	if (reg->ceil.max_pinned_bytes &&
-	    length > reg->ceil.max_pinned_bytes - reg->total.pinned_bytes)
+	uint64_t pinned;
+
+	books_lock(reg);
+	pinned = reg->total.pinned_bytes;
+	books_unlock(reg);
+	if (reg->ceil.max_pinned_bytes && length > reg->ceil.max_pinned_bytes - pinned)
 		return fail(
 			-ENOSPC,
 			"mapping 0x%llx bytes would pin more than the daemon's ceiling over all "

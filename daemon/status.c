@@ -8,7 +8,8 @@
 
 #include "text.h"
 
-static char message[STATUS_MESSAGE_MAX + 1];
+/* Each thread's own: the loop threads fail calls at once. */
+static _Thread_local char message[STATUS_MESSAGE_MAX + 1];
 
 void fail_record(const char *fmt, ...)
 {

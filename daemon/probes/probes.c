@@ -939,8 +939,10 @@ void probes_record_n(struct probes *p, enum iommud_map_op op, uint64_t bytes, un
 	if (!p->local || p->switched_off || op >= IOMMUD_OP_COUNT || tenant >= IOMMUD_TENANT_SLOTS)
 		return;
 	h = &p->local[local_index(op, iommud_size_class(bytes), tenant)];
-	histogram_add_n(h, ns, count);
-	h->bytes += bytes * count;
+	/* Tenants of one label may map on several loop threads at once; readers hold the daemon
+	 * lock, under which no map path runs. */
+	histogram_add_shared(h, ns, count);
+	__atomic_fetch_add(&h->bytes, bytes * count, __ATOMIC_RELAXED);
 }
 
 typedef int hist_visit_fn(const struct iommud_hist_key *key, const struct iommud_hist *hist,

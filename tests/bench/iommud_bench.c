@@ -10,8 +10,10 @@
  * backend (through the daemon tests' fixture), or a running one (--socket).
  */
 #define _GNU_SOURCE /* sched_setaffinity, CPU_SET */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -55,7 +57,7 @@ static struct {
 	bool quick;	      /* a run that only shows the benchmark works */
 	const char *parts;    /* the parts to run, as digits */
 } opt = {
-	.parts = "1234",
+	.parts = "12345",
 	.iterations = 20000,
 	.clients_max = MAX_CLIENTS,
 	.batch_rounds = 32,
@@ -134,12 +136,35 @@ static size_t placements(struct placement *out)
 	return 2;
 }
 
-/* Pins this thread and the daemon as where says; latency_case pins its echo process alike. */
+/* Calls fn with each thread of process pid (/proc/PID/task): the daemon's event-loop threads
+ * execute its requests, its main thread accepts. */
+static void each_thread(pid_t pid, void (*fn)(pid_t tid, void *arg), void *arg)
+{
+	char path[64];
+	struct dirent *task;
+	DIR *tasks;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	if (!(tasks = opendir(path)))
+		fail(path, "cannot list the daemon's threads");
+	while ((task = readdir(tasks)))
+		if (task->d_name[0] != '.')
+			fn((pid_t)atoi(task->d_name), arg);
+	(void)closedir(tasks);
+}
+
+static void pin_thread(pid_t tid, void *cpu)
+{
+	pin(tid, *(const int *)cpu);
+}
+
+/* Pins this thread and the daemon (every thread of it) as where says; latency_case pins its
+ * echo process alike. */
 static void place(const struct placement *where)
 {
 	pin(0, where->client_cpu);
 	if (daemon_pid)
-		pin(daemon_pid, where->server_cpu);
+		each_thread(daemon_pid, pin_thread, (void *)&where->server_cpu);
 }
 
 /* ---- latency samples ------------------------------------------------------------------ */
@@ -192,22 +217,34 @@ static void samples_free(struct samples *s)
 
 /* ---- the daemon's side ---------------------------------------------------------------- */
 
-/* The CPU time of the daemon's event loop, which executes every request (its main thread's
- * time on a CPU, /proc/PID/schedstat); 0 for a daemon we did not start. */
-static uint64_t daemon_cpu_ns(void)
+/* Adds a thread's time on a CPU (its schedstat) to *(uint64_t *)sum; a thread gone meanwhile
+ * took its time with it, and none of the daemon's go. */
+static void add_cpu_ns(pid_t tid, void *sum)
 {
 	char path[64];
-	unsigned long long ns = 0;
+	unsigned long long ns;
 	FILE *f;
 
-	if (!daemon_pid)
-		return 0;
-	(void)snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)daemon_pid);
-	f = fopen(path, "re");
-	if (!f || fscanf(f, "%llu", &ns) != 1)
-		fail(path, "cannot read the daemon's CPU time");
+	(void)snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)tid);
+	if (!(f = fopen(path, "re")))
+		return;
+	if (fscanf(f, "%llu", &ns) == 1)
+		*(uint64_t *)sum += ns;
 	(void)fclose(f);
-	return ns;
+}
+
+static uint64_t process_cpu_ns(pid_t pid)
+{
+	uint64_t sum = 0;
+
+	each_thread(pid, add_cpu_ns, &sum);
+	return sum;
+}
+
+/* The daemon's CPU time; 0 for a daemon we did not start. */
+static uint64_t daemon_cpu_ns(void)
+{
+	return daemon_pid ? process_cpu_ns(daemon_pid) : 0;
 }
 
 /* A connection with a paging domain of its own. */
@@ -1017,6 +1054,171 @@ static void part_memory(void)
 	free(b);
 }
 
+/* ---- part 5 --------------------------------------------------------------------------- */
+
+/* Part 5's tenants: uids of their own, each given a device by its daemon's configuration. */
+#define TENANT_UID   61051
+#define TENANT_DEPTH 16 /* pairs each tenant keeps in flight on its connection */
+#define TENANTS_TEXT                                                                               \
+	"[uid 61051]\naccess = write\ndevices = emu0\n"                                            \
+	"[uid 61052]\naccess = write\ndevices = emu1\n"
+
+/* What a tenant's process reports. */
+struct tenant_result {
+	uint64_t pairs;
+	uint64_t ns;	 /* from its first pair's start to its last one's end */
+	uint64_t cpu_ns; /* the process's CPU time meanwhile */
+};
+
+/* Pairs on c, TENANT_DEPTH of them sent before their replies are read, so that the daemon
+ * always has the tenant's next request waiting and the client spends little per pair: the
+ * daemon is what limits them. Runs for a level's time; *ret_ns is the time it took. */
+static uint64_t pipelined_pairs(struct iommuctl *c, uint32_t dom, int mem, uint64_t *ret_ns)
+{
+	static struct map_pair pairs[TENANT_DEPTH];
+	uint64_t start = now_ns(), deadline = start + (uint64_t)(opt.level_seconds * 1e9), n = 0;
+	Iommud__V1__Response *resp;
+	uint64_t id;
+
+	for (unsigned i = 0; i < TENANT_DEPTH; i++) {
+		map_pair_init(&pairs[i], dom, PAGE);
+		pairs[i].entry.iova = pairs[i].unmap.iova = IOVA + i * PAGE;
+	}
+	while (now_ns() < deadline) {
+		for (unsigned i = 0; i < TENANT_DEPTH; i++) {
+			check_call(c, iommuctl_send(c, &pairs[i].map_req, &mem, 1, &id), "Map");
+			check_call(c, iommuctl_send(c, &pairs[i].unmap_req, NULL, 0, &id), "Unmap");
+		}
+		for (unsigned i = 0; i < 2 * TENANT_DEPTH; i++) {
+			check_call(c, iommuctl_recv(c, &resp, NULL, 0, NULL), "a reply");
+			if (resp->status && resp->status->code != IOMMUD__V1__CODE__CODE_OK)
+				fail("a pipelined Map or Unmap", resp->status->message);
+			iommuctl_response_free(resp);
+		}
+		n += TENANT_DEPTH;
+	}
+	*ret_ns = now_ns() - start;
+	return n;
+}
+
+/* A tenant's process, as its own uid: once go says so, it maps and unmaps for a level's time,
+ * then reports to ready. */
+static void tenant_process(uid_t uid, const char *dev, int ready, int go)
+{
+	struct tenant_result r;
+	struct iommuctl *c;
+	uint32_t dom;
+	int mem;
+	char byte;
+
+	if (setgroups(0, NULL) < 0 || setgid((gid_t)uid) < 0 || setuid(uid) < 0)
+		fail("becoming a tenant's uid", strerror(errno));
+	(void)snprintf(device, sizeof(device), "%s", dev);
+	c = client_open(&dom);
+	mem = memfd(PAGE);
+	if (write(ready, "r", 1) != 1 || read(go, &byte, 1) != 1)
+		fail("starting a tenant", "the benchmark went away");
+	r.cpu_ns = process_cpu_ns(getpid());
+	r.pairs = pipelined_pairs(c, dom, mem, &r.ns);
+	r.cpu_ns = process_cpu_ns(getpid()) - r.cpu_ns;
+	if (write(ready, &r, sizeof(r)) != sizeof(r))
+		fail("reporting a tenant's figures", strerror(errno));
+	_exit(0);
+}
+
+/* What n tenants mapping at once got: pairs/s of them all, and the CPU time per pair of the
+ * daemon and of the tenants' own processes. */
+struct tenants_figures {
+	double per_s, daemon_ns, client_ns;
+};
+
+/* n tenants mapping at once on the daemon at opt.socket. */
+static struct tenants_figures tenants_at_once(unsigned n)
+{
+	struct tenants_figures fig = {0};
+	static const char *const devices[] = {"emu0", "emu1"};
+	int ready[2][2], go[2];
+	struct tenant_result r;
+	uint64_t cpu, pairs = 0, client_ns = 0;
+	pid_t pids[2];
+	int status;
+	char byte;
+
+	if (pipe(go) < 0)
+		fail("making a pipe", strerror(errno));
+	for (unsigned t = 0; t < n; t++) {
+		if (pipe(ready[t]) < 0 || (pids[t] = fork()) < 0)
+			fail("starting a tenant", strerror(errno));
+		if (pids[t] == 0)
+			tenant_process(TENANT_UID + t, devices[t], ready[t][1], go[0]);
+		if (read(ready[t][0], &byte, 1) != 1)
+			fail("starting a tenant", "it failed before mapping");
+	}
+	cpu = daemon_cpu_ns();
+	if (write(go[1], "gg", n) != (ssize_t)n)
+		fail("starting the tenants", strerror(errno));
+	for (unsigned t = 0; t < n; t++) {
+		if (read(ready[t][0], &r, sizeof(r)) != sizeof(r) ||
+		    waitpid(pids[t], &status, 0) != pids[t] || !WIFEXITED(status) ||
+		    WEXITSTATUS(status))
+			fail("a tenant", "it failed while mapping (its message is above)");
+		pairs += r.pairs;
+		client_ns += r.cpu_ns;
+		fig.per_s += (double)r.pairs * 1e9 / (double)r.ns;
+		(void)close(ready[t][0]);
+		(void)close(ready[t][1]);
+	}
+	fig.daemon_ns = (double)(daemon_cpu_ns() - cpu) / (double)pairs;
+	fig.client_ns = (double)client_ns / (double)pairs;
+	(void)close(go[0]);
+	(void)close(go[1]);
+	return fig;
+}
+
+static void part_tenants(void)
+{
+	static const struct placement anywhere = {"any", -1, -1};
+	static const unsigned threads[] = {1, 2};
+	const char *socket = opt.socket;
+	pid_t pid = daemon_pid;
+
+	(void)printf(
+		"\n5. Tenants on the daemon's event-loop threads: 1, then 2 tenants mapping at\n"
+		"   once, each its own uid keeping %u Map+Unmap pairs of 4 KiB in flight for\n"
+		"   %.2f s, on a daemon of its own run with threads = 1, then threads = 2\n\n",
+		TENANT_DEPTH, opt.level_seconds);
+	if (geteuid() != 0) {
+		(void)printf("   (left out: the tenants' processes take uids of their own, which "
+			     "needs root)\n");
+		return;
+	}
+	place(&anywhere);
+	(void)printf("%-7s %9s %9s %5s %9s %9s %9s %9s\n", "threads", "1 pairs/s", "2 pairs/s",
+		     "2/1", "1 daemon", "2 daemon", "1 client", "2 client");
+	for (size_t i = 0; i < sizeof(threads) / sizeof(threads[0]); i++) {
+		struct daemon_fixture own;
+		struct tenants_figures one, two;
+		char config[256];
+
+		(void)snprintf(config, sizeof(config), "threads = %u\n" TENANTS_TEXT, threads[i]);
+		fixture_start(&own, config, "emu0 emu1");
+		opt.socket = own.socket_path;
+		daemon_pid = own.pid;
+		one = tenants_at_once(1);
+		two = tenants_at_once(2);
+		fixture_stop(&own);
+		(void)printf("%-7u %9.0f %9.0f %5.2f %9.0f %9.0f %9.0f %9.0f\n", threads[i],
+			     one.per_s, two.per_s, two.per_s / one.per_s, one.daemon_ns,
+			     two.daemon_ns, one.client_ns, two.client_ns);
+	}
+	(void)printf(
+		"(daemon, client: CPU ns per Map+Unmap pair of the daemon, all its threads, and\n"
+		"of the tenants' processes; with the clients on the daemon's CPUs, 2 tenants\n"
+		"on 2 threads can get at most 2 x daemon / (daemon + client) of 1 tenant)\n");
+	opt.socket = socket;
+	daemon_pid = pid;
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 /* What the run prints: the first half of --help. */
@@ -1069,8 +1271,16 @@ static void usage_figures(FILE *out)
 		"     RSS, its own page tables and its VMAs (counted at %d bytes each) grew by,\n"
 		"     per mapping, and the emulated IOMMU's page tables among them, also per\n"
 		"     GiB mapped. Only for a daemon iommud-bench started.\n"
+		"  5. Tenants: on daemons of its own run with [daemon] threads = 1, then 2,\n"
+		"     one tenant, then two at once, each a process of its own uid (61051,\n"
+		"     61052: needs root) keeping %u Map+Unmap pairs of 4 KiB in flight on its\n"
+		"     connection, so that the daemon, not the client, limits it: pairs/s of\n"
+		"     all tenants, the ratio 2 tenants/1, and the daemon's CPU time (all\n"
+		"     its threads, schedstat) per pair, which the machine's noise does not\n"
+		"     stretch.\n"
 		"\n",
-		opt.batches_per_round * BATCH, BATCH, BATCH, MANY_MAPPINGS, 4 * BATCH, VMA_BYTES);
+		opt.batches_per_round * BATCH, BATCH, BATCH, MANY_MAPPINGS, 4 * BATCH, VMA_BYTES,
+		TENANT_DEPTH);
 }
 
 static void usage(FILE *out)
@@ -1094,7 +1304,7 @@ static void usage(FILE *out)
 		"                       (default %d)\n"
 		"  -q, --quick          a short run that shows the benchmark works; its figures\n"
 		"                       are noise\n"
-		"  -p, --parts DIGITS   run only the figures named, e.g. 24 (default 1234)\n"
+		"  -p, --parts DIGITS   run only the figures named, e.g. 24 (default 12345)\n"
 		"  -h, --help           show this text\n"
 		"\n"
 		"Environment:\n"
@@ -1225,6 +1435,8 @@ int main(int argc, char **argv)
 		part_scaling();
 	if (strchr(opt.parts, '4'))
 		part_memory();
+	if (strchr(opt.parts, '5'))
+		part_tenants();
 	if (own_daemon)
 		fixture_stop(&own);
 	return 0;
