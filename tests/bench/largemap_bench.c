@@ -43,6 +43,7 @@ struct options {
 	size_t n_sizes;
 	unsigned rounds;
 	bool emulated;
+	uint64_t part; /* bytes of the in-parts row's calls; 0: no such row */
 };
 
 /* This process's side: its own context with one device attached to a paging domain. */
@@ -106,6 +107,12 @@ static void usage(FILE *out)
 		"program\n"
 		"                     works, its figures say nothing of a kernel)\n"
 		"  -q, --quick        sizes 16 MiB, 2 rounds\n"
+		"  -p, --parts KIB    one more row, in parts: the in-process map by address made "
+		"in\n"
+		"                     calls of KIB each (the daemon's parts are 256), and what "
+		"one\n"
+		"                     call costs the kernel beyond its pages, in us (4 KiB "
+		"pages)\n"
 		"  -h, --help         show this text\n"
 		"\n"
 		"Run it where the kernel has an IOMMU, as root: in the VM tier, for example\n"
@@ -142,14 +149,19 @@ static int parse_sizes(const char *list, struct options *o)
 static void parse(int argc, char **argv, struct options *o)
 {
 	static const struct option longs[] = {
-		{"sizes", required_argument, NULL, 's'}, {"rounds", required_argument, NULL, 'r'},
-		{"emulated", no_argument, NULL, 'e'},	 {"quick", no_argument, NULL, 'q'},
-		{"help", no_argument, NULL, 'h'},	 {0},
+		{"sizes", required_argument, NULL, 's'},
+		{"rounds", required_argument, NULL, 'r'},
+		{"emulated", no_argument, NULL, 'e'},
+		{"quick", no_argument, NULL, 'q'},
+		{"parts", required_argument, NULL, 'p'},
+		{"help", no_argument, NULL, 'h'},
+		{0},
 	};
+	char *end;
 	int opt;
 
 	*o = (struct options){.sizes = {256 * MiB, 1024 * MiB}, .n_sizes = 2, .rounds = 5};
-	while ((opt = getopt_long(argc, argv, "s:r:eqh", longs, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "s:r:eqp:h", longs, NULL)) != -1) {
 		switch (opt) {
 		case 's':
 			if (parse_sizes(optarg, o) < 0) {
@@ -174,6 +186,14 @@ static void parse(int argc, char **argv, struct options *o)
 			o->sizes[0] = 16 * MiB;
 			o->n_sizes = 1;
 			o->rounds = 2;
+			break;
+		case 'p':
+			o->part = strtoull(optarg, &end, 10) * 1024;
+			if (*end || !o->part || o->part % 4096) {
+				(void)fprintf(stderr, "iommud-largemap-bench: --parts wants KiB, a "
+						      "multiple of 4 like 256\n");
+				exit(2);
+			}
 			break;
 		case 'h':
 			usage(stdout);
@@ -275,12 +295,14 @@ static int make_memory(uint64_t len, bool huge)
 	return fd;
 }
 
+/* Maps len bytes of the memfd by this process (in calls of part bytes, each extending the one
+ * mapping; 0: one call) and unmaps them in one call. */
 static void in_process_round(struct in_process *p, int fd, uint64_t len, bool by_file,
-			     struct samples *s, unsigned round)
+			     uint64_t part, struct samples *s, unsigned round)
 {
 	struct kh_map_req req = {
 		.iova = IOVA,
-		.length = len,
+		.length = part ? part : len,
 		.prot = KH_PROT_READ | KH_PROT_WRITE,
 		.flags = KH_MAP_FIXED_IOVA | (by_file ? KH_MAP_FILE : 0),
 		.fd = fd,
@@ -295,8 +317,15 @@ static void in_process_round(struct in_process *p, int fd, uint64_t len, bool by
 		req.addr = (uint64_t)(uintptr_t)va;
 	}
 	t0 = now_ns();
-	if (kh_map(p->ctx, p->dom, &req) < 0)
-		fail("kh_map", kh_last_error());
+	for (uint64_t done = 0; done < len; done += req.length) {
+		req.iova = IOVA + done;
+		req.addr = (by_file ? 0 : (uint64_t)(uintptr_t)va) + done;
+		if (req.length > len - done)
+			req.length = len - done;
+		if (kh_map(p->ctx, p->dom, &req) < 0)
+			fail("kh_map", kh_last_error());
+		req.flags |= KH_MAP_EXTEND;
+	}
 	t1 = now_ns();
 	if (kh_unmap(p->ctx, p->dom, IOVA, len, NULL) < 0)
 		fail("kh_unmap", kh_last_error());
@@ -353,6 +382,21 @@ static void print_row(const char *size, const char *pages, const char *path, str
 	if (by_file)
 		(void)printf(" %8.3f %8.3f", map / by_file[0], unmap / by_file[1]);
 	(void)printf("\n");
+}
+
+/* The in-parts row, and what each call costs beyond the one call's time for the same pages:
+ * the kernel's fixed cost per IOMMU_IOAS_MAP (its area and pages records, the IOTLB flush). */
+static void print_parts(const char *size, const char *pages, struct samples *s,
+			const struct options *o, uint64_t len, const double *base)
+{
+	uint64_t calls = (len + o->part - 1) / o->part;
+	char path[32];
+
+	(void)snprintf(path, sizeof(path), "%llu KiB", (unsigned long long)(o->part / 1024));
+	print_row(size, pages, path, s, o->rounds, len, base, NULL);
+	(void)printf("%-8s %-6s %-11s %9.2f us more per call, %llu calls\n", size, pages, path,
+		     (median_ms(s->map, o->rounds) - base[0]) * 1e3 / (double)(calls - 1),
+		     (unsigned long long)calls);
 }
 
 /* Reserves huge pages for len bytes for the run; false where the kernel cannot. */
@@ -414,7 +458,7 @@ static void size_name(uint64_t len, char *out, size_t size)
 static void measure(struct in_process *p, struct through_daemon *d, const struct options *o,
 		    uint64_t len, bool huge)
 {
-	struct samples in = {0}, file = {0}, daemon = {0};
+	struct samples in = {0}, file = {0}, daemon = {0}, parts = {0};
 	const char *pages = huge ? "2 MiB" : "4 KiB";
 	long old_huge = 0;
 	char size[32];
@@ -445,9 +489,11 @@ static void measure(struct in_process *p, struct through_daemon *d, const struct
 	}
 	for (unsigned r = 0; r < o->rounds; r++) {
 		daemon_round(d, fd, len, &daemon, r);
-		in_process_round(p, fd, len, false, &in, r);
+		in_process_round(p, fd, len, false, 0, &in, r);
 		if (p->map_file)
-			in_process_round(p, fd, len, true, &file, r);
+			in_process_round(p, fd, len, true, 0, &file, r);
+		if (o->part && !huge)
+			in_process_round(p, fd, len, false, o->part, &parts, r);
 	}
 	(void)close(fd);
 	if (huge)
@@ -462,6 +508,8 @@ static void measure(struct in_process *p, struct through_daemon *d, const struct
 	}
 	print_row(size, pages, "daemon", &daemon, o->rounds, len, base,
 		  p->map_file ? by_file : NULL);
+	if (o->part && !huge && len > o->part)
+		print_parts(size, pages, &parts, o, len, base);
 }
 
 int main(int argc, char **argv)
