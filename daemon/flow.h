@@ -76,6 +76,10 @@ uint64_t flows_wait_ns(struct flows *fs, uint64_t now_ns);
 void flows_charge(struct flows *fs, struct flow_item *item, uint64_t cost_ns);
 /* The item's request goes on in its flow's next turns (hold) or is done (!hold). */
 void flows_hold(struct flows *fs, struct flow_item *item, bool hold);
+/* Whether item's flow has had the loop to itself since its last request: none other is
+ * ready, and the last request charged was its own. A costly request may then take larger
+ * steps; the question costs no system call, so it is asked before every slice. */
+bool flows_alone(const struct flows *fs, const struct flow_item *item);
 /* How many times a flow with requests waiting found its bucket empty. */
 uint64_t flows_throttled(const struct flows *fs);
 

@@ -214,7 +214,7 @@ static void conn_close(struct conn *c)
 	srv->d->connections--;
 	/* The daemon is stopping, or the connection failed: what remains is done at once. */
 	if (c->call)
-		(void)dispatch_abandon(c->call, UINT64_MAX);
+		(void)dispatch_abandon(c->call, UINT64_MAX, false);
 	flows_leave(srv->flows, &c->item);
 	event_free(c->ev);
 	(void)close(c->fd);
@@ -317,13 +317,15 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 		/* Its socket is not watched meanwhile: a client gone takes its call with it, in
 		 * slices as the call's own work went, the connection closing after the last. */
 		if (peer_gone(c->fd)) {
-			if (!dispatch_abandon(c->call, start_ns + SLICE_NS))
+			if (!dispatch_abandon(c->call, start_ns + SLICE_NS,
+					      flows_alone(srv->flows, &c->item)))
 				return 0;
 			c->call = NULL;
 			flows_hold(srv->flows, &c->item, false);
 			return -ECONNRESET;
 		}
-		out_len = dispatch_resume(c->call, start_ns + SLICE_NS, srv->out, &reply_fds,
+		out_len = dispatch_resume(c->call, start_ns + SLICE_NS,
+					  flows_alone(srv->flows, &c->item), srv->out, &reply_fds,
 					  &method, &kept);
 		return conn_end_call(c, out_len, &reply_fds, method, c->call_received_ns, kept);
 	}
