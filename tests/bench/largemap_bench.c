@@ -353,8 +353,9 @@ static void in_process_round(struct in_process *p, int fd, uint64_t len, bool by
 	s->unmap[round] = t2 - t1;
 }
 
+/* A Map and an Unmap through the daemon; between them, a byte to mapped unless it is -1. */
 static void daemon_round(struct through_daemon *d, int fd, uint64_t len, struct samples *s,
-			 unsigned round)
+			 unsigned round, int mapped)
 {
 	uint64_t iova = IOVA, t0, t1, t2;
 
@@ -363,6 +364,8 @@ static void daemon_round(struct through_daemon *d, int fd, uint64_t len, struct 
 			    true, 0, &iova) < 0)
 		fail("Map through the daemon", iommuctl_last_error(d->c));
 	t1 = now_ns();
+	if (mapped >= 0 && write(mapped, "m", 1) != 1)
+		fail("saying the map is done", strerror(errno));
 	if (iommuctl_unmap(d->c, d->dom, IOVA, len, NULL) < 0)
 		fail("Unmap through the daemon", iommuctl_last_error(d->c));
 	t2 = now_ns();
@@ -482,9 +485,7 @@ static void newcomer_round(struct through_daemon *d, int fd, uint64_t len, char 
 	(void)close(result[1]);
 	if (read(result[0], &byte, 1) != 1 || write(go[1], "g", 1) != 1)
 		fail("starting the newcomer", "it stopped");
-	daemon_round(d, fd, len, &s, 0);
-	if (write(go[1], "s", 1) != 1)
-		fail("stopping the newcomer", strerror(errno));
+	daemon_round(d, fd, len, &s, 0, go[1]);
 	got = read(result[0], line, sizeof(line) - 1);
 	line[got > 0 ? got : 0] = '\0';
 	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status))
@@ -586,7 +587,7 @@ static void measure(struct in_process *p, struct through_daemon *d, const struct
 		return;
 	}
 	for (unsigned r = 0; r < o->rounds; r++) {
-		daemon_round(d, fd, len, &daemon, r);
+		daemon_round(d, fd, len, &daemon, r, -1);
 		in_process_round(p, fd, len, false, 0, &in, r);
 		if (p->map_file)
 			in_process_round(p, fd, len, true, 0, &file, r);
