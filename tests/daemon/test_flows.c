@@ -6,25 +6,32 @@
 #include "flow.h"
 #include "harness.h"
 
-static const struct flow_rate unlimited = {0, 0};
+static const char keys[] = "abc";
+
+/* Joins item to the flow of keys[i] (uid i + 1, no rate limit) with a request waiting. */
+static void join_ready(struct flows *fs, struct flow_item *item, size_t i)
+{
+	static const struct flow_rate unlimited = {0, 0};
+
+	*item = (struct flow_item){0};
+	CHECK_OK(flows_join(fs, item, &keys[i], (uid_t)i + 1, &unlimited));
+	flows_ready(fs, item);
+}
 
 /* A flow is alone only after a request of its own was the last served and while no other is
  * ready: another's readiness, or another's request served in between, ends it until the flow's
  * next request is charged. */
 TEST(alone_until_another_is_ready_or_served)
 {
-	static const char key_a = 'a', key_b = 'b';
-	struct flow_item a = {0}, b = {0};
+	struct flow_item a, b;
 	struct flows *fs;
 
 	CHECK_OK(flows_create(&fs));
-	CHECK_OK(flows_join(fs, &a, &key_a, 1, &unlimited));
-	CHECK_OK(flows_join(fs, &b, &key_b, 2, &unlimited));
-	flows_ready(fs, &a);
+	join_ready(fs, &a, 0);
 	CHECK(!flows_alone(fs, &a)); /* nothing served yet */
 	flows_charge(fs, &a, 5000);
 	CHECK(flows_alone(fs, &a));
-	flows_ready(fs, &b);
+	join_ready(fs, &b, 1);
 	CHECK(!flows_alone(fs, &a));
 	CHECK(flows_next(fs, 0) == &b);
 	flows_charge(fs, &b, 1000);
@@ -41,18 +48,15 @@ TEST(alone_until_another_is_ready_or_served)
  * the same memory, as like as not) is not taken for it. */
 TEST(alone_forgets_a_freed_flow)
 {
-	static const char key_a = 'a', key_c = 'c';
-	struct flow_item a = {0}, c = {0};
+	struct flow_item a;
 	struct flows *fs;
 
 	CHECK_OK(flows_create(&fs));
-	CHECK_OK(flows_join(fs, &a, &key_a, 1, &unlimited));
-	flows_ready(fs, &a);
+	join_ready(fs, &a, 0);
 	flows_charge(fs, &a, 5000);
 	flows_leave(fs, &a);
-	CHECK_OK(flows_join(fs, &c, &key_c, 1, &unlimited));
-	flows_ready(fs, &c);
-	CHECK(!flows_alone(fs, &c));
-	flows_leave(fs, &c);
+	join_ready(fs, &a, 2);
+	CHECK(!flows_alone(fs, &a));
+	flows_leave(fs, &a);
 	flows_destroy(fs);
 }
