@@ -37,6 +37,8 @@ struct flows {
 	TAILQ_HEAD(, flow) ready;
 	uint64_t vclock;	    /* the charge at which the latest request served started */
 	const struct flow *charged; /* the flow of the latest request served; NULL once freed */
+	uint64_t charged_since_ns;  /* when the run of charged's requests, none other between, began
+				     */
 	uint64_t throttled;
 };
 
@@ -228,6 +230,8 @@ struct flow_item *flows_next(struct flows *fs, uint64_t now_ns)
 
 	if (!f)
 		return NULL;
+	if (f != fs->charged)
+		fs->charged_since_ns = now_ns;
 	return f->holder ? f->holder : TAILQ_FIRST(&f->items);
 }
 
@@ -264,11 +268,11 @@ void flows_hold(struct flows *fs, struct flow_item *item, bool hold)
 		item->flow->holder = NULL;
 }
 
-bool flows_alone(const struct flows *fs, const struct flow_item *item)
+bool flows_alone(const struct flows *fs, const struct flow_item *item, uint64_t now_ns)
 {
 	const struct flow *first = TAILQ_FIRST(&fs->ready);
 
-	return fs->charged == item->flow &&
+	return fs->charged == item->flow && now_ns - fs->charged_since_ns >= FLOWS_ALONE_AFTER_NS &&
 	       (!first || (first == item->flow && !TAILQ_NEXT(first, ready_link)));
 }
 

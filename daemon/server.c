@@ -318,15 +318,15 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 		 * slices as the call's own work went, the connection closing after the last. */
 		if (peer_gone(c->fd)) {
 			if (!dispatch_abandon(c->call, start_ns + SLICE_NS,
-					      flows_alone(srv->flows, &c->item)))
+					      flows_alone(srv->flows, &c->item, start_ns)))
 				return 0;
 			c->call = NULL;
 			flows_hold(srv->flows, &c->item, false);
 			return -ECONNRESET;
 		}
 		out_len = dispatch_resume(c->call, start_ns + SLICE_NS,
-					  flows_alone(srv->flows, &c->item), srv->out, &reply_fds,
-					  &method, &kept);
+					  flows_alone(srv->flows, &c->item, start_ns), srv->out,
+					  &reply_fds, &method, &kept);
 		return conn_end_call(c, out_len, &reply_fds, method, c->call_received_ns, kept);
 	}
 	rc = wire_recv(c->fd, srv->in, sizeof(srv->in), WIRE_NONBLOCK, &packet);
