@@ -47,6 +47,7 @@ struct call {
 	struct reply_fds out;		       /* to send with the reply */
 	int failed_index;
 	uint64_t deadline_ns; /* monotonic_ns: a slice ends there, after at least one step */
+	bool alone; /* its tenant has the loop to itself: steps grow to MAP_STEP_ALONE_NS */
 	int (*resume)(struct call *call);
 	int (*abandon)(struct call *call);
 	size_t done;		    /* the handler's place in its work */

@@ -911,7 +911,31 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 	return out_len;
 }
 
-size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
+/* Another tenant had its turn after the call's steps grew alone: the next step is one part
+ * again, so that the other's next request waits for no long one. */
+static void steps_restart(struct call *call)
+{
+	unsigned *steps[] = {&call->part.parts_per_step, &call->part.back.parts_per_step,
+			     &call->back.parts_per_step};
+
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		if (*steps[i] > 1)
+			log_debug("uid %u: another tenant's turn: steps back to 1 part from %u",
+				  (unsigned)call->client->peer.uid, *steps[i]);
+		*steps[i] = 1;
+	}
+}
+
+/* The slice about to run: alone or not (dispatch_resume), until deadline_ns. */
+static void slice_start(struct call *call, uint64_t deadline_ns, bool alone)
+{
+	if (call->alone && !alone)
+		steps_restart(call);
+	call->alone = alone;
+	call->deadline_ns = deadline_ns;
+}
+
+size_t dispatch_resume(struct call *call, uint64_t deadline_ns, bool alone, uint8_t *out,
 		       struct reply_fds *out_fds, unsigned *ret_method, struct call **ret_kept)
 {
 	struct daemon *d = call->d;
@@ -920,7 +944,7 @@ size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
 	int rc;
 
 	call_lock(map);
-	call->deadline_ns = deadline_ns;
+	slice_start(call, deadline_ns, alone);
 	rc = call->resume(call);
 	log_failure(call, rc);
 	out_len = end_call(call, rc, true, out, out_fds, ret_method, ret_kept);
@@ -928,13 +952,13 @@ size_t dispatch_resume(struct call *call, uint64_t deadline_ns, uint8_t *out,
 	return out_len;
 }
 
-bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
+bool dispatch_abandon(struct call *call, uint64_t deadline_ns, bool alone)
 {
 	struct daemon *d = call->d;
 	Iommud__V1__Request__MethodCase method = call->req->method_case;
 	int rc;
 
-	call->deadline_ns = deadline_ns;
+	slice_start(call, deadline_ns, alone);
 	/* Nothing it maps will be stored: its room goes to others for the whole take-back. */
 	state_call_end(d->state, call);
 	rc = call->abandon(call);

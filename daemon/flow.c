@@ -36,7 +36,10 @@ struct flows {
 	struct count_list flows[BUCKETS];
 	struct count_list uids[BUCKETS];
 	TAILQ_HEAD(, flow) ready;
-	uint64_t vclock; /* the charge at which the latest request served started */
+	uint64_t vclock;	    /* the charge at which the latest request served started */
+	const struct flow *charged; /* the flow of the latest request served; NULL once freed */
+	uint64_t charged_since_ns;  /* when the run of charged's requests, none other between, began
+				     */
 	uint64_t throttled;
 };
 
@@ -126,6 +129,8 @@ void flows_leave(struct flows *fs, struct flow_item *item)
 	item->uid->items--;
 	count_drop(item->uid);
 	item->flow->count.items--;
+	if (!item->flow->count.items && fs->charged == item->flow)
+		fs->charged = NULL;
 	count_drop(&item->flow->count);
 	item->flow = NULL;
 	item->uid = NULL;
@@ -231,6 +236,8 @@ struct flow_item *flows_next(struct flows *fs, uint64_t now_ns)
 
 	if (!f)
 		return NULL;
+	if (f != fs->charged)
+		fs->charged_since_ns = now_ns;
 	return f->holder ? f->holder : TAILQ_FIRST(&f->items);
 }
 
@@ -251,6 +258,7 @@ void flows_charge(struct flows *fs, struct flow_item *item, uint64_t cost_ns)
 	if (f->rate.per_second && !f->holder && f->tokens_milli >= 1000)
 		f->tokens_milli -= 1000;
 	f->throttled = false;
+	fs->charged = f;
 	if (item->ready && TAILQ_NEXT(item, link)) {
 		TAILQ_REMOVE(&f->items, item, link);
 		TAILQ_INSERT_TAIL(&f->items, item, link);
@@ -264,6 +272,14 @@ void flows_hold(struct flows *fs, struct flow_item *item, bool hold)
 		item->flow->holder = item;
 	else if (item->flow->holder == item)
 		item->flow->holder = NULL;
+}
+
+bool flows_alone(const struct flows *fs, const struct flow_item *item, uint64_t now_ns)
+{
+	const struct flow *first = TAILQ_FIRST(&fs->ready);
+
+	return fs->charged == item->flow && now_ns - fs->charged_since_ns >= FLOWS_ALONE_AFTER_NS &&
+	       (!first || (first == item->flow && !TAILQ_NEXT(first, ready_link)));
 }
 
 uint64_t flows_throttled(const struct flows *fs)

@@ -79,6 +79,14 @@ uint64_t flows_wait_ns(struct flows *fs, uint64_t now_ns);
 void flows_charge(struct flows *fs, struct flow_item *item, uint64_t cost_ns);
 /* The item's request goes on in its flow's next turns (hold) or is done (!hold). */
 void flows_hold(struct flows *fs, struct flow_item *item, bool hold);
+/* Whether item's flow has had the loop to itself for FLOWS_ALONE_AFTER_NS up to now_ns: none
+ * other is ready, and every request served in that time was its own. A costly request may then
+ * take larger steps; the question costs no system call, so it is asked before every slice. The
+ * time it takes to count as alone keeps a tenant that comes back more often than that (a
+ * client's steady round trips) waiting behind small steps only: only one that was away longer
+ * may find a grown step in its way. */
+#define FLOWS_ALONE_AFTER_NS 10000000ull
+bool flows_alone(const struct flows *fs, const struct flow_item *item, uint64_t now_ns);
 /* How many times a flow with requests waiting found its bucket empty. */
 uint64_t flows_throttled(const struct flows *fs);
 

@@ -193,14 +193,15 @@ static int entries_of_columns(struct call *call, Iommud__V1__MapBatchRequest *r,
 	return 0;
 }
 
-/* Sizes the steps of a map or an unmap to the slice: the one that started at started (on
- * monotonic_ns) has just ended, at the time returned. */
+/* Sizes the steps of a map or an unmap to the slice (or, its tenant alone, to
+ * MAP_STEP_ALONE_NS): the one that started at started (on monotonic_ns) has just ended, at the
+ * time returned. */
 static uint64_t size_steps(const struct call *call, uint64_t started, unsigned *parts_per_step)
 {
 	uint64_t budget = call->deadline_ns, ended = monotonic_ns();
 
 	if (budget != UINT64_MAX)
-		budget = budget > started ? budget - started : 0;
+		budget = call->alone ? MAP_STEP_ALONE_NS : budget > started ? budget - started : 0;
 	steps_resize(parts_per_step, ended - started, budget);
 	return ended;
 }

@@ -424,7 +424,7 @@ static void conn_close(struct conn *c)
 	c->shard->load--;
 	/* The daemon is stopping, or the connection failed: what remains is done at once. */
 	if (c->call)
-		(void)dispatch_abandon(c->call, UINT64_MAX);
+		(void)dispatch_abandon(c->call, UINT64_MAX, false);
 	if (c->item.flow)
 		flows_leave(c->shard->flows, &c->item);
 	flows_leave(srv->flows, &c->count);
@@ -548,7 +548,8 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 			bool done;
 
 			daemon_lock();
-			done = dispatch_abandon(c->call, start_ns + SLICE_NS);
+			done = dispatch_abandon(c->call, start_ns + SLICE_NS,
+						flows_alone(sh->flows, &c->item, start_ns));
 			daemon_unlock();
 			if (!done)
 				return 0;
@@ -556,8 +557,9 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 			flows_hold(sh->flows, &c->item, false);
 			return -ECONNRESET;
 		}
-		out_len = dispatch_resume(c->call, start_ns + SLICE_NS, sh->out, &reply_fds,
-					  &method, &kept);
+		out_len = dispatch_resume(c->call, start_ns + SLICE_NS,
+					  flows_alone(sh->flows, &c->item, start_ns), sh->out,
+					  &reply_fds, &method, &kept);
 		return conn_end_call(c, out_len, &reply_fds, method, c->call_received_ns, kept);
 	}
 	rc = wire_recv(c->fd, sh->in, sizeof(sh->in), WIRE_NONBLOCK, &packet);

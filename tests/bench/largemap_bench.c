@@ -23,7 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <iommuctl.h>
@@ -37,12 +39,20 @@
 #define IOVA	     0x40000000ull
 #define ROUNDS_MAX   64
 #define NR_HUGEPAGES "/proc/sys/vm/nr_hugepages"
+/* The newcomer: a tenant of its own (an unnamed user, so a reader), asking again this long
+ * after each answer, so that every request of its finds the large map alone again. */
+#define NEWCOMER_UID	 65534
+#define NEWCOMER_GAP_MS	 5
+#define NEWCOMER_IDLE	 16
+#define NEWCOMER_SAMPLES 1024
 
 struct options {
 	uint64_t sizes[8];
 	size_t n_sizes;
 	unsigned rounds;
 	bool emulated;
+	uint64_t part; /* bytes of the in-parts row's calls; 0: no such row */
+	bool newcomer;
 };
 
 /* This process's side: its own context with one device attached to a paging domain. */
@@ -106,17 +116,31 @@ static void usage(FILE *out)
 		"program\n"
 		"                     works, its figures say nothing of a kernel)\n"
 		"  -q, --quick        sizes 16 MiB, 2 rounds\n"
+		"  -p, --parts KIB    one more row, in parts: the in-process map by address made "
+		"in\n"
+		"                     calls of KIB each (the daemon's parts are 256), and what "
+		"one\n"
+		"                     call costs the kernel beyond its pages, in us (4 KiB "
+		"pages)\n"
+		"  -n, --newcomer     one more daemon map of each size at 4 KiB pages while "
+		"another\n"
+		"                     tenant asks for GetStats every %d ms: its answers' times "
+		"(median,\n"
+		"                     largest) against the same with the daemon idle\n"
 		"  -h, --help         show this text\n"
 		"\n"
 		"Run it where the kernel has an IOMMU, as root: in the VM tier, for example\n"
 		"  tests/vm/run-vm.sh --kernel BZIMAGE --iommu intel --memory 4G --results DIR \\\n"
 		"      --support build/daemon/iommud build/tests/bench/iommud-largemap-bench\n"
+		"or, with guest time in instructions so that runs compare, and options passed,\n"
+		"  tests/vm/run-largemap.sh BZIMAGE build/daemon/iommud \\\n"
+		"      build/tests/bench/iommud-largemap-bench DIR --parts 256 --newcomer\n"
 		"The daemon binary is $IOMMUD_DAEMON if set, else the one this build made.\n"
 		"\n"
 		"Exit status: 0 after printing, 1 if a step failed (the message says which), 2 on "
 		"a\n"
 		"usage error.\n",
-		ROUNDS_MAX);
+		ROUNDS_MAX, NEWCOMER_GAP_MS);
 }
 
 static int parse_sizes(const char *list, struct options *o)
@@ -144,12 +168,14 @@ static void parse(int argc, char **argv, struct options *o)
 	static const struct option longs[] = {
 		{"sizes", required_argument, NULL, 's'}, {"rounds", required_argument, NULL, 'r'},
 		{"emulated", no_argument, NULL, 'e'},	 {"quick", no_argument, NULL, 'q'},
+		{"parts", required_argument, NULL, 'p'}, {"newcomer", no_argument, NULL, 'n'},
 		{"help", no_argument, NULL, 'h'},	 {0},
 	};
+	char *end;
 	int opt;
 
 	*o = (struct options){.sizes = {256 * MiB, 1024 * MiB}, .n_sizes = 2, .rounds = 5};
-	while ((opt = getopt_long(argc, argv, "s:r:eqh", longs, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "s:r:eqp:nh", longs, NULL)) != -1) {
 		switch (opt) {
 		case 's':
 			if (parse_sizes(optarg, o) < 0) {
@@ -174,6 +200,17 @@ static void parse(int argc, char **argv, struct options *o)
 			o->sizes[0] = 16 * MiB;
 			o->n_sizes = 1;
 			o->rounds = 2;
+			break;
+		case 'p':
+			o->part = strtoull(optarg, &end, 10) * 1024;
+			if (*end || !o->part || o->part % 4096) {
+				(void)fprintf(stderr, "iommud-largemap-bench: --parts wants KiB, a "
+						      "multiple of 4 like 256\n");
+				exit(2);
+			}
+			break;
+		case 'n':
+			o->newcomer = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -275,12 +312,14 @@ static int make_memory(uint64_t len, bool huge)
 	return fd;
 }
 
+/* Maps len bytes of the memfd by this process (in calls of part bytes, each extending the one
+ * mapping; 0: one call) and unmaps them in one call. */
 static void in_process_round(struct in_process *p, int fd, uint64_t len, bool by_file,
-			     struct samples *s, unsigned round)
+			     uint64_t part, struct samples *s, unsigned round)
 {
 	struct kh_map_req req = {
 		.iova = IOVA,
-		.length = len,
+		.length = part ? part : len,
 		.prot = KH_PROT_READ | KH_PROT_WRITE,
 		.flags = KH_MAP_FIXED_IOVA | (by_file ? KH_MAP_FILE : 0),
 		.fd = fd,
@@ -295,8 +334,15 @@ static void in_process_round(struct in_process *p, int fd, uint64_t len, bool by
 		req.addr = (uint64_t)(uintptr_t)va;
 	}
 	t0 = now_ns();
-	if (kh_map(p->ctx, p->dom, &req) < 0)
-		fail("kh_map", kh_last_error());
+	for (uint64_t done = 0; done < len; done += req.length) {
+		req.iova = IOVA + done;
+		req.addr = (by_file ? 0 : (uint64_t)(uintptr_t)va) + done;
+		if (req.length > len - done)
+			req.length = len - done;
+		if (kh_map(p->ctx, p->dom, &req) < 0)
+			fail("kh_map", kh_last_error());
+		req.flags |= KH_MAP_EXTEND;
+	}
 	t1 = now_ns();
 	if (kh_unmap(p->ctx, p->dom, IOVA, len, NULL) < 0)
 		fail("kh_unmap", kh_last_error());
@@ -307,8 +353,9 @@ static void in_process_round(struct in_process *p, int fd, uint64_t len, bool by
 	s->unmap[round] = t2 - t1;
 }
 
+/* A Map and an Unmap through the daemon; between them, a byte to mapped unless it is -1. */
 static void daemon_round(struct through_daemon *d, int fd, uint64_t len, struct samples *s,
-			 unsigned round)
+			 unsigned round, int mapped)
 {
 	uint64_t iova = IOVA, t0, t1, t2;
 
@@ -317,6 +364,8 @@ static void daemon_round(struct through_daemon *d, int fd, uint64_t len, struct 
 			    true, 0, &iova) < 0)
 		fail("Map through the daemon", iommuctl_last_error(d->c));
 	t1 = now_ns();
+	if (mapped >= 0 && write(mapped, "m", 1) != 1)
+		fail("saying the map is done", strerror(errno));
 	if (iommuctl_unmap(d->c, d->dom, IOVA, len, NULL) < 0)
 		fail("Unmap through the daemon", iommuctl_last_error(d->c));
 	t2 = now_ns();
@@ -353,6 +402,99 @@ static void print_row(const char *size, const char *pages, const char *path, str
 	if (by_file)
 		(void)printf(" %8.3f %8.3f", map / by_file[0], unmap / by_file[1]);
 	(void)printf("\n");
+}
+
+/* The in-parts row, and what each call costs beyond the one call's time for the same pages:
+ * the kernel's fixed cost per IOMMU_IOAS_MAP (its area and pages records, the IOTLB flush). */
+static void print_parts(const char *size, const char *pages, struct samples *s,
+			const struct options *o, uint64_t len, const double *base)
+{
+	uint64_t calls = (len + o->part - 1) / o->part;
+	char path[32];
+
+	(void)snprintf(path, sizeof(path), "%llu KiB", (unsigned long long)(o->part / 1024));
+	print_row(size, pages, path, s, o->rounds, len, base, NULL);
+	(void)printf("%-8s %-6s %-11s %9.2f us more per call, %llu calls\n", size, pages, path,
+		     (median_ms(s->map, o->rounds) - base[0]) * 1e3 / (double)(calls - 1),
+		     (unsigned long long)calls);
+}
+
+/* One GetStats of the newcomer's, timed. */
+static uint64_t newcomer_ask(struct iommuctl *c)
+{
+	Iommud__V1__GetStatsRequest get = IOMMUD__V1__GET_STATS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	uint64_t t0 = now_ns();
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_GET_STATS;
+	req.get_stats = &get;
+	if (iommuctl_call(c, &req, NULL, 0, &resp, NULL, 0, NULL) < 0)
+		fail("GetStats of the newcomer", iommuctl_last_error(c));
+	iommuctl_response_free(resp);
+	return now_ns() - t0;
+}
+
+/* The newcomer's process: its answers' times with the daemon idle (then it says 'i' on
+ * result), and from the first byte on go until the second, while the map runs; writes the
+ * count, the idle and busy medians and the largest to result. */
+static _Noreturn void newcomer_run(const char *socket_path, int go, int result)
+{
+	static uint64_t idle[NEWCOMER_IDLE], busy[NEWCOMER_SAMPLES];
+	struct pollfd stop = {.fd = go, .events = POLLIN};
+	struct iommuctl *c;
+	double idle_us, busy_us;
+	unsigned n = 0;
+	char byte;
+
+	if (setgid(NEWCOMER_UID) < 0 || setuid(NEWCOMER_UID) < 0 ||
+	    iommuctl_connect(socket_path, &c) < 0)
+		fail("connecting as the newcomer", strerror(errno));
+	for (unsigned i = 0; i < NEWCOMER_IDLE; i++)
+		idle[i] = newcomer_ask(c);
+	if (write(result, "i", 1) != 1 || read(go, &byte, 1) != 1)
+		_exit(1);
+	while (n < NEWCOMER_SAMPLES && poll(&stop, 1, NEWCOMER_GAP_MS) == 0)
+		busy[n++] = newcomer_ask(c);
+	idle_us = median_ms(idle, NEWCOMER_IDLE) * 1e3;
+	if (n) {
+		busy_us = median_ms(busy, n) * 1e3; /* sorted: the largest is last */
+		(void)dprintf(result, "%u %.1f %.1f %.1f\n", n, idle_us, busy_us,
+			      (double)busy[n - 1] / 1e3);
+	} else {
+		(void)dprintf(result, "0 %.1f (the map ended before the first)\n", idle_us);
+	}
+	iommuctl_close(c);
+	_exit(0);
+}
+
+/* A daemon map of the memfd while the newcomer asks: its time and the newcomer's answers,
+ * as a line in out. */
+static void newcomer_round(struct through_daemon *d, int fd, uint64_t len, char *out, size_t size)
+{
+	int go[2], result[2], status;
+	struct samples s;
+	char byte, line[128] = "";
+	ssize_t got;
+	pid_t pid;
+
+	if (pipe(go) < 0 || pipe(result) < 0 || (pid = fork()) < 0)
+		fail("starting the newcomer", strerror(errno));
+	if (pid == 0)
+		newcomer_run(d->daemon.socket_path, go[0], result[1]);
+	(void)close(result[1]);
+	if (read(result[0], &byte, 1) != 1 || write(go[1], "g", 1) != 1)
+		fail("starting the newcomer", "it stopped");
+	daemon_round(d, fd, len, &s, 0, go[1]);
+	got = read(result[0], line, sizeof(line) - 1);
+	line[got > 0 ? got : 0] = '\0';
+	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status))
+		fail("the newcomer", "it failed");
+	(void)close(go[0]);
+	(void)close(go[1]);
+	(void)close(result[0]);
+	(void)snprintf(out, size, "map %.2f ms; answers, idle median, median, largest (us): %s",
+		       (double)s.map[0] / 1e6, line);
 }
 
 /* Reserves huge pages for len bytes for the run; false where the kernel cannot. */
@@ -414,7 +556,8 @@ static void size_name(uint64_t len, char *out, size_t size)
 static void measure(struct in_process *p, struct through_daemon *d, const struct options *o,
 		    uint64_t len, bool huge)
 {
-	struct samples in = {0}, file = {0}, daemon = {0};
+	struct samples in = {0}, file = {0}, daemon = {0}, parts = {0};
+	char newcomer[256] = "";
 	const char *pages = huge ? "2 MiB" : "4 KiB";
 	long old_huge = 0;
 	char size[32];
@@ -444,11 +587,15 @@ static void measure(struct in_process *p, struct through_daemon *d, const struct
 		return;
 	}
 	for (unsigned r = 0; r < o->rounds; r++) {
-		daemon_round(d, fd, len, &daemon, r);
-		in_process_round(p, fd, len, false, &in, r);
+		daemon_round(d, fd, len, &daemon, r, -1);
+		in_process_round(p, fd, len, false, 0, &in, r);
 		if (p->map_file)
-			in_process_round(p, fd, len, true, &file, r);
+			in_process_round(p, fd, len, true, 0, &file, r);
+		if (o->part && !huge)
+			in_process_round(p, fd, len, false, o->part, &parts, r);
 	}
+	if (o->newcomer && !huge)
+		newcomer_round(d, fd, len, newcomer, sizeof(newcomer));
 	(void)close(fd);
 	if (huge)
 		release_huge(old_huge);
@@ -462,6 +609,10 @@ static void measure(struct in_process *p, struct through_daemon *d, const struct
 	}
 	print_row(size, pages, "daemon", &daemon, o->rounds, len, base,
 		  p->map_file ? by_file : NULL);
+	if (o->part && !huge && len > o->part)
+		print_parts(size, pages, &parts, o, len, base);
+	if (*newcomer)
+		(void)printf("%-8s %-6s %-11s %s", size, pages, "newcomer", newcomer);
 }
 
 int main(int argc, char **argv)

@@ -360,6 +360,7 @@ enum costly_kind {
 	COSTLY_FAILING, /* a batch of one range twice: the second fails, the first is taken back */
 	COSTLY_CLOSED,	/* a batch at COSTLY_ENTRIES IOVAs whose connection closes mid-way */
 	COSTLY_UNMAP,	/* those mapped first, then one request removes them all */
+	COSTLY_LARGE,	/* one entry as long as all of them, of a memfd as long */
 };
 
 struct costly {
@@ -383,13 +384,17 @@ static void costly_batch(struct costly *h, uint32_t domain, Iommud__V1__MapEntry
 	entry.iova = h->iova;
 	/* Failing: the same range twice. Else at as many IOVAs as make it long enough to be
 	 * caught in progress. */
+	if (h->kind == COSTLY_LARGE)
+		entry.length *= COSTLY_ENTRIES;
 	for (size_t i = 0; i < COSTLY_ENTRIES; i++) {
 		spread[i] = entry;
 		spread[i].iova += h->kind == COSTLY_FAILING ? 0 : i * COSTLY_BYTES;
 		entries[i] = &spread[i];
 	}
 	batch->entries = entries;
-	batch->n_entries = h->kind == COSTLY_FAILING ? 2 : COSTLY_ENTRIES;
+	batch->n_entries = h->kind == COSTLY_FAILING ? 2
+			   : h->kind == COSTLY_LARGE ? 1
+						     : COSTLY_ENTRIES;
 	req->id = 7;
 	req->method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
 	req->map_batch = batch;
@@ -472,7 +477,9 @@ static void costly_run(const struct daemon_fixture *f, struct costly *h, int rea
 	become(WRITER_UID);
 	CHECK(iommuctl_connect(f->socket_path, &c) == 0);
 	CHECK(iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &domain) == 0);
-	CHECK((mem = iommuctl_memfd("costly", COSTLY_BYTES)) >= 0);
+	CHECK((mem = iommuctl_memfd("costly", h->kind == COSTLY_LARGE
+						      ? COSTLY_ENTRIES * COSTLY_BYTES
+						      : COSTLY_BYTES)) >= 0);
 	fd = raw_connect(f);
 	costly_batch(h, domain, spread, entries, &batch, &req);
 	if (h->kind == COSTLY_UNMAP) {
@@ -500,7 +507,8 @@ static void costly_run(const struct daemon_fixture *f, struct costly *h, int rea
 }
 
 /* Starts the hostile tenant and has it queue its request while the daemon is stopped; root's
- * GetStats is queued after it, so that both wait when the daemon runs again. */
+ * GetStats is queued after it (unless root_fd is -1), so that both wait when the daemon runs
+ * again. */
 static void costly_start(struct costly *h, const struct daemon_fixture *f, int root_fd)
 {
 	int status;
@@ -518,7 +526,8 @@ static void costly_start(struct costly *h, const struct daemon_fixture *f, int r
 	CHECK(waitpid(f->pid, &status, WUNTRACED) == f->pid && WIFSTOPPED(status));
 	CHECK(write(h->go[1], "g", 1) == 1);
 	CHECK(read(h->ready[0], &byte, 1) == 1 && byte == 's');
-	raw_send_get_stats(root_fd);
+	if (root_fd >= 0)
+		raw_send_get_stats(root_fd);
 	CHECK_EQ(kill(f->pid, SIGCONT), 0);
 }
 
@@ -977,14 +986,14 @@ static int count_lines(const char *path, const char *needle)
 	return n;
 }
 
-/* Starts the daemon with its log (stderr) in a file of the test's. */
-static void start_logging(struct daemon_fixture *f, const char *log_path)
+/* Starts the daemon with config and its log (stderr) in a file of the test's. */
+static void start_logging(struct daemon_fixture *f, const char *log_path, const char *config)
 {
 	int saved = dup(2), log = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 
 	CHECK(saved >= 0 && log >= 0);
 	CHECK(dup2(log, 2) == 2);
-	fixture_start(f, "", "emu0");
+	fixture_start(f, config, "emu0");
 	CHECK(dup2(saved, 2) == 2);
 	(void)close(saved);
 	(void)close(log);
@@ -1007,7 +1016,7 @@ TEST(open_file_limit)
 
 	CHECK((fd = mkstemp(log_path)) >= 0);
 	(void)close(fd);
-	start_logging(&f, log_path);
+	start_logging(&f, log_path, "");
 	CHECK_EQ(prlimit(f.pid, RLIMIT_NOFILE, NULL, &saved), 0);
 	low = (struct rlimit){(rlim_t)daemon_open_files(&f) + 6, saved.rlim_max};
 	CHECK_EQ(prlimit(f.pid, RLIMIT_NOFILE, &low, NULL), 0);
@@ -1047,4 +1056,99 @@ TEST(open_file_limit)
 	CHECK(refusals >= QUEUED + 1);
 	fixture_stop(&f);
 	CHECK_EQ(unlink(log_path), 0);
+}
+
+/* ---- item: a large map's steps, grown alone, one part again for a newcomer --------------- */
+
+/* The daemon's resident memory, in bytes. */
+static uint64_t daemon_resident(const struct daemon_fixture *f)
+{
+	char path[64];
+	unsigned long long size, resident = 0;
+	FILE *statm;
+
+	(void)snprintf(path, sizeof(path), "/proc/%d/statm", (int)f->pid);
+	statm = fopen(path, "re");
+	CHECK(statm != NULL);
+	CHECK(fscanf(statm, "%llu %llu", &size, &resident) == 2);
+	(void)fclose(statm);
+	return resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* The page tables of every tenant, as root's GetStats (already sent) says: the emulated IOMMU's
+ * grow with each step of a map. */
+static uint64_t tables_now(int root_fd)
+{
+	Iommud__V1__Response *resp;
+	Iommud__V1__GetStatsReply *stats = raw_stats_reply(root_fd, &resp);
+	uint64_t bytes = 0;
+
+	for (size_t i = 0; i < stats->n_tenant_stats; i++)
+		bytes += stats->tenant_stats[i]->quota->page_table_bytes;
+	iommud__v1__response__free_unpacked(resp, NULL);
+	return bytes;
+}
+
+/* The largest step the log says a call had grown to when another tenant's turn came, 0 when
+ * it says none did. */
+static unsigned grown_steps(const char *log_path)
+{
+	static const char needle[] = "steps back to 1 part from ";
+	FILE *log = fopen(log_path, "re");
+	char line[1024], *at;
+	unsigned most = 0, parts;
+
+	CHECK(log != NULL);
+	while (fgets(line, sizeof(line), log))
+		if ((at = strstr(line, needle)) && sscanf(at + strlen(needle), "%u", &parts) == 1 &&
+		    parts > most)
+			most = parts;
+	(void)fclose(log);
+	return most;
+}
+
+/* One Map of 16 GiB at 4 KiB leaves with no other tenant asking: its steps grow past the slice,
+ * each one kernel call. Root, asking once a quarter of its page tables is made (the daemon's
+ * memory says so, without a request), is answered while the map is in progress, and the map's
+ * steps start again at one part for it: the old steps never grew, and steps that never shrank
+ * would leave no such line. */
+TEST(large_map_steps_shrink_for_newcomer)
+{
+	struct daemon_fixture f;
+	struct costly h = {.kind = COSTLY_LARGE, .iova = COSTLY_IOVA};
+	struct pollfd reply = {.events = POLLIN};
+	struct timespec pause = {0, 1000 * 1000};
+	char log_path[] = "/tmp/iommud-fairness-log-XXXXXX", report[1100];
+	uint64_t resident, seen, made;
+	int root_fd, log, n;
+
+	CHECK((log = mkstemp(log_path)) >= 0);
+	(void)close(log);
+	CHECK_OK(setenv("IOMMUD_TEST_LOG_LEVEL", "debug", 1));
+	start_logging(&f, log_path, ROOT_WRITES MAPPER);
+	CHECK_OK(unsetenv("IOMMUD_TEST_LOG_LEVEL"));
+	root_fd = raw_connect(&f);
+	resident = daemon_resident(&f);
+	costly_start(&h, &f, -1);
+	reply.fd = h.ready[0];
+	while (daemon_resident(&f) < resident + COSTLY_ENTRIES * COSTLY_BYTES / 512 / 4 &&
+	       poll(&reply, 1, 0) == 0)
+		nanosleep(&pause, NULL);
+	raw_send_get_stats(root_fd);
+	seen = tables_now(root_fd);
+	n = (int)read(h.ready[0], report, sizeof(report) - 1);
+	CHECK(n > 1 && report[0] == 'r');
+	report[n] = '\0';
+	CHECK(strncmp(report, "r0 ", 3) == 0);
+	raw_send_get_stats(root_fd);
+	made = tables_now(root_fd);
+	(void)fprintf(stderr, "page tables when root was answered: %llu of %llu bytes\n",
+		      (unsigned long long)seen, (unsigned long long)made);
+	CHECK(seen > 0 && seen < made);
+	(void)fprintf(stderr, "steps had grown to %u parts\n", grown_steps(log_path));
+	CHECK(grown_steps(log_path) > 1);
+	costly_stop(&h);
+	(void)close(root_fd);
+	fixture_stop(&f);
+	(void)unlink(log_path);
 }
