@@ -1125,7 +1125,7 @@ TEST(large_map_steps_shrink_for_newcomer)
 	CHECK((log = mkstemp(log_path)) >= 0);
 	(void)close(log);
 	CHECK_OK(setenv("IOMMUD_TEST_LOG_LEVEL", "debug", 1));
-	start_logging(&f, log_path, ROOT_WRITES MAPPER);
+	start_logging(&f, log_path, ONE_LOOP ROOT_WRITES MAPPER);
 	CHECK_OK(unsetenv("IOMMUD_TEST_LOG_LEVEL"));
 	root_fd = raw_connect(&f);
 	resident = daemon_resident(&f);
