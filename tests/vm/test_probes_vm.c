@@ -19,6 +19,7 @@
  * no edu bound to vfio-pci).
  */
 #include <linux/types.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,6 +97,16 @@ static long trace_pid(const char *line)
 	return dash && dash > line ? strtol(dash, NULL, 10) : -1;
 }
 
+/* Whether a trace line's pid (a thread id) is one of the daemon's threads: it maps on its
+ * event-loop threads, not its main one. */
+static bool daemon_thread(pid_t daemon, long tid)
+{
+	char task[64];
+
+	(void)snprintf(task, sizeof(task), "/proc/%d/task/%ld", (int)daemon, tid);
+	return tid > 0 && access(task, F_OK) == 0;
+}
+
 /* The daemon's own driver maps and unmaps: what the probes count, which take only those inside
  * a map/unmap ioctl, and never another device's DMA mapping that the kernel traces too. */
 static void trace_count(pid_t daemon, unsigned *maps, unsigned *unmaps)
@@ -106,7 +117,7 @@ static void trace_count(pid_t daemon, unsigned *maps, unsigned *unmaps)
 	CHECK(f != NULL);
 	*maps = *unmaps = 0;
 	while (fgets(line, sizeof(line), f)) {
-		if (trace_pid(line) != daemon)
+		if (!daemon_thread(daemon, trace_pid(line)))
 			continue;
 		*maps += strstr(line, " map: IOMMU") != NULL;
 		*unmaps += strstr(line, " unmap: IOMMU") != NULL;
