@@ -19,10 +19,15 @@ void daemon_lock(void)
 	uint64_t ticket;
 
 	(void)pthread_mutex_lock(&guard);
-	ticket = next_ticket++;
+	ticket = __atomic_fetch_add(&next_ticket, 1, __ATOMIC_RELAXED);
 	while (ticket != serving || sharers)
 		(void)pthread_cond_wait(&turn, &guard);
 	(void)pthread_mutex_unlock(&guard);
+}
+
+uint64_t daemon_lock_asked(void)
+{
+	return __atomic_load_n(&next_ticket, __ATOMIC_RELAXED);
 }
 
 void daemon_unlock(void)

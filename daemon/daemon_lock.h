@@ -15,6 +15,8 @@
 #ifndef IOMMUD_DAEMON_LOCK_H
 #define IOMMUD_DAEMON_LOCK_H
 
+#include <stdint.h>
+
 /* Holders take turns in the order they asked (a fair lock): the main thread and every shard
  * get their turn between another's slices of a costly call. */
 void daemon_lock(void);
@@ -22,6 +24,9 @@ void daemon_lock(void);
  * from its store under the lock (fdstore_sync), so that whoever takes the lock next finds the
  * devices of a released lease free, as the single loop did. */
 void daemon_unlock(void);
+/* How many times the daemon lock has been asked for since the start: a map path that sees it
+ * change between its slices knows another thread waited for it meanwhile. */
+uint64_t daemon_lock_asked(void);
 
 /* What a map path holds instead (dispatch.c says which calls are one): map paths of several
  * tenants run at once, and none while the daemon lock is held or asked for, so that whoever

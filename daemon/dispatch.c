@@ -12,6 +12,7 @@
 
 #include "call.h"
 #include "daemon_lock.h"
+#include "flow.h"
 #include "log.h"
 #include "state.h"
 #include "text.h"
@@ -926,11 +927,33 @@ static void steps_restart(struct call *call)
 	}
 }
 
+/* Whether a map path's tenant, alone on its loop thread, is alone in the daemon too: nobody on
+ * any thread has asked for the daemon lock for FLOWS_ALONE_AFTER_NS, since whoever does waits
+ * for the map paths' steps running. A call holding the daemon lock itself keeps every other
+ * thread waiting, so its steps never grow. */
+static bool alone_in_daemon(struct call *call, bool map, bool alone_on_thread)
+{
+	uint64_t asked, now;
+
+	if (!map)
+		return false;
+	asked = daemon_lock_asked();
+	now = monotonic_ns();
+	if (asked != call->lock_asked) {
+		call->lock_asked = asked;
+		call->lock_quiet_ns = now;
+	}
+	return alone_on_thread && now - call->lock_quiet_ns >= FLOWS_ALONE_AFTER_NS;
+}
+
 /* The slice about to run: alone or not (dispatch_resume), until deadline_ns. */
 static void slice_start(struct call *call, uint64_t deadline_ns, bool alone)
 {
 	if (call->alone && !alone)
 		steps_restart(call);
+	else if (alone && !call->alone)
+		log_debug("uid %u: alone for a while: its steps may grow past the slice",
+			  (unsigned)call->client->peer.uid);
 	call->alone = alone;
 	call->deadline_ns = deadline_ns;
 }
@@ -944,7 +967,7 @@ size_t dispatch_resume(struct call *call, uint64_t deadline_ns, bool alone, uint
 	int rc;
 
 	call_lock(map);
-	slice_start(call, deadline_ns, alone);
+	slice_start(call, deadline_ns, alone_in_daemon(call, map, alone));
 	rc = call->resume(call);
 	log_failure(call, rc);
 	out_len = end_call(call, rc, true, out, out_fds, ret_method, ret_kept);
@@ -952,13 +975,14 @@ size_t dispatch_resume(struct call *call, uint64_t deadline_ns, bool alone, uint
 	return out_len;
 }
 
-bool dispatch_abandon(struct call *call, uint64_t deadline_ns, bool alone)
+bool dispatch_abandon(struct call *call, uint64_t deadline_ns)
 {
 	struct daemon *d = call->d;
 	Iommud__V1__Request__MethodCase method = call->req->method_case;
 	int rc;
 
-	slice_start(call, deadline_ns, alone);
+	/* Under the daemon lock every other thread waits: its steps stay one part. */
+	slice_start(call, deadline_ns, false);
 	/* Nothing it maps will be stored: its room goes to others for the whole take-back. */
 	state_call_end(d->state, call);
 	rc = call->abandon(call);

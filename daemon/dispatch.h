@@ -70,16 +70,17 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 		       uint8_t *out, struct reply_fds *out_fds, unsigned *ret_method,
 		       struct call **ret_kept);
 /* Runs a kept call on until deadline_ns, as dispatch_packet: *ret_kept is the call again while
- * it has work left, else NULL and the call is gone. alone: no other tenant was served or is
- * waiting since the call's last slice, so its steps may grow past the slice (session.h,
- * MAP_STEP_ALONE_NS); once it is not, they start again from one part. */
+ * it has work left, else NULL and the call is gone. alone: its tenant has had its loop thread
+ * to itself (flows_alone); if the call is a map path and nobody has asked for the daemon lock
+ * for as long, its steps may grow past the slice (session.h, MAP_STEP_ALONE_NS); once either
+ * stops, they start again from one part. */
 size_t dispatch_resume(struct call *call, uint64_t deadline_ns, bool alone, uint8_t *out,
 		       struct reply_fds *out_fds, unsigned *ret_method, struct call **ret_kept);
 /* Ends a kept call whose client has gone: what it did is taken back (or, for a removal,
- * finished) until deadline_ns, as its work would go on, its steps sized by alone as
- * dispatch_resume's. False while there is more, for another call in a later turn; true once the
- * call is gone. */
-bool dispatch_abandon(struct call *call, uint64_t deadline_ns, bool alone);
+ * finished) until deadline_ns, as its work would go on, in steps of one part (it runs under the
+ * daemon lock, which every other thread then waits for). False while there is more, for another
+ * call in a later turn; true once the call is gone. */
+bool dispatch_abandon(struct call *call, uint64_t deadline_ns);
 /* dispatch_packet and dispatch_resume take the daemon lock (daemon_lock.h) where a call needs
  * it; dispatch_abandon is called under it. */
 /* Requests are decoded into chunks of memory that go with them, but the thread that dispatches

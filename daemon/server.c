@@ -424,7 +424,7 @@ static void conn_close(struct conn *c)
 	c->shard->load--;
 	/* The daemon is stopping, or the connection failed: what remains is done at once. */
 	if (c->call)
-		(void)dispatch_abandon(c->call, UINT64_MAX, false);
+		(void)dispatch_abandon(c->call, UINT64_MAX);
 	if (c->item.flow)
 		flows_leave(c->shard->flows, &c->item);
 	flows_leave(srv->flows, &c->count);
@@ -548,8 +548,7 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 			bool done;
 
 			daemon_lock();
-			done = dispatch_abandon(c->call, start_ns + SLICE_NS,
-						flows_alone(sh->flows, &c->item, start_ns));
+			done = dispatch_abandon(c->call, start_ns + SLICE_NS);
 			daemon_unlock();
 			if (!done)
 				return 0;
