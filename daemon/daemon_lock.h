@@ -8,7 +8,11 @@
  * a connection's arrival and end, and by the main thread's callbacks that act on the above.
  *
  * Lock order: the daemon lock first, then any lock a part takes for itself (a shard's inbox,
- * the ceilings' books); nothing taken under those takes the daemon lock.
+ * the ceilings' books); nothing taken under those takes the daemon lock. Nothing that holds
+ * the daemon lock may delete or free another thread's event in a way that waits for its
+ * callback (event_del, event_free): that callback may be waiting for the lock. Use
+ * event_del_noblock or event_free_finalize, and let the callback find out, under the lock,
+ * whether what it was for is still there.
  *
  * Ownership: the lock is static, for the life of the process.
  */

@@ -28,14 +28,14 @@ struct delegation {
 	LIST_ENTRY(delegation) link;
 	struct delegations *all;
 	uint64_t id;
-	struct session *session; /* the lease it was handed out in */
-	uid_t uid;		 /* of the tenant that asked */
-	struct peer vmm;	 /* pid, uid and cgroup of the VMM, read when it was handed out */
-	uint64_t vmm_start;	 /* when the VMM started: with the pid, which process it is */
-	int pidfd;		 /* the VMM's, readable once it has exited */
-	struct probes *probes;	 /* count what the VMM maps to the tenant by its cgroup, */
-	uint64_t lent_cgroup;	 /* lent while this lives (probes_lend_cgroup's token) */
-	struct event *exit_watch;
+	struct session *session;  /* the lease it was handed out in */
+	uid_t uid;		  /* of the tenant that asked */
+	struct peer vmm;	  /* pid, uid and cgroup of the VMM, read when it was handed out */
+	uint64_t vmm_start;	  /* when the VMM started: with the pid, which process it is */
+	int pidfd;		  /* the VMM's, readable once it has exited */
+	struct probes *probes;	  /* count what the VMM maps to the tenant by its cgroup, */
+	uint64_t lent_cgroup;	  /* lent while this lives (probes_lend_cgroup's token) */
+	struct event *exit_watch; /* its callback's argument a struct exit_watch, freed with it */
 	time_t since;
 	size_t n;
 	size_t indexes[KH_DELEGATE_MAX]; /* the backend's devices */
@@ -60,6 +60,48 @@ struct delegations {
 /* The daemon stops and the state record keeps the delegation. */
 #define DEVICES_LEFT "are left to the next daemon, which follows them from the state record"
 
+/* What the main thread's watch on a VMM's exit knows of its delegation: its id, since a loop
+ * thread may end the delegation while the watch's callback waits for the daemon lock. */
+struct exit_watch {
+	struct delegations *all;
+	uint64_t id;
+};
+
+static void vmm_exited(evutil_socket_t fd, short what, void *arg);
+
+/* Starts watching the VMM's pidfd for its exit, on the main thread's loop. */
+static int exit_watch_start(struct delegation *del)
+{
+	struct exit_watch *w = malloc(sizeof(*w));
+
+	if (!w)
+		return -ENOMEM;
+	*w = (struct exit_watch){.all = del->all, .id = del->id};
+	del->exit_watch = event_new(del->all->base, del->pidfd, EV_READ, vmm_exited, w);
+	if (!del->exit_watch || event_add(del->exit_watch, NULL) < 0) {
+		if (del->exit_watch)
+			event_free(del->exit_watch);
+		del->exit_watch = NULL;
+		free(w);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static void exit_watch_finalized(struct event *ev, void *arg)
+{
+	(void)ev;
+	free(arg);
+}
+
+/* Frees the watch without waiting for its callback: a loop thread does this under the daemon
+ * lock, which the callback, running on the main thread, may be waiting for (event_free would
+ * wait for it). Its memory goes once the callback is done. */
+static void exit_watch_free(struct event *watch)
+{
+	(void)event_free_finalize(0, watch, exit_watch_finalized);
+}
+
 /* Frees the devices and says what became of them and why, in the log and to whoever watches
  * it; the record, if any, is left as it is. */
 static void delegation_drop(struct delegation *del, const char *outcome, const char *why)
@@ -72,7 +114,7 @@ static void delegation_drop(struct delegation *del, const char *outcome, const c
 	probes_return_cgroup(del->probes, del->lent_cgroup);
 	LIST_REMOVE(del, link);
 	if (del->exit_watch)
-		event_free(del->exit_watch);
+		exit_watch_free(del->exit_watch);
 	if (del->pidfd >= 0)
 		(void)close(del->pidfd);
 	peer_clear(&del->vmm);
@@ -126,11 +168,17 @@ static void reply_unsent(void *arg, uint64_t id)
 
 static void vmm_exited(evutil_socket_t fd, short what, void *arg)
 {
+	const struct exit_watch *w = arg;
+	struct delegation *del;
+
 	(void)fd;
 	(void)what;
-	/* The main thread's loop watches the VMMs; the sessions are the loop threads' too. */
+	/* The main thread's loop watches the VMMs; the sessions are the loop threads' too, and one
+	 * may have ended the delegation meanwhile. */
 	daemon_lock();
-	delegation_end(arg, DEVICES_FREE, "the VMM exited");
+	del = delegation_by_id(w->all, w->id);
+	if (del)
+		delegation_end(del, DEVICES_FREE, "the VMM exited");
 	daemon_unlock();
 }
 
@@ -354,10 +402,11 @@ static int hand_out(struct call *call, struct delegation *del)
 
 	if (rc < 0)
 		return fail_kh(rc, "cannot open the devices for the VMM");
-	del->exit_watch = event_new(dl->base, del->pidfd, EV_READ, vmm_exited, del);
-	if (!del->exit_watch || event_add(del->exit_watch, NULL) < 0) {
-		if (del->exit_watch)
-			event_free(del->exit_watch);
+	/* The id it has once handed out (the next, taken on success): its exit watch finds it by
+	 * that. */
+	del->all = dl;
+	del->id = dl->next_id;
+	if (exit_watch_start(del) < 0) {
 		wire_close_fds(fds, del->n + 1);
 		kh_delegate_end(call->d->be, del->indexes, del->n);
 		return nomem();
@@ -387,8 +436,7 @@ int do_delegate_devices(struct call *call)
 		free(del);
 		return rc;
 	}
-	del->all = call->d->delegations;
-	del->id = del->all->next_id++;
+	del->all->next_id++;
 	del->session = call->client->session;
 	del->uid = call->client->peer.uid;
 	del->since = time(NULL);
@@ -678,8 +726,7 @@ static struct verdict follow_on(struct delegation *del)
 		return (struct verdict){"its lease ended before the restart", DEVICES_STILL_HELD};
 	if ((v.why = reserve_devices(del)))
 		return (struct verdict){v.why, DEVICES_KEPT};
-	del->exit_watch = event_new(del->all->base, del->pidfd, EV_READ, vmm_exited, del);
-	if (!del->exit_watch || event_add(del->exit_watch, NULL) < 0)
+	if (exit_watch_start(del) < 0)
 		return (struct verdict){"out of memory to follow it", DEVICES_KEPT};
 	(void)probes_lend_cgroup(del->probes, del->vmm.cgroup,
 				 tenant_label_slot(session_tenant(del->session)),

@@ -906,16 +906,22 @@ int server_adopt(struct server *srv, int fd)
 static void accept_resume(struct server *srv)
 {
 	srv->accept_paused = false;
-	(void)event_del(srv->resume_ev);
+	/* A loop thread calls this under the daemon lock, while the main thread's timer may be
+	 * running and waiting for that lock: event_del would wait for the timer, which waits for
+	 * the lock. Not waiting is safe, as the timer resumes only what is still paused. */
+	(void)event_del_noblock(srv->resume_ev);
 	(void)event_add(srv->listen_ev, NULL);
 }
 
 static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
 {
+	struct server *srv = arg;
+
 	(void)fd;
 	(void)what;
 	daemon_lock();
-	accept_resume(arg);
+	if (srv->accept_paused)
+		accept_resume(srv);
 	daemon_unlock();
 }
 
