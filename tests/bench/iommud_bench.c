@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1070,29 +1071,53 @@ struct tenant_result {
 	uint64_t cpu_ns; /* the process's CPU time meanwhile */
 };
 
-/* Pairs on c, TENANT_DEPTH of them sent before their replies are read, so that the daemon
- * always has the tenant's next request waiting and the client spends little per pair: the
- * daemon is what limits them. Runs for a level's time; *ret_ns is the time it took. */
-static uint64_t pipelined_pairs(struct iommuctl *c, uint32_t dom, int mem, uint64_t *ret_ns)
+/* A tenant's way of sending its pairs: on c, with a paging domain dom and a memfd mem of one
+ * page, for a level's time; returns the pairs done and their time in *ret_ns. */
+typedef uint64_t tenant_pairs_fn(struct iommuctl *c, uint32_t dom, int mem, uint64_t *ret_ns);
+
+/* The TENANT_DEPTH pairs a tenant keeps in flight, each at an IOVA of its own, built once;
+ * request 2i is pair i's Map, 2i + 1 its Unmap. */
+static struct map_pair tenant_pairs[TENANT_DEPTH];
+
+static Iommud__V1__Request *tenant_request(unsigned k)
 {
-	static struct map_pair pairs[TENANT_DEPTH];
+	return k % 2 ? &tenant_pairs[k / 2].unmap_req : &tenant_pairs[k / 2].map_req;
+}
+
+static void tenant_pairs_init(uint32_t dom)
+{
+	for (unsigned i = 0; i < TENANT_DEPTH; i++) {
+		map_pair_init(&tenant_pairs[i], dom, PAGE);
+		tenant_pairs[i].entry.iova = tenant_pairs[i].unmap.iova = IOVA + i * PAGE;
+	}
+}
+
+/* A failed pipelined Map or Unmap stops the benchmark with the daemon's message. */
+static void check_reply(const Iommud__V1__Response *resp)
+{
+	if (resp->status && resp->status->code != IOMMUD__V1__CODE__CODE_OK)
+		fail("a pipelined Map or Unmap", resp->status->message);
+}
+
+/* Pairs through libiommuctl, TENANT_DEPTH of them sent before their replies are read, so that
+ * the daemon always has the tenant's next request waiting: what a real client costs, encoding
+ * and decoding each message and a system call for each. */
+static uint64_t library_pairs(struct iommuctl *c, uint32_t dom, int mem, uint64_t *ret_ns)
+{
 	uint64_t start = now_ns(), deadline = start + (uint64_t)(opt.level_seconds * 1e9), n = 0;
 	Iommud__V1__Response *resp;
 	uint64_t id;
 
-	for (unsigned i = 0; i < TENANT_DEPTH; i++) {
-		map_pair_init(&pairs[i], dom, PAGE);
-		pairs[i].entry.iova = pairs[i].unmap.iova = IOVA + i * PAGE;
-	}
+	tenant_pairs_init(dom);
 	while (now_ns() < deadline) {
-		for (unsigned i = 0; i < TENANT_DEPTH; i++) {
-			check_call(c, iommuctl_send(c, &pairs[i].map_req, &mem, 1, &id), "Map");
-			check_call(c, iommuctl_send(c, &pairs[i].unmap_req, NULL, 0, &id), "Unmap");
-		}
-		for (unsigned i = 0; i < 2 * TENANT_DEPTH; i++) {
+		for (unsigned k = 0; k < 2 * TENANT_DEPTH; k++)
+			check_call(c,
+				   iommuctl_send(c, tenant_request(k), k % 2 ? NULL : &mem,
+						 k % 2 ? 0 : 1, &id),
+				   k % 2 ? "Unmap" : "Map");
+		for (unsigned k = 0; k < 2 * TENANT_DEPTH; k++) {
 			check_call(c, iommuctl_recv(c, &resp, NULL, 0, NULL), "a reply");
-			if (resp->status && resp->status->code != IOMMUD__V1__CODE__CODE_OK)
-				fail("a pipelined Map or Unmap", resp->status->message);
+			check_reply(resp);
 			iommuctl_response_free(resp);
 		}
 		n += TENANT_DEPTH;
@@ -1101,9 +1126,163 @@ static uint64_t pipelined_pairs(struct iommuctl *c, uint32_t dom, int mem, uint6
 	return n;
 }
 
-/* A tenant's process, as its own uid: once go says so, it maps and unmaps for a level's time,
- * then reports to ready. */
-static void tenant_process(uid_t uid, const char *dev, int ready, int go)
+/* The raw client's requests, packed once, and room for their replies: a Map request or reply
+ * of 4 KiB is some tens of bytes, but a reply is read into a buffer of the protocol's limit,
+ * as docs/protocol.md asks. */
+#define RAW_REQUEST_MAX 256
+/* Rounds the raw client keeps in flight: while it reads one round's replies, the daemon
+ * already has the next round's requests, so it does not wait for the client between rounds. */
+#define RAW_ROUNDS 2
+static struct {
+	uint8_t requests[2 * TENANT_DEPTH][RAW_REQUEST_MAX];
+	uint8_t replies[RAW_ROUNDS][2 * TENANT_DEPTH][IOMMUCTL_MAX_MESSAGE];
+	struct iovec request_iov[2 * TENANT_DEPTH], reply_iov[RAW_ROUNDS][2 * TENANT_DEPTH];
+	struct mmsghdr sends[2 * TENANT_DEPTH], receives[RAW_ROUNDS][2 * TENANT_DEPTH];
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} rights[TENANT_DEPTH];			   /* each Map's descriptor */
+	_Alignas(max_align_t) uint8_t arena[4096]; /* one reply's decoded message */
+	size_t arena_used;
+} raw;
+
+/* Decoding a reply allocates from raw.arena, emptied before each: no malloc per reply. */
+static void *arena_alloc(void *data, size_t size)
+{
+	size_t at = raw.arena_used;
+
+	(void)data;
+	size = (size + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
+	if (size > sizeof(raw.arena) - at)
+		return NULL;
+	raw.arena_used += size;
+	return raw.arena + at;
+}
+
+static void arena_free(void *data, void *p)
+{
+	(void)data;
+	(void)p;
+}
+
+/* Packs the pairs' requests into raw once, with ids 1 to 2 * TENANT_DEPTH: the daemon does
+ * not require ids to be unique, and ids unique within one round let each reply be checked
+ * against the request it answers. */
+static void raw_init(uint32_t dom, const int *mem)
+{
+	tenant_pairs_init(dom);
+	for (unsigned k = 0; k < 2 * TENANT_DEPTH; k++) {
+		Iommud__V1__Request *req = tenant_request(k);
+		struct msghdr *hdr = &raw.sends[k].msg_hdr;
+
+		req->id = k + 1;
+		raw.request_iov[k].iov_len =
+			wire_pack(&req->base, raw.requests[k], sizeof(raw.requests[k]));
+		if (raw.request_iov[k].iov_len > sizeof(raw.requests[k]))
+			fail("packing a Map or Unmap", "longer than the benchmark's buffer");
+		raw.request_iov[k].iov_base = raw.requests[k];
+		*hdr = (struct msghdr){.msg_iov = &raw.request_iov[k], .msg_iovlen = 1};
+		if (k % 2 == 0) {
+			struct cmsghdr *cmsg = &raw.rights[k / 2].align;
+
+			hdr->msg_control = raw.rights[k / 2].buf;
+			hdr->msg_controllen = sizeof(raw.rights[k / 2].buf);
+			cmsg->cmsg_level = SOL_SOCKET;
+			cmsg->cmsg_type = SCM_RIGHTS;
+			cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+			memcpy(CMSG_DATA(cmsg), mem, sizeof(int));
+		}
+		for (unsigned r = 0; r < RAW_ROUNDS; r++) {
+			raw.reply_iov[r][k] =
+				(struct iovec){raw.replies[r][k], sizeof(raw.replies[r][k])};
+			raw.receives[r][k].msg_hdr =
+				(struct msghdr){.msg_iov = &raw.reply_iov[r][k], .msg_iovlen = 1};
+		}
+	}
+}
+
+/* Checks reply k of round r: the answer to request k, and a success. */
+static void raw_check_reply(unsigned r, unsigned k)
+{
+	static ProtobufCAllocator arena = {arena_alloc, arena_free, NULL};
+	const struct mmsghdr *got = &raw.receives[r][k];
+	Iommud__V1__Response *resp;
+
+	if (got->msg_len == 0)
+		fail("a pipelined Map or Unmap", "the daemon closed the connection");
+	if (got->msg_hdr.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+		fail("a pipelined Map or Unmap", "its reply was cut short or carried descriptors");
+	raw.arena_used = 0;
+	resp = iommud__v1__response__unpack(&arena, got->msg_len, raw.replies[r][k]);
+	if (!resp)
+		fail("a pipelined Map or Unmap", "its reply is not a Response");
+	check_reply(resp);
+	if (resp->id != k + 1)
+		fail("a pipelined Map or Unmap", "a reply answers another request");
+}
+
+/* Sends a round's requests: one sendmmsg, more only if the socket's buffer fills. */
+static void raw_send_round(int sock)
+{
+	unsigned done;
+	int n;
+
+	for (done = 0; done < 2 * TENANT_DEPTH; done += (unsigned)n)
+		if ((n = sendmmsg(sock, raw.sends + done, 2 * TENANT_DEPTH - done, MSG_NOSIGNAL)) <
+		    0) {
+			if (errno != EINTR)
+				fail("sending pipelined requests", strerror(errno));
+			n = 0;
+		}
+}
+
+/* Receives and checks round r's replies, with recvmmsg. */
+static void raw_receive_round(int sock, unsigned r)
+{
+	unsigned done;
+	int n;
+
+	for (done = 0; done < 2 * TENANT_DEPTH; done += (unsigned)n) {
+		if ((n = recvmmsg(sock, raw.receives[r] + done, 2 * TENANT_DEPTH - done,
+				  MSG_CMSG_CLOEXEC, NULL)) < 0) {
+			if (errno != EINTR)
+				fail("receiving pipelined replies", strerror(errno));
+			n = 0;
+		}
+		for (int i = 0; i < n; i++)
+			raw_check_reply(r, done + (unsigned)i);
+	}
+}
+
+/* The same pairs as library_pairs, the same bytes to the daemon, from a client that costs
+ * little: its requests packed once, sent and received a round at a time with a system call or
+ * a few each way (a level's time, on c's socket). What it still costs is mostly the kernel's
+ * work for each packet, which no client over the socket avoids. */
+static uint64_t raw_pairs(struct iommuctl *c, uint32_t dom, int mem, uint64_t *ret_ns)
+{
+	uint64_t start = now_ns(), deadline = start + (uint64_t)(opt.level_seconds * 1e9), n = 0;
+	unsigned in_flight, r = 0;
+	int sock = iommuctl_fd(c);
+
+	raw_init(dom, &mem);
+	for (in_flight = 0; in_flight < RAW_ROUNDS; in_flight++)
+		raw_send_round(sock);
+	while (in_flight) {
+		raw_receive_round(sock, r);
+		n += TENANT_DEPTH;
+		r = (r + 1) % RAW_ROUNDS;
+		if (now_ns() < deadline)
+			raw_send_round(sock);
+		else
+			in_flight--;
+	}
+	*ret_ns = now_ns() - start;
+	return n;
+}
+
+/* A tenant's process, as its own uid: once go says so, it maps and unmaps with pairs for a
+ * level's time, then reports to ready. */
+static void tenant_process(uid_t uid, const char *dev, tenant_pairs_fn *pairs, int ready, int go)
 {
 	struct tenant_result r;
 	struct iommuctl *c;
@@ -1119,7 +1298,7 @@ static void tenant_process(uid_t uid, const char *dev, int ready, int go)
 	if (write(ready, "r", 1) != 1 || read(go, &byte, 1) != 1)
 		fail("starting a tenant", "the benchmark went away");
 	r.cpu_ns = process_cpu_ns(getpid());
-	r.pairs = pipelined_pairs(c, dom, mem, &r.ns);
+	r.pairs = pairs(c, dom, mem, &r.ns);
 	r.cpu_ns = process_cpu_ns(getpid()) - r.cpu_ns;
 	if (write(ready, &r, sizeof(r)) != sizeof(r))
 		fail("reporting a tenant's figures", strerror(errno));
@@ -1132,8 +1311,8 @@ struct tenants_figures {
 	double per_s, daemon_ns, client_ns;
 };
 
-/* n tenants mapping at once on the daemon at opt.socket. */
-static struct tenants_figures tenants_at_once(unsigned n)
+/* n tenants mapping at once with run_pairs on the daemon at opt.socket. */
+static struct tenants_figures tenants_at_once(unsigned n, tenant_pairs_fn *run_pairs)
 {
 	struct tenants_figures fig = {0};
 	static const char *const devices[] = {"emu0", "emu1"};
@@ -1150,7 +1329,9 @@ static struct tenants_figures tenants_at_once(unsigned n)
 		if (pipe(ready[t]) < 0 || (pids[t] = fork()) < 0)
 			fail("starting a tenant", strerror(errno));
 		if (pids[t] == 0)
-			tenant_process(TENANT_UID + t, devices[t], ready[t][1], go[0]);
+			tenant_process(TENANT_UID + t, devices[t], run_pairs, ready[t][1], go[0]);
+		/* Only the tenant writes: its end of the pipe is an end of file if it fails. */
+		(void)close(ready[t][1]);
 		if (read(ready[t][0], &byte, 1) != 1)
 			fail("starting a tenant", "it failed before mapping");
 	}
@@ -1166,7 +1347,6 @@ static struct tenants_figures tenants_at_once(unsigned n)
 		client_ns += r.cpu_ns;
 		fig.per_s += (double)r.pairs * 1e9 / (double)r.ns;
 		(void)close(ready[t][0]);
-		(void)close(ready[t][1]);
 	}
 	fig.daemon_ns = (double)(daemon_cpu_ns() - cpu) / (double)pairs;
 	fig.client_ns = (double)client_ns / (double)pairs;
@@ -1175,10 +1355,36 @@ static struct tenants_figures tenants_at_once(unsigned n)
 	return fig;
 }
 
+/* Part 5's two clients: the raw one, which leaves the daemon the bottleneck, first. */
+static const struct {
+	const char *name;
+	tenant_pairs_fn *pairs;
+} tenant_clients[] = {{"raw", raw_pairs}, {"iommuctl", library_pairs}};
+
+/* One row of part 5: 1, then 2 tenants with the client's pairs, on a daemon of our own with
+ * the given event-loop threads. */
+static void tenants_row(size_t client, unsigned threads)
+{
+	struct daemon_fixture own;
+	struct tenants_figures one, two;
+	char config[256];
+
+	(void)snprintf(config, sizeof(config), "threads = %u\n" TENANTS_TEXT, threads);
+	fixture_start(&own, config, "emu0 emu1");
+	opt.socket = own.socket_path;
+	daemon_pid = own.pid;
+	one = tenants_at_once(1, tenant_clients[client].pairs);
+	two = tenants_at_once(2, tenant_clients[client].pairs);
+	fixture_stop(&own);
+	(void)printf("%-8s %7u %9.0f %9.0f %5.2f %9.0f %9.0f %9.0f %9.0f\n",
+		     tenant_clients[client].name, threads, one.per_s, two.per_s,
+		     two.per_s / one.per_s, one.daemon_ns, two.daemon_ns, one.client_ns,
+		     two.client_ns);
+}
+
 static void part_tenants(void)
 {
 	static const struct placement anywhere = {"any", -1, -1};
-	static const unsigned threads[] = {1, 2};
 	const char *socket = opt.socket;
 	pid_t pid = daemon_pid;
 
@@ -1193,26 +1399,16 @@ static void part_tenants(void)
 		return;
 	}
 	place(&anywhere);
-	(void)printf("%-7s %9s %9s %5s %9s %9s %9s %9s\n", "threads", "1 pairs/s", "2 pairs/s",
-		     "2/1", "1 daemon", "2 daemon", "1 client", "2 client");
-	for (size_t i = 0; i < sizeof(threads) / sizeof(threads[0]); i++) {
-		struct daemon_fixture own;
-		struct tenants_figures one, two;
-		char config[256];
-
-		(void)snprintf(config, sizeof(config), "threads = %u\n" TENANTS_TEXT, threads[i]);
-		fixture_start(&own, config, "emu0 emu1");
-		opt.socket = own.socket_path;
-		daemon_pid = own.pid;
-		one = tenants_at_once(1);
-		two = tenants_at_once(2);
-		fixture_stop(&own);
-		(void)printf("%-7u %9.0f %9.0f %5.2f %9.0f %9.0f %9.0f %9.0f\n", threads[i],
-			     one.per_s, two.per_s, two.per_s / one.per_s, one.daemon_ns,
-			     two.daemon_ns, one.client_ns, two.client_ns);
-	}
+	(void)printf("%-8s %7s %9s %9s %5s %9s %9s %9s %9s\n", "client", "threads", "1 pairs/s",
+		     "2 pairs/s", "2/1", "1 daemon", "2 daemon", "1 client", "2 client");
+	for (size_t client = 0; client < sizeof(tenant_clients) / sizeof(tenant_clients[0]);
+	     client++)
+		for (unsigned threads = 1; threads <= 2; threads++)
+			tenants_row(client, threads);
 	(void)printf(
-		"(daemon, client: CPU ns per Map+Unmap pair of the daemon, all its threads, and\n"
+		"(raw: requests packed once, sent and received a round at a time with sendmmsg\n"
+		"and recvmmsg; iommuctl: through libiommuctl, what a real client costs.\n"
+		"daemon, client: CPU ns per Map+Unmap pair of the daemon, all its threads, and\n"
 		"of the tenants' processes; with the clients on the daemon's CPUs, 2 tenants\n"
 		"on 2 threads can get at most 2 x daemon / (daemon + client) of 1 tenant)\n");
 	opt.socket = socket;
@@ -1273,11 +1469,16 @@ static void usage_figures(FILE *out)
 		"     GiB mapped. Only for a daemon iommud-bench started.\n"
 		"  5. Tenants: on daemons of its own run with [daemon] threads = 1, then 2,\n"
 		"     one tenant, then two at once, each a process of its own uid (61051,\n"
-		"     61052: needs root) keeping %u Map+Unmap pairs of 4 KiB in flight on its\n"
-		"     connection, so that the daemon, not the client, limits it: pairs/s of\n"
-		"     all tenants, the ratio 2 tenants/1, and the daemon's CPU time (all\n"
-		"     its threads, schedstat) per pair, which the machine's noise does not\n"
-		"     stretch.\n"
+		"     61052: needs root) sending Map+Unmap pairs of 4 KiB, %u at a time, on\n"
+		"     its connection, with two clients in turn: raw packs its requests once,\n"
+		"     sends each round with one sendmmsg (the Map's descriptor beside each\n"
+		"     Map) and reads the replies with recvmmsg, keeping two rounds in flight,\n"
+		"     so that the daemon, not the client, limits it; iommuctl goes through\n"
+		"     libiommuctl, one round at a time: what a real client costs. Both check\n"
+		"     every reply's status and stop at the first failure with the daemon's\n"
+		"     message. Pairs/s of all tenants, the ratio 2 tenants/1, and the CPU\n"
+		"     time (schedstat) per pair of the daemon (all its threads) and of the\n"
+		"     tenants' processes, which the machine's noise does not stretch.\n"
 		"\n",
 		opt.batches_per_round * BATCH, BATCH, BATCH, MANY_MAPPINGS, 4 * BATCH, VMA_BYTES,
 		TENANT_DEPTH);
