@@ -38,7 +38,7 @@ build_image() {
 	root=$image.root.$$
 	rm -rf "$root" "$image.tmp.$$"
 	debootstrap --variant=minbase \
-		--include=qemu-system-x86,busybox,util-linux,libprotobuf-c1,libevent-2.1-7t64,libinih1,libbpf1,libsystemd0 \
+		--include=qemu-system-x86,busybox,util-linux,libprotobuf-c1,libevent-2.1-7t64,libevent-pthreads-2.1-7t64,libinih1,libbpf1,libsystemd0 \
 		trixie "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
 		{ rm -rf "$root"; skip "debootstrap of trixie from $mirror failed (see $cache/debootstrap.log)"; }
 	cat >"$root/l1init" <<'INIT'
