@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Failures inside the daemon are negative errnos plus a message for a person. The message of
- * the latest failure lives here (the daemon is single-threaded). The reply to a request turns
- * the errno (code_for_errno, the table both ends share) and that message into the RPC Status
- * once, at the boundary.
+ * the latest failure lives here, one per thread (each event-loop thread handles one request at
+ * a time). The reply to a request turns the errno (code_for_errno, the table both ends share)
+ * and that message into the RPC Status once, at the boundary.
  */
 #ifndef IOMMUD_STATUS_H
 #define IOMMUD_STATUS_H
