@@ -652,6 +652,10 @@ TEST(costly_request_closed)
 
 	fixture_start(&f, ONE_LOOP ROOT_WRITES MAPPER, "emu0");
 	root_fd = raw_connect(&f);
+	/* Counted once root is answered: the daemon identifies a new peer with a pidfd and files
+	 * of /proc, open only until the connection is accepted. */
+	raw_send_get_stats(root_fd);
+	CHECK_EQ(pinned_now(root_fd), 0);
 	files = fixture_fd_count(&f);
 	costly_start(&h, &f, root_fd);
 	CHECK(root_sees(root_fd, &h, batch_well_on));
