@@ -105,6 +105,12 @@ struct session {
 	 * maps near their ceiling, and at the session's end. */
 	struct file_map *spare;
 	bool keeping_released; /* the unmap under way keeps what it releases as the spare */
+	/* The mappings an unmap's kernel-helper call released, while it runs (gathering): taken
+	 * off the registry's totals once it returns (releases_settle), not one by one. */
+	struct {
+		bool gathering;
+		uint64_t bytes;
+	} released;
 };
 
 struct tenant {
@@ -135,9 +141,14 @@ struct registry {
 	bool maps_in_process; /* the backend's map path runs here, on the daemon's addresses */
 	struct ceilings ceil;
 	/* The books: what the map paths of several loop threads share (daemon_lock.h), under
-	 * books_lock, which nests (a spare given up while the books are held). */
+	 * books_lock, which nests (a spare given up while the books are held). total's pinned
+	 * bytes are read and changed alone, so map paths change them by atomic adds (total_add)
+	 * instead: every entry of a batch charges them, and the mutex cost more than the
+	 * entry's own bookkeeping. */
 	pthread_mutex_t books;
-	struct usage total;  /* over all tenants, against ceil */
+	/* Over all tenants, against ceil: maps, leases and pinned_bytes only, the figures
+	 * GetStats and the ceilings read; the tenants' own usage has the rest. */
+	struct usage total;
 	uint64_t spare_maps; /* the sessions' spare maps, not in total.maps */
 	uint64_t failed_releases;
 };
@@ -244,31 +255,56 @@ uint64_t registry_failed_releases(const struct registry *reg)
 
 /* ---- mapping records ------------------------------------------------------------------ */
 
-/* Counts count mappings (+1 made, -1 released, 0: bytes only) of length bytes, added (sign +1)
- * or taken away (-1), in their domain, their tenant's quota and the daemon's ceilings. */
-static void charge_mapping(struct session *s, struct domain_rec *dom, int count, uint64_t length,
-			   int sign)
+/* Adds delta (a decrease as its two's complement) to a total of the registry's that map
+ * paths change without the books mutex. */
+static void total_add(uint64_t *total, uint64_t delta)
 {
-	struct usage *used = &s->tenant->used, *total = &s->tenant->reg->total;
+	(void)__atomic_fetch_add(total, delta, __ATOMIC_RELAXED);
+}
+
+/* Counts count mappings (+1 made, -1 released, 0: bytes only) of length bytes, added (sign +1)
+ * or taken away (-1), in their domain and their tenant's quota. */
+static void charge_mapping_here(struct session *s, struct domain_rec *dom, int count,
+				uint64_t length, int sign)
+{
+	struct usage *used = &s->tenant->used;
 
 	dom->n_maps += (uint32_t)count;
 	dom->bytes += (uint64_t)sign * length;
 	used->mappings += (uint64_t)count;
 	used->pinned_bytes += (uint64_t)sign * length;
-	books_lock(s->tenant->reg);
-	total->mappings += (uint64_t)count;
-	total->pinned_bytes += (uint64_t)sign * length;
-	books_unlock(s->tenant->reg);
+}
+
+/* The same, and in the daemon's ceilings. */
+static void charge_mapping(struct session *s, struct domain_rec *dom, int count, uint64_t length,
+			   int sign)
+{
+	charge_mapping_here(s, dom, count, length, sign);
+	total_add(&s->tenant->reg->total.pinned_bytes, (uint64_t)sign * length);
+}
+
+static void releases_gather(struct session *s)
+{
+	s->released.gathering = true;
+}
+
+static void releases_settle(struct session *s)
+{
+	s->released.gathering = false;
+	if (!s->released.bytes)
+		return;
+	total_add(&s->tenant->reg->total.pinned_bytes, -s->released.bytes);
+	s->released.bytes = 0;
 }
 
 /* Charges the tenant for the domain's page tables as they are now: after every change to its
- * mappings, and with 0 when the domain goes. */
+ * mappings, and with 0 when the domain goes. Most maps of a page fill a table that was there
+ * already: nothing to charge. */
 static void charge_tables(struct session *s, struct domain_rec *dom, uint64_t bytes)
 {
+	if (bytes == dom->table_bytes)
+		return;
 	s->tenant->used.page_table_bytes += bytes - dom->table_bytes;
-	books_lock(s->tenant->reg);
-	s->tenant->reg->total.page_table_bytes += bytes - dom->table_bytes;
-	books_unlock(s->tenant->reg);
 	dom->table_bytes = bytes;
 }
 
@@ -416,7 +452,13 @@ static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
 	struct map_owner *mo = owner;
 	struct session *s = arg;
 
-	charge_mapping(s, mo->dom, -1, m->length, -1);
+	if (s->released.gathering) {
+		s->released.bytes += m->length;
+		/* The registry's total is the caller's to settle: nothing else of it changes. */
+		charge_mapping_here(s, mo->dom, -1, m->length, -1);
+	} else {
+		charge_mapping(s, mo->dom, -1, m->length, -1);
+	}
 	map_owner_put(s, mo);
 }
 
@@ -1451,11 +1493,8 @@ static int page_tables_exhausted(const struct tenant *t)
  * (that on file maps is checked where one is made). */
 static int check_ceilings(struct registry *reg, uint64_t length)
 {
-	uint64_t pinned;
+	uint64_t pinned = __atomic_load_n(&reg->total.pinned_bytes, __ATOMIC_RELAXED);
 
-	books_lock(reg);
-	pinned = reg->total.pinned_bytes;
-	books_unlock(reg);
 	if (reg->ceil.max_pinned_bytes && length > reg->ceil.max_pinned_bytes - pinned)
 		return fail(
 			-ENOSPC,
@@ -1777,8 +1816,11 @@ static int unmap_whole(struct session *s, struct domain_rec *dom, struct unmap_p
 		       uint64_t iova, uint64_t length)
 {
 	uint64_t bytes = 0, start = in_process_clock(s);
-	int rc = kh_unmap(s->ctx, p->domain_id, iova, length, &bytes);
+	int rc;
 
+	releases_gather(s);
+	rc = kh_unmap(s->ctx, p->domain_id, iova, length, &bytes);
+	releases_settle(s);
 	return unmap_counted(s, dom, p, start, bytes, rc);
 }
 
@@ -1902,9 +1944,12 @@ static int unmap_run(struct session *s, struct domain_rec *dom, struct unmap_pro
 		     struct step_run *run, size_t *count, bool *more)
 {
 	uint64_t bytes, start = in_process_clock(s);
-	int rc = kh_unmap_run(s->ctx, p->domain_id, p->iova, p->last, take_in_step, run, &bytes,
-			      count, more);
+	int rc;
 
+	releases_gather(s);
+	rc = kh_unmap_run(s->ctx, p->domain_id, p->iova, p->last, take_in_step, run, &bytes, count,
+			  more);
+	releases_settle(s);
 	s->keeping_released = false;
 	return unmap_counted(s, dom, p, start, bytes, rc);
 }
