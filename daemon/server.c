@@ -82,6 +82,9 @@ struct shard {
 	LIST_HEAD(, conn) inbox;
 	bool stopping; /* its loop is to end once it has taken the inbox */
 	struct event *ping_ev;
+	/* How a connection's socket is watched for packets: persistent and edge-triggered where
+	 * the base's backend can (epoll), so that it stays watched (conn_arm). */
+	short read_events;
 	bool ping_unanswered; /* atomic: the main thread's last ping has not run in its loop yet */
 	unsigned load;	      /* connections it serves or is handed */
 	uint64_t throttled_seen; /* of flows_throttled, added to the daemon's count */
@@ -168,6 +171,9 @@ static struct shard *shard_new(struct server *srv, bool threaded)
 	LIST_INIT(&sh->inbox);
 	sh->base = threaded ? event_base_new() : srv->base;
 	if (sh->base) {
+		sh->read_events = event_base_get_features(sh->base) & EV_FEATURE_ET
+					  ? EV_READ | EV_PERSIST | EV_ET
+					  : EV_READ;
 		sh->turn_ev = evtimer_new(sh->base, on_shard_turn, sh);
 		sh->inbox_ev = event_new(sh->base, -1, 0, on_inbox, sh);
 		sh->ping_ev = event_new(sh->base, -1, 0, on_ping, sh);
@@ -443,8 +449,12 @@ static void conn_close(struct conn *c)
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 
 /* Waits for the socket to be writable (a reply pending) or readable (none), for as long as
- * the configured timeout lets a connection stay silent (0: forever). Root is held by no
- * limit, so that the administrator's tools always keep their connection. */
+ * the configured timeout lets a connection stay silent (0: forever), counted from now. Root is
+ * held by no limit, so that the administrator's tools always keep their connection. Reading
+ * is watched edge-triggered where the loop can (the shard's read_events): the socket stays in
+ * the poll set between requests instead of leaving it at each packet and coming back once the
+ * connection is drained, two epoll_ctl calls a request for a client that waits for its
+ * replies on another CPU; re-adding it only restarts the timeout. */
 static void conn_arm(struct conn *c)
 {
 	const struct config *cfg = c->srv->d->cfg;
@@ -452,10 +462,14 @@ static void conn_arm(struct conn *c)
 			   : c->spoke		   ? cfg->idle_timeout
 						   : cfg->first_request_timeout;
 	struct timeval timeout = {.tv_sec = seconds};
+	short events = c->pending ? EV_WRITE : c->shard->read_events;
 
-	(void)event_del(c->ev);
-	(void)event_assign(c->ev, c->shard->base, c->fd, c->pending ? EV_WRITE : EV_READ,
-			   conn_on_event, c);
+	if (event_get_events(c->ev) != events) {
+		(void)event_del(c->ev);
+		(void)event_assign(c->ev, c->shard->base, c->fd, events, conn_on_event, c);
+	}
+	if (!seconds)
+		(void)event_remove_timer(c->ev);
 	(void)event_add(c->ev, seconds ? &timeout : NULL);
 }
 
@@ -542,8 +556,9 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 	int rc;
 
 	if (c->call) {
-		/* Its socket is not watched meanwhile: a client gone takes its call with it, in
-		 * slices as the call's own work went, the connection closing after the last. */
+		/* Its socket's events only make it ready, which it is: a client gone is found
+		 * here, and takes its call with it, in slices as the call's own work went, the
+		 * connection closing after the last. */
 		if (peer_gone(c->fd)) {
 			bool done;
 
@@ -661,6 +676,15 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 	int rc;
 
 	(void)fd;
+	if (what & EV_READ) {
+		flows_ready(c->shard->flows, &c->item);
+		turn_after_events(c->shard->turn_ev);
+		return;
+	}
+	/* A socket watched edge-triggered stays watched while its requests wait their turn
+	 * (ready): it is not silent then. */
+	if ((what & EV_TIMEOUT) && c->item.ready)
+		return;
 	if (what & EV_TIMEOUT) {
 		enum refusal why = c->spoke ? CLOSED_IDLE_TIMEOUT : CLOSED_FIRST_REQUEST_TIMEOUT;
 		char message[128];
@@ -673,11 +697,6 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 		log_refusal(srv, message);
 		daemon_unlock();
 		conn_close(c);
-		return;
-	}
-	if (what & EV_READ) {
-		flows_ready(c->shard->flows, &c->item);
-		turn_after_events(c->shard->turn_ev);
 		return;
 	}
 	rc = send_reply(c->fd, c->pending, c->pending_len, &c->pending_fds);
@@ -812,7 +831,7 @@ static void shard_take(struct shard *sh, struct conn *c)
 	/* Readers are rate limited, writers only shared with fairly. */
 	if (c->client.peer.uid != 0 && c->client.access < ACCESS_WRITE)
 		rate = (struct flow_rate){cfg->reader_rate, cfg->reader_burst};
-	if (!(c->ev = event_new(sh->base, c->fd, EV_READ, conn_on_event, c)) ||
+	if (!(c->ev = event_new(sh->base, c->fd, sh->read_events, conn_on_event, c)) ||
 	    flows_join(sh->flows, &c->item, conn_flow_key(c), c->client.peer.uid, &rate) < 0) {
 		log_warning("cannot take a connection of uid %u: out of memory",
 			    (unsigned)c->client.peer.uid);
