@@ -632,20 +632,30 @@ static void turn_after_events(struct event *turn_ev)
 
 /* Serves ready items of flows, each from the flow charged least so far, until the turn's time
  * is up; then the loop looks for packets again (the next turn is a timer, which libevent runs
- * only after polling), so that a request arriving meanwhile is in the next choice. */
+ * only after polling), so that a request arriving meanwhile is in the next choice. Unless
+ * may_skip_poll (NULL: never) says a poll could find nothing else to serve: then the turn
+ * goes on for as long again. */
 static void run_turn(struct flows *flows, struct event *turn_ev,
-		     void (*serve)(void *arg, struct flow_item *item, uint64_t now_ns), void *arg)
+		     void (*serve)(void *arg, struct flow_item *item, uint64_t now_ns),
+		     bool (*may_skip_poll)(void *arg), void *arg)
 {
 	uint64_t start = monotonic_ns(), now = start, wait;
 	struct flow_item *item;
 
-	while (now - start < TURN_NS && (item = flows_next(flows, now))) {
+	for (;;) {
+		if (now - start >= TURN_NS) {
+			if (!may_skip_poll || !may_skip_poll(arg)) {
+				schedule_turn(turn_ev, 0);
+				return;
+			}
+			start = now;
+		}
+		if (!(item = flows_next(flows, now)))
+			break;
 		serve(arg, item, now);
 		now = monotonic_ns();
 	}
-	if (now - start >= TURN_NS)
-		schedule_turn(turn_ev, 0);
-	else if ((wait = flows_wait_ns(flows, now)))
+	if ((wait = flows_wait_ns(flows, now)))
 		schedule_turn(turn_ev, wait);
 }
 
@@ -655,6 +665,22 @@ static void serve_conn(void *arg, struct flow_item *item, uint64_t now_ns)
 	conn_serve((struct conn *)((char *)item - offsetof(struct conn, item)), now_ns);
 }
 
+/* Whether polling could find a shard's loop thread nothing to do but the connection it serves:
+ * it has no other (whose packets only a poll would show), no other thread has made one of its
+ * events active (a connection handed over, a ping, the stop: counted by libevent as they come,
+ * without a poll) and it runs no one else's events (the inline shard, on the main thread's
+ * loop, does: signals, the listening socket). Then the turn goes on with the one connection: on
+ * a CPU it shares with its client, the client's next request is there when the send of the
+ * reply returns, and a poll would be a system call per request that finds nothing. */
+static bool shard_may_skip_poll(void *arg)
+{
+	struct shard *sh = arg;
+	struct conn *first = LIST_FIRST(&sh->conns);
+
+	return sh->threaded && first && !LIST_NEXT(first, link) &&
+	       !event_base_get_num_events(sh->base, EVENT_BASE_COUNT_ACTIVE);
+}
+
 static void on_shard_turn(evutil_socket_t fd, short what, void *arg)
 {
 	struct shard *sh = arg;
@@ -662,7 +688,7 @@ static void on_shard_turn(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	run_turn(sh->flows, sh->turn_ev, serve_conn, sh);
+	run_turn(sh->flows, sh->turn_ev, serve_conn, shard_may_skip_poll, sh);
 	throttled = flows_throttled(sh->flows);
 	__atomic_fetch_add(&sh->srv->d->rate_limited, throttled - sh->throttled_seen,
 			   __ATOMIC_RELAXED);
@@ -1036,7 +1062,7 @@ static void on_accept_turn(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	daemon_lock();
-	run_turn(srv->flows, srv->turn_ev, serve_accept, srv);
+	run_turn(srv->flows, srv->turn_ev, serve_accept, NULL, srv);
 	daemon_unlock();
 }
 
