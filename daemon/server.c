@@ -82,6 +82,9 @@ struct shard {
 	LIST_HEAD(, conn) inbox;
 	bool stopping; /* its loop is to end once it has taken the inbox */
 	struct event *ping_ev;
+	/* How a connection's socket is watched for packets: persistent and edge-triggered where
+	 * the base's backend can (epoll), so that it stays watched (conn_arm). */
+	short read_events;
 	bool ping_unanswered; /* atomic: the main thread's last ping has not run in its loop yet */
 	unsigned load;	      /* connections it serves or is handed */
 	uint64_t throttled_seen; /* of flows_throttled, added to the daemon's count */
@@ -168,6 +171,9 @@ static struct shard *shard_new(struct server *srv, bool threaded)
 	LIST_INIT(&sh->inbox);
 	sh->base = threaded ? event_base_new() : srv->base;
 	if (sh->base) {
+		sh->read_events = event_base_get_features(sh->base) & EV_FEATURE_ET
+					  ? EV_READ | EV_PERSIST | EV_ET
+					  : EV_READ;
 		sh->turn_ev = evtimer_new(sh->base, on_shard_turn, sh);
 		sh->inbox_ev = event_new(sh->base, -1, 0, on_inbox, sh);
 		sh->ping_ev = event_new(sh->base, -1, 0, on_ping, sh);
@@ -443,8 +449,12 @@ static void conn_close(struct conn *c)
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 
 /* Waits for the socket to be writable (a reply pending) or readable (none), for as long as
- * the configured timeout lets a connection stay silent (0: forever). Root is held by no
- * limit, so that the administrator's tools always keep their connection. */
+ * the configured timeout lets a connection stay silent (0: forever), counted from now. Root is
+ * held by no limit, so that the administrator's tools always keep their connection. Reading
+ * is watched edge-triggered where the loop can (the shard's read_events): the socket stays in
+ * the poll set between requests instead of leaving it at each packet and coming back once the
+ * connection is drained, two epoll_ctl calls a request for a client that waits for its
+ * replies on another CPU; re-adding it only restarts the timeout. */
 static void conn_arm(struct conn *c)
 {
 	const struct config *cfg = c->srv->d->cfg;
@@ -452,10 +462,14 @@ static void conn_arm(struct conn *c)
 			   : c->spoke		   ? cfg->idle_timeout
 						   : cfg->first_request_timeout;
 	struct timeval timeout = {.tv_sec = seconds};
+	short events = c->pending ? EV_WRITE : c->shard->read_events;
 
-	(void)event_del(c->ev);
-	(void)event_assign(c->ev, c->shard->base, c->fd, c->pending ? EV_WRITE : EV_READ,
-			   conn_on_event, c);
+	if (event_get_events(c->ev) != events) {
+		(void)event_del(c->ev);
+		(void)event_assign(c->ev, c->shard->base, c->fd, events, conn_on_event, c);
+	}
+	if (!seconds)
+		(void)event_remove_timer(c->ev);
 	(void)event_add(c->ev, seconds ? &timeout : NULL);
 }
 
@@ -542,8 +556,9 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 	int rc;
 
 	if (c->call) {
-		/* Its socket is not watched meanwhile: a client gone takes its call with it, in
-		 * slices as the call's own work went, the connection closing after the last. */
+		/* Its socket's events only make it ready, which it is: a client gone is found
+		 * here, and takes its call with it, in slices as the call's own work went, the
+		 * connection closing after the last. */
 		if (peer_gone(c->fd)) {
 			bool done;
 
@@ -617,20 +632,30 @@ static void turn_after_events(struct event *turn_ev)
 
 /* Serves ready items of flows, each from the flow charged least so far, until the turn's time
  * is up; then the loop looks for packets again (the next turn is a timer, which libevent runs
- * only after polling), so that a request arriving meanwhile is in the next choice. */
+ * only after polling), so that a request arriving meanwhile is in the next choice. Unless
+ * may_skip_poll (NULL: never) says a poll could find nothing else to serve: then the turn
+ * goes on for as long again. */
 static void run_turn(struct flows *flows, struct event *turn_ev,
-		     void (*serve)(void *arg, struct flow_item *item, uint64_t now_ns), void *arg)
+		     void (*serve)(void *arg, struct flow_item *item, uint64_t now_ns),
+		     bool (*may_skip_poll)(void *arg), void *arg)
 {
 	uint64_t start = monotonic_ns(), now = start, wait;
 	struct flow_item *item;
 
-	while (now - start < TURN_NS && (item = flows_next(flows, now))) {
+	for (;;) {
+		if (now - start >= TURN_NS) {
+			if (!may_skip_poll || !may_skip_poll(arg)) {
+				schedule_turn(turn_ev, 0);
+				return;
+			}
+			start = now;
+		}
+		if (!(item = flows_next(flows, now)))
+			break;
 		serve(arg, item, now);
 		now = monotonic_ns();
 	}
-	if (now - start >= TURN_NS)
-		schedule_turn(turn_ev, 0);
-	else if ((wait = flows_wait_ns(flows, now)))
+	if ((wait = flows_wait_ns(flows, now)))
 		schedule_turn(turn_ev, wait);
 }
 
@@ -640,6 +665,22 @@ static void serve_conn(void *arg, struct flow_item *item, uint64_t now_ns)
 	conn_serve((struct conn *)((char *)item - offsetof(struct conn, item)), now_ns);
 }
 
+/* Whether polling could find a shard's loop thread nothing to do but the connection it serves:
+ * it has no other (whose packets only a poll would show), no other thread has made one of its
+ * events active (a connection handed over, a ping, the stop: counted by libevent as they come,
+ * without a poll) and it runs no one else's events (the inline shard, on the main thread's
+ * loop, does: signals, the listening socket). Then the turn goes on with the one connection: on
+ * a CPU it shares with its client, the client's next request is there when the send of the
+ * reply returns, and a poll would be a system call per request that finds nothing. */
+static bool shard_may_skip_poll(void *arg)
+{
+	struct shard *sh = arg;
+	struct conn *first = LIST_FIRST(&sh->conns);
+
+	return sh->threaded && first && !LIST_NEXT(first, link) &&
+	       !event_base_get_num_events(sh->base, EVENT_BASE_COUNT_ACTIVE);
+}
+
 static void on_shard_turn(evutil_socket_t fd, short what, void *arg)
 {
 	struct shard *sh = arg;
@@ -647,7 +688,7 @@ static void on_shard_turn(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	run_turn(sh->flows, sh->turn_ev, serve_conn, sh);
+	run_turn(sh->flows, sh->turn_ev, serve_conn, shard_may_skip_poll, sh);
 	throttled = flows_throttled(sh->flows);
 	__atomic_fetch_add(&sh->srv->d->rate_limited, throttled - sh->throttled_seen,
 			   __ATOMIC_RELAXED);
@@ -661,6 +702,15 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 	int rc;
 
 	(void)fd;
+	if (what & EV_READ) {
+		flows_ready(c->shard->flows, &c->item);
+		turn_after_events(c->shard->turn_ev);
+		return;
+	}
+	/* A socket watched edge-triggered stays watched while its requests wait their turn
+	 * (ready): it is not silent then. */
+	if ((what & EV_TIMEOUT) && c->item.ready)
+		return;
 	if (what & EV_TIMEOUT) {
 		enum refusal why = c->spoke ? CLOSED_IDLE_TIMEOUT : CLOSED_FIRST_REQUEST_TIMEOUT;
 		char message[128];
@@ -673,11 +723,6 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg)
 		log_refusal(srv, message);
 		daemon_unlock();
 		conn_close(c);
-		return;
-	}
-	if (what & EV_READ) {
-		flows_ready(c->shard->flows, &c->item);
-		turn_after_events(c->shard->turn_ev);
 		return;
 	}
 	rc = send_reply(c->fd, c->pending, c->pending_len, &c->pending_fds);
@@ -812,7 +857,7 @@ static void shard_take(struct shard *sh, struct conn *c)
 	/* Readers are rate limited, writers only shared with fairly. */
 	if (c->client.peer.uid != 0 && c->client.access < ACCESS_WRITE)
 		rate = (struct flow_rate){cfg->reader_rate, cfg->reader_burst};
-	if (!(c->ev = event_new(sh->base, c->fd, EV_READ, conn_on_event, c)) ||
+	if (!(c->ev = event_new(sh->base, c->fd, sh->read_events, conn_on_event, c)) ||
 	    flows_join(sh->flows, &c->item, conn_flow_key(c), c->client.peer.uid, &rate) < 0) {
 		log_warning("cannot take a connection of uid %u: out of memory",
 			    (unsigned)c->client.peer.uid);
@@ -1017,7 +1062,7 @@ static void on_accept_turn(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	daemon_lock();
-	run_turn(srv->flows, srv->turn_ev, serve_accept, srv);
+	run_turn(srv->flows, srv->turn_ev, serve_accept, NULL, srv);
 	daemon_unlock();
 }
 
