@@ -5,7 +5,10 @@
  *   1. Map+Unmap latency through libiommuctl against a bare SOCK_SEQPACKET ping-pong of packets
  *      of the same sizes (one descriptor with the Map-sized one), to an echo process;
  *   2. MapBatch throughput against kernel-helper called in process;
- *   3. aggregate throughput and per-client latency from 1 to 64 concurrent clients.
+ *   3. aggregate throughput and per-client latency from 1 to 64 concurrent clients;
+ *   4. the daemon's and the kernel's memory per mapping at a million mappings in one domain;
+ *   5. pairs/s of one tenant and of two at once, on daemons of one and of two event-loop
+ *      threads, with the daemon's CPU time per pair.
  * A benchmark prints; it never judges. The daemon it measures is one it starts on the emulated
  * backend (through the daemon tests' fixture), or a running one (--socket).
  */
