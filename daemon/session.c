@@ -1494,8 +1494,11 @@ static int page_tables_exhausted(const struct tenant *t)
 static int check_ceilings(struct registry *reg, uint64_t length)
 {
 	uint64_t pinned = __atomic_load_n(&reg->total.pinned_bytes, __ATOMIC_RELAXED);
+	uint64_t max = reg->ceil.max_pinned_bytes;
 
-	if (reg->ceil.max_pinned_bytes && length > reg->ceil.max_pinned_bytes - pinned)
+	/* The total may be past the ceiling already: leases adopted under a lower one, or other
+	 * threads' maps between their checks and charges. */
+	if (max && (pinned >= max || length > max - pinned))
 		return fail(
 			-ENOSPC,
 			"mapping 0x%llx bytes would pin more than the daemon's ceiling over all "
