@@ -1496,8 +1496,8 @@ static int check_ceilings(struct registry *reg, uint64_t length)
 	uint64_t pinned = __atomic_load_n(&reg->total.pinned_bytes, __ATOMIC_RELAXED);
 	uint64_t max = reg->ceil.max_pinned_bytes;
 
-	/* The total may be past the ceiling already: leases adopted under a lower one, or other
-	 * threads' maps between their checks and charges. */
+	/* The total may be past the ceiling already: other threads' maps between their checks
+	 * and charges (adopted leases are checked against it one by one). */
 	if (max && (pinned >= max || length > max - pinned))
 		return fail(
 			-ENOSPC,
