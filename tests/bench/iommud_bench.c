@@ -514,7 +514,7 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsi
 			 const struct placement *where)
 {
 	struct samples daemon = {0}, transport = {0};
-	uint64_t daemon_cpu = 0, client_cpu = 0;
+	uint64_t daemon_cpu = 0, client_cpu = 0, echo_cpu = 0, echo_client_cpu = 0;
 	struct summary d, t;
 	struct map_pair pair;
 	size_t sizes[PACKETS];
@@ -546,12 +546,16 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsi
 		/* Inside the daemon's reads: reading its CPU time is not the client's work. */
 		client_cpu += thread_cpu_ns() - client_start;
 		daemon_cpu += daemon_cpu_ns() - cpu_start;
+		cpu_start = process_cpu_ns(echo.pid);
+		client_start = thread_cpu_ns();
 		for (unsigned i = 0; i < per_round; i++) {
 			uint64_t start = now_ns();
 
 			ping_pong_pair(&echo, sizes, mem);
 			samples_add(&transport, now_ns() - start);
 		}
+		echo_client_cpu += thread_cpu_ns() - client_start;
+		echo_cpu += process_cpu_ns(echo.pid) - cpu_start;
 	}
 	echo_stop(&echo);
 	(void)close(mem);
@@ -560,11 +564,13 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsi
 	format_size(label, sizeof(label), length);
 	(void)snprintf(packets, sizeof(packets), "%zu/%zu %zu/%zu", sizes[MAP_REQUEST],
 		       sizes[MAP_REPLY], sizes[UNMAP_REQUEST], sizes[UNMAP_REPLY]);
-	(void)printf(
-		"%-4s %-8s %7zu  %-13s %11.0f %11.0f %7.2f %11.0f %11.0f %7.2f %11.0f %11.0f\n",
-		where->name, label, daemon.n, packets, d.median, t.median, d.median / t.median,
-		d.p99, t.p99, d.p99 / t.p99, (double)daemon_cpu / (double)daemon.n,
-		(double)client_cpu / (double)daemon.n);
+	(void)printf("%-4s %-8s %7zu  %-13s %11.0f %11.0f %7.2f %11.0f %11.0f %7.2f %11.0f %11.0f "
+		     "%11.0f "
+		     "%11.0f\n",
+		     where->name, label, daemon.n, packets, d.median, t.median, d.median / t.median,
+		     d.p99, t.p99, d.p99 / t.p99, (double)daemon_cpu / (double)daemon.n,
+		     (double)client_cpu / (double)daemon.n, (double)echo_cpu / (double)transport.n,
+		     (double)echo_client_cpu / (double)transport.n);
 	samples_free(&daemon);
 	samples_free(&transport);
 }
@@ -589,11 +595,13 @@ static void part_latency(void)
 		"one;\n"
 		"   daemon-cpu: the daemon's CPU time per iteration (0 for a daemon not ours);\n"
 		"   client-cpu: the client's, in libiommuctl and the kernel for it;\n"
+		"   echo-cpu, pp-client-cpu: the same two for the ping-pong;\n"
 		"   cpus: 1 = client, daemon and echo pinned to one CPU, 2 = the client on one,\n"
 		"   the daemon and echo on another, any = placed by the scheduler\n\n");
-	(void)printf("%-4s %-8s %7s  %-13s %11s %11s %7s %11s %11s %7s %11s %11s\n", "cpus", "size",
-		     "iters", "packets (B)", "daemon-med", "pingpong-med", "ratio", "daemon-p99",
-		     "pingpong-p99", "ratio", "daemon-cpu", "client-cpu");
+	(void)printf("%-4s %-8s %7s  %-13s %11s %11s %7s %11s %11s %7s %11s %11s %11s %11s\n",
+		     "cpus", "size", "iters", "packets (B)", "daemon-med", "pingpong-med", "ratio",
+		     "daemon-p99", "pingpong-p99", "ratio", "daemon-cpu", "client-cpu", "echo-cpu",
+		     "pp-client-cpu");
 	for (size_t w = 0; w < n_where; w++) {
 		place(&where[w]);
 		for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
@@ -800,10 +808,16 @@ static void part_batch(void)
 		     ratio(daemon.map_cpu_ns, direct.map_cpu_ns),
 		     ratio(daemon.unmap_cpu_ns, direct.unmap_cpu_ns));
 	/* The CPU columns above add the client's encoding and decoding to the daemon's work;
-	 * this line is the daemon's event loop alone, per page. */
+	 * these lines are the daemon's event loop alone, per page, and that against the
+	 * in-process CPU time. */
 	(void)printf("%-28s %10s %12s %12s %12s %12.1f %12.1f\n", "  of which the daemon", "", "",
 		     "", "", (double)daemon.daemon_map_cpu_ns / (double)daemon.pages,
 		     (double)daemon.daemon_unmap_cpu_ns / (double)daemon.pages);
+	if (daemon.daemon_map_cpu_ns)
+		(void)printf("%-28s %10s %12s %12s %12s %12.2f %12.2f\n",
+			     "the daemon/in-process (cpu)", "", "", "", "",
+			     ratio(daemon.daemon_map_cpu_ns, direct.map_cpu_ns),
+			     ratio(daemon.daemon_unmap_cpu_ns, direct.unmap_cpu_ns));
 }
 
 /* ---- part 3 --------------------------------------------------------------------------- */
@@ -1455,15 +1469,22 @@ static void usage_figures(FILE *out)
 		"     load does not stretch; 0 for a daemon iommud-bench did not start.\n"
 		"     client-cpu: the same of the client (this thread, in libiommuctl and\n"
 		"     in the kernel for it), so that a change of the daemon that moves work\n"
-		"     to its client shows.\n"
+		"     to its client shows. echo-cpu and pp-client-cpu: the same two for the\n"
+		"     ping-pong (the echo process, this thread), so that daemon-cpu minus\n"
+		"     echo-cpu is what the daemon adds on its side of the socket, and\n"
+		"     client-cpu minus pp-client-cpu what libiommuctl adds on the other.\n"
 		"  2. MapBatch throughput: %u 4 KiB pages of one memfd mapped in MapBatch\n"
 		"     requests of %u entries at fixed IOVAs, then removed with one UnmapAll,\n"
 		"     against the same pages mapped one by one with kh_map and removed with\n"
 		"     one kh_unmap inside this process on kernel-helper's emulated backend,\n"
 		"     the two taking turns round by round.\n"
 		"     Map and unmap ns per page, pages/s of the whole cycle, and the time\n"
-		"     ratios daemon/in-process. Per page the daemon does more: it maps the\n"
-		"     file range into its own address space and keeps a record of it.\n"
+		"     ratios daemon/in-process. Per page the daemon does more: it decodes\n"
+		"     the entry, checks it against the tenant's quotas and keeps a record of\n"
+		"     it. The CPU columns add the client's encoding and decoding to the\n"
+		"     daemon's work; \"of which the daemon\" is the daemon's CPU time alone,\n"
+		"     and the last line that against the in-process CPU time (only for a\n"
+		"     daemon iommud-bench started).\n"
 		"  3. Scaling: 1, 2, 4, ... up to --clients-max clients at once, each a thread\n"
 		"     with its own connection and domain, each count for a fixed time. For\n"
 		"     Map+Unmap of 4 KiB: pairs per second over all clients, the same relative\n"
