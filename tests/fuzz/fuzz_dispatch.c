@@ -173,10 +173,13 @@ static struct {
 	const struct identity *connecting; /* who the next connection is */
 } g;
 
-/* A lease the daemon confirmed, with the identity that holds it. */
+/* A lease the daemon confirmed, with the identity that holds it. One released during the input
+ * ends with its last connection, so cleanup must not name it: that would start a new lease,
+ * which the tenant's quota may refuse. */
 struct lease {
 	char *name;
 	unsigned who;
+	bool released;
 };
 
 /* What one input has opened; released at its end. */
@@ -187,6 +190,8 @@ struct input {
 	int pipe_write;
 	struct lease *leases;
 	size_t n_leases;
+	/* Each connection's lease: 1 + its index in leases; 0 for the anonymous session. */
+	size_t conn_lease[CONNS];
 	uint64_t next_id; /* for the harness's own requests at cleanup */
 };
 
@@ -335,13 +340,17 @@ static size_t receive_reply(int conn, size_t *n_fds)
 	return packet.len;
 }
 
-static void remember_lease(struct input *in, const char *lease, unsigned who)
+/* The lease's 1 + index in in->leases. A name Hello confirms again after its release is a new
+ * lease: the daemon refuses to join a released one while it lasts. */
+static size_t remember_lease(struct input *in, const char *lease, unsigned who)
 {
 	struct lease *grown;
 
 	for (size_t i = 0; i < in->n_leases; i++)
-		if (strcmp(in->leases[i].name, lease) == 0 && in->leases[i].who == who)
-			return;
+		if (strcmp(in->leases[i].name, lease) == 0 && in->leases[i].who == who) {
+			in->leases[i].released = false;
+			return i + 1;
+		}
 	grown = realloc(in->leases, (in->n_leases + 1) * sizeof(*grown));
 	if (!grown)
 		violated("out of memory");
@@ -349,7 +358,7 @@ static void remember_lease(struct input *in, const char *lease, unsigned who)
 	grown[in->n_leases] = (struct lease){.name = strdup(lease), .who = who};
 	if (!grown[in->n_leases].name)
 		violated("out of memory");
-	in->n_leases++;
+	return ++in->n_leases;
 }
 
 /* The first string of the decoded msg, at any depth, that strict decoders refuse, judged by the
@@ -481,8 +490,12 @@ static void exchange(struct input *in, unsigned flags, unsigned i, const uint8_t
 	if (settled != IOMMUD__V1__CODE__CODE_OK && resp->status->code != settled)
 		violated("code %d for a request the checks before any handler refuse with %d",
 			 (int)resp->status->code, (int)settled);
-	if (resp->result_case == IOMMUD__V1__RESPONSE__RESULT_HELLO && resp->hello->lease[0])
-		remember_lease(in, resp->hello->lease, in->who[i]);
+	if (resp->result_case == IOMMUD__V1__RESPONSE__RESULT_HELLO)
+		in->conn_lease[i] = resp->hello->lease[0]
+					    ? remember_lease(in, resp->hello->lease, in->who[i])
+					    : 0;
+	if (resp->result_case == IOMMUD__V1__RESPONSE__RESULT_RELEASE_LEASE && in->conn_lease[i])
+		in->leases[in->conn_lease[i] - 1].released = true;
 	iommud__v1__response__free_unpacked(resp, NULL);
 	if (req)
 		iommud__v1__request__free_unpacked(req, NULL);
@@ -531,7 +544,8 @@ static void finish_input(struct input *in)
 	for (size_t i = 0; i < CONNS; i++)
 		close_conn(&in->conn[i]);
 	for (size_t i = 0; i < in->n_leases; i++) {
-		release_lease(in, &in->leases[i]);
+		if (!in->leases[i].released)
+			release_lease(in, &in->leases[i]);
 		free(in->leases[i].name);
 	}
 	free(in->leases);
@@ -599,6 +613,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			len = size;
 		if (route & ROUTE_RECONNECT) {
 			close_conn(&in.conn[i]);
+			in.conn_lease[i] = 0;
 			in.who[i] = (route & ROUTE_AS) >> ROUTE_AS_SHIFT;
 			in.conn[i] = open_conn(in.who[i]);
 		}
