@@ -50,7 +50,7 @@ struct iommuctl {
 	bool lease_released;
 	struct pending_session pending;
 	unsigned reconnect_ms; /* 0: never reconnect */
-	bool keep_maps;	       /* iommuctl_unmap asks the daemon to keep the file's map */
+	bool keep_maps;	       /* iommuctl_unmap(_all) ask the daemon to keep a file's map */
 	bool batch_columns;    /* the daemon's last Hello offered map_batch_columns */
 	int32_t failed_index;  /* the last failed reply's Status.failed_index */
 	bool reconnecting;     /* re-opening the lease: no reconnect within a reconnect */
@@ -942,6 +942,7 @@ int iommuctl_unmap_all(struct iommuctl *c, uint32_t domain_id, uint64_t *unmappe
 	Iommud__V1__UnmapAllRequest unmap_all = IOMMUD__V1__UNMAP_ALL_REQUEST__INIT;
 
 	unmap_all.domain_id = domain_id;
+	unmap_all.keep_map = c->keep_maps;
 	return call_unmapped(c, IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL, &unmap_all.base, unmapped);
 }
 

@@ -581,16 +581,19 @@ static void log_failure(const struct call *call, int rc)
 static int handle_request(struct call *call)
 {
 	const struct method *m = method_for(call->req->method_case);
-	bool map = call->req->method_case == IOMMUD__V1__REQUEST__METHOD_MAP;
+	bool map = call->req->method_case == IOMMUD__V1__REQUEST__METHOD_MAP ||
+		   call->req->method_case == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
 	int rc;
 
-	/* Only a Map may take up the map an Unmap kept: any other change gives it up first. */
+	/* Only a Map or MapBatch may take up the map an Unmap or UnmapAll kept: any other change
+	 * gives it up first. */
 	if (call->client->session && m->mutates && !map)
 		session_give_up_spare(call->client->session);
 	rc = check_request(call, m);
 	if (rc == 0)
 		rc = run_method(call, m);
-	/* A Map has taken it up by now, or will not: nothing else is to take it. */
+	/* A Map has taken it up by now, or will not (a batch with its first entry, made in the
+	 * call's first slice): nothing else is to take it. */
 	if (call->client->session && map)
 		session_give_up_spare(call->client->session);
 	log_failure(call, rc);

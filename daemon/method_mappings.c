@@ -594,11 +594,11 @@ static int abandon_unmap(struct call *call)
 /* Removes [iova, iova+length) of the domain (UINT64_MAX from 0: all), in steps where it is
  * costly; the reply says what went once all of it has. An Unmap of one mapping that asks for it
  * (keep_map: a client that maps and unmaps a buffer per I/O) keeps its file's map for the next
- * Map (session_unmap_start's keep_view). */
-static int unmap_range(struct call *call, uint32_t domain_id, uint64_t iova, uint64_t length)
+ * Map, an UnmapAll that asks the last file map it leaves unused (a client that maps a pool of
+ * buffers again after each UnmapAll): session_unmap_start's keep_view. */
+static int unmap_range(struct call *call, uint32_t domain_id, uint64_t iova, uint64_t length,
+		       bool keep_view)
 {
-	bool keep_view = call->req->method_case == IOMMUD__V1__REQUEST__METHOD_UNMAP &&
-			 call->req->unmap->keep_map;
 	int rc = session_unmap_start(call->client->session, domain_id, iova, length, keep_view,
 				     &call->back);
 
@@ -619,14 +619,15 @@ int do_unmap(struct call *call)
 			    method_name(IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL));
 	if (!REPLY(call, unmap_reply))
 		return nomem();
-	return unmap_range(call, r->domain_id, r->iova, r->length);
+	return unmap_range(call, r->domain_id, r->iova, r->length, r->keep_map);
 }
 
 int do_unmap_all(struct call *call)
 {
 	if (!REPLY(call, unmap_all_reply))
 		return nomem();
-	return unmap_range(call, call->req->unmap_all->domain_id, 0, UINT64_MAX);
+	return unmap_range(call, call->req->unmap_all->domain_id, 0, UINT64_MAX,
+			   call->req->unmap_all->keep_map);
 }
 
 int do_list_mappings(struct call *call)

@@ -1353,6 +1353,10 @@ static struct file_map *spare_take(struct session *s, const struct file_map *pla
 	s->tenant->reg->spare_maps--;
 	books_unlock(s->tenant->reg);
 	fm->refs = 1;
+	/* Says at debug level whether a client's keep_map saves the daemon its mmaps. */
+	log_about(LOG_DEBUG, s->tenant, s->lease, NULL, NULL,
+		  "uid %u took up the map its session kept of a file (0x%llx bytes): no mmap",
+		  (unsigned)s->tenant->uid, (unsigned long long)fm->length);
 	return fm;
 }
 
@@ -1926,10 +1930,13 @@ static bool take_in_step(const struct kh_mapping *m, size_t taken, void *arg)
 {
 	struct step_run *run = arg;
 	uint64_t budget = (uint64_t)MAP_PART_PAGES * run->p->parts_per_step;
+	bool whole_domain = run->p->iova == 0 && run->p->last == UINT64_MAX;
 
-	/* The unmap's one mapping keeps its file map where asked: the first of the range, the
-	 * last too unless another turns up here. */
-	run->s->keeping_released = !taken && run->p->keep_view && run->first_of_unmap;
+	/* Where asked, an Unmap's one mapping keeps its file map: the first of the range, the
+	 * last too unless another turns up here. An UnmapAll keeps every map it leaves unused,
+	 * each in turn, so the last stays. */
+	run->s->keeping_released =
+		run->p->keep_view && (whole_domain || (!taken && run->first_of_unmap));
 	if (last_step(m, run->p->parts_per_step) > m->iova) {
 		run->tail_first = !taken;
 		run->first_mapping = *m;

@@ -249,16 +249,17 @@ struct unmap_progress {
 	uint64_t bytes;	      /* taken away so far */
 	uint32_t count;	      /* set when done: the mappings gone */
 	uint64_t unmap_ns;    /* the in-process backend's time so far; 0 when not timed */
-	bool keep_view;	      /* its one mapping's file map may stay as the session's spare */
+	bool keep_view;	      /* a file map it leaves unused may stay as the session's spare */
 	bool drained;	      /* the range has no mapping left: the next step only says done */
 	unsigned parts_per_step;
 };
 /* start checks the range as one call would: where it would fail, or there is nothing to do in
  * steps, it does that one call and returns 0 (done: p->bytes and p->count) or its error; else
  * 1, and each step returns 1 while there is more, 0 when done, or a negative errno (what the
- * earlier steps took away stays taken away). keep_view (an Unmap with keep_map): where the range
- * holds one mapping, whose release leaves its file map unused, the session keeps that map for
- * its next Map of the same file (its spare) instead of unmapping it from the daemon. */
+ * earlier steps took away stays taken away). keep_view (an Unmap or UnmapAll with keep_map):
+ * the session keeps a file map the removal leaves unused for its next Map or MapBatch of the
+ * same file (its spare) instead of unmapping it from the daemon; for a range, only where it
+ * holds one mapping; for the whole domain, the last such map (a session has one spare). */
 int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, uint64_t length,
 			bool keep_view, struct unmap_progress *p);
 /* Gives up the session's spare, if it holds one: unmaps it from the daemon, so the client may

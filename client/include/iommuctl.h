@@ -169,13 +169,17 @@ int iommuctl_map_batch(struct iommuctl *c, struct iommuctl_map_entry *entries, s
  * it returns, the memory is the caller's again, unless iommuctl_set_keep_maps is on. */
 int iommuctl_unmap(struct iommuctl *c, uint32_t domain_id, uint64_t iova, uint64_t length,
 		   uint64_t *unmapped);
+/* Removes every mapping of the domain; unmapped (may be NULL) gets the bytes. Once it returns,
+ * the memory is the caller's again, unless iommuctl_set_keep_maps is on. */
 int iommuctl_unmap_all(struct iommuctl *c, uint32_t domain_id, uint64_t *unmapped);
-/* For a caller that maps and unmaps a buffer per I/O (off unless set): with keep, each
- * iommuctl_unmap of one mapping asks the daemon to keep its memory map of the file for the
- * session's next Map of exactly that range (UnmapRequest.keep_map), which then costs the daemon
- * no mmap. Until that Map, or any other request of the session that changes something, the
- * daemon still maps the file: sealing it F_SEAL_WRITE fails with EBUSY, and its memory is not
- * freed when closed. */
+/* For a caller that maps and unmaps a buffer per I/O, or a pool of buffers again after each
+ * iommuctl_unmap_all (off unless set): with keep, each iommuctl_unmap of one mapping asks the
+ * daemon to keep its memory map of the file for the session's next Map of exactly that range
+ * (UnmapRequest.keep_map), and each iommuctl_unmap_all the map of the last file it leaves
+ * unmapped for the next Map or MapBatch (UnmapAllRequest.keep_map), which then costs the
+ * daemon no mmap. Until that Map, or any other request of the session that changes something,
+ * the daemon still maps the file: sealing it F_SEAL_WRITE fails with EBUSY, and its memory is
+ * not freed when closed. */
 void iommuctl_set_keep_maps(struct iommuctl *c, bool keep);
 /* A VFIO fd for the device, bound to the session's context; the caller owns it. Returns the
  * fd or a negative errno. */

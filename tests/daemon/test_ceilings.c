@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -381,6 +382,108 @@ TEST(unmapped_file_map_kept_for_the_next_map)
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
 	iommuctl_close(c);
 	fixture_stop(&daemon_under_test);
+}
+
+/* Maps the pages of mem (n of them) in one MapBatch, page i at IOVA i * PAGE. */
+static int map_batch_of_pages(struct iommuctl *c, uint32_t dom, int mem, size_t n)
+{
+	struct iommuctl_map_entry entries[4];
+
+	CHECK(n <= sizeof(entries) / sizeof(entries[0]));
+	for (size_t i = 0; i < n; i++)
+		entries[i] = (struct iommuctl_map_entry){.domain_id = dom,
+							 .fd = mem,
+							 .offset = i * PAGE,
+							 .length = PAGE,
+							 .prot = IOMMUCTL_PROT_READ,
+							 .fixed_iova = true,
+							 .iova = i * PAGE};
+	return iommuctl_map_batch(c, entries, n, NULL);
+}
+
+/* start_keeping_maps with the daemon logging at debug level into a memfd, returned in
+ * *ret_log, where kept_maps_taken_up reads it. */
+static struct iommuctl *start_keeping_maps_logged(int kept, int other, uint32_t *ret_dom,
+						  int *ret_log)
+{
+	int saved, log = memfd_create("daemon log", MFD_CLOEXEC);
+	struct iommuctl *c;
+
+	CHECK_OK(log);
+	CHECK_OK(saved = dup(STDERR_FILENO));
+	/* On stderr, where it can be read back, not in the journal. */
+	CHECK_OK(unsetenv("JOURNAL_STREAM"));
+	CHECK_OK(setenv("IOMMUD_TEST_LOG_LEVEL", "debug", 1));
+	(void)fflush(stderr);
+	CHECK(dup2(log, STDERR_FILENO) == STDERR_FILENO);
+	c = start_keeping_maps(kept, other, ret_dom);
+	(void)fflush(stderr);
+	CHECK(dup2(saved, STDERR_FILENO) == STDERR_FILENO);
+	CHECK_OK(close(saved));
+	CHECK_OK(unsetenv("IOMMUD_TEST_LOG_LEVEL"));
+	*ret_log = log;
+	return c;
+}
+
+/* How many times the daemon has said it took up a kept map instead of mapping a file anew: the
+ * address of the map alone cannot tell, as a new one often lands where the old one was. */
+static int kept_maps_taken_up(int log)
+{
+	static char text[1 << 20];
+	ssize_t len = pread(log, text, sizeof(text) - 1, 0);
+	int count = 0;
+
+	CHECK(len >= 0 && (size_t)len < sizeof(text) - 1);
+	text[len] = '\0';
+	for (const char *at = text; (at = strstr(at, "took up the map its session kept")); at++)
+		count++;
+	return count;
+}
+
+/* An UnmapAll that asks for it (keep_map) keeps the map of the last file it leaves unmapped,
+ * counted against nothing, and the session's next MapBatch of that file takes it up instead of
+ * mapping the file anew, as the next Map would; the file it left unmapped first goes at once,
+ * and an UnmapAll that does not ask keeps nothing. */
+TEST(unmap_all_keeps_a_file_map_for_the_next_batch)
+{
+	int kept = iommuctl_memfd("kept", 4 * PAGE), other = iommuctl_memfd("other", PAGE), log;
+	uint64_t at, again, bytes, iova = 0x100000;
+	struct iommuctl *c;
+	uint32_t dom;
+
+	c = start_keeping_maps_logged(kept, other, &dom, &log);
+	succeeds(c, iommuctl_map_fd(c, dom, other, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
+		 "Map of the other file, above the batch");
+	succeeds(c, map_batch_of_pages(c, dom, kept, 4), "MapBatch");
+	CHECK(daemon_map_of("kept", &at, &bytes) && bytes == 4 * PAGE);
+	CHECK_EQ(maps_held(c), 2);
+	succeeds(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll keeping a map");
+	/* The batch's mappings come first in IOVA order, so the other file is left last. */
+	CHECK(!daemon_map_of("kept", &again, &bytes));
+	CHECK(daemon_map_of("other", &again, &bytes));
+	CHECK_EQ(maps_held(c), 0);
+	succeeds(c, iommuctl_map_fd(c, dom, other, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
+		 "Map of the other file again, taking its map up");
+	CHECK_EQ(kept_maps_taken_up(log), 1);
+	succeeds(c, iommuctl_unmap(c, dom, iova, PAGE, NULL), "Unmap");
+	succeeds(c, map_batch_of_pages(c, dom, kept, 4), "MapBatch of another file");
+	CHECK_EQ(kept_maps_taken_up(log), 1);
+	succeeds(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll keeping the batch's map");
+	CHECK(daemon_map_of("kept", &at, &bytes));
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	succeeds(c, map_batch_of_pages(c, dom, kept, 4), "MapBatch taking it up");
+	CHECK_EQ(kept_maps_taken_up(log), 2);
+	CHECK(daemon_map_of("kept", &again, &bytes) && again == at);
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	CHECK_EQ(maps_held(c), 1);
+	iommuctl_set_keep_maps(c, false);
+	succeeds(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll keeping nothing");
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
+	iommuctl_close(c);
+	(void)close(kept);
+	(void)close(other);
+	fixture_stop(&daemon_under_test);
+	(void)close(log);
 }
 
 /* Keeps kept's map: maps it at IOVA 0 and unmaps it with keep_map. */
