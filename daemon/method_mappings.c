@@ -570,8 +570,7 @@ static int unmap_steps(struct call *call)
 	int rc;
 
 	do {
-		/* A step that only says done costs no turn of its own. */
-		if (stepped && !call->back.drained && call_out_of_time(call))
+		if (stepped && call_out_of_time(call))
 			return CALL_MORE;
 		stepped = true;
 		started = monotonic_ns();

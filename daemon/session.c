@@ -1982,9 +1982,11 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 	rc = unmap_run(s, dom, p, &run, &count, &more);
 	if (rc == 0 && run.tail_first)
 		rc = unmap_tail(s, dom, p, &run.first_mapping);
-	if (rc < 0 || (!count && !run.tail_first))
+	/* A range this step emptied is done now: a step more would only find that out, at the
+	 * cost of a walk of the IOAS and its clock reads (an Unmap of one small mapping, a
+	 * client's per-I/O unmap, is one step). */
+	if (rc < 0 || (!run.tail_first && (!count || !more)))
 		return unmap_end(s, dom, p, rc);
-	p->drained = !more && !run.tail_first;
 	return 1;
 }
 

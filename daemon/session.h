@@ -250,7 +250,6 @@ struct unmap_progress {
 	uint32_t count;	      /* set when done: the mappings gone */
 	uint64_t unmap_ns;    /* the in-process backend's time so far; 0 when not timed */
 	bool keep_view;	      /* a file map it leaves unused may stay as the session's spare */
-	bool drained;	      /* the range has no mapping left: the next step only says done */
 	unsigned parts_per_step;
 };
 /* start checks the range as one call would: where it would fail, or there is nothing to do in

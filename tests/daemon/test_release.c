@@ -259,10 +259,10 @@ static uint64_t mapped_length(struct setup *t)
 	return m.length;
 }
 
-/* A step that takes the last mappings of an unmap's range says so, and only that one, so that
- * its caller runs the closing step, which finds the range empty, without a turn of its own: of
- * 65 mappings of a page, a step of one part takes 64, the next the last. */
-TEST(unmap_step_says_when_its_range_is_drained)
+/* The step that takes the last mappings of an unmap's range ends the unmap, with its count:
+ * no step more that only finds the range empty. Of 65 mappings of a page, a step of one part
+ * takes 64 and has more to do, the next takes the last and is done. */
+TEST(unmap_step_that_drains_its_range_ends_it)
 {
 	struct map_entry e = {.length = 4096, .prot = KH_PROT_READ, .fixed_iova = true};
 	struct unmap_progress u;
@@ -280,11 +280,11 @@ TEST(unmap_step_says_when_its_range_is_drained)
 				     false, &u),
 		 1);
 	CHECK_EQ(session_unmap_step(t.session, &u), 1);
-	CHECK(!u.drained);
-	CHECK_EQ(session_unmap_step(t.session, &u), 1);
-	CHECK(u.drained);
+	CHECK(u.steps_left);
 	CHECK_EQ(session_unmap_step(t.session, &u), 0);
+	CHECK(!u.steps_left);
 	CHECK_EQ(u.count, MAP_PART_PAGES + 1);
+	CHECK_EQ(u.bytes, (MAP_PART_PAGES + 1) * 4096ull);
 	teardown(&t);
 }
 
@@ -323,7 +323,6 @@ TEST(steps_of_many_parts)
 	CHECK_EQ(mapped_length(&t), 3 * SMALL_PART);
 	CHECK_EQ(session_unmap_step(t.session, &u), 1);
 	CHECK_EQ(mapped_length(&t), SMALL_PART);
-	CHECK_EQ(session_unmap_step(t.session, &u), 1);
 	CHECK_EQ(session_unmap_step(t.session, &u), 0);
 	CHECK_EQ(u.bytes, MEMORY_BYTES);
 	CHECK_EQ(u.count, 1);
