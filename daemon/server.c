@@ -592,23 +592,27 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 
 /* Handles one request (or slice of one) of a ready connection and charges its tenant the time
  * it took; a connection with nothing more to read, or a reply its client has not taken, leaves
- * the ready ones and waits on its socket. */
-static void conn_serve(struct conn *c, uint64_t start_ns)
+ * the ready ones and waits on its socket. Returns when it was done (monotonic_ns): the clock
+ * read that ends the charge is the turn's next, one read a request fewer. */
+static uint64_t conn_serve(struct conn *c, uint64_t start_ns)
 {
 	struct flows *flows = c->shard->flows;
 	int rc = conn_read_one(c, start_ns);
+	uint64_t ended_ns = monotonic_ns();
 
 	if (rc != -EAGAIN)
-		flows_charge(flows, &c->item, monotonic_ns() - start_ns);
+		flows_charge(flows, &c->item, ended_ns - start_ns);
 	if (rc < 0 && rc != -EAGAIN) {
+		/* Closing may free a whole session: the turn goes on from after it. */
 		conn_close(c);
-		return;
+		return monotonic_ns();
 	}
 	c->spoke |= rc == 0;
 	if (rc == -EAGAIN || c->pending) {
 		flows_unready(flows, &c->item);
 		conn_arm(c);
 	}
+	return ended_ns;
 }
 
 /* Runs a turn after the loop has polled again, at once or after delay_ns. */
@@ -634,9 +638,9 @@ static void turn_after_events(struct event *turn_ev)
  * is up; then the loop looks for packets again (the next turn is a timer, which libevent runs
  * only after polling), so that a request arriving meanwhile is in the next choice. Unless
  * may_skip_poll (NULL: never) says a poll could find nothing else to serve: then the turn
- * goes on for as long again. */
+ * goes on for as long again. serve returns when it was done (monotonic_ns). */
 static void run_turn(struct flows *flows, struct event *turn_ev,
-		     void (*serve)(void *arg, struct flow_item *item, uint64_t now_ns),
+		     uint64_t (*serve)(void *arg, struct flow_item *item, uint64_t now_ns),
 		     bool (*may_skip_poll)(void *arg), void *arg)
 {
 	uint64_t start = monotonic_ns(), now = start, wait;
@@ -652,17 +656,16 @@ static void run_turn(struct flows *flows, struct event *turn_ev,
 		}
 		if (!(item = flows_next(flows, now)))
 			break;
-		serve(arg, item, now);
-		now = monotonic_ns();
+		now = serve(arg, item, now);
 	}
 	if ((wait = flows_wait_ns(flows, now)))
 		schedule_turn(turn_ev, wait);
 }
 
-static void serve_conn(void *arg, struct flow_item *item, uint64_t now_ns)
+static uint64_t serve_conn(void *arg, struct flow_item *item, uint64_t now_ns)
 {
 	(void)arg;
-	conn_serve((struct conn *)((char *)item - offsetof(struct conn, item)), now_ns);
+	return conn_serve((struct conn *)((char *)item - offsetof(struct conn, item)), now_ns);
 }
 
 /* Whether polling could find a shard's loop thread nothing to do but the connection it serves:
@@ -1047,10 +1050,11 @@ static void accept_one(struct server *srv, uint64_t start_ns)
 	(void)event_add(srv->listen_ev, NULL);
 }
 
-static void serve_accept(void *arg, struct flow_item *item, uint64_t now_ns)
+static uint64_t serve_accept(void *arg, struct flow_item *item, uint64_t now_ns)
 {
 	(void)item;
 	accept_one(arg, now_ns);
+	return monotonic_ns();
 }
 
 /* The main thread's turns: the only ready item of the server's flows is the listening
