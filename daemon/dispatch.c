@@ -162,9 +162,46 @@ struct request_chunk {
 	alignas(max_align_t) unsigned char data[];
 };
 
-/* The chunk of the last request freed, for the next: most requests then allocate nothing. Per
- * thread, as a thread's requests come one at a time; dispatch_fini frees it. */
-static _Thread_local struct request_chunk *spare_chunk;
+/* The chunks of the last requests freed, for the next: most requests then allocate nothing.
+ * A MapBatch's entries need one chunk larger than the rest: handing such chunks back to malloc
+ * each time costs more than the batch's kernel-helper calls gain, as the large request makes
+ * malloc gather the small blocks the last UnmapAll freed. Up to REQUEST_SPARES chunks of up to
+ * REQUEST_SPARE_MAX bytes each are kept, per thread, as a thread's requests come one at a time;
+ * dispatch_fini frees them. */
+#define REQUEST_SPARES	  4
+#define REQUEST_SPARE_MAX (256u * 1024)
+static _Thread_local struct request_chunk *spare_chunks[REQUEST_SPARES];
+
+/* The smallest kept chunk of at least bytes, taken out of the spares; NULL if none is. */
+static struct request_chunk *spare_take(size_t bytes)
+{
+	struct request_chunk **best = NULL;
+
+	for (size_t i = 0; i < REQUEST_SPARES; i++)
+		if (spare_chunks[i] && spare_chunks[i]->size >= bytes &&
+		    (!best || spare_chunks[i]->size < (*best)->size))
+			best = &spare_chunks[i];
+	if (best) {
+		struct request_chunk *chunk = *best;
+
+		*best = NULL;
+		return chunk;
+	}
+	return NULL;
+}
+
+/* Keeps chunk for a later request when there is room among the spares; false if not. */
+static bool spare_keep(struct request_chunk *chunk)
+{
+	if (!REQUEST_CHUNK_SHARED || chunk->size > REQUEST_SPARE_MAX)
+		return false;
+	for (size_t i = 0; i < REQUEST_SPARES; i++)
+		if (!spare_chunks[i]) {
+			spare_chunks[i] = chunk;
+			return true;
+		}
+	return false;
+}
 
 static void *request_alloc(void *memory, size_t size)
 {
@@ -177,10 +214,11 @@ static void *request_alloc(void *memory, size_t size)
 	need = (size + REQUEST_ROUND - 1) & ~(REQUEST_ROUND - 1);
 	if (!chunk || need > chunk->size - chunk->used) {
 		size_t bytes = need > REQUEST_CHUNK ? need : REQUEST_CHUNK;
+		struct request_chunk *spare = REQUEST_CHUNK_SHARED ? spare_take(bytes) : NULL;
 
-		if (REQUEST_CHUNK_SHARED && bytes == REQUEST_CHUNK && spare_chunk) {
-			chunk = spare_chunk;
-			spare_chunk = NULL;
+		if (spare) {
+			chunk = spare;
+			bytes = spare->size;
 		} else if (!(chunk = malloc(sizeof(*chunk) + bytes))) {
 			return NULL;
 		}
@@ -202,17 +240,17 @@ static void request_free(void *memory)
 {
 	for (struct request_chunk *chunk = memory, *next; chunk; chunk = next) {
 		next = chunk->next;
-		if (REQUEST_CHUNK_SHARED && !spare_chunk && chunk->size == REQUEST_CHUNK)
-			spare_chunk = chunk;
-		else
+		if (!spare_keep(chunk))
 			free(chunk);
 	}
 }
 
 void dispatch_fini(void)
 {
-	free(spare_chunk);
-	spare_chunk = NULL;
+	for (size_t i = 0; i < REQUEST_SPARES; i++) {
+		free(spare_chunks[i]);
+		spare_chunks[i] = NULL;
+	}
 }
 
 bool call_out_of_time(const struct call *call)
@@ -732,7 +770,8 @@ static int decode_packet(const uint8_t *packet, size_t len, enum packet_defect d
 	return 0;
 }
 
-/* A call kept between slices: it owns its response, its descriptors and its request. */
+/* A call kept between slices: it owns its response, its descriptors and its request, in whose
+ * memory it lives, so that keeping a call allocates nothing more than its request did. */
 struct kept_call {
 	struct call call;
 	Iommud__V1__Response resp;
@@ -741,9 +780,9 @@ struct kept_call {
 };
 
 /* The call moved off the dispatcher's stack to be resumed; NULL when out of memory. */
-static struct call *keep_call(const struct call *call)
+static struct call *keep_call(struct call *call)
 {
-	struct kept_call *k = malloc(sizeof(*k));
+	struct kept_call *k = request_alloc(&call->req_memory, sizeof(*k));
 
 	if (!k)
 		return NULL;
@@ -762,12 +801,13 @@ static struct call *keep_call(const struct call *call)
 
 static void free_call(struct call *call)
 {
+	void *memory = call->req_memory; /* the call's own with it */
+
 	if (((struct kept_call *)((char *)call - offsetof(struct kept_call, call)))->of_lease)
 		state_call_done(call->d->state);
 	(void)__atomic_sub_fetch(&call->d->calls_kept, 1, __ATOMIC_RELAXED);
 	call_end(call);
-	request_free(call->req_memory);
-	free((char *)call - offsetof(struct kept_call, call));
+	request_free(memory);
 }
 
 /* Whether a call not acknowledged (failed, or its client gone) changed its session all the
