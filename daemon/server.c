@@ -35,6 +35,10 @@
 #define TURN_NS 20000
 /* A costly request is handled in slices of about this long, one per turn of its tenant. */
 #define SLICE_NS TURN_NS
+/* Between slices of a request, whether its client has gone is asked at most this often: a
+ * system call per slice would cost a MapBatch more than its parsing, and work on for a client
+ * gone for this long more is work undone anyway. */
+#define PEER_CHECK_NS 1000000
 /* The flow the listening socket is charged to: a uid no peer has. Taking connections is
  * work like a tenant's requests, so that a storm of connects gets one share of the loop. */
 #define ACCEPT_UID ((uid_t)-1)
@@ -62,6 +66,8 @@ struct conn {
 	/* A request handled in slices, with its tenant's flow held until it is done. */
 	struct call *call;
 	uint64_t call_received_ns;
+	uint64_t peer_checked_ns; /* when the call's slices last asked whether its client went */
+	bool peer_went;		  /* it has: the call's slices take its work back */
 };
 
 /* One event-loop thread and what it alone touches: its connections, their flows and their
@@ -534,6 +540,8 @@ static bool peer_gone(int fd)
 static int conn_end_call(struct conn *c, size_t len, struct reply_fds *reply_fds, unsigned method,
 			 uint64_t received_ns, struct call *kept)
 {
+	if (kept && !c->call)
+		c->peer_checked_ns = received_ns;
 	c->call = kept;
 	c->call_received_ns = received_ns;
 	flows_hold(c->shard->flows, &c->item, kept);
@@ -557,9 +565,13 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 
 	if (c->call) {
 		/* Its socket's events only make it ready, which it is: a client gone is found
-		 * here, and takes its call with it, in slices as the call's own work went, the
-		 * connection closing after the last. */
-		if (peer_gone(c->fd)) {
+		 * here (within PEER_CHECK_NS), and takes its call with it, in slices as the call's
+		 * own work went, the connection closing after the last. */
+		if (!c->peer_went && start_ns - c->peer_checked_ns >= PEER_CHECK_NS) {
+			c->peer_checked_ns = start_ns;
+			c->peer_went = peer_gone(c->fd);
+		}
+		if (c->peer_went) {
 			bool done;
 
 			daemon_lock();
