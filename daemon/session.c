@@ -497,6 +497,15 @@ static int domain_lookup(struct session *s, uint32_t id, struct domain_rec **ret
 
 /* ---- tenants -------------------------------------------------------------------------- */
 
+/* Maps and unmaps say what they did at debug level: the level is compared before the call, as
+ * setting up log_about_at's arguments and its large frame only to return costs every page of a
+ * batch more than its own quota checks. */
+#define log_about(level, ...)                                                                      \
+	do {                                                                                       \
+		if ((level) <= log_get_level())                                                    \
+			log_about_at((level), __VA_ARGS__);                                        \
+	} while (0)
+
 /* Interactive logins of one user are one tenant: each login has its own scope cgroup, and a
  * person expects their second terminal to see what the first one set up. */
 static const char *tenant_cgroup(const struct peer *peer)
@@ -507,19 +516,15 @@ static const char *tenant_cgroup(const struct peer *peer)
 
 /* A line about a tenant or one of its objects, with the journal fields that find it (log.h):
  * the tenant always, the lease when lease is not NULL, the domain and the device when given. */
-static void __attribute__((format(printf, 6, 7)))
-log_about(int level, const struct tenant *t, const char *lease, const uint32_t *domain_id,
-	  const char *device, const char *fmt, ...)
+static void __attribute__((format(printf, 6, 7), noinline))
+log_about_at(int level, const struct tenant *t, const char *lease, const uint32_t *domain_id,
+	     const char *device, const char *fmt, ...)
 {
 	char tenant[sizeof("4294967295:") + PATH_MAX], domain[sizeof("4294967295")];
 	struct log_field fields[5];
 	size_t n = 1;
 	va_list ap;
 
-	/* Maps and unmaps say what they did at debug level: formatting that costs them more
-	 * than the map itself. */
-	if (level > log_get_level())
-		return;
 	fields[0] = (struct log_field){"IOMMUD_TENANT", tenant};
 	(void)snprintf(tenant, sizeof(tenant), "%u:%s", (unsigned)t->uid, t->cgroup);
 	if (lease)
