@@ -71,6 +71,8 @@ bool call_out_of_time(const struct call *call);
 
 /* Zeroed memory that lives until the reply is packed; NULL when out of memory. */
 void *call_alloc(struct call *call, size_t size);
+/* The same, not cleared: for arrays the caller fills whole at once (a batch's entries). */
+void *call_alloc_filled(struct call *call, size_t size);
 char *call_strdup(struct call *call, const char *text);
 /* The reply message of the call's method, registered as the response's result. */
 void *call_reply(struct call *call, const ProtobufCMessageDescriptor *desc);

@@ -258,9 +258,14 @@ bool call_out_of_time(const struct call *call)
 	return call->deadline_ns != UINT64_MAX && monotonic_ns() >= call->deadline_ns;
 }
 
+void *call_alloc_filled(struct call *call, size_t size)
+{
+	return request_alloc(&call->req_memory, size ? size : 1);
+}
+
 void *call_alloc(struct call *call, size_t size)
 {
-	void *p = request_alloc(&call->req_memory, size ? size : 1);
+	void *p = call_alloc_filled(call, size);
 
 	if (p)
 		memset(p, 0, size);

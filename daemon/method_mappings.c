@@ -176,8 +176,8 @@ static int entries_of_columns(struct call *call, Iommud__V1__MapBatchRequest *r,
 			column_copy(&shared, 1, &columns[k], column_values(r->columns, &columns[k]),
 				    1);
 	}
-	entries = call_alloc(call, n * sizeof(*entries));
-	pointers = call_alloc(call, n * sizeof(*pointers));
+	entries = call_alloc_filled(call, n * sizeof(*entries));
+	pointers = call_alloc_filled(call, n * sizeof(*pointers));
 	if (!entries || !pointers)
 		return nomem();
 	for (size_t i = 0; i < n; i++) {
