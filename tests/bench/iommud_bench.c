@@ -64,7 +64,7 @@ static struct {
 	.parts = "12345",
 	.iterations = 20000,
 	.clients_max = MAX_CLIENTS,
-	.batch_rounds = 32,
+	.batch_rounds = 512,
 	.batches_per_round = 4,
 	.level_seconds = 1.0,
 };
