@@ -410,6 +410,13 @@ static int fill_refused(struct call *call, Iommud__V1__GetStatsReply *reply)
 	return 0;
 }
 
+static void fill_kept_maps(Iommud__V1__GetStatsReply *reply, struct kept_maps kept)
+{
+	reply->kept_maps = kept.held;
+	reply->kept_maps_taken_up = kept.taken_up;
+	reply->kept_maps_given_up = kept.given_up;
+}
+
 static void fill_counters(struct call *call, Iommud__V1__GetStatsReply *reply)
 {
 	struct daemon *d = call->d;
@@ -426,8 +433,10 @@ static void fill_counters(struct call *call, Iommud__V1__GetStatsReply *reply)
 		reply->tenants = 1;
 		reply->sessions = tenant_sessions(own);
 		reply->leases = (uint32_t)tenant_usage(own).leases;
+		fill_kept_maps(reply, tenant_kept_maps(own));
 		return;
 	}
+	fill_kept_maps(reply, registry_kept_maps(d->reg));
 	reply->connections = d->connections;
 	reply->tenants = registry_tenant_count(d->reg);
 	reply->sessions = registry_session_count(d->reg);

@@ -123,6 +123,7 @@ struct tenant {
 	unsigned refs;			/* connections and sessions */
 	struct usage used;
 	uint64_t whole_file_bytes; /* its whole-file maps' address space, at most max-pinned */
+	struct kept_maps kept;	   /* its sessions', under books_lock */
 	LIST_HEAD(, session) sessions;
 };
 
@@ -149,7 +150,8 @@ struct registry {
 	/* Over all tenants, against ceil: maps, leases and pinned_bytes only, the figures
 	 * GetStats and the ceilings read; the tenants' own usage has the rest. */
 	struct usage total;
-	uint64_t spare_maps; /* the sessions' spare maps, not in total.maps */
+	/* The sessions' spare maps (held: not in total.maps), under books_lock. */
+	struct kept_maps kept;
 	uint64_t failed_releases;
 };
 
@@ -253,6 +255,16 @@ uint64_t registry_failed_releases(const struct registry *reg)
 	return reg->failed_releases;
 }
 
+struct kept_maps registry_kept_maps(struct registry *reg)
+{
+	struct kept_maps kept;
+
+	books_lock(reg);
+	kept = reg->kept;
+	books_unlock(reg);
+	return kept;
+}
+
 /* ---- mapping records ------------------------------------------------------------------ */
 
 /* Adds delta (a decrease as its two's complement) to a total of the registry's that map
@@ -343,6 +355,19 @@ static void release_memory(struct registry *reg, void *va, uint64_t length)
 		va, (unsigned long long)length, strerror(saved));
 }
 
+/* Counts, under books_lock, a change to the session's spare map in its tenant's and the
+ * registry's books: held by +1 or -1, and one more taken up or given up. */
+static void count_kept(struct session *s, int held, unsigned taken_up, unsigned given_up)
+{
+	struct kept_maps *books[] = {&s->tenant->kept, &s->tenant->reg->kept};
+
+	for (size_t i = 0; i < sizeof(books) / sizeof(books[0]); i++) {
+		books[i]->held += (uint64_t)held;
+		books[i]->taken_up += taken_up;
+		books[i]->given_up += given_up;
+	}
+}
+
 void session_give_up_spare(struct session *s)
 {
 	/* Only the session's own thread sets a spare: none seen is none there. */
@@ -350,7 +375,7 @@ void session_give_up_spare(struct session *s)
 		return;
 	books_lock(s->tenant->reg);
 	if (s->spare) {
-		s->tenant->reg->spare_maps--;
+		count_kept(s, -1, 0, 1);
 		release_memory(s->tenant->reg, s->spare->base, s->spare->length);
 		free(s->spare);
 		__atomic_store_n(&s->spare, NULL, __ATOMIC_RELAXED);
@@ -396,7 +421,7 @@ static void file_map_put(struct session *s, struct file_map *fm)
 	books_lock(s->tenant->reg);
 	session_give_up_spare(s);
 	__atomic_store_n(&s->spare, fm, __ATOMIC_RELAXED);
-	s->tenant->reg->spare_maps++;
+	count_kept(s, +1, 0, 0);
 	books_unlock(s->tenant->reg);
 }
 
@@ -685,6 +710,16 @@ const struct access_rule *tenant_rule(const struct tenant *t)
 struct usage tenant_usage(const struct tenant *t)
 {
 	return t->used;
+}
+
+struct kept_maps tenant_kept_maps(const struct tenant *t)
+{
+	struct kept_maps kept;
+
+	books_lock(t->reg);
+	kept = t->kept;
+	books_unlock(t->reg);
+	return kept;
 }
 
 unsigned tenant_sessions(const struct tenant *t)
@@ -1355,7 +1390,7 @@ static struct file_map *spare_take(struct session *s, const struct file_map *pla
 		return NULL;
 	}
 	__atomic_store_n(&s->spare, NULL, __ATOMIC_RELAXED);
-	s->tenant->reg->spare_maps--;
+	count_kept(s, -1, 1, 0);
 	books_unlock(s->tenant->reg);
 	fm->refs = 1;
 	/* Says at debug level whether a client's keep_map saves the daemon its mmaps. */
@@ -1375,7 +1410,7 @@ static int file_map_mmap(struct session *s, int fd, const struct file_map *plan,
 
 	/* The spares count against no ceiling, but each is a memory map all the same. */
 	books_lock(reg);
-	if (reg->total.maps + reg->spare_maps >= reg->ceil.max_maps)
+	if (reg->total.maps + reg->kept.held >= reg->ceil.max_maps)
 		registry_drop_spares(reg);
 	books_unlock(reg);
 	fm = calloc(1, sizeof(*fm));

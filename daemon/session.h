@@ -103,6 +103,15 @@ const struct ceilings *registry_ceilings(const struct registry *reg);
 struct usage registry_usage(const struct registry *reg);
 uint64_t registry_failed_releases(const struct registry *reg);
 
+/* The maps of client files sessions kept after an unmap that asked for it (keep_map): held now,
+ * and how many a map took up, or were given up unused, since the daemon started. */
+struct kept_maps {
+	uint64_t held, taken_up, given_up;
+};
+/* Every tenant's, and one tenant's. */
+struct kept_maps registry_kept_maps(struct registry *reg);
+struct kept_maps tenant_kept_maps(const struct tenant *tenant);
+
 /* The tenant for a verified peer, created on first sight; each call takes a reference that
  * tenant_put drops. The access the configuration grants it comes back in *access. */
 int tenant_get(struct registry *reg, const struct peer *peer, struct tenant **out,

@@ -54,6 +54,18 @@ check_eq_failed(const char *file, int line, const char *a_text, const char *b_te
 					check_b_, check_signed_(b));                               \
 	} while (0)
 
+/* Compares two strings and prints both on failure. */
+#define CHECK_STREQ(a, b)                                                                          \
+	do {                                                                                       \
+		const char *check_a_ = (a), *check_b_ = (b);                                       \
+		if (strcmp(check_a_, check_b_) != 0) {                                             \
+			(void)fprintf(stderr,                                                      \
+				      "%s:%d: check failed: %s == %s (\"%s\" != \"%s\")\n",        \
+				      __FILE__, __LINE__, #a, #b, check_a_, check_b_);             \
+			abort();                                                                   \
+		}                                                                                  \
+	} while (0)
+
 /* kernel-helper's description of its last failure, when the test links kernel-helper. */
 const char *kh_last_error(void) __attribute__((weak));
 

@@ -9,12 +9,14 @@
 
 static const char stats_help[] =
 	"Shows how long iommud has run, its version, connections, tenants, sessions and leases,\n"
-	"the packets it rejected as malformed, your tenant's quota, the daemon's ceilings over\n"
-	"all tenants, how its map path is watched (the probe tier, whether the probes are\n"
-	"attached now, and what could not be attached), for each method how many calls it\n"
-	"answered and how many of them failed, every tenant label, each device's state (free,\n"
-	"bound, attached or delegated) and the delegations with their VMMs' pinned memory and\n"
-	"memlock limits, read from the kernel now ('iommuctl delegations' shows the same).\n"
+	"the packets it rejected as malformed, the memory maps sessions keep after an unmap\n"
+	"with keep_map (held now, taken up by a map, given up unused), your tenant's quota,\n"
+	"the daemon's ceilings over all tenants, how its map path is watched (the probe tier,\n"
+	"whether the probes are attached now, and what could not be attached), for each\n"
+	"method how many calls it answered and how many of them failed, every tenant label,\n"
+	"each device's state (free, bound, attached or delegated) and the delegations with\n"
+	"their VMMs' pinned memory and memlock limits, read from the kernel now ('iommuctl\n"
+	"delegations' shows the same).\n"
 	"All of that is everyone's only for an observer (root, or 'stats = all' in your\n"
 	"configuration section: observer: yes); anyone else sees the same counters about\n"
 	"their own tenant alone (its own delegations among them), and no methods, devices or\n"
@@ -198,6 +200,9 @@ static void show_stats(const Iommud__V1__GetStatsReply *s, bool latency)
 	field("sessions", NUM, s->sessions, NULL);
 	field("leases", NUM, s->leases, NULL);
 	field("rejected_packets", NUM, s->rejected_packets, NULL);
+	field("kept_maps", NUM, s->kept_maps, NULL);
+	field("kept_maps_taken_up", NUM, s->kept_maps_taken_up, NULL);
+	field("kept_maps_given_up", NUM, s->kept_maps_given_up, NULL);
 	field("observer", BOOL, s->observer, NULL);
 	show_quota(s->quota);
 	show_ceilings(s->ceilings, s->observer);

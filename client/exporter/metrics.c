@@ -201,6 +201,18 @@ static uint64_t rate_limited(const Iommud__V1__GetStatsReply *s)
 {
 	return s->rate_limited;
 }
+static uint64_t kept_maps(const Iommud__V1__GetStatsReply *s)
+{
+	return s->kept_maps;
+}
+static uint64_t kept_maps_taken_up(const Iommud__V1__GetStatsReply *s)
+{
+	return s->kept_maps_taken_up;
+}
+static uint64_t kept_maps_given_up(const Iommud__V1__GetStatsReply *s)
+{
+	return s->kept_maps_given_up;
+}
 
 static const struct daemon_gauge {
 	struct family family;
@@ -221,6 +233,15 @@ static const struct daemon_gauge {
 	{{"iommud_rate_limited_total", "counter",
 	  "Times a reader tenant had requests waiting and no reader-rate token, so they waited."},
 	 rate_limited},
+	{{"iommud_kept_maps", "gauge",
+	  "Maps of client files sessions keep after an unmap with keep_map, for their next map."},
+	 kept_maps},
+	{{"iommud_kept_maps_taken_up_total", "counter",
+	  "Kept maps a Map or MapBatch took up instead of mapping the file anew."},
+	 kept_maps_taken_up},
+	{{"iommud_kept_maps_given_up_total", "counter",
+	  "Kept maps given up unused: another change came first, or the maps' ceiling neared."},
+	 kept_maps_given_up},
 };
 
 static void render_daemon(struct writer *w, const Iommud__V1__GetStatsReply *s)

@@ -401,43 +401,19 @@ static int map_batch_of_pages(struct iommuctl *c, uint32_t dom, int mem, size_t 
 	return iommuctl_map_batch(c, entries, n, NULL);
 }
 
-/* start_keeping_maps with the daemon logging at debug level into a memfd, returned in
- * *ret_log, where kept_maps_taken_up reads it. */
-static struct iommuctl *start_keeping_maps_logged(int kept, int other, uint32_t *ret_dom,
-						  int *ret_log)
+/* What GetStats says of the kept maps (kept_maps, kept_maps_taken_up, kept_maps_given_up), as
+ * "held taken given": the address of a map alone cannot tell a map taken up from a new one, as
+ * a new one often lands where the old one was. */
+static const char *kept_maps(struct iommuctl *c)
 {
-	int saved, log = memfd_create("daemon log", MFD_CLOEXEC);
-	struct iommuctl *c;
+	static char text[64];
+	Iommud__V1__GetStatsReply *stats = stats_of(c);
 
-	CHECK_OK(log);
-	CHECK_OK(saved = dup(STDERR_FILENO));
-	/* On stderr, where it can be read back, not in the journal. */
-	CHECK_OK(unsetenv("JOURNAL_STREAM"));
-	CHECK_OK(setenv("IOMMUD_TEST_LOG_LEVEL", "debug", 1));
-	(void)fflush(stderr);
-	CHECK(dup2(log, STDERR_FILENO) == STDERR_FILENO);
-	c = start_keeping_maps(kept, other, ret_dom);
-	(void)fflush(stderr);
-	CHECK(dup2(saved, STDERR_FILENO) == STDERR_FILENO);
-	CHECK_OK(close(saved));
-	CHECK_OK(unsetenv("IOMMUD_TEST_LOG_LEVEL"));
-	*ret_log = log;
-	return c;
-}
-
-/* How many times the daemon has said it took up a kept map instead of mapping a file anew: the
- * address of the map alone cannot tell, as a new one often lands where the old one was. */
-static int kept_maps_taken_up(int log)
-{
-	static char text[1 << 20];
-	ssize_t len = pread(log, text, sizeof(text) - 1, 0);
-	int count = 0;
-
-	CHECK(len >= 0 && (size_t)len < sizeof(text) - 1);
-	text[len] = '\0';
-	for (const char *at = text; (at = strstr(at, "took up the map its session kept")); at++)
-		count++;
-	return count;
+	(void)snprintf(text, sizeof(text), "%llu %llu %llu", (unsigned long long)stats->kept_maps,
+		       (unsigned long long)stats->kept_maps_taken_up,
+		       (unsigned long long)stats->kept_maps_given_up);
+	iommud__v1__get_stats_reply__free_unpacked(stats, NULL);
+	return text;
 }
 
 /* An UnmapAll that asks for it (keep_map) keeps the map of the last file it leaves unmapped,
@@ -446,12 +422,12 @@ static int kept_maps_taken_up(int log)
  * and an UnmapAll that does not ask keeps nothing. */
 TEST(unmap_all_keeps_a_file_map_for_the_next_batch)
 {
-	int kept = iommuctl_memfd("kept", 4 * PAGE), other = iommuctl_memfd("other", PAGE), log;
+	int kept = iommuctl_memfd("kept", 4 * PAGE), other = iommuctl_memfd("other", PAGE);
 	uint64_t at, again, bytes, iova = 0x100000;
 	struct iommuctl *c;
 	uint32_t dom;
 
-	c = start_keeping_maps_logged(kept, other, &dom, &log);
+	c = start_keeping_maps(kept, other, &dom);
 	succeeds(c, iommuctl_map_fd(c, dom, other, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
 		 "Map of the other file, above the batch");
 	succeeds(c, map_batch_of_pages(c, dom, kept, 4), "MapBatch");
@@ -462,28 +438,31 @@ TEST(unmap_all_keeps_a_file_map_for_the_next_batch)
 	CHECK(!daemon_map_of("kept", &again, &bytes));
 	CHECK(daemon_map_of("other", &again, &bytes));
 	CHECK_EQ(maps_held(c), 0);
+	/* The first file's map was kept, then given up for the second's. */
+	CHECK_STREQ(kept_maps(c), "1 0 1");
 	succeeds(c, iommuctl_map_fd(c, dom, other, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
 		 "Map of the other file again, taking its map up");
-	CHECK_EQ(kept_maps_taken_up(log), 1);
+	CHECK_STREQ(kept_maps(c), "0 1 1");
 	succeeds(c, iommuctl_unmap(c, dom, iova, PAGE, NULL), "Unmap");
 	succeeds(c, map_batch_of_pages(c, dom, kept, 4), "MapBatch of another file");
-	CHECK_EQ(kept_maps_taken_up(log), 1);
+	CHECK_STREQ(kept_maps(c), "0 1 2");
 	succeeds(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll keeping the batch's map");
+	CHECK_STREQ(kept_maps(c), "1 1 2");
 	CHECK(daemon_map_of("kept", &at, &bytes));
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
 	succeeds(c, map_batch_of_pages(c, dom, kept, 4), "MapBatch taking it up");
-	CHECK_EQ(kept_maps_taken_up(log), 2);
+	CHECK_STREQ(kept_maps(c), "0 2 2");
 	CHECK(daemon_map_of("kept", &again, &bytes) && again == at);
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
 	CHECK_EQ(maps_held(c), 1);
 	iommuctl_set_keep_maps(c, false);
 	succeeds(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll keeping nothing");
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
+	CHECK_STREQ(kept_maps(c), "0 2 2");
 	iommuctl_close(c);
 	(void)close(kept);
 	(void)close(other);
 	fixture_stop(&daemon_under_test);
-	(void)close(log);
 }
 
 /* Keeps kept's map: maps it at IOVA 0 and unmaps it with keep_map. */
@@ -516,10 +495,13 @@ TEST(kept_map_given_up_by_any_other_change)
 		 "Map from the other file's map");
 	CHECK(!daemon_map_of("kept", &at, &bytes));
 	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 1);
+	CHECK_STREQ(kept_maps(c), "0 0 1");
 	(void)close(other);
 	keep_map_of(c, dom, kept);
+	CHECK_STREQ(kept_maps(c), "1 0 1");
 	CHECK(map_page(c, dom + 1, kept, 0) < 0);
 	CHECK(!daemon_map_of("kept", &at, &bytes));
+	CHECK_STREQ(kept_maps(c), "0 0 2");
 	keep_map_of(c, dom, kept);
 	succeeds(c, iommuctl_unmap_all(c, dom, NULL), "UnmapAll");
 	CHECK(!daemon_map_of("kept", &at, &bytes));

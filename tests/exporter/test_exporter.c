@@ -798,6 +798,9 @@ static void expect_ceilings(const struct prometheus *p, const Iommud__V1__GetSta
 	expect(p, "count(iommud_pinned_bytes_limit) or vector(0)", ceil->max_pinned_bytes ? 1 : 0);
 	expect(p, "iommud_failed_releases_total", (double)ceil->failed_releases);
 	expect(p, "iommud_rate_limited_total", (double)s->rate_limited);
+	expect(p, "iommud_kept_maps", (double)s->kept_maps);
+	expect(p, "iommud_kept_maps_taken_up_total", (double)s->kept_maps_taken_up);
+	expect(p, "iommud_kept_maps_given_up_total", (double)s->kept_maps_given_up);
 	for (size_t i = 0; i < s->n_refused_connections; i++) {
 		(void)snprintf(promql, sizeof(promql),
 			       "iommud_refused_connections_total{reason=\"%s\"}",

@@ -199,6 +199,9 @@ static void fill_ceilings_refusals(struct sample_reply *s)
 	s->reply.n_refused_connections = 2;
 	s->reply.refused_connections = s->refused;
 	s->reply.rate_limited = 13;
+	s->reply.kept_maps = 3;
+	s->reply.kept_maps_taken_up = 1021;
+	s->reply.kept_maps_given_up = 17;
 }
 
 /* Two VMMs of one label (one of them holding two devices), one unlimited VMM of another. */
@@ -494,6 +497,12 @@ TEST(ceilings_refusals_and_rate_limits)
 	CHECK_LINE(text, "iommud_refused_connections_total{reason=\"idle-timeout\"} 4");
 	CHECK_LINE(text, "# TYPE iommud_rate_limited_total counter");
 	CHECK_LINE(text, "iommud_rate_limited_total 13");
+	CHECK_LINE(text, "# TYPE iommud_kept_maps gauge");
+	CHECK_LINE(text, "iommud_kept_maps 3");
+	CHECK_LINE(text, "# TYPE iommud_kept_maps_taken_up_total counter");
+	CHECK_LINE(text, "iommud_kept_maps_taken_up_total 1021");
+	CHECK_LINE(text, "# TYPE iommud_kept_maps_given_up_total counter");
+	CHECK_LINE(text, "iommud_kept_maps_given_up_total 17");
 	free(text);
 	/* A ceiling of 0 is none: no limit is claimed, while usage stays. */
 	s.ceilings.max_pinned_bytes = 0;
@@ -634,7 +643,7 @@ TEST(every_family_typed_once_and_contiguous)
 			(void)fprintf(stderr, "sample '%s' outside its family (%s)\n", line, typed);
 		CHECK(strcmp(family, typed) == 0);
 	}
-	CHECK_EQ(families, 51);
+	CHECK_EQ(families, 54);
 	free(text);
 }
 
