@@ -51,9 +51,15 @@ struct iommuctl {
 	struct pending_session pending;
 	unsigned reconnect_ms; /* 0: never reconnect */
 	bool keep_maps;	       /* iommuctl_unmap(_all) ask the daemon to keep a file's map */
-	bool batch_columns;    /* the daemon's last Hello offered map_batch_columns */
-	int32_t failed_index;  /* the last failed reply's Status.failed_index */
-	bool reconnecting;     /* re-opening the lease: no reconnect within a reconnect */
+	/* The descriptors the daemon keeps for this connection (iommuctl_keep_fd), by slot: the
+	 * caller's, named by slot instead of sent; kept again after a reconnect. */
+	struct {
+		bool used;
+		int fd;
+	} kept[IOMMUD_KEPT_FILES];
+	bool batch_columns;   /* the daemon's last Hello offered map_batch_columns */
+	int32_t failed_index; /* the last failed reply's Status.failed_index */
+	bool reconnecting;    /* re-opening the lease: no reconnect within a reconnect */
 	Iommud__V1__Code last_code;
 	char error[ERROR_MAX];
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -202,6 +208,86 @@ void iommuctl_set_keep_maps(struct iommuctl *c, bool keep)
 	c->keep_maps = keep;
 }
 
+/* The slot the daemon keeps fd in for this connection, or -1. */
+static int kept_slot(const struct iommuctl *c, int fd)
+{
+	for (int slot = 0; slot < IOMMUD_KEPT_FILES; slot++)
+		if (c->kept[slot].used && c->kept[slot].fd == fd)
+			return slot;
+	return -1;
+}
+
+/* Has the daemon keep the n descriptors fds in slots, and forget the n_forget slots forget. */
+static int send_kept(struct iommuctl *c, const int *fds, uint32_t *slots, size_t n,
+		     uint32_t *forget, size_t n_forget)
+{
+	Iommud__V1__KeepFilesRequest keep = IOMMUD__V1__KEEP_FILES_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *r;
+	int err;
+
+	keep.slots = slots;
+	keep.n_slots = n;
+	keep.forget = forget;
+	keep.n_forget = n_forget;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_KEEP_FILES;
+	req.keep_files = &keep;
+	err = iommuctl_call(c, &req, fds, n, &r, NULL, 0, NULL);
+	if (err == 0)
+		iommuctl_response_free(r);
+	return err;
+}
+
+/* After a reconnect: the new connection keeps what the old one did. */
+static int keep_again(struct iommuctl *c)
+{
+	int fds[IOMMUD_KEPT_FILES];
+	uint32_t slots[IOMMUD_KEPT_FILES];
+	size_t n = 0;
+
+	for (uint32_t slot = 0; slot < IOMMUD_KEPT_FILES; slot++)
+		if (c->kept[slot].used) {
+			fds[n] = c->kept[slot].fd;
+			slots[n++] = slot;
+		}
+	return n ? send_kept(c, fds, slots, n, NULL, 0) : 0;
+}
+
+int iommuctl_keep_fd(struct iommuctl *c, int fd)
+{
+	uint32_t slot = 0;
+	int err;
+
+	if (kept_slot(c, fd) >= 0)
+		return 0;
+	while (slot < IOMMUD_KEPT_FILES && c->kept[slot].used)
+		slot++;
+	if (slot == IOMMUD_KEPT_FILES)
+		return fail(c, -ENOSPC,
+			    "the daemon keeps %d files for this connection already; forget one "
+			    "(iommuctl_forget_fd) before keeping another",
+			    IOMMUD_KEPT_FILES);
+	if ((err = send_kept(c, &fd, &slot, 1, NULL, 0)) < 0)
+		return err;
+	c->kept[slot].used = true;
+	c->kept[slot].fd = fd;
+	return 0;
+}
+
+int iommuctl_forget_fd(struct iommuctl *c, int fd)
+{
+	int slot = kept_slot(c, fd), err;
+	uint32_t forget = (uint32_t)slot;
+
+	if (slot < 0)
+		return fail(c, -ENOENT,
+			    "descriptor %d is not kept by the daemon for this connection", fd);
+	if ((err = send_kept(c, NULL, NULL, 0, &forget, 1)) < 0)
+		return err;
+	c->kept[slot].used = false;
+	return 0;
+}
+
 int iommuctl_fd(const struct iommuctl *c)
 {
 	return c->fd;
@@ -312,7 +398,7 @@ static int reopen_lease(struct iommuctl *c)
 		receive_limit(c, 0);
 		note_capabilities(c, r->hello);
 		iommuctl_response_free(r);
-		return 0;
+		return keep_again(c);
 	}
 	if (c->fd >= 0)
 		drop_connection(c);
@@ -344,7 +430,7 @@ int iommuctl_reconnect(struct iommuctl *c)
 	}
 	if ((err = connect_again(c)) < 0)
 		return err;
-	return c->lease ? reopen_lease(c) : 0;
+	return c->lease ? reopen_lease(c) : keep_again(c);
 }
 
 /* Whether a dropped connection is made again by itself: a lease to re-open, and leave to. */
@@ -737,7 +823,8 @@ int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t off
 	Iommud__V1__MapRequest map = IOMMUD__V1__MAP_REQUEST__INIT;
 	Iommud__V1__Request req;
 	Iommud__V1__Response *r;
-	int err;
+	uint32_t kept_file;
+	int err, slot;
 
 	entry.domain_id = domain_id;
 	entry.fd_index = 0;
@@ -748,8 +835,13 @@ int iommuctl_map_fd(struct iommuctl *c, uint32_t domain_id, int fd, uint64_t off
 	entry.iova = fixed ? *iova : 0;
 	entry.alignment = alignment;
 	map.entry = &entry;
+	if ((slot = kept_slot(c, fd)) >= 0) {
+		kept_file = (uint32_t)slot;
+		map.kept_files = &kept_file;
+		map.n_kept_files = 1;
+	}
 	req = request_of(IOMMUD__V1__REQUEST__METHOD_MAP, &map.base);
-	err = iommuctl_call(c, &req, &fd, 1, &r, NULL, 0, NULL);
+	err = iommuctl_call(c, &req, &fd, slot >= 0 ? 0 : 1, &r, NULL, 0, NULL);
 	if (err)
 		return err;
 	*iova = r->map->iova;
@@ -765,17 +857,32 @@ struct batch {
 	Iommud__V1__MapEntryColumns columns;
 	int fds[IOMMUD_MAX_FDS];
 	size_t nfds;
+	uint32_t kept_files[IOMMUD_KEPT_FILES]; /* slots named, after the fds carried */
+	size_t n_kept_files;
 	uint32_t *domain_ids, *fd_indexes, *prots;
 	uint64_t *offsets, *lengths, *iovas, *alignments;
 	protobuf_c_boolean *fixed_iovas;
 	Iommud__V1__MapEntry *entries, **entry_ptrs;
 };
 
-/* The index of fd among the batch's descriptors, added on first sight. */
+/* Marks a batch's fd_index as one of its kept files' until batch_kept_indexes places it. */
+#define BATCH_KEPT_INDEX 0x80000000u
+
+/* The index of fd among the batch's descriptors, added on first sight; a kept one's among its
+ * kept files, marked with BATCH_KEPT_INDEX. */
 static int batch_fd_index(struct iommuctl *c, struct batch *b, int fd, uint32_t *ret_index)
 {
+	int slot = kept_slot(c, fd);
 	size_t i = 0;
 
+	if (slot >= 0) {
+		while (i < b->n_kept_files && b->kept_files[i] != (uint32_t)slot)
+			i++;
+		if (i == b->n_kept_files)
+			b->kept_files[b->n_kept_files++] = (uint32_t)slot;
+		*ret_index = (uint32_t)i | BATCH_KEPT_INDEX;
+		return 0;
+	}
 	while (i < b->nfds && b->fds[i] != fd)
 		i++;
 	if (i == b->nfds) {
@@ -884,6 +991,18 @@ int iommuctl_map_batch(struct iommuctl *c, struct iommuctl_map_entry *entries, s
 		return fail(c, -ENOMEM, "no memory for a batch of %zu entries", n);
 	for (size_t i = 0; i < n && !err; i++)
 		err = batch_fd_index(c, b, entries[i].fd, &b->fd_indexes[i]);
+	if (!err && b->nfds + b->n_kept_files > IOMMUD_MAX_FDS)
+		err = fail(c, -E2BIG,
+			   "a batch's entries name %zu files sent and %zu kept; a request names at "
+			   "most %d: split the batch by file",
+			   b->nfds, b->n_kept_files, IOMMUD_MAX_FDS);
+	/* Kept files come after the descriptors the request carries. */
+	for (size_t i = 0; i < n && !err; i++)
+		if (b->fd_indexes[i] & BATCH_KEPT_INDEX)
+			b->fd_indexes[i] =
+				(uint32_t)b->nfds + (b->fd_indexes[i] & ~BATCH_KEPT_INDEX);
+	b->req.kept_files = b->kept_files;
+	b->req.n_kept_files = b->n_kept_files;
 	if (!err) {
 		if (c->batch_columns)
 			batch_columns(b, entries, n);

@@ -41,8 +41,11 @@ struct call {
 	const uint8_t *packet; /* req as received, for the checks that need its bytes */
 	size_t packet_len;
 	Iommud__V1__Response *resp;
-	int *fds; /* received; a handler that keeps one sets its slot to -1 */
-	size_t n_fds;
+	/* The first n_carried received, the call's: a handler that keeps one sets its slot to
+	 * -1. After them, up to n_fds, the connection's kept ones the request names (kept_files),
+	 * borrowed, their files as examined when kept. */
+	int *fds;
+	size_t n_fds, n_carried;
 	struct map_file files[IOMMUD_MAX_FDS]; /* the fds' files, checked by the map handlers */
 	struct reply_fds out;		       /* to send with the reply */
 	int failed_index;
@@ -110,6 +113,9 @@ int need_operator(const struct call *call, const char *what);
 
 /* method_probes.c */
 int do_set_probes(struct call *call);
+
+/* method_keep_files.c */
+int do_keep_files(struct call *call);
 
 /* method_delegate.c */
 int do_delegate_devices(struct call *call);

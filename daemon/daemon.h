@@ -7,7 +7,7 @@
  * Ownership: struct daemon owns nothing (main() owns the configuration and the backend,
  * serve() the registry and the probes, the server the counters). A struct client is owned by the
  * server's connection; it holds a reference on its tenant and on the session it joined, dropped by
- * client_fini.
+ * client_fini, and the descriptors it keeps, which client_fini closes.
  */
 #ifndef IOMMUD_DAEMON_H
 #define IOMMUD_DAEMON_H
@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include <iommud_protocol.h>
 #include <kh/kh.h>
 
 #include "config.h"
@@ -85,13 +86,22 @@ struct client {
 	struct session *session;   /* joined at Hello or at the first call needing one */
 	bool called;		   /* a request was handled: Hello may no longer choose a lease */
 	struct counters *counters; /* its loop thread's (borrowed) */
+	/* The descriptors it keeps for its maps (KeepFiles), by slot, examined when kept: each
+	 * used slot's file.fd is the client's own, closed when the slot is given up and by
+	 * client_fini. */
+	struct kept_file {
+		bool used;
+		struct map_file file;
+	} kept_files[IOMMUD_KEPT_FILES];
 };
 
 /* Sets up a client for a peer: finds its tenant if it is verified. Takes the peer over
  * (its groups and cgroup), whatever it returns; client_fini releases them. */
 int client_init(struct daemon *d, struct client *c, const struct peer *peer);
-/* Leaves the session, drops the tenant and releases the peer. */
+/* Leaves the session, drops the tenant, closes the kept descriptors and releases the peer. */
 void client_fini(struct client *c);
+/* Closes the descriptor kept in slot (KeepFiles), if any. */
+void client_give_up_kept_file(struct client *c, unsigned slot);
 /* Root, or a peer whose section has stats = all: sees every tenant's figures and may
  * re-execute the daemon. */
 bool client_is_observer(const struct client *c);

@@ -46,7 +46,7 @@ static const struct method methods[IOMMUD_METHOD_SLOTS] = {
 	METHOD(ATTACH_DEVICE, do_attach_device, WRITES, .session = true),
 	METHOD(REPLACE_DOMAIN, do_replace_domain, WRITES, .session = true),
 	METHOD(DETACH_DEVICE, do_detach_device, WRITES, .session = true),
-	METHOD(MAP, do_map, WRITES, .session = true, .min_fds = 1, .max_fds = 1),
+	METHOD(MAP, do_map, WRITES, .session = true, .max_fds = 1),
 	/* Each entry names its descriptor; check_fd_use holds the entries to them. */
 	METHOD(MAP_BATCH, do_map_batch, WRITES, .session = true, .max_fds = IOMMUD_MAX_FDS),
 	METHOD(UNMAP, do_unmap, WRITES, .session = true),
@@ -68,6 +68,8 @@ static const struct method methods[IOMMUD_METHOD_SLOTS] = {
 	METHOD(LIST_DELEGATIONS, do_list_delegations, READS),
 	/* Changes no tenant's state; who may ask is checked by the handler, as for a reexec. */
 	METHOD(SET_PROBES, do_set_probes, READS),
+	/* Only for maps, which need write access. */
+	METHOD(KEEP_FILES, do_keep_files, WRITES, .max_fds = IOMMUD_MAX_FDS),
 };
 
 const char *method_name(Iommud__V1__Request__MethodCase method)
@@ -358,7 +360,8 @@ static void call_end(struct call *call)
 	if (call->store_room)
 		state_call_end(call->d->state, call);
 	reply_fds_close(&call->out);
-	for (size_t i = 0; i < call->n_fds; i++)
+	/* Those past the carried ones are the connection's, kept. */
+	for (size_t i = 0; i < call->n_carried; i++)
 		if (call->fds[i] >= 0)
 			(void)close(call->fds[i]);
 }
@@ -375,8 +378,18 @@ int client_init(struct daemon *d, struct client *c, const struct peer *peer)
 	return tenant_get(d->reg, &c->peer, &c->tenant, &c->access);
 }
 
+void client_give_up_kept_file(struct client *c, unsigned slot)
+{
+	if (!c->kept_files[slot].used)
+		return;
+	(void)close(c->kept_files[slot].file.fd);
+	c->kept_files[slot].used = false;
+}
+
 void client_fini(struct client *c)
 {
+	for (unsigned slot = 0; slot < IOMMUD_KEPT_FILES; slot++)
+		client_give_up_kept_file(c, slot);
 	if (c->session)
 		session_leave(c->session);
 	if (c->tenant)
@@ -932,6 +945,7 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 			    .resp = &resp,
 			    .fds = fds,
 			    .n_fds = n_fds,
+			    .n_carried = n_fds,
 			    .failed_index = -1,
 			    .deadline_ns = deadline_ns};
 	Iommud__V1__Request *req = NULL;

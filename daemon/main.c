@@ -396,20 +396,26 @@ static void on_hangup(evutil_socket_t sig, short what, void *arg)
 		    "changed configuration (existing sessions end then)");
 }
 
-/* Every connection is a descriptor, and the usual soft limit (1024) is below the default
- * max-connections: take the hard limit, and say so when even that is too low. */
+/* Every connection is a descriptor and may keep IOMMUD_KEPT_FILES more (KeepFiles), and the
+ * usual soft limit (1024) is below the default max-connections: take the hard limit, and say
+ * so when even that is too low. */
 static void raise_fd_limit(unsigned max_connections)
 {
+	rlim_t needed = (rlim_t)max_connections * (1 + IOMMUD_KEPT_FILES) + 64;
 	struct rlimit limit;
 
 	if (getrlimit(RLIMIT_NOFILE, &limit) < 0)
 		return;
 	limit.rlim_cur = limit.rlim_max;
 	(void)setrlimit(RLIMIT_NOFILE, &limit);
-	if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < (rlim_t)max_connections + 64)
-		log_warning("the open-file limit (%llu) is below max-connections (%u) plus the "
-			    "daemon's own files; raise LimitNOFILE or lower max-connections",
-			    (unsigned long long)limit.rlim_cur, max_connections);
+	if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < needed)
+		log_warning(
+			"the open-file limit (%llu) is below max-connections (%u) times the "
+			"%d descriptors a connection may hold (its socket and the files it "
+			"keeps) plus the daemon's own files (%llu in all); raise LimitNOFILE or "
+			"lower max-connections",
+			(unsigned long long)limit.rlim_cur, max_connections, 1 + IOMMUD_KEPT_FILES,
+			(unsigned long long)needed);
 }
 
 /* How the loop ended, when a signal ended it: a re-execution (SIGUSR2) or the stop half of the

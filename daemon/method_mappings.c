@@ -20,17 +20,50 @@ _Static_assert(IOMMUD__V1__PROT__PROT_WRITE == KH_PROT_WRITE, "Prot bits are ker
 /* A failed batch's message, kept while it takes back its entries: as long as fail() keeps. */
 #define UNDO_MESSAGE_MAX 1024
 
-/* Every descriptor a request carries must be used by one of its entries (a stray one is a
- * client bug that would otherwise go unnoticed), and each one's file is checked once here,
- * however many entries map it. */
-static int check_fd_use(struct call *call, Iommud__V1__MapEntry *const *entries, size_t n)
+/* Appends the connection's kept descriptors the request names (kept_files) to those it
+ * carries, with their files as examined when they were kept: entries name them by fd_index
+ * past the carried ones. */
+static int add_kept_files(struct call *call, const uint32_t *slots, size_t n)
+{
+	if (n > IOMMUD_MAX_FDS - call->n_carried)
+		return fail(-EINVAL,
+			    "the request names %zu kept files and carries %zu descriptors; it may "
+			    "have %d together",
+			    n, call->n_carried, IOMMUD_MAX_FDS);
+	for (size_t i = 0; i < n; i++) {
+		const struct kept_file *kf =
+			slots[i] < IOMMUD_KEPT_FILES ? &call->client->kept_files[slots[i]] : NULL;
+
+		if (!kf || !kf->used)
+			return fail(-EBADF,
+				    "kept_files[%zu] is slot %u, where this connection keeps no "
+				    "file; keep the file first (KeepFiles), or send its descriptor "
+				    "with the request",
+				    i, slots[i]);
+		call->fds[call->n_fds] = kf->file.fd;
+		call->files[call->n_fds++] = kf->file;
+	}
+	return 0;
+}
+
+/* Every descriptor a request carries or names must be used by one of its entries (a stray one
+ * is a client bug that would otherwise go unnoticed), and each carried one's file is checked
+ * once here, however many entries map it; a kept one's again only where an entry reaches past
+ * the size it had when kept (it can only have grown). */
+static int check_fd_use(struct call *call, Iommud__V1__MapEntry *const *entries, size_t n,
+			const uint32_t *kept_files, size_t n_kept_files)
 {
 	int first_user[IOMMUD_MAX_FDS];
-	int rc;
+	uint64_t reach[IOMMUD_MAX_FDS] = {0};
+	int rc = add_kept_files(call, kept_files, n_kept_files);
 
+	if (rc < 0)
+		return rc;
 	for (size_t i = 0; i < call->n_fds; i++)
 		first_user[i] = -1;
 	for (size_t i = 0; i < n; i++) {
+		uint64_t end;
+
 		if (!entries[i]) {
 			call->failed_index = (int)i;
 			return fail(-EINVAL, "map entry %zu is empty", i);
@@ -39,19 +72,28 @@ static int check_fd_use(struct call *call, Iommud__V1__MapEntry *const *entries,
 			call->failed_index = (int)i;
 			return fail(
 				-EBADF,
-				"map entry %zu names descriptor %u, but the request carries %zu; "
-				"send the memory's fd with the request (SCM_RIGHTS)",
-				i, entries[i]->fd_index, call->n_fds);
+				"map entry %zu names descriptor %u, but the request carries %zu "
+				"and names %zu kept files; send the memory's fd with the request "
+				"(SCM_RIGHTS), or name the slot it is kept in (kept_files)",
+				i, entries[i]->fd_index, call->n_carried,
+				call->n_fds - call->n_carried);
 		}
 		if (first_user[entries[i]->fd_index] < 0)
 			first_user[entries[i]->fd_index] = (int)i;
+		if (__builtin_add_overflow(entries[i]->offset, entries[i]->length, &end))
+			end = UINT64_MAX;
+		if (end > reach[entries[i]->fd_index])
+			reach[entries[i]->fd_index] = end;
 	}
 	for (size_t i = 0; i < call->n_fds; i++) {
 		if (first_user[i] < 0)
 			return fail(-EINVAL,
-				    "descriptor %zu sent with the request is not used by any "
-				    "map entry; send only the fds the entries name",
-				    i);
+				    "descriptor %zu %s is not used by any map entry; send or name "
+				    "only the files the entries map",
+				    i,
+				    i < call->n_carried ? "sent with the request" : "named kept");
+		if (i >= call->n_carried && reach[i] <= call->files[i].size)
+			continue;
 		rc = session_check_file(call->fds[i], &call->files[i]);
 		if (rc < 0) {
 			call->failed_index = first_user[i];
@@ -482,7 +524,8 @@ int do_map(struct call *call)
 	if (!entry)
 		return fail(-EINVAL, "%s needs an entry saying what to map",
 			    method_name(call->req->method_case));
-	rc = check_fd_use(call, &entry, 1);
+	rc = check_fd_use(call, &entry, 1, call->req->map->kept_files,
+			  call->req->map->n_kept_files);
 	/* A Map has one entry: the status names no index. */
 	call->failed_index = -1;
 	if (rc < 0)
@@ -535,7 +578,7 @@ int do_map_batch(struct call *call)
 			    method_name(call->req->method_case), MAP_BATCH_MAX, n);
 	if (r->columns && (rc = entries_of_columns(call, r, n)) < 0)
 		return rc;
-	if ((rc = check_fd_use(call, r->entries, r->n_entries)) < 0)
+	if ((rc = check_fd_use(call, r->entries, r->n_entries, r->kept_files, r->n_kept_files)) < 0)
 		return rc;
 	reply = REPLY(call, map_batch_reply);
 	if (!reply || !(reply->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))) ||

@@ -13,6 +13,8 @@
 #define IOMMUD_MAX_MESSAGE 65536
 /* Descriptors (SCM_RIGHTS) carried by one packet. */
 #define IOMMUD_MAX_FDS 32
+/* Descriptors one connection may keep for its maps (KeepFiles): slots 0 to this less one. */
+#define IOMMUD_KEPT_FILES 8
 /* A Histogram's buckets (iommud.proto): the last, this index, holds everything from
  * 2^IOMMUD_HISTOGRAM_OPEN_BUCKET ns (about 69 s) up, so it has no upper bound. */
 #define IOMMUD_HISTOGRAM_OPEN_BUCKET 36

@@ -181,6 +181,17 @@ int iommuctl_unmap_all(struct iommuctl *c, uint32_t domain_id, uint64_t *unmappe
  * the daemon still maps the file: sealing it F_SEAL_WRITE fails with EBUSY, and its memory is
  * not freed when closed. */
 void iommuctl_set_keep_maps(struct iommuctl *c, bool keep);
+/* Has the daemon keep fd (KeepFiles) for this connection, at most IOMMUD_KEPT_FILES (8) at
+ * once: iommuctl_map_fd and iommuctl_map_batch then name it instead of sending it, and the
+ * daemon examines the file once, when it keeps it, instead of with every request (a memfd
+ * mapped and unmapped per I/O costs the daemon four system calls fewer per Map). The file
+ * must be a memfd sealed with F_SEAL_SHRINK and F_SEAL_SEAL (fcntl F_ADD_SEALS), so that its
+ * seals and size stay as examined. fd must stay open, naming the same file, until
+ * iommuctl_forget_fd; the daemon holds the file (and its memory) until then, or until the
+ * connection closes. After a reconnect the new connection keeps the same descriptors. */
+int iommuctl_keep_fd(struct iommuctl *c, int fd);
+/* Has the daemon give up a descriptor iommuctl_keep_fd kept; -ENOENT if it is not kept. */
+int iommuctl_forget_fd(struct iommuctl *c, int fd);
 /* A VFIO fd for the device, bound to the session's context; the caller owns it. Returns the
  * fd or a negative errno. */
 int iommuctl_open_device(struct iommuctl *c, const char *device);
