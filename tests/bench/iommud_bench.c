@@ -3,7 +3,7 @@
  * iommud-bench: what the daemon costs, in one run, each figure next to a baseline that shows
  * the limit it works against:
  *   1. Map+Unmap latency through libiommuctl against a bare SOCK_SEQPACKET ping-pong of packets
- *      of the same sizes (one descriptor with the Map-sized one), to an echo process;
+ *      of the same sizes (with the Map's descriptor where it carries one), to an echo process;
  *   2. MapBatch throughput against kernel-helper called in process;
  *   3. aggregate throughput and per-client latency from 1 to 64 concurrent clients;
  *   4. the daemon's and the kernel's memory per mapping at a million mappings in one domain;
@@ -15,6 +15,7 @@
 #define _GNU_SOURCE /* sched_setaffinity, CPU_SET */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
 #include <pthread.h>
@@ -270,13 +271,37 @@ static void client_close(struct iommuctl *c, uint32_t dom)
 	iommuctl_close(c);
 }
 
+/* A memfd sealed so that the daemon may keep it (KeepFiles), whether or not it is kept. */
 static int memfd(uint64_t size)
 {
 	int fd = iommuctl_memfd("iommud-bench", size);
 
 	if (fd < 0)
 		fail("creating a memfd", iommuctl_last_error(NULL));
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL) < 0)
+		fail("sealing a memfd against further seals", strerror(errno));
 	return fd;
+}
+
+/* The slot the connections of parts 1 and 2 keep their memfd in. */
+#define KEPT_SLOT 0
+
+/* Has the daemon keep mem in KEPT_SLOT for c's connection (KeepFiles), so that the requests
+ * naming it there carry no descriptor and the daemon examines the file once, as a client that
+ * maps its buffers per I/O does (libiommuctl: iommuctl_keep_fd). */
+static void keep_file(struct iommuctl *c, int mem)
+{
+	Iommud__V1__KeepFilesRequest keep = IOMMUD__V1__KEEP_FILES_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	uint32_t slot = KEPT_SLOT;
+
+	keep.slots = &slot;
+	keep.n_slots = 1;
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_KEEP_FILES;
+	req.keep_files = &keep;
+	check_call(c, iommuctl_call(c, &req, &mem, 1, &resp, NULL, 0, NULL), "KeepFiles");
+	iommuctl_response_free(resp);
 }
 
 /* The first device the daemon lets us take, unless --device named one. */
@@ -313,6 +338,8 @@ static void choose_device(void)
 struct map_pair {
 	Iommud__V1__MapEntry entry;
 	Iommud__V1__MapRequest map;
+	uint32_t kept_slot;
+	size_t map_fds; /* 1: the Map carries the memfd; 0: it names it kept */
 	Iommud__V1__UnmapRequest unmap;
 	Iommud__V1__Request map_req, unmap_req;
 };
@@ -320,7 +347,7 @@ struct map_pair {
 /* Packet sizes of one iteration, in the order they travel. */
 enum { MAP_REQUEST, MAP_REPLY, UNMAP_REQUEST, UNMAP_REPLY, PACKETS };
 
-static void map_pair_init(struct map_pair *p, uint32_t dom, uint64_t length)
+static void map_pair_init(struct map_pair *p, uint32_t dom, uint64_t length, bool kept)
 {
 	*p = (struct map_pair){
 		.entry = IOMMUD__V1__MAP_ENTRY__INIT,
@@ -335,6 +362,12 @@ static void map_pair_init(struct map_pair *p, uint32_t dom, uint64_t length)
 	p->entry.fixed_iova = true;
 	p->entry.iova = IOVA;
 	p->map.entry = &p->entry;
+	p->kept_slot = KEPT_SLOT;
+	if (kept) {
+		p->map.kept_files = &p->kept_slot;
+		p->map.n_kept_files = 1;
+	}
+	p->map_fds = !kept;
 	p->map_req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP;
 	p->map_req.map = &p->map;
 	p->unmap.domain_id = dom;
@@ -350,7 +383,7 @@ static void map_pair_run(struct iommuctl *c, struct map_pair *p, int mem, size_t
 {
 	Iommud__V1__Response *map, *unmap;
 
-	check_call(c, iommuctl_call(c, &p->map_req, &mem, 1, &map, NULL, 0, NULL), "Map");
+	check_call(c, iommuctl_call(c, &p->map_req, &mem, p->map_fds, &map, NULL, 0, NULL), "Map");
 	check_call(c, iommuctl_call(c, &p->unmap_req, NULL, 0, &unmap, NULL, 0, NULL), "Unmap");
 	if (sizes) {
 		sizes[MAP_REQUEST] = iommud__v1__request__get_packed_size(&p->map_req);
@@ -373,9 +406,11 @@ struct batch {
 	Iommud__V1__MapEntryColumns columns;
 	Iommud__V1__MapBatchRequest map_batch;
 	Iommud__V1__Request req;
+	uint32_t kept_slot;
+	size_t map_fds; /* as struct map_pair's */
 };
 
-static void batch_init(struct batch *b, uint32_t dom, size_t entries)
+static void batch_init(struct batch *b, uint32_t dom, size_t entries, bool kept)
 {
 	b->domain_id = dom;
 	b->length = PAGE;
@@ -393,6 +428,12 @@ static void batch_init(struct batch *b, uint32_t dom, size_t entries)
 	b->columns.iovas = b->iovas;
 	b->map_batch = (Iommud__V1__MapBatchRequest)IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
 	b->map_batch.columns = &b->columns;
+	b->kept_slot = KEPT_SLOT;
+	if (kept) {
+		b->map_batch.kept_files = &b->kept_slot;
+		b->map_batch.n_kept_files = 1;
+	}
+	b->map_fds = !kept;
 	b->req = (Iommud__V1__Request)IOMMUD__V1__REQUEST__INIT;
 	b->req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
 	b->req.map_batch = &b->map_batch;
@@ -409,7 +450,8 @@ static void batch_map(struct iommuctl *c, struct batch *b, int mem, uint64_t fir
 		b->offsets[i] = (first + i) * stride % file_pages * PAGE;
 		b->iovas[i] = IOVA + (first + i) * PAGE;
 	}
-	check_call(c, iommuctl_call(c, &b->req, &mem, 1, &resp, NULL, 0, NULL), "MapBatch");
+	check_call(c, iommuctl_call(c, &b->req, &mem, b->map_fds, &resp, NULL, 0, NULL),
+		   "MapBatch");
 	iommuctl_response_free(resp);
 }
 
@@ -432,15 +474,16 @@ static size_t recv_packet(int sock, uint8_t *buf, size_t *nfds)
 	return packet.len;
 }
 
-/* Answers each packet with one of the reply's size: the Map reply's for a packet that came
- * with a descriptor, the Unmap reply's otherwise. */
+/* Answers each packet with one of the reply's size: the packets come as Map, Unmap, Map, ...
+ * so the first, third, ... get the Map reply's, the others the Unmap reply's. */
 static void echo_serve(int sock, const size_t *sizes)
 {
 	static uint8_t buf[IOMMUCTL_MAX_MESSAGE];
+	bool map = true;
 	size_t nfds;
 
-	while (recv_packet(sock, buf, &nfds))
-		raw_send(sock, buf, nfds ? sizes[MAP_REPLY] : sizes[UNMAP_REPLY], NULL, 0);
+	for (; recv_packet(sock, buf, &nfds); map = !map)
+		raw_send(sock, buf, map ? sizes[MAP_REPLY] : sizes[UNMAP_REPLY], NULL, 0);
 }
 
 struct echo {
@@ -478,13 +521,14 @@ static void echo_stop(struct echo *e)
 		fail("the echo process", "did not end cleanly");
 }
 
-/* What one Map+Unmap iteration is to the transport: two ping-pongs of the same sizes. */
-static void ping_pong_pair(const struct echo *e, const size_t *sizes, int mem)
+/* What one Map+Unmap iteration is to the transport: two ping-pongs of the same sizes, the
+ * first with the Map's descriptors (map_fds: the memfd, or none where it is kept). */
+static void ping_pong_pair(const struct echo *e, const size_t *sizes, int mem, size_t map_fds)
 {
 	static uint8_t out[IOMMUCTL_MAX_MESSAGE], in[IOMMUCTL_MAX_MESSAGE];
 	size_t nfds;
 
-	raw_send(e->sock, out, sizes[MAP_REQUEST], &mem, 1);
+	raw_send(e->sock, out, sizes[MAP_REQUEST], &mem, map_fds);
 	if (recv_packet(e->sock, in, &nfds) != sizes[MAP_REPLY])
 		fail("the echo process", "answered with the wrong size");
 	raw_send(e->sock, out, sizes[UNMAP_REQUEST], NULL, 0);
@@ -510,8 +554,8 @@ static void format_size(char *buf, size_t len, uint64_t bytes)
 		(void)snprintf(buf, len, "%llu KiB", (unsigned long long)(bytes / KiB));
 }
 
-static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsigned iterations,
-			 const struct placement *where)
+static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, bool kept,
+			 unsigned iterations, const struct placement *where)
 {
 	struct samples daemon = {0}, transport = {0};
 	uint64_t daemon_cpu = 0, client_cpu = 0, echo_cpu = 0, echo_client_cpu = 0;
@@ -523,7 +567,9 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsi
 	char label[32], packets[32];
 	int mem = memfd(length);
 
-	map_pair_init(&pair, dom, length);
+	map_pair_init(&pair, dom, length, kept);
+	if (kept)
+		keep_file(c, mem);
 	for (unsigned i = 0; i < warm; i++)
 		map_pair_run(c, &pair, mem, NULL);
 	/* After the warm-up, so the ids are near the run's: an id's varint grows by a byte only
@@ -532,7 +578,7 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsi
 	echo_start(&echo, sizes);
 	pin(echo.pid, where->server_cpu);
 	for (unsigned i = 0; i < warm; i++)
-		ping_pong_pair(&echo, sizes, mem);
+		ping_pong_pair(&echo, sizes, mem, pair.map_fds);
 	/* Alternating, so that a drift of the machine shows in both columns alike. */
 	for (unsigned r = 0; r < ROUNDS; r++) {
 		uint64_t cpu_start = daemon_cpu_ns(), client_start = thread_cpu_ns();
@@ -551,7 +597,7 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsi
 		for (unsigned i = 0; i < per_round; i++) {
 			uint64_t start = now_ns();
 
-			ping_pong_pair(&echo, sizes, mem);
+			ping_pong_pair(&echo, sizes, mem, pair.map_fds);
 			samples_add(&transport, now_ns() - start);
 		}
 		echo_client_cpu += thread_cpu_ns() - client_start;
@@ -564,12 +610,12 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, unsi
 	format_size(label, sizeof(label), length);
 	(void)snprintf(packets, sizeof(packets), "%zu/%zu %zu/%zu", sizes[MAP_REQUEST],
 		       sizes[MAP_REPLY], sizes[UNMAP_REQUEST], sizes[UNMAP_REPLY]);
-	(void)printf("%-4s %-8s %7zu  %-13s %11.0f %11.0f %7.2f %11.0f %11.0f %7.2f %11.0f %11.0f "
-		     "%11.0f "
-		     "%11.0f\n",
-		     where->name, label, daemon.n, packets, d.median, t.median, d.median / t.median,
-		     d.p99, t.p99, d.p99 / t.p99, (double)daemon_cpu / (double)daemon.n,
-		     (double)client_cpu / (double)daemon.n, (double)echo_cpu / (double)transport.n,
+	(void)printf("%-4s %-8s %-4s %7zu  %-13s %11.0f %11.0f %7.2f %11.0f %11.0f %7.2f %11.0f "
+		     "%11.0f %11.0f %11.0f\n",
+		     where->name, label, kept ? "kept" : "sent", daemon.n, packets, d.median,
+		     t.median, d.median / t.median, d.p99, t.p99, d.p99 / t.p99,
+		     (double)daemon_cpu / (double)daemon.n, (double)client_cpu / (double)daemon.n,
+		     (double)echo_cpu / (double)transport.n,
 		     (double)echo_client_cpu / (double)transport.n);
 	samples_free(&daemon);
 	samples_free(&transport);
@@ -579,8 +625,10 @@ static void part_latency(void)
 {
 	static const struct {
 		uint64_t length;
+		bool kept;
 		unsigned divisor; /* fewer iterations where one takes long */
-	} cases[] = {{4 * KiB, 1}, {2 * MiB, 1}, {256 * MiB, 5}};
+	} cases[] = {
+		{4 * KiB, true, 1}, {4 * KiB, false, 1}, {2 * MiB, true, 1}, {256 * MiB, true, 5}};
 	struct placement where[2];
 	size_t n_where = placements(where);
 	uint32_t dom;
@@ -590,22 +638,23 @@ static void part_latency(void)
 		"\n1. Map+Unmap round trips (ns per iteration: Map, then Unmap of it)\n"
 		"   daemon: through libiommuctl, each Unmap asking the daemon to keep its map of\n"
 		"   the file for the next Map (keep_map), as a client mapping per I/O does;\n"
-		"   ping-pong: the same packet sizes over a bare\n"
-		"   SOCK_SEQPACKET socketpair to an echo process, one descriptor with the Map "
-		"one;\n"
+		"   fd: kept = the connection keeps the memfd (KeepFiles) and the Map names it,\n"
+		"   as such a client does; sent = the Map carries it, examined each time;\n"
+		"   ping-pong: the same packet sizes over a bare SOCK_SEQPACKET socketpair to\n"
+		"   an echo process, with the Map's descriptor where it carries one;\n"
 		"   daemon-cpu: the daemon's CPU time per iteration (0 for a daemon not ours);\n"
 		"   client-cpu: the client's, in libiommuctl and the kernel for it;\n"
 		"   echo-cpu, pp-client-cpu: the same two for the ping-pong;\n"
 		"   cpus: 1 = client, daemon and echo pinned to one CPU, 2 = the client on one,\n"
 		"   the daemon and echo on another, any = placed by the scheduler\n\n");
-	(void)printf("%-4s %-8s %7s  %-13s %11s %11s %7s %11s %11s %7s %11s %11s %11s %11s\n",
-		     "cpus", "size", "iters", "packets (B)", "daemon-med", "pingpong-med", "ratio",
-		     "daemon-p99", "pingpong-p99", "ratio", "daemon-cpu", "client-cpu", "echo-cpu",
-		     "pp-client-cpu");
+	(void)printf("%-4s %-8s %-4s %7s  %-13s %11s %11s %7s %11s %11s %7s %11s %11s %11s %11s\n",
+		     "cpus", "size", "fd", "iters", "packets (B)", "daemon-med", "pingpong-med",
+		     "ratio", "daemon-p99", "pingpong-p99", "ratio", "daemon-cpu", "client-cpu",
+		     "echo-cpu", "pp-client-cpu");
 	for (size_t w = 0; w < n_where; w++) {
 		place(&where[w]);
 		for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-			latency_case(c, dom, cases[i].length,
+			latency_case(c, dom, cases[i].length, cases[i].kept,
 				     opt.iterations / cases[i].divisor
 					     ? opt.iterations / cases[i].divisor
 					     : 1,
@@ -690,7 +739,9 @@ static void batch_daemon_open(struct batch_daemon *d)
 	 * the same pool of buffers again after each UnmapAll asks it to. */
 	iommuctl_set_keep_maps(d->c, true);
 	d->mem = memfd(round_pages() * PAGE);
-	batch_init(d->b, d->dom, BATCH);
+	/* Kept, as the in-process side's memory is there without a descriptor per call. */
+	keep_file(d->c, d->mem);
+	batch_init(d->b, d->dom, BATCH, true);
 }
 
 static void batch_daemon_close(struct batch_daemon *d)
@@ -847,12 +898,12 @@ static void *client_run(void *arg)
 	uint64_t deadline;
 
 	if (cl->workload == MAP_UNMAP) {
-		map_pair_init(&pair, cl->dom, PAGE);
+		map_pair_init(&pair, cl->dom, PAGE, false);
 	} else {
 		b = malloc(sizeof(*b));
 		if (!b)
 			fail("allocating a batch", strerror(ENOMEM));
-		batch_init(b, cl->dom, BATCH);
+		batch_init(b, cl->dom, BATCH, false);
 	}
 	pthread_barrier_wait(cl->start);
 	cl->start_ns = now_ns();
@@ -1055,7 +1106,7 @@ static void part_memory(void)
 		return;
 	}
 	c = client_open(&dom);
-	batch_init(b, dom, BATCH);
+	batch_init(b, dom, BATCH, false);
 	before = daemon_memory();
 	for (uint64_t first = 0; first < mappings; first += BATCH)
 		batch_map(c, b, mem, first, 2, MANY_FILE_PAGES);
@@ -1113,7 +1164,7 @@ static Iommud__V1__Request *tenant_request(unsigned k)
 static void tenant_pairs_init(uint32_t dom)
 {
 	for (unsigned i = 0; i < TENANT_DEPTH; i++) {
-		map_pair_init(&tenant_pairs[i], dom, PAGE);
+		map_pair_init(&tenant_pairs[i], dom, PAGE, false);
 		tenant_pairs[i].entry.iova = tenant_pairs[i].unmap.iova = IOVA + i * PAGE;
 	}
 }
@@ -1461,12 +1512,15 @@ static void usage_figures(FILE *out)
 		"     that size, at a fixed IOVA). One iteration is a Map, then an Unmap of it,\n"
 		"     through libiommuctl: two round trips. The Unmap sets keep_map, as a\n"
 		"     client that maps a buffer per I/O would, so the daemon keeps its map of\n"
-		"     the file for the next Map (part 3's pairs too).\n"
+		"     the file for the next Map (part 3's pairs too). fd kept: the connection\n"
+		"     keeps the memfd (KeepFiles) and each Map names it, so the daemon examines\n"
+		"     the file once; fd sent (4 KiB only): each Map carries the descriptor and\n"
+		"     the daemon examines the file each time, as a client that keeps nothing.\n"
 		"     The baseline is the transport\n"
 		"     alone: two ping-pongs over a SOCK_SEQPACKET socketpair with an echo\n"
 		"     process, the packets exactly as long as the encoded Map request and\n"
 		"     reply and Unmap request and reply (shown in bytes), the Map request\n"
-		"     carrying one descriptor as the real one does. Median and 99th\n"
+		"     carrying a descriptor where the real one does. Median and 99th\n"
 		"     percentile in ns, and daemon/ping-pong: what decoding, checking and\n"
 		"     mapping add to the round trips. daemon-cpu: the CPU time the daemon's\n"
 		"     event loop spent per iteration (its schedstat), which the machine's other\n"
@@ -1482,8 +1536,9 @@ static void usage_figures(FILE *out)
 		"     against the same pages mapped one by one with kh_map and removed with\n"
 		"     one kh_unmap inside this process on kernel-helper's emulated backend,\n"
 		"     the two taking turns round by round. The UnmapAll asks the daemon to\n"
-		"     keep its map of the memfd for the next round (keep_map), as the process\n"
-		"     keeps its own.\n"
+		"     keep its map of the memfd for the next round (keep_map), and the\n"
+		"     connection keeps the memfd (KeepFiles) so that batches name it instead of\n"
+		"     carrying it, as the process keeps its own map and descriptor.\n"
 		"     Map and unmap ns per page, pages/s of the whole cycle, and the time\n"
 		"     ratios daemon/in-process. Per page the daemon does more: it decodes\n"
 		"     the entry, checks it against the tenant's quotas and keeps a record of\n"
