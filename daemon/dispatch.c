@@ -24,8 +24,7 @@ struct method {
 	int (*handle)(struct call *call);
 	enum access access; /* the least access a caller needs */
 	bool mutates;	    /* changes state, so needs write access */
-	unsigned min_fds;   /* descriptors the request must carry ... */
-	unsigned max_fds;   /* ... and may carry */
+	unsigned max_fds;   /* descriptors the request may carry */
 	bool session;	    /* joins the anonymous session if Hello chose none */
 	bool once;	    /* only first on a connection; a failed one may be retried */
 };
@@ -102,9 +101,9 @@ static int check_entry(const ProtobufCFieldDescriptor *f)
 		log_err("method %s mutates but needs only read access", f->name);
 		rc = -EINVAL;
 	}
-	if (m->min_fds > m->max_fds || m->max_fds > IOMMUD_MAX_FDS) {
-		log_err("method %s takes %u to %u descriptors, which no packet can carry", f->name,
-			m->min_fds, m->max_fds);
+	if (m->max_fds > IOMMUD_MAX_FDS) {
+		log_err("method %s takes up to %u descriptors, which no packet can carry", f->name,
+			m->max_fds);
 		rc = -EINVAL;
 	}
 	if (!reply || !(reply->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)) {
@@ -550,19 +549,20 @@ int dispatch_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t
 	return check_strings(desc, data, data + len, &(const struct field_path){NULL, ""});
 }
 
+/* How many a method needs is its handler's to check (a Map may name a kept file instead). */
 static int check_fd_count(const struct call *call, const struct method *m)
 {
-	if (call->n_fds >= m->min_fds && call->n_fds <= m->max_fds)
+	if (call->n_fds <= m->max_fds)
 		return 0;
-	if (m->min_fds == m->max_fds)
+	if (!m->max_fds)
 		return fail(-EINVAL,
-			    "%s takes exactly %u file descriptors, but %zu came with it; send "
-			    "the ones its request names as SCM_RIGHTS, and no others",
-			    method_name(call->req->method_case), m->max_fds, call->n_fds);
+			    "%s takes no file descriptors, but %zu came with it; send descriptors "
+			    "only with the requests that name them",
+			    method_name(call->req->method_case), call->n_fds);
 	return fail(-EINVAL,
-		    "%s takes %u to %u file descriptors, but %zu came with it; send the ones "
+		    "%s takes at most %u file descriptors, but %zu came with it; send the ones "
 		    "its request names as SCM_RIGHTS, and no others",
-		    method_name(call->req->method_case), m->min_fds, m->max_fds, call->n_fds);
+		    method_name(call->req->method_case), m->max_fds, call->n_fds);
 }
 
 /* The refusals that come before a method runs, in the order docs/protocol.md gives. A request
