@@ -865,7 +865,7 @@ struct batch {
 	Iommud__V1__MapEntry *entries, **entry_ptrs;
 };
 
-/* Marks a batch's fd_index as one of its kept files' until batch_kept_indexes places it. */
+/* Marks a batch's fd_index as one of its kept files' until iommuctl_map_batch places it. */
 #define BATCH_KEPT_INDEX 0x80000000u
 
 /* The index of fd among the batch's descriptors, added on first sight; a kept one's among its

@@ -164,9 +164,9 @@ struct request_chunk {
 };
 
 /* The chunks of the last requests freed, for the next: most requests then allocate nothing.
- * A MapBatch's entries need one chunk larger than the rest: handing such chunks back to malloc
- * each time costs more than the batch's kernel-helper calls gain, as the large request makes
- * malloc gather the small blocks the last UnmapAll freed. Up to REQUEST_SPARES chunks of up to
+ * A MapBatch's entries need one chunk larger than the rest, and a chunk that large handed back
+ * to malloc after each batch costs more than it saves: the next large malloc makes glibc
+ * consolidate the small blocks the last UnmapAll freed. Up to REQUEST_SPARES chunks of up to
  * REQUEST_SPARE_MAX bytes each are kept, per thread, as a thread's requests come one at a time;
  * dispatch_fini frees them. */
 #define REQUEST_SPARES	  4
