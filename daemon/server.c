@@ -36,8 +36,8 @@
 /* A costly request is handled in slices of about this long, one per turn of its tenant. */
 #define SLICE_NS TURN_NS
 /* Between slices of a request, whether its client has gone is asked at most this often: a
- * system call per slice would cost a MapBatch more than its parsing, and work on for a client
- * gone for this long more is work undone anyway. */
+ * system call per slice would cost a MapBatch more than its parsing, and a client gone is then
+ * noticed at most this much work later, which the take-back undoes. */
 #define PEER_CHECK_NS 1000000
 /* The flow the listening socket is charged to: a uid no peer has. Taking connections is
  * work like a tenant's requests, so that a storm of connects gets one share of the loop. */
