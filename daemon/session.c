@@ -1762,6 +1762,7 @@ static int map_part(struct session *s, struct map_progress *p)
 	in_process_add(start, &p->map_ns);
 	if (rc < 0)
 		return fail_kh(rc, "cannot map");
+	charge_tables(s, p->mo->dom, part.table_bytes);
 	if (!p->mapped)
 		p->req.iova = part.iova;
 	p->mapped += part.length;
@@ -1770,15 +1771,11 @@ static int map_part(struct session *s, struct map_progress *p)
 
 int session_map_step(struct session *s, struct map_progress *p)
 {
-	struct domain_rec *dom = p->mo->dom;
 	int rc = map_part(s, p);
 
-	if (rc >= 0) {
-		recharge_tables(s, dom);
-		/* Only the map shows what its tables cost: take it back (its memory with it). */
-		if (s->tenant->used.page_table_bytes > s->tenant->rule->max_page_table_bytes)
-			rc = page_tables_exhausted(s->tenant);
-	}
+	/* Only the map shows what its tables cost: take it back (its memory with it). */
+	if (rc >= 0 && s->tenant->used.page_table_bytes > s->tenant->rule->max_page_table_bytes)
+		rc = page_tables_exhausted(s->tenant);
 	if (rc < 0) {
 		DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, p->domain_id, p->req.iova, rc);
 		/* The failure's message stays the one to reply with. */

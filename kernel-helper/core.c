@@ -734,13 +734,18 @@ int kh_domain_type(struct kh_ctx *ctx, uint32_t domain_id, enum kh_domain_type *
 	return rc;
 }
 
+static uint64_t table_bytes(struct kh_domain *dom)
+{
+	return dom->ops->table_bytes ? dom->ops->table_bytes(dom) : 0;
+}
+
 int kh_domain_table_bytes(struct kh_ctx *ctx, uint32_t domain_id, uint64_t *ret_bytes)
 {
 	struct kh_domain *dom;
 	int rc = kh_find_domain(ctx, domain_id, &dom);
 
 	if (rc == 0)
-		*ret_bytes = dom->ops->table_bytes ? dom->ops->table_bytes(dom) : 0;
+		*ret_bytes = table_bytes(dom);
 	return rc;
 }
 
@@ -1136,9 +1141,10 @@ int kh_map(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req)
 
 	if (rc < 0)
 		return rc;
-	if (req->flags & KH_MAP_EXTEND)
-		return map_extension(dom, req);
-	return map_into(dom, req, NULL);
+	rc = req->flags & KH_MAP_EXTEND ? map_extension(dom, req) : map_into(dom, req, NULL);
+	if (rc == 0)
+		req->table_bytes = table_bytes(dom);
+	return rc;
 }
 
 int kh_place(struct kh_ctx *ctx, uint32_t domain_id, struct kh_map_req *req)

@@ -555,11 +555,18 @@ TEST_F(emu, huge_leaf)
 }
 
 /* What the tables of each domain cost its caller, through the backend-neutral call: sparse 4 KiB
- * mappings cost three tables each; domains without tables cost nothing. */
+ * mappings cost three tables each; domains without tables cost nothing. kh_map says what the
+ * call would after it, for a part that continues a mapping (KH_MAP_EXTEND) too. */
 TEST_F(emu, table_bytes_for_charging)
 {
 	struct kh_domain_alloc_args blocked = {.type = KH_DOMAIN_BLOCKED};
-	uint8_t *mem = aligned_memory(PAGE, PAGE);
+	uint8_t *mem = aligned_memory(2 * PAGE, PAGE);
+	/* The last page below a 2 MiB boundary: the part after it needs a leaf table of its own. */
+	struct kh_map_req req = {.iova = (1ull << 39) + (2ull << 20) - PAGE,
+				 .length = PAGE,
+				 .addr = addr_of(mem),
+				 .prot = KH_PROT_READ,
+				 .flags = KH_MAP_FIXED_IOVA};
 	struct attached f;
 	uint64_t bytes;
 	uint32_t b;
@@ -568,10 +575,17 @@ TEST_F(emu, table_bytes_for_charging)
 	CHECK_OK(kh_domain_table_bytes(f.ctx, f.dom, &bytes));
 	CHECK_EQ(bytes, PAGE); /* the root */
 	map(f.ctx, f.dom, 0, mem, PAGE, KH_PROT_READ);
-	map(f.ctx, f.dom, 1ull << 39, mem, PAGE, KH_PROT_READ);
+	CHECK_OK(kh_map(f.ctx, f.dom, &req));
+	CHECK_EQ(req.table_bytes, (1 + 2 * 3) * PAGE);
 	CHECK_OK(kh_domain_table_bytes(f.ctx, f.dom, &bytes));
 	CHECK_EQ(bytes, (1 + 2 * 3) * PAGE);
-	CHECK_OK(kh_unmap(f.ctx, f.dom, 1ull << 39, PAGE, NULL));
+	req.iova += PAGE;
+	req.addr += PAGE;
+	req.flags |= KH_MAP_EXTEND;
+	req.table_bytes = 0;
+	CHECK_OK(kh_map(f.ctx, f.dom, &req));
+	CHECK_EQ(req.table_bytes, (1 + 2 * 3 + 1) * PAGE);
+	CHECK_OK(kh_unmap(f.ctx, f.dom, 1ull << 39, 4ull << 20, NULL));
 	CHECK_OK(kh_domain_table_bytes(f.ctx, f.dom, &bytes));
 	CHECK_EQ(bytes, (1 + 3) * PAGE);
 	CHECK_OK(kh_domain_alloc(f.ctx, f.dev, &blocked, &b));

@@ -403,15 +403,17 @@ void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, 
 #define KH_MAP_EXTEND (1u << 2)
 
 struct kh_map_req {
-	uint64_t iova;	    /* in with KH_MAP_FIXED_IOVA; out on success */
-	uint64_t length;    /* bytes, a multiple of the smallest page size */
-	uint64_t addr;	    /* virtual address of the memory, or offset in fd; page aligned */
-	uint32_t prot;	    /* KH_PROT_* (at least one) */
-	uint32_t flags;	    /* KH_MAP_* */
-	uint64_t alignment; /* allocated IOVA: power of two >= page size, 0 for the default */
-	int32_t fd;	    /* with KH_MAP_FILE: open for the call; while taking over, until
-			     * kh_ctx_adopt_end. The caller keeps it; ignored by kh_copy */
-	void *owner;	    /* the caller's cookie for the mapping, or NULL; see "Owners" */
+	uint64_t iova;	      /* in with KH_MAP_FIXED_IOVA; out on success */
+	uint64_t length;      /* bytes, a multiple of the smallest page size */
+	uint64_t addr;	      /* virtual address of the memory, or offset in fd; page aligned */
+	uint32_t prot;	      /* KH_PROT_* (at least one) */
+	uint32_t flags;	      /* KH_MAP_* */
+	uint64_t alignment;   /* allocated IOVA: power of two >= page size, 0 for the default */
+	int32_t fd;	      /* with KH_MAP_FILE: open for the call; while taking over, until
+			       * kh_ctx_adopt_end. The caller keeps it; ignored by kh_copy */
+	void *owner;	      /* the caller's cookie for the mapping, or NULL; see "Owners" */
+	uint64_t table_bytes; /* out on kh_map's success: kh_domain_table_bytes after it, which
+			       * a caller charging the tables would ask next */
 };
 
 /* Maps [addr, addr+length) at an IOVA. -EEXIST if it overlaps a mapping; -EINVAL if it touches a
