@@ -11,11 +11,13 @@
  * Where the kernel maps files by descriptor (iommufd on Linux 6.13 and later), the daemon holds
  * no mapping of the memfd in its own address space; elsewhere it does. MapBatch takes the same
  * path as Map, and a writable map of a read-only descriptor is refused with the same message on
- * both.
+ * both. A file the connection keeps (KeepFiles) is mapped by its slot, the request carrying no
+ * descriptor, on the same path as one sent with each Map.
  *
  * Runs in the VM tier only (exit 77, skipped, outside its guest or where no edu is bound to
  * vfio-pci).
  */
+#define _GNU_SOURCE /* F_ADD_SEALS */
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdio.h>
@@ -40,10 +42,11 @@
 #define VM_BACKEND "auto"
 #endif
 
-#define PAGE	 4096u
-#define SRC_IOVA 0x100000u /* edu masks DMA addresses to 28 bits: stay below 256 MiB */
-#define DST_IOVA 0x101000u
-#define ALT_IOVA 0x103000u /* the source again, mapped by MapBatch, a page apart from DST */
+#define PAGE	  4096u
+#define SRC_IOVA  0x100000u /* edu masks DMA addresses to 28 bits: stay below 256 MiB */
+#define DST_IOVA  0x101000u
+#define ALT_IOVA  0x103000u /* the source again, mapped by MapBatch, a page apart from DST */
+#define KEPT_IOVA 0x110000u /* a kept file's two pages, clear of the others */
 
 /* What the steps share, in the order main takes them: each step leaves the daemon, the
  * session and the device as the next one expects them. */
@@ -230,6 +233,50 @@ static void check_batch(struct edu_session *s, const char *backend)
 	check_unmap_across_hole(s);
 }
 
+/* A memfd the connection keeps is mapped by naming its slot: where the kernel maps files by
+ * descriptor, what it gets is the descriptor the daemon kept, and the daemon holds no mapping
+ * of the file; elsewhere the daemon maps it. The device's DMA from its first page to its second
+ * lands, and is blocked once both are unmapped; the file is forgotten after. */
+static void check_kept_file(struct edu_session *s, const char *backend)
+{
+	int mem = iommuctl_memfd("kept", 2 * PAGE);
+	uint64_t iova, bytes = 0;
+	uint8_t *va;
+
+	CHECK_OK(mem);
+	/* Only a file whose seals cannot change may be kept; iommuctl_memfd sealed its size. */
+	CHECK(fcntl(mem, F_ADD_SEALS, F_SEAL_SEAL) == 0);
+	va = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, mem, 0);
+	CHECK(va != MAP_FAILED);
+	for (size_t i = 0; i < PAGE; i++)
+		va[i] = (uint8_t)(i * 13 + 1);
+	check_call(s->c, iommuctl_keep_fd(s->c, mem), "KeepFiles");
+	iova = KEPT_IOVA;
+	check_call(s->c,
+		   iommuctl_map_fd(s->c, s->dom, mem, 0, PAGE, IOMMUCTL_PROT_READ, true, 0, &iova),
+		   "Map of the kept file's first page");
+	iova = KEPT_IOVA + PAGE;
+	check_call(s->c,
+		   iommuctl_map_fd(s->c, s->dom, mem, PAGE, PAGE,
+				   IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE, true, 0, &iova),
+		   "Map of the kept file's second page");
+	check_daemon_view(s->daemon.pid, mem, backend, "after Map of a kept file");
+	edu_dma(&s->edu, KEPT_IOVA, EDU_XFER, false);
+	edu_dma(&s->edu, KEPT_IOVA + PAGE, EDU_XFER, true);
+	CHECK(memcmp(va + PAGE, va, EDU_XFER) == 0);
+	(void)printf("ok: DMA through the mappings of a kept file landed in it\n");
+	check_call(s->c, iommuctl_unmap(s->c, s->dom, KEPT_IOVA, 2 * PAGE, &bytes),
+		   "Unmap of the kept file's pages");
+	CHECK_EQ(bytes, 2 * PAGE);
+	memset(va + PAGE, 0x6b, PAGE);
+	edu_dma(&s->edu, KEPT_IOVA + PAGE, EDU_XFER, true);
+	CHECK(all_bytes(va + PAGE, PAGE, 0x6b));
+	check_call(s->c, iommuctl_forget_fd(s->c, mem), "KeepFiles forget");
+	(void)printf("ok: after Unmap the DMA to the kept file is blocked\n");
+	(void)munmap(va, 2 * PAGE);
+	(void)close(mem);
+}
+
 /* A read-only descriptor of the memfd may not be mapped for the device to write, with the
  * same message whether the daemon maps the file itself or the kernel maps it by descriptor. */
 static void check_read_only_refused(struct edu_session *s)
@@ -333,6 +380,7 @@ int main(void)
 	check_replace_in_place_reattaches(&s, want);
 	check_unmap_blocks(&s);
 	check_batch(&s, want);
+	check_kept_file(&s, want);
 	check_read_only_refused(&s);
 	check_append_only_refused(&s);
 	check_session_end_detaches(&s);
