@@ -58,6 +58,7 @@ struct iommuctl {
 		int fd;
 	} kept[IOMMUD_KEPT_FILES];
 	bool batch_columns;   /* the daemon's last Hello offered map_batch_columns */
+	bool batch_picked;    /* and map_batch_picked_iovas */
 	int32_t failed_index; /* the last failed reply's Status.failed_index */
 	bool reconnecting;    /* re-opening the lease: no reconnect within a reconnect */
 	Iommud__V1__Code last_code;
@@ -369,10 +370,13 @@ static void receive_limit(struct iommuctl *c, unsigned ms)
  * version answers the re-opening Hello for itself. */
 static void note_capabilities(struct iommuctl *c, const Iommud__V1__HelloReply *hello)
 {
-	c->batch_columns = false;
-	for (size_t i = 0; hello && i < hello->n_capabilities; i++)
+	c->batch_columns = c->batch_picked = false;
+	for (size_t i = 0; hello && i < hello->n_capabilities; i++) {
 		if (strcmp(hello->capabilities[i], "map_batch_columns") == 0)
 			c->batch_columns = true;
+		if (strcmp(hello->capabilities[i], "map_batch_picked_iovas") == 0)
+			c->batch_picked = true;
+	}
 }
 
 static int reopen_lease(struct iommuctl *c)
@@ -976,6 +980,28 @@ static struct batch *batch_new(size_t n)
 	return b;
 }
 
+/* Stores where the daemon mapped each entry: every entry's IOVA from the reply, or with
+ * picked_only, the reply's IOVAs of the entries it picked one for, in order. */
+static int batch_iovas(struct iommuctl *c, struct iommuctl_map_entry *entries, size_t n,
+		       bool picked_only, const Iommud__V1__MapBatchReply *reply)
+{
+	size_t expected = n, next = 0;
+
+	if (picked_only) {
+		expected = 0;
+		for (size_t i = 0; i < n; i++)
+			expected += !entries[i].fixed_iova;
+	}
+	if (reply->n_iovas != expected)
+		return fail(c, -EPROTO,
+			    "iommud answered a batch of %zu entries with %zu addresses, not %zu", n,
+			    reply->n_iovas, expected);
+	for (size_t i = 0; i < n; i++)
+		if (!picked_only || !entries[i].fixed_iova)
+			entries[i].iova = reply->iovas[next++];
+	return 0;
+}
+
 int iommuctl_map_batch(struct iommuctl *c, struct iommuctl_map_entry *entries, size_t n,
 		       size_t *ret_failed)
 {
@@ -1003,6 +1029,8 @@ int iommuctl_map_batch(struct iommuctl *c, struct iommuctl_map_entry *entries, s
 				(uint32_t)b->nfds + (b->fd_indexes[i] & ~BATCH_KEPT_INDEX);
 	b->req.kept_files = b->kept_files;
 	b->req.n_kept_files = b->n_kept_files;
+	/* The entries at fixed IOVAs went where they asked; only the others' are news. */
+	b->req.picked_iovas_only = c->batch_picked;
 	if (!err) {
 		if (c->batch_columns)
 			batch_columns(b, entries, n);
@@ -1011,18 +1039,14 @@ int iommuctl_map_batch(struct iommuctl *c, struct iommuctl_map_entry *entries, s
 		req = request_of(IOMMUD__V1__REQUEST__METHOD_MAP_BATCH, &b->req.base);
 		err = iommuctl_call(c, &req, b->fds, b->nfds, &r, NULL, 0, NULL);
 	}
-	if (err == 0 && r->map_batch->n_iovas != n)
-		err = fail(c, -EPROTO, "iommud answered a batch of %zu entries with %zu addresses",
-			   n, r->map_batch->n_iovas);
 	if (err == 0)
-		for (size_t i = 0; i < n; i++)
-			entries[i].iova = r->map_batch->iovas[i];
+		err = batch_iovas(c, entries, n, b->req.picked_iovas_only, r->map_batch);
 	if (ret_failed)
 		*ret_failed = err && c->failed_index >= 0 && (size_t)c->failed_index < n
 				      ? (size_t)c->failed_index
 				      : n;
-	if (err == 0)
-		iommuctl_response_free(r);
+	/* NULL where the call failed; a reply of the wrong size goes too. */
+	iommuctl_response_free(r);
 	free(b);
 	return err;
 }

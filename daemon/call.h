@@ -56,6 +56,7 @@ struct call {
 	int (*resume)(struct call *call);
 	int (*abandon)(struct call *call);
 	size_t done;		    /* the handler's place in its work */
+	uint64_t *iovas;	    /* a batch's: where each entry went; its reply may list fewer */
 	struct map_progress part;   /* of the mapping in progress */
 	struct unmap_progress back; /* the removal in progress: asked for, or taking back */
 	int undo_rc;		    /* the failure it is taking its work back for */

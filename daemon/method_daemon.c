@@ -10,8 +10,8 @@
 #include "call.h"
 #include "log.h"
 
-/* map_batch, map_batch_columns, and one name for each capability of kernel-helper. */
-#define CAPABILITIES_MAX (2 + KH_CAP_COUNT)
+/* The daemon's own three, and one name for each capability of kernel-helper. */
+#define CAPABILITIES_MAX (3 + KH_CAP_COUNT)
 
 /* The capabilities in caps by kernel-helper's names, for Hello and GetDevice; the one the
  * daemon uses only for itself (where map latency is timed) is left out. */
@@ -32,7 +32,10 @@ static void fill_capabilities(struct kh_backend *be, Iommud__V1__HelloReply *rep
 	reply->capabilities[0] = "map_batch";
 	/* MapBatchRequest.columns: an older daemon ignores them and sees a batch of no entries. */
 	reply->capabilities[1] = "map_batch_columns";
-	reply->n_capabilities = 2 + capability_names(kh_backend_caps(be), reply->capabilities + 2);
+	/* MapBatchRequest.picked_iovas_only: an older daemon ignores it and replies with every
+	 * entry's IOVA. */
+	reply->capabilities[2] = "map_batch_picked_iovas";
+	reply->n_capabilities = 3 + capability_names(kh_backend_caps(be), reply->capabilities + 3);
 }
 
 /* The schema's value for the backend, found by its name: a backend the schema has no value

@@ -376,7 +376,7 @@ static bool take_back_entry(struct call *call)
 		return false;
 	call->done--;
 	entry = call->req->map_batch->entries[call->done];
-	iova = call->resp->map_batch->iovas[call->done];
+	iova = call->iovas[call->done];
 	rc = session_unmap_start(call->client->session, entry->domain_id, iova, entry->length,
 				 false, &call->back);
 	if (rc < 0)
@@ -435,6 +435,44 @@ static bool refused_for_being_there(int rc)
 	return rc == -EEXIST || rc == -EDQUOT || rc == -ENOSPC;
 }
 
+/* Room for a batch's reply, taken before anything is mapped so that the reply cannot fail
+ * once all of it is: every entry's IOVA (call->iovas itself), or where the client asked, only
+ * those the daemon picked (a client that maps at IOVAs of its own, as a guest's vIOMMU or DPDK
+ * does, has no use for the rest, and a reply of 1024 IOVAs costs both sides far more than the
+ * request's columns). The state record reads call->iovas. */
+static int batch_reply_room(struct call *call)
+{
+	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
+	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
+	size_t picked = 0;
+
+	if (!r->picked_iovas_only) {
+		reply->iovas = call->iovas;
+		return 0;
+	}
+	for (size_t i = 0; i < r->n_entries; i++)
+		picked += !r->entries[i]->fixed_iova;
+	if (picked && !(reply->iovas = call_alloc_filled(call, picked * sizeof(uint64_t))))
+		return nomem();
+	return 0;
+}
+
+/* The reply of a batch whose entries are all mapped, where call->iovas says. */
+static void batch_reply_iovas(struct call *call)
+{
+	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
+	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
+
+	if (!r->picked_iovas_only) {
+		reply->n_iovas = r->n_entries;
+		return;
+	}
+	reply->n_iovas = 0;
+	for (size_t i = 0; i < r->n_entries; i++)
+		if (!r->entries[i]->fixed_iova)
+			reply->iovas[reply->n_iovas++] = call->iovas[i];
+}
+
 /* A Map or MapBatch on a lease that a client sends again, not knowing whether the first one
  * took effect before the connection dropped (a daemon restart), is answered as done when every
  * entry is in place exactly as asked, even where it counts against a quota the tenant has
@@ -456,10 +494,9 @@ static bool answered_as_retry(struct call *call)
 		if (!entry_in_place(call, entries[i]))
 			return false;
 	for (size_t i = 0; i < n; i++)
-		(batch ? call->resp->map_batch->iovas : &call->resp->map->iova)[i] =
-			entries[i]->iova;
+		(batch ? call->iovas : &call->resp->map->iova)[i] = entries[i]->iova;
 	if (batch)
-		call->resp->map_batch->n_iovas = n;
+		batch_reply_iovas(call);
 	call->failed_index = -1;
 	/* The record holds the mappings already; a second copy would clash on replay. */
 	call->changed_nothing = true;
@@ -543,12 +580,11 @@ int do_map(struct call *call)
 static int map_batch_entries(struct call *call)
 {
 	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
-	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
 	struct slice_clock clock = {.together = session_times_maps(call->client->session)};
 	int rc;
 
 	for (; call->done < r->n_entries; call->done++) {
-		rc = map_entry_parts(call, r->entries, reply->iovas, &clock);
+		rc = map_entry_parts(call, r->entries, call->iovas, &clock);
 		if (rc == CALL_MORE)
 			return rc;
 		if (rc < 0) {
@@ -557,7 +593,7 @@ static int map_batch_entries(struct call *call)
 		}
 	}
 	settle_together(call, r->entries, &clock, r->n_entries);
-	reply->n_iovas = r->n_entries;
+	batch_reply_iovas(call);
 	return 0;
 }
 
@@ -565,7 +601,6 @@ int do_map_batch(struct call *call)
 {
 	Iommud__V1__MapBatchRequest *r = call->req->map_batch;
 	size_t n = batch_entries(r);
-	Iommud__V1__MapBatchReply *reply;
 	int rc;
 
 	if (r->columns && r->n_entries)
@@ -580,9 +615,9 @@ int do_map_batch(struct call *call)
 		return rc;
 	if ((rc = check_fd_use(call, r->entries, r->n_entries, r->kept_files, r->n_kept_files)) < 0)
 		return rc;
-	reply = REPLY(call, map_batch_reply);
-	if (!reply || !(reply->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))) ||
-	    alloc_undo_message(call) < 0)
+	if (!REPLY(call, map_batch_reply) ||
+	    !(call->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))) ||
+	    batch_reply_room(call) < 0 || alloc_undo_message(call) < 0)
 		return nomem();
 	call->resume = map_batch_entries;
 	call->abandon = abandon_maps;

@@ -904,7 +904,7 @@ static int record_method(struct state *st, struct lease_rec *rec, const struct c
 		return record_maps(st, rec, call, &q->map->entry, 1, &p->map->iova);
 	case IOMMUD__V1__REQUEST__METHOD_MAP_BATCH:
 		return record_maps(st, rec, call, q->map_batch->entries, q->map_batch->n_entries,
-				   p->map_batch->iovas);
+				   call->iovas);
 	case IOMMUD__V1__REQUEST__METHOD_UNMAP:
 		return record_unmap(st, rec, q->unmap->domain_id, q->unmap->iova, q->unmap->length);
 	case IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL:

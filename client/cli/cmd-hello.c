@@ -10,11 +10,11 @@ static const char hello_help[] =
 	"gid, pid, cgroup, and the configuration section that applies, which with uid and\n"
 	"cgroup makes your tenant), the session (--lease), your permissions (read: list and\n"
 	"query; write: everything), the capabilities of the daemon and its backend (map_batch,\n"
-	"open_device, dma_remapping, replace, dirty_tracking, nesting, map_file, copy,\n"
-	"blocked_domain, identity_domain), the message limits, your quota: domains, mappings,\n"
-	"pinned bytes, leases and page-table bytes in use, each with its limit from the\n"
-	"configuration, and the daemon's ceilings over all tenants (file maps, leases, pinned\n"
-	"bytes; 0: none).\n";
+	"map_batch_columns, map_batch_picked_iovas, open_device, dma_remapping, replace,\n"
+	"dirty_tracking, nesting, map_file, copy, blocked_domain, identity_domain), the\n"
+	"message limits, your quota: domains, mappings, pinned bytes, leases and page-table\n"
+	"bytes in use, each with its limit from the configuration, and the daemon's ceilings\n"
+	"over all tenants (file maps, leases, pinned bytes; 0: none).\n";
 
 void show_quota(const Iommud__V1__Quota *q)
 {

@@ -162,7 +162,9 @@ struct iommuctl_map_entry {
  * iova says where it went; on failure nothing of the batch stays mapped, and *ret_failed (may
  * be NULL) is the index of the entry that failed, or n when the failure was not one entry's.
  * Sent in the compact form (MapBatchRequest.columns) where the daemon's Hello offered
- * map_batch_columns, else as one MapEntry per entry. */
+ * map_batch_columns, else as one MapEntry per entry; asking for the picked IOVAs alone
+ * (picked_iovas_only) where it offered map_batch_picked_iovas, the entries at fixed IOVAs
+ * keeping theirs. */
 int iommuctl_map_batch(struct iommuctl *c, struct iommuctl_map_entry *entries, size_t n,
 		       size_t *ret_failed);
 /* Removes every mapping inside [iova, iova+length); unmapped (may be NULL) gets the bytes. Once

@@ -208,6 +208,7 @@ TEST_F(daemon, basic_flow)
 	/* The emulated backend has no VFIO devices to hand out: OpenDevice is not offered. */
 	CHECK(has_capability(hello, "map_batch"));
 	CHECK(has_capability(hello, "map_batch_columns"));
+	CHECK(has_capability(hello, "map_batch_picked_iovas"));
 	CHECK(!has_capability(hello, "open_device"));
 	/* Nor does it remap anything, and says so. */
 	CHECK(hello->nothing_remapped);
@@ -374,6 +375,37 @@ TEST_F(daemon, map_batch_columns)
 	CHECK_EQ(quota_of(c).pinned_bytes, 3 * PAGE);
 	CHECK_CALL(c, iommuctl_unmap_all(c, dom, NULL));
 
+	/* Only the IOVA the daemon picked comes back where the client asks so: none when every
+	 * entry's was fixed. */
+	{
+		Iommud__V1__MapBatchRequest batch = IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
+		protobuf_c_boolean mixed[3] = {true, false, true};
+
+		batch.columns = &columns;
+		batch.picked_iovas_only = true;
+		req.method_case = IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+		req.map_batch = &batch;
+		resp = call(c, &req, fds, 2);
+		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+		CHECK_EQ(resp->map_batch->n_iovas, 0);
+		iommuctl_response_free(resp);
+		CHECK_CALL(c, iommuctl_unmap_all(c, dom, NULL));
+		columns.fixed_iovas = mixed;
+		columns.n_fixed_iovas = 3;
+		resp = call(c, &req, fds, 2);
+		CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+		CHECK_EQ(resp->map_batch->n_iovas, 1);
+		CHECK_EQ(list_mappings(c, dom, listed, 8), 3);
+		CHECK(resp->map_batch->iovas[0] != 0x10000 && resp->map_batch->iovas[0] != 0x30000);
+		CHECK(listed[0] == resp->map_batch->iovas[0] ||
+		      listed[1] == resp->map_batch->iovas[0] ||
+		      listed[2] == resp->map_batch->iovas[0]);
+		iommuctl_response_free(resp);
+		CHECK_CALL(c, iommuctl_unmap_all(c, dom, NULL));
+		columns.fixed_iovas = &fixed;
+		columns.n_fixed_iovas = 1;
+	}
+
 	/* Two IOVAs for three entries. */
 	columns.n_iovas = 2;
 	expect_batch_failed(c, map_columns(c, &columns, fds, 2), dom, invalid, -1, "columns.iovas");
@@ -442,6 +474,19 @@ static void library_batch(struct iommuctl *c, const int *fds)
 	CHECK(e[0].iova && e[1].iova && e[2].iova && e[0].iova != e[1].iova &&
 	      e[1].iova != e[2].iova && e[0].iova != e[2].iova);
 	CHECK_EQ(list_mappings(c, dom, listed, 8), 3);
+	CHECK_CALL(c, iommuctl_unmap_all(c, dom, NULL));
+	/* Fixed and picked together: the fixed ones stay where they asked to go, the picked one
+	 * gets its address from the reply, which after a Hello lists only that one. */
+	e[0].fixed_iova = e[2].fixed_iova = true;
+	e[0].iova = 0x10000;
+	e[1].iova = 0;
+	e[2].iova = 0x30000;
+	CHECK_CALL(c, iommuctl_map_batch(c, e, 3, NULL));
+	CHECK_EQ(e[0].iova, 0x10000);
+	CHECK_EQ(e[2].iova, 0x30000);
+	CHECK(e[1].iova && e[1].iova != 0x10000 && e[1].iova != 0x30000);
+	CHECK_EQ(list_mappings(c, dom, listed, 8), 3);
+	CHECK(listed[0] == e[1].iova || listed[1] == e[1].iova || listed[2] == e[1].iova);
 	CHECK_CALL(c, iommuctl_free_domain(c, dom));
 }
 
