@@ -397,7 +397,7 @@ static void map_pair_run(struct iommuctl *c, struct map_pair *p, int mem, size_t
 
 /* A MapBatch of up to BATCH 4 KiB pages of one memfd at consecutive fixed IOVAs, in the
  * compact form (columns), as libiommuctl's clients send it: what is the same for every entry is
- * sent once. */
+ * sent once, and the reply lists no IOVA, as every entry's is fixed (picked_iovas_only). */
 struct batch {
 	uint64_t offsets[BATCH], iovas[BATCH];
 	uint32_t domain_id, prot;
@@ -428,6 +428,7 @@ static void batch_init(struct batch *b, uint32_t dom, size_t entries, bool kept)
 	b->columns.iovas = b->iovas;
 	b->map_batch = (Iommud__V1__MapBatchRequest)IOMMUD__V1__MAP_BATCH_REQUEST__INIT;
 	b->map_batch.columns = &b->columns;
+	b->map_batch.picked_iovas_only = true;
 	b->kept_slot = KEPT_SLOT;
 	if (kept) {
 		b->map_batch.kept_files = &b->kept_slot;
@@ -1538,7 +1539,8 @@ static void usage_figures(FILE *out)
 		"     the two taking turns round by round. The UnmapAll asks the daemon to\n"
 		"     keep its map of the memfd for the next round (keep_map), and the\n"
 		"     connection keeps the memfd (KeepFiles) so that batches name it instead of\n"
-		"     carrying it, as the process keeps its own map and descriptor.\n"
+		"     carrying it, as the process keeps its own map and descriptor; the batches,\n"
+		"     all at fixed IOVAs, ask for no IOVA back (picked_iovas_only).\n"
 		"     Map and unmap ns per page, pages/s of the whole cycle, and the time\n"
 		"     ratios daemon/in-process. Per page the daemon does more: it decodes\n"
 		"     the entry, checks it against the tenant's quotas and keeps a record of\n"
