@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <iommud_envelope.h>
 #include <iommud_wire.h>
 
 #include "iommuctl.h"
@@ -532,7 +533,7 @@ static int send_once(struct iommuctl *c, Iommud__V1__Request *req, const int *fd
 	int err;
 
 	req->id = c->sent + 1;
-	len = wire_pack(&req->base, c->txbuf, sizeof(c->txbuf));
+	len = envelope_pack(&req->base, c->txbuf, sizeof(c->txbuf));
 	if (len > IOMMUD_MAX_MESSAGE)
 		return fail(c, -EMSGSIZE,
 			    "the request is %zu bytes, more than the %d a message may have; split "
@@ -587,7 +588,8 @@ static int decode_response(struct iommuctl *c, const struct wire_packet *packet,
 			    c->path, packet->fds_truncated ? IOMMUD_MAX_FDS : IOMMUD_MAX_MESSAGE,
 			    packet->fds_truncated ? "file descriptors" : "bytes",
 			    IOMMUD_PROTOCOL_VERSION);
-	r = iommud__v1__response__unpack(NULL, packet->len, c->rxbuf);
+	r = (Iommud__V1__Response *)envelope_unpack(&iommud__v1__response__descriptor, NULL,
+						    packet->len, c->rxbuf);
 	if (!r)
 		return fail(c, -EPROTO,
 			    "cannot decode a %zu-byte response from iommud at %s; the daemon and "
@@ -597,7 +599,7 @@ static int decode_response(struct iommuctl *c, const struct wire_packet *packet,
 	if (r->id != c->received && r->id != 0) {
 		uint64_t id = r->id;
 
-		iommud__v1__response__free_unpacked(r, NULL);
+		iommuctl_response_free(r);
 		return fail(c, -EPROTO,
 			    "iommud answered request %llu when request %llu was next; responses "
 			    "must come in order, so the daemon is broken",
@@ -658,8 +660,7 @@ int iommuctl_recv(struct iommuctl *c, Iommud__V1__Response **resp, int *fds, siz
 
 void iommuctl_response_free(Iommud__V1__Response *resp)
 {
-	if (resp)
-		iommud__v1__response__free_unpacked(resp, NULL);
+	envelope_free(resp ? &resp->base : NULL, NULL);
 }
 
 int iommuctl_call(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, size_t nfds,
@@ -695,7 +696,7 @@ int iommuctl_call(struct iommuctl *c, Iommud__V1__Request *req, const int *fds, 
 	if (err) {
 		if (fds_out)
 			wire_close_fds(fds_out, n);
-		iommud__v1__response__free_unpacked(r, NULL);
+		iommuctl_response_free(r);
 		return err;
 	}
 	if (nfds_out)

@@ -2,6 +2,7 @@
 #include "dispatch.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdalign.h>
 #include <stdint.h>
 #include <stddef.h>
@@ -9,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <iommud_envelope.h>
 
 #include "call.h"
 #include "daemon_lock.h"
@@ -515,6 +518,70 @@ static int value_length(const uint8_t **p, const uint8_t *end, unsigned wire_typ
 	return 0;
 }
 
+/* The message types of the schema, each with whether a string field lies anywhere beneath it,
+ * sorted by address: checking a request's strings and making a reply's safe both pass over what
+ * holds none, which for a Map or an Unmap is all of it (walking their fields for strings cost
+ * the daemon more than a third of its own work on a Map). Learnt once, from the two envelopes
+ * down; a type not among them (none is) would be walked. */
+#define MESSAGE_TYPES_MAX 256
+static struct message_type {
+	const ProtobufCMessageDescriptor *desc;
+	bool strings;
+} message_types[MESSAGE_TYPES_MAX];
+static size_t n_message_types;
+static pthread_once_t message_types_once = PTHREAD_ONCE_INIT;
+
+/* Adds desc and every type beneath it, unsorted; whether a string lies beneath desc. A type
+ * met again while its own fields are being learnt (a recursive type) counts as holding one
+ * until they are. */
+static bool message_type_learn(const ProtobufCMessageDescriptor *desc)
+{
+	size_t at;
+
+	for (at = 0; at < n_message_types; at++)
+		if (message_types[at].desc == desc)
+			return message_types[at].strings;
+	if (n_message_types == MESSAGE_TYPES_MAX)
+		return true;
+	at = n_message_types++;
+	message_types[at] = (struct message_type){desc, true};
+	for (unsigned i = 0; i < desc->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &desc->fields[i];
+
+		if (f->type == PROTOBUF_C_TYPE_STRING ||
+		    (f->type == PROTOBUF_C_TYPE_MESSAGE && message_type_learn(f->descriptor)))
+			return true;
+	}
+	message_types[at].strings = false;
+	return false;
+}
+
+static int message_type_order(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)((const struct message_type *)a)->desc;
+	uintptr_t y = (uintptr_t)((const struct message_type *)b)->desc;
+
+	return (x > y) - (x < y);
+}
+
+static void message_types_learn(void)
+{
+	(void)message_type_learn(&iommud__v1__request__descriptor);
+	(void)message_type_learn(&iommud__v1__response__descriptor);
+	qsort(message_types, n_message_types, sizeof(message_types[0]), message_type_order);
+}
+
+static bool holds_strings(const ProtobufCMessageDescriptor *desc)
+{
+	struct message_type key = {.desc = desc};
+	const struct message_type *found;
+
+	(void)pthread_once(&message_types_once, message_types_learn);
+	found = bsearch(&key, message_types, n_message_types, sizeof(message_types[0]),
+			message_type_order);
+	return !found || found->strings;
+}
+
 /* Every string field of the message of type desc encoded in [p, end), at any depth, on the
  * bytes received; path names the message for the error. One pass over the schema's
  * descriptors serves every method, present and future. */
@@ -534,7 +601,7 @@ static int check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *
 			f = protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3));
 		if (f && f->type == PROTOBUF_C_TYPE_STRING)
 			rc = check_string(&(const struct field_path){path, f->name}, p, len);
-		else if (f && f->type == PROTOBUF_C_TYPE_MESSAGE)
+		else if (f && f->type == PROTOBUF_C_TYPE_MESSAGE && holds_strings(f->descriptor))
 			rc = check_strings(f->descriptor, p, p + len,
 					   &(const struct field_path){path, f->name});
 		if (rc < 0)
@@ -698,6 +765,8 @@ static void reply_strings(struct call *call, ProtobufCMessage *msg)
 {
 	const ProtobufCMessageDescriptor *desc = msg->descriptor;
 
+	if (!holds_strings(desc))
+		return;
 	for (unsigned i = 0; i < desc->n_fields; i++) {
 		const ProtobufCFieldDescriptor *f = &desc->fields[i];
 		size_t n = 0;
@@ -732,14 +801,17 @@ static size_t pack_response(struct call *call, int rc, uint8_t *out, Iommud__V1_
 		resp->result_case = IOMMUD__V1__RESPONSE__RESULT__NOT_SET;
 		resp->hello = NULL;
 	}
-	reply_strings(call, &resp->base);
+	/* Its result is all of it that holds strings yet (the status comes below): a member of
+	 * the union, each a message pointer at the same place. */
+	if (resp->result_case != IOMMUD__V1__RESPONSE__RESULT__NOT_SET && resp->hello)
+		reply_strings(call, &resp->hello->base);
 	/* After the result's strings, so the message is escaped once; escaping lengthens it, and
 	 * the cut after it keeps the bound protocol.md promises. */
 	status.message = rc ? reply_text(call, (char *)failure_message(), STATUS_MESSAGE_MAX) : "";
 	resp->status = &status;
 	/* Replies are bounded by construction (pages, limits on bitmaps and batches); a reply
 	 * that still does not fit is the daemon's bug and goes out as an error. */
-	len = wire_pack(&resp->base, out, IOMMUD_MAX_MESSAGE);
+	len = envelope_pack(&resp->base, out, IOMMUD_MAX_MESSAGE);
 	if (len > IOMMUD_MAX_MESSAGE) {
 		status.code = IOMMUD__V1__CODE__CODE_INTERNAL;
 		status.errno_value = EMSGSIZE;
@@ -781,7 +853,8 @@ static int decode_packet(const uint8_t *packet, size_t len, enum packet_defect d
 		return fail(-EINVAL,
 			    "the packet carried more than %d file descriptors and was dropped",
 			    IOMMUD_MAX_FDS);
-	req = iommud__v1__request__unpack(&allocator, len, packet);
+	req = (Iommud__V1__Request *)envelope_unpack(&iommud__v1__request__descriptor, &allocator,
+						     len, packet);
 	if (!req)
 		return not_a_request();
 	*ret_req = req;

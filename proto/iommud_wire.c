@@ -49,15 +49,6 @@ void wire_close_fds(const int *fds, size_t n)
 		(void)close(fds[i]);
 }
 
-size_t wire_pack(const ProtobufCMessage *msg, uint8_t *out, size_t max)
-{
-	size_t len = protobuf_c_message_get_packed_size(msg);
-
-	if (len <= max)
-		(void)protobuf_c_message_pack(msg, out);
-	return len;
-}
-
 /* Takes the descriptors of every SCM_RIGHTS message into packet, closing those over the
  * limit; returns false if any was. */
 static bool take_fds(struct msghdr *msg, struct wire_packet *packet)

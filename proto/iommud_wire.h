@@ -4,7 +4,8 @@
  * message per SOCK_SEQPACKET packet with its descriptors as SCM_RIGHTS beside it, and the one
  * table between negative errnos and iommud.v1.Code (section 3). The daemon's server and
  * libiommuctl both go through here, so framing, limits and codes are written once; what each
- * side does about a packet over a limit is its own business.
+ * side does about a packet over a limit is its own business. Packing the messages is
+ * iommud_envelope.h's.
  *
  * Ownership: descriptors sent are borrowed (the kernel duplicates them into the peer).
  * Descriptors received belong to the caller once wire_recv returns 0, close-on-exec; when it
@@ -60,11 +61,6 @@ int wire_recv(int sock, void *buf, size_t size, enum wire_wait wait,
 	      struct wire_packet *ret_packet);
 
 void wire_close_fds(const int *fds, size_t n);
-
-/* Packs msg into out if its encoded length is at most max; returns that length either way
- * (over max: out is untouched). It measures, then packs: protobuf-c's packing into a bounded
- * buffer would measure every nested message all the same, and call back for every field. */
-size_t wire_pack(const ProtobufCMessage *msg, uint8_t *out, size_t max);
 
 /* The canonical code for a negative errno (0: CODE_OK, one not in the table: CODE_INTERNAL);
  * the daemon's status at the RPC boundary. */

@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include <iommuctl.h>
+#include <iommud_envelope.h>
 #include <iommud_wire.h>
 #include <kh/kh.h>
 
@@ -1255,7 +1256,7 @@ static void raw_init(uint32_t dom, const int *mem)
 
 		req->id = k + 1;
 		raw.request_iov[k].iov_len =
-			wire_pack(&req->base, raw.requests[k], sizeof(raw.requests[k]));
+			envelope_pack(&req->base, raw.requests[k], sizeof(raw.requests[k]));
 		if (raw.request_iov[k].iov_len > sizeof(raw.requests[k]))
 			fail("packing a Map or Unmap", "longer than the benchmark's buffer");
 		raw.request_iov[k].iov_base = raw.requests[k];

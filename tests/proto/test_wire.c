@@ -2,7 +2,7 @@
 /*
  * The wire module both ends share (proto/iommud_wire.h): packets and their descriptors over a
  * SOCK_SEQPACKET socketpair, what a receiver is told when a packet or its descriptors did not
- * fit, packing a message only when it fits, and the one table between errnos and status codes.
+ * fit, and the one table between errnos and status codes.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -129,66 +129,6 @@ TEST_F(pair, end_of_connection)
 	self->sv[0] = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0); /* for the teardown */
 	CHECK_EQ(wire_recv(self->sv[1], buf, sizeof(buf), WIRE_BLOCK, &packet), -ECONNRESET);
 	CHECK_EQ(wire_send(self->sv[1], "x", 1, NULL, 0, WIRE_BLOCK), -EPIPE);
-}
-
-/* A status whose encoding is exactly size bytes: a code, which alone would fit anywhere, and a
- * message making up the rest. Returns the message, to free. */
-static char *status_of_size(Iommud__V1__Status *status, size_t size)
-{
-	char *text = malloc(size + 1);
-	size_t len = size;
-
-	CHECK(text);
-	memset(text, 'x', size);
-	text[len] = '\0';
-	status->code = IOMMUD__V1__CODE__CODE_INTERNAL;
-	status->message = text;
-	while (iommud__v1__status__get_packed_size(status) > size) {
-		CHECK(len > 0);
-		text[--len] = '\0';
-	}
-	CHECK_EQ(iommud__v1__status__get_packed_size(status), size);
-	return text;
-}
-
-#define UNWRITTEN 0xa5
-
-/* Packs a status of size bytes into a buffer of IOMMUD_MAX_MESSAGE bytes and a guard byte;
- * returns what wire_pack returned, with the buffer in out. */
-static size_t pack_status_of_size(size_t size, uint8_t *out)
-{
-	Iommud__V1__Status status = IOMMUD__V1__STATUS__INIT;
-	char *text = status_of_size(&status, size);
-	size_t len;
-
-	memset(out, UNWRITTEN, IOMMUD_MAX_MESSAGE + 1);
-	len = wire_pack(&status.base, out, IOMMUD_MAX_MESSAGE);
-	free(text);
-	return len;
-}
-
-/* Exactly the limit fits: packed as protobuf-c packs it, and not a byte further. */
-TEST(pack_at_the_limit)
-{
-	static uint8_t out[IOMMUD_MAX_MESSAGE + 1], expected[IOMMUD_MAX_MESSAGE];
-	Iommud__V1__Status status = IOMMUD__V1__STATUS__INIT;
-	char *text = status_of_size(&status, IOMMUD_MAX_MESSAGE);
-
-	CHECK_EQ(iommud__v1__status__pack(&status, expected), IOMMUD_MAX_MESSAGE);
-	free(text);
-	CHECK_EQ(pack_status_of_size(IOMMUD_MAX_MESSAGE, out), IOMMUD_MAX_MESSAGE);
-	CHECK(memcmp(out, expected, IOMMUD_MAX_MESSAGE) == 0);
-	CHECK_EQ(out[IOMMUD_MAX_MESSAGE], UNWRITTEN);
-}
-
-/* A byte over, the length says so and nothing is written, not even the first field. */
-TEST(pack_one_byte_over_the_limit)
-{
-	static uint8_t out[IOMMUD_MAX_MESSAGE + 1];
-
-	CHECK_EQ(pack_status_of_size(IOMMUD_MAX_MESSAGE + 1, out), IOMMUD_MAX_MESSAGE + 1);
-	for (size_t i = 0; i <= IOMMUD_MAX_MESSAGE; i++)
-		CHECK_EQ(out[i], UNWRITTEN);
 }
 
 /* Each code a daemon sends reads back, at the client, as an errno the daemon maps to it. */
