@@ -536,6 +536,7 @@ static pthread_once_t message_types_once = PTHREAD_ONCE_INIT;
  * until they are. */
 static bool message_type_learn(const ProtobufCMessageDescriptor *desc)
 {
+	bool strings = false;
 	size_t at;
 
 	for (at = 0; at < n_message_types; at++)
@@ -545,15 +546,16 @@ static bool message_type_learn(const ProtobufCMessageDescriptor *desc)
 		return true;
 	at = n_message_types++;
 	message_types[at] = (struct message_type){desc, true};
+	/* Every field, past the first string too, so that every type beneath is learnt. */
 	for (unsigned i = 0; i < desc->n_fields; i++) {
 		const ProtobufCFieldDescriptor *f = &desc->fields[i];
 
-		if (f->type == PROTOBUF_C_TYPE_STRING ||
-		    (f->type == PROTOBUF_C_TYPE_MESSAGE && message_type_learn(f->descriptor)))
-			return true;
+		if (f->type == PROTOBUF_C_TYPE_MESSAGE)
+			strings |= message_type_learn(f->descriptor);
+		strings |= f->type == PROTOBUF_C_TYPE_STRING;
 	}
-	message_types[at].strings = false;
-	return false;
+	message_types[at].strings = strings;
+	return strings;
 }
 
 static int message_type_order(const void *a, const void *b)

@@ -439,8 +439,8 @@ static bool refused_for_being_there(int rc)
  * once all of it is: every entry's IOVA (call->iovas itself), or where the client asked, only
  * those the daemon picked (a client that maps at IOVAs of its own, as a guest's vIOMMU or DPDK
  * does, has no use for the rest, and a reply of 1024 IOVAs costs both sides far more than the
- * request's columns). The state record reads call->iovas. */
-static int batch_reply_room(struct call *call)
+ * request's columns). The state record reads call->iovas. False when out of memory. */
+static bool batch_reply_room(struct call *call)
 {
 	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
 	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
@@ -448,13 +448,11 @@ static int batch_reply_room(struct call *call)
 
 	if (!r->picked_iovas_only) {
 		reply->iovas = call->iovas;
-		return 0;
+		return true;
 	}
 	for (size_t i = 0; i < r->n_entries; i++)
 		picked += !r->entries[i]->fixed_iova;
-	if (picked && !(reply->iovas = call_alloc_filled(call, picked * sizeof(uint64_t))))
-		return nomem();
-	return 0;
+	return !picked || (reply->iovas = call_alloc_filled(call, picked * sizeof(uint64_t)));
 }
 
 /* The reply of a batch whose entries are all mapped, where call->iovas says. */
@@ -617,7 +615,7 @@ int do_map_batch(struct call *call)
 		return rc;
 	if (!REPLY(call, map_batch_reply) ||
 	    !(call->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))) ||
-	    batch_reply_room(call) < 0 || alloc_undo_message(call) < 0)
+	    !batch_reply_room(call) || alloc_undo_message(call) < 0)
 		return nomem();
 	call->resume = map_batch_entries;
 	call->abandon = abandon_maps;
