@@ -256,8 +256,11 @@ step_systemd_dma_start() {
 	dma_start
 }
 
+# The main process alone: the daemon is one process, and systemd 252's walk of the unit's cgroup
+# for others can fail with EIO on a multithreaded one that the SIGKILL is tearing down (the kill
+# done all the same), which would fail the step for systemd's sake.
 step_systemd_survive_kill() {
-	survive systemctl kill -s KILL iommud.service
+	survive systemctl kill -s KILL --kill-who=main iommud.service
 }
 
 # systemd's restart: the daemon asks systemd (over D-Bus) what its SIGTERM is for, and for a
