@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "alloc.h"
 
@@ -61,17 +62,31 @@ static uint64_t range_end(uint64_t iova, uint64_t length)
 
 static uint64_t *table_alloc(struct emu_pgtable *pt)
 {
-	uint64_t *table = kh_page_zalloc();
+	uint64_t *table = pt->spares;
 
-	if (table)
-		pt->table_pages++;
+	if (table) {
+		if (kh_fail_point())
+			return NULL;
+		pt->spares = (uint64_t *)(uintptr_t)table[0];
+		pt->n_spares--;
+		memset(table, 0, EMU_SZ_4K);
+	} else if (!(table = kh_page_zalloc())) {
+		return NULL;
+	}
+	pt->table_pages++;
 	return table;
 }
 
 static void table_free(struct emu_pgtable *pt, uint64_t *table)
 {
-	free(table);
 	pt->table_pages--;
+	if (pt->n_spares < EMU_PGTABLE_SPARES) {
+		table[0] = (uint64_t)(uintptr_t)pt->spares;
+		pt->spares = table;
+		pt->n_spares++;
+		return;
+	}
+	free(table);
 }
 
 /* Frees a table and everything below it, returning the bytes its leaves mapped. count bounds the
@@ -104,6 +119,8 @@ static uint64_t free_subtree(struct emu_pgtable *pt, uint64_t *table, int level,
 int emu_pgtable_init(struct emu_pgtable *pt)
 {
 	pt->table_pages = 0;
+	pt->spares = NULL;
+	pt->n_spares = 0;
 	pt->root = table_alloc(pt);
 	return pt->root ? 0 : -ENOMEM;
 }
@@ -113,6 +130,13 @@ void emu_pgtable_destroy(struct emu_pgtable *pt)
 	/* The root has no parent entry to count its children, hence the full bound. */
 	(void)free_subtree(pt, pt->root, EMU_PGTABLE_LEVELS, PTES_PER_TABLE);
 	pt->root = NULL;
+	while (pt->spares) {
+		uint64_t *next = (uint64_t *)(uintptr_t)pt->spares[0];
+
+		free(pt->spares);
+		pt->spares = next;
+	}
+	pt->n_spares = 0;
 }
 
 struct map_state {

@@ -16,8 +16,9 @@
  *   bits 52..61 (non-leaf)     - number of present entries in the child table, so an empty
  *                                table is freed without scanning it
  *
- * Ownership: the pgtable owns every table page below root, and root itself. Pages come from
- * kh_page_zalloc, so each table allocation is a failure-injection point.
+ * Ownership: the pgtable owns every table page below root, and root itself, and its spare
+ * pages. Pages come from kh_page_zalloc, or from the spares, each table allocation a
+ * failure-injection point either way.
  */
 #ifndef KH_EMU_PGTABLE_H
 #define KH_EMU_PGTABLE_H
@@ -39,9 +40,19 @@
 #define EMU_SZ_2M	   (1ull << 21)
 #define EMU_SZ_1G	   (1ull << 30)
 
+/* Table pages freed when they emptied are kept, up to this many, for the next tables: an unmap
+ * followed by a map at the same place (a buffer mapped per I/O; a pool mapped again after each
+ * unmap of all) would otherwise free and allocate the same few tables each time, and an aligned
+ * page from malloc first consolidates every small chunk freed since (a mapping's record each):
+ * in the daemon, 70 instructions a page of a 2048-page batch. Enough for the tables above and
+ * beside one 8 MiB range; 32 KiB a domain at most. */
+#define EMU_PGTABLE_SPARES 8
+
 struct emu_pgtable {
 	uint64_t *root;
-	size_t table_pages; /* pages allocated, root included: the page tables' memory / 4096 */
+	size_t table_pages; /* pages in the tables, root included: the page tables' memory / 4096 */
+	uint64_t *spares;   /* freed table pages, linked through their first entry */
+	unsigned n_spares;
 };
 
 int emu_pgtable_init(struct emu_pgtable *pt);

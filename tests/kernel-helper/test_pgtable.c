@@ -622,6 +622,42 @@ TEST_F(pgtable, reclaim)
 	CHECK_EQ(self->pt.table_pages, 1);
 }
 
+/* Tables freed as they empty are kept, a few, for the next: reused clean, whatever they held
+ * when dropped whole, each reuse still a point where an allocation can fail. */
+TEST_F(pgtable, spare_tables)
+{
+	const uint64_t tables_32m = 1 + 1 + 16; /* L3 and L2 above, 16 full L1 tables */
+
+	/* A full 4 KiB table dropped whole, then reused for one page elsewhere in its range:
+	 * none of its old entries shows through. */
+	map_ok(&self->pt, 0x40000000, BASE, EMU_SZ_2M, RW, EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 4);
+	CHECK_EQ(unmap_ok(&self->pt, 0x40000000, EMU_SZ_2M), EMU_SZ_2M);
+	CHECK_EQ(self->pt.table_pages, 1);
+	CHECK_EQ(self->pt.n_spares, 3);
+	map_ok(&self->pt, 0x40000000 + 0x5000, BASE, EMU_SZ_4K, EMU_PTE_R, ALL_SIZES);
+	CHECK_EQ(self->pt.n_spares, 0);
+	check_run(&self->pt, 0x40005000, BASE, EMU_PTE_R, 0, EMU_SZ_4K, 1);
+	check_unmapped(&self->pt, 0x40000000, 0x5000);
+	check_unmapped(&self->pt, 0x40006000, EMU_SZ_2M - 0x6000);
+	unmap_all(&self->pt);
+
+	/* No more than EMU_PGTABLE_SPARES are kept; the rest go back to malloc. */
+	map_ok(&self->pt, 0x80000000, BASE, 16 * EMU_SZ_2M, RW, EMU_SZ_4K);
+	CHECK_EQ(self->pt.table_pages, 1 + tables_32m);
+	unmap_all(&self->pt);
+	CHECK_EQ(self->pt.n_spares, EMU_PGTABLE_SPARES);
+
+	/* A spare taken is an allocation: failing it fails the map, which changes nothing. */
+	kh_fail_nth_arm(1);
+	CHECK_EQ(emu_pgtable_map(&self->pt, 0x40000000, BASE, EMU_SZ_4K, RW, ALL_SIZES), -ENOMEM);
+	CHECK(kh_fail_nth_disarm());
+	CHECK_EQ(self->pt.table_pages, 1);
+	CHECK_EQ(self->pt.n_spares, EMU_PGTABLE_SPARES);
+	check_tables(&self->pt);
+	check_unmapped(&self->pt, 0x40000000, EMU_SZ_4K);
+}
+
 TEST_F(pgtable, reclaim_ranges)
 {
 	uint64_t i, iova;
