@@ -51,8 +51,6 @@ struct call {
 	int failed_index;
 	uint64_t deadline_ns; /* monotonic_ns: a slice ends there, after at least one step */
 	bool alone; /* its tenant has the loop to itself: steps grow to MAP_STEP_ALONE_NS */
-	uint64_t lock_asked;	/* daemon_lock_asked() at its last slice */
-	uint64_t lock_quiet_ns; /* monotonic_ns since which nobody asked for the daemon lock */
 	int (*resume)(struct call *call);
 	int (*abandon)(struct call *call);
 	size_t done;		    /* the handler's place in its work */

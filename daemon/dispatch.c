@@ -1009,9 +1009,65 @@ static void call_unlock(struct daemon *d, bool map)
 	daemon_unlock();
 }
 
+/* Another tenant had its turn after the call's steps grew alone: the next step is one part
+ * again, so that the other's next request waits for no long one. */
+static void steps_restart(struct call *call)
+{
+	unsigned *steps[] = {&call->part.parts_per_step, &call->part.back.parts_per_step,
+			     &call->back.parts_per_step};
+
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		if (*steps[i] > 1)
+			log_debug("uid %u: another tenant's turn: steps back to 1 part from %u",
+				  (unsigned)call->client->peer.uid, *steps[i]);
+		*steps[i] = 1;
+	}
+}
+
+/* Whether a map path's tenant, alone on its loop thread, is alone in the daemon too: nobody on
+ * any thread has asked for the daemon lock for FLOWS_ALONE_AFTER_NS, since whoever does waits
+ * for the map paths' steps running. Each loop thread watches the lock's tickets at its map
+ * paths' slices, so that a tenant alone for a while is alone from its next request's first
+ * slice on, not only once a single request has run that long. A call holding the daemon lock
+ * itself keeps every other thread waiting, so its steps never grow. */
+static bool alone_in_daemon(bool map, bool alone_on_thread)
+{
+	static __thread uint64_t seen_asked = UINT64_MAX, quiet_since_ns;
+	uint64_t asked, now;
+
+	if (!map)
+		return false;
+	asked = daemon_lock_asked();
+	/* Nothing to stamp and nothing to decide: no clock read on a shared thread's requests. */
+	if (asked == seen_asked && !alone_on_thread)
+		return false;
+	now = monotonic_ns();
+	if (asked != seen_asked) {
+		seen_asked = asked;
+		quiet_since_ns = now;
+	}
+	return alone_on_thread && now - quiet_since_ns >= FLOWS_ALONE_AFTER_NS;
+}
+
+/* The slice about to run: alone or not (dispatch_packet, dispatch_resume), until deadline_ns.
+ * The log says when a loop thread's map paths start running alone, once until they stop. */
+static void slice_start(struct call *call, uint64_t deadline_ns, bool alone)
+{
+	static __thread bool thread_alone;
+
+	if (call->alone && !alone)
+		steps_restart(call);
+	if (alone && !thread_alone)
+		log_debug("uid %u: alone for a while: its steps may grow past the slice",
+			  (unsigned)call->client->peer.uid);
+	thread_alone = alone;
+	call->alone = alone;
+	call->deadline_ns = deadline_ns;
+}
+
 size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet, size_t len,
 		       enum packet_defect defect, int *fds, size_t n_fds, uint64_t deadline_ns,
-		       uint8_t *out, struct reply_fds *out_fds, unsigned *ret_method,
+		       bool alone, uint8_t *out, struct reply_fds *out_fds, unsigned *ret_method,
 		       struct call **ret_kept)
 {
 	Iommud__V1__Response resp = IOMMUD__V1__RESPONSE__INIT;
@@ -1039,6 +1095,7 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 		call.packet = packet;
 		call.packet_len = len;
 		resp.id = req->id;
+		slice_start(&call, deadline_ns, alone_in_daemon(map, alone));
 		rc = handle_request(&call);
 	}
 	out_len = end_call(&call, rc, false, out, out_fds, ret_method, ret_kept);
@@ -1047,52 +1104,6 @@ size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet
 	if (!*ret_kept)
 		request_free(call.req_memory);
 	return out_len;
-}
-
-/* Another tenant had its turn after the call's steps grew alone: the next step is one part
- * again, so that the other's next request waits for no long one. */
-static void steps_restart(struct call *call)
-{
-	unsigned *steps[] = {&call->part.parts_per_step, &call->part.back.parts_per_step,
-			     &call->back.parts_per_step};
-
-	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
-		if (*steps[i] > 1)
-			log_debug("uid %u: another tenant's turn: steps back to 1 part from %u",
-				  (unsigned)call->client->peer.uid, *steps[i]);
-		*steps[i] = 1;
-	}
-}
-
-/* Whether a map path's tenant, alone on its loop thread, is alone in the daemon too: nobody on
- * any thread has asked for the daemon lock for FLOWS_ALONE_AFTER_NS, since whoever does waits
- * for the map paths' steps running. A call holding the daemon lock itself keeps every other
- * thread waiting, so its steps never grow. */
-static bool alone_in_daemon(struct call *call, bool map, bool alone_on_thread)
-{
-	uint64_t asked, now;
-
-	if (!map)
-		return false;
-	asked = daemon_lock_asked();
-	now = monotonic_ns();
-	if (asked != call->lock_asked) {
-		call->lock_asked = asked;
-		call->lock_quiet_ns = now;
-	}
-	return alone_on_thread && now - call->lock_quiet_ns >= FLOWS_ALONE_AFTER_NS;
-}
-
-/* The slice about to run: alone or not (dispatch_resume), until deadline_ns. */
-static void slice_start(struct call *call, uint64_t deadline_ns, bool alone)
-{
-	if (call->alone && !alone)
-		steps_restart(call);
-	else if (alone && !call->alone)
-		log_debug("uid %u: alone for a while: its steps may grow past the slice",
-			  (unsigned)call->client->peer.uid);
-	call->alone = alone;
-	call->deadline_ns = deadline_ns;
 }
 
 size_t dispatch_resume(struct call *call, uint64_t deadline_ns, bool alone, uint8_t *out,
@@ -1104,7 +1115,7 @@ size_t dispatch_resume(struct call *call, uint64_t deadline_ns, bool alone, uint
 	int rc;
 
 	call_lock(map);
-	slice_start(call, deadline_ns, alone_in_daemon(call, map, alone));
+	slice_start(call, deadline_ns, alone_in_daemon(map, alone));
 	rc = call->resume(call);
 	log_failure(call, rc);
 	out_len = end_call(call, rc, true, out, out_fds, ret_method, ret_kept);

@@ -64,10 +64,10 @@ void reply_fds_sent(struct reply_fds *out);
  * A costly call stops at deadline_ns (monotonic_ns; UINT64_MAX: never) with work left: then
  * nothing is written, 0 returned and *ret_kept set to the call, which the caller owns, runs on
  * with dispatch_resume and ends with its reply or with dispatch_abandon; else *ret_kept is
- * NULL. */
+ * NULL. alone: as for dispatch_resume, from the call's first slice. */
 size_t dispatch_packet(struct daemon *d, struct client *c, const uint8_t *packet, size_t len,
 		       enum packet_defect defect, int *fds, size_t n_fds, uint64_t deadline_ns,
-		       uint8_t *out, struct reply_fds *out_fds, unsigned *ret_method,
+		       bool alone, uint8_t *out, struct reply_fds *out_fds, unsigned *ret_method,
 		       struct call **ret_kept);
 /* Runs a kept call on until deadline_ns, as dispatch_packet: *ret_kept is the call again while
  * it has work left, else NULL and the call is gone. alone: its tenant has had its loop thread

@@ -597,8 +597,9 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 	else if (packet.fds_truncated)
 		defect = PACKET_FDS_TRUNCATED;
 	out_len = dispatch_packet(c->srv->d, &c->client, sh->in, packet.len, defect, packet.fds,
-				  packet.n_fds, start_ns + SLICE_NS, sh->out, &reply_fds, &method,
-				  &kept);
+				  packet.n_fds, start_ns + SLICE_NS,
+				  flows_alone(sh->flows, &c->item, start_ns), sh->out, &reply_fds,
+				  &method, &kept);
 	return conn_end_call(c, out_len, &reply_fds, method, received_ns, kept);
 }
 

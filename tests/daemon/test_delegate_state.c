@@ -51,8 +51,8 @@ static Iommud__V1__Response *call(struct setup *t, Iommud__V1__Request *req)
 	unsigned method;
 	size_t len = iommud__v1__request__pack(req, packet), n;
 
-	n = dispatch_packet(&t->d, &t->client, packet, len, PACKET_OK, NULL, 0, UINT64_MAX, out,
-			    &fds, &method, &kept);
+	n = dispatch_packet(&t->d, &t->client, packet, len, PACKET_OK, NULL, 0, UINT64_MAX, false,
+			    out, &fds, &method, &kept);
 	CHECK(n > 0 && kept == NULL);
 	reply_fds_sent(&fds);
 	return iommud__v1__response__unpack(NULL, n, out);
