@@ -86,6 +86,10 @@ struct client {
 	struct session *session;   /* joined at Hello or at the first call needing one */
 	bool called;		   /* a request was handled: Hello may no longer choose a lease */
 	struct counters *counters; /* its loop thread's (borrowed) */
+	/* Where its next Unmap or UnmapAll made alone starts its steps: the parts the last such
+	 * step that took all it might had grown to (0: none yet). Sized to the time a step may
+	 * take alone, the steps of each removal need not grow from one part again. */
+	unsigned unmap_parts_alone;
 	/* The descriptors it keeps for its maps (KeepFiles), by slot, examined when kept: each
 	 * used slot's file.fd is the client's own, closed when the slot is given up and by
 	 * client_fini. */

@@ -652,6 +652,9 @@ static int unmap_steps(struct call *call)
 		started = monotonic_ns();
 		rc = session_unmap_step(call->client->session, &call->back);
 		(void)size_steps(call, started, &call->back.parts_per_step);
+		/* A step that left more took all it might: its time sizes the next removal's. */
+		if (rc > 0 && call->alone)
+			call->client->unmap_parts_alone = call->back.parts_per_step;
 	} while (rc > 0);
 	return rc < 0 ? rc : unmap_reply(call);
 }
@@ -679,6 +682,8 @@ static int unmap_range(struct call *call, uint32_t domain_id, uint64_t iova, uin
 
 	if (rc <= 0)
 		return rc < 0 ? rc : unmap_reply(call);
+	if (call->alone && call->client->unmap_parts_alone)
+		call->back.parts_per_step = call->client->unmap_parts_alone;
 	call->resume = unmap_steps;
 	call->abandon = abandon_unmap;
 	return unmap_steps(call);

@@ -1919,8 +1919,8 @@ static int unmap_end(struct session *s, struct domain_rec *dom, struct unmap_pro
 		probes_record(s->tenant->reg->probes, IOMMUD_OP_UNMAP, p->bytes,
 			      tenant_label_slot(s->tenant), p->unmap_ns);
 	log_about(LOG_DEBUG, s->tenant, s->lease, &p->domain_id, NULL,
-		  "uid %u unmapped %u mappings in domain %u", (unsigned)s->tenant->uid, p->count,
-		  p->domain_id);
+		  "uid %u unmapped %u mappings in domain %u in %u steps", (unsigned)s->tenant->uid,
+		  p->count, p->domain_id, p->steps);
 	return 0;
 }
 
@@ -1948,6 +1948,7 @@ int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, ui
 		return 1;
 	}
 	/* The call fails, as the steps would have, or removes whatever it may at once. */
+	p->steps = 1;
 	return unmap_end(s, dom, p, unmap_whole(s, dom, p, iova, length));
 }
 
@@ -2014,6 +2015,7 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 		p->steps_left = false;
 		return rc;
 	}
+	p->steps++;
 	/* What went before is gone, so the range's first mapping left is the next to take. */
 	run.first_of_unmap = dom->n_maps == p->maps_before;
 	rc = unmap_run(s, dom, p, &run, &count, &more);

@@ -260,6 +260,7 @@ struct unmap_progress {
 	uint64_t unmap_ns;    /* the in-process backend's time so far; 0 when not timed */
 	bool keep_view;	      /* a file map it leaves unused may stay as the session's spare */
 	unsigned parts_per_step;
+	unsigned steps; /* taken so far; 1 for a removal done in one call */
 };
 /* start checks the range as one call would: where it would fail, or there is nothing to do in
  * steps, it does that one call and returns 0 (done: p->bytes and p->count) or its error; else

@@ -1191,3 +1191,84 @@ TEST(large_map_steps_shrink_for_newcomer_on_another_thread)
 {
 	large_map_steps_shrink("threads = 2\n" ROOT_WRITES MAPPER);
 }
+
+/* ---- item: a lone tenant's removals start from the steps its last one grew to ----------- */
+
+#define LONE_MAPPINGS 16
+#define LONE_BYTES    (4ull << 20)	    /* 1024 pages of 4 KiB each, so 16 parts */
+#define LONE_IOVA     ((4ull << 30) + 4096) /* off every large page boundary: 4 KiB leaves */
+
+/* The steps the log's last removal in domain took; 0 when it names none. */
+static unsigned last_removal_steps(const char *log_path, uint32_t domain)
+{
+	static const char needle[] = " mappings in domain ";
+	FILE *log = fopen(log_path, "re");
+	char line[1024], *at;
+	unsigned in_domain, steps, last = 0;
+
+	CHECK(log != NULL);
+	while (fgets(line, sizeof(line), log))
+		if ((at = strstr(line, needle)) &&
+		    sscanf(at + strlen(needle), "%u in %u steps", &in_domain, &steps) == 2 &&
+		    in_domain == domain)
+			last = steps;
+	(void)fclose(log);
+	return last;
+}
+
+/* Maps LONE_MAPPINGS of mem, waits twice the time after which a tenant that nobody else
+ * interrupts counts as alone (FLOWS_ALONE_AFTER_NS), removes them all with one UnmapAll and
+ * returns the steps the daemon's log says that took. */
+static unsigned lone_removal(struct iommuctl *c, uint32_t domain, int mem, const char *log_path)
+{
+	struct iommuctl_map_entry entries[LONE_MAPPINGS];
+	struct timespec alone = {0, 20 * 1000 * 1000};
+	uint64_t unmapped;
+
+	for (unsigned i = 0; i < LONE_MAPPINGS; i++)
+		entries[i] = (struct iommuctl_map_entry){
+			.domain_id = domain,
+			.fd = mem,
+			.offset = i * LONE_BYTES,
+			.length = LONE_BYTES,
+			.prot = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE,
+			.fixed_iova = true,
+			.iova = LONE_IOVA + i * LONE_BYTES,
+		};
+	CHECK(iommuctl_map_batch(c, entries, LONE_MAPPINGS, NULL) == 0);
+	(void)nanosleep(&alone, NULL);
+	CHECK(iommuctl_unmap_all(c, domain, &unmapped) == 0);
+	CHECK_EQ(unmapped, LONE_MAPPINGS * LONE_BYTES);
+	return last_removal_steps(log_path, domain);
+}
+
+/* A tenant alone in the daemon removes its mappings in steps that grow from one part; its next
+ * removal alone starts from what they had grown to, not from one part again, so it takes fewer
+ * steps for as many mappings. */
+TEST(lone_removals_start_from_grown_steps)
+{
+	struct daemon_fixture f;
+	char log_path[] = "/tmp/iommud-fairness-log-XXXXXX";
+	unsigned first, second;
+	struct iommuctl *c;
+	uint32_t domain;
+	int log, mem;
+
+	CHECK((log = mkstemp(log_path)) >= 0);
+	(void)close(log);
+	CHECK_OK(setenv("IOMMUD_TEST_LOG_LEVEL", "debug", 1));
+	start_logging(&f, log_path, ONE_LOOP ROOT_WRITES "devices = emu0\n");
+	CHECK_OK(unsetenv("IOMMUD_TEST_LOG_LEVEL"));
+	CHECK(iommuctl_connect(f.socket_path, &c) == 0);
+	CHECK(iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &domain) == 0);
+	CHECK((mem = iommuctl_memfd("lone", LONE_MAPPINGS * LONE_BYTES)) >= 0);
+	first = lone_removal(c, domain, mem, log_path);
+	second = lone_removal(c, domain, mem, log_path);
+	(void)fprintf(stderr, "steps of the first removal: %u, of the second: %u\n", first, second);
+	CHECK(first > 1);
+	CHECK(second >= 1 && second < first);
+	(void)close(mem);
+	iommuctl_close(c);
+	fixture_stop(&f);
+	(void)unlink(log_path);
+}
