@@ -2016,6 +2016,16 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 		return rc;
 	}
 	p->steps++;
+	/* A step with room for every page the domain still maps, each as a leaf of its own at
+	 * most, takes them all in one call, as kh_unmap would: asking take_in_step about each
+	 * mapping would only say yes to each. */
+	if (p->iova == 0 && p->last == UINT64_MAX && dom->n_maps &&
+	    dom->bytes / MAP_GRANULE <= (uint64_t)MAP_PART_PAGES * p->parts_per_step) {
+		s->keeping_released = p->keep_view;
+		rc = unmap_whole(s, dom, p, 0, UINT64_MAX);
+		s->keeping_released = false;
+		return unmap_end(s, dom, p, rc);
+	}
 	/* What went before is gone, so the range's first mapping left is the next to take. */
 	run.first_of_unmap = dom->n_maps == p->maps_before;
 	rc = unmap_run(s, dom, p, &run, &count, &more);
