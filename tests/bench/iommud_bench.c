@@ -45,6 +45,7 @@
 #define PAGE		(4 * KiB)
 #define IOVA		(1ull << 30) /* inside every aperture, clear of the x86 MSI window */
 #define BATCH		512	     /* MapBatch entries per request */
+#define BATCH_LARGEST	1024	     /* the most a MapBatch takes (protocol.md) */
 #define ROUNDS		4	     /* part 1 alternates daemon and baseline this many times */
 #define MAX_CLIENTS	64
 #define MANY_MAPPINGS	(1u << 20) /* part 4 */
@@ -396,11 +397,11 @@ static void map_pair_run(struct iommuctl *c, struct map_pair *p, int mem, size_t
 	iommuctl_response_free(unmap);
 }
 
-/* A MapBatch of up to BATCH 4 KiB pages of one memfd at consecutive fixed IOVAs, in the
+/* A MapBatch of up to BATCH_LARGEST 4 KiB pages of one memfd at consecutive fixed IOVAs, in the
  * compact form (columns), as libiommuctl's clients send it: what is the same for every entry is
  * sent once, and the reply lists no IOVA, as every entry's is fixed (picked_iovas_only). */
 struct batch {
-	uint64_t offsets[BATCH], iovas[BATCH];
+	uint64_t offsets[BATCH_LARGEST], iovas[BATCH_LARGEST];
 	uint32_t domain_id, prot;
 	uint64_t length;
 	protobuf_c_boolean fixed_iova;
@@ -707,9 +708,11 @@ static void throughput_add(struct throughput *t, uint64_t pages, struct stamp st
 	t->pages += pages;
 }
 
-/* The daemon's side of part 2: a connection with its domain, and the memfd its batches map. */
+/* The daemon's side of part 2: a connection with its domain, and the memfd its batches of
+ * entries pages map. */
 struct batch_daemon {
 	struct batch *b;
+	size_t entries;
 	struct iommuctl *c;
 	uint32_t dom;
 	int mem;
@@ -730,7 +733,7 @@ static uint64_t round_pages(void)
 	return (uint64_t)opt.batches_per_round * BATCH;
 }
 
-static void batch_daemon_open(struct batch_daemon *d)
+static void batch_daemon_open(struct batch_daemon *d, size_t entries)
 {
 	d->b = malloc(sizeof(*d->b));
 	if (!d->b)
@@ -743,7 +746,8 @@ static void batch_daemon_open(struct batch_daemon *d)
 	d->mem = memfd(round_pages() * PAGE);
 	/* Kept, as the in-process side's memory is there without a descriptor per call. */
 	keep_file(d->c, d->mem);
-	batch_init(d->b, d->dom, BATCH, true);
+	d->entries = entries;
+	batch_init(d->b, d->dom, entries, true);
 }
 
 static void batch_daemon_close(struct batch_daemon *d)
@@ -757,8 +761,8 @@ static void batch_round_daemon(struct batch_daemon *d, struct throughput *t)
 {
 	struct stamp start = stamp(true), mapped;
 
-	for (unsigned k = 0; k < opt.batches_per_round; k++)
-		batch_map(d->c, d->b, d->mem, (uint64_t)k * BATCH, 1, round_pages());
+	for (uint64_t first = 0; first < round_pages(); first += d->entries)
+		batch_map(d->c, d->b, d->mem, first, 1, round_pages());
 	mapped = stamp(true);
 	check_call(d->c, iommuctl_unmap_all(d->c, d->dom, NULL), "UnmapAll");
 	throughput_add(t, round_pages(), start, mapped, stamp(true));
@@ -826,55 +830,81 @@ static double ratio(uint64_t a, uint64_t b)
 	return (double)a / (double)b;
 }
 
-static void part_batch(void)
+/* A daemon side's rows against the in-process one: its time ratios, then its event loop's own
+ * CPU per page and that against the in-process CPU time. */
+static void batch_ratios(const char *label, const struct throughput *daemon,
+			 const struct throughput *direct)
 {
-	struct throughput daemon = {0}, direct = {0}, warm = {0};
+	char row[64];
+
+	/* All as time ratios, so each says how many times longer a page takes; both rounds map
+	 * as many pages. */
+	(void)snprintf(row, sizeof(row), "%s (time)", label);
+	(void)printf("%-28s %10s %12.2f %12.2f %12.2f %12.2f %12.2f\n", row, "",
+		     ratio(daemon->map_ns, direct->map_ns),
+		     ratio(daemon->unmap_ns, direct->unmap_ns),
+		     pages_per_s(direct) / pages_per_s(daemon),
+		     ratio(daemon->map_cpu_ns, direct->map_cpu_ns),
+		     ratio(daemon->unmap_cpu_ns, direct->unmap_cpu_ns));
+	/* The CPU columns above add the client's encoding and decoding to the daemon's work. */
+	(void)printf("%-28s %10s %12s %12s %12s %12.1f %12.1f\n", "  of which the daemon", "", "",
+		     "", "", (double)daemon->daemon_map_cpu_ns / (double)daemon->pages,
+		     (double)daemon->daemon_unmap_cpu_ns / (double)daemon->pages);
+	if (daemon->daemon_map_cpu_ns) {
+		(void)snprintf(row, sizeof(row), "%s (cpu)", label);
+		(void)printf("%-28s %10s %12s %12s %12s %12.2f %12.2f\n", row, "", "", "", "",
+			     ratio(daemon->daemon_map_cpu_ns, direct->map_cpu_ns),
+			     ratio(daemon->daemon_unmap_cpu_ns, direct->unmap_cpu_ns));
+	}
+}
+
+/* Rounds of the daemon's side and the in-process one in turn, so that the machine's other load,
+ * which comes and goes, weighs on both alike: one batch size against its own in-process
+ * rounds, as the daemon's working set of one connection is then the same for every size. */
+static void batch_compare(size_t entries, struct throughput *daemon, struct throughput *direct)
+{
+	struct throughput warm = {0};
 	struct batch_daemon own;
 	struct batch_direct here;
+
+	batch_daemon_open(&own, entries);
+	batch_direct_open(&here);
+	batch_round_daemon(&own, &warm);
+	batch_round_direct(&here, &warm);
+	for (unsigned r = 0; r < opt.batch_rounds; r++) {
+		batch_round_daemon(&own, daemon);
+		batch_round_direct(&here, direct);
+	}
+	batch_direct_close(&here);
+	batch_daemon_close(&own);
+}
+
+static void part_batch(void)
+{
+	struct throughput daemon = {0}, direct = {0}, largest = {0}, direct_largest = {0};
 	struct placement where[2];
+	char label[32];
 
 	/* The CPU cost of the work, not wakeups across CPUs (see struct placement). */
 	placements(where);
 	place(&where[0]);
 	(void)printf(
 		"\n2. MapBatch throughput (4 KiB pages; a round maps %u pages of one memfd in\n"
-		"   batches of %u at fixed IOVAs, then unmaps them all at once; cpus: %s)\n\n",
-		opt.batches_per_round * BATCH, BATCH, where[0].name);
+		"   batches of %u, then of %u, at fixed IOVAs, then unmaps them all at once;\n"
+		"   cpus: %s)\n\n",
+		opt.batches_per_round * BATCH, BATCH, BATCH_LARGEST, where[0].name);
 	(void)printf("%-28s %10s %12s %12s %12s %12s %12s\n", "path", "pages", "map ns/page",
 		     "unmap ns/pg", "pages/s", "map cpu/pg", "unmap cpu/pg");
-	batch_daemon_open(&own);
-	batch_direct_open(&here);
-	batch_round_daemon(&own, &warm);
-	batch_round_direct(&here, &warm);
-	/* Round by round in turn, so that the machine's other load, which comes and goes, weighs
-	 * on both alike. */
-	for (unsigned r = 0; r < opt.batch_rounds; r++) {
-		batch_round_daemon(&own, &daemon);
-		batch_round_direct(&here, &direct);
-	}
-	batch_direct_close(&here);
-	batch_daemon_close(&own);
+	batch_compare(BATCH, &daemon, &direct);
+	batch_compare(BATCH_LARGEST, &largest, &direct_largest);
 	throughput_row("daemon MapBatch+UnmapAll", &daemon);
 	throughput_row("kh_map+kh_unmap in process", &direct);
-	/* All as time ratios, so each says how many times longer a page takes; both rounds map
-	 * as many pages. */
-	(void)printf("%-28s %10s %12.2f %12.2f %12.2f %12.2f %12.2f\n", "daemon/in-process (time)",
-		     "", ratio(daemon.map_ns, direct.map_ns),
-		     ratio(daemon.unmap_ns, direct.unmap_ns),
-		     pages_per_s(&direct) / pages_per_s(&daemon),
-		     ratio(daemon.map_cpu_ns, direct.map_cpu_ns),
-		     ratio(daemon.unmap_cpu_ns, direct.unmap_cpu_ns));
-	/* The CPU columns above add the client's encoding and decoding to the daemon's work;
-	 * these lines are the daemon's event loop alone, per page, and that against the
-	 * in-process CPU time. */
-	(void)printf("%-28s %10s %12s %12s %12s %12.1f %12.1f\n", "  of which the daemon", "", "",
-		     "", "", (double)daemon.daemon_map_cpu_ns / (double)daemon.pages,
-		     (double)daemon.daemon_unmap_cpu_ns / (double)daemon.pages);
-	if (daemon.daemon_map_cpu_ns)
-		(void)printf("%-28s %10s %12s %12s %12s %12.2f %12.2f\n",
-			     "the daemon/in-process (cpu)", "", "", "", "",
-			     ratio(daemon.daemon_map_cpu_ns, direct.map_cpu_ns),
-			     ratio(daemon.daemon_unmap_cpu_ns, direct.unmap_cpu_ns));
+	batch_ratios("daemon/in-process", &daemon, &direct);
+	(void)snprintf(label, sizeof(label), "%u-entry batches", BATCH_LARGEST);
+	throughput_row(label, &largest);
+	throughput_row("kh_map+kh_unmap in process", &direct_largest);
+	(void)snprintf(label, sizeof(label), "%u-entry/in-process", BATCH_LARGEST);
+	batch_ratios(label, &largest, &direct_largest);
 }
 
 /* ---- part 3 --------------------------------------------------------------------------- */
@@ -1548,7 +1578,10 @@ static void usage_figures(FILE *out)
 		"     it. The CPU columns add the client's encoding and decoding to the\n"
 		"     daemon's work; \"of which the daemon\" is the daemon's CPU time alone,\n"
 		"     and the last line that against the in-process CPU time (only for a\n"
-		"     daemon iommud-bench started).\n"
+		"     daemon iommud-bench started). Then the same again, in turn with\n"
+		"     in-process rounds of its own, with MapBatch requests of %u entries, the\n"
+		"     most one takes: what the daemon's work costs once the round trips per\n"
+		"     page are halved.\n"
 		"  3. Scaling: 1, 2, 4, ... up to --clients-max clients at once, each a thread\n"
 		"     with its own connection and domain, each count for a fixed time. For\n"
 		"     Map+Unmap of 4 KiB: pairs per second over all clients, the same relative\n"
@@ -1577,8 +1610,8 @@ static void usage_figures(FILE *out)
 		"     time (schedstat) per pair of the daemon (all its threads) and of the\n"
 		"     tenants' processes, which the machine's noise does not stretch.\n"
 		"\n",
-		opt.batches_per_round * BATCH, BATCH, BATCH, MANY_MAPPINGS, 4 * BATCH, VMA_BYTES,
-		TENANT_DEPTH);
+		opt.batches_per_round * BATCH, BATCH, BATCH_LARGEST, BATCH, MANY_MAPPINGS,
+		4 * BATCH, VMA_BYTES, TENANT_DEPTH);
 }
 
 static void usage(FILE *out)
