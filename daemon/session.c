@@ -1952,6 +1952,12 @@ int session_unmap_start(struct session *s, uint32_t domain_id, uint64_t iova, ui
 	return unmap_end(s, dom, p, unmap_whole(s, dom, p, iova, length));
 }
 
+/* Whether the removal is UnmapAll's, of every mapping of the domain. */
+static bool removes_all(const struct unmap_progress *p)
+{
+	return p->iova == 0 && p->last == UINT64_MAX;
+}
+
 /* A step's run of whole mappings (kh_unmap_run's take): from the first left in the range, those
  * no longer than a step, as many as make a step's leaves; a mapping longer than a step, first,
  * is taken from its tail instead. */
@@ -1968,13 +1974,12 @@ static bool take_in_step(const struct kh_mapping *m, size_t taken, void *arg)
 {
 	struct step_run *run = arg;
 	uint64_t budget = (uint64_t)MAP_PART_PAGES * run->p->parts_per_step;
-	bool whole_domain = run->p->iova == 0 && run->p->last == UINT64_MAX;
 
 	/* Where asked, an Unmap's one mapping keeps its file map: the first of the range, the
 	 * last too unless another turns up here. An UnmapAll keeps every map it leaves unused,
 	 * each in turn, so the last stays. */
 	run->s->keeping_released =
-		run->p->keep_view && (whole_domain || (!taken && run->first_of_unmap));
+		run->p->keep_view && (removes_all(run->p) || (!taken && run->first_of_unmap));
 	if (last_step(m, run->p->parts_per_step) > m->iova) {
 		run->tail_first = !taken;
 		run->first_mapping = *m;
@@ -2019,7 +2024,7 @@ int session_unmap_step(struct session *s, struct unmap_progress *p)
 	/* A step with room for every page the domain still maps, each as a leaf of its own at
 	 * most, takes them all in one call, as kh_unmap would: asking take_in_step about each
 	 * mapping would only say yes to each. */
-	if (p->iova == 0 && p->last == UINT64_MAX && dom->n_maps &&
+	if (removes_all(p) && dom->n_maps &&
 	    dom->bytes / MAP_GRANULE <= (uint64_t)MAP_PART_PAGES * p->parts_per_step) {
 		s->keeping_released = p->keep_view;
 		rc = unmap_whole(s, dom, p, 0, UINT64_MAX);
