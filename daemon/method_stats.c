@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /*
  * GetStats: the daemon's counters, the RPC and map path latency histograms, the probes' state,
- * tenant labels, devices and delegations.
+ * tenant labels, devices and delegations, the descriptor store.
  *
  * What a caller sees: an observer (root, or a section with stats = all, as the metrics
  * exporter's) sees everything, every tenant label's figures and the daemon's. Anyone else sees
@@ -20,6 +20,7 @@
 #include "log.h"
 #include "probes/probes.h"
 #include "server.h"
+#include "state.h"
 
 /* Room kept for the envelope (id, status) and the repeated fields' own tags and lengths. */
 #define STATS_REPLY_BUDGET (IOMMUD_MAX_MESSAGE - 1024)
@@ -463,6 +464,27 @@ static int fill_own_tenant(struct stats_fill *st)
 	return 0;
 }
 
+/* Absent without a store: no lease then survives a restart, which GetStats does not hide
+ * behind a store of size 0. */
+static int fill_descriptor_store(struct stats_fill *st)
+{
+	const struct state *state = st->call->d->state;
+	Iommud__V1__DescriptorStore *ds;
+	struct store_usage usage;
+
+	if (!state)
+		return 0;
+	if (!(ds = call_alloc(st->call, sizeof(*ds))))
+		return nomem();
+	iommud__v1__descriptor_store__init(ds);
+	usage = state_store_usage(state);
+	ds->capacity = usage.capacity;
+	ds->stored = usage.stored;
+	ds->set_aside = usage.set_aside;
+	st->reply->descriptor_store = ds;
+	return 0;
+}
+
 /* Every tenant label, device, fault source, delegation and map latency histogram while they fit;
  * said once per change when some do not, not at every scrape. */
 static int fill_everyone(struct stats_fill *st)
@@ -512,7 +534,8 @@ int do_get_stats(struct call *call)
 		reserve_room(&st);
 		return fill_delegations(&st);
 	}
-	if ((rc = fill_methods(&st)) < 0 || (rc = fill_refused(call, st.reply)) < 0)
+	if ((rc = fill_methods(&st)) < 0 || (rc = fill_refused(call, st.reply)) < 0 ||
+	    (rc = fill_descriptor_store(&st)) < 0)
 		return rc;
 	reserve_room(&st);
 	return fill_everyone(&st);

@@ -222,6 +222,12 @@ bool store_has_room(const struct state *st, size_t need)
 	return stored_count(st) + st->set_aside + need + 1 <= st->store_max;
 }
 
+struct store_usage state_store_usage(const struct state *st)
+{
+	return (struct store_usage){
+		.capacity = st->store_max, .stored = stored_count(st), .set_aside = st->set_aside};
+}
+
 /* Moves the call's room to n slots, never adding to what it had, so that no slot is counted
  * twice, for it and for the store. */
 static void set_room(struct state *st, struct call *call, size_t n)

@@ -21,6 +21,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stddef.h>
 
 struct call;
 struct registry;
@@ -57,6 +58,13 @@ void state_call_done(struct state *st);
  * never become the lease's (only a recorded call adds them), so no snapshot stores them, and
  * it says that those mappings would not survive a restart. */
 void state_call_end(struct state *st, struct call *call);
+/* The service manager's store as the state counts it (GetStats' DescriptorStore): the
+ * descriptors it keeps for the daemon, those in it now, and the slots set aside for calls in
+ * progress. */
+struct store_usage {
+	size_t capacity, stored, set_aside;
+};
+struct store_usage state_store_usage(const struct state *st);
 /* A lease call that changed the lease without being acknowledged, so without a transaction:
  * an Unmap the kernel refused part way, or finished for a client gone, a map whose take back
  * failed. The record is rewritten from what is at the next state_compact_if_due, and the lease

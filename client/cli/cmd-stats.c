@@ -11,7 +11,10 @@ static const char stats_help[] =
 	"Shows how long iommud has run, its version, connections, tenants, sessions and leases,\n"
 	"the packets it rejected as malformed, the memory maps sessions keep after an unmap\n"
 	"with keep_map (held now, taken up by a map, given up unused), your tenant's quota,\n"
-	"the daemon's ceilings over all tenants, how its map path is watched (the probe tier,\n"
+	"the daemon's ceilings over all tenants, the service manager's descriptor store where\n"
+	"the leases are kept across restarts (its size, the descriptors in it, and the slots\n"
+	"set aside for maps in progress; absent when the daemon runs without one, so that no\n"
+	"lease survives a restart), how its map path is watched (the probe tier,\n"
 	"whether the probes are attached now, and what could not be attached), for each\n"
 	"method how many calls it answered and how many of them failed, every tenant label,\n"
 	"each device's state (free, bound, attached or delegated) and the delegations with\n"
@@ -19,8 +22,8 @@ static const char stats_help[] =
 	"delegations' shows the same).\n"
 	"All of that is everyone's only for an observer (root, or 'stats = all' in your\n"
 	"configuration section: observer: yes); anyone else sees the same counters about\n"
-	"their own tenant alone (its own delegations among them), and no methods, devices or\n"
-	"map latency.\n"
+	"their own tenant alone (its own delegations among them), and no methods, devices,\n"
+	"descriptor store or map latency.\n"
 	"\n"
 	"With --latency it also draws, as bpftrace's hist() does, each method's latency (from\n"
 	"its request received to its reply sent) and the map path's latency by operation,\n"
@@ -190,6 +193,17 @@ static void show_fault_sources(const Iommud__V1__GetStatsReply *s)
 	list_end();
 }
 
+static void show_descriptor_store(const Iommud__V1__DescriptorStore *ds)
+{
+	if (!ds)
+		return;
+	obj_begin("descriptor_store");
+	field("store_capacity", NUM, ds->capacity, NULL);
+	field("store_in_use", NUM, ds->stored, NULL);
+	field("store_set_aside", NUM, ds->set_aside, NULL);
+	obj_end();
+}
+
 static void show_stats(const Iommud__V1__GetStatsReply *s, bool latency)
 {
 	obj_begin(NULL);
@@ -206,6 +220,7 @@ static void show_stats(const Iommud__V1__GetStatsReply *s, bool latency)
 	field("observer", BOOL, s->observer, NULL);
 	show_quota(s->quota);
 	show_ceilings(s->ceilings, s->observer);
+	show_descriptor_store(s->descriptor_store);
 	show_probes(s->probes);
 	show_methods(s, latency);
 	show_tenants(s);

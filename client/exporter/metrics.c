@@ -328,6 +328,32 @@ static void render_ceilings(struct writer *w, const Iommud__V1__GetStatsReply *s
 	}
 }
 
+/* A figure of the DescriptorStore message by its schema name; none when the daemon runs
+ * without a store. */
+static const struct store_figure {
+	struct family family;
+	const char *field;
+} store_figures[] = {
+	{{"iommud_descriptor_store_capacity", "gauge",
+	  "Descriptors the service manager keeps for the daemon, where leases outlive a restart."},
+	 "capacity"},
+	{{"iommud_descriptor_store_stored", "gauge",
+	  "Descriptors in the store now: the state record, the leases' memory files, kernel "
+	  "descriptors and the VMMs' process descriptors."},
+	 "stored"},
+	{{"iommud_descriptor_store_set_aside", "gauge",
+	  "Store slots held for calls in progress, such as a MapBatch's new memory files."},
+	 "set_aside"},
+};
+
+static void render_descriptor_store(struct writer *w, const Iommud__V1__GetStatsReply *s)
+{
+	for (size_t i = 0;
+	     s->descriptor_store && i < sizeof(store_figures) / sizeof(store_figures[0]); i++)
+		sample(w, &store_figures[i].family, NULL, 0,
+		       unsigned_field(&s->descriptor_store->base, store_figures[i].field));
+}
+
 /* ---- RPC methods ------------------------------------------------------------------------- */
 
 static const struct family rpc_calls = {"iommud_rpc_calls_total", "counter",
@@ -698,6 +724,7 @@ int metrics_render(const Iommud__V1__GetStatsReply *stats, FILE *out)
 	if (stats) {
 		render_daemon(&w, stats);
 		render_ceilings(&w, stats);
+		render_descriptor_store(&w, stats);
 		render_methods(&w, stats);
 		render_map_path(&w, stats);
 		render_tenants(&w, stats);

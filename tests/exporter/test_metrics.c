@@ -31,6 +31,7 @@ struct sample_reply {
 	Iommud__V1__DmaFaults dmar0, emu1_faults, *faults[2];
 	Iommud__V1__ProbeStatus probes;
 	Iommud__V1__Ceilings ceilings;
+	Iommud__V1__DescriptorStore store;
 	Iommud__V1__RefusedConnections per_uid, idle, *refused[2];
 	Iommud__V1__Delegation vm1, vm2, vm3, *delegations[3];
 	char *detached[2], *vm1_devices[2], *vm2_devices[1], *vm3_devices[1];
@@ -202,6 +203,11 @@ static void fill_ceilings_refusals(struct sample_reply *s)
 	s->reply.kept_maps = 3;
 	s->reply.kept_maps_taken_up = 1021;
 	s->reply.kept_maps_given_up = 17;
+	iommud__v1__descriptor_store__init(&s->store);
+	s->store.capacity = 524288;
+	s->store.stored = 37;
+	s->store.set_aside = 2;
+	s->reply.descriptor_store = &s->store;
 }
 
 /* Two VMMs of one label (one of them holding two devices), one unlimited VMM of another. */
@@ -478,7 +484,7 @@ TEST(tenant_usage_and_limits)
 	free(text);
 }
 
-TEST(ceilings_refusals_and_rate_limits)
+TEST(ceilings_store_refusals_and_rate_limits)
 {
 	struct sample_reply s;
 	char *text;
@@ -503,6 +509,10 @@ TEST(ceilings_refusals_and_rate_limits)
 	CHECK_LINE(text, "iommud_kept_maps_taken_up_total 1021");
 	CHECK_LINE(text, "# TYPE iommud_kept_maps_given_up_total counter");
 	CHECK_LINE(text, "iommud_kept_maps_given_up_total 17");
+	CHECK_LINE(text, "# TYPE iommud_descriptor_store_capacity gauge");
+	CHECK_LINE(text, "iommud_descriptor_store_capacity 524288");
+	CHECK_LINE(text, "iommud_descriptor_store_stored 37");
+	CHECK_LINE(text, "iommud_descriptor_store_set_aside 2");
 	free(text);
 	/* A ceiling of 0 is none: no limit is claimed, while usage stays. */
 	s.ceilings.max_pinned_bytes = 0;
@@ -510,11 +520,14 @@ TEST(ceilings_refusals_and_rate_limits)
 	CHECK_EQ(count(text, "iommud_pinned_bytes_limit"), 0);
 	CHECK_LINE(text, "iommud_pinned_bytes 5242880");
 	free(text);
-	/* A daemon without ceilings (an older one) leaves their families out. */
+	/* A daemon without ceilings (an older one) leaves their families out, and one without a
+	 * descriptor store (no service manager keeps one) its store's. */
 	s.reply.ceilings = NULL;
+	s.reply.descriptor_store = NULL;
 	text = render(&s.reply);
 	CHECK_EQ(count(text, "iommud_maps"), 0);
 	CHECK_EQ(count(text, "iommud_failed_releases_total"), 0);
+	CHECK_EQ(count(text, "iommud_descriptor_store"), 0);
 	free(text);
 }
 
@@ -643,7 +656,7 @@ TEST(every_family_typed_once_and_contiguous)
 			(void)fprintf(stderr, "sample '%s' outside its family (%s)\n", line, typed);
 		CHECK(strcmp(family, typed) == 0);
 	}
-	CHECK_EQ(families, 54);
+	CHECK_EQ(families, 57);
 	free(text);
 }
 

@@ -112,6 +112,10 @@ step_systemd_map() {
 	iommuctl --lease "$lease" map "$domain" --memfd 2M
 	iommuctl --lease "$lease" mappings "$domain" | tee /tmp/mappings
 	[ "$(grep -c '^0x' /tmp/mappings)" -eq 1 ] || fail "the map is not listed"
+	# The lease's memory file is in systemd's store beside the record, and stats count both.
+	iommuctl stats | grep '^store ' | tee /tmp/store
+	in_use=$(awk '$1 == "store" && $2 == "in" { print $4 }' /tmp/store)
+	[ "${in_use:-0}" -ge 2 ] || fail "iommuctl stats counts no record and file in the store"
 }
 
 # Journal lines about objects carry the fields that find them.
