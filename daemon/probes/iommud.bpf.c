@@ -227,7 +227,11 @@ static __always_inline __u32 ioctl_tenant(struct thread_state *st, __u32 tgid, _
 /* The CPU's preempt count, where x86 keeps it: the per-CPU __preempt_count (Linux 6.15 on), in
  * struct pcpu_hot before (6.2 to 6.14). Both weak: the loader resolves the one the kernel has,
  * the other's address is 0 and the verifier drops its branch. Elsewhere (other architectures)
- * the count reads 0: no interrupt is told apart. */
+ * the count reads 0: no interrupt is told apart. A kernel whose kallsyms leaves per-CPU
+ * variables out (built without CONFIG_KALLSYMS_ALL) cannot give BPF their address and refuses
+ * every program naming one, whatever branch it is on: for it the object is also built plain
+ * (IOMMUD_NO_PERCPU_KSYMS), reading 0 too. */
+#ifndef IOMMUD_NO_PERCPU_KSYMS
 extern const int __preempt_count __ksym __weak;
 
 struct pcpu_hot___iommud {
@@ -235,6 +239,7 @@ struct pcpu_hot___iommud {
 } __attribute__((preserve_access_index));
 
 extern const struct pcpu_hot___iommud pcpu_hot __ksym __weak;
+#endif
 
 #define IN_INTERRUPT_MASK 0x1fff00 /* SOFTIRQ_MASK | HARDIRQ_MASK | NMI_MASK */
 
@@ -245,11 +250,13 @@ static __always_inline bool in_interrupt(void)
 {
 	int count = 0;
 
+#ifndef IOMMUD_NO_PERCPU_KSYMS
 	if (&__preempt_count)
 		count = *(const int *)bpf_this_cpu_ptr(&__preempt_count);
 	else if (bpf_core_field_exists(pcpu_hot.preempt_count))
 		count = ((const struct pcpu_hot___iommud *)bpf_this_cpu_ptr(&pcpu_hot))
 				->preempt_count;
+#endif
 	return count & IN_INTERRUPT_MASK;
 }
 

@@ -26,6 +26,7 @@
 
 #include "histogram.h"
 #include "iommud.skel.h"
+#include "iommud_plain.skel.h"
 #include "log.h"
 
 #define TIER(t) IOMMUD__V1__PROBE_TIER__PROBE_TIER_##t
@@ -160,8 +161,9 @@ struct probes {
 	__u32 handled;	       /* IOMMUD_HANDLES_* of the handlers attached */
 	char **detached;       /* owned lines: the start's, then the last re-attach's refusals */
 	size_t n_detached;
-	size_t n_start_detached;	     /* the lines probes_start left */
-	struct iommud_bpf *skel;	     /* NULL at tier OFF */
+	size_t n_start_detached; /* the lines probes_start left */
+	struct iommud_bpf *skel; /* NULL at tier OFF */
+	bool plain; /* skel is the object built without per-CPU kernel variables (open_object) */
 	struct bpf_link *links[2 * N_SPECS]; /* entry and exit of each spec */
 	bool attached[N_SPECS];		     /* what the tier attached at start, kept while off */
 	const char *target[N_SPECS];	     /* the target chosen for each spec, or NULL */
@@ -448,26 +450,77 @@ static void share_handled(struct probes *p, Iommud__V1__ProbeTier tier)
 	attribution_changed(p);
 }
 
-/* Loads and attaches one tier's programs; true when a latency or count pair attached. */
-static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf)
+/* The BPF object as built, or (plain) as built without the per-CPU kernel variables it reads
+ * the preempt count through (iommud.bpf.c, in_interrupt): the two have the same programs and
+ * maps, so the first's skeleton serves either. NULL and errno when it cannot be opened. */
+static struct iommud_bpf *open_object(bool plain)
 {
-	const char *name = iommud_name(&iommud_probe_tier_names, tier);
-	size_t measured = 0;
+	struct iommud_bpf *obj = calloc(1, sizeof(*obj));
 	int err;
 
-	p->skel = iommud_bpf__open();
+	if (!obj) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	err = iommud_bpf__create_skeleton(obj);
+	if (!err && plain)
+		obj->skeleton->data = iommud_plain_bpf__elf_bytes(&obj->skeleton->data_sz);
+	if (!err)
+		err = bpf_object__open_skeleton(obj->skeleton, NULL);
+	if (err) {
+		iommud_bpf__destroy(obj);
+		errno = -err;
+		return NULL;
+	}
+	return obj;
+}
+
+/* Opens the object (p->plain says which) with the tier's programs and loads it; a negative
+ * errno and in *ret_failure what failed when it cannot, with nothing left open. */
+static int load_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf,
+		     const char **ret_failure)
+{
+	int err;
+
+	p->skel = open_object(p->plain);
 	if (!p->skel) {
-		say(p, "%s tier: cannot open the BPF object (%s)", name, strerror(errno));
-		return false;
+		*ret_failure = "cannot open the BPF object";
+		return -errno;
 	}
 	choose_programs(p, tier, btf);
 	(void)bpf_map__set_max_entries(p->skel->maps.hists,
 				       p->tenant_slots * IOMMUD_HISTS_PER_TENANT);
 	err = iommud_bpf__load(p->skel);
 	if (err) {
-		say(p, "%s tier: the kernel refused to load its programs (%s)", name,
-		    strerror(-err));
+		*ret_failure = "the kernel refused to load its programs";
 		detach_all(p);
+	}
+	return err;
+}
+
+/* Loads and attaches one tier's programs; true when a latency or count pair attached. */
+static bool try_tier(struct probes *p, Iommud__V1__ProbeTier tier, const struct btf *btf)
+{
+	const char *name = iommud_name(&iommud_probe_tier_names, tier), *failure = NULL;
+	size_t measured = 0;
+	int err = load_tier(p, tier, btf, &failure);
+
+	/* A kernel that cannot give BPF the address of a per-CPU variable (its kallsyms leaves
+	 * them out: CONFIG_KALLSYMS_ALL off) refuses every program naming one with ENOENT; the
+	 * plain object names none. Tried once: where it is refused too, the cause is another. */
+	if (err == -ENOENT && !p->plain) {
+		p->plain = true;
+		err = load_tier(p, tier, btf, &failure);
+		if (err)
+			p->plain = false;
+		else
+			say(p, "DMA mapping in interrupts not told apart: this kernel does not "
+			       "give BPF programs the address of per-CPU variables (built "
+			       "without CONFIG_KALLSYMS_ALL), so it is counted to the task "
+			       "interrupted");
+	}
+	if (err) {
+		say(p, "%s tier: %s (%s)", name, failure, strerror(-err));
 		return false;
 	}
 	learn_daemon(p);

@@ -149,7 +149,7 @@ TEST(off_by_configuration)
 	probes_stop(p);
 }
 
-/* Whatever this kernel allows (this host: tracepoints, not fentry or kprobes; unprivileged:
+/* Whatever this kernel allows (this host: kprobes and tracepoints, not fentry; unprivileged:
  * nothing), starting succeeds, and every tier above the one reached has its reason. */
 TEST(falls_back_and_says_why)
 {
@@ -172,5 +172,45 @@ TEST(falls_back_and_says_why)
 		CHECK_OK(probes_register_cgroup(p, 1, 1));
 		probes_unregister_cgroup(p, 1);
 	}
+	probes_stop(p);
+}
+
+/* Whether /proc/kallsyms lists a symbol of that name; -1 when it cannot be read. */
+static int kallsyms_has(const char *name)
+{
+	FILE *f = fopen("/proc/kallsyms", "r");
+	char line[512], symbol[256];
+	int found = 0;
+
+	if (!f)
+		return -1;
+	while (!found && fgets(line, sizeof(line), f))
+		found = sscanf(line, "%*s %*s %255s", symbol) == 1 && strcmp(symbol, name) == 0;
+	(void)fclose(f);
+	return found;
+}
+
+/* A kernel whose kallsyms leaves out the per-CPU variable the preempt count is read through
+ * (this host's: CONFIG_KALLSYMS_ALL off) refuses every program naming it; the loader then
+ * takes the object built without it, which loads, and says what is lost. */
+TEST(plain_object_where_per_cpu_variables_have_no_address)
+{
+	struct probes_options opts = {.max_tier = TIER(FENTRY)};
+	const char *const *lines;
+	bool said = false;
+	struct probes *p;
+	size_t n;
+
+	if (geteuid() != 0)
+		SKIP("loading BPF programs needs root");
+	if (kallsyms_has("__preempt_count") != 0 || kallsyms_has("pcpu_hot") != 0 ||
+	    kallsyms_has("iommu_map") != 1)
+		SKIP("this kernel's kallsyms lists its per-CPU variables (or cannot be read)");
+	CHECK_OK(probes_start(&opts, &p));
+	n = probes_detached(p, &lines);
+	for (size_t i = 0; i < n; i++)
+		said |= strstr(lines[i], "CONFIG_KALLSYMS_ALL") != NULL;
+	CHECK(said);
+	CHECK(probes_tier(p) > TIER(OFF));
 	probes_stop(p);
 }
