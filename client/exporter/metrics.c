@@ -272,13 +272,28 @@ static uint64_t unsigned_field(const ProtobufCMessage *m, const char *name)
 	return *(const uint64_t *)(const void *)at;
 }
 
-/* A figure of the Ceilings message by its schema name; a limit of 0 is none, and leaves its
- * family out rather than claim a ceiling of nothing. */
-static const struct ceiling_figure {
+/* A figure of a message GetStats carries (Ceilings, DescriptorStore) by its schema name; a
+ * limit of 0 is none, and leaves its family out rather than claim a ceiling of nothing. */
+struct message_figure {
 	struct family family;
 	const char *field;
 	bool limit;
-} ceiling_figures[] = {
+};
+
+/* The figures of m, none when the daemon sent no such message. */
+static void render_figures(struct writer *w, const ProtobufCMessage *m,
+			   const struct message_figure *figures, size_t n)
+{
+	uint64_t value;
+
+	for (size_t i = 0; m && i < n; i++) {
+		value = unsigned_field(m, figures[i].field);
+		if (value || !figures[i].limit)
+			sample(w, &figures[i].family, NULL, 0, value);
+	}
+}
+
+static const struct message_figure ceiling_figures[] = {
 	{{"iommud_maps", "gauge",
 	  "The daemon's memory maps of client files, one per file and access in a session."},
 	 "maps",
@@ -313,14 +328,8 @@ static const struct family refused_connections = {
 
 static void render_ceilings(struct writer *w, const Iommud__V1__GetStatsReply *s)
 {
-	uint64_t value;
-
-	for (size_t i = 0; s->ceilings && i < sizeof(ceiling_figures) / sizeof(ceiling_figures[0]);
-	     i++) {
-		value = unsigned_field(&s->ceilings->base, ceiling_figures[i].field);
-		if (value || !ceiling_figures[i].limit)
-			sample(w, &ceiling_figures[i].family, NULL, 0, value);
-	}
+	render_figures(w, s->ceilings ? &s->ceilings->base : NULL, ceiling_figures,
+		       sizeof(ceiling_figures) / sizeof(ceiling_figures[0]));
 	for (size_t i = 0; i < s->n_refused_connections; i++) {
 		struct label reason = {"reason", s->refused_connections[i]->reason};
 
@@ -328,30 +337,27 @@ static void render_ceilings(struct writer *w, const Iommud__V1__GetStatsReply *s
 	}
 }
 
-/* A figure of the DescriptorStore message by its schema name; none when the daemon runs
- * without a store. */
-static const struct store_figure {
-	struct family family;
-	const char *field;
-} store_figures[] = {
+/* None when the daemon runs without a store. */
+static const struct message_figure store_figures[] = {
 	{{"iommud_descriptor_store_capacity", "gauge",
 	  "Descriptors the service manager keeps for the daemon, where leases outlive a restart."},
-	 "capacity"},
+	 "capacity",
+	 false},
 	{{"iommud_descriptor_store_stored", "gauge",
 	  "Descriptors in the store now: the state record, the leases' memory files, kernel "
 	  "descriptors and the VMMs' process descriptors."},
-	 "stored"},
+	 "stored",
+	 false},
 	{{"iommud_descriptor_store_set_aside", "gauge",
 	  "Store slots held for calls in progress, such as a MapBatch's new memory files."},
-	 "set_aside"},
+	 "set_aside",
+	 false},
 };
 
 static void render_descriptor_store(struct writer *w, const Iommud__V1__GetStatsReply *s)
 {
-	for (size_t i = 0;
-	     s->descriptor_store && i < sizeof(store_figures) / sizeof(store_figures[0]); i++)
-		sample(w, &store_figures[i].family, NULL, 0,
-		       unsigned_field(&s->descriptor_store->base, store_figures[i].field));
+	render_figures(w, s->descriptor_store ? &s->descriptor_store->base : NULL, store_figures,
+		       sizeof(store_figures) / sizeof(store_figures[0]));
 }
 
 /* ---- RPC methods ------------------------------------------------------------------------- */
