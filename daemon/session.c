@@ -1661,14 +1661,8 @@ static uint64_t part_bytes(const struct session *s, const struct domain_rec *dom
 
 int session_map_start(struct session *s, struct map_entry *e, struct map_progress *p)
 {
-	struct kh_map_req req = {
-		.iova = e->iova,
-		.length = e->length,
-		.prot = e->prot,
-		.flags = e->fixed_iova ? KH_MAP_FIXED_IOVA : 0,
-		.alignment = e->alignment,
-	};
 	bool in_parts = e->length > MAP_PART_PAGES * MAP_GRANULE;
+	struct kh_map_req *req = &p->req;
 	struct map_owner *mo;
 	struct domain_rec *dom;
 	struct file_map *fm;
@@ -1679,31 +1673,41 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 	rc = file_map_get(s, e, dom->maps_files, &fm);
 	if (rc < 0)
 		return rc;
+	/* Built where it stays, and only now: e was stored field by field just before this call,
+	 * and a record built from it at once, then copied whole, read those fields back in wider
+	 * loads than they were stored with, which stall until the stores land (every entry of a
+	 * batch paid that, twice). p is not started (p->mo) until the end. */
+	*req = (struct kh_map_req){
+		.iova = e->iova,
+		.length = e->length,
+		.prot = e->prot,
+		.flags = e->fixed_iova ? KH_MAP_FIXED_IOVA : 0,
+		.alignment = e->alignment,
+	};
 	if (fm->by_fd) {
 		/* The kernel takes the file by descriptor (the request's, or the store's during
 		 * adoption, open for the whole map): nothing of it is mapped in the daemon. */
-		req.flags |= KH_MAP_FILE;
-		req.fd = e->file->fd;
-		req.addr = e->offset;
+		req->flags |= KH_MAP_FILE;
+		req->fd = e->file->fd;
+		req->addr = e->offset;
 	} else {
 		/* The backend takes memory by address; the pages stay shared with the file. */
-		req.addr = (uint64_t)(uintptr_t)fm->base + (e->offset - fm->start);
+		req->addr = (uint64_t)(uintptr_t)fm->base + (e->offset - fm->start);
 	}
 	/* Made in parts, the mapping is placed and checked whole first, as one call would. */
-	if (in_parts && (rc = kh_place(s->ctx, e->domain_id, &req)) < 0) {
+	if (in_parts && (rc = kh_place(s->ctx, e->domain_id, req)) < 0) {
 		file_map_put(s, fm);
 		return fail_kh(rc, "cannot map");
 	}
-	rc = map_owner_get(s, fm, dom, in_parts ? part_bytes(s, dom, &req, e->file->page_size) : 0,
+	rc = map_owner_get(s, fm, dom, in_parts ? part_bytes(s, dom, req, e->file->page_size) : 0,
 			   &mo);
 	if (rc < 0)
 		return rc;
-	req.owner = mo;
+	req->owner = mo;
 	/* Field by field: clearing the whole record, its take back's with it, costs a batch of
 	 * pages more than the rest of this; the take back is read only once it has steps left. */
 	p->mo = mo;
 	p->domain_id = e->domain_id;
-	p->req = req;
 	p->part = mo->part;
 	p->mapped = 0;
 	p->map_ns = 0;
@@ -1714,7 +1718,7 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 	 * daemon-wide ceilings leave for the rest. */
 	charge_mapping(s, dom, +1, e->length, +1);
 	/* USDT probes (iommud:map_entry/map_exit): a no-op until a tracer attaches. */
-	DTRACE_PROBE4(iommud, map_entry, s->tenant->uid, e->domain_id, req.iova, e->length);
+	DTRACE_PROBE4(iommud, map_entry, s->tenant->uid, e->domain_id, req->iova, e->length);
 	return 0;
 }
 
