@@ -274,9 +274,9 @@ static void total_add(uint64_t *total, uint64_t delta)
 	(void)__atomic_fetch_add(total, delta, __ATOMIC_RELAXED);
 }
 
-/* Counts count mappings (+1 made, -1 released, 0: bytes only) of length bytes, added (sign +1)
+/* Counts count mappings (+1 made, -n released, 0: bytes only) of length bytes, added (sign +1)
  * or taken away (-1), in their domain and their tenant's quota. */
-static void charge_mapping_here(struct session *s, struct domain_rec *dom, int count,
+static void charge_mapping_here(struct session *s, struct domain_rec *dom, int64_t count,
 				uint64_t length, int sign)
 {
 	struct usage *used = &s->tenant->used;
@@ -288,8 +288,8 @@ static void charge_mapping_here(struct session *s, struct domain_rec *dom, int c
 }
 
 /* The same, and in the daemon's ceilings. */
-static void charge_mapping(struct session *s, struct domain_rec *dom, int count, uint64_t length,
-			   int sign)
+static void charge_mapping(struct session *s, struct domain_rec *dom, int64_t count,
+			   uint64_t length, int sign)
 {
 	charge_mapping_here(s, dom, count, length, sign);
 	total_add(&s->tenant->reg->total.pinned_bytes, (uint64_t)sign * length);
@@ -451,9 +451,11 @@ static int map_owner_get(struct session *s, struct file_map *fm, struct domain_r
 	return 0;
 }
 
-static void map_owner_put(struct session *s, struct map_owner *mo)
+/* Drops count references on mo. */
+static void map_owner_put(struct session *s, struct map_owner *mo, uint64_t count)
 {
-	if (--mo->refs)
+	mo->refs -= count;
+	if (mo->refs)
 		return;
 	LIST_REMOVE(mo, link);
 	file_map_put(s, mo->file);
@@ -471,20 +473,21 @@ static uint64_t mapping_offset(const struct kh_mapping *m)
 	return fm->start + (m->addr - (uint64_t)(uintptr_t)fm->base);
 }
 
-/* kernel-helper's owner release: the mapping has left the IOMMU, so its memory may go. */
-static void mapping_release(void *owner, const struct kh_mapping *m, void *arg)
+/* kernel-helper's owner release: count mappings of bytes in all have left the IOMMU, so their
+ * memory may go. */
+static void mapping_release(void *owner, uint64_t count, uint64_t bytes, void *arg)
 {
 	struct map_owner *mo = owner;
 	struct session *s = arg;
 
 	if (s->released.gathering) {
-		s->released.bytes += m->length;
+		s->released.bytes += bytes;
 		/* The registry's total is the caller's to settle: nothing else of it changes. */
-		charge_mapping_here(s, mo->dom, -1, m->length, -1);
+		charge_mapping_here(s, mo->dom, -(int64_t)count, bytes, -1);
 	} else {
-		charge_mapping(s, mo->dom, -1, m->length, -1);
+		charge_mapping(s, mo->dom, -(int64_t)count, bytes, -1);
 	}
-	map_owner_put(s, mo);
+	map_owner_put(s, mo, count);
 }
 
 /* After kernel-helper has released every mapping of the domain (domain freed, context
@@ -1733,7 +1736,7 @@ void session_map_abort(struct session *s, struct map_progress *p)
 	p->mo = NULL;
 	p->back = (struct unmap_progress){0};
 	if (!p->mapped) {
-		map_owner_put(s, mo);
+		map_owner_put(s, mo, 1);
 		return;
 	}
 	if (session_unmap_start(s, p->domain_id, p->req.iova, p->mapped, false, &p->back) < 0)

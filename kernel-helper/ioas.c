@@ -88,18 +88,39 @@ static struct kh_mapping area_mapping(const struct kh_area *area)
 				   area->flags, area->owner};
 }
 
-/* Takes the area out of the tree and frees it, handing its owner to release. */
-static void area_forget(struct kh_ioas *ioas, struct kh_area *area, kh_owner_release_fn *release,
-			void *arg)
+/* Mappings leaving one after another, whose owner is released once for all of them. */
+struct release_run {
+	kh_owner_release_fn *release;
+	void *arg;
+	void *owner; /* NULL: none pending */
+	uint64_t count, bytes;
+};
+
+static void release_run_flush(struct release_run *run)
 {
+	if (run->owner)
+		run->release(run->owner, run->count, run->bytes, run->arg);
+	run->owner = NULL;
+}
+
+/* Takes the area out of the tree and frees it, its owner (if it has one and release is set)
+ * added to the run, which is released first if it had another owner. */
+static void area_forget(struct kh_ioas *ioas, struct kh_area *area, struct release_run *run)
+{
+	void *owner = area->owner;
+	uint64_t bytes = area->last - area->iova + 1;
+
 	RB_REMOVE(kh_area_tree, &ioas->areas, area);
 	ioas->n_areas--;
-	if (area->owner && release) {
-		struct kh_mapping mapping = area_mapping(area);
-
-		release(area->owner, &mapping, arg);
-	}
 	free(area);
+	if (!owner || !run->release)
+		return;
+	if (owner != run->owner) {
+		release_run_flush(run);
+		*run = (struct release_run){run->release, run->arg, owner, 0, 0};
+	}
+	run->count++;
+	run->bytes += bytes;
 }
 
 void kh_ioas_destroy(struct kh_ioas *ioas, kh_owner_release_fn *release, void *arg)
@@ -108,8 +129,11 @@ void kh_ioas_destroy(struct kh_ioas *ioas, kh_owner_release_fn *release, void *a
 
 	if (!ioas)
 		return;
+	struct release_run run = {.release = release, .arg = arg};
+
 	RB_FOREACH_SAFE (area, kh_area_tree, &ioas->areas, next)
-		area_forget(ioas, area, release, arg);
+		area_forget(ioas, area, &run);
+	release_run_flush(&run);
 	free(ioas->resv);
 	free(ioas->allowed);
 	free(ioas);
@@ -504,13 +528,15 @@ void kh_ioas_remove(struct kh_ioas *ioas, uint64_t first, uint64_t last,
 {
 	struct kh_area key = {.iova = first};
 	struct kh_area *area = RB_NFIND(kh_area_tree, &ioas->areas, &key);
+	struct release_run run = {.release = release, .arg = arg};
 
 	while (area && area->last <= last) {
 		struct kh_area *next = RB_NEXT(kh_area_tree, &ioas->areas, area);
 
-		area_forget(ioas, area, release, arg);
+		area_forget(ioas, area, &run);
 		area = next;
 	}
+	release_run_flush(&run);
 }
 
 int kh_ioas_mappings(const struct kh_ioas *ioas, uint64_t from, struct kh_mapping *out, size_t max)

@@ -832,6 +832,80 @@ TEST_F(conformance, mappings_paging)
 	kh_ctx_destroy(s.ctx);
 }
 
+/* What the context's owner release was told, call by call. */
+struct releases {
+	struct {
+		void *owner;
+		uint64_t count, bytes;
+	} call[8];
+	int n;
+};
+
+static void record_release(void *owner, uint64_t count, uint64_t bytes, void *arg)
+{
+	struct releases *r = arg;
+
+	CHECK(r->n < 8);
+	r->call[r->n].owner = owner;
+	r->call[r->n].count = count;
+	r->call[r->n].bytes = bytes;
+	r->n++;
+}
+
+static void map_owned(struct setup *s, uint64_t iova, uint64_t len, uint64_t offset, void *owner)
+{
+	struct kh_map_req req = {.iova = iova,
+				 .length = len,
+				 .addr = mem(s->w, offset),
+				 .prot = KH_PROT_READ,
+				 .flags = KH_MAP_FIXED_IOVA,
+				 .owner = owner};
+
+	CHECK_OK(kh_map(s->ctx, s->dom, &req));
+}
+
+static void check_release(const struct releases *r, int i, void *owner, uint64_t count,
+			  uint64_t bytes)
+{
+	CHECK(i < r->n);
+	CHECK(r->call[i].owner == owner);
+	CHECK_EQ(r->call[i].count, count);
+	CHECK_EQ(r->call[i].bytes, bytes);
+}
+
+/* Mappings that leave in one call are released once per run of one owner, in IOVA order, with
+ * their count and bytes: a mapping without an owner is not reported and does not end a run. */
+TEST_F(conformance, owner_release_runs)
+{
+	struct releases got = {0};
+	uint64_t base = 0x10000000, unmapped;
+	struct setup s;
+	int a, b;
+
+	setup(self, &s);
+	kh_ctx_set_owner_release(s.ctx, record_release, &got);
+	map_owned(&s, base, PAGE, 0, &a);
+	map_owned(&s, base + PAGE, 2 * PAGE, PAGE, &a);
+	map_owned(&s, base + 4 * PAGE, PAGE, 3 * PAGE, &b);
+	map_owned(&s, base + 5 * PAGE, PAGE, 4 * PAGE, &a);
+	map_owned(&s, base + 6 * PAGE, PAGE, 5 * PAGE, NULL);
+	map_owned(&s, base + 7 * PAGE, 2 * PAGE, 6 * PAGE, &a);
+	map_owned(&s, base + 16 * PAGE, PAGE, 8 * PAGE, &b);
+	CHECK_OK(kh_unmap(s.ctx, s.dom, base, 9 * PAGE, &unmapped));
+	CHECK_EQ(unmapped, 8 * PAGE);
+	CHECK_EQ(got.n, 3);
+	check_release(&got, 0, &a, 2, 3 * PAGE);
+	check_release(&got, 1, &b, 1, PAGE);
+	check_release(&got, 2, &a, 2, 3 * PAGE);
+
+	/* The context going releases what is left the same way. */
+	got.n = 0;
+	map_owned(&s, base + 17 * PAGE, PAGE, 9 * PAGE, &b);
+	kh_ctx_destroy(s.ctx);
+	CHECK_EQ(got.n, 1);
+	check_release(&got, 0, &b, 2, 2 * PAGE);
+}
+
 TEST_F(conformance, dirty_needs_flag)
 {
 	struct setup s;

@@ -375,12 +375,16 @@ int kh_device_domain(struct kh_ctx *ctx, uint32_t dev_id, uint32_t *domain_id);
  * kernel-helper never reads, frees or copies what the cookie points to: it keeps the pointer in
  * the record, gives it back in kh_mappings, and once the mapping has left the IOMMU (the page
  * tables changed and the IOTLB was synced: by kh_unmap, kh_domain_free or kh_ctx_destroy) calls
- * release with it, exactly once, so the owner can free what it keeps. A mapping is never split
- * (kh_unmap takes whole mappings only), so release always sees the whole mapping as it was
- * made. A failed kh_map or kh_copy keeps no cookie: the caller still owns its data. release
- * must not call kernel-helper on the context; mappings made with a NULL owner are not reported.
+ * release with it, exactly once for each mapping, so the owner can free what it keeps. Mappings
+ * that leave in one call, one after another in IOVA order with the same cookie (a batch of
+ * pages of one file, say), are released in one call with their count and their bytes together:
+ * a callback per page would cost an UnmapAll of small mappings a good part of its time. A
+ * mapping is never split (kh_unmap takes whole mappings only), so the bytes are always those
+ * of whole mappings as they were made. A failed kh_map or kh_copy keeps no cookie: the caller
+ * still owns its data. release must not call kernel-helper on the context; mappings made with a
+ * NULL owner are not reported.
  */
-typedef void kh_owner_release_fn(void *owner, const struct kh_mapping *mapping, void *arg);
+typedef void kh_owner_release_fn(void *owner, uint64_t count, uint64_t bytes, void *arg);
 /* Sets the context's release callback, with arg passed to every call. Set it before mapping:
  * mappings that leave while none is set are not reported. */
 void kh_ctx_set_owner_release(struct kh_ctx *ctx, kh_owner_release_fn *release, void *arg);
