@@ -1837,7 +1837,8 @@ static bool unmappable_in_steps(struct session *s, const struct unmap_progress *
 
 	if (n < 1 || m[0].iova > p->last)
 		return false;
-	if (m[0].iova > p->iova &&
+	/* From IOVA 0 (UnmapAll), nothing can start below. */
+	if (m[0].iova > p->iova && p->iova &&
 	    kh_unmap(s->ctx, p->domain_id, p->iova, m[0].iova - p->iova, NULL) != -ENOENT)
 		return false;
 	if ((n == 1 || m[1].iova > p->last) && m[0].iova + m[0].length - 1 <= p->last)
