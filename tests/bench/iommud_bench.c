@@ -224,20 +224,26 @@ static void samples_free(struct samples *s)
 
 /* ---- the daemon's side ---------------------------------------------------------------- */
 
-/* Adds a thread's time on a CPU (its schedstat) to *(uint64_t *)sum; a thread gone meanwhile
- * took its time with it, and none of the daemon's go. */
-static void add_cpu_ns(pid_t tid, void *sum)
+/* A thread's time on a CPU (its schedstat); 0 for a thread gone meanwhile, which took its time
+ * with it (none of the daemon's go). */
+static uint64_t thread_cpu_ns_of(pid_t tid)
 {
 	char path[64];
-	unsigned long long ns;
+	unsigned long long ns = 0;
 	FILE *f;
 
 	(void)snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)tid);
 	if (!(f = fopen(path, "re")))
-		return;
-	if (fscanf(f, "%llu", &ns) == 1)
-		*(uint64_t *)sum += ns;
+		return 0;
+	if (fscanf(f, "%llu", &ns) != 1)
+		ns = 0;
 	(void)fclose(f);
+	return ns;
+}
+
+static void add_cpu_ns(pid_t tid, void *sum)
+{
+	*(uint64_t *)sum += thread_cpu_ns_of(tid);
 }
 
 static uint64_t process_cpu_ns(pid_t pid)
@@ -1451,9 +1457,73 @@ struct tenants_figures {
 	double per_s, daemon_ns, client_ns;
 };
 
-/* n tenants mapping at once with run_pairs on the daemon at opt.socket. */
-static struct tenants_figures tenants_at_once(unsigned n, tenant_pairs_fn *run_pairs)
+/* The daemon's threads and their time on a CPU so far. */
+#define THREADS_SEEN_MAX 64
+struct thread_times {
+	size_t n;
+	struct {
+		pid_t tid;
+		uint64_t ns;
+	} at[THREADS_SEEN_MAX];
+};
+
+static void note_thread_time(pid_t tid, void *times)
 {
+	struct thread_times *t = times;
+
+	if (t->n < THREADS_SEEN_MAX) {
+		t->at[t->n].tid = tid;
+		t->at[t->n++].ns = thread_cpu_ns_of(tid);
+	}
+}
+
+/* The daemon's thread that ran longest since before, its main thread (which only accepts)
+ * left out: the event-loop thread that served what a tenant did meanwhile. 0 if none ran. */
+static pid_t busiest_loop_thread(const struct thread_times *before)
+{
+	struct thread_times now = {0};
+	uint64_t most = 0;
+	pid_t busiest = 0;
+
+	each_thread(daemon_pid, note_thread_time, &now);
+	for (size_t i = 0; i < now.n; i++) {
+		uint64_t ran = now.at[i].ns;
+
+		if (now.at[i].tid == daemon_pid)
+			continue;
+		for (size_t j = 0; j < before->n; j++)
+			if (before->at[j].tid == now.at[i].tid)
+				ran -= before->at[j].ns;
+		if (ran > most) {
+			most = ran;
+			busiest = now.at[i].tid;
+		}
+	}
+	return busiest;
+}
+
+/* Puts tenant process pid, which has just set up its connection, and the loop thread that
+ * served it since before on CPU cpu: a tenant's client beside its own loop thread, each pair
+ * on a CPU of its own. */
+static pid_t pair_on_cpu(pid_t pid, const struct thread_times *before, int cpu)
+{
+	pid_t loop_thread = busiest_loop_thread(before);
+
+	if (!loop_thread)
+		fail("pairing a tenant with its loop thread",
+		     "no event-loop thread of the daemon ran for its Hello");
+	pin(loop_thread, cpu);
+	pin(pid, cpu);
+	return loop_thread;
+}
+
+/* n tenants mapping at once with run_pairs on the daemon at opt.socket; paired, each tenant's
+ * process and the loop thread serving it on a CPU of their own (there are at least n). */
+static struct tenants_figures tenants_at_once(unsigned n, tenant_pairs_fn *run_pairs, bool paired)
+{
+	struct thread_times before;
+	pid_t loop_threads[2];
+	int tenant_cpu = -1;
 	struct tenants_figures fig = {0};
 	static const char *const devices[] = {"emu0", "emu1"};
 	int ready[2][2], go[2];
@@ -1466,6 +1536,9 @@ static struct tenants_figures tenants_at_once(unsigned n, tenant_pairs_fn *run_p
 	if (pipe(go) < 0)
 		fail("making a pipe", strerror(errno));
 	for (unsigned t = 0; t < n; t++) {
+		before = (struct thread_times){0};
+		if (paired)
+			each_thread(daemon_pid, note_thread_time, &before);
 		if (pipe(ready[t]) < 0 || (pids[t] = fork()) < 0)
 			fail("starting a tenant", strerror(errno));
 		if (pids[t] == 0)
@@ -1474,6 +1547,13 @@ static struct tenants_figures tenants_at_once(unsigned n, tenant_pairs_fn *run_p
 		(void)close(ready[t][1]);
 		if (read(ready[t][0], &byte, 1) != 1)
 			fail("starting a tenant", "it failed before mapping");
+		if (paired &&
+		    (loop_threads[t] =
+			     pair_on_cpu(pids[t], &before, tenant_cpu = next_cpu(tenant_cpu))) ==
+			    loop_threads[0] &&
+		    t)
+			fail("pairing tenants with loop threads",
+			     "the daemon serves both tenants on one loop thread");
 	}
 	cpu = daemon_cpu_ns();
 	if (write(go[1], "gg", n) != (ssize_t)n)
@@ -1501,10 +1581,41 @@ static const struct {
 	tenant_pairs_fn *pairs;
 } tenant_clients[] = {{"raw", raw_pairs}, {"iommuctl", library_pairs}};
 
-/* One row of part 5: 1, then 2 tenants with the client's pairs, on a daemon of our own with
- * the given event-loop threads. */
-static void tenants_row(size_t client, unsigned threads)
+/* Times part 5 measures 1, then 2 tenants on one daemon, alternately: where the scheduler
+ * puts one tenant's client beside or away from its loop thread moves its pairs/s by half
+ * between levels on a virtual machine, so a row gives the median of each figure and the range
+ * of the ratio. */
+#define TENANT_REPEATS 3
+
+static int cmp_double(const void *a, const void *b)
 {
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* The median of n figures, which it sorts. */
+static double median_of(double *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* One row of part 5: 1, then 2 tenants with the client's pairs, TENANT_REPEATS times, on a
+ * daemon of our own with the given event-loop threads; paired, as tenants_at_once says. */
+static void tenants_row(size_t client, unsigned threads, bool paired)
+{
+	enum {
+		ONE_PER_S,
+		TWO_PER_S,
+		RATIO,
+		ONE_DAEMON,
+		TWO_DAEMON,
+		ONE_CLIENT,
+		TWO_CLIENT,
+		FIGURES
+	};
+	double figures[FIGURES][TENANT_REPEATS], median[FIGURES];
 	struct daemon_fixture own;
 	struct tenants_figures one, two;
 	char config[256];
@@ -1513,13 +1624,25 @@ static void tenants_row(size_t client, unsigned threads)
 	fixture_start(&own, config, "emu0 emu1");
 	opt.socket = own.socket_path;
 	daemon_pid = own.pid;
-	one = tenants_at_once(1, tenant_clients[client].pairs);
-	two = tenants_at_once(2, tenant_clients[client].pairs);
+	for (unsigned r = 0; r < TENANT_REPEATS; r++) {
+		one = tenants_at_once(1, tenant_clients[client].pairs, paired);
+		two = tenants_at_once(2, tenant_clients[client].pairs, paired);
+		figures[ONE_PER_S][r] = one.per_s;
+		figures[TWO_PER_S][r] = two.per_s;
+		figures[RATIO][r] = two.per_s / one.per_s;
+		figures[ONE_DAEMON][r] = one.daemon_ns;
+		figures[TWO_DAEMON][r] = two.daemon_ns;
+		figures[ONE_CLIENT][r] = one.client_ns;
+		figures[TWO_CLIENT][r] = two.client_ns;
+	}
 	fixture_stop(&own);
-	(void)printf("%-8s %7u %9.0f %9.0f %5.2f %9.0f %9.0f %9.0f %9.0f\n",
-		     tenant_clients[client].name, threads, one.per_s, two.per_s,
-		     two.per_s / one.per_s, one.daemon_ns, two.daemon_ns, one.client_ns,
-		     two.client_ns);
+	for (unsigned f = 0; f < FIGURES; f++)
+		median[f] = median_of(figures[f], TENANT_REPEATS);
+	(void)printf("%-8s %7u %-6s %9.0f %9.0f %5.2f %4.2f-%4.2f %9.0f %9.0f %9.0f %9.0f\n",
+		     tenant_clients[client].name, threads, paired ? "paired" : "any",
+		     median[ONE_PER_S], median[TWO_PER_S], median[RATIO], figures[RATIO][0],
+		     figures[RATIO][TENANT_REPEATS - 1], median[ONE_DAEMON], median[TWO_DAEMON],
+		     median[ONE_CLIENT], median[TWO_CLIENT]);
 }
 
 static void part_tenants(void)
@@ -1531,26 +1654,35 @@ static void part_tenants(void)
 	(void)printf(
 		"\n5. Tenants on the daemon's event-loop threads: 1, then 2 tenants mapping at\n"
 		"   once, each its own uid keeping %u Map+Unmap pairs of 4 KiB in flight for\n"
-		"   %.2f s, on a daemon of its own run with threads = 1, then threads = 2\n\n",
-		TENANT_DEPTH, opt.level_seconds);
+		"   %.2f s, on a daemon of its own run with threads = 1, then threads = 2;\n"
+		"   each row the medians of %u runs of 1 then 2 tenants\n\n",
+		TENANT_DEPTH, opt.level_seconds, TENANT_REPEATS);
 	if (geteuid() != 0) {
 		(void)printf("   (left out: the tenants' processes take uids of their own, which "
 			     "needs root)\n");
 		return;
 	}
 	place(&anywhere);
-	(void)printf("%-8s %7s %9s %9s %5s %9s %9s %9s %9s\n", "client", "threads", "1 pairs/s",
-		     "2 pairs/s", "2/1", "1 daemon", "2 daemon", "1 client", "2 client");
+	(void)printf("%-8s %7s %-6s %9s %9s %5s %9s %9s %9s %9s %9s\n", "client", "threads", "cpus",
+		     "1 pairs/s", "2 pairs/s", "2/1", "2/1 range", "1 daemon", "2 daemon",
+		     "1 client", "2 client");
 	for (size_t client = 0; client < sizeof(tenant_clients) / sizeof(tenant_clients[0]);
-	     client++)
+	     client++) {
 		for (unsigned threads = 1; threads <= 2; threads++)
-			tenants_row(client, threads);
+			tenants_row(client, threads, false);
+		if (next_cpu(next_cpu(-1)) >= 0)
+			tenants_row(client, 2, true);
+	}
 	(void)printf(
 		"(raw: requests packed once, sent and received a round at a time with sendmmsg\n"
 		"and recvmmsg; iommuctl: through libiommuctl, what a real client costs.\n"
 		"daemon, client: CPU ns per Map+Unmap pair of the daemon, all its threads, and\n"
-		"of the tenants' processes; with the clients on the daemon's CPUs, 2 tenants\n"
-		"on 2 threads can get at most 2 x daemon / (daemon + client) of 1 tenant)\n");
+		"of the tenants' processes. cpus any: where the scheduler likes; one tenant's\n"
+		"client then often runs beside its loop thread on the other CPU, and 2 tenants\n"
+		"on 2 threads can get at most 2 x daemon / (daemon + client) of 1 tenant.\n"
+		"paired: each tenant's client pinned with the loop thread serving it to a CPU\n"
+		"of their own, so that 1 tenant has one CPU and 2 have two: what the daemon\n"
+		"adds when its tenants' work grows with the cores)\n");
 	opt.socket = socket;
 	daemon_pid = pid;
 }
@@ -1641,12 +1773,18 @@ static void usage_figures(FILE *out)
 		"     so that the daemon, not the client, limits it; iommuctl goes through\n"
 		"     libiommuctl, one round at a time: what a real client costs. Both check\n"
 		"     every reply's status and stop at the first failure with the daemon's\n"
-		"     message. Pairs/s of all tenants, the ratio 2 tenants/1, and the CPU\n"
-		"     time (schedstat) per pair of the daemon (all its threads) and of the\n"
-		"     tenants' processes, which the machine's noise does not stretch.\n"
+		"     message. Each row is the median of %u runs of one tenant then two, on\n"
+		"     one daemon: pairs/s of all tenants, the ratio 2 tenants/1 (and its\n"
+		"     range), and the CPU time (schedstat) per pair of the daemon (all its\n"
+		"     threads) and of the tenants' processes, which the machine's noise does\n"
+		"     not stretch. The rows with threads = 2 come twice: with every process\n"
+		"     where the scheduler likes (cpus any), then paired: each tenant's\n"
+		"     process and the loop thread that served its Hello (the one whose CPU\n"
+		"     time grew) pinned to a CPU of their own, so that one tenant has one CPU\n"
+		"     and two have two; left out with fewer than 2 CPUs.\n"
 		"\n",
 		opt.batches_per_round * BATCH, BATCH, BATCH_LARGEST, BATCH, BATCH, MANY_MAPPINGS,
-		4 * BATCH, VMA_BYTES, TENANT_DEPTH);
+		4 * BATCH, VMA_BYTES, TENANT_DEPTH, TENANT_REPEATS);
 }
 
 static void usage(FILE *out)
