@@ -1547,11 +1547,11 @@ static struct tenants_figures tenants_at_once(unsigned n, tenant_pairs_fn *run_p
 		(void)close(ready[t][1]);
 		if (read(ready[t][0], &byte, 1) != 1)
 			fail("starting a tenant", "it failed before mapping");
-		if (paired &&
-		    (loop_threads[t] =
-			     pair_on_cpu(pids[t], &before, tenant_cpu = next_cpu(tenant_cpu))) ==
-			    loop_threads[0] &&
-		    t)
+		if (!paired)
+			continue;
+		tenant_cpu = next_cpu(tenant_cpu);
+		loop_threads[t] = pair_on_cpu(pids[t], &before, tenant_cpu);
+		if (t && loop_threads[t] == loop_threads[0])
 			fail("pairing tenants with loop threads",
 			     "the daemon serves both tenants on one loop thread");
 	}
