@@ -14,6 +14,7 @@
 #include <kh/kh.h>
 #include <kh/kh_emu.h>
 
+#include "bench_median.h"
 #include "emu_pgtable.h"
 #include "tool-options.h"
 
@@ -97,13 +98,6 @@ static void raw_pair(const struct job *j)
 	check(emu_pgtable_unmap(j->pt, IOVA, j->length, NULL), "emu_pgtable_unmap");
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 /* Median over RUNS of the ns per call, each run repeating until target_seconds passed. */
 static double ns_per_pair(void (*pair)(const struct job *), const struct job *j)
 {
@@ -122,8 +116,7 @@ static double ns_per_pair(void (*pair)(const struct job *), const struct job *j)
 		} while (elapsed < target_seconds / RUNS);
 		runs[r] = elapsed * 1e9 / (double)n;
 	}
-	qsort(runs, RUNS, sizeof(runs[0]), cmp_double);
-	return runs[RUNS / 2];
+	return bench_median(runs, RUNS);
 }
 
 static uint64_t pgtable_bytes_for_gib(struct setup *s)

@@ -38,6 +38,7 @@
 #include <kh/kh.h>
 
 #include "bench_clock.h"
+#include "bench_median.h"
 #include "daemon_fixture.h"
 
 #define KiB		(1ull << 10)
@@ -1491,9 +1492,10 @@ static pid_t busiest_loop_thread(const struct thread_times *before)
 
 		if (now.at[i].tid == daemon_pid)
 			continue;
+		/* A thread gone between the two looks reads 0 now: it ran nothing worth pairing. */
 		for (size_t j = 0; j < before->n; j++)
 			if (before->at[j].tid == now.at[i].tid)
-				ran -= before->at[j].ns;
+				ran = ran > before->at[j].ns ? ran - before->at[j].ns : 0;
 		if (ran > most) {
 			most = ran;
 			busiest = now.at[i].tid;
@@ -1587,20 +1589,6 @@ static const struct {
  * of the ratio. */
 #define TENANT_REPEATS 3
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
-/* The median of n figures, which it sorts. */
-static double median_of(double *v, size_t n)
-{
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 /* One row of part 5: 1, then 2 tenants with the client's pairs, TENANT_REPEATS times, on a
  * daemon of our own with the given event-loop threads; paired, as tenants_at_once says. */
 static void tenants_row(size_t client, unsigned threads, bool paired)
@@ -1637,7 +1625,7 @@ static void tenants_row(size_t client, unsigned threads, bool paired)
 	}
 	fixture_stop(&own);
 	for (unsigned f = 0; f < FIGURES; f++)
-		median[f] = median_of(figures[f], TENANT_REPEATS);
+		median[f] = bench_median(figures[f], TENANT_REPEATS);
 	(void)printf("%-8s %7u %-6s %9.0f %9.0f %5.2f %4.2f-%4.2f %9.0f %9.0f %9.0f %9.0f\n",
 		     tenant_clients[client].name, threads, paired ? "paired" : "any",
 		     median[ONE_PER_S], median[TWO_PER_S], median[RATIO], figures[RATIO][0],

@@ -29,6 +29,7 @@
 #include <names.h>
 
 #include "bench_clock.h"
+#include "bench_median.h"
 #include "daemon_fixture.h"
 #include "log.h"
 #include "probes/probes.h"
@@ -223,13 +224,6 @@ struct ratios {
 	double median, min, max;
 };
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 /* Blocks of not attached and attached, the order swapped every round, so that drift (a TCG
  * guest's on a busy host above all) and the first block's warmth hit both sides alike; both
  * sides do the same pairs, only the probes differ. Each round gives its own ratio (its blocks'
@@ -256,9 +250,9 @@ static struct ratios measure(const struct level *lv, const char *label, uint64_t
 		}
 		ratio[r] = (double)med[1] / (double)med[0];
 	}
-	qsort(ratio, rounds, sizeof(*ratio), cmp_double);
-	out = (struct ratios){(ratio[(rounds - 1) / 2] + ratio[rounds / 2]) / 2, ratio[0],
-			      ratio[rounds - 1]};
+	out.median = bench_median(ratio, rounds);
+	out.min = ratio[0];
+	out.max = ratio[rounds - 1];
 	(void)printf("%-8s %-6s %8zu %8u %8.3f %8.3f %8.3f\n", lv->name, label, per_block, rounds,
 		     out.median, out.min, out.max);
 	free(block);

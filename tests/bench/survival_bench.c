@@ -17,6 +17,7 @@
 #include <iommuctl.h>
 
 #include "bench_clock.h"
+#include "bench_median.h"
 #include "supervisor.h"
 
 #define PAGE   4096ull
@@ -127,19 +128,6 @@ static double batch_unmap(struct side *s, int mem)
 	return ns;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v)
-{
-	qsort(v, ROUNDS, sizeof(*v), cmp_double);
-	return (v[ROUNDS / 2 - 1] + v[ROUNDS / 2]) / 2;
-}
-
 /* One side's round of n operations: wall and daemon CPU time per operation. */
 struct round {
 	double wall, cpu;
@@ -180,8 +168,9 @@ static void compare(const char *what, struct side *plain, struct side *kept, int
 		cpu_ratio[r] = b.cpu / a.cpu;
 	}
 	printf("%-24s wall %10.0f ns %10.0f ns %6.3f   daemon CPU %9.0f ns %9.0f ns %6.3f\n", what,
-	       median(wall[0]), median(wall[1]), median(wall_ratio), median(cpu[0]), median(cpu[1]),
-	       median(cpu_ratio));
+	       bench_median(wall[0], ROUNDS), bench_median(wall[1], ROUNDS),
+	       bench_median(wall_ratio, ROUNDS), bench_median(cpu[0], ROUNDS),
+	       bench_median(cpu[1], ROUNDS), bench_median(cpu_ratio, ROUNDS));
 }
 
 static double batch_rounds(struct side *s, int mem, unsigned n)
@@ -218,15 +207,16 @@ static void restart_times(struct supervisor *sv, struct side *kept, int mem, boo
 	       "each:\n",
 	       RESTARTS);
 	for (size_t i = 0; i < (quick ? 1 : sizeof(counts) / sizeof(counts[0])); i++) {
-		double ms[RESTARTS];
+		double ms[RESTARTS], median_ms;
 
 		must(kept->c, iommuctl_unmap_all(kept->c, kept->dom, NULL), "unmap all");
 		(void)map_batches(kept, mem, IOVA, counts[i]);
 		for (int r = 0; r < RESTARTS; r++)
 			ms[r] = restart_ms(sv, kept);
-		qsort(ms, RESTARTS, sizeof(*ms), cmp_double);
+		/* Sorted first: the least and the most are then its ends. */
+		median_ms = bench_median(ms, RESTARTS);
 		printf("  %7u mappings: median %8.1f ms  (least %.1f, most %.1f)\n", counts[i],
-		       ms[RESTARTS / 2], ms[0], ms[RESTARTS - 1]);
+		       median_ms, ms[0], ms[RESTARTS - 1]);
 	}
 }
 
