@@ -449,19 +449,47 @@ static void batch_init(struct batch *b, uint32_t dom, size_t entries, bool kept)
 	b->req.map_batch = &b->map_batch;
 }
 
-/* Maps the batch's number of pages at IOVA + first * PAGE on: page n at IOVA + n * PAGE maps
- * page n * stride, modulo file_pages, of mem. */
+/* Sets the batch's pages to IOVA + first * PAGE on: page n at IOVA + n * PAGE maps page
+ * n * stride, modulo file_pages, of the file. */
+static void batch_fill(struct batch *b, uint64_t first, uint64_t stride, uint64_t file_pages)
+{
+	for (size_t i = 0; i < b->columns.n_offsets; i++) {
+		b->offsets[i] = (first + i) * stride % file_pages * PAGE;
+		b->iovas[i] = IOVA + (first + i) * PAGE;
+	}
+}
+
+/* Maps the batch's pages (batch_fill) of mem and waits for the reply. */
 static void batch_map(struct iommuctl *c, struct batch *b, int mem, uint64_t first, uint64_t stride,
 		      uint64_t file_pages)
 {
 	Iommud__V1__Response *resp;
 
-	for (size_t i = 0; i < b->columns.n_offsets; i++) {
-		b->offsets[i] = (first + i) * stride % file_pages * PAGE;
-		b->iovas[i] = IOVA + (first + i) * PAGE;
-	}
+	batch_fill(b, first, stride, file_pages);
 	check_call(c, iommuctl_call(c, &b->req, &mem, b->map_fds, &resp, NULL, 0, NULL),
 		   "MapBatch");
+	iommuctl_response_free(resp);
+}
+
+/* Sends the batch's pages (batch_fill) of mem without waiting: batch_reply reads the reply. */
+static void batch_send(struct iommuctl *c, struct batch *b, int mem, uint64_t first,
+		       uint64_t stride, uint64_t file_pages)
+{
+	batch_fill(b, first, stride, file_pages);
+	check_call(c, iommuctl_send(c, &b->req, &mem, b->map_fds, NULL), "sending a MapBatch");
+}
+
+/* Reads the reply to the oldest MapBatch batch_send sent, and fails with its message if the
+ * daemon refused it. */
+static void batch_reply(struct iommuctl *c)
+{
+	Iommud__V1__Response *resp;
+
+	check_call(c, iommuctl_recv(c, &resp, NULL, 0, NULL), "receiving a MapBatch reply");
+	if (iommuctl_status_errno(resp->status) < 0)
+		fail("MapBatch", resp->status->message && *resp->status->message
+					 ? resp->status->message
+					 : iommuctl_code_name(resp->status->code));
 	iommuctl_response_free(resp);
 }
 
@@ -720,6 +748,7 @@ static void throughput_add(struct throughput *t, uint64_t pages, struct stamp st
 struct batch_daemon {
 	struct batch *b;
 	size_t entries;
+	bool in_flight; /* all of a round's batches sent before the first reply is read */
 	struct iommuctl *c;
 	uint32_t dom;
 	int mem;
@@ -740,7 +769,7 @@ static uint64_t round_pages(void)
 	return (uint64_t)opt.batches_per_round * BATCH;
 }
 
-static void batch_daemon_open(struct batch_daemon *d, size_t entries)
+static void batch_daemon_open(struct batch_daemon *d, size_t entries, bool in_flight)
 {
 	d->b = malloc(sizeof(*d->b));
 	if (!d->b)
@@ -754,6 +783,7 @@ static void batch_daemon_open(struct batch_daemon *d, size_t entries)
 	/* Kept, as the in-process side's memory is there without a descriptor per call. */
 	keep_file(d->c, d->mem);
 	d->entries = entries;
+	d->in_flight = in_flight;
 	batch_init(d->b, d->dom, entries, true);
 }
 
@@ -768,8 +798,15 @@ static void batch_round_daemon(struct batch_daemon *d, struct throughput *t)
 {
 	struct stamp start = stamp(true), mapped;
 
-	for (uint64_t first = 0; first < round_pages(); first += d->entries)
-		batch_map(d->c, d->b, d->mem, first, 1, round_pages());
+	if (d->in_flight) {
+		for (uint64_t first = 0; first < round_pages(); first += d->entries)
+			batch_send(d->c, d->b, d->mem, first, 1, round_pages());
+		for (uint64_t first = 0; first < round_pages(); first += d->entries)
+			batch_reply(d->c);
+	} else {
+		for (uint64_t first = 0; first < round_pages(); first += d->entries)
+			batch_map(d->c, d->b, d->mem, first, 1, round_pages());
+	}
 	mapped = stamp(true);
 	check_call(d->c, iommuctl_unmap_all(d->c, d->dom, NULL), "UnmapAll");
 	throughput_add(t, round_pages(), start, mapped, stamp(true));
@@ -868,13 +905,14 @@ static void batch_ratios(const char *label, const struct throughput *daemon,
 /* Rounds of the daemon's side and the in-process one in turn, so that the machine's other load,
  * which comes and goes, weighs on both alike: one batch size against its own in-process
  * rounds, as the daemon's working set of one connection is then the same for every size. */
-static void batch_compare(size_t entries, struct throughput *daemon, struct throughput *direct)
+static void batch_compare(size_t entries, bool in_flight, struct throughput *daemon,
+			  struct throughput *direct)
 {
 	struct throughput warm = {0};
 	struct batch_daemon own;
 	struct batch_direct here;
 
-	batch_daemon_open(&own, entries);
+	batch_daemon_open(&own, entries, in_flight);
 	batch_direct_open(&here);
 	batch_round_daemon(&own, &warm);
 	batch_round_direct(&here, &warm);
@@ -912,6 +950,7 @@ static void start_idle_thread(void)
 static void part_batch(void)
 {
 	struct throughput daemon = {0}, direct = {0}, largest = {0}, direct_largest = {0};
+	struct throughput in_flight = {0}, direct_in_flight = {0};
 	struct throughput threaded = {0}, direct_threaded = {0};
 	struct placement where[2];
 	char label[32];
@@ -926,8 +965,9 @@ static void part_batch(void)
 		opt.batches_per_round * BATCH, BATCH, BATCH_LARGEST, where[0].name);
 	(void)printf("%-28s %10s %12s %12s %12s %12s %12s\n", "path", "pages", "map ns/page",
 		     "unmap ns/pg", "pages/s", "map cpu/pg", "unmap cpu/pg");
-	batch_compare(BATCH, &daemon, &direct);
-	batch_compare(BATCH_LARGEST, &largest, &direct_largest);
+	batch_compare(BATCH, false, &daemon, &direct);
+	batch_compare(BATCH_LARGEST, false, &largest, &direct_largest);
+	batch_compare(BATCH, true, &in_flight, &direct_in_flight);
 	throughput_row("daemon MapBatch+UnmapAll", &daemon);
 	throughput_row("kh_map+kh_unmap in process", &direct);
 	batch_ratios("daemon/in-process", &daemon, &direct);
@@ -936,10 +976,14 @@ static void part_batch(void)
 	throughput_row("kh_map+kh_unmap in process", &direct_largest);
 	(void)snprintf(label, sizeof(label), "%u-entry/in-process", BATCH_LARGEST);
 	batch_ratios(label, &largest, &direct_largest);
+	(void)snprintf(label, sizeof(label), "%u in flight of %u", opt.batches_per_round, BATCH);
+	throughput_row(label, &in_flight);
+	throughput_row("kh_map+kh_unmap in process", &direct_in_flight);
+	batch_ratios("in flight/in-process", &in_flight, &direct_in_flight);
 	/* Last: the in-process side stays threaded for the rest of the run (parts 3 to 5 do
 	 * not call kernel-helper here). */
 	start_idle_thread();
-	batch_compare(BATCH, &threaded, &direct_threaded);
+	batch_compare(BATCH, false, &threaded, &direct_threaded);
 	throughput_row("daemon MapBatch+UnmapAll", &threaded);
 	throughput_row("kh in process, 2 threads", &direct_threaded);
 	batch_ratios("daemon/threaded", &threaded, &direct_threaded);
@@ -1732,11 +1776,15 @@ static void usage_figures(FILE *out)
 		"     daemon iommud-bench started). Then the same again, in turn with\n"
 		"     in-process rounds of its own, with MapBatch requests of %u entries, the\n"
 		"     most one takes: what the daemon's work costs once the round trips per\n"
-		"     page are halved. Last, requests of %u entries again, against in-process\n"
-		"     rounds while this process has a second (idle) thread, as the daemon\n"
-		"     has threads: glibc's malloc then locks its arena for every allocation\n"
-		"     and free its per-thread cache does not serve (kernel-helper allocates a\n"
-		"     record per mapping), which it skips in a single-threaded process.\n"
+		"     page are halved. Then requests of %u entries again, the round's %u\n"
+		"     sent before the first reply is read (the protocol lets a client keep\n"
+		"     requests in flight), so that the daemon finds the next request waiting\n"
+		"     instead of sleeping until the client sends it. Last, requests of %u\n"
+		"     entries again, against in-process rounds while this process has a\n"
+		"     second (idle) thread, as the daemon has threads: glibc's malloc then\n"
+		"     locks its arena for every allocation and free its per-thread cache does\n"
+		"     not serve (kernel-helper allocates a record per mapping), which it skips\n"
+		"     in a single-threaded process.\n"
 		"  3. Scaling: 1, 2, 4, ... up to --clients-max clients at once, each a thread\n"
 		"     with its own connection and domain, each count for a fixed time. For\n"
 		"     Map+Unmap of 4 KiB: pairs per second over all clients, the same relative\n"
@@ -1771,8 +1819,8 @@ static void usage_figures(FILE *out)
 		"     time grew) pinned to a CPU of their own, so that one tenant has one CPU\n"
 		"     and two have two; left out with fewer than 2 CPUs.\n"
 		"\n",
-		opt.batches_per_round * BATCH, BATCH, BATCH_LARGEST, BATCH, BATCH, MANY_MAPPINGS,
-		4 * BATCH, VMA_BYTES, TENANT_DEPTH, TENANT_REPEATS);
+		opt.batches_per_round * BATCH, BATCH, BATCH_LARGEST, BATCH, opt.batches_per_round,
+		BATCH, BATCH, MANY_MAPPINGS, 4 * BATCH, VMA_BYTES, TENANT_DEPTH, TENANT_REPEATS);
 }
 
 static void usage(FILE *out)
