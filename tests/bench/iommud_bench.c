@@ -459,18 +459,6 @@ static void batch_fill(struct batch *b, uint64_t first, uint64_t stride, uint64_
 	}
 }
 
-/* Maps the batch's pages (batch_fill) of mem and waits for the reply. */
-static void batch_map(struct iommuctl *c, struct batch *b, int mem, uint64_t first, uint64_t stride,
-		      uint64_t file_pages)
-{
-	Iommud__V1__Response *resp;
-
-	batch_fill(b, first, stride, file_pages);
-	check_call(c, iommuctl_call(c, &b->req, &mem, b->map_fds, &resp, NULL, 0, NULL),
-		   "MapBatch");
-	iommuctl_response_free(resp);
-}
-
 /* Sends the batch's pages (batch_fill) of mem without waiting: batch_reply reads the reply. */
 static void batch_send(struct iommuctl *c, struct batch *b, int mem, uint64_t first,
 		       uint64_t stride, uint64_t file_pages)
@@ -480,17 +468,28 @@ static void batch_send(struct iommuctl *c, struct batch *b, int mem, uint64_t fi
 }
 
 /* Reads the reply to the oldest MapBatch batch_send sent, and fails with its message if the
- * daemon refused it. */
-static void batch_reply(struct iommuctl *c)
+ * daemon refused it. Returns the reply's size, as it came. */
+static size_t batch_reply(struct iommuctl *c)
 {
 	Iommud__V1__Response *resp;
+	size_t size;
 
 	check_call(c, iommuctl_recv(c, &resp, NULL, 0, NULL), "receiving a MapBatch reply");
 	if (iommuctl_status_errno(resp->status) < 0)
 		fail("MapBatch", resp->status->message && *resp->status->message
 					 ? resp->status->message
 					 : iommuctl_code_name(resp->status->code));
+	size = iommud__v1__response__get_packed_size(resp);
 	iommuctl_response_free(resp);
+	return size;
+}
+
+/* Maps the batch's pages (batch_fill) of mem and waits for the reply. */
+static void batch_map(struct iommuctl *c, struct batch *b, int mem, uint64_t first, uint64_t stride,
+		      uint64_t file_pages)
+{
+	batch_send(c, b, mem, first, stride, file_pages);
+	(void)batch_reply(c);
 }
 
 /* ---- the baseline of part 1: an echo process on a socketpair -------------------------- */
@@ -512,16 +511,18 @@ static size_t recv_packet(int sock, uint8_t *buf, size_t *nfds)
 	return packet.len;
 }
 
-/* Answers each packet with one of the reply's size: the packets come as Map, Unmap, Map, ...
- * so the first, third, ... get the Map reply's, the others the Unmap reply's. */
-static void echo_serve(int sock, const size_t *sizes)
+/* Answers each packet with one of the size its first bytes say (ping_send): the echo need not
+ * know which request each packet stands for. */
+static void echo_serve(int sock)
 {
 	static uint8_t buf[IOMMUCTL_MAX_MESSAGE];
-	bool map = true;
+	uint32_t reply_size;
 	size_t nfds;
 
-	for (; recv_packet(sock, buf, &nfds); map = !map)
-		raw_send(sock, buf, map ? sizes[MAP_REPLY] : sizes[UNMAP_REPLY], NULL, 0);
+	while (recv_packet(sock, buf, &nfds) >= sizeof(reply_size)) {
+		memcpy(&reply_size, buf, sizeof(reply_size));
+		raw_send(sock, buf, reply_size, NULL, 0);
+	}
 }
 
 struct echo {
@@ -531,7 +532,7 @@ struct echo {
 
 /* A process, not a thread, so that the baseline switches address spaces as talking to the
  * daemon does. */
-static void echo_start(struct echo *e, const size_t *sizes)
+static void echo_start(struct echo *e)
 {
 	int sv[2];
 
@@ -543,7 +544,7 @@ static void echo_start(struct echo *e, const size_t *sizes)
 	if (e->pid == 0) {
 		(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
 		(void)close(sv[0]);
-		echo_serve(sv[1], sizes);
+		echo_serve(sv[1]);
 		_exit(0);
 	}
 	(void)close(sv[1]);
@@ -559,19 +560,37 @@ static void echo_stop(struct echo *e)
 		fail("the echo process", "did not end cleanly");
 }
 
+/* Sends the echo a packet of request_size bytes with n_fds descriptors, to be answered with one
+ * of reply_size (ping_recv). Every request of the protocol is longer than the size it carries. */
+static void ping_send(const struct echo *e, size_t request_size, size_t reply_size, const int *fds,
+		      size_t n_fds)
+{
+	static uint8_t out[IOMMUCTL_MAX_MESSAGE];
+	uint32_t size = (uint32_t)reply_size;
+
+	if (request_size < sizeof(size) || reply_size > IOMMUCTL_MAX_MESSAGE)
+		fail("the echo process", "cannot stand in for packets of these sizes");
+	memcpy(out, &size, sizeof(size));
+	raw_send(e->sock, out, request_size, fds, n_fds);
+}
+
+static void ping_recv(const struct echo *e, size_t reply_size)
+{
+	static uint8_t in[IOMMUCTL_MAX_MESSAGE];
+	size_t nfds;
+
+	if (recv_packet(e->sock, in, &nfds) != reply_size)
+		fail("the echo process", "answered with the wrong size");
+}
+
 /* What one Map+Unmap iteration is to the transport: two ping-pongs of the same sizes, the
  * first with the Map's descriptors (map_fds: the memfd, or none where it is kept). */
 static void ping_pong_pair(const struct echo *e, const size_t *sizes, int mem, size_t map_fds)
 {
-	static uint8_t out[IOMMUCTL_MAX_MESSAGE], in[IOMMUCTL_MAX_MESSAGE];
-	size_t nfds;
-
-	raw_send(e->sock, out, sizes[MAP_REQUEST], &mem, map_fds);
-	if (recv_packet(e->sock, in, &nfds) != sizes[MAP_REPLY])
-		fail("the echo process", "answered with the wrong size");
-	raw_send(e->sock, out, sizes[UNMAP_REQUEST], NULL, 0);
-	if (recv_packet(e->sock, in, &nfds) != sizes[UNMAP_REPLY])
-		fail("the echo process", "answered with the wrong size");
+	ping_send(e, sizes[MAP_REQUEST], sizes[MAP_REPLY], &mem, map_fds);
+	ping_recv(e, sizes[MAP_REPLY]);
+	ping_send(e, sizes[UNMAP_REQUEST], sizes[UNMAP_REPLY], NULL, 0);
+	ping_recv(e, sizes[UNMAP_REPLY]);
 }
 
 /* ---- part 1 --------------------------------------------------------------------------- */
@@ -602,7 +621,7 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, bool
 	size_t sizes[PACKETS];
 	struct echo echo;
 	unsigned warm = iterations / 10 + 1, per_round = (iterations + ROUNDS - 1) / ROUNDS;
-	char label[32], packets[32];
+	char label[32], packets[4 * 21]; /* four sizes of up to 20 digits */
 	int mem = memfd(length);
 
 	map_pair_init(&pair, dom, length, kept);
@@ -613,7 +632,7 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, bool
 	/* After the warm-up, so the ids are near the run's: an id's varint grows by a byte only
 	 * at 2^14 and 2^21. */
 	map_pair_run(c, &pair, mem, sizes);
-	echo_start(&echo, sizes);
+	echo_start(&echo);
 	pin(echo.pid, where->server_cpu);
 	for (unsigned i = 0; i < warm; i++)
 		ping_pong_pair(&echo, sizes, mem, pair.map_fds);
@@ -705,6 +724,8 @@ static void part_latency(void)
 
 struct throughput {
 	uint64_t pages, map_ns, unmap_ns;
+	/* The same rounds' packets exchanged with an echo process instead (0: not measured). */
+	uint64_t bare_map_ns, bare_unmap_ns;
 	uint64_t map_cpu_ns, unmap_cpu_ns;		 /* 0: the daemon's CPU time is not known */
 	uint64_t daemon_map_cpu_ns, daemon_unmap_cpu_ns; /* the daemon's share of the above */
 };
@@ -752,6 +773,11 @@ struct batch_daemon {
 	struct iommuctl *c;
 	uint32_t dom;
 	int mem;
+	Iommud__V1__UnmapAllRequest unmap_all;
+	Iommud__V1__Request unmap_req;
+	/* The last round's packet sizes: MAP_* a MapBatch's, UNMAP_* the UnmapAll's. */
+	size_t sizes[PACKETS];
+	struct echo echo; /* answers them as the daemon did (batch_round_bare) */
 };
 
 /* The in-process side: kernel-helper's emulated backend with one domain, and the memfd mapped
@@ -769,7 +795,8 @@ static uint64_t round_pages(void)
 	return (uint64_t)opt.batches_per_round * BATCH;
 }
 
-static void batch_daemon_open(struct batch_daemon *d, size_t entries, bool in_flight)
+static void batch_daemon_open(struct batch_daemon *d, size_t entries, bool in_flight,
+			      const struct placement *where)
 {
 	d->b = malloc(sizeof(*d->b));
 	if (!d->b)
@@ -785,10 +812,20 @@ static void batch_daemon_open(struct batch_daemon *d, size_t entries, bool in_fl
 	d->entries = entries;
 	d->in_flight = in_flight;
 	batch_init(d->b, d->dom, entries, true);
+	/* As iommuctl_unmap_all sends it with keep_maps on. */
+	d->unmap_all = (Iommud__V1__UnmapAllRequest)IOMMUD__V1__UNMAP_ALL_REQUEST__INIT;
+	d->unmap_all.domain_id = d->dom;
+	d->unmap_all.keep_map = true;
+	d->unmap_req = (Iommud__V1__Request)IOMMUD__V1__REQUEST__INIT;
+	d->unmap_req.method_case = IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL;
+	d->unmap_req.unmap_all = &d->unmap_all;
+	echo_start(&d->echo);
+	pin(d->echo.pid, where->server_cpu);
 }
 
 static void batch_daemon_close(struct batch_daemon *d)
 {
+	echo_stop(&d->echo);
 	(void)close(d->mem);
 	client_close(d->c, d->dom);
 	free(d->b);
@@ -797,19 +834,49 @@ static void batch_daemon_close(struct batch_daemon *d)
 static void batch_round_daemon(struct batch_daemon *d, struct throughput *t)
 {
 	struct stamp start = stamp(true), mapped;
+	Iommud__V1__Response *unmapped;
+	size_t waiting = 0;
 
-	if (d->in_flight) {
-		for (uint64_t first = 0; first < round_pages(); first += d->entries)
-			batch_send(d->c, d->b, d->mem, first, 1, round_pages());
-		for (uint64_t first = 0; first < round_pages(); first += d->entries)
-			batch_reply(d->c);
-	} else {
-		for (uint64_t first = 0; first < round_pages(); first += d->entries)
-			batch_map(d->c, d->b, d->mem, first, 1, round_pages());
+	for (uint64_t first = 0; first < round_pages(); first += d->entries) {
+		batch_send(d->c, d->b, d->mem, first, 1, round_pages());
+		if (d->in_flight)
+			waiting++;
+		else
+			d->sizes[MAP_REPLY] = batch_reply(d->c);
 	}
+	for (; waiting; waiting--)
+		d->sizes[MAP_REPLY] = batch_reply(d->c);
 	mapped = stamp(true);
-	check_call(d->c, iommuctl_unmap_all(d->c, d->dom, NULL), "UnmapAll");
+	check_call(d->c, iommuctl_call(d->c, &d->unmap_req, NULL, 0, &unmapped, NULL, 0, NULL),
+		   "UnmapAll");
 	throughput_add(t, round_pages(), start, mapped, stamp(true));
+	d->sizes[MAP_REQUEST] = iommud__v1__request__get_packed_size(&d->b->req);
+	d->sizes[UNMAP_REQUEST] = iommud__v1__request__get_packed_size(&d->unmap_req);
+	d->sizes[UNMAP_REPLY] = iommud__v1__response__get_packed_size(unmapped);
+	iommuctl_response_free(unmapped);
+}
+
+/* The last daemon round's packets, sent and awaited as it did, to and from the echo process:
+ * what the round trips alone cost, to tell the daemon's share of the round from theirs. */
+static void batch_round_bare(struct batch_daemon *d, struct throughput *t)
+{
+	const size_t *size = d->sizes;
+	uint64_t batches = round_pages() / d->entries, waiting = 0, start = now_ns(), mapped;
+
+	for (uint64_t i = 0; i < batches; i++) {
+		ping_send(&d->echo, size[MAP_REQUEST], size[MAP_REPLY], NULL, 0);
+		if (d->in_flight)
+			waiting++;
+		else
+			ping_recv(&d->echo, size[MAP_REPLY]);
+	}
+	for (; waiting; waiting--)
+		ping_recv(&d->echo, size[MAP_REPLY]);
+	mapped = now_ns();
+	ping_send(&d->echo, size[UNMAP_REQUEST], size[UNMAP_REPLY], NULL, 0);
+	ping_recv(&d->echo, size[UNMAP_REPLY]);
+	t->bare_map_ns += mapped - start;
+	t->bare_unmap_ns += now_ns() - mapped;
 }
 
 static void batch_direct_open(struct batch_direct *d)
@@ -900,19 +967,28 @@ static void batch_ratios(const char *label, const struct throughput *daemon,
 			     ratio(daemon->daemon_map_cpu_ns, direct->map_cpu_ns),
 			     ratio(daemon->daemon_unmap_cpu_ns, direct->unmap_cpu_ns));
 	}
+	/* The round trips' share of the wall time, and what is left of the ratios without it. */
+	(void)printf("%-28s %10s %12.1f %12.1f\n", "  the packets alone", "",
+		     (double)daemon->bare_map_ns / (double)daemon->pages,
+		     (double)daemon->bare_unmap_ns / (double)daemon->pages);
+	(void)printf("%-28s %10s %12.2f %12.2f\n", "  less them (time)", "",
+		     ((double)daemon->map_ns - (double)daemon->bare_map_ns) /
+			     (double)direct->map_ns,
+		     ((double)daemon->unmap_ns - (double)daemon->bare_unmap_ns) /
+			     (double)direct->unmap_ns);
 }
 
 /* Rounds of the daemon's side and the in-process one in turn, so that the machine's other load,
  * which comes and goes, weighs on both alike: one batch size against its own in-process
  * rounds, as the daemon's working set of one connection is then the same for every size. */
-static void batch_compare(size_t entries, bool in_flight, struct throughput *daemon,
-			  struct throughput *direct)
+static void batch_compare(size_t entries, bool in_flight, const struct placement *where,
+			  struct throughput *daemon, struct throughput *direct)
 {
 	struct throughput warm = {0};
 	struct batch_daemon own;
 	struct batch_direct here;
 
-	batch_daemon_open(&own, entries, in_flight);
+	batch_daemon_open(&own, entries, in_flight, where);
 	batch_direct_open(&here);
 	batch_round_daemon(&own, &warm);
 	batch_round_direct(&here, &warm);
@@ -920,6 +996,11 @@ static void batch_compare(size_t entries, bool in_flight, struct throughput *dae
 		batch_round_daemon(&own, daemon);
 		batch_round_direct(&here, direct);
 	}
+	/* Apart: a third process taking turns with the other two changes how the scheduler wakes
+	 * the daemon (with requests in flight, its map rounds took a tenth longer). */
+	batch_round_bare(&own, &warm);
+	for (unsigned r = 0; r < opt.batch_rounds; r++)
+		batch_round_bare(&own, daemon);
 	batch_direct_close(&here);
 	batch_daemon_close(&own);
 }
@@ -965,9 +1046,9 @@ static void part_batch(void)
 		opt.batches_per_round * BATCH, BATCH, BATCH_LARGEST, where[0].name);
 	(void)printf("%-28s %10s %12s %12s %12s %12s %12s\n", "path", "pages", "map ns/page",
 		     "unmap ns/pg", "pages/s", "map cpu/pg", "unmap cpu/pg");
-	batch_compare(BATCH, false, &daemon, &direct);
-	batch_compare(BATCH_LARGEST, false, &largest, &direct_largest);
-	batch_compare(BATCH, true, &in_flight, &direct_in_flight);
+	batch_compare(BATCH, false, &where[0], &daemon, &direct);
+	batch_compare(BATCH_LARGEST, false, &where[0], &largest, &direct_largest);
+	batch_compare(BATCH, true, &where[0], &in_flight, &direct_in_flight);
 	throughput_row("daemon MapBatch+UnmapAll", &daemon);
 	throughput_row("kh_map+kh_unmap in process", &direct);
 	batch_ratios("daemon/in-process", &daemon, &direct);
@@ -983,7 +1064,7 @@ static void part_batch(void)
 	/* Last: the in-process side stays threaded for the rest of the run (parts 3 to 5 do
 	 * not call kernel-helper here). */
 	start_idle_thread();
-	batch_compare(BATCH, false, &threaded, &direct_threaded);
+	batch_compare(BATCH, false, &where[0], &threaded, &direct_threaded);
 	throughput_row("daemon MapBatch+UnmapAll", &threaded);
 	throughput_row("kh in process, 2 threads", &direct_threaded);
 	batch_ratios("daemon/threaded", &threaded, &direct_threaded);
@@ -1772,19 +1853,24 @@ static void usage_figures(FILE *out)
 		"     the entry, checks it against the tenant's quotas and keeps a record of\n"
 		"     it. The CPU columns add the client's encoding and decoding to the\n"
 		"     daemon's work; \"of which the daemon\" is the daemon's CPU time alone,\n"
-		"     and the last line that against the in-process CPU time (only for a\n"
-		"     daemon iommud-bench started). Then the same again, in turn with\n"
-		"     in-process rounds of its own, with MapBatch requests of %u entries, the\n"
-		"     most one takes: what the daemon's work costs once the round trips per\n"
-		"     page are halved. Then requests of %u entries again, the round's %u\n"
-		"     sent before the first reply is read (the protocol lets a client keep\n"
-		"     requests in flight), so that the daemon finds the next request waiting\n"
-		"     instead of sleeping until the client sends it. Last, requests of %u\n"
-		"     entries again, against in-process rounds while this process has a\n"
-		"     second (idle) thread, as the daemon has threads: glibc's malloc then\n"
-		"     locks its arena for every allocation and free its per-thread cache does\n"
-		"     not serve (kernel-helper allocates a record per mapping), which it skips\n"
-		"     in a single-threaded process.\n"
+		"     and the line after that against the in-process CPU time (only for a\n"
+		"     daemon iommud-bench started). \"the packets alone\": ns per page of\n"
+		"     the same rounds' packets, of the same sizes, sent and awaited as the\n"
+		"     client did, to and from an echo process instead of the daemon (in rounds\n"
+		"     of their own, after the others); \"less them (time)\": the time ratios\n"
+		"     with that taken off the daemon's side: what the daemon's work adds to\n"
+		"     the round trips the transport costs alone. Then the same again, in turn\n"
+		"     with in-process rounds of its own, with MapBatch requests of %u\n"
+		"     entries, the most one takes: what the daemon's work costs once the round\n"
+		"     trips per page are halved. Then requests of %u entries again, the\n"
+		"     round's %u sent before the first reply is read (the protocol lets a\n"
+		"     client keep requests in flight), so that the daemon finds the next\n"
+		"     request waiting instead of sleeping until the client sends it. Last,\n"
+		"     requests of %u entries again, against in-process rounds while this\n"
+		"     process has a second (idle) thread, as the daemon has threads: glibc's\n"
+		"     malloc then locks its arena for every allocation and free its\n"
+		"     per-thread cache does not serve (kernel-helper allocates a record per\n"
+		"     mapping), which it skips in a single-threaded process.\n"
 		"  3. Scaling: 1, 2, 4, ... up to --clients-max clients at once, each a thread\n"
 		"     with its own connection and domain, each count for a fixed time. For\n"
 		"     Map+Unmap of 4 KiB: pairs per second over all clients, the same relative\n"
