@@ -1221,6 +1221,142 @@ TEST_F(daemon, map_batch_timed_once_each)
 	iommuctl_close(c);
 }
 
+/* The prot of each of the domain's first max mappings, in IOVA order; how many there are. */
+static size_t mapping_prots(struct iommuctl *c, uint32_t dom, uint32_t *prots, size_t max)
+{
+	Iommud__V1__ListMappingsRequest list = IOMMUD__V1__LIST_MAPPINGS_REQUEST__INIT;
+	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
+	Iommud__V1__Response *resp;
+	size_t n = 0;
+
+	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_MAPPINGS;
+	req.list_mappings = &list;
+	list.domain_id = dom;
+	resp = call(c, &req, NULL, 0);
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	for (; n < resp->list_mappings->n_mappings && n < max; n++)
+		prots[n] = resp->list_mappings->mappings[n]->prot;
+	iommuctl_response_free(resp);
+	return n;
+}
+
+/* The mappings and bytes ListDomains counts for the domain. */
+static void expect_domain_counts(struct iommuctl *c, uint32_t dom, uint32_t mappings,
+				 uint64_t bytes)
+{
+	Iommud__V1__Response *resp = call_bare(c, IOMMUD__V1__REQUEST__METHOD_LIST_DOMAINS);
+	bool found = false;
+
+	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
+	for (size_t i = 0; i < resp->list_domains->n_domains; i++) {
+		const Iommud__V1__Domain *d = resp->list_domains->domains[i];
+
+		if (d->domain_id != dom)
+			continue;
+		found = true;
+		CHECK_EQ(d->mappings, mappings);
+		CHECK_EQ(d->mapped_bytes, bytes);
+	}
+	CHECK(found);
+	iommuctl_response_free(resp);
+}
+
+/* Entries of a batch, each differing from the one before it in its domain, its access or its
+ * file alone: each mapping keeps its own prot and is counted in its own domain, a file has one
+ * map per access, and every mapping, map and byte is given back by the unmaps; a quota reached
+ * by the last of a row of like entries fails the batch whole. Should an entry ever take over
+ * what the daemon found for the entry before it, these are where it must not. */
+TEST_F(daemon, map_batch_entries_keep_their_own_domain_and_access)
+{
+	static const uint32_t r = IOMMUCTL_PROT_READ, rw = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
+	struct iommuctl *c = connect_client(NULL);
+	struct iommuctl_map_entry e[9];
+	int mem = memfd_of(4 * PAGE), other = memfd_of(PAGE);
+	uint32_t doms[2], prots[8];
+	size_t failed;
+	/* Domain, access and offset of each entry, each differing from the one before it in one
+	 * of them only: the second in its access, the third in its domain, the fourth in its
+	 * domain again; the fifth is like the fourth. */
+	const struct {
+		int dom;
+		uint32_t prot;
+		uint64_t offset;
+	} plan[5] = {{0, r, 0}, {0, rw, PAGE}, {1, rw, 2 * PAGE}, {0, rw, 3 * PAGE}, {0, rw, 0}};
+
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &doms[0]));
+	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &doms[1]));
+	for (size_t i = 0; i < 5; i++)
+		e[i] = (struct iommuctl_map_entry){.domain_id = doms[plan[i].dom],
+						   .fd = mem,
+						   .offset = plan[i].offset,
+						   .length = PAGE,
+						   .prot = plan[i].prot,
+						   .fixed_iova = true,
+						   .iova = 0x100000 + 0x10000 * i};
+	CHECK_CALL(c, iommuctl_map_batch(c, e, 5, NULL));
+	CHECK_EQ(quota_of(c).mappings, 5);
+	CHECK_EQ(quota_of(c).pinned_bytes, 5 * PAGE);
+	CHECK_EQ(quota_of(c).maps, 2);
+	expect_domain_counts(c, doms[0], 4, 4 * PAGE);
+	expect_domain_counts(c, doms[1], 1, PAGE);
+	CHECK_EQ(mapping_prots(c, doms[0], prots, 8), 4);
+	CHECK_EQ(prots[0], r);
+	CHECK_EQ(prots[1], rw);
+	CHECK_EQ(prots[2], rw);
+	CHECK_EQ(prots[3], rw);
+	CHECK_EQ(mapping_prots(c, doms[1], prots, 8), 1);
+	CHECK_EQ(prots[0], rw);
+
+	CHECK_CALL(c, iommuctl_unmap_all(c, doms[1], NULL));
+	CHECK_EQ(quota_of(c).mappings, 4);
+	expect_domain_counts(c, doms[0], 4, 4 * PAGE);
+	expect_domain_counts(c, doms[1], 0, 0);
+	/* The read-only map goes with its one mapping, the writable one stays for the three. */
+	CHECK_CALL(c, iommuctl_unmap(c, doms[0], e[0].iova, PAGE, NULL));
+	CHECK_EQ(quota_of(c).maps, 1);
+	CHECK_CALL(c, iommuctl_unmap_all(c, doms[0], NULL));
+	CHECK_EQ(quota_of(c).mappings, 0);
+	CHECK_EQ(quota_of(c).pinned_bytes, 0);
+	CHECK_EQ(quota_of(c).maps, 0);
+	expect_domain_counts(c, doms[0], 0, 0);
+
+	/* Two files, each mapped from its own map. */
+	e[1] = e[0];
+	e[1].fd = other;
+	e[1].iova += 0x10000;
+	CHECK_CALL(c, iommuctl_map_batch(c, e, 2, NULL));
+	CHECK_EQ(quota_of(c).maps, 2);
+	CHECK_CALL(c, iommuctl_unmap_all(c, doms[0], NULL));
+	CHECK_EQ(quota_of(c).maps, 0);
+
+	/* Nine entries in a row of one descriptor and domain: the ninth is past the quota of 8
+	 * mappings, and the eight before it are taken back. */
+	for (size_t i = 0; i < 9; i++)
+		e[i] = (struct iommuctl_map_entry){.domain_id = doms[0],
+						   .fd = mem,
+						   .offset = PAGE * (i % 4),
+						   .length = PAGE,
+						   .prot = r,
+						   .fixed_iova = true,
+						   .iova = 0x100000 + 0x10000 * i};
+	CHECK(iommuctl_map_batch(c, e, 9, &failed) == -EDQUOT);
+	CHECK_EQ(failed, 8);
+	CHECK_EQ(quota_of(c).mappings, 0);
+	CHECK_EQ(quota_of(c).pinned_bytes, 0);
+	CHECK_EQ(quota_of(c).maps, 0);
+	expect_domain_counts(c, doms[0], 0, 0);
+	CHECK_CALL(c, iommuctl_map_batch(c, e, 8, NULL));
+	CHECK_EQ(quota_of(c).mappings, 8);
+	expect_domain_counts(c, doms[0], 8, 8 * PAGE);
+	CHECK_CALL(c, iommuctl_free_domain(c, doms[0]));
+	CHECK_CALL(c, iommuctl_free_domain(c, doms[1]));
+	CHECK_EQ(quota_of(c).mappings, 0);
+	CHECK_EQ(quota_of(c).maps, 0);
+	(void)close(mem);
+	(void)close(other);
+	iommuctl_close(c);
+}
+
 TEST_F(daemon, stats_tenants_and_devices)
 {
 	struct iommuctl *c = connect_client(NULL);
