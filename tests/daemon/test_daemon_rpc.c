@@ -153,8 +153,10 @@ static size_t domain_count(struct iommuctl *c)
 	return n;
 }
 
-/* The mappings of a domain as (iova, length) pairs, paging through ListMappings. */
-static size_t list_mappings(struct iommuctl *c, uint32_t dom, uint64_t *iovas, size_t max)
+/* The IOVAs of a domain's mappings, and their prots where prots is not NULL, in IOVA order,
+ * paging through ListMappings; how many there are. */
+static size_t list_mappings_prots(struct iommuctl *c, uint32_t dom, uint64_t *iovas,
+				  uint32_t *prots, size_t max)
 {
 	Iommud__V1__ListMappingsRequest list = IOMMUD__V1__LIST_MAPPINGS_REQUEST__INIT;
 	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
@@ -172,6 +174,8 @@ static size_t list_mappings(struct iommuctl *c, uint32_t dom, uint64_t *iovas, s
 		CHECK(resp->list_mappings->n_mappings <= 2);
 		for (size_t i = 0; i < resp->list_mappings->n_mappings; i++) {
 			CHECK(n < max);
+			if (prots)
+				prots[n] = resp->list_mappings->mappings[i]->prot;
 			iovas[n++] = resp->list_mappings->mappings[i]->iova;
 		}
 		more = resp->list_mappings->more;
@@ -179,6 +183,11 @@ static size_t list_mappings(struct iommuctl *c, uint32_t dom, uint64_t *iovas, s
 		iommuctl_response_free(resp);
 	}
 	return n;
+}
+
+static size_t list_mappings(struct iommuctl *c, uint32_t dom, uint64_t *iovas, size_t max)
+{
+	return list_mappings_prots(c, dom, iovas, NULL, max);
 }
 
 static bool has_capability(const Iommud__V1__HelloReply *hello, const char *name)
@@ -1221,25 +1230,6 @@ TEST_F(daemon, map_batch_timed_once_each)
 	iommuctl_close(c);
 }
 
-/* The prot of each of the domain's first max mappings, in IOVA order; how many there are. */
-static size_t mapping_prots(struct iommuctl *c, uint32_t dom, uint32_t *prots, size_t max)
-{
-	Iommud__V1__ListMappingsRequest list = IOMMUD__V1__LIST_MAPPINGS_REQUEST__INIT;
-	Iommud__V1__Request req = IOMMUD__V1__REQUEST__INIT;
-	Iommud__V1__Response *resp;
-	size_t n = 0;
-
-	req.method_case = IOMMUD__V1__REQUEST__METHOD_LIST_MAPPINGS;
-	req.list_mappings = &list;
-	list.domain_id = dom;
-	resp = call(c, &req, NULL, 0);
-	CHECK_EQ(resp->status->code, IOMMUD__V1__CODE__CODE_OK);
-	for (; n < resp->list_mappings->n_mappings && n < max; n++)
-		prots[n] = resp->list_mappings->mappings[n]->prot;
-	iommuctl_response_free(resp);
-	return n;
-}
-
 /* The mappings and bytes ListDomains counts for the domain. */
 static void expect_domain_counts(struct iommuctl *c, uint32_t dom, uint32_t mappings,
 				 uint64_t bytes)
@@ -1273,6 +1263,7 @@ TEST_F(daemon, map_batch_entries_keep_their_own_domain_and_access)
 	struct iommuctl_map_entry e[9];
 	int mem = memfd_of(4 * PAGE), other = memfd_of(PAGE);
 	uint32_t doms[2], prots[8];
+	uint64_t iovas[8];
 	size_t failed;
 	/* Domain, access and offset of each entry, each differing from the one before it in one
 	 * of them only: the second in its access, the third in its domain, the fourth in its
@@ -1299,12 +1290,12 @@ TEST_F(daemon, map_batch_entries_keep_their_own_domain_and_access)
 	CHECK_EQ(quota_of(c).maps, 2);
 	expect_domain_counts(c, doms[0], 4, 4 * PAGE);
 	expect_domain_counts(c, doms[1], 1, PAGE);
-	CHECK_EQ(mapping_prots(c, doms[0], prots, 8), 4);
+	CHECK_EQ(list_mappings_prots(c, doms[0], iovas, prots, 8), 4);
 	CHECK_EQ(prots[0], r);
 	CHECK_EQ(prots[1], rw);
 	CHECK_EQ(prots[2], rw);
 	CHECK_EQ(prots[3], rw);
-	CHECK_EQ(mapping_prots(c, doms[1], prots, 8), 1);
+	CHECK_EQ(list_mappings_prots(c, doms[1], iovas, prots, 8), 1);
 	CHECK_EQ(prots[0], rw);
 
 	CHECK_CALL(c, iommuctl_unmap_all(c, doms[1], NULL));
