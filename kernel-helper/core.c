@@ -1087,12 +1087,12 @@ static int map_into(struct kh_domain *dom, struct kh_map_req *req, const struct 
 	rc = kh_ioas_place(dom->ioas, &placed);
 	if (rc < 0)
 		return rc;
-	area = kh_ioas_area_new(&placed);
+	area = kh_ioas_area_new(dom->ioas, &placed);
 	if (!area)
 		return -ENOMEM;
 	rc = backend_map(dom, &placed, src);
 	if (rc < 0) {
-		kh_ioas_area_free(area);
+		kh_ioas_area_free(dom->ioas, area);
 		return rc;
 	}
 	/* A copy has no descriptor of its own (req->fd is whatever the caller left there), so a

@@ -25,9 +25,10 @@ void kh_ioas_destroy(struct kh_ioas *ioas, kh_owner_release_fn *release, void *a
 int kh_ioas_place(struct kh_ioas *ioas, struct kh_map_req *req);
 /* Allocates the record for a mapping before the page tables change, so recording it after they
  * did cannot fail. */
-struct kh_area *kh_ioas_area_new(const struct kh_map_req *placed);
+struct kh_area *kh_ioas_area_new(struct kh_ioas *ioas, const struct kh_map_req *placed);
 void kh_ioas_insert(struct kh_ioas *ioas, struct kh_area *area);
-void kh_ioas_area_free(struct kh_area *area);
+/* Frees a record kh_ioas_area_new gave that was never inserted. */
+void kh_ioas_area_free(struct kh_ioas *ioas, struct kh_area *area);
 /* The mapping a KH_MAP_EXTEND request continues, or NULL; and, once the page tables map the
  * request's range, that range added to it. */
 struct kh_area *kh_ioas_extendable(const struct kh_ioas *ioas, const struct kh_map_req *req);
