@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <iommud_envelope.h>
+#include <kh/kh_sanitizer.h>
 
 #include "call.h"
 #include "daemon_lock.h"
@@ -147,18 +148,9 @@ int dispatch_self_check(void)
  * AddressSanitizer sees only whole allocations: parts cut from a shared chunk, or a chunk
  * reused at once, would hide a write past a part and a use after free. Sanitizer builds hence
  * give every part a chunk of its own, of exactly its size, and keep none for reuse. */
-#if defined(__SANITIZE_ADDRESS__)
-#define REQUEST_CHUNK_SHARED false
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define REQUEST_CHUNK_SHARED false
-#endif
-#endif
-#ifndef REQUEST_CHUNK_SHARED
-#define REQUEST_CHUNK_SHARED true
-#endif
-#define REQUEST_CHUNK (REQUEST_CHUNK_SHARED ? 16384 : 0)
-#define REQUEST_ROUND (REQUEST_CHUNK_SHARED ? alignof(max_align_t) : 1)
+#define REQUEST_CHUNK_SHARED (!KH_ASAN)
+#define REQUEST_CHUNK	     (REQUEST_CHUNK_SHARED ? 16384 : 0)
+#define REQUEST_ROUND	     (REQUEST_CHUNK_SHARED ? alignof(max_align_t) : 1)
 
 struct request_chunk {
 	struct request_chunk *next;

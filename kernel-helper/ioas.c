@@ -11,19 +11,13 @@
 #include <bsd/sys/tree.h>
 
 #include <kh/kh_ops.h>
+#include <kh/kh_sanitizer.h>
 
 #include "alloc.h"
 
 /* A free slot is poisoned where AddressSanitizer runs, so that a record used after its mapping
  * left is reported as it would be were each record an allocation of its own. */
-#if defined(__SANITIZE_ADDRESS__)
-#define AREA_POISONED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define AREA_POISONED 1
-#endif
-#endif
-#ifdef AREA_POISONED
+#if KH_ASAN
 #include <sanitizer/asan_interface.h>
 #define slot_poison(p, size)   ASAN_POISON_MEMORY_REGION(p, size)
 #define slot_unpoison(p, size) ASAN_UNPOISON_MEMORY_REGION(p, size)

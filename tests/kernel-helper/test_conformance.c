@@ -28,18 +28,12 @@
 #include <linux/vfio.h>
 
 #include <kh/kh.h>
+#include <kh/kh_sanitizer.h>
 
 #include "harness.h"
 #include "kernel_maps_files.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define HEAP_OF_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HEAP_OF_ASAN 1
-#endif
-#endif
-#ifdef HEAP_OF_ASAN
+#if KH_ASAN
 /* The sanitizer runtime's count of the bytes allocated; GCC ships no header for it. */
 size_t __sanitizer_get_current_allocated_bytes(void);
 #endif
@@ -852,7 +846,7 @@ static int64_t heap_less_tables(struct setup *s)
 	uint64_t tables = 0;
 
 	CHECK_OK(kh_domain_table_bytes(s->ctx, s->dom, &tables));
-#ifdef HEAP_OF_ASAN
+#if KH_ASAN
 	return (int64_t)__sanitizer_get_current_allocated_bytes() - (int64_t)tables;
 #else
 	return (int64_t)mallinfo2().uordblks - (int64_t)tables;
