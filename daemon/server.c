@@ -42,6 +42,12 @@
 /* The flow the listening socket is charged to: a uid no peer has. Taking connections is
  * work like a tenant's requests, so that a storm of connects gets one share of the loop. */
 #define ACCEPT_UID ((uid_t)-1)
+/* A client that sends its next request within QUICK_CLIENT_NS of its reply is waited for on
+ * its socket, for at most SOCKET_WAIT_US (rounded up by the kernel to a tick of its clock), where
+ * its shard's thread has nothing else to watch (shard_may_skip_poll): a receive that waits
+ * replaces a receive that finds nothing and a poll, two system calls of each request. */
+#define QUICK_CLIENT_NS 1000000
+#define SOCKET_WAIT_US	1000
 /* At the open-file limit, accepting pauses this long, or until a connection closes. */
 #define ACCEPT_PAUSE_US 100000
 /* Refused connections are logged once per interval, with the number left unlogged. */
@@ -56,7 +62,11 @@ struct conn {
 	int fd;
 	struct event *ev;
 	struct client client;
-	bool spoke; /* a packet came: the idle timeout applies, not the first request's */
+	bool spoke;    /* a packet came: the idle timeout applies, not the first request's */
+	bool may_wait; /* its socket blocks a receive for SOCKET_WAIT_US at most (socket_may_wait)
+			*/
+	bool quick;    /* its last request came within QUICK_CLIENT_NS of the reply before */
+	uint64_t replied_ns; /* when its last request was done */
 	/* A reply the socket would not take yet; reading stops until it is sent. */
 	uint8_t *pending;
 	size_t pending_len;
@@ -453,6 +463,7 @@ static void conn_close(struct conn *c)
 }
 
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
+static bool shard_may_skip_poll(void *arg);
 
 /* Waits for the socket to be writable (a reply pending) or readable (none), for as long as
  * the configured timeout lets a connection stay silent (0: forever), counted from now. Root is
@@ -550,17 +561,20 @@ static int conn_end_call(struct conn *c, size_t len, struct reply_fds *reply_fds
 
 /* Receives one packet and answers it, or goes on with the request in progress; -EAGAIN when
  * none is waiting, another negative errno (-ECONNRESET at end of stream) when the connection
- * should close. */
-static int conn_read_one(struct conn *c, uint64_t start_ns)
+ * should close. A quick client's packet is waited for where nothing else needs the thread
+ * meanwhile (SOCKET_WAIT_US at most): the request then starts, and *start_ns_io moves, when
+ * it came, so that neither its tenant's charge nor its slice counts the wait. */
+static int conn_read_one(struct conn *c, uint64_t *start_ns_io)
 {
 	struct shard *sh = c->shard;
 	enum packet_defect defect = PACKET_OK;
 	struct wire_packet packet;
-	uint64_t received_ns;
+	uint64_t start_ns = *start_ns_io, received_ns;
 	struct call *kept;
 	unsigned method;
 	size_t out_len;
 	struct reply_fds reply_fds;
+	bool wait;
 	int rc;
 
 	if (c->call) {
@@ -588,10 +602,17 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 					  &reply_fds, &method, &kept);
 		return conn_end_call(c, out_len, &reply_fds, method, c->call_received_ns, kept);
 	}
-	rc = wire_recv(c->fd, sh->in, sizeof(sh->in), WIRE_NONBLOCK, &packet);
-	if (rc < 0)
+	wait = c->may_wait && c->quick && shard_may_skip_poll(sh);
+	rc = wire_recv(c->fd, sh->in, sizeof(sh->in), wait ? WIRE_BLOCK : WIRE_NONBLOCK, &packet);
+	if (rc < 0) {
+		/* Waited for in vain, the client is no longer quick: its socket is polled. */
+		c->quick &= !(wait && rc == -EAGAIN);
 		return rc;
+	}
 	received_ns = monotonic_ns();
+	c->quick = received_ns - c->replied_ns < QUICK_CLIENT_NS;
+	if (wait)
+		*start_ns_io = start_ns = received_ns;
 	if (packet.truncated)
 		defect = PACKET_TRUNCATED;
 	else if (packet.fds_truncated)
@@ -610,7 +631,7 @@ static int conn_read_one(struct conn *c, uint64_t start_ns)
 static uint64_t conn_serve(struct conn *c, uint64_t start_ns)
 {
 	struct flows *flows = c->shard->flows;
-	int rc = conn_read_one(c, start_ns);
+	int rc = conn_read_one(c, &start_ns);
 	uint64_t ended_ns = monotonic_ns();
 
 	if (rc != -EAGAIN)
@@ -621,6 +642,8 @@ static uint64_t conn_serve(struct conn *c, uint64_t start_ns)
 		return monotonic_ns();
 	}
 	c->spoke |= rc == 0;
+	if (rc == 0)
+		c->replied_ns = ended_ns;
 	if (rc == -EAGAIN || c->pending) {
 		flows_unready(flows, &c->item);
 		conn_arm(c);
@@ -814,6 +837,17 @@ static struct shard *conn_shard(struct server *srv, struct conn *c)
 	return least;
 }
 
+/* Lets a receive without MSG_DONTWAIT wait on the socket, for SOCKET_WAIT_US at most; every
+ * other call on it says MSG_DONTWAIT. Without the bound the socket is left as it was. */
+static bool socket_may_wait(int fd)
+{
+	struct timeval bound = {.tv_usec = SOCKET_WAIT_US};
+	int flags = fcntl(fd, F_GETFL);
+
+	return flags >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof(bound)) == 0 &&
+	       fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0;
+}
+
 /* The connection for a peer that was admitted, counted to its tenant and given its shard; the
  * tenant's own limit is checked once the tenant is known. Takes the peer over; on failure fd
  * is closed (or refused) and the peer cleared. Under the daemon lock. */
@@ -856,6 +890,7 @@ static int conn_new(struct server *srv, int fd, struct peer *peer, struct conn *
 		free(c);
 		return rc;
 	}
+	c->may_wait = socket_may_wait(fd);
 	c->shard = conn_shard(srv, c);
 	c->shard->load++;
 	c->client.counters = c->shard->counters;

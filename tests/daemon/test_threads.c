@@ -3,14 +3,17 @@
  * The daemon on several event-loop threads ([daemon] threads): two tenants (two uids) mapping
  * and unmapping at once from threads of their own, each tenant's connections served by one
  * loop thread and the two tenants by different ones, every mapping and every call accounted
- * for afterwards; a bad threads value refused at start; and a re-execution and a stop with
- * connections open on both threads.
+ * for afterwards; a thread that waited on its one client's socket taking the next connection
+ * when that client goes quiet; a bad threads value refused at start; and a re-execution and a
+ * stop with connections open on both threads.
  */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -219,6 +222,34 @@ TEST(two_tenants_map_at_once)
 	iommuctl_response_free(resp);
 	iommuctl_close(root);
 	CHECK_EQ(fixture_memfd_mappings(&f), 0);
+	fixture_stop(&f);
+}
+
+/* A loop thread whose one client sends request after request waits for the next on that
+ * client's socket, not in its poll (server.c, conn_read_one). When the client stops, the wait
+ * must end by itself: a connection of the same tenant, handed to the same thread, is served
+ * although the first client sends nothing more (its socket's receive bound; a wait without
+ * one would hold the thread until the first client spoke again). */
+TEST(quiet_client_leaves_its_thread_to_the_next)
+{
+	struct timeval give_up = {.tv_sec = 10};
+	struct daemon_fixture f;
+	struct iommuctl *busy, *next;
+	int thread;
+
+	fixture_start(&f, CONFIG, "emu0 emu1");
+	CHECK_OK(iommuctl_connect(f.socket_path, &busy));
+	thread = loop_thread_of(busy);
+	CHECK(thread >= 0);
+	for (int i = 0; i < 200; i++)
+		CHECK_EQ(loop_thread_of(busy), thread);
+	CHECK_OK(iommuctl_connect(f.socket_path, &next));
+	/* A thread that never comes back fails the call, not the test run's timeout. */
+	CHECK_OK(setsockopt(iommuctl_fd(next), SOL_SOCKET, SO_RCVTIMEO, &give_up, sizeof(give_up)));
+	CHECK_EQ(loop_thread_of(next), thread);
+	CHECK_EQ(loop_thread_of(busy), thread);
+	iommuctl_close(next);
+	iommuctl_close(busy);
 	fixture_stop(&f);
 }
 
