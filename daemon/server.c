@@ -62,10 +62,9 @@ struct conn {
 	int fd;
 	struct event *ev;
 	struct client client;
-	bool spoke;    /* a packet came: the idle timeout applies, not the first request's */
-	bool may_wait; /* its socket blocks a receive for SOCKET_WAIT_US at most (socket_may_wait)
-			*/
-	bool quick;    /* its last request came within QUICK_CLIENT_NS of the reply before */
+	bool spoke;	     /* a packet came: the idle timeout applies, not the first request's */
+	bool may_wait;	     /* a receive may wait on its socket (socket_may_wait) */
+	bool quick;	     /* its last request came within QUICK_CLIENT_NS of the reply before */
 	uint64_t replied_ns; /* when its last request was done */
 	/* A reply the socket would not take yet; reading stops until it is sent. */
 	uint8_t *pending;
