@@ -33,6 +33,71 @@
 #include "dispatch.h"
 #include "status.h"
 
+/* A column of a compact batch as the call reads it, in place: one value per entry, or one
+ * that every entry takes (a column of one value, or of none: then a zero). */
+struct column_view {
+	const void *values;
+	size_t each; /* SIZE_MAX: values[i] is entry i's; 0: values[0] is every entry's */
+};
+
+/* A Map's or MapBatch's entries: MapEntry messages, or a compact batch's columns, which are
+ * read where protobuf-c decoded them rather than copied into messages (a batch of 1024 would
+ * take 80 KiB of them, and every pass over the entries would read that again). */
+struct map_entries {
+	Iommud__V1__MapEntry *const *messages; /* NULL for columns */
+	size_t n;
+	struct column_view domain_ids, fd_indexes, offsets, lengths, prots, fixed_iovas, iovas,
+		alignments;
+};
+
+/* The fields of one entry, whichever form it came in. */
+struct entry_fields {
+	uint32_t domain_id, fd_index, prot;
+	bool fixed_iova;
+	uint64_t offset, length, iova, alignment;
+};
+
+static inline uint32_t column_u32(const struct column_view *c, size_t i)
+{
+	return ((const uint32_t *)c->values)[i & c->each];
+}
+
+static inline uint64_t column_u64(const struct column_view *c, size_t i)
+{
+	return ((const uint64_t *)c->values)[i & c->each];
+}
+
+/* Entry i of es (i < es->n; a message entry not NULL). Inlined, a caller reads only the
+ * fields it uses. */
+static inline struct entry_fields entry_at(const struct map_entries *es, size_t i)
+{
+	const Iommud__V1__MapEntry *m;
+
+	if (!es->messages)
+		return (struct entry_fields){
+			.domain_id = column_u32(&es->domain_ids, i),
+			.fd_index = column_u32(&es->fd_indexes, i),
+			.prot = column_u32(&es->prots, i),
+			.fixed_iova = ((const protobuf_c_boolean *)
+					       es->fixed_iovas.values)[i & es->fixed_iovas.each],
+			.offset = column_u64(&es->offsets, i),
+			.length = column_u64(&es->lengths, i),
+			.iova = column_u64(&es->iovas, i),
+			.alignment = column_u64(&es->alignments, i),
+		};
+	m = es->messages[i];
+	return (struct entry_fields){
+		.domain_id = m->domain_id,
+		.fd_index = m->fd_index,
+		.prot = m->prot,
+		.fixed_iova = m->fixed_iova,
+		.offset = m->offset,
+		.length = m->length,
+		.iova = m->iova,
+		.alignment = m->alignment,
+	};
+}
+
 struct call {
 	struct daemon *d;
 	struct client *client;
@@ -53,6 +118,7 @@ struct call {
 	bool alone; /* its tenant has the loop to itself: steps grow to MAP_STEP_ALONE_NS */
 	int (*resume)(struct call *call);
 	int (*abandon)(struct call *call);
+	struct map_entries entries; /* a Map's or MapBatch's */
 	size_t done;		    /* the handler's place in its work */
 	uint64_t *iovas;	    /* a batch's: where each entry went; its reply may list fewer */
 	struct map_progress part;   /* of the mapping in progress */

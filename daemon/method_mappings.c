@@ -50,9 +50,9 @@ static int add_kept_files(struct call *call, const uint32_t *slots, size_t n)
  * is a client bug that would otherwise go unnoticed), and each carried one's file is checked
  * once here, however many entries map it; a kept one's again only where an entry reaches past
  * the size it had when kept (it can only have grown). */
-static int check_fd_use(struct call *call, Iommud__V1__MapEntry *const *entries, size_t n,
-			const uint32_t *kept_files, size_t n_kept_files)
+static int check_fd_use(struct call *call, const uint32_t *kept_files, size_t n_kept_files)
 {
+	const struct map_entries *es = &call->entries;
 	int first_user[IOMMUD_MAX_FDS];
 	uint64_t reach[IOMMUD_MAX_FDS] = {0};
 	int rc = add_kept_files(call, kept_files, n_kept_files);
@@ -61,29 +61,30 @@ static int check_fd_use(struct call *call, Iommud__V1__MapEntry *const *entries,
 		return rc;
 	for (size_t i = 0; i < call->n_fds; i++)
 		first_user[i] = -1;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < es->n; i++) {
+		struct entry_fields e;
 		uint64_t end;
 
-		if (!entries[i]) {
+		if (es->messages && !es->messages[i]) {
 			call->failed_index = (int)i;
 			return fail(-EINVAL, "map entry %zu is empty", i);
 		}
-		if (entries[i]->fd_index >= call->n_fds) {
+		e = entry_at(es, i);
+		if (e.fd_index >= call->n_fds) {
 			call->failed_index = (int)i;
 			return fail(
 				-EBADF,
 				"map entry %zu names descriptor %u, but the request carries %zu "
 				"and names %zu kept files; send the memory's fd with the request "
 				"(SCM_RIGHTS), or name the slot it is kept in (kept_files)",
-				i, entries[i]->fd_index, call->n_carried,
-				call->n_fds - call->n_carried);
+				i, e.fd_index, call->n_carried, call->n_fds - call->n_carried);
 		}
-		if (first_user[entries[i]->fd_index] < 0)
-			first_user[entries[i]->fd_index] = (int)i;
-		if (__builtin_add_overflow(entries[i]->offset, entries[i]->length, &end))
+		if (first_user[e.fd_index] < 0)
+			first_user[e.fd_index] = (int)i;
+		if (__builtin_add_overflow(e.offset, e.length, &end))
 			end = UINT64_MAX;
-		if (end > reach[entries[i]->fd_index])
-			reach[entries[i]->fd_index] = end;
+		if (end > reach[e.fd_index])
+			reach[e.fd_index] = end;
 	}
 	for (size_t i = 0; i < call->n_fds; i++) {
 		if (first_user[i] < 0)
@@ -103,57 +104,56 @@ static int check_fd_use(struct call *call, Iommud__V1__MapEntry *const *entries,
 	return 0;
 }
 
-static struct map_entry entry_of(struct call *call, const Iommud__V1__MapEntry *r)
+static struct map_entry entry_of(struct call *call, size_t i)
 {
+	struct entry_fields f = entry_at(&call->entries, i);
+
 	return (struct map_entry){
-		.domain_id = r->domain_id,
-		.file = &call->files[r->fd_index],
-		.offset = r->offset,
-		.length = r->length,
-		.prot = r->prot,
-		.fixed_iova = r->fixed_iova,
-		.iova = r->iova,
-		.alignment = r->alignment,
+		.domain_id = f.domain_id,
+		.file = &call->files[f.fd_index],
+		.offset = f.offset,
+		.length = f.length,
+		.prot = f.prot,
+		.fixed_iova = f.fixed_iova,
+		.iova = f.iova,
+		.alignment = f.alignment,
 	};
 }
 
-/* A column of a compact batch and the MapEntry field its values are: the same type, so a value
- * is copied as it is. */
+/* A column of a compact batch and where the call reads it (struct map_entries). Its values
+ * are of the width entry_at reads them with, as MapEntry's field is. */
 struct column {
 	const char *name;
-	size_t count_at, values_at, field_at, width;
+	size_t count_at, values_at, view_at;
 };
 
-#define COLUMN(values, field)                                                                      \
+#define COLUMN(values)                                                                             \
 	{                                                                                          \
 #values, offsetof(Iommud__V1__MapEntryColumns, n_##values),                        \
 			offsetof(Iommud__V1__MapEntryColumns, values),                             \
-			offsetof(Iommud__V1__MapEntry, field),                                     \
-			sizeof(((Iommud__V1__MapEntry *)0)->field)                                 \
+			offsetof(struct map_entries, values)                                       \
 	}
-#define SAME_TYPE(values, field)                                                                   \
-	_Static_assert(sizeof(*((Iommud__V1__MapEntryColumns *)0)->values) ==                      \
-			       sizeof(((Iommud__V1__MapEntry *)0)->field),                         \
-		       #values " holds MapEntry." #field);                                         \
-	_Static_assert(sizeof(((Iommud__V1__MapEntry *)0)->field) == sizeof(uint32_t) ||           \
-			       sizeof(((Iommud__V1__MapEntry *)0)->field) == sizeof(uint64_t),     \
-		       "column_copy moves " #values " as a word")
+#define COLUMN_OF(values, field, type)                                                             \
+	_Static_assert(sizeof(*((Iommud__V1__MapEntryColumns *)0)->values) == sizeof(type) &&      \
+			       sizeof(((Iommud__V1__MapEntry *)0)->field) == sizeof(type),         \
+		       #values " holds MapEntry." #field " as entry_at reads it")
 
-SAME_TYPE(domain_ids, domain_id);
-SAME_TYPE(fd_indexes, fd_index);
-SAME_TYPE(offsets, offset);
-SAME_TYPE(lengths, length);
-SAME_TYPE(prots, prot);
-SAME_TYPE(fixed_iovas, fixed_iova);
-SAME_TYPE(iovas, iova);
-SAME_TYPE(alignments, alignment);
+COLUMN_OF(domain_ids, domain_id, uint32_t);
+COLUMN_OF(fd_indexes, fd_index, uint32_t);
+COLUMN_OF(offsets, offset, uint64_t);
+COLUMN_OF(lengths, length, uint64_t);
+COLUMN_OF(prots, prot, uint32_t);
+COLUMN_OF(fixed_iovas, fixed_iova, protobuf_c_boolean);
+COLUMN_OF(iovas, iova, uint64_t);
+COLUMN_OF(alignments, alignment, uint64_t);
 
 static const struct column columns[] = {
-	COLUMN(domain_ids, domain_id), COLUMN(fd_indexes, fd_index),
-	COLUMN(offsets, offset),       COLUMN(lengths, length),
-	COLUMN(prots, prot),	       COLUMN(fixed_iovas, fixed_iova),
-	COLUMN(iovas, iova),	       COLUMN(alignments, alignment),
+	COLUMN(domain_ids), COLUMN(fd_indexes),	 COLUMN(offsets), COLUMN(lengths),
+	COLUMN(prots),	    COLUMN(fixed_iovas), COLUMN(iovas),	  COLUMN(alignments),
 };
+
+/* Every entry's value of a column that has none. */
+static const uint64_t column_zero;
 
 static size_t column_count(const Iommud__V1__MapEntryColumns *c, const struct column *col)
 {
@@ -172,41 +172,19 @@ static size_t batch_entries(const Iommud__V1__MapBatchRequest *r)
 	return n;
 }
 
-/* Copies a column's values (count: one for all the entries, or one each) into the n entries'
- * field, in moves of its width the compiler makes: a call to memcpy per value would cost more
- * than the value. */
-static void column_copy(Iommud__V1__MapEntry *entries, size_t n, const struct column *col,
-			const char *values, size_t count)
+static const void *column_values(const Iommud__V1__MapEntryColumns *c, const struct column *col)
 {
-	size_t stride = count == 1 ? 0 : col->width;
-
-	for (size_t i = 0; i < n; i++) {
-		char *field = (char *)&entries[i] + col->field_at;
-
-		if (col->width == sizeof(uint64_t))
-			memcpy(field, values + i * stride, sizeof(uint64_t));
-		else
-			memcpy(field, values + i * stride, sizeof(uint32_t));
-	}
+	return *(const void *const *)((const char *)c + col->values_at);
 }
 
-static const char *column_values(const Iommud__V1__MapEntryColumns *c, const struct column *col)
+/* The call's entries: a compact batch's n, read from its columns where they were decoded. */
+static int entries_of_columns(struct call *call, const Iommud__V1__MapEntryColumns *c, size_t n)
 {
-	return *(const char *const *)((const char *)c + col->values_at);
-}
-
-/* Reads a compact batch's n entries into MapEntry messages of the request, which the rest of
- * the call (and the state record) reads as if they had come so; they go with the request. Each
- * entry starts as a copy of one that holds the columns of one value, so only the columns of a
- * value each are copied entry by entry. */
-static int entries_of_columns(struct call *call, Iommud__V1__MapBatchRequest *r, size_t n)
-{
-	Iommud__V1__MapEntry shared = IOMMUD__V1__MAP_ENTRY__INIT, *entries;
-	Iommud__V1__MapEntry **pointers;
-	const size_t n_columns = sizeof(columns) / sizeof(columns[0]);
-
-	for (size_t k = 0; k < n_columns; k++) {
-		size_t count = column_count(r->columns, &columns[k]);
+	call->entries = (struct map_entries){.n = n};
+	for (size_t k = 0; k < sizeof(columns) / sizeof(columns[0]); k++) {
+		struct column_view *view =
+			(struct column_view *)((char *)&call->entries + columns[k].view_at);
+		size_t count = column_count(c, &columns[k]);
 
 		if (count > 1 && count != n)
 			return fail(-EINVAL,
@@ -214,24 +192,11 @@ static int entries_of_columns(struct call *call, Iommud__V1__MapBatchRequest *r,
 				    "entries (its longest column); give every column one value per "
 				    "entry, one value for all of them, or none",
 				    columns[k].name, count, n);
-		if (count == 1)
-			column_copy(&shared, 1, &columns[k], column_values(r->columns, &columns[k]),
-				    1);
+		*view = (struct column_view){
+			.values = count ? column_values(c, &columns[k]) : &column_zero,
+			.each = count > 1 ? SIZE_MAX : 0,
+		};
 	}
-	entries = call_alloc_filled(call, n * sizeof(*entries));
-	pointers = call_alloc_filled(call, n * sizeof(*pointers));
-	if (!entries || !pointers)
-		return nomem();
-	for (size_t i = 0; i < n; i++) {
-		entries[i] = shared;
-		pointers[i] = &entries[i];
-	}
-	for (size_t k = 0; k < n_columns; k++)
-		if (column_count(r->columns, &columns[k]) > 1)
-			column_copy(entries, n, &columns[k], column_values(r->columns, &columns[k]),
-				    n);
-	r->entries = pointers;
-	r->n_entries = n;
 	return 0;
 }
 
@@ -262,67 +227,64 @@ struct slice_clock {
 	size_t untimed; /* such entries mapped since the last look */
 };
 
-/* Records the entries timed together since the clock's last look, the last of them
- * entries[end - 1], with equal shares of the time from since to now: each run of one length
- * at once. */
-static void record_together(struct call *call, Iommud__V1__MapEntry *const *entries,
-			    struct slice_clock *clock, size_t end, uint64_t since, uint64_t now)
+/* Records the entries timed together since the clock's last look, the last of them entry
+ * end - 1, with equal shares of the time from since to now: each run of one length at once. */
+static void record_together(struct call *call, struct slice_clock *clock, size_t end,
+			    uint64_t since, uint64_t now)
 {
-	uint64_t share = (now - since) / clock->untimed;
+	uint64_t share = (now - since) / clock->untimed, length;
 	size_t i = end - clock->untimed, run;
 
 	for (; i < end; i += run) {
+		length = entry_at(&call->entries, i).length;
 		run = 1;
-		while (i + run < end && entries[i + run]->length == entries[i]->length)
+		while (i + run < end && entry_at(&call->entries, i + run).length == length)
 			run++;
-		session_record_maps(call->client->session, entries[i]->length, share, run);
+		session_record_maps(call->client->session, length, share, run);
 	}
 	clock->untimed = 0;
 }
 
 /* Looks at the clock for the entries timed together and not yet recorded, the last of them
- * entries[end - 1], if there are any: before a mapping timed on its own, and where the batch
- * ends or fails. */
-static void settle_together(struct call *call, Iommud__V1__MapEntry *const *entries,
-			    struct slice_clock *clock, size_t end)
+ * entry end - 1, if there are any: before a mapping timed on its own, and where the batch ends
+ * or fails. */
+static void settle_together(struct call *call, struct slice_clock *clock, size_t end)
 {
 	uint64_t now;
 
 	if (!clock->untimed)
 		return;
 	now = monotonic_ns();
-	record_together(call, entries, clock, end, clock->at, now);
+	record_together(call, clock, end, clock->at, now);
 	clock->at = now;
 }
 
-/* Starts the mapping of entries[call->done]: timed with the ones before it where the clock
- * times them together and it is made in one call, else on its own. */
-static int map_entry_start(struct call *call, Iommud__V1__MapEntry *const *entries,
-			   struct slice_clock *clock)
+/* Starts the mapping of entry call->done: timed with the ones before it where the clock times
+ * them together and it is made in one call, else on its own. */
+static int map_entry_start(struct call *call, struct slice_clock *clock)
 {
-	struct map_entry e = entry_of(call, entries[call->done]);
+	struct map_entry e = entry_of(call, call->done);
 	int rc = session_map_start(call->client->session, &e, &call->part);
 
 	if (rc < 0)
 		return rc;
 	call->part.timed_by_caller = clock->together && !call->part.part;
 	if (!call->part.timed_by_caller)
-		settle_together(call, entries, clock, call->done);
+		settle_together(call, clock, call->done);
 	return 0;
 }
 
-/* Maps entries[call->done] step by step, starting it if it is not in progress, into
+/* Maps entry call->done step by step, starting it if it is not in progress, into
  * iovas[call->done]: 0 when done, CALL_MORE when the slice's time is up first, a negative
  * errno when it failed (what it mapped then being taken back in call->part.back). A mapping
  * too costly for one slice is made over several. */
-static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entries, uint64_t *iovas,
-			   struct slice_clock *clock)
+static int map_entry_parts(struct call *call, uint64_t *iovas, struct slice_clock *clock)
 {
 	struct session *s = call->client->session;
 	uint64_t started, mapped, ended;
 	int rc;
 
-	if (!call->part.mo && (rc = map_entry_start(call, entries, clock)) < 0)
+	if (!call->part.mo && (rc = map_entry_start(call, clock)) < 0)
 		return rc;
 	do {
 		if (clock->at && clock->at >= call->deadline_ns)
@@ -337,8 +299,7 @@ static int map_entry_parts(struct call *call, Iommud__V1__MapEntry *const *entri
 			break;
 		ended = size_steps(call, started, &call->part.parts_per_step);
 		if (clock->untimed)
-			record_together(call, entries, clock, call->done + (rc == 0), started,
-					ended);
+			record_together(call, clock, call->done + (rc == 0), started, ended);
 		clock->at = ended;
 		clock->unclocked = 0;
 	} while (rc > 0);
@@ -368,17 +329,15 @@ static void take_back_failed(struct call *call, const struct unmap_progress *u, 
  * stays 0, so only a batch's entries are read. */
 static bool take_back_entry(struct call *call)
 {
-	const Iommud__V1__MapEntry *entry;
-	uint64_t iova;
+	struct entry_fields entry;
 	int rc;
 
 	if (!call->done)
 		return false;
 	call->done--;
-	entry = call->req->map_batch->entries[call->done];
-	iova = call->iovas[call->done];
-	rc = session_unmap_start(call->client->session, entry->domain_id, iova, entry->length,
-				 false, &call->back);
+	entry = entry_at(&call->entries, call->done);
+	rc = session_unmap_start(call->client->session, entry.domain_id, call->iovas[call->done],
+				 entry.length, false, &call->back);
 	if (rc < 0)
 		take_back_failed(call, &call->back, rc);
 	return true;
@@ -414,18 +373,17 @@ static bool take_back_maps(struct call *call)
 
 /* Whether entry is already mapped exactly so: one mapping at its fixed IOVA, of its length,
  * prot, file (device and inode) and offset. */
-static bool entry_in_place(struct call *call, const Iommud__V1__MapEntry *entry)
+static bool entry_in_place(struct call *call, struct entry_fields entry)
 {
-	const struct map_file *file = &call->files[entry->fd_index];
+	const struct map_file *file = &call->files[entry.fd_index];
 	struct mapping_view view;
 	bool more;
 
-	return entry->fixed_iova &&
-	       session_mappings(call->client->session, entry->domain_id, entry->iova, &view, 1,
+	return entry.fixed_iova &&
+	       session_mappings(call->client->session, entry.domain_id, entry.iova, &view, 1,
 				&more) == 1 &&
-	       view.iova == entry->iova && view.length == entry->length &&
-	       view.prot == entry->prot && view.offset == entry->offset && view.dev == file->dev &&
-	       view.ino == file->ino;
+	       view.iova == entry.iova && view.length == entry.length && view.prot == entry.prot &&
+	       view.offset == entry.offset && view.dev == file->dev && view.ino == file->ino;
 }
 
 /* Whether a map may have failed only because what it asks for is there already: the overlap,
@@ -450,8 +408,8 @@ static bool batch_reply_room(struct call *call)
 		reply->iovas = call->iovas;
 		return true;
 	}
-	for (size_t i = 0; i < r->n_entries; i++)
-		picked += !r->entries[i]->fixed_iova;
+	for (size_t i = 0; i < call->entries.n; i++)
+		picked += !entry_at(&call->entries, i).fixed_iova;
 	return !picked || (reply->iovas = call_alloc_filled(call, picked * sizeof(uint64_t)));
 }
 
@@ -462,12 +420,12 @@ static void batch_reply_iovas(struct call *call)
 	Iommud__V1__MapBatchReply *reply = call->resp->map_batch;
 
 	if (!r->picked_iovas_only) {
-		reply->n_iovas = r->n_entries;
+		reply->n_iovas = call->entries.n;
 		return;
 	}
 	reply->n_iovas = 0;
-	for (size_t i = 0; i < r->n_entries; i++)
-		if (!r->entries[i]->fixed_iova)
+	for (size_t i = 0; i < call->entries.n; i++)
+		if (!entry_at(&call->entries, i).fixed_iova)
 			reply->iovas[reply->n_iovas++] = call->iovas[i];
 }
 
@@ -480,19 +438,17 @@ static void batch_reply_iovas(struct call *call)
  * filled in. */
 static bool answered_as_retry(struct call *call)
 {
-	const Iommud__V1__Request *req = call->req;
-	bool batch = req->method_case == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
-	Iommud__V1__MapEntry *const *entries = batch ? req->map_batch->entries : &req->map->entry;
-	size_t n = batch ? req->map_batch->n_entries : 1;
+	bool batch = call->req->method_case == IOMMUD__V1__REQUEST__METHOD_MAP_BATCH;
+	const struct map_entries *es = &call->entries;
 
 	if (!refused_for_being_there(call->undo_rc) || call->left_mapped ||
 	    call->failed_index > 0 || !session_lease(call->client->session)[0])
 		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!entry_in_place(call, entries[i]))
+	for (size_t i = 0; i < es->n; i++)
+		if (!entry_in_place(call, entry_at(es, i)))
 			return false;
-	for (size_t i = 0; i < n; i++)
-		(batch ? call->iovas : &call->resp->map->iova)[i] = entries[i]->iova;
+	for (size_t i = 0; i < es->n; i++)
+		(batch ? call->iovas : &call->resp->map->iova)[i] = entry_at(es, i).iova;
 	if (batch)
 		batch_reply_iovas(call);
 	call->failed_index = -1;
@@ -530,7 +486,7 @@ static int map_failed(struct call *call, int rc, bool batch)
 static int map_single(struct call *call)
 {
 	struct slice_clock clock = {0};
-	int rc = map_entry_parts(call, &call->req->map->entry, &call->resp->map->iova, &clock);
+	int rc = map_entry_parts(call, &call->resp->map->iova, &clock);
 
 	return rc < 0 ? map_failed(call, rc, false) : rc;
 }
@@ -559,8 +515,8 @@ int do_map(struct call *call)
 	if (!entry)
 		return fail(-EINVAL, "%s needs an entry saying what to map",
 			    method_name(call->req->method_case));
-	rc = check_fd_use(call, &entry, 1, call->req->map->kept_files,
-			  call->req->map->n_kept_files);
+	call->entries = (struct map_entries){.messages = &call->req->map->entry, .n = 1};
+	rc = check_fd_use(call, call->req->map->kept_files, call->req->map->n_kept_files);
 	/* A Map has one entry: the status names no index. */
 	call->failed_index = -1;
 	if (rc < 0)
@@ -577,27 +533,27 @@ int do_map(struct call *call)
  * step), so that a batch of many or large entries does not hold the loop. */
 static int map_batch_entries(struct call *call)
 {
-	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
 	struct slice_clock clock = {.together = session_times_maps(call->client->session)};
+	size_t n = call->entries.n;
 	int rc;
 
-	for (; call->done < r->n_entries; call->done++) {
-		rc = map_entry_parts(call, r->entries, call->iovas, &clock);
+	for (; call->done < n; call->done++) {
+		rc = map_entry_parts(call, call->iovas, &clock);
 		if (rc == CALL_MORE)
 			return rc;
 		if (rc < 0) {
-			settle_together(call, r->entries, &clock, call->done);
+			settle_together(call, &clock, call->done);
 			return map_failed(call, rc, true);
 		}
 	}
-	settle_together(call, r->entries, &clock, r->n_entries);
+	settle_together(call, &clock, n);
 	batch_reply_iovas(call);
 	return 0;
 }
 
 int do_map_batch(struct call *call)
 {
-	Iommud__V1__MapBatchRequest *r = call->req->map_batch;
+	const Iommud__V1__MapBatchRequest *r = call->req->map_batch;
 	size_t n = batch_entries(r);
 	int rc;
 
@@ -609,13 +565,17 @@ int do_map_batch(struct call *call)
 	if (!n || n > MAP_BATCH_MAX)
 		return fail(-EINVAL, "%s takes 1 to %d entries, not %zu; split the batch",
 			    method_name(call->req->method_case), MAP_BATCH_MAX, n);
-	if (r->columns && (rc = entries_of_columns(call, r, n)) < 0)
-		return rc;
-	if ((rc = check_fd_use(call, r->entries, r->n_entries, r->kept_files, r->n_kept_files)) < 0)
+	if (r->columns) {
+		if ((rc = entries_of_columns(call, r->columns, n)) < 0)
+			return rc;
+	} else {
+		call->entries = (struct map_entries){.messages = r->entries, .n = n};
+	}
+	if ((rc = check_fd_use(call, r->kept_files, r->n_kept_files)) < 0)
 		return rc;
 	if (!REPLY(call, map_batch_reply) ||
-	    !(call->iovas = call_alloc(call, r->n_entries * sizeof(uint64_t))) ||
-	    !batch_reply_room(call) || alloc_undo_message(call) < 0)
+	    !(call->iovas = call_alloc(call, n * sizeof(uint64_t))) || !batch_reply_room(call) ||
+	    alloc_undo_message(call) < 0)
 		return nomem();
 	call->resume = map_batch_entries;
 	call->abandon = abandon_maps;

@@ -833,22 +833,23 @@ int add_map(struct state *st, struct lease_rec *rec, uint32_t domain_id, uint32_
 }
 
 static int record_maps(struct state *st, struct lease_rec *rec, const struct call *call,
-		       Iommud__V1__MapEntry *const *entries, size_t n, const uint64_t *iovas)
+		       const uint64_t *iovas)
 {
-	for (size_t i = 0; i < n; i++) {
-		const struct map_file *mf = &call->files[entries[i]->fd_index];
+	for (size_t i = 0; i < call->entries.n; i++) {
+		struct entry_fields e = entry_at(&call->entries, i);
+		const struct map_file *mf = &call->files[e.fd_index];
 		struct lease_file *lf =
 			lease_file_find(rec, mf->dev, mf->ino, mf->access_mode == O_RDWR);
 		int rc = 0;
 
 		if (!lf)
-			rc = keep_file(st, rec, call->fds[entries[i]->fd_index], mf, &lf);
+			rc = keep_file(st, rec, call->fds[e.fd_index], mf, &lf);
 		if (rc == 0)
-			rc = add_map(st, rec, entries[i]->domain_id, lf->id,
+			rc = add_map(st, rec, e.domain_id, lf->id,
 				     &(struct mapping_view){.iova = iovas[i],
-							    .length = entries[i]->length,
-							    .offset = entries[i]->offset,
-							    .prot = entries[i]->prot});
+							    .length = e.length,
+							    .offset = e.offset,
+							    .prot = e.prot});
 		if (rc < 0)
 			return rc;
 	}
@@ -907,10 +908,9 @@ static int record_method(struct state *st, struct lease_rec *rec, const struct c
 	case IOMMUD__V1__REQUEST__METHOD_DELEGATE_DEVICES:
 		return add_delegation(st, rec, call);
 	case IOMMUD__V1__REQUEST__METHOD_MAP:
-		return record_maps(st, rec, call, &q->map->entry, 1, &p->map->iova);
+		return record_maps(st, rec, call, &p->map->iova);
 	case IOMMUD__V1__REQUEST__METHOD_MAP_BATCH:
-		return record_maps(st, rec, call, q->map_batch->entries, q->map_batch->n_entries,
-				   call->iovas);
+		return record_maps(st, rec, call, call->iovas);
 	case IOMMUD__V1__REQUEST__METHOD_UNMAP:
 		return record_unmap(st, rec, q->unmap->domain_id, q->unmap->iova, q->unmap->length);
 	case IOMMUD__V1__REQUEST__METHOD_UNMAP_ALL:
