@@ -13,7 +13,6 @@
  * backend (through the daemon tests' fixture), or a running one (--socket).
  */
 #define _GNU_SOURCE /* sched_setaffinity, CPU_SET */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -38,6 +37,7 @@
 #include <kh/kh.h>
 
 #include "bench_clock.h"
+#include "bench_threads.h"
 #include "bench_median.h"
 #include "daemon_fixture.h"
 
@@ -144,21 +144,13 @@ static size_t placements(struct placement *out)
 	return 2;
 }
 
-/* Calls fn with each thread of process pid (/proc/PID/task): the daemon's event-loop threads
- * execute its requests, its main thread accepts. */
-static void each_thread(pid_t pid, void (*fn)(pid_t tid, void *arg), void *arg)
+/* Calls fn with each thread of the daemon (bench_threads.h), or fails saying why. */
+static void each_daemon_thread(void (*fn)(pid_t tid, void *arg), void *arg)
 {
-	char path[64];
-	struct dirent *task;
-	DIR *tasks;
+	int rc = each_thread(daemon_pid, fn, arg);
 
-	(void)snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
-	if (!(tasks = opendir(path)))
-		fail(path, "cannot list the daemon's threads");
-	while ((task = readdir(tasks)))
-		if (task->d_name[0] != '.')
-			fn((pid_t)atoi(task->d_name), arg);
-	(void)closedir(tasks);
+	if (rc < 0)
+		fail("listing the daemon's threads (/proc/PID/task)", strerror(-rc));
 }
 
 static void pin_thread(pid_t tid, void *cpu)
@@ -172,7 +164,7 @@ static void place(const struct placement *where)
 {
 	pin(0, where->client_cpu);
 	if (daemon_pid)
-		each_thread(daemon_pid, pin_thread, (void *)&where->server_cpu);
+		each_daemon_thread(pin_thread, (void *)&where->server_cpu);
 }
 
 /* ---- latency samples ------------------------------------------------------------------ */
@@ -225,40 +217,21 @@ static void samples_free(struct samples *s)
 
 /* ---- the daemon's side ---------------------------------------------------------------- */
 
-/* A thread's time on a CPU (its schedstat); 0 for a thread gone meanwhile, which took its time
- * with it (none of the daemon's go). */
-static uint64_t thread_cpu_ns_of(pid_t tid)
+/* The time on a CPU of every thread of process pid (bench_threads.h), or fails saying why. */
+static uint64_t cpu_ns_of(pid_t pid)
 {
-	char path[64];
-	unsigned long long ns = 0;
-	FILE *f;
+	uint64_t ns;
+	int rc = process_cpu_ns(pid, &ns);
 
-	(void)snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)tid);
-	if (!(f = fopen(path, "re")))
-		return 0;
-	if (fscanf(f, "%llu", &ns) != 1)
-		ns = 0;
-	(void)fclose(f);
+	if (rc < 0)
+		fail("reading a process's CPU time (/proc/PID/task)", strerror(-rc));
 	return ns;
-}
-
-static void add_cpu_ns(pid_t tid, void *sum)
-{
-	*(uint64_t *)sum += thread_cpu_ns_of(tid);
-}
-
-static uint64_t process_cpu_ns(pid_t pid)
-{
-	uint64_t sum = 0;
-
-	each_thread(pid, add_cpu_ns, &sum);
-	return sum;
 }
 
 /* The daemon's CPU time; 0 for a daemon we did not start. */
 static uint64_t daemon_cpu_ns(void)
 {
-	return daemon_pid ? process_cpu_ns(daemon_pid) : 0;
+	return daemon_pid ? cpu_ns_of(daemon_pid) : 0;
 }
 
 /* A connection with a paging domain of its own. */
@@ -649,7 +622,7 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, bool
 		/* Inside the daemon's reads: reading its CPU time is not the client's work. */
 		client_cpu += thread_cpu_ns() - client_start;
 		daemon_cpu += daemon_cpu_ns() - cpu_start;
-		cpu_start = process_cpu_ns(echo.pid);
+		cpu_start = cpu_ns_of(echo.pid);
 		client_start = thread_cpu_ns();
 		for (unsigned i = 0; i < per_round; i++) {
 			uint64_t start = now_ns();
@@ -658,7 +631,7 @@ static void latency_case(struct iommuctl *c, uint32_t dom, uint64_t length, bool
 			samples_add(&transport, now_ns() - start);
 		}
 		echo_client_cpu += thread_cpu_ns() - client_start;
-		echo_cpu += process_cpu_ns(echo.pid) - cpu_start;
+		echo_cpu += cpu_ns_of(echo.pid) - cpu_start;
 	}
 	echo_stop(&echo);
 	(void)close(mem);
@@ -1569,9 +1542,9 @@ static void tenant_process(uid_t uid, const char *dev, tenant_pairs_fn *pairs, i
 	mem = memfd(PAGE);
 	if (write(ready, "r", 1) != 1 || read(go, &byte, 1) != 1)
 		fail("starting a tenant", "the benchmark went away");
-	r.cpu_ns = process_cpu_ns(getpid());
+	r.cpu_ns = cpu_ns_of(getpid());
 	r.pairs = pairs(c, dom, mem, &r.ns);
-	r.cpu_ns = process_cpu_ns(getpid()) - r.cpu_ns;
+	r.cpu_ns = cpu_ns_of(getpid()) - r.cpu_ns;
 	if (write(ready, &r, sizeof(r)) != sizeof(r))
 		fail("reporting a tenant's figures", strerror(errno));
 	_exit(0);
@@ -1611,7 +1584,7 @@ static pid_t busiest_loop_thread(const struct thread_times *before)
 	uint64_t most = 0;
 	pid_t busiest = 0;
 
-	each_thread(daemon_pid, note_thread_time, &now);
+	each_daemon_thread(note_thread_time, &now);
 	for (size_t i = 0; i < now.n; i++) {
 		uint64_t ran = now.at[i].ns;
 
@@ -1665,7 +1638,7 @@ static struct tenants_figures tenants_at_once(unsigned n, tenant_pairs_fn *run_p
 	for (unsigned t = 0; t < n; t++) {
 		before = (struct thread_times){0};
 		if (paired)
-			each_thread(daemon_pid, note_thread_time, &before);
+			each_daemon_thread(note_thread_time, &before);
 		if (pipe(ready[t]) < 0 || (pids[t] = fork()) < 0)
 			fail("starting a tenant", strerror(errno));
 		if (pids[t] == 0)
