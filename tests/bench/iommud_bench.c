@@ -37,8 +37,8 @@
 #include <kh/kh.h>
 
 #include "bench_clock.h"
-#include "bench_threads.h"
 #include "bench_median.h"
+#include "bench_threads.h"
 #include "daemon_fixture.h"
 
 #define KiB		(1ull << 10)
