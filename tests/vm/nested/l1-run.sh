@@ -2,13 +2,16 @@
 # Runs inside the L1 guest (Linux 7.3, VT-d, two edu devices), from the share disk mounted at
 # /mnt/host: iommud on the iommufd backend, then an unmodified QEMU 10 as uid 65534 given its fds
 # by iommud both ways (iommuctl delegate exec, and QMP hotplug, which boots the one L2 guest).
-# Prints "nested: PASS|FAIL what" per check and "nested: DONE n failures" at the end.
+# Prints "nested: START", then "nested: PASS|FAIL what" per check and "nested: DONE n failures"
+# at the end.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 share=/mnt/host
 export LD_LIBRARY_PATH=$share/lib
 iommuctl="$share/bin/iommuctl --socket /run/iommud.sock"
 log=/tmp/iommud.log
 failures=0
+# L1 booted: from here on a panic is the tests' (run-nested.sh boots again only before this).
+echo "nested: START"
 
 check() { # check WHAT COMMAND...: passes when the command succeeds
 	what=$1
