@@ -244,6 +244,17 @@ static void record_together(struct call *call, struct slice_clock *clock, size_t
 	clock->untimed = 0;
 }
 
+/* The clock's look at now, after a step that started at since and the entries before end: those
+ * timed together since its last look are recorded. */
+static void clock_looked(struct call *call, struct slice_clock *clock, size_t end, uint64_t since,
+			 uint64_t now)
+{
+	if (clock->untimed)
+		record_together(call, clock, end, since, now);
+	clock->at = now;
+	clock->unclocked = 0;
+}
+
 /* Looks at the clock for the entries timed together and not yet recorded, the last of them
  * entry end - 1, if there are any: before a mapping timed on its own, and where the batch ends
  * or fails. */
@@ -297,14 +308,29 @@ static int map_entry_parts(struct call *call, uint64_t *iovas, struct slice_cloc
 		    clock->unclocked < MAP_PART_PAGES * MAP_GRANULE)
 			break;
 		ended = size_steps(call, started, &call->part.parts_per_step);
-		if (clock->untimed)
-			record_together(call, clock, call->done + (rc == 0), started, ended);
-		clock->at = ended;
-		clock->unclocked = 0;
+		clock_looked(call, clock, call->done + (rc == 0), started, ended);
 	} while (rc > 0);
 	if (rc == 0)
 		iovas[call->done] = call->part.req.iova;
 	return rc;
+}
+
+/* Maps entry call->done, if it is like the last one (session_map_like), as map_entry_parts would
+ * one made in one call: 0 when mapped, 1 when it is not like it (nothing done), a negative errno
+ * when it failed. The clock has been read in this slice (clock->at), and the slice goes on. */
+static int map_like_entry(struct call *call, struct slice_clock *clock)
+{
+	struct map_entry e = entry_of(call, call->done);
+	int rc = session_map_like(call->client->session, &e, &call->part);
+
+	if (rc)
+		return rc;
+	call->iovas[call->done] = call->part.req.iova;
+	clock->unclocked += e.length;
+	clock->untimed += clock->together;
+	if (clock->unclocked >= MAP_PART_PAGES * MAP_GRANULE)
+		clock_looked(call, clock, call->done + 1, clock->at, monotonic_ns());
+	return 0;
 }
 
 /* What the call mapped could not all be taken back: that is the failure to reply with, as what
@@ -536,8 +562,17 @@ static int map_batch_entries(struct call *call)
 	size_t n = call->entries.n;
 	int rc;
 
+	/* Between slices the session's other calls may have unmapped the last entry's mapping. */
+	call->part.like = NULL;
 	for (; call->done < n; call->done++) {
-		rc = map_entry_parts(call, call->iovas, &clock);
+		rc = 1;
+		if (call->part.like && clock.at) {
+			if (clock.at >= call->deadline_ns)
+				return CALL_MORE;
+			rc = map_like_entry(call, &clock);
+		}
+		if (rc > 0)
+			rc = map_entry_parts(call, call->iovas, &clock);
 		if (rc == CALL_MORE)
 			return rc;
 		if (rc < 0) {

@@ -1362,18 +1362,25 @@ static int check_access(const struct map_file *f, bool writable)
 	return 0;
 }
 
-/* A record of the session's for the entry's file with this access: by descriptor, or a map
- * that holds the entry's range. */
+/* Whether fm is a record for the entry's file with this access: by descriptor, or a map that
+ * holds the entry's range. */
+static bool file_map_fits(const struct file_map *fm, const struct map_entry *e, bool writable,
+			  bool by_fd)
+{
+	return fm->dev == e->file->dev && fm->ino == e->file->ino && fm->writable == writable &&
+	       fm->by_fd == by_fd &&
+	       (by_fd ||
+		(fm->start <= e->offset && e->offset + e->length <= fm->start + fm->length));
+}
+
+/* A record of the session's that fits the entry (file_map_fits). */
 static struct file_map *file_map_find(struct session *s, const struct map_entry *e, bool writable,
 				      bool by_fd)
 {
 	struct file_map *fm;
 
 	LIST_FOREACH (fm, &s->files, link)
-		if (fm->dev == e->file->dev && fm->ino == e->file->ino &&
-		    fm->writable == writable && fm->by_fd == by_fd &&
-		    (by_fd ||
-		     (fm->start <= e->offset && e->offset + e->length <= fm->start + fm->length)))
+		if (file_map_fits(fm, e, writable, by_fd))
 			return fm;
 	return NULL;
 }
@@ -1556,15 +1563,13 @@ static int check_ceilings(struct registry *reg, uint64_t length)
 	return 0;
 }
 
-static int check_entry(struct session *s, const struct map_entry *e, struct domain_rec **ret_dom)
+/* The checks of an entry in a domain of the session's. */
+static int check_entry_in(struct session *s, const struct map_entry *e)
 {
 	const struct access_rule *rule = s->tenant->rule;
 	const struct usage *used = &s->tenant->used;
-	struct domain_rec *dom;
-	int rc = domain_lookup(s, e->domain_id, &dom);
+	int rc;
 
-	if (rc < 0)
-		return rc;
 	if (!e->length || e->length % MAP_GRANULE || e->offset % MAP_GRANULE)
 		return fail(-EINVAL,
 			    "offset (0x%llx) and length (0x%llx) must be multiples of "
@@ -1597,11 +1602,7 @@ static int check_entry(struct session *s, const struct map_entry *e, struct doma
 	rc = check_range(e);
 	if (rc < 0)
 		return rc;
-	rc = check_ceilings(s->tenant->reg, e->length);
-	if (rc < 0)
-		return rc;
-	*ret_dom = dom;
-	return 0;
+	return check_ceilings(s->tenant->reg, e->length);
 }
 
 bool session_times_maps(const struct session *s)
@@ -1662,24 +1663,13 @@ static uint64_t part_bytes(const struct session *s, const struct domain_rec *dom
 			      s->tenant->reg->maps_in_process ? UINT64_MAX : page_size);
 }
 
-int session_map_start(struct session *s, struct map_entry *e, struct map_progress *p)
+/* Sets p's request for e's memory in fm. Built where it stays, and only once e is checked: e was
+ * stored field by field just before, and a record built from it at once, then copied whole,
+ * read those fields back in wider loads than they were stored with, which stall until the
+ * stores land (every entry of a batch paid that, twice). */
+static void map_req_init(struct kh_map_req *req, const struct map_entry *e,
+			 const struct file_map *fm)
 {
-	bool in_parts = e->length > MAP_PART_PAGES * MAP_GRANULE;
-	struct kh_map_req *req = &p->req;
-	struct map_owner *mo;
-	struct domain_rec *dom;
-	struct file_map *fm;
-	int rc = check_entry(s, e, &dom);
-
-	if (rc < 0)
-		return rc;
-	rc = file_map_get(s, e, dom->maps_files, &fm);
-	if (rc < 0)
-		return rc;
-	/* Built where it stays, and only now: e was stored field by field just before this call,
-	 * and a record built from it at once, then copied whole, read those fields back in wider
-	 * loads than they were stored with, which stall until the stores land (every entry of a
-	 * batch paid that, twice). p is not started (p->mo) until the end. */
 	*req = (struct kh_map_req){
 		.iova = e->iova,
 		.length = e->length,
@@ -1697,16 +1687,15 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 		/* The backend takes memory by address; the pages stay shared with the file. */
 		req->addr = (uint64_t)(uintptr_t)fm->base + (e->offset - fm->start);
 	}
-	/* Made in parts, the mapping is placed and checked whole first, as one call would. */
-	if (in_parts && (rc = kh_place(s->ctx, e->domain_id, req)) < 0) {
-		file_map_put(s, fm);
-		return fail_kh(rc, "cannot map");
-	}
-	rc = map_owner_get(s, fm, dom, in_parts ? part_bytes(s, dom, req, e->file->page_size) : 0,
-			   &mo);
-	if (rc < 0)
-		return rc;
-	req->owner = mo;
+}
+
+/* Starts p on e's mapping, whose owner is mo (a reference for it taken), and charges it whole
+ * from the start, as checked, so that no other tenant's mapping takes what the daemon-wide
+ * ceilings leave for the rest. */
+static void map_begin(struct session *s, const struct map_entry *e, struct map_owner *mo,
+		      struct map_progress *p)
+{
+	p->req.owner = mo;
 	/* Field by field: clearing the whole record, its take back's with it, costs a batch of
 	 * pages more than the rest of this; the take back is read only once it has steps left. */
 	p->mo = mo;
@@ -1717,11 +1706,34 @@ int session_map_start(struct session *s, struct map_entry *e, struct map_progres
 	p->back.steps_left = false;
 	p->parts_per_step = 1;
 	p->timed_by_caller = false;
-	/* Charged whole from the start, as checked, so no other tenant's mapping takes what the
-	 * daemon-wide ceilings leave for the rest. */
-	charge_mapping(s, dom, +1, e->length, +1);
+	charge_mapping(s, mo->dom, +1, e->length, +1);
 	/* USDT probes (iommud:map_entry/map_exit): a no-op until a tracer attaches. */
-	DTRACE_PROBE4(iommud, map_entry, s->tenant->uid, e->domain_id, req->iova, e->length);
+	DTRACE_PROBE4(iommud, map_entry, s->tenant->uid, e->domain_id, p->req.iova, e->length);
+}
+
+int session_map_start(struct session *s, struct map_entry *e, struct map_progress *p)
+{
+	bool in_parts = e->length > MAP_PART_PAGES * MAP_GRANULE;
+	struct kh_map_req *req = &p->req;
+	struct map_owner *mo;
+	struct domain_rec *dom;
+	struct file_map *fm;
+	int rc;
+
+	if ((rc = domain_lookup(s, e->domain_id, &dom)) < 0 || (rc = check_entry_in(s, e)) < 0 ||
+	    (rc = file_map_get(s, e, dom->maps_files, &fm)) < 0)
+		return rc;
+	map_req_init(req, e, fm);
+	/* Made in parts, the mapping is placed and checked whole first, as one call would. */
+	if (in_parts && (rc = kh_place(s->ctx, e->domain_id, req)) < 0) {
+		file_map_put(s, fm);
+		return fail_kh(rc, "cannot map");
+	}
+	rc = map_owner_get(s, fm, dom, in_parts ? part_bytes(s, dom, req, e->file->page_size) : 0,
+			   &mo);
+	if (rc < 0)
+		return rc;
+	map_begin(s, e, mo, p);
 	return 0;
 }
 
@@ -1734,6 +1746,7 @@ void session_map_abort(struct session *s, struct map_progress *p)
 	 * like any other, and its release gives back the rest and frees the owner. */
 	charge_mapping(s, dom, p->mapped ? 0 : -1, p->req.length - p->mapped, -1);
 	p->mo = NULL;
+	p->like = NULL;
 	p->back = (struct unmap_progress){0};
 	if (!p->mapped) {
 		map_owner_put(s, mo, 1);
@@ -1776,10 +1789,11 @@ static int map_part(struct session *s, struct map_progress *p)
 	return p->mapped < p->req.length;
 }
 
-int session_map_step(struct session *s, struct map_progress *p)
+/* What follows a step that gave rc (map_part's, or a negative errno): a failed mapping is taken
+ * back; one done is said so, and its owner kept for the next (p->like) where made in one call.
+ * Returns rc, or a failure the tables' quota found. */
+static int map_step_end(struct session *s, struct map_progress *p, int rc)
 {
-	int rc = map_part(s, p);
-
 	/* Only the map shows what its tables cost: take it back (its memory with it). */
 	if (rc >= 0 && s->tenant->used.page_table_bytes > s->tenant->rule->max_page_table_bytes)
 		rc = page_tables_exhausted(s->tenant);
@@ -1794,6 +1808,7 @@ int session_map_step(struct session *s, struct map_progress *p)
 	if (p->map_ns)
 		session_record_maps(s, p->req.length, p->map_ns, 1);
 	DTRACE_PROBE4(iommud, map_exit, s->tenant->uid, p->domain_id, p->req.iova, 0);
+	p->like = p->part ? NULL : p->mo;
 	p->mo = NULL;
 	log_about(LOG_DEBUG, s->tenant, s->lease, &p->domain_id, NULL,
 		  "uid %u mapped [0x%llx, +0x%llx) in domain %u", (unsigned)s->tenant->uid,
@@ -1801,9 +1816,51 @@ int session_map_step(struct session *s, struct map_progress *p)
 	return 0;
 }
 
+int session_map_step(struct session *s, struct map_progress *p)
+{
+	return map_step_end(s, p, map_part(s, p));
+}
+
+/* The owner of the mapping p made last, where e's is of its domain and file and made in one
+ * call as that one was: then it is e's owner too. */
+static struct map_owner *like_last(const struct map_progress *p, const struct map_entry *e)
+{
+	struct map_owner *mo = p->like;
+
+	if (!mo || e->length > MAP_PART_PAGES * MAP_GRANULE || mo->dom->id != e->domain_id ||
+	    !file_map_fits(mo->file, e, e->prot & KH_PROT_WRITE, mo->dom->maps_files))
+		return NULL;
+	return mo;
+}
+
+int session_map_like(struct session *s, const struct map_entry *e, struct map_progress *p)
+{
+	struct map_owner *mo = like_last(p, e);
+	int rc;
+
+	if (!mo)
+		return 1;
+	/* session_map_start's checks, in its order, less the lookups whose answers mo holds. */
+	if ((rc = check_entry_in(s, e)) < 0 ||
+	    (rc = check_access(e->file, e->prot & KH_PROT_WRITE)) < 0)
+		return rc;
+	map_req_init(&p->req, e, mo->file);
+	mo->refs++;
+	map_begin(s, e, mo, p);
+	/* map_part's one call, on the request itself, which no later part needs as it was. */
+	rc = kh_map(s->ctx, e->domain_id, &p->req);
+	if (rc < 0) {
+		rc = fail_kh(rc, "cannot map");
+	} else {
+		charge_tables(s, mo->dom, p->req.table_bytes);
+		p->mapped = p->req.length;
+	}
+	return map_step_end(s, p, rc);
+}
+
 int session_map(struct session *s, struct map_entry *e)
 {
-	struct map_progress p;
+	struct map_progress p = {.like = NULL};
 	int rc = session_map_start(s, e, &p);
 
 	if (rc < 0)

@@ -280,6 +280,10 @@ int session_unmap_step(struct session *s, struct unmap_progress *p);
 
 struct map_progress {
 	struct map_owner *mo; /* NULL once done or taken back */
+	/* The owner of the mapping made last with this record, where made in one call, for
+	 * session_map_like. That mapping's reference holds it: whoever keeps the record across
+	 * anything else the session does (which may unmap it) sets this NULL first. */
+	struct map_owner *like;
 	uint32_t domain_id;
 	struct kh_map_req req; /* the whole mapping; its iova is placed once the first part is */
 	uint64_t part;	       /* bytes of a part, 0 when made in one call; its unmap uses it too */
@@ -299,6 +303,12 @@ struct map_progress {
 int session_map_start(struct session *s, struct map_entry *entry, struct map_progress *p);
 int session_map_step(struct session *s, struct map_progress *p);
 void session_map_abort(struct session *s, struct map_progress *p);
+/* session_map_start and the one session_map_step of a mapping made in one call, for an entry of
+ * the domain and file of the last one p made (p->like), with the same access: checked, charged
+ * and mapped as those two would, neither looked up. Nothing is timed: the caller times such
+ * maps together (session_times_maps). 0 when mapped (the IOVA in p->req.iova), 1 when e is not
+ * such an entry (nothing done: start it), or a negative errno as session_map_step's. */
+int session_map_like(struct session *s, const struct map_entry *e, struct map_progress *p);
 /* Whether the daemon times the backend's map path itself (the probes' in-process timing):
  * then a caller may time several maps made one after another together, and record each
  * (session_record_maps) with its share of their time, so that each still counts once. */

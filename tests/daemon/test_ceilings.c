@@ -819,6 +819,45 @@ TEST(page_tables_charged_to_the_tenant)
 	fixture_stop(&daemon_under_test);
 }
 
+/* A batch of entries of one file, the last at a sparse IOVA whose tables take the tenant past
+ * its quota once mapped (the two before it stay within it): the batch fails at that entry
+ * whole, and every table it took is given back. */
+TEST(batch_past_page_tables)
+{
+	struct iommuctl_map_entry e[3];
+	Iommud__V1__GetStatsReply *stats;
+	struct iommuctl *c;
+	size_t failed;
+	uint32_t dom;
+	int mem = iommuctl_memfd("tables", PAGE);
+
+	CHECK_OK(mem);
+	fixture_start(&daemon_under_test,
+		      "[uid 0]\naccess = write\ndevices = emu0\nmax-page-tables = 20K\n", "emu0");
+	c = connect_with(NULL, NULL);
+	dom = paging_domain(c, "emu0");
+	for (size_t i = 0; i < 3; i++)
+		e[i] = (struct iommuctl_map_entry){.domain_id = dom,
+						   .fd = mem,
+						   .length = PAGE,
+						   .prot = IOMMUCTL_PROT_READ,
+						   .fixed_iova = true,
+						   .iova = PAGE * i};
+	e[2].iova = 1ull << 39;
+	refused(c, iommuctl_map_batch(c, e, 3, &failed), IOMMUD__V1__CODE__CODE_RESOURCE_EXHAUSTED,
+		"max-page-tables");
+	CHECK_EQ(failed, 2);
+	stats = stats_of(c);
+	CHECK_EQ(stats->quota->mappings, 0);
+	CHECK_EQ(stats->quota->page_table_bytes, PAGE);
+	iommud__v1__get_stats_reply__free_unpacked(stats, NULL);
+	CHECK_EQ(fixture_memfd_mappings(&daemon_under_test), 0);
+	succeeds(c, iommuctl_map_batch(c, e, 2, NULL), "MapBatch within the quota");
+	iommuctl_close(c);
+	(void)close(mem);
+	fixture_stop(&daemon_under_test);
+}
+
 /* ---- GetStats: one's own figures unless an observer ------------------------------------ */
 
 /* A bystander in the stranger's label holds a connection while the stranger looks. */

@@ -1254,14 +1254,16 @@ static void expect_domain_counts(struct iommuctl *c, uint32_t dom, uint32_t mapp
 /* Entries of a batch, each differing from the one before it in its domain, its access or its
  * file alone: each mapping keeps its own prot and is counted in its own domain, a file has one
  * map per access, and every mapping, map and byte is given back by the unmaps; a quota reached
- * by the last of a row of like entries fails the batch whole. Should an entry ever take over
- * what the daemon found for the entry before it, these are where it must not. */
+ * by the last of a row of like entries fails the batch whole, as does the same file's
+ * read-only descriptor after a row of writable ones. An entry like the one before it takes over
+ * what the daemon found for that one (session_map_like): these are where it must not. */
 TEST_F(daemon, map_batch_entries_keep_their_own_domain_and_access)
 {
 	static const uint32_t r = IOMMUCTL_PROT_READ, rw = IOMMUCTL_PROT_READ | IOMMUCTL_PROT_WRITE;
 	struct iommuctl *c = connect_client(NULL);
 	struct iommuctl_map_entry e[9];
-	int mem = memfd_of(4 * PAGE), other = memfd_of(PAGE);
+	int mem = memfd_of(4 * PAGE), other = memfd_of(PAGE), read_only;
+	char path[64];
 	uint32_t doms[2], prots[8];
 	uint64_t iovas[8];
 	size_t failed;
@@ -1274,6 +1276,9 @@ TEST_F(daemon, map_batch_entries_keep_their_own_domain_and_access)
 		uint64_t offset;
 	} plan[5] = {{0, r, 0}, {0, rw, PAGE}, {1, rw, 2 * PAGE}, {0, rw, 3 * PAGE}, {0, rw, 0}};
 
+	(void)snprintf(path, sizeof(path), "/proc/self/fd/%d", mem);
+	read_only = open(path, O_RDONLY | O_CLOEXEC);
+	CHECK(read_only >= 0);
 	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &doms[0]));
 	CHECK_CALL(c, iommuctl_alloc_domain(c, "emu0", IOMMUCTL_DOMAIN_PAGING, 0, &doms[1]));
 	for (size_t i = 0; i < 5; i++)
@@ -1339,12 +1344,25 @@ TEST_F(daemon, map_batch_entries_keep_their_own_domain_and_access)
 	CHECK_CALL(c, iommuctl_map_batch(c, e, 8, NULL));
 	CHECK_EQ(quota_of(c).mappings, 8);
 	expect_domain_counts(c, doms[0], 8, 8 * PAGE);
+	CHECK_CALL(c, iommuctl_unmap_all(c, doms[0], NULL));
+
+	/* The same file through a read-only descriptor, after a row of writable entries: its own
+	 * descriptor refuses the write, and the row is taken back. */
+	for (size_t i = 0; i < 4; i++)
+		e[i].prot = rw;
+	e[3].fd = read_only;
+	CHECK(iommuctl_map_batch(c, e, 4, &failed) == -EACCES);
+	CHECK_EQ(failed, 3);
+	CHECK_EQ(quota_of(c).mappings, 0);
+	CHECK_EQ(quota_of(c).maps, 0);
+	expect_domain_counts(c, doms[0], 0, 0);
 	CHECK_CALL(c, iommuctl_free_domain(c, doms[0]));
 	CHECK_CALL(c, iommuctl_free_domain(c, doms[1]));
 	CHECK_EQ(quota_of(c).mappings, 0);
 	CHECK_EQ(quota_of(c).maps, 0);
 	(void)close(mem);
 	(void)close(other);
+	(void)close(read_only);
 	iommuctl_close(c);
 }
 
