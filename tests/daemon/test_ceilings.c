@@ -832,10 +832,7 @@ TEST(batch_past_page_tables)
 	int mem = iommuctl_memfd("tables", PAGE);
 
 	CHECK_OK(mem);
-	fixture_start(&daemon_under_test,
-		      "[uid 0]\naccess = write\ndevices = emu0\nmax-page-tables = 20K\n", "emu0");
-	c = connect_with(NULL, NULL);
-	dom = paging_domain(c, "emu0");
+	c = start_with_domain(ONE_DEVICE "max-page-tables = 20K\n", "emu0", &dom);
 	for (size_t i = 0; i < 3; i++)
 		e[i] = (struct iommuctl_map_entry){.domain_id = dom,
 						   .fd = mem,
