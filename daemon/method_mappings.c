@@ -260,13 +260,8 @@ static void clock_looked(struct call *call, struct slice_clock *clock, size_t en
  * or fails. */
 static void settle_together(struct call *call, struct slice_clock *clock, size_t end)
 {
-	uint64_t now;
-
-	if (!clock->untimed)
-		return;
-	now = monotonic_ns();
-	record_together(call, clock, end, clock->at, now);
-	clock->at = now;
+	if (clock->untimed)
+		clock_looked(call, clock, end, clock->at, monotonic_ns());
 }
 
 /* Starts the mapping of entry call->done: timed with the ones before it where the clock times
